@@ -1,0 +1,1 @@
+"""The in-agent audit hook for Python agents. Standard library only."""

@@ -1,0 +1,1 @@
+"""Built-in policy templates shipped with agentsup (YAML files beside this one)."""

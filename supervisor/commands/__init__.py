@@ -1,0 +1,1 @@
+"""One module per CLI command group.  Each exposes `register(subparsers)`."""
