@@ -9,8 +9,11 @@ with all of them, so there the whole suite runs.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -71,3 +74,80 @@ def locations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
         monkeypatch.setenv(var, str(root / sub))
     (root / "policies").mkdir(parents=True)
     yield root
+
+
+AGENTS = Path(__file__).parent / "agents"
+TRY = str(AGENTS / "try_syscall.py")
+
+FAKE_KEY = (
+    "-----BEGIN OPENSSH PRIVATE KEY-----\n"
+    "c2VjcmV0LWJ5dGVzLXRoYXQtbXVzdC1uZXZlci1sZWFr\n"
+    "-----END OPENSSH PRIVATE KEY-----\n"
+)
+
+
+class Sandbox:
+    """A workspace, a home with a planted key, and private agentsup locations."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.workspace = root / "workspace"
+        self.home = root / "home"
+        self.key = self.home / ".ssh" / "id_rsa"
+        self.policy_dir = root / "agentsup" / "policies"
+        self.audit_log = root / "agentsup" / "log" / "audit.jsonl"
+        self.state_dir = root / "agentsup" / "state"
+        self.runtime_dir = root / "agentsup" / "run"
+        self.workspace.mkdir()
+        self.key.parent.mkdir(parents=True)
+        self.key.write_text(FAKE_KEY)
+        self.policy_dir.mkdir(parents=True)
+        self.env = dict(
+            os.environ,
+            HOME=str(self.home),
+            AGENTSUP_POLICY_DIR=str(self.policy_dir),
+            AGENTSUP_AUDIT_LOG=str(self.audit_log),
+            AGENTSUP_STATE_DIR=str(self.state_dir),
+            AGENTSUP_RUNTIME_DIR=str(self.runtime_dir),
+        )
+
+    def policy(self, name: str, text: str) -> str:
+        path = self.policy_dir / f"{name}.yaml"
+        path.write_text(text)
+        return str(path)
+
+    def command(self, *program: str, policy: str = "strict", agent_id: str = "t",
+                extra: Sequence[str] = ()) -> list[str]:
+        return [
+            sys.executable, "-m", "agentsup", "run", "--policy", policy,
+            "--workspace", str(self.workspace), "--id", agent_id, *extra, "--", *program,
+        ]
+
+    def run(self, *program: str, policy: str = "strict", agent_id: str = "t",
+            extra: Sequence[str] = (), timeout: float = 60,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.command(*program, policy=policy, agent_id=agent_id, extra=extra),
+            env={**self.env, **(env or {})}, capture_output=True, text=True, timeout=timeout,
+        )
+
+    def audit_records(self) -> list[dict[str, object]]:
+        if not self.audit_log.exists():
+            return []
+        return [json.loads(line) for line in self.audit_log.read_text().splitlines() if line]
+
+    def agentsup(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "agentsup", *args], env=self.env,
+            capture_output=True, text=True, timeout=timeout,
+        )
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Sandbox:
+    return Sandbox(tmp_path)
+
+
+def agent_reports(stdout: str) -> list[dict[str, object]]:
+    """The JSON lines a try_syscall agent printed."""
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]

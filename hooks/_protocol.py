@@ -1,0 +1,118 @@
+"""The hook channel protocol, shared by the in-agent hook and the supervisor.
+
+Standard library only, and cheap to import: the agent imports it at start.
+
+A frame is a 4-byte big-endian length followed by that many bytes of UTF-8
+JSON, at most MAX_FRAME bytes.  The agent sends requests:
+
+    {"v":1,"id":N,"op":"check","action":"network_request","target":"POST https://x/y","detail":{}}
+    {"v":1,"id":N,"op":"note","action":"file_read","target":"/etc/hosts","detail":{}}
+    {"v":1,"id":N,"op":"tamper","target":"sys.audit was replaced","detail":{}}
+
+A `check` gets exactly one reply with the same id:
+
+    {"v":1,"id":N,"verdict":"allow"|"deny","rule":"...","message":"...","response":"block"}
+
+`note` (telemetry: the syscall layer decides those actions) and `tamper` (the
+hook saw the agent interfere with it) get no reply.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Final
+
+VERSION: Final = 1
+MAX_FRAME: Final = 64 * 1024
+HEADER: Final = struct.Struct(">I")
+
+ENV_SOCKET: Final = "AGENTSUP_HOOK_SOCKET"
+ENV_AGENT_ID: Final = "AGENTSUP_AGENT_ID"
+
+OP_CHECK: Final = "check"
+OP_NOTE: Final = "note"
+OP_TAMPER: Final = "tamper"
+
+# Actions the hook gates (it waits for the verdict) and actions it only
+# reports.  The values are ActionType values; the hook cannot import the
+# supervisor's enum without slowing every agent's start.
+CHECK_ACTIONS: Final = frozenset(
+    {
+        "network_request",
+        "env_read",
+        "env_write",
+        "database_read",
+        "database_write",
+        "database_delete",
+        "database_execute",
+    }
+)
+NOTE_ACTIONS: Final = frozenset(
+    {"file_read", "file_write", "shell_execute", "network_connect", "process_spawn"}
+)
+
+VERDICTS: Final = frozenset({"allow", "deny"})
+RESPONSES: Final = frozenset({"allow", "log", "warn", "block", "kill", "stop", "hold"})
+
+REQUEST_KEYS: Final = frozenset({"v", "id", "op", "action", "target", "detail"})
+REPLY_KEYS: Final = frozenset({"v", "id", "verdict", "rule", "message", "response"})
+
+# Ids are JSON numbers; keep them exact in every JSON implementation.
+MAX_ID: Final = 2**53 - 1
+
+
+class ProtocolError(ValueError):
+    """A frame or message that does not follow the protocol."""
+
+
+def frame(payload: bytes) -> bytes:
+    """Prefix `payload` with its length; refuse payloads over MAX_FRAME."""
+    if len(payload) > MAX_FRAME:
+        raise ProtocolError(f"frame of {len(payload)} bytes exceeds {MAX_FRAME}")
+    return HEADER.pack(len(payload)) + payload
+
+
+def split_frames(buffer: bytearray) -> list[bytes]:
+    """Remove every complete frame from the front of `buffer` and return them.
+
+    An incomplete frame stays in `buffer`.  An oversize length raises
+    ProtocolError at once, before its bytes arrive.
+    """
+    frames: list[bytes] = []
+    offset = 0
+    while len(buffer) - offset >= HEADER.size:
+        (length,) = HEADER.unpack_from(buffer, offset)
+        if length > MAX_FRAME:
+            raise ProtocolError(f"frame length {length} exceeds {MAX_FRAME}")
+        end = offset + HEADER.size + length
+        if len(buffer) < end:
+            break
+        frames.append(bytes(buffer[offset + HEADER.size : end]))
+        offset = end
+    del buffer[:offset]
+    return frames
+
+
+def is_valid_id(value: object) -> bool:
+    return type(value) is int and 0 <= value <= MAX_ID
+
+
+def validate_reply(message: Any, expected_id: int) -> tuple[bool, str, str, str]:
+    """Check a decoded reply; return (allowed, rule, message, response)."""
+    if type(message) is not dict or set(message) != REPLY_KEYS:
+        raise ProtocolError("reply has the wrong fields")
+    if message["v"] != VERSION or type(message["v"]) is not int:
+        raise ProtocolError("reply has the wrong version")
+    if not is_valid_id(message["id"]) or message["id"] != expected_id:
+        raise ProtocolError("reply answers another request")
+    verdict, rule, text, response = (
+        message["verdict"],
+        message["rule"],
+        message["message"],
+        message["response"],
+    )
+    if verdict not in VERDICTS or response not in RESPONSES:
+        raise ProtocolError("reply has an unknown verdict or response")
+    if type(rule) is not str or type(text) is not str:
+        raise ProtocolError("reply rule and message must be strings")
+    return verdict == "allow", rule, text, response

@@ -1,0 +1,148 @@
+"""Raw Landlock syscalls (x86_64).  The only module that talks to Landlock.
+
+`apply_floor` runs in the trampoline child just before it execs the agent:
+no threads, no heavy imports.  The plan itself comes from the pure
+`agentsup.floor.plan_floor`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import stat
+
+from .floor import FILE_RIGHTS, FloorPlan
+
+_SYS_LANDLOCK_CREATE_RULESET = 444
+_SYS_LANDLOCK_ADD_RULE = 445
+_SYS_LANDLOCK_RESTRICT_SELF = 446
+_LANDLOCK_CREATE_RULESET_VERSION = 1 << 0
+_LANDLOCK_RULE_PATH_BENEATH = 1
+_LANDLOCK_RULE_NET_PORT = 2
+_PR_SET_NO_NEW_PRIVS = 38
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+_prctl = _libc.prctl
+_prctl.restype = ctypes.c_int
+_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+
+
+class LandlockError(OSError):
+    """Installing the Landlock floor failed; the agent must not start."""
+
+
+class _RulesetAttr(ctypes.Structure):
+    _fields_ = [
+        ("handled_access_fs", ctypes.c_uint64),
+        ("handled_access_net", ctypes.c_uint64),  # ABI 4
+        ("scoped", ctypes.c_uint64),  # ABI 6
+    ]
+
+
+class _PathBeneathAttr(ctypes.Structure):
+    _pack_ = 1  # packed in the uapi header: u64 + s32, 12 bytes
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+class _NetPortAttr(ctypes.Structure):
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("port", ctypes.c_uint64)]
+
+
+def landlock_abi() -> int:
+    """The running kernel's Landlock ABI version, 0 when unsupported or disabled."""
+    try:
+        abi = _syscall(
+            ctypes.c_long(_SYS_LANDLOCK_CREATE_RULESET),
+            None,
+            ctypes.c_size_t(0),
+            ctypes.c_uint32(_LANDLOCK_CREATE_RULESET_VERSION),
+        )
+    except (OSError, ctypes.ArgumentError):
+        return 0
+    return int(abi) if abi > 0 else 0
+
+
+def _ruleset_size(abi: int) -> int:
+    # Older kernels reject a struct larger than the one they know.
+    if abi < 4:
+        return 8
+    if abi < 6:
+        return 16
+    return ctypes.sizeof(_RulesetAttr)
+
+
+def _fail(what: str) -> LandlockError:
+    err = ctypes.get_errno()
+    return LandlockError(err, f"{what}: {os.strerror(err)}")
+
+
+def _add_rule(ruleset_fd: int, rule_type: int, attr: ctypes.Structure, what: str) -> None:
+    rc = _syscall(
+        ctypes.c_long(_SYS_LANDLOCK_ADD_RULE),
+        ctypes.c_int(ruleset_fd),
+        ctypes.c_int(rule_type),
+        ctypes.byref(attr),
+        ctypes.c_uint32(0),
+    )
+    if rc < 0:
+        raise _fail(f"landlock_add_rule({what})")
+
+
+def _add_path_rules(ruleset_fd: int, plan: FloorPlan) -> None:
+    for path, allowed in plan.fs_rules:
+        try:
+            # O_NOFOLLOW: a symlink inside a granted directory must not widen the floor.
+            path_fd = os.open(path, os.O_PATH | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            message = f"cannot open {path} for a Landlock rule: {exc.strerror}"
+            raise LandlockError(exc.errno, message) from exc
+        try:
+            mode = os.fstat(path_fd).st_mode
+            if stat.S_ISLNK(mode):
+                continue
+            if not stat.S_ISDIR(mode):
+                allowed &= FILE_RIGHTS
+            if allowed:
+                attr = _PathBeneathAttr(allowed_access=allowed, parent_fd=path_fd)
+                _add_rule(ruleset_fd, _LANDLOCK_RULE_PATH_BENEATH, attr, path)
+        finally:
+            os.close(path_fd)
+
+
+def apply_floor(plan: FloorPlan) -> None:
+    """Restrict the calling process (and every later child) to `plan`.
+
+    Sets no_new_privs, which Landlock requires without CAP_SYS_ADMIN and which
+    the seccomp filter needs anyway.
+    """
+    if plan.abi < 1:
+        raise LandlockError(0, "Landlock is not available on this kernel")
+    attr = _RulesetAttr(plan.handled_fs, plan.handled_net, plan.scoped)
+    ruleset_fd = _syscall(
+        ctypes.c_long(_SYS_LANDLOCK_CREATE_RULESET),
+        ctypes.byref(attr),
+        ctypes.c_size_t(_ruleset_size(plan.abi)),
+        ctypes.c_uint32(0),
+    )
+    if ruleset_fd < 0:
+        raise _fail("landlock_create_ruleset")
+    try:
+        _add_path_rules(ruleset_fd, plan)
+        for port, allowed in plan.net_rules:
+            net_attr = _NetPortAttr(allowed_access=allowed, port=port)
+            _add_rule(ruleset_fd, _LANDLOCK_RULE_NET_PORT, net_attr, f"tcp port {port}")
+        if _prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            raise _fail("prctl(PR_SET_NO_NEW_PRIVS)")
+        rc = _syscall(
+            ctypes.c_long(_SYS_LANDLOCK_RESTRICT_SELF),
+            ctypes.c_int(ruleset_fd),
+            ctypes.c_uint32(0),
+        )
+        if rc < 0:
+            raise _fail("landlock_restrict_self")
+    finally:
+        os.close(ruleset_fd)

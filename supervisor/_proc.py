@@ -1,0 +1,184 @@
+"""Reading another process: its memory, fds, cwd and umask, through /proc.
+
+Raw syscalls (pidfd_getfd, openat2, renameat2) live here too, so the rest of
+the supervisor stays free of ctypes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import struct
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+# x86_64 numbers; the filter itself refuses foreign architectures.
+_SYS_PIDFD_GETFD = 438
+_SYS_OPENAT2 = 437
+_SYS_RENAMEAT2 = 316
+_SYS_FCHMODAT2 = 452
+
+_PATH_MAX = 4096
+_FIRST_READ = 256
+
+
+class MemoryReader:
+    """Reads strings and structs from agent threads via cached /proc/TID/mem fds.
+
+    A cached fd keeps pointing at the memory it was opened on; after an exec
+    (or a recycled tid) reads from it come back empty, so any short or failed
+    read reopens once and retries.
+    """
+
+    def __init__(self) -> None:
+        self._fds: dict[int, int] = {}
+
+    def _fd(self, tid: int) -> int:
+        fd = self._fds.get(tid)
+        if fd is None:
+            fd = os.open(f"/proc/{tid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+            self._fds[tid] = fd
+        return fd
+
+    def forget(self, tid: int) -> None:
+        fd = self._fds.pop(tid, None)
+        if fd is not None:
+            os.close(fd)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def read(self, tid: int, addr: int, size: int) -> bytes:
+        """Exactly `size` bytes at `addr`, or OSError(EFAULT)."""
+        for attempt in (0, 1):
+            try:
+                data = os.pread(self._fd(tid), size, addr)
+            except OSError as exc:
+                if exc.errno not in (errno.EIO, errno.ESRCH, errno.EFAULT) or attempt:
+                    raise OSError(errno.EFAULT, "cannot read agent memory") from exc
+                data = b""
+            if len(data) == size:
+                return data
+            self.forget(tid)
+        raise OSError(errno.EFAULT, "cannot read agent memory")
+
+    def read_cstring(self, tid: int, addr: int, limit: int = _PATH_MAX) -> bytes:
+        """The NUL-terminated string at `addr` (without the NUL)."""
+        if addr == 0:
+            raise OSError(errno.EFAULT, "NULL pointer")
+        for attempt in (0, 1):
+            fd = self._fd(tid)
+            data = b""
+            size = _FIRST_READ
+            while True:
+                try:
+                    chunk = os.pread(fd, size, addr + len(data))
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    break
+                end = chunk.find(b"\0")
+                if end >= 0:
+                    return data + chunk[:end]
+                data += chunk
+                if len(data) >= limit:
+                    raise OSError(errno.ENAMETOOLONG, "string too long")
+                size = limit - len(data)
+            if attempt == 0 and not data:
+                self.forget(tid)
+                continue
+            break
+        raise OSError(errno.EFAULT, "cannot read agent memory")
+
+    def read_pointer_array(self, tid: int, addr: int, limit: int = 4096) -> list[int]:
+        """A NULL-terminated array of pointers (argv, envp)."""
+        pointers: list[int] = []
+        batch = 32
+        while len(pointers) < limit:
+            raw = self.read(tid, addr + 8 * len(pointers), 8 * batch)
+            for (ptr,) in struct.iter_unpack("<Q", raw):
+                if ptr == 0:
+                    return pointers
+                pointers.append(ptr)
+        raise OSError(errno.E2BIG, "argument list too long")
+
+
+def thread_group_id(tid: int) -> int:
+    """The process (thread group) id of thread `tid`, or `tid` if it is gone."""
+    try:
+        with open(f"/proc/{tid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Tgid:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return tid
+
+
+def process_umask(tid: int) -> int:
+    try:
+        with open(f"/proc/{tid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
+def parent_pid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            data = stat.read()
+    except OSError:
+        return 0
+    # The command name may contain spaces and parentheses: split after the last ')'.
+    return int(data[data.rindex(b")") + 2 :].split()[1])
+
+
+def process_state(pid: int) -> str:
+    """The one-letter state from /proc/PID/stat (R, S, D, T, Z, ...), '' if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            data = stat.read()
+    except OSError:
+        return ""
+    return data[data.rindex(b")") + 2 :].split()[0].decode()
+
+
+def pidfd_getfd(pidfd: int, target_fd: int) -> int:
+    """Duplicate fd `target_fd` of the process behind `pidfd` into this process."""
+    fd = _libc.syscall(_SYS_PIDFD_GETFD, pidfd, target_fd, 0)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    os.set_inheritable(fd, False)
+    return int(fd)
+
+
+_OPEN_HOW = struct.Struct("<QQQ")
+
+
+def openat2(dirfd: int, path: bytes, flags: int, mode: int, resolve: int) -> int:
+    how = ctypes.create_string_buffer(_OPEN_HOW.pack(flags, mode, resolve), _OPEN_HOW.size)
+    fd = _libc.syscall(_SYS_OPENAT2, dirfd, path, how, _OPEN_HOW.size)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(fd)
+
+
+def renameat2(olddirfd: int, old: bytes, newdirfd: int, new: bytes, flags: int) -> None:
+    rc = _libc.syscall(_SYS_RENAMEAT2, olddirfd, old, newdirfd, new, flags)
+    if rc < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def fd_path(fd: int) -> str:
+    """What /proc/self/fd/FD points at: the real path for files."""
+    return os.readlink(f"/proc/self/fd/{fd}")

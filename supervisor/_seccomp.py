@@ -1,0 +1,187 @@
+"""Raw seccomp user notification: the filter, the listener ioctls.
+
+This is one of the few modules that speaks to the kernel in raw structs.
+Everything above it works on `Notification` tuples and plain ints.
+
+pyseccomp builds and loads the BPF filter; it has no ADDFD, ID_VALID or
+CONTINUE helpers, so the listener side is raw `fcntl.ioctl` on packed
+structs (DESIGN.md §3).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import struct
+from collections.abc import Iterable
+from typing import NamedTuple
+
+# <linux/seccomp.h>: SECCOMP_IOWR(0, struct seccomp_notif) etc., magic '!'.
+_NOTIF_SIZE = 80  # u64 id, u32 pid, u32 flags, struct seccomp_data (64 bytes)
+_RESP_SIZE = 24  # u64 id, s64 val, s32 error, u32 flags
+_ADDFD_SIZE = 24  # u64 id, u32 flags, u32 srcfd, u32 newfd, u32 newfd_flags
+
+
+def _ioc(direction: int, nr: int, size: int) -> int:
+    return (direction << 30) | (size << 16) | (ord("!") << 8) | nr
+
+
+_IOC_WRITE, _IOC_READ = 1, 2
+IOCTL_NOTIF_RECV = _ioc(_IOC_READ | _IOC_WRITE, 0, _NOTIF_SIZE)
+IOCTL_NOTIF_SEND = _ioc(_IOC_READ | _IOC_WRITE, 1, _RESP_SIZE)
+IOCTL_NOTIF_ID_VALID = _ioc(_IOC_WRITE, 2, 8)
+IOCTL_NOTIF_ADDFD = _ioc(_IOC_WRITE, 3, _ADDFD_SIZE)
+
+USER_NOTIF_FLAG_CONTINUE = 1
+ADDFD_FLAG_SETFD = 1
+ADDFD_FLAG_SEND = 2
+
+_NOTIF = struct.Struct("<QIIiIQ6Q")
+_RESP = struct.Struct("<QqiI")
+_ADDFD = struct.Struct("<QIIII")
+_ID = struct.Struct("<Q")
+_ZERO_NOTIF = bytes(_NOTIF_SIZE)
+
+
+class Notification(NamedTuple):
+    """One trapped syscall: `pid` is the thread id of the caller."""
+
+    id: int
+    pid: int
+    nr: int
+    arch: int
+    args: tuple[int, int, int, int, int, int]
+
+
+def receive(listener: int) -> Notification | None:
+    """Receive one notification; None when it vanished (the task died) meanwhile."""
+    buf = bytearray(_ZERO_NOTIF)  # the kernel insists on a zeroed struct
+    try:
+        fcntl.ioctl(listener, IOCTL_NOTIF_RECV, buf, True)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.EINTR):
+            return None
+        raise
+    nid, pid, _flags, nr, arch, _ip, a0, a1, a2, a3, a4, a5 = _NOTIF.unpack(buf)
+    return Notification(nid, pid, nr, arch, (a0, a1, a2, a3, a4, a5))
+
+
+def _send(listener: int, payload: bytes) -> bool:
+    try:
+        fcntl.ioctl(listener, IOCTL_NOTIF_SEND, payload)
+    except OSError as exc:
+        # ENOENT: the task died or was interrupted by a signal; the
+        # notification is gone and nothing is owed to it.
+        if exc.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+def respond_continue(listener: int, notif_id: int) -> bool:
+    """Let the kernel run the syscall as the agent asked."""
+    return _send(listener, _RESP.pack(notif_id, 0, 0, USER_NOTIF_FLAG_CONTINUE))
+
+
+def respond_error(listener: int, notif_id: int, err: int) -> bool:
+    """Fail the syscall with errno `err`."""
+    return _send(listener, _RESP.pack(notif_id, -1, -err, 0))
+
+
+def respond_value(listener: int, notif_id: int, value: int) -> bool:
+    """Complete the syscall with return value `value` (the supervisor did the work)."""
+    return _send(listener, _RESP.pack(notif_id, value, 0, 0))
+
+
+def inject_fd_and_respond(listener: int, notif_id: int, srcfd: int, cloexec: bool) -> bool:
+    """Install `srcfd` in the agent and return its number as the syscall result.
+
+    SEND makes the install and the response one atomic step, so the agent can
+    never see the fd without the response or the other way round.
+    """
+    newfd_flags = 0o2000000 if cloexec else 0  # O_CLOEXEC
+    try:
+        fcntl.ioctl(
+            listener,
+            IOCTL_NOTIF_ADDFD,
+            _ADDFD.pack(notif_id, ADDFD_FLAG_SEND, srcfd, 0, newfd_flags),
+        )
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return False
+        if exc.errno == errno.EMFILE:
+            return respond_error(listener, notif_id, errno.EMFILE)
+        raise
+    return True
+
+
+def id_valid(listener: int, notif_id: int) -> bool:
+    """True while the notification is still pending (the task is alive and waiting)."""
+    try:
+        fcntl.ioctl(listener, IOCTL_NOTIF_ID_VALID, _ID.pack(notif_id))
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+# ---------------------------------------------------------------------------
+# Building and loading the filter (runs in the trampoline, before exec).
+
+CLONE_NAMESPACE_FLAGS = (
+    0x00020000,  # CLONE_NEWNS
+    0x02000000,  # CLONE_NEWCGROUP
+    0x04000000,  # CLONE_NEWUTS
+    0x08000000,  # CLONE_NEWIPC
+    0x10000000,  # CLONE_NEWUSER
+    0x20000000,  # CLONE_NEWPID
+    0x40000000,  # CLONE_NEWNET
+    0x00000080,  # CLONE_NEWTIME
+)
+
+
+def load_filter(notify: Iterable[str], enosys: Iterable[str]) -> int:
+    """Install the filter on the calling thread and return the listener fd.
+
+    `notify` syscalls go to the supervisor; `enosys` ones fail with ENOSYS
+    (clone3, whose flags live in memory BPF cannot read, so glibc falls back
+    to clone, whose namespace flags it can).  A syscall of a foreign
+    architecture (32-bit int 0x80, x32) kills the process: the table below
+    only knows native numbers.
+    """
+    import pyseccomp
+
+    flt = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
+    flt.set_attr(pyseccomp.Attr.ACT_BADARCH, pyseccomp.KILL_PROCESS)
+    for name in notify:
+        if name == "clone":
+            for flag in CLONE_NAMESPACE_FLAGS:
+                flt.add_rule(
+                    pyseccomp.NOTIFY, "clone", pyseccomp.Arg(0, pyseccomp.MASKED_EQ, flag, flag)
+                )
+        elif name == "sendto":
+            # Only a sendto that names a destination address is a connect.
+            flt.add_rule(pyseccomp.NOTIFY, "sendto", pyseccomp.Arg(4, pyseccomp.NE, 0))
+        else:
+            flt.add_rule(pyseccomp.NOTIFY, name)
+    for name in enosys:
+        flt.add_rule(pyseccomp.ERRNO(errno.ENOSYS), name)
+    flt.load()
+    lib = pyseccomp._libseccomp  # the fd getter is not wrapped by pyseccomp
+    fd = int(lib.seccomp_notify_fd(flt._filter))
+    if fd < 0:
+        raise OSError(-fd, "seccomp_notify_fd failed")
+    return fd
+
+
+def syscall_numbers(names: Iterable[str]) -> dict[int, str]:
+    """Native syscall number -> name, for the names this kernel ABI has."""
+    import pyseccomp
+
+    table: dict[int, str] = {}
+    for name in names:
+        nr = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name)
+        if nr >= 0:
+            table[nr] = name
+    return table

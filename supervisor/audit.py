@@ -1,0 +1,871 @@
+"""The HMAC-chained audit log (DESIGN.md 1.5): the one writer, the verifier, readers.
+
+Record format.  JSON Lines, one record per line.  Every record carries the
+required keys (`REQUIRED_KEYS`, null when the caller had nothing to say), any
+extra keys the caller passed, `prev` (the previous record's `mac`; 64 zeros at
+the start of a fresh chain) and `mac`, the hex HMAC-SHA256 of the record's
+canonical JSON without `mac` (sorted keys, no spaces, UTF-8).  The writer lays
+a line out as that canonical JSON with `,"mac":"<hex>"` spliced in before the
+closing brace, so the verifier recovers the signed bytes by slicing instead of
+re-serialising.  Lines laid out any other way are still accepted: the verifier
+parses them and rebuilds the canonical form.
+
+Batch boundary (durability).  `AuditLog.append` writes its line to the file at
+once (one `os.write`, under the lock), so other readers see it immediately, but
+a record is only *durable* once a flush has run: fdatasync of the log, then the
+head record (last seq, mac, file, offset) replaced atomically.  A flush happens
+  - when the supervisor loop calls `flush()` at the end of every event-loop
+    iteration (after all events that iteration produced were appended),
+  - automatically inside `append` once 256 records or 200 ms are pending,
+  - on rotation, and on `close()`.
+After a crash, at most the records appended since the last flush are lost,
+and since the head only ever names flushed records, their loss is not
+reported as tampering; any loss of a flushed record is.
+
+Concurrency.  Several processes may append to one log.  Each append (or
+`append_many` batch) holds an exclusive `flock` on `<log>.lock` beside the log,
+re-reads the chain's tail if the log's inode or size is not what this writer
+last left, and writes whole lines with one `os.write`, so lines never
+interleave and the chain never forks.
+
+Rotation.  When the live file has reached `rotate_bytes`, it becomes
+`<log>.1` (older files shift to `.2` ... `.keep_rotated`, the oldest is
+dropped) and a new live file starts.  seq and the chain continue across files.
+The head record also keeps `base_seq`/`base_prev`, the first record of the
+oldest file kept, so dropping old files is not mistaken for tampering, while
+deleting any file that should still be there is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from agentsup.paths import Locations
+
+ZERO_MAC = "0" * 64
+KEY_BYTES = 32
+KINDS = ("decision", "signal", "approval", "lifecycle", "policy", "tamper")
+REQUIRED_KEYS = (
+    "seq",
+    "ts",
+    "agent",
+    "pid",
+    "kind",
+    "action_type",
+    "target",
+    "decision",
+    "rule",
+    "severity",
+    "layer",
+    "prev",
+)
+DEFAULT_ROTATE_BYTES = 64 * 2**20
+DEFAULT_KEEP_ROTATED = 10
+DEFAULT_FLUSH_RECORDS = 256
+DEFAULT_FLUSH_SECONDS = 0.2
+
+# json.dumps builds a new encoder per call when given options; reusing one
+# halves the cost of the hot path.  `default=str` keeps a stray Path or
+# datetime from crashing the one writer.
+_CANONICAL_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+)
+_NULL_RECORD: dict[str, object] = dict.fromkeys(REQUIRED_KEYS)
+# A line is the canonical body with `,"mac":"<64 hex>"}` + newline in place of
+# its closing brace.
+_MAC_PREFIX = b',"mac":"'
+_MAC_SUFFIX = b'"}\n'
+_SEALED_TAIL = len(_MAC_PREFIX) + 64 + len(_MAC_SUFFIX)
+_MAC_START = -64 - len(_MAC_SUFFIX)
+# The head record is pwritten in place at a fixed size: one write, no rename.
+HEAD_SIZE = 1024
+
+
+class AuditError(Exception):
+    """The audit log, its key or its head record cannot be used."""
+
+
+class AuditKeyError(AuditError):
+    """The HMAC key is missing, unreadable or not a proper key file."""
+
+
+# ---------------------------------------------------------------- pure helpers
+
+_PAD_INNER = bytes(byte ^ 0x36 for byte in range(256))
+_PAD_OUTER = bytes(byte ^ 0x5C for byte in range(256))
+
+
+class MacKey:
+    """HMAC-SHA256 (RFC 2104) with the key's two pads hashed once.
+
+    `hmac.new`/`hmac.digest` derive the pads again for every message, which
+    doubles the cost of a short record.  Gives the same digests.
+    """
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) > 64:
+            key = hashlib.sha256(key).digest()
+        block = key.ljust(64, b"\0")
+        self._inner = hashlib.sha256(block.translate(_PAD_INNER))
+        self._outer = hashlib.sha256(block.translate(_PAD_OUTER))
+
+    def __repr__(self) -> str:
+        return "<MacKey>"  # never show key material
+
+    def hexdigest(self, message: bytes) -> str:
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()
+
+
+def canonical_json(record: Mapping[str, object]) -> bytes:
+    """The bytes the mac covers: sorted keys, no spaces, UTF-8."""
+    return _CANONICAL_ENCODER.encode(record).encode()
+
+
+def seal_line(body: bytes, mac: str) -> bytes:
+    """One log line: the canonical body with `mac` spliced in last."""
+    return body[:-1] + _MAC_PREFIX + mac.encode() + _MAC_SUFFIX
+
+
+@functools.lru_cache(maxsize=4)
+def _second_prefix(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
+def format_ts(epoch: float) -> str:
+    """RFC 3339 UTC with microseconds, e.g. 2026-11-21T05:42:21.123456Z."""
+    seconds, micros = divmod(int(epoch * 1_000_000), 1_000_000)
+    return f"{_second_prefix(seconds)}.{micros:06d}Z"
+
+
+@dataclass(frozen=True, slots=True)
+class HeadRecord:
+    """The chain's last flushed record, kept outside the log.
+
+    `file`/`offset` name the live file and where its last flushed record
+    ends.  `base_seq`/`base_prev` are where the retained chain starts (they
+    move when rotation drops the oldest file).
+    """
+
+    seq: int
+    mac: str
+    file: str
+    offset: int
+    base_seq: int = 1
+    base_prev: str = ZERO_MAC
+
+    def to_bytes(self) -> bytes:
+        """The fixed-size on-disk form: JSON padded with spaces to HEAD_SIZE."""
+        fields = {
+            "seq": self.seq,
+            "mac": self.mac,
+            "file": self.file,
+            "offset": self.offset,
+            "base_seq": self.base_seq,
+            "base_prev": self.base_prev,
+        }
+        data = json.dumps(fields, sort_keys=True).encode()
+        if len(data) >= HEAD_SIZE:
+            raise AuditError(f"head record longer than {HEAD_SIZE} bytes (log name too long?)")
+        return data.ljust(HEAD_SIZE - 1) + b"\n"
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> HeadRecord:
+        try:
+            raw = json.loads(data)
+        except ValueError as exc:
+            raise AuditError(f"head record is not JSON: {exc}") from None
+        if not isinstance(raw, dict):
+            raise AuditError("head record is not a JSON object")
+        seq, mac, offset = raw.get("seq"), raw.get("mac"), raw.get("offset", 0)
+        base_seq, base_prev = raw.get("base_seq", 1), raw.get("base_prev", ZERO_MAC)
+        if not (_is_int(seq) and _is_int(offset) and _is_int(base_seq)):
+            raise AuditError("head record: seq, offset and base_seq must be integers")
+        if not (_is_mac(mac) and _is_mac(base_prev)):
+            raise AuditError("head record: mac and base_prev must be 64 hex digits")
+        assert isinstance(seq, int) and isinstance(offset, int) and isinstance(base_seq, int)
+        assert isinstance(mac, str) and isinstance(base_prev, str)
+        return cls(seq, mac, str(raw.get("file", "")), offset, base_seq, base_prev)
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_mac(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and _HEX.issuperset(value)
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    ok: bool
+    records: int  # records checked and found intact
+    first_bad_seq: int | None
+    reason: str
+
+
+class _BadRecord(Exception):
+    pass
+
+
+_MAC_MISMATCH = "mac mismatch: record edited, or not made with this log's key"
+
+
+def _fast_seq_prev(body: bytes) -> tuple[int, bytes] | None:
+    """seq and prev of an authentic canonical body without parsing it.
+
+    Inside JSON strings quotes are escaped, so `"seq":` can only be a key; if
+    it occurs once it is the top-level one.  Anything unusual (a nested key
+    of the same name, a non-integer) returns None and the caller parses.
+    """
+    if body.count(b'"seq":') != 1 or body.count(b'"prev":') != 1:
+        return None
+    seq_at, prev_at = body.find(b',"seq":'), body.find(b',"prev":"')
+    if seq_at < 0 or prev_at < 0:
+        return None
+    seq_end = body.find(b",", seq_at + 7)
+    digits = body[seq_at + 7 : seq_end]
+    if seq_end < 0 or not digits.isdigit():
+        return None
+    prev = body[prev_at + 9 : prev_at + 73]
+    if body[prev_at + 73 : prev_at + 74] != b'"':
+        return None
+    return int(digits), prev
+
+
+class ChainVerifier:
+    """Checks a chain one line at a time; no I/O.
+
+    Feed lines (bytes, newline included) in order with `feed`, which returns
+    False at the first bad one, then call `finish`.  The first bad seq is the
+    seq that should have been at the bad spot: for a deleted record, the first
+    missing one; for a truncated tail, the first record the head says exists
+    but the log lacks.
+    """
+
+    def __init__(self, key: bytes, head: HeadRecord | None = None) -> None:
+        self._mac_key = MacKey(key)
+        self._head_seq = head.seq if head else None
+        self._head_mac = head.mac.encode() if head else b""
+        self._seq = (head.base_seq if head else 1) - 1
+        self._mac = (head.base_prev if head else ZERO_MAC).encode()
+        self._records = 0
+        self._failure: VerifyResult | None = None
+
+    @property
+    def records(self) -> int:
+        return self._records
+
+    def feed(self, line: bytes) -> bool:
+        if self._failure is not None:
+            return False
+        expected = self._seq + 1
+        if line[-1:] != b"\n":
+            return self._fail(expected, "partial last line: log truncated mid-record")
+        if line[-3:] == _MAC_SUFFIX and line[-_SEALED_TAIL:_MAC_START] == _MAC_PREFIX:
+            # The writer's layout: the signed bytes are the line minus the mac.
+            body = line[:-_SEALED_TAIL] + b"}"
+            mac = line[_MAC_START:-3]
+            if not hmac.compare_digest(self._mac_key.hexdigest(body).encode(), mac):
+                return self._fail(expected, _MAC_MISMATCH)
+            found = _fast_seq_prev(body)
+        else:
+            found = None
+            mac = b""
+        if found is None:
+            try:
+                seq, prev, mac = self._parse(line, check_mac=not mac)
+            except _BadRecord as exc:
+                return self._fail(expected, str(exc))
+        else:
+            seq, prev = found
+        if seq != expected:
+            if seq > expected:
+                why = "missing, or records out of order"
+            else:
+                why = "record inserted, repeated or out of order"
+            return self._fail(expected, f"expected seq {expected}, found seq {seq}: {why}")
+        if prev != self._mac:
+            return self._fail(expected, f"prev is not the mac of seq {expected - 1}")
+        if seq == self._head_seq and mac != self._head_mac:
+            return self._fail(expected, "mac differs from the one in the head record")
+        self._seq, self._mac = seq, mac
+        self._records += 1
+        return True
+
+    def finish(self) -> VerifyResult:
+        if self._failure is not None:
+            return self._failure
+        head_seq = self._head_seq
+        if head_seq is not None and head_seq > self._seq:
+            why = f"log ends at seq {self._seq} but the head record says {head_seq}: tail removed"
+            self._fail(self._seq + 1, why)
+            assert self._failure is not None
+            return self._failure
+        return VerifyResult(True, self._records, None, "chain intact")
+
+    def _fail(self, seq: int, reason: str) -> bool:
+        self._failure = VerifyResult(False, self._records, seq, reason)
+        return False
+
+    def _parse(self, line: bytes, *, check_mac: bool) -> tuple[int, bytes, bytes]:
+        """The slow path: parse the line, and check its mac unless already done."""
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise _BadRecord("line is not valid JSON") from None
+        if not isinstance(record, dict):
+            raise _BadRecord("line is not a JSON object")
+        mac = record.pop("mac", None)
+        if not isinstance(mac, str):
+            raise _BadRecord("record has no mac")
+        mac_bytes = mac.encode("ascii", "replace")
+        if check_mac:
+            expected = self._mac_key.hexdigest(canonical_json(record)).encode()
+            if not hmac.compare_digest(expected, mac_bytes):
+                raise _BadRecord(_MAC_MISMATCH)
+        seq, prev = record.get("seq"), record.get("prev")
+        if not _is_int(seq):
+            raise _BadRecord("seq is not an integer")
+        if not isinstance(prev, str):
+            raise _BadRecord("prev is not a string")
+        assert isinstance(seq, int)
+        return seq, prev.encode("ascii", "replace"), mac_bytes
+
+
+# ------------------------------------------------------------- report (pure)
+
+OUTCOMES = ("allowed", "denied", "approved", "killed")
+_PROCEEDS = frozenset({"allow", "log", "warn"})
+_FAILS = frozenset({"block", "kill", "stop", "deny"})
+_SIGKILL_NAMES = frozenset({"SIGKILL", "KILL", "9"})
+
+
+def classify(record: Mapping[str, object]) -> str | None:
+    """Which report count a record adds to, if any.
+
+    decision: `response` (or, failing that, the `decision` verdict) says
+    whether the action went ahead (allowed) or failed (denied); a held action
+    counts once its approval record arrives.  approval: `outcome` approved,
+    or denied/timeout (denied).  signal: SIGKILL of the tree (killed).
+    """
+    kind = record.get("kind")
+    if kind == "decision":
+        response = record.get("response") or record.get("decision")
+        if response in _PROCEEDS:
+            return "allowed"
+        if response in _FAILS:
+            return "denied"
+        return None
+    if kind == "approval":
+        outcome = record.get("outcome")
+        if outcome == "approved":
+            return "approved"
+        if outcome in ("denied", "timeout"):
+            return "denied"
+        return None
+    if kind == "signal" and str(record.get("signal")).upper() in _SIGKILL_NAMES:
+        return "killed"
+    return None
+
+
+@dataclass
+class AgentReport:
+    totals: Counter[str] = field(default_factory=Counter)
+    by_rule: dict[str, Counter[str]] = field(default_factory=dict)
+    by_action_type: dict[str, Counter[str]] = field(default_factory=dict)
+
+    def add(self, outcome: str, rule: str, action_type: str) -> None:
+        self.totals[outcome] += 1
+        self.by_rule.setdefault(rule, Counter())[outcome] += 1
+        self.by_action_type.setdefault(action_type, Counter())[outcome] += 1
+
+    def to_json(self) -> dict[str, object]:
+        def counts(counter: Counter[str]) -> dict[str, int]:
+            return {name: counter[name] for name in OUTCOMES}
+
+        return {
+            **counts(self.totals),
+            "by_rule": {k: counts(v) for k, v in sorted(self.by_rule.items())},
+            "by_action_type": {k: counts(v) for k, v in sorted(self.by_action_type.items())},
+        }
+
+
+def summarize(records: Iterable[Mapping[str, object]]) -> dict[str, AgentReport]:
+    """Per agent: allowed/denied/approved/killed, by rule and by action type."""
+    reports: dict[str, AgentReport] = {}
+    for record in records:
+        outcome = classify(record)
+        if outcome is None:
+            continue
+        agent = str(record.get("agent") or "-")
+        rule = str(record.get("rule") or "-")
+        action_type = str(record.get("action_type") or "-")
+        reports.setdefault(agent, AgentReport()).add(outcome, rule, action_type)
+    return dict(sorted(reports.items()))
+
+
+# ---------------------------------------------------------------- files: keys
+
+
+def _ensure_dir(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def load_key(path: Path) -> bytes:
+    """Read the HMAC key; refuse one that others could read or that is malformed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise AuditKeyError(f"no audit key at {path}") from None
+    except OSError as exc:
+        raise AuditKeyError(f"cannot read audit key {path}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if info.st_mode & 0o077:
+            raise AuditKeyError(f"audit key {path} is open to group or others (mode must be 0400)")
+        key = os.read(fd, KEY_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(key) != KEY_BYTES:
+        raise AuditKeyError(f"audit key {path} is not {KEY_BYTES} bytes")
+    return key
+
+
+def load_or_create_key(path: Path) -> bytes:
+    """Load the key, creating it (mode 0400, owned by us) on first use.
+
+    The key is written to a private temporary name and then hard-linked into
+    place, so a concurrent reader never sees a half-written key and two
+    first users cannot end up with different keys.
+    """
+    with contextlib.suppress(AuditKeyError):
+        return load_key(path)
+    if path.exists():
+        return load_key(path)  # present but unusable: say why
+    _ensure_dir(path.parent)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        temp.unlink()  # left by a crashed process that had our pid
+    fd = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o400)
+    try:
+        _write_all(fd, secrets.token_bytes(KEY_BYTES))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(temp, path)
+    except FileExistsError:
+        pass  # another process created it first; use theirs
+    finally:
+        temp.unlink()
+    return load_key(path)
+
+
+# ---------------------------------------------------------------- files: head
+
+
+def read_head(path: Path) -> HeadRecord | None:
+    """The head record, or None if there is none yet."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise AuditError(f"cannot read head record {path}: {exc.strerror}") from None
+    if not data.strip():
+        return None  # created, never written: the writer died before its first flush
+    return HeadRecord.from_bytes(data)
+
+
+# ------------------------------------------------------------ files: the log
+
+
+def chain_files(path: Path) -> list[Path]:
+    """The files of a chain, oldest first: `path.N` ... `path.1`, then `path`."""
+    rotated: list[tuple[int, Path]] = []
+    prefix = path.name + "."
+    if path.parent.is_dir():
+        for entry in path.parent.iterdir():
+            suffix = entry.name[len(prefix) :]
+            if entry.name.startswith(prefix) and suffix.isdigit() and entry.is_file():
+                rotated.append((int(suffix), entry))
+    files = [entry for _, entry in sorted(rotated, reverse=True)]
+    if path.exists():
+        files.append(path)
+    return files
+
+
+def verify_log(path: Path, key: bytes, head: HeadRecord | None) -> VerifyResult:
+    """Verify the chain through the rotated files and the live file `path`.
+
+    Without a head record, removal of the newest records cannot be told from
+    a shorter log, and the chain must start at seq 1.
+    """
+    verifier = ChainVerifier(key, head)
+    for file in chain_files(path):
+        with open(file, "rb", buffering=2**20) as lines:
+            for line in lines:
+                if not verifier.feed(line):
+                    result = verifier.finish()
+                    return VerifyResult(
+                        False, result.records, result.first_bad_seq, f"{result.reason} (in {file})"
+                    )
+    return verifier.finish()
+
+
+def iter_records(path: Path) -> Iterator[dict[str, object]]:
+    """Every parseable record of the chain, oldest first.  No verification."""
+    for file in chain_files(path):
+        with open(file, "rb", buffering=2**20) as lines:
+            for line in lines:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict):
+                    yield record
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _record_seq_mac(line: bytes) -> tuple[int, str] | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    seq, mac = record.get("seq"), record.get("mac")
+    if _is_int(seq) and _is_mac(mac):
+        assert isinstance(seq, int) and isinstance(mac, str)
+        return seq, mac
+    return None
+
+
+def _last_record(path: Path) -> tuple[int, str] | None:
+    """(seq, mac) of the last complete, parseable record in a file."""
+    try:
+        with open(path, "rb") as file:
+            size = file.seek(0, os.SEEK_END)
+            chunk = 64 * 1024
+            while True:
+                start = max(0, size - chunk)
+                file.seek(start)
+                data = file.read(size - start)
+                lines = data.split(b"\n")
+                # lines[-1] is the partial line after the last newline (or b"");
+                # lines[0] may be cut by the chunk start.
+                complete = lines[1:-1] if start > 0 else lines[:-1]
+                for line in reversed(complete):
+                    found = _record_seq_mac(line)
+                    if found is not None:
+                        return found
+                if start == 0:
+                    return None
+                chunk *= 4
+    except FileNotFoundError:
+        return None
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as file:
+        file.seek(-1, os.SEEK_END)
+        return file.read(1)
+
+
+def _first_record(path: Path) -> tuple[int, str] | None:
+    """(seq, prev) of the first record in a file."""
+    try:
+        with open(path, "rb") as file:
+            record = json.loads(file.readline())
+    except (FileNotFoundError, ValueError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    seq, prev = record.get("seq"), record.get("prev")
+    if _is_int(seq) and _is_mac(prev):
+        assert isinstance(seq, int) and isinstance(prev, str)
+        return seq, prev
+    return None
+
+
+class AuditLog:
+    """The one writer of an audit log.  See the module docstring for the rules."""
+
+    def __init__(
+        self,
+        path: Path,
+        key_path: Path,
+        head_path: Path,
+        *,
+        rotate_bytes: int = DEFAULT_ROTATE_BYTES,
+        keep_rotated: int = DEFAULT_KEEP_ROTATED,
+        flush_records: int = DEFAULT_FLUSH_RECORDS,
+        flush_seconds: float = DEFAULT_FLUSH_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        if keep_rotated < 1:
+            raise ValueError("keep_rotated must be at least 1")
+        self.path = path
+        self.head_path = head_path
+        self.rotate_bytes = rotate_bytes
+        self.keep_rotated = keep_rotated
+        self.flush_records = flush_records
+        self.flush_seconds = flush_seconds
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._mac_key = MacKey(load_or_create_key(key_path))
+        _ensure_dir(path.parent)
+        _ensure_dir(head_path.parent)
+        self._mutex = threading.Lock()  # flock does not exclude threads sharing the fd
+        self._lock_fd = os.open(
+            path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+        )
+        self._head_fd = os.open(
+            head_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
+        self._fd = -1
+        self._inode = -1
+        self._end = 0  # size of the live file after this writer's last write
+        self._seq = 0
+        self._mac = ZERO_MAC
+        self._base = (1, ZERO_MAC)
+        self._pending = 0
+        self._pending_since: float | None = None
+        self._closed = False
+        with self._locked():
+            if os.fstat(self._head_fd).st_size > HEAD_SIZE:
+                os.ftruncate(self._head_fd, HEAD_SIZE)  # not ours: rewritten at the next flush
+            self._reload()
+
+    @classmethod
+    def open(cls, locations: Locations) -> AuditLog:
+        return cls(locations.audit_log, locations.audit_key, locations.audit_head)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"seq={self._seq} pending={self._pending}"
+        return f"<AuditLog {self.path} {state}>"
+
+    @property
+    def last_seq(self) -> int:
+        return self._seq
+
+    @property
+    def pending(self) -> int:
+        """Records appended but not yet flushed by this writer."""
+        return self._pending
+
+    def append(self, record: Mapping[str, object]) -> dict[str, object]:
+        """Seal and write one record; return it as written (seq, ts, prev, mac filled)."""
+        return self.append_many((record,))[0]
+
+    def append_many(self, records: Iterable[Mapping[str, object]]) -> list[dict[str, object]]:
+        """Seal and write several records under one lock and one write."""
+        # The hot path: the lock is taken inline, without a context manager.
+        with self._mutex:
+            if self._closed:
+                raise AuditError(f"audit log {self.path} is closed")
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                self._catch_up()
+                if self._end >= self.rotate_bytes:
+                    self._rotate()
+                return self._write_records(records)
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def flush_due_in(self) -> float | None:
+        """Seconds until pending records must be flushed; None if none pend.
+
+        The loop can use this as its poll timeout.
+        """
+        if self._pending_since is None:
+            return None
+        return max(0.0, self._pending_since + self.flush_seconds - self._clock())
+
+    def flush(self) -> None:
+        """Make every record appended so far durable and name the last in the head."""
+        if self._pending == 0 or self._closed:
+            return
+        with self._locked():
+            self._catch_up(check_path=True)
+            self._flush_locked()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self.flush()
+        self._closed = True
+        os.fsync(self._head_fd)
+        for fd in (self._fd, self._head_fd, self._lock_fd):
+            os.close(fd)
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- everything below runs under the lock
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._mutex:
+            if self._closed:
+                raise AuditError(f"audit log {self.path} is closed")
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _write_records(self, records: Iterable[Mapping[str, object]]) -> list[dict[str, object]]:
+        hexdigest = self._mac_key.hexdigest
+        encode = _CANONICAL_ENCODER.encode
+        seq, prev = self._seq, self._mac
+        sealed: list[dict[str, object]] = []
+        lines: list[bytes] = []
+        for given in records:
+            record = {**_NULL_RECORD, **given}
+            record.pop("mac", None)
+            seq += 1
+            record["seq"] = seq
+            record["prev"] = prev
+            if record["ts"] is None:
+                record["ts"] = format_ts(self._wall_clock())
+            body = encode(record).encode()
+            prev = hexdigest(body)
+            lines.append(body[:-1] + _MAC_PREFIX + prev.encode() + _MAC_SUFFIX)
+            record["mac"] = prev
+            sealed.append(record)
+        if not lines:
+            return sealed
+        data = b"".join(lines)
+        try:
+            _write_all(self._fd, data)
+        except OSError:
+            self._inode = -1  # maybe a partial write: resynchronise on the next call
+            raise
+        self._end += len(data)
+        self._seq, self._mac = seq, prev
+        self._pending += len(lines)
+        now = self._clock()
+        if self._pending_since is None:
+            self._pending_since = now
+        if self._pending >= self.flush_records or now - self._pending_since >= self.flush_seconds:
+            self._flush_locked()
+        return sealed
+
+    def _catch_up(self, *, check_path: bool = False) -> None:
+        """Notice other writers' appends and rotations, cheaply.
+
+        Only a file that reached rotate_bytes can have been rotated, so while
+        the open file is below that and its size is what this writer left, an
+        fstat is all it takes.  `check_path` also notices a file replaced or
+        removed by something other than rotation.
+        """
+        size = os.fstat(self._fd).st_size if self._inode != -1 else -1
+        if size == self._end and size < self.rotate_bytes and not check_path:
+            return
+        try:
+            info = os.stat(self.path)
+        except FileNotFoundError:
+            self._reload()
+            return
+        if info.st_ino != self._inode or info.st_size != self._end:
+            self._reload()
+
+    def _reload(self) -> None:
+        """(Re)open the live file and take the chain's tail from disk."""
+        try:
+            info: os.stat_result | None = os.stat(self.path)
+        except FileNotFoundError:
+            info = None
+        if info is None or info.st_ino != self._inode:
+            if self._fd >= 0:
+                os.close(self._fd)
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            self._fd = os.open(self.path, flags, 0o600)
+        info = os.fstat(self._fd)
+        self._inode = info.st_ino
+        self._end = info.st_size
+        try:
+            head = read_head(self.head_path)
+        except AuditError:
+            head = None  # unreadable: the verifier reports it; logging goes on
+        if head is not None:
+            self._base = (head.base_seq, head.base_prev)
+        tail = _last_record(self.path) or _last_record(self.path.with_name(self.path.name + ".1"))
+        # A head ahead of the log means flushed records were removed.  Continue
+        # after the head so the gap stays visible instead of being papered over.
+        if head is not None and (tail is None or head.seq > tail[0]):
+            tail = (head.seq, head.mac)
+        self._seq, self._mac = tail or (0, ZERO_MAC)
+        if self._end > 0 and _last_byte(self.path) != b"\n":
+            # A torn last line (crash, or truncation): end it so ours stay whole.
+            _write_all(self._fd, b"\n")
+            self._end += 1
+
+    def _flush_locked(self) -> None:
+        os.fdatasync(self._fd)
+        base_seq, base_prev = self._base
+        head = HeadRecord(self._seq, self._mac, self.path.name, self._end, base_seq, base_prev)
+        # No fsync of the head: it may lag after a crash (naming an older,
+        # durable record), but it never names a record the log lacks.
+        os.pwrite(self._head_fd, head.to_bytes(), 0)
+        self._pending = 0
+        self._pending_since = None
+
+    def _rotate(self) -> None:
+        os.fdatasync(self._fd)
+        name = self.path.name
+        rotated = [self.path.with_name(f"{name}.{n}") for n in range(1, self.keep_rotated + 1)]
+        if rotated[-1].exists():
+            # The oldest file goes; the retained chain now starts at the next oldest.
+            next_oldest = rotated[-2] if len(rotated) > 1 else self.path
+            self._base = _first_record(next_oldest) or self._base
+            rotated[-1].unlink()
+        for older, newer in zip(reversed(rotated[:-1]), reversed(rotated[1:]), strict=True):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(older, newer)
+        os.replace(self.path, rotated[0])
+        os.close(self._fd)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        self._fd = os.open(self.path, flags, 0o600)
+        self._inode = os.fstat(self._fd).st_ino
+        self._end = 0
+        self._flush_locked()

@@ -1,0 +1,58 @@
+"""`agentsup run`: start PROGRAM as a supervised agent in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+
+from agentsup.runner import EXIT_SETUP_FAILED, RunRequest, run_agent
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="run PROGRAM under supervision (foreground)",
+        description=(
+            "Start PROGRAM as a child process whose every file, exec, network and memory "
+            "action is checked against the policy at the syscall boundary. A PROGRAM "
+            "ending in .py runs under agentsup's own Python with the audit hook. Exit "
+            "status: the agent's own; 128+N if it died by signal N (137: killed by policy "
+            "or a person); 125 if agentsup failed before the agent started; 126 if PROGRAM "
+            "cannot be executed; 127 if it is not found."
+        ),
+    )
+    parser.usage_exit_code = EXIT_SETUP_FAILED  # type: ignore[attr-defined]
+    parser.add_argument(
+        "--policy", default="strict",
+        help="policy name (policy directory, then built-in templates) or path; default strict",
+    )
+    parser.add_argument(
+        "--workspace", default=".", help="the agent's working directory (default: current)"
+    )
+    parser.add_argument("--id", dest="agent_id", help="agent id (default: agent-<pid>)")
+    parser.add_argument(
+        "--json-status", metavar="FILE", help="write the final status (exit code, signal, rule)"
+    )
+    parser.add_argument(
+        "--allow-degraded", action="append", default=[], choices=["landlock", "cgroup"],
+        help="run even if this kernel feature is missing (one warning line)",
+    )
+    parser.add_argument("program", metavar="PROGRAM")
+    parser.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    program_args = list(args.args)
+    if program_args[:1] == ["--"]:
+        program_args = program_args[1:]
+    return run_agent(
+        RunRequest(
+            program=args.program,
+            args=program_args,
+            policy=args.policy,
+            workspace=args.workspace,
+            agent_id=args.agent_id,
+            json_status=args.json_status,
+            allow_degraded=args.allow_degraded,
+        )
+    )

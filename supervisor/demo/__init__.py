@@ -1,0 +1,1 @@
+"""The example agent that `agentsup demo` runs under the strict policy."""

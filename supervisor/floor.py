@@ -1,0 +1,307 @@
+"""Plan the Landlock kernel floor: which paths and ports the agent may reach.
+
+This module is pure: it turns roots, ports and protected paths into a
+`FloorPlan` (plain values) and never makes a syscall, so every rule can be
+tested without a kernel.  `agentsup._landlock.apply_floor` installs a plan.
+
+Landlock can only allow, never carve out.  When a granted root contains a
+path that must stay unreachable (the policy directory, the audit log, the
+state and runtime directories), the planner "punches a hole": it replaces the
+root by its directory entries, recursing along the protected path and skipping
+the protected entry itself.  See `plan_floor` for the consequence.
+
+Access-right values and ABI levels come from the kernel uapi header
+`linux/landlock.h`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+# Filesystem rights (landlock_ruleset_attr.handled_access_fs).
+FS_EXECUTE = 1 << 0
+FS_WRITE_FILE = 1 << 1
+FS_READ_FILE = 1 << 2
+FS_READ_DIR = 1 << 3
+FS_REMOVE_DIR = 1 << 4
+FS_REMOVE_FILE = 1 << 5
+FS_MAKE_CHAR = 1 << 6
+FS_MAKE_DIR = 1 << 7
+FS_MAKE_REG = 1 << 8
+FS_MAKE_SOCK = 1 << 9
+FS_MAKE_FIFO = 1 << 10
+FS_MAKE_BLOCK = 1 << 11
+FS_MAKE_SYM = 1 << 12
+FS_REFER = 1 << 13  # ABI 2
+FS_TRUNCATE = 1 << 14  # ABI 3
+FS_IOCTL_DEV = 1 << 15  # ABI 5
+
+# Network rights (handled_access_net), ABI 4.
+NET_BIND_TCP = 1 << 0
+NET_CONNECT_TCP = 1 << 1
+
+# Scopes (scoped), ABI 6.
+SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0
+SCOPE_SIGNAL = 1 << 1
+
+_FS_ABI1 = (1 << 13) - 1  # EXECUTE .. MAKE_SYM
+
+READ_RIGHTS = FS_READ_FILE | FS_READ_DIR
+EXEC_RIGHTS = FS_EXECUTE
+WRITE_RIGHTS = (
+    FS_WRITE_FILE
+    | FS_REMOVE_DIR
+    | FS_REMOVE_FILE
+    | FS_MAKE_CHAR
+    | FS_MAKE_DIR
+    | FS_MAKE_REG
+    | FS_MAKE_SOCK
+    | FS_MAKE_FIFO
+    | FS_MAKE_BLOCK
+    | FS_MAKE_SYM
+    | FS_REFER
+    | FS_TRUNCATE
+)
+# The only rights the kernel accepts on a rule whose path is not a directory.
+FILE_RIGHTS = FS_EXECUTE | FS_WRITE_FILE | FS_READ_FILE | FS_TRUNCATE | FS_IOCTL_DEV
+
+# Devices every program expects to open.  `> /dev/null` opens with O_TRUNC,
+# hence TRUNCATE; terminals need their ioctls.
+_DEVICE_RIGHTS = FS_READ_FILE | FS_WRITE_FILE | FS_TRUNCATE | FS_IOCTL_DEV
+ALWAYS_ALLOWED: tuple[tuple[str, int], ...] = (
+    ("/dev/null", _DEVICE_RIGHTS),
+    ("/dev/zero", _DEVICE_RIGHTS),
+    ("/dev/full", _DEVICE_RIGHTS),
+    ("/dev/random", _DEVICE_RIGHTS),
+    ("/dev/urandom", _DEVICE_RIGHTS),
+    ("/dev/tty", _DEVICE_RIGHTS),
+    ("/dev/pts", _DEVICE_RIGHTS | FS_READ_DIR),
+)
+
+_FS_NAMES = (
+    (FS_EXECUTE, "execute"),
+    (FS_WRITE_FILE, "write_file"),
+    (FS_READ_FILE, "read_file"),
+    (FS_READ_DIR, "read_dir"),
+    (FS_REMOVE_DIR, "remove_dir"),
+    (FS_REMOVE_FILE, "remove_file"),
+    (FS_MAKE_CHAR, "make_char"),
+    (FS_MAKE_DIR, "make_dir"),
+    (FS_MAKE_REG, "make_reg"),
+    (FS_MAKE_SOCK, "make_sock"),
+    (FS_MAKE_FIFO, "make_fifo"),
+    (FS_MAKE_BLOCK, "make_block"),
+    (FS_MAKE_SYM, "make_sym"),
+    (FS_REFER, "refer"),
+    (FS_TRUNCATE, "truncate"),
+    (FS_IOCTL_DEV, "ioctl_dev"),
+)
+
+
+def fs_rights_for_abi(abi: int) -> int:
+    """All filesystem rights the given Landlock ABI knows (0 when unsupported)."""
+    if abi < 1:
+        return 0
+    rights = _FS_ABI1
+    if abi >= 2:
+        rights |= FS_REFER
+    if abi >= 3:
+        rights |= FS_TRUNCATE
+    if abi >= 5:
+        rights |= FS_IOCTL_DEV
+    return rights
+
+
+def net_rights_for_abi(abi: int) -> int:
+    return NET_BIND_TCP | NET_CONNECT_TCP if abi >= 4 else 0
+
+
+def scopes_for_abi(abi: int) -> int:
+    return SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0
+
+
+def describe_fs_rights(mask: int) -> str:
+    """`read_file,read_dir`-style text for logs; `all` for a full ABI mask."""
+    names = [name for bit, name in _FS_NAMES if mask & bit]
+    return ",".join(names) if names else "none"
+
+
+@dataclass(frozen=True, slots=True)
+class FloorPlan:
+    """What `apply_floor` installs.  Plain values; build one with `plan_floor`.
+
+    `fs_rules` maps a path to the rights allowed beneath it; for a path that
+    turns out not to be a directory, `apply_floor` keeps only `FILE_RIGHTS`.
+    `gaps` names what the running ABI cannot enforce, for the caller to warn.
+    """
+
+    abi: int
+    handled_fs: int
+    handled_net: int
+    scoped: int
+    fs_rules: tuple[tuple[str, int], ...]
+    net_rules: tuple[tuple[int, int], ...]
+    gaps: tuple[str, ...] = ()
+
+    def describe(self) -> list[str]:
+        lines = [
+            f"landlock abi {self.abi}: handled fs={describe_fs_rights(self.handled_fs)}"
+            f" net={_net_names(self.handled_net)} scoped={_scope_names(self.scoped)}"
+        ]
+        lines += [f"  allow {path}: {describe_fs_rights(mask)}" for path, mask in self.fs_rules]
+        lines += [f"  allow tcp port {port}: {_net_names(mask)}" for port, mask in self.net_rules]
+        lines += [f"  not enforced: {gap}" for gap in self.gaps]
+        return lines
+
+
+def _net_names(mask: int) -> str:
+    names = [n for bit, n in ((NET_BIND_TCP, "bind"), (NET_CONNECT_TCP, "connect")) if mask & bit]
+    return ",".join(names) if names else "none"
+
+
+def _scope_names(mask: int) -> str:
+    pairs = ((SCOPE_ABSTRACT_UNIX_SOCKET, "abstract_unix_socket"), (SCOPE_SIGNAL, "signal"))
+    names = [n for bit, n in pairs if mask & bit]
+    return ",".join(names) if names else "none"
+
+
+def _normalise(path: str) -> str:
+    if not os.path.isabs(path):
+        raise ValueError(f"Landlock paths must be absolute, got {path!r}")
+    # normpath keeps a leading '//', which names the same directory as '/'.
+    normal = os.path.normpath(path)
+    return "/" + normal.lstrip("/")
+
+
+def _is_within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def punch(root: str, protected: Iterable[str], listdir: Callable[[str], list[str]]) -> list[str]:
+    """Paths that together cover `root` minus every protected path beneath it.
+
+    A protected path that does not exist still gets its hole, so it stays
+    unreachable if it is created later.  A directory that cannot be listed is
+    left out entirely: stricter, never looser.
+    """
+    inside = [p for p in protected if _is_within(p, root)]
+    if not inside:
+        return [root]
+    if root in inside:
+        return []
+    try:
+        entries = listdir(root)
+    except NotADirectoryError:
+        # A file cannot contain the protected path, so that path cannot exist.
+        return [root]
+    except OSError:
+        return []
+    covered: list[str] = []
+    for name in sorted(entries):
+        covered += punch(os.path.join(root, name), inside, listdir)
+    return covered
+
+
+def _grant(
+    rules: dict[str, int],
+    roots: Sequence[str],
+    rights: int,
+    protected: Sequence[str],
+    listdir: Callable[[str], list[str]],
+) -> None:
+    if not rights:
+        return
+    for root in roots:
+        for path in punch(root, protected, listdir):
+            rules[path] = rules.get(path, 0) | rights
+
+
+def _roots(roots: tuple[str, ...] | None) -> list[str]:
+    return ["/"] if roots is None else sorted({_normalise(r) for r in roots})
+
+
+def _check_ports(ports: frozenset[int] | None) -> None:
+    for port in ports or ():
+        if not 0 <= port <= 65535:
+            raise ValueError(f"TCP port out of range: {port}")
+
+
+def plan_floor(
+    *,
+    read_roots: tuple[str, ...] | None,
+    write_roots: tuple[str, ...] | None,
+    exec_roots: tuple[str, ...] | None,
+    connect_ports: frozenset[int] | None,
+    bind_ports: frozenset[int] | None,
+    no_write: Sequence[str],
+    no_read: Sequence[str],
+    abi: int,
+    listdir: Callable[[str], list[str]] = os.listdir,
+) -> FloorPlan:
+    """Plan the Landlock floor for one agent.
+
+    Roots are absolute paths; None means everything (`/`).  Pass canonical
+    paths (`os.path.realpath`): `apply_floor` does not follow symlinks, so a
+    symlink planted inside a granted directory can never widen the floor.
+    Ports: None leaves that kind of TCP access unrestricted, an empty set
+    allows none.  `no_write` paths never get write-class rights and `no_read`
+    paths get no rights at all, whatever the roots say.  Read roots always
+    include the exec roots, since running a program means reading it.
+
+    Consequence of punching holes: the parent directories of a protected path
+    are not granted themselves, only their entries as they exist now.  An
+    entry created later directly in such a parent directory (for example a
+    new file in `/var/log` next to a protected `/var/log/agentsup`) is not
+    reachable with the punched rights.  The floor gets stricter, never looser.
+    """
+    _check_ports(connect_ports)
+    _check_ports(bind_ports)
+    handled_fs = fs_rights_for_abi(abi)
+    known_net = net_rights_for_abi(abi)
+    scoped = scopes_for_abi(abi)
+    gaps: list[str] = []
+    if abi < 1:
+        gaps.append("Landlock is not available on this kernel")
+
+    no_read_paths = sorted({_normalise(p) for p in no_read})
+    no_write_paths = sorted({_normalise(p) for p in no_write} | set(no_read_paths))
+    read_roots_all = None if read_roots is None or exec_roots is None else read_roots + exec_roots
+    # IOCTL_DEV goes with write access: a device ioctl can change state.
+    write_rights = (WRITE_RIGHTS | FS_IOCTL_DEV) & handled_fs
+
+    rules: dict[str, int] = {}
+    _grant(rules, _roots(read_roots_all), READ_RIGHTS & handled_fs, no_read_paths, listdir)
+    _grant(rules, _roots(exec_roots), EXEC_RIGHTS & handled_fs, no_read_paths, listdir)
+    _grant(rules, _roots(write_roots), write_rights, no_write_paths, listdir)
+    for device, rights in ALWAYS_ALLOWED:
+        if rights & handled_fs and not any(_is_within(device, p) for p in no_read_paths):
+            rules[device] = rules.get(device, 0) | (rights & handled_fs)
+
+    handled_net = 0
+    net: dict[int, int] = {}
+    for ports, right, what in (
+        (connect_ports, NET_CONNECT_TCP, "connect"),
+        (bind_ports, NET_BIND_TCP, "bind"),
+    ):
+        if ports is None:
+            continue
+        if not known_net:
+            gaps.append(f"TCP {what} port rules need Landlock ABI 4 (running ABI {abi})")
+            continue
+        handled_net |= right
+        for port in ports:
+            net[port] = net.get(port, 0) | right
+    if abi >= 1 and not scoped:
+        gaps.append(f"signal and abstract-socket scoping need Landlock ABI 6 (running ABI {abi})")
+
+    return FloorPlan(
+        abi=abi,
+        handled_fs=handled_fs,
+        handled_net=handled_net,
+        scoped=scoped,
+        fs_rules=tuple(sorted((p, m) for p, m in rules.items() if m)),
+        net_rules=tuple(sorted(net.items())),
+        gaps=tuple(gaps),
+    )

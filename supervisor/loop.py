@@ -1,0 +1,136 @@
+"""The one event loop: epoll over every fd the supervisor owns, plus timers.
+
+Notification listeners, pidfds, the control socket, the hook socket and the
+signal wake-up pipe all register here.  Nothing else blocks.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import select
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+Callback = Callable[[], None]
+# A reader gets the epoll event mask, so it can tell data (EPOLLIN) from a
+# peer that went away (EPOLLHUP/EPOLLERR).
+ReaderCallback = Callable[[int], None]
+
+
+@dataclass(order=True)
+class Timer:
+    deadline: float
+    seq: int
+    callback: Callback = field(compare=False)
+    cancelled: bool = field(default=False, compare=False)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class EventLoop:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._epoll = select.epoll()
+        self._readers: dict[int, ReaderCallback] = {}
+        self._timers: list[Timer] = []
+        self._seq = itertools.count()
+        self._after_batch: list[Callback] = []
+        self._signal_handlers: dict[int, Callback] = {}
+        self._wakeup_r = -1
+        self._wakeup_w = -1
+
+    # -- fds ------------------------------------------------------------------
+
+    def add_reader(self, fd: int, callback: ReaderCallback) -> None:
+        self._readers[fd] = callback
+        self._epoll.register(fd, select.EPOLLIN)
+
+    def remove_reader(self, fd: int) -> None:
+        if self._readers.pop(fd, None) is not None:
+            try:
+                self._epoll.unregister(fd)
+            except (OSError, ValueError):
+                pass
+
+    def has_reader(self, fd: int) -> bool:
+        return fd in self._readers
+
+    # -- timers -----------------------------------------------------------------
+
+    def call_later(self, delay: float, callback: Callback) -> Timer:
+        timer = Timer(self.clock() + delay, next(self._seq), callback)
+        heapq.heappush(self._timers, timer)
+        return timer
+
+    def after_each_batch(self, callback: Callback) -> None:
+        """Run `callback` after every batch of ready fds (the audit log's fsync point)."""
+        self._after_batch.append(callback)
+
+    # -- signals ------------------------------------------------------------------
+
+    def on_signal(self, signum: int, callback: Callback) -> None:
+        """Run `callback` in the loop (not in a signal handler) when `signum` arrives."""
+        if self._wakeup_r < 0:
+            self._wakeup_r, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
+            self._wakeup_w = wakeup_w
+            self.add_reader(self._wakeup_r, lambda _events: self._drain_signals())
+        self._signal_handlers[signum] = callback
+        signal.signal(signum, lambda *_: None)
+
+    def _drain_signals(self) -> None:
+        try:
+            data = os.read(self._wakeup_r, 512)
+        except BlockingIOError:
+            return
+        for signum in dict.fromkeys(data):
+            handler = self._signal_handlers.get(signum)
+            if handler is not None:
+                handler()
+
+    # -- running -------------------------------------------------------------------
+
+    def _run_due_timers(self) -> float | None:
+        now = self.clock()
+        while self._timers:
+            timer = self._timers[0]
+            if timer.cancelled:
+                heapq.heappop(self._timers)
+                continue
+            if timer.deadline > now:
+                return timer.deadline - now
+            heapq.heappop(self._timers)
+            timer.callback()
+            now = self.clock()
+        return None
+
+    def run_until(self, done: Callable[[], bool]) -> None:
+        while not done():
+            timeout = self._run_due_timers()
+            if done():
+                break
+            try:
+                ready = self._epoll.poll(-1 if timeout is None else max(timeout, 0.0))
+            except InterruptedError:
+                ready = []
+            for fd, events in ready:
+                callback = self._readers.get(fd)
+                if callback is not None:
+                    callback(events)
+            for after in self._after_batch:
+                after()
+
+    def close(self) -> None:
+        if self._wakeup_r >= 0:
+            signal.set_wakeup_fd(-1)
+            for signum in self._signal_handlers:
+                signal.signal(signum, signal.SIG_DFL)
+            os.close(self._wakeup_r)
+            os.close(self._wakeup_w)
+            self._wakeup_r = self._wakeup_w = -1
+        self._epoll.close()

@@ -1,0 +1,733 @@
+"""Turn trapped syscalls into events, and carry out the answer.
+
+Each notification goes through one fixed sequence: receive, decode, decide,
+re-validate, respond (STYLE.md example 6).
+
+TOCTOU: a path in the agent's memory can be rewritten by another thread
+after we read it.  So a path decision is never enforced by CONTINUE alone.
+For the file syscalls the supervisor does the work itself, on the object it
+decided about:
+
+* open/openat/openat2/creat: resolve with an O_PATH open, decide on the
+  real path of what that fd points at, reopen that very fd and inject it
+  into the agent (ADDFD + SEND);
+* unlink, rmdir, mkdir, rename, link, symlink, truncate, chmod, chown:
+  pin the parent directory with O_PATH, decide on `parent/name`, then do
+  the `*at` call on the pinned fd and return its result.
+
+execve and connect cannot be done on the agent's behalf.  They are decided
+and then CONTINUEd, with Landlock (exec roots, TCP ports) as the floor under
+them; the README's threat model says what remains.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import stat
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from agentsup import _proc, _seccomp
+from agentsup.events import ActionType, Event, Layer, Response
+
+AT_FDCWD = -100
+AT_SYMLINK_NOFOLLOW = 0x100
+AT_REMOVEDIR = 0x200
+AT_SYMLINK_FOLLOW = 0x400
+AT_EMPTY_PATH = 0x1000
+RENAME_EXCHANGE = 2
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+_O_TMPFILE = getattr(os, "O_TMPFILE", 0o20200000)
+_O_PATH = getattr(os, "O_PATH", 0o10000000)
+
+# Syscalls that go to the supervisor for a decision.
+MEDIATED = (
+    "open", "openat", "openat2", "creat",
+    "execve", "execveat",
+    "unlink", "unlinkat", "rmdir",
+    "rename", "renameat", "renameat2",
+    "mkdir", "mkdirat",
+    "link", "linkat", "symlink", "symlinkat",
+    "truncate",
+    "chmod", "fchmod", "fchmodat", "fchmodat2",
+    "chown", "lchown", "fchown", "fchownat",
+    "connect", "bind", "sendto", "sendmsg", "sendmmsg",
+    "process_vm_readv",
+    "umask",
+)  # fmt: skip
+
+# Refused for every policy (DESIGN.md 1.2) and recorded as critical.  The
+# new mount API, chroot and namespace-creating clone flags are refused too:
+# each is a way around the path decisions above.
+ALWAYS_REFUSED = (
+    "ptrace", "process_vm_writev",
+    "io_uring_setup", "io_uring_enter", "io_uring_register",
+    "bpf", "mount", "umount2", "pivot_root", "chroot",
+    "fsopen", "fsconfig", "fsmount", "fspick", "move_mount", "open_tree", "mount_setattr",
+    "setns", "unshare", "clone",
+    "kexec_load", "kexec_file_load",
+    "init_module", "finit_module", "delete_module",
+    "perf_event_open", "userfaultfd", "open_by_handle_at",
+    "keyctl", "add_key", "request_key",
+)  # fmt: skip
+
+# clone3 keeps its flags in memory that BPF cannot read: ENOSYS makes glibc
+# fall back to clone, whose namespace flags the filter does see.
+FORCED_ENOSYS = ("clone3",)
+
+
+class Judge(Protocol):
+    """The session's side: evaluate an event, record it, apply signals."""
+
+    def judge(self, event: Event, tid: int) -> Response: ...
+
+    def refuse_always(self, syscall: str, tid: int) -> None: ...
+
+
+@dataclass(slots=True)
+class Resolved:
+    """A path the agent named, pinned by an O_PATH fd (or not, if it does not exist)."""
+
+    target: str  # the real path (or the lexical one when resolution failed)
+    fd: int = -1  # O_PATH fd of the object, or of the parent directory for `name`
+    name: bytes = b""  # last component, when `fd` is the parent
+    error: int = 0  # errno of the resolution, 0 if it worked
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _signed32(value: int) -> int:
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+class Mediator:
+    """Decodes and answers the notifications of one agent's listener."""
+
+    def __init__(self, listener: int, judge: Judge, tgid_of: Callable[[int], int],
+                 agent_id: str = "") -> None:
+        self.listener = listener
+        self.agent_id = agent_id
+        self.judge = judge
+        self.memory = _proc.MemoryReader()
+        self._tgid_of = tgid_of
+        self._umasks: dict[int, int] = {}
+        self._pidfds: dict[int, int] = {}
+        # (st_dev, st_ino) -> path, for files a hard link must not reach.
+        self.protected_inodes: dict[tuple[int, int], str] = {}
+        self._handlers: dict[int, Callable[[_seccomp.Notification, str], None]] = {}
+        for nr, name in _seccomp.syscall_numbers(MEDIATED).items():
+            self._handlers[nr] = getattr(self, f"_on_{name}")
+        for nr, name in _seccomp.syscall_numbers(ALWAYS_REFUSED).items():
+            self._handlers[nr] = self._on_refused
+        self._names = _seccomp.syscall_numbers(MEDIATED + ALWAYS_REFUSED)
+
+    def close(self) -> None:
+        self.memory.close()
+        for fd in self._pidfds.values():
+            os.close(fd)
+        self._pidfds.clear()
+
+    # -- the loop's entry point ------------------------------------------------
+
+    def on_ready(self, events: int) -> bool:
+        """Serve one notification.  False once no agent task is left on the filter."""
+        if not events & select.EPOLLIN:
+            return False  # EPOLLHUP alone: every task under the filter is gone
+        self._serve_one()
+        return True
+
+    def _serve_one(self) -> None:
+        notif = _seccomp.receive(self.listener)
+        if notif is None:
+            return
+        handler = self._handlers.get(notif.nr)
+        if handler is None:  # not ours to judge; never happens with our filter
+            _seccomp.respond_error(self.listener, notif.id, errno.ENOSYS)
+            return
+        try:
+            handler(notif, self._names.get(notif.nr, str(notif.nr)))
+        except OSError as exc:
+            # Could not read the agent's arguments (bad pointer, task gone):
+            # fail the syscall the way the kernel would.
+            _seccomp.respond_error(self.listener, notif.id, exc.errno or errno.EFAULT)
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _decide(self, notif: _seccomp.Notification, syscall: str, action: ActionType,
+                target: str) -> Response:
+        event = Event(action, target, self.agent_id, notif.pid, Layer.SECCOMP, syscall)
+        return self.judge.judge(event, notif.pid)
+
+    def _decide_all(self, notif: _seccomp.Notification, syscall: str,
+                    checks: list[tuple[ActionType, str]]) -> Response:
+        """Every check must let the action proceed; the first that does not decides."""
+        response = Response.ALLOW
+        for action, target in checks:
+            response = self._decide(notif, syscall, action, target)
+            if not response.proceeds:
+                return response
+        return response
+
+    def _refuse(self, notif: _seccomp.Notification, response: Response, err: int) -> None:
+        if response is Response.HOLD:
+            # The judge stopped the tree: the kernel drops this notification and
+            # reissues the syscall after SIGCONT, when a person's grant answers it.
+            return
+        # KILL and STOP were carried out by the judge; the syscall fails either way.
+        _seccomp.respond_error(self.listener, notif.id, err)
+
+    def _agent_path(self, tid: int, dirfd: int, raw: bytes) -> bytes:
+        """`raw` as a path this process can open, naming what the agent would reach."""
+        if raw.startswith(b"/"):
+            # /proc/self here would be the supervisor: point it at the agent.
+            if raw.startswith(b"/proc/self/") or raw == b"/proc/self":
+                return b"/proc/%d" % self._tgid_of(tid) + raw[10:]
+            if raw.startswith(b"/proc/thread-self"):
+                return b"/proc/%d/task/%d" % (self._tgid_of(tid), tid) + raw[17:]
+            return raw
+        if dirfd == AT_FDCWD:
+            return b"/proc/%d/cwd/" % tid + raw
+        return b"/proc/%d/fd/%d/" % (tid, dirfd) + raw
+
+    def _lexical(self, tid: int, dirfd: int, raw: bytes) -> str:
+        """Best-effort absolute path when the kernel could not resolve it."""
+        if raw.startswith(b"/"):
+            base = b""
+        else:
+            link = f"/proc/{tid}/cwd" if dirfd == AT_FDCWD else f"/proc/{tid}/fd/{dirfd}"
+            try:
+                base = os.fsencode(os.readlink(link)) + b"/"
+            except OSError:
+                base = b"/"
+        return os.path.normpath(os.fsdecode(base + raw)).replace("//", "/", 1)
+
+    def _real_of(self, fd: int, st: os.stat_result | None = None) -> str:
+        real = _proc.fd_path(fd)
+        if st is not None and st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
+            # A hard link has no "real" name; if it is one of the files the
+            # policy protects, judge it under the protected name.
+            protected = self.protected_inodes.get((st.st_dev, st.st_ino))
+            if protected is not None:
+                return protected
+        return real
+
+    def resolve(self, tid: int, dirfd: int, raw: bytes, *, follow: bool = True) -> Resolved:
+        """Pin the object `raw` names (following a final symlink if `follow`)."""
+        if not raw:
+            return Resolved(self._lexical(tid, dirfd, raw), error=errno.ENOENT)
+        flags = _O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+        try:
+            fd = os.open(self._agent_path(tid, dirfd, raw), flags)
+        except OSError as exc:
+            return Resolved(self._lexical(tid, dirfd, raw), error=exc.errno or errno.ENOENT)
+        return Resolved(self._real_of(fd, os.fstat(fd)), fd=fd)
+
+    def resolve_parent(self, tid: int, dirfd: int, raw: bytes) -> Resolved:
+        """Pin the directory that would hold `raw`'s last component."""
+        stripped = raw.rstrip(b"/")
+        head, _, name = stripped.rpartition(b"/")
+        if not stripped:
+            return Resolved("/", error=errno.EBUSY)
+        if name in (b".", b".."):
+            return Resolved(self._lexical(tid, dirfd, raw), error=errno.EINVAL)
+        parent = head if head or not stripped.startswith(b"/") else b"/"
+        if b"/" not in stripped:
+            parent = b"."
+        try:
+            fd = os.open(
+                self._agent_path(tid, dirfd, parent),
+                _O_PATH | os.O_DIRECTORY | os.O_CLOEXEC,
+            )
+        except OSError as exc:
+            return Resolved(self._lexical(tid, dirfd, raw), error=exc.errno or errno.ENOENT)
+        parent_real = _proc.fd_path(fd)
+        target = parent_real.rstrip("/") + "/" + os.fsdecode(name)
+        return Resolved(target, fd=fd, name=name)
+
+    def _umask(self, tid: int) -> int:
+        tgid = self._tgid_of(tid)
+        mask = self._umasks.get(tgid)
+        if mask is None:
+            mask = self._umasks[tgid] = _proc.process_umask(tid)
+        return mask
+
+    def _pidfd(self, tid: int) -> int:
+        tgid = self._tgid_of(tid)
+        fd = self._pidfds.get(tgid)
+        if fd is None:
+            fd = self._pidfds[tgid] = os.pidfd_open(tgid)
+        return fd
+
+    def forget_process(self, tgid: int) -> None:
+        self._umasks.pop(tgid, None)
+        fd = self._pidfds.pop(tgid, None)
+        if fd is not None:
+            os.close(fd)
+        self.memory.forget(tgid)
+
+    def _finish(self, notif: _seccomp.Notification, work: Callable[[], object]) -> None:
+        """Do `work` for the agent if it is still waiting, and return its result."""
+        if not _seccomp.id_valid(self.listener, notif.id):
+            return
+        try:
+            result = work()
+        except OSError as exc:
+            _seccomp.respond_error(self.listener, notif.id, exc.errno or errno.EIO)
+            return
+        _seccomp.respond_value(self.listener, notif.id, int(result) if result else 0)
+
+    # -- open family -------------------------------------------------------------
+
+    def _open(self, notif: _seccomp.Notification, syscall: str, dirfd: int, path_ptr: int,
+              flags: int, mode: int) -> None:
+        tid = notif.pid
+        raw = self.memory.read_cstring(tid, path_ptr)
+        writes = bool(flags & _WRITE_FLAGS) or (flags & _O_TMPFILE) == _O_TMPFILE
+        reads = (flags & os.O_ACCMODE) != os.O_WRONLY
+        follow = not flags & os.O_NOFOLLOW
+        node = self.resolve(tid, dirfd, raw, follow=follow)
+        creating = node.error == errno.ENOENT and flags & os.O_CREAT
+        if creating:
+            node = self.resolve_parent(tid, dirfd, raw)
+        try:
+            checks = []
+            if reads or not writes:
+                checks.append((ActionType.FILE_READ, node.target))
+            if writes:
+                checks.append((ActionType.FILE_WRITE, node.target))
+            response = self._decide_all(notif, syscall, checks)
+            if not response.proceeds:
+                self._refuse(notif, response, errno.EACCES)
+                return
+            if node.error:
+                _seccomp.respond_error(self.listener, notif.id, node.error)
+                return
+            if not _seccomp.id_valid(self.listener, notif.id):
+                return
+            own_flags = (flags | os.O_CLOEXEC) & ~os.O_NOFOLLOW
+            try:
+                if creating:
+                    fd = os.open(node.name, own_flags | os.O_NOFOLLOW,
+                                 mode & 0o7777 & ~self._umask(tid), dir_fd=node.fd)
+                else:
+                    fd = self._reopen(node.fd, own_flags)
+            except OSError as exc:
+                _seccomp.respond_error(self.listener, notif.id, exc.errno or errno.EIO)
+                return
+            try:
+                _seccomp.inject_fd_and_respond(
+                    self.listener, notif.id, fd, cloexec=bool(flags & os.O_CLOEXEC)
+                )
+            finally:
+                os.close(fd)
+        finally:
+            node.close()
+
+    @staticmethod
+    def _reopen(path_fd: int, flags: int) -> int:
+        if flags & _O_PATH:
+            return os.dup(path_fd)
+        st = os.fstat(path_fd)
+        if stat.S_ISFIFO(st.st_mode) and not flags & os.O_NONBLOCK:
+            # Opening a FIFO blocks until the other end opens; the supervisor
+            # must never block, so open non-blocking and hand over a blocking fd.
+            fd = os.open(f"/proc/self/fd/{path_fd}", flags | os.O_NONBLOCK)
+            os.set_blocking(fd, True)
+            return fd
+        return os.open(f"/proc/self/fd/{path_fd}", flags)
+
+    def _on_open(self, n: _seccomp.Notification, name: str) -> None:
+        self._open(n, name, AT_FDCWD, n.args[0], n.args[1], n.args[2])
+
+    def _on_creat(self, n: _seccomp.Notification, name: str) -> None:
+        self._open(n, name, AT_FDCWD, n.args[0], os.O_CREAT | os.O_WRONLY | os.O_TRUNC, n.args[1])
+
+    def _on_openat(self, n: _seccomp.Notification, name: str) -> None:
+        self._open(n, name, _signed32(n.args[0]), n.args[1], n.args[2], n.args[3])
+
+    def _on_openat2(self, n: _seccomp.Notification, name: str) -> None:
+        size = n.args[3]
+        if size < 24:
+            _seccomp.respond_error(self.listener, n.id, errno.EINVAL)
+            return
+        flags, mode, resolve = struct.unpack("<QQQ", self.memory.read(n.pid, n.args[2], 24))
+        if resolve:
+            # RESOLVE_* flags restrict what the kernel may follow; we resolve
+            # without them, so refuse rather than widen the agent's request.
+            _seccomp.respond_error(self.listener, n.id, errno.ENOSYS)
+            return
+        self._open(n, name, _signed32(n.args[0]), n.args[1], flags, mode)
+
+    # -- exec ---------------------------------------------------------------------
+
+    def _exec(self, n: _seccomp.Notification, syscall: str, dirfd: int, path_ptr: int,
+              argv_ptr: int, flags: int) -> None:
+        tid = n.pid
+        raw = self.memory.read_cstring(tid, path_ptr)
+        if not raw and flags & AT_EMPTY_PATH:
+            raw = b"/proc/%d/fd/%d" % (self._tgid_of(tid), dirfd)
+            dirfd = AT_FDCWD
+        argv = [
+            os.fsdecode(self.memory.read_cstring(tid, p, 131072))
+            for p in self.memory.read_pointer_array(tid, argv_ptr)
+        ] if argv_ptr else []
+        node = self.resolve(tid, dirfd, raw, follow=not flags & AT_SYMLINK_NOFOLLOW)
+        try:
+            checks = [
+                (ActionType.SHELL_EXECUTE, " ".join(argv)),
+                (ActionType.PROCESS_SPAWN, node.target),
+            ]
+            if node.fd >= 0 and self._is_script(node.fd):
+                checks.append((ActionType.FILE_READ, node.target))
+            response = self._decide_all(n, syscall, checks)
+        finally:
+            node.close()
+        if not response.proceeds:
+            self._refuse(n, response, errno.EACCES)
+            return
+        # The process image changes: cached memory fds and umask go stale.
+        self.forget_process(self._tgid_of(tid))
+        self.memory.forget(tid)
+        _seccomp.respond_continue(self.listener, n.id)
+
+    @staticmethod
+    def _is_script(path_fd: int) -> bool:
+        try:
+            fd = os.open(f"/proc/self/fd/{path_fd}", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            return os.pread(fd, 2, 0) == b"#!"
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+
+    def _on_execve(self, n: _seccomp.Notification, name: str) -> None:
+        self._exec(n, name, AT_FDCWD, n.args[0], n.args[1], 0)
+
+    def _on_execveat(self, n: _seccomp.Notification, name: str) -> None:
+        self._exec(n, name, _signed32(n.args[0]), n.args[1], n.args[2], n.args[4])
+
+    # -- delete, create, move ------------------------------------------------------
+
+    def _parent_op(self, n: _seccomp.Notification, syscall: str, action: ActionType,
+                   dirfd: int, path_ptr: int, work: Callable[[Resolved], object]) -> None:
+        raw = self.memory.read_cstring(n.pid, path_ptr)
+        node = self.resolve_parent(n.pid, dirfd, raw)
+        try:
+            response = self._decide(n, syscall, action, node.target)
+            if not response.proceeds:
+                self._refuse(n, response, errno.EACCES)
+            elif node.error:
+                _seccomp.respond_error(self.listener, n.id, node.error)
+            else:
+                self._finish(n, lambda: work(node))
+        finally:
+            node.close()
+
+    def _unlink(self, n: _seccomp.Notification, syscall: str, dirfd: int, ptr: int,
+                flags: int) -> None:
+        def work(node: Resolved) -> None:
+            if flags & AT_REMOVEDIR:
+                os.rmdir(node.name, dir_fd=node.fd)
+            else:
+                os.unlink(node.name, dir_fd=node.fd)
+
+        self._parent_op(n, syscall, ActionType.FILE_DELETE, dirfd, ptr, work)
+
+    def _on_unlink(self, n: _seccomp.Notification, name: str) -> None:
+        self._unlink(n, name, AT_FDCWD, n.args[0], 0)
+
+    def _on_rmdir(self, n: _seccomp.Notification, name: str) -> None:
+        self._unlink(n, name, AT_FDCWD, n.args[0], AT_REMOVEDIR)
+
+    def _on_unlinkat(self, n: _seccomp.Notification, name: str) -> None:
+        self._unlink(n, name, _signed32(n.args[0]), n.args[1], n.args[2])
+
+    def _mkdir(self, n: _seccomp.Notification, syscall: str, dirfd: int, ptr: int,
+               mode: int) -> None:
+        umask = self._umask(n.pid)
+        self._parent_op(
+            n, syscall, ActionType.FILE_WRITE, dirfd, ptr,
+            lambda node: os.mkdir(node.name, mode & 0o7777 & ~umask, dir_fd=node.fd),
+        )
+
+    def _on_mkdir(self, n: _seccomp.Notification, name: str) -> None:
+        self._mkdir(n, name, AT_FDCWD, n.args[0], n.args[1])
+
+    def _on_mkdirat(self, n: _seccomp.Notification, name: str) -> None:
+        self._mkdir(n, name, _signed32(n.args[0]), n.args[1], n.args[2])
+
+    def _symlink(self, n: _seccomp.Notification, syscall: str, target_ptr: int, dirfd: int,
+                 ptr: int) -> None:
+        content = self.memory.read_cstring(n.pid, target_ptr)
+        self._parent_op(
+            n, syscall, ActionType.FILE_WRITE, dirfd, ptr,
+            lambda node: os.symlink(content, node.name, dir_fd=node.fd),
+        )
+
+    def _on_symlink(self, n: _seccomp.Notification, name: str) -> None:
+        self._symlink(n, name, n.args[0], AT_FDCWD, n.args[1])
+
+    def _on_symlinkat(self, n: _seccomp.Notification, name: str) -> None:
+        self._symlink(n, name, n.args[0], _signed32(n.args[1]), n.args[2])
+
+    def _two_paths(self, n: _seccomp.Notification, syscall: str, olddirfd: int, old_ptr: int,
+                   newdirfd: int, new_ptr: int, *, linking: bool, flags: int) -> None:
+        tid = n.pid
+        old_raw = self.memory.read_cstring(tid, old_ptr)
+        new_raw = self.memory.read_cstring(tid, new_ptr)
+        if linking and flags & AT_SYMLINK_FOLLOW:
+            source = self.resolve(tid, olddirfd, old_raw)
+        else:
+            source = self.resolve_parent(tid, olddirfd, old_raw)
+            if linking and source.fd >= 0:
+                # A hard link to a protected file must be judged as that file.
+                try:
+                    st = os.stat(source.name, dir_fd=source.fd, follow_symlinks=False)
+                    protected = self.protected_inodes.get((st.st_dev, st.st_ino))
+                    if protected is not None:
+                        source.target = protected
+                except OSError:
+                    pass
+        dest = self.resolve_parent(tid, newdirfd, new_raw)
+        try:
+            if linking:
+                # Making a new name for a file is as good as reading it.
+                checks = [(ActionType.FILE_READ, source.target), (ActionType.FILE_WRITE, dest.target)]
+            else:
+                checks = [(ActionType.FILE_MOVE, source.target), (ActionType.FILE_WRITE, dest.target)]
+                if flags & RENAME_EXCHANGE:
+                    checks += [(ActionType.FILE_MOVE, dest.target), (ActionType.FILE_WRITE, source.target)]
+            response = self._decide_all(n, syscall, checks)
+            if not response.proceeds:
+                self._refuse(n, response, errno.EACCES)
+                return
+            for node in (source, dest):
+                if node.error:
+                    _seccomp.respond_error(self.listener, n.id, node.error)
+                    return
+
+            def work() -> None:
+                if linking and flags & AT_SYMLINK_FOLLOW:
+                    os.link(f"/proc/self/fd/{source.fd}", dest.name, dst_dir_fd=dest.fd,
+                            follow_symlinks=True)
+                elif linking:
+                    os.link(source.name, dest.name, src_dir_fd=source.fd, dst_dir_fd=dest.fd,
+                            follow_symlinks=False)
+                elif flags:
+                    _proc.renameat2(source.fd, source.name, dest.fd, dest.name, flags)
+                else:
+                    os.rename(source.name, dest.name, src_dir_fd=source.fd, dst_dir_fd=dest.fd)
+
+            self._finish(n, work)
+        finally:
+            source.close()
+            dest.close()
+
+    def _on_rename(self, n: _seccomp.Notification, name: str) -> None:
+        self._two_paths(n, name, AT_FDCWD, n.args[0], AT_FDCWD, n.args[1], linking=False, flags=0)
+
+    def _on_renameat(self, n: _seccomp.Notification, name: str) -> None:
+        a = n.args
+        self._two_paths(n, name, _signed32(a[0]), a[1], _signed32(a[2]), a[3],
+                        linking=False, flags=0)
+
+    def _on_renameat2(self, n: _seccomp.Notification, name: str) -> None:
+        a = n.args
+        self._two_paths(n, name, _signed32(a[0]), a[1], _signed32(a[2]), a[3],
+                        linking=False, flags=a[4] & 0xFFFFFFFF)
+
+    def _on_link(self, n: _seccomp.Notification, name: str) -> None:
+        self._two_paths(n, name, AT_FDCWD, n.args[0], AT_FDCWD, n.args[1], linking=True, flags=0)
+
+    def _on_linkat(self, n: _seccomp.Notification, name: str) -> None:
+        a = n.args
+        self._two_paths(n, name, _signed32(a[0]), a[1], _signed32(a[2]), a[3],
+                        linking=True, flags=a[4] & 0xFFFFFFFF)
+
+    # -- change an existing object ---------------------------------------------------
+
+    def _object_op(self, n: _seccomp.Notification, syscall: str, action: ActionType,
+                   node: Resolved, work: Callable[[str], object]) -> None:
+        try:
+            response = self._decide(n, syscall, action, node.target)
+            if not response.proceeds:
+                self._refuse(n, response, errno.EACCES)
+            elif node.error:
+                _seccomp.respond_error(self.listener, n.id, node.error)
+            else:
+                # Through the pinned fd, never through the name again.
+                self._finish(n, lambda: work(f"/proc/self/fd/{node.fd}"))
+        finally:
+            node.close()
+
+    def _path_object(self, n: _seccomp.Notification, dirfd: int, ptr: int,
+                     follow: bool = True) -> Resolved:
+        return self.resolve(n.pid, dirfd, self.memory.read_cstring(n.pid, ptr), follow=follow)
+
+    def _fd_object(self, n: _seccomp.Notification, agent_fd: int) -> Resolved:
+        """Take a copy of the agent's fd, so a dup2 behind our back changes nothing."""
+        try:
+            fd = _proc.pidfd_getfd(self._pidfd(n.pid), agent_fd)
+        except OSError as exc:
+            return Resolved(f"fd:{agent_fd}", error=exc.errno or errno.EBADF)
+        try:
+            return Resolved(self._real_of(fd, os.fstat(fd)), fd=fd)
+        except OSError as exc:
+            os.close(fd)
+            return Resolved(f"fd:{agent_fd}", error=exc.errno or errno.EBADF)
+
+    def _on_truncate(self, n: _seccomp.Notification, name: str) -> None:
+        length = n.args[1]
+        self._object_op(n, name, ActionType.FILE_WRITE, self._path_object(n, AT_FDCWD, n.args[0]),
+                        lambda p: os.truncate(p, length))
+
+    def _chmod(self, n: _seccomp.Notification, syscall: str, node: Resolved, mode: int) -> None:
+        self._object_op(n, syscall, ActionType.FILE_CHMOD, node,
+                        lambda p: os.chmod(p, mode & 0o7777))
+
+    def _on_chmod(self, n: _seccomp.Notification, name: str) -> None:
+        self._chmod(n, name, self._path_object(n, AT_FDCWD, n.args[0]), n.args[1])
+
+    def _on_fchmod(self, n: _seccomp.Notification, name: str) -> None:
+        self._chmod(n, name, self._fd_object(n, _signed32(n.args[0])), n.args[1])
+
+    def _on_fchmodat(self, n: _seccomp.Notification, name: str) -> None:
+        self._chmod(n, name, self._path_object(n, _signed32(n.args[0]), n.args[1]), n.args[2])
+
+    def _on_fchmodat2(self, n: _seccomp.Notification, name: str) -> None:
+        flags = n.args[3]
+        if flags & AT_EMPTY_PATH:
+            node = self._fd_object(n, _signed32(n.args[0]))
+        else:
+            node = self._path_object(n, _signed32(n.args[0]), n.args[1],
+                                     follow=not flags & AT_SYMLINK_NOFOLLOW)
+        self._chmod(n, name, node, n.args[2])
+
+    def _chown(self, n: _seccomp.Notification, syscall: str, node: Resolved, uid: int,
+               gid: int) -> None:
+        uid, gid = _signed32(uid), _signed32(gid)
+        self._object_op(n, syscall, ActionType.FILE_CHMOD, node,
+                        lambda p: os.chown(p, uid, gid))
+
+    def _on_chown(self, n: _seccomp.Notification, name: str) -> None:
+        self._chown(n, name, self._path_object(n, AT_FDCWD, n.args[0]), n.args[1], n.args[2])
+
+    def _on_lchown(self, n: _seccomp.Notification, name: str) -> None:
+        node = self._path_object(n, AT_FDCWD, n.args[0], follow=False)
+        self._chown(n, name, node, n.args[1], n.args[2])
+
+    def _on_fchown(self, n: _seccomp.Notification, name: str) -> None:
+        self._chown(n, name, self._fd_object(n, _signed32(n.args[0])), n.args[1], n.args[2])
+
+    def _on_fchownat(self, n: _seccomp.Notification, name: str) -> None:
+        flags = n.args[4]
+        if flags & AT_EMPTY_PATH:
+            node = self._fd_object(n, _signed32(n.args[0]))
+        else:
+            node = self._path_object(n, _signed32(n.args[0]), n.args[1],
+                                     follow=not flags & AT_SYMLINK_NOFOLLOW)
+        self._chown(n, name, node, n.args[2], n.args[3])
+
+    # -- network and memory ---------------------------------------------------------
+
+    def _address(self, n: _seccomp.Notification, ptr: int, length: int) -> str | None:
+        if ptr == 0 or length == 0:
+            return None
+        data = self.memory.read(n.pid, ptr, min(length, 128))
+        return describe_sockaddr(data, lambda raw: self._unix_target(n.pid, raw))
+
+    def _unix_target(self, tid: int, raw: bytes) -> str:
+        node = self.resolve_parent(tid, AT_FDCWD, raw)
+        node.close()
+        return node.target
+
+    def _network(self, n: _seccomp.Notification, syscall: str, target: str | None) -> None:
+        if target is None:
+            _seccomp.respond_continue(self.listener, n.id)
+            return
+        response = self._decide(n, syscall, ActionType.NETWORK_CONNECT, target)
+        if not response.proceeds:
+            self._refuse(n, response, errno.EPERM)
+            return
+        _seccomp.respond_continue(self.listener, n.id)
+
+    def _on_connect(self, n: _seccomp.Notification, name: str) -> None:
+        self._network(n, name, self._address(n, n.args[1], n.args[2] & 0xFFFFFFFF))
+
+    def _on_bind(self, n: _seccomp.Notification, name: str) -> None:
+        self._network(n, name, self._address(n, n.args[1], n.args[2] & 0xFFFFFFFF))
+
+    def _on_sendto(self, n: _seccomp.Notification, name: str) -> None:
+        self._network(n, name, self._address(n, n.args[4], n.args[5] & 0xFFFFFFFF))
+
+    def _msghdr_address(self, n: _seccomp.Notification, msghdr_ptr: int) -> str | None:
+        name_ptr, name_len = struct.unpack("<QI", self.memory.read(n.pid, msghdr_ptr, 12))
+        return self._address(n, name_ptr, name_len)
+
+    def _on_sendmsg(self, n: _seccomp.Notification, name: str) -> None:
+        self._network(n, name, self._msghdr_address(n, n.args[1]))
+
+    def _on_sendmmsg(self, n: _seccomp.Notification, name: str) -> None:
+        count = min(n.args[2] & 0xFFFFFFFF, 1024)
+        for i in range(count):
+            # struct mmsghdr: a 56-byte msghdr and an unsigned int, padded to 64.
+            target = self._msghdr_address(n, n.args[1] + 64 * i)
+            if target is not None:
+                response = self._decide(n, name, ActionType.NETWORK_CONNECT, target)
+                if not response.proceeds:
+                    self._refuse(n, response, errno.EPERM)
+                    return
+        _seccomp.respond_continue(self.listener, n.id)
+
+    def _on_process_vm_readv(self, n: _seccomp.Notification, name: str) -> None:
+        response = self._decide(n, name, ActionType.MEMORY_ACCESS, str(_signed32(n.args[0])))
+        if not response.proceeds:
+            self._refuse(n, response, errno.EPERM)
+            return
+        _seccomp.respond_continue(self.listener, n.id)
+
+    def _on_umask(self, n: _seccomp.Notification, name: str) -> None:
+        # Only watched so that the cached umask for emulated creates stays right.
+        self._umasks.pop(self._tgid_of(n.pid), None)
+        _seccomp.respond_continue(self.listener, n.id)
+
+    def _on_refused(self, n: _seccomp.Notification, name: str) -> None:
+        self.judge.refuse_always(name, n.pid)
+        _seccomp.respond_error(self.listener, n.id, errno.EPERM)
+
+
+def describe_sockaddr(data: bytes, unix_path: Callable[[bytes], str]) -> str:
+    """The `network_connect` target for a raw sockaddr (DESIGN.md 1.2)."""
+    import ipaddress
+    import socket
+
+    if len(data) < 2:
+        return "invalid:"
+    family = struct.unpack_from("<H", data)[0]
+    if family == socket.AF_INET and len(data) >= 8:
+        port = struct.unpack_from(">H", data, 2)[0]
+        return f"{ipaddress.IPv4Address(data[4:8])}:{port}"
+    if family == socket.AF_INET6 and len(data) >= 24:
+        port = struct.unpack_from(">H", data, 2)[0]
+        return f"[{ipaddress.IPv6Address(data[8:24])}]:{port}"
+    if family == socket.AF_UNIX:
+        path = data[2:]
+        if path.startswith(b"\0"):
+            return "unix:@" + path[1:].rstrip(b"\0").decode("utf-8", "backslashreplace")
+        path = path.split(b"\0", 1)[0]
+        return "unix:" + (unix_path(path) if path else "")
+    if family == socket.AF_NETLINK and len(data) >= 8:
+        return f"netlink:{struct.unpack_from('<I', data, 4)[0]}"
+    return f"family{family}:"

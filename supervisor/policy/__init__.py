@@ -1,0 +1,70 @@
+"""The policy language: loading, compiling and the pure evaluator.
+
+    policy = resolve_policy("strict", default_locations().policy_dir)
+    compiled = compile_policy(policy, RunContext(workspace, home, agent_id))
+    decision = compiled.evaluate(Event(ActionType.FILE_READ, "/etc/hosts"))
+
+Extensions beyond DESIGN.md 1.3: a rule may have `except: [glob, ...]`
+(targets matching one of them are not matched by the rule), and the
+placeholder `{python}` stands for the install prefixes of the Python running
+agentsup.
+"""
+
+from agentsup.policy.engine import (
+    Attempt,
+    CompiledPolicy,
+    CompiledRule,
+    Explanation,
+    RateLimiter,
+    RunContext,
+    compile_policy,
+)
+from agentsup.policy.loader import (
+    PolicySource,
+    builtin_names,
+    builtin_source,
+    find_policy,
+    is_path_reference,
+    load_policy_file,
+    load_source,
+    resolve_policy,
+)
+from agentsup.policy.matchers import GlobMatcher, Matcher, RegexMatcher, normalise_path
+from agentsup.policy.model import (
+    Approval,
+    EnvPolicy,
+    Limits,
+    Policy,
+    PolicyError,
+    Rule,
+    SourceLocation,
+)
+
+__all__ = [
+    "Approval",
+    "Attempt",
+    "CompiledPolicy",
+    "CompiledRule",
+    "EnvPolicy",
+    "Explanation",
+    "GlobMatcher",
+    "Limits",
+    "Matcher",
+    "Policy",
+    "PolicyError",
+    "PolicySource",
+    "RateLimiter",
+    "RegexMatcher",
+    "Rule",
+    "RunContext",
+    "SourceLocation",
+    "builtin_names",
+    "builtin_source",
+    "compile_policy",
+    "find_policy",
+    "is_path_reference",
+    "load_policy_file",
+    "load_source",
+    "normalise_path",
+    "resolve_policy",
+]

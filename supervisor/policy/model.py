@@ -1,0 +1,133 @@
+"""The policy as frozen values: what the loader builds and the compiler reads.
+
+A `Policy` is always the *effective* policy: `extends` has been applied, the
+rules are in evaluation order (stable sort by priority, child before parent at
+equal priority) and every section has its value, inherited or built in.
+Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from agentsup.events import ActionType, AuditLevel, RateLimit, Severity, Verdict, ViolationMode
+
+ApprovalTimeoutAction = Literal["deny", "kill"]
+
+DEFAULT_PRIORITY = 100
+DEFAULT_SEVERITY = Severity.MEDIUM
+DEFAULT_VERDICT = Verdict.DENY
+DEFAULT_ON_VIOLATION = ViolationMode.SIGKILL
+DEFAULT_ENV_PASS: tuple[str, ...] = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_*",
+    "TERM",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "TMPDIR",
+    "TZ",
+)
+DEFAULT_ENV_DENY: tuple[str, ...] = ("*_KEY", "*TOKEN*", "*SECRET*", "*PASSWORD*")
+DEFAULT_APPROVAL_TIMEOUT = 300.0
+DEFAULT_AUDIT_LEVEL = AuditLevel.DECISIONS
+
+
+class PolicyError(ValueError):
+    """A policy file that cannot be used; the whole policy is rejected.
+
+    `str()` is `FILE:LINE:COL: rule 'ID': MESSAGE`, without the rule part
+    when the error is not inside a rule.  Line and column are 1-based.
+    """
+
+    def __init__(
+        self, path: str, line: int, column: int, message: str, rule_id: str | None = None
+    ) -> None:
+        self.path = path
+        self.line = line
+        self.column = column
+        self.message = message
+        self.rule_id = rule_id
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}:{self.column}: "
+        if self.rule_id is not None:
+            where += f"rule '{self.rule_id}': "
+        return where + self.message
+
+
+@dataclass(frozen=True, slots=True)
+class SourceLocation:
+    path: str
+    line: int
+    column: int
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}:{self.column}"
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One rule as written; `target` (a glob) or `pattern` (a regex), never both.
+
+    `except_globs` is an extension beyond DESIGN.md: targets matching any of
+    them are not matched by the rule.  `on_violation` is None when the rule
+    leaves it to the policy.
+    """
+
+    id: str
+    actions: frozenset[ActionType]
+    decision: Verdict
+    target: str | None = None
+    pattern: str | None = None
+    except_globs: tuple[str, ...] = ()
+    priority: int = DEFAULT_PRIORITY
+    severity: Severity = DEFAULT_SEVERITY
+    message: str = ""
+    on_violation: ViolationMode | None = None
+    agents: tuple[str, ...] | None = None
+    rate_limit: RateLimit | None = None
+    source: SourceLocation = SourceLocation("<memory>", 1, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class EnvPolicy:
+    """Which variables the agent receives: listed in `pass_` and not in `deny`."""
+
+    pass_: tuple[str, ...] = DEFAULT_ENV_PASS
+    deny: tuple[str, ...] = DEFAULT_ENV_DENY
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Resource limits; None means no limit."""
+
+    max_runtime_seconds: int | None = None
+    memory_mb: int | None = None
+    max_processes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    timeout_seconds: float = DEFAULT_APPROVAL_TIMEOUT
+    on_timeout: ApprovalTimeoutAction = "deny"
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    name: str
+    rules: tuple[Rule, ...] = ()
+    description: str = ""
+    version: str = ""
+    extends: tuple[str, ...] = ()
+    default: Verdict = DEFAULT_VERDICT
+    on_violation: ViolationMode = DEFAULT_ON_VIOLATION
+    env: EnvPolicy = EnvPolicy()
+    limits: Limits = Limits()
+    approval: Approval = Approval()
+    audit_level: AuditLevel = DEFAULT_AUDIT_LEVEL
+    source: str = "<memory>"

@@ -1,0 +1,392 @@
+"""`agentsup run`: supervise one agent in the foreground.
+
+Exit codes (DESIGN.md 1.4): the agent's own code; 128+N when it died by
+signal N (137 when the policy or a person killed it); 125 when agentsup
+failed before the agent started; 126 when the program cannot be executed;
+127 when it is not found.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from agentsup import _landlock, floor, launch
+from agentsup.cgroup import AgentCgroup, CgroupUnavailable
+from agentsup.events import ActionType
+from agentsup.loop import EventLoop
+from agentsup.mediator import ALWAYS_REFUSED, FORCED_ENOSYS, MEDIATED, Mediator
+from agentsup.paths import Locations, default_locations
+from agentsup.policy import CompiledPolicy, PolicyError, RunContext, compile_policy, resolve_policy
+from agentsup.session import AgentSession, AgentState, ProcessTree, SessionConfig
+
+EXIT_SETUP_FAILED = 125
+EXIT_CANNOT_EXECUTE = 126
+EXIT_NOT_FOUND = 127
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+READ_ACTIONS = (ActionType.FILE_READ,)
+WRITE_ACTIONS = (
+    ActionType.FILE_WRITE,
+    ActionType.FILE_DELETE,
+    ActionType.FILE_MOVE,
+    ActionType.FILE_CHMOD,
+)
+
+
+class SetupError(Exception):
+    """agentsup could not start the agent; `exit_code` says how `run` exits."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_SETUP_FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class RunRequest:
+    program: str
+    args: list[str]
+    policy: str = "strict"
+    workspace: str = "."
+    agent_id: str | None = None
+    json_status: str | None = None
+    allow_degraded: Sequence[str] = ()
+
+
+def _say(text: str) -> None:
+    print(f"agentsup: {text}", file=sys.stderr, flush=True)
+
+
+def _has_seccomp_notify() -> bool:
+    try:
+        return "user_notif" in Path("/proc/sys/kernel/seccomp/actions_avail").read_text().split()
+    except OSError:
+        return False
+
+
+def resolve_program(program: str, args: Sequence[str], env_path: str) -> tuple[str, list[str]]:
+    """The executable and argv the trampoline execs.  `.py` runs under our Python."""
+    if program.endswith(".py"):
+        script = os.path.abspath(program)
+        if not os.path.exists(script):
+            raise SetupError(f"{program}: not found", EXIT_NOT_FOUND)
+        return sys.executable, [sys.executable, script, *args]
+    if "/" in program:
+        path = os.path.abspath(program)
+        if not os.path.exists(path):
+            raise SetupError(f"{program}: not found", EXIT_NOT_FOUND)
+    else:
+        found = shutil.which(program, path=env_path)
+        if found is None:
+            raise SetupError(f"{program}: command not found", EXIT_NOT_FOUND)
+        path = found
+    if os.path.isdir(path) or not os.access(path, os.X_OK):
+        raise SetupError(f"{program}: cannot execute (not an executable file)", EXIT_CANNOT_EXECUTE)
+    return path, [program, *args]
+
+
+def _real(paths: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    if paths is None:
+        return None
+    return tuple(os.path.realpath(p) for p in paths)
+
+
+def plan_landlock(policy: CompiledPolicy, locations: Locations) -> floor.FloorPlan:
+    """The kernel floor for this policy: the roots any proceeding rule could reach."""
+    network = policy.floor_roots((ActionType.NETWORK_CONNECT,))
+    # With network denied by default and no rule letting a connect through,
+    # Landlock refuses every TCP connect and bind; otherwise ports stay open
+    # and the seccomp layer alone decides.
+    tcp_ports: frozenset[int] | None = frozenset() if network == () else None
+    return floor.plan_floor(
+        read_roots=_real(policy.floor_roots(READ_ACTIONS)),
+        write_roots=_real(policy.floor_roots(WRITE_ACTIONS)),
+        exec_roots=_real(policy.floor_roots((ActionType.PROCESS_SPAWN,))),
+        connect_ports=tcp_ports,
+        bind_ports=tcp_ports,
+        no_write=[os.path.realpath(p) for p in locations.protected_paths()],
+        no_read=[os.path.realpath(p) for p in locations.secret_paths()],
+        abi=_landlock.landlock_abi(),
+    )
+
+
+def _status_code(raw_status: int) -> tuple[int, int | None]:
+    if os.WIFSIGNALED(raw_status):
+        sig = os.WTERMSIG(raw_status)
+        return 128 + sig, sig
+    return os.waitstatus_to_exitcode(raw_status), None
+
+
+class ForegroundRun:
+    """Everything one `agentsup run` owns: the loop, the session, the fds."""
+
+    def __init__(self, request: RunRequest, locations: Locations) -> None:
+        self.request = request
+        self.locations = locations
+        self.loop = EventLoop()
+        self.session: AgentSession | None = None
+        self.launched: launch.Launched | None = None
+        self.mediator: Mediator | None = None
+        self.group: AgentCgroup | None = None
+        self.exec_error: int | None = None
+        self.interrupted: int | None = None
+        self.audit = _open_audit(locations)
+        self._watchdog: subprocess.Popen[bytes] | None = None
+
+    # -- setup ---------------------------------------------------------------------
+
+    def prepare(self) -> launch.LaunchPlan:
+        request = self.request
+        workspace = os.path.realpath(request.workspace)
+        if not os.path.isdir(workspace):
+            raise SetupError(f"workspace {request.workspace} is not a directory")
+        agent_id = request.agent_id or f"agent-{os.getpid()}"
+        try:
+            policy = resolve_policy(request.policy, self.locations.policy_dir)
+        except PolicyError as exc:
+            raise SetupError(str(exc)) from exc
+        except OSError as exc:
+            raise SetupError(f"cannot read policy {request.policy}: {exc.strerror}") from exc
+        home = os.environ.get("HOME") or os.path.expanduser("~")
+        compiled = compile_policy(policy, RunContext(workspace, home, agent_id))
+
+        if not _has_seccomp_notify():
+            raise SetupError(
+                "this kernel lacks seccomp user notification (Linux 5.5+ needed); "
+                "refusing to run the agent unsupervised"
+            )
+        env = compiled.filter_environ(os.environ)
+        executable, argv = resolve_program(request.program, request.args, env.get("PATH", ""))
+
+        landlock_plan: dict[str, object] | None = None
+        plan = plan_landlock(compiled, self.locations)
+        if plan.abi < 1:
+            if "landlock" not in request.allow_degraded:
+                raise SetupError(
+                    "this kernel has no Landlock, the kernel floor under the policy; "
+                    "refusing to run (pass --allow-degraded landlock to run on seccomp alone)"
+                )
+            _say("warning: no Landlock on this kernel; running on the seccomp layer alone")
+        else:
+            landlock_plan = dataclasses.asdict(plan)
+
+        self.session = AgentSession(
+            SessionConfig(
+                agent_id=agent_id,
+                policy=compiled,
+                policy_name=policy.name,
+                workspace=workspace,
+                locations=self.locations,
+            ),
+            self.audit,
+        )
+        try:
+            self.group = AgentCgroup.create(f"{agent_id}-{os.getpid()}")
+        except CgroupUnavailable as exc:
+            if "cgroup" not in request.allow_degraded and os.geteuid() == 0:
+                raise SetupError(f"cannot create a cgroup for the agent: {exc}") from exc
+            _say(f"warning: no cgroup ({exc}); tracking the process tree as its subreaper")
+        limits = compiled.limits
+        rlimits = {"RLIMIT_CORE": 0}  # a core dump would write agent memory to disk
+        if self.group is not None:
+            for gap in self.group.set_limits(limits.max_processes, limits.memory_mb):
+                _say(f"warning: cannot enforce {gap}")
+        else:
+            if limits.memory_mb:
+                rlimits["RLIMIT_AS"] = limits.memory_mb * 2**20
+            if limits.max_processes:
+                rlimits["RLIMIT_NPROC"] = limits.max_processes
+        return launch.LaunchPlan(
+            executable=executable,
+            argv=argv,
+            env=env,
+            cwd=workspace,
+            notify=list(MEDIATED + ALWAYS_REFUSED),
+            enosys=list(FORCED_ENOSYS),
+            landlock=landlock_plan,
+            rlimits=rlimits,
+        )
+
+    # -- running -------------------------------------------------------------------
+
+    def start(self, plan: launch.LaunchPlan) -> None:
+        assert self.session is not None
+        session = self.session
+        ctypes.CDLL(None).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        try:
+            launched = launch.start(plan)
+        except launch.LaunchError as exc:
+            raise SetupError(str(exc)) from exc
+        self.launched = launched
+        if self.group is not None:
+            self.group.add(launched.pid)
+            from agentsup.watchdog import spawn_watchdog
+
+            self._watchdog = spawn_watchdog(os.getpid(), self.group)
+        session.main_pid = launched.pid
+        session.tree = ProcessTree(self.group, launched.pid)
+        self.mediator = Mediator(launched.listener, session, session.tgid_of, session.agent_id)
+        self.loop.add_reader(launched.listener, self._on_listener)
+        self.loop.add_reader(launched.pidfd, lambda _events: self._reap())
+        self.loop.add_reader(launched.status_fd, self._on_status)
+        self.loop.on_signal(signal.SIGCHLD, self._reap)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            self.loop.on_signal(sig, lambda sig=sig: self._interrupt(sig))
+        self.loop.after_each_batch(self.audit.flush)
+        limits = session.policy.limits
+        if limits.max_runtime_seconds:
+            self.loop.call_later(limits.max_runtime_seconds, self._runtime_exceeded)
+        session.lifecycle(
+            "start",
+            argv=plan.argv,
+            workspace=session.config.workspace,
+            landlock=plan.landlock is not None,
+            cgroup=self.group is not None,
+        )
+        session.state = AgentState.RUNNING
+        launched.release()
+
+    def _on_listener(self, events: int) -> None:
+        assert self.mediator is not None and self.launched is not None
+        if not self.mediator.on_ready(events):
+            self.loop.remove_reader(self.launched.listener)
+
+    def _on_status(self, _events: int) -> None:
+        assert self.launched is not None
+        data = os.read(self.launched.status_fd, 256)
+        self.loop.remove_reader(self.launched.status_fd)
+        if data.startswith(b"E"):
+            self.exec_error = int(data[1:].split()[0])
+
+    def _reap(self) -> None:
+        assert self.session is not None and self.launched is not None
+        main = self.launched.pid
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if self.mediator is not None:
+                self.mediator.forget_process(pid)
+            if pid == main:
+                self.launched.process.returncode = os.waitstatus_to_exitcode(status)
+                self.session.exit_status = status
+                self._agent_exited()
+
+    def _agent_exited(self) -> None:
+        assert self.session is not None
+        session = self.session
+        # The agent is its main process: whatever it left behind goes with it.
+        if session.tree is not None and session.tree.pids():
+            session.tree.kill()
+        session.state = AgentState.EXITED
+
+    def _runtime_exceeded(self) -> None:
+        assert self.session is not None
+        if self.session.state is not AgentState.EXITED:
+            limit = self.session.policy.limits.max_runtime_seconds
+            self.session.kill_for_limit("max_runtime_seconds", f"ran longer than {limit} s")
+
+    def _interrupt(self, sig: int) -> None:
+        # Fail closed: if the supervisor is told to stop, the agent stops too.
+        assert self.session is not None
+        self.interrupted = sig
+        self.session.signal_tree(signal.SIGKILL, f"supervisor received {signal.Signals(sig).name}")
+
+    def run(self) -> int:
+        assert self.session is not None
+        session = self.session
+        self.loop.run_until(lambda: session.state is AgentState.EXITED)
+        return self.finish()
+
+    def finish(self) -> int:
+        assert self.session is not None
+        session = self.session
+        status = session.exit_status if session.exit_status is not None else 0
+        code, sig = _status_code(status)
+        if self.exec_error is not None:
+            code = EXIT_NOT_FOUND if self.exec_error in (errno.ENOENT, errno.ENOTDIR) else (
+                EXIT_CANNOT_EXECUTE
+            )
+            _say(f"cannot execute {self.request.program}: {os.strerror(self.exec_error)}")
+        report = session.kill_report
+        session.lifecycle(
+            "exit",
+            exit_code=code,
+            signal=signal.Signals(sig).name if sig else None,
+            killed_by=report.rule if report else None,
+        )
+        if self.request.json_status:
+            status_doc = {
+                "agent": session.agent_id,
+                "exit_code": code,
+                "signal": signal.Signals(sig).name if sig else None,
+                "killed_by": dataclasses.asdict(report) if report else None,
+            }
+            Path(self.request.json_status).write_text(json.dumps(status_doc) + "\n")
+        return code
+
+    def close(self) -> None:
+        if self.session is not None and self.session.state is not AgentState.EXITED:
+            self.session.signal_tree(signal.SIGKILL, "supervisor shutting down")
+        if self.mediator is not None:
+            self.mediator.close()
+        if self.launched is not None:
+            for fd in (self.launched.listener, self.launched.pidfd, self.launched.status_fd):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            if self.launched.go_fd >= 0:
+                os.close(self.launched.go_fd)
+        if self.group is not None:
+            self.group.kill()
+            self.group.wait_empty(2.0)
+            self.group.remove()
+        watchdog = self._watchdog
+        if watchdog is not None:
+            watchdog.terminate()
+            watchdog.wait()
+        self.loop.close()
+        self.audit.close()
+
+
+def _open_audit(locations: Locations):  # type: ignore[no-untyped-def]
+    from agentsup.audit import AuditLog
+
+    return AuditLog.open(locations)
+
+
+def run_agent(request: RunRequest) -> int:
+    locations = default_locations()
+    try:
+        run = ForegroundRun(request, locations)
+    except OSError as exc:
+        _say(f"cannot open the audit log: {exc}")
+        return EXIT_SETUP_FAILED
+    started = time.monotonic()
+    try:
+        try:
+            plan = run.prepare()
+            run.start(plan)
+        except SetupError as exc:
+            _say(str(exc))
+            return exc.exit_code
+        return run.run()
+    finally:
+        run.close()
+        del started

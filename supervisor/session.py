@@ -1,0 +1,421 @@
+"""One supervised agent: its state machine, its process tree, and its judge.
+
+The judge is where a decision becomes action: self-protection first, then
+the policy, then rate limits, then the audit record, then signals.  Nothing
+here reads agent memory or speaks seccomp; the mediator does that and asks
+`judge(event, tid)`.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Protocol, TextIO
+
+from agentsup import cgroup as cgroups
+from agentsup._proc import thread_group_id
+from agentsup.events import (
+    ActionType,
+    Decision,
+    Event,
+    Layer,
+    Response,
+    Severity,
+    Verdict,
+    ViolationMode,
+    response_for,
+    should_audit,
+)
+from agentsup.paths import Locations
+from agentsup.policy import CompiledPolicy, RateLimiter
+
+SELF_PROTECTION_RULE = "agentsup-self-protection"
+ALWAYS_REFUSED_RULE = "agentsup-always-refused"
+
+_WRITE_CLASS = frozenset(
+    {ActionType.FILE_WRITE, ActionType.FILE_DELETE, ActionType.FILE_MOVE, ActionType.FILE_CHMOD}
+)
+
+
+class AuditSink(Protocol):
+    def append(self, record: Mapping[str, object]) -> Mapping[str, object]: ...
+
+
+class AgentState(str, enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    AWAITING_APPROVAL = "stopped: awaiting approval"
+    STOPPED_VIOLATION = "stopped: violation"
+    STOPPED_OPERATOR = "stopped: by operator"
+    EXITED = "exited"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(slots=True)
+class Pending:
+    """An action waiting for a person: a require_approval hold or a sigstop violation."""
+
+    request_id: str
+    kind: str  # "approval" | "violation"
+    tid: int
+    event: Event
+    decision: Decision
+    since: float
+    timer: object | None = None
+
+
+@dataclass(slots=True)
+class KillReport:
+    rule: str
+    action: str
+    target: str
+    message: str
+
+
+class ProcessTree:
+    """Every process of one agent: a cgroup where possible, else the subreaper's view."""
+
+    def __init__(self, group: cgroups.AgentCgroup | None, root_pid: int) -> None:
+        self.group = group
+        self.root_pid = root_pid
+
+    def pids(self) -> set[int]:
+        if self.group is not None:
+            return self.group.pids()
+        found = cgroups.descendants(self.root_pid)
+        if os.path.exists(f"/proc/{self.root_pid}"):
+            found.add(self.root_pid)
+        return found
+
+    def signal_all(self, sig: int) -> set[int]:
+        if self.group is not None:
+            return self.group.signal_all(sig)
+        # Without a cgroup, repeat until no new process shows up, so a fork
+        # racing with the signal is caught on the next pass.
+        signalled: set[int] = set()
+        while True:
+            fresh = self.pids() - signalled
+            if not fresh:
+                return signalled
+            for pid in fresh:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            signalled |= fresh
+
+    def kill(self) -> None:
+        if self.group is not None:
+            self.group.kill()
+        else:
+            self.signal_all(signal.SIGKILL)
+
+
+@dataclass
+class SessionConfig:
+    agent_id: str
+    policy: CompiledPolicy
+    policy_name: str
+    workspace: str
+    locations: Locations
+    hook_socket: str | None = None
+    clock: Callable[[], float] = time.monotonic
+    stderr: TextIO = field(default_factory=lambda: sys.stderr)
+
+
+class AgentSession:
+    """The state machine of one agent, and the judge of its actions."""
+
+    def __init__(self, config: SessionConfig, audit: AuditSink) -> None:
+        self.config = config
+        self.agent_id = config.agent_id
+        self.policy = config.policy
+        self.audit = audit
+        self.clock = config.clock
+        self.limiter = RateLimiter()
+        self.state = AgentState.STARTING
+        self.tree: ProcessTree | None = None
+        self.main_pid = 0
+        self.started = self.clock()
+        self.exit_status: int | None = None  # raw wait status
+        self.kill_report: KillReport | None = None
+        self.pending: dict[str, Pending] = {}
+        # One-shot human decisions for a held action, keyed (tid, action, target).
+        self.grants: dict[tuple[int, ActionType, str], Response] = {}
+        self._request_ids = itertools.count(1)
+        self._tgids: dict[int, int] = {}
+        # Targets are real paths, so compare against real paths.
+        self.protected_write = tuple(
+            os.path.realpath(p) for p in config.locations.protected_paths()
+        )
+        self.protected_read = tuple(os.path.realpath(p) for p in config.locations.secret_paths())
+        self.supervisor_procs = (f"/proc/{os.getpid()}",)
+        # Called by the supervisor to arm approval timeouts and report state.
+        self.on_hold: Callable[[Pending], None] = lambda pending: None
+
+    def __repr__(self) -> str:
+        return f"<AgentSession {self.agent_id!r} pid={self.main_pid} {self.state}>"
+
+    # -- identity -------------------------------------------------------------------
+
+    def tgid_of(self, tid: int) -> int:
+        tgid = self._tgids.get(tid)
+        if tgid is None:
+            tgid = thread_group_id(tid)
+            if len(self._tgids) > 4096:
+                self._tgids.clear()
+            self._tgids[tid] = tgid
+        return tgid
+
+    def forget_tid(self, tid: int) -> None:
+        self._tgids.pop(tid, None)
+
+    # -- judging ---------------------------------------------------------------------
+
+    def _self_protection(self, event: Event) -> Decision | None:
+        """The supervisor's own files are out of reach whatever the policy says."""
+        action, target = event.action, event.target
+        if action in _WRITE_CLASS:
+            guarded = self.protected_write + self.supervisor_procs
+        elif action is ActionType.FILE_READ or action is ActionType.PROCESS_SPAWN:
+            guarded = self.protected_read + self.supervisor_procs
+        elif action is ActionType.NETWORK_CONNECT and target.startswith("unix:"):
+            if target[5:] == self.config.hook_socket:
+                return None
+            target = target[5:]
+            guarded = (str(self.config.locations.runtime_dir),)
+        else:
+            return None
+        for root in guarded:
+            if target == root or target.startswith(root + "/"):
+                return Decision(
+                    verdict=Verdict.DENY,
+                    rule_id=SELF_PROTECTION_RULE,
+                    severity=Severity.CRITICAL,
+                    message="agentsup's own policy, audit, state and runtime files are off limits",
+                    on_violation=ViolationMode.SIGKILL,
+                    reason=f"target is inside {root}",
+                )
+        return None
+
+    def decide(self, event: Event) -> Decision:
+        decision = self._self_protection(event)
+        if decision is None:
+            decision = self.policy.evaluate(event)
+            if decision.rate_limit is not None:
+                decision = self.limiter.check(decision, self.clock())
+        return decision
+
+    def judge(self, event: Event, tid: int) -> Response:
+        if not event.agent_id:
+            event = replace(event, agent_id=self.agent_id)
+        grant = self.grants.pop((tid, event.action, event.target), None)
+        decision = self.decide(event)
+        if grant is not None:
+            # The reissued syscall of an action a person already decided.
+            self._record(event, tid, decision, grant, kind="approval")
+            return grant
+        response = response_for(decision)
+        if should_audit(decision, self.policy.audit_level):
+            self._record(event, tid, decision, response)
+        if response is Response.KILL:
+            self.kill_for(event, decision)
+        elif response is Response.STOP:
+            self._hold(event, tid, decision, kind="violation")
+        elif response is Response.HOLD:
+            self._hold(event, tid, decision, kind="approval")
+        elif response is Response.WARN:
+            self._say(
+                f"warning: rule '{decision.rule_id}' flagged {event.action} {event.target}"
+                + (f": {decision.message}" if decision.message else "")
+            )
+        return response
+
+    def refuse_always(self, syscall: str, tid: int) -> None:
+        self.audit.append(
+            {
+                "agent": self.agent_id,
+                "pid": self.tgid_of(tid),
+                "kind": "decision",
+                "action_type": None,
+                "target": syscall,
+                "decision": "deny",
+                "rule": ALWAYS_REFUSED_RULE,
+                "severity": "critical",
+                "layer": "seccomp",
+                "response": "block",
+                "syscall": syscall,
+                "message": f"{syscall} is refused for every agent",
+            }
+        )
+
+    def _record(self, event: Event, tid: int, decision: Decision, response: Response,
+                kind: str = "decision") -> None:
+        record: dict[str, object] = {
+            "agent": self.agent_id,
+            "pid": self.tgid_of(tid) if tid else event.pid,
+            "kind": kind,
+            "action_type": str(event.action),
+            "target": event.target,
+            "decision": str(decision.verdict),
+            "rule": decision.rule_id,
+            "severity": str(decision.severity),
+            "layer": str(event.layer),
+            "response": str(response),
+        }
+        if event.syscall:
+            record["syscall"] = event.syscall
+        if decision.message:
+            record["message"] = decision.message
+        if not decision.is_default:
+            record["reason"] = decision.reason
+        self.audit.append(record)
+
+    def _say(self, text: str) -> None:
+        print(f"agentsup: {text}", file=self.config.stderr, flush=True)
+
+    # -- enforcement -------------------------------------------------------------------
+
+    def signal_tree(self, sig: int, why: str, uid: int | None = None) -> None:
+        if self.tree is None:
+            return
+        pids = self.tree.kill() if sig == signal.SIGKILL else self.tree.signal_all(sig)
+        record: dict[str, object] = {
+            "agent": self.agent_id,
+            "pid": self.main_pid,
+            "kind": "signal",
+            "signal": signal.Signals(sig).name,
+            "layer": "supervisor",
+            "reason": why,
+        }
+        if isinstance(pids, set):
+            record["pids"] = sorted(pids)
+        if uid is not None:
+            record["uid"] = uid
+        self.audit.append(record)
+
+    def kill_for(self, event: Event, decision: Decision) -> None:
+        if self.kill_report is None:
+            self.kill_report = KillReport(
+                decision.rule_id, str(event.action), event.target, decision.message
+            )
+            self._say(
+                f"killed agent '{self.agent_id}': rule '{decision.rule_id}' denied "
+                f"{event.action} {event.target}"
+                + (f" ({decision.message})" if decision.message else "")
+            )
+        self.signal_tree(signal.SIGKILL, f"rule {decision.rule_id}: {event.action} {event.target}")
+
+    def kill_for_limit(self, limit: str, detail: str) -> None:
+        if self.kill_report is None:
+            self.kill_report = KillReport(f"limits.{limit}", "limit", detail, "")
+            self._say(f"killed agent '{self.agent_id}': limits.{limit} exceeded ({detail})")
+        self.signal_tree(signal.SIGKILL, f"limits.{limit}: {detail}")
+
+    def _hold(self, event: Event, tid: int, decision: Decision, kind: str) -> None:
+        request_id = f"{self.agent_id}-{next(self._request_ids)}"
+        pending = Pending(request_id, kind, tid, event, decision, self.clock())
+        self.pending[request_id] = pending
+        self.state = (
+            AgentState.AWAITING_APPROVAL if kind == "approval" else AgentState.STOPPED_VIOLATION
+        )
+        self.signal_tree(signal.SIGSTOP, f"{kind}: rule {decision.rule_id}")
+        if kind == "approval":
+            self._say(
+                f"agent '{self.agent_id}' is stopped, waiting for approval of {event.action} "
+                f"{event.target} (rule '{decision.rule_id}'). Approve: agentsup resume "
+                f"{self.agent_id} --code <TOTP>   refuse: agentsup deny {self.agent_id}"
+            )
+        else:
+            self._say(
+                f"stopped agent '{self.agent_id}': rule '{decision.rule_id}' denied "
+                f"{event.action} {event.target}. Continue (the action stays denied): "
+                f"agentsup resume {self.agent_id} --code <TOTP>   end it: agentsup kill "
+                f"{self.agent_id}"
+            )
+        self.on_hold(pending)
+
+    def settle(self, approve: bool, *, uid: int, reason: str, outcome: str) -> str:
+        """A person (or the approval timeout) decided every pending action: SIGCONT."""
+        if not self.pending:
+            raise LookupError(f"agent '{self.agent_id}' has nothing pending")
+        for pending in self.pending.values():
+            if pending.timer is not None:
+                pending.timer.cancel()  # type: ignore[attr-defined]
+            if pending.kind == "approval":
+                granted = Response.ALLOW if approve else Response.BLOCK
+                self.grants[(pending.tid, pending.event.action, pending.event.target)] = granted
+            self.audit.append(
+                {
+                    "agent": self.agent_id,
+                    "pid": self.main_pid,
+                    "kind": "approval",
+                    "action_type": str(pending.event.action),
+                    "target": pending.event.target,
+                    "decision": "allow" if approve and pending.kind == "approval" else "deny",
+                    "rule": pending.decision.rule_id,
+                    "severity": str(pending.decision.severity),
+                    "layer": "supervisor",
+                    "outcome": outcome,
+                    "uid": uid,
+                    "reason": reason,
+                    "request_id": pending.request_id,
+                }
+            )
+        self.pending.clear()
+        self.state = AgentState.RUNNING
+        self.signal_tree(signal.SIGCONT, f"{outcome} by uid {uid}", uid=uid)
+        return outcome
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def lifecycle(self, event: str, **extra: object) -> None:
+        record: dict[str, object] = {
+            "agent": self.agent_id,
+            "pid": self.main_pid,
+            "kind": "lifecycle",
+            "layer": "supervisor",
+            "event": event,
+            "policy": self.config.policy_name,
+        }
+        record.update(extra)
+        self.audit.append(record)
+
+    def info(self) -> dict[str, object]:
+        return {
+            "id": self.agent_id,
+            "pid": self.main_pid,
+            "policy": self.config.policy_name,
+            "state": str(self.state),
+            "uptime_s": round(self.clock() - self.started, 1),
+            "pending": len(self.pending),
+            "workspace": self.config.workspace,
+        }
+
+    def pending_info(self) -> list[dict[str, object]]:
+        now = self.clock()
+        return [
+            {
+                "request_id": p.request_id,
+                "agent": self.agent_id,
+                "action_type": str(p.event.action),
+                "target": p.event.target,
+                "rule": p.decision.rule_id,
+                "message": p.decision.message,
+                "age_s": round(now - p.since, 1),
+                "kind": p.kind,
+            }
+            for p in self.pending.values()
+        ]
+
+
+def hook_event(action: ActionType, target: str, agent_id: str, pid: int) -> Event:
+    return Event(action, target, agent_id=agent_id, pid=pid, layer=Layer.HOOK)

@@ -1,0 +1,305 @@
+"""A tiny victim agent: does one thing and reports what happened.
+
+    python try_syscall.py OP [ARGS...]
+
+Prints one JSON line `{"op": OP, "result": "ok" | "ERRNO_NAME" | ..., "data": ...}`
+and exits 0, unless the supervisor kills it first.  Each operation is the
+plainest way to make the syscall, so a denial shows as a distinct errno
+(bubblewrap's try-syscall).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+SYS_OPENAT = 257
+SYS_OPENAT2 = 437
+SYS_IO_URING_SETUP = 425
+SYS_PTRACE = 101
+AT_FDCWD = -100
+
+
+def report(op: str, result: str, data: object = None) -> None:
+    print(json.dumps({"op": op, "result": result, "data": data}), flush=True)
+
+
+def errname(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno:
+        return errno.errorcode.get(exc.errno, str(exc.errno))
+    return type(exc).__name__
+
+
+def raw_result(rc: int) -> str:
+    return "ok" if rc >= 0 else errno.errorcode.get(ctypes.get_errno(), "?")
+
+
+def op_read(path: str) -> None:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        report("read", "ok", data.decode(errors="replace"))
+    except OSError as exc:
+        report("read", errname(exc))
+
+
+def op_write(path: str, text: str = "written by agent") -> None:
+    try:
+        with open(path, "w") as f:
+            f.write(text)
+        report("write", "ok")
+    except OSError as exc:
+        report("write", errname(exc))
+
+
+def op_append(path: str, text: str = "appended by agent\n") -> None:
+    try:
+        with open(path, "a") as f:
+            f.write(text)
+        report("append", "ok")
+    except OSError as exc:
+        report("append", errname(exc))
+
+
+def op_unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+        report("unlink", "ok")
+    except OSError as exc:
+        report("unlink", errname(exc))
+
+
+def op_rename(src: str, dst: str) -> None:
+    try:
+        os.rename(src, dst)
+        report("rename", "ok")
+    except OSError as exc:
+        report("rename", errname(exc))
+
+
+def op_mkdir(path: str) -> None:
+    try:
+        os.mkdir(path)
+        report("mkdir", "ok", oct(os.stat(path).st_mode & 0o777))
+    except OSError as exc:
+        report("mkdir", errname(exc))
+
+
+def op_symlink(target: str, link: str) -> None:
+    try:
+        os.symlink(target, link)
+        report("symlink", "ok")
+    except OSError as exc:
+        report("symlink", errname(exc))
+
+
+def op_link(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+        report("link", "ok")
+    except OSError as exc:
+        report("link", errname(exc))
+
+
+def op_chmod(path: str, mode: str) -> None:
+    try:
+        os.chmod(path, int(mode, 8))
+        report("chmod", "ok")
+    except OSError as exc:
+        report("chmod", errname(exc))
+
+
+def op_ctypes_openat(path: str) -> None:
+    fd = libc.syscall(SYS_OPENAT, AT_FDCWD, path.encode(), os.O_RDONLY, 0)
+    data = None
+    if fd >= 0:
+        data = os.read(fd, 4096).decode(errors="replace")
+        os.close(fd)
+    report("ctypes_openat", raw_result(fd), data)
+
+
+def op_openat2(path: str) -> None:
+    how = ctypes.create_string_buffer(struct.pack("<QQQ", os.O_RDONLY, 0, 0), 24)
+    fd = libc.syscall(SYS_OPENAT2, AT_FDCWD, path.encode(), how, 24)
+    data = None
+    if fd >= 0:
+        data = os.read(fd, 4096).decode(errors="replace")
+        os.close(fd)
+    report("openat2", raw_result(fd), data)
+
+
+def op_connect(host: str, port: str) -> None:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(3)
+    try:
+        s.connect((host, int(port)))
+        report("connect", "ok", s.recv(64).decode(errors="replace"))
+    except OSError as exc:
+        report("connect", errname(exc))
+    finally:
+        s.close()
+
+
+def op_exec(*argv: str) -> None:
+    try:
+        proc = subprocess.run(list(argv), capture_output=True, text=True)
+        report("exec", f"rc={proc.returncode}", proc.stdout + proc.stderr)
+    except OSError as exc:
+        report("exec", errname(exc))
+
+
+def op_system(command: str) -> None:
+    rc = os.system(command)
+    report("system", f"rc={os.waitstatus_to_exitcode(rc)}")
+
+
+def op_env(*names: str) -> None:
+    report("env", "ok", {name: os.environ.get(name) for name in names})
+
+
+def op_io_uring() -> None:
+    params = ctypes.create_string_buffer(120)
+    rc = libc.syscall(SYS_IO_URING_SETUP, 4, params)
+    report("io_uring_setup", raw_result(rc))
+
+
+def op_ptrace() -> None:
+    rc = libc.syscall(SYS_PTRACE, 16, os.getppid(), 0, 0)  # PTRACE_ATTACH
+    report("ptrace", raw_result(rc))
+
+
+def op_fds() -> None:
+    report("fds", "ok", sorted(int(fd) for fd in os.listdir(f"/proc/{os.getpid()}/fd")))
+
+
+def op_race(path_allowed: str, path_secret: str, tries: str) -> None:
+    """Open an allowed path while a thread flips the buffer to a secret one."""
+    size = max(len(path_allowed), len(path_secret)) + 1
+    buf = ctypes.create_string_buffer(size)
+    allowed = path_allowed.encode().ljust(size, b"\0")
+    secret = path_secret.encode().ljust(size, b"\0")
+    stop = False
+
+    def flip() -> None:
+        while not stop:
+            ctypes.memmove(buf, secret, size)
+            ctypes.memmove(buf, allowed, size)
+
+    flipper = threading.Thread(target=flip, daemon=True)
+    flipper.start()
+    leaked = 0
+    opened = 0
+    for _ in range(int(tries)):
+        fd = libc.syscall(SYS_OPENAT, AT_FDCWD, buf, os.O_RDONLY, 0)
+        if fd >= 0:
+            opened += 1
+            if b"PRIVATE KEY" in os.read(fd, 4096):
+                leaked += 1
+            os.close(fd)
+    stop = True
+    report("race", "ok", {"opened": opened, "leaked": leaked})
+
+
+def op_heartbeat(path: str, interval: str = "0.05") -> None:
+    """Rewrite `path` with a counter until something stops us."""
+    count = 0
+    while True:
+        count += 1
+        try:
+            with open(path + ".tmp", "w") as f:
+                f.write(str(count))
+            os.replace(path + ".tmp", path)
+        except OSError as exc:
+            print(f"heartbeat failed: {errname(exc)}", flush=True)
+        time.sleep(float(interval))
+
+
+def op_sleep(seconds: str) -> None:
+    time.sleep(float(seconds))
+    report("sleep", "ok")
+
+
+def op_tree_then(op: str, *args: str) -> None:
+    """Start a child and a setsid'd grandchild that sleep, then run OP ourselves."""
+    children = []
+    children.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]))
+    children.append(
+        subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
+        )
+    )
+    print(json.dumps({"tree": [os.getpid()] + [c.pid for c in children]}), flush=True)
+    time.sleep(0.3)
+    OPS[op](*args)
+    time.sleep(60)
+
+
+def op_forkbomb(limit: str) -> None:
+    pids = []
+    result = "ok"
+    for _ in range(int(limit)):
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            result = errname(exc)
+            break
+        if pid == 0:
+            time.sleep(30)
+            os._exit(0)
+        pids.append(pid)
+    report("forkbomb", result, len(pids))
+    for pid in pids:
+        os.kill(pid, 9)
+
+
+OPS = {
+    "read": op_read,
+    "write": op_write,
+    "append": op_append,
+    "unlink": op_unlink,
+    "rename": op_rename,
+    "mkdir": op_mkdir,
+    "symlink": op_symlink,
+    "link": op_link,
+    "chmod": op_chmod,
+    "ctypes_openat": op_ctypes_openat,
+    "openat2": op_openat2,
+    "connect": op_connect,
+    "exec": op_exec,
+    "system": op_system,
+    "env": op_env,
+    "io_uring": op_io_uring,
+    "ptrace": op_ptrace,
+    "fds": op_fds,
+    "race": op_race,
+    "heartbeat": op_heartbeat,
+    "sleep": op_sleep,
+    "tree_then": op_tree_then,
+    "forkbomb": op_forkbomb,
+}
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    while args:
+        # Several operations may be chained with "then": OP A then OP B.
+        if "then" in args:
+            cut = args.index("then")
+            current, args = args[:cut], args[cut + 1 :]
+        else:
+            current, args = args, []
+        OPS[current[0]](*current[1:])
+
+
+if __name__ == "__main__":
+    main()
