@@ -581,8 +581,9 @@ def _make_handlers(
         if method == "CONNECT":
             return  # proxy tunnel set-up; the tunnelled request is checked itself
         scheme = "https" if getattr(conn, "default_port", 80) == 443 else "http"
-        host = getattr(conn, "_tunnel_host", None) or getattr(conn, "host", "")
-        port = getattr(conn, "_tunnel_port", None) if conn._tunnel_host else conn.port
+        tunnel_host = getattr(conn, "_tunnel_host", None)
+        host = tunnel_host or getattr(conn, "host", "")
+        port = getattr(conn, "_tunnel_port" if tunnel_host else "port", None)
         url = mapping.http_url(scheme, str(host), port, request_target)
         if urllib_pending.pop(get_ident(), None) == mapping.url_key(method, url):
             return
@@ -691,7 +692,6 @@ def _make_integrity(
     environ_methods = {name: environ_class.__dict__[name] for name in
                        ("__getitem__", "get", "__contains__", "__setitem__", "__delitem__", "__repr__")}
     sys_class = sys_protected["__class__"]
-    os_class = os_protected["__class__"]
     audited_modules = ("urllib.request", "http.client", "subprocess")
 
     def repair_dict(namespace: dict[str, Any], expected: dict[str, Any], label: str) -> None:
@@ -706,7 +706,8 @@ def _make_integrity(
         if type(sys_module) is not sys_class:
             object.__setattr__(sys_module, "__class__", sys_class)
             tamper("sys module class was replaced; restored")
-        if type(os_module) is not os_class:
+        os_class = os_protected.get("__class__")
+        if os_class is not None and type(os_module) is not os_class:
             object.__setattr__(os_module, "__class__", os_class)
             tamper("os module class was replaced; restored")
         for name, method in environ_methods.items():
@@ -715,7 +716,9 @@ def _make_integrity(
                 tamper(f"os.environ.{name} was replaced; restored")
         for module_name in audited_modules:
             module = modules.get(module_name)
-            if module is not None and module.__dict__.get("sys") is not sys_module:
+            # A module still being imported has no `sys` yet; that is no tamper.
+            bound = None if module is None else module.__dict__.get("sys")
+            if bound is not None and bound is not sys_module:
                 module.__dict__["sys"] = sys_module
                 tamper(f"{module_name}.sys was replaced; restored")
         if "sqlite3" not in modules and finder not in meta_path:
@@ -725,8 +728,23 @@ def _make_integrity(
     return integrity
 
 
-def install(socket_path: str, agent_id: str) -> None:
-    """Install the hook in this process (idempotent)."""
+_RUN_EVENTS = (
+    "cpython.run_file",
+    "cpython.run_command",
+    "cpython.run_module",
+    "cpython.run_stdin",
+    "cpython.run_startup",
+    "cpython.run_interactivehook",
+)
+
+
+def install(socket_path: str, agent_id: str, *, during_site: bool = False) -> None:
+    """Install the hook in this process (idempotent).
+
+    With `during_site` (the .pth file), os.environ is gated only when the
+    interpreter starts running the program: the `site` module's own reads of
+    PYTHONUSERBASE and the like are the interpreter's, not the agent's.
+    """
     global _installed
     if _installed:
         return
@@ -737,15 +755,19 @@ def install(socket_path: str, agent_id: str) -> None:
     check, note, tamper = _make_channel(socket_path, busy)
 
     environ, environb, environ_class = _gate_environ(check, tamper, env_marks)
-    os.__dict__["environ"] = environ
-    if environb is not None:
-        os.__dict__["environb"] = environb
-    os_protected: dict[str, Any] = {"environ": environ}
-    if environb is not None:
-        os_protected["environb"] = environb
+    os_protected: dict[str, Any] = {}  # filled when os.environ is gated
     sys_protected: dict[str, Any] = {"audit": sys.audit, "addaudithook": sys.addaudithook}
-    _guard_module(os, os_protected, tamper)
     _guard_module(sys, sys_protected, tamper)
+
+    def gate_environ() -> None:
+        if os_protected:
+            return
+        os_protected["environ"] = environ
+        os.__dict__["environ"] = environ
+        if environb is not None:
+            os_protected["environb"] = environb
+            os.__dict__["environb"] = environb
+        _guard_module(os, os_protected, tamper)
 
     sqlite_gate = _SqliteGate(check, tamper)
     finder = _SqliteFinder(sqlite_gate)
@@ -758,6 +780,10 @@ def install(socket_path: str, agent_id: str) -> None:
     handlers = _make_handlers(
         socket_path, agent_id, check, note, tamper, env_marks, sqlite_gate, integrity
     )
+    for event in _RUN_EVENTS:
+        handlers[event] = lambda args: gate_environ()
+    if not during_site:
+        gate_environ()
     lookup = handlers.get
     get_ident = _thread.get_ident
 
@@ -767,8 +793,9 @@ def install(socket_path: str, agent_id: str) -> None:
             return
         try:
             handler(args)
-        except PermissionError:
-            raise
+        except PermissionError as denial:
+            # Drop the hook's own frames: the agent's traceback ends at its call.
+            raise denial.with_traceback(None)
         except Exception as exc:
             # A handler bug must not let a gated action through.
             raise PermissionError(errno.EACCES, f"agentsup: {event} refused: {exc!r}") from None
@@ -777,12 +804,14 @@ def install(socket_path: str, agent_id: str) -> None:
     _installed = True
 
 
-def install_from_env() -> bool:
+def install_from_env(*, during_site: bool = False) -> bool:
     """Install the hook when AGENTSUP_HOOK_SOCKET is set; True when installed."""
+    if _installed:
+        return True  # by the .pth; os.environ reads would now be checks
     socket_path = os.environ.get(protocol.ENV_SOCKET)
     if not socket_path:
         return False
-    install(socket_path, os.environ.get(protocol.ENV_AGENT_ID, ""))
+    install(socket_path, os.environ.get(protocol.ENV_AGENT_ID, ""), during_site=during_site)
     return True
 
 

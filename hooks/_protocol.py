@@ -47,9 +47,7 @@ CHECK_ACTIONS: Final = frozenset(
         "database_execute",
     }
 )
-NOTE_ACTIONS: Final = frozenset(
-    {"file_read", "file_write", "shell_execute", "network_connect", "process_spawn"}
-)
+NOTE_ACTIONS: Final = frozenset({"file_read", "file_write", "shell_execute", "network_connect"})
 
 VERDICTS: Final = frozenset({"allow", "deny"})
 RESPONSES: Final = frozenset({"allow", "log", "warn", "block", "kill", "stop", "hold"})
@@ -101,7 +99,7 @@ def validate_reply(message: Any, expected_id: int) -> tuple[bool, str, str, str]
     """Check a decoded reply; return (allowed, rule, message, response)."""
     if type(message) is not dict or set(message) != REPLY_KEYS:
         raise ProtocolError("reply has the wrong fields")
-    if message["v"] != VERSION or type(message["v"]) is not int:
+    if type(message["v"]) is not int or message["v"] != VERSION:
         raise ProtocolError("reply has the wrong version")
     if not is_valid_id(message["id"]) or message["id"] != expected_id:
         raise ProtocolError("reply answers another request")
@@ -111,8 +109,53 @@ def validate_reply(message: Any, expected_id: int) -> tuple[bool, str, str, str]
         message["message"],
         message["response"],
     )
+    if not all(type(field) is str for field in (verdict, rule, text, response)):
+        raise ProtocolError("reply fields must be strings")
     if verdict not in VERDICTS or response not in RESPONSES:
         raise ProtocolError("reply has an unknown verdict or response")
-    if type(rule) is not str or type(text) is not str:
-        raise ProtocolError("reply rule and message must be strings")
     return verdict == "allow", rule, text, response
+
+
+def _valid_detail_value(value: object) -> bool:
+    if value is None or type(value) in (str, int, float, bool):
+        return True
+    return type(value) is list and all(
+        item is None or type(item) in (str, int, float, bool) for item in value
+    )
+
+
+def validate_request(message: Any) -> tuple[str, str, str, dict[str, Any], int]:
+    """Check a decoded request strictly; return (op, action, target, detail, id).
+
+    `action` is "" for a tamper report.  Anything unexpected raises
+    ProtocolError: unknown keys, wrong types, an action the op does not
+    carry, nested detail values.
+    """
+    if type(message) is not dict:
+        raise ProtocolError("request is not a JSON object")
+    op = message.get("op")
+    if op == OP_TAMPER:
+        expected = REQUEST_KEYS - {"action"}
+    elif op in (OP_CHECK, OP_NOTE):
+        expected = REQUEST_KEYS
+    else:
+        raise ProtocolError(f"unknown op {op!r:.40}")
+    if set(message) != expected:
+        raise ProtocolError(f"{op} request has the wrong fields")
+    if type(message["v"]) is not int or message["v"] != VERSION:
+        raise ProtocolError("unsupported protocol version")
+    if not is_valid_id(message["id"]):
+        raise ProtocolError("request id is not a non-negative integer")
+    action = message.get("action", "")
+    if op != OP_TAMPER:
+        allowed = CHECK_ACTIONS if op == OP_CHECK else NOTE_ACTIONS
+        if type(action) is not str or action not in allowed:
+            raise ProtocolError(f"action {action!r:.40} is not valid for {op}")
+    target, detail = message["target"], message["detail"]
+    if type(target) is not str:
+        raise ProtocolError("target is not a string")
+    if type(detail) is not dict or not all(
+        type(key) is str and _valid_detail_value(value) for key, value in detail.items()
+    ):
+        raise ProtocolError("detail is not a flat object")
+    return op, action, target, detail, message["id"]

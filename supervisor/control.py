@@ -314,8 +314,18 @@ class ControlServer:
                     log.warning("control socket: cannot accept: %s", exc)
                     return
                 raise
-            sock.setblocking(False)
-            self._admit(sock)
+            if len(self._connections) >= MAX_CONNECTIONS:
+                # Closed unread, without an audit record, so a flood costs nothing.
+                log.warning("control socket: too many connections, closing a new one")
+                sock.close()
+                continue
+            try:
+                sock.setblocking(False)
+                self._admit(sock)
+            except BaseException:
+                self._connections.pop(sock.fileno(), None)
+                sock.close()
+                raise
 
     def _admit(self, sock: socket.socket) -> None:
         peer = peer_credentials(sock)
@@ -339,9 +349,6 @@ class ControlServer:
                     f"(only root and uid {self._owner_uid})"
                 ),
             )
-            return
-        if len(self._connections) >= MAX_CONNECTIONS:
-            self._reply(conn, error_reply("supervisor busy: too many control connections"))
             return
         self._connections[sock.fileno()] = conn
         self._service(conn)  # the request is often already there

@@ -58,7 +58,15 @@ def start(plan: LaunchPlan, timeout: float = 30.0) -> Launched:
     payload = dict(plan.__dict__, supervisor_pid=os.getpid())
     try:
         process = subprocess.Popen(
-            [sys.executable, "-I", "-m", "agentsup.trampoline", str(cfg_r), str(status_w), str(go_r)],
+            [
+                sys.executable,
+                "-I",
+                "-m",
+                "agentsup.trampoline",
+                str(cfg_r),
+                str(status_w),
+                str(go_r),
+            ],
             pass_fds=(cfg_r, status_w, go_r),
             cwd="/",
         )

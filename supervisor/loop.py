@@ -6,6 +6,7 @@ signal wake-up pipe all register here.  Nothing else blocks.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import os
@@ -52,10 +53,8 @@ class EventLoop:
 
     def remove_reader(self, fd: int) -> None:
         if self._readers.pop(fd, None) is not None:
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 self._epoll.unregister(fd)
-            except (OSError, ValueError):
-                pass
 
     def has_reader(self, fd: int) -> bool:
         return fd in self._readers

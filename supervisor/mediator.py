@@ -112,8 +112,9 @@ def _signed32(value: int) -> int:
 class Mediator:
     """Decodes and answers the notifications of one agent's listener."""
 
-    def __init__(self, listener: int, judge: Judge, tgid_of: Callable[[int], int],
-                 agent_id: str = "") -> None:
+    def __init__(
+        self, listener: int, judge: Judge, tgid_of: Callable[[int], int], agent_id: str = ""
+    ) -> None:
         self.listener = listener
         self.agent_id = agent_id
         self.judge = judge
@@ -126,7 +127,7 @@ class Mediator:
         self._handlers: dict[int, Callable[[_seccomp.Notification, str], None]] = {}
         for nr, name in _seccomp.syscall_numbers(MEDIATED).items():
             self._handlers[nr] = getattr(self, f"_on_{name}")
-        for nr, name in _seccomp.syscall_numbers(ALWAYS_REFUSED).items():
+        for nr in _seccomp.syscall_numbers(ALWAYS_REFUSED):
             self._handlers[nr] = self._on_refused
         self._names = _seccomp.syscall_numbers(MEDIATED + ALWAYS_REFUSED)
 
@@ -162,13 +163,15 @@ class Mediator:
 
     # -- helpers -----------------------------------------------------------------
 
-    def _decide(self, notif: _seccomp.Notification, syscall: str, action: ActionType,
-                target: str) -> Response:
+    def _decide(
+        self, notif: _seccomp.Notification, syscall: str, action: ActionType, target: str
+    ) -> Response:
         event = Event(action, target, self.agent_id, notif.pid, Layer.SECCOMP, syscall)
         return self.judge.judge(event, notif.pid)
 
-    def _decide_all(self, notif: _seccomp.Notification, syscall: str,
-                    checks: list[tuple[ActionType, str]]) -> Response:
+    def _decide_all(
+        self, notif: _seccomp.Notification, syscall: str, checks: list[tuple[ActionType, str]]
+    ) -> Response:
         """Every check must let the action proceed; the first that does not decides."""
         response = Response.ALLOW
         for action, target in checks:
@@ -275,20 +278,27 @@ class Mediator:
         self.memory.forget(tgid)
 
     def _finish(self, notif: _seccomp.Notification, work: Callable[[], object]) -> None:
-        """Do `work` for the agent if it is still waiting, and return its result."""
+        """Do `work` for the agent if it is still waiting; the syscall returns 0 or -errno."""
         if not _seccomp.id_valid(self.listener, notif.id):
             return
         try:
-            result = work()
+            work()
         except OSError as exc:
             _seccomp.respond_error(self.listener, notif.id, exc.errno or errno.EIO)
             return
-        _seccomp.respond_value(self.listener, notif.id, int(result) if result else 0)
+        _seccomp.respond_value(self.listener, notif.id, 0)
 
     # -- open family -------------------------------------------------------------
 
-    def _open(self, notif: _seccomp.Notification, syscall: str, dirfd: int, path_ptr: int,
-              flags: int, mode: int) -> None:
+    def _open(
+        self,
+        notif: _seccomp.Notification,
+        syscall: str,
+        dirfd: int,
+        path_ptr: int,
+        flags: int,
+        mode: int,
+    ) -> None:
         tid = notif.pid
         raw = self.memory.read_cstring(tid, path_ptr)
         writes = bool(flags & _WRITE_FLAGS) or (flags & _O_TMPFILE) == _O_TMPFILE
@@ -316,8 +326,12 @@ class Mediator:
             own_flags = (flags | os.O_CLOEXEC) & ~os.O_NOFOLLOW
             try:
                 if creating:
-                    fd = os.open(node.name, own_flags | os.O_NOFOLLOW,
-                                 mode & 0o7777 & ~self._umask(tid), dir_fd=node.fd)
+                    fd = os.open(
+                        node.name,
+                        own_flags | os.O_NOFOLLOW,
+                        mode & 0o7777 & ~self._umask(tid),
+                        dir_fd=node.fd,
+                    )
                 else:
                     fd = self._reopen(node.fd, own_flags)
             except OSError as exc:
@@ -369,17 +383,28 @@ class Mediator:
 
     # -- exec ---------------------------------------------------------------------
 
-    def _exec(self, n: _seccomp.Notification, syscall: str, dirfd: int, path_ptr: int,
-              argv_ptr: int, flags: int) -> None:
+    def _exec(
+        self,
+        n: _seccomp.Notification,
+        syscall: str,
+        dirfd: int,
+        path_ptr: int,
+        argv_ptr: int,
+        flags: int,
+    ) -> None:
         tid = n.pid
         raw = self.memory.read_cstring(tid, path_ptr)
         if not raw and flags & AT_EMPTY_PATH:
             raw = b"/proc/%d/fd/%d" % (self._tgid_of(tid), dirfd)
             dirfd = AT_FDCWD
-        argv = [
-            os.fsdecode(self.memory.read_cstring(tid, p, 131072))
-            for p in self.memory.read_pointer_array(tid, argv_ptr)
-        ] if argv_ptr else []
+        argv = (
+            [
+                os.fsdecode(self.memory.read_cstring(tid, p, 131072))
+                for p in self.memory.read_pointer_array(tid, argv_ptr)
+            ]
+            if argv_ptr
+            else []
+        )
         node = self.resolve(tid, dirfd, raw, follow=not flags & AT_SYMLINK_NOFOLLOW)
         try:
             checks = [
@@ -420,8 +445,15 @@ class Mediator:
 
     # -- delete, create, move ------------------------------------------------------
 
-    def _parent_op(self, n: _seccomp.Notification, syscall: str, action: ActionType,
-                   dirfd: int, path_ptr: int, work: Callable[[Resolved], object]) -> None:
+    def _parent_op(
+        self,
+        n: _seccomp.Notification,
+        syscall: str,
+        action: ActionType,
+        dirfd: int,
+        path_ptr: int,
+        work: Callable[[Resolved], object],
+    ) -> None:
         raw = self.memory.read_cstring(n.pid, path_ptr)
         node = self.resolve_parent(n.pid, dirfd, raw)
         try:
@@ -435,8 +467,9 @@ class Mediator:
         finally:
             node.close()
 
-    def _unlink(self, n: _seccomp.Notification, syscall: str, dirfd: int, ptr: int,
-                flags: int) -> None:
+    def _unlink(
+        self, n: _seccomp.Notification, syscall: str, dirfd: int, ptr: int, flags: int
+    ) -> None:
         def work(node: Resolved) -> None:
             if flags & AT_REMOVEDIR:
                 os.rmdir(node.name, dir_fd=node.fd)
@@ -454,11 +487,16 @@ class Mediator:
     def _on_unlinkat(self, n: _seccomp.Notification, name: str) -> None:
         self._unlink(n, name, _signed32(n.args[0]), n.args[1], n.args[2])
 
-    def _mkdir(self, n: _seccomp.Notification, syscall: str, dirfd: int, ptr: int,
-               mode: int) -> None:
+    def _mkdir(
+        self, n: _seccomp.Notification, syscall: str, dirfd: int, ptr: int, mode: int
+    ) -> None:
         umask = self._umask(n.pid)
         self._parent_op(
-            n, syscall, ActionType.FILE_WRITE, dirfd, ptr,
+            n,
+            syscall,
+            ActionType.FILE_WRITE,
+            dirfd,
+            ptr,
             lambda node: os.mkdir(node.name, mode & 0o7777 & ~umask, dir_fd=node.fd),
         )
 
@@ -468,11 +506,16 @@ class Mediator:
     def _on_mkdirat(self, n: _seccomp.Notification, name: str) -> None:
         self._mkdir(n, name, _signed32(n.args[0]), n.args[1], n.args[2])
 
-    def _symlink(self, n: _seccomp.Notification, syscall: str, target_ptr: int, dirfd: int,
-                 ptr: int) -> None:
+    def _symlink(
+        self, n: _seccomp.Notification, syscall: str, target_ptr: int, dirfd: int, ptr: int
+    ) -> None:
         content = self.memory.read_cstring(n.pid, target_ptr)
         self._parent_op(
-            n, syscall, ActionType.FILE_WRITE, dirfd, ptr,
+            n,
+            syscall,
+            ActionType.FILE_WRITE,
+            dirfd,
+            ptr,
             lambda node: os.symlink(content, node.name, dir_fd=node.fd),
         )
 
@@ -482,8 +525,18 @@ class Mediator:
     def _on_symlinkat(self, n: _seccomp.Notification, name: str) -> None:
         self._symlink(n, name, n.args[0], _signed32(n.args[1]), n.args[2])
 
-    def _two_paths(self, n: _seccomp.Notification, syscall: str, olddirfd: int, old_ptr: int,
-                   newdirfd: int, new_ptr: int, *, linking: bool, flags: int) -> None:
+    def _two_paths(
+        self,
+        n: _seccomp.Notification,
+        syscall: str,
+        olddirfd: int,
+        old_ptr: int,
+        newdirfd: int,
+        new_ptr: int,
+        *,
+        linking: bool,
+        flags: int,
+    ) -> None:
         tid = n.pid
         old_raw = self.memory.read_cstring(tid, old_ptr)
         new_raw = self.memory.read_cstring(tid, new_ptr)
@@ -504,11 +557,20 @@ class Mediator:
         try:
             if linking:
                 # Making a new name for a file is as good as reading it.
-                checks = [(ActionType.FILE_READ, source.target), (ActionType.FILE_WRITE, dest.target)]
+                checks = [
+                    (ActionType.FILE_READ, source.target),
+                    (ActionType.FILE_WRITE, dest.target),
+                ]
             else:
-                checks = [(ActionType.FILE_MOVE, source.target), (ActionType.FILE_WRITE, dest.target)]
+                checks = [
+                    (ActionType.FILE_MOVE, source.target),
+                    (ActionType.FILE_WRITE, dest.target),
+                ]
                 if flags & RENAME_EXCHANGE:
-                    checks += [(ActionType.FILE_MOVE, dest.target), (ActionType.FILE_WRITE, source.target)]
+                    checks += [
+                        (ActionType.FILE_MOVE, dest.target),
+                        (ActionType.FILE_WRITE, source.target),
+                    ]
             response = self._decide_all(n, syscall, checks)
             if not response.proceeds:
                 self._refuse(n, response, errno.EACCES)
@@ -520,11 +582,20 @@ class Mediator:
 
             def work() -> None:
                 if linking and flags & AT_SYMLINK_FOLLOW:
-                    os.link(f"/proc/self/fd/{source.fd}", dest.name, dst_dir_fd=dest.fd,
-                            follow_symlinks=True)
+                    os.link(
+                        f"/proc/self/fd/{source.fd}",
+                        dest.name,
+                        dst_dir_fd=dest.fd,
+                        follow_symlinks=True,
+                    )
                 elif linking:
-                    os.link(source.name, dest.name, src_dir_fd=source.fd, dst_dir_fd=dest.fd,
-                            follow_symlinks=False)
+                    os.link(
+                        source.name,
+                        dest.name,
+                        src_dir_fd=source.fd,
+                        dst_dir_fd=dest.fd,
+                        follow_symlinks=False,
+                    )
                 elif flags:
                     _proc.renameat2(source.fd, source.name, dest.fd, dest.name, flags)
                 else:
@@ -540,26 +611,49 @@ class Mediator:
 
     def _on_renameat(self, n: _seccomp.Notification, name: str) -> None:
         a = n.args
-        self._two_paths(n, name, _signed32(a[0]), a[1], _signed32(a[2]), a[3],
-                        linking=False, flags=0)
+        self._two_paths(
+            n, name, _signed32(a[0]), a[1], _signed32(a[2]), a[3], linking=False, flags=0
+        )
 
     def _on_renameat2(self, n: _seccomp.Notification, name: str) -> None:
         a = n.args
-        self._two_paths(n, name, _signed32(a[0]), a[1], _signed32(a[2]), a[3],
-                        linking=False, flags=a[4] & 0xFFFFFFFF)
+        self._two_paths(
+            n,
+            name,
+            _signed32(a[0]),
+            a[1],
+            _signed32(a[2]),
+            a[3],
+            linking=False,
+            flags=a[4] & 0xFFFFFFFF,
+        )
 
     def _on_link(self, n: _seccomp.Notification, name: str) -> None:
         self._two_paths(n, name, AT_FDCWD, n.args[0], AT_FDCWD, n.args[1], linking=True, flags=0)
 
     def _on_linkat(self, n: _seccomp.Notification, name: str) -> None:
         a = n.args
-        self._two_paths(n, name, _signed32(a[0]), a[1], _signed32(a[2]), a[3],
-                        linking=True, flags=a[4] & 0xFFFFFFFF)
+        self._two_paths(
+            n,
+            name,
+            _signed32(a[0]),
+            a[1],
+            _signed32(a[2]),
+            a[3],
+            linking=True,
+            flags=a[4] & 0xFFFFFFFF,
+        )
 
     # -- change an existing object ---------------------------------------------------
 
-    def _object_op(self, n: _seccomp.Notification, syscall: str, action: ActionType,
-                   node: Resolved, work: Callable[[str], object]) -> None:
+    def _object_op(
+        self,
+        n: _seccomp.Notification,
+        syscall: str,
+        action: ActionType,
+        node: Resolved,
+        work: Callable[[str], object],
+    ) -> None:
         try:
             response = self._decide(n, syscall, action, node.target)
             if not response.proceeds:
@@ -572,8 +666,9 @@ class Mediator:
         finally:
             node.close()
 
-    def _path_object(self, n: _seccomp.Notification, dirfd: int, ptr: int,
-                     follow: bool = True) -> Resolved:
+    def _path_object(
+        self, n: _seccomp.Notification, dirfd: int, ptr: int, follow: bool = True
+    ) -> Resolved:
         return self.resolve(n.pid, dirfd, self.memory.read_cstring(n.pid, ptr), follow=follow)
 
     def _fd_object(self, n: _seccomp.Notification, agent_fd: int) -> Resolved:
@@ -590,12 +685,18 @@ class Mediator:
 
     def _on_truncate(self, n: _seccomp.Notification, name: str) -> None:
         length = n.args[1]
-        self._object_op(n, name, ActionType.FILE_WRITE, self._path_object(n, AT_FDCWD, n.args[0]),
-                        lambda p: os.truncate(p, length))
+        self._object_op(
+            n,
+            name,
+            ActionType.FILE_WRITE,
+            self._path_object(n, AT_FDCWD, n.args[0]),
+            lambda p: os.truncate(p, length),
+        )
 
     def _chmod(self, n: _seccomp.Notification, syscall: str, node: Resolved, mode: int) -> None:
-        self._object_op(n, syscall, ActionType.FILE_CHMOD, node,
-                        lambda p: os.chmod(p, mode & 0o7777))
+        self._object_op(
+            n, syscall, ActionType.FILE_CHMOD, node, lambda p: os.chmod(p, mode & 0o7777)
+        )
 
     def _on_chmod(self, n: _seccomp.Notification, name: str) -> None:
         self._chmod(n, name, self._path_object(n, AT_FDCWD, n.args[0]), n.args[1])
@@ -611,15 +712,16 @@ class Mediator:
         if flags & AT_EMPTY_PATH:
             node = self._fd_object(n, _signed32(n.args[0]))
         else:
-            node = self._path_object(n, _signed32(n.args[0]), n.args[1],
-                                     follow=not flags & AT_SYMLINK_NOFOLLOW)
+            node = self._path_object(
+                n, _signed32(n.args[0]), n.args[1], follow=not flags & AT_SYMLINK_NOFOLLOW
+            )
         self._chmod(n, name, node, n.args[2])
 
-    def _chown(self, n: _seccomp.Notification, syscall: str, node: Resolved, uid: int,
-               gid: int) -> None:
+    def _chown(
+        self, n: _seccomp.Notification, syscall: str, node: Resolved, uid: int, gid: int
+    ) -> None:
         uid, gid = _signed32(uid), _signed32(gid)
-        self._object_op(n, syscall, ActionType.FILE_CHMOD, node,
-                        lambda p: os.chown(p, uid, gid))
+        self._object_op(n, syscall, ActionType.FILE_CHMOD, node, lambda p: os.chown(p, uid, gid))
 
     def _on_chown(self, n: _seccomp.Notification, name: str) -> None:
         self._chown(n, name, self._path_object(n, AT_FDCWD, n.args[0]), n.args[1], n.args[2])
@@ -636,8 +738,9 @@ class Mediator:
         if flags & AT_EMPTY_PATH:
             node = self._fd_object(n, _signed32(n.args[0]))
         else:
-            node = self._path_object(n, _signed32(n.args[0]), n.args[1],
-                                     follow=not flags & AT_SYMLINK_NOFOLLOW)
+            node = self._path_object(
+                n, _signed32(n.args[0]), n.args[1], follow=not flags & AT_SYMLINK_NOFOLLOW
+            )
         self._chown(n, name, node, n.args[2], n.args[3])
 
     # -- network and memory ---------------------------------------------------------

@@ -8,9 +8,11 @@ failed before the agent started; 126 when the program cannot be executed;
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import errno
+import functools
 import json
 import os
 import shutil
@@ -24,12 +26,15 @@ from pathlib import Path
 
 from agentsup import _landlock, floor, launch
 from agentsup.cgroup import AgentCgroup, CgroupUnavailable
-from agentsup.events import ActionType
+from agentsup.events import ActionType, response_for
 from agentsup.loop import EventLoop
 from agentsup.mediator import ALWAYS_REFUSED, FORCED_ENOSYS, MEDIATED, Mediator
 from agentsup.paths import Locations, default_locations
 from agentsup.policy import CompiledPolicy, PolicyError, RunContext, compile_policy, resolve_policy
-from agentsup.session import AgentSession, AgentState, ProcessTree, SessionConfig
+from agentsup.control import ControlServer
+from agentsup.operator_api import OperatorAPI
+from agentsup.session import AgentSession, AgentState, Pending, ProcessTree, SessionConfig
+from agentsup.totp import TotpVerifier
 
 EXIT_SETUP_FAILED = 125
 EXIT_CANNOT_EXECUTE = 126
@@ -122,6 +127,45 @@ def plan_landlock(policy: CompiledPolicy, locations: Locations) -> floor.FloorPl
     )
 
 
+def protected_inodes(policy: CompiledPolicy, budget: int = 20000) -> dict[tuple[int, int], str]:
+    """(st_dev, st_ino) -> path of the files under the policy's read-deny rules.
+
+    A hard link has no real name to judge, so an open of a multiply-linked file
+    is judged under the protected name when its inode is one of these.  The walk
+    covers the literal roots of the deny rules (`{home}/.ssh`, `/etc/shadow`);
+    a rule with no literal root (`**/*.pem`) cannot be walked.
+    """
+    found: dict[tuple[int, int], str] = {}
+    for rule in policy.rules:
+        if not rule.applies or ActionType.FILE_READ not in rule.rule.actions:
+            continue
+        if response_for(rule.decision).proceeds or rule.matcher.roots is None:
+            continue
+        for root in rule.matcher.roots:
+            if root == "/":
+                continue
+            for path in _walk_files(root, budget - len(found)):
+                try:
+                    st = os.stat(path, follow_symlinks=False)
+                except OSError:
+                    continue
+                found.setdefault((st.st_dev, st.st_ino), path)
+    return found
+
+
+def _walk_files(root: str, budget: int) -> list[str]:
+    if budget <= 0:
+        return []
+    if not os.path.isdir(root) or os.path.islink(root):
+        return [root] if os.path.isfile(root) else []
+    paths: list[str] = []
+    for dirpath, _dirs, files in os.walk(root):
+        paths.extend(os.path.join(dirpath, name) for name in files)
+        if len(paths) >= budget:
+            break
+    return paths[:budget]
+
+
 def _status_code(raw_status: int) -> tuple[int, int | None]:
     if os.WIFSIGNALED(raw_status):
         sig = os.WTERMSIG(raw_status)
@@ -144,6 +188,8 @@ class ForegroundRun:
         self.interrupted: int | None = None
         self.audit = _open_audit(locations)
         self._watchdog: subprocess.Popen[bytes] | None = None
+        self.control: ControlServer | None = None
+        self._control_fds: set[int] = set()
 
     # -- setup ---------------------------------------------------------------------
 
@@ -238,13 +284,16 @@ class ForegroundRun:
         session.main_pid = launched.pid
         session.tree = ProcessTree(self.group, launched.pid)
         self.mediator = Mediator(launched.listener, session, session.tgid_of, session.agent_id)
+        self.mediator.protected_inodes = protected_inodes(session.policy)
         self.loop.add_reader(launched.listener, self._on_listener)
         self.loop.add_reader(launched.pidfd, lambda _events: self._reap())
         self.loop.add_reader(launched.status_fd, self._on_status)
         self.loop.on_signal(signal.SIGCHLD, self._reap)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            self.loop.on_signal(sig, lambda sig=sig: self._interrupt(sig))
+            self.loop.on_signal(sig, functools.partial(self._interrupt, sig))
         self.loop.after_each_batch(self.audit.flush)
+        self._serve_control()
+        session.on_hold = self._arm_approval_timeout
         limits = session.policy.limits
         if limits.max_runtime_seconds:
             self.loop.call_later(limits.max_runtime_seconds, self._runtime_exceeded)
@@ -257,6 +306,60 @@ class ForegroundRun:
         )
         session.state = AgentState.RUNNING
         launched.release()
+
+    # -- the person in the loop ----------------------------------------------------
+
+    def _serve_control(self) -> None:
+        assert self.session is not None
+        session = self.session
+        api = OperatorAPI(lambda: {session.agent_id: session}, self.audit)
+        try:
+            self.control = ControlServer(
+                self.locations.runtime_dir, api, TotpVerifier(self.locations),
+                owner_uid=os.getuid(), clock=self.loop.clock,
+            )
+        except OSError as exc:
+            _say(f"warning: no control socket ({exc}); resume/deny/stop/kill are unavailable")
+            return
+        self._sync_control_fds()
+
+    def _sync_control_fds(self) -> None:
+        """The control server's fds change as peers come and go: mirror them in the loop."""
+        if self.control is None:
+            return
+        wanted = set(self.control.fds())
+        for fd in self._control_fds - wanted:
+            self.loop.remove_reader(fd)
+        for fd in wanted - self._control_fds:
+            self.loop.add_reader(fd, functools.partial(self._on_control, fd))
+        self._control_fds = wanted
+
+    def _on_control(self, fd: int, _events: int) -> None:
+        assert self.control is not None
+        self.control.on_ready(fd)
+        self._sync_control_fds()
+
+    def _arm_approval_timeout(self, pending: Pending) -> None:
+        assert self.session is not None
+        if pending.kind != "approval":
+            return
+        session = self.session
+        approval = session.policy.approval
+        request_id = pending.request_id
+
+        def expire() -> None:
+            if request_id not in session.pending:
+                return
+            if approval.on_timeout == "kill":
+                session.kill_for_limit(
+                    "approval.timeout_seconds",
+                    f"no decision on {pending.event.action} {pending.event.target} "
+                    f"within {approval.timeout_seconds:g} s",
+                )
+            else:
+                session.settle(False, uid=-1, reason="approval timed out", outcome="timeout")
+
+        pending.timer = self.loop.call_later(approval.timeout_seconds, expire)
 
     def _on_listener(self, events: int) -> None:
         assert self.mediator is not None and self.launched is not None
@@ -319,8 +422,10 @@ class ForegroundRun:
         status = session.exit_status if session.exit_status is not None else 0
         code, sig = _status_code(status)
         if self.exec_error is not None:
-            code = EXIT_NOT_FOUND if self.exec_error in (errno.ENOENT, errno.ENOTDIR) else (
-                EXIT_CANNOT_EXECUTE
+            code = (
+                EXIT_NOT_FOUND
+                if self.exec_error in (errno.ENOENT, errno.ENOTDIR)
+                else (EXIT_CANNOT_EXECUTE)
             )
             _say(f"cannot execute {self.request.program}: {os.strerror(self.exec_error)}")
         report = session.kill_report
@@ -347,10 +452,8 @@ class ForegroundRun:
             self.mediator.close()
         if self.launched is not None:
             for fd in (self.launched.listener, self.launched.pidfd, self.launched.status_fd):
-                try:
+                with contextlib.suppress(OSError):
                     os.close(fd)
-                except OSError:
-                    pass
             if self.launched.go_fd >= 0:
                 os.close(self.launched.go_fd)
         if self.group is not None:
@@ -361,6 +464,8 @@ class ForegroundRun:
         if watchdog is not None:
             watchdog.terminate()
             watchdog.wait()
+        if self.control is not None:
+            self.control.close()
         self.loop.close()
         self.audit.close()
 

@@ -8,6 +8,7 @@ here reads agent memory or speaks seccomp; the mediator does that and asks
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import itertools
 import os
@@ -106,10 +107,8 @@ class ProcessTree:
             if not fresh:
                 return signalled
             for pid in fresh:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
             signalled |= fresh
 
     def kill(self) -> None:
@@ -183,6 +182,7 @@ class AgentSession:
     def _self_protection(self, event: Event) -> Decision | None:
         """The supervisor's own files are out of reach whatever the policy says."""
         action, target = event.action, event.target
+        mode = ViolationMode.SIGKILL
         if action in _WRITE_CLASS:
             guarded = self.protected_write + self.supervisor_procs
         elif action is ActionType.FILE_READ or action is ActionType.PROCESS_SPAWN:
@@ -190,8 +190,10 @@ class AgentSession:
         elif action is ActionType.NETWORK_CONNECT and target.startswith("unix:"):
             if target[5:] == self.config.hook_socket:
                 return None
+            # Refused, not killed: the control socket simply is not there for agents.
             target = target[5:]
-            guarded = (str(self.config.locations.runtime_dir),)
+            guarded = (os.path.realpath(self.config.locations.runtime_dir),)
+            mode = ViolationMode.BLOCK
         else:
             return None
         for root in guarded:
@@ -201,7 +203,7 @@ class AgentSession:
                     rule_id=SELF_PROTECTION_RULE,
                     severity=Severity.CRITICAL,
                     message="agentsup's own policy, audit, state and runtime files are off limits",
-                    on_violation=ViolationMode.SIGKILL,
+                    on_violation=mode,
                     reason=f"target is inside {root}",
                 )
         return None
@@ -233,7 +235,7 @@ class AgentSession:
         elif response is Response.HOLD:
             self._hold(event, tid, decision, kind="approval")
         elif response is Response.WARN:
-            self._say(
+            self.say(
                 f"warning: rule '{decision.rule_id}' flagged {event.action} {event.target}"
                 + (f": {decision.message}" if decision.message else "")
             )
@@ -257,8 +259,9 @@ class AgentSession:
             }
         )
 
-    def _record(self, event: Event, tid: int, decision: Decision, response: Response,
-                kind: str = "decision") -> None:
+    def _record(
+        self, event: Event, tid: int, decision: Decision, response: Response, kind: str = "decision"
+    ) -> None:
         record: dict[str, object] = {
             "agent": self.agent_id,
             "pid": self.tgid_of(tid) if tid else event.pid,
@@ -279,7 +282,7 @@ class AgentSession:
             record["reason"] = decision.reason
         self.audit.append(record)
 
-    def _say(self, text: str) -> None:
+    def say(self, text: str) -> None:
         print(f"agentsup: {text}", file=self.config.stderr, flush=True)
 
     # -- enforcement -------------------------------------------------------------------
@@ -287,7 +290,11 @@ class AgentSession:
     def signal_tree(self, sig: int, why: str, uid: int | None = None) -> None:
         if self.tree is None:
             return
-        pids = self.tree.kill() if sig == signal.SIGKILL else self.tree.signal_all(sig)
+        pids: set[int] = set()
+        if sig == signal.SIGKILL:
+            self.tree.kill()
+        else:
+            pids = self.tree.signal_all(sig)
         record: dict[str, object] = {
             "agent": self.agent_id,
             "pid": self.main_pid,
@@ -296,7 +303,7 @@ class AgentSession:
             "layer": "supervisor",
             "reason": why,
         }
-        if isinstance(pids, set):
+        if pids:
             record["pids"] = sorted(pids)
         if uid is not None:
             record["uid"] = uid
@@ -307,7 +314,7 @@ class AgentSession:
             self.kill_report = KillReport(
                 decision.rule_id, str(event.action), event.target, decision.message
             )
-            self._say(
+            self.say(
                 f"killed agent '{self.agent_id}': rule '{decision.rule_id}' denied "
                 f"{event.action} {event.target}"
                 + (f" ({decision.message})" if decision.message else "")
@@ -317,7 +324,7 @@ class AgentSession:
     def kill_for_limit(self, limit: str, detail: str) -> None:
         if self.kill_report is None:
             self.kill_report = KillReport(f"limits.{limit}", "limit", detail, "")
-            self._say(f"killed agent '{self.agent_id}': limits.{limit} exceeded ({detail})")
+            self.say(f"killed agent '{self.agent_id}': limits.{limit} exceeded ({detail})")
         self.signal_tree(signal.SIGKILL, f"limits.{limit}: {detail}")
 
     def _hold(self, event: Event, tid: int, decision: Decision, kind: str) -> None:
@@ -329,13 +336,13 @@ class AgentSession:
         )
         self.signal_tree(signal.SIGSTOP, f"{kind}: rule {decision.rule_id}")
         if kind == "approval":
-            self._say(
+            self.say(
                 f"agent '{self.agent_id}' is stopped, waiting for approval of {event.action} "
                 f"{event.target} (rule '{decision.rule_id}'). Approve: agentsup resume "
                 f"{self.agent_id} --code <TOTP>   refuse: agentsup deny {self.agent_id}"
             )
         else:
-            self._say(
+            self.say(
                 f"stopped agent '{self.agent_id}': rule '{decision.rule_id}' denied "
                 f"{event.action} {event.target}. Continue (the action stays denied): "
                 f"agentsup resume {self.agent_id} --code <TOTP>   end it: agentsup kill "

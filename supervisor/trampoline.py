@@ -77,7 +77,7 @@ def main(argv: list[str]) -> None:
         from agentsup import _seccomp
 
         listener = _seccomp.load_filter(plan["notify"], plan["enosys"])
-    except Exception as exc:  # noqa: BLE001 - reported to the supervisor, which exits 125
+    except Exception as exc:
         _fail(status_fd, stage, exc)
 
     os.write(status_fd, f"L{listener}\n".encode())

@@ -40,9 +40,12 @@ def _has_seccomp_notify() -> bool:
 
 def _has_cgroup2() -> bool:
     for root in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup"):
-        if os.path.exists(os.path.join(root, "cgroup.procs")) and os.access(root, os.W_OK):
-            if os.path.exists(os.path.join(root, "cgroup.controllers")):
-                return True
+        if (
+            os.path.exists(os.path.join(root, "cgroup.controllers"))
+            and os.path.exists(os.path.join(root, "cgroup.procs"))
+            and os.access(root, os.W_OK)
+        ):
+            return True
     return False
 
 
@@ -116,19 +119,40 @@ class Sandbox:
         path.write_text(text)
         return str(path)
 
-    def command(self, *program: str, policy: str = "strict", agent_id: str = "t",
-                extra: Sequence[str] = ()) -> list[str]:
+    def command(
+        self, *program: str, policy: str = "strict", agent_id: str = "t", extra: Sequence[str] = ()
+    ) -> list[str]:
         return [
-            sys.executable, "-m", "agentsup", "run", "--policy", policy,
-            "--workspace", str(self.workspace), "--id", agent_id, *extra, "--", *program,
+            sys.executable,
+            "-m",
+            "agentsup",
+            "run",
+            "--policy",
+            policy,
+            "--workspace",
+            str(self.workspace),
+            "--id",
+            agent_id,
+            *extra,
+            "--",
+            *program,
         ]
 
-    def run(self, *program: str, policy: str = "strict", agent_id: str = "t",
-            extra: Sequence[str] = (), timeout: float = 60,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self,
+        *program: str,
+        policy: str = "strict",
+        agent_id: str = "t",
+        extra: Sequence[str] = (),
+        timeout: float = 60,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             self.command(*program, policy=policy, agent_id=agent_id, extra=extra),
-            env={**self.env, **(env or {})}, capture_output=True, text=True, timeout=timeout,
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     def audit_records(self) -> list[dict[str, object]]:
@@ -138,8 +162,11 @@ class Sandbox:
 
     def agentsup(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "agentsup", *args], env=self.env,
-            capture_output=True, text=True, timeout=timeout,
+            [sys.executable, "-m", "agentsup", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
 

@@ -12,12 +12,16 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pyotp
 import pytest
 from agentsup.control import (
+    CONNECTION_TIMEOUT_S,
+    MAX_CONNECTIONS,
+    MAX_REQUEST_BYTES,
     ControlError,
     ControlServer,
     SupervisorUnreachable,
@@ -347,3 +351,60 @@ def test_socket_of_live_pid_is_kept(locs: Locations) -> None:
         sock.bind(str(alive))
     assert not remove_if_stale(alive)
     assert alive.exists()
+
+
+def test_api_bug_becomes_an_error_reply(harness: Harness) -> None:
+    def broken() -> list[dict[str, object]]:
+        raise RuntimeError("bug")
+
+    harness.api.pending = broken  # type: ignore[method-assign]
+    with pytest.raises(ControlError, match="internal error in the supervisor: RuntimeError"):
+        request(harness.server.path, {"op": "pending"})
+    assert request(harness.server.path, {"op": "ps"})
+
+
+def test_oversized_request_refused(harness: Harness) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(str(harness.server.path))
+        sock.sendall(b"x" * (MAX_REQUEST_BYTES + 1))
+        reply = json.loads(sock.makefile("rb").readline())
+    assert reply == {"v": 1, "ok": False, "error": "request too large"}
+
+
+def test_idle_connection_dropped_after_timeout(locs: Locations) -> None:
+    clock = {"now": 100.0}
+    server = ControlServer(
+        locs.runtime_dir, FakeAPI(), TotpVerifier(locs), owner_uid=0, clock=lambda: clock["now"]
+    )
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(str(server.path))
+            server.on_ready(server.fds()[0])
+            assert len(server.fds()) == 2
+            clock["now"] += CONNECTION_TIMEOUT_S + 1
+            server.on_ready(server.fds()[0])  # nothing to accept; expiry still runs
+            assert len(server.fds()) == 1
+            sock.settimeout(5)
+            assert sock.recv(10) == b""  # the server hung up
+    finally:
+        server.close()
+
+
+def test_connection_flood_is_bounded(harness: Harness) -> None:
+    idle = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(MAX_CONNECTIONS + 5)]
+    try:
+        for sock in idle:
+            sock.connect(str(harness.server.path))
+        deadline = time.monotonic() + 5
+        while len(harness.server.fds()) < MAX_CONNECTIONS + 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        assert len(harness.server.fds()) == MAX_CONNECTIONS + 1
+    finally:
+        for sock in idle:
+            sock.close()
+    deadline = time.monotonic() + 5
+    while len(harness.server.fds()) > 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert request(harness.server.path, {"op": "ps"})

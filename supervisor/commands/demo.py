@@ -53,15 +53,24 @@ def _demo(args: argparse.Namespace) -> int:
     )
     agent = Path(__file__).resolve().parent.parent / "demo" / "agent.py"
     agentsup = [sys.executable, "-m", "agentsup"]
-    command = ["run", "--policy", "strict", "--workspace", str(workspace), "--id", "demo",
-               "--", str(agent)]
+    command = [
+        "run",
+        "--policy",
+        "strict",
+        "--workspace",
+        str(workspace),
+        "--id",
+        "demo",
+        "--",
+        str(agent),
+    ]
     _banner("agentsup " + " ".join(command))
     code = subprocess.call(agentsup + command, env=env)
     print(f"exit status: {code} ({'killed by policy' if code == 137 else 'unexpected'})")
     _banner("agentsup audit show --agent demo")
-    subprocess.call(agentsup + ["audit", "show", "--agent", "demo"], env=env)
+    subprocess.call([*agentsup, "audit", "show", "--agent", "demo"], env=env)
     _banner("agentsup audit verify")
-    verified = subprocess.call(agentsup + ["audit", "verify"], env=env)
+    verified = subprocess.call([*agentsup, "audit", "verify"], env=env)
     key_untouched = (home / ".ssh" / "id_rsa").read_text() == FAKE_KEY
     if args.keep:
         print(f"\nkept {root}")

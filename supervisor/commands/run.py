@@ -22,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.usage_exit_code = EXIT_SETUP_FAILED  # type: ignore[attr-defined]
     parser.add_argument(
-        "--policy", default="strict",
+        "--policy",
+        default="strict",
         help="policy name (policy directory, then built-in templates) or path; default strict",
     )
     parser.add_argument(
@@ -33,7 +34,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--json-status", metavar="FILE", help="write the final status (exit code, signal, rule)"
     )
     parser.add_argument(
-        "--allow-degraded", action="append", default=[], choices=["landlock", "cgroup"],
+        "--allow-degraded",
+        action="append",
+        default=[],
+        choices=["landlock", "cgroup"],
         help="run even if this kernel feature is missing (one warning line)",
     )
     parser.add_argument("program", metavar="PROGRAM")

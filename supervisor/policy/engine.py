@@ -208,6 +208,50 @@ def _build_table(rules: list[tuple[int, CompiledRule]]) -> tuple[_Step, ...]:
     return tuple(steps)
 
 
+def _first_segment(root: str) -> str | None:
+    """`/usr/lib` -> `/usr`; None for `/`, under which anything lies."""
+    if root == "/":
+        return None
+    cut = root.find("/", 1)
+    return root[:cut] if cut > 0 else root
+
+
+def _build_path_tables(
+    rules: list[tuple[int, CompiledRule]],
+) -> tuple[dict[str, tuple[_Step, ...]], tuple[_Step, ...]]:
+    """Tables for path targets, one per first path segment, plus one for any other segment.
+
+    A rule whose matches all lie beneath known roots (`/usr/**`, `^/dev/`) is
+    only tried for targets in those roots' first segments; a rule that may
+    match anywhere (`**/*.pem`, `/`, an unanchored regex) is tried for every
+    target.  Each table keeps priority order, so the first match is the same
+    as in the full table: this only skips rules that cannot match.
+    """
+    segments_of: list[frozenset[str] | None] = []
+    for _, rule in rules:
+        roots = rule.matcher.roots
+        segments = None if roots is None else [_first_segment(root) for root in roots]
+        if segments is None or None in segments:
+            segments_of.append(None)
+        else:
+            segments_of.append(frozenset(s for s in segments if s is not None))
+    keys = set().union(*(s for s in segments_of if s is not None))
+    by_segment = {
+        key: _build_table(
+            [
+                entry
+                for entry, segs in zip(rules, segments_of, strict=True)
+                if segs is None or key in segs
+            ]
+        )
+        for key in keys
+    }
+    anywhere = _build_table(
+        [entry for entry, segs in zip(rules, segments_of, strict=True) if segs is None]
+    )
+    return by_segment, anywhere
+
+
 class CompiledPolicy:
     """A policy ready to decide events for one run.  `evaluate` is pure."""
 
@@ -233,6 +277,8 @@ class CompiledPolicy:
             reason="no rule matched",
         )
         self._tables: dict[ActionType, tuple[_Step, ...]] = {}
+        self._path_tables: dict[ActionType, tuple[dict[str, tuple[_Step, ...]], tuple[_Step, ...]]]
+        self._path_tables = {}
         for action in ActionType:
             applicable = [
                 (index, rule)
@@ -240,6 +286,8 @@ class CompiledPolicy:
                 if rule.applies and action in rule.rule.actions
             ]
             self._tables[action] = _build_table(applicable)
+            if action in PATH_ACTIONS:
+                self._path_tables[action] = _build_path_tables(applicable)
         self._env_pass = _any_glob(policy.env.pass_)
         self._env_deny = _any_glob(policy.env.deny)
 
@@ -252,11 +300,20 @@ class CompiledPolicy:
     def evaluate(self, event: Event) -> Decision:
         """The decision for `event`: first matching rule in priority order, else the default."""
         target = event.target
-        if event.action in PATH_ACTIONS and (
-            "/." in target or "//" in target or target[-1:] == "/"
-        ):
-            target = matchers.normalise_path(target)
-        for match, decisions in self._tables[event.action]:
+        path_tables = self._path_tables.get(event.action)
+        if path_tables is None:
+            steps = self._tables[event.action]
+        else:
+            if (
+                "//" in target
+                or target[-1:] == "/"
+                or ("/." in target and matchers.needs_normalising(target))
+            ):
+                target = matchers.normalise_path(target)
+            # Only the rules that can match below the target's first segment.
+            cut = target.find("/", 1)
+            steps = path_tables[0].get(target[:cut] if cut > 0 else target, path_tables[1])
+        for match, decisions in steps:
             found = match(target)
             if found is not None:
                 return decisions[found.lastgroup]

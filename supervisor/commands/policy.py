@@ -1,0 +1,289 @@
+"""`agentsup policy check | list | explain`: inspect policies without running an agent.
+
+Exit codes: `check` 0 when every file loads, 1 otherwise.  `explain` 0 when
+the decision is allow, log or warn, 1 for deny (and for a bad policy), 2 for
+require_approval (2 is also argparse's usage error; that is the contract).
+`--json` prints one JSON document instead of text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from agentsup.events import ActionType, Decision, Event, Verdict, response_for
+from agentsup.paths import default_locations
+from agentsup.policy import (
+    CompiledRule,
+    Explanation,
+    PolicyError,
+    RunContext,
+    builtin_names,
+    builtin_source,
+    compile_policy,
+    find_policy,
+    load_policy_file,
+    load_source,
+    resolve_policy,
+)
+
+EXIT_OK = 0
+EXIT_DENY = 1
+EXIT_APPROVAL = 2
+
+_EXPLAIN_EXIT = {
+    Verdict.ALLOW: EXIT_OK,
+    Verdict.LOG: EXIT_OK,
+    Verdict.WARN: EXIT_OK,
+    Verdict.DENY: EXIT_DENY,
+    Verdict.REQUIRE_APPROVAL: EXIT_APPROVAL,
+}
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "policy",
+        help="check, list and explain policies",
+        description="Check policy files, list the available policies, explain a decision.",
+    )
+    # Sub-subcommands get the frame's parser class, so usage errors stay one line.
+    commands = parser.add_subparsers(
+        dest="policy_command", metavar="SUBCOMMAND", parser_class=type(parser)
+    )
+    commands.required = True
+
+    check = commands.add_parser(
+        "check",
+        help="validate policy files",
+        description="Load each policy file (with its extends) and report the first error.",
+    )
+    check.add_argument("paths", nargs="+", metavar="PATH")
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    check.set_defaults(func=_check)
+
+    listing = commands.add_parser(
+        "list",
+        help="list built-in templates and policies in the policy directory",
+        description="List the built-in templates and the policy directory's policies.",
+    )
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(func=_list)
+
+    explain = commands.add_parser(
+        "explain",
+        help="show which rule decides an action, and why",
+        description=(
+            "Evaluate one action against a policy and show the deciding rule and every "
+            "rule tried before it. Exit 0 for allow/log/warn, 1 for deny, 2 for "
+            "require_approval."
+        ),
+    )
+    explain.add_argument("--policy", required=True, help="policy name or path")
+    explain.add_argument("--workspace", default=".", help="value of {workspace} (default: .)")
+    explain.add_argument("--id", dest="agent_id", default="agent", help="agent id (default: agent)")
+    explain.add_argument("--json", action="store_true", help="machine-readable output")
+    explain.add_argument(
+        "action",
+        metavar="ACTION_TYPE",
+        choices=[a.value for a in ActionType],
+        help="one of " + ", ".join(a.value for a in ActionType),
+    )
+    explain.add_argument("target", metavar="TARGET")
+    explain.set_defaults(func=_explain)
+
+
+def _print_json(document: object) -> None:
+    print(json.dumps(document, indent=2, sort_keys=False))
+
+
+def _error_json(error: PolicyError) -> dict[str, Any]:
+    return {
+        "path": error.path,
+        "line": error.line,
+        "column": error.column,
+        "rule": error.rule_id,
+        "message": error.message,
+        "text": str(error),
+    }
+
+
+# ---------------------------------------------------------------- check
+
+
+def _check(args: argparse.Namespace) -> int:
+    policy_dir = default_locations().policy_dir
+    results: list[dict[str, Any]] = []
+    for path in args.paths:
+        try:
+            policy = load_policy_file(path, policy_dir)
+        except PolicyError as error:
+            results.append({"path": path, "ok": False, "error": _error_json(error)})
+            if not args.json:
+                print(str(error))
+            continue
+        results.append({"path": path, "ok": True, "name": policy.name, "rules": len(policy.rules)})
+        if not args.json:
+            print(f"{path}: ok ({len(policy.rules)} rules)")
+    if args.json:
+        _print_json(results)
+    return EXIT_OK if all(result["ok"] for result in results) else EXIT_DENY
+
+
+# ---------------------------------------------------------------- list
+
+
+def _list(args: argparse.Namespace) -> int:
+    policy_dir = default_locations().policy_dir
+    local = sorted(policy_dir.glob("*.yaml")) if policy_dir.is_dir() else []
+    local_names = {path.stem for path in local}
+    entries: list[dict[str, Any]] = []
+    for path in local:
+        entry = _describe_entry(path.stem, "policy-dir", str(path), policy_dir)
+        if path.stem in builtin_names():
+            entry["shadows"] = f"built-in {path.stem}"
+        entries.append(entry)
+    for name in builtin_names():
+        source = builtin_source(name)
+        assert source is not None
+        entry = _describe_entry(name, "built-in", source.path, policy_dir)
+        if name in local_names:
+            entry["shadowed_by"] = str(policy_dir / f"{name}.yaml")
+        entries.append(entry)
+    if args.json:
+        _print_json({"policy_dir": str(policy_dir), "policies": entries})
+        return EXIT_OK
+    print(f"policy directory: {policy_dir}")
+    width = max((len(entry["name"]) for entry in entries), default=4)
+    for entry in entries:
+        note = ""
+        if "shadows" in entry:
+            note = f"  [shadows the {entry['shadows']}]"
+        elif "shadowed_by" in entry:
+            note = f"  [shadowed by {entry['shadowed_by']}]"
+        text = entry["description"] if entry["ok"] else f"INVALID: {entry['error']['text']}"
+        print(f"{entry['name']:<{width}}  {entry['origin']:<10}  {text}{note}")
+    return EXIT_OK
+
+
+def _describe_entry(name: str, origin: str, path: str, policy_dir: Path) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": name, "origin": origin, "path": path}
+    try:
+        source = builtin_source(name) if origin == "built-in" else find_policy(path, policy_dir)
+        assert source is not None
+        policy = load_source(source, policy_dir)
+    except PolicyError as error:
+        entry.update(ok=False, error=_error_json(error), description="")
+        return entry
+    entry.update(ok=True, description=policy.description, rules=len(policy.rules))
+    return entry
+
+
+# ---------------------------------------------------------------- explain
+
+
+def _explain(args: argparse.Namespace) -> int:
+    policy_dir = default_locations().policy_dir
+    try:
+        policy = resolve_policy(args.policy, policy_dir)
+    except PolicyError as error:
+        if args.json:
+            _print_json({"error": _error_json(error)})
+        else:
+            print(str(error), file=sys.stderr)
+        return EXIT_DENY
+    context = RunContext(
+        workspace=os.path.abspath(args.workspace),
+        home=os.path.expanduser("~"),
+        agent_id=args.agent_id,
+    )
+    compiled = compile_policy(policy, context)
+    explanation = compiled.explain(
+        Event(ActionType(args.action), args.target, agent_id=args.agent_id)
+    )
+    if args.json:
+        _print_json(_explanation_json(compiled.name, explanation))
+    else:
+        _print_explanation(compiled.name, explanation)
+    return _EXPLAIN_EXIT[explanation.decision.verdict]
+
+
+def _rule_json(rule: CompiledRule) -> dict[str, Any]:
+    source = rule.rule.source
+    return {
+        "id": rule.id,
+        "priority": rule.rule.priority,
+        "source": str(source),
+        "matcher": str(rule.matcher),
+        "except": [str(excepted) for excepted in rule.excepts],
+        "agents": list(rule.rule.agents) if rule.rule.agents is not None else None,
+    }
+
+
+def _decision_json(decision: Decision) -> dict[str, Any]:
+    return {
+        "verdict": decision.verdict.value,
+        "rule": decision.rule_id,
+        "severity": decision.severity.value,
+        "message": decision.message,
+        "on_violation": decision.on_violation.value,
+        "response": response_for(decision).value,
+        "reason": decision.reason,
+        "rate_limit": (
+            {"max": decision.rate_limit.max, "per_seconds": decision.rate_limit.per_seconds}
+            if decision.rate_limit is not None
+            else None
+        ),
+    }
+
+
+def _explanation_json(policy_name: str, explanation: Explanation) -> dict[str, Any]:
+    return {
+        "policy": policy_name,
+        "action": explanation.event.action.value,
+        "target": explanation.event.target,
+        "normalised_target": explanation.target,
+        "decision": _decision_json(explanation.decision),
+        "rule": _rule_json(explanation.rule) if explanation.rule is not None else None,
+        "tried": [
+            {**_rule_json(attempt.rule), "why_not": attempt.reason} for attempt in explanation.tried
+        ],
+    }
+
+
+def _print_explanation(policy_name: str, explanation: Explanation) -> None:
+    decision = explanation.decision
+    event = explanation.event
+    print(f"policy:    {policy_name}")
+    target = event.target
+    if explanation.target != event.target:
+        target += f"  (normalised: {explanation.target})"
+    print(f"action:    {event.action} {target}")
+    print(f"decision:  {decision.verdict} (response: {response_for(decision)})")
+    rule = explanation.rule
+    if rule is None:
+        print("rule:      <default> (no rule matched; the policy default decides)")
+    else:
+        print(f"rule:      {rule.id} (priority {rule.rule.priority}, {rule.rule.source})")
+        print(f"matcher:   {rule.matcher}")
+        for excepted in rule.excepts:
+            print(f"except:    {excepted}")
+    print(f"severity:  {decision.severity}")
+    print(f"on_violation: {decision.on_violation}")
+    if decision.message:
+        print(f"message:   {decision.message}")
+    if decision.rate_limit is not None:
+        limit = decision.rate_limit
+        print(f"rate_limit: {limit.max} per {limit.per_seconds:g}s")
+    if not explanation.tried:
+        print("tried before it: none")
+        return
+    print("tried before it:")
+    for attempt in explanation.tried:
+        tried = attempt.rule
+        print(
+            f"  {tried.id} (priority {tried.rule.priority}, {tried.rule.source}): {attempt.reason}"
+        )

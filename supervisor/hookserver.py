@@ -1,0 +1,325 @@
+"""The supervisor's end of the Python hook channel (hooks/_protocol.py).
+
+Non-blocking and thread-free: the supervisor's loop owns the fds.  Register
+`fds()` for reading (and `want_write(fd)` ones for writing), call
+`on_ready(fd)` when one is ready, and re-read `fds()` afterwards because
+connections come and go.
+
+Every hooked process opens its own connection; its pid comes from
+SO_PEERCRED, never from the message.  A check is answered by `decide`, or
+later through `reply_later` when `decide` returns None (require_approval).
+Anything that does not follow the protocol closes the connection and is
+reported through `on_tamper`; the hook in the agent then fails closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import socket
+import stat
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agentsup.events import ActionType, Decision, Event, Layer, Response, response_for
+from agentsup.hooks import _protocol as protocol
+
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+_RECV_SIZE = 64 * 1024
+_MAX_READS_PER_READY = 16  # then yield to the loop; level-triggered epoll calls again
+_MAX_PENDING_OUTPUT = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class HookRequest:
+    """One check or note from a hooked process."""
+
+    token: int  # unique per server; pass it to reply_later
+    pid: int  # of the connected process (SO_PEERCRED)
+    op: str  # protocol.OP_CHECK or protocol.OP_NOTE
+    action: ActionType
+    target: str
+    detail: dict[str, Any]
+    request_id: int = 0
+
+    @property
+    def needs_reply(self) -> bool:
+        return self.op == protocol.OP_CHECK
+
+    def event(self, agent_id: str = "") -> Event:
+        return Event(
+            action=self.action,
+            target=self.target,
+            agent_id=agent_id,
+            pid=self.pid,
+            layer=Layer.HOOK,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HookReply:
+    """The answer to a check: does the action go ahead in the agent?"""
+
+    allowed: bool
+    rule: str
+    message: str
+    response: Response
+
+    @classmethod
+    def from_decision(cls, decision: Decision, approved: bool | None = None) -> HookReply:
+        """The reply for an engine decision, or for a person's answer to a held one."""
+        if approved is None:
+            response = response_for(decision)
+            allowed = response.proceeds
+        else:
+            allowed = approved
+            response = Response.ALLOW if approved else Response.BLOCK
+        return cls(allowed, decision.rule_id, decision.message or decision.reason, response)
+
+    def to_message(self, request_id: int) -> dict[str, Any]:
+        return {
+            "v": protocol.VERSION,
+            "id": request_id,
+            "verdict": "allow" if self.allowed else "deny",
+            "rule": self.rule,
+            "message": self.message,
+            "response": self.response.value,
+        }
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("duplicate key")
+    return result
+
+
+def decode_request(payload: bytes) -> tuple[str, str, str, dict[str, Any], int]:
+    """Parse and validate one frame's payload; ProtocolError when it is not a request."""
+    try:
+        text = payload.decode("utf-8")
+        message = json.loads(
+            text, object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant
+        )
+    except (ValueError, RecursionError) as exc:
+        raise protocol.ProtocolError(f"not a JSON request: {str(exc)[:80]}") from None
+    return protocol.validate_request(message)
+
+
+def encode_reply(reply: HookReply, request_id: int) -> bytes:
+    message = reply.to_message(request_id)
+    payload = json.dumps(message, separators=(",", ":")).encode("ascii")
+    if len(payload) > protocol.MAX_FRAME:
+        message["message"] = reply.message[:1024]
+        payload = json.dumps(message, separators=(",", ":")).encode("ascii")
+    return protocol.frame(payload)
+
+
+@dataclass(eq=False, slots=True)
+class _Connection:
+    sock: socket.socket
+    pid: int
+    inbox: bytearray = field(default_factory=bytearray)
+    outbox: bytearray = field(default_factory=bytearray)
+    held: set[int] = field(default_factory=set)  # tokens awaiting reply_later
+
+
+class HookServer:
+    """Serves one per-run AF_UNIX listening socket for the agent's hooks."""
+
+    def __init__(
+        self,
+        path: Path,
+        decide: Callable[[HookRequest], HookReply | None],
+        on_tamper: Callable[[int, str], None] | None = None,
+        *,
+        backlog: int = 64,
+    ) -> None:
+        self.path = Path(path)
+        self._decide = decide
+        self._on_tamper = on_tamper or (lambda pid, reason: None)
+        self._tokens = itertools.count(1)
+        self._connections: dict[int, _Connection] = {}
+        self._held: dict[int, tuple[_Connection, HookRequest]] = {}
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(os.lstat(self.path).st_mode):
+                os.unlink(self.path)  # a stale socket from an earlier run
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(os.fspath(self.path))
+            listener.listen(backlog)
+            listener.setblocking(False)
+        except BaseException:
+            listener.close()
+            raise
+        self._listener: socket.socket | None = listener
+
+    def __repr__(self) -> str:
+        state = "closed" if self._listener is None else f"{len(self._connections)} connections"
+        return f"<HookServer {self.path} {state}, {len(self._held)} held>"
+
+    # --- what the loop watches -------------------------------------------
+    def fds(self) -> list[int]:
+        """The listening socket and every open connection."""
+        if self._listener is None:
+            return []
+        return [self._listener.fileno(), *self._connections]
+
+    def want_write(self, fd: int) -> bool:
+        """True while replies for this connection wait for the socket to drain."""
+        conn = self._connections.get(fd)
+        return conn is not None and bool(conn.outbox)
+
+    def held(self) -> list[HookRequest]:
+        """Checks waiting for reply_later, oldest first."""
+        return [request for _conn, request in self._held.values()]
+
+    # --- events ------------------------------------------------------------
+    def on_ready(self, fd: int) -> None:
+        """Accept, read and answer, or flush replies; never blocks."""
+        if self._listener is not None and fd == self._listener.fileno():
+            self._accept()
+            return
+        conn = self._connections.get(fd)
+        if conn is None:
+            return
+        if conn.outbox and not self._flush(conn):
+            return
+        self._read(conn)
+
+    def reply_later(self, token: int, reply: HookReply) -> bool:
+        """Answer a held check.  False when its process has gone away."""
+        entry = self._held.pop(token, None)
+        if entry is None:
+            return False
+        conn, request = entry
+        conn.held.discard(token)
+        if self._connections.get(conn.sock.fileno()) is not conn:
+            return False  # the process hung up while its check was held
+        self._send(conn, encode_reply(reply, request.request_id))
+        return True
+
+    def close(self) -> None:
+        for conn in list(self._connections.values()):
+            self._close(conn)
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+
+    # --- internals ---------------------------------------------------------
+    def _accept(self) -> None:
+        assert self._listener is not None
+        while True:
+            try:
+                sock, _address = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # e.g. EMFILE; the client sees a refused connect and fails closed
+            sock.setblocking(False)
+            try:
+                pid, _uid, _gid = _PEERCRED.unpack(
+                    sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+                )
+            except OSError:
+                sock.close()
+                continue
+            self._connections[sock.fileno()] = _Connection(sock, pid)
+
+    def _read(self, conn: _Connection) -> None:
+        for _ in range(_MAX_READS_PER_READY):
+            try:
+                data = conn.sock.recv(_RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self._close(conn)
+                return
+            if not data:
+                self._close(conn)
+                return
+            conn.inbox += data
+            try:
+                frames = protocol.split_frames(conn.inbox)
+            except protocol.ProtocolError as exc:
+                self._tamper(conn, str(exc))
+                return
+            for payload in frames:
+                if not self._handle(conn, payload):
+                    return
+
+    def _handle(self, conn: _Connection, payload: bytes) -> bool:
+        """Handle one frame; False when the connection was closed."""
+        try:
+            op, action, target, detail, request_id = decode_request(payload)
+        except protocol.ProtocolError as exc:
+            self._tamper(conn, str(exc))
+            return False
+        if op == protocol.OP_TAMPER:
+            self._on_tamper(conn.pid, f"hook reported: {target[:200]}")
+            return True
+        request = HookRequest(
+            token=next(self._tokens),
+            pid=conn.pid,
+            op=op,
+            action=ActionType(action),
+            target=target,
+            detail=detail,
+            request_id=request_id,
+        )
+        try:
+            reply = self._decide(request)
+        except BaseException:
+            # Without an answer the agent's hook fails closed when we hang up.
+            self._close(conn)
+            raise
+        if not request.needs_reply:
+            return True
+        if reply is None:
+            self._held[request.token] = (conn, request)
+            conn.held.add(request.token)
+            return True
+        return self._send(conn, encode_reply(reply, request_id))
+
+    def _send(self, conn: _Connection, data: bytes) -> bool:
+        conn.outbox += data
+        if len(conn.outbox) > _MAX_PENDING_OUTPUT:
+            self._tamper(conn, "the hook does not read its replies")
+            return False
+        return self._flush(conn)
+
+    def _flush(self, conn: _Connection) -> bool:
+        """Write what the socket takes now; False when the connection closed."""
+        while conn.outbox:
+            try:
+                sent = conn.sock.send(conn.outbox)
+            except (BlockingIOError, InterruptedError):
+                return True
+            except OSError:
+                self._close(conn)
+                return False
+            del conn.outbox[:sent]
+        return True
+
+    def _tamper(self, conn: _Connection, reason: str) -> None:
+        pid = conn.pid
+        self._close(conn)
+        self._on_tamper(pid, reason)
+
+    def _close(self, conn: _Connection) -> None:
+        for token in conn.held:
+            self._held.pop(token, None)
+        conn.held.clear()
+        self._connections.pop(conn.sock.fileno(), None)
+        conn.sock.close()

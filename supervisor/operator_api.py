@@ -1,0 +1,82 @@
+"""What a person can do to supervised agents through the control socket.
+
+`OperatorAPI` implements `control.SupervisorAPI` over the supervisor's
+sessions: list agents and pending actions, resume (the TOTP code is checked
+by the control server before this is called), deny, stop and kill.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Mapping
+
+from agentsup.control import ControlError
+from agentsup.session import AgentSession, AgentState, AuditSink, KillReport
+
+STOPPED_STATES = (
+    AgentState.AWAITING_APPROVAL,
+    AgentState.STOPPED_VIOLATION,
+    AgentState.STOPPED_OPERATOR,
+)
+
+
+class OperatorAPI:
+    def __init__(self, sessions: Callable[[], Mapping[str, AgentSession]], audit: AuditSink) -> None:
+        self._sessions = sessions
+        self._audit = audit
+
+    def _session(self, agent_id: str) -> AgentSession:
+        session = self._sessions().get(agent_id)
+        if session is None or session.state is AgentState.EXITED:
+            raise ControlError(f"no agent '{agent_id}' here (see agentsup ps)")
+        return session
+
+    def agents(self) -> list[dict[str, object]]:
+        return [session.info() for session in self._sessions().values()]
+
+    def pending(self) -> list[dict[str, object]]:
+        found: list[dict[str, object]] = []
+        for session in self._sessions().values():
+            found.extend(session.pending_info())
+        return found
+
+    def resume(self, agent_id: str, *, uid: int, reason: str) -> str:
+        session = self._session(agent_id)
+        if session.pending:
+            kinds = {p.kind for p in session.pending.values()}
+            session.settle(True, uid=uid, reason=reason, outcome="approved")
+            if kinds == {"violation"}:
+                return f"agent '{agent_id}' continues; the denied action stays denied"
+            return f"approved: agent '{agent_id}' continues and the held action proceeds once"
+        if session.state is AgentState.STOPPED_OPERATOR:
+            session.state = AgentState.RUNNING
+            session.signal_tree(signal.SIGCONT, f"resumed by uid {uid}: {reason}", uid=uid)
+            return f"agent '{agent_id}' continues"
+        raise ControlError(f"agent '{agent_id}' is {session.state}; there is nothing to resume")
+
+    def deny(self, agent_id: str, *, uid: int, reason: str) -> str:
+        session = self._session(agent_id)
+        if not session.pending:
+            raise ControlError(f"agent '{agent_id}' has nothing pending (see agentsup pending)")
+        session.settle(False, uid=uid, reason=reason, outcome="denied")
+        return f"denied: the held action fails with EPERM and agent '{agent_id}' continues"
+
+    def stop(self, agent_id: str, *, uid: int, reason: str) -> str:
+        session = self._session(agent_id)
+        if session.state in STOPPED_STATES:
+            raise ControlError(f"agent '{agent_id}' is already {session.state}")
+        session.state = AgentState.STOPPED_OPERATOR
+        session.signal_tree(signal.SIGSTOP, f"stopped by uid {uid}: {reason}", uid=uid)
+        return f"agent '{agent_id}' stopped"
+
+    def kill(self, agent_id: str, *, uid: int, reason: str) -> str:
+        session = self._session(agent_id)
+        if session.kill_report is None:
+            session.kill_report = KillReport("operator", "kill", f"uid {uid}", reason)
+            why = f": {reason}" if reason else ""
+            session.say(f"killed agent '{agent_id}' at the request of uid {uid}{why}")
+        session.signal_tree(signal.SIGKILL, f"killed by uid {uid}: {reason}", uid=uid)
+        return f"agent '{agent_id}' killed"
+
+    def audit(self, record: Mapping[str, object]) -> None:
+        self._audit.append(record)

@@ -1,0 +1,207 @@
+"""`agentsup audit verify | show | report`, run against logs in a temporary directory."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from agentsup.audit import AuditLog
+from agentsup.cli import UsageParser
+from agentsup.commands import audit as audit_command
+from agentsup.commands.audit import parse_since
+from agentsup.paths import default_locations
+
+NOW = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)
+
+
+def run(*argv: str) -> int:
+    # Only this command group: other groups may be mid-edit in the checkout.
+    parser = UsageParser(prog="agentsup")
+    subparsers = parser.add_subparsers(dest="command", parser_class=UsageParser)
+    subparsers.required = True
+    audit_command.register(subparsers)
+    args = parser.parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+def ts(delta: timedelta) -> str:
+    return (NOW + delta).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+RECORDS: list[dict[str, object]] = [
+    {"agent": "analyst-1", "kind": "lifecycle", "message": "started", "ts": ts(-timedelta(days=2))},
+    {"agent": "analyst-1", "kind": "decision", "action_type": "file_read",
+     "target": "/work/a.csv", "decision": "allow", "rule": "workspace-rw", "severity": "low",
+     "layer": "seccomp", "response": "allow", "ts": ts(-timedelta(hours=3))},
+    {"agent": "analyst-1", "kind": "decision", "action_type": "shell_execute",
+     "target": "rm -rf /", "decision": "deny", "rule": "no-rm", "severity": "critical",
+     "layer": "seccomp", "response": "kill", "ts": ts(-timedelta(minutes=5))},
+    {"agent": "analyst-1", "kind": "signal", "signal": "SIGKILL", "rule": "no-rm",
+     "action_type": "shell_execute", "ts": ts(-timedelta(minutes=5))},
+    {"agent": "coder-2", "kind": "decision", "action_type": "network_connect",
+     "target": "1.2.3.4:443", "decision": "require_approval", "rule": "ask-net",
+     "severity": "high", "layer": "seccomp", "response": "hold", "ts": ts(-timedelta(minutes=2))},
+    {"agent": "coder-2", "kind": "approval", "outcome": "approved", "rule": "ask-net",
+     "action_type": "network_connect", "ts": ts(-timedelta(minutes=1))},
+]  # fmt: skip
+
+
+@pytest.fixture
+def logged(locations: Path) -> Path:
+    """A small log at the configured location; returns the log path."""
+    with AuditLog.open(default_locations()) as log:
+        log.append_many(RECORDS)
+    return default_locations().audit_log
+
+
+# ----------------------------------------------------------------------- verify
+
+
+def test_verify_an_intact_log_exits_0(logged: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("audit", "verify") == 0
+    assert capsys.readouterr().out == "ok: 6 records, chain intact\n"
+
+
+def test_verify_takes_an_explicit_path(logged: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("audit", "verify", str(logged)) == 0
+    assert "ok: 6 records" in capsys.readouterr().out
+
+
+def test_verify_a_tampered_log_exits_1_naming_the_seq(
+    logged: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = logged.read_bytes().splitlines(keepends=True)
+    lines[2] = lines[2].replace(b"rm -rf /", b"ls -la /")
+    logged.write_bytes(b"".join(lines))
+    assert run("audit", "verify") == 1
+    assert capsys.readouterr().out.startswith("FAIL: first bad record seq=3: mac mismatch")
+
+
+def test_verify_a_truncated_log_exits_1(logged: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    logged.write_bytes(b"".join(logged.read_bytes().splitlines(keepends=True)[:-2]))
+    assert run("audit", "verify") == 1
+    assert capsys.readouterr().out.startswith("FAIL: first bad record seq=5:")
+
+
+def test_verify_without_a_key_is_a_clear_error(
+    locations: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run("audit", "verify") == 1
+    err = capsys.readouterr().err
+    assert "no audit key at" in err and "audit.key" in err
+
+
+def test_verify_with_a_bad_head_record_fails(
+    logged: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    default_locations().audit_head.write_text("{not json")
+    assert run("audit", "verify") == 1
+    assert capsys.readouterr().out.startswith("FAIL: head record")
+
+
+# ------------------------------------------------------------------------- show
+
+
+def test_show_prints_a_table_for_people(logged: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("audit", "show") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == [
+        "ts", "agent", "kind", "action_type", "target", "decision", "rule", "severity"
+    ]  # fmt: skip
+    assert len(lines) == 1 + len(RECORDS)
+    assert "rm -rf /" in lines[3] and "no-rm" in lines[3] and "critical" in lines[3]
+
+
+def show_json(capsys: pytest.CaptureFixture[str], *options: str) -> list[dict[str, object]]:
+    assert run("audit", "show", "--json", *options) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_show_json_prints_full_records(logged: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    records = show_json(capsys)
+    assert [r["seq"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert all("mac" in r and "prev" in r for r in records)
+
+
+def test_show_filters_by_agent_and_kind(logged: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert [r["seq"] for r in show_json(capsys, "--agent", "coder-2")] == [5, 6]
+    assert [r["seq"] for r in show_json(capsys, "--kind", "decision")] == [2, 3, 5]
+    both = show_json(capsys, "--agent", "analyst-1", "--kind", "signal")
+    assert [r["seq"] for r in both] == [4]
+
+
+def test_show_since_takes_rfc3339(logged: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    since = ts(-timedelta(minutes=3)).replace("Z", "+00:00")
+    assert [r["seq"] for r in show_json(capsys, "--since", since)] == [5, 6]
+
+
+def test_show_since_takes_an_age(locations: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    now = datetime.now(timezone.utc)
+    with AuditLog.open(default_locations()) as log:
+        log.append({"agent": "old", "ts": (now - timedelta(hours=5)).isoformat()})
+        log.append({"agent": "new"})  # stamped now
+    assert [r["agent"] for r in show_json(capsys, "--since", "1h")] == ["new"]
+    assert [r["agent"] for r in show_json(capsys, "--since", "1d")] == ["old", "new"]
+
+
+def test_show_rejects_a_bad_since_with_usage_exit_2(
+    logged: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run("audit", "show", "--since", "yesterday")
+    assert exit_info.value.code == 2
+    assert "neither an RFC 3339 time nor an age" in capsys.readouterr().err
+
+
+def test_show_without_a_log_exits_1(locations: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("audit", "show") == 1
+    assert "no audit log at" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("30s", NOW - timedelta(seconds=30)),
+        ("10m", NOW - timedelta(minutes=10)),
+        ("2h", NOW - timedelta(hours=2)),
+        ("1d", NOW - timedelta(days=1)),
+        ("2026-11-21T05:42:21.123456Z", datetime(2026, 11, 21, 5, 42, 21, 123456, timezone.utc)),
+        ("2026-11-21T07:00:00+02:00", datetime(2026, 11, 21, 5, 0, tzinfo=timezone.utc)),
+    ],
+)
+def test_parse_since(text: str, expected: datetime) -> None:
+    assert parse_since(text, NOW) == expected
+
+
+@pytest.mark.parametrize("text", ["10", "5x", "2026-11-21T05:42:21", "soon"])
+def test_parse_since_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_since(text, NOW)
+
+
+# ----------------------------------------------------------------------- report
+
+
+def test_report_json_counts_per_agent(logged: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("audit", "report", "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    analyst, coder = report["analyst-1"], report["coder-2"]
+    assert (analyst["allowed"], analyst["denied"], analyst["killed"]) == (1, 1, 1)
+    assert analyst["by_action_type"]["shell_execute"] == {
+        "allowed": 0, "denied": 1, "approved": 0, "killed": 1
+    }  # fmt: skip
+    assert analyst["by_rule"]["workspace-rw"]["allowed"] == 1
+    assert coder["approved"] == 1 and coder["denied"] == 0
+    assert coder["by_rule"] == {"ask-net": {"allowed": 0, "denied": 0, "approved": 1, "killed": 0}}
+
+
+def test_report_text(logged: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("audit", "report") == 0
+    out = capsys.readouterr().out
+    assert "agent analyst-1: allowed 1, denied 1, approved 0, killed 1" in out
+    assert "agent coder-2: allowed 0, denied 0, approved 1, killed 0" in out
+    assert "by rule" in out and "by action type" in out

@@ -1,0 +1,337 @@
+"""`agentsup run` enforces the policy on a real agent process tree.
+
+Each test starts a real agent, lets it try one thing, and checks what really
+happened: the file on disk, the errno the agent saw, the process state, the
+exit status and the audit record.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import TRY, Sandbox, agent_reports
+
+from agentsup._proc import process_state
+
+pytestmark = [pytest.mark.requires_seccomp_notify, pytest.mark.requires_landlock]
+
+BLOCKING = """
+name: blocking
+extends: [strict]
+on_violation: block
+rules:
+  - id: etc-writes-blocked
+    actions: [file_write, file_delete, file_move, file_chmod]
+    target: "/etc/**"
+    decision: deny
+    priority: 1
+    on_violation: block
+  - id: outside-blocked
+    actions: [file_write, file_delete, file_move]
+    target: "{home}/**"
+    decision: deny
+    priority: 1
+    on_violation: block
+"""
+
+
+def test_a_write_outside_the_workspace_fails_and_the_file_is_unchanged(sandbox: Sandbox) -> None:
+    outside = sandbox.home / "outside.txt"
+    outside.write_text("original")
+    policy = sandbox.policy("blocking", BLOCKING)
+    result = sandbox.run(
+        "python3", TRY, "write", str(outside), "then", "append", str(outside), policy=policy
+    )
+    assert result.returncode == 0, result.stderr
+    reports = agent_reports(result.stdout)
+    assert [r["result"] for r in reports] == ["EACCES", "EACCES"]
+    assert outside.read_text() == "original"
+    denied = [r for r in sandbox.audit_records() if r.get("decision") == "deny"]
+    assert denied and denied[0]["rule"] == "outside-blocked"
+    assert denied[0]["response"] == "block"
+
+
+def test_a_rename_of_a_workspace_file_over_a_protected_path_is_caught(sandbox: Sandbox) -> None:
+    victim = sandbox.home / "important.txt"
+    victim.write_text("keep me")
+    mine = sandbox.workspace / "mine.txt"
+    mine.write_text("overwrite")
+    policy = sandbox.policy("blocking", BLOCKING)
+    result = sandbox.run("python3", TRY, "rename", str(mine), str(victim), policy=policy)
+    assert agent_reports(result.stdout)[0]["result"] == "EACCES"
+    assert victim.read_text() == "keep me"
+    assert mine.read_text() == "overwrite"
+
+
+def test_workspace_file_operations_work_as_usual(sandbox: Sandbox) -> None:
+    ws = sandbox.workspace
+    result = sandbox.run(
+        "python3",
+        TRY,
+        "write",
+        f"{ws}/a",
+        "then",
+        "mkdir",
+        f"{ws}/d",
+        "then",
+        "rename",
+        f"{ws}/a",
+        f"{ws}/d/b",
+        "then",
+        "symlink",
+        "d/b",
+        f"{ws}/link",
+        "then",
+        "read",
+        f"{ws}/link",
+        "then",
+        "chmod",
+        f"{ws}/d/b",
+        "600",
+        "then",
+        "unlink",
+        f"{ws}/link",
+    )
+    assert result.returncode == 0, result.stderr
+    results = [r["result"] for r in agent_reports(result.stdout)]
+    assert results == ["ok"] * 7
+    assert (ws / "d" / "b").read_text() == "written by agent"
+    assert (ws / "d" / "b").stat().st_mode & 0o777 == 0o600
+    # mkdir honours the agent's umask (022): 0777 & ~022
+    assert (ws / "d").stat().st_mode & 0o777 == 0o755
+    assert not (ws / "link").exists()
+
+
+def test_rm_rf_root_is_killed_and_ls_runs(sandbox: Sandbox) -> None:
+    listing = sandbox.run("ls", "-la")
+    assert listing.returncode == 0, listing.stderr
+    # GNU rm refuses `rm -rf /` by itself, so this test cannot hurt the machine
+    # even if enforcement were broken.
+    result = sandbox.run("python3", TRY, "exec", "rm", "-rf", "/")
+    assert result.returncode == 137, result.stderr
+    assert "denied shell_execute rm -rf /" in result.stderr
+
+
+def test_network_connect_is_decided_by_ip_and_port(sandbox: Sandbox) -> None:
+    allowed, denied = socket.socket(), socket.socket()
+    for listener in (allowed, denied):
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+    allowed_port = allowed.getsockname()[1]
+    denied_port = denied.getsockname()[1]
+
+    def greet() -> None:
+        conn, _ = allowed.accept()
+        conn.sendall(b"hello agent")
+        conn.close()
+
+    threading.Thread(target=greet, daemon=True).start()
+    policy = sandbox.policy(
+        "net",
+        f"""
+name: net
+extends: [strict]
+rules:
+  - id: local-api
+    actions: [network_connect]
+    target: "127.0.0.1:{allowed_port}"
+    decision: allow
+    priority: 1
+  - id: everything-else
+    actions: [network_connect]
+    target: "**"
+    decision: deny
+    priority: 2
+    on_violation: block
+""",
+    )
+    result = sandbox.run(
+        "python3",
+        TRY,
+        "connect",
+        "127.0.0.1",
+        str(allowed_port),
+        "then",
+        "connect",
+        "127.0.0.1",
+        str(denied_port),
+        policy=policy,
+    )
+    allowed.close()
+    denied.close()
+    assert result.returncode == 0, result.stderr
+    first, second = agent_reports(result.stdout)
+    assert (first["result"], first["data"]) == ("ok", "hello agent")
+    assert second["result"] == "EPERM"
+    record = next(r for r in sandbox.audit_records() if r.get("rule") == "everything-else")
+    assert record["target"] == f"127.0.0.1:{denied_port}"
+
+
+def test_strict_kills_an_agent_that_connects_out(sandbox: Sandbox) -> None:
+    result = sandbox.run("python3", TRY, "connect", "127.0.0.1", "9")
+    assert result.returncode == 137
+    assert "network_connect 127.0.0.1:9" in result.stderr
+
+
+def test_denied_environment_variables_never_reach_the_agent(sandbox: Sandbox) -> None:
+    env = {"OPENAI_API_KEY": "sk-leak", "GITHUB_TOKEN": "ghp-leak", "LANG": "C.UTF-8"}
+    result = sandbox.run("python3", TRY, "env", "OPENAI_API_KEY", "GITHUB_TOKEN", "LANG", env=env)
+    assert result.returncode == 0, result.stderr
+    seen = agent_reports(result.stdout)[0]["data"]
+    assert seen == {"OPENAI_API_KEY": None, "GITHUB_TOKEN": None, "LANG": "C.UTF-8"}
+
+
+@pytest.mark.parametrize("op", ["io_uring", "ptrace"])
+def test_always_refused_syscalls_fail_and_are_logged_critical(sandbox: Sandbox, op: str) -> None:
+    result = sandbox.run("python3", TRY, op, policy="permissive")
+    assert result.returncode == 0, result.stderr
+    assert agent_reports(result.stdout)[0]["result"] == "EPERM"
+    refused = [r for r in sandbox.audit_records() if r.get("rule") == "agentsup-always-refused"]
+    assert refused and refused[0]["severity"] == "critical"
+    assert refused[0]["target"] in ("io_uring_setup", "ptrace")
+
+
+def test_sigstop_leaves_every_process_of_the_tree_stopped(sandbox: Sandbox) -> None:
+    policy = sandbox.policy(
+        "stopper",
+        """
+name: stopper
+extends: [strict]
+rules:
+  - id: no-secrets-file
+    actions: [file_write]
+    target: "{workspace}/forbidden.txt"
+    decision: deny
+    priority: 1
+    on_violation: sigstop
+""",
+    )
+    forbidden = sandbox.workspace / "forbidden.txt"
+    proc = subprocess.Popen(
+        sandbox.command("python3", TRY, "tree_then", "write", str(forbidden), policy=policy),
+        env=sandbox.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        tree = json.loads(proc.stdout.readline())["tree"]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if all(process_state(pid) == "T" for pid in tree):
+                break
+            time.sleep(0.05)
+        assert [process_state(pid) for pid in tree] == ["T"] * len(tree)
+        assert not forbidden.exists()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]
+    for pid in tree:
+        assert process_state(pid) in ("", "Z")
+
+
+def test_the_supervisors_fds_do_not_leak_into_the_agent(sandbox: Sandbox) -> None:
+    result = sandbox.run("python3", TRY, "fds")
+    assert result.returncode == 0, result.stderr
+    fds = agent_reports(result.stdout)[0]["data"]
+    # 0, 1, 2 and the fd listdir itself holds open.
+    assert fds == [0, 1, 2, 3]
+
+
+def test_killing_the_supervisor_kills_the_agent_and_fails_closed(sandbox: Sandbox) -> None:
+    heartbeat = sandbox.workspace / "heartbeat"
+    proc = subprocess.Popen(
+        sandbox.command("python3", TRY, "heartbeat", str(heartbeat)),
+        env=sandbox.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 15
+    while not heartbeat.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert heartbeat.exists()
+    proc.kill()
+    proc.wait()
+    time.sleep(1.0)
+    beat = heartbeat.read_text()
+    time.sleep(1.0)
+    assert heartbeat.read_text() == beat, "the agent kept working without its supervisor"
+    out = subprocess.run(["pgrep", "-f", f"heartbeat {heartbeat}"], capture_output=True)
+    assert out.stdout == b""
+
+
+def test_a_fork_bomb_ends_at_the_process_limit(sandbox: Sandbox) -> None:
+    policy = sandbox.policy(
+        "limited",
+        """
+name: limited
+extends: [strict]
+limits:
+  max_processes: 20
+""",
+    )
+    result = sandbox.run("python3", TRY, "forkbomb", "200", policy=policy)
+    assert result.returncode == 0, result.stderr
+    report = agent_reports(result.stdout)[0]
+    assert report["result"] == "EAGAIN"
+    assert report["data"] < 20
+
+
+def test_the_runtime_limit_kills_the_agent(sandbox: Sandbox) -> None:
+    policy = sandbox.policy(
+        "short",
+        """
+name: short
+extends: [strict]
+limits:
+  max_runtime_seconds: 1
+""",
+    )
+    started = time.monotonic()
+    result = sandbox.run("python3", TRY, "sleep", "30", policy=policy)
+    assert result.returncode == 137
+    assert time.monotonic() - started < 10
+    assert "limits.max_runtime_seconds" in result.stderr
+
+
+def test_exit_codes(sandbox: Sandbox, tmp_path: Path) -> None:
+    assert sandbox.run("python3", "-c", "raise SystemExit(7)").returncode == 7
+    assert sandbox.run("no-such-program-anywhere").returncode == 127
+    not_executable = tmp_path / "plain.txt"
+    not_executable.write_text("data")
+    assert sandbox.run(str(not_executable)).returncode == 126
+    bad = sandbox.policy("bad", "name: bad\nrules:\n  - id: x\n    decision: alow\n")
+    result = sandbox.run("true", policy=bad)
+    assert result.returncode == 125
+    assert "bad.yaml:" in result.stderr
+    assert sandbox.run("python3", "-c", "import os; os.kill(os.getpid(), 15)").returncode == 143
+
+
+def test_json_status_names_the_killing_rule(sandbox: Sandbox, tmp_path: Path) -> None:
+    status_file = tmp_path / "status.json"
+    result = sandbox.run("cat", str(sandbox.key), extra=["--json-status", str(status_file)])
+    assert result.returncode == 137
+    status = json.loads(status_file.read_text())
+    assert status["exit_code"] == 137
+    assert status["signal"] == "SIGKILL"
+    assert status["killed_by"]["rule"] == "secret-ssh"
+    assert status["killed_by"]["action"] == "file_read"
+
+
+def test_run_needs_a_program(sandbox: Sandbox) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "agentsup", "run"], env=sandbox.env, capture_output=True, text=True
+    )
+    assert result.returncode == 125
+    assert len(result.stderr.strip().splitlines()) == 1
