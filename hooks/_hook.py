@@ -23,7 +23,7 @@ import errno
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from . import _mapping as mapping
 from . import _protocol as protocol
@@ -74,7 +74,7 @@ def _make_channel(path: str, busy: set[int]) -> tuple[Send, Send, Tamper]:
     import _thread
 
     quote: Callable[[str], str] = _json.encode_basestring_ascii
-    scan = _json.make_scanner(_JsonContext())
+    scan = _json.make_scanner(cast(Any, _JsonContext()))
     header = protocol.HEADER
     max_frame = protocol.MAX_FRAME
     validate_reply = protocol.validate_reply
@@ -89,7 +89,7 @@ def _make_channel(path: str, busy: set[int]) -> tuple[Send, Send, Tamper]:
     def drop() -> None:
         nonlocal sock
         if sock is not None:
-            try:
+            try:  # noqa: SIM105  (contextlib is not worth importing at agent start)
                 sock.close()
             except OSError:
                 pass
@@ -118,7 +118,9 @@ def _make_channel(path: str, busy: set[int]) -> tuple[Send, Send, Tamper]:
         if action:
             parts += [',"action":"', action, '"']
         parts += [',"target":', quote(target), ',"detail":{']
-        parts.append(",".join(quote(key) + ":" + _encode_value(v, quote) for key, v in detail.items()))
+        parts.append(
+            ",".join(quote(key) + ":" + _encode_value(v, quote) for key, v in detail.items())
+        )
         parts.append("}}")
         return last_id, "".join(parts).encode("ascii")
 
@@ -161,7 +163,9 @@ def _make_channel(path: str, busy: set[int]) -> tuple[Send, Send, Tamper]:
                     allowed, rule, message, _response = validate_reply(reply, request_id)
                 except Exception as exc:
                     drop()
-                    raise refuse(action, target, f"no valid answer from the supervisor ({exc})") from None
+                    raise refuse(
+                        action, target, f"no valid answer from the supervisor ({exc})"
+                    ) from None
         finally:
             busy.discard(thread)
         if not allowed:
@@ -207,14 +211,14 @@ def _make_channel(path: str, busy: set[int]) -> tuple[Send, Send, Tamper]:
 
 def _guard_module(module: Any, protected: dict[str, Any], tamper: Tamper) -> type:
     """Make assigning or deleting `protected` attributes of `module` fail."""
-    base = type(module)
+    base: Any = type(module)
     name = module.__name__
 
     def refuse(attribute: str) -> PermissionError:
         tamper(f"assignment to {name}.{attribute} refused")
         return PermissionError(errno.EACCES, f"agentsup: {name}.{attribute} is protected")
 
-    class GuardedModule(base):  # type: ignore[valid-type,misc]
+    class GuardedModule(base):  # type: ignore[misc]
         __slots__ = ()
 
         def __setattr__(self, attribute: str, value: Any) -> None:
@@ -294,13 +298,13 @@ def _gate_environ(check: Send, tamper: Tamper, env_marks: dict[int, str]) -> tup
             items = ", ".join(f"{key!r}: {self[key]!r}" for key in list(self))
             return f"environ({{{items}}})"
 
-    plain = os.environ
+    plain: Any = os.environ
     environ = GatedEnviron(
         plain._data, plain.encodekey, plain.decodekey, plain.encodevalue, plain.decodevalue
     )
     environb = None
     if hasattr(os, "environb"):
-        plainb = os.environb
+        plainb: Any = os.environb
         environb = GatedEnviron(
             plain._data, plainb.encodekey, plainb.decodekey, plainb.encodevalue, plainb.decodevalue
         )
@@ -347,7 +351,7 @@ class _SqliteGate:
         self.patched = connect
         module.connect = connect
         if dbapi2 is not None:
-            dbapi2.connect = connect
+            setattr(dbapi2, "connect", connect)  # noqa: B010
 
     def on_connect_event(self) -> None:
         """The `sqlite3.connect` audit event: refuse connections made around the wrapper."""
@@ -385,7 +389,7 @@ class _SqliteGate:
             return known
         gate = self
 
-        class GatedConnection(factory):  # type: ignore[misc,valid-type]
+        class GatedConnection(factory):  # type: ignore[misc]
             def cursor(self, factory: Any = None) -> Any:
                 import sqlite3
 
@@ -417,7 +421,7 @@ class _SqliteGate:
             return known
         gate = self
 
-        class GatedCursor(factory):  # type: ignore[misc,valid-type]
+        class GatedCursor(factory):  # type: ignore[misc]
             def execute(self, sql: str, parameters: Any = (), /) -> Any:
                 return gate.run(self, [sql], sql, super().execute, (sql, parameters))
 
@@ -520,7 +524,7 @@ class _SqliteFinder:
                 continue
             spec = finder.find_spec(name, path, target)
             if spec is not None and spec.loader is not None:
-                spec.loader = _PatchingLoader(spec.loader, self._gate)
+                spec.loader = cast(Any, _PatchingLoader(spec.loader, self._gate))
                 return spec
         return None
 
@@ -595,7 +599,9 @@ def _make_handlers(
         if path is None or type(path) is int:
             return
         text = fs_text(path)
-        action = mapping.open_action(args[1] if len(args) > 1 else None, args[2] if len(args) > 2 else 0)
+        action = mapping.open_action(
+            args[1] if len(args) > 1 else None, args[2] if len(args) > 2 else 0
+        )
         note(action, abspath(text), {})
 
     def on_popen(args: tuple[Any, ...]) -> None:
@@ -605,7 +611,10 @@ def _make_handlers(
             # Python children get the hook through the .pth file, which needs
             # these two variables; an explicit env= must not drop them.
             text_keys = not any(isinstance(key, bytes) for key in env)
-            for key, value in ((protocol.ENV_SOCKET, socket_path), (protocol.ENV_AGENT_ID, agent_id)):
+            for key, value in (
+                (protocol.ENV_SOCKET, socket_path),
+                (protocol.ENV_AGENT_ID, agent_id),
+            ):
                 env_key: Any = key if text_keys else key.encode()
                 env_value: Any = value if text_keys else os.fsencode(value)
                 env[env_key] = env_value
@@ -626,7 +635,11 @@ def _make_handlers(
 
     def on_spawn(args: tuple[Any, ...]) -> None:
         integrity()
-        note("shell_execute", join_argv(args[1]), {"event": "os.posix_spawn", "path": fs_text(args[0])})
+        note(
+            "shell_execute",
+            join_argv(args[1]),
+            {"event": "os.posix_spawn", "path": fs_text(args[0])},
+        )
 
     def on_socket_connect(args: tuple[Any, ...]) -> None:
         integrity()
@@ -643,7 +656,9 @@ def _make_handlers(
             return  # os.environ already checked this write
         if name in (protocol.ENV_SOCKET, protocol.ENV_AGENT_ID):
             tamper(f"change to {name} refused")
-            raise PermissionError(errno.EACCES, f"agentsup: env_write {name} refused: the hook's own variable")
+            raise PermissionError(
+                errno.EACCES, f"agentsup: env_write {name} refused: the hook's own variable"
+            )
         check("env_write", name, {})
 
     def on_sqlite_connect(args: tuple[Any, ...]) -> None:
@@ -689,8 +704,10 @@ def _make_integrity(
     os_dict = os.__dict__
     modules = sys.modules
     meta_path = sys.meta_path
-    environ_methods = {name: environ_class.__dict__[name] for name in
-                       ("__getitem__", "get", "__contains__", "__setitem__", "__delitem__", "__repr__")}
+    environ_methods = {
+        name: environ_class.__dict__[name]
+        for name in ("__getitem__", "get", "__contains__", "__setitem__", "__delitem__", "__repr__")
+    }
     sys_class = sys_protected["__class__"]
     audited_modules = ("urllib.request", "http.client", "subprocess")
 
@@ -795,7 +812,7 @@ def install(socket_path: str, agent_id: str, *, during_site: bool = False) -> No
             handler(args)
         except PermissionError as denial:
             # Drop the hook's own frames: the agent's traceback ends at its call.
-            raise denial.with_traceback(None)
+            raise denial.with_traceback(None) from None
         except Exception as exc:
             # A handler bug must not let a gated action through.
             raise PermissionError(errno.EACCES, f"agentsup: {event} refused: {exc!r}") from None

@@ -33,7 +33,9 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         _fail(f"cannot install the audit hook: {exc!r}", EXIT_HOOK_FAILED)
     if not installed:
-        _fail("AGENTSUP_HOOK_SOCKET is not set; refusing to run the agent unhooked", EXIT_HOOK_FAILED)
+        _fail(
+            "AGENTSUP_HOOK_SOCKET is not set; refusing to run the agent unhooked", EXIT_HOOK_FAILED
+        )
     run_script(args[0], args[1:])
 
 
@@ -51,7 +53,9 @@ def run_script(script: str, args: list[str]) -> None:
             source = source_file.read()
     except OSError as exc:
         # The same words and status as `python SCRIPT`.
-        sys.stderr.write(f"{sys.executable}: can't open file {path!r}: [Errno {exc.errno}] {exc.strerror}\n")
+        sys.stderr.write(
+            f"{sys.executable}: can't open file {path!r}: [Errno {exc.errno}] {exc.strerror}\n"
+        )
         raise SystemExit(2) from None
 
     # Like the interpreter: __file__ absolute, sys.path[0] the real directory.

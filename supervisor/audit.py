@@ -11,16 +11,19 @@ re-serialising.  Lines laid out any other way are still accepted: the verifier
 parses them and rebuilds the canonical form.
 
 Batch boundary (durability).  `AuditLog.append` writes its line to the file at
-once (one `os.write`, under the lock), so other readers see it immediately, but
-a record is only *durable* once a flush has run: fdatasync of the log, then the
-head record (last seq, mac, file, offset) replaced atomically.  A flush happens
+once (one `os.write`, under the lock), so readers see it immediately, but a
+record is only *durable* once a flush has run: fdatasync of the log, then the
+head record (last seq, mac, file, offset) rewritten in place with one pwrite
+of a fixed-size (1024-byte) block.  A flush happens
   - when the supervisor loop calls `flush()` at the end of every event-loop
-    iteration (after all events that iteration produced were appended),
-  - automatically inside `append` once 256 records or 200 ms are pending,
-  - on rotation, and on `close()`.
-After a crash, at most the records appended since the last flush are lost,
-and since the head only ever names flushed records, their loss is not
-reported as tampering; any loss of a flushed record is.
+    iteration, after all the records that iteration produced were appended,
+  - automatically inside `append` once 256 records or 200 ms are pending
+    (`flush_due_in()` tells the loop how long it may sleep),
+  - on rotation, and on `close()` (which also fsyncs the head).
+After a crash, at most the records appended since the last flush are lost.
+The head is written only after the log is synced, so it never names a record
+the log lacks: losing unflushed records is not reported as tampering, losing
+any flushed record is.
 
 Concurrency.  Several processes may append to one log.  Each append (or
 `append_many` batch) holds an exclusive `flock` on `<log>.lock` beside the log,
@@ -369,7 +372,9 @@ def classify(record: Mapping[str, object]) -> str | None:
     decision: `response` (or, failing that, the `decision` verdict) says
     whether the action went ahead (allowed) or failed (denied); a held action
     counts once its approval record arrives.  approval: `outcome` approved,
-    or denied/timeout (denied).  signal: SIGKILL of the tree (killed).
+    or denied/timeout (denied); an approved record whose `decision` is still
+    deny is a person resuming a stopped violation, whose denial the decision
+    record already counted.  signal: SIGKILL of the tree (killed).
     """
     kind = record.get("kind")
     if kind == "decision":
@@ -382,7 +387,7 @@ def classify(record: Mapping[str, object]) -> str | None:
     if kind == "approval":
         outcome = record.get("outcome")
         if outcome == "approved":
-            return "approved"
+            return None if record.get("decision") == "deny" else "approved"
         if outcome in ("denied", "timeout"):
             return "denied"
         return None

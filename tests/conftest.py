@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -80,7 +81,9 @@ def locations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
 
 
 AGENTS = Path(__file__).parent / "agents"
-TRY = str(AGENTS / "try_syscall.py")
+# Every sandbox copies the victim agent into its workspace (an agent's code
+# lives in its workspace; strict lets it read nothing else of the user's).
+TRY = "try_syscall.py"
 
 FAKE_KEY = (
     "-----BEGIN OPENSSH PRIVATE KEY-----\n"
@@ -102,6 +105,7 @@ class Sandbox:
         self.state_dir = root / "agentsup" / "state"
         self.runtime_dir = root / "agentsup" / "run"
         self.workspace.mkdir()
+        shutil.copy(AGENTS / TRY, self.workspace / TRY)
         self.key.parent.mkdir(parents=True)
         self.key.write_text(FAKE_KEY)
         self.policy_dir.mkdir(parents=True)

@@ -525,6 +525,9 @@ def test_classify_counts_each_kind_of_record() -> None:
         classify({"kind": "decision", "decision": "require_approval", "response": "hold"}) is None
     )
     assert classify({"kind": "approval", "outcome": "approved"}) == "approved"
+    assert classify({"kind": "approval", "outcome": "approved", "decision": "allow"}) == "approved"
+    resumed_violation = {"kind": "approval", "outcome": "approved", "decision": "deny"}
+    assert classify(resumed_violation) is None
     assert classify({"kind": "approval", "outcome": "timeout"}) == "denied"
     assert classify({"kind": "signal", "signal": "SIGKILL"}) == "killed"
     assert classify({"kind": "signal", "signal": "SIGSTOP"}) is None
@@ -532,7 +535,7 @@ def test_classify_counts_each_kind_of_record() -> None:
 
 
 def test_summarize_breaks_counts_down_by_rule_and_action_type() -> None:
-    records = [
+    records: list[dict[str, object]] = [
         {"kind": "decision", "agent": "a", "rule": "r1", "action_type": "file_read",
          "response": "allow"},
         {"kind": "decision", "agent": "a", "rule": "r2", "action_type": "shell_execute",

@@ -38,7 +38,9 @@ class ServedHooks:
         self.requests: list[HookRequest] = []
         self.tampers: list[tuple[int, str]] = []
         self._allows = allows
-        self.server = HookServer(path, self._decide, lambda pid, why: self.tampers.append((pid, why)))
+        self.server = HookServer(
+            path, self._decide, lambda pid, why: self.tampers.append((pid, why))
+        )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
@@ -174,14 +176,18 @@ def test_sql_drop_denied_select_allowed(
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert "SELECT 1" in lines
-    assert any(line.startswith("DROP denied: [Errno 13] agentsup: database_execute DROP TABLE items")
-               for line in lines)
+    assert any(
+        line.startswith("DROP denied: [Errno 13] agentsup: database_execute DROP TABLE items")
+        for line in lines
+    )
     assert "RAW DROP refused: not authorized" in lines
     assert any(line.startswith("RAW CONNECT refused:") for line in lines)
     assert any(line.startswith("SCRIPT denied:") for line in lines)
     assert lines[-1] == "TABLES ['items']"
 
-    checks = [(r.action.value, r.target) for r in hooks.checks() if r.action.value.startswith("database")]
+    checks = [
+        (r.action.value, r.target) for r in hooks.checks() if r.action.value.startswith("database")
+    ]
     assert ("database_read", "SELECT count(*) FROM items") in checks
     assert ("database_write", "INSERT INTO items (name) VALUES (?)") in checks
     assert ("database_execute", "DROP TABLE items") in checks
@@ -200,8 +206,10 @@ def test_env_read_denied_and_seen(
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     for label in ("environ.get", "getenv", "getitem", "contains"):
-        assert f"{label} denied: [Errno 13] agentsup: env_read HOME denied by rule 'test-deny': " \
-               "refused by the test" in lines
+        assert (
+            f"{label} denied: [Errno 13] agentsup: env_read HOME denied by rule 'test-deny': "
+            "refused by the test" in lines
+        )
     assert any(line.startswith("hook variable kept:") for line in lines)
     assert [r.target for r in hooks.checks("env_read")].count("HOME") == 4
     writes = [r.target for r in hooks.checks("env_write")]
@@ -222,7 +230,9 @@ def test_python_grandchild_is_hooked(
     child_pids = {r.pid for r in hooks.checks("env_read") if r.target == "CHILD_MARK"}
     assert len(child_pids) == 2 and parent_pid not in child_pids
     commands = [r.target for r in hooks.requests if r.action == "shell_execute"]
-    assert len(commands) == 2 and all(c.startswith(sys.executable + " -c import os") for c in commands)
+    assert len(commands) == 2 and all(
+        c.startswith(sys.executable + " -c import os") for c in commands
+    )
 
 
 def test_agent_cannot_switch_the_hook_off(
@@ -255,7 +265,10 @@ def test_main_module_looks_as_without_agentsup(
     for args in (["a", "b c"], ["--fail"]):
         plain = subprocess.run(
             [sys.executable, "links/agent.py", *args],
-            env=plain_env, capture_output=True, text=True, cwd=tmp_path,
+            env=plain_env,
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
         )
         hooked = run_agent(hook_socket, "links/agent.py", *args, cwd=tmp_path)
         assert hooked.stdout == plain.stdout
@@ -271,8 +284,10 @@ def test_main_module_looks_as_without_agentsup(
 
 def test_fail_closed_when_supervisor_unreachable(tmp_path: Path) -> None:
     result = run_agent(tmp_path / "nobody-listens.sock", "hook_env.py")
-    assert "environ.get denied: [Errno 13] agentsup: env_read HOME refused: no valid answer" \
+    assert (
+        "environ.get denied: [Errno 13] agentsup: env_read HOME refused: no valid answer"
         in result.stdout
+    )
     assert result.returncode != 0  # the env write that follows fails too
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -51,7 +52,9 @@ def _demo(args: argparse.Namespace) -> int:
         AGENTSUP_STATE_DIR=str(root / "state"),
         AGENTSUP_RUNTIME_DIR=str(root / "run"),
     )
-    agent = Path(__file__).resolve().parent.parent / "demo" / "agent.py"
+    # The agent's code lives in its workspace, as a real agent's would.
+    agent = workspace / "agent.py"
+    shutil.copy(Path(__file__).resolve().parent.parent / "demo" / "agent.py", agent)
     agentsup = [sys.executable, "-m", "agentsup"]
     command = [
         "run",

@@ -276,18 +276,21 @@ class CompiledPolicy:
             on_violation=policy.on_violation,
             reason="no rule matched",
         )
-        self._tables: dict[ActionType, tuple[_Step, ...]] = {}
-        self._path_tables: dict[ActionType, tuple[dict[str, tuple[_Step, ...]], tuple[_Step, ...]]]
-        self._path_tables = {}
+        # Per action type: for path actions, a table per first path segment and
+        # one for targets in any other segment; otherwise None and one table.
+        self._action_tables: dict[
+            ActionType, tuple[dict[str, tuple[_Step, ...]] | None, tuple[_Step, ...]]
+        ] = {}
         for action in ActionType:
             applicable = [
                 (index, rule)
                 for index, rule in enumerate(self.rules)
                 if rule.applies and action in rule.rule.actions
             ]
-            self._tables[action] = _build_table(applicable)
             if action in PATH_ACTIONS:
-                self._path_tables[action] = _build_path_tables(applicable)
+                self._action_tables[action] = _build_path_tables(applicable)
+            else:
+                self._action_tables[action] = (None, _build_table(applicable))
         self._env_pass = _any_glob(policy.env.pass_)
         self._env_deny = _any_glob(policy.env.deny)
 
@@ -300,19 +303,17 @@ class CompiledPolicy:
     def evaluate(self, event: Event) -> Decision:
         """The decision for `event`: first matching rule in priority order, else the default."""
         target = event.target
-        path_tables = self._path_tables.get(event.action)
-        if path_tables is None:
-            steps = self._tables[event.action]
-        else:
+        by_segment, steps = self._action_tables[event.action]
+        if by_segment is not None:
             if (
                 "//" in target
                 or target[-1:] == "/"
                 or ("/." in target and matchers.needs_normalising(target))
             ):
                 target = matchers.normalise_path(target)
-            # Only the rules that can match below the target's first segment.
+            # Only the rules that can match at or below the target's first segment.
             cut = target.find("/", 1)
-            steps = path_tables[0].get(target[:cut] if cut > 0 else target, path_tables[1])
+            steps = by_segment.get(target[:cut] if cut > 0 else target, steps)
         for match, decisions in steps:
             found = match(target)
             if found is not None:

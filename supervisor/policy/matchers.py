@@ -311,7 +311,9 @@ def _prefilter(items: list[GlobToken]) -> str:
         return ""  # a literal first character already fails fast
     last = items[-1]
     if isinstance(last, Literal) and last.text:
-        return "(?=(?s:.*)" + re.escape(last.text) + r"\Z)"
+        # A possessive `.*+` jumps straight to the end (no backtracking) and
+        # the fixed-width lookbehind checks the suffix: O(1) per target.
+        return "(?=(?s:.*+)(?<=" + re.escape(last.text) + "))"
     literals = [item.text for item in items if isinstance(item, Literal)]
     longest = max(literals, key=len, default="")
     if not longest:

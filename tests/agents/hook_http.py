@@ -23,7 +23,9 @@ if client == "urllib":
     import urllib.request
 
     try:
-        request = urllib.request.Request(url, data=b"{}" if method == "POST" else None, method=method)
+        request = urllib.request.Request(
+            url, data=b"{}" if method == "POST" else None, method=method
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             print("STATUS", response.status)
     except PermissionError as exc:
@@ -32,11 +34,15 @@ else:
     import requests
 
     try:
-        response = requests.request(method, url, data=b"{}" if method == "POST" else None, timeout=10)
+        response = requests.request(
+            method, url, data=b"{}" if method == "POST" else None, timeout=10
+        )
         print("STATUS", response.status_code)
     except requests.exceptions.ConnectionError as exc:
         # urllib3 wraps every OSError; the hook's PermissionError is inside.
         cause = exc
         while cause is not None and not isinstance(cause, PermissionError):
-            cause = cause.__context__ or (cause.args[0] if cause.args and isinstance(cause.args[0], BaseException) else None)
+            cause = cause.__context__ or (
+                cause.args[0] if cause.args and isinstance(cause.args[0], BaseException) else None
+            )
         print("DENIED", cause if cause is not None else exc)

@@ -1,0 +1,161 @@
+"""A person in the loop: held actions, TOTP resume, deny, timeouts, on a real agent."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.parse
+
+import pyotp
+import pytest
+from conftest import TRY, Sandbox, agent_reports
+
+from agentsup._proc import process_state
+
+pytestmark = [pytest.mark.requires_seccomp_notify, pytest.mark.requires_landlock]
+
+APPROVAL = """
+name: approval
+extends: [strict]
+approval:
+  timeout_seconds: {timeout}
+  on_timeout: {on_timeout}
+rules:
+  - id: deletes-need-a-person
+    actions: [file_delete]
+    target: "{{workspace}}/**"
+    decision: require_approval
+    priority: 1
+    message: deleting workspace files needs a human
+"""
+
+
+def totp_secret(sandbox: Sandbox) -> str:
+    result = sandbox.agentsup("totp", "init")
+    assert result.returncode == 0, result.stderr
+    uri = next(word for word in result.stdout.split() if word.startswith("otpauth://"))
+    return urllib.parse.parse_qs(urllib.parse.urlparse(uri).query)["secret"][0]
+
+
+def start_deleter(sandbox: Sandbox, policy: str) -> tuple[subprocess.Popen[str], str]:
+    doomed = sandbox.workspace / "doomed.txt"
+    doomed.write_text("delete me")
+    proc = subprocess.Popen(
+        sandbox.command(
+            "python3", TRY, "unlink", str(doomed), "then", "write", f"{sandbox.workspace}/after",
+            policy=policy, agent_id="deleter",
+        ),
+        env=sandbox.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    return proc, str(doomed)
+
+
+def wait_for_pending(sandbox: Sandbox, timeout: float = 15) -> list[dict[str, object]]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = sandbox.agentsup("pending", "--json")
+        if result.returncode == 0 and result.stdout.strip():
+            pending = json.loads(result.stdout)
+            if pending:
+                return list(pending)
+        time.sleep(0.1)
+    raise AssertionError("nothing became pending")
+
+
+def tree_states(sandbox: Sandbox) -> list[str]:
+    ps = json.loads(sandbox.agentsup("ps", "--json").stdout)
+    return [process_state(int(agent["pid"])) for agent in ps]
+
+
+def test_approval_with_a_valid_code_lets_the_action_happen_once(sandbox: Sandbox) -> None:
+    secret = totp_secret(sandbox)
+    policy = sandbox.policy("approval", APPROVAL.format(timeout=60, on_timeout="deny"))
+    proc, doomed = start_deleter(sandbox, policy)
+    try:
+        pending = wait_for_pending(sandbox)
+        assert pending[0]["action_type"] == "file_delete"
+        assert pending[0]["target"] == doomed
+        assert pending[0]["rule"] == "deletes-need-a-person"
+        assert tree_states(sandbox) == ["T"]
+        assert (sandbox.workspace / "doomed.txt").exists()
+
+        code = pyotp.TOTP(secret).now()
+        resumed = sandbox.agentsup("resume", "deleter", "--code", code, "--reason", "ok by me")
+        assert resumed.returncode == 0, resumed.stderr
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert [r["result"] for r in agent_reports(out)] == ["ok", "ok"]
+        assert not (sandbox.workspace / "doomed.txt").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    replay = sandbox.agentsup("resume", "deleter", "--code", code)
+    assert replay.returncode == 1
+    approvals = [r for r in sandbox.audit_records() if r["kind"] == "approval"]
+    assert any(r.get("outcome") == "approved" and r.get("uid") == 0 for r in approvals)
+
+
+def test_a_wrong_code_is_refused_and_the_agent_stays_stopped(sandbox: Sandbox) -> None:
+    totp_secret(sandbox)
+    policy = sandbox.policy("approval", APPROVAL.format(timeout=60, on_timeout="deny"))
+    proc, _ = start_deleter(sandbox, policy)
+    try:
+        wait_for_pending(sandbox)
+        refused = sandbox.agentsup("resume", "deleter", "--code", "000000")
+        assert refused.returncode == 1
+        assert tree_states(sandbox) == ["T"]
+        assert (sandbox.workspace / "doomed.txt").exists()
+    finally:
+        proc.kill()
+        proc.communicate()
+    refusals = [r for r in sandbox.audit_records() if str(r.get("outcome", "")).startswith("ref")]
+    assert refusals
+
+
+def test_deny_fails_the_action_and_the_agent_keeps_running(sandbox: Sandbox) -> None:
+    policy = sandbox.policy("approval", APPROVAL.format(timeout=60, on_timeout="deny"))
+    proc, _ = start_deleter(sandbox, policy)
+    try:
+        wait_for_pending(sandbox)
+        denied = sandbox.agentsup("deny", "deleter", "--reason", "not today")
+        assert denied.returncode == 0, denied.stderr
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert [r["result"] for r in agent_reports(out)] == ["EACCES", "ok"]
+    assert (sandbox.workspace / "doomed.txt").exists()
+
+
+def test_an_approval_timeout_with_kill_ends_the_agent(sandbox: Sandbox) -> None:
+    policy = sandbox.policy("approval", APPROVAL.format(timeout=2, on_timeout="kill"))
+    started = time.monotonic()
+    proc, _ = start_deleter(sandbox, policy)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 137, err
+    assert time.monotonic() - started < 15
+    assert "approval.timeout_seconds" in err
+    assert (sandbox.workspace / "doomed.txt").exists()
+    exits = [r for r in sandbox.audit_records() if r.get("event") == "exit"]
+    assert exits[0]["killed_by"] == "limits.approval.timeout_seconds"
+
+
+def test_the_agent_cannot_reach_the_control_socket(sandbox: Sandbox) -> None:
+    probe = (
+        "import glob, os, socket, sys\n"
+        "path = glob.glob(sys.argv[1] + '/sup-*.sock')[0]\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        "try:\n"
+        "    s.connect(path); print('connected')\n"
+        "except OSError as e:\n"
+        "    print('refused', e.errno)\n"
+    )
+    result = sandbox.run("python3", "-c", probe, str(sandbox.runtime_dir), policy="permissive")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "refused 1"
+    record = next(r for r in sandbox.audit_records() if r.get("rule") == "agentsup-self-protection")
+    assert record["severity"] == "critical"
