@@ -193,8 +193,11 @@ def _make_channel(path: str, busy: set[int]) -> tuple[Send, Send, Tamper]:
         finally:
             busy.discard(thread)
 
+    notes_wanted = os.environ.get(protocol.ENV_NOTES) == "1"
+
     def note(action: str, target: str, detail: Detail) -> None:
-        send_one_way("note", action, target, detail)
+        if notes_wanted:
+            send_one_way("note", action, target, detail)
 
     def tamper(reason: str) -> None:
         send_one_way("tamper", "", reason, {})

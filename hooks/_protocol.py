@@ -28,6 +28,9 @@ HEADER: Final = struct.Struct(">I")
 
 ENV_SOCKET: Final = "AGENTSUP_HOOK_SOCKET"
 ENV_AGENT_ID: Final = "AGENTSUP_AGENT_ID"
+# "1" when the supervisor wants notes (file, shell, connect telemetry); it
+# asks only at audit level `all`, so the hot path pays nothing otherwise.
+ENV_NOTES: Final = "AGENTSUP_HOOK_NOTES"
 
 OP_CHECK: Final = "check"
 OP_NOTE: Final = "note"

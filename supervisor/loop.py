@@ -7,6 +7,7 @@ signal wake-up pipe all register here.  Nothing else blocks.
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 import itertools
 import os
@@ -15,11 +16,18 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 Callback = Callable[[], None]
 # A reader gets the epoll event mask, so it can tell data (EPOLLIN) from a
 # peer that went away (EPOLLHUP/EPOLLERR).
 ReaderCallback = Callable[[int], None]
+
+
+class FdComponent(Protocol):
+    def fds(self) -> list[int]: ...
+
+    def on_ready(self, fd: int) -> None: ...
 
 
 @dataclass(order=True)
@@ -58,6 +66,37 @@ class EventLoop:
 
     def has_reader(self, fd: int) -> bool:
         return fd in self._readers
+
+    def attach(self, component: FdComponent) -> None:
+        """Drive a component whose set of fds changes (a socket server and its peers).
+
+        After every `on_ready` the loop re-reads `fds()` and registers the
+        difference; a fd the component `want_write`s also waits for EPOLLOUT.
+        """
+        registered: dict[int, int] = {}
+
+        def sync() -> None:
+            wanted = set(component.fds())
+            for fd in set(registered) - wanted:
+                self.remove_reader(fd)
+                del registered[fd]
+            want_write = getattr(component, "want_write", None)
+            for fd in wanted:
+                mask = select.EPOLLIN
+                if want_write is not None and want_write(fd):
+                    mask |= select.EPOLLOUT
+                if fd not in registered:
+                    self._readers[fd] = functools.partial(ready, fd)
+                    self._epoll.register(fd, mask)
+                elif registered[fd] != mask:
+                    self._epoll.modify(fd, mask)
+                registered[fd] = mask
+
+        def ready(fd: int, _events: int) -> None:
+            component.on_ready(fd)
+            sync()
+
+        sync()
 
     # -- timers -----------------------------------------------------------------
 

@@ -21,7 +21,9 @@ STOPPED_STATES = (
 
 
 class OperatorAPI:
-    def __init__(self, sessions: Callable[[], Mapping[str, AgentSession]], audit: AuditSink) -> None:
+    def __init__(
+        self, sessions: Callable[[], Mapping[str, AgentSession]], audit: AuditSink
+    ) -> None:
         self._sessions = sessions
         self._audit = audit
 

@@ -26,13 +26,16 @@ from pathlib import Path
 
 from agentsup import _landlock, floor, launch
 from agentsup.cgroup import AgentCgroup, CgroupUnavailable
-from agentsup.events import ActionType, response_for
+from agentsup.control import ControlServer
+from agentsup.events import ActionType, AuditLevel, Decision, Response, response_for
+from agentsup.hooks import _protocol as hook_protocol
+from agentsup.hooks import bootstrap
+from agentsup.hookserver import HookReply, HookRequest, HookServer
 from agentsup.loop import EventLoop
 from agentsup.mediator import ALWAYS_REFUSED, FORCED_ENOSYS, MEDIATED, Mediator
+from agentsup.operator_api import OperatorAPI
 from agentsup.paths import Locations, default_locations
 from agentsup.policy import CompiledPolicy, PolicyError, RunContext, compile_policy, resolve_policy
-from agentsup.control import ControlServer
-from agentsup.operator_api import OperatorAPI
 from agentsup.session import AgentSession, AgentState, Pending, ProcessTree, SessionConfig
 from agentsup.totp import TotpVerifier
 
@@ -82,12 +85,12 @@ def _has_seccomp_notify() -> bool:
 
 
 def resolve_program(program: str, args: Sequence[str], env_path: str) -> tuple[str, list[str]]:
-    """The executable and argv the trampoline execs.  `.py` runs under our Python."""
+    """The executable and argv the trampoline execs.  `.py` runs under our Python, hooked."""
     if program.endswith(".py"):
         script = os.path.abspath(program)
         if not os.path.exists(script):
             raise SetupError(f"{program}: not found", EXIT_NOT_FOUND)
-        return sys.executable, [sys.executable, script, *args]
+        return sys.executable, bootstrap.command(script, args)
     if "/" in program:
         path = os.path.abspath(program)
         if not os.path.exists(path):
@@ -189,7 +192,7 @@ class ForegroundRun:
         self.audit = _open_audit(locations)
         self._watchdog: subprocess.Popen[bytes] | None = None
         self.control: ControlServer | None = None
-        self._control_fds: set[int] = set()
+        self.hooks: HookServer | None = None
 
     # -- setup ---------------------------------------------------------------------
 
@@ -215,6 +218,13 @@ class ForegroundRun:
             )
         env = compiled.filter_environ(os.environ)
         executable, argv = resolve_program(request.program, request.args, env.get("PATH", ""))
+        hook_socket = None
+        if request.program.endswith(".py"):
+            self.locations.runtime_dir.mkdir(parents=True, exist_ok=True)
+            hook_socket = os.path.realpath(self.locations.runtime_dir / f"hook-{os.getpid()}.sock")
+            env.update(bootstrap.environment(hook_socket, agent_id))
+            if compiled.audit_level is AuditLevel.ALL:
+                env[hook_protocol.ENV_NOTES] = "1"
 
         landlock_plan: dict[str, object] | None = None
         plan = plan_landlock(compiled, self.locations)
@@ -235,9 +245,15 @@ class ForegroundRun:
                 policy_name=policy.name,
                 workspace=workspace,
                 locations=self.locations,
+                hook_socket=hook_socket,
             ),
             self.audit,
         )
+        if hook_socket is not None:
+            try:
+                self.hooks = HookServer(Path(hook_socket), self._on_hook_request, self._on_tamper)
+            except OSError as exc:
+                raise SetupError(f"cannot serve the hook socket {hook_socket}: {exc}") from exc
         try:
             self.group = AgentCgroup.create(f"{agent_id}-{os.getpid()}")
         except CgroupUnavailable as exc:
@@ -293,6 +309,8 @@ class ForegroundRun:
             self.loop.on_signal(sig, functools.partial(self._interrupt, sig))
         self.loop.after_each_batch(self.audit.flush)
         self._serve_control()
+        if self.hooks is not None:
+            self.loop.attach(self.hooks)
         session.on_hold = self._arm_approval_timeout
         limits = session.policy.limits
         if limits.max_runtime_seconds:
@@ -315,29 +333,65 @@ class ForegroundRun:
         api = OperatorAPI(lambda: {session.agent_id: session}, self.audit)
         try:
             self.control = ControlServer(
-                self.locations.runtime_dir, api, TotpVerifier(self.locations),
-                owner_uid=os.getuid(), clock=self.loop.clock,
+                self.locations.runtime_dir,
+                api,
+                TotpVerifier(self.locations),
+                owner_uid=os.getuid(),
+                clock=self.loop.clock,
             )
         except OSError as exc:
             _say(f"warning: no control socket ({exc}); resume/deny/stop/kill are unavailable")
             return
-        self._sync_control_fds()
+        self.loop.attach(self.control)
 
-    def _sync_control_fds(self) -> None:
-        """The control server's fds change as peers come and go: mirror them in the loop."""
-        if self.control is None:
-            return
-        wanted = set(self.control.fds())
-        for fd in self._control_fds - wanted:
-            self.loop.remove_reader(fd)
-        for fd in wanted - self._control_fds:
-            self.loop.add_reader(fd, functools.partial(self._on_control, fd))
-        self._control_fds = wanted
+    # -- the Python hook ----------------------------------------------------------
 
-    def _on_control(self, fd: int, _events: int) -> None:
-        assert self.control is not None
-        self.control.on_ready(fd)
-        self._sync_control_fds()
+    def _on_hook_request(self, request: HookRequest) -> HookReply | None:
+        assert self.session is not None
+        session = self.session
+        event = request.event(session.agent_id)
+        if not request.needs_reply:
+            # Notes are telemetry (asked for only at audit level `all`): the
+            # syscall layer makes the one decision about files, execs, connects.
+            self.audit.append(
+                {
+                    "agent": session.agent_id,
+                    "pid": request.pid,
+                    "kind": "decision",
+                    "action_type": str(event.action),
+                    "target": event.target,
+                    "layer": "hook",
+                    "note": True,
+                    "detail": request.detail,
+                }
+            )
+            return None
+        hooks = self.hooks
+        assert hooks is not None
+        token = request.token
+        held: list[Decision] = []
+
+        def answer(approved: bool) -> None:
+            hooks.reply_later(token, HookReply.from_decision(held[0], approved=approved))
+
+        decision, response = session.judge_event(event, request.pid, on_settle=answer)
+        if response is Response.HOLD:
+            held.append(decision)
+            return None
+        return HookReply.from_decision(decision)
+
+    def _on_tamper(self, pid: int, reason: str) -> None:
+        assert self.session is not None
+        self.audit.append(
+            {
+                "agent": self.session.agent_id,
+                "pid": pid,
+                "kind": "tamper",
+                "severity": "critical",
+                "layer": "hook",
+                "reason": reason,
+            }
+        )
 
     def _arm_approval_timeout(self, pending: Pending) -> None:
         assert self.session is not None
@@ -466,6 +520,8 @@ class ForegroundRun:
             watchdog.wait()
         if self.control is not None:
             self.control.close()
+        if self.hooks is not None:
+            self.hooks.close()
         self.loop.close()
         self.audit.close()
 

@@ -37,11 +37,49 @@ from agentsup.paths import Locations
 from agentsup.policy import CompiledPolicy, RateLimiter
 
 SELF_PROTECTION_RULE = "agentsup-self-protection"
+HOOK_CODE_RULE = "agentsup-hook-code"
 ALWAYS_REFUSED_RULE = "agentsup-always-refused"
 
 _WRITE_CLASS = frozenset(
     {ActionType.FILE_WRITE, ActionType.FILE_DELETE, ActionType.FILE_MOVE, ActionType.FILE_CHMOD}
 )
+
+
+def _package_dirs() -> tuple[str, ...]:
+    import agentsup
+    import agentsup.hooks
+
+    return tuple(
+        os.path.realpath(os.path.dirname(module.__file__ or ""))
+        for module in (agentsup, agentsup.hooks)
+    )
+
+
+# A hooked Python agent imports agentsup.hooks (and the package around it)
+# before its first line; that code is public and read-only to it.
+_AGENTSUP_CODE = _package_dirs()
+_HOOK_CODE_DECISION = Decision(
+    verdict=Verdict.ALLOW,
+    rule_id=HOOK_CODE_RULE,
+    severity=Severity.LOW,
+    message="",
+    on_violation=ViolationMode.BLOCK,
+    reason="agentsup's own hook code is readable by the agents it hooks",
+)
+
+
+_HOOK_SOCKET_DECISION = Decision(
+    verdict=Verdict.ALLOW,
+    rule_id="agentsup-hook-channel",
+    severity=Severity.LOW,
+    message="",
+    on_violation=ViolationMode.BLOCK,
+    reason="the hook's channel to its own supervisor",
+)
+
+
+def _inside(target: str, roots: tuple[str, ...]) -> bool:
+    return any(target == root or target.startswith(root + "/") for root in roots)
 
 
 class AuditSink(Protocol):
@@ -71,6 +109,9 @@ class Pending:
     decision: Decision
     since: float
     timer: object | None = None
+    # For hook-layer holds: answers the waiting request (True = approved).
+    # Seccomp holds need none: the syscall is reissued and meets a grant.
+    on_settle: Callable[[bool], None] | None = None
 
 
 @dataclass(slots=True)
@@ -125,7 +166,7 @@ class SessionConfig:
     policy_name: str
     workspace: str
     locations: Locations
-    hook_socket: str | None = None
+    hook_socket: str | None = None  # the one unix socket path the agent may connect to
     clock: Callable[[], float] = time.monotonic
     stderr: TextIO = field(default_factory=lambda: sys.stderr)
 
@@ -188,8 +229,6 @@ class AgentSession:
         elif action is ActionType.FILE_READ or action is ActionType.PROCESS_SPAWN:
             guarded = self.protected_read + self.supervisor_procs
         elif action is ActionType.NETWORK_CONNECT and target.startswith("unix:"):
-            if target[5:] == self.config.hook_socket:
-                return None
             # Refused, not killed: the control socket simply is not there for agents.
             target = target[5:]
             guarded = (os.path.realpath(self.config.locations.runtime_dir),)
@@ -209,6 +248,14 @@ class AgentSession:
         return None
 
     def decide(self, event: Event) -> Decision:
+        if event.action is ActionType.FILE_READ and _inside(event.target, _AGENTSUP_CODE):
+            return _HOOK_CODE_DECISION
+        if (
+            event.action is ActionType.NETWORK_CONNECT
+            and self.config.hook_socket is not None
+            and event.target == "unix:" + self.config.hook_socket
+        ):
+            return _HOOK_SOCKET_DECISION
         decision = self._self_protection(event)
         if decision is None:
             decision = self.policy.evaluate(event)
@@ -217,6 +264,12 @@ class AgentSession:
         return decision
 
     def judge(self, event: Event, tid: int) -> Response:
+        return self.judge_event(event, tid)[1]
+
+    def judge_event(
+        self, event: Event, tid: int, on_settle: Callable[[bool], None] | None = None
+    ) -> tuple[Decision, Response]:
+        """Decide, record and enforce one event; the decision and what was done."""
         if not event.agent_id:
             event = replace(event, agent_id=self.agent_id)
         grant = self.grants.pop((tid, event.action, event.target), None)
@@ -224,7 +277,7 @@ class AgentSession:
         if grant is not None:
             # The reissued syscall of an action a person already decided.
             self._record(event, tid, decision, grant, kind="approval")
-            return grant
+            return decision, grant
         response = response_for(decision)
         if should_audit(decision, self.policy.audit_level):
             self._record(event, tid, decision, response)
@@ -233,13 +286,13 @@ class AgentSession:
         elif response is Response.STOP:
             self._hold(event, tid, decision, kind="violation")
         elif response is Response.HOLD:
-            self._hold(event, tid, decision, kind="approval")
+            self._hold(event, tid, decision, kind="approval", on_settle=on_settle)
         elif response is Response.WARN:
             self.say(
                 f"warning: rule '{decision.rule_id}' flagged {event.action} {event.target}"
                 + (f": {decision.message}" if decision.message else "")
             )
-        return response
+        return decision, response
 
     def refuse_always(self, syscall: str, tid: int) -> None:
         self.audit.append(
@@ -287,7 +340,15 @@ class AgentSession:
 
     # -- enforcement -------------------------------------------------------------------
 
-    def signal_tree(self, sig: int, why: str, uid: int | None = None) -> None:
+    def signal_tree(
+        self,
+        sig: int,
+        why: str,
+        uid: int | None = None,
+        *,
+        rule: str | None = None,
+        event: Event | None = None,
+    ) -> None:
         if self.tree is None:
             return
         pids: set[int] = set()
@@ -305,6 +366,11 @@ class AgentSession:
         }
         if pids:
             record["pids"] = sorted(pids)
+        if rule is not None:
+            record["rule"] = rule
+        if event is not None:
+            record["action_type"] = str(event.action)
+            record["target"] = event.target
         if uid is not None:
             record["uid"] = uid
         self.audit.append(record)
@@ -319,22 +385,36 @@ class AgentSession:
                 f"{event.action} {event.target}"
                 + (f" ({decision.message})" if decision.message else "")
             )
-        self.signal_tree(signal.SIGKILL, f"rule {decision.rule_id}: {event.action} {event.target}")
+        self.signal_tree(
+            signal.SIGKILL,
+            f"rule {decision.rule_id}: {event.action} {event.target}",
+            rule=decision.rule_id,
+            event=event,
+        )
 
     def kill_for_limit(self, limit: str, detail: str) -> None:
         if self.kill_report is None:
             self.kill_report = KillReport(f"limits.{limit}", "limit", detail, "")
             self.say(f"killed agent '{self.agent_id}': limits.{limit} exceeded ({detail})")
-        self.signal_tree(signal.SIGKILL, f"limits.{limit}: {detail}")
+        self.signal_tree(signal.SIGKILL, f"limits.{limit}: {detail}", rule=f"limits.{limit}")
 
-    def _hold(self, event: Event, tid: int, decision: Decision, kind: str) -> None:
+    def _hold(
+        self,
+        event: Event,
+        tid: int,
+        decision: Decision,
+        kind: str,
+        on_settle: Callable[[bool], None] | None = None,
+    ) -> None:
         request_id = f"{self.agent_id}-{next(self._request_ids)}"
-        pending = Pending(request_id, kind, tid, event, decision, self.clock())
+        pending = Pending(request_id, kind, tid, event, decision, self.clock(), on_settle=on_settle)
         self.pending[request_id] = pending
         self.state = (
             AgentState.AWAITING_APPROVAL if kind == "approval" else AgentState.STOPPED_VIOLATION
         )
-        self.signal_tree(signal.SIGSTOP, f"{kind}: rule {decision.rule_id}")
+        self.signal_tree(
+            signal.SIGSTOP, f"{kind}: rule {decision.rule_id}", rule=decision.rule_id, event=event
+        )
         if kind == "approval":
             self.say(
                 f"agent '{self.agent_id}' is stopped, waiting for approval of {event.action} "
@@ -357,7 +437,9 @@ class AgentSession:
         for pending in self.pending.values():
             if pending.timer is not None:
                 pending.timer.cancel()  # type: ignore[attr-defined]
-            if pending.kind == "approval":
+            if pending.on_settle is not None:
+                pending.on_settle(approve)
+            elif pending.kind == "approval":
                 granted = Response.ALLOW if approve else Response.BLOCK
                 self.grants[(pending.tid, pending.event.action, pending.event.target)] = granted
             self.audit.append(
@@ -375,6 +457,7 @@ class AgentSession:
                     "uid": uid,
                     "reason": reason,
                     "request_id": pending.request_id,
+                    "held": pending.kind,
                 }
             )
         self.pending.clear()

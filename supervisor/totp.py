@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import pyotp
+
 from agentsup.paths import Locations
 
 log = logging.getLogger(__name__)

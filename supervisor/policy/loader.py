@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
+
 from agentsup.events import ActionType, AuditLevel, RateLimit, Severity, Verdict, ViolationMode
 from agentsup.policy.matchers import PatternError, parse_glob, parse_regex
 from agentsup.policy.model import (

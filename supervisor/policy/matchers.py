@@ -6,6 +6,7 @@ Glob semantics, the same for every action type:
 - `**` crosses segments.  `**/` at the start, or `/**/` in the middle, matches
   zero or more whole segments; a trailing `/**` also matches the directory
   itself (`/w/**` matches `/w`, `/w/` and `/w/a/b`).
+- A backslash makes the next character literal (`\\*` matches a `*`).
 - A glob must match the whole target.  Wildcards match newlines too, so a
   target cannot dodge a rule by embedding one.
 
@@ -175,6 +176,10 @@ def parse_glob(text: str) -> tuple[GlobToken, ...]:
     index = 0
     while index < len(text):
         char = text[index]
+        if char == "\\" and index + 1 < len(text):
+            literal.append(text[index + 1])  # `\*` is a literal `*`
+            index += 2
+            continue
         if char == "*":
             flush()
             if text.startswith("**", index):

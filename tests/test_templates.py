@@ -1,0 +1,226 @@
+"""The built-in templates in policies/: each loads and behaves as documented."""
+
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+
+import pytest
+
+from agentsup.events import ActionType, Event, Response, Severity, Verdict, ViolationMode
+from agentsup.events import response_for as respond
+from agentsup.policy import CompiledPolicy, RunContext, builtin_names, compile_policy, resolve_policy
+
+A = ActionType
+WS = "/home/dev/project"
+CTX = RunContext(workspace=WS, home="/root", agent_id="agent", python_prefixes=("/opt/py",))
+NO_POLICY_DIR = Path("/nonexistent-policy-dir")
+
+
+def template(name: str) -> CompiledPolicy:
+    return compile_policy(resolve_policy(name, NO_POLICY_DIR), CTX)
+
+
+def response(policy: CompiledPolicy, action: ActionType, target: str) -> Response:
+    return respond(policy.evaluate(Event(action, target)))
+
+
+def test_the_four_templates_ship() -> None:
+    assert set(builtin_names()) >= {"strict", "permissive", "read_only", "audit"}
+
+
+@pytest.mark.parametrize("name", ["strict", "permissive", "read_only", "audit"])
+def test_each_template_loads_and_starts_with_a_comment_block(name: str) -> None:
+    text = importlib.resources.files("agentsup.policies").joinpath(f"{name}.yaml").read_text()
+    assert text.startswith(f"# {name}"), "the first line says what the template is for"
+    policy = resolve_policy(name, NO_POLICY_DIR)
+    assert policy.name == name
+    assert policy.description
+
+
+# ---------------------------------------------------------------- strict
+
+SECRETS = [
+    "/root/.ssh/id_rsa",
+    "/root/.ssh/config",
+    "/root/.aws/credentials",
+    "/root/.gnupg/secring.gpg",
+    "/root/.config/gcloud/credentials.db",
+    "/root/.kube/config",
+    "/root/.docker/config.json",
+    "/root/.netrc",
+    f"{WS}/tls/server.pem",
+    f"{WS}/tls/server.key",
+    "/tmp/id_rsa.bak",
+    "/srv/id_ed25519",
+    "/etc/shadow",
+    "/etc/gshadow",
+    "/etc/sudoers",
+    "/etc/sudoers.d/90-users",
+    f"{WS}/.env",
+    f"{WS}/.env.production",
+    f"{WS}/../../../root/.ssh/id_rsa",
+]
+FILE_ACTIONS = [A.FILE_READ, A.FILE_WRITE, A.FILE_DELETE, A.FILE_MOVE, A.FILE_CHMOD]
+
+
+@pytest.mark.parametrize("target", SECRETS)
+def test_strict_kills_on_secrets_for_every_file_action(target: str) -> None:
+    strict = template("strict")
+    for action in FILE_ACTIONS:
+        decision = strict.evaluate(Event(action, target))
+        assert decision.verdict is Verdict.DENY, (action, target, decision)
+        assert decision.on_violation is ViolationMode.SIGKILL
+        assert decision.severity in (Severity.HIGH, Severity.CRITICAL)
+
+
+def test_strict_secret_rules_come_before_the_allow_rules() -> None:
+    policy = resolve_policy("strict", NO_POLICY_DIR)
+    order = [rule.id for rule in policy.rules]
+    secret_rules = [i for i, rule in enumerate(policy.rules) if rule.id.startswith("secret-")]
+    assert max(secret_rules) < order.index("workspace")
+    assert max(secret_rules) < order.index("read-etc")
+
+
+@pytest.mark.parametrize(
+    ("action", "target"),
+    [
+        (A.FILE_READ, f"{WS}/x"),
+        (A.FILE_WRITE, f"{WS}/src/new.py"),
+        (A.FILE_DELETE, f"{WS}/build/old.o"),
+        (A.FILE_MOVE, f"{WS}/a"),
+        (A.FILE_CHMOD, f"{WS}/run.sh"),
+        (A.FILE_READ, "/usr/lib/python3.11/os.py"),
+        (A.FILE_READ, "/etc/hosts"),
+        (A.FILE_READ, "/lib/x86_64-linux-gnu/libc.so.6"),
+        (A.FILE_READ, "/proc/self/status"),
+        (A.FILE_READ, "/opt/py/lib/python3.11/site.py"),  # {python}
+        (A.FILE_WRITE, "/tmp/scratch.txt"),
+        (A.FILE_WRITE, "/var/tmp/x"),
+        (A.FILE_WRITE, "/dev/null"),
+        (A.FILE_WRITE, "/dev/tty"),
+        (A.FILE_WRITE, "/dev/pts/3"),
+        (A.FILE_WRITE, "/dev/shm/sem.x"),
+        (A.FILE_READ, "/dev/urandom"),
+        (A.SHELL_EXECUTE, "ls -la"),
+        (A.SHELL_EXECUTE, "rm -rf build"),
+        (A.SHELL_EXECUTE, "rm -rf /tmp/x"),
+        (A.SHELL_EXECUTE, "python3 -m pytest -q"),
+        (A.PROCESS_SPAWN, "/usr/bin/git"),
+        (A.ENV_READ, "HOME"),
+        (A.DATABASE_READ, "SELECT 1"),
+        (A.DATABASE_WRITE, "INSERT INTO t VALUES (1)"),
+    ],
+)
+def test_strict_allows_ordinary_work(action: ActionType, target: str) -> None:
+    assert response(template("strict"), action, target) is Response.ALLOW
+
+
+@pytest.mark.parametrize(
+    ("action", "target"),
+    [
+        (A.SHELL_EXECUTE, "rm -rf /"),
+        (A.SHELL_EXECUTE, "rm -rf /*"),
+        (A.SHELL_EXECUTE, "rm -fr ~"),
+        (A.SHELL_EXECUTE, "rm -r -f /root"),
+        (A.SHELL_EXECUTE, "rm -rf --no-preserve-root /"),
+        (A.SHELL_EXECUTE, "cd / && rm -rf /usr"),
+        (A.SHELL_EXECUTE, "mkfs.ext4 /dev/sda1"),
+        (A.SHELL_EXECUTE, "dd if=/dev/zero of=/dev/sda bs=1M"),
+        (A.SHELL_EXECUTE, ":(){ :|:& };:"),
+        (A.SHELL_EXECUTE, "sudo ls"),
+        (A.SHELL_EXECUTE, "su -"),
+        (A.SHELL_EXECUTE, "doas sh"),
+        (A.PROCESS_SPAWN, "/usr/bin/sudo"),
+        (A.PROCESS_SPAWN, "/bin/su"),
+        (A.FILE_WRITE, "/etc/passwd"),
+        (A.FILE_WRITE, "/usr/bin/python3"),
+        (A.FILE_DELETE, "/lib/x.so"),
+        (A.FILE_CHMOD, "/usr/bin/env"),
+        (A.NETWORK_CONNECT, "127.0.0.1:9"),
+        (A.NETWORK_CONNECT, "[::1]:443"),
+        (A.NETWORK_REQUEST, "GET https://example.com/"),
+    ],
+)
+def test_strict_kills_on_destruction_privilege_and_network(action: ActionType, target: str) -> None:
+    decision = template("strict").evaluate(Event(action, target))
+    assert respond(decision) is Response.KILL, decision
+
+
+@pytest.mark.parametrize("target", ["unix:/var/run/nscd/socket", "unix:@/tmp/x", "netlink:0"])
+def test_strict_only_blocks_local_sockets(target: str) -> None:
+    decision = template("strict").evaluate(Event(A.NETWORK_CONNECT, target))
+    assert (decision.verdict, decision.on_violation) == (Verdict.DENY, ViolationMode.BLOCK)
+    assert decision.severity is Severity.LOW
+
+
+def test_strict_other_sections() -> None:
+    strict = template("strict")
+    assert (strict.default, strict.on_violation) == (Verdict.DENY, ViolationMode.SIGKILL)
+    assert respond(strict.evaluate(Event(A.MEMORY_ACCESS, "1234"))) in (
+        Response.BLOCK,
+        Response.KILL,
+    )
+    assert response(strict, A.DATABASE_DELETE, "DELETE FROM t") is Response.WARN
+    assert response(strict, A.DATABASE_EXECUTE, "DROP TABLE t") is Response.WARN
+    assert strict.env_allowed("PATH") and strict.env_allowed("LC_ALL")
+    assert not strict.env_allowed("OPENAI_API_KEY") and not strict.env_allowed("GITHUB_TOKEN")
+    assert response(strict, A.FILE_READ, "/var/log/syslog") is Response.KILL  # default deny
+
+
+def test_strict_floor_covers_the_workspace_and_system_but_not_home() -> None:
+    strict = template("strict")
+    read = strict.floor_roots([A.FILE_READ])
+    assert read is not None
+    assert WS in read and "/usr" in read and "/etc" in read and "/opt/py" not in read
+    assert "/opt" in read  # /opt/py lies beneath /opt
+    assert not any(root in ("/", "/root") for root in read)
+    write = strict.floor_roots([A.FILE_WRITE])
+    assert write is not None and WS in write and "/usr" not in write
+
+
+# ---------------------------------------------------------------- permissive
+
+
+def test_permissive_allows_by_default_but_still_kills_on_secrets_and_rm_rf() -> None:
+    permissive = template("permissive")
+    assert (permissive.default, permissive.on_violation) == (Verdict.ALLOW, ViolationMode.BLOCK)
+    assert response(permissive, A.FILE_WRITE, "/etc/motd") is Response.ALLOW
+    assert response(permissive, A.NETWORK_CONNECT, "1.1.1.1:443") is Response.ALLOW
+    assert response(permissive, A.FILE_READ, "/root/.ssh/id_rsa") is Response.KILL
+    assert response(permissive, A.FILE_READ, "/etc/shadow") is Response.KILL
+    assert response(permissive, A.SHELL_EXECUTE, "rm -rf /") is Response.KILL
+    assert response(permissive, A.SHELL_EXECUTE, "sudo -i") is Response.KILL
+    assert permissive.floor_roots([A.FILE_READ]) is None
+
+
+# ---------------------------------------------------------------- read_only
+
+
+def test_read_only_reads_like_strict_and_changes_nothing() -> None:
+    read_only = template("read_only")
+    assert response(read_only, A.FILE_READ, f"{WS}/x") is Response.ALLOW
+    assert response(read_only, A.FILE_READ, "/usr/lib/os.py") is Response.ALLOW
+    for action in (A.FILE_WRITE, A.FILE_DELETE, A.FILE_MOVE, A.FILE_CHMOD):
+        decision = read_only.evaluate(Event(action, f"{WS}/x"))
+        assert decision.verdict is Verdict.DENY, action
+        assert response(read_only, action, "/tmp/x").proceeds is False
+    assert response(read_only, A.FILE_WRITE, "/dev/null") is Response.ALLOW
+    assert response(read_only, A.FILE_WRITE, "/dev/tty") is Response.ALLOW
+    assert response(read_only, A.NETWORK_CONNECT, "10.0.0.1:80") is Response.KILL
+    assert response(read_only, A.FILE_READ, "/root/.ssh/id_rsa") is Response.KILL
+    assert response(read_only, A.SHELL_EXECUTE, "rm -rf /") is Response.KILL
+    assert read_only.floor_roots([A.FILE_WRITE, A.FILE_DELETE]) == ("/dev/null", "/dev/tty")
+
+
+# ---------------------------------------------------------------- audit
+
+
+def test_audit_allows_and_logs_everything() -> None:
+    audit = template("audit")
+    assert audit.default is Verdict.ALLOW
+    assert audit.audit_level.value == "all"
+    for action in ActionType:
+        decision = audit.evaluate(Event(action, "/root/.ssh/id_rsa"))
+        assert decision.verdict is Verdict.LOG
+        assert respond(decision) is Response.LOG
