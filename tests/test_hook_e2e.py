@@ -89,6 +89,8 @@ def serve(hook_socket: Path) -> Iterator[Callable[[Policy], ServedHooks]]:
 def agent_env(hook_socket: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
     env.update(bootstrap.environment(hook_socket, "agent-1"))
+    # These tests watch the telemetry notes too (audit level `all` asks for them).
+    env["AGENTSUP_HOOK_NOTES"] = "1"
     return env
 
 

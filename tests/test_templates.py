@@ -9,7 +9,13 @@ import pytest
 
 from agentsup.events import ActionType, Event, Response, Severity, Verdict, ViolationMode
 from agentsup.events import response_for as respond
-from agentsup.policy import CompiledPolicy, RunContext, builtin_names, compile_policy, resolve_policy
+from agentsup.policy import (
+    CompiledPolicy,
+    RunContext,
+    builtin_names,
+    compile_policy,
+    resolve_policy,
+)
 
 A = ActionType
 WS = "/home/dev/project"

@@ -26,6 +26,7 @@ from agentsup.policy.loader import (
     find_policy,
     is_path_reference,
     load_policy_file,
+    load_policy_text,
     load_source,
     resolve_policy,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "find_policy",
     "is_path_reference",
     "load_policy_file",
+    "load_policy_text",
     "load_source",
     "normalise_path",
     "resolve_policy",

@@ -362,6 +362,8 @@ class CompiledPolicy:
             if not rule.applies or not (rule.rule.actions & wanted):
                 continue
             if not _proceeds(rule.decision):
+                if wanted <= rule.rule.actions and _matches_everything(rule):
+                    break  # a catch-all deny: no later rule is ever reached
                 continue
             if rule.matcher.roots is None:
                 return None
@@ -373,6 +375,12 @@ class CompiledPolicy:
             if not any(root == k or root.startswith(k + "/") for k in kept):
                 kept.append(root)
         return tuple(kept)
+
+
+def _matches_everything(rule: CompiledRule) -> bool:
+    """True for a rule whose target is `**` with no `except`."""
+    matcher = rule.matcher
+    return isinstance(matcher, GlobMatcher) and matcher.glob == "**" and not rule.excepts
 
 
 def _proceeds(decision: Decision) -> bool:

@@ -1,0 +1,224 @@
+"""`agentsup policy check | list | explain`, run as a user would run them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BAD_DECISION_AT_LINE_12 = """\
+# A team policy with a typo in its second rule.
+name: team
+description: the team's policy
+default: deny
+rules:
+  - id: docs
+    actions: [file_read]
+    target: "{workspace}/docs/**"
+    decision: allow
+  - id: ws
+    actions: [file_read, file_write]
+    decision: alow
+    target: "{workspace}/**"
+"""
+
+
+def agentsup(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agentsup", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env={**os.environ, "HOME": "/root"},
+    )
+
+
+@pytest.fixture
+def policy_dir(locations: Path) -> Path:
+    return locations / "policies"
+
+
+# ---------------------------------------------------------------- check
+
+
+def test_check_reports_ok_with_the_rule_count(policy_dir: Path) -> None:
+    good = policy_dir / "good.yaml"
+    good.write_text("name: good\nextends: [strict]\nrules:\n" + _rule("extra"))
+    result = agentsup("policy", "check", str(good))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{good}: ok (52 rules)\n"
+
+
+def test_check_names_file_line_and_column_and_fails(tmp_path: Path, policy_dir: Path) -> None:
+    bad = tmp_path / "team.yaml"
+    bad.write_text(BAD_DECISION_AT_LINE_12)
+    good = tmp_path / "good.yaml"
+    good.write_text("name: good\n")
+    result = agentsup("policy", "check", str(good), str(bad))
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [
+        f"{good}: ok (0 rules)",
+        f"{bad}:12:15: rule 'ws': unknown decision 'alow' "
+        "(expected one of allow, deny, warn, require_approval, log)",
+    ]
+
+
+def test_check_json(tmp_path: Path, policy_dir: Path) -> None:
+    bad = tmp_path / "team.yaml"
+    bad.write_text(BAD_DECISION_AT_LINE_12)
+    result = agentsup("policy", "check", "--json", str(bad))
+    assert result.returncode == 1
+    [report] = json.loads(result.stdout)
+    assert report["ok"] is False
+    error = report["error"]
+    assert (error["path"], error["line"], error["column"], error["rule"]) == (
+        str(bad),
+        12,
+        15,
+        "ws",
+    )
+
+
+# ---------------------------------------------------------------- list
+
+
+def test_list_shows_templates_and_local_policies_and_shadowing(policy_dir: Path) -> None:
+    (policy_dir / "strict.yaml").write_text(
+        "name: strict\ndescription: our own strict\nextends: [strict]\n"
+    )
+    (policy_dir / "team.yaml").write_text("name: team\ndescription: the team policy\n")
+    (policy_dir / "broken.yaml").write_text("name: broken\ndefault: maybe\n")
+    result = agentsup("policy", "list")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"policy directory: {policy_dir}"
+    assert any(line.startswith("team ") and "the team policy" in line for line in lines)
+    assert any(
+        line.startswith("strict ") and "our own strict" in line and "shadows" in line
+        for line in lines
+    )
+    assert any(
+        line.startswith("strict ") and "built-in" in line and "shadowed by" in line
+        for line in lines
+    )
+    assert any(
+        line.startswith("broken ") and "INVALID" in line and ":2:10:" in line for line in lines
+    )
+    for name in ("audit", "permissive", "read_only"):
+        assert any(line.startswith(name + " ") and "built-in" in line for line in lines)
+
+    listed = json.loads(agentsup("policy", "list", "--json").stdout)
+    by_origin = {(p["name"], p["origin"]): p for p in listed["policies"]}
+    assert by_origin["strict", "built-in"]["shadowed_by"] == str(policy_dir / "strict.yaml")
+    assert by_origin["strict", "policy-dir"]["shadows"] == "built-in strict"
+    assert by_origin["broken", "policy-dir"]["ok"] is False
+
+
+# ---------------------------------------------------------------- explain
+
+
+def test_explain_names_the_deny_rule_for_an_ssh_key_and_exits_1(policy_dir: Path) -> None:
+    result = agentsup("policy", "explain", "--policy", "strict", "file_read", "/root/.ssh/id_rsa")
+    assert result.returncode == 1, result.stderr
+    out = result.stdout
+    assert "decision:  deny (response: kill)" in out
+    assert "rule:      secret-ssh (priority 10, " in out
+    assert "strict.yaml:" in out
+    assert "matcher:   glob '/root/.ssh/**'" in out
+    assert "severity:  critical" in out
+    assert "on_violation: sigkill" in out
+
+
+def test_explain_lists_the_rules_tried_before_and_exits_0_for_allow(
+    tmp_path: Path, policy_dir: Path
+) -> None:
+    result = agentsup(
+        "policy",
+        "explain",
+        "--policy",
+        "strict",
+        "--workspace",
+        str(tmp_path),
+        "file_read",
+        f"{tmp_path}/src/main.py",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "decision:  allow (response: allow)" in result.stdout
+    assert "rule:      workspace " in result.stdout
+    assert "  secret-ssh (priority 10, " in result.stdout
+    assert "target did not match glob '/root/.ssh/**'" in result.stdout
+
+
+def test_explain_workspace_defaults_to_the_current_directory(tmp_path: Path) -> None:
+    result = agentsup(
+        "policy", "explain", "--policy", "strict", "file_write", f"{tmp_path}/x", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_explain_exit_codes_follow_the_verdict(policy_dir: Path) -> None:
+    (policy_dir / "codes.yaml").write_text(
+        "name: codes\ndefault: deny\nrules:\n"
+        + _rule("ok", "allow", "/ok")
+        + _rule("logged", "log", "/log")
+        + _rule("warned", "warn", "/warn")
+        + _rule("asks", "require_approval", "/ask")
+        + _rule("scoped", "allow", "/scoped", agents='["analyst-*"]')
+    )
+
+    def code(target: str, *extra: str) -> int:
+        return agentsup(
+            "policy", "explain", "--policy", "codes", *extra, "file_read", target
+        ).returncode
+
+    assert [code("/ok"), code("/log"), code("/warn"), code("/ask"), code("/none")] == [
+        0,
+        0,
+        0,
+        2,
+        1,
+    ]
+    assert code("/scoped") == 1
+    assert code("/scoped", "--id", "analyst-1") == 0
+
+
+def test_explain_json(policy_dir: Path) -> None:
+    result = agentsup(
+        "policy", "explain", "--json", "--policy", "strict", "file_read", "/etc/../root/.ssh/id_rsa"
+    )
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert report["normalised_target"] == "/root/.ssh/id_rsa"
+    assert report["decision"]["verdict"] == "deny"
+    assert report["decision"]["response"] == "kill"
+    assert report["rule"]["id"] == "secret-ssh"
+    assert report["rule"]["matcher"] == "glob '/root/.ssh/**'"
+    assert report["tried"] == []
+
+
+def test_explain_with_a_bad_policy_prints_the_error_and_exits_1(tmp_path: Path) -> None:
+    bad = tmp_path / "team.yaml"
+    bad.write_text(BAD_DECISION_AT_LINE_12)
+    result = agentsup("policy", "explain", "--policy", str(bad), "file_read", "/x")
+    assert result.returncode == 1
+    assert f"{bad}:12:15: rule 'ws': unknown decision 'alow'" in result.stderr
+
+
+def test_an_unknown_action_type_is_a_usage_error(policy_dir: Path) -> None:
+    result = agentsup("policy", "explain", "--policy", "strict", "file_raed", "/x")
+    assert result.returncode == 2
+    assert "invalid choice" in result.stderr
+    assert agentsup("policy").returncode == 2
+
+
+def _rule(rule_id: str, decision: str = "allow", target: str = "/x", agents: str = "") -> str:
+    scoped = f", agents: {agents}" if agents else ""
+    return (
+        f"  - {{id: {rule_id}, actions: [file_read], target: '{target}', "
+        f"decision: {decision}{scoped}}}\n"
+    )
