@@ -105,10 +105,12 @@ class CompiledRule:
 
     def branch(self) -> str:
         """This rule as one alternative of the combined regex."""
-        guard = ""
-        if self.excepts:
-            guard = "(?!" + "|".join(e.branch() for e in self.excepts) + ")"
-        return guard + self.matcher.branch()
+        if not self.excepts:
+            return self.matcher.branch()
+        # The matcher first (as a lookahead), so that the `except` globs are
+        # only tried for the few targets the rule matches.
+        excepted = "|".join(e.branch() for e in self.excepts)
+        return f"(?={self.matcher.branch()})(?!{excepted})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,13 +174,14 @@ class _GuardedSearch:
         self._rule = compiled
 
     def __call__(self, target: str) -> re.Match[str] | None:
-        for excepted in self._rule.excepts:
-            if excepted.matches(target):
-                return None
         matcher = self._rule.matcher
         if isinstance(matcher, GlobMatcher):
-            return matcher.compiled.match(target)
-        return matcher.compiled.search(target)
+            found = matcher.compiled.match(target)
+        else:
+            found = matcher.compiled.search(target)
+        if found is None or any(e.matches(target) for e in self._rule.excepts):
+            return None
+        return found
 
 
 def _group(index: int) -> str:
