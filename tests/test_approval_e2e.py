@@ -135,7 +135,7 @@ def test_an_approval_timeout_with_kill_ends_the_agent(sandbox: Sandbox) -> None:
     policy = sandbox.policy("approval", APPROVAL.format(timeout=2, on_timeout="kill"))
     started = time.monotonic()
     proc, _ = start_deleter(sandbox, policy)
-    out, err = proc.communicate(timeout=30)
+    _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 137, err
     assert time.monotonic() - started < 15
     assert "approval.timeout_seconds" in err

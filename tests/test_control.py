@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pyotp
 import pytest
+
 from agentsup.control import (
     CONNECTION_TIMEOUT_S,
     MAX_CONNECTIONS,

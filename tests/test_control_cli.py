@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pyotp
 import pytest
+
 from agentsup.paths import Locations, default_locations
 
 HELPER = r"""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from agentsup.floor import (
     EXEC_RIGHTS,
     FILE_RIGHTS,

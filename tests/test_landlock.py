@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from agentsup._landlock import LandlockError, apply_floor, landlock_abi
 from agentsup.floor import FloorPlan
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pyotp
 import pytest
+
 from agentsup.paths import Locations, default_locations
 from agentsup.totp import (
     LOCKOUT_S,

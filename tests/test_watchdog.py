@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from agentsup.cgroup import AgentCgroup
 from agentsup.watchdog import _parse_args, spawn_watchdog
 
