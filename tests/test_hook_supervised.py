@@ -1,0 +1,261 @@
+"""The hook layer under the real supervisor: `agentsup run agent.py`.
+
+A Python agent gets the audit hook before its first line; its HTTP requests,
+SQL and environment reads are decided by the policy and recorded with
+`layer: hook`.
+"""
+
+from __future__ import annotations
+
+import http.server
+import sqlite3
+import textwrap
+import threading
+from collections.abc import Iterator
+
+import pytest
+from conftest import Sandbox
+
+pytestmark = [pytest.mark.requires_seccomp_notify, pytest.mark.requires_landlock]
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    seen: list[str] = []
+
+    def do_GET(self) -> None:
+        _Recorder.seen.append(f"GET {self.path}")
+        body = b"hello from the test server"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:
+        _Recorder.seen.append(f"POST {self.path}")
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def http_server() -> Iterator[int]:
+    _Recorder.seen = []
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def agent(sandbox: Sandbox, body: str) -> str:
+    path = sandbox.workspace / "agent.py"
+    path.write_text(textwrap.dedent(body))
+    return str(path)
+
+
+WEB_POLICY = """
+name: web
+extends: [strict]
+rules:
+  - id: api-get
+    actions: [network_request]
+    target: "GET http://api.example.test:{port}/**"
+    decision: allow
+    priority: 1
+  - id: no-posting
+    actions: [network_request]
+    pattern: "^POST "
+    decision: deny
+    on_violation: block
+    priority: 1
+    message: this agent only reads from the API
+  - id: api-connect
+    actions: [network_connect]
+    target: "127.0.0.1:{port}"
+    decision: allow
+    priority: 1
+"""
+
+RESOLVE_EXAMPLE_TEST = """
+import socket
+_real = socket.getaddrinfo
+def _fake(host, *args, **kwargs):
+    return _real("127.0.0.1" if host == "api.example.test" else host, *args, **kwargs)
+socket.getaddrinfo = _fake
+"""
+
+
+def test_post_is_refused_before_any_byte_leaves_and_get_goes_through(
+    sandbox: Sandbox, http_server: int
+) -> None:
+    policy = sandbox.policy("web", WEB_POLICY.replace("{port}", str(http_server)))
+    script = agent(
+        sandbox,
+        RESOLVE_EXAMPLE_TEST
+        + f"""
+import urllib.request
+url = "http://api.example.test:{http_server}/items"
+try:
+    urllib.request.urlopen(urllib.request.Request(url, data=b"x", method="POST"))
+    print("POST went through")
+except PermissionError as exc:
+    print("POST refused:", exc)
+print("GET:", urllib.request.urlopen(url).read().decode())
+""",
+    )
+    result = sandbox.run(script, policy=policy)
+    assert result.returncode == 0, result.stderr
+    assert "POST refused:" in result.stdout and "no-posting" in result.stdout
+    assert "GET: hello from the test server" in result.stdout
+    assert _Recorder.seen == ["GET /items"]
+    hook_records = [r for r in sandbox.audit_records() if r.get("layer") == "hook"]
+    assert hook_records[0]["action_type"] == "network_request"
+    assert hook_records[0]["target"] == f"POST http://api.example.test:{http_server}/items"
+
+
+def test_drop_table_is_refused_and_select_allowed(sandbox: Sandbox) -> None:
+    db = sandbox.workspace / "data.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE users (name TEXT)")
+        conn.execute("INSERT INTO users VALUES ('ada')")
+    conn.close()
+    policy = sandbox.policy(
+        "db",
+        """
+name: db
+extends: [strict]
+rules:
+  - id: no-ddl
+    actions: [database_execute]
+    target: "**"
+    decision: deny
+    on_violation: block
+    priority: 1
+""",
+    )
+    script = agent(
+        sandbox,
+        """
+        import sqlite3
+        conn = sqlite3.connect("data.db")
+        print("rows:", conn.execute("SELECT name FROM users").fetchall())
+        try:
+            conn.execute("DROP TABLE users")
+            print("dropped")
+        except PermissionError as exc:
+            print("refused:", exc)
+        """,
+    )
+    result = sandbox.run(script, policy=policy)
+    assert result.returncode == 0, result.stderr
+    assert "rows: [('ada',)]" in result.stdout
+    assert "refused:" in result.stdout and "no-ddl" in result.stdout
+    with sqlite3.connect(db) as conn:
+        tables = conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
+    conn.close()
+    assert tables == [("users",)]
+    record = next(r for r in sandbox.audit_records() if r.get("rule") == "no-ddl")
+    assert record["target"] == "DROP TABLE users"
+    assert record["layer"] == "hook"
+
+
+HOME_DENIED = """
+name: nohome
+extends: [strict]
+rules:
+  - id: no-home
+    actions: [env_read]
+    target: HOME
+    decision: deny
+    on_violation: {mode}
+    priority: 1
+"""
+
+
+def test_an_environment_read_is_audited_and_refused(sandbox: Sandbox) -> None:
+    policy = sandbox.policy("nohome", HOME_DENIED.format(mode="block"))
+    script = agent(
+        sandbox,
+        """
+        import os
+        try:
+            os.environ.get("HOME")
+            print("read HOME")
+        except PermissionError:
+            print("HOME refused")
+        print("PATH visible:", "PATH" in os.environ)
+        """,
+    )
+    result = sandbox.run(script, policy=policy)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["HOME refused", "PATH visible: True"]
+    record = next(r for r in sandbox.audit_records() if r.get("rule") == "no-home")
+    assert (record["action_type"], record["target"], record["layer"]) == (
+        "env_read",
+        "HOME",
+        "hook",
+    )
+
+
+def test_sigkill_applies_to_hook_events_too(sandbox: Sandbox) -> None:
+    policy = sandbox.policy("nohome", HOME_DENIED.format(mode="sigkill"))
+    script = agent(sandbox, "import os\nprint(os.environ['HOME'])\n")
+    result = sandbox.run(script, policy=policy)
+    assert result.returncode == 137
+    assert "rule 'no-home' denied env_read HOME" in result.stderr
+    assert str(sandbox.home) not in result.stdout
+
+
+def test_a_python_grandchild_is_hooked_too(sandbox: Sandbox) -> None:
+    policy = sandbox.policy("nohome", HOME_DENIED.format(mode="block"))
+    script = agent(
+        sandbox,
+        """
+        import subprocess, sys
+        code = (
+            "import os\\n"
+            "try:\\n"
+            "    os.environ['HOME']; print('grandchild read HOME')\\n"
+            "except PermissionError:\\n"
+            "    print('grandchild refused', os.getpid())\\n"
+        )
+        subprocess.run([sys.executable, "-c", code], check=True)
+        """,
+    )
+    result = sandbox.run(script, policy=policy)
+    assert result.returncode == 0, result.stderr
+    assert "grandchild refused" in result.stdout
+    grandchild = int(result.stdout.split()[-1])
+    record = next(r for r in sandbox.audit_records() if r.get("rule") == "no-home")
+    assert record["pid"] == grandchild
+
+
+def test_an_agent_cannot_switch_the_hook_off(sandbox: Sandbox) -> None:
+    policy = sandbox.policy("nohome", HOME_DENIED.format(mode="block"))
+    script = agent(
+        sandbox,
+        """
+        import os, sys
+        sys.addaudithook(lambda event, args: None)
+        try:
+            sys.audit = lambda *a: None
+        except Exception as exc:
+            print("cannot replace sys.audit:", type(exc).__name__)
+        try:
+            os.environ = dict(os.environ)
+        except Exception as exc:
+            print("cannot replace os.environ:", type(exc).__name__)
+        try:
+            os.environ["HOME"]
+            print("read HOME")
+        except PermissionError:
+            print("HOME still refused")
+        """,
+    )
+    result = sandbox.run(script, policy=policy)
+    assert result.returncode == 0, result.stderr
+    assert "HOME still refused" in result.stdout
+    assert "read HOME" not in result.stdout
