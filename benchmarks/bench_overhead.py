@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -41,6 +42,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--policy", default="strict")
     parser.add_argument("--workload", default=str(DEFAULT_WORKLOAD))
+    parser.add_argument(
+        "--cpus", choices=["all", "shared"], default="all", help="passed to agentsup run --cpus"
+    )
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="agentsup-bench-"))
@@ -53,9 +57,11 @@ def main() -> int:
         AGENTSUP_STATE_DIR=str(root / "state"),
         AGENTSUP_RUNTIME_DIR=str(root / "run"),
     )
-    # The workload's own files live in the workspace; the file it opens
-    # 5,000 times is the workload script itself (read-only, outside it).
-    workload = [sys.executable, args.workload, "--base", str(workspace / "fs")]
+    # The agent's code lives in its workspace, as under `agentsup demo`; the
+    # file the workload opens 5,000 times is that copy of itself.
+    script = workspace / "workload.py"
+    shutil.copy(args.workload, script)
+    workload = [sys.executable, str(script), "--base", str(workspace / "fs")]
     supervised = [
         sys.executable,
         "-m",

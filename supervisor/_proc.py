@@ -161,11 +161,15 @@ def pidfd_getfd(pidfd: int, target_fd: int) -> int:
 
 
 _OPEN_HOW = struct.Struct("<QQQ")
+_open_how = ctypes.create_string_buffer(_OPEN_HOW.size)  # reused: one loop, one thread
+_openat2 = _libc.syscall
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
 
 
 def openat2(dirfd: int, path: bytes, flags: int, mode: int, resolve: int) -> int:
-    how = ctypes.create_string_buffer(_OPEN_HOW.pack(flags, mode, resolve), _OPEN_HOW.size)
-    fd = _libc.syscall(_SYS_OPENAT2, dirfd, path, how, _OPEN_HOW.size)
+    _OPEN_HOW.pack_into(_open_how, 0, flags, mode, resolve)
+    fd = _openat2(_SYS_OPENAT2, dirfd, path, _open_how, _OPEN_HOW.size)
     if fd < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))

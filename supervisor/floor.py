@@ -50,16 +50,16 @@ _FS_ABI1 = (1 << 13) - 1  # EXECUTE .. MAKE_SYM
 
 READ_RIGHTS = FS_READ_FILE | FS_READ_DIR
 EXEC_RIGHTS = FS_EXECUTE
+# No MAKE_CHAR or MAKE_BLOCK: an agent never needs a device node, and one
+# made in its workspace would be a door to the raw device.
 WRITE_RIGHTS = (
     FS_WRITE_FILE
     | FS_REMOVE_DIR
     | FS_REMOVE_FILE
-    | FS_MAKE_CHAR
     | FS_MAKE_DIR
     | FS_MAKE_REG
     | FS_MAKE_SOCK
     | FS_MAKE_FIFO
-    | FS_MAKE_BLOCK
     | FS_MAKE_SYM
     | FS_REFER
     | FS_TRUNCATE

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import select
-import subprocess
-import sys
 from dataclasses import dataclass, field
 
+from agentsup import trampoline
 from agentsup._proc import pidfd_getfd
+from agentsup.floor import FloorPlan
 
 
 class LaunchError(Exception):
@@ -24,22 +23,17 @@ class LaunchPlan:
     cwd: str
     notify: list[str]
     enosys: list[str]
-    landlock: dict[str, object] | None = None
+    landlock: FloorPlan | None = None
     rlimits: dict[str, int] = field(default_factory=dict)
-    cpus: list[int] | None = None
 
 
 @dataclass
 class Launched:
-    process: subprocess.Popen[bytes]
+    pid: int
     pidfd: int
     listener: int
     status_fd: int  # EOF when the exec succeeded, `E<errno>` when it failed
     go_fd: int
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
 
     def release(self) -> None:
         """Let the trampoline exec the agent.  The supervisor must be answering by now."""
@@ -49,51 +43,48 @@ class Launched:
 
 
 def start(plan: LaunchPlan, timeout: float = 30.0) -> Launched:
-    """Start the trampoline and take over its seccomp listener.  It has not exec'd yet."""
-    cfg_r, cfg_w = os.pipe()
-    status_r, status_w = os.pipe()
-    go_r, go_w = os.pipe()
-    for fd in (cfg_w, status_r, go_w):
-        os.set_inheritable(fd, False)
-    payload = dict(plan.__dict__, supervisor_pid=os.getpid())
-    try:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-I",
-                "-m",
-                "agentsup.trampoline",
-                str(cfg_r),
-                str(status_w),
-                str(go_r),
-            ],
-            pass_fds=(cfg_r, status_w, go_r),
-            cwd="/",
+    """Fork the trampoline and take over its seccomp listener.  It has not exec'd yet.
+
+    The caller must be single-threaded: the child runs Python until its exec.
+    """
+    status_r, status_w = os.pipe2(os.O_CLOEXEC)
+    go_r, go_w = os.pipe2(os.O_CLOEXEC)
+    supervisor_pid = os.getpid()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        os.close(status_r)
+        os.close(go_w)
+        trampoline.become_agent(
+            supervisor_pid=supervisor_pid,
+            status_fd=status_w,
+            go_fd=go_r,
+            executable=plan.executable,
+            argv=plan.argv,
+            env=plan.env,
+            cwd=plan.cwd,
+            notify=plan.notify,
+            enosys=plan.enosys,
+            landlock=plan.landlock,
+            rlimits=plan.rlimits,
         )
-    except OSError as exc:
-        for fd in (cfg_r, cfg_w, status_r, status_w, go_r, go_w):
-            os.close(fd)
-        raise LaunchError(f"cannot start the trampoline: {exc}") from exc
-    for fd in (cfg_r, status_w, go_r):
-        os.close(fd)
-    with os.fdopen(cfg_w, "wb") as cfg:
-        cfg.write(json.dumps(payload).encode())
-    pidfd = os.pidfd_open(process.pid)
+    os.close(status_w)
+    os.close(go_r)
+    pidfd = os.pidfd_open(pid)
     line = _read_line(status_r, timeout)
     if not line.startswith("L"):
         os.close(status_r)
         os.close(go_w)
         os.close(pidfd)
-        process.wait()
+        os.waitpid(pid, 0)
         detail = line[1:].split(" ", 1)[-1].strip() if line else "trampoline exited"
         raise LaunchError(f"cannot sandbox the agent: {detail}")
     try:
         listener = pidfd_getfd(pidfd, int(line[1:]))
     except OSError as exc:
-        process.kill()
-        process.wait()
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
         raise LaunchError(f"cannot take the seccomp listener: {exc}") from exc
-    return Launched(process, pidfd, listener, status_r, go_w)
+    return Launched(pid, pidfd, listener, status_r, go_w)
 
 
 def _read_line(fd: int, timeout: float) -> str:

@@ -23,6 +23,7 @@ them; the README's threat model says what remains.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import select
 import stat
@@ -84,6 +85,8 @@ FORCED_ENOSYS = ("clone3",)
 class Judge(Protocol):
     """The session's side: evaluate an event, record it, apply signals."""
 
+    allow_cache: set[tuple[ActionType, str]]
+
     def judge(self, event: Event, tid: int) -> Response: ...
 
     def refuse_always(self, syscall: str, tid: int) -> None: ...
@@ -104,6 +107,32 @@ class Resolved:
             self.fd = -1
 
 
+_NO_LINKS = _proc.RESOLVE_NO_SYMLINKS | _proc.RESOLVE_NO_MAGICLINKS
+# What F_SETFL may change; used to drop the O_NONBLOCK we added for safety.
+_SETFL_FLAGS = (
+    os.O_APPEND
+    | os.O_NONBLOCK
+    | getattr(os, "O_DIRECT", 0)
+    | getattr(os, "O_NOATIME", 0)
+    | getattr(os, "O_ASYNC", 0)
+)
+# /proc/self and friends mean the supervisor here, and /dev and /sys opens
+# can have side effects: those always take the careful path.
+_CAREFUL_PREFIXES = (b"/proc", b"/dev", b"/sys")
+
+
+def _plain_absolute(raw: bytes) -> bool:
+    return raw.startswith(b"/") and not raw.startswith(_CAREFUL_PREFIXES)
+
+
+def _normal(raw: bytes) -> str:
+    """The lexically normal form of an absolute path (`/a/./b/../c` -> `/a/c`)."""
+    if b"/." in raw or b"//" in raw or (raw.endswith(b"/") and len(raw) > 1):
+        path = os.path.normpath(os.fsdecode(raw))
+        return "/" + path.lstrip("/")
+    return os.fsdecode(raw)
+
+
 def _signed32(value: int) -> int:
     value &= 0xFFFFFFFF
     return value - (1 << 32) if value >= 1 << 31 else value
@@ -118,6 +147,7 @@ class Mediator:
         self.listener = listener
         self.agent_id = agent_id
         self.judge = judge
+        self._allow_cache = judge.allow_cache
         self.memory = _proc.MemoryReader()
         self._tgid_of = tgid_of
         self._umasks: dict[int, int] = {}
@@ -166,6 +196,8 @@ class Mediator:
     def _decide(
         self, notif: _seccomp.Notification, syscall: str, action: ActionType, target: str
     ) -> Response:
+        if (action, target) in self._allow_cache:
+            return Response.ALLOW
         event = Event(action, target, self.agent_id, notif.pid, Layer.SECCOMP, syscall)
         return self.judge.judge(event, notif.pid)
 
@@ -213,26 +245,39 @@ class Mediator:
                 base = b"/"
         return os.path.normpath(os.fsdecode(base + raw)).replace("//", "/", 1)
 
-    def _real_of(self, fd: int, st: os.stat_result | None = None) -> str:
-        real = _proc.fd_path(fd)
-        if st is not None and st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
-            # A hard link has no "real" name; if it is one of the files the
-            # policy protects, judge it under the protected name.
-            protected = self.protected_inodes.get((st.st_dev, st.st_ino))
-            if protected is not None:
-                return protected
-        return real
-
     def resolve(self, tid: int, dirfd: int, raw: bytes, *, follow: bool = True) -> Resolved:
         """Pin the object `raw` names (following a final symlink if `follow`)."""
         if not raw:
             return Resolved(self._lexical(tid, dirfd, raw), error=errno.ENOENT)
         flags = _O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+        if _plain_absolute(raw):
+            try:
+                fd = _proc.openat2(AT_FDCWD, raw, flags, 0, _NO_LINKS)
+            except OSError as exc:
+                if exc.errno != errno.ELOOP:
+                    return Resolved(_normal(raw), error=exc.errno or errno.ENOENT)
+            else:
+                # No symlink on the way: the real path is the normalised one.
+                return self._checked(Resolved(_normal(raw), fd=fd), os.fstat(fd))
         try:
             fd = os.open(self._agent_path(tid, dirfd, raw), flags)
         except OSError as exc:
             return Resolved(self._lexical(tid, dirfd, raw), error=exc.errno or errno.ENOENT)
-        return Resolved(self._real_of(fd, os.fstat(fd)), fd=fd)
+        return self._checked(Resolved(_proc.fd_path(fd), fd=fd), os.fstat(fd))
+
+    def _checked(self, node: Resolved, st: os.stat_result) -> Resolved:
+        """Hard links and device nodes get the scrutiny their path alone does not show."""
+        mode = st.st_mode
+        if st.st_nlink > 1 and stat.S_ISREG(mode):
+            protected = self.protected_inodes.get((st.st_dev, st.st_ino))
+            if protected is not None:
+                node.target = protected
+        elif (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) and not node.target.startswith("/dev/"):
+            # A device node outside /dev is a door to the raw device, whatever
+            # the path looks like: refuse it.
+            node.close()
+            node.error = errno.EACCES
+        return node
 
     def resolve_parent(self, tid: int, dirfd: int, raw: bytes) -> Resolved:
         """Pin the directory that would hold `raw`'s last component."""
@@ -245,6 +290,17 @@ class Mediator:
         parent = head if head or not stripped.startswith(b"/") else b"/"
         if b"/" not in stripped:
             parent = b"."
+        if _plain_absolute(parent):
+            try:
+                fd = _proc.openat2(
+                    AT_FDCWD, parent, _O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0, _NO_LINKS
+                )
+            except OSError as exc:
+                if exc.errno != errno.ELOOP:
+                    return Resolved(_normal(raw), error=exc.errno or errno.ENOENT)
+            else:
+                target = _normal(parent).rstrip("/") + "/" + os.fsdecode(name)
+                return Resolved(target, fd=fd, name=name)
         try:
             fd = os.open(
                 self._agent_path(tid, dirfd, parent),
@@ -303,6 +359,9 @@ class Mediator:
         raw = self.memory.read_cstring(tid, path_ptr)
         writes = bool(flags & _WRITE_FLAGS) or (flags & _O_TMPFILE) == _O_TMPFILE
         reads = (flags & os.O_ACCMODE) != os.O_WRONLY
+        direct = not writes and not flags & _O_PATH and _plain_absolute(raw)
+        if direct and self._open_direct(notif, syscall, raw, flags):
+            return
         follow = not flags & os.O_NOFOLLOW
         node = self.resolve(tid, dirfd, raw, follow=follow)
         creating = node.error == errno.ENOENT and flags & os.O_CREAT
@@ -345,6 +404,48 @@ class Mediator:
                 os.close(fd)
         finally:
             node.close()
+
+    def _open_direct(
+        self, notif: _seccomp.Notification, syscall: str, raw: bytes, flags: int
+    ) -> bool:
+        """The common read: open it ourselves in one step, decide on what we got.
+
+        Only for absolute paths with no symlink on the way (openat2 refuses
+        them), so the normalised path is the real one; and only for regular
+        files and directories, whose opening has no side effects.  False means
+        "take the careful path" (symlinks, FIFOs, devices).
+        """
+        try:
+            fd = _proc.openat2(
+                AT_FDCWD, raw, flags | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY, 0, _NO_LINKS
+            )
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return False
+            # Nothing there (or not ours to open): still judge the attempt.
+            response = self._decide(notif, syscall, ActionType.FILE_READ, _normal(raw))
+            if not response.proceeds:
+                self._refuse(notif, response, errno.EACCES)
+            else:
+                _seccomp.respond_error(self.listener, notif.id, exc.errno or errno.EIO)
+            return True
+        try:
+            st = os.fstat(fd)
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+                return False
+            node = self._checked(Resolved(_normal(raw)), st)
+            response = self._decide(notif, syscall, ActionType.FILE_READ, node.target)
+            if not response.proceeds:
+                self._refuse(notif, response, errno.EACCES)
+                return True
+            if not flags & os.O_NONBLOCK:
+                fcntl.fcntl(fd, fcntl.F_SETFL, flags & _SETFL_FLAGS)
+            _seccomp.inject_fd_and_respond(
+                self.listener, notif.id, fd, cloexec=bool(flags & os.O_CLOEXEC)
+            )
+            return True
+        finally:
+            os.close(fd)
 
     @staticmethod
     def _reopen(path_fd: int, flags: int) -> int:
@@ -678,7 +779,7 @@ class Mediator:
         except OSError as exc:
             return Resolved(f"fd:{agent_fd}", error=exc.errno or errno.EBADF)
         try:
-            return Resolved(self._real_of(fd, os.fstat(fd)), fd=fd)
+            return self._checked(Resolved(_proc.fd_path(fd), fd=fd), os.fstat(fd))
         except OSError as exc:
             os.close(fd)
             return Resolved(f"fd:{agent_fd}", error=exc.errno or errno.EBADF)

@@ -54,7 +54,7 @@ from agentsup.audit import (
     load_or_create_key,
 )
 from agentsup.paths import Locations
-from agentsup.policy import PolicyError, load_policy_file
+from agentsup.policy import load_policy_file
 from agentsup.totp import TotpRefused, TotpVerifier
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ SEALED_FILE_MODE = 0o444
 UNSEALED_DIR_MODE = 0o755
 UNSEALED_FILE_MODE = 0o644
 TAMPER_MARKER_NAME = "policy.tampered"
+_LOCK_NAME = "policy.lock"
 POLICY_SUFFIXES = (".yaml", ".yml")
 # A check that raced with a seal/unseal re-reads the manifest this many times.
 _RACE_RETRIES = 3
@@ -647,6 +648,18 @@ def _audit(audit: AuditSink | None, locations: Locations, record: dict[str, obje
         own.append(base)
 
 
+@contextlib.contextmanager
+def _exclusive(locations: Locations) -> Iterator[None]:
+    """One seal or unseal at a time on this machine (two people, two valid codes)."""
+    locations.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(locations.state_dir / _LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
 def _verify_code(
     locations: Locations, code: str, uid: int, event: str, audit: AuditSink | None
 ) -> None:
@@ -675,6 +688,11 @@ def seal(locations: Locations, code: str, uid: int, *, audit: AuditSink | None =
     missing directory, or a change while sealing) and OSError.  Audits a
     `policy` record; `audit` defaults to the log in `locations`.
     """
+    with _exclusive(locations):
+        return _seal_locked(locations, code, uid, audit)
+
+
+def _seal_locked(locations: Locations, code: str, uid: int, audit: AuditSink | None) -> Manifest:
     directory = Path(locations.policy_dir)
     before = hash_directory(directory)  # refuses symlinks and special files up front
     validate_policies(directory)
@@ -715,17 +733,20 @@ def unseal(
     Raises SealError when it is not sealed (no code is used up), TotpRefused
     and OSError.  Audits a `policy` record.
     """
+    with _exclusive(locations):
+        return _unseal_locked(locations, code, uid, audit)
+
+
+def _unseal_locked(locations: Locations, code: str, uid: int, audit: AuditSink | None) -> Manifest:
     directory = Path(locations.policy_dir)
     try:
         current = read_manifest(locations)
     except TamperDetected:
-        current = None  # unreadable: a person with a code may still take the directory back
-        readable = False
+        pass  # unreadable: a person with a code may still take the directory back
     else:
-        readable = True
-    if readable and (current is None or current.state != "sealed"):
-        state = "never sealed" if current is None else "already unsealed"
-        raise SealError(f"{directory} is not sealed ({state})")
+        if current is None or current.state != "sealed":
+            state = "never sealed" if current is None else "already unsealed"
+            raise SealError(f"{directory} is not sealed ({state})")
     key = load_or_create_key(locations.audit_key)
     _verify_code(locations, code, uid, "unseal", audit)
     snapshot = scan_directory(directory)
@@ -755,7 +776,6 @@ __all__ = [
     "AuditSink",
     "Entry",
     "Manifest",
-    "PolicyError",
     "SealError",
     "SealStatus",
     "Snapshot",

@@ -36,6 +36,7 @@ from agentsup.events import (
 from agentsup.paths import Locations
 from agentsup.policy import CompiledPolicy, RateLimiter
 
+_ALLOW_CACHE_SIZE = 16384
 SELF_PROTECTION_RULE = "agentsup-self-protection"
 HOOK_CODE_RULE = "agentsup-hook-code"
 ALWAYS_REFUSED_RULE = "agentsup-always-refused"
@@ -190,6 +191,9 @@ class AgentSession:
         self.pending: dict[str, Pending] = {}
         # One-shot human decisions for a held action, keyed (tid, action, target).
         self.grants: dict[tuple[int, ActionType, str], Response] = {}
+        # (action, target) pairs the policy plainly allows without a record:
+        # the decision is a pure function of them, so it is asked once.
+        self.allow_cache: set[tuple[ActionType, str]] = set()
         self._request_ids = itertools.count(1)
         self._tgids: dict[int, int] = {}
         # Targets are real paths, so compare against real paths.
@@ -203,6 +207,12 @@ class AgentSession:
 
     def __repr__(self) -> str:
         return f"<AgentSession {self.agent_id!r} pid={self.main_pid} {self.state}>"
+
+    def set_policy(self, policy: CompiledPolicy) -> None:
+        """Swap in a reloaded policy; the next decision uses it."""
+        self.policy = policy
+        self.allow_cache.clear()
+        self.limiter = RateLimiter()
 
     # -- identity -------------------------------------------------------------------
 
@@ -281,6 +291,10 @@ class AgentSession:
         response = response_for(decision)
         if should_audit(decision, self.policy.audit_level):
             self._record(event, tid, decision, response)
+        elif response is Response.ALLOW and decision.rate_limit is None:
+            if len(self.allow_cache) >= _ALLOW_CACHE_SIZE:
+                self.allow_cache.clear()
+            self.allow_cache.add((event.action, event.target))
         if response is Response.KILL:
             self.kill_for(event, decision)
         elif response is Response.STOP:

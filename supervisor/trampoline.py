@@ -1,83 +1,94 @@
-"""The trampoline: the short-lived process that becomes the agent.
+"""The trampoline: the forked child that becomes the agent.
 
-The supervisor starts it with `python -I -m agentsup.trampoline CFG STATUS GO`
-(three inherited fds).  In order it:
+The supervisor is single-threaded when it launches an agent, so it forks
+directly (no second Python start-up, no preexec_fn in a threaded parent).
+In order, the child:
 
-1. reads its launch plan (JSON) from CFG;
-2. dies with the supervisor (PR_SET_PDEATHSIG) and sets rlimits;
+1. dies with the supervisor (PR_SET_PDEATHSIG), resets signal dispositions
+   and closes every fd but stdio and its two pipes;
+2. sets rlimits and moves into the workspace;
 3. applies the Landlock floor;
 4. installs the seccomp filter with a user-notification listener;
 5. hands the listener to the supervisor: it writes the fd number to STATUS
-   and the supervisor takes a copy with pidfd_getfd (no trapped syscall
-   is needed, so nothing can deadlock before the supervisor listens);
-6. waits for the supervisor's go byte on GO, closes its copy, and execs
-   the agent with the scrubbed environment.  The execve is the first
-   trapped syscall.
+   and the supervisor takes a copy with pidfd_getfd, so no trapped syscall
+   is needed before the supervisor listens;
+6. waits for the supervisor's go byte, closes its copy, and execs the agent
+   with the scrubbed environment.  That execve is the first trapped syscall.
 
-If the exec fails it writes `E<errno>` to STATUS and exits 127/126; STATUS is
+Failures before the exec are written to STATUS as `F<errno> <stage>: <text>`
+(the supervisor exits 125); a failed exec as `E<errno>`.  STATUS is
 close-on-exec, so a successful exec shows as EOF.
 """
 
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import resource
 import signal
-import sys
+from collections.abc import Mapping, Sequence
+from typing import NoReturn
 
 _PR_SET_PDEATHSIG = 1
 
 
-def _fail(status_fd: int, stage: str, exc: BaseException) -> None:
+def _fail(status_fd: int, stage: str, exc: BaseException) -> NoReturn:
     err = getattr(exc, "errno", None) or 1
     os.write(status_fd, f"F{err} {stage}: {exc}\n".encode())
     os._exit(125)
 
 
-def main(argv: list[str]) -> None:
-    cfg_fd, status_fd, go_fd = (int(a) for a in argv[1:4])
-    for fd in (status_fd, go_fd):
-        os.set_inheritable(fd, False)
-    with os.fdopen(cfg_fd, "rb") as cfg_file:
-        plan = json.loads(cfg_file.read())
-
+def become_agent(
+    *,
+    supervisor_pid: int,
+    status_fd: int,
+    go_fd: int,
+    executable: str,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    cwd: str,
+    notify: Sequence[str],
+    enosys: Sequence[str],
+    landlock: object | None,
+    rlimits: Mapping[str, int],
+) -> NoReturn:
+    """Runs in the forked child; never returns."""
     stage = "setup"
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        # If the supervisor dies, the agent's main process dies with it.
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != plan["supervisor_pid"]:
+        if os.getppid() != supervisor_pid:
             os._exit(125)  # the supervisor died before the line above took effect
-        for name, value in plan.get("rlimits", {}).items():
+        signal.set_wakeup_fd(-1)
+        for signum in (
+            signal.SIGINT,
+            signal.SIGTERM,
+            signal.SIGHUP,
+            signal.SIGCHLD,
+            signal.SIGPIPE,
+        ):
+            signal.signal(signum, signal.SIG_DFL)
+        low, high = sorted((status_fd, go_fd))
+        # Every fd of the supervisor stays behind: stdio and the two pipes only.
+        os.closerange(3, low)
+        os.closerange(low + 1, high)
+        os.closerange(high + 1, 1 << 20)
+        for name, value in rlimits.items():
             limit = getattr(resource, name)
             resource.setrlimit(limit, (value, value))
-        if plan.get("cpus"):
-            os.sched_setaffinity(0, plan["cpus"])
-        os.chdir(plan["cwd"])
+        os.chdir(cwd)
 
         stage = "landlock"
-        if plan.get("landlock") is not None:
-            from agentsup import _landlock, floor
+        if landlock is not None:
+            from agentsup import _landlock
 
-            spec = plan["landlock"]
-            _landlock.apply_floor(
-                floor.FloorPlan(
-                    abi=spec["abi"],
-                    handled_fs=spec["handled_fs"],
-                    handled_net=spec["handled_net"],
-                    scoped=spec["scoped"],
-                    fs_rules=tuple((path, mask) for path, mask in spec["fs_rules"]),
-                    net_rules=tuple((port, mask) for port, mask in spec["net_rules"]),
-                )
-            )
+            _landlock.apply_floor(landlock)  # type: ignore[arg-type]
 
         stage = "seccomp"
         from agentsup import _seccomp
 
-        listener = _seccomp.load_filter(plan["notify"], plan["enosys"])
-    except Exception as exc:
+        listener = _seccomp.load_filter(notify, enosys)
+    except BaseException as exc:
         _fail(status_fd, stage, exc)
 
     os.write(status_fd, f"L{listener}\n".encode())
@@ -86,11 +97,8 @@ def main(argv: list[str]) -> None:
     os.close(listener)
     os.close(go_fd)
     try:
-        os.execve(plan["executable"], plan["argv"], plan["env"])
+        os.execve(executable, list(argv), dict(env))
     except OSError as exc:
         os.write(status_fd, f"E{exc.errno}\n".encode())
         os._exit(127 if exc.errno in (2, 20) else 126)  # ENOENT, ENOTDIR
-
-
-if __name__ == "__main__":
-    main(sys.argv)
+    os._exit(126)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pyotp
 import pytest
+
 from agentsup.paths import Locations, default_locations
 from agentsup.policy import load_policy_file
 from agentsup.policywatch import (
@@ -176,7 +177,8 @@ def drive(
         elapsed = time.monotonic() - start
         if elapsed > timeout:
             break
-        if poller.poll(max(1, int(watcher.due_in() * 1000))):
+        wait = min(watcher.due_in(), timeout - elapsed)
+        if poller.poll(max(1, int(wait * 1000))):
             watcher.on_ready()
         elif watcher.due_in() == 0:
             timer_checks += 1
@@ -332,8 +334,8 @@ def test_unseal_edit_seal_reloads_without_tamper(
     seal(loc, fresh_code(loc), uid=0)
     drive(watcher, lambda: bool(recorder.calls))
     assert recorder.names() == ["reload"]
-    policy = load_policy_file(loc.policy_dir / "team.yaml", loc.policy_dir)
-    assert policy.rules[0].id == "injected"  # what the reload will now find
+    reloaded = load_policy_file(loc.policy_dir / "team.yaml", loc.policy_dir)
+    assert reloaded.rules[0].id == "injected"  # what the reload will now find
 
 
 def test_resealing_unchanged_content_is_not_a_reload(

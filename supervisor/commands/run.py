@@ -40,6 +40,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         choices=["landlock", "cgroup"],
         help="run even if this kernel feature is missing (one warning line)",
     )
+    parser.add_argument(
+        "--cpus",
+        choices=["all", "shared"],
+        default="all",
+        help="all: the agent may use every CPU (default); shared: agent and supervisor share "
+        "one CPU, which makes each mediated syscall 2-3x cheaper for syscall-heavy agents",
+    )
     parser.add_argument("program", metavar="PROGRAM")
     parser.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
     parser.set_defaults(func=_run)
@@ -58,5 +65,6 @@ def _run(args: argparse.Namespace) -> int:
             agent_id=args.agent_id,
             json_status=args.json_status,
             allow_degraded=args.allow_degraded,
+            share_cpu=args.cpus == "shared",
         )
     )
