@@ -17,6 +17,7 @@ STOPPED_STATES = (
     AgentState.AWAITING_APPROVAL,
     AgentState.STOPPED_VIOLATION,
     AgentState.STOPPED_OPERATOR,
+    AgentState.STOPPED_TAMPER,
 )
 
 
@@ -50,6 +51,11 @@ class OperatorAPI:
             if kinds == {"violation"}:
                 return f"agent '{agent_id}' continues; the denied action stays denied"
             return f"approved: agent '{agent_id}' continues and the held action proceeds once"
+        if session.state is AgentState.STOPPED_TAMPER:
+            raise ControlError(
+                f"agent '{agent_id}' stays stopped until the policy directory is re-sealed "
+                "(agentsup policy verify; agentsup policy seal --code <TOTP>)"
+            )
         if session.state is AgentState.STOPPED_OPERATOR:
             session.state = AgentState.RUNNING
             session.signal_tree(signal.SIGCONT, f"resumed by uid {uid}: {reason}", uid=uid)

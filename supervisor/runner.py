@@ -36,6 +36,8 @@ from agentsup.mediator import ALWAYS_REFUSED, FORCED_ENOSYS, MEDIATED, Mediator
 from agentsup.operator_api import OperatorAPI
 from agentsup.paths import Locations, default_locations
 from agentsup.policy import CompiledPolicy, PolicyError, RunContext, compile_policy, resolve_policy
+from agentsup.policywatch import PolicyWatcher
+from agentsup.seal import check_sealed
 from agentsup.session import AgentSession, AgentState, Pending, ProcessTree, SessionConfig
 from agentsup.totp import TotpVerifier
 
@@ -194,6 +196,8 @@ class ForegroundRun:
         self._watchdog: subprocess.Popen[bytes] | None = None
         self.control: ControlServer | None = None
         self.hooks: HookServer | None = None
+        self.watcher: PolicyWatcher | None = None
+        self._context: RunContext | None = None
 
     # -- setup ---------------------------------------------------------------------
 
@@ -203,6 +207,12 @@ class ForegroundRun:
         if not os.path.isdir(workspace):
             raise SetupError(f"workspace {request.workspace} is not a directory")
         agent_id = request.agent_id or f"agent-{os.getpid()}"
+        # The watcher comes first: a change between the check and the load is
+        # still an event it sees.
+        self._watch_policies()
+        sealed = check_sealed(self.locations)
+        if sealed.tampered:
+            raise SetupError(f"refusing to start: {sealed.describe()}")
         try:
             policy = resolve_policy(request.policy, self.locations.policy_dir)
         except PolicyError as exc:
@@ -210,7 +220,8 @@ class ForegroundRun:
         except OSError as exc:
             raise SetupError(f"cannot read policy {request.policy}: {exc.strerror}") from exc
         home = os.environ.get("HOME") or os.path.expanduser("~")
-        compiled = compile_policy(policy, RunContext(workspace, home, agent_id))
+        self._context = RunContext(workspace, home, agent_id)
+        compiled = compile_policy(policy, self._context)
 
         if not _has_seccomp_notify():
             raise SetupError(
@@ -332,6 +343,79 @@ class ForegroundRun:
         )
         session.state = AgentState.RUNNING
         launched.release()
+
+    # -- the sealed policy directory -----------------------------------------------
+
+    def _watch_policies(self) -> None:
+        try:
+            self.watcher = PolicyWatcher(
+                self.locations,
+                on_tamper=self._on_policy_tamper,
+                on_resealed=self._on_policy_resealed,
+                on_reload=self._on_policy_reload,
+                clock=self.loop.clock,
+                audit=self.audit,
+            )
+        except OSError as exc:
+            _say(f"warning: cannot watch {self.locations.policy_dir} ({exc}); no hot reload")
+            return
+        watcher = self.watcher
+        self.loop.add_reader(watcher.fd(), lambda _events: watcher.on_ready())
+
+        def tick() -> None:
+            watcher.check()
+            self.loop.call_later(watcher.interval, tick)
+
+        self.loop.call_later(watcher.interval, tick)
+
+    def _on_policy_tamper(self, reasons: list[str]) -> None:
+        # Fail closed: nothing runs on rules that may have been rewritten.
+        session = self.session
+        if session is None or session.state is AgentState.EXITED:
+            return
+        _say(
+            f"policy directory tampered with ({'; '.join(reasons)}); agent stopped until "
+            "a person re-seals it with: agentsup policy seal --code <TOTP>"
+        )
+        session.state = AgentState.STOPPED_TAMPER
+        session.signal_tree(signal.SIGSTOP, "policy directory tampered: " + "; ".join(reasons))
+
+    def _on_policy_resealed(self) -> None:
+        session = self.session
+        if session is not None and session.state is AgentState.STOPPED_TAMPER:
+            session.state = AgentState.RUNNING
+            session.signal_tree(signal.SIGCONT, "policy directory re-sealed")
+
+    def _on_policy_reload(self) -> None:
+        session = self.session
+        if session is None or self._context is None:
+            return
+        try:
+            policy = resolve_policy(self.request.policy, self.locations.policy_dir)
+            compiled = compile_policy(policy, self._context)
+        except (PolicyError, OSError) as exc:
+            self.audit.append(
+                {
+                    "agent": session.agent_id,
+                    "kind": "policy",
+                    "layer": "supervisor",
+                    "severity": "high",
+                    "event": "reload-failed",
+                    "reason": str(exc),
+                }
+            )
+            _say(f"warning: policy reload failed, keeping the old rules: {exc}")
+            return
+        session.set_policy(compiled)
+        self.audit.append(
+            {
+                "agent": session.agent_id,
+                "kind": "policy",
+                "layer": "supervisor",
+                "event": "reloaded",
+                "policy": policy.name,
+            }
+        )
 
     # -- the person in the loop ----------------------------------------------------
 
@@ -527,6 +611,8 @@ class ForegroundRun:
             watchdog.wait()
         if self.control is not None:
             self.control.close()
+        if self.watcher is not None:
+            self.watcher.close()
         if self.hooks is not None:
             self.hooks.close()
         self.loop.close()

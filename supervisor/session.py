@@ -93,6 +93,7 @@ class AgentState(str, enum.Enum):
     AWAITING_APPROVAL = "stopped: awaiting approval"
     STOPPED_VIOLATION = "stopped: violation"
     STOPPED_OPERATOR = "stopped: by operator"
+    STOPPED_TAMPER = "stopped: policy tampered"
     EXITED = "exited"
 
     def __str__(self) -> str:

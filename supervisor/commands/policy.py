@@ -47,14 +47,20 @@ _EXPLAIN_EXIT = {
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "policy",
-        help="check, list and explain policies",
-        description="Check policy files, list the available policies, explain a decision.",
+        help="check, list, explain, seal, unseal and verify policies",
+        description=(
+            "Check policy files, list the available policies, explain a decision, and seal "
+            "the policy directory (read-only, hashed, watched; tampering fails closed)."
+        ),
     )
     # Sub-subcommands get the frame's parser class, so usage errors stay one line.
     commands = parser.add_subparsers(
         dest="policy_command", metavar="SUBCOMMAND", parser_class=type(parser)
     )
     commands.required = True
+    from agentsup.commands.seal import register_seal_commands
+
+    register_seal_commands(commands)
 
     check = commands.add_parser(
         "check",

@@ -1,0 +1,157 @@
+"""A sealed policy directory fails closed when tampered with, and hot-reloads when a
+person edits it properly (unseal, edit, seal)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import textwrap
+import time
+import urllib.parse
+
+import pyotp
+import pytest
+from conftest import Sandbox
+
+from agentsup._proc import process_state
+
+pytestmark = [
+    pytest.mark.requires_root,
+    pytest.mark.requires_seccomp_notify,
+    pytest.mark.requires_landlock,
+]
+
+TEAM = """\
+name: team
+extends: [strict]
+rules:
+  - id: notes-readable
+    actions: [file_read]
+    target: "{workspace}/notes.txt"
+    decision: allow
+    priority: 1
+"""
+
+READER = """
+import time
+while True:
+    try:
+        with open("notes.txt") as f:
+            f.read()
+        print("read ok", flush=True)
+    except PermissionError:
+        print("read refused", flush=True)
+    time.sleep(0.1)
+"""
+
+
+class Totp:
+    def __init__(self, sandbox: Sandbox) -> None:
+        result = sandbox.agentsup("totp", "init")
+        assert result.returncode == 0, result.stderr
+        uri = next(w for w in result.stdout.split() if w.startswith("otpauth://"))
+        self.totp = pyotp.TOTP(urllib.parse.parse_qs(urllib.parse.urlparse(uri).query)["secret"][0])
+        self.offset = -1
+
+    def code(self) -> str:
+        # Each time step is accepted once and must be newer than the last;
+        # the verifier allows one step of clock drift either way, so a test
+        # can use the previous, the current and the next step in turn.
+        assert self.offset <= 1, "a test needs at most three codes"
+        code = self.totp.at(time.time() + 30 * self.offset)
+        self.offset += 1
+        return code
+
+
+def seal(sandbox: Sandbox, totp: Totp) -> None:
+    result = sandbox.agentsup("policy", "seal", "--code", totp.code())
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def unseal(sandbox: Sandbox, totp: Totp) -> None:
+    result = sandbox.agentsup("policy", "unseal", "--code", totp.code())
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def agent_pid(sandbox: Sandbox) -> int:
+    (agent,) = json.loads(sandbox.agentsup("ps", "--json").stdout)
+    return int(agent["pid"])
+
+
+def start_reader(sandbox: Sandbox) -> subprocess.Popen[str]:
+    (sandbox.workspace / "notes.txt").write_text("notes")
+    (sandbox.workspace / "reader.py").write_text(textwrap.dedent(READER))
+    proc = subprocess.Popen(
+        sandbox.command(str(sandbox.workspace / "reader.py"), policy="team", agent_id="reader"),
+        env=sandbox.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "read ok"
+    return proc
+
+
+def wait_for_state(pid: int, state: str, timeout: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if process_state(pid) == state:
+            return time.monotonic() - started
+        time.sleep(0.05)
+    raise AssertionError(f"pid {pid} is {process_state(pid)!r}, not {state!r}")
+
+
+def test_tampering_stops_the_agent_and_refuses_new_runs_until_resealed(sandbox: Sandbox) -> None:
+    totp = Totp(sandbox)
+    team = sandbox.policy_dir / "team.yaml"
+    team.write_text(TEAM)
+    seal(sandbox, totp)
+    proc = start_reader(sandbox)
+    try:
+        subprocess.run(["chattr", "-i", str(team)], check=False)
+        team.chmod(0o644)
+        with team.open("a") as f:
+            f.write(
+                "  - {id: sneaky, actions: ['*'], target: '**', decision: allow, priority: 0}\n"
+            )
+
+        assert wait_for_state(agent_pid(sandbox), "T", timeout=2.0) < 2.0
+        refused = sandbox.run("true", policy="team")
+        assert refused.returncode == 125
+        assert "team.yaml" in refused.stderr
+        tamper = [r for r in sandbox.audit_records() if r["kind"] == "tamper"]
+        assert tamper and tamper[0]["severity"] == "critical"
+
+        # A person looks, restores the file and seals again: everything continues.
+        team.write_text(TEAM)
+        seal(sandbox, totp)
+        wait_for_state(agent_pid(sandbox), "S", timeout=5.0)
+        assert sandbox.run("true", policy="team").returncode == 0
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_unseal_edit_seal_reloads_the_running_agent(sandbox: Sandbox) -> None:
+    totp = Totp(sandbox)
+    team = sandbox.policy_dir / "team.yaml"
+    team.write_text(TEAM)
+    seal(sandbox, totp)
+    proc = start_reader(sandbox)
+    assert proc.stdout is not None
+    try:
+        unseal(sandbox, totp)
+        team.write_text(TEAM.replace("decision: allow", "decision: deny\n    on_violation: block"))
+        seal(sandbox, totp)
+        deadline = time.monotonic() + 10
+        line = ""
+        while time.monotonic() < deadline and line != "read refused":
+            line = proc.stdout.readline().strip()
+        assert line == "read refused"
+        assert process_state(agent_pid(sandbox)) in ("S", "R")
+        reloads = [r for r in sandbox.audit_records() if r.get("event") == "reloaded"]
+        assert reloads
+    finally:
+        proc.kill()
+        proc.communicate()
