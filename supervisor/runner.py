@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from agentsup import _landlock, _seccomp, floor, launch
+from agentsup import _landlock, _seccomp, floor, launch, notify
 from agentsup.cgroup import AgentCgroup, CgroupUnavailable
 from agentsup.control import ControlServer
 from agentsup.events import ActionType, AuditLevel, Decision, Response, response_for
@@ -330,7 +330,7 @@ class ForegroundRun:
         self._serve_control()
         if self.hooks is not None:
             self.loop.attach(self.hooks)
-        session.on_hold = self._arm_approval_timeout
+        session.on_hold = self._on_hold
         limits = session.policy.limits
         if limits.max_runtime_seconds:
             self.loop.call_later(limits.max_runtime_seconds, self._runtime_exceeded)
@@ -484,6 +484,28 @@ class ForegroundRun:
                 "reason": reason,
             }
         )
+
+    def _on_hold(self, pending: Pending) -> None:
+        """An agent waits for a person: tell them, and arm the approval timeout."""
+        assert self.session is not None
+        command = notify.notify_command()
+        if command is not None:
+            verb = "waits for approval of" if pending.kind == "approval" else "was stopped for"
+            notify.send(
+                command,
+                f"agentsup: agent '{self.session.agent_id}' {verb} {pending.event.action} "
+                f"{pending.event.target}",
+                {
+                    "agent": self.session.agent_id,
+                    "request": pending.request_id,
+                    "action": str(pending.event.action),
+                    "target": pending.event.target,
+                    "rule": pending.decision.rule_id,
+                    "kind": pending.kind,
+                },
+                self.loop.call_later,
+            )
+        self._arm_approval_timeout(pending)
 
     def _arm_approval_timeout(self, pending: Pending) -> None:
         assert self.session is not None

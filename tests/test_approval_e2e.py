@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 import urllib.parse
 
@@ -43,10 +44,20 @@ def start_deleter(sandbox: Sandbox, policy: str) -> tuple[subprocess.Popen[str],
     doomed.write_text("delete me")
     proc = subprocess.Popen(
         sandbox.command(
-            "python3", TRY, "unlink", str(doomed), "then", "write", f"{sandbox.workspace}/after",
-            policy=policy, agent_id="deleter",
+            "python3",
+            TRY,
+            "unlink",
+            str(doomed),
+            "then",
+            "write",
+            f"{sandbox.workspace}/after",
+            policy=policy,
+            agent_id="deleter",
         ),
-        env=sandbox.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=sandbox.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     return proc, str(doomed)
 
@@ -71,6 +82,10 @@ def tree_states(sandbox: Sandbox) -> list[str]:
 def test_approval_with_a_valid_code_lets_the_action_happen_once(sandbox: Sandbox) -> None:
     secret = totp_secret(sandbox)
     policy = sandbox.policy("approval", APPROVAL.format(timeout=60, on_timeout="deny"))
+    notified = sandbox.root / "notified.txt"
+    sandbox.env["AGENTSUP_NOTIFY"] = (
+        f"{sys.executable} -c 'import sys; open(sys.argv[1], \"w\").write(sys.argv[2])' {notified}"
+    )
     proc, doomed = start_deleter(sandbox, policy)
     try:
         pending = wait_for_pending(sandbox)
@@ -79,6 +94,10 @@ def test_approval_with_a_valid_code_lets_the_action_happen_once(sandbox: Sandbox
         assert pending[0]["rule"] == "deletes-need-a-person"
         assert tree_states(sandbox) == ["T"]
         assert (sandbox.workspace / "doomed.txt").exists()
+        deadline = time.monotonic() + 5
+        while not notified.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "waits for approval of file_delete" in notified.read_text()
 
         code = pyotp.TOTP(secret).now()
         resumed = sandbox.agentsup("resume", "deleter", "--code", code, "--reason", "ok by me")

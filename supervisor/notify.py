@@ -1,0 +1,58 @@
+"""The optional desktop-notification hook: tell a person an agent is waiting.
+
+Set `AGENTSUP_NOTIFY` to a command (split like a shell would, no shell
+involved), e.g. `notify-send agentsup`.  When an agent starts waiting for a
+person, the command runs with one more argument, a one-line message, and
+with AGENTSUP_NOTIFY_{AGENT,REQUEST,ACTION,TARGET,RULE,KIND} in its
+environment.  It never blocks the supervisor: it is started and left alone,
+reaped by the supervisor's SIGCHLD handling, and killed if still running
+after `NOTIFY_TIMEOUT` seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import subprocess
+from collections.abc import Callable
+
+NOTIFY_ENV = "AGENTSUP_NOTIFY"
+NOTIFY_TIMEOUT = 10.0
+
+
+def notify_command() -> list[str] | None:
+    command = os.environ.get(NOTIFY_ENV, "").strip()
+    return shlex.split(command) if command else None
+
+
+def send(
+    command: list[str],
+    message: str,
+    details: dict[str, str],
+    call_later: Callable[[float, Callable[[], None]], object],
+) -> bool:
+    env = dict(os.environ)
+    env.update({f"AGENTSUP_NOTIFY_{key.upper()}": value for key, value in details.items()})
+    try:
+        proc = subprocess.Popen(
+            [*command, message],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    except OSError:
+        return False
+    pid = proc.pid
+    # The supervisor reaps it; Popen must not try to (and must not warn).
+    proc.returncode = 0
+
+    def stop_if_hung() -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+
+    call_later(NOTIFY_TIMEOUT, stop_if_hung)
+    return True
