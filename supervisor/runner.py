@@ -20,11 +20,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from agentsup import _landlock, _seccomp, floor, launch, notify
+from agentsup.audit import AuditLog
 from agentsup.cgroup import AgentCgroup, CgroupUnavailable
 from agentsup.control import ControlServer
 from agentsup.events import ActionType, AuditLevel, Decision, Response, response_for
@@ -192,7 +193,7 @@ class ForegroundRun:
         self.group: AgentCgroup | None = None
         self.exec_error: int | None = None
         self.interrupted: int | None = None
-        self.audit = _open_audit(locations)
+        self.audit = BatchedAudit(AuditLog.open(locations), self.loop.call_later)
         self._watchdog: subprocess.Popen[bytes] | None = None
         self.control: ControlServer | None = None
         self.hooks: HookServer | None = None
@@ -326,7 +327,7 @@ class ForegroundRun:
         self.loop.on_signal(signal.SIGCHLD, self._reap)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             self.loop.on_signal(sig, functools.partial(self._interrupt, sig))
-        self.loop.after_each_batch(self.audit.flush)
+        self.loop.after_each_batch(self.audit.after_batch)
         self._serve_control()
         if self.hooks is not None:
             self.loop.attach(self.hooks)
@@ -641,10 +642,50 @@ class ForegroundRun:
         self.audit.close()
 
 
-def _open_audit(locations: Locations):  # type: ignore[no-untyped-def]
-    from agentsup.audit import AuditLog
+class BatchedAudit:
+    """The audit log as the loop uses it: durable at once when it matters.
 
-    return AuditLog.open(locations)
+    Records about signals, approvals, tampering, the lifecycle and anything
+    critical are fsynced at the end of the loop iteration that wrote them.
+    Routine records (allows and logs at `audit.level: all`) are fsynced at
+    most every 200 ms, or every 256 records, so that level stays usable.
+    """
+
+    URGENT_KINDS = frozenset({"signal", "approval", "tamper", "lifecycle", "policy"})
+
+    def __init__(self, log: AuditLog, call_later: Callable[[float, Callable[[], None]], object]):
+        self.log = log
+        self._call_later = call_later
+        self._urgent = False
+        self._timer_armed = False
+
+    def append(self, record: Mapping[str, object]) -> Mapping[str, object]:
+        written = self.log.append(record)
+        if (
+            record.get("kind") in self.URGENT_KINDS
+            or record.get("severity") == "critical"
+            or (record.get("decision") == "deny")
+        ):
+            self._urgent = True
+        elif not self._timer_armed:
+            self._timer_armed = True
+            self._call_later(self.log.flush_seconds, self._flush_routine)
+        return written
+
+    def _flush_routine(self) -> None:
+        self._timer_armed = False
+        self.log.flush()
+
+    def after_batch(self) -> None:
+        if self._urgent:
+            self._urgent = False
+            self.log.flush()
+
+    def flush(self) -> None:
+        self.log.flush()
+
+    def close(self) -> None:
+        self.log.close()
 
 
 def run_agent(request: RunRequest) -> int:
