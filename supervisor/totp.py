@@ -34,6 +34,7 @@ from typing import NoReturn
 
 import pyotp
 
+from agentsup._files import write_atomically
 from agentsup.paths import Locations
 
 log = logging.getLogger(__name__)
@@ -138,26 +139,6 @@ def ensure_state_dir(state_dir: Path) -> None:
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
-def _write_atomic(path: Path, data: str, mode: int) -> None:
-    """Replace `path` with `data` so that a crash leaves the old or the new file, fsynced."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
-        os.write(fd, data.encode())
-        os.fchmod(fd, mode)  # the umask may have narrowed it; never widened
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def init_secret(locations: Locations, *, force: bool = False) -> str:
     """Create a new TOTP secret (mode 0400) and return its otpauth:// URI.
 
@@ -168,7 +149,7 @@ def init_secret(locations: Locations, *, force: bool = False) -> str:
     if path.exists() and not force:
         raise TotpSecretExists(str(path))
     secret = pyotp.random_base32()
-    _write_atomic(path, secret + "\n", 0o400)
+    write_atomically(path, secret + "\n", 0o400)
     account = f"{getpass.getuser()}@{socket.gethostname()}"
     return provisioning_uri(secret, account)
 
@@ -237,7 +218,7 @@ class TotpVerifier:
             ) from None
 
     def _write_lockout(self, state: LockoutState) -> None:
-        _write_atomic(self._failures_path, state.to_json() + "\n", 0o600)
+        write_atomically(self._failures_path, state.to_json() + "\n", 0o600)
 
     def verify(self, code: str, *, uid: int) -> None:
         """Accept `code` once, or raise TotpRefused saying why.
@@ -260,7 +241,7 @@ class TotpVerifier:
             last_step = self._read_last_step()
             if step <= last_step:
                 raise TotpRefused("this code was already used; wait for the next code (every 30 s)")
-            _write_atomic(self._locations.totp_last_step, f"{step}\n", 0o600)
+            write_atomically(self._locations.totp_last_step, f"{step}\n", 0o600)
             if lockout.failures:
                 self._write_lockout(LockoutState(locked_until=lockout.locked_until))
             log.info("TOTP code accepted from uid %d (step %d)", uid, step)

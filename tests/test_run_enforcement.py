@@ -288,6 +288,23 @@ limits:
     assert report["data"] < 20
 
 
+@pytest.mark.requires_root
+def test_the_memory_limit_stops_a_hungry_agent(sandbox: Sandbox) -> None:
+    policy = sandbox.policy(
+        "small",
+        """
+name: small
+extends: [strict]
+limits:
+  memory_mb: 64
+""",
+    )
+    hog = "b = bytearray(512 * 2**20); b[::4096] = b'x' * len(b[::4096]); print('allocated')"
+    result = sandbox.run("python3", "-c", hog, policy=policy)
+    assert result.returncode in (137, 1), result.stderr  # OOM-killed, or MemoryError
+    assert "allocated" not in result.stdout
+
+
 def test_the_runtime_limit_kills_the_agent(sandbox: Sandbox) -> None:
     policy = sandbox.policy(
         "short",
