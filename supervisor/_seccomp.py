@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import os
 import struct
 from collections.abc import Iterable
 from typing import NamedTuple
@@ -32,8 +31,6 @@ IOCTL_NOTIF_RECV = _ioc(_IOC_READ | _IOC_WRITE, 0, _NOTIF_SIZE)
 IOCTL_NOTIF_SEND = _ioc(_IOC_READ | _IOC_WRITE, 1, _RESP_SIZE)
 IOCTL_NOTIF_ID_VALID = _ioc(_IOC_WRITE, 2, 8)
 IOCTL_NOTIF_ADDFD = _ioc(_IOC_WRITE, 3, _ADDFD_SIZE)
-IOCTL_NOTIF_SET_FLAGS = _ioc(_IOC_WRITE, 4, 8)
-USER_NOTIF_FD_SYNC_WAKE_UP = 1
 
 USER_NOTIF_FLAG_CONTINUE = 1
 ADDFD_FLAG_SETFD = 1
@@ -115,25 +112,6 @@ def inject_fd_and_respond(listener: int, notif_id: int, srcfd: int, cloexec: boo
         if exc.errno == errno.EMFILE:
             return respond_error(listener, notif_id, errno.EMFILE)
         raise
-    return True
-
-
-def request_sync_wakeups(listener: int) -> bool:
-    """Ask the kernel (6.6+) to switch agent and supervisor on one CPU.
-
-    A trapped syscall is a strict ping-pong: the agent waits for the
-    supervisor and the other way round.  With SYNC_WAKE_UP the kernel hands
-    the CPU over directly instead of waking a thread on another, idle CPU,
-    which in a VM costs an IPI and a halt exit each way.  False on older
-    kernels, where it is only slower.
-    """
-    if os.environ.get("AGENTSUP_NO_SYNC_WAKEUP"):
-        return False
-    try:
-        # The flags travel in the ioctl argument itself, not behind a pointer.
-        fcntl.ioctl(listener, IOCTL_NOTIF_SET_FLAGS, USER_NOTIF_FD_SYNC_WAKE_UP)
-    except OSError:
-        return False
     return True
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from agentsup.runner import EXIT_SETUP_FAILED, RunRequest, run_agent
+from agentsup.agentrun import EXIT_SETUP_FAILED, RunRequest
+from agentsup.runner import run_agent
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

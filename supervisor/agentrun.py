@@ -1,0 +1,548 @@
+"""One supervised agent: how it is set up, started, judged and ended.
+
+An `AgentRun` belongs to a `Supervisor` (supervise.py), whose single event
+loop drives every fd the run registers: its seccomp listener, its pidfd, its
+trampoline status pipe and its hook socket.
+
+Exit codes (DESIGN.md 1.4): the agent's own code; 128+N when it died by
+signal N (137 when the policy or a person killed it); 125 when agentsup
+failed before the agent started; 126 when the program cannot be executed;
+127 when it is not found.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from agentsup import floor, launch, notify
+from agentsup._landlock import landlock_abi
+from agentsup.cgroup import AgentCgroup, CgroupUnavailable
+from agentsup.events import ActionType, AuditLevel, Decision, Response, response_for
+from agentsup.hooks import _protocol as hook_protocol
+from agentsup.hooks import bootstrap
+from agentsup.hookserver import HookReply, HookRequest, HookServer
+from agentsup.mediator import ALWAYS_REFUSED, FORCED_ENOSYS, MEDIATED, Mediator
+from agentsup.paths import Locations
+from agentsup.policy import CompiledPolicy, PolicyError, RunContext, compile_policy, resolve_policy
+from agentsup.session import AgentSession, AgentState, Pending, ProcessTree, SessionConfig
+
+if TYPE_CHECKING:
+    from agentsup.supervise import Supervisor
+
+EXIT_SETUP_FAILED = 125
+EXIT_CANNOT_EXECUTE = 126
+EXIT_NOT_FOUND = 127
+
+
+READ_ACTIONS = (ActionType.FILE_READ,)
+WRITE_ACTIONS = (
+    ActionType.FILE_WRITE,
+    ActionType.FILE_DELETE,
+    ActionType.FILE_MOVE,
+    ActionType.FILE_CHMOD,
+)
+
+
+class SetupError(Exception):
+    """agentsup could not start the agent; `exit_code` says how `run` exits."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_SETUP_FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class RunRequest:
+    program: str
+    args: list[str]
+    policy: str = "strict"
+    workspace: str = "."
+    agent_id: str | None = None
+    json_status: str | None = None
+    allow_degraded: Sequence[str] = ()
+    share_cpu: bool = False
+
+
+def _say(text: str) -> None:
+    print(f"agentsup: {text}", file=sys.stderr, flush=True)
+
+
+def _has_seccomp_notify() -> bool:
+    try:
+        return "user_notif" in Path("/proc/sys/kernel/seccomp/actions_avail").read_text().split()
+    except OSError:
+        return False
+
+
+def resolve_program(program: str, args: Sequence[str], env_path: str) -> tuple[str, list[str]]:
+    """The executable and argv the trampoline execs.  `.py` runs under our Python, hooked."""
+    if program.endswith(".py"):
+        script = os.path.abspath(program)
+        if not os.path.exists(script):
+            raise SetupError(f"{program}: not found", EXIT_NOT_FOUND)
+        return sys.executable, bootstrap.command(script, args)
+    if "/" in program:
+        path = os.path.abspath(program)
+        if not os.path.exists(path):
+            raise SetupError(f"{program}: not found", EXIT_NOT_FOUND)
+    else:
+        found = shutil.which(program, path=env_path)
+        if found is None:
+            raise SetupError(f"{program}: command not found", EXIT_NOT_FOUND)
+        path = found
+    if os.path.isdir(path) or not os.access(path, os.X_OK):
+        raise SetupError(f"{program}: cannot execute (not an executable file)", EXIT_CANNOT_EXECUTE)
+    return path, [program, *args]
+
+
+def _real(paths: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    if paths is None:
+        return None
+    return tuple(os.path.realpath(p) for p in paths)
+
+
+def plan_landlock(policy: CompiledPolicy, locations: Locations) -> floor.FloorPlan:
+    """The kernel floor for this policy: the roots any proceeding rule could reach."""
+    network = policy.floor_roots((ActionType.NETWORK_CONNECT,))
+    # With network denied by default and no rule letting a connect through,
+    # Landlock refuses every TCP connect and bind; otherwise ports stay open
+    # and the seccomp layer alone decides.
+    tcp_ports: frozenset[int] | None = frozenset() if network == () else None
+    return floor.plan_floor(
+        read_roots=_real(policy.floor_roots(READ_ACTIONS)),
+        write_roots=_real(policy.floor_roots(WRITE_ACTIONS)),
+        exec_roots=_real(policy.floor_roots((ActionType.PROCESS_SPAWN,))),
+        connect_ports=tcp_ports,
+        bind_ports=tcp_ports,
+        no_write=[os.path.realpath(p) for p in locations.protected_paths()],
+        no_read=[os.path.realpath(p) for p in locations.secret_paths()],
+        abi=landlock_abi(),
+    )
+
+
+def protected_inodes(policy: CompiledPolicy, budget: int = 20000) -> dict[tuple[int, int], str]:
+    """(st_dev, st_ino) -> path of the files under the policy's read-deny rules.
+
+    A hard link has no real name to judge, so an open of a multiply-linked file
+    is judged under the protected name when its inode is one of these.  The walk
+    covers the literal roots of the deny rules (`{home}/.ssh`, `/etc/shadow`);
+    a rule with no literal root (`**/*.pem`) cannot be walked.
+    """
+    found: dict[tuple[int, int], str] = {}
+    for rule in policy.rules:
+        if not rule.applies or ActionType.FILE_READ not in rule.rule.actions:
+            continue
+        if response_for(rule.decision).proceeds or rule.matcher.roots is None:
+            continue
+        for root in rule.matcher.roots:
+            if root == "/":
+                continue
+            for path in _walk_files(root, budget - len(found)):
+                try:
+                    st = os.stat(path, follow_symlinks=False)
+                except OSError:
+                    continue
+                found.setdefault((st.st_dev, st.st_ino), path)
+    return found
+
+
+def _walk_files(root: str, budget: int) -> list[str]:
+    if budget <= 0:
+        return []
+    if not os.path.isdir(root) or os.path.islink(root):
+        return [root] if os.path.isfile(root) else []
+    paths: list[str] = []
+    for dirpath, _dirs, files in os.walk(root):
+        paths.extend(os.path.join(dirpath, name) for name in files)
+        if len(paths) >= budget:
+            break
+    return paths[:budget]
+
+
+def _status_code(raw_status: int) -> tuple[int, int | None]:
+    if os.WIFSIGNALED(raw_status):
+        sig = os.WTERMSIG(raw_status)
+        return 128 + sig, sig
+    return os.waitstatus_to_exitcode(raw_status), None
+
+
+class AgentRun:
+    """Everything one supervised agent owns: session, listener, cgroup, hook socket."""
+
+    def __init__(self, request: RunRequest, supervisor: Supervisor) -> None:
+        self.request = request
+        self.supervisor = supervisor
+        self.locations: Locations = supervisor.locations
+        self.loop = supervisor.loop
+        self.audit = supervisor.audit
+        self.session: AgentSession | None = None
+        self.launched: launch.Launched | None = None
+        self.mediator: Mediator | None = None
+        self.group: AgentCgroup | None = None
+        self.hooks: HookServer | None = None
+        self.exec_error: int | None = None
+        self._watchdog: subprocess.Popen[bytes] | None = None
+        self._context: RunContext | None = None
+        self._plan: launch.LaunchPlan | None = None
+
+    def __repr__(self) -> str:
+        return f"<AgentRun {self.session!r}>"
+
+    @property
+    def agent_id(self) -> str:
+        assert self.session is not None
+        return self.session.agent_id
+
+    @property
+    def exited(self) -> bool:
+        return self.session is None or self.session.state is AgentState.EXITED
+
+    # -- setup ---------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Everything that can fail before the agent exists; raises SetupError."""
+        request = self.request
+        workspace = os.path.realpath(request.workspace)
+        if not os.path.isdir(workspace):
+            raise SetupError(f"workspace {request.workspace} is not a directory")
+        agent_id = request.agent_id or f"agent-{os.getpid()}"
+        try:
+            policy = resolve_policy(request.policy, self.locations.policy_dir)
+        except PolicyError as exc:
+            raise SetupError(str(exc)) from exc
+        except OSError as exc:
+            raise SetupError(f"cannot read policy {request.policy}: {exc.strerror}") from exc
+        home = os.environ.get("HOME") or os.path.expanduser("~")
+        self._context = RunContext(workspace, home, agent_id)
+        compiled = compile_policy(policy, self._context)
+
+        if not _has_seccomp_notify():
+            raise SetupError(
+                "this kernel lacks seccomp user notification (Linux 5.5+ needed); "
+                "refusing to run the agent unsupervised"
+            )
+        env = compiled.filter_environ(os.environ)
+        executable, argv = resolve_program(request.program, request.args, env.get("PATH", ""))
+        hook_socket = None
+        if request.program.endswith(".py"):
+            self.locations.runtime_dir.mkdir(parents=True, exist_ok=True)
+            hook_socket = os.path.realpath(
+                self.locations.runtime_dir / f"hook-{os.getpid()}-{agent_id}.sock"
+            )
+            env.update(bootstrap.environment(hook_socket, agent_id))
+            if compiled.audit_level is AuditLevel.ALL:
+                env[hook_protocol.ENV_NOTES] = "1"
+
+        landlock_plan: floor.FloorPlan | None = None
+        plan = plan_landlock(compiled, self.locations)
+        if plan.abi < 1:
+            if "landlock" not in request.allow_degraded:
+                raise SetupError(
+                    "this kernel has no Landlock, the kernel floor under the policy; "
+                    "refusing to run (pass --allow-degraded landlock to run on seccomp alone)"
+                )
+            _say("warning: no Landlock on this kernel; running on the seccomp layer alone")
+        else:
+            landlock_plan = plan
+
+        self.session = AgentSession(
+            SessionConfig(
+                agent_id=agent_id,
+                policy=compiled,
+                policy_name=policy.name,
+                workspace=workspace,
+                locations=self.locations,
+                hook_socket=hook_socket,
+            ),
+            self.audit,
+        )
+        if hook_socket is not None:
+            try:
+                self.hooks = HookServer(Path(hook_socket), self._on_hook_request, self._on_tamper)
+            except OSError as exc:
+                raise SetupError(f"cannot serve the hook socket {hook_socket}: {exc}") from exc
+        try:
+            self.group = AgentCgroup.create(f"{agent_id}-{os.getpid()}")
+        except CgroupUnavailable as exc:
+            if "cgroup" not in request.allow_degraded and os.geteuid() == 0:
+                raise SetupError(f"cannot create a cgroup for the agent: {exc}") from exc
+            _say(f"warning: no cgroup ({exc}); tracking the process tree as its subreaper")
+        limits = compiled.limits
+        rlimits = {"RLIMIT_CORE": 0}  # a core dump would write agent memory to disk
+        if self.group is not None:
+            for gap in self.group.set_limits(limits.max_processes, limits.memory_mb):
+                _say(f"warning: cannot enforce {gap}")
+        else:
+            if limits.memory_mb:
+                rlimits["RLIMIT_AS"] = limits.memory_mb * 2**20
+            if limits.max_processes:
+                rlimits["RLIMIT_NPROC"] = limits.max_processes
+        self._plan = launch.LaunchPlan(
+            executable=executable,
+            argv=argv,
+            env=env,
+            cwd=workspace,
+            notify=list(MEDIATED + ALWAYS_REFUSED),
+            enosys=list(FORCED_ENOSYS),
+            landlock=landlock_plan,
+            rlimits=rlimits,
+        )
+
+    # -- running -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Fork the trampoline, take its listener, and let it exec the agent."""
+        assert self.session is not None and self._plan is not None
+        session, plan = self.session, self._plan
+        try:
+            launched = launch.start(plan)
+        except launch.LaunchError as exc:
+            raise SetupError(str(exc)) from exc
+        self.launched = launched
+        if self.group is not None:
+            self.group.add(launched.pid)
+            from agentsup.watchdog import spawn_watchdog
+
+            self._watchdog = spawn_watchdog(os.getpid(), self.group)
+        session.main_pid = launched.pid
+        session.tree = ProcessTree(self.group, launched.pid)
+        self.mediator = Mediator(launched.listener, session, session.tgid_of, session.agent_id)
+        self.mediator.protected_inodes = protected_inodes(session.policy)
+        self.loop.add_reader(launched.listener, self._on_listener)
+        self.loop.add_reader(launched.pidfd, lambda _events: self.supervisor.reap())
+        self.loop.add_reader(launched.status_fd, self._on_status)
+        if self.hooks is not None:
+            self.loop.attach(self.hooks)
+        session.on_hold = self._on_hold
+        limits = session.policy.limits
+        if limits.max_runtime_seconds:
+            self.loop.call_later(limits.max_runtime_seconds, self._runtime_exceeded)
+        session.lifecycle(
+            "start",
+            argv=plan.argv,
+            workspace=session.config.workspace,
+            landlock=plan.landlock is not None,
+            cgroup=self.group is not None,
+        )
+        session.state = AgentState.RUNNING
+        launched.release()
+
+    def reload_policy(self) -> None:
+        """The policy directory changed legitimately: the next decision uses the new rules."""
+        session = self.session
+        if session is None or self._context is None or self.exited:
+            return
+        try:
+            policy = resolve_policy(self.request.policy, self.locations.policy_dir)
+            compiled = compile_policy(policy, self._context)
+        except (PolicyError, OSError) as exc:
+            self.audit.append(
+                {
+                    "agent": session.agent_id,
+                    "kind": "policy",
+                    "layer": "supervisor",
+                    "severity": "high",
+                    "event": "reload-failed",
+                    "reason": str(exc),
+                }
+            )
+            _say(f"warning: policy reload failed, keeping the old rules: {exc}")
+            return
+        session.set_policy(compiled)
+        self.audit.append(
+            {
+                "agent": session.agent_id,
+                "kind": "policy",
+                "layer": "supervisor",
+                "event": "reloaded",
+                "policy": policy.name,
+            }
+        )
+
+    # -- the Python hook and the person in the loop -------------------------------
+
+    def _on_hook_request(self, request: HookRequest) -> HookReply | None:
+        assert self.session is not None
+        session = self.session
+        event = request.event(session.agent_id)
+        if not request.needs_reply:
+            # Notes are telemetry (asked for only at audit level `all`): the
+            # syscall layer makes the one decision about files, execs, connects.
+            self.audit.append(
+                {
+                    "agent": session.agent_id,
+                    "pid": request.pid,
+                    "kind": "decision",
+                    "action_type": str(event.action),
+                    "target": event.target,
+                    "layer": "hook",
+                    "note": True,
+                    "detail": request.detail,
+                }
+            )
+            return None
+        hooks = self.hooks
+        assert hooks is not None
+        token = request.token
+        held: list[Decision] = []
+
+        def answer(approved: bool) -> None:
+            hooks.reply_later(token, HookReply.from_decision(held[0], approved=approved))
+
+        decision, response = session.judge_event(event, request.pid, on_settle=answer)
+        if response is Response.HOLD:
+            held.append(decision)
+            return None
+        return HookReply.from_decision(decision)
+
+    def _on_tamper(self, pid: int, reason: str) -> None:
+        assert self.session is not None
+        self.audit.append(
+            {
+                "agent": self.session.agent_id,
+                "pid": pid,
+                "kind": "tamper",
+                "severity": "critical",
+                "layer": "hook",
+                "reason": reason,
+            }
+        )
+
+    def _on_hold(self, pending: Pending) -> None:
+        """An agent waits for a person: tell them, and arm the approval timeout."""
+        assert self.session is not None
+        command = notify.notify_command()
+        if command is not None:
+            verb = "waits for approval of" if pending.kind == "approval" else "was stopped for"
+            notify.send(
+                command,
+                f"agentsup: agent '{self.session.agent_id}' {verb} {pending.event.action} "
+                f"{pending.event.target}",
+                {
+                    "agent": self.session.agent_id,
+                    "request": pending.request_id,
+                    "action": str(pending.event.action),
+                    "target": pending.event.target,
+                    "rule": pending.decision.rule_id,
+                    "kind": pending.kind,
+                },
+                self.loop.call_later,
+            )
+        self._arm_approval_timeout(pending)
+
+    def _arm_approval_timeout(self, pending: Pending) -> None:
+        assert self.session is not None
+        if pending.kind != "approval":
+            return
+        session = self.session
+        approval = session.policy.approval
+        request_id = pending.request_id
+
+        def expire() -> None:
+            if request_id not in session.pending:
+                return
+            if approval.on_timeout == "kill":
+                session.kill_for_limit(
+                    "approval.timeout_seconds",
+                    f"no decision on {pending.event.action} {pending.event.target} "
+                    f"within {approval.timeout_seconds:g} s",
+                )
+            else:
+                session.settle(False, uid=-1, reason="approval timed out", outcome="timeout")
+
+        pending.timer = self.loop.call_later(approval.timeout_seconds, expire)
+
+    # -- the agent's fds and its end -----------------------------------------------
+
+    def _on_listener(self, events: int) -> None:
+        assert self.mediator is not None and self.launched is not None
+        if not self.mediator.on_ready(events):
+            self.loop.remove_reader(self.launched.listener)
+
+    def _on_status(self, _events: int) -> None:
+        assert self.launched is not None
+        data = os.read(self.launched.status_fd, 256)
+        self.loop.remove_reader(self.launched.status_fd)
+        if data.startswith(b"E"):
+            self.exec_error = int(data[1:].split()[0])
+
+    def forget_process(self, pid: int) -> None:
+        if self.mediator is not None:
+            self.mediator.forget_process(pid)
+
+    def main_exited(self, status: int) -> None:
+        """The agent's main process is gone: whatever it left behind goes with it."""
+        assert self.session is not None
+        session = self.session
+        session.exit_status = status
+        if session.tree is not None and session.tree.pids():
+            session.tree.kill()
+        session.state = AgentState.EXITED
+
+    def _runtime_exceeded(self) -> None:
+        assert self.session is not None
+        if self.session.state is not AgentState.EXITED:
+            limit = self.session.policy.limits.max_runtime_seconds
+            self.session.kill_for_limit("max_runtime_seconds", f"ran longer than {limit} s")
+
+    def finish(self) -> int:
+        """Record the end and return the exit code `run` reports."""
+        assert self.session is not None
+        session = self.session
+        status = session.exit_status if session.exit_status is not None else 0
+        code, sig = _status_code(status)
+        if self.exec_error is not None:
+            missing = self.exec_error in (errno.ENOENT, errno.ENOTDIR)
+            code = EXIT_NOT_FOUND if missing else EXIT_CANNOT_EXECUTE
+            _say(f"cannot execute {self.request.program}: {os.strerror(self.exec_error)}")
+        report = session.kill_report
+        signal_name = signal.Signals(sig).name if sig else None
+        session.lifecycle(
+            "exit",
+            exit_code=code,
+            signal=signal_name,
+            killed_by=report.rule if report else None,
+        )
+        if self.request.json_status:
+            status_doc = {
+                "agent": session.agent_id,
+                "exit_code": code,
+                "signal": signal_name,
+                "killed_by": dataclasses.asdict(report) if report else None,
+            }
+            Path(self.request.json_status).write_text(json.dumps(status_doc) + "\n")
+        return code
+
+    def close(self) -> None:
+        if self.session is not None and self.session.state is not AgentState.EXITED:
+            self.session.signal_tree(signal.SIGKILL, "supervisor shutting down")
+        if self.mediator is not None:
+            self.mediator.close()
+        if self.launched is not None:
+            for fd in (self.launched.listener, self.launched.pidfd, self.launched.status_fd):
+                self.loop.remove_reader(fd)
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            if self.launched.go_fd >= 0:
+                os.close(self.launched.go_fd)
+        if self.group is not None:
+            self.group.kill()
+            self.group.wait_empty(2.0)
+            self.group.remove()
+        if self._watchdog is not None:
+            self._watchdog.terminate()
+            self._watchdog.wait()
+        if self.hooks is not None:
+            self.hooks.close()
