@@ -196,6 +196,7 @@ class AgentRun:
         self._watchdog: subprocess.Popen[bytes] | None = None
         self._context: RunContext | None = None
         self._plan: launch.LaunchPlan | None = None
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"<AgentRun {self.session!r}>"
@@ -526,6 +527,10 @@ class AgentRun:
         return code
 
     def close(self) -> None:
+        """Release everything the run holds; safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
         if self.session is not None and self.session.state is not AgentState.EXITED:
             self.session.signal_tree(signal.SIGKILL, "supervisor shutting down")
         if self.mediator is not None:

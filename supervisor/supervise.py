@@ -88,6 +88,8 @@ class Supervisor:
         self.control: ControlServer | None = None
         self.watcher: PolicyWatcher | None = None
         self.interrupted: int | None = None
+        # Called once for each run whose agent ended (the daemon restarts them).
+        self.on_agent_exit: Callable[[AgentRun], None] | None = None
         self.loop.after_each_batch(self.audit.after_batch)
         # Orphans of an agent (setsid, double fork) are re-parented to us, so
         # we can reap and account for them.
@@ -113,8 +115,11 @@ class Supervisor:
         run = AgentRun(request, self)
         try:
             run.prepare()
-            if run.agent_id in self.agents and not self.agents[run.agent_id].exited:
-                raise SetupError(f"an agent with id '{run.agent_id}' is already running")
+            previous = self.agents.get(run.agent_id)
+            if previous is not None:
+                if not previous.exited:
+                    raise SetupError(f"an agent with id '{run.agent_id}' is already running")
+                previous.close()
             run.start()
         except BaseException:
             run.close()
@@ -137,6 +142,8 @@ class Supervisor:
             ended = mains.get(pid)
             if ended is not None and not ended.exited:
                 ended.main_exited(status)
+                if self.on_agent_exit is not None:
+                    self.on_agent_exit(ended)
 
     def _interrupt(self, sig: int) -> None:
         # Fail closed: if the supervisor is told to stop, its agents stop too.

@@ -1,0 +1,122 @@
+"""`agentsup daemon`: many agents under one supervisor, as a systemd service."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import Sandbox
+
+from agentsup._proc import process_state
+from agentsup.daemon import AgentDefinition, DefinitionError, parse_definition, should_restart
+
+# -- agent definitions (pure) ---------------------------------------------------------
+
+
+def test_a_definition_needs_a_program_and_a_workspace(tmp_path: Path) -> None:
+    path = tmp_path / "a.yaml"
+    path.write_text("program: /bin/true\n")
+    with pytest.raises(DefinitionError, match="'workspace' is required"):
+        parse_definition(path)
+
+
+def test_a_definition_names_unknown_keys(tmp_path: Path) -> None:
+    path = tmp_path / "a.yaml"
+    path.write_text("program: /bin/true\nworkspace: /tmp\nrestrat: always\n")
+    with pytest.raises(DefinitionError, match=r"a.yaml: unknown key 'restrat'"):
+        parse_definition(path)
+
+
+def test_the_id_defaults_to_the_file_name(tmp_path: Path) -> None:
+    path = tmp_path / "analyst-1.yaml"
+    path.write_text("program: /bin/true\nworkspace: /tmp\nargs: [a, b]\n")
+    definition = parse_definition(path)
+    assert (definition.agent_id, definition.args, definition.policy) == (
+        "analyst-1",
+        ("a", "b"),
+        "strict",
+    )
+
+
+@pytest.mark.parametrize(
+    ("restart", "code", "killed", "again"),
+    [
+        ("never", 1, False, False),
+        ("on-failure", 0, False, False),
+        ("on-failure", 3, False, True),
+        ("on-failure", 137, True, False),  # a policy kill is a reason to look
+        ("always", 0, False, True),
+        ("always", 137, True, True),
+    ],
+)
+def test_restart_rules(restart: str, code: int, killed: bool, again: bool) -> None:
+    definition = AgentDefinition("a", "/bin/true", "/tmp", restart=restart)
+    assert should_restart(definition, code, killed) is again
+
+
+# -- the daemon, end to end ------------------------------------------------------------
+
+
+@pytest.mark.requires_seccomp_notify
+@pytest.mark.requires_landlock
+def test_the_daemon_supervises_restarts_and_stops_its_agents(sandbox: Sandbox) -> None:
+    agents = sandbox.root / "agents"
+    agents.mkdir()
+    (agents / "sleeper.yaml").write_text(
+        f"program: /bin/sleep\nargs: ['60']\nworkspace: {sandbox.workspace}\n"
+    )
+    (agents / "thief.yaml").write_text(
+        f"program: /bin/cat\nargs: ['{sandbox.key}']\nworkspace: {sandbox.workspace}\n"
+        "restart: on-failure\nrestart_delay_seconds: 0.1\n"
+    )
+    counter = sandbox.workspace / "count"
+    (agents / "ticker.yaml").write_text(
+        "program: /bin/sh\n"
+        f"args: ['-c', 'echo x >> {counter}']\n"
+        f"workspace: {sandbox.workspace}\nrestart: always\nrestart_delay_seconds: 0.2\n"
+    )
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify_path = str(sandbox.root / "notify.sock")
+    notify.bind(notify_path)
+    notify.settimeout(15)
+    env = dict(sandbox.env, AGENTSUP_AGENTS_DIR=str(agents), NOTIFY_SOCKET=notify_path)
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "agentsup", "daemon"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        messages = []
+        while "READY=1" not in messages:
+            messages.append(notify.recv(4096).decode())
+        time.sleep(1.5)
+        listing = {a["id"]: a for a in json.loads(sandbox.agentsup("ps", "--json").stdout)}
+        assert listing["sleeper"]["state"] == "running"
+        assert process_state(int(listing["sleeper"]["pid"])) == "S"
+        # The thief was killed by the policy and, as a violator, not restarted.
+        assert listing["thief"]["state"] == "exited"
+        kills = [r for r in sandbox.audit_records() if r["kind"] == "signal"]
+        assert len([r for r in kills if r.get("rule") == "secret-ssh"]) == 1
+        # The ticker exits 0 and is restarted every time.
+        assert len(counter.read_text().split()) >= 3
+        sleeper_pid = int(listing["sleeper"]["pid"])
+        daemon.send_signal(signal.SIGTERM)
+        _out, err = daemon.communicate(timeout=15)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.communicate()
+        notify.close()
+    assert daemon.returncode == 0, err
+    assert process_state(sleeper_pid) in ("", "Z")
+    assert "started agent 'sleeper'" in err
+    assert not os.path.exists(sandbox.runtime_dir / f"sup-{daemon.pid}.sock")
