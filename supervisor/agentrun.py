@@ -17,11 +17,12 @@ import dataclasses
 import errno
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -319,7 +320,13 @@ class AgentRun:
             self._watchdog = spawn_watchdog(os.getpid(), self.group)
         session.main_pid = launched.pid
         session.tree = ProcessTree(self.group, launched.pid)
-        self.mediator = Mediator(launched.listener, session, session.tgid_of, session.agent_id)
+        self.mediator = Mediator(
+            launched.listener,
+            session,
+            session.tgid_of,
+            session.agent_id,
+            wait_writable=self._wait_writable,
+        )
         self.mediator.protected_inodes = protected_inodes(session.policy)
         self.loop.add_reader(launched.listener, self._on_listener)
         self.loop.add_reader(launched.pidfd, lambda _events: self.supervisor.reap())
@@ -466,6 +473,27 @@ class AgentRun:
         pending.timer = self.loop.call_later(approval.timeout_seconds, expire)
 
     # -- the agent's fds and its end -----------------------------------------------
+
+    def _wait_writable(
+        self,
+        fd: int,
+        on_ready: Callable[[], None],
+        on_timeout: Callable[[], None],
+        timeout: float,
+    ) -> None:
+        """Call `on_ready` when `fd` becomes writable, or `on_timeout` after `timeout` s."""
+
+        def ready(_events: int) -> None:
+            timer.cancel()
+            self.loop.remove_reader(fd)
+            on_ready()
+
+        def expired() -> None:
+            self.loop.remove_reader(fd)
+            on_timeout()
+
+        timer = self.loop.call_later(timeout, expired)
+        self.loop.add_reader(fd, ready, select.EPOLLOUT)
 
     def _on_listener(self, events: int) -> None:
         assert self.mediator is not None and self.launched is not None

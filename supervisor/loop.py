@@ -55,9 +55,10 @@ class EventLoop:
 
     # -- fds ------------------------------------------------------------------
 
-    def add_reader(self, fd: int, callback: ReaderCallback) -> None:
+    def add_reader(self, fd: int, callback: ReaderCallback, mask: int = select.EPOLLIN) -> None:
+        """Call `callback(events)` whenever `fd` is ready for `mask` (input by default)."""
         self._readers[fd] = callback
-        self._epoll.register(fd, select.EPOLLIN)
+        self._epoll.register(fd, mask)
 
     def remove_reader(self, fd: int) -> None:
         if self._readers.pop(fd, None) is not None:

@@ -26,6 +26,7 @@ import errno
 import fcntl
 import os
 import select
+import socket
 import stat
 import struct
 from collections.abc import Callable
@@ -80,6 +81,14 @@ ALWAYS_REFUSED = (
 # clone3 keeps its flags in memory that BPF cannot read: ENOSYS makes glibc
 # fall back to clone, whose namespace flags the filter does see.
 FORCED_ENOSYS = ("clone3",)
+
+
+# (fd, on_ready, on_timeout, timeout_seconds): the loop calls exactly one of them.
+WaitWritable = Callable[[int, Callable[[], None], Callable[[], None], float], None]
+
+# A blocking connect the supervisor finishes for the agent gives up after this
+# long, about what the kernel's SYN retries take by default.
+CONNECT_TIMEOUT = 130.0
 
 
 class Judge(Protocol):
@@ -142,12 +151,19 @@ class Mediator:
     """Decodes and answers the notifications of one agent's listener."""
 
     def __init__(
-        self, listener: int, judge: Judge, tgid_of: Callable[[int], int], agent_id: str = ""
+        self,
+        listener: int,
+        judge: Judge,
+        tgid_of: Callable[[int], int],
+        agent_id: str = "",
+        wait_writable: WaitWritable | None = None,
     ) -> None:
         self.listener = listener
         self.agent_id = agent_id
         self.judge = judge
         self._allow_cache = judge.allow_cache
+        # How to wait, inside the loop, for a connect we started on the agent's behalf.
+        self._wait_writable = wait_writable
         self.memory = _proc.MemoryReader()
         self._tgid_of = tgid_of
         self._umasks: dict[int, int] = {}
@@ -868,10 +884,88 @@ class Mediator:
         _seccomp.respond_continue(self.listener, n.id)
 
     def _on_connect(self, n: _seccomp.Notification, name: str) -> None:
-        self._network(n, name, self._address(n, n.args[1], n.args[2] & 0xFFFFFFFF))
+        self._ip_socket_call(n, name, connect=True)
 
     def _on_bind(self, n: _seccomp.Notification, name: str) -> None:
-        self._network(n, name, self._address(n, n.args[1], n.args[2] & 0xFFFFFFFF))
+        self._ip_socket_call(n, name, connect=False)
+
+    def _ip_socket_call(self, n: _seccomp.Notification, syscall: str, *, connect: bool) -> None:
+        """connect/bind: decide on the address we copied, and use that very copy.
+
+        For IP sockets the supervisor takes a duplicate of the agent's socket
+        (pidfd_getfd) and makes the call itself with the address it decided
+        on, so a thread rewriting the sockaddr after the check changes
+        nothing.  Unix sockets keep CONTINUE (their path would have to be
+        re-resolved in the agent's cwd); the README says so.
+        """
+        ptr, length = n.args[1], n.args[2] & 0xFFFFFFFF
+        if ptr == 0 or length < 2:
+            _seccomp.respond_continue(self.listener, n.id)
+            return
+        data = self.memory.read(n.pid, ptr, min(length, 128))
+        target = describe_sockaddr(data, lambda raw: self._unix_target(n.pid, raw))
+        response = self._decide(n, syscall, ActionType.NETWORK_CONNECT, target)
+        if not response.proceeds:
+            self._refuse(n, response, errno.EPERM)
+            return
+        address = ip_address_tuple(data)
+        if address is None:
+            _seccomp.respond_continue(self.listener, n.id)
+            return
+        try:
+            sock = socket.socket(fileno=_proc.pidfd_getfd(self._pidfd(n.pid), _signed32(n.args[0])))
+        except OSError as exc:
+            _seccomp.respond_error(self.listener, n.id, exc.errno or errno.EBADF)
+            return
+        if not connect:
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                _seccomp.respond_error(self.listener, n.id, exc.errno or errno.EINVAL)
+            else:
+                _seccomp.respond_value(self.listener, n.id, 0)
+            finally:
+                sock.close()
+            return
+        self._connect(n, sock, address)
+
+    def _connect(
+        self, n: _seccomp.Notification, sock: socket.socket, address: tuple[object, ...]
+    ) -> None:
+        fd = sock.fileno()
+        status_flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        agent_blocks = not status_flags & os.O_NONBLOCK
+        if agent_blocks:
+            # The flag lives in the shared open file: set it only for our call.
+            fcntl.fcntl(fd, fcntl.F_SETFL, status_flags | os.O_NONBLOCK)
+        try:
+            err = sock.connect_ex(address)
+        finally:
+            if agent_blocks:
+                fcntl.fcntl(fd, fcntl.F_SETFL, status_flags)
+        if err != errno.EINPROGRESS or not agent_blocks or self._wait_writable is None:
+            sock.close()
+            if err:
+                _seccomp.respond_error(self.listener, n.id, err)
+            else:
+                _seccomp.respond_value(self.listener, n.id, 0)
+            return
+
+        # A blocking connect in progress: the agent keeps waiting in its
+        # syscall while the loop waits for the handshake.
+        def done() -> None:
+            result = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            sock.close()
+            if result:
+                _seccomp.respond_error(self.listener, n.id, result)
+            else:
+                _seccomp.respond_value(self.listener, n.id, 0)
+
+        def timed_out() -> None:
+            sock.close()
+            _seccomp.respond_error(self.listener, n.id, errno.ETIMEDOUT)
+
+        self._wait_writable(fd, done, timed_out, CONNECT_TIMEOUT)
 
     def _on_sendto(self, n: _seccomp.Notification, name: str) -> None:
         self._network(n, name, self._address(n, n.args[4], n.args[5] & 0xFFFFFFFF))
@@ -912,10 +1006,23 @@ class Mediator:
         _seccomp.respond_error(self.listener, n.id, errno.EPERM)
 
 
+def ip_address_tuple(data: bytes) -> tuple[object, ...] | None:
+    """The Python address of an AF_INET/AF_INET6 sockaddr; None for other families."""
+    if len(data) < 2:
+        return None
+    family = struct.unpack_from("<H", data)[0]
+    if family == socket.AF_INET and len(data) >= 8:
+        return (socket.inet_ntop(socket.AF_INET, data[4:8]), struct.unpack_from(">H", data, 2)[0])
+    if family == socket.AF_INET6 and len(data) >= 28:
+        port, flowinfo = struct.unpack_from(">HI", data, 2)
+        scope_id = struct.unpack_from("<I", data, 24)[0]
+        return (socket.inet_ntop(socket.AF_INET6, data[8:24]), port, flowinfo, scope_id)
+    return None
+
+
 def describe_sockaddr(data: bytes, unix_path: Callable[[bytes], str]) -> str:
     """The `network_connect` target for a raw sockaddr (DESIGN.md 1.2)."""
     import ipaddress
-    import socket
 
     if len(data) < 2:
         return "invalid:"

@@ -175,6 +175,99 @@ rules:
     assert record["target"] == f"127.0.0.1:{denied_port}"
 
 
+def _listener() -> socket.socket:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    return listener
+
+
+NET_ONE_PORT = """
+name: one-port
+extends: [strict]
+rules:
+  - id: local-api
+    actions: [network_connect]
+    target: "127.0.0.1:{port}"
+    decision: allow
+    priority: 1
+  - id: everything-else
+    actions: [network_connect]
+    target: "**"
+    decision: deny
+    priority: 2
+    on_violation: block
+"""
+
+
+def test_a_blocking_connect_completes_through_the_supervisor(sandbox: Sandbox) -> None:
+    allowed = _listener()
+    port = allowed.getsockname()[1]
+
+    def greet() -> None:
+        conn, _ = allowed.accept()
+        conn.sendall(b"hi")
+        conn.close()
+
+    threading.Thread(target=greet, daemon=True).start()
+    policy = sandbox.policy("one", NET_ONE_PORT.replace("{port}", str(port)))
+    result = sandbox.run("python3", TRY, "connect_blocking", "127.0.0.1", str(port), policy=policy)
+    allowed.close()
+    assert agent_reports(result.stdout)[0] == {
+        "op": "connect_blocking",
+        "result": "ok",
+        "data": "hi",
+    }
+
+
+@pytest.mark.slow
+def test_a_thread_flipping_the_address_never_reaches_the_denied_port(sandbox: Sandbox) -> None:
+    allowed, denied = _listener(), _listener()
+    allowed_port, denied_port = allowed.getsockname()[1], denied.getsockname()[1]
+    stop = threading.Event()
+
+    def drain(listener: socket.socket, counts: list[int]) -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            counts.append(1)
+            conn.close()
+
+    allowed_hits: list[int] = []
+    denied_hits: list[int] = []
+    threads = [
+        threading.Thread(target=drain, args=(allowed, allowed_hits), daemon=True),
+        threading.Thread(target=drain, args=(denied, denied_hits), daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    policy = sandbox.policy("one", NET_ONE_PORT.replace("{port}", str(allowed_port)))
+    result = sandbox.run(
+        "python3",
+        TRY,
+        "connect_race",
+        str(allowed_port),
+        str(denied_port),
+        "2000",
+        policy=policy,
+        timeout=240,
+    )
+    time.sleep(0.5)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    allowed.close()
+    denied.close()
+    assert result.returncode == 0, result.stderr
+    report = agent_reports(result.stdout)[0]["data"]
+    assert report["connected"] > 0
+    assert denied_hits == []
+    assert len(allowed_hits) == report["connected"]
+
+
 def test_strict_kills_an_agent_that_connects_out(sandbox: Sandbox) -> None:
     result = sandbox.run("python3", TRY, "connect", "127.0.0.1", "9")
     assert result.returncode == 137

@@ -150,6 +150,52 @@ def op_connect(host: str, port: str) -> None:
         s.close()
 
 
+def op_connect_blocking(host: str, port: str) -> None:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # no timeout: a blocking connect
+    try:
+        s.connect((host, int(port)))
+        report("connect_blocking", "ok", s.recv(64).decode(errors="replace"))
+    except OSError as exc:
+        report("connect_blocking", errname(exc))
+    finally:
+        s.close()
+
+
+def op_connect_race(allowed_port: str, denied_port: str, tries: str) -> None:
+    """connect() to an allowed port while a thread flips the sockaddr to a denied one."""
+    libc.connect.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32]
+
+    def sockaddr(port: int) -> bytes:
+        return (
+            struct.pack("<H", socket.AF_INET)
+            + struct.pack(">H", port)
+            + bytes([127, 0, 0, 1])
+            + bytes(8)
+        )
+
+    good, bad = sockaddr(int(allowed_port)), sockaddr(int(denied_port))
+    buf = ctypes.create_string_buffer(good, 16)
+    stop = False
+
+    def flip() -> None:
+        while not stop:
+            ctypes.memmove(buf, bad, 16)
+            ctypes.memmove(buf, good, 16)
+
+    flipper = threading.Thread(target=flip, daemon=True)
+    flipper.start()
+    connected = refused = 0
+    for _ in range(int(tries)):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if libc.connect(s.fileno(), ctypes.addressof(buf), 16) == 0:
+            connected += 1
+        else:
+            refused += 1
+        s.close()
+    stop = True
+    report("connect_race", "ok", {"connected": connected, "refused": refused})
+
+
 def op_exec(*argv: str) -> None:
     try:
         proc = subprocess.run(list(argv), capture_output=True, text=True)
@@ -275,6 +321,8 @@ OPS = {
     "ctypes_openat": op_ctypes_openat,
     "openat2": op_openat2,
     "connect": op_connect,
+    "connect_blocking": op_connect_blocking,
+    "connect_race": op_connect_race,
     "exec": op_exec,
     "system": op_system,
     "env": op_env,
