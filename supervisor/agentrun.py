@@ -270,6 +270,8 @@ class AgentRun:
             ),
             self.audit,
         )
+        if landlock_plan is not None:
+            self.session.floor = floor.FloorCheck(landlock_plan)
         if hook_socket is not None:
             try:
                 self.hooks = HookServer(Path(hook_socket), self._on_hook_request, self._on_tamper)

@@ -305,3 +305,30 @@ def plan_floor(
         net_rules=tuple(sorted(net.items())),
         gaps=tuple(gaps),
     )
+
+
+class FloorCheck:
+    """The floor, asked in user space: could the agent itself reach `path` for `rights`?
+
+    The supervisor performs most file operations for the agent (to close
+    TOCTOU races), and its own opens are not subject to the agent's Landlock
+    domain.  This is the same floor checked before each of them, so a bug in
+    the policy engine cannot hand out what the kernel floor would refuse.
+    Pure: plain string prefixes over the plan's rules.
+    """
+
+    def __init__(self, plan: FloorPlan) -> None:
+        self.handled = plan.handled_fs
+        self._rules = tuple((path.rstrip("/") or "/", mask) for path, mask in plan.fs_rules)
+
+    def allows(self, path: str, rights: int) -> bool:
+        """True if some rule at or above `path` grants any of `rights` (or none are handled)."""
+        wanted = rights & self.handled
+        if not wanted:
+            return True
+        for root, mask in self._rules:
+            if mask & wanted and (
+                path == root or root == "/" or (path.startswith(root) and path[len(root)] == "/")
+            ):
+                return True
+        return False

@@ -33,11 +33,33 @@ from agentsup.events import (
     response_for,
     should_audit,
 )
+from agentsup.floor import (
+    EXEC_RIGHTS,
+    FS_MAKE_DIR,
+    FS_MAKE_REG,
+    FS_MAKE_SYM,
+    FS_REMOVE_DIR,
+    FS_REMOVE_FILE,
+    FS_TRUNCATE,
+    FS_WRITE_FILE,
+    READ_RIGHTS,
+    FloorCheck,
+)
 from agentsup.paths import Locations
 from agentsup.policy import CompiledPolicy, RateLimiter
 
 _ALLOW_CACHE_SIZE = 16384
+_WRITE_ANY = FS_WRITE_FILE | FS_MAKE_REG | FS_MAKE_DIR | FS_MAKE_SYM | FS_TRUNCATE
+_FLOOR_RIGHTS = {
+    ActionType.FILE_READ: READ_RIGHTS,
+    ActionType.FILE_WRITE: _WRITE_ANY,
+    ActionType.FILE_CHMOD: _WRITE_ANY,
+    ActionType.FILE_DELETE: FS_REMOVE_FILE | FS_REMOVE_DIR,
+    ActionType.FILE_MOVE: FS_REMOVE_FILE | FS_REMOVE_DIR,
+    ActionType.PROCESS_SPAWN: EXEC_RIGHTS,
+}
 SELF_PROTECTION_RULE = "agentsup-self-protection"
+FLOOR_RULE = "agentsup-kernel-floor"
 HOOK_CODE_RULE = "agentsup-hook-code"
 ALWAYS_REFUSED_RULE = "agentsup-always-refused"
 
@@ -195,6 +217,8 @@ class AgentSession:
         # (action, target) pairs the policy plainly allows without a record:
         # the decision is a pure function of them, so it is asked once.
         self.allow_cache: set[tuple[ActionType, str]] = set()
+        # The Landlock floor, asked again before work the supervisor does for the agent.
+        self.floor: FloorCheck | None = None
         self._request_ids = itertools.count(1)
         self._tgids: dict[int, int] = {}
         # Targets are real paths, so compare against real paths.
@@ -259,6 +283,23 @@ class AgentSession:
         return None
 
     def decide(self, event: Event) -> Decision:
+        decision = self._decide(event)
+        floor = self.floor
+        if floor is not None and response_for(decision).proceeds:
+            rights = _FLOOR_RIGHTS.get(event.action)
+            if rights and not floor.allows(event.target, rights):
+                return Decision(
+                    verdict=Verdict.DENY,
+                    rule_id=FLOOR_RULE,
+                    severity=Severity.CRITICAL,
+                    message="outside the kernel floor: no rule of the policy could allow this",
+                    on_violation=ViolationMode.BLOCK,
+                    reason=f"the policy said {decision.verdict} ({decision.rule_id}), "
+                    "the Landlock floor computed from it does not reach the target",
+                )
+        return decision
+
+    def _decide(self, event: Event) -> Decision:
         if event.action is ActionType.FILE_READ and _inside(event.target, _AGENTSUP_CODE):
             return _HOOK_CODE_DECISION
         if (
