@@ -73,6 +73,8 @@ def main() -> int:
         str(workspace),
         "--id",
         "bench",
+        "--cpus",
+        args.cpus,
         "--",
         *workload,
     ]
