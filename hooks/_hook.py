@@ -196,7 +196,9 @@ def _make_channel(path: str, busy: set[int]) -> tuple[Send, Send, Tamper]:
     notes_wanted = os.environ.get(protocol.ENV_NOTES) == "1"
 
     def note(action: str, target: str, detail: Detail) -> None:
-        if notes_wanted:
+        # ctypes.dlopen is rare and says "this agent is about to go around
+        # Python": always worth a record.  The rest only at audit level all.
+        if notes_wanted or detail.get("event") == "ctypes.dlopen":
             send_one_way("note", action, target, detail)
 
     def tamper(reason: str) -> None:
@@ -651,7 +653,8 @@ def _make_handlers(
     def on_dlopen(args: tuple[Any, ...]) -> None:
         integrity()
         name = args[0]
-        note("file_read", "" if name is None else fs_text(name), {"event": "ctypes.dlopen"})
+        if name is not None:  # dlopen(NULL) is the running program itself (ctypes.pythonapi)
+            note("file_read", fs_text(name), {"event": "ctypes.dlopen"})
 
     def on_putenv(args: tuple[Any, ...]) -> None:
         name = fs_text(args[0])

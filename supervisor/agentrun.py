@@ -388,20 +388,26 @@ class AgentRun:
         session = self.session
         event = request.event(session.agent_id)
         if not request.needs_reply:
-            # Notes are telemetry (asked for only at audit level `all`): the
-            # syscall layer makes the one decision about files, execs, connects.
-            self.audit.append(
-                {
-                    "agent": session.agent_id,
-                    "pid": request.pid,
-                    "kind": "decision",
-                    "action_type": str(event.action),
-                    "target": event.target,
-                    "layer": "hook",
-                    "note": True,
-                    "detail": request.detail,
-                }
-            )
+            # Notes are telemetry: the syscall layer makes the one decision about
+            # files, execs and connects.  They come at audit level `all`, and
+            # for ctypes.dlopen always.
+            dlopen = request.detail.get("event") == "ctypes.dlopen"
+            if dlopen or session.policy.audit_level is AuditLevel.ALL:
+                self.audit.append(
+                    {
+                        "agent": session.agent_id,
+                        "pid": request.pid,
+                        "kind": "decision",
+                        "action_type": str(event.action),
+                        "target": event.target,
+                        "decision": "log",
+                        "rule": "agentsup-hook-note",
+                        "severity": "medium" if dlopen else "low",
+                        "layer": "hook",
+                        "note": True,
+                        "detail": request.detail,
+                    }
+                )
             return None
         hooks = self.hooks
         assert hooks is not None

@@ -259,3 +259,13 @@ def test_an_agent_cannot_switch_the_hook_off(sandbox: Sandbox) -> None:
     assert result.returncode == 0, result.stderr
     assert "HOME still refused" in result.stdout
     assert "read HOME" not in result.stdout
+
+
+def test_ctypes_dlopen_is_recorded(sandbox: Sandbox) -> None:
+    script = agent(sandbox, "import ctypes\nctypes.CDLL('libc.so.6')\nprint('loaded')\n")
+    result = sandbox.run(script)
+    assert result.returncode == 0, result.stderr
+    record = next(r for r in sandbox.audit_records() if r.get("rule") == "agentsup-hook-note")
+    assert record["target"] == "libc.so.6"
+    assert record["detail"] == {"event": "ctypes.dlopen"}
+    assert record["layer"] == "hook"
