@@ -261,11 +261,30 @@ class Mediator:
                 base = b"/"
         return os.path.normpath(os.fsdecode(base + raw)).replace("//", "/", 1)
 
-    def resolve(self, tid: int, dirfd: int, raw: bytes, *, follow: bool = True) -> Resolved:
+    def _anchored_open(self, tid: int, dirfd: int, raw: bytes, flags: int, resolve: int) -> int:
+        """openat2 from the agent's own dirfd (or cwd), honouring its RESOLVE_* flags."""
+        if raw.startswith(b"/"):
+            raw = self._agent_path(tid, dirfd, raw)  # /proc/self means the agent
+        anchor_path = f"/proc/{tid}/cwd" if dirfd == AT_FDCWD else f"/proc/{tid}/fd/{dirfd}"
+        anchor = os.open(anchor_path, _O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return _proc.openat2(anchor, raw, flags, 0, resolve)
+        finally:
+            os.close(anchor)
+
+    def resolve(
+        self, tid: int, dirfd: int, raw: bytes, *, follow: bool = True, resolve_flags: int = 0
+    ) -> Resolved:
         """Pin the object `raw` names (following a final symlink if `follow`)."""
         if not raw:
             return Resolved(self._lexical(tid, dirfd, raw), error=errno.ENOENT)
         flags = _O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+        if resolve_flags:
+            try:
+                fd = self._anchored_open(tid, dirfd, raw, flags, resolve_flags)
+            except OSError as exc:
+                return Resolved(self._lexical(tid, dirfd, raw), error=exc.errno or errno.ENOENT)
+            return self._checked(Resolved(_proc.fd_path(fd), fd=fd), os.fstat(fd))
         if _plain_absolute(raw):
             try:
                 fd = _proc.openat2(AT_FDCWD, raw, flags, 0, _NO_LINKS)
@@ -295,7 +314,9 @@ class Mediator:
             node.error = errno.EACCES
         return node
 
-    def resolve_parent(self, tid: int, dirfd: int, raw: bytes) -> Resolved:
+    def resolve_parent(
+        self, tid: int, dirfd: int, raw: bytes, *, resolve_flags: int = 0
+    ) -> Resolved:
         """Pin the directory that would hold `raw`'s last component."""
         stripped = raw.rstrip(b"/")
         head, _, name = stripped.rpartition(b"/")
@@ -306,6 +327,15 @@ class Mediator:
         parent = head if head or not stripped.startswith(b"/") else b"/"
         if b"/" not in stripped:
             parent = b"."
+        if resolve_flags:
+            try:
+                fd = self._anchored_open(
+                    tid, dirfd, parent, _O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, resolve_flags
+                )
+            except OSError as exc:
+                return Resolved(self._lexical(tid, dirfd, raw), error=exc.errno or errno.ENOENT)
+            target = _proc.fd_path(fd).rstrip("/") + "/" + os.fsdecode(name)
+            return Resolved(target, fd=fd, name=name)
         if _plain_absolute(parent):
             try:
                 fd = _proc.openat2(
@@ -370,19 +400,20 @@ class Mediator:
         path_ptr: int,
         flags: int,
         mode: int,
+        resolve_flags: int = 0,
     ) -> None:
         tid = notif.pid
         raw = self.memory.read_cstring(tid, path_ptr)
         writes = bool(flags & _WRITE_FLAGS) or (flags & _O_TMPFILE) == _O_TMPFILE
         reads = (flags & os.O_ACCMODE) != os.O_WRONLY
-        direct = not writes and not flags & _O_PATH and _plain_absolute(raw)
+        direct = not (writes or resolve_flags or flags & _O_PATH) and _plain_absolute(raw)
         if direct and self._open_direct(notif, syscall, raw, flags):
             return
         follow = not flags & os.O_NOFOLLOW
-        node = self.resolve(tid, dirfd, raw, follow=follow)
+        node = self.resolve(tid, dirfd, raw, follow=follow, resolve_flags=resolve_flags)
         creating = node.error == errno.ENOENT and flags & os.O_CREAT
         if creating:
-            node = self.resolve_parent(tid, dirfd, raw)
+            node = self.resolve_parent(tid, dirfd, raw, resolve_flags=resolve_flags)
         try:
             checks = []
             if reads or not writes:
@@ -491,12 +522,9 @@ class Mediator:
             _seccomp.respond_error(self.listener, n.id, errno.EINVAL)
             return
         flags, mode, resolve = struct.unpack("<QQQ", self.memory.read(n.pid, n.args[2], 24))
-        if resolve:
-            # RESOLVE_* flags restrict what the kernel may follow; we resolve
-            # without them, so refuse rather than widen the agent's request.
-            _seccomp.respond_error(self.listener, n.id, errno.ENOSYS)
-            return
-        self._open(n, name, _signed32(n.args[0]), n.args[1], flags, mode)
+        # RESOLVE_* flags narrow what the kernel may follow: resolve with them,
+        # from the agent's own dirfd, so the answer is the one it asked for.
+        self._open(n, name, _signed32(n.args[0]), n.args[1], flags, mode, resolve)
 
     # -- exec ---------------------------------------------------------------------
 

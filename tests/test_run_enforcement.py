@@ -110,6 +110,27 @@ def test_workspace_file_operations_work_as_usual(sandbox: Sandbox) -> None:
     assert not (ws / "link").exists()
 
 
+def test_openat2_resolve_flags_are_honoured(sandbox: Sandbox) -> None:
+    (sandbox.workspace / "sub").mkdir()
+    (sandbox.workspace / "sub" / "inside.txt").write_text("inside")
+    ws = str(sandbox.workspace)
+    result = sandbox.run(
+        "python3",
+        TRY,
+        "openat2_beneath",
+        ws,
+        "sub/inside.txt",
+        "then",
+        "openat2_beneath",
+        f"{ws}/sub",
+        "../try_syscall.py",
+    )
+    assert result.returncode == 0, result.stderr
+    first, second = agent_reports(result.stdout)
+    assert (first["result"], first["data"]) == ("ok", "inside")
+    assert second["result"] == "EXDEV"  # RESOLVE_BENEATH refuses the `..` escape
+
+
 def test_rm_rf_root_is_killed_and_ls_runs(sandbox: Sandbox) -> None:
     listing = sandbox.run("ls", "-la")
     assert listing.returncode == 0, listing.stderr

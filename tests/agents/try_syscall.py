@@ -138,6 +138,19 @@ def op_openat2(path: str) -> None:
     report("openat2", raw_result(fd), data)
 
 
+def op_openat2_beneath(directory: str, path: str) -> None:
+    """openat2(dirfd, path, RESOLVE_BENEATH): the kernel refuses escapes with EXDEV."""
+    dirfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    how = ctypes.create_string_buffer(struct.pack("<QQQ", os.O_RDONLY, 0, 0x08), 24)
+    fd = libc.syscall(SYS_OPENAT2, dirfd, path.encode(), how, 24)
+    data = None
+    if fd >= 0:
+        data = os.read(fd, 4096).decode(errors="replace")
+        os.close(fd)
+    os.close(dirfd)
+    report("openat2_beneath", raw_result(fd), data)
+
+
 def op_connect(host: str, port: str) -> None:
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.settimeout(3)
@@ -320,6 +333,7 @@ OPS = {
     "chmod": op_chmod,
     "ctypes_openat": op_ctypes_openat,
     "openat2": op_openat2,
+    "openat2_beneath": op_openat2_beneath,
     "connect": op_connect,
     "connect_blocking": op_connect_blocking,
     "connect_race": op_connect_race,
