@@ -1,0 +1,127 @@
+"""agentsup needs no root: seccomp notification and Landlock work for any user.
+
+The test runs the supervisor itself as `nobody`, with the system Python and
+a private copy of agentsup and its pure-Python dependencies (the test
+Python's own install may not be readable by other users).  Without a
+writable cgroup the supervisor says so in one line and tracks the tree as
+its subreaper; everything else works as for root.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import FAKE_KEY
+
+ROOT = Path(__file__).resolve().parent.parent
+SYSTEM_PYTHON = "/usr/bin/python3"
+NOBODY = 65534
+
+pytestmark = [
+    pytest.mark.requires_root,
+    pytest.mark.requires_seccomp_notify,
+    pytest.mark.requires_landlock,
+    pytest.mark.skipif(
+        not os.path.exists(SYSTEM_PYTHON) or not shutil.which("setpriv"),
+        reason="needs a system python3 and setpriv",
+    ),
+]
+
+
+def _system_python_version() -> str:
+    out = subprocess.run(
+        [SYSTEM_PYTHON, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+    )
+    return out.stdout.strip()
+
+
+@pytest.fixture
+def unprivileged_home() -> Iterator[Path]:
+    if _system_python_version() != "{}.{}".format(*sys.version_info[:2]):
+        pytest.skip("the system python3 is another minor version than the test's")
+    root = Path(tempfile.mkdtemp(prefix="agentsup-nobody-"))
+    try:
+        lib = root / "lib"
+        package = lib / "agentsup"
+        shutil.copytree(ROOT / "supervisor", package, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            ROOT / "hooks", package / "hooks", ignore=shutil.ignore_patterns("__pycache__")
+        )
+        shutil.copytree(
+            ROOT / "policies", package / "policies", ignore=shutil.ignore_patterns("__pycache__")
+        )
+        for name in ("pyseccomp", "yaml", "pyotp", "inotify_simple"):
+            origin = Path(importlib.import_module(name).__file__ or "")
+            if origin.name == "__init__.py":
+                shutil.copytree(
+                    origin.parent, lib / name, ignore=shutil.ignore_patterns("__pycache__")
+                )
+            else:
+                shutil.copy(origin, lib / origin.name)
+        home = root / "home"
+        (home / ".ssh").mkdir(parents=True)
+        (home / ".ssh" / "id_rsa").write_text(FAKE_KEY)
+        (root / "workspace").mkdir()
+        subprocess.run(["chmod", "-R", "a+rX", str(root)], check=True)
+        subprocess.run(
+            ["chown", "-R", f"{NOBODY}:{NOBODY}", str(home), str(root / "workspace")], check=True
+        )
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run_as_nobody(root: Path, *program: str) -> subprocess.CompletedProcess[str]:
+    home = root / "home"
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(home),
+        "PYTHONPATH": str(root / "lib"),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "AGENTSUP_POLICY_DIR": str(home / "policies"),
+        "AGENTSUP_AUDIT_LOG": str(home / "log" / "audit.jsonl"),
+        "AGENTSUP_STATE_DIR": str(home / "state"),
+        "AGENTSUP_RUNTIME_DIR": str(home / "run"),
+    }
+    return subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={NOBODY}",
+            f"--regid={NOBODY}",
+            "--clear-groups",
+            SYSTEM_PYTHON,
+            "-m",
+            "agentsup",
+            "run",
+            "--workspace",
+            str(root / "workspace"),
+            "--",
+            *program,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_an_ordinary_user_supervises_and_kills(unprivileged_home: Path) -> None:
+    listing = run_as_nobody(unprivileged_home, "ls", "-la")
+    assert listing.returncode == 0, listing.stderr
+    assert "tracking the process tree as its subreaper" in listing.stderr
+
+    key = unprivileged_home / "home" / ".ssh" / "id_rsa"
+    stolen = run_as_nobody(unprivileged_home, "cat", str(key))
+    assert stolen.returncode == 137, stolen.stderr
+    assert "rule 'secret-ssh' denied file_read" in stolen.stderr
+    assert "c2VjcmV0" not in stolen.stdout
