@@ -43,7 +43,10 @@ def main() -> int:
     parser.add_argument("--policy", default="strict")
     parser.add_argument("--workload", default=str(DEFAULT_WORKLOAD))
     parser.add_argument(
-        "--cpus", choices=["all", "shared"], default="all", help="passed to agentsup run --cpus"
+        "--cpus",
+        choices=["auto", "all", "shared"],
+        default="auto",
+        help="passed to agentsup run --cpus",
     )
     args = parser.parse_args()
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agentsup import floor, launch, notify
+from agentsup import floor, launch, notify, placement
 from agentsup._landlock import landlock_abi
 from agentsup.cgroup import AgentCgroup, CgroupUnavailable
 from agentsup.events import ActionType, AuditLevel, Decision, Response, response_for
@@ -73,7 +73,7 @@ class RunRequest:
     agent_id: str | None = None
     json_status: str | None = None
     allow_degraded: Sequence[str] = ()
-    share_cpu: bool = False
+    cpus: str = "auto"  # auto | all | shared (placement.py)
 
 
 def _say(text: str) -> None:
@@ -336,6 +336,10 @@ class AgentRun:
         if self.hooks is not None:
             self.loop.attach(self.hooks)
         session.on_hold = self._on_hold
+        if self.request.cpus == "auto" and self.group is not None:
+            cpu = placement.CgroupCpu(self.group.tracking)
+            if cpu.available():
+                self._watch_placement(cpu)
         limits = session.policy.limits
         if limits.max_runtime_seconds:
             self.loop.call_later(limits.max_runtime_seconds, self._runtime_exceeded)
@@ -527,6 +531,33 @@ class AgentRun:
         if session.tree is not None and session.tree.pids():
             session.tree.kill()
         session.state = AgentState.EXITED
+
+    def _watch_placement(self, cpu: placement.CgroupCpu) -> None:
+        """Twice a second, put the agent on its supervisor's CPU or on all of them."""
+        shared = False
+        shared_cpus = {max(os.sched_getaffinity(0))}
+        last = (self.loop.clock(), 0, *cpu.read())
+
+        def sample() -> None:
+            nonlocal shared, last
+            if self.exited or self.mediator is None or self.group is None:
+                return
+            now, served = self.loop.clock(), self.mediator.served
+            used, stalled = cpu.read()
+            elapsed = max(now - last[0], 1e-3)
+            observed = placement.Sample(
+                notifications_per_s=(served - last[1]) / elapsed,
+                cores_used=(used - last[2]) / elapsed,
+                stalled=(stalled - last[3]) / elapsed,
+            )
+            last = (now, served, used, stalled)
+            wanted = placement.should_share(shared, observed)
+            if wanted != shared:
+                shared = wanted
+                placement.place(self.group.pids(), shared_cpus if shared else placement.all_cpus())
+            self.loop.call_later(placement.SAMPLE_SECONDS, sample)
+
+        self.loop.call_later(placement.SAMPLE_SECONDS, sample)
 
     def _runtime_exceeded(self) -> None:
         assert self.session is not None

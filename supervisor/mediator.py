@@ -162,6 +162,7 @@ class Mediator:
         self.agent_id = agent_id
         self.judge = judge
         self._allow_cache = judge.allow_cache
+        self.served = 0  # notifications so far (CPU placement watches the rate)
         # How to wait, inside the loop, for a connect we started on the agent's behalf.
         self._wait_writable = wait_writable
         self.memory = _proc.MemoryReader()
@@ -193,6 +194,7 @@ class Mediator:
         return True
 
     def _serve_one(self) -> None:
+        self.served += 1
         notif = _seccomp.receive(self.listener)
         if notif is None:
             return

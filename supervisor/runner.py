@@ -21,7 +21,7 @@ def run_agent(request: RunRequest) -> int:
         print(f"agentsup: cannot start the supervisor: {exc}", file=sys.stderr)
         return EXIT_SETUP_FAILED
     try:
-        if request.share_cpu:
+        if request.cpus == "shared":
             # Every trapped syscall is a ping-pong between agent and supervisor;
             # on one CPU each hand-over is a context switch, not a cross-CPU
             # wake-up (DESIGN.md §3).  The forked agent inherits the affinity.

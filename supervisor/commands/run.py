@@ -43,10 +43,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--cpus",
-        choices=["all", "shared"],
-        default="all",
-        help="all: the agent may use every CPU (default); shared: agent and supervisor share "
-        "one CPU, which makes each mediated syscall 2-3x cheaper for syscall-heavy agents",
+        choices=["auto", "all", "shared"],
+        default="auto",
+        help="auto (default): share the supervisor's CPU while the agent makes many "
+        "mediated syscalls on about one core, spread when it computes in parallel; "
+        "all: never share; shared: always share (2-3x cheaper mediated syscalls)",
     )
     parser.add_argument("program", metavar="PROGRAM")
     parser.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
@@ -66,6 +67,6 @@ def _run(args: argparse.Namespace) -> int:
             agent_id=args.agent_id,
             json_status=args.json_status,
             allow_degraded=args.allow_degraded,
-            share_cpu=args.cpus == "shared",
+            cpus=args.cpus,
         )
     )

@@ -1,0 +1,97 @@
+"""Where an agent runs relative to its supervisor: `run --cpus auto|all|shared`.
+
+Every mediated syscall is a ping-pong between the agent and the supervisor.
+On one CPU each hand-over is a context switch; across CPUs it is a wake-up
+of an idle CPU, which in a VM costs an IPI and a halt exit each way
+(DESIGN.md §3: ~15 µs against ~100 µs).  So a syscall-heavy agent is 2-3x
+faster sharing its supervisor's CPU, while an agent that computes in
+parallel wants every CPU.
+
+`auto` (the default where a cgroup is available) watches both twice a second
+and moves the agent's tree: onto the supervisor's CPU while it makes many
+mediated syscalls without using more than about one core, and back onto
+every CPU as soon as its tasks queue for the CPU (cgroup CPU pressure) or it
+goes quiet.  `shared` always shares; `all` never does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+SAMPLE_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One second of the agent's life."""
+
+    notifications_per_s: float
+    cores_used: float  # CPU time of the tree per wall second
+    stalled: float  # fraction of the second some task of the tree waited for a CPU
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    share_above_rate: float = 500.0
+    share_below_cores: float = 0.8
+    spread_above_stall: float = 0.25
+    spread_below_rate: float = 100.0
+
+
+def should_share(shared_now: bool, sample: Sample, limits: Thresholds = Thresholds()) -> bool:
+    """Pure: share the supervisor's CPU for the next second?"""
+    if shared_now:
+        # Tasks queueing for the one CPU means the agent wants more of them.
+        if sample.stalled > limits.spread_above_stall:
+            return False
+        return sample.notifications_per_s >= limits.spread_below_rate
+    return (
+        sample.notifications_per_s >= limits.share_above_rate
+        and sample.cores_used < limits.share_below_cores
+    )
+
+
+def all_cpus() -> set[int]:
+    return set(range(os.cpu_count() or 1))
+
+
+def place(pids: set[int], cpus: set[int]) -> None:
+    """Set the affinity of every thread of `pids`, and of the supervisor itself."""
+    os.sched_setaffinity(0, cpus)
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(int(tid), cpus)
+
+
+class CgroupCpu:
+    """CPU time and CPU pressure of a cgroup v2 group, as running counters."""
+
+    def __init__(self, group_dir: str) -> None:
+        self._stat = os.path.join(group_dir, "cpu.stat")
+        self._pressure = os.path.join(group_dir, "cpu.pressure")
+
+    def available(self) -> bool:
+        return os.path.exists(self._stat) and os.path.exists(self._pressure)
+
+    def read(self) -> tuple[float, float]:
+        """(CPU seconds used, seconds some task stalled), both since the group began."""
+        usage = stalled = 0.0
+        with contextlib.suppress(OSError):
+            with open(self._stat) as stat:
+                for line in stat:
+                    if line.startswith("usage_usec "):
+                        usage = int(line.split()[1]) / 1e6
+                        break
+            with open(self._pressure) as pressure:
+                for line in pressure:
+                    if line.startswith("some "):
+                        stalled = int(line.rsplit("total=", 1)[1]) / 1e6
+                        break
+        return usage, stalled

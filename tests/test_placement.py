@@ -1,0 +1,75 @@
+"""`--cpus auto`: a syscall-heavy agent shares its supervisor's CPU, a parallel one spreads."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+
+import pytest
+from conftest import Sandbox
+
+from agentsup.placement import Sample, should_share
+
+# -- the decision (pure) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("shared", "sample", "expected"),
+    [
+        # Many mediated syscalls on under one core: share.
+        (False, Sample(5000, 0.5, 0.0), True),
+        # Few syscalls: nothing to gain.
+        (False, Sample(50, 0.5, 0.0), False),
+        # Already using more than a core: it computes in parallel.
+        (False, Sample(5000, 1.6, 0.0), False),
+        # Shared and its tasks queue for the one CPU: spread again.
+        (True, Sample(5000, 0.9, 0.6), False),
+        # Shared and still busy with syscalls, nobody waiting: stay.
+        (True, Sample(3000, 0.6, 0.05), True),
+        # Shared and gone quiet: spread.
+        (True, Sample(10, 0.1, 0.0), False),
+    ],
+)
+def test_when_to_share(shared: bool, sample: Sample, expected: bool) -> None:
+    assert should_share(shared, sample) is expected
+
+
+# -- real agents -------------------------------------------------------------------------
+
+SYSCALL_HEAVY = """
+import os, time
+end = time.monotonic() + 3
+while time.monotonic() < end:
+    os.close(os.open(__file__, os.O_RDONLY))
+print(len(os.sched_getaffinity(0)))
+"""
+
+PARALLEL = """
+import os, subprocess, sys, time
+burn = "import time\\nend = time.monotonic() + 4\\nwhile time.monotonic() < end: pass"
+workers = [subprocess.Popen([sys.executable, "-c", burn]) for _ in range(2)]
+end = time.monotonic() + 4
+while time.monotonic() < end:
+    os.close(os.open(__file__, os.O_RDONLY))
+print(len(os.sched_getaffinity(0)))
+for w in workers:
+    w.wait()
+"""
+
+
+@pytest.mark.requires_root
+@pytest.mark.requires_cgroup
+@pytest.mark.requires_seccomp_notify
+@pytest.mark.requires_landlock
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two CPUs")
+@pytest.mark.parametrize(
+    ("body", "cpus_at_the_end"),
+    [(SYSCALL_HEAVY, 1), (PARALLEL, os.cpu_count() or 1)],
+    ids=["syscall-heavy-shares", "parallel-spreads"],
+)
+def test_auto_placement(sandbox: Sandbox, body: str, cpus_at_the_end: int) -> None:
+    script = sandbox.workspace / "agent.py"
+    script.write_text(textwrap.dedent(body))
+    result = sandbox.run(str(script), timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout.split()[-1]) == cpus_at_the_end
