@@ -141,29 +141,31 @@ def test_rm_rf_root_is_killed_and_ls_runs(sandbox: Sandbox) -> None:
     assert "denied shell_execute rm -rf /" in result.stderr
 
 
-def test_network_connect_is_decided_by_ip_and_port(sandbox: Sandbox) -> None:
-    allowed, denied = socket.socket(), socket.socket()
-    for listener in (allowed, denied):
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(4)
-    allowed_port = allowed.getsockname()[1]
-    denied_port = denied.getsockname()[1]
+def _listener() -> socket.socket:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    return listener
+
+
+def _greet_once(listener: socket.socket, greeting: bytes) -> None:
+    """Accept one connection in the background and send it `greeting`."""
 
     def greet() -> None:
-        conn, _ = allowed.accept()
-        conn.sendall(b"hello agent")
+        conn, _ = listener.accept()
+        conn.sendall(greeting)
         conn.close()
 
     threading.Thread(target=greet, daemon=True).start()
-    policy = sandbox.policy(
-        "net",
-        f"""
-name: net
+
+
+NET_ONE_PORT = """
+name: one-port
 extends: [strict]
 rules:
   - id: local-api
     actions: [network_connect]
-    target: "127.0.0.1:{allowed_port}"
+    target: "127.0.0.1:{port}"
     decision: allow
     priority: 1
   - id: everything-else
@@ -172,8 +174,15 @@ rules:
     decision: deny
     priority: 2
     on_violation: block
-""",
-    )
+"""
+
+
+def test_network_connect_is_decided_by_ip_and_port(sandbox: Sandbox) -> None:
+    allowed, denied = _listener(), _listener()
+    allowed_port = allowed.getsockname()[1]
+    denied_port = denied.getsockname()[1]
+    _greet_once(allowed, b"hello agent")
+    policy = sandbox.policy("net", NET_ONE_PORT.replace("{port}", str(allowed_port)))
     result = sandbox.run(
         "python3",
         TRY,
@@ -196,41 +205,10 @@ rules:
     assert record["target"] == f"127.0.0.1:{denied_port}"
 
 
-def _listener() -> socket.socket:
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
-    return listener
-
-
-NET_ONE_PORT = """
-name: one-port
-extends: [strict]
-rules:
-  - id: local-api
-    actions: [network_connect]
-    target: "127.0.0.1:{port}"
-    decision: allow
-    priority: 1
-  - id: everything-else
-    actions: [network_connect]
-    target: "**"
-    decision: deny
-    priority: 2
-    on_violation: block
-"""
-
-
 def test_a_blocking_connect_completes_through_the_supervisor(sandbox: Sandbox) -> None:
     allowed = _listener()
     port = allowed.getsockname()[1]
-
-    def greet() -> None:
-        conn, _ = allowed.accept()
-        conn.sendall(b"hi")
-        conn.close()
-
-    threading.Thread(target=greet, daemon=True).start()
+    _greet_once(allowed, b"hi")
     policy = sandbox.policy("one", NET_ONE_PORT.replace("{port}", str(port)))
     result = sandbox.run("python3", TRY, "connect_blocking", "127.0.0.1", str(port), policy=policy)
     allowed.close()
