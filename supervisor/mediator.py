@@ -86,6 +86,9 @@ FORCED_ENOSYS = ("clone3",)
 # (fd, on_ready, on_timeout, timeout_seconds): the loop calls exactly one of them.
 WaitWritable = Callable[[int, Callable[[], None], Callable[[], None], float], None]
 
+# The largest payload a sendto is copied for (a UDP datagram's limit).
+_MAX_DATAGRAM = 65536
+
 # A blocking connect the supervisor finishes for the agent gives up after this
 # long, about what the kernel's SYN retries take by default.
 CONNECT_TIMEOUT = 130.0
@@ -998,7 +1001,42 @@ class Mediator:
         self._wait_writable(fd, done, timed_out, CONNECT_TIMEOUT)
 
     def _on_sendto(self, n: _seccomp.Notification, name: str) -> None:
-        self._network(n, name, self._address(n, n.args[4], n.args[5] & 0xFFFFFFFF))
+        """A datagram to an address: for IP, sent by the supervisor with the copied address.
+
+        Like connect, the address the agent named is read once, decided on,
+        and used; a thread rewriting it afterwards changes nothing.  The
+        payload is copied too (at most 64 KiB, a UDP datagram's limit).
+        """
+        addr_ptr, addr_len = n.args[4], n.args[5] & 0xFFFFFFFF
+        if addr_ptr == 0 or addr_len < 2:
+            _seccomp.respond_continue(self.listener, n.id)
+            return
+        data = self.memory.read(n.pid, addr_ptr, min(addr_len, 128))
+        target = describe_sockaddr(data, lambda raw: self._unix_target(n.pid, raw))
+        response = self._decide(n, name, ActionType.NETWORK_CONNECT, target)
+        if not response.proceeds:
+            self._refuse(n, response, errno.EPERM)
+            return
+        address = ip_address_tuple(data)
+        length = n.args[2]
+        if address is None or length > _MAX_DATAGRAM:
+            _seccomp.respond_continue(self.listener, n.id)
+            return
+        payload = self.memory.read(n.pid, n.args[1], length) if length else b""
+        try:
+            sock = socket.socket(fileno=_proc.pidfd_getfd(self._pidfd(n.pid), _signed32(n.args[0])))
+        except OSError as exc:
+            _seccomp.respond_error(self.listener, n.id, exc.errno or errno.EBADF)
+            return
+        try:
+            # Never block the loop: a full socket buffer is EAGAIN for the agent.
+            sent = sock.sendto(payload, (n.args[3] & 0xFFFFFFFF) | socket.MSG_DONTWAIT, address)
+        except OSError as exc:
+            _seccomp.respond_error(self.listener, n.id, exc.errno or errno.EIO)
+        else:
+            _seccomp.respond_value(self.listener, n.id, sent)
+        finally:
+            sock.close()
 
     def _msghdr_address(self, n: _seccomp.Notification, msghdr_ptr: int) -> str | None:
         name_ptr, name_len = struct.unpack("<QI", self.memory.read(n.pid, msghdr_ptr, 12))

@@ -267,6 +267,50 @@ def test_a_thread_flipping_the_address_never_reaches_the_denied_port(sandbox: Sa
     assert len(allowed_hits) == report["connected"]
 
 
+@pytest.mark.slow
+def test_a_thread_flipping_a_datagrams_address_never_reaches_the_denied_port(
+    sandbox: Sandbox,
+) -> None:
+    receivers = []
+    for _ in range(2):
+        receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 2**20)
+        receiver.bind(("127.0.0.1", 0))
+        receiver.setblocking(False)
+        receivers.append(receiver)
+    allowed, denied = receivers
+    allowed_port, denied_port = allowed.getsockname()[1], denied.getsockname()[1]
+    policy = sandbox.policy("one", NET_ONE_PORT.replace("{port}", str(allowed_port)))
+    result = sandbox.run(
+        "python3",
+        TRY,
+        "sendto_race",
+        str(allowed_port),
+        str(denied_port),
+        "2000",
+        policy=policy,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr
+
+    def drain(receiver: socket.socket) -> int:
+        count = 0
+        while True:
+            try:
+                receiver.recv(64)
+            except BlockingIOError:
+                return count
+            count += 1
+
+    delivered, leaked = drain(allowed), drain(denied)
+    allowed.close()
+    denied.close()
+    report = agent_reports(result.stdout)[0]["data"]
+    assert report["sent"] > 0
+    assert delivered > 0
+    assert leaked == 0
+
+
 def test_strict_kills_an_agent_that_connects_out(sandbox: Sandbox) -> None:
     result = sandbox.run("python3", TRY, "connect", "127.0.0.1", "9")
     assert result.returncode == 137

@@ -209,6 +209,48 @@ def op_connect_race(allowed_port: str, denied_port: str, tries: str) -> None:
     report("connect_race", "ok", {"connected": connected, "refused": refused})
 
 
+def op_sendto_race(allowed_port: str, denied_port: str, tries: str) -> None:
+    """UDP sendto() to an allowed port while a thread flips the address to a denied one."""
+    libc.sendto.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_uint32,
+    ]
+
+    def sockaddr(port: int) -> bytes:
+        return (
+            struct.pack("<H", socket.AF_INET)
+            + struct.pack(">H", port)
+            + bytes([127, 0, 0, 1])
+            + bytes(8)
+        )
+
+    good, bad = sockaddr(int(allowed_port)), sockaddr(int(denied_port))
+    buf = ctypes.create_string_buffer(good, 16)
+    stop = False
+
+    def flip() -> None:
+        while not stop:
+            ctypes.memmove(buf, bad, 16)
+            ctypes.memmove(buf, good, 16)
+
+    flipper = threading.Thread(target=flip, daemon=True)
+    flipper.start()
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sent = refused = 0
+    for _ in range(int(tries)):
+        if libc.sendto(s.fileno(), b"ping", 4, 0, ctypes.addressof(buf), 16) == 4:
+            sent += 1
+        else:
+            refused += 1
+    stop = True
+    s.close()
+    report("sendto_race", "ok", {"sent": sent, "refused": refused})
+
+
 def op_exec(*argv: str) -> None:
     try:
         proc = subprocess.run(list(argv), capture_output=True, text=True)
@@ -337,6 +379,7 @@ OPS = {
     "connect": op_connect,
     "connect_blocking": op_connect_blocking,
     "connect_race": op_connect_race,
+    "sendto_race": op_sendto_race,
     "exec": op_exec,
     "system": op_system,
     "env": op_env,
