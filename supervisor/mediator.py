@@ -88,6 +88,8 @@ WaitWritable = Callable[[int, Callable[[], None], Callable[[], None], float], No
 
 # The largest payload a sendto is copied for (a UDP datagram's limit).
 _MAX_DATAGRAM = 65536
+# struct msghdr on x86_64: name, namelen, iov, iovlen, control, controllen, flags.
+_MSGHDR = struct.Struct("<QI4xQQQQi4x")
 
 # A blocking connect the supervisor finishes for the agent gives up after this
 # long, about what the kernel's SYN retries take by default.
@@ -906,16 +908,6 @@ class Mediator:
         node.close()
         return node.target
 
-    def _network(self, n: _seccomp.Notification, syscall: str, target: str | None) -> None:
-        if target is None:
-            _seccomp.respond_continue(self.listener, n.id)
-            return
-        response = self._decide(n, syscall, ActionType.NETWORK_CONNECT, target)
-        if not response.proceeds:
-            self._refuse(n, response, errno.EPERM)
-            return
-        _seccomp.respond_continue(self.listener, n.id)
-
     def _on_connect(self, n: _seccomp.Notification, name: str) -> None:
         self._ip_socket_call(n, name, connect=True)
 
@@ -1023,6 +1015,12 @@ class Mediator:
             _seccomp.respond_continue(self.listener, n.id)
             return
         payload = self.memory.read(n.pid, n.args[1], length) if length else b""
+        self._send_datagram(n, payload, n.args[3] & 0xFFFFFFFF, address)
+
+    def _send_datagram(
+        self, n: _seccomp.Notification, payload: bytes, flags: int, address: tuple[object, ...]
+    ) -> None:
+        """Send on a duplicate of the agent's socket (first argument); answer with the count."""
         try:
             sock = socket.socket(fileno=_proc.pidfd_getfd(self._pidfd(n.pid), _signed32(n.args[0])))
         except OSError as exc:
@@ -1030,7 +1028,7 @@ class Mediator:
             return
         try:
             # Never block the loop: a full socket buffer is EAGAIN for the agent.
-            sent = sock.sendto(payload, (n.args[3] & 0xFFFFFFFF) | socket.MSG_DONTWAIT, address)
+            sent = sock.sendto(payload, flags | socket.MSG_DONTWAIT, address)
         except OSError as exc:
             _seccomp.respond_error(self.listener, n.id, exc.errno or errno.EIO)
         else:
@@ -1043,7 +1041,49 @@ class Mediator:
         return self._address(n, name_ptr, name_len)
 
     def _on_sendmsg(self, n: _seccomp.Notification, name: str) -> None:
-        self._network(n, name, self._msghdr_address(n, n.args[1]))
+        """sendmsg with an address: like sendto, sent by the supervisor for IP datagrams.
+
+        Messages with control data (ancillary data, e.g. fds over unix
+        sockets) and unix destinations keep CONTINUE after the decision.
+        """
+        (name_ptr, name_len, iov_ptr, iov_count, _control_ptr, control_len, _flags) = (
+            _MSGHDR.unpack(self.memory.read(n.pid, n.args[1], _MSGHDR.size))
+        )
+        if name_ptr == 0 or name_len < 2:
+            _seccomp.respond_continue(self.listener, n.id)
+            return
+        data = self.memory.read(n.pid, name_ptr, min(name_len, 128))
+        target = describe_sockaddr(data, lambda raw: self._unix_target(n.pid, raw))
+        response = self._decide(n, name, ActionType.NETWORK_CONNECT, target)
+        if not response.proceeds:
+            self._refuse(n, response, errno.EPERM)
+            return
+        address = ip_address_tuple(data)
+        payload = None
+        if address is not None and control_len == 0:
+            payload = self._gather(n.pid, iov_ptr, iov_count)
+        if address is None or payload is None:
+            _seccomp.respond_continue(self.listener, n.id)
+            return
+        self._send_datagram(n, payload, n.args[2] & 0xFFFFFFFF, address)
+
+    def _gather(self, tid: int, iov_ptr: int, iov_count: int) -> bytes | None:
+        """The bytes an iovec array points at; None past 64 KiB or 1024 pieces."""
+        if iov_count == 0:
+            return b""
+        if iov_count > 1024:
+            return None
+        pieces: list[bytes] = []
+        total = 0
+        for base, length in struct.iter_unpack(
+            "<QQ", self.memory.read(tid, iov_ptr, 16 * iov_count)
+        ):
+            total += length
+            if total > _MAX_DATAGRAM:
+                return None
+            if length:
+                pieces.append(self.memory.read(tid, base, length))
+        return b"".join(pieces)
 
     def _on_sendmmsg(self, n: _seccomp.Notification, name: str) -> None:
         count = min(n.args[2] & 0xFFFFFFFF, 1024)

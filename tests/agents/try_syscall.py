@@ -240,9 +240,21 @@ def op_sendto_race(allowed_port: str, denied_port: str, tries: str) -> None:
     flipper = threading.Thread(target=flip, daemon=True)
     flipper.start()
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    # The same datagram through sendmsg, whose msghdr points at the flipping address.
+    payload = ctypes.create_string_buffer(b"ping", 4)
+    iov = ctypes.create_string_buffer(struct.pack("<QQ", ctypes.addressof(payload), 4), 16)
+    msghdr = ctypes.create_string_buffer(
+        struct.pack("<QI4xQQQQi4x", ctypes.addressof(buf), 16, ctypes.addressof(iov), 1, 0, 0, 0),
+        56,
+    )
+    libc.sendmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
     sent = refused = 0
-    for _ in range(int(tries)):
-        if libc.sendto(s.fileno(), b"ping", 4, 0, ctypes.addressof(buf), 16) == 4:
+    for i in range(int(tries)):
+        if i % 2:
+            rc = libc.sendmsg(s.fileno(), ctypes.addressof(msghdr), 0)
+        else:
+            rc = libc.sendto(s.fileno(), b"ping", 4, 0, ctypes.addressof(buf), 16)
+        if rc == 4:
             sent += 1
         else:
             refused += 1
