@@ -22,10 +22,12 @@ them; the README's threat model says what remains.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
 import select
+import signal
 import socket
 import stat
 import struct
@@ -135,6 +137,33 @@ _SETFL_FLAGS = (
 _CAREFUL_PREFIXES = (b"/proc", b"/dev", b"/sys")
 
 
+@dataclass(slots=True)
+class _AllowedExec:
+    """What an allowed exec was decided on, to hold the new image to."""
+
+    argv: list[str]
+    before: list[str] | None  # the image that called exec, in case the exec failed
+    script: bool  # a #! script: the kernel puts the interpreter in front
+
+    def matches(self, running: list[str]) -> bool:
+        if not self.argv:
+            return True
+        if self.script:
+            tail = self.argv[1:]
+            return not tail or running[-len(tail) :] == tail
+        return running == self.argv
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    """argv of the image running as `pid`, as the kernel copied it at exec."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return [os.fsdecode(arg) for arg in data.split(b"\0")[:-1]]
+
+
 def _plain_absolute(raw: bytes) -> bool:
     return raw.startswith(b"/") and not raw.startswith(_CAREFUL_PREFIXES)
 
@@ -168,6 +197,7 @@ class Mediator:
         self.judge = judge
         self._allow_cache = judge.allow_cache
         self.served = 0  # notifications so far (CPU placement watches the rate)
+        self._execs: dict[int, _AllowedExec] = {}
         # How to wait, inside the loop, for a connect we started on the agent's behalf.
         self._wait_writable = wait_writable
         self.memory = _proc.MemoryReader()
@@ -202,6 +232,8 @@ class Mediator:
         self.served += 1
         notif = _seccomp.receive(self.listener)
         if notif is None:
+            return
+        if notif.pid in self._execs and not self._exec_as_decided(notif):
             return
         handler = self._handlers.get(notif.nr)
         if handler is None:  # not ours to judge; never happens with our filter
@@ -381,6 +413,7 @@ class Mediator:
 
     def forget_process(self, tgid: int) -> None:
         self._umasks.pop(tgid, None)
+        self._execs.pop(tgid, None)
         fd = self._pidfds.pop(tgid, None)
         if fd is not None:
             os.close(fd)
@@ -572,9 +605,35 @@ class Mediator:
             self._refuse(n, response, errno.EACCES)
             return
         # The process image changes: cached memory fds and umask go stale.
-        self.forget_process(self._tgid_of(tid))
+        tgid = self._tgid_of(tid)
+        self.forget_process(tgid)
         self.memory.forget(tid)
+        # An exec cannot be done on the agent's behalf, so a racing thread
+        # could swap argv after this check.  Remember what was allowed and
+        # hold the new image to it at its first trapped syscall.
+        self._execs[tgid] = _AllowedExec(argv, _cmdline(tgid), script=len(checks) > 2)
         _seccomp.respond_continue(self.listener, n.id)
+
+    def _exec_as_decided(self, notif: _seccomp.Notification) -> bool:
+        """First syscall after an allowed exec: is the running image the one decided on?
+
+        False when it was swapped in a race and the policy refuses what really
+        runs: that process is killed (an exec cannot be undone) and the
+        syscall fails.
+        """
+        allowed = self._execs.pop(notif.pid)
+        running = _cmdline(notif.pid)
+        if running is None or running == allowed.before or allowed.matches(running):
+            return True
+        actual = " ".join(running)
+        response = self._decide(notif, "execve", ActionType.SHELL_EXECUTE, actual)
+        if response.proceeds:
+            return True  # raced, but into something allowed anyway
+        if response is not Response.KILL:  # KILL took the whole tree already
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(notif.pid, signal.SIGKILL)
+        _seccomp.respond_error(self.listener, notif.id, errno.EPERM)
+        return False
 
     @staticmethod
     def _is_script(path_fd: int) -> bool:

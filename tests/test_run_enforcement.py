@@ -311,6 +311,31 @@ def test_a_thread_flipping_a_datagrams_address_never_reaches_the_denied_port(
     assert leaked == 0
 
 
+@pytest.mark.slow
+def test_an_exec_whose_argv_is_swapped_after_the_check_never_runs(sandbox: Sandbox) -> None:
+    policy = sandbox.policy(
+        "noforbidden",
+        """
+name: noforbidden
+extends: [strict]
+rules:
+  - id: no-forbidden-word
+    actions: [shell_execute]
+    pattern: "forbidden"
+    decision: deny
+    on_violation: block
+    priority: 1
+""",
+    )
+    result = sandbox.run("python3", TRY, "exec_race", "300", policy=policy, timeout=240)
+    assert result.returncode == 0, result.stderr
+    printed = [line for line in result.stdout.splitlines() if not line.startswith("{")]
+    assert "forbidden" not in printed
+    assert "allowed" in printed
+    outcomes = agent_reports(result.stdout)[0]["data"]
+    assert sum(outcomes.values()) == 300
+
+
 def test_strict_kills_an_agent_that_connects_out(sandbox: Sandbox) -> None:
     result = sandbox.run("python3", TRY, "connect", "127.0.0.1", "9")
     assert result.returncode == 137

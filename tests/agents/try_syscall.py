@@ -263,6 +263,35 @@ def op_sendto_race(allowed_port: str, denied_port: str, tries: str) -> None:
     report("sendto_race", "ok", {"sent": sent, "refused": refused})
 
 
+def op_exec_race(tries: str) -> None:
+    """execve(/bin/echo allowed) while a thread flips the argument to `forbidden`."""
+    libc.execve.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p]
+    outcomes: dict[str, int] = {}
+    for _ in range(int(tries)):
+        pid = os.fork()
+        if pid == 0:
+            word = ctypes.create_string_buffer(b"allowed", 16)
+            argv = (ctypes.c_void_p * 3)(
+                ctypes.cast(ctypes.c_char_p(b"/bin/echo"), ctypes.c_void_p).value,
+                ctypes.addressof(word),
+                None,
+            )
+            envp = (ctypes.c_void_p * 1)(None)
+
+            def flip(buffer: ctypes.Array[ctypes.c_char]) -> None:
+                while True:
+                    ctypes.memmove(buffer, b"forbidden\0", 10)
+                    ctypes.memmove(buffer, b"allowed\0\0\0", 10)
+
+            threading.Thread(target=flip, args=(word,), daemon=True).start()
+            libc.execve(b"/bin/echo", argv, envp)
+            os._exit(100 + ctypes.get_errno())
+        _, status = os.waitpid(pid, 0)
+        key = str(os.waitstatus_to_exitcode(status))
+        outcomes[key] = outcomes.get(key, 0) + 1
+    report("exec_race", "ok", outcomes)
+
+
 def op_exec(*argv: str) -> None:
     try:
         proc = subprocess.run(list(argv), capture_output=True, text=True)
@@ -393,6 +422,7 @@ OPS = {
     "connect_race": op_connect_race,
     "sendto_race": op_sendto_race,
     "exec": op_exec,
+    "exec_race": op_exec_race,
     "system": op_system,
     "env": op_env,
     "io_uring": op_io_uring,
