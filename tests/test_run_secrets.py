@@ -134,3 +134,33 @@ def test_reading_the_workspace_is_fine(sandbox: Sandbox) -> None:
     result = sandbox.run("python3", TRY, "read", str(note))
     assert result.returncode == 0, result.stderr
     assert agent_reports(result.stdout)[0]["data"] == "hello"
+
+
+@pytest.mark.slow
+def test_a_thread_flipping_an_unlink_path_never_deletes_the_protected_file(
+    sandbox: Sandbox,
+) -> None:
+    keep = sandbox.workspace / "keep" / "precious.txt"
+    keep.parent.mkdir()
+    keep.write_text("precious")
+    policy = sandbox.policy(
+        "keep",
+        """
+name: keep
+extends: [strict]
+rules:
+  - id: keep-precious
+    actions: [file_delete]
+    target: "{workspace}/keep/**"
+    decision: deny
+    on_violation: block
+    priority: 1
+""",
+    )
+    scratch = sandbox.workspace / "scratch.txt"
+    result = sandbox.run(
+        "python3", TRY, "unlink_race", str(scratch), str(keep), "3000", policy=policy, timeout=240
+    )
+    assert result.returncode == 0, result.stderr
+    assert agent_reports(result.stdout)[0]["data"]["removed"] > 0
+    assert keep.read_text() == "precious"

@@ -352,6 +352,30 @@ def op_race(path_allowed: str, path_secret: str, tries: str) -> None:
     report("race", "ok", {"opened": opened, "leaked": leaked})
 
 
+def op_unlink_race(path_allowed: str, path_protected: str, tries: str) -> None:
+    """unlink() an allowed file while a thread flips the path to a protected one."""
+    size = max(len(path_allowed), len(path_protected)) + 1
+    buf = ctypes.create_string_buffer(size)
+    allowed = path_allowed.encode().ljust(size, b"\0")
+    protected = path_protected.encode().ljust(size, b"\0")
+    stop = False
+
+    def flip() -> None:
+        while not stop:
+            ctypes.memmove(buf, protected, size)
+            ctypes.memmove(buf, allowed, size)
+
+    threading.Thread(target=flip, daemon=True).start()
+    removed = 0
+    for _ in range(int(tries)):
+        with open(path_allowed, "w"):
+            pass
+        if libc.unlink(buf) == 0:
+            removed += 1
+    stop = True
+    report("unlink_race", "ok", {"removed": removed})
+
+
 def op_heartbeat(path: str, interval: str = "0.05") -> None:
     """Rewrite `path` with a counter until something stops us."""
     count = 0
@@ -430,6 +454,7 @@ OPS = {
     "fds": op_fds,
     "race": op_race,
     "heartbeat": op_heartbeat,
+    "unlink_race": op_unlink_race,
     "sleep": op_sleep,
     "tree_then": op_tree_then,
     "forkbomb": op_forkbomb,
