@@ -130,16 +130,6 @@ def process_umask(tid: int) -> int:
     return 0o022
 
 
-def parent_pid(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            data = stat.read()
-    except OSError:
-        return 0
-    # The command name may contain spaces and parentheses: split after the last ')'.
-    return int(data[data.rindex(b")") + 2 :].split()[1])
-
-
 def process_state(pid: int) -> str:
     """The one-letter state from /proc/PID/stat (R, S, D, T, Z, ...), '' if gone."""
     try:

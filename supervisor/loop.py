@@ -65,9 +65,6 @@ class EventLoop:
             with contextlib.suppress(OSError, ValueError):
                 self._epoll.unregister(fd)
 
-    def has_reader(self, fd: int) -> bool:
-        return fd in self._readers
-
     def attach(self, component: FdComponent) -> None:
         """Drive a component whose set of fds changes (a socket server and its peers).
 
