@@ -8,11 +8,16 @@ SQL and environment reads are decided by the policy and recorded with
 from __future__ import annotations
 
 import http.server
+import json
 import sqlite3
+import subprocess
 import textwrap
 import threading
+import time
+import urllib.parse
 from collections.abc import Iterator
 
+import pyotp
 import pytest
 from conftest import Sandbox
 
@@ -269,3 +274,55 @@ def test_ctypes_dlopen_is_recorded(sandbox: Sandbox) -> None:
     assert record["target"] == "libc.so.6"
     assert record["detail"] == {"event": "ctypes.dlopen"}
     assert record["layer"] == "hook"
+
+
+def test_a_held_hook_action_proceeds_after_a_person_approves(
+    sandbox: Sandbox, http_server: int
+) -> None:
+    init = sandbox.agentsup("totp", "init")
+    uri = next(w for w in init.stdout.split() if w.startswith("otpauth://"))
+    secret = urllib.parse.parse_qs(urllib.parse.urlparse(uri).query)["secret"][0]
+    policy = sandbox.policy(
+        "held",
+        WEB_POLICY.replace("{port}", str(http_server)).replace(
+            "    decision: deny\n    on_violation: block\n    priority: 1\n"
+            "    message: this agent only reads from the API",
+            "    decision: require_approval\n    priority: 1\n    message: posting needs a person",
+        ),
+    )
+    script = agent(
+        sandbox,
+        RESOLVE_EXAMPLE_TEST
+        + f"""
+import urllib.request
+url = "http://api.example.test:{http_server}/items"
+urllib.request.urlopen(urllib.request.Request(url, data=b"x", method="POST"))
+print("posted")
+""",
+    )
+    proc = subprocess.Popen(
+        sandbox.command(script, policy=policy, agent_id="poster"),
+        env=sandbox.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        pending: list[dict[str, object]] = []
+        while not pending and time.monotonic() < deadline:
+            listing = sandbox.agentsup("pending", "--json")
+            pending = json.loads(listing.stdout) if listing.stdout.strip() else []
+            time.sleep(0.1)
+        assert pending and pending[0]["action_type"] == "network_request"
+        assert _Recorder.seen == []  # nothing left before the person said yes
+        resumed = sandbox.agentsup("resume", "poster", "--code", pyotp.TOTP(secret).now())
+        assert resumed.returncode == 0, resumed.stderr
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "posted" in out
+    assert _Recorder.seen == ["POST /items"]
