@@ -820,40 +820,26 @@ class Mediator:
     def _on_rename(self, n: _seccomp.Notification, name: str) -> None:
         self._two_paths(n, name, AT_FDCWD, n.args[0], AT_FDCWD, n.args[1], linking=False, flags=0)
 
-    def _on_renameat(self, n: _seccomp.Notification, name: str) -> None:
+    def _two_paths_at(
+        self, n: _seccomp.Notification, name: str, *, linking: bool, flags: int
+    ) -> None:
+        """renameat/renameat2/linkat: (olddirfd, old, newdirfd, new[, flags])."""
         a = n.args
         self._two_paths(
-            n, name, _signed32(a[0]), a[1], _signed32(a[2]), a[3], linking=False, flags=0
+            n, name, _signed32(a[0]), a[1], _signed32(a[2]), a[3], linking=linking, flags=flags
         )
 
+    def _on_renameat(self, n: _seccomp.Notification, name: str) -> None:
+        self._two_paths_at(n, name, linking=False, flags=0)
+
     def _on_renameat2(self, n: _seccomp.Notification, name: str) -> None:
-        a = n.args
-        self._two_paths(
-            n,
-            name,
-            _signed32(a[0]),
-            a[1],
-            _signed32(a[2]),
-            a[3],
-            linking=False,
-            flags=a[4] & 0xFFFFFFFF,
-        )
+        self._two_paths_at(n, name, linking=False, flags=n.args[4] & 0xFFFFFFFF)
 
     def _on_link(self, n: _seccomp.Notification, name: str) -> None:
         self._two_paths(n, name, AT_FDCWD, n.args[0], AT_FDCWD, n.args[1], linking=True, flags=0)
 
     def _on_linkat(self, n: _seccomp.Notification, name: str) -> None:
-        a = n.args
-        self._two_paths(
-            n,
-            name,
-            _signed32(a[0]),
-            a[1],
-            _signed32(a[2]),
-            a[3],
-            linking=True,
-            flags=a[4] & 0xFFFFFFFF,
-        )
+        self._two_paths_at(n, name, linking=True, flags=n.args[4] & 0xFFFFFFFF)
 
     # -- change an existing object ---------------------------------------------------
 
@@ -956,11 +942,36 @@ class Mediator:
 
     # -- network and memory ---------------------------------------------------------
 
-    def _address(self, n: _seccomp.Notification, ptr: int, length: int) -> str | None:
-        if ptr == 0 or length == 0:
+    def _decided_address(
+        self, n: _seccomp.Notification, syscall: str, ptr: int, length: int
+    ) -> bytes | None:
+        """The sockaddr the agent named, copied once, if the policy lets it through.
+
+        None when the syscall is already answered: no address (CONTINUE, there
+        is nothing to decide) or refused.  The caller uses these very bytes.
+        """
+        if ptr == 0 or length < 2:
+            _seccomp.respond_continue(self.listener, n.id)
             return None
         data = self.memory.read(n.pid, ptr, min(length, 128))
-        return describe_sockaddr(data, lambda raw: self._unix_target(n.pid, raw))
+        response = self._judge_sockaddr(n, syscall, data)
+        if not response.proceeds:
+            self._refuse(n, response, errno.EPERM)
+            return None
+        return data
+
+    def _judge_sockaddr(self, n: _seccomp.Notification, syscall: str, data: bytes) -> Response:
+        target = describe_sockaddr(data, lambda raw: self._unix_target(n.pid, raw))
+        return self._decide(n, syscall, ActionType.NETWORK_CONNECT, target)
+
+    def _agent_socket(self, n: _seccomp.Notification) -> socket.socket | None:
+        """A duplicate of the socket in the syscall's first argument; None if answered."""
+        try:
+            fd = _proc.pidfd_getfd(self._pidfd(n.pid), _signed32(n.args[0]))
+        except OSError as exc:
+            _seccomp.respond_error(self.listener, n.id, exc.errno or errno.EBADF)
+            return None
+        return socket.socket(fileno=fd)
 
     def _unix_target(self, tid: int, raw: bytes) -> str:
         node = self.resolve_parent(tid, AT_FDCWD, raw)
@@ -982,24 +993,15 @@ class Mediator:
         nothing.  Unix sockets keep CONTINUE (their path would have to be
         re-resolved in the agent's cwd); the README says so.
         """
-        ptr, length = n.args[1], n.args[2] & 0xFFFFFFFF
-        if ptr == 0 or length < 2:
-            _seccomp.respond_continue(self.listener, n.id)
-            return
-        data = self.memory.read(n.pid, ptr, min(length, 128))
-        target = describe_sockaddr(data, lambda raw: self._unix_target(n.pid, raw))
-        response = self._decide(n, syscall, ActionType.NETWORK_CONNECT, target)
-        if not response.proceeds:
-            self._refuse(n, response, errno.EPERM)
+        data = self._decided_address(n, syscall, n.args[1], n.args[2] & 0xFFFFFFFF)
+        if data is None:
             return
         address = ip_address_tuple(data)
         if address is None:
             _seccomp.respond_continue(self.listener, n.id)
             return
-        try:
-            sock = socket.socket(fileno=_proc.pidfd_getfd(self._pidfd(n.pid), _signed32(n.args[0])))
-        except OSError as exc:
-            _seccomp.respond_error(self.listener, n.id, exc.errno or errno.EBADF)
+        sock = self._agent_socket(n)
+        if sock is None:
             return
         if not connect:
             try:
@@ -1058,15 +1060,8 @@ class Mediator:
         and used; a thread rewriting it afterwards changes nothing.  The
         payload is copied too (at most 64 KiB, a UDP datagram's limit).
         """
-        addr_ptr, addr_len = n.args[4], n.args[5] & 0xFFFFFFFF
-        if addr_ptr == 0 or addr_len < 2:
-            _seccomp.respond_continue(self.listener, n.id)
-            return
-        data = self.memory.read(n.pid, addr_ptr, min(addr_len, 128))
-        target = describe_sockaddr(data, lambda raw: self._unix_target(n.pid, raw))
-        response = self._decide(n, name, ActionType.NETWORK_CONNECT, target)
-        if not response.proceeds:
-            self._refuse(n, response, errno.EPERM)
+        data = self._decided_address(n, name, n.args[4], n.args[5] & 0xFFFFFFFF)
+        if data is None:
             return
         address = ip_address_tuple(data)
         length = n.args[2]
@@ -1080,10 +1075,8 @@ class Mediator:
         self, n: _seccomp.Notification, payload: bytes, flags: int, address: tuple[object, ...]
     ) -> None:
         """Send on a duplicate of the agent's socket (first argument); answer with the count."""
-        try:
-            sock = socket.socket(fileno=_proc.pidfd_getfd(self._pidfd(n.pid), _signed32(n.args[0])))
-        except OSError as exc:
-            _seccomp.respond_error(self.listener, n.id, exc.errno or errno.EBADF)
+        sock = self._agent_socket(n)
+        if sock is None:
             return
         try:
             # Never block the loop: a full socket buffer is EAGAIN for the agent.
@@ -1095,10 +1088,6 @@ class Mediator:
         finally:
             sock.close()
 
-    def _msghdr_address(self, n: _seccomp.Notification, msghdr_ptr: int) -> str | None:
-        name_ptr, name_len = struct.unpack("<QI", self.memory.read(n.pid, msghdr_ptr, 12))
-        return self._address(n, name_ptr, name_len)
-
     def _on_sendmsg(self, n: _seccomp.Notification, name: str) -> None:
         """sendmsg with an address: like sendto, sent by the supervisor for IP datagrams.
 
@@ -1108,14 +1097,8 @@ class Mediator:
         (name_ptr, name_len, iov_ptr, iov_count, _control_ptr, control_len, _flags) = (
             _MSGHDR.unpack(self.memory.read(n.pid, n.args[1], _MSGHDR.size))
         )
-        if name_ptr == 0 or name_len < 2:
-            _seccomp.respond_continue(self.listener, n.id)
-            return
-        data = self.memory.read(n.pid, name_ptr, min(name_len, 128))
-        target = describe_sockaddr(data, lambda raw: self._unix_target(n.pid, raw))
-        response = self._decide(n, name, ActionType.NETWORK_CONNECT, target)
-        if not response.proceeds:
-            self._refuse(n, response, errno.EPERM)
+        data = self._decided_address(n, name, name_ptr, name_len)
+        if data is None:
             return
         address = ip_address_tuple(data)
         payload = None
@@ -1148,12 +1131,16 @@ class Mediator:
         count = min(n.args[2] & 0xFFFFFFFF, 1024)
         for i in range(count):
             # struct mmsghdr: a 56-byte msghdr and an unsigned int, padded to 64.
-            target = self._msghdr_address(n, n.args[1] + 64 * i)
-            if target is not None:
-                response = self._decide(n, name, ActionType.NETWORK_CONNECT, target)
-                if not response.proceeds:
-                    self._refuse(n, response, errno.EPERM)
-                    return
+            name_ptr, name_len = struct.unpack(
+                "<QI", self.memory.read(n.pid, n.args[1] + 64 * i, 12)
+            )
+            if name_ptr == 0 or name_len < 2:
+                continue
+            data = self.memory.read(n.pid, name_ptr, min(name_len, 128))
+            response = self._judge_sockaddr(n, name, data)
+            if not response.proceeds:
+                self._refuse(n, response, errno.EPERM)
+                return
         _seccomp.respond_continue(self.listener, n.id)
 
     def _on_process_vm_readv(self, n: _seccomp.Notification, name: str) -> None:
