@@ -10,6 +10,7 @@ plainest way to make the syscall, so a denial shows as a distinct errno
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import json
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
@@ -28,6 +30,42 @@ SYS_OPENAT2 = 437
 SYS_IO_URING_SETUP = 425
 SYS_PTRACE = 101
 AT_FDCWD = -100
+
+
+@contextlib.contextmanager
+def flipping(buf: ctypes.Array[ctypes.c_char], innocent: bytes, forbidden: bytes) -> Iterator[None]:
+    """While the block runs, a second thread keeps rewriting `buf`: forbidden, innocent, ..."""
+    size = len(innocent)
+    running = [True]  # a plain flag: the flipper must be as fast as it can be
+
+    def flip() -> None:
+        while running[0]:
+            ctypes.memmove(buf, forbidden, size)
+            ctypes.memmove(buf, innocent, size)
+
+    flipper = threading.Thread(target=flip, daemon=True)
+    flipper.start()
+    try:
+        yield
+    finally:
+        running[0] = False
+        flipper.join()
+
+
+def padded_pair(first: str, second: str) -> tuple[ctypes.Array[ctypes.c_char], bytes, bytes]:
+    """A buffer holding `first`, and both strings NUL-padded to one length."""
+    size = max(len(first), len(second)) + 1
+    one, two = first.encode().ljust(size, b"\0"), second.encode().ljust(size, b"\0")
+    return ctypes.create_string_buffer(one, size), one, two
+
+
+def loopback_sockaddr(port: int) -> bytes:
+    """struct sockaddr_in for 127.0.0.1:port."""
+    return (
+        struct.pack("<H", socket.AF_INET)
+        + struct.pack(">H", port)
+        + bytes([127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0])
+    )
 
 
 def report(op: str, result: str, data: object = None) -> None:
@@ -177,40 +215,22 @@ def op_connect_blocking(host: str, port: str) -> None:
 def op_connect_race(allowed_port: str, denied_port: str, tries: str) -> None:
     """connect() to an allowed port while a thread flips the sockaddr to a denied one."""
     libc.connect.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32]
-
-    def sockaddr(port: int) -> bytes:
-        return (
-            struct.pack("<H", socket.AF_INET)
-            + struct.pack(">H", port)
-            + bytes([127, 0, 0, 1])
-            + bytes(8)
-        )
-
-    good, bad = sockaddr(int(allowed_port)), sockaddr(int(denied_port))
+    good, bad = loopback_sockaddr(int(allowed_port)), loopback_sockaddr(int(denied_port))
     buf = ctypes.create_string_buffer(good, 16)
-    stop = False
-
-    def flip() -> None:
-        while not stop:
-            ctypes.memmove(buf, bad, 16)
-            ctypes.memmove(buf, good, 16)
-
-    flipper = threading.Thread(target=flip, daemon=True)
-    flipper.start()
     connected = refused = 0
-    for _ in range(int(tries)):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if libc.connect(s.fileno(), ctypes.addressof(buf), 16) == 0:
-            connected += 1
-        else:
-            refused += 1
-        s.close()
-    stop = True
+    with flipping(buf, good, bad):
+        for _ in range(int(tries)):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            if libc.connect(s.fileno(), ctypes.addressof(buf), 16) == 0:
+                connected += 1
+            else:
+                refused += 1
+            s.close()
     report("connect_race", "ok", {"connected": connected, "refused": refused})
 
 
 def op_sendto_race(allowed_port: str, denied_port: str, tries: str) -> None:
-    """UDP sendto() to an allowed port while a thread flips the address to a denied one."""
+    """UDP sendto() and sendmsg() to an allowed port while a thread flips the address."""
     libc.sendto.argtypes = [
         ctypes.c_int,
         ctypes.c_char_p,
@@ -219,26 +239,9 @@ def op_sendto_race(allowed_port: str, denied_port: str, tries: str) -> None:
         ctypes.c_void_p,
         ctypes.c_uint32,
     ]
-
-    def sockaddr(port: int) -> bytes:
-        return (
-            struct.pack("<H", socket.AF_INET)
-            + struct.pack(">H", port)
-            + bytes([127, 0, 0, 1])
-            + bytes(8)
-        )
-
-    good, bad = sockaddr(int(allowed_port)), sockaddr(int(denied_port))
+    libc.sendmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+    good, bad = loopback_sockaddr(int(allowed_port)), loopback_sockaddr(int(denied_port))
     buf = ctypes.create_string_buffer(good, 16)
-    stop = False
-
-    def flip() -> None:
-        while not stop:
-            ctypes.memmove(buf, bad, 16)
-            ctypes.memmove(buf, good, 16)
-
-    flipper = threading.Thread(target=flip, daemon=True)
-    flipper.start()
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     # The same datagram through sendmsg, whose msghdr points at the flipping address.
     payload = ctypes.create_string_buffer(b"ping", 4)
@@ -247,18 +250,17 @@ def op_sendto_race(allowed_port: str, denied_port: str, tries: str) -> None:
         struct.pack("<QI4xQQQQi4x", ctypes.addressof(buf), 16, ctypes.addressof(iov), 1, 0, 0, 0),
         56,
     )
-    libc.sendmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
     sent = refused = 0
-    for i in range(int(tries)):
-        if i % 2:
-            rc = libc.sendmsg(s.fileno(), ctypes.addressof(msghdr), 0)
-        else:
-            rc = libc.sendto(s.fileno(), b"ping", 4, 0, ctypes.addressof(buf), 16)
-        if rc == 4:
-            sent += 1
-        else:
-            refused += 1
-    stop = True
+    with flipping(buf, good, bad):
+        for i in range(int(tries)):
+            if i % 2:
+                rc = libc.sendmsg(s.fileno(), ctypes.addressof(msghdr), 0)
+            else:
+                rc = libc.sendto(s.fileno(), b"ping", 4, 0, ctypes.addressof(buf), 16)
+            if rc == 4:
+                sent += 1
+            else:
+                refused += 1
     s.close()
     report("sendto_race", "ok", {"sent": sent, "refused": refused})
 
@@ -277,14 +279,8 @@ def op_exec_race(tries: str) -> None:
                 None,
             )
             envp = (ctypes.c_void_p * 1)(None)
-
-            def flip(buffer: ctypes.Array[ctypes.c_char]) -> None:
-                while True:
-                    ctypes.memmove(buffer, b"forbidden\0", 10)
-                    ctypes.memmove(buffer, b"allowed\0\0\0", 10)
-
-            threading.Thread(target=flip, args=(word,), daemon=True).start()
-            libc.execve(b"/bin/echo", argv, envp)
+            with flipping(word, b"allowed\0\0\0", b"forbidden\0"):
+                libc.execve(b"/bin/echo", argv, envp)
             os._exit(100 + ctypes.get_errno())
         _, status = os.waitpid(pid, 0)
         key = str(os.waitstatus_to_exitcode(status))
@@ -326,53 +322,29 @@ def op_fds() -> None:
 
 def op_race(path_allowed: str, path_secret: str, tries: str) -> None:
     """Open an allowed path while a thread flips the buffer to a secret one."""
-    size = max(len(path_allowed), len(path_secret)) + 1
-    buf = ctypes.create_string_buffer(size)
-    allowed = path_allowed.encode().ljust(size, b"\0")
-    secret = path_secret.encode().ljust(size, b"\0")
-    stop = False
-
-    def flip() -> None:
-        while not stop:
-            ctypes.memmove(buf, secret, size)
-            ctypes.memmove(buf, allowed, size)
-
-    flipper = threading.Thread(target=flip, daemon=True)
-    flipper.start()
-    leaked = 0
-    opened = 0
-    for _ in range(int(tries)):
-        fd = libc.syscall(SYS_OPENAT, AT_FDCWD, buf, os.O_RDONLY, 0)
-        if fd >= 0:
-            opened += 1
-            if b"PRIVATE KEY" in os.read(fd, 4096):
-                leaked += 1
-            os.close(fd)
-    stop = True
+    buf, allowed, secret = padded_pair(path_allowed, path_secret)
+    leaked = opened = 0
+    with flipping(buf, allowed, secret):
+        for _ in range(int(tries)):
+            fd = libc.syscall(SYS_OPENAT, AT_FDCWD, buf, os.O_RDONLY, 0)
+            if fd >= 0:
+                opened += 1
+                if b"PRIVATE KEY" in os.read(fd, 4096):
+                    leaked += 1
+                os.close(fd)
     report("race", "ok", {"opened": opened, "leaked": leaked})
 
 
 def op_unlink_race(path_allowed: str, path_protected: str, tries: str) -> None:
     """unlink() an allowed file while a thread flips the path to a protected one."""
-    size = max(len(path_allowed), len(path_protected)) + 1
-    buf = ctypes.create_string_buffer(size)
-    allowed = path_allowed.encode().ljust(size, b"\0")
-    protected = path_protected.encode().ljust(size, b"\0")
-    stop = False
-
-    def flip() -> None:
-        while not stop:
-            ctypes.memmove(buf, protected, size)
-            ctypes.memmove(buf, allowed, size)
-
-    threading.Thread(target=flip, daemon=True).start()
+    buf, allowed, protected = padded_pair(path_allowed, path_protected)
     removed = 0
-    for _ in range(int(tries)):
-        with open(path_allowed, "w"):
-            pass
-        if libc.unlink(buf) == 0:
-            removed += 1
-    stop = True
+    with flipping(buf, allowed, protected):
+        for _ in range(int(tries)):
+            with open(path_allowed, "w"):
+                pass
+            if libc.unlink(buf) == 0:
+                removed += 1
     report("unlink_race", "ok", {"removed": removed})
 
 
