@@ -76,7 +76,8 @@ class RunRequest:
     cpus: str = "auto"  # auto | all | shared (placement.py)
 
 
-def _say(text: str) -> None:
+def say(text: str) -> None:
+    """One line to the operator on stderr."""
     print(f"agentsup: {text}", file=sys.stderr, flush=True)
 
 
@@ -255,7 +256,7 @@ class AgentRun:
                     "this kernel has no Landlock, the kernel floor under the policy; "
                     "refusing to run (pass --allow-degraded landlock to run on seccomp alone)"
                 )
-            _say("warning: no Landlock on this kernel; running on the seccomp layer alone")
+            say("warning: no Landlock on this kernel; running on the seccomp layer alone")
         else:
             landlock_plan = plan
 
@@ -282,12 +283,12 @@ class AgentRun:
         except CgroupUnavailable as exc:
             if "cgroup" not in request.allow_degraded and os.geteuid() == 0:
                 raise SetupError(f"cannot create a cgroup for the agent: {exc}") from exc
-            _say(f"warning: no cgroup ({exc}); tracking the process tree as its subreaper")
+            say(f"warning: no cgroup ({exc}); tracking the process tree as its subreaper")
         limits = compiled.limits
         rlimits = {"RLIMIT_CORE": 0}  # a core dump would write agent memory to disk
         if self.group is not None:
             for gap in self.group.set_limits(limits.max_processes, limits.memory_mb):
-                _say(f"warning: cannot enforce {gap}")
+                say(f"warning: cannot enforce {gap}")
         else:
             if limits.memory_mb:
                 rlimits["RLIMIT_AS"] = limits.memory_mb * 2**20
@@ -372,7 +373,7 @@ class AgentRun:
                     "reason": str(exc),
                 }
             )
-            _say(f"warning: policy reload failed, keeping the old rules: {exc}")
+            say(f"warning: policy reload failed, keeping the old rules: {exc}")
             return
         session.set_policy(compiled)
         self.audit.append(
@@ -574,7 +575,7 @@ class AgentRun:
         if self.exec_error is not None:
             missing = self.exec_error in (errno.ENOENT, errno.ENOTDIR)
             code = EXIT_NOT_FOUND if missing else EXIT_CANNOT_EXECUTE
-            _say(f"cannot execute {self.request.program}: {os.strerror(self.exec_error)}")
+            say(f"cannot execute {self.request.program}: {os.strerror(self.exec_error)}")
         report = session.kill_report
         signal_name = signal.Signals(sig).name if sig else None
         session.lifecycle(

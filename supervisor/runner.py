@@ -7,9 +7,8 @@ when agentsup fails before the agent starts.
 from __future__ import annotations
 
 import os
-import sys
 
-from agentsup.agentrun import EXIT_SETUP_FAILED, RunRequest, SetupError
+from agentsup.agentrun import EXIT_SETUP_FAILED, RunRequest, SetupError, say
 from agentsup.paths import default_locations
 from agentsup.supervise import Supervisor
 
@@ -18,7 +17,7 @@ def run_agent(request: RunRequest) -> int:
     try:
         supervisor = Supervisor(default_locations())
     except OSError as exc:
-        print(f"agentsup: cannot start the supervisor: {exc}", file=sys.stderr)
+        say(f"cannot start the supervisor: {exc}")
         return EXIT_SETUP_FAILED
     try:
         if request.cpus == "shared":
@@ -29,7 +28,7 @@ def run_agent(request: RunRequest) -> int:
         try:
             run = supervisor.launch(request)
         except SetupError as exc:
-            print(f"agentsup: {exc}", file=sys.stderr, flush=True)
+            say(str(exc))
             return exc.exit_code
         supervisor.run_until(lambda: run.exited)
         return run.finish()

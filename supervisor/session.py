@@ -25,7 +25,6 @@ from agentsup.events import (
     ActionType,
     Decision,
     Event,
-    Layer,
     Response,
     Severity,
     Verdict,
@@ -561,7 +560,3 @@ class AgentSession:
             }
             for p in self.pending.values()
         ]
-
-
-def hook_event(action: ActionType, target: str, agent_id: str, pid: int) -> Event:
-    return Event(action, target, agent_id=agent_id, pid=pid, layer=Layer.HOOK)

@@ -11,10 +11,9 @@ import ctypes
 import functools
 import os
 import signal
-import sys
 from collections.abc import Callable, Mapping
 
-from agentsup.agentrun import AgentRun, RunRequest, SetupError
+from agentsup.agentrun import AgentRun, RunRequest, SetupError, say
 from agentsup.audit import AuditLog
 from agentsup.control import ControlServer
 from agentsup.loop import EventLoop
@@ -26,10 +25,6 @@ from agentsup.session import AgentSession, AgentState
 from agentsup.totp import TotpVerifier
 
 _PR_SET_CHILD_SUBREAPER = 36
-
-
-def _say(text: str) -> None:
-    print(f"agentsup: {text}", file=sys.stderr, flush=True)
 
 
 class BatchedAudit:
@@ -170,7 +165,7 @@ class Supervisor:
                 audit=self.audit,
             )
         except OSError as exc:
-            _say(f"warning: cannot watch {self.locations.policy_dir} ({exc}); no hot reload")
+            say(f"warning: cannot watch {self.locations.policy_dir} ({exc}); no hot reload")
             return
         watcher = self.watcher
         self.loop.add_reader(watcher.fd(), lambda _events: watcher.on_ready())
@@ -188,7 +183,7 @@ class Supervisor:
         # Fail closed: nothing runs on rules that may have been rewritten.
         sessions = self._running_sessions()
         if sessions:
-            _say(
+            say(
                 f"policy directory tampered with ({'; '.join(reasons)}); agents stopped until "
                 "a person re-seals it with: agentsup policy seal --code <TOTP>"
             )
@@ -219,7 +214,7 @@ class Supervisor:
                 clock=self.loop.clock,
             )
         except OSError as exc:
-            _say(f"warning: no control socket ({exc}); resume/deny/stop/kill are unavailable")
+            say(f"warning: no control socket ({exc}); resume/deny/stop/kill are unavailable")
             return
         self.loop.attach(self.control)
 
