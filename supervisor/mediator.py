@@ -206,12 +206,13 @@ class Mediator:
         self._pidfds: dict[int, int] = {}
         # (st_dev, st_ino) -> path, for files a hard link must not reach.
         self.protected_inodes: dict[tuple[int, int], str] = {}
-        self._handlers: dict[int, Callable[[_seccomp.Notification, str], None]] = {}
-        for nr, name in _seccomp.syscall_numbers(MEDIATED).items():
-            self._handlers[nr] = getattr(self, f"_on_{name}")
-        for nr in _seccomp.syscall_numbers(ALWAYS_REFUSED):
-            self._handlers[nr] = self._on_refused
+        # Resolved once: number -> name, and number -> handler.
         self._names = _seccomp.syscall_numbers(MEDIATED + ALWAYS_REFUSED)
+        refused = set(ALWAYS_REFUSED)
+        self._handlers: dict[int, Callable[[_seccomp.Notification, str], None]] = {
+            nr: self._on_refused if name in refused else getattr(self, f"_on_{name}")
+            for nr, name in self._names.items()
+        }
 
     def close(self) -> None:
         self.memory.close()
