@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from agentsup.audit import AuditLog, load_key, read_head, verify_log
+from agentsup.integrity.audit import AuditLog, load_key, read_head, verify_log
 
 SAMPLE = {
     "agent": "analyst-1",

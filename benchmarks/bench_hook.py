@@ -24,7 +24,7 @@ from pathlib import Path
 
 from agentsup.events import Response
 from agentsup.hooks import bootstrap
-from agentsup.hookserver import HookReply, HookRequest, HookServer
+from agentsup.supervision.hookserver import HookReply, HookRequest, HookServer
 
 ALLOW = HookReply(True, "bench", "", Response.ALLOW)
 

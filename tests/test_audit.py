@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from agentsup.audit import (
+from agentsup.integrity.audit import (
     HEAD_SIZE,
     ZERO_MAC,
     AuditKeyError,
@@ -458,7 +458,7 @@ def test_deleting_a_rotated_file_is_tampering(paths: Paths) -> None:
 _WRITER = """
 import sys, time
 from pathlib import Path
-from agentsup.audit import AuditLog
+from agentsup.integrity.audit import AuditLog
 name, log_path, key, head, count, rotate_bytes, barrier = sys.argv[1:8]
 paths = Path(log_path), Path(key), Path(head)
 with AuditLog(*paths, rotate_bytes=int(rotate_bytes), keep_rotated=100) as log:

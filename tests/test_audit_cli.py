@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from agentsup.audit import AuditLog
-from agentsup.cli import UsageParser
-from agentsup.commands import audit as audit_command
-from agentsup.commands.audit import parse_since
+from agentsup.cli import audit as audit_command
+from agentsup.cli.audit import parse_since
+from agentsup.cli.main import UsageParser
+from agentsup.integrity.audit import AuditLog
 from agentsup.paths import default_locations
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)

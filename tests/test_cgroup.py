@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agentsup.cgroup import (
+from agentsup.kernel.cgroup import (
     AgentCgroup,
     CgroupMounts,
     CgroupUnavailable,

@@ -19,7 +19,7 @@ from pathlib import Path
 import pyotp
 import pytest
 
-from agentsup.control import (
+from agentsup.control.channel import (
     CONNECTION_TIMEOUT_S,
     MAX_CONNECTIONS,
     MAX_REQUEST_BYTES,
@@ -30,8 +30,8 @@ from agentsup.control import (
     request,
     supervisor_sockets,
 )
+from agentsup.integrity.totp import MAX_FAILURES, TotpVerifier, init_secret
 from agentsup.paths import Locations, default_locations
-from agentsup.totp import MAX_FAILURES, TotpVerifier, init_secret
 
 NOBODY = 65534
 

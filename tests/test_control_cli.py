@@ -24,9 +24,9 @@ from agentsup.paths import Locations, default_locations
 HELPER = r"""
 import json, os, select, signal, sys
 from pathlib import Path
-from agentsup.control import ControlError, ControlServer
+from agentsup.control.channel import ControlError, ControlServer
 from agentsup.paths import default_locations
-from agentsup.totp import TotpVerifier
+from agentsup.integrity.totp import TotpVerifier
 
 prefix, calls_path = sys.argv[1], Path(sys.argv[2])
 

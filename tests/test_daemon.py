@@ -14,8 +14,13 @@ from pathlib import Path
 import pytest
 from conftest import Sandbox
 
-from agentsup._proc import process_state
-from agentsup.daemon import AgentDefinition, DefinitionError, parse_definition, should_restart
+from agentsup.kernel.proc import process_state
+from agentsup.supervision.daemon import (
+    AgentDefinition,
+    DefinitionError,
+    parse_definition,
+    should_restart,
+)
 
 # -- agent definitions (pure) ---------------------------------------------------------
 

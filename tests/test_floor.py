@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from agentsup.floor import (
+from agentsup.policy.floor import (
     EXEC_RIGHTS,
     FILE_RIGHTS,
     FS_IOCTL_DEV,

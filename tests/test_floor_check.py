@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agentsup.floor import (
+from agentsup.policy.floor import (
     FS_EXECUTE,
     FS_MAKE_REG,
     FS_READ_FILE,

@@ -19,7 +19,7 @@ import pytest
 
 from agentsup.events import Response
 from agentsup.hooks import bootstrap
-from agentsup.hookserver import HookReply, HookRequest, HookServer
+from agentsup.supervision.hookserver import HookReply, HookRequest, HookServer
 
 AGENTS = Path(__file__).parent / "agents"
 ALLOW = HookReply(True, "allow-all", "", Response.ALLOW)

@@ -16,7 +16,7 @@ import pytest
 
 from agentsup.events import ActionType, Response
 from agentsup.hooks import _protocol as protocol
-from agentsup.hookserver import HookReply, HookRequest, HookServer
+from agentsup.supervision.hookserver import HookReply, HookRequest, HookServer
 
 ALLOW = HookReply(True, "r-allow", "", Response.ALLOW)
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from agentsup._landlock import LandlockError, apply_floor, landlock_abi
-from agentsup.floor import FloorPlan
+from agentsup.kernel.landlock import LandlockError, apply_floor, landlock_abi
+from agentsup.policy.floor import FloorPlan
 
 VICTIM = Path(__file__).parent / "victims" / "ll_probe.py"
 
@@ -156,8 +156,8 @@ def test_kernel_rejecting_a_rule_raises_clear_error(tmp_path: Path) -> None:
     # TRUNCATE is not handled at ABI 1, so landlock_add_rule refuses the rule.
     # Run in a child: if the kernel accepted it, this process would be confined.
     code = f"""
-from agentsup._landlock import LandlockError, apply_floor
-from agentsup.floor import FS_TRUNCATE, FloorPlan, fs_rights_for_abi
+from agentsup.kernel.landlock import LandlockError, apply_floor
+from agentsup.policy.floor import FS_TRUNCATE, FloorPlan, fs_rights_for_abi
 plan = FloorPlan(abi=1, handled_fs=fs_rights_for_abi(1), handled_net=0, scoped=0,
                  fs_rules=(({str(tmp_path)!r}, FS_TRUNCATE),), net_rules=())
 try:

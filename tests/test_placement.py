@@ -8,7 +8,7 @@ import textwrap
 import pytest
 from conftest import Sandbox
 
-from agentsup.placement import Sample, should_share
+from agentsup.supervision.placement import Sample, should_share
 
 # -- the decision (pure) ---------------------------------------------------------------
 

@@ -14,9 +14,7 @@ from pathlib import Path
 import pyotp
 import pytest
 
-from agentsup.paths import Locations, default_locations
-from agentsup.policy import load_policy_file
-from agentsup.policywatch import (
+from agentsup.integrity.policywatch import (
     Action,
     Phase,
     PolicyWatcher,
@@ -24,8 +22,10 @@ from agentsup.policywatch import (
     initial_state,
     step,
 )
-from agentsup.seal import Manifest, SealStatus, check_sealed, seal, unseal
-from agentsup.totp import init_secret, read_secret
+from agentsup.integrity.seal import Manifest, SealStatus, check_sealed, seal, unseal
+from agentsup.integrity.totp import init_secret, read_secret
+from agentsup.paths import Locations, default_locations
+from agentsup.policy import load_policy_file
 
 TEAM = """\
 name: team
@@ -409,7 +409,7 @@ def test_errors_fail_closed_and_never_reach_the_loop(
         recorder.tamper(reasons)
         raise ValueError("callback bug")
 
-    monkeypatch.setattr("agentsup.policywatch.check_sealed", broken)
+    monkeypatch.setattr("agentsup.integrity.policywatch.check_sealed", broken)
     monkeypatch.setattr(watcher, "_on_tamper", failing_callback)
     watcher.check()  # must not raise
     assert recorder.calls == [("tamper", [f"cannot check {loc.policy_dir}: disk on fire"])]

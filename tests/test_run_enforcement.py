@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import TRY, Sandbox, agent_reports
 
-from agentsup._proc import process_state
+from agentsup.kernel.proc import process_state
 
 pytestmark = [pytest.mark.requires_seccomp_notify, pytest.mark.requires_landlock]
 

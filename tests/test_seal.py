@@ -15,11 +15,9 @@ from pathlib import Path
 import pyotp
 import pytest
 
-from agentsup.audit import load_key, read_head, verify_log
-from agentsup.commands.seal import register_seal_commands
-from agentsup.paths import Locations, default_locations
-from agentsup.policy import PolicyError, load_policy_file
-from agentsup.seal import (
+from agentsup.cli.seal import register_seal_commands
+from agentsup.integrity.audit import load_key, read_head, verify_log
+from agentsup.integrity.seal import (
     Entry,
     Manifest,
     SealError,
@@ -34,7 +32,9 @@ from agentsup.seal import (
     unseal,
     write_tamper_marker,
 )
-from agentsup.totp import TotpRefused, init_secret, read_secret
+from agentsup.integrity.totp import TotpRefused, init_secret, read_secret
+from agentsup.paths import Locations, default_locations
+from agentsup.policy import PolicyError, load_policy_file
 
 TEAM = """\
 name: team

@@ -13,7 +13,7 @@ import pyotp
 import pytest
 from conftest import Sandbox
 
-from agentsup._proc import process_state
+from agentsup.kernel.proc import process_state
 
 pytestmark = [
     pytest.mark.requires_root,

@@ -8,8 +8,7 @@ from pathlib import Path
 import pyotp
 import pytest
 
-from agentsup.paths import Locations, default_locations
-from agentsup.totp import (
+from agentsup.integrity.totp import (
     LOCKOUT_S,
     MAX_FAILURES,
     LockoutState,
@@ -20,6 +19,7 @@ from agentsup.totp import (
     matching_step,
     normalize_code,
 )
+from agentsup.paths import Locations, default_locations
 
 T0 = 1_700_000_010.0  # 10 s into a 30 s step
 

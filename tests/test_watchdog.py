@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agentsup.cgroup import AgentCgroup
-from agentsup.watchdog import _parse_args, spawn_watchdog
+from agentsup.kernel.cgroup import AgentCgroup
+from agentsup.supervision.watchdog import _parse_args, spawn_watchdog
 
 VICTIMS = Path(__file__).parent / "victims"
 
@@ -125,7 +125,7 @@ def test_supervisor_already_gone_acts_at_once(cgroup: AgentCgroup) -> None:
 
 
 def _run_watchdog(supervisor_pid: int, group: AgentCgroup) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "agentsup.watchdog", "--pid", str(supervisor_pid)]
+    command = [sys.executable, "-m", "agentsup.supervision.watchdog", "--pid", str(supervisor_pid)]
     for path in group.paths:
         command += ["--group", path]
     return subprocess.Popen(command, stderr=subprocess.PIPE, text=True)

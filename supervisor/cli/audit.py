@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from agentsup.audit import (
+from ..integrity.audit import (
     KINDS,
     OUTCOMES,
     AgentReport,
@@ -26,7 +26,7 @@ from agentsup.audit import (
     summarize,
     verify_log,
 )
-from agentsup.paths import default_locations
+from ..paths import default_locations
 
 EXIT_OK = 0
 EXIT_FAIL = 1

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from agentsup.control import (
+from ..control.channel import (
     ControlError,
     SupervisorUnreachable,
     remove_if_stale,
@@ -22,7 +22,7 @@ from agentsup.control import (
     socket_pid,
     supervisor_sockets,
 )
-from agentsup.paths import default_locations
+from ..paths import default_locations
 
 EXIT_OK = 0
 EXIT_REFUSED = 1

@@ -22,6 +22,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _daemon(_args: argparse.Namespace) -> int:
-    from agentsup.daemon import run_daemon
+    from ..supervision.daemon import run_daemon
 
     return run_daemon()

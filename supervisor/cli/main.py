@@ -1,6 +1,6 @@
 """The `agentsup` command line.
 
-Each command group lives in `agentsup.commands.<group>` and adds itself
+Each command group lives in `agentsup.cli.<group>` and adds itself
 with `register(subparsers)`; the handler it sets with `set_defaults(func=...)`
 returns the exit code.  Usage errors print one line and exit 2, except for
 `run`, whose every failure before the agent starts is exit 125 (DESIGN.md 1.4).
@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from agentsup import __version__
+from .. import __version__
 
 EXIT_USAGE = 2
 
@@ -45,9 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers.required = True
     for name in COMMAND_MODULES:
         try:
-            module = importlib.import_module(f"agentsup.commands.{name}")
+            module = importlib.import_module(f".{name}", __package__)
         except ModuleNotFoundError as exc:
-            if exc.name != f"agentsup.commands.{name}":
+            if exc.name != f"{__package__}.{name}":
                 raise
             continue
         module.register(subparsers)

@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agentsup.events import ActionType, Decision, Event, Verdict, response_for
-from agentsup.paths import default_locations
-from agentsup.policy import (
+from ..events import ActionType, Decision, Event, Verdict, response_for
+from ..paths import default_locations
+from ..policy import (
     CompiledRule,
     Explanation,
     PolicyError,
@@ -58,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         dest="policy_command", metavar="SUBCOMMAND", parser_class=type(parser)
     )
     commands.required = True
-    from agentsup.commands.seal import register_seal_commands
+    from .seal import register_seal_commands
 
     register_seal_commands(commands)
 

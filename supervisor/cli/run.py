@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from agentsup.agentrun import EXIT_SETUP_FAILED, RunRequest
-from agentsup.runner import run_agent
+from ..supervision.agent import EXIT_SETUP_FAILED, RunRequest
+from ..supervision.foreground import run_agent
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

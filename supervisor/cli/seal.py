@@ -14,10 +14,10 @@ import json
 import os
 import sys
 
-from agentsup.paths import default_locations
-from agentsup.policy import PolicyError
-from agentsup.seal import SealError, check_sealed, seal, unseal
-from agentsup.totp import TotpRefused
+from ..integrity.seal import SealError, check_sealed, seal, unseal
+from ..integrity.totp import TotpRefused
+from ..paths import default_locations
+from ..policy import PolicyError
 
 EXIT_OK = 0
 EXIT_FAIL = 1

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from agentsup.paths import default_locations
-from agentsup.totp import TotpSecretExists, init_secret
+from ..integrity.totp import TotpSecretExists, init_secret
+from ..paths import default_locations
 
 EXIT_OK = 0
 EXIT_REFUSED = 1

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from agentsup.totp import TotpRefused, TotpVerifier
+from ..integrity.totp import TotpRefused, TotpVerifier
 
 log = logging.getLogger(__name__)
 

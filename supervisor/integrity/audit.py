@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from agentsup.paths import Locations
+from ..paths import Locations
 
 ZERO_MAC = "0" * 64
 KEY_BYTES = 32

@@ -45,14 +45,8 @@ from types import TracebackType
 from inotify_simple import INotify
 from inotify_simple import flags as inotify_flags
 
-from agentsup.paths import Locations
-from agentsup.seal import (
-    TAMPER_MARKER_NAME,
-    AuditSink,
-    SealStatus,
-    check_sealed,
-    write_tamper_marker,
-)
+from ..paths import Locations
+from .seal import TAMPER_MARKER_NAME, AuditSink, SealStatus, check_sealed, write_tamper_marker
 
 log = logging.getLogger(__name__)
 

@@ -46,17 +46,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol, TypeVar
 
-from agentsup._files import write_atomically
-from agentsup.audit import (
-    AuditKeyError,
-    canonical_json,
-    format_ts,
-    load_key,
-    load_or_create_key,
-)
-from agentsup.paths import Locations
-from agentsup.policy import load_policy_file
-from agentsup.totp import TotpRefused, TotpVerifier
+from ..paths import Locations
+from ..policy import load_policy_file
+from .audit import AuditKeyError, canonical_json, format_ts, load_key, load_or_create_key
+from .statefiles import write_atomically
+from .totp import TotpRefused, TotpVerifier
 
 log = logging.getLogger(__name__)
 
@@ -628,7 +622,7 @@ def _audit(audit: AuditSink | None, locations: Locations, record: dict[str, obje
     if audit is not None:
         audit.append(base)
         return
-    from agentsup.audit import AuditLog  # the CLI's own writer, opened only when needed
+    from .audit import AuditLog
 
     with AuditLog.open(locations) as own:
         own.append(base)

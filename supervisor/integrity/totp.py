@@ -34,8 +34,8 @@ from typing import NoReturn
 
 import pyotp
 
-from agentsup._files import write_atomically
-from agentsup.paths import Locations
+from ..paths import Locations
+from .statefiles import write_atomically
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 `apply_floor` runs in the trampoline child just before it execs the agent:
 no threads, no heavy imports.  The plan itself comes from the pure
-`agentsup.floor.plan_floor`.
+`agentsup.policy.floor.plan_floor`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import ctypes
 import os
 import stat
 
-from .floor import FILE_RIGHTS, FloorPlan
+from ..policy.floor import FILE_RIGHTS, FloorPlan
 
 _SYS_LANDLOCK_CREATE_RULESET = 444
 _SYS_LANDLOCK_ADD_RULE = 445

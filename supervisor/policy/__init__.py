@@ -10,7 +10,7 @@ placeholder `{python}` stands for the install prefixes of the Python running
 agentsup.
 """
 
-from agentsup.policy.engine import (
+from .engine import (
     Attempt,
     CompiledPolicy,
     CompiledRule,
@@ -19,7 +19,7 @@ from agentsup.policy.engine import (
     RunContext,
     compile_policy,
 )
-from agentsup.policy.loader import (
+from .loader import (
     PolicySource,
     builtin_names,
     builtin_source,
@@ -30,16 +30,8 @@ from agentsup.policy.loader import (
     load_source,
     resolve_policy,
 )
-from agentsup.policy.matchers import GlobMatcher, Matcher, RegexMatcher, normalise_path
-from agentsup.policy.model import (
-    Approval,
-    EnvPolicy,
-    Limits,
-    Policy,
-    PolicyError,
-    Rule,
-    SourceLocation,
-)
+from .matchers import GlobMatcher, Matcher, RegexMatcher, normalise_path
+from .model import Approval, EnvPolicy, Limits, Policy, PolicyError, Rule, SourceLocation
 
 __all__ = [
     "Approval",

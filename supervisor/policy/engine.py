@@ -26,7 +26,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from agentsup.events import (
+from ..events import (
     DEFAULT_RULE_ID,
     PATH_ACTIONS,
     ActionType,
@@ -37,9 +37,9 @@ from agentsup.events import (
     Verdict,
     ViolationMode,
 )
-from agentsup.policy import matchers
-from agentsup.policy.matchers import GlobMatcher, Matcher, PlaceholderValues
-from agentsup.policy.model import Approval, Limits, Policy, Rule
+from . import matchers
+from .matchers import GlobMatcher, Matcher, PlaceholderValues
+from .model import Approval, Limits, Policy, Rule
 
 # Verdicts (and, for deny, violation modes) under which the action goes ahead.
 _PROCEEDING_VERDICTS = frozenset(

@@ -35,9 +35,9 @@ from typing import Any, NoReturn
 
 import yaml
 
-from agentsup.events import ActionType, AuditLevel, RateLimit, Severity, Verdict, ViolationMode
-from agentsup.policy.matchers import PatternError, parse_glob, parse_regex
-from agentsup.policy.model import (
+from ..events import ActionType, AuditLevel, RateLimit, Severity, Verdict, ViolationMode
+from .matchers import PatternError, parse_glob, parse_regex
+from .model import (
     DEFAULT_PRIORITY,
     DEFAULT_SEVERITY,
     Approval,
@@ -650,6 +650,6 @@ def resolve_policy(name_or_path: str, policy_dir: Path) -> Policy:
 
 
 def _default_policy_dir() -> Path:
-    from agentsup.paths import default_locations
+    from ..paths import default_locations
 
     return default_locations().policy_dir

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from agentsup.events import ActionType, AuditLevel, RateLimit, Severity, Verdict, ViolationMode
+from ..events import ActionType, AuditLevel, RateLimit, Severity, Verdict, ViolationMode
 
 ApprovalTimeoutAction = Literal["deny", "kill"]
 

@@ -1,6 +1,6 @@
 """One supervised agent: how it is set up, started, judged and ended.
 
-An `AgentRun` belongs to a `Supervisor` (supervise.py), whose single event
+An `Agent` belongs to a `Supervisor` (supervise.py), whose single event
 loop drives every fd the run registers: its seccomp listener, its pidfd, its
 trampoline status pipe and its hook socket.
 
@@ -27,20 +27,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agentsup import floor, launch, notify, placement
-from agentsup._landlock import landlock_abi
-from agentsup.cgroup import AgentCgroup, CgroupUnavailable
-from agentsup.events import ActionType, AuditLevel, Decision, Response, response_for
-from agentsup.hooks import _protocol as hook_protocol
-from agentsup.hooks import bootstrap
-from agentsup.hookserver import HookReply, HookRequest, HookServer
-from agentsup.mediator import ALWAYS_REFUSED, FORCED_ENOSYS, MEDIATED, Mediator
-from agentsup.paths import Locations
-from agentsup.policy import CompiledPolicy, PolicyError, RunContext, compile_policy, resolve_policy
-from agentsup.session import AgentSession, AgentState, Pending, ProcessTree, SessionConfig
+from ..control import notify
+from ..events import ActionType, AuditLevel, Decision, Response, response_for
+from ..hooks import _protocol as hook_protocol
+from ..hooks import bootstrap
+from ..kernel.cgroup import AgentCgroup, CgroupUnavailable
+from ..kernel.landlock import landlock_abi
+from ..paths import Locations
+from ..policy import CompiledPolicy, PolicyError, RunContext, compile_policy, floor, resolve_policy
+from . import launch, placement
+from .hookserver import HookReply, HookRequest, HookServer
+from .judge import Judge, AgentState, Pending, ProcessTree, JudgeConfig
+from .mediator import ALWAYS_REFUSED, FORCED_ENOSYS, MEDIATED, Mediator
 
 if TYPE_CHECKING:
-    from agentsup.supervise import Supervisor
+    from .supervisor import Supervisor
 
 EXIT_SETUP_FAILED = 125
 EXIT_CANNOT_EXECUTE = 126
@@ -180,8 +181,8 @@ def _status_code(raw_status: int) -> tuple[int, int | None]:
     return os.waitstatus_to_exitcode(raw_status), None
 
 
-class AgentRun:
-    """Everything one supervised agent owns: session, listener, cgroup, hook socket."""
+class Agent:
+    """Everything one supervised agent owns: judge, listener, cgroup, hook socket."""
 
     def __init__(self, request: RunRequest, supervisor: Supervisor) -> None:
         self.request = request
@@ -189,7 +190,7 @@ class AgentRun:
         self.locations: Locations = supervisor.locations
         self.loop = supervisor.loop
         self.audit = supervisor.audit
-        self.session: AgentSession | None = None
+        self.judge: Judge | None = None
         self.launched: launch.Launched | None = None
         self.mediator: Mediator | None = None
         self.group: AgentCgroup | None = None
@@ -201,16 +202,16 @@ class AgentRun:
         self._closed = False
 
     def __repr__(self) -> str:
-        return f"<AgentRun {self.session!r}>"
+        return f"<Agent {self.judge!r}>"
 
     @property
     def agent_id(self) -> str:
-        assert self.session is not None
-        return self.session.agent_id
+        assert self.judge is not None
+        return self.judge.agent_id
 
     @property
     def exited(self) -> bool:
-        return self.session is None or self.session.state is AgentState.EXITED
+        return self.judge is None or self.judge.state is AgentState.EXITED
 
     # -- setup ---------------------------------------------------------------------
 
@@ -260,8 +261,8 @@ class AgentRun:
         else:
             landlock_plan = plan
 
-        self.session = AgentSession(
-            SessionConfig(
+        self.judge = Judge(
+            JudgeConfig(
                 agent_id=agent_id,
                 policy=compiled,
                 policy_name=policy.name,
@@ -272,7 +273,7 @@ class AgentRun:
             self.audit,
         )
         if landlock_plan is not None:
-            self.session.floor = floor.FloorCheck(landlock_plan)
+            self.judge.floor = floor.FloorCheck(landlock_plan)
         if hook_socket is not None:
             try:
                 self.hooks = HookServer(Path(hook_socket), self._on_hook_request, self._on_tamper)
@@ -309,8 +310,8 @@ class AgentRun:
 
     def start(self) -> None:
         """Fork the trampoline, take its listener, and let it exec the agent."""
-        assert self.session is not None and self._plan is not None
-        session, plan = self.session, self._plan
+        assert self.judge is not None and self._plan is not None
+        judge, plan = self.judge, self._plan
         try:
             launched = launch.start(plan)
         except launch.LaunchError as exc:
@@ -318,46 +319,46 @@ class AgentRun:
         self.launched = launched
         if self.group is not None:
             self.group.add(launched.pid)
-            from agentsup.watchdog import spawn_watchdog
+            from .watchdog import spawn_watchdog
 
             self._watchdog = spawn_watchdog(os.getpid(), self.group)
-        session.main_pid = launched.pid
-        session.tree = ProcessTree(self.group, launched.pid)
+        judge.main_pid = launched.pid
+        judge.tree = ProcessTree(self.group, launched.pid)
         self.mediator = Mediator(
             launched.listener,
-            session,
-            session.tgid_of,
-            session.agent_id,
+            judge,
+            judge.tgid_of,
+            judge.agent_id,
             wait_writable=self._wait_writable,
         )
-        self.mediator.protected_inodes = protected_inodes(session.policy)
+        self.mediator.protected_inodes = protected_inodes(judge.policy)
         self.loop.add_reader(launched.listener, self._on_listener)
         self.loop.add_reader(launched.pidfd, lambda _events: self.supervisor.reap())
         self.loop.add_reader(launched.status_fd, self._on_status)
         if self.hooks is not None:
             self.loop.attach(self.hooks)
-        session.on_hold = self._on_hold
+        judge.on_hold = self._on_hold
         if self.request.cpus == "auto" and self.group is not None:
             cpu = placement.CgroupCpu(self.group.tracking)
             if cpu.available():
                 self._watch_placement(cpu)
-        limits = session.policy.limits
+        limits = judge.policy.limits
         if limits.max_runtime_seconds:
             self.loop.call_later(limits.max_runtime_seconds, self._runtime_exceeded)
-        session.lifecycle(
+        judge.lifecycle(
             "start",
             argv=plan.argv,
-            workspace=session.config.workspace,
+            workspace=judge.config.workspace,
             landlock=plan.landlock is not None,
             cgroup=self.group is not None,
         )
-        session.state = AgentState.RUNNING
+        judge.state = AgentState.RUNNING
         launched.release()
 
     def reload_policy(self) -> None:
         """The policy directory changed legitimately: the next decision uses the new rules."""
-        session = self.session
-        if session is None or self._context is None or self.exited:
+        judge = self.judge
+        if judge is None or self._context is None or self.exited:
             return
         try:
             policy = resolve_policy(self.request.policy, self.locations.policy_dir)
@@ -365,7 +366,7 @@ class AgentRun:
         except (PolicyError, OSError) as exc:
             self.audit.append(
                 {
-                    "agent": session.agent_id,
+                    "agent": judge.agent_id,
                     "kind": "policy",
                     "layer": "supervisor",
                     "severity": "high",
@@ -375,10 +376,10 @@ class AgentRun:
             )
             say(f"warning: policy reload failed, keeping the old rules: {exc}")
             return
-        session.set_policy(compiled)
+        judge.set_policy(compiled)
         self.audit.append(
             {
-                "agent": session.agent_id,
+                "agent": judge.agent_id,
                 "kind": "policy",
                 "layer": "supervisor",
                 "event": "reloaded",
@@ -389,18 +390,18 @@ class AgentRun:
     # -- the Python hook and the person in the loop -------------------------------
 
     def _on_hook_request(self, request: HookRequest) -> HookReply | None:
-        assert self.session is not None
-        session = self.session
-        event = request.event(session.agent_id)
+        assert self.judge is not None
+        judge = self.judge
+        event = request.event(judge.agent_id)
         if not request.needs_reply:
             # Notes are telemetry: the syscall layer makes the one decision about
             # files, execs and connects.  They come at audit level `all`, and
             # for ctypes.dlopen always.
             dlopen = request.detail.get("event") == "ctypes.dlopen"
-            if dlopen or session.policy.audit_level is AuditLevel.ALL:
+            if dlopen or judge.policy.audit_level is AuditLevel.ALL:
                 self.audit.append(
                     {
-                        "agent": session.agent_id,
+                        "agent": judge.agent_id,
                         "pid": request.pid,
                         "kind": "decision",
                         "action_type": str(event.action),
@@ -422,17 +423,17 @@ class AgentRun:
         def answer(approved: bool) -> None:
             hooks.reply_later(token, HookReply.from_decision(held[0], approved=approved))
 
-        decision, response = session.judge_event(event, request.pid, on_settle=answer)
+        decision, response = judge.judge_event(event, request.pid, on_settle=answer)
         if response is Response.HOLD:
             held.append(decision)
             return None
         return HookReply.from_decision(decision)
 
     def _on_tamper(self, pid: int, reason: str) -> None:
-        assert self.session is not None
+        assert self.judge is not None
         self.audit.append(
             {
-                "agent": self.session.agent_id,
+                "agent": self.judge.agent_id,
                 "pid": pid,
                 "kind": "tamper",
                 "severity": "critical",
@@ -443,16 +444,16 @@ class AgentRun:
 
     def _on_hold(self, pending: Pending) -> None:
         """An agent waits for a person: tell them, and arm the approval timeout."""
-        assert self.session is not None
+        assert self.judge is not None
         command = notify.notify_command()
         if command is not None:
             verb = "waits for approval of" if pending.kind == "approval" else "was stopped for"
             notify.send(
                 command,
-                f"agentsup: agent '{self.session.agent_id}' {verb} {pending.event.action} "
+                f"agentsup: agent '{self.judge.agent_id}' {verb} {pending.event.action} "
                 f"{pending.event.target}",
                 {
-                    "agent": self.session.agent_id,
+                    "agent": self.judge.agent_id,
                     "request": pending.request_id,
                     "action": str(pending.event.action),
                     "target": pending.event.target,
@@ -464,24 +465,24 @@ class AgentRun:
         self._arm_approval_timeout(pending)
 
     def _arm_approval_timeout(self, pending: Pending) -> None:
-        assert self.session is not None
+        assert self.judge is not None
         if pending.kind != "approval":
             return
-        session = self.session
-        approval = session.policy.approval
+        judge = self.judge
+        approval = judge.policy.approval
         request_id = pending.request_id
 
         def expire() -> None:
-            if request_id not in session.pending:
+            if request_id not in judge.pending:
                 return
             if approval.on_timeout == "kill":
-                session.kill_for_limit(
+                judge.kill_for_limit(
                     "approval.timeout_seconds",
                     f"no decision on {pending.event.action} {pending.event.target} "
                     f"within {approval.timeout_seconds:g} s",
                 )
             else:
-                session.settle(False, uid=-1, reason="approval timed out", outcome="timeout")
+                judge.settle(False, uid=-1, reason="approval timed out", outcome="timeout")
 
         pending.timer = self.loop.call_later(approval.timeout_seconds, expire)
 
@@ -526,12 +527,12 @@ class AgentRun:
 
     def main_exited(self, status: int) -> None:
         """The agent's main process is gone: whatever it left behind goes with it."""
-        assert self.session is not None
-        session = self.session
-        session.exit_status = status
-        if session.tree is not None and session.tree.pids():
-            session.tree.kill()
-        session.state = AgentState.EXITED
+        assert self.judge is not None
+        judge = self.judge
+        judge.exit_status = status
+        if judge.tree is not None and judge.tree.pids():
+            judge.tree.kill()
+        judge.state = AgentState.EXITED
 
     def _watch_placement(self, cpu: placement.CgroupCpu) -> None:
         """Twice a second, put the agent on its supervisor's CPU or on all of them."""
@@ -561,24 +562,24 @@ class AgentRun:
         self.loop.call_later(placement.SAMPLE_SECONDS, sample)
 
     def _runtime_exceeded(self) -> None:
-        assert self.session is not None
-        if self.session.state is not AgentState.EXITED:
-            limit = self.session.policy.limits.max_runtime_seconds
-            self.session.kill_for_limit("max_runtime_seconds", f"ran longer than {limit} s")
+        assert self.judge is not None
+        if self.judge.state is not AgentState.EXITED:
+            limit = self.judge.policy.limits.max_runtime_seconds
+            self.judge.kill_for_limit("max_runtime_seconds", f"ran longer than {limit} s")
 
     def finish(self) -> int:
         """Record the end and return the exit code `run` reports."""
-        assert self.session is not None
-        session = self.session
-        status = session.exit_status if session.exit_status is not None else 0
+        assert self.judge is not None
+        judge = self.judge
+        status = judge.exit_status if judge.exit_status is not None else 0
         code, sig = _status_code(status)
         if self.exec_error is not None:
             missing = self.exec_error in (errno.ENOENT, errno.ENOTDIR)
             code = EXIT_NOT_FOUND if missing else EXIT_CANNOT_EXECUTE
             say(f"cannot execute {self.request.program}: {os.strerror(self.exec_error)}")
-        report = session.kill_report
+        report = judge.kill_report
         signal_name = signal.Signals(sig).name if sig else None
-        session.lifecycle(
+        judge.lifecycle(
             "exit",
             exit_code=code,
             signal=signal_name,
@@ -586,7 +587,7 @@ class AgentRun:
         )
         if self.request.json_status:
             status_doc = {
-                "agent": session.agent_id,
+                "agent": judge.agent_id,
                 "exit_code": code,
                 "signal": signal_name,
                 "killed_by": dataclasses.asdict(report) if report else None,
@@ -599,8 +600,8 @@ class AgentRun:
         if self._closed:
             return
         self._closed = True
-        if self.session is not None and self.session.state is not AgentState.EXITED:
-            self.session.signal_tree(signal.SIGKILL, "supervisor shutting down")
+        if self.judge is not None and self.judge.state is not AgentState.EXITED:
+            self.judge.signal_tree(signal.SIGKILL, "supervisor shutting down")
         if self.mediator is not None:
             self.mediator.close()
         if self.launched is not None:

@@ -33,9 +33,9 @@ from pathlib import Path
 
 import yaml
 
-from agentsup.agentrun import AgentRun, RunRequest, SetupError
-from agentsup.paths import Locations, default_locations
-from agentsup.supervise import Supervisor
+from ..paths import Locations, default_locations
+from .agent import Agent, RunRequest, SetupError
+from .supervisor import Supervisor
 
 RESTART_MODES = ("never", "on-failure", "always")
 _KEYS = {"id", "program", "args", "policy", "workspace", "restart", "restart_delay_seconds"}
@@ -185,11 +185,11 @@ class Daemon:
             f"started agent '{definition.agent_id}' (pid {run.launched.pid if run.launched else 0})"
         )
 
-    def on_agent_exit(self, run: AgentRun) -> None:
+    def on_agent_exit(self, run: Agent) -> None:
         """Record the end, release the run, and restart it if its definition says so."""
-        assert run.session is not None
+        assert run.judge is not None
         code = run.finish()
-        killed = run.session.kill_report is not None
+        killed = run.judge.kill_report is not None
         run.close()
         _say(f"agent '{run.agent_id}' ended with status {code}")
         definition = self.definitions.get(run.agent_id)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 
-from agentsup.agentrun import EXIT_SETUP_FAILED, RunRequest, SetupError, say
-from agentsup.paths import default_locations
-from agentsup.supervise import Supervisor
+from ..paths import default_locations
+from .agent import EXIT_SETUP_FAILED, RunRequest, SetupError, say
+from .supervisor import Supervisor
 
 
 def run_agent(request: RunRequest) -> int:

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agentsup.events import ActionType, Decision, Event, Layer, Response, response_for
-from agentsup.hooks import _protocol as protocol
+from ..events import ActionType, Decision, Event, Layer, Response, response_for
+from ..hooks import _protocol as protocol
 
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _RECV_SIZE = 64 * 1024

@@ -1,4 +1,4 @@
-"""One supervised agent: its state machine, its process tree, and its judge.
+"""The judge of one agent: its state, its process tree, and decisions turned into action.
 
 The judge is where a decision becomes action: self-protection first, then
 the policy, then rate limits, then the audit record, then signals.  Nothing
@@ -19,9 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Protocol, TextIO
 
-from agentsup import cgroup as cgroups
-from agentsup._proc import thread_group_id
-from agentsup.events import (
+from ..events import (
     ActionType,
     Decision,
     Event,
@@ -32,7 +30,11 @@ from agentsup.events import (
     response_for,
     should_audit,
 )
-from agentsup.floor import (
+from ..kernel import cgroup as cgroups
+from ..kernel.proc import thread_group_id
+from ..paths import Locations
+from ..policy import CompiledPolicy, RateLimiter
+from ..policy.floor import (
     EXEC_RIGHTS,
     FS_MAKE_DIR,
     FS_MAKE_REG,
@@ -44,8 +46,6 @@ from agentsup.floor import (
     READ_RIGHTS,
     FloorCheck,
 )
-from agentsup.paths import Locations
-from agentsup.policy import CompiledPolicy, RateLimiter
 
 _ALLOW_CACHE_SIZE = 16384
 _WRITE_ANY = FS_WRITE_FILE | FS_MAKE_REG | FS_MAKE_DIR | FS_MAKE_SYM | FS_TRUNCATE
@@ -68,12 +68,11 @@ _WRITE_CLASS = frozenset(
 
 
 def _package_dirs() -> tuple[str, ...]:
-    import agentsup
-    import agentsup.hooks
+    from .. import hooks
 
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     return tuple(
-        os.path.realpath(os.path.dirname(module.__file__ or ""))
-        for module in (agentsup, agentsup.hooks)
+        os.path.realpath(path) for path in (package, os.path.dirname(hooks.__file__ or ""))
     )
 
 
@@ -183,7 +182,7 @@ class ProcessTree:
 
 
 @dataclass
-class SessionConfig:
+class JudgeConfig:
     agent_id: str
     policy: CompiledPolicy
     policy_name: str
@@ -194,10 +193,10 @@ class SessionConfig:
     stderr: TextIO = field(default_factory=lambda: sys.stderr)
 
 
-class AgentSession:
+class Judge:
     """The state machine of one agent, and the judge of its actions."""
 
-    def __init__(self, config: SessionConfig, audit: AuditSink) -> None:
+    def __init__(self, config: JudgeConfig, audit: AuditSink) -> None:
         self.config = config
         self.agent_id = config.agent_id
         self.policy = config.policy
@@ -230,7 +229,7 @@ class AgentSession:
         self.on_hold: Callable[[Pending], None] = lambda pending: None
 
     def __repr__(self) -> str:
-        return f"<AgentSession {self.agent_id!r} pid={self.main_pid} {self.state}>"
+        return f"<Judge {self.agent_id!r} pid={self.main_pid} {self.state}>"
 
     def set_policy(self, policy: CompiledPolicy) -> None:
         """Swap in a reloaded policy; the next decision uses it."""

@@ -6,9 +6,9 @@ import os
 import select
 from dataclasses import dataclass, field
 
-from agentsup import trampoline
-from agentsup._proc import pidfd_getfd
-from agentsup.floor import FloorPlan
+from ..kernel.proc import pidfd_getfd
+from ..policy.floor import FloorPlan
+from . import trampoline
 
 
 class LaunchError(Exception):

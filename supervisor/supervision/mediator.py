@@ -35,8 +35,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from agentsup import _proc, _seccomp
-from agentsup.events import ActionType, Event, Layer, Response
+from ..events import ActionType, Event, Layer, Response
+from ..kernel import proc as _proc
+from ..kernel import seccomp as _seccomp
 
 AT_FDCWD = -100
 AT_SYMLINK_NOFOLLOW = 0x100
@@ -99,7 +100,7 @@ CONNECT_TIMEOUT = 130.0
 
 
 class Judge(Protocol):
-    """The session's side: evaluate an event, record it, apply signals."""
+    """The judge's side: evaluate an event, record it, apply signals."""
 
     allow_cache: set[tuple[ActionType, str]]
 

@@ -1,7 +1,7 @@
 """What a person can do to supervised agents through the control socket.
 
 `OperatorAPI` implements `control.SupervisorAPI` over the supervisor's
-sessions: list agents and pending actions, resume (the TOTP code is checked
+judges: list agents and pending actions, resume (the TOTP code is checked
 by the control server before this is called), deny, stop and kill.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable, Mapping
 
-from agentsup.control import ControlError
-from agentsup.session import AgentSession, AgentState, AuditSink, KillReport
+from ..control.channel import ControlError
+from .judge import Judge, AgentState, AuditSink, KillReport
 
 STOPPED_STATES = (
     AgentState.AWAITING_APPROVAL,
@@ -23,67 +23,67 @@ STOPPED_STATES = (
 
 class OperatorAPI:
     def __init__(
-        self, sessions: Callable[[], Mapping[str, AgentSession]], audit: AuditSink
+        self, judges: Callable[[], Mapping[str, Judge]], audit: AuditSink
     ) -> None:
-        self._sessions = sessions
+        self._sessions = judges
         self._audit = audit
 
-    def _session(self, agent_id: str) -> AgentSession:
-        session = self._sessions().get(agent_id)
-        if session is None or session.state is AgentState.EXITED:
+    def _session(self, agent_id: str) -> Judge:
+        judge = self._sessions().get(agent_id)
+        if judge is None or judge.state is AgentState.EXITED:
             raise ControlError(f"no agent '{agent_id}' here (see agentsup ps)")
-        return session
+        return judge
 
     def agents(self) -> list[dict[str, object]]:
-        return [session.info() for session in self._sessions().values()]
+        return [judge.info() for judge in self._sessions().values()]
 
     def pending(self) -> list[dict[str, object]]:
         found: list[dict[str, object]] = []
-        for session in self._sessions().values():
-            found.extend(session.pending_info())
+        for judge in self._sessions().values():
+            found.extend(judge.pending_info())
         return found
 
     def resume(self, agent_id: str, *, uid: int, reason: str) -> str:
-        session = self._session(agent_id)
-        if session.pending:
-            kinds = {p.kind for p in session.pending.values()}
-            session.settle(True, uid=uid, reason=reason, outcome="approved")
+        judge = self._session(agent_id)
+        if judge.pending:
+            kinds = {p.kind for p in judge.pending.values()}
+            judge.settle(True, uid=uid, reason=reason, outcome="approved")
             if kinds == {"violation"}:
                 return f"agent '{agent_id}' continues; the denied action stays denied"
             return f"approved: agent '{agent_id}' continues and the held action proceeds once"
-        if session.state is AgentState.STOPPED_TAMPER:
+        if judge.state is AgentState.STOPPED_TAMPER:
             raise ControlError(
                 f"agent '{agent_id}' stays stopped until the policy directory is re-sealed "
                 "(agentsup policy verify; agentsup policy seal --code <TOTP>)"
             )
-        if session.state is AgentState.STOPPED_OPERATOR:
-            session.state = AgentState.RUNNING
-            session.signal_tree(signal.SIGCONT, f"resumed by uid {uid}: {reason}", uid=uid)
+        if judge.state is AgentState.STOPPED_OPERATOR:
+            judge.state = AgentState.RUNNING
+            judge.signal_tree(signal.SIGCONT, f"resumed by uid {uid}: {reason}", uid=uid)
             return f"agent '{agent_id}' continues"
-        raise ControlError(f"agent '{agent_id}' is {session.state}; there is nothing to resume")
+        raise ControlError(f"agent '{agent_id}' is {judge.state}; there is nothing to resume")
 
     def deny(self, agent_id: str, *, uid: int, reason: str) -> str:
-        session = self._session(agent_id)
-        if not session.pending:
+        judge = self._session(agent_id)
+        if not judge.pending:
             raise ControlError(f"agent '{agent_id}' has nothing pending (see agentsup pending)")
-        session.settle(False, uid=uid, reason=reason, outcome="denied")
+        judge.settle(False, uid=uid, reason=reason, outcome="denied")
         return f"denied: the held action fails with EPERM and agent '{agent_id}' continues"
 
     def stop(self, agent_id: str, *, uid: int, reason: str) -> str:
-        session = self._session(agent_id)
-        if session.state in STOPPED_STATES:
-            raise ControlError(f"agent '{agent_id}' is already {session.state}")
-        session.state = AgentState.STOPPED_OPERATOR
-        session.signal_tree(signal.SIGSTOP, f"stopped by uid {uid}: {reason}", uid=uid)
+        judge = self._session(agent_id)
+        if judge.state in STOPPED_STATES:
+            raise ControlError(f"agent '{agent_id}' is already {judge.state}")
+        judge.state = AgentState.STOPPED_OPERATOR
+        judge.signal_tree(signal.SIGSTOP, f"stopped by uid {uid}: {reason}", uid=uid)
         return f"agent '{agent_id}' stopped"
 
     def kill(self, agent_id: str, *, uid: int, reason: str) -> str:
-        session = self._session(agent_id)
-        if session.kill_report is None:
-            session.kill_report = KillReport("operator", "kill", f"uid {uid}", reason)
+        judge = self._session(agent_id)
+        if judge.kill_report is None:
+            judge.kill_report = KillReport("operator", "kill", f"uid {uid}", reason)
             why = f": {reason}" if reason else ""
-            session.say(f"killed agent '{agent_id}' at the request of uid {uid}{why}")
-        session.signal_tree(signal.SIGKILL, f"killed by uid {uid}: {reason}", uid=uid)
+            judge.say(f"killed agent '{agent_id}' at the request of uid {uid}{why}")
+        judge.signal_tree(signal.SIGKILL, f"killed by uid {uid}: {reason}", uid=uid)
         return f"agent '{agent_id}' killed"
 
     def audit(self, record: Mapping[str, object]) -> None:

@@ -1,7 +1,7 @@
 """The supervisor: one event loop that owns every agent and every fd.
 
 A `Supervisor` holds the loop, the audit log, the control socket and the
-policy-directory watcher, and any number of `AgentRun`s.  `agentsup run`
+policy-directory watcher, and any number of `Agent`s.  `agentsup run`
 is a supervisor with one agent; `agentsup daemon` one with many.
 """
 
@@ -13,16 +13,16 @@ import os
 import signal
 from collections.abc import Callable, Mapping
 
-from agentsup.agentrun import AgentRun, RunRequest, SetupError, say
-from agentsup.audit import AuditLog
-from agentsup.control import ControlServer
-from agentsup.loop import EventLoop
-from agentsup.operator_api import OperatorAPI
-from agentsup.paths import Locations
-from agentsup.policywatch import PolicyWatcher
-from agentsup.seal import check_sealed
-from agentsup.session import AgentSession, AgentState
-from agentsup.totp import TotpVerifier
+from ..control.channel import ControlServer
+from ..integrity.audit import AuditLog
+from ..integrity.policywatch import PolicyWatcher
+from ..integrity.seal import check_sealed
+from ..integrity.totp import TotpVerifier
+from ..paths import Locations
+from .agent import Agent, RunRequest, SetupError, say
+from .judge import Judge, AgentState
+from .loop import EventLoop
+from .operator_api import OperatorAPI
 
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -79,12 +79,12 @@ class Supervisor:
         self.locations = locations
         self.loop = EventLoop()
         self.audit = BatchedAudit(AuditLog.open(locations), self.loop.call_later)
-        self.agents: dict[str, AgentRun] = {}
+        self.agents: dict[str, Agent] = {}
         self.control: ControlServer | None = None
         self.watcher: PolicyWatcher | None = None
         self.interrupted: int | None = None
         # Called once for each run whose agent ended (the daemon restarts them).
-        self.on_agent_exit: Callable[[AgentRun], None] | None = None
+        self.on_agent_exit: Callable[[Agent], None] | None = None
         self.loop.after_each_batch(self.audit.after_batch)
         # Orphans of an agent (setsid, double fork) are re-parented to us, so
         # we can reap and account for them.
@@ -97,17 +97,17 @@ class Supervisor:
         self._watch_policies()
         self._serve_control()
 
-    def sessions(self) -> dict[str, AgentSession]:
-        return {run.agent_id: run.session for run in self.agents.values() if run.session}
+    def judges(self) -> dict[str, Judge]:
+        return {run.agent_id: run.judge for run in self.agents.values() if run.judge}
 
     # -- agents --------------------------------------------------------------------
 
-    def launch(self, request: RunRequest) -> AgentRun:
+    def launch(self, request: RunRequest) -> Agent:
         """Set up and start one agent; SetupError (exit 125/126/127) if it cannot be."""
         sealed = check_sealed(self.locations)
         if sealed.tampered:
             raise SetupError(f"refusing to start: {sealed.describe()}")
-        run = AgentRun(request, self)
+        run = Agent(request, self)
         try:
             run.prepare()
             previous = self.agents.get(run.agent_id)
@@ -144,8 +144,8 @@ class Supervisor:
         # Fail closed: if the supervisor is told to stop, its agents stop too.
         self.interrupted = sig
         for run in self.agents.values():
-            if run.session is not None and not run.exited:
-                run.session.signal_tree(
+            if run.judge is not None and not run.exited:
+                run.judge.signal_tree(
                     signal.SIGKILL, f"supervisor received {signal.Signals(sig).name}"
                 )
 
@@ -176,26 +176,26 @@ class Supervisor:
 
         self.loop.call_later(watcher.interval, tick)
 
-    def _running_sessions(self) -> list[AgentSession]:
-        return [run.session for run in self.agents.values() if run.session and not run.exited]
+    def _running_judges(self) -> list[Judge]:
+        return [run.judge for run in self.agents.values() if run.judge and not run.exited]
 
     def _on_policy_tamper(self, reasons: list[str]) -> None:
         # Fail closed: nothing runs on rules that may have been rewritten.
-        sessions = self._running_sessions()
-        if sessions:
+        judges = self._running_judges()
+        if judges:
             say(
                 f"policy directory tampered with ({'; '.join(reasons)}); agents stopped until "
                 "a person re-seals it with: agentsup policy seal --code <TOTP>"
             )
-        for session in sessions:
-            session.state = AgentState.STOPPED_TAMPER
-            session.signal_tree(signal.SIGSTOP, "policy directory tampered: " + "; ".join(reasons))
+        for judge in judges:
+            judge.state = AgentState.STOPPED_TAMPER
+            judge.signal_tree(signal.SIGSTOP, "policy directory tampered: " + "; ".join(reasons))
 
     def _on_policy_resealed(self) -> None:
-        for session in self._running_sessions():
-            if session.state is AgentState.STOPPED_TAMPER:
-                session.state = AgentState.RUNNING
-                session.signal_tree(signal.SIGCONT, "policy directory re-sealed")
+        for judge in self._running_judges():
+            if judge.state is AgentState.STOPPED_TAMPER:
+                judge.state = AgentState.RUNNING
+                judge.signal_tree(signal.SIGCONT, "policy directory re-sealed")
 
     def _on_policy_reload(self) -> None:
         for run in self.agents.values():
@@ -204,7 +204,7 @@ class Supervisor:
     # -- the person in the loop ----------------------------------------------------
 
     def _serve_control(self) -> None:
-        api = OperatorAPI(self.sessions, self.audit)
+        api = OperatorAPI(self.judges, self.audit)
         try:
             self.control = ControlServer(
                 self.locations.runtime_dir,

@@ -80,12 +80,12 @@ def become_agent(
 
         stage = "landlock"
         if landlock is not None:
-            from agentsup import _landlock
+            from ..kernel import landlock as _landlock
 
             _landlock.apply_floor(landlock)  # type: ignore[arg-type]
 
         stage = "seccomp"
-        from agentsup import _seccomp
+        from ..kernel import seccomp as _seccomp
 
         listener = _seccomp.load_filter(notify, enosys)
     except BaseException as exc:

@@ -1,7 +1,7 @@
 """Kill the agent tree if its supervisor dies.
 
-Run as `python -m agentsup.watchdog --pid SUPERVISOR_PID --group PATH [--group PATH ...]`,
-normally started with `spawn_watchdog`.  It waits on a pidfd of the
+Run as `python -m agentsup.supervision.watchdog --pid SUPERVISOR_PID --group PATH
+[--group PATH ...]`, normally started with `spawn_watchdog`.  It waits on a pidfd of the
 supervisor.  When the supervisor dies, however it dies, the watchdog kills
 every process in the agent's groups, removes the groups and exits 0.  It also
 exits 0 when the groups disappear (the supervisor cleaned up) or on SIGTERM
@@ -22,12 +22,12 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
-from .cgroup import kill_groups, remove_groups
+from ..kernel.cgroup import kill_groups, remove_groups
 
 if TYPE_CHECKING:
     import subprocess
 
-    from .cgroup import AgentCgroup
+    from ..kernel.cgroup import AgentCgroup
 
 # How often to look whether the supervisor removed the groups itself.
 _GROUP_CHECK_MS = 500
@@ -37,12 +37,12 @@ def spawn_watchdog(supervisor_pid: int, cgroup: AgentCgroup) -> subprocess.Popen
     """Start the watchdog for `cgroup`, outside the agent's groups.
 
     Call it from the supervisor, before the agent is started, so the watchdog
-    inherits the supervisor's cgroup.  It gets its own session, so a Ctrl-C
+    inherits the supervisor's cgroup.  It gets its own judge, so a Ctrl-C
     meant for the foreground supervisor does not take it down too.
     """
     import subprocess
 
-    command = [sys.executable, "-m", "agentsup.watchdog", "--pid", str(supervisor_pid)]
+    command = [sys.executable, "-m", "agentsup.supervision.watchdog", "--pid", str(supervisor_pid)]
     for path in cgroup.paths:
         command += ["--group", path]
     return subprocess.Popen(
@@ -56,7 +56,9 @@ def spawn_watchdog(supervisor_pid: int, cgroup: AgentCgroup) -> subprocess.Popen
 
 def _parse_args(argv: Sequence[str]) -> tuple[int, list[str]]:
     # A hand parser: argparse alone costs more start-up time than the rest.
-    usage = "usage: python -m agentsup.watchdog --pid PID --group PATH [--group PATH ...]"
+    usage = (
+        "usage: python -m agentsup.supervision.watchdog --pid PID --group PATH [--group PATH ...]"
+    )
     pid: int | None = None
     groups: list[str] = []
     args = list(argv)

@@ -14,8 +14,8 @@ import socket
 import subprocess
 import sys
 
-from agentsup._landlock import apply_floor, landlock_abi
-from agentsup.floor import plan_floor
+from agentsup.kernel.landlock import apply_floor, landlock_abi
+from agentsup.policy.floor import plan_floor
 
 
 def _create(path: str) -> None:

@@ -2,7 +2,7 @@
 
 This module is pure: it turns roots, ports and protected paths into a
 `FloorPlan` (plain values) and never makes a syscall, so every rule can be
-tested without a kernel.  `agentsup._landlock.apply_floor` installs a plan.
+tested without a kernel.  `agentsup.kernel.landlock.apply_floor` installs a plan.
 
 Landlock can only allow, never carve out.  When a granted root contains a
 path that must stay unreachable (the policy directory, the audit log, the
