@@ -36,6 +36,6 @@ def environment(socket_path: str | os.PathLike[str], agent_id: str) -> dict[str,
 
 
 if __name__ == "__main__":
-    from agentsup.hooks._run import main
+    from ._run import main
 
     main()

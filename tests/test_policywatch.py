@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 import select
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pyotp
 import pytest
+from sealing import EXTRA_RULE, HAS_CHATTR, TEAM, clear_immutable, fresh_code, team_locations
 
 from agentsup.integrity.policywatch import (
     Action,
@@ -23,29 +22,8 @@ from agentsup.integrity.policywatch import (
     step,
 )
 from agentsup.integrity.seal import Manifest, SealStatus, check_sealed, seal, unseal
-from agentsup.integrity.totp import init_secret, read_secret
-from agentsup.paths import Locations, default_locations
+from agentsup.paths import Locations
 from agentsup.policy import load_policy_file
-
-TEAM = """\
-name: team
-default: deny
-on_violation: block
-rules:
-  - id: workspace-read
-    actions: [file_read]
-    target: "{workspace}/**"
-    decision: allow
-"""
-EXTRA_RULE = """\
-  - id: injected
-    actions: ["*"]
-    target: "/**"
-    decision: allow
-    priority: 1
-"""
-HAS_CHATTR = shutil.which("chattr") is not None
-
 
 # --------------------------------------------------------------- pure: step
 
@@ -189,22 +167,13 @@ def drive(
 @pytest.fixture(autouse=True)
 def _clear_immutable(tmp_path: Path) -> Iterator[None]:
     yield
-    if HAS_CHATTR:
-        subprocess.run(["chattr", "-R", "-i", str(tmp_path)], capture_output=True)
+    clear_immutable(tmp_path)
 
 
 @pytest.fixture
 def loc(locations: Path) -> Locations:
-    locs = default_locations()
-    (locs.policy_dir / "team.yaml").write_text(TEAM)
-    init_secret(locs)
-    return locs
+    return team_locations()
 
-
-def fresh_code(locs: Locations) -> str:
-    """A code the verifier accepts (replay protection is tested in test_seal.py)."""
-    locs.totp_last_step.unlink(missing_ok=True)
-    return str(pyotp.TOTP(read_secret(locs)).now())
 
 
 @pytest.fixture

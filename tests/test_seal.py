@@ -6,14 +6,13 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import stat
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pyotp
 import pytest
+from sealing import EXTRA_RULE, HAS_CHATTR, TEAM, clear_immutable, fresh_code, team_locations
 
 from agentsup.cli.seal import register_seal_commands
 from agentsup.integrity.audit import load_key, read_head, verify_log
@@ -32,28 +31,9 @@ from agentsup.integrity.seal import (
     unseal,
     write_tamper_marker,
 )
-from agentsup.integrity.totp import TotpRefused, init_secret, read_secret
-from agentsup.paths import Locations, default_locations
+from agentsup.integrity.totp import TotpRefused
+from agentsup.paths import Locations
 from agentsup.policy import PolicyError, load_policy_file
-
-TEAM = """\
-name: team
-default: deny
-on_violation: block
-rules:
-  - id: workspace-read
-    actions: [file_read]
-    target: "{workspace}/**"
-    decision: allow
-"""
-EXTRA_RULE = """\
-  - id: injected
-    actions: ["*"]
-    target: "/**"
-    decision: allow
-    priority: 1
-"""
-HAS_CHATTR = shutil.which("chattr") is not None and shutil.which("lsattr") is not None
 
 
 def chattr(flag: str, path: Path) -> None:
@@ -84,24 +64,16 @@ def fs_supports_immutable(directory: Path) -> bool:
 def _clear_immutable(tmp_path: Path) -> Iterator[None]:
     # Immutable leftovers would make pytest's tmp_path cleanup fail.
     yield
-    if HAS_CHATTR:
-        subprocess.run(["chattr", "-R", "-i", str(tmp_path)], capture_output=True)
+    clear_immutable(tmp_path)
 
 
 @pytest.fixture
 def loc(locations: Path) -> Locations:
-    locs = default_locations()
-    (locs.policy_dir / "team.yaml").write_text(TEAM)
+    locs = team_locations()
     (locs.policy_dir / "sub").mkdir()
     (locs.policy_dir / "sub" / "notes.txt").write_text("not a policy\n")
-    init_secret(locs)
     return locs
 
-
-def fresh_code(locs: Locations) -> str:
-    """A code the verifier will accept: forget the last used step (replay has its own test)."""
-    locs.totp_last_step.unlink(missing_ok=True)
-    return str(pyotp.TOTP(read_secret(locs)).now())
 
 
 def mode_of(path: Path) -> int:
