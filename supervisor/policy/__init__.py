@@ -1,5 +1,9 @@
 """The policy language: loading, compiling and the pure evaluator.
 
+Pure: no syscalls beyond reading policy files, and no imports from the rest
+of the package but the shared vocabulary (`events`).  `floor` compiles a
+policy's reach into the Landlock plan that `kernel.landlock` installs.
+
     policy = resolve_policy("strict", default_locations().policy_dir)
     compiled = compile_policy(policy, RunContext(workspace, home, agent_id))
     decision = compiled.evaluate(Event(ActionType.FILE_READ, "/etc/hosts"))
