@@ -65,6 +65,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.skip(reason=reason))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _package_bytecode() -> None:
+    """Compile agentsup's own modules once, as `pip install` does.
+
+    A hooked agent imports agentsup.hooks; from a source checkout with stale
+    bytecode (and PYTHONDONTWRITEBYTECODE unset in the agent) it would try to
+    write __pycache__ next to the sources, which no test means to exercise.
+    """
+    import compileall
+
+    import agentsup
+    import agentsup.hooks
+
+    for module in (agentsup, agentsup.hooks):
+        folder = os.path.dirname(module.__file__ or "")
+        if os.access(folder, os.W_OK):
+            compileall.compile_dir(folder, quiet=2)
+
+
 @pytest.fixture
 def locations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Point every agentsup location at a fresh temporary directory."""
