@@ -8,6 +8,10 @@ policy's reach into the Landlock plan that `kernel.landlock` installs.
     compiled = compile_policy(policy, RunContext(workspace, home, agent_id))
     decision = compiled.evaluate(Event(ActionType.FILE_READ, "/etc/hosts"))
 
+Every pattern and glob is matched by RE2, in time linear in the target
+(`linear.py`); a target longer than MAX_TARGET_LENGTH is a deny
+(TARGET_TOO_LONG_RULE) that no rule is run on.
+
 Extensions beyond DESIGN.md 1.3: a rule may have `except: [glob, ...]`
 (targets matching one of them are not matched by the rule), and the
 placeholder `{python}` stands for the install prefixes of the Python running
@@ -15,6 +19,8 @@ agentsup.
 """
 
 from .engine import (
+    MAX_TARGET_LENGTH,
+    TARGET_TOO_LONG_RULE,
     Attempt,
     CompiledPolicy,
     CompiledRule,
@@ -38,6 +44,8 @@ from .matchers import GlobMatcher, Matcher, RegexMatcher, normalise_path
 from .model import Approval, EnvPolicy, Limits, Policy, PolicyError, Rule, SourceLocation
 
 __all__ = [
+    "MAX_TARGET_LENGTH",
+    "TARGET_TOO_LONG_RULE",
     "Approval",
     "Attempt",
     "CompiledPolicy",

@@ -36,7 +36,8 @@ from typing import Any, NoReturn
 import yaml
 
 from ..events import ActionType, AuditLevel, RateLimit, Severity, Verdict, ViolationMode
-from .matchers import PatternError, parse_glob, parse_regex
+from .linear import PatternError
+from .matchers import parse_glob, parse_regex
 from .model import (
     DEFAULT_PRIORITY,
     DEFAULT_SEVERITY,
@@ -401,11 +402,15 @@ def _check_matcher(
     except PatternError as exc:
         mark = node.start_mark
         column = mark.column + 1
-        # Point at the offending character when the scalar is written as-is on one line.
-        if node.end_mark.line == mark.line and "\\" not in text and "'" not in text:
-            if getattr(node, "style", None) in ("'", '"'):
+        # Point at the offending character when the scalar is written as-is on
+        # one line: no escapes (a backslash is literal in single quotes).
+        style = getattr(node, "style", None)
+        if node.end_mark.line == mark.line:
+            single = style == "'" and "'" not in text
+            double = style == '"' and "\\" not in text and '"' not in text
+            if single or double:
                 column += 1 + exc.index
-            elif not getattr(node, "style", None):  # plain: None (pure) or "" (libyaml)
+            elif not style:  # plain: None (pure) or "" (libyaml)
                 column += exc.index
         raise PolicyError(reader.path, mark.line + 1, column, exc.message, reader.rule_id) from None
 
