@@ -174,7 +174,7 @@ class BatchedAudit:
         held, dropped = self._held_count, self._dropped
         lost = f", {dropped} dropped (over {self.max_held})" if dropped else ""
         say(
-            f"the audit log {self.log.path} is writable again: {held} records held in "
+            f"the audit log {self.log.path} is writable again: {_records(held)} held in "
             f"memory are written{lost}; stopped agents continue"
         )
         stopped, self._stopped = self._stopped, set()
@@ -214,7 +214,7 @@ class BatchedAudit:
         if self._failure is not None and not self._drain():
             lost = len(self._held) + self._dropped
             say(
-                f"{lost} audit records could not be written to {self.log.path} "
+                f"{_records(lost)} could not be written to the audit log {self.log.path} "
                 f"({_describe(self._failure)}) and are lost"
             )
             self._held.clear()
@@ -223,6 +223,10 @@ class BatchedAudit:
             self.log.close()
         except OSError as exc:
             say(f"cannot flush the audit log {self.log.path}: {_describe(exc)}")
+
+
+def _records(count: int) -> str:
+    return "1 record" if count == 1 else f"{count} records"
 
 
 def _describe(exc: OSError) -> str:
