@@ -36,6 +36,7 @@ from ..integrity.audit import (
     verify_log,
 )
 from ..paths import default_locations
+from .output import report_error, wants_json
 
 EXIT_OK = 0
 EXIT_FAIL = 1
@@ -199,11 +200,7 @@ def plural(count: int, word: str) -> str:
 
 
 def _error(args: argparse.Namespace, message: str, code: int = EXIT_FAIL) -> int:
-    if getattr(args, "json", False):
-        print(json.dumps({"ok": False, "error": message, "exit_code": code}, ensure_ascii=False))
-    else:
-        sys.stderr.write(f"agentsup audit: {message}\n")
-    return code
+    return report_error(wants_json(args), f"audit: {message}", code)
 
 
 def verify_document(result: VerifyResult, path: Path, *, head: bool) -> dict[str, object]:
