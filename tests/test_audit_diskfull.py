@@ -122,6 +122,21 @@ def test_a_failed_sync_writes_the_lines_again(files: Files, disk: Disk) -> None:
     assert files.verify_ok()
 
 
+def test_a_torn_log_opens_on_a_full_disk_and_restarts_once_it_can(files: Files, disk: Disk) -> None:
+    with files.open() as log:
+        log.append_many({"kind": "policy", "n": n} for n in range(3))
+    files.log.write_bytes(files.log.read_bytes()[:-10])
+    disk.full = True
+    log = files.open()  # opening writes nothing
+    with pytest.raises(OSError):
+        log.append({"kind": "policy"})
+    disk.full = False
+    log.append({"kind": "policy"})
+    log.close()
+    result = verify_log(files.log, load_key(files.key), read_head(files.head))
+    assert (result.first_bad_seq, result.breaks[0].resumed_at) == (3, 4)
+
+
 # ------------------------------------------------------------ BatchedAudit
 
 

@@ -861,6 +861,7 @@ class AuditLog:
         self._pending_since: float | None = None
         # Why the chain must restart before the next record (see _reload).
         self._restart_due: str | None = None
+        self._torn_tail = False  # the file ends in a partial line, to be ended first
         # Lines written since the last good sync, and where they start: a
         # failed sync writes them again (_rewrite_unsynced).
         self._unsynced: list[bytes] = []
@@ -1031,6 +1032,10 @@ class AuditLog:
             self._inode = -1  # cannot: the next call reloads, sees the torn line and restarts
 
     def _write_restart(self, problem: str) -> None:
+        if self._torn_tail:
+            _write_all(self._fd, b"\n")  # a failure here leaves it as it was
+            self._end += 1
+            self._torn_tail = False
         record = {
             "pid": os.getpid(),
             "kind": "tamper",
@@ -1108,10 +1113,9 @@ class AuditLog:
         self._seq, self._mac = seq, mac
         if problem is not None:
             self._restart_due = problem
-        if tail.torn and self._end > 0:
-            # A torn last line: end it so ours stay whole.
-            _write_all(self._fd, b"\n")
-            self._end += 1
+        # A torn last line is ended before the restart record (a write, so
+        # it waits for the next append rather than failing an open).
+        self._torn_tail = tail.torn and self._end > 0
 
     def _flush_locked(self) -> None:
         try:
