@@ -30,11 +30,6 @@ from .engine import (
     compile_policy,
 )
 from .loader import (
-    PolicySource,
-    builtin_names,
-    builtin_source,
-    find_policy,
-    is_path_reference,
     load_policy_file,
     load_policy_text,
     load_source,
@@ -42,6 +37,13 @@ from .loader import (
 )
 from .matchers import GlobMatcher, Matcher, RegexMatcher, normalise_path
 from .model import Approval, EnvPolicy, Limits, Policy, PolicyError, Rule, SourceLocation
+from .sources import (
+    PolicySource,
+    builtin_names,
+    builtin_source,
+    find_policy,
+    is_path_reference,
+)
 
 __all__ = [
     "MAX_TARGET_LENGTH",
