@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from agentsup.cli.main import main
+
 BAD_DECISION_AT_LINE_12 = """\
 # A team policy with a typo in its second rule.
 name: team
@@ -162,21 +164,57 @@ def test_explain_names_the_deny_rule_for_an_ssh_key_and_exits_1(policy_dir: Path
 def test_explain_lists_the_rules_tried_before_and_exits_0_for_allow(
     tmp_path: Path, policy_dir: Path
 ) -> None:
+    # Beside agentsup's own directories, not above them: the kernel floor
+    # reaches a parent of a protected path only through what is in it now.
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
     result = agentsup(
         "policy",
         "explain",
         "--policy",
         "strict",
         "--workspace",
-        str(tmp_path),
+        str(workspace),
         "file_read",
-        f"{tmp_path}/src/main.py",
+        f"{workspace}/src/main.py",
     )
     assert result.returncode == 0, result.stderr
     assert "decision:  allow (response: allow)" in result.stdout
     assert "rule:      workspace " in result.stdout
     assert "  secret-ssh (priority 10, " in result.stdout
     assert "target did not match glob '/root/.ssh/**'" in result.stdout
+
+
+@pytest.mark.requires_landlock
+def test_explain_applies_the_kernel_floor_and_says_when_it_decides(policy_dir: Path) -> None:
+    # permissive allows writes by default; the floor never reaches agentsup's own files.
+    target = str(policy_dir / "strict.yaml")
+    result = agentsup("policy", "explain", "--policy", "permissive", "file_write", target)
+    assert result.returncode == 1, result.stdout + result.stderr
+    out = result.stdout
+    assert "decision:  deny (response: block)" in out
+    assert "the kernel floor decides; the policy alone says allow" in out
+    assert "rule agentsup-kernel-floor" in out
+    report = json.loads(
+        agentsup(
+            "policy", "explain", "--json", "--policy", "permissive", "file_write", target
+        ).stdout
+    )
+    assert report["decision"]["rule"] == "agentsup-kernel-floor"
+    assert report["policy_decision"]["verdict"] == "allow"
+    assert report["floor"]["decides"] is True
+    agrees = agentsup("policy", "explain", "--policy", "strict", "file_read", "/etc/hosts")
+    assert "kernel floor: reaches the target" in agrees.stdout
+
+
+def test_explain_of_a_target_over_the_length_cap_says_why(
+    policy_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # In-process: the kernel refuses a single argument this long (E2BIG).
+    code = main(["policy", "explain", "--policy", "strict", "shell_execute", "x" * 140_000])
+    assert code == 1
+    out = capsys.readouterr().out
+    assert "rule:      agentsup-target-too-long (the target has 140000 characters" in out
 
 
 def test_explain_workspace_defaults_to_the_current_directory(tmp_path: Path) -> None:

@@ -16,9 +16,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..events import ActionType, Decision, Event, Verdict, response_for
-from ..paths import default_locations
+from ..events import DEFAULT_RULE_ID, ActionType, Decision, Event, Verdict, response_for
+from ..kernel.landlock import landlock_abi
+from ..paths import Locations, default_locations
 from ..policy import (
+    CompiledPolicy,
     CompiledRule,
     Explanation,
     PolicyError,
@@ -27,6 +29,7 @@ from ..policy import (
     builtin_source,
     compile_policy,
     find_policy,
+    floor,
     load_policy_file,
     load_source,
     resolve_policy,
@@ -85,8 +88,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="show which rule decides an action, and why",
         description=(
             "Evaluate one action against a policy and show the deciding rule and every "
-            "rule tried before it. Exit 0 for allow/log/warn, 1 for deny, 2 for "
-            "require_approval."
+            "rule tried before it, then the kernel floor (Landlock) planned from the policy, "
+            "which can refuse what no rule could allow. Exit 0 for allow/log/warn, 1 for "
+            "deny, 2 for require_approval."
         ),
     )
     explain.add_argument("--policy", required=True, help="policy name or path")
@@ -203,29 +207,82 @@ def _describe_entry(name: str, origin: str, path: str, policy_dir: Path) -> dict
 
 
 def _explain(args: argparse.Namespace) -> int:
-    policy_dir = default_locations().policy_dir
+    locations = default_locations()
     try:
-        policy = resolve_policy(args.policy, policy_dir)
+        policy = resolve_policy(args.policy, locations.policy_dir)
+        context = RunContext(
+            workspace=os.path.abspath(args.workspace),
+            home=os.path.expanduser("~"),
+            agent_id=args.agent_id,
+        )
+        compiled = compile_policy(policy, context)
     except PolicyError as error:
         if args.json:
             _print_json({"error": _error_json(error)})
         else:
             print(str(error), file=sys.stderr)
         return EXIT_DENY
-    context = RunContext(
-        workspace=os.path.abspath(args.workspace),
-        home=os.path.expanduser("~"),
-        agent_id=args.agent_id,
-    )
-    compiled = compile_policy(policy, context)
     explanation = compiled.explain(
         Event(ActionType(args.action), args.target, agent_id=args.agent_id)
     )
+    floor_view = _FloorView.of(compiled, explanation, locations)
     if args.json:
-        _print_json(_explanation_json(compiled.name, explanation))
+        _print_json(_explanation_json(compiled.name, explanation, floor_view))
     else:
-        _print_explanation(compiled.name, explanation)
-    return _EXPLAIN_EXIT[explanation.decision.verdict]
+        _print_explanation(compiled.name, explanation, floor_view)
+    return _EXPLAIN_EXIT[floor_view.decision.verdict]
+
+
+class _FloorView:
+    """The kernel floor's say on one explained action, as the supervisor would apply it."""
+
+    def __init__(self, abi: int, checked: str, decision: Decision, decides: bool) -> None:
+        self.abi = abi
+        self.checked = checked  # the target as the floor sees it (symlinks resolved)
+        self.decision = decision  # the final decision
+        self.decides = decides
+
+    @classmethod
+    def of(
+        cls, compiled: CompiledPolicy, explanation: Explanation, locations: Locations
+    ) -> _FloorView:
+        decision = explanation.decision
+        action = explanation.event.action
+        abi = landlock_abi()
+        checked = explanation.target
+        if abi < 1 or action not in floor.ACTION_RIGHTS or not checked.startswith("/"):
+            return cls(abi, checked, decision, False)
+        checked = os.path.realpath(checked)
+        plan = floor.plan_policy_floor(
+            compiled,
+            no_write=[str(path) for path in locations.protected_paths()],
+            no_read=[str(path) for path in locations.secret_paths()],
+            abi=abi,
+        )
+        final = floor.floor_verdict(floor.FloorCheck(plan), action, checked, decision)
+        return cls(abi, checked, final, final is not decision)
+
+    def json(self) -> dict[str, Any]:
+        return {
+            "landlock_abi": self.abi,
+            "target": self.checked,
+            "decides": self.decides,
+            "decision": _decision_json(self.decision) if self.decides else None,
+        }
+
+    def lines(self) -> list[str]:
+        if self.abi < 1:
+            return ["kernel floor: none (no Landlock on this kernel)"]
+        if not self.decides:
+            return [
+                f"kernel floor: reaches the target (Landlock ABI {self.abi}); the policy decides"
+            ]
+        decision = self.decision
+        return [
+            f"kernel floor: DECIDES (Landlock ABI {self.abi}): {decision.verdict} "
+            f"(response: {response_for(decision)}), rule {decision.rule_id}",
+            f"  {decision.reason}: {self.checked}",
+        ]
 
 
 def _rule_json(rule: CompiledRule) -> dict[str, Any]:
@@ -257,13 +314,17 @@ def _decision_json(decision: Decision) -> dict[str, Any]:
     }
 
 
-def _explanation_json(policy_name: str, explanation: Explanation) -> dict[str, Any]:
+def _explanation_json(
+    policy_name: str, explanation: Explanation, floor_view: _FloorView
+) -> dict[str, Any]:
     return {
         "policy": policy_name,
         "action": explanation.event.action.value,
         "target": explanation.event.target,
         "normalised_target": explanation.target,
-        "decision": _decision_json(explanation.decision),
+        "decision": _decision_json(floor_view.decision),
+        "policy_decision": _decision_json(explanation.decision),
+        "floor": floor_view.json(),
         "rule": _rule_json(explanation.rule) if explanation.rule is not None else None,
         "tried": [
             {**_rule_json(attempt.rule), "why_not": attempt.reason} for attempt in explanation.tried
@@ -271,7 +332,7 @@ def _explanation_json(policy_name: str, explanation: Explanation) -> dict[str, A
     }
 
 
-def _print_explanation(policy_name: str, explanation: Explanation) -> None:
+def _print_explanation(policy_name: str, explanation: Explanation, floor_view: _FloorView) -> None:
     decision = explanation.decision
     event = explanation.event
     print(f"policy:    {policy_name}")
@@ -279,9 +340,14 @@ def _print_explanation(policy_name: str, explanation: Explanation) -> None:
     if explanation.target != event.target:
         target += f"  (normalised: {explanation.target})"
     print(f"action:    {event.action} {target}")
-    print(f"decision:  {decision.verdict} (response: {response_for(decision)})")
+    final = floor_view.decision
+    print(f"decision:  {final.verdict} (response: {response_for(final)})")
+    if floor_view.decides:
+        print(f"           the kernel floor decides; the policy alone says {decision.verdict}")
     rule = explanation.rule
-    if rule is None:
+    if rule is None and decision.rule_id != DEFAULT_RULE_ID:
+        print(f"rule:      {decision.rule_id} ({decision.reason})")  # decided before any rule
+    elif rule is None:
         print("rule:      <default> (no rule matched; the policy default decides)")
     else:
         print(f"rule:      {rule.id} (priority {rule.rule.priority}, {rule.rule.source})")
@@ -295,6 +361,8 @@ def _print_explanation(policy_name: str, explanation: Explanation) -> None:
     if decision.rate_limit is not None:
         limit = decision.rate_limit
         print(f"rate_limit: {limit.max} per {limit.per_seconds:g}s")
+    for line in floor_view.lines():
+        print(line)
     if not explanation.tried:
         print("tried before it: none")
         return

@@ -10,6 +10,12 @@ state and runtime directories), the planner "punches a hole": it replaces the
 root by its directory entries, recursing along the protected path and skipping
 the protected entry itself.  See `plan_floor` for the consequence.
 
+`plan_policy_floor` plans the floor of a compiled policy (the roots any
+rule that lets an action proceed could reach), and `floor_verdict` is the
+floor asked in user space about one decision: what the supervisor does
+before each operation it performs for the agent, and what `policy explain`
+shows.
+
 Access-right values and ABI levels come from the kernel uapi header
 `linux/landlock.h`.
 """
@@ -19,6 +25,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..events import ActionType, Decision, Severity, Verdict, ViolationMode, response_for
+
+if TYPE_CHECKING:
+    from .engine import CompiledPolicy
 
 # Filesystem rights (landlock_ruleset_attr.handled_access_fs).
 FS_EXECUTE = 1 << 0
@@ -332,3 +344,82 @@ class FloorCheck:
             ):
                 return True
         return False
+
+
+# --- a compiled policy's floor -------------------------------------------------------
+
+READ_ACTIONS = (ActionType.FILE_READ,)
+WRITE_ACTIONS = (
+    ActionType.FILE_WRITE,
+    ActionType.FILE_DELETE,
+    ActionType.FILE_MOVE,
+    ActionType.FILE_CHMOD,
+)
+FLOOR_RULE = "agentsup-kernel-floor"
+_WRITE_ANY = FS_WRITE_FILE | FS_MAKE_REG | FS_MAKE_DIR | FS_MAKE_SYM | FS_TRUNCATE
+# The rights an action needs at its target; actions not listed are not on the floor.
+ACTION_RIGHTS: dict[ActionType, int] = {
+    ActionType.FILE_READ: READ_RIGHTS,
+    ActionType.FILE_WRITE: _WRITE_ANY,
+    ActionType.FILE_CHMOD: _WRITE_ANY,
+    ActionType.FILE_DELETE: FS_REMOVE_FILE | FS_REMOVE_DIR,
+    ActionType.FILE_MOVE: FS_REMOVE_FILE | FS_REMOVE_DIR,
+    ActionType.PROCESS_SPAWN: EXEC_RIGHTS,
+}
+
+
+def plan_policy_floor(
+    policy: CompiledPolicy,
+    *,
+    no_write: Iterable[str],
+    no_read: Iterable[str],
+    abi: int,
+    listdir: Callable[[str], list[str]] = os.listdir,
+    realpath: Callable[[str], str] = os.path.realpath,
+) -> FloorPlan:
+    """The floor for `policy`: the roots any rule that lets an action proceed could reach.
+
+    With network denied by default and no rule letting a connect through,
+    Landlock refuses every TCP connect and bind; otherwise ports stay open
+    and the seccomp layer alone decides.  Paths are made canonical with
+    `realpath` (see `plan_floor`).
+    """
+
+    def real(paths: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return None if paths is None else tuple(realpath(path) for path in paths)
+
+    network = policy.floor_roots((ActionType.NETWORK_CONNECT,))
+    tcp_ports: frozenset[int] | None = frozenset() if network == () else None
+    return plan_floor(
+        read_roots=real(policy.floor_roots(READ_ACTIONS)),
+        write_roots=real(policy.floor_roots(WRITE_ACTIONS)),
+        exec_roots=real(policy.floor_roots((ActionType.PROCESS_SPAWN,))),
+        connect_ports=tcp_ports,
+        bind_ports=tcp_ports,
+        no_write=[realpath(path) for path in no_write],
+        no_read=[realpath(path) for path in no_read],
+        abi=abi,
+        listdir=listdir,
+    )
+
+
+def floor_verdict(
+    floor: FloorCheck, action: ActionType, target: str, decision: Decision
+) -> Decision:
+    """`decision`, unless it lets the action proceed where the floor does not reach.
+
+    Then the floor decides: a deny that blocks (EACCES), no signal, since
+    the policy itself did not ask for one.
+    """
+    rights = ACTION_RIGHTS.get(action)
+    if not rights or not response_for(decision).proceeds or floor.allows(target, rights):
+        return decision
+    return Decision(
+        verdict=Verdict.DENY,
+        rule_id=FLOOR_RULE,
+        severity=Severity.CRITICAL,
+        message="outside the kernel floor: no rule of the policy could allow this",
+        on_violation=ViolationMode.BLOCK,
+        reason=f"the policy said {decision.verdict} ({decision.rule_id}), "
+        "the Landlock floor computed from it does not reach the target",
+    )
