@@ -232,3 +232,24 @@ def test_a_target_that_is_not_utf8_is_still_matched() -> None:
     assert policy.evaluate(Event(A.FILE_READ, "/w/\udcff.pem")).rule_id == "secret-pem"
     assert policy.evaluate(Event(A.FILE_READ, "/w/\udcff/x")).rule_id == "workspace"
     assert policy.evaluate(Event(A.FILE_READ, "/home/u/.ssh/\udc80")).rule_id == "secret-ssh"
+
+
+def test_when_the_set_gives_up_each_rule_decides_on_its_own() -> None:
+    # RE2's set reports None when its DFA runs out of memory; the rules are
+    # then tried one by one (each RE2 regex falls back to its NFA: still linear).
+    policy = strict()
+    events = [
+        Event(A.FILE_READ, "/w/src/a.py"),
+        Event(A.FILE_READ, "/w/tls/server.pem"),
+        Event(A.FILE_READ, "/etc/ssl/certs/ca.pem"),
+        Event(A.FILE_WRITE, "/usr/lib/x/__pycache__/m.pyc"),
+        Event(A.FILE_WRITE, "/w/__pycache__/m.pyc"),
+        Event(A.SHELL_EXECUTE, "rm -rf /"),
+        Event(A.NETWORK_CONNECT, "10.0.0.1:443"),
+        Event(A.FILE_READ, "/srv/nothing"),
+    ]
+    expected = [policy.evaluate(event).rule_id for event in events]
+    for table in policy._tables.values():
+        table.match = lambda data: None
+    assert [policy.evaluate(event).rule_id for event in events] == expected
+    assert expected[1:5] == ["secret-pem", "read-etc", "pycache-write", "workspace"]
