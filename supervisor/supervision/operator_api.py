@@ -11,7 +11,7 @@ import signal
 from collections.abc import Callable, Mapping
 
 from ..control.channel import ControlError
-from .judge import Judge, AgentState, AuditSink, KillReport
+from .judge import AgentState, AuditSink, Judge, KillReport
 
 STOPPED_STATES = (
     AgentState.AWAITING_APPROVAL,

@@ -20,7 +20,7 @@ from ..integrity.seal import check_sealed
 from ..integrity.totp import TotpVerifier
 from ..paths import Locations
 from .agent import Agent, RunRequest, SetupError, say
-from .judge import Judge, AgentState
+from .judge import AgentState, Judge
 from .loop import EventLoop
 from .operator_api import OperatorAPI
 
