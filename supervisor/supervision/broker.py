@@ -42,6 +42,7 @@ import stat
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ..kernel import proc as _proc
 from ..kernel import seccomp as _seccomp
@@ -49,8 +50,9 @@ from ..kernel import seccomp as _seccomp
 AT_FDCWD = -100
 _O_PATH = getattr(os, "O_PATH", 0o10000000)
 
-# Requests.  RESOLVE is the only one with a reply.
+# Requests.  RESOLVE and CONNECT have a reply.
 RESOLVE = 1
+CONNECT = 17
 DROP = 2
 INJECT = 3  # ADDFD an fd opened by RESOLVE(open=flags)
 REOPEN = 4  # reopen a pinned object with the agent's flags, then ADDFD
@@ -66,6 +68,9 @@ TRUNCATE = 13
 FD_CHMOD = 14  # on an fd of the agent's (sent along)
 FD_CHOWN = 15
 ERROR = 16  # answer the syscall with an errno (keeps the order of answers)
+BIND = 18  # on the agent's socket (sent along), with the address decided on
+SENDTO = 19  # a datagram: the payload and address decided on
+SENDMMSG = 20  # several of them; the answer is how many were sent
 
 # RESOLVE kinds.
 OBJECT = 0  # O_PATH of what the path names
@@ -142,9 +147,24 @@ class BrokerClient:
         want_script: bool = False,
     ) -> Pinned:
         """Pin what `raw` names, from `anchor` (an fd) or the agent's root (-1)."""
+        request = (raw, kind, flags, resolve_flags, follow, want_script)
+        return Pinned(*self._call(RESOLVE, request, [anchor] if anchor >= 0 else []))
+
+    def connect(self, sock: int, address: object, handle: int = -1) -> int:
+        """connect() the agent's socket (a duplicate) with the agent's rights; the errno.
+
+        `address` is a Python socket address; for a unix socket, `handle`
+        names the pinned socket file instead, which is reached through its fd.
+        A blocking socket is connected non-blocking: EINPROGRESS means the
+        supervisor waits for the handshake in its loop.
+        """
+        (err,) = self._call(CONNECT, (address, handle), [sock])
+        return err if isinstance(err, int) else errno.EIO
+
+    def _call(self, op: int, request: tuple[object, ...], fds: list[int]) -> list[Any]:
+        """A request with a reply: the broker answers in order, so the next reply is ours."""
         self._seq += 1
-        request = (RESOLVE, self._seq, raw, kind, flags, resolve_flags, follow, want_script)
-        self._send(request, [anchor] if anchor >= 0 else [])
+        self._send((op, self._seq, *request), fds)
         poller = select.poll()
         poller.register(self.channel, select.POLLIN)
         if not poller.poll(int(REPLY_TIMEOUT * 1000)):
@@ -159,10 +179,11 @@ class BrokerClient:
             self.broken = True
             raise BrokerGone(errno.EIO, "the agent's broker is gone")
         seq, *fields = marshal.loads(data)
+        fields = list(fields)
         if seq != self._seq:
             self.broken = True
             raise BrokerGone(errno.EIO, "the agent's broker answered out of turn")
-        return Pinned(*fields)
+        return fields
 
     def act(self, op: int, notif_id: int, *args: object, fds: tuple[int, ...] = ()) -> None:
         """Have the broker do `op` and answer syscall `notif_id` itself."""
@@ -200,6 +221,9 @@ class Broker:
             FD_CHMOD: self._fd_chmod,
             FD_CHOWN: self._fd_chown,
             ERROR: self._error,
+            BIND: self._bind,
+            SENDTO: self._sendto,
+            SENDMMSG: self._sendmmsg,
         }
 
     def serve_one(self) -> bool:
@@ -217,6 +241,8 @@ class Broker:
             op = message[0]
             if op == RESOLVE:
                 self._resolve(message, fds)
+            elif op == CONNECT:
+                self._connect(message, fds)
             elif op == DROP:
                 self._close(message[1])
             else:
@@ -290,6 +316,22 @@ class Broker:
         fd = self.pinned.pop(handle, None) if isinstance(handle, int) else None
         if fd is not None:
             os.close(fd)
+
+    def _connect(self, message: tuple[object, ...], fds: list[int]) -> None:
+        _op, seq, address, handle = message
+        err = errno.EBADF
+        if fds:
+            if isinstance(handle, int) and handle >= 0:
+                fd = self.pinned.pop(handle, -1)
+                address = f"/proc/self/fd/{fd}" if fd >= 0 else None
+            else:
+                fd = -1
+            try:
+                err = _connect_once(fds[0], address) if address is not None else errno.EBADF
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+        self.channel.send(marshal.dumps((seq, err)))  # type: ignore[arg-type]
 
     # -- operations
 
@@ -442,6 +484,36 @@ class Broker:
         os.chown(fds[0], uid, gid)
         self._answer(notif_id)
 
+    def _bind(self, notif_id: int, _pinned: list[int], args: list[object], fds: list[int]) -> None:
+        (address,) = args
+        assert fds
+        with socket.socket(fileno=os.dup(fds[0])) as sock:
+            sock.bind(address)  # type: ignore[arg-type]
+        self._answer(notif_id)
+
+    def _sendto(
+        self, notif_id: int, _pinned: list[int], args: list[object], fds: list[int]
+    ) -> None:
+        payload, flags, address = args
+        assert isinstance(payload, bytes) and isinstance(flags, int) and fds
+        self._answer(notif_id, _send(fds[0], payload, flags, address))
+
+    def _sendmmsg(
+        self, notif_id: int, _pinned: list[int], args: list[object], fds: list[int]
+    ) -> None:
+        messages, flags = args
+        assert isinstance(messages, list) and isinstance(flags, int) and fds
+        sent = 0
+        for payload, address in messages:
+            try:
+                _send(fds[0], payload, flags, address)
+            except OSError:
+                if not sent:
+                    raise
+                break  # like the kernel: the count so far, the error next time
+            sent += 1
+        self._answer(notif_id, sent)
+
 
 # Which arguments of each operation are handles (the default: the first).
 _HANDLE_ARGS: dict[int, tuple[int, ...]] = {
@@ -450,7 +522,36 @@ _HANDLE_ARGS: dict[int, tuple[int, ...]] = {
     FD_CHMOD: (),
     FD_CHOWN: (),
     ERROR: (),
+    BIND: (),
+    SENDTO: (),
+    SENDMMSG: (),
 }
+
+
+def _send(fd: int, payload: bytes, flags: int, address: object) -> int:
+    """One datagram, never blocking: a full socket buffer is EAGAIN for the agent."""
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        if address is None:
+            return sock.send(payload, flags | socket.MSG_DONTWAIT)
+        sent: int = sock.sendto(payload, flags | socket.MSG_DONTWAIT, address)  # type: ignore[call-overload]
+        return sent
+
+
+def _connect_once(fd: int, address: object) -> int:
+    """connect() without blocking: 0, EINPROGRESS, or the errno."""
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        status_flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        blocking = not status_flags & os.O_NONBLOCK
+        if blocking:
+            # The flag lives in the open file the agent shares: only for this call.
+            fcntl.fcntl(fd, fcntl.F_SETFL, status_flags | os.O_NONBLOCK)
+        try:
+            return sock.connect_ex(address)  # type: ignore[arg-type]
+        except OSError as exc:
+            return exc.errno or errno.EINVAL
+        finally:
+            if blocking:
+                fcntl.fcntl(fd, fcntl.F_SETFL, status_flags)
 
 
 def _reopen(path_fd: int, flags: int) -> int:

@@ -93,6 +93,8 @@ WaitWritable = Callable[[int, Callable[[], None], Callable[[], None], float], No
 
 # The largest payload a sendto is copied for (a UDP datagram's limit).
 _MAX_DATAGRAM = 65536
+_MAX_MMSG = 64  # messages of one sendmmsg sent for the agent (the rest: a short count)
+_MSG_FASTOPEN = 0x20000000
 # struct msghdr on x86_64: name, namelen, iov, iovlen, control, controllen, flags.
 _MSGHDR = struct.Struct("<QI4xQQQQi4x")
 
@@ -859,128 +861,146 @@ class Mediator:
         self._chown(n, name, node, n.args[2], n.args[3])
 
     # -- network and memory ---------------------------------------------------------
+    # The supervisor decides on the address it copied once; the broker makes the
+    # call with that very copy, on a duplicate of the agent's socket, with the
+    # agent's rights (its Landlock TCP rules, no CAP_NET_BIND_SERVICE).
 
     def _decided_address(
         self, n: _seccomp.Notification, syscall: str, ptr: int, length: int
-    ) -> bytes | None:
+    ) -> tuple[bytes, Resolved | None] | None:
         """The sockaddr the agent named, copied once, if the policy lets it through.
 
         None when the syscall is already answered: no address (CONTINUE, there
-        is nothing to decide) or refused.  The caller uses these very bytes.
+        is nothing to decide) or refused.  For a unix socket path, the socket
+        file is pinned too: the connect goes to what was decided on.
         """
         if ptr == 0 or length < 2:
             _seccomp.respond_continue(self.listener, n.id)
             return None
         data = self.memory.read(n.pid, ptr, min(length, 128))
-        response = self._judge_sockaddr(n, syscall, data)
+        node = self._unix_node(n.pid, data)
+        target = describe_sockaddr(data, lambda _raw: node.target if node else "")
+        response = self._decide(n, syscall, ActionType.NETWORK_CONNECT, target)
         if not response.proceeds:
+            if node is not None:
+                self.release(node)
             self._refuse(n, response, errno.EPERM)
             return None
-        return data
+        return data, node
+
+    def _unix_node(self, tid: int, data: bytes) -> Resolved | None:
+        """The socket file a unix sockaddr names, pinned; None for other addresses."""
+        if len(data) < 3 or struct.unpack_from("<H", data)[0] != socket.AF_UNIX:
+            return None
+        path = data[2:].split(b"\0", 1)[0]
+        if data[2] == 0 or not path:
+            return None  # abstract: no file to pin
+        return self.resolve(tid, AT_FDCWD, path)
 
     def _judge_sockaddr(self, n: _seccomp.Notification, syscall: str, data: bytes) -> Response:
-        target = describe_sockaddr(data, lambda raw: self._unix_target(n.pid, raw))
+        node = self._unix_node(n.pid, data)
+        if node is not None:
+            self.release(node)
+        target = describe_sockaddr(data, lambda _raw: node.target if node else "")
         return self._decide(n, syscall, ActionType.NETWORK_CONNECT, target)
 
-    def _agent_socket(self, n: _seccomp.Notification) -> socket.socket | None:
-        """A duplicate of the socket in the syscall's first argument; None if answered."""
+    def _agent_socket(self, n: _seccomp.Notification) -> int:
+        """A duplicate of the socket in the syscall's first argument; -1 if answered."""
         try:
-            fd = _proc.pidfd_getfd(self._pidfd(n.pid), _signed32(n.args[0]))
+            return _proc.pidfd_getfd(self._pidfd(n.pid), _signed32(n.args[0]))
         except OSError as exc:
             _seccomp.respond_error(self.listener, n.id, exc.errno or errno.EBADF)
-            return None
-        return socket.socket(fileno=fd)
-
-    def _unix_target(self, tid: int, raw: bytes) -> str:
-        node = self.resolve_parent(tid, AT_FDCWD, raw)
-        node.close()
-        return node.target
+            return -1
 
     def _on_connect(self, n: _seccomp.Notification, name: str) -> None:
-        self._ip_socket_call(n, name, connect=True)
+        self._socket_call(n, name, connect=True)
 
     def _on_bind(self, n: _seccomp.Notification, name: str) -> None:
-        self._ip_socket_call(n, name, connect=False)
+        self._socket_call(n, name, connect=False)
 
-    def _ip_socket_call(self, n: _seccomp.Notification, syscall: str, *, connect: bool) -> None:
-        """connect/bind: decide on the address we copied, and use that very copy.
-
-        For IP sockets the supervisor takes a duplicate of the agent's socket
-        (pidfd_getfd) and makes the call itself with the address it decided
-        on, so a thread rewriting the sockaddr after the check changes
-        nothing.  Unix sockets keep CONTINUE (their path would have to be
-        re-resolved in the agent's cwd); the README says so.
-        """
-        data = self._decided_address(n, syscall, n.args[1], n.args[2] & 0xFFFFFFFF)
-        if data is None:
+    def _socket_call(self, n: _seccomp.Notification, syscall: str, *, connect: bool) -> None:
+        """connect/bind: decide on the address we copied, and use that very copy."""
+        decided = self._decided_address(n, syscall, n.args[1], n.args[2] & 0xFFFFFFFF)
+        if decided is None:
             return
+        data, node = decided
         address = ip_address_tuple(data)
-        if address is None:
-            _seccomp.respond_continue(self.listener, n.id)
-            return
-        sock = self._agent_socket(n)
-        if sock is None:
-            return
-        if not connect:
-            try:
-                sock.bind(address)
-            except OSError as exc:
-                _seccomp.respond_error(self.listener, n.id, exc.errno or errno.EINVAL)
+        if node is not None and node.error:
+            self.release(node)
+            if not connect and node.error == errno.ENOENT:
+                # bind() makes the socket file: nothing to pin, the kernel does it.
+                _seccomp.respond_continue(self.listener, n.id)
             else:
-                _seccomp.respond_value(self.listener, n.id, 0)
-            finally:
-                sock.close()
+                self._fail(n, node.error)
             return
-        self._connect(n, sock, address)
-
-    def _connect(
-        self, n: _seccomp.Notification, sock: socket.socket, address: tuple[object, ...]
-    ) -> None:
-        fd = sock.fileno()
-        status_flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-        agent_blocks = not status_flags & os.O_NONBLOCK
-        if agent_blocks:
-            # The flag lives in the shared open file: set it only for our call.
-            fcntl.fcntl(fd, fcntl.F_SETFL, status_flags | os.O_NONBLOCK)
+        if address is None and node is None:
+            _seccomp.respond_continue(self.listener, n.id)  # abstract, netlink, ...
+            return
+        fd = self._agent_socket(n)
+        if fd < 0:
+            if node is not None:
+                self.release(node)
+            return
         try:
-            err = sock.connect_ex(address)
+            if not connect:
+                if node is not None:  # an existing file: bind() fails with EADDRINUSE
+                    self.release(node)
+                    self._fail(n, errno.EADDRINUSE)
+                else:
+                    self.broker.act(broker.BIND, n.id, address, fds=(fd,))
+                return
+            handle = node.handle if node is not None else -1
+            err = self.broker.connect(fd, address, handle)
+            if node is not None:
+                node.pinned.handle = -1  # the broker took it
         finally:
-            if agent_blocks:
-                fcntl.fcntl(fd, fcntl.F_SETFL, status_flags)
-        if err != errno.EINPROGRESS or not agent_blocks or self._wait_writable is None:
-            sock.close()
+            if not connect or err != errno.EINPROGRESS:
+                os.close(fd)
+        self._connected(n, fd, err)
+
+    def _connected(self, n: _seccomp.Notification, fd: int, err: int) -> None:
+        """Answer a connect the broker started; a blocking one waits in the loop."""
+        if err != errno.EINPROGRESS:
             if err:
-                _seccomp.respond_error(self.listener, n.id, err)
+                self._fail(n, err)
             else:
                 _seccomp.respond_value(self.listener, n.id, 0)
+            return
+        blocking = not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK
+        if not blocking or self._wait_writable is None:
+            os.close(fd)
+            self._fail(n, err)
             return
 
         # A blocking connect in progress: the agent keeps waiting in its
         # syscall while the loop waits for the handshake.
         def done() -> None:
-            result = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            sock.close()
+            result = socket.socket(fileno=os.dup(fd)).getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            os.close(fd)
             if result:
-                _seccomp.respond_error(self.listener, n.id, result)
+                self._fail(n, result)
             else:
                 _seccomp.respond_value(self.listener, n.id, 0)
 
         def timed_out() -> None:
-            sock.close()
-            _seccomp.respond_error(self.listener, n.id, errno.ETIMEDOUT)
+            os.close(fd)
+            self._fail(n, errno.ETIMEDOUT)
 
         self._wait_writable(fd, done, timed_out, CONNECT_TIMEOUT)
 
     def _on_sendto(self, n: _seccomp.Notification, name: str) -> None:
-        """A datagram to an address: for IP, sent by the supervisor with the copied address.
+        """A datagram to an address: for IP, sent by the broker with the copied address.
 
         Like connect, the address the agent named is read once, decided on,
         and used; a thread rewriting it afterwards changes nothing.  The
         payload is copied too (at most 64 KiB, a UDP datagram's limit).
         """
-        data = self._decided_address(n, name, n.args[4], n.args[5] & 0xFFFFFFFF)
-        if data is None:
+        decided = self._decided_address(n, name, n.args[4], n.args[5] & 0xFFFFFFFF)
+        if decided is None:
             return
+        data, node = decided
+        if node is not None:
+            self.release(node)
         address = ip_address_tuple(data)
         length = n.args[2]
         if address is None or length > _MAX_DATAGRAM:
@@ -993,39 +1013,71 @@ class Mediator:
         self, n: _seccomp.Notification, payload: bytes, flags: int, address: tuple[object, ...]
     ) -> None:
         """Send on a duplicate of the agent's socket (first argument); answer with the count."""
-        sock = self._agent_socket(n)
-        if sock is None:
+        fd = self._agent_socket(n)
+        if fd < 0:
             return
         try:
-            # Never block the loop: a full socket buffer is EAGAIN for the agent.
-            sent = sock.sendto(payload, flags | socket.MSG_DONTWAIT, address)
-        except OSError as exc:
-            _seccomp.respond_error(self.listener, n.id, exc.errno or errno.EIO)
-        else:
-            _seccomp.respond_value(self.listener, n.id, sent)
+            self.broker.act(broker.SENDTO, n.id, payload, flags, address, fds=(fd,))
         finally:
-            sock.close()
+            os.close(fd)
+
+    def _socket_kind(self, n: _seccomp.Notification) -> tuple[int, int, int]:
+        """(duplicate fd, family, type) of the agent's socket; fd -1 if answered."""
+        fd = self._agent_socket(n)
+        if fd < 0:
+            return -1, 0, 0
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            family = sock.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
+            kind = sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+        return fd, family, kind
 
     def _on_sendmsg(self, n: _seccomp.Notification, name: str) -> None:
-        """sendmsg with an address: like sendto, sent by the supervisor for IP datagrams.
+        """sendmsg: on an IP datagram socket, never CONTINUEd.
 
-        Messages with control data (ancillary data, e.g. fds over unix
-        sockets) and unix destinations keep CONTINUE after the decision.
+        msg_name lives in memory a racing thread can rewrite after the check,
+        and the kernel reads it again.  So on IP datagram sockets the broker
+        sends the payload and address that were copied and decided on (with no
+        address: the socket's connected peer, decided at connect).  A
+        connected stream socket ignores msg_name (TCP Fast Open aside, which
+        is refused), so it goes on as it is.  Unix sockets keep CONTINUE after
+        the decision on their path; control data (fds) needs the kernel.
         """
         (name_ptr, name_len, iov_ptr, iov_count, _control_ptr, control_len, _flags) = (
             _MSGHDR.unpack(self.memory.read(n.pid, n.args[1], _MSGHDR.size))
         )
-        data = self._decided_address(n, name, name_ptr, name_len)
-        if data is None:
+        flags = n.args[2] & 0xFFFFFFFF
+        fd, family, kind = self._socket_kind(n)
+        if fd < 0:
             return
-        address = ip_address_tuple(data)
-        payload = None
-        if address is not None and control_len == 0:
+        try:
+            if family not in (socket.AF_INET, socket.AF_INET6):
+                if name_ptr and name_len >= 2:
+                    data = self.memory.read(n.pid, name_ptr, min(name_len, 128))
+                    response = self._judge_sockaddr(n, name, data)
+                    if not response.proceeds:
+                        self._refuse(n, response, errno.EPERM)
+                        return
+                _seccomp.respond_continue(self.listener, n.id)
+                return
+            if kind == socket.SOCK_STREAM:
+                if flags & _MSG_FASTOPEN:
+                    self._fail(n, errno.EOPNOTSUPP)
+                else:
+                    _seccomp.respond_continue(self.listener, n.id)
+                return
+            address: tuple[object, ...] | None = None
+            if name_ptr and name_len >= 2:
+                decided = self._decided_address(n, name, name_ptr, name_len)
+                if decided is None:
+                    return
+                address = ip_address_tuple(decided[0])
             payload = self._gather(n.pid, iov_ptr, iov_count)
-        if address is None or payload is None:
-            _seccomp.respond_continue(self.listener, n.id)
-            return
-        self._send_datagram(n, payload, n.args[2] & 0xFFFFFFFF, address)
+            if control_len or payload is None:
+                self._fail(n, errno.EOPNOTSUPP if control_len else errno.EMSGSIZE)
+                return
+            self.broker.act(broker.SENDTO, n.id, payload, flags, address, fds=(fd,))
+        finally:
+            os.close(fd)
 
     def _gather(self, tid: int, iov_ptr: int, iov_count: int) -> bytes | None:
         """The bytes an iovec array points at; None past 64 KiB or 1024 pieces."""
@@ -1046,20 +1098,41 @@ class Mediator:
         return b"".join(pieces)
 
     def _on_sendmmsg(self, n: _seccomp.Notification, name: str) -> None:
-        count = min(n.args[2] & 0xFFFFFFFF, 1024)
-        for i in range(count):
-            # struct mmsghdr: a 56-byte msghdr and an unsigned int, padded to 64.
-            name_ptr, name_len = struct.unpack(
-                "<QI", self.memory.read(n.pid, n.args[1] + 64 * i, 12)
+        """sendmmsg: on IP datagram sockets, the broker sends each decided copy."""
+        count = min(n.args[2] & 0xFFFFFFFF, _MAX_MMSG)
+        fd, family, kind = self._socket_kind(n)
+        if fd < 0:
+            return
+        try:
+            ip_datagrams = (
+                family in (socket.AF_INET, socket.AF_INET6) and kind != socket.SOCK_STREAM
             )
-            if name_ptr == 0 or name_len < 2:
-                continue
-            data = self.memory.read(n.pid, name_ptr, min(name_len, 128))
-            response = self._judge_sockaddr(n, name, data)
-            if not response.proceeds:
-                self._refuse(n, response, errno.EPERM)
+            messages: list[tuple[bytes, tuple[object, ...] | None]] = []
+            for i in range(count):
+                # struct mmsghdr: a 56-byte msghdr and an unsigned int, padded to 64.
+                header = _MSGHDR.unpack(self.memory.read(n.pid, n.args[1] + 64 * i, _MSGHDR.size))
+                name_ptr, name_len, iov_ptr, iov_count, _control, control_len, _flags = header
+                address = None
+                if name_ptr and name_len >= 2:
+                    data = self.memory.read(n.pid, name_ptr, min(name_len, 128))
+                    response = self._judge_sockaddr(n, name, data)
+                    if not response.proceeds:
+                        self._refuse(n, response, errno.EPERM)
+                        return
+                    address = ip_address_tuple(data)
+                if ip_datagrams:
+                    payload = self._gather(n.pid, iov_ptr, iov_count)
+                    if control_len or payload is None:
+                        self._fail(n, errno.EOPNOTSUPP if control_len else errno.EMSGSIZE)
+                        return
+                    messages.append((payload, address))
+            if not ip_datagrams:
+                _seccomp.respond_continue(self.listener, n.id)
                 return
-        _seccomp.respond_continue(self.listener, n.id)
+            flags = n.args[3] & 0xFFFFFFFF
+            self.broker.act(broker.SENDMMSG, n.id, messages, flags, fds=(fd,))
+        finally:
+            os.close(fd)
 
     def _on_process_vm_readv(self, n: _seccomp.Notification, name: str) -> None:
         response = self._decide(n, name, ActionType.MEMORY_ACCESS, str(_signed32(n.args[0])))
