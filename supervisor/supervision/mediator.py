@@ -95,6 +95,7 @@ WaitWritable = Callable[[int, Callable[[], None], Callable[[], None], float], No
 _MAX_DATAGRAM = 65536
 _MAX_MMSG = 64  # messages of one sendmmsg sent for the agent (the rest: a short count)
 _MSG_FASTOPEN = 0x20000000
+_SETID = stat.S_ISUID | stat.S_ISGID
 # struct msghdr on x86_64: name, namelen, iov, iovlen, control, controllen, flags.
 _MSGHDR = struct.Struct("<QI4xQQQQi4x")
 
@@ -505,7 +506,7 @@ class Mediator:
                 node.handle,
                 node.name,
                 flags & ~os.O_NOFOLLOW,
-                mode & 0o7777 & ~umask,
+                mode & 0o7777 & ~umask & ~_SETID,
                 cloexec,
             )
         elif opened:
@@ -652,7 +653,7 @@ class Mediator:
     def _mkdir(
         self, n: _seccomp.Notification, syscall: str, dirfd: int, ptr: int, mode: int
     ) -> None:
-        mode = mode & 0o7777 & ~self._umask(n.pid)
+        mode = mode & 0o7777 & ~self._umask(n.pid) & ~stat.S_ISUID
         self._parent_op(n, syscall, ActionType.FILE_WRITE, dirfd, ptr, broker.MKDIR, mode)
 
     def _on_mkdir(self, n: _seccomp.Notification, name: str) -> None:
@@ -813,7 +814,12 @@ class Mediator:
         self._object_op(n, name, ActionType.FILE_WRITE, node, broker.TRUNCATE, n.args[1])
 
     def _chmod(self, n: _seccomp.Notification, syscall: str, node: Resolved, mode: int) -> None:
-        self._object_op(n, syscall, ActionType.FILE_CHMOD, node, broker.CHMOD, mode & 0o7777)
+        # A setuid or setgid file the agent made would run with its owner's
+        # rights for everyone else: the bits are dropped (a directory keeps
+        # setgid, which only passes its group on).
+        keep = ~stat.S_ISUID if stat.S_ISDIR(node.pinned.mode) else ~_SETID
+        mode = mode & 0o7777 & keep
+        self._object_op(n, syscall, ActionType.FILE_CHMOD, node, broker.CHMOD, mode)
 
     def _on_chmod(self, n: _seccomp.Notification, name: str) -> None:
         self._chmod(n, name, self._path_object(n, AT_FDCWD, n.args[0]), n.args[1])
