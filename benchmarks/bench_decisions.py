@@ -6,6 +6,10 @@ The policy mixes globs and regexes over file, shell, network, environment and
 database actions, with some agent-scoped rules; the events are mostly file
 reads and writes in a workspace and the system, with some shell and network.
 The target is 500,000 decisions/s on one core in CPython 3.11.
+
+It then times `strict` on 100 KB command lines built to make a backtracking
+engine stall (issue 11: one such line held the loop for 27 s).  Matching is
+linear (RE2), so each must be decided in well under 10 ms.
 """
 
 from __future__ import annotations
@@ -18,12 +22,19 @@ import time
 from pathlib import Path
 
 from agentsup.events import ActionType, Event
-from agentsup.policy import RunContext, compile_policy, load_policy_file
+from agentsup.policy import (
+    MAX_TARGET_LENGTH,
+    RunContext,
+    compile_policy,
+    load_policy_file,
+    resolve_policy,
+)
 
 WORKSPACE = "/srv/agents/work space (1)"
 HOME = "/home/agent"
 AGENT_ID = "analyst-7"
 TARGET_RATE = 500_000
+LONG_TARGET_MS = 10.0
 
 FILE_ACTIONS = "[file_read, file_write, file_delete, file_move, file_chmod]"
 SECRETS = [
@@ -316,6 +327,45 @@ def events() -> list[Event]:
     return out
 
 
+def long_command_lines() -> dict[str, str]:
+    """100 KB command lines; the first ones stalled the old backtracking rules."""
+    size = 100_000
+    lines = {
+        "many rm -r": "echo " + "rm -r " * (size // 6),
+        "flag, then root at the end": "rm -rf " + "x" * size + " /",
+        "many flags": "rm " + "-v " * (size // 3) + "-rf /",
+        "many directories": "rm -rf " + "a/ " * (size // 3),
+        "spaces": "rm " + " " * size,
+        "nested-quantifier bait": "a" * size + "!",
+    }
+    assert all(len(line) <= MAX_TARGET_LENGTH for line in lines.values())
+    return lines
+
+
+def time_long_targets() -> bool:
+    """Worst time for one 100 KB shell_execute decision under strict; True if within bound."""
+    compiled = compile_policy(
+        resolve_policy("strict", Path("/nonexistent-policy-dir")),
+        RunContext(WORKSPACE, HOME, AGENT_ID),
+    )
+    worst = 0.0
+    for name, line in long_command_lines().items():
+        event = Event(ActionType.SHELL_EXECUTE, line, agent_id=AGENT_ID)
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            rule = compiled.evaluate(event).rule_id
+            times.append((time.perf_counter() - start) * 1000)
+        worst = max(worst, min(times))
+        print(f"  100 KB command line, {name}: {min(times):.2f} ms ({rule})")
+    ok = worst < LONG_TARGET_MS
+    print(
+        f"worst 100 KB decision: {worst:.2f} ms; bound {LONG_TARGET_MS:g} ms: "
+        f"{'ok' if ok else 'TOO SLOW'}"
+    )
+    return ok
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -352,7 +402,8 @@ def main() -> int:
         f"cpu time:   {rate:,.0f} decisions/s ({cpu * 1e9 / len(stream):.0f} ns each); "
         f"target {TARGET_RATE:,}: {'ok' if rate >= TARGET_RATE else 'TOO SLOW'}"
     )
-    return 0 if rate >= TARGET_RATE else 1
+    long_ok = time_long_targets()
+    return 0 if rate >= TARGET_RATE and long_ok else 1
 
 
 if __name__ == "__main__":

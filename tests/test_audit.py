@@ -225,7 +225,8 @@ def test_flush_happens_by_itself_after_256_records_or_200_ms(paths: Paths) -> No
     log = paths.open(clock=clock)
     for n in range(255):
         log.append(decision(n))
-    assert log.pending == 255 and read_head(paths.head) is None
+    head = read_head(paths.head)
+    assert log.pending == 255 and head is not None and head.seq == 0  # the head made at open
     log.append(decision(256))
     assert log.pending == 0 and read_head(paths.head) == read_head(paths.head)
     head = read_head(paths.head)
@@ -382,7 +383,8 @@ def test_the_writer_resumes_after_the_head_when_the_tail_was_removed(paths: Path
     write_log(paths, 10)
     paths.write_lines(paths.lines()[:-2])
     with paths.open() as log:
-        assert log.append(decision(11))["seq"] == 11  # not 9: the gap stays
+        # Not 9: the gap stays, and a restart record (seq 11) says why.
+        assert log.append(decision(11))["seq"] == 12
     assert paths.verify()[:2] == (False, 9)
 
 
@@ -392,7 +394,8 @@ def test_a_torn_line_is_ended_before_new_records_and_stays_visible(paths: Paths)
     with paths.open() as log:
         log.append(decision(11))
     lines = paths.lines()
-    assert json.loads(lines[-1])["seq"] == 11
+    assert json.loads(lines[-2])["chain"] == "restart"
+    assert json.loads(lines[-1])["seq"] == 12
     assert paths.verify()[:2] == (False, 10)
 
 
@@ -431,9 +434,9 @@ def test_tampering_in_a_rotated_file_is_found_there(paths: Paths) -> None:
     victim = json.loads(lines[1])["seq"]
     del lines[1]
     oldest.write_bytes(b"".join(lines))
-    ok, bad, reason = paths.verify()
-    assert (ok, bad) == (False, victim)
-    assert oldest.name in reason
+    result = verify_log(paths.log, load_key(paths.key), read_head(paths.head))
+    assert (result.ok, result.first_bad_seq) == (False, victim)
+    assert result.where == f"{oldest.name} line 2"
 
 
 def test_dropping_the_oldest_file_on_rotation_is_not_tampering(paths: Paths) -> None:

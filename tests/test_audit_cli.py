@@ -157,8 +157,8 @@ def test_show_rejects_a_bad_since_with_usage_exit_2(
     assert "neither an RFC 3339 time nor an age" in capsys.readouterr().err
 
 
-def test_show_without_a_log_exits_1(locations: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run("audit", "show") == 1
+def test_show_without_a_log_exits_3(locations: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("audit", "show") == 3
     assert "no audit log at" in capsys.readouterr().err
 
 
@@ -205,3 +205,159 @@ def test_report_text(logged: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "agent analyst-1: allowed 1, denied 1, approved 0, killed 1" in out
     assert "agent coder-2: allowed 0, denied 0, approved 1, killed 0" in out
     assert "by rule" in out and "by action type" in out
+
+
+# ------------------------------------------- verify: head, json, bad input (issues 11, 14)
+
+
+def forge_last_line(log: Path) -> None:
+    with open(log, "ab") as file:
+        file.write(b'{"seq":7,"prev":"' + b"0" * 64 + b'","mac":"' + b"f" * 64 + b'"}\n')
+
+
+def test_verify_counts_in_the_singular(locations: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with AuditLog.open(default_locations()) as log:
+        log.append(RECORDS[0])
+    assert run("audit", "verify") == 0
+    assert capsys.readouterr().out == "ok: 1 record, chain intact\n"
+
+
+def test_verify_fails_without_the_head_record_unless_told(
+    logged: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    default_locations().audit_head.unlink()
+    assert run("audit", "verify") == 1
+    out = capsys.readouterr().out
+    assert out.startswith("FAIL: no head record at") and "--no-head" in out
+    assert run("audit", "verify", "--no-head") == 0
+    assert capsys.readouterr().out.startswith("ok: 6 records, chain intact (no head record")
+
+
+def test_verify_json_on_an_intact_log(logged: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("audit", "verify", "--json") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["ok"] is True and result["records"] == 6 and result["breaks"] == []
+    assert result["head"] is True and result["first_bad_seq"] is None
+
+
+def test_verify_json_names_the_break_and_the_restart(
+    logged: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    forge_last_line(logged)
+    with AuditLog.open(default_locations()) as log:
+        log.append(RECORDS[0])  # the writer restarts the chain at seq 7
+    assert run("audit", "verify", "--json") == 1
+    result = json.loads(capsys.readouterr().out)
+    assert (result["ok"], result["first_bad_seq"], result["where"]) == (
+        False, 7, "audit.jsonl line 7"
+    )  # fmt: skip
+    (only,) = result["breaks"]
+    assert only["resumed_at"] == 7 and "mac" in only["writer_saw"]
+    assert result["records"] == 8 and result["unchecked"] == 0
+
+
+def test_verify_text_says_where_checking_resumed(
+    logged: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    forge_last_line(logged)
+    with AuditLog.open(default_locations()) as log:
+        log.append(RECORDS[0])
+    assert run("audit", "verify") == 1
+    out = capsys.readouterr().out
+    assert out.startswith("FAIL: first bad record seq=7: mac mismatch")
+    assert "(audit.jsonl line 7)" in out
+    assert "the writer restarted the chain at seq 7" in out
+
+
+def test_verify_errors_are_json_under_json(
+    locations: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with AuditLog.open(default_locations()) as log:
+        log.append(RECORDS[0])
+    default_locations().audit_key.unlink()
+    assert run("audit", "verify", "--json") == 1
+    captured = capsys.readouterr()
+    error = json.loads(captured.out)
+    assert error["ok"] is False and "no audit key" in error["error"] and error["exit_code"] == 1
+    assert captured.err == ""
+
+
+def test_verify_a_path_that_does_not_exist(
+    locations: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nonexistent.jsonl"
+    with AuditLog.open(default_locations()):
+        pass  # a key and a head, as on any host that has run agentsup
+    assert run("audit", "verify", str(missing)) == audit_command.EXIT_NO_LOG == 3
+    err = capsys.readouterr().err
+    assert f"{missing} does not exist" in err and "tail removed" not in err
+    assert run("audit", "verify", "--json", str(missing)) == 3
+    assert json.loads(capsys.readouterr().out)["exit_code"] == 3
+
+
+def test_verify_a_deleted_log_that_held_records_is_tampering(
+    logged: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logged.unlink()
+    assert run("audit", "verify") == 1
+    assert "head record says it held records up to seq 6" in capsys.readouterr().out
+
+
+def test_verify_a_deeply_nested_line(logged: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lines = logged.read_bytes().splitlines(keepends=True)
+    lines.insert(2, b"[" * 100_000 + b"\n")
+    logged.write_bytes(b"".join(lines))
+    assert run("audit", "verify") == 1
+    out = capsys.readouterr().out
+    assert out.startswith("FAIL: first bad record seq=3: line is nested too deeply")
+    assert "(audit.jsonl line 3)" in out
+
+
+# ------------------------------------------------- show and report: skipped lines
+
+
+def spoil(log: Path) -> None:
+    lines = log.read_bytes().splitlines(keepends=True)
+    lines.insert(1, b"[" * 100_000 + b"\n")
+    log.write_bytes(b"".join(lines))
+
+
+def test_show_says_how_many_lines_it_skipped(
+    logged: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spoil(logged)
+    assert run("audit", "show") == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 1 + len(RECORDS)
+    assert "skipped 1 line that is not a record (audit.jsonl line 2)" in captured.err
+
+
+def test_show_json_reports_skipped_lines_as_json(
+    logged: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spoil(logged)
+    assert run("audit", "show", "--json") == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == len(RECORDS)
+    assert json.loads(captured.err) == {"skipped_lines": 1, "first_skipped": "audit.jsonl line 2"}
+
+
+def test_report_says_how_many_lines_it_skipped(
+    logged: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spoil(logged)
+    with open(logged, "ab") as file:
+        file.write(b"not json\n")
+    assert run("audit", "report") == 0
+    captured = capsys.readouterr()
+    assert "agent analyst-1" in captured.out
+    assert "skipped 2 lines that are not records (first: audit.jsonl line 2)" in captured.err
+
+
+def test_show_and_report_without_a_log_exit_3(
+    locations: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run("audit", "report") == 3
+    assert "no audit log at" in capsys.readouterr().err
+    assert run("audit", "report", "--json") == 3
+    assert json.loads(capsys.readouterr().out)["exit_code"] == 3

@@ -177,7 +177,10 @@ def test_ps_and_pending_across_supervisors(
     result = agentsup("ps")
     assert result.returncode == 0, result.stderr
     header, *rows = result.stdout.splitlines()
-    assert header.split() == ["ID", "PID", "POLICY", "STATE", "UPTIME", "PENDING"]
+    assert header.split() == [
+        "ID", "PID", "POLICY", "STATE", "UPTIME", "PENDING",
+        "PROCS", "CPU%", "MEM", "READ", "WRITE", "NET",
+    ]  # fmt: skip
     assert sorted(row.split()[0] for row in rows) == ["a1", "a2", "b1", "b2"]
     a1 = next(row for row in rows if row.startswith("a1 "))
     assert "stopped: awaiting approval" in a1 and "2m05s" in a1

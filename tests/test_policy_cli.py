@@ -54,6 +54,31 @@ def test_check_reports_ok_with_the_rule_count(policy_dir: Path) -> None:
     assert result.stdout == f"{good}: ok (52 rules)\n"
 
 
+def test_check_prints_warnings_and_still_passes(policy_dir: Path) -> None:
+    shadowed = policy_dir / "shadowed.yaml"
+    shadowed.write_text("name: shadowed\nextends: [strict]\nenv: {pass: [GITHUB_TOKEN]}\n")
+    result = agentsup("policy", "check", str(shadowed))
+    assert result.returncode == 0, result.stderr
+    ok, warning = result.stdout.splitlines()
+    assert ok == f"{shadowed}: ok (51 rules)"
+    assert warning.startswith(f"{shadowed}:3:14: warning: env.pass entry 'GITHUB_TOKEN'")
+    [report] = json.loads(agentsup("policy", "check", "--json", str(shadowed)).stdout)
+    assert report["warnings"] == [warning]
+
+
+def test_policy_check_dev_zero_answers_at_once_with_one_line() -> None:
+    result = agentsup("policy", "check", "/dev/zero")
+    assert result.returncode == 1
+    assert result.stdout.count("\n") == 1 and "not a regular file" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_policy_explain_with_a_long_name_is_one_line() -> None:
+    result = agentsup("policy", "explain", "--policy", "x" * 300, "file_read", "/x")
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
 def test_check_names_file_line_and_column_and_fails(tmp_path: Path, policy_dir: Path) -> None:
     bad = tmp_path / "team.yaml"
     bad.write_text(BAD_DECISION_AT_LINE_12)

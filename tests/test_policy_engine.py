@@ -240,10 +240,10 @@ def test_a_pattern_is_a_regex_with_search_semantics() -> None:
 
 @pytest.mark.parametrize(
     "pattern",
-    [r"(?i)^/SECRET", r"^/(sec)ret/\1", r"^/(?P<name>secret)"],
-    ids=["inline-flag", "backreference", "named-group"],
+    [r"(?i)^/SECRET", r"^/(?P<name>secret)", r"^/(sec)(ret)"],
+    ids=["inline-flag", "named-group", "groups"],
 )
-def test_regexes_that_cannot_be_combined_keep_their_place_in_the_order(pattern: str) -> None:
+def test_regexes_with_flags_and_groups_keep_their_place_in_the_order(pattern: str) -> None:
     policy = compiled(
         f"""
         name: t
@@ -253,8 +253,7 @@ def test_regexes_that_cannot_be_combined_keep_their_place_in_the_order(pattern: 
           - {{id: after, actions: [file_read], target: "/**", decision: allow}}
         """
     )
-    target = "/secret/sec" if "\\1" in pattern else "/secret"
-    assert decide(policy, A.FILE_READ, target) == "special"
+    assert decide(policy, A.FILE_READ, "/secret") == "special"
     assert decide(policy, A.FILE_READ, "/before/x") == "before"
     assert decide(policy, A.FILE_READ, "/other") == "after"
 

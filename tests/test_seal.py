@@ -452,7 +452,8 @@ def test_cli_verify_names_the_tampered_file(
 def test_cli_refusals_exit_1_with_the_reason(
     loc: Locations, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert run_cli("seal", "--code", "12") == 1
+    good = fresh_code(loc)
+    assert run_cli("seal", "--code", "000000" if good != "000000" else "111111") == 1
     assert "policy seal refused: wrong TOTP code" in capsys.readouterr().err
     (loc.policy_dir / "bad.yaml").write_text("name: bad\nrules: 3\n")
     assert run_cli("seal", "--code", fresh_code(loc)) == 1

@@ -1,7 +1,14 @@
 """`agentsup audit verify | show | report`: check and read the audit log.
 
 Exit codes: 0 on success (an intact chain, for `verify`); 1 when the chain is
-broken, or the key, head record or log cannot be read; 2 on bad usage.
+broken, the head record is missing (unless `verify --no-head`), or the key,
+head record or log cannot be read; 2 on bad usage; 3 when there is no log
+to read (the file does not exist, and no head record says it should).
+
+Under `--json`, results and errors alike are JSON on stdout; an error is
+`{"ok": false, "error": "...", "exit_code": N}`.  `show` and `report` skip
+lines that are not records and say how many on stderr (as JSON under
+`--json`).
 """
 
 from __future__ import annotations
@@ -20,16 +27,20 @@ from ..integrity.audit import (
     OUTCOMES,
     AgentReport,
     AuditError,
-    iter_records,
+    RecordReader,
+    VerifyResult,
+    chain_files,
     load_key,
     read_head,
     summarize,
     verify_log,
 )
 from ..paths import default_locations
+from .output import report_error, wants_json
 
 EXIT_OK = 0
 EXIT_FAIL = 1
+EXIT_NO_LOG = 3
 
 _RELATIVE = re.compile(r"^(\d+)([smhd])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -57,14 +68,28 @@ def register(subparsers: Any) -> None:
     verify = commands.add_parser(
         "verify",
         help="check every record's mac, the chain and the head record",
-        description="Exit 0 on an intact log; 1 naming the first bad seq otherwise.",
+        description=(
+            "Exit 0 on an intact log; 1 naming the first bad seq otherwise (and where the "
+            "writer restarted the chain after it, if it did), or when the head record is "
+            "missing; 3 when the log does not exist."
+        ),
     )
     verify.add_argument(
         "path", nargs="?", type=Path, help="the live log file (default: the configured log)"
     )
+    verify.add_argument(
+        "--no-head",
+        action="store_true",
+        help="check the chain without the head record (a removed tail then goes unnoticed)",
+    )
+    verify.add_argument("--json", action="store_true", help="print one JSON object")
     verify.set_defaults(func=cmd_verify)
 
-    show = commands.add_parser("show", help="print records, oldest first")
+    show = commands.add_parser(
+        "show",
+        help="print records, oldest first",
+        description="Print records, oldest first; lines that are not records are counted.",
+    )
     show.add_argument("--agent", help="only this agent id")
     show.add_argument(
         "--since", type=_since_arg, help="RFC 3339 time, or an age such as 10m, 2h, 1d"
@@ -74,7 +99,9 @@ def register(subparsers: Any) -> None:
     show.set_defaults(func=cmd_show)
 
     report = commands.add_parser(
-        "report", help="per agent: actions allowed, denied, approved and killed"
+        "report",
+        help="per agent: actions allowed, denied, approved and killed",
+        description="Per agent: actions allowed, denied, approved and killed, by rule and type.",
     )
     report.add_argument("--json", action="store_true", help="print one JSON object")
     report.set_defaults(func=cmd_report)
@@ -167,8 +194,63 @@ def _since_arg(text: str) -> datetime:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _error(message: str) -> int:
-    sys.stderr.write(f"agentsup audit: {message}\n")
+def plural(count: int, word: str) -> str:
+    """`1 record`, `2 records`."""
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def _error(args: argparse.Namespace, message: str, code: int = EXIT_FAIL) -> int:
+    return report_error(wants_json(args), f"audit: {message}", code)
+
+
+def verify_document(result: VerifyResult, path: Path, *, head: bool) -> dict[str, object]:
+    return {
+        "ok": result.ok,
+        "log": str(path),
+        "head": head,
+        "records": result.records,
+        "first_bad_seq": result.first_bad_seq,
+        "reason": result.reason,
+        "where": result.where,
+        "breaks": [chain_break.to_json() for chain_break in result.breaks],
+        "unchecked": result.unchecked,
+    }
+
+
+def format_verify(result: VerifyResult, *, head: bool) -> str:
+    if result.ok:
+        text = f"ok: {plural(result.records, 'record')}, chain intact"
+        if not head:
+            text += " (no head record: removal of the newest records goes unnoticed)"
+        return text
+    lines = [f"FAIL: first bad record seq={result.first_bad_seq}: {result.reason} ({result.where})"]
+    for number, chain_break in enumerate(result.breaks):
+        if number:
+            lines.append(
+                f"  then seq={chain_break.seq}: {chain_break.reason} ({chain_break.where})"
+            )
+        if chain_break.resumed_at is None:
+            continue
+        if chain_break.writer_saw and chain_break.writer_saw in chain_break.reason:
+            lines.append(f"  checked again from seq {chain_break.resumed_at} on")
+        else:
+            lines.append(
+                f"  the writer restarted the chain at seq {chain_break.resumed_at} "
+                f"(it found: {chain_break.writer_saw}); checked again from there"
+            )
+    if result.unchecked:
+        lines.append(f"  {plural(result.unchecked, 'line')} after a break could not be checked")
+    lines.append(f"  {plural(result.records, 'record')} intact")
+    return "\n".join(lines)
+
+
+def _verify_failure(args: argparse.Namespace, path: Path, reason: str) -> int:
+    """A failure found before the chain is read (no head, no log)."""
+    result = VerifyResult(False, 0, None, reason)
+    if args.json:
+        print(json.dumps(verify_document(result, path, head=False), indent=2))
+    else:
+        print(f"FAIL: {reason}")
     return EXIT_FAIL
 
 
@@ -178,56 +260,107 @@ def cmd_verify(args: argparse.Namespace) -> int:
     try:
         key = load_key(locations.audit_key)
     except AuditError as exc:
-        return _error(f"{exc}; cannot verify (is AGENTSUP_STATE_DIR right?)")
+        return _error(args, f"{exc}; cannot verify (is AGENTSUP_STATE_DIR right?)")
     try:
         head = read_head(locations.audit_head)
     except AuditError as exc:
-        print(f"FAIL: head record {locations.audit_head}: {exc}")
-        return EXIT_FAIL
+        return _verify_failure(args, path, f"head record {locations.audit_head}: {exc}")
+    files = chain_files(path)
+    if not files:
+        if head is not None and head.seq > 0 and path == locations.audit_log:
+            return _verify_failure(
+                args,
+                path,
+                f"the log {path} is gone, but the head record says it held records "
+                f"up to seq {head.seq}",
+            )
+        return _error(args, f"{path} does not exist: no audit log to verify", EXIT_NO_LOG)
+    if args.no_head:
+        head = None
+    elif head is None and _holds_lines(files):
+        return _verify_failure(
+            args,
+            path,
+            f"no head record at {locations.audit_head}: a removed tail cannot be detected "
+            "(--no-head checks the chain without it)",
+        )
     try:
         result = verify_log(path, key, head)
     except OSError as exc:
-        return _error(f"cannot read {exc.filename}: {exc.strerror}")
-    if result.ok:
-        print(f"ok: {result.records} records, chain intact")
-        return EXIT_OK
-    print(f"FAIL: first bad record seq={result.first_bad_seq}: {result.reason}")
-    return EXIT_FAIL
+        return _error(args, f"cannot read {exc.filename}: {exc.strerror}")
+    if args.json:
+        print(json.dumps(verify_document(result, path, head=head is not None), indent=2))
+    else:
+        print(format_verify(result, head=head is not None))
+    return EXIT_OK if result.ok else EXIT_FAIL
 
 
-def _records(path: Path) -> Iterator[dict[str, object]] | None:
-    if not path.exists():
-        return None
-    return iter_records(path)
+def _holds_lines(files: list[Path]) -> bool:
+    try:
+        return any(file.stat().st_size > 0 for file in files)
+    except OSError:
+        return True  # let the verifier say what is wrong with it
+
+
+def _reader(args: argparse.Namespace) -> RecordReader | int:
+    path = default_locations().audit_log
+    if not chain_files(path):
+        return _error(args, f"no audit log at {path} (nothing has been logged yet?)", EXIT_NO_LOG)
+    return RecordReader(path)
+
+
+def _say_skipped(args: argparse.Namespace, reader: RecordReader) -> None:
+    if not reader.skipped:
+        return
+    if args.json:
+        notice = {"skipped_lines": reader.skipped, "first_skipped": reader.first_skipped}
+        sys.stderr.write(json.dumps(notice) + "\n")
+    elif reader.skipped == 1:
+        sys.stderr.write(
+            f"agentsup audit: skipped 1 line that is not a record ({reader.first_skipped})\n"
+        )
+    else:
+        sys.stderr.write(
+            f"agentsup audit: skipped {reader.skipped} lines that are not records "
+            f"(first: {reader.first_skipped})\n"
+        )
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    path = default_locations().audit_log
-    records = _records(path)
-    if records is None:
-        return _error(f"no audit log at {path} (nothing has been logged yet?)")
-    chosen = select(records, agent=args.agent, kind=args.kind, since=args.since)
+    reader = _reader(args)
+    if isinstance(reader, int):
+        return reader
+    chosen = select(reader, agent=args.agent, kind=args.kind, since=args.since)
     out = sys.stdout
-    if args.json:
-        for record in chosen:
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
-        return EXIT_OK
-    out.write(format_row(name for name, _ in SHOW_COLUMNS) + "\n")
-    for record in chosen:
-        out.write(format_row(record.get(name) for name, _ in SHOW_COLUMNS) + "\n")
+    try:
+        if args.json:
+            for record in chosen:
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        else:
+            out.write(format_row(name for name, _ in SHOW_COLUMNS) + "\n")
+            for record in chosen:
+                out.write(format_row(record.get(name) for name, _ in SHOW_COLUMNS) + "\n")
+    except OSError as exc:
+        if isinstance(exc, BrokenPipeError):
+            raise
+        return _error(args, f"cannot read {exc.filename}: {exc.strerror}")
+    _say_skipped(args, reader)
     return EXIT_OK
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    path = default_locations().audit_log
-    records = _records(path)
-    if records is None:
-        return _error(f"no audit log at {path} (nothing has been logged yet?)")
-    reports = summarize(records)
+    reader = _reader(args)
+    if isinstance(reader, int):
+        return reader
+    try:
+        reports = summarize(reader)
+    except OSError as exc:
+        return _error(args, f"cannot read {exc.filename}: {exc.strerror}")
     if args.json:
         print(json.dumps({agent: report.to_json() for agent, report in reports.items()}, indent=2))
     else:
         print(
             format_report(reports) if reports else "no allowed, denied, approved or killed actions"
         )
+    _say_skipped(args, reader)
     return EXIT_OK

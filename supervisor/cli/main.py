@@ -2,33 +2,69 @@
 
 Each command group lives in `agentsup.cli.<group>` and adds itself
 with `register(subparsers)`; the handler it sets with `set_defaults(func=...)`
-returns the exit code.  Usage errors print one line and exit 2, except for
-`run`, whose every failure before the agent starts is exit 125 (DESIGN.md 1.4).
+returns the exit code, or raises `output.CommandError`.  Usage errors print
+one line and exit 2, except for `run`, whose every failure before the agent
+starts is exit 125 (DESIGN.md 1.4).  Under `--json`, errors are one JSON
+object on stdout (see output.py).  No input ends in a traceback: an
+unexpected exception is one line too (`AGENTSUP_DEBUG=1` shows the
+traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
 from .. import __version__
+from .output import CommandError, json_flag_given, report_error, wants_json
 
 EXIT_USAGE = 2
+EXIT_FAILED = 1
+EXIT_RUN_SETUP = 125
 
-COMMAND_MODULES = ("run", "control", "totp", "policy", "audit", "daemon", "demo")
+COMMAND_MODULES = (
+    "run",
+    "control",
+    "logs",
+    "totp",
+    "policy",
+    "audit",
+    "doctor",
+    "daemon",
+    "demo",
+    "completion",
+)
 
 
 class UsageParser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line and a chosen exit code."""
 
     usage_exit_code = EXIT_USAGE
+    json_errors = False  # set by main() when --json was given
 
     def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        text = f"{self.prog}: error: {message} (see '{self.prog} --help')"
+        if UsageParser.json_errors:
+            report_error(True, text, self.usage_exit_code)
+        else:
+            sys.stderr.write(text + "\n")
         raise SystemExit(self.usage_exit_code)
+
+
+def subcommands(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = (), help_line: str = ""
+) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser, str]]:
+    """Every parser under `parser` (itself first) with its command path and help line."""
+    yield path, parser, help_line
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help or "" for choice in action._choices_actions}
+            for name, sub in action.choices.items():
+                yield from subcommands(sub, (*path, name), helps.get(name, ""))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,18 +87,39 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(subparsers)
+    # Every subcommand's --help says what it does, if only in its one-line help.
+    for _path, sub, help_line in subcommands(parser):
+        if not sub.description and help_line:
+            sub.description = help_line[0].upper() + help_line[1:] + "."
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    UsageParser.json_errors = json_flag_given(words)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(words)
     try:
         code: int = args.func(args)
+    except CommandError as exc:
+        return report_error(wants_json(args), str(exc), exc.exit_code)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
+        # Whoever read our output went away (`agentsup audit show | head`).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
         return 141
+    except Exception as exc:  # the last resort: one line, never a traceback
+        if os.environ.get("AGENTSUP_DEBUG"):
+            raise
+        code = EXIT_RUN_SETUP if args.command == "run" else EXIT_FAILED
+        return report_error(
+            wants_json(args),
+            f"internal error: {exc.__class__.__name__}: {exc} "
+            "(AGENTSUP_DEBUG=1 shows the traceback)",
+            code,
+        )
     return code
 
 

@@ -1,6 +1,7 @@
 """`agentsup policy check | list | explain`: inspect policies without running an agent.
 
-Exit codes: `check` 0 when every file loads, 1 otherwise.  `explain` 0 when
+Exit codes: `check` 0 when every file loads (warnings print but do not
+fail it), 1 otherwise.  `explain` 0 when
 the decision is allow, log or warn, 1 for deny (and for a bad policy), 2 for
 require_approval (2 is also argparse's usage error; that is the contract).
 `--json` prints one JSON document instead of text.
@@ -131,9 +132,19 @@ def _check(args: argparse.Namespace) -> int:
             if not args.json:
                 print(str(error))
             continue
-        results.append({"path": path, "ok": True, "name": policy.name, "rules": len(policy.rules)})
+        results.append(
+            {
+                "path": path,
+                "ok": True,
+                "name": policy.name,
+                "rules": len(policy.rules),
+                "warnings": list(policy.warnings),
+            }
+        )
         if not args.json:
             print(f"{path}: ok ({len(policy.rules)} rules)")
+            for warning in policy.warnings:  # after its file's line: legal, but likely a mistake
+                print(warning)
     if args.json:
         _print_json(results)
     return EXIT_OK if all(result["ok"] for result in results) else EXIT_DENY

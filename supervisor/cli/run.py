@@ -4,8 +4,27 @@ from __future__ import annotations
 
 import argparse
 
+from ..control.agentids import BadAgentId, check_agent_id
 from ..supervision.agent import EXIT_SETUP_FAILED, RunRequest
 from ..supervision.foreground import run_agent
+from ..supervision.stopping import STOP_TIMEOUT_S
+
+
+def agent_id_argument(text: str) -> str:
+    try:
+        return check_agent_id(text)
+    except BadAgentId as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def seconds_argument(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, not {text!r}")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -17,8 +36,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "action is checked against the policy at the syscall boundary. A PROGRAM "
             "ending in .py runs under agentsup's own Python with the audit hook. Exit "
             "status: the agent's own; 128+N if it died by signal N (137: killed by policy "
-            "or a person); 125 if agentsup failed before the agent started; 126 if PROGRAM "
-            "cannot be executed; 127 if it is not found."
+            "or a person); 125 if agentsup failed before the agent started (bad usage, bad "
+            "policy, an agent id another supervisor uses, an unusable runtime directory); "
+            "126 if PROGRAM cannot be executed; 127 if it is not found. SIGINT, SIGTERM and "
+            "SIGHUP are forwarded to the agent's tree, SIGKILL follows after --stop-timeout "
+            "(or a second signal), and run exits 128+N (130, 143, 129)."
         ),
     )
     parser.usage_exit_code = EXIT_SETUP_FAILED  # type: ignore[attr-defined]
@@ -30,9 +52,25 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--workspace", default=".", help="the agent's working directory (default: current)"
     )
-    parser.add_argument("--id", dest="agent_id", help="agent id (default: agent-<pid>)")
     parser.add_argument(
-        "--json-status", metavar="FILE", help="write the final status (exit code, signal, rule)"
+        "--id",
+        dest="agent_id",
+        type=agent_id_argument,
+        help="agent id, unique among running agents (default: agent-<pid>)",
+    )
+    parser.add_argument(
+        "--json-status",
+        metavar="FILE",
+        help="write the final status (exit code, signal, rule); if FILE cannot be written, "
+        "a warning says so and the exit code is still the agent's",
+    )
+    parser.add_argument(
+        "--stop-timeout",
+        type=seconds_argument,
+        default=STOP_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"after a forwarded SIGINT/SIGTERM, SIGKILL the agent's tree this much later "
+        f"(default {STOP_TIMEOUT_S:g})",
     )
     parser.add_argument(
         "--allow-degraded",
@@ -58,15 +96,14 @@ def _run(args: argparse.Namespace) -> int:
     program_args = list(args.args)
     if program_args[:1] == ["--"]:
         program_args = program_args[1:]
-    return run_agent(
-        RunRequest(
-            program=args.program,
-            args=program_args,
-            policy=args.policy,
-            workspace=args.workspace,
-            agent_id=args.agent_id,
-            json_status=args.json_status,
-            allow_degraded=args.allow_degraded,
-            cpus=args.cpus,
-        )
+    request = RunRequest(
+        program=args.program,
+        args=program_args,
+        policy=args.policy,
+        workspace=args.workspace,
+        agent_id=args.agent_id,
+        json_status=args.json_status,
+        allow_degraded=args.allow_degraded,
+        cpus=args.cpus,
     )
+    return run_agent(request, stop_timeout=args.stop_timeout)

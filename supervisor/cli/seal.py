@@ -1,4 +1,4 @@
-"""`agentsup policy seal --code TOTP | unseal --code TOTP | verify [--json]`.
+"""`agentsup policy seal --code TOTP | unseal --code TOTP | verify`, each with `--json`.
 
 Exit codes: `seal` and `unseal` 0 on success, 1 when refused (wrong or reused
 code, a policy that does not load, symlinks, not sealed, an OS error).
@@ -10,7 +10,6 @@ protected); 1 when it is tampered with.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -18,6 +17,8 @@ from ..integrity.seal import SealError, check_sealed, seal, unseal
 from ..integrity.totp import TotpRefused
 from ..paths import default_locations
 from ..policy import PolicyError
+from .output import add_json_flag, emit, json_text, report_error, wants_json
+from .totp import code_argument
 
 EXIT_OK = 0
 EXIT_FAIL = 1
@@ -35,7 +36,10 @@ def register_seal_commands(
             "where supported, and write an HMAC'd manifest.  Needs a TOTP code."
         ),
     )
-    sealing.add_argument("--code", required=True, metavar="TOTP", help="current TOTP code")
+    sealing.add_argument(
+        "--code", required=True, type=code_argument, metavar="TOTP", help="current TOTP code"
+    )
+    add_json_flag(sealing)
     sealing.set_defaults(func=cmd_seal)
 
     unsealing = policy_subparsers.add_parser(
@@ -43,7 +47,10 @@ def register_seal_commands(
         help="make the sealed policy directory editable again",
         description="Clear chattr +i and make the files writable by root.  Needs a TOTP code.",
     )
-    unsealing.add_argument("--code", required=True, metavar="TOTP", help="current TOTP code")
+    unsealing.add_argument(
+        "--code", required=True, type=code_argument, metavar="TOTP", help="current TOTP code"
+    )
+    add_json_flag(unsealing)
     unsealing.set_defaults(func=cmd_unseal)
 
     verify = policy_subparsers.add_parser(
@@ -51,13 +58,16 @@ def register_seal_commands(
         help="check the policy directory against its manifest",
         description="Exit 0 when sealed and intact (or unsealed / never sealed), 1 if tampered.",
     )
-    verify.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json_flag(verify)
     verify.set_defaults(func=cmd_verify)
 
 
-def _refused(what: str, reason: object) -> int:
-    sys.stderr.write(f"agentsup: policy {what} refused: {reason}\n")
-    return EXIT_FAIL
+def _refused(args: argparse.Namespace, what: str, reason: object) -> int:
+    return report_error(wants_json(args), f"policy {what} refused: {reason}", EXIT_FAIL)
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def cmd_seal(args: argparse.Namespace) -> int:
@@ -65,18 +75,27 @@ def cmd_seal(args: argparse.Namespace) -> int:
     try:
         manifest = seal(locations, args.code, os.getuid())
     except PolicyError as exc:
-        sys.stderr.write(f"{exc}\n")
-        return _refused("seal", "fix the policy above, then seal again")
+        return _refused(args, "seal", f"{exc} (fix the policy, then seal again)")
     except (TotpRefused, SealError) as exc:
-        return _refused("seal", exc)
+        return _refused(args, "seal", exc)
     except OSError as exc:
-        return _refused("seal", f"{exc.filename or ''}: {exc.strerror}")
+        return _refused(args, "seal", f"{exc.filename or ''}: {exc.strerror}")
     flag = (
         "immutable flag set (chattr +i)"
         if manifest.immutable
         else "the filesystem does not support chattr +i: modes and manifest only"
     )
-    print(f"sealed {manifest.directory}: {len(manifest.files)} files, {flag}")
+    emit(
+        args,
+        {
+            "state": "sealed",
+            "directory": str(manifest.directory),
+            "files": sorted(manifest.files),
+            "immutable": bool(manifest.immutable),
+            "generation": manifest.generation,
+        },
+        f"sealed {manifest.directory}: {_plural(len(manifest.files), 'file')}, {flag}",
+    )
     return EXIT_OK
 
 
@@ -85,12 +104,14 @@ def cmd_unseal(args: argparse.Namespace) -> int:
     try:
         manifest = unseal(locations, args.code, os.getuid())
     except (TotpRefused, SealError) as exc:
-        return _refused("unseal", exc)
+        return _refused(args, "unseal", exc)
     except OSError as exc:
-        return _refused("unseal", f"{exc.filename or ''}: {exc.strerror}")
-    print(
+        return _refused(args, "unseal", f"{exc.filename or ''}: {exc.strerror}")
+    emit(
+        args,
+        {"state": "unsealed", "directory": str(manifest.directory)},
         f"unsealed {manifest.directory} for editing; "
-        "run 'agentsup policy seal --code TOTP' when done"
+        "run 'agentsup policy seal --code TOTP' when done",
     )
     return EXIT_OK
 
@@ -100,7 +121,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.json:
         manifest = status.manifest
         print(
-            json.dumps(
+            json_text(
                 {
                     "state": status.state,
                     "directory": status.directory,
@@ -110,8 +131,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                     "sealed_by_uid": manifest.sealed_by_uid if manifest else None,
                     "generation": manifest.generation if manifest else None,
                     "immutable": bool(manifest.immutable) if manifest else False,
-                },
-                indent=2,
+                }
             )
         )
     else:

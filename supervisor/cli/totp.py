@@ -1,15 +1,25 @@
-"""`agentsup totp init [--force]`: create the TOTP secret that `resume` needs."""
+"""`agentsup totp init [--force] [--json]`: create the TOTP secret that `resume` needs."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 
-from ..integrity.totp import TotpSecretExists, init_secret
+from ..integrity.totp import CODE_DIGITS, TotpSecretExists, init_secret, normalize_code
 from ..paths import default_locations
+from .output import CommandError, add_json_flag, emit
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
+
+
+def code_argument(text: str) -> str:
+    """argparse type of --code: a malformed code is a usage error and uses no attempt."""
+    code = normalize_code(text)
+    if code is None:
+        raise argparse.ArgumentTypeError(
+            f"a TOTP code is {CODE_DIGITS} digits, not {text!r} (no attempt was used)"
+        )
+    return code
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -17,29 +27,45 @@ def cmd_init(args: argparse.Namespace) -> int:
     try:
         uri = init_secret(locations, force=args.force)
     except TotpSecretExists:
-        sys.stderr.write(
-            f"agentsup: a TOTP secret already exists at {locations.totp_secret}; "
+        raise CommandError(
+            f"a TOTP secret already exists at {locations.totp_secret}; "
             "use 'agentsup totp init --force' to replace it "
-            "(codes from the old secret stop working)\n"
-        )
-        return EXIT_REFUSED
+            "(codes from the old secret stop working)"
+        ) from None
     except OSError as exc:
-        sys.stderr.write(f"agentsup: cannot write {locations.totp_secret}: {exc.strerror}\n")
-        return EXIT_REFUSED
-    print(uri)
-    print(
-        "Scan this URI (or type its secret=) into an authenticator app; "
-        "its 6-digit codes approve 'agentsup resume'."
+        raise CommandError(f"cannot write {locations.totp_secret}: {exc.strerror}") from None
+    emit(
+        args,
+        {"uri": uri, "secret_file": str(locations.totp_secret)},
+        f"{uri}\nScan this URI (or type its secret=) into an authenticator app; "
+        "its 6-digit codes approve 'agentsup resume'.",
     )
     return EXIT_OK
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    totp = subparsers.add_parser("totp", help="manage the TOTP secret for approvals")
+    totp = subparsers.add_parser(
+        "totp",
+        help="manage the TOTP secret for approvals",
+        description=(
+            "Create the TOTP secret whose codes approve agentsup resume and policy "
+            "seal/unseal. Each code is accepted once; five wrong codes in a minute lock "
+            "approvals out for five minutes."
+        ),
+    )
     actions = totp.add_subparsers(dest="totp_command", metavar="ACTION")
     actions.required = True
-    init = actions.add_parser("init", help="create the secret and print its otpauth:// URI")
+    init = actions.add_parser(
+        "init",
+        help="create the secret and print its otpauth:// URI",
+        description=(
+            "Create the TOTP secret in the state directory (mode 0600) and print its "
+            "otpauth:// URI for an authenticator app. Refuses to replace an existing "
+            "secret without --force."
+        ),
+    )
     init.add_argument(
         "--force", action="store_true", help="replace an existing secret (old codes stop working)"
     )
+    add_json_flag(init)
     init.set_defaults(func=cmd_init)

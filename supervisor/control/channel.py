@@ -8,7 +8,11 @@ protocol is versioned JSON, one newline-terminated request per connection:
     -> {"v": 1, "ok": true, "result": ...} | {"v": 1, "ok": false, "error": "..."}
 
 Only root and the supervisor's owner may connect (SO_PEERCRED, checked at
-accept; a refused peer is audited as `tamper`).  `resume` needs a TOTP code;
+accept; a refused peer is audited as `tamper`).  A supervisor that already
+serves `MAX_CONNECTIONS` clients answers a new one `{"ok": false, "busy":
+true}` at once; a connection that has not sent its whole request within
+`CONNECTION_TIMEOUT_S` is dropped, whether or not anything else happens
+(given the loop's `call_later`, the server wakes itself up for that).  `resume` needs a TOTP code;
 deny, stop and kill do not, because they only make things safer.  Every
 resume, deny, stop and kill, and every refused code, is audited as
 `approval`.
@@ -34,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from ..integrity.totp import TotpRefused, TotpVerifier
+from ..integrity.totp import CODE_DIGITS, TotpRefused, TotpVerifier, normalize_code
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +49,7 @@ OPS = ("ps", "pending", "resume", "deny", "stop", "kill")
 ACTION_OPS = ("resume", "deny", "stop", "kill")
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_CONNECTIONS = 32
-CONNECTION_TIMEOUT_S = 10.0  # an idle or half-written request is dropped after this
+CONNECTION_TIMEOUT_S = 5.0  # an idle or half-written request is dropped after this
 _STOPPED_PREFIX = "stopped"
 
 
@@ -82,6 +86,21 @@ class ControlError(Exception):
     """A refusal whose message is shown to the operator as it is."""
 
 
+class RuntimeDirError(OSError):
+    """The runtime directory cannot hold this supervisor's control socket."""
+
+    def __init__(self, runtime_dir: Path, cause: OSError) -> None:
+        reason = cause.strerror or str(cause)
+        super().__init__(
+            cause.errno,
+            f"runtime directory {runtime_dir} is unusable: {reason} "
+            "(fix it, or point AGENTSUP_RUNTIME_DIR at a writable directory)",
+        )
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 @dataclass(frozen=True, slots=True)
 class Peer:
     pid: int
@@ -94,6 +113,15 @@ class Peer:
 
 def error_reply(message: str) -> dict[str, object]:
     return {"v": PROTOCOL_VERSION, "ok": False, "error": message}
+
+
+def busy_reply() -> dict[str, object]:
+    return {
+        "v": PROTOCOL_VERSION,
+        "ok": False,
+        "busy": True,
+        "error": f"busy: already serving {MAX_CONNECTIONS} control connections; try again",
+    }
 
 
 def ok_reply(result: object) -> dict[str, object]:
@@ -181,6 +209,9 @@ def _verify_code(
     code = str(request.get("code") or "")
     if not code:
         raise ControlError("resume needs a TOTP code: agentsup resume AGENT_ID --code 123456")
+    if normalize_code(code) is None:
+        # Not a code at all (a typo, a pasted word): refused without using up an attempt.
+        raise ControlError(f"a TOTP code is {CODE_DIGITS} digits; no attempt was used")
     try:
         totp.verify(code, uid=peer.uid)
     except TotpRefused as exc:
@@ -256,17 +287,26 @@ class ControlServer:
         *,
         owner_uid: int,
         clock: Callable[[], float] = time.monotonic,
+        call_later: Callable[[float, Callable[[], None]], object] | None = None,
     ) -> None:
         self._api = api
         self._totp = totp
         self._owner_uid = owner_uid
         self._clock = clock
         self._connections: dict[int, _Connection] = {}
-        # 0755: each socket is 0600 and checks SO_PEERCRED; `ps` must list the directory.
-        runtime_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        # With a timer, idle connections expire even when nothing else happens:
+        # the timer writes to a pipe among our fds, so the loop calls on_ready.
+        self._call_later = call_later
+        self._expiry_armed = False
+        self._wake_r = self._wake_w = -1
         self.path = socket_path(runtime_dir, os.getpid())
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()  # left by an earlier process with our pid
+        try:
+            # 0755: each socket is 0600 and checks SO_PEERCRED; `ps` must list the directory.
+            runtime_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()  # left by an earlier process with our pid
+        except OSError as exc:
+            raise RuntimeDirError(runtime_dir, exc) from exc
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             self._listener.bind(str(self.path))
@@ -275,14 +315,19 @@ class ControlServer:
                 os.chown(self.path, owner_uid, -1)
             self._listener.listen(16)
             self._listener.setblocking(False)
-        except BaseException:
+        except BaseException as exc:
             self._listener.close()
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
                 self.path.unlink()
+            if isinstance(exc, OSError):
+                raise RuntimeDirError(runtime_dir, exc) from exc
             raise
+        if call_later is not None:
+            self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def fds(self) -> list[int]:
-        return [self._listener.fileno(), *self._connections]
+        wake = [self._wake_r] if self._wake_r >= 0 else []
+        return [self._listener.fileno(), *self._connections, *wake]
 
     def on_ready(self, fd: int) -> None:
         try:
@@ -290,7 +335,11 @@ class ControlServer:
                 self._accept_all()
             elif fd in self._connections:
                 self._service(self._connections[fd])
+            elif fd == self._wake_r:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 64)
             self._expire_idle()
+            self._arm_expiry()
         except Exception:
             # The supervisor loop must survive anything a client does.
             log.exception("control socket: unexpected error on fd %d", fd)
@@ -302,6 +351,24 @@ class ControlServer:
             self._listener.close()
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+
+    def _arm_expiry(self) -> None:
+        if self._call_later is None or self._expiry_armed or not self._connections:
+            return
+        oldest = min(conn.opened_at for conn in self._connections.values())
+        delay = max(oldest + CONNECTION_TIMEOUT_S - self._clock(), 0.0) + 0.01
+        self._expiry_armed = True
+        self._call_later(delay, self._wake)
+
+    def _wake(self) -> None:
+        self._expiry_armed = False
+        if self._wake_w >= 0:
+            with contextlib.suppress(BlockingIOError):
+                os.write(self._wake_w, b"!")
 
     def _accept_all(self) -> None:
         while True:
@@ -315,8 +382,14 @@ class ControlServer:
                     return
                 raise
             if len(self._connections) >= MAX_CONNECTIONS:
-                # Closed unread, without an audit record, so a flood costs nothing.
-                log.warning("control socket: too many connections, closing a new one")
+                # Told "busy" and closed, without an audit record, so a flood costs
+                # nothing; what it may have sent already is discarded first (closing
+                # on unread data would reset the connection before it reads "busy").
+                log.warning("control socket: too many connections, turning a new one away")
+                with contextlib.suppress(OSError):
+                    sock.setblocking(False)
+                    sock.send(encode_reply(busy_reply()))
+                    sock.recv(MAX_REQUEST_BYTES)
                 sock.close()
                 continue
             try:
@@ -431,7 +504,19 @@ class ControlServer:
 
 
 class SupervisorUnreachable(Exception):
-    """A socket that did not answer (the supervisor is gone or hung)."""
+    """A socket that did not answer (the supervisor is gone or hung).
+
+    `refused` is True when nobody listens on the socket at all (ECONNREFUSED,
+    or it is gone): whatever process has that pid now, the socket is stale.
+    """
+
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
+
+
+class SupervisorBusy(SupervisorUnreachable):
+    """The supervisor is alive but serves as many control connections as it takes."""
 
 
 def socket_pid(path: Path) -> int | None:
@@ -479,7 +564,9 @@ def request(path: Path, payload: Mapping[str, object], *, timeout: float = 10.0)
                 sock.sendall(body)
             data = _read_line(sock)
         except (ConnectionRefusedError, FileNotFoundError) as exc:
-            raise SupervisorUnreachable(f"{path}: {exc.strerror}") from exc
+            raise SupervisorUnreachable(f"{path}: {exc.strerror}", refused=True) from exc
+        except BlockingIOError as exc:
+            raise SupervisorBusy(f"{path}: its connection queue is full") from exc
         except PermissionError as exc:
             raise ControlError(
                 f"{path}: permission denied (only root and the uid that started "
@@ -497,6 +584,8 @@ def request(path: Path, payload: Mapping[str, object], *, timeout: float = 10.0)
         raise SupervisorUnreachable(f"{path}: answered something that is not JSON") from None
     if not isinstance(reply, dict) or reply.get("v") != PROTOCOL_VERSION:
         raise SupervisorUnreachable(f"{path}: answered in an unknown protocol version")
+    if reply.get("busy"):
+        raise SupervisorBusy(f"{path}: {reply.get('error', 'busy')}")
     if not reply.get("ok"):
         raise ControlError(str(reply.get("error", "refused without a reason")))
     return reply.get("result")
@@ -505,17 +594,23 @@ def request(path: Path, payload: Mapping[str, object], *, timeout: float = 10.0)
 def _read_line(sock: socket.socket) -> bytes:
     data = bytearray()
     while not data.endswith(b"\n"):
-        chunk = sock.recv(65536)
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break  # what came before the reset is still the answer
         if not chunk:
             break
         data += chunk
     return bytes(data)
 
 
-def remove_if_stale(path: Path) -> bool:
-    """Unlink a socket whose supervisor process is dead; True when it was removed."""
+def remove_if_stale(path: Path, *, refused: bool = False) -> bool:
+    """Unlink a socket nobody listens on (`refused`) or whose supervisor process is dead.
+
+    True when it was removed.
+    """
     pid = socket_pid(path)
-    if pid is None or pid_alive(pid):
+    if pid is None or (pid_alive(pid) and not refused):
         return False
     with contextlib.suppress(FileNotFoundError):
         path.unlink()

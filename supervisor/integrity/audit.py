@@ -31,6 +31,21 @@ re-reads the chain's tail if the log's inode or size is not what this writer
 last left, and writes whole lines with one `os.write`, so lines never
 interleave and the chain never forks.
 
+Tail check and restarts.  Before extending a chain it did not write last
+(at open, or when the file changed under it), the writer checks the last
+line on disk: its mac must verify, and it must agree with the head record.
+If not (a forged, edited, torn or appended line, a removed tail, a missing
+head), the writer starts a new segment: a `tamper` record with
+`"chain": "restart"` naming what was wrong, chained after the last record it
+trusts.  The verifier reports the break and checks the chain again from the
+restart on, so a break is always explicit and never ends all checking.
+
+Failed writes.  A write that fails (ENOSPC, EDQUOT, EIO) is cut back off the
+file, so no torn line is left behind, and `append` raises OSError: nothing of
+the call was written.  A failed sync keeps the lines written since the last
+good one in memory; the next flush writes them again before it syncs, since
+the kernel may have dropped the pages it failed to write back.
+
 Rotation.  When the live file has reached `rotate_bytes`, it becomes
 `<log>.1` (older files shift to `.2` ... `.keep_rotated`, the oldest is
 dropped) and a new live file starts.  seq and the chain continue across files.
@@ -53,7 +68,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 
@@ -195,6 +210,8 @@ class HeadRecord:
     def from_bytes(cls, data: bytes) -> HeadRecord:
         try:
             raw = json.loads(data)
+        except RecursionError:
+            raise AuditError("head record is not JSON: nested too deeply") from None
         except ValueError as exc:
             raise AuditError(f"head record is not JSON: {exc}") from None
         if not isinstance(raw, dict):
@@ -227,6 +244,34 @@ class VerifyResult:
     records: int  # records checked and found intact
     first_bad_seq: int | None
     reason: str
+    where: str | None = None  # file and line of the first bad record
+    breaks: tuple[ChainBreak, ...] = ()
+    unchecked: int = 0  # lines after a break that no restart brought back
+
+
+@dataclass(frozen=True, slots=True)
+class ChainBreak:
+    """One break in the chain, and where (if anywhere) checking resumed.
+
+    `seq` is the seq that should have been at the bad spot.  `resumed_at` is
+    the seq of the writer's restart record that starts the next intact
+    segment, and `writer_saw` what that record says was wrong.
+    """
+
+    seq: int
+    reason: str
+    where: str
+    resumed_at: int | None = None
+    writer_saw: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "seq": self.seq,
+            "reason": self.reason,
+            "where": self.where,
+            "resumed_at": self.resumed_at,
+            "writer_saw": self.writer_saw,
+        }
 
 
 class _BadRecord(Exception):
@@ -234,6 +279,28 @@ class _BadRecord(Exception):
 
 
 _MAC_MISMATCH = "mac mismatch: record edited, or not made with this log's key"
+# The writer's restart record carries `"chain": "restart"`; only a record
+# whose mac verifies can start a segment, so it cannot be forged without the
+# key, and the writer drops the `chain` key from every record it is given.
+# Its canonical body starts with _RESTART_PREFIX (no other keys sort between
+# those two), which the verifier's fast path can test cheaply.
+RESTART = "restart"
+_RESTART_PREFIX = b'{"action_type":null,"after_seq":'
+# Enough to say what went wrong in a badly damaged log without holding it all.
+_MAX_BREAKS = 100
+
+
+def parse_line(line: bytes) -> dict[str, object]:
+    """A log line as a JSON object; _BadRecord saying why it is not one."""
+    try:
+        value = json.loads(line)
+    except RecursionError:
+        raise _BadRecord("line is nested too deeply to be a record") from None
+    except ValueError:  # UnicodeDecodeError included
+        raise _BadRecord("line is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise _BadRecord("line is not a JSON object")
+    return value
 
 
 def _fast_seq_prev(body: bytes) -> tuple[int, bytes] | None:
@@ -258,14 +325,69 @@ def _fast_seq_prev(body: bytes) -> tuple[int, bytes] | None:
     return int(digits), prev
 
 
+@dataclass(frozen=True, slots=True)
+class _Link:
+    """An authentic record's place in the chain."""
+
+    seq: int
+    prev: bytes
+    mac: bytes
+    restart: str | None  # what the writer found wrong, for a restart record
+
+
+def check_line(mac_key: MacKey, line: bytes) -> _Link:
+    """The line as an authentic record (its mac verifies); _BadRecord if it is not one."""
+    if line[-1:] != b"\n":
+        raise _BadRecord("partial last line: log truncated mid-record")
+    if line[-3:] == _MAC_SUFFIX and line[-_SEALED_TAIL:_MAC_START] == _MAC_PREFIX:
+        # The writer's layout: the signed bytes are the line minus the mac.
+        body = line[:-_SEALED_TAIL] + b"}"
+        mac = line[_MAC_START:-3]
+        if not hmac.compare_digest(mac_key.hexdigest(body).encode(), mac):
+            raise _BadRecord(_MAC_MISMATCH)
+        found = _fast_seq_prev(body)
+        if found is not None and not body.startswith(_RESTART_PREFIX):
+            return _Link(found[0], found[1], mac, None)
+    else:
+        mac = b""
+    return _parse_link(mac_key, line, check_mac=not mac)
+
+
+def _parse_link(mac_key: MacKey, line: bytes, *, check_mac: bool) -> _Link:
+    """The slow path: parse the line, and check its mac unless already done."""
+    record = parse_line(line)
+    mac = record.pop("mac", None)
+    if not isinstance(mac, str):
+        raise _BadRecord("record has no mac")
+    mac_bytes = mac.encode("ascii", "replace")
+    if check_mac:
+        expected = mac_key.hexdigest(canonical_json(record)).encode()
+        if not hmac.compare_digest(expected, mac_bytes):
+            raise _BadRecord(_MAC_MISMATCH)
+    seq, prev = record.get("seq"), record.get("prev")
+    if not _is_int(seq):
+        raise _BadRecord("seq is not an integer")
+    if not isinstance(prev, str):
+        raise _BadRecord("prev is not a string")
+    assert isinstance(seq, int)
+    restart = None
+    if record.get("chain") == RESTART and record.get("kind") == "tamper":
+        restart = str(record.get("reason") or "no reason given")
+    return _Link(seq, prev.encode("ascii", "replace"), mac_bytes, restart)
+
+
 class ChainVerifier:
     """Checks a chain one line at a time; no I/O.
 
     Feed lines (bytes, newline included) in order with `feed`, which returns
-    False at the first bad one, then call `finish`.  The first bad seq is the
-    seq that should have been at the bad spot: for a deleted record, the first
-    missing one; for a truncated tail, the first record the head says exists
-    but the log lacks.
+    False for each line that is not the intact next record, then call
+    `finish`.  The first bad seq is the seq that should have been at the bad
+    spot: for a deleted record, the first missing one; for a truncated tail,
+    the first record the head says exists but the log lacks.
+
+    After a break, lines are skipped (counted as unchecked) until the
+    writer's restart record; checking resumes there.  A restart record is a
+    break in itself even where it links up: the writer found something wrong.
     """
 
     def __init__(self, key: bytes, head: HeadRecord | None = None) -> None:
@@ -275,87 +397,124 @@ class ChainVerifier:
         self._seq = (head.base_seq if head else 1) - 1
         self._mac = (head.base_prev if head else ZERO_MAC).encode()
         self._records = 0
-        self._failure: VerifyResult | None = None
+        self._in_sync = True
+        self._breaks: list[ChainBreak] = []
+        self._unchecked = 0
+        self._file = "log"
+        self._line = 0
 
     @property
     def records(self) -> int:
         return self._records
 
+    def start_file(self, name: str) -> None:
+        """Name the file the next lines come from (for `where`)."""
+        self._file, self._line = name, 0
+
     def feed(self, line: bytes) -> bool:
-        if self._failure is not None:
-            return False
-        expected = self._seq + 1
-        if line[-1:] != b"\n":
-            return self._fail(expected, "partial last line: log truncated mid-record")
-        if line[-3:] == _MAC_SUFFIX and line[-_SEALED_TAIL:_MAC_START] == _MAC_PREFIX:
-            # The writer's layout: the signed bytes are the line minus the mac.
+        self._line += 1
+        # The common case inline (a third of the cost): the writer's layout,
+        # a good mac, the next seq and prev, not a restart, not the head's seq.
+        if (
+            self._in_sync
+            and line[-3:] == _MAC_SUFFIX
+            and line[-_SEALED_TAIL:_MAC_START] == _MAC_PREFIX
+        ):
             body = line[:-_SEALED_TAIL] + b"}"
             mac = line[_MAC_START:-3]
-            if not hmac.compare_digest(self._mac_key.hexdigest(body).encode(), mac):
-                return self._fail(expected, _MAC_MISMATCH)
-            found = _fast_seq_prev(body)
-        else:
-            found = None
-            mac = b""
-        if found is None:
-            try:
-                seq, prev, mac = self._parse(line, check_mac=not mac)
-            except _BadRecord as exc:
-                return self._fail(expected, str(exc))
-        else:
-            seq, prev = found
-        if seq != expected:
-            if seq > expected:
+            if hmac.compare_digest(
+                self._mac_key.hexdigest(body).encode(), mac
+            ) and not body.startswith(_RESTART_PREFIX):
+                found = _fast_seq_prev(body)
+                if found is not None:
+                    seq, prev = found
+                    if seq == self._seq + 1 and prev == self._mac and seq != self._head_seq:
+                        self._seq, self._mac = seq, mac
+                        self._records += 1
+                        return True
+        return self._feed_checked(line)
+
+    def _feed_checked(self, line: bytes) -> bool:
+        """Every other line: check it in full and record what is wrong."""
+        expected = self._seq + 1
+        try:
+            link = check_line(self._mac_key, line)
+        except _BadRecord as exc:
+            return self._break(expected, str(exc))
+        if self._in_sync:
+            problem = self._link_problem(link, expected)
+            if problem is None and link.restart is None:
+                self._seq, self._mac = link.seq, link.mac
+                self._records += 1
+                return True
+            if problem is not None:
+                self._break(expected, problem)
+                if link.restart is None or link.seq <= self._seq:
+                    return False
+            self._resume(link)
+            return True
+        if link.restart is not None and link.seq > self._seq:
+            self._resume(link)
+            return True
+        self._unchecked += 1
+        return False
+
+    def _link_problem(self, link: _Link, expected: int) -> str | None:
+        if link.seq != expected:
+            if link.seq > expected:
                 why = "missing, or records out of order"
             else:
                 why = "record inserted, repeated or out of order"
-            return self._fail(expected, f"expected seq {expected}, found seq {seq}: {why}")
-        if prev != self._mac:
-            return self._fail(expected, f"prev is not the mac of seq {expected - 1}")
-        if seq == self._head_seq and mac != self._head_mac:
-            return self._fail(expected, "mac differs from the one in the head record")
-        self._seq, self._mac = seq, mac
-        self._records += 1
-        return True
+            return f"expected seq {expected}, found seq {link.seq}: {why}"
+        if link.prev != self._mac:
+            return f"prev is not the mac of seq {expected - 1}"
+        if link.seq == self._head_seq and link.mac != self._head_mac:
+            return "mac differs from the one in the head record"
+        return None
 
-    def finish(self) -> VerifyResult:
-        if self._failure is not None:
-            return self._failure
-        head_seq = self._head_seq
-        if head_seq is not None and head_seq > self._seq:
-            why = f"log ends at seq {self._seq} but the head record says {head_seq}: tail removed"
-            self._fail(self._seq + 1, why)
-            assert self._failure is not None
-            return self._failure
-        return VerifyResult(True, self._records, None, "chain intact")
+    def _where(self) -> str:
+        return f"{self._file} line {self._line}"
 
-    def _fail(self, seq: int, reason: str) -> bool:
-        self._failure = VerifyResult(False, self._records, seq, reason)
+    def _break(self, seq: int, reason: str) -> bool:
+        if not self._in_sync:
+            self._unchecked += 1
+            return False
+        self._in_sync = False
+        if len(self._breaks) < _MAX_BREAKS:
+            self._breaks.append(ChainBreak(seq, reason, self._where()))
         return False
 
-    def _parse(self, line: bytes, *, check_mac: bool) -> tuple[int, bytes, bytes]:
-        """The slow path: parse the line, and check its mac unless already done."""
-        try:
-            record = json.loads(line)
-        except ValueError:
-            raise _BadRecord("line is not valid JSON") from None
-        if not isinstance(record, dict):
-            raise _BadRecord("line is not a JSON object")
-        mac = record.pop("mac", None)
-        if not isinstance(mac, str):
-            raise _BadRecord("record has no mac")
-        mac_bytes = mac.encode("ascii", "replace")
-        if check_mac:
-            expected = self._mac_key.hexdigest(canonical_json(record)).encode()
-            if not hmac.compare_digest(expected, mac_bytes):
-                raise _BadRecord(_MAC_MISMATCH)
-        seq, prev = record.get("seq"), record.get("prev")
-        if not _is_int(seq):
-            raise _BadRecord("seq is not an integer")
-        if not isinstance(prev, str):
-            raise _BadRecord("prev is not a string")
-        assert isinstance(seq, int)
-        return seq, prev.encode("ascii", "replace"), mac_bytes
+    def _resume(self, link: _Link) -> None:
+        """Checking goes on from the writer's restart record."""
+        assert link.restart is not None
+        if self._in_sync:  # it links up: the break is the restart itself
+            self._break(link.seq, f"the writer restarted the chain: {link.restart}")
+        if self._breaks and self._breaks[-1].resumed_at is None:
+            self._breaks[-1] = replace(
+                self._breaks[-1], resumed_at=link.seq, writer_saw=link.restart
+            )
+        self._in_sync = True
+        self._seq, self._mac = link.seq, link.mac
+        self._records += 1
+
+    def finish(self) -> VerifyResult:
+        breaks = list(self._breaks)
+        head_seq = self._head_seq
+        if self._in_sync and head_seq is not None and head_seq > self._seq:
+            why = f"log ends at seq {self._seq} but the head record says {head_seq}: tail removed"
+            breaks.append(ChainBreak(self._seq + 1, why, f"end of {self._file}"))
+        if not breaks:
+            return VerifyResult(True, self._records, None, "chain intact")
+        first = breaks[0]
+        return VerifyResult(
+            False,
+            self._records,
+            first.seq,
+            first.reason,
+            first.where,
+            tuple(breaks),
+            self._unchecked,
+        )
 
 
 # ------------------------------------------------------------- report (pure)
@@ -527,31 +686,52 @@ def verify_log(path: Path, key: bytes, head: HeadRecord | None) -> VerifyResult:
     """Verify the chain through the rotated files and the live file `path`.
 
     Without a head record, removal of the newest records cannot be told from
-    a shorter log, and the chain must start at seq 1.
+    a shorter log.  The chain must then start at seq 1, unless rotated files
+    are there: rotation may have dropped older ones, so it starts where the
+    oldest file kept starts.
     """
+    files = chain_files(path)
+    if head is None and len(files) > 1:
+        first = _first_record(files[0])
+        if first is not None:
+            # A base only: seq below the first record leaves no tail to check.
+            head = HeadRecord(first[0] - 1, ZERO_MAC, path.name, 0, first[0], first[1])
     verifier = ChainVerifier(key, head)
-    for file in chain_files(path):
+    for file in files:
+        verifier.start_file(file.name)
         with open(file, "rb", buffering=2**20) as lines:
             for line in lines:
-                if not verifier.feed(line):
-                    result = verifier.finish()
-                    return VerifyResult(
-                        False, result.records, result.first_bad_seq, f"{result.reason} (in {file})"
-                    )
+                verifier.feed(line)
     return verifier.finish()
+
+
+class RecordReader:
+    """Every parseable record of the chain, oldest first.  No verification.
+
+    Lines that are not JSON objects are skipped and counted: `skipped`, and
+    `first_skipped` ("audit.jsonl line 7") say how many and where.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.skipped = 0
+        self.first_skipped: str | None = None
+
+    def __iter__(self) -> Iterator[dict[str, object]]:
+        for file in chain_files(self.path):
+            with open(file, "rb", buffering=2**20) as lines:
+                for number, line in enumerate(lines, 1):
+                    try:
+                        yield parse_line(line)
+                    except _BadRecord:
+                        self.skipped += 1
+                        if self.first_skipped is None:
+                            self.first_skipped = f"{file.name} line {number}"
 
 
 def iter_records(path: Path) -> Iterator[dict[str, object]]:
     """Every parseable record of the chain, oldest first.  No verification."""
-    for file in chain_files(path):
-        with open(file, "rb", buffering=2**20) as lines:
-            for line in lines:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(record, dict):
-                    yield record
+    return iter(RecordReader(path))
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -561,59 +741,72 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def _record_seq_mac(line: bytes) -> tuple[int, str] | None:
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(record, dict):
-        return None
-    seq, mac = record.get("seq"), record.get("mac")
-    if _is_int(seq) and _is_mac(mac):
-        assert isinstance(seq, int) and isinstance(mac, str)
-        return seq, mac
-    return None
+@dataclass(frozen=True, slots=True)
+class _Tail:
+    """What the end of a file holds, as the writer sees it before extending it."""
+
+    seq: int  # the last authentic record (0 and ZERO_MAC when there is none)
+    mac: str
+    lines: bool  # the file holds at least one line, whole or torn
+    torn: bool  # it ends without a newline
+    problem: str | None  # what is wrong after the last authentic record
 
 
-def _last_record(path: Path) -> tuple[int, str] | None:
-    """(seq, mac) of the last complete, parseable record in a file."""
+# How far back the writer looks for the last authentic record behind bad lines.
+_TAIL_SCAN_BYTES = 4 * 2**20
+
+
+def _scan_tail(path: Path, mac_key: MacKey) -> _Tail:
+    """The last authentic record of a file, and what (if anything) follows it."""
     try:
         with open(path, "rb") as file:
             size = file.seek(0, os.SEEK_END)
+            if size == 0:
+                return _Tail(0, ZERO_MAC, False, False, None)
             chunk = 64 * 1024
             while True:
                 start = max(0, size - chunk)
                 file.seek(start)
                 data = file.read(size - start)
-                lines = data.split(b"\n")
-                # lines[-1] is the partial line after the last newline (or b"");
-                # lines[0] may be cut by the chunk start.
-                complete = lines[1:-1] if start > 0 else lines[:-1]
-                for line in reversed(complete):
-                    found = _record_seq_mac(line)
-                    if found is not None:
-                        return found
-                if start == 0:
-                    return None
+                found = _tail_in(data, whole=start == 0, mac_key=mac_key)
+                if found is not None or start == 0 or chunk >= _TAIL_SCAN_BYTES:
+                    break
                 chunk *= 4
     except FileNotFoundError:
-        return None
+        return _Tail(0, ZERO_MAC, False, False, None)
+    torn = not data.endswith(b"\n")
+    problem = "the log ends in a partial line (a torn write, or truncation)" if torn else None
+    if found is None:
+        return _Tail(0, ZERO_MAC, True, torn, problem or "no record made with this log's key")
+    seq, mac, after = found
+    if after is not None:
+        problem = problem or after
+    return _Tail(seq, mac, True, torn, problem)
 
 
-def _last_byte(path: Path) -> bytes:
-    with open(path, "rb") as file:
-        file.seek(-1, os.SEEK_END)
-        return file.read(1)
+def _tail_in(data: bytes, *, whole: bool, mac_key: MacKey) -> tuple[int, str, str | None] | None:
+    """(seq, mac) of the last authentic record in `data`, and what is wrong after it."""
+    lines = data.split(b"\n")
+    # lines[-1] is the partial line after the last newline (or b"");
+    # lines[0] may be cut by the chunk start.
+    complete = lines[:-1] if whole else lines[1:-1]
+    problem: str | None = None
+    for line in reversed(complete):
+        try:
+            link = check_line(mac_key, line + b"\n")
+        except _BadRecord as exc:
+            problem = problem or f"the last line is not a record of this log ({exc})"
+            continue
+        return link.seq, link.mac.decode("ascii", "replace"), problem
+    return None
 
 
 def _first_record(path: Path) -> tuple[int, str] | None:
     """(seq, prev) of the first record in a file."""
     try:
         with open(path, "rb") as file:
-            record = json.loads(file.readline())
-    except (FileNotFoundError, ValueError):
-        return None
-    if not isinstance(record, dict):
+            record = parse_line(file.readline())
+    except (FileNotFoundError, _BadRecord):
         return None
     seq, prev = record.get("seq"), record.get("prev")
     if _is_int(seq) and _is_mac(prev):
@@ -666,11 +859,25 @@ class AuditLog:
         self._base = (1, ZERO_MAC)
         self._pending = 0
         self._pending_since: float | None = None
+        # Why the chain must restart before the next record (see _reload).
+        self._restart_due: str | None = None
+        self._torn_tail = False  # the file ends in a partial line, to be ended first
+        # Lines written since the last good sync, and where they start: a
+        # failed sync writes them again (_rewrite_unsynced).
+        self._unsynced: list[bytes] = []
+        self._unsynced_from = 0
+        self._sync_failed = False
         self._closed = False
         with self._locked():
             if os.fstat(self._head_fd).st_size > HEAD_SIZE:
                 os.ftruncate(self._head_fd, HEAD_SIZE)  # not ours: rewritten at the next flush
             self._reload()
+            if os.fstat(self._head_fd).st_size == 0 and self._seq == 0:
+                # A head from the start, so an empty one later means it was
+                # emptied, not that no flush has happened yet.
+                head = HeadRecord(0, ZERO_MAC, self.path.name, self._end, *self._base)
+                with contextlib.suppress(OSError):  # a full disk: the first flush writes it
+                    os.pwrite(self._head_fd, head.to_bytes(), 0)
 
     @classmethod
     def open(cls, locations: Locations) -> AuditLog:
@@ -694,16 +901,25 @@ class AuditLog:
         return self.append_many((record,))[0]
 
     def append_many(self, records: Iterable[Mapping[str, object]]) -> list[dict[str, object]]:
-        """Seal and write several records under one lock and one write."""
+        """Seal and write several records under one lock and one write.
+
+        OSError means none of them was written (a failed write is cut back
+        off the file).  A failed sync along the way is not raised here: the
+        records are written, and the next `flush` syncs again and raises.
+        """
         # The hot path: the lock is taken inline, without a context manager.
         with self._mutex:
             if self._closed:
                 raise AuditError(f"audit log {self.path} is closed")
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             try:
+                if self._sync_failed:
+                    self._rewrite_unsynced()
                 self._catch_up()
                 if self._end >= self.rotate_bytes:
                     self._rotate()
+                if self._restart_due is not None:
+                    self._write_restart(self._restart_due)
                 return self._write_records(records)
             finally:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
@@ -722,17 +938,23 @@ class AuditLog:
         if self._pending == 0 or self._closed:
             return
         with self._locked():
+            if self._sync_failed:
+                self._rewrite_unsynced()
             self._catch_up(check_path=True)
             self._flush_locked()
 
     def close(self) -> None:
+        """Flush and close; the fds are closed even when the flush fails (OSError)."""
         if self._closed:
             return
-        self.flush()
-        self._closed = True
-        os.fsync(self._head_fd)
-        for fd in (self._fd, self._head_fd, self._lock_fd):
-            os.close(fd)
+        try:
+            self.flush()
+            os.fsync(self._head_fd)
+        finally:
+            self._closed = True
+            for fd in (self._fd, self._head_fd, self._lock_fd):
+                if fd >= 0:
+                    os.close(fd)
 
     def __enter__(self) -> AuditLog:
         return self
@@ -758,7 +980,9 @@ class AuditLog:
             finally:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
-    def _write_records(self, records: Iterable[Mapping[str, object]]) -> list[dict[str, object]]:
+    def _write_records(
+        self, records: Iterable[Mapping[str, object]], *, own: bool = False
+    ) -> list[dict[str, object]]:
         hexdigest = self._mac_key.hexdigest
         encode = _CANONICAL_ENCODER.encode
         seq, prev = self._seq, self._mac
@@ -767,6 +991,8 @@ class AuditLog:
         for given in records:
             record = {**_NULL_RECORD, **given}
             record.pop("mac", None)
+            if not own:
+                record.pop("chain", None)  # only the writer marks a restart
             seq += 1
             record["seq"] = seq
             record["prev"] = prev
@@ -783,17 +1009,45 @@ class AuditLog:
         try:
             _write_all(self._fd, data)
         except OSError:
-            self._inode = -1  # maybe a partial write: resynchronise on the next call
+            self._cut_back()
             raise
         self._end += len(data)
+        self._unsynced.append(data)
         self._seq, self._mac = seq, prev
         self._pending += len(lines)
         now = self._clock()
         if self._pending_since is None:
             self._pending_since = now
         if self._pending >= self.flush_records or now - self._pending_since >= self.flush_seconds:
-            self._flush_locked()
+            # The records are written; a failed sync is raised by the next flush().
+            with contextlib.suppress(OSError):
+                self._flush_locked()
         return sealed
+
+    def _cut_back(self) -> None:
+        """Remove what a failed write left, so no torn line stays in the log."""
+        try:
+            os.ftruncate(self._fd, self._end)
+        except OSError:
+            self._inode = -1  # cannot: the next call reloads, sees the torn line and restarts
+
+    def _write_restart(self, problem: str) -> None:
+        if self._torn_tail:
+            _write_all(self._fd, b"\n")  # a failure here leaves it as it was
+            self._end += 1
+            self._torn_tail = False
+        record = {
+            "pid": os.getpid(),
+            "kind": "tamper",
+            "layer": "supervisor",
+            "severity": "critical",
+            "event": "audit_chain_restart",
+            "chain": RESTART,
+            "after_seq": self._seq,
+            "reason": problem,
+        }
+        self._write_records((record,), own=True)
+        self._restart_due = None
 
     def _catch_up(self, *, check_path: bool = False) -> None:
         """Notice other writers' appends and rotations, cheaply.
@@ -815,7 +1069,7 @@ class AuditLog:
             self._reload()
 
     def _reload(self) -> None:
-        """(Re)open the live file and take the chain's tail from disk."""
+        """(Re)open the live file and take the chain's tail from disk, checking it."""
         try:
             info: os.stat_result | None = os.stat(self.path)
         except FileNotFoundError:
@@ -823,30 +1077,53 @@ class AuditLog:
         if info is None or info.st_ino != self._inode:
             if self._fd >= 0:
                 os.close(self._fd)
+                self._fd = -1
             flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
             self._fd = os.open(self.path, flags, 0o600)
         info = os.fstat(self._fd)
         self._inode = info.st_ino
         self._end = info.st_size
+        self._unsynced.clear()  # whatever this writer had unsynced is not contiguous any more
+        self._unsynced_from = self._end
+        problem: str | None = None
         try:
             head = read_head(self.head_path)
-        except AuditError:
-            head = None  # unreadable: the verifier reports it; logging goes on
+        except AuditError as exc:
+            head, problem = None, f"{exc}"
         if head is not None:
             self._base = (head.base_seq, head.base_prev)
-        tail = _last_record(self.path) or _last_record(self.path.with_name(self.path.name + ".1"))
-        # A head ahead of the log means flushed records were removed.  Continue
-        # after the head so the gap stays visible instead of being papered over.
-        if head is not None and (tail is None or head.seq > tail[0]):
-            tail = (head.seq, head.mac)
-        self._seq, self._mac = tail or (0, ZERO_MAC)
-        if self._end > 0 and _last_byte(self.path) != b"\n":
-            # A torn last line (crash, or truncation): end it so ours stay whole.
-            _write_all(self._fd, b"\n")
-            self._end += 1
+        tail = _scan_tail(self.path, self._mac_key)
+        if not tail.lines:
+            tail = _scan_tail(self.path.with_name(self.path.name + ".1"), self._mac_key)
+        problem = problem or tail.problem
+        seq, mac = tail.seq, tail.mac
+        if head is None:
+            if tail.lines and problem is None:
+                problem = (
+                    f"the head record {self.head_path} is missing or empty, "
+                    f"but the log holds records up to seq {seq}"
+                )
+        elif head.seq > seq:
+            problem = problem or (
+                f"the log ends at seq {seq} but the head record says {head.seq}: records removed"
+            )
+            seq, mac = head.seq, head.mac  # the restart follows the last record known to exist
+        elif head.seq == seq and head.seq > 0 and head.mac != mac:
+            problem = problem or f"seq {seq} is not the record the head record names"
+        self._seq, self._mac = seq, mac
+        if problem is not None:
+            self._restart_due = problem
+        # A torn last line is ended before the restart record (a write, so
+        # it waits for the next append rather than failing an open).
+        self._torn_tail = tail.torn and self._end > 0
 
     def _flush_locked(self) -> None:
-        os.fdatasync(self._fd)
+        try:
+            os.fdatasync(self._fd)
+        except OSError:
+            self._sync_failed = True
+            raise
+        self._sync_failed = False
         base_seq, base_prev = self._base
         head = HeadRecord(self._seq, self._mac, self.path.name, self._end, base_seq, base_prev)
         # No fsync of the head: it may lag after a crash (naming an older,
@@ -854,6 +1131,29 @@ class AuditLog:
         os.pwrite(self._head_fd, head.to_bytes(), 0)
         self._pending = 0
         self._pending_since = None
+        self._unsynced.clear()
+        self._unsynced_from = self._end
+
+    def _rewrite_unsynced(self) -> None:
+        """After a failed sync, write this writer's unsynced lines again.
+
+        The kernel may have dropped the pages it could not write back while
+        still showing them, so syncing again is not enough.  Only done while
+        the lines are the file's contiguous tail (no other writer since);
+        otherwise the next sync is all that can be done.
+        """
+        data = b"".join(self._unsynced)
+        if not data or self._unsynced_from + len(data) != self._end:
+            return
+        if self._inode == -1 or os.fstat(self._fd).st_ino != self._inode:
+            return
+        os.ftruncate(self._fd, self._unsynced_from)
+        try:
+            _write_all(self._fd, data)
+        except OSError:
+            # Leave the file at the last good sync; the next attempt writes them again.
+            os.ftruncate(self._fd, self._unsynced_from)
+            raise
 
     def _rotate(self) -> None:
         os.fdatasync(self._fd)
@@ -869,8 +1169,12 @@ class AuditLog:
                 os.replace(older, newer)
         os.replace(self.path, rotated[0])
         os.close(self._fd)
+        # Until the new file is open, the next call must reopen (see _catch_up).
+        self._fd, self._inode = -1, -1
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         self._fd = os.open(self.path, flags, 0o600)
         self._inode = os.fstat(self._fd).st_ino
         self._end = 0
+        self._unsynced.clear()
+        self._unsynced_from = 0
         self._flush_locked()

@@ -14,7 +14,7 @@ import errno
 import fcntl
 import struct
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 # <linux/seccomp.h>: SECCOMP_IOWR(0, struct seccomp_notif) etc., magic '!'.
 _NOTIF_SIZE = 80  # u64 id, u32 pid, u32 flags, struct seccomp_data (64 bytes)
@@ -141,8 +141,17 @@ CLONE_NAMESPACE_FLAGS = (
 )
 
 
-def load_filter(notify: Iterable[str], enosys: Iterable[str]) -> int:
-    """Install the filter on the calling thread and return the listener fd.
+# Terminal ioctls that act on someone else's input, refused in BPF for every
+# policy: TIOCSTI pushes bytes into a terminal's input queue (a command typed
+# into the user's shell once the agent exits, CVE-2017-5226); TIOCLINUX
+# subcode 3 pastes the console selection, 2 sets it.
+TIOCSTI = 0x5412
+TIOCLINUX = 0x541C
+REFUSED_IOCTLS = (TIOCSTI, TIOCLINUX)
+
+
+def build_filter(notify: Iterable[str], enosys: Iterable[str]) -> Any:
+    """The filter as a `pyseccomp.SyscallFilter`, not loaded (tests export it).
 
     `notify` syscalls go to the supervisor; `enosys` ones fail with ENOSYS
     (clone3, whose flags live in memory BPF cannot read, so glibc falls back
@@ -167,6 +176,22 @@ def load_filter(notify: Iterable[str], enosys: Iterable[str]) -> int:
             flt.add_rule(pyseccomp.NOTIFY, name)
     for name in enosys:
         flt.add_rule(pyseccomp.ERRNO(errno.ENOSYS), name)
+    for request in REFUSED_IOCTLS:
+        # The kernel takes the request as an unsigned int: mask to 32 bits, so
+        # garbage in the upper half of the register cannot slip past.
+        flt.add_rule(
+            pyseccomp.ERRNO(errno.EPERM),
+            "ioctl",
+            pyseccomp.Arg(1, pyseccomp.MASKED_EQ, 0xFFFFFFFF, request),
+        )
+    return flt
+
+
+def load_filter(notify: Iterable[str], enosys: Iterable[str]) -> int:
+    """Install `build_filter(notify, enosys)` on the calling thread; return the listener fd."""
+    import pyseccomp
+
+    flt = build_filter(notify, enosys)
     flt.load()
     lib = pyseccomp._libseccomp  # the fd getter is not wrapped by pyseccomp
     fd = int(lib.seccomp_notify_fd(flt._filter))

@@ -8,6 +8,10 @@ policy's reach into the Landlock plan that `kernel.landlock` installs.
     compiled = compile_policy(policy, RunContext(workspace, home, agent_id))
     decision = compiled.evaluate(Event(ActionType.FILE_READ, "/etc/hosts"))
 
+Every pattern and glob is matched by RE2, in time linear in the target
+(`linear.py`); a target longer than MAX_TARGET_LENGTH is a deny
+(TARGET_TOO_LONG_RULE) that no rule is run on.
+
 Extensions beyond DESIGN.md 1.3: a rule may have `except: [glob, ...]`
 (targets matching one of them are not matched by the rule), and the
 placeholder `{python}` stands for the install prefixes of the Python running
@@ -15,6 +19,8 @@ agentsup.
 """
 
 from .engine import (
+    MAX_TARGET_LENGTH,
+    TARGET_TOO_LONG_RULE,
     Attempt,
     CompiledPolicy,
     CompiledRule,
@@ -24,11 +30,6 @@ from .engine import (
     compile_policy,
 )
 from .loader import (
-    PolicySource,
-    builtin_names,
-    builtin_source,
-    find_policy,
-    is_path_reference,
     load_policy_file,
     load_policy_text,
     load_source,
@@ -36,8 +37,17 @@ from .loader import (
 )
 from .matchers import GlobMatcher, Matcher, RegexMatcher, normalise_path
 from .model import Approval, EnvPolicy, Limits, Policy, PolicyError, Rule, SourceLocation
+from .sources import (
+    PolicySource,
+    builtin_names,
+    builtin_source,
+    find_policy,
+    is_path_reference,
+)
 
 __all__ = [
+    "MAX_TARGET_LENGTH",
+    "TARGET_TOO_LONG_RULE",
     "Approval",
     "Attempt",
     "CompiledPolicy",

@@ -1,16 +1,12 @@
 """Compiling a policy for one run, and the pure evaluator.
 
 `compile_policy(policy, ctx)` fills in the placeholders, keeps only the rules
-for this agent id, and builds, per action type, one combined regex of all its
-rules in priority order:
-
-    (?:(?P<r0>glob0\\Z)|(?P<r1>(?!except\\Z)glob1\\Z)|(?P<r2>(?s:.*?)(?:regex2))|...)
-
-`re.match` tries the alternatives left to right, so the first one that matches
-is the first rule in priority order, `m.lastgroup` names it, and `evaluate`
-returns that rule's precomputed `Decision`: no allocation on the hot path.
-Regexes that would change meaning inside a bigger regex (backreferences,
-named groups, global inline flags) are matched on their own, in order.
+for this agent id, and builds, per action type, one RE2 set of all its rules'
+patterns (plus their `except` globs).  One linear pass over the target
+reports every rule that matches; the lowest index is the first rule in
+priority order, and `evaluate` returns that rule's precomputed `Decision`.
+No target can make a rule backtrack (see `linear.py`), and a target longer
+than MAX_TARGET_LENGTH is refused before any rule sees it.
 
 The default decision (no rule matched) has rule id DEFAULT_RULE_ID, severity
 medium when the default is deny and low otherwise, and the policy's
@@ -20,10 +16,8 @@ medium when the default is deny and low otherwise, and the policy's
 from __future__ import annotations
 
 import collections
-import fnmatch
-import re
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ..events import (
@@ -37,9 +31,16 @@ from ..events import (
     Verdict,
     ViolationMode,
 )
-from . import matchers
+from . import linear, matchers
+from .linear import LinearRegex, PatternError, encode_target
 from .matchers import GlobMatcher, Matcher, PlaceholderValues
-from .model import Approval, Limits, Policy, Rule
+from .model import Approval, Limits, Policy, PolicyError, Rule
+
+# The longest target any rule is run on.  Matching is linear, so this bounds
+# one evaluation (about a millisecond); 128 KiB is Linux's MAX_ARG_STRLEN and
+# GNU xargs' default command buffer, so no command line xargs builds is refused.
+MAX_TARGET_LENGTH = 128 * 1024
+TARGET_TOO_LONG_RULE = "agentsup-target-too-long"
 
 # Verdicts (and, for deny, violation modes) under which the action goes ahead.
 _PROCEEDING_VERDICTS = frozenset(
@@ -103,15 +104,6 @@ class CompiledRule:
                 return f"excluded by except {excepted}"
         return None
 
-    def branch(self) -> str:
-        """This rule as one alternative of the combined regex."""
-        if not self.excepts:
-            return self.matcher.branch()
-        # The matcher first (as a lookahead), so that the `except` globs are
-        # only tried for the few targets the rule matches.
-        excepted = "|".join(e.branch() for e in self.excepts)
-        return f"(?={self.matcher.branch()})(?!{excepted})"
-
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
@@ -162,97 +154,46 @@ class RateLimiter:
         return decision
 
 
-# One step of an action's table: a matcher over the target, and the decision
-# for each group name it can report as `lastgroup`.
-_Step = tuple[Callable[[str], re.Match[str] | None], Mapping[str | None, Decision]]
+class _Table:
+    """The rules of one action type as one RE2 set; index i is the i-th rule in priority order.
 
-
-class _GuardedSearch:
-    """A rule matched on its own (not combinable), with its `except` globs."""
-
-    def __init__(self, compiled: CompiledRule) -> None:
-        self._rule = compiled
-
-    def __call__(self, target: str) -> re.Match[str] | None:
-        matcher = self._rule.matcher
-        if isinstance(matcher, GlobMatcher):
-            found = matcher.compiled.match(target)
-        else:
-            found = matcher.compiled.search(target)
-        if found is None or any(e.matches(target) for e in self._rule.excepts):
-            return None
-        return found
-
-
-def _group(index: int) -> str:
-    return f"r{index}"
-
-
-def _build_table(rules: list[tuple[int, CompiledRule]]) -> tuple[_Step, ...]:
-    steps: list[_Step] = []
-    batch: list[tuple[int, CompiledRule]] = []
-
-    def flush() -> None:
-        if batch:
-            alternatives = "|".join(f"(?P<{_group(i)}>{rule.branch()})" for i, rule in batch)
-            combined = re.compile("(?:" + alternatives + ")")
-            steps.append((combined.match, {_group(i): rule.decision for i, rule in batch}))
-            batch.clear()
-
-    for index, rule in rules:
-        if rule.matcher.combinable:
-            batch.append((index, rule))
-            continue
-        flush()
-        # Any group name the rule's own regex may report maps to its decision.
-        names: list[str | None] = [None, *rule.matcher.compiled.groupindex]
-        steps.append((_GuardedSearch(rule), dict.fromkeys(names, rule.decision)))
-    flush()
-    return tuple(steps)
-
-
-def _first_segment(root: str) -> str | None:
-    """`/usr/lib` -> `/usr`; None for `/`, under which anything lies."""
-    if root == "/":
-        return None
-    cut = root.find("/", 1)
-    return root[:cut] if cut > 0 else root
-
-
-def _build_path_tables(
-    rules: list[tuple[int, CompiledRule]],
-) -> tuple[dict[str, tuple[_Step, ...]], tuple[_Step, ...]]:
-    """Tables for path targets, one per first path segment, plus one for any other segment.
-
-    A rule whose matches all lie beneath known roots (`/usr/**`, `^/dev/`) is
-    only tried for targets in those roots' first segments; a rule that may
-    match anywhere (`**/*.pem`, `/`, an unanchored regex) is tried for every
-    target.  Each table keeps priority order, so the first match is the same
-    as in the full table: this only skips rules that cannot match.
+    Each rule's `except` globs follow the rules in the set: rule i's are the
+    indices `except_ranges[i]` (an empty range for most rules).  `paths`
+    says whether targets are paths, to be normalised first.
     """
-    segments_of: list[frozenset[str] | None] = []
-    for _, rule in rules:
-        roots = rule.matcher.roots
-        segments = None if roots is None else [_first_segment(root) for root in roots]
-        if segments is None or None in segments:
-            segments_of.append(None)
-        else:
-            segments_of.append(frozenset(s for s in segments if s is not None))
-    keys = set().union(*(s for s in segments_of if s is not None))
-    by_segment = {
-        key: _build_table(
-            [
-                entry
-                for entry, segs in zip(rules, segments_of, strict=True)
-                if segs is None or key in segs
-            ]
-        )
-        for key in keys
-    }
-    anywhere = _build_table(
-        [entry for entry, segs in zip(rules, segments_of, strict=True) if segs is None]
-    )
-    return by_segment, anywhere
+
+    __slots__ = ("decisions", "except_ranges", "match", "paths", "rules", "size")
+
+    def __init__(self, rules: list[CompiledRule], paths: bool) -> None:
+        patterns = [rule.matcher.regex for rule in rules]
+        ranges: list[tuple[int, int]] = []
+        for rule in rules:
+            first = len(patterns)
+            patterns.extend(excepted.regex for excepted in rule.excepts)
+            ranges.append((first, len(patterns)))
+        self.match = linear.PatternSet(patterns).raw_match
+        self.size = len(rules)
+        self.decisions = tuple(rule.decision for rule in rules)
+        self.except_ranges = tuple(ranges)
+        self.rules = tuple(rules)
+        self.paths = paths
+
+    def resolve(self, hits: list[int], default: Decision) -> Decision:
+        """The first rule among `hits` that none of its own `except` globs excludes."""
+        for index in sorted(hit for hit in hits if hit < self.size):
+            low, high = self.except_ranges[index]
+            if not any(low <= hit < high for hit in hits):
+                return self.decisions[index]
+        return default
+
+    def one_by_one(self, data: bytes, default: Decision) -> Decision:
+        """Each rule on its own: for when the set's DFA gave up.  Still linear."""
+        for rule in self.rules:
+            if rule.matcher.compiled.search(data) and not any(
+                excepted.compiled.search(data) for excepted in rule.excepts
+            ):
+                return rule.decision
+        return default
 
 
 class CompiledPolicy:
@@ -279,23 +220,25 @@ class CompiledPolicy:
             on_violation=policy.on_violation,
             reason="no rule matched",
         )
-        # Per action type: for path actions, a table per first path segment and
-        # one for targets in any other segment; otherwise None and one table.
-        self._action_tables: dict[
-            ActionType, tuple[dict[str, tuple[_Step, ...]] | None, tuple[_Step, ...]]
-        ] = {}
-        for action in ActionType:
-            applicable = [
-                (index, rule)
-                for index, rule in enumerate(self.rules)
-                if rule.applies and action in rule.rule.actions
-            ]
-            if action in PATH_ACTIONS:
-                self._action_tables[action] = _build_path_tables(applicable)
-            else:
-                self._action_tables[action] = (None, _build_table(applicable))
-        self._env_pass = _any_glob(policy.env.pass_)
-        self._env_deny = _any_glob(policy.env.deny)
+        try:
+            self._tables = {
+                action: _Table(
+                    [rule for rule in self.rules if rule.applies and action in rule.rule.actions],
+                    paths=action in PATH_ACTIONS,
+                )
+                for action in ActionType
+            }
+        except PatternError as exc:  # too many or too big rules for RE2's memory bound
+            raise PolicyError(policy.source, 1, 1, exc.message) from None
+        # Refused, not killed: a long xargs line is no attack by itself.  A
+        # policy that only observes (log_only, sigwarn) keeps observing.
+        self._too_long_mode = (
+            policy.on_violation
+            if policy.on_violation in _PROCEEDING_DENY_MODES
+            else ViolationMode.BLOCK
+        )
+        self._env_pass = _any_glob(policy.env.pass_, policy)
+        self._env_deny = _any_glob(policy.env.deny, policy)
 
     def __repr__(self) -> str:
         applied = sum(rule.applies for rule in self.rules)
@@ -306,26 +249,46 @@ class CompiledPolicy:
     def evaluate(self, event: Event) -> Decision:
         """The decision for `event`: first matching rule in priority order, else the default."""
         target = event.target
-        by_segment, steps = self._action_tables[event.action]
-        if by_segment is not None:
-            if (
-                "//" in target
-                or target[-1:] == "/"
-                or ("/." in target and matchers.needs_normalising(target))
-            ):
-                target = matchers.normalise_path(target)
-            # Only the rules that can match at or below the target's first segment.
-            cut = target.find("/", 1)
-            steps = by_segment.get(target[:cut] if cut > 0 else target, steps)
-        for match, decisions in steps:
-            found = match(target)
-            if found is not None:
-                return decisions[found.lastgroup]
-        return self.default_decision
+        if len(target) > MAX_TARGET_LENGTH:
+            return self.too_long(target)
+        table = self._tables[event.action]
+        if table.paths and (
+            "//" in target
+            or target[-1:] == "/"
+            or ("/." in target and matchers.needs_normalising(target))
+        ):
+            target = matchers.normalise_path(target)
+        data = encode_target(target)
+        hits = table.match(data)
+        if hits is None:
+            return table.one_by_one(data, self.default_decision)
+        first = min(hits)
+        if first >= table.size:
+            return self.default_decision  # only the set's catch-all, or an except, matched
+        low, high = table.except_ranges[first]
+        if low != high:
+            for hit in hits:  # a loop, not any(): no generator on the hot path
+                if low <= hit < high:
+                    return table.resolve(hits, self.default_decision)
+        return table.decisions[first]
+
+    def too_long(self, target: str) -> Decision:
+        """The deny for a target longer than MAX_TARGET_LENGTH, which no rule is run on."""
+        return Decision(
+            verdict=Verdict.DENY,
+            rule_id=TARGET_TOO_LONG_RULE,
+            severity=Severity.HIGH,
+            message=f"target too long: more than {MAX_TARGET_LENGTH} characters",
+            on_violation=self._too_long_mode,
+            reason=f"the target has {len(target)} characters; rules are run on at most "
+            f"{MAX_TARGET_LENGTH}",
+        )
 
     def explain(self, event: Event) -> Explanation:
         """The decision for `event`, with every rule tried before it and why it missed."""
         target = event.target
+        if len(target) > MAX_TARGET_LENGTH:
+            return Explanation(event, target, self.too_long(target), None, ())
         if event.action in PATH_ACTIONS and matchers.needs_normalising(target):
             target = matchers.normalise_path(target)
         tried: list[Attempt] = []
@@ -342,7 +305,8 @@ class CompiledPolicy:
 
     def env_allowed(self, name: str) -> bool:
         """True when `name` is in `env.pass` and not in `env.deny` (case-sensitive globs)."""
-        return self._env_pass.match(name) is not None and self._env_deny.match(name) is None
+        data = encode_target(name)
+        return self._env_pass.search(data) and not self._env_deny.search(data)
 
     def filter_environ(self, environ: Mapping[str, str]) -> dict[str, str]:
         return {name: value for name, value in environ.items() if self.env_allowed(name)}
@@ -392,26 +356,33 @@ def _proceeds(decision: Decision) -> bool:
     return decision.verdict in _PROCEEDING_VERDICTS
 
 
-def _any_glob(patterns: tuple[str, ...]) -> re.Pattern[str]:
-    if not patterns:
-        return re.compile(r"(?!)")
-    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
+def _any_glob(patterns: tuple[str, ...], policy: Policy) -> LinearRegex:
+    try:
+        alternatives = [matchers.env_glob_regex(pattern) for pattern in patterns]
+        return LinearRegex("|".join(alternatives) if alternatives else "[^\\x00-\\x{10ffff}]")
+    except PatternError as exc:
+        raise PolicyError(policy.source, 1, 1, f"bad env glob: {exc.message}") from None
 
 
 def _compile_rule(
     rule: Rule, policy: Policy, agent_id: str, values: PlaceholderValues
 ) -> CompiledRule:
     matcher: Matcher
-    if rule.target is not None:
-        matcher = matchers.compile_glob(matchers.parse_glob(rule.target), values)
-    else:
-        assert rule.pattern is not None
-        matcher = matchers.compile_regex(matchers.parse_regex(rule.pattern), values)
-    excepts = tuple(
-        matchers.compile_glob(matchers.parse_glob(glob), values) for glob in rule.except_globs
-    )
+    try:
+        if rule.target is not None:
+            matcher = matchers.compile_glob(matchers.parse_glob(rule.target), values)
+        else:
+            assert rule.pattern is not None
+            matcher = matchers.compile_regex(matchers.parse_regex(rule.pattern), values)
+        excepts = tuple(
+            matchers.compile_glob(matchers.parse_glob(glob), values) for glob in rule.except_globs
+        )
+    except PatternError as exc:
+        # The loader checked the rule; only a placeholder's value can get here.
+        source = rule.source
+        raise PolicyError(source.path, source.line, source.column, exc.message, rule.id) from None
     applies = rule.agents is None or any(
-        fnmatch.fnmatchcase(agent_id, pattern) for pattern in rule.agents
+        matchers.env_glob_matches(pattern, agent_id) for pattern in rule.agents
     )
     decision = Decision(
         verdict=rule.decision,

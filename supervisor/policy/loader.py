@@ -2,22 +2,32 @@
 
 The YAML is read with `yaml.compose`, so every node keeps its line and
 column, and every error names `FILE:LINE:COL`.  A policy is rejected whole on
-its first error, never half-loaded; all errors come from `_fail`.
-
-`--policy` values (DESIGN.md 1.4): a value containing `/` or ending in
-`.yaml` is a path; anything else is a name, looked up as `<name>.yaml` in the
-policy directory, then among the built-in templates.  Names in `extends`
-resolve the same way, and a relative path in `extends` is relative to the
-extending file.  A policy in the policy directory may extend the built-in
-template it shadows (`strict.yaml` with `extends: [strict]`).
+its first error, never half-loaded; all errors come from `_fail`.  Finding
+and reading the files (`--policy` values, names and paths in `extends`) is
+`sources.py`.  Bounds: MAX_POLICY_BYTES per file, MAX_YAML_DEPTH levels of
+nesting, MAX_EXTENDS_DEPTH files in one extends chain; each file is parsed
+and resolved once however often a diamond of `extends` reaches it.
 
 Inheritance: the effective rules are the child's rules, then each parent's
 effective rules in `extends` order (a parent reached twice through a diamond
 counts once), stably sorted by priority.  Each top-level section (`default`,
-`on_violation`, `env`, `limits`, `approval`, `audit`, `description`,
-`version`) is taken whole from the child if it sets it, else from the first
-parent that does, else the built-in default; keys missing inside a section
-take their built-in defaults.
+`on_violation`, `limits`, `approval`, `audit`, `description`, `version`) is
+taken whole from the child if it sets it, else from the first parent that
+does, else the built-in default; keys missing inside a section take their
+built-in defaults.
+
+`env` is the exception: its lists merge.  For each of `env.pass` and
+`env.deny`, the inherited list is the union of the parents' effective lists
+(in `extends` order, each entry once), or the built-in default for a policy
+that extends nothing.  A child that writes the list adds its entries to the
+inherited ones; a child that also names the list in `env.replace`
+(`replace: [pass]`, `[deny]` or `[pass, deny]`) replaces them instead.  A
+child that does not write the list inherits it.  So a child cannot drop a
+parent's `deny` entry without saying `replace: [deny]`.
+
+Warnings (`Policy.warnings`, one `FILE:LINE:COL: warning: ...` line each)
+do not reject a policy: an `env.pass` entry that an `env.deny` glob also
+matches (the variable is never passed).
 
 Extension beyond DESIGN.md: an optional rule key `except: [glob, ...]`; the
 rule does not match targets matching any of those globs.
@@ -25,19 +35,19 @@ rule does not match targets matching any of those globs.
 
 from __future__ import annotations
 
-import importlib.resources
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
 
 from ..events import ActionType, AuditLevel, RateLimit, Severity, Verdict, ViolationMode
-from .matchers import PatternError, parse_glob, parse_regex
+from .linear import PatternError
+from .matchers import env_glob_matches, env_glob_regex, parse_glob, parse_regex
 from .model import (
+    DEFAULT_ENV_DENY,
+    DEFAULT_ENV_PASS,
     DEFAULT_PRIORITY,
     DEFAULT_SEVERITY,
     Approval,
@@ -48,6 +58,13 @@ from .model import (
     PolicyError,
     Rule,
     SourceLocation,
+)
+from .sources import (
+    PolicySource,
+    builtin_templates,
+    find_policy,
+    is_path_reference,
+    read_policy_file,
 )
 
 _TOP_KEYS = (
@@ -77,6 +94,12 @@ _RULE_KEYS = (
     "agents",
     "rate_limit",
 )
+# Bounds on what one policy may be, so that bad input is refused at once.
+MAX_EXTENDS_DEPTH = 32  # files in one extends chain, the policy itself included
+MAX_YAML_DEPTH = 64  # nested mappings and lists; a policy needs five
+
+_MAX_INTEGER = 2**63 - 1  # priorities, limits and rates are 64-bit values to the kernel too
+
 _DEFAULT_VERDICTS = (Verdict.ALLOW, Verdict.DENY, Verdict.WARN)
 _ON_TIMEOUT: tuple[ApprovalTimeoutAction, ...] = ("deny", "kill")
 
@@ -150,11 +173,23 @@ class _Reader:
         value: str = node.value
         return value
 
+    def _construct(self, node: yaml.ScalarNode, what: str, kind: str) -> object:
+        # An explicit tag (`!!int abc`) or a number too long for Python is
+        # refused here, not raised from inside PyYAML.
+        try:
+            return yaml.SafeLoader("").construct_object(node)
+        except (yaml.YAMLError, ValueError, OverflowError):
+            shown = node.value if len(node.value) <= 40 else node.value[:40] + "..."
+            self.fail(node, f"{what} must be {kind}, got {shown!r}")
+
     def integer(self, node: yaml.Node, what: str, *, positive: bool = False) -> int:
         if not isinstance(node, yaml.ScalarNode) or node.tag != _INT:
             self.fail(node, f"{what} must be an integer, got {_describe(node)}")
-        value = yaml.SafeLoader("").construct_object(node)
-        assert isinstance(value, int)
+        value = self._construct(node, what, "an integer")
+        if not isinstance(value, int):
+            self.fail(node, f"{what} must be an integer, got {_describe(node)}")
+        if abs(value) > _MAX_INTEGER:
+            self.fail(node, f"{what} is out of range (at most {_MAX_INTEGER})")
         if positive and value <= 0:
             self.fail(node, f"{what} must be an integer > 0, got {value}")
         return value
@@ -162,10 +197,15 @@ class _Reader:
     def number(self, node: yaml.Node, what: str) -> float:
         if not isinstance(node, yaml.ScalarNode) or node.tag not in (_INT, _FLOAT):
             self.fail(node, f"{what} must be a number, got {_describe(node)}")
-        value = float(yaml.SafeLoader("").construct_object(node))
-        if not value > 0 or value == float("inf"):
+        value = self._construct(node, what, "a number")
+        if not isinstance(value, int | float):
+            self.fail(node, f"{what} must be a number, got {_describe(node)}")
+        if isinstance(value, int) and abs(value) > _MAX_INTEGER:
+            self.fail(node, f"{what} is out of range (at most {_MAX_INTEGER})")
+        number = float(value)
+        if not number > 0 or number == float("inf"):
             self.fail(node, f"{what} must be a number > 0, got {node.value}")
-        return value
+        return number
 
     def strings(self, node: yaml.Node, what: str) -> tuple[tuple[str, yaml.Node], ...]:
         if not isinstance(node, yaml.SequenceNode):
@@ -200,22 +240,62 @@ class _PolicyFile:
     version: str | None = None
     default: Verdict | None = None
     on_violation: ViolationMode | None = None
-    env: EnvPolicy | None = None
+    env: _EnvSection | None = None
     limits: Limits | None = None
     approval: Approval | None = None
     audit_level: AuditLevel | None = None
 
 
-def _parse_file(text: str, path: str, key: str, directory: Path | None) -> _PolicyFile:
+_OPENING_EVENTS = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
+_CLOSING_EVENTS = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
+
+
+def _check_nesting(text: str, path: str) -> None:
+    """Refuse nesting deeper than MAX_YAML_DEPTH before composing.
+
+    PyYAML composes recursively: libyaml's composer crashed the process
+    (SIGSEGV) on 100,000 `[`, the Python one raises RecursionError.  The
+    event stream is flat, and reading stops at the first level too deep.
+    """
+    depth = 0
+    for event in yaml.parse(text, Loader=_COMPOSE_LOADER):
+        if isinstance(event, _OPENING_EVENTS):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                mark = event.start_mark
+                line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+                raise PolicyError(
+                    path,
+                    line,
+                    column,
+                    f"nested more than {MAX_YAML_DEPTH} levels deep (a policy needs a few)",
+                )
+        elif isinstance(event, _CLOSING_EVENTS):
+            depth -= 1
+
+
+def _compose(text: str, path: str) -> yaml.Node | None:
     try:
-        root = yaml.compose(text, Loader=_COMPOSE_LOADER)
+        _check_nesting(text, path)
+        node: yaml.Node | None = yaml.compose(text, Loader=_COMPOSE_LOADER)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         problem = exc.problem or exc.context or "invalid YAML"
         raise PolicyError(path, line, column, f"invalid YAML: {problem}") from None
+    except yaml.reader.ReaderError as exc:  # a character YAML forbids; no mark, a position
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        raise PolicyError(path, line, column, f"invalid YAML: {exc.reason}") from None
     except yaml.YAMLError as exc:
         raise PolicyError(path, 1, 1, f"invalid YAML: {exc}") from None
+    except UnicodeError as exc:  # text that is not valid Unicode (lone surrogates)
+        raise PolicyError(path, 1, 1, f"not valid text: {exc}") from None
+    return node
+
+
+def _parse_file(text: str, path: str, key: str, directory: Path | None) -> _PolicyFile:
+    root = _compose(text, path)
     if root is None:
         raise PolicyError(path, 1, 1, "empty policy (expected a mapping with at least 'name')")
     reader = _Reader(path)
@@ -289,18 +369,38 @@ def _values(enum_type: type[ViolationMode] | type[AuditLevel] | type[Severity]) 
     return tuple(member.value for member in enum_type)
 
 
-def _parse_env(reader: _Reader, node: yaml.Node) -> EnvPolicy:
-    env = reader.mapping(node, ("pass", "deny"), "'env'")
-    result = EnvPolicy()
-    if "pass" in env:
-        result = EnvPolicy(
-            tuple(s for s, _ in reader.strings(env["pass"], "'env.pass'")), result.deny
-        )
-    if "deny" in env:
-        result = EnvPolicy(
-            result.pass_, tuple(s for s, _ in reader.strings(env["deny"], "'env.deny'"))
-        )
-    return result
+_ENV_LISTS = ("pass", "deny")
+
+
+@dataclass(frozen=True)
+class _EnvSection:
+    """`env` as one file writes it: None for a list it does not write."""
+
+    pass_: tuple[tuple[str, SourceLocation], ...] | None
+    deny: tuple[tuple[str, SourceLocation], ...] | None
+    replace: frozenset[str]
+
+
+def _parse_env(reader: _Reader, node: yaml.Node) -> _EnvSection:
+    env = reader.mapping(node, (*_ENV_LISTS, "replace"), "'env'")
+    lists: dict[str, tuple[tuple[str, SourceLocation], ...]] = {}
+    for name in _ENV_LISTS:
+        if name in env:
+            entries = reader.strings(env[name], f"'env.{name}'")
+            for glob, item in entries:
+                _check_matcher(reader, item, env_glob_regex, glob)
+            lists[name] = tuple((glob, _location(reader.path, item)) for glob, item in entries)
+    replace: set[str] = set()
+    if "replace" in env:
+        for name, item in reader.strings(env["replace"], "'env.replace'"):
+            if name not in _ENV_LISTS:
+                reader.fail(item, f"unknown list '{name}' in 'env.replace' (expected pass, deny)")
+            replace.add(name)
+    return _EnvSection(lists.get("pass"), lists.get("deny"), frozenset(replace))
+
+
+def _location(path: str, node: yaml.Node) -> SourceLocation:
+    return SourceLocation(path, node.start_mark.line + 1, node.start_mark.column + 1)
 
 
 def _parse_limits(reader: _Reader, node: yaml.Node) -> Limits:
@@ -363,7 +463,10 @@ def _parse_rule(path: str, node: yaml.Node) -> tuple[Rule, yaml.Node]:
         )
     agents = None
     if "agents" in fields:
-        agents = tuple(s for s, _ in reader.strings(fields["agents"], "'agents'"))
+        items = reader.strings(fields["agents"], "'agents'")
+        for glob, item in items:
+            _check_matcher(reader, item, env_glob_regex, glob)
+        agents = tuple(glob for glob, _ in items)
     mark = node.start_mark
     rule = Rule(
         id=rule_id,
@@ -401,11 +504,15 @@ def _check_matcher(
     except PatternError as exc:
         mark = node.start_mark
         column = mark.column + 1
-        # Point at the offending character when the scalar is written as-is on one line.
-        if node.end_mark.line == mark.line and "\\" not in text and "'" not in text:
-            if getattr(node, "style", None) in ("'", '"'):
+        # Point at the offending character when the scalar is written as-is on
+        # one line: no escapes (a backslash is literal in single quotes).
+        style = getattr(node, "style", None)
+        if node.end_mark.line == mark.line:
+            single = style == "'" and "'" not in text
+            double = style == '"' and "\\" not in text and '"' not in text
+            if single or double:
                 column += 1 + exc.index
-            elif not getattr(node, "style", None):  # plain: None (pure) or "" (libyaml)
+            elif not style:  # plain: None (pure) or "" (libyaml)
                 column += exc.index
         raise PolicyError(reader.path, mark.line + 1, column, exc.message, reader.rule_id) from None
 
@@ -443,92 +550,18 @@ def _parse_rate_limit(reader: _Reader, node: yaml.Node) -> RateLimit:
     )
 
 
-# ---------------------------------------------------------------- finding files
-
-
-def is_path_reference(name_or_path: str) -> bool:
-    """True when a `--policy` or `extends` value is a path rather than a name."""
-    return "/" in name_or_path or name_or_path.endswith(".yaml")
-
-
-def builtin_templates() -> dict[str, Traversable]:
-    """The templates shipped in `agentsup.policies`, by name."""
-    package = importlib.resources.files("agentsup.policies")
-    found = {
-        entry.name.removesuffix(".yaml"): entry
-        for entry in package.iterdir()
-        if entry.name.endswith(".yaml") and entry.is_file()
-    }
-    return dict(sorted(found.items()))
-
-
-def builtin_names() -> tuple[str, ...]:
-    """Names of the built-in templates, sorted."""
-    return tuple(builtin_templates())
-
-
-@dataclass(frozen=True)
-class PolicySource:
-    """The text of one policy file and where it came from.
-
-    `key` identifies the file (its real path, or `<builtin>/NAME`) for
-    cycle and diamond detection; `path` is how errors name it; `directory`
-    anchors relative paths in its `extends` (None for built-ins).
-    """
-
-    key: str
-    path: str
-    directory: Path | None
-    text: str
-
-
-def _file_source(path: Path, shown: str) -> PolicySource:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise PolicyError(shown, 1, 1, f"cannot read policy file: {reason}") from None
-    return PolicySource(os.path.realpath(path), shown, path.parent, text)
-
-
-def builtin_source(name: str) -> PolicySource | None:
-    """The built-in template `name`, or None."""
-    entry = builtin_templates().get(name)
-    if entry is None:
-        return None
-    return PolicySource(f"<builtin>/{name}", str(entry), None, entry.read_text(encoding="utf-8"))
-
-
-def find_policy(
-    reference: str,
-    policy_dir: Path,
-    relative_to: Path | None = None,
-    from_key: str | None = None,
-) -> PolicySource | None:
-    """Find a `--policy`/`extends` value: a path, or `<name>.yaml` in `policy_dir`, or a built-in.
-
-    `relative_to` anchors relative paths (the extending file's directory).
-    `from_key` is the extending file: a file in the policy dir that extends
-    its own name gets the built-in template it shadows.
-    """
-    if is_path_reference(reference):
-        path = Path(reference)
-        if not path.is_absolute() and relative_to is not None:
-            path = relative_to / path
-        return _file_source(path, str(path)) if path.is_file() else None
-    candidate = policy_dir / f"{reference}.yaml"
-    if candidate.is_file() and os.path.realpath(candidate) != from_key:
-        return _file_source(candidate, str(candidate))
-    return builtin_source(reference)
-
-
 # ---------------------------------------------------------------- extends
 
 
 @dataclass
 class _Resolver:
+    """Parses each file once and resolves each file's ancestry once (diamonds stay cheap)."""
+
     policy_dir: Path
     cache: dict[str, _PolicyFile] = field(default_factory=dict)
+    chains: dict[str, tuple[_PolicyFile, ...]] = field(default_factory=dict)
+    heights: dict[str, int] = field(default_factory=dict)  # longest extends chain from a file
+    parents: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def parse(self, source: PolicySource) -> _PolicyFile:
         if source.key not in self.cache:
@@ -537,37 +570,134 @@ class _Resolver:
             )
         return self.cache[source.key]
 
-    def effective(self, file: _PolicyFile, stack: tuple[str, ...] = ()) -> list[_PolicyFile]:
-        """`file` and its ancestors, depth first in `extends` order (for section lookup)."""
-        chain = [file]
-        for reference, node in file.extends:
+    def locate(self, file: _PolicyFile, reference: str, node: yaml.Node) -> PolicySource:
+        try:
             source = find_policy(reference, self.policy_dir, file.directory, file.key)
-            if source is None:
-                _fail(
-                    file.path,
-                    node,
-                    f"unknown policy '{reference}' in extends (expected a file, or a name in "
-                    f"{self.policy_dir} or among the built-in templates: "
-                    f"{', '.join(builtin_templates())})",
-                )
+        except PolicyError as error:
+            _fail(file.path, node, f"cannot use '{reference}' in extends: {error.message}")
+        if source is None:
+            _fail(
+                file.path,
+                node,
+                f"unknown policy '{reference}' in extends (expected a file, or a name in "
+                f"{self.policy_dir} or among the built-in templates: "
+                f"{', '.join(builtin_templates())})",
+            )
+        return source
+
+    def effective(self, file: _PolicyFile, stack: tuple[str, ...] = ()) -> tuple[_PolicyFile, ...]:
+        """`file` and its ancestors, each once, depth first in `extends` order."""
+        known = self.chains.get(file.key)
+        if known is not None:
+            return known
+        chain = {file.key: file}  # insertion-ordered; a diamond's shared parent stays first
+        parents: list[str] = []
+        height = 1
+        for reference, node in file.extends:
+            source = self.locate(file, reference, node)
             if source.key in (*stack, file.key):
                 names = [self.cache[k].name for k in (*stack, file.key) if k in self.cache]
                 cycle = " -> ".join([*names, self.parse(source).name])
                 _fail(file.path, node, f"extends cycle: {cycle}")
-            chain.extend(self.effective(self.parse(source), (*stack, file.key)))
-        return chain
+            if len(stack) + 2 > MAX_EXTENDS_DEPTH:  # before recursing: the stack stays bounded
+                self._too_deep(file, node)
+            parent = self.parse(source)
+            for ancestor in self.effective(parent, (*stack, file.key)):
+                chain.setdefault(ancestor.key, ancestor)
+            # A parent resolved earlier by a shorter path may still be too deep from here.
+            if len(stack) + 1 + self.heights[parent.key] > MAX_EXTENDS_DEPTH:
+                self._too_deep(file, node)
+            height = max(height, 1 + self.heights[parent.key])
+            parents.append(parent.key)
+        self.heights[file.key] = height
+        self.parents[file.key] = tuple(parents)
+        self.chains[file.key] = tuple(chain.values())
+        return self.chains[file.key]
+
+    def _too_deep(self, file: _PolicyFile, node: yaml.Node) -> NoReturn:
+        _fail(
+            file.path,
+            node,
+            f"extends chain of more than {MAX_EXTENDS_DEPTH} policies (a policy, its parent, "
+            "its parent's parent, ...); flatten it",
+        )
+
+    def env(self, key: str, merged: dict[str, _MergedEnv]) -> _MergedEnv:
+        """The effective env lists of a resolved file, with where each entry was written."""
+        if key in merged:
+            return merged[key]
+        inherited = [self.env(parent, merged) for parent in self.parents[key]]
+        own = self.cache[key].env
+        lists: dict[str, tuple[tuple[str, SourceLocation | None], ...]] = {}
+        for name, default in (("pass", DEFAULT_ENV_PASS), ("deny", DEFAULT_ENV_DENY)):
+            written = None if own is None else (own.pass_ if name == "pass" else own.deny)
+            if inherited:
+                base = _union(*(env.pass_ if name == "pass" else env.deny for env in inherited))
+            else:
+                base = tuple((entry, None) for entry in default)
+            if written is None:
+                lists[name] = base
+            elif not inherited or (own is not None and name in own.replace):
+                lists[name] = tuple(written)
+            else:
+                lists[name] = _union(base, tuple(written))
+        merged[key] = _MergedEnv(lists["pass"], lists["deny"])
+        return merged[key]
 
 
-def _rules_of(files: list[_PolicyFile]) -> Iterator[Rule]:
-    seen: set[str] = set()
+@dataclass(frozen=True)
+class _MergedEnv:
+    # Entries with where they were written; None for a built-in default.
+    pass_: tuple[tuple[str, SourceLocation | None], ...]
+    deny: tuple[tuple[str, SourceLocation | None], ...]
+
+
+def _union(
+    *lists: tuple[tuple[str, SourceLocation | None], ...],
+) -> tuple[tuple[str, SourceLocation | None], ...]:
+    """The entries of all lists in order, each glob once (where it first appears)."""
+    seen: dict[str, SourceLocation | None] = {}
+    for entries in lists:
+        for glob, where in entries:
+            seen.setdefault(glob, where)
+    return tuple(seen.items())
+
+
+def _env_warnings(env: _MergedEnv, root: _PolicyFile) -> tuple[str, ...]:
+    """A `pass` entry that a `deny` glob matches is never passed: say so, naming both.
+
+    The line points at whichever of the two the loaded file itself wrote
+    (the pass entry first), else at the pass entry.
+    """
+    found: list[str] = []
+    for entry, entry_at in env.pass_:
+        for glob, glob_at in env.deny:
+            if not env_glob_matches(glob, entry):
+                continue
+            written = [at for at in (entry_at, glob_at) if at is not None]
+            here = [at for at in written if at.path == root.path]
+            where = (here or written or [SourceLocation(root.path, 1, 1)])[0]
+            found.append(
+                f"{where}: warning: env.pass entry '{entry}'{_elsewhere(entry_at, where)} is "
+                f"also matched by env.deny '{glob}'{_elsewhere(glob_at, where)}, so it is "
+                "never passed"
+            )
+            break
+    return tuple(found)
+
+
+def _elsewhere(at: SourceLocation | None, where: SourceLocation) -> str:
+    if at == where:
+        return ""
+    return f" ({at})" if at is not None else " (built-in default)"
+
+
+def _rules_of(files: tuple[_PolicyFile, ...]) -> Iterator[Rule]:
     for file in files:
-        # A parent reached twice (a diamond) contributes its rules once.
-        if file.key not in seen:
-            seen.add(file.key)
-            yield from file.rules
+        yield from file.rules  # `effective` lists each file once
 
 
-def _first(files: list[_PolicyFile], attribute: str) -> Any:
+def _first(files: tuple[_PolicyFile, ...], attribute: str) -> Any:
     for file in files:
         value = getattr(file, attribute)
         if value is not None:
@@ -601,18 +731,22 @@ def _build(resolver: _Resolver, source: PolicySource) -> Policy:
             "version",
             "default",
             "on_violation",
-            "env",
             "limits",
             "approval",
             "audit_level",
         )
         if (value := _first(files, attribute)) is not None
     }
+    env = resolver.env(root.key, {})
     return Policy(
         name=root.name,
         rules=tuple(rules),
         extends=tuple(reference for reference, _ in root.extends),
         source=root.path,
+        env=EnvPolicy(
+            tuple(entry for entry, _ in env.pass_), tuple(entry for entry, _ in env.deny)
+        ),
+        warnings=_env_warnings(env, root),
         **sections,
     )
 
@@ -625,7 +759,7 @@ def load_source(source: PolicySource, policy_dir: Path) -> Policy:
 def load_policy_file(path: str | Path, policy_dir: Path | None = None) -> Policy:
     """Load the policy at `path`, applying `extends`; raises PolicyError."""
     directory = policy_dir if policy_dir is not None else _default_policy_dir()
-    return _build(_Resolver(directory), _file_source(Path(path), str(path)))
+    return _build(_Resolver(directory), read_policy_file(Path(path), str(path)))
 
 
 def load_policy_text(text: str, source: str = "<string>", policy_dir: Path | None = None) -> Policy:

@@ -7,10 +7,15 @@ Glob semantics, the same for every action type:
   zero or more whole segments; a trailing `/**` also matches the directory
   itself (`/w/**` matches `/w`, `/w/` and `/w/a/b`).
 - A backslash makes the next character literal (`\\*` matches a `*`).
+- Brackets holding two or more `:` are an IPv6 address written as in a
+  network target, not a class: `[::1]:0` matches the text `[::1]:0`, and
+  wildcards inside still work (`[fe80::*]:22`).
 - A glob must match the whole target.  Wildcards match newlines too, so a
   target cannot dodge a rule by embedding one.
 
-A regex (`pattern`) is a Python regex with `re.search` semantics.
+A regex (`pattern`) is a Python regex with `re.search` semantics, checked by
+Python's `re` and run by RE2 in linear time (`linear.py` says what RE2 lacks).
+Globs are translated to RE2 too: no target can make a rule backtrack.
 
 Placeholders `{workspace}`, `{home}`, `{agent_id}` and `{python}` (the install
 prefixes of the Python running agentsup, an extension beyond DESIGN.md) are
@@ -18,7 +23,8 @@ written `{name}`; a placeholder with several values matches any of them.
 Values are inserted as literal text, escaped for the regex they end up in.
 
 Everything here is pure.  Errors are `PatternError(message, index)`; the
-loader turns the index into a file position.
+loader turns the index into a file position.  Env globs (`env.pass` and
+`env.deny`) follow fnmatch: `*` and `?` match any character, `/` included.
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from . import linear
+from .linear import LinearRegex, PatternError, encode_target
+
 PLACEHOLDERS: tuple[str, ...] = ("workspace", "home", "agent_id", "python")
 # Placeholders whose values are paths: they are normalised like path targets.
 PATH_PLACEHOLDERS = frozenset({"workspace", "home", "python"})
@@ -36,22 +45,10 @@ PATH_PLACEHOLDERS = frozenset({"workspace", "home", "python"})
 _PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # A path needs lexical normalisation if it has an empty, `.` or `..` segment.
 _DOT_SEGMENT_RE = re.compile(r"/\.\.?(?:/|\Z)")
-# Regex features that break when the regex is one alternative of a bigger one:
-# numbered or named backreferences, named groups and global inline flags.
-_NOT_COMBINABLE_RE = re.compile(r"\\[1-9]|\(\?P[<=]|\(\?[aiLmsux]+\)")
 _REGEX_QUANTIFIERS = frozenset("*+?{")
 _REGEX_STOPS = frozenset(".^$*+?{}[]|()")
 
 PlaceholderValues = Mapping[str, tuple[str, ...]]
-
-
-class PatternError(ValueError):
-    """A bad glob or regex; `index` is where in the text the problem is."""
-
-    def __init__(self, message: str, index: int) -> None:
-        super().__init__(message)
-        self.message = message
-        self.index = index
 
 
 class Wildcard(enum.Enum):
@@ -145,8 +142,9 @@ def _class_end(text: str, start: int) -> int:
     return text.find("]", index)
 
 
-def _class_regex(body: str, index: int) -> str:
-    negated = body[:1] in ("!", "^")
+def _class_regex(body: str, index: int, *, negation: str = "!^", slash: bool = False) -> str:
+    """RE2 text for the class `[body]`; a negated glob class never matches `/` unless `slash`."""
+    negated = body[:1] != "" and body[:1] in negation
     if negated:
         body = body[1:]
     chars = []
@@ -154,13 +152,18 @@ def _class_regex(body: str, index: int) -> str:
         if char == "-" and 0 < position < len(body) - 1:
             chars.append("-")  # a range
         else:
-            chars.append(re.escape(char))
-    regex = ("[^/" if negated else "[") + "".join(chars) + "]"
-    try:
-        _compile(regex)
-    except re.error as exc:
-        raise PatternError(f"bad character class in glob: {exc.msg}", index) from None
+            chars.append(linear.escape(char))
+    opening = "[" if not negated else ("[^" if slash else "[^/")
+    regex = opening + "".join(chars) + "]"
+    problem = linear.re2_problem(regex)
+    if problem is not None:
+        raise PatternError(f"bad character class in glob: {problem}", index)
     return regex
+
+
+def _is_ipv6_brackets(body: str) -> bool:
+    """`[::1]`, `[fe80::*]`: an address in a network target, not a character class."""
+    return body.count(":") >= 2 and body[:1] not in ("!", "^")
 
 
 def parse_glob(text: str) -> tuple[GlobToken, ...]:
@@ -196,6 +199,10 @@ def parse_glob(text: str) -> tuple[GlobToken, ...]:
             end = _class_end(text, index)
             if end < 0:
                 raise PatternError("unbalanced '[' in glob (expected a closing ']')", index)
+            if _is_ipv6_brackets(text[index + 1 : end]):
+                literal.append(char)  # its `]` is literal anyway
+                index += 1
+                continue
             flush()
             tokens.append(
                 CharClass(text[index : end + 1], _class_regex(text[index + 1 : end], index))
@@ -245,12 +252,24 @@ def parse_regex(text: str) -> tuple[RegexToken, ...]:
         raise PatternError(f"bad regex: {exc.msg}", exc.pos or 0) from None
     except FutureWarning as exc:
         raise PatternError(f"bad regex: {exc}", 0) from None
+    except (RecursionError, OverflowError, MemoryError) as exc:
+        raise PatternError(f"bad regex: too big or nested too deeply ({exc})", 0) from None
+    problem = linear.re2_problem(linear.to_re2(probe))
+    if problem is not None:
+        fragment = problem.rpartition(": ")[2]
+        at = probe.find(fragment) if fragment else -1
+        raise PatternError(
+            f"the linear-time matcher (RE2) cannot run this regex: {problem}", max(at, 0)
+        )
     return tuple(tokens)
 
 
 def _compile(regex: str) -> re.Pattern[str]:
-    # FutureWarnings (e.g. "possible nested set") become errors: a policy that
-    # means something different in a later Python is not a policy we accept.
+    """Check Python's reading of a pattern (the contract's syntax); RE2 runs it.
+
+    FutureWarnings (e.g. "possible nested set") become errors: a policy that
+    means something different in a later Python is not a policy we accept.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
         return re.compile(regex)
@@ -260,14 +279,14 @@ def _compile(regex: str) -> re.Pattern[str]:
 
 
 def _alternatives(values: tuple[str, ...]) -> str:
-    escaped = [re.escape(value) for value in values]
+    escaped = [linear.escape(value) for value in values]
     if len(escaped) == 1:
         return escaped[0]
     return "(?:" + "|".join(escaped) + ")"
 
 
 def glob_to_regex(tokens: tuple[GlobToken, ...], values: PlaceholderValues) -> str:
-    """Regex text matching what the glob matches; the caller anchors it with `\\Z`."""
+    """RE2 text matching what the glob matches; the caller anchors it at both ends."""
     items = list(tokens)
     parts: list[str] = []
     index = 0
@@ -278,10 +297,10 @@ def glob_to_regex(tokens: tuple[GlobToken, ...], values: PlaceholderValues) -> s
             text = token.text
             if text.endswith("/") and following is Wildcard.DOUBLE_STAR and index + 2 == len(items):
                 # A trailing `/**`: the directory itself, or anything beneath it.
-                parts.append(re.escape(text[:-1]) + "(?:/(?s:.*))?")
+                parts.append(linear.escape(text[:-1]) + "(?:/(?s:.*))?")
                 index += 2
                 continue
-            parts.append(re.escape(text))
+            parts.append(linear.escape(text))
         elif isinstance(token, Placeholder):
             parts.append(_alternatives(values[token.name]))
         elif isinstance(token, CharClass):
@@ -302,28 +321,7 @@ def glob_to_regex(tokens: tuple[GlobToken, ...], values: PlaceholderValues) -> s
             else:
                 parts.append("(?s:.*)")
         index += 1
-    return _prefilter(items) + "".join(parts)
-
-
-def _prefilter(items: list[GlobToken]) -> str:
-    """A cheap lookahead for globs that start with a wildcard, such as `**/*.pem`.
-
-    Without it, `re` tries the rest of the glob after every `/` of every
-    target; a greedy scan for a required literal rejects most targets in a
-    few nanoseconds.  It is a necessary condition only, so meaning is unchanged.
-    """
-    if not items or isinstance(items[0], Literal | Placeholder):
-        return ""  # a literal first character already fails fast
-    last = items[-1]
-    if isinstance(last, Literal) and last.text:
-        # A possessive `.*+` jumps straight to the end (no backtracking) and
-        # the fixed-width lookbehind checks the suffix: O(1) per target.
-        return "(?=(?s:.*+)(?<=" + re.escape(last.text) + "))"
-    literals = [item.text for item in items if isinstance(item, Literal)]
-    longest = max(literals, key=len, default="")
-    if not longest:
-        return ""
-    return "(?=(?s:.*)" + re.escape(longest) + ")"
+    return "".join(parts)
 
 
 def _shown(values: tuple[str, ...]) -> str:
@@ -346,8 +344,11 @@ def glob_display(tokens: tuple[GlobToken, ...], values: PlaceholderValues) -> st
 
 
 def regex_expand(tokens: tuple[RegexToken, ...], values: PlaceholderValues) -> str:
+    """The regex as RE2 text, with the placeholders' values as literals."""
     return "".join(
-        token.text if isinstance(token, Literal) else _alternatives(values[token.name])
+        linear.to_re2(token.text)
+        if isinstance(token, Literal)
+        else _alternatives(values[token.name])
         for token in tokens
     )
 
@@ -356,11 +357,6 @@ def regex_display(tokens: tuple[RegexToken, ...], values: PlaceholderValues) -> 
     return "".join(
         token.text if isinstance(token, Literal) else _shown(values[token.name]) for token in tokens
     )
-
-
-def regex_combinable(text: str) -> bool:
-    """False for regexes that would change meaning as one alternative of many."""
-    return _NOT_COMBINABLE_RE.search(text) is None
 
 
 # --- literal prefixes (for the Landlock floor) ----------------------------------------
@@ -489,70 +485,88 @@ def regex_root(tokens: tuple[RegexToken, ...], values: PlaceholderValues) -> tup
 
 @dataclass(frozen=True, slots=True)
 class GlobMatcher:
-    """A glob with its placeholders filled in; `regex` is unanchored regex text."""
+    """A glob with its placeholders filled in; `regex` is RE2 text anchored at both ends."""
 
     glob: str
     regex: str
-    compiled: re.Pattern[str] = field(compare=False, repr=False)
+    compiled: LinearRegex = field(compare=False, repr=False)
     roots: tuple[str, ...] | None = field(compare=False, repr=False, default=None)
 
     def __str__(self) -> str:
         return f"glob '{self.glob}'"
 
     def matches(self, target: str) -> bool:
-        return self.compiled.match(target) is not None
-
-    def branch(self) -> str:
-        """This matcher as one alternative of a combined `re.match` regex."""
-        return self.regex + r"\Z"
-
-    @property
-    def combinable(self) -> bool:
-        return True
+        return self.compiled.search(encode_target(target))
 
 
 @dataclass(frozen=True, slots=True)
 class RegexMatcher:
-    """A regex (search semantics) with its placeholders filled in."""
+    """A regex (search semantics) with its placeholders filled in; `regex` is RE2 text."""
 
     pattern: str
     regex: str
-    compiled: re.Pattern[str] = field(compare=False, repr=False)
-    combinable: bool = True
+    compiled: LinearRegex = field(compare=False, repr=False)
     roots: tuple[str, ...] | None = field(compare=False, repr=False, default=None)
 
     def __str__(self) -> str:
         return f"regex '{self.pattern}'"
 
     def matches(self, target: str) -> bool:
-        return self.compiled.search(target) is not None
-
-    def branch(self) -> str:
-        if self.regex.startswith(("^", "\\A")):
-            return "(?:" + self.regex + ")"  # anchored: no need to try every position
-        return "(?s:.*?)(?:" + self.regex + ")"
+        return self.compiled.search(encode_target(target))
 
 
 Matcher = GlobMatcher | RegexMatcher
 
 
 def compile_glob(tokens: tuple[GlobToken, ...], values: PlaceholderValues) -> GlobMatcher:
-    regex = glob_to_regex(tokens, values)
+    """Raises PatternError when RE2 cannot take it (say, a placeholder value it refuses)."""
+    regex = "\\A" + glob_to_regex(tokens, values) + "\\z"
     return GlobMatcher(
         glob=glob_display(tokens, values),
         regex=regex,
-        compiled=_compile(regex + r"\Z"),
+        compiled=LinearRegex(regex),
         roots=glob_root(tokens, values),
     )
 
 
 def compile_regex(tokens: tuple[RegexToken, ...], values: PlaceholderValues) -> RegexMatcher:
+    """Raises PatternError when RE2 cannot take it."""
     regex = regex_expand(tokens, values)
-    raw = "".join(token.text for token in tokens if isinstance(token, Literal))
     return RegexMatcher(
         pattern=regex_display(tokens, values),
         regex=regex,
-        compiled=_compile(regex),
-        combinable=regex_combinable(raw),
+        compiled=LinearRegex(regex),
         roots=regex_root(tokens, values),
     )
+
+
+# --- env globs ------------------------------------------------------------------------
+
+
+def env_glob_regex(pattern: str) -> str:
+    """RE2 text (anchored) for an fnmatch-style glob over variable names.
+
+    `*` and `?` match any character; `[...]` is a class (`[!...]` negates); an
+    unclosed `[` is literal.  Raises PatternError for a bad class.
+    """
+    parts: list[str] = []
+    index = 0
+    while index < len(pattern):
+        char = pattern[index]
+        if char == "*":
+            parts.append("(?s:.*)")
+        elif char == "?":
+            parts.append("(?s:.)")
+        elif char == "[" and (end := _class_end(pattern, index)) > 0:
+            parts.append(_class_regex(pattern[index + 1 : end], index, negation="!", slash=True))
+            index = end + 1
+            continue
+        else:
+            parts.append(linear.escape(char))
+        index += 1
+    return "\\A" + "".join(parts) + "\\z"
+
+
+def env_glob_matches(pattern: str, name: str) -> bool:
+    """Whether `name` matches the env glob `pattern` (one-off checks, e.g. for warnings)."""
+    return LinearRegex(env_glob_regex(pattern)).search(encode_target(name))

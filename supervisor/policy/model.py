@@ -54,10 +54,17 @@ class PolicyError(ValueError):
         super().__init__(str(self))
 
     def __str__(self) -> str:
-        where = f"{self.path}:{self.line}:{self.column}: "
+        where = f"{_one_line(self.path)}:{self.line}:{self.column}: "
         if self.rule_id is not None:
-            where += f"rule '{self.rule_id}': "
-        return where + self.message
+            where += f"rule '{_one_line(self.rule_id)}': "
+        return where + _one_line(self.message)
+
+
+def _one_line(text: str) -> str:
+    """`text` with control characters escaped, so that an error stays one line."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +103,11 @@ class Rule:
 
 @dataclass(frozen=True, slots=True)
 class EnvPolicy:
-    """Which variables the agent receives: listed in `pass_` and not in `deny`."""
+    """Which variables the agent receives: listed in `pass_` and not in `deny`.
+
+    Effective lists: a child's lists add to its parents' unless it names them
+    in `env.replace` (the loader's docstring has the exact rule).
+    """
 
     pass_: tuple[str, ...] = DEFAULT_ENV_PASS
     deny: tuple[str, ...] = DEFAULT_ENV_DENY
@@ -131,3 +142,5 @@ class Policy:
     approval: Approval = Approval()
     audit_level: AuditLevel = DEFAULT_AUDIT_LEVEL
     source: str = "<memory>"
+    # `FILE:LINE:COL: warning: ...` lines: legal, but probably not what was meant.
+    warnings: tuple[str, ...] = ()

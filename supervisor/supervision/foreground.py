@@ -1,23 +1,71 @@
 """`agentsup run`: supervise one agent in the foreground (DESIGN.md 1.4).
 
-The run's exit code is the agent's (see agentrun.py for the table); 125
-when agentsup fails before the agent starts.
+The run's exit code is the agent's (see agent.py for the table); 125 when
+agentsup fails before the agent starts.  SIGINT, SIGTERM and SIGHUP are
+forwarded to the agent's tree, which is SIGKILLed if it is still there
+after the stop timeout (a second signal kills at once); the run then exits
+128+N (130 for SIGINT, 143 for SIGTERM) with one line saying so.
+
+`--json-status FILE` is written after the agent ended: if it cannot be, a
+warning says why and the exit code is still the agent's.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import signal
+from pathlib import Path
 
 from ..paths import default_locations
-from .agent import EXIT_SETUP_FAILED, RunRequest, SetupError, say
+from .agent import EXIT_SETUP_FAILED, Agent, RunRequest, SetupError, say
+from .stopping import STOP_TIMEOUT_S
 from .supervisor import Supervisor
 
 
-def run_agent(request: RunRequest) -> int:
+def status_document(run: Agent, code: int) -> dict[str, object]:
+    """What --json-status records about the run's end."""
+    assert run.judge is not None
+    status = run.judge.exit_status
+    sig = os.WTERMSIG(status) if status is not None and os.WIFSIGNALED(status) else None
+    report = run.judge.kill_report
+    return {
+        "agent": run.agent_id,
+        "exit_code": code,
+        "signal": signal.Signals(sig).name if sig else None,
+        "killed_by": dataclasses.asdict(report) if report else None,
+    }
+
+
+def write_status(path: str, document: dict[str, object]) -> None:
     try:
-        supervisor = Supervisor(default_locations())
+        Path(path).write_text(json.dumps(document) + "\n")
     except OSError as exc:
-        say(f"cannot start the supervisor: {exc}")
+        say(f"warning: cannot write --json-status {path}: {exc.strerror or exc}")
+
+
+def _interrupted_line(sig: int, run: Agent, code: int, grace: float) -> str:
+    name = signal.Signals(sig).name
+    if run.judge is not None and run.judge.exit_status is not None:
+        status = run.judge.exit_status
+        if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
+            ended = f"was killed (SIGKILL) after the {grace:g} s stop timeout or a second signal"
+        else:
+            ended = f"ended with status {code}"
+    else:
+        ended = "ended"
+    return f"interrupted by {name}: agent '{run.agent_id}' got {name} and {ended}"
+
+
+def run_agent(request: RunRequest, *, stop_timeout: float = STOP_TIMEOUT_S) -> int:
+    status_path = request.json_status
+    # The status is written here, after the end, so a bad path never costs the exit code.
+    request = dataclasses.replace(request, json_status=None)
+    try:
+        supervisor = Supervisor(default_locations(), stop_timeout=stop_timeout)
+    except OSError as exc:
+        say(f"cannot start the supervisor: {exc.strerror or exc}")
         return EXIT_SETUP_FAILED
     try:
         if request.cpus == "shared":
@@ -31,6 +79,15 @@ def run_agent(request: RunRequest) -> int:
             say(str(exc))
             return exc.exit_code
         supervisor.run_until(lambda: run.exited)
-        return run.finish()
+        code = run.finish()
+        if supervisor.interrupted is not None:
+            say(_interrupted_line(supervisor.interrupted, run, code, stop_timeout))
+            code = 128 + supervisor.interrupted
+        if status_path:
+            document = status_document(run, code)
+            if supervisor.interrupted is not None:
+                document["interrupted_by"] = signal.Signals(supervisor.interrupted).name
+            write_status(status_path, document)
+        return code
     finally:
         supervisor.close()

@@ -7,6 +7,7 @@ by the control server before this is called), deny, stop and kill.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from collections.abc import Callable, Mapping
 
@@ -35,7 +36,16 @@ class OperatorAPI:
         return judge
 
     def agents(self) -> list[dict[str, object]]:
-        return [judge.info() for judge in self._sessions().values()]
+        """judge.info() of each agent, and the pids of its tree (for `ps`'s resource view)."""
+        found = []
+        for judge in self._sessions().values():
+            info = judge.info()
+            if judge.state is not AgentState.EXITED and judge.tree is not None:
+                # A tree that is going away shows no usage in ps.
+                with contextlib.suppress(OSError):
+                    info["pids"] = sorted(judge.tree.pids())
+            found.append(info)
+        return found
 
     def pending(self) -> list[dict[str, object]]:
         found: list[dict[str, object]] = []
@@ -67,7 +77,10 @@ class OperatorAPI:
         if not judge.pending:
             raise ControlError(f"agent '{agent_id}' has nothing pending (see agentsup pending)")
         judge.settle(False, uid=uid, reason=reason, outcome="denied")
-        return f"denied: the held action fails with EPERM and agent '{agent_id}' continues"
+        return (
+            "denied: the held action fails with a permission error (EACCES or EPERM, "
+            f"PermissionError in Python) and agent '{agent_id}' continues"
+        )
 
     def stop(self, agent_id: str, *, uid: int, reason: str) -> str:
         judge = self._session(agent_id)

@@ -8,13 +8,16 @@ is a supervisor with one agent; `agentsup daemon` one with many.
 from __future__ import annotations
 
 import ctypes
+import errno
 import functools
 import os
 import signal
+import time
 from collections.abc import Callable, Mapping
 
+from ..control.agentids import AgentIdClaim, AgentIdTaken, claim_agent_id
 from ..control.channel import ControlServer
-from ..integrity.audit import AuditLog
+from ..integrity.audit import AuditLog, format_ts
 from ..integrity.policywatch import PolicyWatcher
 from ..integrity.seal import check_sealed
 from ..integrity.totp import TotpVerifier
@@ -23,6 +26,7 @@ from .agent import Agent, RunRequest, SetupError, say
 from .judge import AgentState, Judge
 from .loop import EventLoop
 from .operator_api import OperatorAPI
+from .stopping import STOP_TIMEOUT_S, stop_gracefully
 
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -34,51 +38,212 @@ class BatchedAudit:
     anything critical are fsynced at the end of the loop iteration that wrote
     them.  Routine records (allows and logs at `audit.level: all`) are fsynced
     at most 200 ms (or 256 records) later, so that level stays usable.
+
+    When the log cannot be written (ENOSPC, EDQUOT, EIO on a write or a
+    sync), nothing is raised to the caller.  Records are held in memory, in
+    order, up to `max_held` (the rest are counted), and every running agent
+    whose record is held is SIGSTOPped: it acts no more than can be audited.
+    A failed sync stops every running agent, since any of their records may
+    be lost.  One stderr line says so.  A timer retries every RETRY_SECONDS;
+    once the log takes writes again, the held records go in between an
+    `audit_log_unwritable` and an `audit_log_writable` lifecycle record (the
+    latter counts any dropped ones), and the agents stopped for it continue.
     """
 
     URGENT_KINDS = frozenset({"signal", "approval", "tamper", "lifecycle", "policy"})
+    RETRY_SECONDS = 0.5
+    MAX_HELD = 10_000
+    _STOPPABLE = (AgentState.STARTING, AgentState.RUNNING)
 
     def __init__(
-        self, log: AuditLog, call_later: Callable[[float, Callable[[], None]], object]
+        self,
+        log: AuditLog,
+        call_later: Callable[[float, Callable[[], None]], object],
+        judges: Callable[[], Mapping[str, Judge]] = dict,
     ) -> None:
         self.log = log
+        self.max_held = self.MAX_HELD
         self._call_later = call_later
+        self._judges = judges
         self._urgent = False
         self._timer_armed = False
+        self._failure: OSError | None = None  # why the log cannot be written now
+        self._held: list[dict[str, object]] = []
+        self._held_count = 0  # records kept in memory during this stall
+        self._dropped = 0
+        self._stalled_at = ""
+        self._stopped: set[str] = set()  # agents this stall stopped
+
+    @property
+    def stalled(self) -> bool:
+        return self._failure is not None
 
     def append(self, record: Mapping[str, object]) -> Mapping[str, object]:
-        written = self.log.append(record)
-        if (
-            record.get("kind") in self.URGENT_KINDS
-            or record.get("severity") == "critical"
-            or record.get("decision") == "deny"
-        ):
-            self._urgent = True
-        elif not self._timer_armed:
-            self._timer_armed = True
-            self._call_later(self.log.flush_seconds, self._flush_routine)
-        return written
+        if self._failure is None:
+            try:
+                written = self.log.append(record)
+            except OSError as exc:
+                self._stall(exc)
+            else:
+                if (
+                    record.get("kind") in self.URGENT_KINDS
+                    or record.get("severity") == "critical"
+                    or record.get("decision") == "deny"
+                ):
+                    self._urgent = True
+                elif not self._timer_armed:
+                    self._timer_armed = True
+                    self._call_later(self.log.flush_seconds, self._flush_routine)
+                return written
+        return self._hold(record)
 
     def _flush_routine(self) -> None:
         self._timer_armed = False
-        self.log.flush()
+        self._flush()
 
     def after_batch(self) -> None:
         if self._urgent:
             self._urgent = False
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._failure is not None:
+            return  # the retry timer flushes
+        try:
             self.log.flush()
+        except OSError as exc:
+            # Which records were lost is unknown: every running agent stops.
+            self._stall(exc)
+            for agent_id, judge in self._judges().items():
+                self._stop(agent_id, judge)
+
+    # -- the log cannot be written ---------------------------------------------------
+
+    def _stall(self, exc: OSError) -> None:
+        self._failure = exc
+        self._stalled_at = format_ts(time.time())
+        self._held_count = self._dropped = 0
+        self._hold(
+            {
+                "kind": "lifecycle",
+                "event": "audit_log_unwritable",
+                "layer": "supervisor",
+                "severity": "high",
+                "error": _describe(exc),
+                "ts": self._stalled_at,
+            }
+        )
+        say(
+            f"cannot write the audit log {self.log.path}: {_describe(exc)}; agents whose "
+            f"records cannot be written are stopped until it can be "
+            f"(retrying every {self.RETRY_SECONDS:g} s)"
+        )
+        self._call_later(self.RETRY_SECONDS, self._retry)
+
+    def _hold(self, record: Mapping[str, object]) -> Mapping[str, object]:
+        held = dict(record)
+        if held.get("ts") is None:
+            held["ts"] = format_ts(time.time())  # when it happened, not when written
+        if len(self._held) < self.max_held:
+            self._held.append(held)
+            self._held_count += 1
+        else:
+            self._dropped += 1
+        agent_id = record.get("agent")
+        if isinstance(agent_id, str):
+            judge = self._judges().get(agent_id)
+            if judge is not None:
+                self._stop(agent_id, judge)
+        return held
+
+    def _stop(self, agent_id: str, judge: Judge) -> None:
+        if agent_id in self._stopped or judge.state not in self._STOPPABLE:
+            return
+        self._stopped.add(agent_id)  # first: the SIGSTOP's own record comes back here
+        assert self._failure is not None
+        judge.signal_tree(
+            signal.SIGSTOP, f"the audit log cannot be written: {_describe(self._failure)}"
+        )
+
+    def _retry(self) -> None:
+        if self._failure is None:
+            return
+        if not self._drain():
+            self._call_later(self.RETRY_SECONDS, self._retry)
+            return
+        held, dropped = self._held_count, self._dropped
+        lost = f", {dropped} dropped (over {self.max_held})" if dropped else ""
+        say(
+            f"the audit log {self.log.path} is writable again: {_records(held)} held in "
+            f"memory are written{lost}; stopped agents continue"
+        )
+        stopped, self._stopped = self._stopped, set()
+        judges = self._judges()
+        for agent_id in sorted(stopped):
+            judge = judges.get(agent_id)
+            if judge is not None and judge.state in self._STOPPABLE:
+                judge.signal_tree(signal.SIGCONT, "the audit log can be written again")
+
+    def _drain(self) -> bool:
+        """Write what is held, then the record that closes the gap; False if still failing."""
+        try:
+            self.log.flush()  # after a failed sync this writes the unsynced lines again
+            while self._held:
+                batch = self._held[:256]
+                self.log.append_many(batch)
+                del self._held[: len(batch)]
+            self.log.append(
+                {
+                    "kind": "lifecycle",
+                    "event": "audit_log_writable",
+                    "layer": "supervisor",
+                    "severity": "high" if self._dropped else "medium",
+                    "since": self._stalled_at,
+                    "held": self._held_count,
+                    "dropped": self._dropped,
+                }
+            )
+            self.log.flush()
+        except OSError as exc:
+            self._failure = exc
+            return False
+        self._failure = None
+        return True
 
     def close(self) -> None:
-        self.log.close()
+        if self._failure is not None and not self._drain():
+            lost = len(self._held) + self._dropped
+            say(
+                f"{_records(lost)} could not be written to the audit log {self.log.path} "
+                f"({_describe(self._failure)}) and are lost"
+            )
+            self._held.clear()
+            self._failure = None
+        try:
+            self.log.close()
+        except OSError as exc:
+            say(f"cannot flush the audit log {self.log.path}: {_describe(exc)}")
+
+
+def _records(count: int) -> str:
+    return "1 record" if count == 1 else f"{count} records"
+
+
+def _describe(exc: OSError) -> str:
+    name = errno.errorcode.get(exc.errno or 0, "error")
+    return f"{exc.strerror or exc} ({name})"
 
 
 class Supervisor:
     """The loop, the audit log, the control socket, the policy watcher, the agents."""
 
-    def __init__(self, locations: Locations) -> None:
+    def __init__(self, locations: Locations, *, stop_timeout: float = STOP_TIMEOUT_S) -> None:
         self.locations = locations
+        # SIGINT/SIGTERM/SIGHUP are forwarded to the agents; SIGKILL after this long.
+        self.stop_timeout = stop_timeout
+        self.claims: dict[str, AgentIdClaim] = {}
         self.loop = EventLoop()
-        self.audit = BatchedAudit(AuditLog.open(locations), self.loop.call_later)
+        self.audit = BatchedAudit(AuditLog.open(locations), self.loop.call_later, self.judges)
         self.agents: dict[str, Agent] = {}
         self.control: ControlServer | None = None
         self.watcher: PolicyWatcher | None = None
@@ -95,7 +260,11 @@ class Supervisor:
         # The watcher comes before any policy is loaded: a change between the
         # seal check and the load is still an event it sees.
         self._watch_policies()
-        self._serve_control()
+        try:
+            self._serve_control()
+        except BaseException:
+            self.close()
+            raise
 
     def judges(self) -> dict[str, Judge]:
         return {run.agent_id: run.judge for run in self.agents.values() if run.judge}
@@ -115,6 +284,7 @@ class Supervisor:
                 if not previous.exited:
                     raise SetupError(f"an agent with id '{run.agent_id}' is already running")
                 previous.close()
+            self._claim(run.agent_id)
             run.start()
         except BaseException:
             run.close()
@@ -140,14 +310,47 @@ class Supervisor:
                 if self.on_agent_exit is not None:
                     self.on_agent_exit(ended)
 
+    def _claim(self, agent_id: str) -> None:
+        """Hold the id for as long as this supervisor has the agent (agentids.py)."""
+        if agent_id in self.claims:
+            return
+        try:
+            self.claims[agent_id] = claim_agent_id(self.locations.runtime_dir, agent_id)
+        except AgentIdTaken as exc:
+            raise SetupError(str(exc)) from exc
+        except OSError as exc:
+            raise SetupError(f"cannot claim agent id '{agent_id}': {exc}") from exc
+
+    def release_id(self, agent_id: str) -> None:
+        claim = self.claims.pop(agent_id, None)
+        if claim is not None:
+            claim.release()
+
+    def stop_agent(self, run: Agent, sig: int, why: str) -> None:
+        """Forward `sig` to the agent's tree; SIGKILL it after `stop_timeout` s."""
+        if run.judge is not None and not run.exited:
+            stop_gracefully(
+                run.judge,
+                sig,
+                why,
+                audit=self.audit,
+                call_later=self.loop.call_later,
+                grace=self.stop_timeout,
+            )
+
     def _interrupt(self, sig: int) -> None:
-        # Fail closed: if the supervisor is told to stop, its agents stop too.
+        # Fail closed: if the supervisor is told to stop, its agents stop too,
+        # given the signal first and a grace period; a second signal kills now.
+        again = self.interrupted is not None
         self.interrupted = sig
+        why = f"supervisor received {signal.Signals(sig).name}"
         for run in self.agents.values():
-            if run.judge is not None and not run.exited:
-                run.judge.signal_tree(
-                    signal.SIGKILL, f"supervisor received {signal.Signals(sig).name}"
-                )
+            if run.judge is None or run.exited:
+                continue
+            if again:
+                run.judge.signal_tree(signal.SIGKILL, f"{why} again")
+            else:
+                self.stop_agent(run, sig, why)
 
     def run_until(self, done: Callable[[], bool]) -> None:
         self.loop.run_until(done)
@@ -205,17 +408,16 @@ class Supervisor:
 
     def _serve_control(self) -> None:
         api = OperatorAPI(self.judges, self.audit)
-        try:
-            self.control = ControlServer(
-                self.locations.runtime_dir,
-                api,
-                TotpVerifier(self.locations),
-                owner_uid=os.getuid(),
-                clock=self.loop.clock,
-            )
-        except OSError as exc:
-            say(f"warning: no control socket ({exc}); resume/deny/stop/kill are unavailable")
-            return
+        # No control socket, no supervisor: nobody could resume, deny or stop its
+        # agents, and its ids could not be claimed (RuntimeDirError says why).
+        self.control = ControlServer(
+            self.locations.runtime_dir,
+            api,
+            TotpVerifier(self.locations),
+            owner_uid=os.getuid(),
+            clock=self.loop.clock,
+            call_later=self.loop.call_later,
+        )
         self.loop.attach(self.control)
 
     def close(self) -> None:
@@ -225,5 +427,7 @@ class Supervisor:
             self.control.close()
         if self.watcher is not None:
             self.watcher.close()
+        for agent_id in list(self.claims):
+            self.release_id(agent_id)
         self.loop.close()
         self.audit.close()

@@ -1,0 +1,288 @@
+"""Linear-time matching: every rule pattern and glob runs on RE2.
+
+A backtracking engine (Python's `re`) can take exponential time on a crafted
+target: strict's old `rm -rf /` regex stalled the supervisor's loop for
+seconds on one long command line, and `(a+)+$` for ever.  RE2 (google-re2)
+matches in time linear in the target, whatever the pattern.
+
+Rule patterns are written as Python regexes (DESIGN.md 1.3).  `to_re2`
+rewrites the few Python spellings RE2 reads differently (`\\Z`, `{,n}`,
+`\\uXXXX`, octal escapes, `(?#...)`) and refuses, with the position, the
+features RE2 lacks: lookaround, backreferences, atomic groups, possessive
+quantifiers, conditionals, and inline flags other than `i`, `m` and `s`.
+Known differences that remain (documented for policy authors):
+- `\\d`, `\\w`, `\\s` and `\\b` are ASCII classes;
+- `$` matches only at the very end (Python's also matches before a final
+  newline).
+
+Targets are encoded with `encode_target`: UTF-8, where a lone surrogate (an
+undecodable byte that `os.fsdecode` kept) stays one character; RE2 would
+otherwise let `.` skip over it, and `**/*.pem` would miss such a name.
+
+Pure: no I/O.  Errors are `PatternError(message, index)`.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import re2  # type: ignore[import-untyped]  # google-re2 ships no type hints
+
+# Room for a few hundred rules in one set.  RE2 takes memory as it needs it,
+# and the DFA's cache is bounded by the same figure.
+_MAX_MEM = 32 << 20
+
+
+class PatternError(ValueError):
+    """A bad glob or regex; `index` is where in the text the problem is."""
+
+    def __init__(self, message: str, index: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.index = index
+
+
+def _options() -> Any:
+    options = re2.Options()
+    options.max_mem = _MAX_MEM
+    options.log_errors = False  # errors come back as exceptions; stderr stays clean
+    return options
+
+
+_OPTIONS = _options()
+
+
+def encode_target(target: str) -> bytes:
+    """The bytes RE2 matches: UTF-8, a lone surrogate kept as one character."""
+    return target.encode("utf-8", "surrogatepass")
+
+
+def _escape_table() -> dict[int, str]:
+    table: dict[int, str] = {}
+    for code in range(128):
+        char = chr(code)
+        if not (char.isalnum() or char == "_"):
+            table[code] = "\\" + char if char.isprintable() else f"\\x{{{code:x}}}"
+    return table
+
+
+_ESCAPES = _escape_table()
+
+
+def escape(text: str) -> str:
+    """`text` as an RE2 literal (also valid inside a character class)."""
+    return text.translate(_ESCAPES)
+
+
+def re2_problem(regex: str) -> str | None:
+    """RE2's complaint about `regex`, or None when it compiles."""
+    try:
+        re2.compile(encode_target(regex), _OPTIONS)
+    except re2.error as exc:
+        return str(exc) or "RE2 cannot compile it"
+    return None
+
+
+class LinearRegex:
+    """One RE2 regex with search semantics, over `encode_target` bytes."""
+
+    __slots__ = ("_search", "text")
+
+    def __init__(self, text: str) -> None:
+        try:
+            compiled = re2.compile(encode_target(text), _OPTIONS)
+        except re2.error as exc:
+            raise PatternError(f"RE2 cannot compile the regex: {exc}", 0) from None
+        self.text = text
+        self._search: Callable[[bytes], object] = compiled.search
+
+    def search(self, data: bytes) -> bool:
+        return self._search(data) is not None
+
+
+class PatternSet:
+    """Many regexes matched in one linear pass (RE2::Set, search semantics).
+
+    `raw_match(data)` returns the indices of every pattern that matches, in
+    no particular order.  The set holds one extra pattern that matches
+    everything, at index `len(patterns)`: a successful pass always reports
+    it, so None means RE2's DFA gave up (out of memory) and the caller must
+    decide another way.
+    """
+
+    def __init__(self, patterns: Sequence[str]) -> None:
+        built = re2.Set.SearchSet(_OPTIONS)
+        try:
+            for pattern in patterns:
+                built.Add(encode_target(pattern))
+            built.Add(b"")
+            built.Compile()
+        except re2.error as exc:
+            message = f"RE2 cannot compile {len(patterns)} patterns as one: {exc}"
+            raise PatternError(message, 0) from None
+        self.size = len(patterns)
+        self.raw_match: Callable[[bytes], list[int] | None] = built.Match
+
+
+# --- Python regex syntax -> RE2 ---------------------------------------------------
+
+_WHY = (
+    "is not supported: rule patterns are matched in linear time by RE2, which has no "
+    "lookaround, backreferences, atomic groups or possessive quantifiers"
+)
+_GROUP_PREFIXES = (
+    ("(?<=", "a lookbehind '(?<='"),
+    ("(?<!", "a lookbehind '(?<!'"),
+    ("(?=", "a lookahead '(?='"),
+    ("(?!", "a lookahead '(?!'"),
+    ("(?P=", "a backreference '(?P=name)'"),
+    ("(?>", "an atomic group '(?>'"),
+    ("(?(", "a conditional '(?('"),
+)
+_RE2_FLAGS = frozenset("ims")
+_PYTHON_FLAGS = frozenset("aiLmsux")
+_OCTAL = frozenset("01234567")
+_DIGITS = frozenset("0123456789")
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _unsupported(what: str, index: int) -> PatternError:
+    return PatternError(f"{what} {_WHY}", index)
+
+
+def _code_point(code: int) -> str:
+    return f"\\x{{{code:x}}}"
+
+
+def _escape_to_re2(text: str, index: int, in_class: bool) -> tuple[str, int]:
+    """Translate the escape at `index`; returns the RE2 text and the index after it."""
+    if index + 1 >= len(text):
+        return "\\\\", index + 1  # a fragment ending in a backslash: keep it literal
+    char = text[index + 1]
+    if char == "Z" and not in_class:
+        return "\\z", index + 2
+    if char in _DIGITS:
+        return _digits_to_re2(text, index, in_class)
+    if char in "uU":
+        width = 4 if char == "u" else 8
+        digits = text[index + 2 : index + 2 + width]
+        if len(digits) == width and all(d in _HEX for d in digits):
+            return _code_point(int(digits, 16)), index + 2 + width
+    if char == "N" and text.startswith("{", index + 2):
+        end = text.find("}", index + 3)
+        if end > 0:
+            try:
+                return _code_point(ord(unicodedata.lookup(text[index + 3 : end]))), end + 1
+            except KeyError:
+                pass
+    if char == "b" and in_class:
+        return _code_point(8), index + 2  # backspace in a Python class
+    if not char.isascii():
+        return escape(char), index + 2  # Python reads `\é` as `é`; RE2 refuses it
+    return text[index : index + 2], index + 2
+
+
+def _digits_to_re2(text: str, index: int, in_class: bool) -> tuple[str, int]:
+    """Python's octal escapes and backreferences, by sre_parse's rules."""
+    start = index + 1
+    first = text[start]
+    if in_class or first == "0":
+        if first not in _OCTAL:
+            return text[index : start + 1], start + 1  # Python refuses `[\\8]` before this
+        end = start + 1
+        while end < min(start + 3, len(text)) and text[end] in _OCTAL:
+            end += 1
+        return _code_point(int(text[start:end], 8) & 0xFF), end
+    octal = text[start : start + 3]
+    if len(octal) == 3 and all(digit in _OCTAL for digit in octal):
+        return _code_point(int(octal, 8) & 0xFF), start + 3
+    raise _unsupported(f"a backreference '\\{first}'", index)
+
+
+def _repeat_at(text: str, index: int) -> tuple[str, int] | None:
+    """A Python repeat at `index` as RE2 text, and the index after it; None if `{` is literal.
+
+    Python reads `{,n}` as `{0,n}` and `{,}` as `*`; RE2 reads both as literal text.
+    """
+    end = index + 1
+    while end < len(text) and text[end] in _DIGITS:
+        end += 1
+    low = text[index + 1 : end]
+    if not text.startswith(",", end):
+        return ("{" + low + "}", end + 1) if low and text.startswith("}", end) else None
+    comma = end + 1
+    end = comma
+    while end < len(text) and text[end] in _DIGITS:
+        end += 1
+    if not text.startswith("}", end):
+        return None
+    return "{" + (low or "0") + "," + text[comma:end] + "}", end + 1
+
+
+def _group_to_re2(text: str, index: int) -> tuple[str, int]:
+    """Translate `(?...` at `index`; returns the RE2 text and the index after the prefix."""
+    for prefix, what in _GROUP_PREFIXES:
+        if text.startswith(prefix, index):
+            raise _unsupported(what, index)
+    if text.startswith("(?#", index):
+        end = text.find(")", index)
+        return "", (end + 1 if end > 0 else len(text))  # a comment: Python ends it at ')'
+    if text.startswith(("(?P<", "(?:"), index):
+        return text[index : index + 3], index + 3
+    end = index + 2
+    while end < len(text) and (text[end] in _PYTHON_FLAGS or text[end] == "-"):
+        end += 1
+    for flag in text[index + 2 : end]:
+        if flag != "-" and flag not in _RE2_FLAGS:
+            raise _unsupported(f"the inline flag '{flag}'", index)
+    return text[index:end], end
+
+
+def to_re2(text: str) -> str:
+    """Python regex text as RE2 text with the same meaning; raises PatternError.
+
+    Works on whole patterns and on the pieces between placeholders alike.
+    """
+    out: list[str] = []
+    index = 0
+    in_class = False
+    class_body = 0  # a ']' right at the start of a class body is literal
+    quantified = False  # the previous item was a quantifier (for possessive `*+`)
+    while index < len(text):
+        char = text[index]
+        if char == "\\":
+            piece, index = _escape_to_re2(text, index, in_class)
+            out.append(piece)
+            quantified = False
+            continue
+        if in_class:
+            if char == "]" and index > class_body:
+                in_class = False
+            out.append(char)
+            index += 1
+            continue
+        if char == "+" and quantified:
+            raise _unsupported("a possessive quantifier", index)
+        if char == "[":
+            in_class = True
+            class_body = index + (2 if text.startswith("^", index + 1) else 1)
+            out.append(text[index:class_body])
+            index = class_body
+            quantified = False
+            continue
+        if char == "(" and text.startswith("?", index + 1):
+            piece, index = _group_to_re2(text, index)
+            out.append(piece)
+            quantified = False
+            continue
+        if char == "{" and (repeat := _repeat_at(text, index)) is not None:
+            piece, index = repeat
+            out.append(piece)
+            quantified = True
+            continue
+        quantified = char in "*+?"
+        out.append(char)
+        index += 1
+    return "".join(out)

@@ -1,0 +1,209 @@
+"""`agentsup run` as operators expect: signals, duplicate ids, bad input as one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import Sandbox
+
+from agentsup.control.agentids import (
+    AgentIdTaken,
+    BadAgentId,
+    check_agent_id,
+    claim_agent_id,
+)
+
+
+def _one_line(stderr: str) -> str:
+    """The one line agentsup wrote (the agent's own output, e.g. a shell's, is not ours)."""
+    lines = [line for line in stderr.splitlines() if line.startswith("agentsup")]
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+# -- agent ids (pure and local) -------------------------------------------------------
+
+
+@pytest.mark.parametrize("good", ["a", "agent-42", "analyst_1.v2", "ci@build+7", "A" * 64])
+def test_good_agent_ids(good: str) -> None:
+    assert check_agent_id(good) == good
+
+
+@pytest.mark.parametrize("bad", ["", "a/b", "../x", ".hidden", "-x", "a b", "A" * 65, "é"])
+def test_bad_agent_ids(bad: str) -> None:
+    with pytest.raises(BadAgentId, match="invalid agent id"):
+        check_agent_id(bad)
+
+
+def test_an_id_is_held_by_one_process_at_a_time(tmp_path: Path) -> None:
+    claim = claim_agent_id(tmp_path, "x")
+    holder = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path\n"
+            "from agentsup.control.agentids import claim_agent_id, AgentIdTaken\n"
+            "try:\n    claim_agent_id(Path(sys.argv[1]), 'x')\n"
+            "except AgentIdTaken as exc:\n    print(exc.holder)\n",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert holder.stdout.strip() == str(os.getpid())
+    claim.release()
+    again = claim_agent_id(tmp_path, "x")
+    with pytest.raises(AgentIdTaken):
+        # flock is per open file: a second claim in this process is refused too.
+        claim_agent_id(tmp_path, "x")
+    again.release()
+
+
+# -- bad input: one line and a documented exit code ------------------------------------
+
+
+def test_run_with_a_slash_in_the_id_is_refused(sandbox: Sandbox) -> None:
+    result = sandbox.run("/bin/true", agent_id="a/b")
+    assert result.returncode == 125
+    assert "invalid agent id 'a/b'" in _one_line(result.stderr)
+
+
+@pytest.mark.parametrize("where", ["file", "long"])
+def test_run_with_an_unusable_runtime_dir_is_refused(sandbox: Sandbox, where: str) -> None:
+    blocker = sandbox.root / "not-a-dir"
+    blocker.write_text("")
+    runtime = blocker / "run" if where == "file" else sandbox.root / ("x" * 120)
+    result = sandbox.run("/bin/true", env={"AGENTSUP_RUNTIME_DIR": str(runtime)})
+    assert result.returncode == 125
+    assert "runtime directory" in _one_line(result.stderr)
+
+
+@pytest.mark.requires_seccomp_notify
+@pytest.mark.requires_landlock
+def test_json_status_that_cannot_be_written_keeps_the_exit_code(sandbox: Sandbox) -> None:
+    result = sandbox.run(
+        "/bin/sh", "-c", "exit 3", extra=["--json-status", "/nonexistent/dir/status.json"]
+    )
+    assert result.returncode == 3
+    line = _one_line(result.stderr)
+    assert "warning: cannot write --json-status /nonexistent/dir/status.json" in line
+
+
+@pytest.mark.requires_seccomp_notify
+@pytest.mark.requires_landlock
+def test_json_status_is_written(sandbox: Sandbox) -> None:
+    status = sandbox.root / "status.json"
+    result = sandbox.run("/bin/sh", "-c", "exit 4", extra=["--json-status", str(status)])
+    assert result.returncode == 4, result.stderr
+    assert json.loads(status.read_text()) == {
+        "agent": "t",
+        "exit_code": 4,
+        "signal": None,
+        "killed_by": None,
+    }
+
+
+# -- a second run with a live id -------------------------------------------------------
+
+
+def _start(
+    sandbox: Sandbox, *program: str, agent_id: str, extra: list[str] | None = None
+) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        sandbox.command(*program, agent_id=agent_id, extra=extra or []),
+        env=sandbox.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_listed(sandbox: Sandbox, agent_id: str, timeout: float = 20) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        listed = json.loads(sandbox.agentsup("ps", "--json").stdout or "[]")
+        for agent in listed:
+            if agent.get("id") == agent_id and agent.get("state") == "running":
+                return dict(agent)
+        time.sleep(0.1)
+    raise AssertionError(f"{agent_id} never listed as running")
+
+
+@pytest.mark.requires_seccomp_notify
+@pytest.mark.requires_landlock
+def test_a_duplicate_id_is_refused_with_125(sandbox: Sandbox) -> None:
+    first = _start(sandbox, "/bin/sleep", "30", agent_id="dup")
+    try:
+        listed = _wait_listed(sandbox, "dup")
+        second = sandbox.run("/bin/true", agent_id="dup")
+        assert second.returncode == 125
+        line = _one_line(second.stderr)
+        assert f"agent id 'dup' is already in use by supervisor pid {first.pid}" in line
+        # The first one is untouched and still the only 'dup'.
+        again = [a for a in json.loads(sandbox.agentsup("ps", "--json").stdout) if a["id"] == "dup"]
+        assert [a["pid"] for a in again] == [listed["pid"]]
+    finally:
+        first.kill()
+        first.communicate()
+
+
+# -- signals ---------------------------------------------------------------------------
+
+TRAP_TERM = (
+    "trap 'echo got-term > {marker}; exit 0' TERM; "
+    "echo ready > {ready}; while :; do sleep 0.1; done"
+)
+
+
+@pytest.mark.requires_seccomp_notify
+@pytest.mark.requires_landlock
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_is_forwarded_and_run_exits_128_plus_n(
+    sandbox: Sandbox, sig: signal.Signals, code: int
+) -> None:
+    marker = sandbox.workspace / "marker"
+    ready = sandbox.workspace / "ready"
+    trap = "INT" if sig == signal.SIGINT else "TERM"
+    script = TRAP_TERM.format(marker=marker, ready=ready).replace("TERM;", f"{trap};", 1)
+    run = _start(sandbox, "/bin/sh", "-c", script, agent_id="sig")
+    deadline = time.monotonic() + 20
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    run.send_signal(sig)
+    _out, err = run.communicate(timeout=20)
+    assert run.returncode == code
+    assert marker.read_text().strip() == "got-term"
+    line = _one_line(err)
+    assert f"interrupted by {sig.name}: agent 'sig' got {sig.name} and ended with status 0" in line
+
+
+@pytest.mark.requires_seccomp_notify
+@pytest.mark.requires_landlock
+def test_an_agent_that_ignores_the_signal_is_killed_after_the_stop_timeout(
+    sandbox: Sandbox,
+) -> None:
+    ready = sandbox.workspace / "ready"
+    script = f"trap '' TERM; echo ready > {ready}; while :; do sleep 0.1; done"
+    run = _start(
+        sandbox, "/bin/sh", "-c", script, agent_id="stubborn", extra=["--stop-timeout", "1"]
+    )
+    deadline = time.monotonic() + 20
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    started = time.monotonic()
+    run.send_signal(signal.SIGTERM)
+    _out, err = run.communicate(timeout=20)
+    assert run.returncode == 143
+    assert 0.9 <= time.monotonic() - started < 10
+    assert "was killed (SIGKILL)" in _one_line(err)
+    kinds = [r for r in sandbox.audit_records() if r["kind"] == "signal"]
+    assert [r["signal"] for r in kinds][-2:] == ["SIGTERM", "SIGKILL"]

@@ -1,0 +1,234 @@
+"""Linear-time matching: no target, however long or crafted, stalls the evaluator.
+
+Rule patterns and globs are matched by RE2, whose time is linear in the
+target; Python-regex features RE2 lacks are refused at load with
+FILE:LINE:COL; a target longer than MAX_TARGET_LENGTH is a deny, decided at once.
+"""
+
+from __future__ import annotations
+
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from agentsup.events import DEFAULT_RULE_ID, ActionType, Event, Verdict, ViolationMode
+from agentsup.policy import (
+    MAX_TARGET_LENGTH,
+    TARGET_TOO_LONG_RULE,
+    CompiledPolicy,
+    PolicyError,
+    RunContext,
+    compile_policy,
+    load_policy_text,
+    resolve_policy,
+)
+
+A = ActionType
+CTX = RunContext(workspace="/w", home="/home/u", agent_id="agent", python_prefixes=("/opt/py",))
+# Generous: each evaluation below takes well under a millisecond with RE2, and
+# minutes (or for ever) with a backtracking engine.
+STALL_SECONDS = 0.5
+
+
+def compiled(text: str) -> CompiledPolicy:
+    return compile_policy(load_policy_text(textwrap.dedent(text), "t.yaml"), CTX)
+
+
+def one_pattern(pattern: str, action: str) -> CompiledPolicy:
+    """A policy of one rule `r` that allows `action` on targets matching `pattern`."""
+    rule = f"{{id: r, actions: [{action}], pattern: '{pattern}', decision: allow}}"
+    return compiled(f"name: t\ndefault: deny\nrules:\n  - {rule}\n")
+
+
+def strict() -> CompiledPolicy:
+    return compile_policy(resolve_policy("strict", Path("/nonexistent-policy-dir")), CTX)
+
+
+def timed(policy: CompiledPolicy, action: ActionType, target: str) -> tuple[str, float]:
+    start = time.perf_counter()
+    decision = policy.evaluate(Event(action, target))
+    return decision.rule_id, time.perf_counter() - start
+
+
+def load_error(text: str) -> PolicyError:
+    with pytest.raises(PolicyError) as caught:
+        load_policy_text(textwrap.dedent(text).lstrip("\n"), "p.yaml")
+    return caught.value
+
+
+# ---------------------------------------------------------------- linear time
+
+
+@pytest.mark.parametrize("pattern", [r"(a+)+$", r"^(a|a)*$", r"(a*)*b", r"(\w+\s?)*!"])
+def test_a_nested_quantifier_is_evaluated_in_linear_time(pattern: str) -> None:
+    policy = one_pattern(pattern, "shell_execute")
+    rule, elapsed = timed(policy, A.SHELL_EXECUTE, "a" * 50_000 + "\x00")
+    assert rule == DEFAULT_RULE_ID
+    assert elapsed < STALL_SECONDS
+
+
+@pytest.mark.parametrize(
+    ("command", "rule"),
+    [
+        ("rm -rf " + "x" * 60_000 + " /", "rm-rf-root"),
+        ("rm " + "-v " * 20_000 + "-rf /", "rm-rf-root"),
+        ("rm -rf " + "a/ " * 20_000, "run-programs"),
+        ("rm " + " " * 60_000, "run-programs"),
+        ("echo " + "rm -r " * 10_000, "run-programs"),
+        ("rm -f " + "/a " * 33_000, "run-programs"),
+    ],
+    ids=["flag-then-root", "many-flags", "many-dirs", "spaces", "many-rm", "just-under-cap"],
+)
+def test_strict_decides_a_long_command_line_at_once(command: str, rule: str) -> None:
+    assert len(command) <= MAX_TARGET_LENGTH
+    decided, elapsed = timed(strict(), A.SHELL_EXECUTE, command)
+    assert decided == rule
+    assert elapsed < STALL_SECONDS
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "rm -rf /",
+        "rm -rf /*",
+        "rm -fr ~",
+        "rm -r -f /root",
+        "rm / -rf",
+        "rm --recursive --force /usr/",
+        "cd / && rm -rf /usr",
+        "/bin/rm -rf /etc",
+        "rm -rf /home/u",
+        "rm -rf /home/u/*",
+        "rm -Rf ~/",
+        "rm -rf /\n",
+    ],
+)
+def test_strict_rm_rf_root_still_catches_what_it_did(command: str) -> None:
+    assert strict().evaluate(Event(A.SHELL_EXECUTE, command)).rule_id == "rm-rf-root"
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["rm -rf build", "rm -rf /tmp/x", "rm /", "rm -i /etc/x", "rm -rf ./usr", "farm -rf /"],
+)
+def test_strict_rm_rf_root_leaves_ordinary_removals_alone(command: str) -> None:
+    assert strict().evaluate(Event(A.SHELL_EXECUTE, command)).rule_id == "run-programs"
+
+
+def test_a_long_path_with_many_segments_is_decided_at_once() -> None:
+    target = "/w" + "/x" * 40_000 + ".pem"
+    decided, elapsed = timed(strict(), A.FILE_READ, target)
+    assert decided == "secret-pem"
+    assert elapsed < STALL_SECONDS
+
+
+# ---------------------------------------------------------------- the cap
+
+
+def test_a_target_longer_than_the_cap_is_denied_with_a_reason() -> None:
+    policy = compiled(
+        """
+        name: t
+        default: allow
+        on_violation: sigkill
+        rules:
+          - {id: any, actions: ["*"], target: "**", decision: allow}
+        """
+    )
+    at_cap = policy.evaluate(Event(A.SHELL_EXECUTE, "x" * MAX_TARGET_LENGTH))
+    assert at_cap.rule_id == "any"
+    over = policy.evaluate(Event(A.SHELL_EXECUTE, "x" * (MAX_TARGET_LENGTH + 1)))
+    assert (over.verdict, over.rule_id) == (Verdict.DENY, TARGET_TOO_LONG_RULE)
+    assert str(MAX_TARGET_LENGTH) in over.reason and "too long" in over.message
+    # Refused, not killed: a long xargs line is not an attack by itself.
+    assert over.on_violation is ViolationMode.BLOCK
+    explained = policy.explain(Event(A.FILE_READ, "/" + "x" * MAX_TARGET_LENGTH))
+    assert explained.decision.rule_id == TARGET_TOO_LONG_RULE
+
+
+def test_an_observing_policy_only_logs_a_long_target() -> None:
+    policy = compiled("name: t\ndefault: allow\non_violation: log_only\n")
+    over = policy.evaluate(Event(A.DATABASE_WRITE, "x" * (MAX_TARGET_LENGTH + 1)))
+    assert (over.verdict, over.on_violation) == (Verdict.DENY, ViolationMode.LOG_ONLY)
+
+
+def test_a_huge_target_is_refused_at_once() -> None:
+    decided, elapsed = timed(strict(), A.SHELL_EXECUTE, "rm -rf " + "y" * 2_000_000 + " /")
+    assert decided == TARGET_TOO_LONG_RULE
+    assert elapsed < STALL_SECONDS
+
+
+# ---------------------------------------------------------------- what RE2 cannot do
+
+
+@pytest.mark.parametrize(
+    ("pattern", "offset", "what"),
+    [
+        (r"^/a(?=b)", 3, "lookahead"),
+        (r"^/a(?!b)", 3, "lookahead"),
+        (r"(?<=/)secret", 0, "lookbehind"),
+        (r"(?<!x)secret", 0, "lookbehind"),
+        (r"^/(a)\1", 5, "backreference"),
+        (r"^/(?P<n>a)(?P=n)", 10, "backreference"),
+        (r"^/a*+", 4, "possessive"),
+        (r"^/(?>a)", 2, "atomic group"),
+        (r"^/(a)?(?(1)b|c)", 6, "conditional"),
+        (r"(?x)^/a", 0, "inline flag"),
+    ],
+)
+def test_a_feature_re2_lacks_is_refused_at_load_with_its_position(
+    pattern: str, offset: int, what: str
+) -> None:
+    error = load_error(
+        f"""
+        name: x
+        rules:
+          - id: r1
+            actions: [file_read]
+            pattern: '{pattern}'
+            decision: deny
+        """
+    )
+    assert (error.path, error.line, error.rule_id) == ("p.yaml", 5, "r1")
+    assert error.column == len("    pattern: '") + 1 + offset
+    assert what in error.message and "linear" in error.message
+
+
+def test_a_regex_too_big_for_re2_is_refused_at_load() -> None:
+    error = load_error(
+        "name: x\nrules:\n"
+        "  - {id: r1, actions: [file_read], pattern: '(a{1000}){1000}', decision: deny}\n"
+    )
+    assert (error.line, error.rule_id) == (3, "r1")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "target", "matches"),
+    [
+        (r"^/srv/x\Z", "/srv/x", True),
+        (r"^/srv/x\Z", "/srv/xy", False),
+        (r"^/a{,2}\Z", "/aa", True),
+        (r"^/a{,2}\Z", "/aaa", False),
+        (r"^/\101\Z", "/A", True),
+        (r"^/[\1]\Z", "/\x01", True),
+        (r"^/\u00e9\Z", "/é", True),
+        (r"^/\N{LATIN SMALL LETTER E WITH ACUTE}\Z", "/é", True),
+        (r"(?i)^/SECRET", "/secret", True),
+        (r"^/(?P<name>secret)", "/secret", True),
+        (r"^/[\b]\Z", "/\b", True),
+        (r"^/a(?#comment)b", "/ab", True),
+    ],
+)
+def test_python_regex_syntax_keeps_its_meaning(pattern: str, target: str, matches: bool) -> None:
+    decided = one_pattern(pattern, "file_read").evaluate(Event(A.FILE_READ, target)).rule_id
+    assert (decided == "r") is matches
+
+
+def test_a_target_that_is_not_utf8_is_still_matched() -> None:
+    # os.fsdecode turns undecodable bytes into lone surrogates.
+    policy = strict()
+    assert policy.evaluate(Event(A.FILE_READ, "/w/\udcff.pem")).rule_id == "secret-pem"
+    assert policy.evaluate(Event(A.FILE_READ, "/w/\udcff/x")).rule_id == "workspace"
+    assert policy.evaluate(Event(A.FILE_READ, "/home/u/.ssh/\udc80")).rule_id == "secret-ssh"
