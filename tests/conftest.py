@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -111,18 +112,31 @@ FAKE_KEY = (
 )
 
 
+def locations_root() -> Path:
+    """A fresh directory for agentsup's own files, outside /tmp and /var/tmp.
+
+    An agent gets a private /tmp: files there are out of its sight anyway.
+    agentsup's real locations (/etc, /var/log, /var/lib, /run) are in its
+    view, so the tests put them where the agent can see them too, and the
+    self-protection is what keeps them out of reach.
+    """
+    base = "/run" if os.geteuid() == 0 else os.environ.get("XDG_RUNTIME_DIR") or None
+    return Path(tempfile.mkdtemp(prefix="agentsup-test-", dir=base))
+
+
 class Sandbox:
     """A workspace, a home with a planted key, and private agentsup locations."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, locations: Path | None = None) -> None:
         self.root = root
         self.workspace = root / "workspace"
         self.home = root / "home"
         self.key = self.home / ".ssh" / "id_rsa"
-        self.policy_dir = root / "agentsup" / "policies"
-        self.audit_log = root / "agentsup" / "log" / "audit.jsonl"
-        self.state_dir = root / "agentsup" / "state"
-        self.runtime_dir = root / "agentsup" / "run"
+        own = locations or root / "agentsup"
+        self.policy_dir = own / "policies"
+        self.audit_log = own / "log" / "audit.jsonl"
+        self.state_dir = own / "state"
+        self.runtime_dir = own / "run"
         self.workspace.mkdir()
         shutil.copy(AGENTS / TRY, self.workspace / TRY)
         self.key.parent.mkdir(parents=True)
@@ -194,10 +208,40 @@ class Sandbox:
 
 
 @pytest.fixture
-def sandbox(tmp_path: Path) -> Sandbox:
-    return Sandbox(tmp_path)
+def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
+    own = locations_root()
+    try:
+        yield Sandbox(tmp_path, own)
+    finally:
+        subprocess.run(["chattr", "-R", "-i", str(own)], capture_output=True)
+        shutil.rmtree(own, ignore_errors=True)
 
 
 def agent_reports(stdout: str) -> list[dict[str, object]]:
     """The JSON lines a try_syscall agent printed."""
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def host_pids(agent_pid: int, inner: list[int]) -> list[int]:
+    """The host's pids for `inner`, pids as the agent's own PID namespace numbers them.
+
+    `agent_pid` is any process of the agent, as the host sees it (`ps --json`).
+    """
+    try:
+        namespace = os.readlink(f"/proc/{agent_pid}/ns/pid")
+    except OSError:
+        return inner
+    found: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.readlink(f"/proc/{entry}/ns/pid") != namespace:
+                continue
+            with open(f"/proc/{entry}/status", "rb") as status:
+                for line in status:
+                    if line.startswith(b"NSpid:"):
+                        found[int(line.split()[-1])] = int(entry)
+        except OSError:
+            continue
+    return [found.get(pid, pid) for pid in inner]

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TRY, Sandbox, agent_reports
+from conftest import TRY, Sandbox, agent_reports, host_pids
 
 from agentsup.kernel.proc import process_state
 
@@ -385,7 +385,9 @@ rules:
     )
     try:
         assert proc.stdout is not None
-        tree = json.loads(proc.stdout.readline())["tree"]
+        inner = json.loads(proc.stdout.readline())["tree"]
+        (agent,) = json.loads(sandbox.agentsup("ps", "--json").stdout)
+        tree = host_pids(int(agent["pid"]), inner)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if all(process_state(pid) == "T" for pid in tree):

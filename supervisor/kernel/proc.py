@@ -119,6 +119,18 @@ def thread_group_id(tid: int) -> int:
     return tid
 
 
+def namespace_pid(tid: int) -> int:
+    """`tid` as the innermost PID namespace it lives in numbers it (`NSpid:`)."""
+    try:
+        with open(f"/proc/{tid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"NSpid:"):
+                    return int(line.split()[-1])
+    except (OSError, ValueError):
+        pass
+    return tid
+
+
 def process_umask(tid: int) -> int:
     try:
         with open(f"/proc/{tid}/status", "rb") as status:

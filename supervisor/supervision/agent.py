@@ -31,14 +31,17 @@ from ..control import notify
 from ..events import ActionType, AuditLevel, Decision, Response, response_for
 from ..hooks import _protocol as hook_protocol
 from ..hooks import bootstrap
+from ..kernel import namespaces as kernel_namespaces
 from ..kernel.cgroup import AgentCgroup, CgroupUnavailable
 from ..kernel.landlock import landlock_abi
+from ..kernel.privileges import UserSpec, lookup_user
 from ..paths import Locations
 from ..policy import CompiledPolicy, PolicyError, RunContext, compile_policy, floor, resolve_policy
 from . import launch, placement
 from .hookserver import HookReply, HookRequest, HookServer
-from .judge import Judge, AgentState, Pending, ProcessTree, JudgeConfig
+from .judge import AgentState, Judge, JudgeConfig, Pending, ProcessTree
 from .mediator import ALWAYS_REFUSED, FORCED_ENOSYS, MEDIATED, Mediator
+from .trampoline import Isolation
 
 if TYPE_CHECKING:
     from .supervisor import Supervisor
@@ -75,6 +78,7 @@ class RunRequest:
     json_status: str | None = None
     allow_degraded: Sequence[str] = ()
     cpus: str = "auto"  # auto | all | shared (placement.py)
+    user: str | None = None  # run the agent as this user (root only)
 
 
 def say(text: str) -> None:
@@ -132,6 +136,36 @@ def plan_landlock(policy: CompiledPolicy, locations: Locations) -> floor.FloorPl
         no_write=[os.path.realpath(p) for p in locations.protected_paths()],
         no_read=[os.path.realpath(p) for p in locations.secret_paths()],
         abi=landlock_abi(),
+    )
+
+
+def plan_isolation(
+    policy: CompiledPolicy,
+    request: RunRequest,
+    user: UserSpec | None,
+    keep: Sequence[str],
+    agent_id: str,
+) -> Isolation:
+    """The namespaces the agent gets: all of them, and a network only when it may connect.
+
+    A normal user gets them through a user namespace.  `--allow-degraded
+    namespaces` (or one namespace's name) lets a refused namespace go with a
+    warning instead of refusing to run.
+    """
+    wanted = {"mount", "pid", "uts", "ipc"}
+    if policy.floor_roots((ActionType.NETWORK_CONNECT,)) == ():
+        wanted.add("net")  # nothing may connect out: only loopback inside
+    if os.geteuid() != 0:
+        wanted.add("user")
+    degraded = set(request.allow_degraded)
+    if "namespaces" in degraded:
+        degraded |= set(kernel_namespaces.FLAGS)
+    return Isolation(
+        namespaces=frozenset(wanted),
+        allow_degraded=frozenset(degraded & set(kernel_namespaces.FLAGS)),
+        user=user,
+        keep=tuple(dict.fromkeys(os.path.realpath(path) for path in keep if path)),
+        hostname=f"agentsup-{agent_id}"[:64],
     )
 
 
@@ -228,7 +262,15 @@ class Agent:
             raise SetupError(str(exc)) from exc
         except OSError as exc:
             raise SetupError(f"cannot read policy {request.policy}: {exc.strerror}") from exc
-        home = os.environ.get("HOME") or os.path.expanduser("~")
+        user = None
+        if request.user is not None:
+            if os.geteuid() != 0:
+                raise SetupError("--user needs root")
+            try:
+                user = lookup_user(request.user)
+            except KeyError as exc:
+                raise SetupError(f"--user {request.user}: no such user") from exc
+        home = user.home if user else os.environ.get("HOME") or os.path.expanduser("~")
         self._context = RunContext(workspace, home, agent_id)
         compiled = compile_policy(policy, self._context)
 
@@ -295,6 +337,12 @@ class Agent:
                 rlimits["RLIMIT_AS"] = limits.memory_mb * 2**20
             if limits.max_processes:
                 rlimits["RLIMIT_NPROC"] = limits.max_processes
+        if user is not None:
+            env["HOME"], env["USER"], env["LOGNAME"] = user.home, user.name, user.name
+        package = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        keep = [workspace, home, hook_socket or "", executable, package]
+        if request.program.endswith(".py"):
+            keep.append(os.path.abspath(request.program))
         self._plan = launch.LaunchPlan(
             executable=executable,
             argv=argv,
@@ -304,6 +352,7 @@ class Agent:
             enosys=list(FORCED_ENOSYS),
             landlock=landlock_plan,
             rlimits=rlimits,
+            isolation=plan_isolation(compiled, request, user, keep, agent_id),
         )
 
     # -- running -------------------------------------------------------------------
@@ -312,22 +361,25 @@ class Agent:
         """Fork the trampoline, take its listener, and let it exec the agent."""
         assert self.judge is not None and self._plan is not None
         judge, plan = self.judge, self._plan
+        group = self.group
         try:
-            launched = launch.start(plan)
+            launched = launch.start(plan, group.add if group is not None else lambda _pid: None)
         except launch.LaunchError as exc:
             raise SetupError(str(exc)) from exc
         self.launched = launched
+        for note in launched.degraded:
+            say(f"warning: running without {note}")
         if self.group is not None:
-            self.group.add(launched.pid)
             from .watchdog import spawn_watchdog
 
             self._watchdog = spawn_watchdog(os.getpid(), self.group)
-        judge.main_pid = launched.pid
+        judge.main_pid = launched.agent_pid
         judge.tree = ProcessTree(self.group, launched.pid)
         self.mediator = Mediator(
             launched.listener,
             judge,
             judge.tgid_of,
+            launched.broker,
             judge.agent_id,
             wait_writable=self._wait_writable,
         )
@@ -351,6 +403,9 @@ class Agent:
             workspace=judge.config.workspace,
             landlock=plan.landlock is not None,
             cgroup=self.group is not None,
+            namespaces=sorted(plan.isolation.namespaces),
+            degraded=launched.degraded,
+            user=plan.isolation.user.name if plan.isolation.user else None,
         )
         judge.state = AgentState.RUNNING
         launched.release()
@@ -609,6 +664,7 @@ class Agent:
                 self.loop.remove_reader(fd)
                 with contextlib.suppress(OSError):
                     os.close(fd)
+            self.launched.broker.close()
             if self.launched.go_fd >= 0:
                 os.close(self.launched.go_fd)
         if self.group is not None:

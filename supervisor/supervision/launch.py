@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
+import signal
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..kernel.proc import pidfd_getfd
 from ..policy.floor import FloorPlan
 from . import trampoline
+from .broker import BrokerClient
+from .trampoline import Isolation
 
 
 class LaunchError(Exception):
@@ -25,77 +31,140 @@ class LaunchPlan:
     enosys: list[str]
     landlock: FloorPlan | None = None
     rlimits: dict[str, int] = field(default_factory=dict)
+    isolation: Isolation = field(default_factory=Isolation)
 
 
 @dataclass
 class Launched:
-    pid: int
+    pid: int  # the trampoline: the supervisor's child, whose exit is the agent's
     pidfd: int
+    agent_pid: int  # the agent's main process, as this supervisor sees it
     listener: int
     status_fd: int  # EOF when the exec succeeded, `E<errno>` when it failed
     go_fd: int
+    broker: BrokerClient
+    degraded: list[str] = field(default_factory=list)
 
     def release(self) -> None:
-        """Let the trampoline exec the agent.  The supervisor must be answering by now."""
+        """Let the agent exec.  The supervisor must be answering by now."""
         os.write(self.go_fd, b"G")
         os.close(self.go_fd)
         self.go_fd = -1
 
 
-def start(plan: LaunchPlan, timeout: float = 30.0) -> Launched:
-    """Fork the trampoline and take over its seccomp listener.  It has not exec'd yet.
+def start(plan: LaunchPlan, place: Callable[[int], None], timeout: float = 30.0) -> Launched:
+    """Fork the trampoline, let `place` put it in the agent's cgroup, take the listener.
 
-    The caller must be single-threaded: the child runs Python until its exec.
+    The agent has not exec'd yet.  The caller must be single-threaded: the
+    children run Python until the exec.
     """
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
     go_r, go_w = os.pipe2(os.O_CLOEXEC)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     supervisor_pid = os.getpid()
     pid = os.fork()
     if pid == 0:  # the child: never returns
-        os.close(status_r)
-        os.close(go_w)
-        trampoline.become_agent(
-            supervisor_pid=supervisor_pid,
-            status_fd=status_w,
-            go_fd=go_r,
-            executable=plan.executable,
-            argv=plan.argv,
-            env=plan.env,
-            cwd=plan.cwd,
-            notify=plan.notify,
-            enosys=plan.enosys,
-            landlock=plan.landlock,
-            rlimits=plan.rlimits,
-        )
+        try:
+            ours.close()
+            os.close(status_r)
+            os.close(go_w)
+            trampoline.become_agent(
+                trampoline.Stage(
+                    supervisor_pid=supervisor_pid,
+                    status_fd=status_w,
+                    go_fd=go_r,
+                    channel_fd=theirs.detach(),
+                    executable=plan.executable,
+                    argv=plan.argv,
+                    env=plan.env,
+                    cwd=plan.cwd,
+                    notify=plan.notify,
+                    enosys=plan.enosys,
+                    landlock=plan.landlock,
+                    rlimits=plan.rlimits,
+                    isolation=plan.isolation,
+                )
+            )
+        finally:
+            os._exit(125)
     os.close(status_w)
     os.close(go_r)
+    theirs.close()
     pidfd = os.pidfd_open(pid)
-    line = _read_line(status_r, timeout)
-    if not line.startswith("L"):
-        os.close(status_r)
-        os.close(go_w)
-        os.close(pidfd)
+    agent_pidfd = -1
+
+    def fail(reason: str) -> LaunchError:
+        for fd in (status_r, go_w, pidfd, agent_pidfd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        ours.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-        detail = line[1:].split(" ", 1)[-1].strip() if line else "trampoline exited"
-        raise LaunchError(f"cannot sandbox the agent: {detail}")
+        return LaunchError(reason)
+
     try:
-        listener = pidfd_getfd(pidfd, int(line[1:]))
+        place(pid)
     except OSError as exc:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
-        raise LaunchError(f"cannot take the seccomp listener: {exc}") from exc
-    return Launched(pid, pidfd, listener, status_r, go_w)
+        raise fail(f"cannot place the agent in its cgroup: {exc}") from exc
+    os.write(go_w, b"C")
+    degraded: list[str] = []
+    ready = ""
+    for line in _read_lines(status_r, timeout):
+        if line.startswith("D"):
+            degraded.append(line[1:])
+        elif line.startswith("L"):
+            ready = line
+            break
+        else:
+            detail = line[1:].split(" ", 1)[-1].strip() if line.startswith("F") else line
+            raise fail(f"cannot sandbox the agent: {detail}")
+    if not ready:
+        raise fail("cannot sandbox the agent: the trampoline exited")
+    if not select.select([ours], [], [], timeout)[0]:
+        raise fail("cannot sandbox the agent: its init did not answer")
+    message, fds, _flags, _addr = socket.recv_fds(ours, 16, 1)
+    if message != b"A" or not fds:
+        for fd in fds:
+            os.close(fd)
+        raise fail("cannot sandbox the agent: its init sent no pidfd")
+    agent_pidfd = fds[0]
+    try:
+        agent_pid = _pid_of(agent_pidfd)
+        listener = pidfd_getfd(agent_pidfd, int(ready[1:]))
+        socket.send_fds(ours, [b"L"], [listener])
+    except (OSError, ValueError) as exc:
+        raise fail(f"cannot take the seccomp listener: {exc}") from exc
+    os.close(agent_pidfd)
+    return Launched(pid, pidfd, agent_pid, listener, status_r, go_w, BrokerClient(ours), degraded)
 
 
-def _read_line(fd: int, timeout: float) -> str:
+def _pid_of(pidfd: int) -> int:
+    """The pid behind a pidfd, in our PID namespace (its fdinfo's `Pid:`)."""
+    with open(f"/proc/self/fdinfo/{pidfd}", "rb") as info:
+        for line in info:
+            if line.startswith(b"Pid:"):
+                return int(line.split()[1])
+    raise ValueError("no Pid: in the pidfd's fdinfo")
+
+
+def _read_lines(fd: int, timeout: float) -> list[str]:
+    """Lines up to and including the first that is not a `D` note."""
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     data = b""
-    while not data.endswith(b"\n"):
+    lines: list[str] = []
+    while True:
+        while b"\n" in data:
+            raw, data = data.split(b"\n", 1)
+            line = raw.decode(errors="replace")
+            lines.append(line)
+            if not line.startswith("D"):
+                return lines
         if not poller.poll(int(timeout * 1000)):
-            return ""
+            return lines
         chunk = os.read(fd, 4096)
         if not chunk:
-            break
+            return lines
         data += chunk
-    return data.decode(errors="replace")

@@ -5,15 +5,15 @@ re-validate, respond (STYLE.md example 6).
 
 TOCTOU: a path in the agent's memory can be rewritten by another thread
 after we read it.  So a path decision is never enforced by CONTINUE alone.
-For the file syscalls the supervisor does the work itself, on the object it
-decided about:
+The file syscalls are done for the agent by its broker (`broker.py`), which
+holds exactly the agent's rights, on the object that was decided about:
 
-* open/openat/openat2/creat: resolve with an O_PATH open, decide on the
-  real path of what that fd points at, reopen that very fd and inject it
-  into the agent (ADDFD + SEND);
-* unlink, rmdir, mkdir, rename, link, symlink, truncate, chmod, chown:
-  pin the parent directory with O_PATH, decide on `parent/name`, then do
-  the `*at` call on the pinned fd and return its result.
+* open/openat/openat2/creat: the broker resolves the path (a read is opened
+  at once), the policy decides on the real path of what it pinned, and the
+  broker reopens that very object and injects it (ADDFD + SEND);
+* unlink, rmdir, mkdir, rename, link, symlink, truncate, chmod, chown: the
+  broker pins the parent directory (or the object), the policy decides on
+  `parent/name`, and the broker does the `*at` call on the pinned fd.
 
 execve and connect cannot be done on the agent's behalf.  They are decided
 and then CONTINUEd, with Landlock (exec roots, TCP ports) as the floor under
@@ -32,12 +32,14 @@ import socket
 import stat
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..events import ActionType, Event, Layer, Response
 from ..kernel import proc as _proc
 from ..kernel import seccomp as _seccomp
+from . import broker
+from .broker import BrokerClient, Pinned
 
 AT_FDCWD = -100
 AT_SYMLINK_NOFOLLOW = 0x100
@@ -91,12 +93,19 @@ WaitWritable = Callable[[int, Callable[[], None], Callable[[], None], float], No
 
 # The largest payload a sendto is copied for (a UDP datagram's limit).
 _MAX_DATAGRAM = 65536
+_MAX_MMSG = 64  # messages of one sendmmsg sent for the agent (the rest: a short count)
+_MSG_FASTOPEN = 0x20000000
+_SETID = stat.S_ISUID | stat.S_ISGID
 # struct msghdr on x86_64: name, namelen, iov, iovlen, control, controllen, flags.
 _MSGHDR = struct.Struct("<QI4xQQQQi4x")
 
 # A blocking connect the supervisor finishes for the agent gives up after this
 # long, about what the kernel's SYN retries take by default.
 CONNECT_TIMEOUT = 130.0
+
+
+# The f* variants act on the agent's own fd, which travels with the request.
+_FD_OPS = {broker.CHMOD: broker.FD_CHMOD, broker.CHOWN: broker.FD_CHOWN}
 
 
 class Judge(Protocol):
@@ -111,12 +120,17 @@ class Judge(Protocol):
 
 @dataclass(slots=True)
 class Resolved:
-    """A path the agent named, pinned by an O_PATH fd (or not, if it does not exist)."""
+    """A path the agent named, pinned in the broker (or not, if it does not exist)."""
 
-    target: str  # the real path (or the lexical one when resolution failed)
-    fd: int = -1  # O_PATH fd of the object, or of the parent directory for `name`
-    name: bytes = b""  # last component, when `fd` is the parent
+    target: str  # the real path, as the agent sees it (the lexical one on failure)
+    pinned: Pinned = field(default_factory=Pinned)  # the object, or the parent for `name`
+    name: bytes = b""  # last component, when `pinned` is the parent
     error: int = 0  # errno of the resolution, 0 if it worked
+    fd: int = -1  # an fd of the agent's own, taken with pidfd_getfd (fchmod and friends)
+
+    @property
+    def handle(self) -> int:
+        return self.pinned.handle
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -124,18 +138,14 @@ class Resolved:
             self.fd = -1
 
 
-_NO_LINKS = _proc.RESOLVE_NO_SYMLINKS | _proc.RESOLVE_NO_MAGICLINKS
-# What F_SETFL may change; used to drop the O_NONBLOCK we added for safety.
-_SETFL_FLAGS = (
-    os.O_APPEND
-    | os.O_NONBLOCK
-    | getattr(os, "O_DIRECT", 0)
-    | getattr(os, "O_NOATIME", 0)
-    | getattr(os, "O_ASYNC", 0)
+# The agent's standard streams and fd directory: they mean the agent's own
+# fds, which /proc/self in the broker would not.
+_AGENT_FD_LINKS = (
+    (b"/dev/stdin", b"/proc/self/fd/0"),
+    (b"/dev/stdout", b"/proc/self/fd/1"),
+    (b"/dev/stderr", b"/proc/self/fd/2"),
+    (b"/dev/fd", b"/proc/self/fd"),
 )
-# /proc/self and friends mean the supervisor here, and /dev and /sys opens
-# can have side effects: those always take the careful path.
-_CAREFUL_PREFIXES = (b"/proc", b"/dev", b"/sys")
 
 
 @dataclass(slots=True)
@@ -165,16 +175,9 @@ def _cmdline(pid: int) -> list[str] | None:
     return [os.fsdecode(arg) for arg in data.split(b"\0")[:-1]]
 
 
-def _plain_absolute(raw: bytes) -> bool:
-    return raw.startswith(b"/") and not raw.startswith(_CAREFUL_PREFIXES)
-
-
-def _normal(raw: bytes) -> str:
-    """The lexically normal form of an absolute path (`/a/./b/../c` -> `/a/c`)."""
-    if b"/." in raw or b"//" in raw or (raw.endswith(b"/") and len(raw) > 1):
-        path = os.path.normpath(os.fsdecode(raw))
-        return "/" + path.lstrip("/")
-    return os.fsdecode(raw)
+def _names_own_fd(raw: bytes) -> bool:
+    """/dev/stdin, /dev/fd/N, /proc/self/fd/N and the like: an fd the agent holds."""
+    return raw.startswith((b"/dev/std", b"/dev/fd/", b"/proc/self/fd/", b"/proc/thread-self/fd/"))
 
 
 def _signed32(value: int) -> int:
@@ -190,10 +193,13 @@ class Mediator:
         listener: int,
         judge: Judge,
         tgid_of: Callable[[int], int],
+        hands: BrokerClient,
         agent_id: str = "",
         wait_writable: WaitWritable | None = None,
     ) -> None:
         self.listener = listener
+        # The agent's broker does every file operation, with the agent's rights.
+        self.broker = hands
         self.agent_id = agent_id
         self.judge = judge
         self._allow_cache = judge.allow_cache
@@ -275,20 +281,10 @@ class Mediator:
             # reissues the syscall after SIGCONT, when a person's grant answers it.
             return
         # KILL and STOP were carried out by the judge; the syscall fails either way.
-        _seccomp.respond_error(self.listener, notif.id, err)
+        self._fail(notif, err)
 
-    def _agent_path(self, tid: int, dirfd: int, raw: bytes) -> bytes:
-        """`raw` as a path this process can open, naming what the agent would reach."""
-        if raw.startswith(b"/"):
-            # /proc/self here would be the supervisor: point it at the agent.
-            if raw.startswith(b"/proc/self/") or raw == b"/proc/self":
-                return b"/proc/%d" % self._tgid_of(tid) + raw[10:]
-            if raw.startswith(b"/proc/thread-self"):
-                return b"/proc/%d/task/%d" % (self._tgid_of(tid), tid) + raw[17:]
-            return raw
-        if dirfd == AT_FDCWD:
-            return b"/proc/%d/cwd/" % tid + raw
-        return b"/proc/%d/fd/%d/" % (tid, dirfd) + raw
+    def _fail(self, notif: _seccomp.Notification, err: int) -> None:
+        _seccomp.respond_error(self.listener, notif.id, err)
 
     def _lexical(self, tid: int, dirfd: int, raw: bytes) -> str:
         """Best-effort absolute path when the kernel could not resolve it."""
@@ -302,58 +298,109 @@ class Mediator:
                 base = b"/"
         return os.path.normpath(os.fsdecode(base + raw)).replace("//", "/", 1)
 
-    def _anchored_open(self, tid: int, dirfd: int, raw: bytes, flags: int, resolve: int) -> int:
-        """openat2 from the agent's own dirfd (or cwd), honouring its RESOLVE_* flags."""
+    def _anchor(self, tid: int, dirfd: int, raw: bytes, resolve_flags: int) -> tuple[int, bytes]:
+        """Where the broker starts: an O_PATH fd of ours (or -1: its root), and the rest.
+
+        The agent's cwd and dirfds are opened here, in its /proc entry, and
+        passed along.  /proc/self and /dev/std* mean the agent, not the
+        broker: they become the agent's /proc/PID as its own PID namespace
+        numbers it.
+        """
         if raw.startswith(b"/"):
-            raw = self._agent_path(tid, dirfd, raw)  # /proc/self means the agent
-        anchor_path = f"/proc/{tid}/cwd" if dirfd == AT_FDCWD else f"/proc/{tid}/fd/{dirfd}"
-        anchor = os.open(anchor_path, _O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            for alias, real in _AGENT_FD_LINKS:
+                if raw == alias or raw.startswith(alias + b"/"):
+                    raw = real + raw[len(alias) :]
+                    break
+            if raw == b"/proc/self" or raw.startswith(b"/proc/self/"):
+                raw = b"/proc/%d" % _proc.namespace_pid(self._tgid_of(tid)) + raw[10:]
+            elif raw == b"/proc/thread-self" or raw.startswith(b"/proc/thread-self/"):
+                tgid = _proc.namespace_pid(self._tgid_of(tid))
+                raw = b"/proc/%d/task/%d" % (tgid, _proc.namespace_pid(tid)) + raw[17:]
+            if not resolve_flags:
+                return -1, raw
+        path = f"/proc/{tid}/cwd" if dirfd == AT_FDCWD else f"/proc/{tid}/fd/{dirfd}"
+        return self._open_anchor(path), raw
+
+    @staticmethod
+    def _open_anchor(path: str) -> int:
+        return os.open(path, _O_PATH | os.O_CLOEXEC)
+
+    def _pin(
+        self,
+        tid: int,
+        dirfd: int,
+        raw: bytes,
+        kind: int,
+        *,
+        flags: int = 0,
+        follow: bool = True,
+        resolve_flags: int = 0,
+        want_script: bool = False,
+    ) -> Pinned:
         try:
-            return _proc.openat2(anchor, raw, flags, 0, resolve)
+            anchor, rest = self._anchor(tid, dirfd, raw, resolve_flags)
+        except OSError as exc:
+            return Pinned(error=exc.errno or errno.ENOENT)
+        try:
+            return self.broker.resolve(
+                anchor,
+                rest,
+                kind,
+                flags=flags,
+                resolve_flags=resolve_flags,
+                follow=follow,
+                want_script=want_script,
+            )
         finally:
-            os.close(anchor)
+            if anchor >= 0:
+                os.close(anchor)
 
     def resolve(
-        self, tid: int, dirfd: int, raw: bytes, *, follow: bool = True, resolve_flags: int = 0
+        self,
+        tid: int,
+        dirfd: int,
+        raw: bytes,
+        *,
+        follow: bool = True,
+        resolve_flags: int = 0,
+        want_script: bool = False,
     ) -> Resolved:
         """Pin the object `raw` names (following a final symlink if `follow`)."""
         if not raw:
             return Resolved(self._lexical(tid, dirfd, raw), error=errno.ENOENT)
-        flags = _O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
-        if resolve_flags:
-            try:
-                fd = self._anchored_open(tid, dirfd, raw, flags, resolve_flags)
-            except OSError as exc:
-                return Resolved(self._lexical(tid, dirfd, raw), error=exc.errno or errno.ENOENT)
-            return self._checked(Resolved(_proc.fd_path(fd), fd=fd), os.fstat(fd))
-        if _plain_absolute(raw):
-            try:
-                fd = _proc.openat2(AT_FDCWD, raw, flags, 0, _NO_LINKS)
-            except OSError as exc:
-                if exc.errno != errno.ELOOP:
-                    return Resolved(_normal(raw), error=exc.errno or errno.ENOENT)
-            else:
-                # No symlink on the way: the real path is the normalised one.
-                return self._checked(Resolved(_normal(raw), fd=fd), os.fstat(fd))
-        try:
-            fd = os.open(self._agent_path(tid, dirfd, raw), flags)
-        except OSError as exc:
-            return Resolved(self._lexical(tid, dirfd, raw), error=exc.errno or errno.ENOENT)
-        return self._checked(Resolved(_proc.fd_path(fd), fd=fd), os.fstat(fd))
+        pinned = self._pin(
+            tid,
+            dirfd,
+            raw,
+            broker.OBJECT,
+            follow=follow,
+            resolve_flags=resolve_flags,
+            want_script=want_script,
+        )
+        if pinned.error:
+            return Resolved(self._lexical(tid, dirfd, raw), error=pinned.error)
+        return self._checked(Resolved(pinned.path, pinned))
 
-    def _checked(self, node: Resolved, st: os.stat_result) -> Resolved:
+    def _checked(self, node: Resolved) -> Resolved:
         """Hard links and device nodes get the scrutiny their path alone does not show."""
-        mode = st.st_mode
-        if st.st_nlink > 1 and stat.S_ISREG(mode):
-            protected = self.protected_inodes.get((st.st_dev, st.st_ino))
+        pinned = node.pinned
+        mode = pinned.mode
+        if pinned.nlink > 1 and stat.S_ISREG(mode):
+            protected = self.protected_inodes.get((pinned.dev, pinned.ino))
             if protected is not None:
                 node.target = protected
         elif (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) and not node.target.startswith("/dev/"):
             # A device node outside /dev is a door to the raw device, whatever
             # the path looks like: refuse it.
-            node.close()
+            self.release(node)
             node.error = errno.EACCES
         return node
+
+    def release(self, *nodes: Resolved) -> None:
+        """Unpin what no operation consumed (a refusal, an error)."""
+        for node in nodes:
+            self.broker.drop(node.pinned)
+            node.close()
 
     def resolve_parent(
         self, tid: int, dirfd: int, raw: bytes, *, resolve_flags: int = 0
@@ -368,36 +415,11 @@ class Mediator:
         parent = head if head or not stripped.startswith(b"/") else b"/"
         if b"/" not in stripped:
             parent = b"."
-        if resolve_flags:
-            try:
-                fd = self._anchored_open(
-                    tid, dirfd, parent, _O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, resolve_flags
-                )
-            except OSError as exc:
-                return Resolved(self._lexical(tid, dirfd, raw), error=exc.errno or errno.ENOENT)
-            target = _proc.fd_path(fd).rstrip("/") + "/" + os.fsdecode(name)
-            return Resolved(target, fd=fd, name=name)
-        if _plain_absolute(parent):
-            try:
-                fd = _proc.openat2(
-                    AT_FDCWD, parent, _O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0, _NO_LINKS
-                )
-            except OSError as exc:
-                if exc.errno != errno.ELOOP:
-                    return Resolved(_normal(raw), error=exc.errno or errno.ENOENT)
-            else:
-                target = _normal(parent).rstrip("/") + "/" + os.fsdecode(name)
-                return Resolved(target, fd=fd, name=name)
-        try:
-            fd = os.open(
-                self._agent_path(tid, dirfd, parent),
-                _O_PATH | os.O_DIRECTORY | os.O_CLOEXEC,
-            )
-        except OSError as exc:
-            return Resolved(self._lexical(tid, dirfd, raw), error=exc.errno or errno.ENOENT)
-        parent_real = _proc.fd_path(fd)
-        target = parent_real.rstrip("/") + "/" + os.fsdecode(name)
-        return Resolved(target, fd=fd, name=name)
+        pinned = self._pin(tid, dirfd, parent, broker.PARENT, resolve_flags=resolve_flags)
+        if pinned.error:
+            return Resolved(self._lexical(tid, dirfd, raw), error=pinned.error)
+        target = pinned.path.rstrip("/") + "/" + os.fsdecode(name)
+        return Resolved(target, pinned, name=name)
 
     def _umask(self, tid: int) -> int:
         tgid = self._tgid_of(tid)
@@ -421,17 +443,6 @@ class Mediator:
             os.close(fd)
         self.memory.forget(tgid)
 
-    def _finish(self, notif: _seccomp.Notification, work: Callable[[], object]) -> None:
-        """Do `work` for the agent if it is still waiting; the syscall returns 0 or -errno."""
-        if not _seccomp.id_valid(self.listener, notif.id):
-            return
-        try:
-            work()
-        except OSError as exc:
-            _seccomp.respond_error(self.listener, notif.id, exc.errno or errno.EIO)
-            return
-        _seccomp.respond_value(self.listener, notif.id, 0)
-
     # -- open family -------------------------------------------------------------
 
     def _open(
@@ -448,106 +459,62 @@ class Mediator:
         raw = self.memory.read_cstring(tid, path_ptr)
         writes = bool(flags & _WRITE_FLAGS) or (flags & _O_TMPFILE) == _O_TMPFILE
         reads = (flags & os.O_ACCMODE) != os.O_WRONLY
-        direct = not (writes or resolve_flags or flags & _O_PATH) and _plain_absolute(raw)
-        if direct and self._open_direct(notif, syscall, raw, flags):
-            return
+        cloexec = bool(flags & os.O_CLOEXEC)
         follow = not flags & os.O_NOFOLLOW
-        node = self.resolve(tid, dirfd, raw, follow=follow, resolve_flags=resolve_flags)
+        if not (writes or flags & _O_PATH) and raw:
+            # The common read: the broker opens it right away (regular files and
+            # directories only) and the policy decides on what it got.
+            pinned = self._pin(
+                tid,
+                dirfd,
+                raw,
+                broker.OPEN,
+                flags=flags & ~os.O_CLOEXEC,
+                follow=follow,
+                resolve_flags=resolve_flags,
+            )
+            if pinned.error:
+                node = Resolved(self._lexical(tid, dirfd, raw), error=pinned.error)
+            else:
+                node = self._checked(Resolved(pinned.path, pinned))
+            opened = stat.S_ISREG(pinned.mode) or stat.S_ISDIR(pinned.mode)
+        else:
+            node = self.resolve(tid, dirfd, raw, follow=follow, resolve_flags=resolve_flags)
+            opened = False
         creating = node.error == errno.ENOENT and flags & os.O_CREAT
         if creating:
             node = self.resolve_parent(tid, dirfd, raw, resolve_flags=resolve_flags)
-        try:
-            checks = []
-            if reads or not writes:
-                checks.append((ActionType.FILE_READ, node.target))
-            if writes:
-                checks.append((ActionType.FILE_WRITE, node.target))
-            response = self._decide_all(notif, syscall, checks)
-            if not response.proceeds:
-                self._refuse(notif, response, errno.EACCES)
-                return
-            if node.error:
-                _seccomp.respond_error(self.listener, notif.id, node.error)
-                return
-            if not _seccomp.id_valid(self.listener, notif.id):
-                return
-            own_flags = (flags | os.O_CLOEXEC) & ~os.O_NOFOLLOW
-            try:
-                if creating:
-                    fd = os.open(
-                        node.name,
-                        own_flags | os.O_NOFOLLOW,
-                        mode & 0o7777 & ~self._umask(tid),
-                        dir_fd=node.fd,
-                    )
-                else:
-                    fd = self._reopen(node.fd, own_flags)
-            except OSError as exc:
-                _seccomp.respond_error(self.listener, notif.id, exc.errno or errno.EIO)
-                return
-            try:
-                _seccomp.inject_fd_and_respond(
-                    self.listener, notif.id, fd, cloexec=bool(flags & os.O_CLOEXEC)
-                )
-            finally:
-                os.close(fd)
-        finally:
-            node.close()
-
-    def _open_direct(
-        self, notif: _seccomp.Notification, syscall: str, raw: bytes, flags: int
-    ) -> bool:
-        """The common read: open it ourselves in one step, decide on what we got.
-
-        Only for absolute paths with no symlink on the way (openat2 refuses
-        them), so the normalised path is the real one; and only for regular
-        files and directories, whose opening has no side effects.  False means
-        "take the careful path" (symlinks, FIFOs, devices).
-        """
-        try:
-            fd = _proc.openat2(
-                AT_FDCWD, raw, flags | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY, 0, _NO_LINKS
+        # A pipe or socket the agent already holds is its own: no path rule applies.
+        own_object = not node.error and not node.target.startswith("/") and _names_own_fd(raw)
+        checks = []
+        if (reads or not writes) and not own_object:
+            checks.append((ActionType.FILE_READ, node.target))
+        if writes and not own_object:
+            checks.append((ActionType.FILE_WRITE, node.target))
+        response = self._decide_all(notif, syscall, checks)
+        if not response.proceeds:
+            self.release(node)
+            self._refuse(notif, response, errno.EACCES)
+        elif node.error:
+            self.release(node)
+            self._fail(notif, node.error)
+        elif creating:
+            umask = self._umask(tid)
+            self.broker.act(
+                broker.CREATE,
+                notif.id,
+                node.handle,
+                node.name,
+                flags & ~os.O_NOFOLLOW,
+                mode & 0o7777 & ~umask & ~_SETID,
+                cloexec,
             )
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                return False
-            # Nothing there (or not ours to open): still judge the attempt.
-            response = self._decide(notif, syscall, ActionType.FILE_READ, _normal(raw))
-            if not response.proceeds:
-                self._refuse(notif, response, errno.EACCES)
-            else:
-                _seccomp.respond_error(self.listener, notif.id, exc.errno or errno.EIO)
-            return True
-        try:
-            st = os.fstat(fd)
-            if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-                return False
-            node = self._checked(Resolved(_normal(raw)), st)
-            response = self._decide(notif, syscall, ActionType.FILE_READ, node.target)
-            if not response.proceeds:
-                self._refuse(notif, response, errno.EACCES)
-                return True
-            if not flags & os.O_NONBLOCK:
-                fcntl.fcntl(fd, fcntl.F_SETFL, flags & _SETFL_FLAGS)
-            _seccomp.inject_fd_and_respond(
-                self.listener, notif.id, fd, cloexec=bool(flags & os.O_CLOEXEC)
-            )
-            return True
-        finally:
-            os.close(fd)
-
-    @staticmethod
-    def _reopen(path_fd: int, flags: int) -> int:
-        if flags & _O_PATH:
-            return os.dup(path_fd)
-        st = os.fstat(path_fd)
-        if stat.S_ISFIFO(st.st_mode) and not flags & os.O_NONBLOCK:
-            # Opening a FIFO blocks until the other end opens; the supervisor
-            # must never block, so open non-blocking and hand over a blocking fd.
-            fd = os.open(f"/proc/self/fd/{path_fd}", flags | os.O_NONBLOCK)
-            os.set_blocking(fd, True)
-            return fd
-        return os.open(f"/proc/self/fd/{path_fd}", flags)
+        elif opened:
+            setfl = -1 if flags & os.O_NONBLOCK else flags
+            self.broker.act(broker.INJECT, notif.id, node.handle, cloexec, setfl)
+        else:
+            own_flags = flags & ~(os.O_NOFOLLOW | os.O_CLOEXEC)
+            self.broker.act(broker.REOPEN, notif.id, node.handle, own_flags, cloexec)
 
     def _on_open(self, n: _seccomp.Notification, name: str) -> None:
         self._open(n, name, AT_FDCWD, n.args[0], n.args[1], n.args[2])
@@ -582,7 +549,7 @@ class Mediator:
         tid = n.pid
         raw = self.memory.read_cstring(tid, path_ptr)
         if not raw and flags & AT_EMPTY_PATH:
-            raw = b"/proc/%d/fd/%d" % (self._tgid_of(tid), dirfd)
+            raw = b"/proc/self/fd/%d" % dirfd
             dirfd = AT_FDCWD
         argv = (
             [
@@ -592,17 +559,17 @@ class Mediator:
             if argv_ptr
             else []
         )
-        node = self.resolve(tid, dirfd, raw, follow=not flags & AT_SYMLINK_NOFOLLOW)
-        try:
-            checks = [
-                (ActionType.SHELL_EXECUTE, " ".join(argv)),
-                (ActionType.PROCESS_SPAWN, node.target),
-            ]
-            if node.fd >= 0 and self._is_script(node.fd):
-                checks.append((ActionType.FILE_READ, node.target))
-            response = self._decide_all(n, syscall, checks)
-        finally:
-            node.close()
+        node = self.resolve(
+            tid, dirfd, raw, follow=not flags & AT_SYMLINK_NOFOLLOW, want_script=True
+        )
+        self.release(node)
+        checks = [
+            (ActionType.SHELL_EXECUTE, " ".join(argv)),
+            (ActionType.PROCESS_SPAWN, node.target),
+        ]
+        if node.pinned.script:
+            checks.append((ActionType.FILE_READ, node.target))
+        response = self._decide_all(n, syscall, checks)
         if not response.proceeds:
             self._refuse(n, response, errno.EACCES)
             return
@@ -637,19 +604,6 @@ class Mediator:
         _seccomp.respond_error(self.listener, notif.id, errno.EPERM)
         return False
 
-    @staticmethod
-    def _is_script(path_fd: int) -> bool:
-        try:
-            fd = os.open(f"/proc/self/fd/{path_fd}", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return False
-        try:
-            return os.pread(fd, 2, 0) == b"#!"
-        except OSError:
-            return False
-        finally:
-            os.close(fd)
-
     def _on_execve(self, n: _seccomp.Notification, name: str) -> None:
         self._exec(n, name, AT_FDCWD, n.args[0], n.args[1], 0)
 
@@ -657,6 +611,7 @@ class Mediator:
         self._exec(n, name, _signed32(n.args[0]), n.args[1], n.args[2], n.args[4])
 
     # -- delete, create, move ------------------------------------------------------
+    # The broker does the work on what was pinned, and answers the syscall.
 
     def _parent_op(
         self,
@@ -665,31 +620,26 @@ class Mediator:
         action: ActionType,
         dirfd: int,
         path_ptr: int,
-        work: Callable[[Resolved], object],
+        op: int,
+        *args: object,
     ) -> None:
         raw = self.memory.read_cstring(n.pid, path_ptr)
         node = self.resolve_parent(n.pid, dirfd, raw)
-        try:
-            response = self._decide(n, syscall, action, node.target)
-            if not response.proceeds:
-                self._refuse(n, response, errno.EACCES)
-            elif node.error:
-                _seccomp.respond_error(self.listener, n.id, node.error)
-            else:
-                self._finish(n, lambda: work(node))
-        finally:
-            node.close()
+        response = self._decide(n, syscall, action, node.target)
+        if not response.proceeds:
+            self.release(node)
+            self._refuse(n, response, errno.EACCES)
+        elif node.error:
+            self.release(node)
+            self._fail(n, node.error)
+        else:
+            self.broker.act(op, n.id, node.handle, node.name, *args)
 
     def _unlink(
         self, n: _seccomp.Notification, syscall: str, dirfd: int, ptr: int, flags: int
     ) -> None:
-        def work(node: Resolved) -> None:
-            if flags & AT_REMOVEDIR:
-                os.rmdir(node.name, dir_fd=node.fd)
-            else:
-                os.unlink(node.name, dir_fd=node.fd)
-
-        self._parent_op(n, syscall, ActionType.FILE_DELETE, dirfd, ptr, work)
+        rmdir = bool(flags & AT_REMOVEDIR)
+        self._parent_op(n, syscall, ActionType.FILE_DELETE, dirfd, ptr, broker.UNLINK, rmdir)
 
     def _on_unlink(self, n: _seccomp.Notification, name: str) -> None:
         self._unlink(n, name, AT_FDCWD, n.args[0], 0)
@@ -703,15 +653,8 @@ class Mediator:
     def _mkdir(
         self, n: _seccomp.Notification, syscall: str, dirfd: int, ptr: int, mode: int
     ) -> None:
-        umask = self._umask(n.pid)
-        self._parent_op(
-            n,
-            syscall,
-            ActionType.FILE_WRITE,
-            dirfd,
-            ptr,
-            lambda node: os.mkdir(node.name, mode & 0o7777 & ~umask, dir_fd=node.fd),
-        )
+        mode = mode & 0o7777 & ~self._umask(n.pid) & ~stat.S_ISUID
+        self._parent_op(n, syscall, ActionType.FILE_WRITE, dirfd, ptr, broker.MKDIR, mode)
 
     def _on_mkdir(self, n: _seccomp.Notification, name: str) -> None:
         self._mkdir(n, name, AT_FDCWD, n.args[0], n.args[1])
@@ -723,14 +666,7 @@ class Mediator:
         self, n: _seccomp.Notification, syscall: str, target_ptr: int, dirfd: int, ptr: int
     ) -> None:
         content = self.memory.read_cstring(n.pid, target_ptr)
-        self._parent_op(
-            n,
-            syscall,
-            ActionType.FILE_WRITE,
-            dirfd,
-            ptr,
-            lambda node: os.symlink(content, node.name, dir_fd=node.fd),
-        )
+        self._parent_op(n, syscall, ActionType.FILE_WRITE, dirfd, ptr, broker.SYMLINK, content)
 
     def _on_symlink(self, n: _seccomp.Notification, name: str) -> None:
         self._symlink(n, name, n.args[0], AT_FDCWD, n.args[1])
@@ -753,71 +689,53 @@ class Mediator:
         tid = n.pid
         old_raw = self.memory.read_cstring(tid, old_ptr)
         new_raw = self.memory.read_cstring(tid, new_ptr)
-        if linking and flags & AT_SYMLINK_FOLLOW:
+        follow = linking and bool(flags & AT_SYMLINK_FOLLOW)
+        if follow:
             source = self.resolve(tid, olddirfd, old_raw)
         else:
             source = self.resolve_parent(tid, olddirfd, old_raw)
-            if linking and source.fd >= 0:
+            if linking and not source.error:
                 # A hard link to a protected file must be judged as that file.
-                try:
-                    st = os.stat(source.name, dir_fd=source.fd, follow_symlinks=False)
-                    protected = self.protected_inodes.get((st.st_dev, st.st_ino))
-                    if protected is not None:
-                        source.target = protected
-                except OSError:
-                    pass
+                inode = self.resolve(tid, olddirfd, old_raw, follow=False)
+                self.release(inode)
+                protected = self.protected_inodes.get((inode.pinned.dev, inode.pinned.ino))
+                if protected is not None:
+                    source.target = protected
         dest = self.resolve_parent(tid, newdirfd, new_raw)
-        try:
-            if linking:
-                # Making a new name for a file is as good as reading it.
-                checks = [
-                    (ActionType.FILE_READ, source.target),
-                    (ActionType.FILE_WRITE, dest.target),
+        if linking:
+            # Making a new name for a file is as good as reading it.
+            checks = [
+                (ActionType.FILE_READ, source.target),
+                (ActionType.FILE_WRITE, dest.target),
+            ]
+        else:
+            checks = [
+                (ActionType.FILE_MOVE, source.target),
+                (ActionType.FILE_WRITE, dest.target),
+            ]
+            if flags & RENAME_EXCHANGE:
+                checks += [
+                    (ActionType.FILE_MOVE, dest.target),
+                    (ActionType.FILE_WRITE, source.target),
                 ]
-            else:
-                checks = [
-                    (ActionType.FILE_MOVE, source.target),
-                    (ActionType.FILE_WRITE, dest.target),
-                ]
-                if flags & RENAME_EXCHANGE:
-                    checks += [
-                        (ActionType.FILE_MOVE, dest.target),
-                        (ActionType.FILE_WRITE, source.target),
-                    ]
-            response = self._decide_all(n, syscall, checks)
-            if not response.proceeds:
-                self._refuse(n, response, errno.EACCES)
+        response = self._decide_all(n, syscall, checks)
+        if not response.proceeds:
+            self.release(source, dest)
+            self._refuse(n, response, errno.EACCES)
+            return
+        for node in (source, dest):
+            if node.error:
+                self.release(source, dest)
+                self._fail(n, node.error)
                 return
-            for node in (source, dest):
-                if node.error:
-                    _seccomp.respond_error(self.listener, n.id, node.error)
-                    return
-
-            def work() -> None:
-                if linking and flags & AT_SYMLINK_FOLLOW:
-                    os.link(
-                        f"/proc/self/fd/{source.fd}",
-                        dest.name,
-                        dst_dir_fd=dest.fd,
-                        follow_symlinks=True,
-                    )
-                elif linking:
-                    os.link(
-                        source.name,
-                        dest.name,
-                        src_dir_fd=source.fd,
-                        dst_dir_fd=dest.fd,
-                        follow_symlinks=False,
-                    )
-                elif flags:
-                    _proc.renameat2(source.fd, source.name, dest.fd, dest.name, flags)
-                else:
-                    os.rename(source.name, dest.name, src_dir_fd=source.fd, dst_dir_fd=dest.fd)
-
-            self._finish(n, work)
-        finally:
-            source.close()
-            dest.close()
+        if linking:
+            self.broker.act(
+                broker.LINK, n.id, source.handle, source.name, dest.handle, dest.name, follow
+            )
+        else:
+            self.broker.act(
+                broker.RENAME, n.id, source.handle, source.name, dest.handle, dest.name, flags
+            )
 
     def _on_rename(self, n: _seccomp.Notification, name: str) -> None:
         self._two_paths(n, name, AT_FDCWD, n.args[0], AT_FDCWD, n.args[1], linking=False, flags=0)
@@ -851,19 +769,24 @@ class Mediator:
         syscall: str,
         action: ActionType,
         node: Resolved,
-        work: Callable[[str], object],
+        op: int,
+        *args: object,
     ) -> None:
-        try:
-            response = self._decide(n, syscall, action, node.target)
-            if not response.proceeds:
-                self._refuse(n, response, errno.EACCES)
-            elif node.error:
-                _seccomp.respond_error(self.listener, n.id, node.error)
-            else:
-                # Through the pinned fd, never through the name again.
-                self._finish(n, lambda: work(f"/proc/self/fd/{node.fd}"))
-        finally:
-            node.close()
+        """`op` on the pinned object, or on the agent's own fd for the f* calls."""
+        response = self._decide(n, syscall, action, node.target)
+        if not response.proceeds:
+            self.release(node)
+            self._refuse(n, response, errno.EACCES)
+        elif node.error:
+            self.release(node)
+            self._fail(n, node.error)
+        elif node.fd >= 0:
+            try:
+                self.broker.act(_FD_OPS[op], n.id, *args, fds=(node.fd,))
+            finally:
+                node.close()
+        else:
+            self.broker.act(op, n.id, node.handle, *args)
 
     def _path_object(
         self, n: _seccomp.Notification, dirfd: int, ptr: int, follow: bool = True
@@ -877,25 +800,26 @@ class Mediator:
         except OSError as exc:
             return Resolved(f"fd:{agent_fd}", error=exc.errno or errno.EBADF)
         try:
-            return self._checked(Resolved(_proc.fd_path(fd), fd=fd), os.fstat(fd))
+            st = os.fstat(fd)
+            path = _proc.fd_path(fd)
         except OSError as exc:
             os.close(fd)
             return Resolved(f"fd:{agent_fd}", error=exc.errno or errno.EBADF)
+        pinned = Pinned(path=path, mode=st.st_mode, dev=st.st_dev, ino=st.st_ino)
+        pinned.nlink = st.st_nlink
+        return self._checked(Resolved(path, pinned, fd=fd))
 
     def _on_truncate(self, n: _seccomp.Notification, name: str) -> None:
-        length = n.args[1]
-        self._object_op(
-            n,
-            name,
-            ActionType.FILE_WRITE,
-            self._path_object(n, AT_FDCWD, n.args[0]),
-            lambda p: os.truncate(p, length),
-        )
+        node = self._path_object(n, AT_FDCWD, n.args[0])
+        self._object_op(n, name, ActionType.FILE_WRITE, node, broker.TRUNCATE, n.args[1])
 
     def _chmod(self, n: _seccomp.Notification, syscall: str, node: Resolved, mode: int) -> None:
-        self._object_op(
-            n, syscall, ActionType.FILE_CHMOD, node, lambda p: os.chmod(p, mode & 0o7777)
-        )
+        # A setuid or setgid file the agent made would run with its owner's
+        # rights for everyone else: the bits are dropped (a directory keeps
+        # setgid, which only passes its group on).
+        keep = ~stat.S_ISUID if stat.S_ISDIR(node.pinned.mode) else ~_SETID
+        mode = mode & 0o7777 & keep
+        self._object_op(n, syscall, ActionType.FILE_CHMOD, node, broker.CHMOD, mode)
 
     def _on_chmod(self, n: _seccomp.Notification, name: str) -> None:
         self._chmod(n, name, self._path_object(n, AT_FDCWD, n.args[0]), n.args[1])
@@ -920,7 +844,7 @@ class Mediator:
         self, n: _seccomp.Notification, syscall: str, node: Resolved, uid: int, gid: int
     ) -> None:
         uid, gid = _signed32(uid), _signed32(gid)
-        self._object_op(n, syscall, ActionType.FILE_CHMOD, node, lambda p: os.chown(p, uid, gid))
+        self._object_op(n, syscall, ActionType.FILE_CHMOD, node, broker.CHOWN, uid, gid)
 
     def _on_chown(self, n: _seccomp.Notification, name: str) -> None:
         self._chown(n, name, self._path_object(n, AT_FDCWD, n.args[0]), n.args[1], n.args[2])
@@ -943,128 +867,146 @@ class Mediator:
         self._chown(n, name, node, n.args[2], n.args[3])
 
     # -- network and memory ---------------------------------------------------------
+    # The supervisor decides on the address it copied once; the broker makes the
+    # call with that very copy, on a duplicate of the agent's socket, with the
+    # agent's rights (its Landlock TCP rules, no CAP_NET_BIND_SERVICE).
 
     def _decided_address(
         self, n: _seccomp.Notification, syscall: str, ptr: int, length: int
-    ) -> bytes | None:
+    ) -> tuple[bytes, Resolved | None] | None:
         """The sockaddr the agent named, copied once, if the policy lets it through.
 
         None when the syscall is already answered: no address (CONTINUE, there
-        is nothing to decide) or refused.  The caller uses these very bytes.
+        is nothing to decide) or refused.  For a unix socket path, the socket
+        file is pinned too: the connect goes to what was decided on.
         """
         if ptr == 0 or length < 2:
             _seccomp.respond_continue(self.listener, n.id)
             return None
         data = self.memory.read(n.pid, ptr, min(length, 128))
-        response = self._judge_sockaddr(n, syscall, data)
+        node = self._unix_node(n.pid, data)
+        target = describe_sockaddr(data, lambda _raw: node.target if node else "")
+        response = self._decide(n, syscall, ActionType.NETWORK_CONNECT, target)
         if not response.proceeds:
+            if node is not None:
+                self.release(node)
             self._refuse(n, response, errno.EPERM)
             return None
-        return data
+        return data, node
+
+    def _unix_node(self, tid: int, data: bytes) -> Resolved | None:
+        """The socket file a unix sockaddr names, pinned; None for other addresses."""
+        if len(data) < 3 or struct.unpack_from("<H", data)[0] != socket.AF_UNIX:
+            return None
+        path = data[2:].split(b"\0", 1)[0]
+        if data[2] == 0 or not path:
+            return None  # abstract: no file to pin
+        return self.resolve(tid, AT_FDCWD, path)
 
     def _judge_sockaddr(self, n: _seccomp.Notification, syscall: str, data: bytes) -> Response:
-        target = describe_sockaddr(data, lambda raw: self._unix_target(n.pid, raw))
+        node = self._unix_node(n.pid, data)
+        if node is not None:
+            self.release(node)
+        target = describe_sockaddr(data, lambda _raw: node.target if node else "")
         return self._decide(n, syscall, ActionType.NETWORK_CONNECT, target)
 
-    def _agent_socket(self, n: _seccomp.Notification) -> socket.socket | None:
-        """A duplicate of the socket in the syscall's first argument; None if answered."""
+    def _agent_socket(self, n: _seccomp.Notification) -> int:
+        """A duplicate of the socket in the syscall's first argument; -1 if answered."""
         try:
-            fd = _proc.pidfd_getfd(self._pidfd(n.pid), _signed32(n.args[0]))
+            return _proc.pidfd_getfd(self._pidfd(n.pid), _signed32(n.args[0]))
         except OSError as exc:
             _seccomp.respond_error(self.listener, n.id, exc.errno or errno.EBADF)
-            return None
-        return socket.socket(fileno=fd)
-
-    def _unix_target(self, tid: int, raw: bytes) -> str:
-        node = self.resolve_parent(tid, AT_FDCWD, raw)
-        node.close()
-        return node.target
+            return -1
 
     def _on_connect(self, n: _seccomp.Notification, name: str) -> None:
-        self._ip_socket_call(n, name, connect=True)
+        self._socket_call(n, name, connect=True)
 
     def _on_bind(self, n: _seccomp.Notification, name: str) -> None:
-        self._ip_socket_call(n, name, connect=False)
+        self._socket_call(n, name, connect=False)
 
-    def _ip_socket_call(self, n: _seccomp.Notification, syscall: str, *, connect: bool) -> None:
-        """connect/bind: decide on the address we copied, and use that very copy.
-
-        For IP sockets the supervisor takes a duplicate of the agent's socket
-        (pidfd_getfd) and makes the call itself with the address it decided
-        on, so a thread rewriting the sockaddr after the check changes
-        nothing.  Unix sockets keep CONTINUE (their path would have to be
-        re-resolved in the agent's cwd); the README says so.
-        """
-        data = self._decided_address(n, syscall, n.args[1], n.args[2] & 0xFFFFFFFF)
-        if data is None:
+    def _socket_call(self, n: _seccomp.Notification, syscall: str, *, connect: bool) -> None:
+        """connect/bind: decide on the address we copied, and use that very copy."""
+        decided = self._decided_address(n, syscall, n.args[1], n.args[2] & 0xFFFFFFFF)
+        if decided is None:
             return
+        data, node = decided
         address = ip_address_tuple(data)
-        if address is None:
-            _seccomp.respond_continue(self.listener, n.id)
-            return
-        sock = self._agent_socket(n)
-        if sock is None:
-            return
-        if not connect:
-            try:
-                sock.bind(address)
-            except OSError as exc:
-                _seccomp.respond_error(self.listener, n.id, exc.errno or errno.EINVAL)
+        if node is not None and node.error:
+            self.release(node)
+            if not connect and node.error == errno.ENOENT:
+                # bind() makes the socket file: nothing to pin, the kernel does it.
+                _seccomp.respond_continue(self.listener, n.id)
             else:
-                _seccomp.respond_value(self.listener, n.id, 0)
-            finally:
-                sock.close()
+                self._fail(n, node.error)
             return
-        self._connect(n, sock, address)
-
-    def _connect(
-        self, n: _seccomp.Notification, sock: socket.socket, address: tuple[object, ...]
-    ) -> None:
-        fd = sock.fileno()
-        status_flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-        agent_blocks = not status_flags & os.O_NONBLOCK
-        if agent_blocks:
-            # The flag lives in the shared open file: set it only for our call.
-            fcntl.fcntl(fd, fcntl.F_SETFL, status_flags | os.O_NONBLOCK)
+        if address is None and node is None:
+            _seccomp.respond_continue(self.listener, n.id)  # abstract, netlink, ...
+            return
+        fd = self._agent_socket(n)
+        if fd < 0:
+            if node is not None:
+                self.release(node)
+            return
         try:
-            err = sock.connect_ex(address)
+            if not connect:
+                if node is not None:  # an existing file: bind() fails with EADDRINUSE
+                    self.release(node)
+                    self._fail(n, errno.EADDRINUSE)
+                else:
+                    self.broker.act(broker.BIND, n.id, address, fds=(fd,))
+                return
+            handle = node.handle if node is not None else -1
+            err = self.broker.connect(fd, address, handle)
+            if node is not None:
+                node.pinned.handle = -1  # the broker took it
         finally:
-            if agent_blocks:
-                fcntl.fcntl(fd, fcntl.F_SETFL, status_flags)
-        if err != errno.EINPROGRESS or not agent_blocks or self._wait_writable is None:
-            sock.close()
+            if not connect or err != errno.EINPROGRESS:
+                os.close(fd)
+        self._connected(n, fd, err)
+
+    def _connected(self, n: _seccomp.Notification, fd: int, err: int) -> None:
+        """Answer a connect the broker started; a blocking one waits in the loop."""
+        if err != errno.EINPROGRESS:
             if err:
-                _seccomp.respond_error(self.listener, n.id, err)
+                self._fail(n, err)
             else:
                 _seccomp.respond_value(self.listener, n.id, 0)
+            return
+        blocking = not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK
+        if not blocking or self._wait_writable is None:
+            os.close(fd)
+            self._fail(n, err)
             return
 
         # A blocking connect in progress: the agent keeps waiting in its
         # syscall while the loop waits for the handshake.
         def done() -> None:
-            result = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            sock.close()
+            result = socket.socket(fileno=os.dup(fd)).getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            os.close(fd)
             if result:
-                _seccomp.respond_error(self.listener, n.id, result)
+                self._fail(n, result)
             else:
                 _seccomp.respond_value(self.listener, n.id, 0)
 
         def timed_out() -> None:
-            sock.close()
-            _seccomp.respond_error(self.listener, n.id, errno.ETIMEDOUT)
+            os.close(fd)
+            self._fail(n, errno.ETIMEDOUT)
 
         self._wait_writable(fd, done, timed_out, CONNECT_TIMEOUT)
 
     def _on_sendto(self, n: _seccomp.Notification, name: str) -> None:
-        """A datagram to an address: for IP, sent by the supervisor with the copied address.
+        """A datagram to an address: for IP, sent by the broker with the copied address.
 
         Like connect, the address the agent named is read once, decided on,
         and used; a thread rewriting it afterwards changes nothing.  The
         payload is copied too (at most 64 KiB, a UDP datagram's limit).
         """
-        data = self._decided_address(n, name, n.args[4], n.args[5] & 0xFFFFFFFF)
-        if data is None:
+        decided = self._decided_address(n, name, n.args[4], n.args[5] & 0xFFFFFFFF)
+        if decided is None:
             return
+        data, node = decided
+        if node is not None:
+            self.release(node)
         address = ip_address_tuple(data)
         length = n.args[2]
         if address is None or length > _MAX_DATAGRAM:
@@ -1077,39 +1019,71 @@ class Mediator:
         self, n: _seccomp.Notification, payload: bytes, flags: int, address: tuple[object, ...]
     ) -> None:
         """Send on a duplicate of the agent's socket (first argument); answer with the count."""
-        sock = self._agent_socket(n)
-        if sock is None:
+        fd = self._agent_socket(n)
+        if fd < 0:
             return
         try:
-            # Never block the loop: a full socket buffer is EAGAIN for the agent.
-            sent = sock.sendto(payload, flags | socket.MSG_DONTWAIT, address)
-        except OSError as exc:
-            _seccomp.respond_error(self.listener, n.id, exc.errno or errno.EIO)
-        else:
-            _seccomp.respond_value(self.listener, n.id, sent)
+            self.broker.act(broker.SENDTO, n.id, payload, flags, address, fds=(fd,))
         finally:
-            sock.close()
+            os.close(fd)
+
+    def _socket_kind(self, n: _seccomp.Notification) -> tuple[int, int, int]:
+        """(duplicate fd, family, type) of the agent's socket; fd -1 if answered."""
+        fd = self._agent_socket(n)
+        if fd < 0:
+            return -1, 0, 0
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            family = sock.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
+            kind = sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+        return fd, family, kind
 
     def _on_sendmsg(self, n: _seccomp.Notification, name: str) -> None:
-        """sendmsg with an address: like sendto, sent by the supervisor for IP datagrams.
+        """sendmsg: on an IP datagram socket, never CONTINUEd.
 
-        Messages with control data (ancillary data, e.g. fds over unix
-        sockets) and unix destinations keep CONTINUE after the decision.
+        msg_name lives in memory a racing thread can rewrite after the check,
+        and the kernel reads it again.  So on IP datagram sockets the broker
+        sends the payload and address that were copied and decided on (with no
+        address: the socket's connected peer, decided at connect).  A
+        connected stream socket ignores msg_name (TCP Fast Open aside, which
+        is refused), so it goes on as it is.  Unix sockets keep CONTINUE after
+        the decision on their path; control data (fds) needs the kernel.
         """
         (name_ptr, name_len, iov_ptr, iov_count, _control_ptr, control_len, _flags) = (
             _MSGHDR.unpack(self.memory.read(n.pid, n.args[1], _MSGHDR.size))
         )
-        data = self._decided_address(n, name, name_ptr, name_len)
-        if data is None:
+        flags = n.args[2] & 0xFFFFFFFF
+        fd, family, kind = self._socket_kind(n)
+        if fd < 0:
             return
-        address = ip_address_tuple(data)
-        payload = None
-        if address is not None and control_len == 0:
+        try:
+            if family not in (socket.AF_INET, socket.AF_INET6):
+                if name_ptr and name_len >= 2:
+                    data = self.memory.read(n.pid, name_ptr, min(name_len, 128))
+                    response = self._judge_sockaddr(n, name, data)
+                    if not response.proceeds:
+                        self._refuse(n, response, errno.EPERM)
+                        return
+                _seccomp.respond_continue(self.listener, n.id)
+                return
+            if kind == socket.SOCK_STREAM:
+                if flags & _MSG_FASTOPEN:
+                    self._fail(n, errno.EOPNOTSUPP)
+                else:
+                    _seccomp.respond_continue(self.listener, n.id)
+                return
+            address: tuple[object, ...] | None = None
+            if name_ptr and name_len >= 2:
+                decided = self._decided_address(n, name, name_ptr, name_len)
+                if decided is None:
+                    return
+                address = ip_address_tuple(decided[0])
             payload = self._gather(n.pid, iov_ptr, iov_count)
-        if address is None or payload is None:
-            _seccomp.respond_continue(self.listener, n.id)
-            return
-        self._send_datagram(n, payload, n.args[2] & 0xFFFFFFFF, address)
+            if control_len or payload is None:
+                self._fail(n, errno.EOPNOTSUPP if control_len else errno.EMSGSIZE)
+                return
+            self.broker.act(broker.SENDTO, n.id, payload, flags, address, fds=(fd,))
+        finally:
+            os.close(fd)
 
     def _gather(self, tid: int, iov_ptr: int, iov_count: int) -> bytes | None:
         """The bytes an iovec array points at; None past 64 KiB or 1024 pieces."""
@@ -1130,20 +1104,41 @@ class Mediator:
         return b"".join(pieces)
 
     def _on_sendmmsg(self, n: _seccomp.Notification, name: str) -> None:
-        count = min(n.args[2] & 0xFFFFFFFF, 1024)
-        for i in range(count):
-            # struct mmsghdr: a 56-byte msghdr and an unsigned int, padded to 64.
-            name_ptr, name_len = struct.unpack(
-                "<QI", self.memory.read(n.pid, n.args[1] + 64 * i, 12)
+        """sendmmsg: on IP datagram sockets, the broker sends each decided copy."""
+        count = min(n.args[2] & 0xFFFFFFFF, _MAX_MMSG)
+        fd, family, kind = self._socket_kind(n)
+        if fd < 0:
+            return
+        try:
+            ip_datagrams = (
+                family in (socket.AF_INET, socket.AF_INET6) and kind != socket.SOCK_STREAM
             )
-            if name_ptr == 0 or name_len < 2:
-                continue
-            data = self.memory.read(n.pid, name_ptr, min(name_len, 128))
-            response = self._judge_sockaddr(n, name, data)
-            if not response.proceeds:
-                self._refuse(n, response, errno.EPERM)
+            messages: list[tuple[bytes, tuple[object, ...] | None]] = []
+            for i in range(count):
+                # struct mmsghdr: a 56-byte msghdr and an unsigned int, padded to 64.
+                header = _MSGHDR.unpack(self.memory.read(n.pid, n.args[1] + 64 * i, _MSGHDR.size))
+                name_ptr, name_len, iov_ptr, iov_count, _control, control_len, _flags = header
+                address = None
+                if name_ptr and name_len >= 2:
+                    data = self.memory.read(n.pid, name_ptr, min(name_len, 128))
+                    response = self._judge_sockaddr(n, name, data)
+                    if not response.proceeds:
+                        self._refuse(n, response, errno.EPERM)
+                        return
+                    address = ip_address_tuple(data)
+                if ip_datagrams:
+                    payload = self._gather(n.pid, iov_ptr, iov_count)
+                    if control_len or payload is None:
+                        self._fail(n, errno.EOPNOTSUPP if control_len else errno.EMSGSIZE)
+                        return
+                    messages.append((payload, address))
+            if not ip_datagrams:
+                _seccomp.respond_continue(self.listener, n.id)
                 return
-        _seccomp.respond_continue(self.listener, n.id)
+            flags = n.args[3] & 0xFFFFFFFF
+            self.broker.act(broker.SENDMMSG, n.id, messages, flags, fds=(fd,))
+        finally:
+            os.close(fd)
 
     def _on_process_vm_readv(self, n: _seccomp.Notification, name: str) -> None:
         response = self._decide(n, name, ActionType.MEMORY_ACCESS, str(_signed32(n.args[0])))

@@ -1,104 +1,270 @@
-"""The trampoline: the forked child that becomes the agent.
+"""The trampoline: the forked processes that become the agent, its broker and its init.
 
 The supervisor is single-threaded when it launches an agent, so it forks
 directly (no second Python start-up, no preexec_fn in a threaded parent).
-In order, the child:
+Three processes stand between the supervisor and the agent's exec, each
+with one job:
 
-1. dies with the supervisor (PR_SET_PDEATHSIG), resets signal dispositions
-   and closes every fd but stdio and its two pipes;
-2. sets rlimits and moves into the workspace;
-3. applies the Landlock floor;
-4. installs the seccomp filter with a user-notification listener;
-5. hands the listener to the supervisor: it writes the fd number to STATUS
-   and the supervisor takes a copy with pidfd_getfd, so no trapped syscall
-   is needed before the supervisor listens;
-6. waits for the supervisor's go byte, closes its copy, and execs the agent
-   with the scrubbed environment.  That execve is the first trapped syscall.
+    supervisor
+      └─ trampoline     rlimits; the user namespace (a normal user); unshare
+         │              mount, PID, UTS, IPC and network; waits for the init
+         └─ init        PID 1 of the new PID namespace: mounts (private /tmp,
+            │           /proc, read-only /sys), the user switch, every
+            │           capability dropped, Landlock; then it is the broker
+            │           (`broker.py`) and reaps the tree
+            └─ agent    setsid, seccomp filter, waits for the go byte, execve
 
-Failures before the exec are written to STATUS as `F<errno> <stage>: <text>`
-(the supervisor exits 125); a failed exec as `E<errno>`.  STATUS is
-close-on-exec, so a successful exec shows as EOF.
+unshare(CLONE_NEWPID) moves only children into the new namespace, and /proc
+must be mounted from inside it, hence the init.  The broker is the init: it
+has the agent's credentials, namespaces and Landlock domain, but no seccomp
+filter.  The trampoline stays as a plain waiter, so the supervisor keeps a
+direct child whose exit means the whole namespace is gone; it exits with the
+agent's status (a signal is raised again on itself).
+
+Status pipe (every stage writes; close-on-exec, so EOF after the exec):
+    D<text>          a namespace the operator let degrade is missing
+    F<errno> <text>  fatal: nothing was exec'd, `run` exits 125
+    L<fd>            the agent is ready; fd <fd> in it is its seccomp listener
+    E<errno>         the agent's execve failed
+Broker channel (SOCK_SEQPACKET): the init sends b"A" with a pidfd of the
+agent; the supervisor answers b"L" with the listener, then drives the broker.
 """
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
+import errno
 import os
 import resource
+import select
 import signal
-from collections.abc import Mapping, Sequence
+import socket
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import NoReturn
 
-_PR_SET_PDEATHSIG = 1
+from ..kernel import landlock, namespaces, privileges, seccomp
+from ..kernel.privileges import UserSpec
+from ..policy.floor import FloorPlan
+from .broker import run_broker
+
+# Signals the trampoline must survive: they reach it with the terminal's
+# process group (^C), and the init forwards none of them: the agent gets its
+# own from the supervisor.
+_WAITER_IGNORES = (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP, signal.SIGTERM, signal.SIGHUP)
+_WAIT_STATUS = struct.Struct("<i")
+
+
+@dataclass
+class Isolation:
+    """What the agent gets besides the policy: namespaces, credentials, mounts."""
+
+    namespaces: frozenset[str] = frozenset()  # of kernel.namespaces.FLAGS
+    allow_degraded: frozenset[str] = frozenset()  # namespaces it may run without
+    user: UserSpec | None = None  # run as this user (root only)
+    keep: tuple[str, ...] = ()  # host paths under /tmp to bind into the private /tmp
+    hostname: str = ""
+
+
+@dataclass
+class Stage:
+    """Everything the forked processes need; plain values only."""
+
+    supervisor_pid: int
+    status_fd: int
+    go_fd: int
+    channel_fd: int
+    executable: str
+    argv: Sequence[str]
+    env: Mapping[str, str]
+    cwd: str
+    notify: Sequence[str]
+    enosys: Sequence[str]
+    landlock: FloorPlan | None
+    rlimits: Mapping[str, int]
+    isolation: Isolation = field(default_factory=Isolation)
+
+
+def _line(fd: int, text: str) -> None:
+    with contextlib.suppress(OSError):
+        os.write(fd, (text.replace("\n", " ") + "\n").encode())
 
 
 def _fail(status_fd: int, stage: str, exc: BaseException) -> NoReturn:
     err = getattr(exc, "errno", None) or 1
-    os.write(status_fd, f"F{err} {stage}: {exc}\n".encode())
+    _line(status_fd, f"F{err} {stage}: {exc}")
     os._exit(125)
 
 
-def become_agent(
-    *,
-    supervisor_pid: int,
-    status_fd: int,
-    go_fd: int,
-    executable: str,
-    argv: Sequence[str],
-    env: Mapping[str, str],
-    cwd: str,
-    notify: Sequence[str],
-    enosys: Sequence[str],
-    landlock: object | None,
-    rlimits: Mapping[str, int],
-) -> NoReturn:
-    """Runs in the forked child; never returns."""
-    stage = "setup"
+def _close_all_but(keep: Iterable[int]) -> None:
+    low = 3
+    for fd in sorted({k for k in keep if k >= 3}):
+        if fd > low:
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 20)
+
+
+def _reset_signals() -> None:
+    """Default dispositions and an empty mask: both survive execve."""
+    signal.set_wakeup_fd(-1)
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def become_agent(stage: Stage) -> NoReturn:
+    """The trampoline; runs in the forked child and never returns."""
+    step = "setup"
+    plan = stage.isolation
+    entered: set[str] = set()
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != supervisor_pid:
+        privileges.die_with_parent(signal.SIGKILL)
+        if os.getppid() != stage.supervisor_pid:
             os._exit(125)  # the supervisor died before the line above took effect
-        signal.set_wakeup_fd(-1)
-        for signum in (
-            signal.SIGINT,
-            signal.SIGTERM,
-            signal.SIGHUP,
-            signal.SIGCHLD,
-            signal.SIGPIPE,
-        ):
-            signal.signal(signum, signal.SIG_DFL)
-        low, high = sorted((status_fd, go_fd))
-        # Every fd of the supervisor stays behind: stdio and the two pipes only.
-        os.closerange(3, low)
-        os.closerange(low + 1, high)
-        os.closerange(high + 1, 1 << 20)
-        for name, value in rlimits.items():
+        _reset_signals()
+        for sig in _WAITER_IGNORES:
+            signal.signal(sig, signal.SIG_IGN)
+        _close_all_but((stage.status_fd, stage.go_fd, stage.channel_fd))
+        for name, value in stage.rlimits.items():
             limit = getattr(resource, name)
             resource.setrlimit(limit, (value, value))
-        os.chdir(cwd)
+        # Load now what the later stages need: a private /tmp may hide where it lives.
+        import pyseccomp  # noqa: F401
 
-        stage = "landlock"
-        if landlock is not None:
-            from ..kernel import landlock as _landlock
-
-            _landlock.apply_floor(landlock)  # type: ignore[arg-type]
-
-        stage = "seccomp"
-        from ..kernel import seccomp as _seccomp
-
-        listener = _seccomp.load_filter(notify, enosys)
+        # The supervisor puts us in the agent's cgroup before anything forks.
+        if os.read(stage.go_fd, 1) != b"C":
+            os._exit(125)
+        step = "namespaces"
+        for name in namespaces.FLAGS:
+            if name not in plan.namespaces:
+                continue
+            try:
+                if name == "user":
+                    namespaces.enter_user_namespace(os.geteuid(), os.getegid())
+                else:
+                    namespaces.unshare(name)
+                entered.add(name)
+            except namespaces.NamespaceError as exc:
+                if name not in plan.allow_degraded:
+                    raise
+                _line(stage.status_fd, f"D{exc}")
+        wait_r, wait_w = os.pipe2(os.O_CLOEXEC)
     except BaseException as exc:
-        _fail(status_fd, stage, exc)
+        _fail(stage.status_fd, step, exc)
+    init = os.fork()
+    if init == 0:
+        try:
+            os.close(wait_r)
+            _init(stage, entered, wait_w)
+        finally:
+            os._exit(125)
+    for fd in (stage.status_fd, stage.go_fd, stage.channel_fd, wait_w):
+        os.close(fd)
+    while True:
+        try:
+            _pid, status = os.waitpid(init, 0)
+            break
+        except InterruptedError:
+            continue
+    try:
+        data = os.read(wait_r, _WAIT_STATUS.size)
+    except OSError:
+        data = b""
+    if len(data) == _WAIT_STATUS.size:
+        status = _WAIT_STATUS.unpack(data)[0]  # the agent's own status
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(number, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [number])
+            os.kill(os.getpid(), number)
+        os._exit(128 + number)
+    os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
 
-    os.write(status_fd, f"L{listener}\n".encode())
-    if os.read(go_fd, 1) != b"G":
+
+def _init(stage: Stage, entered: set[str], wait_fd: int) -> NoReturn:
+    """PID 1 of the agent's namespace (or a subreaper without one), then its broker."""
+    step = "init"
+    plan = stage.isolation
+    try:
+        privileges.die_with_parent(signal.SIGKILL)
+        privileges.set_name(b"agentsup-init")
+        if "mount" in entered:
+            step = "mounts"
+            namespaces.make_mounts_private()
+            namespaces.mount_private_tmp(plan.keep)
+            if "pid" in entered:
+                namespaces.mount_proc()
+            namespaces.make_read_only()
+        if "net" in entered:
+            namespaces.loopback_up()
+        if "uts" in entered and plan.hostname:
+            namespaces.set_hostname(plan.hostname)
+        step = "privileges"
+        for note in privileges.drop_privileges(plan.user):
+            _line(stage.status_fd, f"D{note}")
+        if "pid" not in entered:
+            privileges.become_subreaper()
+        step = "landlock"
+        if stage.landlock is not None:
+            landlock.apply_floor(stage.landlock)
+        # Blocked before the fork, so nothing is lost; the agent unblocks.
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    except BaseException as exc:
+        _fail(stage.status_fd, step, exc)
+    agent = os.fork()
+    if agent == 0:
+        try:
+            _agent(stage, wait_fd)
+        finally:
+            os._exit(125)
+    # The agent runs with our uid: it must not read our memory, fds or environ.
+    privileges.set_dumpable(False)
+    os.close(stage.go_fd)
+    channel = socket.socket(fileno=stage.channel_fd)
+    listener = -1
+    try:
+        pidfd = os.pidfd_open(agent)
+        socket.send_fds(channel, [b"A"], [pidfd])
+        os.close(pidfd)
+        if select.select([channel], [], [], 60)[0]:
+            message, fds, _flags, _addr = socket.recv_fds(channel, 16, 1)
+            if message == b"L" and fds:
+                listener = fds[0]
+    except OSError:
+        pass
+    os.close(stage.status_fd)
+    if listener < 0:
+        os.kill(agent, signal.SIGKILL)
+    os._exit(run_broker(channel, listener, agent, wait_fd))
+
+
+def _agent(stage: Stage, wait_fd: int) -> NoReturn:
+    step = "agent"
+    try:
+        os.close(stage.channel_fd)
+        os.close(wait_fd)
+        _reset_signals()
+        privileges.die_with_parent(signal.SIGKILL)
+        os.setsid()  # no controlling terminal of the user's to push input into
+        os.chdir(stage.cwd)
+        step = "seccomp"
+        listener = seccomp.load_filter(stage.notify, stage.enosys)
+    except BaseException as exc:
+        _fail(stage.status_fd, step, exc)
+    _line(stage.status_fd, f"L{listener}")
+    if os.read(stage.go_fd, 1) != b"G":
         os._exit(125)
     os.close(listener)
-    os.close(go_fd)
+    os.close(stage.go_fd)
     try:
-        os.execve(executable, list(argv), dict(env))
+        os.execve(stage.executable, list(stage.argv), dict(stage.env))
     except OSError as exc:
-        os.write(status_fd, f"E{exc.errno}\n".encode())
-        os._exit(127 if exc.errno in (2, 20) else 126)  # ENOENT, ENOTDIR
+        _line(stage.status_fd, f"E{exc.errno}")
+        os._exit(127 if exc.errno in (errno.ENOENT, errno.ENOTDIR) else 126)
     os._exit(126)

@@ -1,0 +1,243 @@
+"""Namespaces and mounts for the agent: unshare, uid maps, /proc, a private /tmp.
+
+Each function does one kernel step and raises `NamespaceError` with one line
+naming the step and the errno, so that the caller can refuse to run (exit
+125) or, when the operator allowed it, run degraded with a warning.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import socket
+import stat
+import struct
+from collections.abc import Sequence
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+_unshare = _libc.unshare
+_unshare.restype = ctypes.c_int
+_unshare.argtypes = [ctypes.c_int]
+_mount = _libc.mount
+_mount.restype = ctypes.c_int
+_mount.argtypes = [
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_char_p,
+]
+_sethostname = _libc.sethostname
+_sethostname.restype = ctypes.c_int
+_sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+# The namespaces an agent can get, in the order they are made (user first:
+# it grants the capabilities the others need to a normal user).
+FLAGS = {
+    "user": CLONE_NEWUSER,
+    "mount": CLONE_NEWNS,
+    "pid": CLONE_NEWPID,
+    "uts": CLONE_NEWUTS,
+    "ipc": CLONE_NEWIPC,
+    "net": CLONE_NEWNET,
+}
+
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+
+_SYS_MOUNT_SETATTR = 442
+_AT_RECURSIVE = 0x8000
+_MOUNT_ATTR_RDONLY = 0x1
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 0x1
+
+# With no capabilities, uid 0 still owns root's 0644 files: /proc/sys and
+# /sys attributes (sysctls, cgroup.procs) would stay writable to a root
+# agent.  Inside its mount namespace they are read-only.
+READ_ONLY = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/sys")
+PRIVATE_TMP = ("/tmp", "/var/tmp")
+
+
+class NamespaceError(Exception):
+    """A namespace step failed; `str()` is one line naming it and the errno."""
+
+    def __init__(self, step: str, err: int) -> None:
+        self.step = step
+        self.errno = err or errno.EPERM
+        super().__init__(f"{step}: {os.strerror(self.errno)}")
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def unshare(name: str) -> None:
+    if _unshare(FLAGS[name]) != 0:
+        raise NamespaceError(f"{name} namespace", ctypes.get_errno())
+
+
+def _write(step: str, path: str, text: str) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, text.encode())  # one write: the kernel refuses partial maps
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise NamespaceError(step, exc.errno or errno.EPERM) from exc
+
+
+def enter_user_namespace(uid: int, gid: int) -> None:
+    """A user namespace with the caller mapped to itself (not to root): files keep owners."""
+    unshare("user")
+    _write("user namespace setgroups", "/proc/self/setgroups", "deny")
+    _write("user namespace uid map", "/proc/self/uid_map", f"{uid} {uid} 1\n")
+    _write("user namespace gid map", "/proc/self/gid_map", f"{gid} {gid} 1\n")
+
+
+def mount(
+    step: str,
+    source: str | None,
+    target: str,
+    fstype: str | None,
+    flags: int,
+    data: str | None = None,
+) -> None:
+    rc = _mount(
+        None if source is None else os.fsencode(source),
+        os.fsencode(target),
+        None if fstype is None else fstype.encode(),
+        flags,
+        None if data is None else data.encode(),
+    )
+    if rc != 0:
+        raise NamespaceError(step, ctypes.get_errno())
+
+
+def make_mounts_private() -> None:
+    """Nothing mounted from here on propagates back to the host."""
+    mount("private mount propagation", None, "/", None, MS_REC | MS_PRIVATE)
+
+
+def mount_proc() -> None:
+    """A procfs for the caller's PID namespace: /proc shows only the agent's tree."""
+    mount("/proc for the PID namespace", "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def mount_private_tmp(keep: Sequence[str], size: str = "50%") -> None:
+    """A fresh tmpfs on /tmp and /var/tmp, with the `keep` paths bound back in.
+
+    The workspace or the hook socket may live under /tmp; they are pinned by
+    fd before the tmpfs covers them and bound back at the same place.
+    """
+    pinned: list[tuple[str, int]] = []
+    try:
+        for path in keep:
+            if any(path == tmp or path.startswith(tmp + "/") for tmp in PRIVATE_TMP):
+                try:
+                    pinned.append((path, os.open(path, os.O_PATH | os.O_CLOEXEC)))
+                except OSError as exc:
+                    raise NamespaceError(
+                        f"keep {path} in the private /tmp", exc.errno or 1
+                    ) from exc
+        for tmp in PRIVATE_TMP:
+            if os.path.isdir(tmp):
+                mount(
+                    f"private {tmp}",
+                    "tmpfs",
+                    tmp,
+                    "tmpfs",
+                    MS_NOSUID | MS_NODEV,
+                    f"mode=1777,size={size}",
+                )
+        for path, fd in pinned:
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                os.makedirs(path, exist_ok=True)
+            else:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+            mount(f"keep {path} in the private /tmp", f"/proc/self/fd/{fd}", path, None, MS_BIND)
+    finally:
+        for _path, fd in pinned:
+            os.close(fd)
+
+
+def make_read_only(paths: Sequence[str] = READ_ONLY) -> None:
+    """Bind each existing path onto itself, read-only with every submount."""
+    for path in paths:
+        if not os.path.lexists(path):
+            continue
+        mount(f"read-only {path}", path, path, None, MS_BIND | MS_REC)
+        attr = _MountAttr(attr_set=_MOUNT_ATTR_RDONLY)
+        rc = _libc.syscall(
+            _SYS_MOUNT_SETATTR,
+            -100,
+            os.fsencode(path),
+            _AT_RECURSIVE,
+            ctypes.byref(attr),
+            ctypes.sizeof(attr),
+        )
+        if rc != 0:
+            raise NamespaceError(f"read-only {path}", ctypes.get_errno())
+
+
+def loopback_up() -> None:
+    """Bring `lo` up in a new network namespace (it starts down)."""
+    request = struct.pack("16sH22x", b"lo", 0)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            current = fcntl.ioctl(sock.fileno(), _SIOCGIFFLAGS, request)
+            flags = struct.unpack_from("16sH", current)[1] | _IFF_UP
+            fcntl.ioctl(sock.fileno(), _SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags))
+    except OSError as exc:
+        raise NamespaceError("loopback up", exc.errno or errno.EPERM) from exc
+
+
+def set_hostname(name: str) -> None:
+    raw = name.encode()[:64]
+    if _sethostname(raw, len(raw)) != 0:
+        raise NamespaceError("hostname", ctypes.get_errno())
+
+
+def available() -> dict[str, str]:
+    """Which namespaces this host lets the caller make: name -> '' or the reason not."""
+    found: dict[str, str] = {}
+    pid = os.fork()
+    if pid == 0:  # probe in a throw-away child: unshare cannot be undone
+        code = 0
+        for bit, name in enumerate(FLAGS):
+            try:
+                if name == "user":
+                    if os.geteuid() != 0:
+                        enter_user_namespace(os.geteuid(), os.getegid())
+                else:
+                    unshare(name)
+            except NamespaceError:
+                code |= 1 << bit
+        os._exit(code)
+    _pid, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    for bit, name in enumerate(FLAGS):
+        found[name] = "refused by the kernel" if code & (1 << bit) else ""
+    return found

@@ -1,0 +1,639 @@
+"""The broker: the agent's own hands, for the work the supervisor decides.
+
+The supervisor decides, but it must not act with its own rights: as root it
+would open, unlink or chmod what the agent itself could never reach.  So
+every file operation done on the agent's behalf is done here, in a small
+process that holds exactly the agent's rights: forked by the trampoline
+inside the agent's namespaces, after the agent's credentials are set and its
+capabilities dropped, under its Landlock domain, but before the seccomp
+filter.  It is also the init (PID 1) of the agent's PID namespace.
+
+One exchange per mediated syscall:
+
+1. RESOLVE (request and reply): the broker resolves the path the agent named,
+   from the agent's own cwd or dirfd (passed as an fd) or from the root of
+   the agent's mount namespace, and keeps the result pinned under a handle.
+   It answers with what the policy needs: the real path and a stat.
+2. The supervisor decides on that path.
+3. One operation on the pinned handles (fire and forget): reopen and inject
+   the fd with ADDFD, create, unlink, rename, link, chmod, ... The broker
+   answers the agent's syscall itself, with the operation's result, on its
+   copy of the seccomp listener.  Or DROP, when the policy refused.
+
+A racing thread can rewrite the path in the agent's memory, but what was
+resolved is what was decided on and what is acted on.  Path traversal,
+Landlock and DAC are the kernel's, for the agent's credentials, because the
+broker has nothing more.  The broker never blocks on a FIFO or a device:
+those are opened non-blocking.  Signals are blocked while it works, so an
+interrupted ADDFD can never complete an open() with 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import marshal
+import os
+import select
+import signal
+import socket
+import stat
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..kernel import proc as _proc
+from ..kernel import seccomp as _seccomp
+
+AT_FDCWD = -100
+_O_PATH = getattr(os, "O_PATH", 0o10000000)
+
+# Requests.  RESOLVE and CONNECT have a reply.
+RESOLVE = 1
+CONNECT = 17
+DROP = 2
+INJECT = 3  # ADDFD an fd opened by RESOLVE(open=flags)
+REOPEN = 4  # reopen a pinned object with the agent's flags, then ADDFD
+CREATE = 5  # open(name, O_CREAT...) in a pinned directory, then ADDFD
+UNLINK = 6
+MKDIR = 7
+SYMLINK = 8
+RENAME = 9
+LINK = 10
+CHMOD = 11
+CHOWN = 12
+TRUNCATE = 13
+FD_CHMOD = 14  # on an fd of the agent's (sent along)
+FD_CHOWN = 15
+ERROR = 16  # answer the syscall with an errno (keeps the order of answers)
+BIND = 18  # on the agent's socket (sent along), with the address decided on
+SENDTO = 19  # a datagram: the payload and address decided on
+SENDMMSG = 20  # several of them; the answer is how many were sent
+
+# RESOLVE kinds.
+OBJECT = 0  # O_PATH of what the path names
+PARENT = 1  # O_PATH of the directory that holds its last component
+OPEN = 2  # open it for reading right away (regular files and directories only)
+
+# What F_SETFL may change; used to drop the O_NONBLOCK added for safety.
+_SETFL_FLAGS = (
+    os.O_APPEND
+    | os.O_NONBLOCK
+    | getattr(os, "O_DIRECT", 0)
+    | getattr(os, "O_NOATIME", 0)
+    | getattr(os, "O_ASYNC", 0)
+)
+_MAX_MESSAGE = 16384
+_MAX_FDS = 2
+REPLY_TIMEOUT = 10.0
+
+
+class BrokerGone(OSError):
+    """The broker died or stopped answering: every pending operation fails."""
+
+
+@dataclass(slots=True)
+class Pinned:
+    """What RESOLVE found: a handle in the broker, and what the policy needs to know."""
+
+    handle: int = -1
+    path: str = ""
+    error: int = 0
+    mode: int = 0
+    dev: int = 0
+    ino: int = 0
+    nlink: int = 0
+    script: bool = False
+
+
+# -- the supervisor's side -----------------------------------------------------------
+
+
+class BrokerClient:
+    """Talks to one agent's broker over a SOCK_SEQPACKET pair."""
+
+    def __init__(self, channel: socket.socket) -> None:
+        self.channel = channel
+        self._seq = 0
+        self.broken = False
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def _send(self, message: tuple[object, ...], fds: list[int]) -> None:
+        if self.broken:
+            raise BrokerGone(errno.EIO, "the agent's broker is gone")
+        data = marshal.dumps(message)  # type: ignore[arg-type]  # plain values only
+        try:
+            if fds:
+                socket.send_fds(self.channel, [data], fds)
+            else:
+                self.channel.send(data)
+        except OSError as exc:
+            self.broken = True
+            raise BrokerGone(errno.EIO, f"the agent's broker is gone: {exc}") from exc
+
+    def resolve(
+        self,
+        anchor: int,
+        raw: bytes,
+        kind: int,
+        *,
+        flags: int = 0,
+        resolve_flags: int = 0,
+        follow: bool = True,
+        want_script: bool = False,
+    ) -> Pinned:
+        """Pin what `raw` names, from `anchor` (an fd) or the agent's root (-1)."""
+        request = (raw, kind, flags, resolve_flags, follow, want_script)
+        return Pinned(*self._call(RESOLVE, request, [anchor] if anchor >= 0 else []))
+
+    def connect(self, sock: int, address: object, handle: int = -1) -> int:
+        """connect() the agent's socket (a duplicate) with the agent's rights; the errno.
+
+        `address` is a Python socket address; for a unix socket, `handle`
+        names the pinned socket file instead, which is reached through its fd.
+        A blocking socket is connected non-blocking: EINPROGRESS means the
+        supervisor waits for the handshake in its loop.
+        """
+        (err,) = self._call(CONNECT, (address, handle), [sock])
+        return err if isinstance(err, int) else errno.EIO
+
+    def _call(self, op: int, request: tuple[object, ...], fds: list[int]) -> list[Any]:
+        """A request with a reply: the broker answers in order, so the next reply is ours."""
+        self._seq += 1
+        self._send((op, self._seq, *request), fds)
+        poller = select.poll()
+        poller.register(self.channel, select.POLLIN)
+        if not poller.poll(int(REPLY_TIMEOUT * 1000)):
+            self.broken = True
+            raise BrokerGone(errno.EIO, "the agent's broker stopped answering")
+        try:
+            data = self.channel.recv(_MAX_MESSAGE)
+        except OSError as exc:
+            self.broken = True
+            raise BrokerGone(errno.EIO, f"the agent's broker is gone: {exc}") from exc
+        if not data:
+            self.broken = True
+            raise BrokerGone(errno.EIO, "the agent's broker is gone")
+        seq, *fields = marshal.loads(data)
+        fields = list(fields)
+        if seq != self._seq:
+            self.broken = True
+            raise BrokerGone(errno.EIO, "the agent's broker answered out of turn")
+        return fields
+
+    def act(self, op: int, notif_id: int, *args: object, fds: tuple[int, ...] = ()) -> None:
+        """Have the broker do `op` and answer syscall `notif_id` itself."""
+        self._send((op, notif_id, *args), list(fds))
+
+    def drop(self, pinned: Pinned) -> None:
+        if pinned.handle >= 0 and not self.broken:
+            with contextlib.suppress(BrokerGone):
+                self._send((DROP, pinned.handle), [])
+        pinned.handle = -1
+
+
+# -- the broker's side -----------------------------------------------------------------
+
+
+class Broker:
+    """Serves one supervisor, inside the agent's namespaces and with its rights."""
+
+    def __init__(self, channel: socket.socket, listener: int) -> None:
+        self.channel = channel
+        self.listener = listener
+        self.pinned: dict[int, int] = {}  # handle -> fd (the handle is the fd number)
+        self._ops: dict[int, Callable[[int, list[int], list[object], list[int]], None]] = {
+            INJECT: self._inject,
+            REOPEN: self._reopen,
+            CREATE: self._create,
+            UNLINK: self._unlink,
+            MKDIR: self._mkdir,
+            SYMLINK: self._symlink,
+            RENAME: self._rename,
+            LINK: self._link,
+            CHMOD: self._chmod,
+            CHOWN: self._chown,
+            TRUNCATE: self._truncate,
+            FD_CHMOD: self._fd_chmod,
+            FD_CHOWN: self._fd_chown,
+            ERROR: self._error,
+            BIND: self._bind,
+            SENDTO: self._sendto,
+            SENDMMSG: self._sendmmsg,
+        }
+
+    def serve_one(self) -> bool:
+        """Handle one request; False when the supervisor hung up."""
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(self.channel, _MAX_MESSAGE, _MAX_FDS)
+        except InterruptedError:
+            return True
+        if not data:
+            for fd in fds:
+                os.close(fd)
+            return False
+        try:
+            message = marshal.loads(data)
+            op = message[0]
+            if op == RESOLVE:
+                self._resolve(message, fds)
+            elif op == CONNECT:
+                self._connect(message, fds)
+            elif op == DROP:
+                self._close(message[1])
+            else:
+                notif_id, args = message[1], list(message[2:])
+                self._do(op, notif_id, args, fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return True
+
+    # -- resolution
+
+    def _resolve(self, message: tuple[object, ...], fds: list[int]) -> None:
+        _op, seq, raw, kind, flags, resolve_flags, follow, want_script = message
+        assert isinstance(raw, bytes) and isinstance(kind, int) and isinstance(flags, int)
+        assert isinstance(resolve_flags, int)
+        anchor = fds[0] if fds else AT_FDCWD
+        pinned = Pinned()
+        try:
+            fd = self._open(anchor, raw, kind, flags, resolve_flags, bool(follow))
+        except OSError as exc:
+            pinned.error = exc.errno or errno.ENOENT
+        else:
+            self.pinned[fd] = fd
+            pinned.handle = fd
+            try:
+                st = os.fstat(fd)
+                pinned.path = _proc.fd_path(fd)
+            except OSError as exc:
+                self._close(fd)
+                pinned.handle, pinned.error = -1, exc.errno or errno.ENOENT
+            else:
+                pinned.mode, pinned.dev, pinned.ino = st.st_mode, st.st_dev, st.st_ino
+                pinned.nlink = st.st_nlink
+                if want_script and stat.S_ISREG(st.st_mode):
+                    pinned.script = _starts_with_shebang(fd)
+        fields = (
+            pinned.handle, pinned.path, pinned.error, pinned.mode,
+            pinned.dev, pinned.ino, pinned.nlink, pinned.script,
+        )  # fmt: skip
+        self.channel.send(marshal.dumps((seq, *fields)))  # type: ignore[arg-type]
+
+    @staticmethod
+    def _open(anchor: int, raw: bytes, kind: int, flags: int, resolve: int, follow: bool) -> int:
+        if kind == OPEN:
+            fd = _proc.openat2(
+                anchor, raw, flags | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY, 0, resolve
+            )
+            try:
+                mode = os.fstat(fd).st_mode
+            except OSError:
+                os.close(fd)
+                raise
+            if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+                return fd
+            # A FIFO, socket or device: opening it may mean something; pin it instead.
+            os.close(fd)
+            kind = OBJECT
+        how = _O_PATH | os.O_CLOEXEC
+        if kind == PARENT:
+            how |= os.O_DIRECTORY
+        elif not follow:
+            how |= os.O_NOFOLLOW
+        return _proc.openat2(anchor, raw, how, 0, resolve)
+
+    def _unpin(self, handle: object) -> int:
+        """The pinned fd for `handle`, out of the table (the caller closes it); -1 if none."""
+        return self.pinned.pop(handle, -1) if isinstance(handle, int) else -1
+
+    def _close(self, handle: object) -> None:
+        fd = self.pinned.pop(handle, None) if isinstance(handle, int) else None
+        if fd is not None:
+            os.close(fd)
+
+    def _connect(self, message: tuple[object, ...], fds: list[int]) -> None:
+        _op, seq, address, handle = message
+        err = errno.EBADF
+        if fds:
+            if isinstance(handle, int) and handle >= 0:
+                fd = self.pinned.pop(handle, -1)
+                address = f"/proc/self/fd/{fd}" if fd >= 0 else None
+            else:
+                fd = -1
+            try:
+                err = _connect_once(fds[0], address) if address is not None else errno.EBADF
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+        self.channel.send(marshal.dumps((seq, err)))  # type: ignore[arg-type]
+
+    # -- operations
+
+    def _do(self, op: int, notif_id: int, args: list[object], fds: list[int]) -> None:
+        """Take the op's pinned handles out of the table, act, answer, close them."""
+        work = self._ops.get(op)
+        positions = _HANDLE_ARGS.get(op, (0,))
+        pinned = [self._unpin(args[i]) for i in positions]
+        try:
+            if work is None or -1 in pinned:
+                _seccomp.respond_error(self.listener, notif_id, errno.EBADF)
+            elif op == ERROR or _seccomp.id_valid(self.listener, notif_id):
+                # (An invalid id: the agent's thread is gone or was interrupted.)
+                try:
+                    work(notif_id, pinned, args, fds)
+                except OSError as exc:
+                    _seccomp.respond_error(self.listener, notif_id, exc.errno or errno.EIO)
+        finally:
+            for fd in pinned:
+                if fd >= 0:
+                    os.close(fd)
+
+    def _answer(self, notif_id: int, value: int = 0) -> None:
+        _seccomp.respond_value(self.listener, notif_id, value)
+
+    def _inject_fd(self, notif_id: int, fd: int, cloexec: bool) -> None:
+        try:
+            _seccomp.inject_fd_and_respond(self.listener, notif_id, fd, cloexec=cloexec)
+        finally:
+            os.close(fd)
+
+    def _error(
+        self, notif_id: int, _pinned: list[int], args: list[object], _fds: list[int]
+    ) -> None:
+        err = args[0]
+        _seccomp.respond_error(self.listener, notif_id, err if isinstance(err, int) else errno.EIO)
+
+    def _inject(
+        self, notif_id: int, pinned: list[int], args: list[object], _fds: list[int]
+    ) -> None:
+        _handle, cloexec, setfl = args
+        fd = os.dup(pinned[0])
+        if isinstance(setfl, int) and setfl >= 0:
+            try:
+                fcntl.fcntl(fd, fcntl.F_SETFL, setfl & _SETFL_FLAGS)
+            except OSError:
+                os.close(fd)
+                raise
+        self._inject_fd(notif_id, fd, bool(cloexec))
+
+    def _reopen(
+        self, notif_id: int, pinned: list[int], args: list[object], _fds: list[int]
+    ) -> None:
+        _handle, flags, cloexec = args
+        assert isinstance(flags, int)
+        self._inject_fd(notif_id, _reopen(pinned[0], flags), bool(cloexec))
+
+    def _create(
+        self, notif_id: int, pinned: list[int], args: list[object], _fds: list[int]
+    ) -> None:
+        _handle, name, flags, mode, cloexec = args
+        assert isinstance(name, bytes) and isinstance(flags, int) and isinstance(mode, int)
+        fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=pinned[0])
+        self._inject_fd(notif_id, fd, bool(cloexec))
+
+    def _unlink(
+        self, notif_id: int, pinned: list[int], args: list[object], _fds: list[int]
+    ) -> None:
+        _handle, name, rmdir = args
+        assert isinstance(name, bytes)
+        if rmdir:
+            os.rmdir(name, dir_fd=pinned[0])
+        else:
+            os.unlink(name, dir_fd=pinned[0])
+        self._answer(notif_id)
+
+    def _mkdir(self, notif_id: int, pinned: list[int], args: list[object], _fds: list[int]) -> None:
+        _handle, name, mode = args
+        assert isinstance(name, bytes) and isinstance(mode, int)
+        os.mkdir(name, mode, dir_fd=pinned[0])
+        self._answer(notif_id)
+
+    def _symlink(
+        self, notif_id: int, pinned: list[int], args: list[object], _fds: list[int]
+    ) -> None:
+        _handle, name, content = args
+        assert isinstance(name, bytes) and isinstance(content, bytes)
+        os.symlink(content, name, dir_fd=pinned[0])
+        self._answer(notif_id)
+
+    def _rename(
+        self, notif_id: int, pinned: list[int], args: list[object], _fds: list[int]
+    ) -> None:
+        _old, old_name, _new, new_name, flags = args
+        assert isinstance(old_name, bytes) and isinstance(new_name, bytes)
+        assert isinstance(flags, int)
+        if flags:
+            _proc.renameat2(pinned[0], old_name, pinned[1], new_name, flags)
+        else:
+            os.rename(old_name, new_name, src_dir_fd=pinned[0], dst_dir_fd=pinned[1])
+        self._answer(notif_id)
+
+    def _link(self, notif_id: int, pinned: list[int], args: list[object], _fds: list[int]) -> None:
+        _old, old_name, _new, new_name, follow = args
+        assert isinstance(old_name, bytes) and isinstance(new_name, bytes)
+        source, new_parent = pinned
+        if follow:  # `source` is the object itself
+            os.link(f"/proc/self/fd/{source}", new_name, dst_dir_fd=new_parent)
+        else:
+            os.link(
+                old_name, new_name, src_dir_fd=source, dst_dir_fd=new_parent, follow_symlinks=False
+            )
+        self._answer(notif_id)
+
+    # chmod, chown and truncate go through the pinned fd, never the name again.
+
+    def _chmod(self, notif_id: int, pinned: list[int], args: list[object], _fds: list[int]) -> None:
+        _handle, mode = args
+        assert isinstance(mode, int)
+        os.chmod(f"/proc/self/fd/{pinned[0]}", mode)
+        self._answer(notif_id)
+
+    def _chown(self, notif_id: int, pinned: list[int], args: list[object], _fds: list[int]) -> None:
+        _handle, uid, gid = args
+        assert isinstance(uid, int) and isinstance(gid, int)
+        os.chown(f"/proc/self/fd/{pinned[0]}", uid, gid)
+        self._answer(notif_id)
+
+    def _truncate(
+        self, notif_id: int, pinned: list[int], args: list[object], _fds: list[int]
+    ) -> None:
+        _handle, length = args
+        assert isinstance(length, int)
+        os.truncate(f"/proc/self/fd/{pinned[0]}", length)
+        self._answer(notif_id)
+
+    def _fd_chmod(
+        self, notif_id: int, _pinned: list[int], args: list[object], fds: list[int]
+    ) -> None:
+        (mode,) = args
+        assert isinstance(mode, int) and fds
+        os.chmod(fds[0], mode)
+        self._answer(notif_id)
+
+    def _fd_chown(
+        self, notif_id: int, _pinned: list[int], args: list[object], fds: list[int]
+    ) -> None:
+        uid, gid = args
+        assert isinstance(uid, int) and isinstance(gid, int) and fds
+        os.chown(fds[0], uid, gid)
+        self._answer(notif_id)
+
+    def _bind(self, notif_id: int, _pinned: list[int], args: list[object], fds: list[int]) -> None:
+        (address,) = args
+        assert fds
+        with socket.socket(fileno=os.dup(fds[0])) as sock:
+            sock.bind(address)  # type: ignore[arg-type]
+        self._answer(notif_id)
+
+    def _sendto(
+        self, notif_id: int, _pinned: list[int], args: list[object], fds: list[int]
+    ) -> None:
+        payload, flags, address = args
+        assert isinstance(payload, bytes) and isinstance(flags, int) and fds
+        self._answer(notif_id, _send(fds[0], payload, flags, address))
+
+    def _sendmmsg(
+        self, notif_id: int, _pinned: list[int], args: list[object], fds: list[int]
+    ) -> None:
+        messages, flags = args
+        assert isinstance(messages, list) and isinstance(flags, int) and fds
+        sent = 0
+        for payload, address in messages:
+            try:
+                _send(fds[0], payload, flags, address)
+            except OSError:
+                if not sent:
+                    raise
+                break  # like the kernel: the count so far, the error next time
+            sent += 1
+        self._answer(notif_id, sent)
+
+
+# Which arguments of each operation are handles (the default: the first).
+_HANDLE_ARGS: dict[int, tuple[int, ...]] = {
+    RENAME: (0, 2),
+    LINK: (0, 2),
+    FD_CHMOD: (),
+    FD_CHOWN: (),
+    ERROR: (),
+    BIND: (),
+    SENDTO: (),
+    SENDMMSG: (),
+}
+
+
+def _send(fd: int, payload: bytes, flags: int, address: object) -> int:
+    """One datagram, never blocking: a full socket buffer is EAGAIN for the agent."""
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        if address is None:
+            return sock.send(payload, flags | socket.MSG_DONTWAIT)
+        sent: int = sock.sendto(payload, flags | socket.MSG_DONTWAIT, address)  # type: ignore[call-overload]
+        return sent
+
+
+def _connect_once(fd: int, address: object) -> int:
+    """connect() without blocking: 0, EINPROGRESS, or the errno."""
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        status_flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        blocking = not status_flags & os.O_NONBLOCK
+        if blocking:
+            # The flag lives in the open file the agent shares: only for this call.
+            fcntl.fcntl(fd, fcntl.F_SETFL, status_flags | os.O_NONBLOCK)
+        try:
+            return sock.connect_ex(address)  # type: ignore[arg-type]
+        except OSError as exc:
+            return exc.errno or errno.EINVAL
+        finally:
+            if blocking:
+                fcntl.fcntl(fd, fcntl.F_SETFL, status_flags)
+
+
+def _reopen(path_fd: int, flags: int) -> int:
+    if flags & _O_PATH:
+        return os.dup(path_fd)
+    st = os.fstat(path_fd)
+    flags |= os.O_CLOEXEC
+    if stat.S_ISFIFO(st.st_mode) and not flags & os.O_NONBLOCK:
+        # Opening a FIFO blocks until the other end opens; the broker must never
+        # block, so open non-blocking and hand over a blocking fd.
+        fd = os.open(f"/proc/self/fd/{path_fd}", flags | os.O_NONBLOCK)
+        os.set_blocking(fd, True)
+        return fd
+    return os.open(f"/proc/self/fd/{path_fd}", flags)
+
+
+def _starts_with_shebang(path_fd: int) -> bool:
+    try:
+        fd = os.open(f"/proc/self/fd/{path_fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        return os.pread(fd, 2, 0) == b"#!"
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+_WAIT_STATUS = struct.Struct("<i")
+
+
+def run_broker(channel: socket.socket, listener: int, agent_pid: int, status_fd: int) -> int:
+    """The broker's main loop, which is also the init of the agent's PID namespace.
+
+    Serves the supervisor until the agent's main process exits, reaping every
+    orphan meanwhile.  Writes the agent's raw wait status to `status_fd` and
+    returns the exit code to leave with.
+    """
+    # Signals stay blocked for good: nothing may interrupt an ADDFD, and a
+    # child's exit is seen on its pidfd instead of through SIGCHLD.
+    signal.pthread_sigmask(signal.SIG_BLOCK, set(signal.Signals) - {signal.SIGKILL, signal.SIGSTOP})
+    os.umask(0)  # modes arrive with the agent's umask already applied
+    broker = Broker(channel, listener)
+    agent = os.pidfd_open(agent_pid)
+    poller = select.poll()
+    poller.register(channel, select.POLLIN)
+    poller.register(agent, select.POLLIN)
+    status: int | None = None
+    serving = True
+    while status is None:
+        for fd, events in poller.poll(1000):
+            if fd == channel.fileno() and serving:
+                serving = bool(events & select.POLLIN) and broker.serve_one()
+                if not serving:
+                    poller.unregister(channel)
+        status = _reap(agent_pid)
+    with contextlib.suppress(OSError):
+        os.write(status_fd, _WAIT_STATUS.pack(status))
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.waitstatus_to_exitcode(status) & 0xFF
+
+
+def _reap(agent_pid: int) -> int | None:
+    """Reap every exited child; the agent's raw status once it is among them."""
+    found = None
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return found
+        if pid == 0:
+            return found
+        if pid == agent_pid:
+            found = status
+
+
+def read_wait_status(fd: int) -> int | None:
+    """What `run_broker` wrote to `status_fd`, if it got that far."""
+    try:
+        data = os.read(fd, _WAIT_STATUS.size)
+    except OSError:
+        return None
+    return _WAIT_STATUS.unpack(data)[0] if len(data) == _WAIT_STATUS.size else None

@@ -1,0 +1,258 @@
+"""The walls under mediation: no privilege, the agent's own namespaces, a broker with its rights.
+
+Each test is an attack from inside a real agent under `strict` (as root),
+and checks the host afterwards: its hostname, its network, other processes,
+the supervisor's secrets, the invoking terminal and files outside the write
+roots are what they were.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import AGENTS, Sandbox, agent_reports
+
+pytestmark = [
+    pytest.mark.requires_root,
+    pytest.mark.requires_seccomp_notify,
+    pytest.mark.requires_landlock,
+]
+
+ATTACK = "attack.py"
+
+
+@pytest.fixture
+def attacker(sandbox: Sandbox) -> Sandbox:
+    shutil.copy(AGENTS / ATTACK, sandbox.workspace / ATTACK)
+    return sandbox
+
+
+def attack(
+    sandbox: Sandbox, *args: str, policy: str = "strict"
+) -> tuple[subprocess.CompletedProcess[str], dict[str, dict[str, object]]]:
+    result = sandbox.run("python3", ATTACK, *args, policy=policy)
+    return result, {str(r["op"]): r for r in agent_reports(result.stdout)}
+
+
+@pytest.fixture
+def victim() -> subprocess.Popen[str]:
+    """A process outside the agent's tree, with a marker in its environment and memory."""
+    marker = "AGENTSUP_VICTIM_MARKER_4711"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", f"secret = '{marker}' * 4; import time; time.sleep(60)"],
+        env={**os.environ, "VICTIM_MARKER": marker},
+        text=True,
+    )
+    yield proc  # type: ignore[misc]
+    proc.kill()
+    proc.wait()
+
+
+def test_the_agent_holds_no_capability(attacker: Sandbox) -> None:
+    result = attacker.run("/bin/sh", "-c", "grep -E '^Cap|^NoNewPrivs' /proc/self/status")
+    assert result.returncode == 0, result.stderr
+    fields = dict(line.split(":\t") for line in result.stdout.strip().splitlines())
+    for name in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert int(fields[name], 16) == 0, (name, fields[name])
+    assert fields["NoNewPrivs"] == "1"
+
+
+def test_a_setuid_program_gives_the_agent_nothing(attacker: Sandbox) -> None:
+    # passwd is setuid root: with no_new_privs and locked securebits the agent
+    # stays what it was (uid 0 with no capabilities).
+    result = attacker.run("/bin/sh", "-c", "grep CapEff /proc/self/status", policy="permissive")
+    assert "0000000000000000" in result.stdout, result.stderr
+
+
+def test_sethostname_leaves_the_hosts_name_alone(attacker: Sandbox) -> None:
+    before = socket.gethostname()
+    result, reports = attack(attacker, "sethostname", "pwned-by-agent", "then", "hostname")
+    assert reports["sethostname"]["result"] == "EPERM", result.stderr
+    assert reports["hostname"]["data"] != before  # the agent has a name of its own
+    assert socket.gethostname() == before
+
+
+def test_netlink_cannot_change_the_hosts_network(attacker: Sandbox) -> None:
+    before = Path("/sys/class/net/lo/mtu").read_text()
+    result, reports = attack(attacker, "netlink_mtu", "1280")
+    assert reports["netlink_mtu"]["result"] != "ok", result.stderr
+    assert Path("/sys/class/net/lo/mtu").read_text() == before
+
+
+def test_packet_sockets_are_refused(attacker: Sandbox) -> None:
+    result, reports = attack(attacker, "packet")
+    assert reports["packet"]["result"] in ("EPERM", "EACCES"), result.stderr
+
+
+def test_other_processes_cannot_be_reniced_limited_or_rescheduled(
+    attacker: Sandbox, victim: subprocess.Popen[str]
+) -> None:
+    pid = victim.pid
+    before = (os.getpriority(os.PRIO_PROCESS, pid), os.sched_getscheduler(pid))
+    import resource
+
+    limits = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    _result, reports = attack(
+        attacker,
+        *("renice", str(pid), "then", "prlimit", str(pid), "then", "sched_idle", str(pid)),
+    )
+    for op in ("renice", "prlimit", "sched_idle"):
+        assert reports[op]["result"] in ("ESRCH", "EPERM"), reports[op]
+    assert (os.getpriority(os.PRIO_PROCESS, pid), os.sched_getscheduler(pid)) == before
+    assert resource.prlimit(pid, resource.RLIMIT_NOFILE) == limits
+
+
+def test_fanotify_is_refused(attacker: Sandbox) -> None:
+    _result, reports = attack(attacker, "fanotify")
+    assert reports["fanotify"]["result"] == "EPERM"
+
+
+def test_proc_shows_only_the_agents_own_tree(
+    attacker: Sandbox, victim: subprocess.Popen[str]
+) -> None:
+    marker = "AGENTSUP_VICTIM_MARKER_4711"
+    time.sleep(0.2)  # the victim is running
+    assert marker.encode() in Path(f"/proc/{victim.pid}/environ").read_bytes()
+    half = len(marker) // 2  # in two pieces: the agent's own argv must not match
+    result, reports = attack(
+        attacker,
+        *("find_marker", marker[:half], marker[half:]),
+        *("then", "proc_read", f"/proc/{victim.pid}/environ", marker[:half], marker[half:]),
+    )
+    assert reports["find_marker"]["result"] == "not_found", reports["find_marker"]
+    assert reports["proc_read"]["result"] != "found", result.stderr
+    visible = attacker.run("/bin/sh", "-c", "ls /proc | grep -c '^[0-9]'")
+    assert int(visible.stdout.strip()) < 10, visible.stdout  # init, shell, ls, grep
+
+
+def test_the_supervisors_secrets_stay_out_of_reach(attacker: Sandbox) -> None:
+    attacker.agentsup("totp", "init")  # a TOTP secret and an audit key exist now
+    secrets = [p for p in attacker.state_dir.rglob("*") if p.is_file()]
+    assert secrets
+    for secret in secrets:
+        result = attacker.run("cat", str(secret), policy="permissive")
+        assert result.returncode != 0
+        assert result.stdout == ""
+
+
+def test_tiocsti_puts_nothing_into_the_invoking_terminal(attacker: Sandbox) -> None:
+    master, slave = os.openpty()
+    try:
+        proc = subprocess.Popen(
+            attacker.command("python3", ATTACK, "tiocsti", "echo INJECTED\n"),
+            env=attacker.env,
+            stdin=slave,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        out, err = proc.communicate(timeout=60)
+        reports = {r["op"]: r for r in agent_reports(out)}
+        assert reports["tiocsti"]["result"] in ("EPERM", "EIO", "ENOTTY"), err
+        # What a shell reading this terminal would get next: nothing.
+        os.set_blocking(slave, False)
+        with pytest.raises(BlockingIOError):
+            os.read(slave, 100)
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+LINKER = """
+name: linker
+extends: [strict]
+rules:
+  - id: read-home
+    actions: [file_read]
+    target: "{home}/**"
+    decision: allow
+    priority: 5
+"""
+
+
+def test_a_hard_link_cannot_change_a_file_outside_the_write_roots(attacker: Sandbox) -> None:
+    policy = attacker.policy("linker", LINKER)
+    outside = attacker.home / "notes.txt"
+    outside.write_text("the original\n")
+    os.chmod(outside, 0o644)
+    before = os.stat(outside)
+    link = attacker.workspace / "mine.txt"
+    result = attacker.run(
+        "python3", "try_syscall.py", "link", str(outside), str(link), policy=policy
+    )
+    (report,) = agent_reports(result.stdout)
+    assert report["result"] == "EXDEV", report  # Landlock: a link cannot gain rights
+    # Whatever the agent does to that name now, the file outside is not it.
+    attacker.run("python3", "try_syscall.py", "write", str(link), "changed", policy=policy)
+    attacker.run("python3", "try_syscall.py", "chmod", str(link), "0777", policy=policy)
+    attack(
+        attacker,
+        *("setxattr", str(link), "then", "utime", str(link), "then", "chown", str(link), "1"),
+        policy=policy,
+    )
+    after = os.stat(outside)
+    assert outside.read_text() == "the original\n"
+    assert (after.st_mode, after.st_uid, after.st_mtime_ns, after.st_nlink) == (
+        before.st_mode,
+        before.st_uid,
+        before.st_mtime_ns,
+        before.st_nlink,
+    )
+    assert os.listxattr(outside) == []
+
+
+def test_setuid_and_setgid_bits_never_take_effect(attacker: Sandbox) -> None:
+    program = attacker.workspace / "tool"
+    result = attacker.run(
+        "/bin/sh",
+        "-c",
+        "cp /bin/true tool && chmod 6755 tool; python3 -c "
+        "\"import os; os.close(os.open('made', os.O_CREAT | os.O_WRONLY, 0o6755))\"",
+    )
+    assert result.returncode == 0, result.stderr
+    for path in (program, attacker.workspace / "made"):
+        mode = os.stat(path).st_mode
+        assert not mode & (stat.S_ISUID | stat.S_ISGID), oct(mode)
+
+
+def test_tmp_is_private_and_tools_that_use_it_work(attacker: Sandbox) -> None:
+    name = f"agentsup-private-{os.getpid()}"
+    script = (
+        f"echo secret > /tmp/{name} && echo also > /var/tmp/{name} && "
+        "f=$(mktemp) && echo ok > $f && cat $f && cat /tmp/" + name
+    )
+    result = attacker.run("/bin/sh", "-c", script)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["ok", "secret"]
+    assert not Path(f"/tmp/{name}").exists()
+    assert not Path(f"/var/tmp/{name}").exists()
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not installed")
+def test_gcc_builds_through_its_private_tmp(attacker: Sandbox) -> None:
+    (attacker.workspace / "hello.c").write_text(
+        '#include <stdio.h>\nint main(void) { puts("hello from gcc"); return 0; }\n'
+    )
+    result = attacker.run("/bin/sh", "-c", "gcc -o hello hello.c && ./hello")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "hello from gcc"
+
+
+def test_the_agent_is_pid_one_of_nothing_and_dies_with_its_tree(attacker: Sandbox) -> None:
+    # A background child the agent leaves behind ends with it.
+    result = attacker.run("/bin/sh", "-c", "sleep 300 & echo $!")
+    assert result.returncode == 0, result.stderr
+    inner = int(result.stdout.strip())
+    assert inner < 100  # numbered by the agent's own PID namespace
+    leftovers = subprocess.run(["pgrep", "-f", "^sleep 300$"], capture_output=True, text=True)
+    assert leftovers.stdout.strip() == ""
+    assert json.loads(attacker.agentsup("ps", "--json").stdout or "[]") == []
