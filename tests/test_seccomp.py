@@ -11,7 +11,6 @@ import contextlib
 import ctypes
 import errno
 import fcntl
-import json
 import os
 import struct
 import subprocess
@@ -21,11 +20,13 @@ import termios
 import time
 import tty
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import Sandbox
 
 from agentsup.kernel import seccomp
+from agentsup.supervision.layers import in_child
 
 _SYS_IOCTL = 16  # x86_64
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -61,29 +62,20 @@ def _raw_ioctl(fd: int, request: int, arg: bytes) -> int:
     return 0
 
 
-def _in_filtered_child(slave: int) -> dict[str, int]:
-    """Fork, try the ioctls before and after loading the filter, return the errnos."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        try:
-            os.close(read_end)
-            found = {"before": _raw_ioctl(slave, seccomp.TIOCSTI, b"a")}
-            listener = seccomp.load_filter(["umask"], [])  # nothing here calls umask
-            found["tiocsti"] = _raw_ioctl(slave, seccomp.TIOCSTI, b"b")
-            found["tiocsti_high_bits"] = _raw_ioctl(slave, (1 << 32) | seccomp.TIOCSTI, b"c")
-            found["tioclinux"] = _raw_ioctl(slave, seccomp.TIOCLINUX, b"\x03")
-            found["tiocgwinsz"] = _raw_ioctl(slave, termios.TIOCGWINSZ, bytes(8))
-            os.close(listener)
-            os.write(write_end, json.dumps(found).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as reader:
-        data = reader.read()
-    os.waitpid(pid, 0)
-    result: dict[str, int] = json.loads(data)
-    return result
+def _in_filtered_child(slave: int) -> dict[str, Any]:
+    """In a child: try the ioctls before and after loading the filter; the errnos."""
+
+    def attempt() -> dict[str, int]:
+        found = {"before": _raw_ioctl(slave, seccomp.TIOCSTI, b"a")}
+        listener = seccomp.load_filter(["umask"], [])  # nothing here calls umask
+        found["tiocsti"] = _raw_ioctl(slave, seccomp.TIOCSTI, b"b")
+        found["tiocsti_high_bits"] = _raw_ioctl(slave, (1 << 32) | seccomp.TIOCSTI, b"c")
+        found["tioclinux"] = _raw_ioctl(slave, seccomp.TIOCLINUX, b"\x03")
+        found["tiocgwinsz"] = _raw_ioctl(slave, termios.TIOCGWINSZ, bytes(8))
+        os.close(listener)
+        return found
+
+    return in_child(attempt)
 
 
 def _queued(fd: int) -> int:
