@@ -14,7 +14,6 @@ does.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import functools
 import json
@@ -28,26 +27,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..kernel import seccomp
+from ..kernel import namespaces, privileges, seccomp
 from ..kernel.cgroup import AgentCgroup, CgroupUnavailable
 from ..kernel.landlock import landlock_abi
 
 # How long one probe child may take before it is killed and the layer
 # reported as unknown (a hung probe must not hang `run`).
 PROBE_TIMEOUT_S = 10.0
-
-_CAP_SETPCAP = 8
-
-# <linux/sched.h>, in the order a run makes them as a normal user: the user
-# namespace first, because it grants the capabilities the others need.
-NAMESPACES = {
-    "user": 0x10000000,
-    "mount": 0x00020000,
-    "pid": 0x20000000,
-    "uts": 0x04000000,
-    "ipc": 0x08000000,
-    "net": 0x40000000,
-}
+_PR_GET_DUMPABLE = 3
 
 COSTS = {
     "seccomp_notify": "no seccomp user notification (Linux 5.5+): no syscall can be "
@@ -267,13 +254,6 @@ def _seccomp() -> dict[str, str]:
 
 # -- namespaces ------------------------------------------------------------------------
 
-# The one raw call here; kernel/namespaces.py (isolation branch) offers the
-# same `unshare`, and this should use it once both are on main.
-_libc = ctypes.CDLL(None, use_errno=True)
-_unshare = _libc.unshare
-_unshare.argtypes = [ctypes.c_int]
-_unshare.restype = ctypes.c_int
-
 
 def _sysctl(name: str) -> str | None:
     try:
@@ -284,6 +264,10 @@ def _sysctl(name: str) -> str | None:
 
 def _userns_hint() -> str:
     """Which host setting refuses user namespaces, when one visibly does."""
+    # A process that changed its uid without an exec is not dumpable: its
+    # /proc/self files are root's, and it cannot write its own uid map.
+    if os.geteuid() != 0 and privileges.prctl(_PR_GET_DUMPABLE) == 0:
+        return " (this process is not dumpable, so it cannot write its uid map)"
     for name, refusing in (
         ("kernel.unprivileged_userns_clone", "0"),
         ("user.max_user_namespaces", "0"),
@@ -295,20 +279,15 @@ def _userns_hint() -> str:
 
 
 def _enter(name: str) -> str:
-    """unshare one namespace in this (throw-away) process; '' or why not."""
-    uid, gid = os.geteuid(), os.getegid()  # before: inside, unmapped ids read 65534
-    if _unshare(NAMESPACES[name]) != 0:
-        return _errno_text(ctypes.get_errno())
-    if name == "user":
-        try:
-            for path, text in (
-                ("/proc/self/setgroups", "deny"),  # required before an unprivileged gid_map
-                ("/proc/self/uid_map", f"{uid} {uid} 1\n"),
-                ("/proc/self/gid_map", f"{gid} {gid} 1\n"),
-            ):
-                Path(path).write_text(text)
-        except OSError as exc:
-            return f"{Path(path).name}: {_why(exc)}"
+    """Make one namespace in this (throw-away) process; '' or why not."""
+    try:
+        if name == "user":
+            namespaces.enter_user_namespace(os.geteuid(), os.getegid())
+        else:
+            namespaces.unshare(name)
+    except namespaces.NamespaceError as exc:
+        why = _errno_text(exc.errno)
+        return why if exc.step == f"{name} namespace" else f"{exc.step}: {why}"
     if name == "pid":  # only children enter it: the first one must be its PID 1
         child = os.fork()
         if child == 0:  # pragma: no cover - runs in the new namespace
@@ -321,7 +300,8 @@ def _enter(name: str) -> str:
 def _namespace_work() -> dict[str, str]:
     root = os.geteuid() == 0
     # As root a run makes no user namespace: probe the others without one.
-    order = [name for name in NAMESPACES if name != "user"] + ["user"] if root else [*NAMESPACES]
+    names = list(namespaces.FLAGS)
+    order = [name for name in names if name != "user"] + ["user"] if root else names
     found: dict[str, str] = {}
     for name in order:
         if not root and name != "user" and found["user"]:
@@ -339,7 +319,7 @@ def _namespaces() -> dict[str, str]:
     """Namespace name -> '' when this user can make it, else why not."""
     found = in_child(_namespace_work)
     if "error" in found:
-        return {name: found["error"] for name in NAMESPACES}
+        return {name: found["error"] for name in namespaces.FLAGS}
     return found
 
 
@@ -360,26 +340,18 @@ def _cgroup() -> tuple[bool, str]:
     return True, f"groups under {os.path.dirname(group.tracking)}; {limits}"
 
 
-def _status_caps() -> dict[str, int]:
-    found: dict[str, int] = {}
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in ("CapPrm", "CapEff"):
-                found[key] = int(value, 16)
-    return found
-
-
 def _capabilities(userns: bool) -> tuple[bool, str]:
     """Whether the launch can leave the agent no capability at all."""
-    caps = _status_caps()
-    if caps.get("CapEff", 0) & (1 << _CAP_SETPCAP):
+    try:
+        effective, permitted, _inheritable = privileges.capabilities()
+    except privileges.PrivilegeError as exc:
+        return False, str(exc)
+    if effective & (1 << privileges.CAP_SETPCAP):
         return True, "CAP_SETPCAP held: every set, the bounding set too, can be emptied"
-    if not caps.get("CapPrm", 0):
+    if not permitted:
         bounding = "emptied in the user namespace" if userns else "kept: nothing to regain"
         return True, f"none held; no_new_privs keeps it so (bounding set {bounding})"
-    held = caps["CapPrm"]
-    return False, f"holds {held:#x} without CAP_SETPCAP: the bounding set cannot be emptied"
+    return False, f"holds {permitted:#x} without CAP_SETPCAP: the bounding set cannot be emptied"
 
 
 def _pty() -> tuple[bool, str]:
