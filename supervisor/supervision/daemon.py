@@ -2,43 +2,70 @@
 
 The daemon starts every agent defined in the agents directory
 (`/etc/agentsup/agents/*.yaml` as root, `~/.config/agentsup/agents/` for a
-user, or `AGENTSUP_AGENTS_DIR`), supervises them all from one event loop,
-and restarts them as their definitions say:
+user, `AGENTSUP_AGENTS_DIR`, or `--agents-dir`), supervises them all from one
+event loop, and restarts them as their definitions say:
 
-    id: analyst-1                 # default: the file's name without .yaml
+    id: analyst-1                       # default: the file's name without .yaml
     program: /srv/agents/analyst.py
     args: ["--fast"]
-    policy: data-analyst          # default: strict
-    workspace: /srv/work/analyst  # required
-    restart: on-failure           # never | on-failure (default) | always
-    restart_delay_seconds: 5      # default 5
+    policy: data-analyst                # default: strict
+    workspace: /srv/work/analyst        # required
+    restart: on-failure                 # never | on-failure (default) | always
+    restart_delay_seconds: 5            # the first restart; doubled for each further
+    restart_max_delay_seconds: 300      #   restart in the window, up to this
+    start_limit_burst: 5                # at most this many starts (0: no limit) ...
+    start_limit_interval_seconds: 300   # ... within this window, then the agent is failed
 
 An agent the policy (or a person) killed is not restarted unless `restart:
-always`: a violation is a reason to look, not to try again.  SIGHUP rescans
-the directory and starts agents that are new there.  SIGTERM or SIGINT kills
-every agent tree and exits 0.  With systemd (`Type=notify`) the daemon says
-READY=1 once its control socket is up and its agents are started, and keeps
-STATUS= current.
+always`: a violation is a reason to look, not to try again.  An agent that
+reaches its start limit is left `failed` until SIGHUP.
+
+SIGHUP re-reads the directory: new definitions start, removed ones are
+stopped (SIGTERM, then SIGKILL after the stop timeout) and forgotten,
+changed ones are stopped and started again with the new definition, and
+failed agents get a fresh start.  A definition that no longer parses keeps
+its agent running on the old one, and says why.  SIGTERM or SIGINT stops
+every agent the same way and exits 0.
+
+Each agent's stdout and stderr go, a line at a time, to its log file (see
+control/logs.py; `agentsup logs ID`) and to the daemon's stderr prefixed
+`[ID]`.  With systemd (`Type=notify`) the daemon says READY=1 once its
+control socket is up and its agents are started, RELOADING=1 around a
+SIGHUP, and keeps STATUS= current.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import math
 import os
 import signal
 import socket
 import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from ..control.agentids import BadAgentId, check_agent_id
+from ..control.logs import STREAMS, AgentLogWriter, log_path
 from ..paths import Locations, default_locations
 from .agent import Agent, RunRequest, SetupError
+from .loop import Timer
+from .stopping import STOP_TIMEOUT_S
 from .supervisor import Supervisor
 
 RESTART_MODES = ("never", "on-failure", "always")
-_KEYS = {"id", "program", "args", "policy", "workspace", "restart", "restart_delay_seconds"}
+EXIT_OK = 0
+EXIT_FAILED = 1
+_NUMBERS = {
+    "restart_delay_seconds": 5.0,
+    "restart_max_delay_seconds": 300.0,
+    "start_limit_interval_seconds": 300.0,
+}
+_KEYS = {"id", "program", "args", "policy", "workspace", "restart", "start_limit_burst", *_NUMBERS}
 
 
 class DefinitionError(ValueError):
@@ -54,6 +81,9 @@ class AgentDefinition:
     policy: str = "strict"
     restart: str = "on-failure"
     restart_delay_seconds: float = 5.0
+    restart_max_delay_seconds: float = 300.0
+    start_limit_burst: int = 5
+    start_limit_interval_seconds: float = 300.0
     source: str = ""
 
     def request(self) -> RunRequest:
@@ -66,22 +96,36 @@ class AgentDefinition:
         )
 
 
-def agents_dir(locations: Locations) -> Path:
-    override = os.environ.get("AGENTSUP_AGENTS_DIR")
-    if override:
-        return Path(override)
+def agents_dir(locations: Locations, override: str | None = None) -> Path:
+    chosen = override or os.environ.get("AGENTSUP_AGENTS_DIR")
+    if chosen:
+        return Path(chosen)
     return locations.policy_dir.parent / "agents"
+
+
+def _number(path: Path, data: dict[str, object], key: str) -> float:
+    value = data.get(key, _NUMBERS[key])
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise DefinitionError(f"{path}: '{key}' must be a number >= 0")
+    return float(value)
 
 
 def parse_definition(path: Path) -> AgentDefinition:
     """One agent definition file; DefinitionError says what is wrong and where."""
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+        with path.open(encoding="utf-8") as f:
+            text = f.read(1 << 20)
+        data = yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise DefinitionError(f"{path}: {exc}") from exc
     if not isinstance(data, dict):
         raise DefinitionError(f"{path}: expected a mapping of agent settings")
-    unknown = sorted(set(data) - _KEYS)
+    unknown = sorted(str(key) for key in set(data) - _KEYS)
     if unknown:
         raise DefinitionError(
             f"{path}: unknown key {unknown[0]!r} (expected one of {', '.join(sorted(_KEYS))})"
@@ -97,14 +141,18 @@ def parse_definition(path: Path) -> AgentDefinition:
         raise DefinitionError(
             f"{path}: unknown restart {restart!r} (expected one of {', '.join(RESTART_MODES)})"
         )
-    delay = data.get("restart_delay_seconds", 5)
-    if not isinstance(delay, (int, float)) or isinstance(delay, bool) or delay < 0:
-        raise DefinitionError(f"{path}: 'restart_delay_seconds' must be a number >= 0")
+    burst = data.get("start_limit_burst", 5)
+    if not isinstance(burst, int) or isinstance(burst, bool) or burst < 0:
+        raise DefinitionError(f"{path}: 'start_limit_burst' must be a whole number >= 0")
     agent_id = data.get("id", path.stem)
-    if not isinstance(agent_id, str) or not agent_id:
-        raise DefinitionError(f"{path}: 'id' must be a non-empty string")
+    if not isinstance(agent_id, str):
+        raise DefinitionError(f"{path}: 'id' must be a string")
+    try:
+        check_agent_id(agent_id)
+    except BadAgentId as exc:
+        raise DefinitionError(f"{path}: {exc}") from None
     policy = data.get("policy", "strict")
-    if not isinstance(policy, str):
+    if not isinstance(policy, str) or not policy:
         raise DefinitionError(f"{path}: 'policy' must be a string")
     return AgentDefinition(
         agent_id=agent_id,
@@ -113,7 +161,10 @@ def parse_definition(path: Path) -> AgentDefinition:
         args=tuple(args),
         policy=policy,
         restart=restart,
-        restart_delay_seconds=float(delay),
+        restart_delay_seconds=_number(path, data, "restart_delay_seconds"),
+        restart_max_delay_seconds=_number(path, data, "restart_max_delay_seconds"),
+        start_limit_burst=burst,
+        start_limit_interval_seconds=_number(path, data, "start_limit_interval_seconds"),
         source=str(path),
     )
 
@@ -125,6 +176,24 @@ def should_restart(definition: AgentDefinition, exit_code: int, killed: bool) ->
     if definition.restart == "never" or killed:
         return False
     return exit_code != 0
+
+
+def restart_delay(definition: AgentDefinition, starts: Sequence[float], now: float) -> float | None:
+    """Pure: seconds to wait before the next start, or None when the start limit is hit.
+
+    `starts` are the times of the earlier starts.  Like systemd's
+    StartLimitBurst/StartLimitIntervalSec, at most `start_limit_burst` starts
+    fall within any `start_limit_interval_seconds`; the delay doubles with
+    each start in that window, from `restart_delay_seconds` up to
+    `restart_max_delay_seconds`.
+    """
+    window = definition.start_limit_interval_seconds
+    recent = [t for t in starts if now - t < window]
+    if definition.start_limit_burst and len(recent) >= definition.start_limit_burst:
+        return None
+    base = definition.restart_delay_seconds
+    ceiling = max(definition.restart_max_delay_seconds, base)
+    return min(base * 2.0 ** max(len(recent) - 1, 0), ceiling)
 
 
 def sd_notify(message: str) -> bool:
@@ -146,91 +215,320 @@ def _say(text: str) -> None:
     print(f"agentsup daemon: {text}", file=sys.stderr, flush=True)
 
 
+def _echo(line: str) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        print(line, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _stdio_to(stdout_fd: int, stderr_fd: int) -> Iterator[None]:
+    """Point fds 1 and 2 at the agent's pipes while it is forked; it inherits them."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    os.dup2(stdout_fd, 1)
+    os.dup2(stderr_fd, 2)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+@dataclass
+class Slot:
+    """One defined agent: its definition, its current run, and its restart history."""
+
+    definition: AgentDefinition
+    log: AgentLogWriter
+    run: Agent | None = None
+    starts: list[float] = field(default_factory=list)
+    timer: Timer | None = None  # a restart waiting for its delay
+    failed: str = ""  # why the daemon gave up on it (until SIGHUP)
+    retire: bool = False  # removed from the directory: forget it once it has stopped
+    replacement: AgentDefinition | None = None  # changed: start this once it has stopped
+
+    @property
+    def running(self) -> bool:
+        return self.run is not None and not self.run.exited
+
+    def cancel_restart(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
 @dataclass
 class Daemon:
     supervisor: Supervisor
     directory: Path
-    definitions: dict[str, AgentDefinition] = field(default_factory=dict)
-    stopping: bool = False
+    slots: dict[str, Slot] = field(default_factory=dict)
 
-    def scan(self) -> None:
-        """Start every agent defined in the directory that is not running yet."""
+    @property
+    def stopping(self) -> bool:
+        return self.supervisor.interrupted is not None
+
+    # -- the directory -------------------------------------------------------------
+
+    def read_definitions(self) -> dict[str, AgentDefinition]:
+        """Every valid definition by id; a broken file keeps its agent's old one."""
         try:
             paths = sorted(self.directory.glob("*.yaml"))
         except OSError as exc:
-            _say(f"cannot read {self.directory}: {exc}")
-            return
+            _say(f"cannot read {self.directory}: {exc.strerror or exc}")
+            return {slot_id: slot.definition for slot_id, slot in self.slots.items()}
+        found: dict[str, AgentDefinition] = {}
         for path in paths:
             try:
                 definition = parse_definition(path)
             except DefinitionError as exc:
-                _say(str(exc))
+                old = next(
+                    (s.definition for s in self.slots.values() if s.definition.source == str(path)),
+                    None,
+                )
+                kept = f"; agent '{old.agent_id}' keeps its old definition" if old else ""
+                _say(f"{exc}{kept}")
+                if old is not None:
+                    found.setdefault(old.agent_id, old)
                 continue
-            running = self.supervisor.agents.get(definition.agent_id)
-            if running is not None and not running.exited:
+            other = found.get(definition.agent_id)
+            if other is not None:
+                _say(
+                    f"{path}: agent id '{definition.agent_id}' is already defined in "
+                    f"{other.source}; ignoring this file"
+                )
                 continue
-            self.definitions[definition.agent_id] = definition
-            self.start(definition)
+            found[definition.agent_id] = definition
+        return found
+
+    def scan(self) -> None:
+        """Apply the directory: start new agents, stop removed ones, restart changed ones."""
+        wanted = self.read_definitions()
+        for agent_id in [i for i in self.slots if i not in wanted]:
+            self.retire(agent_id)
+        for agent_id, definition in wanted.items():
+            slot = self.slots.get(agent_id)
+            if slot is None:
+                try:
+                    log = AgentLogWriter(
+                        log_path(self.supervisor.locations, agent_id), agent_id, echo=_echo
+                    )
+                except OSError as exc:
+                    _say(f"cannot open the log of agent '{agent_id}': {exc}; not starting it")
+                    continue
+                slot = self.slots[agent_id] = Slot(definition, log)
+                self.start(slot)
+            elif slot.retire:
+                # Removed and back before its old run ended: it starts once that run is gone.
+                slot.retire = False
+                slot.replacement = definition
+            elif definition != slot.definition or slot.failed:
+                self.replace(slot, definition)
         self.report()
 
-    def start(self, definition: AgentDefinition) -> None:
-        if self.stopping:
+    def retire(self, agent_id: str) -> None:
+        slot = self.slots[agent_id]
+        slot.cancel_restart()
+        slot.replacement = None
+        if slot.running and slot.run is not None:
+            slot.retire = True
+            _say(f"agent '{agent_id}' is no longer defined; stopping it")
+            self.supervisor.stop_agent(slot.run, signal.SIGTERM, "definition removed")
+        else:
+            self.forget(slot)
+
+    def replace(self, slot: Slot, definition: AgentDefinition) -> None:
+        """A changed (or failed) definition: stop what runs, then start afresh."""
+        slot.cancel_restart()
+        if slot.running and slot.run is not None:
+            slot.replacement = definition
+            _say(f"agent '{definition.agent_id}' changed; restarting it")
+            self.supervisor.stop_agent(slot.run, signal.SIGTERM, "definition changed")
             return
+        slot.definition = definition
+        slot.failed = ""
+        slot.starts.clear()
+        self.start(slot)
+
+    def forget(self, slot: Slot) -> None:
+        agent_id = slot.definition.agent_id
+        self.slots.pop(agent_id, None)
+        gone = self.supervisor.agents.pop(agent_id, None)
+        if gone is not None:
+            gone.close()
+        self.supervisor.release_id(agent_id)
+        slot.log.close()
+
+    # -- starting and ending -------------------------------------------------------
+
+    def start(self, slot: Slot) -> None:
+        slot.timer = None
+        if self.stopping or slot.running:
+            return
+        definition = slot.definition
+        slot.starts.append(self.supervisor.loop.clock())
+        pipes = [os.pipe2(os.O_CLOEXEC) for _ in STREAMS]
+        error: SetupError | None = None
         try:
-            run = self.supervisor.launch(definition.request())
-        except SetupError as exc:
-            _say(f"cannot start agent '{definition.agent_id}' ({definition.source}): {exc}")
+            with _stdio_to(pipes[0][1], pipes[1][1]):
+                try:
+                    run = self.supervisor.launch(definition.request())
+                except SetupError as exc:
+                    error = exc
+        finally:
+            for _read, write in pipes:
+                os.close(write)
+        for stream, (read, _write) in zip(STREAMS, pipes, strict=True):
+            self._collect(slot.log, stream, read)
+        if error is not None:
+            _say(f"cannot start agent '{definition.agent_id}' ({definition.source}): {error}")
+            slot.log.note(f"cannot start: {error}")
+            slot.run = None
+            self._after_end(slot, error.exit_code, killed=False)
             return
-        _say(
-            f"started agent '{definition.agent_id}' (pid {run.launched.pid if run.launched else 0})"
-        )
+        slot.run = run
+        pid = run.launched.pid if run.launched else 0
+        slot.log.note(f"started (pid {pid})")
+        _say(f"started agent '{definition.agent_id}' (pid {pid})")
+
+    def _collect(self, log: AgentLogWriter, stream: str, fd: int) -> None:
+        """Copy what the agent writes on `fd` into its log, until every writer has closed it."""
+        os.set_blocking(fd, False)
+        loop = self.supervisor.loop
+        log.attach()
+
+        def readable(_events: int) -> None:
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if data:
+                log.feed(stream, data)
+                return
+            loop.remove_reader(fd)
+            os.close(fd)
+            log.detach(stream)
+
+        loop.add_reader(fd, readable)
 
     def on_agent_exit(self, run: Agent) -> None:
-        """Record the end, release the run, and restart it if its definition says so."""
+        """Record the end, release the run, and restart it as its definition says."""
         assert run.judge is not None
         code = run.finish()
         killed = run.judge.kill_report is not None
         run.close()
+        slot = next((s for s in self.slots.values() if s.run is run), None)
         _say(f"agent '{run.agent_id}' ended with status {code}")
-        definition = self.definitions.get(run.agent_id)
-        if (
-            definition is not None
-            and not self.stopping
-            and should_restart(definition, code, killed)
-        ):
-            self.supervisor.loop.call_later(
-                definition.restart_delay_seconds, functools.partial(self.start, definition)
-            )
+        if slot is None:
+            return
+        slot.log.note(f"ended with status {code}")
+        self._after_end(slot, code, killed)
+
+    def _after_end(self, slot: Slot, code: int, killed: bool) -> None:
+        agent_id = slot.definition.agent_id
+        loop = self.supervisor.loop
+        if slot.retire:
+            self.forget(slot)
+        elif self.stopping:
+            pass
+        elif slot.replacement is not None:
+            slot.definition, slot.replacement = slot.replacement, None
+            slot.failed = ""
+            slot.starts.clear()
+            # Started from the loop, not from inside the reaping of the old run.
+            slot.timer = loop.call_later(0, functools.partial(self.start, slot))
+        elif should_restart(slot.definition, code, killed):
+            delay = restart_delay(slot.definition, slot.starts, loop.clock())
+            if delay is None:
+                definition = slot.definition
+                slot.failed = (
+                    f"start limit hit: {definition.start_limit_burst} starts within "
+                    f"{definition.start_limit_interval_seconds:g} s"
+                )
+                _say(
+                    f"agent '{agent_id}' failed: {slot.failed}; not restarting it until "
+                    "its definition changes or the daemon gets SIGHUP"
+                )
+                slot.log.note(f"failed: {slot.failed}")
+            else:
+                slot.timer = loop.call_later(delay, functools.partial(self.start, slot))
         self.report()
 
+    # -- what ps and systemd see -----------------------------------------------------
+
+    def describe(self, listed: list[dict[str, object]]) -> list[dict[str, object]]:
+        """`ps` entries with the daemon's view: restarts, failed and waiting agents."""
+        by_id = {str(entry.get("id")): entry for entry in listed}
+        now = self.supervisor.loop.clock()
+        for agent_id, slot in self.slots.items():
+            entry = by_id.get(agent_id)
+            if entry is None:
+                entry = {"id": agent_id, "pid": 0, "policy": slot.definition.policy}
+                entry.update(state="exited", uptime_s=0, pending=0)
+                listed.append(entry)
+            entry["definition"] = slot.definition.source
+            entry["restarts"] = max(len(slot.starts) - 1, 0)
+            if slot.failed:
+                entry["state"] = f"failed: {slot.failed}"
+            elif slot.timer is not None and not slot.running:
+                entry["state"] = f"exited: restarting in {max(slot.timer.deadline - now, 0):.0f} s"
+        return listed
+
     def report(self) -> None:
-        running = sum(1 for run in self.supervisor.agents.values() if not run.exited)
-        sd_notify(f"STATUS={running} agent(s) supervised")
+        running = sum(1 for slot in self.slots.values() if slot.running)
+        failed = sum(1 for slot in self.slots.values() if slot.failed)
+        extra = f", {failed} failed" if failed else ""
+        sd_notify(f"STATUS={running} agent(s) supervised{extra}")
+
+    def reload(self) -> None:
+        sd_notify("RELOADING=1")
+        _say(f"SIGHUP: reading {self.directory} again")
+        self.scan()
+        sd_notify("READY=1")
 
 
-def run_daemon() -> int:
+def run_daemon(
+    agents_directory: str | None = None, *, stop_timeout: float = STOP_TIMEOUT_S
+) -> int:
     locations = default_locations()
+    directory = agents_dir(locations, agents_directory)
+    if agents_directory and not directory.is_dir():
+        _say(f"cannot start: --agents-dir {directory} is not a directory")
+        return EXIT_FAILED
     try:
-        supervisor = Supervisor(locations)
+        supervisor = Supervisor(locations, stop_timeout=stop_timeout)
     except OSError as exc:
-        print(f"agentsup daemon: cannot start: {exc}", file=sys.stderr)
-        return 1
-    daemon = Daemon(supervisor, agents_dir(locations))
-    # The daemon keeps running when an agent ends, and SIGHUP rescans the
+        _say(f"cannot start: {exc.strerror or exc}")
+        return EXIT_FAILED
+    daemon = Daemon(supervisor, directory)
+    # The daemon keeps running when an agent ends, and SIGHUP re-reads the
     # definitions instead of stopping.
     supervisor.on_agent_exit = daemon.on_agent_exit
-    supervisor.loop.on_signal(signal.SIGHUP, daemon.scan)
+    supervisor.describe_agents = daemon.describe
+    supervisor.loop.on_signal(signal.SIGHUP, daemon.reload)
     try:
+        if not directory.is_dir():
+            _say(f"no agents directory {directory} yet: create it, add agents, send SIGHUP")
         daemon.scan()
         sd_notify("READY=1")
         _say(
-            f"supervising agents from {daemon.directory}; control sockets in "
-            f"{locations.runtime_dir}"
+            f"supervising agents from {directory}; control sockets in "
+            f"{locations.runtime_dir}; agent logs in {log_path(locations, 'x').parent}"
         )
-        supervisor.run_until(lambda: supervisor.interrupted is not None)
-        daemon.stopping = True
+        supervisor.run_until(lambda: daemon.stopping)
         sd_notify("STOPPING=1")
+        for slot in daemon.slots.values():
+            slot.cancel_restart()
         supervisor.run_until(lambda: all(run.exited for run in supervisor.agents.values()))
     finally:
         supervisor.close()
-    return 0
+        for slot in list(daemon.slots.values()):
+            slot.log.close()
+    return EXIT_OK

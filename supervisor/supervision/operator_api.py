@@ -24,10 +24,14 @@ STOPPED_STATES = (
 
 class OperatorAPI:
     def __init__(
-        self, judges: Callable[[], Mapping[str, Judge]], audit: AuditSink
+        self,
+        judges: Callable[[], Mapping[str, Judge]],
+        audit: AuditSink,
+        describe: Callable[[list[dict[str, object]]], list[dict[str, object]]] = lambda x: x,
     ) -> None:
         self._sessions = judges
         self._audit = audit
+        self._describe = describe
 
     def _session(self, agent_id: str) -> Judge:
         judge = self._sessions().get(agent_id)
@@ -45,7 +49,7 @@ class OperatorAPI:
                 with contextlib.suppress(OSError):
                     info["pids"] = sorted(judge.tree.pids())
             found.append(info)
-        return found
+        return self._describe(found)
 
     def pending(self) -> list[dict[str, object]]:
         found: list[dict[str, object]] = []

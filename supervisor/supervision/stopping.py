@@ -21,14 +21,9 @@ import signal
 from collections.abc import Callable
 
 from .judge import AgentState, AuditSink, Judge
+from .operator_api import STOPPED_STATES
 
 STOP_TIMEOUT_S = 10.0
-HELD_STATES = (
-    AgentState.AWAITING_APPROVAL,
-    AgentState.STOPPED_VIOLATION,
-    AgentState.STOPPED_OPERATOR,
-    AgentState.STOPPED_TAMPER,
-)
 _FROM_TERMINAL = (signal.SIGINT, signal.SIGHUP)
 
 
@@ -90,7 +85,7 @@ def stop_gracefully(
     """Forward `sig` now; SIGKILL the tree if the agent is still running after `grace` s."""
     if judge.state is AgentState.EXITED:
         return
-    if judge.state in HELD_STATES or grace <= 0:
+    if judge.state in STOPPED_STATES or grace <= 0:
         judge.signal_tree(signal.SIGKILL, f"{why}; the agent could not act on it")
         return
     forward(judge, sig, why, audit)

@@ -250,6 +250,10 @@ class Supervisor:
         self.interrupted: int | None = None
         # Called once for each run whose agent ended (the daemon restarts them).
         self.on_agent_exit: Callable[[Agent], None] | None = None
+        # Adds to (or edits) what `ps` lists (the daemon's failed and waiting agents).
+        self.describe_agents: Callable[[list[dict[str, object]]], list[dict[str, object]]] = (
+            lambda listed: listed
+        )
         self.loop.after_each_batch(self.audit.after_batch)
         # Orphans of an agent (setsid, double fork) are re-parented to us, so
         # we can reap and account for them.
@@ -407,7 +411,7 @@ class Supervisor:
     # -- the person in the loop ----------------------------------------------------
 
     def _serve_control(self) -> None:
-        api = OperatorAPI(self.judges, self.audit)
+        api = OperatorAPI(self.judges, self.audit, lambda listed: self.describe_agents(listed))
         # No control socket, no supervisor: nobody could resume, deny or stop its
         # agents, and its ids could not be claimed (RuntimeDirError says why).
         self.control = ControlServer(
