@@ -116,10 +116,14 @@ def test_json_status_is_written(sandbox: Sandbox) -> None:
 
 
 def _start(
-    sandbox: Sandbox, *program: str, agent_id: str, extra: list[str] | None = None
+    sandbox: Sandbox,
+    *program: str,
+    agent_id: str,
+    extra: list[str] | None = None,
+    policy: str = "strict",
 ) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        sandbox.command(*program, agent_id=agent_id, extra=extra or []),
+        sandbox.command(*program, policy=policy, agent_id=agent_id, extra=extra or []),
         env=sandbox.env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -207,3 +211,48 @@ def test_an_agent_that_ignores_the_signal_is_killed_after_the_stop_timeout(
     assert "was killed (SIGKILL)" in _one_line(err)
     kinds = [r for r in sandbox.audit_records() if r["kind"] == "signal"]
     assert [r["signal"] for r in kinds][-2:] == ["SIGTERM", "SIGKILL"]
+
+
+# -- ps and top: what an agent's tree uses --------------------------------------------
+
+LISTENER = (
+    "import socket, sys, time\n"
+    "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(1)\n"
+    "data = bytearray(32 * 2**20)\n"  # some memory to see
+    "open(sys.argv[1], 'w').write('ready')\n"
+    "time.sleep(60)\n"
+)
+
+
+@pytest.mark.requires_seccomp_notify
+@pytest.mark.requires_landlock
+def test_ps_and_top_show_what_the_tree_uses(sandbox: Sandbox) -> None:
+    script = sandbox.workspace / "listener.py"
+    script.write_text(LISTENER)
+    ready = sandbox.workspace / "ready"
+    run = _start(
+        sandbox, "/bin/sh", "-c", f"{sys.executable} {script} {ready} & wait",
+        agent_id="busy", policy="permissive",
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        listing = sandbox.agentsup("ps", "--json")
+        [agent] = [a for a in json.loads(listing.stdout) if a["id"] == "busy"]
+        usage = agent["usage"]
+        assert usage["processes"] >= 2  # the shell and the Python child
+        assert usage["rss_bytes"] > 32 * 2**20
+        assert any(c["status"] == "LISTEN" for c in usage["connections"])
+        table = sandbox.agentsup("ps")
+        header, *rows = table.stdout.splitlines()
+        assert header.split()[-6:] == ["PROCS", "CPU%", "MEM", "READ", "WRITE", "NET"]
+        [row] = [r for r in rows if r.startswith("busy ")]
+        assert row.split()[-1] == "1" and row.split()[-6] == str(usage["processes"])
+        top = sandbox.agentsup("top", "--iterations", "2", "--interval", "0.2", "--json")
+        screens = [json.loads(doc) for doc in top.stdout.replace("}\n{", "}\n\x00{").split("\x00")]
+        assert len(screens) == 2 and top.returncode == 0
+        assert [a["id"] for a in screens[1]["agents"]] == ["busy"]
+    finally:
+        run.send_signal(signal.SIGKILL)
+        run.communicate()
