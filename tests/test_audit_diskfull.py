@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Sandbox
+from conftest import Sandbox, host_pids
 
 from agentsup.integrity.audit import AuditLog, load_key, read_head, verify_log
 from agentsup.supervision.judge import AgentState
@@ -355,7 +355,9 @@ def test_a_full_disk_stops_the_agent_until_space_returns(sandbox: Sandbox) -> No
         )
         pid_file = sandbox.workspace / "pid"
         wait_for(lambda: pid_file.exists() and pid_file.read_text() != "", "the agent to start")
-        pid = int(pid_file.read_text())
+        (listed,) = json.loads(sandbox.agentsup("ps", "--json").stdout)
+        # The agent numbers itself in its own PID namespace; this is the host's number.
+        (pid,) = host_pids(int(listed["pid"]), [int(pid_file.read_text())])
         filler = fill(logs)
         wait_for(lambda: state_of(pid) == "T", "the agent to be stopped")
         time.sleep(0.5)  # stays stopped while the disk is full, supervisor alive

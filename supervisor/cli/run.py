@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..control.agentids import BadAgentId, check_agent_id
 from ..supervision.agent import EXIT_SETUP_FAILED, RunRequest
@@ -76,8 +77,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--allow-degraded",
         action="append",
         default=[],
-        choices=["landlock", "cgroup"],
-        help="run even if this kernel feature is missing (one warning line)",
+        choices=["landlock", "cgroup", "namespaces", "user", "mount", "pid", "uts", "ipc", "net"],
+        help="run even if this kernel feature is missing (one warning line); "
+        "namespaces: any of them",
+    )
+    parser.add_argument(
+        "--user",
+        metavar="NAME",
+        help="run the agent as this user, with its groups (root only)",
     )
     parser.add_argument(
         "--cpus",
@@ -105,5 +112,7 @@ def _run(args: argparse.Namespace) -> int:
         json_status=args.json_status,
         allow_degraded=args.allow_degraded,
         cpus=args.cpus,
+        user=args.user,
+        terminal=sys.stdin.isatty() and sys.stdout.isatty(),
     )
     return run_agent(request, stop_timeout=args.stop_timeout)

@@ -41,6 +41,7 @@ from . import launch, placement
 from .hookserver import HookReply, HookRequest, HookServer
 from .judge import AgentState, Judge, JudgeConfig, Pending, ProcessTree
 from .mediator import ALWAYS_REFUSED, FORCED_ENOSYS, MEDIATED, Mediator
+from .terminal import PtyRelay
 from .trampoline import Isolation
 
 if TYPE_CHECKING:
@@ -79,6 +80,7 @@ class RunRequest:
     allow_degraded: Sequence[str] = ()
     cpus: str = "auto"  # auto | all | shared (placement.py)
     user: str | None = None  # run the agent as this user (root only)
+    terminal: bool = False  # relay a pty: the agent never holds the user's terminal
 
 
 def say(text: str) -> None:
@@ -234,6 +236,7 @@ class Agent:
         self._context: RunContext | None = None
         self._plan: launch.LaunchPlan | None = None
         self._closed = False
+        self.relay: PtyRelay | None = None
 
     def __repr__(self) -> str:
         return f"<Agent {self.judge!r}>"
@@ -362,10 +365,19 @@ class Agent:
         assert self.judge is not None and self._plan is not None
         judge, plan = self.judge, self._plan
         group = self.group
+        if self.request.terminal:
+            master, slave = os.openpty()
+            self.relay = PtyRelay(master, 0, 1)
+            self.relay.copy_window_size()
+            plan.terminal = slave
         try:
             launched = launch.start(plan, group.add if group is not None else lambda _pid: None)
         except launch.LaunchError as exc:
             raise SetupError(str(exc)) from exc
+        finally:
+            if plan.terminal >= 0:
+                os.close(plan.terminal)  # the agent's copy is all there is: EOF when it goes
+                plan.terminal = -1
         self.launched = launched
         for note in launched.degraded:
             say(f"warning: running without {note}")
@@ -409,6 +421,8 @@ class Agent:
         )
         judge.state = AgentState.RUNNING
         launched.release()
+        if self.relay is not None:
+            self.relay.attach(self.loop)
 
     def reload_policy(self) -> None:
         """The policy directory changed legitimately: the next decision uses the new rules."""
@@ -625,6 +639,7 @@ class Agent:
     def finish(self) -> int:
         """Record the end and return the exit code `run` reports."""
         assert self.judge is not None
+        self._release_terminal()
         judge = self.judge
         status = judge.exit_status if judge.exit_status is not None else 0
         code, sig = _status_code(status)
@@ -650,11 +665,19 @@ class Agent:
             Path(self.request.json_status).write_text(json.dumps(status_doc) + "\n")
         return code
 
+    def _release_terminal(self) -> None:
+        """Pass on the agent's last output and give the user's terminal back as it was."""
+        relay, self.relay = self.relay, None
+        if relay is not None:
+            relay.detach()
+            os.close(relay.master)
+
     def close(self) -> None:
         """Release everything the run holds; safe to call more than once."""
         if self._closed:
             return
         self._closed = True
+        self._release_terminal()
         if self.judge is not None and self.judge.state is not AgentState.EXITED:
             self.judge.signal_tree(signal.SIGKILL, "supervisor shutting down")
         if self.mediator is not None:

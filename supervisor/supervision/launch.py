@@ -32,6 +32,7 @@ class LaunchPlan:
     landlock: FloorPlan | None = None
     rlimits: dict[str, int] = field(default_factory=dict)
     isolation: Isolation = field(default_factory=Isolation)
+    terminal: int = -1  # the slave of the agent's pty, or -1: it keeps our stdio
 
 
 @dataclass
@@ -83,6 +84,7 @@ def start(plan: LaunchPlan, place: Callable[[int], None], timeout: float = 30.0)
                     landlock=plan.landlock,
                     rlimits=plan.rlimits,
                     isolation=plan.isolation,
+                    terminal_fd=plan.terminal,
                 )
             )
         finally:

@@ -35,8 +35,10 @@ class Sample:
 @dataclass(frozen=True)
 class Thresholds:
     share_above_rate: float = 500.0
-    share_below_cores: float = 0.8
-    spread_above_stall: float = 0.25
+    # The agent and its broker take turns: together about one core.
+    share_below_cores: float = 1.2
+    # The supervisor, the broker and the agent hand over to each other: some queueing is theirs.
+    spread_above_stall: float = 0.5
     spread_below_rate: float = 100.0
 
 

@@ -34,12 +34,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import resource
 import select
 import signal
 import socket
 import struct
+import termios
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn
@@ -84,6 +86,7 @@ class Stage:
     landlock: FloorPlan | None
     rlimits: Mapping[str, int]
     isolation: Isolation = field(default_factory=Isolation)
+    terminal_fd: int = -1  # the slave of the agent's own pty
 
 
 def _line(fd: int, text: str) -> None:
@@ -129,7 +132,7 @@ def become_agent(stage: Stage) -> NoReturn:
         _reset_signals()
         for sig in _WAITER_IGNORES:
             signal.signal(sig, signal.SIG_IGN)
-        _close_all_but((stage.status_fd, stage.go_fd, stage.channel_fd))
+        _close_all_but((stage.status_fd, stage.go_fd, stage.channel_fd, stage.terminal_fd))
         for name, value in stage.rlimits.items():
             limit = getattr(resource, name)
             resource.setrlimit(limit, (value, value))
@@ -226,6 +229,8 @@ def _init(stage: Stage, entered: set[str], wait_fd: int) -> NoReturn:
     # The agent runs with our uid: it must not read our memory, fds or environ.
     privileges.set_dumpable(False)
     os.close(stage.go_fd)
+    if stage.terminal_fd >= 0:
+        os.close(stage.terminal_fd)
     channel = socket.socket(fileno=stage.channel_fd)
     listener = -1
     try:
@@ -252,6 +257,13 @@ def _agent(stage: Stage, wait_fd: int) -> NoReturn:
         _reset_signals()
         privileges.die_with_parent(signal.SIGKILL)
         os.setsid()  # no controlling terminal of the user's to push input into
+        if stage.terminal_fd >= 0:
+            step = "terminal"
+            # Its own pty instead: the supervisor relays it to the user's terminal.
+            fcntl.ioctl(stage.terminal_fd, termios.TIOCSCTTY, 0)
+            for fd in (0, 1, 2) if os.isatty(2) else (0, 1):
+                os.dup2(stage.terminal_fd, fd)
+            os.close(stage.terminal_fd)
         os.chdir(stage.cwd)
         step = "seccomp"
         listener = seccomp.load_filter(stage.notify, stage.enosys)
