@@ -256,3 +256,36 @@ def test_the_agent_is_pid_one_of_nothing_and_dies_with_its_tree(attacker: Sandbo
     leftovers = subprocess.run(["pgrep", "-f", "^sleep 300$"], capture_output=True, text=True)
     assert leftovers.stdout.strip() == ""
     assert json.loads(attacker.agentsup("ps", "--json").stdout or "[]") == []
+
+
+def test_the_audit_start_record_names_the_layers_of_the_run(attacker: Sandbox) -> None:
+    result = attacker.run("true")
+    assert result.returncode == 0, result.stderr
+    start = next(r for r in attacker.audit_records() if r.get("event") == "start")
+    layers = start["layers"]
+    assert isinstance(layers, dict)
+    assert set(layers["namespaces"]) == {"mount", "pid", "uts", "ipc", "net"}
+    assert layers["capabilities"] == "none" and layers["broker"] is True
+    assert layers["landlock_abi"] >= 1 and layers["hot_path"] == "python"
+
+
+def test_the_broker_acts_with_the_agents_own_rights(attacker: Sandbox) -> None:
+    """Even when the policy allows it, --user nobody cannot read root's private file."""
+    private = attacker.workspace / "root-only.txt"
+    private.write_text("root's\n")
+    os.chmod(private, 0o600)
+    os.chmod(attacker.workspace, 0o755)
+    os.chmod(attacker.root, 0o755)
+    result = attacker.run(
+        "/bin/sh", "-c", "id -u; cat root-only.txt", policy="permissive", extra=["--user", "nobody"]
+    )
+    lines = result.stdout.split()
+    assert lines[:1] == [str(pwd_uid("nobody"))], result.stderr
+    assert "root's" not in result.stdout
+    assert "Permission denied" in result.stderr
+
+
+def pwd_uid(name: str) -> int:
+    import pwd
+
+    return pwd.getpwnam(name).pw_uid

@@ -125,3 +125,25 @@ def test_an_ordinary_user_supervises_and_kills(unprivileged_home: Path) -> None:
     assert stolen.returncode == 137, stolen.stderr
     assert "rule 'secret-ssh' denied file_read" in stolen.stderr
     assert "c2VjcmV0" not in stolen.stdout
+
+
+def test_an_ordinary_users_agent_gets_the_same_walls(unprivileged_home: Path) -> None:
+    """Through a user namespace: no capability, its own PID view, hostname and /tmp."""
+    before = Path("/proc/sys/kernel/hostname").read_text()
+    marker = f"agentsup-nobody-{os.getpid()}"
+    script = (
+        "grep -E '^Cap(Prm|Eff|Bnd|Amb)' /proc/self/status; "
+        "ls /proc | grep -c '^[0-9]'; "
+        f"echo x > /tmp/{marker}; "
+        "hostname pwned 2>/dev/null && echo renamed || echo refused"
+    )
+    result = run_as_nobody(unprivileged_home, "/bin/sh", "-c", script)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.split("\n")
+    caps = [line.split()[1] for line in lines if line.startswith("Cap")]
+    assert caps and all(int(value, 16) == 0 for value in caps), result.stdout
+    processes = next(line for line in lines if line.isdigit())
+    assert int(processes) < 10  # its init, the shell and its children
+    assert "refused" in result.stdout
+    assert Path("/proc/sys/kernel/hostname").read_text() == before
+    assert not Path(f"/tmp/{marker}").exists()

@@ -171,6 +171,30 @@ def plan_isolation(
     )
 
 
+def active_layers(
+    plan: launch.LaunchPlan, launched: launch.Launched, cgroup: bool, relay: PtyRelay | None
+) -> dict[str, object]:
+    """What this run has, for the audit start record and `--json-status`."""
+    skipped = {
+        name
+        for name in plan.isolation.namespaces
+        for note in launched.degraded
+        if note.startswith(f"{name} namespace")
+    }
+    return {
+        "seccomp_notify": True,
+        "landlock_abi": plan.landlock.abi if plan.landlock is not None else 0,
+        "namespaces": sorted(plan.isolation.namespaces - skipped),
+        "degraded": launched.degraded,
+        "capabilities": "none",
+        "user": plan.isolation.user.name if plan.isolation.user else None,
+        "broker": True,
+        "pty": relay is not None,
+        "cgroup": cgroup,
+        "hot_path": "python",
+    }
+
+
 def protected_inodes(policy: CompiledPolicy, budget: int = 20000) -> dict[tuple[int, int], str]:
     """(st_dev, st_ino) -> path of the files under the policy's read-deny rules.
 
@@ -237,6 +261,7 @@ class Agent:
         self._plan: launch.LaunchPlan | None = None
         self._closed = False
         self.relay: PtyRelay | None = None
+        self.layers: dict[str, object] = {}
 
     def __repr__(self) -> str:
         return f"<Agent {self.judge!r}>"
@@ -409,15 +434,14 @@ class Agent:
         limits = judge.policy.limits
         if limits.max_runtime_seconds:
             self.loop.call_later(limits.max_runtime_seconds, self._runtime_exceeded)
+        self.layers = active_layers(plan, launched, self.group is not None, self.relay)
         judge.lifecycle(
             "start",
             argv=plan.argv,
             workspace=judge.config.workspace,
             landlock=plan.landlock is not None,
             cgroup=self.group is not None,
-            namespaces=sorted(plan.isolation.namespaces),
-            degraded=launched.degraded,
-            user=plan.isolation.user.name if plan.isolation.user else None,
+            layers=self.layers,
         )
         judge.state = AgentState.RUNNING
         launched.release()
@@ -661,6 +685,7 @@ class Agent:
                 "exit_code": code,
                 "signal": signal_name,
                 "killed_by": dataclasses.asdict(report) if report else None,
+                "layers": self.layers,
             }
             Path(self.request.json_status).write_text(json.dumps(status_doc) + "\n")
         return code

@@ -208,14 +208,16 @@ def _init(stage: Stage, entered: set[str], wait_fd: int) -> NoReturn:
             namespaces.loopback_up()
         if "uts" in entered and plan.hostname:
             namespaces.set_hostname(plan.hostname)
+        # Landlock first: its rules open paths, which the agent's own user
+        # (--user) may not be able to open.  The domain stays on through the drop.
+        step = "landlock"
+        if stage.landlock is not None:
+            landlock.apply_floor(stage.landlock)
         step = "privileges"
         for note in privileges.drop_privileges(plan.user):
             _line(stage.status_fd, f"D{note}")
         if "pid" not in entered:
             privileges.become_subreaper()
-        step = "landlock"
-        if stage.landlock is not None:
-            landlock.apply_floor(stage.landlock)
         # Blocked before the fork, so nothing is lost; the agent unblocks.
         signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
     except BaseException as exc:
