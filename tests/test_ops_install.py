@@ -48,7 +48,7 @@ def test_the_unit_runs_what_install_sh_installs() -> None:
     assert exec_start is not None
     assert exec_start.group(1) == f"{prefix.group(1)}/bin/agentsup"
     _install, test = readme_commands()
-    assert f"{prefix.group(1)}/bin/python -m pytest" in test
+    assert f'PATH="{prefix.group(1)}/bin:$PATH" python -m pytest' in test
 
 
 def test_install_sh_is_valid_sh() -> None:

@@ -35,6 +35,7 @@ def status_document(run: Agent, code: int) -> dict[str, object]:
         "exit_code": code,
         "signal": signal.Signals(sig).name if sig else None,
         "killed_by": dataclasses.asdict(report) if report else None,
+        "layers": run.layers,
     }
 
 

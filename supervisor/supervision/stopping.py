@@ -52,7 +52,10 @@ def forward(judge: Judge, sig: int, why: str, audit: AuditSink) -> set[int]:
     """Send `sig` to every process of the agent's tree that has not had it; audited."""
     if judge.tree is None:
         return set()
-    pids = judge.tree.pids()
+    try:
+        pids = judge.tree.pids()
+    except OSError:
+        pids = set()  # the tree is going away; the SIGKILL timer still runs
     if sig in _FROM_TERMINAL and terminal_signalled_our_group():
         own = os.getpgrp()
         pids = {pid for pid in pids if _pgid(pid) != own}
