@@ -289,3 +289,31 @@ def pwd_uid(name: str) -> int:
     import pwd
 
     return pwd.getpwnam(name).pw_uid
+
+
+def test_another_supervisor_and_the_audit_log_are_out_of_reach(attacker: Sandbox) -> None:
+    """Its memory cannot be read and a forged record cannot be appended."""
+    other = subprocess.Popen(
+        attacker.command("sleep", "30", agent_id="other"),
+        env=attacker.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not attacker.audit_records():
+            time.sleep(0.05)
+        forged = json.dumps({"seq": 999, "agent": "other", "kind": "decision", "mac": "0" * 64})
+        script = (
+            f"cat /proc/{other.pid}/environ /proc/{other.pid}/mem 2>/dev/null | head -c 64; "
+            f"echo '{forged}' >> {attacker.audit_log}; echo tried"
+        )
+        result = attacker.run("/bin/sh", "-c", script, policy="permissive", agent_id="attacker")
+        assert result.stdout.strip().endswith("tried") or result.returncode == 137
+        assert "AGENTSUP" not in result.stdout
+    finally:
+        other.kill()
+        other.wait()
+    assert not [r for r in attacker.audit_records() if r.get("mac") == "0" * 64]
+    verify = attacker.agentsup("audit", "verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
