@@ -147,3 +147,25 @@ def test_an_ordinary_users_agent_gets_the_same_walls(unprivileged_home: Path) ->
     assert "refused" in result.stdout
     assert Path("/proc/sys/kernel/hostname").read_text() == before
     assert not Path(f"/tmp/{marker}").exists()
+
+
+def test_the_demo_works_for_an_ordinary_user(unprivileged_home: Path) -> None:
+    home = unprivileged_home / "home"
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(home),
+        "PYTHONPATH": str(unprivileged_home / "lib"),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "XDG_RUNTIME_DIR": str(home / "run"),
+    }
+    result = subprocess.run(
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+        + [SYSTEM_PYTHON, "-m", "agentsup", "demo"],
+        env=env,
+        cwd=str(home),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "demo passed" in result.stdout

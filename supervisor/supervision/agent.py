@@ -141,6 +141,13 @@ def plan_landlock(policy: CompiledPolicy, locations: Locations) -> floor.FloorPl
     )
 
 
+def _site_directories() -> set[str]:
+    import site
+
+    found = [*site.getsitepackages(), site.getusersitepackages()]
+    return {os.path.realpath(path) for path in found}
+
+
 def plan_isolation(
     policy: CompiledPolicy,
     request: RunRequest,
@@ -316,6 +323,15 @@ class Agent:
                 self.locations.runtime_dir / f"hook-{os.getpid()}-{agent_id}.sock"
             )
             env.update(bootstrap.environment(hook_socket, agent_id))
+            # Where agentsup is not installed in the interpreter's own site
+            # directories (a private copy on PYTHONPATH), the hook must still import.
+            package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            package_parent = os.path.dirname(package)
+            private_copy = os.path.basename(package) == "agentsup"  # not an editable checkout
+            if private_copy and os.path.realpath(package_parent) not in _site_directories():
+                env["PYTHONPATH"] = os.pathsep.join(
+                    filter(None, (package_parent, env.get("PYTHONPATH")))
+                )
             if compiled.audit_level is AuditLevel.ALL:
                 env[hook_protocol.ENV_NOTES] = "1"
 
