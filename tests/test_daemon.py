@@ -50,6 +50,15 @@ def test_the_id_defaults_to_the_file_name(tmp_path: Path) -> None:
     )
 
 
+def test_a_definition_may_name_the_user_the_agent_runs_as(tmp_path: Path) -> None:
+    path = tmp_path / "analyst-1.yaml"
+    path.write_text("program: /bin/true\nworkspace: /tmp\nuser: nobody\n")
+    assert parse_definition(path).request().user == "nobody"
+    path.write_text("program: /bin/true\nworkspace: /tmp\nuser: 12\n")
+    with pytest.raises(DefinitionError, match="'user' must be a user name"):
+        parse_definition(path)
+
+
 @pytest.mark.parametrize(
     ("restart", "code", "killed", "again"),
     [

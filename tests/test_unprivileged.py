@@ -24,6 +24,7 @@ from conftest import FAKE_KEY
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEM_PYTHON = "/usr/bin/python3"
 NOBODY = 65534
+AS_NOBODY = ("setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups")
 
 pytestmark = [
     pytest.mark.requires_root,
@@ -159,8 +160,7 @@ def test_the_demo_works_for_an_ordinary_user(unprivileged_home: Path) -> None:
         "XDG_RUNTIME_DIR": str(home / "run"),
     }
     result = subprocess.run(
-        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
-        + [SYSTEM_PYTHON, "-m", "agentsup", "demo"],
+        [*AS_NOBODY, SYSTEM_PYTHON, "-m", "agentsup", "demo"],
         env=env,
         cwd=str(home),
         capture_output=True,

@@ -65,7 +65,10 @@ _NUMBERS = {
     "restart_max_delay_seconds": 300.0,
     "start_limit_interval_seconds": 300.0,
 }
-_KEYS = {"id", "program", "args", "policy", "workspace", "restart", "start_limit_burst", *_NUMBERS}
+_KEYS = {
+    "id", "program", "args", "policy", "workspace", "user", "restart", "start_limit_burst",
+    *_NUMBERS,
+}  # fmt: skip
 
 
 class DefinitionError(ValueError):
@@ -85,6 +88,7 @@ class AgentDefinition:
     start_limit_burst: int = 5
     start_limit_interval_seconds: float = 300.0
     source: str = ""
+    user: str | None = None  # run the agent as this user
 
     def request(self) -> RunRequest:
         return RunRequest(
@@ -93,6 +97,7 @@ class AgentDefinition:
             policy=self.policy,
             workspace=self.workspace,
             agent_id=self.agent_id,
+            user=self.user,
         )
 
 
@@ -154,6 +159,9 @@ def parse_definition(path: Path) -> AgentDefinition:
     policy = data.get("policy", "strict")
     if not isinstance(policy, str) or not policy:
         raise DefinitionError(f"{path}: 'policy' must be a string")
+    user = data.get("user")
+    if user is not None and (not isinstance(user, str) or not user):
+        raise DefinitionError(f"{path}: 'user' must be a user name")
     return AgentDefinition(
         agent_id=agent_id,
         program=data["program"],
@@ -166,6 +174,7 @@ def parse_definition(path: Path) -> AgentDefinition:
         start_limit_burst=burst,
         start_limit_interval_seconds=_number(path, data, "start_limit_interval_seconds"),
         source=str(path),
+        user=user,
     )
 
 
