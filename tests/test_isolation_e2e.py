@@ -317,3 +317,14 @@ def test_another_supervisor_and_the_audit_log_are_out_of_reach(attacker: Sandbox
     assert not [r for r in attacker.audit_records() if r.get("mac") == "0" * 64]
     verify = attacker.agentsup("audit", "verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_the_brokers_own_files_are_not_the_agents(attacker: Sandbox) -> None:
+    """The broker is PID 1 of the agent's namespace: its maps, fds and listener stay its own."""
+    script = (
+        "for f in maps environ status fd/3 fd/4 fd/5 fd/6 fd/7 task/1/maps; do "
+        "  if cat /proc/1/$f >/dev/null 2>&1; then echo got $f; fi; "
+        "done; ls /proc/1/fd >/dev/null 2>&1 && echo listed; echo done"
+    )
+    result = attacker.run("/bin/sh", "-c", script, policy="permissive")
+    assert result.stdout.split() == ["done"], result.stdout + result.stderr

@@ -206,6 +206,8 @@ class Broker:
         self.channel = channel
         self.listener = listener
         self.pinned: dict[int, int] = {}  # handle -> fd (the handle is the fd number)
+        # (st_dev, st_ino) of the broker's own channel, listener and pidfds.
+        self.private: set[tuple[int, int]] = set()
         self._ops: dict[int, Callable[[int, list[int], list[object], list[int]], None]] = {
             INJECT: self._inject,
             REOPEN: self._reopen,
@@ -275,6 +277,9 @@ class Broker:
                 self._close(fd)
                 pinned.handle, pinned.error = -1, exc.errno or errno.ENOENT
             else:
+                if self._is_mine(pinned.path, st):
+                    self._close(fd)
+                    pinned.handle, pinned.error = -1, errno.EACCES
                 pinned.mode, pinned.dev, pinned.ino = st.st_mode, st.st_dev, st.st_ino
                 pinned.nlink = st.st_nlink
                 if want_script and stat.S_ISREG(st.st_mode):
@@ -307,6 +312,17 @@ class Broker:
         elif not follow:
             how |= os.O_NOFOLLOW
         return _proc.openat2(anchor, raw, how, 0, resolve)
+
+    def _is_mine(self, path: str, st: os.stat_result) -> bool:
+        """The broker's own /proc entry, listener or channel: never the agent's to have.
+
+        The broker is PID 1 of the agent's namespace, and a process may read its
+        own /proc files (maps, fd/N) without the ptrace check the agent would get.
+        """
+        own = f"/proc/{os.getpid()}"
+        if path == own or path.startswith(own + "/"):
+            return True
+        return (st.st_dev, st.st_ino) in self.private
 
     def _unpin(self, handle: object) -> int:
         """The pinned fd for `handle`, out of the table (the caller closes it); -1 if none."""
@@ -597,6 +613,10 @@ def run_broker(channel: socket.socket, listener: int, agent_pid: int, status_fd:
     os.umask(0)  # modes arrive with the agent's umask already applied
     broker = Broker(channel, listener)
     agent = os.pidfd_open(agent_pid)
+    for private in (channel.fileno(), listener, agent, status_fd):
+        with contextlib.suppress(OSError):
+            st = os.fstat(private)
+            broker.private.add((st.st_dev, st.st_ino))
     poller = select.poll()
     poller.register(channel, select.POLLIN)
     poller.register(agent, select.POLLIN)
