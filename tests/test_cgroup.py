@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -268,3 +270,43 @@ def test_unavailable_when_name_is_taken(tmp_path: Path) -> None:
     (root / "agentsup" / "taken" / "cgroup.procs").write_text("")
     with pytest.raises(CgroupUnavailable, match="already exists and is in use"):
         AgentCgroup.create("taken", mounts=CgroupMounts(str(root), {}))
+
+
+WAIT_THEN_RUN = "import sys; sys.stdin.readline(); exec(sys.argv[1])"
+SERVICE_CHILD = """
+import json, os, sys
+from agentsup.kernel import cgroup
+base = cgroup.delegate_to_service()
+group = cgroup.AgentCgroup.create("delegated-agent")
+own = open("/proc/self/cgroup").read()
+print(json.dumps({"base": base, "tracking": group.tracking, "own": own}))
+group.remove()
+"""
+
+
+@pytest.mark.requires_root
+@pytest.mark.requires_cgroup
+def test_a_delegated_service_keeps_agent_groups_inside_its_own_cgroup() -> None:
+    """Under Delegate=yes: the supervisor moves to a leaf and agents go beside it."""
+    mounts = parse_mountinfo(Path("/proc/self/mountinfo").read_text())
+    if mounts.v2 is None:
+        pytest.skip("no cgroup v2 mount")
+    service = Path(mounts.v2) / f"agentsup-test-{os.getpid()}.service"
+    service.mkdir()
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-c", WAIT_THEN_RUN, SERVICE_CHILD],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        (service / "cgroup.procs").write_text(str(child.pid))
+        out, _err = child.communicate("go\n", timeout=30)
+        report = json.loads(out)
+        assert report["base"] == str(service)
+        assert report["tracking"] == str(service / "agentsup" / "delegated-agent")
+        assert f"/{service.name}/supervisor" in report["own"]
+    finally:
+        for leaf in (service / "agentsup", service / "supervisor", service):
+            with contextlib.suppress(OSError):
+                leaf.rmdir()

@@ -25,6 +25,9 @@ from typing import NamedTuple
 
 PARENT_GROUP = "agentsup"
 _MOUNTINFO = "/proc/self/mountinfo"
+# Where agent groups go in the v2 hierarchy: the mount's root, or the
+# cgroup systemd delegated to the service (`delegate_to_service`).
+_v2_base: str | None = None
 _POLL_SECONDS = 0.01
 
 
@@ -217,7 +220,8 @@ class AgentCgroup:
 
     def __init__(self, name: str, layout: Layout) -> None:
         self.name = name
-        self.tracking = os.path.join(layout.tracking, PARENT_GROUP, name)
+        root = _v2_base if _v2_base and _is_v2(layout.tracking) else layout.tracking
+        self.tracking = os.path.join(root, PARENT_GROUP, name)
         self._pids_dir = self._group_dir(layout.pids)
         self._memory_dir = self._group_dir(layout.memory)
         self._layout = layout
@@ -269,13 +273,13 @@ class AgentCgroup:
     def _enable_v2_controllers(self, parent: str) -> None:
         """Let the v2 `agentsup` parent hand pids/memory down to agent groups."""
         layout = self._layout
-        if parent != os.path.join(layout.tracking, PARENT_GROUP):
+        if parent != os.path.dirname(self.tracking):
             return
         wanted = [c for c, v2 in (("pids", layout.pids_v2), ("memory", layout.memory_v2)) if v2]
         if not wanted:
             return
         change = " ".join(f"+{c}" for c in wanted)
-        for level in (layout.tracking, parent):
+        for level in (os.path.dirname(parent), parent):
             enabled = _read(f"{level}/cgroup.subtree_control").split()
             if not set(wanted) <= set(enabled):
                 _write(f"{level}/cgroup.subtree_control", change)
@@ -339,6 +343,47 @@ def _try_write(path: str, value: str, what: str) -> list[str]:
     except OSError as exc:
         return [f"{what}={value}: cannot write {path}: {exc.strerror}"]
     return []
+
+
+def _is_v2(path: str) -> bool:
+    return os.path.exists(os.path.join(path, "cgroup.controllers"))
+
+
+def service_cgroup(proc_self_cgroup: str) -> str | None:
+    """The v2 path (`0::/system.slice/x.service`) of this process, or None.  Pure."""
+    for line in proc_self_cgroup.splitlines():
+        if line.startswith("0::"):
+            return line[3:] or "/"
+    return None
+
+
+def delegate_to_service(mounts: CgroupMounts | None = None, pid: int | None = None) -> str | None:
+    """Under systemd's `Delegate=yes`, keep agent groups inside the service's own cgroup.
+
+    The supervisor moves itself into a `supervisor` leaf (a v2 group with
+    children must hold no process) and agents go to `<service>/agentsup/`.
+    Returns the base used, or None when there is nothing delegated to use.
+    """
+    global _v2_base
+    try:
+        if mounts is None:
+            mounts = parse_mountinfo(_read(_MOUNTINFO))
+        own = service_cgroup(_read("/proc/self/cgroup"))
+    except OSError:
+        return None
+    if not mounts.v2 or not own or own == "/":
+        return None
+    base = os.path.join(mounts.v2, own.lstrip("/"))
+    if os.path.basename(base) == "supervisor":  # restarted inside its leaf already
+        base = os.path.dirname(base)
+    leaf = os.path.join(base, "supervisor")
+    try:
+        os.makedirs(leaf, exist_ok=True)
+        _write(os.path.join(leaf, "cgroup.procs"), str(pid or os.getpid()))
+    except OSError:
+        return None  # not ours to write: keep the mount-level layout
+    _v2_base = base
+    return base
 
 
 def _stat_ppid(stat_text: str) -> int:

@@ -51,6 +51,7 @@ import yaml
 
 from ..control.agentids import BadAgentId, check_agent_id
 from ..control.logs import STREAMS, AgentLogWriter, log_path
+from ..kernel import cgroup as cgroups
 from ..paths import Locations, default_locations
 from .agent import Agent, RunRequest, SetupError
 from .loop import Timer
@@ -516,6 +517,10 @@ def run_daemon(
     except OSError as exc:
         _say(f"cannot start: {exc.strerror or exc}")
         return EXIT_FAILED
+    if os.environ.get("INVOCATION_ID"):  # a systemd service: agents under its own cgroup
+        base = cgroups.delegate_to_service()
+        if base is not None:
+            _say(f"agent cgroups under the service's own cgroup {base}")
     daemon = Daemon(supervisor, directory)
     # The daemon keeps running when an agent ends, and SIGHUP re-reads the
     # definitions instead of stopping.
