@@ -211,6 +211,7 @@ def protected_inodes(policy: CompiledPolicy, budget: int = 20000) -> dict[tuple[
     a rule with no literal root (`**/*.pem`) cannot be walked.
     """
     found: dict[tuple[int, int], str] = {}
+    walked: dict[str, list[str]] = {}  # several rules share a root (the home directory)
     for rule in policy.rules:
         if not rule.applies or ActionType.FILE_READ not in rule.rule.actions:
             continue
@@ -219,13 +220,35 @@ def protected_inodes(policy: CompiledPolicy, budget: int = 20000) -> dict[tuple[
         for root in rule.matcher.roots:
             if root == "/":
                 continue
-            for path in _walk_files(root, budget - len(found)):
+            if root not in walked:
+                walked[root] = _walk_files(root, budget - sum(map(len, walked.values())))
+            for path in walked[root]:
+                if not rule.matcher.matches(path):
+                    continue
                 try:
                     st = os.stat(path, follow_symlinks=False)
                 except OSError:
                     continue
                 found.setdefault((st.st_dev, st.st_ino), path)
     return found
+
+
+class ProtectedInodes(dict[tuple[int, int], str]):
+    """`protected_inodes`, walked the first time a multiply-linked file is looked up.
+
+    The walk costs 100-200 ms with a home directory to cover, and most runs
+    never open a file with more than one link: start-up does not pay for it.
+    """
+
+    def __init__(self, policy: CompiledPolicy) -> None:
+        super().__init__()
+        self._policy: CompiledPolicy | None = policy
+
+    def get(self, key: tuple[int, int], default: str | None = None) -> str | None:  # type: ignore[override]
+        if self._policy is not None:
+            self.update(protected_inodes(self._policy))
+            self._policy = None
+        return super().get(key, default)
 
 
 def _walk_files(root: str, budget: int) -> list[str]:
@@ -436,7 +459,7 @@ class Agent:
             judge.agent_id,
             wait_writable=self._wait_writable,
         )
-        self.mediator.protected_inodes = protected_inodes(judge.policy)
+        self.mediator.protected_inodes = ProtectedInodes(judge.policy)
         self.loop.add_reader(launched.listener, self._on_listener)
         self.loop.add_reader(launched.pidfd, lambda _events: self.supervisor.reap())
         self.loop.add_reader(launched.status_fd, self._on_status)
