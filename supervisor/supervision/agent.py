@@ -37,7 +37,7 @@ from ..kernel.landlock import landlock_abi
 from ..kernel.privileges import UserSpec, lookup_user
 from ..paths import Locations
 from ..policy import CompiledPolicy, PolicyError, RunContext, compile_policy, floor, resolve_policy
-from . import launch, placement
+from . import egress, launch, placement
 from .hookserver import HookReply, HookRequest, HookServer
 from .judge import AgentState, Judge, JudgeConfig, Pending, ProcessTree
 from .mediator import ALWAYS_REFUSED, FORCED_ENOSYS, MEDIATED, Mediator
@@ -154,16 +154,20 @@ def plan_isolation(
     user: UserSpec | None,
     keep: Sequence[str],
     agent_id: str,
+    egress_port: int = 0,
 ) -> Isolation:
     """The namespaces the agent gets: all of them, and a network only when it may connect.
+
+    With `egress_port` (egress.network_mode "proxy") the network namespace
+    has loopback and the egress proxy's listener on that port: its one way out.
 
     A normal user gets them through a user namespace.  `--allow-degraded
     namespaces` (or one namespace's name) lets a refused namespace go with a
     warning instead of refusing to run.
     """
     wanted = {"mount", "pid", "uts", "ipc"}
-    if policy.floor_roots((ActionType.NETWORK_CONNECT,)) == ():
-        wanted.add("net")  # nothing may connect out: only loopback inside
+    if egress_port or policy.floor_roots((ActionType.NETWORK_CONNECT,)) == ():
+        wanted.add("net")  # nothing may connect out directly: only loopback inside
     if os.geteuid() != 0:
         wanted.add("user")
     degraded = set(request.allow_degraded)
@@ -175,6 +179,7 @@ def plan_isolation(
         user=user,
         keep=tuple(dict.fromkeys(os.path.realpath(path) for path in keep if path)),
         hostname=f"agentsup-{agent_id}"[:64],
+        egress_port=egress_port,
     )
 
 
@@ -188,6 +193,9 @@ def active_layers(
         for note in launched.degraded
         if note.startswith(f"{name} namespace")
     }
+    egress_kind = "none" if "net" in plan.isolation.namespaces else "direct"
+    if launched.egress is not None:
+        egress_kind = "proxy"
     return {
         "seccomp_notify": True,
         "landlock_abi": plan.landlock.abi if plan.landlock is not None else 0,
@@ -199,6 +207,7 @@ def active_layers(
         "pty": relay is not None,
         "cgroup": cgroup,
         "hot_path": "python",
+        "egress": egress_kind,
     }
 
 
@@ -285,6 +294,7 @@ class Agent:
         self.mediator: Mediator | None = None
         self.group: AgentCgroup | None = None
         self.hooks: HookServer | None = None
+        self.egress: egress.EgressProxy | None = None
         self.exec_error: int | None = None
         self._watchdog: subprocess.Popen[bytes] | None = None
         self._context: RunContext | None = None
@@ -338,6 +348,9 @@ class Agent:
                 "refusing to run the agent unsupervised"
             )
         env = compiled.filter_environ(os.environ)
+        egress_port = egress.DEFAULT_PORT if egress.network_mode(compiled) == "proxy" else 0
+        if egress_port:
+            env.update(egress.proxy_environment(egress_port))
         executable, argv = resolve_program(request.program, request.args, env.get("PATH", ""))
         hook_socket = None
         if request.program.endswith(".py"):
@@ -378,6 +391,7 @@ class Agent:
                 workspace=workspace,
                 locations=self.locations,
                 hook_socket=hook_socket,
+                egress_proxy=f"{egress.PROXY_HOST}:{egress_port}" if egress_port else None,
             ),
             self.audit,
         )
@@ -419,7 +433,7 @@ class Agent:
             enosys=list(FORCED_ENOSYS),
             landlock=landlock_plan,
             rlimits=rlimits,
-            isolation=plan_isolation(compiled, request, user, keep, agent_id),
+            isolation=plan_isolation(compiled, request, user, keep, agent_id, egress_port),
         )
 
     # -- running -------------------------------------------------------------------
@@ -465,6 +479,8 @@ class Agent:
         self.loop.add_reader(launched.status_fd, self._on_status)
         if self.hooks is not None:
             self.loop.attach(self.hooks)
+        if launched.egress is not None:
+            self.egress = egress.EgressProxy(self.loop, launched.egress, judge, self.audit)
         judge.on_hold = self._on_hold
         if self.request.cpus == "auto" and self.group is not None:
             cpu = placement.CgroupCpu(self.group.tracking)
@@ -763,3 +779,5 @@ class Agent:
             self._watchdog.wait()
         if self.hooks is not None:
             self.hooks.close()
+        if self.egress is not None:
+            self.egress.close()

@@ -99,6 +99,16 @@ _HOOK_SOCKET_DECISION = Decision(
 )
 
 
+_EGRESS_PROXY_DECISION = Decision(
+    verdict=Verdict.ALLOW,
+    rule_id="agentsup-egress-proxy",
+    severity=Severity.LOW,
+    message="",
+    on_violation=ViolationMode.BLOCK,
+    reason="the egress proxy: the agent's one way out, judged per request",
+)
+
+
 def _inside(target: str, roots: tuple[str, ...]) -> bool:
     return any(target == root or target.startswith(root + "/") for root in roots)
 
@@ -189,6 +199,7 @@ class JudgeConfig:
     workspace: str
     locations: Locations
     hook_socket: str | None = None  # the one unix socket path the agent may connect to
+    egress_proxy: str | None = None  # `127.0.0.1:PORT`: the egress proxy in the agent's netns
     clock: Callable[[], float] = time.monotonic
     stderr: TextIO = field(default_factory=lambda: sys.stderr)
 
@@ -306,6 +317,12 @@ class Judge:
             and event.target == "unix:" + self.config.hook_socket
         ):
             return _HOOK_SOCKET_DECISION
+        if (
+            event.action is ActionType.NETWORK_CONNECT
+            and self.config.egress_proxy is not None
+            and event.target == self.config.egress_proxy
+        ):
+            return _EGRESS_PROXY_DECISION
         decision = self._self_protection(event)
         if decision is None:
             decision = self.policy.evaluate(event)

@@ -45,6 +45,7 @@ class Launched:
     go_fd: int
     broker: BrokerClient
     degraded: list[str] = field(default_factory=list)
+    egress: socket.socket | None = None  # the proxy's listener in the agent's netns
 
     def release(self) -> None:
         """Let the agent exec.  The supervisor must be answering by now."""
@@ -126,12 +127,15 @@ def start(plan: LaunchPlan, place: Callable[[int], None], timeout: float = 30.0)
         raise fail("cannot sandbox the agent: the trampoline exited")
     if not select.select([ours], [], [], timeout)[0]:
         raise fail("cannot sandbox the agent: its init did not answer")
-    message, fds, _flags, _addr = socket.recv_fds(ours, 16, 1)
+    message, fds, _flags, _addr = socket.recv_fds(ours, 16, 2)
     if message != b"A" or not fds:
         for fd in fds:
             os.close(fd)
         raise fail("cannot sandbox the agent: its init sent no pidfd")
     agent_pidfd = fds[0]
+    egress = socket.socket(fileno=fds[1]) if len(fds) > 1 else None
+    if egress is None and plan.isolation.egress_port:
+        raise fail("cannot sandbox the agent: its init sent no egress listener")
     try:
         agent_pid = _pid_of(agent_pidfd)
         listener = pidfd_getfd(agent_pidfd, int(ready[1:]))
@@ -139,7 +143,9 @@ def start(plan: LaunchPlan, place: Callable[[int], None], timeout: float = 30.0)
     except (OSError, ValueError) as exc:
         raise fail(f"cannot take the seccomp listener: {exc}") from exc
     os.close(agent_pidfd)
-    return Launched(pid, pidfd, agent_pid, listener, status_r, go_w, BrokerClient(ours), degraded)
+    return Launched(
+        pid, pidfd, agent_pid, listener, status_r, go_w, BrokerClient(ours), degraded, egress
+    )
 
 
 def _pid_of(pidfd: int) -> int:

@@ -27,7 +27,9 @@ Status pipe (every stage writes; close-on-exec, so EOF after the exec):
     L<fd>            the agent is ready; fd <fd> in it is its seccomp listener
     E<errno>         the agent's execve failed
 Broker channel (SOCK_SEQPACKET): the init sends b"A" with a pidfd of the
-agent; the supervisor answers b"L" with the listener, then drives the broker.
+agent (and, when the agent egresses through the proxy, the listening socket
+it bound on loopback inside the agent's network namespace); the supervisor
+answers b"L" with the listener, then drives the broker.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class Isolation:
     user: UserSpec | None = None  # run as this user (root only)
     keep: tuple[str, ...] = ()  # host paths under /tmp to bind into the private /tmp
     hostname: str = ""
+    egress_port: int = 0  # bind the egress proxy's listener here in the agent's netns
 
 
 @dataclass
@@ -204,8 +207,17 @@ def _init(stage: Stage, entered: set[str], wait_fd: int) -> NoReturn:
             if "pid" in entered:
                 namespaces.mount_proc()
             namespaces.make_read_only()
+        egress = None
         if "net" in entered:
             namespaces.loopback_up()
+            if plan.egress_port:
+                step = "egress"
+                # Bound here, inside the agent's namespace: the supervisor serves it
+                # from the host's, so it is the one way out.  Close-on-exec.
+                egress = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                egress.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                egress.bind(("127.0.0.1", plan.egress_port))
+                egress.listen(128)
         if "uts" in entered and plan.hostname:
             namespaces.set_hostname(plan.hostname)
         # Landlock first: its rules open paths, which the agent's own user
@@ -237,8 +249,11 @@ def _init(stage: Stage, entered: set[str], wait_fd: int) -> NoReturn:
     listener = -1
     try:
         pidfd = os.pidfd_open(agent)
-        socket.send_fds(channel, [b"A"], [pidfd])
+        handed = [pidfd] if egress is None else [pidfd, egress.fileno()]
+        socket.send_fds(channel, [b"A"], handed)
         os.close(pidfd)
+        if egress is not None:
+            egress.close()
         if select.select([channel], [], [], 60)[0]:
             message, fds, _flags, _addr = socket.recv_fds(channel, 16, 1)
             if message == b"L" and fds:

@@ -1,0 +1,890 @@
+"""The egress proxy: an agent's only way out when its policy allows any network.
+
+The agent runs in a network namespace with only loopback.  Its init binds a
+listening socket on 127.0.0.1:PORT inside that namespace and hands it to the
+supervisor, which serves it from its event loop (`EgressProxy`) and connects
+out from the host's namespace.  So the agent has no route, no DNS and no
+direct TCP or UDP: every byte that leaves goes through here, by name.
+
+Per request (HTTP parsing is h11's, sans-I/O):
+- `CONNECT host:port` (HTTPS and anything tunnelled) is judged as the
+  `network_request` `CONNECT host:port` and the `network_connect`
+  `host:port`; both must go ahead.  The first bytes in the tunnel must be a
+  TLS ClientHello whose SNI is `host` (or no SNI for an IP literal); a
+  mismatch or non-TLS is a violation handled per the policy's on_violation.
+- An absolute-form plain HTTP request is judged as `METHOD URL` and
+  `host:port`, forwarded with `Connection: close`, and the answer relayed.
+- Names are resolved by `resolver.Resolver` (a helper process).  Addresses
+  that are not global (loopback, link-local and metadata, private, reserved,
+  multicast) are refused unless a rule of the policy names `IP:PORT`.
+Every request and tunnel ends with an audit record of layer `proxy`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import re
+import select
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import h11
+
+from ..events import (
+    ActionType,
+    Decision,
+    Event,
+    Layer,
+    Response,
+    Severity,
+    Verdict,
+    ViolationMode,
+    response_for,
+)
+from ..policy import CompiledPolicy
+from .loop import EventLoop
+from .resolver import Resolver
+
+DEFAULT_PORT = 3128
+PROXY_HOST = "127.0.0.1"
+SNI_RULE = "agentsup-egress-sni"
+INTERNAL_RULE = "agentsup-egress-internal"
+UNREACHABLE_RULE = "agentsup-egress-unreachable"
+_RECV = 65536
+_HIGH_WATER = 256 * 1024  # stop reading one side while the other lags this much
+_MAX_HELLO = 64 * 1024
+_MAX_CONNECTIONS = 256
+_CONNECT_TIMEOUT = 15.0
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+        b"te",
+        b"trailer",
+        b"upgrade",
+    }
+)
+_HOST_RE = re.compile(r"^[A-Za-z0-9._-]{1,253}$")
+
+
+# -- where the agent finds it ---------------------------------------------------------
+
+
+def proxy_environment(port: int) -> dict[str, str]:
+    """What the common clients read to find the proxy.
+
+    curl, git (libcurl), Python's urllib/requests/httpx, pip and npm all take
+    the lower- or upper-case http(s)_proxy; npm and pip also have their own.
+    """
+    url = f"http://{PROXY_HOST}:{port}"
+    local = "localhost,127.0.0.1,::1"
+    env = {
+        "http_proxy": url,
+        "https_proxy": url,
+        "HTTP_PROXY": url,
+        "HTTPS_PROXY": url,
+        "no_proxy": local,
+        "NO_PROXY": local,
+        "npm_config_proxy": url,
+        "npm_config_https_proxy": url,
+        "PIP_PROXY": url,
+        "NODE_USE_ENV_PROXY": "1",  # node 24+ fetch honours the variables above
+    }
+    return env
+
+
+def network_mode(policy: CompiledPolicy) -> str:
+    """`none`: loopback only; `proxy`: loopback and the egress proxy; `direct`: host network.
+
+    `direct` keeps the earlier behaviour for policies whose connect rules name
+    IP literals (`127.0.0.1:8080`): those connects are judged per syscall by
+    address and go straight out.  Every other policy that allows any network
+    goes through the proxy, by name.
+    """
+    if policy.floor_roots((ActionType.NETWORK_CONNECT,)) == ():
+        return "none"
+    for rule in policy.rules:
+        if not rule.applies or ActionType.NETWORK_CONNECT not in rule.rule.actions:
+            continue
+        if not response_for(rule.decision).proceeds:
+            continue
+        text = (rule.rule.target or rule.rule.pattern or "").lstrip("^")
+        if text.endswith(":0"):
+            continue  # a bind to an ephemeral port (socketpair emulation), not a way out
+        if text[:1].isdigit() or text.startswith(("[", "\\[")):
+            return "direct"
+    return "proxy"
+
+
+# -- TLS ClientHello ------------------------------------------------------------------
+
+
+class NotTLS(ValueError):
+    pass
+
+
+def client_hello_sni(data: bytes) -> str | None:
+    """The SNI host name of a TLS ClientHello at the start of `data`.
+
+    None while more bytes are needed; "" when the hello has no SNI; NotTLS
+    when the bytes are not a ClientHello.  Bounded: a hello may span records,
+    but not more than 64 KiB.
+    """
+    handshake = bytearray()
+    offset = 0
+    while True:
+        if len(data) < offset + 5:
+            if len(data) >= _MAX_HELLO:
+                raise NotTLS("ClientHello too long")
+            return None
+        if data[offset] != 0x16 or data[offset + 1] != 0x03:
+            raise NotTLS("not a TLS handshake record")
+        length = int.from_bytes(data[offset + 3 : offset + 5], "big")
+        if length == 0 or length > 16384 + 2048:
+            raise NotTLS("bad TLS record length")
+        if len(data) < offset + 5 + length:
+            if offset + 5 + length > _MAX_HELLO:
+                raise NotTLS("ClientHello too long")
+            return None
+        handshake += data[offset + 5 : offset + 5 + length]
+        offset += 5 + length
+        if len(handshake) >= 4:
+            if handshake[0] != 0x01:
+                raise NotTLS("first handshake message is not a ClientHello")
+            body_length = int.from_bytes(handshake[1:4], "big")
+            if len(handshake) >= 4 + body_length:
+                return _sni_from_hello(bytes(handshake[4 : 4 + body_length]))
+
+
+def _sni_from_hello(body: bytes) -> str:
+    def need(pos: int, count: int) -> None:
+        if pos + count > len(body):
+            raise NotTLS("truncated ClientHello")
+
+    pos = 2 + 32  # client_version, random
+    need(pos, 1)
+    pos += 1 + body[pos]  # session_id
+    need(pos, 2)
+    pos += 2 + int.from_bytes(body[pos : pos + 2], "big")  # cipher_suites
+    need(pos, 1)
+    pos += 1 + body[pos]  # compression_methods
+    if pos == len(body):
+        return ""  # no extensions at all
+    need(pos, 2)
+    end = pos + 2 + int.from_bytes(body[pos : pos + 2], "big")
+    pos += 2
+    if end > len(body):
+        raise NotTLS("truncated extensions")
+    while pos + 4 <= end:
+        kind = int.from_bytes(body[pos : pos + 2], "big")
+        size = int.from_bytes(body[pos + 2 : pos + 4], "big")
+        pos += 4
+        if pos + size > end:
+            raise NotTLS("truncated extension")
+        if kind == 0:  # server_name
+            ext = body[pos : pos + size]
+            if len(ext) < 2:
+                raise NotTLS("bad server_name extension")
+            at, stop = 2, min(2 + int.from_bytes(ext[0:2], "big"), len(ext))
+            while at + 3 <= stop:
+                name_type = ext[at]
+                name_len = int.from_bytes(ext[at + 1 : at + 3], "big")
+                name = ext[at + 3 : at + 3 + name_len]
+                if name_type == 0:
+                    try:
+                        return name.decode("ascii").lower().rstrip(".")
+                    except UnicodeDecodeError as exc:
+                        raise NotTLS("server name is not ASCII") from exc
+                at += 3 + name_len
+            raise NotTLS("server_name extension without a host name")
+        pos += size
+    return ""
+
+
+# -- addresses ----------------------------------------------------------------------
+
+
+def address_target(addr: str, port: int) -> str:
+    """`IP:PORT` as network_connect targets write it (IPv6 in brackets)."""
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def is_internal(addr: str) -> bool:
+    """Loopback, link-local (metadata), private, reserved, multicast: anything not global."""
+    ip = ipaddress.ip_address(addr.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not ip.is_global or ip.is_multicast
+
+
+def _ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+# -- the proxy ----------------------------------------------------------------------
+
+
+class JudgeLike(Protocol):
+    agent_id: str
+    policy: CompiledPolicy
+
+    def judge_event(
+        self, event: Event, tid: int, on_settle: Callable[[bool], None] | None = None
+    ) -> tuple[Decision, Response]: ...
+
+    def kill_for(self, event: Event, decision: Decision) -> None: ...
+
+
+class AuditLike(Protocol):
+    def append(self, record: Mapping[str, object]) -> Mapping[str, object]: ...
+
+
+@dataclass(eq=False)
+class _End:
+    sock: socket.socket
+    outbox: bytearray = field(default_factory=bytearray)
+    eof: bool = False  # the peer sent EOF: nothing more to read
+    shut: bool = False  # we sent EOF after the outbox drained
+    mask: int = 0
+    reading: bool = True
+
+    @property
+    def fd(self) -> int:
+        return self.sock.fileno()
+
+
+@dataclass(eq=False)
+class _Conn:
+    client: _End
+    started: float
+    h11conn: h11.Connection = field(default_factory=lambda: h11.Connection(h11.SERVER))
+    upstream: _End | None = None
+    phase: str = "head"  # head | judging | hello | connecting | relay | closed
+    method: str = ""
+    url: str = ""
+    host: str = ""
+    port: int = 0
+    addr: str = ""
+    tunnel: bool = False
+    hello: bytes = b""
+    sni: str | None = None
+    decision: str = "deny"
+    rule: str = ""
+    response: str = ""
+    reason: str = ""
+    sent_up: int = 0
+    sent_down: int = 0
+    upstream_h11: h11.Connection | None = None
+    request: h11.Request | None = None
+    timer: object | None = None
+
+
+class EgressProxy:
+    """Serves one agent's proxy listener from the supervisor's loop."""
+
+    def __init__(
+        self,
+        loop: EventLoop,
+        listener: socket.socket,
+        judge: JudgeLike,
+        audit: AuditLike,
+        resolver: Resolver | None = None,
+    ) -> None:
+        self.loop = loop
+        self.listener = listener
+        self.judge = judge
+        self.audit = audit
+        self.resolver = resolver or Resolver(loop)
+        self._own_resolver = resolver is None
+        self.conns: dict[int, _Conn] = {}  # by client fd
+        listener.setblocking(False)
+        loop.add_reader(listener.fileno(), self._on_accept)
+        self.closed = False
+
+    # -- accepting and reading the request head ------------------------------------
+
+    def _on_accept(self, _events: int) -> None:
+        for _ in range(64):
+            try:
+                sock, _addr = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            if len(self.conns) >= _MAX_CONNECTIONS:
+                sock.close()
+                continue
+            sock.setblocking(False)
+            conn = _Conn(_End(sock), time.monotonic())
+            self.conns[sock.fileno()] = conn
+            self._watch(conn, conn.client)
+
+    def _watch(self, conn: _Conn, end: _End) -> None:
+        """(Re)register `end` for what it needs now."""
+        if conn.phase == "closed":
+            return
+        peer = conn.upstream if end is conn.client else conn.client
+        mask = 0
+        if conn.phase in ("head", "hello") and end is conn.client:
+            mask = select.EPOLLIN
+        elif conn.phase == "body" and end is conn.client:
+            if peer is not None and len(peer.outbox) < _HIGH_WATER:
+                mask = select.EPOLLIN
+        elif (
+            conn.phase == "relay"
+            and end.reading
+            and not end.eof
+            and (peer is None or len(peer.outbox) < _HIGH_WATER)
+        ):
+            mask = select.EPOLLIN
+        if end.outbox:
+            mask |= select.EPOLLOUT
+        if conn.phase == "connecting" and end is conn.upstream:
+            mask = select.EPOLLOUT
+        if mask == end.mask:
+            return
+        if end.mask:
+            self.loop.remove_reader(end.fd)
+        end.mask = mask
+        if mask:
+            self.loop.add_reader(end.fd, lambda events: self._ready(conn, end, events), mask)
+
+    def _ready(self, conn: _Conn, end: _End, events: int) -> None:
+        if conn.phase == "closed":
+            return
+        if conn.phase == "connecting" and end is conn.upstream:
+            self._connected(conn)
+            return
+        if events & select.EPOLLOUT and end.outbox and not self._flush(conn, end):
+            return
+        if events & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR) and end.mask & (
+            select.EPOLLIN
+        ):
+            if conn.phase == "head":
+                self._read_head(conn)
+            elif conn.phase == "hello":
+                self._read_hello(conn)
+            elif conn.phase == "body":
+                self._read_body(conn)
+            elif conn.phase == "relay":
+                self._pump(conn, end)
+        if conn.phase != "closed":
+            self._watch(conn, conn.client)
+            if conn.upstream is not None:
+                self._watch(conn, conn.upstream)
+
+    def _recv(self, conn: _Conn, end: _End) -> bytes | None:
+        """Bytes, b"" at EOF, None when nothing is there (or the connection died)."""
+        try:
+            return end.sock.recv(_RECV)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            self._finish(conn)
+            return None
+
+    def _read_head(self, conn: _Conn) -> None:
+        data = self._recv(conn, conn.client)
+        if data is None:
+            return
+        if not data:
+            self._finish(conn, record=False)
+            return
+        try:
+            conn.h11conn.receive_data(data)
+            event = conn.h11conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            self._refuse(conn, 400, f"bad request: {exc}")
+            return
+        if event is h11.NEED_DATA:
+            return
+        if not isinstance(event, h11.Request):
+            self._finish(conn, record=False)
+            return
+        self._on_request(conn, event)
+
+    # -- judging ------------------------------------------------------------------------
+
+    def _on_request(self, conn: _Conn, request: h11.Request) -> None:
+        conn.method = request.method.decode("ascii", "replace")
+        target = request.target.decode("ascii", "replace")
+        if conn.method == "CONNECT":
+            conn.tunnel = True
+            host, sep, port = target.rpartition(":")
+            host = host.strip("[]").lower().rstrip(".")
+            if not sep or not port.isdigit() or not host:
+                self._refuse(conn, 400, "CONNECT needs host:port")
+                return
+            conn.host, conn.port = host, int(port)
+            conn.url = f"{_bracket(host)}:{conn.port}"
+            request_target = f"CONNECT {conn.url}"
+        else:
+            parts = urlsplit(target)
+            if parts.scheme != "http" or not parts.hostname:
+                self._refuse(conn, 400, "only absolute http:// URLs or CONNECT")
+                return
+            try:
+                conn.port = parts.port or 80
+            except ValueError:
+                self._refuse(conn, 400, "bad port")
+                return
+            conn.host = parts.hostname.lower().rstrip(".")
+            conn.url = target
+            request_target = f"{conn.method} {target}"
+            conn.upstream_h11 = h11.Connection(h11.CLIENT)
+            conn.request = request
+        if not (_ip_literal(conn.host) or _HOST_RE.match(conn.host)):
+            self._refuse(conn, 400, "bad host name")
+            return
+        conn.phase = "judging"
+        self._watch(conn, conn.client)
+        # The host first: a rule about the host decides before one about requests.
+        events = [
+            Event(
+                ActionType.NETWORK_CONNECT,
+                f"{_bracket(conn.host)}:{conn.port}",
+                layer=Layer.PROXY,
+            ),
+            Event(ActionType.NETWORK_REQUEST, request_target, layer=Layer.PROXY),
+        ]
+        self._judge_all(conn, events, [])
+
+    def _judge_all(self, conn: _Conn, events: list[Event], decisions: list[Decision]) -> None:
+        """Judge each event in turn; a held one continues when a person decides."""
+        if conn.phase == "closed":
+            return
+        if not events:
+            chosen = next((d for d in decisions if not d.is_default), decisions[0])
+            conn.decision, conn.rule = "allow", chosen.rule_id
+            self._resolve(conn)
+            return
+        event = events[0]
+
+        def settled(approved: bool) -> None:
+            if approved:
+                self._judge_all(conn, events[1:], [*decisions, decision])
+            else:
+                conn.rule = decision.rule_id
+                self._refuse(conn, 403, f"{event.action} {event.target}: refused by a person")
+
+        decision, response = self.judge.judge_event(event, 0, on_settle=settled)
+        conn.response = str(response)
+        if response is Response.HOLD:
+            return
+        if response.proceeds:
+            self._judge_all(conn, events[1:], [*decisions, decision])
+            return
+        conn.rule = decision.rule_id
+        self._refuse(conn, 403, f"{event.action} {event.target}: {decision.message or 'denied'}")
+
+    def _resolve(self, conn: _Conn) -> None:
+        if _ip_literal(conn.host):
+            self._resolved(conn, [conn.host], "")
+        else:
+            self.resolver.resolve(conn.host, conn.port, lambda a, e: self._resolved(conn, a, e))
+
+    def _resolved(self, conn: _Conn, addrs: list[str], error: str) -> None:
+        if conn.phase == "closed":
+            return
+        if not addrs:
+            conn.rule = UNREACHABLE_RULE
+            self._refuse(conn, 502, f"cannot resolve {conn.host}: {error}")
+            return
+        # An address from the operator's override table is trusted as /etc/hosts is.
+        trusted = self.resolver.overrides.get(conn.host)
+        for addr in addrs:
+            if addr == trusted or not is_internal(addr) or self._named(addr, conn.port):
+                conn.addr = addr
+                break
+        else:
+            self._internal(conn, addrs[0])
+            return
+        if conn.tunnel:
+            answer = h11.Response(status_code=200, headers=[], reason=b"Connection established")
+            conn.client.outbox += conn.h11conn.send(answer) or b""
+            trailing, _closed = conn.h11conn.trailing_data
+            conn.hello = bytes(trailing)
+            conn.phase = "hello"
+            if not self._flush(conn, conn.client):
+                return
+            if conn.hello:
+                self._check_hello(conn)
+            if conn.phase == "hello":
+                self._watch(conn, conn.client)
+        else:
+            self._connect(conn)
+
+    def _named(self, addr: str, port: int) -> bool:
+        """An internal address passes only when a rule (not the default) lets it go ahead."""
+        event = Event(ActionType.NETWORK_CONNECT, address_target(addr, port), layer=Layer.PROXY)
+        decision = self.judge.policy.evaluate(event)
+        return not decision.is_default and response_for(decision).proceeds
+
+    def _internal(self, conn: _Conn, addr: str) -> None:
+        conn.rule = INTERNAL_RULE
+        conn.addr = addr
+        self.audit.append(
+            {
+                "agent": self.judge.agent_id,
+                "pid": 0,
+                "kind": "decision",
+                "action_type": str(ActionType.NETWORK_CONNECT),
+                "target": address_target(addr, conn.port),
+                "decision": "deny",
+                "rule": INTERNAL_RULE,
+                "severity": "high",
+                "layer": "proxy",
+                "response": "block",
+                "host": conn.host,
+                "message": "loopback, link-local, private and metadata addresses need a rule "
+                "naming them",
+            }
+        )
+        self._refuse(conn, 403, f"{conn.host} is an internal address ({addr})")
+
+    # -- the tunnel's first bytes ---------------------------------------------------------
+
+    def _read_hello(self, conn: _Conn) -> None:
+        data = self._recv(conn, conn.client)
+        if data is None:
+            return
+        if not data:
+            self._finish(conn)
+            return
+        conn.hello += data
+        self._check_hello(conn)
+
+    def _check_hello(self, conn: _Conn) -> None:
+        try:
+            sni = client_hello_sni(conn.hello)
+        except NotTLS as exc:
+            self._sni_violation(conn, None, str(exc))
+            return
+        if sni is None:
+            return
+        conn.sni = sni
+        expected = "" if _ip_literal(conn.host) else conn.host
+        if sni != expected and not (sni == "" and expected == ""):
+            self._sni_violation(conn, sni, f"SNI {sni or '(none)'} is not {conn.host}")
+            return
+        self._connect(conn)
+
+    def _sni_violation(self, conn: _Conn, sni: str | None, why: str) -> None:
+        policy = self.judge.policy
+        mode = policy.on_violation
+        if mode in (ViolationMode.SIGWARN, ViolationMode.LOG_ONLY):
+            mode = ViolationMode.BLOCK  # a tunnel to another host than judged never proceeds
+        decision = Decision(
+            verdict=Verdict.DENY,
+            rule_id=SNI_RULE,
+            severity=Severity.HIGH,
+            message="the TLS server name must be the CONNECT host",
+            on_violation=mode,
+            reason=why,
+        )
+        event = Event(
+            ActionType.NETWORK_REQUEST,
+            f"CONNECT {_bracket(conn.host)}:{conn.port}",
+            agent_id=self.judge.agent_id,
+            layer=Layer.PROXY,
+        )
+        response = response_for(decision)
+        self.audit.append(
+            {
+                "agent": self.judge.agent_id,
+                "pid": 0,
+                "kind": "decision",
+                "action_type": str(event.action),
+                "target": event.target,
+                "decision": "deny",
+                "rule": SNI_RULE,
+                "severity": "high",
+                "layer": "proxy",
+                "response": str(response),
+                "sni": sni,
+                "reason": why,
+            }
+        )
+        conn.rule, conn.response, conn.decision = SNI_RULE, str(response), "deny"
+        conn.reason = why
+        self._finish(conn)
+        if response is Response.KILL:
+            self.judge.kill_for(event, decision)
+        elif response is Response.STOP:
+            # The same hold as any other sigstop violation: a person resumes or kills.
+            hold = getattr(self.judge, "_hold", None)
+            if hold is not None:
+                hold(event, 0, decision, kind="violation")
+
+    # -- going out ---------------------------------------------------------------------------
+
+    def _connect(self, conn: _Conn) -> None:
+        family = socket.AF_INET6 if ":" in conn.addr else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        conn.upstream = _End(sock)
+        conn.phase = "connecting"
+        self._watch(conn, conn.client)
+        err = sock.connect_ex((conn.addr, conn.port))
+        if err not in (0, errno.EINPROGRESS):
+            self._unreachable(conn, os_error(err))
+            return
+        conn.timer = self.loop.call_later(
+            _CONNECT_TIMEOUT, lambda: self._unreachable(conn, "connect timed out")
+        )
+        self._watch(conn, conn.upstream)
+
+    def _connected(self, conn: _Conn) -> None:
+        assert conn.upstream is not None
+        if conn.timer is not None:
+            conn.timer.cancel()  # type: ignore[attr-defined]
+        err = conn.upstream.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self._unreachable(conn, os_error(err))
+            return
+        upstream = conn.upstream
+        if conn.tunnel:
+            conn.phase = "relay"
+            upstream.outbox += conn.hello
+            conn.sent_up += len(conn.hello)
+        elif not self._forward_request(conn):
+            return
+        if self._flush(conn, upstream):
+            self._watch(conn, conn.client)
+            self._watch(conn, upstream)
+
+    def _forward_request(self, conn: _Conn) -> bool:
+        """Re-frame the request (origin-form, Connection: close) with h11."""
+        assert conn.upstream is not None and conn.upstream_h11 is not None
+        request = conn.request
+        assert request is not None
+        parts = urlsplit(conn.url)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        headers = [(n, v) for n, v in request.headers if n.lower() not in _HOP_BY_HOP]
+        if not any(n.lower() == b"host" for n, _v in headers):
+            headers.append((b"host", (parts.netloc or conn.host).encode("ascii")))
+        headers.append((b"connection", b"close"))
+        try:
+            data = conn.upstream_h11.send(
+                h11.Request(method=request.method, target=path, headers=headers)
+            )
+        except h11.ProtocolError as exc:
+            self._refuse(conn, 400, f"cannot forward the request: {exc}")
+            return False
+        conn.upstream.outbox += data or b""
+        conn.sent_up += len(data or b"")
+        conn.phase = "body"
+        return self._pump_body(conn)
+
+    def _read_body(self, conn: _Conn) -> None:
+        data = self._recv(conn, conn.client)
+        if data is None:
+            return
+        if not data:
+            self._finish(conn)
+            return
+        conn.h11conn.receive_data(data)
+        if self._pump_body(conn) and conn.upstream is not None:
+            self._flush(conn, conn.upstream)
+
+    def _pump_body(self, conn: _Conn) -> bool:
+        """Move what h11 has of the request body up; the relay starts at its end."""
+        assert conn.upstream is not None and conn.upstream_h11 is not None
+        try:
+            while True:
+                event = conn.h11conn.next_event()
+                if event is h11.NEED_DATA:
+                    return True
+                if not isinstance(event, h11.Data | h11.EndOfMessage):
+                    raise h11.RemoteProtocolError(f"unexpected {type(event).__name__}")
+                data = conn.upstream_h11.send(event) or b""
+                conn.upstream.outbox += data
+                conn.sent_up += len(data)
+                if isinstance(event, h11.EndOfMessage):
+                    conn.phase = "relay"
+                    # Only this one request goes up: later bytes are not relayed.
+                    conn.client.reading = False
+                    return True
+        except h11.ProtocolError as exc:
+            self._refuse(conn, 400, f"bad request body: {exc}")
+            return False
+
+    def _unreachable(self, conn: _Conn, why: str) -> None:
+        if conn.phase == "closed":
+            return
+        conn.reason = why
+        if conn.tunnel and conn.phase == "connecting":
+            self._finish(conn)  # the 200 has gone out: all we can do is hang up
+        else:
+            self._refuse(conn, 502, f"cannot reach {conn.host}:{conn.port}: {why}")
+
+    # -- relaying ----------------------------------------------------------------------------
+
+    def _pump(self, conn: _Conn, end: _End) -> None:
+        peer = conn.upstream if end is conn.client else conn.client
+        assert peer is not None
+        data = self._recv(conn, end)
+        if data is None:
+            return
+        if not data:
+            end.eof = True
+            self._maybe_shut(conn, peer)
+            return
+        if end is conn.client and not end.reading:
+            return  # after a plain HTTP request: nothing more goes up
+        peer.outbox += data
+        if end is conn.client:
+            conn.sent_up += len(data)
+        else:
+            conn.sent_down += len(data)
+        self._flush(conn, peer)
+
+    def _flush(self, conn: _Conn, end: _End) -> bool:
+        """Write what the socket takes now; False when the connection ended."""
+        while end.outbox:
+            try:
+                sent = end.sock.send(end.outbox)
+            except (BlockingIOError, InterruptedError):
+                return True
+            except OSError:
+                self._finish(conn)
+                return False
+            del end.outbox[:sent]
+        if conn.phase == "relay":
+            self._maybe_shut(conn, end)
+        elif conn.phase == "refused":
+            self._finish(conn, record=False)
+            return False
+        return conn.phase != "closed"
+
+    def _maybe_shut(self, conn: _Conn, end: _End) -> None:
+        """Pass an EOF on once `end`'s outbox is drained; close when both ways are done."""
+        peer = conn.upstream if end is conn.client else conn.client
+        assert peer is not None
+        if peer.eof and not end.outbox and not end.shut:
+            end.shut = True
+            with contextlib.suppress(OSError):
+                end.sock.shutdown(socket.SHUT_WR)
+        client, upstream = conn.client, conn.upstream
+        assert upstream is not None
+        done = (client.shut and upstream.shut) if conn.tunnel else not client.outbox
+        done = done and (conn.tunnel or upstream.eof)
+        if done or (client.eof and not conn.tunnel):
+            self._finish(conn)
+
+    # -- endings ------------------------------------------------------------------------
+
+    def _refuse(self, conn: _Conn, status: int, why: str) -> None:
+        """Answer with an error status and hang up (after the 200 of a tunnel: just hang up)."""
+        conn.reason = why
+        conn.decision = "deny"
+        self._record(conn)
+        if conn.upstream is not None:
+            self._drop(conn.upstream)
+            conn.upstream = None
+        body = (why + "\n").encode("utf-8", "replace")
+        headers = [
+            (b"content-type", b"text/plain"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+            (b"x-agentsup", b"refused"),
+        ]
+        try:
+            head = conn.h11conn.send(h11.Response(status_code=status, headers=headers)) or b""
+        except h11.LocalProtocolError:
+            # h11 cannot answer now (a bad request, or the tunnel is open): do it by hand.
+            if conn.phase in ("hello", "relay"):
+                conn.phase = "refused"
+                self._finish(conn, record=False)
+                return
+            head = f"HTTP/1.1 {status} Refused\r\n".encode()
+            head += b"".join(n + b": " + v + b"\r\n" for n, v in headers) + b"\r\n"
+        conn.client.outbox = bytearray(head + body)
+        conn.client.reading = False
+        conn.phase = "refused"
+        if self._flush(conn, conn.client):
+            self._watch(conn, conn.client)
+
+    def _drop(self, end: _End) -> None:
+        if end.mask:
+            self.loop.remove_reader(end.fd)
+            end.mask = 0
+        end.sock.close()
+
+    def _finish(self, conn: _Conn, record: bool = True) -> None:
+        if conn.phase == "closed":
+            return
+        if record and conn.phase != "refused":
+            self._record(conn)
+        conn.phase = "closed"
+        if conn.timer is not None:
+            conn.timer.cancel()  # type: ignore[attr-defined]
+        self.conns.pop(conn.client.fd, None)
+        self._drop(conn.client)
+        if conn.upstream is not None:
+            self._drop(conn.upstream)
+
+    def _record(self, conn: _Conn) -> None:
+        if not conn.method:
+            return
+        target = f"CONNECT {conn.url}" if conn.tunnel else f"{conn.method} {conn.url}"
+        record: dict[str, object] = {
+            "agent": self.judge.agent_id,
+            "pid": 0,
+            "kind": "decision",
+            "action_type": str(ActionType.NETWORK_REQUEST),
+            "target": target,
+            "decision": conn.decision,
+            "rule": conn.rule or "<default>",
+            "severity": "low" if conn.decision == "allow" else "medium",
+            "layer": "proxy",
+            "response": conn.response or ("allow" if conn.decision == "allow" else "block"),
+            "event": "egress",
+            "host": conn.host,
+            "port": conn.port,
+            "method": conn.method,
+            "bytes_up": conn.sent_up,
+            "bytes_down": conn.sent_down,
+            "duration_ms": round((time.monotonic() - conn.started) * 1000, 1),
+        }
+        if not conn.tunnel:
+            record["url"] = conn.url
+        if conn.addr:
+            record["addr"] = conn.addr
+        if conn.sni is not None:
+            record["sni"] = conn.sni
+        if conn.reason:
+            record["reason"] = conn.reason[:300]
+        self.audit.append(record)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for conn in list(self.conns.values()):
+            self._finish(conn)
+        self.loop.remove_reader(self.listener.fileno())
+        self.listener.close()
+        if self._own_resolver:
+            self.resolver.close()
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def os_error(err: int) -> str:
+    return errno.errorcode.get(err, str(err)) + f" ({err})"
