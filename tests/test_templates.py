@@ -162,7 +162,9 @@ def test_strict_only_blocks_local_sockets(target: str) -> None:
 
 def test_strict_other_sections() -> None:
     strict = template("strict")
-    assert (strict.default, strict.on_violation) == (Verdict.DENY, ViolationMode.SIGKILL)
+    # What no rule names is refused without a signal (issue 12: nearly every
+    # kill of an ordinary tool was a false alarm); known-bad rules kill.
+    assert (strict.default, strict.on_violation) == (Verdict.DENY, ViolationMode.BLOCK)
     assert respond(strict.evaluate(Event(A.MEMORY_ACCESS, "1234"))) in (
         Response.BLOCK,
         Response.KILL,
@@ -171,7 +173,58 @@ def test_strict_other_sections() -> None:
     assert response(strict, A.DATABASE_EXECUTE, "DROP TABLE t") is Response.WARN
     assert strict.env_allowed("PATH") and strict.env_allowed("LC_ALL")
     assert not strict.env_allowed("OPENAI_API_KEY") and not strict.env_allowed("GITHUB_TOKEN")
-    assert response(strict, A.FILE_READ, "/var/log/syslog") is Response.KILL  # default deny
+    assert response(strict, A.FILE_READ, "/var/log/syslog") is Response.BLOCK  # default deny
+    assert response(strict, A.FILE_WRITE, "/root/.bashrc") is Response.BLOCK
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/root/.gitconfig",
+        "/root/.inputrc",
+        "/root/.sqliterc",
+        "/root/.config/git/config",
+        "/root/.config/pip/pip.conf",
+        "/root/.cache/pip/http/x",
+        "/opt/py/lib/python3.11/site-packages/certifi/cacert.pem",
+        f"{WS}/.venv/lib/python3.11/site-packages/certifi/cacert.pem",
+        f"{WS}/.venv/lib/python3.11/site-packages/pip/_vendor/certifi/cacert.pem",
+        "/var/tmp/tmpzf3b6nv5cacert.pem",  # ensurepip's zipped pip extracts it there
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/ssl/certs/ISRG_Root_X1.pem",
+        "/usr/share/ca-certificates/mozilla/ISRG_Root_X1.crt",
+    ],
+)
+def test_strict_reads_tool_configuration_and_public_certificates(target: str) -> None:
+    assert response(template("strict"), A.FILE_READ, target) is Response.ALLOW
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/root/.config/gh/hosts.yml",
+        "/root/.config/git/credentials",
+        "/root/.pgpass",
+        "/root/.cargo/credentials.toml",
+        "/root/.local/share/keyrings/login.keyring",
+        "/root/.vault-token",
+        "/etc/ssl/private/server.key",
+        "/etc/letsencrypt/live/x/privkey.pem",
+        f"{WS}/certs/client.p12",
+        f"{WS}/id_ecdsa",
+        f"{WS}/tls/tls-key.pem",
+    ],
+)
+def test_strict_kills_on_stored_credentials_and_key_stores(target: str) -> None:
+    assert response(template("strict"), A.FILE_READ, target) is Response.KILL
+
+
+def test_strict_blocks_npmrc_and_loopback_probes_without_killing() -> None:
+    strict = template("strict")
+    assert response(strict, A.FILE_READ, "/root/.npmrc") is Response.BLOCK  # tokens stay unread
+    assert response(strict, A.NETWORK_CONNECT, "[::1]:0") is Response.BLOCK  # urllib3's probe
+    assert response(strict, A.NETWORK_CONNECT, "127.0.0.53:53") is Response.BLOCK  # a lookup
+    assert strict.floor_roots([A.NETWORK_CONNECT]) == ()  # the agent keeps its own network
 
 
 def test_strict_floor_covers_the_workspace_and_system_but_not_home() -> None:
