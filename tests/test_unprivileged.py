@@ -61,7 +61,7 @@ def unprivileged_home() -> Iterator[Path]:
         shutil.copytree(
             ROOT / "policies", package / "policies", ignore=shutil.ignore_patterns("__pycache__")
         )
-        for name in ("pyseccomp", "yaml", "pyotp", "inotify_simple", "re2", "psutil"):
+        for name in ("pyseccomp", "yaml", "pyotp", "inotify_simple", "re2", "psutil", "h11"):
             origin = Path(importlib.import_module(name).__file__ or "")
             if origin.name == "__init__.py":
                 shutil.copytree(
