@@ -228,6 +228,9 @@ def _init(stage: Stage, entered: set[str], wait_fd: int) -> NoReturn:
         step = "privileges"
         for note in privileges.drop_privileges(plan.user):
             _line(stage.status_fd, f"D{note}")
+        # A change of uid clears the parent-death signal: set it again, so the
+        # init (and the agent's whole namespace) never outlives the trampoline.
+        privileges.die_with_parent(signal.SIGKILL)
         if "pid" not in entered:
             privileges.become_subreaper()
         # Blocked before the fork, so nothing is lost; the agent unblocks.
