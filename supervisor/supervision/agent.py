@@ -341,6 +341,8 @@ class Agent:
         home = user.home if user else os.environ.get("HOME") or os.path.expanduser("~")
         self._context = RunContext(workspace, home, agent_id)
         compiled = compile_policy(policy, self._context)
+        for warning in policy.warnings:
+            say(warning)  # already "file:line:col: warning: ..."
 
         if not _has_seccomp_notify():
             raise SetupError(
