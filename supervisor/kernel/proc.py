@@ -10,6 +10,7 @@ import ctypes
 import errno
 import os
 import struct
+from collections import OrderedDict
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -24,23 +25,45 @@ _PATH_MAX = 4096
 _FIRST_READ = 256
 
 
+# The end of the address space pread can name: an offset is a signed off_t.
+_ADDRESS_END = 1 << 63
+# Cached memory fds per reader: a thread that exited never says so, so the
+# cache is bounded (least recently used goes first) instead of growing with
+# every thread the agent ever started.
+MEMORY_FD_CACHE = 128
+
+
 class MemoryReader:
     """Reads strings and structs from agent threads via cached /proc/TID/mem fds.
 
     A cached fd keeps pointing at the memory it was opened on; after an exec
     (or a recycled tid) reads from it come back empty, so any short or failed
-    read reopens once and retries.
+    read drops it, reopens once and retries.  At most `MEMORY_FD_CACHE` fds
+    are kept.  An address the kernel could never hand out (past 2**63, which
+    pread cannot even name) is EFAULT, as the kernel would answer.
     """
 
-    def __init__(self) -> None:
-        self._fds: dict[int, int] = {}
+    def __init__(self, capacity: int = MEMORY_FD_CACHE) -> None:
+        self._fds: OrderedDict[int, int] = OrderedDict()
+        self._capacity = capacity
 
     def _fd(self, tid: int) -> int:
         fd = self._fds.get(tid)
-        if fd is None:
+        if fd is not None:
+            self._fds.move_to_end(tid)
+            return fd
+        try:
             fd = os.open(f"/proc/{tid}/mem", os.O_RDONLY | os.O_CLOEXEC)
-            self._fds[tid] = fd
+        except OSError as exc:
+            raise OSError(errno.EFAULT, f"cannot open the memory of {tid}: {exc}") from exc
+        self._fds[tid] = fd
+        if len(self._fds) > self._capacity:
+            _old, stale = self._fds.popitem(last=False)
+            os.close(stale)
         return fd
+
+    def __len__(self) -> int:
+        return len(self._fds)
 
     def forget(self, tid: int) -> None:
         fd = self._fds.pop(tid, None)
@@ -54,11 +77,14 @@ class MemoryReader:
 
     def read(self, tid: int, addr: int, size: int) -> bytes:
         """Exactly `size` bytes at `addr`, or OSError(EFAULT)."""
+        if addr < 0 or addr + size > _ADDRESS_END:
+            raise OSError(errno.EFAULT, "address outside user space")
         for attempt in (0, 1):
             try:
                 data = os.pread(self._fd(tid), size, addr)
             except OSError as exc:
                 if exc.errno not in (errno.EIO, errno.ESRCH, errno.EFAULT) or attempt:
+                    self.forget(tid)
                     raise OSError(errno.EFAULT, "cannot read agent memory") from exc
                 data = b""
             if len(data) == size:
@@ -68,15 +94,16 @@ class MemoryReader:
 
     def read_cstring(self, tid: int, addr: int, limit: int = _PATH_MAX) -> bytes:
         """The NUL-terminated string at `addr` (without the NUL)."""
-        if addr == 0:
-            raise OSError(errno.EFAULT, "NULL pointer")
+        if addr <= 0 or addr >= _ADDRESS_END:
+            raise OSError(errno.EFAULT, "NULL or impossible pointer")
         for attempt in (0, 1):
             fd = self._fd(tid)
             data = b""
             size = _FIRST_READ
             while True:
+                size = min(size, _ADDRESS_END - addr - len(data))
                 try:
-                    chunk = os.pread(fd, size, addr + len(data))
+                    chunk = os.pread(fd, size, addr + len(data)) if size > 0 else b""
                 except OSError:
                     chunk = b""
                 if not chunk:
@@ -94,12 +121,19 @@ class MemoryReader:
             break
         raise OSError(errno.EFAULT, "cannot read agent memory")
 
-    def read_pointer_array(self, tid: int, addr: int, limit: int = 4096) -> list[int]:
-        """A NULL-terminated array of pointers (argv, envp)."""
+    def read_pointer_array(self, tid: int, addr: int, limit: int = 1 << 18) -> list[int]:
+        """A NULL-terminated array of pointers (argv, envp).
+
+        Read in pages, but an array that ends right before unmapped memory
+        is still read: only the words up to the first unreadable byte count.
+        """
         pointers: list[int] = []
-        batch = 32
         while len(pointers) < limit:
-            raw = self.read(tid, addr + 8 * len(pointers), 8 * batch)
+            at = addr + 8 * len(pointers)
+            if at < 0 or at + 8 > _ADDRESS_END:
+                raise OSError(errno.EFAULT, "address outside user space")
+            want = min(4096 - at % 4096, 8 * (limit - len(pointers))) if at % 8 == 0 else 8
+            raw = self.read(tid, at, max(want - want % 8, 8))
             for (ptr,) in struct.iter_unpack("<Q", raw):
                 if ptr == 0:
                     return pointers
@@ -188,3 +222,73 @@ def renameat2(olddirfd: int, old: bytes, newdirfd: int, new: bytes, flags: int) 
 def fd_path(fd: int) -> str:
     """What /proc/self/fd/FD points at: the real path for files."""
     return os.readlink(f"/proc/self/fd/{fd}")
+
+
+_SYS_UTIMENSAT = 280
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+_TIMESPECS = struct.Struct("<qqqq")
+
+# One instant: seconds and nanoseconds (or UTIME_NOW / UTIME_OMIT as nanoseconds).
+Instant = tuple[int, int]
+
+
+def utimensat(
+    dirfd: int, path: bytes | None, times: tuple[Instant, Instant] | None, flags: int
+) -> None:
+    """utimensat(2) as it is: `path` None acts on `dirfd` itself, `times` None means now."""
+    buf = None if times is None else _TIMESPECS.pack(*times[0], *times[1])
+    rc = _libc.syscall(_SYS_UTIMENSAT, dirfd, path, buf, flags)
+    if rc < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def namespace_id(pid: int, kind: str) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of `pid`'s namespace of `kind` ("pid", "net"); None if gone."""
+    try:
+        st = os.stat(f"/proc/{pid}/ns/{kind}")
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def pidfd_target(tid: int, fd: int) -> int | None:
+    """The pid (as we number it) behind fd `fd` of thread `tid`, if that fd is a pidfd.
+
+    None when the fd is not a pidfd or cannot be looked at (the kernel then
+    refuses the call itself); -1 when its process has exited.
+    """
+    try:
+        with open(f"/proc/{tid}/fdinfo/{fd}", "rb") as info:
+            for line in info:
+                if line.startswith(b"Pid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def process_group(pid: int) -> int:
+    """The process group of `pid` (from /proc/PID/stat), 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            data = stat.read()
+        return int(data[data.rindex(b")") + 2 :].split()[2])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+_SYS_PROCESS_MADVISE = 440
+
+
+def process_madvise(pidfd: int, iovecs: bytes, advice: int, flags: int) -> int:
+    """process_madvise(2) with `iovecs` (packed struct iovec) describing the target's memory."""
+    buf = ctypes.create_string_buffer(iovecs, max(len(iovecs), 1))
+    rc = _libc.syscall(
+        _SYS_PROCESS_MADVISE, pidfd, buf, len(iovecs) // 16, advice, ctypes.c_uint(flags)
+    )
+    if rc < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(rc)

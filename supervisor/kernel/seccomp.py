@@ -150,32 +150,137 @@ TIOCLINUX = 0x541C
 REFUSED_IOCTLS = (TIOCSTI, TIOCLINUX)
 
 
+# File attribute ioctls, decided like chmod: FS_IOC_SETFLAGS (`chattr`, and
+# its 32-bit twin) and FS_IOC_FSSETXATTR (the XFS-style flags and project id).
+FS_IOC_SETFLAGS = 0x40086602
+FS_IOC32_SETFLAGS = 0x40046602
+FS_IOC_FSSETXATTR = 0x401C5820
+NOTIFIED_IOCTLS = (FS_IOC_SETFLAGS, FS_IOC32_SETFLAGS, FS_IOC_FSSETXATTR)
+
+# Address families and socket types that reach past IP and unix sockets.
+AF_NETLINK = 16
+AF_PACKET = 17
+SOCK_RAW = 3
+SOCK_PACKET = 10
+_SOCK_TYPE_MASK = 0xF  # the rest of `type` is SOCK_NONBLOCK | SOCK_CLOEXEC
+
+PRIO_PGRP = 1
+PRIO_USER = 2
+IOPRIO_WHO_PGRP = 2
+IOPRIO_WHO_USER = 3
+
+_INT = 0xFFFFFFFF  # the kernel reads these arguments as 32-bit ints: compare only those bits
+
+
+class Condition(NamedTuple):
+    """`(argument & mask) == value`, or with `differs` the whole register != value.
+
+    An inequality compares all 64 bits: garbage in the upper half notifies
+    too, which only costs a round trip (the kernel would see the lower half).
+    """
+
+    argument: int
+    value: int
+    mask: int = _INT
+    differs: bool = False
+
+
+def _nonzero(index: int) -> tuple[tuple[Condition, ...], ...]:
+    return ((Condition(index, 0, differs=True),),)
+
+
+# Syscalls notified only when their arguments say so, so the common case
+# (a process about itself, an ordinary socket, an ordinary ioctl) stays in
+# BPF.  Each entry is a list of rows; any row notifies when all its
+# conditions hold.
+NOTIFY_WHEN: dict[str, tuple[tuple[Condition, ...], ...]] = {
+    # Only a sendto that names a destination address is a connect.
+    "sendto": _nonzero(4),
+    "socket": (
+        (Condition(0, AF_NETLINK),),
+        (Condition(0, AF_PACKET),),
+        (Condition(1, SOCK_RAW, _SOCK_TYPE_MASK),),
+        (Condition(1, SOCK_PACKET, _SOCK_TYPE_MASK),),
+    ),
+    "ioctl": tuple((Condition(1, request),) for request in NOTIFIED_IOCTLS),
+    # A pid of 0 is the caller itself: nothing to decide.
+    **{
+        name: _nonzero(0)
+        for name in (
+            "prlimit64",
+            "sched_setscheduler",
+            "sched_setparam",
+            "sched_setattr",
+            "sched_setaffinity",
+            "migrate_pages",
+            "move_pages",
+        )
+    },
+    # (which, who): a `who` of 0 is the caller, except for a whole user.
+    "setpriority": (*_nonzero(1), (Condition(0, PRIO_USER),)),
+    "ioprio_set": (*_nonzero(1), (Condition(0, IOPRIO_WHO_USER),)),
+}
+
+# Syscalls newer than some libseccomp releases, with their numbers (alike on
+# every architecture since Linux 5.1), used when libseccomp cannot name them:
+# the filter covers them all the same.
+NEWER_SYSCALLS = {
+    "fchmodat2": 452,
+    "setxattrat": 463,
+    "getxattrat": 464,
+    "listxattrat": 465,
+    "removexattrat": 466,
+    "open_tree_attr": 467,
+    "file_getattr": 468,
+    "file_setattr": 469,
+}
+
+
+def _number(name: str) -> int:
+    """The native number of syscall `name`, or -1 when neither libseccomp nor we know it."""
+    import pyseccomp
+
+    nr = int(pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name))
+    return nr if nr >= 0 else NEWER_SYSCALLS.get(name, -1)
+
+
+def _arg(pyseccomp: Any, condition: Condition) -> Any:
+    if condition.differs:
+        return pyseccomp.Arg(condition.argument, pyseccomp.NE, condition.value)
+    return pyseccomp.Arg(condition.argument, pyseccomp.MASKED_EQ, condition.mask, condition.value)
+
+
 def build_filter(notify: Iterable[str], enosys: Iterable[str]) -> Any:
     """The filter as a `pyseccomp.SyscallFilter`, not loaded (tests export it).
 
-    `notify` syscalls go to the supervisor; `enosys` ones fail with ENOSYS
-    (clone3, whose flags live in memory BPF cannot read, so glibc falls back
-    to clone, whose namespace flags it can).  A syscall of a foreign
-    architecture (32-bit int 0x80, x32) kills the process: the table below
-    only knows native numbers.
+    `notify` syscalls go to the supervisor (some only for the arguments in
+    `NOTIFY_WHEN`); `enosys` ones fail with ENOSYS (clone3, whose flags live
+    in memory BPF cannot read, so glibc falls back to clone, whose namespace
+    flags it can).  A syscall of a foreign architecture (32-bit int 0x80,
+    x32) kills the process: the table below only knows native numbers.
     """
     import pyseccomp
 
     flt = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
     flt.set_attr(pyseccomp.Attr.ACT_BADARCH, pyseccomp.KILL_PROCESS)
     for name in notify:
+        nr = _number(name)
+        if nr < 0:
+            continue  # this ABI has no such syscall
         if name == "clone":
             for flag in CLONE_NAMESPACE_FLAGS:
                 flt.add_rule(
-                    pyseccomp.NOTIFY, "clone", pyseccomp.Arg(0, pyseccomp.MASKED_EQ, flag, flag)
+                    pyseccomp.NOTIFY, nr, pyseccomp.Arg(0, pyseccomp.MASKED_EQ, flag, flag)
                 )
-        elif name == "sendto":
-            # Only a sendto that names a destination address is a connect.
-            flt.add_rule(pyseccomp.NOTIFY, "sendto", pyseccomp.Arg(4, pyseccomp.NE, 0))
+        elif name in NOTIFY_WHEN:
+            for row in NOTIFY_WHEN[name]:
+                flt.add_rule(pyseccomp.NOTIFY, nr, *(_arg(pyseccomp, c) for c in row))
         else:
-            flt.add_rule(pyseccomp.NOTIFY, name)
+            flt.add_rule(pyseccomp.NOTIFY, nr)
     for name in enosys:
-        flt.add_rule(pyseccomp.ERRNO(errno.ENOSYS), name)
+        nr = _number(name)
+        if nr >= 0:
+            flt.add_rule(pyseccomp.ERRNO(errno.ENOSYS), nr)
     for request in REFUSED_IOCTLS:
         # The kernel takes the request as an unsigned int: mask to 32 bits, so
         # garbage in the upper half of the register cannot slip past.
@@ -202,11 +307,9 @@ def load_filter(notify: Iterable[str], enosys: Iterable[str]) -> int:
 
 def syscall_numbers(names: Iterable[str]) -> dict[int, str]:
     """Native syscall number -> name, for the names this kernel ABI has."""
-    import pyseccomp
-
     table: dict[int, str] = {}
     for name in names:
-        nr = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name)
+        nr = _number(name)
         if nr >= 0:
             table[nr] = name
     return table

@@ -71,6 +71,15 @@ ERROR = 16  # answer the syscall with an errno (keeps the order of answers)
 BIND = 18  # on the agent's socket (sent along), with the address decided on
 SENDTO = 19  # a datagram: the payload and address decided on
 SENDMMSG = 20  # several of them; the answer is how many were sent
+XATTR = 21  # set (or, with no value, remove) an extended attribute of a pinned object
+FD_XATTR = 22
+UTIMES = 23  # utimensat on a pinned object
+FD_UTIMES = 24
+FD_IOCTL = 25  # an inode-flags ioctl on an fd of the agent's, with the argument decided on
+LISTEN = 26  # on the agent's socket (sent along): the very socket that was decided on
+SPILLED = 27  # the real request is in the memfd sent along (too large for one packet)
+FD_GETFD = 28  # pidfd_getfd through the pidfd sent along (checked), then ADDFD
+FD_MADVISE = 29  # process_madvise through the pidfd sent along, with the iovecs copied
 
 # RESOLVE kinds.
 OBJECT = 0  # O_PATH of what the path names
@@ -86,7 +95,11 @@ _SETFL_FLAGS = (
     | getattr(os, "O_ASYNC", 0)
 )
 _MAX_MESSAGE = 16384
-_MAX_FDS = 2
+# A request larger than one packet (a 64 KiB datagram or xattr value) goes in
+# a memfd; the hot path keeps its small receive buffer.
+_SPILL_OVER = _MAX_MESSAGE - 256
+_MAX_SPILL = 8 << 20
+_MAX_FDS = 3
 REPLY_TIMEOUT = 10.0
 
 
@@ -126,14 +139,24 @@ class BrokerClient:
         if self.broken:
             raise BrokerGone(errno.EIO, "the agent's broker is gone")
         data = marshal.dumps(message)  # type: ignore[arg-type]  # plain values only
+        spill = -1
         try:
+            if len(data) > _SPILL_OVER:
+                spill = _spill(data)
+                data = marshal.dumps((SPILLED, message[0], message[1]))  # type: ignore[arg-type]
+                fds = [*fds, spill]
             if fds:
                 socket.send_fds(self.channel, [data], fds)
             else:
                 self.channel.send(data)
         except OSError as exc:
+            if spill < 0 and len(data) > _SPILL_OVER:
+                raise  # could not spill it: this request fails, the channel is fine
             self.broken = True
             raise BrokerGone(errno.EIO, f"the agent's broker is gone: {exc}") from exc
+        finally:
+            if spill >= 0:
+                os.close(spill)
 
     def resolve(
         self,
@@ -226,10 +249,23 @@ class Broker:
             BIND: self._bind,
             SENDTO: self._sendto,
             SENDMMSG: self._sendmmsg,
+            XATTR: self._xattr,
+            FD_XATTR: self._fd_xattr,
+            UTIMES: self._utimes,
+            FD_UTIMES: self._fd_utimes,
+            FD_IOCTL: self._fd_ioctl,
+            LISTEN: self._listen,
+            FD_GETFD: self._fd_getfd,
+            FD_MADVISE: self._fd_madvise,
         }
 
     def serve_one(self) -> bool:
-        """Handle one request; False when the supervisor hung up."""
+        """Handle one request; False when the supervisor hung up.
+
+        Nothing an agent puts in a request may end the broker (its init: the
+        whole namespace would go): any failure answers that one request with
+        an error, and the next one is served.
+        """
         try:
             data, fds, _flags, _addr = socket.recv_fds(self.channel, _MAX_MESSAGE, _MAX_FDS)
         except InterruptedError:
@@ -238,8 +274,15 @@ class Broker:
             for fd in fds:
                 os.close(fd)
             return False
+        message: tuple[Any, ...] = ()
         try:
             message = marshal.loads(data)
+            if message[0] == SPILLED and fds:
+                spill = fds.pop()
+                try:
+                    message = marshal.loads(_read_all(spill))
+                finally:
+                    os.close(spill)
             op = message[0]
             if op == RESOLVE:
                 self._resolve(message, fds)
@@ -250,10 +293,27 @@ class Broker:
             else:
                 notif_id, args = message[1], list(message[2:])
                 self._do(op, notif_id, args, fds)
+        except Exception as exc:  # one bad request must not end the broker (the init)
+            self._failed(message, exc)
         finally:
             for fd in fds:
                 os.close(fd)
         return True
+
+    def _failed(self, message: tuple[Any, ...], exc: Exception) -> None:
+        """Answer a request that raised: a reply for RESOLVE/CONNECT, an errno for an op."""
+        err = _errno_of(exc)
+        if message[:1] == (SPILLED,):
+            message = message[1:]  # (op, seq or notification id) came along for this
+        with contextlib.suppress(Exception):
+            op = message[0]
+            if op == RESOLVE:
+                reply: tuple[object, ...] = (message[1], -1, "", err, 0, 0, 0, 0, False)
+                self.channel.send(marshal.dumps(reply))  # type: ignore[arg-type]
+            elif op == CONNECT:
+                self.channel.send(marshal.dumps((message[1], err)))
+            elif op != DROP:
+                _seccomp.respond_error(self.listener, message[1], err)
 
     # -- resolution
 
@@ -363,8 +423,8 @@ class Broker:
                 # (An invalid id: the agent's thread is gone or was interrupted.)
                 try:
                     work(notif_id, pinned, args, fds)
-                except OSError as exc:
-                    _seccomp.respond_error(self.listener, notif_id, exc.errno or errno.EIO)
+                except Exception as exc:  # fail this syscall, keep serving
+                    _seccomp.respond_error(self.listener, notif_id, _errno_of(exc))
         finally:
             for fd in pinned:
                 if fd >= 0:
@@ -530,6 +590,70 @@ class Broker:
             sent += 1
         self._answer(notif_id, sent)
 
+    # Extended attributes, times and flags: on the pinned object (through its
+    # /proc/self/fd link, or AT_EMPTY_PATH), or on the agent's own open file.
+
+    def _xattr(self, notif_id: int, pinned: list[int], args: list[object], _fds: list[int]) -> None:
+        _handle, name, value, flags = args
+        _set_xattr(f"/proc/self/fd/{pinned[0]}", name, value, flags)
+        self._answer(notif_id)
+
+    def _fd_xattr(
+        self, notif_id: int, _pinned: list[int], args: list[object], fds: list[int]
+    ) -> None:
+        name, value, flags = args
+        assert fds
+        _set_xattr(fds[0], name, value, flags)
+        self._answer(notif_id)
+
+    def _utimes(
+        self, notif_id: int, pinned: list[int], args: list[object], _fds: list[int]
+    ) -> None:
+        _handle, times = args
+        _proc.utimensat(pinned[0], b"", _instants(times), _AT_EMPTY_PATH)
+        self._answer(notif_id)
+
+    def _fd_utimes(
+        self, notif_id: int, _pinned: list[int], args: list[object], fds: list[int]
+    ) -> None:
+        (times,) = args
+        assert fds
+        _proc.utimensat(fds[0], None, _instants(times), 0)
+        self._answer(notif_id)
+
+    def _fd_ioctl(
+        self, notif_id: int, _pinned: list[int], args: list[object], fds: list[int]
+    ) -> None:
+        request, argument = args
+        assert isinstance(request, int) and isinstance(argument, bytes) and fds
+        fcntl.ioctl(fds[0], request, argument)
+        self._answer(notif_id)
+
+    def _listen(
+        self, notif_id: int, _pinned: list[int], args: list[object], fds: list[int]
+    ) -> None:
+        (backlog,) = args
+        assert isinstance(backlog, int) and fds
+        with socket.socket(fileno=os.dup(fds[0])) as sock:
+            sock.listen(backlog)
+        self._answer(notif_id)
+
+    def _fd_getfd(
+        self, notif_id: int, _pinned: list[int], args: list[object], fds: list[int]
+    ) -> None:
+        (target_fd,) = args
+        assert isinstance(target_fd, int) and fds
+        # pidfd_getfd always makes the new fd close-on-exec.
+        self._inject_fd(notif_id, _proc.pidfd_getfd(fds[0], target_fd), cloexec=True)
+
+    def _fd_madvise(
+        self, notif_id: int, _pinned: list[int], args: list[object], fds: list[int]
+    ) -> None:
+        iovecs, advice, flags = args
+        assert isinstance(iovecs, bytes) and isinstance(advice, int) and isinstance(flags, int)
+        assert fds
+        self._answer(notif_id, _proc.process_madvise(fds[0], iovecs, advice, flags))
+
 
 # Which arguments of each operation are handles (the default: the first).
 _HANDLE_ARGS: dict[int, tuple[int, ...]] = {
@@ -541,7 +665,64 @@ _HANDLE_ARGS: dict[int, tuple[int, ...]] = {
     BIND: (),
     SENDTO: (),
     SENDMMSG: (),
+    FD_XATTR: (),
+    FD_UTIMES: (),
+    FD_IOCTL: (),
+    LISTEN: (),
+    FD_GETFD: (),
+    FD_MADVISE: (),
 }
+
+_AT_EMPTY_PATH = 0x1000
+
+
+def _errno_of(exc: BaseException) -> int:
+    """The errno a failed request answers with: its own, EINVAL for a bad value, else EIO."""
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    if isinstance(exc, (OverflowError, ValueError, TypeError)):
+        return errno.EINVAL
+    return errno.EIO
+
+
+def _spill(data: bytes) -> int:
+    """A memfd holding `data`, for a request too large for one packet."""
+    if len(data) > _MAX_SPILL:
+        raise OSError(errno.EMSGSIZE, "request too large for the broker")
+    fd = os.memfd_create("agentsup-request", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read_all(fd: int) -> bytes:
+    """A spilled request: the whole memfd, from its start (the caller closes it)."""
+    size = os.fstat(fd).st_size
+    if size > _MAX_SPILL:
+        raise OSError(errno.EMSGSIZE, "spilled request too large")
+    return os.pread(fd, size, 0)
+
+
+def _set_xattr(target: int | str, name: object, value: object, flags: object) -> None:
+    assert isinstance(name, bytes) and isinstance(flags, int)
+    if value is None:
+        os.removexattr(target, name)
+    else:
+        assert isinstance(value, bytes)
+        os.setxattr(target, name, value, flags)
+
+
+def _instants(times: object) -> tuple[_proc.Instant, _proc.Instant] | None:
+    if times is None:
+        return None
+    assert isinstance(times, tuple) and len(times) == 2
+    (a_sec, a_nsec), (m_sec, m_nsec) = times
+    return (int(a_sec), int(a_nsec)), (int(m_sec), int(m_nsec))
 
 
 def _send(fd: int, payload: bytes, flags: int, address: object) -> int:

@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Protocol, TextIO
@@ -31,7 +32,7 @@ from ..events import (
     should_audit,
 )
 from ..kernel import cgroup as cgroups
-from ..kernel.proc import thread_group_id
+from ..kernel.proc import process_group, thread_group_id
 from ..paths import Locations
 from ..policy import CompiledPolicy, RateLimiter
 from ..policy.floor import (
@@ -61,6 +62,8 @@ SELF_PROTECTION_RULE = "agentsup-self-protection"
 FLOOR_RULE = "agentsup-kernel-floor"
 HOOK_CODE_RULE = "agentsup-hook-code"
 ALWAYS_REFUSED_RULE = "agentsup-always-refused"
+OUTSIDE_TREE_RULE = "agentsup-outside-tree"
+MEDIATION_ERROR_RULE = "agentsup-mediation-error"
 
 _WRITE_CLASS = frozenset(
     {ActionType.FILE_WRITE, ActionType.FILE_DELETE, ActionType.FILE_MOVE, ActionType.FILE_CHMOD}
@@ -109,6 +112,17 @@ _EGRESS_PROXY_DECISION = Decision(
 )
 
 
+def _shown(target: str) -> str:
+    """A target fit for a record: bytes of a path that are not UTF-8 written as \\xNN.
+
+    Paths are decoded with surrogate escapes, which no UTF-8 writer takes;
+    the decision is made on the path itself, only the record shows it so.
+    """
+    if target.isascii():
+        return target
+    return target.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _inside(target: str, roots: tuple[str, ...]) -> bool:
     return any(target == root or target.startswith(root + "/") for root in roots)
 
@@ -155,11 +169,23 @@ class KillReport:
 
 
 class ProcessTree:
-    """Every process of one agent: a cgroup where possible, else the subreaper's view."""
+    """Every process of one agent: a cgroup where possible, else the subreaper's view.
+
+    What a kill needs is opened up front (the group's `cgroup.kill`, a pidfd
+    of the tree's root), so that a supervisor out of fds can still kill.
+    """
 
     def __init__(self, group: cgroups.AgentCgroup | None, root_pid: int) -> None:
         self.group = group
         self.root_pid = root_pid
+        self._kill_fd = -1
+        self._root_fd = -1
+        if group is not None:
+            with contextlib.suppress(OSError):
+                self._kill_fd = os.open(f"{group.tracking}/cgroup.kill", os.O_WRONLY | os.O_CLOEXEC)
+        with contextlib.suppress(OSError):
+            self._root_fd = os.pidfd_open(root_pid)
+        weakref.finalize(self, _close_fds, (self._kill_fd, self._root_fd))
 
     def pids(self) -> set[int]:
         if self.group is not None:
@@ -184,11 +210,52 @@ class ProcessTree:
                     os.kill(pid, sig)
             signalled |= fresh
 
-    def kill(self) -> None:
-        if self.group is not None:
-            self.group.kill()
-        else:
-            self.signal_all(signal.SIGKILL)
+    def kill(self) -> list[str]:
+        """SIGKILL the whole tree; [] when that is confirmed, else how it was escalated.
+
+        Confirmed means the cgroup was seen empty (or, without one, every
+        process found was signalled).  Otherwise the fds opened up front are
+        used: `cgroup.kill`, and SIGKILL to the tree's root, whose death takes
+        the agent's init and with it its PID namespace.
+        """
+        try:
+            if self.group is not None:
+                if cgroups.kill_groups([self.group.tracking]):
+                    return []
+            else:
+                self.signal_all(signal.SIGKILL)
+                return []
+        except OSError:
+            pass
+        escalated = []
+        if self._kill_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self._kill_fd, b"1")
+                escalated.append("cgroup.kill")
+        if self._root_fd >= 0:
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(self._root_fd, signal.SIGKILL)
+                escalated.append("root")
+        return escalated or ["nothing"]
+
+    def has(self, pid: int) -> bool:
+        """Whether `pid` (a process or thread id, as we number it) belongs to the tree."""
+        return thread_group_id(pid) in self.pids()
+
+    def has_group(self, pgid: int) -> bool:
+        """Whether process group `pgid` is one of the tree's.
+
+        A group lives in one session, and the agent's sessions hold only its
+        own processes, so a group any of them is in is wholly the agent's.
+        """
+        return any(process_group(pid) == pgid for pid in self.pids())
+
+
+def _close_fds(fds: tuple[int, ...]) -> None:
+    for fd in fds:
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 @dataclass
@@ -366,22 +433,53 @@ class Judge:
         return decision, response
 
     def refuse_always(self, syscall: str, tid: int) -> None:
+        self._refusal(
+            syscall, tid, syscall, ALWAYS_REFUSED_RULE, f"{syscall} is refused for every agent"
+        )
+
+    def refuse_outside(self, syscall: str, tid: int, target: str) -> None:
+        """A call that named a process outside the agent's tree: refused, critical."""
+        message = f"{syscall} may only reach the agent's own processes"
+        self._refusal(syscall, tid, target, OUTSIDE_TREE_RULE, message)
+
+    def mediation_failed(self, syscall: str, tid: int, error: str) -> None:
+        """Serving a syscall raised: it failed closed (EIO); the record says why."""
+        message = f"could not serve {syscall}, failed it with EIO: {error}"[:500]
+        self._refusal(syscall, tid, syscall, MEDIATION_ERROR_RULE, message, "high", "supervisor")
+
+    def _refusal(
+        self,
+        syscall: str,
+        tid: int,
+        target: str,
+        rule: str,
+        message: str,
+        severity: str = "critical",
+        layer: str = "seccomp",
+    ) -> None:
+        """The record of a syscall refused by agentsup itself, whatever the policy says."""
         self.audit.append(
             {
                 "agent": self.agent_id,
                 "pid": self.tgid_of(tid),
                 "kind": "decision",
                 "action_type": None,
-                "target": syscall,
+                "target": target,
                 "decision": "deny",
-                "rule": ALWAYS_REFUSED_RULE,
-                "severity": "critical",
-                "layer": "seccomp",
+                "rule": rule,
+                "severity": severity,
+                "layer": layer,
                 "response": "block",
                 "syscall": syscall,
-                "message": f"{syscall} is refused for every agent",
+                "message": message,
             }
         )
+
+    def in_tree(self, pid: int) -> bool:
+        return self.tree is not None and self.tree.has(pid)
+
+    def group_in_tree(self, pgid: int) -> bool:
+        return self.tree is not None and self.tree.has_group(pgid)
 
     def _record(
         self, event: Event, tid: int, decision: Decision, response: Response, kind: str = "decision"
@@ -391,7 +489,7 @@ class Judge:
             "pid": self.tgid_of(tid) if tid else event.pid,
             "kind": kind,
             "action_type": str(event.action),
-            "target": event.target,
+            "target": _shown(event.target),
             "decision": str(decision.verdict),
             "rule": decision.rule_id,
             "severity": str(decision.severity),
@@ -423,8 +521,9 @@ class Judge:
         if self.tree is None:
             return
         pids: set[int] = set()
+        escalated: list[str] = []
         if sig == signal.SIGKILL:
-            self.tree.kill()
+            escalated = self.tree.kill()
         else:
             pids = self.tree.signal_all(sig)
         record: dict[str, object] = {
@@ -441,15 +540,23 @@ class Judge:
             record["rule"] = rule
         if event is not None:
             record["action_type"] = str(event.action)
-            record["target"] = event.target
+            record["target"] = _shown(event.target)
         if uid is not None:
             record["uid"] = uid
+        if escalated:
+            # The tree could not be seen gone: what was done instead is on record.
+            record["confirmed"] = False
+            record["escalated"] = escalated
+            self.say(
+                f"could not confirm the kill of agent '{self.agent_id}'; escalated: "
+                + ", ".join(escalated)
+            )
         self.audit.append(record)
 
     def kill_for(self, event: Event, decision: Decision) -> None:
         if self.kill_report is None:
             self.kill_report = KillReport(
-                decision.rule_id, str(event.action), event.target, decision.message
+                decision.rule_id, str(event.action), _shown(event.target), decision.message
             )
             self.say(
                 f"killed agent '{self.agent_id}': rule '{decision.rule_id}' denied "
@@ -458,7 +565,7 @@ class Judge:
             )
         self.signal_tree(
             signal.SIGKILL,
-            f"rule {decision.rule_id}: {event.action} {event.target}",
+            f"rule {decision.rule_id}: {event.action} {_shown(event.target)}",
             rule=decision.rule_id,
             event=event,
         )
@@ -519,7 +626,7 @@ class Judge:
                     "pid": self.main_pid,
                     "kind": "approval",
                     "action_type": str(pending.event.action),
-                    "target": pending.event.target,
+                    "target": _shown(pending.event.target),
                     "decision": "allow" if approve and pending.kind == "approval" else "deny",
                     "rule": pending.decision.rule_id,
                     "severity": str(pending.decision.severity),
@@ -568,7 +675,7 @@ class Judge:
                 "request_id": p.request_id,
                 "agent": self.agent_id,
                 "action_type": str(p.event.action),
-                "target": p.event.target,
+                "target": _shown(p.event.target),
                 "rule": p.decision.rule_id,
                 "message": p.decision.message,
                 "age_s": round(now - p.since, 1),

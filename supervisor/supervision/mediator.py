@@ -31,6 +31,7 @@ import signal
 import socket
 import stat
 import struct
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -51,6 +52,13 @@ RENAME_EXCHANGE = 2
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _O_TMPFILE = getattr(os, "O_TMPFILE", 0o20200000)
 _O_PATH = getattr(os, "O_PATH", 0o10000000)
+# What open() understands (the kernel's VALID_OPEN_FLAGS): open and openat
+# drop the rest, openat2 refuses them.  O_LARGEFILE is 0 in Python's os.
+_VALID_OPEN_FLAGS = (
+    os.O_ACCMODE | os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC | os.O_APPEND
+    | os.O_NONBLOCK | os.O_DSYNC | os.O_ASYNC | os.O_DIRECT | 0o100000 | os.O_DIRECTORY
+    | os.O_NOFOLLOW | os.O_NOATIME | os.O_CLOEXEC | _O_PATH | _O_TMPFILE | os.O_SYNC
+)  # fmt: skip
 
 # Syscalls that go to the supervisor for a decision.
 MEDIATED = (
@@ -63,9 +71,20 @@ MEDIATED = (
     "truncate",
     "chmod", "fchmod", "fchmodat", "fchmodat2",
     "chown", "lchown", "fchown", "fchownat",
-    "connect", "bind", "sendto", "sendmsg", "sendmmsg",
+    "connect", "bind", "sendto", "sendmsg", "sendmmsg", "listen", "socket",
     "process_vm_readv",
     "umask",
+    # Metadata: extended attributes and inode flags are decided as file_chmod,
+    # times as file_write (ioctl only for the flag requests, in BPF).
+    "setxattr", "lsetxattr", "fsetxattr", "setxattrat",
+    "removexattr", "lremovexattr", "fremovexattr", "removexattrat",
+    "utime", "utimes", "futimesat", "utimensat",
+    "ioctl",
+    # Calls that can name another process: only the agent's own tree (the
+    # filter lets "the caller itself" through in BPF).
+    "prlimit64", "setpriority", "ioprio_set",
+    "sched_setscheduler", "sched_setparam", "sched_setattr", "sched_setaffinity",
+    "migrate_pages", "move_pages", "kcmp", "process_madvise", "pidfd_getfd",
 )  # fmt: skip
 
 # Refused for every policy (DESIGN.md 1.2) and recorded as critical.  The
@@ -81,11 +100,14 @@ ALWAYS_REFUSED = (
     "init_module", "finit_module", "delete_module",
     "perf_event_open", "userfaultfd", "open_by_handle_at",
     "keyctl", "add_key", "request_key",
+    "fanotify_init", "fanotify_mark", "open_tree_attr",
 )  # fmt: skip
 
 # clone3 keeps its flags in memory that BPF cannot read: ENOSYS makes glibc
 # fall back to clone, whose namespace flags the filter does see.
-FORCED_ENOSYS = ("clone3",)
+# file_setattr (Linux 6.17) sets the inode flags FS_IOC_FSSETXATTR sets:
+# ENOSYS sends tools back to that ioctl, which is decided.
+FORCED_ENOSYS = ("clone3", "file_setattr")
 
 
 # (fd, on_ready, on_timeout, timeout_seconds): the loop calls exactly one of them.
@@ -99,13 +121,41 @@ _SETID = stat.S_ISUID | stat.S_ISGID
 # struct msghdr on x86_64: name, namelen, iov, iovlen, control, controllen, flags.
 _MSGHDR = struct.Struct("<QI4xQQQQi4x")
 
+# execve's limits: one argument (MAX_ARG_STRLEN), and all of them together
+# (the kernel allows a quarter of the stack limit; 4 MiB is a 16 MiB stack).
+_MAX_ARG_STRLEN = 131072
+_MAX_ARGV_BYTES = 4 << 20
+
 # A blocking connect the supervisor finishes for the agent gives up after this
 # long, about what the kernel's SYN retries take by default.
 CONNECT_TIMEOUT = 130.0
 
 
 # The f* variants act on the agent's own fd, which travels with the request.
-_FD_OPS = {broker.CHMOD: broker.FD_CHMOD, broker.CHOWN: broker.FD_CHOWN}
+_FD_OPS = {
+    broker.CHMOD: broker.FD_CHMOD,
+    broker.CHOWN: broker.FD_CHOWN,
+    broker.XATTR: broker.FD_XATTR,
+    broker.UTIMES: broker.FD_UTIMES,
+}
+
+# Extended attributes (<linux/limits.h>, <linux/xattr.h>).
+_XATTR_NAME_MAX = 255
+_XATTR_SIZE_MAX = 65536
+_XATTR_CREATE = 1
+_XATTR_REPLACE = 2
+_XATTR_ARGS = struct.Struct("<QII")  # struct xattr_args: value, size, flags
+
+# How many bytes of argument each notified ioctl reads.
+_IOCTL_ARGUMENT = {
+    _seccomp.FS_IOC_SETFLAGS: 4,  # an int, whatever the request's size field says
+    _seccomp.FS_IOC32_SETFLAGS: 4,
+    _seccomp.FS_IOC_FSSETXATTR: 28,  # struct fsxattr
+}
+
+# Bounds on what is kept per agent process (see Mediator.__init__).
+_PIDFD_CACHE = 64
+_PER_PROCESS_CACHE = 4096
 
 
 class Judge(Protocol):
@@ -116,6 +166,14 @@ class Judge(Protocol):
     def judge(self, event: Event, tid: int) -> Response: ...
 
     def refuse_always(self, syscall: str, tid: int) -> None: ...
+
+    def refuse_outside(self, syscall: str, tid: int, target: str) -> None: ...
+
+    def mediation_failed(self, syscall: str, tid: int, error: str) -> None: ...
+
+    def in_tree(self, pid: int) -> bool: ...
+
+    def group_in_tree(self, pgid: int) -> bool: ...
 
 
 @dataclass(slots=True)
@@ -204,13 +262,17 @@ class Mediator:
         self.judge = judge
         self._allow_cache = judge.allow_cache
         self.served = 0  # notifications so far (CPU placement watches the rate)
-        self._execs: dict[int, _AllowedExec] = {}
+        self._execs: OrderedDict[int, _AllowedExec] = OrderedDict()
         # How to wait, inside the loop, for a connect we started on the agent's behalf.
         self._wait_writable = wait_writable
         self.memory = _proc.MemoryReader()
         self._tgid_of = tgid_of
+        # Per-process state, bounded: the mediator is never told when an agent
+        # process or thread exits (only its own children are reaped here).
         self._umasks: dict[int, int] = {}
-        self._pidfds: dict[int, int] = {}
+        self._pidfds: OrderedDict[int, int] = OrderedDict()
+        # The agent's own PID and network namespaces, compared with ours once.
+        self._own_namespace: dict[str, bool] = {}
         # (st_dev, st_ino) -> path, for files a hard link must not reach.
         self.protected_inodes: dict[tuple[int, int], str] = {}
         # Resolved once: number -> name, and number -> handler.
@@ -238,21 +300,35 @@ class Mediator:
 
     def _serve_one(self) -> None:
         self.served += 1
-        notif = _seccomp.receive(self.listener)
+        try:
+            notif = _seccomp.receive(self.listener)
+        except OSError:
+            return  # nothing received, nothing owed; the loop asks again
         if notif is None:
             return
-        if notif.pid in self._execs and not self._exec_as_decided(notif):
-            return
-        handler = self._handlers.get(notif.nr)
-        if handler is None:  # not ours to judge; never happens with our filter
-            _seccomp.respond_error(self.listener, notif.id, errno.ENOSYS)
-            return
+        name = self._names.get(notif.nr, str(notif.nr))
         try:
-            handler(notif, self._names.get(notif.nr, str(notif.nr)))
+            if notif.pid in self._execs and not self._exec_as_decided(notif):
+                return
+            handler = self._handlers.get(notif.nr)
+            if handler is None:  # not ours to judge; never happens with our filter
+                _seccomp.respond_error(self.listener, notif.id, errno.ENOSYS)
+                return
+            handler(notif, name)
         except OSError as exc:
             # Could not read the agent's arguments (bad pointer, task gone):
             # fail the syscall the way the kernel would.
-            _seccomp.respond_error(self.listener, notif.id, exc.errno or errno.EFAULT)
+            self._answer_error(notif, exc.errno or errno.EFAULT)
+        except Exception as exc:  # one notification must never end the loop
+            # A bug or an argument nobody foresaw: fail closed, and say so.
+            self._answer_error(notif, errno.EIO)
+            with contextlib.suppress(Exception):
+                self.judge.mediation_failed(name, notif.pid, f"{type(exc).__name__}: {exc}")
+
+    def _answer_error(self, notif: _seccomp.Notification, err: int) -> None:
+        """Fail one syscall; an answer that cannot be given (already answered) is no error."""
+        with contextlib.suppress(OSError):
+            _seccomp.respond_error(self.listener, notif.id, err if 0 < err < 4096 else errno.EIO)
 
     # -- helpers -----------------------------------------------------------------
 
@@ -425,15 +501,34 @@ class Mediator:
         tgid = self._tgid_of(tid)
         mask = self._umasks.get(tgid)
         if mask is None:
+            if len(self._umasks) >= _PER_PROCESS_CACHE:
+                self._umasks.clear()
             mask = self._umasks[tgid] = _proc.process_umask(tid)
         return mask
 
     def _pidfd(self, tid: int) -> int:
         tgid = self._tgid_of(tid)
         fd = self._pidfds.get(tgid)
-        if fd is None:
-            fd = self._pidfds[tgid] = os.pidfd_open(tgid)
+        if fd is not None:
+            self._pidfds.move_to_end(tgid)
+            return fd
+        fd = self._pidfds[tgid] = os.pidfd_open(tgid)
+        if len(self._pidfds) > _PIDFD_CACHE:
+            _gone, stale = self._pidfds.popitem(last=False)
+            os.close(stale)
         return fd
+
+    def _agent_fd(self, tid: int, agent_fd: int) -> int:
+        """A duplicate of fd `agent_fd` of the agent process `tid` belongs to.
+
+        A cached pidfd may be of a process that exited (and whose pid came
+        back as another one of the agent's): ESRCH drops it and tries afresh.
+        """
+        try:
+            return _proc.pidfd_getfd(self._pidfd(tid), agent_fd)
+        except ProcessLookupError:
+            self.forget_process(self._tgid_of(tid))
+            return _proc.pidfd_getfd(self._pidfd(tid), agent_fd)
 
     def forget_process(self, tgid: int) -> None:
         self._umasks.pop(tgid, None)
@@ -517,13 +612,14 @@ class Mediator:
             self.broker.act(broker.REOPEN, notif.id, node.handle, own_flags, cloexec)
 
     def _on_open(self, n: _seccomp.Notification, name: str) -> None:
-        self._open(n, name, AT_FDCWD, n.args[0], n.args[1], n.args[2])
+        self._open(n, name, AT_FDCWD, n.args[0], n.args[1] & _VALID_OPEN_FLAGS, n.args[2])
 
     def _on_creat(self, n: _seccomp.Notification, name: str) -> None:
         self._open(n, name, AT_FDCWD, n.args[0], os.O_CREAT | os.O_WRONLY | os.O_TRUNC, n.args[1])
 
     def _on_openat(self, n: _seccomp.Notification, name: str) -> None:
-        self._open(n, name, _signed32(n.args[0]), n.args[1], n.args[2], n.args[3])
+        flags = n.args[2] & _VALID_OPEN_FLAGS
+        self._open(n, name, _signed32(n.args[0]), n.args[1], flags, n.args[3])
 
     def _on_openat2(self, n: _seccomp.Notification, name: str) -> None:
         size = n.args[3]
@@ -531,6 +627,10 @@ class Mediator:
             _seccomp.respond_error(self.listener, n.id, errno.EINVAL)
             return
         flags, mode, resolve = struct.unpack("<QQQ", self.memory.read(n.pid, n.args[2], 24))
+        creates = flags & os.O_CREAT or (flags & _O_TMPFILE) == _O_TMPFILE
+        if flags & ~_VALID_OPEN_FLAGS or mode & ~0o7777 or (mode and not creates):
+            _seccomp.respond_error(self.listener, n.id, errno.EINVAL)  # as openat2 itself
+            return
         # RESOLVE_* flags narrow what the kernel may follow: resolve with them,
         # from the agent's own dirfd, so the answer is the one it asked for.
         self._open(n, name, _signed32(n.args[0]), n.args[1], flags, mode, resolve)
@@ -551,14 +651,16 @@ class Mediator:
         if not raw and flags & AT_EMPTY_PATH:
             raw = b"/proc/self/fd/%d" % dirfd
             dirfd = AT_FDCWD
-        argv = (
-            [
-                os.fsdecode(self.memory.read_cstring(tid, p, 131072))
-                for p in self.memory.read_pointer_array(tid, argv_ptr)
-            ]
-            if argv_ptr
-            else []
-        )
+        argv: list[str] = []
+        total = 0
+        for pointer in self.memory.read_pointer_array(tid, argv_ptr) if argv_ptr else ():
+            arg = self.memory.read_cstring(tid, pointer, _MAX_ARG_STRLEN)
+            # The kernel would refuse more than this too; without the cap, one
+            # 128 KiB string named many times over is gigabytes to read.
+            total += len(arg) + 1
+            if total > _MAX_ARGV_BYTES:
+                raise OSError(errno.E2BIG, "argument list too long")
+            argv.append(os.fsdecode(arg))
         node = self.resolve(
             tid, dirfd, raw, follow=not flags & AT_SYMLINK_NOFOLLOW, want_script=True
         )
@@ -581,6 +683,8 @@ class Mediator:
         # could swap argv after this check.  Remember what was allowed and
         # hold the new image to it at its first trapped syscall.
         self._execs[tgid] = _AllowedExec(argv, _cmdline(tgid), script=len(checks) > 2)
+        if len(self._execs) > _PER_PROCESS_CACHE:
+            self._execs.popitem(last=False)  # exec'd, and never made a trapped call since
         _seccomp.respond_continue(self.listener, n.id)
 
     def _exec_as_decided(self, notif: _seccomp.Notification) -> bool:
@@ -773,6 +877,11 @@ class Mediator:
         *args: object,
     ) -> None:
         """`op` on the pinned object, or on the agent's own fd for the f* calls."""
+        if node.error and not node.target.startswith("/"):
+            # A bad fd names nothing a rule could: the kernel's own answer.
+            self.release(node)
+            self._fail(n, node.error)
+            return
         response = self._decide(n, syscall, action, node.target)
         if not response.proceeds:
             self.release(node)
@@ -782,7 +891,7 @@ class Mediator:
             self._fail(n, node.error)
         elif node.fd >= 0:
             try:
-                self.broker.act(_FD_OPS[op], n.id, *args, fds=(node.fd,))
+                self.broker.act(_FD_OPS.get(op, op), n.id, *args, fds=(node.fd,))
             finally:
                 node.close()
         else:
@@ -796,7 +905,7 @@ class Mediator:
     def _fd_object(self, n: _seccomp.Notification, agent_fd: int) -> Resolved:
         """Take a copy of the agent's fd, so a dup2 behind our back changes nothing."""
         try:
-            fd = _proc.pidfd_getfd(self._pidfd(n.pid), agent_fd)
+            fd = self._agent_fd(n.pid, agent_fd)
         except OSError as exc:
             return Resolved(f"fd:{agent_fd}", error=exc.errno or errno.EBADF)
         try:
@@ -810,8 +919,12 @@ class Mediator:
         return self._checked(Resolved(path, pinned, fd=fd))
 
     def _on_truncate(self, n: _seccomp.Notification, name: str) -> None:
+        length = n.args[1]
+        if length >= 1 << 63:  # a negative off_t
+            _seccomp.respond_error(self.listener, n.id, errno.EINVAL)
+            return
         node = self._path_object(n, AT_FDCWD, n.args[0])
-        self._object_op(n, name, ActionType.FILE_WRITE, node, broker.TRUNCATE, n.args[1])
+        self._object_op(n, name, ActionType.FILE_WRITE, node, broker.TRUNCATE, length)
 
     def _chmod(self, n: _seccomp.Notification, syscall: str, node: Resolved, mode: int) -> None:
         # A setuid or setgid file the agent made would run with its owner's
@@ -843,7 +956,8 @@ class Mediator:
     def _chown(
         self, n: _seccomp.Notification, syscall: str, node: Resolved, uid: int, gid: int
     ) -> None:
-        uid, gid = _signed32(uid), _signed32(gid)
+        # uid_t and gid_t are unsigned 32-bit; all ones means "leave it".
+        uid, gid = (-1 if i & 0xFFFFFFFF == 0xFFFFFFFF else i & 0xFFFFFFFF for i in (uid, gid))
         self._object_op(n, syscall, ActionType.FILE_CHMOD, node, broker.CHOWN, uid, gid)
 
     def _on_chown(self, n: _seccomp.Notification, name: str) -> None:
@@ -865,6 +979,308 @@ class Mediator:
                 n, _signed32(n.args[0]), n.args[1], follow=not flags & AT_SYMLINK_NOFOLLOW
             )
         self._chown(n, name, node, n.args[2], n.args[3])
+
+    # -- metadata: extended attributes, times, inode flags -------------------------
+    # Decided on the real path like chmod (attributes, flags) or a write
+    # (times), and done by the broker on the pinned object or on a copy of
+    # the agent's fd: a uid-0 agent without capabilities still owns root's
+    # files, so its own rights are no limit here.  The arguments are read
+    # before the path is pinned, in the kernel's order, so a bad one leaves
+    # nothing pinned.
+
+    def _at_object(
+        self, n: _seccomp.Notification, dirfd: int, path_ptr: int, at_flags: int
+    ) -> Resolved:
+        """The object of an `*at` call: the path from `dirfd`, or `dirfd` with AT_EMPTY_PATH."""
+        raw = b""
+        if path_ptr or not at_flags & AT_EMPTY_PATH:
+            raw = self.memory.read_cstring(n.pid, path_ptr)
+        if not raw and at_flags & AT_EMPTY_PATH:
+            return self._fd_object(n, dirfd)
+        return self.resolve(n.pid, dirfd, raw, follow=not at_flags & AT_SYMLINK_NOFOLLOW)
+
+    def _xattr_name(self, tid: int, ptr: int) -> bytes:
+        try:
+            name = self.memory.read_cstring(tid, ptr, _XATTR_NAME_MAX + 1)
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                raise OSError(errno.ERANGE, "attribute name too long") from exc
+            raise
+        if not name:
+            raise OSError(errno.ERANGE, "empty attribute name")
+        return name
+
+    def _xattr_value(self, tid: int, ptr: int, size: int, flags: int) -> bytes:
+        if flags & ~(_XATTR_CREATE | _XATTR_REPLACE):
+            raise OSError(errno.EINVAL, "unknown setxattr flags")
+        if size > _XATTR_SIZE_MAX:
+            raise OSError(errno.E2BIG, "attribute value too large")
+        return self.memory.read(tid, ptr, size) if size else b""
+
+    def _xattr(
+        self,
+        n: _seccomp.Notification,
+        syscall: str,
+        node: Resolved,
+        name: bytes,
+        value: bytes | None,
+        flags: int = 0,
+    ) -> None:
+        """Set (or with `value` None remove) attribute `name`: decided as file_chmod."""
+        if node.fd < 0 and not node.error and stat.S_ISLNK(node.pinned.mode):
+            # The l* calls on a symlink itself: user.* attributes cannot live
+            # there and the others need capabilities the agent does not have.
+            response = self._decide(n, syscall, ActionType.FILE_CHMOD, node.target)
+            self.release(node)
+            self._refuse(n, response, errno.EACCES if not response.proceeds else errno.EPERM)
+            return
+        self._object_op(n, syscall, ActionType.FILE_CHMOD, node, broker.XATTR, name, value, flags)
+
+    def _setxattr(self, n: _seccomp.Notification, syscall: str, follow: bool) -> None:
+        a = n.args
+        name = self._xattr_name(n.pid, a[1])
+        value = self._xattr_value(n.pid, a[2], a[3], a[4] & 0xFFFFFFFF)
+        node = self._path_object(n, AT_FDCWD, a[0], follow=follow)
+        self._xattr(n, syscall, node, name, value, a[4] & 0xFFFFFFFF)
+
+    def _on_setxattr(self, n: _seccomp.Notification, name: str) -> None:
+        self._setxattr(n, name, follow=True)
+
+    def _on_lsetxattr(self, n: _seccomp.Notification, name: str) -> None:
+        self._setxattr(n, name, follow=False)
+
+    def _on_fsetxattr(self, n: _seccomp.Notification, name: str) -> None:
+        a = n.args
+        attribute = self._xattr_name(n.pid, a[1])
+        value = self._xattr_value(n.pid, a[2], a[3], a[4] & 0xFFFFFFFF)
+        node = self._fd_object(n, _signed32(a[0]))
+        self._xattr(n, name, node, attribute, value, a[4] & 0xFFFFFFFF)
+
+    def _on_setxattrat(self, n: _seccomp.Notification, name: str) -> None:
+        """setxattrat(dirfd, path, at_flags, name, &struct xattr_args, size)."""
+        a = n.args
+        at_flags = a[2] & 0xFFFFFFFF
+        if at_flags & ~(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH) or a[5] < _XATTR_ARGS.size:
+            raise OSError(errno.EINVAL, "bad setxattrat arguments")
+        if a[5] > 4096:
+            raise OSError(errno.E2BIG, "xattr_args too large")
+        value_ptr, size, flags = _XATTR_ARGS.unpack(self.memory.read(n.pid, a[4], _XATTR_ARGS.size))
+        attribute = self._xattr_name(n.pid, a[3])
+        value = self._xattr_value(n.pid, value_ptr, size, flags)
+        node = self._at_object(n, _signed32(a[0]), a[1], at_flags)
+        self._xattr(n, name, node, attribute, value, flags)
+
+    def _on_removexattr(self, n: _seccomp.Notification, name: str) -> None:
+        attribute = self._xattr_name(n.pid, n.args[1])
+        self._xattr(n, name, self._path_object(n, AT_FDCWD, n.args[0]), attribute, None)
+
+    def _on_lremovexattr(self, n: _seccomp.Notification, name: str) -> None:
+        attribute = self._xattr_name(n.pid, n.args[1])
+        node = self._path_object(n, AT_FDCWD, n.args[0], follow=False)
+        self._xattr(n, name, node, attribute, None)
+
+    def _on_fremovexattr(self, n: _seccomp.Notification, name: str) -> None:
+        attribute = self._xattr_name(n.pid, n.args[1])
+        self._xattr(n, name, self._fd_object(n, _signed32(n.args[0])), attribute, None)
+
+    def _on_removexattrat(self, n: _seccomp.Notification, name: str) -> None:
+        a = n.args
+        at_flags = a[2] & 0xFFFFFFFF
+        if at_flags & ~(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH):
+            raise OSError(errno.EINVAL, "bad removexattrat flags")
+        attribute = self._xattr_name(n.pid, a[3])
+        self._xattr(n, name, self._at_object(n, _signed32(a[0]), a[1], at_flags), attribute, None)
+
+    def _times(self, tid: int, ptr: int, layout: str) -> tuple[_proc.Instant, _proc.Instant] | None:
+        """The two times a call names (None: now), checked as the kernel checks them.
+
+        `layout`: "timespec" (utimensat), "timeval" (utimes, futimesat) or
+        "utimbuf" (utime).
+        """
+        if ptr == 0:
+            return None
+        if layout == "utimbuf":
+            access, modify = struct.unpack("<qq", self.memory.read(tid, ptr, 16))
+            return (access, 0), (modify, 0)
+        a_sec, a_sub, m_sec, m_sub = struct.unpack("<qqqq", self.memory.read(tid, ptr, 32))
+        if layout == "timeval":
+            if not (0 <= a_sub < 1_000_000 and 0 <= m_sub < 1_000_000):
+                raise OSError(errno.EINVAL, "microseconds out of range")
+            return (a_sec, a_sub * 1000), (m_sec, m_sub * 1000)
+        for sub in (a_sub, m_sub):
+            if not (0 <= sub < 1_000_000_000 or sub in (_proc.UTIME_NOW, _proc.UTIME_OMIT)):
+                raise OSError(errno.EINVAL, "nanoseconds out of range")
+        return (a_sec, a_sub), (m_sec, m_sub)
+
+    def _set_times(
+        self,
+        n: _seccomp.Notification,
+        syscall: str,
+        times: tuple[_proc.Instant, _proc.Instant] | None,
+        node_of: Callable[[], Resolved],
+    ) -> None:
+        """Change an object's times: decided as a write to it."""
+        if times is not None and times[0][1] == times[1][1] == _proc.UTIME_OMIT:
+            _seccomp.respond_value(self.listener, n.id, 0)  # nothing to change: no lookup either
+            return
+        self._object_op(n, syscall, ActionType.FILE_WRITE, node_of(), broker.UTIMES, times)
+
+    def _on_utime(self, n: _seccomp.Notification, name: str) -> None:
+        times = self._times(n.pid, n.args[1], "utimbuf")
+        self._set_times(n, name, times, lambda: self._path_object(n, AT_FDCWD, n.args[0]))
+
+    def _on_utimes(self, n: _seccomp.Notification, name: str) -> None:
+        times = self._times(n.pid, n.args[1], "timeval")
+        self._set_times(n, name, times, lambda: self._path_object(n, AT_FDCWD, n.args[0]))
+
+    def _on_futimesat(self, n: _seccomp.Notification, name: str) -> None:
+        dirfd, path_ptr = _signed32(n.args[0]), n.args[1]
+        times = self._times(n.pid, n.args[2], "timeval")
+        if path_ptr == 0 and dirfd != AT_FDCWD:
+            self._set_times(n, name, times, lambda: self._fd_object(n, dirfd))
+        else:
+            self._set_times(n, name, times, lambda: self._path_object(n, dirfd, path_ptr))
+
+    def _on_utimensat(self, n: _seccomp.Notification, name: str) -> None:
+        dirfd, path_ptr, flags = _signed32(n.args[0]), n.args[1], n.args[3] & 0xFFFFFFFF
+        if flags & ~(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH):
+            raise OSError(errno.EINVAL, "unknown utimensat flags")
+        times = self._times(n.pid, n.args[2], "timespec")
+        if path_ptr == 0 and dirfd != AT_FDCWD:  # futimens()
+            if flags:
+                raise OSError(errno.EINVAL, "flags with a NULL path")
+            self._set_times(n, name, times, lambda: self._fd_object(n, dirfd))
+            return
+        self._set_times(n, name, times, lambda: self._at_object(n, dirfd, path_ptr, flags))
+
+    def _on_ioctl(self, n: _seccomp.Notification, name: str) -> None:
+        """The inode-flag ioctls (chattr): decided as file_chmod on the fd's file."""
+        request = n.args[1] & 0xFFFFFFFF
+        size = _IOCTL_ARGUMENT.get(request)
+        if size is None:  # not one the filter sends here
+            _seccomp.respond_continue(self.listener, n.id)
+            return
+        argument = self.memory.read(n.pid, n.args[2], size)
+        node = self._fd_object(n, _signed32(n.args[0]))
+        self._object_op(n, name, ActionType.FILE_CHMOD, node, broker.FD_IOCTL, request, argument)
+
+    # -- other processes ------------------------------------------------------------------
+    # With its own PID namespace the agent can only name its own processes.
+    # Without one (a kernel that refused it), each pid must belong to its
+    # tree, or the call fails with EPERM and a critical record: the agent
+    # once lowered its supervisor's RLIMIT_CPU this way.  A pid can only be
+    # recycled between the check and the call if its process was reaped and
+    # the pid space wrapped meanwhile.
+
+    def _own_namespace_of(self, tid: int, kind: str) -> bool:
+        own = self._own_namespace.get(kind)
+        if own is None:
+            theirs = _proc.namespace_id(tid, kind)
+            ours = _proc.namespace_id(os.getpid(), kind)
+            if theirs is None or ours is None:
+                return False  # cannot tell (the thread is gone): check as if shared
+            own = self._own_namespace[kind] = theirs != ours
+        return own
+
+    def _reach(
+        self,
+        n: _seccomp.Notification,
+        syscall: str,
+        pids: tuple[int, ...] = (),
+        group: int = 0,
+        user: int | None = None,
+    ) -> None:
+        """Let a call about other processes through only if they are the agent's own."""
+        if self._own_namespace_of(n.pid, "pid"):
+            _seccomp.respond_continue(self.listener, n.id)
+            return
+        outside = next((str(pid) for pid in pids if pid > 0 and not self.judge.in_tree(pid)), "")
+        if group > 0 and not self.judge.group_in_tree(group):
+            outside = f"pgrp:{group}"
+        if user is not None:
+            outside = f"user:{user & 0xFFFFFFFF}"  # every process of a uid: never only the agent's
+        if outside:
+            self.judge.refuse_outside(syscall, n.pid, outside)
+            self._fail(n, errno.EPERM)
+            return
+        _seccomp.respond_continue(self.listener, n.id)
+
+    def _first_pid(self, n: _seccomp.Notification, name: str) -> None:
+        self._reach(n, name, (_signed32(n.args[0]),))
+
+    _on_prlimit64 = _first_pid
+    _on_sched_setscheduler = _first_pid
+    _on_sched_setparam = _first_pid
+    _on_sched_setattr = _first_pid
+    _on_sched_setaffinity = _first_pid
+    _on_migrate_pages = _first_pid
+    _on_move_pages = _first_pid
+
+    def _on_kcmp(self, n: _seccomp.Notification, name: str) -> None:
+        self._reach(n, name, (_signed32(n.args[0]), _signed32(n.args[1])))
+
+    def _which_who(self, n: _seccomp.Notification, name: str, kinds: tuple[int, int, int]) -> None:
+        """setpriority/ioprio_set: `which` says whether `who` is a pid, a group or a uid."""
+        which, who = n.args[0] & 0xFFFFFFFF, _signed32(n.args[1])
+        process, group, user = kinds
+        if which == process:
+            self._reach(n, name, (who,))
+        elif which == group:
+            self._reach(n, name, group=who)
+        elif which == user:
+            self._reach(n, name, user=who)
+        else:
+            _seccomp.respond_continue(self.listener, n.id)  # EINVAL from the kernel
+
+    def _on_setpriority(self, n: _seccomp.Notification, name: str) -> None:
+        self._which_who(n, name, (0, _seccomp.PRIO_PGRP, _seccomp.PRIO_USER))
+
+    def _on_ioprio_set(self, n: _seccomp.Notification, name: str) -> None:
+        self._which_who(n, name, (1, _seccomp.IOPRIO_WHO_PGRP, _seccomp.IOPRIO_WHO_USER))
+
+    def _pidfd_target(self, n: _seccomp.Notification, syscall: str) -> int:
+        """A copy of the pidfd in the first argument, if its process is the agent's; else -1.
+
+        A pidfd can come from outside even with a PID namespace (passed over
+        a socket), so it is always checked, on a copy the agent cannot swap.
+        """
+        pidfd = self._agent_socket(n)  # any fd: the same duplicate
+        if pidfd < 0:
+            return -1
+        pid = _proc.pidfd_target(os.getpid(), pidfd)
+        if pid is None or pid <= 0 or self.judge.in_tree(pid):
+            return pidfd  # not a live pidfd: the broker's call fails as the agent's would
+        os.close(pidfd)
+        self.judge.refuse_outside(syscall, n.pid, str(pid))
+        self._fail(n, errno.EPERM)
+        return -1
+
+    def _on_pidfd_getfd(self, n: _seccomp.Notification, name: str) -> None:
+        """Taken by the broker through the pidfd that was checked, then installed."""
+        if n.args[2] & 0xFFFFFFFF:
+            raise OSError(errno.EINVAL, "pidfd_getfd takes no flags")
+        pidfd = self._pidfd_target(n, name)
+        if pidfd < 0:
+            return
+        try:
+            self.broker.act(broker.FD_GETFD, n.id, _signed32(n.args[1]), fds=(pidfd,))
+        finally:
+            os.close(pidfd)
+
+    def _on_process_madvise(self, n: _seccomp.Notification, name: str) -> None:
+        """process_madvise(pidfd, iovec, vlen, advice, flags): the broker, on the checked pidfd."""
+        vlen = n.args[2]
+        if vlen > 1024:
+            raise OSError(errno.EINVAL, "too many iovecs")
+        iovecs = self.memory.read(n.pid, n.args[1], 16 * vlen) if vlen else b""
+        pidfd = self._pidfd_target(n, name)
+        if pidfd < 0:
+            return
+        advice, flags = _signed32(n.args[3]), n.args[4] & 0xFFFFFFFF
+        try:
+            self.broker.act(broker.FD_MADVISE, n.id, iovecs, advice, flags, fds=(pidfd,))
+        finally:
+            os.close(pidfd)
 
     # -- network and memory ---------------------------------------------------------
     # The supervisor decides on the address it copied once; the broker makes the
@@ -913,7 +1329,7 @@ class Mediator:
     def _agent_socket(self, n: _seccomp.Notification) -> int:
         """A duplicate of the socket in the syscall's first argument; -1 if answered."""
         try:
-            return _proc.pidfd_getfd(self._pidfd(n.pid), _signed32(n.args[0]))
+            return self._agent_fd(n.pid, _signed32(n.args[0]))
         except OSError as exc:
             _seccomp.respond_error(self.listener, n.id, exc.errno or errno.EBADF)
             return -1
@@ -994,6 +1410,57 @@ class Mediator:
 
         self._wait_writable(fd, done, timed_out, CONNECT_TIMEOUT)
 
+    def _on_listen(self, n: _seccomp.Notification, name: str) -> None:
+        """listen on a socket never bound is a bind: to the wildcard address, any port.
+
+        The kernel binds such a socket itself (0.0.0.0, or [::]) and it takes
+        connections from everywhere; that is judged as a bind to 0.0.0.0:0
+        (or [::]:0).  A bound socket was judged at its bind.  Either way the
+        broker listens on the very socket that was looked at, so a thread
+        swapping the fd number meanwhile changes nothing.
+        """
+        fd, family, _kind = self._socket_kind(n)
+        if fd < 0:
+            return
+        try:
+            if family not in (socket.AF_INET, socket.AF_INET6):
+                _seccomp.respond_continue(self.listener, n.id)  # unix: decided at bind
+                return
+            with socket.socket(fileno=os.dup(fd)) as sock:
+                port = sock.getsockname()[1]
+            if port == 0:
+                target = "0.0.0.0:0" if family == socket.AF_INET else "[::]:0"
+                response = self._decide(n, name, ActionType.NETWORK_CONNECT, target)
+                if not response.proceeds:
+                    self._refuse(n, response, errno.EPERM)
+                    return
+            backlog = _signed32(n.args[1])
+            # A negative backlog means "as many as allowed" to the kernel; to
+            # Python's listen() it would mean 0.
+            self.broker.act(broker.LISTEN, n.id, backlog if backlog >= 0 else 4096, fds=(fd,))
+        finally:
+            os.close(fd)
+
+    def _on_socket(self, n: _seccomp.Notification, name: str) -> None:
+        """Packet, raw and netlink sockets (only those reach here, from BPF).
+
+        In a network namespace of its own they see only the agent's loopback,
+        and the kernel's capability checks apply.  Outside one they see the
+        host's network: a rule must allow them, as `network_connect` targets
+        `packet:0xPROTO`, `raw:FAMILY:PROTO` or `netlink:PROTOCOL` (e.g.
+        `netlink:route`, which glibc's getaddrinfo probes with AI_ADDRCONFIG).
+        """
+        family, kind, protocol = (a & 0xFFFFFFFF for a in n.args[:3])
+        target = socket_target(family, kind & 0xF, protocol)
+        if target is None or self._own_namespace_of(n.pid, "net"):
+            _seccomp.respond_continue(self.listener, n.id)
+            return
+        response = self._decide(n, name, ActionType.NETWORK_CONNECT, target)
+        if not response.proceeds:
+            self._refuse(n, response, errno.EPERM)
+            return
+        _seccomp.respond_continue(self.listener, n.id)
+
     def _on_sendto(self, n: _seccomp.Notification, name: str) -> None:
         """A datagram to an address: for IP, sent by the broker with the copied address.
 
@@ -1009,11 +1476,18 @@ class Mediator:
             self.release(node)
         address = ip_address_tuple(data)
         length = n.args[2]
+        if address is not None and length > _MAX_DATAGRAM and n.args[3] & _MSG_FASTOPEN:
+            # A continued TCP Fast Open would connect to whatever the address
+            # says by then; past a datagram's size only TCP could take it.
+            self._fail(n, errno.EOPNOTSUPP)
+            return
         if address is None or length > _MAX_DATAGRAM:
+            # Too long for UDP (EMSGSIZE before the address is looked at), or
+            # not an IP address: the kernel may have it as it is.
             _seccomp.respond_continue(self.listener, n.id)
             return
         payload = self.memory.read(n.pid, n.args[1], length) if length else b""
-        self._send_datagram(n, payload, n.args[3] & 0xFFFFFFFF, address)
+        self._send_datagram(n, payload, _signed32(n.args[3]), address)
 
     def _send_datagram(
         self, n: _seccomp.Notification, payload: bytes, flags: int, address: tuple[object, ...]
@@ -1051,7 +1525,7 @@ class Mediator:
         (name_ptr, name_len, iov_ptr, iov_count, _control_ptr, control_len, _flags) = (
             _MSGHDR.unpack(self.memory.read(n.pid, n.args[1], _MSGHDR.size))
         )
-        flags = n.args[2] & 0xFFFFFFFF
+        flags = _signed32(n.args[2])
         fd, family, kind = self._socket_kind(n)
         if fd < 0:
             return
@@ -1135,7 +1609,7 @@ class Mediator:
             if not ip_datagrams:
                 _seccomp.respond_continue(self.listener, n.id)
                 return
-            flags = n.args[3] & 0xFFFFFFFF
+            flags = _signed32(n.args[3])
             self.broker.act(broker.SENDMMSG, n.id, messages, flags, fds=(fd,))
         finally:
             os.close(fd)
@@ -1168,6 +1642,29 @@ def ip_address_tuple(data: bytes) -> tuple[object, ...] | None:
         port, flowinfo = struct.unpack_from(">HI", data, 2)
         scope_id = struct.unpack_from("<I", data, 24)[0]
         return (socket.inet_ntop(socket.AF_INET6, data[8:24]), port, flowinfo, scope_id)
+    return None
+
+
+_NETLINK_NAMES = {
+    0: "route", 2: "usersock", 4: "sock_diag", 5: "nflog", 6: "xfrm", 7: "selinux",
+    9: "audit", 10: "fib_lookup", 12: "netfilter", 15: "uevent", 16: "generic",
+}  # fmt: skip
+_FAMILY_NAMES: dict[int, str] = {socket.AF_INET: "inet", socket.AF_INET6: "inet6"}
+
+
+def socket_target(family: int, kind: int, protocol: int) -> str | None:
+    """The `network_connect` target for creating a packet, raw or netlink socket.
+
+    None for anything else (a unix SOCK_RAW is a datagram socket).
+    """
+    if family == _seccomp.AF_NETLINK:
+        return "netlink:" + _NETLINK_NAMES.get(protocol, str(protocol))
+    if family == _seccomp.AF_PACKET:
+        return f"packet:0x{socket.ntohs(protocol & 0xFFFF):04x}"
+    if family == socket.AF_UNIX:
+        return None
+    if kind in (_seccomp.SOCK_RAW, _seccomp.SOCK_PACKET):
+        return f"raw:{_FAMILY_NAMES.get(family, f'family{family}')}:{protocol}"
     return None
 
 

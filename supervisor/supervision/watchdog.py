@@ -15,10 +15,13 @@ Imports are kept minimal so it starts fast.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource  # imported now: an import needs fds, which may be gone later
 import select
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
@@ -31,6 +34,8 @@ if TYPE_CHECKING:
 
 # How often to look whether the supervisor removed the groups itself.
 _GROUP_CHECK_MS = 500
+# Enough fds for the cleanup (a pidfd per process signalled, a group file).
+_MIN_FDS = 256
 
 
 def spawn_watchdog(supervisor_pid: int, cgroup: AgentCgroup) -> subprocess.Popen[bytes]:
@@ -79,7 +84,13 @@ def _parse_args(argv: Sequence[str]) -> tuple[int, list[str]]:
 
 
 def _supervisor_gone(pid: int, groups: list[str]) -> bool:
-    """Block until the supervisor exits (True) or the groups vanish (False)."""
+    """Block until the supervisor exits (True) or the groups vanish (False).
+
+    Nothing an agent can do to this process may end the wait early: if
+    poll fails (an agent once lowered our RLIMIT_NOFILE below one fd, and
+    poll said EINVAL), the limit is put back and the pidfd is probed with
+    signal 0 instead, twice a second.
+    """
     try:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
@@ -88,12 +99,44 @@ def _supervisor_gone(pid: int, groups: list[str]) -> bool:
         poller = select.poll()
         poller.register(pidfd, select.POLLIN)
         while True:
-            if poller.poll(_GROUP_CHECK_MS):
-                return True
-            if not any(os.path.isdir(group) for group in groups):
+            try:
+                if poller.poll(_GROUP_CHECK_MS):
+                    return True
+            except OSError:
+                _restore_fd_limit()
+                time.sleep(_GROUP_CHECK_MS / 1000)
+                if not _alive(pidfd):
+                    return True
+            if not _groups_exist(groups):
                 return False
     finally:
         os.close(pidfd)
+
+
+def _alive(pidfd: int) -> bool:
+    try:
+        signal.pidfd_send_signal(pidfd, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        pass  # cannot tell: keep waiting, the poll may work again
+    return True
+
+
+def _groups_exist(groups: list[str]) -> bool:
+    try:
+        return any(os.path.isdir(group) for group in groups)
+    except OSError:
+        return True  # cannot look (isdir needs no fd, but be sure): assume so
+
+
+def _restore_fd_limit() -> None:
+    """Put RLIMIT_NOFILE back to something sane; the cleanup needs a few fds."""
+    with contextlib.suppress(OSError, ValueError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < _MIN_FDS:
+            wanted = max(hard, _MIN_FDS) if os.geteuid() == 0 else hard
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(_MIN_FDS, wanted), wanted))
 
 
 def _quiet_exit(_signum: int, _frame: object) -> NoReturn:
@@ -107,8 +150,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     # The supervisor is gone: from here on nothing may stop the cleanup.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if not kill_groups(groups, timeout=5.0):
-        print(f"agentsup watchdog: processes left in {groups}", file=sys.stderr)
+    for attempt in range(3):
+        _restore_fd_limit()
+        try:
+            if not kill_groups(groups, timeout=5.0):
+                print(f"agentsup watchdog: processes left in {groups}", file=sys.stderr)
+            break
+        except OSError as exc:  # out of fds or memory for a moment: try again
+            print(
+                f"agentsup watchdog: cleanup failed ({exc}), attempt {attempt + 1}", file=sys.stderr
+            )
+            time.sleep(0.2)
     remove_groups(groups)
     return 0
 

@@ -1,0 +1,182 @@
+"""A supervisor no agent can break: bad arguments, signal storms, thousands of threads.
+
+Each test runs a real agent that attacks the supervisor's own machinery, and
+checks that every syscall was answered, the supervisor lived on, and what it
+decided still happened (a secret read kills the agent).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+from conftest import AGENTS, Sandbox, agent_reports
+
+pytestmark = [
+    pytest.mark.requires_root,
+    pytest.mark.requires_seccomp_notify,
+    pytest.mark.requires_landlock,
+]
+
+ATTACK = "attack.py"
+
+FUZZ_POLICY = """
+name: fuzz
+default: deny
+on_violation: block
+rules:
+  - id: workspace
+    actions: [file_read, file_write, file_delete, file_move, file_chmod]
+    target: "{workspace}/**"
+    decision: allow
+  - id: system-read
+    actions: [file_read]
+    pattern: '^/(?:usr|lib|lib64|etc|proc|dev|bin|sys)(?:/|\\Z)'
+    decision: allow
+  - id: its-python
+    actions: [file_read]
+    target: "{python}/**"
+    decision: allow
+  - id: the-fuzzer
+    actions: [shell_execute]
+    pattern: '^python3 attack\\.py '
+    decision: allow
+  - id: its-interpreter
+    actions: [process_spawn]
+    target: "**"
+    decision: allow
+"""
+
+
+@pytest.fixture
+def attacker(sandbox: Sandbox) -> Sandbox:
+    shutil.copy(AGENTS / ATTACK, sandbox.workspace / ATTACK)
+    return sandbox
+
+
+def _reports(result: subprocess.CompletedProcess[str]) -> dict[str, dict[str, object]]:
+    return {str(r["op"]): r for r in agent_reports(result.stdout)}
+
+
+def test_a_pointer_past_user_space_is_efault_and_the_supervisor_lives(attacker: Sandbox) -> None:
+    result = attacker.run("python3", ATTACK, "bad_pointer", "then", "hostname")
+    reports = _reports(result)
+    assert reports["bad_pointer"]["data"] == ["EFAULT"] * 4, result.stderr
+    assert "hostname" in reports  # the agent went on, so the supervisor answered it
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_notification_fuzzer_leaves_the_supervisor_alive(attacker: Sandbox) -> None:
+    """Thousands of notified syscalls with random arguments: each is answered."""
+    policy = attacker.policy("fuzz", FUZZ_POLICY)
+    calls = 0
+    for seed in ("1", "2"):
+        fuzz_dir = attacker.workspace / f"fuzz-{seed}"  # a fresh one: the last may be mode 000
+        fuzz_dir.mkdir()
+        result = attacker.run(
+            "python3",
+            ATTACK,
+            *("fuzz", "3000", "9", seed, str(fuzz_dir)),
+            "then",
+            "hostname",
+            policy=policy,
+            timeout=60,
+        )
+        reports = _reports(result)
+        assert "fuzz" in reports, result.stdout[-2000:] + result.stderr[-3000:]
+        assert "hostname" in reports, result.stderr[-3000:]
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "Traceback" not in result.stderr, result.stderr[-3000:]
+        data = reports["fuzz"]["data"]
+        assert isinstance(data, dict)
+        calls += int(data["calls"])
+    assert calls >= 2000, calls
+    verify = attacker.agentsup("audit", "verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_a_denied_path_that_is_not_utf8_is_recorded_and_kills(attacker: Sandbox) -> None:
+    """Its record once could not be written, and the kill that follows it never came."""
+    secret = os.fsdecode(bytes(attacker.key.parent) + b"/id_\xff")
+    result = attacker.run("python3", "-c", f"open({secret.encode(errors='surrogateescape')!r})")
+    assert result.returncode == 137, result.stderr[-2000:]
+    (record,) = [
+        r
+        for r in attacker.audit_records()
+        if r.get("rule") == "secret-ssh" and r["kind"] == "decision"
+    ]
+    assert record["target"] == str(attacker.key.parent) + "/id_\\xff"
+
+
+def _flood(pid: int, stop: threading.Event, sent: list[int]) -> None:
+    """SIGCHLD, SIGWINCH and SIGURG at the supervisor, as fast as they go."""
+    signals = (signal.SIGCHLD, signal.SIGWINCH, signal.SIGURG)
+    while not stop.is_set():
+        for sig in signals:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                return
+            sent[0] += 1
+
+
+def test_a_signal_storm_at_the_supervisor_breaks_no_open(attacker: Sandbox) -> None:
+    """Every open answered during the storm is a real fd with the file's data."""
+    data = attacker.workspace / "data.txt"
+    data.write_text("the data\n")
+    proc = subprocess.Popen(
+        attacker.command("python3", ATTACK, "open_many", str(data), "3000"),
+        env=attacker.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    stop, sent = threading.Event(), [0]
+    flooder = threading.Thread(target=_flood, args=(proc.pid, stop, sent))
+    time.sleep(0.3)  # the supervisor has set up its handlers
+    flooder.start()
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        stop.set()
+        flooder.join()
+    reports = {str(r["op"]): r for r in agent_reports(out)}
+    assert reports.get("open_many", {}).get("result") == "ok", (reports, err[-2000:])
+    assert proc.returncode == 0, err[-2000:]
+    assert sent[0] > 1000, sent
+
+
+def _low_fd_limit() -> None:
+    # The supervisor's own limit: 20,000 threads must fit under it many times over.
+    resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
+
+
+def test_twenty_thousand_threads_later_a_secret_read_still_kills(attacker: Sandbox) -> None:
+    data = attacker.workspace / "data.txt"
+    data.write_text("x")
+    proc = subprocess.run(
+        attacker.command(
+            "python3",
+            ATTACK,
+            *("threads_then", "20000", str(data)),
+            *("then", "read_then_survive", str(attacker.key)),
+        ),
+        env=attacker.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=_low_fd_limit,
+    )
+    reports = _reports(proc)
+    assert reports.get("threads", {}).get("data") == 20000, proc.stderr[-2000:]
+    assert "SURVIVED" not in proc.stdout, proc.stderr[-2000:]
+    assert proc.returncode == 137, proc.stderr[-2000:]
+    kills = [r for r in attacker.audit_records() if r.get("kind") == "signal"]
+    assert kills and kills[-1]["signal"] == "SIGKILL"
