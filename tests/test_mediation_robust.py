@@ -180,3 +180,33 @@ def test_twenty_thousand_threads_later_a_secret_read_still_kills(attacker: Sandb
     assert proc.returncode == 137, proc.stderr[-2000:]
     kills = [r for r in attacker.audit_records() if r.get("kind") == "signal"]
     assert kills and kills[-1]["signal"] == "SIGKILL"
+
+
+def test_a_kill_the_supervisor_cannot_confirm_escalates_and_is_recorded(
+    attacker: Sandbox,
+) -> None:
+    """Out of fds when a secret is read: the kill goes out through fds opened at start."""
+    go = attacker.workspace / "go"
+    proc = subprocess.Popen(
+        attacker.command(
+            "python3",
+            ATTACK,
+            *("wait_for", str(go), "then", "read_then_survive", str(attacker.key)),
+        ),
+        env=attacker.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert '"waiting"' in proc.stdout.readline()
+    # Not one more fd for the supervisor: reading the group's members fails.
+    in_use = len(os.listdir(f"/proc/{proc.pid}/fd"))
+    resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (in_use, in_use))
+    go.write_text("")
+    out, err = proc.communicate(timeout=60)
+    assert "SURVIVED" not in out, err[-2000:]
+    assert proc.returncode == 137, err[-2000:]
+    kills = [r for r in attacker.audit_records() if r.get("signal") == "SIGKILL"]
+    assert kills[0]["rule"] == "secret-ssh", kills
+    assert kills[0]["confirmed"] is False and "cgroup.kill" in kills[0]["escalated"], kills

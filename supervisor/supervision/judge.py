@@ -178,19 +178,22 @@ class ProcessTree:
     def __init__(self, group: cgroups.AgentCgroup | None, root_pid: int) -> None:
         self.group = group
         self.root_pid = root_pid
-        self._kill_fd = -1
-        self._root_fd = -1
-        if group is not None:
-            with contextlib.suppress(OSError):
-                self._kill_fd = os.open(f"{group.tracking}/cgroup.kill", os.O_WRONLY | os.O_CLOEXEC)
+        self._kill_fd = self._events_fd = self._root_fd = -1
+        if group is not None:  # v2 only: a v1 group has neither file
+            self._kill_fd = _open_or_none(f"{group.tracking}/cgroup.kill", os.O_WRONLY)
+            self._events_fd = _open_or_none(f"{group.tracking}/cgroup.events", os.O_RDONLY)
         with contextlib.suppress(OSError):
             self._root_fd = os.pidfd_open(root_pid)
-        weakref.finalize(self, _close_fds, (self._kill_fd, self._root_fd))
+        weakref.finalize(self, _close_fds, (self._kill_fd, self._events_fd, self._root_fd))
 
     def pids(self) -> set[int]:
-        if self.group is not None:
-            return self.group.pids()
-        found = cgroups.descendants(self.root_pid)
+        """The tree's processes; only its root when they cannot be read (out of fds)."""
+        try:
+            if self.group is not None:
+                return self.group.pids()
+            found = cgroups.descendants(self.root_pid)
+        except OSError:
+            return {self.root_pid}  # not empty: a kill still goes out, and escalates
         if os.path.exists(f"/proc/{self.root_pid}"):
             found.add(self.root_pid)
         return found
@@ -213,17 +216,18 @@ class ProcessTree:
     def kill(self) -> list[str]:
         """SIGKILL the whole tree; [] when that is confirmed, else how it was escalated.
 
-        Confirmed means the cgroup was seen empty (or, without one, every
-        process found was signalled).  Otherwise the fds opened up front are
-        used: `cgroup.kill`, and SIGKILL to the tree's root, whose death takes
-        the agent's init and with it its PID namespace.
+        Confirmed means the group's `cgroup.events` says it is no longer
+        populated (read through an fd opened at start: a sweep that could not
+        open the group's files sees no members, which proves nothing).
+        Without a cgroup, every process found is signalled.  Unconfirmed, the
+        fds opened up front are used: `cgroup.kill`, and SIGKILL to the tree's
+        root, whose death takes the agent's init and its PID namespace along.
         """
         try:
-            if self.group is not None:
-                if cgroups.kill_groups([self.group.tracking]):
-                    return []
-            else:
+            if self.group is None:
                 self.signal_all(signal.SIGKILL)
+                return []
+            if cgroups.kill_groups([self.group.tracking]) and self._emptied():
                 return []
         except OSError:
             pass
@@ -238,6 +242,21 @@ class ProcessTree:
                 escalated.append("root")
         return escalated or ["nothing"]
 
+    def _emptied(self, timeout: float = 1.0) -> bool:
+        """Whether `cgroup.events` says "populated 0" within `timeout` (no file: trust it)."""
+        if self._events_fd < 0:
+            return True
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if b"populated 0" in os.pread(self._events_fd, 256, 0):
+                    return True
+            except OSError:
+                return False
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+
     def has(self, pid: int) -> bool:
         """Whether `pid` (a process or thread id, as we number it) belongs to the tree."""
         return thread_group_id(pid) in self.pids()
@@ -249,6 +268,13 @@ class ProcessTree:
         own processes, so a group any of them is in is wholly the agent's.
         """
         return any(process_group(pid) == pgid for pid in self.pids())
+
+
+def _open_or_none(path: str, flags: int) -> int:
+    try:
+        return os.open(path, flags | os.O_CLOEXEC)
+    except OSError:
+        return -1
 
 
 def _close_fds(fds: tuple[int, ...]) -> None:

@@ -461,6 +461,16 @@ def op_threads_then(count: str, path: str) -> None:
     report("threads", "ok", started)
 
 
+def op_wait_for(path: str) -> None:
+    """Say so on stdout, then wait (stat only: nothing mediated) until `path` exists."""
+    import time
+
+    report("waiting", "ok")
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def op_read_then_survive(path: str) -> None:
     try:
         with open(path, "rb") as f:
