@@ -14,9 +14,14 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
+import test_unprivileged as unprivileged
 from conftest import AGENTS, Sandbox, agent_reports
+
+# The fixture that runs a copy of agentsup as `nobody`, shared with that module.
+nobody_home = unprivileged.unprivileged_home
 
 pytestmark = [
     pytest.mark.requires_root,
@@ -113,6 +118,32 @@ def test_a_denied_path_that_is_not_utf8_is_recorded_and_kills(attacker: Sandbox)
         if r.get("rule") == "secret-ssh" and r["kind"] == "decision"
     ]
     assert record["target"] == str(attacker.key.parent) + "/id_\\xff"
+
+
+@pytest.mark.skipif(not shutil.which("setpriv"), reason="needs setpriv")
+def test_an_ordinary_users_supervisor_survives_bad_arguments(nobody_home: Path) -> None:
+    """Once, a pointer past 2**63 ended agentsup and left a normal user's agent running."""
+    root = nobody_home
+    workspace = root / "workspace"
+    shutil.copy(AGENTS / ATTACK, workspace / ATTACK)
+    (workspace / "fuzz").mkdir()
+    policies = root / "home" / "policies"
+    policies.mkdir(exist_ok=True)
+    # Found first under the default name: the fuzzer's own policy, for this user.
+    (policies / "strict.yaml").write_text(FUZZ_POLICY.replace("name: fuzz", "name: strict"))
+    for path in (workspace / ATTACK, workspace / "fuzz", policies, policies / "strict.yaml"):
+        os.chown(path, unprivileged.NOBODY, unprivileged.NOBODY)
+    result = unprivileged.run_as_nobody(
+        root,
+        *("python3", ATTACK, "bad_pointer", "then", "fuzz", "1500", "8", "3"),
+        *(str(workspace / "fuzz"), "then", "hostname"),
+    )
+    reports = _reports(result)
+    assert reports["bad_pointer"]["data"] == ["EFAULT"] * 4, result.stderr[-2000:]
+    fuzzed = reports["fuzz"]["data"]
+    assert isinstance(fuzzed, dict) and fuzzed["calls"] >= 500, fuzzed
+    assert "hostname" in reports, result.stderr[-2000:]
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
 
 
 def _flood(pid: int, stop: threading.Event, sent: list[int]) -> None:

@@ -996,7 +996,10 @@ class Mediator:
         if path_ptr or not at_flags & AT_EMPTY_PATH:
             raw = self.memory.read_cstring(n.pid, path_ptr)
         if not raw and at_flags & AT_EMPTY_PATH:
-            return self._fd_object(n, dirfd)
+            if dirfd == AT_FDCWD:
+                raw = b"."  # the working directory itself
+            else:
+                return self._fd_object(n, dirfd)
         return self.resolve(n.pid, dirfd, raw, follow=not at_flags & AT_SYMLINK_NOFOLLOW)
 
     def _xattr_name(self, tid: int, ptr: int) -> bytes:
