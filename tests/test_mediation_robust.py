@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import resource
+import select
 import shutil
 import signal
 import subprocess
@@ -241,3 +242,40 @@ def test_a_kill_the_supervisor_cannot_confirm_escalates_and_is_recorded(
     kills = [r for r in attacker.audit_records() if r.get("signal") == "SIGKILL"]
     assert kills[0]["rule"] == "secret-ssh", kills
     assert kills[0]["confirmed"] is False and "cgroup.kill" in kills[0]["escalated"], kills
+
+
+def test_an_unforeseen_error_fails_that_syscall_with_eio_and_is_recorded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The contract of `_serve_one`, for a bug no agent has found yet."""
+    import errno
+    import socket
+
+    from agentsup.kernel import seccomp
+    from agentsup.supervision import mediator as mediation
+    from agentsup.supervision.broker import BrokerClient
+
+    answered: list[tuple[int, int]] = []
+    recorded: list[tuple[str, str]] = []
+    notification = seccomp.Notification(7, os.getpid(), 2, 0, (0, 0, 0, 0, 0, 0))  # open
+    monkeypatch.setattr(seccomp, "receive", lambda _listener: notification)
+    monkeypatch.setattr(seccomp, "respond_error", lambda _l, nid, err: answered.append((nid, err)))
+
+    class Judge:
+        allow_cache: set[object] = set()
+
+        def mediation_failed(self, syscall: str, _tid: int, error: str) -> None:
+            recorded.append((syscall, error))
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with ours, theirs:
+        hands = BrokerClient(ours)
+        mediator = mediation.Mediator(-1, Judge(), lambda tid: tid, hands)  # type: ignore[arg-type]
+
+        def broken(_n: object, _name: str) -> None:
+            raise KeyError("a bug")
+
+        mediator._handlers[2] = broken
+        assert mediator.on_ready(select.EPOLLIN) is True  # the loop goes on
+    assert answered == [(7, errno.EIO)]
+    assert recorded == [("open", "KeyError: 'a bug'")]

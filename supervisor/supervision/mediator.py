@@ -11,13 +11,21 @@ holds exactly the agent's rights, on the object that was decided about:
 * open/openat/openat2/creat: the broker resolves the path (a read is opened
   at once), the policy decides on the real path of what it pinned, and the
   broker reopens that very object and injects it (ADDFD + SEND);
-* unlink, rmdir, mkdir, rename, link, symlink, truncate, chmod, chown: the
-  broker pins the parent directory (or the object), the policy decides on
-  `parent/name`, and the broker does the `*at` call on the pinned fd.
+* unlink, rmdir, mkdir, rename, link, symlink, truncate, chmod, chown,
+  extended attributes, times and inode flags: the broker pins the parent
+  directory (or the object, or takes a copy of the agent's fd), the policy
+  decides on its real path, and the broker acts on the pinned fd;
+* connect, bind, listen and IP datagrams: on a copy of the agent's socket,
+  with the address that was copied and decided on.
 
-execve and connect cannot be done on the agent's behalf.  They are decided
-and then CONTINUEd, with Landlock (exec roots, TCP ports) as the floor under
-them; the README's threat model says what remains.
+execve cannot be done on the agent's behalf: it is decided and then
+CONTINUEd, with Landlock (exec roots) as the floor under it; the README's
+threat model says what remains.  Calls about other processes are let
+through only for the agent's own tree.
+
+Whatever an agent passes, serving one notification never ends the loop: a
+bad pointer is EFAULT, anything unforeseen fails that syscall with EIO and
+is audited (`Mediator._serve_one`).
 """
 
 from __future__ import annotations
