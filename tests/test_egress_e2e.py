@@ -9,15 +9,22 @@ supervisor's resolver, so nothing outside this machine is involved.
 from __future__ import annotations
 
 import datetime
+import functools
 import http.server
+import importlib.util
 import json
+import os
+import re
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
 import threading
 import time
 import urllib.parse
+import urllib.request
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +34,7 @@ from conftest import AGENTS, Sandbox
 
 pytestmark = [pytest.mark.requires_root, pytest.mark.requires_seccomp_notify]
 
-HOSTS = ("example.test", "blocked.test", "approve.test", "other.test")
+HOSTS = ("example.test", "blocked.test", "approve.test", "other.test", "git.test", "pypi.test")
 CLIENT = "egress_client.py"
 
 
@@ -333,6 +340,211 @@ def test_a_new_host_waits_for_a_person(
     outcome = [r for r in sandbox.audit_records() if r.get("kind") == "approval"]
     assert outcome and outcome[0]["decision"] == ("allow" if approve else "deny")
     assert sandbox.agentsup("audit", "verify", str(sandbox.audit_log)).returncode == 0
+
+
+# -- git, pip and node: the tools an agent installs and fetches with -------------------
+
+TOOLS = """
+  - id: tool-hosts
+    actions: [network_connect]
+    pattern: '^(git|pypi)\\.test:\\d+$'
+    decision: allow
+    priority: 1
+  - id: tool-requests
+    actions: [network_request]
+    pattern: '^(CONNECT git\\.test:\\d+|GET http://pypi\\.test:\\d+/.*)$'
+    decision: allow
+    priority: 1
+  # libcurl (git) always looks for ~/.netrc; strict kills that read: refuse it quietly.
+  - id: netrc-quiet
+    actions: [file_read]
+    target: "{home}/.netrc"
+    decision: deny
+    on_violation: block
+    priority: 1
+"""
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def git_server(sandbox: Sandbox, tmp_path: Path) -> Iterator[int]:
+    """A bare repository over HTTPS (git's dumb protocol) on 127.0.0.2; the CA as test-ca.txt."""
+    _ca, cert, key = _make_ca(sandbox.workspace)
+    served = tmp_path / "served"
+    work = tmp_path / "seed"
+    env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "HOME": str(tmp_path)}
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"]
+    subprocess.run([*git, "init", "-q", str(work)], check=True, env=env)
+    (work / "README").write_text("cloned through the proxy\n")
+    subprocess.run([*git, "-C", str(work), "add", "README"], check=True, env=env)
+    subprocess.run([*git, "-C", str(work), "commit", "-qm", "one"], check=True, env=env)
+    subprocess.run(
+        [*git, "clone", "-q", "--bare", str(work), str(served / "repo.git")], check=True, env=env
+    )
+    subprocess.run(["git", "-C", str(served / "repo.git"), "update-server-info"], check=True)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.2", 0), functools.partial(_Quiet, directory=str(served))
+    )
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
+    _serve(server)
+    sandbox.env["AGENTSUP_EGRESS_HOSTS"] = ",".join(f"{h}=127.0.0.2" for h in HOSTS)
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_git_clones_over_https_through_the_proxy(sandbox: Sandbox, git_server: int) -> None:
+    policy = sandbox.policy("egress", POLICY + TOOLS)
+    # Only the CA is the test's: git finds the proxy in http(s)_proxy by itself.
+    result = sandbox.run(
+        "sh",
+        "-c",
+        f"GIT_SSL_CAINFO=test-ca.txt git clone -q https://git.test:{git_server}/repo.git clone"
+        " && cat clone/README",
+        policy=policy,
+        timeout=90,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "cloned through the proxy" in result.stdout
+    tunnels = [r for r in _proxy_records(sandbox) if r.get("event") == "egress"]
+    assert tunnels and all(r["host"] == "git.test" for r in tunnels)
+    assert all(r["decision"] == "allow" and r["sni"] == "git.test" for r in tunnels)
+    assert sandbox.agentsup("audit", "verify", str(sandbox.audit_log)).returncode == 0
+
+
+def _tiny_wheel(directory: Path) -> Path:
+    """agentsup_tiny 1.0, a pure-Python wheel written by hand (no build backend needed)."""
+    name = "agentsup_tiny"
+    info = f"{name}-1.0.dist-info"
+    files = {
+        f"{name}.py": "VALUE = 'installed through the proxy'\n",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+        "Tag: py3-none-any\n",
+    }
+    wheel = directory / f"{name}-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, text in files.items():
+            archive.writestr(path, text)
+        archive.writestr(
+            f"{info}/RECORD", "".join(f"{p},,\n" for p in files) + f"{info}/RECORD,,\n"
+        )
+    return wheel
+
+
+@pytest.fixture
+def package_index(sandbox: Sandbox, tmp_path: Path) -> Iterator[int]:
+    """pypiserver on 127.0.0.2 serving one tiny wheel over plain HTTP."""
+    # Only looked for: importing it here would install bottle's import hook in pytest.
+    if importlib.util.find_spec("pypiserver") is None:
+        pytest.skip("pypiserver is not installed (pip install -e .[test])")
+    packages = tmp_path / "packages"
+    packages.mkdir()
+    _tiny_wheel(packages)
+    with socket.socket() as probe:  # a free port: pypiserver takes no port 0
+        probe.bind(("127.0.0.2", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pypiserver",
+            "run",
+            "-i",
+            "127.0.0.2",
+            "-p",
+            str(port),
+            "-a",
+            ".",
+            "-P",
+            ".",
+            str(packages),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.2:{port}/simple/", timeout=2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    pytest.fail("pypiserver did not start")
+                time.sleep(0.2)
+        sandbox.env["AGENTSUP_EGRESS_HOSTS"] = ",".join(f"{h}=127.0.0.2" for h in HOSTS)
+        yield port
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_pip_installs_from_an_index_through_the_proxy(sandbox: Sandbox, package_index: int) -> None:
+    policy = sandbox.policy("egress", POLICY + TOOLS)
+    result = sandbox.run(
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--no-cache-dir",
+        "--disable-pip-version-check",
+        "--target",
+        "site",
+        "--index-url",
+        f"http://pypi.test:{package_index}/simple/",
+        "--trusted-host",  # plain HTTP: pip's own insecure-index check, not proxying
+        "pypi.test",
+        "agentsup-tiny",
+        policy=policy,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (sandbox.workspace / "site" / "agentsup_tiny.py").exists()
+    gets = [r for r in _proxy_records(sandbox) if r.get("method") == "GET"]
+    assert any(str(r["url"]).endswith(".whl") for r in gets), gets
+    assert all(r["decision"] == "allow" and r["host"] == "pypi.test" for r in gets)
+    assert sandbox.agentsup("audit", "verify", str(sandbox.audit_log)).returncode == 0
+
+
+def _node_version() -> tuple[int, int]:
+    node = shutil.which("node")
+    if node is None:
+        return (0, 0)
+    found = re.match(
+        r"v(\d+)\.(\d+)", subprocess.run([node, "--version"], capture_output=True, text=True).stdout
+    )
+    return (int(found[1]), int(found[2])) if found else (0, 0)
+
+
+def test_node_fetch_through_the_proxy(sandbox: Sandbox, servers: tuple[int, int]) -> None:
+    version = _node_version()
+    if version == (0, 0):
+        pytest.skip("node is not installed")
+    # fetch (undici) honours HTTP(S)_PROXY only with NODE_USE_ENV_PROXY=1, which
+    # node 24 reads; node 20 has no such switch and no undici to preload, so
+    # it needs code in the agent (a ProxyAgent dispatcher).
+    if version < (24, 0):
+        pytest.skip(f"node {version[0]}.{version[1]} fetch ignores proxy variables")
+    https, _plain = servers
+    policy = sandbox.policy("egress", POLICY)
+    script = (
+        f"fetch('https://example.test:{https}/node').then(r => r.text())"
+        ".then(t => console.log(t), e => { console.error(e); process.exit(1) })"
+    )
+    result = sandbox.run(
+        "sh", "-c", f'NODE_EXTRA_CA_CERTS=test-ca.txt node -e "{script}"', policy=policy
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"hello example.test:{https} /node" in result.stdout
 
 
 if __name__ == "__main__":
