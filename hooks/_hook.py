@@ -22,17 +22,23 @@ from __future__ import annotations
 import errno
 import os
 import sys
-from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Callable, Dict, cast  # noqa: UP035  (typing's: 3.8 has no builtin generics)
 
 from . import _mapping as mapping
 from . import _protocol as protocol
 
-Detail = dict[str, Any]
+# Module-level aliases are evaluated: spelled so Python 3.8 (the first with
+# audit hooks) can import the hook from a foreign interpreter.
+Detail = Dict[str, Any]  # noqa: UP006
 Send = Callable[[str, str, Detail], None]
 Tamper = Callable[[str], None]
 
 _installed = False
+# Set in sys.modules by whichever copy installs first: agentsup's own import,
+# or the private one hooks/site/sitecustomize.py loads by path.  One hook per process.
+INSTALLED_MARKER = "_agentsup_hook_installed"
+# Put first on PYTHONPATH so that any Python the agent starts gets the hook.
+SITE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "site")
 
 
 class _JsonContext:
@@ -304,14 +310,21 @@ def _gate_environ(check: Send, tamper: Tamper, env_marks: dict[int, str]) -> tup
             return f"environ({{{items}}})"
 
     plain: Any = os.environ
+    # Python 3.8's _Environ also takes putenv and unsetenv.
+    calls = (plain.putenv, plain.unsetenv) if hasattr(plain, "putenv") else ()
     environ = GatedEnviron(
-        plain._data, plain.encodekey, plain.decodekey, plain.encodevalue, plain.decodevalue
+        plain._data, plain.encodekey, plain.decodekey, plain.encodevalue, plain.decodevalue, *calls
     )
     environb = None
     if hasattr(os, "environb"):
         plainb: Any = os.environb
         environb = GatedEnviron(
-            plain._data, plainb.encodekey, plainb.decodekey, plainb.encodevalue, plainb.decodevalue
+            plain._data,
+            plainb.encodekey,
+            plainb.decodekey,
+            plainb.encodevalue,
+            plainb.decodevalue,
+            *calls,
         )
     return environ, environb, GatedEnviron
 
@@ -623,6 +636,13 @@ def _make_handlers(
                 env_key: Any = key if text_keys else key.encode()
                 env_value: Any = value if text_keys else os.fsencode(value)
                 env[env_key] = env_value
+            # And the directory whose sitecustomize hooks any other Python.
+            path_key: Any = "PYTHONPATH" if text_keys else b"PYTHONPATH"
+            site_dir: Any = SITE_DIR if text_keys else os.fsencode(SITE_DIR)
+            sep: Any = os.pathsep if text_keys else os.pathsep.encode()
+            entries = env.get(path_key) or site_dir[:0]
+            if entries.split(sep)[0] != site_dir:
+                env[path_key] = sep.join(filter(None, (site_dir, entries)))
         detail: Detail = {"event": "subprocess.Popen"}
         if executable is not None:
             detail["executable"] = fs_text(executable)
@@ -769,7 +789,7 @@ def install(socket_path: str, agent_id: str, *, during_site: bool = False) -> No
     PYTHONUSERBASE and the like are the interpreter's, not the agent's.
     """
     global _installed
-    if _installed:
+    if _installed or INSTALLED_MARKER in sys.modules:
         return
     import _thread
 
@@ -825,12 +845,13 @@ def install(socket_path: str, agent_id: str, *, during_site: bool = False) -> No
 
     sys.addaudithook(agentsup_audit_hook)
     _installed = True
+    sys.modules[INSTALLED_MARKER] = sys.modules[__name__]
 
 
 def install_from_env(*, during_site: bool = False) -> bool:
     """Install the hook when AGENTSUP_HOOK_SOCKET is set; True when installed."""
-    if _installed:
-        return True  # by the .pth; os.environ reads would now be checks
+    if _installed or INSTALLED_MARKER in sys.modules:
+        return True  # by the .pth or sitecustomize; os.environ reads would now be checks
     socket_path = os.environ.get(protocol.ENV_SOCKET)
     if not socket_path:
         return False
@@ -839,4 +860,4 @@ def install_from_env(*, during_site: bool = False) -> bool:
 
 
 def is_installed() -> bool:
-    return _installed
+    return _installed or INSTALLED_MARKER in sys.modules

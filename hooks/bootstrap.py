@@ -17,7 +17,10 @@ import os
 import sys
 from collections.abc import Sequence
 
+from ._hook import SITE_DIR
 from ._protocol import ENV_AGENT_ID, ENV_SOCKET
+
+__all__ = ["MODULE", "SITE_DIR", "command", "environment"]
 
 MODULE = "agentsup.hooks.bootstrap"
 

@@ -176,7 +176,10 @@ def mount_private_tmp(keep: Sequence[str], size: str = "50%") -> None:
                 os.makedirs(path, exist_ok=True)
             else:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
-                os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+                # Already there when a directory kept before holds it (the hook
+                # socket in a kept home); opening a socket would fail with ENXIO.
+                if not os.path.lexists(path):
+                    os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
             mount(f"keep {path} in the private /tmp", f"/proc/self/fd/{fd}", path, None, MS_BIND)
     finally:
         for _path, fd in pinned:

@@ -354,24 +354,27 @@ class Agent:
         if egress_port:
             env.update(egress.proxy_environment(egress_port))
         executable, argv = resolve_program(request.program, request.args, env.get("PATH", ""))
-        hook_socket = None
-        if request.program.endswith(".py"):
-            self.locations.runtime_dir.mkdir(parents=True, exist_ok=True)
-            hook_socket = os.path.realpath(
-                self.locations.runtime_dir / f"hook-{os.getpid()}-{agent_id}.sock"
+        # Every run serves the hook socket: any program (a shell script, make)
+        # may start a Python, and hooks/site/sitecustomize.py hooks each one.
+        self.locations.runtime_dir.mkdir(parents=True, exist_ok=True)
+        hook_socket = os.path.realpath(
+            self.locations.runtime_dir / f"hook-{os.getpid()}-{agent_id}.sock"
+        )
+        env.update(bootstrap.environment(hook_socket, agent_id))
+        # Where agentsup is not installed in the interpreter's own site
+        # directories (a private copy on PYTHONPATH), the hook must still import.
+        package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        package_parent = os.path.dirname(package)
+        private_copy = os.path.basename(package) == "agentsup"  # not an editable checkout
+        if private_copy and os.path.realpath(package_parent) not in _site_directories():
+            env["PYTHONPATH"] = os.pathsep.join(
+                filter(None, (package_parent, env.get("PYTHONPATH")))
             )
-            env.update(bootstrap.environment(hook_socket, agent_id))
-            # Where agentsup is not installed in the interpreter's own site
-            # directories (a private copy on PYTHONPATH), the hook must still import.
-            package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-            package_parent = os.path.dirname(package)
-            private_copy = os.path.basename(package) == "agentsup"  # not an editable checkout
-            if private_copy and os.path.realpath(package_parent) not in _site_directories():
-                env["PYTHONPATH"] = os.pathsep.join(
-                    filter(None, (package_parent, env.get("PYTHONPATH")))
-                )
-            if compiled.audit_level is AuditLevel.ALL:
-                env[hook_protocol.ENV_NOTES] = "1"
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, (bootstrap.SITE_DIR, env.get("PYTHONPATH")))
+        )
+        if compiled.audit_level is AuditLevel.ALL:
+            env[hook_protocol.ENV_NOTES] = "1"
 
         landlock_plan: floor.FloorPlan | None = None
         plan = plan_landlock(compiled, self.locations)

@@ -1,0 +1,149 @@
+"""hooks/site/sitecustomize.py: the hook in every Python the agent runs.
+
+Foreign interpreters (pyenv builds, Debian's /usr/bin/python3) with only the
+site directory on PYTHONPATH, against a real HookServer in a thread.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from test_hook_e2e import Policy, ServedHooks
+
+from agentsup.hooks import bootstrap
+
+PYENV = Path.home() / ".pyenv" / "versions"
+
+
+def _interpreters() -> list[str]:
+    found = [sys.executable, "/usr/bin/python3"]
+    found += sorted(str(p) for p in PYENV.glob("3.*/bin/python3"))
+    return [p for p in dict.fromkeys(found) if os.access(p, os.X_OK)]
+
+
+def _version(python: str) -> tuple[int, int]:
+    out = subprocess.run(
+        [python, "-c", "import sys; print(*sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    major, minor = out.split()
+    return int(major), int(minor)
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[[Policy], ServedHooks]]:
+    served: list[ServedHooks] = []
+
+    def start(allows: Policy) -> ServedHooks:
+        served.append(ServedHooks(tmp_path / "hook.sock", allows))
+        return served[-1]
+
+    yield start
+    for item in served:
+        item.close()
+
+
+def foreign_env(tmp_path: Path, *path: str) -> dict[str, str]:
+    # Nothing of agentsup's own interpreter: no .pth, only the site directory.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PYENV"))}
+    env.update(bootstrap.environment(tmp_path / "hook.sock", "agent-1"))
+    env["PYTHONPATH"] = os.pathsep.join([bootstrap.SITE_DIR, *path])
+    return env
+
+
+READ_HOME = """
+import os
+try:
+    os.environ.get("HOME")
+    print("read HOME")
+except PermissionError as exc:
+    print("refused:", exc)
+"""
+
+
+@pytest.mark.parametrize("python", _interpreters())
+def test_any_python_3_8_or_later_is_hooked(
+    python: str, tmp_path: Path, serve: Callable[[Policy], ServedHooks]
+) -> None:
+    served = serve(lambda r: r.target != "HOME")
+    result = subprocess.run(
+        [python, "-c", READ_HOME],
+        env=foreign_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    if _version(python) < (3, 8):
+        # No audit hooks in this Python: it says so and runs unhooked.
+        assert "has no audit hooks" in result.stderr
+        assert result.stdout.strip() == "read HOME"
+        return
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("refused:"), result.stdout + result.stderr
+    assert [r.target for r in served.checks("env_read")] == ["HOME"]
+    assert served.tampers == []
+
+
+def test_an_existing_sitecustomize_still_runs(
+    tmp_path: Path, serve: Callable[[Policy], ServedHooks]
+) -> None:
+    served = serve(lambda r: True)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "sitecustomize.py").write_text("import os\nSEEN = os.getpid()\n")
+    script = "import sitecustomize, os; print(sitecustomize.SEEN == os.getpid(), os.getenv('X'))"
+    result = subprocess.run(
+        ["/usr/bin/python3", "-c", script],
+        env=foreign_env(tmp_path, str(theirs)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "None"]
+    assert [r.target for r in served.checks("env_read")] == ["X"]
+
+
+def test_agentsups_own_python_gets_one_hook(
+    tmp_path: Path, serve: Callable[[Policy], ServedHooks]
+) -> None:
+    # The .pth installs first; sitecustomize and the bootstrap must not add another.
+    served = serve(lambda r: True)
+    env = {**os.environ, **foreign_env(tmp_path)}
+    agent = tmp_path / "agent.py"
+    agent.write_text("import os\nos.environ.get('X')\n")
+    result = subprocess.run(
+        bootstrap.command(agent), env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert [r.target for r in served.checks("env_read")] == ["X"]
+
+
+def test_explicit_env_of_a_child_keeps_the_site_directory(
+    tmp_path: Path, serve: Callable[[Policy], ServedHooks]
+) -> None:
+    served = serve(lambda r: r.target != "HOME")
+    parent = (
+        "import subprocess, sys\n"
+        'child = \'import os\\ntry:\\n os.environ.get("HOME")\\nexcept PermissionError:\\n'
+        ' print("child refused")\'\n'
+        "subprocess.run(['/usr/bin/python3', '-c', child], env={'PATH': '/usr/bin'})\n"
+    )
+    result = subprocess.run(
+        ["/usr/bin/python3", "-c", parent],
+        env=foreign_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "child refused"
+    assert [r.target for r in served.checks("env_read")] == ["HOME"]
