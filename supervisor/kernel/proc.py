@@ -277,18 +277,3 @@ def process_group(pid: int) -> int:
         return int(data[data.rindex(b")") + 2 :].split()[2])
     except (OSError, ValueError, IndexError):
         return 0
-
-
-_SYS_PROCESS_MADVISE = 440
-
-
-def process_madvise(pidfd: int, iovecs: bytes, advice: int, flags: int) -> int:
-    """process_madvise(2) with `iovecs` (packed struct iovec) describing the target's memory."""
-    buf = ctypes.create_string_buffer(iovecs, max(len(iovecs), 1))
-    rc = _libc.syscall(
-        _SYS_PROCESS_MADVISE, pidfd, buf, len(iovecs) // 16, advice, ctypes.c_uint(flags)
-    )
-    if rc < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return int(rc)

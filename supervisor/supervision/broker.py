@@ -78,8 +78,6 @@ FD_UTIMES = 24
 FD_IOCTL = 25  # an inode-flags ioctl on an fd of the agent's, with the argument decided on
 LISTEN = 26  # on the agent's socket (sent along): the very socket that was decided on
 SPILLED = 27  # the real request is in the memfd sent along (too large for one packet)
-FD_GETFD = 28  # pidfd_getfd through the pidfd sent along (checked), then ADDFD
-FD_MADVISE = 29  # process_madvise through the pidfd sent along, with the iovecs copied
 
 # RESOLVE kinds.
 OBJECT = 0  # O_PATH of what the path names
@@ -255,8 +253,6 @@ class Broker:
             FD_UTIMES: self._fd_utimes,
             FD_IOCTL: self._fd_ioctl,
             LISTEN: self._listen,
-            FD_GETFD: self._fd_getfd,
-            FD_MADVISE: self._fd_madvise,
         }
 
     def serve_one(self) -> bool:
@@ -638,22 +634,6 @@ class Broker:
             sock.listen(backlog)
         self._answer(notif_id)
 
-    def _fd_getfd(
-        self, notif_id: int, _pinned: list[int], args: list[object], fds: list[int]
-    ) -> None:
-        (target_fd,) = args
-        assert isinstance(target_fd, int) and fds
-        # pidfd_getfd always makes the new fd close-on-exec.
-        self._inject_fd(notif_id, _proc.pidfd_getfd(fds[0], target_fd), cloexec=True)
-
-    def _fd_madvise(
-        self, notif_id: int, _pinned: list[int], args: list[object], fds: list[int]
-    ) -> None:
-        iovecs, advice, flags = args
-        assert isinstance(iovecs, bytes) and isinstance(advice, int) and isinstance(flags, int)
-        assert fds
-        self._answer(notif_id, _proc.process_madvise(fds[0], iovecs, advice, flags))
-
 
 # Which arguments of each operation are handles (the default: the first).
 _HANDLE_ARGS: dict[int, tuple[int, ...]] = {
@@ -669,8 +649,6 @@ _HANDLE_ARGS: dict[int, tuple[int, ...]] = {
     FD_UTIMES: (),
     FD_IOCTL: (),
     LISTEN: (),
-    FD_GETFD: (),
-    FD_MADVISE: (),
 }
 
 _AT_EMPTY_PATH = 0x1000

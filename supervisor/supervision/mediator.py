@@ -92,7 +92,7 @@ MEDIATED = (
     # filter lets "the caller itself" through in BPF).
     "prlimit64", "setpriority", "ioprio_set",
     "sched_setscheduler", "sched_setparam", "sched_setattr", "sched_setaffinity",
-    "migrate_pages", "move_pages", "kcmp", "process_madvise", "pidfd_getfd",
+    "migrate_pages", "move_pages", "kcmp", "process_madvise",
 )  # fmt: skip
 
 # Refused for every policy (DESIGN.md 1.2) and recorded as critical.  The
@@ -109,6 +109,8 @@ ALWAYS_REFUSED = (
     "perf_event_open", "userfaultfd", "open_by_handle_at",
     "keyctl", "add_key", "request_key",
     "fanotify_init", "fanotify_mark", "open_tree_attr",
+    # Takes an fd out of another process: ptrace's power, refused with it.
+    "pidfd_getfd",
 )  # fmt: skip
 
 # clone3 keeps its flags in memory that BPF cannot read: ENOSYS makes glibc
@@ -1249,49 +1251,29 @@ class Mediator:
     def _on_ioprio_set(self, n: _seccomp.Notification, name: str) -> None:
         self._which_who(n, name, (1, _seccomp.IOPRIO_WHO_PGRP, _seccomp.IOPRIO_WHO_USER))
 
-    def _pidfd_target(self, n: _seccomp.Notification, syscall: str) -> int:
-        """A copy of the pidfd in the first argument, if its process is the agent's; else -1.
+    def _on_process_madvise(self, n: _seccomp.Notification, name: str) -> None:
+        """process_madvise(pidfd, ...): the pidfd's process must be the agent's own.
 
         A pidfd can come from outside even with a PID namespace (passed over
-        a socket), so it is always checked, on a copy the agent cannot swap.
+        a socket), so it is always checked, on a copy of it.  It is then
+        CONTINUEd: done by the broker, the call would be the broker's, which
+        may reach more (itself, or any descendant under Yama).  A thread
+        swapping the fd meanwhile gains advice on another process's memory,
+        and only where the kernel's own ptrace check (Landlock's domain)
+        lets it.
         """
-        pidfd = self._agent_socket(n)  # any fd: the same duplicate
-        if pidfd < 0:
-            return -1
-        pid = _proc.pidfd_target(os.getpid(), pidfd)
-        if pid is None or pid <= 0 or self.judge.in_tree(pid):
-            return pidfd  # not a live pidfd: the broker's call fails as the agent's would
-        os.close(pidfd)
-        self.judge.refuse_outside(syscall, n.pid, str(pid))
-        self._fail(n, errno.EPERM)
-        return -1
-
-    def _on_pidfd_getfd(self, n: _seccomp.Notification, name: str) -> None:
-        """Taken by the broker through the pidfd that was checked, then installed."""
-        if n.args[2] & 0xFFFFFFFF:
-            raise OSError(errno.EINVAL, "pidfd_getfd takes no flags")
-        pidfd = self._pidfd_target(n, name)
+        pidfd = self._agent_socket(n)  # a copy of the fd, whatever it is
         if pidfd < 0:
             return
         try:
-            self.broker.act(broker.FD_GETFD, n.id, _signed32(n.args[1]), fds=(pidfd,))
+            pid = _proc.pidfd_target(os.getpid(), pidfd)
         finally:
             os.close(pidfd)
-
-    def _on_process_madvise(self, n: _seccomp.Notification, name: str) -> None:
-        """process_madvise(pidfd, iovec, vlen, advice, flags): the broker, on the checked pidfd."""
-        vlen = n.args[2]
-        if vlen > 1024:
-            raise OSError(errno.EINVAL, "too many iovecs")
-        iovecs = self.memory.read(n.pid, n.args[1], 16 * vlen) if vlen else b""
-        pidfd = self._pidfd_target(n, name)
-        if pidfd < 0:
+        if pid is not None and pid > 0 and not self.judge.in_tree(pid):
+            self.judge.refuse_outside(name, n.pid, str(pid))
+            self._fail(n, errno.EPERM)
             return
-        advice, flags = _signed32(n.args[3]), n.args[4] & 0xFFFFFFFF
-        try:
-            self.broker.act(broker.FD_MADVISE, n.id, iovecs, advice, flags, fds=(pidfd,))
-        finally:
-            os.close(pidfd)
+        _seccomp.respond_continue(self.listener, n.id)  # not a live pidfd: the kernel says so
 
     # -- network and memory ---------------------------------------------------------
     # The supervisor decides on the address it copied once; the broker makes the
