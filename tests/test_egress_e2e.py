@@ -139,6 +139,13 @@ rules:
     pattern: '^(CONNECT example\\.test:\\d+|GET http://example\\.test:\\d+/.*)$'
     decision: allow
     priority: 1
+  # The audit hook in hooked Python clients names each request as well (layer
+  # hook); these pass there so that the proxy's host rules decide them.
+  - id: hook-requests
+    actions: [network_request]
+    pattern: '^GET https?://(example\\.test:\\d+|blocked\\.test:\\d+|169\\.254\\.169\\.254)/'
+    decision: allow
+    priority: 1
   - id: loopback-ephemeral-binds
     actions: [network_connect]
     pattern: '^(127\\.0\\.0\\.1|\\[::1\\]):0$'
@@ -216,6 +223,9 @@ def test_real_clients_reach_an_allowed_host_with_no_configuration(
     records = _proxy_records(sandbox)
     tunnels = [r for r in records if r.get("event") == "egress" and r["method"] == "CONNECT"]
     assert len(tunnels) == 4
+    # Each record names the process that connected: curl's, then python's (not sh's).
+    assert all(int(str(r["pid"])) > 0 for r in records)
+    assert len({r["pid"] for r in tunnels}) == 2, [r["pid"] for r in tunnels]
     for record in tunnels:
         assert record["decision"] == "allow" and record["rule"] == "example-host"
         assert record["sni"] == "example.test" and record["host"] == "example.test"

@@ -25,11 +25,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
+import os
 import re
 import select
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -161,6 +162,8 @@ def client_hello_sni(data: bytes) -> str | None:
             if handshake[0] != 0x01:
                 raise NotTLS("first handshake message is not a ClientHello")
             body_length = int.from_bytes(handshake[1:4], "big")
+            if body_length + 4 > _MAX_HELLO:
+                raise NotTLS("ClientHello too long")  # refused now, not buffered up to it
             if len(handshake) >= 4 + body_length:
                 return _sni_from_hello(bytes(handshake[4 : 4 + body_length]))
 
@@ -234,12 +237,69 @@ def _ip_literal(host: str) -> bool:
     return True
 
 
+# -- who connected ------------------------------------------------------------------
+
+
+def _hex_v4(addr: str, port: int) -> str:
+    """An IPv4 endpoint as /proc/net/tcp writes it (address in host byte order)."""
+    packed = socket.inet_aton(addr)
+    return f"{int.from_bytes(packed, 'little'):08X}:{port:04X}"
+
+
+def socket_inode(tcp_table: str, local: tuple[str, int], remote: tuple[str, int]) -> int:
+    """The inode of the socket `local` -> `remote` in a /proc/net/tcp text; 0 if absent."""
+    want_local, want_remote = _hex_v4(*local), _hex_v4(*remote)
+    for line in tcp_table.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) > 9 and fields[1] == want_local and fields[2] == want_remote:
+            return int(fields[9])
+    return 0
+
+
+def connecting_pid(
+    peer: tuple[str, int], proxy: tuple[str, int], netns_pid: int, pids: Iterable[int]
+) -> int:
+    """The process of the agent's tree that holds the client end of a proxy connection.
+
+    SO_PEERCRED is for unix sockets only, so: the client socket's inode from
+    the agent namespace's /proc/net/tcp (seen through a process in it), then
+    the process with an fd on that inode, newest first (the client is most
+    often a fresh child).  0 when it cannot be told; the caller falls back.
+    """
+    try:
+        with open(f"/proc/{netns_pid}/net/tcp", encoding="ascii") as table:
+            inode = socket_inode(table.read(), peer, proxy)
+    except (OSError, ValueError):
+        return 0
+    if not inode:
+        return 0
+    link = f"socket:[{inode}]"
+    for pid in sorted(pids, reverse=True):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == link:
+                    return pid
+    return 0
+
+
 # -- the proxy ----------------------------------------------------------------------
+
+
+class TreeLike(Protocol):
+    def pids(self) -> set[int]: ...
 
 
 class JudgeLike(Protocol):
     agent_id: str
     policy: CompiledPolicy
+    main_pid: int
+
+    @property
+    def tree(self) -> TreeLike | None: ...
 
     def judge_event(
         self, event: Event, tid: int, on_settle: Callable[[bool], None] | None = None
@@ -270,6 +330,7 @@ class _End:
 class _Conn:
     client: _End
     started: float
+    pid: int = 0  # the agent's process that connected (its main pid when unknown)
     h11conn: h11.Connection = field(default_factory=lambda: h11.Connection(h11.SERVER))
     upstream: _End | None = None
     phase: str = "head"  # head | judging | hello | connecting | relay | closed
@@ -319,7 +380,7 @@ class EgressProxy:
     def _on_accept(self, _events: int) -> None:
         for _ in range(64):
             try:
-                sock, _addr = self.listener.accept()
+                sock, peer = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -328,9 +389,21 @@ class EgressProxy:
                 sock.close()
                 continue
             sock.setblocking(False)
-            conn = _Conn(_End(sock), time.monotonic())
+            conn = _Conn(_End(sock), time.monotonic(), pid=self._pid_of(peer))
             self.conns[sock.fileno()] = conn
             self._watch(conn, conn.client)
+
+    def _pid_of(self, peer: object) -> int:
+        main = self.judge.main_pid
+        tree = self.judge.tree
+        if tree is None or not main or not isinstance(peer, tuple):
+            return main
+        try:
+            proxy = self.listener.getsockname()
+            found = connecting_pid((peer[0], peer[1]), (proxy[0], proxy[1]), main, tree.pids())
+        except (OSError, ValueError, IndexError):
+            found = 0
+        return found or main
 
     def _watch(self, conn: _Conn, end: _End) -> None:
         """(Re)register `end` for what it needs now."""
@@ -456,9 +529,10 @@ class EgressProxy:
             Event(
                 ActionType.NETWORK_CONNECT,
                 f"{_bracket(conn.host)}:{conn.port}",
+                pid=conn.pid,
                 layer=Layer.PROXY,
             ),
-            Event(ActionType.NETWORK_REQUEST, request_target, layer=Layer.PROXY),
+            Event(ActionType.NETWORK_REQUEST, request_target, pid=conn.pid, layer=Layer.PROXY),
         ]
         self._judge_all(conn, events, [])
 
@@ -539,7 +613,7 @@ class EgressProxy:
         self.audit.append(
             {
                 "agent": self.judge.agent_id,
-                "pid": 0,
+                "pid": conn.pid,
                 "kind": "decision",
                 "action_type": str(ActionType.NETWORK_CONNECT),
                 "target": address_target(addr, conn.port),
@@ -599,13 +673,14 @@ class EgressProxy:
             ActionType.NETWORK_REQUEST,
             f"CONNECT {_bracket(conn.host)}:{conn.port}",
             agent_id=self.judge.agent_id,
+            pid=conn.pid,
             layer=Layer.PROXY,
         )
         response = response_for(decision)
         self.audit.append(
             {
                 "agent": self.judge.agent_id,
-                "pid": 0,
+                "pid": conn.pid,
                 "kind": "decision",
                 "action_type": str(event.action),
                 "target": event.target,
@@ -843,7 +918,7 @@ class EgressProxy:
         target = f"CONNECT {conn.url}" if conn.tunnel else f"{conn.method} {conn.url}"
         record: dict[str, object] = {
             "agent": self.judge.agent_id,
-            "pid": 0,
+            "pid": conn.pid,
             "kind": "decision",
             "action_type": str(ActionType.NETWORK_REQUEST),
             "target": target,

@@ -1,0 +1,220 @@
+"""The egress proxy's pure parts: the SNI parser, network_mode, address classes, pid lookup."""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+from pathlib import Path
+
+import pytest
+
+from agentsup.policy import RunContext, compile_policy, load_policy_text
+from agentsup.supervision import egress
+from agentsup.supervision.egress import NotTLS, client_hello_sni
+
+
+def _hello(server_hostname: str | None, **options: object) -> bytes:
+    """A real ClientHello from Python's ssl, as a client writes it to the wire."""
+    context = ssl.create_default_context()
+    for name, value in options.items():
+        setattr(context, name, value)
+    if server_hostname is None:
+        context.check_hostname = False
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname=server_hostname)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+@pytest.mark.parametrize("name", ["example.test", "API.Anthropic.com", "a" * 60 + ".test"])
+def test_sni_of_real_client_hellos(name: str) -> None:
+    assert client_hello_sni(_hello(name)) == name.lower()
+
+
+def test_sni_of_a_tls12_only_hello_and_of_one_without_sni() -> None:
+    hello = _hello("old.test", maximum_version=ssl.TLSVersion.TLSv1_2)
+    assert client_hello_sni(hello) == "old.test"
+    assert client_hello_sni(_hello(None)) == ""  # an IP literal has no server_name
+
+
+def test_sni_with_trailing_bytes_after_the_hello() -> None:
+    assert client_hello_sni(_hello("x.test") + b"\x17\x03\x03junk") == "x.test"
+
+
+def test_every_truncation_needs_more_bytes_never_a_wrong_answer() -> None:
+    hello = _hello("cut.test")
+    for end in range(len(hello)):
+        assert client_hello_sni(hello[:end]) is None, end
+    assert client_hello_sni(hello) == "cut.test"
+
+
+def test_a_hello_split_over_two_records() -> None:
+    hello = _hello("split.test")
+    body = hello[5:]
+    half = len(body) // 2
+    records = b"".join(
+        b"\x16\x03\x01" + len(part).to_bytes(2, "big") + part for part in (body[:half], body[half:])
+    )
+    assert client_hello_sni(records) == "split.test"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"SSH-2.0-OpenSSH_9.2\r\n",
+        b"\x16\x02\x00\x00\x10" + b"\x00" * 16,  # not TLS 1.x
+        b"\x16\x03\x01\x00\x00",  # an empty record
+        b"\x16\x03\x01\xff\xff" + b"\x00" * 10,  # longer than any record may be
+        b"\x16\x03\x01\x00\x04\x02\x00\x00\x00",  # a ServerHello
+        b"\x17\x03\x03\x00\x05hello",  # application data first
+    ],
+)
+def test_what_is_not_a_client_hello(data: bytes) -> None:
+    with pytest.raises(NotTLS):
+        client_hello_sni(data)
+
+
+def test_inner_lengths_that_overrun_are_refused() -> None:
+    hello = bytearray(_hello("overrun.test"))
+    # The cipher suites' length (after 4 handshake, 2 version, 32 random bytes and
+    # the session id) set past the end of the hello.
+    at = 5 + 4 + 34
+    at += 1 + hello[at]
+    hello[at : at + 2] = b"\xff\xff"
+    with pytest.raises(NotTLS):
+        client_hello_sni(bytes(hello))
+
+
+def test_oversize_hellos_are_refused_not_buffered() -> None:
+    record = b"\x16\x03\x01" + (16384).to_bytes(2, "big")
+    # A handshake message that claims 1 MiB is refused at once.
+    claim = record + b"\x01" + (1 << 20).to_bytes(3, "big") + b"\x00" * (16384 - 4)
+    with pytest.raises(NotTLS):
+        client_hello_sni(claim)
+    # One that claims 60 KiB may come in records, up to 64 KiB in all.
+    first = record + b"\x01" + (60 << 10).to_bytes(3, "big") + b"\x00" * (16384 - 4)
+    data = first + (record + b"\x00" * 16384) * 2
+    assert client_hello_sni(data) is None
+    with pytest.raises(NotTLS):  # a fourth full record would pass 64 KiB on the wire
+        client_hello_sni(data + record + b"\x00" * 100)
+
+
+def test_garbage_never_raises_anything_but_not_tls() -> None:
+    import random
+
+    chance = random.Random(13)
+    hello = _hello("fuzz.test")
+    for _ in range(3000):
+        data = bytearray(hello)
+        for _flip in range(chance.randint(1, 6)):
+            data[chance.randrange(len(data))] = chance.randrange(256)
+        try:
+            sni = client_hello_sni(bytes(data[: chance.randint(0, len(data))]))
+        except NotTLS:
+            continue
+        assert sni is None or isinstance(sni, str)
+
+
+@pytest.mark.parametrize(
+    ("addr", "internal"),
+    [
+        ("127.0.0.1", True),
+        ("127.5.6.7", True),
+        ("169.254.169.254", True),  # the cloud metadata service
+        ("169.254.1.1", True),
+        ("10.1.2.3", True),
+        ("172.16.0.1", True),
+        ("192.168.1.1", True),
+        ("100.64.0.1", True),  # carrier-grade NAT
+        ("0.0.0.0", True),
+        ("224.0.0.1", True),
+        ("255.255.255.255", True),
+        ("::1", True),
+        ("::", True),
+        ("fe80::1", True),
+        ("fe80::1%eth0", True),
+        ("fd00::1", True),  # unique local
+        ("fd00:ec2::254", True),  # AWS's IPv6 metadata address
+        ("::ffff:127.0.0.1", True),
+        ("::ffff:169.254.169.254", True),
+        ("ff02::1", True),
+        ("8.8.8.8", False),
+        ("1.1.1.1", False),
+        ("2606:4700:4700::1111", False),
+        ("::ffff:8.8.8.8", False),
+    ],
+)
+def test_internal_addresses(addr: str, internal: bool) -> None:
+    assert egress.is_internal(addr) is internal
+
+
+def test_address_targets() -> None:
+    assert egress.address_target("10.0.0.1", 80) == "10.0.0.1:80"
+    assert egress.address_target("fd00::1", 443) == "[fd00::1]:443"
+
+
+def _mode(tmp_path: Path, rules: str, default: str = "deny") -> str:
+    text = f"name: m\ndefault: {default}\non_violation: block\nrules:\n{rules}"
+    policy = load_policy_text(text, policy_dir=tmp_path)
+    return egress.network_mode(compile_policy(policy, RunContext(str(tmp_path), "/root", "t")))
+
+
+def test_network_mode(tmp_path: Path) -> None:
+    files = "  - {id: f, actions: [file_read], target: '/**', decision: allow}\n"
+    assert _mode(tmp_path, files) == "none"
+    by_name = "  - {id: a, actions: [network_connect], target: 'api.test:443', decision: allow}\n"
+    assert _mode(tmp_path, by_name) == "proxy"
+    by_ip = "  - {id: a, actions: [network_connect], target: '127.0.0.1:8080', decision: allow}\n"
+    assert _mode(tmp_path, by_ip) == "direct"
+    v6 = "  - {id: a, actions: [network_connect], target: '[::1]:8080', decision: allow}\n"
+    assert _mode(tmp_path, v6) == "direct"
+    ephemeral = "  - {id: b, actions: [network_connect], target: '127.0.0.1:0', decision: allow}\n"
+    assert _mode(tmp_path, ephemeral + by_name) == "proxy"
+    denied_ip = "  - {id: d, actions: [network_connect], target: '10.0.0.1:22', decision: deny}\n"
+    assert _mode(tmp_path, denied_ip + by_name) == "proxy"  # a deny opens no way out
+    assert _mode(tmp_path, files, default="allow") == "proxy"
+
+
+def test_proxy_environment_names_the_proxy_for_every_client() -> None:
+    env = egress.proxy_environment(3128)
+    for name in (
+        "http_proxy",
+        "https_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "PIP_PROXY",
+        "npm_config_proxy",
+        "npm_config_https_proxy",
+    ):
+        assert env[name] == "http://127.0.0.1:3128"
+    assert "localhost" in env["no_proxy"] and env["no_proxy"] == env["NO_PROXY"]
+
+
+def test_socket_inode_reads_proc_net_tcp() -> None:
+    table = (
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  "
+        "timeout inode\n"
+        "   0: 0100007F:0C38 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0"
+        "        0 111 1 0000000000000000 100 0 0 10 0\n"
+        "   1: 0100007F:D431 0100007F:0C38 01 00000000:00000000 00:00000000 00000000     0"
+        "        0 222 1 0000000000000000 20 4 30 10 -1\n"
+    )
+    assert egress.socket_inode(table, ("127.0.0.1", 0xD431), ("127.0.0.1", 3128)) == 222
+    assert egress.socket_inode(table, ("127.0.0.1", 1), ("127.0.0.1", 3128)) == 0
+
+
+def test_connecting_pid_finds_the_process_holding_the_client_socket() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    server, peer = listener.accept()
+    try:
+        found = egress.connecting_pid(peer, listener.getsockname(), os.getpid(), [1, os.getpid()])
+        assert found == os.getpid()
+        assert egress.connecting_pid(("127.0.0.1", 1), listener.getsockname(), os.getpid(), []) == 0
+        assert egress.connecting_pid(peer, listener.getsockname(), 2**22 + 1, [os.getpid()]) == 0
+    finally:
+        for sock in (client, server, listener):
+            sock.close()
