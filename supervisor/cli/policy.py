@@ -1,4 +1,4 @@
-"""`agentsup policy check | list | explain`: inspect policies without running an agent.
+"""`agentsup policy check | list | explain | suggest`: policies without running an agent.
 
 Exit codes: `check` 0 when every file loads (warnings print but do not
 fail it), 1 otherwise.  `explain` 0 when
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..events import DEFAULT_RULE_ID, ActionType, Decision, Event, Verdict, response_for
+from ..integrity.audit import RecordReader, chain_files
 from ..kernel.landlock import landlock_abi
 from ..paths import Locations, default_locations
 from ..policy import (
@@ -34,6 +35,8 @@ from ..policy import (
     load_source,
     resolve_policy,
 )
+from ..policy.suggest import last_run
+from ..policy.suggest import suggest as suggest_policy
 
 EXIT_OK = 0
 EXIT_DENY = 1
@@ -106,6 +109,28 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     explain.add_argument("target", metavar="TARGET")
     explain.set_defaults(func=_explain)
 
+    suggest = commands.add_parser(
+        "suggest",
+        help="learn the rules an agent's last run needed",
+        description=(
+            "Read the would-deny and deny records of the agent's most recent run (best a "
+            "`run --shadow` one) and print the smallest policy that extends the policy it "
+            "ran under and lets those actions pass. Cache and configuration directories "
+            "become DIR/**, many files of one directory DIR/*. Secrets, destructive "
+            "commands and agentsup's own files are never allowed. Exit 1 when the audit "
+            "log has no run of that agent."
+        ),
+    )
+    suggest.add_argument("--agent", required=True, metavar="ID", help="the agent id of the run")
+    suggest.add_argument(
+        "--policy-name", metavar="NAME", help="name of the new policy (default: <policy>-learned)"
+    )
+    suggest.add_argument("-o", "--output", metavar="FILE", help="write it here, not to stdout")
+    suggest.add_argument(
+        "--json", action="store_true", help='print {"ok": true, "policy": TEXT, "output": FILE}'
+    )
+    suggest.set_defaults(func=_suggest)
+
 
 def _print_json(document: object) -> None:
     print(json.dumps(document, indent=2, sort_keys=False))
@@ -120,6 +145,56 @@ def _error_json(error: PolicyError) -> dict[str, Any]:
         "message": error.message,
         "text": str(error),
     }
+
+
+# ---------------------------------------------------------------- suggest
+
+
+def _suggest(args: argparse.Namespace) -> int:
+    locations = default_locations()
+    if not chain_files(locations.audit_log):
+        return _suggest_failed(args, f"no audit log at {locations.audit_log}")
+    run = last_run(RecordReader(locations.audit_log), args.agent)
+    if not run:
+        print(
+            f"agentsup policy suggest: no run of agent '{args.agent}' in the audit log",
+            file=sys.stderr,
+        )
+        return EXIT_DENY
+    start = run[0]
+    reference = start.get("policy_source") or start.get("policy")
+    workspace = start.get("workspace")
+    if not isinstance(reference, str) or not isinstance(workspace, str):
+        return _suggest_failed(args, "the run's start record names no policy or workspace")
+    strict = builtin_source("strict")
+    assert strict is not None  # shipped with the package
+    try:
+        parent = resolve_policy(reference, locations.policy_dir)
+        text = suggest_policy(
+            run,
+            parent,
+            load_source(strict, locations.policy_dir),
+            RunContext(workspace=workspace, home=os.path.expanduser("~"), agent_id=args.agent),
+            extends=reference,
+            name=args.policy_name or f"{parent.name}-learned",
+        )
+    except PolicyError as error:
+        return _suggest_failed(args, str(error))
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    if args.json:
+        _print_json({"ok": True, "policy": text, "output": args.output})
+    elif not args.output:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def _suggest_failed(args: argparse.Namespace, message: str) -> int:
+    if args.json:
+        _print_json({"ok": False, "error": message, "exit_code": EXIT_DENY})
+    else:
+        print(f"agentsup policy suggest: {message}", file=sys.stderr)
+    return EXIT_DENY
 
 
 # ---------------------------------------------------------------- check

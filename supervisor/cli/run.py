@@ -94,6 +94,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "mediated syscalls on about one core, spread when it computes in parallel; "
         "all: never share; shared: always share (2-3x cheaper mediated syscalls)",
     )
+    parser.add_argument(
+        "--shadow",
+        action="store_true",
+        help="enforce nothing: record each action the policy would refuse (would_deny: true "
+        "in the audit log) and let it go, print a summary at exit; secrets, destructive "
+        "commands and agentsup's own files stay refused (then: agentsup policy suggest)",
+    )
     parser.add_argument("program", metavar="PROGRAM")
     parser.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
     parser.set_defaults(func=_run)
@@ -114,5 +121,6 @@ def _run(args: argparse.Namespace) -> int:
         cpus=args.cpus,
         user=args.user,
         terminal=sys.stdin.isatty() and sys.stdout.isatty(),
+        shadow=args.shadow,
     )
     return run_agent(request, stop_timeout=args.stop_timeout)

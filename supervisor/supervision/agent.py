@@ -36,7 +36,19 @@ from ..kernel.cgroup import AgentCgroup, CgroupUnavailable
 from ..kernel.landlock import landlock_abi
 from ..kernel.privileges import UserSpec, lookup_user
 from ..paths import Locations
-from ..policy import CompiledPolicy, PolicyError, RunContext, compile_policy, floor, resolve_policy
+from ..policy import (
+    CompiledPolicy,
+    Policy,
+    PolicyError,
+    RunContext,
+    builtin_source,
+    compile_policy,
+    floor,
+    is_path_reference,
+    load_source,
+    resolve_policy,
+)
+from ..policy.suggest import compile_guard
 from . import egress, launch, placement
 from .hookserver import HookReply, HookRequest, HookServer
 from .judge import AgentState, Judge, JudgeConfig, Pending, ProcessTree
@@ -81,6 +93,7 @@ class RunRequest:
     cpus: str = "auto"  # auto | all | shared (placement.py)
     user: str | None = None  # run the agent as this user (root only)
     terminal: bool = False  # relay a pty: the agent never holds the user's terminal
+    shadow: bool = False  # record what the policy would refuse, refuse only the guard
 
 
 def say(text: str) -> None:
@@ -122,8 +135,25 @@ def _real(paths: tuple[str, ...] | None) -> tuple[str, ...] | None:
     return tuple(os.path.realpath(p) for p in paths)
 
 
-def plan_landlock(policy: CompiledPolicy, locations: Locations) -> floor.FloorPlan:
-    """The kernel floor for this policy: the roots any proceeding rule could reach."""
+def plan_landlock(
+    policy: CompiledPolicy, locations: Locations, shadow: bool = False
+) -> floor.FloorPlan:
+    """The kernel floor for this policy: the roots any proceeding rule could reach.
+
+    In shadow mode nothing the policy refuses may be refused by the floor
+    first (it would never be recorded): the floor is only agentsup's holes.
+    """
+    if shadow:
+        return floor.plan_floor(
+            read_roots=None,
+            write_roots=None,
+            exec_roots=None,
+            connect_ports=None,
+            bind_ports=None,
+            no_write=[os.path.realpath(p) for p in locations.protected_paths()],
+            no_read=[os.path.realpath(p) for p in locations.secret_paths()],
+            abi=landlock_abi(),
+        )
     network = policy.floor_roots((ActionType.NETWORK_CONNECT,))
     # With network denied by default and no rule letting a connect through,
     # Landlock refuses every TCP connect and bind; otherwise ports stay open
@@ -139,6 +169,18 @@ def plan_landlock(policy: CompiledPolicy, locations: Locations) -> floor.FloorPl
         no_read=[os.path.realpath(p) for p in locations.secret_paths()],
         abi=landlock_abi(),
     )
+
+
+def policy_reference(value: str) -> str:
+    """A `--policy` value that still finds the same policy from another directory."""
+    return os.path.abspath(value) if is_path_reference(value) else value
+
+
+def shadow_guard(policy: Policy, context: RunContext, locations: Locations) -> CompiledPolicy:
+    """What `run --shadow` still refuses: the policy's and built-in strict's guard rules."""
+    strict = builtin_source("strict")
+    assert strict is not None  # shipped with the package
+    return compile_guard(context, policy, load_source(strict, locations.policy_dir))
 
 
 def _site_directories() -> set[str]:
@@ -166,7 +208,8 @@ def plan_isolation(
     warning instead of refusing to run.
     """
     wanted = {"mount", "pid", "uts", "ipc"}
-    if egress_port or policy.floor_roots((ActionType.NETWORK_CONNECT,)) == ():
+    no_connect = policy.floor_roots((ActionType.NETWORK_CONNECT,)) == () and not request.shadow
+    if egress_port or no_connect:
         wanted.add("net")  # nothing may connect out directly: only loopback inside
     if os.geteuid() != 0:
         wanted.add("user")
@@ -377,7 +420,7 @@ class Agent:
             env[hook_protocol.ENV_NOTES] = "1"
 
         landlock_plan: floor.FloorPlan | None = None
-        plan = plan_landlock(compiled, self.locations)
+        plan = plan_landlock(compiled, self.locations, request.shadow)
         if plan.abi < 1:
             if "landlock" not in request.allow_degraded:
                 raise SetupError(
@@ -397,6 +440,9 @@ class Agent:
                 locations=self.locations,
                 hook_socket=hook_socket,
                 egress_proxy=f"{egress.PROXY_HOST}:{egress_port}" if egress_port else None,
+                shadow_guard=shadow_guard(policy, self._context, self.locations)
+                if request.shadow
+                else None,
             ),
             self.audit,
         )
@@ -502,6 +548,8 @@ class Agent:
             landlock=plan.landlock is not None,
             cgroup=self.group is not None,
             layers=self.layers,
+            policy_source=policy_reference(self.request.policy),  # what `policy suggest` extends
+            **({"shadow": True} if self.request.shadow else {}),
         )
         judge.state = AgentState.RUNNING
         launched.release()
@@ -739,6 +787,9 @@ class Agent:
             signal=signal_name,
             killed_by=report.rule if report else None,
         )
+        if self.request.shadow:
+            for line in judge.shadow_summary():
+                say(line)
         if self.request.json_status:
             status_doc = {
                 "agent": judge.agent_id,

@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 import weakref
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Protocol, TextIO
@@ -47,6 +48,7 @@ from ..policy.floor import (
     READ_RIGHTS,
     FloorCheck,
 )
+from ..policy.suggest import AGENTSUP_RULE_PREFIX, guarded
 
 _ALLOW_CACHE_SIZE = 16384
 _WRITE_ANY = FS_WRITE_FILE | FS_MAKE_REG | FS_MAKE_DIR | FS_MAKE_SYM | FS_TRUNCATE
@@ -293,6 +295,8 @@ class JudgeConfig:
     locations: Locations
     hook_socket: str | None = None  # the one unix socket path the agent may connect to
     egress_proxy: str | None = None  # `127.0.0.1:PORT`: the egress proxy in the agent's netns
+    # `run --shadow`: the guard (policy.suggest) whose refusals still apply; None: enforce.
+    shadow_guard: CompiledPolicy | None = None
     clock: Callable[[], float] = time.monotonic
     stderr: TextIO = field(default_factory=lambda: sys.stderr)
 
@@ -329,6 +333,9 @@ class Judge:
         )
         self.protected_read = tuple(os.path.realpath(p) for p in config.locations.secret_paths())
         self.supervisor_procs = (f"/proc/{os.getpid()}",)
+        # `run --shadow`: what would have been refused, per action type and per target.
+        self.would_deny: Counter[str] = Counter()
+        self.would_deny_targets: Counter[str] = Counter()
         # Called by the supervisor to arm approval timeouts and report state.
         self.on_hold: Callable[[Pending], None] = lambda pending: None
 
@@ -439,6 +446,11 @@ class Judge:
             self._record(event, tid, decision, grant, kind="approval")
             return decision, grant
         response = response_for(decision)
+        if self.config.shadow_guard is not None and not response.proceeds:
+            response = self._shadow(event, decision, response)
+            if response is Response.ALLOW:
+                self._record(event, tid, decision, response, would_deny=True)
+                return decision, response
         if should_audit(decision, self.policy.audit_level):
             self._record(event, tid, decision, response)
         elif response is Response.ALLOW and decision.rate_limit is None:
@@ -457,6 +469,34 @@ class Judge:
                 + (f": {decision.message}" if decision.message else "")
             )
         return decision, response
+
+    def _shadow(self, event: Event, decision: Decision, response: Response) -> Response:
+        """Shadow mode: a refusal of the policy's lets the action go (a would-deny).
+
+        agentsup's own refusals stand as they are; what the guard refuses
+        (secrets, destructive commands) is still refused, without a signal.
+        """
+        guard = self.config.shadow_guard
+        if decision.rule_id.startswith(AGENTSUP_RULE_PREFIX) or guard is None:
+            return response
+        if guarded(guard, event.action, event.target):
+            return Response.BLOCK
+        self.would_deny[str(event.action)] += 1
+        self.would_deny_targets[f"{event.action} {_shown(event.target)}"] += 1
+        return Response.ALLOW
+
+    def shadow_summary(self, top: int = 5) -> list[str]:
+        """The lines `run --shadow` prints at exit."""
+        total = sum(self.would_deny.values())
+        name = f"shadow run of agent '{self.agent_id}'"
+        if not total:
+            return [f"{name}: the policy would have refused nothing"]
+        kinds = ", ".join(f"{kind} {count}" for kind, count in self.would_deny.most_common())
+        lines = [f"{name}: {total} action(s) would be denied ({kinds})"]
+        top_targets = self.would_deny_targets.most_common(top)
+        lines += [f"  {count:5d}  {what}" for what, count in top_targets]
+        lines.append(f"rules that let them pass: agentsup policy suggest --agent {self.agent_id}")
+        return lines
 
     def refuse_always(self, syscall: str, tid: int) -> None:
         self._refusal(
@@ -508,7 +548,13 @@ class Judge:
         return self.tree is not None and self.tree.has_group(pgid)
 
     def _record(
-        self, event: Event, tid: int, decision: Decision, response: Response, kind: str = "decision"
+        self,
+        event: Event,
+        tid: int,
+        decision: Decision,
+        response: Response,
+        kind: str = "decision",
+        would_deny: bool = False,
     ) -> None:
         record: dict[str, object] = {
             "agent": self.agent_id,
@@ -528,6 +574,8 @@ class Judge:
             record["message"] = decision.message
         if not decision.is_default:
             record["reason"] = decision.reason
+        if would_deny:
+            record["would_deny"] = True  # `run --shadow`: refused by the policy, let through
         self.audit.append(record)
 
     def say(self, text: str) -> None:
@@ -588,6 +636,13 @@ class Judge:
                 f"killed agent '{self.agent_id}': rule '{decision.rule_id}' denied "
                 f"{event.action} {event.target}"
                 + (f" ({decision.message})" if decision.message else "")
+                + (
+                    "; no rule matched: learn the rules it needs with agentsup run --shadow "
+                    f"--id {self.agent_id} ..., then agentsup policy suggest "
+                    f"--agent {self.agent_id}"
+                    if decision.is_default
+                    else ""
+                )
             )
         self.signal_tree(
             signal.SIGKILL,
