@@ -229,16 +229,19 @@ def _guard_module(module: Any, protected: dict[str, Any], tamper: Tamper) -> typ
         tamper(f"assignment to {name}.{attribute} refused")
         return PermissionError(errno.EACCES, f"agentsup: {name}.{attribute} is protected")
 
+    # importlib makes every new module as `type(sys)(name)`, so other modules
+    # get this class too: only the guarded one is protected (trio, for one,
+    # assigns its own module's __class__).
     class GuardedModule(base):  # type: ignore[misc]
         __slots__ = ()
 
         def __setattr__(self, attribute: str, value: Any) -> None:
-            if attribute in protected and value is not protected[attribute]:
+            if self is module and attribute in protected and value is not protected[attribute]:
                 raise refuse(attribute)
             base.__setattr__(self, attribute, value)
 
         def __delattr__(self, attribute: str) -> None:
-            if attribute in protected:
+            if self is module and attribute in protected:
                 raise refuse(attribute)
             base.__delattr__(self, attribute)
 
@@ -527,40 +530,115 @@ class _Statement:
         self.denial: PermissionError | None = None
 
 
-class _SqliteFinder:
-    """Meta path finder that patches sqlite3 as soon as it is imported,
-    without importing it (and libsqlite3) into agents that never use it."""
+Patch = Callable[[Any], None]
 
-    def __init__(self, gate: _SqliteGate) -> None:
-        self._gate = gate
+
+class _PatchFinder:
+    """Meta path finder that patches a module (sqlite3, httpx, aiohttp) as
+    soon as it is imported, without importing it into agents that never do."""
+
+    def __init__(self, patches: dict[str, Patch]) -> None:
+        self.patches = patches
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
-        if name != "sqlite3":
+        patch = self.patches.get(name)
+        if patch is None:
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
                 continue
             spec = finder.find_spec(name, path, target)
             if spec is not None and spec.loader is not None:
-                spec.loader = cast(Any, _PatchingLoader(spec.loader, self._gate))
+                spec.loader = cast(Any, _PatchingLoader(spec.loader, patch))
                 return spec
         return None
 
+    def pending(self) -> bool:
+        """True while a module it patches has not been imported yet."""
+        return any(name not in sys.modules for name in self.patches)
+
 
 class _PatchingLoader:
-    def __init__(self, loader: Any, gate: _SqliteGate) -> None:
+    def __init__(self, loader: Any, patch: Patch) -> None:
         self._loader = loader
-        self._gate = gate
+        self._patch = patch
 
     def create_module(self, spec: Any) -> Any:
         return self._loader.create_module(spec)
 
     def exec_module(self, module: Any) -> None:
         self._loader.exec_module(module)
-        self._gate.patch(module)
+        self._patch(module)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._loader, name)
+
+
+def _http_client_patches(check: Send) -> dict[str, Patch]:
+    """Request-level gates for HTTP clients with their own HTTP stack.
+
+    httpx (over httpcore/h11) and aiohttp never reach http.client, so no
+    audit event shows their requests.  Each hop (redirects included) is
+    checked as `METHOD URL`, normalised as http.client requests are, before
+    the connection is opened.
+    """
+
+    def target(method: Any, scheme: Any, host: Any, port: Any, path: Any) -> str:
+        url = mapping.http_url(str(scheme), str(host), port, mapping.fs_text(path) or "/")
+        return f"{str(method).upper()} {url}"
+
+    def httpx_target(request: Any) -> str:
+        url = request.url
+        return target(request.method, url.scheme, url.host, url.port, url.raw_path)
+
+    def gate_sync(original: Any) -> Any:
+        def send(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+            check("network_request", httpx_target(request), {"source": "httpx"})
+            return original(self, request, *args, **kwargs)
+
+        return send
+
+    def gate_async(original: Any) -> Any:
+        async def send(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+            check("network_request", httpx_target(request), {"source": "httpx"})
+            return await original(self, request, *args, **kwargs)
+
+        return send
+
+    def patch_httpx(module: Any) -> None:
+        for class_name, gate in (("Client", gate_sync), ("AsyncClient", gate_async)):
+            cls = getattr(module, class_name, None)
+            # One call per hop; `send` (all hops at once) on other versions.
+            name = "_send_single_request" if hasattr(cls, "_send_single_request") else "send"
+            original = getattr(cls, name, None)
+            if original is None or getattr(original, "_agentsup_gated", False):
+                continue
+            wrapper = gate(original)
+            wrapper._agentsup_gated = True
+            wrapper.__name__ = name
+            setattr(cls, name, wrapper)
+
+    def patch_aiohttp(module: Any) -> None:
+        cls = getattr(module, "ClientRequest", None)
+        original = getattr(cls, "__init__", None)
+        if original is None or getattr(original, "_agentsup_gated", False):
+            return
+
+        # aiohttp builds one ClientRequest per hop, before it connects.
+        def init(self: Any, *args: Any, **kwargs: Any) -> None:
+            original(self, *args, **kwargs)
+            url = self.url
+            port = url.explicit_port if hasattr(url, "explicit_port") else url.port
+            check(
+                "network_request",
+                target(self.method, url.scheme, url.raw_host or "", port, url.raw_path_qs),
+                {"source": "aiohttp"},
+            )
+
+        init._agentsup_gated = True  # type: ignore[attr-defined]
+        cls.__init__ = init  # type: ignore[misc,union-attr]
+
+    return {"httpx._client": patch_httpx, "aiohttp.client_reqrep": patch_aiohttp}
 
 
 def _make_handlers(
@@ -716,7 +794,7 @@ def _make_integrity(
     sys_protected: dict[str, Any],
     os_protected: dict[str, Any],
     environ_class: type,
-    finder: _SqliteFinder,
+    finder: _PatchFinder,
 ) -> Callable[[], None]:
     """Repair what an agent can cheaply switch off, and report it.
 
@@ -764,9 +842,9 @@ def _make_integrity(
             if bound is not None and bound is not sys_module:
                 module.__dict__["sys"] = sys_module
                 tamper(f"{module_name}.sys was replaced; restored")
-        if "sqlite3" not in modules and finder not in meta_path:
+        if finder not in meta_path and finder.pending():
             meta_path.insert(0, finder)
-            tamper("the agentsup sqlite3 finder was removed; restored")
+            tamper("the agentsup import finder was removed; restored")
 
     return integrity
 
@@ -813,10 +891,12 @@ def install(socket_path: str, agent_id: str, *, during_site: bool = False) -> No
         _guard_module(os, os_protected, tamper)
 
     sqlite_gate = _SqliteGate(check, tamper)
-    finder = _SqliteFinder(sqlite_gate)
-    if "sqlite3" in sys.modules:
-        sqlite_gate.patch(sys.modules["sqlite3"])
-    else:
+    patches: dict[str, Patch] = {"sqlite3": sqlite_gate.patch, **_http_client_patches(check)}
+    for name, patch in patches.items():
+        if name in sys.modules:
+            patch(sys.modules[name])
+    finder = _PatchFinder(patches)
+    if finder.pending():
         sys.meta_path.insert(0, finder)
 
     integrity = _make_integrity(tamper, sys_protected, os_protected, environ_class, finder)

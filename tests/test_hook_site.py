@@ -147,3 +147,32 @@ def test_explicit_env_of_a_child_keeps_the_site_directory(
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "child refused"
     assert [r.target for r in served.checks("env_read")] == ["HOME"]
+
+
+def test_other_modules_may_change_their_own_class(
+    tmp_path: Path, serve: Callable[[Policy], ServedHooks]
+) -> None:
+    # importlib creates modules as type(sys)(name): they share the guarded class.
+    served = serve(lambda r: True)
+    script = (
+        "import importlib.util, sys, types\n"
+        "lazy = importlib.util.module_from_spec(importlib.util.spec_from_loader('lazy', None))\n"
+        "class Deprecating(type(lazy)): pass\n"
+        "lazy.__class__ = Deprecating\n"
+        "lazy.audit = 1\n"
+        "try:\n"
+        "    sys.__class__ = types.ModuleType\n"
+        "except PermissionError:\n"
+        "    print('sys guarded')\n"
+        "print(type(lazy).__name__)\n"
+    )
+    result = subprocess.run(
+        ["/usr/bin/python3", "-c", script],
+        env=foreign_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["sys", "guarded", "Deprecating"]
+    assert len(served.tampers) == 1
