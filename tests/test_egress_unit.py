@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import socket
 import ssl
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -193,28 +196,54 @@ def test_proxy_environment_names_the_proxy_for_every_client() -> None:
     assert "localhost" in env["no_proxy"] and env["no_proxy"] == env["NO_PROXY"]
 
 
-def test_socket_inode_reads_proc_net_tcp() -> None:
-    table = (
-        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  "
-        "timeout inode\n"
-        "   0: 0100007F:0C38 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0"
-        "        0 111 1 0000000000000000 100 0 0 10 0\n"
-        "   1: 0100007F:D431 0100007F:0C38 01 00000000:00000000 00:00000000 00000000     0"
-        "        0 222 1 0000000000000000 20 4 30 10 -1\n"
-    )
-    assert egress.socket_inode(table, ("127.0.0.1", 0xD431), ("127.0.0.1", 3128)) == 222
-    assert egress.socket_inode(table, ("127.0.0.1", 1), ("127.0.0.1", 3128)) == 0
-
-
-def test_connecting_pid_finds_the_process_holding_the_client_socket() -> None:
+def test_the_process_holding_the_client_socket_is_found() -> None:
     listener = socket.create_server(("127.0.0.1", 0))
     client = socket.create_connection(listener.getsockname())
     server, peer = listener.accept()
+    owners = egress.SocketOwners()
     try:
-        found = egress.connecting_pid(peer, listener.getsockname(), os.getpid(), [1, os.getpid()])
-        assert found == os.getpid()
-        assert egress.connecting_pid(("127.0.0.1", 1), listener.getsockname(), os.getpid(), []) == 0
-        assert egress.connecting_pid(peer, listener.getsockname(), 2**22 + 1, [os.getpid()]) == 0
+        me = os.getpid()
+        proxy = listener.getsockname()
+        assert owners.pid(peer, proxy, me, [1, me]) == me
+        assert owners.pid(peer, proxy, me, [1]) == 0  # not a process of the tree
+        assert owners.pid(("127.0.0.1", 1), proxy, me, [me]) == 0  # no such socket
     finally:
+        owners.close()
         for sock in (client, server, listener):
             sock.close()
+
+
+def test_the_lookup_enters_another_network_namespace() -> None:
+    """The agent's namespace: a socket made there is found from here."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for a network namespace")
+    script = (
+        "import socket,sys,time\n"
+        "l=socket.create_server(('127.0.0.1',3128));c=socket.create_connection(('127.0.0.1',3128))\n"
+        "print(c.getsockname()[1],flush=True);sys.stdin.read()\n"
+    )
+    inner = subprocess.Popen(
+        [
+            "unshare",
+            "--net",
+            "sh",
+            "-c",
+            f'ip link set lo up && exec {sys.executable} -c "{script}"',
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    owners = egress.SocketOwners()
+    try:
+        assert inner.stdout is not None
+        port = int(inner.stdout.readline())
+        found = owners.pid(("127.0.0.1", port), ("127.0.0.1", 3128), inner.pid, [inner.pid])
+        assert found == inner.pid
+        started = time.perf_counter()
+        for _ in range(100):
+            owners.pid(("127.0.0.1", port), ("127.0.0.1", 3128), inner.pid, [inner.pid])
+        assert (time.perf_counter() - started) / 100 < 0.005  # cheap: no walk of every socket
+    finally:
+        owners.close()
+        inner.communicate("")

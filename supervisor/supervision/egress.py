@@ -23,12 +23,15 @@ Every request and tunnel ends with an audit record of layer `proxy`.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import ipaddress
 import os
 import re
 import select
 import socket
+import struct
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -239,51 +242,107 @@ def _ip_literal(host: str) -> bool:
 
 # -- who connected ------------------------------------------------------------------
 
-
-def _hex_v4(addr: str, port: int) -> str:
-    """An IPv4 endpoint as /proc/net/tcp writes it (address in host byte order)."""
-    packed = socket.inet_aton(addr)
-    return f"{int.from_bytes(packed, 'little'):08X}:{port:04X}"
-
-
-def socket_inode(tcp_table: str, local: tuple[str, int], remote: tuple[str, int]) -> int:
-    """The inode of the socket `local` -> `remote` in a /proc/net/tcp text; 0 if absent."""
-    want_local, want_remote = _hex_v4(*local), _hex_v4(*remote)
-    for line in tcp_table.splitlines()[1:]:
-        fields = line.split()
-        if len(fields) > 9 and fields[1] == want_local and fields[2] == want_remote:
-            return int(fields[9])
-    return 0
+_SOCK_DIAG_BY_FAMILY = 20
+_NETLINK_SOCK_DIAG = 4
+_NLMSG_ERROR = 2
+_CLONE_NEWNET = 0x40000000
 
 
-def connecting_pid(
-    peer: tuple[str, int], proxy: tuple[str, int], netns_pid: int, pids: Iterable[int]
-) -> int:
-    """The process of the agent's tree that holds the client end of a proxy connection.
+def _netlink_in(netns: str) -> socket.socket:
+    """A sock_diag socket in the network namespace at `netns`.
 
-    SO_PEERCRED is for unix sockets only, so: the client socket's inode from
-    the agent namespace's /proc/net/tcp (seen through a process in it), then
-    the process with an fd on that inode, newest first (the client is most
-    often a fresh child).  0 when it cannot be told; the caller falls back.
+    A socket stays in the namespace it was made in, so a short-lived thread
+    enters it (setns moves only the calling thread) and makes the socket there.
     """
-    try:
-        with open(f"/proc/{netns_pid}/net/tcp", encoding="ascii") as table:
-            inode = socket_inode(table.read(), peer, proxy)
-    except (OSError, ValueError):
-        return 0
-    if not inode:
-        return 0
-    link = f"socket:[{inode}]"
-    for pid in sorted(pids, reverse=True):
+    if os.stat(netns).st_ino == os.stat("/proc/self/ns/net").st_ino:
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG)
+    made: list[socket.socket | OSError] = []
+
+    def enter() -> None:
         try:
-            fds = os.listdir(f"/proc/{pid}/fd")
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if libc.setns(fd, _CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), "setns")
+            finally:
+                os.close(fd)
+            made.append(socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG))
+        except OSError as exc:
+            made.append(exc)
+
+    thread = threading.Thread(target=enter, name="agentsup-netns")
+    thread.start()
+    thread.join()
+    if isinstance(made[0], OSError):
+        raise made[0]
+    return made[0]
+
+
+def socket_inode(diag: socket.socket, local: tuple[str, int], remote: tuple[str, int]) -> int:
+    """The inode of the IPv4 TCP socket `local` -> `remote`; 0 if there is none.
+
+    One exact sock_diag lookup (no dump): /proc/net/tcp walks every socket of
+    the host, milliseconds per read on a busy one.
+    """
+    sockid = struct.pack(
+        ">HH16s16s", local[1], remote[1], socket.inet_aton(local[0]), socket.inet_aton(remote[0])
+    ) + struct.pack("=III", 0, 0xFFFFFFFF, 0xFFFFFFFF)  # any interface, no cookie
+    request = struct.pack("=BBBBI", socket.AF_INET, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF)
+    body = request + sockid
+    header = struct.pack("=IHHII", 16 + len(body), _SOCK_DIAG_BY_FAMILY, 1, 1, 0)  # NLM_F_REQUEST
+    diag.send(header + body)
+    answer = diag.recv(8192)
+    if len(answer) < 16 + 72 or struct.unpack_from("=H", answer, 4)[0] == _NLMSG_ERROR:
+        return 0
+    inode: int = struct.unpack_from("=I", answer, 16 + 68)[0]
+    return inode
+
+
+class SocketOwners:
+    """Which process of the agent's tree holds the client end of a proxy connection.
+
+    SO_PEERCRED is for unix sockets only.  So: the client socket's inode by
+    sock_diag in the agent's namespace, then the tree process with an fd on
+    it, newest first (the client is most often a fresh child).  0 when it
+    cannot be told; the caller falls back to the agent's main pid.
+    """
+
+    def __init__(self) -> None:
+        self._diag: socket.socket | None = None
+        self._failed = False
+
+    def pid(
+        self, peer: tuple[str, int], proxy: tuple[str, int], netns_pid: int, pids: Iterable[int]
+    ) -> int:
+        if self._failed:
+            return 0
+        try:
+            if self._diag is None:
+                self._diag = _netlink_in(f"/proc/{netns_pid}/ns/net")
+                self._diag.settimeout(1.0)  # the kernel answers at once; never stall the loop
+            inode = socket_inode(self._diag, peer, proxy)
         except OSError:
-            continue
-        for fd in fds:
-            with contextlib.suppress(OSError):
-                if os.readlink(f"/proc/{pid}/fd/{fd}") == link:
-                    return pid
-    return 0
+            self._failed = True  # no sock_diag here: the main pid, without asking again
+            return 0
+        if not inode:
+            return 0
+        link = f"socket:[{inode}]"
+        for pid in sorted(pids, reverse=True):
+            try:
+                fds = os.listdir(f"/proc/{pid}/fd")
+            except OSError:
+                continue
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") == link:
+                        return pid
+        return 0
+
+    def close(self) -> None:
+        if self._diag is not None:
+            self._diag.close()
+            self._diag = None
 
 
 # -- the proxy ----------------------------------------------------------------------
@@ -371,6 +430,7 @@ class EgressProxy:
         self.resolver = resolver or Resolver(loop)
         self._own_resolver = resolver is None
         self.conns: dict[int, _Conn] = {}  # by client fd
+        self.owners = SocketOwners()
         listener.setblocking(False)
         loop.add_reader(listener.fileno(), self._on_accept)
         self.closed = False
@@ -400,7 +460,7 @@ class EgressProxy:
             return main
         try:
             proxy = self.listener.getsockname()
-            found = connecting_pid((peer[0], peer[1]), (proxy[0], proxy[1]), main, tree.pids())
+            found = self.owners.pid((peer[0], peer[1]), (proxy[0], proxy[1]), main, tree.pids())
         except (OSError, ValueError, IndexError):
             found = 0
         return found or main
@@ -953,6 +1013,7 @@ class EgressProxy:
             self._finish(conn)
         self.loop.remove_reader(self.listener.fileno())
         self.listener.close()
+        self.owners.close()
         if self._own_resolver:
             self.resolver.close()
 
