@@ -4,7 +4,9 @@
 
 Per event (inside one hooked agent, against a HookServer in this process):
 an audit event the hook ignores, an `open` reported as a note, and an
-os.environ read answered by the supervisor (a round trip).  Start-up: a
+os.environ read and a sqlite3 SELECT allowed by the supervisor: a round trip
+each, or answered from the hook's cache when the supervisor marks plain
+allows cacheable.  Start-up: a
 trivial agent under plain `python` against the bootstrap, median of N runs.
 """
 
@@ -41,13 +43,19 @@ results = {
     "open (note)": per_call(lambda: open("/dev/null", "rb").close(), n // 10),
     "env read (check)": per_call(lambda: os.environ.get("HOME"), n // 10),
 }
+import sqlite3
+conn = sqlite3.connect(":memory:")
+results["sqlite SELECT (check)"] = per_call(lambda: conn.execute("SELECT 1").fetchall(), n // 10)
+
 print(json.dumps(results))
 """
 
 
 class ThreadedServer:
-    def __init__(self, path: Path) -> None:
-        self.server = HookServer(path, self._decide)
+    def __init__(self, path: Path, cache: bool = False) -> None:
+        self.server = HookServer(
+            path, self._decide, cacheable=(lambda request, reply: True) if cache else None
+        )
         self.count = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -102,17 +110,19 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         served = ThreadedServer(Path(tmp, "hook.sock"))
+        caching = ThreadedServer(Path(tmp, "cache.sock"), cache=True)
         agent = Path(tmp, "agent.py")
         agent.write_text("print('hello')\n")
         env = {**os.environ, **bootstrap.environment(Path(tmp, "hook.sock"), "bench")}
+        cache_env = {**env, **bootstrap.environment(Path(tmp, "cache.sock"), "bench")}
         plain_env = {k: v for k, v in env.items() if not k.startswith("AGENTSUP_")}
         try:
             bare = per_event(env, False, args.events)
             hooked = per_event(env, True, args.events)
-            print("per event (µs per call)          bare    hooked   overhead")
+            cached = per_event(cache_env, True, args.events)
+            print("per event (µs per call)          bare    hooked   cached")
             for name in bare:
-                extra = hooked[name] - bare[name]
-                print(f"  {name:28s} {bare[name]:8.2f} {hooked[name]:8.2f} {extra:9.2f}")
+                print(f"  {name:28s} {bare[name]:8.2f} {hooked[name]:8.2f} {cached[name]:8.2f}")
             plain = startup([sys.executable, str(agent)], plain_env, args.runs)
             boot = startup(bootstrap.command(agent), env, args.runs)
             print(
@@ -121,6 +131,7 @@ def main() -> int:
             )
         finally:
             served.close()
+            caching.close()
     return 0
 
 

@@ -34,6 +34,7 @@ Send = Callable[[str, str, Detail], None]
 Tamper = Callable[[str], None]
 
 _installed = False
+_CACHE_SIZE = 4096  # cached answers per process; cleared when full
 # Set in sys.modules by whichever copy installs first: agentsup's own import,
 # or the private one hooks/site/sitecustomize.py loads by path.  One hook per process.
 INSTALLED_MARKER = "_agentsup_hook_installed"
@@ -91,9 +92,29 @@ def _make_channel(path: str, busy: set[int]) -> tuple[Send, Send, Tamper]:
     owner_pid = 0
     lock = _thread.allocate_lock()
     last_id = 0
+    # (action, target) pairs the supervisor marked cacheable (a plain allow,
+    # no record, no rate limit), valid for `generation` of its cache.  Only
+    # with a live connection: a flush the server pushes is seen there.
+    cache: set[tuple[str, str]] = set()
+    generation = -1
+    peek = _socket.MSG_PEEK | _socket.MSG_DONTWAIT
+    is_flush = protocol.is_flush
+
+    def cached(key: tuple[str, str]) -> bool:
+        conn = sock
+        if key not in cache or conn is None or owner_pid != getpid():
+            return False
+        try:
+            conn.recv(1, peek)
+        except BlockingIOError:
+            return True  # nothing pushed since the answer came: it stands
+        except OSError:
+            return False
+        return False  # a pushed flush (or the channel's end) waits: ask
 
     def drop() -> None:
         nonlocal sock
+        cache.clear()
         if sock is not None:
             try:  # noqa: SIM105  (contextlib is not worth importing at agent start)
                 sock.close()
@@ -144,7 +165,20 @@ def _make_channel(path: str, busy: set[int]) -> tuple[Send, Send, Tamper]:
     def refuse(action: str, target: str, why: str) -> PermissionError:
         return PermissionError(errno.EACCES, f"agentsup: {action} {target} refused: {why}")
 
+    def read_frame(conn: Any) -> Any:
+        (length,) = header.unpack(recv_exact(conn, header.size))
+        if length > max_frame:
+            raise protocol.ProtocolError("oversize reply")
+        text = recv_exact(conn, length).decode("utf-8")
+        message, end = scan(text, 0)
+        if end != len(text):
+            raise protocol.ProtocolError("trailing data after the reply")
+        return message
+
     def check(action: str, target: str, detail: Detail) -> None:
+        nonlocal generation
+        if cached((action, target)):
+            return
         thread = get_ident()
         if thread in busy:
             # Re-entered from a signal handler in the middle of a check: the
@@ -159,14 +193,17 @@ def _make_channel(path: str, busy: set[int]) -> tuple[Send, Send, Tamper]:
                         raise protocol.ProtocolError("request too large to check")
                     conn = connection()
                     conn.sendall(header.pack(len(payload)) + payload)
-                    (length,) = header.unpack(recv_exact(conn, header.size))
-                    if length > max_frame:
-                        raise protocol.ProtocolError("oversize reply")
-                    text = recv_exact(conn, length).decode("utf-8")
-                    reply, end = scan(text, 0)
-                    if end != len(text):
-                        raise protocol.ProtocolError("trailing data after the reply")
-                    allowed, rule, message, _response = validate_reply(reply, request_id)
+                    reply = read_frame(conn)
+                    while is_flush(reply):
+                        cache.clear()  # the policy changed: nothing cached stands
+                        generation = reply[protocol.FLUSH_KEY]
+                        reply = read_frame(conn)
+                    allowed, rule, message, _response, cacheable = validate_reply(reply, request_id)
+                    if cacheable is not None:
+                        if cacheable != generation or len(cache) >= _CACHE_SIZE:
+                            cache.clear()
+                            generation = cacheable
+                        cache.add((action, target))
                 except Exception as exc:
                     drop()
                     raise refuse(
@@ -350,6 +387,7 @@ class _SqliteGate:
         self._tamper = tamper
         self._get_ident = _thread.get_ident
         self._statements: dict[int, _Statement] = {}
+        self._actions: dict[str, str] = {}  # SQL text -> its database_* action
         self._connecting: set[int] = set()
         self._connection_classes: dict[type, type] = {}
         self._cursor_classes: dict[type, type] = {}
@@ -474,7 +512,13 @@ class _SqliteGate:
         database = getattr(cursor.connection, "_agentsup_database", "")
         approved: set[str] = set()
         for statement in statements:
-            action = mapping.sql_action(statement)
+            action = self._actions.get(statement)
+            if action is None:
+                # Classifying is pure but costs more than a cached check.
+                action = mapping.sql_action(statement)
+                if len(self._actions) >= _CACHE_SIZE:
+                    self._actions.clear()
+                self._actions[statement] = action
             if action not in approved:
                 self._check(action, statement, {"database": database})
                 approved.add(action)

@@ -15,6 +15,16 @@ A `check` gets exactly one reply with the same id:
 
 `note` (telemetry: the syscall layer decides those actions) and `tamper` (the
 hook saw the agent interfere with it) get no reply.
+
+An allow the supervisor marks cacheable carries `"cache": G`, the server's
+cache generation: the hook may answer the same (action, target) itself
+until the server invalidates, which it does by pushing a frame between
+replies:
+
+    {"v":1,"flush":G2}
+
+The hook then drops every cached answer (policy reload: nothing cached under
+an older policy survives).
 """
 
 from __future__ import annotations
@@ -57,6 +67,8 @@ RESPONSES: Final = frozenset({"allow", "log", "warn", "block", "kill", "stop", "
 
 REQUEST_KEYS: Final = frozenset({"v", "id", "op", "action", "target", "detail"})
 REPLY_KEYS: Final = frozenset({"v", "id", "verdict", "rule", "message", "response"})
+CACHE_KEY: Final = "cache"
+FLUSH_KEY: Final = "flush"
 
 # Ids are JSON numbers; keep them exact in every JSON implementation.
 MAX_ID: Final = 2**53 - 1
@@ -98,9 +110,23 @@ def is_valid_id(value: object) -> bool:
     return type(value) is int and 0 <= value <= MAX_ID
 
 
-def validate_reply(message: Any, expected_id: int) -> tuple[bool, str, str, str]:
-    """Check a decoded reply; return (allowed, rule, message, response)."""
-    if type(message) is not dict or set(message) != REPLY_KEYS:
+def is_flush(message: Any) -> bool:
+    """True for the server's pushed `{"v":1,"flush":G}` frame."""
+    return (
+        type(message) is dict
+        and set(message) == {"v", FLUSH_KEY}
+        and message["v"] == VERSION
+        and is_valid_id(message[FLUSH_KEY])
+    )
+
+
+def validate_reply(message: Any, expected_id: int) -> tuple[bool, str, str, str, int | None]:
+    """Check a decoded reply; return (allowed, rule, message, response, cache generation)."""
+    if type(message) is not dict:
+        raise ProtocolError("reply has the wrong fields")
+    keys = set(message)
+    cache = message.get(CACHE_KEY)
+    if keys != REPLY_KEYS and not (keys == REPLY_KEYS | {CACHE_KEY} and is_valid_id(cache)):
         raise ProtocolError("reply has the wrong fields")
     if type(message["v"]) is not int or message["v"] != VERSION:
         raise ProtocolError("reply has the wrong version")
@@ -116,7 +142,9 @@ def validate_reply(message: Any, expected_id: int) -> tuple[bool, str, str, str]
         raise ProtocolError("reply fields must be strings")
     if verdict not in VERDICTS or response not in RESPONSES:
         raise ProtocolError("reply has an unknown verdict or response")
-    return verdict == "allow", rule, text, response
+    if cache is not None and (verdict != "allow" or response != "allow"):
+        raise ProtocolError("only a plain allow can be cached")
+    return verdict == "allow", rule, text, response, cache
 
 
 def _valid_detail_value(value: object) -> bool:

@@ -34,13 +34,23 @@ def deny(rule: str = "test-deny") -> HookReply:
 class ServedHooks:
     """A HookServer answered by `allows`, served from a thread."""
 
-    def __init__(self, path: Path, allows: Policy) -> None:
+    def __init__(
+        self,
+        path: Path,
+        allows: Policy,
+        cacheable: Callable[[HookRequest, HookReply], bool] | None = None,
+    ) -> None:
         self.requests: list[HookRequest] = []
         self.tampers: list[tuple[int, str]] = []
         self._allows = allows
         self.server = HookServer(
-            path, self._decide, lambda pid, why: self.tampers.append((pid, why))
+            path,
+            self._decide,
+            lambda pid, why: self.tampers.append((pid, why)),
+            cacheable=cacheable,
         )
+        self._invalidate = threading.Event()
+        self._invalidated = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
@@ -49,8 +59,19 @@ class ServedHooks:
         self.requests.append(request)
         return ALLOW if self._allows(request) else deny()
 
+    def invalidate(self, allows: Policy) -> None:
+        """A policy reload, done in the serving thread (the server is not thread-safe)."""
+        self._invalidated.clear()
+        self._allows = allows
+        self._invalidate.set()
+        assert self._invalidated.wait(10)
+
     def _loop(self) -> None:
         while not self._stop.is_set():
+            if self._invalidate.is_set():
+                self._invalidate.clear()
+                self.server.invalidate()
+                self._invalidated.set()
             fds = self.server.fds()
             writable = [fd for fd in fds if self.server.want_write(fd)]
             readable, ready_to_write, _ = select.select(fds, writable, [], 0.05)

@@ -18,7 +18,7 @@ from conftest import Sandbox
 from test_hook_e2e import Policy, ServedHooks, agent_env
 from test_hook_e2e import http_server as http_server
 from test_hook_site import serve as serve
-from test_hook_supervised import _Recorder
+from test_hook_supervised import WEB_POLICY, _Recorder
 from test_hook_supervised import http_server as recorded_server  # noqa: F401  (fixture)
 
 pytest.importorskip("httpx")
@@ -102,27 +102,7 @@ def test_httpx_and_aiohttp_requests_are_checked(
     assert [method for method, _path in seen] == ["GET", "GET", "GET"]
 
 
-CLIENT_POLICY = """
-name: clients
-extends: [strict]
-rules:
-  - id: api-get
-    actions: [network_request]
-    target: "GET http://127.0.0.1:{port}/**"
-    decision: allow
-    priority: 1
-  - id: no-posting
-    actions: [network_request]
-    pattern: "^POST "
-    decision: deny
-    on_violation: block
-    priority: 1
-  - id: api-connect
-    actions: [network_connect]
-    target: "127.0.0.1:{port}"
-    decision: allow
-    priority: 1
-"""
+CLIENT_POLICY = WEB_POLICY.replace("api.example.test", "127.0.0.1")
 
 
 @pytest.mark.requires_seccomp_notify

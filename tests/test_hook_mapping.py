@@ -97,14 +97,22 @@ def test_frames_split_and_oversize() -> None:
 
 def test_reply_validation_is_strict() -> None:
     good = {"v": 1, "id": 4, "verdict": "deny", "rule": "r", "message": "m", "response": "kill"}
-    assert protocol.validate_reply(good, 4) == (False, "r", "m", "kill")
+    assert protocol.validate_reply(good, 4) == (False, "r", "m", "kill", None)
     for broken in (
         {**good, "id": 5},
         {**good, "verdict": "maybe"},
         {**good, "rule": ["r"]},
         {**good, "extra": 1},
         {**good, "v": True},
+        {**good, "cache": 1},  # a deny is never cached
         [good],
     ):
         with pytest.raises(protocol.ProtocolError):
             protocol.validate_reply(broken, 4)
+    allow = {**good, "verdict": "allow", "response": "allow", "cache": 3}
+    assert protocol.validate_reply(allow, 4) == (True, "r", "m", "allow", 3)
+    for broken in ({**allow, "cache": -1}, {**allow, "cache": True}, {**allow, "response": "log"}):
+        with pytest.raises(protocol.ProtocolError):
+            protocol.validate_reply(broken, 4)
+    assert protocol.is_flush({"v": 1, "flush": 2})
+    assert not protocol.is_flush({"v": 1, "flush": "2"})

@@ -50,6 +50,19 @@ def serve(tmp_path: Path) -> Iterator[Callable[[Policy], ServedHooks]]:
         item.close()
 
 
+def run_foreign(
+    tmp_path: Path, script: str, *path: str, python: str = "/usr/bin/python3"
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [python, "-c", script],
+        env=foreign_env(tmp_path, *path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+
+
 def foreign_env(tmp_path: Path, *path: str) -> dict[str, str]:
     # Nothing of agentsup's own interpreter: no .pth, only the site directory.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PYENV"))}
@@ -73,14 +86,7 @@ def test_any_python_3_8_or_later_is_hooked(
     python: str, tmp_path: Path, serve: Callable[[Policy], ServedHooks]
 ) -> None:
     served = serve(lambda r: r.target != "HOME")
-    result = subprocess.run(
-        [python, "-c", READ_HOME],
-        env=foreign_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
+    result = run_foreign(tmp_path, READ_HOME, python=python)
     if _version(python) < (3, 8):
         # No audit hooks in this Python: it says so and runs unhooked.
         assert "has no audit hooks" in result.stderr
@@ -100,13 +106,7 @@ def test_an_existing_sitecustomize_still_runs(
     theirs.mkdir()
     (theirs / "sitecustomize.py").write_text("import os\nSEEN = os.getpid()\n")
     script = "import sitecustomize, os; print(sitecustomize.SEEN == os.getpid(), os.getenv('X'))"
-    result = subprocess.run(
-        ["/usr/bin/python3", "-c", script],
-        env=foreign_env(tmp_path, str(theirs)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_foreign(tmp_path, script, str(theirs))
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True", "None"]
     assert [r.target for r in served.checks("env_read")] == ["X"]
@@ -137,13 +137,7 @@ def test_explicit_env_of_a_child_keeps_the_site_directory(
         ' print("child refused")\'\n'
         "subprocess.run(['/usr/bin/python3', '-c', child], env={'PATH': '/usr/bin'})\n"
     )
-    result = subprocess.run(
-        ["/usr/bin/python3", "-c", parent],
-        env=foreign_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_foreign(tmp_path, parent)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "child refused"
     assert [r.target for r in served.checks("env_read")] == ["HOME"]
@@ -166,13 +160,7 @@ def test_other_modules_may_change_their_own_class(
         "    print('sys guarded')\n"
         "print(type(lazy).__name__)\n"
     )
-    result = subprocess.run(
-        ["/usr/bin/python3", "-c", script],
-        env=foreign_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_foreign(tmp_path, script)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["sys", "guarded", "Deprecating"]
     assert len(served.tampers) == 1

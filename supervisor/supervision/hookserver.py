@@ -10,6 +10,13 @@ SO_PEERCRED, never from the message.  A check is answered by `decide`, or
 later through `reply_later` when `decide` returns None (require_approval).
 Anything that does not follow the protocol closes the connection and is
 reported through `on_tamper`; the hook in the agent then fails closed.
+
+A process that never connects (a Python started with -I, a program that is
+no Python at all) is nothing to the server: only what arrives is judged.
+
+When `cacheable(request, reply)` says so, an allow carries the server's cache
+generation and the hook answers the same (action, target) itself from then
+on; `invalidate()` (on a policy reload) pushes a flush to every connection.
 """
 
 from __future__ import annotations
@@ -115,8 +122,10 @@ def decode_request(payload: bytes) -> tuple[str, str, str, dict[str, Any], int]:
     return protocol.validate_request(message)
 
 
-def encode_reply(reply: HookReply, request_id: int) -> bytes:
+def encode_reply(reply: HookReply, request_id: int, cache: int | None = None) -> bytes:
     message = reply.to_message(request_id)
+    if cache is not None:
+        message[protocol.CACHE_KEY] = cache
     payload = json.dumps(message, separators=(",", ":")).encode("ascii")
     if len(payload) > protocol.MAX_FRAME:
         message["message"] = reply.message[:1024]
@@ -143,9 +152,14 @@ class HookServer:
         on_tamper: Callable[[int, str], None] | None = None,
         *,
         backlog: int = 64,
+        cacheable: Callable[[HookRequest, HookReply], bool] | None = None,
     ) -> None:
         self.path = Path(path)
         self._decide = decide
+        # Nothing is cacheable unless the supervisor says which answers are:
+        # only it knows whether an allow is recorded, rate limited or held.
+        self._cacheable = cacheable
+        self.generation = 0
         self._on_tamper = on_tamper or (lambda pid, reason: None)
         self._tokens = itertools.count(1)
         self._connections: dict[int, _Connection] = {}
@@ -207,6 +221,15 @@ class HookServer:
             return False  # the process hung up while its check was held
         self._send(conn, encode_reply(reply, request.request_id))
         return True
+
+    def invalidate(self) -> None:
+        """The policy changed: every hook drops its cached answers before its next check."""
+        self.generation += 1
+        flush = protocol.frame(
+            json.dumps({"v": protocol.VERSION, protocol.FLUSH_KEY: self.generation}).encode()
+        )
+        for conn in list(self._connections.values()):
+            self._send(conn, flush)
 
     def close(self) -> None:
         for conn in list(self._connections.values()):
@@ -290,7 +313,15 @@ class HookServer:
             self._held[request.token] = (conn, request)
             conn.held.add(request.token)
             return True
-        return self._send(conn, encode_reply(reply, request_id))
+        cache = None
+        if (
+            self._cacheable is not None
+            and reply.allowed
+            and reply.response is Response.ALLOW
+            and self._cacheable(request, reply)
+        ):
+            cache = self.generation
+        return self._send(conn, encode_reply(reply, request_id, cache))
 
     def _send(self, conn: _Connection, data: bytes) -> bool:
         conn.outbox += data
