@@ -525,6 +525,38 @@ def test_pip_installs_from_an_index_through_the_proxy(sandbox: Sandbox, package_
     assert sandbox.agentsup("audit", "verify", str(sandbox.audit_log)).returncode == 0
 
 
+def test_git_and_pip_are_refused_a_disallowed_host(
+    sandbox: Sandbox, git_server: int, package_index: int
+) -> None:
+    policy = sandbox.policy("egress", POLICY + TOOLS)
+    pip = (
+        f"{sys.executable} -m pip install -q --no-cache-dir --disable-pip-version-check"
+        f" --retries 0 --target site --index-url http://blocked.test:{package_index}/simple/"
+        " --trusted-host blocked.test agentsup-tiny"
+    )
+    result = sandbox.run(
+        "sh",
+        "-c",
+        f"GIT_SSL_CAINFO=test-ca.txt git clone -q https://blocked.test:{git_server}/repo.git c;"
+        f" echo git=$?; {pip}; echo pip=$?",
+        policy=policy,
+        timeout=120,
+    )
+    # blocked-host says block: both fail and the agent carries on.
+    assert result.returncode == 0, result.stderr
+    assert "git=128" in result.stdout and "pip=1" in result.stdout, result.stdout
+    assert not (sandbox.workspace / "c").exists()
+    assert not (sandbox.workspace / "site" / "agentsup_tiny.py").exists()
+    refused = [
+        r
+        for r in _proxy_records(sandbox)
+        if r.get("event") == "egress" and r["rule"] == "blocked-host"
+    ]
+    assert {r["method"] for r in refused} == {"CONNECT", "GET"}, refused
+    assert all(r["decision"] == "deny" and r["response"] == "block" for r in refused)
+    assert sandbox.agentsup("audit", "verify", str(sandbox.audit_log)).returncode == 0
+
+
 def _node_version() -> tuple[int, int]:
     node = shutil.which("node")
     if node is None:
