@@ -450,7 +450,12 @@ class Agent:
             self.judge.floor = floor.FloorCheck(landlock_plan)
         if hook_socket is not None:
             try:
-                self.hooks = HookServer(Path(hook_socket), self._on_hook_request, self._on_tamper)
+                self.hooks = HookServer(
+                    Path(hook_socket),
+                    self._on_hook_request,
+                    self._on_tamper,
+                    cacheable=self._hook_answer_cacheable,
+                )
             except OSError as exc:
                 raise SetupError(f"cannot serve the hook socket {hook_socket}: {exc}") from exc
         try:
@@ -578,6 +583,8 @@ class Agent:
             say(f"warning: policy reload failed, keeping the old rules: {exc}")
             return
         judge.set_policy(compiled)
+        if self.hooks is not None:
+            self.hooks.invalidate()  # answers the hooks cached came from the old rules
         self.audit.append(
             {
                 "agent": judge.agent_id,
@@ -589,6 +596,11 @@ class Agent:
         )
 
     # -- the Python hook and the person in the loop -------------------------------
+
+    def _hook_answer_cacheable(self, request: HookRequest, _reply: HookReply) -> bool:
+        """A hook may keep an allow the judge itself caches: no record, limit or grant."""
+        judge = self.judge
+        return judge is not None and (request.action, request.target) in judge.allow_cache
 
     def _on_hook_request(self, request: HookRequest) -> HookReply | None:
         assert self.judge is not None
