@@ -257,12 +257,6 @@ stat -c '%a %n' tree tree/sub tree/sub/deeper tree/sub/deeper/leaf.txt
 """
 
 
-@pytest.mark.xfail(
-    os.geteuid() == 0,
-    strict=True,
-    reason="mediator bug: as root, tar x restores a directory's mode with chmod through "
-    "/proc/self/fd/N, and the mediated chmod fails with EBADF",
-)
 def test_tar_extracts_an_archive_with_directories(jobs: Jobs) -> None:
     assert "755 tree/sub" in jobs.compare(UNTAR)
 
@@ -390,40 +384,21 @@ def test_every_secret_is_still_unreadable_under_strict(jobs: Jobs) -> None:
 
 
 # ---------------------------------------------------------------- mediator
-# Steps ordinary tools take that the mediator (not the policy) still gets
-# wrong at the time of writing; each names its bug and XPASSes when fixed.
+# Steps ordinary tools take where the mediator must answer as the kernel does,
+# before any rule: mkdir -p of what exists, probes for optional files (curl's
+# ~/.curlrc, libcurl's ~/.netrc), urllib3's IPv6 probe.
 
-MEDIATOR_BUGS = {
-    "mkdir-existing": (
-        'mkdir /usr || echo "mkdir says $?"',
-        "mediator bug: a mkdir of an existing directory must get EEXIST before any rule "
-        "is asked; strict's system-write rule kills instead (npm mkdirs ~/.npm this way)",
-    ),
-    "read-absent": (
-        'cat /var/log/absent-file || echo "cat says $?"',
-        "mediator bug: a read of a path that does not exist must get ENOENT; the default "
-        "deny answers EACCES first",
-    ),
-    "read-absent-secret": (
-        'cat "$HOME/.ssh/absent" || echo "cat says $?"',
-        "mediator bug: a read of a secret path that does not exist must get ENOENT and no "
-        "signal; secret-ssh kills the agent",
-    ),
+KERNEL_ANSWERS = {
+    "mkdir-existing": 'mkdir /usr || echo "mkdir says $?"',
+    "read-absent": 'cat /var/log/absent-file || echo "cat says $?"',
+    "read-absent-secret": 'cat "$HOME/.ssh/absent" || echo "cat says $?"',
     "bind-loopback-port-0": (
         'python3 -c \'import socket; socket.socket(socket.AF_INET6).bind(("::1", 0)); '
-        'print("bound")\'',
-        "mediator bug: a bind to loopback port 0 is judged as network_connect [::1]:0 "
-        "(strict now only blocks it, rule loopback-probe; urllib3 copes)",
+        'print("bound")\''
     ),
 }
 
 
-@pytest.mark.parametrize(
-    "script",
-    [
-        pytest.param(script, id=name, marks=pytest.mark.xfail(strict=True, reason=reason))
-        for name, (script, reason) in MEDIATOR_BUGS.items()
-    ],
-)
+@pytest.mark.parametrize("script", list(KERNEL_ANSWERS.values()), ids=list(KERNEL_ANSWERS))
 def test_steps_the_mediator_must_answer_as_the_kernel_does(jobs: Jobs, script: str) -> None:
     jobs.compare(script)

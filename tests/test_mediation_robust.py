@@ -111,6 +111,7 @@ def test_the_notification_fuzzer_leaves_the_supervisor_alive(attacker: Sandbox) 
 def test_a_denied_path_that_is_not_utf8_is_recorded_and_kills(attacker: Sandbox) -> None:
     """Its record once could not be written, and the kill that follows it never came."""
     secret = os.fsdecode(bytes(attacker.key.parent) + b"/id_\xff")
+    Path(secret).write_text("a key with an odd name\n")  # an absent file is ENOENT, no rule
     result = attacker.run("python3", "-c", f"open({secret.encode(errors='surrogateescape')!r})")
     assert result.returncode == 137, result.stderr[-2000:]
     (record,) = [

@@ -164,7 +164,9 @@ def plan_landlock(
         write_roots=_real(policy.floor_roots(WRITE_ACTIONS)),
         exec_roots=_real(policy.floor_roots((ActionType.PROCESS_SPAWN,))),
         connect_ports=tcp_ports,
-        bind_ports=tcp_ports,
+        # Port 0 (any free port) on loopback is how clients probe for IPv6; the
+        # agent then has a network namespace of its own, where that reaches nobody.
+        bind_ports=tcp_ports | {0} if tcp_ports is not None else None,
         no_write=[os.path.realpath(p) for p in locations.protected_paths()],
         no_read=[os.path.realpath(p) for p in locations.secret_paths()],
         abi=landlock_abi(),

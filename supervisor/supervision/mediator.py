@@ -589,6 +589,11 @@ class Mediator:
         creating = node.error == errno.ENOENT and flags & os.O_CREAT
         if creating:
             node = self.resolve_parent(tid, dirfd, raw, resolve_flags=resolve_flags)
+        elif node.error == errno.ENOENT:
+            # Nothing there: what the kernel would say, with no rule asked and no
+            # signal (tools probe for optional files: ~/.curlrc, ~/.netrc).
+            self._fail(notif, errno.ENOENT)
+            return
         # A pipe or socket the agent already holds is its own: no path rule applies.
         own_object = not node.error and not node.target.startswith("/") and _names_own_fd(raw)
         checks = []
@@ -617,6 +622,12 @@ class Mediator:
         elif opened:
             setfl = -1 if flags & os.O_NONBLOCK else flags
             self.broker.act(broker.INJECT, notif.id, node.handle, cloexec, setfl)
+        elif flags & _O_PATH:
+            # ADDFD cannot pass an O_PATH file (EBADF).  An O_PATH fd gives no
+            # data; every use of it (a reopen through /proc/self/fd, fchmod, an
+            # *at call) is decided on the real path again, so the kernel may open it.
+            self.release(node)
+            _seccomp.respond_continue(self.listener, notif.id)
         else:
             own_flags = flags & ~(os.O_NOFOLLOW | os.O_CLOEXEC)
             self.broker.act(broker.REOPEN, notif.id, node.handle, own_flags, cloexec)
@@ -768,6 +779,12 @@ class Mediator:
         self, n: _seccomp.Notification, syscall: str, dirfd: int, ptr: int, mode: int
     ) -> None:
         mode = mode & 0o7777 & ~self._umask(n.pid) & ~stat.S_ISUID
+        existing = self.resolve(n.pid, dirfd, self.memory.read_cstring(n.pid, ptr), follow=False)
+        self.release(existing)
+        if not existing.error:
+            # `mkdir -p` of what is there: EEXIST, as the kernel says, before any rule.
+            self._fail(n, errno.EEXIST)
+            return
         self._parent_op(n, syscall, ActionType.FILE_WRITE, dirfd, ptr, broker.MKDIR, mode)
 
     def _on_mkdir(self, n: _seccomp.Notification, name: str) -> None:
@@ -1335,6 +1352,8 @@ class Mediator:
 
     def _socket_call(self, n: _seccomp.Notification, syscall: str, *, connect: bool) -> None:
         """connect/bind: decide on the address we copied, and use that very copy."""
+        if not connect and self._bind_loopback_any_port(n):
+            return
         decided = self._decided_address(n, syscall, n.args[1], n.args[2] & 0xFFFFFFFF)
         if decided is None:
             return
@@ -1372,6 +1391,28 @@ class Mediator:
             if not connect or err != errno.EINPROGRESS:
                 os.close(fd)
         self._connected(n, fd, err)
+
+    def _bind_loopback_any_port(self, n: _seccomp.Notification) -> bool:
+        """A bind to loopback port 0 reaches nobody (urllib3 probes IPv6 so): no rule.
+
+        Done by the broker with the copied address; True when answered.
+        """
+        ptr, length = n.args[1], n.args[2] & 0xFFFFFFFF
+        if ptr == 0 or length < 2:
+            return False
+        address = ip_address_tuple(self.memory.read(n.pid, ptr, min(length, 128)))
+        if address is None or address[1] != 0:
+            return False
+        host = str(address[0])
+        if not (host == "::1" or host.startswith("127.")):
+            return False
+        fd = self._agent_socket(n)
+        if fd >= 0:
+            try:
+                self.broker.act(broker.BIND, n.id, address, fds=(fd,))
+            finally:
+                os.close(fd)
+        return True
 
     def _connected(self, n: _seccomp.Notification, fd: int, err: int) -> None:
         """Answer a connect the broker started; a blocking one waits in the loop."""
