@@ -160,7 +160,7 @@ def test_an_approval_timeout_with_kill_ends_the_agent(sandbox: Sandbox) -> None:
     assert "approval.timeout_seconds" in err
     assert (sandbox.workspace / "doomed.txt").exists()
     exits = [r for r in sandbox.audit_records() if r.get("event") == "exit"]
-    assert exits[0]["killed_by"] == "limits.approval.timeout_seconds"
+    assert exits[0]["killed_by"] == "approval.timeout_seconds"  # the policy key that ran out
 
 
 def test_the_agent_cannot_reach_the_control_socket(sandbox: Sandbox) -> None:

@@ -780,7 +780,9 @@ class Agent:
         assert self.judge is not None
         if self.judge.state is not AgentState.EXITED:
             limit = self.judge.policy.limits.max_runtime_seconds
-            self.judge.kill_for_limit("max_runtime_seconds", f"ran longer than {limit} s")
+            self.judge.kill_for_limit(
+                "limits.max_runtime_seconds", f"ran longer than {limit} s"
+            )
 
     def finish(self) -> int:
         """Record the end and return the exit code `run` reports."""

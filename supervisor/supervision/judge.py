@@ -651,11 +651,12 @@ class Judge:
             event=event,
         )
 
-    def kill_for_limit(self, limit: str, detail: str) -> None:
+    def kill_for_limit(self, key: str, detail: str) -> None:
+        """Kill for the policy key `key` (`limits.max_runtime_seconds`, ...) running out."""
         if self.kill_report is None:
-            self.kill_report = KillReport(f"limits.{limit}", "limit", detail, "")
-            self.say(f"killed agent '{self.agent_id}': limits.{limit} exceeded ({detail})")
-        self.signal_tree(signal.SIGKILL, f"limits.{limit}: {detail}", rule=f"limits.{limit}")
+            self.kill_report = KillReport(key, "limit", detail, "")
+            self.say(f"killed agent '{self.agent_id}': {key} exceeded ({detail})")
+        self.signal_tree(signal.SIGKILL, f"{key}: {detail}", rule=key)
 
     def _hold(
         self,
