@@ -280,3 +280,57 @@ def test_an_unforeseen_error_fails_that_syscall_with_eio_and_is_recorded(
         assert mediator.on_ready(select.EPOLLIN) is True  # the loop goes on
     assert answered == [(7, errno.EIO)]
     assert recorded == [("open", "KeyError: 'a bug'")]
+
+
+STOPPER = """
+name: stopper
+extends: [strict]
+rules:
+  - id: stop-here
+    actions: [file_write]
+    target: "{workspace}/forbidden.txt"
+    decision: deny
+    priority: 1
+    on_violation: sigstop
+"""
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def test_a_stopped_tree_keeps_its_broker_running(attacker: Sandbox) -> None:
+    """Stopped in an ADDFD, the broker would hand the agent's open() a 0."""
+    from agentsup.kernel.proc import process_state
+
+    policy = attacker.policy("stopper", STOPPER)
+    forbidden = str(attacker.workspace / "forbidden.txt")
+    proc = subprocess.Popen(
+        attacker.command("python3", "try_syscall.py", "write", forbidden, policy=policy),
+        env=attacker.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        broker = agent = 0
+        while time.monotonic() < deadline:
+            inits = [
+                child
+                for trampoline in _children(proc.pid)
+                for child in _children(trampoline)
+                if Path(f"/proc/{child}/comm").read_text().strip() == "agentsup-init"
+            ]
+            if inits and _children(inits[0]):
+                broker, agent = inits[0], _children(inits[0])[0]
+                if process_state(agent) == "T":
+                    break
+            time.sleep(0.05)
+        assert process_state(agent) == "T"  # the agent is stopped by the violation
+        assert process_state(broker) in ("S", "R"), process_state(broker)
+    finally:
+        proc.kill()
+        proc.wait()

@@ -184,8 +184,9 @@ class ProcessTree:
         if group is not None:  # v2 only: a v1 group has neither file
             self._kill_fd = _open_or_none(f"{group.tracking}/cgroup.kill", os.O_WRONLY)
             self._events_fd = _open_or_none(f"{group.tracking}/cgroup.events", os.O_RDONLY)
-        with contextlib.suppress(OSError):
-            self._root_fd = os.pidfd_open(root_pid)
+        self._root_fd = _pidfd_or_none(root_pid)
+        # The broker is the root's one child (the init of the agent's namespace).
+        self._broker = _first_child(root_pid)
         weakref.finalize(self, _close_fds, (self._kill_fd, self._events_fd, self._root_fd))
 
     def pids(self) -> set[int]:
@@ -201,18 +202,33 @@ class ProcessTree:
         return found
 
     def signal_all(self, sig: int) -> set[int]:
-        if self.group is not None:
+        """Send `sig` to every process of the tree; the pids signalled.
+
+        SIGSTOP spares the broker: stopped in the middle of an ADDFD, it
+        would be interrupted there, and the agent's open() return 0.  It does
+        nothing on its own, so the agent is as stopped as before.
+        """
+        spared = {self._broker} if sig == signal.SIGSTOP and self._broker > 0 else set()
+        if self.group is not None and not spared:
             return self.group.signal_all(sig)
-        # Without a cgroup, repeat until no new process shows up, so a fork
-        # racing with the signal is caught on the next pass.
+        # Repeat until no new process shows up, so a fork racing with the
+        # signal is caught on the next pass; each pid is pinned with a pidfd
+        # and found in the tree again before it is signalled (a recycled pid
+        # outside the tree is never hit).
         signalled: set[int] = set()
         while True:
-            fresh = self.pids() - signalled
+            fresh = self.pids() - signalled - spared
             if not fresh:
                 return signalled
-            for pid in fresh:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
+            pinned = {pid: fd for pid in fresh if (fd := _pidfd_or_none(pid)) >= 0}
+            try:
+                still = self.pids()
+                for pid, fd in pinned.items():
+                    if pid in still:
+                        with contextlib.suppress(ProcessLookupError):
+                            signal.pidfd_send_signal(fd, sig)
+            finally:
+                _close_fds(tuple(pinned.values()))
             signalled |= fresh
 
     def kill(self) -> list[str]:
@@ -270,6 +286,21 @@ class ProcessTree:
         own processes, so a group any of them is in is wholly the agent's.
         """
         return any(process_group(pid) == pgid for pid in self.pids())
+
+
+def _pidfd_or_none(pid: int) -> int:
+    try:
+        return os.pidfd_open(pid)
+    except OSError:
+        return -1
+
+
+def _first_child(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", "rb") as children:
+            return int(children.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _open_or_none(path: str, flags: int) -> int:
