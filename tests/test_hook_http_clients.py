@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import sysconfig
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -113,11 +114,12 @@ def test_a_workspace_venv_is_gated_by_network_request_rules(
 ) -> None:
     port = recorded_server
     venv = sandbox.workspace / "venv"
-    # --system-site-packages: httpx and aiohttp come from the interpreter's site.
-    subprocess.run(
-        [sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)],
-        check=True,
-    )
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    # httpx and aiohttp come from the test's own environment (itself a venv in
+    # CI, whose packages --system-site-packages would not reach).
+    (site,) = venv.glob("lib/python3*/site-packages")
+    paths = sysconfig.get_paths()
+    (site / "test-env.pth").write_text(f"{paths['purelib']}\n{paths['platlib']}\n")
     script = sandbox.workspace / "clients.py"
     script.write_text(textwrap.dedent(CLIENTS))
     policy = sandbox.policy("clients", CLIENT_POLICY.replace("{port}", str(port)))

@@ -11,6 +11,8 @@ None, shown as `-`.
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -60,17 +62,58 @@ def _address(addr: tuple[str, int] | tuple[()]) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
+# /proc/net/tcp `st` field: the TCP states an operator looks for.
+_TCP_STATES = {
+    "01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1",
+    "05": "FIN_WAIT2", "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT",
+    "09": "LAST_ACK", "0A": "LISTEN", "0B": "CLOSING",
+}  # fmt: skip
+
+
+def _hex_address(text: str) -> str:
+    """`0100007F:1F90` (or its 32-hex-digit IPv6 form) as `127.0.0.1:8080` / `[::1]:8080`."""
+    host, port = text.split(":")
+    raw = bytes.fromhex(host)
+    # The kernel prints each 32-bit word in host (little-endian) order.
+    packed = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    family = socket.AF_INET6 if len(packed) == 16 else socket.AF_INET
+    return _address((socket.inet_ntop(family, packed), int(port, 16)))
+
+
 def _connections(process: psutil.Process) -> list[dict[str, object]]:
-    method = getattr(process, "net_connections", None) or process.connections
-    return [
-        {
-            "pid": process.pid,
-            "local": _address(conn.laddr),
-            "remote": _address(conn.raddr),
-            "status": conn.status,
-        }
-        for conn in method(kind="inet")
-    ]
+    """The process's inet sockets, read in its own network namespace.
+
+    psutil reads /proc/net of the caller's namespace, where the sockets of an
+    agent in a network namespace of its own do not appear; /proc/PID/net is
+    the process's.
+    """
+    inodes = set()
+    for fd in os.listdir(f"/proc/{process.pid}/fd"):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/{process.pid}/fd/{fd}")
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    found: list[dict[str, object]] = []
+    for proto in ("tcp", "tcp6", "udp", "udp6"):
+        try:
+            with open(f"/proc/{process.pid}/net/{proto}") as table:
+                lines = table.read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 10 or fields[9] not in inodes:
+                continue
+            remote = _hex_address(fields[2])
+            found.append(
+                {
+                    "pid": process.pid,
+                    "local": _hex_address(fields[1]),
+                    "remote": "" if remote.endswith(":0") else remote,
+                    "status": _TCP_STATES.get(fields[3], "NONE") if proto[:3] == "tcp" else "NONE",
+                }
+            )
+    return found
 
 
 class UsageSampler:
@@ -116,10 +159,10 @@ class UsageSampler:
             if usage.connections is not None:
                 try:
                     usage.connections.extend(_connections(process))
-                except psutil.AccessDenied:
+                except PermissionError:
                     usage.connections = None
-                except psutil.Error:
-                    pass
+                except OSError:
+                    pass  # gone meanwhile
         if lifetime_s is not None and lifetime_s > 0:
             usage.cpu_percent = 100.0 * usage.cpu_seconds / lifetime_s
         return usage

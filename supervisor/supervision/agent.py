@@ -135,6 +135,12 @@ def _real(paths: tuple[str, ...] | None) -> tuple[str, ...] | None:
     return tuple(os.path.realpath(p) for p in paths)
 
 
+def _existing_ancestor(path: str) -> str:
+    while path != "/" and not os.path.lexists(path):
+        path = os.path.dirname(path)
+    return path
+
+
 def plan_landlock(
     policy: CompiledPolicy, locations: Locations, shadow: bool = False
 ) -> floor.FloorPlan:
@@ -159,9 +165,21 @@ def plan_landlock(
     # Landlock refuses every TCP connect and bind; otherwise ports stay open
     # and the seccomp layer alone decides.
     tcp_ports: frozenset[int] | None = frozenset() if network == () else None
+    read_roots = _real(policy.floor_roots(READ_ACTIONS))
+    write_roots = _real(policy.floor_roots(WRITE_ACTIONS))
+    if write_roots is not None:
+        # Landlock can only name what exists.  A rule may let the agent create
+        # `~/.cache/tool/**` where `~/.cache` is not there yet: the floor grants
+        # the nearest existing directory instead (the policy still decides each
+        # path), for writing and for reading back what was written.
+        missing = [root for root in write_roots if not os.path.lexists(root)]
+        grown = tuple(_existing_ancestor(root) for root in missing)
+        write_roots = tuple(dict.fromkeys(write_roots + grown))
+        if read_roots is not None:
+            read_roots = tuple(dict.fromkeys(read_roots + grown))
     return floor.plan_floor(
-        read_roots=_real(policy.floor_roots(READ_ACTIONS)),
-        write_roots=_real(policy.floor_roots(WRITE_ACTIONS)),
+        read_roots=read_roots,
+        write_roots=write_roots,
         exec_roots=_real(policy.floor_roots((ActionType.PROCESS_SPAWN,))),
         connect_ports=tcp_ports,
         # Port 0 (any free port) on loopback is how clients probe for IPv6; the
