@@ -19,6 +19,7 @@ import socket
 import struct
 import sys
 import termios
+import threading
 from collections.abc import Callable
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -622,6 +623,83 @@ def op_fuzz(count: str, seconds: str, seed: str, directory: str) -> None:
         errors[key] = errors.get(key, 0) + 1
         done += 1
     report("fuzz", "ok", {"calls": done, "results": errors})
+
+
+def _flip_pointer(
+    field: ctypes.Array[ctypes.c_char], offset: int, one: int, two: int
+) -> Callable[[], None]:
+    """Start a thread rewriting the 8-byte pointer at `offset`; returns its stopper."""
+    running = [True]
+
+    def flip() -> None:
+        while running[0]:
+            struct.pack_into("<Q", field, offset, one)
+            struct.pack_into("<Q", field, offset, two)
+
+    thread = threading.Thread(target=flip, daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        running[0] = False
+        thread.join()
+
+    return stop
+
+
+def op_sendmsg_null_race(denied_port: str, tries: str) -> None:
+    """sendmsg with msg_name NULL when checked, a denied address when the kernel reads it."""
+    address = ctypes.create_string_buffer(
+        struct.pack("<H", socket.AF_INET)
+        + struct.pack(">H", int(denied_port))
+        + bytes([127, 0, 0, 1])
+        + bytes(8),
+        16,
+    )
+    payload = ctypes.create_string_buffer(b"leak", 4)
+    iov = ctypes.create_string_buffer(struct.pack("<QQ", ctypes.addressof(payload), 4), 16)
+    msghdr = ctypes.create_string_buffer(
+        struct.pack("<QI4xQQQQi4x", 0, 16, ctypes.addressof(iov), 1, 0, 0, 0), 56
+    )
+    libc.sendmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sent = 0
+    stop = _flip_pointer(msghdr, 0, 0, ctypes.addressof(address))
+    try:
+        for _ in range(int(tries)):
+            if libc.sendmsg(sock.fileno(), ctypes.addressof(msghdr), 0) == 4:
+                sent += 1
+    finally:
+        stop()
+    report("sendmsg_null_race", "ok", {"sent": sent})
+
+
+def op_unix_connect_race(allowed: str, denied: str, tries: str) -> None:
+    """connect() to the allowed unix socket while a thread flips the path to the denied one."""
+    size = max(len(allowed), len(denied)) + 1
+    good = struct.pack("<H", socket.AF_UNIX) + allowed.encode().ljust(size, b"\0")
+    bad = struct.pack("<H", socket.AF_UNIX) + denied.encode().ljust(size, b"\0")
+    buf = ctypes.create_string_buffer(good, len(good))
+    libc.connect.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32]
+    running = [True]
+
+    def flip() -> None:
+        while running[0]:
+            ctypes.memmove(buf, bad, len(bad))
+            ctypes.memmove(buf, good, len(good))
+
+    thread = threading.Thread(target=flip, daemon=True)
+    thread.start()
+    connected = 0
+    try:
+        for _ in range(int(tries)):
+            sock = socket.socket(socket.AF_UNIX)
+            if libc.connect(sock.fileno(), ctypes.addressof(buf), len(good)) == 0:
+                connected += 1
+            sock.close()
+    finally:
+        running[0] = False
+        thread.join()
+    report("unix_connect_race", "ok", {"connected": connected})
 
 
 OPS = {name[3:]: func for name, func in globals().items() if name.startswith("op_")}
