@@ -415,7 +415,7 @@ class Broker:
         try:
             if work is None or -1 in pinned:
                 _seccomp.respond_error(self.listener, notif_id, errno.EBADF)
-            elif op == ERROR or _seccomp.id_valid(self.listener, notif_id):
+            elif op in _NO_SIDE_EFFECTS or _seccomp.id_valid(self.listener, notif_id):
                 # (An invalid id: the agent's thread is gone or was interrupted.)
                 try:
                     work(notif_id, pinned, args, fds)
@@ -635,6 +635,10 @@ class Broker:
         self._answer(notif_id)
 
 
+# Operations that change nothing if the agent's thread is gone meanwhile (an
+# ADDFD then fails by itself): no ID_VALID round first.
+_NO_SIDE_EFFECTS = frozenset({ERROR, INJECT})
+
 # Which arguments of each operation are handles (the default: the first).
 _HANDLE_ARGS: dict[int, tuple[int, ...]] = {
     RENAME: (0, 2),
@@ -781,13 +785,19 @@ def run_broker(channel: socket.socket, listener: int, agent_pid: int, status_fd:
     poller.register(agent, select.POLLIN)
     status: int | None = None
     serving = True
+    served = 0
     while status is None:
-        for fd, events in poller.poll(1000):
+        ready = poller.poll(1000)
+        for fd, events in ready:
             if fd == channel.fileno() and serving:
                 serving = bool(events & select.POLLIN) and broker.serve_one()
+                served += 1
                 if not serving:
                     poller.unregister(channel)
-        status = _reap(agent_pid)
+        # Reap when the agent ended, when idle, and now and then for orphans:
+        # not after every request, where it costs a syscall or two each.
+        if not ready or served % 64 == 0 or any(fd == agent for fd, _ in ready):
+            status = _reap(agent_pid)
     with contextlib.suppress(OSError):
         os.write(status_fd, _WAIT_STATUS.pack(status))
     if os.WIFSIGNALED(status):
