@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,13 +133,23 @@ def test_an_ordinary_users_agent_gets_the_same_walls(unprivileged_home: Path) ->
     """Through a user namespace: no capability, its own PID view, hostname and /tmp."""
     before = Path("/proc/sys/kernel/hostname").read_text()
     marker = f"agentsup-nobody-{os.getpid()}"
-    script = (
-        "grep -E '^Cap(Prm|Eff|Bnd|Amb)' /proc/self/status; "
-        "ls /proc | grep -c '^[0-9]'; "
-        f"echo x > /tmp/{marker}; "
-        "hostname pwned 2>/dev/null && echo renamed || echo refused"
-    )
-    result = run_as_nobody(unprivileged_home, "/bin/sh", "-c", script)
+    # A process of the same user outside the agent's tree: out of its reach.
+    neighbour = subprocess.Popen([*AS_NOBODY, "sleep", "60"])
+    try:
+        time.sleep(0.2)
+        script = (
+            "grep -E '^Cap(Prm|Eff|Bnd|Amb)' /proc/self/status; "
+            "ls /proc | grep -c '^[0-9]'; "
+            f"echo x > /tmp/{marker}; "
+            "hostname pwned 2>/dev/null && echo renamed || echo refused; "
+            f"renice -n 19 -p {neighbour.pid} >/dev/null 2>&1 && echo reniced || echo untouched"
+        )
+        result = run_as_nobody(unprivileged_home, "/bin/sh", "-c", script)
+        assert os.getpriority(os.PRIO_PROCESS, neighbour.pid) == 0
+    finally:
+        neighbour.kill()
+        neighbour.wait()
+    assert "untouched" in result.stdout
     assert result.returncode == 0, result.stderr
     lines = result.stdout.split("\n")
     caps = [line.split()[1] for line in lines if line.startswith("Cap")]
