@@ -258,3 +258,26 @@ def test_ps_and_top_show_what_the_tree_uses(sandbox: Sandbox) -> None:
     finally:
         run.send_signal(signal.SIGKILL)
         run.communicate()
+
+
+@pytest.mark.requires_seccomp_notify
+@pytest.mark.requires_landlock
+def test_a_relative_program_is_found_from_the_callers_directory(sandbox: Sandbox) -> None:
+    """`run --workspace W -- ./tool.sh` runs the caller's ./tool.sh, inside W."""
+    caller = sandbox.root / "caller"
+    caller.mkdir()
+    tool = caller / "tool.sh"
+    tool.write_text('#!/bin/sh\necho "ran in $(pwd)"\n')
+    tool.chmod(0o755)
+    (caller / "hello.py").write_text("import os\nprint('python in', os.getcwd())\n")
+    for program, expected in (("./tool.sh", "ran in"), ("hello.py", "python in")):
+        result = subprocess.run(
+            sandbox.command(program, policy="permissive"),
+            cwd=caller,
+            env=sandbox.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == f"{expected} {sandbox.workspace}"
