@@ -328,3 +328,11 @@ def test_the_brokers_own_files_are_not_the_agents(attacker: Sandbox) -> None:
     )
     result = attacker.run("/bin/sh", "-c", script, policy="permissive")
     assert result.stdout.split() == ["done"], result.stdout + result.stderr
+
+
+def test_new_files_in_tmp_work_even_when_agentsups_files_live_under_tmp(tmp_path: Path) -> None:
+    """The private /tmp hides agentsup's files there: no holes punched into the floor."""
+    sandbox = Sandbox(tmp_path)  # locations under /tmp, as a test or a custom setup may have
+    result = sandbox.run("/bin/sh", "-c", "f=$(mktemp) && echo fresh > $f && cat $f")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "fresh"

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import locations_root
+from conftest import Sandbox, locations_root
 
 from agentsup.events import ActionType, Event, Verdict, ViolationMode
 from agentsup.policy import RunContext, compile_policy, resolve_policy
@@ -402,3 +402,22 @@ KERNEL_ANSWERS = {
 @pytest.mark.parametrize("script", list(KERNEL_ANSWERS.values()), ids=list(KERNEL_ANSWERS))
 def test_steps_the_mediator_must_answer_as_the_kernel_does(jobs: Jobs, script: str) -> None:
     jobs.compare(script)
+
+
+@pytest.mark.skipif(shutil.which("cargo") is None, reason="cargo not installed")
+def test_cargo_builds_a_crate_under_strict(sandbox: Sandbox) -> None:
+    """rustup's proxy and cargo read ~/.rustup and ~/.cargo; their credentials stay refused."""
+    home = os.environ.get("HOME", "")
+    crate = sandbox.workspace / "demo"
+    (crate / "src").mkdir(parents=True)
+    (crate / "Cargo.toml").write_text(
+        '[package]\nname = "demo"\nversion = "0.1.0"\nedition = "2021"\n'
+    )
+    (crate / "src" / "main.rs").write_text('fn main() { println!("built under agentsup"); }\n')
+    env = {"HOME": home, "PATH": os.environ.get("PATH", "")}
+    result = sandbox.run(
+        "/bin/sh", "-c", "cd demo && cargo build -q --offline && ./target/debug/demo",
+        env=env, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "built under agentsup"

@@ -22,7 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -142,7 +142,7 @@ def _existing_ancestor(path: str) -> str:
 
 
 def plan_landlock(
-    policy: CompiledPolicy, locations: Locations, shadow: bool = False
+    policy: CompiledPolicy, locations: Locations, shadow: bool = False, private_tmp: bool = False
 ) -> floor.FloorPlan:
     """The kernel floor for this policy: the roots any proceeding rule could reach.
 
@@ -185,10 +185,23 @@ def plan_landlock(
         # Port 0 (any free port) on loopback is how clients probe for IPv6; the
         # agent then has a network namespace of its own, where that reaches nobody.
         bind_ports=tcp_ports | {0} if tcp_ports is not None else None,
-        no_write=[os.path.realpath(p) for p in locations.protected_paths()],
-        no_read=[os.path.realpath(p) for p in locations.secret_paths()],
+        no_write=_outside_private_tmp(locations.protected_paths(), private_tmp),
+        no_read=_outside_private_tmp(locations.secret_paths(), private_tmp),
         abi=landlock_abi(),
     )
+
+
+def _outside_private_tmp(paths: Iterable[Path], private_tmp: bool) -> list[str]:
+    """Real paths to punch out of the floor, less those a private /tmp hides anyway.
+
+    Holes are punched by listing directories; in a private /tmp the entries
+    listed do not exist, and the punched /tmp would refuse every new file.
+    """
+    real = [os.path.realpath(path) for path in paths]
+    if not private_tmp:
+        return real
+    hidden = tuple(tmp + "/" for tmp in kernel_namespaces.PRIVATE_TMP)
+    return [path for path in real if not path.startswith(hidden)]
 
 
 def policy_reference(value: str) -> str:
@@ -440,7 +453,10 @@ class Agent:
             env[hook_protocol.ENV_NOTES] = "1"
 
         landlock_plan: floor.FloorPlan | None = None
-        plan = plan_landlock(compiled, self.locations, request.shadow)
+        # The agent gets a private /tmp unless the operator let its mount
+        # namespace go missing.
+        private_tmp = not ({"mount", "namespaces"} & set(request.allow_degraded))
+        plan = plan_landlock(compiled, self.locations, request.shadow, private_tmp)
         if plan.abi < 1:
             if "landlock" not in request.allow_degraded:
                 raise SetupError(
