@@ -376,26 +376,46 @@ def plan_policy_floor(
     abi: int,
     listdir: Callable[[str], list[str]] = os.listdir,
     realpath: Callable[[str], str] = os.path.realpath,
+    lexists: Callable[[str], bool] = os.path.lexists,
 ) -> FloorPlan:
     """The floor for `policy`: the roots any rule that lets an action proceed could reach.
 
     With network denied by default and no rule letting a connect through,
-    Landlock refuses every TCP connect and bind; otherwise ports stay open
-    and the seccomp layer alone decides.  Paths are made canonical with
-    `realpath` (see `plan_floor`).
+    Landlock refuses every TCP connect and bind but a bind to port 0; otherwise
+    ports stay open and the seccomp layer alone decides.  Paths are made
+    canonical with `realpath` (see `plan_floor`).
+
+    Landlock can only name what exists.  A rule may let the agent create
+    `~/.cache/tool/**` where `~/.cache` is not there yet: the floor grants the
+    nearest existing directory instead (the policy still decides each path),
+    for writing and for reading back what was written.
     """
 
     def real(paths: tuple[str, ...] | None) -> tuple[str, ...] | None:
         return None if paths is None else tuple(realpath(path) for path in paths)
 
+    def existing_ancestor(path: str) -> str:
+        while path != "/" and not lexists(path):
+            path = os.path.dirname(path)
+        return path
+
+    read_roots = real(policy.floor_roots(READ_ACTIONS))
+    write_roots = real(policy.floor_roots(WRITE_ACTIONS))
+    if write_roots is not None:
+        grown = tuple(existing_ancestor(root) for root in write_roots if not lexists(root))
+        write_roots = tuple(dict.fromkeys(write_roots + grown))
+        if read_roots is not None:
+            read_roots = tuple(dict.fromkeys(read_roots + grown))
     network = policy.floor_roots((ActionType.NETWORK_CONNECT,))
     tcp_ports: frozenset[int] | None = frozenset() if network == () else None
     return plan_floor(
-        read_roots=real(policy.floor_roots(READ_ACTIONS)),
-        write_roots=real(policy.floor_roots(WRITE_ACTIONS)),
+        read_roots=read_roots,
+        write_roots=write_roots,
         exec_roots=real(policy.floor_roots((ActionType.PROCESS_SPAWN,))),
         connect_ports=tcp_ports,
-        bind_ports=tcp_ports,
+        # Port 0 (any free port) on loopback is how clients probe for IPv6; the
+        # agent then has a network namespace of its own, where that reaches nobody.
+        bind_ports=None if tcp_ports is None else tcp_ports | {0},
         no_write=[realpath(path) for path in no_write],
         no_read=[realpath(path) for path in no_read],
         abi=abi,

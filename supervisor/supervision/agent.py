@@ -64,15 +64,6 @@ EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
 
 
-READ_ACTIONS = (ActionType.FILE_READ,)
-WRITE_ACTIONS = (
-    ActionType.FILE_WRITE,
-    ActionType.FILE_DELETE,
-    ActionType.FILE_MOVE,
-    ActionType.FILE_CHMOD,
-)
-
-
 class SetupError(Exception):
     """agentsup could not start the agent; `exit_code` says how `run` exits."""
 
@@ -129,18 +120,6 @@ def resolve_program(program: str, args: Sequence[str], env_path: str) -> tuple[s
     return path, [program, *args]
 
 
-def _real(paths: tuple[str, ...] | None) -> tuple[str, ...] | None:
-    if paths is None:
-        return None
-    return tuple(os.path.realpath(p) for p in paths)
-
-
-def _existing_ancestor(path: str) -> str:
-    while path != "/" and not os.path.lexists(path):
-        path = os.path.dirname(path)
-    return path
-
-
 def plan_landlock(
     policy: CompiledPolicy, locations: Locations, shadow: bool = False, private_tmp: bool = False
 ) -> floor.FloorPlan:
@@ -149,6 +128,8 @@ def plan_landlock(
     In shadow mode nothing the policy refuses may be refused by the floor
     first (it would never be recorded): the floor is only agentsup's holes.
     """
+    no_write = _outside_private_tmp(locations.protected_paths(), private_tmp)
+    no_read = _outside_private_tmp(locations.secret_paths(), private_tmp)
     if shadow:
         return floor.plan_floor(
             read_roots=None,
@@ -156,38 +137,12 @@ def plan_landlock(
             exec_roots=None,
             connect_ports=None,
             bind_ports=None,
-            no_write=[os.path.realpath(p) for p in locations.protected_paths()],
-            no_read=[os.path.realpath(p) for p in locations.secret_paths()],
+            no_write=no_write,
+            no_read=no_read,
             abi=landlock_abi(),
         )
-    network = policy.floor_roots((ActionType.NETWORK_CONNECT,))
-    # With network denied by default and no rule letting a connect through,
-    # Landlock refuses every TCP connect and bind; otherwise ports stay open
-    # and the seccomp layer alone decides.
-    tcp_ports: frozenset[int] | None = frozenset() if network == () else None
-    read_roots = _real(policy.floor_roots(READ_ACTIONS))
-    write_roots = _real(policy.floor_roots(WRITE_ACTIONS))
-    if write_roots is not None:
-        # Landlock can only name what exists.  A rule may let the agent create
-        # `~/.cache/tool/**` where `~/.cache` is not there yet: the floor grants
-        # the nearest existing directory instead (the policy still decides each
-        # path), for writing and for reading back what was written.
-        missing = [root for root in write_roots if not os.path.lexists(root)]
-        grown = tuple(_existing_ancestor(root) for root in missing)
-        write_roots = tuple(dict.fromkeys(write_roots + grown))
-        if read_roots is not None:
-            read_roots = tuple(dict.fromkeys(read_roots + grown))
-    return floor.plan_floor(
-        read_roots=read_roots,
-        write_roots=write_roots,
-        exec_roots=_real(policy.floor_roots((ActionType.PROCESS_SPAWN,))),
-        connect_ports=tcp_ports,
-        # Port 0 (any free port) on loopback is how clients probe for IPv6; the
-        # agent then has a network namespace of its own, where that reaches nobody.
-        bind_ports=tcp_ports | {0} if tcp_ports is not None else None,
-        no_write=_outside_private_tmp(locations.protected_paths(), private_tmp),
-        no_read=_outside_private_tmp(locations.secret_paths(), private_tmp),
-        abi=landlock_abi(),
+    return floor.plan_policy_floor(
+        policy, no_write=no_write, no_read=no_read, abi=landlock_abi()
     )
 
 

@@ -36,32 +36,11 @@ from ..kernel import cgroup as cgroups
 from ..kernel.proc import process_group, thread_group_id
 from ..paths import Locations
 from ..policy import CompiledPolicy, RateLimiter
-from ..policy.floor import (
-    EXEC_RIGHTS,
-    FS_MAKE_DIR,
-    FS_MAKE_REG,
-    FS_MAKE_SYM,
-    FS_REMOVE_DIR,
-    FS_REMOVE_FILE,
-    FS_TRUNCATE,
-    FS_WRITE_FILE,
-    READ_RIGHTS,
-    FloorCheck,
-)
+from ..policy.floor import FloorCheck, floor_verdict
 from ..policy.suggest import AGENTSUP_RULE_PREFIX, guarded
 
 _ALLOW_CACHE_SIZE = 16384
-_WRITE_ANY = FS_WRITE_FILE | FS_MAKE_REG | FS_MAKE_DIR | FS_MAKE_SYM | FS_TRUNCATE
-_FLOOR_RIGHTS = {
-    ActionType.FILE_READ: READ_RIGHTS,
-    ActionType.FILE_WRITE: _WRITE_ANY,
-    ActionType.FILE_CHMOD: _WRITE_ANY,
-    ActionType.FILE_DELETE: FS_REMOVE_FILE | FS_REMOVE_DIR,
-    ActionType.FILE_MOVE: FS_REMOVE_FILE | FS_REMOVE_DIR,
-    ActionType.PROCESS_SPAWN: EXEC_RIGHTS,
-}
 SELF_PROTECTION_RULE = "agentsup-self-protection"
-FLOOR_RULE = "agentsup-kernel-floor"
 HOOK_CODE_RULE = "agentsup-hook-code"
 ALWAYS_REFUSED_RULE = "agentsup-always-refused"
 OUTSIDE_TREE_RULE = "agentsup-outside-tree"
@@ -424,20 +403,9 @@ class Judge:
 
     def decide(self, event: Event) -> Decision:
         decision = self._decide(event)
-        floor = self.floor
-        if floor is not None and response_for(decision).proceeds:
-            rights = _FLOOR_RIGHTS.get(event.action)
-            if rights and not floor.allows(event.target, rights):
-                return Decision(
-                    verdict=Verdict.DENY,
-                    rule_id=FLOOR_RULE,
-                    severity=Severity.CRITICAL,
-                    message="outside the kernel floor: no rule of the policy could allow this",
-                    on_violation=ViolationMode.BLOCK,
-                    reason=f"the policy said {decision.verdict} ({decision.rule_id}), "
-                    "the Landlock floor computed from it does not reach the target",
-                )
-        return decision
+        if self.floor is None:
+            return decision
+        return floor_verdict(self.floor, event.action, event.target, decision)
 
     def _decide(self, event: Event) -> Decision:
         if event.action is ActionType.FILE_READ and _inside(event.target, _AGENTSUP_CODE):
