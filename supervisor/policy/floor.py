@@ -388,7 +388,7 @@ def plan_policy_floor(
     Landlock can only name what exists.  A rule may let the agent create
     `~/.cache/tool/**` where `~/.cache` is not there yet: the floor grants the
     nearest existing directory instead (the policy still decides each path),
-    for writing and for reading back what was written.
+    for writing and for reading back what was written, but never `/`.
     """
 
     def real(paths: tuple[str, ...] | None) -> tuple[str, ...] | None:
@@ -402,7 +402,12 @@ def plan_policy_floor(
     read_roots = real(policy.floor_roots(READ_ACTIONS))
     write_roots = real(policy.floor_roots(WRITE_ACTIONS))
     if write_roots is not None:
-        grown = tuple(existing_ancestor(root) for root in write_roots if not lexists(root))
+        # Never as far as `/`: that would be no floor at all for writes.
+        grown = tuple(
+            ancestor
+            for ancestor in (existing_ancestor(r) for r in write_roots if not lexists(r))
+            if ancestor != "/"
+        )
         write_roots = tuple(dict.fromkeys(write_roots + grown))
         if read_roots is not None:
             read_roots = tuple(dict.fromkeys(read_roots + grown))
