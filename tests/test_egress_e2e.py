@@ -8,13 +8,13 @@ supervisor's resolver, so nothing outside this machine is involved.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import http.server
 import importlib.util
 import json
 import os
-import re
 import shutil
 import socket
 import ssl
@@ -31,6 +31,8 @@ from pathlib import Path
 import pyotp
 import pytest
 from conftest import AGENTS, Sandbox
+
+from agentsup.kernel.proc import process_state
 
 pytestmark = [pytest.mark.requires_root, pytest.mark.requires_seccomp_notify]
 
@@ -299,26 +301,20 @@ def test_direct_connects_dns_sni_mismatch_and_internal_addresses_are_refused(
     assert sandbox.agentsup("audit", "verify", str(sandbox.audit_log)).returncode == 0
 
 
-@pytest.mark.parametrize("approve", [True, False])
-def test_a_new_host_waits_for_a_person(
-    sandbox: Sandbox, servers: tuple[int, int], approve: bool
-) -> None:
-    https, _plain = servers
+def _totp_secret(sandbox: Sandbox) -> str:
+    """A TOTP secret for resume --code, made with `agentsup totp init`."""
     result = sandbox.agentsup("totp", "init")
     uri = next(word for word in result.stdout.split() if word.startswith("otpauth://"))
-    secret = urllib.parse.parse_qs(urllib.parse.urlparse(uri).query)["secret"][0]
-    policy = sandbox.policy("egress", POLICY)
+    return urllib.parse.parse_qs(urllib.parse.urlparse(uri).query)["secret"][0]
+
+
+@contextlib.contextmanager
+def _held(
+    sandbox: Sandbox, *program: str, policy: str
+) -> Iterator[tuple[subprocess.Popen[str], list[dict[str, object]]]]:
+    """Agent `egress` running `program`, once it has an action pending; killed if left running."""
     proc = subprocess.Popen(
-        sandbox.command(
-            "curl",
-            "-q",
-            "-sS",
-            "--cacert",
-            "test-ca.txt",
-            f"https://approve.test:{https}/held",
-            policy=policy,
-            agent_id="egress",
-        ),
+        sandbox.command(*program, policy=policy, agent_id="egress"),
         env=sandbox.env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -327,21 +323,34 @@ def test_a_new_host_waits_for_a_person(
     try:
         deadline = time.monotonic() + 20
         pending: list[dict[str, object]] = []
-        while not pending and time.monotonic() < deadline:
+        while not pending and time.monotonic() < deadline and proc.poll() is None:
             listed = sandbox.agentsup("pending", "--json")
             pending = json.loads(listed.stdout) if listed.returncode == 0 else []
             time.sleep(0.1)
-        assert pending and pending[0]["target"] == f"approve.test:{https}"
+        assert pending, proc.poll() is not None and proc.communicate()
+        yield proc, pending
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+@pytest.mark.parametrize("approve", [True, False])
+def test_a_new_host_waits_for_a_person(
+    sandbox: Sandbox, servers: tuple[int, int], approve: bool
+) -> None:
+    https, _plain = servers
+    secret = _totp_secret(sandbox)
+    policy = sandbox.policy("egress", POLICY)
+    curl = ("curl", "-q", "-sS", "--cacert", "test-ca.txt", f"https://approve.test:{https}/held")
+    with _held(sandbox, *curl, policy=policy) as (proc, pending):
+        assert pending[0]["target"] == f"approve.test:{https}"
         if approve:
             answer = sandbox.agentsup("resume", "egress", "--code", pyotp.TOTP(secret).now())
         else:
             answer = sandbox.agentsup("deny", "egress")
         assert answer.returncode == 0, answer.stderr
         out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     if approve:
         assert proc.returncode == 0, err
         assert out == f"hello approve.test:{https} /held"
@@ -557,36 +566,159 @@ def test_git_and_pip_are_refused_a_disallowed_host(
     assert sandbox.agentsup("audit", "verify", str(sandbox.audit_log)).returncode == 0
 
 
-def _node_version() -> tuple[int, int]:
+def _node() -> str:
     node = shutil.which("node")
     if node is None:
-        return (0, 0)
-    found = re.match(
-        r"v(\d+)\.(\d+)", subprocess.run([node, "--version"], capture_output=True, text=True).stdout
-    )
-    return (int(found[1]), int(found[2])) if found else (0, 0)
+        pytest.skip("node is not installed")
+    return node
+
+
+def _node_fetch(*urls: str) -> str:
+    """A node script that fetches each URL in turn and prints one JSON line per URL."""
+    script = f"""
+    const urls = {json.dumps(list(urls))};
+    (async () => {{
+      for (const url of urls) {{
+        try {{
+          const answer = await fetch(url);
+          console.log(JSON.stringify({{ url, ok: answer.ok, data: await answer.text() }}));
+        }} catch (error) {{
+          console.log(JSON.stringify({{ url, ok: false, data: String(error.cause || error) }}));
+        }}
+      }}
+    }})();
+    """
+    return script
+
+
+def _fetched(stdout: str) -> dict[str, dict[str, object]]:
+    return {
+        str(line["url"]): line
+        for line in (json.loads(text) for text in stdout.splitlines() if text.startswith("{"))
+    }
 
 
 def test_node_fetch_through_the_proxy(sandbox: Sandbox, servers: tuple[int, int]) -> None:
-    version = _node_version()
-    if version == (0, 0):
-        pytest.skip("node is not installed")
-    # fetch (undici) honours HTTP(S)_PROXY only with NODE_USE_ENV_PROXY=1, which
-    # node 24 reads; node 20 has no such switch and no undici to preload, so
-    # it needs code in the agent (a ProxyAgent dispatcher).
-    if version < (24, 0):
-        pytest.skip(f"node {version[0]}.{version[1]} fetch ignores proxy variables")
-    https, _plain = servers
+    """node's fetch ignores the proxy variables (node < 24): agentsup's preload routes it."""
+    node = _node()
+    https, plain = servers
     policy = sandbox.policy("egress", POLICY)
-    script = (
-        f"fetch('https://example.test:{https}/node').then(r => r.text())"
-        ".then(t => console.log(t), e => { console.error(e); process.exit(1) })"
+    (sandbox.workspace / "fetch.js").write_text(
+        _node_fetch(f"https://example.test:{https}/node", f"http://example.test:{plain}/plain")
     )
+    # The user's own NODE_OPTIONS stay in force next to the preload.
+    sandbox.env["NODE_OPTIONS"] = "--max-old-space-size=200"
     result = sandbox.run(
-        "sh", "-c", f'NODE_EXTRA_CA_CERTS=test-ca.txt node -e "{script}"', policy=policy
+        "sh",
+        "-c",
+        f"NODE_EXTRA_CA_CERTS=test-ca.txt {node} fetch.js;"
+        f" {node} -p 'v8.getHeapStatistics().heap_size_limit >> 20'",
+        policy=policy,
     )
     assert result.returncode == 0, result.stderr
-    assert f"hello example.test:{https} /node" in result.stdout
+    found = _fetched(result.stdout)
+    assert found[f"https://example.test:{https}/node"]["data"] == (
+        f"hello example.test:{https} /node"
+    ), found
+    assert found[f"http://example.test:{plain}/plain"]["data"] == (
+        f"hello example.test:{plain} /plain"
+    ), found
+    assert int(result.stdout.strip().splitlines()[-1]) < 400, result.stdout
+    records = [r for r in _proxy_records(sandbox) if r.get("event") == "egress"]
+    tunnel = [r for r in records if r["method"] == "CONNECT"]
+    assert tunnel and tunnel[0]["sni"] == "example.test" and tunnel[0]["decision"] == "allow"
+    assert [r["url"] for r in records if r["method"] == "GET"] == [
+        f"http://example.test:{plain}/plain"
+    ]
+    assert sandbox.agentsup("audit", "verify", str(sandbox.audit_log)).returncode == 0
+
+
+def test_node_fetch_is_refused_a_disallowed_host_per_policy(
+    sandbox: Sandbox, servers: tuple[int, int]
+) -> None:
+    node = _node()
+    https, plain = servers
+    policy = sandbox.policy("egress", POLICY)
+    blocked = (f"https://blocked.test:{https}/", f"http://blocked.test:{plain}/")
+    (sandbox.workspace / "blocked.js").write_text(_node_fetch(*blocked))
+    (sandbox.workspace / "other.js").write_text(_node_fetch(f"https://other.test:{https}/"))
+    result = sandbox.run(
+        "sh",
+        "-c",
+        f"NODE_EXTRA_CA_CERTS=test-ca.txt {node} blocked.js; echo node=$?;"
+        f" NODE_EXTRA_CA_CERTS=test-ca.txt {node} other.js; echo never",
+        policy=policy,
+    )
+    # blocked.test is refused and the agent carries on; other.test meets
+    # strict's no-network rule, which kills.
+    assert result.returncode == 137, result.stderr
+    assert "node=0" in result.stdout and "never" not in result.stdout
+    found = _fetched(result.stdout)
+    assert not found[blocked[0]]["ok"] and "403" in str(found[blocked[0]]["data"]), found
+    # Plain HTTP gets the proxy's own 403 answer, which names the rule.
+    assert not found[blocked[1]]["ok"] and "blocked-host" in str(found[blocked[1]]["data"])
+    assert "no-network" in result.stderr and "other.test" in result.stderr
+    refused = [
+        r
+        for r in _proxy_records(sandbox)
+        if r.get("event") == "egress" and r["rule"] == "blocked-host"
+    ]
+    assert {r["method"] for r in refused} == {"CONNECT", "GET"}, refused
+    assert sandbox.agentsup("audit", "verify", str(sandbox.audit_log)).returncode == 0
+
+
+STOP_HOST = """
+  - id: stop-host
+    actions: [network_connect]
+    target: "stopped.test:*"
+    decision: deny
+    on_violation: sigstop
+    priority: 1
+"""
+
+
+def _node_processes(agent_pid: int) -> list[int]:
+    """The host pids of the node processes in the agent's PID namespace."""
+    namespace = os.readlink(f"/proc/{agent_pid}/ns/pid")
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{entry}/ns/pid") != namespace:
+                continue
+            comm = Path(f"/proc/{entry}/comm").read_text().strip()
+        except OSError:
+            continue
+        if comm == "node":
+            found.append(int(entry))
+    return found
+
+
+def test_node_fetch_of_a_sigstop_host_stops_the_agent_until_a_person_resumes(
+    sandbox: Sandbox, servers: tuple[int, int]
+) -> None:
+    node = _node()
+    https, _plain = servers
+    secret = _totp_secret(sandbox)
+    policy = sandbox.policy("egress", POLICY + STOP_HOST)
+    stopped, allowed = f"https://stopped.test:{https}/", f"https://example.test:{https}/after"
+    (sandbox.workspace / "fetch.js").write_text(_node_fetch(stopped, allowed))
+    fetch = f"NODE_EXTRA_CA_CERTS=test-ca.txt exec {node} fetch.js"
+    with _held(sandbox, "sh", "-c", fetch, policy=policy) as (proc, pending):
+        assert pending[0]["target"] == f"stopped.test:{https}", pending
+        (agent,) = json.loads(sandbox.agentsup("ps", "--json").stdout)
+        nodes = _node_processes(int(agent["pid"]))
+        assert nodes and all(process_state(pid) == "T" for pid in nodes)
+        answer = sandbox.agentsup("resume", "egress", "--code", pyotp.TOTP(secret).now())
+        assert answer.returncode == 0, answer.stderr
+        out, err = proc.communicate(timeout=30)
+    # Resumed, the refused fetch stays refused and the agent goes on.
+    assert proc.returncode == 0, err
+    found = _fetched(out)
+    assert not found[stopped]["ok"] and "403" in str(found[stopped]["data"]), found
+    assert found[allowed]["data"] == f"hello example.test:{https} /after", found
+    refused = [r for r in _proxy_records(sandbox) if r.get("rule") == "stop-host"]
+    assert refused and all(r["response"] == "stop" for r in refused), refused
+    assert sandbox.agentsup("audit", "verify", str(sandbox.audit_log)).returncode == 0
 
 
 if __name__ == "__main__":

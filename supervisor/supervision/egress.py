@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 
 import h11
 
+from .. import hooks
 from ..events import (
     ActionType,
     Decision,
@@ -78,16 +79,23 @@ _HOP_BY_HOP = frozenset(
     }
 )
 _HOST_RE = re.compile(r"^[A-Za-z0-9._-]{1,253}$")
+# Readable by every agent: the judge and the floor let agents read agentsup's hooks.
+NODE_PRELOAD = os.path.join(
+    os.path.dirname(os.path.abspath(hooks.__file__ or "")), "node", "egress.cjs"
+)
 
 
 # -- where the agent finds it ---------------------------------------------------------
 
 
-def proxy_environment(port: int) -> dict[str, str]:
+def proxy_environment(port: int, node_options: str = "") -> dict[str, str]:
     """What the common clients read to find the proxy.
 
     curl, git (libcurl), Python's urllib/requests/httpx, pip and npm all take
     the lower- or upper-case http(s)_proxy; npm and pip also have their own.
+    node's fetch reads none of them before node 24 (and there only under
+    NODE_USE_ENV_PROXY): NODE_OPTIONS preloads agentsup's dispatcher, after
+    whatever options the user's `node_options` already has.
     """
     url = f"http://{PROXY_HOST}:{port}"
     local = "localhost,127.0.0.1,::1"
@@ -101,9 +109,17 @@ def proxy_environment(port: int) -> dict[str, str]:
         "npm_config_proxy": url,
         "npm_config_https_proxy": url,
         "PIP_PROXY": url,
-        "NODE_USE_ENV_PROXY": "1",  # node 24+ fetch honours the variables above
+        "NODE_USE_ENV_PROXY": "1",  # newer nodes' fetch honours the variables above
+        "NODE_OPTIONS": " ".join(
+            filter(None, (node_options.strip(), f"--require {_node_quoted(NODE_PRELOAD)}"))
+        ),
     }
     return env
+
+
+def _node_quoted(path: str) -> str:
+    """`path` as one NODE_OPTIONS word: node splits on spaces and reads "..." with \\ escapes."""
+    return '"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def network_mode(policy: CompiledPolicy) -> str:
