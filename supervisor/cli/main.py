@@ -67,7 +67,22 @@ def subcommands(
                 yield from subcommands(sub, (*path, name), helps.get(name, ""))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def named_command(words: Sequence[str]) -> str | None:
+    """The command group `words` start with, when it is one of ours.
+
+    Only then: a top-level option first (`-h run`) wants the whole parser.
+    """
+    if words and words[0] in COMMAND_MODULES:
+        return words[0]
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with `only`, just that command group under the top level.
+
+    Each group's module is imported to register it, and some import much of
+    the package: `run` builds only its own, so it starts without the rest.
+    """
     parser = UsageParser(
         prog="agentsup",
         description=(
@@ -79,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"agentsup {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=UsageParser)
     subparsers.required = True
-    for name in COMMAND_MODULES:
+    for name in COMMAND_MODULES if only is None else (only,):
         try:
             module = importlib.import_module(f".{name}", __package__)
         except ModuleNotFoundError as exc:
@@ -97,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     UsageParser.json_errors = json_flag_given(words)
-    parser = build_parser()
+    parser = build_parser(named_command(words))
     args = parser.parse_args(words)
     try:
         code: int = args.func(args)

@@ -3,18 +3,28 @@
 This is one of the few modules that speaks to the kernel in raw structs.
 Everything above it works on `Notification` tuples and plain ints.
 
-pyseccomp builds and loads the BPF filter; it has no ADDFD, ID_VALID or
-CONTINUE helpers, so the listener side is raw `fcntl.ioctl` on packed
-structs (DESIGN.md §3).
+pyseccomp (libseccomp) builds the BPF filter in the supervisor, which
+exports the program (`filter_program`, cached in the state directory); the
+agent's process loads it with a raw `seccomp(2)` (`install_program`), so
+the forked child neither imports pyseccomp nor builds anything.  pyseccomp
+has no ADDFD, ID_VALID or CONTINUE helpers, so the listener side is raw
+`fcntl.ioctl` on packed structs (DESIGN.md §3).
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
+import json
+import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
+
+from ..policy.cachefiles import BadEntry, cache_dir, digest, read_entry, write_entry
 
 # <linux/seccomp.h>: SECCOMP_IOWR(0, struct seccomp_notif) etc., magic '!'.
 _NOTIF_SIZE = 80  # u64 id, u32 pid, u32 flags, struct seccomp_data (64 bytes)
@@ -292,24 +302,163 @@ def build_filter(notify: Iterable[str], enosys: Iterable[str]) -> Any:
     return flt
 
 
+# -- the program, built once in the supervisor, loaded raw in the agent ----------------
+
+_FORMAT = 1
+_BPF_INSTRUCTION = 8  # struct sock_filter: u16 code, u8 jt, u8 jf, u32 k
+_BPF_MAXINSNS = 4096
+_PR_SET_NO_NEW_PRIVS = 38
+_SECCOMP_SET_MODE_FILTER = 1
+_SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+_prctl = _libc.prctl
+_prctl.restype = ctypes.c_int
+_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+
+# Syscall numbers learnt with the programs (from libseccomp or the cache), for
+# `syscall_numbers` without importing pyseccomp.
+_known_numbers: dict[str, int] = {}
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+@dataclass(frozen=True)
+class FilterProgram:
+    """`build_filter(notify, enosys)` as libseccomp generates it, ready for `install_program`.
+
+    `bpf` is the array of `struct sock_filter`; `seccomp_nr` is the number of
+    seccomp(2) on this ABI; `numbers` the native number of each syscall named
+    (-1 for those this ABI does not have).
+    """
+
+    bpf: bytes
+    seccomp_nr: int
+    numbers: Mapping[str, int]
+
+
+def filter_program(
+    notify: Iterable[str], enosys: Iterable[str], state_dir: Path | None = None
+) -> FilterProgram:
+    """The program of `build_filter(notify, enosys)`; kept in `state_dir`'s cache.
+
+    The key is this module's code, the syscall lists and the kernel (release
+    and machine): the program is a function of them and of libseccomp, whose
+    part (the syscall numbers) is fixed for an ABI.  A missing or bad entry
+    is built again with pyseccomp.
+    """
+    notify, enosys = list(notify), list(enosys)
+    name = ""
+    directory = None
+    if state_dir is not None:
+        kernel = os.uname()
+        key = digest(
+            Path(__file__).read_bytes(),
+            json.dumps([notify, enosys]),
+            kernel.machine,
+            kernel.release,
+            kernel.version,
+        )
+        name = "seccomp-" + key[:40]
+        directory = cache_dir(state_dir)
+    if directory is not None:
+        try:
+            program = _program_from(read_entry(directory / name))
+            _known_numbers.update(program.numbers)
+            return program
+        except BadEntry:
+            pass
+    program = _build_program(notify, enosys)
+    _known_numbers.update(program.numbers)
+    if state_dir is not None and (directory := cache_dir(state_dir, create=True)) is not None:
+        document = {
+            "format": _FORMAT,
+            "bpf": program.bpf.hex(),
+            "seccomp_nr": program.seccomp_nr,
+            "numbers": dict(program.numbers),
+        }
+        write_entry(directory, name, document)
+    return program
+
+
+def _build_program(notify: list[str], enosys: list[str]) -> FilterProgram:
+    numbers = {name: _number(name) for name in dict.fromkeys(notify + enosys)}
+    flt = build_filter(notify, enosys)
+    fd = os.memfd_create("agentsup-seccomp", os.MFD_CLOEXEC)
+    try:
+        with open(fd, "wb", closefd=False) as out:  # export_bpf writes to out.fileno()
+            flt.export_bpf(out)
+        size = os.lseek(fd, 0, os.SEEK_END)
+        bpf = os.pread(fd, size, 0)
+    finally:
+        os.close(fd)
+    return _checked(FilterProgram(bpf, _number("seccomp"), numbers))
+
+
+def _checked(program: FilterProgram) -> FilterProgram:
+    count, rest = divmod(len(program.bpf), _BPF_INSTRUCTION)
+    if rest or not 0 < count <= _BPF_MAXINSNS or program.seccomp_nr < 0:
+        raise BadEntry(f"not a seccomp program ({len(program.bpf)} bytes)")
+    return program
+
+
+def _program_from(document: Any) -> FilterProgram:
+    if not isinstance(document, dict) or document.get("format") != _FORMAT:
+        raise BadEntry("another format")
+    bpf, seccomp_nr, numbers = (
+        document.get("bpf"),
+        document.get("seccomp_nr"),
+        document.get("numbers"),
+    )
+    if not isinstance(bpf, str) or type(seccomp_nr) is not int or not isinstance(numbers, dict):
+        raise BadEntry("a malformed program")
+    if not all(isinstance(k, str) and type(v) is int and v >= -1 for k, v in numbers.items()):
+        raise BadEntry("malformed syscall numbers")
+    try:
+        code = bytes.fromhex(bpf)
+    except ValueError:
+        raise BadEntry("a malformed program") from None
+    return _checked(FilterProgram(code, seccomp_nr, numbers))
+
+
+def install_program(program: FilterProgram) -> int:
+    """Load `program` on the calling thread, as libseccomp's load would; return the listener.
+
+    no_new_privs first (libseccomp's default), then
+    seccomp(SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog).
+    No import and no build: this runs in the forked child before the exec.
+    """
+    if _prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_NO_NEW_PRIVS): {os.strerror(err)}")
+    code = ctypes.create_string_buffer(program.bpf, len(program.bpf))
+    fprog = _SockFprog(len(program.bpf) // _BPF_INSTRUCTION, ctypes.addressof(code))
+    fd = _syscall(
+        ctypes.c_long(program.seccomp_nr),
+        ctypes.c_ulong(_SECCOMP_SET_MODE_FILTER),
+        ctypes.c_ulong(_SECCOMP_FILTER_FLAG_NEW_LISTENER),
+        ctypes.byref(fprog),
+    )
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"seccomp(SECCOMP_SET_MODE_FILTER): {os.strerror(err)}")
+    return int(fd)
+
+
 def load_filter(notify: Iterable[str], enosys: Iterable[str]) -> int:
     """Install `build_filter(notify, enosys)` on the calling thread; return the listener fd."""
-    import pyseccomp
-
-    flt = build_filter(notify, enosys)
-    flt.load()
-    lib = pyseccomp._libseccomp  # the fd getter is not wrapped by pyseccomp
-    fd = int(lib.seccomp_notify_fd(flt._filter))
-    if fd < 0:
-        raise OSError(-fd, "seccomp_notify_fd failed")
-    return fd
+    return install_program(filter_program(notify, enosys))
 
 
 def syscall_numbers(names: Iterable[str]) -> dict[int, str]:
     """Native syscall number -> name, for the names this kernel ABI has."""
     table: dict[int, str] = {}
     for name in names:
-        nr = _number(name)
+        nr = _known_numbers[name] if name in _known_numbers else _number(name)
         if nr >= 0:
             table[nr] = name
     return table

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import collections
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..events import (
@@ -196,10 +196,19 @@ class _Table:
         return default
 
 
-class CompiledPolicy:
-    """A policy ready to decide events for one run.  `evaluate` is pure."""
+RuleMatchers = tuple[Matcher, tuple[GlobMatcher, ...]]  # a rule's target and its excepts
 
-    def __init__(self, policy: Policy, ctx: RunContext) -> None:
+
+class CompiledPolicy:
+    """A policy ready to decide events for one run.  `evaluate` is pure.
+
+    `built`, when given, are the rules' matchers for `ctx` as `rule_matchers`
+    builds them (the policy cache keeps their regexes); else they are built here.
+    """
+
+    def __init__(
+        self, policy: Policy, ctx: RunContext, built: Sequence[RuleMatchers] | None = None
+    ) -> None:
         self.policy = policy
         self.context = ctx
         self.name = policy.name
@@ -208,9 +217,12 @@ class CompiledPolicy:
         self.limits: Limits = policy.limits
         self.approval: Approval = policy.approval
         self.audit_level: AuditLevel = policy.audit_level
-        values = ctx.placeholder_values()
+        if built is None:
+            values = ctx.placeholder_values()
+            built = [rule_matchers(rule, values) for rule in policy.rules]
         self.rules: tuple[CompiledRule, ...] = tuple(
-            _compile_rule(rule, policy, ctx.agent_id, values) for rule in policy.rules
+            _compile_rule(rule, policy, ctx.agent_id, matcher, excepts)
+            for rule, (matcher, excepts) in zip(policy.rules, built, strict=True)
         )
         self.default_decision = Decision(
             verdict=policy.default,
@@ -364,9 +376,8 @@ def _any_glob(patterns: tuple[str, ...], policy: Policy) -> LinearRegex:
         raise PolicyError(policy.source, 1, 1, f"bad env glob: {exc.message}") from None
 
 
-def _compile_rule(
-    rule: Rule, policy: Policy, agent_id: str, values: PlaceholderValues
-) -> CompiledRule:
+def rule_matchers(rule: Rule, values: PlaceholderValues) -> RuleMatchers:
+    """The rule's target matcher and its `except` matchers, placeholders filled in."""
     matcher: Matcher
     try:
         if rule.target is not None:
@@ -381,6 +392,12 @@ def _compile_rule(
         # The loader checked the rule; only a placeholder's value can get here.
         source = rule.source
         raise PolicyError(source.path, source.line, source.column, exc.message, rule.id) from None
+    return matcher, excepts
+
+
+def _compile_rule(
+    rule: Rule, policy: Policy, agent_id: str, matcher: Matcher, excepts: tuple[GlobMatcher, ...]
+) -> CompiledRule:
     applies = rule.agents is None or any(
         matchers.env_glob_matches(pattern, agent_id) for pattern in rule.agents
     )

@@ -35,8 +35,6 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-import yaml
-
 from ..events import DEFAULT_RULE_ID, ActionType, Event, Severity, Verdict
 from .engine import CompiledPolicy, RunContext, compile_policy
 from .model import Policy, Rule
@@ -302,6 +300,8 @@ def suggest(
             f"# {len(missing_guard)} rule(s) copied from strict keep secrets and destructive\n"
             f"# commands refused whatever the learned rules say.\n"
         )
+    import yaml  # here, not at the top: the run path imports this module, not PyYAML
+
     return header + yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=1000)
 
 
