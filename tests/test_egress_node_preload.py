@@ -17,6 +17,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -181,3 +182,22 @@ def test_no_proxy_hosts_and_no_proxy_variables_go_direct(proxy: FakeProxy) -> No
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_dispatcher_node_already_proxies_with_is_left_alone(
+    proxy: FakeProxy, tmp_path: Path
+) -> None:
+    """Newer nodes install EnvHttpProxyAgent under NODE_USE_ENV_PROXY: the preload keeps it."""
+    first = tmp_path / "node-proxies.cjs"
+    first.write_text(
+        "const made = [];\n"
+        "globalThis[Symbol.for('undici.globalDispatcher.1')] = new (class EnvHttpProxyAgent {\n"
+        "  constructor() { made.push(this); }\n"
+        "  dispatch() { throw new Error(`node proxied this with agent ${made.indexOf(this)}`); }\n"
+        "})();\n"
+    )
+    env = _agent_env(proxy)
+    env["NODE_OPTIONS"] = f'--require "{first}" {env["NODE_OPTIONS"]}'
+    found = _fetch(env, "https://example.test/")
+    assert "node proxied this with agent 0" in found["https://example.test/"], found
+    assert proxy.heads == []
