@@ -6,6 +6,7 @@ the supervisor stays free of ctypes.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -219,9 +220,29 @@ def renameat2(olddirfd: int, old: bytes, newdirfd: int, new: bytes, flags: int) 
         raise OSError(err, os.strerror(err))
 
 
+# An O_PATH fd of this process's /proc/self/fd: a readlink relative to it
+# walks one component instead of four.  A forked child drops it at once (it
+# names the parent's fds) and opens its own when it needs one.
+_own_fd_dir = -1
+
+
+def _forget_own_fd_dir() -> None:
+    global _own_fd_dir
+    if _own_fd_dir >= 0:
+        with contextlib.suppress(OSError):
+            os.close(_own_fd_dir)
+        _own_fd_dir = -1
+
+
+os.register_at_fork(after_in_child=_forget_own_fd_dir)
+
+
 def fd_path(fd: int) -> str:
     """What /proc/self/fd/FD points at: the real path for files."""
-    return os.readlink(f"/proc/self/fd/{fd}")
+    global _own_fd_dir
+    if _own_fd_dir < 0:
+        _own_fd_dir = os.open("/proc/self/fd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    return os.readlink(str(fd), dir_fd=_own_fd_dir)
 
 
 _SYS_UTIMENSAT = 280

@@ -270,9 +270,9 @@ class CompiledPolicy:
             or ("/." in target and matchers.needs_normalising(target))
         ):
             target = matchers.normalise_path(target)
-        data = encode_target(target)
+        data = target.encode("utf-8", "surrogatepass")  # encode_target, inlined
         hits = table.match(data)
-        if hits is None:
+        if not hits:  # the set always reports its catch-all: the DFA gave up
             return table.one_by_one(data, self.default_decision)
         first = min(hits)
         if first >= table.size:

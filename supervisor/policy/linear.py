@@ -108,8 +108,8 @@ class PatternSet:
     `raw_match(data)` returns the indices of every pattern that matches, in
     no particular order.  The set holds one extra pattern that matches
     everything, at index `len(patterns)`: a successful pass always reports
-    it, so None means RE2's DFA gave up (out of memory) and the caller must
-    decide another way.
+    it, so an empty answer (an empty list, or None) means RE2's DFA gave up
+    (out of memory) and the caller must decide another way.
     """
 
     def __init__(self, patterns: Sequence[str]) -> None:
@@ -123,7 +123,13 @@ class PatternSet:
             message = f"RE2 cannot compile {len(patterns)} patterns as one: {exc}"
             raise PatternError(message, 0) from None
         self.size = len(patterns)
-        self.raw_match: Callable[[bytes], list[int] | None] = built.Match
+        # The compiled set's own Match where the wrapper exposes it: the
+        # wrapper's is one more Python call per decision.
+        native = getattr(built, "_set", None)
+        match = getattr(native, "Match", None)
+        self.raw_match: Callable[[bytes], list[int] | None] = (
+            match if callable(match) else built.Match
+        )
 
 
 # --- Python regex syntax -> RE2 ---------------------------------------------------
