@@ -1,4 +1,11 @@
-"""Install hooks/agentsup-hook.pth at the top of site-packages.
+"""The two things pyproject.toml cannot express: the .pth, and an optional extension.
+
+The broker's native hot path (supervisor/kernel/_fastpath.c) is built
+wherever a C compiler and Python's headers exist; `optional=True` means a
+machine without them still installs, and agentsup runs its Python path
+(`agentsup doctor` says which).
+
+Install hooks/agentsup-hook.pth at the top of site-packages.
 
 The .pth starts the audit hook in every Python process that inherits
 AGENTSUP_HOOK_SOCKET, so Python children of an agent are hooked too.  A .pth
@@ -14,7 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_py import build_py
 from setuptools.command.editable_wheel import editable_wheel
 
@@ -58,4 +65,14 @@ class EditableWheelWithPth(editable_wheel):
         return _StrategyWithPth(super()._select_strategy(*args, **kwargs))
 
 
-setup(cmdclass={"build_py": BuildPyWithPth, "editable_wheel": EditableWheelWithPth})
+FASTPATH = Extension(
+    "agentsup.kernel._fastpath",
+    ["supervisor/kernel/_fastpath.c"],
+    extra_compile_args=["-O2", "-Wall"],
+    optional=True,
+)
+
+setup(
+    cmdclass={"build_py": BuildPyWithPth, "editable_wheel": EditableWheelWithPth},
+    ext_modules=[FASTPATH],
+)

@@ -37,6 +37,7 @@ LAYERS = [
     "cgroup",
     "capabilities",
     "pty",
+    "native_path",
 ]
 NOBODY = 65534
 _PR_SET_DUMPABLE = 4
@@ -69,6 +70,9 @@ def test_json_names_every_layer_and_here_all_are_available() -> None:
     # As root a run makes no user namespace, and a pty is never required.
     assert document["layers"]["user_namespace"]["needed"] is False
     assert document["layers"]["pty"]["needed"] is False
+    # The native path is a speed-up: a run never needs it.
+    assert document["layers"]["native_path"]["needed"] is False
+    assert document["layers"]["native_path"]["detail"].startswith("native")
     assert document["layers"]["net_namespace"]["degrade"] == "net"
     assert document["layers"]["seccomp_notify"]["degrade"] is None
 

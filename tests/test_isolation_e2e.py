@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 from conftest import AGENTS, Sandbox, agent_reports
 
+from agentsup.kernel import fastpath
+
 pytestmark = [
     pytest.mark.requires_root,
     pytest.mark.requires_seccomp_notify,
@@ -266,7 +268,8 @@ def test_the_audit_start_record_names_the_layers_of_the_run(attacker: Sandbox) -
     assert isinstance(layers, dict)
     assert set(layers["namespaces"]) == {"mount", "pid", "uts", "ipc", "net"}
     assert layers["capabilities"] == "none" and layers["broker"] is True
-    assert layers["landlock_abi"] >= 1 and layers["hot_path"] == "python"
+    assert layers["landlock_abi"] >= 1
+    assert layers["hot_path"] == ("native" if fastpath.enabled() else "python")
 
 
 def test_the_broker_acts_with_the_agents_own_rights(attacker: Sandbox) -> None:

@@ -31,10 +31,12 @@ from ..control import notify
 from ..events import ActionType, AuditLevel, Decision, Response, response_for
 from ..hooks import _protocol as hook_protocol
 from ..hooks import bootstrap
+from ..kernel import fastpath
 from ..kernel import namespaces as kernel_namespaces
 from ..kernel.cgroup import AgentCgroup, CgroupUnavailable
 from ..kernel.landlock import landlock_abi
 from ..kernel.privileges import UserSpec, lookup_user
+from ..kernel.seccomp import filter_program
 from ..paths import Locations
 from ..policy import (
     CompiledPolicy,
@@ -48,8 +50,9 @@ from ..policy import (
     load_source,
     resolve_policy,
 )
-from ..policy.suggest import compile_guard
-from . import egress, launch, placement
+from ..policy.cache import compile_policy_cached, resolve_policy_cached
+from . import launch, placement
+from .broker import BrokerClient
 from .hookserver import HookReply, HookRequest, HookServer
 from .judge import AgentState, Judge, JudgeConfig, Pending, ProcessTree
 from .mediator import ALWAYS_REFUSED, FORCED_ENOSYS, MEDIATED, Mediator
@@ -57,6 +60,7 @@ from .terminal import PtyRelay
 from .trampoline import Isolation
 
 if TYPE_CHECKING:
+    from . import egress
     from .supervisor import Supervisor
 
 EXIT_SETUP_FAILED = 125
@@ -166,6 +170,8 @@ def policy_reference(value: str) -> str:
 
 def shadow_guard(policy: Policy, context: RunContext, locations: Locations) -> CompiledPolicy:
     """What `run --shadow` still refuses: the policy's and built-in strict's guard rules."""
+    from ..policy.suggest import compile_guard  # only for --shadow
+
     strict = builtin_source("strict")
     assert strict is not None  # shipped with the package
     return compile_guard(context, policy, load_source(strict, locations.policy_dir))
@@ -176,6 +182,15 @@ def _site_directories() -> set[str]:
 
     found = [*site.getsitepackages(), site.getusersitepackages()]
     return {os.path.realpath(path) for path in found}
+
+
+def _egress_port(policy: CompiledPolicy) -> int:
+    """The egress proxy's port when the agent reaches the network through it, else 0."""
+    if policy.floor_roots((ActionType.NETWORK_CONNECT,)) == ():
+        return 0  # nothing connects: no proxy, and its module (h11, a resolver) stays unloaded
+    from . import egress
+
+    return egress.DEFAULT_PORT if egress.network_mode(policy) == "proxy" else 0
 
 
 def plan_isolation(
@@ -237,7 +252,7 @@ def active_layers(
         "broker": True,
         "pty": relay is not None,
         "cgroup": cgroup,
-        "hot_path": "python",
+        "hot_path": "native" if launched.forward is not None else "python",
         "egress": egress_kind,
     }
 
@@ -311,6 +326,19 @@ def _status_code(raw_status: int) -> tuple[int, int | None]:
     return os.waitstatus_to_exitcode(raw_status), None
 
 
+def _mirror_to(broker: BrokerClient) -> Callable[[ActionType | None, str], None]:
+    """The judge's allow cache, mirrored into the broker's native path (None: cleared)."""
+    bits = {ActionType.FILE_READ: fastpath.ALLOW_READ, ActionType.FILE_WRITE: fastpath.ALLOW_WRITE}
+
+    def mirror(action: ActionType | None, target: str) -> None:
+        if action is None:
+            broker.forget()
+        elif action in bits and target.startswith("/"):
+            broker.allow(os.fsencode(target), bits[action])
+
+    return mirror
+
+
 class Agent:
     """Everything one supervised agent owns: judge, listener, cgroup, hook socket."""
 
@@ -356,7 +384,11 @@ class Agent:
             raise SetupError(f"workspace {request.workspace} is not a directory")
         agent_id = request.agent_id or f"agent-{os.getpid()}"
         try:
-            policy = resolve_policy(request.policy, self.locations.policy_dir)
+            # Cached in the state directory, keyed on every file read along `extends`.
+            resolved = resolve_policy_cached(
+                request.policy, self.locations.policy_dir, self.locations.state_dir
+            )
+            policy = resolved.policy
         except PolicyError as exc:
             raise SetupError(str(exc)) from exc
         except OSError as exc:
@@ -371,7 +403,7 @@ class Agent:
                 raise SetupError(f"--user {request.user}: no such user") from exc
         home = user.home if user else os.environ.get("HOME") or os.path.expanduser("~")
         self._context = RunContext(workspace, home, agent_id)
-        compiled = compile_policy(policy, self._context)
+        compiled = compile_policy_cached(resolved, self._context, self.locations.state_dir)
         for warning in policy.warnings:
             say(warning)  # already "file:line:col: warning: ..."
 
@@ -381,9 +413,13 @@ class Agent:
                 "refusing to run the agent unsupervised"
             )
         env = compiled.filter_environ(os.environ)
-        egress_port = egress.DEFAULT_PORT if egress.network_mode(compiled) == "proxy" else 0
+        egress_port = _egress_port(compiled)
+        egress_proxy = None
         if egress_port:
-            env.update(egress.proxy_environment(egress_port))
+            from . import egress
+
+            env.update(egress.proxy_environment(egress_port, env.get("NODE_OPTIONS", "")))
+            egress_proxy = f"{egress.PROXY_HOST}:{egress_port}"
         executable, argv = resolve_program(request.program, request.args, env.get("PATH", ""))
         # Every run serves the hook socket: any program (a shell script, make)
         # may start a Python, and hooks/site/sitecustomize.py hooks each one.
@@ -430,7 +466,7 @@ class Agent:
                 workspace=workspace,
                 locations=self.locations,
                 hook_socket=hook_socket,
-                egress_proxy=f"{egress.PROXY_HOST}:{egress_port}" if egress_port else None,
+                egress_proxy=egress_proxy,
                 shadow_guard=shadow_guard(policy, self._context, self.locations)
                 if request.shadow
                 else None,
@@ -476,11 +512,13 @@ class Agent:
             argv=argv,
             env=env,
             cwd=workspace,
-            notify=list(MEDIATED + ALWAYS_REFUSED),
-            enosys=list(FORCED_ENOSYS),
+            seccomp=filter_program(
+                MEDIATED + ALWAYS_REFUSED, FORCED_ENOSYS, self.locations.state_dir
+            ),
             landlock=landlock_plan,
             rlimits=rlimits,
             isolation=plan_isolation(compiled, request, user, keep, agent_id, egress_port),
+            native=fastpath.enabled(),
         )
 
     # -- running -------------------------------------------------------------------
@@ -519,14 +557,19 @@ class Agent:
             launched.broker,
             judge.agent_id,
             wait_writable=self._wait_writable,
+            forward=launched.forward,
         )
         self.mediator.protected_inodes = ProtectedInodes(judge.policy)
-        self.loop.add_reader(launched.listener, self._on_listener)
+        if launched.forward is not None:
+            judge.allow_mirror = _mirror_to(launched.broker)
+        self.loop.add_reader(self._notifications(), self._on_listener)
         self.loop.add_reader(launched.pidfd, lambda _events: self.supervisor.reap())
         self.loop.add_reader(launched.status_fd, self._on_status)
         if self.hooks is not None:
             self.loop.attach(self.hooks)
         if launched.egress is not None:
+            from . import egress
+
             self.egress = egress.EgressProxy(self.loop, launched.egress, judge, self.audit)
         judge.on_hold = self._on_hold
         if self.request.cpus == "auto" and self.group is not None:
@@ -713,10 +756,16 @@ class Agent:
         timer = self.loop.call_later(timeout, expired)
         self.loop.add_reader(fd, ready, select.EPOLLOUT)
 
+    def _notifications(self) -> int:
+        """Where notifications arrive: the listener, or the broker's forward socket."""
+        assert self.launched is not None
+        forward = self.launched.forward
+        return forward.fileno() if forward is not None else self.launched.listener
+
     def _on_listener(self, events: int) -> None:
         assert self.mediator is not None and self.launched is not None
         if not self.mediator.on_ready(events):
-            self.loop.remove_reader(self.launched.listener)
+            self.loop.remove_reader(self._notifications())
 
     def _on_status(self, _events: int) -> None:
         assert self.launched is not None
@@ -748,7 +797,10 @@ class Agent:
             nonlocal shared, last
             if self.exited or self.mediator is None or self.group is None:
                 return
-            now, served = self.loop.clock(), self.mediator.served
+            # Both the supervisor's answers and the broker's own count.
+            native = self.launched.answered_natively() if self.launched else 0
+            served = self.mediator.served + native
+            now = self.loop.clock()
             used, stalled = cpu.read()
             elapsed = max(now - last[0], 1e-3)
             observed = placement.Sample(
@@ -824,10 +876,13 @@ class Agent:
         if self.mediator is not None:
             self.mediator.close()
         if self.launched is not None:
+            self.loop.remove_reader(self._notifications())
             for fd in (self.launched.listener, self.launched.pidfd, self.launched.status_fd):
                 self.loop.remove_reader(fd)
                 with contextlib.suppress(OSError):
                     os.close(fd)
+            if self.launched.forward is not None:
+                self.launched.forward.close()
             self.launched.broker.close()
             if self.launched.go_fd >= 0:
                 os.close(self.launched.go_fd)

@@ -34,6 +34,7 @@ import contextlib
 import errno
 import fcntl
 import marshal
+import mmap
 import os
 import select
 import signal
@@ -44,6 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..kernel import fastpath as _fastpath
 from ..kernel import proc as _proc
 from ..kernel import seccomp as _seccomp
 
@@ -78,6 +80,10 @@ FD_UTIMES = 24
 FD_IOCTL = 25  # an inode-flags ioctl on an fd of the agent's, with the argument decided on
 LISTEN = 26  # on the agent's socket (sent along): the very socket that was decided on
 SPILLED = 27  # the real request is in the memfd sent along (too large for one packet)
+# The native path's allow cache (no reply, no notification): what the
+# supervisor's judge allowed without a record, and when that cache is cleared.
+ALLOW = 28
+FORGET = 29
 
 # RESOLVE kinds.
 OBJECT = 0  # O_PATH of what the path names
@@ -99,6 +105,9 @@ _SPILL_OVER = _MAX_MESSAGE - 256
 _MAX_SPILL = 8 << 20
 _MAX_FDS = 3
 REPLY_TIMEOUT = 10.0
+_REPLY_TIMEOUT_MS = int(REPLY_TIMEOUT * 1000)
+_SOL_SOCKET = socket.SOL_SOCKET
+_SCM_RIGHTS = socket.SCM_RIGHTS
 
 
 class BrokerGone(OSError):
@@ -129,6 +138,9 @@ class BrokerClient:
         self.channel = channel
         self._seq = 0
         self.broken = False
+        # Built once: every resolution waits on it.
+        self._replies = select.poll()
+        self._replies.register(channel, select.POLLIN)
 
     def close(self) -> None:
         self.channel.close()
@@ -137,24 +149,25 @@ class BrokerClient:
         if self.broken:
             raise BrokerGone(errno.EIO, "the agent's broker is gone")
         data = marshal.dumps(message)  # type: ignore[arg-type]  # plain values only
-        spill = -1
+        if len(data) <= _SPILL_OVER:  # the common case: one packet
+            try:
+                if fds:
+                    self.channel.sendmsg([data], [(_SOL_SOCKET, _SCM_RIGHTS, _fd_array(fds))])
+                else:
+                    self.channel.send(data)
+            except OSError as exc:
+                self.broken = True
+                raise BrokerGone(errno.EIO, f"the agent's broker is gone: {exc}") from exc
+            return
+        spill = _spill(data)  # an OSError here fails this request; the channel is fine
         try:
-            if len(data) > _SPILL_OVER:
-                spill = _spill(data)
-                data = marshal.dumps((SPILLED, message[0], message[1]))  # type: ignore[arg-type]
-                fds = [*fds, spill]
-            if fds:
-                socket.send_fds(self.channel, [data], fds)
-            else:
-                self.channel.send(data)
+            data = marshal.dumps((SPILLED, message[0], message[1]))  # type: ignore[arg-type]
+            socket.send_fds(self.channel, [data], [*fds, spill])
         except OSError as exc:
-            if spill < 0 and len(data) > _SPILL_OVER:
-                raise  # could not spill it: this request fails, the channel is fine
             self.broken = True
             raise BrokerGone(errno.EIO, f"the agent's broker is gone: {exc}") from exc
         finally:
-            if spill >= 0:
-                os.close(spill)
+            os.close(spill)
 
     def resolve(
         self,
@@ -171,6 +184,14 @@ class BrokerClient:
         request = (raw, kind, flags, resolve_flags, follow, want_script)
         return Pinned(*self._call(RESOLVE, request, [anchor] if anchor >= 0 else []))
 
+    def resolve_at_root(
+        self, raw: bytes, kind: int, flags: int, resolve_flags: int, follow: bool, script: bool
+    ) -> Pinned:
+        """`resolve` of an absolute path with no anchor: the mediator's hot path."""
+        self._seq += 1
+        self._send((RESOLVE, self._seq, raw, kind, flags, resolve_flags, follow, script), [])
+        return Pinned(*self._reply())
+
     def connect(self, sock: int, address: object, handle: int = -1) -> int:
         """connect() the agent's socket (a duplicate) with the agent's rights; the errno.
 
@@ -182,13 +203,15 @@ class BrokerClient:
         (err,) = self._call(CONNECT, (address, handle), [sock])
         return err if isinstance(err, int) else errno.EIO
 
-    def _call(self, op: int, request: tuple[object, ...], fds: list[int]) -> list[Any]:
+    def _call(self, op: int, request: tuple[object, ...], fds: list[int]) -> tuple[Any, ...]:
         """A request with a reply: the broker answers in order, so the next reply is ours."""
         self._seq += 1
         self._send((op, self._seq, *request), fds)
-        poller = select.poll()
-        poller.register(self.channel, select.POLLIN)
-        if not poller.poll(int(REPLY_TIMEOUT * 1000)):
+        return self._reply()
+
+    def _reply(self) -> tuple[Any, ...]:
+        """The reply to request `_seq`, without its sequence number."""
+        if not self._replies.poll(_REPLY_TIMEOUT_MS):
             self.broken = True
             raise BrokerGone(errno.EIO, "the agent's broker stopped answering")
         try:
@@ -199,12 +222,11 @@ class BrokerClient:
         if not data:
             self.broken = True
             raise BrokerGone(errno.EIO, "the agent's broker is gone")
-        seq, *fields = marshal.loads(data)
-        fields = list(fields)
-        if seq != self._seq:
+        reply: tuple[Any, ...] = marshal.loads(data)
+        if reply[0] != self._seq:
             self.broken = True
             raise BrokerGone(errno.EIO, "the agent's broker answered out of turn")
-        return fields
+        return reply[1:]
 
     def act(self, op: int, notif_id: int, *args: object, fds: tuple[int, ...] = ()) -> None:
         """Have the broker do `op` and answer syscall `notif_id` itself."""
@@ -215,6 +237,18 @@ class BrokerClient:
             with contextlib.suppress(BrokerGone):
                 self._send((DROP, pinned.handle), [])
         pinned.handle = -1
+
+    def allow(self, path: bytes, bits: int) -> None:
+        """Tell the native path: these actions on `path` are allowed without a record."""
+        if not self.broken:
+            with contextlib.suppress(BrokerGone):
+                self._send((ALLOW, path, bits), [])
+
+    def forget(self) -> None:
+        """The judge cleared its allow cache (a policy reload): so does the native path."""
+        if not self.broken:
+            with contextlib.suppress(BrokerGone):
+                self._send((FORGET,), [])
 
 
 # -- the broker's side -----------------------------------------------------------------
@@ -286,6 +320,11 @@ class Broker:
                 self._connect(message, fds)
             elif op == DROP:
                 self._close(message[1])
+            elif op == ALLOW:
+                _allow(message[1], message[2])
+            elif op == FORGET:
+                if _fastpath.native is not None:
+                    _fastpath.native.forget()
             else:
                 notif_id, args = message[1], list(message[2:])
                 self._do(op, notif_id, args, fds)
@@ -303,6 +342,8 @@ class Broker:
             message = message[1:]  # (op, seq or notification id) came along for this
         with contextlib.suppress(Exception):
             op = message[0]
+            if op in (ALLOW, FORGET):
+                return  # nothing is owed to anyone
             if op == RESOLVE:
                 reply: tuple[object, ...] = (message[1], -1, "", err, 0, 0, 0, 0, False)
                 self.channel.send(marshal.dumps(reply))  # type: ignore[arg-type]
@@ -318,47 +359,46 @@ class Broker:
         assert isinstance(raw, bytes) and isinstance(kind, int) and isinstance(flags, int)
         assert isinstance(resolve_flags, int)
         anchor = fds[0] if fds else AT_FDCWD
-        pinned = Pinned()
         try:
-            fd = self._open(anchor, raw, kind, flags, resolve_flags, bool(follow))
+            fd, st = self._open(anchor, raw, kind, flags, resolve_flags, bool(follow))
         except OSError as exc:
-            pinned.error = exc.errno or errno.ENOENT
+            reply: tuple[object, ...] = (seq, -1, "", exc.errno or errno.ENOENT, 0, 0, 0, 0, False)
         else:
-            self.pinned[fd] = fd
-            pinned.handle = fd
+            # One fstat (from `_open`) and one readlink per resolution.
             try:
-                st = os.fstat(fd)
-                pinned.path = _proc.fd_path(fd)
+                path = _proc.fd_path(fd)
             except OSError as exc:
-                self._close(fd)
-                pinned.handle, pinned.error = -1, exc.errno or errno.ENOENT
+                os.close(fd)
+                reply = (seq, -1, "", exc.errno or errno.ENOENT, 0, 0, 0, 0, False)
             else:
-                if self._is_mine(pinned.path, st):
-                    self._close(fd)
-                    pinned.handle, pinned.error = -1, errno.EACCES
-                pinned.mode, pinned.dev, pinned.ino = st.st_mode, st.st_dev, st.st_ino
-                pinned.nlink = st.st_nlink
-                if want_script and stat.S_ISREG(st.st_mode):
-                    pinned.script = _starts_with_shebang(fd)
-        fields = (
-            pinned.handle, pinned.path, pinned.error, pinned.mode,
-            pinned.dev, pinned.ino, pinned.nlink, pinned.script,
-        )  # fmt: skip
-        self.channel.send(marshal.dumps((seq, *fields)))  # type: ignore[arg-type]
+                handle, err = fd, 0
+                if self._is_mine(path, st):
+                    os.close(fd)
+                    handle, err = -1, errno.EACCES
+                else:
+                    self.pinned[fd] = fd
+                script = bool(want_script) and handle >= 0 and stat.S_ISREG(st.st_mode)
+                reply = (
+                    seq, handle, path, err, st.st_mode, st.st_dev, st.st_ino, st.st_nlink,
+                    script and _starts_with_shebang(fd),
+                )  # fmt: skip
+        self.channel.send(marshal.dumps(reply))  # type: ignore[arg-type]
 
     @staticmethod
-    def _open(anchor: int, raw: bytes, kind: int, flags: int, resolve: int, follow: bool) -> int:
+    def _open(
+        anchor: int, raw: bytes, kind: int, flags: int, resolve: int, follow: bool
+    ) -> tuple[int, os.stat_result]:
+        """The fd `raw` resolves to (pinned, or opened for reading), and its stat."""
         if kind == OPEN:
-            fd = _proc.openat2(
-                anchor, raw, flags | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY, 0, resolve
-            )
+            how = flags | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+            fd = Broker._open_at(anchor, raw, how, resolve)
             try:
-                mode = os.fstat(fd).st_mode
+                st = os.fstat(fd)
             except OSError:
                 os.close(fd)
                 raise
-            if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
-                return fd
+            if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
+                return fd, st
             # A FIFO, socket or device: opening it may mean something; pin it instead.
             os.close(fd)
             kind = OBJECT
@@ -367,7 +407,20 @@ class Broker:
             how |= os.O_DIRECTORY
         elif not follow:
             how |= os.O_NOFOLLOW
-        return _proc.openat2(anchor, raw, how, 0, resolve)
+        fd = Broker._open_at(anchor, raw, how, resolve)
+        try:
+            return fd, os.fstat(fd)
+        except OSError:
+            os.close(fd)
+            raise
+
+    @staticmethod
+    def _open_at(anchor: int, raw: bytes, how: int, resolve: int) -> int:
+        """openat2; without RESOLVE_* flags that is openat (the mediator checked the
+        flags), and os.open costs less than a ctypes call."""
+        if resolve:
+            return _proc.openat2(anchor, raw, how, 0, resolve)
+        return os.open(raw, how, dir_fd=None if anchor == AT_FDCWD else anchor)
 
     def _is_mine(self, path: str, st: os.stat_result) -> bool:
         """The broker's own /proc entry, listener or channel: never the agent's to have.
@@ -445,13 +498,11 @@ class Broker:
         self, notif_id: int, pinned: list[int], args: list[object], _fds: list[int]
     ) -> None:
         _handle, cloexec, setfl = args
-        fd = os.dup(pinned[0])
+        # The pinned fd itself goes to the agent (no dup: nobody else holds it).
+        fd = pinned[0]
         if isinstance(setfl, int) and setfl >= 0:
-            try:
-                fcntl.fcntl(fd, fcntl.F_SETFL, setfl & _SETFL_FLAGS)
-            except OSError:
-                os.close(fd)
-                raise
+            fcntl.fcntl(fd, fcntl.F_SETFL, setfl & _SETFL_FLAGS)  # on failure `_do` closes it
+        pinned[0] = -1  # `_inject_fd` closes it
         self._inject_fd(notif_id, fd, bool(cloexec))
 
     def _reopen(
@@ -459,7 +510,14 @@ class Broker:
     ) -> None:
         _handle, flags, cloexec = args
         assert isinstance(flags, int)
-        self._inject_fd(notif_id, _reopen(pinned[0], flags), bool(cloexec))
+        path_fd = pinned[0]
+        mode = os.fstat(path_fd).st_mode
+        plain = stat.S_ISREG(mode) or stat.S_ISDIR(mode)
+        # Opening a plain file without O_TRUNC changes nothing: no ID_VALID
+        # round for it (`_do` leaves REOPEN to this check).
+        if (flags & os.O_TRUNC or not plain) and not _seccomp.id_valid(self.listener, notif_id):
+            return  # the agent's thread is gone or was interrupted
+        self._inject_fd(notif_id, _reopen(path_fd, flags, mode), bool(cloexec))
 
     def _create(
         self, notif_id: int, pinned: list[int], args: list[object], _fds: list[int]
@@ -637,7 +695,7 @@ class Broker:
 
 # Operations that change nothing if the agent's thread is gone meanwhile (an
 # ADDFD then fails by itself): no ID_VALID round first.
-_NO_SIDE_EFFECTS = frozenset({ERROR, INJECT})
+_NO_SIDE_EFFECTS = frozenset({ERROR, INJECT, REOPEN})  # REOPEN: `Broker._reopen` checks
 
 # Which arguments of each operation are handles (the default: the first).
 _HANDLE_ARGS: dict[int, tuple[int, ...]] = {
@@ -665,6 +723,11 @@ def _errno_of(exc: BaseException) -> int:
     if isinstance(exc, (OverflowError, ValueError, TypeError)):
         return errno.EINVAL
     return errno.EIO
+
+
+def _fd_array(fds: list[int]) -> bytes:
+    """The SCM_RIGHTS data for `fds` (as socket.send_fds builds it)."""
+    return struct.pack(f"{len(fds)}i", *fds)
 
 
 def _spill(data: bytes) -> int:
@@ -733,12 +796,11 @@ def _connect_once(fd: int, address: object) -> int:
                 fcntl.fcntl(fd, fcntl.F_SETFL, status_flags)
 
 
-def _reopen(path_fd: int, flags: int) -> int:
+def _reopen(path_fd: int, flags: int, mode: int) -> int:
     if flags & _O_PATH:
         return os.dup(path_fd)
-    st = os.fstat(path_fd)
     flags |= os.O_CLOEXEC
-    if stat.S_ISFIFO(st.st_mode) and not flags & os.O_NONBLOCK:
+    if stat.S_ISFIFO(mode) and not flags & os.O_NONBLOCK:
         # Opening a FIFO blocks until the other end opens; the broker must never
         # block, so open non-blocking and hand over a blocking fd.
         fd = os.open(f"/proc/self/fd/{path_fd}", flags | os.O_NONBLOCK)
@@ -763,11 +825,20 @@ def _starts_with_shebang(path_fd: int) -> bool:
 _WAIT_STATUS = struct.Struct("<i")
 
 
-def run_broker(channel: socket.socket, listener: int, agent_pid: int, status_fd: int) -> int:
+def run_broker(
+    channel: socket.socket,
+    listener: int,
+    agent_pid: int,
+    status_fd: int,
+    forward: int = -1,
+    native_count: mmap.mmap | None = None,
+) -> int:
     """The broker's main loop, which is also the init of the agent's PID namespace.
 
     Serves the supervisor until the agent's main process exits, reaping every
-    orphan meanwhile.  Writes the agent's raw wait status to `status_fd` and
+    orphan meanwhile.  With a `forward` socket the broker also receives the
+    agent's notifications itself (the native path) and forwards what it does
+    not answer.  Writes the agent's raw wait status to `status_fd` and
     returns the exit code to leave with.
     """
     # Signals stay blocked for good: nothing may interrupt an ADDFD, and a
@@ -776,10 +847,27 @@ def run_broker(channel: socket.socket, listener: int, agent_pid: int, status_fd:
     os.umask(0)  # modes arrive with the agent's umask already applied
     broker = Broker(channel, listener)
     agent = os.pidfd_open(agent_pid)
-    for private in (channel.fileno(), listener, agent, status_fd):
+    for private in (channel.fileno(), listener, agent, status_fd, forward):
         with contextlib.suppress(OSError):
             st = os.fstat(private)
             broker.private.add((st.st_dev, st.st_ino))
+    native = _fastpath.native if forward >= 0 and listener >= 0 else None
+    if native is not None:
+        native.configure(_fastpath.VALID_OPEN_FLAGS, _fastpath.WRITE_FLAGS, _SETFL_FLAGS)
+        counter = native_count if native_count is not None else mmap.mmap(-1, mmap.PAGESIZE)
+        status = _serve_natively(native, broker, listener, forward, agent, agent_pid, counter)
+    else:
+        status = _serve(broker, agent, agent_pid)
+    with contextlib.suppress(OSError):
+        os.write(status_fd, _WAIT_STATUS.pack(status))
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.waitstatus_to_exitcode(status) & 0xFF
+
+
+def _serve(broker: Broker, agent: int, agent_pid: int) -> int:
+    """Requests from the supervisor until the agent exits; its raw wait status."""
+    channel = broker.channel
     poller = select.poll()
     poller.register(channel, select.POLLIN)
     poller.register(agent, select.POLLIN)
@@ -798,11 +886,45 @@ def run_broker(channel: socket.socket, listener: int, agent_pid: int, status_fd:
         # not after every request, where it costs a syscall or two each.
         if not ready or served % 64 == 0 or any(fd == agent for fd, _ in ready):
             status = _reap(agent_pid)
-    with contextlib.suppress(OSError):
-        os.write(status_fd, _WAIT_STATUS.pack(status))
-    if os.WIFSIGNALED(status):
-        return 128 + os.WTERMSIG(status)
-    return os.waitstatus_to_exitcode(status) & 0xFF
+    return status
+
+
+def _serve_natively(
+    native: Any,
+    broker: Broker,
+    listener: int,
+    forward: int,
+    agent: int,
+    agent_pid: int,
+    counter: mmap.mmap,
+) -> int:
+    """The native loop answers the listener; requests from the supervisor come back here."""
+    status: int | None = None
+    served = 0
+    while status is None:
+        why = native.serve(listener, forward, broker.channel.fileno(), agent, 1000, counter)
+        if why == native.SERVE_CHANNEL:
+            if not broker.serve_one():
+                break  # the supervisor is gone: so is every decision
+            served += 1
+            if served % 64:
+                continue
+        elif why == native.SERVE_LISTENER_GONE:
+            return _serve(broker, agent, agent_pid)  # no task left on the filter
+        status = _reap(agent_pid)
+    if status is None:  # the supervisor hung up first: end the namespace with the agent
+        with contextlib.suppress(OSError):
+            os.kill(agent_pid, signal.SIGKILL)
+        while status is None:
+            status = _reap(agent_pid)
+            if status is None:
+                select.select([agent], [], [], 1.0)
+    return status
+
+
+def _allow(path: object, bits: object) -> None:
+    if _fastpath.native is not None and isinstance(path, bytes) and isinstance(bits, int):
+        _fastpath.native.allow(path, bits)
 
 
 def _reap(agent_pid: int) -> int | None:

@@ -63,6 +63,7 @@ def _package_dirs() -> tuple[str, ...]:
 # A hooked Python agent imports agentsup.hooks (and the package around it)
 # before its first line; that code is public and read-only to it.
 _AGENTSUP_CODE = _package_dirs()
+_AGENTSUP_CODE_DIRS = tuple(root + "/" for root in _AGENTSUP_CODE)  # one startswith
 _HOOK_CODE_DECISION = Decision(
     verdict=Verdict.ALLOW,
     rule_id=HOOK_CODE_RULE,
@@ -102,10 +103,6 @@ def _shown(target: str) -> str:
     if target.isascii():
         return target
     return target.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def _inside(target: str, roots: tuple[str, ...]) -> bool:
-    return any(target == root or target.startswith(root + "/") for root in roots)
 
 
 class AuditSink(Protocol):
@@ -333,6 +330,8 @@ class Judge:
         # (action, target) pairs the policy plainly allows without a record:
         # the decision is a pure function of them, so it is asked once.
         self.allow_cache: set[tuple[ActionType, str]] = set()
+        # Told of every pair added (and of clears: None), for the broker's native path.
+        self.allow_mirror: Callable[[ActionType | None, str], None] | None = None
         # The Landlock floor, asked again before work the supervisor does for the agent.
         self.floor: FloorCheck | None = None
         self._request_ids = itertools.count(1)
@@ -355,8 +354,13 @@ class Judge:
     def set_policy(self, policy: CompiledPolicy) -> None:
         """Swap in a reloaded policy; the next decision uses it."""
         self.policy = policy
-        self.allow_cache.clear()
+        self._forget_allowed()
         self.limiter = RateLimiter()
+
+    def _forget_allowed(self) -> None:
+        self.allow_cache.clear()
+        if self.allow_mirror is not None:
+            self.allow_mirror(None, "")
 
     # -- identity -------------------------------------------------------------------
 
@@ -408,20 +412,16 @@ class Judge:
         return floor_verdict(self.floor, event.action, event.target, decision)
 
     def _decide(self, event: Event) -> Decision:
-        if event.action is ActionType.FILE_READ and _inside(event.target, _AGENTSUP_CODE):
-            return _HOOK_CODE_DECISION
-        if (
-            event.action is ActionType.NETWORK_CONNECT
-            and self.config.hook_socket is not None
-            and event.target == "unix:" + self.config.hook_socket
-        ):
-            return _HOOK_SOCKET_DECISION
-        if (
-            event.action is ActionType.NETWORK_CONNECT
-            and self.config.egress_proxy is not None
-            and event.target == self.config.egress_proxy
-        ):
-            return _EGRESS_PROXY_DECISION
+        action, target = event.action, event.target
+        if action is ActionType.FILE_READ:
+            if target.startswith(_AGENTSUP_CODE_DIRS) or target in _AGENTSUP_CODE:
+                return _HOOK_CODE_DECISION
+        elif action is ActionType.NETWORK_CONNECT:
+            config = self.config
+            if config.hook_socket is not None and target == "unix:" + config.hook_socket:
+                return _HOOK_SOCKET_DECISION
+            if config.egress_proxy is not None and target == config.egress_proxy:
+                return _EGRESS_PROXY_DECISION
         decision = self._self_protection(event)
         if decision is None:
             decision = self.policy.evaluate(event)
@@ -438,7 +438,8 @@ class Judge:
         """Decide, record and enforce one event; the decision and what was done."""
         if not event.agent_id:
             event = replace(event, agent_id=self.agent_id)
-        grant = self.grants.pop((tid, event.action, event.target), None)
+        # Grants are rare: no key is built while there are none.
+        grant = self.grants.pop((tid, event.action, event.target), None) if self.grants else None
         decision = self.decide(event)
         if grant is not None:
             # The reissued syscall of an action a person already decided.
@@ -454,8 +455,10 @@ class Judge:
             self._record(event, tid, decision, response)
         elif response is Response.ALLOW and decision.rate_limit is None:
             if len(self.allow_cache) >= _ALLOW_CACHE_SIZE:
-                self.allow_cache.clear()
+                self._forget_allowed()
             self.allow_cache.add((event.action, event.target))
+            if self.allow_mirror is not None:
+                self.allow_mirror(event.action, event.target)
         if response is Response.KILL:
             self.kill_for(event, decision)
         elif response is Response.STOP:

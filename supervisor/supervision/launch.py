@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import select
 import signal
@@ -10,7 +11,9 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..kernel.fastpath import pid_of
 from ..kernel.proc import pidfd_getfd
+from ..kernel.seccomp import FilterProgram
 from ..policy.floor import FloorPlan
 from . import trampoline
 from .broker import BrokerClient
@@ -27,12 +30,12 @@ class LaunchPlan:
     argv: list[str]
     env: dict[str, str]
     cwd: str
-    notify: list[str]
-    enosys: list[str]
+    seccomp: FilterProgram  # the agent's filter (kernel.seccomp.filter_program)
     landlock: FloorPlan | None = None
     rlimits: dict[str, int] = field(default_factory=dict)
     isolation: Isolation = field(default_factory=Isolation)
     terminal: int = -1  # the slave of the agent's pty, or -1: it keeps our stdio
+    native: bool = False  # the broker's native path receives the notifications
 
 
 @dataclass
@@ -46,6 +49,13 @@ class Launched:
     broker: BrokerClient
     degraded: list[str] = field(default_factory=list)
     egress: socket.socket | None = None  # the proxy's listener in the agent's netns
+    # With the native path: where the broker forwards what it does not answer,
+    # and the page it counts the notifications it answered itself in.
+    forward: socket.socket | None = None
+    native_count: mmap.mmap | None = None
+
+    def answered_natively(self) -> int:
+        return int.from_bytes(self.native_count[:8], "little") if self.native_count else 0
 
     def release(self) -> None:
         """Let the agent exec.  The supervisor must be answering by now."""
@@ -64,6 +74,8 @@ def start(plan: LaunchPlan, place: Callable[[int], None], timeout: float = 30.0)
     go_r, go_w = os.pipe2(os.O_CLOEXEC)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     supervisor_pid = os.getpid()
+    # A shared page (inherited across the fork) the broker counts its answers in.
+    native_count = mmap.mmap(-1, mmap.PAGESIZE) if plan.native else None
     pid = os.fork()
     if pid == 0:  # the child: never returns
         try:
@@ -80,12 +92,12 @@ def start(plan: LaunchPlan, place: Callable[[int], None], timeout: float = 30.0)
                     argv=plan.argv,
                     env=plan.env,
                     cwd=plan.cwd,
-                    notify=plan.notify,
-                    enosys=plan.enosys,
+                    seccomp=plan.seccomp,
                     landlock=plan.landlock,
                     rlimits=plan.rlimits,
                     isolation=plan.isolation,
                     terminal_fd=plan.terminal,
+                    native_count=native_count,
                 )
             )
         finally:
@@ -136,25 +148,41 @@ def start(plan: LaunchPlan, place: Callable[[int], None], timeout: float = 30.0)
     egress = socket.socket(fileno=fds[1]) if len(fds) > 1 else None
     if egress is None and plan.isolation.egress_port:
         raise fail("cannot sandbox the agent: its init sent no egress listener")
+    forward: socket.socket | None = None
     try:
-        agent_pid = _pid_of(agent_pidfd)
+        agent_pid = pid_of(agent_pidfd)
         listener = pidfd_getfd(agent_pidfd, int(ready[1:]))
-        socket.send_fds(ours, [b"L"], [listener])
+        handed = [listener]
+        if plan.native:
+            # The broker receives the notifications and forwards what it does not answer.
+            forward, broker_end = socket.socketpair(
+                socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC
+            )
+            forward.setblocking(False)
+            handed.append(broker_end.fileno())
+        try:
+            socket.send_fds(ours, [b"L"], handed)
+        finally:
+            if forward is not None:
+                broker_end.close()
     except (OSError, ValueError) as exc:
+        if forward is not None:
+            forward.close()
         raise fail(f"cannot take the seccomp listener: {exc}") from exc
     os.close(agent_pidfd)
     return Launched(
-        pid, pidfd, agent_pid, listener, status_r, go_w, BrokerClient(ours), degraded, egress
+        pid,
+        pidfd,
+        agent_pid,
+        listener,
+        status_r,
+        go_w,
+        BrokerClient(ours),
+        degraded,
+        egress,
+        forward,
+        native_count if forward is not None else None,
     )
-
-
-def _pid_of(pidfd: int) -> int:
-    """The pid behind a pidfd, in our PID namespace (its fdinfo's `Pid:`)."""
-    with open(f"/proc/self/fdinfo/{pidfd}", "rb") as info:
-        for line in info:
-            if line.startswith(b"Pid:"):
-                return int(line.split()[1])
-    raise ValueError("no Pid: in the pidfd's fdinfo")
 
 
 def _read_lines(fd: int, timeout: float) -> list[str]:

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..kernel import namespaces, privileges, seccomp
+from ..kernel import fastpath, namespaces, privileges, seccomp
 from ..kernel.cgroup import AgentCgroup, CgroupUnavailable
 from ..kernel.landlock import landlock_abi
 
@@ -65,6 +65,8 @@ COSTS = {
     "so run refuses to start",
     "pty": "no pty: an agent run from a terminal gets no terminal of its own; programs "
     "that need one (editors, password prompts) fail, injection stays refused",
+    "native_path": "the Python supervisor answers every mediated open: the same decisions, "
+    "more overhead per open (README, Performance)",
 }
 
 # What each Landlock ABI adds, for saying what an older one lacks.
@@ -403,6 +405,8 @@ def probe(*, refresh: bool = False) -> list[Layer]:
     add("capabilities", ok, detail, True, None)
     ok, detail = _pty()
     add("pty", ok, detail, False, None)
+    ok, detail = fastpath.status()
+    add("native_path", ok, detail, False, None)
     return sorted(layers, key=lambda layer: list(COSTS).index(layer.name))
 
 

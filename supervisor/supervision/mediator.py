@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..events import ActionType, Event, Layer, Response
+from ..kernel import fastpath as _fastpath
 from ..kernel import proc as _proc
 from ..kernel import seccomp as _seccomp
 from . import broker
@@ -57,16 +58,11 @@ AT_SYMLINK_FOLLOW = 0x400
 AT_EMPTY_PATH = 0x1000
 RENAME_EXCHANGE = 2
 
-_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _O_TMPFILE = getattr(os, "O_TMPFILE", 0o20200000)
 _O_PATH = getattr(os, "O_PATH", 0o10000000)
-# What open() understands (the kernel's VALID_OPEN_FLAGS): open and openat
-# drop the rest, openat2 refuses them.  O_LARGEFILE is 0 in Python's os.
-_VALID_OPEN_FLAGS = (
-    os.O_ACCMODE | os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC | os.O_APPEND
-    | os.O_NONBLOCK | os.O_DSYNC | os.O_ASYNC | os.O_DIRECT | 0o100000 | os.O_DIRECTORY
-    | os.O_NOFOLLOW | os.O_NOATIME | os.O_CLOEXEC | _O_PATH | _O_TMPFILE | os.O_SYNC
-)  # fmt: skip
+# One definition, shared with the broker's native path.
+_WRITE_FLAGS = _fastpath.WRITE_FLAGS
+_VALID_OPEN_FLAGS = _fastpath.VALID_OPEN_FLAGS
 
 # Syscalls that go to the supervisor for a decision.
 MEDIATED = (
@@ -214,6 +210,8 @@ _AGENT_FD_LINKS = (
     (b"/dev/stderr", b"/proc/self/fd/2"),
     (b"/dev/fd", b"/proc/self/fd"),
 )
+# Every path `_agent_alias` may rewrite starts with one of these.
+_AGENT_ALIAS_PREFIXES = (b"/dev/std", b"/dev/fd", b"/proc/self", b"/proc/thread-self")
 
 
 @dataclass(slots=True)
@@ -264,8 +262,11 @@ class Mediator:
         hands: BrokerClient,
         agent_id: str = "",
         wait_writable: WaitWritable | None = None,
+        forward: socket.socket | None = None,
     ) -> None:
         self.listener = listener
+        # With the native path, notifications arrive from the broker instead.
+        self.forwarded = _fastpath.Forwarded(forward, listener) if forward is not None else None
         # The agent's broker does every file operation, with the agent's rights.
         self.broker = hands
         self.agent_id = agent_id
@@ -295,6 +296,8 @@ class Mediator:
 
     def close(self) -> None:
         self.memory.close()
+        if self.forwarded is not None:
+            self.forwarded.close()
         for fd in self._pidfds.values():
             os.close(fd)
         self._pidfds.clear()
@@ -305,13 +308,19 @@ class Mediator:
         """Serve one notification.  False once no agent task is left on the filter."""
         if not events & select.EPOLLIN:
             return False  # EPOLLHUP alone: every task under the filter is gone
-        self._serve_one()
+        try:
+            self._serve_one()
+        except EOFError:
+            return False  # the broker is gone, and with it the agent's namespace
         return True
 
     def _serve_one(self) -> None:
         self.served += 1
         try:
-            notif = _seccomp.receive(self.listener)
+            if self.forwarded is not None:
+                notif = self.forwarded.receive()
+            else:
+                notif = _seccomp.receive(self.listener)
         except OSError:
             return  # nothing received, nothing owed; the loop asks again
         if notif is None:
@@ -392,20 +401,27 @@ class Mediator:
         broker: they become the agent's /proc/PID as its own PID namespace
         numbers it.
         """
-        if raw.startswith(b"/"):
-            for alias, real in _AGENT_FD_LINKS:
-                if raw == alias or raw.startswith(alias + b"/"):
-                    raw = real + raw[len(alias) :]
-                    break
-            if raw == b"/proc/self" or raw.startswith(b"/proc/self/"):
-                raw = b"/proc/%d" % _proc.namespace_pid(self._tgid_of(tid)) + raw[10:]
-            elif raw == b"/proc/thread-self" or raw.startswith(b"/proc/thread-self/"):
-                tgid = _proc.namespace_pid(self._tgid_of(tid))
-                raw = b"/proc/%d/task/%d" % (tgid, _proc.namespace_pid(tid)) + raw[17:]
+        if raw[:1] == b"/":
+            # One prefix test first: almost no path is one of these.
+            if raw.startswith(_AGENT_ALIAS_PREFIXES):
+                raw = self._agent_alias(tid, raw)
             if not resolve_flags:
                 return -1, raw
         path = f"/proc/{tid}/cwd" if dirfd == AT_FDCWD else f"/proc/{tid}/fd/{dirfd}"
         return self._open_anchor(path), raw
+
+    def _agent_alias(self, tid: int, raw: bytes) -> bytes:
+        """/dev/std*, /dev/fd, /proc/self and /proc/thread-self as the agent's own /proc."""
+        for alias, real in _AGENT_FD_LINKS:
+            if raw == alias or raw.startswith(alias + b"/"):
+                raw = real + raw[len(alias) :]
+                break
+        if raw == b"/proc/self" or raw.startswith(b"/proc/self/"):
+            raw = b"/proc/%d" % _proc.namespace_pid(self._tgid_of(tid)) + raw[10:]
+        elif raw == b"/proc/thread-self" or raw.startswith(b"/proc/thread-self/"):
+            tgid = _proc.namespace_pid(self._tgid_of(tid))
+            raw = b"/proc/%d/task/%d" % (tgid, _proc.namespace_pid(tid)) + raw[17:]
+        return raw
 
     @staticmethod
     def _open_anchor(path: str) -> int:
@@ -427,6 +443,9 @@ class Mediator:
             anchor, rest = self._anchor(tid, dirfd, raw, resolve_flags)
         except OSError as exc:
             return Pinned(error=exc.errno or errno.ENOENT)
+        if anchor < 0:  # an absolute path: nothing to close afterwards
+            hands = self.broker
+            return hands.resolve_at_root(rest, kind, flags, resolve_flags, follow, want_script)
         try:
             return self.broker.resolve(
                 anchor,
@@ -438,8 +457,7 @@ class Mediator:
                 want_script=want_script,
             )
         finally:
-            if anchor >= 0:
-                os.close(anchor)
+            os.close(anchor)
 
     def resolve(
         self,
@@ -578,11 +596,22 @@ class Mediator:
                 follow=follow,
                 resolve_flags=resolve_flags,
             )
+            opened = stat.S_ISREG(pinned.mode) or stat.S_ISDIR(pinned.mode)
             if pinned.error:
                 node = Resolved(self._lexical(tid, dirfd, raw), error=pinned.error)
+            elif opened and pinned.path[:1] == "/":
+                # What `_checked` does for a file or directory, and the one check
+                # a read needs: an allowed pair is injected with nothing built.
+                target = pinned.path
+                if pinned.nlink > 1 and stat.S_ISREG(pinned.mode):
+                    target = self.protected_inodes.get((pinned.dev, pinned.ino), target)
+                if (ActionType.FILE_READ, target) in self._allow_cache:
+                    setfl = -1 if flags & os.O_NONBLOCK else flags
+                    self.broker.act(broker.INJECT, notif.id, pinned.handle, cloexec, setfl)
+                    return
+                node = Resolved(target, pinned)
             else:
                 node = self._checked(Resolved(pinned.path, pinned))
-            opened = stat.S_ISREG(pinned.mode) or stat.S_ISDIR(pinned.mode)
         else:
             node = self.resolve(tid, dirfd, raw, follow=follow, resolve_flags=resolve_flags)
             opened = False

@@ -29,7 +29,9 @@ Status pipe (every stage writes; close-on-exec, so EOF after the exec):
 Broker channel (SOCK_SEQPACKET): the init sends b"A" with a pidfd of the
 agent (and, when the agent egresses through the proxy, the listening socket
 it bound on loopback inside the agent's network namespace); the supervisor
-answers b"L" with the listener, then drives the broker.
+answers b"L" with the listener (and, with the native path, the socket the
+broker forwards the notifications it does not answer on), then drives the
+broker.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import mmap
 import os
 import resource
 import select
@@ -84,12 +87,13 @@ class Stage:
     argv: Sequence[str]
     env: Mapping[str, str]
     cwd: str
-    notify: Sequence[str]
-    enosys: Sequence[str]
+    seccomp: seccomp.FilterProgram  # built by the supervisor; the agent only loads it
     landlock: FloorPlan | None
     rlimits: Mapping[str, int]
     isolation: Isolation = field(default_factory=Isolation)
     terminal_fd: int = -1  # the slave of the agent's own pty
+    # Shared with the supervisor: how many notifications the native path answered.
+    native_count: mmap.mmap | None = None
 
 
 def _line(fd: int, text: str) -> None:
@@ -139,9 +143,6 @@ def become_agent(stage: Stage) -> NoReturn:
         for name, value in stage.rlimits.items():
             limit = getattr(resource, name)
             resource.setrlimit(limit, (value, value))
-        # Load now what the later stages need: a private /tmp may hide where it lives.
-        import pyseccomp  # noqa: F401
-
         # The supervisor puts us in the agent's cgroup before anything forks.
         if os.read(stage.go_fd, 1) != b"C":
             os._exit(125)
@@ -249,7 +250,7 @@ def _init(stage: Stage, entered: set[str], wait_fd: int) -> NoReturn:
     if stage.terminal_fd >= 0:
         os.close(stage.terminal_fd)
     channel = socket.socket(fileno=stage.channel_fd)
-    listener = -1
+    listener = forward = -1
     try:
         pidfd = os.pidfd_open(agent)
         handed = [pidfd] if egress is None else [pidfd, egress.fileno()]
@@ -258,15 +259,16 @@ def _init(stage: Stage, entered: set[str], wait_fd: int) -> NoReturn:
         if egress is not None:
             egress.close()
         if select.select([channel], [], [], 60)[0]:
-            message, fds, _flags, _addr = socket.recv_fds(channel, 16, 1)
+            message, fds, _flags, _addr = socket.recv_fds(channel, 16, 2)
             if message == b"L" and fds:
                 listener = fds[0]
+                forward = fds[1] if len(fds) > 1 else -1
     except OSError:
         pass
     os.close(stage.status_fd)
     if listener < 0:
         os.kill(agent, signal.SIGKILL)
-    os._exit(run_broker(channel, listener, agent, wait_fd))
+    os._exit(run_broker(channel, listener, agent, wait_fd, forward, stage.native_count))
 
 
 def _agent(stage: Stage, wait_fd: int) -> NoReturn:
@@ -286,7 +288,7 @@ def _agent(stage: Stage, wait_fd: int) -> NoReturn:
             os.close(stage.terminal_fd)
         os.chdir(stage.cwd)
         step = "seccomp"
-        listener = seccomp.load_filter(stage.notify, stage.enosys)
+        listener = seccomp.install_program(stage.seccomp)
     except BaseException as exc:
         _fail(stage.status_fd, step, exc)
     _line(stage.status_fd, f"L{listener}")

@@ -1,0 +1,606 @@
+/*
+ * The broker's native hot path: plainly allowed opens, answered in C.
+ *
+ * With this extension the broker (the agent's init, holding exactly the
+ * agent's rights) is the one process that receives the agent's seccomp
+ * notifications.  An open or openat whose resolved path the supervisor has
+ * already judged allowed without a record (its allow cache, mirrored here)
+ * is done right here: read the path from the agent's memory, open it from
+ * the agent's cwd or dirfd with the agent's rights, check what was really
+ * opened, and install the fd with ADDFD.  A path that does not exist gets
+ * ENOENT, as the Python path gives it with no rule asked.  Everything else
+ * -- a cache miss, a create, a device, /proc, any error -- is forwarded to
+ * the supervisor untouched, with a pidfd of the calling thread so that it
+ * knows the thread by its own PID namespace's number.
+ *
+ * The decisions here are a subset of the supervisor's by construction: the
+ * cache only ever holds (action, path) pairs the supervisor's judge allowed
+ * without a record, keyed by the path this code itself resolved, and the
+ * supervisor clears it whenever its own cache is cleared (a policy reload).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/audit.h>
+#include <linux/seccomp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#ifndef PIDFD_THREAD
+#define PIDFD_THREAD O_EXCL
+#endif
+#ifndef __O_TMPFILE
+#define __O_TMPFILE 020000000
+#endif
+#ifndef O_PATH
+#define O_PATH 010000000
+#endif
+
+#if defined(__x86_64__)
+#define NATIVE_ARCH AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define NATIVE_ARCH AUDIT_ARCH_AARCH64
+#else
+#define NATIVE_ARCH 0
+#endif
+
+/* What serve() returns: why it handed control back to Python. */
+enum { SERVE_CHANNEL = 0, SERVE_LISTENER_GONE = 1, SERVE_AGENT = 2, SERVE_IDLE = 3, SERVE_BATCH = 4 };
+
+/* Cache bits: the actions a path is plainly allowed for. */
+enum { ALLOW_READ = 1, ALLOW_WRITE = 2 };
+
+#define PATH_BYTES 4096
+#define BATCH 64 /* notifications between returns to Python (it reaps orphans) */
+
+/* -- the allow cache: open addressing, bounded, cleared when full ----------- */
+
+#define CACHE_SLOTS (1u << 16)
+#define CACHE_LIMIT (CACHE_SLOTS / 2)
+
+struct cache_entry {
+    uint64_t hash;
+    char *path; /* NULL: empty slot */
+    uint32_t length;
+    uint8_t bits;
+};
+
+static struct cache_entry *cache;
+static unsigned cache_used;
+
+static uint64_t hash_of(const char *s, size_t n) {
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (size_t i = 0; i < n; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+static void cache_reset(void) {
+    if (!cache)
+        return;
+    for (unsigned i = 0; i < CACHE_SLOTS; i++) {
+        free(cache[i].path);
+        cache[i].path = NULL;
+    }
+    cache_used = 0;
+}
+
+static struct cache_entry *cache_slot(const char *path, size_t n, uint64_t h) {
+    unsigned i = (unsigned)h & (CACHE_SLOTS - 1);
+    for (;;) {
+        struct cache_entry *e = &cache[i];
+        if (!e->path || (e->hash == h && e->length == n && memcmp(e->path, path, n) == 0))
+            return e;
+        i = (i + 1) & (CACHE_SLOTS - 1);
+    }
+}
+
+static int cache_bits(const char *path, size_t n) {
+    if (!cache_used)
+        return 0;
+    struct cache_entry *e = cache_slot(path, n, hash_of(path, n));
+    return e->path ? e->bits : 0;
+}
+
+static int cache_add(const char *path, size_t n, int bits) {
+    if (!cache) {
+        cache = calloc(CACHE_SLOTS, sizeof *cache);
+        if (!cache)
+            return -1;
+    }
+    uint64_t h = hash_of(path, n);
+    struct cache_entry *e = cache_slot(path, n, h);
+    if (e->path) {
+        e->bits |= (uint8_t)bits;
+        return 0;
+    }
+    if (cache_used >= CACHE_LIMIT) {
+        cache_reset();
+        e = cache_slot(path, n, h);
+    }
+    e->path = malloc(n + 1);
+    if (!e->path)
+        return -1;
+    memcpy(e->path, path, n);
+    e->path[n] = '\0';
+    e->length = (uint32_t)n;
+    e->hash = h;
+    e->bits = (uint8_t)bits;
+    cache_used++;
+    return 0;
+}
+
+/* -- processes whose next notification must go to the supervisor ----------
+ * After an allowed exec the supervisor holds the new image to what it
+ * decided on, at that process's first trapped syscall: so the first one
+ * after every exec is forwarded, whatever it is. */
+
+#define WATCH_SLOTS 256
+static pid_t watched[WATCH_SLOTS];
+static unsigned watched_count;
+
+static int is_watched(pid_t pid) {
+    if (!watched_count)
+        return 0;
+    for (unsigned i = 0; i < WATCH_SLOTS; i++)
+        if (watched[i] == pid)
+            return 1;
+    return 0;
+}
+
+static void unwatch(pid_t pid) {
+    for (unsigned i = 0; i < WATCH_SLOTS && watched_count; i++)
+        if (watched[i] == pid) {
+            watched[i] = 0;
+            watched_count--;
+        }
+}
+
+/* 0, or -1 when the table is full of live processes: the caller then
+ * forwards the exec's process to the supervisor for good (never a weaker check). */
+static int watch(pid_t pid) {
+    if (pid <= 0)
+        return -1;
+    if (is_watched(pid))
+        return 0;
+    for (int sweep = 0; sweep < 2; sweep++) {
+        for (unsigned i = 0; i < WATCH_SLOTS; i++)
+            if (!watched[i]) {
+                watched[i] = pid;
+                watched_count++;
+                return 0;
+            }
+        /* Full: drop processes that exited without another trapped syscall. */
+        for (unsigned i = 0; i < WATCH_SLOTS; i++)
+            if (watched[i] && kill(watched[i], 0) < 0 && errno == ESRCH) {
+                watched[i] = 0;
+                watched_count--;
+            }
+    }
+    return -1;
+}
+
+/* Set when an exec could not be watched: no open is served here any more. */
+static int fast_disabled;
+
+static pid_t tgid_of(pid_t tid) {
+    char name[64], buf[512];
+    snprintf(name, sizeof name, "/proc/%d/status", tid);
+    int fd = open(name, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return tid;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return tid;
+    buf[n] = '\0';
+    char *line = strstr(buf, "\nTgid:");
+    return line ? (pid_t)strtol(line + 6, NULL, 10) : tid;
+}
+
+/* -- configuration from Python (one definition of the flag sets) ----------- */
+
+static unsigned long valid_open_flags, write_flags, setfl_flags;
+static unsigned long long served_fast, forwarded;
+
+/* -- the agent's memory ------------------------------------------------------ */
+
+/* The NUL-terminated string at `addr` in `pid`, page by page (a string may end
+ * just before an unmapped page).  0 on success. */
+static int read_path(pid_t pid, uint64_t addr, char *out) {
+    size_t got = 0;
+    while (got < PATH_BYTES) {
+        size_t page_left = 4096 - ((addr + got) & 4095);
+        size_t want = PATH_BYTES - got < page_left ? PATH_BYTES - got : page_left;
+        struct iovec local = {out + got, want};
+        struct iovec remote = {(void *)(uintptr_t)(addr + got), want};
+        ssize_t n = process_vm_readv(pid, &local, 1, &remote, 1, 0);
+        if (n <= 0)
+            return -1;
+        char *nul = memchr(out + got, '\0', (size_t)n);
+        if (nul)
+            return 0;
+        got += (size_t)n;
+    }
+    return -1; /* longer than PATH_MAX: the supervisor says ENAMETOOLONG */
+}
+
+/* /proc and /dev name the agent's own fds, processes and devices: the
+ * supervisor's rules for them (aliases, device checks) stay in one place. */
+static int special_prefix(const char *path) {
+    static const char *const prefixes[] = {"/proc", "/dev", "/sys"};
+    for (size_t i = 0; i < sizeof prefixes / sizeof *prefixes; i++) {
+        size_t n = strlen(prefixes[i]);
+        if (strncmp(path, prefixes[i], n) == 0 && (path[n] == '/' || path[n] == '\0'))
+            return 1;
+    }
+    return 0;
+}
+
+/* -- answering ----------------------------------------------------------------- */
+
+static void respond_error(int listener, uint64_t id, int err) {
+    struct seccomp_notif_resp resp = {.id = id, .val = 0, .error = -err, .flags = 0};
+    ioctl(listener, SECCOMP_IOCTL_NOTIF_SEND, &resp);
+}
+
+/* Install `fd` in the agent as the syscall's result (one atomic step). */
+static void inject(int listener, uint64_t id, int fd, int cloexec) {
+    struct seccomp_notif_addfd addfd = {
+        .id = id,
+        .flags = SECCOMP_ADDFD_FLAG_SEND,
+        .srcfd = (uint32_t)fd,
+        .newfd = 0,
+        .newfd_flags = cloexec ? O_CLOEXEC : 0,
+    };
+    if (ioctl(listener, SECCOMP_IOCTL_NOTIF_ADDFD, &addfd) < 0 && errno == EMFILE)
+        respond_error(listener, id, EMFILE);
+}
+
+/* -- the fast path ------------------------------------------------------------ */
+
+/* 1 when the notification was answered here, 0 when it must be forwarded. */
+static int serve_fast(int listener, const struct seccomp_notif *n) {
+    int dirfd;
+    uint64_t path_ptr;
+    unsigned long flags;
+    if (n->data.arch != NATIVE_ARCH)
+        return 0;
+    switch (n->data.nr) {
+#ifdef __NR_open
+    case __NR_open:
+        dirfd = AT_FDCWD;
+        path_ptr = n->data.args[0];
+        flags = (unsigned long)n->data.args[1];
+        break;
+#endif
+    case __NR_openat:
+        dirfd = (int)(int32_t)n->data.args[0];
+        path_ptr = n->data.args[1];
+        flags = (unsigned long)n->data.args[2];
+        break;
+    case __NR_execve:
+    case __NR_execveat:
+        /* After exec the process runs as its thread group leader. */
+        if (watch(tgid_of((pid_t)n->pid)) < 0)
+            fast_disabled = 1;
+        return 0;
+    default:
+        unwatch((pid_t)n->pid);
+        return 0;
+    }
+    if (fast_disabled)
+        return 0;
+    if (is_watched((pid_t)n->pid)) {
+        unwatch((pid_t)n->pid);
+        return 0;
+    }
+    flags &= valid_open_flags;
+    if (flags & (O_CREAT | O_PATH | __O_TMPFILE))
+        return 0;
+
+    char raw[PATH_BYTES];
+    if (read_path((pid_t)n->pid, path_ptr, raw) != 0 || raw[0] == '\0' || special_prefix(raw))
+        return 0;
+    int anchor = AT_FDCWD;
+    if (raw[0] != '/') {
+        char link[64];
+        if (dirfd == AT_FDCWD)
+            snprintf(link, sizeof link, "/proc/%u/cwd", n->pid);
+        else
+            snprintf(link, sizeof link, "/proc/%u/fd/%d", n->pid, dirfd);
+        anchor = open(link, O_PATH | O_CLOEXEC);
+        if (anchor < 0)
+            return 0;
+    }
+    int writes = (flags & write_flags) != 0;
+    int reads = (flags & O_ACCMODE) != O_WRONLY;
+    int fd;
+    if (writes) /* pinned first: nothing is truncated or appended before the decision */
+        fd = openat(anchor, raw, O_PATH | O_CLOEXEC | (flags & O_NOFOLLOW));
+    else
+        fd = openat(anchor, raw, (int)(flags | O_CLOEXEC | O_NONBLOCK | O_NOCTTY));
+    int open_errno = errno;
+    if (anchor >= 0)
+        close(anchor);
+    if (fd < 0) {
+        if (open_errno != ENOENT)
+            return 0; /* the policy still decides on EACCES, ELOOP, ... */
+        respond_error(listener, n->id, ENOENT);
+        return 1;
+    }
+
+    struct stat st;
+    char real[PATH_BYTES + 1], self[64];
+    snprintf(self, sizeof self, "/proc/self/fd/%d", fd);
+    ssize_t length = fstat(fd, &st) == 0 ? readlink(self, real, PATH_BYTES) : -1;
+    int plain = length > 0 && length < PATH_BYTES &&
+                ((S_ISREG(st.st_mode) && st.st_nlink == 1) || (S_ISDIR(st.st_mode) && !writes));
+    if (plain) {
+        real[length] = '\0';
+        plain = real[0] == '/' && !special_prefix(real) &&
+                !(length > 10 && strcmp(real + length - 10, " (deleted)") == 0);
+    }
+    int need = (reads || !writes ? ALLOW_READ : 0) | (writes ? ALLOW_WRITE : 0);
+    if (!plain || (cache_bits(real, (size_t)length) & need) != need) {
+        close(fd);
+        return 0;
+    }
+    int cloexec = (flags & O_CLOEXEC) != 0;
+    if (writes) {
+        int reopened = open(self, (int)((flags & ~(unsigned long)(O_NOFOLLOW | O_CLOEXEC)) | O_CLOEXEC));
+        int reopen_errno = errno;
+        close(fd);
+        if (reopened < 0) {
+            respond_error(listener, n->id, reopen_errno);
+            served_fast++;
+            return 1;
+        }
+        fd = reopened;
+    } else if (!(flags & O_NONBLOCK)) {
+        /* O_NONBLOCK was only for our open; the agent gets the flags it asked for. */
+        fcntl(fd, F_SETFL, (int)(flags & setfl_flags));
+    }
+    inject(listener, n->id, fd, cloexec);
+    close(fd);
+    served_fast++;
+    return 1;
+}
+
+/* -- forwarding --------------------------------------------------------------
+ * The forward socket never blocks the broker: the supervisor may be waiting
+ * for a reply on the channel while its forward queue is full, so what cannot
+ * be sent now waits here, in order, and the channel is served meanwhile. */
+
+struct queued {
+    struct seccomp_notif notif;
+    int pidfd;
+};
+
+#define QUEUE_SLOTS (1u << 16) /* more than the agent can have threads in syscalls */
+static struct queued *queue;
+static unsigned queue_head, queue_length;
+
+/* 0 sent, 1 would block, -1 the supervisor is gone. */
+static int send_forward(int forward_fd, const struct seccomp_notif *n, int pidfd) {
+    char control[CMSG_SPACE(sizeof(int))];
+    memset(control, 0, sizeof control);
+    struct iovec iov = {(void *)n, sizeof *n};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control,
+                         .msg_controllen = sizeof control};
+    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cmsg), &pidfd, sizeof(int));
+    for (;;) {
+        if (sendmsg(forward_fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT) >= 0)
+            return 0;
+        if (errno == EINTR)
+            continue;
+        return errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS ? 1 : -1;
+    }
+}
+
+static void flush_queue(int listener, int forward_fd) {
+    while (queue_length) {
+        struct queued *q = &queue[queue_head];
+        int sent = send_forward(forward_fd, &q->notif, q->pidfd);
+        if (sent == 1)
+            return;
+        if (sent < 0)
+            respond_error(listener, q->notif.id, EPERM); /* no supervisor: fail closed */
+        close(q->pidfd);
+        queue_head = (queue_head + 1) & (QUEUE_SLOTS - 1);
+        queue_length--;
+    }
+}
+
+/* Hand the notification to the supervisor, with a pidfd of the calling thread. */
+static void forward(int listener, int forward_fd, const struct seccomp_notif *n) {
+    int pidfd = (int)syscall(SYS_pidfd_open, n->pid, PIDFD_THREAD);
+    if (pidfd < 0) {
+        respond_error(listener, n->id, EPERM); /* (the thread is gone: a no-op) */
+        return;
+    }
+    /* The pid could have been reused between RECV and pidfd_open: while the
+     * notification is still pending, the thread it names is the one we hold. */
+    uint64_t id = n->id;
+    if (ioctl(listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) < 0) {
+        close(pidfd);
+        return;
+    }
+    forwarded++;
+    if (!queue_length) {
+        int sent = send_forward(forward_fd, n, pidfd);
+        if (sent != 1) {
+            if (sent < 0)
+                respond_error(listener, n->id, EPERM);
+            close(pidfd);
+            return;
+        }
+    }
+    if (!queue)
+        queue = malloc(QUEUE_SLOTS * sizeof *queue);
+    if (!queue || queue_length == QUEUE_SLOTS) {
+        respond_error(listener, n->id, EAGAIN);
+        close(pidfd);
+        return;
+    }
+    struct queued *q = &queue[(queue_head + queue_length) & (QUEUE_SLOTS - 1)];
+    q->notif = *n;
+    q->pidfd = pidfd;
+    queue_length++;
+}
+
+/* serve(listener, forward, channel, agent_pidfd, timeout_ms, counter) -> why it returned
+ * `counter`: a writable buffer (a page shared with the supervisor); its first
+ * 8 bytes count the notifications answered here, for CPU placement. */
+static PyObject *fp_serve(PyObject *self, PyObject *args) {
+    int listener, forward_fd, channel, agent, timeout_ms;
+    Py_buffer counter;
+    if (!PyArg_ParseTuple(args, "iiiiiw*", &listener, &forward_fd, &channel, &agent, &timeout_ms,
+                          &counter))
+        return NULL;
+    if (counter.len < (Py_ssize_t)sizeof(uint64_t)) {
+        PyBuffer_Release(&counter);
+        return PyErr_Format(PyExc_ValueError, "the counter needs 8 bytes");
+    }
+    volatile uint64_t *answered = (volatile uint64_t *)counter.buf;
+    int why = SERVE_IDLE;
+    int handled = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (;;) {
+        struct pollfd fds[4] = {{channel, POLLIN, 0},
+                                {agent, POLLIN, 0},
+                                {listener, POLLIN, 0},
+                                {forward_fd, POLLOUT, 0}};
+        int ready = poll(fds, queue_length ? 4 : 3, timeout_ms);
+        if (ready < 0 && errno == EINTR)
+            continue;
+        if (ready == 0) {
+            why = SERVE_IDLE;
+            break;
+        }
+        if (queue_length && fds[3].revents)
+            flush_queue(listener, forward_fd);
+        if (ready < 0 || fds[0].revents) {
+            why = SERVE_CHANNEL;
+            break;
+        }
+        if (fds[1].revents) {
+            why = SERVE_AGENT;
+            break;
+        }
+        if (!fds[2].revents)
+            continue; /* only the forward socket was ready */
+        if (!(fds[2].revents & POLLIN)) {
+            why = SERVE_LISTENER_GONE; /* POLLHUP: no task is left on the filter */
+            break;
+        }
+        struct seccomp_notif n;
+        memset(&n, 0, sizeof n);
+        if (ioctl(listener, SECCOMP_IOCTL_NOTIF_RECV, &n) == 0) {
+            if (serve_fast(listener, &n))
+                *answered += 1;
+            else
+                forward(listener, forward_fd, &n);
+        }
+        if (++handled >= BATCH) {
+            why = SERVE_BATCH;
+            break;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&counter);
+    return PyLong_FromLong(why);
+}
+
+static PyObject *fp_configure(PyObject *self, PyObject *args) {
+    if (!PyArg_ParseTuple(args, "kkk", &valid_open_flags, &write_flags, &setfl_flags))
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *fp_allow(PyObject *self, PyObject *args) {
+    const char *path;
+    Py_ssize_t length;
+    int bits;
+    if (!PyArg_ParseTuple(args, "y#i", &path, &length, &bits))
+        return NULL;
+    if (length <= 0 || length >= PATH_BYTES || path[0] != '/' || memchr(path, '\0', (size_t)length))
+        Py_RETURN_FALSE; /* never a path this code looks up */
+    if (cache_add(path, (size_t)length, bits & (ALLOW_READ | ALLOW_WRITE)) != 0)
+        return PyErr_NoMemory();
+    Py_RETURN_TRUE;
+}
+
+static PyObject *fp_forget(PyObject *self, PyObject *noargs) {
+    cache_reset();
+    Py_RETURN_NONE;
+}
+
+static PyObject *fp_allowed(PyObject *self, PyObject *args) {
+    const char *path;
+    Py_ssize_t length;
+    if (!PyArg_ParseTuple(args, "y#", &path, &length))
+        return NULL;
+    return PyLong_FromLong(cache_bits(path, (size_t)length));
+}
+
+static PyObject *fp_counts(PyObject *self, PyObject *noargs) {
+    return Py_BuildValue("KK", served_fast, forwarded);
+}
+
+static PyMethodDef methods[] = {
+    {"serve", fp_serve, METH_VARARGS,
+     "serve(listener, forward, channel, agent_pidfd, timeout_ms, counter) -> int: answer "
+     "plainly allowed opens, forward the rest; returns why it stopped (channel readable, ...)."},
+    {"configure", fp_configure, METH_VARARGS,
+     "configure(valid_open_flags, write_flags, setfl_flags)"},
+    {"allow", fp_allow, METH_VARARGS,
+     "allow(path: bytes, bits: int) -> bool: the supervisor allowed these actions on path"},
+    {"forget", fp_forget, METH_NOARGS, "forget() -> None: clear the allow cache"},
+    {"allowed", fp_allowed, METH_VARARGS, "allowed(path: bytes) -> int: the cached bits"},
+    {"counts", fp_counts, METH_NOARGS, "counts() -> (served here, forwarded)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "_fastpath",
+    .m_doc = "The broker's native hot path for plainly allowed opens (see _fastpath.c).",
+    .m_size = -1,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC PyInit__fastpath(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (!m)
+        return NULL;
+    if (PyModule_AddIntConstant(m, "SERVE_CHANNEL", SERVE_CHANNEL) ||
+        PyModule_AddIntConstant(m, "SERVE_LISTENER_GONE", SERVE_LISTENER_GONE) ||
+        PyModule_AddIntConstant(m, "SERVE_AGENT", SERVE_AGENT) ||
+        PyModule_AddIntConstant(m, "SERVE_IDLE", SERVE_IDLE) ||
+        PyModule_AddIntConstant(m, "SERVE_BATCH", SERVE_BATCH) ||
+        PyModule_AddIntConstant(m, "ALLOW_READ", ALLOW_READ) ||
+        PyModule_AddIntConstant(m, "ALLOW_WRITE", ALLOW_WRITE) ||
+        PyModule_AddIntConstant(m, "NATIVE_ARCH", (long)NATIVE_ARCH)) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

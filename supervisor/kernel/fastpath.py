@@ -1,0 +1,177 @@
+"""The broker's native hot path (`_fastpath.c`), when it was built, and its plumbing.
+
+With the native path the broker receives every notification of the agent's
+listener: it answers opens the supervisor's allow cache already covers, and
+forwards the rest here, each with a pidfd of the calling thread (the broker
+sees the agent's PID namespace numbers; the supervisor needs its own).
+
+`AGENTSUP_FASTPATH=0` switches it off: the supervisor then receives on the
+listener itself, as it does where the extension could not be built.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import functools
+import os
+import socket
+import struct
+from types import ModuleType
+
+from .seccomp import Notification, respond_error
+
+native: ModuleType | None
+try:
+    from . import _fastpath as native  # type: ignore[attr-defined, no-redef]
+except ImportError:  # no C compiler at install time: the Python path serves
+    native = None
+
+ENV_SWITCH = "AGENTSUP_FASTPATH"
+_PIDFD_THREAD = os.O_EXCL  # pidfd_open: a pidfd of a thread, not a process (Linux 6.9)
+_NOTIF = struct.Struct("<QIIiIQ6Q")
+_CMSG_SPACE = socket.CMSG_SPACE(struct.calcsize("i"))
+
+_O_PATH = getattr(os, "O_PATH", 0o10000000)
+_O_TMPFILE = getattr(os, "O_TMPFILE", 0o20200000)
+# What open() understands (the kernel's VALID_OPEN_FLAGS): open and openat
+# drop the rest, openat2 refuses them.  O_LARGEFILE is 0 in Python's os.
+VALID_OPEN_FLAGS = (
+    os.O_ACCMODE | os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC | os.O_APPEND
+    | os.O_NONBLOCK | os.O_DSYNC | os.O_ASYNC | os.O_DIRECT | 0o100000 | os.O_DIRECTORY
+    | os.O_NOFOLLOW | os.O_NOATIME | os.O_CLOEXEC | _O_PATH | _O_TMPFILE | os.O_SYNC
+)  # fmt: skip
+# Flags that make an open a write (file_write is asked).
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+# The actions the native cache keeps, as its bits.
+ALLOW_READ = 1
+ALLOW_WRITE = 2
+
+
+@functools.cache
+def _threads_have_pidfds() -> bool:
+    try:
+        fd = os.pidfd_open(os.getpid(), _PIDFD_THREAD)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def status() -> tuple[bool, str]:
+    """Whether runs use the native path, and why (for doctor and the audit start record)."""
+    if native is None:
+        return False, "python (the native extension was not built: no C compiler at install)"
+    if os.environ.get(ENV_SWITCH, "1") == "0":
+        return False, f"python ({ENV_SWITCH}=0)"
+    if not _threads_have_pidfds():
+        return False, "python (the kernel has no thread pidfds, Linux 6.9+)"
+    return True, "native (plainly allowed opens are answered in the broker)"
+
+
+def enabled() -> bool:
+    return status()[0]
+
+
+_PIDFD_GET_INFO = (3 << 30) | (64 << 16) | (0xFF << 8) | 11  # _IOWR(0xFF, 11, pidfd_info v0)
+_PIDFD_INFO = struct.Struct("<QQI")  # mask, cgroupid, pid (the rest is not asked for)
+_PIDFD_INFO_PID = 1
+
+
+def pid_of(pidfd: int) -> int:
+    """The pid (or tid) behind a pidfd, as our PID namespace numbers it.
+
+    PIDFD_GET_INFO (Linux 6.13) needs no file of its own; older kernels
+    have it in the pidfd's fdinfo (`Pid:`, -1 once it exited).
+    """
+    info = bytearray(64)
+    _PIDFD_INFO.pack_into(info, 0, _PIDFD_INFO_PID, 0, 0)
+    try:
+        fcntl.ioctl(pidfd, _PIDFD_GET_INFO, info, True)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTTY, errno.EINVAL, errno.EOPNOTSUPP):
+            return -1  # ESRCH: it is gone
+    else:
+        mask, _cgroup, pid = _PIDFD_INFO.unpack_from(info)
+        if mask & _PIDFD_INFO_PID:
+            return int(pid)
+    with open(f"/proc/self/fdinfo/{pidfd}", "rb") as fdinfo:
+        for line in fdinfo:
+            if line.startswith(b"Pid:"):
+                return int(line.split()[1])
+    raise ValueError("no Pid: in the pidfd's fdinfo")
+
+
+class Forwarded:
+    """The supervisor's end of the broker's forward socket.
+
+    Every notification forwarded is owed an answer, even when the supervisor
+    is out of file descriptors and the kernel drops the pidfd that came
+    with it: one descriptor is kept in reserve and freed just before each
+    receive, so the pidfd always has a place.
+    """
+
+    def __init__(self, sock: socket.socket, listener: int) -> None:
+        self.sock = sock
+        self.listener = listener
+        self._reserve = self._take_reserve()
+
+    def _take_reserve(self) -> int:
+        try:
+            return os.dup(self.sock.fileno())
+        except OSError:
+            return -1
+
+    def close(self) -> None:
+        """Give back the reserve (the socket is its owner's to close)."""
+        if self._reserve >= 0:
+            os.close(self._reserve)
+            self._reserve = -1
+
+    def receive(self) -> Notification | None:
+        """One notification the broker forwarded, with our number for its thread.
+
+        None when there was nothing to read, or when the thread is already
+        gone (the kernel dropped its notification).  EOF raises EOFError:
+        the broker exited.
+        """
+        if self._reserve >= 0:
+            os.close(self._reserve)
+            self._reserve = -1
+        try:
+            data, ancillary, flags, _addr = self.sock.recvmsg(_NOTIF.size, _CMSG_SPACE)
+        except (BlockingIOError, InterruptedError):
+            return None
+        finally:
+            if self._reserve < 0:
+                self._reserve = self._take_reserve()
+        fds = [
+            fd
+            for level, kind, payload in ancillary
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+            for fd in struct.unpack(f"{len(payload) // 4}i", payload[: len(payload) // 4 * 4])
+        ]
+        if not data:
+            for fd in fds:
+                os.close(fd)
+            raise EOFError("the broker closed its forward socket")
+        try:
+            tid = pid_of(fds[0]) if len(fds) == 1 else 0
+        finally:
+            for fd in fds:
+                os.close(fd)
+            if self._reserve < 0:
+                self._reserve = self._take_reserve()
+        if len(data) != _NOTIF.size:
+            return None  # never sent by the broker; no id to answer
+        nid, _pid, _flags, nr, arch, _ip, a0, a1, a2, a3, a4, a5 = _NOTIF.unpack(data)
+        if tid == 0 or flags & socket.MSG_CTRUNC:
+            # No pidfd (out of descriptors after all): the syscall fails, never hangs.
+            with contextlib.suppress(OSError):
+                respond_error(self.listener, nid, errno.EMFILE)
+            return None
+        if tid < 0:
+            return None
+        return Notification(nid, tid, nr, arch, (a0, a1, a2, a3, a4, a5))

@@ -1,0 +1,96 @@
+"""An agent that opens a fixed list of paths, twice, and reports what each gave.
+
+    opens.py WORKSPACE
+
+One JSON line per open: the case, the pass (0: first time, 1: again, when
+the supervisor has decided it before), and the outcome: the errno name, or
+the fd's status flags, close-on-exec bit, file type and first bytes.  The
+native and the Python paths must print the same lines.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import stat
+import sys
+
+_O_LARGEFILE = 0o100000
+
+
+def outcome(fd: int) -> dict[str, object]:
+    st = os.fstat(fd)
+    kind = "dir" if stat.S_ISDIR(st.st_mode) else "reg" if stat.S_ISREG(st.st_mode) else "other"
+    status = fcntl.fcntl(fd, fcntl.F_GETFL) & ~_O_LARGEFILE
+    data = b""
+    if kind == "reg" and status & os.O_ACCMODE != os.O_WRONLY:
+        data = os.pread(fd, 16, 0)
+    return {
+        "flags": status,
+        "cloexec": bool(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC),
+        "kind": kind,
+        "data": data.decode(errors="replace"),
+    }
+
+
+def attempt(path: str, flags: int, dir_fd: int | None = None) -> dict[str, object]:
+    try:
+        fd = os.open(path, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        return {"error": errno.errorcode.get(exc.errno or 0, str(exc.errno))}
+    try:
+        return outcome(fd)
+    finally:
+        os.close(fd)
+
+
+def main() -> int:
+    ws = sys.argv[1]
+    os.chdir(ws)
+    ro, wo, rw = os.O_RDONLY, os.O_WRONLY, os.O_RDWR
+    cases: list[tuple[str, str, int]] = [
+        ("read", f"{ws}/plain.txt", ro),
+        ("read cloexec", f"{ws}/plain.txt", ro | os.O_CLOEXEC),
+        ("read nonblock", f"{ws}/plain.txt", ro | os.O_NONBLOCK),
+        ("read relative", "plain.txt", ro),
+        ("read dotdot", f"{ws}/sub/../plain.txt", ro),
+        ("read through symlink", f"{ws}/link-to-plain", ro),
+        ("nofollow symlink", f"{ws}/link-to-plain", ro | os.O_NOFOLLOW),
+        ("missing", f"{ws}/missing.txt", ro),
+        ("missing dir", f"{ws}/nowhere/missing.txt", ro),
+        ("file as dir", f"{ws}/plain.txt/x", ro),
+        ("directory", ws, ro | os.O_DIRECTORY),
+        ("directory for writing", ws, wo),
+        ("file as O_DIRECTORY", f"{ws}/plain.txt", ro | os.O_DIRECTORY),
+        ("truncate", f"{ws}/scratch.txt", wo | os.O_TRUNC),
+        ("append", f"{ws}/log.txt", wo | os.O_APPEND),
+        ("read-write", f"{ws}/log.txt", rw),
+        ("create existing", f"{ws}/plain.txt", ro | os.O_CREAT),
+        ("create exclusive existing", f"{ws}/plain.txt", wo | os.O_CREAT | os.O_EXCL),
+        ("hard link", f"{ws}/linked.txt", ro),
+        ("fifo", f"{ws}/fifo", ro | os.O_NONBLOCK),
+        ("refused", f"{ws}/refused.txt", ro),
+        ("refused through symlink", f"{ws}/link-to-refused", ro),
+        ("write refused", f"{ws}/read-only.txt", wo),
+        ("read the read-only", f"{ws}/read-only.txt", ro),
+        ("dev null", "/dev/null", rw),
+        ("proc self", "/proc/self/status", ro),
+        ("private tmp", "/tmp/opens-scratch", ro),
+        ("outside every rule", "/srv", ro | os.O_DIRECTORY),
+    ]
+    sub = os.open(f"{ws}/sub", os.O_RDONLY | os.O_DIRECTORY)
+    for round_ in (0, 1):
+        for name, path, flags in cases:
+            print(json.dumps({"case": name, "pass": round_, **attempt(path, flags)}), flush=True)
+        result = attempt("../plain.txt", ro, dir_fd=sub)
+        print(json.dumps({"case": "dirfd relative", "pass": round_, **result}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    # /tmp is the agent's own: make the file it reads there first.
+    with open("/tmp/opens-scratch", "w") as scratch:
+        scratch.write("scratch\n")
+    sys.exit(main())

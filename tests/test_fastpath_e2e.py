@@ -1,0 +1,216 @@
+"""The broker's native path: the same decisions as the Python path, answered without it.
+
+The native path answers only what the supervisor's judge already allowed
+without a record (its allow cache, mirrored into the broker), on the path
+the broker itself resolved, and forwards everything else.  So:
+
+- one agent opening the same list of paths twice gives the same results,
+  byte for byte, with the native path on and off (`AGENTSUP_FASTPATH=0`),
+  and the same refusals reach the audit log;
+- a plainly allowed open is answered while the supervisor itself is stopped;
+  an open nobody has decided yet waits for it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import AGENTS, Sandbox
+
+from agentsup.kernel import fastpath
+
+pytestmark = [
+    pytest.mark.requires_root,
+    pytest.mark.requires_seccomp_notify,
+    pytest.mark.requires_landlock,
+    pytest.mark.skipif(not fastpath.enabled(), reason=fastpath.status()[1]),
+]
+
+OPENS = "opens.py"
+
+POLICY = """
+name: differential
+extends: [strict]
+rules:
+  - id: refused-file
+    actions: [file_read, file_write]
+    target: "{workspace}/refused.txt"
+    decision: deny
+    priority: 1
+    on_violation: block
+  - id: read-only-file
+    actions: [file_write]
+    target: "{workspace}/read-only.txt"
+    decision: deny
+    priority: 1
+    on_violation: block
+"""
+
+
+def _plant(ws: Path) -> None:
+    (ws / "plain.txt").write_text("plain contents\n")
+    (ws / "scratch.txt").write_text("scratch\n")
+    (ws / "log.txt").write_text("log\n")
+    (ws / "refused.txt").write_text("refused\n")
+    (ws / "read-only.txt").write_text("read only\n")
+    (ws / "sub").mkdir()
+    (ws / "link-to-plain").symlink_to("plain.txt")
+    (ws / "link-to-refused").symlink_to("refused.txt")
+    os.link(ws / "plain.txt", ws / "linked.txt")
+    os.mkfifo(ws / "fifo")
+
+
+def _outcomes(sandbox: Sandbox, native: bool) -> tuple[list[dict[str, object]], list[str]]:
+    for entry in sandbox.workspace.iterdir():
+        if entry.name != OPENS:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    _plant(sandbox.workspace)
+    if sandbox.audit_log.exists():
+        sandbox.audit_log.unlink()
+    policy = sandbox.policy("differential", POLICY)
+    result = sandbox.run(
+        "python3",
+        str(sandbox.workspace / OPENS),
+        str(sandbox.workspace),
+        policy=policy,
+        env={fastpath.ENV_SWITCH: "1" if native else "0"},
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    refusals = sorted(
+        f"{r.get('action_type')} {r.get('target')} {r.get('rule')}"
+        for r in sandbox.audit_records()
+        if r.get("decision") == "deny"
+    )
+    return lines, refusals
+
+
+@pytest.fixture
+def opener(sandbox: Sandbox) -> Sandbox:
+    shutil.copy(AGENTS / OPENS, sandbox.workspace / OPENS)
+    return sandbox
+
+
+def test_both_paths_give_the_same_results_and_refusals(opener: Sandbox) -> None:
+    native, native_refusals = _outcomes(opener, native=True)
+    python, python_refusals = _outcomes(opener, native=False)
+    assert len(native) == len(python) == 2 * 29
+    for ours, theirs in zip(native, python, strict=True):
+        assert ours == theirs
+    assert native_refusals == python_refusals
+    # The list means something: it saw successes, refusals and absences.
+    by_case = {(r["case"], r["pass"]): r for r in native}
+    assert by_case[("read", 1)]["data"] == "plain contents\n"
+    assert by_case[("refused", 1)] == {"case": "refused", "pass": 1, "error": "EACCES"}
+    assert by_case[("write refused", 1)]["error"] == "EACCES"
+    assert by_case[("missing", 1)]["error"] == "ENOENT"
+    assert by_case[("read nonblock", 1)]["flags"] == os.O_NONBLOCK
+    assert by_case[("read cloexec", 1)]["cloexec"] is True
+    assert any("refused-file" in line for line in native_refusals)
+
+
+def _stopped_supervisor_opens(sandbox: Sandbox, native: bool) -> tuple[str, str]:
+    """Open a decided file and an undecided one while the supervisor is stopped."""
+    ws = sandbox.workspace
+    (ws / "decided.txt").write_text("decided\n")
+    (ws / "undecided.txt").write_text("undecided\n")
+    script = ws / "wait_and_open.py"
+    script.write_text(
+        "import sys, time\n"
+        "open(sys.argv[1]).read()\n"  # decided now, by the supervisor
+        "print('ready', flush=True)\n"
+        "sys.stdin.readline()\n"  # the test stops the supervisor meanwhile
+        "for path in sys.argv[1:]:\n"
+        "    print(open(path).read().strip(), flush=True)\n"
+    )
+    command = sandbox.command(
+        "python3", str(script), str(ws / "decided.txt"), str(ws / "undecided.txt")
+    )
+    env = {**sandbox.env, fastpath.ENV_SWITCH: "1" if native else "0"}
+    proc = subprocess.Popen(
+        command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    out = proc.stdout.fileno()
+    try:
+        assert proc.stdout.readline().strip() == b"ready"
+        os.kill(proc.pid, signal.SIGSTOP)
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+        seen = b""
+        deadline = time.monotonic() + 3
+        while (left := deadline - time.monotonic()) > 0:
+            if select.select([out], [], [], left)[0]:
+                seen += os.read(out, 4096)
+        os.kill(proc.pid, signal.SIGCONT)
+        rest, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.kill()
+            proc.wait()
+    seen_text = seen.decode()
+    return seen_text, seen_text + rest.decode()
+
+
+def test_a_decided_open_is_answered_while_the_supervisor_is_stopped(opener: Sandbox) -> None:
+    while_stopped, everything = _stopped_supervisor_opens(opener, native=True)
+    assert while_stopped == "decided\n"  # the broker answered; nothing undecided got through
+    assert everything == "decided\nundecided\n"
+
+
+def test_without_the_native_path_every_open_waits_for_the_supervisor(opener: Sandbox) -> None:
+    while_stopped, everything = _stopped_supervisor_opens(opener, native=False)
+    assert while_stopped == ""
+    assert everything == "decided\nundecided\n"
+
+
+def test_the_native_cache_takes_only_absolute_paths_and_forgets() -> None:
+    native = fastpath.native
+    assert native is not None
+    native.forget()
+    assert native.allow(b"/some/where", fastpath.ALLOW_READ) is True
+    assert native.allow(b"/some/where", fastpath.ALLOW_WRITE) is True
+    assert native.allowed(b"/some/where") == fastpath.ALLOW_READ | fastpath.ALLOW_WRITE
+    assert native.allow(b"relative", fastpath.ALLOW_READ) is False
+    assert native.allow(b"/nul\0inside", fastpath.ALLOW_READ) is False
+    assert native.allowed(b"/some/where/else") == 0
+    native.forget()
+    assert native.allowed(b"/some/where") == 0
+
+
+def test_the_red_team_suites_pass_with_the_native_path_off() -> None:
+    """The isolation and mediation attacks, again, with the Python path answering."""
+    here = Path(__file__).resolve().parent
+    suites = [
+        "test_isolation_e2e.py",
+        "test_mediation_metadata.py",
+        "test_mediation_processes.py",
+        "test_mediation_races.py",
+        "test_mediation_robust.py",
+        "test_mediation_secrets.py",
+        "test_mediation_sockets.py",
+        "test_run_secrets.py",
+        "test_self_protection.py",
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *suites],
+        cwd=here,
+        env={**os.environ, fastpath.ENV_SWITCH: "0"},
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert result.returncode == 0, result.stdout[-4000:]
