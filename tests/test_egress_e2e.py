@@ -36,7 +36,15 @@ from agentsup.kernel.proc import process_state
 
 pytestmark = [pytest.mark.requires_root, pytest.mark.requires_seccomp_notify]
 
-HOSTS = ("example.test", "blocked.test", "approve.test", "other.test", "git.test", "pypi.test")
+HOSTS = (
+    "example.test",
+    "blocked.test",
+    "approve.test",
+    "other.test",
+    "git.test",
+    "pypi.test",
+    "refused.test",
+)
 CLIENT = "egress_client.py"
 
 
@@ -88,7 +96,10 @@ def _make_ca(directory: Path) -> tuple[Path, Path, Path]:
 
 
 class _Hello(http.server.BaseHTTPRequestHandler):
+    seen: list[str] = []  # the Host of every request served, for tests that must see none
+
     def do_GET(self) -> None:
+        self.seen.append(str(self.headers.get("Host")))
         body = f"hello {self.headers.get('Host')} {self.path}".encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
@@ -117,6 +128,7 @@ def servers(sandbox: Sandbox) -> Iterator[tuple[int, int]]:
     _serve(https)
     _serve(plain)
     shutil.copy(AGENTS / CLIENT, sandbox.workspace / CLIENT)
+    _Hello.seen.clear()
     sandbox.env["AGENTSUP_EGRESS_HOSTS"] = ",".join(f"{h}=127.0.0.2" for h in HOSTS)
     try:
         yield https.server_address[1], plain.server_address[1]
@@ -677,19 +689,20 @@ STOP_HOST = """
 """
 
 
-def _node_processes(agent_pid: int) -> list[int]:
-    """The host pids of the node processes in the agent's PID namespace."""
+def _namespace_processes(agent_pid: int) -> dict[int, str]:
+    """Host pid -> state of every process in the agent's PID namespace but its broker (pid 1)."""
     namespace = os.readlink(f"/proc/{agent_pid}/ns/pid")
-    found = []
+    found = {}
     for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
             if os.readlink(f"/proc/{entry}/ns/pid") != namespace:
                 continue
-            comm = Path(f"/proc/{entry}/comm").read_text().strip()
+            status = Path(f"/proc/{entry}/status").read_text()
         except OSError:
             continue
-        if comm == "node":
-            found.append(int(entry))
+        nspid = next(line for line in status.splitlines() if line.startswith("NSpid:"))
+        if nspid.split()[-1] != "1":
+            found[int(entry)] = process_state(int(entry))
     return found
 
 
@@ -706,8 +719,8 @@ def test_node_fetch_of_a_sigstop_host_stops_the_agent_until_a_person_resumes(
     with _held(sandbox, "sh", "-c", fetch, policy=policy) as (proc, pending):
         assert pending[0]["target"] == f"stopped.test:{https}", pending
         (agent,) = json.loads(sandbox.agentsup("ps", "--json").stdout)
-        nodes = _node_processes(int(agent["pid"]))
-        assert nodes and all(process_state(pid) == "T" for pid in nodes)
+        states = _namespace_processes(int(agent["pid"]))
+        assert states and set(states.values()) == {"T"}, states
         answer = sandbox.agentsup("resume", "egress", "--code", pyotp.TOTP(secret).now())
         assert answer.returncode == 0, answer.stderr
         out, err = proc.communicate(timeout=30)
@@ -718,6 +731,95 @@ def test_node_fetch_of_a_sigstop_host_stops_the_agent_until_a_person_resumes(
     assert found[allowed]["data"] == f"hello example.test:{https} /after", found
     refused = [r for r in _proxy_records(sandbox) if r.get("rule") == "stop-host"]
     assert refused and all(r["response"] == "stop" for r in refused), refused
+    assert sandbox.agentsup("audit", "verify", str(sandbox.audit_log)).returncode == 0
+
+
+# -- a refused host, for every client and every way the policy may answer --------------
+
+REFUSED = """
+  - id: refused-host
+    actions: [network_connect]
+    target: "refused.test:*"
+    decision: deny
+    on_violation: {mode}
+    priority: 1
+  - id: refused-hook-requests  # hooked Python clients: let the proxy's host rule decide
+    actions: [network_request]
+    pattern: '^GET https?://refused\\.test:\\d+/'
+    decision: allow
+    priority: 1
+"""
+
+# One shell line per client, each aimed at refused.test: {https} and {plain}
+# are the test servers' ports.  Nothing tells a client where the proxy is.
+REFUSED_CLIENTS = {
+    "curl": "curl -q -sS --cacert test-ca.txt https://refused.test:{https}/",
+    "git": "GIT_SSL_CAINFO=test-ca.txt git clone -q https://refused.test:{https}/repo.git c",
+    "pip": "{python} -m pip install -q --no-cache-dir --disable-pip-version-check --retries 0"
+    " --target site --index-url http://refused.test:{plain}/simple/"
+    " --trusted-host refused.test agentsup-tiny",
+    "urllib": "python3 " + CLIENT + " test-ca.txt urllib=https://refused.test:{https}/",
+    "requests": "python3 " + CLIENT + " test-ca.txt requests=https://refused.test:{https}/",
+    "httpx": "python3 " + CLIENT + " test-ca.txt httpx=https://refused.test:{https}/",
+    "node": "NODE_EXTRA_CA_CERTS=test-ca.txt {node} fetch.js",
+}
+
+
+@pytest.mark.parametrize("mode", ["block", "sigkill", "sigstop"])
+@pytest.mark.parametrize("client", list(REFUSED_CLIENTS))
+def test_a_refused_host_is_refused_as_the_policy_says_for_each_client(
+    sandbox: Sandbox, servers: tuple[int, int], client: str, mode: str
+) -> None:
+    https, plain = servers
+    node = _node() if client == "node" else ""
+    (sandbox.workspace / "fetch.js").write_text(_node_fetch(f"https://refused.test:{https}/"))
+    policy = sandbox.policy("egress", POLICY + TOOLS + REFUSED.format(mode=mode))
+    line = REFUSED_CLIENTS[client].format(
+        https=https, plain=plain, python=sys.executable, node=node
+    )
+    # The agent says when it goes on after the refusal, and with what exit status.
+    program = ("sh", "-c", f"{line}; echo after=$?")
+    if mode == "sigstop":
+        secret = _totp_secret(sandbox)
+        with _held(sandbox, *program, policy=policy) as (proc, pending):
+            assert pending[0]["target"] == f"refused.test:{https if client != 'pip' else plain}"
+            (agent,) = json.loads(sandbox.agentsup("ps", "--json").stdout)
+            states = _namespace_processes(int(agent["pid"]))
+            assert states and set(states.values()) == {"T"}, states
+            answer = sandbox.agentsup("resume", "egress", "--code", pyotp.TOTP(secret).now())
+            assert answer.returncode == 0, answer.stderr
+            out, err = proc.communicate(timeout=60)
+        returncode = proc.returncode
+    else:
+        result = sandbox.run(*program, policy=policy, timeout=90)
+        returncode, out, err = result.returncode, result.stdout, result.stderr
+    if mode == "sigkill":
+        assert returncode == 137, (out, err)
+        assert "after=" not in out
+    else:
+        # Refused, and (after a person's resume) the agent carries on.
+        assert returncode == 0, (out, err)
+        assert "after=" in out, (out, err)
+        if client in ("urllib", "requests", "httpx"):
+            assert not _results(out)[client]["ok"], out
+        elif client == "node":
+            assert "403" in str(next(iter(_fetched(out).values()))["data"]), out
+        else:
+            assert "after=0" not in out, out
+    assert not (sandbox.workspace / "site").exists()  # pip installed nothing
+    refused = [r for r in _proxy_records(sandbox) if r.get("rule") == "refused-host"]
+    response = {"block": "block", "sigkill": "kill", "sigstop": "stop"}[mode]
+    assert refused and all(r["decision"] == "deny" for r in refused), refused
+    assert all(r["response"] == response and r["layer"] == "proxy" for r in refused), refused
+    # Nothing reached the server, and no record lets refused.test through.
+    assert not [host for host in _Hello.seen if host.startswith("refused.test")], _Hello.seen
+    assert not [
+        r
+        for r in sandbox.audit_records()
+        if "refused.test" in str(r.get("target"))
+        and r.get("decision") == "allow"
+        and r.get("layer") == "proxy"
+    ]
     assert sandbox.agentsup("audit", "verify", str(sandbox.audit_log)).returncode == 0
 
 
