@@ -83,9 +83,10 @@ def unprivileged_home() -> Iterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def run_as_nobody(root: Path, *program: str) -> subprocess.CompletedProcess[str]:
+def nobody_env(root: Path) -> dict[str, str]:
+    """The environment of an agentsup of `nobody`'s, with its locations in its home."""
     home = root / "home"
-    env = {
+    return {
         "PATH": "/usr/bin:/bin",
         "HOME": str(home),
         "PYTHONPATH": str(root / "lib"),
@@ -95,6 +96,9 @@ def run_as_nobody(root: Path, *program: str) -> subprocess.CompletedProcess[str]
         "AGENTSUP_STATE_DIR": str(home / "state"),
         "AGENTSUP_RUNTIME_DIR": str(home / "run"),
     }
+
+
+def run_as_nobody(root: Path, *program: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             "setpriv",
@@ -110,7 +114,7 @@ def run_as_nobody(root: Path, *program: str) -> subprocess.CompletedProcess[str]
             "--",
             *program,
         ],
-        env=env,
+        env=nobody_env(root),
         capture_output=True,
         text=True,
         timeout=60,
