@@ -313,6 +313,92 @@ def test_direct_connects_dns_sni_mismatch_and_internal_addresses_are_refused(
     assert sandbox.agentsup("audit", "verify", str(sandbox.audit_log)).returncode == 0
 
 
+OPEN = """
+name: egress-open
+extends: [strict]
+on_violation: block
+rules:
+  # Every connect and request passes the rules, even strict's DNS and direct
+  # ones: so what stops the attempts below is the namespace and the proxy's
+  # own address check, not a rule.
+  - id: anything
+    actions: [network_connect, network_request]
+    pattern: '.*'
+    decision: allow
+    priority: 1
+"""
+
+
+@pytest.fixture
+def dns_listener() -> Iterator[list[bytes]]:
+    """A UDP socket on 127.0.0.2:53 in the test's namespace; yields what it received."""
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        udp.bind(("127.0.0.2", 53))
+    except OSError as exc:
+        udp.close()
+        pytest.skip(f"127.0.0.2:53 is taken: {exc}")
+    received: list[bytes] = []
+    udp.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                data, peer = udp.recvfrom(512)
+                received.append(data)
+                udp.sendto(data[:2] + b"\x81\x80" + data[4:], peer)  # an answer, if ever asked
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield received
+    finally:
+        stop.set()
+        thread.join()
+        udp.close()
+
+
+def test_with_every_rule_open_only_the_proxy_leads_out(
+    sandbox: Sandbox, servers: tuple[int, int], dns_listener: list[bytes]
+) -> None:
+    https, _plain = servers
+    # The same attempts reach the server and the resolver from the test's namespace.
+    socket.create_connection(("127.0.0.2", https), timeout=5).close()
+    policy = sandbox.policy("egress-open", OPEN)
+    result = sandbox.run(
+        "python3",
+        CLIENT,
+        "test-ca.txt",
+        f"direct=127.0.0.2:{https}",
+        "dns=127.0.0.2",
+        "dns=8.8.8.8",
+        "resolve=example.test",
+        "urllib=http://169.254.169.254/latest/meta-data/",
+        f"urllib=https://127.0.0.2:{https}/by-address",
+        "urllib=http://10.1.2.3/private",
+        f"urllib=https://example.test:{https}/by-name",
+        policy=policy,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 8, result.stdout
+    direct, dns_local, dns_far, resolve, metadata, loopback, private, named = lines
+    assert "ConnectionRefused" in direct["data"], direct  # the namespace's own loopback
+    assert not dns_local["ok"] and not dns_far["ok"], (dns_local, dns_far)
+    assert dns_listener == []  # no query left the namespace
+    assert not resolve["ok"], resolve
+    for refused in (metadata, loopback, private):
+        assert not refused["ok"] and "403" in refused["data"], refused
+    # The proxy itself works: a name the operator's table maps is no internal address.
+    assert named["ok"] and named["data"] == f"hello example.test:{https} /by-name", named
+    internal = [r for r in sandbox.audit_records() if r.get("rule") == "agentsup-egress-internal"]
+    hosts = {r["host"] for r in internal if r.get("event") == "egress"}
+    assert hosts == {"169.254.169.254", "127.0.0.2", "10.1.2.3"}, internal
+    assert all(r["layer"] == "proxy" and r["decision"] == "deny" for r in internal)
+    assert sandbox.agentsup("audit", "verify", str(sandbox.audit_log)).returncode == 0
+
+
 def _totp_secret(sandbox: Sandbox) -> str:
     """A TOTP secret for resume --code, made with `agentsup totp init`."""
     result = sandbox.agentsup("totp", "init")

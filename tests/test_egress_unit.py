@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from agentsup.policy import RunContext, compile_policy, load_policy_text
+from agentsup.events import ActionType, Event
+from agentsup.policy import CompiledPolicy, RunContext, compile_policy, load_policy_text
 from agentsup.supervision import egress
 from agentsup.supervision.egress import NotTLS, client_hello_sni
 
@@ -179,6 +180,39 @@ def test_network_mode(tmp_path: Path) -> None:
     denied_ip = "  - {id: d, actions: [network_connect], target: '10.0.0.1:22', decision: deny}\n"
     assert _mode(tmp_path, denied_ip + by_name) == "proxy"  # a deny opens no way out
     assert _mode(tmp_path, files, default="allow") == "proxy"
+
+
+def _compiled(tmp_path: Path, rules: str, default: str = "deny") -> CompiledPolicy:
+    text = f"name: m\ndefault: {default}\non_violation: block\nrules:\n{rules}"
+    policy = load_policy_text(text, policy_dir=tmp_path)
+    return compile_policy(policy, RunContext(str(tmp_path), "/root", "t"))
+
+
+@pytest.mark.parametrize(
+    ("rule", "addr", "named"),
+    [
+        ("target: '169.254.169.254:80'", "169.254.169.254", True),
+        ("pattern: '^10\\.1\\.2\\.3:80$'", "10.1.2.3", True),
+        ("pattern: '^[0-9.]+:80$'", "127.0.0.2", True),  # about addresses: the user's word
+        ("target: '*:80'", "169.254.169.254", False),  # any host is no word about this one
+        ("target: '**'", "10.1.2.3", False),
+        ("pattern: '.*'", "127.0.0.2", False),
+    ],
+)
+def test_only_a_rule_about_addresses_names_an_internal_one(
+    tmp_path: Path, rule: str, addr: str, named: bool
+) -> None:
+    rules = f"  - {{id: r, actions: [network_connect], {rule}, decision: allow}}\n"
+    policy = _compiled(tmp_path, rules)
+    assert policy.evaluate(Event(ActionType.NETWORK_CONNECT, f"{addr}:80")).rule_id == "r"
+    assert egress.names_address(policy, addr, 80) is named
+
+
+def test_neither_the_default_nor_a_deny_names_an_address(tmp_path: Path) -> None:
+    files = "  - {id: f, actions: [file_read], target: '/**', decision: allow}\n"
+    assert not egress.names_address(_compiled(tmp_path, files, default="allow"), "10.0.0.1", 80)
+    deny = "  - {id: d, actions: [network_connect], target: '10.0.0.1:80', decision: deny}\n"
+    assert not egress.names_address(_compiled(tmp_path, deny), "10.0.0.1", 80)
 
 
 def test_proxy_environment_names_the_proxy_for_every_client() -> None:

@@ -248,6 +248,29 @@ def is_internal(addr: str) -> bool:
     return not ip.is_global or ip.is_multicast
 
 
+# A name no rule about addresses can mean: a rule matching it is about any host.
+_ANY_HOST = "agentsup-any-host.invalid"
+
+
+def names_address(policy: CompiledPolicy, addr: str, port: int) -> bool:
+    """Whether the rule deciding `network_connect IP:PORT` names that address and lets it go.
+
+    Not the default, and not a catch-all: a rule that also matches a made-up
+    host name (`*:443`, `.*`, `**`) allows hosts in general, and a policy that
+    opens every host must still not reach loopback, the metadata service or
+    the private network behind the supervisor.
+    """
+    target = address_target(addr, port)
+    decision = policy.evaluate(Event(ActionType.NETWORK_CONNECT, target, layer=Layer.PROXY))
+    if decision.is_default or not response_for(decision).proceeds:
+        return False
+    probe = f"{_ANY_HOST}:{port}"
+    for rule in policy.rules:
+        if rule.id == decision.rule_id:
+            return rule.miss_reason(probe) is not None
+    return False  # fail closed: a decision from no rule of the policy names nothing
+
+
 def _ip_literal(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
@@ -678,10 +701,8 @@ class EgressProxy:
             self._connect(conn)
 
     def _named(self, addr: str, port: int) -> bool:
-        """An internal address passes only when a rule (not the default) lets it go ahead."""
-        event = Event(ActionType.NETWORK_CONNECT, address_target(addr, port), layer=Layer.PROXY)
-        decision = self.judge.policy.evaluate(event)
-        return not decision.is_default and response_for(decision).proceeds
+        """An internal address passes only when a rule that names it lets it go ahead."""
+        return names_address(self.judge.policy, addr, port)
 
     def _internal(self, conn: _Conn, addr: str) -> None:
         conn.rule = INTERNAL_RULE
