@@ -1,14 +1,16 @@
 """The broker's native path: the same decisions as the Python path, answered without it.
 
-The native path answers only what the supervisor's judge already allowed
-without a record (its allow cache, mirrored into the broker), on the path
-the broker itself resolved, and forwards everything else.  So:
+The native path answers only what the supervisor's judge allows without a
+record (its allow cache, mirrored into the broker, or the broker's own copy
+of the judge), on the path the broker itself resolved, and forwards
+everything else.  So:
 
 - one agent opening the same list of paths twice gives the same results,
   byte for byte, with the native path on and off (`AGENTSUP_FASTPATH=0`),
   and the same refusals reach the audit log;
-- a plainly allowed open is answered while the supervisor itself is stopped;
-  an open nobody has decided yet waits for it.
+- a plainly allowed open is answered while the supervisor itself is stopped
+  (the broker asks its own copy of the judge); a refusal, which must be
+  recorded, waits for the supervisor.
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ name: differential
 extends: [strict]
 rules:
   - id: refused-file
-    actions: [file_read, file_write]
-    target: "{workspace}/refused.txt"
+    actions: [file_read, file_write, file_delete]
+    target: "{workspace}/refused*"
     decision: deny
     priority: 1
     on_violation: block
@@ -63,6 +65,9 @@ def _plant(ws: Path) -> None:
     (ws / "refused.txt").write_text("refused\n")
     (ws / "read-only.txt").write_text("read only\n")
     (ws / "sub").mkdir()
+    (ws / "full").mkdir()
+    (ws / "full" / "inside").write_text("")
+    (ws / "dangling").symlink_to("missing-target")
     (ws / "link-to-plain").symlink_to("plain.txt")
     (ws / "link-to-refused").symlink_to("refused.txt")
     os.link(ws / "plain.txt", ws / "linked.txt")
@@ -106,7 +111,7 @@ def opener(sandbox: Sandbox) -> Sandbox:
 def test_both_paths_give_the_same_results_and_refusals(opener: Sandbox) -> None:
     native, native_refusals = _outcomes(opener, native=True)
     python, python_refusals = _outcomes(opener, native=False)
-    assert len(native) == len(python) == 2 * 29
+    assert len(native) == len(python) == 2 * (29 + 18)
     for ours, theirs in zip(native, python, strict=True):
         assert ours == theirs
     assert native_refusals == python_refusals
@@ -119,24 +124,35 @@ def test_both_paths_give_the_same_results_and_refusals(opener: Sandbox) -> None:
     assert by_case[("read nonblock", 1)]["flags"] == os.O_NONBLOCK
     assert by_case[("read cloexec", 1)]["cloexec"] is True
     assert any("refused-file" in line for line in native_refusals)
+    assert by_case[("create", 1)] == {"case": "create", "pass": 1, "mode": "0o755"}
+    assert by_case[("unlink again", 1)]["error"] == "ENOENT"
+    assert by_case[("unlink refused", 1)]["error"] == "EACCES"
+    assert by_case[("rmdir with a trailing slash", 1)] == {
+        "case": "rmdir with a trailing slash",
+        "pass": 1,
+        "ok": True,
+    }
 
 
 def _stopped_supervisor_opens(sandbox: Sandbox, native: bool) -> tuple[str, str]:
-    """Open a decided file and an undecided one while the supervisor is stopped."""
+    """Open an allowed file, then a refused one, while the supervisor is stopped."""
     ws = sandbox.workspace
-    (ws / "decided.txt").write_text("decided\n")
-    (ws / "undecided.txt").write_text("undecided\n")
+    (ws / "allowed.txt").write_text("allowed\n")
+    (ws / "refused.txt").write_text("refused\n")
     script = ws / "wait_and_open.py"
     script.write_text(
-        "import sys, time\n"
-        "open(sys.argv[1]).read()\n"  # decided now, by the supervisor
+        "import sys\n"
         "print('ready', flush=True)\n"
         "sys.stdin.readline()\n"  # the test stops the supervisor meanwhile
         "for path in sys.argv[1:]:\n"
-        "    print(open(path).read().strip(), flush=True)\n"
+        "    try:\n"
+        "        print(open(path).read().strip(), flush=True)\n"
+        "    except PermissionError:\n"
+        "        print('refused', 'EACCES', flush=True)\n"
     )
+    policy = sandbox.policy("differential", POLICY)
     command = sandbox.command(
-        "python3", str(script), str(ws / "decided.txt"), str(ws / "undecided.txt")
+        "python3", str(script), str(ws / "allowed.txt"), str(ws / "refused.txt"), policy=policy
     )
     env = {**sandbox.env, fastpath.ENV_SWITCH: "1" if native else "0"}
     proc = subprocess.Popen(
@@ -165,16 +181,22 @@ def _stopped_supervisor_opens(sandbox: Sandbox, native: bool) -> tuple[str, str]
     return seen_text, seen_text + rest.decode()
 
 
-def test_a_decided_open_is_answered_while_the_supervisor_is_stopped(opener: Sandbox) -> None:
+def test_a_plainly_allowed_open_is_answered_while_the_supervisor_is_stopped(
+    opener: Sandbox,
+) -> None:
     while_stopped, everything = _stopped_supervisor_opens(opener, native=True)
-    assert while_stopped == "decided\n"  # the broker answered; nothing undecided got through
-    assert everything == "decided\nundecided\n"
+    # The broker decided the allowed file on its own; the refusal, which is
+    # recorded, waited for the supervisor.
+    assert while_stopped == "allowed\n"
+    assert everything == "allowed\nrefused EACCES\n"
+    refusals = [r for r in opener.audit_records() if r.get("rule") == "refused-file"]
+    assert len(refusals) == 1
 
 
 def test_without_the_native_path_every_open_waits_for_the_supervisor(opener: Sandbox) -> None:
     while_stopped, everything = _stopped_supervisor_opens(opener, native=False)
     assert while_stopped == ""
-    assert everything == "decided\nundecided\n"
+    assert everything == "allowed\nrefused EACCES\n"
 
 
 def test_the_native_cache_takes_only_absolute_paths_and_forgets() -> None:
@@ -214,3 +236,58 @@ def test_the_red_team_suites_pass_with_the_native_path_off() -> None:
         timeout=1200,
     )
     assert result.returncode == 0, result.stdout[-4000:]
+
+
+RELOADED = """
+name: reloaded
+extends: [strict]
+rules:
+  - id: now-refused
+    actions: [file_read]
+    target: "{workspace}/allowed.txt"
+    decision: deny
+    priority: 1
+    on_violation: block
+"""
+
+
+def test_a_policy_reload_reaches_the_native_path(opener: Sandbox) -> None:
+    """What the old policy allowed (cached, and decided by the broker's own judge)
+    is refused once the reloaded policy refuses it."""
+    ws = opener.workspace
+    (ws / "allowed.txt").write_text("allowed\n")
+    script = ws / "read_twice.py"
+    script.write_text(
+        "import sys\n"
+        "for _ in range(2):\n"
+        "    try:\n"
+        "        print(open(sys.argv[1]).read().strip(), flush=True)\n"
+        "    except PermissionError:\n"
+        "        print('EACCES', flush=True)\n"
+        "    sys.stdin.readline()\n"
+    )
+    policy = opener.policy("reloaded", "name: reloaded\nextends: [strict]\n")
+    proc = subprocess.Popen(
+        opener.command("python3", str(script), str(ws / "allowed.txt"), policy=policy),
+        env=opener.env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    try:
+        assert proc.stdout.readline().strip() == "allowed"
+        Path(policy).write_text(RELOADED)
+        time.sleep(3)  # the policy directory is watched: an unsealed edit reloads
+        proc.stdin.write("again\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "EACCES"
+        proc.stdin.write("done\n")
+        proc.stdin.flush()
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert any(r.get("rule") == "now-refused" for r in opener.audit_records())

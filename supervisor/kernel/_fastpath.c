@@ -59,7 +59,7 @@
 enum { SERVE_CHANNEL = 0, SERVE_LISTENER_GONE = 1, SERVE_AGENT = 2, SERVE_IDLE = 3, SERVE_BATCH = 4 };
 
 /* Cache bits: the actions a path is plainly allowed for. */
-enum { ALLOW_READ = 1, ALLOW_WRITE = 2 };
+enum { ALLOW_READ = 1, ALLOW_WRITE = 2, ALLOW_DELETE = 4 };
 
 #define PATH_BYTES 4096
 #define BATCH 64 /* notifications between returns to Python (it reaps orphans) */
@@ -270,62 +270,176 @@ static void inject(int listener, uint64_t id, int fd, int cloexec) {
         respond_error(listener, id, EMFILE);
 }
 
+/* -- deciding ------------------------------------------------------------------
+ * The cache answers first.  On a miss, the broker's own copy of the
+ * supervisor's judge (forked with it, and dropped when the policy is
+ * reloaded) says which of the actions it plainly allows: allowed, with no
+ * record, no rate limit, no approval.  Anything else is forwarded. */
+
+static PyObject *decider; /* callable(path: bytes, bits: int) -> int, or NULL */
+
+static int granted(const char *path, size_t length, int need) {
+    int have = cache_bits(path, length);
+    if ((have & need) == need)
+        return 1;
+    if (!decider)
+        return 0;
+    PyObject *answer = PyObject_CallFunction(decider, "y#i", path, (Py_ssize_t)length, need & ~have);
+    long bits = answer ? PyLong_AsLong(answer) : -1;
+    Py_XDECREF(answer);
+    if (bits < 0 || PyErr_Occurred()) {
+        PyErr_Clear(); /* a failed decision is no decision: the supervisor takes it */
+        return 0;
+    }
+    bits &= ALLOW_READ | ALLOW_WRITE | ALLOW_DELETE;
+    if (bits && cache_add(path, length, (int)bits) != 0)
+        return 0;
+    return ((have | (int)bits) & need) == need;
+}
+
 /* -- the fast path ------------------------------------------------------------ */
 
-/* 1 when the notification was answered here, 0 when it must be forwarded. */
-static int serve_fast(int listener, const struct seccomp_notif *n) {
-    int dirfd;
-    uint64_t path_ptr;
-    unsigned long flags;
-    if (n->data.arch != NATIVE_ARCH)
-        return 0;
-    switch (n->data.nr) {
-#ifdef __NR_open
-    case __NR_open:
-        dirfd = AT_FDCWD;
-        path_ptr = n->data.args[0];
-        flags = (unsigned long)n->data.args[1];
-        break;
-#endif
-    case __NR_openat:
-        dirfd = (int)(int32_t)n->data.args[0];
-        path_ptr = n->data.args[1];
-        flags = (unsigned long)n->data.args[2];
-        break;
-    case __NR_execve:
-    case __NR_execveat:
-        /* After exec the process runs as its thread group leader. */
-        if (watch(tgid_of((pid_t)n->pid)) < 0)
-            fast_disabled = 1;
-        return 0;
-    default:
-        unwatch((pid_t)n->pid);
-        return 0;
-    }
-    if (fast_disabled)
-        return 0;
-    if (is_watched((pid_t)n->pid)) {
-        unwatch((pid_t)n->pid);
-        return 0;
-    }
-    flags &= valid_open_flags;
-    if (flags & (O_CREAT | O_PATH | __O_TMPFILE))
-        return 0;
+static int id_valid(int listener, uint64_t id) {
+    return ioctl(listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) == 0;
+}
 
-    char raw[PATH_BYTES];
-    if (read_path((pid_t)n->pid, path_ptr, raw) != 0 || raw[0] == '\0' || special_prefix(raw))
+static void respond_value(int listener, uint64_t id, int64_t value) {
+    struct seccomp_notif_resp resp = {.id = id, .val = value, .error = 0, .flags = 0};
+    ioctl(listener, SECCOMP_IOCTL_NOTIF_SEND, &resp);
+}
+
+/* The agent's path argument, if it is one this path may take: 0 when not. */
+static int agent_path(const struct seccomp_notif *n, uint64_t ptr, char *raw) {
+    return read_path((pid_t)n->pid, ptr, raw) == 0 && raw[0] != '\0' && !special_prefix(raw);
+}
+
+/* Where a path is resolved from: AT_FDCWD (the broker's root is the agent's)
+ * for an absolute path, else the agent's cwd or dirfd.  -2 when unreachable. */
+static int open_anchor(pid_t pid, int dirfd, const char *raw) {
+    if (raw[0] == '/')
+        return AT_FDCWD;
+    char link[64];
+    if (dirfd == AT_FDCWD)
+        snprintf(link, sizeof link, "/proc/%d/cwd", pid);
+    else
+        snprintf(link, sizeof link, "/proc/%d/fd/%d", pid, dirfd);
+    int fd = open(link, O_PATH | O_CLOEXEC);
+    return fd < 0 ? -2 : fd;
+}
+
+static void close_anchor(int anchor) {
+    if (anchor >= 0)
+        close(anchor);
+}
+
+/* The real path of what `fd` is, NUL-terminated in `out`; its length, or -1
+ * when it is nothing this path judges (not absolute, /proc, /dev, deleted). */
+static ssize_t real_path(int fd, char *out) {
+    char self[64];
+    snprintf(self, sizeof self, "/proc/self/fd/%d", fd);
+    ssize_t length = readlink(self, out, PATH_BYTES);
+    if (length <= 0 || length >= PATH_BYTES)
+        return -1;
+    out[length] = '\0';
+    if (out[0] != '/' || special_prefix(out) ||
+        (length > 10 && strcmp(out + length - 10, " (deleted)") == 0))
+        return -1;
+    return length;
+}
+
+/* The directory that would hold `raw`'s last component, split as the
+ * supervisor splits it; 0 when it is a case the supervisor keeps
+ * (a trailing slash, ".", "..", the root). */
+static int split_parent(const char *raw, char *parent, const char **name) {
+    const char *slash = strrchr(raw, '/');
+    *name = slash ? slash + 1 : raw;
+    if (**name == '\0' || strcmp(*name, ".") == 0 || strcmp(*name, "..") == 0)
         return 0;
-    int anchor = AT_FDCWD;
-    if (raw[0] != '/') {
-        char link[64];
-        if (dirfd == AT_FDCWD)
-            snprintf(link, sizeof link, "/proc/%u/cwd", n->pid);
-        else
-            snprintf(link, sizeof link, "/proc/%u/fd/%d", n->pid, dirfd);
-        anchor = open(link, O_PATH | O_CLOEXEC);
-        if (anchor < 0)
-            return 0;
+    if (!slash)
+        strcpy(parent, ".");
+    else if (slash == raw)
+        strcpy(parent, "/");
+    else {
+        memcpy(parent, raw, (size_t)(slash - raw));
+        parent[slash - raw] = '\0';
     }
+    return 1;
+}
+
+/* parent's real path + "/" + name into `target`; its length, or -1. */
+static ssize_t child_target(int dir, const char *name, char *target) {
+    ssize_t length = real_path(dir, target);
+    if (length < 0)
+        return -1;
+    size_t base = (size_t)length;
+    while (base > 0 && target[base - 1] == '/')
+        base--;
+    size_t rest = strlen(name);
+    if (base + 1 + rest >= PATH_BYTES)
+        return -1;
+    target[base] = '/';
+    memcpy(target + base + 1, name, rest + 1);
+    return (ssize_t)(base + 1 + rest);
+}
+
+/* The agent's umask, as the kernel would apply it to this create. */
+static int agent_umask(pid_t pid) {
+    char name[64], buf[1024];
+    snprintf(name, sizeof name, "/proc/%d/status", pid);
+    int fd = open(name, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = '\0';
+    char *line = strstr(buf, "\nUmask:");
+    return line ? (int)strtol(line + 7, NULL, 8) : -1;
+}
+
+/* open(O_CREAT) of a name that is not there: created in its directory. */
+static int serve_create(int listener, const struct seccomp_notif *n, int anchor, const char *raw,
+                        unsigned long flags, unsigned long mode, int reads) {
+    char parent[PATH_BYTES], target[PATH_BYTES + 1];
+    const char *name;
+    if (!split_parent(raw, parent, &name))
+        return 0;
+    int dir = openat(anchor, parent, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (dir < 0)
+        return 0; /* the supervisor decides on the lexical path */
+    ssize_t length = child_target(dir, name, target);
+    int need = ALLOW_WRITE | (reads ? ALLOW_READ : 0);
+    int umask = length < 0 ? -1 : agent_umask((pid_t)n->pid);
+    if (umask < 0 || !granted(target, (size_t)length, need)) {
+        close(dir);
+        return 0;
+    }
+    if (id_valid(listener, n->id)) { /* interrupted: nothing may be created */
+        mode_t created = (mode_t)(mode & 07777 & ~(unsigned long)umask & ~(unsigned long)(S_ISUID | S_ISGID));
+        int fd = openat(dir, name, (int)((flags & ~(unsigned long)O_NOFOLLOW) | O_NOFOLLOW | O_CLOEXEC), created);
+        if (fd < 0)
+            respond_error(listener, n->id, errno);
+        else {
+            inject(listener, n->id, fd, (flags & O_CLOEXEC) != 0);
+            close(fd);
+        }
+    }
+    close(dir);
+    return 1;
+}
+
+static int serve_open(int listener, const struct seccomp_notif *n, int dirfd, uint64_t ptr,
+                      unsigned long flags, unsigned long mode) {
+    flags &= valid_open_flags;
+    if (flags & (O_PATH | __O_TMPFILE))
+        return 0;
+    char raw[PATH_BYTES];
+    if (!agent_path(n, ptr, raw))
+        return 0;
+    int anchor = open_anchor((pid_t)n->pid, dirfd, raw);
+    if (anchor == -2)
+        return 0;
     int writes = (flags & write_flags) != 0;
     int reads = (flags & O_ACCMODE) != O_WRONLY;
     int fd;
@@ -333,40 +447,44 @@ static int serve_fast(int listener, const struct seccomp_notif *n) {
         fd = openat(anchor, raw, O_PATH | O_CLOEXEC | (flags & O_NOFOLLOW));
     else
         fd = openat(anchor, raw, (int)(flags | O_CLOEXEC | O_NONBLOCK | O_NOCTTY));
-    int open_errno = errno;
-    if (anchor >= 0)
-        close(anchor);
     if (fd < 0) {
-        if (open_errno != ENOENT)
-            return 0; /* the policy still decides on EACCES, ELOOP, ... */
-        respond_error(listener, n->id, ENOENT);
-        return 1;
+        int err = errno, answered = 0;
+        if (err == ENOENT && (flags & O_CREAT))
+            answered = serve_create(listener, n, anchor, raw, flags, mode, reads);
+        else if (err == ENOENT) {
+            /* Nothing there: what the kernel would say, no rule asked. */
+            respond_error(listener, n->id, ENOENT);
+            answered = 1;
+        }
+        close_anchor(anchor);
+        return answered; /* EACCES, ELOOP, ...: the policy still decides */
     }
+    close_anchor(anchor);
 
     struct stat st;
-    char real[PATH_BYTES + 1], self[64];
-    snprintf(self, sizeof self, "/proc/self/fd/%d", fd);
-    ssize_t length = fstat(fd, &st) == 0 ? readlink(self, real, PATH_BYTES) : -1;
-    int plain = length > 0 && length < PATH_BYTES &&
+    char real[PATH_BYTES + 1];
+    ssize_t length = fstat(fd, &st) == 0 ? real_path(fd, real) : -1;
+    int plain = length > 0 &&
                 ((S_ISREG(st.st_mode) && st.st_nlink == 1) || (S_ISDIR(st.st_mode) && !writes));
-    if (plain) {
-        real[length] = '\0';
-        plain = real[0] == '/' && !special_prefix(real) &&
-                !(length > 10 && strcmp(real + length - 10, " (deleted)") == 0);
-    }
     int need = (reads || !writes ? ALLOW_READ : 0) | (writes ? ALLOW_WRITE : 0);
-    if (!plain || (cache_bits(real, (size_t)length) & need) != need) {
+    if (!plain || !granted(real, (size_t)length, need)) {
         close(fd);
         return 0;
     }
     int cloexec = (flags & O_CLOEXEC) != 0;
     if (writes) {
-        int reopened = open(self, (int)((flags & ~(unsigned long)(O_NOFOLLOW | O_CLOEXEC)) | O_CLOEXEC));
+        if ((flags & O_TRUNC) && !id_valid(listener, n->id)) {
+            close(fd); /* interrupted: nothing may be truncated */
+            return 1;
+        }
+        char self[64];
+        snprintf(self, sizeof self, "/proc/self/fd/%d", fd);
+        int reopened =
+            open(self, (int)((flags & ~(unsigned long)(O_NOFOLLOW | O_CLOEXEC)) | O_CLOEXEC));
         int reopen_errno = errno;
         close(fd);
         if (reopened < 0) {
             respond_error(listener, n->id, reopen_errno);
-            served_fast++;
             return 1;
         }
         fd = reopened;
@@ -376,8 +494,85 @@ static int serve_fast(int listener, const struct seccomp_notif *n) {
     }
     inject(listener, n->id, fd, cloexec);
     close(fd);
-    served_fast++;
     return 1;
+}
+
+/* unlink, rmdir, unlinkat: the name is removed from its pinned directory. */
+static int serve_unlink(int listener, const struct seccomp_notif *n, int dirfd, uint64_t ptr,
+                        int remove_dir) {
+    char raw[PATH_BYTES], parent[PATH_BYTES], target[PATH_BYTES + 1];
+    const char *name;
+    if (!agent_path(n, ptr, raw))
+        return 0;
+    size_t length = strlen(raw);
+    while (length > 0 && raw[length - 1] == '/')
+        raw[--length] = '\0'; /* `rmdir dir/` names dir */
+    if (length == 0 || !split_parent(raw, parent, &name))
+        return 0;
+    int anchor = open_anchor((pid_t)n->pid, dirfd, raw);
+    if (anchor == -2)
+        return 0;
+    int dir = openat(anchor, parent, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    close_anchor(anchor);
+    if (dir < 0)
+        return 0;
+    ssize_t target_length = child_target(dir, name, target);
+    if (target_length < 0 || !granted(target, (size_t)target_length, ALLOW_DELETE)) {
+        close(dir);
+        return 0;
+    }
+    if (id_valid(listener, n->id)) { /* interrupted: nothing may be removed */
+        if (unlinkat(dir, name, remove_dir ? AT_REMOVEDIR : 0) == 0)
+            respond_value(listener, n->id, 0);
+        else
+            respond_error(listener, n->id, errno);
+    }
+    close(dir);
+    return 1;
+}
+
+/* 1 when the notification was answered here, 0 when it must be forwarded. */
+static int serve_fast(int listener, const struct seccomp_notif *n) {
+    const __u64 *args = n->data.args;
+    if (n->data.arch != NATIVE_ARCH)
+        return 0;
+    switch (n->data.nr) {
+    case __NR_execve:
+    case __NR_execveat:
+        /* After exec the process runs as its thread group leader. */
+        if (watch(tgid_of((pid_t)n->pid)) < 0)
+            fast_disabled = 1;
+        return 0;
+    }
+    if (fast_disabled)
+        return 0;
+    if (is_watched((pid_t)n->pid)) {
+        unwatch((pid_t)n->pid); /* the supervisor checks the new image first */
+        return 0;
+    }
+    switch (n->data.nr) {
+#ifdef __NR_open
+    case __NR_open:
+        return serve_open(listener, n, AT_FDCWD, args[0], (unsigned long)args[1], (unsigned long)args[2]);
+#endif
+    case __NR_openat:
+        return serve_open(listener, n, (int)(int32_t)args[0], args[1], (unsigned long)args[2],
+                          (unsigned long)args[3]);
+#ifdef __NR_unlink
+    case __NR_unlink:
+        return serve_unlink(listener, n, AT_FDCWD, args[0], 0);
+#endif
+#ifdef __NR_rmdir
+    case __NR_rmdir:
+        return serve_unlink(listener, n, AT_FDCWD, args[0], 1);
+#endif
+    case __NR_unlinkat:
+        if (args[2] & ~(uint64_t)AT_REMOVEDIR)
+            return 0; /* EINVAL is the supervisor's to give */
+        return serve_unlink(listener, n, (int)(int32_t)args[0], args[1], (args[2] & AT_REMOVEDIR) != 0);
+    default:
+        return 0;
+    }
 }
 
 /* -- forwarding --------------------------------------------------------------
@@ -482,7 +677,7 @@ static PyObject *fp_serve(PyObject *self, PyObject *args) {
     volatile uint64_t *answered = (volatile uint64_t *)counter.buf;
     int why = SERVE_IDLE;
     int handled = 0;
-    Py_BEGIN_ALLOW_THREADS
+    /* The GIL stays held: the decider is Python, and the broker has one thread. */
     for (;;) {
         struct pollfd fds[4] = {{channel, POLLIN, 0},
                                 {agent, POLLIN, 0},
@@ -514,8 +709,10 @@ static PyObject *fp_serve(PyObject *self, PyObject *args) {
         struct seccomp_notif n;
         memset(&n, 0, sizeof n);
         if (ioctl(listener, SECCOMP_IOCTL_NOTIF_RECV, &n) == 0) {
-            if (serve_fast(listener, &n))
+            if (serve_fast(listener, &n)) {
                 *answered += 1;
+                served_fast++;
+            }
             else
                 forward(listener, forward_fd, &n);
         }
@@ -524,7 +721,6 @@ static PyObject *fp_serve(PyObject *self, PyObject *args) {
             break;
         }
     }
-    Py_END_ALLOW_THREADS
     PyBuffer_Release(&counter);
     return PyLong_FromLong(why);
 }
@@ -543,9 +739,17 @@ static PyObject *fp_allow(PyObject *self, PyObject *args) {
         return NULL;
     if (length <= 0 || length >= PATH_BYTES || path[0] != '/' || memchr(path, '\0', (size_t)length))
         Py_RETURN_FALSE; /* never a path this code looks up */
-    if (cache_add(path, (size_t)length, bits & (ALLOW_READ | ALLOW_WRITE)) != 0)
+    if (cache_add(path, (size_t)length, bits & (ALLOW_READ | ALLOW_WRITE | ALLOW_DELETE)) != 0)
         return PyErr_NoMemory();
     Py_RETURN_TRUE;
+}
+
+static PyObject *fp_set_decider(PyObject *self, PyObject *callable) {
+    if (callable != Py_None && !PyCallable_Check(callable))
+        return PyErr_Format(PyExc_TypeError, "the decider must be callable or None");
+    Py_XDECREF(decider);
+    decider = callable == Py_None ? NULL : Py_NewRef(callable);
+    Py_RETURN_NONE;
 }
 
 static PyObject *fp_forget(PyObject *self, PyObject *noargs) {
@@ -574,6 +778,8 @@ static PyMethodDef methods[] = {
     {"allow", fp_allow, METH_VARARGS,
      "allow(path: bytes, bits: int) -> bool: the supervisor allowed these actions on path"},
     {"forget", fp_forget, METH_NOARGS, "forget() -> None: clear the allow cache"},
+    {"set_decider", fp_set_decider, METH_O,
+     "set_decider(callable(path: bytes, bits: int) -> int | None): asked on a cache miss"},
     {"allowed", fp_allowed, METH_VARARGS, "allowed(path: bytes) -> int: the cached bits"},
     {"counts", fp_counts, METH_NOARGS, "counts() -> (served here, forwarded)"},
     {NULL, NULL, 0, NULL},
@@ -598,6 +804,7 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
         PyModule_AddIntConstant(m, "SERVE_BATCH", SERVE_BATCH) ||
         PyModule_AddIntConstant(m, "ALLOW_READ", ALLOW_READ) ||
         PyModule_AddIntConstant(m, "ALLOW_WRITE", ALLOW_WRITE) ||
+        PyModule_AddIntConstant(m, "ALLOW_DELETE", ALLOW_DELETE) ||
         PyModule_AddIntConstant(m, "NATIVE_ARCH", (long)NATIVE_ARCH)) {
         Py_DECREF(m);
         return NULL;

@@ -48,6 +48,7 @@ WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 # The actions the native cache keeps, as its bits.
 ALLOW_READ = 1
 ALLOW_WRITE = 2
+ALLOW_DELETE = 4
 
 
 @functools.cache

@@ -326,17 +326,45 @@ def _status_code(raw_status: int) -> tuple[int, int | None]:
     return os.waitstatus_to_exitcode(raw_status), None
 
 
+# The file actions the native path answers, as its cache's bits.
+_NATIVE_BITS = {
+    ActionType.FILE_READ: fastpath.ALLOW_READ,
+    ActionType.FILE_WRITE: fastpath.ALLOW_WRITE,
+    ActionType.FILE_DELETE: fastpath.ALLOW_DELETE,
+}
+
+
 def _mirror_to(broker: BrokerClient) -> Callable[[ActionType | None, str], None]:
-    """The judge's allow cache, mirrored into the broker's native path (None: cleared)."""
-    bits = {ActionType.FILE_READ: fastpath.ALLOW_READ, ActionType.FILE_WRITE: fastpath.ALLOW_WRITE}
+    """The judge's allow cache, mirrored into the broker's native path.
+
+    `None` means the cache was cleared; with target "policy", by a reload.
+    """
 
     def mirror(action: ActionType | None, target: str) -> None:
         if action is None:
-            broker.forget()
-        elif action in bits and target.startswith("/"):
-            broker.allow(os.fsencode(target), bits[action])
+            broker.forget(policy_changed=target == "policy")
+        elif action in _NATIVE_BITS and target.startswith("/"):
+            broker.allow(os.fsencode(target), _NATIVE_BITS[action])
 
     return mirror
+
+
+def _native_decider(judge: Judge) -> Callable[[bytes, int], int]:
+    """What the broker asks on a miss: which of the actions its judge plainly allows.
+
+    Runs in the broker, on the copy of the judge it was forked with: the
+    same compiled policy, floor and self-protection, without the audit log.
+    """
+
+    def decide(path: bytes, wanted: int) -> int:
+        target = os.fsdecode(path)
+        granted = 0
+        for action, bit in _NATIVE_BITS.items():
+            if wanted & bit and judge.plainly_allows(action, target):
+                granted |= bit
+        return granted
+
+    return decide
 
 
 class Agent:
@@ -519,6 +547,7 @@ class Agent:
             rlimits=rlimits,
             isolation=plan_isolation(compiled, request, user, keep, agent_id, egress_port),
             native=fastpath.enabled(),
+            native_decider=_native_decider(self.judge),
         )
 
     # -- running -------------------------------------------------------------------

@@ -244,11 +244,15 @@ class BrokerClient:
             with contextlib.suppress(BrokerGone):
                 self._send((ALLOW, path, bits), [])
 
-    def forget(self) -> None:
-        """The judge cleared its allow cache (a policy reload): so does the native path."""
+    def forget(self, policy_changed: bool) -> None:
+        """The judge cleared its allow cache: so does the native path.
+
+        After a policy reload the broker's own copy of the judge is stale too:
+        it decides nothing more, and every miss goes to the supervisor.
+        """
         if not self.broken:
             with contextlib.suppress(BrokerGone):
-                self._send((FORGET,), [])
+                self._send((FORGET, policy_changed), [])
 
 
 # -- the broker's side -----------------------------------------------------------------
@@ -323,8 +327,7 @@ class Broker:
             elif op == ALLOW:
                 _allow(message[1], message[2])
             elif op == FORGET:
-                if _fastpath.native is not None:
-                    _fastpath.native.forget()
+                _forget(bool(message[1:2] and message[1]))
             else:
                 notif_id, args = message[1], list(message[2:])
                 self._do(op, notif_id, args, fds)
@@ -832,6 +835,7 @@ def run_broker(
     status_fd: int,
     forward: int = -1,
     native_count: mmap.mmap | None = None,
+    native_decider: Callable[[bytes, int], int] | None = None,
 ) -> int:
     """The broker's main loop, which is also the init of the agent's PID namespace.
 
@@ -854,6 +858,7 @@ def run_broker(
     native = _fastpath.native if forward >= 0 and listener >= 0 else None
     if native is not None:
         native.configure(_fastpath.VALID_OPEN_FLAGS, _fastpath.WRITE_FLAGS, _SETFL_FLAGS)
+        native.set_decider(native_decider)
         counter = native_count if native_count is not None else mmap.mmap(-1, mmap.PAGESIZE)
         status = _serve_natively(native, broker, listener, forward, agent, agent_pid, counter)
     else:
@@ -920,6 +925,13 @@ def _serve_natively(
             if status is None:
                 select.select([agent], [], [], 1.0)
     return status
+
+
+def _forget(policy_changed: bool) -> None:
+    if _fastpath.native is not None:
+        _fastpath.native.forget()
+        if policy_changed:
+            _fastpath.native.set_decider(None)
 
 
 def _allow(path: object, bits: object) -> None:

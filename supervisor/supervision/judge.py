@@ -308,6 +308,11 @@ class JudgeConfig:
     stderr: TextIO = field(default_factory=lambda: sys.stderr)
 
 
+def _plain(decision: Decision, response: Response) -> bool:
+    """An allow the cache may keep (once no record is due): nothing counts or waits."""
+    return response is Response.ALLOW and decision.rate_limit is None
+
+
 class Judge:
     """The state machine of one agent, and the judge of its actions."""
 
@@ -354,13 +359,22 @@ class Judge:
     def set_policy(self, policy: CompiledPolicy) -> None:
         """Swap in a reloaded policy; the next decision uses it."""
         self.policy = policy
-        self._forget_allowed()
+        self._forget_allowed(policy_changed=True)
         self.limiter = RateLimiter()
 
-    def _forget_allowed(self) -> None:
+    def _forget_allowed(self, policy_changed: bool = False) -> None:
         self.allow_cache.clear()
         if self.allow_mirror is not None:
-            self.allow_mirror(None, "")
+            self.allow_mirror(None, "policy" if policy_changed else "")
+
+    def plainly_allows(self, action: ActionType, target: str) -> bool:
+        """Would the allow cache take (action, target)?  Allowed, with no record,
+        no rate limit and no approval: a pure function of the two, asked with no
+        side effect (the broker's native path asks its copy of this judge)."""
+        decision = self.decide(Event(action, target, self.agent_id))
+        return not should_audit(decision, self.policy.audit_level) and _plain(
+            decision, response_for(decision)
+        )
 
     # -- identity -------------------------------------------------------------------
 
@@ -453,7 +467,7 @@ class Judge:
                 return decision, response
         if should_audit(decision, self.policy.audit_level):
             self._record(event, tid, decision, response)
-        elif response is Response.ALLOW and decision.rate_limit is None:
+        elif _plain(decision, response):
             if len(self.allow_cache) >= _ALLOW_CACHE_SIZE:
                 self._forget_allowed()
             self.allow_cache.add((event.action, event.target))

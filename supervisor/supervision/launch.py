@@ -36,6 +36,8 @@ class LaunchPlan:
     isolation: Isolation = field(default_factory=Isolation)
     terminal: int = -1  # the slave of the agent's pty, or -1: it keeps our stdio
     native: bool = False  # the broker's native path receives the notifications
+    # What the broker asks on a miss of its allow cache (its copy of the judge, forked).
+    native_decider: Callable[[bytes, int], int] | None = None
 
 
 @dataclass
@@ -98,6 +100,7 @@ def start(plan: LaunchPlan, place: Callable[[int], None], timeout: float = 30.0)
                     isolation=plan.isolation,
                     terminal_fd=plan.terminal,
                     native_count=native_count,
+                    native_decider=plan.native_decider if plan.native else None,
                 )
             )
         finally:

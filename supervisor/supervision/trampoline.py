@@ -47,7 +47,7 @@ import signal
 import socket
 import struct
 import termios
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn
 
@@ -94,6 +94,8 @@ class Stage:
     terminal_fd: int = -1  # the slave of the agent's own pty
     # Shared with the supervisor: how many notifications the native path answered.
     native_count: mmap.mmap | None = None
+    # The broker's copy of the judge, asked on a miss of its allow cache (see broker.py).
+    native_decider: Callable[[bytes, int], int] | None = None
 
 
 def _line(fd: int, text: str) -> None:
@@ -268,7 +270,11 @@ def _init(stage: Stage, entered: set[str], wait_fd: int) -> NoReturn:
     os.close(stage.status_fd)
     if listener < 0:
         os.kill(agent, signal.SIGKILL)
-    os._exit(run_broker(channel, listener, agent, wait_fd, forward, stage.native_count))
+    os._exit(
+        run_broker(
+            channel, listener, agent, wait_fd, forward, stage.native_count, stage.native_decider
+        )
+    )
 
 
 def _agent(stage: Stage, wait_fd: int) -> NoReturn:

@@ -46,6 +46,48 @@ def attempt(path: str, flags: int, dir_fd: int | None = None) -> dict[str, objec
         os.close(fd)
 
 
+def change(what: str, call: object) -> dict[str, object]:
+    """Run one create/unlink-style call; what it gave (the mode of a created file)."""
+    try:
+        result = call()  # type: ignore[operator]
+    except OSError as exc:
+        return {"error": errno.errorcode.get(exc.errno or 0, str(exc.errno))}
+    if isinstance(result, int) and what == "create":
+        try:
+            return {"mode": oct(os.fstat(result).st_mode & 0o7777)}
+        finally:
+            os.close(result)
+    return {"ok": True}
+
+
+def files(ws: str, round_: int) -> list[tuple[str, dict[str, object]]]:
+    """Creates and removals, on names new to each round."""
+    new = f"{ws}/new-{round_}.txt"
+    made = f"{ws}/made-{round_}"
+    create, wo = os.O_WRONLY | os.O_CREAT | os.O_TRUNC, os.O_WRONLY
+    cases: list[tuple[str, object, str]] = [
+        ("create", lambda: os.open(new, create, 0o4777), "create"),
+        ("create exclusive new", lambda: os.open(new + ".x", wo | os.O_CREAT | os.O_EXCL, 0o640), "create"),
+        ("create read-write", lambda: os.open(new + ".rw", os.O_RDWR | os.O_CREAT, 0o600), "create"),
+        ("create relative", lambda: os.open(f"new-{round_}.rel", create, 0o666), "create"),
+        ("create in a missing directory", lambda: os.open(f"{ws}/nowhere/x", create, 0o644), "create"),
+        ("create through a dangling link", lambda: os.open(f"{ws}/dangling", create, 0o644), "create"),
+        ("create refused", lambda: os.open(f"{ws}/refused-new-{round_}.txt", create, 0o644), "create"),
+        ("create with a trailing slash", lambda: os.open(f"{ws}/slash-{round_}/", create, 0o644), "create"),
+        ("unlink", lambda: os.unlink(new), "unlink"),
+        ("unlink again", lambda: os.unlink(new), "unlink"),
+        ("unlink relative", lambda: os.unlink(f"new-{round_}.rel"), "unlink"),
+        ("unlink refused", lambda: os.unlink(f"{ws}/refused.txt"), "unlink"),
+        ("unlink a directory", lambda: os.unlink(f"{ws}/sub"), "unlink"),
+        ("mkdir", lambda: os.mkdir(made), "mkdir"),
+        ("rmdir with a trailing slash", lambda: os.rmdir(made + "/"), "rmdir"),
+        ("rmdir not empty", lambda: os.rmdir(f"{ws}/full"), "rmdir"),
+        ("rmdir a file", lambda: os.rmdir(new + ".x"), "rmdir"),
+        ("unlink dot", lambda: os.unlink(f"{ws}/sub/."), "unlink"),
+    ]
+    return [(name, change(kind, call)) for name, call, kind in cases]
+
+
 def main() -> int:
     ws = sys.argv[1]
     os.chdir(ws)
@@ -86,10 +128,13 @@ def main() -> int:
             print(json.dumps({"case": name, "pass": round_, **attempt(path, flags)}), flush=True)
         result = attempt("../plain.txt", ro, dir_fd=sub)
         print(json.dumps({"case": "dirfd relative", "pass": round_, **result}), flush=True)
+        for name, outcome_ in files(ws, round_):
+            print(json.dumps({"case": name, "pass": round_, **outcome_}), flush=True)
     return 0
 
 
 if __name__ == "__main__":
+    os.umask(0o022)
     # /tmp is the agent's own: make the file it reads there first.
     with open("/tmp/opens-scratch", "w") as scratch:
         scratch.write("scratch\n")
