@@ -40,16 +40,21 @@ def _daemons() -> list[int]:
     return found
 
 
-def _ps_json(root: Path) -> list[dict[str, object]]:
-    listing = subprocess.run(
-        [*AS_NOBODY, SYSTEM_PYTHON, "-m", "agentsup", "ps", "--json"],
+def _agentsup(root: Path, *args: str) -> str:
+    """`agentsup ARGS` as nobody, beside its run; its stdout."""
+    result = subprocess.run(
+        [*AS_NOBODY, SYSTEM_PYTHON, "-m", "agentsup", *args],
         env=nobody_env(root),
         capture_output=True,
         text=True,
         timeout=30,
     )
-    assert listing.returncode == 0, listing.stderr
-    agents = json.loads(listing.stdout)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def _ps_json(root: Path) -> list[dict[str, object]]:
+    agents = json.loads(_agentsup(root, "ps", "--json"))
     assert isinstance(agents, list)
     return agents
 
@@ -114,6 +119,10 @@ def test_without_a_cgroup_the_whole_tree_is_shown_and_killed(unprivileged_home: 
         assert isinstance(usage["processes"], int) and usage["processes"] >= 4, usage
         assert isinstance(usage["rss_bytes"], int) and usage["rss_bytes"] > 0, usage
         assert isinstance(usage["cpu_seconds"], float | int), usage
+        top = _agentsup(root, "top", "--json", "--iterations", "2", "--interval", "0.2")
+        last = json.loads("{" + top.split("}\n{")[-1])  # the last of the screens
+        [shown] = [a for a in last["agents"] if a.get("id") == "treetest"]
+        assert daemon in shown["pids"] and shown["usage"]["processes"] >= 4, shown
         go.touch()
         _out, err = agent.communicate(timeout=30)
     finally:
