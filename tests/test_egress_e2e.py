@@ -433,29 +433,55 @@ def _held(
             proc.communicate()
 
 
-@pytest.mark.parametrize("approve", [True, False])
-def test_a_new_host_waits_for_a_person(
-    sandbox: Sandbox, servers: tuple[int, int], approve: bool
+def _next_pending(sandbox: Sandbox, proc: subprocess.Popen[str]) -> list[dict[str, object]]:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and proc.poll() is None:
+        listed = sandbox.agentsup("pending", "--json")
+        if listed.returncode == 0 and (pending := json.loads(listed.stdout)):
+            return list(pending)
+        time.sleep(0.1)
+    raise AssertionError(f"nothing held: {proc.poll()}")
+
+
+def test_a_new_host_waits_for_a_person_who_lets_exactly_that_request_through(
+    sandbox: Sandbox, servers: tuple[int, int]
 ) -> None:
     https, _plain = servers
     secret = _totp_secret(sandbox)
-    policy = sandbox.policy("egress", POLICY)
-    curl = ("curl", "-q", "-sS", "--cacert", "test-ca.txt", f"https://approve.test:{https}/held")
-    with _held(sandbox, *curl, policy=policy) as (proc, pending):
-        assert pending[0]["target"] == f"approve.test:{https}"
-        if approve:
-            answer = sandbox.agentsup("resume", "egress", "--code", pyotp.TOTP(secret).now())
-        else:
-            answer = sandbox.agentsup("deny", "egress")
+    timeout = "approval: {timeout_seconds: 2, on_timeout: deny}\n"
+    policy = sandbox.policy("egress", POLICY.replace("rules:\n", timeout + "rules:\n", 1))
+    curl = f"curl -q -sS --cacert test-ca.txt https://approve.test:{https}"
+    # Three requests to the held host: resumed, denied, and left to time out.
+    script = "; ".join(f"{curl}/{n}; echo {n}=$?" for n in ("one", "two", "three"))
+    with _held(sandbox, "sh", "-c", script, policy=policy) as (proc, pending):
+        assert pending[0]["target"] == f"approve.test:{https}", pending
+        # The connection waits, and so does the rest of the tree.
+        (agent,) = json.loads(sandbox.agentsup("ps", "--json").stdout)
+        states = _namespace_processes(int(agent["pid"]))
+        assert states and set(states.values()) == {"T"}, states
+        assert _Hello.seen == []
+        answer = sandbox.agentsup("resume", "egress", "--code", pyotp.TOTP(secret).now())
         assert answer.returncode == 0, answer.stderr
+        # The approval was for that request only: the next one is held again.
+        pending = _next_pending(sandbox, proc)
+        assert pending[0]["target"] == f"approve.test:{https}", pending
+        assert _Hello.seen == [f"approve.test:{https}"]
+        answer = sandbox.agentsup("deny", "egress")
+        assert answer.returncode == 0, answer.stderr
+        _next_pending(sandbox, proc)  # the third, until approval.timeout_seconds denies it
         out, err = proc.communicate(timeout=30)
-    if approve:
-        assert proc.returncode == 0, err
-        assert out == f"hello approve.test:{https} /held"
-    else:
-        assert proc.returncode != 0 and "held" not in out
-    outcome = [r for r in sandbox.audit_records() if r.get("kind") == "approval"]
-    assert outcome and outcome[0]["decision"] == ("allow" if approve else "deny")
+    assert proc.returncode == 0, err
+    assert f"hello approve.test:{https} /one" in out, out
+    assert "one=0" in out and "two=0" not in out and "three=0" not in out, out
+    assert "/two" not in out and "/three" not in out
+    assert _Hello.seen == [f"approve.test:{https}"]  # exactly one request reached the server
+    held = [r for r in sandbox.audit_records() if r.get("held") == "approval"]
+    assert [r["outcome"] for r in held] == ["approved", "denied", "timeout"], held
+    assert all(r["target"] == f"approve.test:{https}" for r in held), held
+    tunnels = [r for r in _proxy_records(sandbox) if r.get("event") == "egress"]
+    assert [r["decision"] for r in tunnels] == ["allow", "deny", "deny"], tunnels
+    assert all(r["rule"] == "approve-host" for r in tunnels), tunnels
+    assert int(tunnels[0]["bytes_down"]) > 0  # type: ignore[call-overload]
     assert sandbox.agentsup("audit", "verify", str(sandbox.audit_log)).returncode == 0
 
 
