@@ -1,7 +1,7 @@
 """What an agent's process tree uses, read with psutil for `agentsup ps` and `top`.
 
 The supervisor's `ps` reply lists the pids of each agent's tree (its cgroup,
-or the subreaper's view); this module adds up, over those processes, CPU
+or every process below its trampoline); this module adds up, over those processes, CPU
 time and CPU share, resident memory, storage I/O and open network
 connections.  A process that ends between listing and reading simply stops
 counting.  Values psutil may not read (another user's I/O counters) are
