@@ -147,30 +147,49 @@ class KillReport:
 
 
 class ProcessTree:
-    """Every process of one agent: a cgroup where possible, else the subreaper's view.
+    """Every process of one agent: its cgroup where there is one, else what hangs below the root.
 
-    What a kill needs is opened up front (the group's `cgroup.kill`, a pidfd
-    of the tree's root), so that a supervisor out of fds can still kill.
+    The root is the trampoline; its one child is the agent's init (and broker).
+    Without a cgroup the tree is every live descendant of the root, read with
+    psutil from the parent links:
+
+    - With a PID namespace, the init is its PID 1: orphans (double-forked
+      daemons, children of dead parents) re-parent to it, so every process of
+      the namespace is below the root, and SIGKILL to the init makes the
+      kernel kill the whole namespace at once, forks in flight included.
+    - Without one, the init is a subreaper: orphans re-parent to it and stay
+      in the tree.  Not covered: a process re-parented after its init died
+      (the agent may signal its own init, same user) goes to the host's
+      init, outside the tree, and is neither shown nor killed; and a kill
+      sweep races a fast fork loop (repeated until nothing new shows up,
+      not atomic as `cgroup.kill` is).  Limits are per-process rlimits.
+
+    What a kill needs is opened up front (the group's `cgroup.kill`, pidfds
+    of the root and of a namespace's init), so that a supervisor out of fds
+    can still kill.
     """
 
     def __init__(self, group: cgroups.AgentCgroup | None, root_pid: int) -> None:
         self.group = group
         self.root_pid = root_pid
-        self._kill_fd = self._events_fd = self._root_fd = -1
+        self._kill_fd = self._events_fd = self._root_fd = self._init_fd = -1
         if group is not None:  # v2 only: a v1 group has neither file
             self._kill_fd = _open_or_none(f"{group.tracking}/cgroup.kill", os.O_WRONLY)
             self._events_fd = _open_or_none(f"{group.tracking}/cgroup.events", os.O_RDONLY)
         self._root_fd = _pidfd_or_none(root_pid)
         # The broker is the root's one child (the init of the agent's namespace).
         self._broker = _first_child(root_pid)
-        weakref.finalize(self, _close_fds, (self._kill_fd, self._events_fd, self._root_fd))
+        if self._broker > 0 and _namespace_init(root_pid, self._broker):
+            self._init_fd = _pidfd_or_none(self._broker)
+        fds = (self._kill_fd, self._events_fd, self._root_fd, self._init_fd)
+        weakref.finalize(self, _close_fds, fds)
 
     def pids(self) -> set[int]:
         """The tree's processes; only its root when they cannot be read (out of fds)."""
         try:
             if self.group is not None:
                 return self.group.pids()
-            found = cgroups.descendants(self.root_pid)
+            found = _descendants(self.root_pid)
         except OSError:
             return {self.root_pid}  # not empty: a kill still goes out, and escalates
         if os.path.exists(f"/proc/{self.root_pid}"):
@@ -187,10 +206,15 @@ class ProcessTree:
         spared = {self._broker} if sig == signal.SIGSTOP and self._broker > 0 else set()
         if self.group is not None and not spared:
             return self.group.signal_all(sig)
-        # Repeat until no new process shows up, so a fork racing with the
-        # signal is caught on the next pass; each pid is pinned with a pidfd
-        # and found in the tree again before it is signalled (a recycled pid
-        # outside the tree is never hit).
+        return self._sweep(sig, spared)
+
+    def _sweep(self, sig: int, spared: set[int]) -> set[int]:
+        """Signal every process of the tree but `spared`, until no new one shows up.
+
+        A fork racing with the signal is caught on the next pass; each pid is
+        pinned with a pidfd and found in the tree again before it is
+        signalled (a recycled pid outside the tree is never hit).
+        """
         signalled: set[int] = set()
         while True:
             fresh = self.pids() - signalled - spared
@@ -212,16 +236,20 @@ class ProcessTree:
 
         Confirmed means the group's `cgroup.events` says it is no longer
         populated (read through an fd opened at start: a sweep that could not
-        open the group's files sees no members, which proves nothing).
-        Without a cgroup, every process found is signalled.  Unconfirmed, the
-        fds opened up front are used: `cgroup.kill`, and SIGKILL to the tree's
-        root, whose death takes the agent's init and its PID namespace along.
+        open the group's files sees no members, which proves nothing), or,
+        without a cgroup, that no live process is left below the root.
+        Without a cgroup, the namespace's init is killed first (the kernel
+        then kills its whole namespace), then every process found.
+        Unconfirmed, the fds opened up front are used: `cgroup.kill`, and
+        SIGKILL to the tree's root, whose death takes the agent's init and its
+        PID namespace along.
         """
         try:
             if self.group is None:
-                self.signal_all(signal.SIGKILL)
-                return []
-            if cgroups.kill_groups([self.group.tracking]) and self._emptied():
+                self._kill_below()
+                if self._none_left_below():
+                    return []
+            elif cgroups.kill_groups([self.group.tracking]) and self._emptied():
                 return []
         except OSError:
             pass
@@ -251,9 +279,41 @@ class ProcessTree:
                 return False
             time.sleep(0.005)
 
+    def _kill_below(self) -> None:
+        """SIGKILL the tree without a cgroup: its namespace at once, else the init last.
+
+        A subreaper init must outlive the rest: a process whose init died is
+        re-parented out of the tree before the sweep reaches it.  The root
+        goes last too, as its death kills the init (parent-death signal).
+        """
+        if self._init_fd >= 0:
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(self._init_fd, signal.SIGKILL)
+        self._sweep(signal.SIGKILL, {self.root_pid, self._broker})
+        self._sweep(signal.SIGKILL, set())
+
+    def _none_left_below(self, timeout: float = 1.0) -> bool:
+        """Whether only zombies are left below the root within `timeout` (no cgroup).
+
+        The killed processes stay zombies until their parents, killed too,
+        are gone; the root itself is the supervisor's to reap.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            left = _descendants(self.root_pid, alive=True)
+            if not left:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            self._kill_below()  # one forked after the sweep
+            time.sleep(0.005)
+
     def has(self, pid: int) -> bool:
         """Whether `pid` (a process or thread id, as we number it) belongs to the tree."""
-        return thread_group_id(pid) in self.pids()
+        tgid = thread_group_id(pid)
+        if self.group is None:  # up its parent links, rather than listing every process
+            return tgid == self.root_pid or _has_ancestor(tgid, self.root_pid)
+        return tgid in self.pids()
 
     def has_group(self, pgid: int) -> bool:
         """Whether process group `pgid` is one of the tree's.
@@ -269,6 +329,48 @@ def _pidfd_or_none(pid: int) -> int:
         return os.pidfd_open(pid)
     except OSError:
         return -1
+
+
+def _descendants(pid: int, *, alive: bool = False) -> set[int]:
+    """Every process below `pid` now (`alive`: zombies left out); empty once it is gone.
+
+    psutil reads the parent links of every process; imported here, so that a
+    run with a cgroup never loads it.
+    """
+    import psutil
+
+    try:
+        below = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return set()
+    except psutil.Error as exc:
+        raise OSError(f"cannot read the process tree below {pid}: {exc}") from exc
+    if not alive:
+        return {child.pid for child in below}
+    found = set()
+    for child in below:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if child.status() != psutil.STATUS_ZOMBIE:
+                found.add(child.pid)
+    return found
+
+
+def _has_ancestor(pid: int, ancestor: int) -> bool:
+    """Whether `ancestor` is among the parents of `pid` (False when it cannot be read)."""
+    import psutil
+
+    try:
+        return any(parent.pid == ancestor for parent in psutil.Process(pid).parents())
+    except psutil.Error:
+        return False
+
+
+def _namespace_init(root_pid: int, init_pid: int) -> bool:
+    """Whether `init_pid`, the root's child, is PID 1 of a PID namespace of its own."""
+    try:
+        return os.readlink(f"/proc/{init_pid}/ns/pid") != os.readlink(f"/proc/{root_pid}/ns/pid")
+    except OSError:
+        return False
 
 
 def _first_child(pid: int) -> int:
