@@ -399,6 +399,54 @@ def test_with_every_rule_open_only_the_proxy_leads_out(
     assert sandbox.agentsup("audit", "verify", str(sandbox.audit_log)).returncode == 0
 
 
+BY_ADDRESS = """
+name: egress-by-address
+extends: [strict]
+on_violation: block
+network: {network}
+rules:
+  - id: server-address
+    actions: [network_connect]
+    target: "127.0.0.2:*"
+    decision: allow
+    priority: 1
+  - id: server-requests  # the hook's and the proxy's names for the same GET
+    actions: [network_request]
+    pattern: '^GET http://127\\.0\\.0\\.2:\\d+/'
+    decision: allow
+    priority: 1
+"""
+
+
+@pytest.mark.parametrize("network", ["proxy", "direct"])
+def test_the_network_key_overrides_the_choice_an_ip_rule_would_make(
+    sandbox: Sandbox, servers: tuple[int, int], network: str
+) -> None:
+    """An IP-literal connect rule alone means direct; `network: proxy` keeps the proxy."""
+    https, plain = servers
+    policy = sandbox.policy("egress-by-address", BY_ADDRESS.format(network=network))
+    result = sandbox.run(
+        "python3",
+        CLIENT,
+        "test-ca.txt",
+        f"direct=127.0.0.2:{https}",
+        f"urllib=http://127.0.0.2:{plain}/asked",
+        policy=policy,
+    )
+    assert result.returncode == 0, result.stderr
+    direct, asked = (json.loads(x) for x in result.stdout.splitlines() if x.startswith("{"))
+    # Both ways reach the server's address the rule names, each by its own road.
+    assert asked["data"] == f"hello 127.0.0.2:{plain} /asked", asked
+    gets = [r for r in _proxy_records(sandbox) if r.get("event") == "egress"]
+    if network == "proxy":
+        assert "ConnectionRefused" in direct["data"], direct  # no way out but the proxy
+        assert [(r["rule"], r["decision"]) for r in gets] == [("server-address", "allow")]
+    else:
+        assert direct["ok"], direct
+        assert gets == []
+    assert sandbox.agentsup("audit", "verify", str(sandbox.audit_log)).returncode == 0
+
+
 def _totp_secret(sandbox: Sandbox) -> str:
     """A TOTP secret for resume --code, made with `agentsup totp init`."""
     result = sandbox.agentsup("totp", "init")

@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 
 from agentsup.events import ActionType, Event
-from agentsup.policy import CompiledPolicy, RunContext, compile_policy, load_policy_text
+from agentsup.policy import (
+    CompiledPolicy,
+    Policy,
+    PolicyError,
+    RunContext,
+    cache,
+    compile_policy,
+    load_policy_text,
+)
 from agentsup.supervision import egress
 from agentsup.supervision.egress import NotTLS, client_hello_sni
 
@@ -160,8 +168,9 @@ def test_address_targets() -> None:
     assert egress.address_target("fd00::1", 443) == "[fd00::1]:443"
 
 
-def _mode(tmp_path: Path, rules: str, default: str = "deny") -> str:
-    text = f"name: m\ndefault: {default}\non_violation: block\nrules:\n{rules}"
+def _mode(tmp_path: Path, rules: str, default: str = "deny", header: bool = True) -> str:
+    text = f"name: m\ndefault: {default}\non_violation: block\n"
+    text += f"rules:\n{rules}" if header else rules
     policy = load_policy_text(text, policy_dir=tmp_path)
     return egress.network_mode(compile_policy(policy, RunContext(str(tmp_path), "/root", "t")))
 
@@ -180,6 +189,43 @@ def test_network_mode(tmp_path: Path) -> None:
     denied_ip = "  - {id: d, actions: [network_connect], target: '10.0.0.1:22', decision: deny}\n"
     assert _mode(tmp_path, denied_ip + by_name) == "proxy"  # a deny opens no way out
     assert _mode(tmp_path, files, default="allow") == "proxy"
+
+
+def test_the_network_key_chooses_the_mode_and_the_rules_choose_without_it(tmp_path: Path) -> None:
+    by_name = "  - {id: a, actions: [network_connect], target: 'api.test:443', decision: allow}\n"
+    by_ip = "  - {id: b, actions: [network_connect], target: '10.0.0.5:443', decision: allow}\n"
+    files = "  - {id: f, actions: [file_read], target: '/**', decision: allow}\n"
+    for rules, chosen in ((by_name, "proxy"), (by_ip, "direct"), (by_name + by_ip, "direct")):
+        assert _mode(tmp_path, rules) == chosen
+        assert _mode(tmp_path, "network: proxy\nrules:\n" + rules, header=False) == "proxy"
+        assert _mode(tmp_path, "network: direct\nrules:\n" + rules, header=False) == "direct"
+    # Nothing may connect: loopback only, whatever the key says.
+    assert _mode(tmp_path, "network: direct\nrules:\n" + files, header=False) == "none"
+
+
+def test_the_network_key_is_checked_inherited_and_cached(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match=r"<string>:2:10: unknown network 'tor'"):
+        load_policy_text("name: m\nnetwork: tor\n", policy_dir=tmp_path)
+    (tmp_path / "parent.yaml").write_text("name: parent\nnetwork: proxy\n")
+    child = load_policy_text("name: c\nextends: [parent]\n", policy_dir=tmp_path)
+    assert child.network == "proxy"
+    own = load_policy_text("name: c\nextends: [parent]\nnetwork: direct\n", policy_dir=tmp_path)
+    assert own.network == "direct"
+    assert load_policy_text("name: c\n", policy_dir=tmp_path).network is None
+    assert cache.decode(Policy, cache.encode(own)) == own
+
+
+def test_network_direct_warns_of_connect_rules_that_name_hosts(tmp_path: Path) -> None:
+    text = (
+        "name: m\nnetwork: direct\nrules:\n"
+        "  - {id: api, actions: [network_connect], target: 'api.test:443', decision: allow}\n"
+        "  - {id: ip, actions: [network_connect], target: '10.0.0.5:443', decision: allow}\n"
+        "  - {id: evil, actions: [network_connect], target: 'evil.test:*', decision: deny}\n"
+    )
+    (warning,) = load_policy_text(text, policy_dir=tmp_path).warnings
+    assert warning.startswith("<string>:4:5: warning: rule 'api' names a host"), warning
+    proxied = load_policy_text(text.replace("direct", "proxy"), policy_dir=tmp_path)
+    assert proxied.warnings == ()
 
 
 def _compiled(tmp_path: Path, rules: str, default: str = "deny") -> CompiledPolicy:

@@ -13,7 +13,8 @@ and resolved once however often a diamond of `extends` reaches it.
 Inheritance: the effective rules are the child's rules, then each parent's
 effective rules in `extends` order (a parent reached twice through a diamond
 counts once), stably sorted by priority.  Each top-level section (`default`,
-`on_violation`, `limits`, `approval`, `audit`, `description`, `version`) is
+`on_violation`, `limits`, `approval`, `audit`, `network`, `description`,
+`version`) is
 taken whole from the child if it sets it, else from the first parent that
 does, else the built-in default; keys missing inside a section take their
 built-in defaults.
@@ -29,7 +30,9 @@ parent's `deny` entry without saying `replace: [deny]`.
 
 Warnings (`Policy.warnings`, one `FILE:LINE:COL: warning: ...` line each)
 do not reject a policy: an `env.pass` entry that an `env.deny` glob also
-matches (the variable is never passed).
+matches (the variable is never passed); under `network: direct`, a connect
+rule that lets a host name through (connects are then seen as IP:PORT only,
+so it never matches).
 
 Extension beyond DESIGN.md: an optional rule key `except: [glob, ...]`; the
 rule does not match targets matching any of those globs.
@@ -42,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from ..events import ActionType, Verdict
 from .matchers import env_glob_matches
 from .model import (
     DEFAULT_ENV_DENY,
@@ -230,6 +234,28 @@ def _env_warnings(env: _MergedEnv, root: PolicyFile) -> tuple[str, ...]:
     return tuple(found)
 
 
+def _network_warnings(network: str | None, rules: list[Rule]) -> tuple[str, ...]:
+    """Under `network: direct`, a connect rule written for a host name never matches.
+
+    Direct connects are judged per syscall by `IP:PORT`; names are seen only
+    by the egress proxy.  A rule whose target starts with a letter names a host.
+    """
+    if network != "direct":
+        return ()
+    found: list[str] = []
+    for rule in rules:
+        if ActionType.NETWORK_CONNECT not in rule.actions or rule.decision is Verdict.DENY:
+            continue
+        text = (rule.target or rule.pattern or "").lstrip("^(")
+        if text[:1].isalpha() and not text.startswith(("unix:", "{")):
+            found.append(
+                f"{rule.source}: warning: rule '{rule.id}' names a host ({text[:60]}), but "
+                "under network: direct connects are judged by IP:PORT, so it never matches "
+                "a connect (host names need network: proxy)"
+            )
+    return tuple(found)
+
+
 def _elsewhere(at: SourceLocation | None, where: SourceLocation) -> str:
     if at == where:
         return ""
@@ -278,10 +304,12 @@ def _build(resolver: _Resolver, source: PolicySource) -> Policy:
             "limits",
             "approval",
             "audit_level",
+            "network",
         )
         if (value := _first(files, attribute)) is not None
     }
     env = resolver.env(root.key, {})
+    warnings = _env_warnings(env, root) + _network_warnings(sections.get("network"), rules)
     return Policy(
         name=root.name,
         rules=tuple(rules),
@@ -290,7 +318,7 @@ def _build(resolver: _Resolver, source: PolicySource) -> Policy:
         env=EnvPolicy(
             tuple(entry for entry, _ in env.pass_), tuple(entry for entry, _ in env.deny)
         ),
-        warnings=_env_warnings(env, root),
+        warnings=warnings,
         **sections,
     )
 

@@ -14,6 +14,9 @@ from typing import Literal
 from ..events import ActionType, AuditLevel, RateLimit, Severity, Verdict, ViolationMode
 
 ApprovalTimeoutAction = Literal["deny", "kill"]
+# How an agent that may connect reaches the network (policy key `network`):
+# through the egress proxy, by name, or straight out, judged per syscall by IP:PORT.
+NetworkMode = Literal["proxy", "direct"]
 
 DEFAULT_PRIORITY = 100
 DEFAULT_SEVERITY = Severity.MEDIUM
@@ -141,6 +144,8 @@ class Policy:
     limits: Limits = Limits()
     approval: Approval = Approval()
     audit_level: AuditLevel = DEFAULT_AUDIT_LEVEL
+    # None: chosen from the rules (an IP-literal connect rule means direct).
+    network: NetworkMode | None = None
     source: str = "<memory>"
     # `FILE:LINE:COL: warning: ...` lines: legal, but probably not what was meant.
     warnings: tuple[str, ...] = ()

@@ -25,11 +25,13 @@ from .model import (
     Approval,
     ApprovalTimeoutAction,
     Limits,
+    NetworkMode,
     PolicyError,
     Rule,
     SourceLocation,
 )
 
+_NETWORK_MODES: tuple[NetworkMode, ...] = ("proxy", "direct")
 _TOP_KEYS = (
     "name",
     "description",
@@ -42,6 +44,7 @@ _TOP_KEYS = (
     "limits",
     "approval",
     "audit",
+    "network",
 )
 _RULE_KEYS = (
     "id",
@@ -199,6 +202,7 @@ class PolicyFile:
     limits: Limits | None = None
     approval: Approval | None = None
     audit_level: AuditLevel | None = None
+    network: NetworkMode | None = None
 
 
 _OPENING_EVENTS = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
@@ -283,6 +287,8 @@ def parse_file(text: str, path: str, key: str, directory: Path | None) -> Policy
             )
         else:
             values["audit_level"] = AuditLevel.DECISIONS
+    if "network" in top:
+        values["network"] = reader.choice(top["network"], "network", _NETWORK_MODES)
     extends: tuple[tuple[str, yaml.Node], ...] = ()
     if "extends" in top:
         node = top["extends"]

@@ -125,13 +125,16 @@ def _node_quoted(path: str) -> str:
 def network_mode(policy: CompiledPolicy) -> str:
     """`none`: loopback only; `proxy`: loopback and the egress proxy; `direct`: host network.
 
-    `direct` keeps the earlier behaviour for policies whose connect rules name
-    IP literals (`127.0.0.1:8080`): those connects are judged per syscall by
-    address and go straight out.  Every other policy that allows any network
-    goes through the proxy, by name.
+    A policy's `network: proxy|direct` says which, when anything may connect.
+    Without it, `direct` keeps the earlier behaviour for policies whose
+    connect rules name IP literals (`127.0.0.1:8080`): those connects are
+    judged per syscall by address and go straight out.  Every other policy
+    that allows any network goes through the proxy, by name.
     """
     if policy.floor_roots((ActionType.NETWORK_CONNECT,)) == ():
         return "none"
+    if policy.policy.network is not None:
+        return policy.policy.network
     for rule in policy.rules:
         if not rule.applies or ActionType.NETWORK_CONNECT not in rule.rule.actions:
             continue
