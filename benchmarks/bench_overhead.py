@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """Wall-time overhead of `agentsup run` on the shared workload, as a ratio to bare.
 
-    python benchmarks/bench_overhead.py [--runs 5] [--policy strict] [--workload PATH]
+    python benchmarks/bench_overhead.py [--runs 5] [--policy strict] [--workload PATH] [--tmpfs]
 
 Runs ../shared/bench/workload.py bare and under `agentsup run`, alternating,
 in the same process and on the same machine, and prints the median wall time
 of each and their ratio, per workload phase too.  Every file open of the
 supervised run goes through the seccomp notifier (the policy's rules decide
-each one; Landlock is the floor underneath).
+each one; Landlock is the floor underneath).  The workspace is in the
+temporary directory (on the disk here) by default; `--tmpfs` mounts a tmpfs
+for it (root only), where the bare workload is several times faster and the
+same per-syscall cost weighs more.
 """
 
 from __future__ import annotations
@@ -48,9 +51,12 @@ def main() -> int:
         default="auto",
         help="passed to agentsup run --cpus",
     )
+    parser.add_argument("--tmpfs", action="store_true", help="the workspace on a tmpfs (root)")
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="agentsup-bench-"))
+    if args.tmpfs:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512m", "tmpfs", str(root)], check=True)
     workspace = root / "workspace"
     workspace.mkdir()
     env = dict(
@@ -98,7 +104,7 @@ def main() -> int:
     sup = statistics.median(sup_times)
     print(
         f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, {args.runs} runs each, "
-        f"policy {args.policy}"
+        f"policy {args.policy}, workspace on {'tmpfs' if args.tmpfs else 'disk'}"
     )
     print(f"{'':10} {'bare s':>9} {'agentsup s':>11} {'ratio':>6}")
     for phase in ("fs", "spawn", "open", "total"):
@@ -106,6 +112,8 @@ def main() -> int:
         s = statistics.median(p[phase] for p in sup_phases)
         print(f"{phase:10} {b:9.3f} {s:11.3f} {s / b:6.2f}")
     print(f"{'wall':10} {bare:9.3f} {sup:11.3f} {sup / bare:6.2f}   (incl. start-up)")
+    if args.tmpfs:
+        subprocess.run(["umount", str(root)], check=False)
     subprocess.run(["rm", "-rf", str(root)], check=False)
     return 0
 

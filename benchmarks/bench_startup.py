@@ -22,9 +22,9 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
+
+from _scratch import agentsup_env, scratch_root
 
 
 def timed(command: list[str], env: dict[str, str]) -> float:
@@ -44,21 +44,10 @@ def main() -> int:
     parser.add_argument("--own-home", action="store_true", help="keep the caller's HOME")
     args = parser.parse_args()
 
-    root = Path(
-        tempfile.mkdtemp(prefix="agentsup-bench-", dir="/run" if os.geteuid() == 0 else None)
-    )
+    root = scratch_root()
     workspace = root / "workspace"
-    workspace.mkdir()
-    (root / "home").mkdir()
     state = root / "state"
-    env = dict(
-        os.environ,
-        HOME=os.environ.get("HOME", "/") if args.own_home else str(root / "home"),
-        AGENTSUP_POLICY_DIR=str(root / "policies"),
-        AGENTSUP_AUDIT_LOG=str(root / "log" / "audit.jsonl"),
-        AGENTSUP_STATE_DIR=str(state),
-        AGENTSUP_RUNTIME_DIR=str(root / "run"),
-    )
+    env = agentsup_env(root, os.environ.get("HOME", "/") if args.own_home else None)
     true = shutil.which("true") or "/bin/true"
     bare = [true]
     python = [sys.executable, "-c", "pass"]

@@ -334,10 +334,14 @@ static void close_anchor(int anchor) {
 
 /* The real path of what `fd` is, NUL-terminated in `out`; its length, or -1
  * when it is nothing this path judges (not absolute, /proc, /dev, deleted). */
+static int own_fds = -1; /* /proc/self/fd, opened once: one path step per lookup */
+
 static ssize_t real_path(int fd, char *out) {
-    char self[64];
-    snprintf(self, sizeof self, "/proc/self/fd/%d", fd);
-    ssize_t length = readlink(self, out, PATH_BYTES);
+    char name[16];
+    if (own_fds < 0)
+        own_fds = open("/proc/self/fd", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    snprintf(name, sizeof name, "%d", fd);
+    ssize_t length = own_fds >= 0 ? readlinkat(own_fds, name, out, PATH_BYTES) : -1;
     if (length <= 0 || length >= PATH_BYTES)
         return -1;
     out[length] = '\0';
@@ -477,10 +481,11 @@ static int serve_open(int listener, const struct seccomp_notif *n, int dirfd, ui
             close(fd); /* interrupted: nothing may be truncated */
             return 1;
         }
-        char self[64];
-        snprintf(self, sizeof self, "/proc/self/fd/%d", fd);
-        int reopened =
-            open(self, (int)((flags & ~(unsigned long)(O_NOFOLLOW | O_CLOEXEC)) | O_CLOEXEC));
+        char name[16];
+        snprintf(name, sizeof name, "%d", fd);
+        /* Reopened through the magic link: the very file that was decided on. */
+        int reopened = openat(own_fds, name,
+                              (int)((flags & ~(unsigned long)(O_NOFOLLOW | O_CLOEXEC)) | O_CLOEXEC));
         int reopen_errno = errno;
         close(fd);
         if (reopened < 0) {

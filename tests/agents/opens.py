@@ -65,15 +65,18 @@ def files(ws: str, round_: int) -> list[tuple[str, dict[str, object]]]:
     new = f"{ws}/new-{round_}.txt"
     made = f"{ws}/made-{round_}"
     create, wo = os.O_WRONLY | os.O_CREAT | os.O_TRUNC, os.O_WRONLY
+    def make(path: str, flags: int, mode: int) -> object:
+        return lambda: os.open(path, flags, mode)
+
     cases: list[tuple[str, object, str]] = [
-        ("create", lambda: os.open(new, create, 0o4777), "create"),
-        ("create exclusive new", lambda: os.open(new + ".x", wo | os.O_CREAT | os.O_EXCL, 0o640), "create"),
-        ("create read-write", lambda: os.open(new + ".rw", os.O_RDWR | os.O_CREAT, 0o600), "create"),
-        ("create relative", lambda: os.open(f"new-{round_}.rel", create, 0o666), "create"),
-        ("create in a missing directory", lambda: os.open(f"{ws}/nowhere/x", create, 0o644), "create"),
-        ("create through a dangling link", lambda: os.open(f"{ws}/dangling", create, 0o644), "create"),
-        ("create refused", lambda: os.open(f"{ws}/refused-new-{round_}.txt", create, 0o644), "create"),
-        ("create with a trailing slash", lambda: os.open(f"{ws}/slash-{round_}/", create, 0o644), "create"),
+        ("create", make(new, create, 0o4777), "create"),
+        ("create exclusive new", make(new + ".x", wo | os.O_CREAT | os.O_EXCL, 0o640), "create"),
+        ("create read-write", make(new + ".rw", os.O_RDWR | os.O_CREAT, 0o600), "create"),
+        ("create relative", make(f"new-{round_}.rel", create, 0o666), "create"),
+        ("create in a missing directory", make(f"{ws}/nowhere/x", create, 0o644), "create"),
+        ("create through a dangling link", make(f"{ws}/dangling", create, 0o644), "create"),
+        ("create refused", make(f"{ws}/refused-new-{round_}.txt", create, 0o644), "create"),
+        ("create with a trailing slash", make(f"{ws}/slash-{round_}/", create, 0o644), "create"),
         ("unlink", lambda: os.unlink(new), "unlink"),
         ("unlink again", lambda: os.unlink(new), "unlink"),
         ("unlink relative", lambda: os.unlink(f"new-{round_}.rel"), "unlink"),
