@@ -326,6 +326,9 @@ def _status_code(raw_status: int) -> tuple[int, int | None]:
     return os.waitstatus_to_exitcode(raw_status), None
 
 
+# How long an agent in its own PID namespace runs before its watchdog starts.
+_WATCHDOG_AFTER = 0.3
+
 # The file actions the native path answers, as its cache's bits.
 _NATIVE_BITS = {
     ActionType.FILE_READ: fastpath.ALLOW_READ,
@@ -574,9 +577,13 @@ class Agent:
         for note in launched.degraded:
             say(f"warning: running without {note}")
         if self.group is not None:
-            from .watchdog import spawn_watchdog
-
-            self._watchdog = spawn_watchdog(os.getpid(), self.group)
+            if "pid" in plan.isolation.namespaces and not launched.degraded:
+                # Until then the parent-death signals hold: a dead supervisor
+                # takes the trampoline, the init and so the whole PID
+                # namespace with it.  A short command never needs the watchdog.
+                self.loop.call_later(_WATCHDOG_AFTER, self._spawn_watchdog)
+            else:
+                self._spawn_watchdog()
         judge.main_pid = launched.agent_pid
         judge.tree = ProcessTree(self.group, launched.pid)
         self.mediator = Mediator(
@@ -784,6 +791,14 @@ class Agent:
 
         timer = self.loop.call_later(timeout, expired)
         self.loop.add_reader(fd, ready, select.EPOLLOUT)
+
+    def _spawn_watchdog(self) -> None:
+        """The process that kills the agent's groups if this supervisor dies."""
+        if self.group is None or self._closed or self.exited or self._watchdog is not None:
+            return
+        from .watchdog import spawn_watchdog
+
+        self._watchdog = spawn_watchdog(os.getpid(), self.group)
 
     def _notifications(self) -> int:
         """Where notifications arrive: the listener, or the broker's forward socket."""
