@@ -44,6 +44,8 @@ HOSTS = (
     "git.test",
     "pypi.test",
     "refused.test",
+    "api.anthropic.com",  # only ever on a test address: AGENTSUP_EGRESS_HOSTS maps it
+    "pypi.org",
 )
 CLIENT = "egress_client.py"
 
@@ -444,6 +446,43 @@ def test_the_network_key_overrides_the_choice_an_ip_rule_would_make(
     else:
         assert direct["ok"], direct
         assert gets == []
+    assert sandbox.agentsup("audit", "verify", str(sandbox.audit_log)).returncode == 0
+
+
+def test_the_readme_anthropic_policy_with_a_real_client(sandbox: Sandbox) -> None:
+    """README's "only the Anthropic API", as written, with api.anthropic.com on 127.0.0.2:443."""
+    _ca, cert, key = _make_ca(sandbox.workspace)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    try:
+        server = http.server.ThreadingHTTPServer(("127.0.0.2", 443), _Hello)
+    except OSError as exc:
+        pytest.skip(f"127.0.0.2:443 is taken: {exc}")
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
+    _serve(server)
+    sandbox.env["AGENTSUP_EGRESS_HOSTS"] = ",".join(f"{h}=127.0.0.2" for h in HOSTS)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("```yaml\n# only the Anthropic API") + len("```yaml\n")
+    policy = sandbox.policy("anthropic-only", readme[start : readme.index("```", start)])
+    curl = "curl -q -sS --cacert test-ca.txt"
+    try:
+        result = sandbox.run(
+            "sh",
+            "-c",
+            f"{curl} https://api.anthropic.com/v1/models; echo; {curl} https://pypi.org/; echo no",
+            policy=policy,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "hello api.anthropic.com /v1/models" in result.stdout, result.stderr
+    # Any other host meets strict's no-network rule, which kills.
+    assert result.returncode == 137 and "no" not in result.stdout.split(), result.stdout
+    records = [r for r in _proxy_records(sandbox) if r.get("event") == "egress"]
+    assert [(r["host"], r["decision"]) for r in records] == [
+        ("api.anthropic.com", "allow"),
+        ("pypi.org", "deny"),
+    ]
     assert sandbox.agentsup("audit", "verify", str(sandbox.audit_log)).returncode == 0
 
 

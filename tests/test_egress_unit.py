@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agentsup.events import ActionType, Event
+from agentsup.events import ActionType, Event, response_for
 from agentsup.policy import (
     CompiledPolicy,
     Policy,
@@ -259,6 +259,73 @@ def test_neither_the_default_nor_a_deny_names_an_address(tmp_path: Path) -> None
     assert not egress.names_address(_compiled(tmp_path, files, default="allow"), "10.0.0.1", 80)
     deny = "  - {id: d, actions: [network_connect], target: '10.0.0.1:80', decision: deny}\n"
     assert not egress.names_address(_compiled(tmp_path, deny), "10.0.0.1", 80)
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _readme_policy(tmp_path: Path, heading: str) -> CompiledPolicy:
+    """The README's egress rule shape whose YAML block starts with `# heading`."""
+    text = README.read_text()
+    section = text[text.index("### Egress by name") :]
+    start = section.index(f"```yaml\n# {heading}") + len("```yaml\n")
+    block = section[start : section.index("```", start)]
+    policy = load_policy_text(block, source=f"README {heading}", policy_dir=tmp_path)
+    assert policy.warnings == ()
+    return compile_policy(policy, RunContext(str(tmp_path), "/home/u", "t"))
+
+
+def _goes(policy: CompiledPolicy, action: ActionType, target: str) -> bool:
+    return response_for(policy.evaluate(Event(action, target))).proceeds
+
+
+CONNECT, REQUEST = ActionType.NETWORK_CONNECT, ActionType.NETWORK_REQUEST
+
+
+def test_readme_only_the_anthropic_api(tmp_path: Path) -> None:
+    policy = _readme_policy(tmp_path, "only the Anthropic API")
+    assert egress.network_mode(policy) == "proxy"
+    assert _goes(policy, CONNECT, "api.anthropic.com:443")
+    assert _goes(policy, REQUEST, "CONNECT api.anthropic.com:443")
+    assert _goes(policy, REQUEST, "POST https://api.anthropic.com/v1/messages")
+    for target in ("api.anthropic.com:80", "evil.test:443", "api.anthropic.com.evil.test:443"):
+        assert not _goes(policy, CONNECT, target), target
+    assert not _goes(policy, REQUEST, "CONNECT api.anthropic.com.evil.test:443")
+    assert not _goes(policy, REQUEST, "GET https://evil.test/")
+    assert not egress.names_address(policy, "169.254.169.254", 443)
+
+
+def test_readme_registries_for_installs(tmp_path: Path) -> None:
+    policy = _readme_policy(tmp_path, "PyPI and npm registries for installs")
+    assert egress.network_mode(policy) == "proxy"
+    for host in ("pypi.org", "files.pythonhosted.org", "registry.npmjs.org"):
+        assert _goes(policy, CONNECT, f"{host}:443")
+        assert _goes(policy, REQUEST, f"CONNECT {host}:443")
+    assert _goes(policy, REQUEST, "GET https://pypi.org/simple/requests/")
+    assert not _goes(policy, REQUEST, "POST https://upload.pypi.org/legacy/")
+    assert not _goes(policy, CONNECT, "github.com:443")
+    assert not _goes(policy, CONNECT, "pypi.org.evil.test:443")
+
+
+def test_readme_github_read_only(tmp_path: Path) -> None:
+    policy = _readme_policy(tmp_path, "GitHub read-only")
+    assert egress.network_mode(policy) == "proxy"
+    for host in ("github.com", "api.github.com", "codeload.github.com"):
+        assert _goes(policy, CONNECT, f"{host}:443")
+    assert _goes(policy, REQUEST, "CONNECT objects.githubusercontent.com:443")
+    assert _goes(policy, REQUEST, "GET https://api.github.com/repos/o/r")
+    assert not _goes(policy, REQUEST, "POST https://api.github.com/repos/o/r/issues")
+    assert not _goes(policy, CONNECT, "gitlab.com:443")
+    shell = ActionType.SHELL_EXECUTE
+    for push in ("git push", "git push origin main", "/usr/bin/git -C repo push -f"):
+        assert policy.evaluate(Event(shell, push)).rule_id == "no-push", push
+    assert policy.evaluate(Event(shell, "git clone https://github.com/o/r")).rule_id != "no-push"
+    assert policy.evaluate(Event(shell, "git pushd")).rule_id != "no-push"
+    # Nothing to push with: no token variable, no credential file.
+    environ = policy.filter_environ({"PATH": "/bin", "GITHUB_TOKEN": "t", "GH_TOKEN": "t"})
+    assert "GITHUB_TOKEN" not in environ and "GH_TOKEN" not in environ
+    for secret in ("/home/u/.git-credentials", "/home/u/.config/gh/hosts.yml", "/home/u/.netrc"):
+        assert not _goes(policy, ActionType.FILE_READ, secret), secret
 
 
 def test_proxy_environment_names_the_proxy_for_every_client() -> None:
