@@ -284,7 +284,10 @@ static int granted(const char *path, size_t length, int need) {
         return 1;
     if (!decider)
         return 0;
-    PyObject *answer = PyObject_CallFunction(decider, "y#i", path, (Py_ssize_t)length, need & ~have);
+    /* Every action at once: the read after a create, or the unlink after a
+     * read, then finds its answer in the cache.  Only allows are kept. */
+    int ask = (ALLOW_READ | ALLOW_WRITE | ALLOW_DELETE) & ~have;
+    PyObject *answer = PyObject_CallFunction(decider, "y#i", path, (Py_ssize_t)length, ask);
     long bits = answer ? PyLong_AsLong(answer) : -1;
     Py_XDECREF(answer);
     if (bits < 0 || PyErr_Occurred()) {

@@ -796,9 +796,12 @@ class Agent:
         """The process that kills the agent's groups if this supervisor dies."""
         if self.group is None or self._closed or self.exited or self._watchdog is not None:
             return
-        from .watchdog import spawn_watchdog
+        try:
+            from .watchdog import spawn_watchdog
 
-        self._watchdog = spawn_watchdog(os.getpid(), self.group)
+            self._watchdog = spawn_watchdog(os.getpid(), self.group)
+        except OSError as exc:  # out of fds or processes: the parent-death chain still holds
+            say(f"warning: no watchdog for this agent's groups: {exc}")
 
     def _notifications(self) -> int:
         """Where notifications arrive: the listener, or the broker's forward socket."""
@@ -832,9 +835,16 @@ class Agent:
         judge.state = AgentState.EXITED
 
     def _watch_placement(self, cpu: placement.CgroupCpu) -> None:
-        """Twice a second, put the agent on its supervisor's CPU or on all of them."""
-        shared = False
+        """Twice a second, put the agent on its supervisor's CPU or on all of them.
+
+        It starts shared: most commands an agent runs are short and make
+        mediated syscalls, whose hand-overs cost far less on one CPU; one that
+        turns out to compute in parallel is spread at the first sample.
+        """
+        shared = True
         shared_cpus = {max(os.sched_getaffinity(0))}
+        assert self.group is not None
+        placement.place(self.group.pids(), shared_cpus)
         last = (self.loop.clock(), 0, *cpu.read())
 
         def sample() -> None:

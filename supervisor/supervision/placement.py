@@ -7,11 +7,15 @@ of an idle CPU, which in a VM costs an IPI and a halt exit each way
 faster sharing its supervisor's CPU, while an agent that computes in
 parallel wants every CPU.
 
-`auto` (the default where a cgroup is available) watches both twice a second
-and moves the agent's tree: onto the supervisor's CPU while it makes many
-mediated syscalls without using more than about one core, and back onto
-every CPU as soon as its tasks queue for the CPU (cgroup CPU pressure) or it
-goes quiet.  `shared` always shares; `all` never does.
+With the broker's native path the hand-overs are between the agent and its
+broker, both in the agent's tree: sharing one CPU helps them the same way.
+
+`auto` (the default where a cgroup is available) starts the agent's tree on
+the supervisor's CPU (most commands an agent runs are short and make
+mediated syscalls), watches it twice a second, and moves it: onto every CPU
+as soon as its tasks queue for the CPU (cgroup CPU pressure) or it goes
+quiet, and back while it makes many mediated syscalls without using more
+than about one core.  `shared` always shares; `all` never does.
 """
 
 from __future__ import annotations
