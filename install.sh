@@ -91,4 +91,15 @@ case ":$PATH:" in
     *":$BINDIR:"*) ;;
     *) say "note: $BINDIR is not on your PATH; add it, or run $PREFIX/bin/agentsup" ;;
 esac
+# The broker's native path is an optional C extension: without a compiler and
+# Python's headers at install time, the Python path answers every open.
+"$PREFIX/bin/python" - <<'PY'
+from agentsup.kernel import fastpath
+
+native, why = fastpath.status()
+print(f"install.sh: mediation path: {why}")
+if fastpath.native is None:
+    print("install.sh: for the native path, install a C compiler and Python's headers "
+          "(Debian/Ubuntu: apt-get install gcc python3-dev) and run install.sh again")
+PY
 say "done: $("$PREFIX/bin/agentsup" --version)"

@@ -22,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
@@ -34,8 +35,17 @@ pytestmark = [
     pytest.mark.requires_root,
     pytest.mark.requires_seccomp_notify,
     pytest.mark.requires_landlock,
-    pytest.mark.skipif(not fastpath.enabled(), reason=fastpath.status()[1]),
 ]
+needs_native = pytest.mark.skipif(not fastpath.enabled(), reason=fastpath.status()[1])
+
+
+def test_the_native_path_is_built_wherever_a_compiler_and_headers_are() -> None:
+    """The extension is optional, so a failed build would only skip the tests below."""
+    compiler = shutil.which(sysconfig.get_config_var("CC").split()[0] or "cc")
+    headers = Path(sysconfig.get_paths()["include"], "Python.h").exists()
+    if not (compiler and headers):
+        pytest.skip("no C compiler or no Python headers here: the Python path runs")
+    assert fastpath.native is not None, "the C extension did not build"
 
 OPENS = "opens.py"
 
@@ -108,6 +118,7 @@ def opener(sandbox: Sandbox) -> Sandbox:
     return sandbox
 
 
+@needs_native
 def test_both_paths_give_the_same_results_and_refusals(opener: Sandbox) -> None:
     native, native_refusals = _outcomes(opener, native=True)
     python, python_refusals = _outcomes(opener, native=False)
@@ -181,6 +192,7 @@ def _stopped_supervisor_opens(sandbox: Sandbox, native: bool) -> tuple[str, str]
     return seen_text, seen_text + rest.decode()
 
 
+@needs_native
 def test_a_plainly_allowed_open_is_answered_while_the_supervisor_is_stopped(
     opener: Sandbox,
 ) -> None:
@@ -199,6 +211,7 @@ def test_without_the_native_path_every_open_waits_for_the_supervisor(opener: San
     assert everything == "allowed\nrefused EACCES\n"
 
 
+@needs_native
 def test_the_native_cache_takes_only_absolute_paths_and_forgets() -> None:
     native = fastpath.native
     assert native is not None
@@ -213,6 +226,7 @@ def test_the_native_cache_takes_only_absolute_paths_and_forgets() -> None:
     assert native.allowed(b"/some/where") == 0
 
 
+@needs_native
 def test_the_red_team_suites_pass_with_the_native_path_off() -> None:
     """The isolation and mediation attacks, again, with the Python path answering."""
     here = Path(__file__).resolve().parent
@@ -251,6 +265,7 @@ rules:
 """
 
 
+@needs_native
 def test_a_policy_reload_reaches_the_native_path(opener: Sandbox) -> None:
     """What the old policy allowed (cached, and decided by the broker's own judge)
     is refused once the reloaded policy refuses it."""
