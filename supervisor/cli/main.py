@@ -13,6 +13,7 @@ traceback).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -114,6 +115,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     UsageParser.json_errors = json_flag_given(words)
     parser = build_parser(named_command(words))
     args = parser.parse_args(words)
+    code = _dispatch(args)
+    if argv is None and args.command == "run":
+        _exit_now(code)
+    return code
+
+
+def _exit_now(code: int) -> NoReturn:
+    """End `agentsup run` without tearing the interpreter down (~15 ms).
+
+    Only as the program itself (`main()` reading sys.argv), once the run is
+    over: the supervisor has closed its audit log, sockets and agents, so
+    what finalization would add is the module teardown and a last
+    collection.  The atexit handlers still run and the standard streams are
+    flushed; with another thread alive the interpreter ends as usual.
+    """
+    import atexit
+
+    threading = sys.modules.get("threading")
+    if threading is not None and threading.active_count() > 1:
+        raise SystemExit(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code & 0xFF)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         code: int = args.func(args)
     except CommandError as exc:

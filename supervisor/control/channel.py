@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import logging
 import os
 import socket
 import struct
@@ -36,11 +35,20 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..integrity.totp import CODE_DIGITS, TotpRefused, TotpVerifier, normalize_code
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    import logging
+
+
+def _log() -> logging.Logger:
+    """This module's logger; `logging` is imported only when there is something to log."""
+    import logging
+
+    return logging.getLogger(__name__)
+
 
 PROTOCOL_VERSION = 1
 SOCKET_PREFIX = "sup-"
@@ -342,7 +350,7 @@ class ControlServer:
             self._arm_expiry()
         except Exception:
             # The supervisor loop must survive anything a client does.
-            log.exception("control socket: unexpected error on fd %d", fd)
+            _log().exception("control socket: unexpected error on fd %d", fd)
 
     def close(self) -> None:
         for conn in list(self._connections.values()):
@@ -378,14 +386,14 @@ class ControlServer:
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.warning("control socket: cannot accept: %s", exc)
+                    _log().warning("control socket: cannot accept: %s", exc)
                     return
                 raise
             if len(self._connections) >= MAX_CONNECTIONS:
                 # Told "busy" and closed, without an audit record, so a flood costs
                 # nothing; what it may have sent already is discarded first (closing
                 # on unread data would reset the connection before it reads "busy").
-                log.warning("control socket: too many connections, turning a new one away")
+                _log().warning("control socket: too many connections, turning a new one away")
                 with contextlib.suppress(OSError):
                     sock.setblocking(False)
                     sock.send(encode_reply(busy_reply()))
@@ -460,7 +468,7 @@ class ControlServer:
         except ControlError as exc:
             reply = error_reply(str(exc))
         except Exception as exc:
-            log.exception("control socket: request failed")
+            _log().exception("control socket: request failed")
             reply = error_reply(f"internal error in the supervisor: {exc.__class__.__name__}")
         self._reply(conn, reply)
 

@@ -34,13 +34,13 @@ Errors never reach the loop: they are logged and treated as tampering.
 from __future__ import annotations
 
 import enum
-import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from inotify_simple import INotify
 from inotify_simple import flags as inotify_flags
@@ -48,7 +48,16 @@ from inotify_simple import flags as inotify_flags
 from ..paths import Locations
 from .seal import TAMPER_MARKER_NAME, AuditSink, SealStatus, check_sealed, write_tamper_marker
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    import logging
+
+
+def _log() -> logging.Logger:
+    """This module's logger; `logging` is imported only when there is something to log."""
+    import logging
+
+    return logging.getLogger(__name__)
+
 
 DEFAULT_INTERVAL = 1.0
 WATCH_MASK = (
@@ -207,7 +216,7 @@ class PolicyWatcher:
         try:
             relevant = self._drain()
         except Exception:
-            log.exception("reading inotify events for %s failed", self._policy_dir)
+            _log().exception("reading inotify events for %s failed", self._policy_dir)
             relevant = True
         if relevant:
             self.check()
@@ -218,7 +227,7 @@ class PolicyWatcher:
         try:
             self._sync_watches()
         except Exception:
-            log.exception("cannot watch %s", self._policy_dir)
+            _log().exception("cannot watch %s", self._policy_dir)
         status = self._status()
         self._state, actions, reasons = step(self._state, status)
         for action in actions:
@@ -245,7 +254,7 @@ class PolicyWatcher:
             return check_sealed(self.locations)
         except Exception as exc:
             # A bug or an odd filesystem must not silently disable the seal.
-            log.exception("checking the sealed policy directory failed")
+            _log().exception("checking the sealed policy directory failed")
             directory = str(self._policy_dir)
             return SealStatus("tampered", [f"cannot check {directory}: {exc}"], directory=directory)
 
@@ -294,24 +303,24 @@ class PolicyWatcher:
 
     def _report(self, action: Action, reasons: list[str]) -> None:
         if action is Action.TAMPER:
-            log.critical("policy directory tampered: %s", "; ".join(reasons))
+            _log().critical("policy directory tampered: %s", "; ".join(reasons))
             self._record_tamper(reasons)
             self._call("on_tamper", lambda: self._on_tamper(list(reasons)))
         elif action is Action.RESEALED:
-            log.warning("policy directory re-sealed; the tamper episode is over")
+            _log().warning("policy directory re-sealed; the tamper episode is over")
             self._append(
                 {"kind": "policy", "event": "resealed", "severity": "high", "outcome": "resumed"}
             )
             self._call("on_resealed", self._on_resealed)
         else:
-            log.info("policy directory changed legitimately; reloading")
+            _log().info("policy directory changed legitimately; reloading")
             self._call("on_reload", self._on_reload)
 
     def _record_tamper(self, reasons: list[str]) -> None:
         try:
             write_tamper_marker(self.locations, self._state.episode_generation, reasons)
         except Exception:
-            log.exception("cannot write the tamper marker; new runs may not be refused")
+            _log().exception("cannot write the tamper marker; new runs may not be refused")
         self._append(
             {
                 "kind": "tamper",
@@ -333,10 +342,10 @@ class PolicyWatcher:
         try:
             self._audit.append(full)
         except Exception:
-            log.exception("cannot write the audit record %s", record.get("event"))
+            _log().exception("cannot write the audit record %s", record.get("event"))
 
     def _call(self, name: str, callback: Callable[[], None]) -> None:
         try:
             callback()
         except Exception:
-            log.exception("PolicyWatcher %s callback failed", name)
+            _log().exception("PolicyWatcher %s callback failed", name)

@@ -36,7 +36,6 @@ import fcntl
 import hashlib
 import hmac
 import json
-import logging
 import os
 import stat
 import struct
@@ -51,8 +50,6 @@ from ..policy import load_policy_file
 from .audit import AuditKeyError, canonical_json, format_ts, load_key, load_or_create_key
 from .statefiles import write_atomically
 from .totp import TotpRefused, TotpVerifier
-
-log = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 1
 SEALED_DIR_MODE = 0o555

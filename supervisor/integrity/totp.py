@@ -23,21 +23,27 @@ import fcntl
 import getpass
 import hmac
 import json
-import logging
 import os
 import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
-
-import pyotp
+from typing import TYPE_CHECKING, NoReturn
 
 from ..paths import Locations
 from .statefiles import write_atomically
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    import logging
+
+
+def _log() -> logging.Logger:
+    """This module's logger; `logging` is imported only when there is something to log."""
+    import logging
+
+    return logging.getLogger(__name__)
+
 
 ISSUER = "agentsup"
 VALID_WINDOW = 1  # accept the previous and next 30 s step too, for clock skew
@@ -85,6 +91,8 @@ def matching_step(secret: str, code: str, now: float, window: int = VALID_WINDOW
     also says which step matched; `verify_and_get_timecode` is missing from
     older pyotp 2.x releases.
     """
+    import pyotp  # only when a code is checked
+
     totp = pyotp.TOTP(secret)
     current: int = totp.timecode(now)
     matched: int | None = None
@@ -127,6 +135,8 @@ class LockoutState:
 
 def provisioning_uri(secret: str, account: str) -> str:
     """The otpauth:// URI an authenticator app scans (with `secret=`, issuer agentsup)."""
+    import pyotp
+
     uri: str = pyotp.TOTP(secret).provisioning_uri(name=account, issuer_name=ISSUER)
     return uri
 
@@ -148,6 +158,8 @@ def init_secret(locations: Locations, *, force: bool = False) -> str:
     path = locations.totp_secret
     if path.exists() and not force:
         raise TotpSecretExists(str(path))
+    import pyotp
+
     secret = pyotp.random_base32()
     write_atomically(path, secret + "\n", 0o400)
     account = f"{getpass.getuser()}@{socket.gethostname()}"
@@ -244,13 +256,13 @@ class TotpVerifier:
             write_atomically(self._locations.totp_last_step, f"{step}\n", 0o600)
             if lockout.failures:
                 self._write_lockout(LockoutState(locked_until=lockout.locked_until))
-            log.info("TOTP code accepted from uid %d (step %d)", uid, step)
+            _log().info("TOTP code accepted from uid %d (step %d)", uid, step)
 
     def _refuse_wrong_code(self, lockout: LockoutState, now: float, uid: int) -> NoReturn:
         after = lockout.after_failure(now)
         self._write_lockout(after)
         if after.is_locked(now):
-            log.warning(
+            _log().warning(
                 "TOTP locked out for %d s after %d wrong codes (last from uid %d)",
                 LOCKOUT_S,
                 MAX_FAILURES,

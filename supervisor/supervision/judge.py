@@ -37,7 +37,6 @@ from ..kernel.proc import process_group, thread_group_id
 from ..paths import Locations
 from ..policy import CompiledPolicy, RateLimiter
 from ..policy.floor import FloorCheck, floor_verdict
-from ..policy.suggest import AGENTSUP_RULE_PREFIX, guarded
 
 _ALLOW_CACHE_SIZE = 16384
 SELF_PROTECTION_RULE = "agentsup-self-protection"
@@ -595,7 +594,11 @@ class Judge:
         (secrets, destructive commands) is still refused, without a signal.
         """
         guard = self.config.shadow_guard
-        if decision.rule_id.startswith(AGENTSUP_RULE_PREFIX) or guard is None:
+        if guard is None:
+            return response
+        from ..policy.suggest import AGENTSUP_RULE_PREFIX, guarded  # only for --shadow
+
+        if decision.rule_id.startswith(AGENTSUP_RULE_PREFIX):
             return response
         if guarded(guard, event.action, event.target):
             return Response.BLOCK
