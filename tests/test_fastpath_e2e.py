@@ -122,7 +122,7 @@ def opener(sandbox: Sandbox) -> Sandbox:
 def test_both_paths_give_the_same_results_and_refusals(opener: Sandbox) -> None:
     native, native_refusals = _outcomes(opener, native=True)
     python, python_refusals = _outcomes(opener, native=False)
-    assert len(native) == len(python) == 2 * (29 + 18)
+    assert len(native) == len(python) == 2 * (33 + 18)
     for ours, theirs in zip(native, python, strict=True):
         assert ours == theirs
     assert native_refusals == python_refusals
@@ -132,6 +132,8 @@ def test_both_paths_give_the_same_results_and_refusals(opener: Sandbox) -> None:
     assert by_case[("refused", 1)] == {"case": "refused", "pass": 1, "error": "EACCES"}
     assert by_case[("write refused", 1)]["error"] == "EACCES"
     assert by_case[("missing", 1)]["error"] == "ENOENT"
+    assert by_case[("dev zero", 1)]["kind"] == "other"
+    assert by_case[("directory", 1)]["kind"] == "dir"
     assert by_case[("read nonblock", 1)]["flags"] == os.O_NONBLOCK
     assert by_case[("read cloexec", 1)]["cloexec"] is True
     assert any("refused-file" in line for line in native_refusals)

@@ -33,6 +33,7 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -40,9 +41,8 @@
 #ifndef PIDFD_THREAD
 #define PIDFD_THREAD O_EXCL
 #endif
-#ifndef __O_TMPFILE
-#define __O_TMPFILE 020000000
-#endif
+/* O_TMPFILE's own bit (glibc's __O_TMPFILE includes O_DIRECTORY). */
+#define TMPFILE_BIT 020000000
 #ifndef O_PATH
 #define O_PATH 010000000
 #endif
@@ -250,6 +250,27 @@ static int special_prefix(const char *path) {
     return 0;
 }
 
+/* The devices every program opens (`> /dev/null`, getrandom's fallback):
+ * opening them has no effect, so they are served here too, but only when
+ * the name and the node both say so: /dev/null is 1:3, /dev/zero 1:5,
+ * /dev/full 1:7, /dev/random 1:8 and /dev/urandom 1:9. */
+static const char *const harmless_devices[] = {"/dev/null", "/dev/zero", "/dev/full",
+                                               "/dev/random", "/dev/urandom"};
+
+static int harmless_device_name(const char *path) {
+    for (size_t i = 0; i < sizeof harmless_devices / sizeof *harmless_devices; i++)
+        if (strcmp(path, harmless_devices[i]) == 0)
+            return 1;
+    return 0;
+}
+
+static int harmless_device(const struct stat *st) {
+    unsigned minor_number = minor(st->st_rdev);
+    return S_ISCHR(st->st_mode) && major(st->st_rdev) == 1 &&
+           (minor_number == 3 || minor_number == 5 || minor_number == 7 || minor_number == 8 ||
+            minor_number == 9);
+}
+
 /* -- answering ----------------------------------------------------------------- */
 
 static void respond_error(int listener, uint64_t id, int err) {
@@ -313,7 +334,8 @@ static void respond_value(int listener, uint64_t id, int64_t value) {
 
 /* The agent's path argument, if it is one this path may take: 0 when not. */
 static int agent_path(const struct seccomp_notif *n, uint64_t ptr, char *raw) {
-    return read_path((pid_t)n->pid, ptr, raw) == 0 && raw[0] != '\0' && !special_prefix(raw);
+    return read_path((pid_t)n->pid, ptr, raw) == 0 && raw[0] != '\0' &&
+           (!special_prefix(raw) || harmless_device_name(raw));
 }
 
 /* Where a path is resolved from: AT_FDCWD (the broker's root is the agent's)
@@ -348,7 +370,7 @@ static ssize_t real_path(int fd, char *out) {
     if (length <= 0 || length >= PATH_BYTES)
         return -1;
     out[length] = '\0';
-    if (out[0] != '/' || special_prefix(out) ||
+    if (out[0] != '/' || (special_prefix(out) && !harmless_device_name(out)) ||
         (length > 10 && strcmp(out + length - 10, " (deleted)") == 0))
         return -1;
     return length;
@@ -439,7 +461,7 @@ static int serve_create(int listener, const struct seccomp_notif *n, int anchor,
 static int serve_open(int listener, const struct seccomp_notif *n, int dirfd, uint64_t ptr,
                       unsigned long flags, unsigned long mode) {
     flags &= valid_open_flags;
-    if (flags & (O_PATH | __O_TMPFILE))
+    if (flags & (O_PATH | TMPFILE_BIT))
         return 0;
     char raw[PATH_BYTES];
     if (!agent_path(n, ptr, raw))
@@ -472,7 +494,8 @@ static int serve_open(int listener, const struct seccomp_notif *n, int dirfd, ui
     char real[PATH_BYTES + 1];
     ssize_t length = fstat(fd, &st) == 0 ? real_path(fd, real) : -1;
     int plain = length > 0 &&
-                ((S_ISREG(st.st_mode) && st.st_nlink == 1) || (S_ISDIR(st.st_mode) && !writes));
+                ((S_ISREG(st.st_mode) && st.st_nlink == 1) || (S_ISDIR(st.st_mode) && !writes) ||
+                 (harmless_device(&st) && harmless_device_name(real)));
     int need = (reads || !writes ? ALLOW_READ : 0) | (writes ? ALLOW_WRITE : 0);
     if (!plain || !granted(real, (size_t)length, need)) {
         close(fd);
