@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import socket
 import struct
@@ -35,20 +36,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from ..integrity.totp import CODE_DIGITS, TotpRefused, TotpVerifier, normalize_code
 
-if TYPE_CHECKING:
-    import logging
-
-
-def _log() -> logging.Logger:
-    """This module's logger; `logging` is imported only when there is something to log."""
-    import logging
-
-    return logging.getLogger(__name__)
-
+log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
 SOCKET_PREFIX = "sup-"
@@ -350,7 +342,7 @@ class ControlServer:
             self._arm_expiry()
         except Exception:
             # The supervisor loop must survive anything a client does.
-            _log().exception("control socket: unexpected error on fd %d", fd)
+            log.exception("control socket: unexpected error on fd %d", fd)
 
     def close(self) -> None:
         for conn in list(self._connections.values()):
@@ -386,14 +378,14 @@ class ControlServer:
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    _log().warning("control socket: cannot accept: %s", exc)
+                    log.warning("control socket: cannot accept: %s", exc)
                     return
                 raise
             if len(self._connections) >= MAX_CONNECTIONS:
                 # Told "busy" and closed, without an audit record, so a flood costs
                 # nothing; what it may have sent already is discarded first (closing
                 # on unread data would reset the connection before it reads "busy").
-                _log().warning("control socket: too many connections, turning a new one away")
+                log.warning("control socket: too many connections, turning a new one away")
                 with contextlib.suppress(OSError):
                     sock.setblocking(False)
                     sock.send(encode_reply(busy_reply()))
@@ -468,7 +460,7 @@ class ControlServer:
         except ControlError as exc:
             reply = error_reply(str(exc))
         except Exception as exc:
-            _log().exception("control socket: request failed")
+            log.exception("control socket: request failed")
             reply = error_reply(f"internal error in the supervisor: {exc.__class__.__name__}")
         self._reply(conn, reply)
 

@@ -34,13 +34,13 @@ Errors never reach the loop: they are logged and treated as tampering.
 from __future__ import annotations
 
 import enum
+import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
 
 from inotify_simple import INotify
 from inotify_simple import flags as inotify_flags
@@ -48,16 +48,7 @@ from inotify_simple import flags as inotify_flags
 from ..paths import Locations
 from .seal import TAMPER_MARKER_NAME, AuditSink, SealStatus, check_sealed, write_tamper_marker
 
-if TYPE_CHECKING:
-    import logging
-
-
-def _log() -> logging.Logger:
-    """This module's logger; `logging` is imported only when there is something to log."""
-    import logging
-
-    return logging.getLogger(__name__)
-
+log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL = 1.0
 WATCH_MASK = (
@@ -216,7 +207,7 @@ class PolicyWatcher:
         try:
             relevant = self._drain()
         except Exception:
-            _log().exception("reading inotify events for %s failed", self._policy_dir)
+            log.exception("reading inotify events for %s failed", self._policy_dir)
             relevant = True
         if relevant:
             self.check()
@@ -227,7 +218,7 @@ class PolicyWatcher:
         try:
             self._sync_watches()
         except Exception:
-            _log().exception("cannot watch %s", self._policy_dir)
+            log.exception("cannot watch %s", self._policy_dir)
         status = self._status()
         self._state, actions, reasons = step(self._state, status)
         for action in actions:
@@ -254,7 +245,7 @@ class PolicyWatcher:
             return check_sealed(self.locations)
         except Exception as exc:
             # A bug or an odd filesystem must not silently disable the seal.
-            _log().exception("checking the sealed policy directory failed")
+            log.exception("checking the sealed policy directory failed")
             directory = str(self._policy_dir)
             return SealStatus("tampered", [f"cannot check {directory}: {exc}"], directory=directory)
 
@@ -303,24 +294,24 @@ class PolicyWatcher:
 
     def _report(self, action: Action, reasons: list[str]) -> None:
         if action is Action.TAMPER:
-            _log().critical("policy directory tampered: %s", "; ".join(reasons))
+            log.critical("policy directory tampered: %s", "; ".join(reasons))
             self._record_tamper(reasons)
             self._call("on_tamper", lambda: self._on_tamper(list(reasons)))
         elif action is Action.RESEALED:
-            _log().warning("policy directory re-sealed; the tamper episode is over")
+            log.warning("policy directory re-sealed; the tamper episode is over")
             self._append(
                 {"kind": "policy", "event": "resealed", "severity": "high", "outcome": "resumed"}
             )
             self._call("on_resealed", self._on_resealed)
         else:
-            _log().info("policy directory changed legitimately; reloading")
+            log.info("policy directory changed legitimately; reloading")
             self._call("on_reload", self._on_reload)
 
     def _record_tamper(self, reasons: list[str]) -> None:
         try:
             write_tamper_marker(self.locations, self._state.episode_generation, reasons)
         except Exception:
-            _log().exception("cannot write the tamper marker; new runs may not be refused")
+            log.exception("cannot write the tamper marker; new runs may not be refused")
         self._append(
             {
                 "kind": "tamper",
@@ -342,10 +333,10 @@ class PolicyWatcher:
         try:
             self._audit.append(full)
         except Exception:
-            _log().exception("cannot write the audit record %s", record.get("event"))
+            log.exception("cannot write the audit record %s", record.get("event"))
 
     def _call(self, name: str, callback: Callable[[], None]) -> None:
         try:
             callback()
         except Exception:
-            _log().exception("PolicyWatcher %s callback failed", name)
+            log.exception("PolicyWatcher %s callback failed", name)

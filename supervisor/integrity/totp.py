@@ -23,27 +23,19 @@ import fcntl
 import getpass
 import hmac
 import json
+import logging
 import os
 import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
 from ..paths import Locations
 from .statefiles import write_atomically
 
-if TYPE_CHECKING:
-    import logging
-
-
-def _log() -> logging.Logger:
-    """This module's logger; `logging` is imported only when there is something to log."""
-    import logging
-
-    return logging.getLogger(__name__)
-
+log = logging.getLogger(__name__)
 
 ISSUER = "agentsup"
 VALID_WINDOW = 1  # accept the previous and next 30 s step too, for clock skew
@@ -256,13 +248,13 @@ class TotpVerifier:
             write_atomically(self._locations.totp_last_step, f"{step}\n", 0o600)
             if lockout.failures:
                 self._write_lockout(LockoutState(locked_until=lockout.locked_until))
-            _log().info("TOTP code accepted from uid %d (step %d)", uid, step)
+            log.info("TOTP code accepted from uid %d (step %d)", uid, step)
 
     def _refuse_wrong_code(self, lockout: LockoutState, now: float, uid: int) -> NoReturn:
         after = lockout.after_failure(now)
         self._write_lockout(after)
         if after.is_locked(now):
-            _log().warning(
+            log.warning(
                 "TOTP locked out for %d s after %d wrong codes (last from uid %d)",
                 LOCKOUT_S,
                 MAX_FAILURES,
