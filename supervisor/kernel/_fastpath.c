@@ -446,7 +446,15 @@ static int serve_create(int listener, const struct seccomp_notif *n, int anchor,
     }
     if (id_valid(listener, n->id)) { /* interrupted: nothing may be created */
         mode_t created = (mode_t)(mode & 07777 & ~(unsigned long)umask & ~(unsigned long)(S_ISUID | S_ISGID));
-        int fd = openat(dir, name, (int)((flags & ~(unsigned long)O_NOFOLLOW) | O_NOFOLLOW | O_CLOEXEC), created);
+        /* O_EXCL: only a new file is what was decided on.  A name that
+         * appeared since the lookup (a racing mkfifo, whose open for writing
+         * would block this broker for good; a hard link) goes to the
+         * supervisor like any existing object. */
+        int fd = openat(dir, name, (int)((flags & ~(unsigned long)O_NOFOLLOW) | O_NOFOLLOW | O_EXCL | O_CLOEXEC), created);
+        if (fd < 0 && errno == EEXIST && !(flags & O_EXCL)) {
+            close(dir);
+            return 0;
+        }
         if (fd < 0)
             respond_error(listener, n->id, errno);
         else {

@@ -145,6 +145,20 @@ class BrokerClient:
     def close(self) -> None:
         self.channel.close()
 
+    def _break(self) -> None:
+        """The broker died or stopped answering: we are done with it, and it is told so.
+
+        With the native path the broker decides on its own, on its copy of
+        the policy, and a broker that stalled (an open waiting out the
+        agent's own file lease) comes back.  Marked broken, it would no longer
+        hear of a reload or a cleared cache, and keep allowing what the
+        supervisor (which now fails everything with EIO) refuses.  The hang-up
+        ends its native path, and with it the agent's namespace.
+        """
+        self.broken = True
+        with contextlib.suppress(OSError):
+            self.channel.shutdown(socket.SHUT_RDWR)
+
     def _send(self, message: tuple[object, ...], fds: list[int]) -> None:
         if self.broken:
             raise BrokerGone(errno.EIO, "the agent's broker is gone")
@@ -156,7 +170,7 @@ class BrokerClient:
                 else:
                     self.channel.send(data)
             except OSError as exc:
-                self.broken = True
+                self._break()
                 raise BrokerGone(errno.EIO, f"the agent's broker is gone: {exc}") from exc
             return
         spill = _spill(data)  # an OSError here fails this request; the channel is fine
@@ -164,7 +178,7 @@ class BrokerClient:
             data = marshal.dumps((SPILLED, message[0], message[1]))  # type: ignore[arg-type]
             socket.send_fds(self.channel, [data], [*fds, spill])
         except OSError as exc:
-            self.broken = True
+            self._break()
             raise BrokerGone(errno.EIO, f"the agent's broker is gone: {exc}") from exc
         finally:
             os.close(spill)
@@ -212,19 +226,19 @@ class BrokerClient:
     def _reply(self) -> tuple[Any, ...]:
         """The reply to request `_seq`, without its sequence number."""
         if not self._replies.poll(_REPLY_TIMEOUT_MS):
-            self.broken = True
+            self._break()
             raise BrokerGone(errno.EIO, "the agent's broker stopped answering")
         try:
             data = self.channel.recv(_MAX_MESSAGE)
         except OSError as exc:
-            self.broken = True
+            self._break()
             raise BrokerGone(errno.EIO, f"the agent's broker is gone: {exc}") from exc
         if not data:
-            self.broken = True
+            self._break()
             raise BrokerGone(errno.EIO, "the agent's broker is gone")
         reply: tuple[Any, ...] = marshal.loads(data)
         if reply[0] != self._seq:
-            self.broken = True
+            self._break()
             raise BrokerGone(errno.EIO, "the agent's broker answered out of turn")
         return reply[1:]
 
@@ -527,7 +541,17 @@ class Broker:
     ) -> None:
         _handle, name, flags, mode, cloexec = args
         assert isinstance(name, bytes) and isinstance(flags, int) and isinstance(mode, int)
-        fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=pinned[0])
+        # Non-blocking: a FIFO made under the name since it was found missing
+        # would block the broker for good (no reader can open while it waits).
+        fd = os.open(
+            name, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode, dir_fd=pinned[0]
+        )
+        if not flags & os.O_NONBLOCK:
+            try:
+                os.set_blocking(fd, True)
+            except OSError:
+                os.close(fd)
+                raise
         self._inject_fd(notif_id, fd, bool(cloexec))
 
     def _unlink(

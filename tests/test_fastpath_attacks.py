@@ -1,0 +1,204 @@
+"""Attacks on the broker's native path, each run with the native path on and off.
+
+The broker is the agent's init and, with the native path, decides plainly
+allowed opens on its own copy of the policy.  So it must never block for
+good (its death or hang is the agent's), and it must never go on deciding
+once the supervisor has given up on it:
+
+- a FIFO made under a name the broker is creating does not block it: the
+  create only ever creates (the native path forwards a name that appeared;
+  the Python path opens it non-blocking);
+- a broker stalled past the supervisor's reply timeout (an open waiting out
+  the agent's own file lease) is hung up on; it no longer hears of reloads,
+  so its native path ends rather than go on allowing what the reloaded
+  policy refuses.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from conftest import Sandbox
+
+from agentsup.kernel import fastpath
+from agentsup.supervision.broker import REPLY_TIMEOUT
+
+pytestmark = [
+    pytest.mark.requires_root,
+    pytest.mark.requires_seccomp_notify,
+    pytest.mark.requires_landlock,
+]
+both_paths = pytest.mark.parametrize(
+    "native",
+    [
+        pytest.param(
+            True,
+            id="native",
+            marks=pytest.mark.skipif(not fastpath.enabled(), reason=fastpath.status()[1]),
+        ),
+        pytest.param(False, id="python"),
+    ],
+)
+
+
+def _env(native: bool) -> dict[str, str]:
+    return {fastpath.ENV_SWITCH: "1" if native else "0"}
+
+
+FIFO_RACE = textwrap.dedent(
+    """
+    import os, sys, threading
+    name = os.path.join(sys.argv[1], "f")
+    done = False
+    def make_fifos():
+        while not done:
+            try:
+                os.mkfifo(name)
+            except OSError:
+                pass
+    maker = threading.Thread(target=make_fifos)
+    maker.start()
+    for _ in range(3000):
+        try:
+            os.close(os.open(name, os.O_WRONLY | os.O_CREAT, 0o644))
+        except OSError:
+            pass  # ENXIO: a FIFO with no reader, opened without blocking
+        try:
+            os.unlink(name)
+        except OSError:
+            pass
+    done = True
+    maker.join()
+    print("finished", flush=True)
+    """
+)
+
+
+@both_paths
+def test_a_fifo_made_under_a_name_being_created_never_blocks_the_broker(
+    sandbox: Sandbox, native: bool
+) -> None:
+    """One thread creates and removes a file, another makes a FIFO under its name.
+
+    A create that found the name missing and then opened the FIFO for
+    writing would wait for a reader, and no reader can ever open it: every
+    open is the broker's, which is waiting.  The agent would hang for good.
+    """
+    script = sandbox.workspace / "fifo_race.py"
+    script.write_text(FIFO_RACE)
+    result = sandbox.run(
+        "python3", str(script), str(sandbox.workspace), timeout=60, env=_env(native)
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "finished\n"
+
+
+STALL = textwrap.dedent(
+    """
+    import errno, fcntl, os, signal, sys, threading, time
+    ws, hold = sys.argv[1], float(sys.argv[2])
+    F_SETLEASE = 1024
+    signal.signal(signal.SIGIO, lambda *_: None)  # a lease break is announced with SIGIO
+    leased, readable = f"{ws}/leased", f"{ws}/readable.txt"
+    def read():
+        try:
+            return open(readable).read().strip()
+        except OSError as exc:
+            return errno.errorcode[exc.errno]
+    print("before:", read(), flush=True)
+    lease = os.open(leased, os.O_RDONLY)
+    fcntl.fcntl(lease, F_SETLEASE, fcntl.F_RDLCK)
+    done = False
+    def busy():  # keeps the supervisor asking the broker (mkdir is forwarded)
+        while not done:
+            try:
+                os.mkdir(f"{ws}/busy")
+            except OSError:
+                pass
+    workers = [threading.Thread(target=busy) for _ in range(8)]
+    for worker in workers:
+        worker.start()
+    time.sleep(0.05)
+    # The broker opens this for writing and waits for the lease to be broken.
+    writer = threading.Thread(target=lambda: os.close(os.open(leased, os.O_WRONLY)))
+    writer.start()
+    time.sleep(0.5)
+    done = True
+    time.sleep(hold)  # past the supervisor's reply timeout
+    fcntl.fcntl(lease, F_SETLEASE, fcntl.F_UNLCK)
+    writer.join()
+    for worker in workers:
+        worker.join()
+    print("after the stall:", read(), flush=True)
+    print("reload", flush=True)
+    sys.stdin.readline()
+    print("after the reload:", read(), flush=True)
+    """
+)
+
+RELOADED = """
+name: stalled
+extends: [strict]
+rules:
+  - id: now-refused
+    actions: [file_read]
+    target: "{workspace}/readable.txt"
+    decision: deny
+    priority: 1
+    on_violation: block
+"""
+
+
+@both_paths
+def test_a_broker_that_stalled_past_the_reply_timeout_decides_nothing_more(
+    sandbox: Sandbox, native: bool
+) -> None:
+    """The agent holds a lease on its own file and has the broker open it for
+    writing: the broker waits, the supervisor's request times out and it
+    gives up on the broker.  The lease released, the broker comes back; a
+    policy reload must still reach every decision (the Python path fails
+    everything with EIO from then on; the native path ends the agent)."""
+    ws = sandbox.workspace
+    (ws / "leased").write_text("leased\n")
+    (ws / "readable.txt").write_text("readable\n")
+    script = ws / "stall.py"
+    script.write_text(STALL)
+    policy = sandbox.policy("stalled", "name: stalled\nextends: [strict]\n")
+    lines = []
+    with subprocess.Popen(
+        sandbox.command("python3", str(script), str(ws), str(REPLY_TIMEOUT + 2), policy=policy),
+        env={**sandbox.env, **_env(native)},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None and proc.stdin is not None
+        try:
+            assert proc.stdout.readline() == "before: readable\n"
+            for line in proc.stdout:
+                lines.append(line)
+                if line == "reload\n":
+                    Path(policy).write_text(RELOADED)
+                    time.sleep(3)  # the policy directory is watched: an unsealed edit reloads
+                    proc.stdin.write("go\n")
+                    proc.stdin.flush()
+            proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert not any(line.endswith(": readable\n") for line in lines), lines
+    if native:
+        assert proc.returncode == 137  # its broker ended it
+        assert lines == []
+    else:
+        assert lines == [
+            "after the stall: EIO\n",
+            "reload\n",
+            "after the reload: EIO\n",
+        ]
