@@ -187,12 +187,16 @@ def test_a_broker_that_stalled_past_the_reply_timeout_decides_nothing_more(
                     time.sleep(3)  # the policy directory is watched: an unsealed edit reloads
                     proc.stdin.write("go\n")
                     proc.stdin.flush()
-            proc.communicate(timeout=30)
+            _out, err = proc.communicate(timeout=30)
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate()
     assert not any(line.endswith(": readable\n") for line in lines), lines
+    # One line says why, and one record: the broker stopped answering.
+    assert err.count("stopped answering") == 1, err
+    records = [r for r in sandbox.audit_records() if "stopped answering" in str(r.get("message"))]
+    assert len(records) == 1 and records[0]["rule"] == "agentsup-mediation-error"
     if native:
         assert proc.returncode == 137  # its broker ended it
         assert lines == []

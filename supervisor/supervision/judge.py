@@ -634,6 +634,16 @@ class Judge:
         message = f"could not serve {syscall}, failed it with EIO: {error}"[:500]
         self._refusal(syscall, tid, syscall, MEDIATION_ERROR_RULE, message, "high", "supervisor")
 
+    def broker_gone(self, syscall: str, tid: int, error: str) -> None:
+        """The broker stopped answering: every mediated syscall fails from now on.
+
+        With the native path the broker ends the agent too (its supervisor hung
+        up on it), so `run` exits 137: this line and record say why.
+        """
+        message = f"{error}: every mediated syscall fails with EIO from now on"
+        self._refusal(syscall, tid, syscall, MEDIATION_ERROR_RULE, message, "high", "supervisor")
+        self.say(f"agent '{self.agent_id}': {message}")
+
     def _refusal(
         self,
         syscall: str,

@@ -177,6 +177,8 @@ class Judge(Protocol):
 
     def mediation_failed(self, syscall: str, tid: int, error: str) -> None: ...
 
+    def broker_gone(self, syscall: str, tid: int, error: str) -> None: ...
+
     def in_tree(self, pid: int) -> bool: ...
 
     def group_in_tree(self, pgid: int) -> bool: ...
@@ -265,6 +267,7 @@ class Mediator:
         forward: socket.socket | None = None,
     ) -> None:
         self.listener = listener
+        self._broker_gone_recorded = False  # said once, when the broker stops answering
         # With the native path, notifications arrive from the broker instead.
         self.forwarded = _fastpath.Forwarded(forward, listener) if forward is not None else None
         # The agent's broker does every file operation, with the agent's rights.
@@ -334,6 +337,13 @@ class Mediator:
                 _seccomp.respond_error(self.listener, notif.id, errno.ENOSYS)
                 return
             handler(notif, name)
+        except broker.BrokerGone as exc:
+            # Fail closed: nothing more can be done with the agent's rights.
+            self._answer_error(notif, errno.EIO)
+            if not self._broker_gone_recorded:
+                self._broker_gone_recorded = True
+                with contextlib.suppress(Exception):
+                    self.judge.broker_gone(name, notif.pid, str(exc))
         except OSError as exc:
             # Could not read the agent's arguments (bad pointer, task gone):
             # fail the syscall the way the kernel would.
