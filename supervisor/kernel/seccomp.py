@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..policy.cachefiles import BadEntry, cache_dir, digest, read_entry, write_entry
+from . import privileges
 
 # <linux/seccomp.h>: SECCOMP_IOWR(0, struct seccomp_notif) etc., magic '!'.
 _NOTIF_SIZE = 80  # u64 id, u32 pid, u32 flags, struct seccomp_data (64 bytes)
@@ -307,16 +308,12 @@ def build_filter(notify: Iterable[str], enosys: Iterable[str]) -> Any:
 _FORMAT = 1
 _BPF_INSTRUCTION = 8  # struct sock_filter: u16 code, u8 jt, u8 jf, u32 k
 _BPF_MAXINSNS = 4096
-_PR_SET_NO_NEW_PRIVS = 38
 _SECCOMP_SET_MODE_FILTER = 1
 _SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
-_prctl = _libc.prctl
-_prctl.restype = ctypes.c_int
-_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 
 # Syscall numbers learnt with the programs (from libseccomp or the cache), for
 # `syscall_numbers` without importing pyseccomp.
@@ -432,9 +429,7 @@ def install_program(program: FilterProgram) -> int:
     seccomp(SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog).
     No import and no build: this runs in the forked child before the exec.
     """
-    if _prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"prctl(PR_SET_NO_NEW_PRIVS): {os.strerror(err)}")
+    privileges.prctl(privileges.PR_SET_NO_NEW_PRIVS, 1)
     code = ctypes.create_string_buffer(program.bpf, len(program.bpf))
     fprog = _SockFprog(len(program.bpf) // _BPF_INSTRUCTION, ctypes.addressof(code))
     fd = _syscall(
