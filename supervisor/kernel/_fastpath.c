@@ -1,22 +1,24 @@
 /*
- * The broker's native hot path: plainly allowed opens, answered in C.
+ * The broker's native hot path: plainly allowed opens, creates and removals,
+ * answered in C.
  *
  * With this extension the broker (the agent's init, holding exactly the
  * agent's rights) is the one process that receives the agent's seccomp
- * notifications.  An open or openat whose resolved path the supervisor has
- * already judged allowed without a record (its allow cache, mirrored here)
- * is done right here: read the path from the agent's memory, open it from
- * the agent's cwd or dirfd with the agent's rights, check what was really
- * opened, and install the fd with ADDFD.  A path that does not exist gets
- * ENOENT, as the Python path gives it with no rule asked.  Everything else
- * -- a cache miss, a create, a device, /proc, any error -- is forwarded to
- * the supervisor untouched, with a pidfd of the calling thread so that it
- * knows the thread by its own PID namespace's number.
+ * notifications.  An open, openat, unlink, rmdir or unlinkat whose resolved
+ * path the supervisor's judge plainly allows (allowed, no record due) is done
+ * right here: read the path from the agent's memory, resolve it from the
+ * agent's cwd or dirfd with the agent's rights, check what was really
+ * reached, then open, create or remove it and answer (an fd with ADDFD).  A
+ * path that does not exist gets ENOENT, as the Python path gives it with no
+ * rule asked.  Everything else -- a refusal, /proc, most of /dev, a
+ * multiply-linked file, the first syscall after an exec, any error -- is
+ * forwarded to the supervisor untouched, with a pidfd of the calling thread
+ * so that it knows the thread by its own PID namespace's number.
  *
- * The decisions here are a subset of the supervisor's by construction: the
- * cache only ever holds (action, path) pairs the supervisor's judge allowed
- * without a record, keyed by the path this code itself resolved, and the
- * supervisor clears it whenever its own cache is cleared (a policy reload).
+ * The decisions here are the supervisor's by construction: the cache only
+ * ever holds (action, path) pairs its judge allowed without a record, keyed
+ * by the path this code itself resolved; a miss asks the broker's forked copy
+ * of that judge; and a policy reload clears the cache and drops the copy.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -214,7 +216,6 @@ static pid_t tgid_of(pid_t tid) {
 /* -- configuration from Python (one definition of the flag sets) ----------- */
 
 static unsigned long valid_open_flags, write_flags, setfl_flags;
-static unsigned long long served_fast, forwarded;
 
 /* -- the agent's memory ------------------------------------------------------ */
 
@@ -677,7 +678,6 @@ static void forward(int listener, int forward_fd, const struct seccomp_notif *n)
         close(pidfd);
         return;
     }
-    forwarded++;
     if (!queue_length) {
         int sent = send_forward(forward_fd, n, pidfd);
         if (sent != 1) {
@@ -748,10 +748,8 @@ static PyObject *fp_serve(PyObject *self, PyObject *args) {
         struct seccomp_notif n;
         memset(&n, 0, sizeof n);
         if (ioctl(listener, SECCOMP_IOCTL_NOTIF_RECV, &n) == 0) {
-            if (serve_fast(listener, &n)) {
+            if (serve_fast(listener, &n))
                 *answered += 1;
-                served_fast++;
-            }
             else
                 forward(listener, forward_fd, &n);
         }
@@ -804,10 +802,6 @@ static PyObject *fp_allowed(PyObject *self, PyObject *args) {
     return PyLong_FromLong(cache_bits(path, (size_t)length));
 }
 
-static PyObject *fp_counts(PyObject *self, PyObject *noargs) {
-    return Py_BuildValue("KK", served_fast, forwarded);
-}
-
 static PyMethodDef methods[] = {
     {"serve", fp_serve, METH_VARARGS,
      "serve(listener, forward, channel, agent_pidfd, timeout_ms, counter) -> int: answer "
@@ -820,7 +814,6 @@ static PyMethodDef methods[] = {
     {"set_decider", fp_set_decider, METH_O,
      "set_decider(callable(path: bytes, bits: int) -> int | None): asked on a cache miss"},
     {"allowed", fp_allowed, METH_VARARGS, "allowed(path: bytes) -> int: the cached bits"},
-    {"counts", fp_counts, METH_NOARGS, "counts() -> (served here, forwarded)"},
     {NULL, NULL, 0, NULL},
 };
 
