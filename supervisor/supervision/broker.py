@@ -198,14 +198,6 @@ class BrokerClient:
         request = (raw, kind, flags, resolve_flags, follow, want_script)
         return Pinned(*self._call(RESOLVE, request, [anchor] if anchor >= 0 else []))
 
-    def resolve_at_root(
-        self, raw: bytes, kind: int, flags: int, resolve_flags: int, follow: bool, script: bool
-    ) -> Pinned:
-        """`resolve` of an absolute path with no anchor: the mediator's hot path."""
-        self._seq += 1
-        self._send((RESOLVE, self._seq, raw, kind, flags, resolve_flags, follow, script), [])
-        return Pinned(*self._reply())
-
     def connect(self, sock: int, address: object, handle: int = -1) -> int:
         """connect() the agent's socket (a duplicate) with the agent's rights; the errno.
 

@@ -453,9 +453,6 @@ class Mediator:
             anchor, rest = self._anchor(tid, dirfd, raw, resolve_flags)
         except OSError as exc:
             return Pinned(error=exc.errno or errno.ENOENT)
-        if anchor < 0:  # an absolute path: nothing to close afterwards
-            hands = self.broker
-            return hands.resolve_at_root(rest, kind, flags, resolve_flags, follow, want_script)
         try:
             return self.broker.resolve(
                 anchor,
@@ -467,7 +464,8 @@ class Mediator:
                 want_script=want_script,
             )
         finally:
-            os.close(anchor)
+            if anchor >= 0:  # an absolute path has none (the broker's root)
+                os.close(anchor)
 
     def resolve(
         self,
@@ -609,19 +607,17 @@ class Mediator:
             opened = stat.S_ISREG(pinned.mode) or stat.S_ISDIR(pinned.mode)
             if pinned.error:
                 node = Resolved(self._lexical(tid, dirfd, raw), error=pinned.error)
-            elif opened and pinned.path[:1] == "/":
-                # What `_checked` does for a file or directory, and the one check
-                # a read needs: an allowed pair is injected with nothing built.
-                target = pinned.path
-                if pinned.nlink > 1 and stat.S_ISREG(pinned.mode):
-                    target = self.protected_inodes.get((pinned.dev, pinned.ino), target)
-                if (ActionType.FILE_READ, target) in self._allow_cache:
+            else:
+                node = self._checked(Resolved(pinned.path, pinned))
+                if (
+                    opened
+                    and node.target[:1] == "/"
+                    and (ActionType.FILE_READ, node.target) in self._allow_cache
+                ):
+                    # The one check a read needs, already answered: inject it.
                     setfl = -1 if flags & os.O_NONBLOCK else flags
                     self.broker.act(broker.INJECT, notif.id, pinned.handle, cloexec, setfl)
                     return
-                node = Resolved(target, pinned)
-            else:
-                node = self._checked(Resolved(pinned.path, pinned))
         else:
             node = self.resolve(tid, dirfd, raw, follow=follow, resolve_flags=resolve_flags)
             opened = False
