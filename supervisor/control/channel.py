@@ -39,12 +39,13 @@ from pathlib import Path
 from typing import Protocol
 
 from ..integrity.totp import CODE_DIGITS, TotpRefused, TotpVerifier, normalize_code
+from .endpoint import SOCKET_PREFIX, SOCKET_SUFFIX, bind_control_socket, close_control_socket
+from .endpoint import RuntimeDirError as RuntimeDirError  # raised by ControlServer
+from .endpoint import socket_path as socket_path
 
 log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
-SOCKET_PREFIX = "sup-"
-SOCKET_SUFFIX = ".sock"
 OPS = ("ps", "pending", "resume", "deny", "stop", "kill")
 ACTION_OPS = ("resume", "deny", "stop", "kill")
 MAX_REQUEST_BYTES = 64 * 1024
@@ -84,21 +85,6 @@ class SupervisorAPI(Protocol):
 
 class ControlError(Exception):
     """A refusal whose message is shown to the operator as it is."""
-
-
-class RuntimeDirError(OSError):
-    """The runtime directory cannot hold this supervisor's control socket."""
-
-    def __init__(self, runtime_dir: Path, cause: OSError) -> None:
-        reason = cause.strerror or str(cause)
-        super().__init__(
-            cause.errno,
-            f"runtime directory {runtime_dir} is unusable: {reason} "
-            "(fix it, or point AGENTSUP_RUNTIME_DIR at a writable directory)",
-        )
-
-    def __str__(self) -> str:
-        return str(self.strerror)
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,10 +237,6 @@ def encode_reply(reply: Mapping[str, object]) -> bytes:
 # --- the server -----------------------------------------------------------------
 
 
-def socket_path(runtime_dir: Path, pid: int) -> Path:
-    return runtime_dir / f"{SOCKET_PREFIX}{pid}{SOCKET_SUFFIX}"
-
-
 def peer_credentials(sock: socket.socket) -> Peer:
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, gid = struct.unpack("3i", creds)
@@ -288,7 +270,12 @@ class ControlServer:
         owner_uid: int,
         clock: Callable[[], float] = time.monotonic,
         call_later: Callable[[float, Callable[[], None]], object] | None = None,
+        listener: socket.socket | None = None,
     ) -> None:
+        """Serve `listener` (from `endpoint.bind_control_socket`), or bind one now.
+
+        Raises RuntimeDirError when the runtime directory cannot hold it.
+        """
         self._api = api
         self._totp = totp
         self._owner_uid = owner_uid
@@ -300,28 +287,9 @@ class ControlServer:
         self._expiry_armed = False
         self._wake_r = self._wake_w = -1
         self.path = socket_path(runtime_dir, os.getpid())
-        try:
-            # 0755: each socket is 0600 and checks SO_PEERCRED; `ps` must list the directory.
-            runtime_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()  # left by an earlier process with our pid
-        except OSError as exc:
-            raise RuntimeDirError(runtime_dir, exc) from exc
-        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            self._listener.bind(str(self.path))
-            os.chmod(self.path, 0o600)
-            if os.geteuid() == 0 and owner_uid != 0:
-                os.chown(self.path, owner_uid, -1)
-            self._listener.listen(16)
-            self._listener.setblocking(False)
-        except BaseException as exc:
-            self._listener.close()
-            with contextlib.suppress(OSError):
-                self.path.unlink()
-            if isinstance(exc, OSError):
-                raise RuntimeDirError(runtime_dir, exc) from exc
-            raise
+        if listener is None:
+            listener = bind_control_socket(runtime_dir, owner_uid)
+        self._listener = listener
         if call_later is not None:
             self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
@@ -347,10 +315,7 @@ class ControlServer:
     def close(self) -> None:
         for conn in list(self._connections.values()):
             self._drop(conn)
-        if self._listener.fileno() >= 0:
-            self._listener.close()
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
+        close_control_socket(self._listener, self.path)
         for fd in (self._wake_r, self._wake_w):
             if fd >= 0:
                 os.close(fd)

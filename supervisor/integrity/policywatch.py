@@ -7,7 +7,13 @@ The supervisor's one event loop drives it; it has no thread of its own:
     loop.add_reader(watcher.fd(), lambda _events: watcher.on_ready())
     every watcher.interval seconds: watcher.check()
 
-Construct it *before* loading the policy, so no change falls between the two.
+Construct it *before* loading the policy, so no change falls between the two,
+or give it the seal status read before the load as its `baseline`: it then
+watches nothing until its first `check()`, which compares against that
+baseline, so a change made in between is reported all the same.  `agentsup
+run` starts watching once its agent has run for a moment: a short command
+never pays for inotify marks, whose teardown waits for a grace period of
+the kernel's (up to ~20 ms, at exit).
 It watches the policy directory (and its subdirectories) and the manifest's
 directory with inotify, and re-hashes on the timer as well, because
 `chattr -i` raises no inotify event (DESIGN.md 3).
@@ -33,6 +39,7 @@ Errors never reach the loop: they are logged and treated as tampering.
 
 from __future__ import annotations
 
+import ctypes
 import enum
 import logging
 import os
@@ -42,6 +49,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 
+import inotify_simple
 from inotify_simple import INotify
 from inotify_simple import flags as inotify_flags
 
@@ -49,6 +57,13 @@ from ..paths import Locations
 from .seal import TAMPER_MARKER_NAME, AuditSink, SealStatus, check_sealed, write_tamper_marker
 
 log = logging.getLogger(__name__)
+
+# inotify_simple looks libc up with ctypes.util.find_library("c") the first
+# time an INotify is made, and that runs `/sbin/ldconfig -p` in a child
+# process (2-15 ms of every supervisor's start).  The interpreter has libc
+# loaded already: its symbols are what CDLL(None) finds.
+if getattr(inotify_simple, "_libc", None) is None:
+    inotify_simple._libc = ctypes.CDLL(None, use_errno=True)
 
 DEFAULT_INTERVAL = 1.0
 WATCH_MASK = (
@@ -166,7 +181,15 @@ class PolicyWatcher:
         clock: Callable[[], float] = time.monotonic,
         interval: float = DEFAULT_INTERVAL,
         audit: AuditSink | None = None,
+        baseline: SealStatus | None = None,
     ) -> None:
+        """Watch now, from the directory as it is now; or, given a `baseline`, from
+        the first `check()`, which compares against it.
+
+        `baseline` is the seal status read before the running policies were
+        loaded.  The inotify fd is taken here either way (later, the process
+        may be out of fds).
+        """
         self.locations = locations
         self.interval = interval
         self._on_tamper = on_tamper
@@ -184,8 +207,10 @@ class PolicyWatcher:
         self._watched_inodes: dict[Path, int] = {}
         self.last_check = self._clock()
         self._state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._sync_watches()
-        self._state = initial_state(self._status())
+        if baseline is None:
+            self._sync_watches()
+            baseline = self._status()
+        self._state = initial_state(baseline)
 
     def __repr__(self) -> str:
         return f"<PolicyWatcher {self._policy_dir} {self._state.phase}>"
@@ -213,7 +238,7 @@ class PolicyWatcher:
             self.check()
 
     def check(self) -> None:
-        """Re-hash and compare now; report any change.  Never raises."""
+        """Watch, re-hash and compare now; report any change.  Never raises."""
         self.last_check = self._clock()
         try:
             self._sync_watches()

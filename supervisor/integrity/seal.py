@@ -46,10 +46,11 @@ from pathlib import Path
 from typing import Literal, Protocol, TypeVar
 
 from ..paths import Locations
-from ..policy import load_policy_file
 from .audit import AuditKeyError, canonical_json, format_ts, load_key, load_or_create_key
 from .statefiles import write_atomically
-from .totp import TotpRefused, TotpVerifier
+
+# Checking a seal (every `agentsup run`) needs neither the policy loader nor
+# TOTP: sealing and unsealing import them.
 
 MANIFEST_VERSION = 1
 SEALED_DIR_MODE = 0o555
@@ -527,6 +528,8 @@ def _walk(directory: Path) -> Iterator[tuple[str, Path, str]]:
 
 def validate_policies(directory: Path) -> int:
     """Load every policy file under `directory`; raises PolicyError at the first bad one."""
+    from ..policy.loader import load_policy_file
+
     count = 0
     for _, path, kind in _walk(directory):
         if kind == "file" and path.suffix in POLICY_SUFFIXES:
@@ -640,6 +643,8 @@ def _exclusive(locations: Locations) -> Iterator[None]:
 def _verify_code(
     locations: Locations, code: str, uid: int, event: str, audit: AuditSink | None
 ) -> None:
+    from .totp import TotpRefused, TotpVerifier
+
     try:
         TotpVerifier(locations).verify(code, uid=uid)
     except TotpRefused as exc:

@@ -18,32 +18,38 @@ placeholder `{python}` stands for the install prefixes of the Python running
 agentsup.
 """
 
-from .engine import (
-    MAX_TARGET_LENGTH,
-    TARGET_TOO_LONG_RULE,
-    Attempt,
-    CompiledPolicy,
-    CompiledRule,
-    Explanation,
-    RateLimiter,
-    RunContext,
-    compile_policy,
-)
-from .loader import (
-    load_policy_file,
-    load_policy_text,
-    load_source,
-    resolve_policy,
-)
-from .matchers import GlobMatcher, Matcher, RegexMatcher, normalise_path
-from .model import Approval, EnvPolicy, Limits, Policy, PolicyError, Rule, SourceLocation
-from .sources import (
-    PolicySource,
-    builtin_names,
-    builtin_source,
-    find_policy,
-    is_path_reference,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .engine import (
+        MAX_TARGET_LENGTH,
+        TARGET_TOO_LONG_RULE,
+        Attempt,
+        CompiledPolicy,
+        CompiledRule,
+        Explanation,
+        RateLimiter,
+        RunContext,
+        compile_policy,
+    )
+    from .loader import (
+        load_policy_file,
+        load_policy_text,
+        load_source,
+        resolve_policy,
+    )
+    from .matchers import GlobMatcher, Matcher, RegexMatcher, normalise_path
+    from .model import Approval, EnvPolicy, Limits, Policy, PolicyError, Rule, SourceLocation
+    from .sources import (
+        PolicySource,
+        builtin_names,
+        builtin_source,
+        find_policy,
+        is_path_reference,
+    )
 
 __all__ = [
     "MAX_TARGET_LENGTH",
@@ -76,3 +82,44 @@ __all__ = [
     "normalise_path",
     "resolve_policy",
 ]
+
+# Where each name lives.  Imported on first use, so that a module of this
+# package (`agentsup run` reads a cached policy) does not pull in the rest:
+# the YAML loader, above all.
+_HOME = {
+    **dict.fromkeys(
+        (
+            "MAX_TARGET_LENGTH",
+            "TARGET_TOO_LONG_RULE",
+            "Attempt",
+            "CompiledPolicy",
+            "CompiledRule",
+            "Explanation",
+            "RateLimiter",
+            "RunContext",
+            "compile_policy",
+        ),
+        "engine",
+    ),
+    **dict.fromkeys(
+        ("load_policy_file", "load_policy_text", "load_source", "resolve_policy"), "loader"
+    ),
+    **dict.fromkeys(("GlobMatcher", "Matcher", "RegexMatcher", "normalise_path"), "matchers"),
+    **dict.fromkeys(
+        ("Approval", "EnvPolicy", "Limits", "Policy", "PolicyError", "Rule", "SourceLocation"),
+        "model",
+    ),
+    **dict.fromkeys(
+        ("PolicySource", "builtin_names", "builtin_source", "find_policy", "is_path_reference"),
+        "sources",
+    ),
+}
+
+
+def __getattr__(name: str) -> object:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{home}", __name__), name)
+    globals()[name] = value
+    return value

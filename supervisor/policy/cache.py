@@ -30,16 +30,18 @@ import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from .cachefiles import BadEntry, cache_dir, digest, read_entry, write_entry
 from .engine import CompiledPolicy, RuleMatchers, RunContext
 from .linear import LinearRegex, PatternError
-from .loader import Lookup, resolve_policy_lookups
 from .matchers import GlobMatcher, Matcher, RegexMatcher
 from .model import Policy
 from .sources import PolicySource, find_policy
+
+if TYPE_CHECKING:
+    from .loader import Lookup
 
 _FORMAT = 1
 
@@ -68,15 +70,28 @@ def _code_fingerprint() -> str:
 
 
 def _lookup_record(lookup: Lookup) -> list[str | None]:
-    source = lookup.source
+    return _record(lookup.reference, lookup.relative_to, lookup.from_key, lookup.source)
+
+
+def _record(
+    reference: str, relative_to: Path | None, from_key: str | None, source: PolicySource
+) -> list[str | None]:
+    """One lookup as the cache keeps it: what was asked, and what answered."""
     return [
-        lookup.reference,
-        None if lookup.relative_to is None else str(lookup.relative_to),
-        lookup.from_key,
+        reference,
+        None if relative_to is None else str(relative_to),
+        from_key,
         source.key,
         source.path,
         digest(source.text),
     ]
+
+
+def _resolve(name_or_path: str, policy_dir: Path) -> tuple[Policy, tuple[Lookup, ...]]:
+    """The loader's answer, read from the files (and YAML): on a miss only."""
+    from .loader import resolve_policy_lookups
+
+    return resolve_policy_lookups(name_or_path, policy_dir)
 
 
 # -- the codec: every field of the frozen model, checked against its declared type -------
@@ -216,15 +231,15 @@ def resolve_policy_cached(name_or_path: str, policy_dir: Path, state_dir: Path |
     Raises what `resolve_policy` raises (PolicyError); a failed load is never cached.
     """
     if state_dir is None:
-        return Resolved(resolve_policy_lookups(name_or_path, policy_dir)[0])
+        return Resolved(_resolve(name_or_path, policy_dir)[0])
     try:
         fingerprint = _code_fingerprint()
         root = find_policy(name_or_path, policy_dir, None, None)
     except (OSError, ValueError):  # PolicyError too: the loader says it properly below
         root = None
     if root is None:
-        return Resolved(resolve_policy_lookups(name_or_path, policy_dir)[0])
-    first = _lookup_record(Lookup(name_or_path, None, None, root))
+        return Resolved(_resolve(name_or_path, policy_dir)[0])
+    first = _record(name_or_path, None, None, root)
     name = "policy-" + digest(fingerprint, str(policy_dir), json.dumps(first))[:40]
     directory = cache_dir(state_dir)
     if directory is not None:
@@ -234,7 +249,7 @@ def resolve_policy_cached(name_or_path: str, policy_dir: Path, state_dir: Path |
             return Resolved(policy, True, _identity(fingerprint, policy_dir, document["lookups"]))
         except BadEntry:
             pass
-    policy, lookups = resolve_policy_lookups(name_or_path, policy_dir)
+    policy, lookups = _resolve(name_or_path, policy_dir)
     records = [_lookup_record(lookup) for lookup in lookups]
     if records[0] != first:
         return Resolved(policy)  # the file changed while we read it: no entry

@@ -15,19 +15,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import importlib
 import json
 import os
 import select
 import shutil
 import signal
-import subprocess
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..control import notify
 from ..events import ActionType, AuditLevel, Decision, Response, response_for
 from ..hooks import _protocol as hook_protocol
 from ..hooks import bootstrap
@@ -38,34 +37,39 @@ from ..kernel.landlock import landlock_abi
 from ..kernel.privileges import UserSpec, lookup_user
 from ..kernel.seccomp import filter_program
 from ..paths import Locations
-from ..policy import (
-    CompiledPolicy,
-    Policy,
-    PolicyError,
-    RunContext,
-    builtin_source,
-    compile_policy,
-    floor,
-    is_path_reference,
-    load_source,
-    resolve_policy,
-)
+from ..policy import floor
 from ..policy.cache import compile_policy_cached, resolve_policy_cached
-from . import launch, placement
+from ..policy.engine import CompiledPolicy, RunContext, compile_policy
+from ..policy.model import Policy, PolicyError
+from ..policy.sources import builtin_source, is_path_reference
+from . import launch
 from .broker import BrokerClient
 from .hookserver import HookReply, HookRequest, HookServer
 from .judge import AgentState, Judge, JudgeConfig, Pending, ProcessTree
 from .mediator import ALWAYS_REFUSED, FORCED_ENOSYS, MEDIATED, Mediator
-from .terminal import PtyRelay
 from .trampoline import Isolation
 
 if TYPE_CHECKING:
-    from . import egress
+    import subprocess
+
+    from . import egress, placement
     from .supervisor import Supervisor
+    from .terminal import PtyRelay
 
 EXIT_SETUP_FAILED = 125
 EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
+
+# What a run may import once its agent runs (a hold, a policy reload, the
+# placement samples, the watchdog), imported while the agent is set up: an
+# import opens files, and an agent that used up the supervisor's fds must not
+# make one fail.  Not earlier either: `agentsup run` starts without them.
+_IMPORTED_FOR_THE_RUN = (
+    "..control.notify",
+    "..policy.loader",
+    ".placement",
+    ".watchdog",
+)
 
 
 class SetupError(Exception):
@@ -170,6 +174,7 @@ def policy_reference(value: str) -> str:
 
 def shadow_guard(policy: Policy, context: RunContext, locations: Locations) -> CompiledPolicy:
     """What `run --shadow` still refuses: the policy's and built-in strict's guard rules."""
+    from ..policy.loader import load_source
     from ..policy.suggest import compile_guard  # only for --shadow
 
     strict = builtin_source("strict")
@@ -568,22 +573,35 @@ class Agent:
             isolation=plan_isolation(compiled, request, user, keep, agent_id, egress_port),
             native=fastpath.enabled(),
             native_decider=_native_decider(self.judge),
+            cgroup_procs=tuple(f"{path}/cgroup.procs" for path in self.group.paths)
+            if self.group is not None
+            else (),
         )
 
     # -- running -------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Fork the trampoline, take its listener, and let it exec the agent."""
+    def start(self, meanwhile: Callable[[], None] = lambda: None) -> None:
+        """Fork the trampoline, take its listener, and let it exec the agent.
+
+        `meanwhile` runs while the trampoline sets the agent up (launch.start):
+        what must be ready before the agent runs, but not before the fork.
+        """
         assert self.judge is not None and self._plan is not None
         judge, plan = self.judge, self._plan
-        group = self.group
         if self.request.terminal:
             master, slave = os.openpty()
+            from .terminal import PtyRelay
+
             self.relay = PtyRelay(master, 0, 1)
             self.relay.copy_window_size()
             plan.terminal = slave
+        def while_the_trampoline_works() -> None:
+            meanwhile()
+            for name in _IMPORTED_FOR_THE_RUN:
+                importlib.import_module(name, __package__)
+
         try:
-            launched = launch.start(plan, group.add if group is not None else lambda _pid: None)
+            launched = launch.start(plan, while_the_trampoline_works)
         except launch.LaunchError as exc:
             raise SetupError(str(exc)) from exc
         finally:
@@ -626,6 +644,8 @@ class Agent:
             self.egress = egress.EgressProxy(self.loop, launched.egress, judge, self.audit)
         judge.on_hold = self._on_hold
         if self.request.cpus == "auto" and self.group is not None:
+            from . import placement
+
             cpu = placement.CgroupCpu(self.group.tracking)
             if cpu.available():
                 self._watch_placement(cpu)
@@ -653,6 +673,8 @@ class Agent:
         judge = self.judge
         if judge is None or self._context is None or self.exited:
             return
+        from ..policy.loader import resolve_policy
+
         try:
             policy = resolve_policy(self.request.policy, self.locations.policy_dir)
             compiled = compile_policy(policy, self._context)
@@ -744,6 +766,8 @@ class Agent:
 
     def _on_hold(self, pending: Pending) -> None:
         """An agent waits for a person: tell them, and arm the approval timeout."""
+        from ..control import notify
+
         assert self.judge is not None
         command = notify.notify_command()
         if command is not None:
@@ -858,6 +882,8 @@ class Agent:
         mediated syscalls, whose hand-overs cost far less on one CPU; one that
         turns out to compute in parallel is spread at the first sample.
         """
+        from . import placement
+
         shared = True
         shared_cpus = {max(os.sched_getaffinity(0))}
         assert self.group is not None

@@ -64,7 +64,7 @@ def run_agent(request: RunRequest, *, stop_timeout: float = STOP_TIMEOUT_S) -> i
     # The status is written here, after the end, so a bad path never costs the exit code.
     request = dataclasses.replace(request, json_status=None)
     try:
-        supervisor = Supervisor(default_locations(), stop_timeout=stop_timeout)
+        supervisor = Supervisor(default_locations(), stop_timeout=stop_timeout, one_run=True)
     except OSError as exc:
         say(f"cannot start the supervisor: {exc.strerror or exc}")
         return EXIT_SETUP_FAILED

@@ -38,6 +38,9 @@ class LaunchPlan:
     native: bool = False  # the broker's native path receives the notifications
     # What the broker asks on a miss of its allow cache (its copy of the judge, forked).
     native_decider: Callable[[bytes, int], int] | None = None
+    # The `cgroup.procs` files of the agent's groups: the trampoline writes itself
+    # into each before anything forks.
+    cgroup_procs: tuple[str, ...] = ()
 
 
 @dataclass
@@ -66,8 +69,17 @@ class Launched:
         self.go_fd = -1
 
 
-def start(plan: LaunchPlan, place: Callable[[int], None], timeout: float = 30.0) -> Launched:
-    """Fork the trampoline, let `place` put it in the agent's cgroup, take the listener.
+def start(
+    plan: LaunchPlan, meanwhile: Callable[[], None] = lambda: None, timeout: float = 30.0
+) -> Launched:
+    """Fork the trampoline, call `meanwhile`, take the listener.
+
+    The trampoline puts itself in the agent's cgroups (`plan.cgroup_procs`):
+    the first move into a cgroup waits out an RCU grace period in the kernel
+    (5-20 ms), and setting up the namespaces, the init and the agent takes a
+    few more, so `meanwhile` is the supervisor's time to do what must be done
+    before the agent runs but not before the fork.  If it raises, the
+    trampoline is killed and the exception goes on.
 
     The agent has not exec'd yet.  The caller must be single-threaded: the
     children run Python until the exec.
@@ -101,6 +113,7 @@ def start(plan: LaunchPlan, place: Callable[[int], None], timeout: float = 30.0)
                     terminal_fd=plan.terminal,
                     native_count=native_count,
                     native_decider=plan.native_decider if plan.native else None,
+                    cgroup_procs=plan.cgroup_procs,
                 )
             )
         finally:
@@ -111,7 +124,7 @@ def start(plan: LaunchPlan, place: Callable[[int], None], timeout: float = 30.0)
     pidfd = os.pidfd_open(pid)
     agent_pidfd = -1
 
-    def fail(reason: str) -> LaunchError:
+    def abandon() -> None:
         for fd in (status_r, go_w, pidfd, agent_pidfd):
             if fd >= 0:
                 with contextlib.suppress(OSError):
@@ -120,13 +133,16 @@ def start(plan: LaunchPlan, place: Callable[[int], None], timeout: float = 30.0)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
+
+    def fail(reason: str) -> LaunchError:
+        abandon()
         return LaunchError(reason)
 
     try:
-        place(pid)
-    except OSError as exc:
-        raise fail(f"cannot place the agent in its cgroup: {exc}") from exc
-    os.write(go_w, b"C")
+        meanwhile()
+    except BaseException:
+        abandon()
+        raise
     degraded: list[str] = []
     ready = ""
     for line in _read_lines(status_r, timeout):
@@ -137,6 +153,9 @@ def start(plan: LaunchPlan, place: Callable[[int], None], timeout: float = 30.0)
             break
         else:
             detail = line[1:].split(" ", 1)[-1].strip() if line.startswith("F") else line
+            if detail.startswith(trampoline.PLACING + ": "):
+                placing = detail.removeprefix(trampoline.PLACING + ": ")
+                raise fail(f"cannot place the agent in its cgroup: {placing}")
             raise fail(f"cannot sandbox the agent: {detail}")
     if not ready:
         raise fail("cannot sandbox the agent: the trampoline exited")

@@ -13,13 +13,7 @@ from collections.abc import Callable, Mapping
 
 from ..control.channel import ControlError
 from .judge import AgentState, AuditSink, Judge, KillReport
-
-STOPPED_STATES = (
-    AgentState.AWAITING_APPROVAL,
-    AgentState.STOPPED_VIOLATION,
-    AgentState.STOPPED_OPERATOR,
-    AgentState.STOPPED_TAMPER,
-)
+from .stopping import STOPPED_STATES
 
 
 class OperatorAPI:

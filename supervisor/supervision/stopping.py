@@ -21,9 +21,15 @@ import signal
 from collections.abc import Callable
 
 from .judge import AgentState, AuditSink, Judge
-from .operator_api import STOPPED_STATES
 
 STOP_TIMEOUT_S = 10.0
+# The states of an agent that cannot act on a signal before it is continued.
+STOPPED_STATES = (
+    AgentState.AWAITING_APPROVAL,
+    AgentState.STOPPED_VIOLATION,
+    AgentState.STOPPED_OPERATOR,
+    AgentState.STOPPED_TAMPER,
+)
 _FROM_TERMINAL = (signal.SIGINT, signal.SIGHUP)
 
 

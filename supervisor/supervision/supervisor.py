@@ -3,6 +3,14 @@
 A `Supervisor` holds the loop, the audit log, the control socket and the
 policy-directory watcher, and any number of `Agent`s.  `agentsup run`
 is a supervisor with one agent; `agentsup daemon` one with many.
+
+`agentsup run`'s supervisor (`one_run=True`) starts lean: it binds its
+control socket at once (an unusable runtime directory is still the first
+error) but serves it, and imports what serving takes, only while the
+agent's trampoline sets up (launch.start), before the agent runs.  Its
+policy directory is watched from `WATCH_AFTER` s into the run, against the
+seal status read before the policy was loaded, so a change made in between
+is still reported; a short command never pays for the watch.
 """
 
 from __future__ import annotations
@@ -12,23 +20,28 @@ import errno
 import functools
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from ..control.agentids import AgentIdClaim, AgentIdTaken, claim_agent_id
-from ..control.channel import ControlServer
+from ..control.endpoint import bind_control_socket, close_control_socket, socket_path
 from ..integrity.audit import AuditLog, format_ts
-from ..integrity.policywatch import PolicyWatcher
-from ..integrity.seal import check_sealed
-from ..integrity.totp import TotpVerifier
+from ..integrity.seal import SealStatus, check_sealed
 from ..paths import Locations
 from .agent import Agent, RunRequest, SetupError, say
 from .judge import AgentState, Judge
 from .loop import EventLoop
-from .operator_api import OperatorAPI
 from .stopping import STOP_TIMEOUT_S, stop_gracefully
 
+if TYPE_CHECKING:
+    from ..control.channel import ControlServer
+    from ..integrity.policywatch import PolicyWatcher
+
 _PR_SET_CHILD_SUBREAPER = 36
+# How long `agentsup run`'s agent runs before its policy directory is watched.
+WATCH_AFTER = 0.3
 
 
 class BatchedAudit:
@@ -237,7 +250,9 @@ def _describe(exc: OSError) -> str:
 class Supervisor:
     """The loop, the audit log, the control socket, the policy watcher, the agents."""
 
-    def __init__(self, locations: Locations, *, stop_timeout: float = STOP_TIMEOUT_S) -> None:
+    def __init__(
+        self, locations: Locations, *, stop_timeout: float = STOP_TIMEOUT_S, one_run: bool = False
+    ) -> None:
         self.locations = locations
         # SIGINT/SIGTERM/SIGHUP are forwarded to the agents; SIGKILL after this long.
         self.stop_timeout = stop_timeout
@@ -246,6 +261,7 @@ class Supervisor:
         self.audit = BatchedAudit(AuditLog.open(locations), self.loop.call_later, self.judges)
         self.agents: dict[str, Agent] = {}
         self.control: ControlServer | None = None
+        self._control_socket: socket.socket | None = None  # bound, not served yet
         self.watcher: PolicyWatcher | None = None
         self.interrupted: int | None = None
         # Called once for each run whose agent ended (the daemon restarts them).
@@ -261,11 +277,15 @@ class Supervisor:
         self.loop.on_signal(signal.SIGCHLD, self.reap)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             self.loop.on_signal(sig, functools.partial(self._interrupt, sig))
-        # The watcher comes before any policy is loaded: a change between the
-        # seal check and the load is still an event it sees.
-        self._watch_policies()
         try:
-            self._serve_control()
+            if one_run:
+                # Served, and the policy directory watched, from the first launch.
+                self._control_socket = bind_control_socket(locations.runtime_dir, os.getuid())
+            else:
+                # The watcher comes before any policy is loaded: a change between
+                # the seal check and the load is still an event it sees.
+                self._watch_policies()
+                self._serve_control()
         except BaseException:
             self.close()
             raise
@@ -289,12 +309,23 @@ class Supervisor:
                     raise SetupError(f"an agent with id '{run.agent_id}' is already running")
                 previous.close()
             self._claim(run.agent_id)
-            run.start()
+            run.start(lambda: self._before_agent_runs(sealed))
         except BaseException:
             run.close()
             raise
         self.agents[run.agent_id] = run
         return run
+
+    def _before_agent_runs(self, sealed: SealStatus) -> None:
+        """What a lean supervisor (`one_run`) does while its first agent is set up."""
+        try:
+            if self.control is None:
+                self._serve_control()
+        except OSError as exc:
+            raise SetupError(f"cannot start the supervisor: {exc.strerror or exc}") from exc
+        if self.watcher is None:
+            # Its first check compares against `sealed`, read before the policy was.
+            self._watch_policies(sealed)
 
     def reap(self) -> None:
         """Collect every exited child; an agent's main process ends its run."""
@@ -361,7 +392,11 @@ class Supervisor:
 
     # -- the sealed policy directory -----------------------------------------------
 
-    def _watch_policies(self) -> None:
+    def _watch_policies(self, baseline: SealStatus | None = None) -> None:
+        """Watch the policy directory now, or (given the `baseline` to compare
+        against) from WATCH_AFTER s on."""
+        from ..integrity.policywatch import PolicyWatcher
+
         try:
             self.watcher = PolicyWatcher(
                 self.locations,
@@ -370,6 +405,7 @@ class Supervisor:
                 on_reload=self._on_policy_reload,
                 clock=self.loop.clock,
                 audit=self.audit,
+                baseline=baseline,
             )
         except OSError as exc:
             say(f"warning: cannot watch {self.locations.policy_dir} ({exc}); no hot reload")
@@ -381,7 +417,7 @@ class Supervisor:
             watcher.check()
             self.loop.call_later(watcher.interval, tick)
 
-        self.loop.call_later(watcher.interval, tick)
+        self.loop.call_later(watcher.interval if baseline is None else WATCH_AFTER, tick)
 
     def _running_judges(self) -> list[Judge]:
         return [run.judge for run in self.agents.values() if run.judge and not run.exited]
@@ -411,6 +447,10 @@ class Supervisor:
     # -- the person in the loop ----------------------------------------------------
 
     def _serve_control(self) -> None:
+        from ..control.channel import ControlServer
+        from ..integrity.totp import TotpVerifier
+        from .operator_api import OperatorAPI
+
         api = OperatorAPI(self.judges, self.audit, lambda listed: self.describe_agents(listed))
         # No control socket, no supervisor: nobody could resume, deny or stop its
         # agents, and its ids could not be claimed (RuntimeDirError says why).
@@ -421,7 +461,9 @@ class Supervisor:
             owner_uid=os.getuid(),
             clock=self.loop.clock,
             call_later=self.loop.call_later,
+            listener=self._control_socket,
         )
+        self._control_socket = None  # the server's now
         self.loop.attach(self.control)
 
     def close(self) -> None:
@@ -429,6 +471,9 @@ class Supervisor:
             run.close()
         if self.control is not None:
             self.control.close()
+        if self._control_socket is not None:
+            path = socket_path(self.locations.runtime_dir, os.getpid())
+            close_control_socket(self._control_socket, path)
         if self.watcher is not None:
             self.watcher.close()
         for agent_id in list(self.claims):

@@ -6,8 +6,9 @@ Three processes stand between the supervisor and the agent's exec, each
 with one job:
 
     supervisor
-      └─ trampoline     rlimits; the user namespace (a normal user); unshare
-         │              mount, PID, UTS, IPC and network; waits for the init
+      └─ trampoline     rlimits; into the agent's cgroups; the user namespace
+         │              (a normal user); unshare mount, PID, UTS, IPC and
+         │              network; waits for the init
          └─ init        PID 1 of the new PID namespace: mounts (private /tmp,
             │           /proc, read-only /sys), the user switch, every
             │           capability dropped, Landlock; then it is the broker
@@ -61,6 +62,7 @@ from .broker import run_broker
 # own from the supervisor.
 _WAITER_IGNORES = (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP, signal.SIGTERM, signal.SIGHUP)
 _WAIT_STATUS = struct.Struct("<i")
+PLACING = "cgroup"  # the step of an `F` line that failed to enter the agent's cgroups
 
 
 @dataclass
@@ -96,6 +98,9 @@ class Stage:
     native_count: mmap.mmap | None = None
     # The broker's copy of the judge, asked on a miss of its allow cache (see broker.py).
     native_decider: Callable[[bytes, int], int] | None = None
+    # The agent's cgroups (their `cgroup.procs` files): the trampoline moves itself
+    # into each before it forks, so every process of the agent starts inside.
+    cgroup_procs: Sequence[str] = ()
 
 
 def _line(fd: int, text: str) -> None:
@@ -145,9 +150,16 @@ def become_agent(stage: Stage) -> NoReturn:
         for name, value in stage.rlimits.items():
             limit = getattr(resource, name)
             resource.setrlimit(limit, (value, value))
-        # The supervisor puts us in the agent's cgroup before anything forks.
-        if os.read(stage.go_fd, 1) != b"C":
-            os._exit(125)
+        # Into the agent's cgroups before anything forks.  We move ourselves, so
+        # the supervisor need not wait for the kernel's grace period of the
+        # first move (see launch.start).
+        step = PLACING
+        for procs in stage.cgroup_procs:
+            fd = os.open(procs, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, b"%d" % os.getpid())
+            finally:
+                os.close(fd)
         step = "namespaces"
         for name in namespaces.FLAGS:
             if name not in plan.namespaces:
