@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..events import ActionType, AuditLevel, Decision, Response, response_for
+from ..events import ActionType, AuditLevel, Decision, Response
 from ..hooks import _protocol as hook_protocol
 from ..hooks import bootstrap
 from ..kernel import fastpath
@@ -47,6 +47,7 @@ from .broker import BrokerClient
 from .hookserver import HookReply, HookRequest, HookServer
 from .judge import AgentState, Judge, JudgeConfig, Pending, ProcessTree
 from .mediator import ALWAYS_REFUSED, FORCED_ENOSYS, MEDIATED, Mediator
+from .protected import ProtectedInodes
 from .trampoline import Isolation
 
 if TYPE_CHECKING:
@@ -260,85 +261,6 @@ def active_layers(
         "hot_path": "native" if launched.forward is not None else "python",
         "egress": egress_kind,
     }
-
-
-def protected_inodes(policy: CompiledPolicy, budget: int = 20000) -> dict[tuple[int, int], str]:
-    """(st_dev, st_ino) -> path of the files under the policy's read-deny rules.
-
-    A hard link has no real name to judge, so an open of a multiply-linked file
-    is judged under the protected name when its inode is one of these.  The walk
-    covers the literal roots of the deny rules (`{home}/.ssh`, `/etc/shadow`);
-    a rule with no literal root (`**/*.pem`) cannot be walked.
-    """
-    found: dict[tuple[int, int], str] = {}
-    walked: dict[str, list[str]] = {}  # several rules share a root (the home directory)
-    for rule in policy.rules:
-        if not rule.applies or ActionType.FILE_READ not in rule.rule.actions:
-            continue
-        if response_for(rule.decision).proceeds or rule.matcher.roots is None:
-            continue
-        for root in rule.matcher.roots:
-            if root == "/":
-                continue
-            if root not in walked:
-                walked[root] = _walk_files(root, budget - sum(map(len, walked.values())))
-            for path in walked[root]:
-                if not rule.matcher.matches(path):
-                    continue
-                try:
-                    st = os.stat(path, follow_symlinks=False)
-                except OSError:
-                    continue
-                found.setdefault((st.st_dev, st.st_ino), path)
-    return found
-
-
-class ProtectedInodes(dict[tuple[int, int], str]):
-    """`protected_inodes`, walked the first time a multiply-linked file is looked up.
-
-    The walk costs 100-200 ms with a home directory to cover, and most runs
-    never open a file with more than one link: start-up does not pay for it.
-    """
-
-    def __init__(self, policy: CompiledPolicy) -> None:
-        super().__init__()
-        self._policy: CompiledPolicy | None = policy
-
-    def get(self, key: tuple[int, int], default: str | None = None) -> str | None:  # type: ignore[override]
-        if self._policy is not None:
-            self.update(protected_inodes(self._policy))
-            self._policy = None
-        return super().get(key, default)
-
-
-def _walk_files(root: str, budget: int) -> list[str]:
-    if budget <= 0:
-        return []
-    if not os.path.isdir(root) or os.path.islink(root):
-        return [root] if os.path.isfile(root) else []
-    # A directory's files, then each subdirectory's in turn (os.walk's order).
-    # Symlinks are listed, not followed: one to a directory is a name too,
-    # and its lstat never matches a regular file's inode.  Classifying by
-    # d_type alone (no stat of every link) makes this a third of os.walk's cost.
-    paths: list[str] = []
-    pending = [root]
-    while pending:
-        try:
-            scan = os.scandir(pending.pop())
-        except OSError:
-            continue
-        subdirs: list[str] = []
-        with scan:
-            for entry in scan:
-                try:
-                    is_dir = entry.is_dir(follow_symlinks=False)
-                except OSError:
-                    is_dir = False
-                (subdirs if is_dir else paths).append(entry.path)
-        if len(paths) >= budget:
-            break
-        pending.extend(reversed(subdirs))
-    return paths[:budget]
 
 
 def _status_code(raw_status: int) -> tuple[int, int | None]:
@@ -595,15 +517,24 @@ class Agent:
             self.relay = PtyRelay(master, 0, 1)
             self.relay.copy_window_size()
             plan.terminal = slave
+        walk: list[ProtectedInodes] = []
+
         def while_the_trampoline_works() -> None:
+            # Hard links to protected files: the walk that finds them (a child
+            # process) starts now, and runs beside the agent's start.
+            walk.append(ProtectedInodes(judge.policy))
             meanwhile()
             for name in _IMPORTED_FOR_THE_RUN:
                 importlib.import_module(name, __package__)
 
         try:
             launched = launch.start(plan, while_the_trampoline_works)
-        except launch.LaunchError as exc:
-            raise SetupError(str(exc)) from exc
+        except BaseException as exc:
+            for started in walk:
+                started.close()
+            if isinstance(exc, launch.LaunchError):
+                raise SetupError(str(exc)) from exc
+            raise
         finally:
             if plan.terminal >= 0:
                 os.close(plan.terminal)  # the agent's copy is all there is: EOF when it goes
@@ -630,7 +561,7 @@ class Agent:
             wait_writable=self._wait_writable,
             forward=launched.forward,
         )
-        self.mediator.protected_inodes = ProtectedInodes(judge.policy)
+        self.mediator.protected_inodes = walk[0]
         if launched.forward is not None:
             judge.allow_mirror = _mirror_to(launched.broker)
         self.loop.add_reader(self._notifications(), self._on_listener)

@@ -50,6 +50,7 @@ from ..kernel import proc as _proc
 from ..kernel import seccomp as _seccomp
 from . import broker
 from .broker import BrokerClient, Pinned
+from .protected import ProtectedInodes, WalkFailed
 
 AT_FDCWD = -100
 AT_SYMLINK_NOFOLLOW = 0x100
@@ -288,7 +289,7 @@ class Mediator:
         # The agent's own PID and network namespaces, compared with ours once.
         self._own_namespace: dict[str, bool] = {}
         # (st_dev, st_ino) -> path, for files a hard link must not reach.
-        self.protected_inodes: dict[tuple[int, int], str] = {}
+        self.protected_inodes: ProtectedInodes | None = None
         # Resolved once: number -> name, and number -> handler.
         self._names = _seccomp.syscall_numbers(MEDIATED + ALWAYS_REFUSED)
         refused = set(ALWAYS_REFUSED)
@@ -299,6 +300,8 @@ class Mediator:
 
     def close(self) -> None:
         self.memory.close()
+        if self.protected_inodes is not None:
+            self.protected_inodes.close()
         if self.forwarded is not None:
             self.forwarded.close()
         for fd in self._pidfds.values():
@@ -498,7 +501,7 @@ class Mediator:
         pinned = node.pinned
         mode = pinned.mode
         if pinned.nlink > 1 and stat.S_ISREG(mode):
-            protected = self.protected_inodes.get((pinned.dev, pinned.ino))
+            protected = self._protected_name(node)
             if protected is not None:
                 node.target = protected
         elif (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) and not node.target.startswith("/dev/"):
@@ -507,6 +510,20 @@ class Mediator:
             self.release(node)
             node.error = errno.EACCES
         return node
+
+    def _protected_name(self, node: Resolved) -> str | None:
+        """The protected file `node` is another name of, if any.
+
+        Fails closed: with no answer from the walk (`WalkFailed`) the node is
+        unpinned and the syscall fails with EIO, on record.
+        """
+        if self.protected_inodes is None:
+            return None
+        try:
+            return self.protected_inodes.get((node.pinned.dev, node.pinned.ino))
+        except WalkFailed:
+            self.release(node)
+            raise
 
     def release(self, *nodes: Resolved) -> None:
         """Unpin what no operation consumed (a refusal, an error)."""
@@ -862,9 +879,13 @@ class Mediator:
             source = self.resolve_parent(tid, olddirfd, old_raw)
             if linking and not source.error:
                 # A hard link to a protected file must be judged as that file.
-                inode = self.resolve(tid, olddirfd, old_raw, follow=False)
-                self.release(inode)
-                protected = self.protected_inodes.get((inode.pinned.dev, inode.pinned.ino))
+                try:
+                    inode = self.resolve(tid, olddirfd, old_raw, follow=False)
+                    self.release(inode)
+                    protected = self._protected_name(inode)
+                except WalkFailed:
+                    self.release(source)
+                    raise
                 if protected is not None:
                     source.target = protected
         dest = self.resolve_parent(tid, newdirfd, new_raw)

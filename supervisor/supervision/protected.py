@@ -1,0 +1,279 @@
+"""Which inodes are protected files: a hard link is judged under the protected name.
+
+A hard link has no real name to judge: an open of a multiply-linked file is
+judged under the protected name when its (st_dev, st_ino) is one of the files
+the policy's read-deny rules name.  Those are found by walking the literal
+roots of the rules (`{home}/.ssh`, `/etc/shadow`, the home directory for the
+rules anchored there), at most `BUDGET` files; a rule with no literal root
+(`**/*.pem`) cannot be walked.
+
+With a real home directory the walk reads thousands of files (100-200 ms in
+Python).  So it starts in a child process when the agent is launched and runs
+beside the agent's start, on another CPU where there is one; the supervisor
+waits for its answer only when a multiply-linked file is judged.  A child
+that died is replaced by the walk itself, here; one that does not answer
+within `WALK_TIMEOUT` fails every lookup (`WalkFailed`): closed, never open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import marshal
+import os
+import select
+import signal
+import time
+import weakref
+from collections.abc import Iterable, Sequence
+
+from ..events import ActionType, response_for
+from ..kernel import privileges
+from ..policy import CompiledPolicy
+from ..policy.linear import PatternError, PatternSet, encode_target
+from ..policy.matchers import Matcher
+
+BUDGET = 20000  # files listed at the most, over every root
+WALK_TIMEOUT = 30.0  # seconds the first lookup waits for the walk
+_DONE = "agentsup-protected-inodes"  # what a complete answer starts with
+
+
+class WalkFailed(RuntimeError):
+    """The walk did not finish: no multiply-linked file can be judged."""
+
+
+def protected_inodes(policy: CompiledPolicy, budget: int = BUDGET) -> dict[tuple[int, int], str]:
+    """(st_dev, st_ino) -> path of the files under the policy's read-deny rules.
+
+    Every path the walk lists is matched against all the rules at once (one
+    RE2 set pass); a match counts for a rule only under that rule's own
+    roots, so what a rule protects is what walking its roots alone finds.
+    """
+    matchers = [
+        rule.matcher
+        for rule in policy.rules
+        if rule.applies
+        and ActionType.FILE_READ in rule.rule.actions
+        and not response_for(rule.decision).proceeds
+        and rule.matcher.roots is not None
+    ]
+    roots = [root for matcher in matchers for root in matcher.roots or () if root != "/"]
+    found: dict[tuple[int, int], str] = {}
+    if not roots:
+        return found
+    for path in _matching(_walk_files(list(dict.fromkeys(roots)), budget), matchers):
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except OSError:
+            continue
+        found.setdefault((st.st_dev, st.st_ino), path)
+    return found
+
+
+def _matching(paths: Iterable[bytes], matchers: Sequence[Matcher]) -> list[str]:
+    """The paths some matcher matches, under one of that matcher's roots."""
+    try:
+        match = PatternSet([matcher.regex for matcher in matchers]).raw_match
+    except PatternError:  # too large for one set: each rule is asked
+        match = _no_answer
+    size = len(matchers)
+    hits: list[str] = []
+    for raw in paths:
+        # Non-ASCII names are matched as the decisions see them: decoded
+        # with surrogate escapes, then encoded as `encode_target` does.
+        text = None if raw.isascii() else os.fsdecode(raw)
+        found = match(raw if text is None else encode_target(text))
+        if found and len(found) == 1:
+            continue  # only the set's catch-all: no rule matches (the common case)
+        path = os.fsdecode(raw) if text is None else text
+        if found:
+            matched = [matchers[i] for i in found if i < size]
+        else:  # no answer: RE2's DFA gave up, so each rule is asked
+            matched = [matcher for matcher in matchers if matcher.matches(path)]
+        if any(_under_a_root(matcher, path) for matcher in matched):
+            hits.append(path)
+    return hits
+
+
+def _no_answer(_data: bytes) -> list[int]:
+    return []
+
+
+def _under_a_root(matcher: Matcher, path: str) -> bool:
+    return any(path == r or path.startswith(r + "/") for r in matcher.roots or () if r != "/")
+
+
+def _walk_files(roots: Sequence[str], budget: int) -> list[bytes]:
+    """The files (everything but directories) below `roots`, at most `budget` of them.
+
+    The roots take turns, one directory each, so that a large one (the home
+    directory) cannot use up the budget before a small one (/etc) is seen;
+    a directory reached from two roots is read once.  Within a root: a
+    directory's entries, then each subdirectory's in turn.  Symlinks are
+    listed, not followed: one to a directory is a name too, and its lstat
+    never matches a regular file's inode.  Classifying by d_type alone (no
+    stat of every entry) keeps this to one scandir per directory.
+    """
+    paths: list[bytes] = []
+    stacks: list[list[bytes]] = []
+    for root in roots:
+        if os.path.isdir(root) and not os.path.islink(root):
+            stacks.append([os.fsencode(root)])
+        elif os.path.isfile(root):  # a file, or a symlink to one
+            paths.append(os.fsencode(root))
+    seen: set[bytes] = set()
+    while stacks and len(paths) < budget:
+        for pending in stacks:
+            directory = pending.pop()
+            if directory in seen:
+                continue
+            seen.add(directory)
+            try:
+                scan = os.scandir(directory)
+            except OSError:
+                continue
+            subdirs: list[bytes] = []
+            with scan:
+                for entry in scan:
+                    try:
+                        is_dir = entry.is_dir(follow_symlinks=False)
+                    except OSError:
+                        is_dir = False
+                    (subdirs if is_dir else paths).append(entry.path)
+            pending.extend(reversed(subdirs))
+            if len(paths) >= budget:
+                break
+        stacks = [pending for pending in stacks if pending]
+    return paths[:budget]
+
+
+class ProtectedInodes:
+    """`protected_inodes` of one policy, walked in a child process from launch.
+
+    `get` answers from the child's result, waiting for it the first time.
+    """
+
+    def __init__(self, policy: CompiledPolicy, budget: int = BUDGET) -> None:
+        self._policy = policy
+        self._budget = budget
+        self._found: dict[tuple[int, int], str] | None = None
+        self._failed = ""
+        # The pipe the answer comes on and a pidfd of the child: [pipe, pidfd],
+        # -1 once closed.  Dropped unclosed (a start that failed later), the
+        # child is stopped all the same.
+        self._child = [-1, -1]
+        weakref.finalize(self, _stop, self._child)
+        try:
+            self._start()
+        except OSError:
+            self.close()  # no child (out of processes or fds): the first lookup walks here
+
+    def _start(self) -> None:
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        self._child[0] = read_end
+        parent = os.getpid()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(write_end)
+            raise
+        if pid == 0:  # the child: walk, answer, exit without running anything else
+            code = 1
+            try:
+                _walk_in_child(self._policy, self._budget, write_end, parent)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        # (The supervisor reaps it with its other children; the pidfd is for a kill.)
+        self._child[1] = os.pidfd_open(pid)
+
+    def get(self, key: tuple[int, int], default: str | None = None) -> str | None:
+        """The protected path of inode `key`; raises WalkFailed when that cannot be known."""
+        found = self._found
+        if found is None:
+            found = self._found = self._collect()
+        return found.get(key, default)
+
+    def _collect(self) -> dict[tuple[int, int], str]:
+        if self._failed:
+            raise WalkFailed(self._failed)
+        pipe = self._child[0]
+        if pipe < 0:  # no child: walk here
+            return protected_inodes(self._policy, self._budget)
+        # (The pipe and pidfd stay open until `close`: closed now, they would
+        # leave a hole below the supervisor's other fds for the rest of the run.)
+        answer = _read_until_eof(pipe, time.monotonic() + WALK_TIMEOUT)
+        if answer is None:
+            _kill(self._child[1])
+            self._failed = f"the protected-inode walk took longer than {WALK_TIMEOUT:g} s"
+            raise WalkFailed(self._failed)
+        with contextlib.suppress(ValueError, EOFError, TypeError):
+            done, found = marshal.loads(answer)
+            if done == _DONE and isinstance(found, dict):
+                return found
+        # The child died on the way (killed, out of memory): walk here.
+        return protected_inodes(self._policy, self._budget)
+
+    def close(self) -> None:
+        """Stop a walk nobody waits for any more."""
+        _stop(self._child)
+
+
+def _stop(child: list[int]) -> None:
+    """Kill the walk and close its pipe and pidfd; each once (closed ones are -1)."""
+    pipe, pidfd = child
+    child[:] = [-1, -1]
+    if pidfd >= 0:
+        _kill(pidfd)
+        os.close(pidfd)
+    if pipe >= 0:
+        os.close(pipe)
+
+
+def _kill(pidfd: int) -> None:
+    """SIGKILL the walk (gone already: nothing to do)."""
+    if pidfd >= 0:
+        with contextlib.suppress(OSError):
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+
+
+def _walk_in_child(policy: CompiledPolicy, budget: int, out: int, parent: int) -> None:
+    """The child's work: nothing of the supervisor's is kept but the pipe."""
+    privileges.die_with_parent(signal.SIGKILL)
+    if os.getppid() != parent:
+        return  # the supervisor is gone already
+    privileges.set_name(b"agentsup-walk")
+    with contextlib.suppress(ValueError):
+        signal.set_wakeup_fd(-1)  # the supervisor's loop is not here
+    os.closerange(3, out)
+    os.closerange(out + 1, 1 << 20)
+    # Nor its terminal or output pipes: whoever reads them sees their end with the supervisor's.
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    # Beside the agent: its tree starts on the supervisor's CPU, the last one
+    # (placement); the walk takes the others where there are any.
+    cpus = os.sched_getaffinity(0)
+    if len(cpus) > 1:
+        os.sched_setaffinity(0, cpus - {max(cpus)})
+    data = memoryview(marshal.dumps((_DONE, protected_inodes(policy, budget))))
+    while data:
+        data = data[os.write(out, data) :]
+
+
+def _read_until_eof(fd: int, deadline: float) -> bytes | None:
+    """Everything written to pipe `fd` until its writer closed it; None past `deadline`."""
+    chunks: list[bytes] = []
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        if not poller.poll(int(left * 1000) + 1):
+            continue
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)

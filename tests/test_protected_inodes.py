@@ -1,0 +1,240 @@
+"""Hard links to protected files: the walk that finds them, and what waits for it.
+
+The walk runs in a child process from the launch on; a lookup waits for its
+answer, a child that died is replaced by the walk in the supervisor, and one
+that never answers fails the lookup (EIO, on record), never lets it through.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import TRY, Sandbox, agent_reports
+
+from agentsup.kernel import fastpath
+from agentsup.policy.engine import CompiledPolicy, RunContext, compile_policy
+from agentsup.policy.loader import load_policy_text
+from agentsup.supervision import protected
+
+HOME_SECRETS = """
+name: home-secrets
+default: allow
+rules:
+  - id: ssh
+    actions: [file_read]
+    target: "{home}/.ssh/**"
+    decision: deny
+  - id: tokens
+    actions: [file_read]
+    target: "{home}/.netrc"
+    decision: deny
+  - id: shadow
+    actions: [file_read]
+    target: /etc/shadow
+    decision: deny
+  - id: histories
+    actions: [file_read]
+    pattern: '^{home}/\\.(?:bash|zsh)_history\\Z'
+    decision: deny
+  - id: allowed
+    actions: [file_read]
+    target: "{home}/**"
+    decision: allow
+"""
+
+
+def _policy(tmp_path: Path, home: Path) -> CompiledPolicy:
+    return compile_policy(load_policy_text(HOME_SECRETS), RunContext(str(tmp_path), str(home), "t"))
+
+
+def _inode(path: Path) -> tuple[int, int]:
+    st = os.stat(path, follow_symlinks=False)
+    return st.st_dev, st.st_ino
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    (home / ".ssh" / "deep").mkdir(parents=True)
+    (home / ".ssh" / "id_rsa").write_text("key")
+    (home / ".ssh" / "deep" / "other").write_text("key")
+    (home / ".ssh" / "link").symlink_to("/etc/passwd")
+    (home / ".netrc").write_text("machine x")
+    (home / ".bash_history").write_text("ls")
+    (home / "notes.txt").write_text("not a secret")
+    (home / "caf\udce9").write_text("not a secret either")  # not UTF-8
+    return home
+
+
+def test_the_walk_finds_every_protected_file_and_nothing_else(tmp_path: Path, home: Path) -> None:
+    found = protected.protected_inodes(_policy(tmp_path, home))
+    names = set(found.values())
+    for secret in (".ssh/id_rsa", ".ssh/deep/other", ".ssh/link", ".netrc", ".bash_history"):
+        assert str(home / secret) in names, names
+        assert found[_inode(home / secret)] == str(home / secret)
+    assert _inode(home / "notes.txt") not in found
+    assert not any(name.startswith(str(home / "caf")) for name in names)
+
+
+def test_a_large_root_does_not_use_up_the_budget_of_the_others(tmp_path: Path) -> None:
+    """The roots take turns: the home directory's many files cannot crowd out .ssh."""
+    home = tmp_path / "home"
+    for i in range(40):
+        (home / "aaa" / f"d{i}").mkdir(parents=True)
+        (home / "aaa" / f"d{i}" / "f").write_text("")
+    (home / ".ssh").mkdir()
+    (home / ".ssh" / "id_rsa").write_text("key")
+    found = protected.protected_inodes(_policy(tmp_path, home), budget=20)
+    assert found.get(_inode(home / ".ssh" / "id_rsa")) == str(home / ".ssh" / "id_rsa")
+
+
+@contextlib.contextmanager
+def _walking(policy: CompiledPolicy) -> Iterator[protected.ProtectedInodes]:
+    inodes = protected.ProtectedInodes(policy)
+    try:
+        yield inodes
+    finally:
+        inodes.close()
+    assert inodes._child == [-1, -1]
+
+
+def test_the_child_answers_what_the_walk_here_would(tmp_path: Path, home: Path) -> None:
+    policy = _policy(tmp_path, home)
+    with _walking(policy) as inodes:
+        assert inodes.get(_inode(home / ".ssh" / "id_rsa")) == str(home / ".ssh" / "id_rsa")
+        assert inodes._found == protected.protected_inodes(policy)
+
+
+def test_a_child_that_died_is_replaced_by_the_walk_here(
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def dies(*_args: object) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    monkeypatch.setattr(protected, "_walk_in_child", dies)
+    with _walking(_policy(tmp_path, home)) as inodes:
+        assert inodes.get(_inode(home / ".netrc")) == str(home / ".netrc")
+
+
+def test_a_walk_that_does_not_finish_fails_every_lookup_and_is_stopped(
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def hangs(*_args: object) -> None:
+        time.sleep(60)
+
+    monkeypatch.setattr(protected, "_walk_in_child", hangs)
+    monkeypatch.setattr(protected, "WALK_TIMEOUT", 0.2)
+    with _walking(_policy(tmp_path, home)) as inodes:
+        for _ in range(2):
+            with pytest.raises(protected.WalkFailed):
+                inodes.get(_inode(home / ".netrc"))
+        # The child was killed: it can be waited for (it would sleep a minute).
+        assert os.waitid(os.P_PIDFD, inodes._child[1], os.WEXITED) is not None
+
+
+# -- end to end ------------------------------------------------------------------------
+
+both_paths = pytest.mark.parametrize(
+    "native",
+    [
+        pytest.param(
+            "1",
+            id="native",
+            marks=pytest.mark.skipif(not fastpath.enabled(), reason=fastpath.status()[1]),
+        ),
+        pytest.param("0", id="python"),
+    ],
+)
+
+# `agentsup run` with its walk held back (AGENTSUP_TEST_WALK_DELAY seconds before
+# it starts) and, with AGENTSUP_TEST_WALK_TIMEOUT, a shorter wait for it.
+SLOW_WALK = """
+import os, time
+from agentsup.supervision import protected
+walk = protected._walk_in_child
+def slow(*args):
+    time.sleep(float(os.environ["AGENTSUP_TEST_WALK_DELAY"]))
+    walk(*args)
+protected._walk_in_child = slow
+protected.WALK_TIMEOUT = float(os.environ.get("AGENTSUP_TEST_WALK_TIMEOUT", "30"))
+from agentsup.cli.main import main
+raise SystemExit(main())
+"""
+
+
+def _slow_walk_run(
+    sandbox: Sandbox, native: str, delay: float, *program: str, timeout: str = "30"
+) -> subprocess.CompletedProcess[str]:
+    command = sandbox.command(*program)
+    assert command[1:3] == ["-m", "agentsup"]
+    return subprocess.run(
+        [sys.executable, "-c", SLOW_WALK, *command[3:]],
+        env={
+            **sandbox.env,
+            fastpath.ENV_SWITCH: native,
+            "AGENTSUP_TEST_WALK_DELAY": str(delay),
+            "AGENTSUP_TEST_WALK_TIMEOUT": timeout,
+        },
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+
+
+@pytest.mark.requires_seccomp_notify
+@pytest.mark.requires_landlock
+@both_paths
+def test_a_planted_hard_link_read_before_the_walk_is_done_is_killed(
+    sandbox: Sandbox, native: str
+) -> None:
+    """The lookup waits for the walk: it never takes "not found yet" for "not protected"."""
+    link = sandbox.workspace / "innocent.txt"
+    os.link(sandbox.key, link)
+    result = _slow_walk_run(sandbox, native, 1.0, "python3", TRY, "read", str(link))
+    assert result.returncode == 137, result.stderr[-2000:]
+    assert "rule 'secret-ssh' denied file_read" in result.stderr, result.stderr[-2000:]
+    assert not [r for r in agent_reports(result.stdout) if r.get("result") == "ok"]
+
+
+@pytest.mark.requires_seccomp_notify
+@pytest.mark.requires_landlock
+@both_paths
+def test_a_walk_that_never_answers_fails_closed_and_says_so(sandbox: Sandbox, native: str) -> None:
+    """No answer in time: a multiply-linked file cannot be judged, so it is not opened."""
+    link = sandbox.workspace / "innocent.txt"
+    os.link(sandbox.key, link)
+    result = _slow_walk_run(sandbox, native, 60.0, "python3", TRY, "read", str(link), timeout="0.5")
+    assert result.returncode != 0
+    assert "c2VjcmV0" not in result.stdout + result.stderr
+    failed = [
+        r
+        for r in sandbox.audit_records()
+        if r.get("rule") == "agentsup-mediation-error" and "walk" in str(r.get("message"))
+    ]
+    assert failed, sandbox.audit_records()
+
+
+@pytest.mark.requires_seccomp_notify
+@pytest.mark.requires_landlock
+@both_paths
+def test_linking_another_name_of_the_key_is_judged_as_reading_the_key(
+    sandbox: Sandbox, native: str
+) -> None:
+    """link(2) of a planted hard link: the new name would be the key's, so it is a read of it."""
+    planted = sandbox.workspace / "innocent.txt"
+    os.link(sandbox.key, planted)
+    copy = sandbox.workspace / "copy"
+    result = sandbox.run(
+        "python3", TRY, "link", str(planted), str(copy), env={fastpath.ENV_SWITCH: native}
+    )
+    assert result.returncode == 137, result.stderr[-2000:]
+    assert "rule 'secret-ssh' denied file_read" in result.stderr, result.stderr[-2000:]
+    assert not copy.exists()
