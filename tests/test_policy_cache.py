@@ -214,3 +214,55 @@ def test_the_compiled_entry_does_not_cross_workspaces(dirs: tuple[Path, Path]) -
         decision = compiled.evaluate(Event(ActionType.FILE_READ, f"{workspace}/notes.txt"))
         assert decision.rule_id == "notes"
     assert len(_entries(state, "compiled")) == 2
+
+
+EVENTS = [
+    Event(ActionType.FILE_READ, "/w/notes.txt"),
+    Event(ActionType.FILE_READ, "/h/.ssh/id_rsa"),
+    Event(ActionType.FILE_READ, "/etc/hosts"),
+    Event(ActionType.FILE_WRITE, "/w/out/x"),
+    Event(ActionType.FILE_WRITE, "/w/out/keep/x"),
+    Event(ActionType.FILE_DELETE, "/etc/passwd"),
+    Event(ActionType.SHELL_EXECUTE, "echo bench-1"),
+    Event(ActionType.SHELL_EXECUTE, "rm -rf /"),
+    Event(ActionType.PROCESS_SPAWN, "/usr/bin/true"),
+    Event(ActionType.NETWORK_CONNECT, "10.0.0.1:443"),
+    Event(ActionType.ENV_READ, "HOME"),
+]
+
+
+def test_a_cached_policy_builds_its_regexes_when_first_needed(dirs: tuple[Path, Path]) -> None:
+    """From the cache, each set and regex is compiled when first used: the same decisions."""
+    policies, state = dirs
+    context = RunContext("/w", "/h", "bench-1")
+    resolved = resolve_policy_cached("child", policies, state)
+    compile_policy_cached(resolved, context, state)
+    cached = compile_policy_cached(resolve_policy_cached("child", policies, state), context, state)
+    fresh = compile_policy(resolved.policy, context)
+    assert cached._tables == {}  # nothing compiled yet
+    assert [cached.evaluate(e) for e in EVENTS] == [fresh.evaluate(e) for e in EVENTS]
+    explained = [cached.explain(e).decision for e in EVENTS]  # each rule's own regex
+    assert explained == [fresh.explain(e).decision for e in EVENTS]
+    assert set(cached._tables) == {event.action for event in EVENTS}
+
+
+def test_a_cached_set_re2_cannot_hold_is_matched_rule_by_rule(
+    dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rules scoped to another agent made the stored sets: the same decisions, one by one."""
+    from agentsup.policy import PolicyError, linear
+
+    policies, state = dirs
+    context = RunContext("/w", "/h", "bench-1")
+    resolved = resolve_policy_cached("child", policies, state)
+    fresh = compile_policy(resolved.policy, context)
+    compile_policy_cached(resolved, context, state)
+
+    def refused(_patterns: object) -> None:
+        raise linear.PatternError("RE2 cannot compile the set", 0)
+
+    monkeypatch.setattr(linear, "PatternSet", refused)
+    cached = compile_policy_cached(resolve_policy_cached("child", policies, state), context, state)
+    assert [cached.evaluate(e) for e in EVENTS] == [fresh.evaluate(e) for e in EVENTS]
+    with pytest.raises(PolicyError, match="RE2 cannot compile the set"):
+        compile_policy(resolved.policy, context)  # without the cache: refused, as ever

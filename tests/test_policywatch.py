@@ -394,3 +394,30 @@ def test_close_releases_the_inotify_fd(loc: Locations, recorder: Recorder) -> No
     ) as watcher:
         assert str(watcher.fd()) in os.listdir("/proc/self/fd")
     assert set(os.listdir("/proc/self/fd")) == before
+
+
+@pytest.mark.parametrize("sealed", [True, False], ids=["sealed", "never-sealed"])
+def test_a_watcher_given_a_baseline_reports_what_changed_since_at_its_first_check(
+    loc: Locations, recorder: Recorder, sealed: bool
+) -> None:
+    """`agentsup run` reads the seal status before its policy and watches later: a change
+    in between is reported by the first check, and nothing is watched before it."""
+    if sealed:
+        seal(loc, fresh_code(loc), uid=0)
+    baseline = check_sealed(loc)  # before the policy is loaded
+    if sealed:
+        append_rule_as_root(loc)
+    else:
+        (loc.policy_dir / "team.yaml").write_text(TEAM.replace("block", "sigkill"))
+    with PolicyWatcher(
+        loc,
+        on_tamper=recorder.tamper,
+        on_resealed=recorder.resealed,
+        on_reload=recorder.reload,
+        baseline=baseline,
+    ) as watcher:
+        assert watcher._watches == {}  # no inotify mark until the first check
+        assert recorder.calls == []
+        watcher.check()
+        assert recorder.names() == (["tamper"] if sealed else ["reload"])
+        assert watcher._watches  # watching from then on

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..integrity.totp import CODE_DIGITS, TotpRefused, TotpVerifier, normalize_code
-from .endpoint import SOCKET_PREFIX, SOCKET_SUFFIX, bind_control_socket, close_control_socket
+from .endpoint import SOCKET_PREFIX, SOCKET_SUFFIX, bind_control_socket, close_listener
 from .endpoint import RuntimeDirError as RuntimeDirError  # raised by ControlServer
 from .endpoint import socket_path as socket_path
 
@@ -315,7 +315,7 @@ class ControlServer:
     def close(self) -> None:
         for conn in list(self._connections.values()):
             self._drop(conn)
-        close_control_socket(self._listener, self.path)
+        close_listener(self._listener, self.path)
         for fd in (self._wake_r, self._wake_w):
             if fd >= 0:
                 os.close(fd)

@@ -1,8 +1,9 @@
-"""Where a supervisor's control socket lives, and binding it.
+"""Where a supervisor's sockets live, and binding them.
 
 Kept light (no import beyond the standard library's socket layer): `agentsup
 run` binds its control socket first, so an unusable runtime directory is the
-first thing it reports, and serves it (`channel.ControlServer`) only while
+first thing it reports, and its agent's hook socket before the fork; it
+serves them (`channel.ControlServer`, `hookserver.HookServer`) only while
 the agent's trampoline sets up.  Connections made in between wait in the
 listen backlog.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import stat
 from pathlib import Path
 
 SOCKET_PREFIX = "sup-"
@@ -69,8 +71,27 @@ def bind_control_socket(runtime_dir: Path, owner_uid: int) -> socket.socket:
     return listener
 
 
-def close_control_socket(listener: socket.socket, path: Path) -> None:
-    """Close a socket `bind_control_socket` made, and remove its name `path`."""
+def listen_unix(path: Path, backlog: int = 64) -> socket.socket:
+    """A non-blocking listening socket bound at `path`, where a stale socket may lie.
+
+    Only a socket is removed first: any other file there makes the bind fail.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        listener.bind(os.fspath(path))
+        listener.listen(backlog)
+        listener.setblocking(False)
+    except BaseException:
+        listener.close()
+        raise
+    return listener
+
+
+def close_listener(listener: socket.socket, path: Path) -> None:
+    """Close a listening socket made here, and remove its name `path`."""
     if listener.fileno() >= 0:
         listener.close()
         with contextlib.suppress(FileNotFoundError):

@@ -56,6 +56,7 @@ deleting any file that should still be there is.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import fcntl
 import functools
@@ -63,8 +64,6 @@ import hashlib
 import hmac
 import json
 import os
-import secrets
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -635,7 +634,7 @@ def load_or_create_key(path: Path) -> bytes:
         temp.unlink()  # left by a crashed process that had our pid
     fd = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o400)
     try:
-        _write_all(fd, secrets.token_bytes(KEY_BYTES))
+        _write_all(fd, os.urandom(KEY_BYTES))  # what secrets.token_bytes returns
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -844,7 +843,9 @@ class AuditLog:
         self._mac_key = MacKey(load_or_create_key(key_path))
         _ensure_dir(path.parent)
         _ensure_dir(head_path.parent)
-        self._mutex = threading.Lock()  # flock does not exclude threads sharing the fd
+        # flock does not exclude threads sharing the fd.  (threading.Lock is this;
+        # `threading` itself is not imported before a run's agent starts.)
+        self._mutex = _thread.allocate_lock()
         self._lock_fd = os.open(
             path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
         )

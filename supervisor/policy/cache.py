@@ -14,7 +14,9 @@ an edited, added or removed policy file, another agentsup or another Python
 is a miss, and the policy is loaded as usual: the cache never changes a
 decision.  A compiled entry, keyed on the policy entry and the placeholder
 values of the run, keeps each rule's RE2 text; the RE2 objects themselves
-cannot be stored and are built again (that part takes a few milliseconds).
+cannot be stored and are built again, each when first used: the entry was
+written once they compiled, and the key names the RE2 library too
+(`linear.engine_identity`), so they compile again.
 
 Entries are files of `cachefiles.py` (private, checksummed JSON).  This and
 `cachefiles.py` are the only modules of `policy/` that write files.
@@ -35,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from .. import __version__
 from .cachefiles import BadEntry, cache_dir, digest, read_entry, write_entry
 from .engine import CompiledPolicy, RuleMatchers, RunContext
-from .linear import LinearRegex, PatternError
+from .linear import LinearRegex, engine_identity
 from .matchers import GlobMatcher, Matcher, RegexMatcher
 from .model import Policy
 from .sources import PolicySource, find_policy
@@ -63,7 +65,7 @@ _PACKAGE = Path(__file__).resolve().parent.parent
 
 def _code_fingerprint() -> str:
     """agentsup's version, Python's, and the bytes of the policy code."""
-    parts: list[str | bytes] = [str(_FORMAT), __version__, sys.version]
+    parts: list[str | bytes] = [str(_FORMAT), __version__, sys.version, engine_identity()]
     for name in _CODE_FILES:
         parts += [name, (_PACKAGE / name).read_bytes()]
     return digest(*parts)
@@ -319,7 +321,7 @@ def compile_policy_cached(
     if directory is not None:
         try:
             built = _built_from(read_entry(directory / name), len(policy.rules))
-            return CompiledPolicy(policy, ctx, built)
+            return CompiledPolicy(policy, ctx, built, checked=True)
         except BadEntry:
             pass
     compiled = CompiledPolicy(policy, ctx)
@@ -356,10 +358,7 @@ def _matcher_from(record: Any) -> Matcher:
     roots = decode(tuple[str, ...] | None, roots)
     if not isinstance(shown, str) or not isinstance(regex, str):
         raise BadEntry("a malformed matcher")
-    try:
-        compiled = LinearRegex(regex)
-    except PatternError:
-        raise BadEntry("a regex RE2 refuses") from None
+    compiled = LinearRegex(regex, checked=True)  # the entry was stored once it compiled
     if kind == "glob":
         return GlobMatcher(glob=shown, regex=regex, compiled=compiled, roots=roots)
     if kind == "regex":

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import collections
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..events import (
@@ -164,14 +164,21 @@ class _Table:
 
     __slots__ = ("decisions", "except_ranges", "match", "paths", "rules", "size")
 
-    def __init__(self, rules: list[CompiledRule], paths: bool) -> None:
+    def __init__(self, rules: list[CompiledRule], paths: bool, *, fallback: bool = False) -> None:
+        """PatternError when RE2 cannot hold the set; with `fallback`, every
+        target is matched rule by rule instead (the same decisions, slower)."""
         patterns = [rule.matcher.regex for rule in rules]
         ranges: list[tuple[int, int]] = []
         for rule in rules:
             first = len(patterns)
             patterns.extend(excepted.regex for excepted in rule.excepts)
             ranges.append((first, len(patterns)))
-        self.match = linear.PatternSet(patterns).raw_match
+        try:
+            self.match = linear.PatternSet(patterns).raw_match
+        except PatternError:
+            if not fallback:
+                raise
+            self.match = _no_set
         self.size = len(rules)
         self.decisions = tuple(rule.decision for rule in rules)
         self.except_ranges = tuple(ranges)
@@ -196,6 +203,24 @@ class _Table:
         return default
 
 
+def _no_set(_data: bytes) -> None:
+    """A set that always gives up: `evaluate` then goes rule by rule."""
+    return None
+
+
+class _LazyTables(dict[ActionType, _Table]):
+    """The tables of a cached policy, each built when an action of its type is first
+    decided: a run decides a few types, and each table is an RE2 set to compile."""
+
+    def __init__(self, build: Callable[[ActionType], _Table]) -> None:
+        super().__init__()
+        self._build = build
+
+    def __missing__(self, action: ActionType) -> _Table:
+        table = self[action] = self._build(action)
+        return table
+
+
 RuleMatchers = tuple[Matcher, tuple[GlobMatcher, ...]]  # a rule's target and its excepts
 
 
@@ -204,10 +229,19 @@ class CompiledPolicy:
 
     `built`, when given, are the rules' matchers for `ctx` as `rule_matchers`
     builds them (the policy cache keeps their regexes); else they are built here.
+    With `checked`, they are known to compile, each action's rules as one set
+    too (the cache stored them once they did): each set is compiled when first
+    needed, and one RE2 cannot hold after all (rules scoped to another agent
+    made the stored sets) is matched rule by rule, to the same decisions.
     """
 
     def __init__(
-        self, policy: Policy, ctx: RunContext, built: Sequence[RuleMatchers] | None = None
+        self,
+        policy: Policy,
+        ctx: RunContext,
+        built: Sequence[RuleMatchers] | None = None,
+        *,
+        checked: bool = False,
     ) -> None:
         self.policy = policy
         self.context = ctx
@@ -232,16 +266,14 @@ class CompiledPolicy:
             on_violation=policy.on_violation,
             reason="no rule matched",
         )
-        try:
-            self._tables = {
-                action: _Table(
-                    [rule for rule in self.rules if rule.applies and action in rule.rule.actions],
-                    paths=action in PATH_ACTIONS,
-                )
-                for action in ActionType
-            }
-        except PatternError as exc:  # too many or too big rules for RE2's memory bound
-            raise PolicyError(policy.source, 1, 1, exc.message) from None
+        self._tables: dict[ActionType, _Table]
+        if checked:
+            self._tables = _LazyTables(lambda action: self._table(action, fallback=True))
+        else:
+            try:
+                self._tables = {action: self._table(action) for action in ActionType}
+            except PatternError as exc:  # too many or too big rules for RE2's memory bound
+                raise PolicyError(policy.source, 1, 1, exc.message) from None
         # Refused, not killed: a long xargs line is no attack by itself.  A
         # policy that only observes (log_only, sigwarn) keeps observing.
         self._too_long_mode = (
@@ -251,6 +283,10 @@ class CompiledPolicy:
         )
         self._env_pass = _any_glob(policy.env.pass_, policy)
         self._env_deny = _any_glob(policy.env.deny, policy)
+
+    def _table(self, action: ActionType, *, fallback: bool = False) -> _Table:
+        rules = [rule for rule in self.rules if rule.applies and action in rule.rule.actions]
+        return _Table(rules, paths=action in PATH_ACTIONS, fallback=fallback)
 
     def __repr__(self) -> str:
         applied = sum(rule.applies for rule in self.rules)

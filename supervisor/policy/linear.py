@@ -19,11 +19,12 @@ Targets are encoded with `encode_target`: UTF-8, where a lone surrogate (an
 undecodable byte that `os.fsdecode` kept) stays one character; RE2 would
 otherwise let `.` skip over it, and `**/*.pem` would miss such a name.
 
-Pure: no I/O.  Errors are `PatternError(message, index)`.
+Pure: no I/O (but `engine_identity`'s stat).  Errors are `PatternError(message, index)`.
 """
 
 from __future__ import annotations
 
+import os
 import unicodedata
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -86,20 +87,47 @@ def re2_problem(regex: str) -> str | None:
 
 
 class LinearRegex:
-    """One RE2 regex with search semantics, over `encode_target` bytes."""
+    """One RE2 regex with search semantics, over `encode_target` bytes.
+
+    `checked=True` says the text is known to compile (the policy cache stored
+    it after it did, with this RE2): it is compiled when first searched.
+    Most of a policy's regexes are only searched one by one when a set gives
+    up, or to explain a decision.
+    """
 
     __slots__ = ("_search", "text")
 
-    def __init__(self, text: str) -> None:
-        try:
-            compiled = re2.compile(encode_target(text), _OPTIONS)
-        except re2.error as exc:
-            raise PatternError(f"RE2 cannot compile the regex: {exc}", 0) from None
+    def __init__(self, text: str, *, checked: bool = False) -> None:
         self.text = text
-        self._search: Callable[[bytes], object] = compiled.search
+        self._search: Callable[[bytes], object] = (
+            self._first_search if checked else _compiled(text).search
+        )
+
+    def _first_search(self, data: bytes) -> object:
+        self._search = _compiled(self.text).search
+        return self._search(data)
 
     def search(self, data: bytes) -> bool:
         return self._search(data) is not None
+
+
+def _compiled(text: str) -> Any:
+    try:
+        return re2.compile(encode_target(text), _OPTIONS)
+    except re2.error as exc:
+        raise PatternError(f"RE2 cannot compile the regex: {exc}", 0) from None
+
+
+def engine_identity() -> str:
+    """Which RE2 this is (its compiled module's path, size and time): part of the
+    policy cache's key, so a regex it stored compiles here as it did there."""
+    native = getattr(re2, "_re2", None)
+    where = getattr(native, "__file__", None) or getattr(re2, "__file__", None) or "re2"
+    try:
+        info = os.stat(where)
+    except OSError:
+        return where
+    return f"{where}:{info.st_size}:{info.st_mtime_ns}"
 
 
 class PatternSet:

@@ -19,7 +19,6 @@ import importlib
 import json
 import os
 import select
-import shutil
 import signal
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..control.endpoint import close_listener, listen_unix
 from ..events import ActionType, AuditLevel, Decision, Response
 from ..hooks import _protocol as hook_protocol
 from ..hooks import bootstrap
@@ -44,16 +44,17 @@ from ..policy.model import Policy, PolicyError
 from ..policy.sources import builtin_source, is_path_reference
 from . import launch
 from .broker import BrokerClient
-from .hookserver import HookReply, HookRequest, HookServer
 from .judge import AgentState, Judge, JudgeConfig, Pending, ProcessTree
 from .mediator import ALWAYS_REFUSED, FORCED_ENOSYS, MEDIATED, Mediator
 from .protected import ProtectedInodes
 from .trampoline import Isolation
 
 if TYPE_CHECKING:
+    import socket
     import subprocess
 
     from . import egress, placement
+    from .hookserver import HookReply, HookRequest, HookServer
     from .supervisor import Supervisor
     from .terminal import PtyRelay
 
@@ -67,6 +68,7 @@ EXIT_NOT_FOUND = 127
 # make one fail.  Not earlier either: `agentsup run` starts without them.
 _IMPORTED_FOR_THE_RUN = (
     "..control.notify",
+    ".hookserver",
     "..policy.loader",
     ".placement",
     ".watchdog",
@@ -108,6 +110,23 @@ def _has_seccomp_notify() -> bool:
         return False
 
 
+def _on_path(program: str, search_path: str) -> str | None:
+    """`shutil.which(program, path=search_path)`, for a name without a slash.
+
+    Spelt out: importing shutil (and the bz2 and lzma it imports) would cost
+    every `agentsup run` ~2 ms before its agent starts, for this loop.
+    """
+    seen: set[str] = set()
+    for directory in search_path.split(os.pathsep) if search_path else ():
+        if directory in seen:
+            continue
+        seen.add(directory)
+        candidate = os.path.join(directory, program)
+        if os.access(candidate, os.F_OK | os.X_OK) and not os.path.isdir(candidate):
+            return candidate
+    return None
+
+
 def resolve_program(program: str, args: Sequence[str], env_path: str) -> tuple[str, list[str]]:
     """The executable and argv the trampoline execs.  `.py` runs under our Python, hooked."""
     if program.endswith(".py"):
@@ -120,7 +139,7 @@ def resolve_program(program: str, args: Sequence[str], env_path: str) -> tuple[s
         if not os.path.exists(path):
             raise SetupError(f"{program}: not found", EXIT_NOT_FOUND)
     else:
-        found = shutil.which(program, path=env_path)
+        found = _on_path(program, env_path)
         if found is None:
             raise SetupError(f"{program}: command not found", EXIT_NOT_FOUND)
         path = found
@@ -328,6 +347,7 @@ class Agent:
         self.mediator: Mediator | None = None
         self.group: AgentCgroup | None = None
         self.hooks: HookServer | None = None
+        self._hook_socket: tuple[socket.socket, Path] | None = None  # bound, not served yet
         self.egress: egress.EgressProxy | None = None
         self.exec_error: int | None = None
         self._watchdog: subprocess.Popen[bytes] | None = None
@@ -451,13 +471,10 @@ class Agent:
         if landlock_plan is not None:
             self.judge.floor = floor.FloorCheck(landlock_plan)
         if hook_socket is not None:
+            # Bound now: the agent's private /tmp binds it in by name (plan_isolation's
+            # `keep`).  Served from the launch on (start).
             try:
-                self.hooks = HookServer(
-                    Path(hook_socket),
-                    self._on_hook_request,
-                    self._on_tamper,
-                    cacheable=self._hook_answer_cacheable,
-                )
+                self._hook_socket = listen_unix(Path(hook_socket)), Path(hook_socket)
             except OSError as exc:
                 raise SetupError(f"cannot serve the hook socket {hook_socket}: {exc}") from exc
         try:
@@ -526,6 +543,7 @@ class Agent:
             meanwhile()
             for name in _IMPORTED_FOR_THE_RUN:
                 importlib.import_module(name, __package__)
+            self._serve_hooks()
 
         try:
             launched = launch.start(plan, while_the_trampoline_works)
@@ -599,6 +617,20 @@ class Agent:
         if self.relay is not None:
             self.relay.attach(self.loop)
 
+    def _serve_hooks(self) -> None:
+        from .hookserver import HookServer
+
+        bound, self._hook_socket = self._hook_socket, None
+        if bound is not None:
+            listener, path = bound
+            self.hooks = HookServer(
+                path,
+                self._on_hook_request,
+                self._on_tamper,
+                cacheable=self._hook_answer_cacheable,
+                listener=listener,
+            )
+
     def reload_policy(self) -> None:
         """The policy directory changed legitimately: the next decision uses the new rules."""
         judge = self.judge
@@ -643,6 +675,8 @@ class Agent:
         return judge is not None and (request.action, request.target) in judge.allow_cache
 
     def _on_hook_request(self, request: HookRequest) -> HookReply | None:
+        from .hookserver import HookReply  # imported before the agent ran
+
         assert self.judge is not None
         judge = self.judge
         event = request.event(judge.agent_id)
@@ -923,5 +957,7 @@ class Agent:
             self._watchdog.wait()
         if self.hooks is not None:
             self.hooks.close()
+        elif self._hook_socket is not None:
+            close_listener(*self._hook_socket)
         if self.egress is not None:
             self.egress.close()

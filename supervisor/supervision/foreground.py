@@ -13,6 +13,7 @@ warning says why and the exit code is still the agent's.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import os
 import signal
@@ -79,6 +80,11 @@ def run_agent(request: RunRequest, *, stop_timeout: float = STOP_TIMEOUT_S) -> i
         except SetupError as exc:
             say(str(exc))
             return exc.exit_code
+        finally:
+            # `agentsup run` starts with the collector off (cli/main.py).  What
+            # the start-up made lives as long as the run: out of its way.
+            gc.freeze()
+            gc.enable()
         supervisor.run_until(lambda: run.exited)
         code = run.finish()
         if supervisor.interrupted is not None:

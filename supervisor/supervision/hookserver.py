@@ -26,13 +26,13 @@ import itertools
 import json
 import os
 import socket
-import stat
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..control.endpoint import listen_unix
 from ..events import ActionType, Decision, Event, Layer, Response, response_for
 from ..hooks import _protocol as protocol
 
@@ -153,7 +153,9 @@ class HookServer:
         *,
         backlog: int = 64,
         cacheable: Callable[[HookRequest, HookReply], bool] | None = None,
+        listener: socket.socket | None = None,
     ) -> None:
+        """Serve `listener` (`endpoint.listen_unix(path, ...)`), or bind one at `path` now."""
         self.path = Path(path)
         self._decide = decide
         # Nothing is cacheable unless the supervisor says which answers are:
@@ -164,17 +166,8 @@ class HookServer:
         self._tokens = itertools.count(1)
         self._connections: dict[int, _Connection] = {}
         self._held: dict[int, tuple[_Connection, HookRequest]] = {}
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISSOCK(os.lstat(self.path).st_mode):
-                os.unlink(self.path)  # a stale socket from an earlier run
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            listener.bind(os.fspath(self.path))
-            listener.listen(backlog)
-            listener.setblocking(False)
-        except BaseException:
-            listener.close()
-            raise
+        if listener is None:
+            listener = listen_unix(self.path, backlog)  # a stale socket goes first
         self._listener: socket.socket | None = listener
 
     def __repr__(self) -> str:

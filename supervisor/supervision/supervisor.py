@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from ..control.agentids import AgentIdClaim, AgentIdTaken, claim_agent_id
-from ..control.endpoint import bind_control_socket, close_control_socket, socket_path
+from ..control.endpoint import bind_control_socket, close_listener, socket_path
 from ..integrity.audit import AuditLog, format_ts
 from ..integrity.seal import SealStatus, check_sealed
 from ..paths import Locations
@@ -473,7 +473,7 @@ class Supervisor:
             self.control.close()
         if self._control_socket is not None:
             path = socket_path(self.locations.runtime_dir, os.getpid())
-            close_control_socket(self._control_socket, path)
+            close_listener(self._control_socket, path)
         if self.watcher is not None:
             self.watcher.close()
         for agent_id in list(self.claims):

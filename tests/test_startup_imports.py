@@ -1,0 +1,127 @@
+"""What `agentsup run` imports before its agent starts, and what it has imported by then.
+
+Before the trampoline is forked, the run imports only what setting the
+agent up needs: not the optional machinery (egress proxy, hook server,
+control server, TOTP, policy watcher, suggestions, the daemon, the YAML
+loader with a cached policy) nor what they pull in (logging, subprocess,
+inotify_simple).  While the trampoline sets the agent up, the run imports
+everything it may need once the agent runs: an import opens files, and an
+agent that used up the supervisor's fds must not make one fail later.
+
+Behaviour, not timing: the modules are read from `sys.modules` at the fork
+and when the agent is released.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import Sandbox
+
+PROBE = """\
+import json, sys
+already = set(sys.modules)  # the interpreter's and its site's
+import agentsup.supervision.launch as launch
+
+seen = {}
+real_start = launch.start
+
+def start(plan, meanwhile=lambda: None, timeout=30.0):
+    seen["at_fork"] = sorted(set(sys.modules) - already)
+    launched = real_start(plan, meanwhile, timeout)
+    seen["when_released"] = sorted(sys.modules)
+    return launched
+
+launch.start = start
+from agentsup.cli.main import main
+code = main(sys.argv[1:])
+print(json.dumps(seen))
+raise SystemExit(code)
+"""
+
+# Never needed before the fork of a run like this one (no --shadow, no pty, a
+# policy that does not connect, the policy in the cache).
+NOT_BEFORE_THE_FORK = (
+    "agentsup.cli.control",
+    "agentsup.cli.daemon",
+    "agentsup.control.channel",
+    "agentsup.control.notify",
+    "agentsup.integrity.policywatch",
+    "agentsup.integrity.totp",
+    "agentsup.policy.loader",
+    "agentsup.policy.suggest",
+    "agentsup.policy.yaml_file",
+    "agentsup.supervision.daemon",
+    "agentsup.supervision.egress",
+    "agentsup.supervision.hookserver",
+    "agentsup.supervision.operator_api",
+    "agentsup.supervision.placement",
+    "agentsup.supervision.terminal",
+    "agentsup.supervision.watchdog",
+    "h11",
+    "importlib.resources",
+    "inotify_simple",
+    "logging",
+    "psutil",
+    "pyotp",
+    "shutil",
+    "subprocess",
+    "yaml",
+)
+
+# Imported while the trampoline works: whatever the run may use once the agent runs.
+BEFORE_THE_AGENT_RUNS = (
+    "agentsup.control.channel",
+    "agentsup.control.notify",
+    "agentsup.integrity.policywatch",
+    "agentsup.integrity.totp",
+    "agentsup.policy.loader",
+    "agentsup.supervision.hookserver",
+    "agentsup.supervision.operator_api",
+    "agentsup.supervision.placement",
+    "agentsup.supervision.watchdog",
+    "inotify_simple",
+    "logging",
+)
+
+
+def _modules(sandbox: Sandbox) -> dict[str, list[str]]:
+    argv = sandbox.command("/bin/true")[3:]  # from "run" on
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *argv],
+        env=sandbox.env,
+        stdin=subprocess.DEVNULL,  # no terminal: no pty to relay
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    seen: dict[str, list[str]] = json.loads(done.stdout.splitlines()[-1])
+    return seen
+
+
+@pytest.mark.requires_seccomp_notify
+@pytest.mark.requires_landlock
+def test_run_imports_only_the_set_up_before_the_fork_and_the_rest_before_the_agent_runs(
+    sandbox: Sandbox,
+) -> None:
+    _modules(sandbox)  # fills the policy cache
+    seen = _modules(sandbox)
+    at_fork, when_released = set(seen["at_fork"]), set(seen["when_released"])
+    assert sorted(at_fork & set(NOT_BEFORE_THE_FORK)) == []
+    assert sorted(set(BEFORE_THE_AGENT_RUNS) - when_released) == []
+    # What set the agent up was there at the fork.
+    assert {"agentsup.supervision.judge", "agentsup.policy.engine", "re2"} <= at_fork
+
+
+def test_agentsup_policy_names_each_resolve() -> None:
+    """The package imports its modules on first use: every name it exports is found."""
+    import agentsup.policy as policy
+
+    for name in policy.__all__:
+        assert getattr(policy, name) is not None, name
+    with pytest.raises(AttributeError):
+        _ = policy.no_such_name  # type: ignore[attr-defined]
