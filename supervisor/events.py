@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
 class ActionType(str, enum.Enum):
@@ -113,8 +114,9 @@ class Event:
     syscall: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class RateLimit:
+class RateLimit(NamedTuple):
+    """At most `max` actions a rule lets go ahead in any `per_seconds` window."""
+
     max: int
     per_seconds: float
 

@@ -10,12 +10,13 @@ protections.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Locations:
+class Locations(NamedTuple):
+    """The four places agentsup keeps its files; the rest are derived."""
+
     policy_dir: Path
     audit_log: Path
     state_dir: Path

@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from ..integrity.totp import CODE_DIGITS, TotpRefused, TotpVerifier, normalize_code
 from .endpoint import SOCKET_PREFIX, SOCKET_SUFFIX, bind_control_socket, close_listener
@@ -87,8 +87,9 @@ class ControlError(Exception):
     """A refusal whose message is shown to the operator as it is."""
 
 
-@dataclass(frozen=True, slots=True)
-class Peer:
+class Peer(NamedTuple):
+    """Who is on the other end of a connection (SO_PEERCRED)."""
+
     pid: int
     uid: int
     gid: int
@@ -243,7 +244,7 @@ def peer_credentials(sock: socket.socket) -> Peer:
     return Peer(pid=pid, uid=uid, gid=gid)
 
 
-@dataclass(slots=True)
+@dataclass(repr=False, eq=False, slots=True)
 class _Connection:
     sock: socket.socket
     peer: Peer

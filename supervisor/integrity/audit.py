@@ -67,9 +67,10 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import NamedTuple
 
 from ..paths import Locations
 
@@ -174,8 +175,7 @@ def format_ts(epoch: float) -> str:
     return f"{_second_prefix(seconds)}.{micros:06d}Z"
 
 
-@dataclass(frozen=True, slots=True)
-class HeadRecord:
+class HeadRecord(NamedTuple):
     """The chain's last flushed record, kept outside the log.
 
     `file`/`offset` name the live file and where its last flushed record
@@ -237,8 +237,9 @@ def _is_mac(value: object) -> bool:
     return isinstance(value, str) and len(value) == 64 and _HEX.issuperset(value)
 
 
-@dataclass(frozen=True, slots=True)
-class VerifyResult:
+class VerifyResult(NamedTuple):
+    """What checking a whole chain found."""
+
     ok: bool
     records: int  # records checked and found intact
     first_bad_seq: int | None
@@ -248,8 +249,7 @@ class VerifyResult:
     unchecked: int = 0  # lines after a break that no restart brought back
 
 
-@dataclass(frozen=True, slots=True)
-class ChainBreak:
+class ChainBreak(NamedTuple):
     """One break in the chain, and where (if anywhere) checking resumed.
 
     `seq` is the seq that should have been at the bad spot.  `resumed_at` is
@@ -324,8 +324,7 @@ def _fast_seq_prev(body: bytes) -> tuple[int, bytes] | None:
     return int(digits), prev
 
 
-@dataclass(frozen=True, slots=True)
-class _Link:
+class _Link(NamedTuple):
     """An authentic record's place in the chain."""
 
     seq: int
@@ -489,8 +488,8 @@ class ChainVerifier:
         if self._in_sync:  # it links up: the break is the restart itself
             self._break(link.seq, f"the writer restarted the chain: {link.restart}")
         if self._breaks and self._breaks[-1].resumed_at is None:
-            self._breaks[-1] = replace(
-                self._breaks[-1], resumed_at=link.seq, writer_saw=link.restart
+            self._breaks[-1] = self._breaks[-1]._replace(
+                resumed_at=link.seq, writer_saw=link.restart
             )
         self._in_sync = True
         self._seq, self._mac = link.seq, link.mac
@@ -554,7 +553,7 @@ def classify(record: Mapping[str, object]) -> str | None:
     return None
 
 
-@dataclass
+@dataclass(repr=False, eq=False)
 class AgentReport:
     totals: Counter[str] = field(default_factory=Counter)
     by_rule: dict[str, Counter[str]] = field(default_factory=dict)
@@ -740,8 +739,7 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-@dataclass(frozen=True, slots=True)
-class _Tail:
+class _Tail(NamedTuple):
     """What the end of a file holds, as the writer sees it before extending it."""
 
     seq: int  # the last authentic record (0 and ZERO_MAC when there is none)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import dataclasses
 import errno
 import fcntl
 import hashlib
@@ -43,7 +42,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol, TypeVar
+from typing import Literal, NamedTuple, Protocol, TypeVar
 
 from ..paths import Locations
 from .audit import AuditKeyError, canonical_json, format_ts, load_key, load_or_create_key
@@ -87,8 +86,7 @@ def tamper_marker_path(locations: Locations) -> Path:
 # --------------------------------------------------------------- the manifest
 
 
-@dataclass(frozen=True)
-class Manifest:
+class Manifest(NamedTuple):
     """What a seal (or unseal) recorded.  `sealed_at`/`sealed_by_uid` name the last
     seal *or unseal*; `immutable` lists the entries that got `chattr +i`."""
 
@@ -122,7 +120,7 @@ class Manifest:
         return hmac.new(key, canonical_json(self.body()), hashlib.sha256).hexdigest()
 
     def signed(self, key: bytes) -> Manifest:
-        return dataclasses.replace(self, mac=self.compute_mac(key))
+        return self._replace(mac=self.compute_mac(key))
 
     def to_json(self) -> str:
         return json.dumps({**self.body(), "mac": self.mac}, sort_keys=True, indent=1) + "\n"
@@ -196,8 +194,7 @@ def read_manifest(locations: Locations) -> Manifest | None:
 # ------------------------------------------------------ scanning the directory
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """One directory entry as found on disk (`sha256` only for regular files)."""
 
     kind: Literal["file", "dir", "symlink", "other"]
@@ -207,8 +204,7 @@ class Entry:
     sha256: str | None = None
 
 
-@dataclass(frozen=True)
-class Snapshot:
+class Snapshot(NamedTuple):
     """The policy directory right now, by relative name ("." is the directory)."""
 
     directory: str

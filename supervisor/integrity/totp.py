@@ -28,9 +28,8 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
 from ..paths import Locations
 from .statefiles import write_atomically
@@ -95,8 +94,7 @@ def matching_step(secret: str, code: str, now: float, window: int = VALID_WINDOW
     return matched
 
 
-@dataclass(frozen=True, slots=True)
-class LockoutState:
+class LockoutState(NamedTuple):
     """Recent wrong codes and the end of the current lockout (wall-clock seconds)."""
 
     failures: tuple[float, ...] = ()

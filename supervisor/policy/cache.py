@@ -24,7 +24,6 @@ Entries are files of `cachefiles.py` (private, checksummed JSON).  This and
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import json
 import sys
@@ -32,7 +31,7 @@ import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import __version__
 from .cachefiles import BadEntry, cache_dir, digest, read_entry, write_entry
@@ -99,10 +98,15 @@ def _resolve(name_or_path: str, policy_dir: Path) -> tuple[Policy, tuple[Lookup,
 # -- the codec: every field of the frozen model, checked against its declared type -------
 
 
+def _is_record(kind: Any) -> bool:
+    """A named tuple class: the model's values (model.py)."""
+    return isinstance(kind, type) and issubclass(kind, tuple) and hasattr(kind, "_fields")
+
+
 def encode(value: Any) -> Any:
     """A model value as JSON data; raises BadEntry for anything it cannot represent."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if _is_record(type(value)):
+        return {name: encode(getattr(value, name)) for name in type(value)._fields}
     if isinstance(value, enum.Enum):
         return encode(value.value)
     if isinstance(value, tuple | frozenset):
@@ -157,8 +161,8 @@ def _make_decoder(kind: Any) -> Decoder:
         return literal
     if origin in (tuple, frozenset):
         return _sequence_decoder(origin, typing.get_args(kind))
-    if isinstance(kind, type) and dataclasses.is_dataclass(kind):
-        return _dataclass_decoder(kind)
+    if _is_record(kind):
+        return _record_decoder(kind)
     if isinstance(kind, type) and issubclass(kind, enum.Enum):
         members = {member.value: member for member in kind}
 
@@ -202,9 +206,9 @@ def _sequence_decoder(origin: Any, args: tuple[Any, ...]) -> Decoder:
     return fixed
 
 
-def _dataclass_decoder(kind: type) -> Decoder:
+def _record_decoder(kind: Any) -> Decoder:
     hints = typing.get_type_hints(kind)
-    fields = [(f.name, _decoder(hints[f.name])) for f in dataclasses.fields(kind)]
+    fields = [(name, _decoder(hints[name])) for name in kind._fields]
     names = {name for name, _ in fields}
 
     def instance(data: Any) -> Any:
@@ -218,8 +222,7 @@ def _dataclass_decoder(kind: type) -> Decoder:
 # -- policies ------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Resolved:
+class Resolved(NamedTuple):
     """The effective policy; `identity` names exactly it (None: not cacheable)."""
 
     policy: Policy

@@ -19,6 +19,7 @@ import collections
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ..events import (
     DEFAULT_RULE_ID,
@@ -75,8 +76,7 @@ class RunContext:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class CompiledRule:
+class CompiledRule(NamedTuple):
     """A rule with its matchers built for this run.
 
     `applies` is False when the rule's `agents` do not include this run's
@@ -105,16 +105,14 @@ class CompiledRule:
         return None
 
 
-@dataclass(frozen=True, slots=True)
-class Attempt:
+class Attempt(NamedTuple):
     """A rule tried before the deciding one, and why it did not match."""
 
     rule: CompiledRule
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class Explanation:
+class Explanation(NamedTuple):
     event: Event
     target: str  # after normalisation
     decision: Decision

@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..events import ActionType, Decision, Severity, Verdict, ViolationMode, response_for
 
@@ -140,8 +139,7 @@ def describe_fs_rights(mask: int) -> str:
     return ",".join(names) if names else "none"
 
 
-@dataclass(frozen=True, slots=True)
-class FloorPlan:
+class FloorPlan(NamedTuple):
     """What `apply_floor` installs.  Plain values; build one with `plan_floor`.
 
     `fs_rules` maps a path to the rights allowed beneath it; for a path that

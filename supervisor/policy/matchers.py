@@ -34,6 +34,7 @@ import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from . import linear
 from .linear import LinearRegex, PatternError, encode_target
@@ -57,18 +58,21 @@ class Wildcard(enum.Enum):
     ANY_CHAR = "?"
 
 
-@dataclass(frozen=True, slots=True)
-class Literal:
+class Literal(NamedTuple):
+    """Text a glob matches as it is (in a regex: regex text)."""
+
     text: str
 
 
-@dataclass(frozen=True, slots=True)
-class Placeholder:
+class Placeholder(NamedTuple):
+    """`{name}`, filled in for each run."""
+
     name: str
 
 
-@dataclass(frozen=True, slots=True)
-class CharClass:
+class CharClass(NamedTuple):
+    """A glob's `[...]`, as written and as RE2 text."""
+
     raw: str
     regex: str
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .. import policies
 from .model import PolicyError
@@ -61,8 +61,7 @@ def builtin_names() -> tuple[str, ...]:
     return tuple(builtin_templates())
 
 
-@dataclass(frozen=True)
-class PolicySource:
+class PolicySource(NamedTuple):
     """The text of one policy file and where it came from.
 
     `key` identifies the file (its real path, or `<builtin>/NAME`) for

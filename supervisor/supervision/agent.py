@@ -62,14 +62,14 @@ EXIT_SETUP_FAILED = 125
 EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
 
-# What a run may import once its agent runs (a hold, a policy reload, the
-# placement samples, the watchdog), imported while the agent is set up: an
-# import opens files, and an agent that used up the supervisor's fds must not
-# make one fail.  Not earlier either: `agentsup run` starts without them.
+# What a run may import once its agent runs (a hold, the placement samples,
+# the watchdog), imported while the agent is set up: an import opens files,
+# and an agent that used up the supervisor's fds must not make one fail.  Not
+# earlier either: `agentsup run` starts without them.  (A policy reload
+# imports the loader when it comes: if that fails, the old rules stay.)
 _IMPORTED_FOR_THE_RUN = (
     "..control.notify",
     ".hookserver",
-    "..policy.loader",
     ".placement",
     ".watchdog",
 )
@@ -83,8 +83,10 @@ class SetupError(Exception):
         self.exit_code = exit_code
 
 
-@dataclass
+@dataclass(repr=False, eq=False)  # a record: fewer generated methods to compile at import
 class RunRequest:
+    """What `agentsup run` (or the daemon) asks for: one agent."""
+
     program: str
     args: list[str]
     policy: str = "strict"
@@ -636,12 +638,12 @@ class Agent:
         judge = self.judge
         if judge is None or self._context is None or self.exited:
             return
-        from ..policy.loader import resolve_policy
-
         try:
+            from ..policy.loader import resolve_policy
+
             policy = resolve_policy(self.request.policy, self.locations.policy_dir)
             compiled = compile_policy(policy, self._context)
-        except (PolicyError, OSError) as exc:
+        except (PolicyError, OSError, ImportError) as exc:
             self.audit.append(
                 {
                     "agent": judge.agent_id,

@@ -30,7 +30,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..control.endpoint import listen_unix
 from ..events import ActionType, Decision, Event, Layer, Response, response_for
@@ -42,8 +42,7 @@ _MAX_READS_PER_READY = 16  # then yield to the loop; level-triggered epoll calls
 _MAX_PENDING_OUTPUT = 1024 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class HookRequest:
+class HookRequest(NamedTuple):
     """One check or note from a hooked process."""
 
     token: int  # unique per server; pass it to reply_later
@@ -68,8 +67,7 @@ class HookRequest:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class HookReply:
+class HookReply(NamedTuple):
     """The answer to a check: does the action go ahead in the agent?"""
 
     allowed: bool
@@ -133,7 +131,7 @@ def encode_reply(reply: HookReply, request_id: int, cache: int | None = None) ->
     return protocol.frame(payload)
 
 
-@dataclass(eq=False, slots=True)
+@dataclass(repr=False, eq=False, slots=True)
 class _Connection:
     sock: socket.socket
     pid: int

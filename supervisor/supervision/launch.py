@@ -24,8 +24,10 @@ class LaunchError(Exception):
     """The agent could not be set up; `run` exits 125."""
 
 
-@dataclass
+@dataclass(repr=False, eq=False)  # a record: fewer generated methods to compile at import
 class LaunchPlan:
+    """What launch.start sets up: the agent's program and everything around it."""
+
     executable: str
     argv: list[str]
     env: dict[str, str]
@@ -43,8 +45,10 @@ class LaunchPlan:
     cgroup_procs: tuple[str, ...] = ()
 
 
-@dataclass
+@dataclass(repr=False, eq=False)
 class Launched:
+    """What the supervisor holds of a started agent."""
+
     pid: int  # the trampoline: the supervisor's child, whose exit is the agent's
     pidfd: int
     agent_pid: int  # the agent's main process, as this supervisor sees it

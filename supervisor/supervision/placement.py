@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 SAMPLE_SECONDS = 0.5
 
 
-@dataclass(frozen=True)
-class Sample:
+class Sample(NamedTuple):
     """One second of the agent's life."""
 
     notifications_per_s: float
@@ -36,8 +35,9 @@ class Sample:
     stalled: float  # fraction of the second some task of the tree waited for a CPU
 
 
-@dataclass(frozen=True)
-class Thresholds:
+class Thresholds(NamedTuple):
+    """When `should_share` moves the agent between one CPU and all of them."""
+
     share_above_rate: float = 500.0
     # The agent and its broker take turns: together about one core.
     share_below_cores: float = 1.2
@@ -46,7 +46,10 @@ class Thresholds:
     spread_below_rate: float = 100.0
 
 
-def should_share(shared_now: bool, sample: Sample, limits: Thresholds = Thresholds()) -> bool:
+_THRESHOLDS = Thresholds()
+
+
+def should_share(shared_now: bool, sample: Sample, limits: Thresholds = _THRESHOLDS) -> bool:
     """Pure: share the supervisor's CPU for the next second?"""
     if shared_now:
         # Tasks queueing for the one CPU means the agent wants more of them.

@@ -10,7 +10,8 @@ error) but serves it, and imports what serving takes, only while the
 agent's trampoline sets up (launch.start), before the agent runs.  Its
 policy directory is watched from `WATCH_AFTER` s into the run, against the
 seal status read before the policy was loaded, so a change made in between
-is still reported; a short command never pays for the watch.
+is still reported; a short command never pays for the watch (its imports,
+and the teardown of inotify marks at exit).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 _PR_SET_CHILD_SUBREAPER = 36
 # How long `agentsup run`'s agent runs before its policy directory is watched.
 WATCH_AFTER = 0.3
+_WATCH_FDS = 4  # held until then for the watcher's imports and its inotify fd
 
 
 class BatchedAudit:
@@ -263,6 +265,7 @@ class Supervisor:
         self.control: ControlServer | None = None
         self._control_socket: socket.socket | None = None  # bound, not served yet
         self.watcher: PolicyWatcher | None = None
+        self._watch_fds: list[int] = []  # held for the watcher until it starts
         self.interrupted: int | None = None
         # Called once for each run whose agent ended (the daemon restarts them).
         self.on_agent_exit: Callable[[Agent], None] | None = None
@@ -318,14 +321,14 @@ class Supervisor:
 
     def _before_agent_runs(self, sealed: SealStatus) -> None:
         """What a lean supervisor (`one_run`) does while its first agent is set up."""
+        if self._control_socket is None:
+            return  # served (and watching) since __init__, or since the first launch
         try:
-            if self.control is None:
-                self._serve_control()
+            self._serve_control()
         except OSError as exc:
             raise SetupError(f"cannot start the supervisor: {exc.strerror or exc}") from exc
-        if self.watcher is None:
-            # Its first check compares against `sealed`, read before the policy was.
-            self._watch_policies(sealed)
+        # Its first check compares against `sealed`, read before the policy was.
+        self._watch_from(sealed)
 
     def reap(self) -> None:
         """Collect every exited child; an agent's main process ends its run."""
@@ -392,12 +395,38 @@ class Supervisor:
 
     # -- the sealed policy directory -----------------------------------------------
 
-    def _watch_policies(self, baseline: SealStatus | None = None) -> None:
-        """Watch the policy directory now, or (given the `baseline` to compare
-        against) from WATCH_AFTER s on."""
-        from ..integrity.policywatch import PolicyWatcher
+    def _watch_from(self, baseline: SealStatus) -> None:
+        """Watch the policy directory from WATCH_AFTER s on, comparing against `baseline`.
 
+        The watcher's modules are imported then too (inotify_simple brings
+        ctypes.util, subprocess, shutil and tempfile: ~8 ms a short command
+        never needs).  An import opens files: until then a few fds are held
+        for it, so that an agent that used up the supervisor's fds cannot
+        keep it from watching.
+        """
         try:
+            while len(self._watch_fds) < _WATCH_FDS:
+                self._watch_fds.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+        except OSError as exc:
+            self._release_watch_fds()
+            say(f"warning: cannot watch {self.locations.policy_dir} ({exc}); no hot reload")
+            return
+
+        def start() -> None:
+            self._release_watch_fds()
+            self._watch_policies(baseline)
+
+        self.loop.call_later(WATCH_AFTER, start)
+
+    def _release_watch_fds(self) -> None:
+        while self._watch_fds:
+            os.close(self._watch_fds.pop())
+
+    def _watch_policies(self, baseline: SealStatus | None = None) -> None:
+        """Watch the policy directory from now on; with a `baseline`, check against it now."""
+        try:
+            from ..integrity.policywatch import PolicyWatcher
+
             self.watcher = PolicyWatcher(
                 self.locations,
                 on_tamper=self._on_policy_tamper,
@@ -407,7 +436,7 @@ class Supervisor:
                 audit=self.audit,
                 baseline=baseline,
             )
-        except OSError as exc:
+        except (OSError, ImportError) as exc:
             say(f"warning: cannot watch {self.locations.policy_dir} ({exc}); no hot reload")
             return
         watcher = self.watcher
@@ -417,7 +446,10 @@ class Supervisor:
             watcher.check()
             self.loop.call_later(watcher.interval, tick)
 
-        self.loop.call_later(watcher.interval if baseline is None else WATCH_AFTER, tick)
+        if baseline is None:
+            self.loop.call_later(watcher.interval, tick)
+        else:
+            tick()
 
     def _running_judges(self) -> list[Judge]:
         return [run.judge for run in self.agents.values() if run.judge and not run.exited]
@@ -476,6 +508,7 @@ class Supervisor:
             close_listener(self._control_socket, path)
         if self.watcher is not None:
             self.watcher.close()
+        self._release_watch_fds()
         for agent_id in list(self.claims):
             self.release_id(agent_id)
         self.loop.close()

@@ -65,7 +65,7 @@ _WAIT_STATUS = struct.Struct("<i")
 PLACING = "cgroup"  # the step of an `F` line that failed to enter the agent's cgroups
 
 
-@dataclass
+@dataclass(repr=False, eq=False)  # a record: fewer generated methods to compile at import
 class Isolation:
     """What the agent gets besides the policy: namespaces, credentials, mounts."""
 
@@ -77,7 +77,7 @@ class Isolation:
     egress_port: int = 0  # bind the egress proxy's listener here in the agent's netns
 
 
-@dataclass
+@dataclass(repr=False, eq=False)
 class Stage:
     """Everything the forked processes need; plain values only."""
 
