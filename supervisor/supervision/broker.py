@@ -10,10 +10,12 @@ filter.  It is also the init (PID 1) of the agent's PID namespace.
 
 One exchange per mediated syscall:
 
-1. RESOLVE (request and reply): the broker resolves the path the agent named,
+1. RESOLVE (request and reply): the broker resolves the paths the agent
+   named (every path of one syscall at once: a rename's two parents), each
    from the agent's own cwd or dirfd (passed as an fd) or from the root of
-   the agent's mount namespace, and keeps the result pinned under a handle.
-   It answers with what the policy needs: the real path and a stat.
+   the agent's mount namespace, and keeps each result pinned under a handle
+   (or, for what only needs to be looked at, closes it at once).  It
+   answers with what the policy needs: the real path and a stat.
 2. The supervisor decides on that path.
 3. One operation on the pinned handles (fire and forget): reopen and inject
    the fd with ADDFD, create, unlink, rename, link, chmod, ... The broker
@@ -41,7 +43,7 @@ import signal
 import socket
 import stat
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,6 +110,11 @@ REPLY_TIMEOUT = 10.0
 _REPLY_TIMEOUT_MS = int(REPLY_TIMEOUT * 1000)
 _SOL_SOCKET = socket.SOL_SOCKET
 _SCM_RIGHTS = socket.SCM_RIGHTS
+
+
+# One path of a RESOLVE request: (anchor index among the fds sent, -1 for the
+# agent's root; raw; kind; open flags; RESOLVE_* flags; follow; want_script; keep).
+Lookup = tuple[int, bytes, int, int, int, bool, bool, bool]
 
 
 class BrokerGone(OSError):
@@ -193,10 +200,26 @@ class BrokerClient:
         resolve_flags: int = 0,
         follow: bool = True,
         want_script: bool = False,
+        keep: bool = True,
     ) -> Pinned:
-        """Pin what `raw` names, from `anchor` (an fd) or the agent's root (-1)."""
-        request = (raw, kind, flags, resolve_flags, follow, want_script)
-        return Pinned(*self._call(RESOLVE, request, [anchor] if anchor >= 0 else []))
+        """Pin what `raw` names, from `anchor` (an fd) or the agent's root (-1).
+
+        With `keep` False it is only looked at: nothing stays pinned (handle -1).
+        """
+        index, anchors = (0, [anchor]) if anchor >= 0 else (-1, [])
+        lookup = (index, raw, kind, flags, resolve_flags, follow, want_script, keep)
+        (answers,) = self._call(RESOLVE, ((lookup,),), anchors)
+        return Pinned(*answers[0]) if answers else Pinned(error=errno.EIO)
+
+    def resolve_all(self, lookups: Sequence[Lookup], anchors: Sequence[int]) -> list[Pinned]:
+        """Several `resolve`s in one exchange; each lookup names its anchor by index."""
+        if len(anchors) > _MAX_FDS:
+            raise ValueError(f"at most {_MAX_FDS} anchors in one request")
+        (answers,) = self._call(RESOLVE, (tuple(lookups),), list(anchors))
+        found = [Pinned(*answer) for answer in answers[: len(lookups)]]
+        # An answer short of lookups (never sent by a working broker): failed, not trusted.
+        found += [Pinned(error=errno.EIO) for _ in range(len(lookups) - len(found))]
+        return found
 
     def connect(self, sock: int, address: object, handle: int = -1) -> int:
         """connect() the agent's socket (a duplicate) with the agent's rights; the errno.
@@ -354,8 +377,10 @@ class Broker:
             if op in (ALLOW, FORGET):
                 return  # nothing is owed to anyone
             if op == RESOLVE:
-                reply: tuple[object, ...] = (message[1], -1, "", err, 0, 0, 0, 0, False)
-                self.channel.send(marshal.dumps(reply))  # type: ignore[arg-type]
+                lookups = message[2] if len(message) > 2 else ()
+                count = len(lookups) if isinstance(lookups, tuple) else 1
+                failed = [_failed_lookup(err)] * max(count, 1)
+                self.channel.send(marshal.dumps((message[1], failed)))  # type: ignore[arg-type]
             elif op == CONNECT:
                 self.channel.send(marshal.dumps((message[1], err)))
             elif op != DROP:
@@ -364,34 +389,40 @@ class Broker:
     # -- resolution
 
     def _resolve(self, message: tuple[object, ...], fds: list[int]) -> None:
-        _op, seq, raw, kind, flags, resolve_flags, follow, want_script = message
+        _op, seq, lookups = message
+        assert isinstance(lookups, tuple)
+        answers = [self._lookup(lookup, fds) for lookup in lookups]
+        self.channel.send(marshal.dumps((seq, answers)))  # type: ignore[arg-type]
+
+    def _lookup(self, lookup: tuple[object, ...], fds: list[int]) -> tuple[object, ...]:
+        """One path of a RESOLVE: (handle, path, errno, mode, dev, ino, nlink, script)."""
+        index, raw, kind, flags, resolve_flags, follow, want_script, keep = lookup
         assert isinstance(raw, bytes) and isinstance(kind, int) and isinstance(flags, int)
-        assert isinstance(resolve_flags, int)
-        anchor = fds[0] if fds else AT_FDCWD
+        assert isinstance(resolve_flags, int) and isinstance(index, int)
+        if index >= len(fds):
+            return _failed_lookup(errno.EBADF)
+        anchor = fds[index] if index >= 0 else AT_FDCWD
         try:
             fd, st = self._open(anchor, raw, kind, flags, resolve_flags, bool(follow))
         except OSError as exc:
-            reply: tuple[object, ...] = (seq, -1, "", exc.errno or errno.ENOENT, 0, 0, 0, 0, False)
+            return _failed_lookup(exc.errno or errno.ENOENT)
+        # One fstat (from `_open`) and one readlink per resolution.
+        try:
+            path = _proc.fd_path(fd)
+        except OSError as exc:
+            os.close(fd)
+            return _failed_lookup(exc.errno or errno.ENOENT)
+        handle, err = fd, 0
+        if self._is_mine(path, st):
+            handle, err = -1, errno.EACCES
+        script = bool(want_script) and handle >= 0 and stat.S_ISREG(st.st_mode)
+        script = script and _starts_with_shebang(fd)
+        if handle >= 0 and keep:
+            self.pinned[fd] = fd
         else:
-            # One fstat (from `_open`) and one readlink per resolution.
-            try:
-                path = _proc.fd_path(fd)
-            except OSError as exc:
-                os.close(fd)
-                reply = (seq, -1, "", exc.errno or errno.ENOENT, 0, 0, 0, 0, False)
-            else:
-                handle, err = fd, 0
-                if self._is_mine(path, st):
-                    os.close(fd)
-                    handle, err = -1, errno.EACCES
-                else:
-                    self.pinned[fd] = fd
-                script = bool(want_script) and handle >= 0 and stat.S_ISREG(st.st_mode)
-                reply = (
-                    seq, handle, path, err, st.st_mode, st.st_dev, st.st_ino, st.st_nlink,
-                    script and _starts_with_shebang(fd),
-                )  # fmt: skip
-        self.channel.send(marshal.dumps(reply))  # type: ignore[arg-type]
+            os.close(fd)
+            handle = -1
+        return (handle, path, err, st.st_mode, st.st_dev, st.st_ino, st.st_nlink, script)
 
     @staticmethod
     def _open(
@@ -733,6 +764,11 @@ _HANDLE_ARGS: dict[int, tuple[int, ...]] = {
 }
 
 _AT_EMPTY_PATH = 0x1000
+
+
+def _failed_lookup(err: int) -> tuple[object, ...]:
+    """A RESOLVE answer for a path that could not be resolved."""
+    return (-1, "", err, 0, 0, 0, 0, False)
 
 
 def _errno_of(exc: BaseException) -> int:

@@ -132,6 +132,10 @@ _MSGHDR = struct.Struct("<QI4xQQQQi4x")
 # (the kernel allows a quarter of the stack limit; 4 MiB is a 16 MiB stack).
 _MAX_ARG_STRLEN = 131072
 _MAX_ARGV_BYTES = 4 << 20
+# An exec's arguments are read in one piece when they start within this many
+# bytes of each other (and the last is shorter than _ARGV_LAST).
+_ARGV_SPAN = 16384
+_ARGV_LAST = 256
 
 # A blocking connect the supervisor finishes for the agent gives up after this
 # long, about what the kernel's SYN retries take by default.
@@ -205,6 +209,14 @@ class Resolved:
             self.fd = -1
 
 
+# How `Mediator.resolve_names` resolves a name: the directory holding its last
+# component (pinned), the object it names (pinned, a final symlink followed), or
+# only a look at the object itself (not followed, not pinned: its inode).
+AS_PARENT = 0
+AS_OBJECT = 1
+AS_INODE = 2
+
+
 # The agent's standard streams and fd directory: they mean the agent's own
 # fds, which /proc/self in the broker would not.
 _AGENT_FD_LINKS = (
@@ -237,11 +249,37 @@ class _AllowedExec:
 def _cmdline(pid: int) -> list[str] | None:
     """argv of the image running as `pid`, as the kernel copied it at exec."""
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            data = f.read()
+        fd = os.open(f"/proc/{pid}/cmdline", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
-    return [os.fsdecode(arg) for arg in data.split(b"\0")[:-1]]
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return [os.fsdecode(arg) for arg in b"".join(chunks).split(b"\0")[:-1]]
+
+
+# Placeholders while names are resolved together (never seen outside).
+_NOT_ASKED = Pinned(error=errno.EIO)
+_PENDING = Resolved("")
+
+
+def _parent_and_name(raw: bytes) -> tuple[bytes, bytes, int]:
+    """(the directory that would hold `raw`'s last component, that component, 0),
+    or an errno for a name no syscall takes: "/" (EBUSY), a last "." or ".." (EINVAL)."""
+    stripped = raw.rstrip(b"/")
+    head, _, name = stripped.rpartition(b"/")
+    if not stripped:
+        return b"", b"", errno.EBUSY
+    if name in (b".", b".."):
+        return b"", name, errno.EINVAL
+    if b"/" not in stripped:
+        return b".", name, 0
+    return head or b"/", name, 0
 
 
 def _names_own_fd(raw: bytes) -> bool:
@@ -406,8 +444,10 @@ class Mediator:
                 base = b"/"
         return os.path.normpath(os.fsdecode(base + raw)).replace("//", "/", 1)
 
-    def _anchor(self, tid: int, dirfd: int, raw: bytes, resolve_flags: int) -> tuple[int, bytes]:
-        """Where the broker starts: an O_PATH fd of ours (or -1: its root), and the rest.
+    def _anchor(
+        self, tid: int, dirfd: int, raw: bytes, resolve_flags: int
+    ) -> tuple[str | None, bytes]:
+        """Where the broker starts: our /proc link to open (None: its root), and the rest.
 
         The agent's cwd and dirfds are opened here, in its /proc entry, and
         passed along.  /proc/self and /dev/std* mean the agent, not the
@@ -419,9 +459,8 @@ class Mediator:
             if raw.startswith(_AGENT_ALIAS_PREFIXES):
                 raw = self._agent_alias(tid, raw)
             if not resolve_flags:
-                return -1, raw
-        path = f"/proc/{tid}/cwd" if dirfd == AT_FDCWD else f"/proc/{tid}/fd/{dirfd}"
-        return self._open_anchor(path), raw
+                return None, raw
+        return (f"/proc/{tid}/cwd" if dirfd == AT_FDCWD else f"/proc/{tid}/fd/{dirfd}"), raw
 
     def _agent_alias(self, tid: int, raw: bytes) -> bytes:
         """/dev/std*, /dev/fd, /proc/self and /proc/thread-self as the agent's own /proc."""
@@ -451,9 +490,11 @@ class Mediator:
         follow: bool = True,
         resolve_flags: int = 0,
         want_script: bool = False,
+        keep: bool = True,
     ) -> Pinned:
         try:
-            anchor, rest = self._anchor(tid, dirfd, raw, resolve_flags)
+            link, rest = self._anchor(tid, dirfd, raw, resolve_flags)
+            anchor = -1 if link is None else self._open_anchor(link)
         except OSError as exc:
             return Pinned(error=exc.errno or errno.ENOENT)
         try:
@@ -465,10 +506,82 @@ class Mediator:
                 resolve_flags=resolve_flags,
                 follow=follow,
                 want_script=want_script,
+                keep=keep,
             )
         finally:
             if anchor >= 0:  # an absolute path has none (the broker's root)
                 os.close(anchor)
+
+    def _pin_all(self, tid: int, names: list[tuple[int, bytes, int, bool, bool]]) -> list[Pinned]:
+        """Several names of one syscall, (dirfd, path, kind, follow, keep) each, in one exchange.
+
+        An anchor (the agent's cwd or a dirfd) named twice is opened once, so
+        both names start from the same directory.
+        """
+        found = [_NOT_ASKED] * len(names)
+        anchors: list[int] = []
+        opened: dict[str, int] = {}  # /proc link -> its index in `anchors`
+        lookups: list[broker.Lookup] = []
+        sent: list[int] = []
+        try:
+            for i, (dirfd, path, kind, follow, keep) in enumerate(names):
+                try:
+                    link, rest = self._anchor(tid, dirfd, path, 0)
+                    index = -1 if link is None else opened.get(link, -1)
+                    if link is not None and index < 0:
+                        anchors.append(self._open_anchor(link))
+                        index = opened[link] = len(anchors) - 1
+                except OSError as exc:
+                    found[i] = Pinned(error=exc.errno or errno.ENOENT)
+                    continue
+                lookups.append((index, rest, kind, 0, 0, follow, False, keep))
+                sent.append(i)
+            if lookups:
+                for i, pinned in zip(sent, self.broker.resolve_all(lookups, anchors), strict=True):
+                    found[i] = pinned
+        finally:
+            for fd in anchors:
+                os.close(fd)
+        return found
+
+    def resolve_names(self, tid: int, wanted: list[tuple[int, bytes, int]]) -> list[Resolved]:
+        """The names one syscall gives, (dirfd, raw, AS_*) each, resolved in one exchange.
+
+        Each is what `resolve_parent` (AS_PARENT) or `resolve` (AS_OBJECT; AS_INODE:
+        not followed, not pinned) would answer.  If one cannot be judged
+        (`_checked` raised), none stays pinned.
+        """
+        nodes: list[Resolved] = []
+        names: list[tuple[int, bytes, int, bool, bool]] = []
+        for dirfd, raw, how in wanted:
+            if how == AS_PARENT:
+                parent, _name, err = _parent_and_name(raw)
+                if err:
+                    nodes.append(self._unresolved_parent(tid, dirfd, raw, err))
+                    continue
+                names.append((dirfd, parent, broker.PARENT, True, True))
+            elif not raw:
+                nodes.append(Resolved(self._lexical(tid, dirfd, raw), error=errno.ENOENT))
+                continue
+            else:
+                names.append((dirfd, raw, broker.OBJECT, how == AS_OBJECT, how == AS_OBJECT))
+            nodes.append(_PENDING)
+        answers = iter(self._pin_all(tid, names))
+        try:
+            for i, (dirfd, raw, how) in enumerate(wanted):
+                if nodes[i] is not _PENDING:
+                    continue
+                pinned = next(answers)
+                if how == AS_PARENT:
+                    nodes[i] = self._parent_node(tid, dirfd, raw, pinned)
+                else:
+                    nodes[i] = self._object_node(tid, dirfd, raw, pinned)
+        except BaseException:
+            self.release(*(node for node in nodes if node is not _PENDING))
+            for pinned in answers:
+                self.broker.drop(pinned)
+            raise
+        return nodes
 
     def resolve(
         self,
@@ -479,8 +592,12 @@ class Mediator:
         follow: bool = True,
         resolve_flags: int = 0,
         want_script: bool = False,
+        keep: bool = True,
     ) -> Resolved:
-        """Pin the object `raw` names (following a final symlink if `follow`)."""
+        """Pin the object `raw` names (following a final symlink if `follow`).
+
+        With `keep` False it is only looked at (its stat and real path), not pinned.
+        """
         if not raw:
             return Resolved(self._lexical(tid, dirfd, raw), error=errno.ENOENT)
         pinned = self._pin(
@@ -491,7 +608,11 @@ class Mediator:
             follow=follow,
             resolve_flags=resolve_flags,
             want_script=want_script,
+            keep=keep,
         )
+        return self._object_node(tid, dirfd, raw, pinned)
+
+    def _object_node(self, tid: int, dirfd: int, raw: bytes, pinned: Pinned) -> Resolved:
         if pinned.error:
             return Resolved(self._lexical(tid, dirfd, raw), error=pinned.error)
         return self._checked(Resolved(pinned.path, pinned))
@@ -535,20 +656,21 @@ class Mediator:
         self, tid: int, dirfd: int, raw: bytes, *, resolve_flags: int = 0
     ) -> Resolved:
         """Pin the directory that would hold `raw`'s last component."""
-        stripped = raw.rstrip(b"/")
-        head, _, name = stripped.rpartition(b"/")
-        if not stripped:
-            return Resolved("/", error=errno.EBUSY)
-        if name in (b".", b".."):
-            return Resolved(self._lexical(tid, dirfd, raw), error=errno.EINVAL)
-        parent = head if head or not stripped.startswith(b"/") else b"/"
-        if b"/" not in stripped:
-            parent = b"."
+        parent, _name, err = _parent_and_name(raw)
+        if err:
+            return self._unresolved_parent(tid, dirfd, raw, err)
         pinned = self._pin(tid, dirfd, parent, broker.PARENT, resolve_flags=resolve_flags)
+        return self._parent_node(tid, dirfd, raw, pinned)
+
+    def _unresolved_parent(self, tid: int, dirfd: int, raw: bytes, err: int) -> Resolved:
+        """A name no syscall takes: "/" itself (EBUSY), or one ending in . or .. (EINVAL)."""
+        return Resolved("/" if err == errno.EBUSY else self._lexical(tid, dirfd, raw), error=err)
+
+    def _parent_node(self, tid: int, dirfd: int, raw: bytes, pinned: Pinned) -> Resolved:
         if pinned.error:
             return Resolved(self._lexical(tid, dirfd, raw), error=pinned.error)
-        target = pinned.path.rstrip("/") + "/" + os.fsdecode(name)
-        return Resolved(target, pinned, name=name)
+        name = raw.rstrip(b"/").rpartition(b"/")[2]
+        return Resolved(pinned.path.rstrip("/") + "/" + os.fsdecode(name), pinned, name=name)
 
     def _umask(self, tid: int) -> int:
         tgid = self._tgid_of(tid)
@@ -724,20 +846,11 @@ class Mediator:
         if not raw and flags & AT_EMPTY_PATH:
             raw = b"/proc/self/fd/%d" % dirfd
             dirfd = AT_FDCWD
-        argv: list[str] = []
-        total = 0
-        for pointer in self.memory.read_pointer_array(tid, argv_ptr) if argv_ptr else ():
-            arg = self.memory.read_cstring(tid, pointer, _MAX_ARG_STRLEN)
-            # The kernel would refuse more than this too; without the cap, one
-            # 128 KiB string named many times over is gigabytes to read.
-            total += len(arg) + 1
-            if total > _MAX_ARGV_BYTES:
-                raise OSError(errno.E2BIG, "argument list too long")
-            argv.append(os.fsdecode(arg))
+        argv = self._argv(tid, argv_ptr)
+        # Only looked at (nothing stays pinned): the kernel itself runs the exec.
         node = self.resolve(
-            tid, dirfd, raw, follow=not flags & AT_SYMLINK_NOFOLLOW, want_script=True
+            tid, dirfd, raw, follow=not flags & AT_SYMLINK_NOFOLLOW, want_script=True, keep=False
         )
-        self.release(node)
         checks = [
             (ActionType.SHELL_EXECUTE, " ".join(argv)),
             (ActionType.PROCESS_SPAWN, node.target),
@@ -748,10 +861,12 @@ class Mediator:
         if not response.proceeds:
             self._refuse(n, response, errno.EACCES)
             return
-        # The process image changes: cached memory fds and umask go stale.
+        # The process image changes: its memory is read afresh from now on.
+        # (Its umask and pidfd stay cached: an exec keeps both.)
         tgid = self._tgid_of(tid)
-        self.forget_process(tgid)
+        self.memory.forget(tgid)
         self.memory.forget(tid)
+        self._execs.pop(tgid, None)
         # An exec cannot be done on the agent's behalf, so a racing thread
         # could swap argv after this check.  Remember what was allowed and
         # hold the new image to it at its first trapped syscall.
@@ -759,6 +874,36 @@ class Mediator:
         if len(self._execs) > _PER_PROCESS_CACHE:
             self._execs.popitem(last=False)  # exec'd, and never made a trapped call since
         _seccomp.respond_continue(self.listener, n.id)
+
+    def _argv(self, tid: int, argv_ptr: int) -> list[str]:
+        """The argument strings of an exec.
+
+        A shell or a libc lays them out one after another: then one read of
+        the span they cover takes them all.  Spread further apart (or one
+        running past that span), each is read on its own.
+        """
+        pointers = self.memory.read_pointer_array(tid, argv_ptr) if argv_ptr else []
+        span, start = b"", min(pointers, default=0)
+        if pointers and max(pointers) - start <= _ARGV_SPAN:
+            try:
+                span = self.memory.read(tid, start, max(pointers) - start + _ARGV_LAST)
+            except OSError:
+                span = b""  # (the last string's page may be the last one mapped)
+        argv: list[str] = []
+        total = 0
+        for pointer in pointers:
+            end = span.find(b"\0", pointer - start) if span else -1
+            if end >= 0:
+                arg = span[pointer - start : end]
+            else:
+                arg = self.memory.read_cstring(tid, pointer, _MAX_ARG_STRLEN)
+            # The kernel would refuse more than this too; without the cap, one
+            # 128 KiB string named many times over is gigabytes to read.
+            total += len(arg) + 1
+            if total > _MAX_ARGV_BYTES:
+                raise OSError(errno.E2BIG, "argument list too long")
+            argv.append(os.fsdecode(arg))
+        return argv
 
     def _exec_as_decided(self, notif: _seccomp.Notification) -> bool:
         """First syscall after an allowed exec: is the running image the one decided on?
@@ -802,15 +947,7 @@ class Mediator:
     ) -> None:
         raw = self.memory.read_cstring(n.pid, path_ptr)
         node = self.resolve_parent(n.pid, dirfd, raw)
-        response = self._decide(n, syscall, action, node.target)
-        if not response.proceeds:
-            self.release(node)
-            self._refuse(n, response, errno.EACCES)
-        elif node.error:
-            self.release(node)
-            self._fail(n, node.error)
-        else:
-            self.broker.act(op, n.id, node.handle, node.name, *args)
+        self._act(n, syscall, action, node, op, node.name, *args)
 
     def _unlink(
         self, n: _seccomp.Notification, syscall: str, dirfd: int, ptr: int, flags: int
@@ -831,13 +968,16 @@ class Mediator:
         self, n: _seccomp.Notification, syscall: str, dirfd: int, ptr: int, mode: int
     ) -> None:
         mode = mode & 0o7777 & ~self._umask(n.pid) & ~stat.S_ISUID
-        existing = self.resolve(n.pid, dirfd, self.memory.read_cstring(n.pid, ptr), follow=False)
-        self.release(existing)
+        raw = self.memory.read_cstring(n.pid, ptr)
+        # What is there (only looked at) and the parent, in one exchange.
+        wanted = [(dirfd, raw, AS_INODE), (dirfd, raw, AS_PARENT)]
+        existing, parent = self.resolve_names(n.pid, wanted)
         if not existing.error:
             # `mkdir -p` of what is there: EEXIST, as the kernel says, before any rule.
+            self.release(parent)
             self._fail(n, errno.EEXIST)
             return
-        self._parent_op(n, syscall, ActionType.FILE_WRITE, dirfd, ptr, broker.MKDIR, mode)
+        self._act(n, syscall, ActionType.FILE_WRITE, parent, broker.MKDIR, parent.name, mode)
 
     def _on_mkdir(self, n: _seccomp.Notification, name: str) -> None:
         self._mkdir(n, name, AT_FDCWD, n.args[0], n.args[1])
@@ -873,22 +1013,33 @@ class Mediator:
         old_raw = self.memory.read_cstring(tid, old_ptr)
         new_raw = self.memory.read_cstring(tid, new_ptr)
         follow = linking and bool(flags & AT_SYMLINK_FOLLOW)
+        # Both names (and for a link, the inode) in one exchange with the broker.
         if follow:
-            source = self.resolve(tid, olddirfd, old_raw)
-        else:
-            source = self.resolve_parent(tid, olddirfd, old_raw)
-            if linking and not source.error:
+            source, dest = self.resolve_names(
+                tid, [(olddirfd, old_raw, AS_OBJECT), (newdirfd, new_raw, AS_PARENT)]
+            )
+        elif linking:
+            source, inode, dest = self.resolve_names(
+                tid,
+                [
+                    (olddirfd, old_raw, AS_PARENT),
+                    (olddirfd, old_raw, AS_INODE),
+                    (newdirfd, new_raw, AS_PARENT),
+                ],
+            )
+            if not source.error:
                 # A hard link to a protected file must be judged as that file.
                 try:
-                    inode = self.resolve(tid, olddirfd, old_raw, follow=False)
-                    self.release(inode)
                     protected = self._protected_name(inode)
                 except WalkFailed:
-                    self.release(source)
+                    self.release(source, dest)
                     raise
                 if protected is not None:
                     source.target = protected
-        dest = self.resolve_parent(tid, newdirfd, new_raw)
+        else:
+            source, dest = self.resolve_names(
+                tid, [(olddirfd, old_raw, AS_PARENT), (newdirfd, new_raw, AS_PARENT)]
+            )
         if linking:
             # Making a new name for a file is as good as reading it.
             checks = [
@@ -965,6 +1116,18 @@ class Mediator:
             self.release(node)
             self._fail(n, node.error)
             return
+        self._act(n, syscall, action, node, op, *args)
+
+    def _act(
+        self,
+        n: _seccomp.Notification,
+        syscall: str,
+        action: ActionType,
+        node: Resolved,
+        op: int,
+        *args: object,
+    ) -> None:
+        """`op` (with `args`) on what `node` pinned, if the policy lets `action` on its target."""
         response = self._decide(n, syscall, action, node.target)
         if not response.proceeds:
             self.release(node)
