@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A job of short commands, bare and under `agentsup run --policy strict`, as a ratio.
 
-    python benchmarks/bench_shortjob.py [--runs 5] [--rounds 10] [--policy strict]
+    python benchmarks/bench_shortjob.py [--runs 5] [--rounds 10] [--policy strict] [--home DIR]
 
 In a fresh git repository inside the workspace, one job is `rounds` times:
 `git status`, a small change committed with `git commit -a`, `git log`.
@@ -11,6 +11,10 @@ In a fresh git repository inside the workspace, one job is `rounds` times:
   config read is mediated.
 - "run per command": every command is its own `agentsup run` (a tool call
   per process): start-up counts once per command.
+
+By default the agent gets a fresh, nearly empty home directory; `--home DIR`
+runs both with a real one (say your own): a policy's secrets under the home
+are walked for hard links, which costs what the home holds.
 
 Bare and supervised alternate in the same run; printed are the medians and
 their ratio.
@@ -48,15 +52,18 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--policy", default="strict")
+    parser.add_argument("--home", help="HOME for both (default: a fresh one in the scratch root)")
     args = parser.parse_args()
 
     root = scratch_root()
     repo = root / "workspace" / "repo"
     repo.mkdir()
     # A home of its own (no ~/.gitconfig of the user's), the same for both;
-    # the identity is in its ~/.gitconfig, which strict lets git read.
-    env = agentsup_env(root)
-    (root / "home" / ".gitconfig").write_text(GIT_CONFIG)
+    # the identity is in its ~/.gitconfig, which strict lets git read.  A real
+    # home is left as it is: the identity goes in the repository's own config.
+    env = agentsup_env(root, home=args.home)
+    if args.home is None:
+        (root / "home" / ".gitconfig").write_text(GIT_CONFIG)
     script = repo / "job.sh"
     script.write_text(f"set -e\ni=0\nwhile [ $i -lt {args.rounds} ]; do\n{ROUND}i=$((i+1))\ndone\n")
     supervised = [
@@ -67,6 +74,9 @@ def main() -> int:
     results: dict[str, list[float]] = {name: [] for name in ("bare", "one", "bare1", "per")}
     try:
         subprocess.run(["git", "init", "-q", str(repo)], env=env, check=True)
+        if args.home is not None:
+            with (repo / ".git" / "config").open("a") as config:
+                config.write(GIT_CONFIG)
         (repo / "notes.txt").write_text("start\n")
         subprocess.run(["git", "add", "job.sh", "notes.txt"], cwd=repo, env=env, check=True)
         subprocess.run(["git", "commit", "-q", "-m", "start"], cwd=repo, env=env, check=True)
@@ -82,7 +92,8 @@ def main() -> int:
     median = {name: statistics.median(values) for name, values in results.items()}
     print(
         f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, {args.runs} runs each, "
-        f"{args.rounds} rounds of git status / commit / log, policy {args.policy}"
+        f"{args.rounds} rounds of git status / commit / log, policy {args.policy}, "
+        f"HOME {args.home or 'fresh'}"
     )
     print(f"{'':18} {'bare s':>9} {'agentsup s':>11} {'ratio':>6}")
     print(f"{'one run':18} {median['bare']:9.3f} {median['one']:11.3f} "
