@@ -124,8 +124,7 @@ class RateLimit(NamedTuple):
 DEFAULT_RULE_ID = "<default>"
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """The engine's answer for one event.
 
     `rule_id` is DEFAULT_RULE_ID when no rule matched and the policy's

@@ -63,7 +63,10 @@ NOT_BEFORE_THE_FORK = (
     "agentsup.supervision.placement",
     "agentsup.supervision.terminal",
     "agentsup.supervision.watchdog",
+    "_hashlib",
     "h11",
+    "hashlib",
+    "hmac",
     "importlib.resources",
     "inotify_simple",
     "logging",
@@ -132,3 +135,18 @@ def test_agentsup_policy_names_each_resolve() -> None:
         assert getattr(policy, name) is not None, name
     with pytest.raises(AttributeError):
         _ = policy.no_such_name  # type: ignore[attr-defined]
+
+
+def test_the_digests_without_openssl_are_hashlibs() -> None:
+    """agentsup.hashing (CPython's own SHA-256) gives what hashlib and hmac give."""
+    import hashlib
+    import hmac
+
+    from agentsup.hashing import compare_digest, sha256
+    from agentsup.integrity.audit import MacKey
+
+    for data in (b"", b"abc", bytes(range(256)) * 300):
+        assert sha256(data).hexdigest() == hashlib.sha256(data).hexdigest()
+        for key in (b"k", b"k" * 64, b"k" * 65):
+            assert MacKey(key).hexdigest(data) == hmac.new(key, data, "sha256").hexdigest()
+    assert compare_digest(b"same", b"same") and not compare_digest(b"same", b"diff")

@@ -60,8 +60,6 @@ import _thread
 import contextlib
 import fcntl
 import functools
-import hashlib
-import hmac
 import json
 import os
 import time
@@ -72,6 +70,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import NamedTuple
 
+from ..hashing import compare_digest, sha256
 from ..paths import Locations
 
 ZERO_MAC = "0" * 64
@@ -138,10 +137,10 @@ class MacKey:
 
     def __init__(self, key: bytes) -> None:
         if len(key) > 64:
-            key = hashlib.sha256(key).digest()
+            key = sha256(key).digest()
         block = key.ljust(64, b"\0")
-        self._inner = hashlib.sha256(block.translate(_PAD_INNER))
-        self._outer = hashlib.sha256(block.translate(_PAD_OUTER))
+        self._inner = sha256(block.translate(_PAD_INNER))
+        self._outer = sha256(block.translate(_PAD_OUTER))
 
     def __repr__(self) -> str:
         return "<MacKey>"  # never show key material
@@ -341,7 +340,7 @@ def check_line(mac_key: MacKey, line: bytes) -> _Link:
         # The writer's layout: the signed bytes are the line minus the mac.
         body = line[:-_SEALED_TAIL] + b"}"
         mac = line[_MAC_START:-3]
-        if not hmac.compare_digest(mac_key.hexdigest(body).encode(), mac):
+        if not compare_digest(mac_key.hexdigest(body).encode(), mac):
             raise _BadRecord(_MAC_MISMATCH)
         found = _fast_seq_prev(body)
         if found is not None and not body.startswith(_RESTART_PREFIX):
@@ -360,7 +359,7 @@ def _parse_link(mac_key: MacKey, line: bytes, *, check_mac: bool) -> _Link:
     mac_bytes = mac.encode("ascii", "replace")
     if check_mac:
         expected = mac_key.hexdigest(canonical_json(record)).encode()
-        if not hmac.compare_digest(expected, mac_bytes):
+        if not compare_digest(expected, mac_bytes):
             raise _BadRecord(_MAC_MISMATCH)
     seq, prev = record.get("seq"), record.get("prev")
     if not _is_int(seq):
@@ -420,7 +419,7 @@ class ChainVerifier:
         ):
             body = line[:-_SEALED_TAIL] + b"}"
             mac = line[_MAC_START:-3]
-            if hmac.compare_digest(
+            if compare_digest(
                 self._mac_key.hexdigest(body).encode(), mac
             ) and not body.startswith(_RESTART_PREFIX):
                 found = _fast_seq_prev(body)

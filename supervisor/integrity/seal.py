@@ -32,20 +32,26 @@ import contextlib
 import ctypes
 import errno
 import fcntl
-import hashlib
-import hmac
 import json
 import os
 import stat
 import struct
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Literal, NamedTuple, Protocol, TypeVar
 
+from ..hashing import compare_digest, sha256
 from ..paths import Locations
-from .audit import AuditKeyError, canonical_json, format_ts, load_key, load_or_create_key
+from .audit import (
+    AuditKeyError,
+    MacKey,
+    canonical_json,
+    format_ts,
+    load_key,
+    load_or_create_key,
+)
 from .statefiles import write_atomically
 
 # Checking a seal (every `agentsup run`) needs neither the policy loader nor
@@ -117,7 +123,7 @@ class Manifest(NamedTuple):
         }
 
     def compute_mac(self, key: bytes) -> str:
-        return hmac.new(key, canonical_json(self.body()), hashlib.sha256).hexdigest()
+        return MacKey(key).hexdigest(canonical_json(self.body()))  # HMAC-SHA256
 
     def signed(self, key: bytes) -> Manifest:
         return self._replace(mac=self.compute_mac(key))
@@ -153,7 +159,7 @@ class Manifest(NamedTuple):
                 raise ValueError(f"unknown manifest version {raw.get('version')!r}")
         except (KeyError, TypeError, ValueError) as exc:
             raise TamperDetected(f"manifest is malformed: {exc}") from None
-        if not hmac.compare_digest(manifest.compute_mac(key), manifest.mac):
+        if not compare_digest(manifest.compute_mac(key), manifest.mac):
             raise TamperDetected("manifest mac is bad: edited, or not made with this audit key")
         return manifest
 
@@ -264,7 +270,7 @@ def _scan_file_entry(path: str) -> Entry:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             return Entry("other", stat.S_IMODE(info.st_mode), info.st_uid, None)
-        digest = hashlib.sha256()
+        digest = sha256()
         while chunk := os.read(fd, 1 << 16):
             digest.update(chunk)
         return Entry(
@@ -343,8 +349,7 @@ def compare(manifest: Manifest, snapshot: Snapshot) -> list[str]:
 # ----------------------------------------------------------------- the status
 
 
-@dataclass(frozen=True)
-class SealStatus:
+class SealStatus(NamedTuple):
     """The outcome of `check_sealed`.
 
     `manifest` is the authenticated manifest, when there is one; `files` the
@@ -352,9 +357,9 @@ class SealStatus:
     """
 
     state: StatusState
-    reasons: list[str] = field(default_factory=list)
+    reasons: list[str]
     manifest: Manifest | None = None
-    files: dict[str, str] = field(default_factory=dict)
+    files: Mapping[str, str] = MappingProxyType({})
     directory: str = ""
 
     @property

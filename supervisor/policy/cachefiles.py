@@ -14,12 +14,13 @@ newest.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import stat
 from pathlib import Path
 from typing import Any
+
+from ..hashing import sha256
 
 CACHE_DIR_NAME = "cache"
 MAX_ENTRY_BYTES = 4 << 20  # a policy of 1 MiB at most, and its lookups
@@ -32,7 +33,7 @@ class BadEntry(ValueError):
 
 def digest(*parts: str | bytes) -> str:
     """SHA-256 of the parts, each one delimited, as hex."""
-    hashed = hashlib.sha256()
+    hashed = sha256()
     for part in parts:
         data = part.encode("utf-8", "surrogatepass") if isinstance(part, str) else part
         hashed.update(len(data).to_bytes(8, "little") + data)
@@ -81,7 +82,7 @@ def read_entry(path: Path) -> Any:
     finally:
         os.close(fd)
     checksum, _, body = b"".join(chunks).partition(b"\n")
-    if hashlib.sha256(body).hexdigest().encode() != checksum:
+    if sha256(body).hexdigest().encode() != checksum:
         raise BadEntry("checksum mismatch")
     try:
         return json.loads(body)
@@ -94,7 +95,7 @@ def write_entry(directory: Path, name: str, document: Any) -> None:
     body = json.dumps(document, separators=(",", ":")).encode()  # ASCII: \\u escapes
     if len(body) > MAX_ENTRY_BYTES - 65:
         return
-    data = hashlib.sha256(body).hexdigest().encode() + b"\n" + body
+    data = sha256(body).hexdigest().encode() + b"\n" + body
     temporary = directory / f".{name}.{os.getpid()}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:

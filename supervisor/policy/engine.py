@@ -282,6 +282,11 @@ class CompiledPolicy:
         self._env_pass = _any_glob(policy.env.pass_, policy)
         self._env_deny = _any_glob(policy.env.deny, policy)
 
+    def prepare(self, actions: Iterable[ActionType]) -> None:
+        """Build the sets that decide `actions` now, not at the first such decision."""
+        for action in actions:
+            _ = self._tables[action]
+
     def _table(self, action: ActionType, *, fallback: bool = False) -> _Table:
         rules = [rule for rule in self.rules if rule.applies and action in rule.rule.actions]
         return _Table(rules, paths=action in PATH_ACTIONS, fallback=fallback)

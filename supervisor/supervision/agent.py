@@ -291,6 +291,8 @@ def _status_code(raw_status: int) -> tuple[int, int | None]:
     return os.waitstatus_to_exitcode(raw_status), None
 
 
+_FIRST_DECIDED = (ActionType.SHELL_EXECUTE, ActionType.PROCESS_SPAWN, ActionType.FILE_READ)
+
 # How long an agent in its own PID namespace runs before its watchdog starts.
 _WATCHDOG_AFTER = 0.3
 
@@ -546,6 +548,9 @@ class Agent:
             for name in _IMPORTED_FOR_THE_RUN:
                 importlib.import_module(name, __package__)
             self._serve_hooks()
+            # What every agent's first syscalls ask (a cached policy builds each
+            # action's set when first needed): its exec, and its loader's opens.
+            judge.policy.prepare(_FIRST_DECIDED)
 
         try:
             launched = launch.start(plan, while_the_trampoline_works)
