@@ -106,6 +106,7 @@ _MAX_MESSAGE = 16384
 _SPILL_OVER = _MAX_MESSAGE - 256
 _MAX_SPILL = 8 << 20
 _MAX_FDS = 3
+_FDS_SPACE = socket.CMSG_LEN(_MAX_FDS * 4)  # what socket.recv_fds asks for
 REPLY_TIMEOUT = 10.0
 _REPLY_TIMEOUT_MS = int(REPLY_TIMEOUT * 1000)
 _SOL_SOCKET = socket.SOL_SOCKET
@@ -294,6 +295,7 @@ class Broker:
         self.channel = channel
         self.listener = listener
         self.pinned: dict[int, int] = {}  # handle -> fd (the handle is the fd number)
+        self._own_proc = f"/proc/{os.getpid()}"  # (made in the broker itself: run_broker)
         # (st_dev, st_ino) of the broker's own channel, listener and pidfds.
         self.private: set[tuple[int, int]] = set()
         self._ops: dict[int, Callable[[int, list[int], list[object], list[int]], None]] = {
@@ -330,9 +332,10 @@ class Broker:
         an error, and the next one is served.
         """
         try:
-            data, fds, _flags, _addr = socket.recv_fds(self.channel, _MAX_MESSAGE, _MAX_FDS)
+            data, ancillary, _flags, _addr = self.channel.recvmsg(_MAX_MESSAGE, _FDS_SPACE)
         except InterruptedError:
             return True
+        fds = _received_fds(ancillary)
         if not data:
             for fd in fds:
                 os.close(fd)
@@ -468,8 +471,8 @@ class Broker:
         The broker is PID 1 of the agent's namespace, and a process may read its
         own /proc files (maps, fd/N) without the ptrace check the agent would get.
         """
-        own = f"/proc/{os.getpid()}"
-        if path == own or path.startswith(own + "/"):
+        own = self._own_proc
+        if path.startswith(own) and (len(path) == len(own) or path[len(own)] == "/"):
             return True
         return (st.st_dev, st.st_ino) in self.private
 
@@ -764,6 +767,15 @@ _HANDLE_ARGS: dict[int, tuple[int, ...]] = {
 }
 
 _AT_EMPTY_PATH = 0x1000
+
+
+def _received_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    """The fds an SCM_RIGHTS message brought (as socket.recv_fds reads them)."""
+    fds: list[int] = []
+    for level, kind, data in ancillary:
+        if level == _SOL_SOCKET and kind == _SCM_RIGHTS:
+            fds.extend(struct.unpack(f"{len(data) // 4}i", data[: len(data) - len(data) % 4]))
+    return fds
 
 
 def _failed_lookup(err: int) -> tuple[object, ...]:
