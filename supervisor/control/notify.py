@@ -15,7 +15,6 @@ import contextlib
 import os
 import shlex
 import signal
-import subprocess
 from collections.abc import Callable
 
 NOTIFY_ENV = "AGENTSUP_NOTIFY"
@@ -36,6 +35,10 @@ def send(
     env = dict(os.environ)
     env.update({f"AGENTSUP_NOTIFY_{key.upper()}": value for key, value in details.items()})
     try:
+        # Imported here: most runs never notify, and `agentsup run` starts
+        # without it.  Out of fds, the import fails as the Popen would.
+        import subprocess
+
         proc = subprocess.Popen(
             [*command, message],
             env=env,
@@ -44,7 +47,7 @@ def send(
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-    except OSError:
+    except (OSError, ImportError):
         return False
     pid = proc.pid
     # The supervisor reaps it; Popen must not try to (and must not warn).

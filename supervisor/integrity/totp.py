@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import getpass
-import hmac
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple, NoReturn
 
+from ..hashing import compare_digest
 from ..paths import Locations
 from .statefiles import write_atomically
 
@@ -89,7 +89,7 @@ def matching_step(secret: str, code: str, now: float, window: int = VALID_WINDOW
     matched: int | None = None
     for step in range(current - window, current + window + 1):
         # Compare every candidate, so timing does not reveal which one matched.
-        if hmac.compare_digest(str(totp.generate_otp(step)).encode(), code.encode()):
+        if compare_digest(str(totp.generate_otp(step)).encode(), code.encode()):
             matched = step
     return matched
 

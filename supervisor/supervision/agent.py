@@ -813,7 +813,9 @@ class Agent:
             from .watchdog import spawn_watchdog
 
             self._watchdog = spawn_watchdog(os.getpid(), self.group)
-        except OSError as exc:  # out of fds or processes: the parent-death chain still holds
+        except (OSError, ImportError) as exc:
+            # Out of fds or processes (subprocess's import too): the parent-death
+            # chain still holds.
             say(f"warning: no watchdog for this agent's groups: {exc}")
 
     def _notifications(self) -> int:
