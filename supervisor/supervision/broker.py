@@ -113,9 +113,15 @@ _SOL_SOCKET = socket.SOL_SOCKET
 _SCM_RIGHTS = socket.SCM_RIGHTS
 
 
+# A read the supervisor already allowed, if it opens this very file again:
+# (real path, st_dev, st_ino, more than one link, notification id, cloexec, F_SETFL
+# flags or -1).  The broker hands it over at once (`Pinned.injected`); anything
+# else found is answered as usual, for the supervisor to decide.
+Expected = tuple[str, int, int, bool, int, bool, int]
 # One path of a RESOLVE request: (anchor index among the fds sent, -1 for the
-# agent's root; raw; kind; open flags; RESOLVE_* flags; follow; want_script; keep).
-Lookup = tuple[int, bytes, int, int, int, bool, bool, bool]
+# agent's root; raw; kind; open flags; RESOLVE_* flags; follow; want_script;
+# keep; an Expected read or None).
+Lookup = tuple[int, bytes, int, int, int, bool, bool, bool, Expected | None]
 
 
 class BrokerGone(OSError):
@@ -134,6 +140,7 @@ class Pinned:
     ino: int = 0
     nlink: int = 0
     script: bool = False
+    injected: bool = False  # opened for reading and handed to the agent already (`Expected`)
 
 
 # -- the supervisor's side -----------------------------------------------------------
@@ -202,13 +209,14 @@ class BrokerClient:
         follow: bool = True,
         want_script: bool = False,
         keep: bool = True,
+        expected: Expected | None = None,
     ) -> Pinned:
         """Pin what `raw` names, from `anchor` (an fd) or the agent's root (-1).
 
         With `keep` False it is only looked at: nothing stays pinned (handle -1).
         """
         index, anchors = (0, [anchor]) if anchor >= 0 else (-1, [])
-        lookup = (index, raw, kind, flags, resolve_flags, follow, want_script, keep)
+        lookup = (index, raw, kind, flags, resolve_flags, follow, want_script, keep, expected)
         (answers,) = self._call(RESOLVE, ((lookup,),), anchors)
         return Pinned(*answers[0]) if answers else Pinned(error=errno.EIO)
 
@@ -398,8 +406,8 @@ class Broker:
         self.channel.send(marshal.dumps((seq, answers)))  # type: ignore[arg-type]
 
     def _lookup(self, lookup: tuple[object, ...], fds: list[int]) -> tuple[object, ...]:
-        """One path of a RESOLVE: (handle, path, errno, mode, dev, ino, nlink, script)."""
-        index, raw, kind, flags, resolve_flags, follow, want_script, keep = lookup
+        """One path of a RESOLVE: (handle, path, errno, mode, dev, ino, nlink, script, injected)."""
+        index, raw, kind, flags, resolve_flags, follow, want_script, keep, expected = lookup
         assert isinstance(raw, bytes) and isinstance(kind, int) and isinstance(flags, int)
         assert isinstance(resolve_flags, int) and isinstance(index, int)
         if index >= len(fds):
@@ -418,6 +426,13 @@ class Broker:
         handle, err = fd, 0
         if self._is_mine(path, st):
             handle, err = -1, errno.EACCES
+        elif (hand_over := _as_expected(kind, path, st, expected)) is not None:
+            notif_id, cloexec, setfl = hand_over
+            try:
+                self._hand_over(notif_id, fd, cloexec, setfl)
+            except Exception as exc:  # fail this syscall, keep serving
+                _seccomp.respond_error(self.listener, notif_id, _errno_of(exc))
+            return (-1, path, 0, st.st_mode, st.st_dev, st.st_ino, st.st_nlink, False, True)
         script = bool(want_script) and handle >= 0 and stat.S_ISREG(st.st_mode)
         script = script and _starts_with_shebang(fd)
         if handle >= 0 and keep:
@@ -425,7 +440,7 @@ class Broker:
         else:
             os.close(fd)
             handle = -1
-        return (handle, path, err, st.st_mode, st.st_dev, st.st_ino, st.st_nlink, script)
+        return (handle, path, err, st.st_mode, st.st_dev, st.st_ino, st.st_nlink, script, False)
 
     @staticmethod
     def _open(
@@ -543,9 +558,17 @@ class Broker:
         _handle, cloexec, setfl = args
         # The pinned fd itself goes to the agent (no dup: nobody else holds it).
         fd = pinned[0]
+        pinned[0] = -1  # `_hand_over` closes it
+        self._hand_over(notif_id, fd, cloexec, setfl)
+
+    def _hand_over(self, notif_id: int, fd: int, cloexec: object, setfl: object) -> None:
+        """An fd opened for reading goes to the agent with its own status flags; closed here."""
         if isinstance(setfl, int) and setfl >= 0:
-            fcntl.fcntl(fd, fcntl.F_SETFL, setfl & _SETFL_FLAGS)  # on failure `_do` closes it
-        pinned[0] = -1  # `_inject_fd` closes it
+            try:
+                fcntl.fcntl(fd, fcntl.F_SETFL, setfl & _SETFL_FLAGS)
+            except OSError:
+                os.close(fd)
+                raise
         self._inject_fd(notif_id, fd, bool(cloexec))
 
     def _reopen(
@@ -780,7 +803,25 @@ def _received_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
 
 def _failed_lookup(err: int) -> tuple[object, ...]:
     """A RESOLVE answer for a path that could not be resolved."""
-    return (-1, "", err, 0, 0, 0, 0, False)
+    return (-1, "", err, 0, 0, 0, 0, False, False)
+
+
+def _as_expected(
+    kind: int, path: str, st: os.stat_result, expected: object
+) -> tuple[int, bool, int] | None:
+    """(notification id, cloexec, F_SETFL flags) when an OPEN found the very file an
+    Expected read names: the same inode, under the same real path, linked once
+    or more as it was; else None."""
+    if kind != OPEN or not isinstance(expected, tuple) or len(expected) != 7:
+        return None
+    want_path, dev, ino, linked, notif_id, cloexec, setfl = expected
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        return None
+    if (st.st_ino, st.st_dev, path, st.st_nlink > 1) != (ino, dev, want_path, linked):
+        return None
+    if not isinstance(notif_id, int) or not isinstance(setfl, int):
+        return None
+    return notif_id, bool(cloexec), setfl
 
 
 def _errno_of(exc: BaseException) -> int:

@@ -167,6 +167,7 @@ _IOCTL_ARGUMENT = {
 # Bounds on what is kept per agent process (see Mediator.__init__).
 _PIDFD_CACHE = 64
 _PER_PROCESS_CACHE = 4096
+_READS_REMEMBERED = 1024  # names of plainly allowed reads, for `Mediator._expected_read`
 
 
 class Judge(Protocol):
@@ -324,6 +325,9 @@ class Mediator:
         # process or thread exits (only its own children are reaped here).
         self._umasks: dict[int, int] = {}
         self._pidfds: OrderedDict[int, int] = OrderedDict()
+        # (dirfd, name) -> (real path, st_dev, st_ino, linked, target) of a read
+        # allowed from the cache: the broker hands the same file over at once.
+        self._reads: dict[tuple[int, bytes], tuple[str, int, int, bool, str]] = {}
         # The agent's own PID and network namespaces, compared with ours once.
         self._own_namespace: dict[str, bool] = {}
         # (st_dev, st_ino) -> path, for files a hard link must not reach.
@@ -491,6 +495,7 @@ class Mediator:
         resolve_flags: int = 0,
         want_script: bool = False,
         keep: bool = True,
+        expected: broker.Expected | None = None,
     ) -> Pinned:
         try:
             link, rest = self._anchor(tid, dirfd, raw, resolve_flags)
@@ -507,6 +512,7 @@ class Mediator:
                 follow=follow,
                 want_script=want_script,
                 keep=keep,
+                expected=expected,
             )
         finally:
             if anchor >= 0:  # an absolute path has none (the broker's root)
@@ -534,7 +540,7 @@ class Mediator:
                 except OSError as exc:
                     found[i] = Pinned(error=exc.errno or errno.ENOENT)
                     continue
-                lookups.append((index, rest, kind, 0, 0, follow, False, keep))
+                lookups.append((index, rest, kind, 0, 0, follow, False, keep, None))
                 sent.append(i)
             if lookups:
                 for i, pinned in zip(sent, self.broker.resolve_all(lookups, anchors), strict=True):
@@ -734,6 +740,7 @@ class Mediator:
         if not (writes or flags & _O_PATH) and raw:
             # The common read: the broker opens it right away (regular files and
             # directories only) and the policy decides on what it got.
+            setfl = -1 if flags & os.O_NONBLOCK else flags
             pinned = self._pin(
                 tid,
                 dirfd,
@@ -742,7 +749,10 @@ class Mediator:
                 flags=flags & ~os.O_CLOEXEC,
                 follow=follow,
                 resolve_flags=resolve_flags,
+                expected=self._expected_read(notif, dirfd, raw, resolve_flags, cloexec, setfl),
             )
+            if pinned.injected:
+                return  # the very file read (and allowed) before: the broker handed it over
             opened = stat.S_ISREG(pinned.mode) or stat.S_ISDIR(pinned.mode)
             if pinned.error:
                 node = Resolved(self._lexical(tid, dirfd, raw), error=pinned.error)
@@ -754,7 +764,8 @@ class Mediator:
                     and (ActionType.FILE_READ, node.target) in self._allow_cache
                 ):
                     # The one check a read needs, already answered: inject it.
-                    setfl = -1 if flags & os.O_NONBLOCK else flags
+                    if not resolve_flags:
+                        self._remember_read(dirfd, raw, pinned, node.target)
                     self.broker.act(broker.INJECT, notif.id, pinned.handle, cloexec, setfl)
                     return
         else:
@@ -805,6 +816,36 @@ class Mediator:
         else:
             own_flags = flags & ~(os.O_NOFOLLOW | os.O_CLOEXEC)
             self.broker.act(broker.REOPEN, notif.id, node.handle, own_flags, cloexec)
+
+    def _expected_read(
+        self,
+        notif: _seccomp.Notification,
+        dirfd: int,
+        raw: bytes,
+        resolve_flags: int,
+        cloexec: bool,
+        setfl: int,
+    ) -> broker.Expected | None:
+        """The file this name opened for reading last time, if that read is still allowed.
+
+        Decided on (real path, inode, linked more than once) the broker will
+        check against what it opens: the decision `_open` would take on the
+        same (`_checked` maps the same inode to the same target), so the
+        broker may hand it over without asking again.  Anything else it
+        finds goes the usual way.
+        """
+        seen = self._reads.get((dirfd, raw)) if not resolve_flags else None
+        if seen is None:
+            return None
+        path, dev, ino, linked, target = seen
+        if (ActionType.FILE_READ, target) not in self._allow_cache:
+            return None
+        return (path, dev, ino, linked, notif.id, cloexec, setfl)
+
+    def _remember_read(self, dirfd: int, raw: bytes, pinned: Pinned, target: str) -> None:
+        if len(self._reads) >= _READS_REMEMBERED:
+            self._reads.clear()
+        self._reads[(dirfd, raw)] = (pinned.path, pinned.dev, pinned.ino, pinned.nlink > 1, target)
 
     def _on_open(self, n: _seccomp.Notification, name: str) -> None:
         self._open(n, name, AT_FDCWD, n.args[0], n.args[1] & _VALID_OPEN_FLAGS, n.args[2])
