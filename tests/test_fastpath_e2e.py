@@ -59,6 +59,18 @@ rules:
     decision: deny
     priority: 1
     on_violation: block
+  - id: refused-inside
+    actions: [file_read, file_write, file_delete]
+    target: "{workspace}/sub/refused*"
+    decision: deny
+    priority: 1
+    on_violation: block
+  - id: gone-refused
+    actions: [file_write]
+    target: "{workspace}/gone/**"
+    decision: deny
+    priority: 1
+    on_violation: block
   - id: read-only-file
     actions: [file_write]
     target: "{workspace}/read-only.txt"
@@ -81,6 +93,9 @@ def _plant(ws: Path) -> None:
     (ws / "link-to-plain").symlink_to("plain.txt")
     (ws / "link-to-refused").symlink_to("refused.txt")
     os.link(ws / "plain.txt", ws / "linked.txt")
+    (ws / "sub" / "inside.txt").write_text("inside\n")
+    (ws / "sub" / "refused.txt").write_text("refused inside\n")
+    (ws / "link-to-sub").symlink_to("sub")
     os.mkfifo(ws / "fifo")
 
 
@@ -122,7 +137,7 @@ def opener(sandbox: Sandbox) -> Sandbox:
 def test_both_paths_give_the_same_results_and_refusals(opener: Sandbox) -> None:
     native, native_refusals = _outcomes(opener, native=True)
     python, python_refusals = _outcomes(opener, native=False)
-    assert len(native) == len(python) == 2 * (33 + 18)
+    assert len(native) == len(python) == 2 * (38 + 27)
     for ours, theirs in zip(native, python, strict=True):
         assert ours == theirs
     assert native_refusals == python_refusals
@@ -140,6 +155,12 @@ def test_both_paths_give_the_same_results_and_refusals(opener: Sandbox) -> None:
     assert by_case[("create", 1)] == {"case": "create", "pass": 1, "mode": "0o755"}
     assert by_case[("unlink again", 1)]["error"] == "ENOENT"
     assert by_case[("unlink refused", 1)]["error"] == "EACCES"
+    assert by_case[("read through a symlinked directory", 1)]["data"] == "inside\n"
+    assert by_case[("read a refused file through a symlinked directory", 1)]["error"] == "EACCES"
+    for missing in ("", " read-write", " relative"):
+        assert by_case[(f"create{missing} in a missing directory", 1)]["error"] == "ENOENT"
+    assert by_case[("create refused in a missing directory", 1)]["error"] == "EACCES"
+    assert any("gone-refused" in line for line in native_refusals)
     assert by_case[("rmdir with a trailing slash", 1)] == {
         "case": "rmdir with a trailing slash",
         "pass": 1,
@@ -147,25 +168,33 @@ def test_both_paths_give_the_same_results_and_refusals(opener: Sandbox) -> None:
     }
 
 
-def _stopped_supervisor_opens(sandbox: Sandbox, native: bool) -> tuple[str, str]:
+def _stopped_supervisor_opens(
+    sandbox: Sandbox,
+    native: bool,
+    mode: str = "r",
+    names: tuple[str, str] = ("allowed.txt", "refused.txt"),
+) -> tuple[str, str]:
     """Open an allowed file, then a refused one, while the supervisor is stopped."""
     ws = sandbox.workspace
     (ws / "allowed.txt").write_text("allowed\n")
     (ws / "refused.txt").write_text("refused\n")
     script = ws / "wait_and_open.py"
     script.write_text(
-        "import sys\n"
+        "import errno, sys\n"
         "print('ready', flush=True)\n"
         "sys.stdin.readline()\n"  # the test stops the supervisor meanwhile
-        "for path in sys.argv[1:]:\n"
+        "mode = sys.argv[1]\n"
+        "for path in sys.argv[2:]:\n"
         "    try:\n"
-        "        print(open(path).read().strip(), flush=True)\n"
-        "    except PermissionError:\n"
-        "        print('refused', 'EACCES', flush=True)\n"
+        "        with open(path, mode) as opened:\n"
+        "            print(opened.read().strip() if mode == 'r' else 'created', flush=True)\n"
+        "    except OSError as exc:\n"
+        "        kind = 'refused' if exc.errno == errno.EACCES else 'failed'\n"
+        "        print(kind, errno.errorcode[exc.errno], flush=True)\n"
     )
     policy = sandbox.policy("differential", POLICY)
     command = sandbox.command(
-        "python3", str(script), str(ws / "allowed.txt"), str(ws / "refused.txt"), policy=policy
+        "python3", str(script), mode, *(str(ws / name) for name in names), policy=policy
     )
     env = {**sandbox.env, fastpath.ENV_SWITCH: "1" if native else "0"}
     proc = subprocess.Popen(
@@ -205,6 +234,21 @@ def test_a_plainly_allowed_open_is_answered_while_the_supervisor_is_stopped(
     assert everything == "allowed\nrefused EACCES\n"
     refusals = [r for r in opener.audit_records() if r.get("rule") == "refused-file"]
     assert len(refusals) == 1
+
+
+@needs_native
+def test_a_create_in_a_missing_directory_is_answered_while_the_supervisor_is_stopped(
+    opener: Sandbox,
+) -> None:
+    """ENOENT, where the policy plainly allows the create (the Python path asks it
+    first, and answers ENOENT with no record); a refused one waits, and is recorded."""
+    names = ("nowhere/new.txt", "gone/new.txt")
+    while_stopped, everything = _stopped_supervisor_opens(opener, True, "w", names)
+    assert while_stopped == "failed ENOENT\n"
+    assert everything == "failed ENOENT\nrefused EACCES\n"
+    assert [r.get("rule") for r in opener.audit_records() if r.get("decision") == "deny"] == [
+        "gone-refused"
+    ]
 
 
 def test_without_the_native_path_every_open_waits_for_the_supervisor(opener: Sandbox) -> None:

@@ -8,12 +8,19 @@
  * path the supervisor's judge plainly allows (allowed, no record due) is done
  * right here: read the path from the agent's memory, resolve it from the
  * agent's cwd or dirfd with the agent's rights, check what was really
- * reached, then open, create or remove it and answer (an fd with ADDFD).  A
- * path that does not exist gets ENOENT, as the Python path gives it with no
- * rule asked.  Everything else -- a refusal, /proc, most of /dev, a
+ * reached, then open, create or remove it and answer (an fd with ADDFD).
+ * What was reached is known by its real path: read back from the fd, or,
+ * for an absolute path with no ".", ".." or empty component, the path itself,
+ * opened with no symlink followed (openat2; a symlink on the way falls back).
+ * A path that does not exist gets ENOENT, as the Python path gives it with no
+ * rule asked, and so does a create in a missing directory that the judge
+ * plainly allows (the Python path asks first, then says ENOENT, with no
+ * record).  Everything else -- a refusal, /proc, most of /dev, a
  * multiply-linked file, the first syscall after an exec, any error -- is
  * forwarded to the supervisor untouched, with a pidfd of the calling thread
- * so that it knows the thread by its own PID namespace's number.
+ * so that it knows the thread by its own PID namespace's number.  umask and
+ * exec are watched on their way: creates get each thread's umask, kept
+ * while no umask can have changed it (see "the agent's umask").
  *
  * The decisions here are the supervisor's by construction: the cache only
  * ever holds (action, path) pairs its judge allowed without a record, keyed
@@ -40,6 +47,13 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#if defined(SYS_openat2) && defined(__has_include)
+#if __has_include(<linux/openat2.h>)
+#include <linux/openat2.h>
+#define HAVE_OPENAT2 1
+#endif
+#endif
+
 #ifndef PIDFD_THREAD
 #define PIDFD_THREAD O_EXCL
 #endif
@@ -51,10 +65,14 @@
 
 #if defined(__x86_64__)
 #define NATIVE_ARCH AUDIT_ARCH_X86_64
+#define X32_BIT 0x40000000 /* __X32_SYSCALL_BIT: x32's calls share the arch */
 #elif defined(__aarch64__)
 #define NATIVE_ARCH AUDIT_ARCH_AARCH64
 #else
 #define NATIVE_ARCH 0
+#endif
+#ifndef X32_BIT
+#define X32_BIT 0
 #endif
 
 /* What serve() returns: why it handed control back to Python. */
@@ -198,19 +216,158 @@ static int watch(pid_t pid) {
 /* Set when an exec could not be watched: no open is served here any more. */
 static int fast_disabled;
 
-static pid_t tgid_of(pid_t tid) {
-    char name[64], buf[512];
+/* One number of /proc/TID/status (`field` is "\nTgid:", "\nUmask:", ...); -1 when unread. */
+static long status_field(pid_t tid, const char *field, int base) {
+    char name[64], buf[1024];
     snprintf(name, sizeof name, "/proc/%d/status", tid);
     int fd = open(name, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return tid;
+        return -1;
     ssize_t n = read(fd, buf, sizeof buf - 1);
     close(fd);
     if (n <= 0)
-        return tid;
+        return -1;
     buf[n] = '\0';
-    char *line = strstr(buf, "\nTgid:");
-    return line ? (pid_t)strtol(line + 6, NULL, 10) : tid;
+    char *line = strstr(buf, field);
+    return line ? strtol(line + strlen(field), NULL, base) : -1;
+}
+
+/* -- the agent's umask ---------------------------------------------------------
+ * A create gets the mode the kernel would give it: the caller's umask applied
+ * (the broker's own is 0).  Reading it from /proc/TID/status costs more than
+ * the rest of a create, so it is kept per thread.  The umask lives in the
+ * thread's fs_struct, which threads share unless created without CLONE_FS,
+ * and which processes may share too (clone with CLONE_FS): who shares it is
+ * not known here, so the rules are about every thread at once.
+ *
+ * - umask(2) is the one call that changes it, and it is trapped: this loop
+ *   receives it before it can happen.  Every kept value is dropped then, and
+ *   none is kept again while the call may still be in flight: until the
+ *   calling thread makes another trapped call (so it returned) or exits.
+ *   Meanwhile the value is read for each create, as the kernel would read it.
+ * - an exec by a thread that is not its process's leader gives that thread
+ *   the leader's TID: it is held the same way.
+ * - a TID is reused once its thread is gone: each value is kept with a pidfd
+ *   of its thread and used only while that thread lives (the thread whose
+ *   notification is being served lives, so it is that very thread).
+ * Whatever cannot be tracked (no pidfd, too many calls in flight) turns the
+ * cache off for good. */
+
+#define UMASK_SLOTS 64
+#define HELD_SLOTS 32
+
+struct kept_umask {
+    pid_t tid; /* 0: empty */
+    int pidfd;
+    int umask;
+};
+static struct kept_umask kept_umasks[UMASK_SLOTS];
+static unsigned next_victim;
+
+struct held_thread {
+    pid_t tid; /* 0: empty */
+    int pidfd;
+};
+static struct held_thread held[HELD_SLOTS];
+static unsigned held_count;
+static int umask_cache_off;
+
+/* 1 while the pidfd's thread lives, 0 once it exited, -1 unknown. */
+static int thread_lives(int pidfd) {
+    struct pollfd p = {pidfd, POLLIN, 0};
+    int ready = poll(&p, 1, 0);
+    if (ready == 0)
+        return 1;
+    if (ready == 1 && (p.revents & (POLLIN | POLLHUP)) && !(p.revents & POLLNVAL))
+        return 0;
+    return -1;
+}
+
+static void umask_forget(void) {
+    for (unsigned i = 0; i < UMASK_SLOTS; i++)
+        if (kept_umasks[i].tid) {
+            close(kept_umasks[i].pidfd);
+            kept_umasks[i].tid = 0;
+        }
+}
+
+static void release(unsigned i) {
+    close(held[i].pidfd);
+    held[i].tid = 0;
+    held_count--;
+}
+
+/* `tid` may be about to change a umask (or its own TID): drop every kept
+ * value, and keep none until it is done. */
+static void umask_hold(pid_t tid) {
+    umask_forget();
+    if (umask_cache_off)
+        return;
+    int pidfd = (int)syscall(SYS_pidfd_open, tid, PIDFD_THREAD);
+    if (pidfd < 0) {
+        if (errno != ESRCH) /* ESRCH: it is gone, and its call with it */
+            umask_cache_off = 1;
+        return;
+    }
+    for (unsigned i = 0; i < HELD_SLOTS; i++)
+        if (!held[i].tid) {
+            held[i].tid = tid;
+            held[i].pidfd = pidfd;
+            held_count++;
+            return;
+        }
+    close(pidfd);
+    umask_cache_off = 1;
+}
+
+/* Every notification: a held thread that makes another call is done. */
+static void umask_done(pid_t tid) {
+    for (unsigned i = 0; i < HELD_SLOTS && held_count; i++)
+        if (held[i].tid == tid)
+            release(i);
+}
+
+/* Whether a value read now may be kept: no call is in flight. */
+static int umask_settled(void) {
+    if (umask_cache_off)
+        return 0;
+    for (unsigned i = 0; i < HELD_SLOTS && held_count; i++)
+        if (held[i].tid && thread_lives(held[i].pidfd) == 0)
+            release(i);
+    return held_count == 0;
+}
+
+/* The umask of thread `tid`, as the kernel would apply it to its create now. */
+static int agent_umask(pid_t tid) {
+    int keep = umask_settled();
+    struct kept_umask *slot = NULL;
+    if (keep) {
+        for (unsigned i = 0; i < UMASK_SLOTS; i++) {
+            struct kept_umask *k = &kept_umasks[i];
+            if (k->tid == tid) {
+                if (thread_lives(k->pidfd) == 1)
+                    return k->umask;
+                close(k->pidfd); /* another thread has the TID now */
+                k->tid = 0;
+            }
+            if (!k->tid && !slot)
+                slot = k;
+        }
+    }
+    int mask = (int)status_field(tid, "\nUmask:", 8);
+    if (mask < 0 || mask > 0777 || !keep)
+        return mask > 0777 ? -1 : mask;
+    int pidfd = (int)syscall(SYS_pidfd_open, tid, PIDFD_THREAD);
+    if (pidfd < 0)
+        return mask;
+    if (!slot) {
+        slot = &kept_umasks[next_victim++ % UMASK_SLOTS];
+        close(slot->pidfd);
+    }
+    slot->tid = tid;
+    slot->pidfd = pidfd;
+    slot->umask = mask;
+    return mask;
 }
 
 /* -- configuration from Python (one definition of the flag sets) ----------- */
@@ -358,21 +515,65 @@ static void close_anchor(int anchor) {
         close(anchor);
 }
 
+/* Whether `path` is absolute and canonical: no empty, "." or ".." component
+ * (so no "//" and no trailing slash).  Reached with no symlink followed, such
+ * a path is itself the real path of what it names. */
+static int canonical(const char *path) {
+    if (path[0] != '/')
+        return 0;
+    if (path[1] == '\0')
+        return 1;
+    const char *c = path + 1;
+    for (;;) {
+        size_t length = 0;
+        while (c[length] && c[length] != '/')
+            length++;
+        if (length == 0 || (c[0] == '.' && (length == 1 || (length == 2 && c[1] == '.'))))
+            return 0;
+        if (!c[length])
+            return 1;
+        c += length + 1;
+    }
+}
+
+/* openat2 from the root with no symlink (nor magic link) followed, for a
+ * canonical path: what it opens is then at that very path, and no readlink is
+ * needed to know its real path.  -1 with errno: ENOENT is what any open would
+ * say (a missing component comes before any symlink), every other error means
+ * "resolve as before" (ELOOP: a symlink on the way). */
+static int open_exact(const char *path, unsigned long flags) {
+#ifdef HAVE_OPENAT2
+    struct open_how how = {.flags = flags, .mode = 0, .resolve = RESOLVE_NO_SYMLINKS};
+    return (int)syscall(SYS_openat2, AT_FDCWD, path, &how, sizeof how);
+#else
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
 /* The real path of what `fd` is, NUL-terminated in `out`; its length, or -1
  * when it is nothing this path judges (not absolute, /proc, /dev, deleted). */
 static int own_fds = -1; /* /proc/self/fd, opened once: one path step per lookup */
 
-static ssize_t real_path(int fd, char *out) {
-    char name[16];
+static int own_fd_dir(void) {
     if (own_fds < 0)
         own_fds = open("/proc/self/fd", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    return own_fds;
+}
+
+static int deleted(const char *path, size_t length) {
+    return length > 10 && strcmp(path + length - 10, " (deleted)") == 0;
+}
+
+static ssize_t real_path(int fd, char *out) {
+    char name[16];
     snprintf(name, sizeof name, "%d", fd);
-    ssize_t length = own_fds >= 0 ? readlinkat(own_fds, name, out, PATH_BYTES) : -1;
+    ssize_t length = own_fd_dir() >= 0 ? readlinkat(own_fds, name, out, PATH_BYTES) : -1;
     if (length <= 0 || length >= PATH_BYTES)
         return -1;
     out[length] = '\0';
     if (out[0] != '/' || (special_prefix(out) && !harmless_device_name(out)) ||
-        (length > 10 && strcmp(out + length - 10, " (deleted)") == 0))
+        deleted(out, (size_t)length))
         return -1;
     return length;
 }
@@ -396,52 +597,115 @@ static int split_parent(const char *raw, char *parent, const char **name) {
     return 1;
 }
 
-/* parent's real path + "/" + name into `target`; its length, or -1. */
-static ssize_t child_target(int dir, const char *name, char *target) {
-    ssize_t length = real_path(dir, target);
-    if (length < 0)
-        return -1;
-    size_t base = (size_t)length;
-    while (base > 0 && target[base - 1] == '/')
-        base--;
+/* `base` + "/" + name into `target` (one slash between them); its length, or -1. */
+static ssize_t join(const char *base, size_t length, const char *name, char *target) {
+    while (length > 0 && base[length - 1] == '/')
+        length--;
     size_t rest = strlen(name);
-    if (base + 1 + rest >= PATH_BYTES)
+    if (length + 1 + rest >= PATH_BYTES)
         return -1;
-    target[base] = '/';
-    memcpy(target + base + 1, name, rest + 1);
-    return (ssize_t)(base + 1 + rest);
+    memmove(target, base, length);
+    target[length] = '/';
+    memcpy(target + length + 1, name, rest + 1);
+    return (ssize_t)(length + 1 + rest);
 }
 
-/* The agent's umask, as the kernel would apply it to this create. */
-static int agent_umask(pid_t pid) {
-    char name[64], buf[1024];
-    snprintf(name, sizeof name, "/proc/%d/status", pid);
-    int fd = open(name, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+/* The directory `raw`'s last component is in, pinned (O_PATH), and the path
+ * the supervisor judges for that component (its real path + "/" + name) in
+ * `target`.  -1 (errno set) when the directory cannot be opened; -2 when it
+ * is not one this path judges. */
+static int pin_parent(int anchor, int exact, const char *parent,
+                      const char *name, char *target, ssize_t *length) {
+    int dir = -1;
+    if (exact) {
+        dir = open_exact(parent, O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (dir < 0 && errno != ENOENT)
+            exact = 0;
+    }
+    if (!exact)
+        dir = openat(anchor, parent, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (dir < 0)
         return -1;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return -1;
-    buf[n] = '\0';
-    char *line = strstr(buf, "\nUmask:");
-    return line ? (int)strtol(line + 7, NULL, 8) : -1;
+    if (exact)
+        *length = join(parent, strlen(parent), name, target);
+    else {
+        ssize_t base = real_path(dir, target);
+        *length = base < 0 ? -1 : join(target, (size_t)base, name, target);
+    }
+    if (*length < 0) {
+        close(dir);
+        return -2;
+    }
+    return dir;
+}
+
+/* Whether `raw` is relative and canonical (see canonical()). */
+static int canonical_relative(const char *raw) {
+    char rooted[PATH_BYTES + 1];
+    size_t length = strlen(raw);
+    if (raw[0] == '/' || length >= PATH_BYTES)
+        return 0;
+    rooted[0] = '/';
+    memcpy(rooted + 1, raw, length + 1);
+    return canonical(rooted);
+}
+
+/* A create whose directory is missing: the supervisor would judge the
+ * lexical path (its `_lexical`: the cwd or dirfd it reads in /proc, "/" and
+ * the path, normalised) and, if every check is a plain allow, just answer
+ * ENOENT, with no record.  So that is answered here when the path needs no
+ * normalising and the cache or the judge's copy plainly allows it; anything
+ * else is the supervisor's, which records a refusal. */
+static int missing_parent(int listener, const struct seccomp_notif *n, int dirfd, const char *raw,
+                          int need) {
+    char lexical[PATH_BYTES + 1];
+    ssize_t length;
+    if (raw[0] == '/') {
+        if (!canonical(raw))
+            return 0;
+        length = (ssize_t)strlen(raw);
+        memcpy(lexical, raw, (size_t)length + 1);
+    } else {
+        char link[64], base[PATH_BYTES + 1];
+        if (!canonical_relative(raw))
+            return 0;
+        if (dirfd == AT_FDCWD)
+            snprintf(link, sizeof link, "/proc/%d/cwd", (int)n->pid);
+        else
+            snprintf(link, sizeof link, "/proc/%d/fd/%d", (int)n->pid, dirfd);
+        ssize_t got = readlink(link, base, PATH_BYTES);
+        if (got <= 0 || got >= PATH_BYTES)
+            return 0;
+        base[got] = '\0';
+        if (!canonical(base) || special_prefix(base) || deleted(base, (size_t)got))
+            return 0; /* a pipe, /proc, a removed directory: not a path this judges */
+        length = join(base, (size_t)got, raw, lexical);
+        if (length < 0)
+            return 0;
+    }
+    if (!granted(lexical, (size_t)length, need))
+        return 0;
+    respond_error(listener, n->id, ENOENT);
+    return 1;
 }
 
 /* open(O_CREAT) of a name that is not there: created in its directory. */
-static int serve_create(int listener, const struct seccomp_notif *n, int anchor, const char *raw,
-                        unsigned long flags, unsigned long mode, int reads) {
+static int serve_create(int listener, const struct seccomp_notif *n, int dirfd, int anchor,
+                        const char *raw, int exact, unsigned long flags, unsigned long mode,
+                        int reads) {
     char parent[PATH_BYTES], target[PATH_BYTES + 1];
     const char *name;
     if (!split_parent(raw, parent, &name))
         return 0;
-    int dir = openat(anchor, parent, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    int need = ALLOW_WRITE | (reads ? ALLOW_READ : 0);
+    ssize_t length;
+    int dir = pin_parent(anchor, exact, parent, name, target, &length);
+    if (dir == -1 && errno == ENOENT)
+        return missing_parent(listener, n, dirfd, raw, need);
     if (dir < 0)
         return 0; /* the supervisor decides on the lexical path */
-    ssize_t length = child_target(dir, name, target);
-    int need = ALLOW_WRITE | (reads ? ALLOW_READ : 0);
-    int umask = length < 0 ? -1 : agent_umask((pid_t)n->pid);
-    if (umask < 0 || !granted(target, (size_t)length, need)) {
+    int umask = -1;
+    if (!granted(target, (size_t)length, need) || (umask = agent_umask((pid_t)n->pid)) < 0) {
         close(dir);
         return 0;
     }
@@ -475,20 +739,27 @@ static int serve_open(int listener, const struct seccomp_notif *n, int dirfd, ui
     char raw[PATH_BYTES];
     if (!agent_path(n, ptr, raw))
         return 0;
-    int anchor = open_anchor((pid_t)n->pid, dirfd, raw);
-    if (anchor == -2)
-        return 0;
     int writes = (flags & write_flags) != 0;
     int reads = (flags & O_ACCMODE) != O_WRONLY;
-    int fd;
-    if (writes) /* pinned first: nothing is truncated or appended before the decision */
-        fd = openat(anchor, raw, O_PATH | O_CLOEXEC | (flags & O_NOFOLLOW));
-    else
-        fd = openat(anchor, raw, (int)(flags | O_CLOEXEC | O_NONBLOCK | O_NOCTTY));
+    /* Writes are pinned first: nothing is truncated or appended before the decision. */
+    unsigned long how = writes ? O_PATH | O_CLOEXEC | (flags & O_NOFOLLOW)
+                               : flags | O_CLOEXEC | O_NONBLOCK | O_NOCTTY;
+    int fd = -1, exact = canonical(raw), anchor = AT_FDCWD;
+    if (exact) {
+        fd = open_exact(raw, how);
+        if (fd < 0 && errno != ENOENT)
+            exact = 0; /* a symlink on the way (ELOOP), ...: resolved as before */
+    }
+    if (!exact) {
+        anchor = open_anchor((pid_t)n->pid, dirfd, raw);
+        if (anchor == -2)
+            return 0;
+        fd = openat(anchor, raw, (int)how);
+    }
     if (fd < 0) {
         int err = errno, answered = 0;
         if (err == ENOENT && (flags & O_CREAT))
-            answered = serve_create(listener, n, anchor, raw, flags, mode, reads);
+            answered = serve_create(listener, n, dirfd, anchor, raw, exact, flags, mode, reads);
         else if (err == ENOENT) {
             /* Nothing there: what the kernel would say, no rule asked. */
             respond_error(listener, n->id, ENOENT);
@@ -500,8 +771,9 @@ static int serve_open(int listener, const struct seccomp_notif *n, int dirfd, ui
     close_anchor(anchor);
 
     struct stat st;
-    char real[PATH_BYTES + 1];
-    ssize_t length = fstat(fd, &st) == 0 ? real_path(fd, real) : -1;
+    char real_buffer[PATH_BYTES + 1];
+    const char *real = exact ? raw : real_buffer;
+    ssize_t length = fstat(fd, &st) != 0 ? -1 : exact ? (ssize_t)strlen(raw) : real_path(fd, real_buffer);
     int plain = length > 0 &&
                 ((S_ISREG(st.st_mode) && st.st_nlink == 1) || (S_ISDIR(st.st_mode) && !writes) ||
                  (harmless_device(&st) && harmless_device_name(real)));
@@ -518,6 +790,10 @@ static int serve_open(int listener, const struct seccomp_notif *n, int dirfd, ui
         }
         char name[16];
         snprintf(name, sizeof name, "%d", fd);
+        if (own_fd_dir() < 0) {
+            close(fd);
+            return 0;
+        }
         /* Reopened through the magic link: the very file that was decided on. */
         int reopened = openat(own_fds, name,
                               (int)((flags & ~(unsigned long)(O_NOFOLLOW | O_CLOEXEC)) | O_CLOEXEC));
@@ -549,15 +825,16 @@ static int serve_unlink(int listener, const struct seccomp_notif *n, int dirfd, 
         raw[--length] = '\0'; /* `rmdir dir/` names dir */
     if (length == 0 || !split_parent(raw, parent, &name))
         return 0;
-    int anchor = open_anchor((pid_t)n->pid, dirfd, raw);
+    int exact = canonical(raw);
+    int anchor = exact ? AT_FDCWD : open_anchor((pid_t)n->pid, dirfd, raw);
     if (anchor == -2)
         return 0;
-    int dir = openat(anchor, parent, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    ssize_t target_length;
+    int dir = pin_parent(anchor, exact, parent, name, target, &target_length);
     close_anchor(anchor);
     if (dir < 0)
         return 0;
-    ssize_t target_length = child_target(dir, name, target);
-    if (target_length < 0 || !granted(target, (size_t)target_length, ALLOW_DELETE)) {
+    if (!granted(target, (size_t)target_length, ALLOW_DELETE)) {
         close(dir);
         return 0;
     }
@@ -574,15 +851,28 @@ static int serve_unlink(int listener, const struct seccomp_notif *n, int dirfd, 
 /* 1 when the notification was answered here, 0 when it must be forwarded. */
 static int serve_fast(int listener, const struct seccomp_notif *n) {
     const __u64 *args = n->data.args;
-    if (n->data.arch != NATIVE_ARCH)
+    pid_t tid = (pid_t)n->pid;
+    if (held_count)
+        umask_done(tid);
+    if (n->data.arch != NATIVE_ARCH || (n->data.nr & X32_BIT)) {
+        umask_cache_off = 1; /* never trapped (the filter kills it), but its umask is unseen */
+        umask_forget();
         return 0;
+    }
     switch (n->data.nr) {
+    case __NR_umask:
+        umask_hold(tid);
+        return 0;
     case __NR_execve:
-    case __NR_execveat:
+    case __NR_execveat: {
+        long tgid = status_field(tid, "\nTgid:", 10);
+        if (tgid != tid)
+            umask_hold(tid); /* a thread's exec: it takes its leader's TID */
         /* After exec the process runs as its thread group leader. */
-        if (watch(tgid_of((pid_t)n->pid)) < 0)
+        if (watch(tgid > 0 ? (pid_t)tgid : tid) < 0)
             fast_disabled = 1;
         return 0;
+    }
     }
     if (fast_disabled)
         return 0;

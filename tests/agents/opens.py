@@ -65,6 +65,8 @@ def files(ws: str, round_: int) -> list[tuple[str, dict[str, object]]]:
     new = f"{ws}/new-{round_}.txt"
     made = f"{ws}/made-{round_}"
     create, wo = os.O_WRONLY | os.O_CREAT | os.O_TRUNC, os.O_WRONLY
+    rw = os.O_RDWR | os.O_CREAT
+    missing, linked = f"{ws}/nowhere/x", f"{ws}/link-to-sub/new-{round_}"
     def make(path: str, flags: int, mode: int) -> object:
         return lambda: os.open(path, flags, mode)
 
@@ -73,7 +75,16 @@ def files(ws: str, round_: int) -> list[tuple[str, dict[str, object]]]:
         ("create exclusive new", make(new + ".x", wo | os.O_CREAT | os.O_EXCL, 0o640), "create"),
         ("create read-write", make(new + ".rw", os.O_RDWR | os.O_CREAT, 0o600), "create"),
         ("create relative", make(f"new-{round_}.rel", create, 0o666), "create"),
-        ("create in a missing directory", make(f"{ws}/nowhere/x", create, 0o644), "create"),
+        ("create in a missing directory", make(missing, create, 0o644), "create"),
+        ("create read-write in a missing directory", make(missing, rw, 0o644), "create"),
+        ("create relative in a missing directory", make("nowhere/x", create, 0o644), "create"),
+        ("create refused in a missing directory", make(f"{ws}/gone/x", create, 0o644), "create"),
+        ("create in a missing directory, dotdot", make(f"{ws}/sub/../nowhere/x", create, 0o644),
+         "create"),
+        ("create in a missing directory, double slash", make(f"{ws}//nowhere/x", create, 0o644),
+         "create"),
+        ("create below a file", make(f"{ws}/plain.txt/x", create, 0o644), "create"),
+        ("create through a symlinked directory", make(linked, create, 0o640), "create"),
         ("create through a dangling link", make(f"{ws}/dangling", create, 0o644), "create"),
         ("create refused", make(f"{ws}/refused-new-{round_}.txt", create, 0o644), "create"),
         ("create with a trailing slash", make(f"{ws}/slash-{round_}/", create, 0o644), "create"),
@@ -87,6 +98,8 @@ def files(ws: str, round_: int) -> list[tuple[str, dict[str, object]]]:
         ("rmdir not empty", lambda: os.rmdir(f"{ws}/full"), "rmdir"),
         ("rmdir a file", lambda: os.rmdir(new + ".x"), "rmdir"),
         ("unlink dot", lambda: os.unlink(f"{ws}/sub/."), "unlink"),
+        ("unlink through a symlinked directory", lambda: os.unlink(linked), "unlink"),
+        ("unlink in a missing directory", lambda: os.unlink(missing), "unlink"),
     ]
     return [(name, change(kind, call)) for name, call, kind in cases]
 
@@ -101,6 +114,11 @@ def main() -> int:
         ("read nonblock", f"{ws}/plain.txt", ro | os.O_NONBLOCK),
         ("read relative", "plain.txt", ro),
         ("read dotdot", f"{ws}/sub/../plain.txt", ro),
+        ("read with a double slash", f"{ws}//plain.txt", ro),
+        ("read with a dot", f"{ws}/./plain.txt", ro),
+        ("read through a symlinked directory", f"{ws}/link-to-sub/inside.txt", ro),
+        ("write through a symlinked directory", f"{ws}/link-to-sub/inside.txt", wo),
+        ("read a refused file through a symlinked directory", f"{ws}/link-to-sub/refused.txt", ro),
         ("read through symlink", f"{ws}/link-to-plain", ro),
         ("nofollow symlink", f"{ws}/link-to-plain", ro | os.O_NOFOLLOW),
         ("missing", f"{ws}/missing.txt", ro),
