@@ -16,6 +16,8 @@ once the supervisor has given up on it:
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import textwrap
 import time
@@ -113,20 +115,31 @@ STALL = textwrap.dedent(
     lease = os.open(leased, os.O_RDONLY)
     fcntl.fcntl(lease, F_SETLEASE, fcntl.F_RDLCK)
     done = False
+    go_busy, go_write = threading.Event(), threading.Event()
     def busy():  # keeps the supervisor asking the broker (mkdir is forwarded)
+        go_busy.wait()
         while not done:
             try:
                 os.mkdir(f"{ws}/busy")
             except OSError:
                 pass
+    def write():  # the broker opens this for writing and waits for the lease to be broken
+        go_write.wait()
+        os.close(os.open(leased, os.O_WRONLY))
+    # Every thread is started first: a new thread's first malloc reads /sys, forwarded.
     workers = [threading.Thread(target=busy) for _ in range(8)]
-    for worker in workers:
-        worker.start()
-    time.sleep(0.05)
-    # The broker opens this for writing and waits for the lease to be broken.
-    writer = threading.Thread(target=lambda: os.close(os.open(leased, os.O_WRONLY)))
-    writer.start()
-    time.sleep(0.5)
+    writer = threading.Thread(target=write)
+    for thread in [*workers, writer]:
+        thread.start()
+    print("ready", flush=True)
+    sys.stdin.readline()  # the supervisor is stopped now: what it is sent waits
+    go_busy.set()
+    time.sleep(0.2)
+    go_write.set()
+    time.sleep(0.3)
+    print("stalled", flush=True)
+    sys.stdin.readline()  # the supervisor runs again: it asks the broker, which waits
+    time.sleep(1)
     done = True
     time.sleep(hold)  # past the supervisor's reply timeout
     fcntl.fcntl(lease, F_SETLEASE, fcntl.F_UNLCK)
@@ -161,7 +174,10 @@ def test_a_broker_that_stalled_past_the_reply_timeout_decides_nothing_more(
     writing: the broker waits, the supervisor's request times out and it
     gives up on the broker.  The lease released, the broker comes back; a
     policy reload must still reach every decision (the Python path fails
-    everything with EIO from then on; the native path ends the agent)."""
+    everything with EIO from then on; the native path ends the agent).
+
+    The supervisor is stopped while the broker gets stuck, so that it has
+    requests for the broker queued (forwarded mkdirs) whatever the timing."""
     ws = sandbox.workspace
     (ws / "leased").write_text("leased\n")
     (ws / "readable.txt").write_text("readable\n")
@@ -180,6 +196,16 @@ def test_a_broker_that_stalled_past_the_reply_timeout_decides_nothing_more(
         assert proc.stdout is not None and proc.stdin is not None
         try:
             assert proc.stdout.readline() == "before: readable\n"
+            assert proc.stdout.readline() == "ready\n"
+            os.kill(proc.pid, signal.SIGSTOP)
+            try:
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+                assert proc.stdout.readline() == "stalled\n"
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
             for line in proc.stdout:
                 lines.append(line)
                 if line == "reload\n":
