@@ -302,6 +302,7 @@ _NATIVE_BITS = {
     ActionType.FILE_WRITE: fastpath.ALLOW_WRITE,
     ActionType.FILE_DELETE: fastpath.ALLOW_DELETE,
 }
+_ALL_NATIVE_BITS = fastpath.ALLOW_READ | fastpath.ALLOW_WRITE | fastpath.ALLOW_DELETE
 
 
 def _mirror_to(broker: BrokerClient) -> Callable[[ActionType | None, str], None]:
@@ -326,13 +327,15 @@ def _native_decider(judge: Judge) -> Callable[[bytes, int], int]:
     same compiled policy, floor and self-protection, without the audit log.
     """
 
+    # (action, bit) pairs for each `wanted`, built once.
+    pairs = {
+        wanted: tuple((action, bit) for action, bit in _NATIVE_BITS.items() if wanted & bit)
+        for wanted in range(_ALL_NATIVE_BITS + 1)
+    }
+    bits_of = judge.plainly_allowed_bits
+
     def decide(path: bytes, wanted: int) -> int:
-        target = os.fsdecode(path)
-        granted = 0
-        for action, bit in _NATIVE_BITS.items():
-            if wanted & bit and judge.plainly_allows(action, target):
-                granted |= bit
-        return granted
+        return bits_of(os.fsdecode(path), pairs[wanted & _ALL_NATIVE_BITS])
 
     return decide
 

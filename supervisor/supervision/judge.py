@@ -17,7 +17,7 @@ import sys
 import time
 import weakref
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Protocol, TextIO
 
@@ -472,10 +472,25 @@ class Judge:
         """Would the allow cache take (action, target)?  Allowed, with no record,
         no rate limit and no approval: a pure function of the two, asked with no
         side effect (the broker's native path asks its copy of this judge)."""
-        decision = self.decide(Event(action, target, self.agent_id))
-        return not should_audit(decision, self.policy.audit_level) and _plain(
-            decision, response_for(decision)
-        )
+        return self.plainly_allowed_bits(target, ((action, 1),)) == 1
+
+    def plainly_allowed_bits(
+        self, target: str, wanted: Iterable[tuple[ActionType, int]]
+    ) -> int:
+        """`plainly_allows` for several actions on one target at once: the OR of
+        the bits of the (action, bit) pairs it holds for.
+
+        The broker's native path asks this on a miss, for every action its
+        cache keeps.  It is `plainly_allows` itself (which asks it for one
+        action), with the lookups both need made once.
+        """
+        decide, level, agent_id = self.decide, self.policy.audit_level, self.agent_id
+        granted = 0
+        for action, bit in wanted:
+            decision = decide(Event(action, target, agent_id))
+            if not should_audit(decision, level) and _plain(decision, response_for(decision)):
+                granted |= bit
+        return granted
 
     # -- identity -------------------------------------------------------------------
 
