@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import importlib
 import json
 import os
@@ -519,6 +520,7 @@ class Agent:
             isolation=plan_isolation(compiled, request, user, keep, agent_id, egress_port),
             native=fastpath.enabled(),
             native_decider=_native_decider(self.judge),
+            native_prepare=functools.partial(self.judge.policy.prepare, tuple(_NATIVE_BITS)),
             cgroup_procs=tuple(f"{path}/cgroup.procs" for path in self.group.paths)
             if self.group is not None
             else (),

@@ -38,8 +38,10 @@ class LaunchPlan:
     isolation: Isolation = field(default_factory=Isolation)
     terminal: int = -1  # the slave of the agent's pty, or -1: it keeps our stdio
     native: bool = False  # the broker's native path receives the notifications
-    # What the broker asks on a miss of its allow cache (its copy of the judge, forked).
+    # What the broker asks on a miss of its allow cache (its copy of the judge, forked),
+    # and what readies it (run in the broker while the supervisor takes the listener).
     native_decider: Callable[[bytes, int], int] | None = None
+    native_prepare: Callable[[], None] | None = None
     # The `cgroup.procs` files of the agent's groups: the trampoline writes itself
     # into each before anything forks.
     cgroup_procs: tuple[str, ...] = ()
@@ -117,6 +119,7 @@ def start(
                     terminal_fd=plan.terminal,
                     native_count=native_count,
                     native_decider=plan.native_decider if plan.native else None,
+                    native_prepare=plan.native_prepare,
                     cgroup_procs=plan.cgroup_procs,
                 )
             )

@@ -98,6 +98,8 @@ class Stage:
     native_count: mmap.mmap | None = None
     # The broker's copy of the judge, asked on a miss of its allow cache (see broker.py).
     native_decider: Callable[[bytes, int], int] | None = None
+    # Readies that copy for its first misses (it builds what it needs when first asked).
+    native_prepare: Callable[[], None] | None = None
     # The agent's cgroups (their `cgroup.procs` files): the trampoline moves itself
     # into each before it forks, so every process of the agent starts inside.
     cgroup_procs: Sequence[str] = ()
@@ -272,6 +274,11 @@ def _init(stage: Stage, entered: set[str], wait_fd: int) -> NoReturn:
         os.close(pidfd)
         if egress is not None:
             egress.close()
+        if stage.native_decider is not None and stage.native_prepare is not None:
+            # While the supervisor takes the listener: the agent's first opens
+            # would wait for it otherwise.
+            with contextlib.suppress(Exception):
+                stage.native_prepare()
         if select.select([channel], [], [], 60)[0]:
             message, fds, _flags, _addr = socket.recv_fds(channel, 16, 2)
             if message == b"L" and fds:
