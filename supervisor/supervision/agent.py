@@ -386,6 +386,16 @@ class Agent:
         if not os.path.isdir(workspace):
             raise SetupError(f"workspace {request.workspace} is not a directory")
         agent_id = request.agent_id or f"agent-{os.getpid()}"
+        # The cgroup first: the trampoline's move into it waits less when an
+        # earlier move is under way (launch.warm_cgroup_moves).  Its failure is
+        # reported where it always was, after the policy's.
+        try:
+            self.group = AgentCgroup.create(f"{agent_id}-{os.getpid()}")
+        except CgroupUnavailable as exc:
+            no_cgroup: CgroupUnavailable | None = exc
+        else:
+            no_cgroup = None
+            launch.warm_cgroup_moves(self.group.paths[0])
         try:
             # Cached in the state directory, keyed on every file read along `extends`.
             resolved = resolve_policy_cached(
@@ -485,12 +495,11 @@ class Agent:
                 self._hook_socket = listen_unix(Path(hook_socket)), Path(hook_socket)
             except OSError as exc:
                 raise SetupError(f"cannot serve the hook socket {hook_socket}: {exc}") from exc
-        try:
-            self.group = AgentCgroup.create(f"{agent_id}-{os.getpid()}")
-        except CgroupUnavailable as exc:
+        if no_cgroup is not None:
             if "cgroup" not in request.allow_degraded and os.geteuid() == 0:
-                raise SetupError(f"cannot create a cgroup for the agent: {exc}") from exc
-            say(f"warning: no cgroup ({exc}); tracking the process tree as its subreaper")
+                why = f"cannot create a cgroup for the agent: {no_cgroup}"
+                raise SetupError(why) from no_cgroup
+            say(f"warning: no cgroup ({no_cgroup}); tracking the process tree as its subreaper")
         limits = compiled.limits
         rlimits = {"RLIMIT_CORE": 0}  # a core dump would write agent memory to disk
         if self.group is not None:

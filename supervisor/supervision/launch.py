@@ -75,6 +75,32 @@ class Launched:
         self.go_fd = -1
 
 
+def warm_cgroup_moves(group: str) -> None:
+    """Get the kernel's wait for a move into a cgroup going now, in a throwaway process.
+
+    The first move of a process into a cgroup waits for an RCU grace period
+    (5-20 ms) before anything moves, and a move that comes while that wait
+    is under way, or shortly after it, waits only for what is left of it.
+    So once an agent's cgroup exists, an `/bin/echo 0` whose stdout is the
+    group's cgroup.procs moves itself in (and exits); the trampoline's own
+    move, milliseconds later, is then quick.  Best effort: without an echo,
+    or if its move fails, nothing changes.  The supervisor reaps it.
+    """
+    with contextlib.suppress(OSError):
+        os.posix_spawn(
+            _ECHO,
+            ["echo", "0"],
+            {},
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 1, f"{group}/cgroup.procs", os.O_WRONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),
+            ],
+        )
+
+
+_ECHO = "/bin/echo"
+
+
 def start(
     plan: LaunchPlan, meanwhile: Callable[[], None] = lambda: None, timeout: float = 30.0
 ) -> Launched:
