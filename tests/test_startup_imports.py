@@ -154,3 +154,44 @@ def test_the_digests_without_openssl_are_hashlibs() -> None:
         for key in (b"k", b"k" * 64, b"k" * 65):
             assert MacKey(key).hexdigest(data) == hmac.new(key, data, "sha256").hexdigest()
     assert compare_digest(b"same", b"same") and not compare_digest(b"same", b"diff")
+
+
+TEAM = """\
+name: team
+extends: [strict]
+rules:
+  - id: notes
+    actions: [file_read]
+    target: "{workspace}/notes.txt"
+    decision: DECISION
+    on_violation: block
+    priority: 1
+"""
+
+
+@pytest.mark.requires_seccomp_notify
+@pytest.mark.requires_landlock
+def test_a_policy_edit_before_the_watch_starts_is_still_reloaded(sandbox: Sandbox) -> None:
+    """The run watches its policy directory from 0.3 s on, comparing against what it
+    read before loading the policy: an edit made in between reaches the agent."""
+    (sandbox.workspace / "notes.txt").write_text("notes\n")
+    sandbox.policy("team", TEAM.replace("DECISION", "allow"))
+    script = "echo started; sleep 1; cat notes.txt >/dev/null 2>&1 && echo read ok || echo refused"
+    proc = subprocess.Popen(
+        sandbox.command("/bin/sh", "-c", script, policy="team"),
+        env=sandbox.env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    try:
+        assert proc.stdout.readline().strip() == "started"  # the policy is loaded
+        sandbox.policy("team", TEAM.replace("DECISION", "deny"))
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert out.strip() == "refused", err
+    assert any(r.get("event") == "reloaded" for r in sandbox.audit_records())
