@@ -230,12 +230,75 @@ _AGENT_FD_LINKS = (
 _AGENT_ALIAS_PREFIXES = (b"/dev/std", b"/dev/fd", b"/proc/self", b"/proc/thread-self")
 
 
+# What an image is told apart by (see `_image`): /proc/PID/stat's start_code,
+# end_code and start_stack (fields 26-28 of proc(5)), start_data up to env_end
+# (45-51), as indices once the fields after the ")" are split.
+_LAYOUT_FIELDS = (23, 24, 25, 42, 43, 44, 45, 46, 47, 48)
+_ADDR_NO_RANDOMIZE = 0x0040000
+
+
+@dataclass(frozen=True, slots=True)
+class _Image:
+    """One process image, as the kernel keeps it: nothing in the image's own memory.
+
+    An exec that fails leaves the image that called it running; one that
+    works makes a new mm.  The running argv (/proc/PID/cmdline) cannot tell
+    the two apart: it is read from the process's memory, which it may
+    overwrite with any command line it likes (setproctitle).  What the kernel
+    sets up at exec and keeps out of the image's reach can: the executable's
+    inode, and the new mm's layout (code, data, brk, stack and argv/env
+    addresses from /proc/PID/stat, the auxiliary vector's kernel copy in
+    /proc/PID/auxv).  Only CAP_SYS_RESOURCE (PR_SET_MM) or checkpoint/restore
+    rights (PR_SET_MM_MAP) change them, and an agent holds neither.  Two
+    images of one file are told apart only if the exec randomized the new
+    layout: `randomized` says whether it would have (ASLR on, and not
+    switched off by the caller's personality(ADDR_NO_RANDOMIZE)); without
+    it an exec of the same file with arguments of the same sizes lays out
+    the same, so "same image" is then never taken for granted.
+    """
+
+    exe: tuple[int, int]  # (st_dev, st_ino) of the executable
+    layout: tuple[bytes, ...]  # the stat fields above, and the auxiliary vector
+
+
+def _image(pid: int) -> _Image | None:
+    """The image `pid` runs; None if it cannot be read in full (gone, or not ours to see)."""
+    try:
+        exe = os.stat(f"/proc/{pid}/exe")
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+        with open(f"/proc/{pid}/auxv", "rb") as f:
+            auxv = f.read()
+    except OSError:
+        return None
+    layout = tuple(fields[i] for i in _LAYOUT_FIELDS if i < len(fields))
+    # Zeros where the reader may not see the mm (or there is none): unknown.
+    if len(layout) < len(_LAYOUT_FIELDS) or not any(v != b"0" for v in layout) or not auxv:
+        return None
+    return _Image((exe.st_dev, exe.st_ino), (*layout, auxv))
+
+
+def _randomized(tid: int) -> bool:
+    """Whether an exec by thread `tid` now lays the new image out at random."""
+    try:
+        with open("/proc/sys/kernel/randomize_va_space", "rb") as f:
+            if int(f.read() or b"0") == 0:
+                return False
+        with open(f"/proc/{tid}/personality", "rb") as f:
+            return not int(f.read(), 16) & _ADDR_NO_RANDOMIZE
+    except (OSError, ValueError):
+        return False
+
+
 @dataclass(slots=True)
 class _AllowedExec:
     """What an allowed exec was decided on, to hold the new image to."""
 
     argv: list[str]
-    before: list[str] | None  # the image that called exec, in case the exec failed
+    file: tuple[int, int]  # (st_dev, st_ino) of the file decided on; (0, 0) if none
+    # The image that called exec, to know it again if the exec failed; None
+    # when it could not be read, or an exec would not make it unmistakable.
+    before: _Image | None
     script: bool  # a #! script: the kernel puts the interpreter in front
 
     def matches(self, running: list[str]) -> bool:
@@ -248,7 +311,7 @@ class _AllowedExec:
 
 
 def _cmdline(pid: int) -> list[str] | None:
-    """argv of the image running as `pid`, as the kernel copied it at exec."""
+    """argv of the image running as `pid`, as its memory holds it now."""
     try:
         fd = os.open(f"/proc/{pid}/cmdline", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
@@ -911,7 +974,9 @@ class Mediator:
         # An exec cannot be done on the agent's behalf, so a racing thread
         # could swap argv after this check.  Remember what was allowed and
         # hold the new image to it at its first trapped syscall.
-        self._execs[tgid] = _AllowedExec(argv, _cmdline(tgid), script=len(checks) > 2)
+        before = _image(tgid) if _randomized(tid) else None
+        file = (node.pinned.dev, node.pinned.ino) if not node.error else (0, 0)
+        self._execs[tgid] = _AllowedExec(argv, file, before, script=len(checks) > 2)
         if len(self._execs) > _PER_PROCESS_CACHE:
             self._execs.popitem(last=False)  # exec'd, and never made a trapped call since
         _seccomp.respond_continue(self.listener, n.id)
@@ -949,23 +1014,58 @@ class Mediator:
     def _exec_as_decided(self, notif: _seccomp.Notification) -> bool:
         """First syscall after an allowed exec: is the running image the one decided on?
 
-        False when it was swapped in a race and the policy refuses what really
-        runs: that process is killed (an exec cannot be undone) and the
-        syscall fails.
+        The image that called exec, unchanged, means the exec failed: nothing
+        ran.  Otherwise what runs is held to the file and the argv allowed;
+        a different file or argv (swapped in a race) is judged as its own
+        exec.  False when the policy refuses it: that process is killed (an
+        exec cannot be undone) and the syscall fails.
         """
         allowed = self._execs.pop(notif.pid)
         running = _cmdline(notif.pid)
-        if running is None or running == allowed.before or allowed.matches(running):
-            return True
-        actual = " ".join(running)
-        response = self._decide(notif, "execve", ActionType.SHELL_EXECUTE, actual)
+        if running is None:
+            return True  # gone
+        try:
+            exe = os.stat(f"/proc/{notif.pid}/exe")
+            file = (exe.st_dev, exe.st_ino)
+        except OSError:
+            file = (0, 0)
+        if file == allowed.file != (0, 0) and allowed.matches(running):
+            return True  # as decided
+        image = _image(notif.pid)
+        if image is not None and image == allowed.before:
+            return True  # the exec failed: the very image that called it runs on
+        checks: list[tuple[ActionType, str]] = []
+        if file != allowed.file or file == (0, 0):
+            path = self._running_file(notif.pid)
+            if path is None:
+                self._kill_swapped(notif, None)
+                with contextlib.suppress(Exception):
+                    self.judge.mediation_failed("execve", notif.pid, "no file to name after exec")
+                return False
+            checks.append((ActionType.PROCESS_SPAWN, path))
+        if not allowed.matches(running):
+            checks.append((ActionType.SHELL_EXECUTE, " ".join(running)))
+        response = self._decide_all(notif, "execve", checks)
         if response.proceeds:
-            return True  # raced, but into something allowed anyway
+            return True  # raced (or failed), into something allowed anyway
+        self._kill_swapped(notif, response)
+        return False
+
+    def _running_file(self, pid: int) -> str | None:
+        """The real path of the file `pid` runs, as the agent sees it."""
+        node = self.resolve(pid, AT_FDCWD, b"/proc/self/exe", keep=False)
+        if not node.error:
+            return node.target
+        try:
+            return os.readlink(f"/proc/{pid}/exe")
+        except OSError:
+            return None
+
+    def _kill_swapped(self, notif: _seccomp.Notification, response: Response | None) -> None:
         if response is not Response.KILL:  # KILL took the whole tree already
             with contextlib.suppress(ProcessLookupError):
                 os.kill(notif.pid, signal.SIGKILL)
         _seccomp.respond_error(self.listener, notif.id, errno.EPERM)
-        return False
 
     def _on_execve(self, n: _seccomp.Notification, name: str) -> None:
         self._exec(n, name, AT_FDCWD, n.args[0], n.args[1], 0)
