@@ -457,15 +457,19 @@ static void inject(int listener, uint64_t id, int fd, int cloexec) {
 
 static PyObject *decider; /* callable(path: bytes, bits: int) -> int, or NULL */
 
-static int granted(const char *path, size_t length, int need) {
+/* Whether every action of `need` is plainly allowed on `path`.  On a miss the
+ * judge is asked for `need` and, when `all` is set, for every other action
+ * too: a file created or written is most often read and removed later, and
+ * those then find their answer in the cache.  A read asks for reading only:
+ * most files read are never written (each action costs the judge as much).
+ * Only allows are kept. */
+static int granted(const char *path, size_t length, int need, int all) {
     int have = cache_bits(path, length);
     if ((have & need) == need)
         return 1;
     if (!decider)
         return 0;
-    /* Every action at once: the read after a create, or the unlink after a
-     * read, then finds its answer in the cache.  Only allows are kept. */
-    int ask = (ALLOW_READ | ALLOW_WRITE | ALLOW_DELETE) & ~have;
+    int ask = (all ? ALLOW_READ | ALLOW_WRITE | ALLOW_DELETE : need) & ~have;
     PyObject *answer = PyObject_CallFunction(decider, "y#i", path, (Py_ssize_t)length, ask);
     long bits = answer ? PyLong_AsLong(answer) : -1;
     Py_XDECREF(answer);
@@ -683,7 +687,7 @@ static int missing_parent(int listener, const struct seccomp_notif *n, int dirfd
         if (length < 0)
             return 0;
     }
-    if (!granted(lexical, (size_t)length, need))
+    if (!granted(lexical, (size_t)length, need, 1))
         return 0;
     respond_error(listener, n->id, ENOENT);
     return 1;
@@ -705,7 +709,7 @@ static int serve_create(int listener, const struct seccomp_notif *n, int dirfd, 
     if (dir < 0)
         return 0; /* the supervisor decides on the lexical path */
     int umask = -1;
-    if (!granted(target, (size_t)length, need) || (umask = agent_umask((pid_t)n->pid)) < 0) {
+    if (!granted(target, (size_t)length, need, 1) || (umask = agent_umask((pid_t)n->pid)) < 0) {
         close(dir);
         return 0;
     }
@@ -778,7 +782,7 @@ static int serve_open(int listener, const struct seccomp_notif *n, int dirfd, ui
                 ((S_ISREG(st.st_mode) && st.st_nlink == 1) || (S_ISDIR(st.st_mode) && !writes) ||
                  (harmless_device(&st) && harmless_device_name(real)));
     int need = (reads || !writes ? ALLOW_READ : 0) | (writes ? ALLOW_WRITE : 0);
-    if (!plain || !granted(real, (size_t)length, need)) {
+    if (!plain || !granted(real, (size_t)length, need, writes)) {
         close(fd);
         return 0;
     }
@@ -834,7 +838,7 @@ static int serve_unlink(int listener, const struct seccomp_notif *n, int dirfd, 
     close_anchor(anchor);
     if (dir < 0)
         return 0;
-    if (!granted(target, (size_t)target_length, ALLOW_DELETE)) {
+    if (!granted(target, (size_t)target_length, ALLOW_DELETE, 0)) {
         close(dir);
         return 0;
     }

@@ -1,9 +1,11 @@
 """The broker's native hot path (`_fastpath.c`), when it was built, and its plumbing.
 
 With the native path the broker receives every notification of the agent's
-listener: it answers opens the supervisor's allow cache already covers, and
-forwards the rest here, each with a pidfd of the calling thread (the broker
-sees the agent's PID namespace numbers; the supervisor needs its own).
+listener: it answers the opens, creates and removals the supervisor's judge
+plainly allows (its allow cache, mirrored into the broker, or the broker's
+copy of the judge), and forwards the rest here, each with a pidfd of the
+calling thread (the broker sees the agent's PID namespace numbers; the
+supervisor needs its own).
 
 `AGENTSUP_FASTPATH=0` switches it off: the supervisor then receives on the
 listener itself, as it does where the extension could not be built.
