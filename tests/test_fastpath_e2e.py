@@ -172,7 +172,7 @@ def _stopped_supervisor_opens(
     sandbox: Sandbox,
     native: bool,
     mode: str = "r",
-    names: tuple[str, str] = ("allowed.txt", "refused.txt"),
+    names: tuple[str, ...] = ("allowed.txt", "refused.txt"),
 ) -> tuple[str, str]:
     """Open an allowed file, then a refused one, while the supervisor is stopped."""
     ws = sandbox.workspace
@@ -194,7 +194,12 @@ def _stopped_supervisor_opens(
     )
     policy = sandbox.policy("differential", POLICY)
     command = sandbox.command(
-        "python3", str(script), mode, *(str(ws / name) for name in names), policy=policy
+        # A name starting with "+" is passed as it is, relative to the agent's cwd (ws).
+        "python3",
+        str(script),
+        mode,
+        *(name[1:] if name.startswith("+") else str(ws / name) for name in names),
+        policy=policy,
     )
     env = {**sandbox.env, fastpath.ENV_SWITCH: "1" if native else "0"}
     proc = subprocess.Popen(
@@ -242,10 +247,10 @@ def test_a_create_in_a_missing_directory_is_answered_while_the_supervisor_is_sto
 ) -> None:
     """ENOENT, where the policy plainly allows the create (the Python path asks it
     first, and answers ENOENT with no record); a refused one waits, and is recorded."""
-    names = ("nowhere/new.txt", "gone/new.txt")
+    names = ("nowhere/new.txt", "+nowhere/relative.txt", "gone/new.txt")
     while_stopped, everything = _stopped_supervisor_opens(opener, True, "w", names)
-    assert while_stopped == "failed ENOENT\n"
-    assert everything == "failed ENOENT\nrefused EACCES\n"
+    assert while_stopped == "failed ENOENT\n" * 2
+    assert everything == "failed ENOENT\n" * 2 + "refused EACCES\n"
     assert [r.get("rule") for r in opener.audit_records() if r.get("decision") == "deny"] == [
         "gone-refused"
     ]

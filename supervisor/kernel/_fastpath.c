@@ -253,7 +253,7 @@ static long status_field(pid_t tid, const char *field, int base) {
  * Whatever cannot be tracked (no pidfd, too many calls in flight) turns the
  * cache off for good. */
 
-#define UMASK_SLOTS 64
+#define UMASK_SLOTS 32 /* each holds a pidfd, in the broker's share of the agent's fd limit */
 #define HELD_SLOTS 32
 
 struct kept_umask {
