@@ -9,6 +9,11 @@ time per open it measured itself (start-up excluded).  It runs bare, under
 (the Python supervisor answers every open), alternating, in the same run;
 the medians and the added microseconds per open are printed.  The first
 open is decided by the policy; the rest are answered from the allow cache.
+
+"native -S" is the native path with the agent's Python started with -S: no
+site, so no agentsup audit hook in it (the hook sees every open too).  The
+difference to "native" is the hook's share of the added time; the rest is
+the broker's.
 """
 
 from __future__ import annotations
@@ -56,13 +61,16 @@ def main() -> int:
     env = agentsup_env(root)
     python = shutil.which("python3") or sys.executable
     agent = [python, str(script), str(target), str(args.opens)]
-    supervised = [
+    run = [
         sys.executable, "-m", "agentsup", "run", "--policy", args.policy,
-        "--workspace", str(workspace), "--id", "bench", "--", *agent,
+        "--workspace", str(workspace), "--id", "bench", "--",
     ]  # fmt: skip
+    supervised = [*run, *agent]
+    unhooked = [*run, python, "-S", *agent[1:]]
     kinds = {
         "bare": (agent, env),
         "native": (supervised, {**env, "AGENTSUP_FASTPATH": "1"}),
+        "native -S": (unhooked, {**env, "AGENTSUP_FASTPATH": "1"}),
         "python": (supervised, {**env, "AGENTSUP_FASTPATH": "0"}),
     }
     results: dict[str, list[float]] = {kind: [] for kind in kinds}
@@ -75,10 +83,10 @@ def main() -> int:
     bare = statistics.median(results["bare"])
     print(f"{args.opens} opens of one file, {args.runs} runs each, policy {args.policy}, "
           f"{os.cpu_count()} cpus")  # fmt: skip
-    print(f"{'':8} {'µs/open':>9} {'added µs':>9} {'ratio':>7}")
+    print(f"{'':10} {'µs/open':>9} {'added µs':>9} {'ratio':>7}")
     for kind in kinds:
         value = statistics.median(results[kind])
-        print(f"{kind:8} {value:9.1f} {value - bare:9.1f} {value / bare:7.1f}")
+        print(f"{kind:10} {value:9.1f} {value - bare:9.1f} {value / bare:7.1f}")
     return 0
 
 
