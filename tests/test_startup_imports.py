@@ -7,7 +7,7 @@ loader with a cached policy) nor what they pull in (logging, subprocess,
 inotify_simple).  While the trampoline sets the agent up, the run imports
 what it may need once the agent runs: an import opens files, and an agent
 that used up the supervisor's fds must not make one fail later.  The policy
-watcher's modules come when it starts watching, 0.3 s into the run (fds are
+watcher's modules come when it starts watching, 1 s into the run (an fd is
 held for them until then), and the loader with a policy reload.
 
 Behaviour, not timing: the modules are read from `sys.modules` at the fork
@@ -89,7 +89,7 @@ BEFORE_THE_AGENT_RUNS = (
     "agentsup.supervision.watchdog",
     "logging",
 )
-# Never, for a command that ends within 0.3 s.
+# Never, for a command that ends within 1 s.
 NOT_FOR_A_SHORT_COMMAND = (
     "_hashlib",
     "agentsup.integrity.policywatch",
@@ -172,11 +172,11 @@ rules:
 @pytest.mark.requires_seccomp_notify
 @pytest.mark.requires_landlock
 def test_a_policy_edit_before_the_watch_starts_is_still_reloaded(sandbox: Sandbox) -> None:
-    """The run watches its policy directory from 0.3 s on, comparing against what it
+    """The run watches its policy directory from 1 s on, comparing against what it
     read before loading the policy: an edit made in between reaches the agent."""
     (sandbox.workspace / "notes.txt").write_text("notes\n")
     sandbox.policy("team", TEAM.replace("DECISION", "allow"))
-    script = "echo started; sleep 1; cat notes.txt >/dev/null 2>&1 && echo read ok || echo refused"
+    script = "echo started; sleep 2; cat notes.txt >/dev/null 2>&1 && echo read ok || echo refused"
     proc = subprocess.Popen(
         sandbox.command("/bin/sh", "-c", script, policy="team"),
         env=sandbox.env,

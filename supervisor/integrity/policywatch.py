@@ -11,9 +11,9 @@ Construct it *before* loading the policy, so no change falls between the two,
 or give it the seal status read before the load as its `baseline`: it then
 watches nothing until its first `check()`, which compares against that
 baseline, so a change made in between is reported all the same.  `agentsup
-run` starts watching once its agent has run for a moment: a short command
-never pays for inotify marks, whose teardown waits for a grace period of
-the kernel's (up to ~20 ms, at exit).
+run` starts watching when the timer's first check was due (1 s in): a short
+command never pays for inotify marks, whose teardown waits for a grace
+period of the kernel's (up to ~20 ms, at exit).
 It watches the policy directory (and its subdirectories) and the manifest's
 directory with inotify, and re-hashes on the timer as well, because
 `chattr -i` raises no inotify event (DESIGN.md 3).

@@ -41,9 +41,12 @@ if TYPE_CHECKING:
     from ..integrity.policywatch import PolicyWatcher
 
 _PR_SET_CHILD_SUBREAPER = 36
-# How long `agentsup run`'s agent runs before its policy directory is watched.
-WATCH_AFTER = 0.3
-_WATCH_FDS = 4  # held until then for the watcher's imports and its inotify fd
+# How long `agentsup run`'s agent runs before its policy directory is watched: when
+# the watcher's timer made its first check (policywatch.DEFAULT_INTERVAL).
+WATCH_AFTER = 1.0
+# Held until then, and given back one for one: the watcher's imports open one file
+# at a time, and its inotify instance is one fd.
+_WATCH_FDS = 1
 
 
 class BatchedAudit:
@@ -400,9 +403,10 @@ class Supervisor:
 
         The watcher's modules are imported then too (inotify_simple brings
         ctypes.util, subprocess, shutil and tempfile: ~8 ms a short command
-        never needs).  An import opens files: until then a few fds are held
-        for it, so that an agent that used up the supervisor's fds cannot
-        keep it from watching.
+        never needs).  An import opens files: until then an fd is held for
+        it and the inotify instance, so that an agent that used up the
+        supervisor's fds cannot keep it from watching.  (Its checks, out of
+        fds, fail closed as they always did: the directory counts as tampered.)
         """
         try:
             while len(self._watch_fds) < _WATCH_FDS:
