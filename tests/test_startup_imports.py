@@ -22,6 +22,7 @@ import sys
 
 import pytest
 from conftest import Sandbox
+from test_policy_cache import PARENT
 
 PROBE = """\
 import json, sys
@@ -156,29 +157,16 @@ def test_the_digests_without_openssl_are_hashlibs() -> None:
     assert compare_digest(b"same", b"same") and not compare_digest(b"same", b"diff")
 
 
-TEAM = """\
-name: team
-extends: [strict]
-rules:
-  - id: notes
-    actions: [file_read]
-    target: "{workspace}/notes.txt"
-    decision: DECISION
-    on_violation: block
-    priority: 1
-"""
-
-
 @pytest.mark.requires_seccomp_notify
 @pytest.mark.requires_landlock
 def test_a_policy_edit_before_the_watch_starts_is_still_reloaded(sandbox: Sandbox) -> None:
     """The run watches its policy directory from 1 s on, comparing against what it
     read before loading the policy: an edit made in between reaches the agent."""
     (sandbox.workspace / "notes.txt").write_text("notes\n")
-    sandbox.policy("team", TEAM.replace("DECISION", "allow"))
+    sandbox.policy("parent", PARENT.replace("DECISION", "allow"))
     script = "echo started; sleep 2; cat notes.txt >/dev/null 2>&1 && echo read ok || echo refused"
     proc = subprocess.Popen(
-        sandbox.command("/bin/sh", "-c", script, policy="team"),
+        sandbox.command("/bin/sh", "-c", script, policy="parent"),
         env=sandbox.env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -188,10 +176,12 @@ def test_a_policy_edit_before_the_watch_starts_is_still_reloaded(sandbox: Sandbo
     assert proc.stdout is not None
     try:
         assert proc.stdout.readline().strip() == "started"  # the policy is loaded
-        sandbox.policy("team", TEAM.replace("DECISION", "deny"))
+        sandbox.policy("parent", PARENT.replace("DECISION", "deny"))
         out, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
         proc.communicate()
-    assert out.strip() == "refused", err
-    assert any(r.get("event") == "reloaded" for r in sandbox.audit_records())
+    assert out.split()[-1:] == ["refused"], err
+    records = sandbox.audit_records()
+    assert any(r.get("event") == "reloaded" for r in records)
+    assert [r["rule"] for r in records if r.get("decision") == "deny"] == ["notes"]
