@@ -239,22 +239,31 @@ _ADDR_NO_RANDOMIZE = 0x0040000
 
 @dataclass(frozen=True, slots=True)
 class _Image:
-    """One process image, as the kernel keeps it: nothing in the image's own memory.
+    """One process image, told apart from the next by what the kernel keeps.
 
     An exec that fails leaves the image that called it running; one that
     works makes a new mm.  The running argv (/proc/PID/cmdline) cannot tell
     the two apart: it is read from the process's memory, which it may
-    overwrite with any command line it likes (setproctitle).  What the kernel
-    sets up at exec and keeps out of the image's reach can: the executable's
-    inode, and the new mm's layout (code, data, brk, stack and argv/env
-    addresses from /proc/PID/stat, the auxiliary vector's kernel copy in
-    /proc/PID/auxv).  Only CAP_SYS_RESOURCE (PR_SET_MM) or checkpoint/restore
-    rights (PR_SET_MM_MAP) change them, and an agent holds neither.  Two
-    images of one file are told apart only if the exec randomized the new
-    layout: `randomized` says whether it would have (ASLR on, and not
-    switched off by the caller's personality(ADDR_NO_RANDOMIZE)); without
-    it an exec of the same file with arguments of the same sizes lays out
-    the same, so "same image" is then never taken for granted.
+    overwrite with any command line it likes (setproctitle).  Instead:
+
+    - the executable's inode: the kernel's mm->exe_file.  Changing it
+      (PR_SET_MM_EXE_FILE, PR_SET_MM_MAP's exe_fd) takes CAP_SYS_RESOURCE or
+      CAP_SYS_ADMIN/CAP_CHECKPOINT_RESTORE in the agent's user namespace, and
+      an agent has no capability and may not make a user namespace.  So a
+      new image of another file never passes for the caller.
+    - the layout the exec chose (/proc/PID/stat's code, data, brk, stack and
+      argv/env addresses, and the kernel's copy of the auxiliary vector):
+      fresh and random at each exec, which tells two images of one file
+      apart.  PR_SET_MM_MAP lets an image rewrite its own without any
+      capability, but the caller cannot know what the exec will pick, and a
+      new image can copy the caller's only by running code of its own before
+      its first trapped syscall: a file of the agent's making then, which
+      the inode check says is the caller's own, allowed to run; its command
+      line is no barrier to code the agent wrote.  Only random if the exec
+      randomizes (ASLR on, and not switched off by the caller's
+      personality(ADDR_NO_RANDOMIZE)): else an exec of the same file with
+      arguments of the same sizes lays out the same, and "same image" is
+      never taken for granted (`_randomized`).
     """
 
     exe: tuple[int, int]  # (st_dev, st_ino) of the executable
