@@ -9,7 +9,7 @@ before anything runs.  Layers, from the top:
     integrity    kernel, policy and the shared vocabulary
     kernel       policy values and the shared vocabulary
     policy       only the shared vocabulary
-    events/paths/hashing  nothing of the package
+    events/paths/hashing/logger  nothing of the package
     hooks        nothing of the package (it runs inside the agent)
 """
 
@@ -23,7 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE_DIRS = {"agentsup": ROOT / "supervisor", "agentsup.hooks": ROOT / "hooks"}
 
-VOCABULARY = {"events", "paths", "hashing"}
+VOCABULARY = {"events", "paths", "hashing", "logger"}
 ALLOWED: dict[str, set[str]] = {
     "cli": {"cli", "supervision", "control", "integrity", "kernel", "policy", "hooks", "demo"},
     "supervision": {"supervision", "control", "integrity", "kernel", "policy", "hooks"},
@@ -34,6 +34,7 @@ ALLOWED: dict[str, set[str]] = {
     "events": set(),
     "paths": set(),
     "hashing": set(),
+    "logger": set(),
     "hooks": {"hooks"},
     "demo": set(),
 }
@@ -107,7 +108,7 @@ def test_imports_run_one_way(module: str, path: Path) -> None:
             wrong.append(f"{where} (use a relative import inside the package)")
             continue
         target_layer = _layer(target)
-        if layer in ("events", "paths", "hashing", "hooks", "demo"):
+        if layer in ("events", "paths", "hashing", "logger", "hooks", "demo"):
             allowed = {layer}
         else:
             allowed = ALLOWED.get(layer, set(ALLOWED)) | VOCABULARY | {"", layer}

@@ -8,7 +8,8 @@ inotify_simple).  While the trampoline sets the agent up, the run imports
 what it may need once the agent runs: an import opens files, and an agent
 that used up the supervisor's fds must not make one fail later.  The policy
 watcher's modules come when it starts watching, 1 s into the run (an fd is
-held for them until then), and the loader with a policy reload.
+held for them until then), the loader with a policy reload, and logging
+when something is logged (agentsup.logger: out of fds, one stderr line).
 
 Behaviour, not timing: the modules are read from `sys.modules` at the fork
 and when the agent is released.
@@ -88,7 +89,6 @@ BEFORE_THE_AGENT_RUNS = (
     "agentsup.supervision.operator_api",
     "agentsup.supervision.placement",
     "agentsup.supervision.watchdog",
-    "logging",
 )
 # Never, for a command that ends within 1 s.
 NOT_FOR_A_SHORT_COMMAND = (
@@ -97,6 +97,7 @@ NOT_FOR_A_SHORT_COMMAND = (
     "agentsup.policy.loader",
     "hmac",
     "inotify_simple",
+    "logging",
     "subprocess",
     "yaml",
 )
@@ -185,3 +186,24 @@ def test_a_policy_edit_before_the_watch_starts_is_still_reloaded(sandbox: Sandbo
     records = sandbox.audit_records()
     assert any(r.get("event") == "reloaded" for r in records)
     assert [r["rule"] for r in records if r.get("decision") == "deny"] == ["notes"]
+
+
+def test_the_logger_imports_logging_when_used_and_never_raises(
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """agentsup.logger: logging's own logger when it imports; else one stderr line."""
+    from agentsup.logger import Logger
+
+    log = Logger("agentsup.test")
+    log.warning("through logging: %s", "yes")
+    assert [(r.name, r.getMessage()) for r in caplog.records] == [
+        ("agentsup.test", "through logging: yes")
+    ]
+    monkeypatch.setitem(sys.modules, "logging", None)  # `import logging` fails, as out of fds
+    try:
+        raise OSError("no fds")
+    except OSError:
+        log.exception("no logging: %d", 24)
+    assert capfd.readouterr().err == "agentsup: agentsup.test: no logging: 24\n"

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import logging
 import os
 import socket
 import struct
@@ -39,11 +38,12 @@ from pathlib import Path
 from typing import NamedTuple, Protocol
 
 from ..integrity.totp import CODE_DIGITS, TotpRefused, TotpVerifier, normalize_code
+from ..logger import Logger
 from .endpoint import SOCKET_PREFIX, SOCKET_SUFFIX, bind_control_socket, close_listener
 from .endpoint import RuntimeDirError as RuntimeDirError  # raised by ControlServer
 from .endpoint import socket_path as socket_path
 
-log = logging.getLogger(__name__)
+log = Logger(__name__)
 
 PROTOCOL_VERSION = 1
 OPS = ("ps", "pending", "resume", "deny", "stop", "kill")

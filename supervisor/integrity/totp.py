@@ -22,7 +22,6 @@ import contextlib
 import fcntl
 import getpass
 import json
-import logging
 import os
 import socket
 import time
@@ -31,10 +30,11 @@ from pathlib import Path
 from typing import NamedTuple, NoReturn
 
 from ..hashing import compare_digest
+from ..logger import Logger
 from ..paths import Locations
 from .statefiles import write_atomically
 
-log = logging.getLogger(__name__)
+log = Logger(__name__)
 
 ISSUER = "agentsup"
 VALID_WINDOW = 1  # accept the previous and next 30 s step too, for clock skew
