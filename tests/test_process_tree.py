@@ -58,10 +58,14 @@ def _start() -> tuple[subprocess.Popen[bytes], int]:
     return root, daemon
 
 
-def _cleanup(root: subprocess.Popen[bytes]) -> None:
+def _cleanup(root: subprocess.Popen[bytes], *strays: int) -> None:
+    """Kill the tree, and `strays`: what a test re-parented out of it (else it outlives the run)."""
     with contextlib.suppress(psutil.NoSuchProcess):
         for child in psutil.Process(root.pid).children(recursive=True):
             child.kill()
+    for pid in strays:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            psutil.Process(pid).kill()
     root.kill()
     root.wait()
     assert root.stdout is not None
@@ -95,9 +99,11 @@ def test_the_tree_holds_a_re_parented_daemon_and_dies_whole() -> None:
 def test_a_dead_init_would_let_the_daemon_out() -> None:
     """Why the init is killed last: once it is gone, the daemon is no longer below the root."""
     root, daemon = _start()
+    everyone = {daemon}
     try:
         tree = ProcessTree(None, root.pid)
         init = psutil.Process(root.pid).children()[0].pid
+        everyone |= tree.pids()
         os.kill(init, signal.SIGKILL)
         deadline = time.monotonic() + 5
         while daemon in tree.pids():
@@ -105,6 +111,5 @@ def test_a_dead_init_would_let_the_daemon_out() -> None:
             time.sleep(0.01)
         assert _alive(daemon)  # out of reach: what a cgroup or a PID namespace prevents
     finally:
-        _cleanup(root)
-        with contextlib.suppress(psutil.NoSuchProcess):
-            psutil.Process(daemon).kill()
+        # The agent and the daemon were re-parented out of the tree with the init.
+        _cleanup(root, *(everyone - {root.pid}))
