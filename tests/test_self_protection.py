@@ -7,6 +7,8 @@ the audit chain still verifies.
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 from conftest import TRY, Sandbox
 
@@ -60,3 +62,44 @@ def test_a_symlink_in_the_workspace_does_not_get_around_it(sandbox: Sandbox) -> 
     result = sandbox.run("python3", TRY, "append", str(link), policy="permissive")
     assert result.returncode == 137
     assert (sandbox.policy_dir / "team.yaml").read_text() == before
+
+
+# Forks until one of its processes has, in the agent's own PID namespace, the
+# number the supervisor has on the host; that process reads its /proc/self.
+NUMBERED_LIKE_THE_SUPERVISOR = """
+import os, time
+mark = os.path.join(os.getcwd(), "supervisor.pid")
+while not os.path.exists(mark):
+    time.sleep(0.01)
+wanted = int(open(mark).read())
+while True:
+    child = os.fork()
+    if child == 0:
+        if os.getpid() == wanted:
+            with open("/proc/self/status") as f:
+                print("read" if f.read() else "empty", flush=True)
+        os._exit(0)
+    os.waitpid(child, 0)
+    if child >= wanted:
+        break
+"""
+
+
+@pytest.mark.requires_root
+def test_the_supervisors_number_is_the_agents_own_process_in_its_own_proc(
+    sandbox: Sandbox,
+) -> None:
+    """In its own PID namespace the agent's /proc numbers its own processes: the
+    supervisor's host pid names one of them there, which reads its own /proc/self."""
+    agent = subprocess.Popen(
+        sandbox.command("python3", "-c", NUMBERED_LIKE_THE_SUPERVISOR, policy="permissive"),
+        env=sandbox.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    (sandbox.workspace / "supervisor.pid").write_text(str(agent.pid))
+    out, err = agent.communicate(timeout=180)
+    assert agent.returncode == 0, err
+    assert out.strip() == "read", out
+    assert not any(r.get("rule") == "agentsup-self-protection" for r in sandbox.audit_records())

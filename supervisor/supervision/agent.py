@@ -589,6 +589,11 @@ class Agent:
                 self.loop.call_later(_WATCHDOG_AFTER, self._spawn_watchdog)
             else:
                 self._spawn_watchdog()
+        if {"pid", "mount"} <= set(plan.isolation.namespaces) and not launched.degraded:
+            # The agent's /proc is its own PID namespace's, where the
+            # supervisor has no number: /proc/<the supervisor's pid> there is
+            # one of the agent's own processes, not the supervisor.
+            judge.supervisor_procs = ()
         judge.main_pid = launched.agent_pid
         judge.tree = ProcessTree(self.group, launched.pid)
         self.mediator = Mediator(

@@ -447,7 +447,7 @@ class Judge:
             os.path.realpath(p) for p in config.locations.protected_paths()
         )
         self.protected_read = tuple(os.path.realpath(p) for p in config.locations.secret_paths())
-        self.supervisor_procs = (f"/proc/{os.getpid()}",)
+        self.supervisor_procs: tuple[str, ...] = (f"/proc/{os.getpid()}",)
         # `run --shadow`: what would have been refused, per action type and per target.
         self.would_deny: Counter[str] = Counter()
         self.would_deny_targets: Counter[str] = Counter()
