@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -59,7 +58,7 @@ def main() -> int:
     target = workspace / "data.txt"
     target.write_text("data\n")
     env = agentsup_env(root)
-    python = shutil.which("python3") or sys.executable
+    python = sys.executable  # the interpreter itself, never a wrapper script such as a pyenv shim
     agent = [python, str(script), str(target), str(args.opens)]
     run = [
         sys.executable, "-m", "agentsup", "run", "--policy", args.policy,
