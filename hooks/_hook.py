@@ -236,7 +236,7 @@ def _make_channel(path: str, busy: set[int]) -> tuple[Send, Send, Tamper]:
         finally:
             busy.discard(thread)
 
-    notes_wanted = os.environ.get(protocol.ENV_NOTES) == "1"
+    notes_wanted = _notes_wanted()
 
     def note(action: str, target: str, detail: Detail) -> None:
         # ctypes.dlopen is rare and says "this agent is about to go around
@@ -685,6 +685,11 @@ def _http_client_patches(check: Send) -> dict[str, Patch]:
     return {"httpx._client": patch_httpx, "aiohttp.client_reqrep": patch_aiohttp}
 
 
+def _notes_wanted() -> bool:
+    """Whether plain notes (an open, a spawn) are recorded: audit level `all`."""
+    return os.environ.get(protocol.ENV_NOTES) == "1"
+
+
 def _make_handlers(
     socket_path: str,
     agent_id: str,
@@ -733,10 +738,14 @@ def _make_handlers(
             return
         check("network_request", f"{method} {url}", {"source": "http.client"})
 
+    # An open is the syscall layer's to decide; the hook only notes it, and
+    # then only at audit level `all`: otherwise the path work is skipped.
+    opens_noted = _notes_wanted()
+
     def on_open(args: tuple[Any, ...]) -> None:
         integrity()
         path = args[0]
-        if path is None or type(path) is int:
+        if not opens_noted or path is None or type(path) is int:
             return
         text = fs_text(path)
         action = mapping.open_action(
