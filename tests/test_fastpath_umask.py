@@ -13,6 +13,10 @@ sees every change before it happens; a kept value must never outlive one:
 - a umask still in flight (here: waiting for a stopped supervisor) has not
   happened, so a create meanwhile gets the old one, and nothing read then
   may be kept: once it happened, the next create gets the new one.
+
+The Python path (the supervisor creates through the broker) keeps the umask
+per process by the same rules: every umask drops every kept value, and none
+is kept until the call returned.
 """
 
 from __future__ import annotations
@@ -72,10 +76,11 @@ def test_a_create_gets_the_umask_in_force_after_each_change(
     }
 
 
-@needs_native
-def test_a_umask_shared_with_another_process_reaches_the_native_path(sandbox: Sandbox) -> None:
-    # The Python path keeps the umask per process and drops only the caller's.
-    assert _modes(sandbox, "shared-fs", native=True) == {
+@both_paths
+def test_a_umask_shared_with_another_process_reaches_its_creates(
+    sandbox: Sandbox, native: bool
+) -> None:
+    assert _modes(sandbox, "shared-fs", native) == {
         "first": "0o644",
         "after the sibling's umask": "0o606",
     }

@@ -396,6 +396,9 @@ class Mediator:
         # Per-process state, bounded: the mediator is never told when an agent
         # process or thread exits (only its own children are reaped here).
         self._umasks: dict[int, int] = {}
+        # Threads whose umask() may not have happened yet: until each makes
+        # another trapped call, no umask read is kept (it may be the old one).
+        self._umasks_in_flight: set[int] = set()
         self._pidfds: OrderedDict[int, int] = OrderedDict()
         # (dirfd, name) -> (real path, st_dev, st_ino, linked, target) of a read
         # allowed from the cache: the broker hands the same file over at once.
@@ -446,6 +449,8 @@ class Mediator:
         if notif is None:
             return
         name = self._names.get(notif.nr, str(notif.nr))
+        if self._umasks_in_flight:
+            self._umasks_in_flight.discard(notif.pid)  # its umask() returned
         try:
             if notif.pid in self._execs and not self._exec_as_decided(notif):
                 return
@@ -754,9 +759,11 @@ class Mediator:
         tgid = self._tgid_of(tid)
         mask = self._umasks.get(tgid)
         if mask is None:
-            if len(self._umasks) >= _PER_PROCESS_CACHE:
-                self._umasks.clear()
-            mask = self._umasks[tgid] = _proc.process_umask(tid)
+            mask = _proc.process_umask(tid)
+            if not self._umasks_in_flight:
+                if len(self._umasks) >= _PER_PROCESS_CACHE:
+                    self._umasks.clear()
+                self._umasks[tgid] = mask
         return mask
 
     def _pidfd(self, tid: int) -> int:
@@ -2026,7 +2033,16 @@ class Mediator:
 
     def _on_umask(self, n: _seccomp.Notification, name: str) -> None:
         # Only watched so that the cached umask for emulated creates stays right.
-        self._umasks.pop(self._tgid_of(n.pid), None)
+        # Every kept value goes (threads, and processes made with CLONE_FS,
+        # share one umask: who does is not known here), and none is kept
+        # until this call has returned.  A thread that exits before its next
+        # trapped call leaves caching off; past a bound, the set is dropped
+        # and caching stays off for good.
+        self._umasks.clear()
+        if len(self._umasks_in_flight) < _PER_PROCESS_CACHE:
+            self._umasks_in_flight.add(n.pid)
+        else:
+            self._umasks_in_flight.add(-1)  # never a tid: never discarded
         _seccomp.respond_continue(self.listener, n.id)
 
     def _on_refused(self, n: _seccomp.Notification, name: str) -> None:
