@@ -251,11 +251,12 @@ def test_gcc_builds_through_its_private_tmp(attacker: Sandbox) -> None:
 
 def test_the_agent_is_pid_one_of_nothing_and_dies_with_its_tree(attacker: Sandbox) -> None:
     # A background child the agent leaves behind ends with it.
-    result = attacker.run("/bin/sh", "-c", "sleep 300 & echo $!")
+    # An odd duration: the check below looks machine-wide for this very command.
+    result = attacker.run("/bin/sh", "-c", "sleep 300.417 & echo $!")
     assert result.returncode == 0, result.stderr
     inner = int(result.stdout.strip())
     assert inner < 100  # numbered by the agent's own PID namespace
-    leftovers = subprocess.run(["pgrep", "-f", "^sleep 300$"], capture_output=True, text=True)
+    leftovers = subprocess.run(["pgrep", "-f", "^sleep 300.417$"], capture_output=True, text=True)
     assert leftovers.stdout.strip() == ""
     assert json.loads(attacker.agentsup("ps", "--json").stdout or "[]") == []
 
