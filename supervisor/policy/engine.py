@@ -299,10 +299,13 @@ class CompiledPolicy:
 
     def evaluate(self, event: Event) -> Decision:
         """The decision for `event`: first matching rule in priority order, else the default."""
-        target = event.target
+        return self.evaluate_target(event.action, event.target)
+
+    def evaluate_target(self, action: ActionType, target: str) -> Decision:
+        """`evaluate` of an event with this action and target (no Event is built)."""
         if len(target) > MAX_TARGET_LENGTH:
             return self.too_long(target)
-        table = self._tables[event.action]
+        table = self._tables[action]
         if table.paths and (
             "//" in target
             or target[-1:] == "/"

@@ -330,18 +330,20 @@ class FloorCheck:
     def __init__(self, plan: FloorPlan) -> None:
         self.handled = plan.handled_fs
         self._rules = tuple((path.rstrip("/") or "/", mask) for path, mask in plan.fs_rules)
+        # Per set of rights asked: the roots granting any of them, as `root/`.
+        self._prefixes: dict[int, tuple[str, ...]] = {}
 
     def allows(self, path: str, rights: int) -> bool:
         """True if some rule at or above `path` grants any of `rights` (or none are handled)."""
         wanted = rights & self.handled
         if not wanted:
             return True
-        for root, mask in self._rules:
-            if mask & wanted and (
-                path == root or root == "/" or (path.startswith(root) and path[len(root)] == "/")
-            ):
-                return True
-        return False
+        prefixes = self._prefixes.get(wanted)
+        if prefixes is None:
+            prefixes = self._prefixes[wanted] = tuple(
+                "/" if root == "/" else root + "/" for root, mask in self._rules if mask & wanted
+            )
+        return (path + "/").startswith(prefixes)  # the root itself, or beneath it
 
 
 # --- a compiled policy's floor -------------------------------------------------------
@@ -426,6 +428,12 @@ def plan_policy_floor(
     )
 
 
+def floor_reaches(floor: FloorCheck, action: ActionType, target: str) -> bool:
+    """Whether the floor lets `action` reach `target` (actions it does not cover: yes)."""
+    rights = ACTION_RIGHTS.get(action)
+    return not rights or floor.allows(target, rights)
+
+
 def floor_verdict(
     floor: FloorCheck, action: ActionType, target: str, decision: Decision
 ) -> Decision:
@@ -434,8 +442,7 @@ def floor_verdict(
     Then the floor decides: a deny that blocks (EACCES), no signal, since
     the policy itself did not ask for one.
     """
-    rights = ACTION_RIGHTS.get(action)
-    if not rights or not response_for(decision).proceeds or floor.allows(target, rights):
+    if not response_for(decision).proceeds or floor_reaches(floor, action, target):
         return decision
     return Decision(
         verdict=Verdict.DENY,

@@ -23,6 +23,7 @@ from typing import Protocol, TextIO
 
 from ..events import (
     ActionType,
+    AuditLevel,
     Decision,
     Event,
     Response,
@@ -36,7 +37,7 @@ from ..kernel import cgroup as cgroups
 from ..kernel.proc import process_group, thread_group_id
 from ..paths import Locations
 from ..policy import CompiledPolicy, RateLimiter
-from ..policy.floor import FloorCheck, floor_verdict
+from ..policy.floor import FloorCheck, floor_reaches, floor_verdict
 
 _ALLOW_CACHE_SIZE = 16384
 SELF_PROTECTION_RULE = "agentsup-self-protection"
@@ -447,7 +448,8 @@ class Judge:
             os.path.realpath(p) for p in config.locations.protected_paths()
         )
         self.protected_read = tuple(os.path.realpath(p) for p in config.locations.secret_paths())
-        self.supervisor_procs: tuple[str, ...] = (f"/proc/{os.getpid()}",)
+        self._supervisor_procs: tuple[str, ...] = (f"/proc/{os.getpid()}",)
+        self._guards = self._guard_prefixes()
         # `run --shadow`: what would have been refused, per action type and per target.
         self.would_deny: Counter[str] = Counter()
         self.would_deny_targets: Counter[str] = Counter()
@@ -481,14 +483,20 @@ class Judge:
         the bits of the (action, bit) pairs it holds for.
 
         The broker's native path asks this on a miss, for every action its
-        cache keeps.  It is `plainly_allows` itself (which asks it for one
-        action), with the lookups both need made once.
+        cache keeps: `decide` without what a plain allow cannot need (an
+        Event, the rate limiter, which would count an action not taken, and
+        the Decision objects a refusal builds).
         """
-        decide, level, agent_id = self.decide, self.policy.audit_level, self.agent_id
-        granted = 0
+        if self.policy.audit_level is AuditLevel.ALL:
+            return 0  # every decision is recorded: none is plain
+        floor, granted = self.floor, 0
         for action, bit in wanted:
-            decision = decide(Event(action, target, agent_id))
-            if not should_audit(decision, level) and _plain(decision, response_for(decision)):
+            decision = self._decide(action, target)
+            if (
+                decision.verdict is Verdict.ALLOW
+                and decision.rate_limit is None
+                and (floor is None or floor_reaches(floor, action, target))
+            ):
                 granted |= bit
         return granted
 
@@ -508,23 +516,42 @@ class Judge:
 
     # -- judging ---------------------------------------------------------------------
 
-    def _self_protection(self, event: Event) -> Decision | None:
+    @property
+    def supervisor_procs(self) -> tuple[str, ...]:
+        """/proc/<the supervisor's pid>, where the agent's /proc is the host's."""
+        return self._supervisor_procs
+
+    @supervisor_procs.setter
+    def supervisor_procs(self, procs: tuple[str, ...]) -> None:
+        self._supervisor_procs = procs
+        self._guards = self._guard_prefixes()
+
+    def _guard_prefixes(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The guarded roots for writes and for reads, each as `root/` (one startswith)."""
+        write = self.protected_write + self._supervisor_procs
+        read = self.protected_read + self._supervisor_procs
+        return tuple(root + "/" for root in write), tuple(root + "/" for root in read)
+
+    def _self_protection(self, action: ActionType, target: str) -> Decision | None:
         """The supervisor's own files are out of reach whatever the policy says."""
-        action, target = event.action, event.target
         mode = ViolationMode.SIGKILL
         if action in _WRITE_CLASS:
-            guarded = self.protected_write + self.supervisor_procs
+            prefixes = self._guards[0]
         elif action is ActionType.FILE_READ or action is ActionType.PROCESS_SPAWN:
-            guarded = self.protected_read + self.supervisor_procs
+            prefixes = self._guards[1]
         elif action is ActionType.NETWORK_CONNECT and target.startswith("unix:"):
             # Refused, not killed: the control socket simply is not there for agents.
             target = target[5:]
-            guarded = (os.path.realpath(self.config.locations.runtime_dir),)
+            prefixes = (os.path.realpath(self.config.locations.runtime_dir) + "/",)
             mode = ViolationMode.BLOCK
         else:
             return None
-        for root in guarded:
-            if target == root or target.startswith(root + "/"):
+        probe = target + "/"  # a root itself, or anything beneath it
+        if not probe.startswith(prefixes):
+            return None
+        for prefix in prefixes:
+            if probe.startswith(prefix):
+                root = prefix[:-1]
                 return Decision(
                     verdict=Verdict.DENY,
                     rule_id=SELF_PROTECTION_RULE,
@@ -536,13 +563,16 @@ class Judge:
         return None
 
     def decide(self, event: Event) -> Decision:
-        decision = self._decide(event)
+        action, target = event.action, event.target
+        decision = self._decide(action, target)
+        if decision.rate_limit is not None:
+            decision = self.limiter.check(decision, self.clock())
         if self.floor is None:
             return decision
-        return floor_verdict(self.floor, event.action, event.target, decision)
+        return floor_verdict(self.floor, action, target, decision)
 
-    def _decide(self, event: Event) -> Decision:
-        action, target = event.action, event.target
+    def _decide(self, action: ActionType, target: str) -> Decision:
+        """The decision before the rate limiter and the floor."""
         if action is ActionType.FILE_READ:
             if target.startswith(_AGENTSUP_CODE_DIRS) or target in _AGENTSUP_CODE:
                 return _HOOK_CODE_DECISION
@@ -552,11 +582,9 @@ class Judge:
                 return _HOOK_SOCKET_DECISION
             if config.egress_proxy is not None and target == config.egress_proxy:
                 return _EGRESS_PROXY_DECISION
-        decision = self._self_protection(event)
+        decision = self._self_protection(action, target)
         if decision is None:
-            decision = self.policy.evaluate(event)
-            if decision.rate_limit is not None:
-                decision = self.limiter.check(decision, self.clock())
+            decision = self.policy.evaluate_target(action, target)
         return decision
 
     def judge(self, event: Event, tid: int) -> Response:
