@@ -142,49 +142,75 @@ class MemoryReader:
         raise OSError(errno.E2BIG, "argument list too long")
 
 
+def read_proc(path: str, *, until_eof: bool = False) -> bytes:
+    """All of a /proc file, in three syscalls where open() would make eight
+    (fstat, a tty check, two seeks).  Raises OSError.
+
+    A file of one record (status, stat, auxv, fdinfo) hands over all it has
+    in one read; `until_eof` reads on to the end (cmdline, read from the
+    process's memory, may come in parts)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, _PROC_CHUNK)
+        if (len(data) < _PROC_CHUNK and not until_eof) or not data:
+            return data
+        chunks = [data]
+        while chunk := os.read(fd, _PROC_CHUNK):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+_PROC_CHUNK = 65536
+
+
+def status_field(tid: int, name: bytes) -> bytes | None:
+    """The value of field `name` (b"Tgid", b"Umask", ...) of /proc/TID/status."""
+    try:
+        data = read_proc(f"/proc/{tid}/status")
+    except OSError:
+        return None
+    at = data.find(b"\n" + name + b":")
+    if at < 0:
+        return None
+    end = data.find(b"\n", at + 1)
+    return data[at + len(name) + 2 : end if end >= 0 else len(data)].strip()
+
+
 def thread_group_id(tid: int) -> int:
     """The process (thread group) id of thread `tid`, or `tid` if it is gone."""
+    value = status_field(tid, b"Tgid")
     try:
-        with open(f"/proc/{tid}/status", "rb") as status:
-            for line in status:
-                if line.startswith(b"Tgid:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return tid
+        return int(value) if value is not None else tid
+    except ValueError:
+        return tid
 
 
 def namespace_pid(tid: int) -> int:
     """`tid` as the innermost PID namespace it lives in numbers it (`NSpid:`)."""
+    value = status_field(tid, b"NSpid")
     try:
-        with open(f"/proc/{tid}/status", "rb") as status:
-            for line in status:
-                if line.startswith(b"NSpid:"):
-                    return int(line.split()[-1])
-    except (OSError, ValueError):
-        pass
-    return tid
+        return int(value.split()[-1]) if value else tid
+    except ValueError:
+        return tid
 
 
 def process_umask(tid: int) -> int:
+    value = status_field(tid, b"Umask")
     try:
-        with open(f"/proc/{tid}/status", "rb") as status:
-            for line in status:
-                if line.startswith(b"Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    return 0o022
+        return int(value, 8) if value is not None else 0o022
+    except ValueError:
+        return 0o022
 
 
 def process_state(pid: int) -> str:
     """The one-letter state from /proc/PID/stat (R, S, D, T, Z, ...), '' if gone."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            data = stat.read()
-    except OSError:
+        data = read_proc(f"/proc/{pid}/stat")
+        return data[data.rindex(b")") + 2 :].split()[0].decode()
+    except (OSError, ValueError, IndexError):
         return ""
-    return data[data.rindex(b")") + 2 :].split()[0].decode()
 
 
 def pidfd_getfd(pidfd: int, target_fd: int) -> int:
@@ -281,10 +307,9 @@ def pidfd_target(tid: int, fd: int) -> int | None:
     refuses the call itself); -1 when its process has exited.
     """
     try:
-        with open(f"/proc/{tid}/fdinfo/{fd}", "rb") as info:
-            for line in info:
-                if line.startswith(b"Pid:"):
-                    return int(line.split()[1])
+        for line in read_proc(f"/proc/{tid}/fdinfo/{fd}").splitlines():
+            if line.startswith(b"Pid:"):
+                return int(line.split()[1])
     except (OSError, ValueError, IndexError):
         pass
     return None
@@ -293,8 +318,7 @@ def pidfd_target(tid: int, fd: int) -> int | None:
 def process_group(pid: int) -> int:
     """The process group of `pid` (from /proc/PID/stat), 0 if it is gone."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            data = stat.read()
+        data = read_proc(f"/proc/{pid}/stat")
         return int(data[data.rindex(b")") + 2 :].split()[2])
     except (OSError, ValueError, IndexError):
         return 0

@@ -274,10 +274,8 @@ def _image(pid: int) -> _Image | None:
     """The image `pid` runs; None if it cannot be read in full (gone, or not ours to see)."""
     try:
         exe = os.stat(f"/proc/{pid}/exe")
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rpartition(b")")[2].split()
-        with open(f"/proc/{pid}/auxv", "rb") as f:
-            auxv = f.read()
+        fields = _proc.read_proc(f"/proc/{pid}/stat").rpartition(b")")[2].split()
+        auxv = _proc.read_proc(f"/proc/{pid}/auxv")
     except OSError:
         return None
     layout = tuple(fields[i] for i in _LAYOUT_FIELDS if i < len(fields))
@@ -290,11 +288,9 @@ def _image(pid: int) -> _Image | None:
 def _randomized(tid: int) -> bool:
     """Whether an exec by thread `tid` now lays the new image out at random."""
     try:
-        with open("/proc/sys/kernel/randomize_va_space", "rb") as f:
-            if int(f.read() or b"0") == 0:
-                return False
-        with open(f"/proc/{tid}/personality", "rb") as f:
-            return not int(f.read(), 16) & _ADDR_NO_RANDOMIZE
+        if int(_proc.read_proc("/proc/sys/kernel/randomize_va_space") or b"0") == 0:
+            return False
+        return not int(_proc.read_proc(f"/proc/{tid}/personality"), 16) & _ADDR_NO_RANDOMIZE
     except (OSError, ValueError):
         return False
 
@@ -322,18 +318,10 @@ class _AllowedExec:
 def _cmdline(pid: int) -> list[str] | None:
     """argv of the image running as `pid`, as its memory holds it now."""
     try:
-        fd = os.open(f"/proc/{pid}/cmdline", os.O_RDONLY | os.O_CLOEXEC)
+        data = _proc.read_proc(f"/proc/{pid}/cmdline", until_eof=True)
     except OSError:
         return None
-    try:
-        chunks = []
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    return [os.fsdecode(arg) for arg in b"".join(chunks).split(b"\0")[:-1]]
+    return [os.fsdecode(arg) for arg in data.split(b"\0")[:-1]]
 
 
 # Placeholders while names are resolved together (never seen outside).
