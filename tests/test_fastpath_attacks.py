@@ -116,11 +116,11 @@ STALL = textwrap.dedent(
     fcntl.fcntl(lease, F_SETLEASE, fcntl.F_RDLCK)
     done = False
     go_busy, go_write = threading.Event(), threading.Event()
-    def busy():  # keeps the supervisor asking the broker (mkdir is forwarded)
+    def busy():  # keeps the supervisor asking the broker (symlink is forwarded)
         go_busy.wait()
         while not done:
             try:
-                os.mkdir(f"{ws}/busy")
+                os.symlink("target", f"{ws}/busy")
             except OSError:
                 pass
     def write():  # the broker opens this for writing and waits for the lease to be broken
@@ -177,7 +177,7 @@ def test_a_broker_that_stalled_past_the_reply_timeout_decides_nothing_more(
     everything with EIO from then on; the native path ends the agent).
 
     The supervisor is stopped while the broker gets stuck, so that it has
-    requests for the broker queued (forwarded mkdirs) whatever the timing."""
+    requests for the broker queued (forwarded symlinks) whatever the timing."""
     ws = sandbox.workspace
     (ws / "leased").write_text("leased\n")
     (ws / "readable.txt").write_text("readable\n")

@@ -137,7 +137,7 @@ def opener(sandbox: Sandbox) -> Sandbox:
 def test_both_paths_give_the_same_results_and_refusals(opener: Sandbox) -> None:
     native, native_refusals = _outcomes(opener, native=True)
     python, python_refusals = _outcomes(opener, native=False)
-    assert len(native) == len(python) == 2 * (38 + 27)
+    assert len(native) == len(python) == 2 * (38 + 41)
     for ours, theirs in zip(native, python, strict=True):
         assert ours == theirs
     assert native_refusals == python_refusals
@@ -161,6 +161,13 @@ def test_both_paths_give_the_same_results_and_refusals(opener: Sandbox) -> None:
         assert by_case[(f"create{missing} in a missing directory", 1)]["error"] == "ENOENT"
     assert by_case[("create refused in a missing directory", 1)]["error"] == "EACCES"
     assert any("gone-refused" in line for line in native_refusals)
+    # mkdir keeps the sticky bit only (set-group-ID comes from the parent).
+    assert by_case[("mkdir with set-id bits", 1)]["mode"] == "0o1755"
+    assert by_case[("mkdir at a dirfd", 1)]["mode"] == "0o755"
+    assert by_case[("mkdir existing", 1)]["error"] == "EEXIST"
+    assert by_case[("mkdir refused", 1)]["error"] == "EACCES"
+    assert by_case[("mkdir in a missing directory", 1)]["error"] == "ENOENT"
+    assert by_case[("mkdir refused in a missing directory", 1)]["error"] == "EACCES"
     assert by_case[("rmdir with a trailing slash", 1)] == {
         "case": "rmdir with a trailing slash",
         "pass": 1,
@@ -180,12 +187,16 @@ def _stopped_supervisor_opens(
     (ws / "refused.txt").write_text("refused\n")
     script = ws / "wait_and_open.py"
     script.write_text(
-        "import errno, sys\n"
+        "import errno, os, sys\n"
         "print('ready', flush=True)\n"
         "sys.stdin.readline()\n"  # the test stops the supervisor meanwhile
         "mode = sys.argv[1]\n"
         "for path in sys.argv[2:]:\n"
         "    try:\n"
+        "        if mode == 'mkdir':\n"
+        "            os.mkdir(path)\n"
+        "            print('made', flush=True)\n"
+        "            continue\n"
         "        with open(path, mode) as opened:\n"
         "            print(opened.read().strip() if mode == 'r' else 'created', flush=True)\n"
         "    except OSError as exc:\n"
@@ -253,6 +264,22 @@ def test_a_create_in_a_missing_directory_is_answered_while_the_supervisor_is_sto
     assert everything == "failed ENOENT\n" * 2 + "refused EACCES\n"
     assert [r.get("rule") for r in opener.audit_records() if r.get("decision") == "deny"] == [
         "gone-refused"
+    ]
+
+
+@needs_native
+def test_a_plainly_allowed_mkdir_is_answered_while_the_supervisor_is_stopped(
+    opener: Sandbox,
+) -> None:
+    """git makes a directory for its objects as it writes them: that is the broker's."""
+    names = ("made", "+made-relative", "nowhere/made", "sub/refused-dir")
+    while_stopped, everything = _stopped_supervisor_opens(opener, True, "mkdir", names)
+    assert while_stopped == "made\n" * 2 + "failed ENOENT\n"
+    assert everything == while_stopped + "refused EACCES\n"
+    assert (opener.workspace / "made").is_dir() and (opener.workspace / "made-relative").is_dir()
+    assert not (opener.workspace / "sub" / "refused-dir").exists()
+    assert [r.get("rule") for r in opener.audit_records() if r.get("decision") == "deny"] == [
+        "refused-inside"
     ]
 
 

@@ -852,6 +852,45 @@ static int serve_unlink(int listener, const struct seccomp_notif *n, int dirfd, 
     return 1;
 }
 
+/* mkdir, mkdirat: the directory is made in its pinned parent, as the
+ * supervisor's _mkdir makes it (the agent's umask applied, set-user-ID
+ * dropped).  A name already there fails with EEXIST from mkdirat itself,
+ * before any permission check, as the supervisor answers it before any rule;
+ * a name with a trailing slash, ".", ".." or "/" is the supervisor's. */
+static int serve_mkdir(int listener, const struct seccomp_notif *n, int dirfd, uint64_t ptr,
+                       unsigned long mode) {
+    char raw[PATH_BYTES], parent[PATH_BYTES], target[PATH_BYTES + 1];
+    const char *name;
+    if (!agent_path(n, ptr, raw) || !split_parent(raw, parent, &name))
+        return 0;
+    int exact = canonical(raw);
+    int anchor = exact ? AT_FDCWD : open_anchor((pid_t)n->pid, dirfd, raw);
+    if (anchor == -2)
+        return 0;
+    ssize_t length;
+    int dir = pin_parent(anchor, exact, parent, name, target, &length);
+    close_anchor(anchor);
+    if (dir == -1 && errno == ENOENT)
+        return missing_parent(listener, n, dirfd, raw, ALLOW_WRITE);
+    if (dir < 0)
+        return 0;
+    int umask = -1;
+    if (!granted(target, (size_t)length, ALLOW_WRITE, 0) ||
+        (umask = agent_umask((pid_t)n->pid)) < 0) {
+        close(dir);
+        return 0;
+    }
+    if (id_valid(listener, n->id)) { /* interrupted: nothing may be made */
+        mode_t made = (mode_t)(mode & 07777 & ~(unsigned long)umask & ~(unsigned long)S_ISUID);
+        if (mkdirat(dir, name, made) == 0)
+            respond_value(listener, n->id, 0);
+        else
+            respond_error(listener, n->id, errno);
+    }
+    close(dir);
+    return 1;
+}
+
 /* 1 when the notification was answered here, 0 when it must be forwarded. */
 static int serve_fast(int listener, const struct seccomp_notif *n) {
     const __u64 *args = n->data.args;
@@ -900,6 +939,12 @@ static int serve_fast(int listener, const struct seccomp_notif *n) {
     case __NR_rmdir:
         return serve_unlink(listener, n, AT_FDCWD, args[0], 1);
 #endif
+#ifdef __NR_mkdir
+    case __NR_mkdir:
+        return serve_mkdir(listener, n, AT_FDCWD, args[0], (unsigned long)args[1]);
+#endif
+    case __NR_mkdirat:
+        return serve_mkdir(listener, n, (int)(int32_t)args[0], args[1], (unsigned long)args[2]);
     case __NR_unlinkat:
         if (args[2] & ~(uint64_t)AT_REMOVEDIR)
             return 0; /* EINVAL is the supervisor's to give */

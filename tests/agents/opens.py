@@ -52,6 +52,8 @@ def change(what: str, call: object) -> dict[str, object]:
         result = call()  # type: ignore[operator]
     except OSError as exc:
         return {"error": errno.errorcode.get(exc.errno or 0, str(exc.errno))}
+    if what == "mkdir" and isinstance(result, str):
+        return {"mode": oct(os.stat(result).st_mode & 0o7777)}
     if isinstance(result, int) and what == "create":
         try:
             return {"mode": oct(os.fstat(result).st_mode & 0o7777)}
@@ -69,6 +71,13 @@ def files(ws: str, round_: int) -> list[tuple[str, dict[str, object]]]:
     missing, linked = f"{ws}/nowhere/x", f"{ws}/link-to-sub/new-{round_}"
     def make(path: str, flags: int, mode: int) -> object:
         return lambda: os.open(path, flags, mode)
+
+    def make_dir(path: str, mode: int = 0o777, dir_fd: int | None = None) -> object:
+        def call() -> str:
+            os.mkdir(path, mode, dir_fd=dir_fd)
+            return path if dir_fd is None else f"{ws}/sub/{path}"
+
+        return call
 
     cases: list[tuple[str, object, str]] = [
         ("create", make(new, create, 0o4777), "create"),
@@ -93,7 +102,23 @@ def files(ws: str, round_: int) -> list[tuple[str, dict[str, object]]]:
         ("unlink relative", lambda: os.unlink(f"new-{round_}.rel"), "unlink"),
         ("unlink refused", lambda: os.unlink(f"{ws}/refused.txt"), "unlink"),
         ("unlink a directory", lambda: os.unlink(f"{ws}/sub"), "unlink"),
-        ("mkdir", lambda: os.mkdir(made), "mkdir"),
+        ("mkdir", make_dir(made), "mkdir"),
+        ("mkdir with set-id bits", make_dir(f"{made}.ids", 0o7777), "mkdir"),
+        ("mkdir with a mode", make_dir(f"{made}.m", 0o750), "mkdir"),
+        ("mkdir relative", make_dir(f"made-{round_}.rel"), "mkdir"),
+        ("mkdir at a dirfd", make_dir(f"made-{round_}.at", dir_fd=os.open(f"{ws}/sub", 0)),
+         "mkdir"),
+        ("mkdir through a symlinked directory", make_dir(f"{ws}/link-to-sub/made-{round_}"),
+         "mkdir"),
+        ("mkdir existing", make_dir(f"{ws}/sub"), "mkdir"),
+        ("mkdir over a file", make_dir(f"{ws}/plain.txt"), "mkdir"),
+        ("mkdir over a dangling link", make_dir(f"{ws}/dangling"), "mkdir"),
+        ("mkdir refused", make_dir(f"{ws}/sub/refused-dir-{round_}"), "mkdir"),
+        ("mkdir in a missing directory", make_dir(f"{ws}/nowhere/d"), "mkdir"),
+        ("mkdir refused in a missing directory", make_dir(f"{ws}/gone/d"), "mkdir"),
+        ("mkdir below a file", make_dir(f"{ws}/plain.txt/d"), "mkdir"),
+        ("mkdir with a trailing slash", make_dir(f"{made}.slash/"), "mkdir"),
+        ("mkdir outside every rule", make_dir(f"/srv/made-{round_}"), "mkdir"),
         ("rmdir with a trailing slash", lambda: os.rmdir(made + "/"), "rmdir"),
         ("rmdir not empty", lambda: os.rmdir(f"{ws}/full"), "rmdir"),
         ("rmdir a file", lambda: os.rmdir(new + ".x"), "rmdir"),
