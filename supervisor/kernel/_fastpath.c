@@ -643,6 +643,21 @@ static int pin_parent(int anchor, int exact, const char *parent,
     return dir;
 }
 
+/* pin_parent for the agent's `raw`, resolved from its cwd or `dirfd`: -2
+ * also when that is out of reach. */
+static int pin_parent_of(const struct seccomp_notif *n, int dirfd, const char *raw,
+                         const char *parent, const char *name, char *target, ssize_t *length) {
+    int exact = canonical(raw);
+    int anchor = exact ? AT_FDCWD : open_anchor((pid_t)n->pid, dirfd, raw);
+    if (anchor == -2)
+        return -2;
+    int dir = pin_parent(anchor, exact, parent, name, target, length);
+    int err = errno;
+    close_anchor(anchor);
+    errno = err;
+    return dir;
+}
+
 /* Whether `raw` is relative and canonical (see canonical()). */
 static int canonical_relative(const char *raw) {
     char rooted[PATH_BYTES + 1];
@@ -829,13 +844,8 @@ static int serve_unlink(int listener, const struct seccomp_notif *n, int dirfd, 
         raw[--length] = '\0'; /* `rmdir dir/` names dir */
     if (length == 0 || !split_parent(raw, parent, &name))
         return 0;
-    int exact = canonical(raw);
-    int anchor = exact ? AT_FDCWD : open_anchor((pid_t)n->pid, dirfd, raw);
-    if (anchor == -2)
-        return 0;
     ssize_t target_length;
-    int dir = pin_parent(anchor, exact, parent, name, target, &target_length);
-    close_anchor(anchor);
+    int dir = pin_parent_of(n, dirfd, raw, parent, name, target, &target_length);
     if (dir < 0)
         return 0;
     if (!granted(target, (size_t)target_length, ALLOW_DELETE, 0)) {
@@ -863,13 +873,8 @@ static int serve_mkdir(int listener, const struct seccomp_notif *n, int dirfd, u
     const char *name;
     if (!agent_path(n, ptr, raw) || !split_parent(raw, parent, &name))
         return 0;
-    int exact = canonical(raw);
-    int anchor = exact ? AT_FDCWD : open_anchor((pid_t)n->pid, dirfd, raw);
-    if (anchor == -2)
-        return 0;
     ssize_t length;
-    int dir = pin_parent(anchor, exact, parent, name, target, &length);
-    close_anchor(anchor);
+    int dir = pin_parent_of(n, dirfd, raw, parent, name, target, &length);
     if (dir == -1 && errno == ENOENT)
         return missing_parent(listener, n, dirfd, raw, ALLOW_WRITE);
     if (dir < 0)
