@@ -59,6 +59,12 @@ rules:
     decision: deny
     priority: 1
     on_violation: block
+  - id: refused-move
+    actions: [file_move]
+    target: "{workspace}/stay*"
+    decision: deny
+    priority: 1
+    on_violation: block
   - id: refused-inside
     actions: [file_read, file_write, file_delete]
     target: "{workspace}/sub/refused*"
@@ -86,6 +92,7 @@ def _plant(ws: Path) -> None:
     (ws / "log.txt").write_text("log\n")
     (ws / "refused.txt").write_text("refused\n")
     (ws / "read-only.txt").write_text("read only\n")
+    (ws / "stay.txt").write_text("stay\n")
     (ws / "sub").mkdir()
     (ws / "full").mkdir()
     (ws / "full" / "inside").write_text("")
@@ -137,7 +144,7 @@ def opener(sandbox: Sandbox) -> Sandbox:
 def test_both_paths_give_the_same_results_and_refusals(opener: Sandbox) -> None:
     native, native_refusals = _outcomes(opener, native=True)
     python, python_refusals = _outcomes(opener, native=False)
-    assert len(native) == len(python) == 2 * (38 + 41)
+    assert len(native) == len(python) == 2 * (38 + 41 + 28)
     for ours, theirs in zip(native, python, strict=True):
         assert ours == theirs
     assert native_refusals == python_refusals
@@ -168,6 +175,25 @@ def test_both_paths_give_the_same_results_and_refusals(opener: Sandbox) -> None:
     assert by_case[("mkdir refused", 1)]["error"] == "EACCES"
     assert by_case[("mkdir in a missing directory", 1)]["error"] == "ENOENT"
     assert by_case[("mkdir refused in a missing directory", 1)]["error"] == "EACCES"
+    for case, outcome in [
+        ("rename", None),
+        ("rename over a file", None),
+        ("rename through a symlinked directory", None),
+        ("rename a missing file", "ENOENT"),
+        ("rename refused to move", "EACCES"),
+        ("rename onto a refused name", "EACCES"),
+        ("rename no-replace onto a file", "EEXIST"),
+        ("rename at dirfds", None),
+        ("link", None),
+        ("link again", "EEXIST"),
+        ("link refused to read", "EACCES"),
+        ("link onto a refused name", "EACCES"),
+        ("link a directory", "EPERM"),
+        ("link relative", None),
+        ("link at dirfds", None),
+    ]:
+        assert by_case[(case, 1)].get("error") == outcome, (case, by_case[(case, 1)])
+    assert any("refused-move" in line for line in native_refusals)
     assert by_case[("rmdir with a trailing slash", 1)] == {
         "case": "rmdir with a trailing slash",
         "pass": 1,
@@ -193,6 +219,11 @@ def _stopped_supervisor_opens(
         "mode = sys.argv[1]\n"
         "for path in sys.argv[2:]:\n"
         "    try:\n"
+        "        if mode in ('rename', 'link'):\n"  # 'DIR/old>new': new in DIR too
+        "            old, new = path.split('>')\n"
+        "            getattr(os, mode)(old, os.path.join(os.path.dirname(old), new))\n"
+        "            print(mode, 'done', flush=True)\n"
+        "            continue\n"
         "        if mode == 'mkdir':\n"
         "            os.mkdir(path)\n"
         "            print('made', flush=True)\n"
@@ -280,6 +311,25 @@ def test_a_plainly_allowed_mkdir_is_answered_while_the_supervisor_is_stopped(
     assert not (opener.workspace / "sub" / "refused-dir").exists()
     assert [r.get("rule") for r in opener.audit_records() if r.get("decision") == "deny"] == [
         "refused-inside"
+    ]
+
+
+@needs_native
+@pytest.mark.parametrize("call", ["rename", "link"])
+def test_a_plainly_allowed_rename_or_link_is_answered_while_the_supervisor_is_stopped(
+    opener: Sandbox, call: str
+) -> None:
+    """git links each object it writes into place, and renames its lock files."""
+    (opener.workspace / "object.tmp").write_text("object\n")
+    names = ("object.tmp>object", "plain.txt>refused-name")
+    while_stopped, everything = _stopped_supervisor_opens(opener, True, call, names)
+    assert while_stopped == f"{call} done\n"
+    assert everything == while_stopped + "refused EACCES\n"
+    assert (opener.workspace / "object").read_text() == "object\n"
+    assert (opener.workspace / "object.tmp").exists() == (call == "link")
+    assert not (opener.workspace / "refused-name").exists()
+    assert [r.get("rule") for r in opener.audit_records() if r.get("decision") == "deny"] == [
+        "refused-file"
     ]
 
 

@@ -57,6 +57,10 @@
 #ifndef PIDFD_THREAD
 #define PIDFD_THREAD O_EXCL
 #endif
+#ifndef RENAME_NOREPLACE
+#define RENAME_NOREPLACE (1 << 0)
+#endif
+
 /* O_TMPFILE's own bit (glibc's __O_TMPFILE includes O_DIRECTORY). */
 #define TMPFILE_BIT 020000000
 #ifndef O_PATH
@@ -79,7 +83,8 @@
 enum { SERVE_CHANNEL = 0, SERVE_LISTENER_GONE = 1, SERVE_AGENT = 2, SERVE_IDLE = 3, SERVE_BATCH = 4 };
 
 /* Cache bits: the actions a path is plainly allowed for. */
-enum { ALLOW_READ = 1, ALLOW_WRITE = 2, ALLOW_DELETE = 4 };
+enum { ALLOW_READ = 1, ALLOW_WRITE = 2, ALLOW_DELETE = 4, ALLOW_MOVE = 8 };
+#define ALLOW_ANY (ALLOW_READ | ALLOW_WRITE | ALLOW_DELETE | ALLOW_MOVE)
 
 #define PATH_BYTES 4096
 #define BATCH 64 /* notifications between returns to Python (it reaps orphans) */
@@ -477,7 +482,7 @@ static int granted(const char *path, size_t length, int need, int all) {
         PyErr_Clear(); /* a failed decision is no decision: the supervisor takes it */
         return 0;
     }
-    bits &= ALLOW_READ | ALLOW_WRITE | ALLOW_DELETE;
+    bits &= ALLOW_ANY;
     if (bits && cache_add(path, length, (int)bits) != 0)
         return 0;
     return ((have | (int)bits) & need) == need;
@@ -896,6 +901,107 @@ static int serve_mkdir(int listener, const struct seccomp_notif *n, int dirfd, u
     return 1;
 }
 
+/* Both names of a rename or link, each split and its directory pinned as
+ * pin_parent_of pins it; 0 (nothing held) when either is the supervisor's. */
+struct two_names {
+    const char *name[2];
+    int dir[2];
+    ssize_t length[2];
+    char raw[2][PATH_BYTES], parent[2][PATH_BYTES], target[2][PATH_BYTES + 1];
+};
+
+static int pin_two(const struct seccomp_notif *n, const int dirfd[2], const uint64_t ptr[2],
+                   struct two_names *t) {
+    t->dir[0] = t->dir[1] = -1;
+    for (int i = 0; i < 2; i++) {
+        if (!agent_path(n, ptr[i], t->raw[i]) || !split_parent(t->raw[i], t->parent[i], &t->name[i]))
+            break;
+        t->dir[i] = pin_parent_of(n, dirfd[i], t->raw[i], t->parent[i], t->name[i], t->target[i],
+                                  &t->length[i]);
+        if (t->dir[i] < 0)
+            break;
+        if (i == 1)
+            return 1;
+    }
+    if (t->dir[0] >= 0)
+        close(t->dir[0]);
+    return 0;
+}
+
+static void release_two(struct two_names *t) {
+    close(t->dir[0]);
+    close(t->dir[1]);
+}
+
+/* rename, renameat, renameat2 (no flags, or RENAME_NOREPLACE): the
+ * supervisor's checks (file_move at the old name, file_write at the new),
+ * then renameat2 between the pinned directories. */
+static int serve_rename(int listener, const struct seccomp_notif *n, int olddirfd,
+                        uint64_t old_ptr, int newdirfd, uint64_t new_ptr, uint64_t flags) {
+    if (flags & ~(uint64_t)RENAME_NOREPLACE)
+        return 0; /* an exchange checks both ways; anything else is the supervisor's */
+    struct two_names t;
+    const int dirfd[2] = {olddirfd, newdirfd};
+    const uint64_t ptr[2] = {old_ptr, new_ptr};
+    if (!pin_two(n, dirfd, ptr, &t))
+        return 0;
+    if (!granted(t.target[0], (size_t)t.length[0], ALLOW_MOVE, 0) ||
+        !granted(t.target[1], (size_t)t.length[1], ALLOW_WRITE, 0)) {
+        release_two(&t);
+        return 0;
+    }
+    if (id_valid(listener, n->id)) { /* interrupted: nothing may be moved */
+#ifdef SYS_renameat2
+        long moved = syscall(SYS_renameat2, t.dir[0], t.name[0], t.dir[1], t.name[1], (unsigned)flags);
+#else
+        long moved = flags ? (errno = ENOSYS, -1) : renameat(t.dir[0], t.name[0], t.dir[1], t.name[1]);
+#endif
+        if (moved == 0)
+            respond_value(listener, n->id, 0);
+        else
+            respond_error(listener, n->id, errno);
+    }
+    release_two(&t);
+    return 1;
+}
+
+/* link, linkat (no flags): the supervisor's checks (file_read at the old
+ * name, as good as reading it; file_write at the new), for a regular file
+ * with no other name, so no hard link to a protected file, which must be
+ * judged as that file.  The very inode looked at is linked (through its
+ * magic link), never the name again. */
+static int serve_link(int listener, const struct seccomp_notif *n, int olddirfd, uint64_t old_ptr,
+                      int newdirfd, uint64_t new_ptr, uint64_t flags) {
+    if (flags)
+        return 0; /* AT_SYMLINK_FOLLOW, AT_EMPTY_PATH: the supervisor's */
+    struct two_names t;
+    const int dirfd[2] = {olddirfd, newdirfd};
+    const uint64_t ptr[2] = {old_ptr, new_ptr};
+    if (!pin_two(n, dirfd, ptr, &t))
+        return 0;
+    struct stat st;
+    int object = openat(t.dir[0], t.name[0], O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    if (object < 0 || fstat(object, &st) != 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1 ||
+        own_fd_dir() < 0 || !granted(t.target[0], (size_t)t.length[0], ALLOW_READ, 0) ||
+        !granted(t.target[1], (size_t)t.length[1], ALLOW_WRITE, 0)) {
+        if (object >= 0)
+            close(object);
+        release_two(&t);
+        return 0;
+    }
+    if (id_valid(listener, n->id)) { /* interrupted: nothing may be linked */
+        char name[16];
+        snprintf(name, sizeof name, "%d", object);
+        if (linkat(own_fds, name, t.dir[1], t.name[1], AT_SYMLINK_FOLLOW) == 0)
+            respond_value(listener, n->id, 0);
+        else
+            respond_error(listener, n->id, errno);
+    }
+    close(object);
+    release_two(&t);
+    return 1;
+}
+
 /* 1 when the notification was answered here, 0 when it must be forwarded. */
 static int serve_fast(int listener, const struct seccomp_notif *n) {
     const __u64 *args = n->data.args;
@@ -950,6 +1056,25 @@ static int serve_fast(int listener, const struct seccomp_notif *n) {
 #endif
     case __NR_mkdirat:
         return serve_mkdir(listener, n, (int)(int32_t)args[0], args[1], (unsigned long)args[2]);
+#ifdef __NR_rename
+    case __NR_rename:
+        return serve_rename(listener, n, AT_FDCWD, args[0], AT_FDCWD, args[1], 0);
+#endif
+    case __NR_renameat:
+        return serve_rename(listener, n, (int)(int32_t)args[0], args[1], (int)(int32_t)args[2],
+                            args[3], 0);
+#ifdef __NR_renameat2
+    case __NR_renameat2:
+        return serve_rename(listener, n, (int)(int32_t)args[0], args[1], (int)(int32_t)args[2],
+                            args[3], args[4] & 0xFFFFFFFFu);
+#endif
+#ifdef __NR_link
+    case __NR_link:
+        return serve_link(listener, n, AT_FDCWD, args[0], AT_FDCWD, args[1], 0);
+#endif
+    case __NR_linkat:
+        return serve_link(listener, n, (int)(int32_t)args[0], args[1], (int)(int32_t)args[2],
+                          args[3], args[4] & 0xFFFFFFFFu);
     case __NR_unlinkat:
         if (args[2] & ~(uint64_t)AT_REMOVEDIR)
             return 0; /* EINVAL is the supervisor's to give */
@@ -1120,7 +1245,7 @@ static PyObject *fp_allow(PyObject *self, PyObject *args) {
         return NULL;
     if (length <= 0 || length >= PATH_BYTES || path[0] != '/' || memchr(path, '\0', (size_t)length))
         Py_RETURN_FALSE; /* never a path this code looks up */
-    if (cache_add(path, (size_t)length, bits & (ALLOW_READ | ALLOW_WRITE | ALLOW_DELETE)) != 0)
+    if (cache_add(path, (size_t)length, bits & ALLOW_ANY) != 0)
         return PyErr_NoMemory();
     Py_RETURN_TRUE;
 }
@@ -1181,6 +1306,7 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
         PyModule_AddIntConstant(m, "ALLOW_READ", ALLOW_READ) ||
         PyModule_AddIntConstant(m, "ALLOW_WRITE", ALLOW_WRITE) ||
         PyModule_AddIntConstant(m, "ALLOW_DELETE", ALLOW_DELETE) ||
+        PyModule_AddIntConstant(m, "ALLOW_MOVE", ALLOW_MOVE) ||
         PyModule_AddIntConstant(m, "NATIVE_ARCH", (long)NATIVE_ARCH)) {
         Py_DECREF(m);
         return NULL;

@@ -51,6 +51,7 @@ WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 ALLOW_READ = 1
 ALLOW_WRITE = 2
 ALLOW_DELETE = 4
+ALLOW_MOVE = 8
 
 
 @functools.cache

@@ -302,8 +302,11 @@ _NATIVE_BITS = {
     ActionType.FILE_READ: fastpath.ALLOW_READ,
     ActionType.FILE_WRITE: fastpath.ALLOW_WRITE,
     ActionType.FILE_DELETE: fastpath.ALLOW_DELETE,
+    ActionType.FILE_MOVE: fastpath.ALLOW_MOVE,
 }
-_ALL_NATIVE_BITS = fastpath.ALLOW_READ | fastpath.ALLOW_WRITE | fastpath.ALLOW_DELETE
+_ALL_NATIVE_BITS = (
+    fastpath.ALLOW_READ | fastpath.ALLOW_WRITE | fastpath.ALLOW_DELETE | fastpath.ALLOW_MOVE
+)
 
 
 def _mirror_to(broker: BrokerClient) -> Callable[[ActionType | None, str], None]:

@@ -10,6 +10,7 @@ native and the Python paths must print the same lines.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import json
@@ -60,6 +61,76 @@ def change(what: str, call: object) -> dict[str, object]:
         finally:
             os.close(result)
     return {"ok": True}
+
+
+_AT_FDCWD, _RENAME_NOREPLACE, _RENAME_EXCHANGE = -100, 1, 2
+
+
+def renameat2(old: str, new: str, flags: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.renameat2(_AT_FDCWD, os.fsencode(old), _AT_FDCWD, os.fsencode(new), flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def touched_then(path: str, call: object) -> object:
+    """A file made at `path` (outside what is compared), then `call`."""
+
+    def run() -> object:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
+        return call()  # type: ignore[operator]
+
+    return run
+
+
+def moves(ws: str, round_: int) -> list[tuple[str, dict[str, object]]]:
+    """Renames and hard links, on names new to each round."""
+    src, moved, sub_moved = f"{ws}/to-move-{round_}", f"{ws}/moved-{round_}", f"{ws}/sub/m-{round_}"
+    sub = os.open(f"{ws}/sub", os.O_RDONLY | os.O_DIRECTORY)
+    cases: list[tuple[str, object]] = [
+        ("rename", touched_then(src, lambda: os.rename(src, moved))),
+        ("rename over a file", touched_then(src, lambda: os.rename(src, moved))),
+        ("rename relative", lambda: os.rename(f"moved-{round_}", f"moved-{round_}.rel")),
+        ("rename through a symlinked directory",
+         lambda: os.rename(f"{moved}.rel", f"{ws}/link-to-sub/m-{round_}")),
+        ("rename a missing file", lambda: os.rename(f"{ws}/no-such", f"{ws}/x-{round_}")),
+        ("rename refused to move", lambda: os.rename(f"{ws}/stay.txt", f"{ws}/stayed")),
+        ("rename onto a refused name", lambda: os.rename(sub_moved, f"{ws}/refused-m-{round_}")),
+        ("rename into a missing directory", lambda: os.rename(sub_moved, f"{ws}/nowhere/x")),
+        ("rename outside every rule", lambda: os.rename(sub_moved, f"/srv/m-{round_}")),
+        ("rename no-replace onto a file",
+         lambda: renameat2(sub_moved, f"{ws}/plain.txt", _RENAME_NOREPLACE)),
+        ("rename no-replace", lambda: renameat2(sub_moved, f"{sub_moved}.nr", _RENAME_NOREPLACE)),
+        ("rename exchange", lambda: renameat2(f"{sub_moved}.nr", f"{ws}/scratch.txt",
+                                              _RENAME_EXCHANGE)),
+        ("rename at dirfds", lambda: os.rename(f"m-{round_}.nr", f"m-{round_}.at",
+                                               src_dir_fd=sub, dst_dir_fd=sub)),
+        ("rename a directory", touched_then(f"{ws}/full/x-{round_}", lambda: os.rename(
+            f"{ws}/full", f"{ws}/full-{round_}"))),
+        ("rename a directory back", lambda: os.rename(f"{ws}/full-{round_}", f"{ws}/full")),
+        ("link", touched_then(src, lambda: os.link(src, f"{ws}/ln-{round_}"))),
+        ("link again", lambda: os.link(src, f"{ws}/ln-{round_}")),
+        ("link a file with two names", lambda: os.link(src, f"{ws}/ln-{round_}.two")),
+        ("link refused to read", lambda: os.link(f"{ws}/refused.txt", f"{ws}/from-r-{round_}")),
+        ("link onto a refused name",
+         touched_then(f"{src}.b", lambda: os.link(f"{src}.b", f"{ws}/refused-ln-{round_}"))),
+        ("link a directory", lambda: os.link(f"{ws}/sub", f"{ws}/sub-ln-{round_}")),
+        ("link a missing file", lambda: os.link(f"{ws}/no-such", f"{ws}/ln-x-{round_}")),
+        ("link into a missing directory", lambda: os.link(f"{src}.b", f"{ws}/nowhere/x")),
+        ("link a symlink", lambda: os.link(f"{ws}/dangling", f"{ws}/ln-dangling-{round_}",
+                                           follow_symlinks=False)),
+        ("link following a symlink", lambda: os.link(f"{ws}/link-to-plain", f"{ws}/ln-f-{round_}",
+                                                     follow_symlinks=True)),
+        ("link relative", touched_then(f"{src}.c", lambda: os.link(f"to-move-{round_}.c",
+                                                                   f"ln-{round_}.rel"))),
+        ("link at dirfds", touched_then(f"{ws}/sub/at-{round_}", lambda: os.link(
+            f"at-{round_}", f"at-{round_}.ln", src_dir_fd=sub, dst_dir_fd=sub))),
+        ("link outside every rule", lambda: os.link(f"{src}.b", f"/srv/ln-{round_}")),
+    ]
+    try:
+        return [(name, change("move", call)) for name, call in cases]
+    finally:
+        os.close(sub)
 
 
 def files(ws: str, round_: int) -> list[tuple[str, dict[str, object]]]:
@@ -178,7 +249,7 @@ def main() -> int:
             print(json.dumps({"case": name, "pass": round_, **attempt(path, flags)}), flush=True)
         result = attempt("../plain.txt", ro, dir_fd=sub)
         print(json.dumps({"case": "dirfd relative", "pass": round_, **result}), flush=True)
-        for name, outcome_ in files(ws, round_):
+        for name, outcome_ in files(ws, round_) + moves(ws, round_):
             print(json.dumps({"case": name, "pass": round_, **outcome_}), flush=True)
     return 0
 
