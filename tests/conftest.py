@@ -192,6 +192,20 @@ class Sandbox:
             timeout=timeout,
         )
 
+    def start(
+        self, *program: str, policy: str = "strict", env: dict[str, str] | None = None
+    ) -> subprocess.Popen[str]:
+        """`run`, started: stdin, stdout and stderr are text pipes, for a test
+        that talks to the agent (and stops the supervisor meanwhile)."""
+        return subprocess.Popen(
+            self.command(*program, policy=policy),
+            env={**self.env, **(env or {})},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
     def audit_records(self) -> list[dict[str, object]]:
         if not self.audit_log.exists():
             return []

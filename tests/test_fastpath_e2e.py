@@ -434,3 +434,45 @@ def test_a_policy_reload_reaches_the_native_path(opener: Sandbox) -> None:
             proc.kill()
             proc.wait()
     assert any(r.get("rule") == "now-refused" for r in opener.audit_records())
+
+
+RETITLE = """
+import ctypes, os, sys
+ws = sys.argv[1]
+open(f"{ws}/plain.txt").close()  # the first syscall after the exec: the image is checked
+# Retitle in place, as setproctitle does: argv's own memory, no syscall.  The
+# argument strings end where the first environment string starts.
+original = b"".join(os.fsencode(arg) + b"\\0" for arg in sys.orig_argv)
+arg_end = ctypes.POINTER(ctypes.c_void_p).in_dll(ctypes.CDLL(None), "environ")[0]
+title = b"retitled worker".ljust(len(original), b"\\0")
+ctypes.memmove(arg_end - len(original), title, len(original))
+os.symlink("plain.txt", f"{ws}/made-after")  # forwarded: the supervisor sees this process
+with open("/proc/self/cmdline", "rb") as cmdline:  # (forwarded too)
+    print(cmdline.read().split(b"\\0")[0].decode(), flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    "native", [pytest.param("1", id="native", marks=needs_native), pytest.param("0", id="python")]
+)
+def test_a_process_that_retitles_itself_after_its_first_syscall_is_not_judged_again(
+    sandbox: Sandbox, native: str
+) -> None:
+    """The exec is checked once, at the first syscall of the new image (by the
+    broker, which then tells the supervisor so): a later change of its
+    command line, as daemons make, is no new exec."""
+    (sandbox.workspace / "plain.txt").write_text("plain\n")
+    script = sandbox.workspace / "retitle.py"
+    script.write_text(RETITLE)
+    policy = sandbox.policy(
+        "retitle",
+        "name: retitle\nextends: [strict]\nrules:\n"
+        "  - id: no-retitled\n    actions: [shell_execute]\n    pattern: retitled\n"
+        "    decision: deny\n    priority: 1\n",
+    )
+    # Run by a shell, so that it is an exec the supervisor decided.
+    command = f"{sys.executable} {script} {sandbox.workspace}; true"
+    result = sandbox.run("sh", "-c", command, policy=policy, env={fastpath.ENV_SWITCH: native})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout == "retitled worker\n"
+    assert (sandbox.workspace / "made-after").is_symlink()

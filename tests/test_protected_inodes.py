@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -238,3 +239,65 @@ def test_linking_another_name_of_the_key_is_judged_as_reading_the_key(
     assert result.returncode == 137, result.stderr[-2000:]
     assert "rule 'secret-ssh' denied file_read" in result.stderr, result.stderr[-2000:]
     assert not copy.exists()
+
+
+AFTER_THE_WALK = """
+import os, sys, time
+ws, key_link = sys.argv[1], sys.argv[2]
+def read(path):
+    try:
+        with open(path) as opened:
+            return opened.read().strip()
+    except OSError as exc:
+        return f"error {exc.errno}"
+print("first", read(f"{ws}/harmless"), flush=True)  # the walk answers for this one
+time.sleep(0.5)  # (its answer reaches the broker meanwhile)
+print("ready", flush=True)
+sys.stdin.readline()  # the supervisor is stopped now
+print("other", read(f"{ws}/other"), flush=True)
+print("key", read(key_link), flush=True)
+"""
+
+
+@pytest.mark.requires_seccomp_notify
+@pytest.mark.requires_landlock
+@pytest.mark.skipif(not fastpath.enabled(), reason=fastpath.status()[1])
+def test_once_the_walk_answered_the_broker_judges_other_hard_links_but_not_the_keys(
+    sandbox: Sandbox,
+) -> None:
+    """Shared libraries and git's commands have several names: after the walk's
+    answer the broker opens those itself; another name of the key still waits
+    for the supervisor, and is killed as a read of the key."""
+    ws = sandbox.workspace
+    for name in ("harmless", "other"):
+        (ws / name).write_text(f"{name} text\n")
+        os.link(ws / name, ws / f"{name}.2")
+    planted = ws / "innocent.txt"
+    os.link(sandbox.key, planted)
+    script = ws / "after_the_walk.py"
+    script.write_text(AFTER_THE_WALK)
+    program = ("python3", str(script), str(ws), str(planted))
+    proc = sandbox.start(*program, env={fastpath.ENV_SWITCH: "1"})
+    assert proc.stdout is not None and proc.stdin is not None
+    try:
+        assert proc.stdout.readline() == "first harmless text\n"
+        assert proc.stdout.readline() == "ready\n"
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            # Answered by the broker alone: the supervisor is stopped.
+            ready, _, _ = select.select([proc.stdout], [], [], 5.0)
+            while_stopped = proc.stdout.readline() if ready else ""
+            time.sleep(1.0)
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        rest, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert while_stopped == "other other text\n", (while_stopped, rest, err[-2000:])
+    assert proc.returncode == 137, err[-2000:]
+    assert "rule 'secret-ssh' denied file_read" in err, err[-2000:]
+    assert "key" not in rest and "c2VjcmV0" not in rest

@@ -171,51 +171,133 @@ static int cache_add(const char *path, size_t n, int bits) {
 /* -- processes whose next notification must go to the supervisor ----------
  * After an allowed exec the supervisor holds the new image to what it
  * decided on, at that process's first trapped syscall: so the first one
- * after every exec is forwarded, whatever it is. */
+ * after every exec is forwarded, unless the supervisor told this path what
+ * it allowed (the executable's inode and the exact command line) and the
+ * image running matches it; the supervisor is then told it was checked. */
 
 #define WATCH_SLOTS 256
-static pid_t watched[WATCH_SLOTS];
+struct watched_exec {
+    pid_t pid;          /* 0: a free slot */
+    uint64_t exec_id;   /* the notification of its exec */
+    int expected;       /* the supervisor said what it allowed: */
+    dev_t dev;
+    ino_t ino;
+    char *cmdline;      /* argv, each NUL-terminated, as /proc/PID/cmdline gives it */
+    size_t cmdline_length;
+};
+static struct watched_exec watched[WATCH_SLOTS];
 static unsigned watched_count;
 
-static int is_watched(pid_t pid) {
+/* Forwarded notifications not sent yet (see forwarding, below). */
+static unsigned queue_head, queue_length;
+
+/* In a forwarded notification's flags (the kernel sets none): not a syscall
+ * to answer, but word that its thread's first syscall after an exec found
+ * the image the supervisor allowed. */
+#define NOTICE_EXEC_CHECKED (1u << 31)
+
+static struct watched_exec *watched_slot(pid_t pid) {
     if (!watched_count)
-        return 0;
+        return NULL;
     for (unsigned i = 0; i < WATCH_SLOTS; i++)
-        if (watched[i] == pid)
-            return 1;
-    return 0;
+        if (watched[i].pid == pid)
+            return &watched[i];
+    return NULL;
 }
 
-static void unwatch(pid_t pid) {
-    for (unsigned i = 0; i < WATCH_SLOTS && watched_count; i++)
-        if (watched[i] == pid) {
-            watched[i] = 0;
-            watched_count--;
-        }
+static void forget_expected(struct watched_exec *w) {
+    free(w->cmdline);
+    w->cmdline = NULL;
+    w->expected = 0;
+}
+
+static void free_slot(struct watched_exec *w) {
+    forget_expected(w);
+    w->pid = 0;
+    watched_count--;
 }
 
 /* 0, or -1 when the table is full of live processes: the caller then
  * forwards the exec's process to the supervisor for good (never a weaker check). */
-static int watch(pid_t pid) {
+static int watch(pid_t pid, uint64_t exec_id) {
     if (pid <= 0)
         return -1;
-    if (is_watched(pid))
+    struct watched_exec *w = watched_slot(pid);
+    if (w) { /* another exec before any other syscall: this one is decided now */
+        forget_expected(w);
+        w->exec_id = exec_id;
         return 0;
+    }
     for (int sweep = 0; sweep < 2; sweep++) {
         for (unsigned i = 0; i < WATCH_SLOTS; i++)
-            if (!watched[i]) {
-                watched[i] = pid;
+            if (!watched[i].pid) {
+                watched[i].pid = pid;
+                watched[i].exec_id = exec_id;
                 watched_count++;
                 return 0;
             }
         /* Full: drop processes that exited without another trapped syscall. */
         for (unsigned i = 0; i < WATCH_SLOTS; i++)
-            if (watched[i] && kill(watched[i], 0) < 0 && errno == ESRCH) {
-                watched[i] = 0;
-                watched_count--;
-            }
+            if (watched[i].pid && kill(watched[i].pid, 0) < 0 && errno == ESRCH)
+                free_slot(&watched[i]);
     }
     return -1;
+}
+
+/* Whether the image `w->pid` runs is the file and command line allowed. */
+static int runs_as_expected(const struct watched_exec *w) {
+    char name[64];
+    struct stat st;
+    snprintf(name, sizeof name, "/proc/%d/exe", (int)w->pid);
+    if (stat(name, &st) != 0 || st.st_dev != w->dev || st.st_ino != w->ino)
+        return 0;
+    snprintf(name, sizeof name, "/proc/%d/cmdline", (int)w->pid);
+    int fd = open(name, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    char *running = malloc(w->cmdline_length + 1);
+    size_t got = 0;
+    ssize_t n = 1;
+    while (running && got <= w->cmdline_length && n > 0) {
+        n = read(fd, running + got, w->cmdline_length + 1 - got);
+        if (n > 0)
+            got += (size_t)n;
+    }
+    close(fd);
+    int same = running && n >= 0 && got == w->cmdline_length &&
+               memcmp(running, w->cmdline, got) == 0;
+    free(running);
+    return same;
+}
+
+/* -- the protected inodes ----------------------------------------------------
+ * A hard link is judged under the name of the protected file it is another
+ * name of; the supervisor's walk finds those.  Until it has told this path
+ * its answer, a multiply-linked file is the supervisor's; then only the
+ * protected ones are. */
+
+struct inode_key {
+    uint64_t dev, ino;
+};
+static struct inode_key *protected_keys;
+static size_t protected_count;
+static int protected_known;
+
+static int compare_keys(const void *a, const void *b) {
+    const struct inode_key *x = a, *y = b;
+    if (x->dev != y->dev)
+        return x->dev < y->dev ? -1 : 1;
+    return x->ino < y->ino ? -1 : x->ino > y->ino;
+}
+
+/* Whether a file with these numbers may be judged under its own path. */
+static int own_name(const struct stat *st) {
+    if (st->st_nlink <= 1)
+        return 1;
+    if (!protected_known)
+        return 0;
+    struct inode_key key = {(uint64_t)st->st_dev, (uint64_t)st->st_ino};
+    return !bsearch(&key, protected_keys, protected_count, sizeof key, compare_keys);
 }
 
 /* Set when an exec could not be watched: no open is served here any more. */
@@ -799,7 +881,7 @@ static int serve_open(int listener, const struct seccomp_notif *n, int dirfd, ui
     const char *real = exact ? raw : real_buffer;
     ssize_t length = fstat(fd, &st) != 0 ? -1 : exact ? (ssize_t)strlen(raw) : real_path(fd, real_buffer);
     int plain = length > 0 &&
-                ((S_ISREG(st.st_mode) && st.st_nlink == 1) || (S_ISDIR(st.st_mode) && !writes) ||
+                ((S_ISREG(st.st_mode) && own_name(&st)) || (S_ISDIR(st.st_mode) && !writes) ||
                  (harmless_device(&st) && harmless_device_name(real)));
     int need = (reads || !writes ? ALLOW_READ : 0) | (writes ? ALLOW_WRITE : 0);
     if (!plain || !granted(real, (size_t)length, need, writes)) {
@@ -967,8 +1049,8 @@ static int serve_rename(int listener, const struct seccomp_notif *n, int olddirf
 
 /* link, linkat (no flags): the supervisor's checks (file_read at the old
  * name, as good as reading it; file_write at the new), for a regular file
- * with no other name, so no hard link to a protected file, which must be
- * judged as that file.  The very inode looked at is linked (through its
+ * that is no hard link to a protected file (which must be judged as that
+ * file): one with no other name, or not among the protected inodes.  The very inode looked at is linked (through its
  * magic link), never the name again. */
 static int serve_link(int listener, const struct seccomp_notif *n, int olddirfd, uint64_t old_ptr,
                       int newdirfd, uint64_t new_ptr, uint64_t flags) {
@@ -981,7 +1063,7 @@ static int serve_link(int listener, const struct seccomp_notif *n, int olddirfd,
         return 0;
     struct stat st;
     int object = openat(t.dir[0], t.name[0], O_PATH | O_NOFOLLOW | O_CLOEXEC);
-    if (object < 0 || fstat(object, &st) != 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1 ||
+    if (object < 0 || fstat(object, &st) != 0 || !S_ISREG(st.st_mode) || !own_name(&st) ||
         own_fd_dir() < 0 || !granted(t.target[0], (size_t)t.length[0], ALLOW_READ, 0) ||
         !granted(t.target[1], (size_t)t.length[1], ALLOW_WRITE, 0)) {
         if (object >= 0)
@@ -1003,7 +1085,23 @@ static int serve_link(int listener, const struct seccomp_notif *n, int olddirfd,
 }
 
 /* 1 when the notification was answered here, 0 when it must be forwarded. */
-static int serve_fast(int listener, const struct seccomp_notif *n) {
+static int send_forward(int forward_fd, const struct seccomp_notif *n, int pidfd);
+
+/* The notice for `n`'s thread (NOTICE_EXEC_CHECKED), sent now with a pidfd of
+ * it; 0 when sent.  Never queued: when it cannot go now, the syscall itself
+ * is forwarded, and the supervisor checks the image as it always did. */
+static int tell_exec_checked(int listener, int forward_fd, const struct seccomp_notif *n) {
+    int pidfd = (int)syscall(SYS_pidfd_open, n->pid, PIDFD_THREAD);
+    if (pidfd < 0)
+        return -1;
+    struct seccomp_notif notice = *n;
+    notice.flags |= NOTICE_EXEC_CHECKED;
+    int sent = id_valid(listener, n->id) ? send_forward(forward_fd, &notice, pidfd) : -1;
+    close(pidfd);
+    return sent == 0 ? 0 : -1;
+}
+
+static int serve_fast(int listener, int forward_fd, const struct seccomp_notif *n) {
     const __u64 *args = n->data.args;
     pid_t tid = (pid_t)n->pid;
     if (held_count)
@@ -1023,16 +1121,20 @@ static int serve_fast(int listener, const struct seccomp_notif *n) {
         if (tgid != tid)
             umask_hold(tid); /* a thread's exec: it takes its leader's TID */
         /* After exec the process runs as its thread group leader. */
-        if (watch(tgid > 0 ? (pid_t)tgid : tid) < 0)
+        if (watch(tgid > 0 ? (pid_t)tgid : tid, n->id) < 0)
             fast_disabled = 1;
         return 0;
     }
     }
     if (fast_disabled)
         return 0;
-    if (is_watched((pid_t)n->pid)) {
-        unwatch((pid_t)n->pid); /* the supervisor checks the new image first */
-        return 0;
+    struct watched_exec *w = watched_slot((pid_t)n->pid);
+    if (w) {
+        int checked = w->expected && !queue_length && runs_as_expected(w) &&
+                      tell_exec_checked(listener, forward_fd, n) == 0;
+        free_slot(w);
+        if (!checked)
+            return 0; /* the supervisor checks the new image first */
     }
     switch (n->data.nr) {
 #ifdef __NR_open
@@ -1096,7 +1198,6 @@ struct queued {
 
 #define QUEUE_SLOTS (1u << 16) /* more than the agent can have threads in syscalls */
 static struct queued *queue;
-static unsigned queue_head, queue_length;
 
 /* 0 sent, 1 would block, -1 the supervisor is gone. */
 static int send_forward(int forward_fd, const struct seccomp_notif *n, int pidfd) {
@@ -1217,7 +1318,7 @@ static PyObject *fp_serve(PyObject *self, PyObject *args) {
         struct seccomp_notif n;
         memset(&n, 0, sizeof n);
         if (ioctl(listener, SECCOMP_IOCTL_NOTIF_RECV, &n) == 0) {
-            if (serve_fast(listener, &n))
+            if (serve_fast(listener, forward_fd, &n))
                 *answered += 1;
             else
                 forward(listener, forward_fd, &n);
@@ -1248,6 +1349,54 @@ static PyObject *fp_allow(PyObject *self, PyObject *args) {
     if (cache_add(path, (size_t)length, bits & ALLOW_ANY) != 0)
         return PyErr_NoMemory();
     Py_RETURN_TRUE;
+}
+
+/* expect_exec(exec_id, dev, ino, cmdline) -> whether that exec is still watched:
+ * what the supervisor allowed it to run, to check its first syscall with. */
+static PyObject *fp_expect_exec(PyObject *self, PyObject *args) {
+    unsigned long long exec_id, dev, ino;
+    const char *cmdline;
+    Py_ssize_t length;
+    if (!PyArg_ParseTuple(args, "KKKy#", &exec_id, &dev, &ino, &cmdline, &length))
+        return NULL;
+    for (unsigned i = 0; i < WATCH_SLOTS && watched_count; i++) {
+        struct watched_exec *w = &watched[i];
+        if (!w->pid || w->exec_id != exec_id)
+            continue;
+        forget_expected(w);
+        if (length <= 0 || !(w->cmdline = malloc((size_t)length)))
+            Py_RETURN_FALSE;
+        memcpy(w->cmdline, cmdline, (size_t)length);
+        w->cmdline_length = (size_t)length;
+        w->dev = (dev_t)dev;
+        w->ino = (ino_t)ino;
+        w->expected = 1;
+        Py_RETURN_TRUE;
+    }
+    Py_RETURN_FALSE;
+}
+
+/* protect(keys: bytes) -> None: the protected inodes, as (st_dev, st_ino)
+ * pairs of native 64-bit numbers, all of them: the walk's whole answer. */
+static PyObject *fp_protect(PyObject *self, PyObject *args) {
+    const char *data;
+    Py_ssize_t length;
+    if (!PyArg_ParseTuple(args, "y#", &data, &length))
+        return NULL;
+    if (length % (Py_ssize_t)sizeof(struct inode_key))
+        return PyErr_Format(PyExc_ValueError, "keys come in pairs of 64-bit numbers");
+    struct inode_key *keys = length ? malloc((size_t)length) : NULL;
+    if (length && !keys)
+        return PyErr_NoMemory();
+    if (length)
+        memcpy(keys, data, (size_t)length);
+    size_t count = (size_t)length / sizeof *keys;
+    qsort(keys, count, sizeof *keys, compare_keys);
+    free(protected_keys);
+    protected_keys = keys;
+    protected_count = count;
+    protected_known = 1;
+    Py_RETURN_NONE;
 }
 
 static PyObject *fp_set_decider(PyObject *self, PyObject *callable) {
@@ -1283,6 +1432,11 @@ static PyMethodDef methods[] = {
     {"set_decider", fp_set_decider, METH_O,
      "set_decider(callable(path: bytes, bits: int) -> int | None): asked on a cache miss"},
     {"allowed", fp_allowed, METH_VARARGS, "allowed(path: bytes) -> int: the cached bits"},
+    {"protect", fp_protect, METH_VARARGS,
+     "protect(keys: bytes) -> None: the protected inodes, as native (st_dev, st_ino) u64 pairs"},
+    {"expect_exec", fp_expect_exec, METH_VARARGS,
+     "expect_exec(exec_id, dev, ino, cmdline: bytes) -> bool: what that exec was allowed to "
+     "run, to check its first syscall with"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1307,6 +1461,7 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
         PyModule_AddIntConstant(m, "ALLOW_WRITE", ALLOW_WRITE) ||
         PyModule_AddIntConstant(m, "ALLOW_DELETE", ALLOW_DELETE) ||
         PyModule_AddIntConstant(m, "ALLOW_MOVE", ALLOW_MOVE) ||
+        PyModule_AddIntConstant(m, "NOTICE_EXEC_CHECKED", (long)NOTICE_EXEC_CHECKED) ||
         PyModule_AddIntConstant(m, "NATIVE_ARCH", (long)NATIVE_ARCH)) {
         Py_DECREF(m);
         return NULL;

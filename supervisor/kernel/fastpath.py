@@ -47,6 +47,12 @@ VALID_OPEN_FLAGS = (
 # Flags that make an open a write (file_write is asked).
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
+# A forwarded notification with this flag is the broker's word that the first
+# syscall after an exec found the image the supervisor allowed; `receive`
+# gives it as a Notification with this pseudo syscall number.
+NOTICE_EXEC_CHECKED = 1 << 31
+EXEC_CHECKED = -1
+
 # The actions the native cache keeps, as its bits.
 ALLOW_READ = 1
 ALLOW_WRITE = 2
@@ -170,7 +176,10 @@ class Forwarded:
                 self._reserve = self._take_reserve()
         if len(data) != _NOTIF.size:
             return None  # never sent by the broker; no id to answer
-        nid, _pid, _flags, nr, arch, _ip, a0, a1, a2, a3, a4, a5 = _NOTIF.unpack(data)
+        nid, _pid, notice, nr, arch, _ip, a0, a1, a2, a3, a4, a5 = _NOTIF.unpack(data)
+        if notice & NOTICE_EXEC_CHECKED:
+            # Word, not a syscall: nothing is answered (the broker answers it).
+            return None if tid <= 0 else Notification(nid, tid, EXEC_CHECKED, arch, (0,) * 6)
         if tid == 0 or flags & socket.MSG_CTRUNC:
             # No pidfd (out of descriptors after all): the syscall fails, never hangs.
             with contextlib.suppress(OSError):

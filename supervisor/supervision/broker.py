@@ -43,7 +43,7 @@ import signal
 import socket
 import stat
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +86,13 @@ SPILLED = 27  # the real request is in the memfd sent along (too large for one p
 # supervisor's judge allowed without a record, and when that cache is cleared.
 ALLOW = 28
 FORGET = 29
+# What an exec the supervisor allowed may run (no reply): the native path
+# checks that process's first syscall against it (`BrokerClient.expect_exec`).
+EXPECT_EXEC = 30
+# The protected-inode walk's answer (no reply): the native path then judges a
+# multiply-linked file under its own path unless it is one of these.
+PROTECT = 31
+_INODE_KEY = struct.Struct("=QQ")
 
 # RESOLVE kinds.
 OBJECT = 0  # O_PATH of what the path names
@@ -101,6 +108,8 @@ _SETFL_FLAGS = (
     | getattr(os, "O_ASYNC", 0)
 )
 _MAX_MESSAGE = 16384
+# Longer command lines are checked by the supervisor, as every one was before.
+_MAX_EXPECTED_CMDLINE = 8192
 # A request larger than one packet (a 64 KiB datagram or xattr value) goes in
 # a memfd; the hot path keeps its small receive buffer.
 _SPILL_OVER = _MAX_MESSAGE - 256
@@ -282,6 +291,22 @@ class BrokerClient:
             with contextlib.suppress(BrokerGone):
                 self._send((ALLOW, path, bits), [])
 
+    def expect_exec(self, notif_id: int, file: tuple[int, int], argv: Sequence[str]) -> None:
+        """Tell the native path what exec `notif_id` was allowed to run: the
+        executable's (st_dev, st_ino) and its argv.  The first syscall of the
+        new image is then checked there, and forwarded only if it differs."""
+        cmdline = b"".join(os.fsencode(arg) + b"\0" for arg in argv)
+        if not self.broken and len(cmdline) <= _MAX_EXPECTED_CMDLINE:
+            with contextlib.suppress(BrokerGone):
+                self._send((EXPECT_EXEC, notif_id, file[0], file[1], cmdline), [])
+
+    def protect(self, inodes: Iterable[tuple[int, int]]) -> None:
+        """Tell the native path the protected inodes, (st_dev, st_ino): all of them."""
+        if not self.broken:
+            keys = b"".join(_INODE_KEY.pack(dev, ino) for dev, ino in inodes)
+            with contextlib.suppress(BrokerGone):
+                self._send((PROTECT, keys), [])
+
     def forget(self, policy_changed: bool) -> None:
         """The judge cleared its allow cache: so does the native path.
 
@@ -368,6 +393,10 @@ class Broker:
                 _allow(message[1], message[2])
             elif op == FORGET:
                 _forget(bool(message[1:2] and message[1]))
+            elif op == EXPECT_EXEC:
+                _expect_exec(*message[1:])
+            elif op == PROTECT:
+                _protect(message[1])
             else:
                 notif_id, args = message[1], list(message[2:])
                 self._do(op, notif_id, args, fds)
@@ -385,8 +414,8 @@ class Broker:
             message = message[1:]  # (op, seq or notification id) came along for this
         with contextlib.suppress(Exception):
             op = message[0]
-            if op in (ALLOW, FORGET):
-                return  # nothing is owed to anyone
+            if op in (ALLOW, FORGET, EXPECT_EXEC, PROTECT):
+                return  # nothing is owed to anyone (an exec not checked here is forwarded)
             if op == RESOLVE:
                 lookups = message[2] if len(message) > 2 else ()
                 count = len(lookups) if isinstance(lookups, tuple) else 1
@@ -1037,6 +1066,17 @@ def _forget(policy_changed: bool) -> None:
         _fastpath.native.forget()
         if policy_changed:
             _fastpath.native.set_decider(None)
+
+
+def _expect_exec(notif_id: object, dev: object, ino: object, cmdline: object) -> None:
+    if _fastpath.native is not None and isinstance(cmdline, bytes):
+        assert isinstance(notif_id, int) and isinstance(dev, int) and isinstance(ino, int)
+        _fastpath.native.expect_exec(notif_id, dev, ino, cmdline)
+
+
+def _protect(keys: object) -> None:
+    if _fastpath.native is not None and isinstance(keys, bytes):
+        _fastpath.native.protect(keys)
 
 
 def _allow(path: object, bits: object) -> None:

@@ -395,6 +395,7 @@ class Mediator:
         self._own_namespace: dict[str, bool] = {}
         # (st_dev, st_ino) -> path, for files a hard link must not reach.
         self.protected_inodes: ProtectedInodes | None = None
+        self._protected_told = False  # the broker's native path has the walk's answer
         # Resolved once: number -> name, and number -> handler.
         self._names = _seccomp.syscall_numbers(MEDIATED + ALWAYS_REFUSED)
         refused = set(ALWAYS_REFUSED)
@@ -439,6 +440,9 @@ class Mediator:
         name = self._names.get(notif.nr, str(notif.nr))
         if self._umasks_in_flight:
             self._umasks_in_flight.discard(notif.pid)  # its umask() returned
+        if notif.nr == _fastpath.EXEC_CHECKED:
+            self._execs.pop(notif.pid, None)  # the broker found the image allowed
+            return
         try:
             if notif.pid in self._execs and not self._exec_as_decided(notif):
                 return
@@ -712,10 +716,16 @@ class Mediator:
         if self.protected_inodes is None:
             return None
         try:
-            return self.protected_inodes.get((node.pinned.dev, node.pinned.ino))
+            protected = self.protected_inodes.get((node.pinned.dev, node.pinned.ino))
         except WalkFailed:
             self.release(node)
             raise
+        if not self._protected_told and self.forwarded is not None:
+            # The walk answered: the native path can judge the other
+            # multiply-linked files (shared libraries, git's commands) itself.
+            self._protected_told = True
+            self.broker.protect(self.protected_inodes.inodes())
+        return protected
 
     def release(self, *nodes: Resolved) -> None:
         """Unpin what no operation consumed (a refusal, an error)."""
@@ -983,6 +993,10 @@ class Mediator:
         self._execs[tgid] = _AllowedExec(argv, file, before, script=len(checks) > 2)
         if len(self._execs) > _PER_PROCESS_CACHE:
             self._execs.popitem(last=False)  # exec'd, and never made a trapped call since
+        if self.forwarded is not None and file != (0, 0) and argv and len(checks) == 2:
+            # The native path checks the first syscall against the same (a
+            # script's command line is the interpreter's: that stays here).
+            self.broker.expect_exec(n.id, file, argv)
         _seccomp.respond_continue(self.listener, n.id)
 
     def _argv(self, tid: int, argv_ptr: int) -> list[str]:

@@ -194,6 +194,10 @@ class ProtectedInodes:
             found = self._found = self._collect()
         return found.get(key, default)
 
+    def inodes(self) -> Iterable[tuple[int, int]]:
+        """Every protected inode (after a `get` that answered)."""
+        return self._found or ()
+
     def _collect(self) -> dict[tuple[int, int], str]:
         if self._failed:
             raise WalkFailed(self._failed)
