@@ -34,18 +34,19 @@ class ActionType(str, enum.Enum):
         return self.value
 
 
-# Action types whose target is a filesystem path.  Their targets are
-# normalised lexically (`/a/b/../c` -> `/a/c`) before rules see them.
-PATH_ACTIONS: frozenset[ActionType] = frozenset(
+# The actions on files.
+FILE_ACTIONS: frozenset[ActionType] = frozenset(
     {
         ActionType.FILE_READ,
         ActionType.FILE_WRITE,
         ActionType.FILE_DELETE,
         ActionType.FILE_MOVE,
         ActionType.FILE_CHMOD,
-        ActionType.PROCESS_SPAWN,
     }
 )
+# Action types whose target is a filesystem path.  Their targets are
+# normalised lexically (`/a/b/../c` -> `/a/c`) before rules see them.
+PATH_ACTIONS: frozenset[ActionType] = FILE_ACTIONS | {ActionType.PROCESS_SPAWN}
 
 
 class Verdict(str, enum.Enum):

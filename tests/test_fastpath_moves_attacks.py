@@ -12,17 +12,19 @@ symlinked parent, "..", "//", a dirfd, /proc/self/cwd, /proc/self/fd) and by
 racing a parent directory against a symlink; each must end the same way on
 both paths.
 
-Holes these tests show (they fail until fixed):
+Holes these tests found, closed since (the tests failed before the fixes):
 
-- a link of a file with one name is judged by its real path on the native
-  path, but the Python path judges it as the protected file the walk found:
+- a link of a file with one name was judged by its real path on the native
+  path, but the Python path judged it as the protected file the walk found:
   where the home directory is reached through a symlink (HOME=/home/u with
   /home -> var/home, as on Fedora's atomic desktops) and the agent works in
-  it, the native path links ~/.aws/credentials, the Python path kills;
-- with such a home, strict's rules for {home}/.ssh, {home}/.aws, ... do not
-  match the real paths the agent's opens are judged by, on either path;
-- a rename of a directory above a refused subtree is judged as a move of
-  that directory only, on either path: the subtree's files leave the rule.
+  it, the native path linked ~/.aws/credentials, the Python path killed;
+- with such a home, strict's rules for {home}/.ssh, {home}/.aws, ... did not
+  match the real paths the agent's opens are judged by, on either path
+  (`{home}` now stands for its real path too);
+- a rename of a directory above a refused subtree was judged as a move of
+  that directory only, on either path: the subtree's files left the rule
+  (a move now gets the decision of a refusing rule rooted at or beneath it).
 """
 
 from __future__ import annotations
@@ -92,16 +94,17 @@ def _plant(ws: Path) -> None:
     (ws / "link-to-refused").symlink_to("refused.txt")
 
 
-def _untouched(ws: Path) -> None:
-    """The refused subtree is as planted: nothing moved, linked or made in or out of it."""
+def _untouched(ws: Path, decoy: str | None = None) -> None:
+    """The refused subtree is as planted: nothing moved, linked or made in or out of it
+    (what left the workspace's own directories, if anything, is the `decoy`)."""
     assert sorted(p.name for p in (ws / "secret").iterdir()) == ["sub", "x.txt"]
     assert list((ws / "secret" / "sub").iterdir()) == []
     assert (ws / "secret" / "x.txt").read_text() == SECRET
     assert os.stat(ws / "secret" / "x.txt").st_nlink == 1
     assert (ws / "refused.txt").read_text() == "refused\n"
     assert os.stat(ws / "refused.txt").st_nlink == 1
-    leaked = [p.name for p in ws.iterdir() if p.name.startswith(("out", "copy"))]
-    assert leaked == []
+    left = [p for p in ws.iterdir() if p.name.startswith(("out", "copy"))]
+    assert [p.name for p in left if decoy is None or p.read_text() != decoy] == []
 
 
 SPELLINGS = textwrap.dedent(
@@ -229,7 +232,7 @@ SECRET_NAMES = textwrap.dedent(
         "rename onto .env": lambda: os.rename(W("a.txt"), W(".env")),
         "rename .env out": lambda: os.rename(W("planted.env/.env"), W("plain")),
         "link onto a .pem": lambda: os.link(W("a.txt"), W("server.pem")),
-        "mkdir .env.d": lambda: os.mkdir(W(".env.local")),
+        "mkdir .env.local": lambda: os.mkdir(W(".env.local")),
         "link the ssh key": lambda: os.link(home + "/.ssh/id_rsa", W("key-copy")),
         "link a hard link to the ssh key": lambda: os.link(W("hard"), W("key-copy")),
         "rename into ~/.ssh": lambda: os.rename(W("a.txt"), home + "/.ssh/authorized_keys"),
@@ -253,7 +256,7 @@ SECRET_NAMES = textwrap.dedent(
         ("rename onto .env", "secret-dotenv"),
         ("rename .env out", "secret-dotenv"),
         ("link onto a .pem", "secret-pem"),
-        ("mkdir .env.d", "secret-dotenv-variants"),
+        ("mkdir .env.local", "secret-dotenv-variants"),
         ("link the ssh key", "secret-ssh"),
         ("link a hard link to the ssh key", "secret-ssh"),
         ("rename into ~/.ssh", "secret-ssh"),
@@ -272,9 +275,7 @@ def test_a_move_link_or_mkdir_onto_or_from_a_secret_kills(
     script = ws / "secret_names.py"
     script.write_text(SECRET_NAMES)
     before = sorted(p.name for p in ws.iterdir())
-    result = sandbox.run(
-        "python3", str(script), str(ws), str(sandbox.home), case, env=_env(native)
-    )
+    result = sandbox.run("python3", str(script), str(ws), str(sandbox.home), case, env=_env(native))
     assert result.returncode == 137, (result.stdout, result.stderr)
     assert f"rule '{rule}'" in result.stderr
     assert result.stdout == ""
@@ -358,9 +359,7 @@ def test_a_parent_swapped_for_a_symlink_never_moves_a_name_across_a_refusal(
     result = sandbox.run("python3", str(script), str(ws), policy=policy, env=_env(native))
     assert result.returncode == 0, result.stderr
     assert result.stdout == "finished\n"
-    _untouched(ws)
-    for copy in ws.glob("copy*"):
-        assert copy.read_text() == "decoy\n"
+    _untouched(ws, decoy="decoy\n")
 
 
 # -- holes ---------------------------------------------------------------------------
@@ -400,12 +399,12 @@ def _symlinked_home(sandbox: Sandbox) -> tuple[Path, dict[str, str]]:
 def test_a_link_of_a_secret_under_a_symlinked_home_is_judged_as_that_secret(
     sandbox: Sandbox, native: bool
 ) -> None:
-    """HOLE on the native path.  The Python path judges a link's old name as
-    the protected file the walk found for its inode (here
-    <root>/linked-home/.aws/credentials, walked from strict's {home}/.aws)
-    and kills; the native path takes a file with one name for a file no
-    protected name can reach, judges its real path
-    (<root>/real-home/.aws/credentials: the workspace) and links it."""
+    """Found by red-teaming the native link (closed): the walk maps the
+    credentials' inode to <root>/linked-home/.aws/credentials, while the
+    native path judged a file with one name by its real path
+    (<root>/real-home/.aws/credentials, the workspace) and linked it.
+    `{home}` now stands for its real path too, so the real path is a secret
+    on both paths."""
     real, env = _symlinked_home(sandbox)
     result = sandbox.run(
         "python3", str(real / "home_agent.py"), str(real), "link", env={**env, **_env(native)}
@@ -419,10 +418,11 @@ def test_a_link_of_a_secret_under_a_symlinked_home_is_judged_as_that_secret(
 def test_secrets_under_a_symlinked_home_are_refused_to_an_agent_working_there(
     sandbox: Sandbox, native: bool
 ) -> None:
-    """HOLE on both paths.  {workspace} is expanded to its real path, {home}
-    is not: with HOME through a symlink, strict's {home}/.ssh/** never
-    matches the real paths opens are judged by, and the workspace rule
-    allows ~/.ssh/config to an agent started with --workspace ~."""
+    """Found by red-teaming (closed, both paths): `{workspace}` was expanded to
+    its real path and `{home}` was not, so with HOME through a symlink
+    strict's {home}/.ssh/** never matched the real paths opens are judged
+    by, and the workspace rule let ~/.ssh/config through to an agent
+    started with --workspace ~."""
     real, env = _symlinked_home(sandbox)
     result = sandbox.run(
         "python3", str(real / "home_agent.py"), str(real), "read", env={**env, **_env(native)}
@@ -462,9 +462,10 @@ ANCESTOR = textwrap.dedent(
 def test_renaming_a_directory_above_a_refused_subtree_does_not_free_it(
     sandbox: Sandbox, native: bool
 ) -> None:
-    """HOLE on both paths.  The move is judged at the directory renamed
-    (project: allowed), so project/secret/x.txt becomes elsewhere/secret/x.txt,
-    which the rule does not name, and is read."""
+    """Found by red-teaming (closed, both paths): the move was judged at the
+    directory renamed (project: allowed), so project/secret/x.txt became
+    elsewhere/secret/x.txt, which the rule does not name.  A move now gets
+    the decision of a refusing rule whose root is at or beneath it."""
     ws = sandbox.workspace
     (ws / "project" / "secret").mkdir(parents=True)
     (ws / "project" / "secret" / "x.txt").write_text("nested secret\n")

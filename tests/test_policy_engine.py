@@ -572,3 +572,40 @@ def test_floor_roots_collapse_paths_beneath_another() -> None:
         """
     )
     assert policy.floor_roots([A.FILE_READ]) == ("/usr", "/usrx")
+
+
+MOVES = """
+    name: moves
+    default: allow
+    rules:
+      - id: nested-secret
+        actions: [file_read]
+        target: "{workspace}/project/secret/**"
+        decision: deny
+      - id: keys
+        actions: [file_read]
+        target: "**/*.pem"
+        decision: deny
+      - id: only-logged
+        actions: [file_read]
+        target: "{workspace}/logged/**"
+        decision: log
+"""
+
+
+def test_a_move_of_a_directory_above_a_refused_root_gets_that_rules_decision() -> None:
+    policy = compiled(MOVES)
+    ws = CTX.workspace
+    for moved in (f"{ws}/project", f"{ws}/project/secret", ws):
+        decision = policy.refused_beneath(moved)
+        assert decision is not None and decision.rule_id == "nested-secret", moved
+        assert decision.verdict is Verdict.DENY and "out from under it" in decision.reason
+    # A sibling, a file beside the root, and rules that name a file wherever it goes or let it be.
+    for moved in (f"{ws}/projects", f"{ws}/project/secret.txt", f"{ws}/other", f"{ws}/logged"):
+        assert policy.refused_beneath(moved) is None, moved
+
+
+def test_home_stands_for_its_real_path_too() -> None:
+    ctx = RunContext("/w", "/home/link", "a", home_real="/real/home")
+    assert ctx.placeholder_values()["home"] == ("/home/link", "/real/home")
+    assert RunContext("/w", "/home/x", "a").placeholder_values()["home"] == ("/home/x",)

@@ -16,6 +16,7 @@ medium when the default is deny and low otherwise, and the policy's
 from __future__ import annotations
 
 import collections
+import functools
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from typing import NamedTuple
 
 from ..events import (
     DEFAULT_RULE_ID,
+    FILE_ACTIONS,
     PATH_ACTIONS,
     ActionType,
     AuditLevel,
@@ -31,6 +33,7 @@ from ..events import (
     Severity,
     Verdict,
     ViolationMode,
+    response_for,
 )
 from . import linear, matchers
 from .linear import LinearRegex, PatternError, encode_target
@@ -62,11 +65,14 @@ class RunContext:
     home: str
     agent_id: str
     python_prefixes: tuple[str, ...] = field(default_factory=_python_prefixes)
+    # The home's real path, where a symlink leads to it: targets are real
+    # paths, so `{home}` stands for both (else `{home}/.ssh/**` never matches).
+    home_real: str = ""
 
     def placeholder_values(self) -> dict[str, tuple[str, ...]]:
         raw = {
             "workspace": (self.workspace,),
-            "home": (self.home,),
+            "home": (self.home, self.home_real) if self.home_real else (self.home,),
             "agent_id": (self.agent_id,),
             "python": self.python_prefixes,
         }
@@ -325,6 +331,37 @@ class CompiledPolicy:
                 if low <= hit < high:
                     return table.resolve(hits, self.default_decision)
         return table.decisions[first]
+
+    def refused_beneath(self, target: str) -> Decision | None:
+        """For a move of `target`: the decision of the first rule that refuses a
+        file action on something at or beneath it, by the rule's literal root.
+
+        Moving a directory moves all it holds: `project/secret/x` would become
+        `elsewhere/secret/x`, which a rule for `{workspace}/project/secret/**`
+        no longer names.  (A rule with no literal root, `**/*.pem`, names the
+        file wherever it goes.)
+        """
+        probe = target.rstrip("/") + "/"
+        for rule, roots in self._refusing_roots:
+            for root in roots:
+                if root == target or root.startswith(probe):
+                    return rule.decision._replace(
+                        reason=f"moving {target} would carry {root}, which this rule "
+                        "covers, out from under it"
+                    )
+        return None
+
+    @functools.cached_property
+    def _refusing_roots(self) -> tuple[tuple[CompiledRule, tuple[str, ...]], ...]:
+        """Rules that refuse (or hold) a file action, with their literal roots."""
+        return tuple(
+            (rule, rule.matcher.roots)
+            for rule in self.rules
+            if rule.applies
+            and rule.rule.actions & FILE_ACTIONS
+            and not response_for(rule.decision).proceeds
+            and rule.matcher.roots is not None
+        )
 
     def too_long(self, target: str) -> Decision:
         """The deny for a target longer than MAX_TARGET_LENGTH, which no rule is run on."""

@@ -35,7 +35,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ..events import DEFAULT_RULE_ID, ActionType, Event, Severity, Verdict
+from ..events import DEFAULT_RULE_ID, FILE_ACTIONS, ActionType, Event, Severity, Verdict
 from .engine import CompiledPolicy, RunContext, compile_policy
 from .model import Policy, Rule
 
@@ -44,15 +44,6 @@ AGENTSUP_RULE_PREFIX = "agentsup-"
 MANY_FILES = 3  # this many files of one directory become `DIR/*`
 MANY_COMMANDS = 3  # this many command lines of one program become the program
 _TOOL_PARENTS = (".cache", ".config", ".local/share", ".local/state")
-_FILE_ACTIONS = frozenset(
-    {
-        ActionType.FILE_READ,
-        ActionType.FILE_WRITE,
-        ActionType.FILE_DELETE,
-        ActionType.FILE_MOVE,
-        ActionType.FILE_CHMOD,
-    }
-)
 
 
 def is_guard_rule(rule: Rule) -> bool:
@@ -233,7 +224,7 @@ def suggest(
         draft.priority = max(draft.priority, priority)
         draft.covers += 1
 
-    default_files = [r for r in found if r.rule == DEFAULT_RULE_ID and r.action in _FILE_ACTIONS]
+    default_files = [r for r in found if r.rule == DEFAULT_RULE_ID and r.action in FILE_ACTIONS]
     by_dir = Counter(os.path.dirname(r.target) for r in default_files)
     lines_of = defaultdict(set)
     for refusal in found:
@@ -244,10 +235,10 @@ def suggest(
         if refusal.rule != DEFAULT_RULE_ID:
             # Just before the rule that refused it, and exactly this target.
             assert refusal.priority is not None
-            exact = templater.glob(target) if action in _FILE_ACTIONS else _glob_literal(target)
+            exact = templater.glob(target) if action in FILE_ACTIONS else _glob_literal(target)
             add("target", exact, action, refusal.priority)
             continue
-        if action in _FILE_ACTIONS:
+        if action in FILE_ACTIONS:
             tool = _tool_dir(target, context.home)
             directory = os.path.dirname(target)
             if tool is not None and _dir_is_safe(guard, tool):

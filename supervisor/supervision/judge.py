@@ -547,10 +547,13 @@ class Judge:
         else:
             return None
         probe = target + "/"  # a root itself, or anything beneath it
-        if not probe.startswith(prefixes):
+        if not probe.startswith(prefixes) and not (
+            action is ActionType.FILE_MOVE and any(p.startswith(probe) for p in prefixes)
+        ):
             return None
         for prefix in prefixes:
-            if probe.startswith(prefix):
+            # (A move of a directory above a root moves the root with it.)
+            if probe.startswith(prefix) or prefix.startswith(probe):
                 root = prefix[:-1]
                 return Decision(
                     verdict=Verdict.DENY,
@@ -585,6 +588,8 @@ class Judge:
         decision = self._self_protection(action, target)
         if decision is None:
             decision = self.policy.evaluate_target(action, target)
+            if action is ActionType.FILE_MOVE and response_for(decision).proceeds:
+                decision = self.policy.refused_beneath(target) or decision
         return decision
 
     def judge(self, event: Event, tid: int) -> Response:
