@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import time
 from typing import Any, Callable, Dict, cast  # noqa: UP035  (typing's: 3.8 has no builtin generics)
 
 from . import _mapping as mapping
@@ -38,6 +39,7 @@ _CACHE_SIZE = 4096  # cached answers per process; cleared when full
 # Set in sys.modules by whichever copy installs first: agentsup's own import,
 # or the private one hooks/site/sitecustomize.py loads by path.  One hook per process.
 INSTALLED_MARKER = "_agentsup_hook_installed"
+OPEN_CHECK_INTERVAL = 0.001  # seconds
 # Put first on PYTHONPATH so that any Python the agent starts gets the hook.
 SITE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "site")
 
@@ -741,9 +743,17 @@ def _make_handlers(
     # An open is the syscall layer's to decide; the hook only notes it, and
     # then only at audit level `all`: otherwise the path work is skipped.
     opens_noted = _notes_wanted()
+    # Opens come by the thousand: on them the integrity check runs at most
+    # once per OPEN_CHECK_INTERVAL.  Every other event (a connect, an exec,
+    # an import, a name lookup) checks each time.
+    clock = time.monotonic
+    next_open_check = [0.0]
 
     def on_open(args: tuple[Any, ...]) -> None:
-        integrity()
+        now = clock()
+        if now >= next_open_check[0]:
+            next_open_check[0] = now + OPEN_CHECK_INTERVAL
+            integrity()
         path = args[0]
         if not opens_noted or path is None or type(path) is int:
             return

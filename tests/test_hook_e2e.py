@@ -322,3 +322,16 @@ def test_bootstrap_refuses_to_run_unhooked(tmp_path: Path) -> None:
     assert result.returncode == 125
     assert "AGENTSUP_HOOK_SOCKET is not set" in result.stderr
     assert result.stdout == ""
+
+
+def test_an_open_repairs_a_tamper_at_most_once_a_millisecond(
+    serve: Callable[[Policy], ServedHooks], hook_socket: Path
+) -> None:
+    """Opens come by the thousand, so on them the integrity check is rate-limited;
+    every other C-level event (connect, exec, import) checks each time."""
+    hooks = serve(lambda r: True)
+    result = run_agent(hook_socket, "hook_open_repairs.py")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[-1] == "a while after: restored", lines
+    assert "hook reported: sys.audit was replaced; restored" in [w for _p, w in hooks.tampers]

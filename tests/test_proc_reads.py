@@ -29,10 +29,13 @@ def test_a_command_line_longer_than_one_read_comes_whole() -> None:
     """More than one read (64 KiB) of a process's memory: every part is read."""
     long_arguments = ["x" * 40_000, "y" * 40_000, "z" * 40_000]
     child = subprocess.Popen(
-        [sys.executable, "-c", "import sys; sys.stdin.read()", *long_arguments],
+        [sys.executable, "-c", "import sys; print(); sys.stdin.read()", *long_arguments],
         stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
     )
     try:
+        assert child.stdout is not None
+        child.stdout.readline()  # its exec is complete (Popen returns before the argv is set up)
         data = proc.read_proc(f"/proc/{child.pid}/cmdline", until_eof=True)
     finally:
         child.communicate(b"")
