@@ -59,6 +59,12 @@ rules:
     decision: deny
     priority: 1
     on_violation: block
+  - id: refused-command
+    actions: [shell_execute]
+    pattern: "^/bin/echo refused"
+    decision: deny
+    priority: 1
+    on_violation: block
   - id: refused-move
     actions: [file_move]
     target: "{workspace}/stay*"
@@ -213,12 +219,19 @@ def _stopped_supervisor_opens(
     (ws / "refused.txt").write_text("refused\n")
     script = ws / "wait_and_open.py"
     script.write_text(
-        "import errno, os, sys\n"
+        "import errno, os, subprocess, sys, time\n"
+        "mode = sys.argv[1]\n"
+        "if mode == 'exec':\n"  # a first exec: shared libraries' inodes are judged by then
+        "    subprocess.run(['/bin/true'], check=True)\n"
+        "    time.sleep(0.3)\n"
         "print('ready', flush=True)\n"
         "sys.stdin.readline()\n"  # the test stops the supervisor meanwhile
-        "mode = sys.argv[1]\n"
         "for path in sys.argv[2:]:\n"
         "    try:\n"
+        "        if mode == 'exec':\n"  # 'PROGRAM ARG...'
+        "            subprocess.run(path.split(), check=True, stdout=subprocess.DEVNULL)\n"
+        "            print('ran', path.split()[0], flush=True)\n"
+        "            continue\n"
         "        if mode in ('rename', 'link'):\n"  # 'DIR/old>new': new in DIR too
         "            old, new = path.split('>')\n"
         "            getattr(os, mode)(old, os.path.join(os.path.dirname(old), new))\n"
@@ -330,6 +343,22 @@ def test_a_plainly_allowed_rename_or_link_is_answered_while_the_supervisor_is_st
     assert not (opener.workspace / "refused-name").exists()
     assert [r.get("rule") for r in opener.audit_records() if r.get("decision") == "deny"] == [
         "refused-file"
+    ]
+
+
+@needs_native
+def test_a_plainly_allowed_exec_is_let_through_while_the_supervisor_is_stopped(
+    opener: Sandbox,
+) -> None:
+    """An agent runs many short commands: the broker lets an allowed exec
+    through and checks the new image's first syscall itself; a refused one
+    waits for the supervisor, which records it."""
+    names = ("+/bin/true", "+/bin/echo allowed", "+/bin/echo refused-command")
+    while_stopped, everything = _stopped_supervisor_opens(opener, True, "exec", names)
+    assert while_stopped == "ran /bin/true\nran /bin/echo\n"
+    assert everything == while_stopped + "refused EACCES\n"
+    assert [r.get("rule") for r in opener.audit_records() if r.get("decision") == "deny"] == [
+        "refused-command"
     ]
 
 

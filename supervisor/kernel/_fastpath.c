@@ -83,8 +83,15 @@
 enum { SERVE_CHANNEL = 0, SERVE_LISTENER_GONE = 1, SERVE_AGENT = 2, SERVE_IDLE = 3, SERVE_BATCH = 4 };
 
 /* Cache bits: the actions a path is plainly allowed for. */
-enum { ALLOW_READ = 1, ALLOW_WRITE = 2, ALLOW_DELETE = 4, ALLOW_MOVE = 8 };
-#define ALLOW_ANY (ALLOW_READ | ALLOW_WRITE | ALLOW_DELETE | ALLOW_MOVE)
+enum {
+    ALLOW_READ = 1,
+    ALLOW_WRITE = 2,
+    ALLOW_DELETE = 4,
+    ALLOW_MOVE = 8,
+    ALLOW_SPAWN = 16, /* process_spawn of the path */
+    ALLOW_SHELL = 32, /* shell_execute of the text (a command line) */
+};
+#define ALLOW_ANY (ALLOW_READ | ALLOW_WRITE | ALLOW_DELETE | ALLOW_MOVE | ALLOW_SPAWN | ALLOW_SHELL)
 
 #define PATH_BYTES 4096
 #define BATCH 64 /* notifications between returns to Python (it reaps orphans) */
@@ -176,14 +183,27 @@ static int cache_add(const char *path, size_t n, int bits) {
  * image running matches it; the supervisor is then told it was checked. */
 
 #define WATCH_SLOTS 256
+/* What tells two images of a process apart (the supervisor's _Image): the
+ * executable's inode, the layout fields of /proc/PID/stat and the auxiliary
+ * vector, random at each exec. */
+struct image {
+    dev_t dev;
+    ino_t ino;
+    size_t layout_length, auxv_length;
+    char layout[256];
+    char auxv[1024];
+};
+
 struct watched_exec {
     pid_t pid;          /* 0: a free slot */
     uint64_t exec_id;   /* the notification of its exec */
-    int expected;       /* the supervisor said what it allowed: */
+    int expected;       /* what was allowed is known: */
     dev_t dev;
     ino_t ino;
     char *cmdline;      /* argv, each NUL-terminated, as /proc/PID/cmdline gives it */
     size_t cmdline_length;
+    int decided_here;   /* this path allowed the exec: the supervisor knows nothing of it */
+    struct image *before; /* the image that called exec (decided here, and randomized) */
 };
 static struct watched_exec watched[WATCH_SLOTS];
 static unsigned watched_count;
@@ -191,10 +211,14 @@ static unsigned watched_count;
 /* Forwarded notifications not sent yet (see forwarding, below). */
 static unsigned queue_head, queue_length;
 
-/* In a forwarded notification's flags (the kernel sets none): not a syscall
- * to answer, but word that its thread's first syscall after an exec found
- * the image the supervisor allowed. */
+/* In a forwarded notification's flags (the kernel sets none).  Word, not a
+ * syscall to answer: its thread's first syscall after an exec found the image
+ * the supervisor allowed (CHECKED); this path let its exec through (DONE).
+ * A syscall to answer: the first after an exec this path let through, whose
+ * image is not the one allowed, to be judged as an exec (JUDGE). */
 #define NOTICE_EXEC_CHECKED (1u << 31)
+#define NOTICE_EXEC_DONE (1u << 30)
+#define NOTICE_EXEC_JUDGE (1u << 29)
 
 static struct watched_exec *watched_slot(pid_t pid) {
     if (!watched_count)
@@ -207,8 +231,11 @@ static struct watched_exec *watched_slot(pid_t pid) {
 
 static void forget_expected(struct watched_exec *w) {
     free(w->cmdline);
+    free(w->before);
     w->cmdline = NULL;
+    w->before = NULL;
     w->expected = 0;
+    w->decided_here = 0;
 }
 
 static void free_slot(struct watched_exec *w) {
@@ -242,6 +269,95 @@ static int watch(pid_t pid, uint64_t exec_id) {
                 free_slot(&watched[i]);
     }
     return -1;
+}
+
+/* All of a small file (at most `capacity` bytes) into `out`; its length or -1. */
+static ssize_t read_small(const char *path, char *out, size_t capacity) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    size_t got = 0;
+    ssize_t n = 1;
+    while (got < capacity && (n = read(fd, out + got, capacity - got)) > 0)
+        got += (size_t)n;
+    close(fd);
+    return n < 0 || got >= capacity ? -1 : (ssize_t)got; /* full: maybe more */
+}
+
+/* The supervisor's _LAYOUT_FIELDS: /proc/PID/stat's fields once the ones
+ * after the ")" are split (start_code, end_code, start_stack, start_data up
+ * to env_end). */
+static const int layout_fields[] = {23, 24, 25, 42, 43, 44, 45, 46, 47, 48};
+
+/* The image `pid` runs, as the supervisor's _image reads it; 0, or -1 when
+ * it cannot be read in full (or all its layout reads 0: unknown). */
+static int read_image(pid_t pid, struct image *im) {
+    char path[64], stat_text[2048];
+    struct stat st;
+    snprintf(path, sizeof path, "/proc/%d/exe", (int)pid);
+    if (stat(path, &st) != 0)
+        return -1;
+    im->dev = st.st_dev;
+    im->ino = st.st_ino;
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    ssize_t length = read_small(path, stat_text, sizeof stat_text - 1);
+    if (length <= 0)
+        return -1;
+    stat_text[length] = '\0';
+    char *field = strrchr(stat_text, ')');
+    if (!field)
+        return -1;
+    field++;
+    size_t used = 0, wanted = 0, nonzero = 0;
+    for (int index = 0; wanted < sizeof layout_fields / sizeof *layout_fields; index++) {
+        while (*field == ' ' || *field == '\n')
+            field++;
+        if (!*field)
+            return -1;
+        size_t width = strcspn(field, " \n");
+        if (index == layout_fields[wanted]) {
+            if (used + width + 1 > sizeof im->layout)
+                return -1;
+            memcpy(im->layout + used, field, width);
+            im->layout[used + width] = ' ';
+            used += width + 1;
+            nonzero |= !(width == 1 && field[0] == '0');
+            wanted++;
+        }
+        field += width;
+    }
+    im->layout_length = used;
+    snprintf(path, sizeof path, "/proc/%d/auxv", (int)pid);
+    length = read_small(path, im->auxv, sizeof im->auxv);
+    if (length <= 0 || !nonzero)
+        return -1;
+    im->auxv_length = (size_t)length;
+    return 0;
+}
+
+static int same_image(const struct image *a, const struct image *b) {
+    return a->dev == b->dev && a->ino == b->ino && a->layout_length == b->layout_length &&
+           a->auxv_length == b->auxv_length &&
+           memcmp(a->layout, b->layout, a->layout_length) == 0 &&
+           memcmp(a->auxv, b->auxv, a->auxv_length) == 0;
+}
+
+/* Whether an exec by thread `tid` lays the new image out at random (the
+ * supervisor's _randomized): else a failed exec cannot be told apart. */
+static int randomized(pid_t tid) {
+    char path[64], text[32];
+    ssize_t length = read_small("/proc/sys/kernel/randomize_va_space", text, sizeof text - 1);
+    if (length <= 0)
+        return 0;
+    text[length] = '\0';
+    if (strtol(text, NULL, 10) == 0)
+        return 0;
+    snprintf(path, sizeof path, "/proc/%d/personality", (int)tid);
+    length = read_small(path, text, sizeof text - 1);
+    if (length <= 0)
+        return 0;
+    text[length] = '\0';
+    return !(strtoul(text, NULL, 16) & 0x0040000); /* ADDR_NO_RANDOMIZE */
 }
 
 /* Whether the image `w->pid` runs is the file and command line allowed. */
@@ -464,12 +580,13 @@ static unsigned long valid_open_flags, write_flags, setfl_flags;
 /* -- the agent's memory ------------------------------------------------------ */
 
 /* The NUL-terminated string at `addr` in `pid`, page by page (a string may end
- * just before an unmapped page).  0 on success. */
-static int read_path(pid_t pid, uint64_t addr, char *out) {
+ * just before an unmapped page), into `out`: its length without the NUL, or
+ * -1 (unreadable, or longer than `capacity`). */
+static ssize_t read_string(pid_t pid, uint64_t addr, char *out, size_t capacity) {
     size_t got = 0;
-    while (got < PATH_BYTES) {
+    while (got < capacity) {
         size_t page_left = 4096 - ((addr + got) & 4095);
-        size_t want = PATH_BYTES - got < page_left ? PATH_BYTES - got : page_left;
+        size_t want = capacity - got < page_left ? capacity - got : page_left;
         struct iovec local = {out + got, want};
         struct iovec remote = {(void *)(uintptr_t)(addr + got), want};
         ssize_t n = process_vm_readv(pid, &local, 1, &remote, 1, 0);
@@ -477,10 +594,15 @@ static int read_path(pid_t pid, uint64_t addr, char *out) {
             return -1;
         char *nul = memchr(out + got, '\0', (size_t)n);
         if (nul)
-            return 0;
+            return nul - out;
         got += (size_t)n;
     }
-    return -1; /* longer than PATH_MAX: the supervisor says ENAMETOOLONG */
+    return -1; /* longer than `capacity` */
+}
+
+static int read_path(pid_t pid, uint64_t addr, char *out) {
+    /* -1 too for a path longer than PATH_MAX: the supervisor says ENAMETOOLONG */
+    return read_string(pid, addr, out, PATH_BYTES) < 0 ? -1 : 0;
 }
 
 /* /proc and /dev name the agent's own fds, processes and devices: the
@@ -1087,21 +1209,167 @@ static int serve_link(int listener, const struct seccomp_notif *n, int olddirfd,
 /* 1 when the notification was answered here, 0 when it must be forwarded. */
 static int send_forward(int forward_fd, const struct seccomp_notif *n, int pidfd);
 
-/* The notice for `n`'s thread (NOTICE_EXEC_CHECKED), sent now with a pidfd of
+/* A notice for `n`'s thread (`flag` in its flags), sent now with a pidfd of
  * it; 0 when sent.  Never queued: when it cannot go now, the syscall itself
- * is forwarded, and the supervisor checks the image as it always did. */
-static int tell_exec_checked(int listener, int forward_fd, const struct seccomp_notif *n) {
+ * is forwarded, and the supervisor checks or decides as it always did. */
+static int tell(int listener, int forward_fd, const struct seccomp_notif *n, unsigned flag) {
     int pidfd = (int)syscall(SYS_pidfd_open, n->pid, PIDFD_THREAD);
     if (pidfd < 0)
         return -1;
     struct seccomp_notif notice = *n;
-    notice.flags |= NOTICE_EXEC_CHECKED;
+    notice.flags |= flag;
     int sent = id_valid(listener, n->id) ? send_forward(forward_fd, &notice, pidfd) : -1;
     close(pidfd);
     return sent == 0 ? 0 : -1;
 }
 
-static int serve_fast(int listener, int forward_fd, const struct seccomp_notif *n) {
+/* -- execs decided here --------------------------------------------------------
+ * An exec of an ELF file that the policy plainly allows, both as
+ * process_spawn of its real path and as shell_execute of its command line, is
+ * let through here (CONTINUE: only the kernel can run an exec), once the
+ * supervisor was told (NOTICE_EXEC_DONE: it forgets what it kept of the old
+ * image).  Its first syscall is then checked here against what was allowed;
+ * a failed exec is told by the image that called it, kept where execs are
+ * randomized; anything else is forwarded to be judged as an exec
+ * (NOTICE_EXEC_JUDGE).  Scripts, fds, long command lines, files with other
+ * names: the supervisor's, as before. */
+
+#define ARGV_BYTES 32768
+#define ARGV_COUNT 4096
+
+/* argv's strings, each NUL-terminated, one after another in `out`: their
+ * length, or -1 (unreadable, empty, too long or too many: the supervisor's). */
+static ssize_t read_argv(pid_t pid, uint64_t at, char *out, size_t capacity) {
+    size_t used = 0;
+    unsigned count = 0;
+    if (!at || at % 8)
+        return -1;
+    for (;;) {
+        uint64_t pointers[64];
+        size_t page_left = 4096 - (at & 4095);
+        size_t want = page_left < sizeof pointers ? page_left : sizeof pointers;
+        struct iovec local = {pointers, want};
+        struct iovec remote = {(void *)(uintptr_t)at, want};
+        ssize_t n = process_vm_readv(pid, &local, 1, &remote, 1, 0);
+        if (n < 8)
+            return -1;
+        for (size_t i = 0; i < (size_t)n / 8; i++) {
+            if (!pointers[i])
+                return count ? (ssize_t)used : -1;
+            if (++count > ARGV_COUNT || used >= capacity)
+                return -1;
+            ssize_t length = read_string(pid, pointers[i], out + used, capacity - used);
+            if (length < 0)
+                return -1;
+            used += (size_t)length + 1;
+        }
+        at += (uint64_t)n - (uint64_t)n % 8;
+    }
+}
+
+/* Whether the file `path_fd` (O_PATH) starts as an ELF executable does. */
+static int elf_file(int path_fd) {
+    char name[16], magic[4];
+    snprintf(name, sizeof name, "%d", path_fd);
+    int fd = own_fd_dir() < 0 ? -1 : openat(own_fds, name, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    int elf = pread(fd, magic, sizeof magic, 0) == (ssize_t)sizeof magic &&
+              memcmp(magic, "\177ELF", sizeof magic) == 0;
+    close(fd);
+    return elf;
+}
+
+static void respond_continue(int listener, uint64_t id) {
+    struct seccomp_notif_resp resp = {
+        .id = id, .val = 0, .error = 0, .flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE};
+    ioctl(listener, SECCOMP_IOCTL_NOTIF_SEND, &resp);
+}
+
+static int serve_exec(int listener, int forward_fd, const struct seccomp_notif *n, int dirfd,
+                      uint64_t path_ptr, uint64_t argv_ptr, struct watched_exec *w) {
+    static char argv[ARGV_BYTES];
+    char raw[PATH_BYTES], target[PATH_BYTES + 1], command[PATH_BYTES];
+    pid_t tid = (pid_t)n->pid;
+    if (queue_length || !agent_path(n, path_ptr, raw))
+        return 0;
+    int exact = canonical(raw), fd = -1;
+    if (exact) {
+        fd = open_exact(raw, O_PATH | O_CLOEXEC);
+        if (fd < 0)
+            exact = 0; /* a symlink on the way (the exec follows it), or missing */
+    }
+    if (!exact) {
+        int anchor = open_anchor(tid, dirfd, raw);
+        if (anchor == -2)
+            return 0;
+        fd = openat(anchor, raw, O_PATH | O_CLOEXEC);
+        close_anchor(anchor);
+    }
+    if (fd < 0)
+        return 0; /* ENOENT, EACCES, ...: the supervisor's answer */
+    struct stat st;
+    ssize_t length = fstat(fd, &st) != 0 ? -1 : exact ? (ssize_t)strlen(raw) : real_path(fd, target);
+    if (exact && length > 0)
+        memcpy(target, raw, (size_t)length + 1);
+    int runnable = length > 0 && S_ISREG(st.st_mode) && own_name(&st) && elf_file(fd);
+    close(fd);
+    ssize_t argv_length = runnable ? read_argv(tid, argv_ptr, argv, sizeof argv) : -1;
+    if (argv_length <= 0 || argv_length > (ssize_t)sizeof command)
+        return 0;
+    /* shell_execute's target: the arguments joined by spaces, as the supervisor joins them. */
+    memcpy(command, argv, (size_t)argv_length);
+    for (ssize_t i = 0; i < argv_length - 1; i++)
+        if (command[i] == '\0')
+            command[i] = ' ';
+    if (!granted(target, (size_t)length, ALLOW_SPAWN, 0) ||
+        !granted(command, (size_t)argv_length - 1, ALLOW_SHELL, 0))
+        return 0;
+    struct image *before = NULL;
+    if (randomized(tid) && (before = malloc(sizeof *before)) && read_image(w->pid, before) != 0) {
+        free(before);
+        before = NULL;
+    }
+    char *cmdline = malloc((size_t)argv_length);
+    if (!cmdline || tell(listener, forward_fd, n, NOTICE_EXEC_DONE) != 0) {
+        free(cmdline);
+        free(before);
+        return 0;
+    }
+    memcpy(cmdline, argv, (size_t)argv_length);
+    w->expected = 1;
+    w->decided_here = 1;
+    w->dev = st.st_dev;
+    w->ino = st.st_ino;
+    w->cmdline = cmdline;
+    w->cmdline_length = (size_t)argv_length;
+    w->before = before;
+    respond_continue(listener, n->id);
+    return 1;
+}
+
+/* The first syscall after an exec: 1 when the image running is the one
+ * allowed (or the exec failed), else 0, with `n` marked for the supervisor
+ * to judge when this path allowed the exec. */
+static int first_after_exec(int listener, int forward_fd, struct seccomp_notif *n,
+                            struct watched_exec *w) {
+    int here = w->decided_here, checked = 0;
+    if (w->expected) {
+        checked = runs_as_expected(w);
+        if (!checked && w->before) {
+            struct image now;
+            checked = read_image(w->pid, &now) == 0 && same_image(&now, w->before);
+        }
+    }
+    free_slot(w);
+    if (checked && !here) /* the supervisor holds it to the exec it allowed: it is told */
+        checked = !queue_length && tell(listener, forward_fd, n, NOTICE_EXEC_CHECKED) == 0;
+    if (!checked && here)
+        n->flags |= NOTICE_EXEC_JUDGE;
+    return checked;
+}
+
+static int serve_fast(int listener, int forward_fd, struct seccomp_notif *n) {
     const __u64 *args = n->data.args;
     pid_t tid = (pid_t)n->pid;
     if (held_count)
@@ -1111,6 +1379,9 @@ static int serve_fast(int listener, int forward_fd, const struct seccomp_notif *
         umask_forget();
         return 0;
     }
+    struct watched_exec *w = watched_slot(tid);
+    if (w && !first_after_exec(listener, forward_fd, n, w))
+        return 0; /* the supervisor checks the new image first */
     switch (n->data.nr) {
     case __NR_umask:
         umask_hold(tid);
@@ -1121,21 +1392,20 @@ static int serve_fast(int listener, int forward_fd, const struct seccomp_notif *
         if (tgid != tid)
             umask_hold(tid); /* a thread's exec: it takes its leader's TID */
         /* After exec the process runs as its thread group leader. */
-        if (watch(tgid > 0 ? (pid_t)tgid : tid, n->id) < 0)
+        pid_t leader = tgid > 0 ? (pid_t)tgid : tid;
+        if (watch(leader, n->id) < 0)
             fast_disabled = 1;
-        return 0;
+        if (fast_disabled || !(w = watched_slot(leader)))
+            return 0;
+        if (n->data.nr == __NR_execve)
+            return serve_exec(listener, forward_fd, n, AT_FDCWD, args[0], args[1], w);
+        if (args[4] & 0xFFFFFFFFu)
+            return 0; /* AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW: the supervisor's */
+        return serve_exec(listener, forward_fd, n, (int)(int32_t)args[0], args[1], args[2], w);
     }
     }
     if (fast_disabled)
         return 0;
-    struct watched_exec *w = watched_slot((pid_t)n->pid);
-    if (w) {
-        int checked = w->expected && !queue_length && runs_as_expected(w) &&
-                      tell_exec_checked(listener, forward_fd, n) == 0;
-        free_slot(w);
-        if (!checked)
-            return 0; /* the supervisor checks the new image first */
-    }
     switch (n->data.nr) {
 #ifdef __NR_open
     case __NR_open:
@@ -1462,6 +1732,10 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
         PyModule_AddIntConstant(m, "ALLOW_DELETE", ALLOW_DELETE) ||
         PyModule_AddIntConstant(m, "ALLOW_MOVE", ALLOW_MOVE) ||
         PyModule_AddIntConstant(m, "NOTICE_EXEC_CHECKED", (long)NOTICE_EXEC_CHECKED) ||
+        PyModule_AddIntConstant(m, "NOTICE_EXEC_DONE", (long)NOTICE_EXEC_DONE) ||
+        PyModule_AddIntConstant(m, "NOTICE_EXEC_JUDGE", (long)NOTICE_EXEC_JUDGE) ||
+        PyModule_AddIntConstant(m, "ALLOW_SPAWN", ALLOW_SPAWN) ||
+        PyModule_AddIntConstant(m, "ALLOW_SHELL", ALLOW_SHELL) ||
         PyModule_AddIntConstant(m, "NATIVE_ARCH", (long)NATIVE_ARCH)) {
         Py_DECREF(m);
         return NULL;

@@ -47,17 +47,26 @@ VALID_OPEN_FLAGS = (
 # Flags that make an open a write (file_write is asked).
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
-# A forwarded notification with this flag is the broker's word that the first
-# syscall after an exec found the image the supervisor allowed; `receive`
-# gives it as a Notification with this pseudo syscall number.
+# Flags the broker sets on a notification it forwards (the kernel sets none).
+# Word, not a syscall to answer, which `receive` gives as a Notification with
+# a pseudo syscall number: the first syscall after an exec found the image
+# the supervisor allowed (EXEC_CHECKED); the native path let an exec through
+# (EXEC_DONE: what was kept of the old image is stale).  A syscall to answer:
+# the first after an exec the native path let through, whose image is not
+# the one allowed, to be judged as an exec (`Notification.notice`).
 NOTICE_EXEC_CHECKED = 1 << 31
+NOTICE_EXEC_DONE = 1 << 30
+NOTICE_EXEC_JUDGE = 1 << 29
 EXEC_CHECKED = -1
+EXEC_DONE = -2
 
 # The actions the native cache keeps, as its bits.
 ALLOW_READ = 1
 ALLOW_WRITE = 2
 ALLOW_DELETE = 4
 ALLOW_MOVE = 8
+ALLOW_SPAWN = 16
+ALLOW_SHELL = 32
 
 
 @functools.cache
@@ -177,9 +186,10 @@ class Forwarded:
         if len(data) != _NOTIF.size:
             return None  # never sent by the broker; no id to answer
         nid, _pid, notice, nr, arch, _ip, a0, a1, a2, a3, a4, a5 = _NOTIF.unpack(data)
-        if notice & NOTICE_EXEC_CHECKED:
+        if notice & (NOTICE_EXEC_CHECKED | NOTICE_EXEC_DONE):
             # Word, not a syscall: nothing is answered (the broker answers it).
-            return None if tid <= 0 else Notification(nid, tid, EXEC_CHECKED, arch, (0,) * 6)
+            word = EXEC_CHECKED if notice & NOTICE_EXEC_CHECKED else EXEC_DONE
+            return None if tid <= 0 else Notification(nid, tid, word, arch, (0,) * 6)
         if tid == 0 or flags & socket.MSG_CTRUNC:
             # No pidfd (out of descriptors after all): the syscall fails, never hangs.
             with contextlib.suppress(OSError):
@@ -187,4 +197,4 @@ class Forwarded:
             return None
         if tid < 0:
             return None
-        return Notification(nid, tid, nr, arch, (a0, a1, a2, a3, a4, a5))
+        return Notification(nid, tid, nr, arch, (a0, a1, a2, a3, a4, a5), notice)

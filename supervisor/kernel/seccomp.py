@@ -62,6 +62,7 @@ class Notification(NamedTuple):
     nr: int
     arch: int
     args: tuple[int, int, int, int, int, int]
+    notice: int = 0  # the broker's flags on a notification it forwarded (fastpath.NOTICE_*)
 
 
 def receive(listener: int) -> Notification | None:

@@ -18,6 +18,7 @@ import errno
 import functools
 import importlib
 import json
+import operator
 import os
 import select
 import signal
@@ -303,10 +304,10 @@ _NATIVE_BITS = {
     ActionType.FILE_WRITE: fastpath.ALLOW_WRITE,
     ActionType.FILE_DELETE: fastpath.ALLOW_DELETE,
     ActionType.FILE_MOVE: fastpath.ALLOW_MOVE,
+    ActionType.PROCESS_SPAWN: fastpath.ALLOW_SPAWN,
+    ActionType.SHELL_EXECUTE: fastpath.ALLOW_SHELL,
 }
-_ALL_NATIVE_BITS = (
-    fastpath.ALLOW_READ | fastpath.ALLOW_WRITE | fastpath.ALLOW_DELETE | fastpath.ALLOW_MOVE
-)
+_ALL_NATIVE_BITS = functools.reduce(operator.or_, _NATIVE_BITS.values())
 
 
 def _mirror_to(broker: BrokerClient) -> Callable[[ActionType | None, str], None]:

@@ -315,6 +315,12 @@ class _AllowedExec:
         return running == self.argv
 
 
+# What the first syscall after an exec the broker let through is held to,
+# when the image is not the one it allowed: nothing (no argv has a NUL), so
+# the image running is judged as an exec of its own.
+_ANY_OTHER_EXEC = _AllowedExec(["\0"], (0, 0), None, script=False)
+
+
 def _cmdline(pid: int) -> list[str] | None:
     """argv of the image running as `pid`, as its memory holds it now."""
     try:
@@ -443,6 +449,12 @@ class Mediator:
         if notif.nr == _fastpath.EXEC_CHECKED:
             self._execs.pop(notif.pid, None)  # the broker found the image allowed
             return
+        if notif.nr == _fastpath.EXEC_DONE:
+            self._exec_done(notif.pid)  # the broker let an exec through
+            return
+        if notif.notice & _fastpath.NOTICE_EXEC_JUDGE:
+            # After an exec the broker let through, an image not the one allowed.
+            self._execs[notif.pid] = _ANY_OTHER_EXEC
         try:
             if notif.pid in self._execs and not self._exec_as_decided(notif):
                 return
@@ -979,12 +991,7 @@ class Mediator:
         if not response.proceeds:
             self._refuse(n, response, errno.EACCES)
             return
-        # The process image changes: its memory is read afresh from now on.
-        # (Its umask and pidfd stay cached: an exec keeps both.)
-        tgid = self._tgid_of(tid)
-        self.memory.forget(tgid)
-        self.memory.forget(tid)
-        self._execs.pop(tgid, None)
+        tgid = self._exec_done(tid)
         # An exec cannot be done on the agent's behalf, so a racing thread
         # could swap argv after this check.  Remember what was allowed and
         # hold the new image to it at its first trapped syscall.
@@ -998,6 +1005,16 @@ class Mediator:
             # script's command line is the interpreter's: that stays here).
             self.broker.expect_exec(n.id, file, argv)
         _seccomp.respond_continue(self.listener, n.id)
+
+    def _exec_done(self, tid: int) -> int:
+        """Thread `tid` execs: the process image changes, and its memory is read
+        afresh from now on (its umask and pidfd stay cached: an exec keeps
+        both).  Its process id."""
+        tgid = self._tgid_of(tid)
+        self.memory.forget(tgid)
+        self.memory.forget(tid)
+        self._execs.pop(tgid, None)
+        return tgid
 
     def _argv(self, tid: int, argv_ptr: int) -> list[str]:
         """The argument strings of an exec.
