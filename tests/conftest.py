@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from agentsup.kernel import fastpath
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _SYS_LANDLOCK_CREATE_RULESET = 444
 _LANDLOCK_CREATE_RULESET_VERSION = 1
@@ -101,6 +103,25 @@ def locations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
 
 
 AGENTS = Path(__file__).parent / "agents"
+
+# A test run with the broker's native path, and again with the Python path
+# alone (AGENTSUP_FASTPATH=0): `native` is the parameter, `fastpath_env` its
+# environment.
+both_paths = pytest.mark.parametrize(
+    "native",
+    [
+        pytest.param(
+            True,
+            id="native",
+            marks=pytest.mark.skipif(not fastpath.enabled(), reason=fastpath.status()[1]),
+        ),
+        pytest.param(False, id="python"),
+    ],
+)
+
+
+def fastpath_env(native: bool) -> dict[str, str]:
+    return {fastpath.ENV_SWITCH: "1" if native else "0"}
 # Every sandbox copies the victim agent into its workspace (an agent's code
 # lives in its workspace; strict lets it read nothing else of the user's).
 TRY = "try_syscall.py"

@@ -24,9 +24,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Sandbox
+from conftest import Sandbox, both_paths, fastpath_env
 
-from agentsup.kernel import fastpath
 from agentsup.supervision.broker import REPLY_TIMEOUT
 
 pytestmark = [
@@ -34,22 +33,6 @@ pytestmark = [
     pytest.mark.requires_seccomp_notify,
     pytest.mark.requires_landlock,
 ]
-both_paths = pytest.mark.parametrize(
-    "native",
-    [
-        pytest.param(
-            True,
-            id="native",
-            marks=pytest.mark.skipif(not fastpath.enabled(), reason=fastpath.status()[1]),
-        ),
-        pytest.param(False, id="python"),
-    ],
-)
-
-
-def _env(native: bool) -> dict[str, str]:
-    return {fastpath.ENV_SWITCH: "1" if native else "0"}
-
 
 FIFO_RACE = textwrap.dedent(
     """
@@ -93,7 +76,7 @@ def test_a_fifo_made_under_a_name_being_created_never_blocks_the_broker(
     script = sandbox.workspace / "fifo_race.py"
     script.write_text(FIFO_RACE)
     result = sandbox.run(
-        "python3", str(script), str(sandbox.workspace), timeout=60, env=_env(native)
+        "python3", str(script), str(sandbox.workspace), timeout=60, env=fastpath_env(native)
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "finished\n"
@@ -187,7 +170,7 @@ def test_a_broker_that_stalled_past_the_reply_timeout_decides_nothing_more(
     lines = []
     with subprocess.Popen(
         sandbox.command("python3", str(script), str(ws), str(REPLY_TIMEOUT + 2), policy=policy),
-        env={**sandbox.env, **_env(native)},
+        env={**sandbox.env, **fastpath_env(native)},
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

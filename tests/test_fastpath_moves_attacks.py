@@ -35,31 +35,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import Sandbox
-
-from agentsup.kernel import fastpath
+from conftest import Sandbox, both_paths, fastpath_env
 
 pytestmark = [
     pytest.mark.requires_root,
     pytest.mark.requires_seccomp_notify,
     pytest.mark.requires_landlock,
 ]
-both_paths = pytest.mark.parametrize(
-    "native",
-    [
-        pytest.param(
-            True,
-            id="native",
-            marks=pytest.mark.skipif(not fastpath.enabled(), reason=fastpath.status()[1]),
-        ),
-        pytest.param(False, id="python"),
-    ],
-)
-
-
-def _env(native: bool) -> dict[str, str]:
-    return {fastpath.ENV_SWITCH: "1" if native else "0"}
-
 
 POLICY = """
 name: moves
@@ -201,7 +183,7 @@ def test_no_spelling_of_a_path_moves_links_or_makes_a_name_across_a_refusal(
     script = ws / "spellings.py"
     script.write_text(SPELLINGS)
     policy = sandbox.policy("moves", POLICY)
-    result = sandbox.run("python3", str(script), str(ws), policy=policy, env=_env(native))
+    result = sandbox.run("python3", str(script), str(ws), policy=policy, env=fastpath_env(native))
     assert result.returncode == 0, result.stderr
     outcomes = {r["case"]: r["outcome"] for r in map(json.loads, result.stdout.splitlines())}
     assert len(outcomes) == 38, result.stdout
@@ -275,7 +257,9 @@ def test_a_move_link_or_mkdir_onto_or_from_a_secret_kills(
     script = ws / "secret_names.py"
     script.write_text(SECRET_NAMES)
     before = sorted(p.name for p in ws.iterdir())
-    result = sandbox.run("python3", str(script), str(ws), str(sandbox.home), case, env=_env(native))
+    result = sandbox.run(
+        "python3", str(script), str(ws), str(sandbox.home), case, env=fastpath_env(native)
+    )
     assert result.returncode == 137, (result.stdout, result.stderr)
     assert f"rule '{rule}'" in result.stderr
     assert result.stdout == ""
@@ -356,7 +340,7 @@ def test_a_parent_swapped_for_a_symlink_never_moves_a_name_across_a_refusal(
     script = ws / "parent_race.py"
     script.write_text(PARENT_RACE)
     policy = sandbox.policy("moves", POLICY)
-    result = sandbox.run("python3", str(script), str(ws), policy=policy, env=_env(native))
+    result = sandbox.run("python3", str(script), str(ws), policy=policy, env=fastpath_env(native))
     assert result.returncode == 0, result.stderr
     assert result.stdout == "finished\n"
     _untouched(ws, decoy="decoy\n")
@@ -407,7 +391,11 @@ def test_a_link_of_a_secret_under_a_symlinked_home_is_judged_as_that_secret(
     on both paths."""
     real, env = _symlinked_home(sandbox)
     result = sandbox.run(
-        "python3", str(real / "home_agent.py"), str(real), "link", env={**env, **_env(native)}
+        "python3",
+        str(real / "home_agent.py"),
+        str(real),
+        "link",
+        env={**env, **fastpath_env(native)},
     )
     assert not (real / "copied").exists(), "the credentials got a second name"
     assert result.returncode == 137, (result.stdout, result.stderr)
@@ -425,7 +413,11 @@ def test_secrets_under_a_symlinked_home_are_refused_to_an_agent_working_there(
     started with --workspace ~."""
     real, env = _symlinked_home(sandbox)
     result = sandbox.run(
-        "python3", str(real / "home_agent.py"), str(real), "read", env={**env, **_env(native)}
+        "python3",
+        str(real / "home_agent.py"),
+        str(real),
+        "read",
+        env={**env, **fastpath_env(native)},
     )
     assert "secret-host" not in result.stdout, "~/.ssh/config was read"
 
@@ -472,6 +464,6 @@ def test_renaming_a_directory_above_a_refused_subtree_does_not_free_it(
     script = ws / "ancestor.py"
     script.write_text(ANCESTOR)
     policy = sandbox.policy("nested", ANCESTOR_POLICY)
-    result = sandbox.run("python3", str(script), str(ws), policy=policy, env=_env(native))
+    result = sandbox.run("python3", str(script), str(ws), policy=policy, env=fastpath_env(native))
     assert result.stdout.splitlines()[0] == "EACCES", result.stdout
     assert "nested secret" not in result.stdout, "the refused file was read after the rename"

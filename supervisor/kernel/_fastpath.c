@@ -196,6 +196,7 @@ struct image {
 
 struct watched_exec {
     pid_t pid;          /* 0: a free slot */
+    pid_t exec_tid;     /* the thread that called exec (a thread's exec: not `pid`) */
     uint64_t exec_id;   /* the notification of its exec */
     int expected;       /* what was allowed is known: */
     dev_t dev;
@@ -246,13 +247,14 @@ static void free_slot(struct watched_exec *w) {
 
 /* 0, or -1 when the table is full of live processes: the caller then
  * forwards the exec's process to the supervisor for good (never a weaker check). */
-static int watch(pid_t pid, uint64_t exec_id) {
+static int watch(pid_t pid, uint64_t exec_id, pid_t exec_tid) {
     if (pid <= 0)
         return -1;
     struct watched_exec *w = watched_slot(pid);
     if (w) { /* another exec before any other syscall: this one is decided now */
         forget_expected(w);
         w->exec_id = exec_id;
+        w->exec_tid = exec_tid;
         return 0;
     }
     for (int sweep = 0; sweep < 2; sweep++) {
@@ -260,6 +262,7 @@ static int watch(pid_t pid, uint64_t exec_id) {
             if (!watched[i].pid) {
                 watched[i].pid = pid;
                 watched[i].exec_id = exec_id;
+                watched[i].exec_tid = exec_tid;
                 watched_count++;
                 return 0;
             }
@@ -269,6 +272,23 @@ static int watch(pid_t pid, uint64_t exec_id) {
                 free_slot(&watched[i]);
     }
     return -1;
+}
+
+/* The slot of the exec thread `tid` called, when it is not its process's
+ * leader: a call of its own means that exec failed. */
+static struct watched_exec *exec_thread_slot(pid_t tid) {
+    for (unsigned i = 0; i < WATCH_SLOTS && watched_count; i++)
+        if (watched[i].pid && watched[i].exec_tid == tid && watched[i].pid != tid)
+            return &watched[i];
+    return NULL;
+}
+
+/* Whether `tid` is still a thread of process `pid` (after a successful exec
+ * by it, it is not: it took the leader's id). */
+static int in_thread_group(pid_t pid, pid_t tid) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task/%d", (int)pid, (int)tid);
+    return access(path, F_OK) == 0;
 }
 
 /* All of a small file (at most `capacity` bytes) into `out`; its length or -1. */
@@ -1353,6 +1373,8 @@ static int serve_exec(int listener, int forward_fd, const struct seccomp_notif *
  * to judge when this path allowed the exec. */
 static int first_after_exec(int listener, int forward_fd, struct seccomp_notif *n,
                             struct watched_exec *w) {
+    if (w->exec_tid != w->pid && in_thread_group(w->pid, w->exec_tid))
+        return 0; /* a thread's exec not done (or failed): the old image still runs */
     int here = w->decided_here, checked = 0;
     if (w->expected) {
         checked = runs_as_expected(w);
@@ -1379,9 +1401,16 @@ static int serve_fast(int listener, int forward_fd, struct seccomp_notif *n) {
         umask_forget();
         return 0;
     }
-    struct watched_exec *w = watched_slot(tid);
-    if (w && !first_after_exec(listener, forward_fd, n, w))
-        return 0; /* the supervisor checks the new image first */
+    /* Forwarded (after the watching below): the supervisor checks the image first. */
+    int forward_now = 0;
+    struct watched_exec *w = watched_count ? exec_thread_slot(tid) : NULL;
+    if (w) {
+        free_slot(w); /* that thread's exec failed: the supervisor drops its check too */
+        forward_now = 1;
+    }
+    w = watched_slot(tid);
+    if (w && !forward_now && !first_after_exec(listener, forward_fd, n, w))
+        forward_now = 1;
     switch (n->data.nr) {
     case __NR_umask:
         umask_hold(tid);
@@ -1393,9 +1422,11 @@ static int serve_fast(int listener, int forward_fd, struct seccomp_notif *n) {
             umask_hold(tid); /* a thread's exec: it takes its leader's TID */
         /* After exec the process runs as its thread group leader. */
         pid_t leader = tgid > 0 ? (pid_t)tgid : tid;
-        if (watch(leader, n->id) < 0)
+        if (watch(leader, n->id, tid) < 0)
             fast_disabled = 1;
-        if (fast_disabled || !(w = watched_slot(leader)))
+        /* A thread's exec is the supervisor's: until it is done, the
+         * leader's calls are the old image's, which it tells apart. */
+        if (forward_now || fast_disabled || leader != tid || !(w = watched_slot(leader)))
             return 0;
         if (n->data.nr == __NR_execve)
             return serve_exec(listener, forward_fd, n, AT_FDCWD, args[0], args[1], w);
@@ -1404,7 +1435,7 @@ static int serve_fast(int listener, int forward_fd, struct seccomp_notif *n) {
         return serve_exec(listener, forward_fd, n, (int)(int32_t)args[0], args[1], args[2], w);
     }
     }
-    if (fast_disabled)
+    if (forward_now || fast_disabled)
         return 0;
     switch (n->data.nr) {
 #ifdef __NR_open

@@ -305,7 +305,8 @@ class BrokerClient:
         if not self.broken:
             keys = b"".join(_INODE_KEY.pack(dev, ino) for dev, ino in inodes)
             with contextlib.suppress(BrokerGone):
-                self._send((PROTECT, keys), [])
+                # (0 in the place of a request's id: a long list is spilled to a memfd.)
+                self._send((PROTECT, 0, keys), [])
 
     def forget(self, policy_changed: bool) -> None:
         """The judge cleared its allow cache: so does the native path.
@@ -396,7 +397,7 @@ class Broker:
             elif op == EXPECT_EXEC:
                 _expect_exec(*message[1:])
             elif op == PROTECT:
-                _protect(message[1])
+                _protect(message[2])
             else:
                 notif_id, args = message[1], list(message[2:])
                 self._do(op, notif_id, args, fds)

@@ -304,21 +304,39 @@ class _AllowedExec:
     # The image that called exec, to know it again if the exec failed; None
     # when it could not be read, or an exec would not make it unmistakable.
     before: _Image | None
-    script: bool  # a #! script: the kernel puts the interpreter in front
+    # A #! script's name as the kernel puts it in the new argv, after the
+    # interpreter (and its argument) and before argv[1:]; None if no script.
+    script: str | None
+    # The thread that called exec, when not the process's leader: until its
+    # exec is done, the leader's calls are still the old image's.
+    thread: int = 0
 
     def matches(self, running: list[str]) -> bool:
+        if self.script is not None:
+            tail = [self.script, *self.argv[1:]]
+            return len(running) > len(tail) and running[-len(tail) :] == tail
         if not self.argv:
-            return True
-        if self.script:
-            tail = self.argv[1:]
-            return not tail or running[-len(tail) :] == tail
+            return running in ([], [""])  # (Linux gives an empty argv one empty string)
         return running == self.argv
 
 
 # What the first syscall after an exec the broker let through is held to,
 # when the image is not the one it allowed: nothing (no argv has a NUL), so
 # the image running is judged as an exec of its own.
-_ANY_OTHER_EXEC = _AllowedExec(["\0"], (0, 0), None, script=False)
+_ANY_OTHER_EXEC = _AllowedExec(["\0"], (0, 0), None, script=None)
+
+
+def _script_name(raw: bytes, dirfd: int) -> str:
+    """The name the kernel gives a script run by exec(`dirfd`, `raw`) in its new argv."""
+    if dirfd == AT_FDCWD or raw.startswith(b"/"):
+        return os.fsdecode(raw)
+    return f"/dev/fd/{dirfd}" + (f"/{os.fsdecode(raw)}" if raw else "")
+
+
+def _thread_lives(tgid: int, tid: int) -> bool:
+    """Whether `tid` is still a thread of process `tgid` (after a successful exec by
+    it, it is not: it took the leader's id)."""
+    return os.path.exists(f"/proc/{tgid}/task/{tid}")
 
 
 def _cmdline(pid: int) -> list[str] | None:
@@ -383,6 +401,9 @@ class Mediator:
         self._allow_cache = judge.allow_cache
         self.served = 0  # notifications so far (CPU placement watches the rate)
         self._execs: OrderedDict[int, _AllowedExec] = OrderedDict()
+        # A thread that called exec -> its process: a call of its own means
+        # that exec failed (after a successful one, the thread is gone).
+        self._exec_threads: dict[int, int] = {}
         # How to wait, inside the loop, for a connect we started on the agent's behalf.
         self._wait_writable = wait_writable
         self.memory = _proc.MemoryReader()
@@ -447,11 +468,16 @@ class Mediator:
         if self._umasks_in_flight:
             self._umasks_in_flight.discard(notif.pid)  # its umask() returned
         if notif.nr == _fastpath.EXEC_CHECKED:
-            self._execs.pop(notif.pid, None)  # the broker found the image allowed
+            self._drop_exec(notif.pid)  # the broker found the image allowed
             return
         if notif.nr == _fastpath.EXEC_DONE:
             self._exec_done(notif.pid)  # the broker let an exec through
             return
+        if self._exec_threads and notif.pid in self._exec_threads:
+            # A call of the thread that called exec: that exec failed.
+            pending = self._execs.get(tgid := self._exec_threads.pop(notif.pid))
+            if pending is not None and pending.thread == notif.pid:
+                self._drop_exec(tgid)
         if notif.notice & _fastpath.NOTICE_EXEC_JUDGE:
             # After an exec the broker let through, an image not the one allowed.
             self._execs[notif.pid] = _ANY_OTHER_EXEC
@@ -802,7 +828,7 @@ class Mediator:
 
     def forget_process(self, tgid: int) -> None:
         self._umasks.pop(tgid, None)
-        self._execs.pop(tgid, None)
+        self._drop_exec(tgid)
         fd = self._pidfds.pop(tgid, None)
         if fd is not None:
             os.close(fd)
@@ -973,6 +999,7 @@ class Mediator:
     ) -> None:
         tid = n.pid
         raw = self.memory.read_cstring(tid, path_ptr)
+        script_name = _script_name(raw, dirfd)
         if not raw and flags & AT_EMPTY_PATH:
             raw = b"/proc/self/fd/%d" % dirfd
             dirfd = AT_FDCWD
@@ -997,9 +1024,14 @@ class Mediator:
         # hold the new image to it at its first trapped syscall.
         before = _image(tgid) if _randomized(tid) else None
         file = (node.pinned.dev, node.pinned.ino) if not node.error else (0, 0)
-        self._execs[tgid] = _AllowedExec(argv, file, before, script=len(checks) > 2)
+        script = script_name if len(checks) > 2 else None
+        thread = tid if tid != tgid else 0
+        self._execs[tgid] = _AllowedExec(argv, file, before, script, thread)
+        if thread:
+            self._exec_threads[thread] = tgid
         if len(self._execs) > _PER_PROCESS_CACHE:
-            self._execs.popitem(last=False)  # exec'd, and never made a trapped call since
+            _tgid, stale = self._execs.popitem(last=False)  # exec'd, no trapped call since
+            self._exec_threads.pop(stale.thread, None)
         if self.forwarded is not None and file != (0, 0) and argv and len(checks) == 2:
             # The native path checks the first syscall against the same (a
             # script's command line is the interpreter's: that stays here).
@@ -1013,8 +1045,14 @@ class Mediator:
         tgid = self._tgid_of(tid)
         self.memory.forget(tgid)
         self.memory.forget(tid)
-        self._execs.pop(tgid, None)
+        self._drop_exec(tgid)
         return tgid
+
+    def _drop_exec(self, tgid: int) -> None:
+        """Forget the exec `tgid` was allowed (it was checked, failed or replaced)."""
+        stale = self._execs.pop(tgid, None)
+        if stale is not None and stale.thread:
+            self._exec_threads.pop(stale.thread, None)
 
     def _argv(self, tid: int, argv_ptr: int) -> list[str]:
         """The argument strings of an exec.
@@ -1055,7 +1093,10 @@ class Mediator:
         exec.  False when the policy refuses it: that process is killed (an
         exec cannot be undone) and the syscall fails.
         """
-        allowed = self._execs.pop(notif.pid)
+        allowed = self._execs[notif.pid]
+        if allowed.thread and _thread_lives(notif.pid, allowed.thread):
+            return True  # the old image still runs: a thread's exec not done (or failed)
+        self._drop_exec(notif.pid)
         running = _cmdline(notif.pid)
         if running is None:
             return True  # gone
