@@ -43,7 +43,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -262,6 +262,8 @@ class Slot:
     failed: str = ""  # why the daemon gave up on it (until SIGHUP)
     retire: bool = False  # removed from the directory: forget it once it has stopped
     replacement: AgentDefinition | None = None  # changed: start this once it has stopped
+    # Read what the agent's output pipes hold now (before its end is logged).
+    drains: list[Callable[[], None]] = field(default_factory=list)
 
     @property
     def running(self) -> bool:
@@ -393,8 +395,10 @@ class Daemon:
         finally:
             for _read, write in pipes:
                 os.close(write)
-        for stream, (read, _write) in zip(STREAMS, pipes, strict=True):
+        slot.drains = [
             self._collect(slot.log, stream, read)
+            for stream, (read, _write) in zip(STREAMS, pipes, strict=True)
+        ]
         if error is not None:
             _say(f"cannot start agent '{definition.agent_id}' ({definition.source}): {error}")
             slot.log.note(f"cannot start: {error}")
@@ -406,27 +410,44 @@ class Daemon:
         slot.log.note(f"started (pid {pid})")
         _say(f"started agent '{definition.agent_id}' (pid {pid})")
 
-    def _collect(self, log: AgentLogWriter, stream: str, fd: int) -> None:
-        """Copy what the agent writes on `fd` into its log, until every writer has closed it."""
+    def _collect(self, log: AgentLogWriter, stream: str, fd: int) -> Callable[[], None]:
+        """Copy what the agent writes on `fd` into its log, until every writer has
+        closed it; what reads all it holds now (an agent's last words come
+        before the note of its end)."""
         os.set_blocking(fd, False)
         loop = self.supervisor.loop
         log.attach()
+        closed = False
 
-        def readable(_events: int) -> None:
+        def read_once() -> bool:
+            """One read; False when nothing more is there for now (or ever)."""
+            nonlocal closed
+            if closed:
+                return False
             try:
                 data = os.read(fd, 65536)
             except BlockingIOError:
-                return
+                return False
             except OSError:
                 data = b""
             if data:
                 log.feed(stream, data)
-                return
+                return True
+            closed = True
             loop.remove_reader(fd)
             os.close(fd)
             log.detach(stream)
+            return False
+
+        def readable(_events: int) -> None:
+            read_once()
+
+        def drain() -> None:
+            while read_once():
+                pass
 
         loop.add_reader(fd, readable)
+        return drain
 
     def on_agent_exit(self, run: Agent) -> None:
         """Record the end, release the run, and restart it as its definition says."""
@@ -438,6 +459,8 @@ class Daemon:
         _say(f"agent '{run.agent_id}' ended with status {code}")
         if slot is None:
             return
+        for drain in slot.drains:
+            drain()
         slot.log.note(f"ended with status {code}")
         self._after_end(slot, code, killed)
 
