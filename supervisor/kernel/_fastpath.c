@@ -1,31 +1,37 @@
 /*
- * The broker's native hot path: plainly allowed opens, creates and removals,
+ * The broker's native hot path: plainly allowed file syscalls and execs,
  * answered in C.
  *
  * With this extension the broker (the agent's init, holding exactly the
  * agent's rights) is the one process that receives the agent's seccomp
- * notifications.  An open, openat, unlink, rmdir or unlinkat whose resolved
- * path the supervisor's judge plainly allows (allowed, no record due) is done
- * right here: read the path from the agent's memory, resolve it from the
- * agent's cwd or dirfd with the agent's rights, check what was really
- * reached, then open, create or remove it and answer (an fd with ADDFD).
+ * notifications.  An open, openat, unlink, rmdir, unlinkat, mkdir, mkdirat,
+ * rename, renameat, renameat2, link or linkat whose resolved paths the
+ * supervisor's judge plainly allows (allowed, no record due) is done right
+ * here: read the paths from the agent's memory, resolve them from the agent's
+ * cwd or dirfd with the agent's rights, check what was really reached, then
+ * open, create, make, move, link or remove and answer (an fd with ADDFD).
  * What was reached is known by its real path: read back from the fd, or,
  * for an absolute path with no ".", ".." or empty component, the path itself,
  * opened with no symlink followed (openat2; a symlink on the way falls back).
  * A path that does not exist gets ENOENT, as the Python path gives it with no
  * rule asked, and so does a create in a missing directory that the judge
  * plainly allows (the Python path asks first, then says ENOENT, with no
- * record).  Everything else -- a refusal, /proc, most of /dev, a
- * multiply-linked file, the first syscall after an exec, any error -- is
- * forwarded to the supervisor untouched, with a pidfd of the calling thread
- * so that it knows the thread by its own PID namespace's number.  umask and
- * exec are watched on their way: creates get each thread's umask, kept
- * while no umask can have changed it (see "the agent's umask").
+ * record).  A plainly allowed exec of an ELF file by a process's leader is
+ * let through (see "execs decided here"), and the first syscall after every
+ * exec is checked against the image allowed (see "processes whose next
+ * notification ...").  Everything else -- a refusal, /proc, most of /dev,
+ * another name of a protected file (or any multiply-linked file until the
+ * supervisor's walk has answered), an image not the one allowed, any error --
+ * is forwarded to the supervisor untouched, with a pidfd of the calling
+ * thread so that it knows the thread by its own PID namespace's number.
+ * umask and exec are watched on their way: creates get each thread's umask,
+ * kept while no umask can have changed it (see "the agent's umask").
  *
  * The decisions here are the supervisor's by construction: the cache only
- * ever holds (action, path) pairs its judge allowed without a record, keyed
- * by the path this code itself resolved; a miss asks the broker's forked copy
- * of that judge; and a policy reload clears the cache and drops the copy.
+ * ever holds (action, target) pairs its judge allowed without a record, keyed
+ * by the path this code itself resolved (or the command line it read); a
+ * miss asks the broker's forked copy of that judge; and a policy reload
+ * clears the cache and drops the copy.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -1,11 +1,12 @@
 """The broker's native hot path (`_fastpath.c`), when it was built, and its plumbing.
 
 With the native path the broker receives every notification of the agent's
-listener: it answers the opens, creates and removals the supervisor's judge
+listener: it answers the file syscalls and execs the supervisor's judge
 plainly allows (its allow cache, mirrored into the broker, or the broker's
-copy of the judge), and forwards the rest here, each with a pidfd of the
-calling thread (the broker sees the agent's PID namespace numbers; the
-supervisor needs its own).
+copy of the judge), checks the first syscall after each exec, and forwards
+the rest here, each with a pidfd of the calling thread (the broker sees the
+agent's PID namespace numbers; the supervisor needs its own), and some
+notices of what it did (NOTICE_*).
 
 `AGENTSUP_FASTPATH=0` switches it off: the supervisor then receives on the
 listener itself, as it does where the extension could not be built.
