@@ -1428,6 +1428,9 @@ static int serve_fast(int listener, int forward_fd, struct seccomp_notif *n) {
             umask_hold(tid); /* a thread's exec: it takes its leader's TID */
         /* After exec the process runs as its thread group leader. */
         pid_t leader = tgid > 0 ? (pid_t)tgid : tid;
+        struct watched_exec *pending = watched_slot(leader);
+        if (pending && pending->exec_tid != tid)
+            return 0; /* another thread's exec is not done: the supervisor refuses this one */
         if (watch(leader, n->id, tid) < 0)
             fast_disabled = 1;
         /* A thread's exec is the supervisor's: until it is done, the

@@ -34,6 +34,28 @@ _ADDRESS_END = 1 << 63
 MEMORY_FD_CACHE = 128
 
 
+_NO_FD = -1  # MemoryReader._fd when the supervisor is out of descriptors
+
+
+class _Iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("length", ctypes.c_size_t)]
+
+
+def _pread(fd: int, tid: int, size: int, addr: int) -> bytes:
+    """`size` bytes at `addr` of `tid`'s memory, through `fd`, or with
+    process_vm_readv (no descriptor needed) when there is none."""
+    if fd != _NO_FD:
+        return os.pread(fd, size, addr)
+    buffer = ctypes.create_string_buffer(size)
+    local = _Iovec(ctypes.cast(buffer, ctypes.c_void_p), size)
+    remote = _Iovec(addr, size)
+    got = _libc.process_vm_readv(tid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+    if got < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return buffer.raw[:got]
+
+
 class MemoryReader:
     """Reads strings and structs from agent threads via cached /proc/TID/mem fds.
 
@@ -56,6 +78,8 @@ class MemoryReader:
         try:
             fd = os.open(f"/proc/{tid}/mem", os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                return _NO_FD  # out of descriptors: read without one (a refusal still kills)
             raise OSError(errno.EFAULT, f"cannot open the memory of {tid}: {exc}") from exc
         self._fds[tid] = fd
         if len(self._fds) > self._capacity:
@@ -82,7 +106,7 @@ class MemoryReader:
             raise OSError(errno.EFAULT, "address outside user space")
         for attempt in (0, 1):
             try:
-                data = os.pread(self._fd(tid), size, addr)
+                data = _pread(self._fd(tid), tid, size, addr)
             except OSError as exc:
                 if exc.errno not in (errno.EIO, errno.ESRCH, errno.EFAULT) or attempt:
                     self.forget(tid)
@@ -104,7 +128,7 @@ class MemoryReader:
             while True:
                 size = min(size, _ADDRESS_END - addr - len(data))
                 try:
-                    chunk = os.pread(fd, size, addr + len(data)) if size > 0 else b""
+                    chunk = _pread(fd, tid, size, addr + len(data)) if size > 0 else b""
                 except OSError:
                     chunk = b""
                 if not chunk:

@@ -333,6 +333,16 @@ def _script_name(raw: bytes, dirfd: int) -> str:
     return f"/dev/fd/{dirfd}" + (f"/{os.fsdecode(raw)}" if raw else "")
 
 
+def _in_exec(tgid: int, tid: int) -> bool:
+    """Whether thread `tid` may still be inside an exec: blocked in execve or
+    execveat, or running (where /proc cannot say which call it is in)."""
+    try:
+        call = _proc.read_proc(f"/proc/{tgid}/task/{tid}/syscall").split(maxsplit=1)[:1]
+    except OSError:
+        return False  # gone
+    return call in ([b"running"], [b"59"], [b"322"])
+
+
 def _thread_lives(tgid: int, tid: int) -> bool:
     """Whether `tid` is still a thread of process `tgid` (after a successful exec by
     it, it is not: it took the leader's id)."""
@@ -998,6 +1008,20 @@ class Mediator:
         flags: int,
     ) -> None:
         tid = n.pid
+        tgid = self._tgid_of(tid)
+        pending = self._execs.get(tgid)
+        if pending is not None and (pending.thread or tgid) != tid:
+            # Another thread's exec in this process: one process has one check.
+            caller = pending.thread or tgid
+            if _in_exec(tgid, caller):
+                # Not done: its check holds.  (Two threads exec'ing at once is a
+                # race the kernel lets one win; this one waits its turn.)
+                self._fail(n, errno.EAGAIN)
+                return
+            if pending.thread and _thread_lives(tgid, pending.thread):
+                self._drop_exec(tgid)  # that thread is elsewhere: its exec failed
+            elif not self._exec_as_decided(n._replace(pid=tgid)):
+                return  # what runs was not what that exec allowed: killed
         raw = self.memory.read_cstring(tid, path_ptr)
         script_name = _script_name(raw, dirfd)
         if not raw and flags & AT_EMPTY_PATH:
