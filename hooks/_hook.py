@@ -747,12 +747,13 @@ def _make_handlers(
     # once per OPEN_CHECK_INTERVAL.  Every other event (a connect, an exec,
     # an import, a name lookup) checks each time.
     clock = time.monotonic
-    next_open_check = [0.0]
+    next_open_check = 0.0
 
     def on_open(args: tuple[Any, ...]) -> None:
+        nonlocal next_open_check
         now = clock()
-        if now >= next_open_check[0]:
-            next_open_check[0] = now + OPEN_CHECK_INTERVAL
+        if now >= next_open_check:
+            next_open_check = now + OPEN_CHECK_INTERVAL
             integrity()
         path = args[0]
         if not opens_noted or path is None or type(path) is int:

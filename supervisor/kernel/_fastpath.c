@@ -394,20 +394,10 @@ static int runs_as_expected(const struct watched_exec *w) {
     if (stat(name, &st) != 0 || st.st_dev != w->dev || st.st_ino != w->ino)
         return 0;
     snprintf(name, sizeof name, "/proc/%d/cmdline", (int)w->pid);
-    int fd = open(name, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return 0;
+    /* One byte more than expected: a longer command line reads as -1. */
     char *running = malloc(w->cmdline_length + 1);
-    size_t got = 0;
-    ssize_t n = 1;
-    while (running && got <= w->cmdline_length && n > 0) {
-        n = read(fd, running + got, w->cmdline_length + 1 - got);
-        if (n > 0)
-            got += (size_t)n;
-    }
-    close(fd);
-    int same = running && n >= 0 && got == w->cmdline_length &&
-               memcmp(running, w->cmdline, got) == 0;
+    ssize_t got = running ? read_small(name, running, w->cmdline_length + 1) : -1;
+    int same = got == (ssize_t)w->cmdline_length && memcmp(running, w->cmdline, w->cmdline_length) == 0;
     free(running);
     return same;
 }
@@ -1235,16 +1225,28 @@ static int serve_link(int listener, const struct seccomp_notif *n, int olddirfd,
 /* 1 when the notification was answered here, 0 when it must be forwarded. */
 static int send_forward(int forward_fd, const struct seccomp_notif *n, int pidfd);
 
+/* A pidfd of the thread that made `n`, or -1 (gone, or `n` answered meanwhile).
+ * The pid could have been reused between RECV and pidfd_open: while the
+ * notification is still pending, the thread it names is the one held. */
+static int pidfd_of_caller(int listener, const struct seccomp_notif *n) {
+    int pidfd = (int)syscall(SYS_pidfd_open, n->pid, PIDFD_THREAD);
+    if (pidfd >= 0 && !id_valid(listener, n->id)) {
+        close(pidfd);
+        return -1;
+    }
+    return pidfd;
+}
+
 /* A notice for `n`'s thread (`flag` in its flags), sent now with a pidfd of
  * it; 0 when sent.  Never queued: when it cannot go now, the syscall itself
  * is forwarded, and the supervisor checks or decides as it always did. */
 static int tell(int listener, int forward_fd, const struct seccomp_notif *n, unsigned flag) {
-    int pidfd = (int)syscall(SYS_pidfd_open, n->pid, PIDFD_THREAD);
+    int pidfd = pidfd_of_caller(listener, n);
     if (pidfd < 0)
         return -1;
     struct seccomp_notif notice = *n;
     notice.flags |= flag;
-    int sent = id_valid(listener, n->id) ? send_forward(forward_fd, &notice, pidfd) : -1;
+    int sent = send_forward(forward_fd, &notice, pidfd);
     close(pidfd);
     return sent == 0 ? 0 : -1;
 }
@@ -1546,16 +1548,9 @@ static void flush_queue(int listener, int forward_fd) {
 
 /* Hand the notification to the supervisor, with a pidfd of the calling thread. */
 static void forward(int listener, int forward_fd, const struct seccomp_notif *n) {
-    int pidfd = (int)syscall(SYS_pidfd_open, n->pid, PIDFD_THREAD);
+    int pidfd = pidfd_of_caller(listener, n);
     if (pidfd < 0) {
         respond_error(listener, n->id, EPERM); /* (the thread is gone: a no-op) */
-        return;
-    }
-    /* The pid could have been reused between RECV and pidfd_open: while the
-     * notification is still pending, the thread it names is the one we hold. */
-    uint64_t id = n->id;
-    if (ioctl(listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) < 0) {
-        close(pidfd);
         return;
     }
     if (!queue_length) {

@@ -166,6 +166,9 @@ class MemoryReader:
         raise OSError(errno.E2BIG, "argument list too long")
 
 
+_PROC_CHUNK = 65536
+
+
 def read_proc(path: str, *, until_eof: bool = False) -> bytes:
     """All of a /proc file, in three syscalls where open() would make eight
     (fstat, a tty check, two seeks).  Raises OSError.
@@ -184,9 +187,6 @@ def read_proc(path: str, *, until_eof: bool = False) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
-
-
-_PROC_CHUNK = 65536
 
 
 def status_field(tid: int, name: bytes) -> bytes | None:

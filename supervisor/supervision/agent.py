@@ -419,10 +419,7 @@ class Agent:
             except KeyError as exc:
                 raise SetupError(f"--user {request.user}: no such user") from exc
         home = user.home if user else os.environ.get("HOME") or os.path.expanduser("~")
-        real_home = os.path.realpath(home)
-        self._context = RunContext(
-            workspace, home, agent_id, home_real=real_home if real_home != home else ""
-        )
+        self._context = RunContext(workspace, home, agent_id, home_real=os.path.realpath(home))
         compiled = compile_policy_cached(resolved, self._context, self.locations.state_dir)
         for warning in policy.warnings:
             say(warning)  # already "file:line:col: warning: ..."

@@ -547,23 +547,24 @@ class Judge:
         else:
             return None
         probe = target + "/"  # a root itself, or anything beneath it
+        # (A move of a directory above a root moves the root with it.)
+        moving = action is ActionType.FILE_MOVE
         if not probe.startswith(prefixes) and not (
-            action is ActionType.FILE_MOVE and any(p.startswith(probe) for p in prefixes)
+            moving and any(prefix.startswith(probe) for prefix in prefixes)
         ):
             return None
-        for prefix in prefixes:
-            # (A move of a directory above a root moves the root with it.)
-            if probe.startswith(prefix) or prefix.startswith(probe):
-                root = prefix[:-1]
-                return Decision(
-                    verdict=Verdict.DENY,
-                    rule_id=SELF_PROTECTION_RULE,
-                    severity=Severity.CRITICAL,
-                    message="agentsup's own policy, audit, state and runtime files are off limits",
-                    on_violation=mode,
-                    reason=f"target is inside {root}",
-                )
-        return None
+        root = next(
+            prefix for prefix in prefixes
+            if probe.startswith(prefix) or (moving and prefix.startswith(probe))
+        )[:-1]  # fmt: skip
+        return Decision(
+            verdict=Verdict.DENY,
+            rule_id=SELF_PROTECTION_RULE,
+            severity=Severity.CRITICAL,
+            message="agentsup's own policy, audit, state and runtime files are off limits",
+            on_violation=mode,
+            reason=f"target is inside {root}",
+        )
 
     def decide(self, event: Event) -> Decision:
         action, target = event.action, event.target

@@ -1010,9 +1010,8 @@ class Mediator:
         tid = n.pid
         tgid = self._tgid_of(tid)
         pending = self._execs.get(tgid)
-        if pending is not None and (pending.thread or tgid) != tid:
+        if pending is not None and (caller := pending.thread or tgid) != tid:
             # Another thread's exec in this process: one process has one check.
-            caller = pending.thread or tgid
             if _in_exec(tgid, caller):
                 # Not done: its check holds.  (Two threads exec'ing at once is a
                 # race the kernel lets one win; this one waits its turn.)
@@ -1054,8 +1053,7 @@ class Mediator:
         if thread:
             self._exec_threads[thread] = tgid
         if len(self._execs) > _PER_PROCESS_CACHE:
-            _tgid, stale = self._execs.popitem(last=False)  # exec'd, no trapped call since
-            self._exec_threads.pop(stale.thread, None)
+            self._drop_exec(next(iter(self._execs)))  # exec'd, and no trapped call since
         if self.forwarded is not None and file != (0, 0) and argv and len(checks) == 2:
             # The native path checks the first syscall against the same (a
             # script's command line is the interpreter's: that stays here).
