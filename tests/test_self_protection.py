@@ -103,3 +103,14 @@ def test_the_supervisors_number_is_the_agents_own_process_in_its_own_proc(
     assert agent.returncode == 0, err
     assert out.strip() == "read", out
     assert not any(r.get("rule") == "agentsup-self-protection" for r in sandbox.audit_records())
+
+
+def test_moving_a_directory_above_agentsups_files_is_fatal(sandbox: Sandbox) -> None:
+    """The directory holding the policy directory, the log and the state moves them all."""
+    _prepare(sandbox)
+    above = sandbox.policy_dir.parent
+    moved = above.with_name(above.name + "-moved")
+    result = sandbox.run("python3", TRY, "rename", str(above), str(moved), policy="permissive")
+    assert result.returncode == 137, result.stderr
+    assert "rule 'agentsup-self-protection'" in result.stderr
+    assert sandbox.policy_dir.is_dir() and not moved.exists()
