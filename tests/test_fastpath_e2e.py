@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import AGENTS, Sandbox
+from conftest import AGENTS, Sandbox, both_paths
 
 from agentsup.kernel import fastpath
 
@@ -62,6 +62,18 @@ rules:
   - id: refused-command
     actions: [shell_execute]
     pattern: "^/bin/echo refused"
+    decision: deny
+    priority: 1
+    on_violation: block
+  - id: refused-missing-command
+    actions: [shell_execute]
+    pattern: "^/nowhere/refused"
+    decision: deny
+    priority: 1
+    on_violation: block
+  - id: refused-missing-program
+    actions: [process_spawn]
+    target: "/nowhere/forbidden"
     decision: deny
     priority: 1
     on_violation: block
@@ -359,6 +371,42 @@ def test_a_plainly_allowed_exec_is_let_through_while_the_supervisor_is_stopped(
     assert everything == while_stopped + "refused EACCES\n"
     assert [r.get("rule") for r in opener.audit_records() if r.get("decision") == "deny"] == [
         "refused-command"
+    ]
+
+
+@needs_native
+def test_an_exec_of_a_missing_program_fails_while_the_supervisor_is_stopped(
+    opener: Sandbox,
+) -> None:
+    """A shell or execvp tries each PATH entry in turn: every missing one is an
+    exec that fails with ENOENT, inside the floor or not.  Where its command
+    line is plainly allowed, the broker gives that answer itself; a refused
+    command line waits, and is recorded."""
+    names = (
+        "+/nowhere/true",
+        "nowhere/true",
+        "+/nowhere/refused-command",
+        "+/nowhere/forbidden",
+    )
+    while_stopped, everything = _stopped_supervisor_opens(opener, True, "exec", names)
+    assert while_stopped == "failed ENOENT\n" * 2
+    assert everything == while_stopped + "refused EACCES\nfailed ENOENT\n"
+    assert [r.get("rule") for r in opener.audit_records() if r.get("decision") == "deny"] == [
+        "refused-missing-command"
+    ]
+
+
+@both_paths
+def test_an_exec_of_a_missing_program_judges_its_command_line_only(
+    opener: Sandbox, native: bool
+) -> None:
+    """No file, no process_spawn: not its rules, not the floor (a PATH entry
+    outside it would otherwise be recorded as a refusal at every command)."""
+    names = ("+/nowhere/true", "+/nowhere/forbidden", "+/nowhere/refused-command")
+    _, everything = _stopped_supervisor_opens(opener, native, "exec", names)
+    assert everything == "failed ENOENT\n" * 2 + "refused EACCES\n"
+    assert [r.get("rule") for r in opener.audit_records() if r.get("decision") == "deny"] == [
+        "refused-missing-command"
     ]
 
 

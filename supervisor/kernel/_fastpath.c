@@ -868,21 +868,6 @@ static int pin_parent(int anchor, int exact, const char *parent,
     return dir;
 }
 
-/* pin_parent for the agent's `raw`, resolved from its cwd or `dirfd`: -2
- * also when that is out of reach. */
-static int pin_parent_of(const struct seccomp_notif *n, int dirfd, const char *raw,
-                         const char *parent, const char *name, char *target, ssize_t *length) {
-    int exact = canonical(raw);
-    int anchor = exact ? AT_FDCWD : open_anchor((pid_t)n->pid, dirfd, raw);
-    if (anchor == -2)
-        return -2;
-    int dir = pin_parent(anchor, exact, parent, name, target, length);
-    int err = errno;
-    close_anchor(anchor);
-    errno = err;
-    return dir;
-}
-
 /* Whether `raw` is relative and canonical (see canonical()). */
 static int canonical_relative(const char *raw) {
     char rooted[PATH_BYTES + 1];
@@ -892,6 +877,54 @@ static int canonical_relative(const char *raw) {
     rooted[0] = '/';
     memcpy(rooted + 1, raw, length + 1);
     return canonical(rooted);
+}
+
+/* `raw`, relative to the agent's cwd or `dirfd`, made absolute in `out` from
+ * the real path /proc gives for that directory (one readlink): 1 when both
+ * are canonical, and that directory is one this path judges (not a pipe, not
+ * /proc, not removed).  Such a path is then opened exactly, as an absolute
+ * one is, with no anchor to open and close and no readlink after.  "." is the
+ * directory itself.  0: the caller anchors as before. */
+static int absolute_from(pid_t pid, int dirfd, const char *raw, char *out) {
+    int itself = strcmp(raw, ".") == 0;
+    if (!itself && !canonical_relative(raw))
+        return 0;
+    char link[64], base[PATH_BYTES + 1];
+    if (dirfd == AT_FDCWD)
+        snprintf(link, sizeof link, "/proc/%d/cwd", (int)pid);
+    else
+        snprintf(link, sizeof link, "/proc/%d/fd/%d", (int)pid, dirfd);
+    ssize_t got = readlink(link, base, PATH_BYTES);
+    if (got <= 0 || got >= PATH_BYTES)
+        return 0;
+    base[got] = '\0';
+    if (!canonical(base) || special_prefix(base) || deleted(base, (size_t)got))
+        return 0;
+    if (itself) {
+        memcpy(out, base, (size_t)got + 1);
+        return 1;
+    }
+    return join(base, (size_t)got, raw, out) > 0;
+}
+
+/* pin_parent for the agent's `raw`, resolved from its cwd or `dirfd`: -2
+ * also when that is out of reach. */
+static int pin_parent_of(const struct seccomp_notif *n, int dirfd, const char *raw,
+                         const char *parent, const char *name, char *target, ssize_t *length) {
+    char absolute[PATH_BYTES + 1];
+    int exact = canonical(raw);
+    if (!exact && absolute_from((pid_t)n->pid, dirfd, parent, absolute)) {
+        parent = absolute;
+        exact = 1;
+    }
+    int anchor = exact ? AT_FDCWD : open_anchor((pid_t)n->pid, dirfd, raw);
+    if (anchor == -2)
+        return -2;
+    int dir = pin_parent(anchor, exact, parent, name, target, length);
+    int err = errno;
+    close_anchor(anchor);
+    errno = err;
+    return dir;
 }
 
 /* A create whose directory is missing: the supervisor would judge the
@@ -910,22 +943,9 @@ static int missing_parent(int listener, const struct seccomp_notif *n, int dirfd
         length = (ssize_t)strlen(raw);
         memcpy(lexical, raw, (size_t)length + 1);
     } else {
-        char link[64], base[PATH_BYTES + 1];
-        if (!canonical_relative(raw))
+        if (strcmp(raw, ".") == 0 || !absolute_from((pid_t)n->pid, dirfd, raw, lexical))
             return 0;
-        if (dirfd == AT_FDCWD)
-            snprintf(link, sizeof link, "/proc/%d/cwd", (int)n->pid);
-        else
-            snprintf(link, sizeof link, "/proc/%d/fd/%d", (int)n->pid, dirfd);
-        ssize_t got = readlink(link, base, PATH_BYTES);
-        if (got <= 0 || got >= PATH_BYTES)
-            return 0;
-        base[got] = '\0';
-        if (!canonical(base) || special_prefix(base) || deleted(base, (size_t)got))
-            return 0; /* a pipe, /proc, a removed directory: not a path this judges */
-        length = join(base, (size_t)got, raw, lexical);
-        if (length < 0)
-            return 0;
+        length = (ssize_t)strlen(lexical);
     }
     if (!granted(lexical, (size_t)length, need, 1))
         return 0;
@@ -988,9 +1008,15 @@ static int serve_open(int listener, const struct seccomp_notif *n, int dirfd, ui
     /* Writes are pinned first: nothing is truncated or appended before the decision. */
     unsigned long how = writes ? O_PATH | O_CLOEXEC | (flags & O_NOFOLLOW)
                                : flags | O_CLOEXEC | O_NONBLOCK | O_NOCTTY;
+    char joined[PATH_BYTES + 1];
+    const char *path = raw; /* what is opened: `raw`, or made absolute */
     int fd = -1, exact = canonical(raw), anchor = AT_FDCWD;
+    if (!exact && absolute_from((pid_t)n->pid, dirfd, raw, joined)) {
+        path = joined;
+        exact = 1;
+    }
     if (exact) {
-        fd = open_exact(raw, how);
+        fd = open_exact(path, how);
         if (fd < 0 && errno != ENOENT)
             exact = 0; /* a symlink on the way (ELOOP), ...: resolved as before */
     }
@@ -1003,7 +1029,8 @@ static int serve_open(int listener, const struct seccomp_notif *n, int dirfd, ui
     if (fd < 0) {
         int err = errno, answered = 0;
         if (err == ENOENT && (flags & O_CREAT))
-            answered = serve_create(listener, n, dirfd, anchor, raw, exact, flags, mode, reads);
+            answered = serve_create(listener, n, dirfd, anchor, exact ? path : raw, exact, flags,
+                                    mode, reads);
         else if (err == ENOENT) {
             /* Nothing there: what the kernel would say, no rule asked. */
             respond_error(listener, n->id, ENOENT);
@@ -1016,8 +1043,8 @@ static int serve_open(int listener, const struct seccomp_notif *n, int dirfd, ui
 
     struct stat st;
     char real_buffer[PATH_BYTES + 1];
-    const char *real = exact ? raw : real_buffer;
-    ssize_t length = fstat(fd, &st) != 0 ? -1 : exact ? (ssize_t)strlen(raw) : real_path(fd, real_buffer);
+    const char *real = exact ? path : real_buffer;
+    ssize_t length = fstat(fd, &st) != 0 ? -1 : exact ? (ssize_t)strlen(path) : real_path(fd, real_buffer);
     int plain = length > 0 &&
                 ((S_ISREG(st.st_mode) && own_name(&st)) || (S_ISDIR(st.st_mode) && !writes) ||
                  (harmless_device(&st) && harmless_device_name(real)));
@@ -1314,18 +1341,60 @@ static void respond_continue(int listener, uint64_t id) {
     ioctl(listener, SECCOMP_IOCTL_NOTIF_SEND, &resp);
 }
 
+static char argv[ARGV_BYTES]; /* one exec's strings at a time: the broker has one thread */
+
+/* The command line of an exec, as shell_execute's target: the arguments
+ * joined by spaces, as the supervisor joins them.  Its length (without the
+ * NUL), or -1 when it is the supervisor's to read.  `argv` gets the strings as
+ * /proc/PID/cmdline gives them, `*argv_length` their length. */
+
+static ssize_t command_line(pid_t tid, uint64_t argv_ptr, ssize_t *argv_length, char *command) {
+    *argv_length = read_argv(tid, argv_ptr, argv, sizeof argv);
+    if (*argv_length <= 0 || *argv_length > PATH_BYTES)
+        return -1;
+    memcpy(command, argv, (size_t)*argv_length);
+    for (ssize_t i = 0; i < *argv_length - 1; i++)
+        if (command[i] == '\0')
+            command[i] = ' ';
+    return *argv_length - 1;
+}
+
+/* An exec of a canonical path that names nothing (ENOENT before any symlink):
+ * a shell or execvp trying each PATH entry in turn.  The supervisor judges
+ * only its command line (there is no file to spawn) and answers ENOENT;
+ * where that command line is plainly allowed, the same answer is given here,
+ * and nothing is watched (no image changes).  Anything else is the
+ * supervisor's, which records it. */
+static int missing_program(int listener, const struct seccomp_notif *n, uint64_t argv_ptr,
+                           struct watched_exec *w) {
+    char command[PATH_BYTES];
+    ssize_t argv_length, length = command_line((pid_t)n->pid, argv_ptr, &argv_length, command);
+    if (length < 0 || !granted(command, (size_t)length, ALLOW_SHELL, 0))
+        return 0;
+    free_slot(w);
+    respond_error(listener, n->id, ENOENT);
+    return 1;
+}
+
 static int serve_exec(int listener, int forward_fd, const struct seccomp_notif *n, int dirfd,
                       uint64_t path_ptr, uint64_t argv_ptr, struct watched_exec *w) {
-    static char argv[ARGV_BYTES];
     char raw[PATH_BYTES], target[PATH_BYTES + 1], command[PATH_BYTES];
     pid_t tid = (pid_t)n->pid;
     if (queue_length || !agent_path(n, path_ptr, raw))
         return 0;
+    char joined[PATH_BYTES + 1];
+    const char *path = raw; /* what is looked at: `raw`, or made absolute */
     int exact = canonical(raw), fd = -1;
+    if (!exact && absolute_from(tid, dirfd, raw, joined)) {
+        path = joined;
+        exact = 1;
+    }
     if (exact) {
-        fd = open_exact(raw, O_PATH | O_CLOEXEC);
+        fd = open_exact(path, O_PATH | O_CLOEXEC);
+        if (fd < 0 && errno == ENOENT)
+            return missing_program(listener, n, argv_ptr, w);
         if (fd < 0)
-            exact = 0; /* a symlink on the way (the exec follows it), or missing */
+            exact = 0; /* a symlink on the way (the exec follows it) */
     }
     if (!exact) {
         int anchor = open_anchor(tid, dirfd, raw);
@@ -1337,20 +1406,15 @@ static int serve_exec(int listener, int forward_fd, const struct seccomp_notif *
     if (fd < 0)
         return 0; /* ENOENT, EACCES, ...: the supervisor's answer */
     struct stat st;
-    ssize_t length = fstat(fd, &st) != 0 ? -1 : exact ? (ssize_t)strlen(raw) : real_path(fd, target);
+    ssize_t length = fstat(fd, &st) != 0 ? -1 : exact ? (ssize_t)strlen(path) : real_path(fd, target);
     if (exact && length > 0)
-        memcpy(target, raw, (size_t)length + 1);
+        memcpy(target, path, (size_t)length + 1);
     int runnable = length > 0 && S_ISREG(st.st_mode) && own_name(&st) && elf_file(fd);
     close(fd);
-    ssize_t argv_length = runnable ? read_argv(tid, argv_ptr, argv, sizeof argv) : -1;
-    if (argv_length <= 0 || argv_length > (ssize_t)sizeof command)
-        return 0;
-    /* shell_execute's target: the arguments joined by spaces, as the supervisor joins them. */
-    memcpy(command, argv, (size_t)argv_length);
-    for (ssize_t i = 0; i < argv_length - 1; i++)
-        if (command[i] == '\0')
-            command[i] = ' ';
-    if (!granted(target, (size_t)length, ALLOW_SPAWN, 0) ||
+    ssize_t argv_length;
+    if (!runnable ||
+        command_line(tid, argv_ptr, &argv_length, command) < 0 ||
+        !granted(target, (size_t)length, ALLOW_SPAWN, 0) ||
         !granted(command, (size_t)argv_length - 1, ALLOW_SHELL, 0))
         return 0;
     struct image *before = NULL;

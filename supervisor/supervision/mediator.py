@@ -1031,10 +1031,19 @@ class Mediator:
         node = self.resolve(
             tid, dirfd, raw, follow=not flags & AT_SYMLINK_NOFOLLOW, want_script=True, keep=False
         )
-        checks = [
-            (ActionType.SHELL_EXECUTE, " ".join(argv)),
-            (ActionType.PROCESS_SPAWN, node.target),
-        ]
+        command = (ActionType.SHELL_EXECUTE, " ".join(argv))
+        if node.error == errno.ENOENT:
+            # Nothing there to run: a shell or execvp trying each PATH entry in
+            # turn.  The command line is judged (an attempt is an attempt);
+            # there is no file to spawn, so the kernel's ENOENT is the answer,
+            # with no process_spawn check and no exec to watch for.
+            response = self._decide(n, syscall, *command)
+            if response.proceeds:
+                self._fail(n, errno.ENOENT)
+            else:
+                self._refuse(n, response, errno.EACCES)
+            return
+        checks = [command, (ActionType.PROCESS_SPAWN, node.target)]
         if node.pinned.script:
             checks.append((ActionType.FILE_READ, node.target))
         response = self._decide_all(n, syscall, checks)
