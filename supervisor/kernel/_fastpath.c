@@ -1596,6 +1596,17 @@ static int send_forward(int forward_fd, const struct seccomp_notif *n, int pidfd
     }
 }
 
+/* A notification the supervisor will not see, failed with `err`.  One that
+ * carries an image to judge (NOTICE_EXEC_JUDGE: not the one allowed) takes
+ * its process with it: its watch is spent, and no later call would be
+ * checked.  While the notification was pending its thread was held, so the
+ * pid is still its own (or it is gone, and the kill is a no-op). */
+static void not_forwarded(int listener, const struct seccomp_notif *n, int err) {
+    if (n->flags & NOTICE_EXEC_JUDGE)
+        kill((pid_t)n->pid, SIGKILL);
+    respond_error(listener, n->id, err);
+}
+
 static void flush_queue(int listener, int forward_fd) {
     while (queue_length) {
         struct queued *q = &queue[queue_head];
@@ -1603,7 +1614,7 @@ static void flush_queue(int listener, int forward_fd) {
         if (sent == 1)
             return;
         if (sent < 0)
-            respond_error(listener, q->notif.id, EPERM); /* no supervisor: fail closed */
+            not_forwarded(listener, &q->notif, EPERM); /* no supervisor: fail closed */
         close(q->pidfd);
         queue_head = (queue_head + 1) & (QUEUE_SLOTS - 1);
         queue_length--;
@@ -1614,14 +1625,15 @@ static void flush_queue(int listener, int forward_fd) {
 static void forward(int listener, int forward_fd, const struct seccomp_notif *n) {
     int pidfd = pidfd_of_caller(listener, n);
     if (pidfd < 0) {
-        respond_error(listener, n->id, EPERM); /* (the thread is gone: a no-op) */
+        /* Gone, interrupted (it will call again, unwatched) or out of fds. */
+        not_forwarded(listener, n, EPERM);
         return;
     }
     if (!queue_length) {
         int sent = send_forward(forward_fd, n, pidfd);
         if (sent != 1) {
             if (sent < 0)
-                respond_error(listener, n->id, EPERM);
+                not_forwarded(listener, n, EPERM);
             close(pidfd);
             return;
         }
@@ -1629,7 +1641,7 @@ static void forward(int listener, int forward_fd, const struct seccomp_notif *n)
     if (!queue)
         queue = malloc(QUEUE_SLOTS * sizeof *queue);
     if (!queue || queue_length == QUEUE_SLOTS) {
-        respond_error(listener, n->id, EAGAIN);
+        not_forwarded(listener, n, EAGAIN);
         close(pidfd);
         return;
     }
