@@ -162,7 +162,7 @@ def opener(sandbox: Sandbox) -> Sandbox:
 def test_both_paths_give_the_same_results_and_refusals(opener: Sandbox) -> None:
     native, native_refusals = _outcomes(opener, native=True)
     python, python_refusals = _outcomes(opener, native=False)
-    assert len(native) == len(python) == 2 * (38 + 41 + 28)
+    assert len(native) == len(python) == 2 * (38 + 41 + 28 + 13)
     for ours, theirs in zip(native, python, strict=True):
         assert ours == theirs
     assert native_refusals == python_refusals
@@ -212,6 +212,24 @@ def test_both_paths_give_the_same_results_and_refusals(opener: Sandbox) -> None:
     ]:
         assert by_case[(case, 1)].get("error") == outcome, (case, by_case[(case, 1)])
     assert any("refused-move" in line for line in native_refusals)
+    given = (1_000_000_001 + 1) * 10**9 + 456  # the second pass's modification time
+    for case, outcome in [
+        ("utime", given),
+        ("utime relative", given),
+        ("utime at a dirfd", given),
+        ("utime through a symlink", given),
+        ("utime a symlink itself", given),
+        ("utime a hard link", given),
+        ("utime a directory", given),
+        ("utime now", None),
+        ("utime omitting both", None),
+        ("utime refused", "EACCES"),
+        ("utime missing", "ENOENT"),
+        ("utime refused and missing", "EACCES"),
+        ("utime nanoseconds out of range", "EINVAL"),
+    ]:
+        got = by_case[(case, 1)]
+        assert got.get("mtime", got.get("error")) == outcome, (case, got)
     assert by_case[("rmdir with a trailing slash", 1)] == {
         "case": "rmdir with a trailing slash",
         "pass": 1,
@@ -248,6 +266,10 @@ def _stopped_supervisor_opens(
         "            old, new = path.split('>')\n"
         "            getattr(os, mode)(old, os.path.join(os.path.dirname(old), new))\n"
         "            print(mode, 'done', flush=True)\n"
+        "            continue\n"
+        "        if mode == 'utime':\n"
+        "            os.utime(path, ns=(10**9, 10**9))\n"
+        "            print('touched', flush=True)\n"
         "            continue\n"
         "        if mode == 'mkdir':\n"
         "            os.mkdir(path)\n"
@@ -353,6 +375,24 @@ def test_a_plainly_allowed_rename_or_link_is_answered_while_the_supervisor_is_st
     assert (opener.workspace / "object").read_text() == "object\n"
     assert (opener.workspace / "object.tmp").exists() == (call == "link")
     assert not (opener.workspace / "refused-name").exists()
+    assert [r.get("rule") for r in opener.audit_records() if r.get("decision") == "deny"] == [
+        "refused-file"
+    ]
+
+
+@needs_native
+def test_a_plainly_allowed_utime_is_answered_while_the_supervisor_is_stopped(
+    opener: Sandbox,
+) -> None:
+    """tar, pip and git set times by name: each is decided as a write."""
+    (opener.workspace / "relative.txt").write_text("relative\n")
+    names = ("allowed.txt", "+relative.txt", "missing.txt", "refused.txt")
+    while_stopped, everything = _stopped_supervisor_opens(opener, True, "utime", names)
+    assert while_stopped == "touched\n" * 2 + "failed ENOENT\n"
+    assert everything == while_stopped + "refused EACCES\n"
+    for name in ("allowed.txt", "relative.txt"):
+        assert (opener.workspace / name).stat().st_mtime_ns == 10**9
+    assert (opener.workspace / "refused.txt").stat().st_mtime_ns != 10**9
     assert [r.get("rule") for r in opener.audit_records() if r.get("decision") == "deny"] == [
         "refused-file"
     ]

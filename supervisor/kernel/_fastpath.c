@@ -5,18 +5,20 @@
  * With this extension the broker (the agent's init, holding exactly the
  * agent's rights) is the one process that receives the agent's seccomp
  * notifications.  An open, openat, unlink, rmdir, unlinkat, mkdir, mkdirat,
- * rename, renameat, renameat2, link or linkat whose resolved paths the
- * supervisor's judge plainly allows (allowed, no record due) is done right
- * here: read the paths from the agent's memory, resolve them from the agent's
- * cwd or dirfd with the agent's rights, check what was really reached, then
- * open, create, make, move, link or remove and answer (an fd with ADDFD).
- * What was reached is known by its real path: read back from the fd, or,
- * for an absolute path with no ".", ".." or empty component, the path itself,
+ * rename, renameat, renameat2, link, linkat or utimensat whose resolved paths
+ * the supervisor's judge plainly allows (allowed, no record due) is done
+ * right here: read the paths from the agent's memory, resolve them from the
+ * agent's cwd or dirfd with the agent's rights, check what was really
+ * reached, then open, create, make, move, link, remove or touch and answer
+ * (an fd with ADDFD).  What was reached is known by its real path: read back
+ * from the fd, or, for a path with no ".", ".." or empty component, the path
+ * itself (a relative one after the real path of the agent's cwd or dirfd),
  * opened with no symlink followed (openat2; a symlink on the way falls back).
  * A path that does not exist gets ENOENT, as the Python path gives it with no
  * rule asked, and so does a create in a missing directory that the judge
  * plainly allows (the Python path asks first, then says ENOENT, with no
- * record).  A plainly allowed exec of an ELF file by a process's leader is
+ * record); an exec of a missing program whose command line it plainly allows
+ * gets ENOENT too.  A plainly allowed exec of an ELF file by a process's leader is
  * let through (see "execs decided here"), and the first syscall after every
  * exec is checked against the image allowed (see "processes whose next
  * notification ...").  Everything else -- a refusal, /proc, most of /dev,
@@ -1114,6 +1116,65 @@ static int serve_unlink(int listener, const struct seccomp_notif *n, int dirfd, 
     return 1;
 }
 
+/* utimensat with a path and no flag but AT_SYMLINK_NOFOLLOW (tar, pip and
+ * git's object freshening set times by name): decided as a write to the
+ * object, whose times are changed through its pinned O_PATH descriptor, as
+ * the supervisor's broker changes them.  Only a regular file with no other
+ * name, reached by a canonical path with no symlink; the rest (times out of
+ * range, both UTIME_OMIT, futimens, symlinks, directories) is the
+ * supervisor's.  A name that is not there fails with ENOENT where the write
+ * would be plainly allowed: the supervisor decides before it answers that. */
+static int serve_utimensat(int listener, const struct seccomp_notif *n, int dirfd,
+                           uint64_t path_ptr, uint64_t times_ptr, unsigned long flags) {
+    struct timespec times[2], *given = NULL;
+    if (!path_ptr || (flags & ~(unsigned long)AT_SYMLINK_NOFOLLOW))
+        return 0;
+    if (times_ptr) {
+        struct iovec local = {times, sizeof times};
+        struct iovec remote = {(void *)(uintptr_t)times_ptr, sizeof times};
+        if (process_vm_readv((pid_t)n->pid, &local, 1, &remote, 1, 0) != (ssize_t)sizeof times)
+            return 0;
+        for (int i = 0; i < 2; i++)
+            if ((times[i].tv_nsec < 0 || times[i].tv_nsec >= 1000000000) &&
+                times[i].tv_nsec != UTIME_NOW && times[i].tv_nsec != UTIME_OMIT)
+                return 0;
+        if (times[0].tv_nsec == UTIME_OMIT && times[1].tv_nsec == UTIME_OMIT)
+            return 0;
+        given = times;
+    }
+    char raw[PATH_BYTES], joined[PATH_BYTES + 1];
+    const char *path = raw;
+    if (!agent_path(n, path_ptr, raw))
+        return 0;
+    if (!canonical(raw)) {
+        if (!absolute_from((pid_t)n->pid, dirfd, raw, joined))
+            return 0;
+        path = joined;
+    }
+    size_t length = strlen(path);
+    int fd = open_exact(path, O_PATH | O_CLOEXEC | (flags & AT_SYMLINK_NOFOLLOW ? O_NOFOLLOW : 0));
+    if (fd < 0) {
+        if (errno != ENOENT || !granted(path, length, ALLOW_WRITE, 0))
+            return 0;
+        respond_error(listener, n->id, ENOENT);
+        return 1;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || !own_name(&st) ||
+        !granted(path, length, ALLOW_WRITE, 1)) {
+        close(fd);
+        return 0;
+    }
+    if (id_valid(listener, n->id)) { /* interrupted: nothing may change */
+        if (utimensat(fd, "", given, AT_EMPTY_PATH) == 0)
+            respond_value(listener, n->id, 0);
+        else
+            respond_error(listener, n->id, errno);
+    }
+    close(fd);
+    return 1;
+}
+
 /* mkdir, mkdirat: the directory is made in its pinned parent, as the
  * supervisor's _mkdir makes it (the agent's umask applied, set-user-ID
  * dropped).  A name already there fails with EEXIST from mkdirat itself,
@@ -1553,6 +1614,9 @@ static int serve_fast(int listener, int forward_fd, struct seccomp_notif *n) {
     case __NR_linkat:
         return serve_link(listener, n, (int)(int32_t)args[0], args[1], (int)(int32_t)args[2],
                           args[3], args[4] & 0xFFFFFFFFu);
+    case __NR_utimensat:
+        return serve_utimensat(listener, n, (int)(int32_t)args[0], args[1], args[2],
+                               args[3] & 0xFFFFFFFFu);
     case __NR_unlinkat:
         if (args[2] & ~(uint64_t)AT_REMOVEDIR)
             return 0; /* EINVAL is the supervisor's to give */

@@ -200,6 +200,59 @@ def files(ws: str, round_: int) -> list[tuple[str, dict[str, object]]]:
     return [(name, change(kind, call)) for name, call, kind in cases]
 
 
+_UTIME_OMIT, _AT_SYMLINK_NOFOLLOW = (1 << 30) - 2, 0x100
+
+
+def utimensat(path: str, times: tuple[int, int, int, int]) -> None:
+    """utimensat(AT_FDCWD, path, times) with the nanoseconds as given (os.utime checks them)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    given = (ctypes.c_long * 4)(*times)
+    if libc.utimensat(_AT_FDCWD, os.fsencode(path), given, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def touches(ws: str, round_: int) -> list[tuple[str, dict[str, object]]]:
+    """utime by name: what each gave, and the modification time it left."""
+    at = 1_000_000_000 + round_
+    given = (at, 123), (at + 1, 456)
+    ns = (given[0][0] * 10**9 + given[0][1], given[1][0] * 10**9 + given[1][1])
+    sub = os.open(f"{ws}/sub", os.O_RDONLY | os.O_DIRECTORY)
+
+    def touch(path: str, follow: bool = True, dir_fd: int | None = None) -> object:
+        def call() -> None:
+            os.utime(path, ns=ns, follow_symlinks=follow, dir_fd=dir_fd)
+
+        return call
+
+    cases: list[tuple[str, object, str]] = [
+        ("utime", touch(f"{ws}/scratch.txt"), f"{ws}/scratch.txt"),
+        ("utime now", lambda: os.utime(f"{ws}/log.txt"), ""),
+        ("utime relative", touch("log.txt"), f"{ws}/log.txt"),
+        ("utime at a dirfd", touch("inside.txt", dir_fd=sub), f"{ws}/sub/inside.txt"),
+        ("utime through a symlink", touch(f"{ws}/link-to-plain"), f"{ws}/plain.txt"),
+        ("utime a symlink itself", touch(f"{ws}/link-to-plain", follow=False),
+         f"{ws}/link-to-plain"),
+        ("utime a hard link", touch(f"{ws}/linked.txt"), f"{ws}/linked.txt"),
+        ("utime a directory", touch(f"{ws}/full"), f"{ws}/full"),
+        ("utime refused", touch(f"{ws}/read-only.txt"), ""),
+        ("utime missing", touch(f"{ws}/missing.txt"), ""),
+        ("utime refused and missing", touch(f"{ws}/gone/x"), ""),
+        ("utime nanoseconds out of range", lambda: utimensat(f"{ws}/scratch.txt", (at, -5, at, 0)),
+         ""),
+        ("utime omitting both",
+         lambda: utimensat(f"{ws}/scratch.txt", (at, _UTIME_OMIT, at, _UTIME_OMIT)), ""),
+    ]  # fmt: skip
+    results: list[tuple[str, dict[str, object]]] = []
+    for name, call, check in cases:
+        outcome_ = change("utime", call)
+        if "ok" in outcome_ and check:
+            outcome_["mtime"] = os.stat(check, follow_symlinks=False).st_mtime_ns
+        results.append((name, outcome_))
+    os.close(sub)
+    return results
+
+
 def main() -> int:
     ws = sys.argv[1]
     os.chdir(ws)
@@ -249,7 +302,7 @@ def main() -> int:
             print(json.dumps({"case": name, "pass": round_, **attempt(path, flags)}), flush=True)
         result = attempt("../plain.txt", ro, dir_fd=sub)
         print(json.dumps({"case": "dirfd relative", "pass": round_, **result}), flush=True)
-        for name, outcome_ in files(ws, round_) + moves(ws, round_):
+        for name, outcome_ in files(ws, round_) + moves(ws, round_) + touches(ws, round_):
             print(json.dumps({"case": name, "pass": round_, **outcome_}), flush=True)
     return 0
 
