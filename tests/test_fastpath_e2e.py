@@ -162,7 +162,7 @@ def opener(sandbox: Sandbox) -> Sandbox:
 def test_both_paths_give_the_same_results_and_refusals(opener: Sandbox) -> None:
     native, native_refusals = _outcomes(opener, native=True)
     python, python_refusals = _outcomes(opener, native=False)
-    assert len(native) == len(python) == 2 * (38 + 41 + 28 + 13)
+    assert len(native) == len(python) == 2 * (38 + 41 + 28 + 13 + 11)
     for ours, theirs in zip(native, python, strict=True):
         assert ours == theirs
     assert native_refusals == python_refusals
@@ -212,24 +212,33 @@ def test_both_paths_give_the_same_results_and_refusals(opener: Sandbox) -> None:
     ]:
         assert by_case[(case, 1)].get("error") == outcome, (case, by_case[(case, 1)])
     assert any("refused-move" in line for line in native_refusals)
+    # What each left (its modification time or mode), or its error.
     given = (1_000_000_001 + 1) * 10**9 + 456  # the second pass's modification time
-    for case, outcome in [
-        ("utime", given),
-        ("utime relative", given),
-        ("utime at a dirfd", given),
-        ("utime through a symlink", given),
-        ("utime a symlink itself", given),
-        ("utime a hard link", given),
-        ("utime a directory", given),
-        ("utime now", None),
-        ("utime omitting both", None),
-        ("utime refused", "EACCES"),
-        ("utime missing", "ENOENT"),
-        ("utime refused and missing", "EACCES"),
-        ("utime nanoseconds out of range", "EINVAL"),
+    for case, left, outcome in [
+        ("utime", "mtime", given),
+        ("utime relative", "mtime", given),
+        ("utime at a dirfd", "mtime", given),
+        ("utime through a symlink", "mtime", given),
+        ("utime a symlink itself", "mtime", given),
+        ("utime a hard link", "mtime", given),
+        ("utime a directory", "mtime", given),
+        ("utime now", "mtime", None),
+        ("utime omitting both", "mtime", None),
+        ("utime refused", "mtime", "EACCES"),
+        ("utime missing", "mtime", "ENOENT"),
+        ("utime refused and missing", "mtime", "EACCES"),
+        ("utime nanoseconds out of range", "mtime", "EINVAL"),
+        ("fchmod", "mode", "0o640"),
+        ("fchmod set-id bits", "mode", "0o755"),  # dropped, as the supervisor drops them
+        ("fchmod a hard link", "mode", "0o600"),
+        ("fchmod a directory", "mode", "0o750"),
+        ("fchmod a bad fd", "mode", "EBADF"),
+        ("futimens refused", "mode", "EACCES"),
     ]:
         got = by_case[(case, 1)]
-        assert got.get("mtime", got.get("error")) == outcome, (case, got)
+        assert got.get(left, got.get("error")) == outcome, (case, got)
+    assert by_case[("futimens", 1)]["mtime"] == (1_000_000_100 + 1) * 10**9
+    assert by_case[("fchown leaving both", 1)].get("ok") is True
     assert by_case[("rmdir with a trailing slash", 1)] == {
         "case": "rmdir with a trailing slash",
         "pass": 1,
@@ -266,6 +275,16 @@ def _stopped_supervisor_opens(
         "            old, new = path.split('>')\n"
         "            getattr(os, mode)(old, os.path.join(os.path.dirname(old), new))\n"
         "            print(mode, 'done', flush=True)\n"
+        "            continue\n"
+        "        if mode == 'held':\n"  # tar restores a file's mode, owner and times by fd
+        "            fd = os.open(path, os.O_RDONLY)\n"
+        "            try:\n"
+        "                os.fchmod(fd, 0o640)\n"
+        "                os.fchown(fd, -1, -1)\n"
+        "                os.utime(fd, ns=(10**9, 10**9))\n"
+        "            finally:\n"
+        "                os.close(fd)\n"
+        "            print('changed', flush=True)\n"
         "            continue\n"
         "        if mode == 'utime':\n"
         "            os.utime(path, ns=(10**9, 10**9))\n"
@@ -395,6 +414,24 @@ def test_a_plainly_allowed_utime_is_answered_while_the_supervisor_is_stopped(
     assert (opener.workspace / "refused.txt").stat().st_mtime_ns != 10**9
     assert [r.get("rule") for r in opener.audit_records() if r.get("decision") == "deny"] == [
         "refused-file"
+    ]
+
+
+@needs_native
+def test_fchmod_fchown_and_futimens_are_answered_while_the_supervisor_is_stopped(
+    opener: Sandbox,
+) -> None:
+    """Decided on the real path of the agent's fd; a refused one waits, and is recorded."""
+    (opener.workspace / "read-only.txt").write_text("read only\n")
+    names = ("allowed.txt", "read-only.txt")
+    while_stopped, everything = _stopped_supervisor_opens(opener, True, "held", names)
+    assert while_stopped == "changed\n"
+    assert everything == while_stopped + "refused EACCES\n"
+    allowed = (opener.workspace / "allowed.txt").stat()
+    assert (allowed.st_mode & 0o777, allowed.st_mtime_ns) == (0o640, 10**9)
+    assert (opener.workspace / "read-only.txt").stat().st_mtime_ns != 10**9
+    assert [r.get("rule") for r in opener.audit_records() if r.get("decision") == "deny"] == [
+        "read-only-file"
     ]
 
 

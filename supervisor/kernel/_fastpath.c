@@ -98,8 +98,11 @@ enum {
     ALLOW_MOVE = 8,
     ALLOW_SPAWN = 16, /* process_spawn of the path */
     ALLOW_SHELL = 32, /* shell_execute of the text (a command line) */
+    ALLOW_CHMOD = 64,
 };
-#define ALLOW_ANY (ALLOW_READ | ALLOW_WRITE | ALLOW_DELETE | ALLOW_MOVE | ALLOW_SPAWN | ALLOW_SHELL)
+#define ALLOW_ANY                                                                          \
+    (ALLOW_READ | ALLOW_WRITE | ALLOW_DELETE | ALLOW_MOVE | ALLOW_SPAWN | ALLOW_SHELL |    \
+     ALLOW_CHMOD)
 
 #define PATH_BYTES 4096
 #define BATCH 64 /* notifications between returns to Python (it reaps orphans) */
@@ -716,6 +719,18 @@ static int id_valid(int listener, uint64_t id) {
     return ioctl(listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) == 0;
 }
 
+/* A pidfd of the thread that made `n`, or -1 (gone, or `n` answered meanwhile).
+ * The pid could have been reused between RECV and pidfd_open: while the
+ * notification is still pending, the thread it names is the one held. */
+static int pidfd_of_caller(int listener, const struct seccomp_notif *n) {
+    int pidfd = (int)syscall(SYS_pidfd_open, n->pid, PIDFD_THREAD);
+    if (pidfd >= 0 && !id_valid(listener, n->id)) {
+        close(pidfd);
+        return -1;
+    }
+    return pidfd;
+}
+
 static void respond_value(int listener, uint64_t id, int64_t value) {
     struct seccomp_notif_resp resp = {.id = id, .val = value, .error = 0, .flags = 0};
     ioctl(listener, SECCOMP_IOCTL_NOTIF_SEND, &resp);
@@ -1124,24 +1139,32 @@ static int serve_unlink(int listener, const struct seccomp_notif *n, int dirfd, 
  * range, both UTIME_OMIT, futimens, symlinks, directories) is the
  * supervisor's.  A name that is not there fails with ENOENT where the write
  * would be plainly allowed: the supervisor decides before it answers that. */
+/* utimensat's times argument into `times`: 1 when it is NULL (now), 2 when
+ * read and in range, 0 when it is the supervisor's (unreadable, out of range,
+ * or both UTIME_OMIT, which it answers with no lookup). */
+static int agent_times(const struct seccomp_notif *n, uint64_t times_ptr, struct timespec *times) {
+    if (!times_ptr)
+        return 1;
+    struct iovec local = {times, 2 * sizeof *times};
+    struct iovec remote = {(void *)(uintptr_t)times_ptr, 2 * sizeof *times};
+    if (process_vm_readv((pid_t)n->pid, &local, 1, &remote, 1, 0) != (ssize_t)(2 * sizeof *times))
+        return 0;
+    for (int i = 0; i < 2; i++)
+        if ((times[i].tv_nsec < 0 || times[i].tv_nsec >= 1000000000) &&
+            times[i].tv_nsec != UTIME_NOW && times[i].tv_nsec != UTIME_OMIT)
+            return 0;
+    return times[0].tv_nsec == UTIME_OMIT && times[1].tv_nsec == UTIME_OMIT ? 0 : 2;
+}
+
 static int serve_utimensat(int listener, const struct seccomp_notif *n, int dirfd,
                            uint64_t path_ptr, uint64_t times_ptr, unsigned long flags) {
-    struct timespec times[2], *given = NULL;
+    struct timespec times[2];
     if (!path_ptr || (flags & ~(unsigned long)AT_SYMLINK_NOFOLLOW))
         return 0;
-    if (times_ptr) {
-        struct iovec local = {times, sizeof times};
-        struct iovec remote = {(void *)(uintptr_t)times_ptr, sizeof times};
-        if (process_vm_readv((pid_t)n->pid, &local, 1, &remote, 1, 0) != (ssize_t)sizeof times)
-            return 0;
-        for (int i = 0; i < 2; i++)
-            if ((times[i].tv_nsec < 0 || times[i].tv_nsec >= 1000000000) &&
-                times[i].tv_nsec != UTIME_NOW && times[i].tv_nsec != UTIME_OMIT)
-                return 0;
-        if (times[0].tv_nsec == UTIME_OMIT && times[1].tv_nsec == UTIME_OMIT)
-            return 0;
-        given = times;
-    }
+    int read = agent_times(n, times_ptr, times);
+    if (!read)
+        return 0;
+    struct timespec *given = read == 2 ? times : NULL;
     char raw[PATH_BYTES], joined[PATH_BYTES + 1];
     const char *path = raw;
     if (!agent_path(n, path_ptr, raw))
@@ -1173,6 +1196,60 @@ static int serve_utimensat(int listener, const struct seccomp_notif *n, int dirf
     }
     close(fd);
     return 1;
+}
+
+/* fchmod, fchown and futimens (utimensat with no path: tar and npm restore
+ * each file's mode, owner and times on the fd they wrote it through) act on
+ * a file the agent holds.  They are decided on what that fd is: a copy of it
+ * is taken (pidfd_getfd, through a pidfd of the calling thread, held while
+ * its notification pends), and its real path judged, as the supervisor's
+ * _fd_object judges it: file_chmod for mode and owner (set-ID bits dropped,
+ * as the supervisor drops them), file_write for times.  Only a regular file
+ * with no other name; the rest (pipes, directories, removed files, fds it
+ * cannot copy) is the supervisor's. */
+enum fd_op { FD_CHMOD, FD_CHOWN, FD_TIMES };
+
+static int serve_fd_op(int listener, const struct seccomp_notif *n, enum fd_op op) {
+#ifdef SYS_pidfd_getfd
+    const __u64 *args = n->data.args;
+    struct timespec times[2];
+    int read = op == FD_TIMES ? agent_times(n, args[2], times) : 1;
+    if (!read || (op == FD_TIMES && (args[3] & 0xFFFFFFFFu)))
+        return 0;
+    int pidfd = pidfd_of_caller(listener, n);
+    if (pidfd < 0)
+        return 0;
+    int fd = (int)syscall(SYS_pidfd_getfd, pidfd, (int)(int32_t)args[0], 0);
+    close(pidfd);
+    if (fd < 0)
+        return 0;
+    struct stat st;
+    char real[PATH_BYTES + 1];
+    ssize_t length = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && own_name(&st)
+                         ? real_path(fd, real) : -1;
+    if (length < 0 || !granted(real, (size_t)length, op == FD_TIMES ? ALLOW_WRITE : ALLOW_CHMOD, 0)) {
+        close(fd);
+        return 0;
+    }
+    if (id_valid(listener, n->id)) { /* interrupted: nothing may change */
+        int done;
+        if (op == FD_CHMOD)
+            done = fchmod(fd, (mode_t)(args[1] & 07777 & ~(uint64_t)(S_ISUID | S_ISGID)));
+        else if (op == FD_CHOWN)
+            done = fchown(fd, (uid_t)(args[1] & 0xFFFFFFFFu), (gid_t)(args[2] & 0xFFFFFFFFu));
+        else
+            done = futimens(fd, read == 2 ? times : NULL);
+        if (done == 0)
+            respond_value(listener, n->id, 0);
+        else
+            respond_error(listener, n->id, errno);
+    }
+    close(fd);
+    return 1;
+#else
+    (void)listener, (void)n, (void)op;
+    return 0;
+#endif
 }
 
 /* mkdir, mkdirat: the directory is made in its pinned parent, as the
@@ -1313,17 +1390,6 @@ static int serve_link(int listener, const struct seccomp_notif *n, int olddirfd,
 /* 1 when the notification was answered here, 0 when it must be forwarded. */
 static int send_forward(int forward_fd, const struct seccomp_notif *n, int pidfd);
 
-/* A pidfd of the thread that made `n`, or -1 (gone, or `n` answered meanwhile).
- * The pid could have been reused between RECV and pidfd_open: while the
- * notification is still pending, the thread it names is the one held. */
-static int pidfd_of_caller(int listener, const struct seccomp_notif *n) {
-    int pidfd = (int)syscall(SYS_pidfd_open, n->pid, PIDFD_THREAD);
-    if (pidfd >= 0 && !id_valid(listener, n->id)) {
-        close(pidfd);
-        return -1;
-    }
-    return pidfd;
-}
 
 /* A notice for `n`'s thread (`flag` in its flags), sent now with a pidfd of
  * it; 0 when sent.  Never queued: when it cannot go now, the syscall itself
@@ -1615,8 +1681,14 @@ static int serve_fast(int listener, int forward_fd, struct seccomp_notif *n) {
         return serve_link(listener, n, (int)(int32_t)args[0], args[1], (int)(int32_t)args[2],
                           args[3], args[4] & 0xFFFFFFFFu);
     case __NR_utimensat:
+        if (!args[1] && (int32_t)args[0] != AT_FDCWD)
+            return serve_fd_op(listener, n, FD_TIMES); /* futimens */
         return serve_utimensat(listener, n, (int)(int32_t)args[0], args[1], args[2],
                                args[3] & 0xFFFFFFFFu);
+    case __NR_fchmod:
+        return serve_fd_op(listener, n, FD_CHMOD);
+    case __NR_fchown:
+        return serve_fd_op(listener, n, FD_CHOWN);
     case __NR_unlinkat:
         if (args[2] & ~(uint64_t)AT_REMOVEDIR)
             return 0; /* EINVAL is the supervisor's to give */
@@ -1911,6 +1983,7 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
         PyModule_AddIntConstant(m, "NOTICE_EXEC_JUDGE", (long)NOTICE_EXEC_JUDGE) ||
         PyModule_AddIntConstant(m, "ALLOW_SPAWN", ALLOW_SPAWN) ||
         PyModule_AddIntConstant(m, "ALLOW_SHELL", ALLOW_SHELL) ||
+        PyModule_AddIntConstant(m, "ALLOW_CHMOD", ALLOW_CHMOD) ||
         PyModule_AddIntConstant(m, "NATIVE_ARCH", (long)NATIVE_ARCH)) {
         Py_DECREF(m);
         return NULL;

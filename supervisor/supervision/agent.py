@@ -306,6 +306,7 @@ _NATIVE_BITS = {
     ActionType.FILE_MOVE: fastpath.ALLOW_MOVE,
     ActionType.PROCESS_SPAWN: fastpath.ALLOW_SPAWN,
     ActionType.SHELL_EXECUTE: fastpath.ALLOW_SHELL,
+    ActionType.FILE_CHMOD: fastpath.ALLOW_CHMOD,
 }
 _ALL_NATIVE_BITS = functools.reduce(operator.or_, _NATIVE_BITS.values())
 

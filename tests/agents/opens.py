@@ -253,6 +253,52 @@ def touches(ws: str, round_: int) -> list[tuple[str, dict[str, object]]]:
     return results
 
 
+def held(ws: str, round_: int) -> list[tuple[str, dict[str, object]]]:
+    """fchmod, fchown and futimens on fds the agent holds: what each gave and left."""
+    ns = ((1_000_000_000 + round_) * 10**9, (1_000_000_100 + round_) * 10**9)
+
+    def on(path: str, flags: int, call: object) -> object:
+        def run() -> None:
+            fd = os.open(path, flags)
+            try:
+                call(fd)  # type: ignore[operator]
+            finally:
+                os.close(fd)
+
+        return run
+
+    ro, wo = os.O_RDONLY, os.O_WRONLY
+    cases: list[tuple[str, object, str]] = [
+        ("fchmod", on(f"{ws}/scratch.txt", wo, lambda fd: os.fchmod(fd, 0o640)),
+         f"{ws}/scratch.txt"),
+        ("fchmod set-id bits", on(f"{ws}/log.txt", ro, lambda fd: os.fchmod(fd, 0o6755)),
+         f"{ws}/log.txt"),
+        ("fchmod a hard link", on(f"{ws}/linked.txt", ro, lambda fd: os.fchmod(fd, 0o600)),
+         f"{ws}/linked.txt"),
+        ("fchmod a directory", on(f"{ws}/full", ro, lambda fd: os.fchmod(fd, 0o750)),
+         f"{ws}/full"),
+        ("fchmod a bad fd", lambda: os.fchmod(999, 0o600), ""),
+        ("fchown to nobody new", on(f"{ws}/scratch.txt", ro,
+                                    lambda fd: os.fchown(fd, os.getuid(), os.getgid())), ""),
+        ("fchown leaving both", on(f"{ws}/scratch.txt", ro, lambda fd: os.fchown(fd, -1, -1)), ""),
+        ("futimens", on(f"{ws}/scratch.txt", ro, lambda fd: os.utime(fd, ns=ns)),
+         f"{ws}/scratch.txt"),
+        ("futimens now", on(f"{ws}/log.txt", ro, lambda fd: os.utime(fd)), ""),
+        ("futimens refused", on(f"{ws}/read-only.txt", ro, lambda fd: os.utime(fd, ns=ns)), ""),
+        ("futimens a hard link", on(f"{ws}/linked.txt", ro, lambda fd: os.utime(fd, ns=ns)),
+         f"{ws}/linked.txt"),
+    ]  # fmt: skip
+    results: list[tuple[str, dict[str, object]]] = []
+    for name, call, check in cases:
+        outcome_ = change("held", call)
+        if "ok" in outcome_ and check:
+            st = os.stat(check)
+            outcome_["mode"] = oct(st.st_mode & 0o7777)
+            outcome_["mtime"] = st.st_mtime_ns
+        results.append((name, outcome_))
+    return results
+
+
 def main() -> int:
     ws = sys.argv[1]
     os.chdir(ws)
@@ -302,7 +348,9 @@ def main() -> int:
             print(json.dumps({"case": name, "pass": round_, **attempt(path, flags)}), flush=True)
         result = attempt("../plain.txt", ro, dir_fd=sub)
         print(json.dumps({"case": "dirfd relative", "pass": round_, **result}), flush=True)
-        for name, outcome_ in files(ws, round_) + moves(ws, round_) + touches(ws, round_):
+        for name, outcome_ in files(ws, round_) + moves(ws, round_) + touches(ws, round_) + held(
+            ws, round_
+        ):
             print(json.dumps({"case": name, "pass": round_, **outcome_}), flush=True)
     return 0
 
