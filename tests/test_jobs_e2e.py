@@ -404,6 +404,27 @@ def test_steps_the_mediator_must_answer_as_the_kernel_does(jobs: Jobs, script: s
     jobs.compare(script)
 
 
+def test_a_toolchain_in_the_home_is_read_under_strict(sandbox: Sandbox) -> None:
+    """A version manager's interpreter (~/.pyenv, ~/.nvm, ...) reads its own
+    library as the system's reads /usr/lib: a pyenv Python could not start
+    without it.  A library elsewhere in the home stays unread."""
+    root = locations_root()  # a home outside /tmp, where strict lets the agent read
+    home = root / "home"
+    for place in (".pyenv/versions/9.9/lib", ".nvm/versions/node/v9/lib", ".elsewhere/lib"):
+        (home / place).mkdir(parents=True)
+        (home / place / "library.txt").write_text(f"{place.split('/')[0]}\n")
+    script = (
+        "cat ~/.pyenv/versions/9.9/lib/library.txt ~/.nvm/versions/node/v9/lib/library.txt; "
+        "cat ~/.elsewhere/lib/library.txt 2>/dev/null || echo elsewhere refused"
+    )
+    try:
+        result = sandbox.run("/bin/sh", "-c", script, env={"HOME": str(home)})
+    finally:
+        shutil.rmtree(root)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:3] == [".pyenv", ".nvm", "elsewhere refused"]
+
+
 @pytest.mark.skipif(shutil.which("cargo") is None, reason="cargo not installed")
 def test_cargo_builds_a_crate_under_strict(sandbox: Sandbox) -> None:
     """rustup's proxy and cargo read ~/.rustup and ~/.cargo; their credentials stay refused."""

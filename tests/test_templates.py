@@ -193,6 +193,13 @@ def test_strict_other_sections() -> None:
         "/etc/ssl/certs/ca-certificates.crt",
         "/etc/ssl/certs/ISRG_Root_X1.pem",
         "/usr/share/ca-certificates/mozilla/ISRG_Root_X1.crt",
+        # toolchains kept in the home: version managers and per-user installs
+        "/root/.pyenv/versions/3.12.1/lib/python3.12/os.py",
+        "/root/.nvm/versions/node/v20.11.0/bin/node",
+        "/root/.rbenv/versions/3.3.0/bin/ruby",
+        "/root/.volta/bin/node",
+        "/root/.local/bin/pipx",
+        "/root/.local/lib/python3.11/site-packages/rich/__init__.py",
     ],
 )
 def test_strict_reads_tool_configuration_and_public_certificates(target: str) -> None:
