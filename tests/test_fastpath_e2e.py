@@ -77,6 +77,12 @@ rules:
     decision: deny
     priority: 1
     on_violation: block
+  - id: refused-chmod
+    actions: [file_chmod]
+    target: "{workspace}/stay*"
+    decision: deny
+    priority: 1
+    on_violation: block
   - id: refused-move
     actions: [file_move]
     target: "{workspace}/stay*"
@@ -162,7 +168,7 @@ def opener(sandbox: Sandbox) -> Sandbox:
 def test_both_paths_give_the_same_results_and_refusals(opener: Sandbox) -> None:
     native, native_refusals = _outcomes(opener, native=True)
     python, python_refusals = _outcomes(opener, native=False)
-    assert len(native) == len(python) == 2 * (38 + 41 + 28 + 13 + 11)
+    assert len(native) == len(python) == 2 * (38 + 41 + 28 + 13 + 11 + 11)
     for ours, theirs in zip(native, python, strict=True):
         assert ours == theirs
     assert native_refusals == python_refusals
@@ -234,6 +240,17 @@ def test_both_paths_give_the_same_results_and_refusals(opener: Sandbox) -> None:
         ("fchmod a directory", "mode", "0o750"),
         ("fchmod a bad fd", "mode", "EBADF"),
         ("futimens refused", "mode", "EACCES"),
+        ("fchmod refused", "mode", "EACCES"),
+        ("chmod", "mode", "0o600"),
+        ("chmod relative", "mode", "0o640"),
+        ("chmod at a dirfd", "mode", "0o604"),
+        ("chmod set-id bits", "mode", "0o755"),
+        ("chmod a directory with set-id bits", "mode", "0o2775"),  # set-group-ID stays
+        ("chmod a hard link", "mode", "0o600"),
+        ("chmod through a symlink", "mode", "0o644"),
+        ("chmod missing", "mode", "ENOENT"),
+        ("chmod refused", "mode", "EACCES"),
+        ("chmod refused and missing", "mode", "EACCES"),
     ]:
         got = by_case[(case, 1)]
         assert got.get(left, got.get("error")) == outcome, (case, got)
@@ -284,6 +301,10 @@ def _stopped_supervisor_opens(
         "                os.utime(fd, ns=(10**9, 10**9))\n"
         "            finally:\n"
         "                os.close(fd)\n"
+        "            print('changed', flush=True)\n"
+        "            continue\n"
+        "        if mode == 'chmod':\n"
+        "            os.chmod(path, 0o640)\n"
         "            print('changed', flush=True)\n"
         "            continue\n"
         "        if mode == 'utime':\n"
@@ -414,6 +435,24 @@ def test_a_plainly_allowed_utime_is_answered_while_the_supervisor_is_stopped(
     assert (opener.workspace / "refused.txt").stat().st_mtime_ns != 10**9
     assert [r.get("rule") for r in opener.audit_records() if r.get("decision") == "deny"] == [
         "refused-file"
+    ]
+
+
+@needs_native
+def test_a_plainly_allowed_chmod_is_answered_while_the_supervisor_is_stopped(
+    opener: Sandbox,
+) -> None:
+    """pip sets every file's mode by name: decided as file_chmod on the object."""
+    for name in ("relative.txt", "stay.txt"):
+        (opener.workspace / name).write_text(f"{name}\n")
+    names = ("allowed.txt", "+relative.txt", "missing.txt", "stay.txt")
+    while_stopped, everything = _stopped_supervisor_opens(opener, True, "chmod", names)
+    assert while_stopped == "changed\n" * 2 + "failed ENOENT\n"
+    assert everything == while_stopped + "refused EACCES\n"
+    for name, mode in (("allowed.txt", 0o640), ("relative.txt", 0o640), ("stay.txt", 0o644)):
+        assert (opener.workspace / name).stat().st_mode & 0o777 == mode
+    assert [r.get("rule") for r in opener.audit_records() if r.get("decision") == "deny"] == [
+        "refused-chmod"
     ]
 
 

@@ -5,12 +5,13 @@
  * With this extension the broker (the agent's init, holding exactly the
  * agent's rights) is the one process that receives the agent's seccomp
  * notifications.  An open, openat, unlink, rmdir, unlinkat, mkdir, mkdirat,
- * rename, renameat, renameat2, link, linkat or utimensat whose resolved paths
- * the supervisor's judge plainly allows (allowed, no record due) is done
- * right here: read the paths from the agent's memory, resolve them from the
- * agent's cwd or dirfd with the agent's rights, check what was really
- * reached, then open, create, make, move, link, remove or touch and answer
- * (an fd with ADDFD).  What was reached is known by its real path: read back
+ * rename, renameat, renameat2, link, linkat, utimensat, chmod, fchmodat or
+ * fchmodat2 whose resolved paths the supervisor's judge plainly allows
+ * (allowed, no record due) is done right here: read the paths from the
+ * agent's memory, resolve them from the agent's cwd or dirfd with the agent's
+ * rights, check what was really reached, then open, create, make, move,
+ * link, remove, touch or chmod and answer (an fd with ADDFD); so are fchmod,
+ * fchown and futimens on a file the agent holds (see serve_fd_op).  What was reached is known by its real path: read back
  * from the fd, or, for a path with no ".", ".." or empty component, the path
  * itself (a relative one after the real path of the agent's cwd or dirfd),
  * opened with no symlink followed (openat2; a symlink on the way falls back).
@@ -699,7 +700,7 @@ static int granted(const char *path, size_t length, int need, int all) {
         return 1;
     if (!decider)
         return 0;
-    int ask = (all ? ALLOW_READ | ALLOW_WRITE | ALLOW_DELETE : need) & ~have;
+    int ask = ((all ? ALLOW_READ | ALLOW_WRITE | ALLOW_DELETE : 0) | need) & ~have;
     PyObject *answer = PyObject_CallFunction(decider, "y#i", path, (Py_ssize_t)length, ask);
     long bits = answer ? PyLong_AsLong(answer) : -1;
     Py_XDECREF(answer);
@@ -1131,14 +1132,6 @@ static int serve_unlink(int listener, const struct seccomp_notif *n, int dirfd, 
     return 1;
 }
 
-/* utimensat with a path and no flag but AT_SYMLINK_NOFOLLOW (tar, pip and
- * git's object freshening set times by name): decided as a write to the
- * object, whose times are changed through its pinned O_PATH descriptor, as
- * the supervisor's broker changes them.  Only a regular file with no other
- * name, reached by a canonical path with no symlink; the rest (times out of
- * range, both UTIME_OMIT, futimens, symlinks, directories) is the
- * supervisor's.  A name that is not there fails with ENOENT where the write
- * would be plainly allowed: the supervisor decides before it answers that. */
 /* utimensat's times argument into `times`: 1 when it is NULL (now), 2 when
  * read and in range, 0 when it is the supervisor's (unreadable, out of range,
  * or both UTIME_OMIT, which it answers with no lookup). */
@@ -1156,6 +1149,71 @@ static int agent_times(const struct seccomp_notif *n, uint64_t times_ptr, struct
     return times[0].tv_nsec == UTIME_OMIT && times[1].tv_nsec == UTIME_OMIT ? 0 : 2;
 }
 
+/* The object a call names by path (utimensat, chmod), pinned (O_PATH) with
+ * `st` filled and its real path in `path`: a regular file with no other name,
+ * or a directory, reached by a canonical path (a relative one after the real
+ * path of the agent's cwd or dirfd) with no symlink followed.  -1: the
+ * supervisor's (symlinks, other files, special paths); -2: nothing there
+ * (ENOENT before any symlink). */
+static int pin_object(const struct seccomp_notif *n, int dirfd, uint64_t path_ptr, int nofollow,
+                      char *path, struct stat *st) {
+    char raw[PATH_BYTES];
+    if (!agent_path(n, path_ptr, raw))
+        return -1;
+    if (canonical(raw))
+        memcpy(path, raw, strlen(raw) + 1);
+    else if (!absolute_from((pid_t)n->pid, dirfd, raw, path))
+        return -1;
+    int fd = open_exact(path, O_PATH | O_CLOEXEC | (nofollow ? O_NOFOLLOW : 0));
+    if (fd < 0)
+        return errno == ENOENT ? -2 : -1;
+    if (fstat(fd, st) != 0 || !((S_ISREG(st->st_mode) && own_name(st)) || S_ISDIR(st->st_mode))) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* A call on a name `pin_object` pinned, decided as `need` on its path; 1 when
+ * answered.  `act` does it on the pinned descriptor (0 or -1 with errno).  A
+ * name not there fails with ENOENT where `need` is plainly allowed: the
+ * supervisor decides before it answers that. */
+static int serve_object(int listener, const struct seccomp_notif *n, int fd, const char *path,
+                        int need, int (*act)(int fd, const struct stat *st, const void *how),
+                        const struct stat *st, const void *how) {
+    size_t length = strlen(path);
+    if (fd == -2) {
+        if (!granted(path, length, need, 0))
+            return 0;
+        respond_error(listener, n->id, ENOENT);
+        return 1;
+    }
+    if (fd < 0)
+        return 0;
+    if (!granted(path, length, need, 1)) {
+        close(fd);
+        return 0;
+    }
+    if (id_valid(listener, n->id)) { /* interrupted: nothing may change */
+        if (act(fd, st, how) == 0)
+            respond_value(listener, n->id, 0);
+        else
+            respond_error(listener, n->id, errno);
+    }
+    close(fd);
+    return 1;
+}
+
+static int set_times(int fd, const struct stat *st, const void *how) {
+    (void)st;
+    return utimensat(fd, "", (const struct timespec *)how, AT_EMPTY_PATH);
+}
+
+/* utimensat with a path and no flag but AT_SYMLINK_NOFOLLOW (tar, pip and
+ * git's object freshening set times by name): decided as a write to the
+ * object, whose times are changed through its pinned descriptor, as the
+ * supervisor's broker changes them.  Times out of range, both UTIME_OMIT and
+ * futimens (below) are the supervisor's. */
 static int serve_utimensat(int listener, const struct seccomp_notif *n, int dirfd,
                            uint64_t path_ptr, uint64_t times_ptr, unsigned long flags) {
     struct timespec times[2];
@@ -1164,38 +1222,42 @@ static int serve_utimensat(int listener, const struct seccomp_notif *n, int dirf
     int read = agent_times(n, times_ptr, times);
     if (!read)
         return 0;
-    struct timespec *given = read == 2 ? times : NULL;
-    char raw[PATH_BYTES], joined[PATH_BYTES + 1];
-    const char *path = raw;
-    if (!agent_path(n, path_ptr, raw))
-        return 0;
-    if (!canonical(raw)) {
-        if (!absolute_from((pid_t)n->pid, dirfd, raw, joined))
-            return 0;
-        path = joined;
-    }
-    size_t length = strlen(path);
-    int fd = open_exact(path, O_PATH | O_CLOEXEC | (flags & AT_SYMLINK_NOFOLLOW ? O_NOFOLLOW : 0));
-    if (fd < 0) {
-        if (errno != ENOENT || !granted(path, length, ALLOW_WRITE, 0))
-            return 0;
-        respond_error(listener, n->id, ENOENT);
-        return 1;
-    }
+    char path[PATH_BYTES + 1];
     struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || !own_name(&st) ||
-        !granted(path, length, ALLOW_WRITE, 1)) {
-        close(fd);
+    int fd = pin_object(n, dirfd, path_ptr, (flags & AT_SYMLINK_NOFOLLOW) != 0, path, &st);
+    return serve_object(listener, n, fd, path, ALLOW_WRITE, set_times, &st,
+                        read == 2 ? times : NULL);
+}
+
+/* A mode as the supervisor sets it: a set-user-ID or set-group-ID file the
+ * agent made would run with its owner's rights for everyone else, so the
+ * bits are dropped (a directory keeps set-group-ID, which only passes its
+ * group on). */
+static mode_t kept_mode(uint64_t mode, mode_t file_type) {
+    mode_t dropped = S_ISDIR(file_type) ? S_ISUID : S_ISUID | S_ISGID;
+    return (mode_t)(mode & 07777) & ~dropped;
+}
+
+static int set_mode(int fd, const struct stat *st, const void *how) {
+    char name[16];
+    snprintf(name, sizeof name, "%d", fd);
+    if (own_fd_dir() < 0)
+        return -1;
+    /* Through the magic link: the pinned object itself (fchmod takes no O_PATH fd). */
+    return fchmodat(own_fds, name, kept_mode(*(const uint64_t *)how, st->st_mode), 0);
+}
+
+/* chmod, fchmodat and fchmodat2 with no flag (pip sets every file's mode by
+ * name): decided as file_chmod on the object, changed through its pinned
+ * descriptor.  A symlink (fchmodat2's AT_SYMLINK_NOFOLLOW) is the supervisor's. */
+static int serve_chmod(int listener, const struct seccomp_notif *n, int dirfd, uint64_t path_ptr,
+                       uint64_t mode, uint64_t flags) {
+    if (!path_ptr || (flags & 0xFFFFFFFFu))
         return 0;
-    }
-    if (id_valid(listener, n->id)) { /* interrupted: nothing may change */
-        if (utimensat(fd, "", given, AT_EMPTY_PATH) == 0)
-            respond_value(listener, n->id, 0);
-        else
-            respond_error(listener, n->id, errno);
-    }
-    close(fd);
-    return 1;
+    char path[PATH_BYTES + 1];
+    struct stat st;
+    int fd = pin_object(n, dirfd, path_ptr, 0, path, &st);
+    return serve_object(listener, n, fd, path, ALLOW_CHMOD, set_mode, &st, &mode);
 }
 
 /* fchmod, fchown and futimens (utimensat with no path: tar and npm restore
@@ -1234,7 +1296,7 @@ static int serve_fd_op(int listener, const struct seccomp_notif *n, enum fd_op o
     if (id_valid(listener, n->id)) { /* interrupted: nothing may change */
         int done;
         if (op == FD_CHMOD)
-            done = fchmod(fd, (mode_t)(args[1] & 07777 & ~(uint64_t)(S_ISUID | S_ISGID)));
+            done = fchmod(fd, kept_mode(args[1], st.st_mode));
         else if (op == FD_CHOWN)
             done = fchown(fd, (uid_t)(args[1] & 0xFFFFFFFFu), (gid_t)(args[2] & 0xFFFFFFFFu));
         else
@@ -1687,6 +1749,16 @@ static int serve_fast(int listener, int forward_fd, struct seccomp_notif *n) {
                                args[3] & 0xFFFFFFFFu);
     case __NR_fchmod:
         return serve_fd_op(listener, n, FD_CHMOD);
+#ifdef __NR_chmod
+    case __NR_chmod:
+        return serve_chmod(listener, n, AT_FDCWD, args[0], args[1], 0);
+#endif
+    case __NR_fchmodat:
+        return serve_chmod(listener, n, (int)(int32_t)args[0], args[1], args[2], 0);
+#ifdef __NR_fchmodat2
+    case __NR_fchmodat2:
+        return serve_chmod(listener, n, (int)(int32_t)args[0], args[1], args[2], args[3]);
+#endif
     case __NR_fchown:
         return serve_fd_op(listener, n, FD_CHOWN);
     case __NR_unlinkat:

@@ -254,7 +254,8 @@ def touches(ws: str, round_: int) -> list[tuple[str, dict[str, object]]]:
 
 
 def held(ws: str, round_: int) -> list[tuple[str, dict[str, object]]]:
-    """fchmod, fchown and futimens on fds the agent holds: what each gave and left."""
+    """fchmod, fchown and futimens on fds the agent holds, and chmod by name:
+    what each gave and left."""
     ns = ((1_000_000_000 + round_) * 10**9, (1_000_000_100 + round_) * 10**9)
 
     def on(path: str, flags: int, call: object) -> object:
@@ -268,6 +269,7 @@ def held(ws: str, round_: int) -> list[tuple[str, dict[str, object]]]:
         return run
 
     ro, wo = os.O_RDONLY, os.O_WRONLY
+    sub = os.open(f"{ws}/sub", os.O_RDONLY | os.O_DIRECTORY)
     cases: list[tuple[str, object, str]] = [
         ("fchmod", on(f"{ws}/scratch.txt", wo, lambda fd: os.fchmod(fd, 0o640)),
          f"{ws}/scratch.txt"),
@@ -287,15 +289,33 @@ def held(ws: str, round_: int) -> list[tuple[str, dict[str, object]]]:
         ("futimens refused", on(f"{ws}/read-only.txt", ro, lambda fd: os.utime(fd, ns=ns)), ""),
         ("futimens a hard link", on(f"{ws}/linked.txt", ro, lambda fd: os.utime(fd, ns=ns)),
          f"{ws}/linked.txt"),
+        ("fchmod refused", on(f"{ws}/stay.txt", ro, lambda fd: os.fchmod(fd, 0o600)), ""),
+        # and by name
+        ("chmod", lambda: os.chmod(f"{ws}/scratch.txt", 0o600), f"{ws}/scratch.txt"),
+        ("chmod relative", lambda: os.chmod("log.txt", 0o640), f"{ws}/log.txt"),
+        ("chmod at a dirfd", lambda: os.chmod("inside.txt", 0o604, dir_fd=sub),
+         f"{ws}/sub/inside.txt"),
+        ("chmod set-id bits", lambda: os.chmod(f"{ws}/scratch.txt", 0o6755), f"{ws}/scratch.txt"),
+        ("chmod a directory with set-id bits", lambda: os.chmod(f"{ws}/full", 0o2775),
+         f"{ws}/full"),
+        ("chmod a hard link", lambda: os.chmod(f"{ws}/linked.txt", 0o600), f"{ws}/linked.txt"),
+        ("chmod through a symlink", lambda: os.chmod(f"{ws}/link-to-plain", 0o644),
+         f"{ws}/plain.txt"),
+        ("chmod missing", lambda: os.chmod(f"{ws}/missing.txt", 0o600), ""),
+        ("chmod refused", lambda: os.chmod(f"{ws}/stay.txt", 0o600), ""),
+        ("chmod refused and missing", lambda: os.chmod(f"{ws}/stay-missing", 0o600), ""),
     ]  # fmt: skip
     results: list[tuple[str, dict[str, object]]] = []
     for name, call, check in cases:
         outcome_ = change("held", call)
         if "ok" in outcome_ and check:
             st = os.stat(check)
-            outcome_["mode"] = oct(st.st_mode & 0o7777)
-            outcome_["mtime"] = st.st_mtime_ns
+            if "chmod" in name:
+                outcome_["mode"] = oct(st.st_mode & 0o7777)
+            else:
+                outcome_["mtime"] = st.st_mtime_ns
         results.append((name, outcome_))
+    os.close(sub)
     return results
 
 
