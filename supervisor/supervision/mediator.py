@@ -481,7 +481,9 @@ class Mediator:
             self._drop_exec(notif.pid)  # the broker found the image allowed
             return
         if notif.nr == _fastpath.EXEC_DONE:
-            self._exec_done(notif.pid)  # the broker let an exec through
+            # The broker let an exec through, only ever a leader's: the pid is
+            # the process's, with no /proc lookup to know it.
+            self._image_changed(notif.pid, notif.pid)
             return
         if self._exec_threads and notif.pid in self._exec_threads:
             # A call of the thread that called exec: that exec failed.
@@ -1074,10 +1076,13 @@ class Mediator:
         afresh from now on (its umask and pidfd stay cached: an exec keeps
         both).  Its process id."""
         tgid = self._tgid_of(tid)
+        self._image_changed(tgid, tid)
+        return tgid
+
+    def _image_changed(self, tgid: int, tid: int) -> None:
         self.memory.forget(tgid)
         self.memory.forget(tid)
         self._drop_exec(tgid)
-        return tgid
 
     def _drop_exec(self, tgid: int) -> None:
         """Forget the exec `tgid` was allowed (it was checked, failed or replaced)."""
