@@ -897,32 +897,36 @@ static int canonical_relative(const char *raw) {
     return canonical(rooted);
 }
 
-/* `raw`, relative to the agent's cwd or `dirfd`, made absolute in `out` from
- * the real path /proc gives for that directory (one readlink): 1 when both
- * are canonical, and that directory is one this path judges (not a pipe, not
- * /proc, not removed).  Such a path is then opened exactly, as an absolute
- * one is, with no anchor to open and close and no readlink after.  "." is the
- * directory itself.  0: the caller anchors as before. */
-static int absolute_from(pid_t pid, int dirfd, const char *raw, char *out) {
-    int itself = strcmp(raw, ".") == 0;
-    if (!itself && !canonical_relative(raw))
-        return 0;
-    char link[64], base[PATH_BYTES + 1];
+/* The real path of the agent's cwd or `dirfd` in `base` (one readlink of
+ * /proc/PID/cwd or /proc/PID/fd/N): its length, or -1 when it is not a path
+ * this code judges (not canonical: a pipe; /proc; a removed directory).
+ * Only a name looked up from it, or a parent that is opened O_DIRECTORY, may
+ * stand on it: a dirfd can be a file. */
+static ssize_t real_base(pid_t pid, int dirfd, char *base) {
+    char link[64];
     if (dirfd == AT_FDCWD)
         snprintf(link, sizeof link, "/proc/%d/cwd", (int)pid);
     else
         snprintf(link, sizeof link, "/proc/%d/fd/%d", (int)pid, dirfd);
     ssize_t got = readlink(link, base, PATH_BYTES);
     if (got <= 0 || got >= PATH_BYTES)
-        return 0;
+        return -1;
     base[got] = '\0';
     if (!canonical(base) || special_prefix(base) || deleted(base, (size_t)got))
-        return 0;
-    if (itself) {
-        memcpy(out, base, (size_t)got + 1);
-        return 1;
-    }
-    return join(base, (size_t)got, raw, out) > 0;
+        return -1;
+    return got;
+}
+
+/* `raw`, relative to the agent's cwd or `dirfd` and canonical (no ".", ".."
+ * or empty component), made absolute in `out` after the real path of that
+ * directory: 1 when done.  Such a path is then opened exactly, as an absolute
+ * one is, with no anchor to open and close and no readlink after; a dirfd
+ * that is no directory makes that lookup fail with ENOTDIR, as the kernel's
+ * does.  0: the caller anchors as before. */
+static int absolute_from(pid_t pid, int dirfd, const char *raw, char *out) {
+    char base[PATH_BYTES + 1];
+    ssize_t got = canonical_relative(raw) ? real_base(pid, dirfd, base) : -1;
+    return got > 0 && join(base, (size_t)got, raw, out) > 0;
 }
 
 /* pin_parent for the agent's `raw`, resolved from its cwd or `dirfd`: -2
@@ -931,7 +935,9 @@ static int pin_parent_of(const struct seccomp_notif *n, int dirfd, const char *r
                          const char *parent, const char *name, char *target, ssize_t *length) {
     char absolute[PATH_BYTES + 1];
     int exact = canonical(raw);
-    if (!exact && absolute_from((pid_t)n->pid, dirfd, parent, absolute)) {
+    if (!exact && (strcmp(parent, ".") == 0
+                       ? real_base((pid_t)n->pid, dirfd, absolute) > 0 /* pinned O_DIRECTORY */
+                       : absolute_from((pid_t)n->pid, dirfd, parent, absolute))) {
         parent = absolute;
         exact = 1;
     }
@@ -961,7 +967,7 @@ static int missing_parent(int listener, const struct seccomp_notif *n, int dirfd
         length = (ssize_t)strlen(raw);
         memcpy(lexical, raw, (size_t)length + 1);
     } else {
-        if (strcmp(raw, ".") == 0 || !absolute_from((pid_t)n->pid, dirfd, raw, lexical))
+        if (!absolute_from((pid_t)n->pid, dirfd, raw, lexical))
             return 0;
         length = (ssize_t)strlen(lexical);
     }
@@ -1412,11 +1418,12 @@ static int serve_rename(int listener, const struct seccomp_notif *n, int olddirf
     return 1;
 }
 
-/* link, linkat (no flags): the supervisor's checks (file_read at the old
- * name, as good as reading it; file_write at the new), for a regular file
- * that is no hard link to a protected file (which must be judged as that
- * file): one with no other name, or not among the protected inodes.  The very inode looked at is linked (through its
- * magic link), never the name again. */
+/* link, linkat (no flags): the supervisor's checks (at the old name,
+ * everything the new name would allow: file_read, file_write and file_chmod;
+ * file_write at the new), for a regular file that is no hard link to a
+ * protected file (which must be judged as that file): one with no other
+ * name, or not among the protected inodes.  The very inode looked at is
+ * linked (through its magic link), never the name again. */
 static int serve_link(int listener, const struct seccomp_notif *n, int olddirfd, uint64_t old_ptr,
                       int newdirfd, uint64_t new_ptr, uint64_t flags) {
     if (flags)
@@ -1429,7 +1436,8 @@ static int serve_link(int listener, const struct seccomp_notif *n, int olddirfd,
     struct stat st;
     int object = openat(t.dir[0], t.name[0], O_PATH | O_NOFOLLOW | O_CLOEXEC);
     if (object < 0 || fstat(object, &st) != 0 || !S_ISREG(st.st_mode) || !own_name(&st) ||
-        own_fd_dir() < 0 || !granted(t.target[0], (size_t)t.length[0], ALLOW_READ, 0) ||
+        own_fd_dir() < 0 ||
+        !granted(t.target[0], (size_t)t.length[0], ALLOW_READ | ALLOW_WRITE | ALLOW_CHMOD, 0) ||
         !granted(t.target[1], (size_t)t.length[1], ALLOW_WRITE, 0)) {
         if (object >= 0)
             close(object);

@@ -1294,9 +1294,13 @@ class Mediator:
                 tid, [(olddirfd, old_raw, AS_PARENT), (newdirfd, new_raw, AS_PARENT)]
             )
         if linking:
-            # Making a new name for a file is as good as reading it.
+            # A new name is the same file under rules of its own: making one is
+            # judged as everything that name would let the agent do to the file
+            # (read it, write it, change its mode) at the old name.
             checks = [
                 (ActionType.FILE_READ, source.target),
+                (ActionType.FILE_WRITE, source.target),
+                (ActionType.FILE_CHMOD, source.target),
                 (ActionType.FILE_WRITE, dest.target),
             ]
         else:
