@@ -209,8 +209,10 @@ def test_the_agents_continue_when_space_returns(
     rig.decision("coder", 3)
     rig.fire_timers()  # still full: nothing written, tried again later
     assert len(rig.timers) == 1 and rig.judges["analyst"].signals == ["SIGSTOP"]
+    assert rig.judges["analyst"].state is AgentState.STOPPED_AUDIT  # what `ps` shows
     disk.full = False
     rig.fire_timers()
+    assert rig.judges["analyst"].state is rig.judges["coder"].state is AgentState.RUNNING
     assert rig.timers == [] or all(delay != BatchedAudit.RETRY_SECONDS for delay, _ in rig.timers)
     assert rig.judges["analyst"].signals == ["SIGSTOP", "SIGCONT"]
     assert rig.judges["coder"].signals == ["SIGSTOP", "SIGCONT"]
@@ -243,6 +245,19 @@ def test_an_agent_a_person_stopped_meanwhile_stays_stopped(rig: Rig, disk: Disk)
     disk.full = False
     rig.fire_timers()
     assert rig.judges["analyst"].signals == ["SIGSTOP"]
+
+
+def test_an_agent_continued_by_someone_else_meanwhile_is_stopped_again(
+    rig: Rig, disk: Disk
+) -> None:
+    """A re-sealed policy continues the agents it stopped; while the log is
+    still unwritable, the next record stops that agent again."""
+    disk.full = True
+    rig.decision("analyst")
+    rig.judges["analyst"].state = AgentState.RUNNING  # (and SIGCONT)
+    rig.decision("analyst")
+    assert rig.judges["analyst"].signals == ["SIGSTOP", "SIGSTOP"]
+    assert rig.judges["analyst"].state is AgentState.STOPPED_AUDIT
 
 
 def test_held_records_are_bounded_and_the_gap_is_marked(rig: Rig, files: Files, disk: Disk) -> None:
@@ -362,6 +377,10 @@ def test_a_full_disk_stops_the_agent_until_space_returns(sandbox: Sandbox) -> No
         wait_for(lambda: state_of(pid) == "T", "the agent to be stopped")
         time.sleep(0.5)  # stays stopped while the disk is full, supervisor alive
         assert state_of(pid) == "T" and run.poll() is None
+        (listed,) = json.loads(sandbox.agentsup("ps", "--json").stdout)
+        assert listed["state"] == "stopped: audit log unwritable"
+        resume = sandbox.agentsup("resume", str(listed["id"]), "--code", "000000")
+        assert resume.returncode != 0 and state_of(pid) == "T"
 
         filler.unlink()
         wait_for(lambda: state_of(pid) != "T", "the agent to continue")

@@ -643,7 +643,8 @@ class Agent:
             policy_source=policy_reference(self.request.policy),  # what `policy suggest` extends
             **({"shadow": True} if self.request.shadow else {}),
         )
-        judge.state = AgentState.RUNNING
+        if judge.state is AgentState.STARTING:  # not stopped meanwhile (its start unaudited)
+            judge.state = AgentState.RUNNING
         launched.release()
         if self.relay is not None:
             self.relay.attach(self.loop)

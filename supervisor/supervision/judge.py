@@ -116,6 +116,7 @@ class AgentState(str, enum.Enum):
     STOPPED_VIOLATION = "stopped: violation"
     STOPPED_OPERATOR = "stopped: by operator"
     STOPPED_TAMPER = "stopped: policy tampered"
+    STOPPED_AUDIT = "stopped: audit log unwritable"
     EXITED = "exited"
 
     def __str__(self) -> str:

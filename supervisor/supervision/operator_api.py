@@ -64,6 +64,11 @@ class OperatorAPI:
                 f"agent '{agent_id}' stays stopped until the policy directory is re-sealed "
                 "(agentsup policy verify; agentsup policy seal --code <TOTP>)"
             )
+        if judge.state is AgentState.STOPPED_AUDIT:
+            raise ControlError(
+                f"agent '{agent_id}' stays stopped until the audit log can be written again "
+                "(it continues by itself then)"
+            )
         if judge.state is AgentState.STOPPED_OPERATOR:
             judge.state = AgentState.RUNNING
             judge.signal_tree(signal.SIGCONT, f"resumed by uid {uid}: {reason}", uid=uid)

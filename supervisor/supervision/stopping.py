@@ -29,6 +29,7 @@ STOPPED_STATES = (
     AgentState.STOPPED_VIOLATION,
     AgentState.STOPPED_OPERATOR,
     AgentState.STOPPED_TAMPER,
+    AgentState.STOPPED_AUDIT,
 )
 _FROM_TERMINAL = (signal.SIGINT, signal.SIGHUP)
 

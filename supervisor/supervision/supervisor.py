@@ -175,10 +175,14 @@ class BatchedAudit:
         return held
 
     def _stop(self, agent_id: str, judge: Judge) -> None:
-        if agent_id in self._stopped or judge.state not in self._STOPPABLE:
-            return
-        self._stopped.add(agent_id)  # first: the SIGSTOP's own record comes back here
+        if judge.state not in self._STOPPABLE:
+            return  # stopped already, by this stall or otherwise
+        self._stopped.add(agent_id)
         assert self._failure is not None
+        # First: the SIGSTOP's own record comes back here.  The state is what
+        # `ps` shows and `resume` refuses, and it stops the agent again if a
+        # re-sealed policy continued it while the log is still unwritable.
+        judge.state = AgentState.STOPPED_AUDIT
         judge.signal_tree(
             signal.SIGSTOP, f"the audit log cannot be written: {_describe(self._failure)}"
         )
@@ -199,7 +203,9 @@ class BatchedAudit:
         judges = self._judges()
         for agent_id in sorted(stopped):
             judge = judges.get(agent_id)
-            if judge is not None and judge.state in self._STOPPABLE:
+            # Not if a person, a violation or a tampered policy stopped it meanwhile.
+            if judge is not None and judge.state is AgentState.STOPPED_AUDIT:
+                judge.state = AgentState.RUNNING
                 judge.signal_tree(signal.SIGCONT, "the audit log can be written again")
 
     def _drain(self) -> bool:
