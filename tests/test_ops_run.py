@@ -252,7 +252,7 @@ def test_ps_and_top_show_what_the_tree_uses(sandbox: Sandbox) -> None:
         [row] = [r for r in rows if r.startswith("busy ")]
         assert row.split()[-1] == "1" and row.split()[-6] == str(usage["processes"])
         top = sandbox.agentsup("top", "--iterations", "2", "--interval", "0.2", "--json")
-        screens = [json.loads(doc) for doc in top.stdout.replace("}\n{", "}\n\x00{").split("\x00")]
+        screens = [json.loads(line) for line in top.stdout.splitlines()]  # JSON Lines
         assert len(screens) == 2 and top.returncode == 0
         assert [a["id"] for a in screens[1]["agents"]] == ["busy"]
     finally:

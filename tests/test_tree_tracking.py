@@ -120,7 +120,7 @@ def test_without_a_cgroup_the_whole_tree_is_shown_and_killed(unprivileged_home: 
         assert isinstance(usage["rss_bytes"], int) and usage["rss_bytes"] > 0, usage
         assert isinstance(usage["cpu_seconds"], float | int), usage
         top = _agentsup(root, "top", "--json", "--iterations", "2", "--interval", "0.2")
-        last = json.loads("{" + top.split("}\n{")[-1])  # the last of the screens
+        last = json.loads(top.splitlines()[-1])  # the last of the screens (JSON Lines)
         [shown] = [a for a in last["agents"] if a.get("id") == "treetest"]
         assert daemon in shown["pids"] and shown["usage"]["processes"] >= 4, shown
         go.touch()

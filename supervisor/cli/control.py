@@ -10,6 +10,7 @@ list what the others said, and name the one that did not answer).
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import time
@@ -242,7 +243,9 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 def _show_top(args: argparse.Namespace, found: Survey, interactive: bool) -> None:
     if wants_json(args):
-        print(json_text({"time": time.time(), "agents": found.rows_for_json()}), flush=True)
+        # JSON Lines: one compact document per refresh, for `jq` or a line reader.
+        document = {"time": time.time(), "agents": found.rows_for_json()}
+        print(json.dumps(document, default=str, ensure_ascii=False), flush=True)
         return
     running = sum(1 for a in found.records if a.get("state") != "exited")
     header = (
@@ -358,7 +361,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     top.add_argument(
         "--iterations", type=int, default=0, metavar="N", help="stop after N refreshes"
     )
-    add_json_flag(top, "print one JSON document per refresh")
+    add_json_flag(top, "print one JSON document per refresh, one per line (JSON Lines)")
     top.set_defaults(func=cmd_top)
 
     pending = subparsers.add_parser(
