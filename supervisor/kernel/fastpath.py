@@ -36,14 +36,12 @@ _PIDFD_THREAD = os.O_EXCL  # pidfd_open: a pidfd of a thread, not a process (Lin
 _NOTIF = struct.Struct("<QIIiIQ6Q")
 _CMSG_SPACE = socket.CMSG_SPACE(struct.calcsize("i"))
 
-_O_PATH = getattr(os, "O_PATH", 0o10000000)
-_O_TMPFILE = getattr(os, "O_TMPFILE", 0o20200000)
 # What open() understands (the kernel's VALID_OPEN_FLAGS): open and openat
 # drop the rest, openat2 refuses them.  O_LARGEFILE is 0 in Python's os.
 VALID_OPEN_FLAGS = (
     os.O_ACCMODE | os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC | os.O_APPEND
     | os.O_NONBLOCK | os.O_DSYNC | os.O_ASYNC | os.O_DIRECT | 0o100000 | os.O_DIRECTORY
-    | os.O_NOFOLLOW | os.O_NOATIME | os.O_CLOEXEC | _O_PATH | _O_TMPFILE | os.O_SYNC
+    | os.O_NOFOLLOW | os.O_NOATIME | os.O_CLOEXEC | os.O_PATH | os.O_TMPFILE | os.O_SYNC
 )  # fmt: skip
 # Flags that make an open a write (file_write is asked).
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND

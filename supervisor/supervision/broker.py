@@ -52,7 +52,6 @@ from ..kernel import proc as _proc
 from ..kernel import seccomp as _seccomp
 
 AT_FDCWD = -100
-_O_PATH = getattr(os, "O_PATH", 0o10000000)
 
 # Requests.  RESOLVE and CONNECT have a reply.
 RESOLVE = 1
@@ -490,7 +489,7 @@ class Broker:
             # A FIFO, socket or device: opening it may mean something; pin it instead.
             os.close(fd)
             kind = OBJECT
-        how = _O_PATH | os.O_CLOEXEC
+        how = os.O_PATH | os.O_CLOEXEC
         if kind == PARENT:
             how |= os.O_DIRECTORY
         elif not follow:
@@ -935,7 +934,7 @@ def _connect_once(fd: int, address: object) -> int:
 
 
 def _reopen(path_fd: int, flags: int, mode: int) -> int:
-    if flags & _O_PATH:
+    if flags & os.O_PATH:
         return os.dup(path_fd)
     flags |= os.O_CLOEXEC
     if stat.S_ISFIFO(mode) and not flags & os.O_NONBLOCK:

@@ -59,8 +59,6 @@ AT_SYMLINK_FOLLOW = 0x400
 AT_EMPTY_PATH = 0x1000
 RENAME_EXCHANGE = 2
 
-_O_TMPFILE = getattr(os, "O_TMPFILE", 0o20200000)
-_O_PATH = getattr(os, "O_PATH", 0o10000000)
 # One definition, shared with the broker's native path.
 _WRITE_FLAGS = _fastpath.WRITE_FLAGS
 _VALID_OPEN_FLAGS = _fastpath.VALID_OPEN_FLAGS
@@ -600,7 +598,7 @@ class Mediator:
 
     @staticmethod
     def _open_anchor(path: str) -> int:
-        return os.open(path, _O_PATH | os.O_CLOEXEC)
+        return os.open(path, os.O_PATH | os.O_CLOEXEC)
 
     def _pin(
         self,
@@ -860,11 +858,11 @@ class Mediator:
     ) -> None:
         tid = notif.pid
         raw = self.memory.read_cstring(tid, path_ptr)
-        writes = bool(flags & _WRITE_FLAGS) or (flags & _O_TMPFILE) == _O_TMPFILE
+        writes = bool(flags & _WRITE_FLAGS) or (flags & os.O_TMPFILE) == os.O_TMPFILE
         reads = (flags & os.O_ACCMODE) != os.O_WRONLY
         cloexec = bool(flags & os.O_CLOEXEC)
         follow = not flags & os.O_NOFOLLOW
-        if not (writes or flags & _O_PATH) and raw:
+        if not (writes or flags & os.O_PATH) and raw:
             # The common read: the broker opens it right away (regular files and
             # directories only) and the policy decides on what it got.
             setfl = -1 if flags & os.O_NONBLOCK else flags
@@ -934,7 +932,7 @@ class Mediator:
         elif opened:
             setfl = -1 if flags & os.O_NONBLOCK else flags
             self.broker.act(broker.INJECT, notif.id, node.handle, cloexec, setfl)
-        elif flags & _O_PATH:
+        elif flags & os.O_PATH:
             # ADDFD cannot pass an O_PATH file (EBADF).  An O_PATH fd gives no
             # data; every use of it (a reopen through /proc/self/fd, fchmod, an
             # *at call) is decided on the real path again, so the kernel may open it.
@@ -990,7 +988,7 @@ class Mediator:
             _seccomp.respond_error(self.listener, n.id, errno.EINVAL)
             return
         flags, mode, resolve = struct.unpack("<QQQ", self.memory.read(n.pid, n.args[2], 24))
-        creates = flags & os.O_CREAT or (flags & _O_TMPFILE) == _O_TMPFILE
+        creates = flags & os.O_CREAT or (flags & os.O_TMPFILE) == os.O_TMPFILE
         if flags & ~_VALID_OPEN_FLAGS or mode & ~0o7777 or (mode and not creates):
             _seccomp.respond_error(self.listener, n.id, errno.EINVAL)  # as openat2 itself
             return
