@@ -8,15 +8,18 @@ with all of them, so there the whole suite runs.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -122,6 +125,18 @@ both_paths = pytest.mark.parametrize(
 
 def fastpath_env(native: bool) -> dict[str, str]:
     return {fastpath.ENV_SWITCH: "1" if native else "0"}
+
+
+@contextlib.contextmanager
+def supervisor_stopped(proc: subprocess.Popen[Any]) -> Iterator[None]:
+    """`agentsup run` (the supervisor: `proc` itself) stopped, its agent and
+    broker running: what happens meanwhile was answered by the broker alone.
+    Whatever the block raises, the supervisor continues."""
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
 # Every sandbox copies the victim agent into its workspace (an agent's code
 # lives in its workspace; strict lets it read nothing else of the user's).
 TRY = "try_syscall.py"

@@ -16,15 +16,13 @@ once the supervisor has given up on it:
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
-from conftest import Sandbox, both_paths, fastpath_env
+from conftest import Sandbox, both_paths, fastpath_env, supervisor_stopped
 
 from agentsup.supervision.broker import REPLY_TIMEOUT
 
@@ -180,13 +178,10 @@ def test_a_broker_that_stalled_past_the_reply_timeout_decides_nothing_more(
         try:
             assert proc.stdout.readline() == "before: readable\n"
             assert proc.stdout.readline() == "ready\n"
-            os.kill(proc.pid, signal.SIGSTOP)
-            try:
+            with supervisor_stopped(proc):
                 proc.stdin.write("go\n")
                 proc.stdin.flush()
                 assert proc.stdout.readline() == "stalled\n"
-            finally:
-                os.kill(proc.pid, signal.SIGCONT)
             proc.stdin.write("go\n")
             proc.stdin.flush()
             for line in proc.stdout:

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import AGENTS, Sandbox, both_paths
+from conftest import AGENTS, Sandbox, both_paths, supervisor_stopped
 
 from agentsup.kernel import fastpath
 
@@ -338,15 +338,14 @@ def _stopped_supervisor_opens(
     out = proc.stdout.fileno()
     try:
         assert proc.stdout.readline().strip() == b"ready"
-        os.kill(proc.pid, signal.SIGSTOP)
-        proc.stdin.write(b"go\n")
-        proc.stdin.flush()
-        seen = b""
-        deadline = time.monotonic() + 3
-        while (left := deadline - time.monotonic()) > 0:
-            if select.select([out], [], [], left)[0]:
-                seen += os.read(out, 4096)
-        os.kill(proc.pid, signal.SIGCONT)
+        with supervisor_stopped(proc):
+            proc.stdin.write(b"go\n")
+            proc.stdin.flush()
+            seen = b""
+            deadline = time.monotonic() + 3
+            while (left := deadline - time.monotonic()) > 0:
+                if select.select([out], [], [], left)[0]:
+                    seen += os.read(out, 4096)
         rest, _ = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:

@@ -22,13 +22,11 @@ is kept until the call returned.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 
 import pytest
-from conftest import AGENTS, Sandbox
+from conftest import AGENTS, Sandbox, supervisor_stopped
 
 from agentsup.kernel import fastpath
 
@@ -107,14 +105,11 @@ def test_nothing_read_while_a_umask_is_in_flight_is_kept(sandbox: Sandbox) -> No
         assert proc.stdout.readline().strip() == "ready"
         # The other thread's umask is forwarded to the supervisor, which is
         # stopped: it waits, while the broker answers the create on its own.
-        os.kill(proc.pid, signal.SIGSTOP)
-        try:
+        with supervisor_stopped(proc):
             proc.stdin.write("go\n")
             proc.stdin.flush()
             lines.append(proc.stdout.readline())
             assert proc.stdout.readline().strip() == "created"
-        finally:
-            os.kill(proc.pid, signal.SIGCONT)
         rest, errors = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import TRY, Sandbox, agent_reports
+from conftest import TRY, Sandbox, agent_reports, supervisor_stopped
 
 from agentsup.kernel import fastpath
 from agentsup.policy.engine import CompiledPolicy, RunContext, compile_policy
@@ -282,16 +282,13 @@ def test_once_the_walk_answered_the_broker_judges_other_hard_links_but_not_the_k
     try:
         assert proc.stdout.readline() == "first harmless text\n"
         assert proc.stdout.readline() == "ready\n"
-        os.kill(proc.pid, signal.SIGSTOP)
-        try:
+        with supervisor_stopped(proc):
             proc.stdin.write("go\n")
             proc.stdin.flush()
             # Answered by the broker alone: the supervisor is stopped.
             ready, _, _ = select.select([proc.stdout], [], [], 5.0)
             while_stopped = proc.stdout.readline() if ready else ""
             time.sleep(1.0)
-        finally:
-            os.kill(proc.pid, signal.SIGCONT)
         rest, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
