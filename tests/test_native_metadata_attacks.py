@@ -682,3 +682,66 @@ def test_a_hard_link_never_escapes_a_chmod_refusal(sandbox: Sandbox, native: boo
     assert [(r.get("action_type"), r.get("rule")) for r in refusals][:1] == [
         ("file_chmod", "refused-chmod")
     ], refusals
+
+
+READ_ONLY_DENY = """
+name: unread
+extends: [strict]
+rules:
+  - id: unread-secrets
+    actions: [file_read]
+    target: "**/*.secret"
+    decision: deny
+    priority: 1
+    on_violation: block
+"""
+
+RENAMER = r"""
+import ctypes, errno, os, sys
+os.chdir(sys.argv[1])
+libc = ctypes.CDLL(None, use_errno=True)
+def attempt(case, fn):
+    try:
+        fn()
+        print(case, "ok", flush=True)
+    except OSError as exc:
+        print(case, errno.errorcode[exc.errno], flush=True)
+def exchange(a, b):
+    if libc.renameat2(-100, a.encode(), -100, b.encode(), 2) != 0:  # RENAME_EXCHANGE
+        raise OSError(ctypes.get_errno(), "renameat2")
+attempt("rename", lambda: os.rename("data.secret", "data.txt"))
+attempt("read", lambda: open("data.txt").read())
+attempt("exchange", lambda: exchange("plain.txt", "data.secret"))
+attempt("control", lambda: os.rename("plain.txt", "moved.txt"))
+"""
+
+
+@both_paths
+def test_a_move_never_makes_a_refused_read_readable(sandbox: Sandbox, native: bool) -> None:
+    """A policy refuses only file_read of `**/*.secret` (a pattern, no literal
+    root).  `mv data.secret data.txt`, then read data.txt; or exchange it with
+    a readable file.
+
+    Found by red-teaming (both paths): a rename was judged as file_move at the
+    old name and file_write at the new, so the content left the names the
+    rule refuses, and was read.  Now a move is a read of the old name too."""
+    ws = sandbox.workspace
+    (ws / "data.secret").write_text("the secret\n")
+    (ws / "plain.txt").write_text("plain\n")
+    (ws / "renamer.py").write_text(RENAMER)
+    policy = sandbox.policy("unread", READ_ONLY_DENY)
+    result = sandbox.run(
+        "python3", str(ws / "renamer.py"), str(ws), policy=policy, env=fastpath_env(native)
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines() == [
+        "rename EACCES",
+        "read ENOENT",
+        "exchange EACCES",
+        "control ok",
+    ]
+    assert (ws / "data.secret").read_text() == "the secret\n"
+    assert [r.get("rule") for r in sandbox.audit_records() if r.get("decision") == "deny"] == [
+        "unread-secrets",
+        "unread-secrets",
+    ]

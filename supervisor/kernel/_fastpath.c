@@ -1387,8 +1387,9 @@ static void release_two(struct two_names *t) {
 }
 
 /* rename, renameat, renameat2 (no flags, or RENAME_NOREPLACE): the
- * supervisor's checks (file_move at the old name, file_write at the new),
- * then renameat2 between the pinned directories. */
+ * supervisor's checks (file_move and file_read at the old name: the new one
+ * may be readable; file_write at the new), then renameat2 between the pinned
+ * directories. */
 static int serve_rename(int listener, const struct seccomp_notif *n, int olddirfd,
                         uint64_t old_ptr, int newdirfd, uint64_t new_ptr, uint64_t flags) {
     if (flags & ~(uint64_t)RENAME_NOREPLACE)
@@ -1398,7 +1399,7 @@ static int serve_rename(int listener, const struct seccomp_notif *n, int olddirf
     const uint64_t ptr[2] = {old_ptr, new_ptr};
     if (!pin_two(n, dirfd, ptr, &t))
         return 0;
-    if (!granted(t.target[0], (size_t)t.length[0], ALLOW_MOVE, 0) ||
+    if (!granted(t.target[0], (size_t)t.length[0], ALLOW_MOVE | ALLOW_READ, 0) ||
         !granted(t.target[1], (size_t)t.length[1], ALLOW_WRITE, 0)) {
         release_two(&t);
         return 0;

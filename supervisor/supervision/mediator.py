@@ -1302,13 +1302,17 @@ class Mediator:
                 (ActionType.FILE_WRITE, dest.target),
             ]
         else:
+            # Under its new name a file may be read where its old name is
+            # refused (`key.pem` moved to `key.txt`): a move is a read too.
             checks = [
                 (ActionType.FILE_MOVE, source.target),
+                (ActionType.FILE_READ, source.target),
                 (ActionType.FILE_WRITE, dest.target),
             ]
             if flags & RENAME_EXCHANGE:
                 checks += [
                     (ActionType.FILE_MOVE, dest.target),
+                    (ActionType.FILE_READ, dest.target),
                     (ActionType.FILE_WRITE, source.target),
                 ]
         response = self._decide_all(n, syscall, checks)
