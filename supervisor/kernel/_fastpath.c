@@ -1388,8 +1388,8 @@ static void release_two(struct two_names *t) {
 
 /* rename, renameat, renameat2 (no flags, or RENAME_NOREPLACE): the
  * supervisor's checks (file_move and file_read at the old name: the new one
- * may be readable; file_write at the new), then renameat2 between the pinned
- * directories. */
+ * may be readable; file_write at the new, and more where a name holds a file,
+ * below), then renameat2 between the pinned directories. */
 static int serve_rename(int listener, const struct seccomp_notif *n, int olddirfd,
                         uint64_t old_ptr, int newdirfd, uint64_t new_ptr, uint64_t flags) {
     if (flags & ~(uint64_t)RENAME_NOREPLACE)
@@ -1399,8 +1399,21 @@ static int serve_rename(int listener, const struct seccomp_notif *n, int olddirf
     const uint64_t ptr[2] = {old_ptr, new_ptr};
     if (!pin_two(n, dirfd, ptr, &t))
         return 0;
-    if (!granted(t.target[0], (size_t)t.length[0], ALLOW_MOVE | ALLOW_READ, 0) ||
-        !granted(t.target[1], (size_t)t.length[1], ALLOW_WRITE, 0)) {
+    /* What each name holds, only looked at: a file with other names moves
+     * out with them still on it (its writes and mode changes reach them: the
+     * checks of a link; another name of a protected file is the
+     * supervisor's); a file at the new name goes (deleted, and its name gets
+     * another file's mode). */
+    struct stat held[2];
+    int there[2];
+    for (int i = 0; i < 2; i++)
+        there[i] = fstatat(t.dir[i], t.name[i], &held[i], AT_SYMLINK_NOFOLLOW) == 0;
+    int linked = there[0] && S_ISREG(held[0].st_mode) && held[0].st_nlink > 1;
+    int need_old = ALLOW_MOVE | ALLOW_READ | (linked ? ALLOW_WRITE | ALLOW_CHMOD : 0);
+    int need_new = ALLOW_WRITE | (there[1] && !(flags & RENAME_NOREPLACE) ? ALLOW_DELETE | ALLOW_CHMOD : 0);
+    if ((linked && !own_name(&held[0])) ||
+        !granted(t.target[0], (size_t)t.length[0], need_old, 0) ||
+        !granted(t.target[1], (size_t)t.length[1], need_new, 0)) {
         release_two(&t);
         return 0;
     }

@@ -57,7 +57,7 @@ AT_SYMLINK_NOFOLLOW = 0x100
 AT_REMOVEDIR = 0x200
 AT_SYMLINK_FOLLOW = 0x400
 AT_EMPTY_PATH = 0x1000
-RENAME_EXCHANGE = 2
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
 
 # One definition, shared with the broker's native path.
 _WRITE_FLAGS = _fastpath.WRITE_FLAGS
@@ -1288,8 +1288,16 @@ class Mediator:
                 if protected is not None:
                     source.target = protected
         else:
-            source, dest = self.resolve_names(
-                tid, [(olddirfd, old_raw, AS_PARENT), (newdirfd, new_raw, AS_PARENT)]
+            # What each name holds is only looked at: a file with other names
+            # moves out with them still on it; a file at the new name goes.
+            source, source_file, dest, dest_file = self.resolve_names(
+                tid,
+                [
+                    (olddirfd, old_raw, AS_PARENT),
+                    (olddirfd, old_raw, AS_INODE),
+                    (newdirfd, new_raw, AS_PARENT),
+                    (newdirfd, new_raw, AS_INODE),
+                ],
             )
         if linking:
             # A new name is the same file under rules of its own: making one is
@@ -1302,9 +1310,16 @@ class Mediator:
                 (ActionType.FILE_WRITE, dest.target),
             ]
         else:
+            try:
+                checks = self._moved_file_checks(source, source_file)
+                if flags & RENAME_EXCHANGE:
+                    checks += self._moved_file_checks(dest, dest_file)
+            except WalkFailed:
+                self.release(source, dest)
+                raise
             # Under its new name a file may be read where its old name is
             # refused (`key.pem` moved to `key.txt`): a move is a read too.
-            checks = [
+            checks[:0] = [
                 (ActionType.FILE_MOVE, source.target),
                 (ActionType.FILE_READ, source.target),
                 (ActionType.FILE_WRITE, dest.target),
@@ -1314,6 +1329,12 @@ class Mediator:
                     (ActionType.FILE_MOVE, dest.target),
                     (ActionType.FILE_READ, dest.target),
                     (ActionType.FILE_WRITE, source.target),
+                ]
+            elif not dest_file.error and not flags & RENAME_NOREPLACE:
+                # A rename over a file deletes it, and its name gets another file's mode.
+                checks += [
+                    (ActionType.FILE_DELETE, dest.target),
+                    (ActionType.FILE_CHMOD, dest.target),
                 ]
         response = self._decide_all(n, syscall, checks)
         if not response.proceeds:
@@ -1336,6 +1357,19 @@ class Mediator:
 
     def _on_rename(self, n: _seccomp.Notification, name: str) -> None:
         self._two_paths(n, name, AT_FDCWD, n.args[0], AT_FDCWD, n.args[1], linking=False, flags=0)
+
+    def _moved_file_checks(
+        self, name: Resolved, file: Resolved
+    ) -> list[tuple[ActionType, str]]:
+        """A regular file with other names keeps them when one name moves: it
+        is judged as it would be through a link (its writes and mode changes
+        reach the names left behind), under its protected name if it has one."""
+        if file.error or not stat.S_ISREG(file.pinned.mode) or file.pinned.nlink < 2:
+            return []
+        protected = self._protected_name(file)
+        if protected is not None:
+            name.target = protected
+        return [(ActionType.FILE_WRITE, name.target), (ActionType.FILE_CHMOD, name.target)]
 
     def _two_paths_at(
         self, n: _seccomp.Notification, name: str, *, linking: bool, flags: int
