@@ -929,6 +929,15 @@ static int absolute_from(pid_t pid, int dirfd, const char *raw, char *out) {
     return got > 0 && join(base, (size_t)got, raw, out) > 0;
 }
 
+/* The path to open exactly for the agent's `raw`: `raw` itself when it is
+ * absolute and canonical, or `raw` made absolute in `joined`; NULL when it
+ * is to be resolved from an anchor, as before. */
+static const char *exact_path(pid_t pid, int dirfd, const char *raw, char *joined) {
+    if (canonical(raw))
+        return raw;
+    return absolute_from(pid, dirfd, raw, joined) ? joined : NULL;
+}
+
 /* pin_parent for the agent's `raw`, resolved from its cwd or `dirfd`: -2
  * also when that is out of reach. */
 static int pin_parent_of(const struct seccomp_notif *n, int dirfd, const char *raw,
@@ -1033,12 +1042,8 @@ static int serve_open(int listener, const struct seccomp_notif *n, int dirfd, ui
     unsigned long how = writes ? O_PATH | O_CLOEXEC | (flags & O_NOFOLLOW)
                                : flags | O_CLOEXEC | O_NONBLOCK | O_NOCTTY;
     char joined[PATH_BYTES + 1];
-    const char *path = raw; /* what is opened: `raw`, or made absolute */
-    int fd = -1, exact = canonical(raw), anchor = AT_FDCWD;
-    if (!exact && absolute_from((pid_t)n->pid, dirfd, raw, joined)) {
-        path = joined;
-        exact = 1;
-    }
+    const char *path = exact_path((pid_t)n->pid, dirfd, raw, joined); /* what is opened */
+    int fd = -1, exact = path != NULL, anchor = AT_FDCWD;
     if (exact) {
         fd = open_exact(path, how);
         if (fd < 0 && errno != ENOENT)
@@ -1164,12 +1169,12 @@ static int agent_times(const struct seccomp_notif *n, uint64_t times_ptr, struct
 static int pin_object(const struct seccomp_notif *n, int dirfd, uint64_t path_ptr, int nofollow,
                       char *path, struct stat *st) {
     char raw[PATH_BYTES];
-    if (!agent_path(n, path_ptr, raw))
+    const char *exact = agent_path(n, path_ptr, raw) ? exact_path((pid_t)n->pid, dirfd, raw, path)
+                                                      : NULL;
+    if (!exact)
         return -1;
-    if (canonical(raw))
+    if (exact == raw)
         memcpy(path, raw, strlen(raw) + 1);
-    else if (!absolute_from((pid_t)n->pid, dirfd, raw, path))
-        return -1;
     int fd = open_exact(path, O_PATH | O_CLOEXEC | (nofollow ? O_NOFOLLOW : 0));
     if (fd < 0)
         return errno == ENOENT ? -2 : -1;
@@ -1594,12 +1599,8 @@ static int serve_exec(int listener, int forward_fd, const struct seccomp_notif *
     if (queue_length || !agent_path(n, path_ptr, raw))
         return 0;
     char joined[PATH_BYTES + 1];
-    const char *path = raw; /* what is looked at: `raw`, or made absolute */
-    int exact = canonical(raw), fd = -1;
-    if (!exact && absolute_from(tid, dirfd, raw, joined)) {
-        path = joined;
-        exact = 1;
-    }
+    const char *path = exact_path(tid, dirfd, raw, joined); /* what is looked at */
+    int exact = path != NULL, fd = -1;
     if (exact) {
         fd = open_exact(path, O_PATH | O_CLOEXEC);
         if (fd < 0 && errno == ENOENT)
