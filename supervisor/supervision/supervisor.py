@@ -90,7 +90,6 @@ class BatchedAudit:
         self._held_count = 0  # records kept in memory during this stall
         self._dropped = 0
         self._stalled_at = ""
-        self._stopped: set[str] = set()  # agents this stall stopped
 
     @property
     def stalled(self) -> bool:
@@ -132,8 +131,8 @@ class BatchedAudit:
         except OSError as exc:
             # Which records were lost is unknown: every running agent stops.
             self._stall(exc)
-            for agent_id, judge in self._judges().items():
-                self._stop(agent_id, judge)
+            for judge in self._judges().values():
+                self._stop(judge)
 
     # -- the log cannot be written ---------------------------------------------------
 
@@ -171,13 +170,12 @@ class BatchedAudit:
         if isinstance(agent_id, str):
             judge = self._judges().get(agent_id)
             if judge is not None:
-                self._stop(agent_id, judge)
+                self._stop(judge)
         return held
 
-    def _stop(self, agent_id: str, judge: Judge) -> None:
+    def _stop(self, judge: Judge) -> None:
         if judge.state not in self._STOPPABLE:
             return  # stopped already, by this stall or otherwise
-        self._stopped.add(agent_id)
         assert self._failure is not None
         # First: the SIGSTOP's own record comes back here.  The state is what
         # `ps` shows and `resume` refuses, and it stops the agent again if a
@@ -199,12 +197,10 @@ class BatchedAudit:
             f"the audit log {self.log.path} is writable again: {_records(held)} held in "
             f"memory are written{lost}; stopped agents continue"
         )
-        stopped, self._stopped = self._stopped, set()
-        judges = self._judges()
-        for agent_id in sorted(stopped):
-            judge = judges.get(agent_id)
-            # Not if a person, a violation or a tampered policy stopped it meanwhile.
-            if judge is not None and judge.state is AgentState.STOPPED_AUDIT:
+        for _agent_id, judge in sorted(self._judges().items()):
+            # The agents this stall stopped; not those a person, a violation or
+            # a tampered policy stopped meanwhile.
+            if judge.state is AgentState.STOPPED_AUDIT:
                 judge.state = AgentState.RUNNING
                 judge.signal_tree(signal.SIGCONT, "the audit log can be written again")
 
