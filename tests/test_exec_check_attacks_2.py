@@ -28,10 +28,11 @@ thread is elsewhere resolves that exec's check first):
 from __future__ import annotations
 
 import json
+import shutil
 import textwrap
 
 import pytest
-from conftest import Sandbox, both_paths, fastpath_env
+from conftest import AGENTS, Sandbox, both_paths, fastpath_env
 from test_exec_forge_attack import POLICY  # the same refusals: touch, and "forbidden"
 
 pytestmark = [
@@ -46,32 +47,10 @@ AGENT = textwrap.dedent(
     r'''
     import ctypes, json, mmap, os, resource, sys, threading, time
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.execve.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    from exec_race import cstrings, libc, syscall_of, wait_in_exec
+
     WS = os.path.dirname(os.path.abspath(__file__))
     MODE = sys.argv[1]
-
-
-    def cstrings(*words):
-        bufs = [ctypes.create_string_buffer(w) for w in words]
-        return bufs, (ctypes.c_void_p * (len(bufs) + 1))(*[ctypes.addressof(b) for b in bufs], None)
-
-
-    def syscall_of(tid):
-        return os.open(f"/proc/self/task/{tid}/syscall", os.O_RDONLY)
-
-
-    def wait_in_exec(fd, running=False):
-        """Until the thread of `fd` waits in execve for its decision; with
-        `running`, at most 50 ms (the native path decides a leader's exec at
-        once: the thread then runs, copying its environment)."""
-        start = time.monotonic()
-        while not os.pread(fd, 64, 0).startswith(b"59 "):
-            now = time.monotonic()
-            if running and now > start + 0.05:
-                return
-            if now > start + 5:
-                os._exit(90)
 
 
     def trapped():
@@ -271,6 +250,7 @@ BENIGN = textwrap.dedent(
 def _run(sandbox: Sandbox, native: bool, script: str, *args: str) -> dict[str, object]:
     agent = sandbox.workspace / "exec_attack_2.py"
     agent.write_text(script)
+    shutil.copy(AGENTS / "exec_race.py", sandbox.workspace)
     result = sandbox.run(
         "python3",
         str(agent),

@@ -36,11 +36,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import Sandbox, both_paths, fastpath_env
+from conftest import AGENTS, Sandbox, both_paths, fastpath_env
 from test_exec_forge_attack import POLICY  # the same refusals: touch, and "forbidden"
 
 pytestmark = [
@@ -55,27 +56,10 @@ AGENT = textwrap.dedent(
     r'''
     import ctypes, json, os, resource, sys, threading, time
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.execve.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    from exec_race import cstrings, libc, syscall_of, wait_in_exec
+
     WS = os.path.dirname(os.path.abspath(__file__))
     MODE = sys.argv[1]
-
-
-    def cstrings(*words):
-        bufs = [ctypes.create_string_buffer(w) for w in words]
-        return bufs, (ctypes.c_void_p * (len(bufs) + 1))(*[ctypes.addressof(b) for b in bufs], None)
-
-
-    def syscall_of(tid):
-        return os.open(f"/proc/self/task/{tid}/syscall", os.O_RDONLY)
-
-
-    def wait_in_exec(fd):
-        """Until the thread of `fd` (`syscall_of`) waits in execve for its decision."""
-        deadline = time.monotonic() + 5
-        while not os.pread(fd, 64, 0).startswith(b"59 "):
-            if time.monotonic() > deadline:
-                os._exit(90)
 
 
     def child(i):
@@ -203,6 +187,7 @@ AGENT = textwrap.dedent(
 def _attack(sandbox: Sandbox, native: bool, mode: str, tries: int) -> dict[str, object]:
     agent = sandbox.workspace / "native_exec_agent.py"
     agent.write_text(AGENT)
+    shutil.copy(AGENTS / "exec_race.py", sandbox.workspace)
     result = sandbox.run(
         "python3",
         str(agent),
@@ -328,8 +313,8 @@ DESYNC_AGENT = textwrap.dedent(
     r'''
     import ctypes, os, sys, threading, time
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.execve.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    from exec_race import cstrings, libc
+
     WS = os.path.dirname(os.path.abspath(__file__))
     # The new image: writes a harmless title over its argv (what
     # /proc/PID/cmdline shows), then makes a syscall the broker forwards.
@@ -345,11 +330,6 @@ DESYNC_AGENT = textwrap.dedent(
     with open(sys.argv[1], "a") as f:
         f.write("survived\\n")
     """
-
-
-    def cstrings(*words):
-        bufs = [ctypes.create_string_buffer(w) for w in words]
-        return bufs, (ctypes.c_void_p * (len(bufs) + 1))(*[ctypes.addressof(b) for b in bufs], None)
 
 
     def thread_exec(keep, argv, envp):
@@ -418,6 +398,7 @@ def test_a_retitled_process_after_a_threads_exec_is_not_killed(
     busy meanwhile.  The Python path survives."""
     agent = sandbox.workspace / "desync_agent.py"
     agent.write_text(DESYNC_AGENT)
+    shutil.copy(AGENTS / "exec_race.py", sandbox.workspace)
     result = sandbox.run(
         "python3", str(agent), policy=sandbox.policy("forge", POLICY), env=fastpath_env(native)
     )
