@@ -242,16 +242,6 @@ UNREAD_PRIVATE_ROOTLESS = _rule("unread-private", "file_read", 'target: "**/priv
 UNREAD_PRIVATE_ROOTED = _rule("unread-private", "file_read", 'target: "{workspace}/**/private/*"')
 
 
-# Open holes, found by red-teaming and not closed yet (session 6's closing
-# note): strict xfails, so that the suite says so the day they close.
-DIRECTORY_SEGMENT_RULES = pytest.mark.xfail(
-    strict=True,
-    reason="open hole: a directory move is not judged against rules that name one of its "
-    "segments below their literal root (**/private/*, ^.*/frozen/[^/]+$)",
-)
-
-
-@DIRECTORY_SEGMENT_RULES
 @both_paths
 @pytest.mark.parametrize("how", ["rename", "exchange"])
 @pytest.mark.parametrize("rooted", [False, True], ids=["rootless", "rooted"])
@@ -264,12 +254,12 @@ def test_renaming_the_directory_never_makes_a_refused_read_readable(
     a/private to a/public (or exchanges it with an empty a/public) and reads
     a/public/data.
 
-    The move is judged as file_move + file_read at `a/private` and file_write
-    at `a/public`: neither directory's own name matches `.../private/*`, and
-    `refused_beneath` only refuses a move of a directory at or above a
-    rule's literal root (here none, or the whole workspace, which is not
-    moved).  A rule naming a directory segment stops naming its files once
-    that directory is renamed: the content must never be printed."""
+    Neither directory's own name matches `.../private/*`, and the rule's
+    literal root (none, or the whole workspace) is not moved: only the
+    names of what the directory holds tell the two apart.  The broker lists
+    the tree and the policy compares each entry under both names
+    (`moved_escape`): a/private/data is readable only under its old name, so
+    the move is refused as that read, by the rule that names it."""
     ws = sandbox.workspace
     (ws / "a" / "private").mkdir(parents=True)
     (ws / "a" / "private" / "data").write_text(SECRET)
@@ -290,12 +280,19 @@ def test_renaming_the_directory_never_makes_a_refused_read_readable(
     assert "private content" not in result.stdout, outcome
     assert outcome["move directory"] == "EACCES", outcome
     assert (ws / "a" / "private" / "data").read_text() == SECRET
+    moved = [
+        r
+        for r in sandbox.audit_records()
+        if r.get("decision") == "deny"
+        and str(r.get("target", "")).endswith("/a/private/data")
+        and r.get("syscall") in ("rename", "renameat2")
+    ]
+    assert moved and moved[0]["rule"] == "unread-private", moved
 
 
 FROZEN_REGEX = _rule("frozen-files", "file_write", 'pattern: "^.*/frozen/[^/]+$"')
 
 
-@DIRECTORY_SEGMENT_RULES
 @both_paths
 def test_renaming_the_directory_never_makes_a_refused_write_writable(
     sandbox: Sandbox, native: bool
@@ -303,8 +300,9 @@ def test_renaming_the_directory_never_makes_a_refused_write_writable(
     """Only file_write of files directly in a directory called "frozen" is
     refused (a regex, `^.*/frozen/[^/]+$`).  The agent renames frozen to
     thawed (judged at `frozen` and `thawed`, which the regex does not
-    match), overwrites thawed/f, and renames it back: frozen/f has new
-    content that was never written under a name the rule refuses."""
+    match), overwrites thawed/f, and renames it back: frozen/f would have new
+    content that was never written under a name the rule refuses.  The
+    move is refused as a write of frozen/f, which thawed/f would allow."""
     ws = sandbox.workspace
     (ws / "frozen").mkdir()
     (ws / "frozen" / "f").write_text("frozen\n")
@@ -321,6 +319,130 @@ def test_renaming_the_directory_never_makes_a_refused_write_writable(
     assert outcome["direct write"] == "EACCES", outcome
     assert (ws / "frozen" / "f").read_text() == "frozen\n", outcome
     assert outcome["move directory"] == "EACCES", outcome
+
+
+VAULT_TOKENS = _rule("vault-tokens", "file_read", 'target: "{workspace}/vault/**/*.token"')
+
+
+@both_paths
+def test_a_directory_moved_out_of_a_rooted_rule_takes_nothing_with_it(
+    sandbox: Sandbox, native: bool
+) -> None:
+    """Reads of `{workspace}/vault/**/*.token` are refused: a basename rule,
+    but only beneath its root.  The agent moves vault/team (holding
+    team/deploy.token) out to the workspace's top and reads it there: the
+    move is refused, as the read of vault/team/deploy.token it would allow."""
+    ws = sandbox.workspace
+    (ws / "vault" / "team").mkdir(parents=True)
+    (ws / "vault" / "team" / "deploy.token").write_text(SECRET)
+    steps = [
+        ["move directory", "rename", "vault/team", "team"],
+        ["read moved", "read", "team/deploy.token"],
+    ]
+    result = _run(sandbox, native, sandbox.policy("vault", VAULT_TOKENS), steps)
+    assert result.returncode == 0, result.stderr[-2000:]
+    outcome = _outcome(result)
+    assert outcome["move directory"] == "EACCES", outcome
+    assert "private content" not in result.stdout, outcome
+    assert (ws / "vault" / "team" / "deploy.token").read_text() == SECRET
+    assert ("file_read", "vault-tokens") in _denials(sandbox)
+
+
+@both_paths
+def test_a_tree_never_arrives_under_names_whose_writes_are_refused(
+    sandbox: Sandbox, native: bool
+) -> None:
+    """Writes of files directly in a directory called "frozen" are refused.
+    The agent fills staging/ (allowed) and renames it to frozen: the
+    directory's own name is no file a rule names, but staging/f would
+    become frozen/f, written where writes are refused.  The move is refused
+    as that write; nothing named frozen appears."""
+    ws = sandbox.workspace
+    steps = [
+        ["make staging", "mkdir", "staging"],
+        ["fill staging", "write", "staging/f", "planted\n"],
+        ["move in", "rename", "staging", "frozen"],
+    ]
+    result = _run(sandbox, native, sandbox.policy("frozen", FROZEN_REGEX), steps)
+    assert result.returncode == 0, result.stderr[-2000:]
+    outcome = _outcome(result)
+    assert outcome == {"make staging": "ok", "fill staging": "ok", "move in": "EACCES"}
+    assert not (ws / "frozen").exists()
+    assert ("file_write", "frozen-files") in _denials(sandbox)
+
+
+@both_paths
+def test_a_renamed_file_keeps_every_refusal_of_its_name(sandbox: Sandbox, native: bool) -> None:
+    """Only file_chmod of any stay.txt (`**/stay.txt`: no literal root,
+    whose move `refused_beneath` would refuse) is refused: not its move,
+    read or write.  A rename to moved.txt would let the mode change go ahead
+    under the new name, so the rename is refused as that chmod; stay.txt
+    keeps its name and its mode."""
+    ws = sandbox.workspace
+    (ws / "stay.txt").write_text("stay\n")
+    (ws / "stay.txt").chmod(0o644)
+    steps = [
+        ["rename", "rename", "stay.txt", "moved.txt"],
+        ["chmod moved", "chmod", "moved.txt", "777"],
+    ]
+    policy = sandbox.policy("stay", _rule("refused-chmod", "file_chmod", 'target: "**/stay.txt"'))
+    result = _run(sandbox, native, policy, steps)
+    assert result.returncode == 0, result.stderr[-2000:]
+    outcome = _outcome(result)
+    assert outcome == {"rename": "EACCES", "chmod moved": "ENOENT"}
+    assert stat.S_IMODE((ws / "stay.txt").stat().st_mode) == 0o644
+    assert ("file_chmod", "refused-chmod") in _denials(sandbox)
+
+
+@both_paths
+def test_a_directory_holding_secrets_moves_when_they_stay_refused(
+    sandbox: Sandbox, native: bool
+) -> None:
+    """The control, under strict alone: a project directory holding a .env,
+    a key and a __pycache__ is renamed within the workspace (as tools do).
+    Every rule names each entry alike under both names (strict's secrets by
+    their base names), so the move goes ahead."""
+    ws = sandbox.workspace
+    (ws / "proj" / "__pycache__").mkdir(parents=True)
+    (ws / "proj" / "__pycache__" / "m.cpython-311.pyc").write_bytes(b"pyc")
+    (ws / "proj" / ".env").write_text(SECRET)
+    (ws / "proj" / "deploy.key").write_text(SECRET)
+    (ws / "proj" / "src").mkdir()
+    (ws / "proj" / "src" / "main.py").write_text("print()\n")
+    steps = [
+        ["move project", "rename", "proj", "renamed"],
+        ["read source", "read", "renamed/src/main.py"],
+        ["move back", "rename", "renamed", "proj"],
+    ]
+    result = _run(sandbox, native, "strict", steps)
+    assert result.returncode == 0, result.stderr[-2000:]
+    outcome = _outcome(result)
+    assert outcome == {
+        "move project": "ok",
+        "read source": "ok",
+        "move back": "ok",
+    }
+    assert (ws / "proj" / ".env").read_text() == SECRET
+
+
+@both_paths
+def test_a_tree_the_agent_cannot_list_is_not_moved(sandbox: Sandbox, native: bool) -> None:
+    """a/private holds a directory the agent may not read (mode 0, another
+    owner's).  Its entries cannot be judged, so the move fails closed (EIO)
+    and says why in the audit log."""
+    ws = sandbox.workspace
+    (ws / "a" / "private" / "locked").mkdir(parents=True)
+    (ws / "a" / "private" / "locked" / "data").write_text(SECRET)
+    os.chown(ws / "a" / "private" / "locked", 12345, 12345)
+    (ws / "a" / "private" / "locked").chmod(0)
+    policy = sandbox.policy("unread-private", UNREAD_PRIVATE_ROOTLESS)
+    steps = [["move directory", "rename", "a/private", "a/public"]]
+    result = _run(sandbox, native, policy, steps)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert _outcome(result) == {"move directory": "EIO"}
+    assert (ws / "a" / "private" / "locked").is_dir()
+    failures = [r for r in sandbox.audit_records() if "could not be listed" in json.dumps(r)]
+    assert failures, sandbox.audit_records()[-3:]
 
 
 @both_paths

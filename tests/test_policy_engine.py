@@ -605,6 +605,87 @@ def test_a_move_of_a_directory_above_a_refused_root_gets_that_rules_decision() -
         assert policy.refused_beneath(moved) is None, moved
 
 
+NAMED_BY_SEGMENT = """
+    name: t
+    default: allow
+    rules:
+      - id: unread-private
+        actions: [file_read]
+        target: "**/private/*"
+        decision: deny
+      - id: frozen-files
+        actions: [file_write]
+        pattern: '^.*/frozen/[^/]+$'
+        decision: deny
+      - id: pem
+        actions: [file_read, file_move]
+        target: "**/*.pem"
+        decision: deny
+      - id: approve-vault
+        actions: [file_chmod]
+        target: "{workspace}/vault/**"
+        decision: require_approval
+"""
+
+
+def test_a_move_is_refused_as_what_an_entry_would_escape() -> None:
+    policy = compiled(NAMED_BY_SEGMENT)
+    ws = CTX.workspace
+    # An entry beneath the moved directory, readable only under its new name:
+    # the first one found is the check.
+    assert policy.moved_escape(f"{ws}/a/private", f"{ws}/a/public", ["notes", "data"]) == (
+        A.FILE_READ,
+        f"{ws}/a/private/notes",
+    )
+    # A move above it keeps every entry's segments: b/private/data is still private/*.
+    assert policy.moved_escape(f"{ws}/a", f"{ws}/b", ["private", "private/data"]) is None
+    # Content arriving under a name whose writes are refused.
+    assert policy.moved_escape(f"{ws}/staging", f"{ws}/frozen", ["f"]) == (
+        A.FILE_WRITE,
+        f"{ws}/frozen/f",
+    )
+    # ...but the moved name itself is left to the rename's own file_write check,
+    assert policy.moved_escape(f"{ws}/f", f"{ws}/frozen/f", ()) is None
+    # while moving it out would make it writable.
+    assert policy.moved_escape(f"{ws}/frozen/f", f"{ws}/f", ()) == (A.FILE_WRITE, f"{ws}/frozen/f")
+    # A hold for approval counts as a refusal: it must not vanish with a name.
+    assert policy.moved_escape(f"{ws}/vault/d", f"{ws}/d", ["k"]) == (
+        A.FILE_CHMOD,
+        f"{ws}/vault/d",
+    )
+    # Names that rules treat alike: a basename rule follows the file.
+    assert policy.moved_escape(f"{ws}/a", f"{ws}/b", ["key.pem", "sub", "sub/x.pem"]) is None
+
+
+def test_only_rules_whose_roots_touch_a_move_make_its_tree_listed() -> None:
+    rooted = compiled(
+        """
+        name: t
+        default: allow
+        rules:
+          - id: etc
+            actions: [file_write]
+            target: /etc/**
+            decision: deny
+          - id: vault
+            actions: [file_read]
+            target: "{workspace}/vault/**/*.token"
+            decision: deny
+          - id: commands
+            actions: [shell_execute]
+            target: "**"
+            decision: allow
+        """
+    )
+    ws = CTX.workspace
+    assert not rooted.names_could_move("/tmp/a", "/tmp/b")  # `**` for commands is no path rule
+    assert rooted.names_could_move(f"{ws}/vault/team", f"{ws}/team")
+    assert rooted.names_could_move(f"{ws}/team", f"{ws}/vault/team")
+    assert rooted.names_could_move("/", "/x")  # above every root
+    assert not rooted.names_could_move(f"{ws}/vaulted", f"{ws}/other")
+    assert compiled(NAMED_BY_SEGMENT).names_could_move("/tmp/a", "/tmp/b")  # rules with no root
+
+
 def test_home_stands_for_its_real_path_too() -> None:
     ctx = RunContext("/w", "/home/link", "a", home_real="/real/home")
     assert ctx.placeholder_values()["home"] == ("/home/link", "/real/home")

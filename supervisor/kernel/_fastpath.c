@@ -1394,7 +1394,11 @@ static void release_two(struct two_names *t) {
 /* rename, renameat, renameat2 (no flags, or RENAME_NOREPLACE): the
  * supervisor's checks (file_move and file_read at the old name: the new one
  * may be readable; file_write at the new, and more where a name holds a file,
- * below), then renameat2 between the pinned directories. */
+ * below), then renameat2 between the pinned directories.  The rules follow
+ * names: a name that refuses nothing (every file action and process_spawn
+ * plainly allowed) gives no new name anything it did not have; any other is
+ * the supervisor's to compare, and so is a directory, whose tree the
+ * supervisor has listed and judged under both names. */
 static int serve_rename(int listener, const struct seccomp_notif *n, int olddirfd,
                         uint64_t old_ptr, int newdirfd, uint64_t new_ptr, uint64_t flags) {
     if (flags & ~(uint64_t)RENAME_NOREPLACE)
@@ -1414,9 +1418,9 @@ static int serve_rename(int listener, const struct seccomp_notif *n, int olddirf
     for (int i = 0; i < 2; i++)
         there[i] = fstatat(t.dir[i], t.name[i], &held[i], AT_SYMLINK_NOFOLLOW) == 0;
     int linked = there[0] && S_ISREG(held[0].st_mode) && held[0].st_nlink > 1;
-    int need_old = ALLOW_MOVE | ALLOW_READ | (linked ? ALLOW_WRITE | ALLOW_CHMOD : 0);
+    int need_old = ALLOW_MOVE | ALLOW_READ | ALLOW_WRITE | ALLOW_DELETE | ALLOW_CHMOD | ALLOW_SPAWN;
     int need_new = ALLOW_WRITE | (there[1] && !(flags & RENAME_NOREPLACE) ? ALLOW_DELETE | ALLOW_CHMOD : 0);
-    if ((linked && !own_name(&held[0])) ||
+    if ((there[0] && S_ISDIR(held[0].st_mode)) || (linked && !own_name(&held[0])) ||
         !granted(t.target[0], (size_t)t.length[0], need_old, 0) ||
         !granted(t.target[1], (size_t)t.length[1], need_new, 0)) {
         release_two(&t);

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import itertools
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -363,6 +364,82 @@ class CompiledPolicy:
             and rule.matcher.roots is not None
         )
 
+    # --- what a move carries with it ---
+
+    def names_could_move(self, old: str, new: str) -> bool:
+        """Whether some rule could decide differently on a path beneath `old`
+        once it is beneath `new`: then a move of `old` has its tree judged
+        (`moved_escape`).  False only when every path rule's literal roots lie
+        apart from both: such a rule names nothing beneath either."""
+        for roots in self._path_rule_roots:
+            if roots is None:
+                return True
+            for root in roots:
+                if _related(root, old) or _related(root, new):
+                    return True
+        return False
+
+    def moved_escape(
+        self, old: str, new: str, entries: Iterable[str]
+    ) -> tuple[ActionType, str] | None:
+        """The first check a move of `old` to `new` must also pass, or None.
+
+        `entries` are the paths beneath `old` (relative, as a listing gives
+        them); "" is `old` itself, always looked at.  A move gives each entry a
+        new name, and the rules follow names: what is refused or held under
+        the old name must not go ahead under the new one (`private/key` moved
+        to `public/key` under a rule for `**/private/*`), and nothing may
+        arrive under a name whose writes are refused (a tree moved into
+        `frozen/`).  The answer is that check, (action, name), for the judge
+        to refuse: the rule that fired, recorded as it would be for the name.
+        """
+        hits = self._path_hits
+        for entry in itertools.chain(("",), entries):
+            before = f"{old}/{entry}" if entry else old
+            after = f"{new}/{entry}" if entry else new
+            if hits(before) == hits(after) is not None:
+                continue  # every rule names both alike: every decision is the same
+            for action in _MOVED_ACTIONS:
+                was = response_for(self.evaluate_target(action, before)).proceeds
+                becomes = response_for(self.evaluate_target(action, after)).proceeds
+                if becomes and not was:
+                    return action, before
+                if was and not becomes and action is ActionType.FILE_WRITE and entry:
+                    return action, after
+        return None
+
+    @functools.cached_property
+    def _path_rule_roots(self) -> tuple[tuple[str, ...] | None, ...]:
+        return tuple(
+            rule.matcher.roots
+            for rule in self.rules
+            if rule.applies and rule.rule.actions & PATH_ACTIONS
+        )
+
+    @functools.cached_property
+    def _path_hits(self) -> Callable[[str], frozenset[int] | None]:
+        """Which path rules (and `except` globs) match a path, as one set of indices.
+
+        Two paths with the same set get the same decision for every path
+        action.  None when RE2's DFA gave up: the caller compares decisions.
+        """
+        patterns = [
+            regex
+            for rule in self.rules
+            if rule.applies and rule.rule.actions & PATH_ACTIONS
+            for regex in (rule.matcher.regex, *(excepted.regex for excepted in rule.excepts))
+        ]
+        try:
+            match = linear.PatternSet(patterns).raw_match
+        except PatternError:
+            return _no_hits
+
+        def hits(path: str) -> frozenset[int] | None:
+            found = match(path.encode("utf-8", "surrogatepass"))
+            return frozenset(found) if found else None
+
+        return hits
+
     def too_long(self, target: str) -> Decision:
         """The deny for a target longer than MAX_TARGET_LENGTH, which no rule is run on."""
         return Decision(
@@ -433,6 +510,28 @@ class CompiledPolicy:
             if not any(root == k or root.startswith(k + "/") for k in kept):
                 kept.append(root)
         return tuple(kept)
+
+
+# The actions a moved name is compared for: each of them follows the name.
+_MOVED_ACTIONS = (
+    ActionType.FILE_READ,
+    ActionType.FILE_WRITE,
+    ActionType.FILE_DELETE,
+    ActionType.FILE_MOVE,
+    ActionType.FILE_CHMOD,
+    ActionType.PROCESS_SPAWN,
+)
+
+
+def _related(root: str, path: str) -> bool:
+    """True when one of the two is the other or lies beneath it."""
+    if root == path or root == "/":
+        return True
+    return path.startswith(root + "/") or root.startswith(path.rstrip("/") + "/")
+
+
+def _no_hits(_path: str) -> None:
+    return None
 
 
 def _matches_everything(rule: CompiledRule) -> bool:

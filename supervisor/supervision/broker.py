@@ -53,9 +53,12 @@ from ..kernel import seccomp as _seccomp
 
 AT_FDCWD = -100
 
-# Requests.  RESOLVE and CONNECT have a reply.
+# Requests.  RESOLVE, CONNECT and LIST have a reply.
 RESOLVE = 1
 CONNECT = 17
+# The paths beneath a directory of a pinned one (the reply brings them in a
+# memfd): what a move of that directory carries to new names.
+LIST = 32
 DROP = 2
 INJECT = 3  # ADDFD an fd opened by RESOLVE(open=flags)
 REOPEN = 4  # reopen a pinned object with the agent's flags, then ADDFD
@@ -114,6 +117,9 @@ _MAX_EXPECTED_CMDLINE = 8192
 _SPILL_OVER = _MAX_MESSAGE - 256
 _MAX_SPILL = 8 << 20
 _MAX_FDS = 3
+# A move of a larger tree is not judged entry by entry: it fails (closed).
+MAX_LISTED = 250_000
+_MAX_LISTING = 64 << 20
 _FDS_SPACE = socket.CMSG_LEN(_MAX_FDS * 4)  # what socket.recv_fds asks for
 REPLY_TIMEOUT = 10.0
 _REPLY_TIMEOUT_MS = int(REPLY_TIMEOUT * 1000)
@@ -249,19 +255,55 @@ class BrokerClient:
         (err,) = self._call(CONNECT, (address, handle), [sock])
         return err if isinstance(err, int) else errno.EIO
 
-    def _call(self, op: int, request: tuple[object, ...], fds: list[int]) -> tuple[Any, ...]:
+    def list_tree(self, parent: int, name: bytes) -> list[str]:
+        """The paths beneath directory `name` in pinned directory `parent`,
+        relative to it, as the agent may list them (symlinks not followed).
+
+        Raises OSError when the tree cannot be listed whole: a directory the
+        agent may not read, or more than MAX_LISTED entries.
+        """
+        fds: list[int] = []
+        err, count = self._call(LIST, (parent, name), [], brought=fds)
+        if err:
+            for fd in fds:
+                os.close(fd)
+            raise OSError(err, os.strerror(err))
+        if len(fds) != 1 or not isinstance(count, int):
+            for fd in fds:
+                os.close(fd)
+            self._break()
+            raise BrokerGone(errno.EIO, "the agent's broker answered LIST without its listing")
+        try:
+            listing = _read_all(fds[0], _MAX_LISTING)
+        finally:
+            os.close(fds[0])
+        return os.fsdecode(listing).split("\0") if count else []
+
+    def _call(
+        self,
+        op: int,
+        request: tuple[object, ...],
+        fds: list[int],
+        *,
+        brought: list[int] | None = None,
+    ) -> tuple[Any, ...]:
         """A request with a reply: the broker answers in order, so the next reply is ours."""
         self._seq += 1
         self._send((op, self._seq, *request), fds)
-        return self._reply()
+        return self._reply(brought)
 
-    def _reply(self) -> tuple[Any, ...]:
-        """The reply to request `_seq`, without its sequence number."""
+    def _reply(self, brought: list[int] | None = None) -> tuple[Any, ...]:
+        """The reply to request `_seq`, without its sequence number; with
+        `brought`, the fds that came with it go there."""
         if not self._replies.poll(_REPLY_TIMEOUT_MS):
             self._break()
             raise BrokerGone(errno.EIO, "the agent's broker stopped answering")
         try:
-            data = self.channel.recv(_MAX_MESSAGE)
+            if brought is None:  # the hot path: no fds come with it
+                data = self.channel.recv(_MAX_MESSAGE)
+            else:
+                data, ancillary, _flags, _addr = self.channel.recvmsg(_MAX_MESSAGE, _FDS_SPACE)
+                brought.extend(_received_fds(ancillary))
         except OSError as exc:
             self._break()
             raise BrokerGone(errno.EIO, f"the agent's broker is gone: {exc}") from exc
@@ -387,6 +429,8 @@ class Broker:
                 self._resolve(message, fds)
             elif op == CONNECT:
                 self._connect(message, fds)
+            elif op == LIST:
+                self._list(message)
             elif op == DROP:
                 self._close(message[1])
             elif op == ALLOW:
@@ -423,6 +467,8 @@ class Broker:
                 self.channel.send(marshal.dumps((message[1], failed)))  # type: ignore[arg-type]
             elif op == CONNECT:
                 self.channel.send(marshal.dumps((message[1], err)))
+            elif op == LIST:
+                self.channel.send(marshal.dumps((message[1], err, 0)))
             elif op != DROP:
                 _seccomp.respond_error(self.listener, message[1], err)
 
@@ -544,6 +590,20 @@ class Broker:
                 if fd >= 0:
                     os.close(fd)
         self.channel.send(marshal.dumps((seq, err)))  # type: ignore[arg-type]
+
+    def _list(self, message: tuple[object, ...]) -> None:
+        _op, seq, handle, name = message
+        parent = self.pinned.get(handle, -1) if isinstance(handle, int) else -1
+        if parent < 0 or not isinstance(name, bytes):
+            self.channel.send(marshal.dumps((seq, errno.EBADF, 0)))  # type: ignore[arg-type]
+            return
+        paths = _tree_beneath(parent, name)
+        listing = _spill(os.fsencode("\0".join(paths)), _MAX_LISTING)
+        try:
+            reply = marshal.dumps((seq, 0, len(paths)))  # type: ignore[arg-type]
+            socket.send_fds(self.channel, [reply], [listing])
+        finally:
+            os.close(listing)
 
     # -- operations
 
@@ -867,9 +927,37 @@ def _fd_array(fds: list[int]) -> bytes:
     return struct.pack(f"{len(fds)}i", *fds)
 
 
-def _spill(data: bytes) -> int:
-    """A memfd holding `data`, for a request too large for one packet."""
-    if len(data) > _MAX_SPILL:
+def _tree_beneath(parent: int, name: bytes) -> list[str]:
+    """The paths beneath directory `name` of `parent`, relative to it, each
+    directory before what it holds.  Symlinks are entries, never followed; a
+    directory that cannot be read fails the whole listing, as do more than
+    MAX_LISTED entries."""
+    how = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    paths: list[str] = []
+    pending = [(os.open(name, how, dir_fd=parent), "")]
+    try:
+        while pending:
+            fd, prefix = pending.pop()
+            try:
+                with os.scandir(fd) as entries:
+                    for entry in entries:
+                        path = prefix + entry.name
+                        paths.append(path)
+                        if entry.is_dir(follow_symlinks=False):
+                            pending.append((os.open(entry.name, how, dir_fd=fd), path + "/"))
+                        if len(paths) > MAX_LISTED:
+                            raise OSError(errno.E2BIG, f"more than {MAX_LISTED} entries")
+            finally:
+                os.close(fd)
+    finally:
+        for fd, _prefix in pending:
+            os.close(fd)
+    return paths
+
+
+def _spill(data: bytes, limit: int = _MAX_SPILL) -> int:
+    """A memfd holding `data`: a request too large for one packet, or a listing."""
+    if len(data) > limit:
         raise OSError(errno.EMSGSIZE, "request too large for the broker")
     fd = os.memfd_create("agentsup-request", os.MFD_CLOEXEC)
     try:
@@ -882,10 +970,10 @@ def _spill(data: bytes) -> int:
     return fd
 
 
-def _read_all(fd: int) -> bytes:
-    """A spilled request: the whole memfd, from its start (the caller closes it)."""
+def _read_all(fd: int, limit: int = _MAX_SPILL) -> bytes:
+    """A spilled request or a listing: the whole memfd, from its start (the caller closes it)."""
     size = os.fstat(fd).st_size
-    if size > _MAX_SPILL:
+    if size > limit:
         raise OSError(errno.EMSGSIZE, "spilled request too large")
     return os.pread(fd, size, 0)
 

@@ -477,9 +477,7 @@ class Judge:
         side effect (the broker's native path asks its copy of this judge)."""
         return self.plainly_allowed_bits(target, ((action, 1),)) == 1
 
-    def plainly_allowed_bits(
-        self, target: str, wanted: Iterable[tuple[ActionType, int]]
-    ) -> int:
+    def plainly_allowed_bits(self, target: str, wanted: Iterable[tuple[ActionType, int]]) -> int:
         """`plainly_allows` for several actions on one target at once: the OR of
         the bits of the (action, bit) pairs it holds for.
 
@@ -593,6 +591,16 @@ class Judge:
             if action is ActionType.FILE_MOVE and response_for(decision).proceeds:
                 decision = self.policy.refused_beneath(target) or decision
         return decision
+
+    def carried_check(
+        self, old: str, new: str, tree: Callable[[], Iterable[str]] | None
+    ) -> tuple[ActionType, str] | None:
+        """For a move of `old` to `new`: one more check it must pass, or None
+        (`CompiledPolicy.moved_escape`).  `tree` lists what a moved directory
+        holds; it is asked only when some rule could tell the names apart."""
+        policy = self.policy
+        entries = tree() if tree is not None and policy.names_could_move(old, new) else ()
+        return policy.moved_escape(old, new, entries)
 
     def judge(self, event: Event, tid: int) -> Response:
         return self.judge_event(event, tid)[1]

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import os
 import select
 import signal
@@ -40,7 +41,7 @@ import socket
 import stat
 import struct
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -186,6 +187,14 @@ class Judge(Protocol):
     def in_tree(self, pid: int) -> bool: ...
 
     def group_in_tree(self, pgid: int) -> bool: ...
+
+    def carried_check(
+        self, old: str, new: str, tree: Callable[[], Iterable[str]] | None
+    ) -> tuple[ActionType, str] | None: ...
+
+
+class TreeNotListed(RuntimeError):
+    """A moved directory whose tree could not be judged: the move fails (closed)."""
 
 
 @dataclass(slots=True)
@@ -1337,6 +1346,15 @@ class Mediator:
                     (ActionType.FILE_CHMOD, dest.target),
                 ]
         response = self._decide_all(n, syscall, checks)
+        if response.proceeds and not linking:
+            moves = [(source, source_file, dest)]
+            if flags & RENAME_EXCHANGE:
+                moves.append((dest, dest_file, source))
+            try:
+                response = self._decide_carried(n, syscall, moves)
+            except Exception:
+                self.release(source, dest)
+                raise
         if not response.proceeds:
             self.release(source, dest)
             self._refuse(n, response, errno.EACCES)
@@ -1358,9 +1376,39 @@ class Mediator:
     def _on_rename(self, n: _seccomp.Notification, name: str) -> None:
         self._two_paths(n, name, AT_FDCWD, n.args[0], AT_FDCWD, n.args[1], linking=False, flags=0)
 
-    def _moved_file_checks(
-        self, name: Resolved, file: Resolved
-    ) -> list[tuple[ActionType, str]]:
+    def _decide_carried(
+        self,
+        n: _seccomp.Notification,
+        syscall: str,
+        moves: list[tuple[Resolved, Resolved, Resolved]],
+    ) -> Response:
+        """Each (name, what it holds, new name) of a move gives what it holds,
+        and everything beneath, the new name: the judge's `carried_check`
+        says what that must pass too.  A directory is listed by the broker,
+        with the agent's rights; one that cannot be listed whole is not moved."""
+        for name, held, to in moves:
+            if held.error or name.error or to.error:
+                continue  # nothing moves
+            tree = None
+            if stat.S_ISDIR(held.pinned.mode):
+                tree = functools.partial(self._tree_of, name)
+            check = self.judge.carried_check(name.target, to.target, tree)
+            if check is not None:
+                return self._decide(n, syscall, *check)
+        return Response.ALLOW
+
+    def _tree_of(self, directory: Resolved) -> list[str]:
+        try:
+            return self.broker.list_tree(directory.handle, directory.name)
+        except broker.BrokerGone:
+            raise
+        except OSError as exc:
+            raise TreeNotListed(
+                f"moving {directory.target} would carry a tree that could not be listed "
+                f"whole ({exc.strerror or exc}); it was not moved"
+            ) from None
+
+    def _moved_file_checks(self, name: Resolved, file: Resolved) -> list[tuple[ActionType, str]]:
         """A regular file with other names keeps them when one name moves: it
         is judged as it would be through a link (its writes and mode changes
         reach the names left behind), under its protected name if it has one."""
