@@ -790,25 +790,21 @@ def test_open_by_handle_and_mount_never_reach_a_refused_file(
 # -- /proc/self inside a symlink ---------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open divergence: a symlink into /proc/self met while the broker resolves a name "
-    "is followed in the broker (what is opened is still judged by its real path)",
-)
 @both_paths
 def test_proc_self_inside_a_symlink_means_the_agent_never_the_broker(
     sandbox: Sandbox, native: bool
 ) -> None:
     """Symlinks the agent makes to /proc/self/cwd, to /proc/self/fd/N of a
-    file it holds, and to /proc/self/fd/N for fds it does not hold; opened.
+    file it holds, to /proc/self/fd/N for fds it does not hold, to
+    /proc/thread-self/status, to /proc/mounts (itself a symlink to
+    self/mounts) and to /dev/stdout (a pipe); opened.
 
     Without agentsup (the reference) each resolves in the agent: its cwd,
-    its own fd, ENOENT for an fd it does not hold.  `_anchor`/`_agent_alias`
-    (and the native path) rewrite /proc/self only at the start of the name
-    the agent passed; a symlink met during the broker's own resolution is
-    followed by the kernel in the broker, so /proc/self there is the
-    broker: its cwd, and its own open files (directories it holds are
-    handed to the agent, judged only by their real path)."""
+    its own fd, ENOENT for an fd it does not hold, its own status, its own
+    stdout.  The broker resolves for the agent, where /proc/self is the
+    broker's: so it refuses magic links on the way (RESOLVE_NO_MAGICLINKS),
+    and a name that meets one, or lands in the broker's own /proc entry, is
+    walked as the agent's (`agentpath.open_as_agent`)."""
     ws = sandbox.workspace
     (ws / "own.txt").write_text("own\n")
     steps = [
@@ -818,6 +814,12 @@ def test_proc_self_inside_a_symlink_means_the_agent_never_the_broker(
         ["fd link", "symlink-fd", "own", "mine"],
         ["through fd link", "read", "mine"],
         ["foreign fds", "foreign-fds"],
+        ["status link", "symlink", "/proc/thread-self/status", "status"],
+        ["through status link", "read", "status"],
+        ["mounts link", "symlink", "/proc/mounts", "mounts"],
+        ["through mounts link", "read", "mounts"],
+        ["stdout link", "symlink", "/dev/stdout", "out"],
+        ["through stdout link", "write", "out", "written through the link\n"],
     ]
     (ws / "other.txt").write_text("other\n")
     result = _run(sandbox, native, "strict", steps)
@@ -828,3 +830,7 @@ def test_proc_self_inside_a_symlink_means_the_agent_never_the_broker(
     assert reports["through cwd link"].get("data") == "own\n", reports
     assert reports["through fd link"].get("data") == "other\n", reports
     assert reports["foreign fds"].get("data") == "[]", reports
+    assert "Name:\tpython3\n" in reports["through status link"].get("data", ""), reports
+    assert " / " in reports["through mounts link"].get("data", ""), reports
+    assert reports["through stdout link"]["result"] == "ok", reports
+    assert "written through the link\n" in result.stdout

@@ -798,6 +798,18 @@ static int open_exact(const char *path, unsigned long flags) {
 #endif
 }
 
+/* openat, refusing magic links on the way (ELOOP): a symlink into
+ * /proc/self would be the broker's own entry, not the agent's.  Such a name
+ * is the supervisor's, which walks it as the agent's (agentpath.py). */
+static int open_followed(int anchor, const char *raw, unsigned long flags) {
+#ifdef HAVE_OPENAT2
+    struct open_how how = {.flags = flags, .mode = 0, .resolve = RESOLVE_NO_MAGICLINKS};
+    return (int)syscall(SYS_openat2, anchor, raw, &how, sizeof how);
+#else
+    return openat(anchor, raw, (int)flags);
+#endif
+}
+
 /* The real path of what `fd` is, NUL-terminated in `out`; its length, or -1
  * when it is nothing this path judges (not absolute, /proc, /dev, deleted). */
 static int own_fds = -1; /* /proc/self/fd, opened once: one path step per lookup */
@@ -870,7 +882,7 @@ static int pin_parent(int anchor, int exact, const char *parent,
             exact = 0;
     }
     if (!exact)
-        dir = openat(anchor, parent, O_PATH | O_DIRECTORY | O_CLOEXEC);
+        dir = open_followed(anchor, parent, O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (dir < 0)
         return -1;
     if (exact)
@@ -1053,7 +1065,7 @@ static int serve_open(int listener, const struct seccomp_notif *n, int dirfd, ui
         anchor = open_anchor((pid_t)n->pid, dirfd, raw);
         if (anchor == -2)
             return 0;
-        fd = openat(anchor, raw, (int)how);
+        fd = open_followed(anchor, raw, how);
     }
     if (fd < 0) {
         int err = errno, answered = 0;
@@ -1616,7 +1628,7 @@ static int serve_exec(int listener, int forward_fd, const struct seccomp_notif *
         int anchor = open_anchor(tid, dirfd, raw);
         if (anchor == -2)
             return 0;
-        fd = openat(anchor, raw, O_PATH | O_CLOEXEC);
+        fd = open_followed(anchor, raw, O_PATH | O_CLOEXEC);
         close_anchor(anchor);
     }
     if (fd < 0)

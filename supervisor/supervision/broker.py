@@ -47,6 +47,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..kernel import agentpath
 from ..kernel import fastpath as _fastpath
 from ..kernel import proc as _proc
 from ..kernel import seccomp as _seccomp
@@ -132,10 +133,16 @@ _SCM_RIGHTS = socket.SCM_RIGHTS
 # flags or -1).  The broker hands it over at once (`Pinned.injected`); anything
 # else found is answered as usual, for the supervisor to decide.
 Expected = tuple[str, int, int, bool, int, bool, int]
+# What /proc/self and /proc/thread-self are for the agent's thread, as the
+# broker's PID namespace numbers it (b"12", b"12/task/13"): see `agentpath`.
+AgentSelf = tuple[bytes, bytes]
 # One path of a RESOLVE request: (anchor index among the fds sent, -1 for the
 # agent's root; raw; kind; open flags; RESOLVE_* flags; follow; want_script;
-# keep; an Expected read or None).
-Lookup = tuple[int, bytes, int, int, int, bool, bool, bool, Expected | None]
+# keep; an Expected read or None; AgentSelf or None).
+Lookup = tuple[int, bytes, int, int, int, bool, bool, bool, Expected | None, AgentSelf | None]
+# The error of a lookup that met a magic link (a symlink into /proc/self, say)
+# and had no AgentSelf to walk it with: ask again with one.  Never an errno.
+THROUGH_MAGIC_LINK = 1 << 16
 
 
 class BrokerGone(OSError):
@@ -155,6 +162,8 @@ class Pinned:
     nlink: int = 0
     script: bool = False
     injected: bool = False  # opened for reading and handed to the agent already (`Expected`)
+    # Reached through a symlink to the agent's own /proc/self/fd/N: an fd it holds.
+    held: bool = False
 
 
 # -- the supervisor's side -----------------------------------------------------------
@@ -224,13 +233,25 @@ class BrokerClient:
         want_script: bool = False,
         keep: bool = True,
         expected: Expected | None = None,
+        agent: AgentSelf | None = None,
     ) -> Pinned:
         """Pin what `raw` names, from `anchor` (an fd) or the agent's root (-1).
 
         With `keep` False it is only looked at: nothing stays pinned (handle -1).
         """
         index, anchors = (0, [anchor]) if anchor >= 0 else (-1, [])
-        lookup = (index, raw, kind, flags, resolve_flags, follow, want_script, keep, expected)
+        lookup = (
+            index,
+            raw,
+            kind,
+            flags,
+            resolve_flags,
+            follow,
+            want_script,
+            keep,
+            expected,
+            agent,
+        )
         (answers,) = self._call(RESOLVE, ((lookup,),), anchors)
         return Pinned(*answers[0]) if answers else Pinned(error=errno.EIO)
 
@@ -482,14 +503,14 @@ class Broker:
 
     def _lookup(self, lookup: tuple[object, ...], fds: list[int]) -> tuple[object, ...]:
         """One path of a RESOLVE: (handle, path, errno, mode, dev, ino, nlink, script, injected)."""
-        index, raw, kind, flags, resolve_flags, follow, want_script, keep, expected = lookup
+        index, raw, kind, flags, resolve_flags, follow, want_script, keep, expected, agent = lookup
         assert isinstance(raw, bytes) and isinstance(kind, int) and isinstance(flags, int)
         assert isinstance(resolve_flags, int) and isinstance(index, int)
         if index >= len(fds):
             return _failed_lookup(errno.EBADF)
         anchor = fds[index] if index >= 0 else AT_FDCWD
         try:
-            fd, st = self._open(anchor, raw, kind, flags, resolve_flags, bool(follow))
+            fd, st, held = self._open(anchor, raw, kind, flags, resolve_flags, bool(follow), agent)
         except OSError as exc:
             return _failed_lookup(exc.errno or errno.ENOENT)
         # One fstat (from `_open`) and one readlink per resolution.
@@ -499,6 +520,24 @@ class Broker:
             os.close(fd)
             return _failed_lookup(exc.errno or errno.ENOENT)
         handle, err = fd, 0
+        if self._in_own_proc(path) and not resolve_flags and not raw.startswith(b"/proc/"):
+            # /proc/self met through a plain symlink (`m -> /proc/mounts`): the
+            # agent's own entry was meant.
+            os.close(fd)
+            if not isinstance(agent, tuple):
+                return _failed_lookup(THROUGH_MAGIC_LINK)
+            try:
+                fd, st, held = self._open(
+                    anchor, raw, kind, flags, 0, bool(follow), agent, walk=True
+                )
+            except OSError as exc:
+                return _failed_lookup(exc.errno or errno.ENOENT)
+            try:
+                path = _proc.fd_path(fd)
+            except OSError as exc:
+                os.close(fd)
+                return _failed_lookup(exc.errno or errno.ENOENT)
+            handle = fd
         if self._is_mine(path, st):
             handle, err = -1, errno.EACCES
         elif (hand_over := _as_expected(kind, path, st, expected)) is not None:
@@ -507,7 +546,7 @@ class Broker:
                 self._hand_over(notif_id, fd, cloexec, setfl)
             except Exception as exc:  # fail this syscall, keep serving
                 _seccomp.respond_error(self.listener, notif_id, _errno_of(exc))
-            return (-1, path, 0, st.st_mode, st.st_dev, st.st_ino, st.st_nlink, False, True)
+            return (-1, path, 0, st.st_mode, st.st_dev, st.st_ino, st.st_nlink, False, True, held)
         script = bool(want_script) and handle >= 0 and stat.S_ISREG(st.st_mode)
         script = script and _starts_with_shebang(fd)
         if handle >= 0 and keep:
@@ -515,23 +554,34 @@ class Broker:
         else:
             os.close(fd)
             handle = -1
-        return (handle, path, err, st.st_mode, st.st_dev, st.st_ino, st.st_nlink, script, False)
+        return (
+            handle, path, err, st.st_mode, st.st_dev, st.st_ino, st.st_nlink, script, False, held
+        )  # fmt: skip
 
     @staticmethod
     def _open(
-        anchor: int, raw: bytes, kind: int, flags: int, resolve: int, follow: bool
-    ) -> tuple[int, os.stat_result]:
-        """The fd `raw` resolves to (pinned, or opened for reading), and its stat."""
+        anchor: int,
+        raw: bytes,
+        kind: int,
+        flags: int,
+        resolve: int,
+        follow: bool,
+        agent: object = None,
+        *,
+        walk: bool = False,
+    ) -> tuple[int, os.stat_result, bool]:
+        """The fd `raw` resolves to (pinned, or opened for reading), its stat,
+        and whether it is one the agent holds (`agentpath`)."""
         if kind == OPEN:
             how = flags | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
-            fd = Broker._open_at(anchor, raw, how, resolve)
+            fd, held = Broker._open_at(anchor, raw, how, resolve, agent, walk)
             try:
                 st = os.fstat(fd)
             except OSError:
                 os.close(fd)
                 raise
             if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
-                return fd, st
+                return fd, st, held
             # A FIFO, socket or device: opening it may mean something; pin it instead.
             os.close(fd)
             kind = OBJECT
@@ -540,20 +590,45 @@ class Broker:
             how |= os.O_DIRECTORY
         elif not follow:
             how |= os.O_NOFOLLOW
-        fd = Broker._open_at(anchor, raw, how, resolve)
+        fd, held = Broker._open_at(anchor, raw, how, resolve, agent, walk)
         try:
-            return fd, os.fstat(fd)
+            return fd, os.fstat(fd), held
         except OSError:
             os.close(fd)
             raise
 
     @staticmethod
-    def _open_at(anchor: int, raw: bytes, how: int, resolve: int) -> int:
-        """openat2; without RESOLVE_* flags that is openat (the mediator checked the
-        flags), and os.open costs less than a ctypes call."""
+    def _open_at(
+        anchor: int, raw: bytes, how: int, resolve: int, agent: object, walk: bool = False
+    ) -> tuple[int, bool]:
+        """openat2 with the agent's RESOLVE_* flags (the mediator checked them).
+
+        Without, a magic link met on the way (a symlink into /proc/self) would
+        be the broker's: the kernel is told to refuse them, and such a name is
+        walked as the agent's (`agentpath`), with `agent` (an AgentSelf), or
+        answered THROUGH_MAGIC_LINK, for the supervisor to send one.  A name
+        that starts in /proc names a process's entry on purpose (the agent's
+        own, as the supervisor rewrote /proc/self) and is opened as it is.
+        """
         if resolve:
-            return _proc.openat2(anchor, raw, how, 0, resolve)
-        return os.open(raw, how, dir_fd=None if anchor == AT_FDCWD else anchor)
+            return _proc.openat2(anchor, raw, how, 0, resolve), False
+        if raw.startswith(b"/proc/"):
+            return os.open(raw, how, dir_fd=None if anchor == AT_FDCWD else anchor), False
+        if not walk:
+            try:
+                return _proc.openat2(anchor, raw, how, 0, _proc.RESOLVE_NO_MAGICLINKS), False
+            except OSError as exc:
+                if exc.errno != errno.ELOOP:
+                    raise
+        if not (isinstance(agent, tuple) and len(agent) == 2):
+            raise OSError(THROUGH_MAGIC_LINK, "a magic link on the way")
+        own_self, own_thread = agent
+        assert isinstance(own_self, bytes) and isinstance(own_thread, bytes)
+        return agentpath.open_as_agent(anchor, raw, how, own_self, own_thread)
+
+    def _in_own_proc(self, path: str) -> bool:
+        own = self._own_proc
+        return path.startswith(own) and (len(path) == len(own) or path[len(own)] == "/")
 
     def _is_mine(self, path: str, st: os.stat_result) -> bool:
         """The broker's own /proc entry, listener or channel: never the agent's to have.
@@ -561,10 +636,7 @@ class Broker:
         The broker is PID 1 of the agent's namespace, and a process may read its
         own /proc files (maps, fd/N) without the ptrace check the agent would get.
         """
-        own = self._own_proc
-        if path.startswith(own) and (len(path) == len(own) or path[len(own)] == "/"):
-            return True
-        return (st.st_dev, st.st_ino) in self.private
+        return self._in_own_proc(path) or (st.st_dev, st.st_ino) in self.private
 
     def _unpin(self, handle: object) -> int:
         """The pinned fd for `handle`, out of the table (the caller closes it); -1 if none."""
@@ -892,7 +964,7 @@ def _received_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
 
 def _failed_lookup(err: int) -> tuple[object, ...]:
     """A RESOLVE answer for a path that could not be resolved."""
-    return (-1, "", err, 0, 0, 0, 0, False, False)
+    return (-1, "", err, 0, 0, 0, 0, False, False, False)
 
 
 def _as_expected(

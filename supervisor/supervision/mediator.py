@@ -193,6 +193,13 @@ class Judge(Protocol):
     ) -> tuple[ActionType, str] | None: ...
 
 
+def _never_through_magic(pinned: Pinned) -> Pinned:
+    """A lookup the broker could not walk as the agent's fails as the kernel's ELOOP."""
+    if pinned.error == broker.THROUGH_MAGIC_LINK:
+        pinned.error = errno.ELOOP
+    return pinned
+
+
 class TreeNotListed(RuntimeError):
     """A moved directory whose tree could not be judged: the move fails (closed)."""
 
@@ -605,6 +612,11 @@ class Mediator:
             raw = b"/proc/%d/task/%d" % (tgid, _proc.namespace_pid(tid)) + raw[17:]
         return raw
 
+    def _agent_self(self, tid: int) -> broker.AgentSelf:
+        """/proc/self and /proc/thread-self for thread `tid`, as its broker numbers them."""
+        pid = _proc.namespace_pid(self._tgid_of(tid))
+        return b"%d" % pid, b"%d/task/%d" % (pid, _proc.namespace_pid(tid))
+
     @staticmethod
     def _open_anchor(path: str) -> int:
         return os.open(path, os.O_PATH | os.O_CLOEXEC)
@@ -629,7 +641,7 @@ class Mediator:
         except OSError as exc:
             return Pinned(error=exc.errno or errno.ENOENT)
         try:
-            return self.broker.resolve(
+            pinned = self.broker.resolve(
                 anchor,
                 rest,
                 kind,
@@ -640,6 +652,19 @@ class Mediator:
                 keep=keep,
                 expected=expected,
             )
+            if pinned.error == broker.THROUGH_MAGIC_LINK:
+                pinned = self.broker.resolve(
+                    anchor,
+                    rest,
+                    kind,
+                    flags=flags,
+                    follow=follow,
+                    want_script=want_script,
+                    keep=keep,
+                    expected=expected,
+                    agent=self._agent_self(tid),
+                )
+            return _never_through_magic(pinned)
         finally:
             if anchor >= 0:  # an absolute path has none (the broker's root)
                 os.close(anchor)
@@ -666,11 +691,24 @@ class Mediator:
                 except OSError as exc:
                     found[i] = Pinned(error=exc.errno or errno.ENOENT)
                     continue
-                lookups.append((index, rest, kind, 0, 0, follow, False, keep, None))
+                lookups.append((index, rest, kind, 0, 0, follow, False, keep, None, None))
                 sent.append(i)
             if lookups:
-                for i, pinned in zip(sent, self.broker.resolve_all(lookups, anchors), strict=True):
-                    found[i] = pinned
+                answers = self.broker.resolve_all(lookups, anchors)
+                again = [
+                    j
+                    for j, pinned in enumerate(answers)
+                    if pinned.error == broker.THROUGH_MAGIC_LINK
+                ]
+                if again:
+                    agent = self._agent_self(tid)
+                    retried = [(*lookups[j][:-1], agent) for j in again]
+                    for j, pinned in zip(
+                        again, self.broker.resolve_all(retried, anchors), strict=True
+                    ):
+                        answers[j] = pinned
+                for i, pinned in zip(sent, answers, strict=True):
+                    found[i] = _never_through_magic(pinned)
         finally:
             for fd in anchors:
                 os.close(fd)
@@ -914,7 +952,11 @@ class Mediator:
             self._fail(notif, errno.ENOENT)
             return
         # A pipe or socket the agent already holds is its own: no path rule applies.
-        own_object = not node.error and not node.target.startswith("/") and _names_own_fd(raw)
+        own_object = (
+            not node.error
+            and not node.target.startswith("/")
+            and (_names_own_fd(raw) or node.pinned.held)
+        )
         checks = []
         if (reads or not writes) and not own_object:
             checks.append((ActionType.FILE_READ, node.target))
