@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,8 @@ def supervisor_stopped(proc: subprocess.Popen[Any]) -> Iterator[None]:
         yield
     finally:
         os.kill(proc.pid, signal.SIGCONT)
+
+
 # Every sandbox copies the victim agent into its workspace (an agent's code
 # lives in its workspace; strict lets it read nothing else of the user's).
 TRY = "try_syscall.py"
@@ -247,6 +250,14 @@ class Sandbox:
             return []
         return [json.loads(line) for line in self.audit_log.read_text().splitlines() if line]
 
+    def denials(self) -> list[tuple[object, object]]:
+        """(action type, rule) of every deny the audit log holds."""
+        return [
+            (r.get("action_type"), r.get("rule"))
+            for r in self.audit_records()
+            if r.get("decision") == "deny"
+        ]
+
     def agentsup(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "agentsup", *args],
@@ -295,3 +306,20 @@ def host_pids(agent_pid: int, inner: list[int]) -> list[int]:
         except OSError:
             continue
     return [found.get(pid, pid) for pid in inner]
+
+
+def deny_rule(rule_id: str, actions: str, matcher: str, *, mode: str = "block") -> str:
+    """A policy on strict whose one rule, first, denies `actions` on `matcher`."""
+    return textwrap.dedent(
+        f"""
+        name: {rule_id}
+        extends: [strict]
+        rules:
+          - id: {rule_id}
+            actions: [{actions}]
+            {matcher}
+            decision: deny
+            priority: 1
+            on_violation: {mode}
+        """
+    )

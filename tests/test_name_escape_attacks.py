@@ -33,7 +33,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import Sandbox, both_paths, fastpath_env
+from conftest import Sandbox, both_paths, deny_rule, fastpath_env
 
 pytestmark = [
     pytest.mark.requires_root,
@@ -202,30 +202,6 @@ def _outcome(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
     return {r["case"]: r["result"] for r in reports}
 
 
-def _denials(sandbox: Sandbox) -> list[tuple[object, object]]:
-    return [
-        (r.get("action_type"), r.get("rule"))
-        for r in sandbox.audit_records()
-        if r.get("decision") == "deny"
-    ]
-
-
-def _rule(rule_id: str, actions: str, matcher: str, *, mode: str = "block") -> str:
-    return textwrap.dedent(
-        f"""
-        name: {rule_id}
-        extends: [strict]
-        rules:
-          - id: {rule_id}
-            actions: [{actions}]
-            {matcher}
-            decision: deny
-            priority: 1
-            on_violation: {mode}
-        """
-    )
-
-
 def _everything_under(root: Path) -> dict[str, tuple[int, str]]:
     """Every file beneath `root` (its escape.py aside): (mode, content)."""
     found = {}
@@ -238,8 +214,10 @@ def _everything_under(root: Path) -> dict[str, tuple[int, str]]:
 # -- a directory renamed under a rule that names a directory segment -----------------
 
 
-UNREAD_PRIVATE_ROOTLESS = _rule("unread-private", "file_read", 'target: "**/private/*"')
-UNREAD_PRIVATE_ROOTED = _rule("unread-private", "file_read", 'target: "{workspace}/**/private/*"')
+UNREAD_PRIVATE_ROOTLESS = deny_rule("unread-private", "file_read", 'target: "**/private/*"')
+UNREAD_PRIVATE_ROOTED = deny_rule(
+    "unread-private", "file_read", 'target: "{workspace}/**/private/*"'
+)
 
 
 @both_paths
@@ -290,7 +268,7 @@ def test_renaming_the_directory_never_makes_a_refused_read_readable(
     assert moved and moved[0]["rule"] == "unread-private", moved
 
 
-FROZEN_REGEX = _rule("frozen-files", "file_write", 'pattern: "^.*/frozen/[^/]+$"')
+FROZEN_REGEX = deny_rule("frozen-files", "file_write", 'pattern: "^.*/frozen/[^/]+$"')
 
 
 @both_paths
@@ -321,7 +299,7 @@ def test_renaming_the_directory_never_makes_a_refused_write_writable(
     assert outcome["move directory"] == "EACCES", outcome
 
 
-VAULT_TOKENS = _rule("vault-tokens", "file_read", 'target: "{workspace}/vault/**/*.token"')
+VAULT_TOKENS = deny_rule("vault-tokens", "file_read", 'target: "{workspace}/vault/**/*.token"')
 
 
 @both_paths
@@ -345,7 +323,7 @@ def test_a_directory_moved_out_of_a_rooted_rule_takes_nothing_with_it(
     assert outcome["move directory"] == "EACCES", outcome
     assert "private content" not in result.stdout, outcome
     assert (ws / "vault" / "team" / "deploy.token").read_text() == SECRET
-    assert ("file_read", "vault-tokens") in _denials(sandbox)
+    assert ("file_read", "vault-tokens") in sandbox.denials()
 
 
 @both_paths
@@ -368,7 +346,7 @@ def test_a_tree_never_arrives_under_names_whose_writes_are_refused(
     outcome = _outcome(result)
     assert outcome == {"make staging": "ok", "fill staging": "ok", "move in": "EACCES"}
     assert not (ws / "frozen").exists()
-    assert ("file_write", "frozen-files") in _denials(sandbox)
+    assert ("file_write", "frozen-files") in sandbox.denials()
 
 
 @both_paths
@@ -385,13 +363,15 @@ def test_a_renamed_file_keeps_every_refusal_of_its_name(sandbox: Sandbox, native
         ["rename", "rename", "stay.txt", "moved.txt"],
         ["chmod moved", "chmod", "moved.txt", "777"],
     ]
-    policy = sandbox.policy("stay", _rule("refused-chmod", "file_chmod", 'target: "**/stay.txt"'))
+    policy = sandbox.policy(
+        "stay", deny_rule("refused-chmod", "file_chmod", 'target: "**/stay.txt"')
+    )
     result = _run(sandbox, native, policy, steps)
     assert result.returncode == 0, result.stderr[-2000:]
     outcome = _outcome(result)
     assert outcome == {"rename": "EACCES", "chmod moved": "ENOENT"}
     assert stat.S_IMODE((ws / "stay.txt").stat().st_mode) == 0o644
-    assert ("file_chmod", "refused-chmod") in _denials(sandbox)
+    assert ("file_chmod", "refused-chmod") in sandbox.denials()
 
 
 @both_paths
@@ -457,7 +437,7 @@ def test_a_rooted_directory_rule_keeps_its_directory_in_place(
     (ws / "frozen" / "sub").mkdir(parents=True)
     (ws / "frozen" / "sub" / "f").write_text("frozen\n")
     policy = sandbox.policy(
-        "frozen", _rule("frozen-tree", "file_write", 'target: "{workspace}/frozen/**"')
+        "frozen", deny_rule("frozen-tree", "file_write", 'target: "{workspace}/frozen/**"')
     )
     steps = [
         ["move root", "rename", "frozen", "thawed"],
@@ -547,7 +527,7 @@ def test_renameat2_whiteout_and_exchange_of_directories_are_judged(
     (ws / "y").mkdir()
     (ws / "x" / "in-x").write_text("x\n")
     policy = sandbox.policy(
-        "unread", _rule("unread-private", "file_read", 'target: "{workspace}/private/**"')
+        "unread", deny_rule("unread-private", "file_read", 'target: "{workspace}/private/**"')
     )
     steps = [
         ["whiteout", "whiteout", "private/data", "data"],
@@ -572,7 +552,7 @@ def test_renameat2_whiteout_and_exchange_of_directories_are_judged(
 # -- hard links made through symlinks, magic links and O_PATH fds ---------------------------
 
 
-STAY = _rule("refused-chmod", "file_chmod", 'target: "{workspace}/stay.txt"')
+STAY = deny_rule("refused-chmod", "file_chmod", 'target: "{workspace}/stay.txt"')
 
 
 @both_paths
@@ -612,7 +592,7 @@ def test_a_hard_link_made_another_way_never_escapes_a_chmod_refusal(
     assert outcome["link AT_EMPTY_PATH"] in ("EACCES", "ENOENT", "EPERM"), outcome
 
 
-FROZEN_TREE = _rule("frozen-tree", "file_write", 'target: "{workspace}/frozen/**"')
+FROZEN_TREE = deny_rule("frozen-tree", "file_write", 'target: "{workspace}/frozen/**"')
 
 
 @both_paths
@@ -681,7 +661,7 @@ def test_a_held_fd_is_never_reopened_for_writing(sandbox: Sandbox, native: bool)
         assert outcome[case] == "EACCES", outcome
     for case in ("ftruncate", "punch hole", "pwrite", "mmap"):
         assert outcome[case] in ("EBADF", "EINVAL", "EACCES"), outcome
-    assert ("file_write", "frozen-tree") in _denials(sandbox)
+    assert ("file_write", "frozen-tree") in sandbox.denials()
 
 
 FROZEN_AND_STAY = """
@@ -771,7 +751,7 @@ def test_open_by_handle_and_mount_never_reach_a_refused_file(
     (ws / "private" / "data").write_text(SECRET)
     (ws / "elsewhere").mkdir()
     policy = sandbox.policy(
-        "unread", _rule("unread-private", "file_read", 'target: "{workspace}/private/**"')
+        "unread", deny_rule("unread-private", "file_read", 'target: "{workspace}/private/**"')
     )
     for steps in (
         [["mount", "mount", "private", "elsewhere"], ["read", "read", "elsewhere/data"]],
@@ -783,7 +763,7 @@ def test_open_by_handle_and_mount_never_reach_a_refused_file(
         assert result.returncode == 137 or all(
             r in ("EPERM", "EACCES", "ENOENT", "ENOSYS") for r in outcome.values()
         ), (result.stdout, result.stderr[-2000:])
-    rules = [rule for _, rule in _denials(sandbox)]
+    rules = [rule for _, rule in sandbox.denials()]
     assert "agentsup-always-refused" in rules, rules
 
 

@@ -636,6 +636,7 @@ def test_a_move_is_refused_as_what_an_entry_would_escape() -> None:
     assert policy.moved_escape(f"{ws}/a/private", f"{ws}/a/public", ["notes", "data"]) == (
         A.FILE_READ,
         f"{ws}/a/private/notes",
+        0,
     )
     # A move above it keeps every entry's segments: b/private/data is still private/*.
     assert policy.moved_escape(f"{ws}/a", f"{ws}/b", ["private", "private/data"]) is None
@@ -643,18 +644,35 @@ def test_a_move_is_refused_as_what_an_entry_would_escape() -> None:
     assert policy.moved_escape(f"{ws}/staging", f"{ws}/frozen", ["f"]) == (
         A.FILE_WRITE,
         f"{ws}/frozen/f",
+        0,
     )
     # ...but the moved name itself is left to the rename's own file_write check,
     assert policy.moved_escape(f"{ws}/f", f"{ws}/frozen/f", ()) is None
     # while moving it out would make it writable.
-    assert policy.moved_escape(f"{ws}/frozen/f", f"{ws}/f", ()) == (A.FILE_WRITE, f"{ws}/frozen/f")
-    # A hold for approval counts as a refusal: it must not vanish with a name.
-    assert policy.moved_escape(f"{ws}/vault/d", f"{ws}/d", ["k"]) == (
-        A.FILE_CHMOD,
-        f"{ws}/vault/d",
+    assert policy.moved_escape(f"{ws}/frozen/f", f"{ws}/f", ()) == (
+        A.FILE_WRITE,
+        f"{ws}/frozen/f",
+        0,
     )
     # Names that rules treat alike: a basename rule follows the file.
     assert policy.moved_escape(f"{ws}/a", f"{ws}/b", ["key.pem", "sub", "sub/x.pem"]) is None
+
+
+def test_a_hold_for_approval_counts_every_held_name_and_yields_to_a_refusal() -> None:
+    policy = compiled(NAMED_BY_SEGMENT)
+    ws = CTX.workspace
+    # A hold must not vanish with a name: it is the check, with how many are held.
+    assert policy.moved_escape(f"{ws}/vault/d", f"{ws}/d", ["k"]) == (
+        A.FILE_CHMOD,
+        f"{ws}/vault/d",
+        2,  # the directory and k
+    )
+    # A refusal anywhere in the tree comes first: a person approves no refused name.
+    assert policy.moved_escape(f"{ws}/vault/private", f"{ws}/open", ["k"]) == (
+        A.FILE_READ,
+        f"{ws}/vault/private/k",
+        0,
+    )
 
 
 def test_only_rules_whose_roots_touch_a_move_make_its_tree_listed() -> None:

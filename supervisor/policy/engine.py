@@ -31,6 +31,7 @@ from ..events import (
     AuditLevel,
     Decision,
     Event,
+    Response,
     Severity,
     Verdict,
     ViolationMode,
@@ -379,10 +380,8 @@ class CompiledPolicy:
                     return True
         return False
 
-    def moved_escape(
-        self, old: str, new: str, entries: Iterable[str]
-    ) -> tuple[ActionType, str] | None:
-        """The first check a move of `old` to `new` must also pass, or None.
+    def moved_escape(self, old: str, new: str, entries: Iterable[str]) -> MoveEscape | None:
+        """The check a move of `old` to `new` must also pass, or None.
 
         `entries` are the paths beneath `old` (relative, as a listing gives
         them); "" is `old` itself, always looked at.  A move gives each entry a
@@ -392,21 +391,38 @@ class CompiledPolicy:
         arrive under a name whose writes are refused (a tree moved into
         `frozen/`).  The answer is that check, (action, name), for the judge
         to refuse: the rule that fired, recorded as it would be for the name.
+
+        A refusal comes before a hold for approval: a person approves one
+        name, never the move of another the policy refuses.  A hold counts
+        every held entry (`holds`): one approval cannot stand for several.
         """
         hits = self._path_hits
+        held: list[tuple[ActionType, str]] = []
         for entry in itertools.chain(("",), entries):
             before = f"{old}/{entry}" if entry else old
             after = f"{new}/{entry}" if entry else new
             if hits(before) == hits(after) is not None:
                 continue  # every rule names both alike: every decision is the same
             for action in _MOVED_ACTIONS:
-                was = response_for(self.evaluate_target(action, before)).proceeds
-                becomes = response_for(self.evaluate_target(action, after)).proceeds
-                if becomes and not was:
-                    return action, before
-                if was and not becomes and action is ActionType.FILE_WRITE and entry:
-                    return action, after
-        return None
+                was = response_for(self.evaluate_target(action, before))
+                becomes = response_for(self.evaluate_target(action, after))
+                if becomes.proceeds and not was.proceeds:
+                    check, refusal = (action, before), was
+                elif (
+                    was.proceeds
+                    and not becomes.proceeds
+                    and action is ActionType.FILE_WRITE
+                    and entry
+                ):
+                    check, refusal = (action, after), becomes
+                else:
+                    continue
+                if refusal is not Response.HOLD:
+                    return MoveEscape(*check, holds=0)
+                held.append(check)
+        if not held:
+            return None
+        return MoveEscape(*held[0], holds=len(held))
 
     @functools.cached_property
     def _path_rule_roots(self) -> tuple[tuple[str, ...] | None, ...]:
@@ -510,6 +526,14 @@ class CompiledPolicy:
             if not any(root == k or root.startswith(k + "/") for k in kept):
                 kept.append(root)
         return tuple(kept)
+
+
+class MoveEscape(NamedTuple):
+    """What a move would let escape: the check to judge (`moved_escape`)."""
+
+    action: ActionType
+    target: str
+    holds: int  # 0: a refusal; else how many entries a person would have to approve
 
 
 # The actions a moved name is compared for: each of them follows the name.

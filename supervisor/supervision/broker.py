@@ -391,6 +391,10 @@ class Broker:
         self.channel = channel
         self.listener = listener
         self.pinned: dict[int, int] = {}  # handle -> fd (the handle is the fd number)
+        # After a LIST, until the supervisor's next request that is not a mirror
+        # of its caches: the native path answers nothing meanwhile, so the tree
+        # listed is the tree moved (`_serve_natively`).
+        self.quiesced = False
         self._own_proc = f"/proc/{os.getpid()}"  # (made in the broker itself: run_broker)
         # (st_dev, st_ino) of the broker's own channel, listener and pidfds.
         self.private: set[tuple[int, int]] = set()
@@ -446,6 +450,8 @@ class Broker:
                 finally:
                     os.close(spill)
             op = message[0]
+            if op not in _MIRRORS:
+                self.quiesced = op == LIST
             if op == RESOLVE:
                 self._resolve(message, fds)
             elif op == CONNECT:
@@ -479,7 +485,7 @@ class Broker:
             message = message[1:]  # (op, seq or notification id) came along for this
         with contextlib.suppress(Exception):
             op = message[0]
-            if op in (ALLOW, FORGET, EXPECT_EXEC, PROTECT):
+            if op in _MIRRORS:
                 return  # nothing is owed to anyone (an exec not checked here is forwarded)
             if op == RESOLVE:
                 lookups = message[2] if len(message) > 2 else ()
@@ -510,34 +516,17 @@ class Broker:
             return _failed_lookup(errno.EBADF)
         anchor = fds[index] if index >= 0 else AT_FDCWD
         try:
-            fd, st, held = self._open(anchor, raw, kind, flags, resolve_flags, bool(follow), agent)
+            fd, st, held, path = self._found(anchor, raw, kind, flags, resolve_flags, follow, agent)
+            if self._in_own_proc(path) and not resolve_flags and not raw.startswith(b"/proc/"):
+                # /proc/self met through a plain symlink (`m -> /proc/mounts`):
+                # the agent's own entry was meant.
+                os.close(fd)
+                if not isinstance(agent, tuple):
+                    return _failed_lookup(THROUGH_MAGIC_LINK)
+                fd, st, held, path = self._found(anchor, raw, kind, flags, 0, follow, agent, True)
         except OSError as exc:
-            return _failed_lookup(exc.errno or errno.ENOENT)
-        # One fstat (from `_open`) and one readlink per resolution.
-        try:
-            path = _proc.fd_path(fd)
-        except OSError as exc:
-            os.close(fd)
             return _failed_lookup(exc.errno or errno.ENOENT)
         handle, err = fd, 0
-        if self._in_own_proc(path) and not resolve_flags and not raw.startswith(b"/proc/"):
-            # /proc/self met through a plain symlink (`m -> /proc/mounts`): the
-            # agent's own entry was meant.
-            os.close(fd)
-            if not isinstance(agent, tuple):
-                return _failed_lookup(THROUGH_MAGIC_LINK)
-            try:
-                fd, st, held = self._open(
-                    anchor, raw, kind, flags, 0, bool(follow), agent, walk=True
-                )
-            except OSError as exc:
-                return _failed_lookup(exc.errno or errno.ENOENT)
-            try:
-                path = _proc.fd_path(fd)
-            except OSError as exc:
-                os.close(fd)
-                return _failed_lookup(exc.errno or errno.ENOENT)
-            handle = fd
         if self._is_mine(path, st):
             handle, err = -1, errno.EACCES
         elif (hand_over := _as_expected(kind, path, st, expected)) is not None:
@@ -557,6 +546,27 @@ class Broker:
         return (
             handle, path, err, st.st_mode, st.st_dev, st.st_ino, st.st_nlink, script, False, held
         )  # fmt: skip
+
+    @staticmethod
+    def _found(
+        anchor: int,
+        raw: bytes,
+        kind: int,
+        flags: int,
+        resolve: int,
+        follow: object,
+        agent: object,
+        walk: bool = False,
+    ) -> tuple[int, os.stat_result, bool, str]:
+        """`_open`, and the real path of what it opened: one fstat and one readlink."""
+        fd, st, held = Broker._open(
+            anchor, raw, kind, flags, resolve, bool(follow), agent, walk=walk
+        )
+        try:
+            return fd, st, held, _proc.fd_path(fd)
+        except OSError:
+            os.close(fd)
+            raise
 
     @staticmethod
     def _open(
@@ -792,9 +802,14 @@ class Broker:
     def _rename(
         self, notif_id: int, pinned: list[int], args: list[object], _fds: list[int]
     ) -> None:
-        _old, old_name, _new, new_name, flags = args
+        _old, old_name, _new, new_name, flags, *judged = args
         assert isinstance(old_name, bytes) and isinstance(new_name, bytes)
         assert isinstance(flags, int)
+        # Each name must still hold the object judged (nothing else acts while
+        # this runs): a racing thread's swap is not moved.
+        for where, name, identity in zip(pinned, (old_name, new_name), judged, strict=False):
+            if identity is not None and _identity_at(where, name) != tuple(identity):  # type: ignore[arg-type]
+                raise OSError(errno.EAGAIN, "the name changed since it was judged")
         if flags:
             _proc.renameat2(pinned[0], old_name, pinned[1], new_name, flags)
         else:
@@ -935,6 +950,8 @@ class Broker:
 _NO_SIDE_EFFECTS = frozenset({ERROR, INJECT, REOPEN})  # REOPEN: `Broker._reopen` checks
 
 # Which arguments of each operation are handles (the default: the first).
+# Requests that only tell the native path what the supervisor knows.
+_MIRRORS = frozenset({ALLOW, FORGET, EXPECT_EXEC, PROTECT})
 _HANDLE_ARGS: dict[int, tuple[int, ...]] = {
     RENAME: (0, 2),
     LINK: (0, 2),
@@ -997,6 +1014,14 @@ def _errno_of(exc: BaseException) -> int:
 def _fd_array(fds: list[int]) -> bytes:
     """The SCM_RIGHTS data for `fds` (as socket.send_fds builds it)."""
     return struct.pack(f"{len(fds)}i", *fds)
+
+
+def _identity_at(directory: int, name: bytes) -> tuple[int, int] | None:
+    try:
+        st = os.stat(name, dir_fd=directory, follow_symlinks=False)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _tree_beneath(parent: int, name: bytes) -> list[str]:
@@ -1203,7 +1228,7 @@ def _serve_natively(
     while status is None:
         why = native.serve(listener, forward, broker.channel.fileno(), agent, 1000, counter)
         if why == native.SERVE_CHANNEL:
-            if not broker.serve_one():
+            if not broker.serve_one() or not _serve_quiesced(broker):
                 break  # the supervisor is gone: so is every decision
             served += 1
             if served % 64:
@@ -1219,6 +1244,19 @@ def _serve_natively(
             if status is None:
                 select.select([agent], [], [], 1.0)
     return status
+
+
+def _serve_quiesced(broker: Broker) -> bool:
+    """While a move is being judged (`Broker.quiesced`), only the supervisor is
+    served; False when it hung up.  A supervisor silent for REPLY_TIMEOUT is
+    stuck, and the native path goes on."""
+    while broker.quiesced:
+        ready, _, _ = select.select([broker.channel], [], [], REPLY_TIMEOUT)
+        if not ready:
+            broker.quiesced = False
+        elif not broker.serve_one():
+            return False
+    return True
 
 
 def _forget(policy_changed: bool) -> None:

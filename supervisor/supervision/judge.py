@@ -37,6 +37,7 @@ from ..kernel import cgroup as cgroups
 from ..kernel.proc import process_group, thread_group_id
 from ..paths import Locations
 from ..policy import CompiledPolicy, RateLimiter
+from ..policy.engine import MoveEscape
 from ..policy.floor import FloorCheck, floor_reaches, floor_verdict
 
 _ALLOW_CACHE_SIZE = 16384
@@ -594,7 +595,7 @@ class Judge:
 
     def carried_check(
         self, old: str, new: str, tree: Callable[[], Iterable[str]] | None
-    ) -> tuple[ActionType, str] | None:
+    ) -> MoveEscape | None:
         """For a move of `old` to `new`: one more check it must pass, or None
         (`CompiledPolicy.moved_escape`).  `tree` lists what a moved directory
         holds; it is asked only when some rule could tell the names apart."""

@@ -49,6 +49,7 @@ from ..events import ActionType, Event, Layer, Response
 from ..kernel import fastpath as _fastpath
 from ..kernel import proc as _proc
 from ..kernel import seccomp as _seccomp
+from ..policy.engine import MoveEscape
 from . import broker
 from .broker import BrokerClient, Pinned
 from .protected import ProtectedInodes, WalkFailed
@@ -190,7 +191,12 @@ class Judge(Protocol):
 
     def carried_check(
         self, old: str, new: str, tree: Callable[[], Iterable[str]] | None
-    ) -> tuple[ActionType, str] | None: ...
+    ) -> MoveEscape | None: ...
+
+
+def _identity(node: Resolved) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of what a name held when it was looked at; None if nothing."""
+    return None if node.error else (node.pinned.dev, node.pinned.ino)
 
 
 def _never_through_magic(pinned: Pinned) -> Pinned:
@@ -200,8 +206,8 @@ def _never_through_magic(pinned: Pinned) -> Pinned:
     return pinned
 
 
-class TreeNotListed(RuntimeError):
-    """A moved directory whose tree could not be judged: the move fails (closed)."""
+class MoveNotJudged(RuntimeError):
+    """A move whose names could not be judged: it fails (closed, EIO, recorded)."""
 
 
 @dataclass(slots=True)
@@ -1411,8 +1417,21 @@ class Mediator:
                 broker.LINK, n.id, source.handle, source.name, dest.handle, dest.name, follow
             )
         else:
+            # The very objects judged: a name swapped since (by a racing thread,
+            # on the native path) is not moved.
+            judged = [
+                _identity(source_file),
+                _identity(dest_file) if flags & RENAME_EXCHANGE else None,
+            ]
             self.broker.act(
-                broker.RENAME, n.id, source.handle, source.name, dest.handle, dest.name, flags
+                broker.RENAME,
+                n.id,
+                source.handle,
+                source.name,
+                dest.handle,
+                dest.name,
+                flags,
+                *judged,
             )
 
     def _on_rename(self, n: _seccomp.Notification, name: str) -> None:
@@ -1427,17 +1446,37 @@ class Mediator:
         """Each (name, what it holds, new name) of a move gives what it holds,
         and everything beneath, the new name: the judge's `carried_check`
         says what that must pass too.  A directory is listed by the broker,
-        with the agent's rights; one that cannot be listed whole is not moved."""
+        with the agent's rights; a name whose object cannot be looked at, or
+        a tree that cannot be listed whole, is not moved."""
+        escapes: list[MoveEscape] = []
         for name, held, to in moves:
-            if held.error or name.error or to.error:
-                continue  # nothing moves
+            if name.error or to.error:
+                continue  # the move fails with that error
+            if held.error == errno.ENOENT:
+                raise OSError(errno.ENOENT, "nothing to move")  # as the kernel says
+            if held.error:
+                raise MoveNotJudged(
+                    f"moving {name.target}: what it names could not be looked at "
+                    f"({os.strerror(held.error)}); it was not moved"
+                )
             tree = None
             if stat.S_ISDIR(held.pinned.mode):
                 tree = functools.partial(self._tree_of, name)
-            check = self.judge.carried_check(name.target, to.target, tree)
-            if check is not None:
-                return self._decide(n, syscall, *check)
-        return Response.ALLOW
+            escape = self.judge.carried_check(name.target, to.target, tree)
+            if escape is not None:
+                escapes.append(escape)
+        if not escapes:
+            return Response.ALLOW
+        # A refusal first (an exchange's other side too); one approval is one name.
+        escape = min(escapes, key=lambda e: e.holds)
+        holds = sum(e.holds for e in escapes)
+        if holds > 1 and escape.holds:
+            raise MoveNotJudged(
+                f"moving {moves[0][0].target} would carry {holds} names that each need a "
+                f"person's approval (the first: {escape.action} {escape.target}); "
+                "it was not moved: move them one at a time"
+            )
+        return self._decide(n, syscall, escape.action, escape.target)
 
     def _tree_of(self, directory: Resolved) -> list[str]:
         try:
@@ -1445,7 +1484,7 @@ class Mediator:
         except broker.BrokerGone:
             raise
         except OSError as exc:
-            raise TreeNotListed(
+            raise MoveNotJudged(
                 f"moving {directory.target} would carry a tree that could not be listed "
                 f"whole ({exc.strerror or exc}); it was not moved"
             ) from None
