@@ -455,6 +455,31 @@ def test_a_rooted_directory_rule_keeps_its_directory_in_place(
     assert (ws / "frozen" / "sub" / "f").read_text() == "frozen\n"
 
 
+@both_paths
+def test_renaming_dot_or_dotdot_is_the_kernels_ebusy_never_a_rule(
+    sandbox: Sandbox, native: bool
+) -> None:
+    """rename("..", x) from the workspace names no directory a rule should
+    judge: the kernel answers EBUSY for ".", ".." and "/" before anything.
+    Judged by its lexical path (the workspace's parent, which holds the
+    home's secrets under strict), it once killed the agent."""
+    steps = [
+        ["dotdot", "rename", "..", "x"],
+        ["dot", "rename", ".", "x"],
+        ["onto dotdot", "rename", "escape.py", ".."],
+        ["root", "rename", "/", "x"],
+    ]
+    result = _run(sandbox, native, "strict", steps)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert _outcome(result) == {
+        "dotdot": "EBUSY",
+        "dot": "EBUSY",
+        "onto dotdot": "EBUSY",
+        "root": "EBUSY",
+    }
+    assert not sandbox.denials()
+
+
 # -- a file replaced by a rename over it ---------------------------------------------------
 
 

@@ -1320,6 +1320,11 @@ class Mediator:
         tid = n.pid
         old_raw = self.memory.read_cstring(tid, old_ptr)
         new_raw = self.memory.read_cstring(tid, new_ptr)
+        if not linking and any(raw and _parent_and_name(raw)[2] for raw in (old_raw, new_raw)):
+            # "/", or a last "." or "..": no rename takes it (EBUSY), whatever a
+            # rule would say of the lexical path it spells (the workspace's parent).
+            self._fail(n, errno.EBUSY)
+            return
         follow = linking and bool(flags & AT_SYMLINK_FOLLOW)
         # Both names (and for a link, the inode) in one exchange with the broker.
         if follow:
