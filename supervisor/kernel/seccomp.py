@@ -237,6 +237,9 @@ NOTIFY_WHEN: dict[str, tuple[tuple[Condition, ...], ...]] = {
 # every architecture since Linux 5.1), used when libseccomp cannot name them:
 # the filter covers them all the same.
 NEWER_SYSCALLS = {
+    "landlock_create_ruleset": 444,
+    "landlock_add_rule": 445,
+    "landlock_restrict_self": 446,
     "fchmodat2": 452,
     "setxattrat": 463,
     "getxattrat": 464,

@@ -35,6 +35,7 @@ import errno
 import fcntl
 import functools
 import os
+import re
 import select
 import signal
 import socket
@@ -114,7 +115,13 @@ ALWAYS_REFUSED = (
 # fall back to clone, whose namespace flags the filter does see.
 # file_setattr (Linux 6.17) sets the inode flags FS_IOC_FSSETXATTR sets:
 # ENOSYS sends tools back to that ioctl, which is decided.
-FORCED_ENOSYS = ("clone3", "file_setattr")
+# Landlock: a domain the agent nests would bind the agent, but the broker does
+# its opens with the domain it started with.  A sandboxing tool is told that
+# Landlock is not there, rather than left to believe it sandboxes anything.
+FORCED_ENOSYS = (
+    "clone3", "file_setattr",
+    "landlock_create_ruleset", "landlock_add_rule", "landlock_restrict_self",
+)  # fmt: skip
 
 
 # (fd, on_ready, on_timeout, timeout_seconds): the loop calls exactly one of them.
@@ -246,6 +253,7 @@ _AGENT_FD_LINKS = (
     (b"/dev/stderr", b"/proc/self/fd/2"),
     (b"/dev/fd", b"/proc/self/fd"),
 )
+_OWN_FD_NAME = re.compile(rb"/dev/std(?:in|out|err)|(?:/dev/fd|/proc/(?:self|thread-self)/fd)/\d+")
 # Every path `_agent_alias` may rewrite starts with one of these.
 _AGENT_ALIAS_PREFIXES = (b"/dev/std", b"/dev/fd", b"/proc/self", b"/proc/thread-self")
 
@@ -398,8 +406,11 @@ def _parent_and_name(raw: bytes) -> tuple[bytes, bytes, int]:
 
 
 def _names_own_fd(raw: bytes) -> bool:
-    """/dev/stdin, /dev/fd/N, /proc/self/fd/N and the like: an fd the agent holds."""
-    return raw.startswith((b"/dev/std", b"/dev/fd/", b"/proc/self/fd/", b"/proc/thread-self/fd/"))
+    """/dev/stdin, /dev/fd/N, /proc/self/fd/N and the like: an fd the agent holds.
+
+    The whole name, not a prefix: /proc/self/fd/D/1234/fd/5 (D a directory
+    the agent holds, /proc) names another process's fd."""
+    return _OWN_FD_NAME.fullmatch(raw) is not None
 
 
 def _signed32(value: int) -> int:
