@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import textwrap
 import zipfile
@@ -885,11 +886,6 @@ FROZEN_CFG = deny_rule("frozen-cfg", "file_write", 'target: "**/frozen/*.cfg"')
 
 
 @both_paths
-@pytest.mark.xfail(
-    strict=True,
-    reason="open hole: mknod/mknodat are not mediated (mediator MEDIATED lacks them): "
-    "a regular file or FIFO is made with no rule asked, even during a move's quiesce",
-)
 def test_mknod_never_makes_a_file_the_policy_refuses(sandbox: Sandbox, native: bool) -> None:
     """Writes of `**/frozen/*.cfg` are refused, and strict refuses every
     write of `**/*.pem` (sigkill).  open(O_CREAT) of frozen/a.cfg is refused;
@@ -897,11 +893,12 @@ def test_mknod_never_makes_a_file_the_policy_refuses(sandbox: Sandbox, native: b
     frozen/c.cfg (a FIFO, where a reader would get whatever the agent
     writes) with mknod, which needs no capability, and key.pem.
 
-    mknod is no mediated call: the kernel makes the names at once, with
-    no rule asked and no record; it also runs while the broker is quiesced
-    for a move, so a file made in a tree between its listing and its
-    rename arrives under frozen/.  Correct outcome: each refused (EACCES),
-    as open(O_CREAT) is; nothing under frozen/, no key.pem."""
+    mknod was no mediated call: the kernel made the names at once, with no
+    rule asked and no record, even while the broker was quiesced for a
+    move.  Now it is a create like open(O_CREAT): file_write of the new
+    name.  Correct outcome: the two under frozen/ refused (EACCES), the
+    agent killed for key.pem (strict's sigkill rule, as for any write of
+    it); nothing under frozen/, no key.pem."""
     ws = sandbox.workspace
     (ws / "frozen").mkdir()
     steps = [
@@ -919,8 +916,30 @@ def test_mknod_never_makes_a_file_the_policy_refuses(sandbox: Sandbox, native: b
         "create": "EACCES",
         "mknod file": "EACCES",
         "mknod fifo": "EACCES",
-        "mknod pem": "EACCES",
     }, outcome
+    assert result.returncode == 137, result.stderr[-2000:]
+    assert ("file_write", "secret-pem") in sandbox.denials()
+
+
+@both_paths
+def test_mknod_of_an_allowed_name_makes_it_as_the_kernel_would(
+    sandbox: Sandbox, native: bool
+) -> None:
+    """The control: mknod of a regular file and a FIFO in the workspace (as
+    `mkfifo` does) goes ahead, with the agent's umask (022) applied and the
+    kind asked for; mknod over an existing name is EEXIST before any rule."""
+    ws = sandbox.workspace
+    steps = [
+        ["file", "mknod", "made.file", "file"],
+        ["fifo", "mknod", "made.fifo", "fifo"],
+        ["again", "mknod", "made.fifo", "fifo"],
+    ]
+    result = _run(sandbox, native, "strict", steps)
+    _survived(result)
+    assert _outcome(result) == {"file": "ok", "fifo": "ok", "again": "EEXIST"}
+    made_file, made_fifo = (ws / "made.file").lstat(), (ws / "made.fifo").lstat()
+    assert stat.S_ISREG(made_file.st_mode) and stat.S_IMODE(made_file.st_mode) == 0o755 & ~0o022
+    assert stat.S_ISFIFO(made_fifo.st_mode) and stat.S_IMODE(made_fifo.st_mode) == 0o755 & ~0o022
 
 
 # -- moves: the quiesce, and ordinary tools ------------------------------------------------

@@ -60,6 +60,7 @@ CONNECT = 17
 # The paths beneath a directory of a pinned one (the reply brings them in a
 # memfd): what a move of that directory carries to new names.
 LIST = 32
+MKNOD = 33  # a file, FIFO or socket (or a device, which fails: no CAP_MKNOD) by name
 DROP = 2
 INJECT = 3  # ADDFD an fd opened by RESOLVE(open=flags)
 REOPEN = 4  # reopen a pinned object with the agent's flags, then ADDFD
@@ -404,6 +405,7 @@ class Broker:
             CREATE: self._create,
             UNLINK: self._unlink,
             MKDIR: self._mkdir,
+            MKNOD: self._mknod,
             SYMLINK: self._symlink,
             RENAME: self._rename,
             LINK: self._link,
@@ -789,6 +791,12 @@ class Broker:
         _handle, name, mode = args
         assert isinstance(name, bytes) and isinstance(mode, int)
         os.mkdir(name, mode, dir_fd=pinned[0])
+        self._answer(notif_id)
+
+    def _mknod(self, notif_id: int, pinned: list[int], args: list[object], _fds: list[int]) -> None:
+        _handle, name, mode, device = args
+        assert isinstance(name, bytes) and isinstance(mode, int) and isinstance(device, int)
+        os.mknod(name, mode, device, dir_fd=pinned[0])
         self._answer(notif_id)
 
     def _symlink(

@@ -72,7 +72,7 @@ MEDIATED = (
     "execve", "execveat",
     "unlink", "unlinkat", "rmdir",
     "rename", "renameat", "renameat2",
-    "mkdir", "mkdirat",
+    "mkdir", "mkdirat", "mknod", "mknodat",
     "link", "linkat", "symlink", "symlinkat",
     "truncate",
     "chmod", "fchmod", "fchmodat", "fchmodat2",
@@ -132,6 +132,7 @@ _MAX_DATAGRAM = 65536
 _MAX_MMSG = 64  # messages of one sendmmsg sent for the agent (the rest: a short count)
 _MSG_FASTOPEN = 0x20000000
 _SETID = stat.S_ISUID | stat.S_ISGID
+_NODE_KINDS = (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK)
 # struct msghdr on x86_64: name, namelen, iov, iovlen, control, controllen, flags.
 _MSGHDR = struct.Struct("<QI4xQQQQi4x")
 
@@ -1297,6 +1298,34 @@ class Mediator:
             self._fail(n, errno.EEXIST)
             return
         self._act(n, syscall, ActionType.FILE_WRITE, parent, broker.MKDIR, parent.name, mode)
+
+    def _mknod(
+        self, n: _seccomp.Notification, syscall: str, dirfd: int, ptr: int, mode: int, dev: int
+    ) -> None:
+        """A file, FIFO or socket made by name is a create: file_write of the new
+        name (a device node takes CAP_MKNOD, which neither agent nor broker has)."""
+        kind = stat.S_IFMT(mode) or stat.S_IFREG
+        if kind not in _NODE_KINDS:
+            self._fail(n, errno.EINVAL)
+            return
+        perms = mode & 0o7777 & ~self._umask(n.pid) & ~_SETID
+        raw = self.memory.read_cstring(n.pid, ptr)
+        existing, parent = self.resolve_names(
+            n.pid, [(dirfd, raw, AS_INODE), (dirfd, raw, AS_PARENT)]
+        )
+        if not existing.error:
+            self.release(parent)
+            self._fail(n, errno.EEXIST)  # as the kernel says, before any rule
+            return
+        self._act(
+            n, syscall, ActionType.FILE_WRITE, parent, broker.MKNOD, parent.name, kind | perms, dev
+        )
+
+    def _on_mknod(self, n: _seccomp.Notification, name: str) -> None:
+        self._mknod(n, name, AT_FDCWD, n.args[0], n.args[1] & 0xFFFFFFFF, n.args[2])
+
+    def _on_mknodat(self, n: _seccomp.Notification, name: str) -> None:
+        self._mknod(n, name, _signed32(n.args[0]), n.args[1], n.args[2] & 0xFFFFFFFF, n.args[3])
 
     def _on_mkdir(self, n: _seccomp.Notification, name: str) -> None:
         self._mkdir(n, name, AT_FDCWD, n.args[0], n.args[1])
