@@ -80,6 +80,12 @@ NAMES = [
     b"status",
     b"/",
     b"..",
+    b"cwd/.",
+    b"cwd/",
+    b"link-dir/.",
+    b"link-abs/",
+    b"link-abs/.",
+    b"status/",
 ]
 
 

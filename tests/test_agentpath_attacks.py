@@ -707,11 +707,6 @@ def test_openat2_resolve_flags_never_make_proc_self_the_brokers(
 
 
 @both_paths
-@pytest.mark.xfail(
-    strict=True,
-    reason="open hole: agentpath.open_as_agent drops '.' components and ignores a "
-    "trailing slash after a magic link: 'link/.' is the link itself, 'fd-link/' a file",
-)
 def test_the_walk_keeps_the_kernels_trailing_slash_and_dot(
     tmp_path: Path, sandbox: Sandbox, native: bool
 ) -> None:

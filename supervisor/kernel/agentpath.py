@@ -51,7 +51,7 @@ def open_as_agent(
     mine = b"/proc/%d" % (os.getpid() if broker is None else broker)
     held = (b"/proc/" + own_self + b"/fd", b"/proc/" + own_thread + b"/fd")
     pending = _components(raw)
-    directory = raw.endswith(b"/")
+    directory = _names_a_directory(raw)
     current = os.open(b"/" if raw.startswith(b"/") else b".", _DIRECTORY, dir_fd=anchor)
     links = 0
     try:
@@ -67,7 +67,8 @@ def open_as_agent(
                 continue
             found = os.open(name, _LOOK, dir_fd=current)
             kind = os.fstat(found).st_mode
-            follow = not (last and how & os.O_NOFOLLOW)
+            # A name that must be a directory ("x/", "x/.") follows its last link.
+            follow = not (last and how & os.O_NOFOLLOW and not directory)
             if not stat.S_ISLNK(kind) or not follow:
                 os.close(found)
                 if last:  # (O_NOFOLLOW: a symlink swapped in since is refused, not followed)
@@ -90,7 +91,11 @@ def open_as_agent(
                 target = os.open(name, os.O_PATH | os.O_CLOEXEC, dir_fd=current)
                 if last:
                     try:
-                        return os.open(b"/proc/self/fd/%d" % target, how), where in held
+                        if directory and not stat.S_ISDIR(os.fstat(target).st_mode):
+                            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+                        # (Followed on purpose: reopened through our own fd's link.)
+                        reopen = how & ~os.O_NOFOLLOW
+                        return os.open(b"/proc/self/fd/%d" % target, reopen), where in held
                     finally:
                         os.close(target)
                 current = _step(current, target)
@@ -98,7 +103,7 @@ def open_as_agent(
             if text.startswith(b"/"):
                 current = _step(current, os.open(b"/", _DIRECTORY))
             pending.extend(_components(text))
-            if text.endswith(b"/") and last:
+            if last and _names_a_directory(text):
                 directory = True
         # Only "/", ".", or a name ending in "..": the directory reached.
         return os.open(b".", how | os.O_DIRECTORY, dir_fd=current), False
@@ -109,6 +114,11 @@ def open_as_agent(
 def _components(path: bytes) -> list[bytes]:
     """The components of `path`, last first (a stack), without empty and "." ones."""
     return [part for part in reversed(path.split(b"/")) if part and part != b"."]
+
+
+def _names_a_directory(path: bytes) -> bool:
+    """A name ending in "/" or "/." (or "."): what it reaches must be a directory."""
+    return path.endswith((b"/", b"/.")) or path == b"."
 
 
 def _plain_link(text: bytes) -> bool:
