@@ -592,11 +592,6 @@ def test_a_name_starting_with_an_own_fd_is_not_the_agents_own_object(
 
 
 @both_paths
-@pytest.mark.xfail(
-    strict=True,
-    reason="open hole: Broker._open_at walks a name as the agent's only on ELOOP; the "
-    "broker's own ENOENT (an fd number it does not hold) is the answer",
-)
 def test_a_link_to_an_own_fd_the_broker_does_not_hold_opens(
     tmp_path: Path, sandbox: Sandbox, native: bool
 ) -> None:
@@ -630,12 +625,6 @@ def test_a_link_to_an_own_fd_the_broker_does_not_hold_opens(
 
 
 @both_paths
-@pytest.mark.xfail(
-    strict=True,
-    reason="open hole: Broker._open_at opens a name starting with /proc/ as it is, "
-    "so a /proc/self met after its first components (a symlink, or /proc/2/..) is "
-    "the broker's",
-)
 def test_proc_self_past_the_start_of_a_name_under_proc_is_the_agents(
     tmp_path: Path, sandbox: Sandbox, native: bool
 ) -> None:
@@ -677,11 +666,6 @@ def test_proc_self_past_the_start_of_a_name_under_proc_is_the_agents(
 
 
 @both_paths
-@pytest.mark.xfail(
-    strict=True,
-    reason="open hole: Broker._open_at resolves a name with the agent's RESOLVE_* flags "
-    "and no RESOLVE_NO_MAGICLINKS: RESOLVE_CACHED follows /proc/self as the broker's",
-)
 def test_openat2_resolve_flags_never_make_proc_self_the_brokers(
     tmp_path: Path, sandbox: Sandbox, native: bool
 ) -> None:

@@ -1040,6 +1040,25 @@ static int serve_create(int listener, const struct seccomp_notif *n, int dirfd, 
     return 1;
 }
 
+/* Whether a name the broker found missing, through a symlink on the way,
+ * may be there for the agent: it ends in a symlink (`hi -> /proc/self/fd/40`,
+ * the broker's /proc/self lacking the agent's fd), or its directory is in
+ * /proc or cannot be looked at.  Such a name is the supervisor's, which
+ * walks it as the agent's. */
+static int missing_in_proc(int anchor, const char *raw) {
+    static dev_t proc_device;
+    struct stat st;
+    if (!proc_device && stat("/proc", &st) == 0)
+        proc_device = st.st_dev;
+    if (fstatat(anchor, raw, &st, AT_SYMLINK_NOFOLLOW) == 0)
+        return 1; /* there, so a symlink leading nowhere here */
+    char parent[PATH_BYTES];
+    const char *name;
+    if (!split_parent(raw, parent, &name))
+        return 1;
+    return fstatat(anchor, parent, &st, 0) != 0 || st.st_dev == proc_device;
+}
+
 static int serve_open(int listener, const struct seccomp_notif *n, int dirfd, uint64_t ptr,
                       unsigned long flags, unsigned long mode) {
     flags &= valid_open_flags;
@@ -1072,7 +1091,7 @@ static int serve_open(int listener, const struct seccomp_notif *n, int dirfd, ui
         if (err == ENOENT && (flags & O_CREAT))
             answered = serve_create(listener, n, dirfd, anchor, exact ? path : raw, exact, flags,
                                     mode, reads);
-        else if (err == ENOENT) {
+        else if (err == ENOENT && (exact || !missing_in_proc(anchor, raw))) {
             /* Nothing there: what the kernel would say, no rule asked. */
             respond_error(listener, n->id, ENOENT);
             answered = 1;

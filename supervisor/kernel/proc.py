@@ -252,6 +252,7 @@ _open_how = ctypes.create_string_buffer(_OPEN_HOW.size)  # reused: one loop, one
 _openat2 = _libc.syscall
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_CACHED = 0x20
 
 
 def openat2(dirfd: int, path: bytes, flags: int, mode: int, resolve: int) -> int:

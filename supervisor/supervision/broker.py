@@ -516,6 +516,8 @@ class Broker:
         assert isinstance(resolve_flags, int) and isinstance(index, int)
         if index >= len(fds):
             return _failed_lookup(errno.EBADF)
+        # RESOLVE_CACHED only asks for a warm dcache: resolved as without it.
+        resolve_flags &= ~_proc.RESOLVE_CACHED
         anchor = fds[index] if index >= 0 else AT_FDCWD
         try:
             fd, st, held, path = self._found(anchor, raw, kind, flags, resolve_flags, follow, agent)
@@ -620,17 +622,19 @@ class Broker:
         walked as the agent's (`agentpath`), with `agent` (an AgentSelf), or
         answered THROUGH_MAGIC_LINK, for the supervisor to send one.  A name
         that starts in /proc names a process's entry on purpose (the agent's
-        own, as the supervisor rewrote /proc/self) and is opened as it is.
+        own, as the supervisor rewrote /proc/self), and is walked too: past
+        its first components it may meet another.  So is a name found missing
+        in /proc, where the broker's /proc/self lacks what the agent's has.
         """
-        if resolve:
+        if resolve:  # (each keeps magic links from crossing into /proc)
             return _proc.openat2(anchor, raw, how, 0, resolve), False
-        if raw.startswith(b"/proc/"):
-            return os.open(raw, how, dir_fd=None if anchor == AT_FDCWD else anchor), False
-        if not walk:
+        if not walk and not raw.startswith(b"/proc/"):
             try:
                 return _proc.openat2(anchor, raw, how, 0, _proc.RESOLVE_NO_MAGICLINKS), False
             except OSError as exc:
-                if exc.errno != errno.ELOOP:
+                if exc.errno != errno.ELOOP and not (
+                    exc.errno == errno.ENOENT and _missing_in_proc(anchor, raw)
+                ):
                     raise
         if not (isinstance(agent, tuple) and len(agent) == 2):
             raise OSError(THROUGH_MAGIC_LINK, "a magic link on the way")
@@ -1022,6 +1026,17 @@ def _errno_of(exc: BaseException) -> int:
 def _fd_array(fds: list[int]) -> bytes:
     """The SCM_RIGHTS data for `fds` (as socket.send_fds builds it)."""
     return struct.pack(f"{len(fds)}i", *fds)
+
+
+def _missing_in_proc(anchor: int, raw: bytes) -> bool:
+    """Whether a name found missing was looked for in /proc (through a
+    symlink, say): where the broker's resolution of it ends up."""
+    base = b"" if raw.startswith(b"/") else b"/proc/self/fd/%d/" % anchor
+    try:
+        reached = os.path.realpath(base + raw)
+    except OSError:
+        return True
+    return reached == b"/proc" or reached.startswith(b"/proc/")
 
 
 def _identity_at(directory: int, name: bytes) -> tuple[int, int] | None:

@@ -655,6 +655,8 @@ class Mediator:
     ) -> Pinned:
         try:
             link, rest = self._anchor(tid, dirfd, raw, resolve_flags)
+            # A name in /proc is walked as the agent's at once (`Broker._open_at`).
+            agent = self._agent_self(tid) if rest.startswith(b"/proc/") else None
             anchor = -1 if link is None else self._open_anchor(link)
         except OSError as exc:
             return Pinned(error=exc.errno or errno.ENOENT)
@@ -669,6 +671,7 @@ class Mediator:
                 want_script=want_script,
                 keep=keep,
                 expected=expected,
+                agent=agent,
             )
             if pinned.error == broker.THROUGH_MAGIC_LINK:
                 pinned = self.broker.resolve(
@@ -706,10 +709,11 @@ class Mediator:
                     if link is not None and index < 0:
                         anchors.append(self._open_anchor(link))
                         index = opened[link] = len(anchors) - 1
+                    agent = self._agent_self(tid) if rest.startswith(b"/proc/") else None
                 except OSError as exc:
                     found[i] = Pinned(error=exc.errno or errno.ENOENT)
                     continue
-                lookups.append((index, rest, kind, 0, 0, follow, False, keep, None, None))
+                lookups.append((index, rest, kind, 0, 0, follow, False, keep, None, agent))
                 sent.append(i)
             if lookups:
                 answers = self.broker.resolve_all(lookups, anchors)
