@@ -806,7 +806,8 @@ def test_proc_self_inside_a_symlink_means_the_agent_never_the_broker(
 
     Without agentsup (the reference) each resolves in the agent: its cwd,
     its own fd, ENOENT for an fd it does not hold, its own status, its own
-    stdout.  The broker resolves for the agent, where /proc/self is the
+    stdout; and /proc/mounts and /proc/net/dev named directly (each a
+    symlink into /proc/self).  The broker resolves for the agent, where /proc/self is the
     broker's: so it refuses magic links on the way (RESOLVE_NO_MAGICLINKS),
     and a name that meets one, or lands in the broker's own /proc entry, is
     walked as the agent's (`agentpath.open_as_agent`)."""
@@ -825,6 +826,8 @@ def test_proc_self_inside_a_symlink_means_the_agent_never_the_broker(
         ["through mounts link", "read", "mounts"],
         ["stdout link", "symlink", "/dev/stdout", "out"],
         ["through stdout link", "write", "out", "written through the link\n"],
+        ["mounts", "read", "/proc/mounts"],
+        ["net dev", "read", "/proc/net/dev"],
     ]
     (ws / "other.txt").write_text("other\n")
     result = _run(sandbox, native, "strict", steps)
@@ -838,4 +841,8 @@ def test_proc_self_inside_a_symlink_means_the_agent_never_the_broker(
     assert "Name:\tpython3\n" in reports["through status link"].get("data", ""), reports
     assert " / " in reports["through mounts link"].get("data", ""), reports
     assert reports["through stdout link"]["result"] == "ok", reports
+    # /proc/mounts and /proc/net are symlinks into /proc/self: once refused
+    # as the broker's own entry (EACCES), they are the agent's.
+    assert " / " in reports["mounts"].get("data", ""), reports
+    assert "Receive" in reports["net dev"].get("data", ""), reports
     assert "written through the link\n" in result.stdout

@@ -521,9 +521,9 @@ class Broker:
         anchor = fds[index] if index >= 0 else AT_FDCWD
         try:
             fd, st, held, path = self._found(anchor, raw, kind, flags, resolve_flags, follow, agent)
-            if self._in_own_proc(path) and not resolve_flags and not raw.startswith(b"/proc/"):
-                # /proc/self met through a plain symlink (`m -> /proc/mounts`):
-                # the agent's own entry was meant.
+            if self._in_own_proc(path) and not resolve_flags:
+                # /proc/self met through a plain symlink (`/proc/mounts`, or
+                # `m -> /proc/mounts`): the agent's own entry was meant.
                 os.close(fd)
                 if not isinstance(agent, tuple):
                     return _failed_lookup(THROUGH_MAGIC_LINK)
@@ -620,15 +620,14 @@ class Broker:
         Without, a magic link met on the way (a symlink into /proc/self) would
         be the broker's: the kernel is told to refuse them, and such a name is
         walked as the agent's (`agentpath`), with `agent` (an AgentSelf), or
-        answered THROUGH_MAGIC_LINK, for the supervisor to send one.  A name
-        that starts in /proc names a process's entry on purpose (the agent's
-        own, as the supervisor rewrote /proc/self), and is walked too: past
-        its first components it may meet another.  So is a name found missing
-        in /proc, where the broker's /proc/self lacks what the agent's has.
+        answered THROUGH_MAGIC_LINK, for the supervisor to send one.  So is a
+        name found missing in /proc, where the broker's /proc/self lacks what
+        the agent's has.  (The supervisor rewrote a leading /proc/self to the
+        agent's own entry, whose magic links are walked the same way.)
         """
         if resolve:  # (each keeps magic links from crossing into /proc)
             return _proc.openat2(anchor, raw, how, 0, resolve), False
-        if not walk and not raw.startswith(b"/proc/"):
+        if not walk:
             try:
                 return _proc.openat2(anchor, raw, how, 0, _proc.RESOLVE_NO_MAGICLINKS), False
             except OSError as exc:
