@@ -682,8 +682,10 @@ def test_openat2_resolve_flags_never_make_proc_self_the_brokers(
     result = _run(sandbox, native, "strict", steps)
     _survived(result)
     answers = _answers(_reports(result))
+    # The kernel itself may say EAGAIN (RESOLVE_CACHED: /proc entries are not
+    # always resolvable from the dcache alone); never the broker's entry.
     expected = _answers(_reference(tmp_path, lambda _ws: None, steps))
-    assert expected["cached"].startswith("Name:"), expected
+    assert expected["cached"] == "EAGAIN" or expected["cached"].startswith("Name:"), expected
     assert answers["cached"].startswith("Name:"), answers
     assert [line for line in answers["cached"].splitlines() if line.startswith("Pid:")] == [
         answers["warm"]
