@@ -121,6 +121,7 @@ _MAX_SPILL = 8 << 20
 _MAX_FDS = 3
 # A move of a larger tree is not judged entry by entry: it fails (closed).
 MAX_LISTED = 250_000
+QUIESCE_LIMIT = 60.0  # seconds the native path waits, after a LIST, for the move
 _MAX_LISTING = 64 << 20
 _FDS_SPACE = socket.CMSG_LEN(_MAX_FDS * 4)  # what socket.recv_fds asks for
 REPLY_TIMEOUT = 10.0
@@ -1270,10 +1271,11 @@ def _serve_natively(
 
 def _serve_quiesced(broker: Broker) -> bool:
     """While a move is being judged (`Broker.quiesced`), only the supervisor is
-    served; False when it hung up.  A supervisor silent for REPLY_TIMEOUT is
-    stuck, and the native path goes on."""
+    served; False when it hung up.  A supervisor silent for QUIESCE_LIMIT is
+    stuck (judging the largest tree rule by rule takes a few seconds), and
+    the native path goes on."""
     while broker.quiesced:
-        ready, _, _ = select.select([broker.channel], [], [], REPLY_TIMEOUT)
+        ready, _, _ = select.select([broker.channel], [], [], QUIESCE_LIMIT)
         if not ready:
             broker.quiesced = False
         elif not broker.serve_one():

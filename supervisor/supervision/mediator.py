@@ -679,6 +679,7 @@ class Mediator:
                     rest,
                     kind,
                     flags=flags,
+                    resolve_flags=resolve_flags,
                     follow=follow,
                     want_script=want_script,
                     keep=keep,
