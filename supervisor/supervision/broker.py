@@ -142,6 +142,9 @@ AgentSelf = tuple[bytes, bytes]
 # agent's root; raw; kind; open flags; RESOLVE_* flags; follow; want_script;
 # keep; an Expected read or None; AgentSelf or None).
 Lookup = tuple[int, bytes, int, int, int, bool, bool, bool, Expected | None, AgentSelf | None]
+# The raw name of a lookup for its anchor itself (an object the supervisor took
+# from the agent's own fd): no name the agent can give has a NUL.
+ANCHOR_ITSELF = b"\0"
 # The error of a lookup that met a magic link (a symlink into /proc/self, say)
 # and had no AgentSelf to walk it with: ask again with one.  Never an errno.
 THROUGH_MAGIC_LINK = 1 << 16
@@ -626,6 +629,8 @@ class Broker:
         the agent's has.  (The supervisor rewrote a leading /proc/self to the
         agent's own entry, whose magic links are walked the same way.)
         """
+        if raw == ANCHOR_ITSELF and anchor != AT_FDCWD:
+            return os.open(b"/proc/self/fd/%d" % anchor, how), True  # our own fd's link
         if resolve:  # (each keeps magic links from crossing into /proc)
             return _proc.openat2(anchor, raw, how, 0, resolve), False
         if not walk:

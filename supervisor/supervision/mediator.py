@@ -254,6 +254,7 @@ _AGENT_FD_LINKS = (
     (b"/dev/stderr", b"/proc/self/fd/2"),
     (b"/dev/fd", b"/proc/self/fd"),
 )
+_STD_FDS = {b"/dev/stdin": 0, b"/dev/stdout": 1, b"/dev/stderr": 2}
 _OWN_FD_NAME = re.compile(rb"/dev/std(?:in|out|err)|(?:/dev/fd|/proc/(?:self|thread-self)/fd)/\d+")
 # Every path `_agent_alias` may rewrite starts with one of these.
 _AGENT_ALIAS_PREFIXES = (b"/dev/std", b"/dev/fd", b"/proc/self", b"/proc/thread-self")
@@ -686,10 +687,40 @@ class Mediator:
                     expected=expected,
                     agent=self._agent_self(tid),
                 )
+            if pinned.error == errno.EACCES and not resolve_flags and _names_own_fd(raw):
+                pinned = self._pin_own_fd(tid, raw, kind, flags, keep, expected) or pinned
             return _never_through_magic(pinned)
         finally:
             if anchor >= 0:  # an absolute path has none (the broker's root)
                 os.close(anchor)
+
+    def _pin_own_fd(
+        self,
+        tid: int,
+        raw: bytes,
+        kind: int,
+        flags: int,
+        keep: bool,
+        expected: broker.Expected | None,
+    ) -> Pinned | None:
+        """An fd of the agent's own, named exactly (/proc/self/fd/N, /dev/stdout),
+        where its broker was refused: a non-dumpable agent's /proc entry is
+        closed to another process, never to the agent itself.  The supervisor
+        takes what the fd names (O_PATH: no access), and the broker opens that
+        with the agent's rights.  None when the fd is not there."""
+        number = _STD_FDS.get(raw)
+        if number is None:
+            number = int(raw.rpartition(b"/")[2])
+        try:
+            held = os.open(f"/proc/{tid}/fd/{number}", os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            return self.broker.resolve(
+                held, broker.ANCHOR_ITSELF, kind, flags=flags, keep=keep, expected=expected
+            )
+        finally:
+            os.close(held)
 
     def _pin_all(self, tid: int, names: list[tuple[int, bytes, int, bool, bool]]) -> list[Pinned]:
         """Several names of one syscall, (dirfd, path, kind, follow, keep) each, in one exchange.
