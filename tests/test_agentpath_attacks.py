@@ -719,6 +719,18 @@ def test_the_walk_keeps_the_kernels_trailing_slash_and_dot(
     assert _answers(_reports(result)) == expected
 
 
+def _assert_as_without_agentsup(
+    tmp_path: Path, sandbox: Sandbox, native: bool, steps: list[list[str]]
+) -> None:
+    """Each step's result under agentsup (strict) is the kernel's alone."""
+    _own_file(sandbox.workspace)
+    result = _run(sandbox, native, "strict", steps)
+    _survived(result)
+    outcome = _outcome(result)
+    expected = _reference(tmp_path, _own_file, steps)
+    assert {case: r["result"] for case, r in expected.items()} == outcome, (expected, outcome)
+
+
 @both_paths
 def test_a_non_dumpable_agent_still_reaches_its_own_fds_by_name(
     tmp_path: Path, sandbox: Sandbox, native: bool
@@ -737,12 +749,7 @@ def test_a_non_dumpable_agent_still_reaches_its_own_fds_by_name(
         ["dev fd", "read", "/dev/fd/{own}"],
         ["missing fd", "read", "/dev/fd/99"],
     ]
-    _own_file(sandbox.workspace)
-    result = _run(sandbox, native, "strict", steps)
-    _survived(result)
-    outcome = _outcome(result)
-    expected = _reference(tmp_path, _own_file, steps)
-    assert {case: r["result"] for case, r in expected.items()} == outcome, (expected, outcome)
+    _assert_as_without_agentsup(tmp_path, sandbox, native, steps)
 
 
 @both_paths
@@ -765,12 +772,7 @@ def test_a_non_dumpable_agent_still_reaches_its_own_fds_through_a_link(
         ["through link", "read", "mine"],
         ["environ", "read", "/proc/self/environ"],
     ]
-    _own_file(sandbox.workspace)
-    result = _run(sandbox, native, "strict", steps)
-    _survived(result)
-    outcome = _outcome(result)
-    expected = _reference(tmp_path, _own_file, steps)
-    assert {case: r["result"] for case, r in expected.items()} == outcome, (expected, outcome)
+    _assert_as_without_agentsup(tmp_path, sandbox, native, steps)
 
 
 # -- the agent's own Landlock domain -------------------------------------------------------
