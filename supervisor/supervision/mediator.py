@@ -1342,8 +1342,10 @@ class Mediator:
         name (a device node takes CAP_MKNOD, which neither agent nor broker has)."""
         kind = stat.S_IFMT(mode) or stat.S_IFREG
         if kind not in _NODE_KINDS:
-            self._fail(n, errno.EINVAL)
+            self._fail(n, errno.EPERM if kind == stat.S_IFDIR else errno.EINVAL)  # as the kernel
             return
+        # The kernel reads dev as 32 bits, and only for a device.
+        dev = dev & 0xFFFFFFFF if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0
         perms = mode & 0o7777 & ~self._umask(n.pid) & ~_SETID
         raw = self.memory.read_cstring(n.pid, ptr)
         existing, parent = self.resolve_names(
