@@ -706,13 +706,14 @@ class Mediator:
         """An fd of the agent's own, named exactly (/proc/self/fd/N, /dev/stdout),
         where its broker was refused: a non-dumpable agent's /proc entry is
         closed to another process, never to the agent itself.  The supervisor
-        takes what the fd names (O_PATH: no access), and the broker opens that
-        with the agent's rights.  None when the fd is not there."""
+        takes a duplicate of that very fd (pidfd_getfd, from the agent's own
+        process: no tid to be reused), and the broker opens what it names
+        anew, with the agent's rights.  None when the fd is not there."""
         number = _STD_FDS.get(raw)
         if number is None:
             number = int(raw.rpartition(b"/")[2])
         try:
-            held = os.open(f"/proc/{tid}/fd/{number}", os.O_PATH | os.O_CLOEXEC)
+            held = self._agent_fd(tid, number)
         except OSError:
             return None
         try:
