@@ -662,7 +662,8 @@ class Mediator:
         except OSError as exc:
             return Pinned(error=exc.errno or errno.ENOENT)
         try:
-            pinned = self.broker.resolve(
+            lookup = functools.partial(
+                self.broker.resolve,
                 anchor,
                 rest,
                 kind,
@@ -672,21 +673,10 @@ class Mediator:
                 want_script=want_script,
                 keep=keep,
                 expected=expected,
-                agent=agent,
             )
+            pinned = lookup(agent=agent)
             if pinned.error == broker.THROUGH_MAGIC_LINK:
-                pinned = self.broker.resolve(
-                    anchor,
-                    rest,
-                    kind,
-                    flags=flags,
-                    resolve_flags=resolve_flags,
-                    follow=follow,
-                    want_script=want_script,
-                    keep=keep,
-                    expected=expected,
-                    agent=self._agent_self(tid),
-                )
+                pinned = lookup(agent=self._agent_self(tid))
             if pinned.error == errno.EACCES and not resolve_flags and _names_own_fd(raw):
                 pinned = self._pin_own_fd(tid, raw, kind, flags, keep, expected) or pinned
             return _never_through_magic(pinned)
@@ -1325,16 +1315,22 @@ class Mediator:
         self, n: _seccomp.Notification, syscall: str, dirfd: int, ptr: int, mode: int
     ) -> None:
         mode = mode & 0o7777 & ~self._umask(n.pid) & ~stat.S_ISUID
+        parent = self._parent_of_new(n, dirfd, ptr)
+        if parent is not None:
+            self._act(n, syscall, ActionType.FILE_WRITE, parent, broker.MKDIR, parent.name, mode)
+
+    def _parent_of_new(self, n: _seccomp.Notification, dirfd: int, ptr: int) -> Resolved | None:
+        """The pinned parent of a name to be made; None, answered EEXIST, when
+        something is there already (`mkdir -p`): as the kernel says, before any rule."""
         raw = self.memory.read_cstring(n.pid, ptr)
         # What is there (only looked at) and the parent, in one exchange.
         wanted = [(dirfd, raw, AS_INODE), (dirfd, raw, AS_PARENT)]
         existing, parent = self.resolve_names(n.pid, wanted)
-        if not existing.error:
-            # `mkdir -p` of what is there: EEXIST, as the kernel says, before any rule.
-            self.release(parent)
-            self._fail(n, errno.EEXIST)
-            return
-        self._act(n, syscall, ActionType.FILE_WRITE, parent, broker.MKDIR, parent.name, mode)
+        if existing.error:
+            return parent
+        self.release(parent)
+        self._fail(n, errno.EEXIST)
+        return None
 
     def _mknod(
         self, n: _seccomp.Notification, syscall: str, dirfd: int, ptr: int, mode: int, dev: int
@@ -1348,17 +1344,12 @@ class Mediator:
         # The kernel reads dev as 32 bits, and only for a device.
         dev = dev & 0xFFFFFFFF if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0
         perms = mode & 0o7777 & ~self._umask(n.pid) & ~_SETID
-        raw = self.memory.read_cstring(n.pid, ptr)
-        existing, parent = self.resolve_names(
-            n.pid, [(dirfd, raw, AS_INODE), (dirfd, raw, AS_PARENT)]
-        )
-        if not existing.error:
-            self.release(parent)
-            self._fail(n, errno.EEXIST)  # as the kernel says, before any rule
-            return
-        self._act(
-            n, syscall, ActionType.FILE_WRITE, parent, broker.MKNOD, parent.name, kind | perms, dev
-        )
+        parent = self._parent_of_new(n, dirfd, ptr)
+        if parent is not None:
+            made = kind | perms
+            self._act(
+                n, syscall, ActionType.FILE_WRITE, parent, broker.MKNOD, parent.name, made, dev
+            )
 
     def _on_mknod(self, n: _seccomp.Notification, name: str) -> None:
         self._mknod(n, name, AT_FDCWD, n.args[0], n.args[1] & 0xFFFFFFFF, n.args[2])
