@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agentsup.events import ActionType, Event, Verdict
+from agentsup.events import PATH_ACTIONS, ActionType, Event, Verdict
 from agentsup.policy import RunContext, compile_policy, resolve_policy
 from agentsup.policy.cache import (
     Resolved,
@@ -240,10 +240,13 @@ def test_a_cached_policy_builds_its_regexes_when_first_needed(dirs: tuple[Path, 
     cached = compile_policy_cached(resolve_policy_cached("child", policies, state), context, state)
     fresh = compile_policy(resolved.policy, context)
     assert cached._tables == {}  # nothing compiled yet
+    assert "_path_rules" not in vars(cached)
     assert [cached.evaluate(e) for e in EVENTS] == [fresh.evaluate(e) for e in EVENTS]
     explained = [cached.explain(e).decision for e in EVENTS]  # each rule's own regex
     assert explained == [fresh.explain(e).decision for e in EVENTS]
-    assert set(cached._tables) == {event.action for event in EVENTS}
+    # Path actions share one set of every path rule; each other action has its own.
+    assert set(cached._tables) == {event.action for event in EVENTS} - PATH_ACTIONS
+    assert vars(cached)["_path_rules"] is not None
 
 
 def test_a_cached_set_re2_cannot_hold_is_matched_rule_by_rule(

@@ -24,9 +24,11 @@ from agentsup.policy import (
     RateLimiter,
     RunContext,
     compile_policy,
+    engine,
     normalise_path,
     resolve_policy,
 )
+from agentsup.policy.linear import PatternError
 from agentsup.policy.loader import load_policy_text
 
 A = ActionType
@@ -445,6 +447,61 @@ def test_explain_and_evaluate_agree_on_the_strict_template() -> None:
     ]
     for event in events:
         assert policy.explain(event).decision is policy.evaluate(event), event
+
+
+MIXED_RULES = """
+    name: mixed
+    default: deny
+    rules:
+      - {id: keys, actions: [file_read, file_write], target: "**/*.key", decision: deny}
+      - id: src
+        actions: [file_read, file_write, file_delete]
+        target: "{workspace}/**"
+        except: ["{workspace}/frozen/**", "**/*.lock"]
+        decision: allow
+      - {id: frozen, actions: [file_read], target: "{workspace}/frozen/**", decision: allow}
+      - {id: run, actions: [process_spawn, file_read], pattern: "^/usr/s?bin/", decision: allow}
+      - {id: moves, actions: [file_move, file_chmod], target: "/tmp/**", decision: allow}
+"""
+
+
+@pytest.mark.parametrize("name", ["strict", "permissive", "read_only", "audit", "mixed"])
+def test_one_pass_over_every_path_rule_decides_each_action_as_its_own_rules_do(name: str) -> None:
+    """Path actions are decided from one match of every path rule at once, and
+    a set of hits keeps its decisions: in any order of targets and actions,
+    each is what the action's rules, tried one by one, decide."""
+    if name == "mixed":
+        policy = compiled(MIXED_RULES)
+    else:
+        policy = compile_policy(resolve_policy(name, Path("/nonexistent")), CTX)
+    targets = [
+        "/w/src/a.py", "/w/src/b.py", "/w/frozen/a.py", "/w/x.lock", "/w/a.key",
+        "/w/frozen/b.key", "/usr/bin/git", "/usr/sbin/x.key", "/tmp/a", "/tmp/b.lock",
+        "/home/u/.ssh/id_rsa", "/home/u/.ssh", "/w/.env", "/w//src/../a.pem", "/etc/shadow",
+        "/", "/w", "/w/", "/py/lib/os.py", "/proc/self/mem", "/w/new\nline",
+    ]  # fmt: skip
+    path_actions = sorted(PATH_ACTIONS)
+    asked = [(action, target) for target in targets for action in path_actions]
+    asked += [(action, target) for action in path_actions for target in reversed(targets)]
+    for action, target in asked:
+        event = Event(action, target)
+        assert policy.evaluate(event) is policy.explain(event).decision, event
+
+
+def test_a_policy_whose_path_rules_re2_cannot_hold_as_one_set_decides_each_action_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    policy = compiled(MIXED_RULES)
+    monkeypatch.setattr(engine, "_PathRules", _refused_by_re2)
+    for action in PATH_ACTIONS:
+        for target in ("/w/src/a.py", "/w/frozen/a.py", "/w/a.key", "/tmp/a"):
+            event = Event(action, target)
+            assert policy.evaluate(event) is policy.explain(event).decision, event
+    assert vars(policy)["_path_rules"] is None
+
+
+def _refused_by_re2(*_args: object) -> None:
+    raise PatternError("RE2 cannot compile 9 patterns as one: out of memory", 0)
 
 
 # ---------------------------------------------------------------- rate limits

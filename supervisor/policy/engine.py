@@ -214,6 +214,75 @@ def _no_set(_data: bytes) -> None:
     return None
 
 
+class _PathRules:
+    """Every rule on a path action, with its `except` globs, as one RE2 set.
+
+    One pass over a target answers all six path actions: an action's
+    decision is its first rule, in priority order, that matched and that
+    none of its own excepts excluded (what each action's `_Table` says).
+    Targets with the same hits get the same decisions, so those are kept
+    per set of hits: a judge asking three actions of a new file name pays
+    one match and three lookups.  The last target's hits are kept too,
+    since a target is most often asked for several actions in a row.
+    """
+
+    __slots__ = ("_decided", "_default", "_entries", "_last", "_match")
+
+    def __init__(self, rules: Sequence[CompiledRule], default: Decision) -> None:
+        """PatternError when RE2 cannot hold the set."""
+        patterns: list[str] = []
+        # (actions, index of the rule's own pattern, its excepts' range, decision)
+        entries: list[tuple[frozenset[ActionType], int, range, Decision]] = []
+        for rule in rules:
+            if not (rule.applies and rule.rule.actions & PATH_ACTIONS):
+                continue
+            index = len(patterns)
+            patterns.append(rule.matcher.regex)
+            patterns.extend(excepted.regex for excepted in rule.excepts)
+            entries.append(
+                (rule.rule.actions, index, range(index + 1, len(patterns)), rule.decision)
+            )
+        self._match = linear.PatternSet(patterns).raw_match
+        self._entries = tuple(entries)
+        self._default = default
+        self._decided: dict[frozenset[int], dict[ActionType, Decision]] = {}
+        self._last: tuple[bytes, frozenset[int] | None] = (b"", None)
+
+    def hits(self, data: bytes) -> frozenset[int] | None:
+        """The indices of every pattern `data` matches; None when the DFA gave up."""
+        last, hits = self._last
+        if data == last and hits is not None:
+            return hits
+        found = self._match(data)
+        hits = frozenset(found) if found else None
+        self._last = data, hits
+        return hits
+
+    def decision(self, hits: frozenset[int], action: ActionType) -> Decision:
+        decided = self._decided.get(hits)
+        if decided is None:
+            if len(self._decided) >= _DECIDED_HIT_SETS:
+                self._decided.clear()
+            decided = self._decided[hits] = {}
+        decision = decided.get(action)
+        if decision is None:
+            decision = decided[action] = next(
+                (
+                    decision
+                    for actions, index, excepts, decision in self._entries
+                    if action in actions
+                    and index in hits
+                    and not any(excepted in hits for excepted in excepts)
+                ),
+                self._default,
+            )
+        return decision
+
+
+# Sets of hits whose decisions `_PathRules` keeps: a run sees a few dozen.
+_DECIDED_HIT_SETS = 4096
+
+
 class _LazyTables(dict[ActionType, _Table]):
     """The tables of a cached policy, each built when an action of its type is first
     decided: a run decides a few types, and each table is an RE2 set to compile."""
@@ -293,7 +362,8 @@ class CompiledPolicy:
     def prepare(self, actions: Iterable[ActionType]) -> None:
         """Build the sets that decide `actions` now, not at the first such decision."""
         for action in actions:
-            _ = self._tables[action]
+            if action not in PATH_ACTIONS or self._path_rules is None:
+                _ = self._tables[action]
 
     def _table(self, action: ActionType, *, fallback: bool = False) -> _Table:
         rules = [rule for rule in self.rules if rule.applies and action in rule.rule.actions]
@@ -313,14 +383,24 @@ class CompiledPolicy:
         """`evaluate` of an event with this action and target (no Event is built)."""
         if len(target) > MAX_TARGET_LENGTH:
             return self.too_long(target)
-        table = self._tables[action]
-        if table.paths and (
-            "//" in target
-            or target[-1:] == "/"
-            or ("/." in target and matchers.needs_normalising(target))
-        ):
-            target = matchers.normalise_path(target)
-        data = target.encode("utf-8", "surrogatepass")  # encode_target, inlined
+        if action in PATH_ACTIONS:
+            if (
+                "//" in target
+                or target[-1:] == "/"
+                or ("/." in target and matchers.needs_normalising(target))
+            ):
+                target = matchers.normalise_path(target)
+            data = target.encode("utf-8", "surrogatepass")  # encode_target, inlined
+            paths = self._path_rules
+            if paths is not None:
+                found = paths.hits(data)
+                if found is not None:
+                    return paths.decision(found, action)
+            return self._in_table(self._tables[action], data)
+        return self._in_table(self._tables[action], target.encode("utf-8", "surrogatepass"))
+
+    def _in_table(self, table: _Table, data: bytes) -> Decision:
+        """The decision of `table`'s rules alone (one action's) for `data`."""
         hits = table.match(data)
         if not hits:  # the set always reports its catch-all: the DFA gave up
             return table.one_by_one(data, self.default_decision)
@@ -433,28 +513,22 @@ class CompiledPolicy:
         )
 
     @functools.cached_property
-    def _path_hits(self) -> Callable[[str], frozenset[int] | None]:
+    def _path_rules(self) -> _PathRules | None:
+        """Every path rule as one set (`_PathRules`); None when RE2 cannot hold
+        it, and each action's own set decides."""
+        try:
+            return _PathRules(self.rules, self.default_decision)
+        except PatternError:
+            return None
+
+    def _path_hits(self, path: str) -> frozenset[int] | None:
         """Which path rules (and `except` globs) match a path, as one set of indices.
 
         Two paths with the same set get the same decision for every path
         action.  None when RE2's DFA gave up: the caller compares decisions.
         """
-        patterns = [
-            regex
-            for rule in self.rules
-            if rule.applies and rule.rule.actions & PATH_ACTIONS
-            for regex in (rule.matcher.regex, *(excepted.regex for excepted in rule.excepts))
-        ]
-        try:
-            match = linear.PatternSet(patterns).raw_match
-        except PatternError:
-            return _no_hits
-
-        def hits(path: str) -> frozenset[int] | None:
-            found = match(path.encode("utf-8", "surrogatepass"))
-            return frozenset(found) if found else None
-
-        return hits
+        paths = self._path_rules
+        return None if paths is None else paths.hits(path.encode("utf-8", "surrogatepass"))
 
     def too_long(self, target: str) -> Decision:
         """The deny for a target longer than MAX_TARGET_LENGTH, which no rule is run on."""
@@ -552,10 +626,6 @@ def _related(root: str, path: str) -> bool:
     if root == path or root == "/":
         return True
     return path.startswith(root + "/") or root.startswith(path.rstrip("/") + "/")
-
-
-def _no_hits(_path: str) -> None:
-    return None
 
 
 def _matches_everything(rule: CompiledRule) -> bool:
