@@ -260,6 +260,27 @@ def test_regexes_with_flags_and_groups_keep_their_place_in_the_order(pattern: st
     assert decide(policy, A.FILE_READ, "/other") == "after"
 
 
+def test_dot_in_a_refusing_pattern_matches_a_newline_and_in_an_allowing_one_does_not() -> None:
+    """A target can hold a newline (a file name, an argument).  A rule that
+    refuses or records must not miss it there; an allow keeps Python's `.`,
+    which matches less."""
+    policy = compiled(
+        """
+        name: t
+        default: warn
+        rules:
+          - {id: no-dd, actions: [shell_execute], pattern: 'dd\\s.*of=/dev/sd', decision: deny}
+          - {id: git, actions: [shell_execute], pattern: '^git .*$', decision: allow}
+        """
+    )
+    assert decide(policy, A.SHELL_EXECUTE, "dd if=/tmp/a\nb of=/dev/sda") == "no-dd"
+    assert decide(policy, A.SHELL_EXECUTE, "git status") == "git"
+    assert decide(policy, A.SHELL_EXECUTE, "git status\nrm -rf /") == DEFAULT_RULE_ID
+    for target in ("dd if=/tmp/a\nb of=/dev/sda", "git status\nrm -rf /"):
+        event = Event(A.SHELL_EXECUTE, target)
+        assert policy.explain(event).decision is policy.evaluate(event)
+
+
 def test_except_excludes_targets_from_a_rule() -> None:
     policy = compiled(
         """

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TRY, Sandbox, agent_reports, host_pids
+from conftest import TRY, Sandbox, agent_reports, deny_rule, host_pids
 
 from agentsup.kernel.proc import process_state
 
@@ -139,6 +139,22 @@ def test_rm_rf_root_is_killed_and_ls_runs(sandbox: Sandbox) -> None:
     result = sandbox.run("rm", "-rf", "/")
     assert result.returncode == 137, result.stderr
     assert "denied shell_execute rm -rf /" in result.stderr
+
+
+def test_a_newline_in_an_argument_does_not_hide_a_command_from_a_deny_pattern(
+    sandbox: Sandbox,
+) -> None:
+    """`.` in a pattern that refuses matches a newline too: an argument holding
+    one (a file name can) does not split the command line away from the rule."""
+    policy = sandbox.policy(
+        "no-forbidden",
+        deny_rule("echo-forbidden", "shell_execute", "pattern: '^/bin/echo .*--forbidden'"),
+    )
+    script = '/bin/echo "$1" --forbidden > said.txt'
+    result = sandbox.run("sh", "-c", script, "sh", "line\nbreak", policy=policy)
+    assert result.returncode != 0
+    assert not (sandbox.workspace / "said.txt").read_text()
+    assert ("shell_execute", "echo-forbidden") in sandbox.denials()
 
 
 def _listener() -> socket.socket:

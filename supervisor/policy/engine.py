@@ -656,7 +656,14 @@ def rule_matchers(rule: Rule, values: PlaceholderValues) -> RuleMatchers:
             matcher = matchers.compile_glob(matchers.parse_glob(rule.target), values)
         else:
             assert rule.pattern is not None
-            matcher = matchers.compile_regex(matchers.parse_regex(rule.pattern), values)
+            # A target may hold a newline (a file name, an argument): a rule that
+            # refuses or records must not miss it because `.` stops there.  An
+            # allow keeps Python's `.`, which matches less.
+            matcher = matchers.compile_regex(
+                matchers.parse_regex(rule.pattern),
+                values,
+                dot_all=rule.decision is not Verdict.ALLOW,
+            )
         excepts = tuple(
             matchers.compile_glob(matchers.parse_glob(glob), values) for glob in rule.except_globs
         )

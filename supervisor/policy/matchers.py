@@ -533,9 +533,14 @@ def compile_glob(tokens: tuple[GlobToken, ...], values: PlaceholderValues) -> Gl
     )
 
 
-def compile_regex(tokens: tuple[RegexToken, ...], values: PlaceholderValues) -> RegexMatcher:
-    """Raises PatternError when RE2 cannot take it."""
+def compile_regex(
+    tokens: tuple[RegexToken, ...], values: PlaceholderValues, *, dot_all: bool = False
+) -> RegexMatcher:
+    """Raises PatternError when RE2 cannot take it.  With `dot_all`, `.` also
+    matches a newline (Python's re.DOTALL), whatever the pattern says."""
     regex = regex_expand(tokens, values)
+    if dot_all:
+        regex = f"(?s:{regex})"
     return RegexMatcher(
         pattern=regex_display(tokens, values),
         regex=regex,
