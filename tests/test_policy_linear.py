@@ -154,6 +154,31 @@ def test_an_observing_policy_only_logs_a_long_target() -> None:
     assert (over.verdict, over.on_violation) == (Verdict.DENY, ViolationMode.LOG_ONLY)
 
 
+@pytest.mark.parametrize(
+    "refusal", ["decision: deny, on_violation: sigkill", "decision: require_approval"]
+)
+def test_a_long_target_is_refused_where_an_observing_policy_refuses_or_holds_that_action(
+    refusal: str,
+) -> None:
+    """Padding a command line past the cap must not get past the one rule that
+    refuses it: no rule is run on it, so it is refused, not observed."""
+    policy = compiled(
+        f"""
+        name: t
+        default: allow
+        on_violation: log_only
+        rules:
+          - {{id: no-rm-rf, actions: [shell_execute], pattern: 'rm\\s+-rf\\s', {refusal}}}
+        """
+    )
+    padded = "rm -rf /w/important " + "x" * MAX_TARGET_LENGTH
+    over = policy.evaluate(Event(A.SHELL_EXECUTE, padded))
+    assert (over.rule_id, over.on_violation) == (TARGET_TOO_LONG_RULE, ViolationMode.BLOCK)
+    # Another action, which only the observing default decides, is still observed.
+    read = policy.evaluate(Event(A.FILE_READ, "/" + "x" * MAX_TARGET_LENGTH))
+    assert (read.rule_id, read.on_violation) == (TARGET_TOO_LONG_RULE, ViolationMode.LOG_ONLY)
+
+
 def test_a_huge_target_is_refused_at_once() -> None:
     decided, elapsed = timed(strict(), A.SHELL_EXECUTE, "rm -rf " + "y" * 2_000_000 + " /")
     assert decided == TARGET_TOO_LONG_RULE

@@ -157,6 +157,40 @@ def test_a_newline_in_an_argument_does_not_hide_a_command_from_a_deny_pattern(
     assert ("shell_execute", "echo-forbidden") in sandbox.denials()
 
 
+OBSERVING_BUT_NO_RM = """
+name: observing
+default: allow
+on_violation: log_only
+rules:
+  - id: no-rm-rf
+    actions: [shell_execute]
+    pattern: 'rm\\s+-rf\\s'
+    decision: deny
+    on_violation: sigkill
+"""
+
+
+def test_padding_a_command_line_past_the_cap_does_not_get_past_a_killing_rule(
+    sandbox: Sandbox,
+) -> None:
+    """Under a policy that only observes, save one killing rule, a command line
+    too long for any rule to be run on is refused, not observed."""
+    important = sandbox.workspace / "important"
+    important.mkdir()
+    (important / "data").write_text("keep")
+    policy = sandbox.policy("observing", OBSERVING_BUT_NO_RM)
+    # Three padding arguments, each under the kernel's own cap for one.
+    script = (
+        "import subprocess, sys\n"
+        "try: subprocess.run(['/bin/rm', '-rf', sys.argv[1]] + ['x' * 50_000] * 3)\n"
+        "except PermissionError as refused: print(refused)\n"
+    )
+    result = sandbox.run(sys.executable, "-c", script, str(important), policy=policy)
+    assert (important / "data").read_text() == "keep"
+    assert ("shell_execute", "agentsup-target-too-long") in sandbox.denials()
+    assert result.returncode == 0, result.stderr  # refused: the agent carried on
+
+
 def _listener() -> socket.socket:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))

@@ -349,13 +349,16 @@ class CompiledPolicy:
                 self._tables = {action: self._table(action) for action in ActionType}
             except PatternError as exc:  # too many or too big rules for RE2's memory bound
                 raise PolicyError(policy.source, 1, 1, exc.message) from None
-        # Refused, not killed: a long xargs line is no attack by itself.  A
-        # policy that only observes (log_only, sigwarn) keeps observing.
-        self._too_long_mode = (
-            policy.on_violation
-            if policy.on_violation in _PROCEEDING_DENY_MODES
+        # Refused, not killed: a long xargs line is no attack by itself.  Where
+        # the policy only observes an action (log_only, sigwarn), it keeps
+        # observing it; one rule that refuses or holds the action makes a target
+        # no rule is run on a refusal, or padding would get past that rule.
+        self._too_long_modes = {
+            action: self.on_violation
+            if self.on_violation in _PROCEEDING_DENY_MODES and self._only_observes(action)
             else ViolationMode.BLOCK
-        )
+            for action in ActionType
+        }
         self._env_pass = _any_glob(policy.env.pass_, policy)
         self._env_deny = _any_glob(policy.env.deny, policy)
 
@@ -382,7 +385,7 @@ class CompiledPolicy:
     def evaluate_target(self, action: ActionType, target: str) -> Decision:
         """`evaluate` of an event with this action and target (no Event is built)."""
         if len(target) > MAX_TARGET_LENGTH:
-            return self.too_long(target)
+            return self.too_long(action, target)
         if action in PATH_ACTIONS:
             if (
                 "//" in target
@@ -530,14 +533,26 @@ class CompiledPolicy:
         paths = self._path_rules
         return None if paths is None else paths.hits(path.encode("utf-8", "surrogatepass"))
 
-    def too_long(self, target: str) -> Decision:
+    def _only_observes(self, action: ActionType) -> bool:
+        """Whether every decision this policy can give `action` lets it go ahead
+        at once: no rule for it, nor the default, refuses or holds it."""
+        decisions = [self.default_decision]
+        decisions += [
+            rule.decision for rule in self.rules if rule.applies and action in rule.rule.actions
+        ]
+        return all(
+            decision.verdict is not Verdict.REQUIRE_APPROVAL and _proceeds(decision)
+            for decision in decisions
+        )
+
+    def too_long(self, action: ActionType, target: str) -> Decision:
         """The deny for a target longer than MAX_TARGET_LENGTH, which no rule is run on."""
         return Decision(
             verdict=Verdict.DENY,
             rule_id=TARGET_TOO_LONG_RULE,
             severity=Severity.HIGH,
             message=f"target too long: more than {MAX_TARGET_LENGTH} characters",
-            on_violation=self._too_long_mode,
+            on_violation=self._too_long_modes[action],
             reason=f"the target has {len(target)} characters; rules are run on at most "
             f"{MAX_TARGET_LENGTH}",
         )
@@ -546,7 +561,7 @@ class CompiledPolicy:
         """The decision for `event`, with every rule tried before it and why it missed."""
         target = event.target
         if len(target) > MAX_TARGET_LENGTH:
-            return Explanation(event, target, self.too_long(target), None, ())
+            return Explanation(event, target, self.too_long(event.action, target), None, ())
         if event.action in PATH_ACTIONS and matchers.needs_normalising(target):
             target = matchers.normalise_path(target)
         tried: list[Attempt] = []
