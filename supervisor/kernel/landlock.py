@@ -8,10 +8,19 @@ no threads, no heavy imports.  The plan itself comes from the pure
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import stat
+from collections.abc import Sequence
 
-from ..policy.floor import FILE_RIGHTS, FloorPlan
+from ..policy.floor import (
+    FILE_RIGHTS,
+    FS_IOCTL_DEV,
+    FS_READ_FILE,
+    FS_TRUNCATE,
+    FS_WRITE_FILE,
+    FloorPlan,
+)
 
 _SYS_LANDLOCK_CREATE_RULESET = 444
 _SYS_LANDLOCK_ADD_RULE = 445
@@ -113,8 +122,36 @@ def _add_path_rules(ruleset_fd: int, plan: FloorPlan) -> None:
             os.close(path_fd)
 
 
-def apply_floor(plan: FloorPlan) -> None:
-    """Restrict the calling process (and every later child) to `plan`.
+def _add_held_rules(ruleset_fd: int, plan: FloorPlan, held: Sequence[int]) -> None:
+    """Each file or terminal in `held` (fds the agent is handed at launch: its
+    standard streams, its pty) may be opened again for what the fd allows.
+
+    Such a file may lie outside every root (`run > /var/log/build.log`), and
+    it is reached by its own path, not the agent's: a reopen through
+    /proc/self/fd/1 (`echo x > /dev/stdout`) walks the host's mounts, not the
+    agent's.  The fd already gives the agent that access (and ftruncate), so
+    the rule grants nothing new.
+    """
+    for fd in held:
+        try:
+            mode = os.fstat(fd).st_mode
+            access = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+        except OSError:
+            continue
+        if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):
+            continue  # a pipe or socket is reopened with no path to check
+        allowed = FS_READ_FILE if access in (os.O_RDONLY, os.O_RDWR) else 0
+        if access in (os.O_WRONLY, os.O_RDWR):
+            allowed |= FS_WRITE_FILE | FS_TRUNCATE | (FS_IOCTL_DEV if stat.S_ISCHR(mode) else 0)
+        allowed &= plan.handled_fs
+        if allowed:
+            attr = _PathBeneathAttr(allowed_access=allowed, parent_fd=fd)
+            _add_rule(ruleset_fd, _LANDLOCK_RULE_PATH_BENEATH, attr, f"the agent's fd {fd}")
+
+
+def apply_floor(plan: FloorPlan, held: Sequence[int] = ()) -> None:
+    """Restrict the calling process (and every later child) to `plan`, and to
+    reopening the files of the fds `held` as they are open (`_add_held_rules`).
 
     Sets no_new_privs, which Landlock requires without CAP_SYS_ADMIN and which
     the seccomp filter needs anyway.
@@ -132,6 +169,7 @@ def apply_floor(plan: FloorPlan) -> None:
         raise _fail("landlock_create_ruleset")
     try:
         _add_path_rules(ruleset_fd, plan)
+        _add_held_rules(ruleset_fd, plan, held)
         for port, allowed in plan.net_rules:
             net_attr = _NetPortAttr(allowed_access=allowed, port=port)
             _add_rule(ruleset_fd, _LANDLOCK_RULE_NET_PORT, net_attr, f"tcp port {port}")

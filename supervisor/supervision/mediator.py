@@ -415,6 +415,12 @@ def _names_own_fd(raw: bytes) -> bool:
     return _OWN_FD_NAME.fullmatch(raw) is not None
 
 
+def _own_fd_number(raw: bytes) -> int:
+    """The fd a name `_names_own_fd` accepts stands for."""
+    number = _STD_FDS.get(raw)
+    return int(raw.rpartition(b"/")[2]) if number is None else number
+
+
 def _signed32(value: int) -> int:
     value &= 0xFFFFFFFF
     return value - (1 << 32) if value >= 1 << 31 else value
@@ -684,6 +690,29 @@ class Mediator:
             if anchor >= 0:  # an absolute path has none (the broker's root)
                 os.close(anchor)
 
+    def _holds(self, tid: int, raw: bytes, pinned: Pinned, reads: bool, writes: bool) -> bool:
+        """Whether the agent's fd that `raw` names (/dev/stdout, /proc/self/fd/N)
+        is the very file pinned, open for every access asked (reads, writes).
+
+        The fd is taken from the agent (pidfd_getfd) after the pin: a dup2 over
+        it meanwhile leaves another file in it, which then does not match."""
+        try:
+            held = self._agent_fd(tid, _own_fd_number(raw))
+        except (OSError, ValueError):
+            return False
+        try:
+            info = os.fstat(held)
+            access = fcntl.fcntl(held, fcntl.F_GETFL) & os.O_ACCMODE
+        except OSError:
+            return False
+        finally:
+            os.close(held)
+        if pinned.handle < 0 or (info.st_dev, info.st_ino) != (pinned.dev, pinned.ino):
+            return False
+        if reads and access not in (os.O_RDONLY, os.O_RDWR):
+            return False
+        return not writes or access in (os.O_WRONLY, os.O_RDWR)
+
     def _pin_own_fd(
         self,
         tid: int,
@@ -699,11 +728,8 @@ class Mediator:
         takes a duplicate of that very fd (pidfd_getfd, from the agent's own
         process: no tid to be reused), and the broker opens what it names
         anew, with the agent's rights.  None when the fd is not there."""
-        number = _STD_FDS.get(raw)
-        if number is None:
-            number = int(raw.rpartition(b"/")[2])
         try:
-            held = self._agent_fd(tid, number)
+            held = self._agent_fd(tid, _own_fd_number(raw))
         except OSError:
             return None
         try:
@@ -997,10 +1023,11 @@ class Mediator:
             self._fail(notif, errno.ENOENT)
             return
         # A pipe or socket the agent already holds is its own: no path rule applies.
-        own_object = (
-            not node.error
-            and not node.target.startswith("/")
-            and (_names_own_fd(raw) or node.pinned.held)
+        # So is a file it holds, named as its fd (`echo x > /dev/stderr`), opened
+        # again for no more than that fd allows: its log outside every root.
+        own_object = not node.error and (
+            (not node.target.startswith("/") and (_names_own_fd(raw) or node.pinned.held))
+            or (_names_own_fd(raw) and self._holds(tid, raw, node.pinned, reads, writes))
         )
         checks = []
         if (reads or not writes) and not own_object:
@@ -2428,18 +2455,24 @@ def socket_target(family: int, kind: int, protocol: int) -> str | None:
 
 
 def describe_sockaddr(data: bytes, unix_path: Callable[[bytes], str]) -> str:
-    """The `network_connect` target for a raw sockaddr (DESIGN.md 1.2)."""
-    import ipaddress
+    """The `network_connect` target for a raw sockaddr (DESIGN.md 1.2).
+
+    Addresses are spelled as the hook and the egress proxy spell them
+    (`ip_text`): an IPv4-mapped IPv6 address is its IPv4 address, since the
+    kernel connects an AF_INET6 socket to ::ffff:a.b.c.d over IPv4.
+    """
+    from ..hooks._mapping import ip_text
 
     if len(data) < 2:
         return "invalid:"
     family = struct.unpack_from("<H", data)[0]
     if family == socket.AF_INET and len(data) >= 8:
         port = struct.unpack_from(">H", data, 2)[0]
-        return f"{ipaddress.IPv4Address(data[4:8])}:{port}"
+        return f"{ip_text(data[4:8])}:{port}"
     if family == socket.AF_INET6 and len(data) >= 24:
         port = struct.unpack_from(">H", data, 2)[0]
-        return f"[{ipaddress.IPv6Address(data[8:24])}]:{port}"
+        text = ip_text(data[8:24])
+        return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
     if family == socket.AF_UNIX:
         path = data[2:]
         if path.startswith(b"\0"):

@@ -241,7 +241,9 @@ def _init(stage: Stage, entered: set[str], wait_fd: int) -> NoReturn:
         # (--user) may not be able to open.  The domain stays on through the drop.
         step = "landlock"
         if stage.landlock is not None:
-            landlock.apply_floor(stage.landlock)
+            # The agent's standard streams and pty: what it may reopen by fd name.
+            streams = (0, 1, 2) if stage.terminal_fd < 0 else (0, 1, 2, stage.terminal_fd)
+            landlock.apply_floor(stage.landlock, streams)
         step = "privileges"
         for note in privileges.drop_privileges(plan.user):
             _line(stage.status_fd, f"D{note}")

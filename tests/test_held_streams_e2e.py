@@ -1,0 +1,76 @@
+"""The agent's standard streams, named as files: /dev/stdout, /dev/stderr, /dev/fd/N.
+
+`agentsup run ... > build.log 2>&1` hands the agent a log file that may lie
+outside every root the policy grants (here /run, which strict neither lets
+the agent read nor write).  Reopening its own stream by name
+(`echo x > /dev/stderr`, `tee /dev/stdout`) gives the agent nothing its fd
+does not give it already: it works as it does without agentsup, with no rule
+asked.  Asking for more than the fd allows (reading a write-only stdout) is
+judged as any open of that file is.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Sandbox
+
+pytestmark = [
+    pytest.mark.requires_root,
+    pytest.mark.requires_seccomp_notify,
+    pytest.mark.requires_landlock,
+]
+
+SCRIPT = (
+    "echo to-stderr > /dev/stderr; "
+    "echo to-stdout | tee /dev/stdout > /dev/null; "
+    "echo appended >> /dev/fd/1; "
+    "echo last"
+)
+
+
+@pytest.fixture
+def log_dir() -> Iterator[Path]:
+    """A directory outside every root strict grants."""
+    where = Path(tempfile.mkdtemp(prefix="agentsup-log-", dir="/run"))
+    yield where
+    shutil.rmtree(where, ignore_errors=True)
+
+
+def _run_logged(command: list[str], log: Path, env: dict[str, str]) -> int:
+    with log.open("w") as output:
+        return subprocess.run(command, stdout=output, stderr=output, env=env, timeout=60).returncode
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
+def test_a_log_file_outside_every_root_is_reopened_through_the_agents_own_streams(
+    sandbox: Sandbox, log_dir: Path, native: bool
+) -> None:
+    bare_log, supervised_log = log_dir / "bare.log", log_dir / "supervised.log"
+    assert _run_logged(["sh", "-c", SCRIPT], bare_log, sandbox.env) == 0
+    env = {**sandbox.env, "AGENTSUP_FASTPATH": "1" if native else "0"}
+    code = _run_logged(sandbox.command("sh", "-c", SCRIPT), supervised_log, env)
+    assert code == 0, supervised_log.read_text()
+    assert supervised_log.read_text() == bare_log.read_text()
+    assert sandbox.denials() == []
+
+
+def test_reading_a_write_only_stream_is_judged_as_reading_its_file(
+    sandbox: Sandbox, log_dir: Path
+) -> None:
+    log = log_dir / "build.log"
+    code = _run_logged(
+        sandbox.command("sh", "-c", "cat /dev/fd/9 9>&1 > /dev/null || echo refused >&2"),
+        log,
+        sandbox.env,
+    )
+    assert code == 0
+    assert "refused" in log.read_text()
+    assert ("file_read", "default") in [
+        (a, r if r != "<default>" else "default") for a, r in sandbox.denials()
+    ]
