@@ -289,3 +289,76 @@ def _rule(rule_id: str, decision: str = "allow", target: str = "/x", agents: str
         f"  - {{id: {rule_id}, actions: [file_read], target: '{target}', "
         f"decision: {decision}{scoped}}}\n"
     )
+
+
+# ---------------------------------------------------------------- the run's context
+
+
+def _explained(*args: str) -> tuple[int, dict[str, object]]:
+    result = subprocess.run(
+        [sys.executable, "-m", "agentsup", "policy", "explain", "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "HOME": os.environ["HOME"]},
+    )
+    report = json.loads(result.stdout)
+    decision = report["decision"]
+    assert isinstance(decision, dict)
+    return result.returncode, decision
+
+
+def test_explain_fills_home_and_workspace_as_run_does(
+    tmp_path: Path, policy_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Targets are real paths.  With a symlinked home and workspace, `run`
+    matches `{home}` and `{workspace}` by their real paths too: so must explain."""
+    real_home, real_ws = tmp_path / "disk" / "home", tmp_path / "disk" / "ws"
+    real_home.mkdir(parents=True)
+    real_ws.mkdir()
+    (tmp_path / "home").symlink_to(real_home)
+    (tmp_path / "ws").symlink_to(real_ws)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    code, decision = _explained("--policy", "strict", "file_read", f"{real_home}/.ssh/config")
+    assert (code, decision["rule"]) == (1, "secret-ssh")
+    code, decision = _explained(
+        "--policy", "strict", "--workspace", str(tmp_path / "ws"), "file_write", f"{real_ws}/x"
+    )
+    assert (code, decision["rule"]) == (0, "workspace")
+
+
+def test_explain_and_suggest_share_the_runs_context(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agentsup.cli.policy import run_context
+    from agentsup.policy import builtin_source, load_policy_text, load_source
+    from agentsup.policy.suggest import suggest
+
+    real_home, real_ws = tmp_path / "disk" / "home", tmp_path / "disk" / "ws"
+    real_home.mkdir(parents=True)
+    real_ws.mkdir()
+    (tmp_path / "home").symlink_to(real_home)
+    (tmp_path / "ws").symlink_to(real_ws)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    context = run_context(str(tmp_path / "ws"), "a")
+    assert (context.workspace, context.home, context.home_real) == (
+        str(real_ws),
+        str(tmp_path / "home"),
+        str(real_home),
+    )
+    # suggest writes a file under the real home with `{home}`, as a rule names it.
+    parent = load_policy_text("name: parent\ndefault: deny\n", "parent.yaml")
+    strict_source = builtin_source("strict")
+    assert strict_source is not None
+    strict = load_source(strict_source, Path("/nonexistent"))
+    record = {"agent": "a", "kind": "decision", "decision": "deny", "rule": "<default>"}
+    run = [
+        {"agent": "a", "kind": "lifecycle", "event": "start", "policy": "parent"},
+        {**record, "action_type": "file_write", "target": f"{real_home}/.cache/pip/x/1"},
+        *({**record, "action_type": "file_read", "target": f"{real_home}/n{n}"} for n in range(3)),
+    ]
+    text = suggest(run, parent, strict, context, extends="parent", name="learned")
+    assert "target: '{home}/.cache/pip/**'" in text
+    # Three files of the home directory itself stay exact: never `{home}/*`.
+    assert "target: '{home}/n0'" in text and "{home}/*'" not in text
+    assert str(real_home) not in text

@@ -278,3 +278,94 @@ def test_when_the_set_gives_up_each_rule_decides_on_its_own() -> None:
         table.match = lambda data: None
     assert [policy.evaluate(event).rule_id for event in events] == expected
     assert expected[1:5] == ["secret-pem", "read-etc", "pycache-write", "workspace"]
+
+
+# ---------------------------------------------------------------- `$` as Python reads it
+
+DOLLAR_PATTERNS = [
+    r"(?i)^delete from \w+;?$",
+    r"^git status$",
+    r"a$|^b",
+    r"(a$)",
+    r"(?:x|a)$",
+    r"[$]b",
+    r"\$$",
+    r"a\$",
+    r"(?#$)a$",
+    r"(?m)^a$",
+    r"(?m:a$)",
+    r"(?m:a$)|c$",
+    r"(?m:(a)$)x?$",
+    r"(?m)(?-m:a$)",
+    r"(?i-m:A$)",
+    r"^{home}$",
+    r"(?m:^{home}$)",
+    r"(?m:{home}/(x|y)$)|^{home}$",
+]
+DOLLAR_TARGETS = [
+    "DELETE FROM users",
+    "DELETE FROM users\n",
+    "DELETE FROM users\n\n",
+    "DELETE FROM users;\nDROP TABLE t",
+    "git status",
+    "git status\n",
+    "git status\nrm -rf /",
+    "a",
+    "a\n",
+    "a\nx",
+    "a\n\n",
+    "xa\nb",
+    "b",
+    "$b",
+    "$",
+    "$\n",
+    "a$",
+    "c\n",
+    "/home/u",
+    "/home/u\n",
+    "/home/u\n/etc",
+    "/home/u/x\n/home/u/y",
+    "/home/u/x\nz",
+]
+
+
+def test_a_refusing_pattern_reads_dollar_as_python_does() -> None:
+    """Python's `$` (no `m`) also matches before a final newline; RE2's only at
+    the very end.  A rule that refuses must decide as the Python regex it was
+    written as: `DELETE FROM users\\n` ran, and `...;?$` must see it."""
+    import re
+
+    from agentsup.policy import matchers
+
+    values = {"home": ("/home/u",), "workspace": ("/w",), "agent_id": ("a",), "python": ("/p",)}
+    for pattern in DOLLAR_PATTERNS:
+        tokens = matchers.parse_regex(pattern)
+        refusing = matchers.compile_regex(tokens, values, dot_all=True, python_dollar=True)
+        python = re.compile(pattern.replace("{home}", "/home/u"), re.DOTALL)
+        for target in DOLLAR_TARGETS:
+            expected = python.search(target) is not None
+            assert refusing.matches(target) is expected, (pattern, target, refusing.regex)
+
+
+def test_an_allowing_pattern_keeps_re2s_stricter_dollar() -> None:
+    policy = compiled(
+        r"""
+        name: t
+        default: warn
+        rules:
+          - {id: no-delete, actions: [database_delete], pattern: '(?i)^delete from \w+;?$',
+             decision: deny}
+          - {id: git, actions: [shell_execute], pattern: '^git status$', decision: allow}
+          - {id: lines, actions: [shell_execute], pattern: '(?m)^ls$', decision: log}
+        """
+    )
+    assert policy.evaluate(Event(A.DATABASE_DELETE, "DELETE FROM users\n")).rule_id == "no-delete"
+    assert policy.evaluate(Event(A.DATABASE_DELETE, "DELETE FROM users;")).rule_id == "no-delete"
+    assert policy.evaluate(Event(A.SHELL_EXECUTE, "git status")).rule_id == "git"
+    # Narrower is safe for an allow: the trailing newline falls through to the default.
+    assert policy.evaluate(Event(A.SHELL_EXECUTE, "git status\n")).rule_id == DEFAULT_RULE_ID
+    assert policy.evaluate(Event(A.SHELL_EXECUTE, "echo\nls\nx")).rule_id == "lines"
+    for target in ("DELETE FROM users\n", "git status\n"):
+        action = A.DATABASE_DELETE if target.startswith("DELETE") else A.SHELL_EXECUTE
+        event = Event(action, target)
+        assert policy.explain(event).decision is policy.evaluate(event)

@@ -157,6 +157,45 @@ def test_a_newline_in_an_argument_does_not_hide_a_command_from_a_deny_pattern(
     assert ("shell_execute", "echo-forbidden") in sandbox.denials()
 
 
+def test_a_trailing_newline_does_not_hide_a_command_from_a_dollar_anchored_deny_pattern(
+    sandbox: Sandbox,
+) -> None:
+    """A refusing pattern's `$` is Python's: the end, or just before a final
+    newline (RE2's alone is only the very end, and `...forbidden\\n` ran)."""
+    policy = sandbox.policy(
+        "no-forbidden",
+        deny_rule("echo-forbidden", "shell_execute", "pattern: '^/bin/echo forbidden$'"),
+    )
+    script = '/bin/echo "$1" > said.txt'
+    result = sandbox.run("sh", "-c", script, "sh", "forbidden\n", policy=policy)
+    assert result.returncode != 0
+    assert not (sandbox.workspace / "said.txt").read_text()
+    assert ("shell_execute", "echo-forbidden") in sandbox.denials()
+
+
+@pytest.mark.parametrize(
+    ("command", "rule"),
+    [
+        ("rm -rf //usr", "rm-rf-root"),
+        ("rm -rf /./usr/", "rm-rf-root"),
+        ("rm -r -f $HOME//", "rm-rf-root"),
+        ("dd if=/dev/zero of=/dev//sda", "dd-to-disk"),
+        ("dd if=/dev/zero of=//dev/./sda", "dd-to-disk"),
+    ],
+)
+@pytest.mark.parametrize("policy", ["strict", "permissive"])
+def test_another_spelling_of_a_path_does_not_get_a_command_past_a_killing_rule(
+    sandbox: Sandbox, policy: str, command: str, rule: str
+) -> None:
+    """`rm -rf //usr` is `rm -rf /usr`.  /bin/echo stands in for the command:
+    the rule reads the command line, and nothing is removed or written."""
+    (sandbox.workspace / "job.sh").write_text(f"/bin/echo {command}\necho survived\n")
+    result = sandbox.run("sh", "job.sh", policy=policy)
+    assert result.returncode == 137, result.stdout + result.stderr
+    assert "survived" not in result.stdout
+    assert ("shell_execute", rule) in sandbox.denials()
+
+
 OBSERVING_BUT_NO_RM = """
 name: observing
 default: allow

@@ -147,6 +147,17 @@ def _error_json(error: PolicyError) -> dict[str, Any]:
     }
 
 
+def run_context(workspace: str, agent_id: str) -> RunContext:
+    """The placeholders as `agentsup run` fills them (supervision/agent.py `prepare`).
+
+    File targets are real paths, so the workspace is its real path and
+    `{home}` stands for the home and its real path: with a symlinked home or
+    workspace, `explain` and `suggest` must decide as the run does.
+    """
+    home = os.environ.get("HOME") or os.path.expanduser("~")
+    return RunContext(os.path.realpath(workspace), home, agent_id, home_real=os.path.realpath(home))
+
+
 # ---------------------------------------------------------------- suggest
 
 
@@ -174,7 +185,7 @@ def _suggest(args: argparse.Namespace) -> int:
             run,
             parent,
             load_source(strict, locations.policy_dir),
-            RunContext(workspace=workspace, home=os.path.expanduser("~"), agent_id=args.agent),
+            run_context(workspace, args.agent),
             extends=reference,
             name=args.policy_name or f"{parent.name}-learned",
         )
@@ -285,12 +296,7 @@ def _explain(args: argparse.Namespace) -> int:
     locations = default_locations()
     try:
         policy = resolve_policy(args.policy, locations.policy_dir)
-        context = RunContext(
-            workspace=os.path.abspath(args.workspace),
-            home=os.path.expanduser("~"),
-            agent_id=args.agent_id,
-        )
-        compiled = compile_policy(policy, context)
+        compiled = compile_policy(policy, run_context(args.workspace, args.agent_id))
     except PolicyError as error:
         if args.json:
             _print_json({"error": _error_json(error)})

@@ -672,12 +672,15 @@ def rule_matchers(rule: Rule, values: PlaceholderValues) -> RuleMatchers:
         else:
             assert rule.pattern is not None
             # A target may hold a newline (a file name, an argument): a rule that
-            # refuses or records must not miss it because `.` stops there.  An
-            # allow keeps Python's `.`, which matches less.
+            # refuses or records must not miss it because `.` stops there, nor
+            # because RE2's `$` is stricter than Python's (`DELETE FROM t\n`).
+            # An allow keeps Python's `.` and RE2's `$`, which match less: narrower is safe.
+            refuses = rule.decision is not Verdict.ALLOW
             matcher = matchers.compile_regex(
                 matchers.parse_regex(rule.pattern),
                 values,
-                dot_all=rule.decision is not Verdict.ALLOW,
+                dot_all=refuses,
+                python_dollar=refuses,
             )
         excepts = tuple(
             matchers.compile_glob(matchers.parse_glob(glob), values) for glob in rule.except_globs

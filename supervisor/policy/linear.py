@@ -10,10 +10,10 @@ rewrites the few Python spellings RE2 reads differently (`\\Z`, `{,n}`,
 `\\uXXXX`, octal escapes, `(?#...)`) and refuses, with the position, the
 features RE2 lacks: lookaround, backreferences, atomic groups, possessive
 quantifiers, conditionals, and inline flags other than `i`, `m` and `s`.
-Known differences that remain (documented for policy authors):
-- `\\d`, `\\w`, `\\s` and `\\b` are ASCII classes;
-- `$` matches only at the very end (Python's also matches before a final
-  newline).
+`$` (without the `m` flag) is RE2's, only the very end, unless the caller
+asks for Python's (the end, or just before a final newline): rules that do
+not allow do (`Re2Translation`).  Known differences that remain (documented
+for policy authors): `\\d`, `\\w`, `\\s` and `\\b` are ASCII classes.
 
 Targets are encoded with `encode_target`: UTF-8, where a lone surrogate (an
 undecodable byte that `os.fsdecode` kept) stays one character; RE2 would
@@ -274,49 +274,108 @@ def _group_to_re2(text: str, index: int) -> tuple[str, int]:
     return text[index:end], end
 
 
-def to_re2(text: str) -> str:
-    """Python regex text as RE2 text with the same meaning; raises PatternError.
+# What a Python `$` (no `m` flag) means: the very end, or just before a final
+# newline.  RE2's `$` is only the very end.  Consuming the newline is fine:
+# a match is only ever yes or no, and Python refuses a quantified `$`.
+PYTHON_DOLLAR = "(?:\\n?\\z)"
 
-    Works on whole patterns and on the pieces between placeholders alike.
+
+def _m_flag(flags: str, current: bool) -> bool:
+    """The `m` state after the inline flags `flags` (`im`, `-m`, `i-m`)."""
+    on, _, off = flags.partition("-")
+    if "m" in off:
+        return False
+    return True if "m" in on else current
+
+
+class Re2Translation:
+    """Python regex text to RE2 text, piece by piece (the text between placeholders).
+
+    The state of the pattern (open groups, the `m` flag, a character class)
+    carries from one piece to the next, so `(?m:{home}/x$)` reads as Python
+    reads it.  With `python_dollar`, a `$` outside a class and not under an
+    active `m` flag means what it means to Python (`PYTHON_DOLLAR`); without
+    it, RE2's own `$`.  Under `m`, both engines read `$` as the end of a line.
     """
-    out: list[str] = []
-    index = 0
-    in_class = False
-    class_body = 0  # a ']' right at the start of a class body is literal
-    quantified = False  # the previous item was a quantifier (for possessive `*+`)
-    while index < len(text):
-        char = text[index]
-        if char == "\\":
-            piece, index = _escape_to_re2(text, index, in_class)
-            out.append(piece)
-            quantified = False
-            continue
-        if in_class:
-            if char == "]" and index > class_body:
-                in_class = False
+
+    def __init__(self, *, python_dollar: bool = False) -> None:
+        self.python_dollar = python_dollar
+        self._multiline = False
+        self._outer: list[bool] = []  # the `m` state outside each open group
+        self._in_class = False
+
+    def piece(self, text: str) -> str:
+        """Translate the next piece; raises PatternError (index within this piece)."""
+        out: list[str] = []
+        index = 0
+        in_class = self._in_class
+        # A ']' right at the start of a class body is literal; a class the last
+        # piece left open already holds a placeholder's value.
+        class_body = -1
+        quantified = False  # the previous item was a quantifier (for possessive `*+`)
+        while index < len(text):
+            char = text[index]
+            if char == "\\":
+                piece, index = _escape_to_re2(text, index, in_class)
+                out.append(piece)
+                quantified = False
+                continue
+            if in_class:
+                if char == "]" and index > class_body:
+                    in_class = False
+                out.append(char)
+                index += 1
+                continue
+            if char == "+" and quantified:
+                raise _unsupported("a possessive quantifier", index)
+            if char == "[":
+                in_class = True
+                class_body = index + (2 if text.startswith("^", index + 1) else 1)
+                out.append(text[index:class_body])
+                index = class_body
+                quantified = False
+                continue
+            if char == "(" and text.startswith("?", index + 1):
+                piece, index = _group_to_re2(text, index)
+                out.append(piece)
+                if piece not in ("", "(?P<", "(?:"):  # inline flags
+                    multiline = _m_flag(piece[2:], self._multiline)
+                    if text.startswith(":", index):  # scoped: `(?m:...)`
+                        self._outer.append(self._multiline)
+                    else:  # `(?m)`: Python allows it only at the very start
+                        out.append(text[index : index + 1])
+                        index += 1
+                    self._multiline = multiline
+                elif piece:
+                    self._outer.append(self._multiline)
+                quantified = False
+                continue
+            if char == "(":
+                self._outer.append(self._multiline)
+            elif char == ")" and self._outer:
+                self._multiline = self._outer.pop()
+            elif char == "$" and self.python_dollar and not self._multiline:
+                out.append(PYTHON_DOLLAR)
+                index += 1
+                quantified = False
+                continue
+            if char == "{" and (repeat := _repeat_at(text, index)) is not None:
+                piece, index = repeat
+                out.append(piece)
+                quantified = True
+                continue
+            quantified = char in "*+?"
             out.append(char)
             index += 1
-            continue
-        if char == "+" and quantified:
-            raise _unsupported("a possessive quantifier", index)
-        if char == "[":
-            in_class = True
-            class_body = index + (2 if text.startswith("^", index + 1) else 1)
-            out.append(text[index:class_body])
-            index = class_body
-            quantified = False
-            continue
-        if char == "(" and text.startswith("?", index + 1):
-            piece, index = _group_to_re2(text, index)
-            out.append(piece)
-            quantified = False
-            continue
-        if char == "{" and (repeat := _repeat_at(text, index)) is not None:
-            piece, index = repeat
-            out.append(piece)
-            quantified = True
-            continue
-        quantified = char in "*+?"
-        out.append(char)
-        index += 1
-    return "".join(out)
+        self._in_class = in_class
+        return "".join(out)
+
+
+def to_re2(text: str, *, python_dollar: bool = False) -> str:
+    """Python regex text as RE2 text with the same meaning; raises PatternError.
+
+    `$` keeps RE2's meaning (only the very end) unless `python_dollar`: see
+    `Re2Translation`.  For a pattern split by placeholders, translate its
+    pieces in order with one `Re2Translation`.
+    """
+    return Re2Translation(python_dollar=python_dollar).piece(text)

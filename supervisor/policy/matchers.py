@@ -347,10 +347,16 @@ def glob_display(tokens: tuple[GlobToken, ...], values: PlaceholderValues) -> st
     return "".join(parts)
 
 
-def regex_expand(tokens: tuple[RegexToken, ...], values: PlaceholderValues) -> str:
-    """The regex as RE2 text, with the placeholders' values as literals."""
+def regex_expand(
+    tokens: tuple[RegexToken, ...], values: PlaceholderValues, *, python_dollar: bool = False
+) -> str:
+    """The regex as RE2 text, with the placeholders' values as literals.
+
+    With `python_dollar`, `$` means what it does to Python (see `linear.Re2Translation`).
+    """
+    translation = linear.Re2Translation(python_dollar=python_dollar)
     return "".join(
-        linear.to_re2(token.text)
+        translation.piece(token.text)
         if isinstance(token, Literal)
         else _alternatives(values[token.name])
         for token in tokens
@@ -534,11 +540,17 @@ def compile_glob(tokens: tuple[GlobToken, ...], values: PlaceholderValues) -> Gl
 
 
 def compile_regex(
-    tokens: tuple[RegexToken, ...], values: PlaceholderValues, *, dot_all: bool = False
+    tokens: tuple[RegexToken, ...],
+    values: PlaceholderValues,
+    *,
+    dot_all: bool = False,
+    python_dollar: bool = False,
 ) -> RegexMatcher:
     """Raises PatternError when RE2 cannot take it.  With `dot_all`, `.` also
-    matches a newline (Python's re.DOTALL), whatever the pattern says."""
-    regex = regex_expand(tokens, values)
+    matches a newline (Python's re.DOTALL), whatever the pattern says; with
+    `python_dollar`, `$` also matches just before a final newline, as Python's
+    does (RE2's matches only at the very end)."""
+    regex = regex_expand(tokens, values, python_dollar=python_dollar)
     if dot_all:
         regex = f"(?s:{regex})"
     return RegexMatcher(

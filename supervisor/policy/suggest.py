@@ -163,7 +163,8 @@ class _Templater:
     """Paths written with `{workspace}` and `{home}` where they apply."""
 
     def __init__(self, context: RunContext) -> None:
-        roots = [("{workspace}", context.workspace), ("{home}", context.home)]
+        roots = [("{workspace}", context.workspace)]
+        roots += [("{home}", home) for home in _homes(context)]
         self.roots = [(name, value.rstrip("/") or "/") for name, value in roots if value]
 
     def glob(self, path: str, tail: str = "") -> str:
@@ -171,6 +172,18 @@ class _Templater:
             if root != "/" and _under(path, root):
                 return name + _glob_literal(path[len(root) :]) + tail
         return _glob_literal(path) + tail
+
+
+def _homes(context: RunContext) -> tuple[str, ...]:
+    """The home as named and its real path: targets are real paths, `{home}` is both."""
+    return tuple(dict.fromkeys(home for home in (context.home, context.home_real) if home))
+
+
+def _tool_dir_of(path: str, context: RunContext) -> str | None:
+    for home in _homes(context):
+        if (tool := _tool_dir(path, home)) is not None:
+            return tool
+    return None
 
 
 def _tool_dir(path: str, home: str) -> str | None:
@@ -239,13 +252,13 @@ def suggest(
             add("target", exact, action, refusal.priority)
             continue
         if action in FILE_ACTIONS:
-            tool = _tool_dir(target, context.home)
+            tool = _tool_dir_of(target, context)
             directory = os.path.dirname(target)
             if tool is not None and _dir_is_safe(guard, tool):
                 add("target", templater.glob(tool, "/**"), action, after_all)
             elif (
                 by_dir[directory] >= MANY_FILES
-                and directory not in ("/", context.home.rstrip("/"))
+                and directory not in ("/", *(home.rstrip("/") for home in _homes(context)))
                 and _dir_is_safe(guard, directory)
             ):
                 add("target", templater.glob(directory, "/*"), action, after_all)

@@ -1,0 +1,257 @@
+"""The shipped templates against other spellings of what they refuse.
+
+A command line is the argv as typed, not a resolved path: `rm -rf //usr`,
+`/./usr` and `/usr//` remove /usr, and `dd of=/dev//sda` writes the disk.
+The shell rules must read every such spelling (and stay linear: RE2), and
+permissive backs `dd-to-disk` with a rule on the disk's real path.
+permissive refuses the same secrets as strict, and neither kills an agent
+for reading a committed `.env.example`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from agentsup.events import ActionType, Event, Verdict, ViolationMode
+from agentsup.policy import CompiledPolicy, RunContext, compile_policy, resolve_policy
+
+A = ActionType
+TEMPLATES = ["strict", "permissive"]
+CTX = RunContext(workspace="/w", home="/home/u", agent_id="agent", python_prefixes=("/opt/py",))
+# A symlinked home: `{home}` stands for both names.
+LINKED = RunContext(
+    workspace="/w",
+    home="/home/u",
+    agent_id="agent",
+    python_prefixes=("/opt/py",),
+    home_real="/data/homes/u",
+)
+
+
+def template(name: str, ctx: RunContext = CTX) -> CompiledPolicy:
+    return compile_policy(resolve_policy(name, Path("/nonexistent-policy-dir")), ctx)
+
+
+def kills(policy: CompiledPolicy, action: ActionType, target: str) -> str | None:
+    """The id of the rule that kills the agent for this, or None."""
+    decision = policy.evaluate(Event(action, target))
+    if (decision.verdict, decision.on_violation) == (Verdict.DENY, ViolationMode.SIGKILL):
+        return decision.rule_id
+    return None
+
+
+# ---------------------------------------------------------------- rm -rf /
+
+RM_SPELLINGS = [
+    "rm -rf //",
+    "rm -rf ///",
+    "rm -rf /.",
+    "rm -rf /./",
+    "rm -rf /..",
+    "rm -rf //*",
+    "rm -rf /./*",
+    "rm -rf //usr",
+    "rm -rf /./usr",
+    "rm -rf /../usr",
+    "rm -rf /usr//",
+    "rm -rf /usr/.",
+    "rm -rf /usr/./",
+    "rm -rf /usr/..",
+    "rm -rf /usr/*",
+    "rm -rf //etc/",
+    "rm -rf ///var//",
+    "rm //usr -rf",
+    "rm /./etc/ -r",
+    "rm -rf /home/u//",
+    "rm -rf /home/u/.",
+    "rm -rf /home/u/./",
+    "rm -rf /home/u//*",
+    "rm -rf //home/u",
+    "rm -rf /./home/u",
+    "rm -rf /.//home/u/",
+    "rm -rf ~//",
+    "rm -rf ~/.",
+    "rm -rf ~//*",
+    "/bin/rm -rf //usr\n",
+]
+RM_ORDINARY = [
+    "rm -rf /tmp/x",
+    "rm -rf //tmp/x",
+    "rm -rf ./build",
+    "rm -rf build/",
+    "rm -rf /usr/local/lib/foo",
+    "rm -rf //usr/local/x",
+    "rm -rf /usr/./local/x",
+    "rm -rf /usr/../tmp/x",
+    "rm -rf /var/tmp/*",
+    "rm -rf /home/u/project",
+    "rm -rf /home/u//project",
+    "rm -rf ~/.cache",
+    "rm -rf ~/.cache/pip",
+    "rm -rf /.cache",
+    "rm -f /usrlocal",
+]
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+@pytest.mark.parametrize("command", RM_SPELLINGS)
+def test_rm_rf_root_reads_every_spelling_of_its_paths(name: str, command: str) -> None:
+    assert kills(template(name), A.SHELL_EXECUTE, command) == "rm-rf-root"
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_rm_rf_root_reads_the_real_home_too(name: str) -> None:
+    policy = template(name, LINKED)
+    for command in ("rm -rf /data/homes/u", "rm -rf //data/homes/u//", "rm -rf /home/u/."):
+        assert kills(policy, A.SHELL_EXECUTE, command) == "rm-rf-root", command
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+@pytest.mark.parametrize("command", RM_ORDINARY)
+def test_rm_rf_root_leaves_other_paths_alone(name: str, command: str) -> None:
+    assert kills(template(name), A.SHELL_EXECUTE, command) is None
+
+
+# ---------------------------------------------------------------- dd to a disk
+
+DD_SPELLINGS = [
+    "dd if=/tmp/img of=/dev/sda",
+    "dd if=/tmp/img of=//dev/sda",
+    "dd if=/tmp/img of=/dev//sda",
+    "dd if=/tmp/img of=/dev/./sda",
+    "dd if=/tmp/img of=/./dev/sda",
+    "dd if=/tmp/img of=/../dev/sda",
+    "dd if=/tmp/img of=///dev///./nvme0n1",
+    "dd if=/tmp/img of=/dev/mmcblk0p1 bs=4M",
+    "/usr/bin/dd if=/tmp/img\nof=//dev/vda",
+]
+DD_ORDINARY = [
+    "dd if=/dev/sda of=/tmp/img",
+    "dd if=/tmp/a of=/dev/null",
+    "dd if=/tmp/a of=//dev/null",
+    "dd if=/tmp/a of=/tmp/dev/sda",
+    "dd if=/tmp/a of=/dev/../tmp/sda",
+]
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+@pytest.mark.parametrize("command", DD_SPELLINGS)
+def test_dd_to_disk_reads_every_spelling_of_the_device(name: str, command: str) -> None:
+    assert kills(template(name), A.SHELL_EXECUTE, command) == "dd-to-disk"
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+@pytest.mark.parametrize("command", DD_ORDINARY)
+def test_dd_to_disk_leaves_other_targets_alone(name: str, command: str) -> None:
+    assert kills(template(name), A.SHELL_EXECUTE, command) is None
+
+
+@pytest.mark.parametrize(
+    "disk", ["/dev/sda", "/dev/sdb1", "/dev/hda", "/dev/vda", "/dev/xvdf", "/dev/nvme0n1p2"]
+)
+def test_permissive_kills_a_write_to_a_disk_by_its_real_path(disk: str) -> None:
+    """However the command named it (a symlink under /dev/disk, a relative path,
+    a program's own open), the write reaches the disk's real path."""
+    permissive = template("permissive")
+    assert kills(permissive, A.FILE_WRITE, disk) == "whole-disk-write"
+    assert permissive.evaluate(Event(A.FILE_READ, disk)).verdict is Verdict.ALLOW
+
+
+def test_strict_refuses_a_write_to_a_disk_by_its_real_path() -> None:
+    decision = template("strict").evaluate(Event(A.FILE_WRITE, "/dev/sda"))
+    assert decision.verdict is Verdict.DENY
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_the_harmless_devices_stay_writable(name: str) -> None:
+    policy = template(name)
+    for device in ("/dev/null", "/dev/tty", "/dev/shm/x", "/dev/pts/0"):
+        assert policy.evaluate(Event(A.FILE_WRITE, device)).verdict is Verdict.ALLOW, device
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_many_slashes_are_decided_at_once(name: str) -> None:
+    policy = template(name)
+    for command in ("rm -rf " + "/" * 60_000 + "x", "dd of=" + "/./" * 30_000 + "x"):
+        start = time.perf_counter()
+        policy.evaluate(Event(A.SHELL_EXECUTE, command))
+        assert time.perf_counter() - start < 0.5
+
+
+# ---------------------------------------------------------------- secrets
+
+
+# Rules that refuse secrets (priority 10): permissive refuses each as strict does.
+def _secret_rules(name: str) -> dict[str, tuple[Verdict, ViolationMode | None]]:
+    policy = resolve_policy(name, Path("/nonexistent-policy-dir"))
+    return {
+        rule.id: (rule.decision, rule.on_violation)
+        for rule in policy.rules
+        if rule.priority == 10 and rule.decision is Verdict.DENY
+    }
+
+
+def test_permissive_refuses_every_secret_strict_refuses() -> None:
+    assert _secret_rules("permissive") == _secret_rules("strict")
+
+
+# One sample or more per secret rule that is not `secret-*` (those are in
+# test_jobs_e2e.SECRET_SAMPLES); `kills` False: refused quietly.
+TOKEN_SAMPLES: dict[str, tuple[list[str], bool]] = {
+    "token-files": (["{home}/.git-credentials", "{home}/.pypirc"], True),
+    "system-credentials": (
+        ["/etc/shadow-", "/etc/ssh/ssh_host_ed25519_key", "/etc/krb5.keytab"],
+        True,
+    ),
+    "shell-history": (["{home}/.bash_history", "{home}/.local/share/fish/fish_history"], False),
+    "npm-user-config": (["{home}/.npmrc"], False),
+}
+
+
+def test_every_other_secret_rule_has_a_sample() -> None:
+    others = {rule for rule in _secret_rules("strict") if not rule.startswith("secret-")}
+    assert others == set(TOKEN_SAMPLES)
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+@pytest.mark.parametrize("ctx", [CTX, LINKED], ids=["home", "symlinked-home"])
+def test_tokens_credentials_and_histories_are_refused(name: str, ctx: RunContext) -> None:
+    policy = template(name, ctx)
+    homes = [ctx.home, ctx.home_real] if ctx.home_real else [ctx.home]
+    for rule, (samples, killing) in TOKEN_SAMPLES.items():
+        for home in homes:
+            for sample in samples:
+                path = sample.format(home=home)
+                decision = policy.evaluate(Event(A.FILE_READ, path))
+                assert (decision.verdict, decision.rule_id) == (Verdict.DENY, rule), path
+                expected = ViolationMode.SIGKILL if killing else ViolationMode.BLOCK
+                assert decision.on_violation is expected, path
+
+
+DOTENV_TEMPLATES = [
+    ".env.example",
+    ".env.sample",
+    ".env.template",
+    ".env.tpl",
+    ".env.dist",
+    ".env.defaults",
+]
+DOTENV_SECRETS = [".env.local", ".env.production", ".env.development.local", ".env.example.bak"]
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_a_committed_env_template_is_no_secret(name: str) -> None:
+    """`git status` in a repo with a committed `.env.example` reads it: no kill."""
+    policy = template(name)
+    for directory in ("/w", "/w/app/config"):
+        for file in DOTENV_TEMPLATES:
+            for action in (A.FILE_READ, A.FILE_WRITE):
+                target = f"{directory}/{file}"
+                assert policy.evaluate(Event(action, target)).verdict is Verdict.ALLOW, target
+        for file in DOTENV_SECRETS:
+            target = f"{directory}/{file}"
+            assert kills(policy, A.FILE_READ, target) == "secret-dotenv-variants", target
+        assert kills(policy, A.FILE_READ, f"{directory}/.env") == "secret-dotenv"
