@@ -631,7 +631,7 @@ def _http_client_patches(check: Send) -> dict[str, Patch]:
 
     def target(method: Any, scheme: Any, host: Any, port: Any, path: Any) -> str:
         url = mapping.http_url(str(scheme), str(host), port, mapping.fs_text(path) or "/")
-        return f"{str(method).upper()} {url}"
+        return mapping.request_target(str(method).upper(), url)
 
     def httpx_target(request: Any) -> str:
         url = request.url
@@ -709,9 +709,12 @@ def _make_handlers(
     fs_text = mapping.fs_text
     join_argv = mapping.join_argv
     abspath = os.path.abspath
-    # Per thread: the urllib request already checked, so that http.client
-    # does not ask again for the same request.
-    urllib_pending: dict[int, tuple[str, str, str, int | None, str]] = {}
+    # Per thread: the target of the urllib request already checked, so that
+    # http.client does not ask again for the same request.  Both are in the
+    # one form (mapping.request_target), and http.client's is built from what
+    # its connection really uses: a URL urllib reads otherwise than we do is
+    # checked again there.
+    urllib_pending: dict[int, str] = {}
 
     def on_urllib_request(args: tuple[Any, ...]) -> None:
         url, _data, _headers, method = args[:4]
@@ -719,9 +722,10 @@ def _make_handlers(
         scheme = url.split(":", 1)[0].lower()
         if scheme in ("file", "data"):
             return  # not network; file access is the syscall layer's
-        check("network_request", f"{method} {url}", {"source": "urllib"})
+        target = mapping.request_target(method, url)
+        check("network_request", target, {"source": "urllib"})
         if scheme in ("http", "https"):
-            urllib_pending[get_ident()] = mapping.url_key(method, url)
+            urllib_pending[get_ident()] = target
 
     def on_http_send(args: tuple[Any, ...]) -> None:
         conn, data = args[0], args[1]
@@ -736,9 +740,10 @@ def _make_handlers(
         host = tunnel_host or getattr(conn, "host", "")
         port = getattr(conn, "_tunnel_port" if tunnel_host else "port", None)
         url = mapping.http_url(scheme, str(host), port, request_target)
-        if urllib_pending.pop(get_ident(), None) == mapping.url_key(method, url):
+        target = mapping.request_target(method, url)
+        if urllib_pending.pop(get_ident(), None) == target:
             return
-        check("network_request", f"{method} {url}", {"source": "http.client"})
+        check("network_request", target, {"source": "http.client"})
 
     # An open is the syscall layer's to decide; the hook only notes it, and
     # then only at audit level `all`: otherwise the path work is skipped.

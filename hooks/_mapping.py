@@ -7,12 +7,19 @@ the hook needs all of it on its first events.
 
 from __future__ import annotations
 
+import _socket
 import os
-from typing import Any
+from typing import Any, Optional, Tuple  # noqa: UP035  (typing's: 3.8 has no builtin generics)
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _MAX_REQUEST_LINE = 16 * 1024
+_V4_MAPPED = b"\0" * 10 + b"\xff\xff"  # ::ffff:0:0/96
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+# RFC 3986 2.3: escapes of these mean the character itself.
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+# Module-level aliases are evaluated: spelled so Python 3.8 can import this.
+UrlParts = Tuple[str, str, Optional[int], str]  # noqa: UP006, UP045
 
 
 def fs_text(value: Any) -> str:
@@ -49,10 +56,166 @@ def socket_address(address: Any) -> str:
         return "unix:" + ("@" + text[1:] if text.startswith("\0") else text)
     if isinstance(address, tuple) and len(address) >= 2:
         host = str(address[0])
+        host = ip_literal(host) or host  # a name stays as written
         if ":" in host:
             return f"[{host}]:{address[1]}"
         return f"{host}:{address[1]}"
     return repr(address)
+
+
+def ip_text(packed: bytes) -> str:
+    """The one spelling of a 4- or 16-byte address in targets, in every layer.
+
+    An IPv4-mapped IPv6 address (::ffff:a.b.c.d) is written as the IPv4
+    address: a connect to it over AF_INET6 reaches a.b.c.d's IPv4 sockets, so
+    a rule about a.b.c.d must see it.  The deprecated IPv4-compatible form
+    (::a.b.c.d) is not folded: Linux sends it as IPv6 (at most into a sit
+    tunnel, as IPv6 inside IPv4), never to an IPv4 socket of a.b.c.d, so it
+    stays `[::a.b.c.d as hex]`, which only a rule about IPv6 matches.
+    IPv6 as RFC 5952 (and `ipaddress`) write it: lower-case hex without
+    leading zeros, the first longest run of two or more zero groups as "::".
+    """
+    if len(packed) == 16 and packed[:12] == _V4_MAPPED:
+        packed = packed[12:]
+    if len(packed) == 4:
+        return ".".join(str(byte) for byte in packed)
+    if len(packed) != 16:
+        raise ValueError(f"not an IP address: {len(packed)} bytes")
+    groups = [f"{packed[i] << 8 | packed[i + 1]:x}" for i in range(0, 16, 2)]
+    best, best_length, start = -1, 1, -1
+    for i in range(9):
+        if i < 8 and groups[i] == "0":
+            if start < 0:
+                start = i
+        elif start >= 0:
+            if i - start > best_length:
+                best, best_length = start, i - start
+            start = -1
+    if best < 0:
+        return ":".join(groups)
+    return ":".join(groups[:best]) + "::" + ":".join(groups[best + best_length :])
+
+
+def ip_literal(host: str) -> str | None:
+    """`ip_text` of a host written as an IP address (IPv6 without brackets); None for a name.
+
+    Only the strict forms (inet_pton's): a name such as `127.1` is left to
+    the resolver.  An IPv6 zone (`%eth0`) is kept as written.
+    """
+    try:
+        return ip_text(_socket.inet_pton(_socket.AF_INET, host))
+    except (OSError, ValueError):
+        pass
+    address, sep, zone = host.partition("%")
+    try:
+        text = ip_text(_socket.inet_pton(_socket.AF_INET6, address))
+    except (OSError, ValueError):
+        return None
+    return text + sep + zone if ":" in text else text
+
+
+def normal_path(path: str) -> str:
+    """A URL path in the one form rules see (RFC 3986 6.2.2, and slashes collapsed).
+
+    Escapes of unreserved characters are decoded (`%61` is `a`), other
+    escapes get upper-case hex (`%2f` is `%2F`), and a `%` that starts no
+    escape is `%25` (a lenient server's reading; a strict one refuses it).
+    Anything but visible ASCII is escaped as UTF-8.  Then repeated slashes
+    are collapsed and dot-segments removed (5.2.4), as servers such as
+    nginx do before they match a location: `/x//../admin` is `/admin`.
+    """
+    out: list[str] = []
+    index, length = 0, len(path)
+    while index < length:
+        char = path[index]
+        if char == "%":
+            pair = path[index + 1 : index + 3]
+            if len(pair) == 2 and pair[0] in _HEX_DIGITS and pair[1] in _HEX_DIGITS:
+                decoded = chr(int(pair, 16))
+                out.append(decoded if decoded in _UNRESERVED else "%" + pair.upper())
+                index += 3
+                continue
+            out.append("%25")
+        elif "!" <= char <= "~":
+            out.append(char)
+        else:
+            out.extend(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogatepass"))
+        index += 1
+    segments = "".join(out).split("/")
+    if segments[0]:
+        return "".join(out)  # not an absolute path (`*`): nothing to resolve against
+    kept: list[str] = []
+    for segment in segments[1:]:
+        if segment == "..":
+            if kept:
+                kept.pop()
+        elif segment not in ("", "."):
+            kept.append(segment)
+    # "/a/" and "/a/b/.." keep the slash that ends them; "/a//" has one.
+    trailing = bool(kept) and segments[-1] in ("", ".", "..")
+    return "/" + "/".join(kept) + ("/" if trailing else "")
+
+
+def url_authority(scheme: str, host: str, port: int | None) -> str:
+    """host[:port] of a URL: IPv6 in brackets, the scheme's default port left out."""
+    authority = f"[{host}]" if ":" in host else host
+    if port is not None and port != _DEFAULT_PORTS.get(scheme):
+        authority += f":{port}"
+    return authority
+
+
+def url_parts(url: str) -> UrlParts:
+    """(scheme, host, port, path[?query]) of an absolute URL, each in its one form.
+
+    Scheme and host lower-case, the host's trailing dot dropped, an IP
+    literal as `ip_literal` writes it (IPv4-mapped IPv6 folded), the port
+    the scheme's default when none is written (None for a scheme without
+    one), the path as `normal_path` writes it and the query as it is.
+    User info and the fragment are not part of it: neither is sent in the
+    request line.  ValueError when there is no host, or the port is no port.
+    """
+    from urllib.parse import urlsplit  # loaded already by urllib / http.client
+
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").rstrip(".")
+    if not host:
+        raise ValueError(f"no host in {url!r}")
+    host = ip_literal(host) or host
+    # The port as urlsplit finds it, without int()'s leniency ("+80", " 80").
+    hostinfo = parts.netloc.rpartition("@")[2]
+    _before, bracket, bracketed = hostinfo.partition("[")
+    port_text = (bracketed.partition("]")[2] if bracket else hostinfo).partition(":")[2]
+    if port_text:
+        if not (port_text.isdigit() and port_text.isascii()) or not 0 < int(port_text) < 65536:
+            raise ValueError(f"bad port in {url!r}")
+        port: int | None = int(port_text)
+    else:
+        port = _DEFAULT_PORTS.get(scheme)
+    rest = normal_path(parts.path or "/")
+    if parts.query:
+        rest += "?" + parts.query
+    return scheme, host, port, rest
+
+
+def normal_url(url: str) -> str:
+    """The one form of an absolute URL that network_request targets use (`url_parts`)."""
+    scheme, host, port, rest = url_parts(url)
+    return f"{scheme}://{url_authority(scheme, host, port)}{rest}"
+
+
+def request_target(method: str, url: str) -> str:
+    """The network_request target `METHOD URL`, the URL in its one form.
+
+    A URL `url_parts` cannot read stays as written: no client sends it
+    (urllib and http.client refuse it too), and http.client's own event,
+    checked from the connection, names what does go out.
+    """
+    try:  # noqa: SIM105  (contextlib is not worth importing at agent start)
+        url = normal_url(url)
+    except ValueError:
+        pass
+    return f"{method} {url}"
 
 
 def http_request_line(data: Any) -> tuple[str, str] | None:

@@ -13,7 +13,9 @@ Per request (HTTP parsing is h11's, sans-I/O):
   TLS ClientHello whose SNI is `host` (or no SNI for an IP literal); a
   mismatch or non-TLS is a violation handled per the policy's on_violation.
 - An absolute-form plain HTTP request is judged as `METHOD URL` and
-  `host:port`, forwarded with `Connection: close`, and the answer relayed.
+  `host:port`, the URL in its one form (`hooks._mapping.url_parts`: case,
+  default port, dot-segments, escapes), and forwarded as judged: that path,
+  a Host naming that host, `Connection: close`; the answer is relayed.
 - Names are resolved by `resolver.Resolver` (a helper process).  Addresses
   that are not global (loopback, link-local and metadata, private, reserved,
   multicast) are refused unless a rule of the policy names `IP:PORT`.
@@ -36,7 +38,6 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
-from urllib.parse import urlsplit
 
 import h11
 
@@ -52,6 +53,7 @@ from ..events import (
     ViolationMode,
     response_for,
 )
+from ..hooks import _mapping as mapping
 from ..policy import CompiledPolicy
 from .loop import EventLoop
 from .resolver import Resolver
@@ -79,6 +81,11 @@ _HOP_BY_HOP = frozenset(
     }
 )
 _HOST_RE = re.compile(r"^[A-Za-z0-9._-]{1,253}$")
+# Path spellings whose meaning depends on the server, which a rule on the one
+# form cannot see: an escaped / or \ (nginx decodes %2F before it resolves
+# "..", others do not), a \ (a / to some servers) and `;` (servlet
+# containers drop ";params" from each segment: /..;/admin is /../admin).
+_AMBIGUOUS_PATH = re.compile(r"%2F|%5C|\\|;")
 # Readable by every agent: the judge and the floor let agents read agentsup's hooks.
 NODE_PRELOAD = os.path.join(
     os.path.dirname(os.path.abspath(hooks.__file__ or "")), "node", "egress.cjs"
@@ -239,7 +246,8 @@ def _sni_from_hello(body: bytes) -> str:
 
 
 def address_target(addr: str, port: int) -> str:
-    """`IP:PORT` as network_connect targets write it (IPv6 in brackets)."""
+    """`IP:PORT` as network_connect targets write it (IPv6 in brackets, IPv4-mapped folded)."""
+    addr = mapping.ip_literal(addr) or addr
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
@@ -440,6 +448,7 @@ class _Conn:
     host: str = ""
     port: int = 0
     addr: str = ""
+    path: str = ""  # plain HTTP: the judged path and query, which is what goes up
     tunnel: bool = False
     hello: bytes = b""
     sni: str | None = None
@@ -600,6 +609,7 @@ class EgressProxy:
             conn.tunnel = True
             host, sep, port = target.rpartition(":")
             host = host.strip("[]").lower().rstrip(".")
+            host = mapping.ip_literal(host) or host  # [::ffff:a.b.c.d] is a.b.c.d
             if not sep or not port.isdigit() or not host:
                 self._refuse(conn, 400, "CONNECT needs host:port")
                 return
@@ -607,18 +617,20 @@ class EgressProxy:
             conn.url = f"{_bracket(host)}:{conn.port}"
             request_target = f"CONNECT {conn.url}"
         else:
-            parts = urlsplit(target)
-            if parts.scheme != "http" or not parts.hostname:
+            try:
+                scheme, host, port_or_none, path = mapping.url_parts(target)
+            except ValueError as exc:
+                self._refuse(conn, 400, f"bad URL: {exc}")
+                return
+            if scheme != "http" or port_or_none is None:
                 self._refuse(conn, 400, "only absolute http:// URLs or CONNECT")
                 return
-            try:
-                conn.port = parts.port or 80
-            except ValueError:
-                self._refuse(conn, 400, "bad port")
+            if _AMBIGUOUS_PATH.search(path.partition("?")[0]):
+                self._refuse(conn, 400, "an escaped / or \\, a \\ or a ; in the path")
                 return
-            conn.host = parts.hostname.lower().rstrip(".")
-            conn.url = target
-            request_target = f"{conn.method} {target}"
+            conn.host, conn.port, conn.path = host, port_or_none, path
+            conn.url = f"http://{mapping.url_authority(scheme, host, conn.port)}{path}"
+            request_target = f"{conn.method} {conn.url}"
             conn.upstream_h11 = h11.Connection(h11.CLIENT)
             conn.request = request
         if not (_ip_literal(conn.host) or _HOST_RE.match(conn.host)):
@@ -679,6 +691,8 @@ class EgressProxy:
             conn.rule = UNREACHABLE_RULE
             self._refuse(conn, 502, f"cannot resolve {conn.host}: {error}")
             return
+        # One spelling per address: a name may resolve to ::ffff:a.b.c.d.
+        addrs = [mapping.ip_literal(addr) or addr for addr in addrs]
         # An address from the operator's override table is trusted as /etc/hosts is.
         trusted = self.resolver.overrides.get(conn.host)
         for addr in addrs:
@@ -842,19 +856,27 @@ class EgressProxy:
             self._watch(conn, upstream)
 
     def _forward_request(self, conn: _Conn) -> bool:
-        """Re-frame the request (origin-form, Connection: close) with h11."""
+        """Re-frame the request (origin-form, Connection: close) with h11.
+
+        What goes up is what was judged: the judged path, and a Host naming
+        the judged host.  The agent's own Host is dropped (RFC 9112 3.2.2: a
+        proxy replaces it), or a server hosting several names would be asked
+        for another one than the rules saw.
+        """
         assert conn.upstream is not None and conn.upstream_h11 is not None
         request = conn.request
         assert request is not None
-        parts = urlsplit(conn.url)
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        headers = [(n, v) for n, v in request.headers if n.lower() not in _HOP_BY_HOP]
-        if not any(n.lower() == b"host" for n, _v in headers):
-            headers.append((b"host", (parts.netloc or conn.host).encode("ascii")))
+        host = mapping.url_authority("http", conn.host, conn.port)
+        headers = [
+            (n, v)
+            for n, v in request.headers
+            if n.lower() not in _HOP_BY_HOP and n.lower() != b"host"
+        ]
+        headers.insert(0, (b"host", host.encode("ascii")))
         headers.append((b"connection", b"close"))
         try:
             data = conn.upstream_h11.send(
-                h11.Request(method=request.method, target=path, headers=headers)
+                h11.Request(method=request.method, target=conn.path, headers=headers)
             )
         except h11.ProtocolError as exc:
             self._refuse(conn, 400, f"cannot forward the request: {exc}")
