@@ -148,3 +148,23 @@ def test_an_unexpected_error_is_one_line(tmp_path: Path) -> None:
     result = agentsup("ps", env=env)
     assert "Traceback" not in result.stderr
     assert result.returncode in (0, 1)
+
+
+def test_python_m_agentsup_never_imports_a_module_left_in_the_current_directory(
+    tmp_path: Path,
+) -> None:
+    """`python -m` puts the current directory first on sys.path, and the
+    supervisor runs as root, often in the agent's workspace: a module the agent
+    left there (`tty.py`, `json.py`) must not be imported in the stdlib's place."""
+    marker = tmp_path / "imported"
+    for name in ("json", "tty", "socket"):
+        (tmp_path / f"{name}.py").write_text(f"open({str(marker)!r}, 'a').write({name!r})\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "agentsup", "policy", "list"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert not marker.exists()

@@ -186,6 +186,28 @@ def mount_private_tmp(keep: Sequence[str], size: str = "50%") -> None:
             os.close(fd)
 
 
+def mount_private_devices() -> None:
+    """The agent's own ptys and shared memory.
+
+    A devpts instance of its own on /dev/pts (/dev/ptmx opens the instance
+    mounted beside it): the agent can make ptys (script, pexpect, tmux) and
+    cannot open the host's, another session's terminal among them.  A tmpfs
+    on /dev/shm: POSIX semaphores and shared memory (multiprocessing) stay
+    the agent's, and nothing is left behind in the host's.
+    """
+    if os.path.isdir("/dev/pts"):
+        mount(
+            "private /dev/pts",
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            MS_NOSUID | MS_NOEXEC,
+            "newinstance,ptmxmode=0666,mode=0620",
+        )
+    if os.path.isdir("/dev/shm"):
+        mount("private /dev/shm", "tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+
+
 def make_read_only(paths: Sequence[str] = READ_ONLY) -> None:
     """Bind each existing path onto itself, read-only with every submount."""
     for path in paths:

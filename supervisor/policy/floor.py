@@ -88,6 +88,7 @@ ALWAYS_ALLOWED: tuple[tuple[str, int], ...] = (
     ("/dev/random", _DEVICE_RIGHTS),
     ("/dev/urandom", _DEVICE_RIGHTS),
     ("/dev/tty", _DEVICE_RIGHTS),
+    ("/dev/ptmx", _DEVICE_RIGHTS),  # a new pty, in the agent's own devpts
     ("/dev/pts", _DEVICE_RIGHTS | FS_READ_DIR),
 )
 

@@ -61,6 +61,10 @@ CONNECT = 17
 # memfd): what a move of that directory carries to new names.
 LIST = 32
 MKNOD = 33  # a file, FIFO or socket (or a device, which fails: no CAP_MKNOD) by name
+# /dev/tty: the calling process's controlling terminal, which the broker (no
+# terminal of its own) opens by what it is: the agent's relay pty, or a pty
+# of the agent's own devpts, checked by its device number.
+TERMINAL = 34
 DROP = 2
 INJECT = 3  # ADDFD an fd opened by RESOLVE(open=flags)
 REOPEN = 4  # reopen a pinned object with the agent's flags, then ADDFD
@@ -392,9 +396,10 @@ class BrokerClient:
 class Broker:
     """Serves one supervisor, inside the agent's namespaces and with its rights."""
 
-    def __init__(self, channel: socket.socket, listener: int) -> None:
+    def __init__(self, channel: socket.socket, listener: int, terminal: int = -1) -> None:
         self.channel = channel
         self.listener = listener
+        self.terminal = terminal  # the slave of the agent's relay pty, or -1
         self.pinned: dict[int, int] = {}  # handle -> fd (the handle is the fd number)
         # After a LIST, until the supervisor's next request that is not a mirror
         # of its caches: the native path answers nothing meanwhile, so the tree
@@ -406,6 +411,7 @@ class Broker:
         self._ops: dict[int, Callable[[int, list[int], list[object], list[int]], None]] = {
             INJECT: self._inject,
             REOPEN: self._reopen,
+            TERMINAL: self._controlling_terminal,
             CREATE: self._create,
             UNLINK: self._unlink,
             MKDIR: self._mkdir,
@@ -767,6 +773,30 @@ class Broker:
             return  # the agent's thread is gone or was interrupted
         self._inject_fd(notif_id, _reopen(path_fd, flags, mode), bool(cloexec))
 
+    def _controlling_terminal(
+        self, notif_id: int, _pinned: list[int], args: list[object], _fds: list[int]
+    ) -> None:
+        """Open the terminal `tty` (a device number, as /proc/PID/stat gives it):
+        the relay pty when `relay` says the caller's session is the agent's,
+        else the pty of that number in the agent's own devpts; ENXIO when it
+        is neither, as the kernel says for a process with no terminal."""
+        flags, cloexec, tty, relay = args
+        assert isinstance(flags, int) and isinstance(tty, int)
+        flags = (flags | os.O_NOCTTY | os.O_CLOEXEC) & ~os.O_CREAT
+        fd = -1
+        if relay and self.terminal >= 0 and os.fstat(self.terminal).st_rdev == tty:
+            fd = os.open(f"/proc/self/fd/{self.terminal}", flags)
+        elif _PTS_MAJORS[0] <= os.major(tty) <= _PTS_MAJORS[1]:
+            index = (os.major(tty) - _PTS_MAJORS[0]) * 256 + os.minor(tty)
+            fd = os.open(f"/dev/pts/{index}", flags | os.O_NOFOLLOW)
+            info = os.fstat(fd)
+            if not stat.S_ISCHR(info.st_mode) or info.st_rdev != tty:
+                os.close(fd)
+                fd = -1
+        if fd < 0:
+            raise OSError(errno.ENXIO, "no such terminal")
+        self._inject_fd(notif_id, fd, bool(cloexec))
+
     def _create(
         self, notif_id: int, pinned: list[int], args: list[object], _fds: list[int]
     ) -> None:
@@ -969,7 +999,11 @@ _NO_SIDE_EFFECTS = frozenset({ERROR, INJECT, REOPEN})  # REOPEN: `Broker._reopen
 # Which arguments of each operation are handles (the default: the first).
 # Requests that only tell the native path what the supervisor knows.
 _MIRRORS = frozenset({ALLOW, FORGET, EXPECT_EXEC, PROTECT})
+# Unix98 ptys: majors 136-143, 256 minors each.
+_PTS_MAJORS = (136, 143)
+
 _HANDLE_ARGS: dict[int, tuple[int, ...]] = {
+    TERMINAL: (),
     RENAME: (0, 2),
     LINK: (0, 2),
     FD_CHMOD: (),
@@ -1183,6 +1217,7 @@ def run_broker(
     forward: int = -1,
     native_count: mmap.mmap | None = None,
     native_decider: Callable[[bytes, int], int] | None = None,
+    terminal: int = -1,
 ) -> int:
     """The broker's main loop, which is also the init of the agent's PID namespace.
 
@@ -1196,9 +1231,9 @@ def run_broker(
     # child's exit is seen on its pidfd instead of through SIGCHLD.
     signal.pthread_sigmask(signal.SIG_BLOCK, set(signal.Signals) - {signal.SIGKILL, signal.SIGSTOP})
     os.umask(0)  # modes arrive with the agent's umask already applied
-    broker = Broker(channel, listener)
+    broker = Broker(channel, listener, terminal)
     agent = os.pidfd_open(agent_pid)
-    for private in (channel.fileno(), listener, agent, status_fd, forward):
+    for private in (channel.fileno(), listener, agent, status_fd, forward, terminal):
         with contextlib.suppress(OSError):
             st = os.fstat(private)
             broker.private.add((st.st_dev, st.st_ino))

@@ -182,6 +182,7 @@ class Judge(Protocol):
     """The judge's side: evaluate an event, record it, apply signals."""
 
     allow_cache: set[tuple[ActionType, str]]
+    main_pid: int  # the agent's first process: its session holds the relay pty
 
     def judge(self, event: Event, tid: int) -> Response: ...
 
@@ -413,6 +414,13 @@ def _names_own_fd(raw: bytes) -> bool:
     The whole name, not a prefix: /proc/self/fd/D/1234/fd/5 (D a directory
     the agent holds, /proc) names another process's fd."""
     return _OWN_FD_NAME.fullmatch(raw) is not None
+
+
+def _session_and_terminal(tid: int) -> tuple[int, int]:
+    """The session and controlling terminal (a device number; 0: none) of `tid`."""
+    with open(f"/proc/{tid}/stat", "rb") as stat_file:
+        fields = stat_file.read().rpartition(b")")[2].split()
+    return int(fields[3]), int(fields[4])  # fields 6 and 7 of proc(5)
 
 
 def _own_fd_number(raw: bytes) -> int:
@@ -1061,9 +1069,30 @@ class Mediator:
             # *at call) is decided on the real path again, so the kernel may open it.
             self.release(node)
             _seccomp.respond_continue(self.listener, notif.id)
+        elif node.target == "/dev/tty" and stat.S_ISCHR(node.pinned.mode):
+            self.release(node)
+            self._controlling_terminal(notif, flags & ~(os.O_NOFOLLOW | os.O_CLOEXEC), cloexec)
         else:
             own_flags = flags & ~(os.O_NOFOLLOW | os.O_CLOEXEC)
             self.broker.act(broker.REOPEN, notif.id, node.handle, own_flags, cloexec)
+
+    def _controlling_terminal(
+        self, notif: _seccomp.Notification, flags: int, cloexec: bool
+    ) -> None:
+        """/dev/tty, allowed: the caller's controlling terminal, which the kernel
+        would find from the caller and the broker cannot (it has none).  The
+        agent's relay pty when the caller is in the agent's first session, else
+        a pty of the agent's own devpts; ENXIO for a process with none."""
+        try:
+            session, tty = _session_and_terminal(notif.pid)
+        except (OSError, ValueError):
+            self._fail(notif, errno.ESRCH)
+            return
+        if not tty:
+            self._fail(notif, errno.ENXIO)
+            return
+        relay = session == self.judge.main_pid
+        self.broker.act(broker.TERMINAL, notif.id, flags, cloexec, tty, relay)
 
     def _expected_read(
         self,

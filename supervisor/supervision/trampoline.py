@@ -217,10 +217,14 @@ def _init(stage: Stage, entered: set[str], wait_fd: int) -> NoReturn:
     try:
         privileges.die_with_parent(signal.SIGKILL)
         privileges.set_name(b"agentsup-init")
+        # No controlling terminal: the broker opens /dev/tty for the agent, and
+        # the user's terminal (ours until now) must not be what that opens.
+        os.setsid()
         if "mount" in entered:
             step = "mounts"
             namespaces.make_mounts_private()
             namespaces.mount_private_tmp(plan.keep)
+            namespaces.mount_private_devices()
             if "pid" in entered:
                 namespaces.mount_proc()
             namespaces.make_read_only()
@@ -265,8 +269,6 @@ def _init(stage: Stage, entered: set[str], wait_fd: int) -> NoReturn:
     # The agent runs with our uid: it must not read our memory, fds or environ.
     privileges.set_dumpable(False)
     os.close(stage.go_fd)
-    if stage.terminal_fd >= 0:
-        os.close(stage.terminal_fd)
     channel = socket.socket(fileno=stage.channel_fd)
     listener = forward = -1
     try:
@@ -293,7 +295,14 @@ def _init(stage: Stage, entered: set[str], wait_fd: int) -> NoReturn:
         os.kill(agent, signal.SIGKILL)
     os._exit(
         run_broker(
-            channel, listener, agent, wait_fd, forward, stage.native_count, stage.native_decider
+            channel,
+            listener,
+            agent,
+            wait_fd,
+            forward,
+            stage.native_count,
+            stage.native_decider,
+            terminal=stage.terminal_fd,  # /dev/tty for the agent: see Broker._controlling_terminal
         )
     )
 
