@@ -173,9 +173,7 @@ def plan_landlock(
             no_read=no_read,
             abi=landlock_abi(),
         )
-    return floor.plan_policy_floor(
-        policy, no_write=no_write, no_read=no_read, abi=landlock_abi()
-    )
+    return floor.plan_policy_floor(policy, no_write=no_write, no_read=no_read, abi=landlock_abi())
 
 
 def _outside_private_tmp(paths: Iterable[Path], private_tmp: bool) -> list[str]:
@@ -431,6 +429,12 @@ class Agent:
                 "refusing to run the agent unsupervised"
             )
         env = compiled.filter_environ(os.environ)
+        if dropped := sorted(
+            name for name in set(os.environ) - set(env) if not name.startswith("AGENTSUP_")
+        ):
+            # Said, not silent: a tool that misses its PIP_INDEX_URL or CC
+            # otherwise fails far from the cause.
+            say(f"not passed to the agent (the policy's env.pass): {' '.join(dropped)}")
         egress_port = _egress_port(compiled)
         egress_proxy = None
         if egress_port:
@@ -917,9 +921,7 @@ class Agent:
         assert self.judge is not None
         if self.judge.state is not AgentState.EXITED:
             limit = self.judge.policy.limits.max_runtime_seconds
-            self.judge.kill_for_limit(
-                "limits.max_runtime_seconds", f"ran longer than {limit} s"
-            )
+            self.judge.kill_for_limit("limits.max_runtime_seconds", f"ran longer than {limit} s")
 
     def finish(self) -> int:
         """Record the end and return the exit code `run` reports."""

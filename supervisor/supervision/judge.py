@@ -412,6 +412,10 @@ class JudgeConfig:
     stderr: TextIO = field(default_factory=lambda: sys.stderr)
 
 
+# Warnings of one rule said on the terminal; the rest go to the audit log only.
+_WARNINGS_SAID_PER_RULE = 3
+
+
 def _plain(decision: Decision, response: Response) -> bool:
     """An allow the cache may keep (once no record is due): nothing counts or waits."""
     return response is Response.ALLOW and decision.rate_limit is None
@@ -455,6 +459,7 @@ class Judge:
         # `run --shadow`: what would have been refused, per action type and per target.
         self.would_deny: Counter[str] = Counter()
         self.would_deny_targets: Counter[str] = Counter()
+        self._warnings_said: Counter[str] = Counter()  # per rule id
         # Called by the supervisor to arm approval timeouts and report state.
         self.on_hold: Callable[[Pending], None] = lambda pending: None
 
@@ -640,11 +645,23 @@ class Judge:
         elif response is Response.HOLD:
             self._hold(event, tid, decision, kind="approval", on_settle=on_settle)
         elif response is Response.WARN:
+            self._warn(event, decision)
+        return decision, response
+
+    def _warn(self, event: Event, decision: Decision) -> None:
+        """Say a warning, the first few of each rule: a test suite's sqlite
+        fixtures would otherwise bury the terminal.  All are in the audit log."""
+        said = self._warnings_said[decision.rule_id] = self._warnings_said[decision.rule_id] + 1
+        if said <= _WARNINGS_SAID_PER_RULE:
             self.say(
                 f"warning: rule '{decision.rule_id}' flagged {event.action} {event.target}"
                 + (f": {decision.message}" if decision.message else "")
             )
-        return decision, response
+        elif said == _WARNINGS_SAID_PER_RULE + 1:
+            self.say(
+                f"warning: rule '{decision.rule_id}' flags more; the rest are only in the "
+                "audit log (agentsup logs)"
+            )
 
     def _shadow(self, event: Event, decision: Decision, response: Response) -> Response:
         """Shadow mode: a refusal of the policy's lets the action go (a would-deny).
