@@ -354,6 +354,7 @@ class Agent:
         self.loop = supervisor.loop
         self.audit = supervisor.audit
         self.judge: Judge | None = None
+        self._env_dropped: list[str] = []  # variable names env.pass kept from the agent
         self.launched: launch.Launched | None = None
         self.mediator: Mediator | None = None
         self.group: AgentCgroup | None = None
@@ -429,12 +430,13 @@ class Agent:
                 "refusing to run the agent unsupervised"
             )
         env = compiled.filter_environ(os.environ)
-        if dropped := sorted(
+        # Said, not silent: a tool that misses its PIP_INDEX_URL or CC otherwise
+        # fails far from the cause.  On a terminal, and always in the start record.
+        self._env_dropped = sorted(
             name for name in set(os.environ) - set(env) if not name.startswith("AGENTSUP_")
-        ):
-            # Said, not silent: a tool that misses its PIP_INDEX_URL or CC
-            # otherwise fails far from the cause.
-            say(f"not passed to the agent (the policy's env.pass): {' '.join(dropped)}")
+        )
+        if self._env_dropped and sys.stderr.isatty():
+            say(f"not passed to the agent (the policy's env.pass): {' '.join(self._env_dropped)}")
         egress_port = _egress_port(compiled)
         egress_proxy = None
         if egress_port:
@@ -645,6 +647,7 @@ class Agent:
             cgroup=self.group is not None,
             layers=self.layers,
             policy_source=policy_reference(self.request.policy),  # what `policy suggest` extends
+            env_not_passed=self._env_dropped,
             **({"shadow": True} if self.request.shadow else {}),
         )
         if judge.state is AgentState.STARTING:  # not stopped meanwhile (its start unaudited)
