@@ -407,10 +407,20 @@ def _explanation_json(
         "policy_decision": _decision_json(explanation.decision),
         "floor": floor_view.json(),
         "rule": _rule_json(explanation.rule) if explanation.rule is not None else None,
+        "real_root": _real_root_json(explanation),
         "tried": [
             {**_rule_json(attempt.rule), "why_not": attempt.reason} for attempt in explanation.tried
         ],
     }
+
+
+def _real_root_json(explanation: Explanation) -> dict[str, str] | None:
+    """The deciding rule's root whose real path the target matched by, if it did."""
+    rule = explanation.rule
+    real = None if rule is None else rule.matcher.real_spelling(explanation.target)
+    if real is None:
+        return None
+    return {"root": real.root, "real": real.real, "matcher": real.shown}
 
 
 def _print_explanation(policy_name: str, explanation: Explanation, floor_view: _FloorView) -> None:
@@ -433,6 +443,9 @@ def _print_explanation(policy_name: str, explanation: Explanation, floor_view: _
     else:
         print(f"rule:      {rule.id} (priority {rule.rule.priority}, {rule.rule.source})")
         print(f"matcher:   {rule.matcher}")
+        real = rule.matcher.real_spelling(explanation.target)
+        if real is not None:  # the target is where a symlinked root really leads
+            print(f"           matched by the real path of {real.root}: '{real.shown}'")
         for excepted in rule.excepts:
             print(f"except:    {excepted}")
     print(f"severity:  {decision.severity}")

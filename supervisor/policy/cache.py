@@ -16,7 +16,11 @@ decision.  A compiled entry, keyed on the policy entry and the placeholder
 values of the run, keeps each rule's RE2 text; the RE2 objects themselves
 cannot be stored and are built again, each when first used: the entry was
 written once they compiled, and the key names the RE2 library too
-(`linear.engine_identity`), so they compile again.
+(`linear.engine_identity`), so they compile again.  Rules that refuse also
+match where their literal roots really are (`matchers.Respelling`): a
+compiled entry records each root it resolved and the answer, and is used
+only when every root still resolves the same (a symlink made, changed or
+removed since is a miss).
 
 Entries are files of `cachefiles.py` (private, checksummed JSON).  This and
 `cachefiles.py` are the only modules of `policy/` that write files.
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 import sys
 import types
 import typing
@@ -37,7 +42,7 @@ from .. import __version__
 from .cachefiles import BadEntry, cache_dir, digest, read_entry, write_entry
 from .engine import CompiledPolicy, RuleMatchers, RunContext
 from .linear import LinearRegex, engine_identity
-from .matchers import GlobMatcher, Matcher, RegexMatcher
+from .matchers import GlobMatcher, Matcher, RegexMatcher, Respelling
 from .model import Policy
 from .sources import PolicySource, find_policy
 
@@ -310,12 +315,16 @@ def _same_answer(record: list[Any], source: PolicySource | None) -> bool:
 
 
 def compile_policy_cached(
-    resolved: Resolved, ctx: RunContext, state_dir: Path | None
+    resolved: Resolved,
+    ctx: RunContext,
+    state_dir: Path | None,
+    *,
+    realpath: Callable[[str], str] = os.path.realpath,
 ) -> CompiledPolicy:
     """`compile_policy(resolved.policy, ctx)`, with the rules' RE2 text from the cache."""
     policy = resolved.policy
     if state_dir is None or resolved.identity is None:
-        return CompiledPolicy(policy, ctx)
+        return CompiledPolicy(policy, ctx, realpath=realpath)
     values = ctx.placeholder_values()
     if not _uses_agent_id(policy):
         values.pop("agent_id")  # `agents:` scoping is decided afresh for each run
@@ -323,17 +332,45 @@ def compile_policy_cached(
     directory = cache_dir(state_dir)
     if directory is not None:
         try:
-            built = _built_from(read_entry(directory / name), len(policy.rules))
+            document = read_entry(directory / name)
+            _check_real_roots(document, realpath)
+            built = _built_from(document, len(policy.rules))
             return CompiledPolicy(policy, ctx, built, checked=True)
         except BadEntry:
             pass
-    compiled = CompiledPolicy(policy, ctx)
+    asked: dict[str, str] = {}  # every root the matchers resolved, and its real path
+
+    def real(path: str) -> str:
+        answer = asked[path] = realpath(path)
+        return answer
+
+    compiled = CompiledPolicy(policy, ctx, realpath=real)
     built = [(rule.matcher, rule.excepts) for rule in compiled.rules]
     records = [_rule_record(matcher, excepts) for matcher, excepts in built]
     directory = cache_dir(state_dir, create=True)
     if directory is not None:
-        write_entry(directory, name, {"format": _FORMAT, "rules": records})
+        document = {"format": _FORMAT, "rules": records, "real_roots": sorted(asked.items())}
+        write_entry(directory, name, document)
     return compiled
+
+
+def _check_real_roots(document: Any, realpath: Callable[[str], str]) -> None:
+    """BadEntry unless every root the entry's matchers resolved resolves the same now."""
+    pairs = document.get("real_roots") if isinstance(document, dict) else None
+    if not isinstance(pairs, list):
+        raise BadEntry("no real roots")
+    for pair in pairs:
+        if not (
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)
+        ):
+            raise BadEntry("a malformed real root")
+        root, real = pair
+        try:
+            now = realpath(root)
+        except (OSError, ValueError):
+            raise BadEntry(f"{root} cannot be resolved now") from None
+        if now != real:
+            raise BadEntry(f"{root} resolves elsewhere now")
 
 
 def _uses_agent_id(policy: Policy) -> bool:
@@ -345,9 +382,10 @@ def _uses_agent_id(policy: Policy) -> bool:
 
 
 def _matcher_record(matcher: Matcher) -> list[Any]:
+    respelled = encode(matcher.respelled)
     if isinstance(matcher, GlobMatcher):
-        return ["glob", matcher.glob, matcher.regex, matcher.roots]
-    return ["regex", matcher.pattern, matcher.regex, matcher.roots]
+        return ["glob", matcher.glob, matcher.regex, matcher.roots, respelled]
+    return ["regex", matcher.pattern, matcher.regex, matcher.roots, respelled]
 
 
 def _rule_record(matcher: Matcher, excepts: tuple[GlobMatcher, ...]) -> list[Any]:
@@ -355,17 +393,18 @@ def _rule_record(matcher: Matcher, excepts: tuple[GlobMatcher, ...]) -> list[Any
 
 
 def _matcher_from(record: Any) -> Matcher:
-    if not isinstance(record, list) or len(record) != 4:
+    if not isinstance(record, list) or len(record) != 5:
         raise BadEntry("a malformed matcher")
-    kind, shown, regex, roots = record
+    kind, shown, regex, roots, respelled = record
     roots = decode(tuple[str, ...] | None, roots)
+    respelled = decode(tuple[Respelling, ...], respelled)
     if not isinstance(shown, str) or not isinstance(regex, str):
         raise BadEntry("a malformed matcher")
     compiled = LinearRegex(regex, checked=True)  # the entry was stored once it compiled
     if kind == "glob":
-        return GlobMatcher(glob=shown, regex=regex, compiled=compiled, roots=roots)
+        return GlobMatcher(shown, regex, compiled, roots, respelled)
     if kind == "regex":
-        return RegexMatcher(pattern=shown, regex=regex, compiled=compiled, roots=roots)
+        return RegexMatcher(shown, regex, compiled, roots, respelled)
     raise BadEntry(f"no matcher kind {kind!r}")
 
 

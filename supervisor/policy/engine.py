@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import functools
 import itertools
+import os
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -308,6 +309,10 @@ class CompiledPolicy:
     too (the cache stored them once they did): each set is compiled when first
     needed, and one RE2 cannot hold after all (rules scoped to another agent
     made the stored sets) is matched rule by rule, to the same decisions.
+
+    Building them asks `realpath` about the literal roots of the rules that
+    refuse or hold a path action (`follows_real_roots`): file targets are
+    real paths, so such a rule also matches where its roots really are.
     """
 
     def __init__(
@@ -317,6 +322,7 @@ class CompiledPolicy:
         built: Sequence[RuleMatchers] | None = None,
         *,
         checked: bool = False,
+        realpath: Callable[[str], str] = os.path.realpath,
     ) -> None:
         self.policy = policy
         self.context = ctx
@@ -328,7 +334,11 @@ class CompiledPolicy:
         self.audit_level: AuditLevel = policy.audit_level
         if built is None:
             values = ctx.placeholder_values()
-            built = [rule_matchers(rule, values) for rule in policy.rules]
+            real = functools.cache(realpath)  # `{home}` roots a dozen rules
+            built = [
+                rule_matchers(rule, values, real if follows_real_roots(rule, policy) else None)
+                for rule in policy.rules
+            ]
         self.rules: tuple[CompiledRule, ...] = tuple(
             _compile_rule(rule, policy, ctx.agent_id, matcher, excepts)
             for rule, (matcher, excepts) in zip(policy.rules, built, strict=True)
@@ -663,12 +673,36 @@ def _any_glob(patterns: tuple[str, ...], policy: Policy) -> LinearRegex:
         raise PolicyError(policy.source, 1, 1, f"bad env glob: {exc.message}") from None
 
 
-def rule_matchers(rule: Rule, values: PlaceholderValues) -> RuleMatchers:
-    """The rule's target matcher and its `except` matchers, placeholders filled in."""
+def follows_real_roots(rule: Rule, policy: Policy) -> bool:
+    """Whether the rule also names its literal roots by their real paths.
+
+    Targets are real paths: with `~/.aws -> dotfiles/aws`, `{home}/.aws/**`
+    must match `{home}/dotfiles/aws/credentials` too.  Only for a rule that
+    refuses or holds a path action.  A rule that lets the action go ahead
+    (allow, warn, log, a deny that only warns or logs) keeps its spelling:
+    matching more, it would also decide targets a later rule refuses, and a
+    symlink the agent planted in one run would do that in the next.
+    """
+    if not rule.actions & PATH_ACTIONS:
+        return False
+    if rule.decision is Verdict.REQUIRE_APPROVAL:
+        return True
+    mode = rule.on_violation or policy.on_violation
+    return rule.decision is Verdict.DENY and mode not in _PROCEEDING_DENY_MODES
+
+
+def rule_matchers(
+    rule: Rule, values: PlaceholderValues, realpath: Callable[[str], str] | None = None
+) -> RuleMatchers:
+    """The rule's target matcher and its `except` matchers, placeholders filled in.
+
+    With `realpath`, the target also matches by its literal roots' real paths
+    (`matchers.Respelling`); the excepts never do: a wider except refuses less.
+    """
     matcher: Matcher
     try:
         if rule.target is not None:
-            matcher = matchers.compile_glob(matchers.parse_glob(rule.target), values)
+            matcher = matchers.compile_glob(matchers.parse_glob(rule.target), values, realpath)
         else:
             assert rule.pattern is not None
             # A target may hold a newline (a file name, an argument): a rule that
@@ -681,6 +715,7 @@ def rule_matchers(rule: Rule, values: PlaceholderValues) -> RuleMatchers:
                 values,
                 dot_all=refuses,
                 python_dollar=refuses,
+                realpath=realpath,
             )
         excepts = tuple(
             matchers.compile_glob(matchers.parse_glob(glob), values) for glob in rule.except_globs
@@ -710,6 +745,8 @@ def _compile_rule(
     return CompiledRule(rule, matcher, excepts, decision, applies)
 
 
-def compile_policy(policy: Policy, ctx: RunContext) -> CompiledPolicy:
+def compile_policy(
+    policy: Policy, ctx: RunContext, *, realpath: Callable[[str], str] = os.path.realpath
+) -> CompiledPolicy:
     """Fill in placeholders and agent scoping, and build the fast tables."""
-    return CompiledPolicy(policy, ctx)
+    return CompiledPolicy(policy, ctx, realpath=realpath)

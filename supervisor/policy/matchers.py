@@ -32,7 +32,7 @@ from __future__ import annotations
 import enum
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -379,21 +379,28 @@ def _cut_to_directory(prefix: str) -> str | None:
     return prefix[:slash] or "/"
 
 
-def glob_root(tokens: tuple[GlobToken, ...], values: PlaceholderValues) -> tuple[str, ...] | None:
-    """Paths such that everything the glob matches is one of them or beneath one.
-
-    None when the glob may match a path outside any such root (e.g. `**/x`).
-    """
+def _glob_prefix(
+    tokens: tuple[GlobToken, ...], values: PlaceholderValues
+) -> tuple[list[str], bool, int]:
+    """The glob's literal prefix (once for each value of the placeholders in it),
+    whether it is the whole glob, and the index of its first wildcard token."""
     prefixes = [""]
-    exact = True
-    for token in tokens:
+    for index, token in enumerate(tokens):
         if isinstance(token, Literal):
             prefixes = [prefix + token.text for prefix in prefixes]
         elif isinstance(token, Placeholder):
             prefixes = [prefix + value for prefix in prefixes for value in values[token.name]]
         else:
-            exact = False
-            break
+            return prefixes, False, index
+    return prefixes, True, len(tokens)
+
+
+def glob_root(tokens: tuple[GlobToken, ...], values: PlaceholderValues) -> tuple[str, ...] | None:
+    """Paths such that everything the glob matches is one of them or beneath one.
+
+    None when the glob may match a path outside any such root (e.g. `**/x`).
+    """
+    prefixes, exact, _ = _glob_prefix(tokens, values)
     roots: list[str] = []
     for prefix in prefixes:
         root = (prefix or None) if exact else _cut_to_directory(prefix)
@@ -428,10 +435,12 @@ def _has_top_level_alternation(text: str) -> bool:
     return False
 
 
-def _scan_literal(text: str, start: int) -> tuple[str, int]:
-    """Literal characters of regex text from `start`; returns them and where it stopped."""
+def _scan_literal(text: str, start: int) -> tuple[str, int, int]:
+    """Literal characters of regex text from `start`: them, where the scan
+    stopped, and where the last of them starts (for a quantified one)."""
     chars: list[str] = []
     index = start
+    last = start
     while index < len(text):
         char = text[index]
         if char == "\\":
@@ -439,17 +448,27 @@ def _scan_literal(text: str, start: int) -> tuple[str, int]:
             if not escaped or escaped.isalnum() or escaped == "_":
                 break  # \d, \w, \Z, ...: not a literal
             chars.append(escaped)
+            last = index
             index += 2
             continue
         if char in _REGEX_STOPS:
             break
         chars.append(char)
+        last = index
         index += 1
-    return "".join(chars), index
+    return "".join(chars), index, last
 
 
-def regex_root(tokens: tuple[RegexToken, ...], values: PlaceholderValues) -> tuple[str, ...] | None:
-    """Like `glob_root` for a regex: only a `^`- or `\\A`-anchored literal prefix counts."""
+class _RegexPrefix(NamedTuple):
+    """A regex's `^`-anchored literal prefix (see `regex_root`)."""
+
+    anchor: str  # `^` or `\A`, as written
+    prefixes: list[str]  # the prefix, once for each value of the placeholders in it
+    exact: bool  # nothing follows the prefix but `\Z`
+    rest: tuple[RegexToken, ...]  # the regex after the prefix
+
+
+def _regex_prefix(tokens: tuple[RegexToken, ...], values: PlaceholderValues) -> _RegexPrefix | None:
     raw = "".join(token.text if isinstance(token, Literal) else "x" for token in tokens)
     if _has_top_level_alternation(raw) or not tokens:
         return None
@@ -464,78 +483,248 @@ def regex_root(tokens: tuple[RegexToken, ...], values: PlaceholderValues) -> tup
         return None
     prefixes = [""]
     exact = False
+    rest: tuple[RegexToken, ...] = ()
     for position, token in enumerate(tokens):
         if isinstance(token, Placeholder):
             prefixes = [prefix + value for prefix in prefixes for value in values[token.name]]
             continue
         start = skip if position == 0 else 0
-        literal, stop = _scan_literal(token.text, start)
+        literal, stop, last = _scan_literal(token.text, start)
         if stop == len(token.text):
             prefixes = [prefix + literal for prefix in prefixes]
             continue
-        rest = token.text[stop:]
-        if rest[0] in _REGEX_QUANTIFIERS:
+        remainder = token.text[stop:]
+        if remainder[0] in _REGEX_QUANTIFIERS:
             if not literal:
                 return None  # a quantified placeholder; not worth the trouble
             literal = literal[:-1]
-        exact = rest == "\\Z" and position == len(tokens) - 1
+            stop = last  # the quantified character belongs to the rest
+        exact = remainder == "\\Z" and position == len(tokens) - 1
         prefixes = [prefix + literal for prefix in prefixes]
+        rest = (Literal(token.text[stop:]), *tokens[position + 1 :])
         break
+    return _RegexPrefix(first.text[:skip], prefixes, exact, rest)
+
+
+def regex_root(tokens: tuple[RegexToken, ...], values: PlaceholderValues) -> tuple[str, ...] | None:
+    """Like `glob_root` for a regex: only a `^`- or `\\A`-anchored literal prefix counts."""
+    found = _regex_prefix(tokens, values)
+    if found is None:
+        return None
     roots: list[str] = []
-    for prefix in prefixes:
-        root = prefix if exact else _cut_to_directory(prefix)
+    for prefix in found.prefixes:
+        root = prefix if found.exact else _cut_to_directory(prefix)
         if root is None or not root.startswith("/"):
             return None
         roots.append(normalise_path(root))
     return tuple(roots)
 
 
+# --- real paths of literal roots --------------------------------------------------------
+
+# The placeholder a respelled regex holds its real prefix in: `{...}` cannot spell it.
+_REAL_PREFIX = "real prefix"
+
+
+class Respelling(NamedTuple):
+    """A pattern with one of its literal roots spelled as that root's real path.
+
+    File targets are real paths: with `~/.aws -> dotfiles/aws`, a rule for
+    `{home}/.aws/**` never sees a target spelled `~/.aws/...`.  A rule that
+    refuses also matches its pattern with the root replaced by the root's
+    real path (`{home}/dotfiles/aws/**`).  Only the literal root is
+    resolved: a symlink beneath it, in a part with wildcards, is not.
+    """
+
+    root: str  # the literal root as the rule spells it (placeholders filled in)
+    real: str  # its real path (every symlink in it resolved)
+    shown: str  # the respelled glob or regex, for audit lines and `explain`
+    regex: str  # RE2 text of the respelled pattern alone, as the rule's own is
+
+
+def _respellings(
+    prefixes: list[str],
+    exact: bool,
+    roots: tuple[str, ...],
+    realpath: Callable[[str], str],
+    respell: Callable[[str], tuple[str, str]],
+) -> tuple[Respelling, ...]:
+    """A Respelling for each root (of `prefixes`) whose real path is not a root already.
+
+    `respell(prefix)` is the pattern, shown and as RE2 text, with its
+    literal prefix replaced by `prefix`.
+    """
+    known = set(roots)
+    found: list[Respelling] = []
+    for prefix in prefixes:
+        spelled = prefix if exact else _cut_to_directory(prefix)
+        if spelled is None:
+            continue
+        root = normalise_path(spelled)
+        if root == "/":
+            continue
+        try:
+            real = realpath(root)
+        except (OSError, ValueError):  # (not in non-strict realpath; a NUL in a glob)
+            continue
+        if real in known:
+            continue  # the root is real, or its real path is a root already (`{home}`)
+        known.add(real)
+        tail = prefix[len(spelled) :]
+        shown, regex = respell(real.rstrip("/") + tail if tail else real)
+        found.append(Respelling(root, real, shown, regex))
+    return tuple(found)
+
+
+def glob_respellings(
+    tokens: tuple[GlobToken, ...],
+    values: PlaceholderValues,
+    realpath: Callable[[str], str],
+) -> tuple[Respelling, ...]:
+    """The glob once more for each literal root with another real path (see `Respelling`)."""
+    roots = glob_root(tokens, values)
+    if roots is None:
+        return ()
+    prefixes, exact, wild = _glob_prefix(tokens, values)
+
+    def respell(prefix: str) -> tuple[str, str]:
+        respelled = (Literal(prefix), *tokens[wild:])
+        return glob_display(respelled, values), _anchored(glob_to_regex(respelled, values))
+
+    return _respellings(prefixes, exact, roots, realpath, respell)
+
+
+def regex_respellings(
+    tokens: tuple[RegexToken, ...],
+    values: PlaceholderValues,
+    realpath: Callable[[str], str],
+    *,
+    dot_all: bool = False,
+    python_dollar: bool = False,
+) -> tuple[Respelling, ...]:
+    """`glob_respellings` for a regex whose root is a `^`-anchored literal prefix.
+
+    That is every regex `regex_root` finds roots for: the prefix is replaced
+    by the real one, as a literal, and the rest of the regex is kept as written.
+    """
+    roots = regex_root(tokens, values)
+    found = _regex_prefix(tokens, values)
+    if roots is None or found is None:
+        return ()
+    respelled = (Literal(found.anchor), Placeholder(_REAL_PREFIX), *found.rest)
+
+    def respell(prefix: str) -> tuple[str, str]:
+        with_prefix = {**values, _REAL_PREFIX: (prefix,)}
+        regex = regex_expand(respelled, with_prefix, python_dollar=python_dollar)
+        shown = found.anchor + re.escape(prefix) + regex_display(found.rest, values)
+        return shown, f"(?s:{regex})" if dot_all else regex
+
+    return _respellings(found.prefixes, found.exact, roots, realpath, respell)
+
+
+def _either(regex: str, respelled: tuple[Respelling, ...]) -> str:
+    """RE2 text matching what `regex` or any respelling matches."""
+    if not respelled:
+        return regex
+    return "|".join(f"(?:{text})" for text in (regex, *(r.regex for r in respelled)))
+
+
+def _with_roots(
+    roots: tuple[str, ...] | None, respelled: tuple[Respelling, ...]
+) -> tuple[str, ...] | None:
+    if roots is None:
+        return None
+    return tuple(dict.fromkeys((*roots, *(r.real for r in respelled))))
+
+
+def _shown_with_real(text: str, respelled: tuple[Respelling, ...]) -> str:
+    if not respelled:
+        return text
+    return text + " (by real path: " + ", ".join(f"'{r.shown}'" for r in respelled) + ")"
+
+
+def _real_spelling(respelled: tuple[Respelling, ...], target: str) -> Respelling | None:
+    data = encode_target(target)
+    return next((r for r in respelled if LinearRegex(r.regex).search(data)), None)
+
+
 # --- matchers ------------------------------------------------------------------------
+
+
+def _anchored(regex: str) -> str:
+    return "\\A" + regex + "\\z"
 
 
 @dataclass(frozen=True, slots=True)
 class GlobMatcher:
-    """A glob with its placeholders filled in; `regex` is RE2 text anchored at both ends."""
+    """A glob with its placeholders filled in; `regex` is RE2 text anchored at both ends.
+
+    `respelled`: the glob with a literal root spelled as its real path, which
+    `regex` matches too, and whose real roots are among `roots` (`Respelling`).
+    """
 
     glob: str
     regex: str
     compiled: LinearRegex = field(compare=False, repr=False)
     roots: tuple[str, ...] | None = field(compare=False, repr=False, default=None)
+    respelled: tuple[Respelling, ...] = field(repr=False, default=())
 
     def __str__(self) -> str:
-        return f"glob '{self.glob}'"
+        return _shown_with_real(f"glob '{self.glob}'", self.respelled)
 
     def matches(self, target: str) -> bool:
         return self.compiled.search(encode_target(target))
 
+    def real_spelling(self, target: str) -> Respelling | None:
+        """The respelling that matches `target`, if one does (for `explain`)."""
+        return _real_spelling(self.respelled, target)
+
 
 @dataclass(frozen=True, slots=True)
 class RegexMatcher:
-    """A regex (search semantics) with its placeholders filled in; `regex` is RE2 text."""
+    """A regex (search semantics) with its placeholders filled in; `regex` is RE2 text.
+
+    `respelled` as for `GlobMatcher`.
+    """
 
     pattern: str
     regex: str
     compiled: LinearRegex = field(compare=False, repr=False)
     roots: tuple[str, ...] | None = field(compare=False, repr=False, default=None)
+    respelled: tuple[Respelling, ...] = field(repr=False, default=())
 
     def __str__(self) -> str:
-        return f"regex '{self.pattern}'"
+        return _shown_with_real(f"regex '{self.pattern}'", self.respelled)
 
     def matches(self, target: str) -> bool:
         return self.compiled.search(encode_target(target))
+
+    def real_spelling(self, target: str) -> Respelling | None:
+        """The respelling that matches `target`, if one does (for `explain`)."""
+        return _real_spelling(self.respelled, target)
 
 
 Matcher = GlobMatcher | RegexMatcher
 
 
-def compile_glob(tokens: tuple[GlobToken, ...], values: PlaceholderValues) -> GlobMatcher:
-    """Raises PatternError when RE2 cannot take it (say, a placeholder value it refuses)."""
-    regex = "\\A" + glob_to_regex(tokens, values) + "\\z"
+def compile_glob(
+    tokens: tuple[GlobToken, ...],
+    values: PlaceholderValues,
+    realpath: Callable[[str], str] | None = None,
+) -> GlobMatcher:
+    """Raises PatternError when RE2 cannot take it (say, a placeholder value it refuses).
+
+    With `realpath`, the glob also matches where its literal roots really
+    are (`Respelling`): for rules that refuse, never for ones that allow.
+    """
+    respelled = () if realpath is None else glob_respellings(tokens, values, realpath)
+    regex = _either(_anchored(glob_to_regex(tokens, values)), respelled)
     return GlobMatcher(
         glob=glob_display(tokens, values),
         regex=regex,
         compiled=LinearRegex(regex),
-        roots=glob_root(tokens, values),
+        roots=_with_roots(glob_root(tokens, values), respelled),
+        respelled=respelled,
     )
 
 
@@ -545,19 +734,29 @@ def compile_regex(
     *,
     dot_all: bool = False,
     python_dollar: bool = False,
+    realpath: Callable[[str], str] | None = None,
 ) -> RegexMatcher:
     """Raises PatternError when RE2 cannot take it.  With `dot_all`, `.` also
     matches a newline (Python's re.DOTALL), whatever the pattern says; with
     `python_dollar`, `$` also matches just before a final newline, as Python's
-    does (RE2's matches only at the very end)."""
+    does (RE2's matches only at the very end); with `realpath`, as for `compile_glob`."""
     regex = regex_expand(tokens, values, python_dollar=python_dollar)
     if dot_all:
         regex = f"(?s:{regex})"
+    respelled = (
+        ()
+        if realpath is None
+        else regex_respellings(
+            tokens, values, realpath, dot_all=dot_all, python_dollar=python_dollar
+        )
+    )
+    regex = _either(regex, respelled)
     return RegexMatcher(
         pattern=regex_display(tokens, values),
         regex=regex,
         compiled=LinearRegex(regex),
-        roots=regex_root(tokens, values),
+        roots=_with_roots(regex_root(tokens, values), respelled),
+        respelled=respelled,
     )
 
 

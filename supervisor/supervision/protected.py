@@ -5,7 +5,9 @@ judged under the protected name when its (st_dev, st_ino) is one of the files
 the policy's read-deny rules name.  Those are found by walking the literal
 roots of the rules (`{home}/.ssh`, `/etc/shadow`, the home directory for the
 rules anchored there), at most `BUDGET` files; a rule with no literal root
-(`**/*.pem`) cannot be walked.
+(`**/*.pem`) cannot be walked.  A rule's roots include their real paths
+(`matchers.Respelling`): a symlinked `~/.aws` is walked where it leads,
+since the walk lists symlinks and never follows them.
 
 With a real home directory the walk reads thousands of files (100-200 ms in
 Python).  So it starts in a child process when the agent is launched and runs
