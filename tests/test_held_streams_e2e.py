@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Sandbox
+from conftest import AGENTS, Sandbox
 
 pytestmark = [
     pytest.mark.requires_root,
@@ -74,3 +74,47 @@ def test_reading_a_write_only_stream_is_judged_as_reading_its_file(
     assert ("file_read", "default") in [
         (a, r if r != "<default>" else "default") for a, r in sandbox.denials()
     ]
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build the racing agent")
+def test_an_o_path_fd_won_by_a_race_gives_no_read_of_what_it_names(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """Red team 10: the held fd's access bits read O_RDONLY for an O_PATH fd."""
+    binary = sandbox.workspace / "opath_race"
+    subprocess.run(
+        ["gcc", "-O2", "-pthread", "-o", str(binary), str(AGENTS / "opath_race.c")], check=True
+    )
+    secret = sandbox.workspace / "deploy.key"  # strict: a key, never read
+    secret.write_text("PRIVATE-KEY-MATERIAL\n")
+    (sandbox.workspace / "ok.txt").write_text("fine\n")
+    for delay in ("60", "75", "90"):
+        result = sandbox.run(str(binary), str(secret), delay, timeout=120)
+        assert "PRIVATE-KEY-MATERIAL" not in result.stderr + result.stdout, delay
+
+
+def test_more_than_the_fd_gives_of_a_file_outside_the_agents_view_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Red team 10: a log under the host's /tmp has a name that means the
+    agent's private /tmp for the agent.  Reading its write-only stdout must
+    not be judged by that name (strict lets /tmp/** be read): it is refused,
+    and the record says why.  (agentsup's own files under /tmp too, as in a
+    user's run: with them elsewhere the Landlock floor refuses it first.)"""
+    box = Sandbox(tmp_path)  # agentsup's locations inside, under /tmp
+    where = Path(tempfile.mkdtemp(prefix="agentsup-log-", dir="/tmp"))
+    try:
+        log = where / "shared.log"
+        log.write_text("EARLIER-JOB: export TOKEN=ghp_secret\n")
+        script = (
+            "try: print(open('/dev/stdout').read())\n"
+            "except OSError as refused: print('refused', refused.errno)\n"
+        )
+        with log.open("a") as output:
+            command = box.command("python3", "-c", script)
+            code = subprocess.run(command, stdout=output, env=box.env, timeout=60).returncode
+        assert code == 0
+        assert log.read_text().splitlines()[1:] == ["refused 13"]
+        assert (None, "agentsup-outside-view") in box.denials()
+    finally:
+        shutil.rmtree(where, ignore_errors=True)

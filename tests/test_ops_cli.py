@@ -159,12 +159,18 @@ def test_python_m_agentsup_never_imports_a_module_left_in_the_current_directory(
     marker = tmp_path / "imported"
     for name in ("json", "tty", "socket"):
         (tmp_path / f"{name}.py").write_text(f"open({str(marker)!r}, 'a').write({name!r})\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "agentsup", "policy", "list"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    assert not marker.exists()
+    # An empty PYTHONPATH entry (`export PYTHONPATH=$PYTHONPATH:/x`) names it again.
+    for python_path in (None, "/nonexistent:", ":/nonexistent", "."):
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        if python_path is not None:
+            env["PYTHONPATH"] = python_path
+        result = subprocess.run(
+            [sys.executable, "-m", "agentsup", "policy", "list"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        assert not marker.exists(), python_path

@@ -45,6 +45,7 @@ SELF_PROTECTION_RULE = "agentsup-self-protection"
 HOOK_CODE_RULE = "agentsup-hook-code"
 ALWAYS_REFUSED_RULE = "agentsup-always-refused"
 OUTSIDE_TREE_RULE = "agentsup-outside-tree"
+OUTSIDE_VIEW_RULE = "agentsup-outside-view"
 MEDIATION_ERROR_RULE = "agentsup-mediation-error"
 
 _WRITE_CLASS = frozenset(
@@ -704,6 +705,13 @@ class Judge:
         """A call that named a process outside the agent's tree: refused, critical."""
         message = f"{syscall} may only reach the agent's own processes"
         self._refusal(syscall, tid, target, OUTSIDE_TREE_RULE, message)
+
+    def refuse_outside_view(self, syscall: str, tid: int, target: str) -> None:
+        """A file the agent holds, asked for more than its fd gives, whose path
+        names something else (or nothing) in the agent's view: no rule can
+        judge it (a log `run` writes under the host's /tmp).  Refused."""
+        message = "the file this fd holds is not at that path for the agent: no rule can judge it"
+        self._refusal(syscall, tid, target, OUTSIDE_VIEW_RULE, message, "medium")
 
     def mediation_failed(self, syscall: str, tid: int, error: str) -> None:
         """Serving a syscall raised: it failed closed (EIO); the record says why."""

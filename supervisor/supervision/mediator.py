@@ -190,6 +190,8 @@ class Judge(Protocol):
 
     def refuse_outside(self, syscall: str, tid: int, target: str) -> None: ...
 
+    def refuse_outside_view(self, syscall: str, tid: int, target: str) -> None: ...
+
     def mediation_failed(self, syscall: str, tid: int, error: str) -> None: ...
 
     def broker_gone(self, syscall: str, tid: int, error: str) -> None: ...
@@ -698,6 +700,33 @@ class Mediator:
             if anchor >= 0:  # an absolute path has none (the broker's root)
                 os.close(anchor)
 
+    def _outside_view(
+        self,
+        notif: _seccomp.Notification,
+        syscall: str,
+        raw: bytes,
+        node: Resolved,
+        reads: bool,
+        writes: bool,
+    ) -> bool:
+        """Refused (True) when `raw` names one of the agent's fds (/dev/stdout)
+        whose file, asked for more than the fd gives, is not at its path in the
+        agent's view: a log `run` writes under the host's /tmp has a name that
+        means the agent's private /tmp there.  Rules judge names; no name of
+        the agent's leads to this file, so none can judge it."""
+        if node.error or not node.target.startswith("/") or not _names_own_fd(raw):
+            return False
+        tid = notif.pid
+        if self._holds(tid, raw, node.pinned, reads, writes):
+            return False  # no more than it holds: `own_object`, no rule asked
+        there = self._pin(tid, AT_FDCWD, os.fsencode(node.target), broker.OBJECT, keep=False)
+        if not there.error and (there.dev, there.ino) == (node.pinned.dev, node.pinned.ino):
+            return False
+        self.release(node)
+        self.judge.refuse_outside_view(syscall, tid, node.target)
+        self._fail(notif, errno.EACCES)
+        return True
+
     def _holds(self, tid: int, raw: bytes, pinned: Pinned, reads: bool, writes: bool) -> bool:
         """Whether the agent's fd that `raw` names (/dev/stdout, /proc/self/fd/N)
         is the very file pinned, open for every access asked (reads, writes).
@@ -710,13 +739,18 @@ class Mediator:
             return False
         try:
             info = os.fstat(held)
-            access = fcntl.fcntl(held, fcntl.F_GETFL) & os.O_ACCMODE
+            status = fcntl.fcntl(held, fcntl.F_GETFL)
         except OSError:
             return False
         finally:
             os.close(held)
-        if pinned.handle < 0 or (info.st_dev, info.st_ino) != (pinned.dev, pinned.ino):
+        # An O_PATH fd reads nothing (its access bits say O_RDONLY), and the
+        # kernel, not the broker, looked its name up after the decision.
+        if status & os.O_PATH or pinned.handle < 0:
             return False
+        if (info.st_dev, info.st_ino) != (pinned.dev, pinned.ino):
+            return False
+        access = status & os.O_ACCMODE
         if reads and access not in (os.O_RDONLY, os.O_RDWR):
             return False
         return not writes or access in (os.O_WRONLY, os.O_RDWR)
@@ -1009,6 +1043,8 @@ class Mediator:
                 node = Resolved(self._lexical(tid, dirfd, raw), error=pinned.error)
             else:
                 node = self._checked(Resolved(pinned.path, pinned))
+                if self._outside_view(notif, syscall, raw, node, reads, writes):
+                    return
                 if (
                     opened
                     and node.target[:1] == "/"
@@ -1022,6 +1058,8 @@ class Mediator:
         else:
             node = self.resolve(tid, dirfd, raw, follow=follow, resolve_flags=resolve_flags)
             opened = False
+            if self._outside_view(notif, syscall, raw, node, reads, writes):
+                return
         creating = node.error == errno.ENOENT and flags & os.O_CREAT
         if creating:
             node = self.resolve_parent(tid, dirfd, raw, resolve_flags=resolve_flags)
