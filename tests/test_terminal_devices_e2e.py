@@ -34,6 +34,7 @@ TTY_AGENT = textwrap.dedent(
     fd = os.open("/dev/tty", os.O_RDWR)
     print("same-as-stdin", os.fstat(fd).st_rdev == os.fstat(0).st_rdev, flush=True)
     print("foreground-group", os.tcgetpgrp(fd) == os.getpgrp(), flush=True)
+    print("ttyname", os.ttyname(0) == os.ttyname(fd), flush=True)  # `tty`, GPG_TTY=$(tty)
     ready, _, _ = select.select([fd], [], [], 20)
     print("typed", os.read(fd, 100) if ready else b"", flush=True)
     """
@@ -85,6 +86,7 @@ def test_dev_tty_is_the_agents_relay_pty_and_the_broker_holds_no_terminal(
     seen += out
     assert b"same-as-stdin True" in seen
     assert b"foreground-group True" in seen
+    assert b"ttyname True" in seen
     assert b"typed-by-user" in seen.partition(b"typed ")[2]
 
 

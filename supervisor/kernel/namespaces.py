@@ -14,6 +14,7 @@ import os
 import socket
 import stat
 import struct
+import termios
 from collections.abc import Sequence
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -72,6 +73,8 @@ _IFF_UP = 0x1
 # agent.  Inside its mount namespace they are read-only.
 READ_ONLY = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/sys")
 PRIVATE_TMP = ("/tmp", "/var/tmp")
+_TIOCGPTPEER = 0x5441  # Linux 4.13: the slave of a pty master, with no path lookup
+_TIOCSPTLCK = 0x40045431
 
 
 class NamespaceError(Exception):
@@ -206,6 +209,27 @@ def mount_private_devices() -> None:
         )
     if os.path.isdir("/dev/shm"):
         mount("private /dev/shm", "tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+
+
+def own_pty(like: int) -> tuple[int, int]:
+    """(master, slave) of a new pty in the devpts mounted on /dev/pts, with
+    the window size and modes of the terminal `like`: the agent's relay pty,
+    made where the agent sees it, so that `tty` and ttyname() name it."""
+    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))  # unlockpt
+        slave = fcntl.ioctl(master, _TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
+        try:
+            termios.tcsetattr(slave, termios.TCSANOW, termios.tcgetattr(like))
+            window = fcntl.ioctl(like, termios.TIOCGWINSZ, b"\0" * 8)
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, window)
+        except OSError:
+            os.close(slave)
+            raise
+    except OSError:
+        os.close(master)
+        raise
+    return master, slave
 
 
 def make_read_only(paths: Sequence[str] = READ_ONLY) -> None:

@@ -590,6 +590,13 @@ class Agent:
                 os.close(plan.terminal)  # the agent's copy is all there is: EOF when it goes
                 plan.terminal = -1
         self.launched = launched
+        if self.relay is not None and launched.pty_master >= 0:
+            # The agent's pty was remade in its own devpts: relay that one.
+            os.close(self.relay.master)
+            self.relay.master = launched.pty_master
+            self.relay.copy_window_size()
+        elif launched.pty_master >= 0:
+            os.close(launched.pty_master)
         for note in launched.degraded:
             say(f"warning: running without {note}")
         if self.group is not None:

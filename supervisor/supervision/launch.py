@@ -64,6 +64,9 @@ class Launched:
     # and the page it counts the notifications it answered itself in.
     forward: socket.socket | None = None
     native_count: mmap.mmap | None = None
+    # The master of the relay pty its init made in the agent's own devpts, or -1
+    # (the supervisor's pty stays the relay's).
+    pty_master: int = -1
 
     def answered_natively(self) -> int:
         return int.from_bytes(self.native_count[:8], "little") if self.native_count else 0
@@ -194,13 +197,15 @@ def start(
         raise fail("cannot sandbox the agent: the trampoline exited")
     if not select.select([ours], [], [], timeout)[0]:
         raise fail("cannot sandbox the agent: its init did not answer")
-    message, fds, _flags, _addr = socket.recv_fds(ours, 16, 2)
-    if message != b"A" or not fds:
+    message, fds, _flags, _addr = socket.recv_fds(ours, 16, 3)
+    # "A", then E (egress listener) and P (pty master) name the fds after the pidfd.
+    if not message.startswith(b"A") or len(fds) != len(message):
         for fd in fds:
             os.close(fd)
         raise fail("cannot sandbox the agent: its init sent no pidfd")
-    agent_pidfd = fds[0]
-    egress = socket.socket(fileno=fds[1]) if len(fds) > 1 else None
+    agent_pidfd, named = fds[0], dict(zip(message[1:].decode(), fds[1:], strict=True))
+    egress = socket.socket(fileno=named["E"]) if "E" in named else None
+    pty_master = named.get("P", -1)
     if egress is None and plan.isolation.egress_port:
         raise fail("cannot sandbox the agent: its init sent no egress listener")
     forward: socket.socket | None = None
@@ -237,6 +242,7 @@ def start(
         egress,
         forward,
         native_count if forward is not None else None,
+        pty_master,
     )
 
 

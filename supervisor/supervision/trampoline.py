@@ -228,6 +228,18 @@ def _init(stage: Stage, entered: set[str], wait_fd: int) -> NoReturn:
             if "pid" in entered:
                 namespaces.mount_proc()
             namespaces.make_read_only()
+        pty_master = -1
+        if "mount" in entered and stage.terminal_fd >= 0:
+            # The relay pty, remade in the agent's own devpts: there `tty` and
+            # ttyname() find it.  The supervisor relays this master instead.
+            try:
+                pty_master, slave = namespaces.own_pty(stage.terminal_fd)
+            except OSError as exc:
+                note = f"a pty in its own devpts ({exc.strerror}): relaying the host's"
+                _line(stage.status_fd, "D" + note)
+            else:
+                os.close(stage.terminal_fd)
+                stage.terminal_fd = slave
         egress = None
         if "net" in entered:
             namespaces.loopback_up()
@@ -273,9 +285,16 @@ def _init(stage: Stage, entered: set[str], wait_fd: int) -> NoReturn:
     listener = forward = -1
     try:
         pidfd = os.pidfd_open(agent)
-        handed = [pidfd] if egress is None else [pidfd, egress.fileno()]
-        socket.send_fds(channel, [b"A"], handed)
+        # "A", then E (the egress listener) and P (the pty master) for the fds after the pidfd.
+        handed, message = [pidfd], b"A"
+        if egress is not None:
+            handed, message = [*handed, egress.fileno()], message + b"E"
+        if pty_master >= 0:
+            handed, message = [*handed, pty_master], message + b"P"
+        socket.send_fds(channel, [message], handed)
         os.close(pidfd)
+        if pty_master >= 0:
+            os.close(pty_master)
         if egress is not None:
             egress.close()
         if stage.native_decider is not None and stage.native_prepare is not None:
