@@ -54,6 +54,7 @@
 #include <sys/sysmacros.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #if defined(SYS_openat2) && defined(__has_include)
@@ -1059,6 +1060,15 @@ static int missing_in_proc(int anchor, const char *raw) {
     return fstatat(anchor, parent, &st, 0) != 0 || st.st_dev == proc_device;
 }
 
+/* Set while a FIFO writer of the agent's waits for a reader, in a helper of
+ * the broker's (broker.py, `Broker._rendezvous`): a read is then pinned
+ * (O_PATH) before it is opened, as a write always is.  Opening that FIFO
+ * here, even for a moment, would let the writer go on with no reader left
+ * (EPIPE).  Otherwise a read is opened at once: one path walk, not two.
+ * Exact, as the broker has one thread: its Python sets this before serve()
+ * runs again. */
+static int pin_reads;
+
 static int serve_open(int listener, const struct seccomp_notif *n, int dirfd, uint64_t ptr,
                       unsigned long flags, unsigned long mode) {
     flags &= valid_open_flags;
@@ -1069,9 +1079,12 @@ static int serve_open(int listener, const struct seccomp_notif *n, int dirfd, ui
         return 0;
     int writes = (flags & write_flags) != 0;
     int reads = (flags & O_ACCMODE) != O_WRONLY;
-    /* Writes are pinned first: nothing is truncated or appended before the decision. */
-    unsigned long how = writes ? O_PATH | O_CLOEXEC | (flags & O_NOFOLLOW)
-                               : flags | O_CLOEXEC | O_NONBLOCK | O_NOCTTY;
+    /* Writes are pinned first, and opened once decided (through the pinned
+     * fd): nothing is truncated or appended before the decision.  So are
+     * reads while a FIFO writer waits (`pin_reads`). */
+    int pinned_first = writes || pin_reads;
+    unsigned long how = !pinned_first ? flags | O_CLOEXEC | O_NONBLOCK | O_NOCTTY
+                        : O_PATH | O_CLOEXEC | (flags & O_NOFOLLOW) | (writes ? 0 : flags & O_DIRECTORY);
     char joined[PATH_BYTES + 1];
     const char *path = exact_path((pid_t)n->pid, dirfd, raw, joined); /* what is opened */
     int fd = -1, exact = path != NULL, anchor = AT_FDCWD;
@@ -1114,7 +1127,7 @@ static int serve_open(int listener, const struct seccomp_notif *n, int dirfd, ui
         return 0;
     }
     int cloexec = (flags & O_CLOEXEC) != 0;
-    if (writes) {
+    if (pinned_first) {
         if ((flags & O_TRUNC) && !id_valid(listener, n->id)) {
             close(fd); /* interrupted: nothing may be truncated */
             return 1;
@@ -1125,9 +1138,10 @@ static int serve_open(int listener, const struct seccomp_notif *n, int dirfd, ui
             close(fd);
             return 0;
         }
-        /* Reopened through the magic link: the very file that was decided on. */
-        int reopened = openat(own_fds, name,
-                              (int)((flags & ~(unsigned long)(O_NOFOLLOW | O_CLOEXEC)) | O_CLOEXEC));
+        /* Reopened through the magic link: the very file that was decided on
+         * (a read as it would have been opened above). */
+        unsigned long own = (flags & ~(unsigned long)(O_NOFOLLOW | O_CLOEXEC)) | O_CLOEXEC;
+        int reopened = openat(own_fds, name, (int)(writes ? own : own | O_NONBLOCK | O_NOCTTY));
         int reopen_errno = errno;
         close(fd);
         if (reopened < 0) {
@@ -1135,7 +1149,8 @@ static int serve_open(int listener, const struct seccomp_notif *n, int dirfd, ui
             return 1;
         }
         fd = reopened;
-    } else if (!(flags & O_NONBLOCK)) {
+    }
+    if (!writes && !(flags & O_NONBLOCK)) {
         /* O_NONBLOCK was only for our open; the agent gets the flags it asked for. */
         fcntl(fd, F_SETFL, (int)(flags & setfl_flags));
     }
@@ -1917,9 +1932,21 @@ static void forward(int listener, int forward_fd, const struct seccomp_notif *n)
     queue_length++;
 }
 
+/* Milliseconds left of `timeout_ms` since `start` (at least 0); -1: no limit. */
+static int time_left(const struct timespec *start, int timeout_ms) {
+    if (timeout_ms < 0)
+        return -1;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    long long spent = (now.tv_sec - start->tv_sec) * 1000LL + (now.tv_nsec - start->tv_nsec) / 1000000;
+    return spent >= timeout_ms ? 0 : (int)(timeout_ms - spent);
+}
+
 /* serve(listener, forward, channel, agent_pidfd, timeout_ms, counter) -> why it returned
  * `counter`: a writable buffer (a page shared with the supervisor); its first
- * 8 bytes count the notifications answered here, for CPU placement. */
+ * 8 bytes count the notifications answered here, for CPU placement.
+ * `timeout_ms` bounds the whole call, not one wait: the broker checks its
+ * waiting FIFO opens that often, however busy the agent (SERVE_IDLE). */
 static PyObject *fp_serve(PyObject *self, PyObject *args) {
     int listener, forward_fd, channel, agent, timeout_ms;
     Py_buffer counter;
@@ -1933,13 +1960,16 @@ static PyObject *fp_serve(PyObject *self, PyObject *args) {
     volatile uint64_t *answered = (volatile uint64_t *)counter.buf;
     int why = SERVE_IDLE;
     int handled = 0;
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
     /* The GIL stays held: the decider is Python, and the broker has one thread. */
     for (;;) {
         struct pollfd fds[4] = {{channel, POLLIN, 0},
                                 {agent, POLLIN, 0},
                                 {listener, POLLIN, 0},
                                 {forward_fd, POLLOUT, 0}};
-        int ready = poll(fds, queue_length ? 4 : 3, timeout_ms);
+        int wait = time_left(&start, timeout_ms);
+        int ready = wait == 0 ? 0 : poll(fds, queue_length ? 4 : 3, wait);
         if (ready < 0 && errno == EINTR)
             continue;
         if (ready == 0) {
@@ -2054,6 +2084,14 @@ static PyObject *fp_set_decider(PyObject *self, PyObject *callable) {
     Py_RETURN_NONE;
 }
 
+static PyObject *fp_pin_reads(PyObject *self, PyObject *flag) {
+    int on = PyObject_IsTrue(flag);
+    if (on < 0)
+        return NULL;
+    pin_reads = on;
+    Py_RETURN_NONE;
+}
+
 static PyObject *fp_forget(PyObject *self, PyObject *noargs) {
     cache_reset();
     Py_RETURN_NONE;
@@ -2076,6 +2114,8 @@ static PyMethodDef methods[] = {
     {"allow", fp_allow, METH_VARARGS,
      "allow(path: bytes, bits: int) -> bool: the supervisor allowed these actions on path"},
     {"forget", fp_forget, METH_NOARGS, "forget() -> None: clear the allow cache"},
+    {"pin_reads", fp_pin_reads, METH_O,
+     "pin_reads(on: bool) -> None: pin reads before opening them (a FIFO writer waits)"},
     {"set_decider", fp_set_decider, METH_O,
      "set_decider(callable(path: bytes, bits: int) -> int | None): asked on a cache miss"},
     {"allowed", fp_allowed, METH_VARARGS, "allowed(path: bytes) -> int: the cached bits"},

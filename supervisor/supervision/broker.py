@@ -26,7 +26,11 @@ A racing thread can rewrite the path in the agent's memory, but what was
 resolved is what was decided on and what is acted on.  Path traversal,
 Landlock and DAC are the kernel's, for the agent's credentials, because the
 broker has nothing more.  The broker never blocks on a FIFO or a device:
-those are opened non-blocking.  Signals are blocked while it works, so an
+what it looks up is only pinned (O_PATH) unless it is a regular file or a
+directory, and devices are opened non-blocking.  A FIFO the agent opens
+without O_NONBLOCK waits for its other end, as the kernel makes it wait: in
+a helper process the broker forks for that one open (`Broker._rendezvous`),
+while the broker serves on.  Signals are blocked while it works, so an
 interrupted ADDFD can never complete an open() with 0.
 """
 
@@ -43,9 +47,10 @@ import signal
 import socket
 import stat
 import struct
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from ..kernel import agentpath
 from ..kernel import fastpath as _fastpath
@@ -128,6 +133,13 @@ MAX_LISTED = 250_000
 QUIESCE_LIMIT = 60.0  # seconds the native path waits, after a LIST, for the move
 _MAX_LISTING = 64 << 20
 _FDS_SPACE = socket.CMSG_LEN(_MAX_FDS * 4)  # what socket.recv_fds asks for
+# FIFO opens waiting for their other end, each in a helper (`Broker._rendezvous`):
+# at most this many at once (one more fails with EAGAIN), each checked this
+# often for a caller that stopped waiting (a signal, or its exit).
+MAX_WAITING_OPENS = 64
+WAITING_CHECK = 0.05
+_WAITING_CHECK_MS = int(WAITING_CHECK * 1000)
+_CREATE_ATTEMPTS = 8  # O_CREAT of a name made and removed again meanwhile
 REPLY_TIMEOUT = 10.0
 _REPLY_TIMEOUT_MS = int(REPLY_TIMEOUT * 1000)
 _SOL_SOCKET = socket.SOL_SOCKET
@@ -408,6 +420,11 @@ class Broker:
         self._own_proc = f"/proc/{os.getpid()}"  # (made in the broker itself: run_broker)
         # (st_dev, st_ino) of the broker's own channel, listener and pidfds.
         self.private: set[tuple[int, int]] = set()
+        # FIFO opens waiting for their other end: a helper's pidfd -> the
+        # notification it answers, and whether it opens for writing
+        # (`_rendezvous`, `check_waiting`).
+        self.waiting: dict[int, tuple[int, bool]] = {}
+        self._checked_waiting = 0.0  # when `check_waiting` last looked
         self._ops: dict[int, Callable[[int, list[int], list[object], list[int]], None]] = {
             INJECT: self._inject,
             REOPEN: self._reopen,
@@ -596,30 +613,33 @@ class Broker:
     ) -> tuple[int, os.stat_result, bool]:
         """The fd `raw` resolves to (pinned, or opened for reading), its stat,
         and whether it is one the agent holds (`agentpath`)."""
-        if kind == OPEN:
-            how = flags | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
-            fd, held = Broker._open_at(anchor, raw, how, resolve, agent, walk)
-            try:
-                st = os.fstat(fd)
-            except OSError:
-                os.close(fd)
-                raise
-            if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
-                return fd, st, held
-            # A FIFO, socket or device: opening it may mean something; pin it instead.
-            os.close(fd)
-            kind = OBJECT
         how = os.O_PATH | os.O_CLOEXEC
         if kind == PARENT:
             how |= os.O_DIRECTORY
-        elif not follow:
-            how |= os.O_NOFOLLOW
+        else:
+            if kind == OPEN:
+                how |= flags & os.O_DIRECTORY
+            if not follow:
+                how |= os.O_NOFOLLOW
         fd, held = Broker._open_at(anchor, raw, how, resolve, agent, walk)
         try:
-            return fd, os.fstat(fd), held
+            st = os.fstat(fd)
+            if kind == OPEN and not stat.S_ISFIFO(st.st_mode):
+                # Pinned first, opened second, and a FIFO never: its open lets
+                # a writer waiting for a reader go on (the agent's own, waiting
+                # in a helper).  What the open fails with is the lookup's error
+                # (ENXIO for a socket, ELOOP for a symlink and O_NOFOLLOW); a
+                # device or socket is pinned once opened, as opening it may
+                # mean something.
+                how = (flags & ~os.O_NOFOLLOW) | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+                opened = os.open(f"/proc/self/fd/{fd}", how)
+                if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
+                    fd, opened = opened, fd
+                os.close(opened)
         except OSError:
             os.close(fd)
             raise
+        return fd, st, held
 
     @staticmethod
     def _open_at(
@@ -771,7 +791,93 @@ class Broker:
         # round for it (`_do` leaves REOPEN to this check).
         if (flags & os.O_TRUNC or not plain) and not _seccomp.id_valid(self.listener, notif_id):
             return  # the agent's thread is gone or was interrupted
-        self._inject_fd(notif_id, _reopen(path_fd, flags, mode), bool(cloexec))
+        self._open_pinned(notif_id, path_fd, mode, flags, bool(cloexec))
+
+    def _open_pinned(
+        self, notif_id: int, path_fd: int, mode: int, flags: int, cloexec: bool
+    ) -> None:
+        """Open the pinned object as the agent asked and answer with the fd;
+        a FIFO whose open waits for its other end is opened by a helper."""
+        if not _waits_for_other_end(mode, flags):
+            self._inject_fd(notif_id, _reopen(path_fd, flags), cloexec)
+            return
+        if flags & os.O_ACCMODE == os.O_WRONLY:
+            # A reader is there already (say, the agent's own, waiting in a
+            # helper): the open would not wait.  Without one this fails with
+            # ENXIO and changes nothing, and a helper waits for one.
+            try:
+                fd = os.open(f"/proc/self/fd/{path_fd}", flags | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:
+                    raise
+            else:
+                try:
+                    os.set_blocking(fd, True)
+                except OSError:
+                    os.close(fd)
+                    raise
+                self._inject_fd(notif_id, fd, cloexec)
+                return
+        self._rendezvous(notif_id, path_fd, flags, cloexec)
+
+    def _rendezvous(self, notif_id: int, path_fd: int, flags: int, cloexec: bool) -> None:
+        """Open a FIFO in a helper forked for it: the open blocks there, as it
+        would have blocked the agent, until the FIFO's other end opens; the
+        helper answers the agent's syscall and exits.  The broker serves on
+        meanwhile (the other end's open is one it serves), and ends a helper
+        whose caller stopped waiting (`check_waiting`)."""
+        if len(self.waiting) >= MAX_WAITING_OPENS:
+            # Bounded, as every resource the agent can make the broker hold:
+            # "try again" is what it is, once one of those opens is over.
+            raise OSError(errno.EAGAIN, "too many FIFO opens waiting")
+        pid = os.fork()
+        if pid == 0:
+            _open_and_answer(self.listener, notif_id, path_fd, flags, cloexec)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            os.kill(pid, signal.SIGKILL)  # not reaped yet (only this thread reaps): still ours
+            raise
+        self.waiting[pidfd] = (notif_id, flags & os.O_ACCMODE == os.O_WRONLY)
+        _pin_reads(self.waiting)
+
+    def check_waiting(self, now: float) -> None:
+        """Every WAITING_CHECK: forget the helpers that answered, and end those
+        whose caller no longer waits (a signal interrupted it, or it exited).
+        Such a helper's open must not complete: its FIFO would meet a reader
+        or writer that is no one's, and its answer would go nowhere.  A helper
+        that ended without answering (the agent may kill it: it runs with
+        the agent's rights) leaves the open failed with EINTR."""
+        if not self.waiting or now - self._checked_waiting < WAITING_CHECK:
+            return
+        self._checked_waiting = now
+        poller = select.poll()
+        for pidfd in self.waiting:
+            poller.register(pidfd, select.POLLIN)
+        ended = {fd for fd, _events in poller.poll(0)}
+        for pidfd, (notif_id, _writes) in list(self.waiting.items()):
+            waits = _seccomp.id_valid(self.listener, notif_id)
+            if pidfd in ended:
+                if waits:  # still waiting after its helper exited: never answered
+                    _seccomp.respond_error(self.listener, notif_id, errno.EINTR)
+            elif not waits:
+                with contextlib.suppress(OSError):
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            else:
+                continue
+            del self.waiting[pidfd]
+            os.close(pidfd)
+        _pin_reads(self.waiting)
+
+    def end_waiting(self) -> None:
+        """The broker is done: no helper outlives it (the kernel would kill
+        them with the namespace's init, but not before their opens return)."""
+        for pidfd in self.waiting:
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            os.close(pidfd)
+        self.waiting.clear()
+        _pin_reads(self.waiting)
 
     def _controlling_terminal(
         self, notif_id: int, _pinned: list[int], args: list[object], _fds: list[int]
@@ -802,18 +908,34 @@ class Broker:
     ) -> None:
         _handle, name, flags, mode, cloexec = args
         assert isinstance(name, bytes) and isinstance(flags, int) and isinstance(mode, int)
-        # Non-blocking: a FIFO made under the name since it was found missing
-        # would block the broker for good (no reader can open while it waits).
-        fd = os.open(
-            name, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode, dir_fd=pinned[0]
-        )
-        if not flags & os.O_NONBLOCK:
+        how = flags | os.O_NOFOLLOW | os.O_CLOEXEC
+        for _attempt in range(_CREATE_ATTEMPTS):
             try:
-                os.set_blocking(fd, True)
-            except OSError:
-                os.close(fd)
-                raise
-        self._inject_fd(notif_id, fd, bool(cloexec))
+                fd = os.open(name, how | os.O_EXCL, mode, dir_fd=pinned[0])
+            except FileExistsError:
+                if flags & os.O_EXCL:
+                    raise
+            else:
+                self._inject_fd(notif_id, fd, bool(cloexec))
+                return
+            # Made under the name since it was found missing (a racing
+            # mkfifo, say): opened as the agent's open would open it, a FIFO
+            # waiting for its other end too.  Pinned first: opening a FIFO
+            # to look may mean something.
+            try:
+                found = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pinned[0])
+            except FileNotFoundError:
+                continue  # and gone again
+            try:
+                st_mode = os.fstat(found).st_mode
+                if stat.S_ISLNK(st_mode):
+                    raise OSError(errno.ELOOP, "a symlink, opened with O_NOFOLLOW")
+                # (O_CREAT kept: a directory there is EISDIR, as for the kernel.)
+                self._open_pinned(notif_id, found, st_mode, flags, bool(cloexec))
+            finally:
+                os.close(found)
+            return
+        raise OSError(errno.ENOENT, "made and removed again, over and over")
 
     def _unlink(
         self, notif_id: int, pinned: list[int], args: list[object], _fds: list[int]
@@ -1180,17 +1302,51 @@ def _connect_once(fd: int, address: object) -> int:
                 fcntl.fcntl(fd, fcntl.F_SETFL, status_flags)
 
 
-def _reopen(path_fd: int, flags: int, mode: int) -> int:
+def _reopen(path_fd: int, flags: int) -> int:
+    """A pinned object opened with the agent's flags (never a FIFO whose open waits)."""
     if flags & os.O_PATH:
         return os.dup(path_fd)
-    flags |= os.O_CLOEXEC
-    if stat.S_ISFIFO(mode) and not flags & os.O_NONBLOCK:
-        # Opening a FIFO blocks until the other end opens; the broker must never
-        # block, so open non-blocking and hand over a blocking fd.
-        fd = os.open(f"/proc/self/fd/{path_fd}", flags | os.O_NONBLOCK)
-        os.set_blocking(fd, True)
-        return fd
-    return os.open(f"/proc/self/fd/{path_fd}", flags)
+    return os.open(f"/proc/self/fd/{path_fd}", flags | os.O_CLOEXEC)
+
+
+def _waits_for_other_end(mode: int, flags: int) -> bool:
+    """Whether opening this waits for the FIFO's other end to open, as open(2)
+    says: O_RDONLY or O_WRONLY without O_NONBLOCK.  (O_RDWR never waits; an
+    O_NONBLOCK reader opens at once, an O_NONBLOCK writer with no reader
+    fails with ENXIO.)"""
+    return (
+        stat.S_ISFIFO(mode)
+        and not flags & (os.O_NONBLOCK | os.O_PATH)
+        and flags & os.O_ACCMODE in (os.O_RDONLY, os.O_WRONLY)
+    )
+
+
+def _open_and_answer(
+    listener: int, notif_id: int, path_fd: int, flags: int, cloexec: bool
+) -> NoReturn:
+    """A FIFO open's helper (`Broker._rendezvous`): open it as the agent asked,
+    waiting for the other end, then answer the agent's syscall and exit.
+
+    Signals stay blocked (the broker's mask): only SIGKILL ends the wait, from
+    the broker when the agent's caller no longer waits.  The ADDFD names one
+    notification id, never reused, so an answer meant for a caller gone
+    meanwhile fails (ENOENT) and the fd is closed with the helper.
+    """
+    try:
+        keep = sorted({listener, path_fd})
+        low = 0
+        for fd in keep:  # no copy of another fd of the broker's outlives it here
+            os.closerange(low, fd)
+            low = fd + 1
+        os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+        try:
+            fd = os.open(f"/proc/self/fd/{path_fd}", flags | os.O_CLOEXEC)
+        except OSError as exc:
+            _seccomp.respond_error(listener, notif_id, exc.errno or errno.EIO)
+        else:
+            _seccomp.inject_fd_and_respond(listener, notif_id, fd, cloexec)
+    finally:
+        os._exit(0)
 
 
 def _starts_with_shebang(path_fd: int) -> bool:
@@ -1245,6 +1401,7 @@ def run_broker(
         status = _serve_natively(native, broker, listener, forward, agent, agent_pid, counter)
     else:
         status = _serve(broker, agent, agent_pid)
+    broker.end_waiting()
     with contextlib.suppress(OSError):
         os.write(status_fd, _WAIT_STATUS.pack(status))
     if os.WIFSIGNALED(status):
@@ -1262,7 +1419,8 @@ def _serve(broker: Broker, agent: int, agent_pid: int) -> int:
     serving = True
     served = 0
     while status is None:
-        ready = poller.poll(1000)
+        ready = poller.poll(_WAITING_CHECK_MS if broker.waiting else 1000)
+        broker.check_waiting(time.monotonic())
         for fd, events in ready:
             if fd == channel.fileno() and serving:
                 serving = bool(events & select.POLLIN) and broker.serve_one()
@@ -1289,7 +1447,10 @@ def _serve_natively(
     status: int | None = None
     served = 0
     while status is None:
-        why = native.serve(listener, forward, broker.channel.fileno(), agent, 1000, counter)
+        # (Its timeout bounds its whole run, not one wait: see fp_serve.)
+        timeout = _WAITING_CHECK_MS if broker.waiting else 1000
+        why = native.serve(listener, forward, broker.channel.fileno(), agent, timeout, counter)
+        broker.check_waiting(time.monotonic())
         if why == native.SERVE_CHANNEL:
             if not broker.serve_one() or not _serve_quiesced(broker):
                 break  # the supervisor is gone: so is every decision
@@ -1328,6 +1489,13 @@ def _forget(policy_changed: bool) -> None:
         _fastpath.native.forget()
         if policy_changed:
             _fastpath.native.set_decider(None)
+
+
+def _pin_reads(waiting: dict[int, tuple[int, bool]]) -> None:
+    """The native path pins reads first while a FIFO writer waits (see pin_reads
+    in _fastpath.c); the Python path always does (`Broker._open`)."""
+    if _fastpath.native is not None:
+        _fastpath.native.pin_reads(any(writes for _notif_id, writes in waiting.values()))
 
 
 def _expect_exec(notif_id: object, dev: object, ino: object, cmdline: object) -> None:
