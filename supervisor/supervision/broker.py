@@ -138,6 +138,7 @@ _FDS_SPACE = socket.CMSG_LEN(_MAX_FDS * 4)  # what socket.recv_fds asks for
 # often for a caller that stopped waiting (a signal, or its exit).
 MAX_WAITING_OPENS = 64
 WAITING_CHECK = 0.05
+_HELPER_EXIT_WAIT = 1.0  # seconds for a SIGKILLed helper to be gone (it is at once)
 _WAITING_CHECK_MS = int(WAITING_CHECK * 1000)
 _CREATE_ATTEMPTS = 8  # O_CREAT of a name made and removed again meanwhile
 REPLY_TIMEOUT = 10.0
@@ -798,6 +799,11 @@ class Broker:
     ) -> None:
         """Open the pinned object as the agent asked and answer with the fd;
         a FIFO whose open waits for its other end is opened by a helper."""
+        if stat.S_ISFIFO(mode):
+            # A helper whose caller stopped waiting must not be the other end
+            # this open meets (a writer that should get ENXIO, data written to
+            # no one): ended now, not at the next WAITING_CHECK (red team 11).
+            self.check_waiting(time.monotonic(), at_once=True)
         if not _waits_for_other_end(mode, flags):
             self._inject_fd(notif_id, _reopen(path_fd, flags), cloexec)
             return
@@ -841,14 +847,16 @@ class Broker:
         self.waiting[pidfd] = (notif_id, flags & os.O_ACCMODE == os.O_WRONLY)
         _pin_reads(self.waiting)
 
-    def check_waiting(self, now: float) -> None:
-        """Every WAITING_CHECK: forget the helpers that answered, and end those
-        whose caller no longer waits (a signal interrupted it, or it exited).
-        Such a helper's open must not complete: its FIFO would meet a reader
-        or writer that is no one's, and its answer would go nowhere.  A helper
-        that ended without answering (the agent may kill it: it runs with
-        the agent's rights) leaves the open failed with EINTR."""
-        if not self.waiting or now - self._checked_waiting < WAITING_CHECK:
+    def check_waiting(self, now: float, *, at_once: bool = False) -> None:
+        """Every WAITING_CHECK (`at_once`: now): forget the helpers that
+        answered, and end those whose caller no longer waits (a signal
+        interrupted it, or it exited).  Such a helper's open must not
+        complete: its FIFO would meet a reader or writer that is no one's,
+        and its answer would go nowhere.  A helper that ended without
+        answering (the agent may kill it: it runs with the agent's rights)
+        leaves the open failed with EINTR.  A helper ended here is waited
+        for: its end of the FIFO is closed once this returns."""
+        if not self.waiting or (not at_once and now - self._checked_waiting < WAITING_CHECK):
             return
         self._checked_waiting = now
         poller = select.poll()
@@ -863,6 +871,7 @@ class Broker:
             elif not waits:
                 with contextlib.suppress(OSError):
                     signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                    select.select([pidfd], [], [], _HELPER_EXIT_WAIT)  # its fds closed
             else:
                 continue
             del self.waiting[pidfd]
