@@ -113,6 +113,25 @@ def test_other_processes_cannot_be_reniced_limited_or_rescheduled(
     assert resource.prlimit(pid, resource.RLIMIT_NOFILE) == limits
 
 
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs prlimit(1)")
+def test_the_broker_pid_1_cannot_be_limited_or_reniced_by_its_agent(attacker: Sandbox) -> None:
+    """Red team 11: its broker is in the agent's PID namespace (PID 1, process
+    group 1), with its uid; a tight rlimit or nice there starves every
+    syscall the agent makes.  Its own processes stay its to limit."""
+    script = (
+        "prlimit --pid 1 --nofile=8:8 2>/dev/null || echo refused-prlimit; "
+        "renice -n 19 -p 1 >/dev/null 2>&1 || echo refused-renice; "
+        "renice -n 19 -g 1 >/dev/null 2>&1 || echo refused-group; "
+        "prlimit --pid $$ --nofile=512:512 && echo own-ok; "
+        "ls . > /dev/null && echo alive"
+    )
+    result = attacker.run("sh", "-c", script)
+    assert result.stdout.split() == [
+        "refused-prlimit", "refused-renice", "refused-group", "own-ok", "alive"
+    ], result.stderr  # fmt: skip
+    assert (None, "agentsup-outside-tree") in attacker.denials()
+
+
 def test_fanotify_is_refused(attacker: Sandbox) -> None:
     _result, reports = attack(attacker, "fanotify")
     assert reports["fanotify"]["result"] == "EPERM"

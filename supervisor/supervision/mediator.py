@@ -2032,6 +2032,13 @@ class Mediator:
     ) -> None:
         """Let a call about other processes through only if they are the agent's own."""
         if self._own_namespace_of(n.pid, "pid"):
+            # Its own PID namespace holds only its tree, and its broker, PID 1
+            # (and process group 1): an rlimit or priority set on that one
+            # would starve every syscall the agent makes (red team 11).
+            if 1 in pids or group == 1:
+                self.judge.refuse_outside(syscall, n.pid, "1")
+                self._fail(n, errno.EPERM)
+                return
             _seccomp.respond_continue(self.listener, n.id)
             return
         outside = next((str(pid) for pid in pids if pid > 0 and not self.judge.in_tree(pid)), "")
