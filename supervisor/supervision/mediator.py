@@ -700,7 +700,7 @@ class Mediator:
             if anchor >= 0:  # an absolute path has none (the broker's root)
                 os.close(anchor)
 
-    def _outside_view(
+    def _own_file(
         self,
         notif: _seccomp.Notification,
         syscall: str,
@@ -708,24 +708,26 @@ class Mediator:
         node: Resolved,
         reads: bool,
         writes: bool,
-    ) -> bool:
-        """Refused (True) when `raw` names one of the agent's fds (/dev/stdout)
-        whose file, asked for more than the fd gives, is not at its path in the
-        agent's view: a log `run` writes under the host's /tmp has a name that
-        means the agent's private /tmp there.  Rules judge names; no name of
-        the agent's leads to this file, so none can judge it."""
+    ) -> bool | None:
+        """For a name that is exactly one of the agent's fds (/dev/stdout) and
+        leads to a file: True when that fd holds the very file, open for every
+        access asked, which then asks no rule (`_holds`); None when it asks
+        more and the file is not at its path in the agent's view: refused
+        here.  A log `run` writes under the host's /tmp has a name that means
+        the agent's private /tmp there; rules judge names, and no name of the
+        agent's leads to this file.  False otherwise: the rules judge it."""
         if node.error or not node.target.startswith("/") or not _names_own_fd(raw):
             return False
         tid = notif.pid
         if self._holds(tid, raw, node.pinned, reads, writes):
-            return False  # no more than it holds: `own_object`, no rule asked
+            return True
         there = self._pin(tid, AT_FDCWD, os.fsencode(node.target), broker.OBJECT, keep=False)
         if not there.error and (there.dev, there.ino) == (node.pinned.dev, node.pinned.ino):
             return False
         self.release(node)
         self.judge.refuse_outside_view(syscall, tid, node.target)
         self._fail(notif, errno.EACCES)
-        return True
+        return None
 
     def _holds(self, tid: int, raw: bytes, pinned: Pinned, reads: bool, writes: bool) -> bool:
         """Whether the agent's fd that `raw` names (/dev/stdout, /proc/self/fd/N)
@@ -1039,11 +1041,13 @@ class Mediator:
             if pinned.injected:
                 return  # the very file read (and allowed) before: the broker handed it over
             opened = stat.S_ISREG(pinned.mode) or stat.S_ISDIR(pinned.mode)
+            held_file: bool | None = False
             if pinned.error:
                 node = Resolved(self._lexical(tid, dirfd, raw), error=pinned.error)
             else:
                 node = self._checked(Resolved(pinned.path, pinned))
-                if self._outside_view(notif, syscall, raw, node, reads, writes):
+                held_file = self._own_file(notif, syscall, raw, node, reads, writes)
+                if held_file is None:
                     return
                 if (
                     opened
@@ -1058,7 +1062,8 @@ class Mediator:
         else:
             node = self.resolve(tid, dirfd, raw, follow=follow, resolve_flags=resolve_flags)
             opened = False
-            if self._outside_view(notif, syscall, raw, node, reads, writes):
+            held_file = self._own_file(notif, syscall, raw, node, reads, writes)
+            if held_file is None:
                 return
         creating = node.error == errno.ENOENT and flags & os.O_CREAT
         if creating:
@@ -1071,9 +1076,10 @@ class Mediator:
         # A pipe or socket the agent already holds is its own: no path rule applies.
         # So is a file it holds, named as its fd (`echo x > /dev/stderr`), opened
         # again for no more than that fd allows: its log outside every root.
-        own_object = not node.error and (
-            (not node.target.startswith("/") and (_names_own_fd(raw) or node.pinned.held))
-            or (_names_own_fd(raw) and self._holds(tid, raw, node.pinned, reads, writes))
+        own_object = held_file or (
+            not node.error
+            and not node.target.startswith("/")
+            and (_names_own_fd(raw) or node.pinned.held)
         )
         checks = []
         if (reads or not writes) and not own_object:
