@@ -33,7 +33,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Sandbox, both_paths, deny_rule, fastpath_env
+from conftest import Sandbox, both_paths, deny_rule
+from steps import assert_survived, run_steps, run_steps_bare, step_reports
 
 pytestmark = [
     pytest.mark.requires_root,
@@ -389,16 +390,7 @@ OWN = "own content\n"
 def _run(
     sandbox: Sandbox, native: bool, policy: str, steps: list[list[str]], timeout: float = 90
 ) -> subprocess.CompletedProcess[str]:
-    script = sandbox.workspace / "walker.py"
-    script.write_text(AGENT)
-    return subprocess.run(
-        sandbox.command("python3", str(script), json.dumps(steps), policy=policy),
-        env={**sandbox.env, **fastpath_env(native)},
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_steps(sandbox, native, AGENT, "walker.py", policy, steps, timeout)
 
 
 def _reference(
@@ -409,37 +401,16 @@ def _reference(
     workspace = root / "reference"
     workspace.mkdir()
     setup(workspace)
-    script = workspace / "walker.py"
-    script.write_text(AGENT)
-    done = subprocess.run(
-        ["python3", str(script), json.dumps(steps)],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.stdout.rstrip().endswith("survived"), done.stderr[-2000:]
-    return _reports(done)
-
-
-def _reports(result: subprocess.CompletedProcess[str]) -> dict[str, dict[str, str]]:
-    reports = (json.loads(t) for t in result.stdout.splitlines() if t.startswith("{"))
-    return {r["case"]: r for r in reports}
+    return step_reports(run_steps_bare(workspace, AGENT, "walker.py", steps))
 
 
 def _outcome(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
-    return {case: r["result"] for case, r in _reports(result).items()}
+    return {case: r["result"] for case, r in step_reports(result).items()}
 
 
 def _answers(reports: dict[str, dict[str, str]]) -> dict[str, str]:
     """What each step answered: its data when it had some, else its result."""
     return {case: r.get("data", r["result"]) for case, r in reports.items()}
-
-
-def _survived(result: subprocess.CompletedProcess[str]) -> None:
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.rstrip().endswith("survived"), result.stderr[-2000:]
-    assert "Traceback" not in result.stderr, result.stderr[-2000:]
 
 
 def _own_file(workspace: Path) -> None:
@@ -474,8 +445,8 @@ def test_the_broker_never_hands_over_its_own_objects(sandbox: Sandbox, native: b
     routes = ["proc1", "root", "dotdot", "under-proc", "cached", "link", "cwd-in-broker"]
     steps = [["probe", "broker-probe", *routes]]
     result = _run(sandbox, native, "strict", steps)
-    _survived(result)
-    report = _reports(result)["probe"]
+    assert_survived(result)
+    report = step_reports(result)["probe"]
     assert report["result"] == "ok", report
     probe = json.loads(report["data"])
     assert probe["leaks"] == [], probe
@@ -541,8 +512,8 @@ def test_held_is_only_ever_the_agents_own_fd(sandbox: Sandbox, native: bool) -> 
         ["file through link, reading", "read", "filefd"],
     ]
     result = _run(sandbox, native, sandbox.policy("no-pipes", NO_PIPES), steps)
-    _survived(result)
-    answers = _answers(_reports(result))
+    assert_survived(result)
+    answers = _answers(step_reports(result))
     assert answers["own pipe through link"] == "ok", answers
     assert answers["own pipe read"] == "through the link\n", answers
     assert answers["child pipe through link"] == "EACCES", answers
@@ -577,7 +548,7 @@ def test_a_name_starting_with_an_own_fd_is_not_the_agents_own_object(
         ["read it back", "read", "/proc/self/fd/{proc}/{kid_pid}/fd/{kid_r}", "nonblock"],
     ]
     result = _run(sandbox, native, sandbox.policy("no-pipes", NO_PIPES), steps)
-    _survived(result)
+    assert_survived(result)
     outcome = _outcome(result)
     assert outcome == {
         "child": "ok",
@@ -585,7 +556,7 @@ def test_a_name_starting_with_an_own_fd_is_not_the_agents_own_object(
         "through /proc/self/fd": "EACCES",
         "through /dev/fd": "EACCES",
         "read it back": "EACCES",
-    }, _answers(_reports(result))
+    }, _answers(step_reports(result))
 
 
 # -- the agent's own /proc entry, as the kernel would give it ------------------------------
@@ -618,10 +589,10 @@ def test_a_link_to_an_own_fd_the_broker_does_not_hold_opens(
     ]
     _own_file(sandbox.workspace)
     result = _run(sandbox, native, "strict", steps)
-    _survived(result)
+    assert_survived(result)
     expected = _answers(_reference(tmp_path, _own_file, steps))
     assert expected["through link"] == OWN, expected
-    assert _answers(_reports(result)) == expected
+    assert _answers(step_reports(result)) == expected
 
 
 @both_paths
@@ -653,11 +624,11 @@ def test_proc_self_past_the_start_of_a_name_under_proc_is_the_agents(
     ]
     _own_file(ws)
     result = _run(sandbox, native, "strict", steps)
-    _survived(result)
+    assert_survived(result)
     expected = _answers(_reference(tmp_path, _own_file, steps))
     assert expected["own fd under proc"] == OWN, expected
     assert expected["status under proc"] == expected["dotdot self"] == expected["own pid"]
-    answers = _answers(_reports(result))
+    answers = _answers(step_reports(result))
     # (The reference's workspace has another path, and its process another pid.)
     expected["cwd under proc"] = OWN
     for case in ("own pid", "status under proc", "dotdot self"):
@@ -680,8 +651,8 @@ def test_openat2_resolve_flags_never_make_proc_self_the_brokers(
         ["cached", "openat2", "status", "0x20"],
     ]
     result = _run(sandbox, native, "strict", steps)
-    _survived(result)
-    answers = _answers(_reports(result))
+    assert_survived(result)
+    answers = _answers(step_reports(result))
     # The kernel itself may say EAGAIN (RESOLVE_CACHED: /proc entries are not
     # always resolvable from the dcache alone); never the broker's entry.
     expected = _answers(_reference(tmp_path, lambda _ws: None, steps))
@@ -713,10 +684,10 @@ def test_the_walk_keeps_the_kernels_trailing_slash_and_dot(
     ]
     _own_file(sandbox.workspace)
     result = _run(sandbox, native, "strict", steps)
-    _survived(result)
+    assert_survived(result)
     expected = _answers(_reference(tmp_path, _own_file, steps))
     assert expected["dot"] == "<dir>" and expected["slash"] == "ENOTDIR", expected
-    assert _answers(_reports(result)) == expected
+    assert _answers(step_reports(result)) == expected
 
 
 def _assert_as_without_agentsup(
@@ -725,7 +696,7 @@ def _assert_as_without_agentsup(
     """Each step's result under agentsup (strict) is the kernel's alone."""
     _own_file(sandbox.workspace)
     result = _run(sandbox, native, "strict", steps)
-    _survived(result)
+    assert_survived(result)
     outcome = _outcome(result)
     expected = _reference(tmp_path, _own_file, steps)
     assert {case: r["result"] for case, r in expected.items()} == outcome, (expected, outcome)
@@ -802,7 +773,7 @@ def test_the_agents_own_landlock_domain_holds_through_the_broker(
     ]
     _own_file(sandbox.workspace)
     result = _run(sandbox, native, "strict", steps)
-    _survived(result)
+    assert_survived(result)
     outcome = _outcome(result)
     expected = {case: r["result"] for case, r in _reference(tmp_path, _own_file, steps).items()}
     assert expected == {
@@ -867,9 +838,9 @@ def test_symlink_swaps_and_deep_chains_never_reach_a_refused_file(
         ["read private", "read", "c29/data"],
     ]
     result = _run(sandbox, native, sandbox.policy("unread", UNREAD_PRIVATE), steps)
-    _survived(result)
+    assert_survived(result)
     assert "private content" not in result.stdout, result.stdout[-2000:]
-    answers = _answers(_reports(result))
+    answers = _answers(step_reports(result))
     race = json.loads(answers["race file"])
     assert set(race) <= {OWN, "EACCES", "ENOENT"}, race
     assert race.get(OWN), race
@@ -938,7 +909,7 @@ def test_mknod_of_an_allowed_name_makes_it_as_the_kernel_would(
         ["again", "mknod", "made.fifo", "fifo"],
     ]
     result = _run(sandbox, native, "strict", steps)
-    _survived(result)
+    assert_survived(result)
     assert _outcome(result) == {"file": "ok", "fifo": "ok", "again": "EEXIST"}
     made_file, made_fifo = (ws / "made.file").lstat(), (ws / "made.fifo").lstat()
     assert stat.S_ISREG(made_file.st_mode) and stat.S_IMODE(made_file.st_mode) == 0o755 & ~0o022
@@ -974,8 +945,8 @@ def test_a_refused_or_failed_move_never_stalls_the_agent(sandbox: Sandbox, nativ
     moves = ["a/private>a/public", "x/private>x/public", "a>a/private/a"] * 3
     steps = [["probe", "stall-probe", *moves]]
     result = _run(sandbox, native, sandbox.policy("unread", UNREAD_PRIVATE), steps)
-    _survived(result)
-    probe = json.loads(_reports(result)["probe"]["data"])
+    assert_survived(result)
+    probe = json.loads(step_reports(result)["probe"]["data"])
     assert probe["answers"] == ["EACCES", "EIO", "EINVAL"] * 3, probe
     assert probe["longest"] < 3.0, probe
     assert (ws / "a" / "private" / "data").read_text() == SECRET
@@ -1046,8 +1017,8 @@ def test_ordinary_moves_never_fail_spuriously(sandbox: Sandbox, native: bool) ->
         ["moved", "exists", "m3"],
     ]
     result = _run(sandbox, native, "strict", steps)
-    _survived(result)
-    answers = _answers(_reports(result))
+    assert_survived(result)
+    answers = _answers(step_reports(result))
     outcome = _outcome(result)
     for case in ("git", "mv", "pip", "through cwd link", "through dev fd"):
         assert outcome[case] == "ok", (case, answers[case])

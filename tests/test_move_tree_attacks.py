@@ -37,7 +37,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import Sandbox, both_paths, deny_rule, fastpath_env
+from conftest import Sandbox, both_paths, deny_rule
+from steps import run_steps, step_reports, steps_command
 
 pytestmark = [
     pytest.mark.requires_root,
@@ -191,31 +192,17 @@ PLANTED = "planted\n"
 
 
 def _command(sandbox: Sandbox, policy: str, steps: list[list[str]]) -> list[str]:
-    script = sandbox.workspace / "mover.py"
-    script.write_text(AGENT)
-    return sandbox.command("python3", str(script), json.dumps(steps), policy=policy)
+    return steps_command(sandbox, AGENT, "mover.py", policy, steps)
 
 
 def _run(
     sandbox: Sandbox, native: bool, policy: str, steps: list[list[str]]
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        _command(sandbox, policy, steps),
-        env={**sandbox.env, **fastpath_env(native)},
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-
-
-def _reports(result: subprocess.CompletedProcess[str]) -> dict[str, dict[str, str]]:
-    reports = (json.loads(t) for t in result.stdout.splitlines() if t.startswith("{"))
-    return {r["case"]: r for r in reports}
+    return run_steps(sandbox, native, AGENT, "mover.py", policy, steps)
 
 
 def _outcome(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
-    return {case: r["result"] for case, r in _reports(result).items()}
+    return {case: r["result"] for case, r in step_reports(result).items()}
 
 
 UNREAD_PRIVATE = deny_rule("unread-private", "file_read", 'target: "**/private/*"')
@@ -604,7 +591,7 @@ def test_a_file_made_between_the_listing_and_the_rename_never_arrives_frozen(
     steps = [["race", "plant-race", "staging", "frozen", "4"]]
     result = _run(sandbox, native, sandbox.policy("frozen", FROZEN_CFG), steps)
     assert result.returncode == 0, result.stderr[-2000:]
-    report = _reports(result)["race"]
+    report = step_reports(result)["race"]
     assert report["result"] == "ok", report
     race = json.loads(report["data"])
     assert race["tries"] > 1, race
@@ -660,7 +647,7 @@ def test_a_refused_entry_is_never_held_for_approval(sandbox: Sandbox, native: bo
     ]
     result = _run(sandbox, native, sandbox.policy("held", HELD_AND_REFUSED), steps)
     assert result.returncode == 0, result.stderr[-2000:]
-    outcome = {r["case"]: r["result"] for r in _reports(result).values()}
+    outcome = {r["case"]: r["result"] for r in step_reports(result).values()}
     assert outcome == {
         "direct read": "EACCES",
         "exchange": "EACCES",
@@ -707,7 +694,7 @@ def test_one_approval_never_stands_for_several_held_names(sandbox: Sandbox, nati
     steps = [["move", "rename", "a/box", "a/crate"]]
     result = _run(sandbox, native, sandbox.policy("held", HELD_TWICE), steps)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert {r["case"]: r["result"] for r in _reports(result).values()} == {"move": "EIO"}
+    assert {r["case"]: r["result"] for r in step_reports(result).values()} == {"move": "EIO"}
     assert (ws / "a" / "box" / "two.txt").exists()
     said = [r for r in sandbox.audit_records() if "one at a time" in json.dumps(r)]
     assert said, sandbox.audit_records()[-3:]

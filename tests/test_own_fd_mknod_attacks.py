@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Sandbox, both_paths, deny_rule, fastpath_env
+from steps import assert_survived, run_steps, run_steps_bare, step_reports
 
 pytestmark = [
     pytest.mark.requires_root,
@@ -223,16 +224,7 @@ def _run(
     sandbox: Sandbox, native: bool, policy: str, steps: list[list[str]]
 ) -> subprocess.CompletedProcess[str]:
     _setup(sandbox.workspace)
-    script = sandbox.workspace / "agent.py"
-    script.write_text(AGENT)
-    return subprocess.run(
-        sandbox.command("python3", str(script), json.dumps(steps), policy=policy),
-        env={**sandbox.env, **fastpath_env(native)},
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
+    return run_steps(sandbox, native, AGENT, "agent.py", policy, steps)
 
 
 def _reference(
@@ -242,29 +234,16 @@ def _reference(
     workspace = root / "reference"
     workspace.mkdir()
     setup(workspace)
-    script = workspace / "agent.py"
-    script.write_text(AGENT)
-    done = subprocess.run(
-        ["python3", str(script), json.dumps(steps)],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.stdout.rstrip().endswith("survived"), done.stderr[-2000:]
-    return _answers(done)
+    return _answers(run_steps_bare(workspace, AGENT, "agent.py", steps))
 
 
 def _answers(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
     """What each step answered: its data when it had some, else its result."""
-    reports = (json.loads(t) for t in result.stdout.splitlines() if t.startswith("{"))
-    return {r["case"]: r.get("data", r["result"]) for r in reports}
+    return {case: r.get("data", r["result"]) for case, r in step_reports(result).items()}
 
 
 def _survived(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.rstrip().endswith("survived"), result.stderr[-2000:]
-    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert_survived(result)
     return _answers(result)
 
 
