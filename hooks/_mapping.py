@@ -252,24 +252,6 @@ def http_url(scheme: str, host: str, port: int | None, target: str) -> str:
     return f"{scheme}://{authority}{target}"
 
 
-def url_key(method: str, url: str) -> tuple[str, str, str, int | None, str]:
-    """A normalised form of a request, to recognise one urllib request in http.client."""
-    from urllib.parse import urlsplit  # loaded already by urllib / http.client
-
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    scheme = parts.scheme.lower()
-    if port is None:
-        port = _DEFAULT_PORTS.get(scheme)
-    path = parts.path or "/"
-    if parts.query:
-        path += "?" + parts.query
-    return method.upper(), scheme, (parts.hostname or "").lower(), port, path
-
-
 # SQLite authorizer action codes (sqlite3.h), grouped into the hook's classes.
 _SQLITE_READ_CODES = frozenset({20, 21, 31, 33})  # READ, SELECT, FUNCTION, RECURSIVE
 _SQLITE_WRITE_CODES = frozenset({18, 23})  # INSERT, UPDATE

@@ -67,11 +67,11 @@ def test_http_request_line(data: object, line: tuple[str, str] | None) -> None:
     assert mapping.http_request_line(data) == line
 
 
-def test_http_url_and_key() -> None:
+def test_http_url_and_request_target() -> None:
     assert mapping.http_url("https", "h.test", 443, "/a") == "https://h.test/a"
     assert mapping.http_url("http", "::1", 8080, "/a") == "http://[::1]:8080/a"
     assert mapping.http_url("http", "p", 3128, "http://x.test/") == "http://x.test/"
-    assert mapping.url_key("get", "http://H.test:80/a?b#frag") == mapping.url_key(
+    assert mapping.request_target("GET", "http://H.test:80/a?b#frag") == mapping.request_target(
         "GET", "http://h.test/a?b"
     )
 
