@@ -362,3 +362,69 @@ def test_explain_and_suggest_share_the_runs_context(
     # Three files of the home directory itself stay exact: never `{home}/*`.
     assert "target: '{home}/n0'" in text and "{home}/*'" not in text
     assert str(real_home) not in text
+
+
+class _ContextBuilt(Exception):
+    """Raised where a run compiles its policy: the run's context is made by then."""
+
+
+def test_explain_and_a_run_build_the_same_context(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`policy explain` and `agentsup run` fill the placeholders alike for the
+    same workspace, home and agent id (symlinked, where they could differ)."""
+    from typing import cast
+
+    from agentsup.cli.policy import run_context
+    from agentsup.kernel.cgroup import AgentCgroup, CgroupUnavailable
+    from agentsup.paths import Locations
+    from agentsup.supervision import agent as agent_module
+    from agentsup.supervision.supervisor import Supervisor
+
+    real_home, real_ws = tmp_path / "disk" / "home", tmp_path / "disk" / "ws"
+    real_home.mkdir(parents=True)
+    real_ws.mkdir()
+    (tmp_path / "home").symlink_to(real_home)
+    (tmp_path / "ws").symlink_to(real_ws)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+    def no_cgroup(name: str) -> AgentCgroup:
+        raise CgroupUnavailable("not in this test")
+
+    def stop_at_compile(resolved: object, ctx: object, state_dir: Path) -> None:
+        raise _ContextBuilt
+
+    monkeypatch.setattr(AgentCgroup, "create", no_cgroup)
+    monkeypatch.setattr(agent_module, "compile_policy_cached", stop_at_compile)
+    own = tmp_path / "agentsup"
+    locations = Locations(own / "policies", own / "audit.jsonl", own / "state", own / "run")
+    supervisor = cast(Supervisor, _FakeSupervisor(locations))
+    request = agent_module.RunRequest("true", [], workspace=str(tmp_path / "ws"), agent_id="a")
+    agent = agent_module.Agent(request, supervisor)
+    with pytest.raises(_ContextBuilt):
+        agent.prepare()
+    assert agent._context == run_context(str(tmp_path / "ws"), "a")
+    assert agent._context is not None
+    assert (agent._context.workspace, agent._context.home_real) == (str(real_ws), str(real_home))
+
+
+class _FakeSupervisor:
+    """What `Agent` reads of its supervisor before it starts anything."""
+
+    def __init__(self, locations: object) -> None:
+        self.locations = locations
+        self.loop = None
+        self.audit = None
+
+
+def test_a_runs_context_is_built_from_the_paths_it_is_given() -> None:
+    """`RunContext.for_run` asks only the `realpath` it is handed: pure."""
+    from agentsup.policy import RunContext
+
+    context = RunContext.for_run("/w", "/home/u", "a", realpath=lambda path: "/real" + path)
+    assert (context.workspace, context.home, context.home_real, context.agent_id) == (
+        "/real/w",
+        "/home/u",
+        "/real/home/u",
+        "a",
+    )

@@ -127,6 +127,16 @@ DD_SPELLINGS = [
     "dd if=/tmp/img of=///dev///./nvme0n1",
     "dd if=/tmp/img of=/dev/mmcblk0p1 bs=4M",
     "/usr/bin/dd if=/tmp/img\nof=//dev/vda",
+    # device-mapper, md RAID and loop devices are disks too
+    "dd if=/tmp/img of=/dev/dm-0",
+    "dd if=/tmp/img of=//dev/./dm-12",
+    "dd if=/tmp/img of=/dev/mapper/vg0-root",
+    "dd if=/tmp/img of=/dev//mapper//./luks-1234 bs=1M",
+    "dd if=/tmp/img of=/dev/md0",
+    "dd if=/tmp/img of=/dev/md127",
+    "dd if=/tmp/img of=/dev/md/raid1",
+    "dd if=/tmp/img of=/dev/loop0",
+    "dd if=/tmp/img of=/./dev/loop7p1",
 ]
 DD_ORDINARY = [
     "dd if=/dev/sda of=/tmp/img",
@@ -134,6 +144,11 @@ DD_ORDINARY = [
     "dd if=/tmp/a of=//dev/null",
     "dd if=/tmp/a of=/tmp/dev/sda",
     "dd if=/tmp/a of=/dev/../tmp/sda",
+    "dd if=/dev/mapper/vg0-root of=/tmp/img",
+    "dd if=/dev/loop0 of=/tmp/img",
+    "dd if=/tmp/a of=/tmp/dev/mapper/x",
+    "dd if=/tmp/a of=/tmp/dev/loop0",
+    "dd if=/tmp/a of=/dev/shm/md0",
 ]
 
 
@@ -149,19 +164,52 @@ def test_dd_to_disk_leaves_other_targets_alone(name: str, command: str) -> None:
     assert kills(template(name), A.SHELL_EXECUTE, command) is None
 
 
-@pytest.mark.parametrize(
-    "disk", ["/dev/sda", "/dev/sdb1", "/dev/hda", "/dev/vda", "/dev/xvdf", "/dev/nvme0n1p2"]
-)
+DISKS = [
+    "/dev/sda",
+    "/dev/sdb1",
+    "/dev/hda",
+    "/dev/vda",
+    "/dev/xvdf",
+    "/dev/nvme0n1p2",
+    "/dev/mmcblk0p1",
+    # device-mapper (LVM, LUKS): /dev/mapper/NAME is udev's symlink to dm-N,
+    # and the node itself where no udev made the links
+    "/dev/dm-0",
+    "/dev/dm-12",
+    "/dev/mapper/vg0-root",
+    "/dev/mapper/luks-1234",
+    # md RAID: /dev/md/NAME is udev's symlink to mdN
+    "/dev/md0",
+    "/dev/md127",
+    "/dev/md127p1",
+    "/dev/md/raid1",
+    # loop devices (a disk image, a snap)
+    "/dev/loop0",
+    "/dev/loop7p1",
+]
+# Devices of those families that are no disks: dmsetup and `losetup -f` open them.
+NOT_DISKS = ["/dev/mapper/control", "/dev/loop-control"]
+
+
+@pytest.mark.parametrize("disk", DISKS)
 def test_permissive_kills_a_write_to_a_disk_by_its_real_path(disk: str) -> None:
-    """However the command named it (a symlink under /dev/disk, a relative path,
-    a program's own open), the write reaches the disk's real path."""
+    """However the command named it (a symlink under /dev/disk or /dev/mapper,
+    a relative path, a program's own open), the write reaches the disk's real path."""
     permissive = template("permissive")
     assert kills(permissive, A.FILE_WRITE, disk) == "whole-disk-write"
     assert permissive.evaluate(Event(A.FILE_READ, disk)).verdict is Verdict.ALLOW
 
 
-def test_strict_refuses_a_write_to_a_disk_by_its_real_path() -> None:
-    decision = template("strict").evaluate(Event(A.FILE_WRITE, "/dev/sda"))
+@pytest.mark.parametrize("device", NOT_DISKS)
+def test_permissive_lets_the_control_devices_be(device: str) -> None:
+    permissive = template("permissive")
+    for action in (A.FILE_READ, A.FILE_WRITE):
+        assert permissive.evaluate(Event(action, device)).verdict is Verdict.ALLOW
+
+
+@pytest.mark.parametrize("disk", DISKS)
+def test_strict_refuses_a_write_to_a_disk_by_its_real_path(disk: str) -> None:
+    decision = template("strict").evaluate(Event(A.FILE_WRITE, disk))
     assert decision.verdict is Verdict.DENY
 
 

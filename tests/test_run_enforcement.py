@@ -7,9 +7,12 @@ exit status and the audit record.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -181,6 +184,7 @@ def test_a_trailing_newline_does_not_hide_a_command_from_a_dollar_anchored_deny_
         ("rm -r -f $HOME//", "rm-rf-root"),
         ("dd if=/dev/zero of=/dev//sda", "dd-to-disk"),
         ("dd if=/dev/zero of=//dev/./sda", "dd-to-disk"),
+        ("dd if=/dev/zero of=/dev//mapper/vg0-root", "dd-to-disk"),
     ],
 )
 @pytest.mark.parametrize("policy", ["strict", "permissive"])
@@ -194,6 +198,30 @@ def test_another_spelling_of_a_path_does_not_get_a_command_past_a_killing_rule(
     assert result.returncode == 137, result.stdout + result.stderr
     assert "survived" not in result.stdout
     assert ("shell_execute", rule) in sandbox.denials()
+
+
+def _a_loop_device() -> str:
+    for n in range(8):
+        device = f"/dev/loop{n}"
+        with contextlib.suppress(OSError):
+            if stat.S_ISBLK(os.stat(device).st_mode):
+                return device
+    pytest.skip("no loop block device here")
+
+
+def test_permissive_kills_an_open_of_a_loop_device_through_a_symlink(sandbox: Sandbox) -> None:
+    """The rule reads the real path the open reaches, not the name the agent
+    gave: a symlink in the workspace leads to the device.  The agent only
+    opens it for writing and writes nothing, so it cannot hurt the device even
+    if enforcement were broken."""
+    device = _a_loop_device()
+    (sandbox.workspace / "disk").symlink_to(device)
+    script = "import os\nos.close(os.open('disk', os.O_WRONLY))\nprint('survived')\n"
+    result = sandbox.run(sys.executable, "-c", script, policy="permissive")
+    assert result.returncode == 137, result.stdout + result.stderr
+    assert "survived" not in result.stdout
+    assert ("file_write", "whole-disk-write") in sandbox.denials()
+    assert any(r.get("target") == device for r in sandbox.audit_records())
 
 
 OBSERVING_BUT_NO_RM = """

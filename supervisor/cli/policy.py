@@ -35,6 +35,7 @@ from ..policy import (
     load_source,
     resolve_policy,
 )
+from ..policy.engine import invoking_home
 from ..policy.suggest import last_run
 from ..policy.suggest import suggest as suggest_policy
 
@@ -148,14 +149,13 @@ def _error_json(error: PolicyError) -> dict[str, Any]:
 
 
 def run_context(workspace: str, agent_id: str) -> RunContext:
-    """The placeholders as `agentsup run` fills them (supervision/agent.py `prepare`).
+    """The placeholders as `agentsup run` fills them for the user running agentsup.
 
-    File targets are real paths, so the workspace is its real path and
-    `{home}` stands for the home and its real path: with a symlinked home or
-    workspace, `explain` and `suggest` must decide as the run does.
+    Built by `RunContext.for_run`, as supervision/agent.py `prepare` builds
+    the run's: with a symlinked home or workspace, `explain` and `suggest`
+    decide as the run does.
     """
-    home = os.environ.get("HOME") or os.path.expanduser("~")
-    return RunContext(os.path.realpath(workspace), home, agent_id, home_real=os.path.realpath(home))
+    return RunContext.for_run(workspace, invoking_home(), agent_id)
 
 
 # ---------------------------------------------------------------- suggest

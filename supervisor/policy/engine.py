@@ -60,6 +60,11 @@ def _python_prefixes() -> tuple[str, ...]:
     return tuple(dict.fromkeys((sys.base_prefix, sys.prefix)))
 
 
+def invoking_home() -> str:
+    """`{home}` for a run as the user running agentsup: `$HOME`, else the password file's."""
+    return os.environ.get("HOME") or os.path.expanduser("~")
+
+
 @dataclass(frozen=True, slots=True)
 class RunContext:
     """What is fixed for one run: the values of the placeholders, and the agent id."""
@@ -71,6 +76,24 @@ class RunContext:
     # The home's real path, where a symlink leads to it: targets are real
     # paths, so `{home}` stands for both (else `{home}/.ssh/**` never matches).
     home_real: str = ""
+
+    @classmethod
+    def for_run(
+        cls,
+        workspace: str,
+        home: str,
+        agent_id: str,
+        *,
+        realpath: Callable[[str], str] = os.path.realpath,
+    ) -> RunContext:
+        """The context of a run, as `agentsup run` and `policy explain`/`suggest` fill it.
+
+        The one place it is built, so that what `explain` decides is what a
+        run decides.  File targets are real paths: `{workspace}` is the
+        workspace's real path, and `{home}` stands for the home as given and
+        its real path (a symlinked home or workspace must not lose a rule).
+        """
+        return cls(realpath(workspace), home, agent_id, home_real=realpath(home))
 
     def placeholder_values(self) -> dict[str, tuple[str, ...]]:
         raw = {

@@ -41,7 +41,7 @@ from ..kernel.seccomp import filter_program
 from ..paths import Locations
 from ..policy import floor
 from ..policy.cache import compile_policy_cached, resolve_policy_cached
-from ..policy.engine import CompiledPolicy, RunContext, compile_policy
+from ..policy.engine import CompiledPolicy, RunContext, compile_policy, invoking_home
 from ..policy.model import Policy, PolicyError
 from ..policy.sources import builtin_source, is_path_reference
 from . import launch
@@ -418,8 +418,8 @@ class Agent:
                 user = lookup_user(request.user)
             except KeyError as exc:
                 raise SetupError(f"--user {request.user}: no such user") from exc
-        home = user.home if user else os.environ.get("HOME") or os.path.expanduser("~")
-        self._context = RunContext(workspace, home, agent_id, home_real=os.path.realpath(home))
+        home = user.home if user else invoking_home()
+        self._context = RunContext.for_run(workspace, home, agent_id)  # as `policy explain`'s
         compiled = compile_policy_cached(resolved, self._context, self.locations.state_dir)
         for warning in policy.warnings:
             say(warning)  # already "file:line:col: warning: ..."
