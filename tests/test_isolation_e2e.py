@@ -359,3 +359,35 @@ def test_new_files_in_tmp_work_even_when_agentsups_files_live_under_tmp(tmp_path
     result = sandbox.run("/bin/sh", "-c", "f=$(mktemp) && echo fresh > $f && cat $f")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "fresh"
+
+
+def test_a_python_agent_runs_from_a_virtualenv_under_tmp(attacker: Sandbox, tmp_path: Path) -> None:
+    """agentsup installed in a virtualenv under /tmp: the private /tmp keeps the
+    venv's root (its pyvenv.cfg and bin/python, a symlink), not only the file
+    that python leads to, so a Python agent still starts."""
+    venv = Path("/tmp") / f"agentsup-venv-{os.getpid()}"
+    try:
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+        # The venv sees this environment's packages (agentsup among them).
+        site = subprocess.run(
+            [
+                venv / "bin" / "python",
+                "-c",
+                "import sysconfig; print(sysconfig.get_path('purelib'))",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        outer = [p for p in sys.path if p.endswith("-packages")]
+        Path(site, "outer.pth").write_text(f"import site; list(map(site.addsitedir, {outer!r}))\n")
+        (attacker.workspace / "where.py").write_text("import sys; print(sys.prefix)\n")
+        command = attacker.command(str(attacker.workspace / "where.py"))
+        command[0] = str(venv / "bin" / "python")
+        result = subprocess.run(
+            command, env=attacker.env, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == str(venv)
+    finally:
+        shutil.rmtree(venv, ignore_errors=True)

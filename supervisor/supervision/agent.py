@@ -250,7 +250,15 @@ def plan_isolation(
         namespaces=frozenset(wanted),
         allow_degraded=frozenset(degraded & set(kernel_namespaces.FLAGS)),
         user=user,
-        keep=tuple(dict.fromkeys(os.path.realpath(path) for path in keep if path)),
+        # As spelled and where it leads: a symlink's own place must be there too.
+        keep=tuple(
+            dict.fromkeys(
+                spelling
+                for path in keep
+                if path
+                for spelling in (os.path.realpath(path), os.path.abspath(path))
+            )
+        ),
         hostname=f"agentsup-{agent_id}"[:64],
         egress_port=egress_port,
     )
@@ -524,7 +532,9 @@ class Agent:
         if user is not None:
             env["HOME"], env["USER"], env["LOGNAME"] = user.home, user.name, user.name
         package = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        keep = [workspace, home, hook_socket or "", executable, package]
+        # sys.prefix: a virtualenv's root (pyvenv.cfg, bin/python), which the
+        # realpath of its python leaves behind.
+        keep = [workspace, home, hook_socket or "", executable, package, sys.prefix]
         if request.program.endswith(".py"):
             keep.append(os.path.abspath(request.program))
         self._plan = launch.LaunchPlan(
