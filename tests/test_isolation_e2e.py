@@ -391,3 +391,23 @@ def test_a_python_agent_runs_from_a_virtualenv_under_tmp(attacker: Sandbox, tmp_
         assert result.stdout.strip() == str(venv)
     finally:
         shutil.rmtree(venv, ignore_errors=True)
+
+
+def test_an_interpreter_only_the_host_has_is_named_when_an_exec_fails(attacker: Sandbox) -> None:
+    """A script whose interpreter lives in the host's /tmp: the agent's /tmp is
+    its own, so the exec fails, and the message names what is missing."""
+    interpreter = Path("/tmp") / f"agentsup-sh-{os.getpid()}"
+    shutil.copy("/bin/sh", interpreter)
+    script = attacker.workspace / "tool"
+    script.write_text(f"#!{interpreter}\necho ran\n")
+    script.chmod(0o755)
+    try:
+        assert subprocess.run([script], capture_output=True, text=True).stdout == "ran\n"
+        result = attacker.run(str(script))
+    finally:
+        interpreter.unlink()
+    assert result.returncode == 127
+    assert (
+        f"cannot execute {script}: {interpreter} is not in the agent's view "
+        "(the agent's /tmp is its own)" in result.stderr
+    ), result.stderr

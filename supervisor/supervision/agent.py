@@ -131,6 +131,26 @@ def _on_path(program: str, search_path: str) -> str | None:
     return None
 
 
+def missing_for_agent(executable: str) -> str | None:
+    """Why an exec of `executable`, there on the host, found nothing for the agent.
+
+    The agent's view is not the host's: a private /tmp, the kernel floor.
+    Names what is missing (the file, or a script's interpreter); None when
+    the host has no such file either.
+    """
+    try:
+        with open(executable, "rb") as file:
+            first = file.readline(256)
+    except OSError:
+        return None
+    needed = executable
+    if first.startswith(b"#!"):
+        words = first[2:].split()
+        needed = os.fsdecode(words[0]) if words else executable
+    where = " (the agent's /tmp is its own)" if needed.startswith(("/tmp/", "/var/tmp/")) else ""
+    return f"{needed} is not in the agent's view{where}"
+
+
 def resolve_program(program: str, args: Sequence[str], env_path: str) -> tuple[str, list[str]]:
     """The executable and argv the trampoline execs.  `.py` runs under our Python, hooked."""
     if program.endswith(".py"):
@@ -953,7 +973,11 @@ class Agent:
         if self.exec_error is not None:
             missing = self.exec_error in (errno.ENOENT, errno.ENOTDIR)
             code = EXIT_NOT_FOUND if missing else EXIT_CANNOT_EXECUTE
-            say(f"cannot execute {self.request.program}: {os.strerror(self.exec_error)}")
+            needed = missing_for_agent(self._plan.executable) if self._plan and missing else None
+            if needed:
+                say(f"cannot execute {self.request.program}: {needed}")
+            else:
+                say(f"cannot execute {self.request.program}: {os.strerror(self.exec_error)}")
         report = judge.kill_report
         signal_name = signal.Signals(sig).name if sig else None
         judge.lifecycle(
