@@ -620,6 +620,19 @@ class _PatchingLoader:
         return getattr(self._loader, name)
 
 
+def _request_target(method: Any, url: str) -> str:
+    """`mapping.request_target`; a method that is no HTTP method is refused here.
+
+    Such a method (`GET /x`, `DEL ETE`) makes a request line that servers
+    read as another method or target than any rule would see; the egress
+    proxy (h11) refuses it too.  Nothing is asked: no request is made.
+    """
+    try:
+        return mapping.request_target(str(method), url)
+    except ValueError as exc:
+        raise PermissionError(errno.EACCES, f"agentsup: network_request refused: {exc}") from None
+
+
 def _http_client_patches(check: Send) -> dict[str, Patch]:
     """Request-level gates for HTTP clients with their own HTTP stack.
 
@@ -631,7 +644,7 @@ def _http_client_patches(check: Send) -> dict[str, Patch]:
 
     def target(method: Any, scheme: Any, host: Any, port: Any, path: Any) -> str:
         url = mapping.http_url(str(scheme), str(host), port, mapping.fs_text(path) or "/")
-        return mapping.request_target(str(method).upper(), url)
+        return _request_target(method, url)
 
     def httpx_target(request: Any) -> str:
         url = request.url
@@ -687,6 +700,14 @@ def _http_client_patches(check: Send) -> dict[str, Patch]:
     return {"httpx._client": patch_httpx, "aiohttp.client_reqrep": patch_aiohttp}
 
 
+# The handler of an open that is not due an integrity check (not an event name).
+_NOTE_OPEN = "agentsup: open, noted only"
+
+
+def _no_note(args: tuple[Any, ...]) -> None:
+    """Opens are not noted below audit level `all`."""
+
+
 def _notes_wanted() -> bool:
     """Whether plain notes (an open, a spawn) are recorded: audit level `all`."""
     return os.environ.get(protocol.ENV_NOTES) == "1"
@@ -722,7 +743,7 @@ def _make_handlers(
         scheme = url.split(":", 1)[0].lower()
         if scheme in ("file", "data"):
             return  # not network; file access is the syscall layer's
-        target = mapping.request_target(method, url)
+        target = _request_target(method, url)
         check("network_request", target, {"source": "urllib"})
         if scheme in ("http", "https"):
             urllib_pending[get_ident()] = target
@@ -734,40 +755,38 @@ def _make_handlers(
             return
         method, request_target = line
         if method == "CONNECT":
-            return  # proxy tunnel set-up; the tunnelled request is checked itself
+            # Proxy tunnel set-up, as http.client writes it (upper case); the
+            # tunnelled request is checked itself.  Any other case is judged.
+            return
         scheme = "https" if getattr(conn, "default_port", 80) == 443 else "http"
         tunnel_host = getattr(conn, "_tunnel_host", None)
         host = tunnel_host or getattr(conn, "host", "")
         port = getattr(conn, "_tunnel_port" if tunnel_host else "port", None)
         url = mapping.http_url(scheme, str(host), port, request_target)
-        target = mapping.request_target(method, url)
+        target = _request_target(method, url)
         if urllib_pending.pop(get_ident(), None) == target:
             return
         check("network_request", target, {"source": "http.client"})
 
     # An open is the syscall layer's to decide; the hook only notes it, and
-    # then only at audit level `all`: otherwise the path work is skipped.
-    opens_noted = _notes_wanted()
-    # Opens come by the thousand: on them the integrity check runs at most
-    # once per OPEN_CHECK_INTERVAL.  Every other event (a connect, an exec,
-    # an import, a name lookup) checks each time.
-    clock = time.monotonic
-    next_open_check = 0.0
-
-    def on_open(args: tuple[Any, ...]) -> None:
-        nonlocal next_open_check
-        now = clock()
-        if now >= next_open_check:
-            next_open_check = now + OPEN_CHECK_INTERVAL
-            integrity()
+    # then only at audit level `all` (`note_open`).  The hook itself runs
+    # the integrity check on opens, rate-limited (`install`).
+    def note_open(args: tuple[Any, ...]) -> None:
         path = args[0]
-        if not opens_noted or path is None or type(path) is int:
+        if path is None or type(path) is int:
             return
         text = fs_text(path)
         action = mapping.open_action(
             args[1] if len(args) > 1 else None, args[2] if len(args) > 2 else 0
         )
         note(action, abspath(text), {})
+
+    opens_noted = _notes_wanted()
+
+    def on_open(args: tuple[Any, ...]) -> None:
+        integrity()
+        if opens_noted:
+            note_open(args)
 
     def on_popen(args: tuple[Any, ...]) -> None:
         integrity()
@@ -844,6 +863,7 @@ def _make_handlers(
         "urllib.Request": on_urllib_request,
         "http.client.send": on_http_send,
         "open": on_open,
+        _NOTE_OPEN: note_open if opens_noted else _no_note,
         "subprocess.Popen": on_popen,
         "os.system": on_system,
         "os.exec": on_exec,
@@ -978,10 +998,31 @@ def install(socket_path: str, agent_id: str, *, during_site: bool = False) -> No
         gate_environ()
     lookup = handlers.get
     get_ident = _thread.get_ident
+    # Opens come by the thousand, and most need nothing of the hook: on them
+    # the integrity check runs at most once per OPEN_CHECK_INTERVAL, decided
+    # here before any handler is looked up (every other event, a connect, an
+    # exec, an import, a name lookup, checks each time).
+    on_open, note_open = handlers["open"], handlers[_NOTE_OPEN]
+    clock = time.monotonic
+    next_open_check = 0.0
 
     def agentsup_audit_hook(event: str, args: tuple[Any, ...]) -> None:
-        handler = lookup(event)
-        if handler is None or get_ident() in busy:
+        nonlocal next_open_check
+        handler: Callable[[tuple[Any, ...]], None] | None
+        if event == "open":
+            now = clock()
+            if now >= next_open_check:
+                next_open_check = now + OPEN_CHECK_INTERVAL
+                handler = on_open
+            elif note_open is _no_note:
+                return
+            else:
+                handler = note_open
+        else:
+            handler = lookup(event)
+            if handler is None:
+                return
+        if get_ident() in busy:
             return
         try:
             handler(args)

@@ -13,9 +13,16 @@ from typing import Any, Optional, Tuple  # noqa: UP035  (typing's: 3.8 has no bu
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-_MAX_REQUEST_LINE = 16 * 1024
+# http.server's limit on a request line; nginx, h11 and most servers take less.
+_MAX_REQUEST_LINE = 64 * 1024 + 2
 _V4_MAPPED = b"\0" * 10 + b"\xff\xff"  # ::ffff:0:0/96
 _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+_OCTAL_DIGITS = frozenset("01234567")
+_DECIMAL_DIGITS = frozenset("0123456789")
+# RFC 9110 5.6.2: what an HTTP method may be made of.
+_TOKEN_CHARS = frozenset(
+    "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+)
 # RFC 3986 2.3: escapes of these mean the character itself.
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 # Module-level aliases are evaluated: spelled so Python 3.8 can import this.
@@ -96,22 +103,104 @@ def ip_text(packed: bytes) -> str:
     return ":".join(groups[:best]) + "::" + ":".join(groups[best + best_length :])
 
 
+def _aton_number(part: str) -> int | None:
+    """One part of an inet_aton address, read as C's strtoul(part, 0) reads it.
+
+    `0x` then hex digits is hex, a leading `0` is octal, else decimal; ASCII
+    digits only, no sign, no space, nothing left over (`0x`, `08` are not numbers).
+    """
+    if part[:2] in ("0x", "0X"):
+        digits = part[2:]
+        if digits and all(char in _HEX_DIGITS for char in digits):
+            return int(digits, 16)
+        return None
+    if part[:1] == "0":
+        return int(part, 8) if all(char in _OCTAL_DIGITS for char in part) else None
+    # More than 10 decimal digits is past 2**32 (and past int()'s digit limit soon).
+    if part and len(part) <= 10 and all(char in _DECIMAL_DIGITS for char in part):
+        return int(part)
+    return None
+
+
+def ipv4_aton(host: str) -> bytes | None:
+    """The address a host written in one of inet_aton's forms names; None for anything else.
+
+    getaddrinfo (glibc's and musl's), and so Python's sockets, urllib,
+    http.client and curl, read a host that is all numbers this way before any
+    name lookup: one to four parts between dots, each decimal, `0x` hex or
+    `0` octal, the last part filling the bytes that are left.  So `127.1`,
+    `2130706433`, `0x7f.0.0.1`, `0177.0.0.1`, `0x7f000001` and
+    `169.254.43518` are 127.0.0.1 and 169.254.169.254 on the wire.  Exactly
+    glibc's __inet_aton_exact: no sign, no space, no empty part, no trailing
+    dot, and a part past its size (`127.0.0.256`, `0x100.1`) is no address.
+    """
+    parts = host.split(".")
+    if len(parts) > 4:
+        return None
+    numbers: list[int] = []
+    for part in parts:
+        number = _aton_number(part)
+        if number is None:
+            return None
+        numbers.append(number)
+    *leading, last = numbers
+    if any(number > 0xFF for number in leading) or last >= 1 << (8 * (5 - len(numbers))):
+        return None
+    value = last
+    for index, number in enumerate(leading):
+        value |= number << (8 * (3 - index))
+    return value.to_bytes(4, "big")
+
+
 def ip_literal(host: str) -> str | None:
     """`ip_text` of a host written as an IP address (IPv6 without brackets); None for a name.
 
-    Only the strict forms (inet_pton's): a name such as `127.1` is left to
-    the resolver.  An IPv6 zone (`%eth0`) is kept as written.
+    IPv4 in every form getaddrinfo takes for an address (`ipv4_aton`:
+    `127.1`, `2130706433`, `0x7f.0.0.1` are all 127.0.0.1), IPv6 in
+    inet_pton's form (getaddrinfo takes no other).  An IPv6 zone (`%eth0`)
+    is kept as written.
     """
-    try:
-        return ip_text(_socket.inet_pton(_socket.AF_INET, host))
-    except (OSError, ValueError):
-        pass
+    packed = ipv4_aton(host)
+    if packed is not None:
+        return ip_text(packed)
     address, sep, zone = host.partition("%")
     try:
         text = ip_text(_socket.inet_pton(_socket.AF_INET6, address))
     except (OSError, ValueError):
         return None
     return text + sep + zone if ":" in text else text
+
+
+def host_text(host: str) -> str:
+    """The one spelling of a URL's host (brackets already off), as the connection reads it.
+
+    A host that is not ASCII is IDNA-encoded first, as Python's sockets do
+    before they resolve it (fullwidth digits are digits, `bücher.test` is
+    `xn--bcher-kva.test`); then lower case, the trailing dot dropped, and
+    an IP address in any spelling as `ip_literal` writes it.
+    """
+    if not host.isascii():
+        try:  # noqa: SIM105  (contextlib is not worth importing at agent start)
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            pass  # no socket connects to it either: judged as written
+    host = host.lower().rstrip(".")
+    return ip_literal(host) or host
+
+
+def http_method(method: str) -> str:
+    """A request's method as rules see it: upper case.  ValueError when it is no token.
+
+    Methods are case-sensitive (RFC 9110 9.1), but servers differ: some
+    read `delete` as DELETE, some refuse it, so a rule about DELETE must
+    see it.  Anything that is not a token (a space, a `/`, a control
+    character, nothing at all) is no method: a server reads such a request
+    line as another method or another target than the rules would see, so
+    it is refused, as the egress proxy (h11) refuses it.
+    """
+    if not method or not all(char in _TOKEN_CHARS for char in method):
+        raise ValueError(f"not an HTTP method: {method!r}")
+    return method.upper()
 
 
 def normal_path(path: str) -> str:
@@ -167,8 +256,9 @@ def url_authority(scheme: str, host: str, port: int | None) -> str:
 def url_parts(url: str) -> UrlParts:
     """(scheme, host, port, path[?query]) of an absolute URL, each in its one form.
 
-    Scheme and host lower-case, the host's trailing dot dropped, an IP
-    literal as `ip_literal` writes it (IPv4-mapped IPv6 folded), the port
+    Scheme lower-case, the host as `host_text` writes it (lower case, no
+    trailing dot, IDNA, an IP address in any spelling as `ip_literal` writes
+    it: `0x7f.1` is 127.0.0.1, IPv4-mapped IPv6 folded), the port
     the scheme's default when none is written (None for a scheme without
     one), the path as `normal_path` writes it and the query as it is.
     User info and the fragment are not part of it: neither is sent in the
@@ -178,10 +268,9 @@ def url_parts(url: str) -> UrlParts:
 
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
-    host = (parts.hostname or "").rstrip(".")
+    host = host_text(parts.hostname or "")
     if not host:
         raise ValueError(f"no host in {url!r}")
-    host = ip_literal(host) or host
     # The port as urlsplit finds it, without int()'s leniency ("+80", " 80").
     hostinfo = parts.netloc.rpartition("@")[2]
     _before, bracket, bracketed = hostinfo.partition("[")
@@ -205,12 +294,14 @@ def normal_url(url: str) -> str:
 
 
 def request_target(method: str, url: str) -> str:
-    """The network_request target `METHOD URL`, the URL in its one form.
+    """The network_request target `METHOD URL`: the method as `http_method`
+    writes it (ValueError when it is no method), the URL in its one form.
 
     A URL `url_parts` cannot read stays as written: no client sends it
     (urllib and http.client refuse it too), and http.client's own event,
     checked from the connection, names what does go out.
     """
+    method = http_method(method)
     try:  # noqa: SIM105  (contextlib is not worth importing at agent start)
         url = normal_url(url)
     except ValueError:
@@ -219,25 +310,31 @@ def request_target(method: str, url: str) -> str:
 
 
 def http_request_line(data: Any) -> tuple[str, str] | None:
-    """(METHOD, request-target) when `data` starts with an HTTP/1.x request line.
+    """(method, request-target) when `data` starts with an HTTP request line.
 
     http.client sends the request line and headers as one bytes block, and
     the body in later blocks; a block that does not start with a request
-    line is body and yields None.
+    line is body and yields None.  A request line is read as leniently as
+    any server reads one (RFC 9112 3: words split on any whitespace), so
+    that no spelling of one goes unjudged: a first line of three or more
+    words whose last is `HTTP/...` is a request.  The method comes as
+    written (any case, and everything before the target: `GET /x /y
+    HTTP/1.1` has the method `GET /x`), for `request_target` to judge or
+    refuse.  A body block that starts like a request line is judged as one:
+    a server reading the connection as a pipeline would see one there.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         return None
-    head = bytes(data[:_MAX_REQUEST_LINE])
-    end = head.find(b"\r\n")
+    # Servers skip empty lines before a request line (RFC 9112 2.2).
+    head = bytes(data[:_MAX_REQUEST_LINE]).lstrip(b"\r\n")
+    end = head.find(b"\n")
     if end <= 0:
         return None
-    parts = head[:end].split(b" ")
-    if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+    words = head[:end].split()
+    if len(words) < 3 or not words[-1].upper().startswith(b"HTTP/"):
         return None
-    method, target = parts[0], parts[1]
-    if not method.isalpha() or not method.isupper() or not target:
-        return None
-    return method.decode("ascii"), target.decode("latin-1")
+    method = b" ".join(words[:-2])
+    return method.decode("latin-1"), words[-2].decode("latin-1")
 
 
 def http_url(scheme: str, host: str, port: int | None, target: str) -> str:

@@ -58,7 +58,7 @@ def test_authorizer_codes_and_what_a_class_covers() -> None:
         (b"GET /x?a=1 HTTP/1.1\r\nHost: h\r\n\r\n", ("GET", "/x?a=1")),
         (b"POST http://proxy.test/y HTTP/1.0\r\n", ("POST", "http://proxy.test/y")),
         (b'{"json": "body"}', None),
-        (b"get /x HTTP/1.1\r\n", None),
+        (b"get /x HTTP/1.1\r\n", ("get", "/x")),  # judged as GET (request_target)
         (b"GET /x SPDY/3\r\n", None),
         ("GET / HTTP/1.1\r\n", None),
     ],

@@ -165,7 +165,8 @@ def test_ip_text_is_ipaddress_for_ipv6_and_folds_ipv4_mapped() -> None:
         ("0:0::1", "::1"),
         ("fe80::1%eth0", "fe80::1%eth0"),
         ("example.test", None),
-        ("127.1", None),  # not an address as written: the resolver's to read
+        ("127.1", "127.0.0.1"),  # inet_aton's shorthand: getaddrinfo reads it as an address
+        ("127.0.0.08", None),  # 08 is no octal number: a name, the resolver's to read
         ("10.0.0.1%eth0", None),
         ("", None),
     ],

@@ -13,9 +13,11 @@ Per request (HTTP parsing is h11's, sans-I/O):
   TLS ClientHello whose SNI is `host` (or no SNI for an IP literal); a
   mismatch or non-TLS is a violation handled per the policy's on_violation.
 - An absolute-form plain HTTP request is judged as `METHOD URL` and
-  `host:port`, the URL in its one form (`hooks._mapping.url_parts`: case,
-  default port, dot-segments, escapes), and forwarded as judged: that path,
-  a Host naming that host, `Connection: close`; the answer is relayed.
+  `host:port`, the method in upper case and the URL in its one form
+  (`hooks._mapping.url_parts`: case, default port, dot-segments, escapes, an
+  IPv4 address in any inet_aton spelling as its dotted quad), and forwarded
+  as judged: that method and path, a Host naming that host,
+  `Connection: close`; the answer is relayed.
 - Names are resolved by `resolver.Resolver` (a helper process).  Addresses
   that are not global (loopback, link-local and metadata, private, reserved,
   multicast) are refused unless a rule of the policy names `IP:PORT`.
@@ -603,13 +605,25 @@ class EgressProxy:
     # -- judging ------------------------------------------------------------------------
 
     def _on_request(self, conn: _Conn, request: h11.Request) -> None:
-        conn.method = request.method.decode("ascii", "replace")
+        # h11 takes only a token for the method and visible ASCII for the target.
+        # The method is judged (and forwarded) in upper case, as the hook judges
+        # it: `delete` is DELETE to some servers (`mapping.http_method`).
+        method = request.method.decode("ascii", "replace")
+        try:
+            conn.method = mapping.http_method(method)
+        except ValueError as exc:
+            self._refuse(conn, 400, str(exc))
+            return
         target = request.target.decode("ascii", "replace")
+        if conn.method == "CONNECT" and method != "CONNECT":
+            conn.url = target
+            self._refuse(conn, 400, "CONNECT is written in upper case")  # h11 tunnels no other
+            return
         if conn.method == "CONNECT":
             conn.tunnel = True
             host, sep, port = target.rpartition(":")
-            host = host.strip("[]").lower().rstrip(".")
-            host = mapping.ip_literal(host) or host  # [::ffff:a.b.c.d] is a.b.c.d
+            # One spelling: [::ffff:a.b.c.d], 0x7f.1 and 2130706433 are addresses.
+            host = mapping.host_text(host.strip("[]"))
             if not sep or not port.isdigit() or not host:
                 self._refuse(conn, 400, "CONNECT needs host:port")
                 return
@@ -765,7 +779,9 @@ class EgressProxy:
             return
         conn.sni = sni
         expected = "" if _ip_literal(conn.host) else conn.host
-        if sni != expected and not (sni == "" and expected == ""):
+        # A client may name an address it was given as 2130706433 in the SNI.
+        same_address = expected == "" and mapping.ip_literal(sni) == conn.host
+        if sni != expected and not same_address:
             self._sni_violation(conn, sni, f"SNI {sni or '(none)'} is not {conn.host}")
             return
         self._connect(conn)
@@ -858,7 +874,7 @@ class EgressProxy:
     def _forward_request(self, conn: _Conn) -> bool:
         """Re-frame the request (origin-form, Connection: close) with h11.
 
-        What goes up is what was judged: the judged path, and a Host naming
+        What goes up is what was judged: the judged method and path, and a Host naming
         the judged host.  The agent's own Host is dropped (RFC 9112 3.2.2: a
         proxy replaces it), or a server hosting several names would be asked
         for another one than the rules saw.
@@ -876,7 +892,7 @@ class EgressProxy:
         headers.append((b"connection", b"close"))
         try:
             data = conn.upstream_h11.send(
-                h11.Request(method=request.method, target=conn.path, headers=headers)
+                h11.Request(method=conn.method.encode("ascii"), target=conn.path, headers=headers)
             )
         except h11.ProtocolError as exc:
             self._refuse(conn, 400, f"cannot forward the request: {exc}")
