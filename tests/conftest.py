@@ -323,3 +323,17 @@ def deny_rule(rule_id: str, actions: str, matcher: str, *, mode: str = "block") 
             on_violation: {mode}
         """
     )
+
+
+# Landlock ABI 6 scopes abstract unix sockets: a connect reaches only those
+# made inside the agent's own Landlock domain (tests/test_own_sockets_e2e.py).
+FEATURES["requires_landlock_scope"] = (
+    _landlock_abi() >= 6,
+    "kernel lacks Landlock's abstract-socket scope (ABI 6)",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "requires_landlock_scope: needs Landlock ABI 6 (abstract-socket scope)"
+    )

@@ -19,6 +19,7 @@ from typing import Any
 from ..events import DEFAULT_RULE_ID, ActionType, Decision, Event, Verdict, response_for
 from ..integrity.audit import RecordReader, chain_files
 from ..kernel.landlock import landlock_abi
+from ..kernel.namespaces import own_sockets_here
 from ..paths import Locations, default_locations
 from ..policy import (
     CompiledPolicy,
@@ -155,7 +156,7 @@ def run_context(workspace: str, agent_id: str) -> RunContext:
     the run's: with a symlinked home or workspace, `explain` and `suggest`
     decide as the run does.
     """
-    return RunContext.for_run(workspace, invoking_home(), agent_id)
+    return RunContext.for_run(workspace, invoking_home(), agent_id, sockets=own_sockets_here())
 
 
 # ---------------------------------------------------------------- suggest

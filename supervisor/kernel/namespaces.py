@@ -15,7 +15,11 @@ import socket
 import stat
 import struct
 import termios
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..policy.engine import OwnSockets
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -290,3 +294,20 @@ def available() -> dict[str, str]:
     for bit, name in enumerate(FLAGS):
         found[name] = "refused by the kernel" if code & (1 << bit) else ""
     return found
+
+
+def own_sockets_here(may_lack: Collection[str] = (), *, own_network: bool = False) -> OwnSockets:
+    """`own_socket_facts` for a launch on this host and kernel: the private /tmp
+    directories it mounts (those there are), and Landlock's abstract-socket
+    scope if this kernel has it (every run has Landlock where it does).  The
+    mount namespace is always asked for; the network one when `own_network`."""
+    from ..policy.engine import own_socket_facts
+    from ..policy.floor import SCOPE_ABSTRACT_UNIX_SOCKET, scopes_for_abi
+    from .landlock import landlock_abi
+
+    return own_socket_facts(
+        {"mount", "net"} if own_network else {"mount"},
+        may_lack,
+        abstract_scoped=bool(scopes_for_abi(landlock_abi()) & SCOPE_ABSTRACT_UNIX_SOCKET),
+        tmp_dirs=[tmp for tmp in PRIVATE_TMP if os.path.isdir(tmp)],
+    )

@@ -20,7 +20,7 @@ import functools
 import itertools
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -76,6 +76,12 @@ class RunContext:
     # The home's real path, where a symlink leads to it: targets are real
     # paths, so `{home}` stands for both (else `{home}/.ssh/**` never matches).
     home_real: str = ""
+    # Facts of the run the policy cannot be fooled about, each false unless
+    # the launch guarantees it (`own_socket_facts`): the directories that are
+    # a tmpfs of the agent's own (`{private_tmp}`), and whether its abstract
+    # unix sockets are its own (`{private_abstract}`).
+    private_tmp: tuple[str, ...] = ()
+    private_abstract: bool = False
 
     @classmethod
     def for_run(
@@ -85,6 +91,7 @@ class RunContext:
         agent_id: str,
         *,
         realpath: Callable[[str], str] = os.path.realpath,
+        sockets: OwnSockets | None = None,
     ) -> RunContext:
         """The context of a run, as `agentsup run` and `policy explain`/`suggest` fill it.
 
@@ -92,8 +99,18 @@ class RunContext:
         run decides.  File targets are real paths: `{workspace}` is the
         workspace's real path, and `{home}` stands for the home as given and
         its real path (a symlinked home or workspace must not lose a rule).
+        `sockets` are the launch's facts (kernel/namespaces.py
+        `own_sockets_here`); none, when not given.
         """
-        return cls(realpath(workspace), home, agent_id, home_real=realpath(home))
+        facts = sockets or OwnSockets((), False)
+        return cls(
+            realpath(workspace),
+            home,
+            agent_id,
+            home_real=realpath(home),
+            private_tmp=facts.private_tmp,
+            private_abstract=facts.private_abstract,
+        )
 
     def placeholder_values(self) -> dict[str, tuple[str, ...]]:
         raw = {
@@ -101,11 +118,66 @@ class RunContext:
             "home": (self.home, self.home_real) if self.home_real else (self.home,),
             "agent_id": (self.agent_id,),
             "python": self.python_prefixes,
+            "private_tmp": self.private_tmp,
+            # The prefix of an abstract socket's target (`unix:@name`).
+            "private_abstract": ("@",) if self.private_abstract else (),
         }
         return {
             name: tuple(dict.fromkeys(matchers.placeholder_value(name, v) for v in values))
             for name, values in raw.items()
         }
+
+
+class OwnSockets(NamedTuple):
+    """Which unix sockets only the agent itself can have made: `RunContext`'s facts."""
+
+    private_tmp: tuple[str, ...]
+    private_abstract: bool
+
+
+def own_socket_facts(
+    namespaces: Collection[str],
+    may_lack: Collection[str],
+    *,
+    abstract_scoped: bool,
+    tmp_dirs: Sequence[str],
+) -> OwnSockets:
+    """The facts for a launch with `namespaces`, any of `may_lack` allowed to go missing.
+
+    A namespace counts only when the run cannot start without it.
+    - `tmp_dirs` (/tmp, /var/tmp) are a tmpfs of the agent's own when it
+      surely has its own mount namespace: no one else can make a socket
+      there.  (What the launch binds back in, such as a home under /tmp, is
+      the host's: rules on `{private_tmp}` must except it.)
+    - Abstract sockets are the agent's own when it surely has its own network
+      namespace (they live in one), or when Landlock scopes them
+      (`abstract_scoped`: ABI 6, a connect reaches only sockets made in the
+      agent's own domain).
+    Fails closed: anything not sure is no fact.
+    """
+
+    def sure(name: str) -> bool:
+        return name in namespaces and name not in may_lack
+
+    return OwnSockets(
+        private_tmp=tuple(tmp_dirs) if sure("mount") else (),
+        private_abstract=abstract_scoped or sure("net"),
+    )
+
+
+def unix_sockets_only(rule: Rule) -> bool:
+    """True when every target `rule` can match is a unix socket's (`unix:...`).
+
+    Only a target glob with that literal start, or a `^`/`\\A`-anchored
+    pattern with it and no alternative beside it at the top level, counts.
+    """
+    if rule.target is not None:
+        return rule.target.startswith("unix:")
+    pattern = rule.pattern or ""
+    for anchor in ("^unix:", "\\Aunix:"):
+        if pattern.startswith(anchor):
+            return not matchers.has_top_level_alternation(pattern)
+    return False
 
 
 class CompiledRule(NamedTuple):
@@ -625,7 +697,9 @@ class CompiledPolicy:
         For building a Landlock floor.  None when no such restriction is
         possible: the default lets actions go ahead, or a rule that does could
         match anything (`**`, an unanchored regex).  `except` is ignored: the
-        roots only need to cover a superset.
+        roots only need to cover a superset.  Rules only for unix sockets
+        (`unix_sockets_only`) are left out: `()` for `network_connect` says
+        nothing reaches the network.
         """
         if self.default_decision.verdict is not Verdict.DENY or _proceeds(self.default_decision):
             return None
@@ -637,6 +711,12 @@ class CompiledPolicy:
             if not _proceeds(rule.decision):
                 if wanted <= rule.rule.actions and _matches_everything(rule):
                     break  # a catch-all deny: no later rule is ever reached
+                continue
+            if unix_sockets_only(rule.rule):
+                # A unix socket is reached through the file system, or (an
+                # abstract one) in the agent's own network namespace: neither
+                # needs the network that namespace and Landlock's TCP rules
+                # wall off.  Left out, such a rule keeps the agent both.
                 continue
             if rule.matcher.roots is None:
                 return None

@@ -172,10 +172,14 @@ def _net_names(mask: int) -> str:
     return ",".join(names) if names else "none"
 
 
-def _scope_names(mask: int) -> str:
+def scope_names(mask: int) -> list[str]:
+    """The names of the scopes in `mask` (`abstract_unix_socket`, `signal`)."""
     pairs = ((SCOPE_ABSTRACT_UNIX_SOCKET, "abstract_unix_socket"), (SCOPE_SIGNAL, "signal"))
-    names = [n for bit, n in pairs if mask & bit]
-    return ",".join(names) if names else "none"
+    return [n for bit, n in pairs if mask & bit]
+
+
+def _scope_names(mask: int) -> str:
+    return ",".join(scope_names(mask)) or "none"
 
 
 def _normalise(path: str) -> str:

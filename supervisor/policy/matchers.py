@@ -21,6 +21,11 @@ Placeholders `{workspace}`, `{home}`, `{agent_id}` and `{python}` (the install
 prefixes of the Python running agentsup, an extension beyond DESIGN.md) are
 written `{name}`; a placeholder with several values matches any of them.
 Values are inserted as literal text, escaped for the regex they end up in.
+Two more stand for facts of the run (`engine.RunContext`), and may have no
+value at all: `{private_tmp}` (the agent's private /tmp and /var/tmp) and
+`{private_abstract}` (`@`, when its abstract unix sockets are its own).  A
+placeholder with no value matches nothing, so a rule built on one never
+matches in a run without that fact.
 
 Everything here is pure.  Errors are `PatternError(message, index)`; the
 loader turns the index into a file position.  Env globs (`env.pass` and
@@ -39,9 +44,20 @@ from typing import NamedTuple
 from . import linear
 from .linear import LinearRegex, PatternError, encode_target
 
-PLACEHOLDERS: tuple[str, ...] = ("workspace", "home", "agent_id", "python")
+PLACEHOLDERS: tuple[str, ...] = (
+    "workspace",
+    "home",
+    "agent_id",
+    "python",
+    "private_tmp",
+    "private_abstract",
+)
 # Placeholders whose values are paths: they are normalised like path targets.
-PATH_PLACEHOLDERS = frozenset({"workspace", "home", "python"})
+PATH_PLACEHOLDERS = frozenset({"workspace", "home", "python", "private_tmp"})
+# RE2 text that matches nowhere, for a placeholder with no value: `\b` and
+# `\B` contradict each other at every position.  A group, so that a
+# quantifier after the placeholder applies to all of it.
+NEVER = "(?:\\b\\B)"
 
 _PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # A path needs lexical normalisation if it has an empty, `.` or `..` segment.
@@ -284,6 +300,8 @@ def _compile(regex: str) -> re.Pattern[str]:
 
 def _alternatives(values: tuple[str, ...]) -> str:
     escaped = [linear.escape(value) for value in values]
+    if not escaped:
+        return NEVER  # a placeholder with no value in this run matches nothing
     if len(escaped) == 1:
         return escaped[0]
     return "(?:" + "|".join(escaped) + ")"
@@ -328,7 +346,9 @@ def glob_to_regex(tokens: tuple[GlobToken, ...], values: PlaceholderValues) -> s
     return "".join(parts)
 
 
-def _shown(values: tuple[str, ...]) -> str:
+def _shown(name: str, values: tuple[str, ...]) -> str:
+    if not values:
+        return "{" + name + ": no value}"
     return values[0] if len(values) == 1 else "{" + ",".join(values) + "}"
 
 
@@ -339,7 +359,7 @@ def glob_display(tokens: tuple[GlobToken, ...], values: PlaceholderValues) -> st
         if isinstance(token, Literal):
             parts.append(token.text)
         elif isinstance(token, Placeholder):
-            parts.append(_shown(values[token.name]))
+            parts.append(_shown(token.name, values[token.name]))
         elif isinstance(token, CharClass):
             parts.append(token.raw)
         else:
@@ -365,7 +385,8 @@ def regex_expand(
 
 def regex_display(tokens: tuple[RegexToken, ...], values: PlaceholderValues) -> str:
     return "".join(
-        token.text if isinstance(token, Literal) else _shown(values[token.name]) for token in tokens
+        token.text if isinstance(token, Literal) else _shown(token.name, values[token.name])
+        for token in tokens
     )
 
 
@@ -408,6 +429,11 @@ def glob_root(tokens: tuple[GlobToken, ...], values: PlaceholderValues) -> tuple
             return None
         roots.append(normalise_path(root))
     return tuple(roots)
+
+
+def has_top_level_alternation(text: str) -> bool:
+    """Whether regex `text` has a `|` outside every group (and class)."""
+    return _has_top_level_alternation(text)
 
 
 def _has_top_level_alternation(text: str) -> bool:

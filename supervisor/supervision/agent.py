@@ -36,12 +36,18 @@ from ..kernel import fastpath
 from ..kernel import namespaces as kernel_namespaces
 from ..kernel.cgroup import AgentCgroup, CgroupUnavailable
 from ..kernel.landlock import landlock_abi
+from ..kernel.namespaces import own_sockets_here
 from ..kernel.privileges import UserSpec, lookup_user
 from ..kernel.seccomp import filter_program
 from ..paths import Locations
 from ..policy import floor
 from ..policy.cache import compile_policy_cached, resolve_policy_cached
-from ..policy.engine import CompiledPolicy, RunContext, compile_policy, invoking_home
+from ..policy.engine import (
+    CompiledPolicy,
+    RunContext,
+    compile_policy,
+    invoking_home,
+)
 from ..policy.model import Policy, PolicyError
 from ..policy.sources import builtin_source, is_path_reference
 from . import launch
@@ -240,6 +246,30 @@ def _egress_port(policy: CompiledPolicy) -> int:
     return egress.DEFAULT_PORT if egress.network_mode(policy) == "proxy" else 0
 
 
+_ALWAYS_WANTED = frozenset({"mount", "pid", "uts", "ipc"})
+
+
+def wanted_namespaces(
+    policy: CompiledPolicy, request: RunRequest, egress_port: int = 0
+) -> frozenset[str]:
+    """The namespaces `plan_isolation` asks for."""
+    wanted = set(_ALWAYS_WANTED)
+    no_connect = policy.floor_roots((ActionType.NETWORK_CONNECT,)) == () and not request.shadow
+    if egress_port or no_connect:
+        wanted.add("net")  # nothing may connect out directly: only loopback inside
+    if os.geteuid() != 0:
+        wanted.add("user")
+    return frozenset(wanted)
+
+
+def may_lack(request: RunRequest) -> frozenset[str]:
+    """The namespaces `--allow-degraded` lets go missing."""
+    degraded = set(request.allow_degraded)
+    if "namespaces" in degraded:
+        degraded |= set(kernel_namespaces.FLAGS)
+    return frozenset(degraded & set(kernel_namespaces.FLAGS))
+
+
 def plan_isolation(
     policy: CompiledPolicy,
     request: RunRequest,
@@ -257,18 +287,9 @@ def plan_isolation(
     namespaces` (or one namespace's name) lets a refused namespace go with a
     warning instead of refusing to run.
     """
-    wanted = {"mount", "pid", "uts", "ipc"}
-    no_connect = policy.floor_roots((ActionType.NETWORK_CONNECT,)) == () and not request.shadow
-    if egress_port or no_connect:
-        wanted.add("net")  # nothing may connect out directly: only loopback inside
-    if os.geteuid() != 0:
-        wanted.add("user")
-    degraded = set(request.allow_degraded)
-    if "namespaces" in degraded:
-        degraded |= set(kernel_namespaces.FLAGS)
     return Isolation(
-        namespaces=frozenset(wanted),
-        allow_degraded=frozenset(degraded & set(kernel_namespaces.FLAGS)),
+        namespaces=wanted_namespaces(policy, request, egress_port),
+        allow_degraded=may_lack(request),
         user=user,
         # As spelled and where it leads: a symlink's own place must be there too.
         keep=tuple(
@@ -282,6 +303,14 @@ def plan_isolation(
         hostname=f"agentsup-{agent_id}"[:64],
         egress_port=egress_port,
     )
+
+
+def own_sockets_record(context: RunContext | None) -> dict[str, object]:
+    """The run's facts on its own unix sockets, for the audit start record."""
+    return {
+        "private_tmp": list(context.private_tmp) if context else [],
+        "private_abstract": bool(context and context.private_abstract),
+    }
 
 
 def active_layers(
@@ -300,6 +329,7 @@ def active_layers(
     return {
         "seccomp_notify": True,
         "landlock_abi": plan.landlock.abi if plan.landlock is not None else 0,
+        "landlock_scoped": floor.scope_names(plan.landlock.scoped) if plan.landlock else [],
         "namespaces": sorted(plan.isolation.namespaces - skipped),
         "degraded": launched.degraded,
         "capabilities": "none",
@@ -447,7 +477,12 @@ class Agent:
             except KeyError as exc:
                 raise SetupError(f"--user {request.user}: no such user") from exc
         home = user.home if user else invoking_home()
-        self._context = RunContext.for_run(workspace, home, agent_id)  # as `policy explain`'s
+        # As `policy explain`'s; whether it has a network namespace of its own
+        # is not known before the policy is (below).
+        lacking = may_lack(request)
+        self._context = RunContext.for_run(
+            workspace, home, agent_id, sockets=own_sockets_here(lacking)
+        )
         compiled = compile_policy_cached(resolved, self._context, self.locations.state_dir)
         for warning in policy.warnings:
             say(warning)  # already "file:line:col: warning: ..."
@@ -466,6 +501,15 @@ class Agent:
         if self._env_dropped and sys.stderr.isatty():
             say(f"not passed to the agent (the policy's env.pass): {' '.join(self._env_dropped)}")
         egress_port = _egress_port(compiled)
+        # Now it is, and that makes abstract sockets the agent's own (no rule on
+        # unix sockets changes whether it gets one: `floor_roots`).
+        own_network = "net" in wanted_namespaces(compiled, request, egress_port)
+        facts = own_sockets_here(lacking, own_network=own_network)
+        if facts.private_abstract != self._context.private_abstract:
+            self._context = dataclasses.replace(
+                self._context, private_abstract=facts.private_abstract
+            )
+            compiled = compile_policy_cached(resolved, self._context, self.locations.state_dir)
         egress_proxy = None
         if egress_port:
             from . import egress
@@ -652,6 +696,7 @@ class Agent:
             judge.agent_id,
             wait_writable=self._wait_writable,
             forward=launched.forward,
+            call_later=self.loop.call_later,
         )
         self.mediator.protected_inodes = walk[0]
         if launched.forward is not None:
@@ -685,6 +730,7 @@ class Agent:
             layers=self.layers,
             policy_source=policy_reference(self.request.policy),  # what `policy suggest` extends
             env_not_passed=self._env_dropped,
+            own_sockets=own_sockets_record(self._context),
             **({"shadow": True} if self.request.shadow else {}),
         )
         if judge.state is AgentState.STARTING:  # not stopped meanwhile (its start unaudited)

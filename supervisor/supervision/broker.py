@@ -70,6 +70,9 @@ MKNOD = 33  # a file, FIFO or socket (or a device, which fails: no CAP_MKNOD) by
 # terminal of its own) opens by what it is: the agent's relay pty, or a pty
 # of the agent's own devpts, checked by its device number.
 TERMINAL = 34
+# bind() the agent's unix socket (sent along) to the path decided on, from the
+# agent's cwd (sent along for a relative path), with the agent's umask.
+BIND_UNIX = 35
 DROP = 2
 INJECT = 3  # ADDFD an fd opened by RESOLVE(open=flags)
 REOPEN = 4  # reopen a pinned object with the agent's flags, then ADDFD
@@ -452,6 +455,7 @@ class Broker:
             FD_UTIMES: self._fd_utimes,
             FD_IOCTL: self._fd_ioctl,
             LISTEN: self._listen,
+            BIND_UNIX: self._bind_unix,
         }
 
     def serve_one(self) -> bool:
@@ -696,18 +700,22 @@ class Broker:
             os.close(fd)
 
     def _connect(self, message: tuple[object, ...], fds: list[int]) -> None:
+        """Connect the agent's socket to an address, or to the socket file pinned
+        under `handle`, which stays pinned when the answer is EAGAIN (a unix
+        listener's backlog is full): the supervisor tries again, or drops it."""
         _op, seq, address, handle = message
         err = errno.EBADF
         if fds:
-            if isinstance(handle, int) and handle >= 0:
-                fd = self.pinned.pop(handle, -1)
+            key = handle if isinstance(handle, int) else -1
+            fd = self.pinned.pop(key, -1) if key >= 0 else -1
+            if key >= 0:
                 address = f"/proc/self/fd/{fd}" if fd >= 0 else None
-            else:
-                fd = -1
             try:
                 err = _connect_once(fds[0], address) if address is not None else errno.EBADF
             finally:
-                if fd >= 0:
+                if fd >= 0 and err == errno.EAGAIN:
+                    self.pinned[key] = fd
+                elif fd >= 0:
                     os.close(fd)
         self.channel.send(marshal.dumps((seq, err)))  # type: ignore[arg-type]
 
@@ -1051,6 +1059,28 @@ class Broker:
             sock.bind(address)  # type: ignore[arg-type]
         self._answer(notif_id)
 
+    def _bind_unix(
+        self, notif_id: int, _pinned: list[int], args: list[object], fds: list[int]
+    ) -> None:
+        """The socket file made where the copied path leads, as the agent's bind()
+        would make it: from its cwd, with its umask, and with the very name it
+        gave (getsockname() and the peers see that name)."""
+        path, umask = args
+        assert isinstance(path, bytes) and isinstance(umask, int) and fds
+        here = os.open(".", os.O_PATH | os.O_CLOEXEC) if len(fds) > 1 else -1
+        previous = os.umask(umask)
+        try:
+            if here >= 0:
+                os.fchdir(fds[1])
+            with socket.socket(fileno=os.dup(fds[0])) as sock:
+                sock.bind(path)
+        finally:
+            os.umask(previous)
+            if here >= 0:
+                os.fchdir(here)
+                os.close(here)
+        self._answer(notif_id)
+
     def _sendto(
         self, notif_id: int, _pinned: list[int], args: list[object], fds: list[int]
     ) -> None:
@@ -1147,6 +1177,7 @@ _HANDLE_ARGS: dict[int, tuple[int, ...]] = {
     FD_UTIMES: (),
     FD_IOCTL: (),
     LISTEN: (),
+    BIND_UNIX: (),
 }
 
 _AT_EMPTY_PATH = 0x1000

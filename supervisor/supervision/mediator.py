@@ -41,6 +41,7 @@ import signal
 import socket
 import stat
 import struct
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -126,9 +127,15 @@ FORCED_ENOSYS = (
 
 # (fd, on_ready, on_timeout, timeout_seconds): the loop calls exactly one of them.
 WaitWritable = Callable[[int, Callable[[], None], Callable[[], None], float], None]
+# The loop's timer: call this in so many seconds.
+CallLater = Callable[[float, Callable[[], None]], object]
 
 # The largest payload a sendto is copied for (a UDP datagram's limit).
 _MAX_DATAGRAM = 65536
+_SOCKADDR_UN_SIZE = 110  # sizeof(struct sockaddr_un)
+# Seconds between connects to a unix listener whose backlog is full.
+_BACKLOG_WAIT_MIN = 0.001
+_BACKLOG_WAIT_MAX = 0.05
 _MAX_MMSG = 64  # messages of one sendmmsg sent for the agent (the rest: a short count)
 _MSG_FASTOPEN = 0x20000000
 _SETID = stat.S_ISUID | stat.S_ISGID
@@ -448,6 +455,7 @@ class Mediator:
         agent_id: str = "",
         wait_writable: WaitWritable | None = None,
         forward: socket.socket | None = None,
+        call_later: CallLater | None = None,
     ) -> None:
         self.listener = listener
         self._broker_gone_recorded = False  # said once, when the broker stops answering
@@ -465,6 +473,10 @@ class Mediator:
         self._exec_threads: dict[int, int] = {}
         # How to wait, inside the loop, for a connect we started on the agent's behalf.
         self._wait_writable = wait_writable
+        # How to try a unix connect again later (a full backlog), and since when
+        # each agent call (a notification id) has been waiting so.
+        self._call_later = call_later
+        self._backlog_waits: dict[int, float] = {}
         self.memory = _proc.MemoryReader()
         self._tgid_of = tgid_of
         # Per-process state, bounded: the mediator is never told when an agent
@@ -2121,19 +2133,21 @@ class Mediator:
     # agent's rights (its Landlock TCP rules, no CAP_NET_BIND_SERVICE).
 
     def _decided_address(
-        self, n: _seccomp.Notification, syscall: str, ptr: int, length: int
+        self, n: _seccomp.Notification, syscall: str, ptr: int, length: int, *, binds: bool = False
     ) -> tuple[bytes, Resolved | None] | None:
         """The sockaddr the agent named, copied once, if the policy lets it through.
 
         None when the syscall is already answered: no address (CONTINUE, there
         is nothing to decide) or refused.  For a unix socket path, the socket
-        file is pinned too: the connect goes to what was decided on.
+        file is pinned too: the connect goes to what was decided on.  For a
+        bind (`binds`), the directory it would be made in is pinned, and the
+        target is that directory's real path and the new name.
         """
         if ptr == 0 or length < 2:
             _seccomp.respond_continue(self.listener, n.id)
             return None
         data = self.memory.read(n.pid, ptr, min(length, 128))
-        node = self._unix_node(n.pid, data)
+        node = self._unix_node(n.pid, data, binds=binds)
         target = describe_sockaddr(data, lambda _raw: node.target if node else "")
         response = self._decide(n, syscall, ActionType.NETWORK_CONNECT, target)
         if not response.proceeds:
@@ -2143,13 +2157,16 @@ class Mediator:
             return None
         return data, node
 
-    def _unix_node(self, tid: int, data: bytes) -> Resolved | None:
-        """The socket file a unix sockaddr names, pinned; None for other addresses."""
+    def _unix_node(self, tid: int, data: bytes, *, binds: bool = False) -> Resolved | None:
+        """The socket file a unix sockaddr names, pinned (for a bind: the directory
+        it would be made in, and its name); None for other addresses."""
         if len(data) < 3 or struct.unpack_from("<H", data)[0] != socket.AF_UNIX:
             return None
         path = data[2:].split(b"\0", 1)[0]
         if data[2] == 0 or not path:
             return None  # abstract: no file to pin
+        if binds:
+            return self.resolve_parent(tid, AT_FDCWD, path)
         return self.resolve(tid, AT_FDCWD, path)
 
     def _judge_sockaddr(self, n: _seccomp.Notification, syscall: str, data: bytes) -> Response:
@@ -2174,46 +2191,133 @@ class Mediator:
         self._socket_call(n, name, connect=False)
 
     def _socket_call(self, n: _seccomp.Notification, syscall: str, *, connect: bool) -> None:
-        """connect/bind: decide on the address we copied, and use that very copy."""
+        """connect/bind: decide on the address we copied, and use that very copy.
+
+        The broker makes the call, on a duplicate of the agent's socket: with
+        the IP address copied, to the socket file pinned (connect), with the
+        path copied, from the agent's cwd and with its umask (bind), or with
+        the abstract name copied.  A thread rewriting the address meanwhile
+        changes nothing.
+        """
         if not connect and self._bind_loopback_any_port(n):
             return
-        decided = self._decided_address(n, syscall, n.args[1], n.args[2] & 0xFFFFFFFF)
+        length = n.args[2] & 0xFFFFFFFF
+        decided = self._decided_address(n, syscall, n.args[1], length, binds=not connect)
         if decided is None:
             return
         data, node = decided
-        address = ip_address_tuple(data)
-        if node is not None and node.error:
+        address: object = ip_address_tuple(data)
+        if node is not None and (node.error or length > _SOCKADDR_UN_SIZE):
             self.release(node)
-            if not connect and node.error == errno.ENOENT:
-                # bind() makes the socket file: nothing to pin, the kernel does it.
-                _seccomp.respond_continue(self.listener, n.id)
-            else:
-                self._fail(n, node.error)
+            self._fail(n, node.error or errno.EINVAL)  # EINVAL: longer than a sockaddr_un
             return
         if address is None and node is None:
-            _seccomp.respond_continue(self.listener, n.id)  # abstract, netlink, ...
-            return
+            address = abstract_address(data[:length])
+            if address is None:
+                _seccomp.respond_continue(self.listener, n.id)  # netlink, an autobind, ...
+                return
+            if length > _SOCKADDR_UN_SIZE:
+                self._fail(n, errno.EINVAL)  # as the kernel
+                return
         fd = self._agent_socket(n)
         if fd < 0:
             if node is not None:
                 self.release(node)
             return
+        if connect:
+            self._connect(n, fd, address, node)
+            return
         try:
-            if not connect:
-                if node is not None:  # an existing file: bind() fails with EADDRINUSE
-                    self.release(node)
-                    self._fail(n, errno.EADDRINUSE)
-                else:
-                    self.broker.act(broker.BIND, n.id, address, fds=(fd,))
-                return
-            handle = node.handle if node is not None else -1
-            err = self.broker.connect(fd, address, handle)
             if node is not None:
-                node.pinned.handle = -1  # the broker took it
+                self.release(node)  # decided on: its real directory and name
+                self._bind_unix(n, fd, data[2:length].split(b"\0", 1)[0])
+            else:
+                self.broker.act(broker.BIND, n.id, address, fds=(fd,))
         finally:
-            if not connect or err != errno.EINPROGRESS:
-                os.close(fd)
+            os.close(fd)
+
+    def _connect(
+        self, n: _seccomp.Notification, fd: int, address: object, node: Resolved | None
+    ) -> None:
+        """The broker connects `fd` (a duplicate of the agent's socket, ours to
+        close) to `address`, or to the socket file `node` pinned; answered now,
+        or waited for in the loop (`_connected`).
+
+        A full backlog of a unix listener is EAGAIN to the broker's connect,
+        which never blocks; a blocking one of the agent's waits for room, as
+        the kernel would make it wait (`_try_again`)."""
+        try:
+            handle = node.handle if node is not None else -1
+            err = self.broker.connect(fd, None if node is not None else address, handle)
+        except BaseException:
+            os.close(fd)
+            raise
+        if node is not None and err != errno.EAGAIN:
+            node.pinned.handle = -1  # the broker took it (on EAGAIN it keeps it pinned)
+        unix = node is not None or isinstance(address, bytes)
+        if err == errno.EAGAIN and unix and self._try_again(n, fd, address, node):
+            return
+        self._backlog_waits.pop(n.id, None)
+        if node is not None:
+            self.release(node)
+        if err != errno.EINPROGRESS:
+            os.close(fd)
         self._connected(n, fd, err)
+
+    def _try_again(
+        self, n: _seccomp.Notification, fd: int, address: object, node: Resolved | None
+    ) -> bool:
+        """For a blocking socket: connect again a little later (1 ms, doubling up
+        to 50 ms), while the agent still waits in its call, for at most
+        CONNECT_TIMEOUT in all.  False when it does not wait (non-blocking)."""
+        started = self._backlog_waits.get(n.id)
+        now = time.monotonic()
+        if (
+            self._call_later is None
+            or fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK
+            or (started is not None and now - started > CONNECT_TIMEOUT)
+        ):
+            return False
+        if started is None:
+            started = self._backlog_waits[n.id] = now
+        delay = min(_BACKLOG_WAIT_MAX, max(_BACKLOG_WAIT_MIN, now - started))
+
+        def again() -> None:  # a timer's callback: it must not raise
+            try:
+                waiting = _seccomp.id_valid(self.listener, n.id)
+            except OSError:
+                waiting = False
+            if not waiting:  # the agent's call ended meanwhile (a signal, its exit)
+                self._backlog_waits.pop(n.id, None)
+                if node is not None:
+                    self.release(node)
+                os.close(fd)
+                return
+            try:
+                self._connect(n, fd, address, node)  # closes fd, whatever happens
+            except Exception:
+                self._backlog_waits.pop(n.id, None)
+                self._answer_error(n, errno.EIO)  # the broker is gone: fail closed
+
+        self._call_later(delay, again)
+        return True
+
+    def _bind_unix(self, n: _seccomp.Notification, fd: int, path: bytes) -> None:
+        """The broker binds socket `fd` to `path` as the agent gave it (that name
+        is what getsockname() says), from the agent's cwd, with its umask."""
+        umask = self._umask(n.pid)
+        if path.startswith(b"/"):
+            self.broker.act(broker.BIND_UNIX, n.id, path, umask, fds=(fd,))
+            return
+        try:
+            cwd = self._open_anchor(f"/proc/{n.pid}/cwd")
+        except OSError as exc:
+            self._fail(n, exc.errno or errno.ENOENT)
+            return
+        try:
+            self.broker.act(broker.BIND_UNIX, n.id, path, umask, fds=(fd, cwd))
+        finally:
+            os.close(cwd)
 
     def _bind_loopback_any_port(self, n: _seccomp.Notification) -> bool:
         """A bind to loopback port 0 reaches nobody (urllib3 probes IPv6 so): no rule.
@@ -2516,6 +2620,15 @@ _NETLINK_NAMES = {
     9: "audit", 10: "fib_lookup", 12: "netfilter", 15: "uevent", 16: "generic",
 }  # fmt: skip
 _FAMILY_NAMES: dict[int, str] = {socket.AF_INET: "inet", socket.AF_INET6: "inet6"}
+
+
+def abstract_address(data: bytes) -> bytes | None:
+    """The address of an abstract unix sockaddr as Python's sockets take it
+    (`b"\\0name"`, every byte of the length given, trailing NULs too); None
+    for any other sockaddr, and for a unix one with no name (an autobind)."""
+    if len(data) < 3 or struct.unpack_from("<H", data)[0] != socket.AF_UNIX or data[2] != 0:
+        return None
+    return data[2:]
 
 
 def socket_target(family: int, kind: int, protocol: int) -> str | None:

@@ -1,0 +1,518 @@
+"""An agent's own unix sockets work under `strict`; the host's stay out of reach.
+
+Ordinary tools talk between their own processes over a unix socket:
+multiprocessing.Manager and Listener/Client, a dev server on a socket in the
+workspace, abstract sockets.  strict allows the sockets only the agent can
+have made (the own-sockets-* rules):
+
+- a path in its workspace;
+- a path in its private /tmp or /var/tmp, a tmpfs of its own, when its mount
+  namespace is sure (`{private_tmp}`);
+- an abstract name, when no abstract socket of the host's is within reach:
+  the agent has a network namespace of its own (they live in one), or
+  Landlock scopes abstract sockets to its own domain, ABI 6
+  (`{private_abstract}`).
+
+Every other unix socket is the host's, and local-socket refuses it quietly
+(EPERM, no signal): one a host process serves where the agent can see it, a
+symlink to one, one in a home the private /tmp binds back in.  Here the test
+process plays the host: it serves sockets outside the agent, and checks
+afterwards that none of them was reached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Sandbox, agent_reports, locations_root
+
+pytestmark = [pytest.mark.requires_seccomp_notify, pytest.mark.requires_landlock]
+
+# The agent: each argument is one operation, and each operation prints one
+# JSON line ({"op": ..., "result": "ok" or the errno's name, ...}).  An
+# address starting with "@" is an abstract name.
+AGENT = r'''
+import ctypes, errno, json, os, socket, struct, sys, threading, time
+from multiprocessing.connection import Client, Listener
+
+
+def report(op, **fields):
+    print(json.dumps({"op": op, **fields}), flush=True)
+
+
+def address(text):
+    return "\0" + text[1:] if text.startswith("@") else text
+
+
+def failure(exc):
+    if isinstance(exc, OSError) and exc.errno:
+        return errno.errorcode.get(exc.errno, str(exc.errno))
+    return type(exc).__name__
+
+
+def manager():
+    import multiprocessing
+
+    with multiprocessing.Manager() as shared:
+        table = shared.dict()
+        table["answer"] = 42
+        return {"value": dict(table)}
+
+
+def pair(text):
+    with Listener(address(text), "AF_UNIX") as listener:
+        served = []
+
+        def serve():
+            with listener.accept() as conn:
+                served.append(conn.recv())
+                conn.send("pong")
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        with Client(listener.address, "AF_UNIX") as client:
+            client.send("ping")
+            reply = client.recv()
+        thread.join()
+        bound = listener.address
+    if isinstance(bound, bytes):
+        bound = "@" + bound[1:].decode()
+    return {"bound": bound, "served": served, "reply": reply}
+
+
+def connect(text):
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(address(text))
+    return {}
+
+
+def crowd(text, count):
+    """`count` blocking connects at once to a listener with a backlog of 1."""
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(address(text))
+    server.listen(1)
+    answers = []
+
+    def client():
+        with socket.socket(socket.AF_UNIX) as sock:
+            try:
+                sock.connect(address(text))
+                answers.append("ok")
+            except OSError as exc:
+                answers.append(failure(exc))
+
+    threads = [threading.Thread(target=client) for _ in range(int(count))]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)  # every client has tried by now: the backlog is full
+    server.settimeout(10)
+    accepted = 0
+    while accepted < int(count):
+        try:
+            server.accept()[0].close()
+        except OSError:
+            break
+        accepted += 1
+    for thread in threads:
+        thread.join()
+    return {"answers": sorted(answers), "accepted": accepted}
+
+
+def sockaddr(text, size):
+    return struct.pack("<H", socket.AF_UNIX) + address(text).encode().ljust(size, b"\0")
+
+
+def flipped(call, own, other, tries, after=lambda: None):
+    """How often `call(fd, address, length)` succeeded with the address `own`,
+    while a thread kept rewriting it to `other` and back."""
+    size = max(len(own), len(other)) + 1
+    good, bad = sockaddr(own, size), sockaddr(other, size)
+    buf = ctypes.create_string_buffer(good, len(good))
+    call.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32]
+    running = [True]
+
+    def flip():
+        while running[0]:
+            ctypes.memmove(buf, bad, len(bad))
+            ctypes.memmove(buf, good, len(good))
+
+    flipper = threading.Thread(target=flip, daemon=True)
+    flipper.start()
+    succeeded = 0
+    try:
+        for _ in range(int(tries)):
+            with socket.socket(socket.AF_UNIX) as sock:
+                if call(sock.fileno(), ctypes.addressof(buf), len(good)) == 0:
+                    succeeded += 1
+            after()
+    finally:
+        running[0] = False
+        flipper.join()
+    return succeeded
+
+
+def race(own, host, tries):
+    """connect() to our own abstract listener while a thread keeps rewriting
+    the address to a host socket's path, and back."""
+    listener = socket.socket(socket.AF_UNIX)
+    # The abstract name is every byte of the length given, padding included.
+    listener.bind(sockaddr(own, max(len(own), len(host)) + 1)[2:])
+    listener.listen(128)
+
+    def accept():
+        while True:
+            listener.accept()[0].close()
+
+    threading.Thread(target=accept, daemon=True).start()
+    libc = ctypes.CDLL(None, use_errno=True)
+    return {"connected": flipped(libc.connect, own, host, tries)}
+
+
+def bind_race(own, other, tries):
+    """bind() to `own` while a thread keeps rewriting the address to `other`."""
+
+    def unlink_own():
+        try:
+            os.unlink(own)
+        except OSError:
+            pass
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    return {"bound": flipped(libc.bind, own, other, tries, after=unlink_own)}
+
+
+OPS = {
+    "manager": manager, "pair": pair, "connect": connect, "crowd": crowd, "race": race,
+    "bind_race": bind_race,
+}
+for spec in sys.argv[1:]:
+    op, _, rest = spec.partition("=")
+    args = rest.split(",") if rest else []
+    try:
+        report(op, result="ok", **OPS[op](*args))
+    except Exception as exc:
+        report(op, result=failure(exc))
+'''
+
+# strict, sharing the host's network namespace: `network: direct` and one
+# address to reach keep the agent out of a network namespace of its own.
+SHARED_NETWORK = """
+name: strict-shared-network
+extends: [strict]
+network: direct
+rules:
+  - id: one-port
+    actions: [network_connect]
+    target: "127.0.0.1:9"
+    decision: allow
+    priority: 1
+"""
+
+
+def run_agent(
+    sandbox: Sandbox, *ops: str, policy: str = "strict", extra: tuple[str, ...] = ()
+) -> tuple[subprocess.CompletedProcess[str], dict[str, dict[str, object]]]:
+    """Run the agent with `ops` (`name=arg,arg`) from its workspace; its reports by op."""
+    script = sandbox.workspace / "sockets.py"
+    script.write_text(AGENT)
+    result = subprocess.run(
+        sandbox.command(str(script), *ops, policy=policy, extra=extra),
+        env=sandbox.env,
+        cwd=sandbox.workspace,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return result, {str(r["op"]): r for r in agent_reports(result.stdout)}
+
+
+def start_record(sandbox: Sandbox) -> dict[str, object]:
+    return next(r for r in sandbox.audit_records() if r.get("event") == "start")
+
+
+def socket_denials(sandbox: Sandbox) -> list[tuple[object, object]]:
+    """(rule, target) of every refused network_connect."""
+    return [
+        (r.get("rule"), r.get("target"))
+        for r in sandbox.audit_records()
+        if r.get("decision") == "deny" and r.get("action_type") == "network_connect"
+    ]
+
+
+class HostServer:
+    """A unix socket served by the test process (the host), counting who reached it."""
+
+    def __init__(self, address: str | bytes) -> None:
+        self.address = address
+        self.reached = 0
+        self._server = socket.socket(socket.AF_UNIX)
+        self._server.bind(address)
+        self._server.listen(128)
+        self._server.settimeout(0.1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._server.accept()
+            except (TimeoutError, OSError):
+                continue
+            self.reached += 1
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._server.close()
+        if isinstance(self.address, str):
+            Path(self.address).unlink(missing_ok=True)
+
+
+@pytest.fixture
+def host_dir() -> Iterator[Path]:
+    """A directory of the host's outside /tmp, which the agent sees as it is."""
+    where = locations_root()
+    try:
+        yield where
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+
+
+@pytest.fixture
+def user_sandbox() -> Iterator[Sandbox]:
+    """A workspace and home outside /tmp, as a user's are (the agent's /tmp is its own)."""
+    root, own = locations_root(), locations_root()
+    if str(root).startswith(("/tmp/", "/var/tmp/")):
+        shutil.rmtree(root)
+        shutil.rmtree(own)
+        pytest.skip("no directory outside /tmp for a workspace (no XDG_RUNTIME_DIR)")
+    try:
+        yield Sandbox(root, own)
+    finally:
+        subprocess.run(["chattr", "-R", "-i", str(own)], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(own, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def serve(path: str | bytes) -> Iterator[HostServer]:
+    server = HostServer(path)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def host_socket(host_dir: Path) -> Iterator[HostServer]:
+    """A socket the host serves where the agent can see it (not under /tmp)."""
+    with serve(str(host_dir / "host.sock")) as server:
+        yield server
+
+
+# -- the agent's own sockets work ---------------------------------------------------
+
+
+def test_multiprocessing_manager_works(user_sandbox: Sandbox) -> None:
+    """A Manager serves on a socket in a fresh directory under /tmp: its own."""
+    result, reports = run_agent(user_sandbox, "manager")
+    assert result.returncode == 0, result.stderr
+    assert reports["manager"] == {"op": "manager", "result": "ok", "value": {"answer": 42}}
+    assert socket_denials(user_sandbox) == []
+
+
+@pytest.mark.parametrize(
+    "where", ["/tmp/pair.sock", "/var/tmp/pair.sock", "{workspace}/pair.sock", "pair.sock"]
+)
+def test_a_listener_and_client_pair_works(user_sandbox: Sandbox, where: str) -> None:
+    """In the private /tmp and /var/tmp, in the workspace, by a relative name:
+    and the listener is bound to the very name it gave (getsockname())."""
+    if not os.path.isdir("/var/tmp") and where.startswith("/var/tmp"):
+        pytest.skip("this host has no /var/tmp")
+    address = where.replace("{workspace}", str(user_sandbox.workspace))
+    result, reports = run_agent(user_sandbox, f"pair={address}")
+    assert result.returncode == 0, result.stderr
+    assert reports["pair"] == {
+        "op": "pair",
+        "result": "ok",
+        "bound": address,
+        "served": ["ping"],
+        "reply": "pong",
+    }
+    assert socket_denials(user_sandbox) == []
+
+
+def test_an_abstract_socket_pair_works_in_its_own_network_namespace(
+    user_sandbox: Sandbox,
+) -> None:
+    result, reports = run_agent(user_sandbox, "pair=@agentsup-own-pair")
+    assert result.returncode == 0, result.stderr
+    assert reports["pair"]["result"] == "ok", reports
+    assert reports["pair"]["bound"] == "@agentsup-own-pair"
+    assert "net" in start_record(user_sandbox)["layers"]["namespaces"]  # type: ignore[index]
+
+
+@pytest.mark.requires_landlock_scope
+def test_an_abstract_socket_pair_works_when_the_floor_scopes_it(user_sandbox: Sandbox) -> None:
+    """Sharing the host's network namespace, the scope alone keeps the host's
+    abstract sockets out of reach: the agent's own are allowed."""
+    policy = user_sandbox.policy("shared", SHARED_NETWORK)
+    result, reports = run_agent(user_sandbox, "pair=@agentsup-own-pair", policy=policy)
+    assert result.returncode == 0, result.stderr
+    assert reports["pair"]["result"] == "ok", reports
+    start = start_record(user_sandbox)
+    assert "net" not in start["layers"]["namespaces"]  # type: ignore[index]
+    assert "abstract_unix_socket" in start["layers"]["landlock_scoped"]  # type: ignore[index]
+
+
+def test_a_blocking_connect_waits_for_room_in_a_full_backlog(user_sandbox: Sandbox) -> None:
+    """Eight clients at once, a backlog of one: each waits its turn, as outside
+    agentsup (the broker's connect never blocks, the supervisor tries again)."""
+    result, reports = run_agent(user_sandbox, "crowd=/tmp/crowd.sock,8")
+    assert result.returncode == 0, result.stderr
+    assert reports["crowd"]["answers"] == ["ok"] * 8, reports
+    assert reports["crowd"]["accepted"] == 8
+
+
+def test_the_start_record_says_which_sockets_are_the_agents(user_sandbox: Sandbox) -> None:
+    result, _ = run_agent(user_sandbox)
+    assert result.returncode == 0, result.stderr
+    own = start_record(user_sandbox)["own_sockets"]
+    tmp = [d for d in ("/tmp", "/var/tmp") if os.path.isdir(d)]
+    assert own == {"private_tmp": tmp, "private_abstract": True}
+
+
+# -- the host's sockets stay out of reach ---------------------------------------------
+
+
+def test_a_host_socket_the_agent_can_see_is_refused(
+    user_sandbox: Sandbox, host_socket: HostServer
+) -> None:
+    result, reports = run_agent(user_sandbox, f"connect={host_socket.address}")
+    assert result.returncode == 0, result.stderr
+    assert reports["connect"]["result"] == "EPERM"
+    assert socket_denials(user_sandbox) == [("local-socket", f"unix:{host_socket.address}")]
+    assert host_socket.reached == 0
+
+
+def test_a_symlink_in_the_workspace_to_a_host_socket_is_that_socket(
+    user_sandbox: Sandbox, host_socket: HostServer
+) -> None:
+    (user_sandbox.workspace / "dev.sock").symlink_to(str(host_socket.address))
+    result, reports = run_agent(user_sandbox, f"connect={user_sandbox.workspace}/dev.sock")
+    assert result.returncode == 0, result.stderr
+    assert reports["connect"]["result"] == "EPERM"
+    assert socket_denials(user_sandbox) == [("local-socket", f"unix:{host_socket.address}")]
+    assert host_socket.reached == 0
+
+
+def test_a_socket_in_a_hidden_directory_of_the_workspace_is_refused(
+    user_sandbox: Sandbox,
+) -> None:
+    """Host tools keep their sockets in hidden directories: git's fsmonitor
+    daemon in a project's .git, gpg-agent in ~/.gnupg when the workspace is
+    the home.  Those stay the host's."""
+    git = user_sandbox.workspace / ".git"
+    git.mkdir()
+    with serve(str(git / "fsmonitor--daemon.ipc")) as server:
+        result, reports = run_agent(user_sandbox, f"connect={server.address}")
+        assert result.returncode == 0, result.stderr
+        assert reports["connect"]["result"] == "EPERM"
+        assert socket_denials(user_sandbox) == [("local-socket", f"unix:{server.address}")]
+        assert server.reached == 0
+
+
+def test_a_host_socket_in_a_home_the_private_tmp_binds_in_is_refused(sandbox: Sandbox) -> None:
+    """This sandbox's home is under the host's /tmp: the private /tmp binds it
+    back in, and what it holds is the host's (a gpg-agent's socket, say)."""
+    assert str(sandbox.home).startswith("/tmp/")
+    with serve(str(sandbox.home / "agent.sock")) as server:
+        result, reports = run_agent(sandbox, f"connect={server.address}")
+        assert result.returncode == 0, result.stderr
+        assert reports["connect"]["result"] == "EPERM"
+        assert socket_denials(sandbox) == [("local-socket", f"unix:{server.address}")]
+        assert server.reached == 0
+
+
+def test_a_host_socket_in_the_hosts_tmp_is_not_the_one_the_agent_names(
+    user_sandbox: Sandbox,
+) -> None:
+    """The same name in the agent's /tmp is its own tmpfs: nothing is there."""
+    with serve(f"/tmp/agentsup-host-{os.getpid()}.sock") as server:
+        result, reports = run_agent(user_sandbox, f"connect={server.address}")
+        assert result.returncode == 0, result.stderr
+        assert reports["connect"]["result"] == "ENOENT"
+        assert server.reached == 0
+
+
+def test_an_abstract_socket_of_the_host_is_out_of_reach(user_sandbox: Sandbox) -> None:
+    name = f"agentsup-host-{os.getpid()}"
+    with serve(b"\0" + name.encode()) as server:
+        result, reports = run_agent(user_sandbox, f"connect=@{name}")
+        assert result.returncode == 0, result.stderr
+        assert reports["connect"]["result"] == "ECONNREFUSED"  # none in its own namespace
+        assert server.reached == 0
+
+
+@pytest.mark.requires_landlock_scope
+def test_sharing_the_hosts_network_the_scope_keeps_its_abstract_sockets_out(
+    user_sandbox: Sandbox,
+) -> None:
+    name = f"agentsup-host-{os.getpid()}"
+    policy = user_sandbox.policy("shared", SHARED_NETWORK)
+    with serve(b"\0" + name.encode()) as server:
+        result, reports = run_agent(user_sandbox, f"connect=@{name}", policy=policy)
+        assert result.returncode == 0, result.stderr
+        assert reports["connect"]["result"] == "EPERM"  # Landlock: another domain's socket
+        assert server.reached == 0
+
+
+def test_a_connect_goes_to_the_abstract_name_decided_not_a_path_swapped_in(
+    user_sandbox: Sandbox, host_socket: HostServer
+) -> None:
+    """The broker connects with the address it copied: a thread rewriting it
+    to a host socket's path after the check reaches nothing of the host's."""
+    result, reports = run_agent(user_sandbox, f"race=@agentsup-own-race,{host_socket.address},2000")
+    assert result.returncode == 0, result.stderr
+    assert reports["race"]["result"] == "ok", reports
+    assert isinstance(reports["race"]["connected"], int) and reports["race"]["connected"] > 0
+    assert host_socket.reached == 0, reports
+
+
+def test_a_bind_makes_the_socket_the_decision_was_about(user_sandbox: Sandbox) -> None:
+    """The broker binds with the path it copied: a thread rewriting it to a
+    name the policy refuses (where git's fsmonitor daemon would listen) after
+    the check makes nothing there."""
+    git = user_sandbox.workspace / ".git"
+    git.mkdir()
+    squatted = git / "fsmonitor--daemon.ipc"
+    result, reports = run_agent(user_sandbox, f"bind_race=/tmp/own.sock,{squatted},2000")
+    assert result.returncode == 0, result.stderr
+    assert reports["bind_race"]["result"] == "ok", reports
+    assert isinstance(reports["bind_race"]["bound"], int) and reports["bind_race"]["bound"] > 0
+    assert not squatted.exists(), reports
+
+
+def test_without_a_sure_private_tmp_its_sockets_are_refused(user_sandbox: Sandbox) -> None:
+    """`--allow-degraded mount` may leave the agent the host's /tmp: then no
+    socket there is surely its own, and local-socket refuses them all."""
+    result, reports = run_agent(
+        user_sandbox, "pair=/tmp/pair.sock", extra=("--allow-degraded", "mount")
+    )
+    assert result.returncode == 0, result.stderr
+    assert reports["pair"]["result"] == "EPERM"
+    assert socket_denials(user_sandbox) == [("local-socket", "unix:/tmp/pair.sock")]
+    assert start_record(user_sandbox)["own_sockets"] == {
+        "private_tmp": [],
+        "private_abstract": True,
+    }
