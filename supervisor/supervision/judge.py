@@ -661,7 +661,7 @@ class Judge:
         elif said == _WARNINGS_SAID_PER_RULE + 1:
             self.say(
                 f"warning: rule '{decision.rule_id}' flags more; the rest are only in the "
-                "audit log (agentsup logs)"
+                "audit log (agentsup audit show)"
             )
 
     def _shadow(self, event: Event, decision: Decision, response: Response) -> Response:
