@@ -23,13 +23,13 @@ import os
 import select
 import signal
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..control.endpoint import close_listener, listen_unix
-from ..events import ActionType, AuditLevel, Decision, Response
+from ..events import ActionType, AuditLevel, Decision, Response, response_for
 from ..hooks import _protocol as hook_protocol
 from ..hooks import bootstrap
 from ..kernel import fastpath
@@ -135,6 +135,41 @@ def _on_path(program: str, search_path: str) -> str | None:
         if os.access(candidate, os.F_OK | os.X_OK) and not os.path.isdir(candidate):
             return candidate
     return None
+
+
+# Tools that fail outright when their cache in the home cannot be written
+# (`npm pack`: EACCES, then advice to chown the home as root): the variable
+# that moves each, where the cache is by default, and its private name.
+TOOL_CACHES = (
+    ("npm_config_cache", ".npm", "npm"),
+    ("GOCACHE", ".cache/go-build", "go-build"),
+    ("YARN_CACHE_FOLDER", ".cache/yarn", "yarn"),
+)
+PRIVATE_CACHES = "/tmp/agentsup-caches"
+
+
+def moved_caches(
+    policy: CompiledPolicy, home: str, env: Mapping[str, str], private_tmp: Sequence[str]
+) -> dict[str, str]:
+    """Tool caches in the home the policy refuses to write: each moved into the
+    agent's private /tmp (variable -> path), where it is the agent's alone.
+
+    A cache the agent could write in the home would poison the user's later
+    installs; a cache it cannot write fails the tool.  Only with a private
+    /tmp, and never over a variable already set: the user's choice stands.
+    """
+    if "/tmp" not in private_tmp:
+        return {}
+    moved = {}
+    for variable, default, name in TOOL_CACHES:
+        probe = os.path.join(home, default, "agentsup-probe")
+        if (
+            variable in env
+            or response_for(policy.evaluate_target(ActionType.FILE_WRITE, probe)).proceeds
+        ):
+            continue
+        moved[variable] = f"{PRIVATE_CACHES}/{name}"
+    return moved
 
 
 def missing_for_agent(executable: str) -> str | None:
@@ -413,6 +448,7 @@ class Agent:
         self.audit = supervisor.audit
         self.judge: Judge | None = None
         self._env_dropped: list[str] = []  # variable names env.pass kept from the agent
+        self._caches_moved: dict[str, str] = {}  # tool cache variable -> its private place
         self.launched: launch.Launched | None = None
         self.mediator: Mediator | None = None
         self.group: AgentCgroup | None = None
@@ -500,6 +536,8 @@ class Agent:
         )
         if self._env_dropped and sys.stderr.isatty():
             say(f"not passed to the agent (the policy's env.pass): {' '.join(self._env_dropped)}")
+        self._caches_moved = moved_caches(compiled, home, env, self._context.private_tmp)
+        env.update(self._caches_moved)
         egress_port = _egress_port(compiled)
         # Now it is, and that makes abstract sockets the agent's own (no rule on
         # unix sockets changes whether it gets one: `floor_roots`).
@@ -730,6 +768,7 @@ class Agent:
             layers=self.layers,
             policy_source=policy_reference(self.request.policy),  # what `policy suggest` extends
             env_not_passed=self._env_dropped,
+            caches_moved=self._caches_moved,
             own_sockets=own_sockets_record(self._context),
             **({"shadow": True} if self.request.shadow else {}),
         )
