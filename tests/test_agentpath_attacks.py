@@ -862,37 +862,37 @@ FROZEN_CFG = deny_rule("frozen-cfg", "file_write", 'target: "**/frozen/*.cfg"')
 @both_paths
 def test_mknod_never_makes_a_file_the_policy_refuses(sandbox: Sandbox, native: bool) -> None:
     """Writes of `**/frozen/*.cfg` are refused, and strict refuses every
-    write of `**/*.pem` (sigkill).  open(O_CREAT) of frozen/a.cfg is refused;
+    write of `**/.env` (sigkill).  open(O_CREAT) of frozen/a.cfg is refused;
     the agent then makes frozen/b.cfg (a regular file, 0755) and
     frozen/c.cfg (a FIFO, where a reader would get whatever the agent
-    writes) with mknod, which needs no capability, and key.pem.
+    writes) with mknod, which needs no capability, and .env.
 
     mknod was no mediated call: the kernel made the names at once, with no
     rule asked and no record, even while the broker was quiesced for a
     move.  Now it is a create like open(O_CREAT): file_write of the new
     name.  Correct outcome: the two under frozen/ refused (EACCES), the
-    agent killed for key.pem (strict's sigkill rule, as for any write of
-    it); nothing under frozen/, no key.pem."""
+    agent killed for .env (strict's sigkill rule, as for any write of
+    it); nothing under frozen/, no .env."""
     ws = sandbox.workspace
     (ws / "frozen").mkdir()
     steps = [
         ["create", "create", "frozen/a.cfg"],
         ["mknod file", "mknod", "frozen/b.cfg", "file"],
         ["mknod fifo", "mknod", "frozen/c.cfg", "fifo"],
-        ["mknod pem", "mknod", "key.pem", "file"],
+        ["mknod dotenv", "mknod", ".env", "file"],
     ]
     result = _run(sandbox, native, sandbox.policy("frozen", FROZEN_CFG), steps)
     outcome = _outcome(result)
     assert outcome.get("create") == "EACCES", (outcome, result.stderr[-2000:])
     assert sorted(os.listdir(ws / "frozen")) == [], outcome
-    assert not (ws / "key.pem").exists(), outcome
+    assert not (ws / ".env").exists(), outcome
     assert outcome == {
         "create": "EACCES",
         "mknod file": "EACCES",
         "mknod fifo": "EACCES",
     }, outcome
     assert result.returncode == 137, result.stderr[-2000:]
-    assert ("file_write", "secret-pem") in sandbox.denials()
+    assert ("file_write", "secret-dotenv") in sandbox.denials()
 
 
 @both_paths

@@ -213,7 +213,7 @@ SECRET_NAMES = textwrap.dedent(
     acts = {
         "rename onto .env": lambda: os.rename(W("a.txt"), W(".env")),
         "rename .env out": lambda: os.rename(W("planted.env/.env"), W("plain")),
-        "link onto a .pem": lambda: os.link(W("a.txt"), W("server.pem")),
+        "link onto a .pem": lambda: os.link(W("a.txt"), home + "/server.pem"),
         "mkdir .env.local": lambda: os.mkdir(W(".env.local")),
         "link the ssh key": lambda: os.link(home + "/.ssh/id_rsa", W("key-copy")),
         "link a hard link to the ssh key": lambda: os.link(W("hard"), W("key-copy")),

@@ -314,17 +314,17 @@ SECRET_SAMPLES: dict[str, list[str]] = {
     "secret-kube": ["{home}/.kube/config"],
     "secret-docker": ["{home}/.docker/config.json"],
     "secret-netrc": ["{home}/.netrc"],
-    "secret-pem": ["{ws}/tls/server.pem"],
-    "secret-key-file": ["{ws}/tls/server.key"],
-    "secret-id-rsa": ["{ws}/backup/id_rsa.old"],
-    "secret-id-ed25519": ["{ws}/id_ed25519"],
+    "secret-pem": ["{home}/tls/server.pem", "{ws}/.tls/server.pem"],
+    "secret-key-file": ["{home}/tls/server.key"],
+    "secret-id-rsa": ["{home}/backup/id_rsa.old"],
+    "secret-id-ed25519": ["{home}/id_ed25519"],
     "secret-shadow": ["/etc/shadow"],
     "secret-gshadow": ["/etc/gshadow"],
     "secret-sudoers": ["/etc/sudoers"],
     "secret-sudoers-d": ["/etc/sudoers.d/README"],
     "secret-dotenv": ["{ws}/.env"],
     "secret-dotenv-variants": ["{ws}/.env.production"],
-    "secret-key-store": ["{ws}/certs/client.p12", "{ws}/privkey1.pem", "{home}/vault.kdbx"],
+    "secret-key-store": ["{home}/certs/client.p12", "{home}/privkey1.pem", "{home}/vault.kdbx"],
     "secret-ssl-private": ["/etc/ssl/private/ssl-cert-snakeoil.key"],
     "secret-home-credentials": [
         "{home}/.config/gh/hosts.yml",
@@ -381,6 +381,37 @@ def test_every_secret_is_still_unreadable_under_strict(jobs: Jobs) -> None:
         assert result.returncode == 137, (rule, path, result.stdout, result.stderr)
         assert "survived" not in result.stdout and "PRIVATE" not in result.stdout, path
         assert f"file_read {path}" in result.stderr, (rule, result.stderr)
+
+
+# Key and certificate files inside the workspace (not in a hidden directory):
+# a repository's fixtures.  Written like any file, never read nor moved away,
+# and refused quietly rather than killed (workspace-key-files, -read).
+WORKSPACE_KEY_SAMPLES = [
+    "{ws}/tls/server.pem",
+    "{ws}/tls/server.key",
+    "{ws}/backup/id_rsa.old",
+    "{ws}/id_ed25519",
+    "{ws}/certs/client.p12",
+    "{ws}/privkey1.pem",
+]
+
+
+def test_workspace_key_files_are_written_but_never_read(jobs: Jobs) -> None:
+    ctx = RunContext(str(jobs.workspace), str(jobs.home), "job")
+    strict = compile_policy(resolve_policy("strict", Path("/nonexistent-policy-dir")), ctx)
+    for sample in WORKSPACE_KEY_SAMPLES:
+        path = sample.format(ws=jobs.workspace)
+        write = strict.evaluate(Event(ActionType.FILE_WRITE, path))
+        assert (write.verdict, write.rule_id) == (Verdict.ALLOW, "workspace-key-files"), path
+        for action in (ActionType.FILE_READ, ActionType.FILE_MOVE):
+            refused = strict.evaluate(Event(action, path))
+            assert (refused.verdict, refused.on_violation, refused.rule_id) == (
+                Verdict.DENY,
+                ViolationMode.BLOCK,
+                "workspace-key-read",
+            ), (action, path)
+    bundle = strict.evaluate(Event(ActionType.FILE_READ, f"{jobs.workspace}/.venv/cacert.pem"))
+    assert bundle.verdict is Verdict.ALLOW
 
 
 # ---------------------------------------------------------------- mediator

@@ -265,7 +265,8 @@ def test_explain_json(policy_dir: Path) -> None:
     assert report["decision"]["response"] == "kill"
     assert report["rule"]["id"] == "secret-ssh"
     assert report["rule"]["matcher"] == "glob '/root/.ssh/**'"
-    assert report["tried"] == []
+    # Tried first: the workspace's own key files (priority 9), which this is not.
+    assert [rule["id"] for rule in report["tried"]] == ["workspace-key-read"]
 
 
 def test_explain_with_a_bad_policy_prints_the_error_and_exits_1(tmp_path: Path) -> None:

@@ -118,7 +118,7 @@ def test_strict_rm_rf_root_leaves_ordinary_removals_alone(command: str) -> None:
 
 
 def test_a_long_path_with_many_segments_is_decided_at_once() -> None:
-    target = "/w" + "/x" * 40_000 + ".pem"
+    target = "/srv" + "/x" * 40_000 + ".pem"
     decided, elapsed = timed(strict(), A.FILE_READ, target)
     assert decided == "secret-pem"
     assert elapsed < STALL_SECONDS
@@ -254,7 +254,7 @@ def test_python_regex_syntax_keeps_its_meaning(pattern: str, target: str, matche
 def test_a_target_that_is_not_utf8_is_still_matched() -> None:
     # os.fsdecode turns undecodable bytes into lone surrogates.
     policy = strict()
-    assert policy.evaluate(Event(A.FILE_READ, "/w/\udcff.pem")).rule_id == "secret-pem"
+    assert policy.evaluate(Event(A.FILE_READ, "/srv/\udcff.pem")).rule_id == "secret-pem"
     assert policy.evaluate(Event(A.FILE_READ, "/w/\udcff/x")).rule_id == "workspace"
     assert policy.evaluate(Event(A.FILE_READ, "/home/u/.ssh/\udc80")).rule_id == "secret-ssh"
 
@@ -265,7 +265,7 @@ def test_when_the_set_gives_up_each_rule_decides_on_its_own() -> None:
     policy = strict()
     events = [
         Event(A.FILE_READ, "/w/src/a.py"),
-        Event(A.FILE_READ, "/w/tls/server.pem"),
+        Event(A.FILE_READ, "/srv/tls/server.pem"),
         Event(A.FILE_READ, "/etc/ssl/certs/ca.pem"),
         Event(A.FILE_WRITE, "/usr/lib/x/__pycache__/m.pyc"),
         Event(A.FILE_WRITE, "/w/__pycache__/m.pyc"),
