@@ -269,6 +269,40 @@ def test_explain_json(policy_dir: Path) -> None:
     assert [rule["id"] for rule in report["tried"]] == ["workspace-key-read"]
 
 
+MD = "169.254.169.254"  # the cloud metadata address
+METADATA = """
+name: metadata
+default: allow
+rules:
+  - id: no-metadata
+    actions: [network_request]
+    target: "* http://169.254.169.254/**"
+    decision: deny
+  - {id: no-loopback, actions: [network_connect], target: "127.0.0.1:*", decision: deny}
+"""
+
+
+@pytest.mark.parametrize(
+    ("action", "typed", "judged", "rule"),
+    [
+        ("network_request", "delete http://2852039166/x", f"DELETE http://{MD}/x", "no-metadata"),
+        ("network_request", "GET http://169.254.43518/", f"GET http://{MD}/", "no-metadata"),
+        ("network_connect", "0x7f.1:80", "127.0.0.1:80", "no-loopback"),
+        ("network_connect", "[::ffff:127.0.0.1]:22", "127.0.0.1:22", "no-loopback"),
+    ],
+)  # fmt: skip
+def test_explain_judges_a_network_target_as_the_run_spells_it(
+    policy_dir: Path, action: str, typed: str, judged: str, rule: str
+) -> None:
+    """`127.1`, `2130706433` and `delete` are what the hook, the proxy and
+    the seccomp layer judge as 127.0.0.1 and DELETE: explain says so."""
+    (policy_dir / "metadata.yaml").write_text(METADATA)
+    result = agentsup("policy", "explain", "--json", "--policy", "metadata", action, typed)
+    report = json.loads(result.stdout)
+    assert (report["target"], report["normalised_target"]) == (typed, judged)
+    assert report["rule"]["id"] == rule and result.returncode == 1
+
+
 def test_explain_with_a_bad_policy_prints_the_error_and_exits_1(tmp_path: Path) -> None:
     bad = tmp_path / "team.yaml"
     bad.write_text(BAD_DECISION_AT_LINE_12)

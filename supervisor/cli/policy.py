@@ -293,6 +293,26 @@ def _describe_entry(name: str, origin: str, path: str, policy_dir: Path) -> dict
 # ---------------------------------------------------------------- explain
 
 
+def judged_network_target(action: ActionType, target: str) -> str | None:
+    """A network target as the hook, the proxy and the seccomp layer spell it
+    (one spelling: `127.1` is 127.0.0.1, `delete` is DELETE); None for other
+    actions, or when it cannot be read (it is then judged as written)."""
+    from ..hooks import _mapping as mapping
+
+    try:
+        if action is ActionType.NETWORK_REQUEST:
+            method, _, url = target.partition(" ")
+            return mapping.request_target(method, url)
+        if action is ActionType.NETWORK_CONNECT and not target.startswith(("unix:", "netlink:")):
+            host, sep, port = target.rpartition(":")
+            if sep and port.isdigit():
+                folded = mapping.host_text(host.removeprefix("[").removesuffix("]"))
+                return f"[{folded}]:{port}" if ":" in folded else f"{folded}:{port}"
+    except ValueError:
+        pass
+    return None
+
+
 def _explain(args: argparse.Namespace) -> int:
     locations = default_locations()
     try:
@@ -304,8 +324,10 @@ def _explain(args: argparse.Namespace) -> int:
         else:
             print(str(error), file=sys.stderr)
         return EXIT_DENY
+    action = ActionType(args.action)
     explanation = compiled.explain(
-        Event(ActionType(args.action), args.target, agent_id=args.agent_id)
+        Event(action, args.target, agent_id=args.agent_id),
+        judged_network_target(action, args.target),
     )
     floor_view = _FloorView.of(compiled, explanation, locations)
     if args.json:

@@ -662,9 +662,13 @@ class CompiledPolicy:
             f"{MAX_TARGET_LENGTH}",
         )
 
-    def explain(self, event: Event) -> Explanation:
-        """The decision for `event`, with every rule tried before it and why it missed."""
-        target = event.target
+    def explain(self, event: Event, judged: str | None = None) -> Explanation:
+        """The decision for `event`, with every rule tried before it and why it missed.
+
+        `judged`: the target as the layers that see the action spell it (a
+        network target's one spelling), when that is not as written.
+        """
+        target = event.target if judged is None else judged
         if len(target) > MAX_TARGET_LENGTH:
             return Explanation(event, target, self.too_long(event.action, target), None, ())
         if event.action in PATH_ACTIONS and matchers.needs_normalising(target):
