@@ -455,6 +455,18 @@ def test_a_host_socket_in_the_hosts_tmp_is_not_the_one_the_agent_names(
         assert server.reached == 0
 
 
+def test_a_socket_path_with_nothing_there_is_enoent_with_no_record(
+    user_sandbox: Sandbox, host_dir: Path
+) -> None:
+    """As the kernel says, with no rule asked: glibc tries nscd's socket at
+    every user lookup, where no nscd runs, and each was a refusal on record."""
+    missing = host_dir / "nothing-here.sock"
+    result, reports = run_agent(user_sandbox, f"connect={missing}")
+    assert result.returncode == 0, result.stderr
+    assert reports["connect"]["result"] == "ENOENT"
+    assert socket_denials(user_sandbox) == []
+
+
 def test_an_abstract_socket_of_the_host_is_out_of_reach(user_sandbox: Sandbox) -> None:
     name = f"agentsup-host-{os.getpid()}"
     with serve(b"\0" + name.encode()) as server:

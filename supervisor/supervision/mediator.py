@@ -2148,6 +2148,12 @@ class Mediator:
             return None
         data = self.memory.read(n.pid, ptr, min(length, 128))
         node = self._unix_node(n.pid, data, binds=binds)
+        if node is not None and not binds and node.error == errno.ENOENT:
+            # Nothing there: what the kernel would say, no rule asked (glibc
+            # tries nscd's socket at every user lookup, where none runs).
+            self.release(node)
+            self._fail(n, errno.ENOENT)
+            return None
         target = describe_sockaddr(data, lambda _raw: node.target if node else "")
         response = self._decide(n, syscall, ActionType.NETWORK_CONNECT, target)
         if not response.proceeds:
