@@ -70,6 +70,19 @@ def socket_address(address: Any) -> str:
     return repr(address)
 
 
+def reached_address(text: str) -> str:
+    """Where a connection to the address `text` (as `ip_text` writes it) goes.
+
+    The unspecified address is the local host: Linux routes a connect or a
+    datagram to 0.0.0.0 (or ::) to loopback, so a rule about 127.0.0.1 must
+    see it.  (A bind to it means every address, and is not folded.)
+    """
+    return _UNSPECIFIED.get(text, text)
+
+
+_UNSPECIFIED = {"0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
 def ip_text(packed: bytes) -> str:
     """The one spelling of a 4- or 16-byte address in targets, in every layer.
 
@@ -185,7 +198,8 @@ def host_text(host: str) -> str:
         except UnicodeError:
             pass  # no socket connects to it either: judged as written
     host = host.lower().rstrip(".")
-    return ip_literal(host) or host
+    literal = ip_literal(host)
+    return host if literal is None else reached_address(literal)
 
 
 def http_method(method: str) -> str:

@@ -152,14 +152,18 @@ FAKE_KEY = (
 
 
 def locations_root() -> Path:
-    """A fresh directory for agentsup's own files, outside /tmp and /var/tmp.
+    """A fresh directory for agentsup's own files, outside /tmp, /var/tmp and /run.
 
-    An agent gets a private /tmp: files there are out of its sight anyway.
-    agentsup's real locations (/etc, /var/log, /var/lib, /run) are in its
-    view, so the tests put them where the agent can see them too, and the
-    self-protection is what keeps them out of reach.
+    An agent gets a private /tmp and /run: files there are out of its sight
+    anyway.  agentsup's locations under /etc, /var/log and /var/lib are in
+    its view, so the tests put theirs where the agent can see them too, and
+    the self-protection is what keeps them out of reach.
     """
-    base = "/run" if os.geteuid() == 0 else os.environ.get("XDG_RUNTIME_DIR") or None
+    if os.geteuid() == 0:
+        base = "/var/lib"
+    else:
+        base = os.path.expanduser("~/.cache")
+        os.makedirs(base, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix="agentsup-test-", dir=base))
 
 

@@ -37,7 +37,7 @@ SCRIPT = (
 @pytest.fixture
 def log_dir() -> Iterator[Path]:
     """A directory outside every root strict grants."""
-    where = Path(tempfile.mkdtemp(prefix="agentsup-log-", dir="/run"))
+    where = Path(tempfile.mkdtemp(prefix="agentsup-log-", dir="/var/lib"))
     yield where
     shutil.rmtree(where, ignore_errors=True)
 

@@ -127,6 +127,19 @@ def test_every_spelling_of_the_metadata_address_is_169_254_169_254(host: str) ->
     assert mapping.normal_url(f"https://{host}.:443/x") == "https://169.254.169.254/x"
 
 
+def test_the_unspecified_address_is_judged_as_the_local_host_it_reaches() -> None:
+    from agentsup.supervision.mediator import describe_sockaddr
+
+    assert mapping.reached_address("0.0.0.0") == "127.0.0.1"
+    assert mapping.reached_address("::") == "::1"
+    assert mapping.reached_address("10.0.0.1") == "10.0.0.1"
+    assert mapping.normal_url("http://0.0.0.0:8080/admin") == "http://127.0.0.1:8080/admin"
+    assert mapping.normal_url("http://[::]:8080/") == "http://[::1]:8080/"
+    anywhere = bytes([2, 0, 0x1F, 0x90, 0, 0, 0, 0]) + bytes(8)  # AF_INET 0.0.0.0:8080
+    assert describe_sockaddr(anywhere, str, reaching=True) == "127.0.0.1:8080"
+    assert describe_sockaddr(anywhere, str) == "0.0.0.0:8080"  # a bind: every address
+
+
 @pytest.mark.parametrize("host", NOT_ADDRESSES)
 def test_what_the_c_library_reads_as_no_address_is_not_folded(host: str) -> None:
     assert _numeric_host(host.encode()) is None
@@ -467,6 +480,55 @@ def test_the_proxy_judges_every_spelling_of_a_loopback_url_as_one(
     ]
 
 
+FRAMED_AGENT = """
+import json, os, socket, sys
+from urllib.parse import urlsplit
+
+proxy = urlsplit(os.environ["http_proxy"])
+for name, raw in json.loads(sys.argv[1]).items():
+    with socket.create_connection((proxy.hostname, proxy.port), timeout=10) as s:
+        s.sendall(raw.encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    status = int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/") else 0
+    print(json.dumps({"line": name, "status": status}))
+"""
+
+
+@pytest.mark.requires_root
+@pytest.mark.requires_seccomp_notify
+def test_the_proxy_judges_a_method_override_and_refuses_an_ambiguous_length(
+    sandbox: Sandbox, loopback_server: int
+) -> None:
+    """A method some frameworks take from a header is judged too, and a body
+    framed two ways (what a server reads past is another request) is refused."""
+    url = f"http://127.0.0.1:{loopback_server}/public"
+    requests = {
+        "override": f"GET {url} HTTP/1.1\r\nHost: x\r\nX-HTTP-Method-Override: delete\r\n\r\n",
+        "two lengths": (
+            f"POST {url} HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        ),
+        "plain": f"GET {url} HTTP/1.1\r\nHost: x\r\nX-HTTP-Method-Override: GET\r\n\r\n",
+    }
+    (sandbox.workspace / "framed.py").write_text(FRAMED_AGENT)
+    text = LOOPBACK_POLICY.replace("{port}", str(loopback_server)).replace("{network}", "proxy")
+    result = sandbox.run(
+        str(sandbox.workspace / "framed.py"),
+        json.dumps(requests),
+        policy=sandbox.policy("loopback", text),
+        timeout=90,
+    )
+    assert result.returncode == 0, result.stderr
+    statuses = {str(r["line"]): r["status"] for r in _reports(result.stdout)}
+    assert statuses == {"override": 403, "two lengths": 400, "plain": 200}
+    assert _Recorder.seen == ["GET /public HTTP/1.1"]
+    refused = [r for r in sandbox.audit_records() if r.get("rule") == "no-deletes"]
+    # The judge's decision names the method judged; the proxy's record, the request.
+    assert {r["target"] for r in refused} == {f"DELETE {url}", f"GET {url}"}
+
+
 @pytest.mark.requires_root
 @pytest.mark.requires_seccomp_notify
 @pytest.mark.parametrize("network", ["proxy", "direct"])
@@ -645,7 +707,9 @@ def test_a_direct_connect_is_judged_by_the_address_it_reaches(
     decision: deny
     priority: 1
 """
-    hosts = ["2130706433", "0x7f.1", "0177.0.0.1", "127.1"]
+    # 0.0.0.0 is no spelling of 127.0.0.1, but the kernel routes a connect to
+    # it (and to ::ffff:0.0.0.0) to loopback: it is judged as where it goes.
+    hosts = ["2130706433", "0x7f.1", "0177.0.0.1", "127.1", "0.0.0.0", "::ffff:0.0.0.0"]
     (sandbox.workspace / "connect.py").write_text(CONNECT_AGENT)
     result = sandbox.run(
         str(sandbox.workspace / "connect.py"),

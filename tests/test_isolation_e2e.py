@@ -8,6 +8,7 @@ roots are what they were.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -361,26 +363,28 @@ def test_new_files_in_tmp_work_even_when_agentsups_files_live_under_tmp(tmp_path
     assert result.stdout.strip() == "fresh"
 
 
-def test_a_python_agent_runs_from_a_virtualenv_under_tmp(attacker: Sandbox, tmp_path: Path) -> None:
-    """agentsup installed in a virtualenv under /tmp: the private /tmp keeps the
-    venv's root (its pyvenv.cfg and bin/python, a symlink), not only the file
-    that python leads to, so a Python agent still starts."""
+@contextlib.contextmanager
+def virtualenv_under_tmp() -> Iterator[Path]:
+    """A virtualenv under the host's /tmp that sees this environment's packages."""
     venv = Path("/tmp") / f"agentsup-venv-{os.getpid()}"
     try:
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
-        # The venv sees this environment's packages (agentsup among them).
+        purelib = "import sysconfig; print(sysconfig.get_path('purelib'))"
         site = subprocess.run(
-            [
-                venv / "bin" / "python",
-                "-c",
-                "import sysconfig; print(sysconfig.get_path('purelib'))",
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
+            [venv / "bin" / "python", "-c", purelib], check=True, capture_output=True, text=True
         ).stdout.strip()
         outer = [p for p in sys.path if p.endswith("-packages")]
         Path(site, "outer.pth").write_text(f"import site; list(map(site.addsitedir, {outer!r}))\n")
+        yield venv
+    finally:
+        shutil.rmtree(venv, ignore_errors=True)
+
+
+def test_a_python_agent_runs_from_a_virtualenv_under_tmp(attacker: Sandbox) -> None:
+    """agentsup installed in a virtualenv under /tmp: the private /tmp keeps the
+    venv's root (its pyvenv.cfg and bin/python, a symlink), not only the file
+    that python leads to, so a Python agent still starts."""
+    with virtualenv_under_tmp() as venv:
         (attacker.workspace / "where.py").write_text("import sys; print(sys.prefix)\n")
         command = attacker.command(str(attacker.workspace / "where.py"))
         command[0] = str(venv / "bin" / "python")
@@ -389,8 +393,25 @@ def test_a_python_agent_runs_from_a_virtualenv_under_tmp(attacker: Sandbox, tmp_
         )
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == str(venv)
-    finally:
-        shutil.rmtree(venv, ignore_errors=True)
+
+
+@pytest.mark.parametrize("policy", ["strict", "permissive"])
+def test_the_agent_cannot_write_into_a_virtualenv_under_tmp(attacker: Sandbox, policy: str) -> None:
+    """The venv is the host's, bound back into the private /tmp: a .pth file
+    written there would run in the next agentsup started from it, as root.
+    strict refuses the write; under a policy that allows it (permissive), the
+    kernel does: the venv is bound back read-only."""
+    with virtualenv_under_tmp() as venv:
+        planted = venv / "lib" / "zz-planted.pth"
+        script = attacker.workspace / "plant.py"
+        script.write_text(f"open({str(planted)!r}, 'w').write('import os')\n")
+        command = attacker.command(str(script), policy=policy)
+        command[0] = str(venv / "bin" / "python")
+        result = subprocess.run(
+            command, env=attacker.env, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode != 0
+        assert not planted.exists()
 
 
 def test_an_interpreter_only_the_host_has_is_named_when_an_exec_fails(attacker: Sandbox) -> None:

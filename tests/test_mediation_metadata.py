@@ -52,8 +52,8 @@ def attacker(sandbox: Sandbox) -> Sandbox:
 
 @pytest.fixture
 def victim() -> Iterator[Path]:
-    """A root-owned file outside every write root (and outside the agent's private /tmp)."""
-    directory = Path(tempfile.mkdtemp(prefix="agentsup-victim-", dir="/run"))
+    """A root-owned file outside every write root and the agent's private /tmp and /run."""
+    directory = Path(tempfile.mkdtemp(prefix="agentsup-victim-", dir="/var/lib"))
     path = directory / "victim.txt"
     path.write_text("root's own\n")
     os.setxattr(path, "user.planted", b"by the test")

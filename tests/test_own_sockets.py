@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from agentsup.events import ActionType, Event, Verdict
-from agentsup.kernel import landlock
 from agentsup.kernel.namespaces import own_sockets_here
 from agentsup.policy import floor, resolve_policy
 from agentsup.policy.engine import (
@@ -59,44 +58,36 @@ def rule_for(policy: CompiledPolicy, target: str) -> tuple[Verdict, str]:
 
 
 @pytest.mark.parametrize(
-    ("namespaces", "may_lack", "scoped", "expected"),
+    ("namespaces", "may_lack", "expected"),
     [
         # A sure mount namespace: /tmp and /var/tmp are a tmpfs of its own.
-        ({"mount", "net"}, set(), False, OwnSockets(TMP, True)),
-        ({"mount"}, set(), False, OwnSockets(TMP, False)),
+        ({"mount", "net"}, set(), OwnSockets(TMP, True)),
+        ({"mount"}, set(), OwnSockets(TMP, False)),
         # --allow-degraded mount: it may run on the host's /tmp.
-        ({"mount", "net"}, {"mount"}, False, OwnSockets((), True)),
-        # The scope alone makes abstract sockets its own; a network
-        # namespace that may go missing does not.
-        ({"mount", "net"}, {"net"}, False, OwnSockets(TMP, False)),
-        ({"mount", "net"}, {"net"}, True, OwnSockets(TMP, True)),
-        ({"mount"}, set(), True, OwnSockets(TMP, True)),
-        (set(), set(), False, OwnSockets((), False)),
+        ({"mount", "net"}, {"mount"}, OwnSockets((), True)),
+        # Abstract names are its own only in a network namespace that cannot
+        # go missing (Landlock's scope keeps its connects in, not the host's
+        # connects to a name it bound out).
+        ({"mount", "net"}, {"net"}, OwnSockets(TMP, False)),
+        (set(), set(), OwnSockets((), False)),
     ],
 )
 def test_a_fact_holds_only_when_the_launch_guarantees_it(
-    namespaces: set[str], may_lack: set[str], scoped: bool, expected: OwnSockets
+    namespaces: set[str], may_lack: set[str], expected: OwnSockets
 ) -> None:
-    facts = own_socket_facts(namespaces, may_lack, abstract_scoped=scoped, tmp_dirs=TMP)
-    assert facts == expected
+    assert own_socket_facts(namespaces, may_lack, tmp_dirs=TMP) == expected
 
 
-def test_the_facts_of_a_run_here_follow_this_kernels_landlock(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(landlock, "landlock_abi", lambda: 5)  # no scope before ABI 6
+def test_the_facts_of_a_run_here_follow_its_namespaces() -> None:
     assert own_sockets_here().private_abstract is False
     assert own_sockets_here(own_network=True).private_abstract is True
     assert own_sockets_here({"net"}, own_network=True).private_abstract is False
-    monkeypatch.setattr(landlock, "landlock_abi", lambda: 6)
-    assert own_sockets_here().private_abstract is True
     assert own_sockets_here({"mount"}).private_tmp == ()
     assert "/tmp" in own_sockets_here().private_tmp
 
 
-def test_explain_and_a_run_fill_the_facts_alike(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(landlock, "landlock_abi", lambda: 7)
-    ctx = RunContext.for_run("/", "/root", "a", sockets=own_sockets_here())
+def test_explain_and_a_run_fill_the_facts_alike() -> None:
+    ctx = RunContext.for_run("/", "/root", "a", sockets=own_sockets_here(own_network=True))
     assert ctx.private_abstract is True and "/tmp" in ctx.private_tmp
     degraded = RunContext.for_run("/", "/root", "a", sockets=own_sockets_here({"mount"}))
     assert degraded.private_tmp == ()
@@ -139,8 +130,6 @@ def test_a_regex_on_a_placeholder_with_no_value_matches_nothing() -> None:
 @pytest.mark.parametrize(
     ("target", "rule"),
     [
-        ("unix:/srv/project/dev.sock", "own-sockets-workspace"),
-        ("unix:/srv/project/run/sockets/puma.sock", "own-sockets-workspace"),
         ("unix:/tmp/pymp-k3j/listener-x8", "own-sockets-tmp"),
         ("unix:/var/tmp/x.sock", "own-sockets-tmp"),
         ("unix:@/org/own/socket", "own-sockets-abstract"),
@@ -150,6 +139,8 @@ def test_a_regex_on_a_placeholder_with_no_value_matches_nothing() -> None:
         ("unix:/run/dbus/system_bus_socket", "local-socket"),
         ("unix:/run/systemd/private", "local-socket"),
         ("unix:/srv/project/.git/fsmonitor--daemon.ipc", "local-socket"),
+        # A workspace socket may be a host process's (or linked from one).
+        ("unix:/srv/project/dev.sock", "local-socket"),
         ("unix:/tmp/home/.gnupg/S.gpg-agent", "local-socket"),
         ("unix:/tmp/home/app.sock", "local-socket"),
         ("unix:/opt/py/x.sock", "local-socket"),

@@ -279,16 +279,6 @@ class HostServer:
 
 
 @pytest.fixture
-def host_dir() -> Iterator[Path]:
-    """A directory of the host's outside /tmp, which the agent sees as it is."""
-    where = locations_root()
-    try:
-        yield where
-    finally:
-        shutil.rmtree(where, ignore_errors=True)
-
-
-@pytest.fixture
 def user_sandbox() -> Iterator[Sandbox]:
     """A workspace and home outside /tmp, as a user's are (the agent's /tmp is its own)."""
     root, own = locations_root(), locations_root()
@@ -314,8 +304,18 @@ def serve(path: str | bytes) -> Iterator[HostServer]:
 
 
 @pytest.fixture
+def host_dir(user_sandbox: Sandbox) -> Path:
+    """A directory of the host's which the agent sees as it is: not under /tmp
+    or /run (a tmpfs of its own there, where only what the launch keeps is
+    bound back), but in its home, which the launch keeps."""
+    where = user_sandbox.home / "host"
+    where.mkdir()
+    return where
+
+
+@pytest.fixture
 def host_socket(host_dir: Path) -> Iterator[HostServer]:
-    """A socket the host serves where the agent can see it (not under /tmp)."""
+    """A socket the host serves where the agent can see it (not under /tmp or /run)."""
     with serve(str(host_dir / "host.sock")) as server:
         yield server
 
@@ -331,15 +331,12 @@ def test_multiprocessing_manager_works(user_sandbox: Sandbox) -> None:
     assert socket_denials(user_sandbox) == []
 
 
-@pytest.mark.parametrize(
-    "where", ["/tmp/pair.sock", "/var/tmp/pair.sock", "{workspace}/pair.sock", "pair.sock"]
-)
-def test_a_listener_and_client_pair_works(user_sandbox: Sandbox, where: str) -> None:
-    """In the private /tmp and /var/tmp, in the workspace, by a relative name:
-    and the listener is bound to the very name it gave (getsockname())."""
-    if not os.path.isdir("/var/tmp") and where.startswith("/var/tmp"):
+@pytest.mark.parametrize("address", ["/tmp/pair.sock", "/var/tmp/pair.sock"])
+def test_a_listener_and_client_pair_works(user_sandbox: Sandbox, address: str) -> None:
+    """In the private /tmp and /var/tmp: and the listener is bound to the very
+    name it gave (getsockname())."""
+    if not os.path.isdir("/var/tmp") and address.startswith("/var/tmp"):
         pytest.skip("this host has no /var/tmp")
-    address = where.replace("{workspace}", str(user_sandbox.workspace))
     result, reports = run_agent(user_sandbox, f"pair={address}")
     assert result.returncode == 0, result.stderr
     assert reports["pair"] == {
@@ -363,16 +360,45 @@ def test_an_abstract_socket_pair_works_in_its_own_network_namespace(
 
 
 @pytest.mark.requires_landlock_scope
-def test_an_abstract_socket_pair_works_when_the_floor_scopes_it(user_sandbox: Sandbox) -> None:
-    """Sharing the host's network namespace, the scope alone keeps the host's
-    abstract sockets out of reach: the agent's own are allowed."""
+def test_sharing_the_hosts_network_abstract_names_are_refused(user_sandbox: Sandbox) -> None:
+    """Landlock's scope keeps the agent's connects in, but a host process
+    could still connect to a name the agent bound and take it for a host
+    service's: with the host's network namespace, no abstract name is its own."""
     policy = user_sandbox.policy("shared", SHARED_NETWORK)
     result, reports = run_agent(user_sandbox, "pair=@agentsup-own-pair", policy=policy)
     assert result.returncode == 0, result.stderr
-    assert reports["pair"]["result"] == "ok", reports
+    assert reports["pair"]["result"] == "EPERM", reports
+    assert socket_denials(user_sandbox) == [("local-socket", "unix:@agentsup-own-pair")]
     start = start_record(user_sandbox)
     assert "net" not in start["layers"]["namespaces"]  # type: ignore[index]
-    assert "abstract_unix_socket" in start["layers"]["landlock_scoped"]  # type: ignore[index]
+    assert start["own_sockets"]["private_abstract"] is False  # type: ignore[index]
+
+
+@pytest.mark.parametrize("address", ["{workspace}/dev.sock", "dev.sock"])
+def test_a_socket_in_the_workspace_is_refused(user_sandbox: Sandbox, address: str) -> None:
+    """A host process may serve a socket in the workspace, and a hard link or a
+    rename gives one any name there: no workspace socket is surely the agent's."""
+    address = address.replace("{workspace}", str(user_sandbox.workspace))
+    result, reports = run_agent(user_sandbox, f"pair={address}")
+    assert result.returncode == 0, result.stderr
+    assert reports["pair"]["result"] == "EPERM", reports
+    assert socket_denials(user_sandbox) == [
+        ("local-socket", f"unix:{user_sandbox.workspace}/dev.sock")
+    ]
+
+
+def test_a_host_socket_linked_out_of_a_hidden_directory_is_still_refused(
+    user_sandbox: Sandbox,
+) -> None:
+    """git's fsmonitor socket in .git, hard-linked to a plain name: the host's still."""
+    git = user_sandbox.workspace / ".git"
+    git.mkdir()
+    with serve(str(git / "fsmonitor--daemon.ipc")) as server:
+        os.link(server.address, user_sandbox.workspace / "plain.sock")
+        result, reports = run_agent(user_sandbox, f"connect={user_sandbox.workspace}/plain.sock")
+        assert result.returncode == 0, result.stderr
+        assert reports["connect"]["result"] == "EPERM"
+        assert server.reached == 0
 
 
 def test_a_blocking_connect_waits_for_room_in_a_full_backlog(user_sandbox: Sandbox) -> None:

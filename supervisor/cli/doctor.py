@@ -8,9 +8,11 @@ every layer it needs; 1 when it would refuse to start, whether or not
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import pwd
 
+from ..kernel import namespaces
 from ..supervision.layers import Layer, probe, refusals
 from .output import add_json_flag, emit
 
@@ -59,8 +61,30 @@ def table(layers: list[Layer]) -> str:
     return "\n".join(lines)
 
 
+def with_private_run(layers: list[Layer]) -> list[Layer]:
+    """The mount namespace's line, saying the private /run it gives too (or,
+    missing, that the host's /run and its daemons' sockets are in the agent's view)."""
+    run = " and ".join(namespaces.private_run_dirs())
+    if not run:
+        return layers
+    found = []
+    for layer in layers:
+        if layer.name == "mount_namespace":
+            if layer.available:
+                gives = f"; the agent gets a private /tmp, /var/tmp and {run}"
+                layer = dataclasses.replace(layer, detail=layer.detail + gives)
+            elif layer.cost:
+                costs = (
+                    f"; its {run} is the host's too, whose daemons' sockets (Docker, D-Bus, "
+                    "journald) only the policy refuses"
+                )
+                layer = dataclasses.replace(layer, cost=layer.cost + costs)
+        found.append(layer)
+    return found
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
-    layers = probe()
+    layers = with_private_run(probe())
     refused = refusals(layers)
     document = {
         "ok": not refused,

@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -317,7 +318,15 @@ def _explain(args: argparse.Namespace) -> int:
     locations = default_locations()
     try:
         policy = resolve_policy(args.policy, locations.policy_dir)
-        compiled = compile_policy(policy, run_context(args.workspace, args.agent_id))
+        context = run_context(args.workspace, args.agent_id)
+        compiled = compile_policy(policy, context)
+        if compiled.floor_roots((ActionType.NETWORK_CONNECT,)) == ():
+            # A run of it gets a network namespace of its own (nothing may
+            # connect out), and with it abstract sockets of its own.
+            facts = own_sockets_here(own_network=True)
+            compiled = compile_policy(
+                policy, replace(context, private_abstract=facts.private_abstract)
+            )
     except PolicyError as error:
         if args.json:
             _print_json({"error": _error_json(error)})

@@ -1,4 +1,4 @@
-"""Namespaces and mounts for the agent: unshare, uid maps, /proc, a private /tmp.
+"""Namespaces and mounts for the agent: unshare, uid maps, /proc, a private /tmp and /run.
 
 Each function does one kernel step and raises `NamespaceError` with one line
 naming the step and the errno, so that the caller can refuse to run (exit
@@ -7,6 +7,7 @@ naming the step and the errno, so that the caller can refuse to run (exit
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -77,6 +78,16 @@ _IFF_UP = 0x1
 # agent.  Inside its mount namespace they are read-only.
 READ_ONLY = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/sys")
 PRIVATE_TMP = ("/tmp", "/var/tmp")
+# The host's runtime directory holds its daemons' sockets (Docker, the D-Bus
+# system bus, systemd's, journald's /dev/log, nscd, a user's session bus and
+# gpg-agent under /run/user): the agent gets a tmpfs of its own there too.
+# /var/run only where it is a directory of its own, not a symlink to /run.
+PRIVATE_RUN = ("/run", "/var/run")
+# Fresh and writable by everyone (sticky, as on the host): lock files, flock.
+# /var/lock gets a tmpfs of its own only where it is no symlink into /run.
+RUN_LOCK = ("/run/lock", "/var/lock")
+_ETC = "/etc"
+_MAX_HOPS = 40  # as the kernel's symlink limit
 _TIOCGPTPEER = 0x5441  # Linux 4.13: the slave of a pty master, with no path lookup
 _TIOCSPTLCK = 0x40045431
 
@@ -152,22 +163,53 @@ def mount_proc() -> None:
     mount("/proc for the PID namespace", "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
 
-def mount_private_tmp(keep: Sequence[str], size: str = "50%") -> None:
-    """A fresh tmpfs on /tmp and /var/tmp, with the `keep` paths bound back in.
+def _under(path: str, roots: Sequence[str]) -> bool:
+    return any(path == root or path.startswith(root + "/") for root in roots)
 
-    The workspace or the hook socket may live under /tmp; they are pinned by
-    fd before the tmpfs covers them and bound back at the same place.
-    """
+
+def _pin(paths: Sequence[str], roots: Sequence[str], what: str) -> list[tuple[str, int]]:
+    """An O_PATH fd of each path under `roots`, opened before a tmpfs covers it."""
     pinned: list[tuple[str, int]] = []
     try:
-        for path in keep:
-            if any(path == tmp or path.startswith(tmp + "/") for tmp in PRIVATE_TMP):
+        for path in paths:
+            if _under(path, roots):
                 try:
                     pinned.append((path, os.open(path, os.O_PATH | os.O_CLOEXEC)))
                 except OSError as exc:
-                    raise NamespaceError(
-                        f"keep {path} in the private /tmp", exc.errno or 1
-                    ) from exc
+                    raise NamespaceError(f"keep {path} in the {what}", exc.errno or 1) from exc
+    except BaseException:
+        for _path, fd in pinned:
+            os.close(fd)
+        raise
+    return pinned
+
+
+def _bind_back(path: str, fd: int, what: str, *, read_only: bool = False) -> None:
+    """Bind the object pinned by `fd` at `path`, making the place for it first."""
+    if stat.S_ISDIR(os.fstat(fd).st_mode):
+        os.makedirs(path, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        # Already there when a directory kept before holds it (the hook
+        # socket in a kept home); opening a socket would fail with ENXIO.
+        if not os.path.lexists(path):
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+    mount(f"keep {path} in the {what}", f"/proc/self/fd/{fd}", path, None, MS_BIND)
+    if read_only:
+        _set_read_only(path, recursive=False)
+
+
+def mount_private_tmp(
+    keep: Sequence[str], size: str = "50%", *, read_only: Sequence[str] = ()
+) -> None:
+    """A fresh tmpfs on /tmp and /var/tmp, with the `keep` paths bound back in.
+
+    The workspace or the hook socket may live under /tmp; they are pinned by
+    fd before the tmpfs covers them and bound back at the same place; those
+    also in `read_only` (a virtualenv), read-only.
+    """
+    pinned = _pin(keep, PRIVATE_TMP, "private /tmp")
+    try:
         for tmp in PRIVATE_TMP:
             if os.path.isdir(tmp):
                 mount(
@@ -179,18 +221,185 @@ def mount_private_tmp(keep: Sequence[str], size: str = "50%") -> None:
                     f"mode=1777,size={size}",
                 )
         for path, fd in pinned:
-            if stat.S_ISDIR(os.fstat(fd).st_mode):
-                os.makedirs(path, exist_ok=True)
-            else:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                # Already there when a directory kept before holds it (the hook
-                # socket in a kept home); opening a socket would fail with ENXIO.
-                if not os.path.lexists(path):
-                    os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
-            mount(f"keep {path} in the private /tmp", f"/proc/self/fd/{fd}", path, None, MS_BIND)
+            _bind_back(path, fd, "private /tmp", read_only=path in read_only)
     finally:
         for _path, fd in pinned:
             os.close(fd)
+
+
+def private_run_dirs() -> list[str]:
+    """The runtime directories a private /run covers: /run, and /var/run where it
+    is a directory of its own (not the usual symlink to /run)."""
+    return [run for run in PRIVATE_RUN if os.path.isdir(run) and not os.path.islink(run)]
+
+
+def _chain(start: str, limit: int = _MAX_HOPS) -> tuple[list[tuple[str, str]], str] | None:
+    """The symlinks `start` goes through, each as (where it is, its text), and
+    the real path it ends at; None when it ends nowhere (dangling, a loop)."""
+    hops: list[tuple[str, str]] = []
+    here = start
+    for _ in range(limit):
+        try:
+            text = os.readlink(here)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:  # not a symlink: the end
+                return hops, os.path.realpath(here)
+            return None
+        hops.append((here, text))
+        parent = os.path.realpath(os.path.dirname(here))
+        here = os.path.normpath(os.path.join(parent, text))
+    return None
+
+
+def etc_files_in_run(run_dirs: Sequence[str], etc: str = _ETC) -> list[tuple[str, str]]:
+    """What /etc's symlinks into the runtime directory need there, for the
+    agent's private /run: (path, symlink text) for each link on the way, and
+    (path, "") for the regular file it ends at.
+
+    /etc/resolv.conf -> ../run/systemd/resolve/stub-resolv.conf (systemd-resolved),
+    /run/resolvconf/resolv.conf, /run/NetworkManager/resolv.conf: a symlink in
+    /etc or one directory down.  Only regular files: a directory there may
+    hold a daemon's socket.
+    """
+    found: dict[str, str] = {}
+    # The link's own text says whether it goes into /run (../run/..., /var/run/...):
+    # only those are followed (a link farm such as /etc/alternatives goes elsewhere).
+    spelled = (*run_dirs, *PRIVATE_RUN)
+
+    def consider(path: str) -> None:
+        try:
+            text = os.readlink(path)
+        except OSError:
+            return
+        if not _under(os.path.normpath(os.path.join(os.path.dirname(path), text)), spelled):
+            return
+        chain = _chain(path)
+        if chain is None:
+            return
+        hops, real = chain
+        if not _under(real, run_dirs):
+            return
+        try:
+            if not stat.S_ISREG(os.stat(real).st_mode):
+                return
+        except OSError:
+            return
+        for where, link in hops:
+            if _under(where, run_dirs):
+                found.setdefault(where, link)
+        found[real] = ""
+
+    try:
+        with os.scandir(etc) as entries:
+            listed = list(entries)
+    except OSError:
+        return []
+    for entry in listed:
+        if entry.is_symlink():
+            consider(entry.path)
+        elif entry.is_dir(follow_symlinks=False):
+            try:
+                with os.scandir(entry.path) as inner:
+                    links = [item.path for item in inner if item.is_symlink()]
+            except OSError:
+                continue
+            for link in links:
+                consider(link)
+    return sorted(found.items())
+
+
+def _links_out(run_dirs: Sequence[str]) -> list[tuple[str, str]]:
+    """The symlinks at the top of the runtime directories that lead out of them
+    (/run/shm -> /dev/shm; NixOS's /run/current-system): made again in the
+    private /run.  They reach nothing the agent does not see already."""
+    found = []
+    for run in run_dirs:
+        try:
+            with os.scandir(run) as entries:
+                links = [entry.path for entry in entries if entry.is_symlink()]
+        except OSError:
+            continue
+        for link in links:
+            try:
+                text = os.readlink(link)
+            except OSError:
+                continue
+            if not _under(os.path.realpath(link), run_dirs):
+                found.append((link, text))
+    return found
+
+
+def _fresh_directory(path: str, mode: int) -> None:
+    os.makedirs(path, exist_ok=True)
+    os.chmod(path, mode)  # whatever the umask
+
+
+def mount_private_run(
+    keep: Sequence[str], run_dirs: Sequence[str] | None = None, size: str = "20%"
+) -> list[str]:
+    """A fresh tmpfs on /run (and /var/run, where it is a directory of its own),
+    with only what the agent needs of the host's bound back in.
+
+    - the `keep` paths under it (the hook socket in agentsup's runtime
+      directory, as the socket alone: the directory also holds every
+      supervisor's control socket);
+    - the files /etc's symlinks lead to there (/etc/resolv.conf from
+      systemd-resolved), read-only, and the links on the way;
+    - the symlinks at its top that lead out of it (/run/shm -> /dev/shm);
+    - /run/lock (and /var/lock where it is a directory of its own) fresh and
+      writable by everyone; /dev/shm's directory, where /dev/shm is a symlink
+      into /run (the tmpfs `mount_private_devices` puts there lands in it).
+
+    Everything is pinned or read before the tmpfs covers it.  Returns the
+    directories covered.
+    """
+    dirs = private_run_dirs() if run_dirs is None else list(run_dirs)
+    if not dirs:
+        return []
+    found = etc_files_in_run(dirs)
+    links = _links_out(dirs) + [(path, text) for path, text in found if text]
+    shm = os.path.realpath("/dev/shm")
+    files: list[tuple[str, int]] = []
+    for path, text in found:
+        if not text:
+            with contextlib.suppress(OSError):  # gone since: the agent goes without
+                files.append((path, os.open(path, os.O_PATH | os.O_CLOEXEC)))
+    try:
+        pinned = _pin(keep, dirs, "private /run")
+    except BaseException:
+        for _path, fd in files:
+            os.close(fd)
+        raise
+    # The files first: a kept directory may hold one, and what is kept is
+    # then what the agent sees there.
+    pinned = files + pinned
+    try:
+        for run in dirs:
+            mount(
+                f"private {run}",
+                "tmpfs",
+                run,
+                "tmpfs",
+                MS_NOSUID | MS_NODEV,
+                f"mode=0755,size={size}",
+            )
+        for lock in RUN_LOCK:
+            if _under(lock, dirs):
+                _fresh_directory(lock, 0o1777)
+            elif os.path.isdir(lock) and not os.path.islink(lock):
+                mount(f"private {lock}", "tmpfs", lock, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+        if shm != "/dev/shm" and _under(shm, dirs):
+            _fresh_directory(shm, 0o1777)
+        for path, text in links:
+            if not os.path.lexists(path):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                os.symlink(text, path)
+        for index, (path, fd) in enumerate(pinned):
+            _bind_back(path, fd, "private /run", read_only=index < len(files))
+    finally:
+        for _path, fd in pinned:
+            os.close(fd)
+    return dirs
 
 
 def mount_private_devices() -> None:
@@ -242,17 +451,22 @@ def make_read_only(paths: Sequence[str] = READ_ONLY) -> None:
         if not os.path.lexists(path):
             continue
         mount(f"read-only {path}", path, path, None, MS_BIND | MS_REC)
-        attr = _MountAttr(attr_set=_MOUNT_ATTR_RDONLY)
-        rc = _libc.syscall(
-            _SYS_MOUNT_SETATTR,
-            -100,
-            os.fsencode(path),
-            _AT_RECURSIVE,
-            ctypes.byref(attr),
-            ctypes.sizeof(attr),
-        )
-        if rc != 0:
-            raise NamespaceError(f"read-only {path}", ctypes.get_errno())
+        _set_read_only(path)
+
+
+def _set_read_only(path: str, *, recursive: bool = True) -> None:
+    """The mount at `path` (and with `recursive` every submount) read-only."""
+    attr = _MountAttr(attr_set=_MOUNT_ATTR_RDONLY)
+    rc = _libc.syscall(
+        _SYS_MOUNT_SETATTR,
+        -100,
+        os.fsencode(path),
+        _AT_RECURSIVE if recursive else 0,
+        ctypes.byref(attr),
+        ctypes.sizeof(attr),
+    )
+    if rc != 0:
+        raise NamespaceError(f"read-only {path}", ctypes.get_errno())
 
 
 def loopback_up() -> None:
@@ -297,17 +511,13 @@ def available() -> dict[str, str]:
 
 
 def own_sockets_here(may_lack: Collection[str] = (), *, own_network: bool = False) -> OwnSockets:
-    """`own_socket_facts` for a launch on this host and kernel: the private /tmp
-    directories it mounts (those there are), and Landlock's abstract-socket
-    scope if this kernel has it (every run has Landlock where it does).  The
-    mount namespace is always asked for; the network one when `own_network`."""
+    """`own_socket_facts` for a launch on this host: the private /tmp directories
+    it mounts (those there are).  The mount namespace is always asked for;
+    the network one when `own_network`."""
     from ..policy.engine import own_socket_facts
-    from ..policy.floor import SCOPE_ABSTRACT_UNIX_SOCKET, scopes_for_abi
-    from .landlock import landlock_abi
 
     return own_socket_facts(
         {"mount", "net"} if own_network else {"mount"},
         may_lack,
-        abstract_scoped=bool(scopes_for_abi(landlock_abi()) & SCOPE_ABSTRACT_UNIX_SOCKET),
         tmp_dirs=[tmp for tmp in PRIVATE_TMP if os.path.isdir(tmp)],
     )

@@ -136,11 +136,7 @@ class OwnSockets(NamedTuple):
 
 
 def own_socket_facts(
-    namespaces: Collection[str],
-    may_lack: Collection[str],
-    *,
-    abstract_scoped: bool,
-    tmp_dirs: Sequence[str],
+    namespaces: Collection[str], may_lack: Collection[str], *, tmp_dirs: Sequence[str]
 ) -> OwnSockets:
     """The facts for a launch with `namespaces`, any of `may_lack` allowed to go missing.
 
@@ -150,9 +146,9 @@ def own_socket_facts(
       there.  (What the launch binds back in, such as a home under /tmp, is
       the host's: rules on `{private_tmp}` must except it.)
     - Abstract sockets are the agent's own when it surely has its own network
-      namespace (they live in one), or when Landlock scopes them
-      (`abstract_scoped`: ABI 6, a connect reaches only sockets made in the
-      agent's own domain).
+      namespace: they live in one.  Landlock's abstract scope (ABI 6) is not
+      enough: it keeps the agent's connects in, but a host process can still
+      connect to a name the agent bound, and take it for a host service's.
     Fails closed: anything not sure is no fact.
     """
 
@@ -161,7 +157,7 @@ def own_socket_facts(
 
     return OwnSockets(
         private_tmp=tuple(tmp_dirs) if sure("mount") else (),
-        private_abstract=abstract_scoped or sure("net"),
+        private_abstract=sure("net"),
     )
 
 

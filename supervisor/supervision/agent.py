@@ -188,7 +188,11 @@ def missing_for_agent(executable: str) -> str | None:
     if first.startswith(b"#!"):
         words = first[2:].split()
         needed = os.fsdecode(words[0]) if words else executable
-    where = " (the agent's /tmp is its own)" if needed.startswith(("/tmp/", "/var/tmp/")) else ""
+    where = ""
+    if needed.startswith(("/tmp/", "/var/tmp/")):
+        where = " (the agent's /tmp is its own)"
+    elif needed.startswith(("/run/", "/var/run/")):
+        where = " (the agent's /run is its own)"
     return f"{needed} is not in the agent's view{where}"
 
 
@@ -214,15 +218,21 @@ def resolve_program(program: str, args: Sequence[str], env_path: str) -> tuple[s
 
 
 def plan_landlock(
-    policy: CompiledPolicy, locations: Locations, shadow: bool = False, private_tmp: bool = False
+    policy: CompiledPolicy,
+    locations: Locations,
+    shadow: bool = False,
+    private_tmp: bool = False,
+    kept: Sequence[str] = (),
 ) -> floor.FloorPlan:
     """The kernel floor for this policy: the roots any proceeding rule could reach.
 
     In shadow mode nothing the policy refuses may be refused by the floor
     first (it would never be recorded): the floor is only agentsup's holes.
+    `private_tmp`: the agent surely gets its private /tmp and /run, where the
+    launch binds back only `kept` (the workspace, the home) and what it names.
     """
-    no_write = _outside_private_tmp(locations.protected_paths(), private_tmp)
-    no_read = _outside_private_tmp(locations.secret_paths(), private_tmp)
+    no_write = _outside_private_tmp(locations.protected_paths(), private_tmp, kept)
+    no_read = _outside_private_tmp(locations.secret_paths(), private_tmp, kept)
     if shadow:
         return floor.plan_floor(
             read_roots=None,
@@ -237,17 +247,27 @@ def plan_landlock(
     return floor.plan_policy_floor(policy, no_write=no_write, no_read=no_read, abi=landlock_abi())
 
 
-def _outside_private_tmp(paths: Iterable[Path], private_tmp: bool) -> list[str]:
-    """Real paths to punch out of the floor, less those a private /tmp hides anyway.
+def _outside_private_tmp(
+    paths: Iterable[Path], private_tmp: bool, kept: Sequence[str] = ()
+) -> list[str]:
+    """Real paths to punch out of the floor, less those a private /tmp or /run hides anyway.
 
-    Holes are punched by listing directories; in a private /tmp the entries
-    listed do not exist, and the punched /tmp would refuse every new file.
+    Holes are punched by listing directories; in a private /tmp or /run the
+    entries listed do not exist, and the punched /tmp would refuse every new
+    file.  What lies in a directory the launch binds back in (`kept`) is the
+    host's, there too: its hole stays.
     """
     real = [os.path.realpath(path) for path in paths]
     if not private_tmp:
         return real
-    hidden = tuple(tmp + "/" for tmp in kernel_namespaces.PRIVATE_TMP)
-    return [path for path in real if not path.startswith(hidden)]
+    private = (*kernel_namespaces.PRIVATE_TMP, *kernel_namespaces.private_run_dirs())
+    hidden = tuple(tmp + "/" for tmp in private)
+    shown = tuple(os.path.realpath(path) for path in kept if path)
+
+    def inside(path: str, roots: tuple[str, ...]) -> bool:
+        return any(path == root or path.startswith(root + "/") for root in roots)
+
+    return [path for path in real if not path.startswith(hidden) or inside(path, shown)]
 
 
 def policy_reference(value: str) -> str:
@@ -312,6 +332,7 @@ def plan_isolation(
     keep: Sequence[str],
     agent_id: str,
     egress_port: int = 0,
+    read_only: Sequence[str] = (),
 ) -> Isolation:
     """The namespaces the agent gets: all of them, and a network only when it may connect.
 
@@ -321,22 +342,34 @@ def plan_isolation(
     A normal user gets them through a user namespace.  `--allow-degraded
     namespaces` (or one namespace's name) lets a refused namespace go with a
     warning instead of refusing to run.
+
+    `keep` (host paths under /tmp or /run) are bound back into the private
+    ones, as spelled and where they lead (a symlink's own place must be there
+    too); those of `read_only` (a Python, agentsup itself) read-only: a .pth
+    file written into a venv under /tmp would run in the next agentsup.
     """
+
+    def spellings(paths: Sequence[str]) -> tuple[str, ...]:
+        return tuple(
+            dict.fromkeys(
+                spelling
+                for path in paths
+                if path
+                for spelling in (os.path.realpath(path), os.path.abspath(path))
+            )
+        )
+
     return Isolation(
         namespaces=wanted_namespaces(policy, request, egress_port),
         allow_degraded=may_lack(request),
         user=user,
-        # As spelled and where it leads: a symlink's own place must be there too.
-        keep=tuple(
-            dict.fromkeys(
-                spelling
-                for path in keep
-                if path
-                for spelling in (os.path.realpath(path), os.path.abspath(path))
-            )
-        ),
+        keep=spellings([*keep, *read_only]),
+        keep_read_only=spellings(read_only),
         hostname=f"agentsup-{agent_id}"[:64],
         egress_port=egress_port,
+        # With the mount namespace: a tmpfs over the host's /run (its daemons'
+        # sockets), with only `keep` and what tools need bound back in.
+        private_run=tuple(kernel_namespaces.private_run_dirs()),
     )
 
 
@@ -361,11 +394,16 @@ def active_layers(
     egress_kind = "none" if "net" in plan.isolation.namespaces else "direct"
     if launched.egress is not None:
         egress_kind = "proxy"
+    entered = plan.isolation.namespaces - skipped
     return {
         "seccomp_notify": True,
         "landlock_abi": plan.landlock.abi if plan.landlock is not None else 0,
         "landlock_scoped": floor.scope_names(plan.landlock.scoped) if plan.landlock else [],
-        "namespaces": sorted(plan.isolation.namespaces - skipped),
+        "namespaces": sorted(entered),
+        # The runtime directories the agent has a tmpfs of its own on (the
+        # host's sockets under /run out of its sight); none without the
+        # mount namespace.
+        "private_run": list(plan.isolation.private_run) if "mount" in entered else [],
         "degraded": launched.degraded,
         "capabilities": "none",
         "user": plan.isolation.user.name if plan.isolation.user else None,
@@ -581,7 +619,9 @@ class Agent:
         # The agent gets a private /tmp unless the operator let its mount
         # namespace go missing.
         private_tmp = not ({"mount", "namespaces"} & set(request.allow_degraded))
-        plan = plan_landlock(compiled, self.locations, request.shadow, private_tmp)
+        plan = plan_landlock(
+            compiled, self.locations, request.shadow, private_tmp, kept=(workspace, home)
+        )
         if plan.abi < 1:
             if "landlock" not in request.allow_degraded:
                 raise SetupError(
@@ -636,9 +676,10 @@ class Agent:
         package = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         # sys.prefix: a virtualenv's root (pyvenv.cfg, bin/python), which the
         # realpath of its python leaves behind.
-        keep = [workspace, home, hook_socket or "", executable, package, sys.prefix]
+        keep = [workspace, home, hook_socket or ""]
         if request.program.endswith(".py"):
             keep.append(os.path.abspath(request.program))
+        read_only = [executable, package, sys.prefix]
         self._plan = launch.LaunchPlan(
             executable=executable,
             argv=argv,
@@ -649,7 +690,9 @@ class Agent:
             ),
             landlock=landlock_plan,
             rlimits=rlimits,
-            isolation=plan_isolation(compiled, request, user, keep, agent_id, egress_port),
+            isolation=plan_isolation(
+                compiled, request, user, keep, agent_id, egress_port, read_only
+            ),
             native=fastpath.enabled(),
             native_decider=_native_decider(self.judge),
             native_prepare=functools.partial(self.judge.policy.prepare, tuple(_NATIVE_BITS)),

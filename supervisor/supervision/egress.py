@@ -82,6 +82,9 @@ _HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
+# Headers that frameworks read as the request's method (Rails, Express's
+# method-override, Google APIs): a rule about DELETE must see them.
+_METHOD_OVERRIDES = frozenset({b"x-http-method-override", b"x-http-method", b"x-method-override"})
 _HOST_RE = re.compile(r"^[A-Za-z0-9._-]{1,253}$")
 # Path spellings whose meaning depends on the server, which a rule on the one
 # form cannot see: an escaped / or \ (nginx decodes %2F before it resolves
@@ -615,6 +618,7 @@ class EgressProxy:
             self._refuse(conn, 400, str(exc))
             return
         target = request.target.decode("ascii", "replace")
+        overrides: list[str] = []  # METHOD URL of a method header (none for a tunnel)
         if conn.method == "CONNECT" and method != "CONNECT":
             conn.url = target
             self._refuse(conn, 400, "CONNECT is written in upper case")  # h11 tunnels no other
@@ -642,9 +646,24 @@ class EgressProxy:
             if _AMBIGUOUS_PATH.search(path.partition("?")[0]):
                 self._refuse(conn, 400, "an escaped / or \\, a \\ or a ; in the path")
                 return
+            names = [name.lower() for name, _value in request.headers]
+            if b"transfer-encoding" in names and b"content-length" in names:
+                # Servers differ on which one frames the body: the rest of it
+                # could be read as another request, never judged.
+                self._refuse(conn, 400, "both Transfer-Encoding and Content-Length")
+                return
             conn.host, conn.port, conn.path = host, port_or_none, path
             conn.url = f"http://{mapping.url_authority(scheme, host, conn.port)}{path}"
             request_target = f"{conn.method} {conn.url}"
+            try:
+                overrides = [
+                    f"{mapping.http_method(value.decode('ascii', 'replace'))} {conn.url}"
+                    for name, value in request.headers
+                    if name.lower() in _METHOD_OVERRIDES
+                ]
+            except ValueError as exc:
+                self._refuse(conn, 400, f"method override: {exc}")
+                return
             conn.upstream_h11 = h11.Connection(h11.CLIENT)
             conn.request = request
         if not (_ip_literal(conn.host) or _HOST_RE.match(conn.host)):
@@ -661,6 +680,11 @@ class EgressProxy:
                 layer=Layer.PROXY,
             ),
             Event(ActionType.NETWORK_REQUEST, request_target, pid=conn.pid, layer=Layer.PROXY),
+        ]
+        # A method a server takes from a header instead is judged too.
+        events += [
+            Event(ActionType.NETWORK_REQUEST, other, pid=conn.pid, layer=Layer.PROXY)
+            for other in overrides
         ]
         self._judge_all(conn, events, [])
 

@@ -137,6 +137,7 @@ _SOCKADDR_UN_SIZE = 110  # sizeof(struct sockaddr_un)
 _BACKLOG_WAIT_MIN = 0.001
 _BACKLOG_WAIT_MAX = 0.05
 _MAX_MMSG = 64  # messages of one sendmmsg sent for the agent (the rest: a short count)
+_UIO_MAXIOV = 1024  # the most messages the kernel takes from one sendmmsg
 _MSG_FASTOPEN = 0x20000000
 _SETID = stat.S_ISUID | stat.S_ISGID
 _NODE_KINDS = (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK)
@@ -2154,7 +2155,9 @@ class Mediator:
             self.release(node)
             self._fail(n, errno.ENOENT)
             return None
-        target = describe_sockaddr(data, lambda _raw: node.target if node else "")
+        target = describe_sockaddr(
+            data, lambda _raw: node.target if node else "", reaching=not binds
+        )
         response = self._decide(n, syscall, ActionType.NETWORK_CONNECT, target)
         if not response.proceeds:
             if node is not None:
@@ -2179,7 +2182,7 @@ class Mediator:
         node = self._unix_node(n.pid, data)
         if node is not None:
             self.release(node)
-        target = describe_sockaddr(data, lambda _raw: node.target if node else "")
+        target = describe_sockaddr(data, lambda _raw: node.target if node else "", reaching=True)
         return self._decide(n, syscall, ActionType.NETWORK_CONNECT, target)
 
     def _agent_socket(self, n: _seccomp.Notification) -> int:
@@ -2545,8 +2548,11 @@ class Mediator:
         return b"".join(pieces)
 
     def _on_sendmmsg(self, n: _seccomp.Notification, name: str) -> None:
-        """sendmmsg: on IP datagram sockets, the broker sends each decided copy."""
-        count = min(n.args[2] & 0xFFFFFFFF, _MAX_MMSG)
+        """sendmmsg: on IP datagram sockets, the broker sends each decided copy.
+
+        On other sockets the kernel sends them, so every message it would take
+        is judged first: up to UIO_MAXIOV, where the kernel stops.
+        """
         fd, family, kind = self._socket_kind(n)
         if fd < 0:
             return
@@ -2554,6 +2560,7 @@ class Mediator:
             ip_datagrams = (
                 family in (socket.AF_INET, socket.AF_INET6) and kind != socket.SOCK_STREAM
             )
+            count = min(n.args[2] & 0xFFFFFFFF, _MAX_MMSG if ip_datagrams else _UIO_MAXIOV)
             messages: list[tuple[bytes, tuple[object, ...] | None]] = []
             for i in range(count):
                 # struct mmsghdr: a 56-byte msghdr and an unsigned int, padded to 64.
@@ -2653,24 +2660,32 @@ def socket_target(family: int, kind: int, protocol: int) -> str | None:
     return None
 
 
-def describe_sockaddr(data: bytes, unix_path: Callable[[bytes], str]) -> str:
+def describe_sockaddr(
+    data: bytes, unix_path: Callable[[bytes], str], *, reaching: bool = False
+) -> str:
     """The `network_connect` target for a raw sockaddr (DESIGN.md 1.2).
 
     Addresses are spelled as the hook and the egress proxy spell them
     (`ip_text`): an IPv4-mapped IPv6 address is its IPv4 address, since the
-    kernel connects an AF_INET6 socket to ::ffff:a.b.c.d over IPv4.
+    kernel connects an AF_INET6 socket to ::ffff:a.b.c.d over IPv4.  For a
+    connect or a datagram (`reaching`), the unspecified address is the local
+    host it reaches (`reached_address`).
     """
-    from ..hooks._mapping import ip_text
+    from ..hooks._mapping import ip_text, reached_address
+
+    def address(packed: bytes) -> str:
+        text = ip_text(packed)
+        return reached_address(text) if reaching else text
 
     if len(data) < 2:
         return "invalid:"
     family = struct.unpack_from("<H", data)[0]
     if family == socket.AF_INET and len(data) >= 8:
         port = struct.unpack_from(">H", data, 2)[0]
-        return f"{ip_text(data[4:8])}:{port}"
+        return f"{address(data[4:8])}:{port}"
     if family == socket.AF_INET6 and len(data) >= 24:
         port = struct.unpack_from(">H", data, 2)[0]
-        text = ip_text(data[8:24])
+        text = address(data[8:24])
         return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
     if family == socket.AF_UNIX:
         path = data[2:]

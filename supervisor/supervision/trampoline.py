@@ -9,8 +9,8 @@ with one job:
       └─ trampoline     rlimits; into the agent's cgroups; the user namespace
          │              (a normal user); unshare mount, PID, UTS, IPC and
          │              network; waits for the init
-         └─ init        PID 1 of the new PID namespace: mounts (private /tmp,
-            │           /proc, read-only /sys), the user switch, every
+         └─ init        PID 1 of the new PID namespace: mounts (private /tmp
+            │           and /run, /proc, read-only /sys), the user switch, every
             │           capability dropped, Landlock; then it is the broker
             │           (`broker.py`) and reaps the tree
             └─ agent    setsid, seccomp filter, waits for the go byte, execve
@@ -72,7 +72,9 @@ class Isolation:
     namespaces: frozenset[str] = frozenset()  # of kernel.namespaces.FLAGS
     allow_degraded: frozenset[str] = frozenset()  # namespaces it may run without
     user: UserSpec | None = None  # run as this user (root only)
-    keep: tuple[str, ...] = ()  # host paths under /tmp to bind into the private /tmp
+    keep: tuple[str, ...] = ()  # host paths under /tmp or /run to bind into the private ones
+    keep_read_only: tuple[str, ...] = ()  # those of `keep` bound read-only (a Python)
+    private_run: tuple[str, ...] = ()  # the runtime directories that get a tmpfs (/run)
     hostname: str = ""
     egress_port: int = 0  # bind the egress proxy's listener here in the agent's netns
 
@@ -223,7 +225,11 @@ def _init(stage: Stage, entered: set[str], wait_fd: int) -> NoReturn:
         if "mount" in entered:
             step = "mounts"
             namespaces.make_mounts_private()
-            namespaces.mount_private_tmp(plan.keep)
+            namespaces.mount_private_tmp(plan.keep, read_only=plan.keep_read_only)
+            # The host's daemons' sockets out of sight: only what the agent
+            # needs of the host's /run is bound back in.  Before the devices:
+            # where /dev/shm is a symlink into /run, its tmpfs lands in ours.
+            namespaces.mount_private_run(plan.keep, plan.private_run)
             namespaces.mount_private_devices()
             if "pid" in entered:
                 namespaces.mount_proc()
