@@ -1159,20 +1159,25 @@ static int serve_open(int listener, const struct seccomp_notif *n, int dirfd, ui
     return 1;
 }
 
-/* unlink, rmdir, unlinkat: the name is removed from its pinned directory. */
+/* unlink, rmdir, unlinkat: the name is removed from its pinned directory.
+ * A name with trailing slashes (`rmdir dir/`) is judged as the name without
+ * them (dir), and removed as spelled: to the kernel they say "a directory",
+ * so `rm file/` and `unlink("symlink/")` fail with ENOTDIR, as bare. */
 static int serve_unlink(int listener, const struct seccomp_notif *n, int dirfd, uint64_t ptr,
                         int remove_dir) {
-    char raw[PATH_BYTES], parent[PATH_BYTES], target[PATH_BYTES + 1];
+    char raw[PATH_BYTES], stripped[PATH_BYTES], parent[PATH_BYTES], target[PATH_BYTES + 1];
     const char *name;
     if (!agent_path(n, ptr, raw))
         return 0;
     size_t length = strlen(raw);
-    while (length > 0 && raw[length - 1] == '/')
-        raw[--length] = '\0'; /* `rmdir dir/` names dir */
-    if (length == 0 || !split_parent(raw, parent, &name))
+    memcpy(stripped, raw, length + 1);
+    while (length > 0 && stripped[length - 1] == '/')
+        stripped[--length] = '\0';
+    if (length == 0 || !split_parent(stripped, parent, &name))
         return 0;
+    const char *spelled = raw + (name - stripped); /* the same name, its slashes kept */
     ssize_t target_length;
-    int dir = pin_parent_of(n, dirfd, raw, parent, name, target, &target_length);
+    int dir = pin_parent_of(n, dirfd, stripped, parent, name, target, &target_length);
     if (dir < 0)
         return 0;
     if (!granted(target, (size_t)target_length, ALLOW_DELETE, 0)) {
@@ -1180,7 +1185,7 @@ static int serve_unlink(int listener, const struct seccomp_notif *n, int dirfd, 
         return 0;
     }
     if (id_valid(listener, n->id)) { /* interrupted: nothing may be removed */
-        if (unlinkat(dir, name, remove_dir ? AT_REMOVEDIR : 0) == 0)
+        if (unlinkat(dir, spelled, remove_dir ? AT_REMOVEDIR : 0) == 0)
             respond_value(listener, n->id, 0);
         else
             respond_error(listener, n->id, errno);

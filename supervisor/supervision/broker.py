@@ -114,6 +114,10 @@ _INODE_KEY = struct.Struct("=QQ")
 OBJECT = 0  # O_PATH of what the path names
 PARENT = 1  # O_PATH of the directory that holds its last component
 OPEN = 2  # open it for reading right away (regular files and directories only)
+# The directory where open(O_CREAT) without O_EXCL makes the file `raw` names,
+# and the name it makes (`Pinned.name`): a final symlink leading nowhere is
+# followed to where it leads, as the kernel follows it (`Broker._site`).
+CREATED = 3
 
 # What F_SETFL may change; used to drop the O_NONBLOCK added for safety.
 _SETFL_FLAGS = (
@@ -189,6 +193,25 @@ class Pinned:
     injected: bool = False  # opened for reading and handed to the agent already (`Expected`)
     # Reached through a symlink to the agent's own /proc/self/fd/N: an fd it holds.
     held: bool = False
+    # CREATED: the last component to make in the directory pinned, as spelled
+    # (a trailing slash kept: the kernel's "must be a directory").
+    name: bytes = b""
+
+
+def split_name(raw: bytes) -> tuple[bytes, bytes]:
+    """(the directory that holds `raw`'s last component, that component as the
+    agent spelled it, its trailing slashes kept): `a/b/` is (b"a", b"b/"), `b`
+    is (b".", b"b"), `/b` is (b"/", b"b").
+
+    The slashes stay on the name the syscall is made with: they mean "this
+    must be a directory" to the kernel (`rm f/` is ENOTDIR, `ln -s x y/`
+    ENOENT).  For a `raw` whose last component is a name (not empty, ".",
+    ".." or "/" itself).
+    """
+    head, slash, _name = raw.rstrip(b"/").rpartition(b"/")
+    if not slash:
+        return b".", raw
+    return head or b"/", raw[len(head) + 1 :]
 
 
 # -- the supervisor's side -----------------------------------------------------------
@@ -542,7 +565,8 @@ class Broker:
         self.channel.send(marshal.dumps((seq, answers)))  # type: ignore[arg-type]
 
     def _lookup(self, lookup: tuple[object, ...], fds: list[int]) -> tuple[object, ...]:
-        """One path of a RESOLVE: (handle, path, errno, mode, dev, ino, nlink, script, injected)."""
+        """One path of a RESOLVE: (handle, path, errno, mode, dev, ino, nlink, script,
+        injected, held), and for CREATED the name to make in the directory pinned."""
         index, raw, kind, flags, resolve_flags, follow, want_script, keep, expected, agent = lookup
         assert isinstance(raw, bytes) and isinstance(kind, int) and isinstance(flags, int)
         assert isinstance(resolve_flags, int) and isinstance(index, int)
@@ -552,14 +576,18 @@ class Broker:
         resolve_flags &= ~_proc.RESOLVE_CACHED
         anchor = fds[index] if index >= 0 else AT_FDCWD
         try:
-            fd, st, held, path = self._found(anchor, raw, kind, flags, resolve_flags, follow, agent)
+            fd, st, held, path, name = self._found(
+                anchor, raw, kind, flags, resolve_flags, follow, agent
+            )
             if self._in_own_proc(path) and not resolve_flags:
                 # /proc/self met through a plain symlink (`/proc/mounts`, or
                 # `m -> /proc/mounts`): the agent's own entry was meant.
                 os.close(fd)
                 if not isinstance(agent, tuple):
                     return _failed_lookup(THROUGH_MAGIC_LINK)
-                fd, st, held, path = self._found(anchor, raw, kind, flags, 0, follow, agent, True)
+                fd, st, held, path, name = self._found(
+                    anchor, raw, kind, flags, 0, follow, agent, True
+                )
         except OSError as exc:
             return _failed_lookup(exc.errno or errno.ENOENT)
         handle, err = fd, 0
@@ -579,9 +607,10 @@ class Broker:
         else:
             os.close(fd)
             handle = -1
-        return (
+        found = (
             handle, path, err, st.st_mode, st.st_dev, st.st_ino, st.st_nlink, script, False, held
         )  # fmt: skip
+        return (*found, name) if kind == CREATED else found
 
     @staticmethod
     def _found(
@@ -593,16 +622,75 @@ class Broker:
         follow: object,
         agent: object,
         walk: bool = False,
-    ) -> tuple[int, os.stat_result, bool, str]:
-        """`_open`, and the real path of what it opened: one fstat and one readlink."""
-        fd, st, held = Broker._open(
-            anchor, raw, kind, flags, resolve, bool(follow), agent, walk=walk
-        )
+    ) -> tuple[int, os.stat_result, bool, str, bytes]:
+        """`_open` (or for CREATED, `_site`), and the real path of what it
+        opened: one fstat and one readlink; and CREATED's name."""
+        name = b""
+        if kind == CREATED:
+            fd, st, held, name = Broker._site(anchor, raw, resolve, agent, walk)
+        else:
+            fd, st, held = Broker._open(
+                anchor, raw, kind, flags, resolve, bool(follow), agent, walk=walk
+            )
         try:
-            return fd, st, held, _proc.fd_path(fd)
+            return fd, st, held, _proc.fd_path(fd), name
         except OSError:
             os.close(fd)
             raise
+
+    @staticmethod
+    def _site(
+        anchor: int, raw: bytes, resolve: int, agent: object, walk: bool
+    ) -> tuple[int, os.stat_result, bool, bytes]:
+        """The directory (pinned) where open(`raw`, O_CREAT) without O_EXCL or
+        O_NOFOLLOW makes its file, its stat, `held`, and the name made there.
+
+        That is `raw`'s own directory and last component, unless that name is
+        a symlink leading nowhere: the kernel follows it (a chain of them too,
+        at most MAX_SYMLINKS) and makes the file where it leads.  Each step is
+        looked up here, with the agent's rights (and the kernel's
+        fs.protected_symlinks rule); the file is made with O_EXCL in the very
+        directory pinned, so a symlink swapped meanwhile changes nothing of
+        what was judged.  A name with a trailing slash is never followed
+        (O_CREAT makes that EISDIR), nor with RESOLVE_* flags (the kernel's
+        resolution under them is not redone here: the create then meets the
+        symlink, ELOOP).
+        """
+        parent, name = split_name(raw)
+        fd, st, held = Broker._open(anchor, parent, PARENT, 0, resolve, True, agent, walk=walk)
+        try:
+            links = 0
+            while not resolve and not name.endswith(b"/"):
+                try:
+                    text = os.readlink(name, dir_fd=fd)
+                except OSError:
+                    break  # not a symlink, or nothing there: made here
+                if st.st_dev == os.stat(b"/proc").st_dev:
+                    break  # a magic link's text is no path (the create meets it: ELOOP)
+                links += 1
+                if links > agentpath.MAX_SYMLINKS:
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
+                _may_follow(fd, st, name)
+                start = AT_FDCWD if text.startswith(b"/") else fd
+                last = text.rstrip(b"/").rpartition(b"/")[2]
+                if last in (b"", b".", b".."):
+                    # It leads to a directory that is there ("/", ".", "x/.."):
+                    # once what holds it is found, the kernel's EISDIR.
+                    if last:
+                        head = text.rstrip(b"/")[: -len(last)] or b"."
+                        dots, _st, _held = Broker._open(
+                            start, head, PARENT, 0, 0, True, agent, walk=walk
+                        )
+                        os.close(dots)
+                    raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
+                parent, name = split_name(text)
+                found = Broker._open(start, parent, PARENT, 0, 0, True, agent, walk=walk)
+                os.close(fd)
+                fd, st, held = found
+        except OSError:
+            os.close(fd)
+            raise
+        return fd, st, held, name
 
     @staticmethod
     def _open(
@@ -1241,11 +1329,36 @@ def _missing_in_proc(anchor: int, raw: bytes) -> bool:
 
 
 def _identity_at(directory: int, name: bytes) -> tuple[int, int] | None:
+    """What entry `name` of `directory` is (a trailing slash does not follow a
+    symlink here: the entry itself is what a rename moves)."""
     try:
-        st = os.stat(name, dir_fd=directory, follow_symlinks=False)
+        st = os.stat(name.rstrip(b"/") or name, dir_fd=directory, follow_symlinks=False)
     except OSError:
         return None
     return st.st_dev, st.st_ino
+
+
+_PROTECTED_SYMLINKS = "/proc/sys/fs/protected_symlinks"
+
+
+def _may_follow(directory: int, where: os.stat_result, name: bytes) -> None:
+    """The kernel's fs.protected_symlinks rule for following symlink `name` of
+    `directory` (stat `where`): in a sticky world-writable directory, only a
+    symlink of the follower's own, or of the directory's owner.  EACCES
+    otherwise (and when the setting cannot be read: it is on by default)."""
+    sticky = stat.S_ISVTX | stat.S_IWOTH
+    if where.st_mode & sticky != sticky:
+        return
+    link = os.stat(name, dir_fd=directory, follow_symlinks=False)
+    if link.st_uid in (os.geteuid(), where.st_uid):
+        return
+    try:
+        with open(_PROTECTED_SYMLINKS, "rb") as setting:
+            if setting.read().strip() == b"0":
+                return
+    except OSError:
+        pass
+    raise OSError(errno.EACCES, "a symlink of another user's in a sticky directory")
 
 
 def _tree_beneath(parent: int, name: bytes) -> list[str]:

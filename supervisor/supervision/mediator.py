@@ -61,7 +61,7 @@ AT_SYMLINK_NOFOLLOW = 0x100
 AT_REMOVEDIR = 0x200
 AT_SYMLINK_FOLLOW = 0x400
 AT_EMPTY_PATH = 0x1000
-RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
+RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT = 1, 2, 4
 
 # One definition, shared with the broker's native path.
 _WRITE_FLAGS = _fastpath.WRITE_FLAGS
@@ -140,6 +140,17 @@ _MAX_MMSG = 64  # messages of one sendmmsg sent for the agent (the rest: a short
 _UIO_MAXIOV = 1024  # the most messages the kernel takes from one sendmmsg
 _MSG_FASTOPEN = 0x20000000
 _SETID = stat.S_ISUID | stat.S_ISGID
+# What the kernel answers a syscall whose name has no last component to make,
+# remove or move (`_no_name`): an empty name, a last "." or "..", or "/"
+# itself.  By syscall, in that order; none of them has any effect.  (A link
+# of such a name is a link of a directory: `_link_of_a_directory`.)
+_UNLINK_NO_NAME = (errno.ENOENT, errno.EISDIR, errno.EISDIR, errno.EISDIR)
+_RMDIR_NO_NAME = (errno.ENOENT, errno.EINVAL, errno.ENOTEMPTY, errno.EBUSY)
+_MAKE_NO_NAME = (errno.ENOENT, errno.EEXIST, errno.EEXIST, errno.EEXIST)  # and a link's new name
+_CREATE_NO_NAME = (errno.ENOENT, errno.EISDIR, errno.EISDIR, errno.EISDIR)  # open(O_CREAT)
+_MOVE_NO_NAME = (errno.ENOENT, errno.EBUSY, errno.EBUSY, errno.EBUSY)
+_NOREPLACE_NO_NAME = _MAKE_NO_NAME  # a rename's new name with RENAME_NOREPLACE
+_RENAME_FLAGS = RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT
 _NODE_KINDS = (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK)
 # struct msghdr on x86_64: name, namelen, iov, iovlen, control, controllen, flags.
 _MSGHDR = struct.Struct("<QI4xQQQQi4x")
@@ -405,17 +416,24 @@ _PENDING = Resolved("")
 
 
 def _parent_and_name(raw: bytes) -> tuple[bytes, bytes, int]:
-    """(the directory that would hold `raw`'s last component, that component, 0),
-    or an errno for a name no syscall takes: "/" (EBUSY), a last "." or ".." (EINVAL)."""
+    """(the directory that would hold `raw`'s last component, that component
+    with its trailing slashes (`broker.split_name`), 0), or an errno for a name
+    no syscall takes: empty (ENOENT), "/" (EBUSY), a last "." or ".." (EINVAL)."""
+    which = _no_name(raw)
+    if which >= 0:
+        return b"", b"", (errno.ENOENT, errno.EINVAL, errno.EINVAL, errno.EBUSY)[which]
+    parent, name = broker.split_name(raw)
+    return parent, name, 0
+
+
+def _no_name(raw: bytes) -> int:
+    """-1 for a name whose last component is a name; else which of the names
+    that have none it is: 0 empty, 1 a last ".", 2 a last "..", 3 "/" itself."""
     stripped = raw.rstrip(b"/")
-    head, _, name = stripped.rpartition(b"/")
     if not stripped:
-        return b"", b"", errno.EBUSY
-    if name in (b".", b".."):
-        return b"", name, errno.EINVAL
-    if b"/" not in stripped:
-        return b".", name, 0
-    return head or b"/", name, 0
+        return 3 if raw else 0
+    last = stripped.rpartition(b"/")[2]
+    return len(last) if last in (b".", b"..") else -1
 
 
 def _names_own_fd(raw: bytes) -> bool:
@@ -706,7 +724,8 @@ class Mediator:
             pinned = lookup(agent=agent)
             if pinned.error == broker.THROUGH_MAGIC_LINK:
                 pinned = lookup(agent=self._agent_self(tid))
-            if pinned.error == errno.EACCES and not resolve_flags and _names_own_fd(raw):
+            own_fd = kind != broker.CREATED and _names_own_fd(raw)  # (a name to make is none)
+            if pinned.error == errno.EACCES and not resolve_flags and own_fd:
                 pinned = self._pin_own_fd(tid, raw, kind, flags, keep, expected) or pinned
             return _never_through_magic(pinned)
         finally:
@@ -859,7 +878,7 @@ class Mediator:
                     continue
                 names.append((dirfd, parent, broker.PARENT, True, True))
             elif not raw:
-                nodes.append(Resolved(self._lexical(tid, dirfd, raw), error=errno.ENOENT))
+                nodes.append(Resolved("", error=errno.ENOENT))  # nothing a rule could judge
                 continue
             else:
                 names.append((dirfd, raw, broker.OBJECT, how == AS_OBJECT, how == AS_OBJECT))
@@ -895,9 +914,11 @@ class Mediator:
         """Pin the object `raw` names (following a final symlink if `follow`).
 
         With `keep` False it is only looked at (its stat and real path), not pinned.
+        An empty name is ENOENT with no target: it names nothing a rule could
+        judge (not the working directory), and the kernel refuses it at once.
         """
         if not raw:
-            return Resolved(self._lexical(tid, dirfd, raw), error=errno.ENOENT)
+            return Resolved("", error=errno.ENOENT)
         pinned = self._pin(
             tid,
             dirfd,
@@ -957,24 +978,38 @@ class Mediator:
             node.close()
 
     def resolve_parent(
-        self, tid: int, dirfd: int, raw: bytes, *, resolve_flags: int = 0
+        self, tid: int, dirfd: int, raw: bytes, *, resolve_flags: int = 0, created: bool = False
     ) -> Resolved:
-        """Pin the directory that would hold `raw`'s last component."""
+        """Pin the directory that would hold `raw`'s last component.
+
+        `created`: where open(O_CREAT) without O_EXCL or O_NOFOLLOW makes its
+        file, a symlink leading nowhere followed to where it leads
+        (`broker.CREATED`): that place is the target judged, and the name
+        made there `name`.
+        """
         parent, _name, err = _parent_and_name(raw)
         if err:
             return self._unresolved_parent(tid, dirfd, raw, err)
-        pinned = self._pin(tid, dirfd, parent, broker.PARENT, resolve_flags=resolve_flags)
+        looked_up, kind = (raw, broker.CREATED) if created else (parent, broker.PARENT)
+        pinned = self._pin(tid, dirfd, looked_up, kind, resolve_flags=resolve_flags)
         return self._parent_node(tid, dirfd, raw, pinned)
 
     def _unresolved_parent(self, tid: int, dirfd: int, raw: bytes, err: int) -> Resolved:
-        """A name no syscall takes: "/" itself (EBUSY), or one ending in . or .. (EINVAL)."""
+        """A name no syscall takes: "/" itself (EBUSY), one ending in . or ..
+        (EINVAL), or an empty one (ENOENT, with no target: nothing to judge)."""
+        if err == errno.ENOENT:
+            return Resolved("", error=err)
         return Resolved("/" if err == errno.EBUSY else self._lexical(tid, dirfd, raw), error=err)
 
     def _parent_node(self, tid: int, dirfd: int, raw: bytes, pinned: Pinned) -> Resolved:
+        """The pinned directory, with the name to act on in it (as spelled:
+        trailing slashes kept for the kernel) and the target the rules judge
+        (its real path and the name without them)."""
         if pinned.error:
             return Resolved(self._lexical(tid, dirfd, raw), error=pinned.error)
-        name = raw.rstrip(b"/").rpartition(b"/")[2]
-        return Resolved(pinned.path.rstrip("/") + "/" + os.fsdecode(name), pinned, name=name)
+        name = pinned.name or broker.split_name(raw)[1]
+        target = pinned.path.rstrip("/") + "/" + os.fsdecode(name.rstrip(b"/"))
+        return Resolved(target, pinned, name=name)
 
     def _umask(self, tid: int) -> int:
         tgid = self._tgid_of(tid)
@@ -1033,6 +1068,9 @@ class Mediator:
     ) -> None:
         tid = notif.pid
         raw = self.memory.read_cstring(tid, path_ptr)
+        if not raw:
+            self._fail(notif, errno.ENOENT)  # the kernel's, at once: no rule is asked
+            return
         writes = bool(flags & _WRITE_FLAGS) or (flags & os.O_TMPFILE) == os.O_TMPFILE
         reads = (flags & os.O_ACCMODE) != os.O_WRONLY
         cloexec = bool(flags & os.O_CLOEXEC)
@@ -1078,9 +1116,20 @@ class Mediator:
             held_file = self._own_file(notif, syscall, raw, node, reads, writes)
             if held_file is None:
                 return
-        creating = node.error == errno.ENOENT and flags & os.O_CREAT
+        # O_CREAT with a trailing slash is EISDIR, whatever the name holds: the
+        # create is made with the slash, and the kernel says so.
+        creating = flags & os.O_CREAT and (
+            node.error == errno.ENOENT or (node.error == errno.ENOTDIR and raw.endswith(b"/"))
+        )
         if creating:
-            node = self.resolve_parent(tid, dirfd, raw, resolve_flags=resolve_flags)
+            if self._no_name_answered(notif, dirfd, raw, _CREATE_NO_NAME):
+                return
+            # Without O_EXCL and O_NOFOLLOW the kernel follows a symlink that
+            # leads nowhere and makes the file where it leads: judged there.
+            follows = follow and not flags & os.O_EXCL
+            node = self.resolve_parent(
+                tid, dirfd, raw, resolve_flags=resolve_flags, created=follows
+            )
         elif node.error == errno.ENOENT:
             # Nothing there: what the kernel would say, with no rule asked and no
             # signal (tools probe for optional files: ~/.curlrc, ~/.netrc).
@@ -1395,6 +1444,27 @@ class Mediator:
     # -- delete, create, move ------------------------------------------------------
     # The broker does the work on what was pinned, and answers the syscall.
 
+    def _no_name_answered(
+        self, n: _seccomp.Notification, dirfd: int, raw: bytes, errors: tuple[int, int, int, int]
+    ) -> bool:
+        """Whether `raw` has no last component to act on (`_no_name`: empty, a
+        last "." or "..", "/" itself), and the syscall was answered as the
+        kernel answers it: the errno `errors` gives for that kind of name,
+        after the directory a "." or ".." is in is looked up (its errno
+        first: `rmdir("nodir/..")` is ENOENT).  No rule is asked: no such
+        syscall has any effect, and the lexical path such a name spells (the
+        workspace's parent, "/") is not what it acts on."""
+        which = _no_name(raw)
+        if which < 0:
+            return False
+        err = errors[which]
+        if which in (1, 2):
+            head = raw.rstrip(b"/")[:-which] or b"."
+            looked = self._pin(n.pid, dirfd, head, broker.PARENT, keep=False)
+            err = looked.error or err
+        self._fail(n, err)
+        return True
+
     def _parent_op(
         self,
         n: _seccomp.Notification,
@@ -1402,18 +1472,30 @@ class Mediator:
         action: ActionType,
         dirfd: int,
         path_ptr: int,
+        no_name: tuple[int, int, int, int],
         op: int,
         *args: object,
     ) -> None:
+        """`op` on the last component of the path at `path_ptr`, in its pinned
+        directory, by the name as spelled (a trailing slash kept: `rm f/` is
+        the kernel's ENOTDIR), if the policy lets `action` on its real path."""
         raw = self.memory.read_cstring(n.pid, path_ptr)
+        if self._no_name_answered(n, dirfd, raw, no_name):
+            return
         node = self.resolve_parent(n.pid, dirfd, raw)
         self._act(n, syscall, action, node, op, node.name, *args)
 
     def _unlink(
         self, n: _seccomp.Notification, syscall: str, dirfd: int, ptr: int, flags: int
     ) -> None:
+        if flags & ~AT_REMOVEDIR:
+            self._fail(n, errno.EINVAL)  # the kernel's first check: nothing is removed
+            return
         rmdir = bool(flags & AT_REMOVEDIR)
-        self._parent_op(n, syscall, ActionType.FILE_DELETE, dirfd, ptr, broker.UNLINK, rmdir)
+        no_name = _RMDIR_NO_NAME if rmdir else _UNLINK_NO_NAME
+        self._parent_op(
+            n, syscall, ActionType.FILE_DELETE, dirfd, ptr, no_name, broker.UNLINK, rmdir
+        )
 
     def _on_unlink(self, n: _seccomp.Notification, name: str) -> None:
         self._unlink(n, name, AT_FDCWD, n.args[0], 0)
@@ -1434,8 +1516,11 @@ class Mediator:
 
     def _parent_of_new(self, n: _seccomp.Notification, dirfd: int, ptr: int) -> Resolved | None:
         """The pinned parent of a name to be made; None, answered EEXIST, when
-        something is there already (`mkdir -p`): as the kernel says, before any rule."""
+        something is there already (`mkdir -p`): as the kernel says, before any
+        rule; None too, answered, for a name with no last component to make."""
         raw = self.memory.read_cstring(n.pid, ptr)
+        if self._no_name_answered(n, dirfd, raw, _MAKE_NO_NAME):
+            return None
         # What is there (only looked at) and the parent, in one exchange.
         wanted = [(dirfd, raw, AS_INODE), (dirfd, raw, AS_PARENT)]
         existing, parent = self.resolve_names(n.pid, wanted)
@@ -1480,7 +1565,12 @@ class Mediator:
         self, n: _seccomp.Notification, syscall: str, target_ptr: int, dirfd: int, ptr: int
     ) -> None:
         content = self.memory.read_cstring(n.pid, target_ptr)
-        self._parent_op(n, syscall, ActionType.FILE_WRITE, dirfd, ptr, broker.SYMLINK, content)
+        if not content:
+            self._fail(n, errno.ENOENT)  # the kernel's, before the new name is looked at
+            return
+        self._parent_op(
+            n, syscall, ActionType.FILE_WRITE, dirfd, ptr, _MAKE_NO_NAME, broker.SYMLINK, content
+        )
 
     def _on_symlink(self, n: _seccomp.Notification, name: str) -> None:
         self._symlink(n, name, n.args[0], AT_FDCWD, n.args[1])
@@ -1501,14 +1591,27 @@ class Mediator:
         flags: int,
     ) -> None:
         tid = n.pid
+        # The kernel's first check, before either name: flags it does not know,
+        # and an exchange that would also keep or white out the new name.
+        known = AT_SYMLINK_FOLLOW | AT_EMPTY_PATH if linking else _RENAME_FLAGS
+        exchange = not linking and flags & RENAME_EXCHANGE
+        if flags & ~known or (exchange and flags & (RENAME_NOREPLACE | RENAME_WHITEOUT)):
+            self._fail(n, errno.EINVAL)
+            return
         old_raw = self.memory.read_cstring(tid, old_ptr)
         new_raw = self.memory.read_cstring(tid, new_ptr)
-        if not linking and any(raw and _parent_and_name(raw)[2] for raw in (old_raw, new_raw)):
-            # "/", or a last "." or "..": no rename takes it (EBUSY), whatever a
-            # rule would say of the lexical path it spells (the workspace's parent).
-            self._fail(n, errno.EBUSY)
-            return
         follow = linking and bool(flags & AT_SYMLINK_FOLLOW)
+        if linking and flags & AT_EMPTY_PATH and not old_raw:
+            # The fd itself is linked: judged as what it is, as its
+            # /proc/self/fd/N with AT_SYMLINK_FOLLOW is (the working directory
+            # for AT_FDCWD, which is no file to link: EPERM).
+            if olddirfd != AT_FDCWD and olddirfd < 0:
+                self._fail(n, errno.EBADF)
+                return
+            old_raw = b"." if olddirfd == AT_FDCWD else b"/proc/self/fd/%d" % olddirfd
+            olddirfd, follow = AT_FDCWD, True
+        if self._no_names_answered(n, olddirfd, old_raw, newdirfd, new_raw, linking, flags):
+            return
         # Both names (and for a link, the inode) in one exchange with the broker.
         if follow:
             source, dest = self.resolve_names(
@@ -1535,13 +1638,15 @@ class Mediator:
         else:
             # What each name holds is only looked at: a file with other names
             # moves out with them still on it; a file at the new name goes.
+            # (The entry itself, its trailing slash aside: with one, the kernel's
+            # rename moves a directory or fails, and never follows a symlink.)
             source, source_file, dest, dest_file = self.resolve_names(
                 tid,
                 [
                     (olddirfd, old_raw, AS_PARENT),
-                    (olddirfd, old_raw, AS_INODE),
+                    (olddirfd, old_raw.rstrip(b"/"), AS_INODE),
                     (newdirfd, new_raw, AS_PARENT),
-                    (newdirfd, new_raw, AS_INODE),
+                    (newdirfd, new_raw.rstrip(b"/"), AS_INODE),
                 ],
             )
         if linking:
@@ -1621,6 +1726,54 @@ class Mediator:
                 flags,
                 *judged,
             )
+
+    def _no_names_answered(
+        self,
+        n: _seccomp.Notification,
+        olddirfd: int,
+        old_raw: bytes,
+        newdirfd: int,
+        new_raw: bytes,
+        linking: bool,
+        flags: int,
+    ) -> bool:
+        """A rename or link with a name that has no last component to act on
+        (`_no_name_answered`), answered as the kernel answers it, with no rule
+        asked: an empty one first (ENOENT), then the old name, then the new."""
+        if not old_raw or not new_raw:
+            self._fail(n, errno.ENOENT)
+            return True
+        if linking:
+            if _no_name(old_raw) >= 0:
+                return self._link_of_a_directory(n, olddirfd, old_raw, newdirfd, new_raw)
+            return self._no_name_answered(n, newdirfd, new_raw, _MAKE_NO_NAME)
+        to = _NOREPLACE_NO_NAME if flags & RENAME_NOREPLACE else _MOVE_NO_NAME
+        if self._no_name_answered(n, olddirfd, old_raw, _MOVE_NO_NAME):
+            return True
+        return self._no_name_answered(n, newdirfd, new_raw, to)
+
+    def _link_of_a_directory(
+        self, n: _seccomp.Notification, olddirfd: int, old_raw: bytes, newdirfd: int, new_raw: bytes
+    ) -> bool:
+        """link(".", new) and the like: a directory, which has no hard links.
+        The kernel looks both names up first: the old one's errno, then the new
+        one's (a new name that is there is EEXIST), else EPERM."""
+        old = self._pin(n.pid, olddirfd, old_raw, broker.OBJECT, keep=False)
+        if old.error:
+            self._fail(n, old.error)
+            return True
+        if self._no_name_answered(n, newdirfd, new_raw, _MAKE_NO_NAME):
+            return True
+        there, parent = self.resolve_names(
+            n.pid, [(newdirfd, new_raw, AS_INODE), (newdirfd, new_raw, AS_PARENT)]
+        )
+        self.release(parent)
+        if not there.error:
+            err = errno.EEXIST
+        else:  # (a new name with a trailing slash is never made: ENOENT)
+            err = errno.ENOENT if new_raw.endswith(b"/") else errno.EPERM
+        self._fail(n, parent.error or err)
+        return True
 
     def _on_rename(self, n: _seccomp.Notification, name: str) -> None:
         self._two_paths(n, name, AT_FDCWD, n.args[0], AT_FDCWD, n.args[1], linking=False, flags=0)
@@ -1738,6 +1891,9 @@ class Mediator:
         *args: object,
     ) -> None:
         """`op` (with `args`) on what `node` pinned, if the policy lets `action` on its target."""
+        if node.error and not node.target:
+            self._fail(n, node.error)  # an empty name: nothing a rule could judge
+            return
         response = self._decide(n, syscall, action, node.target)
         if not response.proceeds:
             self.release(node)
@@ -1800,13 +1956,8 @@ class Mediator:
         self._chmod(n, name, self._path_object(n, _signed32(n.args[0]), n.args[1]), n.args[2])
 
     def _on_fchmodat2(self, n: _seccomp.Notification, name: str) -> None:
-        flags = n.args[3]
-        if flags & AT_EMPTY_PATH:
-            node = self._fd_object(n, _signed32(n.args[0]))
-        else:
-            node = self._path_object(
-                n, _signed32(n.args[0]), n.args[1], follow=not flags & AT_SYMLINK_NOFOLLOW
-            )
+        # (AT_EMPTY_PATH names the fd only when the path is empty: `_at_object`.)
+        node = self._at_object(n, _signed32(n.args[0]), n.args[1], n.args[3] & 0xFFFFFFFF)
         self._chmod(n, name, node, n.args[2])
 
     def _chown(
@@ -1827,13 +1978,7 @@ class Mediator:
         self._chown(n, name, self._fd_object(n, _signed32(n.args[0])), n.args[1], n.args[2])
 
     def _on_fchownat(self, n: _seccomp.Notification, name: str) -> None:
-        flags = n.args[4]
-        if flags & AT_EMPTY_PATH:
-            node = self._fd_object(n, _signed32(n.args[0]))
-        else:
-            node = self._path_object(
-                n, _signed32(n.args[0]), n.args[1], follow=not flags & AT_SYMLINK_NOFOLLOW
-            )
+        node = self._at_object(n, _signed32(n.args[0]), n.args[1], n.args[4] & 0xFFFFFFFF)
         self._chown(n, name, node, n.args[2], n.args[3])
 
     # -- metadata: extended attributes, times, inode flags -------------------------
