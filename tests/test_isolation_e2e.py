@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import AGENTS, Sandbox, agent_reports
+from conftest import AGENTS, Sandbox, agent_reports, locations_root
 
 from agentsup.kernel import fastpath
 
@@ -364,9 +364,10 @@ def test_new_files_in_tmp_work_even_when_agentsups_files_live_under_tmp(tmp_path
 
 
 @contextlib.contextmanager
-def virtualenv_under_tmp() -> Iterator[Path]:
-    """A virtualenv under the host's /tmp that sees this environment's packages."""
-    venv = Path("/tmp") / f"agentsup-venv-{os.getpid()}"
+def virtualenv_under_tmp(where: Path = Path("/tmp")) -> Iterator[Path]:
+    """A virtualenv (under the host's /tmp unless `where`) that sees this
+    environment's packages, agentsup among them."""
+    venv = where / f"agentsup-venv-{os.getpid()}"
     try:
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
         purelib = "import sysconfig; print(sysconfig.get_path('purelib'))"
@@ -412,6 +413,37 @@ def test_the_agent_cannot_write_into_a_virtualenv_under_tmp(attacker: Sandbox, p
         )
         assert result.returncode != 0
         assert not planted.exists()
+
+
+def test_the_agent_cannot_write_into_agentsups_own_venv_in_its_workspace(
+    attacker: Sandbox,
+) -> None:
+    """A project's .venv with agentsup in it, inside the workspace (outside
+    /tmp): the workspace is the agent's to write, its Python is not (the
+    next agentsup from it would run what the agent wrote, as root).  The
+    kernel keeps it read-only: EROFS, whatever the policy allows."""
+    project = locations_root()
+    try:
+        workspace = project / "ws"
+        workspace.mkdir()
+        with virtualenv_under_tmp(workspace) as venv:
+            planted = venv / "lib" / "zz-planted.pth"
+            script = workspace / "plant.py"
+            script.write_text(
+                f"open({str(workspace / 'mine.txt')!r}, 'w').write('ok')\n"
+                f"open({str(planted)!r}, 'w').write('import os')\n"
+            )
+            command = attacker.command(str(script))
+            command[command.index("--workspace") + 1] = str(workspace)
+            command[0] = str(venv / "bin" / "python")
+            result = subprocess.run(
+                command, env=attacker.env, capture_output=True, text=True, timeout=60
+            )
+            assert "Read-only file system" in result.stderr, result.stderr[-2000:]
+            assert (workspace / "mine.txt").read_text() == "ok"
+            assert not planted.exists()
+    finally:
+        shutil.rmtree(project, ignore_errors=True)
 
 
 def test_an_interpreter_only_the_host_has_is_named_when_an_exec_fails(attacker: Sandbox) -> None:

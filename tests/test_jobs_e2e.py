@@ -403,7 +403,14 @@ def test_workspace_key_files_are_written_but_never_read(jobs: Jobs) -> None:
         path = sample.format(ws=jobs.workspace)
         write = strict.evaluate(Event(ActionType.FILE_WRITE, path))
         assert (write.verdict, write.rule_id) == (Verdict.ALLOW, "workspace-key-files"), path
-        for action in (ActionType.FILE_READ, ActionType.FILE_MOVE):
+        # An exec maps the file (the kernel reads it for the agent): no x bit, no run.
+        refusals = (
+            ActionType.FILE_READ,
+            ActionType.FILE_MOVE,
+            ActionType.FILE_CHMOD,
+            ActionType.PROCESS_SPAWN,
+        )
+        for action in refusals:
             refused = strict.evaluate(Event(action, path))
             assert (refused.verdict, refused.on_violation, refused.rule_id) == (
                 Verdict.DENY,

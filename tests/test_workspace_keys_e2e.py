@@ -49,17 +49,40 @@ def test_a_clone_with_key_fixtures_works_and_the_keys_stay_unread(
         f"git clone -q --no-hardlinks {repository} {clone} && echo cloned; "
         f"cat {clone}/tests/certs/server.key || echo 'read refused'; "
         f"mv {clone}/tests/certs/server.key {clone}/notes.txt || echo 'move refused'; "
+        f"chmod +x {clone}/tests/certs/server.key || echo 'chmod refused'; "
         f"rm {clone}/tests/certs/cert.pem && echo removed"
     )
     result = sandbox.run("sh", "-c", script)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split("\n")[:4] == ["cloned", "read refused", "move refused", "removed"]
+    assert result.stdout.split("\n")[:5] == [
+        "cloned",
+        "read refused",
+        "move refused",
+        "chmod refused",
+        "removed",
+    ]
     assert "c2VjcmV0" not in result.stdout + result.stderr
     assert (clone / "tests" / "certs" / "server.key").read_text() == KEY
     assert not (clone / "notes.txt").exists()
     refused = {(r.get("action_type"), r.get("rule")) for r in sandbox.audit_records()}
     assert ("file_read", "workspace-key-read") in refused
     assert ("file_move", "workspace-key-read") in refused
+    assert ("file_chmod", "workspace-key-read") in refused
+
+
+def test_a_workspace_key_is_not_run_even_when_it_was_made_executable_before(
+    sandbox: Sandbox,
+) -> None:
+    """An exec maps the file: the kernel would read the key for the agent
+    (an ELF header written over its start, with the key in a PT_LOAD)."""
+    key = sandbox.workspace / "server.key"
+    key.write_text("#!/bin/cat\n" + KEY)
+    key.chmod(0o755)
+    result = sandbox.run(str(key))
+    assert "c2VjcmV0" not in result.stdout + result.stderr
+    assert result.returncode != 0
+    refused = {(r.get("action_type"), r.get("rule")) for r in sandbox.audit_records()}
+    assert ("process_spawn", "workspace-key-read") in refused
 
 
 def test_a_key_in_the_home_still_kills(sandbox: Sandbox) -> None:

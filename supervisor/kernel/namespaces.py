@@ -199,6 +199,26 @@ def _bind_back(path: str, fd: int, what: str, *, read_only: bool = False) -> Non
         _set_read_only(path, recursive=False)
 
 
+def bind_read_only(paths: Sequence[str], writable: Sequence[str] = ()) -> None:
+    """Each of `paths` that exists bound onto itself, read-only: whatever the
+    policy lets the agent write around it (a workspace holding a .venv, a
+    private /tmp holding a kept one), the kernel keeps it as it is.  Not one
+    that holds a `writable` path (a workspace under /usr, where Python is):
+    the bind would cover it."""
+    for path in paths:
+        if any(_under(place, [path]) for place in writable):
+            continue
+        try:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            continue  # not there: nothing to keep as it is
+        try:
+            mount(f"read-only {path}", f"/proc/self/fd/{fd}", path, None, MS_BIND)
+            _set_read_only(path, recursive=False)
+        finally:
+            os.close(fd)
+
+
 def mount_private_tmp(
     keep: Sequence[str], size: str = "50%", *, read_only: Sequence[str] = ()
 ) -> None:

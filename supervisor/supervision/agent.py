@@ -676,10 +676,13 @@ class Agent:
         package = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         # sys.prefix: a virtualenv's root (pyvenv.cfg, bin/python), which the
         # realpath of its python leaves behind.
-        keep = [workspace, home, hook_socket or ""]
+        keep = [workspace, home, hook_socket or "", executable]
         if request.program.endswith(".py"):
             keep.append(os.path.abspath(request.program))
-        read_only = [executable, package, sys.prefix]
+        # agentsup's own Python and code, wherever they are (a project's .venv
+        # in the workspace too): a .pth file written there would run in the
+        # next agentsup, as root, before any supervision.
+        read_only = [sys.executable, package, sys.prefix, sys.base_prefix]
         self._plan = launch.LaunchPlan(
             executable=executable,
             argv=argv,

@@ -73,7 +73,7 @@ class Isolation:
     allow_degraded: frozenset[str] = frozenset()  # namespaces it may run without
     user: UserSpec | None = None  # run as this user (root only)
     keep: tuple[str, ...] = ()  # host paths under /tmp or /run to bind into the private ones
-    keep_read_only: tuple[str, ...] = ()  # those of `keep` bound read-only (a Python)
+    keep_read_only: tuple[str, ...] = ()  # bound read-only wherever they are (its Python)
     private_run: tuple[str, ...] = ()  # the runtime directories that get a tmpfs (/run)
     hostname: str = ""
     egress_port: int = 0  # bind the egress proxy's listener here in the agent's netns
@@ -230,6 +230,8 @@ def _init(stage: Stage, entered: set[str], wait_fd: int) -> NoReturn:
             # needs of the host's /run is bound back in.  Before the devices:
             # where /dev/shm is a symlink into /run, its tmpfs lands in ours.
             namespaces.mount_private_run(plan.keep, plan.private_run)
+            writable = [path for path in plan.keep if path not in plan.keep_read_only]
+            namespaces.bind_read_only(plan.keep_read_only, writable)
             namespaces.mount_private_devices()
             if "pid" in entered:
                 namespaces.mount_proc()
