@@ -314,7 +314,7 @@ SECRET_SAMPLES: dict[str, list[str]] = {
     "secret-kube": ["{home}/.kube/config"],
     "secret-docker": ["{home}/.docker/config.json"],
     "secret-netrc": ["{home}/.netrc"],
-    "secret-pem": ["{home}/tls/server.pem", "{ws}/.tls/server.pem"],
+    "secret-pem": ["{home}/tls/server.pem"],
     "secret-key-file": ["{home}/tls/server.key"],
     "secret-id-rsa": ["{home}/backup/id_rsa.old"],
     "secret-id-ed25519": ["{home}/id_ed25519"],
@@ -383,9 +383,9 @@ def test_every_secret_is_still_unreadable_under_strict(jobs: Jobs) -> None:
         assert f"file_read {path}" in result.stderr, (rule, result.stderr)
 
 
-# Key and certificate files inside the workspace (not in a hidden directory):
-# a repository's fixtures.  Written like any file, never read nor moved away,
-# and refused quietly rather than killed (workspace-key-files, -read).
+# Key and certificate files inside the workspace: a repository's fixtures.
+# Written like any file, never read, moved away, made executable or run, and
+# refused quietly rather than killed (workspace-key-read).
 WORKSPACE_KEY_SAMPLES = [
     "{ws}/tls/server.pem",
     "{ws}/tls/server.key",
@@ -402,7 +402,7 @@ def test_workspace_key_files_are_written_but_never_read(jobs: Jobs) -> None:
     for sample in WORKSPACE_KEY_SAMPLES:
         path = sample.format(ws=jobs.workspace)
         write = strict.evaluate(Event(ActionType.FILE_WRITE, path))
-        assert (write.verdict, write.rule_id) == (Verdict.ALLOW, "workspace-key-files"), path
+        assert (write.verdict, write.rule_id) == (Verdict.ALLOW, "workspace"), path
         # An exec maps the file (the kernel reads it for the agent): no x bit, no run.
         refusals = (
             ActionType.FILE_READ,

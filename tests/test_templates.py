@@ -55,8 +55,8 @@ SECRETS = [
     "/root/.kube/config",
     "/root/.docker/config.json",
     "/root/.netrc",
-    f"{WS}/tls/server.pem",
-    f"{WS}/tls/server.key",
+    "/srv/tls/server.pem",
+    "/srv/tls/server.key",
     "/tmp/id_rsa.bak",
     "/srv/id_ed25519",
     "/etc/shadow",
@@ -78,6 +78,27 @@ def test_strict_kills_on_secrets_for_every_file_action(target: str) -> None:
         assert decision.verdict is Verdict.DENY, (action, target, decision)
         assert decision.on_violation is ViolationMode.SIGKILL
         assert decision.severity in (Severity.HIGH, Severity.CRITICAL)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [f"{WS}/tls/server.pem", f"{WS}/tls/server.key", f"{WS}/certs/client.p12", f"{WS}/.c/id_ecdsa"],
+)
+def test_workspace_key_files_are_never_read_and_change_as_the_policy_says(target: str) -> None:
+    """A repository's fixtures: strict writes and removes them like any
+    workspace file, read_only not at all; neither reads, moves, chmods or
+    runs one, and neither kills for it."""
+    strict, read_only = template("strict"), template("read_only")
+    for action in (A.FILE_READ, A.FILE_MOVE, A.FILE_CHMOD, A.PROCESS_SPAWN):
+        for policy in (strict, read_only):
+            decision = policy.evaluate(Event(action, target))
+            assert (decision.rule_id, respond(decision)) == (
+                "workspace-key-read",
+                Response.BLOCK,
+            ), (action, policy.name)
+    for action in (A.FILE_WRITE, A.FILE_DELETE):
+        assert response(strict, action, target) is Response.ALLOW
+        assert response(read_only, action, target).proceeds is False
 
 
 def test_strict_secret_rules_come_before_the_allow_rules() -> None:
@@ -226,9 +247,9 @@ def test_strict_reads_tool_configuration_and_public_certificates(target: str) ->
         "/root/.vault-token",
         "/etc/ssl/private/server.key",
         "/etc/letsencrypt/live/x/privkey.pem",
-        f"{WS}/certs/client.p12",
-        f"{WS}/id_ecdsa",
-        f"{WS}/tls/tls-key.pem",
+        "/srv/certs/client.p12",
+        "/srv/id_ecdsa",
+        "/srv/tls/tls-key.pem",
     ],
 )
 def test_strict_kills_on_stored_credentials_and_key_stores(target: str) -> None:
