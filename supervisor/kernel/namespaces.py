@@ -219,14 +219,12 @@ def bind_read_only(paths: Sequence[str], writable: Sequence[str] = ()) -> None:
             os.close(fd)
 
 
-def mount_private_tmp(
-    keep: Sequence[str], size: str = "50%", *, read_only: Sequence[str] = ()
-) -> None:
+def mount_private_tmp(keep: Sequence[str], size: str = "50%") -> None:
     """A fresh tmpfs on /tmp and /var/tmp, with the `keep` paths bound back in.
 
     The workspace or the hook socket may live under /tmp; they are pinned by
-    fd before the tmpfs covers them and bound back at the same place; those
-    also in `read_only` (a virtualenv), read-only.
+    fd before the tmpfs covers them and bound back at the same place (a kept
+    Python is then made read-only by `bind_read_only`).
     """
     pinned = _pin(keep, PRIVATE_TMP, "private /tmp")
     try:
@@ -241,7 +239,7 @@ def mount_private_tmp(
                     f"mode=1777,size={size}",
                 )
         for path, fd in pinned:
-            _bind_back(path, fd, "private /tmp", read_only=path in read_only)
+            _bind_back(path, fd, "private /tmp")
     finally:
         for _path, fd in pinned:
             os.close(fd)

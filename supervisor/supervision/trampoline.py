@@ -225,7 +225,7 @@ def _init(stage: Stage, entered: set[str], wait_fd: int) -> NoReturn:
         if "mount" in entered:
             step = "mounts"
             namespaces.make_mounts_private()
-            namespaces.mount_private_tmp(plan.keep, read_only=plan.keep_read_only)
+            namespaces.mount_private_tmp(plan.keep)
             # The host's daemons' sockets out of sight: only what the agent
             # needs of the host's /run is bound back in.  Before the devices:
             # where /dev/shm is a symlink into /run, its tmpfs lands in ours.
