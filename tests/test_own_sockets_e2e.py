@@ -22,17 +22,15 @@ afterwards that none of them was reached.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import socket
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import Sandbox, agent_reports, locations_root
+from host_sockets import StreamServer, stream_server
 
 pytestmark = [pytest.mark.requires_seccomp_notify, pytest.mark.requires_landlock]
 
@@ -247,37 +245,6 @@ def socket_denials(sandbox: Sandbox) -> list[tuple[object, object]]:
     ]
 
 
-class HostServer:
-    """A unix socket served by the test process (the host), counting who reached it."""
-
-    def __init__(self, address: str | bytes) -> None:
-        self.address = address
-        self.reached = 0
-        self._server = socket.socket(socket.AF_UNIX)
-        self._server.bind(address)
-        self._server.listen(128)
-        self._server.settimeout(0.1)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._server.accept()
-            except (TimeoutError, OSError):
-                continue
-            self.reached += 1
-            conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._server.close()
-        if isinstance(self.address, str):
-            Path(self.address).unlink(missing_ok=True)
-
-
 @pytest.fixture
 def user_sandbox() -> Iterator[Sandbox]:
     """A workspace and home outside /tmp, as a user's are (the agent's /tmp is its own)."""
@@ -294,15 +261,6 @@ def user_sandbox() -> Iterator[Sandbox]:
         shutil.rmtree(own, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def serve(path: str | bytes) -> Iterator[HostServer]:
-    server = HostServer(path)
-    try:
-        yield server
-    finally:
-        server.close()
-
-
 @pytest.fixture
 def host_dir(user_sandbox: Sandbox) -> Path:
     """A directory of the host's which the agent sees as it is: not under /tmp
@@ -314,9 +272,9 @@ def host_dir(user_sandbox: Sandbox) -> Path:
 
 
 @pytest.fixture
-def host_socket(host_dir: Path) -> Iterator[HostServer]:
+def host_socket(host_dir: Path) -> Iterator[StreamServer]:
     """A socket the host serves where the agent can see it (not under /tmp or /run)."""
-    with serve(str(host_dir / "host.sock")) as server:
+    with stream_server(str(host_dir / "host.sock")) as server:
         yield server
 
 
@@ -393,7 +351,7 @@ def test_a_host_socket_linked_out_of_a_hidden_directory_is_still_refused(
     """git's fsmonitor socket in .git, hard-linked to a plain name: the host's still."""
     git = user_sandbox.workspace / ".git"
     git.mkdir()
-    with serve(str(git / "fsmonitor--daemon.ipc")) as server:
+    with stream_server(str(git / "fsmonitor--daemon.ipc")) as server:
         os.link(server.address, user_sandbox.workspace / "plain.sock")
         result, reports = run_agent(user_sandbox, f"connect={user_sandbox.workspace}/plain.sock")
         assert result.returncode == 0, result.stderr
@@ -422,7 +380,7 @@ def test_the_start_record_says_which_sockets_are_the_agents(user_sandbox: Sandbo
 
 
 def test_a_host_socket_the_agent_can_see_is_refused(
-    user_sandbox: Sandbox, host_socket: HostServer
+    user_sandbox: Sandbox, host_socket: StreamServer
 ) -> None:
     result, reports = run_agent(user_sandbox, f"connect={host_socket.address}")
     assert result.returncode == 0, result.stderr
@@ -432,7 +390,7 @@ def test_a_host_socket_the_agent_can_see_is_refused(
 
 
 def test_a_symlink_in_the_workspace_to_a_host_socket_is_that_socket(
-    user_sandbox: Sandbox, host_socket: HostServer
+    user_sandbox: Sandbox, host_socket: StreamServer
 ) -> None:
     (user_sandbox.workspace / "dev.sock").symlink_to(str(host_socket.address))
     result, reports = run_agent(user_sandbox, f"connect={user_sandbox.workspace}/dev.sock")
@@ -450,7 +408,7 @@ def test_a_socket_in_a_hidden_directory_of_the_workspace_is_refused(
     the home.  Those stay the host's."""
     git = user_sandbox.workspace / ".git"
     git.mkdir()
-    with serve(str(git / "fsmonitor--daemon.ipc")) as server:
+    with stream_server(str(git / "fsmonitor--daemon.ipc")) as server:
         result, reports = run_agent(user_sandbox, f"connect={server.address}")
         assert result.returncode == 0, result.stderr
         assert reports["connect"]["result"] == "EPERM"
@@ -462,7 +420,7 @@ def test_a_host_socket_in_a_home_the_private_tmp_binds_in_is_refused(sandbox: Sa
     """This sandbox's home is under the host's /tmp: the private /tmp binds it
     back in, and what it holds is the host's (a gpg-agent's socket, say)."""
     assert str(sandbox.home).startswith("/tmp/")
-    with serve(str(sandbox.home / "agent.sock")) as server:
+    with stream_server(str(sandbox.home / "agent.sock")) as server:
         result, reports = run_agent(sandbox, f"connect={server.address}")
         assert result.returncode == 0, result.stderr
         assert reports["connect"]["result"] == "EPERM"
@@ -474,7 +432,7 @@ def test_a_host_socket_in_the_hosts_tmp_is_not_the_one_the_agent_names(
     user_sandbox: Sandbox,
 ) -> None:
     """The same name in the agent's /tmp is its own tmpfs: nothing is there."""
-    with serve(f"/tmp/agentsup-host-{os.getpid()}.sock") as server:
+    with stream_server(f"/tmp/agentsup-host-{os.getpid()}.sock") as server:
         result, reports = run_agent(user_sandbox, f"connect={server.address}")
         assert result.returncode == 0, result.stderr
         assert reports["connect"]["result"] == "ENOENT"
@@ -495,7 +453,7 @@ def test_a_socket_path_with_nothing_there_is_enoent_with_no_record(
 
 def test_an_abstract_socket_of_the_host_is_out_of_reach(user_sandbox: Sandbox) -> None:
     name = f"agentsup-host-{os.getpid()}"
-    with serve(b"\0" + name.encode()) as server:
+    with stream_server(b"\0" + name.encode()) as server:
         result, reports = run_agent(user_sandbox, f"connect=@{name}")
         assert result.returncode == 0, result.stderr
         assert reports["connect"]["result"] == "ECONNREFUSED"  # none in its own namespace
@@ -508,7 +466,7 @@ def test_sharing_the_hosts_network_the_scope_keeps_its_abstract_sockets_out(
 ) -> None:
     name = f"agentsup-host-{os.getpid()}"
     policy = user_sandbox.policy("shared", SHARED_NETWORK)
-    with serve(b"\0" + name.encode()) as server:
+    with stream_server(b"\0" + name.encode()) as server:
         result, reports = run_agent(user_sandbox, f"connect=@{name}", policy=policy)
         assert result.returncode == 0, result.stderr
         assert reports["connect"]["result"] == "EPERM"  # Landlock: another domain's socket
@@ -516,7 +474,7 @@ def test_sharing_the_hosts_network_the_scope_keeps_its_abstract_sockets_out(
 
 
 def test_a_connect_goes_to_the_abstract_name_decided_not_a_path_swapped_in(
-    user_sandbox: Sandbox, host_socket: HostServer
+    user_sandbox: Sandbox, host_socket: StreamServer
 ) -> None:
     """The broker connects with the address it copied: a thread rewriting it
     to a host socket's path after the check reaches nothing of the host's."""

@@ -20,18 +20,16 @@ checks that none of them was reached, whatever the agent tried.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import Sandbox, agent_reports
+from host_sockets import DatagramServer, StreamServer, datagram_server, stream_server
 
 pytestmark = [pytest.mark.requires_seccomp_notify, pytest.mark.requires_landlock]
 
@@ -263,81 +261,6 @@ def host_run() -> Path:
     pytest.skip("nowhere under /run this user can write")
 
 
-class StreamServer:
-    """A stream socket the host serves, counting who connected."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.reached = 0
-        self._server = socket.socket(socket.AF_UNIX)
-        self._server.bind(str(path))
-        self._server.listen(128)
-        self._server.settimeout(0.1)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._server.accept()
-            except (TimeoutError, OSError):
-                continue
-            self.reached += 1
-            conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._server.close()
-        self.path.unlink(missing_ok=True)
-
-
-class DatagramServer:
-    """A datagram socket the host serves (journald's /dev/log is one), keeping what came."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.received: list[bytes] = []
-        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._server.bind(str(path))
-        self._server.settimeout(0.1)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.received.append(self._server.recv(4096))
-            except (TimeoutError, OSError):
-                continue
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._server.close()
-        self.path.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def stream_server(path: Path) -> Iterator[StreamServer]:
-    server = StreamServer(path)
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-@contextlib.contextmanager
-def datagram_server(path: Path) -> Iterator[DatagramServer]:
-    server = DatagramServer(path)
-    try:
-        yield server
-    finally:
-        server.close()
-
-
 @pytest.fixture
 def user_sandbox() -> Iterator[Sandbox]:
     """A workspace, home and agentsup locations under the host's /run, which
@@ -380,7 +303,7 @@ def test_the_hosts_sockets_under_run_are_not_there(
     """Not refused by a rule (permissive has none for them): not there at all.
     Under strict the mediator may answer first (local-socket's EPERM, or
     ENOENT for a path with nothing there); nothing reaches them either way."""
-    stream, datagram = str(stream_socket.path), str(datagram_socket.path)
+    stream, datagram = str(stream_socket.address), str(datagram_socket.address)
     result, _ = run_agent(
         user_sandbox,
         f"stat={stream}",
@@ -403,7 +326,7 @@ def test_a_symlink_in_the_workspace_to_a_host_socket_under_run_leads_nowhere(
     user_sandbox: Sandbox, stream_socket: StreamServer
 ) -> None:
     link = user_sandbox.workspace / "docker.sock"
-    link.symlink_to(stream_socket.path)
+    link.symlink_to(stream_socket.address)
     result, reports = run_agent(user_sandbox, f"connect={link}", policy="permissive")
     assert result.returncode == 0, result.stderr
     assert reports["connect"]["result"] == "ENOENT", reports
@@ -421,7 +344,7 @@ def test_a_sendmsg_rewritten_after_its_check_reaches_no_host_socket(
     view, where it is not (ENOENT: strict refuses a host path it sees with
     EPERM).  With the host's /run in view, datagrams got through here."""
     result, reports = run_agent(
-        user_sandbox, f"flip={datagram_socket.path},3000,{own}", policy="strict"
+        user_sandbox, f"flip={datagram_socket.address},3000,{own}", policy="strict"
     )
     assert result.returncode == 0, result.stderr
     assert reports["flip"]["result"] == "ok", reports
@@ -541,7 +464,7 @@ def test_allowed_to_degrade_the_run_is_as_private_as_the_tmp(
     /run is private as /tmp is (neither counts as sure for the policy's
     own-socket rules), and the start record says what the agent got."""
     result, reports = run_agent(
-        user_sandbox, f"stat={stream_socket.path}", extra=("--allow-degraded", "mount")
+        user_sandbox, f"stat={stream_socket.address}", extra=("--allow-degraded", "mount")
     )
     assert result.returncode == 0, result.stderr
     assert reports["stat"]["result"] == "ENOENT", reports
@@ -594,8 +517,8 @@ def test_dns_configuration_in_run_is_bound_back_read_only(
                 "read=/etc/resolv.conf",
                 "read_only=/etc/resolv.conf",
                 f"listdir={dns / 'resolve'}",
-                f"stat={resolved.path}",
-                f"connect={resolved.path}",
+                f"stat={resolved.address}",
+                f"connect={resolved.address}",
                 f"stat={dns / 'resolve' / 'unlinked.conf'}",
                 policy=policy,
                 wrap=wrap,
