@@ -163,7 +163,8 @@ def mount_proc() -> None:
     mount("/proc for the PID namespace", "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
 
-def _under(path: str, roots: Sequence[str]) -> bool:
+def under(path: str, roots: Sequence[str]) -> bool:
+    """Whether `path` is one of `roots` or beneath one (paths without a trailing slash)."""
     return any(path == root or path.startswith(root + "/") for root in roots)
 
 
@@ -172,7 +173,7 @@ def _pin(paths: Sequence[str], roots: Sequence[str], what: str) -> list[tuple[st
     pinned: list[tuple[str, int]] = []
     try:
         for path in paths:
-            if _under(path, roots):
+            if under(path, roots):
                 try:
                     pinned.append((path, os.open(path, os.O_PATH | os.O_CLOEXEC)))
                 except OSError as exc:
@@ -206,15 +207,14 @@ def bind_read_only(paths: Sequence[str], writable: Sequence[str] = ()) -> None:
     that holds a `writable` path (a workspace under /usr, where Python is):
     the bind would cover it."""
     for path in paths:
-        if any(_under(place, [path]) for place in writable):
+        if any(under(place, [path]) for place in writable):
             continue
         try:
             fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
         except OSError:
             continue  # not there: nothing to keep as it is
         try:
-            mount(f"read-only {path}", f"/proc/self/fd/{fd}", path, None, MS_BIND)
-            _set_read_only(path, recursive=False)
+            _bind_back(path, fd, "agent's view, read-only", read_only=True)
         finally:
             os.close(fd)
 
@@ -289,13 +289,13 @@ def etc_files_in_run(run_dirs: Sequence[str], etc: str = _ETC) -> list[tuple[str
             text = os.readlink(path)
         except OSError:
             return
-        if not _under(os.path.normpath(os.path.join(os.path.dirname(path), text)), spelled):
+        if not under(os.path.normpath(os.path.join(os.path.dirname(path), text)), spelled):
             return
         chain = _chain(path)
         if chain is None:
             return
         hops, real = chain
-        if not _under(real, run_dirs):
+        if not under(real, run_dirs):
             return
         try:
             if not stat.S_ISREG(os.stat(real).st_mode):
@@ -303,7 +303,7 @@ def etc_files_in_run(run_dirs: Sequence[str], etc: str = _ETC) -> list[tuple[str
         except OSError:
             return
         for where, link in hops:
-            if _under(where, run_dirs):
+            if under(where, run_dirs):
                 found.setdefault(where, link)
         found[real] = ""
 
@@ -342,7 +342,7 @@ def _links_out(run_dirs: Sequence[str]) -> list[tuple[str, str]]:
                 text = os.readlink(link)
             except OSError:
                 continue
-            if not _under(os.path.realpath(link), run_dirs):
+            if not under(os.path.realpath(link), run_dirs):
                 found.append((link, text))
     return found
 
@@ -402,11 +402,11 @@ def mount_private_run(
                 f"mode=0755,size={size}",
             )
         for lock in RUN_LOCK:
-            if _under(lock, dirs):
+            if under(lock, dirs):
                 _fresh_directory(lock, 0o1777)
             elif os.path.isdir(lock) and not os.path.islink(lock):
                 mount(f"private {lock}", "tmpfs", lock, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
-        if shm != "/dev/shm" and _under(shm, dirs):
+        if shm != "/dev/shm" and under(shm, dirs):
             _fresh_directory(shm, 0o1777)
         for path, text in links:
             if not os.path.lexists(path):

@@ -263,11 +263,9 @@ def _outside_private_tmp(
     private = (*kernel_namespaces.PRIVATE_TMP, *kernel_namespaces.private_run_dirs())
     hidden = tuple(tmp + "/" for tmp in private)
     shown = tuple(os.path.realpath(path) for path in kept if path)
-
-    def inside(path: str, roots: tuple[str, ...]) -> bool:
-        return any(path == root or path.startswith(root + "/") for root in roots)
-
-    return [path for path in real if not path.startswith(hidden) or inside(path, shown)]
+    return [
+        path for path in real if not path.startswith(hidden) or kernel_namespaces.under(path, shown)
+    ]
 
 
 def policy_reference(value: str) -> str:
@@ -674,14 +672,14 @@ class Agent:
         if user is not None:
             env["HOME"], env["USER"], env["LOGNAME"] = user.home, user.name, user.name
         package = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        # sys.prefix: a virtualenv's root (pyvenv.cfg, bin/python), which the
-        # realpath of its python leaves behind.
         keep = [workspace, home, hook_socket or "", executable]
         if request.program.endswith(".py"):
             keep.append(os.path.abspath(request.program))
         # agentsup's own Python and code, wherever they are (a project's .venv
         # in the workspace too): a .pth file written there would run in the
-        # next agentsup, as root, before any supervision.
+        # next agentsup, as root, before any supervision.  sys.prefix is also
+        # a virtualenv's root (pyvenv.cfg, bin/python), which the realpath of
+        # its python leaves behind: kept in a private /tmp, it must be there.
         read_only = [sys.executable, package, sys.prefix, sys.base_prefix]
         self._plan = launch.LaunchPlan(
             executable=executable,
