@@ -23,6 +23,7 @@ from agentsup.kernel.cgroup import (
     Layout,
     choose_layout,
     parse_mountinfo,
+    remove_stale_groups,
 )
 
 VICTIMS = Path(__file__).parent / "victims"
@@ -102,6 +103,45 @@ def test_pure_v2_file_protocol(tmp_path: Path) -> None:
     assert group.set_limits(max_processes=16, memory_mb=64) == []
     assert (root / "agentsup" / "a1" / "pids.max").read_text() == "16"
     assert (root / "agentsup" / "a1" / "memory.max").read_text() == str(64 << 20)
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_groups_of_dead_supervisors_are_removed_and_no_others(tmp_path: Path) -> None:
+    parent = tmp_path / "agentsup"
+    dead, alive = _dead_pid(), os.getpid()
+    names = {
+        "gone": f"agent-7-{dead}",
+        "nested": f"other-{dead}",
+        "alive": f"agent-{alive}",
+        "no pid": "agent",
+        "file": f"cgroup.procs-{dead}",
+    }
+    for key, name in names.items():
+        if key == "file":
+            (parent / name).write_text("")
+        else:
+            (parent / name).mkdir(parents=True)
+    (parent / names["nested"] / "inner").mkdir()
+    # ctime cannot be set back: "too young" is a threshold in the future instead.
+    assert remove_stale_groups([str(parent)], older_than=3600) == 0
+    assert remove_stale_groups([str(parent), str(tmp_path / "missing")], older_than=-1) == 2
+    left = {path.name for path in parent.iterdir()}
+    assert left == {names["alive"], names["no pid"], names["file"]}
+
+
+def test_stale_groups_go_a_few_at_a_time(tmp_path: Path) -> None:
+    dead = _dead_pid()
+    for number in range(5):
+        (tmp_path / f"run{number}-{dead}").mkdir()
+    assert remove_stale_groups([str(tmp_path)], older_than=-1, limit=3) == 3
+    assert remove_stale_groups([str(tmp_path)], older_than=-1, limit=3) == 2
+    assert list(tmp_path.iterdir()) == []
 
 
 # --- the real hierarchies ---------------------------------------------------
@@ -283,3 +323,29 @@ def test_a_delegated_service_keeps_agent_groups_inside_its_own_cgroup() -> None:
         for leaf in (service / "agentsup", service / "supervisor", service):
             with contextlib.suppress(OSError):
                 leaf.rmdir()
+
+
+@pytest.mark.requires_root
+@pytest.mark.requires_cgroup
+def test_a_leftover_group_goes_but_one_with_a_process_stays(cgroup: AgentCgroup) -> None:
+    # Inside a group of the test's own: the host's other groups are not touched.
+    dead = _dead_pid()
+    leftover = Path(cgroup.tracking, f"leftover-{dead}")
+    occupied = Path(cgroup.tracking, f"occupied-{dead}")
+    leftover.mkdir()
+    occupied.mkdir()
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        (occupied / "cgroup.procs").write_text(str(proc.pid))
+        assert remove_stale_groups([cgroup.tracking], older_than=-1) == 1
+        assert not leftover.exists()
+        assert str(proc.pid) in (occupied / "cgroup.procs").read_text().split()
+    finally:
+        proc.kill()
+        proc.wait(5)
+        for _ in range(100):
+            with contextlib.suppress(OSError):
+                occupied.rmdir()
+            if not occupied.exists():
+                break
+            time.sleep(0.01)

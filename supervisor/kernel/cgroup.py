@@ -215,6 +215,70 @@ def _mkdir_fresh(path: str) -> None:
         os.mkdir(path)
 
 
+STALE_AFTER_S = 60.0  # a group this old with its supervisor gone is a leftover
+_PID_MAX_LIMIT = 4 * 1024 * 1024  # <linux/threads.h>: no pid is larger
+
+
+def _supervisor_pid(name: str) -> int | None:
+    """The pid an agent group's name ends with (`<agent id>-<supervisor pid>`)."""
+    _agent, dash, pid = name.rpartition("-")
+    if not dash or not pid.isdecimal() or len(pid) > len(str(_PID_MAX_LIMIT)):
+        return None
+    return int(pid) if 0 < int(pid) <= _PID_MAX_LIMIT else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # EPERM: someone's process, so not known to be gone
+    return True
+
+
+def remove_stale_groups(
+    parents: Iterable[str], *, older_than: float = STALE_AFTER_S, limit: int = 16
+) -> int:
+    """Remove the agent groups of supervisors that are gone; how many went.
+
+    A supervisor killed before its watchdog started (or a host that lost
+    power) leaves its groups behind, one set per run, for good.  A group is
+    left when its supervisor (the pid its name ends with) lives, when it is
+    younger than `older_than` seconds (a supervisor in another PID namespace
+    that shares this hierarchy creates its group a moment before it moves
+    its agent in), and when a process is still in it (rmdir fails EBUSY: a
+    group with a process is never removed).  At most `limit` go per call, so
+    a host with hundreds left over clears them over several runs, none of
+    which waits long.  Never raises.
+    """
+    removed = 0
+    now = time.time()
+    for parent in parents:
+        try:
+            entries = list(os.scandir(parent))
+        except OSError:
+            continue
+        for entry in entries:
+            if removed >= limit:
+                return removed
+            pid = _supervisor_pid(entry.name)
+            if pid is None or _alive(pid):
+                continue
+            try:
+                if not entry.is_dir(follow_symlinks=False):
+                    continue
+                if now - entry.stat(follow_symlinks=False).st_ctime < older_than:
+                    continue
+                nested = [d for d, _subdirs, _files in os.walk(entry.path, topdown=False)]
+                for path in nested:
+                    os.rmdir(path)
+            except OSError:
+                continue
+            removed += 1
+    return removed
+
+
 class AgentCgroup:
     """The cgroups of one agent.  `paths` lists every group directory."""
 
@@ -335,6 +399,10 @@ class AgentCgroup:
     def remove(self) -> None:
         """Remove every group (not the shared `agentsup` parent)."""
         remove_groups(self.paths)
+
+    def remove_stale_siblings(self) -> int:
+        """Remove the groups dead supervisors left beside ours (`remove_stale_groups`)."""
+        return remove_stale_groups(os.path.dirname(path) for path in self.paths)
 
 
 def _try_write(path: str, value: str, what: str) -> list[str]:

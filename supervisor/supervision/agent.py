@@ -726,6 +726,9 @@ class Agent:
             # process) starts now, and runs beside the agent's start.
             walk.append(ProtectedInodes(judge.policy))
             meanwhile()
+            if self.group is not None:
+                # What killed supervisors left: none pile up on a host.
+                self.group.remove_stale_siblings()
             for name in _IMPORTED_FOR_THE_RUN:
                 importlib.import_module(name, __package__)
             self._serve_hooks()
