@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import NamedTuple, Protocol
 
 from ..integrity.totp import CODE_DIGITS, TotpRefused, TotpVerifier, normalize_code
+from ..kernel.cgroup import pid_alive
 from ..logger import Logger
 from .endpoint import SOCKET_PREFIX, SOCKET_SUFFIX, bind_control_socket, close_listener
 from .endpoint import RuntimeDirError as RuntimeDirError  # raised by ControlServer
@@ -502,16 +503,6 @@ def supervisor_sockets(runtime_dir: Path) -> list[Path]:
         return []
     found = [(pid, p) for p in entries if (pid := socket_pid(p)) is not None]
     return [p for _, p in sorted(found)]
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
 
 
 def request(path: Path, payload: Mapping[str, object], *, timeout: float = 10.0) -> object:

@@ -227,13 +227,14 @@ def _supervisor_pid(name: str) -> int | None:
     return int(pid) if 0 < int(pid) <= _PID_MAX_LIMIT else None
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process `pid` exists (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except OSError:
-        return True  # EPERM: someone's process, so not known to be gone
+        return True  # EPERM: someone else's process, so not known to be gone
     return True
 
 
@@ -263,7 +264,7 @@ def remove_stale_groups(
             if removed >= limit:
                 return removed
             pid = _supervisor_pid(entry.name)
-            if pid is None or _alive(pid):
+            if pid is None or pid_alive(pid):
                 continue
             try:
                 if not entry.is_dir(follow_symlinks=False):
