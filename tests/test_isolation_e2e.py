@@ -260,6 +260,33 @@ def test_tmp_is_private_and_tools_that_use_it_work(attacker: Sandbox) -> None:
     assert not Path(f"/var/tmp/{name}").exists()
 
 
+@pytest.mark.parametrize("locations", ["elsewhere", "under /tmp"])
+def test_a_home_that_is_tmp_is_the_agents_private_tmp(
+    attacker: Sandbox, tmp_path: Path, locations: str
+) -> None:
+    """Some containers set HOME=/tmp: the agent's home is then its private /tmp,
+    where it writes and lists as anywhere in /tmp; the host's /tmp stays out of
+    sight.  (agentsup's own files under /tmp once made the floor refuse it all.)"""
+    if locations == "elsewhere":
+        sandbox = attacker
+    else:
+        (tmp_path / "under-tmp").mkdir()
+        sandbox = Sandbox(tmp_path / "under-tmp")
+    host_file = Path(f"/tmp/agentsup-host-{os.getpid()}")
+    host_file.write_text("the host's\n")
+    mine = f"agentsup-mine-{os.getpid()}"
+    try:
+        script = f"echo mine > /tmp/{mine} && cat /tmp/{mine} && cat ~/{mine} && ls /tmp"
+        result = sandbox.run("/bin/sh", "-c", script, env={"HOME": "/tmp"})
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split()[:2] == ["mine", "mine"]
+        assert host_file.name not in result.stdout
+        assert not Path("/tmp", mine).exists()
+    finally:
+        host_file.unlink()
+        Path("/tmp", mine).unlink(missing_ok=True)
+
+
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not installed")
 def test_gcc_builds_through_its_private_tmp(attacker: Sandbox) -> None:
     (attacker.workspace / "hello.c").write_text(

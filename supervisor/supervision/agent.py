@@ -617,8 +617,12 @@ class Agent:
         # The agent gets a private /tmp unless the operator let its mount
         # namespace go missing.
         private_tmp = not ({"mount", "namespaces"} & set(request.allow_degraded))
+        # A home that is /tmp itself (some containers' HOME) is the private /tmp:
+        # bound back, it would bring the host's /tmp in, and its holes with it.
+        private_roots = (*kernel_namespaces.PRIVATE_TMP, *kernel_namespaces.PRIVATE_RUN)
+        kept_home = "" if os.path.realpath(home) in private_roots else home
         plan = plan_landlock(
-            compiled, self.locations, request.shadow, private_tmp, kept=(workspace, home)
+            compiled, self.locations, request.shadow, private_tmp, kept=(workspace, kept_home)
         )
         if plan.abi < 1:
             if "landlock" not in request.allow_degraded:
@@ -672,7 +676,7 @@ class Agent:
         if user is not None:
             env["HOME"], env["USER"], env["LOGNAME"] = user.home, user.name, user.name
         package = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        keep = [workspace, home, hook_socket or "", executable]
+        keep = [workspace, kept_home, hook_socket or "", executable]
         if request.program.endswith(".py"):
             keep.append(os.path.abspath(request.program))
         # agentsup's own Python and code, wherever they are (a project's .venv
