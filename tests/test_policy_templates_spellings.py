@@ -137,6 +137,17 @@ DD_SPELLINGS = [
     "dd if=/tmp/img of=/dev/md/raid1",
     "dd if=/tmp/img of=/dev/loop0",
     "dd if=/tmp/img of=/./dev/loop7p1",
+    # network, RAM, persistent-memory, cache, optical, flash and ublk devices
+    "dd if=/tmp/img of=/dev/nbd0",
+    "dd if=/tmp/img of=/dev/zram0",
+    "dd if=/tmp/img of=/dev/rbd3",
+    "dd if=/tmp/img of=/dev/drbd1",
+    "dd if=/tmp/img of=/dev/sr0",
+    "dd if=/tmp/img of=/dev/pmem0",
+    "dd if=/tmp/img of=/dev/bcache0",
+    "dd if=/tmp/img of=/dev/mtdblock2",
+    "dd if=/tmp/img of=/dev/ublkb0",
+    "dd if=/tmp/img of=/dev/ram0",
 ]
 DD_ORDINARY = [
     "dd if=/dev/sda of=/tmp/img",
@@ -149,6 +160,8 @@ DD_ORDINARY = [
     "dd if=/tmp/a of=/tmp/dev/mapper/x",
     "dd if=/tmp/a of=/tmp/dev/loop0",
     "dd if=/tmp/a of=/dev/shm/md0",
+    "dd if=/dev/urandom of=/tmp/random bs=1k count=1",
+    "dd if=/dev/zero of=/dev/random",
 ]
 
 
@@ -186,6 +199,20 @@ DISKS = [
     # loop devices (a disk image, a snap)
     "/dev/loop0",
     "/dev/loop7p1",
+    # network (nbd, Ceph's rbd, drbd), RAM (zram, brd's ram), persistent memory,
+    # bcache, optical, flash and ublk block devices
+    "/dev/nbd0",
+    "/dev/nbd15p1",
+    "/dev/rbd0",
+    "/dev/drbd1",
+    "/dev/zram0",
+    "/dev/ram0",
+    "/dev/pmem0",
+    "/dev/pmem0.1",
+    "/dev/bcache0",
+    "/dev/sr0",
+    "/dev/mtdblock2",
+    "/dev/ublkb0",
 ]
 # Devices of those families that are no disks: dmsetup and `losetup -f` open them.
 NOT_DISKS = ["/dev/mapper/control", "/dev/loop-control"]
