@@ -125,6 +125,9 @@ def test_shadow_still_refuses_a_secret_without_a_signal(sandbox: Sandbox) -> Non
     )
     assert result.returncode == 1
     assert "PRIVATE" not in result.stdout and "Permission denied" in result.stderr
+    # The summary says what made the job fail, not only what would have been refused.
+    assert "1 action(s) were refused all the same" in result.stderr
+    assert f"file_read {sandbox.key} (secret-ssh)" in result.stderr
     records = [r for r in sandbox.audit_records() if r.get("agent") == "peek"]
     read = [r for r in records if r.get("target") == str(sandbox.key)]
     assert read and read[0]["response"] == "block" and not read[0].get("would_deny")

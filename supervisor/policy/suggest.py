@@ -71,8 +71,10 @@ def compile_guard(context: RunContext, *policies: Policy) -> CompiledPolicy:
     return compile_policy(guard, context)
 
 
-def guarded(guard: CompiledPolicy, action: ActionType, target: str) -> bool:
-    return guard.evaluate(Event(action, target)).verdict is Verdict.DENY
+def guarded(guard: CompiledPolicy, action: ActionType, target: str) -> str | None:
+    """The guard rule that refuses the action, or None."""
+    decision = guard.evaluate(Event(action, target))
+    return decision.rule_id if decision.verdict is Verdict.DENY else None
 
 
 @dataclass(frozen=True, slots=True)

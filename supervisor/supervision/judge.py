@@ -460,6 +460,8 @@ class Judge:
         # `run --shadow`: what would have been refused, per action type and per target.
         self.would_deny: Counter[str] = Counter()
         self.would_deny_targets: Counter[str] = Counter()
+        # `run --shadow`: what was refused all the same (the guard, agentsup's own rules).
+        self.still_refused: Counter[str] = Counter()
         self._warnings_said: Counter[str] = Counter()  # per rule id
         # Called by the supervisor to arm approval timeouts and report state.
         self.on_hold: Callable[[Pending], None] = lambda pending: None
@@ -675,9 +677,13 @@ class Judge:
             return response
         from ..policy.suggest import AGENTSUP_RULE_PREFIX, guarded  # only for --shadow
 
+        refused = f"{event.action} {_shown(event.target)}"
         if decision.rule_id.startswith(AGENTSUP_RULE_PREFIX):
+            self.still_refused[f"{refused} ({decision.rule_id})"] += 1
             return response
-        if guarded(guard, event.action, event.target):
+        guard_rule = guarded(guard, event.action, event.target)
+        if guard_rule is not None:
+            self.still_refused[f"{refused} ({guard_rule})"] += 1
             return Response.BLOCK
         self.would_deny[str(event.action)] += 1
         self.would_deny_targets[f"{event.action} {_shown(event.target)}"] += 1
@@ -687,13 +693,26 @@ class Judge:
         """The lines `run --shadow` prints at exit."""
         total = sum(self.would_deny.values())
         name = f"shadow run of agent '{self.agent_id}'"
-        if not total:
-            return [f"{name}: the policy would have refused nothing"]
-        kinds = ", ".join(f"{kind} {count}" for kind, count in self.would_deny.most_common())
-        lines = [f"{name}: {total} action(s) would be denied ({kinds})"]
-        top_targets = self.would_deny_targets.most_common(top)
-        lines += [f"  {count:5d}  {what}" for what, count in top_targets]
-        lines.append(f"rules that let them pass: agentsup policy suggest --agent {self.agent_id}")
+        lines = [f"{name}: the policy would have refused nothing"]
+        if total:
+            kinds = ", ".join(f"{kind} {count}" for kind, count in self.would_deny.most_common())
+            lines = [f"{name}: {total} action(s) would be denied ({kinds})"]
+            top_targets = self.would_deny_targets.most_common(top)
+            lines += [f"  {count:5d}  {what}" for what, count in top_targets]
+        refused = sum(self.still_refused.values())
+        if refused:
+            # Said, not only logged: a job that failed in a shadow run failed on these.
+            lines.append(
+                f"{refused} action(s) were refused all the same (shadow mode keeps the "
+                "guard's and agentsup's own refusals):"
+            )
+            lines += [
+                f"  {count:5d}  {what}" for what, count in self.still_refused.most_common(top)
+            ]
+        if total:
+            lines.append(
+                f"rules that let them pass: agentsup policy suggest --agent {self.agent_id}"
+            )
         return lines
 
     def refuse_always(self, syscall: str, tid: int) -> None:
@@ -739,6 +758,8 @@ class Judge:
         layer: str = "seccomp",
     ) -> None:
         """The record of a syscall refused by agentsup itself, whatever the policy says."""
+        if self.config.shadow_guard is not None:
+            self.still_refused[f"{syscall} {_shown(target)} ({rule})"] += 1
         self.audit.append(
             {
                 "agent": self.agent_id,
