@@ -599,6 +599,13 @@ class Judge:
             decision = self.policy.evaluate_target(action, target)
             if action is ActionType.FILE_MOVE and response_for(decision).proceeds:
                 decision = self.policy.refused_beneath(target) or decision
+            elif action is ActionType.PROCESS_SPAWN and response_for(decision).proceeds:
+                # The kernel maps a program it runs into the new process, which
+                # can then read itself: what may not be read may not be run.
+                read = self._decide(ActionType.FILE_READ, target)
+                if not response_for(read).proceeds:
+                    message = f"running a file reads it: {read.message or 'reading it is refused'}"
+                    decision = read._replace(message=message)
         return decision
 
     def carried_check(
