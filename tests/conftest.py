@@ -282,6 +282,25 @@ def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
         shutil.rmtree(own, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def sandbox_at(root: Path, own: Path) -> Iterator[Sandbox]:
+    """A Sandbox in `root` with agentsup's locations in `own`; both removed after."""
+    try:
+        yield Sandbox(root, own)
+    finally:
+        subprocess.run(["chattr", "-R", "-i", str(own)], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(own, ignore_errors=True)
+
+
+@pytest.fixture
+def user_sandbox() -> Iterator[Sandbox]:
+    """A workspace, home and agentsup locations outside /tmp and /run, as a
+    user's are (the agent's /tmp and /run are its own)."""
+    with sandbox_at(locations_root(), locations_root()) as sandbox:
+        yield sandbox
+
+
 def agent_reports(stdout: str) -> list[dict[str, object]]:
     """The JSON lines a try_syscall agent printed."""
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]

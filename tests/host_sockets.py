@@ -69,6 +69,16 @@ class DatagramServer(_Served):
     def _once(self, server: socket.socket) -> None:
         self.received.append(server.recv(4096))
 
+    def collected(self) -> list[bytes]:
+        """Everything that came, what is still queued too; it stops serving."""
+        self._stop.set()
+        self._thread.join()
+        self._server.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                self.received.append(self._server.recv(4096))
+        return self.received
+
 
 @contextlib.contextmanager
 def stream_server(address: str | bytes | Path) -> Iterator[StreamServer]:

@@ -23,13 +23,13 @@ afterwards that none of them was reached.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Sandbox, agent_reports, locations_root
+from agent_ops import OPS_MAIN, OPS_PRELUDE
+from conftest import Sandbox, agent_reports
 from host_sockets import StreamServer, stream_server
 
 pytestmark = [pytest.mark.requires_seccomp_notify, pytest.mark.requires_landlock]
@@ -37,23 +37,15 @@ pytestmark = [pytest.mark.requires_seccomp_notify, pytest.mark.requires_landlock
 # The agent: each argument is one operation, and each operation prints one
 # JSON line ({"op": ..., "result": "ok" or the errno's name, ...}).  An
 # address starting with "@" is an abstract name.
-AGENT = r'''
+AGENT = (
+    OPS_PRELUDE
+    + r'''
 import ctypes, errno, json, os, socket, struct, sys, threading, time
 from multiprocessing.connection import Client, Listener
 
 
-def report(op, **fields):
-    print(json.dumps({"op": op, **fields}), flush=True)
-
-
 def address(text):
     return "\0" + text[1:] if text.startswith("@") else text
-
-
-def failure(exc):
-    if isinstance(exc, OSError) and exc.errno:
-        return errno.errorcode.get(exc.errno, str(exc.errno))
-    return type(exc).__name__
 
 
 def manager():
@@ -191,14 +183,9 @@ OPS = {
     "manager": manager, "pair": pair, "connect": connect, "crowd": crowd, "race": race,
     "bind_race": bind_race,
 }
-for spec in sys.argv[1:]:
-    op, _, rest = spec.partition("=")
-    args = rest.split(",") if rest else []
-    try:
-        report(op, result="ok", **OPS[op](*args))
-    except Exception as exc:
-        report(op, result=failure(exc))
 '''
+    + OPS_MAIN
+)
 
 # strict, sharing the host's network namespace: `network: direct` and one
 # address to reach keep the agent out of a network namespace of its own.
@@ -243,22 +230,6 @@ def socket_denials(sandbox: Sandbox) -> list[tuple[object, object]]:
         for r in sandbox.audit_records()
         if r.get("decision") == "deny" and r.get("action_type") == "network_connect"
     ]
-
-
-@pytest.fixture
-def user_sandbox() -> Iterator[Sandbox]:
-    """A workspace and home outside /tmp, as a user's are (the agent's /tmp is its own)."""
-    root, own = locations_root(), locations_root()
-    if str(root).startswith(("/tmp/", "/var/tmp/")):
-        shutil.rmtree(root)
-        shutil.rmtree(own)
-        pytest.skip("no directory outside /tmp for a workspace (no XDG_RUNTIME_DIR)")
-    try:
-        yield Sandbox(root, own)
-    finally:
-        subprocess.run(["chattr", "-R", "-i", str(own)], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
-        shutil.rmtree(own, ignore_errors=True)
 
 
 @pytest.fixture

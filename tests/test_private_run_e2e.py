@@ -28,25 +28,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Sandbox, agent_reports
+from agent_ops import OPS_MAIN, OPS_PRELUDE
+from conftest import Sandbox, agent_reports, sandbox_at
 from host_sockets import DatagramServer, StreamServer, datagram_server, stream_server
 
 pytestmark = [pytest.mark.requires_seccomp_notify, pytest.mark.requires_landlock]
 
 # The agent: each argument is one operation `name=arg,arg`, and each prints one
 # JSON line ({"op": ..., "result": "ok" or the errno's name, ...}).
-AGENT = r'''
+AGENT = (
+    OPS_PRELUDE
+    + r'''
 import ctypes, errno, fcntl, json, mmap, os, socket, sqlite3, struct, sys
-
-
-def report(op, **fields):
-    print(json.dumps({"op": op, **fields}), flush=True)
-
-
-def failure(exc):
-    if isinstance(exc, OSError) and exc.errno:
-        return errno.errorcode.get(exc.errno, str(exc.errno))
-    return type(exc).__name__
 
 
 def stat(path):
@@ -170,14 +163,9 @@ OPS = {
     "stat": stat, "listdir": listdir, "read": read, "read_only": read_only, "write": write,
     "lock": lock, "connect": connect, "sendto": sendto, "sql": sql, "flip": flip,
 }
-for spec in sys.argv[1:]:
-    op, _, rest = spec.partition("=")
-    args = rest.split(",") if rest else []
-    try:
-        report(op, result="ok", **OPS[op](*args))
-    except Exception as exc:
-        report(op, result=failure(exc))
 '''
+    + OPS_MAIN
+)
 
 # strict, on the host's network (`network: direct`, one address to reach):
 # the policy for which DNS configuration matters.
@@ -262,7 +250,7 @@ def host_run() -> Path:
 
 
 @pytest.fixture
-def user_sandbox() -> Iterator[Sandbox]:
+def run_sandbox() -> Iterator[Sandbox]:
     """A workspace, home and agentsup locations under the host's /run, which
     the private /run binds back (the workspace and home, and the hook socket
     alone of agentsup's runtime directory)."""
@@ -270,12 +258,8 @@ def user_sandbox() -> Iterator[Sandbox]:
         pytest.skip("/run is not writable here")
     root = Path(tempfile.mkdtemp(prefix="agentsup-test-", dir="/run"))
     own = Path(tempfile.mkdtemp(prefix="agentsup-test-", dir="/run"))
-    try:
-        yield Sandbox(root, own)
-    finally:
-        subprocess.run(["chattr", "-R", "-i", str(own)], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
-        shutil.rmtree(own, ignore_errors=True)
+    with sandbox_at(root, own) as sandbox:
+        yield sandbox
 
 
 @pytest.fixture
@@ -295,7 +279,7 @@ def datagram_socket() -> Iterator[DatagramServer]:
 
 @pytest.mark.parametrize("policy", ["strict", "permissive"])
 def test_the_hosts_sockets_under_run_are_not_there(
-    user_sandbox: Sandbox,
+    run_sandbox: Sandbox,
     stream_socket: StreamServer,
     datagram_socket: DatagramServer,
     policy: str,
@@ -305,7 +289,7 @@ def test_the_hosts_sockets_under_run_are_not_there(
     ENOENT for a path with nothing there); nothing reaches them either way."""
     stream, datagram = str(stream_socket.address), str(datagram_socket.address)
     result, _ = run_agent(
-        user_sandbox,
+        run_sandbox,
         f"stat={stream}",
         f"connect={stream}",
         f"stat={datagram}",
@@ -323,11 +307,11 @@ def test_the_hosts_sockets_under_run_are_not_there(
 
 
 def test_a_symlink_in_the_workspace_to_a_host_socket_under_run_leads_nowhere(
-    user_sandbox: Sandbox, stream_socket: StreamServer
+    run_sandbox: Sandbox, stream_socket: StreamServer
 ) -> None:
-    link = user_sandbox.workspace / "docker.sock"
+    link = run_sandbox.workspace / "docker.sock"
     link.symlink_to(stream_socket.address)
-    result, reports = run_agent(user_sandbox, f"connect={link}", policy="permissive")
+    result, reports = run_agent(run_sandbox, f"connect={link}", policy="permissive")
     assert result.returncode == 0, result.stderr
     assert reports["connect"]["result"] == "ENOENT", reports
     assert stream_socket.reached == 0
@@ -335,7 +319,7 @@ def test_a_symlink_in_the_workspace_to_a_host_socket_under_run_leads_nowhere(
 
 @pytest.mark.parametrize("own", ["", "/tmp/own.dgram"], ids=["msg_name-null", "msg_name-own"])
 def test_a_sendmsg_rewritten_after_its_check_reaches_no_host_socket(
-    user_sandbox: Sandbox, datagram_socket: DatagramServer, own: str
+    run_sandbox: Sandbox, datagram_socket: DatagramServer, own: str
 ) -> None:
     """A unix sendmsg is CONTINUEd after the check of its msg_name (NULL: no
     address to judge; or the agent's own socket), and the agent rewrites it
@@ -344,7 +328,7 @@ def test_a_sendmsg_rewritten_after_its_check_reaches_no_host_socket(
     view, where it is not (ENOENT: strict refuses a host path it sees with
     EPERM).  With the host's /run in view, datagrams got through here."""
     result, reports = run_agent(
-        user_sandbox, f"flip={datagram_socket.address},3000,{own}", policy="strict"
+        run_sandbox, f"flip={datagram_socket.address},3000,{own}", policy="strict"
     )
     assert result.returncode == 0, result.stderr
     assert reports["flip"]["result"] == "ok", reports
@@ -360,18 +344,18 @@ def test_a_sendmsg_rewritten_after_its_check_reaches_no_host_socket(
 # -- what the agent needs is there ---------------------------------------------------
 
 
-def test_the_hook_still_talks_to_the_supervisor(user_sandbox: Sandbox) -> None:
+def test_the_hook_still_talks_to_the_supervisor(run_sandbox: Sandbox) -> None:
     """The hook socket alone is bound back: the agent's audit hook reaches the
     supervisor, and no other file of agentsup's runtime directory is there
     (every supervisor's control socket lives beside it)."""
-    runtime = user_sandbox.runtime_dir
-    policy = user_sandbox.policy("seen", SEEN_BY_THE_HOOK)
-    result, reports = run_agent(user_sandbox, "sql", f"listdir={runtime}", policy=policy)
+    runtime = run_sandbox.runtime_dir
+    policy = run_sandbox.policy("seen", SEEN_BY_THE_HOOK)
+    result, reports = run_agent(run_sandbox, "sql", f"listdir={runtime}", policy=policy)
     assert result.returncode == 0, result.stderr
     assert reports["sql"]["result"] == "ok", reports
     hooked = [
         r
-        for r in user_sandbox.audit_records()
+        for r in run_sandbox.audit_records()
         if r.get("layer") == "hook" and r.get("rule") == "seen"
     ]
     assert [r["target"] for r in hooked] == ["CREATE TABLE seen_by_the_hook (x)"]
@@ -380,24 +364,24 @@ def test_the_hook_still_talks_to_the_supervisor(user_sandbox: Sandbox) -> None:
     assert entries[0].startswith("hook-") and entries[0].endswith(".sock"), entries
 
 
-def test_the_hook_works_under_strict(user_sandbox: Sandbox) -> None:
-    result, reports = run_agent(user_sandbox, "sql")
+def test_the_hook_works_under_strict(run_sandbox: Sandbox) -> None:
+    result, reports = run_agent(run_sandbox, "sql")
     assert result.returncode == 0, result.stderr
     assert reports["sql"]["result"] == "ok", reports
     hooked = [
         r
-        for r in user_sandbox.audit_records()
+        for r in run_sandbox.audit_records()
         if r.get("layer") == "hook" and r.get("rule") == "database-delete-execute"
     ]
     assert [r["target"] for r in hooked] == ["CREATE TABLE seen_by_the_hook (x)"], hooked
 
 
 @pytest.mark.parametrize("policy", ["permissive", "run-lock"])
-def test_run_lock_is_fresh_and_writable(user_sandbox: Sandbox, policy: str) -> None:
+def test_run_lock_is_fresh_and_writable(run_sandbox: Sandbox, policy: str) -> None:
     """Lock files and flock work in /run/lock (and through /var/lock); the
     host's lock files are not there, and the agent's never reach the host."""
     if policy == "run-lock":
-        policy = user_sandbox.policy("run-lock", RUN_LOCK)
+        policy = run_sandbox.policy("run-lock", RUN_LOCK)
     planted = None
     if os.path.isdir("/run/lock") and os.access("/run/lock", os.W_OK):
         planted = Path(f"/run/lock/agentsup-test-{os.getpid()}.lock")
@@ -407,7 +391,7 @@ def test_run_lock_is_fresh_and_writable(user_sandbox: Sandbox, policy: str) -> N
     if os.path.islink("/var/lock") and os.path.realpath("/var/lock") == "/run/lock":
         ops.append(f"lock=/var/lock/{mine}.2")
     try:
-        result, reports = run_agent(user_sandbox, *ops, policy=policy)
+        result, reports = run_agent(run_sandbox, *ops, policy=policy)
         assert result.returncode == 0, result.stderr
         locked = [r["result"] for r in agent_reports(result.stdout) if r["op"] == "lock"]
         assert locked == ["ok"] * (len(ops) - 1), result.stdout
@@ -424,14 +408,14 @@ def test_run_lock_is_fresh_and_writable(user_sandbox: Sandbox, policy: str) -> N
             Path(f"/run/lock/{leaked}").unlink(missing_ok=True)
 
 
-def test_what_the_agent_writes_in_run_stays_in_its_run(user_sandbox: Sandbox) -> None:
+def test_what_the_agent_writes_in_run_stays_in_its_run(run_sandbox: Sandbox) -> None:
     """Files it makes in /run (and /var/run) are in its tmpfs: gone after the
     run, never in the host's.  The workspace under /run is the host's."""
     name = f"agentsup-test-{os.getpid()}-written"
-    workspace_file = user_sandbox.workspace / "kept.txt"
+    workspace_file = run_sandbox.workspace / "kept.txt"
     ops = [f"write=/run/{name}", f"write=/var/run/{name}.var", f"write={workspace_file}"]
     try:
-        result, reports = run_agent(user_sandbox, *ops, policy="permissive")
+        result, reports = run_agent(run_sandbox, *ops, policy="permissive")
         assert result.returncode == 0, result.stderr
         written = [r for r in agent_reports(result.stdout) if r["op"] == "write"]
         assert [r["result"] for r in written] == ["ok"] * 3, written
@@ -439,17 +423,17 @@ def test_what_the_agent_writes_in_run_stays_in_its_run(user_sandbox: Sandbox) ->
         assert not Path(f"/run/{name}.var").exists()
         assert workspace_file.read_text() == "written by the agent\n"
         # The next run starts with a fresh /run: the first one's file is gone.
-        result, reports = run_agent(user_sandbox, f"stat=/run/{name}", policy="permissive")
+        result, reports = run_agent(run_sandbox, f"stat=/run/{name}", policy="permissive")
         assert reports["stat"]["result"] == "ENOENT", reports
     finally:
         Path(f"/run/{name}").unlink(missing_ok=True)
         Path(f"/run/{name}.var").unlink(missing_ok=True)
 
 
-def test_the_start_record_says_the_run_is_private(user_sandbox: Sandbox) -> None:
-    result, _ = run_agent(user_sandbox)
+def test_the_start_record_says_the_run_is_private(run_sandbox: Sandbox) -> None:
+    result, _ = run_agent(run_sandbox)
     assert result.returncode == 0, result.stderr
-    layers = start_record(user_sandbox)["layers"]
+    layers = start_record(run_sandbox)["layers"]
     assert isinstance(layers, dict)
     assert layers["private_run"] == ["/run"] + (
         ["/var/run"] if os.path.isdir("/var/run") and not os.path.islink("/var/run") else []
@@ -458,17 +442,17 @@ def test_the_start_record_says_the_run_is_private(user_sandbox: Sandbox) -> None
 
 
 def test_allowed_to_degrade_the_run_is_as_private_as_the_tmp(
-    user_sandbox: Sandbox, stream_socket: StreamServer
+    run_sandbox: Sandbox, stream_socket: StreamServer
 ) -> None:
     """`--allow-degraded mount` where the kernel still makes the namespace:
     /run is private as /tmp is (neither counts as sure for the policy's
     own-socket rules), and the start record says what the agent got."""
     result, reports = run_agent(
-        user_sandbox, f"stat={stream_socket.address}", extra=("--allow-degraded", "mount")
+        run_sandbox, f"stat={stream_socket.address}", extra=("--allow-degraded", "mount")
     )
     assert result.returncode == 0, result.stderr
     assert reports["stat"]["result"] == "ENOENT", reports
-    start = start_record(user_sandbox)
+    start = start_record(run_sandbox)
     assert start["layers"]["private_run"]  # type: ignore[index]
     assert start["own_sockets"]["private_tmp"] == []  # type: ignore[index]
     assert stream_socket.reached == 0
@@ -491,7 +475,7 @@ def _overlay_etc(upper: Path, work: Path) -> tuple[str, ...]:
 
 @pytest.mark.requires_root
 def test_dns_configuration_in_run_is_bound_back_read_only(
-    user_sandbox: Sandbox, tmp_path: Path
+    run_sandbox: Sandbox, tmp_path: Path
 ) -> None:
     """/etc/resolv.conf as systemd-resolved or resolvconf make it: a symlink
     into /run, here through a second link.  The agent reads it (network:
@@ -510,10 +494,10 @@ def test_dns_configuration_in_run_is_bound_back_read_only(
         work.mkdir()
         (upper / "resolv.conf").symlink_to(dns / "resolvconf" / "resolv.conf")
         wrap = _overlay_etc(upper, work)
-        policy = user_sandbox.policy("direct", DIRECT.replace("{dns}", str(dns)))
+        policy = run_sandbox.policy("direct", DIRECT.replace("{dns}", str(dns)))
         with stream_server(dns / "resolve" / "io.systemd.Resolve") as resolved:
             result, reports = run_agent(
-                user_sandbox,
+                run_sandbox,
                 "read=/etc/resolv.conf",
                 "read_only=/etc/resolv.conf",
                 f"listdir={dns / 'resolve'}",
@@ -533,6 +517,6 @@ def test_dns_configuration_in_run_is_bound_back_read_only(
         stats = [r["result"] for r in agent_reports(result.stdout) if r["op"] == "stat"]
         assert stats == ["ENOENT", "ENOENT"], result.stdout
         assert reports["connect"]["result"] in ("EPERM", "ENOENT"), reports  # strict's answer
-        assert start_record(user_sandbox)["layers"]["egress"] == "direct"  # type: ignore[index]
+        assert start_record(run_sandbox)["layers"]["egress"] == "direct"  # type: ignore[index]
     finally:
         shutil.rmtree(dns, ignore_errors=True)

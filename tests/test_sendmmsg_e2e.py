@@ -1,9 +1,9 @@
-"""sendmmsg on a unix socket: every message the kernel would send is judged first.
+"""sendmmsg on a unix socket: every message the kernel would take is judged first.
 
-The kernel takes up to UIO_MAXIOV (1024) messages of one call; the broker
-sends only IP datagrams itself (64 at a time), and hands other sockets'
-calls back to the kernel.  Judging only the first 64 of those let a 65th
-message, addressed to a host socket, through with no record.
+The kernel takes up to UIO_MAXIOV (1024) messages of one call.  Judging only
+the first 64 once let a 65th message, addressed to a host socket, through
+with no record.  (The broker now sends unix datagrams itself too: a name
+refused anywhere in the call refuses all of it.)
 """
 
 from __future__ import annotations
@@ -12,29 +12,20 @@ import socket
 from pathlib import Path
 
 import pytest
+from agent_ops import MSGHDR_STRUCTS
 from conftest import Sandbox
 
 pytestmark = [pytest.mark.requires_seccomp_notify, pytest.mark.requires_landlock]
 
-AGENT = r"""
+AGENT = (
+    MSGHDR_STRUCTS
+    + r"""
 import ctypes, os, socket, struct, sys
 
 target = sys.argv[1].encode()
 count = int(sys.argv[2])
 libc = ctypes.CDLL(None, use_errno=True)
 ours, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-
-class iovec(ctypes.Structure):
-    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
-
-class msghdr(ctypes.Structure):
-    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32),
-                ("iov", ctypes.POINTER(iovec)), ("iovlen", ctypes.c_size_t),
-                ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
-                ("flags", ctypes.c_int)]
-
-class mmsghdr(ctypes.Structure):
-    _fields_ = [("hdr", msghdr), ("len", ctypes.c_uint)]
 
 payload = ctypes.create_string_buffer(b"injected")
 io = iovec(ctypes.cast(payload, ctypes.c_void_p), 8)
@@ -49,6 +40,7 @@ last.namelen = len(address.raw)
 sent = libc.sendmmsg(ours.fileno(), messages, count, 0)
 print("sent", sent, "errno", ctypes.get_errno())
 """
+)
 
 
 @pytest.mark.parametrize("count", [2, 65, 1024])

@@ -59,7 +59,7 @@ from ..kernel import seccomp as _seccomp
 
 AT_FDCWD = -100
 
-# Requests.  RESOLVE, CONNECT and LIST have a reply.
+# Requests.  RESOLVE, CONNECT, LIST and UNIX_SEND have a reply.
 RESOLVE = 1
 CONNECT = 17
 # The paths beneath a directory of a pinned one (the reply brings them in a
@@ -73,6 +73,13 @@ TERMINAL = 34
 # bind() the agent's unix socket (sent along) to the path decided on, from the
 # agent's cwd (sent along for a relative path), with the agent's umask.
 BIND_UNIX = 35
+# Unix datagrams, on the agent's socket (sent along): each to the socket file
+# pinned under a handle (which stays pinned: the supervisor drops it), to an
+# abstract name, or to the connected peer, with the fds it passes (sent along
+# too).  The reply is the bytes each message sent and the errno of the first
+# not sent: the supervisor answers the agent, or sends the rest again later
+# (a full receiver, for a socket that blocks).
+UNIX_SEND = 36
 DROP = 2
 INJECT = 3  # ADDFD an fd opened by RESOLVE(open=flags)
 REOPEN = 4  # reopen a pinned object with the agent's flags, then ADDFD
@@ -135,11 +142,15 @@ _MAX_EXPECTED_CMDLINE = 8192
 _SPILL_OVER = _MAX_MESSAGE - 256
 _MAX_SPILL = 8 << 20
 _MAX_FDS = 3
+# The most fds one packet takes (the kernel's SCM_MAX_FD): a UNIX_SEND
+# brings the agent's socket, the fds it passes and maybe a spilled request.
+SCM_MAX_FD = 253
+MAX_PASSED_FDS = SCM_MAX_FD - 2
 # A move of a larger tree is not judged entry by entry: it fails (closed).
 MAX_LISTED = 250_000
 QUIESCE_LIMIT = 60.0  # seconds the native path waits, after a LIST, for the move
 _MAX_LISTING = 64 << 20
-_FDS_SPACE = socket.CMSG_LEN(_MAX_FDS * 4)  # what socket.recv_fds asks for
+_FDS_SPACE = socket.CMSG_SPACE(SCM_MAX_FD * 4)  # room for the most one packet brings
 # FIFO opens waiting for their other end, each in a helper (`Broker._rendezvous`):
 # at most this many at once (one more fails with EAGAIN), each checked this
 # often for a caller that stopped waiting (a signal, or its exit).
@@ -153,6 +164,11 @@ _REPLY_TIMEOUT_MS = int(REPLY_TIMEOUT * 1000)
 _SOL_SOCKET = socket.SOL_SOCKET
 _SCM_RIGHTS = socket.SCM_RIGHTS
 
+
+# One unix datagram of a UNIX_SEND: (payload, where it goes: the handle of the
+# socket file pinned, an abstract name (b"\0name") or None for the connected
+# peer, how many of the fds sent along it passes).
+UnixDatagram = tuple[bytes, int | bytes | None, int]
 
 # A read the supervisor already allowed, if it opens this very file again:
 # (real path, st_dev, st_ino, more than one link, notification id, cloexec, F_SETFL
@@ -323,6 +339,26 @@ class BrokerClient:
         """
         (err,) = self._call(CONNECT, (address, handle), [sock])
         return err if isinstance(err, int) else errno.EIO
+
+    def unix_send(
+        self,
+        notif_id: int,
+        sock: int,
+        messages: Sequence[UnixDatagram],
+        flags: int,
+        passed: Sequence[int],
+    ) -> tuple[list[int], int]:
+        """The broker sends `messages` on `sock` (a duplicate of the agent's unix
+        datagram socket) for syscall `notif_id`, never waiting: the bytes each
+        message sent, in order, and the errno of the first that was not (0
+        when all were).  `passed` are the fds the messages pass, in order."""
+        counts, err = self._call(UNIX_SEND, (notif_id, tuple(messages), flags), [sock, *passed])
+        counts = counts if isinstance(counts, tuple) else (None,)
+        sent = [count for count in counts if isinstance(count, int)]
+        well_formed = len(sent) == len(counts) <= len(messages) and isinstance(err, int)
+        if not well_formed or not (err or sent):
+            return [], errno.EIO  # never from a working broker: nothing is taken as sent
+        return sent, err
 
     def list_tree(self, parent: int, name: bytes) -> list[str]:
         """The paths beneath directory `name` in pinned directory `parent`,
@@ -513,6 +549,8 @@ class Broker:
                 self._resolve(message, fds)
             elif op == CONNECT:
                 self._connect(message, fds)
+            elif op == UNIX_SEND:
+                self._unix_send(message, fds)
             elif op == LIST:
                 self._list(message)
             elif op == DROP:
@@ -551,6 +589,8 @@ class Broker:
                 self.channel.send(marshal.dumps((message[1], failed)))  # type: ignore[arg-type]
             elif op == CONNECT:
                 self.channel.send(marshal.dumps((message[1], err)))
+            elif op == UNIX_SEND:
+                self.channel.send(marshal.dumps((message[1], (), err)))
             elif op == LIST:
                 self.channel.send(marshal.dumps((message[1], err, 0)))
             elif op != DROP:
@@ -806,6 +846,48 @@ class Broker:
                 elif fd >= 0:
                     os.close(fd)
         self.channel.send(marshal.dumps((seq, err)))  # type: ignore[arg-type]
+
+    def _unix_send(self, message: tuple[object, ...], fds: list[int]) -> None:
+        """Send the datagrams of a UNIX_SEND while the agent's call still waits;
+        reply with what was sent and the errno that stopped it."""
+        _op, seq, notif_id, request, flags = message
+        assert isinstance(notif_id, int) and isinstance(flags, int)
+        counts: list[int] = []
+        err = errno.EBADF
+        messages = _unix_datagrams(request)
+        if fds and messages is not None and sum(m[2] for m in messages) == len(fds) - 1:
+            if _seccomp.id_valid(self.listener, notif_id):
+                counts, err = self._datagrams(fds[0], messages, flags, fds[1:])
+            else:
+                err = errno.EINTR  # the agent's thread is gone or was interrupted
+        self.channel.send(marshal.dumps((seq, tuple(counts), err)))  # type: ignore[arg-type]
+
+    def _datagrams(
+        self, sock: int, messages: list[UnixDatagram], flags: int, passed: list[int]
+    ) -> tuple[list[int], int]:
+        """Each message sent without waiting, until one fails: (bytes each
+        sent, the errno of the one that failed or 0)."""
+        counts: list[int] = []
+        at = 0
+        with socket.socket(fileno=os.dup(sock)) as dup:
+            for payload, address, count in messages:
+                rights, at = passed[at : at + count], at + count
+                target: object = address
+                if isinstance(address, int):  # the socket file decided on, pinned
+                    fd = self.pinned.get(address, -1)
+                    if fd < 0:
+                        return counts, errno.EBADF
+                    target = f"/proc/self/fd/{fd}"
+                control = [(_SOL_SOCKET, _SCM_RIGHTS, _fd_array(rights))] if rights else []
+                how = flags | socket.MSG_DONTWAIT  # a full receiver: the supervisor waits
+                try:
+                    if target is None:
+                        counts.append(dup.sendmsg([payload], control, how))
+                    else:
+                        counts.append(dup.sendmsg([payload], control, how, target))  # type: ignore[arg-type]
+                except OSError as exc:
+                    return counts, exc.errno or errno.EIO
+        return counts, 0
 
     def _list(self, message: tuple[object, ...]) -> None:
         _op, seq, handle, name = message
@@ -1310,6 +1392,21 @@ def _errno_of(exc: BaseException) -> int:
     if isinstance(exc, (OverflowError, ValueError, TypeError)):
         return errno.EINVAL
     return errno.EIO
+
+
+def _unix_datagrams(messages: object) -> list[UnixDatagram] | None:
+    """The messages of a UNIX_SEND; None if one is malformed (never from the supervisor)."""
+    found: list[UnixDatagram] = []
+    for message in messages if isinstance(messages, tuple) else (None,):
+        if not (isinstance(message, tuple) and len(message) == 3):
+            return None
+        payload, address, count = message
+        if not (isinstance(payload, bytes) and isinstance(count, int) and count >= 0):
+            return None
+        if not (address is None or isinstance(address, (int, bytes))):
+            return None
+        found.append((payload, address, count))
+    return found
 
 
 def _fd_array(fds: list[int]) -> bytes:

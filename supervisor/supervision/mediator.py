@@ -15,8 +15,9 @@ holds exactly the agent's rights, on the object that was decided about:
   extended attributes, times and inode flags: the broker pins the parent
   directory (or the object, or takes a copy of the agent's fd), the policy
   decides on its real path, and the broker acts on the pinned fd;
-* connect, bind, listen and IP datagrams: on a copy of the agent's socket,
-  with the address that was copied and decided on.
+* connect, bind, listen, and IP and unix datagrams: on a copy of the
+  agent's socket, with the address that was copied and decided on (and for
+  unix datagrams, the fds passed, taken from the agent).
 
 execve cannot be done on the agent's behalf: it is decided and then
 CONTINUEd, with Landlock (exec roots) as the floor under it; the README's
@@ -138,6 +139,16 @@ _BACKLOG_WAIT_MIN = 0.001
 _BACKLOG_WAIT_MAX = 0.05
 _MAX_MMSG = 64  # messages of one sendmmsg sent for the agent (the rest: a short count)
 _UIO_MAXIOV = 1024  # the most messages the kernel takes from one sendmmsg
+# Unix datagrams, which the broker sends: at most this many payload bytes for
+# one syscall (a larger datagram is EMSGSIZE, as past a default send buffer;
+# a sendmmsg past it gets a short count), this much control data (the kernel's
+# optmem limit: ENOBUFS past it), and this many socket files pinned at once.
+_MAX_UNIX_PAYLOAD = 4 << 20
+_MAX_CONTROL = 128 << 10
+_MAX_UNIX_PINS = 64
+# What blocked sends (a full receiver) may hold in the supervisor, all agent
+# calls together: past it a blocking send is EAGAIN at once, never unbounded.
+_MAX_PARKED_BYTES = 64 << 20
 _MSG_FASTOPEN = 0x20000000
 _SETID = stat.S_ISUID | stat.S_ISGID
 # What the kernel answers a syscall whose name has no last component to make,
@@ -154,6 +165,11 @@ _RENAME_FLAGS = RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT
 _NODE_KINDS = (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK)
 # struct msghdr on x86_64: name, namelen, iov, iovlen, control, controllen, flags.
 _MSGHDR = struct.Struct("<QI4xQQQQi4x")
+# struct cmsghdr: cmsg_len (size_t), cmsg_level, cmsg_type; then the data,
+# and the next one at the next multiple of 8.
+_CMSGHDR = struct.Struct("<QiI")
+_SCM_CREDENTIALS = 2
+_UCRED = struct.Struct("<iII")  # struct ucred: pid, uid, gid
 
 # execve's limits: one argument (MAX_ARG_STRLEN), and all of them together
 # (the kernel allows a quarter of the stack limit; 4 MiB is a 16 MiB stack).
@@ -167,6 +183,10 @@ _ARGV_LAST = 256
 # A blocking connect the supervisor finishes for the agent gives up after this
 # long, about what the kernel's SYN retries take by default.
 CONNECT_TIMEOUT = 130.0
+# A blocking unix datagram to a full receiver is sent again and again while
+# the agent waits in its call, for at most this long (or its SO_SNDTIMEO),
+# then answered EAGAIN; the kernel would wait as long as the receiver does.
+SEND_TIMEOUT = 130.0
 
 
 # The f* variants act on the agent's own fd, which travels with the request.
@@ -234,6 +254,69 @@ def _never_through_magic(pinned: Pinned) -> Pinned:
     if pinned.error == broker.THROUGH_MAGIC_LINK:
         pinned.error = errno.ELOOP
     return pinned
+
+
+@dataclass(frozen=True, slots=True)
+class UnixControl:
+    """What the control data of a sendmsg on a unix socket asks for."""
+
+    fds: tuple[int, ...] = ()  # SCM_RIGHTS: the sender's fd numbers, in order
+    credentials: tuple[int, int, int] | None = None  # SCM_CREDENTIALS: (pid, uid, gid)
+
+
+def unix_control(data: bytes) -> UnixControl:
+    """The control messages of a unix sendmsg, walked as the kernel's
+    __scm_send walks them (a tail shorter than a header is not one).
+
+    OSError(EINVAL) for what the kernel refuses (a header whose length is
+    short or runs past the end, more than SCM_MAX_FD fds, a ucred of the
+    wrong size, an unknown SOL_SOCKET type), and for any other level: the
+    kernel ignores those on a unix socket, and nothing unknown goes along.
+    """
+    fds: list[int] = []
+    credentials: tuple[int, int, int] | None = None
+    at = 0
+    while at + _CMSGHDR.size <= len(data):
+        length, level, kind = _CMSGHDR.unpack_from(data, at)
+        if length < _CMSGHDR.size or length > len(data) - at or level != socket.SOL_SOCKET:
+            raise OSError(errno.EINVAL, "control data the kernel would refuse")
+        body = data[at + _CMSGHDR.size : at + length]
+        if kind == socket.SCM_RIGHTS:
+            count = len(body) // 4
+            if len(fds) + count > broker.SCM_MAX_FD:
+                raise OSError(errno.EINVAL, "more fds than SCM_MAX_FD")
+            fds.extend(struct.unpack_from(f"<{count}i", body))
+        elif kind == _SCM_CREDENTIALS and len(body) == _UCRED.size:
+            pid, uid, gid = _UCRED.unpack(body)
+            credentials = (pid, uid, gid)
+        else:
+            raise OSError(errno.EINVAL, "control data the kernel would refuse")
+        at += (length + 7) & ~7
+    return UnixControl(tuple(fds), credentials)
+
+
+@dataclass(slots=True)
+class _UnixSend:
+    """The unix datagrams the broker sends for one agent call, until it is answered."""
+
+    notif: _seccomp.Notification
+    sock: int  # our duplicate of the agent's socket
+    flags: int
+    counted: bool  # sendmmsg: answered with how many messages went, not bytes
+    messages: list[broker.UnixDatagram] = field(default_factory=list)
+    passed: list[int] = field(default_factory=list)  # our duplicates of the fds passed
+    nodes: list[Resolved] = field(default_factory=list)  # socket files pinned
+    # Each distinct sockaddr copied -> where the broker sends it (`_unix_address`).
+    addresses: dict[bytes, int | bytes] = field(default_factory=dict)
+    size: int = 0  # payload bytes
+    sent: list[int] = field(default_factory=list)  # bytes of each message sent so far
+    started: float = -1.0  # when it first met a full receiver
+    limit: float = SEND_TIMEOUT
+    closed: bool = False
+
+
+class _Answered(Exception):
+    """The syscall was answered already (a refusal): nothing is sent."""
 
 
 class MoveNotJudged(RuntimeError):
@@ -496,6 +579,10 @@ class Mediator:
         # each agent call (a notification id) has been waiting so.
         self._call_later = call_later
         self._backlog_waits: dict[int, float] = {}
+        # Unix datagrams waiting for room in a full receiver (`_send_later`),
+        # by notification id, and the payload bytes they hold.
+        self._parked_sends: dict[int, _UnixSend] = {}
+        self._parked_bytes = 0
         self.memory = _proc.MemoryReader()
         self._tgid_of = tgid_of
         # Per-process state, bounded: the mediator is never told when an agent
@@ -530,6 +617,8 @@ class Mediator:
         for fd in self._pidfds.values():
             os.close(fd)
         self._pidfds.clear()
+        for job in list(self._parked_sends.values()):
+            self._close_unix_send(job)
 
     # -- the loop's entry point ------------------------------------------------
 
@@ -2577,12 +2666,42 @@ class Mediator:
         _seccomp.respond_continue(self.listener, n.id)
 
     def _on_sendto(self, n: _seccomp.Notification, name: str) -> None:
-        """A datagram to an address: for IP, sent by the broker with the copied address.
+        """A datagram to an address (BPF lets sendto without one through): sent
+        by the broker with the copied address, on IP and unix datagram sockets.
 
         Like connect, the address the agent named is read once, decided on,
         and used; a thread rewriting it afterwards changes nothing.  The
-        payload is copied too (at most 64 KiB, a UDP datagram's limit).
+        payload is copied too (for IP at most 64 KiB, a UDP datagram's limit;
+        for unix, `_send_unix`).  On a unix stream socket the kernel refuses
+        any address (EISCONN, or EOPNOTSUPP when not connected) and a
+        seqpacket socket ignores it (sent to the peer; checked on Linux
+        6.18): those go on to the kernel after the decision, whatever the
+        address says by then.
         """
+        fd, family, kind = self._socket_kind(n)
+        if fd < 0:
+            return
+        if _unix_datagram_socket(family, kind):
+            ptr, size = n.args[1], n.args[2]
+
+            def payload(limit: int) -> bytes | None:
+                if size > limit:
+                    return None
+                return self.memory.read(n.pid, ptr, size) if size else b""
+
+            message = (n.args[4], _signed32(n.args[5]), payload, 0, 0)
+            self._send_unix(n, name, fd, [message], _signed32(n.args[3]), counted=False)
+            return
+        try:
+            self._sendto_elsewhere(n, name, fd, family, kind)
+        finally:
+            os.close(fd)
+
+    def _sendto_elsewhere(
+        self, n: _seccomp.Notification, name: str, fd: int, family: int, kind: int
+    ) -> None:
+        """sendto on a socket that is no unix datagram socket (`fd`: a duplicate)."""
+        ip_datagrams = family in (socket.AF_INET, socket.AF_INET6) and kind != socket.SOCK_STREAM
         decided = self._decided_address(n, name, n.args[4], n.args[5] & 0xFFFFFFFF)
         if decided is None:
             return
@@ -2596,53 +2715,69 @@ class Mediator:
             # says by then; past a datagram's size only TCP could take it.
             self._fail(n, errno.EOPNOTSUPP)
             return
+        if address is None and ip_datagrams:
+            # Continued, the kernel would read the address again, and a thread
+            # may have made it an IP one by then (or AF_UNSPEC, which UDP
+            # takes as AF_INET): what the kernel says to the family copied.
+            self._fail(n, errno.EAFNOSUPPORT if family == socket.AF_INET else errno.EINVAL)
+            return
         if address is None or length > _MAX_DATAGRAM:
             # Too long for UDP (EMSGSIZE before the address is looked at), or
-            # not an IP address: the kernel may have it as it is.
+            # not an IP address on a socket that ignores or refuses it (a
+            # stream, a unix seqpacket, netlink): the kernel may have it.
             _seccomp.respond_continue(self.listener, n.id)
             return
         payload = self.memory.read(n.pid, n.args[1], length) if length else b""
-        self._send_datagram(n, payload, _signed32(n.args[3]), address)
-
-    def _send_datagram(
-        self, n: _seccomp.Notification, payload: bytes, flags: int, address: tuple[object, ...]
-    ) -> None:
-        """Send on a duplicate of the agent's socket (first argument); answer with the count."""
-        fd = self._agent_socket(n)
-        if fd < 0:
-            return
-        try:
-            self.broker.act(broker.SENDTO, n.id, payload, flags, address, fds=(fd,))
-        finally:
-            os.close(fd)
+        flags = _signed32(n.args[3])
+        self.broker.act(broker.SENDTO, n.id, payload, flags, address, fds=(fd,))
 
     def _socket_kind(self, n: _seccomp.Notification) -> tuple[int, int, int]:
-        """(duplicate fd, family, type) of the agent's socket; fd -1 if answered."""
+        """(duplicate fd, family, type) of the agent's socket; fd -1 if answered
+        (ENOTSOCK for an fd that is no socket)."""
         fd = self._agent_socket(n)
         if fd < 0:
             return -1, 0, 0
-        with socket.socket(fileno=os.dup(fd)) as sock:
-            family = sock.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
-            kind = sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+        try:
+            # Family and type given: nothing is looked up before the socket is ours.
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, os.dup(fd)) as sock:
+                family = sock.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
+                kind = sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+        except OSError as exc:
+            os.close(fd)
+            self._fail(n, exc.errno or errno.ENOTSOCK)
+            return -1, 0, 0
         return fd, family, kind
 
     def _on_sendmsg(self, n: _seccomp.Notification, name: str) -> None:
-        """sendmsg: on an IP datagram socket, never CONTINUEd.
+        """sendmsg: on IP and unix datagram sockets, never CONTINUEd.
 
-        msg_name lives in memory a racing thread can rewrite after the check,
-        and the kernel reads it again.  So on IP datagram sockets the broker
-        sends the payload and address that were copied and decided on (with no
-        address: the socket's connected peer, decided at connect).  A
-        connected stream socket ignores msg_name (TCP Fast Open aside, which
-        is refused), so it goes on as it is.  Unix sockets keep CONTINUE after
-        the decision on their path; control data (fds) needs the kernel.
+        msg_name (and msg_namelen, msg_control) live in memory a racing
+        thread can rewrite after the check, and the kernel reads them again.
+        So on those sockets the broker sends the payload and address that
+        were copied and decided on (with no address: the socket's connected
+        peer, decided at connect); on a unix socket with the fds passed too
+        (`_send_unix`).  A connected stream socket ignores msg_name (TCP Fast
+        Open aside, which is refused), so it goes on as it is; so do unix
+        stream and seqpacket sockets: the kernel refuses any msg_name on a
+        stream (EISCONN, or EOPNOTSUPP) and ignores it on a seqpacket (sent
+        to the peer), as checked on Linux 6.18, and their fds go to the peer
+        decided at connect.  Other families (netlink, packet) keep CONTINUE
+        after the decision on the name.
         """
-        (name_ptr, name_len, iov_ptr, iov_count, _control_ptr, control_len, _flags) = (
-            _MSGHDR.unpack(self.memory.read(n.pid, n.args[1], _MSGHDR.size))
+        (name_ptr, name_len, iov_ptr, iov_count, control_ptr, control_len, _flags) = _MSGHDR.unpack(
+            self.memory.read(n.pid, n.args[1], _MSGHDR.size)
         )
         flags = _signed32(n.args[2])
         fd, family, kind = self._socket_kind(n)
         if fd < 0:
+            return
+        if _unix_datagram_socket(family, kind):
+
+            def payload_of(limit: int) -> bytes | None:
+                return self._gather(n.pid, iov_ptr, iov_count, limit)
+
+            message = (name_ptr, _signed32(name_len), payload_of, control_ptr, control_len)
+            self._send_unix(n, name, fd, [message], flags, counted=False)
             return
         try:
             if family not in (socket.AF_INET, socket.AF_INET6):
@@ -2674,11 +2809,13 @@ class Mediator:
         finally:
             os.close(fd)
 
-    def _gather(self, tid: int, iov_ptr: int, iov_count: int) -> bytes | None:
-        """The bytes an iovec array points at; None past 64 KiB or 1024 pieces."""
+    def _gather(
+        self, tid: int, iov_ptr: int, iov_count: int, limit: int = _MAX_DATAGRAM
+    ) -> bytes | None:
+        """The bytes an iovec array points at; None past `limit` bytes or 1024 pieces."""
         if iov_count == 0:
             return b""
-        if iov_count > 1024:
+        if iov_count > _UIO_MAXIOV:
             return None
         pieces: list[bytes] = []
         total = 0
@@ -2686,20 +2823,25 @@ class Mediator:
             "<QQ", self.memory.read(tid, iov_ptr, 16 * iov_count)
         ):
             total += length
-            if total > _MAX_DATAGRAM:
+            if total > limit:
                 return None
             if length:
                 pieces.append(self.memory.read(tid, base, length))
         return b"".join(pieces)
 
     def _on_sendmmsg(self, n: _seccomp.Notification, name: str) -> None:
-        """sendmmsg: on IP datagram sockets, the broker sends each decided copy.
+        """sendmmsg: on IP and unix datagram sockets, the broker sends each decided copy.
 
-        On other sockets the kernel sends them, so every message it would take
-        is judged first: up to UIO_MAXIOV, where the kernel stops.
+        On unix datagram sockets, the messages one request takes
+        (`_sendmmsg_unix`).  On other sockets the kernel sends them, so every
+        message it would take is judged first: up to UIO_MAXIOV, where the
+        kernel stops.
         """
         fd, family, kind = self._socket_kind(n)
         if fd < 0:
+            return
+        if _unix_datagram_socket(family, kind):
+            self._sendmmsg_unix(n, name, fd)
             return
         try:
             ip_datagrams = (
@@ -2708,8 +2850,7 @@ class Mediator:
             count = min(n.args[2] & 0xFFFFFFFF, _MAX_MMSG if ip_datagrams else _UIO_MAXIOV)
             messages: list[tuple[bytes, tuple[object, ...] | None]] = []
             for i in range(count):
-                # struct mmsghdr: a 56-byte msghdr and an unsigned int, padded to 64.
-                header = _MSGHDR.unpack(self.memory.read(n.pid, n.args[1] + 64 * i, _MSGHDR.size))
+                header = self._mmsghdr(n, i)
                 name_ptr, name_len, iov_ptr, iov_count, _control, control_len, _flags = header
                 address = None
                 if name_ptr and name_len >= 2:
@@ -2732,6 +2873,260 @@ class Mediator:
             self.broker.act(broker.SENDMMSG, n.id, messages, flags, fds=(fd,))
         finally:
             os.close(fd)
+
+    def _mmsghdr(self, n: _seccomp.Notification, index: int) -> tuple[int, ...]:
+        """The msghdr of message `index` of a sendmmsg (struct mmsghdr: a
+        56-byte msghdr and an unsigned int, padded to 64)."""
+        header: tuple[int, ...] = _MSGHDR.unpack(
+            self.memory.read(n.pid, n.args[1] + 64 * index, _MSGHDR.size)
+        )
+        return header
+
+    def _sendmmsg_unix(self, n: _seccomp.Notification, syscall: str, fd: int) -> None:
+        """sendmmsg on a unix datagram socket (`fd`, a duplicate this closes):
+        the messages up to UIO_MAXIOV, or up to the first the kernel could not
+        read, go to `_send_unix`."""
+        count = min(n.args[2] & 0xFFFFFFFF, _UIO_MAXIOV)
+        if count == 0:
+            os.close(fd)
+            _seccomp.respond_value(self.listener, n.id, 0)  # as the kernel: nothing to send
+            return
+        messages: list[_UnixMessage] = []
+        for i in range(count):
+            try:
+                header = self._mmsghdr(n, i)
+            except OSError:
+                if i == 0:
+                    os.close(fd)
+                    raise
+                break  # the kernel stops there: the count so far
+            name_ptr, name_len, iov_ptr, iov_count, control_ptr, control_len, _flags = header
+
+            def payload(limit: int, iov: tuple[int, int] = (iov_ptr, iov_count)) -> bytes | None:
+                return self._gather(n.pid, iov[0], iov[1], limit)
+
+            messages.append((name_ptr, _signed32(name_len), payload, control_ptr, control_len))
+        self._send_unix(n, syscall, fd, messages, _signed32(n.args[3]), counted=True)
+
+    # -- unix datagrams, sent by the broker
+
+    def _send_unix(
+        self,
+        n: _seccomp.Notification,
+        syscall: str,
+        fd: int,
+        messages: list[_UnixMessage],
+        flags: int,
+        *,
+        counted: bool,
+    ) -> None:
+        """Unix datagrams on the agent's socket (`fd`, a duplicate this closes):
+        each name copied once and decided on, each payload and each fd passed
+        copied, and all sent by the broker (`_unix_send`).  Never CONTINUEd:
+        the kernel would read msghdr, name and control data again, after a
+        racing thread rewrote them.
+
+        A message the kernel would refuse ends the call there: its errno for
+        the first one, the count so far after that.  The messages past what
+        one request takes (`_take_unix_message`) are not sent (a short count,
+        as a full buffer gives), but their names are judged: one refused
+        refuses the call, as when the kernel sent them all.
+        """
+        job = _UnixSend(n, fd, flags, counted)
+        try:
+            taking = True
+            for message in messages:
+                if taking:
+                    try:
+                        taking = self._take_unix_message(n, syscall, job, message)
+                    except broker.BrokerGone:
+                        raise
+                    except OSError:
+                        if not job.messages:
+                            raise
+                        break  # the kernel stops at a failing message: the count so far
+                    if taking:
+                        continue
+                name_ptr, name_len = message[0], message[1]
+                if name_ptr and 2 < name_len <= _SOCKADDR_UN_SIZE:
+                    data = self.memory.read(n.pid, name_ptr, name_len)
+                    response = self._judge_sockaddr(n, syscall, data)
+                    if not response.proceeds:
+                        self._refuse(n, response, errno.EPERM)
+                        raise _Answered
+        except _Answered:
+            self._close_unix_send(job)
+            return
+        except BaseException:
+            self._close_unix_send(job)
+            raise
+        self._unix_send(job)
+
+    def _take_unix_message(
+        self, n: _seccomp.Notification, syscall: str, job: _UnixSend, message: _UnixMessage
+    ) -> bool:
+        """Add one message to `job`: its control data, payload, the fds it
+        passes and its address, each copied once.  False when it would go
+        past what one request takes (a message is taken already); OSError
+        with the kernel's errno for a message it would refuse; _Answered when
+        the policy refused its address.
+
+        SCM_CREDENTIALS is refused (EPERM): the kernel lets a sender claim
+        only its own pid (without CAP_SYS_ADMIN over its PID namespace), and
+        the broker's is not the agent's.  (A receiver with SO_PASSCRED sees
+        the broker's pid on every datagram the broker sends.)
+        """
+        name_ptr, name_len, payload_of, control_ptr, control_len = message
+        control = UnixControl()
+        if control_len:
+            if control_len > _MAX_CONTROL:
+                raise OSError(errno.ENOBUFS, "control data past the optmem limit")
+            control = unix_control(self.memory.read(n.pid, control_ptr, control_len))
+            if control.credentials is not None:
+                raise OSError(errno.EPERM, "SCM_CREDENTIALS is not sent for the agent")
+        if len(job.passed) + len(control.fds) > broker.MAX_PASSED_FDS:
+            if job.messages:
+                return False
+            raise OSError(errno.EINVAL, "more fds than one request takes")
+        if job.messages and len(job.nodes) >= _MAX_UNIX_PINS:
+            return False
+        payload = payload_of(_MAX_UNIX_PAYLOAD - job.size)
+        if payload is None:
+            if job.messages:
+                return False
+            raise OSError(errno.EMSGSIZE, "a datagram larger than is sent for the agent")
+        passed: list[int] = []
+        try:
+            for number in control.fds:
+                passed.append(self._agent_fd(n.pid, number))
+            address = self._unix_address(n, syscall, job, name_ptr, name_len)
+        except BaseException:
+            for fd in passed:
+                os.close(fd)
+            raise
+        job.passed.extend(passed)
+        job.messages.append((payload, address, len(passed)))
+        job.size += len(payload)
+        return True
+
+    def _unix_address(
+        self, n: _seccomp.Notification, syscall: str, job: _UnixSend, ptr: int, length: int
+    ) -> int | bytes | None:
+        """Where a message goes, from the sockaddr copied once: the handle of
+        the socket file pinned (and decided on by its real path), an abstract
+        name, or None for the connected peer (no name: a NULL pointer or a
+        zero length).  OSError with the kernel's errno for a name it refuses.
+        """
+        if ptr == 0 or length == 0:
+            return None
+        if not 2 < length <= _SOCKADDR_UN_SIZE:
+            raise OSError(errno.EINVAL, "not a unix socket address")  # as unix_validate_addr
+        data = self.memory.read(n.pid, ptr, length)
+        if struct.unpack_from("<H", data)[0] != socket.AF_UNIX:
+            raise OSError(errno.EINVAL, "not a unix socket address")
+        known = job.addresses.get(data)
+        if known is not None:
+            return known
+        node = self._unix_node(n.pid, data)
+        if node is not None:
+            job.nodes.append(node)  # released with the job
+            if node.error == errno.ENOENT:
+                # Nothing there: the kernel's answer, with no rule asked (as connect).
+                raise OSError(errno.ENOENT, "no socket there")
+        target = describe_sockaddr(data, lambda _raw: node.target if node else "", reaching=True)
+        response = self._decide(n, syscall, ActionType.NETWORK_CONNECT, target)
+        if not response.proceeds:
+            self._refuse(n, response, errno.EPERM)
+            raise _Answered
+        if node is not None and node.error:
+            raise OSError(node.error, "the socket file cannot be reached")
+        address = node.handle if node is not None else abstract_address(data)
+        if address is None:
+            raise OSError(errno.EINVAL, "not a unix socket address")
+        job.addresses[data] = address
+        return address
+
+    def _unix_send(self, job: _UnixSend) -> None:
+        """One attempt at the messages of `job` not sent yet; then the agent is
+        answered, or, with a full receiver, it is tried again later."""
+        try:
+            first = len(job.sent)
+            skipped = sum(count for _payload, _address, count in job.messages[:first])
+            rest = job.messages[first:]
+            passing = sum(count for _payload, _address, count in rest)
+            counts, err = self.broker.unix_send(
+                job.notif.id, job.sock, rest, job.flags, job.passed[skipped : skipped + passing]
+            )
+            job.sent.extend(counts)
+            if err == errno.EAGAIN and len(job.sent) < len(job.messages) and self._send_later(job):
+                return
+        except BaseException:
+            self._close_unix_send(job)
+            raise
+        self._close_unix_send(job)
+        if job.sent:
+            with contextlib.suppress(OSError):  # the agent's call ended meanwhile
+                value = len(job.sent) if job.counted else job.sent[0]
+                _seccomp.respond_value(self.listener, job.notif.id, value)
+        else:
+            self._answer_error(job.notif, err or errno.EIO)
+
+    def _send_later(self, job: _UnixSend) -> bool:
+        """For a socket that blocks: send again a little later (1 ms, growing
+        to 50 ms), while the agent still waits in its call, as the kernel
+        would make it wait for room in the receiver's queue.  At most for
+        SEND_TIMEOUT (or the socket's SO_SNDTIMEO), and while all such waits
+        hold less than _MAX_PARKED_BYTES.  False when it does not wait.
+
+        Timers of the loop, as for a connect to a full backlog (`_try_again`):
+        the broker never waits, so it serves on, and neither does the loop.
+        """
+        if (
+            self._call_later is None
+            or job.flags & socket.MSG_DONTWAIT
+            or fcntl.fcntl(job.sock, fcntl.F_GETFL) & os.O_NONBLOCK
+        ):
+            return False
+        now = time.monotonic()
+        if job.started < 0:
+            if self._parked_bytes + job.size > _MAX_PARKED_BYTES:
+                return False
+            job.started = now
+            job.limit = _send_timeout(job.sock)
+            self._parked_sends[job.notif.id] = job
+            self._parked_bytes += job.size
+        elif now - job.started > job.limit:
+            return False
+        delay = min(_BACKLOG_WAIT_MAX, max(_BACKLOG_WAIT_MIN, now - job.started))
+
+        def again() -> None:  # a timer's callback: it must not raise
+            if job.closed:
+                return  # the mediator closed meanwhile
+            try:
+                waiting = _seccomp.id_valid(self.listener, job.notif.id)
+            except OSError:
+                waiting = False
+            if not waiting:  # the agent's call ended meanwhile (a signal, its exit)
+                self._close_unix_send(job)
+                return
+            try:
+                self._unix_send(job)  # closes the job once answered, whatever happens
+            except Exception:
+                self._answer_error(job.notif, errno.EIO)  # the broker is gone: fail closed
+
+        self._call_later(delay, again)
+        return True
+
+    def _close_unix_send(self, job: _UnixSend) -> None:
+        """Let go of what `job` holds: our duplicates, the socket files pinned."""
+        if job.closed:
+            return
+        job.closed = True
+        if self._parked_sends.pop(job.notif.id, None) is not None:
+            self._parked_bytes -= job.size
+        for fd in (job.sock, *job.passed):
+            os.close(fd)
+        self.release(*job.nodes)
 
     def _on_process_vm_readv(self, n: _seccomp.Notification, name: str) -> None:
         response = self._decide(n, name, ActionType.MEMORY_ACCESS, str(_signed32(n.args[0])))
@@ -2757,6 +3152,27 @@ class Mediator:
     def _on_refused(self, n: _seccomp.Notification, name: str) -> None:
         self.judge.refuse_always(name, n.pid)
         _seccomp.respond_error(self.listener, n.id, errno.EPERM)
+
+
+# One message of a unix sendto/sendmsg/sendmmsg, as the agent gave it:
+# (msg_name, msg_namelen, its payload read up to a limit (None past it),
+# msg_control, msg_controllen).
+_UnixMessage = tuple[int, int, Callable[[int], "bytes | None"], int, int]
+
+
+def _unix_datagram_socket(family: int, kind: int) -> bool:
+    """A unix socket whose sends take a name: SOCK_DGRAM (and SOCK_RAW, which
+    the kernel makes one)."""
+    return family == socket.AF_UNIX and kind in (socket.SOCK_DGRAM, socket.SOCK_RAW)
+
+
+def _send_timeout(fd: int) -> float:
+    """How long a blocking send on socket `fd` waits: its SO_SNDTIMEO, at most SEND_TIMEOUT."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM, 0, os.dup(fd)) as sock:
+        timeval = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, 16)
+    seconds, micros = struct.unpack("@ll", timeval)
+    timeout = seconds + micros / 1e6
+    return min(timeout, SEND_TIMEOUT) if timeout > 0 else SEND_TIMEOUT
 
 
 def ip_address_tuple(data: bytes) -> tuple[object, ...] | None:
