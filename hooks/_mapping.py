@@ -402,6 +402,7 @@ _VERB_ACTIONS = {
     "UPDATE": "database_write",
     "DELETE": "database_delete",
 }
+_TRANSACTION_CONTROL = frozenset({"BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE"})
 
 
 def _top_level_words(sql: str) -> list[str]:
@@ -443,13 +444,18 @@ def _top_level_words(sql: str) -> list[str]:
 
 def sql_action(sql: str) -> str:
     """Classify one SQL statement: SELECT/VALUES read, INSERT/REPLACE/UPDATE write,
-    DELETE delete, DDL and everything else (PRAGMA, ATTACH, BEGIN...) execute.
+    DELETE delete, DDL and everything else (PRAGMA, ATTACH, VACUUM...) execute.
+    Transaction control (BEGIN, COMMIT, END, ROLLBACK, SAVEPOINT, RELEASE)
+    changes nothing of its own (the statements inside it are judged each):
+    it is a read, so that every `with connection:` is no warning.
 
     A WITH prefix is skipped: the first verb outside the CTE bodies decides.
     """
     words = _top_level_words(sql)
     if not words:
         return "database_execute"
+    if words[0] in _TRANSACTION_CONTROL:
+        return "database_read"
     if words[0] != "WITH":
         return _VERB_ACTIONS.get(words[0], "database_execute")
     for word in words[1:]:

@@ -29,6 +29,15 @@ from agentsup.hooks import _protocol as protocol
         ("ATTACH 'x.db' AS x", "database_execute"),
         ("", "database_execute"),
         ("SELECT 'DROP TABLE t'", "database_read"),
+        # transaction control: the statements inside are judged each
+        ("BEGIN", "database_read"),
+        ("begin immediate transaction", "database_read"),
+        ("COMMIT", "database_read"),
+        ("END TRANSACTION", "database_read"),
+        ("ROLLBACK TO SAVEPOINT sp", "database_read"),
+        ("SAVEPOINT sp", "database_read"),
+        ("RELEASE sp", "database_read"),
+        ("VACUUM", "database_execute"),
     ],
 )
 def test_sql_action(sql: str, action: str) -> None:

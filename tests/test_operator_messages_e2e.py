@@ -43,3 +43,25 @@ def test_a_warning_rule_is_said_a_few_times_and_then_only_recorded(sandbox: Sand
     assert len(said) == 4 and "the rest are only in the audit log (agentsup audit show)" in said[-1]
     recorded = [r for r in sandbox.audit_records() if r.get("rule") == "database-delete-execute"]
     assert len(recorded) == statements
+
+
+def test_transactions_are_no_warning(sandbox: Sandbox) -> None:
+    """`with connection:` and an explicit BEGIN ... COMMIT change nothing of
+    their own: only the statements inside them are judged."""
+    script = (
+        "import sqlite3\n"
+        "db = sqlite3.connect('app.db', isolation_level=None)\n"
+        "db.execute('BEGIN IMMEDIATE')\n"
+        "db.execute('SAVEPOINT sp')\n"
+        "db.execute('RELEASE sp')\n"
+        "db.execute('COMMIT')\n"
+        "db.isolation_level = ''\n"
+        "with db:\n"
+        "    db.execute('select 1')\n"
+        "print('done')\n"
+    )
+    result = sandbox.run("python3", "-c", script)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "done"
+    assert "warning" not in result.stderr, result.stderr
+    assert not [r for r in sandbox.audit_records() if r.get("rule") == "database-delete-execute"]
