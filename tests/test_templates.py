@@ -129,6 +129,13 @@ def test_strict_secret_rules_come_before_the_allow_rules() -> None:
         (A.FILE_WRITE, "/dev/pts/3"),
         (A.FILE_WRITE, "/dev/shm/sem.x"),
         (A.FILE_READ, "/dev/urandom"),
+        # what dpkg -l, apt-cache, rpm -q, pacman -Q and man read
+        (A.FILE_READ, "/var/lib/dpkg/status"),
+        (A.FILE_READ, "/var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_InRelease"),
+        (A.FILE_READ, "/var/cache/apt/pkgcache.bin"),
+        (A.FILE_READ, "/var/lib/rpm/rpmdb.sqlite"),
+        (A.FILE_READ, "/var/lib/pacman/local/ALPM_DB_VERSION"),
+        (A.FILE_READ, "/var/cache/man/index.db"),
         (A.SHELL_EXECUTE, "ls -la"),
         (A.SHELL_EXECUTE, "rm -rf build"),
         (A.SHELL_EXECUTE, "rm -rf /tmp/x"),
@@ -320,3 +327,11 @@ def test_audit_allows_and_logs_everything() -> None:
         decision = audit.evaluate(Event(action, "/root/.ssh/id_rsa"))
         assert decision.verdict is Verdict.LOG
         assert respond(decision) is Response.LOG
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["/var/lib/docker/volumes/x", "/var/lib/postgresql/15/main/pg_hba.conf", "/var/log/auth.log"],
+)
+def test_strict_reads_no_other_state_of_the_host(target: str) -> None:
+    assert response(template("strict"), A.FILE_READ, target) is not Response.ALLOW
