@@ -20,14 +20,16 @@ def test_the_variables_kept_from_the_agent_are_named_in_the_start_record(
     sandbox: Sandbox,
 ) -> None:
     """(And on the operator's terminal, when stderr is one.)"""
-    result = sandbox.run(
-        "sh", "-c", 'echo "CC=${CC-unset}"', env={"CC": "clang", "PIP_INDEX_URL": "file:///x"}
-    )
+    passed = {"CC": "clang", "CFLAGS": "-O3", "PYTHONUNBUFFERED": "1", "SSL_CERT_FILE": "/x"}
+    kept = {"PIP_INDEX_URL": "https://u:p@index.invalid/", "AWS_PROFILE": "prod"}
+    script = 'echo "$CC $CFLAGS $PYTHONUNBUFFERED $SSL_CERT_FILE ${PIP_INDEX_URL-unset}"'
+    result = sandbox.run("sh", "-c", script, env={**passed, **kept})
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "CC=unset"
+    assert result.stdout.strip() == "clang -O3 1 /x unset"
     start = next(r for r in sandbox.audit_records() if r.get("event") == "start")
     dropped = start["env_not_passed"]
-    assert isinstance(dropped, list) and {"CC", "PIP_INDEX_URL"} <= set(dropped)
+    assert isinstance(dropped, list) and set(kept) <= set(dropped)
+    assert not set(passed) & set(dropped)
     assert not any(name.startswith("AGENTSUP_") for name in dropped)  # agentsup's own
 
 

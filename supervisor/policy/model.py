@@ -25,17 +25,26 @@ DEFAULT_PRIORITY = 100
 DEFAULT_SEVERITY = Severity.MEDIUM
 DEFAULT_VERDICT = Verdict.DENY
 DEFAULT_ON_VIOLATION = ViolationMode.SIGKILL
+# What the agent's programs need and no secret: the terminal, the user's
+# editor, build and toolchain settings, CA bundles, commit identity.  Not
+# PIP_* (index URLs can carry credentials), SSH_AUTH_SOCK, cloud or CI
+# credentials.  README ("The environment") lists it for users.
 DEFAULT_ENV_PASS: tuple[str, ...] = (
-    "PATH",
-    "HOME",
-    "LANG",
-    "LC_*",
-    "TERM",
-    "USER",
-    "LOGNAME",
-    "SHELL",
-    "TMPDIR",
-    "TZ",
+    *("PATH", "HOME", "LANG", "LC_*", "TERM", "USER", "LOGNAME", "SHELL", "TMPDIR", "TZ"),
+    *("COLUMNS", "LINES", "COLORTERM", "NO_COLOR", "FORCE_COLOR", "CLICOLOR"),
+    *("EDITOR", "VISUAL", "PAGER", "LESS"),
+    *("CC", "CXX", "CPP", "LD", "AR", "RANLIB", "CFLAGS", "CXXFLAGS", "CPPFLAGS", "LDFLAGS"),
+    *("LDLIBS", "MAKEFLAGS", "PKG_CONFIG_PATH", "CMAKE_*"),
+    *("PYTHONPATH", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "PYTHONIOENCODING"),
+    *("PYTHONUTF8", "PYTHONHASHSEED", "PYTHONWARNINGS", "VIRTUAL_ENV"),
+    *("RUST_BACKTRACE", "RUST_LOG", "RUSTFLAGS", "CARGO_HOME", "RUSTUP_HOME"),
+    *("CARGO_TERM_COLOR", "CARGO_BUILD_JOBS"),
+    *("GOPATH", "GOROOT", "GOFLAGS", "GO111MODULE", "CGO_ENABLED", "JAVA_HOME"),
+    *("NODE_ENV", "NODE_PATH", "NODE_OPTIONS", "NVM_DIR"),
+    *("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"),
+    "NODE_EXTRA_CA_CERTS",
+    *("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL"),
+    *("GIT_EDITOR", "GIT_PAGER", "CI", "DEBIAN_FRONTEND"),
 )
 DEFAULT_ENV_DENY: tuple[str, ...] = ("*_KEY", "*TOKEN*", "*SECRET*", "*PASSWORD*")
 DEFAULT_APPROVAL_TIMEOUT = 300.0
