@@ -67,3 +67,56 @@ def test_transactions_are_no_warning(sandbox: Sandbox) -> None:
     assert result.stdout.strip() == "done"
     assert "warning" not in result.stderr, result.stderr
     assert not [r for r in sandbox.audit_records() if r.get("rule") == "database-delete-execute"]
+
+
+def test_refusals_with_no_signal_are_named_at_the_end(sandbox: Sandbox) -> None:
+    """A blocked refusal shows only as the tool's own error: the end of the run
+    names the rule behind it (quiet, low-severity refusals such as listing /
+    are left out)."""
+    key = sandbox.workspace / "server.key"
+    key.write_text("-----BEGIN PRIVATE KEY-----\n")
+    result = sandbox.run("sh", "-c", f"cat {key}; cat {key}; ls / > /dev/null; echo done")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("agentsup: ")]
+    assert lines[-3:] == [
+        "agentsup: 2 action(s) of agent 't' were refused (no signal):",
+        f"agentsup:       2  file_read {key} (workspace-key-read)",
+        "agentsup: all of them: agentsup audit show --agent t",
+    ]
+
+
+def test_a_run_with_no_refusal_says_nothing_more(sandbox: Sandbox) -> None:
+    result = sandbox.run("sh", "-c", "echo hello")
+    assert result.returncode == 0 and result.stdout == "hello\n"
+    assert "refused" not in result.stderr
+
+
+@pytest.mark.requires_root
+@pytest.mark.requires_cgroup
+def test_a_thread_the_process_limit_refused_is_said_at_the_end(sandbox: Sandbox) -> None:
+    """Threads count against max_processes (pids.max): the kernel's EAGAIN
+    says nothing about a policy, so the end of the run does."""
+    policy = sandbox.policy(
+        "few-tasks", "name: few-tasks\nextends: [strict]\nlimits: {max_processes: 12}\n"
+    )
+    script = (
+        "import threading, time\n"
+        "started = 0\n"
+        "for _ in range(30):\n"
+        "    try:\n"
+        "        threading.Thread(target=time.sleep, args=(1,), daemon=True).start()\n"
+        "        started += 1\n"
+        "    except RuntimeError:\n"
+        "        pass\n"
+        "print(started)\n"
+    )
+    result = sandbox.run("python3", "-c", script, policy=policy)
+    assert result.returncode == 0, result.stderr
+    assert 0 < int(result.stdout) < 30
+    refused = 30 - int(result.stdout)
+    assert (
+        f"agentsup: the policy's max_processes (12) refused {refused} fork(s) or new thread(s)"
+        in result.stderr
+    )
+    end = next(r for r in sandbox.audit_records() if r.get("event") == "exit")
+    assert end["process_limit_refused"] == refused

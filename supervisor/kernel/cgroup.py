@@ -378,6 +378,20 @@ class AgentCgroup:
                     _try_write(memsw, limit, "memory_mb")
         return unenforced
 
+    def times_at_process_limit(self) -> int:
+        """How many forks or new threads `max_processes` refused (pids.events'
+        `max`); 0 where there is no pids controller or no such count."""
+        if self._pids_dir is None:
+            return 0
+        try:
+            for line in _read(f"{self._pids_dir}/pids.events").splitlines():
+                key, _, value = line.partition(" ")
+                if key == "max" and value.strip().isdecimal():
+                    return int(value)
+        except OSError:
+            pass
+        return 0
+
     def pids(self) -> set[int]:
         return members([self.tracking])
 

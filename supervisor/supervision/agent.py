@@ -1116,15 +1116,23 @@ class Agent:
                 say(f"cannot execute {self.request.program}: {os.strerror(self.exec_error)}")
         report = judge.kill_report
         signal_name = signal.Signals(sig).name if sig else None
+        at_limit = self.group.times_at_process_limit() if self.group is not None else 0
         judge.lifecycle(
             "exit",
             exit_code=code,
             signal=signal_name,
             killed_by=report.rule if report else None,
+            **({"process_limit_refused": at_limit} if at_limit else {}),
         )
-        if self.request.shadow:
-            for line in judge.shadow_summary():
-                say(line)
+        if at_limit:
+            # The kernel says EAGAIN and nothing more: "can't start new thread".
+            limit = judge.policy.limits.max_processes
+            say(
+                f"the policy's max_processes ({limit}) refused {at_limit} fork(s) or new "
+                "thread(s): threads count as processes (limits.max_processes)"
+            )
+        for line in judge.shadow_summary() if self.request.shadow else judge.refusal_summary():
+            say(line)
         if self.request.json_status:
             status_doc = {
                 "agent": judge.agent_id,

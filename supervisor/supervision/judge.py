@@ -460,8 +460,10 @@ class Judge:
         # `run --shadow`: what would have been refused, per action type and per target.
         self.would_deny: Counter[str] = Counter()
         self.would_deny_targets: Counter[str] = Counter()
-        # `run --shadow`: what was refused all the same (the guard, agentsup's own rules).
-        self.still_refused: Counter[str] = Counter()
+        # "action target (rule)" of each refusal the agent met with no signal
+        # (severity medium and up; with --shadow, those that stood: the guard's
+        # and agentsup's own), said at the end of the run.
+        self.refused: Counter[str] = Counter()
         self._warnings_said: Counter[str] = Counter()  # per rule id
         # Called by the supervisor to arm approval timeouts and report state.
         self.on_hold: Callable[[Pending], None] = lambda pending: None
@@ -640,6 +642,12 @@ class Judge:
             if response is Response.ALLOW:
                 self._record(event, tid, decision, response, would_deny=True)
                 return decision, response
+        if (
+            response is Response.BLOCK
+            and self.config.shadow_guard is None  # counted by _shadow
+            and decision.severity is not Severity.LOW
+        ):
+            self.refused[f"{event.action} {_shown(event.target)} ({decision.rule_id})"] += 1
         if should_audit(decision, self.policy.audit_level):
             self._record(event, tid, decision, response)
         elif _plain(decision, response):
@@ -686,11 +694,11 @@ class Judge:
 
         refused = f"{event.action} {_shown(event.target)}"
         if decision.rule_id.startswith(AGENTSUP_RULE_PREFIX):
-            self.still_refused[f"{refused} ({decision.rule_id})"] += 1
+            self.refused[f"{refused} ({decision.rule_id})"] += 1
             return response
         guard_rule = guarded(guard, event.action, event.target)
         if guard_rule is not None:
-            self.still_refused[f"{refused} ({guard_rule})"] += 1
+            self.refused[f"{refused} ({guard_rule})"] += 1
             return Response.BLOCK
         self.would_deny[str(event.action)] += 1
         self.would_deny_targets[f"{event.action} {_shown(event.target)}"] += 1
@@ -706,20 +714,32 @@ class Judge:
             lines = [f"{name}: {total} action(s) would be denied ({kinds})"]
             top_targets = self.would_deny_targets.most_common(top)
             lines += [f"  {count:5d}  {what}" for what, count in top_targets]
-        refused = sum(self.still_refused.values())
+        refused = sum(self.refused.values())
         if refused:
             # Said, not only logged: a job that failed in a shadow run failed on these.
             lines.append(
                 f"{refused} action(s) were refused all the same (shadow mode keeps the "
                 "guard's and agentsup's own refusals):"
             )
-            lines += [
-                f"  {count:5d}  {what}" for what, count in self.still_refused.most_common(top)
-            ]
+            lines += [f"  {count:5d}  {what}" for what, count in self.refused.most_common(top)]
         if total:
             lines.append(
                 f"rules that let them pass: agentsup policy suggest --agent {self.agent_id}"
             )
+        return lines
+
+    def refusal_summary(self, top: int = 5) -> list[str]:
+        """The lines `run` prints at exit about refusals the agent met quietly.
+
+        A refusal with no signal shows only as the tool's own error (EACCES,
+        "Permission denied"): these lines name the rules behind them.
+        """
+        refused = sum(self.refused.values())
+        if not refused:
+            return []
+        lines = [f"{refused} action(s) of agent '{self.agent_id}' were refused (no signal):"]
+        lines += [f"  {count:5d}  {what}" for what, count in self.refused.most_common(top)]
+        lines.append(f"all of them: agentsup audit show --agent {self.agent_id}")
         return lines
 
     def refuse_always(self, syscall: str, tid: int) -> None:
@@ -765,8 +785,8 @@ class Judge:
         layer: str = "seccomp",
     ) -> None:
         """The record of a syscall refused by agentsup itself, whatever the policy says."""
-        if self.config.shadow_guard is not None:
-            self.still_refused[f"{syscall} {_shown(target)} ({rule})"] += 1
+        if self.config.shadow_guard is not None or severity != Severity.LOW:
+            self.refused[f"{syscall} {_shown(target)} ({rule})"] += 1
         self.audit.append(
             {
                 "agent": self.agent_id,
