@@ -1,4 +1,5 @@
-"""Tool caches the policy keeps out of the home are moved into the agent's private /tmp.
+"""Tool caches the policy keeps out of the home are moved into the agent's private /tmp,
+and tools that retry a failed fetch for a minute fail at once where no connect can succeed.
 
 npm fails outright when it cannot write its cache (`npm pack`: EACCES, then
 the advice to chown the home as root), and a cache the agent could write in
@@ -16,8 +17,14 @@ from pathlib import Path
 import pytest
 from conftest import Sandbox
 
-from agentsup.policy import CompiledPolicy, RunContext, compile_policy, resolve_policy
-from agentsup.supervision.agent import PRIVATE_CACHES, moved_caches
+from agentsup.policy import (
+    CompiledPolicy,
+    RunContext,
+    compile_policy,
+    load_policy_text,
+    resolve_policy,
+)
+from agentsup.supervision.agent import PRIVATE_CACHES, moved_caches, no_retries_offline
 
 NO_POLICY_DIR = Path("/nonexistent")
 
@@ -51,6 +58,27 @@ def test_a_variable_already_set_and_a_run_without_a_private_tmp_move_nothing() -
 @pytest.mark.requires_seccomp_notify
 @pytest.mark.requires_landlock
 @pytest.mark.skipif(shutil.which("npm") is None, reason="npm not installed")
+def test_with_no_way_out_tools_do_not_retry() -> None:
+    retries = no_retries_offline(STRICT, {}, None)
+    assert retries == {"npm_config_fetch_retries": "0", "PIP_RETRIES": "0", "CARGO_NET_RETRY": "0"}
+    assert "PIP_RETRIES" not in no_retries_offline(STRICT, {"PIP_RETRIES": "3"}, None)
+
+
+def test_with_a_way_out_tools_retry_as_they_would() -> None:
+    assert no_retries_offline(PERMISSIVE, {}, None) == {}  # connects may go ahead
+    assert no_retries_offline(STRICT, {}, 3128) == {}  # an egress proxy to go through
+    direct = compile_policy(
+        load_policy_text(
+            "name: one-host\nextends: [strict]\nnetwork: direct\nrules:\n"
+            "  - {id: one, actions: [network_connect], target: '10.0.0.1:443', decision: allow,"
+            " priority: 1}\n",
+            NO_POLICY_DIR,
+        ),
+        RunContext("/srv/project", "/home/u", "t"),
+    )
+    assert no_retries_offline(direct, {}, None) == {}
+
+
 def test_npm_pack_works_under_strict_and_leaves_the_home_alone(sandbox: Sandbox) -> None:
     # A home outside /tmp, as real homes are (strict lets the agent write in
     # its /tmp, and a home under it is bound back in).
@@ -70,3 +98,17 @@ def test_npm_pack_works_under_strict_and_leaves_the_home_alone(sandbox: Sandbox)
         shutil.rmtree(home)
     start = next(r for r in sandbox.audit_records() if r.get("event") == "start")
     assert start["caches_moved"]["npm_config_cache"] == f"{PRIVATE_CACHES}/npm"  # type: ignore[index]
+
+
+@pytest.mark.requires_seccomp_notify
+@pytest.mark.requires_landlock
+def test_under_strict_the_agents_tools_fail_fast_offline(sandbox: Sandbox) -> None:
+    result = sandbox.run("sh", "-c", 'echo "$npm_config_fetch_retries $PIP_RETRIES"')
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0", "0"]
+    start = next(r for r in sandbox.audit_records() if r.get("event") == "start")
+    assert start["network_retries_off"] == [
+        "CARGO_NET_RETRY",
+        "PIP_RETRIES",
+        "npm_config_fetch_retries",
+    ]

@@ -172,6 +172,29 @@ def moved_caches(
     return moved
 
 
+# Tools that retry a failed fetch for a minute or more (npm: 10 s, then 60 s):
+# with no way out, the first failure is the answer.
+NETWORK_RETRIES = (
+    ("npm_config_fetch_retries", "0"),
+    ("PIP_RETRIES", "0"),
+    ("CARGO_NET_RETRY", "0"),
+)
+
+
+def no_retries_offline(
+    policy: CompiledPolicy, env: Mapping[str, str], egress_port: int | None
+) -> dict[str, str]:
+    """Retry settings that make tools fail at once where no connect can succeed.
+
+    Only when no rule of the policy reaches the network and there is no
+    egress proxy; never over a variable already set.  npm waited 71 s for a
+    lookup strict refuses (EAI_AGAIN, which it takes for a passing failure).
+    """
+    if egress_port or policy.floor_roots([ActionType.NETWORK_CONNECT]) != ():
+        return {}
+    return {variable: value for variable, value in NETWORK_RETRIES if variable not in env}
+
+
 def missing_for_agent(executable: str) -> str | None:
     """Why an exec of `executable`, there on the host, found nothing for the agent.
 
@@ -485,6 +508,7 @@ class Agent:
         self.judge: Judge | None = None
         self._env_dropped: list[str] = []  # variable names env.pass kept from the agent
         self._caches_moved: dict[str, str] = {}  # tool cache variable -> its private place
+        self._retries_off: dict[str, str] = {}  # retry settings of tools with no way out
         self.launched: launch.Launched | None = None
         self.mediator: Mediator | None = None
         self.group: AgentCgroup | None = None
@@ -575,6 +599,8 @@ class Agent:
         self._caches_moved = moved_caches(compiled, home, env, self._context.private_tmp)
         env.update(self._caches_moved)
         egress_port = _egress_port(compiled)
+        self._retries_off = no_retries_offline(compiled, env, egress_port)
+        env.update(self._retries_off)
         # Now it is, and that makes abstract sockets the agent's own (no rule on
         # unix sockets changes whether it gets one: `floor_roots`).
         own_network = "net" in wanted_namespaces(compiled, request, egress_port)
@@ -820,6 +846,7 @@ class Agent:
             policy_source=policy_reference(self.request.policy),  # what `policy suggest` extends
             env_not_passed=self._env_dropped,
             caches_moved=self._caches_moved,
+            network_retries_off=sorted(self._retries_off),
             own_sockets=own_sockets_record(self._context),
             **({"shadow": True} if self.request.shadow else {}),
         )
