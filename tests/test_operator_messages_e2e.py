@@ -10,6 +10,9 @@
 
 from __future__ import annotations
 
+import os
+import pwd
+
 import pytest
 from conftest import Sandbox
 
@@ -120,3 +123,20 @@ def test_a_thread_the_process_limit_refused_is_said_at_the_end(sandbox: Sandbox)
     )
     end = next(r for r in sandbox.audit_records() if r.get("event") == "exit")
     assert end["process_limit_refused"] == refused
+
+
+@pytest.mark.requires_root
+def test_a_root_agent_in_another_users_workspace_is_told_to_run_as_them(
+    sandbox: Sandbox,
+) -> None:
+    """Root with no capabilities cannot write another user's files: a warning
+    names the owner and --user, where the kernel's EACCES names nothing."""
+    os.chown(sandbox.workspace, 65534, 65534)
+    result = sandbox.run("sh", "-c", "echo x > made || echo refused")
+    assert result.stdout.strip() == "refused"
+    owner = pwd.getpwuid(65534).pw_name
+    assert (
+        f"agentsup: warning: the workspace belongs to {owner}, and the agent runs as root "
+        "with no capabilities" in result.stderr
+    )
+    assert f"--user {owner}" in result.stderr

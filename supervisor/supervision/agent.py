@@ -195,6 +195,15 @@ def no_retries_offline(
     return {variable: value for variable, value in NETWORK_RETRIES if variable not in env}
 
 
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
 def missing_for_agent(executable: str) -> str | None:
     """Why an exec of `executable`, there on the host, found nothing for the agent.
 
@@ -573,6 +582,16 @@ class Agent:
             except KeyError as exc:
                 raise SetupError(f"--user {request.user}: no such user") from exc
         home = user.home if user else invoking_home()
+        owner = os.stat(workspace).st_uid
+        if user is None and os.geteuid() == 0 and owner != 0:
+            # Root without capabilities is an ordinary user that happens to be
+            # uid 0: another user's files are as closed to it as to anyone.
+            name = _user_name(owner)
+            say(
+                f"warning: the workspace belongs to {name}, and the agent runs as root with "
+                f"no capabilities: their files are closed to it as to any other user "
+                f"(to work as {name}: --user {name})"
+            )
         # As `policy explain`'s; whether it has a network namespace of its own
         # is not known before the policy is (below).
         lacking = may_lack(request)
