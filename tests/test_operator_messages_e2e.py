@@ -23,12 +23,20 @@ def test_the_variables_kept_from_the_agent_are_named_in_the_start_record(
     sandbox: Sandbox,
 ) -> None:
     """(And on the operator's terminal, when stderr is one.)"""
-    passed = {"CC": "clang", "CFLAGS": "-O3", "PYTHONUNBUFFERED": "1", "SSL_CERT_FILE": "/x"}
+    passed = {
+        "CC": "clang",
+        "CFLAGS": "-O3",
+        "PYTHONUNBUFFERED": "1",
+        "SSL_CERT_FILE": "/x",
+        "ASAN_OPTIONS": "detect_leaks=0",
+    }
     kept = {"PIP_INDEX_URL": "https://u:p@index.invalid/", "AWS_PROFILE": "prod"}
-    script = 'echo "$CC $CFLAGS $PYTHONUNBUFFERED $SSL_CERT_FILE ${PIP_INDEX_URL-unset}"'
+    script = (
+        'echo "$CC $CFLAGS $PYTHONUNBUFFERED $SSL_CERT_FILE $ASAN_OPTIONS ${PIP_INDEX_URL-unset}"'
+    )
     result = sandbox.run("sh", "-c", script, env={**passed, **kept})
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "clang -O3 1 /x unset"
+    assert result.stdout.strip() == "clang -O3 1 /x detect_leaks=0 unset"
     start = next(r for r in sandbox.audit_records() if r.get("event") == "start")
     dropped = start["env_not_passed"]
     assert isinstance(dropped, list) and set(kept) <= set(dropped)
