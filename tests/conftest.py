@@ -167,6 +167,21 @@ def locations_root() -> Path:
     return Path(tempfile.mkdtemp(prefix="agentsup-test-", dir=base))
 
 
+# strict on the host's network: `network: direct` and one address to reach
+# keep the agent out of a network namespace of its own.
+SHARED_NETWORK = """
+name: strict-shared-network
+extends: [strict]
+network: direct
+rules:
+  - id: one-port
+    actions: [network_connect]
+    target: "127.0.0.1:9"
+    decision: allow
+    priority: 1
+"""
+
+
 class Sandbox:
     """A workspace, a home with a planted key, and private agentsup locations."""
 

@@ -221,6 +221,11 @@ def test_network_direct_warns_of_connect_rules_that_name_hosts(tmp_path: Path) -
         "  - {id: api, actions: [network_connect], target: 'api.test:443', decision: allow}\n"
         "  - {id: ip, actions: [network_connect], target: '10.0.0.5:443', decision: allow}\n"
         "  - {id: evil, actions: [network_connect], target: 'evil.test:*', decision: deny}\n"
+        # sockets, not hosts: no warning
+        "  - {id: nl, actions: [network_connect], target: 'netlink:route', decision: allow}\n"
+        "  - {id: pk, actions: [network_connect], target: 'packet:0x0003', decision: allow}\n"
+        "  - {id: rw, actions: [network_connect], target: 'raw:2:1', decision: allow}\n"
+        "  - {id: ux, actions: [network_connect], target: 'unix:/run/x.sock', decision: allow}\n"
     )
     (warning,) = load_policy_text(text, policy_dir=tmp_path).warnings
     assert warning.startswith("<string>:4:5: warning: rule 'api' names a host"), warning

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 from agent_ops import OPS_MAIN, OPS_PRELUDE
-from conftest import Sandbox, agent_reports
+from conftest import SHARED_NETWORK, Sandbox, agent_reports
 from host_sockets import StreamServer, stream_server
 
 pytestmark = [pytest.mark.requires_seccomp_notify, pytest.mark.requires_landlock]
@@ -186,20 +186,6 @@ OPS = {
 '''
     + OPS_MAIN
 )
-
-# strict, sharing the host's network namespace: `network: direct` and one
-# address to reach keep the agent out of a network namespace of its own.
-SHARED_NETWORK = """
-name: strict-shared-network
-extends: [strict]
-network: direct
-rules:
-  - id: one-port
-    actions: [network_connect]
-    target: "127.0.0.1:9"
-    decision: allow
-    priority: 1
-"""
 
 
 def run_agent(

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 from agent_ops import OPS_MAIN, OPS_PRELUDE
-from conftest import Sandbox, agent_reports, sandbox_at
+from conftest import SHARED_NETWORK, Sandbox, agent_reports, sandbox_at
 from host_sockets import DatagramServer, StreamServer, datagram_server, stream_server
 
 pytestmark = [pytest.mark.requires_seccomp_notify, pytest.mark.requires_landlock]
@@ -169,22 +169,16 @@ OPS = {
 
 # strict, on the host's network (`network: direct`, one address to reach):
 # the policy for which DNS configuration matters.
-DIRECT = """
-name: strict-direct
-extends: [strict]
-network: direct
-rules:
-  - id: one-port
-    actions: [network_connect]
-    target: "127.0.0.1:9"
-    decision: allow
-    priority: 1
+DIRECT = (
+    SHARED_NETWORK.replace("strict-shared-network", "strict-direct")
+    + """\
   - id: dns-config
     actions: [file_read]
     target: "{dns}/**"
     decision: allow
     priority: 1
 """
+)
 
 # permissive (which may list agentsup's runtime directory), recording a
 # statement only the agent's audit hook sees.

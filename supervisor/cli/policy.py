@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -304,7 +305,16 @@ def judged_network_target(action: ActionType, target: str) -> str | None:
         if action is ActionType.NETWORK_REQUEST:
             method, _, url = target.partition(" ")
             return mapping.request_target(method, url)
-        if action is ActionType.NETWORK_CONNECT and not target.startswith(("unix:", "netlink:")):
+        if action is ActionType.NETWORK_CONNECT and target.startswith("netlink:"):
+            # A netlink socket is judged by its protocol, spelled by name
+            # (`netlink:route`): `netlink:0` is that same protocol.
+            number = target.removeprefix("netlink:")
+            if number.isdigit():
+                from ..supervision.mediator import socket_target
+
+                return socket_target(socket.AF_NETLINK, socket.SOCK_RAW, int(number))
+            return None
+        if action is ActionType.NETWORK_CONNECT and not target.startswith("unix:"):
             host, sep, port = target.rpartition(":")
             if sep and port.isdigit():
                 folded = mapping.host_text(host.removeprefix("[").removesuffix("]"))

@@ -296,6 +296,74 @@ def fd_path(fd: int) -> str:
     return os.readlink(str(fd), dir_fd=_own_fd_dir)
 
 
+# Ancestors `long_path` climbs at most (a path of PATH_MAX bytes more has fewer).
+_MAX_CLIMB = 4096
+
+
+def long_path(fd: int) -> str:
+    """The real path of directory `fd`, also past PATH_MAX, where readlink of
+    /proc/self/fd/N fails with ENAMETOOLONG.
+
+    Climbs "..", from fd, until an ancestor's link can be read, and finds each
+    directory passed by its name in its parent (by device and inode, as
+    getcwd(3) does past its syscall's limit).  The path is true for the
+    directory `fd` holds, as a readlink's is: whoever acts, acts on `fd`.
+    ENAMETOOLONG (or the error of the climb, as the caller's rights meet it:
+    a parent it cannot list) when it cannot be named.
+    """
+    try:
+        return fd_path(fd)
+    except OSError as exc:
+        if exc.errno != errno.ENAMETOOLONG:
+            raise
+    names: list[str] = []
+    current = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+    try:
+        for _ in range(_MAX_CLIMB):
+            here = os.fstat(current)
+            parent = os.open("..", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=current)
+            os.close(current)
+            current = parent
+            above = os.fstat(parent)
+            if (above.st_dev, above.st_ino) == (here.st_dev, here.st_ino):
+                break  # the root, and still no name: nothing to say
+            names.append(_name_in(parent, here))
+            try:
+                base = fd_path(parent)
+            except OSError as exc:
+                if exc.errno != errno.ENAMETOOLONG:
+                    raise
+                continue
+            return base.rstrip("/") + "/" + "/".join(reversed(names))
+    finally:
+        os.close(current)
+    raise OSError(errno.ENAMETOOLONG, "the path cannot be named")
+
+
+def _name_in(directory: int, child: os.stat_result) -> str:
+    """The name of directory `child` in `directory`: the entry whose stat is its
+    (a mount point's entry holds another inode: its stat says what is mounted)."""
+    wanted = (child.st_dev, child.st_ino)
+    with os.scandir(directory) as entries:
+        found = [
+            (e.inode() != child.st_ino, e.name) for e in entries if e.is_dir(follow_symlinks=False)
+        ]
+    for _other_inode, name in sorted(found):  # the same inode first: almost always it
+        with contextlib.suppress(OSError):
+            st = os.stat(name, dir_fd=directory, follow_symlinks=False)
+            if (st.st_dev, st.st_ino) == wanted:
+                return name
+    raise OSError(errno.ENAMETOOLONG, "the path cannot be named")
+
+
+def disconnect(fd: int) -> int:
+    """connect(fd, AF_UNSPEC): a datagram or netlink socket forgets its peer; 0 or the errno."""
+    unspecified = ctypes.create_string_buffer(2)  # sa_family AF_UNSPEC (0)
+    if _libc.connect(fd, unspecified, 2) < 0:
+        return ctypes.get_errno() or errno.EINVAL
+    return 0
+
+
 _SYS_UTIMENSAT = 280
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2

@@ -234,6 +234,9 @@ def _env_warnings(env: _MergedEnv, root: PolicyFile) -> tuple[str, ...]:
     return tuple(found)
 
 
+_SOCKET_TARGETS = ("unix:", "netlink:", "packet:", "raw:", "{")
+
+
 def _network_warnings(network: str | None, rules: list[Rule]) -> tuple[str, ...]:
     """Under `network: direct`, a connect rule written for a host name never matches.
 
@@ -247,7 +250,8 @@ def _network_warnings(network: str | None, rules: list[Rule]) -> tuple[str, ...]
         if ActionType.NETWORK_CONNECT not in rule.actions or rule.decision is Verdict.DENY:
             continue
         text = (rule.target or rule.pattern or "").lstrip("^(")
-        if text[:1].isalpha() and not text.startswith(("unix:", "{")):
+        # unix:, netlink:, packet: and raw: targets name sockets, not hosts.
+        if text[:1].isalpha() and not text.startswith(_SOCKET_TARGETS):
             found.append(
                 f"{rule.source}: warning: rule '{rule.id}' names a host ({text[:60]}), but "
                 "under network: direct connects are judged by IP:PORT, so it never matches "

@@ -673,10 +673,48 @@ class Broker:
                 anchor, raw, kind, flags, resolve, bool(follow), agent, walk=walk
             )
         try:
-            return fd, st, held, _proc.fd_path(fd), name
+            return fd, st, held, Broker._real_path(fd, st, anchor, raw, resolve, agent, walk), name
         except OSError:
             os.close(fd)
             raise
+
+    @staticmethod
+    def _real_path(
+        fd: int,
+        st: os.stat_result,
+        anchor: int,
+        raw: bytes,
+        resolve: int,
+        agent: object,
+        walk: bool,
+    ) -> str:
+        """The real path of what `fd` holds, also past PATH_MAX (a cwd that deep).
+
+        A directory names itself (`proc.long_path`).  Anything else is named
+        by its directory and its name there, when `raw`'s last component is
+        that very object (not a symlink to it): else ENAMETOOLONG, and no
+        path is made up.
+        """
+        try:
+            return _proc.fd_path(fd)
+        except OSError as exc:
+            if exc.errno != errno.ENAMETOOLONG:
+                raise
+        if stat.S_ISDIR(st.st_mode):
+            return _proc.long_path(fd)
+        parent, name = split_name(raw)
+        if name.endswith(b"/") or name in (b".", b".."):
+            raise OSError(errno.ENAMETOOLONG, "the path cannot be named")
+        directory, _st, _held = Broker._open(
+            anchor, parent, PARENT, 0, resolve, True, agent, walk=walk
+        )
+        try:
+            there = os.stat(name, dir_fd=directory, follow_symlinks=False)
+            if (there.st_dev, there.st_ino) != (st.st_dev, st.st_ino):
+                raise OSError(errno.ENAMETOOLONG, "the path cannot be named")
+            return _proc.long_path(directory).rstrip("/") + "/" + os.fsdecode(name)
+        finally:
+            os.close(directory)
 
     @staticmethod
     def _site(
@@ -1536,7 +1574,12 @@ def _send(fd: int, payload: bytes, flags: int, address: object) -> int:
 
 
 def _connect_once(fd: int, address: object) -> int:
-    """connect() without blocking: 0, EINPROGRESS, or the errno."""
+    """connect() without blocking: 0, EINPROGRESS, or the errno.
+
+    `address` () is AF_UNSPEC, which Python cannot spell: the socket forgets
+    its peer (a netlink one; the supervisor sends no other)."""
+    if address == ():
+        return _proc.disconnect(fd)
     with socket.socket(fileno=os.dup(fd)) as sock:
         status_flags = fcntl.fcntl(fd, fcntl.F_GETFL)
         blocking = not status_flags & os.O_NONBLOCK

@@ -17,7 +17,8 @@ holds exactly the agent's rights, on the object that was decided about:
   decides on its real path, and the broker acts on the pinned fd;
 * connect, bind, listen, and IP and unix datagrams: on a copy of the
   agent's socket, with the address that was copied and decided on (and for
-  unix datagrams, the fds passed, taken from the agent).
+  unix datagrams, the fds passed, taken from the agent); netlink bind,
+  connect, sendto and sendmsg too, judged by the socket's protocol.
 
 execve cannot be done on the agent's behalf: it is decided and then
 CONTINUEd, with Landlock (exec roots) as the floor under it; the README's
@@ -134,6 +135,10 @@ CallLater = Callable[[float, Callable[[], None]], object]
 # The largest payload a sendto is copied for (a UDP datagram's limit).
 _MAX_DATAGRAM = 65536
 _SOCKADDR_UN_SIZE = 110  # sizeof(struct sockaddr_un)
+_SOCKADDR_NL_SIZE = 12  # sizeof(struct sockaddr_nl)
+_SOCKADDR_STORAGE = 128  # the longest sockaddr the kernel copies
+# The largest netlink message copied for a send (the send buffer bounds it first).
+_MAX_NETLINK_MESSAGE = 4 << 20
 # Seconds between connects to a unix listener whose backlog is full.
 _BACKLOG_WAIT_MIN = 0.001
 _BACKLOG_WAIT_MAX = 0.05
@@ -725,15 +730,30 @@ class Mediator:
         _seccomp.respond_error(self.listener, notif.id, err)
 
     def _lexical(self, tid: int, dirfd: int, raw: bytes) -> str:
-        """Best-effort absolute path when the kernel could not resolve it."""
+        """Best-effort absolute path when the kernel could not resolve it.
+
+        Never made up: a base directory that cannot be named (gone, or deeper
+        than PATH_MAX and not climbable) fails the syscall with that errno
+        (`_serve_one` answers an OSError so), with no target judged.
+        """
         if raw.startswith(b"/"):
             base = b""
         else:
             link = f"/proc/{tid}/cwd" if dirfd == AT_FDCWD else f"/proc/{tid}/fd/{dirfd}"
             try:
                 base = os.fsencode(os.readlink(link)) + b"/"
-            except OSError:
-                base = b"/"
+            except OSError as exc:
+                if exc.errno == errno.ENOENT and dirfd != AT_FDCWD:
+                    raise OSError(errno.EBADF, "no such fd") from exc  # as the kernel
+                if exc.errno != errno.ENAMETOOLONG:
+                    raise
+                # Deeper than PATH_MAX: climbed to a name (the supervisor's
+                # own rights: this only spells the target of an error).
+                anchor = self._open_anchor(link)
+                try:
+                    base = os.fsencode(_proc.long_path(anchor)) + b"/"
+                finally:
+                    os.close(anchor)
         return os.path.normpath(os.fsdecode(base + raw)).replace("//", "/", 1)
 
     def _anchor(
@@ -2011,7 +2031,9 @@ class Mediator:
             return Resolved(f"fd:{agent_fd}", error=exc.errno or errno.EBADF)
         try:
             st = os.fstat(fd)
-            path = _proc.fd_path(fd)
+            # A directory deeper than PATH_MAX is named by climbing; a file
+            # that deep stays ENAMETOOLONG, judged by no made-up path.
+            path = _proc.long_path(fd) if stat.S_ISDIR(st.st_mode) else _proc.fd_path(fd)
         except OSError as exc:
             os.close(fd)
             return Resolved(f"fd:{agent_fd}", error=exc.errno or errno.EBADF)
@@ -2442,6 +2464,13 @@ class Mediator:
         the abstract name copied.  A thread rewriting the address meanwhile
         changes nothing.
         """
+        fd, family, _kind = self._socket_kind(n)
+        if fd < 0:
+            return
+        if family == socket.AF_NETLINK:
+            self._netlink_address_call(n, syscall, fd, connect=connect)
+            return
+        os.close(fd)
         if not connect and self._bind_loopback_any_port(n):
             return
         length = n.args[2] & 0xFFFFFFFF
@@ -2478,6 +2507,107 @@ class Mediator:
                 self.broker.act(broker.BIND, n.id, address, fds=(fd,))
         finally:
             os.close(fd)
+
+    # -- netlink: the socket's protocol is the target, never its sockaddr
+
+    def _netlink_judged(self, n: _seccomp.Notification, syscall: str, fd: int) -> bool:
+        """Whether a call on netlink socket `fd` (a duplicate) may go on; False if answered.
+
+        As at its creation (`_on_socket`): in the agent's own network
+        namespace no rule is asked (it reaches that namespace only, and the
+        kernel's checks apply); outside it the target is `netlink:PROTOCOL`,
+        so one rule covers the socket and its bind, connect and sends.  The
+        sockaddr is no target: its nl_pid is a port id, not what is reached.
+        """
+        if self._own_namespace_of(n.pid, "net"):
+            return True
+        try:
+            with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0, os.dup(fd)) as sock:
+                protocol = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)
+        except OSError as exc:
+            self._fail(n, exc.errno or errno.ENOTSOCK)
+            return False
+        target = socket_target(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
+        response = self._decide(n, syscall, ActionType.NETWORK_CONNECT, target or "netlink:")
+        if not response.proceeds:
+            self._refuse(n, response, errno.EPERM)
+            return False
+        return True
+
+    def _netlink_sockaddr(
+        self, n: _seccomp.Notification, ptr: int, length: int, *, disconnects: bool = False
+    ) -> tuple[int, ...] | int:
+        """The (nl_pid, nl_groups) a netlink bind/connect/send names, read once;
+        () for a connect to AF_UNSPEC (`disconnects`: the kernel then forgets
+        the peer); or the errno the kernel answers (EINVAL: too short, or
+        another family)."""
+        if length < 0 or length > _SOCKADDR_STORAGE:
+            return errno.EINVAL
+        data = self.memory.read(n.pid, ptr, length) if length else b""
+        family = struct.unpack_from("<H", data)[0] if length >= 2 else -1
+        if disconnects and family == socket.AF_UNSPEC:
+            return ()
+        if family != socket.AF_NETLINK or length < _SOCKADDR_NL_SIZE:
+            return errno.EINVAL
+        port, groups = struct.unpack_from("<II", data, 4)
+        return (port, groups)
+
+    def _netlink_address_call(
+        self, n: _seccomp.Notification, syscall: str, fd: int, *, connect: bool
+    ) -> None:
+        """bind/connect on a netlink socket (`fd`, a duplicate this closes):
+        judged by its protocol, then made by the broker with the sockaddr
+        copied, on the very socket looked at (a dup2 meanwhile changes nothing)."""
+        try:
+            if not self._netlink_judged(n, syscall, fd):
+                return
+            address = self._netlink_sockaddr(
+                n, n.args[1], _signed32(n.args[2]), disconnects=connect
+            )
+            if isinstance(address, int):
+                self._fail(n, address)
+                return
+            if connect:
+                ours, fd = fd, -1
+                self._connect(n, ours, address, None)  # it closes the fd, whatever happens
+                return
+            self.broker.act(broker.BIND, n.id, address, fds=(fd,))
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def _netlink_send(
+        self,
+        n: _seccomp.Notification,
+        syscall: str,
+        fd: int,
+        name: tuple[int, int],
+        payload: Callable[[int], bytes | None],
+        flags: int,
+    ) -> None:
+        """sendto/sendmsg on a netlink socket (`fd`, a duplicate; the caller
+        closes it): judged by its protocol, then sent by the broker with the
+        address (`name`: pointer and length) and payload copied.
+
+        A message longer than the socket's send buffer is EMSGSIZE, as the
+        kernel says; one with ancillary data is not taken here (the caller).
+        """
+        if not self._netlink_judged(n, syscall, fd):
+            return
+        address: tuple[int, ...] | None = None
+        if name[0] and name[1]:
+            decoded = self._netlink_sockaddr(n, name[0], name[1])
+            if isinstance(decoded, int):
+                self._fail(n, decoded)
+                return
+            address = decoded
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0, os.dup(fd)) as sock:
+            limit = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        data = payload(min(limit, _MAX_NETLINK_MESSAGE))
+        if data is None:
+            self._fail(n, errno.EMSGSIZE)
+            return
+        self.broker.act(broker.SENDTO, n.id, data, flags, address, fds=(fd,))
 
     def _connect(
         self, n: _seccomp.Notification, fd: int, address: object, node: Resolved | None
@@ -2701,6 +2831,9 @@ class Mediator:
         self, n: _seccomp.Notification, name: str, fd: int, family: int, kind: int
     ) -> None:
         """sendto on a socket that is no unix datagram socket (`fd`: a duplicate)."""
+        if family == socket.AF_NETLINK:
+            self._sendto_netlink(n, name, fd)
+            return
         ip_datagrams = family in (socket.AF_INET, socket.AF_INET6) and kind != socket.SOCK_STREAM
         decided = self._decided_address(n, name, n.args[4], n.args[5] & 0xFFFFFFFF)
         if decided is None:
@@ -2730,6 +2863,22 @@ class Mediator:
         payload = self.memory.read(n.pid, n.args[1], length) if length else b""
         flags = _signed32(n.args[3])
         self.broker.act(broker.SENDTO, n.id, payload, flags, address, fds=(fd,))
+
+    def _sendto_netlink(self, n: _seccomp.Notification, name: str, fd: int) -> None:
+        """sendto on a netlink socket (`fd`: a duplicate): `_netlink_send`."""
+        ptr, size = n.args[1], n.args[2]
+
+        def payload(limit: int) -> bytes | None:
+            if size > limit:
+                return None
+            return self.memory.read(n.pid, ptr, size) if size else b""
+
+        # The kernel takes an address only with a length (0: none, as no pointer).
+        named = (n.args[4], _signed32(n.args[5]))
+        if named[1] > _SOCKADDR_STORAGE or named[1] < 0:
+            self._fail(n, errno.EINVAL)  # as the kernel, copying it
+            return
+        self._netlink_send(n, name, fd, named, payload, _signed32(n.args[3]))
 
     def _socket_kind(self, n: _seccomp.Notification) -> tuple[int, int, int]:
         """(duplicate fd, family, type) of the agent's socket; fd -1 if answered
@@ -2780,6 +2929,21 @@ class Mediator:
             self._send_unix(n, name, fd, [message], flags, counted=False)
             return
         try:
+            if family == socket.AF_NETLINK:
+                if control_len:
+                    # SCM_CREDENTIALS must name the sender: the broker cannot
+                    # speak for the agent, and the kernel would read the
+                    # message again if let through.
+                    self._fail(n, errno.EOPNOTSUPP)
+                    return
+
+                def netlink_payload(limit: int) -> bytes | None:
+                    return self._gather(n.pid, iov_ptr, iov_count, limit)
+
+                # msg_namelen past a sockaddr_storage is cut to it, as the kernel does.
+                named = (name_ptr, min(_signed32(name_len), _SOCKADDR_STORAGE))
+                self._netlink_send(n, name, fd, named, netlink_payload, flags)
+                return
             if family not in (socket.AF_INET, socket.AF_INET6):
                 if name_ptr and name_len >= 2:
                     data = self.memory.read(n.pid, name_ptr, min(name_len, 128))
@@ -2844,6 +3008,12 @@ class Mediator:
             self._sendmmsg_unix(n, name, fd)
             return
         try:
+            if family == socket.AF_NETLINK:
+                # Judged by its protocol, as sendto and sendmsg are; the kernel
+                # sends them (README: decided, then continued).
+                if self._netlink_judged(n, name, fd):
+                    _seccomp.respond_continue(self.listener, n.id)
+                return
             ip_datagrams = (
                 family in (socket.AF_INET, socket.AF_INET6) and kind != socket.SOCK_STREAM
             )
@@ -3254,6 +3424,7 @@ def describe_sockaddr(
             return "unix:@" + path[1:].rstrip(b"\0").decode("utf-8", "backslashreplace")
         path = path.split(b"\0", 1)[0]
         return "unix:" + (unix_path(path) if path else "")
-    if family == socket.AF_NETLINK and len(data) >= 8:
-        return f"netlink:{struct.unpack_from('<I', data, 4)[0]}"
+    # A netlink sockaddr names a port, not what is reached: a netlink socket is
+    # judged by its protocol (`socket_target`), and on any other socket this
+    # family is the kernel's EINVAL, spelled so no netlink rule matches it.
     return f"family{family}:"
