@@ -148,6 +148,14 @@ DD_SPELLINGS = [
     "dd if=/tmp/img of=/dev/mtdblock2",
     "dd if=/tmp/img of=/dev/ublkb0",
     "dd if=/tmp/img of=/dev/ram0",
+    "dd if=/tmp/img of=/dev/zd0",
+    "dd if=/tmp/img of=/dev/sg1",
+    "dd if=/tmp/img of=/dev/bsg/0:0:0:0",
+    "dd if=/tmp/img of=/dev/ng0n1",
+    "dd if=/tmp/img of=/dev/mtd0",
+    "dd if=/tmp/img of=/dev/dasda",
+    "dd if=/tmp/img of=/dev/etherd/e0.1",
+    "dd if=/tmp/img of=/dev/fd0",
 ]
 DD_ORDINARY = [
     "dd if=/dev/sda of=/tmp/img",
@@ -162,6 +170,8 @@ DD_ORDINARY = [
     "dd if=/tmp/a of=/dev/shm/md0",
     "dd if=/dev/urandom of=/tmp/random bs=1k count=1",
     "dd if=/dev/zero of=/dev/random",
+    "dd if=/tmp/a of=/dev/fd/1",
+    "dd if=/tmp/a of=/dev/etherd/discover",
 ]
 
 
@@ -213,9 +223,28 @@ DISKS = [
     "/dev/sr0",
     "/dev/mtdblock2",
     "/dev/ublkb0",
+    # ZFS volumes (/dev/zvol/... leads there), SCSI and NVMe pass-through
+    # (an fd open for writing may send write commands), raw flash, s390,
+    # null_blk, Micron and sTec SSDs, AoE, floppy and old SCSI CD names
+    "/dev/zd0",
+    "/dev/zd16p1",
+    "/dev/sg0",
+    "/dev/bsg/0:0:0:0",
+    "/dev/ng0n1",
+    "/dev/mtd0",
+    "/dev/mtd0ro",
+    "/dev/ubiblock0_1",
+    "/dev/dasda",
+    "/dev/dasdb1",
+    "/dev/nullb0",
+    "/dev/rssda",
+    "/dev/skd0",
+    "/dev/etherd/e0.1",
+    "/dev/fd0",
+    "/dev/scd0",
 ]
 # Devices of those families that are no disks: dmsetup and `losetup -f` open them.
-NOT_DISKS = ["/dev/mapper/control", "/dev/loop-control"]
+NOT_DISKS = ["/dev/mapper/control", "/dev/loop-control", "/dev/etherd/discover", "/dev/fd/1"]
 
 
 @pytest.mark.parametrize("disk", DISKS)
