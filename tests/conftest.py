@@ -321,6 +321,31 @@ def agent_reports(stdout: str) -> list[dict[str, object]]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
+def run_ops_agent(
+    sandbox: Sandbox,
+    agent: str,
+    *ops: str,
+    policy: str = "strict",
+    extra: Sequence[str] = (),
+    wrap: Sequence[str] = (),
+    timeout: float = 120,
+) -> tuple[subprocess.CompletedProcess[str], dict[str, dict[str, object]]]:
+    """Run an operation agent (tests/agent_ops.py) with `ops` (`name=arg,arg`)
+    from its workspace, under `wrap` (a command that runs the rest), if any;
+    what it did and its reports by operation."""
+    script = sandbox.workspace / "ops_agent.py"
+    script.write_text(agent)
+    result = subprocess.run(
+        [*wrap, *sandbox.command(str(script), *ops, policy=policy, extra=extra)],
+        env=sandbox.env,
+        cwd=sandbox.workspace,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return result, {str(r["op"]): r for r in agent_reports(result.stdout)}
+
+
 def host_pids(agent_pid: int, inner: list[int]) -> list[int]:
     """The host's pids for `inner`, pids as the agent's own PID namespace numbers them.
 

@@ -15,7 +15,7 @@ import subprocess
 
 import pytest
 from agent_ops import MSGHDR_STRUCTS, OPS_MAIN, OPS_PRELUDE
-from conftest import SHARED_NETWORK, Sandbox, agent_reports
+from conftest import SHARED_NETWORK, Sandbox, run_ops_agent
 
 pytestmark = [pytest.mark.requires_seccomp_notify, pytest.mark.requires_landlock]
 
@@ -113,17 +113,7 @@ OPS = ("ifnames", "dump=sendto", "dump=sendmsg", "dump=connect", "bad_bind")
 def run_agent(
     sandbox: Sandbox, *ops: str, policy: str = "strict"
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, dict[str, object]]]:
-    script = sandbox.workspace / "netlink.py"
-    script.write_text(AGENT)
-    result = subprocess.run(
-        sandbox.command(str(script), *ops, policy=policy),
-        env=sandbox.env,
-        cwd=sandbox.workspace,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    return result, {str(r["op"]): r for r in agent_reports(result.stdout)}
+    return run_ops_agent(sandbox, AGENT, *ops, policy=policy)
 
 
 def network_denials(sandbox: Sandbox) -> list[tuple[object, object, object]]:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 from agent_ops import OPS_MAIN, OPS_PRELUDE
-from conftest import SHARED_NETWORK, Sandbox, agent_reports
+from conftest import SHARED_NETWORK, Sandbox, run_ops_agent
 from host_sockets import StreamServer, stream_server
 
 pytestmark = [pytest.mark.requires_seccomp_notify, pytest.mark.requires_landlock]
@@ -191,18 +191,7 @@ OPS = {
 def run_agent(
     sandbox: Sandbox, *ops: str, policy: str = "strict", extra: tuple[str, ...] = ()
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, dict[str, object]]]:
-    """Run the agent with `ops` (`name=arg,arg`) from its workspace; its reports by op."""
-    script = sandbox.workspace / "sockets.py"
-    script.write_text(AGENT)
-    result = subprocess.run(
-        sandbox.command(str(script), *ops, policy=policy, extra=extra),
-        env=sandbox.env,
-        cwd=sandbox.workspace,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    return result, {str(r["op"]): r for r in agent_reports(result.stdout)}
+    return run_ops_agent(sandbox, AGENT, *ops, policy=policy, extra=extra)
 
 
 def start_record(sandbox: Sandbox) -> dict[str, object]:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 from agent_ops import OPS_MAIN, OPS_PRELUDE
-from conftest import SHARED_NETWORK, Sandbox, agent_reports, sandbox_at
+from conftest import SHARED_NETWORK, Sandbox, agent_reports, run_ops_agent, sandbox_at
 from host_sockets import DatagramServer, StreamServer, datagram_server, stream_server
 
 pytestmark = [pytest.mark.requires_seccomp_notify, pytest.mark.requires_landlock]
@@ -213,19 +213,7 @@ def run_agent(
     extra: tuple[str, ...] = (),
     wrap: tuple[str, ...] = (),
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, dict[str, object]]]:
-    """Run the agent with `ops` from its workspace (under `wrap`, a command
-    that runs the rest); its reports by op."""
-    script = sandbox.workspace / "run_probe.py"
-    script.write_text(AGENT)
-    result = subprocess.run(
-        [*wrap, *sandbox.command(str(script), *ops, policy=policy, extra=extra)],
-        env=sandbox.env,
-        cwd=sandbox.workspace,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    return result, {str(r["op"]): r for r in agent_reports(result.stdout)}
+    return run_ops_agent(sandbox, AGENT, *ops, policy=policy, extra=extra, wrap=wrap, timeout=180)
 
 
 def start_record(sandbox: Sandbox) -> dict[str, object]:

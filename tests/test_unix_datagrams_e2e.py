@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 from agent_ops import MSGHDR_STRUCTS, OPS_MAIN, OPS_PRELUDE
-from conftest import Sandbox, agent_reports
+from conftest import Sandbox, agent_reports, run_ops_agent
 from host_sockets import DatagramServer, datagram_server
 
 from agentsup.supervision import broker as _broker
@@ -321,20 +321,11 @@ def path(server: DatagramServer) -> str:
 def run_agent(
     sandbox: Sandbox, *ops: str, timeout: float = 120
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, dict[str, object]]]:
-    """Run the agent with `ops` from its workspace, under ONE_SOCKET; its reports by op."""
-    script = sandbox.workspace / "datagrams.py"
-    script.write_text(AGENT)
+    """The agent under ONE_SOCKET, which must end well."""
     policy = sandbox.policy("one-dgram-socket", ONE_SOCKET)
-    result = subprocess.run(
-        sandbox.command("python3", str(script), *ops, policy=policy),
-        env=sandbox.env,
-        cwd=sandbox.workspace,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    result, reports = run_ops_agent(sandbox, AGENT, *ops, policy=policy, timeout=timeout)
     assert result.returncode == 0, result.stderr[-3000:]
-    return result, {str(r["op"]): r for r in agent_reports(result.stdout)}
+    return result, reports
 
 
 def refused_targets(sandbox: Sandbox) -> set[object]:
