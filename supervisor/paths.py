@@ -10,8 +10,13 @@ protections.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import NamedTuple
+
+
+class UntrustedLocation(OSError):
+    """A location agentsup may not trust (`untrusted_locations`): its strerror says why."""
 
 
 class Locations(NamedTuple):
@@ -49,6 +54,48 @@ class Locations(NamedTuple):
     def secret_paths(self) -> tuple[Path, ...]:
         """Paths the agent may never even read."""
         return (self.state_dir,)
+
+
+def untrusted(path: Path, uid: int | None = None) -> str | None:
+    """Why agentsup may not trust `path` (a location, or a file in one), or None.
+
+    As OpenSSH's StrictModes: the path and every directory above it must
+    belong to root or to `uid` (this process's), and none may be writable by
+    its group or others, except an ancestor with the sticky bit (/tmp).  In a
+    directory anyone may write, anyone could rename a TOTP secret or an
+    audit key away and plant their own.  What does not exist yet is made by
+    us, later.
+    """
+    uid = os.geteuid() if uid is None else uid
+    real = Path(os.path.realpath(path))
+    for place in (real, *real.parents):
+        try:
+            st = os.stat(place)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            return f"cannot check {place}: {exc.strerror}"
+        if st.st_uid not in (0, uid):
+            return f"{place} belongs to uid {st.st_uid}"
+        shared = place != real and stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
+        if st.st_mode & 0o022 and not shared:
+            writers = "anyone" if st.st_mode & 0o002 else "its group"
+            return f"{place} is writable by {writers}"
+    return None
+
+
+def untrusted_locations(locations: Locations) -> str | None:
+    """The first location that may not be trusted, and why, or None."""
+    for what, path in (
+        ("policy directory", locations.policy_dir),
+        ("audit log's directory", locations.audit_log.parent),
+        ("state directory", locations.state_dir),
+        ("runtime directory", locations.runtime_dir),
+    ):
+        reason = untrusted(path)
+        if reason is not None:
+            return f"the {what} {path} cannot be trusted: {reason}"
+    return None
 
 
 def _xdg(var: str, fallback: str) -> Path:

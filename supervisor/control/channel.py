@@ -516,6 +516,13 @@ def request(path: Path, payload: Mapping[str, object], *, timeout: float = 10.0)
         sock.settimeout(timeout)
         try:
             sock.connect(str(path))
+            server = peer_credentials(sock)
+            if server.uid not in (0, os.geteuid()):
+                # A socket planted in the runtime directory would hear TOTP codes.
+                raise ControlError(
+                    f"{path} is served by uid {server.uid}, neither root nor you: "
+                    "it is no supervisor of yours, and is sent nothing"
+                )
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 # A supervisor that refuses us may answer and close before reading.
                 sock.sendall(body)

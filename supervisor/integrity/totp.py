@@ -31,7 +31,7 @@ from typing import NamedTuple, NoReturn
 
 from ..hashing import compare_digest
 from ..logger import Logger
-from ..paths import Locations
+from ..paths import Locations, untrusted
 from .statefiles import write_atomically
 
 log = Logger(__name__)
@@ -159,6 +159,10 @@ def init_secret(locations: Locations, *, force: bool = False) -> str:
 def read_secret(locations: Locations) -> str:
     """The base32 secret; raises TotpRefused when it is missing or unreadable."""
     path = locations.totp_secret
+    reason = untrusted(path)
+    if reason is not None:
+        # Anyone who could rename it away could plant a secret of their own.
+        raise TotpRefused(f"the TOTP secret {path} cannot be trusted: {reason}")
     try:
         secret = path.read_text().strip()
     except FileNotFoundError:

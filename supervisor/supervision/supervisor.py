@@ -30,7 +30,7 @@ from ..control.agentids import AgentIdClaim, AgentIdTaken, claim_agent_id
 from ..control.endpoint import bind_control_socket, close_listener, socket_path
 from ..integrity.audit import AuditLog, format_ts
 from ..integrity.seal import SealStatus, check_sealed
-from ..paths import Locations
+from ..paths import Locations, UntrustedLocation, untrusted_locations
 from .agent import Agent, RunRequest, SetupError, say
 from .judge import AgentState, Judge
 from .loop import EventLoop
@@ -260,6 +260,9 @@ class Supervisor:
     def __init__(
         self, locations: Locations, *, stop_timeout: float = STOP_TIMEOUT_S, one_run: bool = False
     ) -> None:
+        reason = untrusted_locations(locations)
+        if reason is not None:
+            raise UntrustedLocation(errno.EPERM, reason)
         self.locations = locations
         # SIGINT/SIGTERM/SIGHUP are forwarded to the agents; SIGKILL after this long.
         self.stop_timeout = stop_timeout
