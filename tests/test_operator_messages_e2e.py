@@ -81,13 +81,13 @@ def test_transactions_are_no_warning(sandbox: Sandbox) -> None:
 
 
 def test_refusals_with_no_signal_are_named_at_the_end(sandbox: Sandbox) -> None:
-    """A blocked refusal shows only as the tool's own error: the end of the run
-    names the rule behind it (quiet, low-severity refusals such as listing /
-    are left out)."""
+    """A blocked refusal shows only as the tool's own error: the end of a run
+    that failed names the rule behind it (quiet, low-severity refusals such
+    as listing / are left out)."""
     key = sandbox.workspace / "server.key"
     key.write_text("-----BEGIN PRIVATE KEY-----\n")
-    result = sandbox.run("sh", "-c", f"cat {key}; cat {key}; ls / > /dev/null; echo done")
-    assert result.returncode == 0, result.stderr
+    result = sandbox.run("sh", "-c", f"cat {key}; cat {key}; ls / > /dev/null; exit 3")
+    assert result.returncode == 3, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("agentsup: ")]
     assert lines[-3:] == [
         "agentsup: 2 action(s) of agent 't' were refused (no signal):",
@@ -96,10 +96,13 @@ def test_refusals_with_no_signal_are_named_at_the_end(sandbox: Sandbox) -> None:
     ]
 
 
-def test_a_run_with_no_refusal_says_nothing_more(sandbox: Sandbox) -> None:
-    result = sandbox.run("sh", "-c", "echo hello")
+def test_a_run_that_ends_well_says_nothing_more(sandbox: Sandbox) -> None:
+    """A refusal the job got past (npm without ~/.npmrc) is only in the audit log."""
+    key = sandbox.workspace / "server.key"
+    key.write_text("-----BEGIN PRIVATE KEY-----\n")
+    result = sandbox.run("sh", "-c", f"cat {key} 2>/dev/null; echo hello")
     assert result.returncode == 0 and result.stdout == "hello\n"
-    assert "refused" not in result.stderr
+    assert result.stderr == ""
 
 
 @pytest.mark.requires_root

@@ -1177,8 +1177,14 @@ class Agent:
                 f"the policy's max_processes ({limit}) refused {at_limit} fork(s) or new "
                 "thread(s): threads count as processes (limits.max_processes)"
             )
-        for line in judge.shadow_summary() if self.request.shadow else judge.refusal_summary():
-            say(line)
+        if self.request.shadow:
+            for line in judge.shadow_summary():
+                say(line)
+        elif code != 0:
+            # A job that failed may have failed on these; one that ended well
+            # (npm without ~/.npmrc, cargo without its home's lock) is left alone.
+            for line in judge.refusal_summary():
+                say(line)
         if self.request.json_status:
             status_doc = {
                 "agent": judge.agent_id,

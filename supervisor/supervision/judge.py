@@ -47,6 +47,7 @@ ALWAYS_REFUSED_RULE = "agentsup-always-refused"
 OUTSIDE_TREE_RULE = "agentsup-outside-tree"
 OUTSIDE_VIEW_RULE = "agentsup-outside-view"
 MEDIATION_ERROR_RULE = "agentsup-mediation-error"
+UNREADABLE_PROGRAM_RULE = "agentsup-unreadable-program"
 
 _WRITE_CLASS = frozenset(
     {ActionType.FILE_WRITE, ActionType.FILE_DELETE, ActionType.FILE_MOVE, ActionType.FILE_CHMOD}
@@ -510,6 +511,18 @@ class Judge:
                 granted |= bit
         return granted
 
+    def refuses_writes(self, target: str) -> bool:
+        """Whether no write of `target` can go ahead: file_write is refused
+        outright (blocked, killed or stopped; not held for a person, not let
+        go by shadow mode).  Asked with no side effect: no record, no rate
+        limit counted."""
+        if self.config.shadow_guard is not None:
+            return False  # a refusal of the policy's would be let go
+        decision = self._decide(ActionType.FILE_WRITE, target)
+        if self.floor is not None:
+            decision = floor_verdict(self.floor, ActionType.FILE_WRITE, target, decision)
+        return response_for(decision) in (Response.BLOCK, Response.KILL, Response.STOP)
+
     # -- identity -------------------------------------------------------------------
 
     def tgid_of(self, tid: int) -> int:
@@ -729,7 +742,8 @@ class Judge:
         return lines
 
     def refusal_summary(self, top: int = 5) -> list[str]:
-        """The lines `run` prints at exit about refusals the agent met quietly.
+        """The lines `run` prints at the end of a failed run about refusals
+        the agent met quietly.
 
         A refusal with no signal shows only as the tool's own error (EACCES,
         "Permission denied"): these lines name the rules behind them.
@@ -758,6 +772,15 @@ class Judge:
         judge it (a log `run` writes under the host's /tmp).  Refused."""
         message = "the file this fd holds is not at that path for the agent: no rule can judge it"
         self._refusal(syscall, tid, target, OUTSIDE_VIEW_RULE, message, "medium")
+
+    def refuse_unreadable_program(self, syscall: str, tid: int, target: str) -> None:
+        """An exec of a file the agent may write but no one may read: what the
+        kernel would load with it (its PT_INTERP, its #! line) cannot be known."""
+        message = (
+            "a program the agent may write is run only if it can be read: "
+            "its interpreter cannot be known otherwise"
+        )
+        self._refusal(syscall, tid, target, UNREADABLE_PROGRAM_RULE, message, "high")
 
     def mediation_failed(self, syscall: str, tid: int, error: str) -> None:
         """Serving a syscall raised: it failed closed (EIO); the record says why."""
