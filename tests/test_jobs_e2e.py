@@ -348,17 +348,25 @@ def test_every_secret_rule_has_a_sample() -> None:
     assert secret_rules <= set(SECRET_SAMPLES), secret_rules - set(SECRET_SAMPLES)
 
 
+# Secrets that ordinary tools read on their own, refused quietly (the tool
+# goes on without them) rather than killed: curl, git and requests read
+# ~/.netrc on every call where it exists.
+QUIET_SECRETS = {"secret-netrc"}
+
+
 def test_every_sample_is_a_killing_secret_in_the_policy(jobs: Jobs) -> None:
     ctx = RunContext(str(jobs.workspace), str(jobs.home), "job")
     strict = compile_policy(resolve_policy("strict", Path("/nonexistent-policy-dir")), ctx)
     for rule, path in _secret_paths(jobs):
         decision = strict.evaluate(Event(ActionType.FILE_READ, path))
-        assert (decision.verdict, decision.on_violation) == (Verdict.DENY, ViolationMode.SIGKILL)
+        mode = ViolationMode.BLOCK if rule in QUIET_SECRETS else ViolationMode.SIGKILL
+        assert (decision.verdict, decision.on_violation) == (Verdict.DENY, mode)
         assert decision.rule_id.startswith("secret-"), (path, rule, decision)
 
 
 def test_every_secret_is_still_unreadable_under_strict(jobs: Jobs) -> None:
-    """cat of each planted secret kills the agent; none of its bytes come out."""
+    """cat of each planted secret kills the agent (a quiet one fails the cat);
+    none of its bytes come out."""
     jobs.reset("")
     samples = []
     for rule, path in _secret_paths(jobs):
@@ -378,8 +386,12 @@ def test_every_secret_is_still_unreadable_under_strict(jobs: Jobs) -> None:
     with ThreadPoolExecutor(max_workers=4) as pool:
         outcomes = list(pool.map(attempt, range(len(samples))))
     for rule, path, result in outcomes:
+        assert "PRIVATE" not in result.stdout, path
+        if rule in QUIET_SECRETS:
+            assert result.stdout.strip() == "survived", (rule, path, result.stderr)
+            continue
         assert result.returncode == 137, (rule, path, result.stdout, result.stderr)
-        assert "survived" not in result.stdout and "PRIVATE" not in result.stdout, path
+        assert "survived" not in result.stdout, path
         assert f"file_read {path}" in result.stderr, (rule, result.stderr)
 
 

@@ -54,7 +54,6 @@ SECRETS = [
     "/root/.config/gcloud/credentials.db",
     "/root/.kube/config",
     "/root/.docker/config.json",
-    "/root/.netrc",
     "/srv/tls/server.pem",
     "/srv/tls/server.key",
     "/tmp/id_rsa.bak",
@@ -68,6 +67,14 @@ SECRETS = [
     f"{WS}/../../../root/.ssh/id_rsa",
 ]
 FILE_ACTIONS = [A.FILE_READ, A.FILE_WRITE, A.FILE_DELETE, A.FILE_MOVE, A.FILE_CHMOD]
+
+
+@pytest.mark.parametrize("name", ["strict", "permissive"])
+def test_netrc_is_refused_quietly_as_curl_git_and_requests_read_it_unasked(name: str) -> None:
+    for action in FILE_ACTIONS:
+        decision = template(name).evaluate(Event(action, "/root/.netrc"))
+        assert (decision.verdict, decision.on_violation) == (Verdict.DENY, ViolationMode.BLOCK)
+        assert decision.rule_id == "secret-netrc"
 
 
 @pytest.mark.parametrize("target", SECRETS)
