@@ -7,6 +7,9 @@ that allows only the workspace, the system's files and bash.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -225,3 +228,35 @@ def test_suggest_with_nothing_refused_adds_no_rules() -> None:
     text = _suggested([], TIGHT.replace("name: tight", "name: parent"))
     assert "rules: []" in text
     assert "secret-ssh" not in text  # no learned rule: nothing to guard
+
+
+@pytest.mark.requires_seccomp_notify
+@pytest.mark.requires_landlock
+def test_suggest_uses_the_runs_home_not_the_callers(sandbox: Sandbox) -> None:
+    """Under sudo, or for a daemon agent with its own user, the home of the run
+    is not the home of whoever asks: the start record says the run's."""
+    policy = _job(sandbox)
+    shadow = sandbox.run("bash", "job.sh", policy=policy, agent_id="away", extra=["--shadow"])
+    assert shadow.returncode == 0, shadow.stderr
+    elsewhere = {**sandbox.env, "HOME": str(sandbox.root)}
+    suggested = subprocess.run(
+        [sys.executable, "-m", "agentsup", "policy", "suggest", "--agent", "away"],
+        env=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert suggested.returncode == 0, suggested.stderr
+    assert "'{home}/.cache/mytool/**'" in suggested.stdout, suggested.stdout
+
+
+def test_suggest_for_an_agent_with_no_run_answers_in_json(sandbox: Sandbox) -> None:
+    sandbox.audit_log.parent.mkdir(parents=True, exist_ok=True)
+    sandbox.run("true", agent_id="other")
+    result = sandbox.agentsup("policy", "suggest", "--agent", "nosuch", "--json")
+    assert result.returncode == 1
+    assert json.loads(result.stdout) == {
+        "ok": False,
+        "error": "no run of agent 'nosuch' in the audit log",
+        "exit_code": 1,
+    }

@@ -151,14 +151,17 @@ def _error_json(error: PolicyError) -> dict[str, Any]:
     }
 
 
-def run_context(workspace: str, agent_id: str) -> RunContext:
-    """The placeholders as `agentsup run` fills them for the user running agentsup.
+def run_context(workspace: str, agent_id: str, home: str | None = None) -> RunContext:
+    """The placeholders as `agentsup run` fills them for the user running agentsup
+    (or with the `home` a run recorded).
 
     Built by `RunContext.for_run`, as supervision/agent.py `prepare` builds
     the run's: with a symlinked home or workspace, `explain` and `suggest`
     decide as the run does.
     """
-    return RunContext.for_run(workspace, invoking_home(), agent_id, sockets=own_sockets_here())
+    return RunContext.for_run(
+        workspace, home or invoking_home(), agent_id, sockets=own_sockets_here()
+    )
 
 
 # ---------------------------------------------------------------- suggest
@@ -170,14 +173,13 @@ def _suggest(args: argparse.Namespace) -> int:
         return _suggest_failed(args, f"no audit log at {locations.audit_log}")
     run = last_run(RecordReader(locations.audit_log), args.agent)
     if not run:
-        print(
-            f"agentsup policy suggest: no run of agent '{args.agent}' in the audit log",
-            file=sys.stderr,
-        )
-        return EXIT_DENY
+        return _suggest_failed(args, f"no run of agent '{args.agent}' in the audit log")
     start = run[0]
     reference = start.get("policy_source") or start.get("policy")
     workspace = start.get("workspace")
+    # The run's own home (sudo, a daemon agent's `user:`), else the caller's.
+    recorded_home = start.get("home")
+    home = recorded_home if isinstance(recorded_home, str) else None
     if not isinstance(reference, str) or not isinstance(workspace, str):
         return _suggest_failed(args, "the run's start record names no policy or workspace")
     strict = builtin_source("strict")
@@ -188,7 +190,7 @@ def _suggest(args: argparse.Namespace) -> int:
             run,
             parent,
             load_source(strict, locations.policy_dir),
-            run_context(workspace, args.agent),
+            run_context(workspace, args.agent, home),
             extends=reference,
             name=args.policy_name or f"{parent.name}-learned",
         )

@@ -859,6 +859,7 @@ class Agent:
             "start",
             argv=plan.argv,
             workspace=judge.config.workspace,
+            home=self._context.home if self._context else None,
             landlock=plan.landlock is not None,
             cgroup=self.group is not None,
             layers=self.layers,
