@@ -77,6 +77,14 @@ def test_run_with_a_slash_in_the_id_is_refused(sandbox: Sandbox) -> None:
     assert "invalid agent id 'a/b'" in _one_line(result.stderr)
 
 
+@pytest.mark.parametrize("usage", [["--bogus"], ["--cpus", "bogus"], ["--stop-timeout", "abc"]])
+def test_every_usage_error_of_run_is_125(sandbox: Sandbox, usage: list[str]) -> None:
+    """An option run does not know, as much as a bad value: the agent never started."""
+    result = sandbox.agentsup("run", *usage, "--", "true")
+    assert result.returncode == 125, result.stderr
+    assert result.stderr.count("\n") == 1 and "error:" in result.stderr
+
+
 @pytest.mark.parametrize("where", ["file", "long"])
 def test_run_with_an_unusable_runtime_dir_is_refused(sandbox: Sandbox, where: str) -> None:
     blocker = sandbox.root / "not-a-dir"

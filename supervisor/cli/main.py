@@ -154,6 +154,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # run_agent turns the collector on again once the agent runs.
         gc.disable()
     parser = build_parser(command)
+    if command == "run":
+        # An option `run` does not know is reported by this parser, not run's:
+        # still a `run` that could not start (DESIGN.md 1.4: 125).
+        parser.usage_exit_code = EXIT_RUN_SETUP  # type: ignore[attr-defined]
     args = parser.parse_args(words)
     code = _dispatch(args)
     if argv is None and args.command == "run":
