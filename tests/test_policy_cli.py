@@ -463,3 +463,19 @@ def test_a_runs_context_is_built_from_the_paths_it_is_given() -> None:
         "/real/home/u",
         "a",
     )
+
+
+def test_explain_with_no_such_policy_is_the_json_failure_envelope(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "agentsup", "policy", "explain", "--json"]
+        + ["--policy", "nosuch", "file_read", "/x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "AGENTSUP_POLICY_DIR": str(tmp_path)},
+    )
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert (report["ok"], report["exit_code"]) == (False, 1)
+    assert report["error"].startswith("nosuch:1:1: no such policy")
+    assert report["at"]["line"] == 1

@@ -257,6 +257,6 @@ def test_suggest_for_an_agent_with_no_run_answers_in_json(sandbox: Sandbox) -> N
     assert result.returncode == 1
     assert json.loads(result.stdout) == {
         "ok": False,
-        "error": "no run of agent 'nosuch' in the audit log",
+        "error": "policy suggest: no run of agent 'nosuch' in the audit log",
         "exit_code": 1,
     }

@@ -41,6 +41,7 @@ from ..policy import (
 from ..policy.engine import invoking_home
 from ..policy.suggest import last_run
 from ..policy.suggest import suggest as suggest_policy
+from .output import error_document, report_error
 
 EXIT_OK = 0
 EXIT_DENY = 1
@@ -206,11 +207,7 @@ def _suggest(args: argparse.Namespace) -> int:
 
 
 def _suggest_failed(args: argparse.Namespace, message: str) -> int:
-    if args.json:
-        _print_json({"ok": False, "error": message, "exit_code": EXIT_DENY})
-    else:
-        print(f"agentsup policy suggest: {message}", file=sys.stderr)
-    return EXIT_DENY
+    return report_error(args.json, f"policy suggest: {message}", EXIT_DENY)
 
 
 # ---------------------------------------------------------------- check
@@ -341,7 +338,8 @@ def _explain(args: argparse.Namespace) -> int:
             )
     except PolicyError as error:
         if args.json:
-            _print_json({"error": _error_json(error)})
+            # The failure envelope every --json command uses, and where it is.
+            _print_json({**error_document(str(error), EXIT_DENY), "at": _error_json(error)})
         else:
             print(str(error), file=sys.stderr)
         return EXIT_DENY
