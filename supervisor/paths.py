@@ -71,8 +71,8 @@ def untrusted(path: Path, uid: int | None = None) -> str | None:
     for place in (real, *real.parents):
         try:
             st = os.stat(place)
-        except FileNotFoundError:
-            continue
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # not there yet (made by us), or unusable: said where it is used
         except OSError as exc:
             return f"cannot check {place}: {exc.strerror}"
         if st.st_uid not in (0, uid):

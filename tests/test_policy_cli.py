@@ -465,10 +465,12 @@ def test_a_runs_context_is_built_from_the_paths_it_is_given() -> None:
     )
 
 
+AGENTSUP = [sys.executable, "-m", "agentsup"]
+
+
 def test_explain_with_no_such_policy_is_the_json_failure_envelope(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "agentsup", "policy", "explain", "--json"]
-        + ["--policy", "nosuch", "file_read", "/x"],
+        [*AGENTSUP, "policy", "explain", "--json", "--policy", "nosuch", "file_read", "/x"],
         capture_output=True,
         text=True,
         timeout=60,
