@@ -32,6 +32,14 @@ def test_a_definition_needs_a_program_and_a_workspace(tmp_path: Path) -> None:
         parse_definition(path)
 
 
+def test_bad_yaml_in_a_definition_is_one_line_naming_the_place(tmp_path: Path) -> None:
+    path = tmp_path / "a3.yaml"
+    path.write_text("program: [x\nworkspace: /w\n")
+    with pytest.raises(DefinitionError) as raised:
+        parse_definition(path)
+    assert str(raised.value) == f"{path}:2:10: invalid YAML: expected ',' or ']', but got ':'"
+
+
 def test_a_definition_names_unknown_keys(tmp_path: Path) -> None:
     path = tmp_path / "a.yaml"
     path.write_text("program: /bin/true\nworkspace: /tmp\nrestrat: always\n")

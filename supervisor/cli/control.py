@@ -350,7 +350,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "top",
         help="a live view of agents and their resource use",
         description=(
-            "Redraw the ps table every --interval seconds, with CPU %% over the last "
+            "Redraw the ps table every --interval seconds, with CPU % over the last "
             "interval. Ctrl-C quits. Without a terminal (or with --json) each refresh is "
             "printed after the last."
         ),

@@ -267,7 +267,8 @@ class TotpVerifier:
                 f"locked out for {int(LOCKOUT_S)} s",
                 lockout_started=True,
             )
+        left = after.attempts_left(now)
         raise TotpRefused(
-            f"wrong TOTP code ({after.attempts_left(now)} attempts left before a "
+            f"wrong TOTP code ({left} attempt{'' if left == 1 else 's'} left before a "
             f"{int(LOCKOUT_S // 60)}-minute lockout); check the authenticator's clock"
         )

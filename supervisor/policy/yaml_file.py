@@ -237,20 +237,26 @@ def _compose(text: str, path: str) -> yaml.Node | None:
     try:
         _check_nesting(text, path)
         node: yaml.Node | None = yaml.compose(text, Loader=_COMPOSE_LOADER)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        problem = exc.problem or exc.context or "invalid YAML"
-        raise PolicyError(path, line, column, f"invalid YAML: {problem}") from None
-    except yaml.reader.ReaderError as exc:  # a character YAML forbids; no mark, a position
-        line = text.count("\n", 0, exc.position) + 1
-        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
-        raise PolicyError(path, line, column, f"invalid YAML: {exc.reason}") from None
     except yaml.YAMLError as exc:
-        raise PolicyError(path, 1, 1, f"invalid YAML: {exc}") from None
+        line, column, problem = yaml_error_place(exc, text)
+        raise PolicyError(path, line, column, f"invalid YAML: {problem}") from None
     except UnicodeError as exc:  # text that is not valid Unicode (lone surrogates)
         raise PolicyError(path, 1, 1, f"not valid text: {exc}") from None
     return node
+
+
+def yaml_error_place(exc: yaml.YAMLError, text: str) -> tuple[int, int, str]:
+    """(line, column, problem) of a PyYAML error in `text`, for one `FILE:LINE:COL:` line
+    (PyYAML's own message spans several lines, with a caret drawing)."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        return line, column, exc.problem or exc.context or "invalid YAML"
+    if isinstance(exc, yaml.reader.ReaderError):  # a character YAML forbids: a position
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        return line, column, str(exc.reason)
+    return 1, 1, str(exc).splitlines()[0] if str(exc) else "invalid YAML"
 
 
 def parse_file(text: str, path: str, key: str, directory: Path | None) -> PolicyFile:

@@ -53,6 +53,7 @@ from ..control.agentids import BadAgentId, check_agent_id
 from ..control.logs import STREAMS, AgentLogWriter, log_path
 from ..kernel import cgroup as cgroups
 from ..paths import Locations, default_locations
+from ..policy.yaml_file import yaml_error_place
 from .agent import Agent, RunRequest, SetupError
 from .loop import Timer
 from .stopping import STOP_TIMEOUT_S
@@ -126,9 +127,13 @@ def parse_definition(path: Path) -> AgentDefinition:
     try:
         with path.open(encoding="utf-8") as f:
             text = f.read(1 << 20)
-        data = yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise DefinitionError(f"{path}: {exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        line, column, problem = yaml_error_place(exc, text)
+        raise DefinitionError(f"{path}:{line}:{column}: invalid YAML: {problem}") from exc
     if not isinstance(data, dict):
         raise DefinitionError(f"{path}: expected a mapping of agent settings")
     unknown = sorted(str(key) for key in set(data) - _KEYS)
@@ -527,9 +532,7 @@ class Daemon:
         sd_notify("READY=1")
 
 
-def run_daemon(
-    agents_directory: str | None = None, *, stop_timeout: float = STOP_TIMEOUT_S
-) -> int:
+def run_daemon(agents_directory: str | None = None, *, stop_timeout: float = STOP_TIMEOUT_S) -> int:
     locations = default_locations()
     directory = agents_dir(locations, agents_directory)
     if agents_directory and not directory.is_dir():
