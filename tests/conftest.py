@@ -12,12 +12,15 @@ import contextlib
 import ctypes
 import json
 import os
+import resource
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -295,6 +298,36 @@ def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
     finally:
         subprocess.run(["chattr", "-R", "-i", str(own)], capture_output=True)
         shutil.rmtree(own, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def out_of_fds() -> Iterator[None]:
+    """This process at its RLIMIT_NOFILE: every open fails with EMFILE."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held: list[int] = []
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 16, hard))
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(os.dup(0))
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def read_for(fd: int, seconds: float) -> bytes:
+    """What arrives on `fd` within `seconds` (a pipe of an agent under test)."""
+    seen = b""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if select.select([fd], [], [], left)[0]:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            seen += chunk
+    return seen
 
 
 @contextlib.contextmanager

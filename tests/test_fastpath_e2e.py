@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -27,7 +26,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import AGENTS, Sandbox, both_paths, supervisor_stopped
+from conftest import AGENTS, Sandbox, both_paths, read_for, supervisor_stopped
 
 from agentsup.kernel import fastpath
 
@@ -46,6 +45,7 @@ def test_the_native_path_is_built_wherever_a_compiler_and_headers_are() -> None:
     if not (compiler and headers):
         pytest.skip("no C compiler or no Python headers here: the Python path runs")
     assert fastpath.native is not None, "the C extension did not build"
+
 
 OPENS = "opens.py"
 
@@ -341,11 +341,7 @@ def _stopped_supervisor_opens(
         with supervisor_stopped(proc):
             proc.stdin.write(b"go\n")
             proc.stdin.flush()
-            seen = b""
-            deadline = time.monotonic() + 3
-            while (left := deadline - time.monotonic()) > 0:
-                if select.select([out], [], [], left)[0]:
-                    seen += os.read(out, 4096)
+            seen = read_for(out, 3)
         rest, _ = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:

@@ -34,7 +34,11 @@ What it reports (the pure `step` decides; see `Action`):
     `on_reload()`.
   - a directory that was never sealed: `on_reload()` whenever a file's
     content changes, so hot reload works for people who never seal.
-Errors never reach the loop: they are logged and treated as tampering.
+  - a check that this process could not make, out of fds or memory
+    ("unavailable"): nothing; what was known stands, the next check (the
+    timer's) tries again.  Said once (log and a `policy` audit record) until
+    a check works again: such an error is no sign of tampering.
+Other errors never reach the loop: they are logged and treated as tampering.
 """
 
 from __future__ import annotations
@@ -54,7 +58,14 @@ from inotify_simple import INotify
 from inotify_simple import flags as inotify_flags
 
 from ..paths import Locations
-from .seal import TAMPER_MARKER_NAME, AuditSink, SealStatus, check_sealed, write_tamper_marker
+from .seal import (
+    TAMPER_MARKER_NAME,
+    AuditSink,
+    SealStatus,
+    check_sealed,
+    short_of_resources,
+    write_tamper_marker,
+)
 
 log = logging.getLogger(__name__)
 
@@ -123,12 +134,17 @@ def initial_state(status: SealStatus) -> WatchState:
         "unsealed": Phase.UNSEALED,
         "never_sealed": Phase.NEVER_SEALED,
         "tampered": Phase.SEALED,
+        # Unread: measured against nothing, the first check that works reports
+        # a tampered directory, and loads a sealed or never sealed one again.
+        "unavailable": Phase.SEALED,
     }[status.state]
     return WatchState(phase, generation, dict(status.files))
 
 
 def step(state: WatchState, status: SealStatus) -> tuple[WatchState, tuple[Action, ...], list[str]]:
     """The next state, what to report, and (for TAMPER) why.  No I/O."""
+    if status.state == "unavailable":
+        return state, (), []  # not checked (out of fds or memory): what was known stands
     manifest = status.manifest
     generation = manifest.generation if manifest else NO_GENERATION
     if state.phase is Phase.TAMPERED:
@@ -205,6 +221,9 @@ class PolicyWatcher:
         self._inotify = INotify(nonblocking=True)
         self._watches: dict[int, Path] = {}
         self._watched_inodes: dict[Path, int] = {}
+        self._unavailable = False  # the last check could not be made (said once)
+        self._marker_due = False  # a tamper marker still to write (it failed)
+        self._marker_reasons: list[str] = []
         self.last_check = self._clock()
         self._state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if baseline is None:
@@ -240,11 +259,15 @@ class PolicyWatcher:
     def check(self) -> None:
         """Watch, re-hash and compare now; report any change.  Never raises."""
         self.last_check = self._clock()
+        if self._marker_due and self._state.phase is Phase.TAMPERED:
+            self._write_marker()  # it failed last time
         try:
             self._sync_watches()
-        except Exception:
-            log.exception("cannot watch %s", self._policy_dir)
+        except Exception as exc:
+            if not short_of_resources(exc):  # else the check below says so
+                log.exception("cannot watch %s", self._policy_dir)
         status = self._status()
+        self._note_availability(status)
         self._state, actions, reasons = step(self._state, status)
         for action in actions:
             self._report(action, reasons)
@@ -266,13 +289,45 @@ class PolicyWatcher:
     # -- plumbing -------------------------------------------------------------------
 
     def _status(self) -> SealStatus:
+        directory = str(self._policy_dir)
         try:
             return check_sealed(self.locations)
         except Exception as exc:
+            if short_of_resources(exc):
+                return SealStatus(
+                    "unavailable", [f"out of fds or memory ({exc})"], directory=directory
+                )
             # A bug or an odd filesystem must not silently disable the seal.
             log.exception("checking the sealed policy directory failed")
-            directory = str(self._policy_dir)
             return SealStatus("tampered", [f"cannot check {directory}: {exc}"], directory=directory)
+
+    def _note_availability(self, status: SealStatus) -> None:
+        """Say once that checks cannot be made (and once that they can again)."""
+        unavailable = status.state == "unavailable"
+        if unavailable == self._unavailable:
+            return
+        self._unavailable = unavailable
+        if unavailable:
+            why = "; ".join(status.reasons)
+            log.warning(
+                "cannot check the sealed policy directory %s now: %s; no sign of tampering, "
+                "its last known state stands; checking again every %g s",
+                self._policy_dir,
+                why,
+                self.interval,
+            )
+            event = {"event": "check_unavailable", "reasons": list(status.reasons)}
+            self._append({"kind": "policy", **event, "severity": "high", "outcome": "retrying"})
+        else:
+            log.warning("the sealed policy directory %s can be checked again", self._policy_dir)
+            self._append(
+                {
+                    "kind": "policy",
+                    "event": "check_available",
+                    "severity": "medium",
+                    "outcome": "checked",
+                }
+            )
 
     def _drain(self) -> bool:
         relevant = False
@@ -333,10 +388,8 @@ class PolicyWatcher:
             self._call("on_reload", self._on_reload)
 
     def _record_tamper(self, reasons: list[str]) -> None:
-        try:
-            write_tamper_marker(self.locations, self._state.episode_generation, reasons)
-        except Exception:
-            log.exception("cannot write the tamper marker; new runs may not be refused")
+        self._marker_reasons = list(reasons)
+        self._write_marker()
         self._append(
             {
                 "kind": "tamper",
@@ -346,6 +399,26 @@ class PolicyWatcher:
                 "outcome": "agents stopped",
             }
         )
+
+    def _write_marker(self) -> None:
+        """Write the tamper marker; one that fails is tried again on each check."""
+        due = self._marker_due
+        try:
+            write_tamper_marker(
+                self.locations, self._state.episode_generation, self._marker_reasons
+            )
+        except Exception as exc:
+            self._marker_due = True
+            if due:
+                return  # said already
+            if short_of_resources(exc):
+                log.error("cannot write the tamper marker now (%s); trying again", exc)
+            else:
+                log.exception("cannot write the tamper marker; new runs may not be refused")
+            return
+        self._marker_due = False
+        if due:
+            log.warning("the tamper marker is written")
 
     def _append(self, record: dict[str, object]) -> None:
         if self._audit is None:
@@ -357,8 +430,11 @@ class PolicyWatcher:
         }
         try:
             self._audit.append(full)
-        except Exception:
-            log.exception("cannot write the audit record %s", record.get("event"))
+        except Exception as exc:
+            if short_of_resources(exc):
+                log.error("cannot write the audit record %s: %s", record.get("event"), exc)
+            else:
+                log.exception("cannot write the audit record %s", record.get("event"))
 
     def _call(self, name: str, callback: Callable[[], None]) -> None:
         try:

@@ -11,7 +11,11 @@ never read, so an agent cannot forge it.
 
 `check_sealed` compares the directory with the manifest.  It is cheap (a
 stat, one ioctl and a hash per file) because the watcher runs it on a timer:
-`chattr -i` raises no inotify event (DESIGN.md 3).
+`chattr -i` raises no inotify event (DESIGN.md 3).  A check that fails
+because this process is out of fds or memory says nothing about the
+directory: its state is "unavailable" (refused as tampered, but the watcher
+keeps what it knew and checks again; an agent that used up the supervisor's
+fds once made it cry tamper).
 
 Ordering against a running watcher.  `unseal` writes its "unsealed" manifest
 before it touches the directory, and `seal` first writes an "unsealed"
@@ -70,7 +74,9 @@ _RACE_RETRIES = 3
 
 _T = TypeVar("_T")
 ManifestState = Literal["sealed", "unsealed"]
-StatusState = Literal["ok", "unsealed", "never_sealed", "tampered"]
+StatusState = Literal["ok", "unsealed", "never_sealed", "tampered", "unavailable"]
+# Errors of this process, not of the directory: out of fds or memory.
+_SHORT_OF = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 
 
 class SealError(Exception):
@@ -79,6 +85,37 @@ class SealError(Exception):
 
 class TamperDetected(Exception):
     """The manifest (or the marker) shows the policy directory cannot be trusted."""
+
+
+def _shortage(exc: BaseException) -> int:
+    """EMFILE, ENFILE or ENOMEM when `exc`, or an error it was raised from or
+    while handling, is one of them (a MemoryError is ENOMEM); else 0."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, MemoryError):
+            return errno.ENOMEM
+        if isinstance(current, OSError) and current.errno in _SHORT_OF:
+            return current.errno
+        current = current.__cause__ or current.__context__
+    return 0
+
+
+def short_of_resources(exc: BaseException) -> bool:
+    """Whether `exc` is this process out of fds or memory, not the files: an
+    EMFILE or ENFILE counts only while we cannot open anything either (a FUSE
+    server under the directory can answer any errno).  Nothing ran between
+    the failure and this probe, so the supervisor held as many fds then."""
+    shortage = _shortage(exc)
+    if shortage != errno.EMFILE and shortage != errno.ENFILE:
+        return shortage == errno.ENOMEM
+    try:
+        fd = os.open("/", os.O_PATH | os.O_CLOEXEC)
+    except OSError as probe:
+        return probe.errno in (errno.EMFILE, errno.ENFILE)
+    os.close(fd)
+    return False
 
 
 class AuditSink(Protocol):
@@ -364,20 +401,28 @@ class SealStatus(NamedTuple):
 
     @property
     def tampered(self) -> bool:
-        return self.state == "tampered"
+        """Not to be trusted: tampered, or not checked (fail closed)."""
+        return self.state in ("tampered", "unavailable")
 
     def describe(self) -> str:
         """One paragraph for `verify`, and for `run` when it refuses to start."""
         if self.state == "ok":
             assert self.manifest is not None
             return (
-                f"{self.directory}: sealed and intact ({len(self.files)} files, "
+                f"{self.directory}: sealed and intact ({len(self.files)} "
+                f"file{'' if len(self.files) == 1 else 's'}, "
                 f"sealed {self.manifest.sealed_at} by uid {self.manifest.sealed_by_uid})"
             )
         if self.state == "unsealed":
             return f"{self.directory}: unsealed for editing (not protected); seal it when done"
         if self.state == "never_sealed":
             return f"{self.directory}: never sealed (not protected)"
+        if self.state == "unavailable":
+            return (
+                f"{self.directory}: the sealed policy directory cannot be checked now: "
+                + "; ".join(self.reasons)
+                + "; try again"
+            )
         return (
             f"{self.directory}: policy directory tampered: "
             + "; ".join(self.reasons)
@@ -405,20 +450,37 @@ def write_tamper_marker(locations: Locations, generation: int, reasons: list[str
     _write_atomic(tamper_marker_path(locations), data + "\n", 0o600)
 
 
+def _unavailable(directory: str, exc: BaseException) -> SealStatus:
+    why = f"out of fds or memory ({os.strerror(_shortage(exc) or errno.ENOMEM)})"
+    return SealStatus("unavailable", [why], directory=directory)
+
+
 def check_sealed(locations: Locations) -> SealStatus:
     """Compare the policy directory with its manifest.  Never raises for tampering;
-    a state it cannot read is reported as tampered (fail closed)."""
+    a state it cannot read is reported as tampered (fail closed), unless this
+    process could not read it for want of fds or memory: "unavailable"."""
     directory = os.path.realpath(locations.policy_dir)
+    try:
+        return _check_sealed(locations, directory)
+    except MemoryError as exc:
+        return _unavailable(directory, exc)
+
+
+def _check_sealed(locations: Locations, directory: str) -> SealStatus:
     status = SealStatus("tampered", ["the manifest kept changing while it was checked"])
     for _ in range(_RACE_RETRIES):
         try:
             manifest = read_manifest(locations)
             marker = _read_marker(locations)
         except TamperDetected as exc:
+            if short_of_resources(exc):
+                return _unavailable(directory, exc)
             return SealStatus("tampered", [str(exc)], directory=directory)
         try:
             snapshot = scan_directory(locations.policy_dir)
         except OSError as exc:
+            if short_of_resources(exc):
+                return _unavailable(directory, exc)
             reason = f"cannot read the policy directory: {exc}"
             return SealStatus("tampered", [reason], manifest, {}, directory)
         files = snapshot.files
@@ -440,6 +502,8 @@ def check_sealed(locations: Locations) -> SealStatus:
             if read_manifest(locations) == manifest:
                 return status
         except TamperDetected as exc:
+            if short_of_resources(exc):
+                return _unavailable(directory, exc)
             return SealStatus("tampered", [str(exc)], directory=directory)
     return status
 
@@ -770,6 +834,7 @@ __all__ = [
     "scan_directory",
     "seal",
     "set_immutable",
+    "short_of_resources",
     "tamper_marker_path",
     "unseal",
     "validate_policies",

@@ -1558,7 +1558,16 @@ static int tell(int listener, int forward_fd, const struct seccomp_notif *n, uns
  * a failed exec is told by the image that called it, kept where execs are
  * randomized; anything else is forwarded to be judged as an exec
  * (NOTICE_EXEC_JUDGE).  Scripts, fds, long command lines, files with other
- * names: the supervisor's, as before. */
+ * names: the supervisor's, as before.
+ *
+ * The kernel also maps the program's interpreter (PT_INTERP), which can then
+ * read itself, so it is judged too (process_spawn and file_read of its real
+ * path) when the agent could have crafted the program (`agent_may_write`).
+ * An absolute PT_INTERP the policy plainly allows goes on here; a relative
+ * one (the kernel opens it from the agent's cwd), one not plainly allowed,
+ * and a header that does not read plainly are the supervisor's, which
+ * decides.  A program nobody can read is the supervisor's too: it refuses
+ * one the agent may write. */
 
 #define ARGV_BYTES 32768
 #define ARGV_COUNT 4096
@@ -1593,17 +1602,98 @@ static ssize_t read_argv(pid_t pid, uint64_t at, char *out, size_t capacity) {
     }
 }
 
-/* Whether the file `path_fd` (O_PATH) starts as an ELF executable does. */
-static int elf_file(int path_fd) {
-    char name[16], magic[4];
+/* Whether the agent could have written the file `path_fd` (O_PATH) holds:
+ * it owns it (and may chmod it writable), or the kernel lets the broker, which
+ * has the agent's rights, write it.  A file it could not write it did not
+ * craft: what that names next is the system's, as it was installed.  (The
+ * supervisor asks the policy instead; here the cache keeps only allows, and a
+ * "never written" would cost a call into Python on every exec of a system
+ * program.)  Any answer but a plain refusal counts as "could". */
+static int agent_may_write(int path_fd, const struct stat *st) {
+    char name[16];
+    if (st->st_uid == geteuid() || own_fd_dir() < 0)
+        return 1;
+    snprintf(name, sizeof name, "%d", path_fd);
+    if (faccessat(own_fds, name, W_OK, 0) == 0)
+        return 1;
+    return errno != EACCES && errno != EROFS && errno != EPERM;
+}
+
+#define PT_INTERP_TYPE 3
+#define ELF64_PHDR 56
+#define ELF32_PHDR 32
+#define ELF_PHDRS_MAX 65536 /* the kernel's bound on a program header table */
+
+static unsigned char phdrs[ELF_PHDRS_MAX];
+
+/* The interpreter the ELF program `fd` names, as binfmt_elf reads it (the
+ * first PT_INTERP, 2 to PATH_MAX bytes ending in a NUL), into `out` (at least
+ * PATH_BYTES): its length; 0 when there is none (a static program); -1 when
+ * the header is anything but plain 64-bit (one compat_binfmt_elf could read
+ * as 32-bit too) or does not read whole: the supervisor reads it. */
+static ssize_t elf_interpreter(int fd, const unsigned char *head, char *out) {
+    uint64_t phoff;
+    uint16_t size, count, size32;
+    memcpy(&phoff, head + 32, sizeof phoff);
+    memcpy(&size, head + 54, sizeof size);
+    memcpy(&count, head + 56, sizeof count);
+    memcpy(&size32, head + 42, sizeof size32);
+    size_t table = (size_t)count * ELF64_PHDR;
+    if (size != ELF64_PHDR || size32 == ELF32_PHDR || table == 0 || table > ELF_PHDRS_MAX ||
+        phoff > INT64_MAX || pread(fd, phdrs, table, (off_t)phoff) != (ssize_t)table)
+        return -1;
+    for (size_t at = 0; at < table; at += ELF64_PHDR) {
+        uint32_t type;
+        uint64_t offset, length;
+        memcpy(&type, phdrs + at, sizeof type);
+        if (type != PT_INTERP_TYPE)
+            continue;
+        memcpy(&offset, phdrs + at + 8, sizeof offset);
+        memcpy(&length, phdrs + at + 32, sizeof length);
+        if (length < 2 || length > PATH_BYTES || offset > INT64_MAX ||
+            pread(fd, out, (size_t)length, (off_t)offset) != (ssize_t)length ||
+            out[length - 1] != '\0' || out[0] == '\0')
+            return -1;
+        return (ssize_t)strlen(out);
+    }
+    return 0;
+}
+
+/* Whether the interpreter the ELF program `fd` names (none, or an absolute
+ * path) is plainly allowed to be run and read, by its real path. */
+static int interpreter_granted(int fd, const unsigned char *head) {
+    char interp[PATH_BYTES], real[PATH_BYTES + 1];
+    ssize_t length = elf_interpreter(fd, head, interp);
+    if (length <= 0 || interp[0] != '/')
+        return length == 0; /* relative: from the agent's cwd, the supervisor's */
+    int found = open_followed(AT_FDCWD, interp, O_PATH | O_CLOEXEC);
+    if (found < 0)
+        return 0;
+    struct stat st;
+    ssize_t real_length = fstat(found, &st) == 0 && S_ISREG(st.st_mode) && own_name(&st)
+                              ? real_path(found, real)
+                              : -1;
+    close(found);
+    return real_length > 0 &&
+           granted(real, (size_t)real_length, ALLOW_SPAWN | ALLOW_READ, 0);
+}
+
+/* Whether the file `path_fd` (O_PATH) starts as an ELF executable does, and
+ * what the kernel loads with it may go on here (see above).  A file the
+ * broker cannot read is the supervisor's. */
+static int elf_runs_here(int path_fd, const struct stat *st) {
+    char name[16];
+    unsigned char head[64]; /* an ELF64 header */
     snprintf(name, sizeof name, "%d", path_fd);
     int fd = own_fd_dir() < 0 ? -1 : openat(own_fds, name, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0)
         return 0;
-    int elf = pread(fd, magic, sizeof magic, 0) == (ssize_t)sizeof magic &&
-              memcmp(magic, "\177ELF", sizeof magic) == 0;
+    int runs = pread(fd, head, sizeof head, 0) == (ssize_t)sizeof head &&
+               memcmp(head, "\177ELF", 4) == 0;
+    if (runs && agent_may_write(path_fd, st))
+        runs = interpreter_granted(fd, head);
     close(fd);
-    return elf;
+    return runs;
 }
 
 static void respond_continue(int listener, uint64_t id) {
@@ -1676,7 +1766,7 @@ static int serve_exec(int listener, int forward_fd, const struct seccomp_notif *
     ssize_t length = fstat(fd, &st) != 0 ? -1 : exact ? (ssize_t)strlen(path) : real_path(fd, target);
     if (exact && length > 0)
         memcpy(target, path, (size_t)length + 1);
-    int runnable = length > 0 && S_ISREG(st.st_mode) && own_name(&st) && elf_file(fd);
+    int runnable = length > 0 && S_ISREG(st.st_mode) && own_name(&st) && elf_runs_here(fd, &st);
     close(fd);
     ssize_t argv_length;
     if (!runnable ||

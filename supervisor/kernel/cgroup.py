@@ -115,11 +115,20 @@ def _write(path: str, value: str) -> None:
         f.write(value)
 
 
-def members(groups: Sequence[str]) -> set[int]:
-    """Pids in the given group directories and any groups nested below them."""
+def members(groups: Sequence[str], *, strict: bool = False) -> set[int]:
+    """Pids in the given group directories and any groups nested below them.
+
+    `strict`: OSError when a group that is there cannot be listed (out of
+    fds), which the walk would take for an empty one; a group gone is empty.
+    """
+
+    def unlisted(exc: OSError) -> None:
+        if strict and not isinstance(exc, FileNotFoundError):
+            raise exc
+
     pids: set[int] = set()
     for group in groups:
-        for dirpath, _dirs, _files in os.walk(group):
+        for dirpath, _dirs, _files in os.walk(group, onerror=unlisted):
             try:
                 pids.update(int(line) for line in _read(f"{dirpath}/cgroup.procs").split())
             except FileNotFoundError:
@@ -392,8 +401,8 @@ class AgentCgroup:
             pass
         return 0
 
-    def pids(self) -> set[int]:
-        return members([self.tracking])
+    def pids(self, *, strict: bool = False) -> set[int]:
+        return members([self.tracking], strict=strict)
 
     def signal_all(self, sig: int) -> set[int]:
         """Signal every process in the tree (see `signal_groups`)."""

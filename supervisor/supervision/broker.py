@@ -212,6 +212,13 @@ class Pinned:
     # CREATED: the last component to make in the directory pinned, as spelled
     # (a trailing slash kept: the kernel's "must be a directory").
     name: bytes = b""
+    # want_script: what the kernel would open next to run this file, as
+    # spelled there (a #! script's interpreter, an ELF's PT_INTERP); more than
+    # one when the ELF header reads both as 64-bit and as 32-bit.
+    interpreters: tuple[bytes, ...] = ()
+    # want_script: a regular file the broker could not read, so what it names
+    # next is not known (a mode 0333 program: run, never read).
+    unread: bool = False
 
 
 def split_name(raw: bytes) -> tuple[bytes, bytes]:
@@ -640,8 +647,10 @@ class Broker:
             except Exception as exc:  # fail this syscall, keep serving
                 _seccomp.respond_error(self.listener, notif_id, _errno_of(exc))
             return (-1, path, 0, st.st_mode, st.st_dev, st.st_ino, st.st_nlink, False, True, held)
-        script = bool(want_script) and handle >= 0 and stat.S_ISREG(st.st_mode)
-        script = script and _starts_with_shebang(fd)
+        script, unread = False, False
+        interpreters: tuple[bytes, ...] = ()
+        if want_script and handle >= 0 and stat.S_ISREG(st.st_mode):
+            script, interpreters, unread = _interpreters_of(fd)
         if handle >= 0 and keep:
             self.pinned[fd] = fd
         else:
@@ -650,7 +659,9 @@ class Broker:
         found = (
             handle, path, err, st.st_mode, st.st_dev, st.st_ino, st.st_nlink, script, False, held
         )  # fmt: skip
-        return (*found, name) if kind == CREATED else found
+        if kind == CREATED:
+            return (*found, name)
+        return (*found, b"", interpreters, unread) if want_script else found
 
     @staticmethod
     def _found(
@@ -1642,17 +1653,83 @@ def _open_and_answer(
         os._exit(0)
 
 
-def _starts_with_shebang(path_fd: int) -> bool:
+# What the kernel reads of a file to pick its loader (BINPRM_BUF_SIZE).
+_BINPRM_BUF = 256
+_PT_INTERP = 3
+_PATH_MAX = 4096
+_ELF_PHDRS_MAX = 65536  # the kernel's bound on a program header table (load_elf_phdrs)
+# An ELF header read as binfmt_elf (64-bit) and compat_binfmt_elf (32-bit)
+# read it: where e_phoff is and its format, where e_phentsize is (e_phnum
+# follows it), the size a program header must have, and (p_type, p_offset,
+# p_filesz) in one.
+_ELF_LAYOUTS = (
+    (32, "<Q", 54, 56, struct.Struct("<I4xQ16xQ")),
+    (28, "<I", 42, 32, struct.Struct("<II8xI")),
+)
+
+
+def _interpreters_of(path_fd: int) -> tuple[bool, tuple[bytes, ...], bool]:
+    """(starts with #!, what the kernel would open next to run it, unread) for
+    the regular file `path_fd` pins, read with the agent's rights."""
     try:
         fd = os.open(f"/proc/self/fd/{path_fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
-        return False
+        return False, (), True
     try:
-        return os.pread(fd, 2, 0) == b"#!"
+        head = os.pread(fd, _BINPRM_BUF, 0)
+        if head.startswith(b"#!"):
+            name = shebang_interpreter(head)
+            return True, (name,) if name else (), False
+        if head.startswith(b"\x7fELF"):
+            return False, elf_interpreters(fd, head), False
+        return False, (), False
     except OSError:
-        return False
+        return False, (), True
     finally:
         os.close(fd)
+
+
+def shebang_interpreter(head: bytes) -> bytes:
+    """The interpreter binfmt_script opens for a file that starts with `head`
+    (its first 256 bytes): the first word of the #! line, up to a space, a
+    tab or a NUL; b"" for none.  (A name that fills the line with no end is
+    refused by the kernel: it is judged anyway.)"""
+    name = head[2:_BINPRM_BUF].split(b"\n", 1)[0].lstrip(b" \t")
+    for end in (b" ", b"\t", b"\0"):
+        name = name.split(end, 1)[0]
+    return name
+
+
+def elf_interpreters(fd: int, head: bytes) -> tuple[bytes, ...]:
+    """The PT_INTERP the kernel would open to run the ELF file `fd` (`head`: its
+    first bytes), as load_elf_binary finds it: the first PT_INTERP program
+    header, 2 to PATH_MAX bytes ending in a NUL.  The header is read both as
+    64-bit and as 32-bit (the kernel tries each loader in turn), and every
+    interpreter either gives is returned."""
+    head = head.ljust(_BINPRM_BUF, b"\0")  # as the kernel's buffer, for a short file
+    found: list[bytes] = []
+    for phoff_at, phoff_format, entsize_at, entsize, phdr in _ELF_LAYOUTS:
+        (phoff,) = struct.unpack_from(phoff_format, head, phoff_at)
+        size, count = struct.unpack_from("<HH", head, entsize_at)
+        if size != entsize or not 0 < count * size <= _ELF_PHDRS_MAX:
+            continue
+        try:
+            table = os.pread(fd, count * size, phoff)
+        except (OverflowError, ValueError):
+            continue  # an offset past what a file can have: the kernel fails it too
+        for i in range(len(table) // size if len(table) == count * size else 0):
+            kind, offset, length = phdr.unpack_from(table, i * size)
+            if kind != _PT_INTERP:
+                continue
+            if 2 <= length <= _PATH_MAX:
+                try:
+                    text = os.pread(fd, length, offset)
+                except (OverflowError, ValueError):
+                    text = b""
+                if len(text) == length and text[-1] == 0 and text[0]:
+                    found.append(text.split(b"\0", 1)[0])
+            break  # only the first PT_INTERP counts
+    return tuple(dict.fromkeys(found))
 
 
 _WAIT_STATUS = struct.Struct("<i")

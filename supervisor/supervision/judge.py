@@ -47,6 +47,7 @@ ALWAYS_REFUSED_RULE = "agentsup-always-refused"
 OUTSIDE_TREE_RULE = "agentsup-outside-tree"
 OUTSIDE_VIEW_RULE = "agentsup-outside-view"
 MEDIATION_ERROR_RULE = "agentsup-mediation-error"
+STOPPED_RULE = "agentsup-stopped"
 UNREADABLE_PROGRAM_RULE = "agentsup-unreadable-program"
 
 _WRITE_CLASS = frozenset(
@@ -181,6 +182,9 @@ class ProcessTree:
             self._kill_fd = _open_or_none(f"{group.tracking}/cgroup.kill", os.O_WRONLY)
             self._events_fd = _open_or_none(f"{group.tracking}/cgroup.events", os.O_RDONLY)
         self._root_fd = _pidfd_or_none(root_pid)
+        # What the last `signal_all` could not do (read the tree, pin a pid):
+        # processes it may have missed.  Empty when it reached every one.
+        self.missed: list[str] = []
         # The broker is the root's one child (the init of the agent's namespace).
         self._broker = _first_child(root_pid)
         if self._broker > 0 and _namespace_init(root_pid, self._broker):
@@ -191,11 +195,16 @@ class ProcessTree:
     def pids(self) -> set[int]:
         """The tree's processes; only its root when they cannot be read (out of fds)."""
         try:
-            if self.group is not None:
-                return self.group.pids()
-            found = _descendants(self.root_pid)
+            return self._read_pids()
         except OSError:
             return {self.root_pid}  # not empty: a kill still goes out, and escalates
+
+    def _read_pids(self) -> set[int]:
+        """The tree's processes; OSError when they cannot be read, where a
+        group that cannot be listed (out of fds) would look empty."""
+        if self.group is not None:
+            return self.group.pids(strict=True)
+        found = _descendants(self.root_pid)
         if os.path.exists(f"/proc/{self.root_pid}"):
             found.add(self.root_pid)
         return found
@@ -207,33 +216,56 @@ class ProcessTree:
         would be interrupted there, and the agent's open() return 0.  It does
         nothing on its own, so the agent is as stopped as before.
         """
+        self.missed = []
         spared = {self._broker} if sig == signal.SIGSTOP and self._broker > 0 else set()
         if self.group is not None and not spared:
             return self.group.signal_all(sig)
         return self._sweep(sig, spared)
 
     def _sweep(self, sig: int, spared: set[int]) -> set[int]:
-        """Signal every process of the tree but `spared`, until no new one shows up.
+        """Signal every process of the tree but `spared`, until no new one shows up;
+        the pids signalled.
 
         A fork racing with the signal is caught on the next pass; each pid is
         pinned with a pidfd and found in the tree again before it is
-        signalled (a recycled pid outside the tree is never hit).
+        signalled (a recycled pid outside the tree is never hit).  What
+        could not be done (out of fds) is added to `missed`.
         """
+        seen: set[int] = set()
         signalled: set[int] = set()
         while True:
-            fresh = self.pids() - signalled - spared
+            fresh = self._members() - seen - spared
             if not fresh:
                 return signalled
-            pinned = {pid: fd for pid in fresh if (fd := _pidfd_or_none(pid)) >= 0}
+            pinned: dict[int, int] = {}
+            for pid in fresh:
+                try:
+                    pinned[pid] = os.pidfd_open(pid)
+                except ProcessLookupError:
+                    continue  # gone already
+                except OSError as exc:
+                    self._miss(f"cannot pin pid {pid}: {exc.strerror or exc}")
             try:
-                still = self.pids()
+                still = self._members()
                 for pid, fd in pinned.items():
                     if pid in still:
                         with contextlib.suppress(ProcessLookupError):
                             signal.pidfd_send_signal(fd, sig)
+                            signalled.add(pid)
             finally:
                 _close_fds(tuple(pinned.values()))
-            signalled |= fresh
+            seen |= fresh
+
+    def _members(self) -> set[int]:
+        try:
+            return self._read_pids()
+        except OSError as exc:
+            self._miss(f"cannot read the agent's processes: {exc.strerror or exc}")
+            return {self.root_pid}  # not empty: a kill still goes out, and escalates
+
+    def _miss(self, why: str) -> None:
+        if why not in self.missed and len(self.missed) < 8:
+            self.missed.append(why)
 
     def kill(self) -> list[str]:
         """SIGKILL the whole tree; [] when that is confirmed, else how it was escalated.
@@ -416,6 +448,12 @@ class JudgeConfig:
 
 # Warnings of one rule said on the terminal; the rest go to the audit log only.
 _WARNINGS_SAID_PER_RULE = 3
+# An agent stopped for a violation, a tampered policy or by a person is
+# SIGSTOPped; its mediated actions are refused as well, so that a stop that
+# did not reach every process (a sweep out of fds) leaves none able to act.
+_REFUSING_STATES = frozenset(
+    {AgentState.STOPPED_VIOLATION, AgentState.STOPPED_TAMPER, AgentState.STOPPED_OPERATOR}
+)
 
 
 def _plain(decision: Decision, response: Response) -> bool:
@@ -433,7 +471,7 @@ class Judge:
         self.audit = audit
         self.clock = config.clock
         self.limiter = RateLimiter()
-        self.state = AgentState.STARTING
+        self._state = AgentState.STARTING
         self.tree: ProcessTree | None = None
         self.main_pid = 0
         self.started = self.clock()
@@ -471,6 +509,16 @@ class Judge:
 
     def __repr__(self) -> str:
         return f"<Judge {self.agent_id!r} pid={self.main_pid} {self.state}>"
+
+    @property
+    def state(self) -> AgentState:
+        return self._state
+
+    @state.setter
+    def state(self, state: AgentState) -> None:
+        if state in _REFUSING_STATES and self._state not in _REFUSING_STATES:
+            self._forget_allowed()  # a cached allow would skip the refusal
+        self._state = state
 
     def set_policy(self, policy: CompiledPolicy) -> None:
         """Swap in a reloaded policy; the next decision uses it."""
@@ -642,6 +690,17 @@ class Judge:
         """Decide, record and enforce one event; the decision and what was done."""
         if not event.agent_id:
             event = replace(event, agent_id=self.agent_id)
+        if self._state in _REFUSING_STATES:
+            decision = Decision(
+                verdict=Verdict.DENY,
+                rule_id=STOPPED_RULE,
+                severity=Severity.HIGH,
+                message=f"the agent is {self._state}: nothing it does goes ahead until resumed",
+                on_violation=ViolationMode.BLOCK,
+                reason=str(self._state),
+            )
+            self._record(event, tid, decision, Response.BLOCK)
+            return decision, Response.BLOCK
         # Grants are rare: no key is built while there are none.
         grant = self.grants.pop((tid, event.action, event.target), None) if self.grants else None
         decision = self.decide(event)
@@ -882,10 +941,12 @@ class Judge:
             return
         pids: set[int] = set()
         escalated: list[str] = []
+        missed: list[str] = []
         if sig == signal.SIGKILL:
             escalated = self.tree.kill()
         else:
             pids = self.tree.signal_all(sig)
+            missed = self.tree.missed
         record: dict[str, object] = {
             "agent": self.agent_id,
             "pid": self.main_pid,
@@ -910,6 +971,19 @@ class Judge:
             self.say(
                 f"could not confirm the kill of agent '{self.agent_id}'; escalated: "
                 + ", ".join(escalated)
+            )
+        if missed:
+            # Processes the signal may not have reached (out of fds): on record, and said.
+            record["confirmed"] = False
+            record["missed"] = list(missed)
+            refusing = (
+                "; its mediated actions are refused until it is resumed"
+                if self._state in _REFUSING_STATES
+                else ""
+            )
+            self.say(
+                f"{signal.Signals(sig).name} may not have reached every process of agent "
+                f"'{self.agent_id}' ({'; '.join(missed)}){refusing}"
             )
         self.audit.append(record)
 

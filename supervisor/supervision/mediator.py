@@ -38,6 +38,7 @@ import fcntl
 import functools
 import os
 import re
+import resource
 import select
 import signal
 import socket
@@ -154,6 +155,36 @@ _MAX_UNIX_PINS = 64
 # What blocked sends (a full receiver) may hold in the supervisor, all agent
 # calls together: past it a blocking send is EAGAIN at once, never unbounded.
 _MAX_PARKED_BYTES = 64 << 20
+# Parked sends of one agent at once, and the fds they hold (our duplicate of
+# the socket, one of each distinct fd passed, the socket files pinned).  An
+# empty datagram costs no payload bytes, so fds are counted too: one agent
+# gets a share, every agent of this process (a daemon serves many from one
+# loop) at most _MAX_PARKED_FDS together, and never more than a quarter of
+# our RLIMIT_NOFILE (often 1024): the audit log, policy watch, hooks and
+# cgroup sweeps must always find fds.
+_MAX_PARKED_SENDS = 64
+_MAX_PARKED_FDS_PER_AGENT = 256
+_MAX_PARKED_FDS = 1024
+
+
+@dataclass(slots=True)
+class _ParkedFds:
+    """The fds parked sends hold, every mediator of this process together."""
+
+    held: int = 0
+
+
+_ALL_PARKED = _ParkedFds()
+
+
+def _parked_fds_cap() -> int:
+    """What all parked sends may hold: _MAX_PARKED_FDS, within our fd limit."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return _MAX_PARKED_FDS
+    return min(_MAX_PARKED_FDS, soft // 4)
+
+
 _MSG_FASTOPEN = 0x20000000
 _SETID = stat.S_ISUID | stat.S_ISGID
 # What the kernel answers a syscall whose name has no last component to make,
@@ -238,6 +269,10 @@ class Judge(Protocol):
 
     def mediation_failed(self, syscall: str, tid: int, error: str) -> None: ...
 
+    def refuses_writes(self, target: str) -> bool: ...
+
+    def refuse_unreadable_program(self, syscall: str, tid: int, target: str) -> None: ...
+
     def broker_gone(self, syscall: str, tid: int, error: str) -> None: ...
 
     def in_tree(self, pid: int) -> bool: ...
@@ -309,7 +344,10 @@ class _UnixSend:
     flags: int
     counted: bool  # sendmmsg: answered with how many messages went, not bytes
     messages: list[broker.UnixDatagram] = field(default_factory=list)
-    passed: list[int] = field(default_factory=list)  # our duplicates of the fds passed
+    # Our duplicates of the fds passed, in order: one per distinct fd number
+    # of the agent's (`dups`), repeated as often as it is passed.
+    passed: list[int] = field(default_factory=list)
+    dups: dict[int, int] = field(default_factory=dict)
     nodes: list[Resolved] = field(default_factory=list)  # socket files pinned
     # Each distinct sockaddr copied -> where the broker sends it (`_unix_address`).
     addresses: dict[bytes, int | bytes] = field(default_factory=dict)
@@ -317,6 +355,7 @@ class _UnixSend:
     sent: list[int] = field(default_factory=list)  # bytes of each message sent so far
     started: float = -1.0  # when it first met a full receiver
     limit: float = SEND_TIMEOUT
+    held_fds: int = 0  # counted against the caps while parked
     closed: bool = False
 
 
@@ -498,6 +537,10 @@ def _cmdline(pid: int) -> list[str] | None:
     return [os.fsdecode(arg) for arg in data.split(b"\0")[:-1]]
 
 
+# How many #! interpreters deep an exec is followed: past the kernel's own
+# limit (5 since Linux 5.8, BINPRM_MAX_RECURSION 4 before), which fails it.
+_INTERPRETER_LEVELS = 8
+
 # Placeholders while names are resolved together (never seen outside).
 _NOT_ASKED = Pinned(error=errno.EIO)
 _PENDING = Resolved("")
@@ -585,9 +628,10 @@ class Mediator:
         self._call_later = call_later
         self._backlog_waits: dict[int, float] = {}
         # Unix datagrams waiting for room in a full receiver (`_send_later`),
-        # by notification id, and the payload bytes they hold.
+        # by notification id, and the payload bytes and fds they hold.
         self._parked_sends: dict[int, _UnixSend] = {}
         self._parked_bytes = 0
+        self._parked_fds = 0
         self.memory = _proc.MemoryReader()
         self._tgid_of = tgid_of
         # Per-process state, bounded: the mediator is never told when an agent
@@ -1417,6 +1461,8 @@ class Mediator:
         if not response.proceeds:
             self._refuse(n, response, errno.EACCES)
             return
+        if not self._interpreters_judged(n, syscall, node):
+            return
         tgid = self._exec_done(tid)
         # An exec cannot be done on the agent's behalf, so a racing thread
         # could swap argv after this check.  Remember what was allowed and
@@ -1435,6 +1481,56 @@ class Mediator:
             # script's command line is the interpreter's: that stays here).
             self.broker.expect_exec(n.id, file, argv)
         _seccomp.respond_continue(self.listener, n.id)
+
+    def _interpreters_judged(self, n: _seccomp.Notification, syscall: str, node: Resolved) -> bool:
+        """Whether the files the kernel opens after the program itself may be
+        run too; when not, the exec was answered (EACCES, on record).
+
+        The kernel maps an ELF's interpreter (PT_INTERP) into the new process
+        as it maps the program, and runs a #! script's interpreter (and that
+        one's, BINPRM_MAX_RECURSION deep): each can then read itself.  So each
+        is judged as process_spawn and file_read of its real path, resolved
+        as the kernel's open_exec does: from the agent's cwd when relative
+        (whatever dirfd execveat was given).  A file the policy never lets the
+        agent write was not crafted by it: what it names next is the
+        system's, and needs no check (most execs: /usr/bin's).  A file at no
+        path (a memfd, a file removed) was written by no syscall judged by
+        that name: it is checked.  An ELF interpreter is loaded as it is: its
+        own PT_INTERP is not followed.
+        """
+        tid = n.pid
+        for _level in range(_INTERPRETER_LEVELS):
+            at_its_path = node.target.startswith("/") and not node.target.endswith(" (deleted)")
+            if at_its_path and self.judge.refuses_writes(node.target):
+                return True
+            if node.error:
+                # What would run cannot be looked at (the kernel says the same).
+                self._fail(n, node.error)
+                return False
+            if node.pinned.unread:
+                # Executable, unreadable (mode 0333): nobody can tell what it
+                # names next, so it does not run.
+                self.judge.refuse_unreadable_program(syscall, tid, node.target)
+                self._fail(n, errno.EACCES)
+                return False
+            script = node.pinned.script
+            interpreter = None
+            for name in node.pinned.interpreters:
+                interpreter = self.resolve(tid, AT_FDCWD, name, want_script=script, keep=False)
+                if interpreter.error:
+                    self._fail(n, interpreter.error)  # the kernel's own answer, before it runs
+                    return False
+                target = interpreter.target
+                checks = [(ActionType.PROCESS_SPAWN, target), (ActionType.FILE_READ, target)]
+                response = self._decide_all(n, syscall, checks)
+                if not response.proceeds:
+                    self._refuse(n, response, errno.EACCES)
+                    return False
+            if not script or interpreter is None:
+                return True
+            node = interpreter  # a script's interpreter is exec'd in turn
+        self._fail(n, errno.ELOOP)  # deeper than the kernel goes
+        return False
 
     def _exec_done(self, tid: int) -> int:
         """Thread `tid` execs: the process image changes, and its memory is read
@@ -3166,13 +3262,18 @@ class Mediator:
                 return False
             raise OSError(errno.EMSGSIZE, "a datagram larger than is sent for the agent")
         passed: list[int] = []
+        fresh: list[int] = []  # fd numbers first duplicated for this message
         try:
             for number in control.fds:
-                passed.append(self._agent_fd(n.pid, number))
+                fd = job.dups.get(number)
+                if fd is None:  # one duplicate however often an fd is passed
+                    fd = job.dups[number] = self._agent_fd(n.pid, number)
+                    fresh.append(number)
+                passed.append(fd)
             address = self._unix_address(n, syscall, job, name_ptr, name_len)
         except BaseException:
-            for fd in passed:
-                os.close(fd)
+            for number in fresh:
+                os.close(job.dups.pop(number))
             raise
         job.passed.extend(passed)
         job.messages.append((payload, address, len(passed)))
@@ -3245,8 +3346,9 @@ class Mediator:
         """For a socket that blocks: send again a little later (1 ms, growing
         to 50 ms), while the agent still waits in its call, as the kernel
         would make it wait for room in the receiver's queue.  At most for
-        SEND_TIMEOUT (or the socket's SO_SNDTIMEO), and while all such waits
-        hold less than _MAX_PARKED_BYTES.  False when it does not wait.
+        SEND_TIMEOUT (or the socket's SO_SNDTIMEO), and while such waits
+        stay within their caps: _MAX_PARKED_SENDS, _MAX_PARKED_BYTES and the
+        fds they hold (`_parked_fds_cap`).  False when it does not wait.
 
         Timers of the loop, as for a connect to a full backlog (`_try_again`):
         the broker never waits, so it serves on, and neither does the loop.
@@ -3259,12 +3361,21 @@ class Mediator:
             return False
         now = time.monotonic()
         if job.started < 0:
-            if self._parked_bytes + job.size > _MAX_PARKED_BYTES:
+            held = 1 + len(job.dups) + len(job.nodes)
+            if (
+                len(self._parked_sends) >= _MAX_PARKED_SENDS
+                or self._parked_bytes + job.size > _MAX_PARKED_BYTES
+                or self._parked_fds + held > _MAX_PARKED_FDS_PER_AGENT
+                or _ALL_PARKED.held + held > _parked_fds_cap()
+            ):
                 return False
             job.started = now
             job.limit = _send_timeout(job.sock)
+            job.held_fds = held
             self._parked_sends[job.notif.id] = job
             self._parked_bytes += job.size
+            self._parked_fds += held
+            _ALL_PARKED.held += held
         elif now - job.started > job.limit:
             return False
         delay = min(_BACKLOG_WAIT_MAX, max(_BACKLOG_WAIT_MIN, now - job.started))
@@ -3294,7 +3405,9 @@ class Mediator:
         job.closed = True
         if self._parked_sends.pop(job.notif.id, None) is not None:
             self._parked_bytes -= job.size
-        for fd in (job.sock, *job.passed):
+            self._parked_fds -= job.held_fds
+            _ALL_PARKED.held -= job.held_fds
+        for fd in (job.sock, *job.dups.values()):
             os.close(fd)
         self.release(*job.nodes)
 

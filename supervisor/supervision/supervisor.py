@@ -411,7 +411,7 @@ class Supervisor:
         never needs).  An import opens files: until then an fd is held for
         it and the inotify instance, so that an agent that used up the
         supervisor's fds cannot keep it from watching.  (Its checks, out of
-        fds, fail closed as they always did: the directory counts as tampered.)
+        fds, are "unavailable": what it knew stands, and it checks again.)
         """
         try:
             while len(self._watch_fds) < _WATCH_FDS:
