@@ -126,11 +126,16 @@ def _read(tmp_path: Path) -> Event:
 )
 def test_a_stopped_agent_has_every_action_refused(tmp_path: Path, state: AgentState) -> None:
     judge, audit, _said = _judge(tmp_path)
+    mirrored: list[tuple[ActionType | None, str]] = []
+    judge.allow_mirror = lambda action, target: mirrored.append((action, target))
     judge.state = AgentState.RUNNING
     assert judge.judge(_read(tmp_path), 1) is Response.ALLOW
     assert (ActionType.FILE_READ, str(tmp_path / "a.txt")) in judge.allow_cache
     judge.state = state
     assert judge.allow_cache == set()  # the mediator asks its cache first
+    # The broker drops its cache and its own copy of the judge (which knows
+    # nothing of the stop): every miss comes to this judge.
+    assert mirrored[-1] == (None, "policy")
     decision, response = judge.judge_event(_read(tmp_path), 1)
     assert response is Response.BLOCK and decision.rule_id == STOPPED_RULE
     assert audit.records[-1]["rule"] == STOPPED_RULE

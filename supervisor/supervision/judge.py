@@ -517,7 +517,10 @@ class Judge:
     @state.setter
     def state(self, state: AgentState) -> None:
         if state in _REFUSING_STATES and self._state not in _REFUSING_STATES:
-            self._forget_allowed()  # a cached allow would skip the refusal
+            # A cached allow would skip the refusal; so would the broker's own
+            # copy of this judge, which knows nothing of the stop: it goes too,
+            # and every miss comes here for the rest of the run.
+            self._forget_allowed(policy_changed=True)
         self._state = state
 
     def set_policy(self, policy: CompiledPolicy) -> None:
