@@ -374,11 +374,12 @@ class PolicyWatcher:
 
     def _report(self, action: Action, reasons: list[str]) -> None:
         if action is Action.TAMPER:
-            log.critical("policy directory tampered: %s", "; ".join(reasons))
+            # Said on the terminal by the supervisor (on_tamper), as one agentsup: line.
+            log.info("policy directory tampered: %s", "; ".join(reasons))
             self._record_tamper(reasons)
             self._call("on_tamper", lambda: self._on_tamper(list(reasons)))
         elif action is Action.RESEALED:
-            log.warning("policy directory re-sealed; the tamper episode is over")
+            log.info("policy directory re-sealed; the tamper episode is over")
             self._append(
                 {"kind": "policy", "event": "resealed", "severity": "high", "outcome": "resumed"}
             )

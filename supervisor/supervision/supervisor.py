@@ -476,6 +476,7 @@ class Supervisor:
             judge.signal_tree(signal.SIGSTOP, "policy directory tampered: " + "; ".join(reasons))
 
     def _on_policy_resealed(self) -> None:
+        say("policy directory re-sealed: agents stopped for its tampering continue")
         for judge in self._running_judges():
             if judge.state is AgentState.STOPPED_TAMPER:
                 judge.state = AgentState.RUNNING
