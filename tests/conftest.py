@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -377,6 +378,44 @@ def run_ops_agent(
         timeout=timeout,
     )
     return result, {str(r["op"]): r for r in agent_reports(result.stdout)}
+
+
+def run_ops_agent_counting_fds(
+    sandbox: Sandbox, agent: str, *ops: str, timeout: float = 150
+) -> tuple[subprocess.CompletedProcess[str], dict[str, dict[str, object]], int]:
+    """`run_ops_agent`, and the most fds the supervisor held meanwhile."""
+    script = sandbox.workspace / "ops_agent.py"
+    script.write_text(agent)
+    process = subprocess.Popen(
+        sandbox.command(str(script), *ops),
+        env=sandbox.env,
+        cwd=sandbox.workspace,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    most = [0]
+    done = threading.Event()
+
+    def count() -> None:  # the supervisor is the `agentsup run` process itself
+        while not done.is_set():
+            with contextlib.suppress(OSError):  # it has exited
+                most[0] = max(most[0], len(os.listdir(f"/proc/{process.pid}/fd")))
+            time.sleep(0.05)
+
+    counter = threading.Thread(target=count)
+    counter.start()
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    finally:
+        done.set()
+        counter.join()
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    reports = {str(r["op"]): r for r in agent_reports(stdout)}
+    return result, reports, most[0]
 
 
 def host_pids(agent_pid: int, inner: list[int]) -> list[int]:

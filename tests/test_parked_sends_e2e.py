@@ -11,15 +11,11 @@ number, and the fds they hold): past a cap a blocking send is EAGAIN at once.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import subprocess
-import threading
-import time
 
 import pytest
 from agent_ops import OPS_MAIN, OPS_PRELUDE
-from conftest import Sandbox, agent_reports
+from conftest import Sandbox, run_ops_agent_counting_fds
 
 from agentsup.kernel.proc import MEMORY_FD_CACHE
 from agentsup.supervision import mediator as _mediator
@@ -93,39 +89,7 @@ BASE_FDS = 64 + MEMORY_FD_CACHE
 def run_counting_fds(
     sandbox: Sandbox, *ops: str, timeout: float = 150
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, dict[str, object]], int]:
-    """Run the agent; its reports, and the most fds the supervisor held meanwhile."""
-    script = sandbox.workspace / "ops_agent.py"
-    script.write_text(AGENT)
-    process = subprocess.Popen(
-        sandbox.command(str(script), *ops),
-        env=sandbox.env,
-        cwd=sandbox.workspace,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    most = [0]
-    done = threading.Event()
-
-    def count() -> None:  # the supervisor is the `agentsup run` process itself
-        while not done.is_set():
-            with contextlib.suppress(OSError):  # it has exited
-                most[0] = max(most[0], len(os.listdir(f"/proc/{process.pid}/fd")))
-            time.sleep(0.05)
-
-    counter = threading.Thread(target=count)
-    counter.start()
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    finally:
-        done.set()
-        counter.join()
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-    reports = {str(r["op"]): r for r in agent_reports(stdout)}
-    return result, reports, most[0]
+    return run_ops_agent_counting_fds(sandbox, AGENT, *ops, timeout=timeout)
 
 
 @pytest.mark.requires_seccomp_notify

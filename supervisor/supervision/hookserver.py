@@ -25,6 +25,7 @@ import contextlib
 import itertools
 import json
 import os
+import resource
 import socket
 import struct
 from collections.abc import Callable
@@ -35,10 +36,19 @@ from typing import Any, NamedTuple
 from ..control.endpoint import listen_unix
 from ..events import ActionType, Decision, Event, Layer, Response, response_for
 from ..hooks import _protocol as protocol
+from ..logger import Logger
+
+log = Logger(__name__)
 
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _RECV_SIZE = 64 * 1024
 _MAX_READS_PER_READY = 16  # then yield to the loop; level-triggered epoll calls again
+# Connections one hook server holds at once (one per Python process of the
+# agent, more or less), and never more than a quarter of the fds the
+# supervisor may open: an agent that opens thousands and keeps them would
+# leave the supervisor none for its policy checks and other agents.  One
+# more is accepted and closed at once: its Python fails closed, at once.
+_MAX_CONNECTIONS = 256
 _MAX_PENDING_OUTPUT = 1024 * 1024
 
 
@@ -140,6 +150,13 @@ class _Connection:
     held: set[int] = field(default_factory=set)  # tokens awaiting reply_later
 
 
+def _connection_limit() -> int:
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return _MAX_CONNECTIONS
+    return max(1, min(_MAX_CONNECTIONS, soft // 4))
+
+
 class HookServer:
     """Serves one per-run AF_UNIX listening socket for the agent's hooks."""
 
@@ -163,6 +180,7 @@ class HookServer:
         self._on_tamper = on_tamper or (lambda pid, reason: None)
         self._tokens = itertools.count(1)
         self._connections: dict[int, _Connection] = {}
+        self._turned_away = 0  # connections closed at once, over the limit
         self._held: dict[int, tuple[_Connection, HookRequest]] = {}
         if listener is None:
             listener = listen_unix(self.path, backlog)  # a stale socket goes first
@@ -234,6 +252,7 @@ class HookServer:
     # --- internals ---------------------------------------------------------
     def _accept(self) -> None:
         assert self._listener is not None
+        limit = _connection_limit()
         while True:
             try:
                 sock, _address = self._listener.accept()
@@ -241,6 +260,16 @@ class HookServer:
                 return
             except OSError:
                 return  # e.g. EMFILE; the client sees a refused connect and fails closed
+            if len(self._connections) >= limit:
+                sock.close()  # EOF for that Python: no answer, so nothing allowed
+                if not self._turned_away:
+                    log.warning(
+                        "hook socket %s: %d connections held; turning more away",
+                        self.path,
+                        limit,
+                    )
+                self._turned_away += 1
+                continue
             sock.setblocking(False)
             try:
                 pid, _uid, _gid = _PEERCRED.unpack(
