@@ -56,32 +56,63 @@ class Locations(NamedTuple):
         return (self.state_dir,)
 
 
+_MAX_SYMLINKS = 40  # as the kernel follows at the most
+
+
 def untrusted(path: Path, uid: int | None = None) -> str | None:
     """Why agentsup may not trust `path` (a location, or a file in one), or None.
 
-    As OpenSSH's StrictModes: the path and every directory above it must
-    belong to root or to `uid` (this process's), and none may be writable by
-    its group or others, except an ancestor with the sticky bit (/tmp).  In a
+    As OpenSSH's StrictModes: every name on the way is looked up in a
+    directory that belongs to root or to `uid` (this process's) and that no
+    one else may write (a sticky directory, /tmp, aside: others may not
+    rename what is ours there); each entry, symlinks on the way included,
+    belongs to root or `uid`, and a symlink is followed the same way.  In a
     directory anyone may write, anyone could rename a TOTP secret or an
-    audit key away and plant their own.  What does not exist yet is made by
-    us, later.
+    audit key away and plant their own, or point a symlink elsewhere.  What
+    does not exist yet is made by us, later, in a directory checked.
     """
     uid = os.geteuid() if uid is None else uid
-    real = Path(os.path.realpath(path))
-    for place in (real, *real.parents):
-        try:
-            st = os.stat(place)
-        except (FileNotFoundError, NotADirectoryError):
-            continue  # not there yet (made by us), or unusable: said where it is used
-        except OSError as exc:
-            return f"cannot check {place}: {exc.strerror}"
+    pending = [name for name in os.path.abspath(path).split("/") if name]
+    current = "/"
+    links = 0
+    place, last = "/", not pending
+    try:
+        st = os.lstat(place)
+    except OSError as exc:
+        return f"cannot check /: {exc.strerror}"
+    while True:
         if st.st_uid not in (0, uid):
             return f"{place} belongs to uid {st.st_uid}"
-        shared = place != real and stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
-        if st.st_mode & 0o022 and not shared:
+        shared = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX and not last
+        if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o022 and not shared:
             writers = "anyone" if st.st_mode & 0o002 else "its group"
             return f"{place} is writable by {writers}"
-    return None
+        while pending and pending[0] in (".", ".."):
+            if pending.pop(0) == "..":
+                current = os.path.dirname(current)  # a real path: checked already
+        if not pending:
+            return None
+        place = os.path.join(current, pending.pop(0))
+        try:
+            st = os.lstat(place)
+        except (FileNotFoundError, NotADirectoryError):
+            return None  # not there yet (made by us), or unusable: said where it is used
+        except OSError as exc:
+            return f"cannot check {place}: {exc.strerror}"
+        if stat.S_ISLNK(st.st_mode):
+            links += 1
+            if links > _MAX_SYMLINKS:
+                return f"{path}: too many symlinks on the way"
+            try:
+                target = os.readlink(place)
+            except OSError as exc:
+                return f"cannot check {place}: {exc.strerror}"
+            if target.startswith("/"):
+                current = "/"
+            pending[:0] = [name for name in target.split("/") if name]
+        else:
+            current = place
+        last = not pending
 
 
 def untrusted_locations(locations: Locations) -> str | None:

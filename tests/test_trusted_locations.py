@@ -58,6 +58,38 @@ def test_a_sticky_ancestor_is_trusted_but_a_sticky_location_is_not(tmp_path: Pat
     assert untrusted(shared) == f"{shared} is writable by anyone"
 
 
+def test_a_symlink_is_followed_and_where_it_lies_is_checked_too(tmp_path: Path) -> None:
+    """Red team 15: a location that is a symlink in a directory anyone may
+    write passed, as only its real path was checked; anyone could re-point it."""
+    tmp_path.chmod(0o700)
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    (shared / "state").symlink_to(private)
+    assert untrusted(shared / "state") == f"{shared} is writable by anyone"
+    (tmp_path / "relative").symlink_to("private")
+    assert untrusted(tmp_path / "relative" / "state") is None
+    (tmp_path / "up").symlink_to("shared/../private")
+    assert untrusted(tmp_path / "up") == f"{shared} is writable by anyone"
+    (tmp_path / "loop").symlink_to("loop")
+    assert untrusted(tmp_path / "loop") == f"{tmp_path / 'loop'}: too many symlinks on the way"
+
+
+@pytest.mark.requires_root
+def test_a_symlink_of_another_user_in_a_sticky_directory_is_not(tmp_path: Path) -> None:
+    tmp_path.chmod(0o700)
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)  # as /tmp: anyone may add a name
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    (sticky / "state").symlink_to(private)
+    os.lchown(sticky / "state", 65534, 65534)
+    assert untrusted(sticky / "state") == f"{sticky / 'state'} belongs to uid 65534"
+
+
 @pytest.mark.requires_root
 def test_a_directory_of_another_user_is_not(tmp_path: Path) -> None:
     theirs = tmp_path / "theirs"
