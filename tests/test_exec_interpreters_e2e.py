@@ -116,17 +116,24 @@ def _drop_box(sandbox: Sandbox) -> str:
 def test_an_interpreter_the_agent_may_not_read_is_not_run(
     sandbox: Sandbox, native: bool, mode: str
 ) -> None:
+    """Refused, and the agent ended: a crafted interpreter is an attack, and
+    the check races the kernel's own open (red team 15 won 23 of 300 tries
+    in a second): a quiet refusal would let it try again until it won."""
     policy = _drop_box(sandbox)
     result = sandbox.run("python3", "agent.py", mode, policy=policy, env=fastpath_env(native))
     assert "TOPSECRET" not in result.stdout + result.stderr
-    assert result.stdout.strip().splitlines()[-1:] == ["refused 13"], result.stderr[-2000:]
+    assert result.returncode == 137, result.stderr[-2000:]
     secret = str((sandbox.workspace / "drop" / "secret").resolve())
+    assert "rule 'agentsup-interpreter-refused' denied process_spawn " + secret in result.stderr
     refused = [
         (r["action_type"], r["target"], r["rule"])
         for r in sandbox.audit_records()
-        if r.get("decision") == "deny" and r.get("action_type") == "process_spawn"
+        if r.get("decision") == "deny"
     ]
-    assert refused == [("process_spawn", secret, "drop-box-unread")]
+    assert refused == [
+        ("process_spawn", secret, "drop-box-unread"),
+        (None, secret, "agentsup-interpreter-refused"),
+    ]
 
 
 @both_paths

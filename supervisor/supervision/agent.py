@@ -1181,9 +1181,10 @@ class Agent:
         if self.request.shadow:
             for line in judge.shadow_summary():
                 say(line)
-        elif code != 0:
+        elif code != 0 and report is None:
             # A job that failed may have failed on these; one that ended well
-            # (npm without ~/.npmrc, cargo without its home's lock) is left alone.
+            # (npm without ~/.npmrc, cargo without its home's lock) is left
+            # alone, and a kill has said its line.
             for line in judge.refusal_summary():
                 say(line)
         if self.request.json_status:

@@ -49,6 +49,7 @@ OUTSIDE_VIEW_RULE = "agentsup-outside-view"
 MEDIATION_ERROR_RULE = "agentsup-mediation-error"
 STOPPED_RULE = "agentsup-stopped"
 UNREADABLE_PROGRAM_RULE = "agentsup-unreadable-program"
+INTERPRETER_REFUSED_RULE = "agentsup-interpreter-refused"
 
 _WRITE_CLASS = frozenset(
     {ActionType.FILE_WRITE, ActionType.FILE_DELETE, ActionType.FILE_MOVE, ActionType.FILE_CHMOD}
@@ -843,6 +844,24 @@ class Judge:
             "its interpreter cannot be known otherwise"
         )
         self._refusal(syscall, tid, target, UNREADABLE_PROGRAM_RULE, message, "high")
+
+    def interpreter_refused(self, syscall: str, tid: int, program: str, interpreter: str) -> None:
+        """A program the agent may write names an interpreter the policy refuses:
+        it was made to read a file the agent may not.  The check races the
+        kernel's own open (README), and a refusal alone would let the agent
+        try again until it won: the first attempt ends the agent."""
+        message = f"{program} names {interpreter}, which the policy refuses, as its interpreter"
+        self._refusal(syscall, tid, interpreter, INTERPRETER_REFUSED_RULE, message)
+        decision = Decision(
+            Verdict.DENY,
+            INTERPRETER_REFUSED_RULE,
+            Severity.CRITICAL,
+            message,
+            ViolationMode.SIGKILL,
+            "a crafted interpreter",
+        )
+        event = Event(ActionType.PROCESS_SPAWN, interpreter, self.agent_id, self.tgid_of(tid))
+        self.kill_for(event, decision)
 
     def mediation_failed(self, syscall: str, tid: int, error: str) -> None:
         """Serving a syscall raised: it failed closed (EIO); the record says why."""

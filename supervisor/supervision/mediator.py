@@ -273,6 +273,10 @@ class Judge(Protocol):
 
     def refuse_unreadable_program(self, syscall: str, tid: int, target: str) -> None: ...
 
+    def interpreter_refused(
+        self, syscall: str, tid: int, program: str, interpreter: str
+    ) -> None: ...
+
     def broker_gone(self, syscall: str, tid: int, error: str) -> None: ...
 
     def in_tree(self, pid: int) -> bool: ...
@@ -1525,6 +1529,8 @@ class Mediator:
                 response = self._decide_all(n, syscall, checks)
                 if not response.proceeds:
                     self._refuse(n, response, errno.EACCES)
+                    if response is Response.BLOCK:  # quiet: it could be tried again
+                        self.judge.interpreter_refused(syscall, tid, node.target, target)
                     return False
             if not script or interpreter is None:
                 return True
