@@ -98,13 +98,8 @@ def test_a_large_root_does_not_use_up_the_budget_of_the_others(tmp_path: Path) -
 
 
 @contextlib.contextmanager
-def _walking(policy: CompiledPolicy, small: int = 0) -> Iterator[protected.ProtectedInodes]:
-    """The walk of `policy`, in a child unless it lists at most `small` files."""
-    default, protected.SMALL_WALK = protected.SMALL_WALK, small
-    try:
-        inodes = protected.ProtectedInodes(policy)
-    finally:
-        protected.SMALL_WALK = default
+def _walking(policy: CompiledPolicy) -> Iterator[protected.ProtectedInodes]:
+    inodes = protected.ProtectedInodes(policy)
     try:
         yield inodes
     finally:
@@ -115,15 +110,6 @@ def _walking(policy: CompiledPolicy, small: int = 0) -> Iterator[protected.Prote
 def test_the_child_answers_what_the_walk_here_would(tmp_path: Path, home: Path) -> None:
     policy = _policy(tmp_path, home)
     with _walking(policy) as inodes:
-        assert inodes.get(_inode(home / ".ssh" / "id_rsa")) == str(home / ".ssh" / "id_rsa")
-        assert inodes._found == protected.protected_inodes(policy)
-
-
-def test_a_small_tree_is_walked_at_once_with_no_child(tmp_path: Path, home: Path) -> None:
-    """A fork of the supervisor costs more than listing a few hundred names."""
-    policy = _policy(tmp_path, home)
-    with _walking(policy, small=protected.SMALL_WALK) as inodes:
-        assert inodes._child == [-1, -1]
         assert inodes.get(_inode(home / ".ssh" / "id_rsa")) == str(home / ".ssh" / "id_rsa")
         assert inodes._found == protected.protected_inodes(policy)
 
@@ -179,7 +165,6 @@ def slow(*args):
     time.sleep(float(os.environ["AGENTSUP_TEST_WALK_DELAY"]))
     walk(*args)
 protected._walk_in_child = slow
-protected.SMALL_WALK = 0  # the walk is a child's, however small the test's home
 protected.WALK_TIMEOUT = float(os.environ.get("AGENTSUP_TEST_WALK_TIMEOUT", "30"))
 from agentsup.cli.main import main
 raise SystemExit(main())

@@ -35,9 +35,6 @@ from ..policy.linear import PatternError, PatternSet, encode_target
 from ..policy.matchers import Matcher
 
 BUDGET = 20000  # files listed at the most, over every root
-# What a walk may list in place, beside the agent's start, rather than in a
-# child: a fork of the supervisor costs more than listing a few hundred names.
-SMALL_WALK = 500
 WALK_TIMEOUT = 30.0  # seconds the first lookup waits for the walk
 _DONE = "agentsup-protected-inodes"  # what a complete answer starts with
 
@@ -53,12 +50,6 @@ def protected_inodes(policy: CompiledPolicy, budget: int = BUDGET) -> dict[tuple
     RE2 set pass); a match counts for a rule only under that rule's own
     roots, so what a rule protects is what walking its roots alone finds.
     """
-    matchers, roots = _read_denied(policy)
-    return _inodes(_walk_files(roots, budget) if roots else [], matchers)
-
-
-def _read_denied(policy: CompiledPolicy) -> tuple[list[Matcher], list[str]]:
-    """The matchers of the rules that refuse reads, and the roots to walk for them."""
     matchers = [
         rule.matcher
         for rule in policy.rules
@@ -68,12 +59,10 @@ def _read_denied(policy: CompiledPolicy) -> tuple[list[Matcher], list[str]]:
         and rule.matcher.roots is not None
     ]
     roots = [root for matcher in matchers for root in matcher.roots or () if root != "/"]
-    return matchers, list(dict.fromkeys(roots))
-
-
-def _inodes(paths: Iterable[bytes], matchers: Sequence[Matcher]) -> dict[tuple[int, int], str]:
     found: dict[tuple[int, int], str] = {}
-    for path in _matching(paths, matchers):
+    if not roots:
+        return found
+    for path in _matching(_walk_files(list(dict.fromkeys(roots)), budget), matchers):
         try:
             st = os.stat(path, follow_symlinks=False)
         except OSError:
@@ -160,8 +149,7 @@ def _walk_files(roots: Sequence[str], budget: int) -> list[bytes]:
 
 
 class ProtectedInodes:
-    """`protected_inodes` of one policy: a small tree walked at once, a larger
-    one in a child process from launch.
+    """`protected_inodes` of one policy, walked in a child process from launch.
 
     `get` answers from the child's result, waiting for it the first time.
     """
@@ -176,11 +164,6 @@ class ProtectedInodes:
         # child is stopped all the same.
         self._child = [-1, -1]
         weakref.finalize(self, _stop, self._child)
-        matchers, roots = _read_denied(policy)
-        small = _walk_files(roots, SMALL_WALK + 1) if roots else []
-        if len(small) <= SMALL_WALK:
-            self._found = _inodes(small, matchers)  # all of it: no child
-            return
         try:
             self._start()
         except OSError:
