@@ -21,7 +21,7 @@ import pytest
 from agentsup.kernel import seccomp
 from agentsup.policy.cachefiles import CACHE_DIR_NAME, BadEntry, read_entry
 from agentsup.supervision.layers import in_child
-from agentsup.supervision.mediator import ALWAYS_REFUSED, FORCED_ENOSYS, MEDIATED
+from agentsup.supervision.syscalls import ALWAYS_REFUSED, FORCED_ENOSYS, MEDIATED
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long

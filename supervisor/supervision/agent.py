@@ -53,8 +53,8 @@ from ..policy.sources import builtin_source, is_path_reference
 from . import launch
 from .broker import BrokerClient
 from .judge import AgentState, Judge, JudgeConfig, Pending, ProcessTree
-from .mediator import ALWAYS_REFUSED, FORCED_ENOSYS, MEDIATED, Mediator
 from .protected import ProtectedInodes
+from .syscalls import ALWAYS_REFUSED, FORCED_ENOSYS, MEDIATED
 from .trampoline import Isolation
 
 if TYPE_CHECKING:
@@ -63,6 +63,7 @@ if TYPE_CHECKING:
 
     from . import egress, placement
     from .hookserver import HookReply, HookRequest, HookServer
+    from .mediator import Mediator
     from .supervisor import Supervisor
     from .terminal import PtyRelay
 
@@ -78,6 +79,7 @@ EXIT_NOT_FOUND = 127
 _IMPORTED_FOR_THE_RUN = (
     "..control.notify",
     ".hookserver",
+    ".mediator",  # (the filter's lists are `syscalls`': the mediator serves them)
     ".placement",
     ".watchdog",
 )
@@ -822,6 +824,8 @@ class Agent:
             judge.supervisor_procs = ()
         judge.main_pid = launched.agent_pid
         judge.tree = ProcessTree(self.group, launched.pid)
+        from .mediator import Mediator  # imported while the trampoline worked
+
         self.mediator = Mediator(
             launched.listener,
             judge,
