@@ -139,6 +139,9 @@ class FakeAudit:
         self.records.append(record)
         return record
 
+    def events(self) -> list[object]:
+        return [r.get("event") for r in self.records]
+
 
 def drive(
     watcher: PolicyWatcher, done: Callable[[], bool], timeout: float = 2.0

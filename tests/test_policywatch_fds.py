@@ -19,25 +19,12 @@ from pathlib import Path
 import pytest
 from conftest import out_of_fds
 from sealing import clear_immutable, fresh_code, team_locations
-from test_policywatch import Recorder
+from test_policywatch import FakeAudit, Recorder
 
 from agentsup.integrity import policywatch
 from agentsup.integrity.policywatch import Phase, PolicyWatcher, WatchState, step
 from agentsup.integrity.seal import SealStatus, check_sealed, seal, short_of_resources
 from agentsup.paths import Locations
-
-
-class FakeAudit:
-    def __init__(self) -> None:
-        self.records: list[dict[str, object]] = []
-
-    def append(self, record: object) -> object:
-        assert isinstance(record, dict)
-        self.records.append(record)
-        return record
-
-    def events(self) -> list[object]:
-        return [r.get("event") for r in self.records]
 
 
 @pytest.fixture
