@@ -72,7 +72,9 @@ def untrusted(path: Path, uid: int | None = None) -> str | None:
     does not exist yet is made by us, later, in a directory checked.
     """
     uid = os.geteuid() if uid is None else uid
-    pending = [name for name in os.path.abspath(path).split("/") if name]
+    # Not abspath: it would drop `link/..` by spelling, where the kernel
+    # follows `link` first and climbs from where it leads.
+    pending = [name for name in os.path.join(os.getcwd(), path).split("/") if name]
     current = "/"
     links = 0
     place, last = "/", not pending

@@ -73,6 +73,13 @@ def test_a_symlink_is_followed_and_where_it_lies_is_checked_too(tmp_path: Path) 
     assert untrusted(tmp_path / "relative" / "state") is None
     (tmp_path / "up").symlink_to("shared/../private")
     assert untrusted(tmp_path / "up") == f"{shared} is writable by anyone"
+    # `..` after a symlink climbs from where the symlink leads (red team 16)
+    (tmp_path / "into-shared").symlink_to("shared/sub")
+    (shared / "sub").mkdir(mode=0o700)
+    (shared / "sub").chmod(0o700)
+    assert untrusted(Path(f"{tmp_path}/into-shared/../policies")) == (
+        f"{shared} is writable by anyone"
+    )
     (tmp_path / "loop").symlink_to("loop")
     assert untrusted(tmp_path / "loop") == f"{tmp_path / 'loop'}: too many symlinks on the way"
 
