@@ -37,7 +37,17 @@ def test_bad_yaml_in_a_definition_is_one_line_naming_the_place(tmp_path: Path) -
     path.write_text("program: [x\nworkspace: /w\n")
     with pytest.raises(DefinitionError) as raised:
         parse_definition(path)
-    assert str(raised.value) == f"{path}:2:10: invalid YAML: expected ',' or ']', but got ':'"
+    assert str(raised.value).startswith(f"{path}:2:")
+    assert "invalid YAML: " in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_a_deeply_nested_definition_is_refused_not_a_crash(tmp_path: Path) -> None:
+    """PyYAML composes recursively: 5,000 `[` raised RecursionError, which ended
+    the daemon and every agent it ran (red team 16)."""
+    path = tmp_path / "deep.yaml"
+    path.write_text("program: " + "[" * 5000 + "\n")
+    with pytest.raises(DefinitionError, match=r"deep.yaml:1:\d+: nested more than 64 levels"):
+        parse_definition(path)
 
 
 def test_a_definition_names_unknown_keys(tmp_path: Path) -> None:

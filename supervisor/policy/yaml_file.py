@@ -209,7 +209,7 @@ _OPENING_EVENTS = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
 _CLOSING_EVENTS = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
 
 
-def _check_nesting(text: str, path: str) -> None:
+def check_nesting(text: str, path: str) -> None:
     """Refuse nesting deeper than MAX_YAML_DEPTH before composing.
 
     PyYAML composes recursively: libyaml's composer crashed the process
@@ -235,7 +235,7 @@ def _check_nesting(text: str, path: str) -> None:
 
 def _compose(text: str, path: str) -> yaml.Node | None:
     try:
-        _check_nesting(text, path)
+        check_nesting(text, path)
         node: yaml.Node | None = yaml.compose(text, Loader=_COMPOSE_LOADER)
     except yaml.YAMLError as exc:
         line, column, problem = yaml_error_place(exc, text)

@@ -53,7 +53,8 @@ from ..control.agentids import BadAgentId, check_agent_id
 from ..control.logs import STREAMS, AgentLogWriter, log_path
 from ..kernel import cgroup as cgroups
 from ..paths import Locations, default_locations
-from ..policy.yaml_file import yaml_error_place
+from ..policy.model import PolicyError
+from ..policy.yaml_file import check_nesting, yaml_error_place
 from .agent import Agent, RunRequest, SetupError
 from .loop import Timer
 from .stopping import STOP_TIMEOUT_S
@@ -130,7 +131,10 @@ def parse_definition(path: Path) -> AgentDefinition:
     except (OSError, UnicodeDecodeError) as exc:
         raise DefinitionError(f"{path}: {exc}") from exc
     try:
+        check_nesting(text, str(path))  # PyYAML recurses: 5,000 `[` ended the daemon
         data = yaml.safe_load(text)
+    except PolicyError as exc:
+        raise DefinitionError(str(exc)) from exc
     except yaml.YAMLError as exc:
         line, column, problem = yaml_error_place(exc, text)
         raise DefinitionError(f"{path}:{line}:{column}: invalid YAML: {problem}") from exc
