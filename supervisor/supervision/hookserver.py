@@ -36,9 +36,6 @@ from typing import Any, NamedTuple
 from ..control.endpoint import listen_unix
 from ..events import ActionType, Decision, Event, Layer, Response, response_for
 from ..hooks import _protocol as protocol
-from ..logger import Logger
-
-log = Logger(__name__)
 
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _RECV_SIZE = 64 * 1024
@@ -46,8 +43,9 @@ _MAX_READS_PER_READY = 16  # then yield to the loop; level-triggered epoll calls
 # Connections one hook server holds at once (one per Python process of the
 # agent, more or less), and never more than a quarter of the fds the
 # supervisor may open: an agent that opens thousands and keeps them would
-# leave the supervisor none for its policy checks and other agents.  One
-# more is accepted and closed at once: its Python fails closed, at once.
+# leave the supervisor none for its policy checks and other agents.  Past
+# it the listener is not read: a new Python waits in the kernel's backlog
+# (then in connect) until one of the others ends, as at any busy server.
 _MAX_CONNECTIONS = 256
 _MAX_PENDING_OUTPUT = 1024 * 1024
 
@@ -180,7 +178,7 @@ class HookServer:
         self._on_tamper = on_tamper or (lambda pid, reason: None)
         self._tokens = itertools.count(1)
         self._connections: dict[int, _Connection] = {}
-        self._turned_away = 0  # connections closed at once, over the limit
+        self._limit = _connection_limit()
         self._held: dict[int, tuple[_Connection, HookRequest]] = {}
         if listener is None:
             listener = listen_unix(self.path, backlog)  # a stale socket goes first
@@ -195,6 +193,8 @@ class HookServer:
         """The listening socket and every open connection."""
         if self._listener is None:
             return []
+        if len(self._connections) >= self._limit:
+            return list(self._connections)  # full: the backlog holds the rest
         return [self._listener.fileno(), *self._connections]
 
     def want_write(self, fd: int) -> bool:
@@ -252,24 +252,13 @@ class HookServer:
     # --- internals ---------------------------------------------------------
     def _accept(self) -> None:
         assert self._listener is not None
-        limit = _connection_limit()
-        while True:
+        while len(self._connections) < self._limit:
             try:
                 sock, _address = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 return  # e.g. EMFILE; the client sees a refused connect and fails closed
-            if len(self._connections) >= limit:
-                sock.close()  # EOF for that Python: no answer, so nothing allowed
-                if not self._turned_away:
-                    log.warning(
-                        "hook socket %s: %d connections held; turning more away",
-                        self.path,
-                        limit,
-                    )
-                self._turned_away += 1
-                continue
             sock.setblocking(False)
             try:
                 pid, _uid, _gid = _PEERCRED.unpack(
