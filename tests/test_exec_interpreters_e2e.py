@@ -13,6 +13,7 @@ the native path and the Python one; ordinary programs still run.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import struct
@@ -20,7 +21,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import Sandbox, both_paths, fastpath_env, read_for, supervisor_stopped
+from conftest import Sandbox, both_paths, fastpath_env, locations_root, read_for, supervisor_stopped
 from test_exec_reads_e2e import DROP_BOX
 
 from agentsup.kernel import fastpath
@@ -88,6 +89,17 @@ AGENT = textwrap.dedent(
         script("tools/inner", "#!" + secret)
         script("tools/outer", "#! tools/inner -x")
         run = "tools/outer"
+    elif mode == "magic-link":
+        # through /proc/self/fd/N: one dup2 away from another directory once judged
+        os.mkdir("tools/a")
+        os.symlink("/lib64/ld-linux-x86-64.so.2", "tools/a/ld")
+        held = os.open("tools/a", os.O_PATH)
+        with_interpreter("tools/prog", b"/proc/self/fd/%d/ld" % held)
+        run = "tools/prog"
+    elif mode == "toolchain":
+        # a loader of its own (Nix, Linuxbrew) where the policy names nothing
+        with_interpreter("tools/prog", os.fsencode(sys.argv[2]))
+        run = "tools/prog"
     else:  # a script whose interpreter is an ELF with the secret as its own
         with_interpreter("tools/inner", b"drop/secret")
         script("tools/outer", "#!tools/inner")
@@ -134,6 +146,42 @@ def test_an_interpreter_the_agent_may_not_read_is_not_run(
         ("process_spawn", secret, "drop-box-unread"),
         (None, secret, "agentsup-interpreter-refused"),
     ]
+
+
+@both_paths
+def test_an_interpreter_named_through_a_magic_link_is_not_looked_up(
+    sandbox: Sandbox, native: bool
+) -> None:
+    """ELOOP: a /proc/PID/fd/N on the way is one dup2 away from another file
+    after the check, with no syscall of agentsup's between (red team 16 won
+    14 of 20 so, with no try ever refused)."""
+    policy = _drop_box(sandbox)
+    result = sandbox.run(
+        "python3", "agent.py", "magic-link", policy=policy, env=fastpath_env(native)
+    )
+    assert result.stdout.strip().splitlines()[-1:] == [f"refused {errno.ELOOP}"], result.stderr
+    assert result.returncode == 0
+
+
+@both_paths
+def test_a_loader_the_policy_does_not_know_is_refused_quietly(
+    sandbox: Sandbox, native: bool
+) -> None:
+    """Refused by the policy's default, not a rule: a toolchain of its own
+    (Nix, Linuxbrew), refused without ending the agent."""
+    policy = _drop_box(sandbox)
+    toolchain = locations_root()  # in the agent's view (not under /tmp)
+    loader = toolchain / "ld.so"
+    shutil.copy("/lib64/ld-linux-x86-64.so.2", loader)
+    try:
+        result = sandbox.run(
+            "python3", "agent.py", "toolchain", str(loader), policy=policy, env=fastpath_env(native)
+        )
+    finally:
+        shutil.rmtree(toolchain)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1:] == [f"refused {errno.EACCES}"], result.stderr
+    assert "killed" not in result.stderr
 
 
 @both_paths

@@ -1166,6 +1166,10 @@ class Agent:
             else:
                 say(f"cannot execute {self.request.program}: {os.strerror(self.exec_error)}")
         report = judge.kill_report
+        if report is not None and code == 0:
+            # A rule ended the run, though its main process got out first:
+            # the run did not end well, whatever that process said.
+            code = 128 + signal.SIGKILL
         signal_name = signal.Signals(sig).name if sig else None
         at_limit = self.group.times_at_process_limit() if self.group is not None else 0
         judge.lifecycle(

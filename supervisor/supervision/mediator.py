@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..events import ActionType, Event, Layer, Response
+from ..events import DEFAULT_RULE_ID, ActionType, Decision, Event, Layer, Response
 from ..kernel import fastpath as _fastpath
 from ..kernel import proc as _proc
 from ..kernel import seccomp as _seccomp
@@ -205,6 +205,8 @@ class Judge(Protocol):
     main_pid: int  # the agent's first process: its session holds the relay pty
 
     def judge(self, event: Event, tid: int) -> Response: ...
+
+    def judge_event(self, event: Event, tid: int) -> tuple[Decision, Response]: ...
 
     def refuse_always(self, syscall: str, tid: int) -> None: ...
 
@@ -710,6 +712,19 @@ class Mediator:
             if not response.proceeds:
                 return response
         return response
+
+    def _decide_all_by(
+        self, notif: _seccomp.Notification, syscall: str, checks: list[tuple[ActionType, str]]
+    ) -> tuple[Response, str]:
+        """`_decide_all`, and the rule of the check that did not let it proceed."""
+        for action, target in checks:
+            if (action, target) in self._allow_cache:
+                continue
+            event = Event(action, target, self.agent_id, notif.pid, Layer.SECCOMP, syscall)
+            decision, response = self.judge.judge_event(event, notif.pid)
+            if not response.proceeds:
+                return response, decision.rule_id
+        return Response.ALLOW, ""
 
     def _refuse(self, notif: _seccomp.Notification, response: Response, err: int) -> None:
         if response is Response.HOLD:
@@ -1465,17 +1480,31 @@ class Mediator:
             script = node.pinned.script
             interpreter = None
             for name in node.pinned.interpreters:
-                interpreter = self.resolve(tid, AT_FDCWD, name, want_script=script, keep=False)
+                # No magic link on the way (ELOOP): a /proc/PID/fd/N in the
+                # name is one dup2 away from another file once judged, with
+                # no syscall of ours in between (red team 16).
+                interpreter = self.resolve(
+                    tid,
+                    AT_FDCWD,
+                    name,
+                    resolve_flags=_proc.RESOLVE_NO_MAGICLINKS,
+                    want_script=script,
+                    keep=False,
+                )
                 if interpreter.error:
                     self._fail(n, interpreter.error)  # the kernel's own answer, before it runs
                     return False
                 target = interpreter.target
                 checks = [(ActionType.PROCESS_SPAWN, target), (ActionType.FILE_READ, target)]
-                response = self._decide_all(n, syscall, checks)
+                response, rule = self._decide_all_by(n, syscall, checks)
                 if not response.proceeds:
-                    self._refuse(n, response, errno.EACCES)
-                    if response is Response.BLOCK:  # quiet: it could be tried again
+                    if response is Response.BLOCK and rule != DEFAULT_RULE_ID:
+                        # Quiet, it could be tried again until the race is won:
+                        # a file a rule names is an attack (the default's
+                        # refusals are a toolchain the policy does not know).
+                        # The kill goes out before the exec is answered.
                         self.judge.interpreter_refused(syscall, tid, node.target, target)
+                    self._refuse(n, response, errno.EACCES)
                     return False
             if not script or interpreter is None:
                 return True
