@@ -172,7 +172,10 @@ def _suggest(args: argparse.Namespace) -> int:
     locations = default_locations()
     if not chain_files(locations.audit_log):
         return _suggest_failed(args, f"no audit log at {locations.audit_log}")
-    run = last_run(RecordReader(locations.audit_log), args.agent)
+    try:
+        run = last_run(RecordReader(locations.audit_log), args.agent)
+    except OSError as exc:
+        return _suggest_failed(args, f"cannot read the audit log {locations.audit_log}: {exc}")
     if not run:
         return _suggest_failed(args, f"no run of agent '{args.agent}' in the audit log")
     start = run[0]
