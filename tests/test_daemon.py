@@ -46,8 +46,11 @@ def test_a_deeply_nested_definition_is_refused_not_a_crash(tmp_path: Path) -> No
     the daemon and every agent it ran (red team 16)."""
     path = tmp_path / "deep.yaml"
     path.write_text("program: " + "[" * 5000 + "\n")
-    with pytest.raises(DefinitionError, match=r"deep.yaml:1:\d+: nested more than 64 levels"):
+    with pytest.raises(DefinitionError) as raised:
         parse_definition(path)
+    # agentsup's own limit, or libyaml's where PyYAML is built with it: one line
+    message = str(raised.value)
+    assert message.startswith(f"{path}:1:") and "nest" in message and "\n" not in message
 
 
 def test_a_definition_names_unknown_keys(tmp_path: Path) -> None:
