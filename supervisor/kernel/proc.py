@@ -10,6 +10,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import resource
 import struct
 from collections import OrderedDict
 
@@ -167,6 +168,16 @@ class MemoryReader:
 
 
 _PROC_CHUNK = 65536
+
+
+def within_fd_share(wanted: int) -> int:
+    """`wanted` fds, but at most a quarter of what this process may open (often
+    1,024): what one kind of holding may take, so that the rest (the audit
+    log, the policy watch, cgroup sweeps) always finds fds."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(1, min(wanted, soft // 4))
 
 
 def read_proc(path: str, *, until_eof: bool = False) -> bytes:

@@ -25,7 +25,6 @@ import contextlib
 import itertools
 import json
 import os
-import resource
 import socket
 import struct
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from typing import Any, NamedTuple
 from ..control.endpoint import listen_unix
 from ..events import ActionType, Decision, Event, Layer, Response, response_for
 from ..hooks import _protocol as protocol
+from ..kernel.proc import within_fd_share
 
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _RECV_SIZE = 64 * 1024
@@ -148,13 +148,6 @@ class _Connection:
     held: set[int] = field(default_factory=set)  # tokens awaiting reply_later
 
 
-def _connection_limit() -> int:
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return _MAX_CONNECTIONS
-    return max(1, min(_MAX_CONNECTIONS, soft // 4))
-
-
 class HookServer:
     """Serves one per-run AF_UNIX listening socket for the agent's hooks."""
 
@@ -178,7 +171,7 @@ class HookServer:
         self._on_tamper = on_tamper or (lambda pid, reason: None)
         self._tokens = itertools.count(1)
         self._connections: dict[int, _Connection] = {}
-        self._limit = _connection_limit()
+        self._limit = within_fd_share(_MAX_CONNECTIONS)
         self._held: dict[int, tuple[_Connection, HookRequest]] = {}
         if listener is None:
             listener = listen_unix(self.path, backlog)  # a stale socket goes first

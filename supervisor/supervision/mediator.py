@@ -38,7 +38,6 @@ import fcntl
 import functools
 import os
 import re
-import resource
 import select
 import signal
 import socket
@@ -70,7 +69,6 @@ RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT = 1, 2, 4
 # One definition, shared with the broker's native path.
 _WRITE_FLAGS = _fastpath.WRITE_FLAGS
 _VALID_OPEN_FLAGS = _fastpath.VALID_OPEN_FLAGS
-
 
 
 # (fd, on_ready, on_timeout, timeout_seconds): the loop calls exactly one of them.
@@ -120,14 +118,6 @@ class _ParkedFds:
 
 
 _ALL_PARKED = _ParkedFds()
-
-
-def _parked_fds_cap() -> int:
-    """What all parked sends may hold: _MAX_PARKED_FDS, within our fd limit."""
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return _MAX_PARKED_FDS
-    return min(_MAX_PARKED_FDS, soft // 4)
 
 
 _MSG_FASTOPEN = 0x20000000
@@ -706,25 +696,23 @@ class Mediator:
         self, notif: _seccomp.Notification, syscall: str, checks: list[tuple[ActionType, str]]
     ) -> Response:
         """Every check must let the action proceed; the first that does not decides."""
-        response = Response.ALLOW
-        for action, target in checks:
-            response = self._decide(notif, syscall, action, target)
-            if not response.proceeds:
-                return response
-        return response
+        return self._decide_all_by(notif, syscall, checks)[0]
 
     def _decide_all_by(
         self, notif: _seccomp.Notification, syscall: str, checks: list[tuple[ActionType, str]]
     ) -> tuple[Response, str]:
-        """`_decide_all`, and the rule of the check that did not let it proceed."""
+        """`_decide_all`, and the rule of the check that decided ("" for a cached allow)."""
+        response, rule = Response.ALLOW, ""
         for action, target in checks:
             if (action, target) in self._allow_cache:
+                response, rule = Response.ALLOW, ""
                 continue
             event = Event(action, target, self.agent_id, notif.pid, Layer.SECCOMP, syscall)
             decision, response = self.judge.judge_event(event, notif.pid)
+            rule = decision.rule_id
             if not response.proceeds:
-                return response, decision.rule_id
-        return Response.ALLOW, ""
+                break
+        return response, rule
 
     def _refuse(self, notif: _seccomp.Notification, response: Response, err: int) -> None:
         if response is Response.HOLD:
@@ -3328,7 +3316,8 @@ class Mediator:
         would make it wait for room in the receiver's queue.  At most for
         SEND_TIMEOUT (or the socket's SO_SNDTIMEO), and while such waits
         stay within their caps: _MAX_PARKED_SENDS, _MAX_PARKED_BYTES and the
-        fds they hold (`_parked_fds_cap`).  False when it does not wait.
+        fds they hold (`_MAX_PARKED_FDS`, within our fd share).  False when it
+        does not wait.
 
         Timers of the loop, as for a connect to a full backlog (`_try_again`):
         the broker never waits, so it serves on, and neither does the loop.
@@ -3346,7 +3335,7 @@ class Mediator:
                 len(self._parked_sends) >= _MAX_PARKED_SENDS
                 or self._parked_bytes + job.size > _MAX_PARKED_BYTES
                 or self._parked_fds + held > _MAX_PARKED_FDS_PER_AGENT
-                or _ALL_PARKED.held + held > _parked_fds_cap()
+                or _ALL_PARKED.held + held > _proc.within_fd_share(_MAX_PARKED_FDS)
             ):
                 return False
             job.started = now
