@@ -207,6 +207,16 @@ def socket_denials(sandbox: Sandbox) -> list[tuple[object, object]]:
     ]
 
 
+def assert_host_socket_refused(
+    sandbox: Sandbox, reports: dict[str, dict[str, object]], server: StreamServer
+) -> None:
+    """The agent's connect to the host's `server` was refused by local-socket
+    (recorded under the socket's real path), and never reached it."""
+    assert reports["connect"]["result"] == "EPERM"
+    assert socket_denials(sandbox) == [("local-socket", f"unix:{server.address}")]
+    assert server.reached == 0
+
+
 @pytest.fixture
 def host_dir(user_sandbox: Sandbox) -> Path:
     """A directory of the host's which the agent sees as it is: not under /tmp
@@ -330,9 +340,7 @@ def test_a_host_socket_the_agent_can_see_is_refused(
 ) -> None:
     result, reports = run_agent(user_sandbox, f"connect={host_socket.address}")
     assert result.returncode == 0, result.stderr
-    assert reports["connect"]["result"] == "EPERM"
-    assert socket_denials(user_sandbox) == [("local-socket", f"unix:{host_socket.address}")]
-    assert host_socket.reached == 0
+    assert_host_socket_refused(user_sandbox, reports, host_socket)
 
 
 def test_a_symlink_in_the_workspace_to_a_host_socket_is_that_socket(
@@ -341,9 +349,7 @@ def test_a_symlink_in_the_workspace_to_a_host_socket_is_that_socket(
     (user_sandbox.workspace / "dev.sock").symlink_to(str(host_socket.address))
     result, reports = run_agent(user_sandbox, f"connect={user_sandbox.workspace}/dev.sock")
     assert result.returncode == 0, result.stderr
-    assert reports["connect"]["result"] == "EPERM"
-    assert socket_denials(user_sandbox) == [("local-socket", f"unix:{host_socket.address}")]
-    assert host_socket.reached == 0
+    assert_host_socket_refused(user_sandbox, reports, host_socket)
 
 
 def test_a_socket_in_a_hidden_directory_of_the_workspace_is_refused(
@@ -357,9 +363,7 @@ def test_a_socket_in_a_hidden_directory_of_the_workspace_is_refused(
     with stream_server(str(git / "fsmonitor--daemon.ipc")) as server:
         result, reports = run_agent(user_sandbox, f"connect={server.address}")
         assert result.returncode == 0, result.stderr
-        assert reports["connect"]["result"] == "EPERM"
-        assert socket_denials(user_sandbox) == [("local-socket", f"unix:{server.address}")]
-        assert server.reached == 0
+        assert_host_socket_refused(user_sandbox, reports, server)
 
 
 def test_a_host_socket_in_a_home_the_private_tmp_binds_in_is_refused(sandbox: Sandbox) -> None:
@@ -369,9 +373,7 @@ def test_a_host_socket_in_a_home_the_private_tmp_binds_in_is_refused(sandbox: Sa
     with stream_server(str(sandbox.home / "agent.sock")) as server:
         result, reports = run_agent(sandbox, f"connect={server.address}")
         assert result.returncode == 0, result.stderr
-        assert reports["connect"]["result"] == "EPERM"
-        assert socket_denials(sandbox) == [("local-socket", f"unix:{server.address}")]
-        assert server.reached == 0
+        assert_host_socket_refused(sandbox, reports, server)
 
 
 def test_a_host_socket_in_the_hosts_tmp_is_not_the_one_the_agent_names(
