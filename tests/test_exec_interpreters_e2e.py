@@ -89,12 +89,14 @@ AGENT = textwrap.dedent(
         script("tools/inner", "#!" + secret)
         script("tools/outer", "#! tools/inner -x")
         run = "tools/outer"
-    elif mode == "magic-link":
-        # through /proc/self/fd/N: one dup2 away from another directory once judged
+    elif mode in ("magic-link", "dev-fd"):
+        # through /proc/self/fd/N (or /dev/fd/N, the agent's own alias for
+        # it): one dup2 away from another directory once judged
         os.mkdir("tools/a")
         os.symlink("/lib64/ld-linux-x86-64.so.2", "tools/a/ld")
         held = os.open("tools/a", os.O_PATH)
-        with_interpreter("tools/prog", b"/proc/self/fd/%d/ld" % held)
+        alias = b"/proc/self/fd" if mode == "magic-link" else b"/dev/fd"
+        with_interpreter("tools/prog", b"%s/%d/ld" % (alias, held))
         run = "tools/prog"
     elif mode == "toolchain":
         # a loader of its own (Nix, Linuxbrew) where the policy names nothing
@@ -149,16 +151,15 @@ def test_an_interpreter_the_agent_may_not_read_is_not_run(
 
 
 @both_paths
+@pytest.mark.parametrize("mode", ["magic-link", "dev-fd"])
 def test_an_interpreter_named_through_a_magic_link_is_not_looked_up(
-    sandbox: Sandbox, native: bool
+    sandbox: Sandbox, native: bool, mode: str
 ) -> None:
     """ELOOP: a /proc/PID/fd/N on the way is one dup2 away from another file
     after the check, with no syscall of agentsup's between (red team 16 won
     14 of 20 so, with no try ever refused)."""
     policy = _drop_box(sandbox)
-    result = sandbox.run(
-        "python3", "agent.py", "magic-link", policy=policy, env=fastpath_env(native)
-    )
+    result = sandbox.run("python3", "agent.py", mode, policy=policy, env=fastpath_env(native))
     assert result.stdout.strip().splitlines()[-1:] == [f"refused {errno.ELOOP}"], result.stderr
     assert result.returncode == 0
 
