@@ -681,11 +681,315 @@ static void inject(int listener, uint64_t id, int fd, int cloexec) {
         respond_error(listener, id, EMFILE);
 }
 
+/* -- the policy's tables: plain allows decided here -----------------------------
+ * On a cache miss, what the judge would say is worked out here when the
+ * program it exported (`Judge.plain_program`, set with set_program) can: RE2's
+ * own match over the policy's set, then each action's first matching rule,
+ * the judge's guards, agentsup's refusing roots and the floor, all as the
+ * judge checks them.  Whatever it cannot tell (no set, a DFA that gave up,
+ * agentsup's own code, a name to normalise, non-ASCII text) goes to the judge. */
+
+#define PLAIN_FLAG 1
+#define PROCEEDS_FLAG 2
+#define PATH_ALLOWS (ALLOW_READ | ALLOW_WRITE | ALLOW_DELETE | ALLOW_MOVE | ALLOW_SPAWN | ALLOW_CHMOD)
+#define WRITE_CLASS (ALLOW_WRITE | ALLOW_DELETE | ALLOW_MOVE | ALLOW_CHMOD)
+#define NATIVE_BIT_COUNT 7
+#define HIT_WORDS 64 /* sets of up to 4,095 patterns; larger ones are the judge's */
+
+struct plain_entry {
+    unsigned actions, flags;
+    Py_ssize_t index, low, high;
+};
+
+struct texts {
+    Py_ssize_t count;
+    const char **text;
+    Py_ssize_t *length;
+};
+
+struct plain_set {
+    PyObject *match; /* borrowed from `program.source`; NULL: no set */
+    Py_ssize_t patterns, count;
+    struct plain_entry *entries;
+};
+
+static struct {
+    PyObject *source; /* the tuple set_program was given, which owns everything below */
+    struct plain_set paths, shell;
+    unsigned default_flags;
+    struct texts refusing, write_guards, read_guards, code_roots;
+    struct texts floor[NATIVE_BIT_COUNT];
+    int floor_checked[NATIVE_BIT_COUNT];
+    Py_ssize_t max_length;
+} program;
+
+static int canonical(const char *path);
+
+static void texts_free(struct texts *t) {
+    free(t->text);
+    free(t->length);
+    memset(t, 0, sizeof *t);
+}
+
+static void program_free(void) {
+    free(program.paths.entries);
+    free(program.shell.entries);
+    texts_free(&program.refusing);
+    texts_free(&program.write_guards);
+    texts_free(&program.read_guards);
+    texts_free(&program.code_roots);
+    for (int i = 0; i < NATIVE_BIT_COUNT; i++)
+        texts_free(&program.floor[i]);
+    Py_CLEAR(program.source);
+    memset(&program, 0, sizeof program);
+}
+
+/* A tuple of bytes into `t` (pointers into the bytes, which `source` keeps). */
+static int texts_from(PyObject *tuple, struct texts *t) {
+    if (!PyTuple_Check(tuple))
+        return -1;
+    Py_ssize_t n = PyTuple_GET_SIZE(tuple);
+    t->text = calloc((size_t)n + 1, sizeof *t->text);
+    t->length = calloc((size_t)n + 1, sizeof *t->length);
+    if (!t->text || !t->length)
+        return -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyTuple_GET_ITEM(tuple, i);
+        if (!PyBytes_Check(item))
+            return -1;
+        t->text[i] = PyBytes_AS_STRING(item);
+        t->length[i] = PyBytes_GET_SIZE(item);
+    }
+    t->count = n;
+    return 0;
+}
+
+/* (match, patterns, ((actions, index, low, high, flags), ...)) into `set`. */
+static int set_from(PyObject *match, PyObject *patterns, PyObject *entries, struct plain_set *set) {
+    if (match != Py_None && !PyCallable_Check(match))
+        return -1;
+    set->match = match == Py_None ? NULL : match;
+    set->patterns = PyLong_AsSsize_t(patterns);
+    if (set->patterns < 0 || set->patterns >= HIT_WORDS * 64 || !PyTuple_Check(entries))
+        return -1;
+    set->count = PyTuple_GET_SIZE(entries);
+    set->entries = calloc((size_t)set->count + 1, sizeof *set->entries);
+    if (!set->entries)
+        return -1;
+    for (Py_ssize_t i = 0; i < set->count; i++) {
+        struct plain_entry *e = &set->entries[i];
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(entries, i), "InnnI", &e->actions, &e->index, &e->low,
+                              &e->high, &e->flags) ||
+            e->index < 0 || e->index > set->patterns || e->low < 0 || e->low > e->high ||
+            e->high > set->patterns)
+            return -1;
+    }
+    return 0;
+}
+
+static int starts_with_any(const char *s, size_t n, const struct texts *t) {
+    for (Py_ssize_t i = 0; i < t->count; i++)
+        if ((size_t)t->length[i] <= n && memcmp(s, t->text[i], (size_t)t->length[i]) == 0)
+            return 1;
+    return 0;
+}
+
+/* Some text of `t` starts with `s` (n bytes). */
+static int any_starts_with(const char *s, size_t n, const struct texts *t) {
+    for (Py_ssize_t i = 0; i < t->count; i++)
+        if ((size_t)t->length[i] >= n && memcmp(t->text[i], s, n) == 0)
+            return 1;
+    return 0;
+}
+
+static int equals_any(const char *s, size_t n, const struct texts *t) {
+    for (Py_ssize_t i = 0; i < t->count; i++)
+        if ((size_t)t->length[i] == n && memcmp(s, t->text[i], n) == 0)
+            return 1;
+    return 0;
+}
+
+/* The patterns of `set` that `text` matches, as bits in `hits`; 0 when RE2
+ * gave no answer (its DFA gave up: an answer always holds the catch-all). */
+static int match_set(const struct plain_set *set, const char *text, size_t length, uint64_t *hits) {
+    memset(hits, 0, HIT_WORDS * sizeof *hits);
+    PyObject *data = PyBytes_FromStringAndSize(text, (Py_ssize_t)length);
+    PyObject *found = data ? PyObject_CallOneArg(set->match, data) : NULL;
+    Py_XDECREF(data);
+    int any = 0;
+    if (found && PyList_Check(found)) {
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(found); i++) {
+            Py_ssize_t index = PyLong_AsSsize_t(PyList_GET_ITEM(found, i));
+            if (index < 0 || index > set->patterns) {
+                any = 0; /* not what a set of this size says */
+                break;
+            }
+            hits[index / 64] |= 1ULL << (index % 64);
+            any = 1;
+        }
+    }
+    Py_XDECREF(found);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return any;
+}
+
+static int hit(const uint64_t *hits, Py_ssize_t index) {
+    return (hits[index / 64] >> (index % 64)) & 1;
+}
+
+/* The flags of `action`'s decision: its first entry that matched, unexcepted. */
+static unsigned decision_flags(const struct plain_set *set, const uint64_t *hits, unsigned action) {
+    for (Py_ssize_t i = 0; i < set->count; i++) {
+        const struct plain_entry *e = &set->entries[i];
+        if (!(e->actions & action) || !hit(hits, e->index))
+            continue;
+        Py_ssize_t at = e->low;
+        while (at < e->high && !hit(hits, at))
+            at++;
+        if (at == e->high)
+            return e->flags;
+    }
+    return program.default_flags;
+}
+
+static int bit_index(unsigned bit) {
+    int i = 0;
+    while (i < NATIVE_BIT_COUNT && (1u << i) != bit)
+        i++;
+    return i;
+}
+
+/* The bits of `ask` the judge plainly allows on `path`, as its
+ * plainly_allowed_bits says; -1 when only the judge can tell. */
+static long program_bits(const char *path, size_t length, int ask) {
+    if (!program.source || (Py_ssize_t)length > program.max_length)
+        return -1;
+    for (size_t i = 0; i < length; i++)
+        if ((unsigned char)path[i] >= 0x80)
+            return -1; /* the judge's text is the name decoded and encoded again */
+    long granted_bits = 0;
+    uint64_t hits[HIT_WORDS];
+    unsigned on_path = (unsigned)ask & PATH_ALLOWS;
+    if (on_path) {
+        if (!program.paths.match || length > PATH_BYTES || !canonical(path) ||
+            equals_any(path, length, &program.code_roots))
+            return -1;
+        char probe[PATH_BYTES + 2];
+        memcpy(probe, path, length);
+        probe[length] = '/';
+        size_t probe_length = length + 1;
+        for (Py_ssize_t i = 0; i < program.code_roots.count; i++) {
+            size_t n = (size_t)program.code_roots.length[i];
+            if (n < length && memcmp(path, program.code_roots.text[i], n) == 0 && path[n] == '/')
+                return -1;
+        }
+        if (!match_set(&program.paths, path, length, hits))
+            return -1;
+        int read_guarded = starts_with_any(probe, probe_length, &program.read_guards);
+        int write_guarded = starts_with_any(probe, probe_length, &program.write_guards);
+        for (unsigned bit = 1; bit <= ALLOW_CHMOD; bit <<= 1) {
+            if (!(on_path & bit))
+                continue;
+            unsigned flags;
+            if (bit & WRITE_CLASS) {
+                int guarded = write_guarded ||
+                              (bit == ALLOW_MOVE && any_starts_with(probe, probe_length, &program.write_guards));
+                flags = guarded ? 0 : decision_flags(&program.paths, hits, bit);
+            } else
+                flags = read_guarded ? 0 : decision_flags(&program.paths, hits, bit);
+            if (bit == ALLOW_MOVE && (flags & PROCEEDS_FLAG)) {
+                /* Beneath "/" is "/", not "//" (refused_beneath strips the slash). */
+                size_t beneath = length == 1 ? 1 : probe_length;
+                for (Py_ssize_t i = 0; i < program.refusing.count; i++) {
+                    size_t n = (size_t)program.refusing.length[i];
+                    const char *root = program.refusing.text[i];
+                    if ((n == length && memcmp(root, path, n) == 0) ||
+                        (n >= beneath && memcmp(root, probe, beneath) == 0)) {
+                        flags = 0;
+                        break;
+                    }
+                }
+            }
+            if (bit == ALLOW_SPAWN && (flags & PLAIN_FLAG)) {
+                /* Running a file reads it: a read that does not go ahead refuses the run. */
+                unsigned read = decision_flags(&program.paths, hits, ALLOW_READ);
+                if (!(read & PROCEEDS_FLAG))
+                    flags = 0;
+            }
+            int slot = bit_index(bit);
+            if ((flags & PLAIN_FLAG) && program.floor_checked[slot] &&
+                !starts_with_any(probe, probe_length, &program.floor[slot]))
+                flags = 0;
+            if (flags & PLAIN_FLAG)
+                granted_bits |= bit;
+        }
+    }
+    if (ask & ALLOW_SHELL) {
+        if (!program.shell.match || !match_set(&program.shell, path, length, hits))
+            return -1;
+        if (decision_flags(&program.shell, hits, ALLOW_SHELL) & PLAIN_FLAG)
+            granted_bits |= ALLOW_SHELL;
+    }
+    return granted_bits;
+}
+
+/* set_program(tuple | None): see `agent._native_program` for the layout. */
+static PyObject *fp_set_program(PyObject *self, PyObject *source) {
+    program_free();
+    if (source == Py_None)
+        Py_RETURN_NONE;
+    PyObject *path_match, *path_patterns, *path_entries, *shell_match, *shell_patterns,
+        *shell_entries, *refusing, *write_guards, *read_guards, *code_roots, *floor;
+    unsigned default_flags;
+    Py_ssize_t max_length;
+    if (!PyArg_ParseTuple(source, "OOOOOOIOOOOOn", &path_match, &path_patterns, &path_entries,
+                          &shell_match, &shell_patterns, &shell_entries, &default_flags, &refusing,
+                          &write_guards, &read_guards, &code_roots, &floor, &max_length))
+        return NULL;
+    Py_INCREF(source);
+    program.source = source;
+    program.default_flags = default_flags;
+    program.max_length = max_length;
+    int bad = set_from(path_match, path_patterns, path_entries, &program.paths) ||
+              set_from(shell_match, shell_patterns, shell_entries, &program.shell) ||
+              texts_from(refusing, &program.refusing) ||
+              texts_from(write_guards, &program.write_guards) ||
+              texts_from(read_guards, &program.read_guards) ||
+              texts_from(code_roots, &program.code_roots) || !PyTuple_Check(floor) ||
+              PyTuple_GET_SIZE(floor) != NATIVE_BIT_COUNT;
+    for (int i = 0; !bad && i < NATIVE_BIT_COUNT; i++) {
+        PyObject *prefixes = PyTuple_GET_ITEM(floor, i);
+        program.floor_checked[i] = prefixes != Py_None;
+        bad = prefixes != Py_None && texts_from(prefixes, &program.floor[i]);
+    }
+    if (bad) {
+        program_free();
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "not a program of plain allows");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* plain_bits(target: bytes, bits: int) -> int: what the program says, -1: the judge's. */
+static PyObject *fp_plain_bits(PyObject *self, PyObject *args) {
+    const char *path;
+    Py_ssize_t length;
+    int bits;
+    if (!PyArg_ParseTuple(args, "y#i", &path, &length, &bits))
+        return NULL;
+    return PyLong_FromLong(program_bits(path, (size_t)length, bits & ALLOW_ANY));
+}
+
 /* -- deciding ------------------------------------------------------------------
- * The cache answers first.  On a miss, the broker's own copy of the
- * supervisor's judge (forked with it, and dropped when the policy is
- * reloaded) says which of the actions it plainly allows: allowed, with no
- * record, no rate limit, no approval.  Anything else is forwarded. */
+ * The cache answers first.  On a miss, the judge's program (above) does, and
+ * where it cannot tell, the broker's own copy of the supervisor's judge
+ * (forked with it, and dropped when the policy is reloaded) says which of the
+ * actions it plainly allows: allowed, with no record, no rate limit, no
+ * approval.  Anything else is forwarded. */
 
 static PyObject *decider; /* callable(path: bytes, bits: int) -> int, or NULL */
 
@@ -702,9 +1006,12 @@ static int granted(const char *path, size_t length, int need, int all) {
     if (!decider)
         return 0;
     int ask = ((all ? ALLOW_READ | ALLOW_WRITE | ALLOW_DELETE : 0) | need) & ~have;
-    PyObject *answer = PyObject_CallFunction(decider, "y#i", path, (Py_ssize_t)length, ask);
-    long bits = answer ? PyLong_AsLong(answer) : -1;
-    Py_XDECREF(answer);
+    long bits = program_bits(path, length, ask);
+    if (bits < 0) {
+        PyObject *answer = PyObject_CallFunction(decider, "y#i", path, (Py_ssize_t)length, ask);
+        bits = answer ? PyLong_AsLong(answer) : -1;
+        Py_XDECREF(answer);
+    }
     if (bits < 0 || PyErr_Occurred()) {
         PyErr_Clear(); /* a failed decision is no decision: the supervisor takes it */
         return 0;
@@ -2176,6 +2483,8 @@ static PyObject *fp_set_decider(PyObject *self, PyObject *callable) {
         return PyErr_Format(PyExc_TypeError, "the decider must be callable or None");
     Py_XDECREF(decider);
     decider = callable == Py_None ? NULL : Py_NewRef(callable);
+    if (!decider)
+        program_free(); /* the judge's own tables go with it (a reload, a stop) */
     Py_RETURN_NONE;
 }
 
@@ -2214,6 +2523,12 @@ static PyMethodDef methods[] = {
     {"set_decider", fp_set_decider, METH_O,
      "set_decider(callable(path: bytes, bits: int) -> int | None): asked on a cache miss"},
     {"allowed", fp_allowed, METH_VARARGS, "allowed(path: bytes) -> int: the cached bits"},
+    {"set_program", fp_set_program, METH_O,
+     "set_program(program: tuple | None): the judge's plain allows as tables, asked on a miss "
+     "before the decider (dropped with it)"},
+    {"plain_bits", fp_plain_bits, METH_VARARGS,
+     "plain_bits(target: bytes, bits: int) -> int: the bits the program plainly allows; -1 when "
+     "only the decider can tell"},
     {"protect", fp_protect, METH_VARARGS,
      "protect(keys: bytes) -> None: the protected inodes, as native (st_dev, st_ino) u64 pairs"},
     {"expect_exec", fp_expect_exec, METH_VARARGS,

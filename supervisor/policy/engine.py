@@ -301,6 +301,48 @@ class _Table:
         return default
 
 
+# What a decision is to the broker's native path (`CompiledPolicy.plain_tables`).
+PLAIN = 1  # an allow with no rate limit: asked for no record
+PROCEEDS = 2  # the action goes ahead (an allow, log or warn; a deny that only warns or logs)
+
+
+def plain_flags(decision: Decision) -> int:
+    plain = decision.verdict is Verdict.ALLOW and decision.rate_limit is None
+    return (PLAIN if plain else 0) | (PROCEEDS if response_for(decision).proceeds else 0)
+
+
+class PlainEntry(NamedTuple):
+    """One rule of a set, for the native path: the actions it decides, the
+    index of its pattern, its `except` globs' indices (from low, to before
+    high) and its decision's `plain_flags`."""
+
+    actions: frozenset[ActionType]
+    pattern: int
+    except_low: int
+    except_high: int
+    flags: int
+
+
+class PlainTables(NamedTuple):
+    """The policy as the broker's native path decides with it (`CompiledPolicy.plain_tables`).
+
+    Each set is RE2's own match, reporting a catch-all at index `patterns`
+    (an empty answer: its DFA gave up, and the judge decides).  A path
+    action's decision is its first entry, in order, whose pattern matched and
+    whose `except` globs did not; shell_execute's the same over its own set.
+    """
+
+    path_match: Callable[[bytes], list[int] | None] | None
+    path_patterns: int
+    path_entries: tuple[PlainEntry, ...]
+    shell_match: Callable[[bytes], list[int] | None] | None
+    shell_patterns: int
+    shell_entries: tuple[PlainEntry, ...]
+    default_flags: int
+    refusing_roots: tuple[str, ...]  # `refused_beneath`'s roots
+    max_length: int
+
+
 def _no_set(_data: bytes) -> None:
     """A set that always gives up: `evaluate` then goes rule by rule."""
     return None
@@ -369,6 +411,17 @@ class _PathRules:
                 self._default,
             )
         return decision
+
+    def plain_table(
+        self,
+    ) -> tuple[Callable[[bytes], list[int] | None], int, tuple[PlainEntry, ...]]:
+        """The set's match, its number of patterns, and each rule's entry, in priority order."""
+        entries = tuple(
+            PlainEntry(actions, index, excepts.start, excepts.stop, plain_flags(decision))
+            for actions, index, excepts, decision in self._entries
+        )
+        patterns = entries[-1].except_high if entries else 0
+        return self._match, patterns, entries
 
 
 # Sets of hits whose decisions `_PathRules` keeps: a run sees a few dozen.
@@ -547,6 +600,36 @@ class CompiledPolicy:
             and rule.rule.actions & FILE_ACTIONS
             and not response_for(rule.decision).proceeds
             and rule.matcher.roots is not None
+        )
+
+    def plain_tables(self) -> PlainTables:
+        """What `evaluate_target` decides with, for the broker's native path:
+        the path rules' set and shell_execute's (None where RE2 cannot hold
+        one: the judge decides those)."""
+        paths = self._path_rules
+        path_match, path_patterns, path_entries = (
+            paths.plain_table() if paths is not None else (None, 0, ())
+        )
+        shell = self._tables[ActionType.SHELL_EXECUTE]
+        shell_entries = tuple(
+            PlainEntry(
+                frozenset({ActionType.SHELL_EXECUTE}), index, low, high, plain_flags(decision)
+            )
+            for index, ((low, high), decision) in enumerate(
+                zip(shell.except_ranges, shell.decisions, strict=True)
+            )
+        )
+        shell_patterns = shell_entries[-1].except_high if shell_entries else 0
+        return PlainTables(
+            path_match=path_match,
+            path_patterns=path_patterns,
+            path_entries=path_entries,
+            shell_match=None if shell.match is _no_set else shell.match,
+            shell_patterns=shell_patterns,
+            shell_entries=shell_entries,
+            default_flags=plain_flags(self.default_decision),
+            refusing_roots=tuple(root for _rule, roots in self._refusing_roots for root in roots),
+            max_length=MAX_TARGET_LENGTH,
         )
 
     # --- what a move carries with it ---

@@ -340,15 +340,20 @@ class FloorCheck:
 
     def allows(self, path: str, rights: int) -> bool:
         """True if some rule at or above `path` grants any of `rights` (or none are handled)."""
+        prefixes = self.prefixes(rights)
+        return prefixes is None or (path + "/").startswith(prefixes)  # the root, or beneath it
+
+    def prefixes(self, rights: int) -> tuple[str, ...] | None:
+        """The roots granting any of `rights`, each as `root/`; None when none are handled."""
         wanted = rights & self.handled
         if not wanted:
-            return True
+            return None
         prefixes = self._prefixes.get(wanted)
         if prefixes is None:
             prefixes = self._prefixes[wanted] = tuple(
                 "/" if root == "/" else root + "/" for root, mask in self._rules if mask & wanted
             )
-        return (path + "/").startswith(prefixes)  # the root itself, or beneath it
+        return prefixes
 
 
 # --- a compiled policy's floor -------------------------------------------------------
@@ -437,6 +442,13 @@ def floor_reaches(floor: FloorCheck, action: ActionType, target: str) -> bool:
     """Whether the floor lets `action` reach `target` (actions it does not cover: yes)."""
     rights = ACTION_RIGHTS.get(action)
     return not rights or floor.allows(target, rights)
+
+
+def floor_prefixes(floor: FloorCheck, action: ActionType) -> tuple[str, ...] | None:
+    """`floor_reaches` as prefixes: `action` reaches a target whose `target/`
+    starts with one of them; None when the floor does not cover it."""
+    rights = ACTION_RIGHTS.get(action)
+    return floor.prefixes(rights) if rights else None
 
 
 def floor_verdict(

@@ -44,6 +44,7 @@ from ..policy import floor
 from ..policy.cache import compile_policy_cached, resolve_policy_cached
 from ..policy.engine import (
     CompiledPolicy,
+    PlainEntry,
     RunContext,
     compile_policy,
     invoking_home,
@@ -487,7 +488,7 @@ def _mirror_to(broker: BrokerClient) -> Callable[[ActionType | None, str], None]
     return mirror
 
 
-def _native_decider(judge: Judge) -> Callable[[bytes, int], int]:
+def native_decider(judge: Judge) -> Callable[[bytes, int], int]:
     """What the broker asks on a miss: which of the actions its judge plainly allows.
 
     Runs in the broker, on the copy of the judge it was forked with: the
@@ -505,6 +506,57 @@ def _native_decider(judge: Judge) -> Callable[[bytes, int], int]:
         return bits_of(os.fsdecode(path), pairs[wanted & _ALL_NATIVE_BITS])
 
     return decide
+
+
+def native_program(judge: Judge) -> tuple[object, ...] | None:
+    """`judge.plain_program` in the layout `_fastpath.set_program` takes:
+    actions as the native cache's bits, text as bytes."""
+    program = judge.plain_program(_NATIVE_BITS)
+    if program is None:
+        return None
+    tables = program.tables
+
+    def bits(actions: Iterable[ActionType]) -> int:
+        return functools.reduce(operator.or_, (_NATIVE_BITS.get(a, 0) for a in actions), 0)
+
+    def entries(rows: Iterable[PlainEntry]) -> tuple[tuple[int, ...], ...]:
+        return tuple(
+            (bits(row.actions), row.pattern, row.except_low, row.except_high, row.flags)
+            for row in rows
+        )
+
+    def texts(items: Iterable[str]) -> tuple[bytes, ...]:
+        return tuple(os.fsencode(item) for item in items)
+
+    # The floor's prefixes in the order of the bits (bit i: slot i).
+    by_bit = {bit: action for action, bit in _NATIVE_BITS.items()}
+    floor = tuple(
+        None if (prefixes := program.floor.get(by_bit[1 << slot])) is None else texts(prefixes)
+        for slot in range(len(_NATIVE_BITS))
+    )
+    return (
+        tables.path_match,
+        tables.path_patterns,
+        entries(tables.path_entries),
+        tables.shell_match,
+        tables.shell_patterns,
+        entries(tables.shell_entries),
+        tables.default_flags,
+        texts(tables.refusing_roots),
+        texts(program.write_guards),
+        texts(program.read_guards),
+        texts(program.code_roots),
+        floor,
+        tables.max_length,
+    )
+
+
+def _prepare_native(judge: Judge) -> None:
+    """In the broker, before it serves: the tables its misses are decided
+    with built, and handed to the native path."""
+    judge.policy.prepare(tuple(_NATIVE_BITS))
+    if fastpath.native is not None:
+        fastpath.native.set_program(native_program(judge))
 
 
 class Agent:
@@ -746,8 +798,8 @@ class Agent:
                 compiled, request, user, keep, agent_id, egress_port, read_only
             ),
             native=fastpath.enabled(),
-            native_decider=_native_decider(self.judge),
-            native_prepare=functools.partial(self.judge.policy.prepare, tuple(_NATIVE_BITS)),
+            native_decider=native_decider(self.judge),
+            native_prepare=functools.partial(_prepare_native, self.judge),
             cgroup_procs=tuple(f"{path}/cgroup.procs" for path in self.group.paths)
             if self.group is not None
             else (),

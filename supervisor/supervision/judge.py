@@ -19,7 +19,7 @@ import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Protocol, TextIO
+from typing import NamedTuple, Protocol, TextIO
 
 from ..events import (
     ActionType,
@@ -37,8 +37,8 @@ from ..kernel import cgroup as cgroups
 from ..kernel.proc import process_group, thread_group_id
 from ..paths import Locations
 from ..policy import CompiledPolicy, RateLimiter
-from ..policy.engine import MoveEscape
-from ..policy.floor import FloorCheck, floor_reaches, floor_verdict
+from ..policy.engine import MoveEscape, PlainTables
+from ..policy.floor import FloorCheck, floor_prefixes, floor_reaches, floor_verdict
 
 _ALLOW_CACHE_SIZE = 16384
 SELF_PROTECTION_RULE = "agentsup-self-protection"
@@ -462,6 +462,18 @@ def _plain(decision: Decision, response: Response) -> bool:
     return response is Response.ALLOW and decision.rate_limit is None
 
 
+class PlainProgram(NamedTuple):
+    """`Judge.plainly_allowed_bits` as data, for the broker's native path: the
+    policy's tables, and the judge's own checks around them as prefixes."""
+
+    tables: PlainTables
+    # `root/`: what the judge refuses at or beneath, whatever the policy says
+    write_guards: tuple[str, ...]  # file_write, file_delete, file_move, file_chmod
+    read_guards: tuple[str, ...]  # file_read, process_spawn
+    code_roots: tuple[str, ...]  # agentsup's own code: the judge's to decide
+    floor: Mapping[ActionType, tuple[str, ...] | None]  # `floor_prefixes` per action
+
+
 class Judge:
     """The state machine of one agent, and the judge of its actions."""
 
@@ -562,6 +574,23 @@ class Judge:
             ):
                 granted |= bit
         return granted
+
+    def plain_program(self, actions: Iterable[ActionType]) -> PlainProgram | None:
+        """What `plainly_allowed_bits` decides `actions` with; None when every
+        decision is recorded (no allow is plain)."""
+        if self.policy.audit_level is AuditLevel.ALL:
+            return None
+        floor = self.floor
+        return PlainProgram(
+            tables=self.policy.plain_tables(),
+            write_guards=self._guards[0],
+            read_guards=self._guards[1],
+            code_roots=_AGENTSUP_CODE,
+            floor={
+                action: None if floor is None else floor_prefixes(floor, action)
+                for action in actions
+            },
+        )
 
     def refuses_writes(self, target: str) -> bool:
         """Whether no write of `target` can go ahead: file_write is refused
