@@ -153,6 +153,7 @@ def _targets(judge: Judge) -> Iterator[bytes]:
     for target in (
         f"{WORKSPACE}//a", f"{WORKSPACE}/./a", f"{WORKSPACE}/../a", f"{WORKSPACE}/a/",
         f"{WORKSPACE}/é.txt", f"{WORKSPACE}/" + "x" * 5000, "relative/name",
+        f"{WORKSPACE}/a\0/../secret", f"{WORKSPACE}/a\0//x", "git status\0; rm -rf /",
     ):  # fmt: skip
         yield os.fsencode(target)
     for command in COMMANDS:
@@ -225,6 +226,7 @@ def test_what_only_the_judge_can_tell_is_left_to_it(
         f"{WORKSPACE}/./a",  # a name the judge normalises first
         f"{WORKSPACE}/é.txt",  # the judge's text is the name decoded and encoded again
         f"{WORKSPACE}/" + "x" * 5000,
+        f"{WORKSPACE}/a\0/../secret",  # no name holds a NUL: C would stop at it
     ):
         assert native.plain_bits(os.fsencode(target), read) == -1, target
     assert native.plain_bits(os.fsencode(f"{WORKSPACE}/a.txt"), read) == read

@@ -868,8 +868,8 @@ static long program_bits(const char *path, size_t length, int ask) {
     if (!program.source || (Py_ssize_t)length > program.max_length)
         return -1;
     for (size_t i = 0; i < length; i++)
-        if ((unsigned char)path[i] >= 0x80)
-            return -1; /* the judge's text is the name decoded and encoded again */
+        if ((unsigned char)path[i] >= 0x80 || path[i] == '\0')
+            return -1; /* the judge's text is the name decoded and encoded again; C stops at a NUL */
     long granted_bits = 0;
     uint64_t hits[HIT_WORDS];
     unsigned on_path = (unsigned)ask & PATH_ALLOWS;
