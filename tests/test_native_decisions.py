@@ -250,3 +250,24 @@ def test_dropping_the_decider_drops_the_program(
     assert native.plain_bits(target, 1) == 1
     native.set_decider(None)
     assert native.plain_bits(target, 1) == -1
+
+
+def test_a_policy_of_thousands_of_patterns_is_decided_natively_too(
+    tmp_path: Path, programmed: Callable[[Judge], Callable[[bytes, int], int]]
+) -> None:
+    """More patterns than one word of hits per 64 needs (4,200 here): the
+    broker's hit buffer is sized to the set, not capped."""
+    rules = "".join(
+        f'  - {{id: r{i}, actions: [file_read], target: "{{workspace}}/d{i}/**",'
+        f' except: ["**/*.keep{i}"], decision: deny}}\n'
+        for i in range(2100)
+    )
+    judge = _judge(tmp_path, f"name: big\ndefault: allow\nrules:\n{rules}", None)
+    decide = programmed(judge)
+    native = fastpath.native
+    assert native is not None
+    for target in (f"{WORKSPACE}/d2099/a", f"{WORKSPACE}/d2099/a.keep2099", f"{WORKSPACE}/e/a"):
+        data = os.fsencode(target)
+        said = native.plain_bits(data, fastpath.ALLOW_READ)
+        assert said != -1, target
+        assert said == decide(data, fastpath.ALLOW_READ), target

@@ -694,7 +694,6 @@ static void inject(int listener, uint64_t id, int fd, int cloexec) {
 #define PATH_ALLOWS (ALLOW_READ | ALLOW_WRITE | ALLOW_DELETE | ALLOW_MOVE | ALLOW_SPAWN | ALLOW_CHMOD)
 #define WRITE_CLASS (ALLOW_WRITE | ALLOW_DELETE | ALLOW_MOVE | ALLOW_CHMOD)
 #define NATIVE_BIT_COUNT 7
-#define HIT_WORDS 64 /* sets of up to 4,095 patterns; larger ones are the judge's */
 
 struct plain_entry {
     unsigned actions, flags;
@@ -711,6 +710,7 @@ struct plain_set {
     PyObject *match; /* borrowed from `program.source`; NULL: no set */
     Py_ssize_t patterns, count;
     struct plain_entry *entries;
+    uint64_t *hits; /* one bit per pattern and the catch-all */
 };
 
 static struct {
@@ -734,6 +734,8 @@ static void texts_free(struct texts *t) {
 static void program_free(void) {
     free(program.paths.entries);
     free(program.shell.entries);
+    free(program.paths.hits);
+    free(program.shell.hits);
     texts_free(&program.refusing);
     texts_free(&program.write_guards);
     texts_free(&program.read_guards);
@@ -770,11 +772,12 @@ static int set_from(PyObject *match, PyObject *patterns, PyObject *entries, stru
         return -1;
     set->match = match == Py_None ? NULL : match;
     set->patterns = PyLong_AsSsize_t(patterns);
-    if (set->patterns < 0 || set->patterns >= HIT_WORDS * 64 || !PyTuple_Check(entries))
+    if (set->patterns < 0 || !PyTuple_Check(entries))
         return -1;
+    set->hits = calloc((size_t)set->patterns / 64 + 1, sizeof *set->hits);
     set->count = PyTuple_GET_SIZE(entries);
     set->entries = calloc((size_t)set->count + 1, sizeof *set->entries);
-    if (!set->entries)
+    if (!set->entries || !set->hits)
         return -1;
     for (Py_ssize_t i = 0; i < set->count; i++) {
         struct plain_entry *e = &set->entries[i];
@@ -809,10 +812,11 @@ static int equals_any(const char *s, size_t n, const struct texts *t) {
     return 0;
 }
 
-/* The patterns of `set` that `text` matches, as bits in `hits`; 0 when RE2
+/* The patterns of `set` that `text` matches, as bits in its `hits`; 0 when RE2
  * gave no answer (its DFA gave up: an answer always holds the catch-all). */
-static int match_set(const struct plain_set *set, const char *text, size_t length, uint64_t *hits) {
-    memset(hits, 0, HIT_WORDS * sizeof *hits);
+static int match_set(const struct plain_set *set, const char *text, size_t length) {
+    uint64_t *hits = set->hits;
+    memset(hits, 0, ((size_t)set->patterns / 64 + 1) * sizeof *hits);
     PyObject *data = PyBytes_FromStringAndSize(text, (Py_ssize_t)length);
     PyObject *found = data ? PyObject_CallOneArg(set->match, data) : NULL;
     Py_XDECREF(data);
@@ -841,7 +845,8 @@ static int hit(const uint64_t *hits, Py_ssize_t index) {
 }
 
 /* The flags of `action`'s decision: its first entry that matched, unexcepted. */
-static unsigned decision_flags(const struct plain_set *set, const uint64_t *hits, unsigned action) {
+static unsigned decision_flags(const struct plain_set *set, unsigned action) {
+    const uint64_t *hits = set->hits;
     for (Py_ssize_t i = 0; i < set->count; i++) {
         const struct plain_entry *e = &set->entries[i];
         if (!(e->actions & action) || !hit(hits, e->index))
@@ -871,7 +876,6 @@ static long program_bits(const char *path, size_t length, int ask) {
         if ((unsigned char)path[i] >= 0x80 || path[i] == '\0')
             return -1; /* the judge's text is the name decoded and encoded again; C stops at a NUL */
     long granted_bits = 0;
-    uint64_t hits[HIT_WORDS];
     unsigned on_path = (unsigned)ask & PATH_ALLOWS;
     if (on_path) {
         if (!program.paths.match || length > PATH_BYTES || !canonical(path) ||
@@ -886,7 +890,7 @@ static long program_bits(const char *path, size_t length, int ask) {
             if (n < length && memcmp(path, program.code_roots.text[i], n) == 0 && path[n] == '/')
                 return -1;
         }
-        if (!match_set(&program.paths, path, length, hits))
+        if (!match_set(&program.paths, path, length))
             return -1;
         int read_guarded = starts_with_any(probe, probe_length, &program.read_guards);
         int write_guarded = starts_with_any(probe, probe_length, &program.write_guards);
@@ -897,9 +901,9 @@ static long program_bits(const char *path, size_t length, int ask) {
             if (bit & WRITE_CLASS) {
                 int guarded = write_guarded ||
                               (bit == ALLOW_MOVE && any_starts_with(probe, probe_length, &program.write_guards));
-                flags = guarded ? 0 : decision_flags(&program.paths, hits, bit);
+                flags = guarded ? 0 : decision_flags(&program.paths, bit);
             } else
-                flags = read_guarded ? 0 : decision_flags(&program.paths, hits, bit);
+                flags = read_guarded ? 0 : decision_flags(&program.paths, bit);
             if (bit == ALLOW_MOVE && (flags & PROCEEDS_FLAG)) {
                 /* Beneath "/" is "/", not "//" (refused_beneath strips the slash). */
                 size_t beneath = length == 1 ? 1 : probe_length;
@@ -915,7 +919,7 @@ static long program_bits(const char *path, size_t length, int ask) {
             }
             if (bit == ALLOW_SPAWN && (flags & PLAIN_FLAG)) {
                 /* Running a file reads it: a read that does not go ahead refuses the run. */
-                unsigned read = decision_flags(&program.paths, hits, ALLOW_READ);
+                unsigned read = decision_flags(&program.paths, ALLOW_READ);
                 if (!(read & PROCEEDS_FLAG))
                     flags = 0;
             }
@@ -928,9 +932,9 @@ static long program_bits(const char *path, size_t length, int ask) {
         }
     }
     if (ask & ALLOW_SHELL) {
-        if (!program.shell.match || !match_set(&program.shell, path, length, hits))
+        if (!program.shell.match || !match_set(&program.shell, path, length))
             return -1;
-        if (decision_flags(&program.shell, hits, ALLOW_SHELL) & PLAIN_FLAG)
+        if (decision_flags(&program.shell, ALLOW_SHELL) & PLAIN_FLAG)
             granted_bits |= ALLOW_SHELL;
     }
     return granted_bits;
