@@ -8,7 +8,7 @@ import textwrap
 import pytest
 from conftest import Sandbox
 
-from agentsup.supervision.placement import Sample, should_share
+from agentsup.supervision.placement import Sample, should_share, supervisor_apart
 
 # -- the decision (pure) ---------------------------------------------------------------
 
@@ -32,6 +32,26 @@ from agentsup.supervision.placement import Sample, should_share
 )
 def test_when_to_share(shared: bool, sample: Sample, expected: bool) -> None:
     assert should_share(shared, sample) is expected
+
+
+@pytest.mark.parametrize(
+    ("native", "cpus", "sample", "expected"),
+    [
+        # The broker answers; the supervisor is told: it runs beside the agent.
+        (True, 2, None, True),
+        (True, 2, Sample(5000, 0.9, 0.0, answered_per_s=20), True),
+        # The agent waits on the supervisor's own answers: hand-overs on one CPU.
+        (True, 2, Sample(5000, 0.9, 0.0, answered_per_s=400), False),
+        # The Python path answers every syscall in the supervisor.
+        (False, 2, Sample(5000, 0.9, 0.0), False),
+        # One CPU: nowhere else to go.
+        (True, 1, None, False),
+    ],
+)
+def test_when_the_supervisor_keeps_off_the_agents_cpu(
+    native: bool, cpus: int, sample: Sample | None, expected: bool
+) -> None:
+    assert supervisor_apart(native, cpus, sample) is expected
 
 
 # -- real agents -------------------------------------------------------------------------

@@ -1166,32 +1166,44 @@ class Agent:
         """
         from . import placement
 
-        shared = True
+        every = placement.all_cpus()
         shared_cpus = {max(os.sched_getaffinity(0))}
-        assert self.group is not None
-        placement.place(self.group.pids(), shared_cpus)
-        last = (self.loop.clock(), 0, *cpu.read())
+        native = self.launched is not None and self.launched.forward is not None
+        shared, apart = True, placement.supervisor_apart(native, len(every), None)
+
+        def place() -> None:
+            assert self.group is not None
+            agent = shared_cpus if shared else every
+            supervisor = (every - shared_cpus) if shared and apart else agent
+            placement.place(self.group.pids(), agent, supervisor)
+
+        place()
+        last = (self.loop.clock(), 0, 0, *cpu.read())
 
         def sample() -> None:
-            nonlocal shared, last
+            nonlocal shared, apart, last
             if self.exited or self.mediator is None or self.group is None:
                 return
             # Both the supervisor's answers and the broker's own count.
-            native = self.launched.answered_natively() if self.launched else 0
-            served = self.mediator.served + native
+            answered = self.mediator.served - self.mediator.notices
+            served = self.mediator.served + (
+                self.launched.answered_natively() if self.launched else 0
+            )
             now = self.loop.clock()
             used, stalled = cpu.read()
             elapsed = max(now - last[0], 1e-3)
             observed = placement.Sample(
                 notifications_per_s=(served - last[1]) / elapsed,
-                cores_used=(used - last[2]) / elapsed,
-                stalled=(stalled - last[3]) / elapsed,
+                cores_used=(used - last[3]) / elapsed,
+                stalled=(stalled - last[4]) / elapsed,
+                answered_per_s=(answered - last[2]) / elapsed,
             )
-            last = (now, served, used, stalled)
+            last = (now, served, answered, used, stalled)
             wanted = placement.should_share(shared, observed)
-            if wanted != shared:
-                shared = wanted
-                placement.place(self.group.pids(), shared_cpus if shared else placement.all_cpus())
+            wanted_apart = placement.supervisor_apart(native, len(every), observed)
+            if (wanted, wanted_apart) != (shared, apart):
+                shared, apart = wanted, wanted_apart
+                place()
             self.loop.call_later(placement.SAMPLE_SECONDS, sample)
 
         self.loop.call_later(placement.SAMPLE_SECONDS, sample)

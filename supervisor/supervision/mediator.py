@@ -558,6 +558,7 @@ class Mediator:
         self.judge = judge
         self._allow_cache = judge.allow_cache
         self.served = 0  # notifications so far (CPU placement watches the rate)
+        self.notices = 0  # of them, the broker's notices: nothing waited for an answer
         self._execs: OrderedDict[int, _AllowedExec] = OrderedDict()
         # A thread that called exec -> its process: a call of its own means
         # that exec failed (after a successful one, the thread is gone).
@@ -637,9 +638,11 @@ class Mediator:
         if self._umasks_in_flight:
             self._umasks_in_flight.discard(notif.pid)  # its umask() returned
         if notif.nr == _fastpath.EXEC_CHECKED:
+            self.notices += 1
             self._drop_exec(notif.pid)  # the broker found the image allowed
             return
         if notif.nr == _fastpath.EXEC_DONE:
+            self.notices += 1
             # The broker let an exec through, only ever a leader's: the pid is
             # the process's, with no /proc lookup to know it.
             self._image_changed(notif.pid, notif.pid)

@@ -8,7 +8,10 @@ faster sharing its supervisor's CPU, while an agent that computes in
 parallel wants every CPU.
 
 With the broker's native path the hand-overs are between the agent and its
-broker, both in the agent's tree: sharing one CPU helps them the same way.
+broker, both in the agent's tree: sharing one CPU helps them the same way,
+and the supervisor, which is then mostly told what the broker did, keeps off
+that CPU while it answers few syscalls itself (`supervisor_apart`): its own
+work (exec notices, the audit log) runs beside the agent's, not in turn.
 
 `auto` (the default where a cgroup is available) starts the agent's tree on
 the supervisor's CPU (most commands an agent runs are short and make
@@ -33,6 +36,8 @@ class Sample(NamedTuple):
     notifications_per_s: float
     cores_used: float  # CPU time of the tree per wall second
     stalled: float  # fraction of the second some task of the tree waited for a CPU
+    # Of the notifications, those the supervisor itself answered (the agent waiting).
+    answered_per_s: float = 0.0
 
 
 class Thresholds(NamedTuple):
@@ -44,6 +49,12 @@ class Thresholds(NamedTuple):
     # The supervisor, the broker and the agent hand over to each other: some queueing is theirs.
     spread_above_stall: float = 0.5
     spread_below_rate: float = 100.0
+    # With the native path the broker answers in the agent's tree, and what the
+    # supervisor does is mostly told, not asked (exec notices, the audit log):
+    # on a CPU of its own it runs beside the agent.  Past this many answers of
+    # its own a second, the agent waits on it, and a wake-up across CPUs costs
+    # more than sharing (a `#!` script's exec: 20% slower apart).
+    apart_below_answers: float = 100.0
 
 
 _THRESHOLDS = Thresholds()
@@ -62,13 +73,23 @@ def should_share(shared_now: bool, sample: Sample, limits: Thresholds = _THRESHO
     )
 
 
+def supervisor_apart(
+    native: bool, cpus: int, sample: Sample | None, limits: Thresholds = _THRESHOLDS
+) -> bool:
+    """Pure: while the agent shares one CPU, keep the supervisor off it?"""
+    if not native or cpus < 2:
+        return False  # the Python path: every syscall is a hand-over to the supervisor
+    return sample is None or sample.answered_per_s < limits.apart_below_answers
+
+
 def all_cpus() -> set[int]:
     return set(range(os.cpu_count() or 1))
 
 
-def place(pids: set[int], cpus: set[int]) -> None:
-    """Set the affinity of every thread of `pids`, and of the supervisor itself."""
-    os.sched_setaffinity(0, cpus)
+def place(pids: set[int], cpus: set[int], supervisor: set[int] | None = None) -> None:
+    """Set the affinity of every thread of `pids`, and of the supervisor itself
+    (`supervisor`, or the same `cpus`)."""
+    os.sched_setaffinity(0, supervisor or cpus)
     for pid in pids:
         try:
             tids = os.listdir(f"/proc/{pid}/task")
