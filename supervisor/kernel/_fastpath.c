@@ -430,7 +430,26 @@ static int compare_keys(const void *a, const void *b) {
 }
 
 /* Whether a file with these numbers may be judged under its own path. */
+/* Whether `st` is on the agent's procfs.  The broker is PID 1 of the agent's
+ * PID namespace: /proc/1 there is the broker's own entry (its environment,
+ * its memory, which holds the listener's code), and /proc/self the broker's.
+ * Nothing on procfs is served here, whatever name reached it; the
+ * supervisor walks such names as the agent's. */
+static int on_proc(const struct stat *st) {
+    static dev_t proc_device;
+    static int looked;
+    if (!looked) {
+        struct stat proc;
+        looked = stat("/proc", &proc) == 0;
+        proc_device = looked ? proc.st_dev : 0;
+        looked = 1;
+    }
+    return proc_device != 0 && st->st_dev == proc_device;
+}
+
 static int own_name(const struct stat *st) {
+    if (on_proc(st))
+        return 0;
     if (st->st_nlink <= 1)
         return 1;
     if (!protected_known)
@@ -1250,7 +1269,10 @@ static ssize_t real_base(pid_t pid, int dirfd, char *base) {
 static int absolute_from(pid_t pid, int dirfd, const char *raw, char *out) {
     char base[PATH_BYTES + 1];
     ssize_t got = canonical_relative(raw) ? real_base(pid, dirfd, base) : -1;
-    return got > 0 && join(base, (size_t)got, raw, out) > 0;
+    /* The joined name is held to what an absolute one is (agent_path): from
+     * "/", "proc/1/mem" is the broker's own memory. */
+    return got > 0 && join(base, (size_t)got, raw, out) > 0 &&
+           (!special_prefix(out) || harmless_device_name(out));
 }
 
 /* The path to open exactly for the agent's `raw`: `raw` itself when it is
@@ -1429,7 +1451,7 @@ static int serve_open(int listener, const struct seccomp_notif *n, int dirfd, ui
     char real_buffer[PATH_BYTES + 1];
     const char *real = exact ? path : real_buffer;
     ssize_t length = fstat(fd, &st) != 0 ? -1 : exact ? (ssize_t)strlen(path) : real_path(fd, real_buffer);
-    int plain = length > 0 &&
+    int plain = length > 0 && !on_proc(&st) &&
                 ((S_ISREG(st.st_mode) && own_name(&st)) || (S_ISDIR(st.st_mode) && !writes) ||
                  (harmless_device(&st) && harmless_device_name(real)));
     int need = (reads || !writes ? ALLOW_READ : 0) | (writes ? ALLOW_WRITE : 0);
@@ -1540,7 +1562,8 @@ static int pin_object(const struct seccomp_notif *n, int dirfd, uint64_t path_pt
     int fd = open_exact(path, O_PATH | O_CLOEXEC | (nofollow ? O_NOFOLLOW : 0));
     if (fd < 0)
         return errno == ENOENT ? -2 : -1;
-    if (fstat(fd, st) != 0 || !((S_ISREG(st->st_mode) && own_name(st)) || S_ISDIR(st->st_mode))) {
+    if (fstat(fd, st) != 0 || on_proc(st) ||
+        !((S_ISREG(st->st_mode) && own_name(st)) || S_ISDIR(st->st_mode))) {
         close(fd);
         return -1;
     }

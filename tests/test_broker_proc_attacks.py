@@ -1,0 +1,103 @@
+"""The broker's own /proc entry is never the agent's to open.
+
+Found by red team 17 (critical).  The broker is PID 1 of the agent's PID
+namespace, so the agent's /proc/1 is the broker.  An absolute /proc name is
+the supervisor's, but the native path made a relative name absolute from
+the agent's cwd and opened it at once: from "/", "proc/1/environ" gave the
+broker's environment (variables `env.deny` kept from the agent), and under
+a policy that lets /proc be written, "proc/1/mem" opened read-write gave the
+broker's memory, into which the agent wrote code that ran as the broker,
+with no seccomp filter and the listener in hand.
+
+Now a name made absolute is held to what an absolute one is (/proc, /dev
+and /sys are the supervisor's), and nothing on the agent's procfs is served
+by the native path, whatever name reached it.  Both paths refuse.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+from conftest import Sandbox, both_paths, fastpath_env
+
+pytestmark = [
+    pytest.mark.requires_root,
+    pytest.mark.requires_seccomp_notify,
+    pytest.mark.requires_landlock,
+]
+
+SECRET = "broker-env-secret-7d1c"
+
+# Each attempt reports what it got: "refused", or the bytes it read.
+PROBES = textwrap.dedent(
+    """
+    import json, os, sys
+    mode = os.O_RDWR if sys.argv[1] == "write" else os.O_RDONLY
+    results = {}
+    def attempt(label, opener):
+        try:
+            fd = opener()
+        except OSError as exc:
+            results[label] = "refused " + str(exc.errno)
+            return
+        try:
+            results[label] = os.pread(fd, 200, 0).decode("latin-1") if label != "dir" else "opened"
+        except OSError as exc:
+            results[label] = "opened, unreadable " + str(exc.errno)
+        finally:
+            os.close(fd)
+    os.chdir("/")
+    attempt("environ", lambda: os.open("proc/1/environ", mode))
+    attempt("mem", lambda: os.open("proc/1/mem", mode))
+    attempt("self", lambda: os.open("proc/self/environ", os.O_RDONLY))
+    attempt("dir", lambda: os.open("proc/1", os.O_RDONLY | os.O_DIRECTORY))
+    os.chdir("/proc")
+    attempt("from-proc", lambda: os.open("1/environ", os.O_RDONLY))
+    print(json.dumps(results))
+    """
+)
+
+# Everything in /proc readable and writable, as an operator might allow it.
+PROC_OPEN = """
+name: proc-open
+extends: [permissive]
+rules:
+  - {id: proc-rw, actions: [file_read, file_write], target: "/proc/**", decision: allow}
+"""
+
+
+def _probe(sandbox: Sandbox, native: bool, policy: str, mode: str) -> dict[str, str]:
+    script = sandbox.workspace / "probe.py"
+    script.write_text(PROBES)
+    result = sandbox.run(
+        "python3",
+        str(script),
+        mode,
+        policy=policy,
+        env={**fastpath_env(native), "BROKER_SECRET_TOKEN": SECRET},
+    )
+    assert result.returncode == 0, result.stderr
+    found: dict[str, str] = json.loads(result.stdout.strip().splitlines()[-1])
+    return found
+
+
+@both_paths
+def test_the_brokers_environment_is_not_read_by_a_relative_name(
+    sandbox: Sandbox, native: bool
+) -> None:
+    """strict keeps *_TOKEN from the agent; the broker, forked before, has it."""
+    found = _probe(sandbox, native, "strict", "read")
+    assert SECRET not in json.dumps(found), found
+    for label in ("environ", "mem", "dir", "from-proc"):
+        assert found[label].startswith("refused"), (label, found)
+
+
+@both_paths
+def test_the_brokers_memory_is_not_opened_for_writing(sandbox: Sandbox, native: bool) -> None:
+    """Where the policy lets /proc be written, the broker's memory still is not."""
+    found = _probe(sandbox, native, sandbox.policy("proc-open", PROC_OPEN), "write")
+    assert found["mem"].startswith("refused"), found
+    assert found["environ"].startswith("refused"), found
+    assert SECRET not in json.dumps(found), found
