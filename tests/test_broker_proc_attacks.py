@@ -16,8 +16,11 @@ by the native path, whatever name reached it.  Both paths refuse.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import textwrap
+import threading
 
 import pytest
 from conftest import Sandbox, both_paths, fastpath_env
@@ -101,3 +104,60 @@ def test_the_brokers_memory_is_not_opened_for_writing(sandbox: Sandbox, native: 
     assert found["mem"].startswith("refused"), found
     assert found["environ"].startswith("refused"), found
     assert SECRET not in json.dumps(found), found
+
+
+# -- what a symlink leads to is not opened before the decision ------------------------
+
+SECRET_FIFO_POLICY = """
+name: secret-fifo
+extends: [strict]
+rules:
+  - {id: no-secret, actions: [file_read], target: "{workspace}/secret/**", decision: deny,
+     priority: 1, on_violation: block}
+"""
+
+
+@both_paths
+def test_a_fifo_behind_a_symlink_is_not_opened_before_it_is_refused(
+    sandbox: Sandbox, native: bool
+) -> None:
+    """Opening a device or a FIFO is an act of its own (a watchdog is armed, a
+    waiting writer goes on): a read through a symlink is pinned first, as a
+    write is, and only opened once allowed.  Here a writer outside the agent
+    waits on a FIFO the policy refuses to read; the agent's refused open
+    through a symlink must not let it go."""
+    secret = sandbox.workspace / "secret"
+    secret.mkdir()
+    fifo = secret / "fifo"
+    os.mkfifo(fifo)
+    (sandbox.workspace / "link").symlink_to(fifo)
+    opened = threading.Event()
+
+    def writer() -> None:
+        with contextlib.suppress(OSError):
+            fd = os.open(fifo, os.O_WRONLY)  # waits for a reader
+            opened.set()
+            os.close(fd)
+
+    threading.Thread(target=writer, daemon=True).start()
+    script = sandbox.workspace / "reader.py"
+    script.write_text(
+        "import os, sys\n"
+        "try:\n"
+        "    os.close(os.open(sys.argv[1], os.O_RDONLY | os.O_NONBLOCK))\n"
+        "    print('opened')\n"
+        "except OSError as exc:\n"
+        "    print('refused', exc.errno)\n"
+    )
+    result = sandbox.run(
+        "python3",
+        str(script),
+        str(sandbox.workspace / "link"),
+        policy=sandbox.policy("secret-fifo", SECRET_FIFO_POLICY),
+        env=fastpath_env(native),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[0] == "refused", result.stdout
+    assert not opened.wait(0.5), "the waiting writer was let go"
+    # Free the writer (a reader of our own), so the thread ends.
+    os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))

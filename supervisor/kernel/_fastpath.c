@@ -1414,7 +1414,10 @@ static int serve_open(int listener, const struct seccomp_notif *n, int dirfd, ui
     int reads = (flags & O_ACCMODE) != O_WRONLY;
     /* Writes are pinned first, and opened once decided (through the pinned
      * fd): nothing is truncated or appended before the decision.  So are
-     * reads while a FIFO writer waits (`pin_reads`). */
+     * reads while a FIFO writer waits (`pin_reads`), and reads through a
+     * symlink (below): it may lead to a device, whose opening alone is an
+     * act (a watchdog is armed, a tape rewinds), while an exact name is
+     * never under /dev. */
     int pinned_first = writes || pin_reads;
     unsigned long how = !pinned_first ? flags | O_CLOEXEC | O_NONBLOCK | O_NOCTTY
                         : O_PATH | O_CLOEXEC | (flags & O_NOFOLLOW) | (writes ? 0 : flags & O_DIRECTORY);
@@ -1430,6 +1433,10 @@ static int serve_open(int listener, const struct seccomp_notif *n, int dirfd, ui
         anchor = open_anchor((pid_t)n->pid, dirfd, raw);
         if (anchor == -2)
             return 0;
+        if (!pinned_first) {
+            pinned_first = 1;
+            how = O_PATH | O_CLOEXEC | (flags & (O_NOFOLLOW | O_DIRECTORY));
+        }
         fd = open_followed(anchor, raw, how);
     }
     if (fd < 0) {
