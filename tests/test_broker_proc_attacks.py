@@ -12,6 +12,12 @@ with no seccomp filter and the listener in hand.
 Now a name made absolute is held to what an absolute one is (/proc, /dev
 and /sys are the supervisor's), and nothing on the agent's procfs is served
 by the native path, whatever name reached it.  Both paths refuse.
+
+Red team 18 then reached the same through another procfs mount (a build
+chroot's /proc, on both paths): its `self` is whoever reads it.  Every
+procfs but the agent's /proc is detached from its mount namespace at
+launch, and neither path serves anything on one (C: by the devices in
+mountinfo; Python: `Broker._is_mine`).
 """
 
 from __future__ import annotations
@@ -19,11 +25,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
+import subprocess
+import tempfile
 import textwrap
 import threading
+from pathlib import Path
 
 import pytest
 from conftest import Sandbox, both_paths, fastpath_env
+
+from agentsup.kernel import namespaces
 
 pytestmark = [
     pytest.mark.requires_root,
@@ -161,3 +173,87 @@ def test_a_fifo_behind_a_symlink_is_not_opened_before_it_is_refused(
     assert not opened.wait(0.5), "the waiting writer was let go"
     # Free the writer (a reader of our own), so the thread ends.
     os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+
+
+# -- another procfs in the agent's mount namespace -------------------------------------
+
+CHROOT_POLICY = """
+name: chroot-open
+extends: [strict]
+rules:
+  - {id: chroot, actions: [file_read, file_write], target: "CHROOT/**", decision: allow,
+     priority: 1}
+"""
+
+FOREIGN_PROBES = textwrap.dedent(
+    """
+    import json, os, sys
+    proc = sys.argv[1]
+    results = {}
+    for label, name, mode in (
+        ("environ", "self/environ", os.O_RDONLY),
+        ("mem", "self/mem", os.O_RDWR),
+        ("status", "1/status", os.O_RDONLY),
+    ):
+        try:
+            fd = os.open(os.path.join(proc, name), mode)
+        except OSError as exc:
+            results[label] = "refused " + str(exc.errno)
+            continue
+        try:
+            results[label] = os.pread(fd, 300, 0).decode("latin-1")
+        except OSError as exc:
+            results[label] = "opened, unreadable " + str(exc.errno)
+        os.close(fd)
+    print(json.dumps(results))
+    """
+)
+
+
+@both_paths
+def test_another_procfs_is_not_the_brokers_window(sandbox: Sandbox, native: bool) -> None:
+    """Found by red team 18 (critical, both paths): a procfs mounted elsewhere
+    (a build chroot's) resolves `self` for its reader, the broker, which
+    opened its own environment and memory for the agent.  Every procfs but
+    the agent's /proc is detached from its mount namespace at launch."""
+    # Outside /tmp, which the agent has a private one of.
+    chroot = Path(tempfile.mkdtemp(prefix="agentsup-chroot-", dir="/srv"))
+    proc = chroot / "proc"
+    proc.mkdir()
+    subprocess.run(["mount", "-t", "proc", "proc", str(proc)], check=True)
+    try:
+        script = sandbox.workspace / "foreign.py"
+        script.write_text(FOREIGN_PROBES)
+        policy = sandbox.policy("chroot-open", CHROOT_POLICY.replace("CHROOT", str(chroot)))
+        result = sandbox.run(
+            "python3",
+            str(script),
+            str(proc),
+            policy=policy,
+            env={**fastpath_env(native), "BROKER_SECRET_TOKEN": SECRET},
+        )
+    finally:
+        subprocess.run(["umount", "-l", str(proc)], check=False)
+        shutil.rmtree(chroot, ignore_errors=True)
+    assert result.returncode == 0, result.stderr
+    found: dict[str, str] = json.loads(result.stdout.strip().splitlines()[-1])
+    assert SECRET not in json.dumps(found), found
+    assert "agentsup-init" not in json.dumps(found), found
+    for label in ("environ", "mem", "status"):
+        assert found[label].startswith("refused"), (label, found)
+
+
+def test_every_procfs_but_the_agents_is_found_in_mountinfo() -> None:
+    mountinfo = (
+        "22 1 0:21 / /proc rw,nosuid - proc proc rw\n"
+        "40 30 0:52 / /srv/build\\040root/proc rw - proc proc rw\n"
+        "41 40 0:53 / /srv/build\\040root/proc/sys/fs/binfmt_misc rw - binfmt_misc none rw\n"
+        "42 30 0:54 / /host/proc rw shared:7 master:1 - proc none rw\n"
+        "43 30 254:0 / /srv rw - ext4 /dev/vda rw\n"
+    )
+    assert namespaces.procfs_mounts(mountinfo) == [
+        ("/proc", os.makedev(0, 21)),
+        ("/srv/build root/proc", os.makedev(0, 52)),
+        ("/host/proc", os.makedev(0, 54)),
+    ]
+    assert namespaces.other_procfs(mountinfo) == ["/srv/build root/proc", "/host/proc"]

@@ -435,16 +435,39 @@ static int compare_keys(const void *a, const void *b) {
  * its memory, which holds the listener's code), and /proc/self the broker's.
  * Nothing on procfs is served here, whatever name reached it; the
  * supervisor walks such names as the agent's. */
-static int on_proc(const struct stat *st) {
-    static dev_t proc_device;
-    static int looked;
-    if (!looked) {
-        struct stat proc;
-        looked = stat("/proc", &proc) == 0;
-        proc_device = looked ? proc.st_dev : 0;
-        looked = 1;
+#define PROC_MOUNTS 64
+static dev_t proc_devices[PROC_MOUNTS];
+static int proc_devices_known = -1; /* how many; -1: not read yet */
+
+/* Every procfs mounted where the broker lives (/proc/self/mountinfo), read
+ * once: the agent's /proc, and any other it was not detached from (without
+ * a mount namespace, a build chroot's /proc resolves `self` for the broker
+ * too: red team 18).  None found: /proc alone, by stat. */
+static void find_proc_devices(void) {
+    proc_devices_known = 0;
+    FILE *mounts = fopen("/proc/self/mountinfo", "re");
+    char line[8192];
+    while (mounts && fgets(line, sizeof line, mounts) && proc_devices_known < PROC_MOUNTS) {
+        unsigned major, minor;
+        const char *type = strstr(line, " - ");
+        if (type && strncmp(type, " - proc ", 8) == 0 &&
+            sscanf(line, "%*s %*s %u:%u", &major, &minor) == 2)
+            proc_devices[proc_devices_known++] = makedev(major, minor);
     }
-    return proc_device != 0 && st->st_dev == proc_device;
+    if (mounts)
+        fclose(mounts);
+    struct stat proc;
+    if (proc_devices_known < PROC_MOUNTS && stat("/proc", &proc) == 0)
+        proc_devices[proc_devices_known++] = proc.st_dev;
+}
+
+static int on_proc(const struct stat *st) {
+    if (proc_devices_known < 0)
+        find_proc_devices();
+    for (int i = 0; i < proc_devices_known; i++)
+        if (st->st_dev == proc_devices[i])
+            return 1;
+    return proc_devices_known == PROC_MOUNTS; /* more than it keeps: none is served */
 }
 
 static int own_name(const struct stat *st) {

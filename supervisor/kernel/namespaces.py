@@ -12,6 +12,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import re
 import socket
 import stat
 import struct
@@ -161,6 +162,65 @@ def make_mounts_private() -> None:
 def mount_proc() -> None:
     """A procfs for the caller's PID namespace: /proc shows only the agent's tree."""
     mount("/proc for the PID namespace", "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+_MNT_DETACH = 2
+
+
+def _unescape_mountinfo(field: str) -> str:
+    """A mountinfo path: space, tab, newline and backslash are octal escapes there."""
+    return re.sub(r"\\([0-7]{3})", lambda found: chr(int(found.group(1), 8)), field)
+
+
+def procfs_mounts(mountinfo: str) -> list[tuple[str, int]]:
+    """Pure: each procfs mount of a mountinfo text, as (mount point, st_dev)."""
+    found = []
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if "-" not in fields or len(fields) < 5 or ":" not in fields[2]:
+            continue
+        dash = fields.index("-")
+        if len(fields) > dash + 1 and fields[dash + 1] == "proc":
+            major, _, minor = fields[2].partition(":")
+            if major.isdigit() and minor.isdigit():
+                device = os.makedev(int(major), int(minor))
+                found.append((_unescape_mountinfo(fields[4]), device))
+    return found
+
+
+def other_procfs(mountinfo: str) -> list[str]:
+    """Pure: where procfs is mounted, other than at /proc itself (deepest first)."""
+    points = {point for point, _device in procfs_mounts(mountinfo) if point != "/proc"}
+    return sorted(points, key=lambda point: (-point.count("/"), point))
+
+
+def other_procfs_devices() -> frozenset[int]:
+    """The st_dev of every procfs here but /proc's (none once `hide_other_procfs` ran)."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as mounts:
+            found = procfs_mounts(mounts.read())
+        own = os.stat("/proc").st_dev
+    except OSError:
+        return frozenset()
+    return frozenset(device for _point, device in found if device != own)
+
+
+def hide_other_procfs() -> None:
+    """Detach every procfs but the agent's own /proc from its mount namespace.
+
+    A procfs mounted elsewhere (a build chroot's, a monitoring container's
+    /host/proc) resolves `self` for whoever reads it: for the broker, which
+    does the agent's file work, that is the broker's own environment and
+    memory (red team 18).  Mount propagation is private by now, so nothing
+    mounted on the host later shows up here, and the agent cannot mount.
+    """
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as mounts:
+        points = other_procfs(mounts.read())
+    for point in points:
+        if _libc.umount2(point.encode("utf-8", "surrogateescape"), _MNT_DETACH) != 0:
+            err = ctypes.get_errno()
+            if err not in (errno.EINVAL, errno.ENOENT):  # gone with one detached above
+                raise NamespaceError(f"hide the procfs at {point}", err)
 
 
 def under(path: str, roots: Sequence[str]) -> bool:

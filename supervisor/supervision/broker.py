@@ -54,6 +54,7 @@ from typing import Any, NoReturn
 
 from ..kernel import agentpath
 from ..kernel import fastpath as _fastpath
+from ..kernel import namespaces as _namespaces
 from ..kernel import proc as _proc
 from ..kernel import seccomp as _seccomp
 
@@ -490,6 +491,10 @@ class Broker:
         self._own_proc = f"/proc/{os.getpid()}"  # (made in the broker itself: run_broker)
         # (st_dev, st_ino) of the broker's own channel, listener and pidfds.
         self.private: set[tuple[int, int]] = set()
+        # A procfs other than the agent's /proc resolves `self` as the broker:
+        # nothing on it is the agent's (none is left where the agent has a
+        # mount namespace: `namespaces.hide_other_procfs`).
+        self._other_procfs = _namespaces.other_procfs_devices()
         # FIFO opens waiting for their other end: a helper's pidfd -> the
         # notification it answers, and whether it opens for writing
         # (`_rendezvous`, `check_waiting`).
@@ -865,7 +870,11 @@ class Broker:
         The broker is PID 1 of the agent's namespace, and a process may read its
         own /proc files (maps, fd/N) without the ptrace check the agent would get.
         """
-        return self._in_own_proc(path) or (st.st_dev, st.st_ino) in self.private
+        return (
+            self._in_own_proc(path)
+            or (st.st_dev, st.st_ino) in self.private
+            or st.st_dev in self._other_procfs
+        )
 
     def _unpin(self, handle: object) -> int:
         """The pinned fd for `handle`, out of the table (the caller closes it); -1 if none."""

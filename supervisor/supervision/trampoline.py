@@ -235,6 +235,7 @@ def _init(stage: Stage, entered: set[str], wait_fd: int) -> NoReturn:
             namespaces.mount_private_devices()
             if "pid" in entered:
                 namespaces.mount_proc()
+            namespaces.hide_other_procfs()
             namespaces.make_read_only()
         pty_master = -1
         if "mount" in entered and stage.terminal_fd >= 0:
