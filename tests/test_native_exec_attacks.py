@@ -19,8 +19,10 @@ and off:
 - a failed exec the supervisor decided, then a thread's exec the broker lets
   through: its notice names a tid gone after the exec, the supervisor keeps
   the stale decision and kills the process once it retitles itself;
-- controls: the same swaps by a single-threaded exec are caught, and a
-  thread's exec beside a busy leader runs unpunished;
+- controls: the same swaps by a single-threaded exec are caught (the
+  swapping thread waits for the supervisor's answer to a call of its own,
+  queued behind the exec), and a thread's exec beside a busy leader runs
+  unpunished;
 - hard links to the key: made during the run by someone else, reached
   through an O_PATH descriptor, and a home whose protected files are too many
   for one message to the broker.
@@ -126,7 +128,10 @@ AGENT = textwrap.dedent(
             leader = syscall_of(threading.get_native_id())
             def swapper():
                 wait_in_exec(leader)
-                os.close(os.open(__file__, os.O_RDONLY))
+                # A call the supervisor itself answers (the broker forwards
+                # umask), after the exec it is deciding: so after the decision.
+                # (An open the broker answers at once would not wait for it.)
+                os.umask(os.umask(0o022))
                 swap()
             threading.Thread(target=swapper, daemon=True).start()
             libc.execve(ctypes.addressof(keep[0]), argv, envp)
