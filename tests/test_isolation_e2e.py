@@ -491,3 +491,36 @@ def test_an_interpreter_only_the_host_has_is_named_when_an_exec_fails(attacker: 
         f"cannot execute {script}: {interpreter} is not in the agent's view "
         "(the agent's /tmp is its own)" in result.stderr
     ), result.stderr
+
+
+def test_a_device_node_outside_dev_cannot_be_opened_at_all(attacker: Sandbox) -> None:
+    """Every mount of the agent's but /dev is nodev: a device node anywhere else
+    (made by the host in a workspace, or a copy of /dev in a build chroot) is
+    not opened, not even by the broker, which opens a name to look at it
+    before it decides (opening a device is an act of its own)."""
+    node = attacker.workspace / "null-copy"
+    os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    script = attacker.workspace / "devices.py"
+    script.write_text(
+        "import json, os, sys\n"
+        "found = {}\n"
+        "for name in (sys.argv[1], '/dev/null'):\n"
+        "    try:\n"
+        "        os.close(os.open(name, os.O_RDONLY))\n"
+        "        found[name] = 'opened'\n"
+        "    except OSError as exc:\n"
+        "        found[name] = exc.errno\n"
+        "with open('/proc/self/mountinfo') as mounts:\n"
+        "    fields = [line.split() for line in mounts]\n"
+        "found['with devices'] = sorted(\n"
+        "    {f[4] for f in fields if 'nodev' not in f[5].split(',')})\n"
+        "print(json.dumps(found))\n"
+    )
+    result = attacker.run("python3", str(script), str(node))
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found[str(node)] == 13, found  # EACCES
+    assert found["/dev/null"] == "opened", found
+    assert all(
+        point == "/dev" or point.startswith("/dev/") for point in found["with devices"]
+    ), found

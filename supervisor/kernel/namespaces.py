@@ -70,6 +70,7 @@ MS_PRIVATE = 0x40000
 _SYS_MOUNT_SETATTR = 442
 _AT_RECURSIVE = 0x8000
 _MOUNT_ATTR_RDONLY = 0x1
+_MOUNT_ATTR_NODEV = 0x4
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1
@@ -534,7 +535,12 @@ def make_read_only(paths: Sequence[str] = READ_ONLY) -> None:
 
 def _set_read_only(path: str, *, recursive: bool = True) -> None:
     """The mount at `path` (and with `recursive` every submount) read-only."""
-    attr = _MountAttr(attr_set=_MOUNT_ATTR_RDONLY)
+    _set_mount_attributes(
+        f"read-only {path}", path, _MountAttr(attr_set=_MOUNT_ATTR_RDONLY), recursive
+    )
+
+
+def _set_mount_attributes(step: str, path: str, attr: _MountAttr, recursive: bool = True) -> None:
     rc = _libc.syscall(
         _SYS_MOUNT_SETATTR,
         -100,
@@ -544,7 +550,17 @@ def _set_read_only(path: str, *, recursive: bool = True) -> None:
         ctypes.sizeof(attr),
     )
     if rc != 0:
-        raise NamespaceError(f"read-only {path}", ctypes.get_errno())
+        raise NamespaceError(step, ctypes.get_errno())
+
+
+def devices_only_in_dev() -> None:
+    """Every mount but /dev and those beneath it `nodev`: a device node
+    anywhere else (a copy of /dev in a build chroot, a node the host made in
+    a workspace) cannot be opened at all, by the agent or by the broker that
+    opens names for it before it decides (opening a device is an act of its
+    own: a watchdog is armed, a tape rewinds)."""
+    _set_mount_attributes("nodev everywhere", "/", _MountAttr(attr_set=_MOUNT_ATTR_NODEV))
+    _set_mount_attributes("devices in /dev", "/dev", _MountAttr(attr_clr=_MOUNT_ATTR_NODEV))
 
 
 def loopback_up() -> None:

@@ -237,6 +237,7 @@ def _init(stage: Stage, entered: set[str], wait_fd: int) -> NoReturn:
                 namespaces.mount_proc()
             namespaces.hide_other_procfs()
             namespaces.make_read_only()
+            namespaces.devices_only_in_dev()
         pty_master = -1
         if "mount" in entered and stage.terminal_fd >= 0:
             # The relay pty, remade in the agent's own devpts: there `tty` and
