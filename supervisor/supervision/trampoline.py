@@ -235,6 +235,7 @@ def _init(stage: Stage, entered: set[str], wait_fd: int) -> NoReturn:
             namespaces.mount_private_devices()
             if "pid" in entered:
                 namespaces.mount_proc()
+            # Before the read-only binds: /proc/sys is one (of our own procfs).
             namespaces.hide_other_procfs()
             namespaces.make_read_only()
             namespaces.devices_only_in_dev()
