@@ -257,3 +257,96 @@ def test_every_procfs_but_the_agents_is_found_in_mountinfo() -> None:
         ("/host/proc", os.makedev(0, 54)),
     ]
     assert namespaces.other_procfs(mountinfo) == ["/srv/build root/proc", "/host/proc"]
+
+
+def test_only_what_a_path_reaches_is_detached_and_stacks_are_seen_through() -> None:
+    mountinfo = (
+        "22 1 0:21 / /proc rw - proc proc rw\n"
+        "50 30 0:60 / /srv/c/proc rw - proc proc rw\n"  # stacked: 51 on top of 50
+        "51 50 0:61 / /srv/c/proc rw - proc proc rw\n"
+        "60 30 0:62 / /srv/d rw - proc proc rw\n"  # covered by a tmpfs: out of reach
+        "61 60 0:63 / /srv/d rw - tmpfs tmpfs rw\n"
+    )
+    mounts = namespaces.parse_mountinfo(mountinfo)
+    assert [m.id for m in namespaces.visible(mounts)] == [22, 51, 61]
+    assert namespaces.other_procfs(mountinfo) == ["/srv/c/proc"]
+    long_point = "/srv/" + "\\040" * 2100 + "x"
+    long_line = f"70 30 0:64 / {long_point} rw - proc proc rw\n"
+    assert namespaces.other_procfs(mountinfo + long_line) == [
+        "/srv/c/proc",
+        "/srv/" + " " * 2100 + "x",
+    ]
+
+
+@both_paths
+def test_procfs_stacked_twice_under_a_long_name_is_detached_whole(
+    sandbox: Sandbox, native: bool
+) -> None:
+    """Found by red team 19 (critical, native path): procfs mounted twice at one
+    point, under a name of 2,100 spaces (a mountinfo line past 8 KiB).  The
+    hiding detached the point once (the lower mount stayed) and the broker's C
+    read mountinfo in 8 KiB pieces (that line's device was missed)."""
+    chroot = Path(tempfile.mkdtemp(prefix="agentsup-stack-", dir="/srv"))
+    proc = chroot.joinpath(*[" " * 210] * 10, "proc")  # 2,100 spaces, each escaped in mountinfo
+    proc.mkdir(parents=True)
+    for _ in range(2):
+        subprocess.run(["mount", "-t", "proc", "proc", str(proc)], check=True)
+    try:
+        script = sandbox.workspace / "foreign.py"
+        script.write_text(FOREIGN_PROBES)
+        policy = sandbox.policy("chroot-open", CHROOT_POLICY.replace("CHROOT", str(chroot)))
+        result = sandbox.run(
+            "python3",
+            str(script),
+            str(proc),
+            policy=policy,
+            env={**fastpath_env(native), "BROKER_SECRET_TOKEN": SECRET},
+        )
+    finally:
+        for _ in range(2):
+            subprocess.run(["umount", "-l", str(proc)], check=False)
+        shutil.rmtree(chroot, ignore_errors=True)
+    assert result.returncode == 0, result.stderr
+    found: dict[str, str] = json.loads(result.stdout.strip().splitlines()[-1])
+    assert SECRET not in json.dumps(found), found
+    for label in ("environ", "mem", "status"):
+        assert found[label].startswith("refused"), (label, found)
+
+
+KERNEL_MOUNTS = {"sysfs": "sysfs", "cgroup2": "cgroup2", "binfmt_misc": "binfmt_misc"}
+
+
+def test_kernel_interfaces_mounted_anywhere_are_read_only(sandbox: Sandbox) -> None:
+    """Found by red team 19 (critical, both paths): a sysfs, cgroup2 or
+    binfmt_misc the host mounted outside /sys let a root agent under
+    `permissive` register a binfmt handler (run outside any sandbox by the
+    host), leave agentsup's cgroup and write kernel tunables.  Wherever one is
+    mounted, the agent gets it read-only."""
+    base = Path(tempfile.mkdtemp(prefix="agentsup-kfs-", dir="/srv"))
+    points = {}
+    for fstype in KERNEL_MOUNTS:
+        point = base / fstype
+        point.mkdir()
+        subprocess.run(["mount", "-t", fstype, fstype, str(point)], check=True)
+        points[fstype] = str(point)
+    try:
+        script = sandbox.workspace / "mounts.py"
+        script.write_text(
+            "import json, sys\n"
+            "wanted = set(sys.argv[1:])\n"
+            "options = {}\n"
+            "for line in open('/proc/self/mountinfo'):\n"
+            "    fields = line.split()\n"
+            "    if fields[4] in wanted:\n"
+            "        options[fields[4]] = fields[5].split(',')\n"
+            "print(json.dumps(options))\n"
+        )
+        result = sandbox.run("python3", str(script), *points.values(), policy="permissive")
+    finally:
+        for point in points.values():
+            subprocess.run(["umount", "-l", point], check=False)
+        shutil.rmtree(base, ignore_errors=True)
+    assert result.returncode == 0, result.stderr
+    options: dict[str, list[str]] = json.loads(result.stdout.strip().splitlines()[-1])
+    for fstype, point in points.items():
+        assert "ro" in options[point], (fstype, options)

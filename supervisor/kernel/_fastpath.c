@@ -446,14 +446,17 @@ static int proc_devices_known = -1; /* how many; -1: not read yet */
 static void find_proc_devices(void) {
     proc_devices_known = 0;
     FILE *mounts = fopen("/proc/self/mountinfo", "re");
-    char line[8192];
-    while (mounts && fgets(line, sizeof line, mounts) && proc_devices_known < PROC_MOUNTS) {
+    char *line = NULL;
+    size_t capacity = 0;
+    /* Whole lines, however long (a mount point of 2,000 escaped spaces). */
+    while (mounts && getline(&line, &capacity, mounts) > 0 && proc_devices_known < PROC_MOUNTS) {
         unsigned major, minor;
         const char *type = strstr(line, " - ");
         if (type && strncmp(type, " - proc ", 8) == 0 &&
             sscanf(line, "%*s %*s %u:%u", &major, &minor) == 2)
             proc_devices[proc_devices_known++] = makedev(major, minor);
     }
+    free(line);
     if (mounts)
         fclose(mounts);
     struct stat proc;

@@ -18,7 +18,7 @@ import stat
 import struct
 import termios
 from collections.abc import Collection, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from ..policy.engine import OwnSockets
@@ -173,55 +173,124 @@ def _unescape_mountinfo(field: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda found: chr(int(found.group(1), 8)), field)
 
 
-def procfs_mounts(mountinfo: str) -> list[tuple[str, int]]:
-    """Pure: each procfs mount of a mountinfo text, as (mount point, st_dev)."""
+class Mount(NamedTuple):
+    """One line of /proc/self/mountinfo."""
+
+    id: int
+    parent: int
+    device: int  # st_dev of what is mounted
+    point: str
+    fstype: str
+
+
+def parse_mountinfo(mountinfo: str) -> list[Mount]:
+    """Pure: the mounts of a mountinfo text (lines it cannot read are skipped)."""
     found = []
     for line in mountinfo.splitlines():
         fields = line.split()
-        if "-" not in fields or len(fields) < 5 or ":" not in fields[2]:
+        if "-" not in fields or len(fields) < 5:
             continue
         dash = fields.index("-")
-        if len(fields) > dash + 1 and fields[dash + 1] == "proc":
-            major, _, minor = fields[2].partition(":")
-            if major.isdigit() and minor.isdigit():
-                device = os.makedev(int(major), int(minor))
-                found.append((_unescape_mountinfo(fields[4]), device))
+        major, _, minor = fields[2].partition(":")
+        if dash + 1 >= len(fields) or not (
+            fields[0].isdigit() and fields[1].isdigit() and major.isdigit() and minor.isdigit()
+        ):
+            continue
+        found.append(
+            Mount(
+                int(fields[0]),
+                int(fields[1]),
+                os.makedev(int(major), int(minor)),
+                _unescape_mountinfo(fields[4]),
+                fields[dash + 1],
+            )
+        )
     return found
 
 
+def visible(mounts: Sequence[Mount]) -> list[Mount]:
+    """Pure: the mounts a path reaches: none mounted over on the same point."""
+    covered = {(mount.parent, mount.point) for mount in mounts}
+    return [mount for mount in mounts if (mount.id, mount.point) not in covered]
+
+
+def procfs_mounts(mountinfo: str) -> list[tuple[str, int]]:
+    """Pure: each procfs mount of a mountinfo text, as (mount point, st_dev)."""
+    return [(m.point, m.device) for m in parse_mountinfo(mountinfo) if m.fstype == "proc"]
+
+
 def other_procfs(mountinfo: str) -> list[str]:
-    """Pure: where procfs is mounted, other than at /proc itself (deepest first)."""
-    points = {point for point, _device in procfs_mounts(mountinfo) if point != "/proc"}
+    """Pure: where a path reaches a procfs other than /proc itself (deepest first)."""
+    points = {
+        m.point
+        for m in visible(parse_mountinfo(mountinfo))
+        if m.fstype == "proc" and m.point != "/proc"
+    }
     return sorted(points, key=lambda point: (-point.count("/"), point))
 
 
 def other_procfs_devices() -> frozenset[int]:
     """The st_dev of every procfs here but /proc's (none once `hide_other_procfs` ran)."""
     try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as mounts:
-            found = procfs_mounts(mounts.read())
+        found = procfs_mounts(_mountinfo())
         own = os.stat("/proc").st_dev
     except OSError:
         return frozenset()
     return frozenset(device for _point, device in found if device != own)
 
 
+def _mountinfo() -> str:
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as mounts:
+        return mounts.read()
+
+
+_HIDING_ROUNDS = 64  # procfs stacked on procfs: each round uncovers the next
+
+
 def hide_other_procfs() -> None:
-    """Detach every procfs but the agent's own /proc from its mount namespace.
+    """Detach every procfs a path reaches but the agent's own /proc.
 
     A procfs mounted elsewhere (a build chroot's, a monitoring container's
     /host/proc) resolves `self` for whoever reads it: for the broker, which
     does the agent's file work, that is the broker's own environment and
-    memory (red team 18).  Mount propagation is private by now, so nothing
-    mounted on the host later shows up here, and the agent cannot mount.
+    memory (red teams 18 and 19).  Only what a path reaches is detached (a
+    procfs under a tmpfs stays covered, the tmpfs stays), again until none
+    is left: one stacked on another is uncovered by the first detach.
+    Mount propagation is private by now, and the agent cannot mount.
     """
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as mounts:
-        points = other_procfs(mounts.read())
-    for point in points:
-        if _libc.umount2(point.encode("utf-8", "surrogateescape"), _MNT_DETACH) != 0:
-            err = ctypes.get_errno()
-            if err not in (errno.EINVAL, errno.ENOENT):  # gone with one detached above
-                raise NamespaceError(f"hide the procfs at {point}", err)
+    for _round in range(_HIDING_ROUNDS):
+        points = other_procfs(_mountinfo())
+        if not points:
+            return
+        for point in points:
+            if _libc.umount2(point.encode("utf-8", "surrogateescape"), _MNT_DETACH) != 0:
+                err = ctypes.get_errno()
+                if err not in (errno.EINVAL, errno.ENOENT):  # gone with one detached above
+                    raise NamespaceError(f"hide the procfs at {point}", err)
+    raise NamespaceError("hide the other procfs", errno.ELOOP)
+
+
+# The kernel's own interfaces: a root agent that could write one would change
+# the host (a binfmt_misc handler runs its program outside any sandbox, a
+# write to cgroup.procs leaves agentsup's cgroup, tracefs reads the kernel).
+# Wherever one is mounted, the agent gets it read-only, as /sys itself.
+KERNEL_FILESYSTEMS = frozenset(
+    {
+        "sysfs", "cgroup", "cgroup2", "tracefs", "debugfs", "securityfs", "binfmt_misc",
+        "bpf", "configfs", "efivarfs", "pstore", "fusectl", "nsfs",
+    }
+)  # fmt: skip
+
+
+def kernel_filesystems_read_only() -> None:
+    """Every mount of a kernel interface a path reaches, read-only (with what is beneath it)."""
+    for mount_ in visible(parse_mountinfo(_mountinfo())):
+        if mount_.fstype in KERNEL_FILESYSTEMS:
+            try:
+                _set_read_only(mount_.point)
+            except NamespaceError as exc:
+                if exc.errno not in (errno.ENOENT, errno.EINVAL):  # gone, or not a mount now
+                    raise
 
 
 def under(path: str, roots: Sequence[str]) -> bool:
@@ -501,6 +570,19 @@ def mount_private_devices() -> None:
         )
     if os.path.isdir("/dev/shm"):
         mount("private /dev/shm", "tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+
+
+def mount_own_mqueue() -> None:
+    """The agent's IPC namespace's message queues on /dev/mqueue, not the
+    host's (whose messages a read there would take: red team 19)."""
+    if os.path.isdir("/dev/mqueue"):
+        mount(
+            "private /dev/mqueue",
+            "mqueue",
+            "/dev/mqueue",
+            "mqueue",
+            MS_NOSUID | MS_NODEV | MS_NOEXEC,
+        )
 
 
 def own_pty(like: int) -> tuple[int, int]:
