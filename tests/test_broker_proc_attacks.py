@@ -210,17 +210,18 @@ FOREIGN_PROBES = textwrap.dedent(
 )
 
 
-@both_paths
-def test_another_procfs_is_not_the_brokers_window(sandbox: Sandbox, native: bool) -> None:
-    """Found by red team 18 (critical, both paths): a procfs mounted elsewhere
-    (a build chroot's) resolves `self` for its reader, the broker, which
-    opened its own environment and memory for the agent.  Every procfs but
-    the agent's /proc is detached from its mount namespace at launch."""
+def _probe_foreign_procfs(
+    sandbox: Sandbox, native: bool, names: tuple[str, ...], mounts: int
+) -> dict[str, str]:
+    """FOREIGN_PROBES on a procfs the host mounted `mounts` times at
+    /srv/<new>/`names` before the run, under a policy that lets it be read
+    and written."""
     # Outside /tmp, which the agent has a private one of.
     chroot = Path(tempfile.mkdtemp(prefix="agentsup-chroot-", dir="/srv"))
-    proc = chroot / "proc"
-    proc.mkdir()
-    subprocess.run(["mount", "-t", "proc", "proc", str(proc)], check=True)
+    proc = chroot.joinpath(*names)
+    proc.mkdir(parents=True)
+    for _ in range(mounts):
+        subprocess.run(["mount", "-t", "proc", "proc", str(proc)], check=True)
     try:
         script = sandbox.workspace / "foreign.py"
         script.write_text(FOREIGN_PROBES)
@@ -233,10 +234,21 @@ def test_another_procfs_is_not_the_brokers_window(sandbox: Sandbox, native: bool
             env={**fastpath_env(native), "BROKER_SECRET_TOKEN": SECRET},
         )
     finally:
-        subprocess.run(["umount", "-l", str(proc)], check=False)
+        for _ in range(mounts):
+            subprocess.run(["umount", "-l", str(proc)], check=False)
         shutil.rmtree(chroot, ignore_errors=True)
     assert result.returncode == 0, result.stderr
     found: dict[str, str] = json.loads(result.stdout.strip().splitlines()[-1])
+    return found
+
+
+@both_paths
+def test_another_procfs_is_not_the_brokers_window(sandbox: Sandbox, native: bool) -> None:
+    """Found by red team 18 (critical, both paths): a procfs mounted elsewhere
+    (a build chroot's) resolves `self` for its reader, the broker, which
+    opened its own environment and memory for the agent.  Every procfs but
+    the agent's /proc is detached from its mount namespace at launch."""
+    found = _probe_foreign_procfs(sandbox, native, ("proc",), mounts=1)
     assert SECRET not in json.dumps(found), found
     assert "agentsup-init" not in json.dumps(found), found
     for label in ("environ", "mem", "status"):
@@ -286,28 +298,8 @@ def test_procfs_stacked_twice_under_a_long_name_is_detached_whole(
     point, under a name of 2,100 spaces (a mountinfo line past 8 KiB).  The
     hiding detached the point once (the lower mount stayed) and the broker's C
     read mountinfo in 8 KiB pieces (that line's device was missed)."""
-    chroot = Path(tempfile.mkdtemp(prefix="agentsup-stack-", dir="/srv"))
-    proc = chroot.joinpath(*[" " * 210] * 10, "proc")  # 2,100 spaces, each escaped in mountinfo
-    proc.mkdir(parents=True)
-    for _ in range(2):
-        subprocess.run(["mount", "-t", "proc", "proc", str(proc)], check=True)
-    try:
-        script = sandbox.workspace / "foreign.py"
-        script.write_text(FOREIGN_PROBES)
-        policy = sandbox.policy("chroot-open", CHROOT_POLICY.replace("CHROOT", str(chroot)))
-        result = sandbox.run(
-            "python3",
-            str(script),
-            str(proc),
-            policy=policy,
-            env={**fastpath_env(native), "BROKER_SECRET_TOKEN": SECRET},
-        )
-    finally:
-        for _ in range(2):
-            subprocess.run(["umount", "-l", str(proc)], check=False)
-        shutil.rmtree(chroot, ignore_errors=True)
-    assert result.returncode == 0, result.stderr
-    found: dict[str, str] = json.loads(result.stdout.strip().splitlines()[-1])
+    names = (*[" " * 210] * 10, "proc")  # 2,100 spaces, each escaped in mountinfo
+    found = _probe_foreign_procfs(sandbox, native, names, mounts=2)
     assert SECRET not in json.dumps(found), found
     for label in ("environ", "mem", "status"):
         assert found[label].startswith("refused"), (label, found)
