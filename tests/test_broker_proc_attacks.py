@@ -23,6 +23,7 @@ mountinfo; Python: `Broker._is_mine`).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -342,3 +343,51 @@ def test_kernel_interfaces_mounted_anywhere_are_read_only(sandbox: Sandbox) -> N
     options: dict[str, list[str]] = json.loads(result.stdout.strip().splitlines()[-1])
     for fstype, point in points.items():
         assert "ro" in options[point], (fstype, options)
+
+
+def test_the_hosts_dev_entries_and_message_queues_are_not_the_agents(sandbox: Sandbox) -> None:
+    """Found by red team 20 (high, both paths, under `permissive`): the agent's
+    /dev was the host's devtmpfs, writable: it replaced /dev/log with a socket
+    of its own and had the host's syslog.  And an mqueue the host mounted
+    anywhere showed the host's queues, whose messages a read takes.  Now /dev
+    is read-only by itself (its devices are written through it all the same,
+    and what the launch mounts beneath it, ptys and /dev/shm, stays the
+    agent's), and every mqueue the host mounted is detached."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mq_open.restype = ctypes.c_int
+    queue = f"/agentsup-test-{os.getpid()}".encode()
+    descriptor = libc.mq_open(queue, os.O_CREAT | os.O_RDWR, 0o600, None)
+    assert descriptor >= 0, os.strerror(ctypes.get_errno())
+    base = Path(tempfile.mkdtemp(prefix="agentsup-mq-", dir="/srv"))
+    subprocess.run(["mount", "-t", "mqueue", "mqueue", str(base)], check=True)
+    try:
+        assert (base / queue.decode().lstrip("/")).exists()  # the host's queue, there
+        script = sandbox.workspace / "dev.py"
+        script.write_text(
+            "import json, os, sys\n"
+            "found = {'queues': sorted(os.listdir(sys.argv[1]))}\n"
+            "null = lambda: os.write(os.open('/dev/null', os.O_WRONLY), b'x')\n"
+            "for label, act in (('mkdir', lambda: os.mkdir('/dev/agentsup-probe')),\n"
+            "                   ('null', null),\n"
+            "                   ('shm', lambda: open('/dev/shm/probe', 'w').close())):\n"
+            "    try:\n"
+            "        act()\n"
+            "        found[label] = 'done'\n"
+            "    except OSError as exc:\n"
+            "        found[label] = exc.errno\n"
+            "print(json.dumps(found))\n"
+        )
+        result = sandbox.run("python3", str(script), str(base), policy="permissive")
+    finally:
+        subprocess.run(["umount", "-l", str(base)], check=False)
+        shutil.rmtree(base, ignore_errors=True)
+        os.close(descriptor)
+        libc.mq_unlink(queue)
+        with contextlib.suppress(OSError):
+            os.rmdir("/dev/agentsup-probe")
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found["queues"] == [], found
+    assert found["mkdir"] == 30, found  # EROFS
+    assert found["null"] == "done", found
+    assert found["shm"] == "done", found

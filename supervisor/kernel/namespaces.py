@@ -220,11 +220,12 @@ def procfs_mounts(mountinfo: str) -> list[tuple[str, int]]:
 
 
 def other_procfs(mountinfo: str) -> list[str]:
-    """Pure: where a path reaches a procfs other than /proc itself (deepest first)."""
+    """Pure: where a path reaches the host's own view of the kernel: a procfs
+    other than /proc itself, or any mqueue (deepest first)."""
     points = {
         m.point
         for m in visible(parse_mountinfo(mountinfo))
-        if m.fstype == "proc" and m.point != "/proc"
+        if (m.fstype == "proc" and m.point != "/proc") or m.fstype == "mqueue"
     }
     return sorted(points, key=lambda point: (-point.count("/"), point))
 
@@ -248,14 +249,18 @@ _HIDING_ROUNDS = 64  # procfs stacked on procfs: each round uncovers the next
 
 
 def hide_other_procfs() -> None:
-    """Detach every procfs a path reaches but the agent's own /proc.
+    """Detach every procfs a path reaches but the agent's own /proc, and every mqueue.
 
     A procfs mounted elsewhere (a build chroot's, a monitoring container's
     /host/proc) resolves `self` for whoever reads it: for the broker, which
     does the agent's file work, that is the broker's own environment and
-    memory (red teams 18 and 19).  Only what a path reaches is detached (a
-    procfs under a tmpfs stays covered, the tmpfs stays), again until none
-    is left: one stacked on another is uncovered by the first detach.
+    memory (red teams 18 and 19).  An mqueue is its mounter's IPC namespace's:
+    the host's queues, whose messages a read takes (red team 20); the agent's
+    own goes on /dev/mqueue afterwards (`mount_own_mqueue`).
+
+    Only what a path reaches is detached (a procfs under a tmpfs stays
+    covered, the tmpfs stays), again until none is left: one stacked on
+    another is uncovered by the first detach.
     Mount propagation is private by now, and the agent cannot mount.
     """
     for _round in range(_HIDING_ROUNDS):
@@ -277,17 +282,25 @@ def hide_other_procfs() -> None:
 KERNEL_FILESYSTEMS = frozenset(
     {
         "sysfs", "cgroup", "cgroup2", "tracefs", "debugfs", "securityfs", "binfmt_misc",
-        "bpf", "configfs", "efivarfs", "pstore", "fusectl", "nsfs",
+        "bpf", "configfs", "efivarfs", "pstore", "fusectl", "nsfs", "hugetlbfs", "nfsd",
+        "rpc_pipefs", "selinuxfs", "smackfs",
     }
 )  # fmt: skip
+# The host's devices, /dev among them: read-only by itself (what the launch
+# mounted beneath /dev, its own ptys, /dev/shm and mqueue, stays writable).
+# A device node is a special file: written through a read-only mount all the
+# same (`> /dev/null`), while the entries stay the host's (red team 20
+# replaced /dev/log with a socket of its own, and had the host's syslog).
+DEVICE_FILESYSTEMS = frozenset({"devtmpfs"})
 
 
 def kernel_filesystems_read_only() -> None:
-    """Every mount of a kernel interface a path reaches, read-only (with what is beneath it)."""
+    """Every mount of a kernel interface a path reaches, read-only (with what is
+    beneath it), and every devtmpfs (by itself)."""
     for mount_ in visible(parse_mountinfo(_mountinfo())):
-        if mount_.fstype in KERNEL_FILESYSTEMS:
+        if mount_.fstype in KERNEL_FILESYSTEMS or mount_.fstype in DEVICE_FILESYSTEMS:
             try:
-                _set_read_only(mount_.point)
+                _set_read_only(mount_.point, recursive=mount_.fstype in KERNEL_FILESYSTEMS)
             except NamespaceError as exc:
                 if exc.errno not in (errno.ENOENT, errno.EINVAL):  # gone, or not a mount now
                     raise

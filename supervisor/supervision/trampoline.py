@@ -233,12 +233,12 @@ def _init(stage: Stage, entered: set[str], wait_fd: int) -> NoReturn:
             writable = [path for path in plan.keep if path not in plan.keep_read_only]
             namespaces.bind_read_only(plan.keep_read_only, writable)
             namespaces.mount_private_devices()
-            if "ipc" in entered:
-                namespaces.mount_own_mqueue()
             if "pid" in entered:
                 namespaces.mount_proc()
             # Before the read-only binds: /proc/sys is one (of our own procfs).
             namespaces.hide_other_procfs()
+            if "ipc" in entered:
+                namespaces.mount_own_mqueue()
             namespaces.kernel_filesystems_read_only()
             namespaces.make_read_only()
             namespaces.devices_only_in_dev()
