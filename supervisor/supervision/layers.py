@@ -47,8 +47,10 @@ COSTS = {
     "the policy hands the agent everything its user may touch",
     "user_namespace": "no user namespace: as a normal user no other namespace can be made, "
     "and capabilities cannot be dropped from the bounding set",
-    "mount_namespace": "no mount namespace: the agent shares the host's /tmp and /var/tmp, "
-    "and its /proc is the host's",
+    "mount_namespace": "no mount namespace: the agent shares the host's /tmp, /var/tmp and "
+    "/run, its /proc is the host's, and /dev, /sys, /proc/sys, the cgroup trees and any "
+    "procfs, mqueue or kernel interface the host mounted are as the host has them: a root "
+    "agent can write them where the policy allows",
     "pid_namespace": "no PID namespace: the agent sees every process on the host in /proc; "
     "/proc/PID/environ of processes of the same user are readable, and it can signal them",
     "uts_namespace": "no UTS namespace: the agent shares the host's hostname, and a write "
