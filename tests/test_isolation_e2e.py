@@ -524,3 +524,34 @@ def test_a_device_node_outside_dev_cannot_be_opened_at_all(attacker: Sandbox) ->
     assert all(
         point == "/dev" or point.startswith("/dev/") for point in found["with devices"]
     ), found
+
+
+@pytest.mark.parametrize("policy", ["strict", "permissive"])
+def test_a_raw_disk_or_loop_control_is_not_opened_for_reading(
+    attacker: Sandbox, policy: str
+) -> None:
+    """Found by red team 21: strict let the agent read every device, and
+    permissive every disk.  A raw disk holds every file the rules refuse; a
+    loop device or /dev/loop-control opened for reading takes ioctls that
+    change the host (LOOP_SET_FD, LOOP_CTL_ADD).  The devices programs read
+    stay readable."""
+    if not os.path.exists("/dev/loop-control"):
+        pytest.skip("no /dev/loop-control on this host")
+    script = attacker.workspace / "devread.py"
+    script.write_text(
+        "import json, os\n"
+        "found = {}\n"
+        "for name in ('/dev/loop-control', '/dev/urandom', '/dev/null'):\n"
+        "    try:\n"
+        "        os.close(os.open(name, os.O_RDONLY))\n"
+        "        found[name] = 'opened'\n"
+        "    except OSError as exc:\n"
+        "        found[name] = exc.errno\n"
+        "print(json.dumps(found))\n"
+    )
+    result = attacker.run("python3", str(script), policy=policy)
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found["/dev/loop-control"] == 13, found  # EACCES
+    assert found["/dev/urandom"] == "opened", found
+    assert found["/dev/null"] == "opened", found

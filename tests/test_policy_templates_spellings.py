@@ -243,17 +243,22 @@ DISKS = [
     "/dev/fd0",
     "/dev/scd0",
 ]
-# Devices of those families that are no disks: dmsetup and `losetup -f` open them.
-NOT_DISKS = ["/dev/mapper/control", "/dev/loop-control", "/dev/etherd/discover", "/dev/fd/1"]
+# Devices of those families that are no disks: dmsetup opens the first.
+NOT_DISKS = ["/dev/mapper/control", "/dev/etherd/discover", "/dev/fd/1"]
 
 
 @pytest.mark.parametrize("disk", DISKS)
 def test_permissive_kills_a_write_to_a_disk_by_its_real_path(disk: str) -> None:
     """However the command named it (a symlink under /dev/disk or /dev/mapper,
-    a relative path, a program's own open), the write reaches the disk's real path."""
+    a relative path, a program's own open), the write reaches the disk's real
+    path.  A read is refused, with no signal: a raw disk holds every file the
+    rules refuse (red team 21)."""
     permissive = template("permissive")
     assert kills(permissive, A.FILE_WRITE, disk) == "whole-disk-write"
-    assert permissive.evaluate(Event(A.FILE_READ, disk)).verdict is Verdict.ALLOW
+    read = permissive.evaluate(Event(A.FILE_READ, disk))
+    assert (read.verdict, read.rule_id, read.on_violation) == (
+        Verdict.DENY, "whole-disk-read", ViolationMode.BLOCK,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("device", NOT_DISKS)
@@ -261,6 +266,14 @@ def test_permissive_lets_the_control_devices_be(device: str) -> None:
     permissive = template("permissive")
     for action in (A.FILE_READ, A.FILE_WRITE):
         assert permissive.evaluate(Event(action, device)).verdict is Verdict.ALLOW
+
+
+def test_permissive_refuses_loop_control() -> None:
+    """Opened for reading, /dev/loop-control adds and removes the host's loop
+    devices (LOOP_CTL_ADD, LOOP_CTL_REMOVE: red team 21)."""
+    permissive = template("permissive")
+    for action in (A.FILE_READ, A.FILE_WRITE):
+        assert permissive.evaluate(Event(action, "/dev/loop-control")).verdict is Verdict.DENY
 
 
 @pytest.mark.parametrize("disk", DISKS)

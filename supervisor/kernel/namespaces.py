@@ -296,9 +296,11 @@ DEVICE_FILESYSTEMS = frozenset({"devtmpfs"})
 
 def kernel_filesystems_read_only() -> None:
     """Every mount of a kernel interface a path reaches, read-only (with what is
-    beneath it), and every devtmpfs (by itself)."""
+    beneath it), and /dev and every devtmpfs (by itself)."""
     for mount_ in visible(parse_mountinfo(_mountinfo())):
-        if mount_.fstype in KERNEL_FILESYSTEMS or mount_.fstype in DEVICE_FILESYSTEMS:
+        # /dev by its place too: a container's is a tmpfs (red team 21).
+        devices = mount_.fstype in DEVICE_FILESYSTEMS or mount_.point == "/dev"
+        if mount_.fstype in KERNEL_FILESYSTEMS or devices:
             try:
                 _set_read_only(mount_.point, recursive=mount_.fstype in KERNEL_FILESYSTEMS)
             except NamespaceError as exc:
