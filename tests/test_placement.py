@@ -37,9 +37,8 @@ def test_when_to_share(shared: bool, sample: Sample, expected: bool) -> None:
 @pytest.mark.parametrize(
     ("native", "cpus", "sample", "expected"),
     [
-        # At the start, before any sample: the start-up is the supervisor's.
-        (True, 2, None, False),
         # The broker answers; the supervisor is told: it runs beside the agent.
+        (True, 2, None, True),
         (True, 2, Sample(5000, 0.9, 0.0, answered_per_s=20), True),
         # The agent waits on the supervisor's own answers: hand-overs on one CPU.
         (True, 2, Sample(5000, 0.9, 0.0, answered_per_s=400), False),

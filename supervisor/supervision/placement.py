@@ -10,9 +10,8 @@ parallel wants every CPU.
 With the broker's native path the hand-overs are between the agent and its
 broker, both in the agent's tree: sharing one CPU helps them the same way,
 and the supervisor, which is then mostly told what the broker did, keeps off
-that CPU from the first sample on while it answers few syscalls itself
-(`supervisor_apart`): its own work (exec notices, the audit log) runs beside
-the agent's, not in turn.
+that CPU while it answers few syscalls itself (`supervisor_apart`): its own
+work (exec notices, the audit log) runs beside the agent's, not in turn.
 
 `auto` (the default where a cgroup is available) starts the agent's tree on
 the supervisor's CPU (most commands an agent runs are short and make
@@ -77,14 +76,10 @@ def should_share(shared_now: bool, sample: Sample, limits: Thresholds = _THRESHO
 def supervisor_apart(
     native: bool, cpus: int, sample: Sample | None, limits: Thresholds = _THRESHOLDS
 ) -> bool:
-    """Pure: while the agent shares one CPU, keep the supervisor off it?
-
-    Not before the first sample: a run's start-up is the supervisor's (the
-    first exec, a Python agent's hook asking it), and most runs are short.
-    """
-    if not native or cpus < 2 or sample is None:
+    """Pure: while the agent shares one CPU, keep the supervisor off it?"""
+    if not native or cpus < 2:
         return False  # the Python path: every syscall is a hand-over to the supervisor
-    return sample.answered_per_s < limits.apart_below_answers
+    return sample is None or sample.answered_per_s < limits.apart_below_answers
 
 
 def all_cpus() -> set[int]:
