@@ -429,12 +429,6 @@ static int compare_keys(const void *a, const void *b) {
     return x->ino < y->ino ? -1 : x->ino > y->ino;
 }
 
-/* Whether a file with these numbers may be judged under its own path. */
-/* Whether `st` is on the agent's procfs.  The broker is PID 1 of the agent's
- * PID namespace: /proc/1 there is the broker's own entry (its environment,
- * its memory, which holds the listener's code), and /proc/self the broker's.
- * Nothing on procfs is served here, whatever name reached it; the
- * supervisor walks such names as the agent's. */
 #define PROC_MOUNTS 64
 static dev_t proc_devices[PROC_MOUNTS];
 static int proc_devices_known = -1; /* how many; -1: not read yet */
@@ -464,6 +458,11 @@ static void find_proc_devices(void) {
         proc_devices[proc_devices_known++] = proc.st_dev;
 }
 
+/* Whether `st` is on a procfs.  The broker is PID 1 of the agent's PID
+ * namespace: /proc/1 there is the broker's own entry (its environment, its
+ * memory, which holds the listener's code), and /proc/self the broker's.
+ * Nothing on procfs is served here, whatever name reached it; the
+ * supervisor walks such names as the agent's. */
 static int on_proc(const struct stat *st) {
     if (proc_devices_known < 0)
         find_proc_devices();
@@ -473,6 +472,7 @@ static int on_proc(const struct stat *st) {
     return proc_devices_known == PROC_MOUNTS; /* more than it keeps: none is served */
 }
 
+/* Whether a file with these numbers may be judged under its own path. */
 static int own_name(const struct stat *st) {
     if (on_proc(st))
         return 0;
@@ -762,7 +762,7 @@ static struct {
     PyObject *source; /* the tuple set_program was given, which owns everything below */
     struct plain_set paths, shell;
     unsigned default_flags;
-    struct texts refusing, write_guards, read_guards, code_roots;
+    struct texts refusing, write_guards, read_guards, code_dirs;
     struct texts floor[NATIVE_BIT_COUNT];
     int floor_checked[NATIVE_BIT_COUNT];
     Py_ssize_t max_length;
@@ -784,7 +784,7 @@ static void program_free(void) {
     texts_free(&program.refusing);
     texts_free(&program.write_guards);
     texts_free(&program.read_guards);
-    texts_free(&program.code_roots);
+    texts_free(&program.code_dirs);
     for (int i = 0; i < NATIVE_BIT_COUNT; i++)
         texts_free(&program.floor[i]);
     Py_CLEAR(program.source);
@@ -846,13 +846,6 @@ static int starts_with_any(const char *s, size_t n, const struct texts *t) {
 static int any_starts_with(const char *s, size_t n, const struct texts *t) {
     for (Py_ssize_t i = 0; i < t->count; i++)
         if ((size_t)t->length[i] >= n && memcmp(t->text[i], s, n) == 0)
-            return 1;
-    return 0;
-}
-
-static int equals_any(const char *s, size_t n, const struct texts *t) {
-    for (Py_ssize_t i = 0; i < t->count; i++)
-        if ((size_t)t->length[i] == n && memcmp(s, t->text[i], n) == 0)
             return 1;
     return 0;
 }
@@ -923,19 +916,14 @@ static long program_bits(const char *path, size_t length, int ask) {
     long granted_bits = 0;
     unsigned on_path = (unsigned)ask & PATH_ALLOWS;
     if (on_path) {
-        if (!program.paths.match || length > PATH_BYTES || !canonical(path) ||
-            equals_any(path, length, &program.code_roots))
+        if (!program.paths.match || length > PATH_BYTES || !canonical(path))
             return -1;
-        char probe[PATH_BYTES + 2];
+        char probe[PATH_BYTES + 2]; /* `path/`: a root itself, or beneath it */
         memcpy(probe, path, length);
         probe[length] = '/';
         size_t probe_length = length + 1;
-        for (Py_ssize_t i = 0; i < program.code_roots.count; i++) {
-            size_t n = (size_t)program.code_roots.length[i];
-            if (n < length && memcmp(path, program.code_roots.text[i], n) == 0 && path[n] == '/')
-                return -1;
-        }
-        if (!match_set(&program.paths, path, length))
+        if (starts_with_any(probe, probe_length, &program.code_dirs) ||
+            !match_set(&program.paths, path, length))
             return -1;
         int read_guarded = starts_with_any(probe, probe_length, &program.read_guards);
         int write_guarded = starts_with_any(probe, probe_length, &program.write_guards);
@@ -985,18 +973,18 @@ static long program_bits(const char *path, size_t length, int ask) {
     return granted_bits;
 }
 
-/* set_program(tuple | None): see `agent._native_program` for the layout. */
+/* set_program(tuple | None): see `agent.native_program` for the layout. */
 static PyObject *fp_set_program(PyObject *self, PyObject *source) {
     program_free();
     if (source == Py_None)
         Py_RETURN_NONE;
     PyObject *path_match, *path_patterns, *path_entries, *shell_match, *shell_patterns,
-        *shell_entries, *refusing, *write_guards, *read_guards, *code_roots, *floor;
+        *shell_entries, *refusing, *write_guards, *read_guards, *code_dirs, *floor;
     unsigned default_flags;
     Py_ssize_t max_length;
     if (!PyArg_ParseTuple(source, "OOOOOOIOOOOOn", &path_match, &path_patterns, &path_entries,
                           &shell_match, &shell_patterns, &shell_entries, &default_flags, &refusing,
-                          &write_guards, &read_guards, &code_roots, &floor, &max_length))
+                          &write_guards, &read_guards, &code_dirs, &floor, &max_length))
         return NULL;
     Py_INCREF(source);
     program.source = source;
@@ -1007,7 +995,7 @@ static PyObject *fp_set_program(PyObject *self, PyObject *source) {
               texts_from(refusing, &program.refusing) ||
               texts_from(write_guards, &program.write_guards) ||
               texts_from(read_guards, &program.read_guards) ||
-              texts_from(code_roots, &program.code_roots) || !PyTuple_Check(floor) ||
+              texts_from(code_dirs, &program.code_dirs) || !PyTuple_Check(floor) ||
               PyTuple_GET_SIZE(floor) != NATIVE_BIT_COUNT;
     for (int i = 0; !bad && i < NATIVE_BIT_COUNT; i++) {
         PyObject *prefixes = PyTuple_GET_ITEM(floor, i);

@@ -283,6 +283,19 @@ class _Table:
         self.rules = tuple(rules)
         self.paths = paths
 
+    def plain_table(
+        self,
+    ) -> tuple[Callable[[bytes], list[int] | None] | None, int, tuple[PlainEntry, ...]]:
+        """As `_PathRules.plain_table`: rule i is pattern i (None: no set, rule by rule)."""
+        entries = tuple(
+            PlainEntry(frozenset(rule.rule.actions), index, low, high, plain_flags(decision))
+            for index, (rule, (low, high), decision) in enumerate(
+                zip(self.rules, self.except_ranges, self.decisions, strict=True)
+            )
+        )
+        patterns = entries[-1].except_high if entries else 0
+        return (None if self.match is _no_set else self.match), patterns, entries
+
     def resolve(self, hits: list[int], default: Decision) -> Decision:
         """The first rule among `hits` that none of its own `except` globs excludes."""
         for index in sorted(hit for hit in hits if hit < self.size):
@@ -610,21 +623,14 @@ class CompiledPolicy:
         path_match, path_patterns, path_entries = (
             paths.plain_table() if paths is not None else (None, 0, ())
         )
-        shell = self._tables[ActionType.SHELL_EXECUTE]
-        shell_entries = tuple(
-            PlainEntry(
-                frozenset({ActionType.SHELL_EXECUTE}), index, low, high, plain_flags(decision)
-            )
-            for index, ((low, high), decision) in enumerate(
-                zip(shell.except_ranges, shell.decisions, strict=True)
-            )
-        )
-        shell_patterns = shell_entries[-1].except_high if shell_entries else 0
+        shell_match, shell_patterns, shell_entries = self._tables[
+            ActionType.SHELL_EXECUTE
+        ].plain_table()
         return PlainTables(
             path_match=path_match,
             path_patterns=path_patterns,
             path_entries=path_entries,
-            shell_match=None if shell.match is _no_set else shell.match,
+            shell_match=shell_match,
             shell_patterns=shell_patterns,
             shell_entries=shell_entries,
             default_flags=plain_flags(self.default_decision),

@@ -545,7 +545,7 @@ def native_program(judge: Judge) -> tuple[object, ...] | None:
         texts(tables.refusing_roots),
         texts(program.write_guards),
         texts(program.read_guards),
-        texts(program.code_roots),
+        texts(program.code_dirs),
         floor,
         tables.max_length,
     )

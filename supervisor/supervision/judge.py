@@ -470,7 +470,7 @@ class PlainProgram(NamedTuple):
     # `root/`: what the judge refuses at or beneath, whatever the policy says
     write_guards: tuple[str, ...]  # file_write, file_delete, file_move, file_chmod
     read_guards: tuple[str, ...]  # file_read, process_spawn
-    code_roots: tuple[str, ...]  # agentsup's own code: the judge's to decide
+    code_dirs: tuple[str, ...]  # `root/` of agentsup's own code: the judge's to decide
     floor: Mapping[ActionType, tuple[str, ...] | None]  # `floor_prefixes` per action
 
 
@@ -585,7 +585,7 @@ class Judge:
             tables=self.policy.plain_tables(),
             write_guards=self._guards[0],
             read_guards=self._guards[1],
-            code_roots=_AGENTSUP_CODE,
+            code_dirs=_AGENTSUP_CODE_DIRS,
             floor={
                 action: None if floor is None else floor_prefixes(floor, action)
                 for action in actions
