@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 from agentsup.kernel import fastpath
+from agentsup.paths import Locations
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _SYS_LANDLOCK_CREATE_RULESET = 444
@@ -153,6 +154,11 @@ FAKE_KEY = (
     "c2VjcmV0LWJ5dGVzLXRoYXQtbXVzdC1uZXZlci1sZWFr\n"
     "-----END OPENSSH PRIVATE KEY-----\n"
 )
+
+
+def locations_in(root: Path) -> Locations:
+    """agentsup's locations laid out under `root`, as a Sandbox lays them out."""
+    return Locations(root / "policies", root / "log" / "audit.jsonl", root / "state", root / "run")
 
 
 def locations_root() -> Path:

@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from conftest import locations_in
 
 from agentsup.kernel import fastpath
-from agentsup.paths import Locations
 from agentsup.policy import RunContext, compile_policy, load_policy_text
 from agentsup.policy.floor import FloorCheck, plan_policy_floor
 from agentsup.policy.loader import load_policy_file
@@ -106,12 +106,7 @@ def _judge(
         loaded = load_policy_text(policy_text, policy_dir=tmp_path)
     compiled = compile_policy(loaded, RunContext(WORKSPACE, HOME, "agent-1"))
     root = tmp_path / "agentsup"
-    locations = Locations(
-        policy_dir=root / "policies",
-        audit_log=root / "log" / "audit.jsonl",
-        state_dir=root / "state",
-        runtime_dir=root / "run",
-    )
+    locations = locations_in(root)
     config = JudgeConfig("agent-1", compiled, "p", WORKSPACE, locations, stderr=io.StringIO())
     judge = Judge(config, _NoAudit())
     # Holes in the floor, as agentsup punches them for its own files: allowed
@@ -142,7 +137,7 @@ def _targets(judge: Judge) -> Iterator[bytes]:
     program = judge.plain_program(())
     assert program is not None
     guarded = [guard.rstrip("/") for guard in (*program.write_guards, *program.read_guards)]
-    code = list(program.code_roots)
+    code = [root.rstrip("/") for root in program.code_dirs]
     for directory in [*DIRS, *guarded, *code]:
         yield os.fsencode(directory)
         base = directory.rstrip("/")
@@ -220,7 +215,7 @@ def test_what_only_the_judge_can_tell_is_left_to_it(
     read = fastpath.ALLOW_READ
     program = judge.plain_program(())
     assert program is not None
-    code = program.code_roots[0]
+    code = program.code_dirs[0].rstrip("/")
     for target in (
         f"{code}/hooks/_hook.py",  # agentsup's own code: the judge allows it by a rule of its own
         f"{WORKSPACE}/./a",  # a name the judge normalises first

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import out_of_fds
+from conftest import locations_in, out_of_fds
 
 from agentsup.events import ActionType, Event, Layer, Response
 from agentsup.kernel import cgroup
-from agentsup.paths import Locations
 from agentsup.policy import RunContext, compile_policy, load_policy_text
 from agentsup.supervision.judge import (
     STOPPED_RULE,
@@ -104,12 +103,7 @@ def _judge(tmp_path: Path) -> tuple[Judge, Audit, io.StringIO]:
         load_policy_text(text, policy_dir=tmp_path), RunContext(str(tmp_path), "/root", "t")
     )
     root = tmp_path / "agentsup"
-    locations = Locations(
-        policy_dir=root / "policies",
-        audit_log=root / "log" / "audit.jsonl",
-        state_dir=root / "state",
-        runtime_dir=root / "run",
-    )
+    locations = locations_in(root)
     said = io.StringIO()
     config = JudgeConfig("t", policy, "m", str(tmp_path), locations, stderr=said)
     audit = Audit()

@@ -17,22 +17,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import Sandbox
+from conftest import Sandbox, locations_in
 
 from agentsup.control.channel import ControlError, request
 from agentsup.integrity.totp import TotpRefused, read_secret
-from agentsup.paths import Locations, untrusted, untrusted_locations
-
-
-def locations(root: Path) -> Locations:
-    return Locations(root / "policies", root / "log" / "audit.jsonl", root / "state", root / "run")
+from agentsup.paths import untrusted, untrusted_locations
 
 
 def test_a_private_directory_and_one_not_made_yet_are_trusted(tmp_path: Path) -> None:
     tmp_path.chmod(0o700)
     assert untrusted(tmp_path) is None
     assert untrusted(tmp_path / "not" / "made") is None
-    assert untrusted_locations(locations(tmp_path)) is None
+    assert untrusted_locations(locations_in(tmp_path)) is None
 
 
 @pytest.mark.parametrize(("mode", "writers"), [(0o777, "anyone"), (0o775, "its group")])
@@ -43,7 +39,7 @@ def test_a_directory_others_may_write_is_not(tmp_path: Path, mode: int, writers:
     state.chmod(mode)
     assert untrusted(state) == f"{state} is writable by {writers}"
     assert untrusted(state / "totp.secret") == f"{state} is writable by {writers}"
-    assert untrusted_locations(locations(tmp_path)) == (
+    assert untrusted_locations(locations_in(tmp_path)) == (
         f"the state directory {state} cannot be trusted: {state} is writable by {writers}"
     )
 
@@ -107,7 +103,7 @@ def test_a_directory_of_another_user_is_not(tmp_path: Path) -> None:
 
 def test_a_totp_secret_in_a_directory_anyone_may_write_is_refused(tmp_path: Path) -> None:
     tmp_path.chmod(0o700)
-    where = locations(tmp_path)
+    where = locations_in(tmp_path)
     where.state_dir.mkdir()
     where.totp_secret.write_text("JBSWY3DPEHPK3PXP\n")
     assert read_secret(where) == "JBSWY3DPEHPK3PXP"
