@@ -9,6 +9,7 @@ roots are what they were.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -258,6 +259,48 @@ def test_tmp_is_private_and_tools_that_use_it_work(attacker: Sandbox) -> None:
     assert result.stdout.split() == ["ok", "secret"]
     assert not Path(f"/tmp/{name}").exists()
     assert not Path(f"/var/tmp/{name}").exists()
+
+
+MESSAGE_QUEUES = """
+import ctypes, json, os, sys
+rt = ctypes.CDLL("librt.so.1", use_errno=True)
+rt.mq_open.restype = ctypes.c_int
+found = {}
+host = rt.mq_open(sys.argv[1].encode(), os.O_RDWR, 0, None)
+found["host"] = "opened" if host >= 0 else os.strerror(ctypes.get_errno())
+own = rt.mq_open(b"/own", os.O_CREAT | os.O_RDWR, 0o600, None)
+if own < 0:
+    found["own"] = os.strerror(ctypes.get_errno())
+else:
+    rt.mq_send(own, b"ping", 4, 0)
+    buffer = ctypes.create_string_buffer(8192)
+    size = rt.mq_receive(own, buffer, 8192, None)
+    found["own"] = buffer.raw[:size].decode()
+    rt.mq_unlink(b"/own")
+print(json.dumps(found))
+"""
+
+
+@pytest.mark.parametrize("policy", ["strict", "permissive"])
+def test_posix_message_queues_work_and_are_the_agents_own(attacker: Sandbox, policy: str) -> None:
+    """mq_open walks the kernel's own mount of the IPC namespace's queues,
+    which lies under no Landlock rule: every queue was refused (EACCES).  The
+    queues of the agent's own IPC namespace are granted by their root; the
+    host's stay out of sight."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mq_open.restype = ctypes.c_int
+    queue = f"/agentsup-host-{os.getpid()}".encode()
+    descriptor = libc.mq_open(queue, os.O_CREAT | os.O_RDWR, 0o600, None)
+    assert descriptor >= 0, os.strerror(ctypes.get_errno())
+    try:
+        (attacker.workspace / "queues.py").write_text(MESSAGE_QUEUES)
+        result = attacker.run("python3", "queues.py", queue.decode(), policy=policy)
+    finally:
+        os.close(descriptor)
+        libc.mq_unlink(queue)
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found == {"host": "No such file or directory", "own": "ping"}
 
 
 @pytest.mark.parametrize("locations", ["elsewhere", "under /tmp"])
@@ -521,9 +564,9 @@ def test_a_device_node_outside_dev_cannot_be_opened_at_all(attacker: Sandbox) ->
     found = json.loads(result.stdout.strip().splitlines()[-1])
     assert found[str(node)] == 13, found  # EACCES
     assert found["/dev/null"] == "opened", found
-    assert all(
-        point == "/dev" or point.startswith("/dev/") for point in found["with devices"]
-    ), found
+    assert all(point == "/dev" or point.startswith("/dev/") for point in found["with devices"]), (
+        found
+    )
 
 
 @pytest.mark.parametrize("policy", ["strict", "permissive"])

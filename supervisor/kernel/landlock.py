@@ -149,9 +149,11 @@ def _add_held_rules(ruleset_fd: int, plan: FloorPlan, held: Sequence[int]) -> No
             _add_rule(ruleset_fd, _LANDLOCK_RULE_PATH_BENEATH, attr, f"the agent's fd {fd}")
 
 
-def apply_floor(plan: FloorPlan, held: Sequence[int] = ()) -> None:
-    """Restrict the calling process (and every later child) to `plan`, and to
-    reopening the files of the fds `held` as they are open (`_add_held_rules`).
+def apply_floor(plan: FloorPlan, held: Sequence[int] = (), queues: int = -1) -> None:
+    """Restrict the calling process (and every later child) to `plan`, to
+    reopening the files of the fds `held` as they are open (`_add_held_rules`),
+    and, given the root of the agent's own message queues (`queues`,
+    namespaces.own_mqueue_root), to reading and writing those.
 
     Sets no_new_privs, which Landlock requires without CAP_SYS_ADMIN and which
     the seccomp filter needs anyway.
@@ -170,6 +172,9 @@ def apply_floor(plan: FloorPlan, held: Sequence[int] = ()) -> None:
     try:
         _add_path_rules(ruleset_fd, plan)
         _add_held_rules(ruleset_fd, plan, held)
+        if queues >= 0 and (allowed := (FS_READ_FILE | FS_WRITE_FILE) & plan.handled_fs):
+            root = _PathBeneathAttr(allowed_access=allowed, parent_fd=queues)
+            _add_rule(ruleset_fd, _LANDLOCK_RULE_PATH_BENEATH, root, "the agent's message queues")
         for port, allowed in plan.net_rules:
             net_attr = _NetPortAttr(allowed_access=allowed, port=port)
             _add_rule(ruleset_fd, _LANDLOCK_RULE_NET_PORT, net_attr, f"tcp port {port}")

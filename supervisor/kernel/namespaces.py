@@ -67,7 +67,15 @@ MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 0x40000
 
+_SYS_FSOPEN = 430
+_SYS_FSCONFIG = 431
+_SYS_FSMOUNT = 432
 _SYS_MOUNT_SETATTR = 442
+_FSOPEN_CLOEXEC = 0x1
+_FSCONFIG_CMD_CREATE = 6
+_FSMOUNT_CLOEXEC = 0x1
+_MOUNT_ATTR_NOSUID = 0x2
+_MOUNT_ATTR_NOEXEC = 0x8
 _AT_RECURSIVE = 0x8000
 _MOUNT_ATTR_RDONLY = 0x1
 _MOUNT_ATTR_NODEV = 0x4
@@ -598,6 +606,27 @@ def mount_own_mqueue() -> None:
             "mqueue",
             MS_NOSUID | MS_NODEV | MS_NOEXEC,
         )
+
+
+def own_mqueue_root() -> int:
+    """An fd of the root of the caller's IPC namespace's message queues: a
+    detached mount of its mqueue filesystem, the very superblock mq_open
+    uses, whether or not /dev/mqueue exists.  A Landlock rule on it lets the
+    agent use the queues of its own namespace, which lie under no other rule
+    (mq_open walks the kernel's internal mount).  The caller closes it."""
+    fs = _libc.syscall(_SYS_FSOPEN, b"mqueue", _FSOPEN_CLOEXEC)
+    if fs < 0:
+        raise NamespaceError("the agent's message queues", ctypes.get_errno())
+    try:
+        if _libc.syscall(_SYS_FSCONFIG, fs, _FSCONFIG_CMD_CREATE, None, None, 0) != 0:
+            raise NamespaceError("the agent's message queues", ctypes.get_errno())
+        flags = _MOUNT_ATTR_NOSUID | _MOUNT_ATTR_NODEV | _MOUNT_ATTR_NOEXEC
+        root = int(_libc.syscall(_SYS_FSMOUNT, fs, _FSMOUNT_CLOEXEC, flags))
+        if root < 0:
+            raise NamespaceError("the agent's message queues", ctypes.get_errno())
+        return root
+    finally:
+        os.close(fs)
 
 
 def own_pty(like: int) -> tuple[int, int]:

@@ -273,7 +273,16 @@ def _init(stage: Stage, entered: set[str], wait_fd: int) -> NoReturn:
         if stage.landlock is not None:
             # The agent's standard streams and pty: what it may reopen by fd name.
             streams = (0, 1, 2) if stage.terminal_fd < 0 else (0, 1, 2, stage.terminal_fd)
-            landlock.apply_floor(stage.landlock, streams)
+            # Only the queues of its own IPC namespace: the host's stay refused.
+            queues = -1
+            if "ipc" in entered:
+                with contextlib.suppress(namespaces.NamespaceError):  # then refused, as before
+                    queues = namespaces.own_mqueue_root()
+            try:
+                landlock.apply_floor(stage.landlock, streams, queues)
+            finally:
+                if queues >= 0:
+                    os.close(queues)
         step = "privileges"
         for note in privileges.drop_privileges(plan.user):
             _line(stage.status_fd, f"D{note}")
