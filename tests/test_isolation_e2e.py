@@ -598,3 +598,46 @@ def test_a_raw_disk_or_loop_control_is_not_opened_for_reading(
     assert found["/dev/loop-control"] == 13, found  # EACCES
     assert found["/dev/urandom"] == "opened", found
     assert found["/dev/null"] == "opened", found
+
+
+@pytest.mark.parametrize("policy", ["strict", "permissive"])
+def test_devices_that_act_on_the_host_and_its_logs_are_refused(
+    attacker: Sandbox, policy: str
+) -> None:
+    """Found by red team 21 under permissive: a root agent, the owner of
+    root's devices, wrote a line into the host's kernel log (/dev/kmsg) and
+    opened the console's screen and the CPU's wake-up latency; and
+    /dev/userfaultfd is the syscall the filter refuses, by another door.
+    Each is refused, with no signal, and the kernel log holds no line of the
+    agent's."""
+    devices = [
+        name
+        for name in ("/dev/userfaultfd", "/dev/vcs", "/dev/tty1", "/dev/cpu_dma_latency")
+        if os.path.exists(name)
+    ]
+    marker = f"agentsup-forged-{os.getpid()}"
+    script = attacker.workspace / "host_devices.py"
+    script.write_text(
+        "import json, os, sys\n"
+        "found = {}\n"
+        "def attempt(name, flags, data=b''):\n"
+        "    try:\n"
+        "        fd = os.open(name, flags)\n"
+        "        if data:\n"
+        "            os.write(fd, data)\n"
+        "        os.close(fd)\n"
+        "        found[name] = 'opened'\n"
+        "    except OSError as exc:\n"
+        "        found[name] = exc.errno\n"
+        "attempt('/dev/kmsg', os.O_WRONLY, sys.argv[1].encode() + b'\\n')\n"
+        "for name in sys.argv[2:]:\n"
+        "    attempt(name, os.O_RDONLY)\n"
+        "attempt('/dev/null', os.O_WRONLY, b'x')\n"
+        "print(json.dumps(found))\n"
+    )
+    result = attacker.run("python3", str(script), marker, *devices, policy=policy)
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found == {"/dev/kmsg": 13, **dict.fromkeys(devices, 13), "/dev/null": "opened"}
+    log = subprocess.run(["dmesg"], capture_output=True, text=True).stdout
+    assert marker not in log

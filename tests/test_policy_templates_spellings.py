@@ -276,6 +276,91 @@ def test_permissive_refuses_loop_control() -> None:
         assert permissive.evaluate(Event(action, "/dev/loop-control")).verdict is Verdict.DENY
 
 
+# Devices that act on the host or the people at it, which a root agent opens
+# as their owner (red team 21 wrote to the first ones under permissive).
+HOST_DEVICES = [
+    "/dev/console",
+    "/dev/tty1",
+    "/dev/ttyS0",
+    "/dev/vcs",
+    "/dev/vcsa1",
+    "/dev/vcsu2",
+    "/dev/input/event3",
+    "/dev/uinput",
+    "/dev/uhid",
+    "/dev/hidraw0",
+    "/dev/bus/usb/001/002",
+    "/dev/i2c-1",
+    "/dev/gpiochip0",
+    "/dev/watchdog",
+    "/dev/watchdog0",
+    "/dev/tpm0",
+    "/dev/tpmrm0",
+    "/dev/ipmi0",
+    "/dev/mei0",
+    "/dev/fb0",
+    "/dev/cpu_dma_latency",
+    "/dev/mem",
+    "/dev/kmem",
+    "/dev/port",
+    "/dev/nvram",
+    "/dev/cpu/0/msr",
+    "/dev/userfaultfd",
+]
+# What developers use, which permissive leaves to them.
+DEVELOPER_DEVICES = [
+    "/dev/tty",
+    "/dev/pts/3",
+    "/dev/ttyUSB0",
+    "/dev/ttyACM0",
+    "/dev/dri/card0",
+    "/dev/dri/renderD128",
+    "/dev/kvm",
+    "/dev/snd/pcmC0D0p",
+    "/dev/nvidia0",
+    "/dev/fuse",
+]
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+@pytest.mark.parametrize("device", HOST_DEVICES)
+def test_devices_that_act_on_the_host_are_refused(name: str, device: str) -> None:
+    """Opened, the watchdog reboots the host unless fed, a console read takes
+    what is typed at it, uinput types into the host's session, and
+    /dev/userfaultfd is the syscall the filter refuses: neither template
+    opens them, permissive with no signal (`host-devices`)."""
+    policy = template(name)
+    for action in (A.FILE_READ, A.FILE_WRITE):
+        decision = policy.evaluate(Event(action, device))
+        assert decision.verdict is Verdict.DENY, (action, decision)
+        if name == "permissive":
+            assert (decision.rule_id, decision.on_violation) == (
+                "host-devices", ViolationMode.BLOCK,
+            )  # fmt: skip
+
+
+@pytest.mark.parametrize("device", DEVELOPER_DEVICES)
+def test_permissive_leaves_developers_devices_usable(device: str) -> None:
+    permissive = template("permissive")
+    for action in (A.FILE_READ, A.FILE_WRITE):
+        assert permissive.evaluate(Event(action, device)).verdict is Verdict.ALLOW, action
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+@pytest.mark.parametrize(
+    "target",
+    ["/dev/kmsg", "/proc/self/loginuid", "/proc/42/task/43/loginuid", "/proc/42/sessionid"],
+)
+def test_the_hosts_logs_are_not_written(name: str, target: str) -> None:
+    """A line in /dev/kmsg is the kernel's log, and loginuid is who the host's
+    audit records a process as.  Reading them (dmesg) stays allowed."""
+    policy = template(name)
+    assert policy.evaluate(Event(A.FILE_WRITE, target)).verdict is Verdict.DENY
+    if name == "permissive":
+        assert policy.evaluate(Event(A.FILE_WRITE, target)).rule_id == "host-logs"
+        assert policy.evaluate(Event(A.FILE_READ, target)).verdict is Verdict.ALLOW
+
+
 @pytest.mark.parametrize("disk", DISKS)
 def test_strict_refuses_a_write_to_a_disk_by_its_real_path(disk: str) -> None:
     decision = template("strict").evaluate(Event(A.FILE_WRITE, disk))
