@@ -431,32 +431,13 @@ static int compare_keys(const void *a, const void *b) {
 
 #define PROC_MOUNTS 64
 static dev_t proc_devices[PROC_MOUNTS];
-static int proc_devices_known = -1; /* how many; -1: not read yet */
-
-/* Every procfs mounted where the broker lives (/proc/self/mountinfo), read
- * once: the agent's /proc, and any other it was not detached from (without
- * a mount namespace, a build chroot's /proc resolves `self` for the broker
- * too: red team 18).  None found: /proc alone, by stat. */
-static void find_proc_devices(void) {
-    proc_devices_known = 0;
-    FILE *mounts = fopen("/proc/self/mountinfo", "re");
-    char *line = NULL;
-    size_t capacity = 0;
-    /* Whole lines, however long (a mount point of 2,000 escaped spaces). */
-    while (mounts && getline(&line, &capacity, mounts) > 0 && proc_devices_known < PROC_MOUNTS) {
-        unsigned major, minor;
-        const char *type = strstr(line, " - ");
-        if (type && strncmp(type, " - proc ", 8) == 0 &&
-            sscanf(line, "%*s %*s %u:%u", &major, &minor) == 2)
-            proc_devices[proc_devices_known++] = makedev(major, minor);
-    }
-    free(line);
-    if (mounts)
-        fclose(mounts);
-    struct stat proc;
-    if (proc_devices_known < PROC_MOUNTS && stat("/proc", &proc) == 0)
-        proc_devices[proc_devices_known++] = proc.st_dev;
-}
+/* How many; -1: not told (configure() was not called), and then nothing is
+ * served (every open is judged by the supervisor, whose broker tells /proc
+ * apart).  Set from the broker's one reading of its mountinfo: the agent's
+ * /proc, and any other procfs it was not detached from (without a mount
+ * namespace, a build chroot's /proc resolves `self` for the broker too: red
+ * team 18). */
+static int proc_devices_known = -1;
 
 /* Whether `st` is on a procfs.  The broker is PID 1 of the agent's PID
  * namespace: /proc/1 there is the broker's own entry (its environment, its
@@ -465,7 +446,7 @@ static void find_proc_devices(void) {
  * supervisor walks such names as the agent's. */
 static int on_proc(const struct stat *st) {
     if (proc_devices_known < 0)
-        find_proc_devices();
+        return 1;
     for (int i = 0; i < proc_devices_known; i++)
         if (st->st_dev == proc_devices[i])
             return 1;
@@ -2460,8 +2441,20 @@ static PyObject *fp_serve(PyObject *self, PyObject *args) {
 }
 
 static PyObject *fp_configure(PyObject *self, PyObject *args) {
-    if (!PyArg_ParseTuple(args, "kkk", &valid_open_flags, &write_flags, &setfl_flags))
+    PyObject *devices;
+    if (!PyArg_ParseTuple(args, "kkkO!", &valid_open_flags, &write_flags, &setfl_flags,
+                          &PyTuple_Type, &devices))
         return NULL;
+    Py_ssize_t count = PyTuple_GET_SIZE(devices);
+    int known = 0;
+    for (Py_ssize_t i = 0; i < count && known < PROC_MOUNTS; i++) {
+        unsigned long long device = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(devices, i));
+        if (device == (unsigned long long)-1 && PyErr_Occurred())
+            return NULL;
+        proc_devices[known++] = (dev_t)device;
+    }
+    /* More than it keeps: on_proc says yes to everything, and none is served. */
+    proc_devices_known = count > PROC_MOUNTS ? PROC_MOUNTS : known;
     Py_RETURN_NONE;
 }
 
@@ -2562,7 +2555,7 @@ static PyMethodDef methods[] = {
      "serve(listener, forward, channel, agent_pidfd, timeout_ms, counter) -> int: answer "
      "plainly allowed opens, forward the rest; returns why it stopped (channel readable, ...)."},
     {"configure", fp_configure, METH_VARARGS,
-     "configure(valid_open_flags, write_flags, setfl_flags)"},
+     "configure(valid_open_flags, write_flags, setfl_flags, procfs_devices: tuple[int, ...])"},
     {"allow", fp_allow, METH_VARARGS,
      "allow(path: bytes, bits: int) -> bool: the supervisor allowed these actions on path"},
     {"forget", fp_forget, METH_NOARGS, "forget() -> None: clear the allow cache"},

@@ -495,6 +495,11 @@ class Broker:
         # nothing on it is the agent's (none is left where the agent has a
         # mount namespace: `namespaces.hide_other_procfs`).
         self._other_procfs = _namespaces.other_procfs_devices()
+        # Every procfs here, for the native path (_fastpath's on_proc), which
+        # serves nothing on any of them.
+        self.procfs_devices = tuple(self._other_procfs)
+        with contextlib.suppress(OSError):
+            self.procfs_devices += (os.stat("/proc").st_dev,)
         # FIFO opens waiting for their other end: a helper's pidfd -> the
         # notification it answers, and whether it opens for writing
         # (`_rendezvous`, `check_waiting`).
@@ -1774,7 +1779,9 @@ def run_broker(
             broker.private.add((st.st_dev, st.st_ino))
     native = _fastpath.native if forward >= 0 and listener >= 0 else None
     if native is not None:
-        native.configure(_fastpath.VALID_OPEN_FLAGS, _fastpath.WRITE_FLAGS, _SETFL_FLAGS)
+        native.configure(
+            _fastpath.VALID_OPEN_FLAGS, _fastpath.WRITE_FLAGS, _SETFL_FLAGS, broker.procfs_devices
+        )
         native.set_decider(native_decider)
         counter = native_count if native_count is not None else mmap.mmap(-1, mmap.PAGESIZE)
         status = _serve_natively(native, broker, listener, forward, agent, agent_pid, counter)
