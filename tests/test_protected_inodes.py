@@ -98,6 +98,32 @@ def test_a_large_root_does_not_use_up_the_budget_of_the_others(tmp_path: Path) -
 
 
 @contextlib.contextmanager
+def _procfs_in(directory: Path) -> Iterator[Path]:
+    """A procfs mounted at `directory/proc`, as in a build chroot."""
+    point = directory / "proc"
+    point.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "proc", "proc", str(point)], check=True)
+    try:
+        yield point
+    finally:
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+@pytest.mark.requires_root
+def test_a_procfs_below_a_root_is_not_walked(tmp_path: Path, home: Path) -> None:
+    """Found in session 11: a build chroot's /proc in a walked root made the
+    walk fail (a procfs directory refuses its listing halfway), and every
+    multiply-linked file (libc) was refused before the agent started.  A
+    procfs holds no one's files, and its `PID/root` is the whole host: the
+    walk does not enter it, and spends none of its budget there."""
+    with _procfs_in(home / "chroot") as proc:
+        found = protected.protected_inodes(_policy(tmp_path, home), budget=50)
+        files = protected._walk_files([str(home)], budget=10_000)
+    assert found.get(_inode(home / ".ssh" / "id_rsa")) == str(home / ".ssh" / "id_rsa")
+    assert not [path for path in files if path.startswith(os.fsencode(proc))]
+
+
+@contextlib.contextmanager
 def _walking(policy: CompiledPolicy) -> Iterator[protected.ProtectedInodes]:
     inodes = protected.ProtectedInodes(policy)
     try:
@@ -298,3 +324,17 @@ def test_once_the_walk_answered_the_broker_judges_other_hard_links_but_not_the_k
     assert proc.returncode == 137, err[-2000:]
     assert "rule 'secret-ssh' denied file_read" in err, err[-2000:]
     assert "key" not in rest and "c2VjcmV0" not in rest
+
+
+@pytest.mark.requires_root
+@pytest.mark.requires_seccomp_notify
+@pytest.mark.requires_landlock
+@pytest.mark.parametrize("native", ["1", "0"])
+def test_an_agent_starts_with_a_procfs_mounted_in_its_workspace(
+    sandbox: Sandbox, native: str
+) -> None:
+    """The same chroot under `strict`: the agent's programs load their
+    multiply-linked libraries, whose check waits for the walk."""
+    with _procfs_in(sandbox.workspace / "chroot"):
+        result = sandbox.run("/bin/echo", "ran", env={"AGENTSUP_FASTPATH": native})
+    assert (result.returncode, result.stdout) == (0, "ran\n"), result.stderr

@@ -238,6 +238,18 @@ def other_procfs(mountinfo: str) -> list[str]:
     return sorted(points, key=lambda point: (-point.count("/"), point))
 
 
+def kernel_interface_devices() -> frozenset[int]:
+    """The st_dev of every procfs, kernel interface and device filesystem
+    mounted here: trees of the kernel's, with no file of anyone's beneath
+    them (and procfs holds a view of the whole host under `PID/root`)."""
+    kinds = KERNEL_FILESYSTEMS | DEVICE_FILESYSTEMS | {"proc", "mqueue", "devpts"}
+    try:
+        mounts = parse_mountinfo(_mountinfo())
+    except OSError:
+        return frozenset()
+    return frozenset(mount.device for mount in mounts if mount.fstype in kinds)
+
+
 def other_procfs_devices() -> frozenset[int]:
     """The st_dev of every procfs here but /proc's (none once `hide_other_procfs` ran)."""
     try:
@@ -271,16 +283,32 @@ def hide_other_procfs() -> None:
     another is uncovered by the first detach.
     Mount propagation is private by now, and the agent cannot mount.
     """
+    unreachable: set[str] = set()
     for _round in range(_HIDING_ROUNDS):
-        points = other_procfs(_mountinfo())
+        points = [point for point in other_procfs(_mountinfo()) if point not in unreachable]
         if not points:
             return
         for point in points:
             if _libc.umount2(point.encode("utf-8", "surrogateescape"), _MNT_DETACH) != 0:
                 err = ctypes.get_errno()
-                if err not in (errno.EINVAL, errno.ENOENT):  # gone with one detached above
+                if err not in (errno.EINVAL, errno.ENOENT):
                     raise NamespaceError(f"hide the procfs at {point}", err)
+                # No mount there by that path: one under a mount that covers
+                # a directory above it (a workspace's procfs under the host's
+                # /tmp, which the private /tmp covers), which no path reaches.
+                if _reaches_procfs(point):
+                    raise NamespaceError(f"hide the procfs at {point}", err)
+                unreachable.add(point)
     raise NamespaceError("hide the other procfs", errno.ELOOP)
+
+
+def _reaches_procfs(path: str) -> bool:
+    """Whether `path` leads into a procfs other than /proc's own."""
+    try:
+        device = os.stat(path).st_dev
+    except OSError:
+        return False
+    return device in other_procfs_devices()
 
 
 # The kernel's own interfaces: a root agent that could write one would change

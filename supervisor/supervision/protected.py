@@ -29,7 +29,7 @@ import weakref
 from collections.abc import Iterable, Sequence
 
 from ..events import ActionType, response_for
-from ..kernel import privileges
+from ..kernel import namespaces, privileges
 from ..policy import CompiledPolicy
 from ..policy.linear import PatternError, PatternSet, encode_target
 from ..policy.matchers import Matcher
@@ -113,8 +113,13 @@ def _walk_files(roots: Sequence[str], budget: int) -> list[bytes]:
     directory's entries, then each subdirectory's in turn.  Symlinks are
     listed, not followed: one to a directory is a name too, and its lstat
     never matches a regular file's inode.  Classifying by d_type alone (no
-    stat of every entry) keeps this to one scandir per directory.
+    stat of every entry) keeps this to one scandir per directory.  A procfs
+    or kernel interface mounted below a root (a build chroot's /proc) is not
+    entered: it holds no one's files, only the budget's worth of the host's
+    processes (and `PID/root`, the whole host), and some of its directories
+    refuse their listing halfway.
     """
+    kernel = namespaces.kernel_interface_devices()
     paths: list[bytes] = []
     stacks: list[list[bytes]] = []
     for root in roots:
@@ -134,10 +139,12 @@ def _walk_files(roots: Sequence[str], budget: int) -> list[bytes]:
             except OSError:
                 continue
             subdirs: list[bytes] = []
-            with scan:
+            with scan, contextlib.suppress(OSError):  # a listing refused halfway: what it gave
                 for entry in scan:
                     try:
                         is_dir = entry.is_dir(follow_symlinks=False)
+                        if is_dir and entry.stat(follow_symlinks=False).st_dev in kernel:
+                            continue
                     except OSError:
                         is_dir = False
                     (subdirs if is_dir else paths).append(entry.path)
@@ -205,7 +212,7 @@ class ProtectedInodes:
             raise WalkFailed(self._failed)
         pipe = self._child[0]
         if pipe < 0:  # no child: walk here
-            return protected_inodes(self._policy, self._budget)
+            return self._walk_here()
         # (The pipe and pidfd stay open until `close`: closed now, they would
         # leave a hole below the supervisor's other fds for the rest of the run.)
         answer = _read_until_eof(pipe, time.monotonic() + WALK_TIMEOUT)
@@ -218,7 +225,14 @@ class ProtectedInodes:
             if done == _DONE and isinstance(found, dict):
                 return found
         # The child died on the way (killed, out of memory): walk here.
-        return protected_inodes(self._policy, self._budget)
+        return self._walk_here()
+
+    def _walk_here(self) -> dict[tuple[int, int], str]:
+        try:
+            return protected_inodes(self._policy, self._budget)
+        except OSError as exc:
+            self._failed = f"the protected-inode walk failed: {exc}"
+            raise WalkFailed(self._failed) from exc
 
     def close(self) -> None:
         """Stop a walk nobody waits for any more."""
