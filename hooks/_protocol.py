@@ -147,6 +147,15 @@ def validate_reply(message: Any, expected_id: int) -> tuple[bool, str, str, str,
     return verdict == "allow", rule, text, response, cache
 
 
+def _is_text(value: str) -> bool:
+    """Whether `value` can be written as UTF-8: no lone surrogate (`"\\udfff"` in the JSON)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _valid_detail_value(value: object) -> bool:
     if value is None or type(value) in (str, int, float, bool):
         return True
@@ -155,12 +164,21 @@ def _valid_detail_value(value: object) -> bool:
     )
 
 
+def _text_detail_value(value: object) -> bool:
+    """A valid detail value whose strings are all UTF-8 text."""
+    if type(value) is str:
+        return _is_text(value)
+    return type(value) is not list or all(type(item) is not str or _is_text(item) for item in value)
+
+
 def validate_request(message: Any) -> tuple[str, str, str, dict[str, Any], int]:
     """Check a decoded request strictly; return (op, action, target, detail, id).
 
     `action` is "" for a tamper report.  Anything unexpected raises
     ProtocolError: unknown keys, wrong types, an action the op does not
-    carry, nested detail values.
+    carry, nested detail values, and text no UTF-8 writer takes (a lone
+    surrogate, which json.loads makes of a `\\ud800` escape): the target,
+    every detail key and every string in the detail must be UTF-8.
     """
     if type(message) is not dict:
         raise ProtocolError("request is not a JSON object")
@@ -185,8 +203,12 @@ def validate_request(message: Any) -> tuple[str, str, str, dict[str, Any], int]:
     target, detail = message["target"], message["detail"]
     if type(target) is not str:
         raise ProtocolError("target is not a string")
+    if not _is_text(target):
+        raise ProtocolError("target is not UTF-8 text (a lone surrogate)")
     if type(detail) is not dict or not all(
         type(key) is str and _valid_detail_value(value) for key, value in detail.items()
     ):
         raise ProtocolError("detail is not a flat object")
+    if not all(_is_text(key) and _text_detail_value(value) for key, value in detail.items()):
+        raise ProtocolError("detail holds text that is not UTF-8 (a lone surrogate)")
     return op, action, target, detail, message["id"]

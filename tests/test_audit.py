@@ -156,6 +156,30 @@ def test_a_reopened_log_continues_the_chain(paths: Paths) -> None:
     assert paths.verify() == (True, None, "chain intact")
 
 
+def test_a_lone_surrogate_is_written_as_its_json_escape_and_verifies(paths: Paths) -> None:
+    """Text no UTF-8 encoder takes (a lone surrogate an agent sent in a hook
+    frame) made the writer raise UnicodeEncodeError, and the supervisor died.
+    Now it is written as its JSON escape, which reads back as the same text,
+    and the chain verifies: on the bytes written, and laid out again."""
+    odd = {"target": "GET http://\ud800/", "detail": "\udfff", "\udc80key": ["x\udcff"]}
+    with paths.open() as log:
+        log.append(decision(1))
+        sealed = log.append({**decision(2), **odd})
+        log.append(decision(3))
+    assert sealed["target"] == "GET http://\ud800/"
+    line = paths.lines()[1]
+    assert b'"GET http://\\ud800/"' in line and b'"\\udc80key":["x\\udcff"]' in line
+    record = json.loads(line)
+    assert {key: record[key] for key in odd} == odd
+    assert paths.verify() == (True, None, "chain intact")
+    # The verifier's other path: a line in another layout is parsed and the
+    # canonical bytes rebuilt, escapes and all.
+    lines = paths.lines()
+    lines[1] = json.dumps(dict(reversed(record.items()))).encode() + b"\n"
+    paths.write_lines(lines)
+    assert paths.verify() == (True, None, "chain intact")
+
+
 def test_append_many_writes_a_chain_in_one_batch(paths: Paths) -> None:
     with paths.open() as log:
         records = log.append_many(decision(n) for n in range(5))

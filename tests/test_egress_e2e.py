@@ -1024,3 +1024,74 @@ def test_a_refused_host_is_refused_as_the_policy_says_for_each_client(
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-v"]))
+
+
+BAD_PROXY_REQUESTS = r"""
+import os, socket, sys, urllib.parse
+proxy = urllib.parse.urlsplit(os.environ["http_proxy"])
+def hello():
+    # A ClientHello without SNI, as for an IP literal.
+    body = b"\x03\x03" + b"\x00" * 32 + b"\x00" + b"\x00\x02\x00\x2f" + b"\x01\x00" + b"\x00\x00"
+    handshake = b"\x01" + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x01" + len(handshake).to_bytes(2, "big") + handshake
+def ask(head, then=b""):
+    s = socket.create_connection((proxy.hostname, proxy.port), timeout=10)
+    s.sendall(head + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        answer += chunk
+        if then and answer.startswith(b"HTTP/1.1 200") and b"\r\n\r\n" in answer:
+            s.sendall(then)
+            then = b""
+    status, _, rest = answer.partition(b"\r\n")
+    return status.decode() + " | " + rest.partition(b"\r\n\r\n")[2].decode().strip()
+for head in sys.argv[1:]:
+    print(head, "=>", ask(head.encode(), hello()), flush=True)
+"""
+
+
+def test_bad_ports_and_zone_ids_at_the_proxy_cost_only_that_request(
+    sandbox: Sandbox, servers: tuple[int, int]
+) -> None:
+    """A red team crashed `agentsup run` under `--policy permissive` (and under the
+    daemon, every agent) with one request to the proxy: `CONNECT 1.1.1.1:99999`
+    and a ClientHello without SNI (OverflowError in connect_ex), or
+    `GET http://[2606:4700::1111%25bogus]/` (the zone id reached connect_ex:
+    gaierror).  Exit 125, the agent killed.
+
+    Now both are refused with a 400 and recorded, the agent's next request
+    goes through, and it exits 0.
+    """
+    _https, plain = servers
+    (sandbox.workspace / "bad.py").write_text(BAD_PROXY_REQUESTS)
+    result = sandbox.run(
+        "python3",
+        "bad.py",
+        "CONNECT 1.1.1.1:99999",
+        "CONNECT 1.1.1.1:0",
+        "GET http://[2606:4700::1111%25bogus]/",
+        "CONNECT [fe80::1%25eth0]:443",
+        f"GET http://example.test:{plain}/later",
+        policy="permissive",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "internal error" not in result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 5, result.stdout
+    for line in lines[:4]:
+        assert "=> HTTP/1.1 400" in line, line
+    assert f"hello example.test:{plain} /later" in lines[4], lines[4]
+    refusals = [r for r in _proxy_records(sandbox) if r["decision"] == "deny"]
+    assert [str(r["reason"]) for r in refusals] == [
+        "CONNECT needs host:port, the port 1 to 65535",
+        "CONNECT needs host:port, the port 1 to 65535",
+        "an IPv6 zone (%) names an interface of the host",
+        "an IPv6 zone (%) names an interface of the host",
+    ]
+    assert refusals[0]["target"] == "CONNECT 1.1.1.1:99999"
+    exits = [r for r in sandbox.audit_records() if r.get("event") == "exit"]
+    assert len(exits) == 1 and exits[0]["exit_code"] == 0
+    assert sandbox.agentsup("audit", "verify", str(sandbox.audit_log)).returncode == 0

@@ -238,3 +238,99 @@ def test_reply_from_decision() -> None:
     assert HookReply.from_decision(killed) == HookReply(False, "no-post", "glob", Response.KILL)
     held = Decision(Verdict.REQUIRE_APPROVAL, "ask", Severity.LOW, "", ViolationMode.BLOCK, "")
     assert HookReply.from_decision(held, approved=True).allowed
+
+
+# A lone surrogate: json.loads makes one of a `\ud800` escape, and no UTF-8
+# writer (the audit log) takes it.  A red team sent one in a note's detail and
+# in a check's target, and the supervisor died with UnicodeEncodeError (exit
+# 125, the agent killed, no exit record).  Now the frame is refused as any
+# other bad frame: that connection is closed and the tamper reported.
+SURROGATE_FRAMES = [
+    (request(target="GET http://\ud800/", action="network_request"), "target"),
+    (request(op="note", action="file_read", detail={"k": "\udfff"}), "detail"),
+    (request(detail={"\udfff": 1}), "detail"),
+    (request(detail={"k": ["ok", "\ud800x"]}), "detail"),
+    (protocol.frame(b'{"v":1,"id":3,"op":"tamper","target":"\\udc80","detail":{}}'), "target"),
+]
+
+
+@pytest.mark.parametrize(("payload", "reason"), SURROGATE_FRAMES)
+def test_lone_surrogates_are_refused_as_bad_frames(
+    harness: Harness, payload: bytes, reason: str
+) -> None:
+    sock = harness.client()
+    sock.sendall(payload)
+    harness.pump()
+    assert harness.requests == []
+    ((pid, why),) = harness.tampers
+    assert pid == os.getpid() and reason in why and "surrogate" in why
+    sock.settimeout(5)
+    assert sock.recv(1) == b""
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"target": "GET http://\ud800/"},
+        {"target": "x\udfff"},
+        {"detail": {"k": "\udfff"}},
+        {"detail": {"\ud800": "v"}},
+        {"detail": {"k": [1, "\udc80"]}},
+    ],
+)
+def test_validate_request_refuses_text_that_is_not_utf8(message: dict[str, Any]) -> None:
+    full = {"v": 1, "id": 1, "op": "check", "action": "env_read", "target": "HOME", "detail": {}}
+    with pytest.raises(protocol.ProtocolError, match="surrogate"):
+        protocol.validate_request({**full, **message})
+
+
+def test_validate_request_takes_any_utf8_text() -> None:
+    """Only lone surrogates are refused: other characters, astral ones included, pass."""
+    detail = {"bücher": "😀", "list": ["ü", 1, None], "escaped": "\\udfff"}
+    message = {"v": 1, "id": 1, "op": "note", "action": "file_read", "target": "/tmp/ü😀"}
+    decoded = json.loads(json.dumps({**message, "detail": detail}))  # pairs, as \ud83d\ude00
+    assert protocol.validate_request(decoded) == ("note", "file_read", "/tmp/ü😀", detail, 1)
+
+
+def test_an_error_in_decide_closes_that_connection_only(tmp_path: Path) -> None:
+    """`decide` raising once ended the supervisor (HookServer re-raised it into the loop).
+
+    Now that one connection is closed (its hook fails closed), the error is
+    reported through `on_error`, and every other connection is served.
+    """
+    errors: list[tuple[int, str]] = []
+    calls = 0
+
+    def decide(request: HookRequest) -> HookReply:
+        nonlocal calls
+        calls += 1
+        if request.target == "boom":
+            raise UnicodeEncodeError("utf-8", "\udfff", 0, 1, "surrogates not allowed")
+        return ALLOW
+
+    server = HookServer(tmp_path / "hook.sock", decide, on_error=lambda *e: errors.append(e))
+    bad, good = (socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(2))
+    try:
+        for sock in (bad, good):
+            sock.connect(str(tmp_path / "hook.sock"))
+
+        def pump() -> None:
+            for _ in range(3):
+                for fd in server.fds():
+                    server.on_ready(fd)
+
+        pump()
+        bad.sendall(request(target="boom"))
+        pump()
+        ((pid, text),) = errors
+        assert pid == os.getpid() and "UnicodeEncodeError" in text and "env_read" in text
+        bad.settimeout(5)
+        assert bad.recv(1) == b""  # the hook reads EOF and fails closed
+        good.sendall(request())
+        pump()
+        assert read_reply(good)["verdict"] == "allow"
+        assert calls == 2
+    finally:
+        server.close()
+        bad.close()
+        good.close()

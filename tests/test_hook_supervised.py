@@ -329,3 +329,53 @@ print("posted")
     assert proc.returncode == 0, err
     assert "posted" in out
     assert _Recorder.seen == ["POST /items"]
+
+
+def test_a_frame_with_a_lone_surrogate_costs_only_its_own_connection(sandbox: Sandbox) -> None:
+    """A red team crashed `agentsup run` (and under the daemon every agent) from
+    inside the agent: on its own hook socket it sent a frame whose JSON held a
+    lone surrogate (`"\\udfff"` in a note's detail, `"GET http://\\ud800/"` as a
+    check's target).  Writing the record raised UnicodeEncodeError: exit 125,
+    the agent killed, no exit record.
+
+    Now each such frame is refused as a bad frame: that connection is closed
+    and a tamper record says why.  The supervisor keeps serving, the agent's
+    next check is answered, and it exits 0 with its exit recorded.
+    """
+    script = agent(
+        sandbox,
+        r"""
+import os, socket, struct, json
+def send(text):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(os.environ["AGENTSUP_HOOK_SOCKET"])
+    data = text.encode()
+    s.sendall(struct.pack(">I", len(data)) + data)
+    s.settimeout(10)
+    length = s.recv(4, socket.MSG_WAITALL)
+    if not length:
+        return "closed"
+    return json.loads(s.recv(struct.unpack(">I", length)[0], socket.MSG_WAITALL))["verdict"]
+print("note:", send('{"v":1,"id":1,"op":"note","action":"file_read","target":"x",'
+                    '"detail":{"event":"ctypes.dlopen","k":"\\udfff"}}'))
+print("check:", send('{"v":1,"id":2,"op":"check","action":"network_request",'
+                     '"target":"GET http://\\ud800/","detail":{}}'))
+print("later:", send('{"v":1,"id":3,"op":"check","action":"env_read","target":"HOME",'
+                     '"detail":{}}'))
+print("home:", os.environ["HOME"])
+""",
+    )
+    result = sandbox.run(script)
+    assert result.returncode == 0, result.stderr
+    assert "internal error" not in result.stderr
+    assert "note: closed" in result.stdout and "check: closed" in result.stdout
+    assert "later: allow" in result.stdout and f"home: {sandbox.home}" in result.stdout
+    records = sandbox.audit_records()
+    tampers = [r for r in records if r["kind"] == "tamper" and r.get("layer") == "hook"]
+    assert [str(r["reason"]) for r in tampers] == [
+        "detail holds text that is not UTF-8 (a lone surrogate)",
+        "target is not UTF-8 text (a lone surrogate)",
+    ]
+    exits = [r for r in records if r["kind"] == "lifecycle" and r.get("event") == "exit"]
+    assert len(exits) == 1 and exits[0]["exit_code"] == 0
+    assert sandbox.agentsup("audit", "verify", str(sandbox.audit_log)).returncode == 0

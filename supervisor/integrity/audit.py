@@ -102,6 +102,10 @@ _CANONICAL_ENCODER = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
 )
 _NULL_RECORD: dict[str, object] = dict.fromkeys(REQUIRED_KEYS)
+# How text becomes bytes: a lone surrogate (in a JSON string, which is the
+# only place the encoder leaves a str's characters) becomes `\udfff`, its
+# JSON escape.  Every other character is plain UTF-8.
+_TOTAL = "backslashreplace"
 # A line is the canonical body with `,"mac":"<64 hex>"}` + newline in place of
 # its closing brace.
 _MAC_PREFIX = b',"mac":"'
@@ -154,8 +158,14 @@ class MacKey:
 
 
 def canonical_json(record: Mapping[str, object]) -> bytes:
-    """The bytes the mac covers: sorted keys, no spaces, UTF-8."""
-    return _CANONICAL_ENCODER.encode(record).encode()
+    """The bytes the mac covers: sorted keys, no spaces, UTF-8.
+
+    A lone surrogate (a str no UTF-8 writer takes) is written as its JSON
+    escape `\\udfff`, which reads back as the same str: the writer never
+    fails on the text it is handed, and a record read back and laid out
+    again gives the same bytes.
+    """
+    return _CANONICAL_ENCODER.encode(record).encode("utf-8", _TOTAL)
 
 
 def seal_line(body: bytes, mac: str) -> bytes:
@@ -996,7 +1006,7 @@ class AuditLog:
             record["prev"] = prev
             if record["ts"] is None:
                 record["ts"] = format_ts(self._wall_clock())
-            body = encode(record).encode()
+            body = encode(record).encode("utf-8", _TOTAL)
             prev = hexdigest(body)
             lines.append(body[:-1] + _MAC_PREFIX + prev.encode() + _MAC_SUFFIX)
             record["mac"] = prev

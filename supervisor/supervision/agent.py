@@ -938,12 +938,33 @@ class Agent:
         bound, self._hook_socket = self._hook_socket, None
         if bound is not None:
             listener, path = bound
+
+            def failed(pid: int, error: str) -> None:
+                """Judging a hook's request raised: its hook failed closed; say why."""
+                from .judge import MEDIATION_ERROR_RULE
+
+                assert self.judge is not None
+                self.audit.append(
+                    {
+                        "agent": self.judge.agent_id,
+                        "pid": pid,
+                        "kind": "decision",
+                        "decision": "deny",
+                        "rule": MEDIATION_ERROR_RULE,
+                        "severity": "high",
+                        "layer": "hook",
+                        "response": "block",
+                        "message": f"could not judge the hook's request, refused it: {error}",
+                    }
+                )
+
             self.hooks = HookServer(
                 path,
                 self._on_hook_request,
                 self._on_tamper,
                 cacheable=self._hook_answer_cacheable,
                 listener=listener,
+                on_error=failed,
             )
 
     def reload_policy(self) -> None:

@@ -21,7 +21,13 @@ Per request (HTTP parsing is h11's, sans-I/O):
 - Names are resolved by `resolver.Resolver` (a helper process).  Addresses
   that are not global (loopback, link-local and metadata, private, reserved,
   multicast) are refused unless a rule of the policy names `IP:PORT`.
-Every request and tunnel ends with an audit record of layer `proxy`.
+  An IPv6 zone (`[fe80::1%25eth0]`) is refused whatever the address: it
+  names an interface of the supervisor's host, which is not the agent's to
+  choose.  A CONNECT port is 1 to 65535.
+Every request and tunnel ends with an audit record of layer `proxy`.  No
+request ends the proxy, the supervisor or another agent: an error serving
+one connection (`ERROR_RULE`) is recorded, that connection alone is answered
+502 or hung up on, and the proxy serves the others.
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ PROXY_HOST = "127.0.0.1"
 SNI_RULE = "agentsup-egress-sni"
 INTERNAL_RULE = "agentsup-egress-internal"
 UNREACHABLE_RULE = "agentsup-egress-unreachable"
+ERROR_RULE = "agentsup-egress-error"
 _RECV = 65536
 _HIGH_WATER = 256 * 1024  # stop reading one side while the other lags this much
 _MAX_HELLO = 64 * 1024
@@ -288,11 +295,20 @@ def names_address(policy: CompiledPolicy, addr: str, port: int) -> bool:
 
 
 def _ip_literal(host: str) -> bool:
+    """An IP address, without a zone: `fe80::1%eth0` is none (`_on_request` refuses it)."""
     try:
         ipaddress.ip_address(host)
     except ValueError:
         return False
-    return True
+    return "%" not in host
+
+
+def _port(text: str) -> int | None:
+    """A CONNECT port, 1 to 65535 in ASCII digits; None for anything else."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 5:
+        return None
+    port = int(text)
+    return port if 0 < port < 65536 else None
 
 
 # -- who connected ------------------------------------------------------------------
@@ -507,7 +523,10 @@ class EgressProxy:
             sock.setblocking(False)
             conn = _Conn(_End(sock), time.monotonic(), pid=self._pid_of(peer))
             self.conns[sock.fileno()] = conn
-            self._watch(conn, conn.client)
+            try:
+                self._watch(conn, conn.client)
+            except Exception as exc:  # epoll refused the fd: this connection only
+                self._failed(conn, f"{type(exc).__name__}: {exc}")
 
     def _pid_of(self, peer: object) -> int:
         main = self.judge.main_pid
@@ -551,7 +570,71 @@ class EgressProxy:
         if mask:
             self.loop.add_reader(end.fd, lambda events: self._ready(conn, end, events), mask)
 
+    def _safely(self, conn: _Conn, step: Callable[[], None]) -> None:
+        """Run one step of `conn` from the loop; an error ends that connection only.
+
+        Every callback the loop, the resolver, a timer or a person's answer
+        makes into the proxy comes through here: whatever the agent sent,
+        nothing it causes reaches the loop and ends the supervisor.
+        """
+        try:
+            step()
+        except Exception as exc:
+            self._failed(conn, f"{type(exc).__name__}: {exc}")
+
+    def _failed(self, conn: _Conn, error: str) -> None:
+        """Serving `conn` raised: record it, answer 502 (or hang up), and drop it."""
+        why = f"proxy error: {error}"[:300]
+        target = ""
+        if conn.method:
+            target = f"CONNECT {conn.url}" if conn.tunnel else f"{conn.method} {conn.url}"
+        self.audit.append(
+            {
+                "agent": self.judge.agent_id,
+                "pid": conn.pid,
+                "kind": "decision",
+                "action_type": str(ActionType.NETWORK_REQUEST),
+                "target": target,
+                "decision": "deny",
+                "rule": ERROR_RULE,
+                "severity": "high",
+                "layer": "proxy",
+                "response": "block",
+                "event": "egress-error",
+                "host": conn.host,
+                "port": conn.port,
+                "method": conn.method,
+                "reason": why,
+            }
+        )
+        conn.rule, conn.reason = ERROR_RULE, why
+        if conn.phase == "closed":
+            self._abandon(conn)
+            return
+        try:
+            self._refuse(conn, 502, why, record=False)
+        except Exception:
+            self._abandon(conn)
+
+    def _abandon(self, conn: _Conn) -> None:
+        """Close both ends whatever state they are in; nothing more is written."""
+        conn.phase = "closed"
+        if conn.timer is not None:
+            conn.timer.cancel()  # type: ignore[attr-defined]
+        if self.conns.get(conn.client.fd) is conn:
+            del self.conns[conn.client.fd]
+        for end in (conn.client, conn.upstream):
+            if end is not None:
+                with contextlib.suppress(Exception):
+                    self._drop(end)
+
     def _ready(self, conn: _Conn, end: _End, events: int) -> None:
+        try:
+            self._on_ready(conn, end, events)
+        except Exception as exc:
+            self._failed(conn, f"{type(exc).__name__}: {exc}")
+
+    def _on_ready(self, conn: _Conn, end: _End, events: int) -> None:
         if conn.phase == "closed":
             return
         if conn.phase == "connecting" and end is conn.upstream:
@@ -625,13 +708,15 @@ class EgressProxy:
             return
         if conn.method == "CONNECT":
             conn.tunnel = True
-            host, sep, port = target.rpartition(":")
+            host, sep, port_text = target.rpartition(":")
             # One spelling: [::ffff:a.b.c.d], 0x7f.1 and 2130706433 are addresses.
             host = mapping.host_text(host.strip("[]"))
-            if not sep or not port.isdigit() or not host:
-                self._refuse(conn, 400, "CONNECT needs host:port")
+            port = _port(port_text)
+            if not sep or port is None or not host:
+                conn.url = target
+                self._refuse(conn, 400, "CONNECT needs host:port, the port 1 to 65535")
                 return
-            conn.host, conn.port = host, int(port)
+            conn.host, conn.port = host, port
             conn.url = f"{_bracket(host)}:{conn.port}"
             request_target = f"CONNECT {conn.url}"
         else:
@@ -666,6 +751,12 @@ class EgressProxy:
                 return
             conn.upstream_h11 = h11.Connection(h11.CLIENT)
             conn.request = request
+        if ":" in conn.host and "%" in conn.host:
+            # [fe80::1%25eth0]: the zone names an interface of the supervisor's
+            # host.  Link-local addresses are internal anyway; which of the
+            # host's links to reach them on is not the agent's to choose.
+            self._refuse(conn, 400, "an IPv6 zone (%) names an interface of the host")
+            return
         if not (_ip_literal(conn.host) or _HOST_RE.match(conn.host)):
             self._refuse(conn, 400, "bad host name")
             return
@@ -699,12 +790,15 @@ class EgressProxy:
             return
         event = events[0]
 
-        def settled(approved: bool) -> None:
+        def answered(approved: bool) -> None:
             if approved:
                 self._judge_all(conn, events[1:], [*decisions, decision])
             else:
                 conn.rule = decision.rule_id
                 self._refuse(conn, 403, f"{event.action} {event.target}: refused by a person")
+
+        def settled(approved: bool) -> None:
+            self._safely(conn, lambda: answered(approved))
 
         decision, response = self.judge.judge_event(event, 0, on_settle=settled)
         conn.response = str(response)
@@ -720,7 +814,11 @@ class EgressProxy:
         if _ip_literal(conn.host):
             self._resolved(conn, [conn.host], "")
         else:
-            self.resolver.resolve(conn.host, conn.port, lambda a, e: self._resolved(conn, a, e))
+            self.resolver.resolve(
+                conn.host,
+                conn.port,
+                lambda a, e: self._safely(conn, lambda: self._resolved(conn, a, e)),
+            )
 
     def _resolved(self, conn: _Conn, addrs: list[str], error: str) -> None:
         if conn.phase == "closed":
@@ -862,17 +960,28 @@ class EgressProxy:
 
     def _connect(self, conn: _Conn) -> None:
         family = socket.AF_INET6 if ":" in conn.addr else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        conn.phase = "connecting"
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:  # EMFILE, ENFILE, ENOBUFS
+            self._unreachable(conn, f"no socket: {exc}")
+            return
         sock.setblocking(False)
         conn.upstream = _End(sock)
-        conn.phase = "connecting"
         self._watch(conn, conn.client)
-        err = sock.connect_ex((conn.addr, conn.port))
+        try:
+            err = sock.connect_ex((conn.addr, conn.port))
+        except (OSError, OverflowError, ValueError, TypeError) as exc:
+            # connect_ex raises for what it cannot even try: a port past 65535
+            # (OverflowError), an address getaddrinfo cannot read (gaierror).
+            self._unreachable(conn, f"{type(exc).__name__}: {exc}")
+            return
         if err not in (0, errno.EINPROGRESS):
             self._unreachable(conn, os_error(err))
             return
         conn.timer = self.loop.call_later(
-            _CONNECT_TIMEOUT, lambda: self._unreachable(conn, "connect timed out")
+            _CONNECT_TIMEOUT,
+            lambda: self._safely(conn, lambda: self._unreachable(conn, "connect timed out")),
         )
         self._watch(conn, conn.upstream)
 
@@ -1024,11 +1133,12 @@ class EgressProxy:
 
     # -- endings ------------------------------------------------------------------------
 
-    def _refuse(self, conn: _Conn, status: int, why: str) -> None:
+    def _refuse(self, conn: _Conn, status: int, why: str, *, record: bool = True) -> None:
         """Answer with an error status and hang up (after the 200 of a tunnel: just hang up)."""
         conn.reason = why
         conn.decision = "deny"
-        self._record(conn)
+        if record:
+            self._record(conn)
         if conn.upstream is not None:
             self._drop(conn.upstream)
             conn.upstream = None

@@ -9,7 +9,9 @@ Every hooked process opens its own connection; its pid comes from
 SO_PEERCRED, never from the message.  A check is answered by `decide`, or
 later through `reply_later` when `decide` returns None (require_approval).
 Anything that does not follow the protocol closes the connection and is
-reported through `on_tamper`; the hook in the agent then fails closed.
+reported through `on_tamper`; the hook in the agent then fails closed.  A
+request that `decide` raises on closes its connection too, reported through
+`on_error`: no request ends the server, whatever it holds.
 
 A process that never connects (a Python started with -I, a program that is
 no Python at all) is nothing to the server: only what arrives is judged.
@@ -160,8 +162,14 @@ class HookServer:
         backlog: int = 64,
         cacheable: Callable[[HookRequest, HookReply], bool] | None = None,
         listener: socket.socket | None = None,
+        on_error: Callable[[int, str], None] | None = None,
     ) -> None:
-        """Serve `listener` (`endpoint.listen_unix(path, ...)`), or bind one at `path` now."""
+        """Serve `listener` (`endpoint.listen_unix(path, ...)`), or bind one at `path` now.
+
+        `on_error(pid, text)` hears of a request `decide` (or `cacheable`)
+        raised on: that connection is closed, its hook fails closed, and
+        the server goes on serving every other one.
+        """
         self.path = Path(path)
         self._decide = decide
         # Nothing is cacheable unless the supervisor says which answers are:
@@ -169,6 +177,7 @@ class HookServer:
         self._cacheable = cacheable
         self.generation = 0
         self._on_tamper = on_tamper or (lambda pid, reason: None)
+        self._on_error = on_error or (lambda pid, error: None)
         self._tokens = itertools.count(1)
         self._connections: dict[int, _Connection] = {}
         self._limit = within_fd_share(_MAX_CONNECTIONS)
@@ -305,25 +314,33 @@ class HookServer:
         )
         try:
             reply = self._decide(request)
+            if not request.needs_reply:
+                return True
+            if reply is None:
+                self._held[request.token] = (conn, request)
+                conn.held.add(request.token)
+                return True
+            cache = None
+            if (
+                self._cacheable is not None
+                and reply.allowed
+                and reply.response is Response.ALLOW
+                and self._cacheable(request, reply)
+            ):
+                cache = self.generation
+            answer = encode_reply(reply, request_id, cache)
+        except Exception as exc:
+            # One process's request must not end the supervisor (and, under
+            # the daemon, every other agent): without an answer the agent's
+            # hook fails closed when we hang up, and the error is recorded.
+            pid = conn.pid
+            self._close(conn)
+            self._on_error(pid, f"{request.op} {action}: {type(exc).__name__}: {exc}"[:500])
+            return False
         except BaseException:
-            # Without an answer the agent's hook fails closed when we hang up.
             self._close(conn)
             raise
-        if not request.needs_reply:
-            return True
-        if reply is None:
-            self._held[request.token] = (conn, request)
-            conn.held.add(request.token)
-            return True
-        cache = None
-        if (
-            self._cacheable is not None
-            and reply.allowed
-            and reply.response is Response.ALLOW
-            and self._cacheable(request, reply)
-        ):
-            cache = self.generation
-        return self._send(conn, encode_reply(reply, request_id, cache))
+        return self._send(conn, answer)
 
     def _send(self, conn: _Connection, data: bytes) -> bool:
         conn.outbox += data
