@@ -1,7 +1,8 @@
 """Raw Landlock syscalls (x86_64).  The only module that talks to Landlock.
 
 `apply_floor` runs in the trampoline child just before it execs the agent:
-no threads, no heavy imports.  The plan itself comes from the pure
+no threads, no heavy imports.  `sockets_only_beneath` confines one thread
+of the broker for one bind.  The plan itself comes from the pure
 `agentsup.policy.floor.plan_floor`.
 """
 
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from ..policy.floor import (
     FILE_RIGHTS,
     FS_IOCTL_DEV,
+    FS_MAKE_SOCK,
     FS_READ_FILE,
     FS_TRUNCATE,
     FS_WRITE_FILE,
@@ -178,14 +180,41 @@ def apply_floor(plan: FloorPlan, held: Sequence[int] = (), queues: int = -1) -> 
         for port, allowed in plan.net_rules:
             net_attr = _NetPortAttr(allowed_access=allowed, port=port)
             _add_rule(ruleset_fd, _LANDLOCK_RULE_NET_PORT, net_attr, f"tcp port {port}")
-        if _prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-            raise _fail("prctl(PR_SET_NO_NEW_PRIVS)")
-        rc = _syscall(
-            ctypes.c_long(_SYS_LANDLOCK_RESTRICT_SELF),
-            ctypes.c_int(ruleset_fd),
-            ctypes.c_uint32(0),
-        )
-        if rc < 0:
-            raise _fail("landlock_restrict_self")
+        _restrict_self(ruleset_fd)
     finally:
         os.close(ruleset_fd)
+
+
+def sockets_only_beneath(directory: int) -> None:
+    """Restrict the calling thread (landlock_restrict_self acts on the thread
+    alone) to making unix sockets beneath the directory `directory`; every
+    other right stays as it was.  The broker binds a name it must give the
+    kernel whole from such a thread: wherever else the name leads by then,
+    the bind fails with EACCES."""
+    attr = _RulesetAttr(FS_MAKE_SOCK, 0, 0)
+    ruleset_fd = _syscall(
+        ctypes.c_long(_SYS_LANDLOCK_CREATE_RULESET),
+        ctypes.byref(attr),
+        ctypes.c_size_t(_ruleset_size(landlock_abi())),
+        ctypes.c_uint32(0),
+    )
+    if ruleset_fd < 0:
+        raise _fail("landlock_create_ruleset")
+    try:
+        beneath = _PathBeneathAttr(allowed_access=FS_MAKE_SOCK, parent_fd=directory)
+        _add_rule(ruleset_fd, _LANDLOCK_RULE_PATH_BENEATH, beneath, "a bind's directory")
+        _restrict_self(ruleset_fd)
+    finally:
+        os.close(ruleset_fd)
+
+
+def _restrict_self(ruleset_fd: int) -> None:
+    if _prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise _fail("prctl(PR_SET_NO_NEW_PRIVS)")
+    rc = _syscall(
+        ctypes.c_long(_SYS_LANDLOCK_RESTRICT_SELF),
+        ctypes.c_int(ruleset_fd),
+        ctypes.c_uint32(0),
+    )
+    if rc < 0:
+        raise _fail("landlock_restrict_self")

@@ -47,6 +47,7 @@ import signal
 import socket
 import stat
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ from typing import Any, NoReturn
 
 from ..kernel import agentpath
 from ..kernel import fastpath as _fastpath
+from ..kernel import landlock as _landlock
 from ..kernel import namespaces as _namespaces
 from ..kernel import proc as _proc
 from ..kernel import seccomp as _seccomp
@@ -71,8 +73,10 @@ MKNOD = 33  # a file, FIFO or socket (or a device, which fails: no CAP_MKNOD) by
 # terminal of its own) opens by what it is: the agent's relay pty, or a pty
 # of the agent's own devpts, checked by its device number.
 TERMINAL = 34
-# bind() the agent's unix socket (sent along) to the path decided on, from the
-# agent's cwd (sent along for a relative path), with the agent's umask.
+# bind() the agent's unix socket (sent along) in the directory decided on
+# (pinned): a bare name there, a path with a slash from the agent's cwd (sent
+# along for a relative path) and confined to beneath that directory; with the
+# agent's umask.
 BIND_UNIX = 35
 # Unix datagrams, on the agent's socket (sent along): each to the socket file
 # pinned under a handle (which stays pinned: the supervisor drops it), to an
@@ -1293,25 +1297,40 @@ class Broker:
         self._answer(notif_id)
 
     def _bind_unix(
-        self, notif_id: int, _pinned: list[int], args: list[object], fds: list[int]
+        self, notif_id: int, pinned: list[int], args: list[object], fds: list[int]
     ) -> None:
-        """The socket file made where the copied path leads, as the agent's bind()
-        would make it: from its cwd, with its umask, and with the very name it
-        gave (getsockname() and the peers see that name)."""
-        path, umask = args
-        assert isinstance(path, bytes) and isinstance(umask, int) and fds
-        here = os.open(".", os.O_PATH | os.O_CLOEXEC) if len(fds) > 1 else -1
+        """The socket file made in the very directory that was judged (pinned),
+        as the agent's bind() would make it: with its umask, and with the very
+        name it gave (getsockname() and the peers see that name).
+
+        A bare name is bound in the pinned directory: nothing is looked up
+        again.  A path with a slash must be given to the kernel whole, or the
+        socket's address would be its last component alone: it is bound from
+        the agent's cwd (sent along, for a relative path) by a thread that
+        Landlock lets make a socket beneath the pinned directory only, so a
+        cwd changed or a directory on the way swapped since the decision
+        fails (EACCES) rather than lands elsewhere.  Without Landlock it is
+        the last component, bound in the pinned directory.
+        """
+        _handle, name, path, umask = args
+        assert isinstance(name, bytes) and isinstance(path, bytes) and isinstance(umask, int)
+        assert fds and pinned
+        whole = path != name and _landlock.landlock_abi() >= 1
+        start = (fds[1] if len(fds) > 1 else -1) if whole else pinned[0]
+        here = os.open(".", os.O_PATH | os.O_CLOEXEC)
         previous = os.umask(umask)
         try:
-            if here >= 0:
-                os.fchdir(fds[1])
+            if start >= 0:
+                os.fchdir(start)
             with socket.socket(fileno=os.dup(fds[0])) as sock:
-                sock.bind(path)
+                if whole:
+                    _bind_beneath(sock, path, pinned[0])
+                else:
+                    sock.bind(name)
         finally:
             os.umask(previous)
-            if here >= 0:
-                os.fchdir(here)
-                os.close(here)
+            os.fchdir(here)
+            os.close(here)
         self._answer(notif_id)
 
     def _sendto(
@@ -1410,10 +1429,29 @@ _HANDLE_ARGS: dict[int, tuple[int, ...]] = {
     FD_UTIMES: (),
     FD_IOCTL: (),
     LISTEN: (),
-    BIND_UNIX: (),
 }
 
 _AT_EMPTY_PATH = 0x1000
+
+
+def _bind_beneath(sock: socket.socket, path: bytes, directory: int) -> None:
+    """bind(`path`) from a thread that may make a socket beneath `directory`
+    only (a Landlock domain of its own, gone with the thread): wherever else
+    the path leads by now, the kernel refuses with EACCES."""
+    failure: list[BaseException] = []
+
+    def confined() -> None:
+        try:
+            _landlock.sockets_only_beneath(directory)
+            sock.bind(path)
+        except BaseException as exc:  # re-raised in the caller
+            failure.append(exc)
+
+    thread = threading.Thread(target=confined, name="agentsup-bind", daemon=True)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
 
 
 def _received_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:

@@ -2567,9 +2567,8 @@ class Mediator:
             self._connect(n, fd, address, node)
             return
         try:
-            if node is not None:
-                self.release(node)  # decided on: its real directory and name
-                self._bind_unix(n, fd, data[2:length].split(b"\0", 1)[0])
+            if node is not None:  # decided on: its real directory (pinned) and name
+                self._bind_unix(n, fd, data[2:length].split(b"\0", 1)[0], node)
             else:
                 self.broker.act(broker.BIND, n.id, address, fds=(fd,))
         finally:
@@ -2742,22 +2741,30 @@ class Mediator:
         self._call_later(delay, again)
         return True
 
-    def _bind_unix(self, n: _seccomp.Notification, fd: int, path: bytes) -> None:
-        """The broker binds socket `fd` to `path` as the agent gave it (that name
-        is what getsockname() says), from the agent's cwd, with its umask."""
-        umask = self._umask(n.pid)
-        if path.startswith(b"/"):
-            self.broker.act(broker.BIND_UNIX, n.id, path, umask, fds=(fd,))
-            return
+    def _bind_unix(self, n: _seccomp.Notification, fd: int, path: bytes, node: Resolved) -> None:
+        """The broker binds socket `fd` in the directory `node` pinned (the one
+        judged, whatever the agent's cwd or the path's directories are by now),
+        to `path` as the agent gave it (that name is what getsockname() says),
+        with its umask.  The agent's cwd goes along for a relative path with a
+        slash: the broker binds that from it, refused unless it still leads
+        into the pinned directory (`broker.Broker._bind_unix`)."""
+        fds = [fd]
         try:
-            cwd = self._open_anchor(f"/proc/{n.pid}/cwd")
+            umask = self._umask(n.pid)
+            if b"/" in path and not path.startswith(b"/"):
+                fds.append(self._open_anchor(f"/proc/{n.pid}/cwd"))
         except OSError as exc:
+            self.release(node)
             self._fail(n, exc.errno or errno.ENOENT)
             return
         try:
-            self.broker.act(broker.BIND_UNIX, n.id, path, umask, fds=(fd, cwd))
+            self.broker.act(
+                broker.BIND_UNIX, n.id, node.handle, node.name, path, umask, fds=tuple(fds)
+            )
+            node.pinned.handle = -1  # the broker took it
         finally:
-            os.close(cwd)
+            for extra in fds[1:]:
+                os.close(extra)
 
     def _bind_loopback_any_port(self, n: _seccomp.Notification) -> bool:
         """A bind to loopback port 0 reaches nobody (urllib3 probes IPv6 so): no rule.
