@@ -862,6 +862,7 @@ class AuditLog:
         self._fd = -1
         self._inode = -1
         self._end = 0  # size of the live file after this writer's last write
+        self.bytes_written = 0  # by this writer, ever (each agent's share is counted in it)
         self._seq = 0
         self._mac = ZERO_MAC
         self._base = (1, ZERO_MAC)
@@ -889,7 +890,27 @@ class AuditLog:
 
     @classmethod
     def open(cls, locations: Locations) -> AuditLog:
-        return cls(locations.audit_log, locations.audit_key, locations.audit_head)
+        """The log of `locations`, rotated at AGENTSUP_AUDIT_ROTATE_MB (MiB, default 64)."""
+        rotate_bytes = DEFAULT_ROTATE_BYTES
+        given = os.environ.get("AGENTSUP_AUDIT_ROTATE_MB")
+        if given:
+            try:
+                rotate_bytes = int(float(given) * 2**20)
+            except ValueError:
+                rotate_bytes = 0
+            if not 4096 <= rotate_bytes <= 2**40:
+                raise AuditError(f"AGENTSUP_AUDIT_ROTATE_MB={given!r}: not a size in MiB")
+        return cls(
+            locations.audit_log,
+            locations.audit_key,
+            locations.audit_head,
+            rotate_bytes=rotate_bytes,
+        )
+
+    @property
+    def retained_bytes(self) -> int:
+        """About how much of the log is kept: the live file and the rotated ones."""
+        return self.rotate_bytes * (self.keep_rotated + 1)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"seq={self._seq} pending={self._pending}"
@@ -1020,6 +1041,7 @@ class AuditLog:
             self._cut_back()
             raise
         self._end += len(data)
+        self.bytes_written += len(data)
         self._unsynced.append(data)
         self._seq, self._mac = seq, prev
         self._pending += len(lines)

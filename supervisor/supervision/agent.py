@@ -26,7 +26,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..control.endpoint import close_listener, listen_unix
 from ..events import ActionType, AuditLevel, Decision, Response, response_for
@@ -250,6 +250,27 @@ def resolve_program(program: str, args: Sequence[str], env_path: str) -> tuple[s
     if os.path.isdir(path) or not os.access(path, os.X_OK):
         raise SetupError(f"{program}: cannot execute (not an executable file)", EXIT_CANNOT_EXECUTE)
     return path, [program, *args]
+
+
+NOTE_KEYS = 32  # a hook note's detail, as recorded: this many keys,
+NOTE_ITEMS = 16  # items of a list,
+NOTE_TEXT = 512  # and characters of a text, at the most
+
+
+def bounded_detail(detail: dict[str, Any]) -> dict[str, Any]:
+    """Pure: a hook note's detail cut to size for the audit log.  The agent
+    writes it, and a padded note (red team 23: 60 KB each) is as much of the
+    log's room as a thousand plain ones (integrity/shares.py)."""
+
+    def cut(value: Any) -> Any:
+        if isinstance(value, str) and len(value) > NOTE_TEXT:
+            return value[:NOTE_TEXT] + f"... ({len(value) - NOTE_TEXT} more)"
+        if isinstance(value, list):
+            return [cut(item) for item in value[:NOTE_ITEMS]]
+        return value
+
+    kept = dict(list(detail.items())[:NOTE_KEYS])
+    return {key[:NOTE_TEXT]: cut(value) for key, value in kept.items()}
 
 
 def plan_landlock(
@@ -1034,7 +1055,7 @@ class Agent:
                         "severity": "medium" if dlopen else "low",
                         "layer": "hook",
                         "note": True,
-                        "detail": request.detail,
+                        "detail": bounded_detail(request.detail),
                     }
                 )
             return None

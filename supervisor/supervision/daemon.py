@@ -51,6 +51,7 @@ import yaml
 
 from ..control.agentids import BadAgentId, check_agent_id
 from ..control.logs import STREAMS, AgentLogWriter, log_path
+from ..integrity.audit import AuditError
 from ..kernel import cgroup as cgroups
 from ..paths import Locations, default_locations
 from ..policy.model import PolicyError
@@ -546,6 +547,9 @@ def run_daemon(agents_directory: str | None = None, *, stop_timeout: float = STO
         supervisor = Supervisor(locations, stop_timeout=stop_timeout)
     except OSError as exc:
         _say(f"cannot start: {exc.strerror or exc}")
+        return EXIT_FAILED
+    except AuditError as exc:
+        _say(f"cannot start: {exc}")
         return EXIT_FAILED
     if os.environ.get("INVOCATION_ID"):  # a systemd service: agents under its own cgroup
         base = cgroups.delegate_to_service()

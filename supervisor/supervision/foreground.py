@@ -19,6 +19,7 @@ import os
 import signal
 from pathlib import Path
 
+from ..integrity.audit import AuditError
 from ..paths import default_locations
 from .agent import EXIT_SETUP_FAILED, Agent, RunRequest, SetupError, say
 from .stopping import STOP_TIMEOUT_S
@@ -68,6 +69,9 @@ def run_agent(request: RunRequest, *, stop_timeout: float = STOP_TIMEOUT_S) -> i
         supervisor = Supervisor(default_locations(), stop_timeout=stop_timeout, one_run=True)
     except OSError as exc:
         say(f"cannot start the supervisor: {exc.strerror or exc}")
+        return EXIT_SETUP_FAILED
+    except AuditError as exc:
+        say(f"cannot start the supervisor: {exc}")
         return EXIT_SETUP_FAILED
     try:
         if request.cpus == "shared":

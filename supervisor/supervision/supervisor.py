@@ -28,8 +28,10 @@ from typing import TYPE_CHECKING
 
 from ..control.agentids import AgentIdClaim, AgentIdTaken, claim_agent_id
 from ..control.endpoint import bind_control_socket, close_listener, socket_path
+from ..events import AuditLevel
 from ..integrity.audit import AuditLog, format_ts
 from ..integrity.seal import SealStatus, check_sealed
+from ..integrity.shares import AuditShares
 from ..paths import Locations, UntrustedLocation, untrusted_locations
 from .agent import Agent, RunRequest, SetupError, say
 from .judge import AgentState, Judge
@@ -90,6 +92,7 @@ class BatchedAudit:
         self._held_count = 0  # records kept in memory during this stall
         self._dropped = 0
         self._stalled_at = ""
+        self.shares = AuditShares(log.retained_bytes)
 
     @property
     def stalled(self) -> bool:
@@ -97,11 +100,15 @@ class BatchedAudit:
 
     def append(self, record: Mapping[str, object]) -> Mapping[str, object]:
         if self._failure is None:
+            before = self.log.bytes_written
             try:
                 written = self.log.append(record)
             except OSError as exc:
                 self._stall(exc)
             else:
+                agent_id = record.get("agent")
+                if isinstance(agent_id, str):
+                    self._count_share(agent_id, record, self.log.bytes_written - before)
                 if (
                     record.get("kind") in self.URGENT_KINDS
                     or record.get("severity") == "critical"
@@ -113,6 +120,22 @@ class BatchedAudit:
                     self._call_later(self.log.flush_seconds, self._flush_routine)
                 return written
         return self._hold(record)
+
+    def _count_share(self, agent_id: str, record: Mapping[str, object], size: int) -> None:
+        """Kill an agent whose records would push older ones out of the log (AuditShares)."""
+        judge = self._judges().get(agent_id)
+        if _asked_for(record, judge):
+            return
+        share = self.shares.add(agent_id, self.log.bytes_written, size)
+        if not self.shares.over(share):
+            return
+        if judge is None or judge.kill_report is not None or judge.state is AgentState.EXITED:
+            return  # dying already: its last records still go in
+        judge.kill_for_limit(
+            "audit_share",
+            f"its audit records took {_mib(share)}, more than a quarter of the "
+            f"{_mib(self.log.retained_bytes)} the log keeps: more would push older records out",
+        )
 
     def _flush_routine(self) -> None:
         self._timer_armed = False
@@ -243,6 +266,22 @@ class BatchedAudit:
             self.log.close()
         except OSError as exc:
             say(f"cannot flush the audit log {self.log.path}: {_describe(exc)}")
+
+
+def _asked_for(record: Mapping[str, object], judge: Judge | None) -> bool:
+    """A record the policy asked to keep (allows and notes at `audit.level:
+    all`, a `log` rule's), not counted in an agent's share.  A note below
+    that level (ctypes.dlopen's) is the agent's own say."""
+    if record.get("decision") not in ("allow", "log"):
+        return False
+    if not record.get("note"):
+        return True
+    return judge is not None and judge.policy.audit_level is AuditLevel.ALL
+
+
+def _mib(size: int) -> str:
+    mib = size / 2**20
+    return f"{mib:.2g} MiB" if mib < 10 else f"{mib:.0f} MiB"
 
 
 def _records(count: int) -> str:
