@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
 
 
 def scratch_root() -> Path:
@@ -33,3 +36,20 @@ def agentsup_env(root: Path, home: str | None = None) -> dict[str, str]:
 
 def remove(root: Path) -> None:
     subprocess.run(["rm", "-rf", str(root)], check=False)
+
+
+def floor_command(directory: Path) -> list[str]:
+    """`floor_mediator.c` built in `directory` with agentsup's own filter beside
+    it: the command prefix that runs a program under the floor of mediation
+    (see floor_mediator.c).  Exits when there is no C compiler."""
+    from agentsup.kernel.seccomp import filter_program
+    from agentsup.supervision.syscalls import ALWAYS_REFUSED, FORCED_ENOSYS, MEDIATED
+
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise SystemExit("no C compiler to build floor_mediator.c")
+    mediator, bpf = directory / "floor_mediator", directory / "filter.bpf"
+    build = [compiler, "-O2", "-o", str(mediator), str(HERE / "floor_mediator.c")]
+    subprocess.run(build, check=True)
+    bpf.write_bytes(filter_program(MEDIATED + ALWAYS_REFUSED, FORCED_ENOSYS).bpf)
+    return [str(mediator), str(bpf)]

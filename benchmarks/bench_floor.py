@@ -27,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _scratch import agentsup_env, remove
+from _scratch import agentsup_env, floor_command, remove
 
 HERE = Path(__file__).resolve().parent
 WORKLOAD = HERE.parent.parent / "shared" / "bench" / "workload.py"
@@ -48,24 +48,12 @@ def main() -> int:
     parser.add_argument("--policy", default="strict")
     parser.add_argument("--tmpfs", action="store_true", help="the workspace on a tmpfs (root)")
     args = parser.parse_args()
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        print("bench_floor: no C compiler to build floor_mediator.c", file=sys.stderr)
-        return 1
-
-    from agentsup.kernel.seccomp import filter_program
-    from agentsup.supervision.syscalls import ALWAYS_REFUSED, FORCED_ENOSYS, MEDIATED
-
     root = Path(tempfile.mkdtemp(prefix="agentsup-floor-"))
     try:
         if args.tmpfs:
             mount = ["mount", "-t", "tmpfs", "-o", "size=512m", "tmpfs", str(root)]
             subprocess.run(mount, check=True)
-        mediator, bpf = root / "floor_mediator", root / "filter.bpf"
-        subprocess.run(
-            [compiler, "-O2", "-o", str(mediator), str(HERE / "floor_mediator.c")], check=True
-        )
-        bpf.write_bytes(filter_program(MEDIATED + ALWAYS_REFUSED, FORCED_ENOSYS).bpf)
+        floor = floor_command(root)
         workspace = root / "workspace"
         workspace.mkdir()
         (root / "home").mkdir()
@@ -75,7 +63,7 @@ def main() -> int:
         workload = [sys.executable, str(script), "--base", str(workspace / "fs")]
         commands = {
             "bare": workload,
-            "floor": [str(mediator), str(bpf), *workload],
+            "floor": [*floor, *workload],
             "agentsup": [
                 sys.executable, "-m", "agentsup", "run", "--policy", args.policy,
                 "--workspace", str(workspace), "--id", "floor", "--", *workload,

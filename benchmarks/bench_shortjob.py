@@ -14,6 +14,10 @@ In a fresh git repository inside the workspace, one job is `rounds` times:
 - "in a running agent": the job's second run inside one `agentsup run`,
   timed by the shell itself (start-up excluded): what each short command
   costs an agent that is already running, as most agents are.
+- "the floor": the same, under `floor_mediator.c` (see bench_floor.py):
+  agentsup's own filter, each open and unlink answered with the least work
+  (opened and injected, or done), no policy, no Landlock, no namespaces.
+  What mediating these syscalls costs on this machine at all.
 
 By default the agent gets a fresh, nearly empty home directory; `--home DIR`
 runs both with a real one (say your own): a policy's secrets under the home
@@ -33,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-from _scratch import agentsup_env, remove, scratch_root
+from _scratch import agentsup_env, floor_command, remove, scratch_root
 
 GIT_CONFIG = "[user]\n\tname = bench\n\temail = bench@example.invalid\n"
 ROUND = (
@@ -90,9 +94,10 @@ def main() -> int:
         "inside",
     ]  # fmt: skip
     results: dict[str, list[float]] = {
-        name: [] for name in ("bare", "one", "bare1", "per", "bare_in", "in")
+        name: [] for name in ("bare", "one", "bare1", "per", "bare_in", "in", "floor_in")
     }
     try:
+        floor = floor_command(root)
         subprocess.run(["git", "init", "-q", str(repo)], env=env, check=True)
         if args.home is not None:
             with (repo / ".git" / "config").open("a") as config:
@@ -108,6 +113,7 @@ def main() -> int:
             results["per"].append(timed([*supervised, *one_command], repo, env))
             results["bare_in"].append(timed_inside([*inside, f"bare{run}"], repo, env))
             results["in"].append(timed_inside([*supervised, *inside, f"in{run}"], repo, env))
+            results["floor_in"].append(timed_inside([*floor, *inside, f"floor{run}"], repo, env))
     finally:
         remove(root)
 
@@ -124,6 +130,8 @@ def main() -> int:
           f"{median['per'] / median['bare1']:6.2f}   (one git log)")  # fmt: skip
     print(f"{'in a running agent':18} {median['bare_in']:9.3f} {median['in']:11.3f} "
           f"{median['in'] / median['bare_in']:6.2f}   (start-up excluded)")  # fmt: skip
+    print(f"{'the floor':18} {median['bare_in']:9.3f} {median['floor_in']:11.3f} "
+          f"{median['floor_in'] / median['bare_in']:6.2f}   (in a running agent)")  # fmt: skip
     return 0
 
 

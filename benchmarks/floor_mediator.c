@@ -6,9 +6,9 @@
  * Runs COMMAND under FILTER (agentsup's program, as `filter_program` builds
  * it) with a listener, on one CPU with this process, and answers every
  * notification with the least work that keeps what the agent sees: an open
- * or openat of an absolute path is opened here and injected with ADDFD, an
- * unlink, unlinkat or rmdir of one is done here; everything else is let
- * through (CONTINUE).  No policy, no Landlock, no namespaces, no broker: what
+ * or openat is opened here and injected with ADDFD, an unlink, unlinkat or
+ * rmdir is done here (a relative name from the agent's cwd or dirfd, reached
+ * through /proc/PID); everything else is let through (CONTINUE).  No policy, no Landlock, no namespaces, no broker: what
  * is left of agentsup's cost is what mediation itself costs on this machine.
  * Not a sandbox (CONTINUE is not safe against a racing agent).
  */
@@ -63,6 +63,8 @@ static void answer(int listener, __u64 id, int error, int flags) {
     ioctl(listener, SECCOMP_IOCTL_NOTIF_SEND, &response);
 }
 
+static int act(int listener, const struct seccomp_notif *n, const char *path, int anchor);
+
 /* 1 when answered here. */
 static int serve(int listener, const struct seccomp_notif *n, char *path) {
     const __u64 *a = n->data.args;
@@ -70,13 +72,34 @@ static int serve(int listener, const struct seccomp_notif *n, char *path) {
     if (nr != SYS_open && nr != SYS_openat && nr != SYS_unlink && nr != SYS_unlinkat &&
         nr != SYS_rmdir)
         return 0;
-    __u64 pointer = nr == SYS_openat || nr == SYS_unlinkat ? a[1] : a[0];
-    if (read_path(n->pid, pointer, path) != 0 || path[0] != '/')
+    int at = nr == SYS_openat || nr == SYS_unlinkat;
+    if (read_path(n->pid, at ? a[1] : a[0], path) != 0)
         return 0;
+    int anchor = AT_FDCWD;
+    if (path[0] != '/') { /* from the agent's cwd or dirfd, as the kernel would */
+        char where[64];
+        int dirfd = at ? (int)a[0] : AT_FDCWD;
+        if (dirfd == AT_FDCWD)
+            snprintf(where, sizeof where, "/proc/%u/cwd", n->pid);
+        else
+            snprintf(where, sizeof where, "/proc/%u/fd/%d", n->pid, dirfd);
+        anchor = open(where, O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (anchor < 0)
+            return 0;
+    }
+    int answered = act(listener, n, path, anchor);
+    if (anchor >= 0)
+        close(anchor);
+    return answered;
+}
+
+static int act(int listener, const struct seccomp_notif *n, const char *path, int anchor) {
+    const __u64 *a = n->data.args;
+    int nr = n->data.nr;
     if (nr == SYS_open || nr == SYS_openat) {
         int flags = (int)(nr == SYS_open ? a[1] : a[2]);
         mode_t mode = (mode_t)(nr == SYS_open ? a[2] : a[3]);
-        int fd = open(path, flags | O_CLOEXEC, mode & ~(mode_t)022);
+        int fd = openat(anchor, path, flags | O_CLOEXEC, mode & ~(mode_t)022);
         if (fd < 0) {
             answer(listener, n->id, -errno, 0);
             return 1;
@@ -89,8 +112,8 @@ static int serve(int listener, const struct seccomp_notif *n, char *path) {
         close(fd);
         return 1;
     }
-    int done = nr == SYS_rmdir ? rmdir(path)
-                               : unlinkat(AT_FDCWD, path, nr == SYS_unlinkat ? (int)a[2] : 0);
+    int done = unlinkat(anchor, path,
+                        nr == SYS_rmdir ? AT_REMOVEDIR : nr == SYS_unlinkat ? (int)a[2] : 0);
     answer(listener, n->id, done == 0 ? 0 : -errno, 0);
     return 1;
 }
