@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from agentsup.cli.audit import format_verify
 from agentsup.integrity.audit import (
     HEAD_SIZE,
     ZERO_MAC,
@@ -470,6 +471,13 @@ def test_dropping_the_oldest_file_on_rotation_is_not_tampering(paths: Paths) -> 
     assert paths.verify() == (True, None, "chain intact")
     head = read_head(paths.head)
     assert head is not None and head.base_seq > 1
+    # `verify` says where the kept chain starts, and what rotation dropped.
+    result = verify_log(paths.log, load_key(paths.key), head)
+    assert result.first_seq == head.base_seq
+    assert format_verify(result, head=True) == (
+        f"ok: {result.records} records, chain intact from seq {head.base_seq} "
+        f"(rotation dropped the {head.base_seq - 1} earlier records)"
+    )
 
 
 def test_deleting_a_rotated_file_is_tampering(paths: Paths) -> None:

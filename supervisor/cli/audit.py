@@ -214,12 +214,16 @@ def verify_document(result: VerifyResult, path: Path, *, head: bool) -> dict[str
         "where": result.where,
         "breaks": [chain_break.to_json() for chain_break in result.breaks],
         "unchecked": result.unchecked,
+        "first_seq": result.first_seq,
     }
 
 
 def format_verify(result: VerifyResult, *, head: bool) -> str:
     if result.ok:
         text = f"ok: {plural(result.records, 'record')}, chain intact"
+        if result.first_seq > 1:
+            dropped = plural(result.first_seq - 1, "earlier record")
+            text += f" from seq {result.first_seq} (rotation dropped the {dropped})"
         if not head:
             text += " (no head record: removal of the newest records goes unnoticed)"
         return text

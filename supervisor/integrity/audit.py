@@ -256,6 +256,7 @@ class VerifyResult(NamedTuple):
     where: str | None = None  # file and line of the first bad record
     breaks: tuple[ChainBreak, ...] = ()
     unchecked: int = 0  # lines after a break that no restart brought back
+    first_seq: int = 1  # where the kept chain starts: rotation dropped the records before
 
 
 class ChainBreak(NamedTuple):
@@ -400,6 +401,7 @@ class ChainVerifier:
     def __init__(self, key: bytes, head: HeadRecord | None = None) -> None:
         self._mac_key = MacKey(key)
         self._head_seq = head.seq if head else None
+        self._first_seq = head.base_seq if head else 1
         self._head_mac = head.mac.encode() if head else b""
         self._seq = (head.base_seq if head else 1) - 1
         self._mac = (head.base_prev if head else ZERO_MAC).encode()
@@ -511,7 +513,8 @@ class ChainVerifier:
             why = f"log ends at seq {self._seq} but the head record says {head_seq}: tail removed"
             breaks.append(ChainBreak(self._seq + 1, why, f"end of {self._file}"))
         if not breaks:
-            return VerifyResult(True, self._records, None, "chain intact")
+            first_seq = self._first_seq
+            return VerifyResult(True, self._records, None, "chain intact", first_seq=first_seq)
         first = breaks[0]
         return VerifyResult(
             False,
@@ -521,6 +524,7 @@ class ChainVerifier:
             first.where,
             tuple(breaks),
             self._unchecked,
+            self._first_seq,
         )
 
 
