@@ -29,6 +29,7 @@ an older policy survives).
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Any, Final
 
@@ -156,12 +157,21 @@ def _is_text(value: str) -> bool:
     return True
 
 
-def _valid_detail_value(value: object) -> bool:
-    if value is None or type(value) in (str, int, float, bool):
-        return True
-    return type(value) is list and all(
-        item is None or type(item) in (str, int, float, bool) for item in value
+def _valid_scalar(value: object) -> bool:
+    # NaN and infinities are no JSON: the audit log would hold `Infinity`.
+    return (
+        value is None
+        or type(value) in (str, int, bool)
+        or (
+            type(value) is float and math.isfinite(value)  # type: ignore[arg-type]
+        )
     )
+
+
+def _valid_detail_value(value: object) -> bool:
+    if _valid_scalar(value):
+        return True
+    return type(value) is list and all(_valid_scalar(item) for item in value)
 
 
 def _text_detail_value(value: object) -> bool:

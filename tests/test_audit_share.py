@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import Sandbox
 
+from agentsup.events import AuditLevel
+from agentsup.integrity.audit import AuditLog
 from agentsup.integrity.shares import BUCKETS, AuditShares
+from agentsup.supervision.judge import AgentState
+from agentsup.supervision.supervisor import BatchedAudit
 
 # What a small log keeps: 50 KiB a file, eleven files (about 0.55 MiB).
 SMALL_LOG = {"AGENTSUP_AUDIT_ROTATE_MB": "0.05"}
@@ -39,6 +44,67 @@ def test_an_agents_share_counts_its_own_bytes_among_the_last_kept() -> None:
     assert shares.add("b", end=3_000, size=2_000) == 2_000
     assert shares.add("a", end=3_500, size=500) == 1_500
     assert not shares.over(16_000) and shares.over(16_001)
+
+
+class _Judge:
+    """What BatchedAudit asks of a Judge for the share: its policy's level and a kill."""
+
+    def __init__(self, level: AuditLevel) -> None:
+        self.policy = SimpleNamespace(audit_level=level)
+        self.state = AgentState.RUNNING
+        self.kill_report: str | None = None
+
+    def kill_for_limit(self, key: str, detail: str) -> None:
+        self.kill_report = key
+
+
+def _shares_of(tmp_path: Path, level: AuditLevel, records: list[dict[str, object]]) -> int:
+    """The agent's share after `records`, in a log of 64 KiB files."""
+    log = AuditLog(tmp_path / "a.jsonl", tmp_path / "key", tmp_path / "head", rotate_bytes=65536)
+    judges = {"a": _Judge(level)}
+    audit = BatchedAudit(log, lambda _delay, _callback: None, lambda: judges)
+    try:
+        for record in records:
+            audit.append({"agent": "a", "kind": "decision", **record})
+        return audit.shares.add("a", log.bytes_written, 0)
+    finally:
+        log.close()
+
+
+@pytest.mark.parametrize(
+    ("record", "level", "counted"),
+    [
+        ({"decision": "deny", "target": "/etc/x"}, AuditLevel.VIOLATIONS, True),
+        ({"decision": "allow", "target": "/etc/x"}, AuditLevel.ALL, False),
+        ({"decision": "log", "target": "/etc/x"}, AuditLevel.VIOLATIONS, False),
+        ({"decision": "warn", "target": "/etc/x"}, AuditLevel.VIOLATIONS, False),
+        ({"decision": "deny", "would_deny": True, "target": "/x"}, AuditLevel.VIOLATIONS, False),
+        # Made at will beside the agent's actions: asked for only at level all.
+        ({"decision": "log", "note": True, "target": "x"}, AuditLevel.VIOLATIONS, True),
+        ({"decision": "log", "note": True, "target": "x"}, AuditLevel.ALL, False),
+        (
+            {"decision": "allow", "layer": "proxy", "target": "GET http://x/"},
+            AuditLevel.VIOLATIONS,
+            True,
+        ),
+        ({"decision": "allow", "layer": "proxy", "target": "GET http://x/"}, AuditLevel.ALL, False),
+    ],
+)
+def test_what_counts_in_an_agents_share(
+    tmp_path: Path, record: dict[str, object], level: AuditLevel, counted: bool
+) -> None:
+    """Red team 24: the egress proxy records every request at any level, and
+    the agent chooses its URL: an allowed request in a loop erased the log.
+    A shadow run (would_deny) or a warn rule is asked for by the run and the
+    policy, and no reason to kill."""
+    share = _shares_of(tmp_path, level, [record] * 10)
+    assert (share > 0) is counted, share
+
+
+def test_a_record_asked_for_counts_what_it_holds_beyond_a_plain_one(tmp_path: Path) -> None:
+    padded = {"decision": "allow", "target": "/w/" + "x" * 5000}
+    share = _shares_of(tmp_path, AuditLevel.ALL, [padded] * 10)
+    assert 10 * 4000 < share < 10 * 5500
 
 
 def test_an_agents_old_bytes_age_out_as_others_are_written() -> None:
@@ -119,7 +185,20 @@ def test_what_the_policy_asks_to_keep_is_not_counted(sandbox: Sandbox) -> None:
 def test_a_hook_notes_detail_is_recorded_cut_to_size() -> None:
     """A note's detail is the agent's own text: padded (red team 23 sent 60 KB
     a note), it is recorded cut to a size, and says how much was left out."""
-    from agentsup.supervision.agent import NOTE_ITEMS, NOTE_KEYS, NOTE_TEXT, bounded_detail
+    from agentsup.supervision.agent import (
+        NOTE_ITEMS,
+        NOTE_KEYS,
+        NOTE_TARGET,
+        NOTE_TEXT,
+        bounded_detail,
+        cut_text,
+    )
+
+    # Its target too (red team 24: 60 KB targets at audit.level all).
+    assert (
+        cut_text("t" * 60_000, NOTE_TARGET)
+        == "t" * NOTE_TARGET + f"... ({60_000 - NOTE_TARGET} more)"
+    )
 
     detail = {f"k{i}": "x" * 60_000 for i in range(100)}
     detail["k0"] = ["y" * 1_000] * 100  # type: ignore[assignment]

@@ -34,7 +34,7 @@ from agentsup.events import (
 )
 from agentsup.policy import CompiledPolicy, RunContext, compile_policy, load_policy_text
 from agentsup.supervision import egress
-from agentsup.supervision.egress import EgressProxy
+from agentsup.supervision.egress import RECORDED_URL, EgressProxy
 from agentsup.supervision.loop import EventLoop
 from agentsup.supervision.resolver import Resolver
 
@@ -260,3 +260,17 @@ def test_an_answer_from_the_resolver_that_raises_ends_that_request_only(proxy: P
     (record,) = proxy.audit
     assert record["rule"] == egress.ERROR_RULE and "ValueError" in str(record["reason"])
     assert proxy.proxy.conns == {}
+
+
+def test_a_long_url_is_recorded_cut_to_size(proxy: Proxy) -> None:
+    """Red team 24: the proxy records every request, with the URL the agent
+    chose (up to h11's 16 KB) twice; 300 of them erased a small log."""
+    port = proxy.server.server_address[1]
+    path = "/" + "x" * 8000
+    answer = proxy.ask(f"GET http://ok.test:{port}{path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert answer.startswith(b"HTTP/1.0 200") or answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    (record,) = [r for r in proxy.audit if r.get("event") == "egress"]
+    assert len(str(record["target"])) < RECORDED_URL + 100
+    assert str(record["url"]).endswith(
+        f"... ({len(f'http://ok.test:{port}{path}') - RECORDED_URL} more)"
+    )

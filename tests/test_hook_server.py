@@ -284,6 +284,15 @@ def test_validate_request_refuses_text_that_is_not_utf8(message: dict[str, Any])
         protocol.validate_request({**full, **message})
 
 
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan"), [1.0, float("inf")]])
+def test_validate_request_refuses_numbers_json_cannot_hold(value: object) -> None:
+    """Red team 24: a detail value of 1e999 was written to the log as
+    `Infinity`, which no strict JSON reader takes."""
+    message = {"v": 1, "id": 1, "op": "note", "action": "file_read", "target": "x"}
+    with pytest.raises(protocol.ProtocolError):
+        protocol.validate_request({**message, "detail": {"k": value}})
+
+
 def test_validate_request_takes_any_utf8_text() -> None:
     """Only lone surrogates are refused: other characters, astral ones included, pass."""
     detail = {"bücher": "😀", "list": ["ü", 1, None], "escaped": "\\udfff"}

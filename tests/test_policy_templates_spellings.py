@@ -306,6 +306,26 @@ HOST_DEVICES = [
     "/dev/nvram",
     "/dev/cpu/0/msr",
     "/dev/userfaultfd",
+    "/dev/hvc0",
+    "/dev/ttyAMA0",
+    "/dev/ttyPS1",
+    "/dev/ttymxc0",
+    "/dev/ttySAC2",
+    "/dev/ttysclp0",
+    "/dev/xvc0",
+    "/dev/usb/hiddev0",
+    "/dev/uio0",
+    "/dev/vfio/vfio",
+    "/dev/vhost-vsock",
+    "/dev/rtc0",
+    "/dev/rtc",
+    "/dev/rfkill",
+    "/dev/vga_arbiter",
+    "/dev/video0",
+    "/dev/media0",
+    "/dev/snd/pcmC0D0c",
+    "/dev/lp0",
+    "/dev/parport0",
 ]
 # What developers use, which permissive leaves to them.
 DEVELOPER_DEVICES = [
@@ -349,7 +369,13 @@ def test_permissive_leaves_developers_devices_usable(device: str) -> None:
 @pytest.mark.parametrize("name", TEMPLATES)
 @pytest.mark.parametrize(
     "target",
-    ["/dev/kmsg", "/proc/self/loginuid", "/proc/42/task/43/loginuid", "/proc/42/sessionid"],
+    [
+        "/dev/kmsg",
+        "/dev/ttyprintk",
+        "/proc/self/loginuid",
+        "/proc/42/task/43/loginuid",
+        "/proc/42/sessionid",
+    ],
 )
 def test_the_hosts_logs_are_not_written(name: str, target: str) -> None:
     """A line in /dev/kmsg is the kernel's log, and loginuid is who the host's

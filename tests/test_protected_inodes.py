@@ -123,6 +123,32 @@ def test_a_procfs_below_a_root_is_not_walked(tmp_path: Path, home: Path) -> None
     assert not [path for path in files if path.startswith(os.fsencode(proc))]
 
 
+@pytest.mark.requires_root
+def test_what_is_mounted_on_a_kernel_tree_below_a_root_is_walked(
+    tmp_path: Path, home: Path
+) -> None:
+    """Red team 24: a directory holding a key, mounted on a sysfs under the
+    home, was skipped with the sysfs, and a hard link to that key read it."""
+    keys = tmp_path / "keys"
+    (keys / ".ssh").mkdir(parents=True)
+    key = keys / ".ssh" / "id_ed25519"
+    key.write_text("key")
+    sysfs = home / "sys"
+    sysfs.mkdir()
+    subprocess.run(["mount", "-t", "sysfs", "sysfs", str(sysfs)], check=True)
+    try:
+        point = sysfs / "firmware"
+        subprocess.run(["mount", "--bind", str(keys), str(point)], check=True)
+        try:
+            files = protected._walk_files([str(home)], budget=10_000)
+        finally:
+            subprocess.run(["umount", "-l", str(point)], check=False)
+    finally:
+        subprocess.run(["umount", "-l", str(sysfs)], check=False)
+    assert os.fsencode(point / ".ssh" / "id_ed25519") in files
+    assert not [path for path in files if path.startswith(os.fsencode(sysfs / "kernel"))]
+
+
 @contextlib.contextmanager
 def _walking(policy: CompiledPolicy) -> Iterator[protected.ProtectedInodes]:
     inodes = protected.ProtectedInodes(policy)

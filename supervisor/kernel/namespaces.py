@@ -238,16 +238,27 @@ def other_procfs(mountinfo: str) -> list[str]:
     return sorted(points, key=lambda point: (-point.count("/"), point))
 
 
-def kernel_interface_devices() -> frozenset[int]:
-    """The st_dev of every procfs, kernel interface and device filesystem
-    mounted here: trees of the kernel's, with no file of anyone's beneath
-    them (and procfs holds a view of the whole host under `PID/root`)."""
+class KernelTrees(NamedTuple):
+    """Where the kernel's own trees are mounted here, and what is mounted on them."""
+
+    # st_dev of every procfs, kernel interface and device filesystem: no
+    # file of anyone's is beneath them (and procfs holds a view of the whole
+    # host under `PID/root`).
+    devices: frozenset[int]
+    # Every other mount point: files of someone's, maybe mounted on one of those.
+    others: tuple[str, ...]
+
+
+def kernel_trees() -> KernelTrees:
     kinds = KERNEL_FILESYSTEMS | DEVICE_FILESYSTEMS | {"proc", "mqueue", "devpts"}
     try:
         mounts = parse_mountinfo(_mountinfo())
     except OSError:
-        return frozenset()
-    return frozenset(mount.device for mount in mounts if mount.fstype in kinds)
+        return KernelTrees(frozenset(), ())
+    return KernelTrees(
+        frozenset(mount.device for mount in mounts if mount.fstype in kinds),
+        tuple(mount.point for mount in mounts if mount.fstype not in kinds),
+    )
 
 
 def other_procfs_devices() -> frozenset[int]:

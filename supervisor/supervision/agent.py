@@ -252,9 +252,15 @@ def resolve_program(program: str, args: Sequence[str], env_path: str) -> tuple[s
     return path, [program, *args]
 
 
-NOTE_KEYS = 32  # a hook note's detail, as recorded: this many keys,
+NOTE_TARGET = 4096  # a hook note's target, as recorded, in characters at the most
+NOTE_KEYS = 32  # its detail: this many keys,
 NOTE_ITEMS = 16  # items of a list,
-NOTE_TEXT = 512  # and characters of a text, at the most
+NOTE_TEXT = 512  # and characters of a text
+
+
+def cut_text(text: str, limit: int) -> str:
+    """Pure: `text` cut to `limit` characters, saying how many were left out."""
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text) - limit} more)"
 
 
 def bounded_detail(detail: dict[str, Any]) -> dict[str, Any]:
@@ -263,8 +269,8 @@ def bounded_detail(detail: dict[str, Any]) -> dict[str, Any]:
     log's room as a thousand plain ones (integrity/shares.py)."""
 
     def cut(value: Any) -> Any:
-        if isinstance(value, str) and len(value) > NOTE_TEXT:
-            return value[:NOTE_TEXT] + f"... ({len(value) - NOTE_TEXT} more)"
+        if isinstance(value, str):
+            return cut_text(value, NOTE_TEXT)
         if isinstance(value, list):
             return [cut(item) for item in value[:NOTE_ITEMS]]
         return value
@@ -1049,7 +1055,7 @@ class Agent:
                         "pid": request.pid,
                         "kind": "decision",
                         "action_type": str(event.action),
-                        "target": event.target,
+                        "target": cut_text(event.target, NOTE_TARGET),
                         "decision": "log",
                         "rule": "agentsup-hook-note",
                         "severity": "medium" if dlopen else "low",

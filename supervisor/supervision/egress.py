@@ -72,6 +72,7 @@ SNI_RULE = "agentsup-egress-sni"
 INTERNAL_RULE = "agentsup-egress-internal"
 UNREACHABLE_RULE = "agentsup-egress-unreachable"
 ERROR_RULE = "agentsup-egress-error"
+RECORDED_URL = 2048
 _RECV = 65536
 _HIGH_WATER = 256 * 1024  # stop reading one side while the other lags this much
 _MAX_HELLO = 64 * 1024
@@ -1187,7 +1188,12 @@ class EgressProxy:
     def _record(self, conn: _Conn) -> None:
         if not conn.method:
             return
-        target = f"CONNECT {conn.url}" if conn.tunnel else f"{conn.method} {conn.url}"
+        # The agent chooses the URL: recorded up to RECORDED_URL characters
+        # (h11 takes 16 KB), as it counts in its share of the log.
+        url = conn.url[:RECORDED_URL]
+        if len(conn.url) > RECORDED_URL:
+            url += f"... ({len(conn.url) - RECORDED_URL} more)"
+        target = f"CONNECT {url}" if conn.tunnel else f"{conn.method} {url}"
         record: dict[str, object] = {
             "agent": self.judge.agent_id,
             "pid": conn.pid,
@@ -1208,7 +1214,7 @@ class EgressProxy:
             "duration_ms": round((time.monotonic() - conn.started) * 1000, 1),
         }
         if not conn.tunnel:
-            record["url"] = conn.url
+            record["url"] = url
         if conn.addr:
             record["addr"] = conn.addr
         if conn.sni is not None:

@@ -117,9 +117,10 @@ def _walk_files(roots: Sequence[str], budget: int) -> list[bytes]:
     or kernel interface mounted below a root (a build chroot's /proc) is not
     entered: it holds no one's files, only the budget's worth of the host's
     processes (and `PID/root`, the whole host), and some of its directories
-    refuse their listing halfway.
+    refuse their listing halfway.  What is mounted beneath one is walked.
     """
-    kernel = namespaces.kernel_interface_devices()
+    kernel = namespaces.kernel_trees()
+    mounted = [os.fsencode(point) for point in kernel.others]
     paths: list[bytes] = []
     stacks: list[list[bytes]] = []
     for root in roots:
@@ -143,7 +144,10 @@ def _walk_files(roots: Sequence[str], budget: int) -> list[bytes]:
                 for entry in scan:
                     try:
                         is_dir = entry.is_dir(follow_symlinks=False)
-                        if is_dir and entry.stat(follow_symlinks=False).st_dev in kernel:
+                        if is_dir and entry.stat(follow_symlinks=False).st_dev in kernel.devices:
+                            # Not entered; what is mounted beneath it is (red team 24).
+                            beneath = entry.path + b"/"
+                            subdirs += [point for point in mounted if point.startswith(beneath)]
                             continue
                     except OSError:
                         is_dir = False

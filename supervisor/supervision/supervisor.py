@@ -125,7 +125,10 @@ class BatchedAudit:
         """Kill an agent whose records would push older ones out of the log (AuditShares)."""
         judge = self._judges().get(agent_id)
         if _asked_for(record, judge):
-            return
+            # What a padded record holds beyond a plain one is the agent's own.
+            size -= ASKED_FOR_BYTES
+            if size <= 0:
+                return
         share = self.shares.add(agent_id, self.log.bytes_written, size)
         if not self.shares.over(share):
             return
@@ -268,13 +271,22 @@ class BatchedAudit:
             say(f"cannot flush the audit log {self.log.path}: {_describe(exc)}")
 
 
+# A record the policy or the run asked to keep counts in its agent's share
+# only for what it holds beyond this many bytes.
+ASKED_FOR_BYTES = 1024
+
+
 def _asked_for(record: Mapping[str, object], judge: Judge | None) -> bool:
-    """A record the policy asked to keep (allows and notes at `audit.level:
-    all`, a `log` rule's), not counted in an agent's share.  A note below
-    that level (ctypes.dlopen's) is the agent's own say."""
-    if record.get("decision") not in ("allow", "log"):
+    """A record the policy or the run asked to keep: an action let through
+    (allow, log, warn) that is recorded for the policy's own rule, or under
+    `--shadow` (would_deny), not one the agent can make at will beside its
+    actions: a hook's note, or the egress proxy's record of each request,
+    which are asked for only at `audit.level: all`."""
+    if record.get("would_deny"):
+        return True
+    if record.get("decision") not in ("allow", "log", "warn"):
         return False
-    if not record.get("note"):
+    if not record.get("note") and record.get("layer") != "proxy":
         return True
     return judge is not None and judge.policy.audit_level is AuditLevel.ALL
 
