@@ -22,6 +22,9 @@ from agentsup.supervision.placement import Sample, should_share, supervisor_apar
         (False, Sample(50, 0.5, 0.0), False),
         # Already using more than a core: it computes in parallel.
         (False, Sample(5000, 1.6, 0.0), False),
+        # Under a core only because others keep the CPUs busy, and its tasks
+        # queue for them: one CPU would make them queue longer.
+        (False, Sample(5000, 1.0, 0.8), False),
         # Shared and its tasks queue for the one CPU: spread again.
         (True, Sample(5000, 0.9, 0.6), False),
         # Shared and still busy with syscalls, nobody waiting: stay.

@@ -67,9 +67,12 @@ def should_share(shared_now: bool, sample: Sample, limits: Thresholds = _THRESHO
         if sample.stalled > limits.spread_above_stall:
             return False
         return sample.notifications_per_s >= limits.spread_below_rate
+    # Its tasks already queue for CPUs (the machine is busy with others, so it
+    # gets less than a core): one CPU would only make them queue longer.
     return (
         sample.notifications_per_s >= limits.share_above_rate
         and sample.cores_used < limits.share_below_cores
+        and sample.stalled <= limits.spread_above_stall
     )
 
 
