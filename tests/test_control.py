@@ -234,6 +234,9 @@ def raw_exchange(path: Path, data: bytes) -> dict[str, object]:
         (b'{"v": 1, "op": "reboot"}\n', "unknown op 'reboot'"),
         (b'{"v": 1, "op": "kill"}\n', "kill needs an agent id"),
         (b'{"v": 1, "op": "kill", "agent": 7}\n', "'agent' must be a string"),
+        # Red team 25: these printed a traceback on the supervisor's stderr.
+        (b"1" * 4400 + b"\n", "a number too long"),
+        (b"[" * 60000 + b"\n", "nesting too deep"),
     ],
 )
 def test_malformed_requests(harness: Harness, data: bytes, error: str) -> None:

@@ -53,6 +53,41 @@ def test_a_deeply_nested_definition_is_refused_not_a_crash(tmp_path: Path) -> No
     assert message.startswith(f"{path}:1:") and "nest" in message and "\n" not in message
 
 
+@pytest.mark.parametrize("who", ["others may write it", "another user owns it"])
+def test_a_definition_someone_else_could_change_is_refused(tmp_path: Path, who: str) -> None:
+    """Red team 25: user `nobody` planted a definition, and the daemon ran its
+    program as root.  A definition names what the daemon runs: it is trusted
+    as agentsup's locations are, or not read at all."""
+    path = tmp_path / "planted.yaml"
+    path.write_text("program: /bin/true\nworkspace: /tmp\n")
+    if who == "others may write it":
+        path.chmod(0o666)
+    else:
+        os.chown(path, 65534, 65534)
+    with pytest.raises(DefinitionError, match=r"planted.yaml: cannot be trusted: "):
+        parse_definition(path)
+
+
+@pytest.mark.requires_root
+def test_the_daemon_refuses_an_agents_directory_others_may_write(sandbox: Sandbox) -> None:
+    agents = sandbox.root / "agents"
+    agents.mkdir()
+    agents.chmod(0o777)
+    env = dict(sandbox.env, AGENTSUP_AGENTS_DIR=str(agents))
+    result = subprocess.run(
+        [sys.executable, "-m", "agentsup", "daemon"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"agentsup daemon: cannot start: the agents directory {agents} cannot be trusted: "
+        f"{agents} is writable by anyone"
+    ], result.stderr
+
+
 def test_a_definition_names_unknown_keys(tmp_path: Path) -> None:
     path = tmp_path / "a.yaml"
     path.write_text("program: /bin/true\nworkspace: /tmp\nrestrat: always\n")

@@ -105,6 +105,33 @@ def test_an_odd_policy_value_is_one_error(tmp_path: Path, reference: str) -> Non
 # ---------------------------------------------------------------- the file itself
 
 
+def test_a_policy_someone_else_could_change_is_refused(tmp_path: Path) -> None:
+    """Red team 25: a sealed policy extended a file in a directory anyone could
+    write; user `nobody` rewrote it to allow every read, and the agent read a
+    `.env` strict refuses.  A policy file, by `--policy` or `extends`, is
+    trusted as agentsup's locations are."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    base = shared / "base.yaml"
+    base.write_text("name: base\nextends: [strict]\n")
+    sealed = tmp_path / "sealed"
+    sealed.mkdir()
+    child = sealed / "child.yaml"
+    child.write_text(f"name: child\nextends: [{base}]\n")
+    error = load_error(child, sealed)
+    assert (error.line, error.column) == (2, 11)
+    assert f"cannot be trusted: {shared} is writable by anyone" in str(error)
+    with pytest.raises(PolicyError, match=f"{base}:1:1: cannot be trusted: "):
+        resolve_policy(str(base), sealed)
+    shared.chmod(0o755)
+    base.chmod(0o666)
+    with pytest.raises(PolicyError, match=f"cannot be trusted: {base} is writable by anyone"):
+        resolve_policy(str(base), sealed)
+    base.chmod(0o644)
+    assert resolve_policy(str(child), sealed).name == "child"
+
+
 def test_a_device_is_not_read(tmp_path: Path) -> None:
     error = load_error(Path("/dev/zero"), tmp_path)
     assert "not a regular file" in error.message

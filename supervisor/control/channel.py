@@ -122,6 +122,8 @@ def parse_request(line: bytes) -> dict[str, object]:
         request = json.loads(line)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ControlError("malformed request: not JSON") from None
+    except (ValueError, RecursionError):  # an int of over 4,300 digits; [[[[... too deep
+        raise ControlError("malformed request: a number too long or nesting too deep") from None
     if not isinstance(request, dict):
         raise ControlError("malformed request: expected a JSON object")
     if request.get("v") != PROTOCOL_VERSION:

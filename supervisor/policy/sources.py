@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .. import policies
+from ..paths import untrusted
 from .model import PolicyError
 
 MAX_POLICY_BYTES = 1 << 20  # one policy file; the built-in templates are ~15 KB
@@ -122,9 +123,20 @@ def read_policy_file(path: Path, shown: str) -> PolicySource:
 
     The stat comes first, so a device or FIFO is never opened (opening some
     devices acts); the open cannot block, and what was opened is checked again.
+    A file someone else could change (theirs, or in a directory they may
+    write, on any step of the way) is refused as the locations are
+    (`paths.untrusted`): a `--policy` path or an `extends` entry outside the
+    sealed directory would otherwise let any local user rewrite the rules in
+    effect (red team 25).
     """
     try:
         _check_regular(os.stat(path), shown)
+    except (OSError, ValueError) as exc:
+        raise PolicyError(shown, 1, 1, f"cannot read policy file: {_reason(exc)}") from None
+    reason = untrusted(path)
+    if reason is not None:
+        raise PolicyError(shown, 1, 1, f"cannot be trusted: {reason}")
+    try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except (OSError, ValueError) as exc:
         raise PolicyError(shown, 1, 1, f"cannot read policy file: {_reason(exc)}") from None

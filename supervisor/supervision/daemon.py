@@ -53,7 +53,7 @@ from ..control.agentids import BadAgentId, check_agent_id
 from ..control.logs import STREAMS, AgentLogWriter, log_path
 from ..integrity.audit import AuditError
 from ..kernel import cgroup as cgroups
-from ..paths import Locations, default_locations
+from ..paths import Locations, default_locations, untrusted
 from ..policy.model import PolicyError
 from ..policy.yaml_file import check_nesting, yaml_error_place
 from .agent import Agent, RunRequest, SetupError
@@ -125,7 +125,15 @@ def _number(path: Path, data: dict[str, object], key: str) -> float:
 
 
 def parse_definition(path: Path) -> AgentDefinition:
-    """One agent definition file; DefinitionError says what is wrong and where."""
+    """One agent definition file; DefinitionError says what is wrong and where.
+
+    A file someone else could change (theirs, or writable by others) is
+    refused as the locations are: a definition names a program the daemon
+    runs, as root where it runs as root (red team 25 had `nobody` plant one).
+    """
+    reason = untrusted(path)
+    if reason is not None:
+        raise DefinitionError(f"{path}: cannot be trusted: {reason}")
     try:
         with path.open(encoding="utf-8") as f:
             text = f.read(1 << 20)
@@ -299,11 +307,19 @@ class Daemon:
 
     def read_definitions(self) -> dict[str, AgentDefinition]:
         """Every valid definition by id; a broken file keeps its agent's old one."""
+        current = {slot_id: slot.definition for slot_id, slot in self.slots.items()}
+        reason = untrusted(self.directory)
+        if reason is not None:
+            _say(
+                f"the agents directory {self.directory} cannot be trusted: {reason}; "
+                "reading nothing from it, the agents keep their definitions"
+            )
+            return current
         try:
             paths = sorted(self.directory.glob("*.yaml"))
         except OSError as exc:
             _say(f"cannot read {self.directory}: {exc.strerror or exc}")
-            return {slot_id: slot.definition for slot_id, slot in self.slots.items()}
+            return current
         found: dict[str, AgentDefinition] = {}
         for path in paths:
             try:
@@ -542,6 +558,10 @@ def run_daemon(agents_directory: str | None = None, *, stop_timeout: float = STO
     directory = agents_dir(locations, agents_directory)
     if agents_directory and not directory.is_dir():
         _say(f"cannot start: --agents-dir {directory} is not a directory")
+        return EXIT_FAILED
+    reason = untrusted(directory)
+    if reason is not None:  # anyone who may write it could run a program as us
+        _say(f"cannot start: the agents directory {directory} cannot be trusted: {reason}")
         return EXIT_FAILED
     try:
         supervisor = Supervisor(locations, stop_timeout=stop_timeout)
