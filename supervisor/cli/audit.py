@@ -9,6 +9,10 @@ Under `--json`, results and errors alike are JSON on stdout; an error is
 `{"ok": false, "error": "...", "exit_code": N}`.  `show` and `report` skip
 lines that are not records and say how many on stderr (as JSON under
 `--json`).
+
+The text of `show` and `report` is for a terminal: a record's fields (targets,
+command lines, messages) are the agent's, so each is printed `visible`, then
+cut to its column.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from ..integrity.audit import (
     verify_log,
 )
 from ..paths import default_locations
+from ..visible import visible, visible_cut, visible_lines
 from .output import report_error, wants_json
 
 EXIT_OK = 0
@@ -158,10 +163,8 @@ def select(
 
 
 def _cell(value: object, width: int) -> str:
-    text = "-" if value is None else str(value)
-    if len(text) > width:
-        text = text[: width - 1] + "…"
-    return text.ljust(width)
+    """`value` made `visible`, cut to `width` after that (never inside an escape), padded."""
+    return visible_cut("-" if value is None else str(value), width).ljust(width)
 
 
 def format_row(values: Iterable[object]) -> str:
@@ -174,7 +177,7 @@ def format_report(reports: Mapping[str, AgentReport]) -> str:
     header = "".join(f"{name:>10}" for name in OUTCOMES)
     for agent, report in reports.items():
         totals = ", ".join(f"{name} {report.totals[name]}" for name in OUTCOMES)
-        lines.append(f"agent {agent}: {totals}")
+        lines.append(f"agent {visible(agent)}: {totals}")
         for title, table in (("rule", report.by_rule), ("action type", report.by_action_type)):
             lines.append(f"  {'by ' + title:<28}{header}")
             for name, counts in sorted(table.items()):
@@ -254,7 +257,7 @@ def _verify_failure(args: argparse.Namespace, path: Path, reason: str) -> int:
     if args.json:
         print(json.dumps(verify_document(result, path, head=False), indent=2))
     else:
-        print(f"FAIL: {reason}")
+        print(f"FAIL: {visible(reason)}")
     return EXIT_FAIL
 
 
@@ -295,7 +298,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(verify_document(result, path, head=head is not None), indent=2))
     else:
-        print(format_verify(result, head=head is not None))
+        print(visible_lines(format_verify(result, head=head is not None)))
     return EXIT_OK if result.ok else EXIT_FAIL
 
 
@@ -319,14 +322,14 @@ def _say_skipped(args: argparse.Namespace, reader: RecordReader) -> None:
     if args.json:
         notice = {"skipped_lines": reader.skipped, "first_skipped": reader.first_skipped}
         sys.stderr.write(json.dumps(notice) + "\n")
-    elif reader.skipped == 1:
-        sys.stderr.write(
-            f"agentsup audit: skipped 1 line that is not a record ({reader.first_skipped})\n"
-        )
+        return
+    first = visible(str(reader.first_skipped))
+    if reader.skipped == 1:
+        sys.stderr.write(f"agentsup audit: skipped 1 line that is not a record ({first})\n")
     else:
         sys.stderr.write(
             f"agentsup audit: skipped {reader.skipped} lines that are not records "
-            f"(first: {reader.first_skipped})\n"
+            f"(first: {first})\n"
         )
 
 

@@ -28,6 +28,7 @@ from ..control.channel import (
     supervisor_sockets,
 )
 from ..paths import default_locations
+from ..visible import visible, visible_cut
 from .output import CommandError, add_json_flag, emit, json_text, wants_json
 from .resources import UsageSampler, human_bytes
 from .totp import code_argument
@@ -36,7 +37,6 @@ EXIT_OK = 0
 EXIT_REFUSED = 1
 LISTING_TIMEOUT_S = 3.0  # a supervisor that takes longer to list its agents is reported
 ACTION_TIMEOUT_S = 10.0
-_TARGET_WIDTH = 60
 
 PS_COLUMNS = (
     "ID",
@@ -81,6 +81,7 @@ def format_duration(seconds: object) -> str:
 
 
 def format_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Columns padded to their widest cell; cells are already `visible` (see `_cells`)."""
     widths = [len(c) for c in columns]
     for row in rows:
         widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
@@ -91,8 +92,10 @@ def format_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def _shorten(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 3] + "..."
+def _cell(value: object, width: int | None = None) -> str:
+    """A table cell: the value made `visible`, then cut to `width` (between escapes)."""
+    text = str(value)
+    return visible(text) if width is None else visible_cut(text, width, "...")
 
 
 def _usage_cells(usage: object) -> list[str]:
@@ -114,15 +117,15 @@ def ps_rows(agents: Sequence[dict[str, object]]) -> list[list[str]]:
     rows = []
     for a in agents:
         if a.get("id") is None:  # a supervisor that did not answer
-            state = f"{a.get('state')}: supervisor pid {a.get('supervisor_pid')}"
+            state = _cell(f"{a.get('state')}: supervisor pid {a.get('supervisor_pid')}")
             rows.append(["?", "-", "-", state, "-", "-", *["-"] * 6])
             continue
         rows.append(
             [
-                str(a.get("id", "?")),
-                str(a.get("pid", "-")),
-                str(a.get("policy", "-")),
-                str(a.get("state", "-")),
+                _cell(a.get("id", "?")),
+                _cell(a.get("pid", "-")),
+                _cell(a.get("policy", "-")),
+                _cell(a.get("state", "-")),
                 format_duration(a.get("uptime_s")),
                 str(a.get("pending", 0)),
                 *_usage_cells(a.get("usage")),
@@ -134,12 +137,14 @@ def ps_rows(agents: Sequence[dict[str, object]]) -> list[list[str]]:
 def pending_rows(items: Sequence[dict[str, object]]) -> list[list[str]]:
     return [
         [
-            str(p.get("request_id", "-")),
-            str(p.get("agent", "-")),
-            str(p.get("action_type", "-")),
-            _shorten(str(p.get("target", "")), _TARGET_WIDTH),
-            str(p.get("rule", "-")),
-            str(p.get("message", "")),
+            _cell(p.get("request_id", "-")),
+            _cell(p.get("agent", "-")),
+            _cell(p.get("action_type", "-")),
+            # Whole, however wide: a person approves what runs (padding would
+            # push `; rm ...` past a cut: red team 25).
+            _cell(p.get("target", "")),
+            _cell(p.get("rule", "-")),
+            _cell(p.get("message", "")),
             format_duration(p.get("age_s")),
         ]
         for p in items
@@ -184,10 +189,8 @@ def survey(runtime_dir: Path, op: str, timeout: float = LISTING_TIMEOUT_S) -> Su
 
 def _warn_silent(found: Survey) -> None:
     for entry in found.silent:
-        sys.stderr.write(
-            f"agentsup: supervisor pid {entry['supervisor_pid']} is {entry['state']}: "
-            f"{entry['error']}\n"
-        )
+        said = f"supervisor pid {entry['supervisor_pid']} is {entry['state']}: {entry['error']}"
+        sys.stderr.write(f"agentsup: {visible(said)}\n")
 
 
 def add_usage(agents: list[dict[str, object]], sampler: UsageSampler, *, lifetime: bool) -> None:

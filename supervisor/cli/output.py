@@ -5,6 +5,11 @@ through `emit`.  A failure is a `CommandError`: `main` prints it as one
 `agentsup: ...` line on stderr, or, under `--json`, as one JSON object on
 stdout, `{"ok": false, "error": "...", "exit_code": N}`, so a script that
 reads stdout always gets JSON.
+
+Text for a person goes to a terminal, which obeys control characters: what
+the agent controls (targets, command lines, messages) is printed through
+`visible`, so it shows as `\x1b` and the like, never acts.  JSON needs none
+of that (the encoder escapes it).
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+
+from ..visible import visible_lines
 
 EXIT_FAILED = 1
 
@@ -40,8 +47,8 @@ def json_text(document: object) -> str:
 
 
 def emit(args: argparse.Namespace, document: object, text: str) -> None:
-    """Print `text`, or `document` as JSON under --json."""
-    print(json_text(document) if wants_json(args) else text, flush=True)
+    """Print `text` (its lines made `visible`), or `document` as JSON under --json."""
+    print(json_text(document) if wants_json(args) else visible_lines(text), flush=True)
 
 
 def error_document(message: str, exit_code: int) -> dict[str, object]:
@@ -53,7 +60,7 @@ def report_error(as_json: bool, message: str, exit_code: int) -> int:
     if as_json:
         print(json.dumps(error_document(message, exit_code), ensure_ascii=False), flush=True)
     else:
-        sys.stderr.write(f"agentsup: {message}\n")
+        sys.stderr.write(f"agentsup: {visible_lines(message)}\n")
         sys.stderr.flush()
     return exit_code
 

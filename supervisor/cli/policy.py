@@ -41,6 +41,7 @@ from ..policy import (
 from ..policy.engine import invoking_home
 from ..policy.suggest import last_run
 from ..policy.suggest import suggest as suggest_policy
+from ..visible import hides, visible, visible_lines
 from .output import error_document, report_error
 
 EXIT_OK = 0
@@ -205,8 +206,15 @@ def _suggest(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"ok": True, "policy": text, "output": args.output})
     elif not args.output:
-        sys.stdout.write(text)
+        sys.stdout.write(_terminal_yaml(text))
     return EXIT_OK
+
+
+def _terminal_yaml(text: str) -> str:
+    """The suggested policy for stdout: YAML escapes the controls in a target but
+    keeps a bidi override or NEL as they are, so such a line is shown `visible`
+    (then it is for reading, not for pasting: --output writes the file as is)."""
+    return "\n".join(visible(line) if hides(line) else line for line in text.split("\n"))
 
 
 def _suggest_failed(args: argparse.Namespace, message: str) -> int:
@@ -225,7 +233,7 @@ def _check(args: argparse.Namespace) -> int:
         except PolicyError as error:
             results.append({"path": path, "ok": False, "error": _error_json(error)})
             if not args.json:
-                print(str(error))
+                print(visible_lines(str(error)))
             continue
         results.append(
             {
@@ -239,7 +247,7 @@ def _check(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"{path}: ok ({len(policy.rules)} rules)")
             for warning in policy.warnings:  # after its file's line: legal, but likely a mistake
-                print(warning)
+                print(visible_lines(warning))
     if args.json:
         _print_json(results)
     return EXIT_OK if all(result["ok"] for result in results) else EXIT_DENY
@@ -277,7 +285,7 @@ def _list(args: argparse.Namespace) -> int:
         elif "shadowed_by" in entry:
             note = f"  [shadowed by {entry['shadowed_by']}]"
         text = entry["description"] if entry["ok"] else f"INVALID: {entry['error']['text']}"
-        print(f"{entry['name']:<{width}}  {entry['origin']:<10}  {text}{note}")
+        print(visible(f"{entry['name']:<{width}}  {entry['origin']:<10}  {text}{note}"))
     return EXIT_OK
 
 
@@ -344,7 +352,7 @@ def _explain(args: argparse.Namespace) -> int:
             # The failure envelope every --json command uses, and where it is.
             _print_json({**error_document(str(error), EXIT_DENY), "at": _error_json(error)})
         else:
-            print(str(error), file=sys.stderr)
+            print(visible_lines(str(error)), file=sys.stderr)
         return EXIT_DENY
     action = ActionType(args.action)
     explanation = compiled.explain(
@@ -468,46 +476,51 @@ def _real_root_json(explanation: Explanation) -> dict[str, str] | None:
     return {"root": real.root, "real": real.real, "matcher": real.shown}
 
 
+def _say(text: str) -> None:
+    """One line of `explain`: the target (and what echoes it) made `visible`."""
+    print(visible(text))
+
+
 def _print_explanation(policy_name: str, explanation: Explanation, floor_view: _FloorView) -> None:
     decision = explanation.decision
     event = explanation.event
-    print(f"policy:    {policy_name}")
+    _say(f"policy:    {policy_name}")
     target = event.target
     if explanation.target != event.target:
         target += f"  (normalised: {explanation.target})"
-    print(f"action:    {event.action} {target}")
+    _say(f"action:    {event.action} {target}")
     final = floor_view.decision
-    print(f"decision:  {final.verdict} (response: {response_for(final)})")
+    _say(f"decision:  {final.verdict} (response: {response_for(final)})")
     if floor_view.decides:
-        print(f"           the kernel floor decides; the policy alone says {decision.verdict}")
+        _say(f"           the kernel floor decides; the policy alone says {decision.verdict}")
     rule = explanation.rule
     if rule is None and decision.rule_id != DEFAULT_RULE_ID:
-        print(f"rule:      {decision.rule_id} ({decision.reason})")  # decided before any rule
+        _say(f"rule:      {decision.rule_id} ({decision.reason})")  # decided before any rule
     elif rule is None:
-        print("rule:      <default> (no rule matched; the policy default decides)")
+        _say("rule:      <default> (no rule matched; the policy default decides)")
     else:
-        print(f"rule:      {rule.id} (priority {rule.rule.priority}, {rule.rule.source})")
-        print(f"matcher:   {rule.matcher}")
+        _say(f"rule:      {rule.id} (priority {rule.rule.priority}, {rule.rule.source})")
+        _say(f"matcher:   {rule.matcher}")
         real = rule.matcher.real_spelling(explanation.target)
         if real is not None:  # the target is where a symlinked root really leads
-            print(f"           matched by the real path of {real.root}: '{real.shown}'")
+            _say(f"           matched by the real path of {real.root}: '{real.shown}'")
         for excepted in rule.excepts:
-            print(f"except:    {excepted}")
-    print(f"severity:  {decision.severity}")
-    print(f"on_violation: {decision.on_violation}")
+            _say(f"except:    {excepted}")
+    _say(f"severity:  {decision.severity}")
+    _say(f"on_violation: {decision.on_violation}")
     if decision.message:
-        print(f"message:   {decision.message}")
+        _say(f"message:   {decision.message}")
     if decision.rate_limit is not None:
         limit = decision.rate_limit
-        print(f"rate_limit: {limit.max} per {limit.per_seconds:g}s")
+        _say(f"rate_limit: {limit.max} per {limit.per_seconds:g}s")
     for line in floor_view.lines():
-        print(line)
+        _say(line)
     if not explanation.tried:
-        print("tried before it: none")
+        _say("tried before it: none")
         return
-    print("tried before it:")
+    _say("tried before it:")
     for attempt in explanation.tried:
         tried = attempt.rule
-        print(
+        _say(
             f"  {tried.id} (priority {tried.rule.priority}, {tried.rule.source}): {attempt.reason}"
         )

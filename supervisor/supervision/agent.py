@@ -51,6 +51,7 @@ from ..policy.engine import (
 )
 from ..policy.model import Policy, PolicyError
 from ..policy.sources import builtin_source, is_path_reference
+from ..visible import visible
 from . import launch
 from .broker import BrokerClient
 from .judge import AgentState, Judge, JudgeConfig, Pending, ProcessTree
@@ -112,8 +113,8 @@ class RunRequest:
 
 
 def say(text: str) -> None:
-    """One line to the operator on stderr."""
-    print(f"agentsup: {text}", file=sys.stderr, flush=True)
+    """One line to the operator on stderr, the agent's text in it made `visible`."""
+    print(f"agentsup: {visible(text)}", file=sys.stderr, flush=True)
 
 
 def _has_seccomp_notify() -> bool:

@@ -56,6 +56,7 @@ from ..kernel import cgroup as cgroups
 from ..paths import Locations, default_locations, untrusted
 from ..policy.model import PolicyError
 from ..policy.yaml_file import check_nesting, yaml_error_place
+from ..visible import visible
 from .agent import Agent, RunRequest, SetupError
 from .loop import Timer
 from .stopping import STOP_TIMEOUT_S
@@ -240,7 +241,8 @@ def sd_notify(message: str) -> bool:
 
 
 def _say(text: str) -> None:
-    print(f"agentsup daemon: {text}", file=sys.stderr, flush=True)
+    # Definitions' names and errors may carry anyone's text: never a raw control.
+    print(f"agentsup daemon: {visible(text)}", file=sys.stderr, flush=True)
 
 
 def _echo(line: str) -> None:

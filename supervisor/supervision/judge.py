@@ -39,6 +39,7 @@ from ..paths import Locations
 from ..policy import CompiledPolicy, RateLimiter
 from ..policy.engine import MoveEscape, PlainTables
 from ..policy.floor import FloorCheck, floor_prefixes, floor_reaches, floor_verdict
+from ..visible import visible
 
 _ALLOW_CACHE_SIZE = 16384
 SELF_PROTECTION_RULE = "agentsup-self-protection"
@@ -975,7 +976,9 @@ class Judge:
         self.audit.append(record)
 
     def say(self, text: str) -> None:
-        print(f"agentsup: {text}", file=self.config.stderr, flush=True)
+        """One line to the operator; what the agent controls in it (targets,
+        commands, reasons) cannot reach the terminal as a control character."""
+        print(f"agentsup: {visible(text)}", file=self.config.stderr, flush=True)
 
     # -- enforcement -------------------------------------------------------------------
 
