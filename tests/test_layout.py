@@ -23,7 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE_DIRS = {"agentsup": ROOT / "supervisor", "agentsup.hooks": ROOT / "hooks"}
 
-VOCABULARY = {"events", "paths", "hashing", "logger"}
+VOCABULARY = {"events", "paths", "hashing", "logger", "visible"}
 ALLOWED: dict[str, set[str]] = {
     "cli": {"cli", "supervision", "control", "integrity", "kernel", "policy", "hooks", "demo"},
     "supervision": {"supervision", "control", "integrity", "kernel", "policy", "hooks"},
@@ -35,6 +35,7 @@ ALLOWED: dict[str, set[str]] = {
     "paths": set(),
     "hashing": set(),
     "logger": set(),
+    "visible": set(),
     "hooks": {"hooks"},
     "demo": set(),
 }
@@ -108,7 +109,7 @@ def test_imports_run_one_way(module: str, path: Path) -> None:
             wrong.append(f"{where} (use a relative import inside the package)")
             continue
         target_layer = _layer(target)
-        if layer in ("events", "paths", "hashing", "logger", "hooks", "demo"):
+        if layer in ("events", "paths", "hashing", "logger", "visible", "hooks", "demo"):
             allowed = {layer}
         else:
             allowed = ALLOWED.get(layer, set(ALLOWED)) | VOCABULARY | {"", layer}
