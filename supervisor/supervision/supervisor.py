@@ -123,8 +123,8 @@ class BatchedAudit:
 
     def _count_share(self, agent_id: str, record: Mapping[str, object], size: int) -> None:
         """Kill an agent whose records would push older ones out of the log (AuditShares)."""
-        judge = self._judges().get(agent_id)
-        if _asked_for(record, judge):
+        # (The judges are looked up only when needed: the mapping is built per call.)
+        if _asked_for(record, lambda: self._judges().get(agent_id)):
             # What a padded record holds beyond a plain one is the agent's own.
             size -= ASKED_FOR_BYTES
             if size <= 0:
@@ -132,6 +132,7 @@ class BatchedAudit:
         share = self.shares.add(agent_id, self.log.bytes_written, size)
         if not self.shares.over(share):
             return
+        judge = self._judges().get(agent_id)
         if judge is None or judge.kill_report is not None or judge.state is AgentState.EXITED:
             return  # dying already: its last records still go in
         judge.kill_for_limit(
@@ -276,7 +277,7 @@ class BatchedAudit:
 ASKED_FOR_BYTES = 1024
 
 
-def _asked_for(record: Mapping[str, object], judge: Judge | None) -> bool:
+def _asked_for(record: Mapping[str, object], judge_of: Callable[[], Judge | None]) -> bool:
     """A record the policy or the run asked to keep: an action let through
     (allow, log, warn) that is recorded for the policy's own rule, or under
     `--shadow` (would_deny), not one the agent can make at will beside its
@@ -288,6 +289,7 @@ def _asked_for(record: Mapping[str, object], judge: Judge | None) -> bool:
         return False
     if not record.get("note") and record.get("layer") != "proxy":
         return True
+    judge = judge_of()
     return judge is not None and judge.policy.audit_level is AuditLevel.ALL
 
 
