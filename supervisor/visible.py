@@ -92,3 +92,9 @@ def visible_lines(text: str) -> str:
 def hides(text: str) -> bool:
     """Whether `text` holds a character `visible` writes out (a backslash aside)."""
     return _HIDDEN_CHAR.search(text) is not None
+
+
+def cut_text(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, saying how many were left out: what an
+    agent wrote into an audit record (a note's target, a URL), kept to size."""
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text) - limit} more)"

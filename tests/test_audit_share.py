@@ -191,8 +191,8 @@ def test_a_hook_notes_detail_is_recorded_cut_to_size() -> None:
         NOTE_TARGET,
         NOTE_TEXT,
         bounded_detail,
-        cut_text,
     )
+    from agentsup.visible import cut_text
 
     # Its target too (red team 24: 60 KB targets at audit.level all).
     assert (

@@ -162,15 +162,9 @@ def apply_floor(plan: FloorPlan, held: Sequence[int] = (), queues: int = -1) -> 
     """
     if plan.abi < 1:
         raise LandlockError(0, "Landlock is not available on this kernel")
-    attr = _RulesetAttr(plan.handled_fs, plan.handled_net, plan.scoped)
-    ruleset_fd = _syscall(
-        ctypes.c_long(_SYS_LANDLOCK_CREATE_RULESET),
-        ctypes.byref(attr),
-        ctypes.c_size_t(_ruleset_size(plan.abi)),
-        ctypes.c_uint32(0),
+    ruleset_fd = _create_ruleset(
+        _RulesetAttr(plan.handled_fs, plan.handled_net, plan.scoped), plan.abi
     )
-    if ruleset_fd < 0:
-        raise _fail("landlock_create_ruleset")
     try:
         _add_path_rules(ruleset_fd, plan)
         _add_held_rules(ruleset_fd, plan, held)
@@ -191,21 +185,27 @@ def sockets_only_beneath(directory: int) -> None:
     other right stays as it was.  The broker binds a name it must give the
     kernel whole from such a thread: wherever else the name leads by then,
     the bind fails with EACCES."""
-    attr = _RulesetAttr(FS_MAKE_SOCK, 0, 0)
-    ruleset_fd = _syscall(
-        ctypes.c_long(_SYS_LANDLOCK_CREATE_RULESET),
-        ctypes.byref(attr),
-        ctypes.c_size_t(_ruleset_size(landlock_abi())),
-        ctypes.c_uint32(0),
-    )
-    if ruleset_fd < 0:
-        raise _fail("landlock_create_ruleset")
+    ruleset_fd = _create_ruleset(_RulesetAttr(FS_MAKE_SOCK, 0, 0), landlock_abi())
     try:
         beneath = _PathBeneathAttr(allowed_access=FS_MAKE_SOCK, parent_fd=directory)
         _add_rule(ruleset_fd, _LANDLOCK_RULE_PATH_BENEATH, beneath, "a bind's directory")
         _restrict_self(ruleset_fd)
     finally:
         os.close(ruleset_fd)
+
+
+def _create_ruleset(attr: _RulesetAttr, abi: int) -> int:
+    ruleset_fd = int(
+        _syscall(
+            ctypes.c_long(_SYS_LANDLOCK_CREATE_RULESET),
+            ctypes.byref(attr),
+            ctypes.c_size_t(_ruleset_size(abi)),
+            ctypes.c_uint32(0),
+        )
+    )
+    if ruleset_fd < 0:
+        raise _fail("landlock_create_ruleset")
+    return ruleset_fd
 
 
 def _restrict_self(ruleset_fd: int) -> None:

@@ -51,7 +51,7 @@ from ..policy.engine import (
 )
 from ..policy.model import Policy, PolicyError
 from ..policy.sources import builtin_source, is_path_reference
-from ..visible import visible
+from ..visible import cut_text, visible
 from . import launch
 from .broker import BrokerClient
 from .judge import AgentState, Judge, JudgeConfig, Pending, ProcessTree
@@ -257,11 +257,6 @@ NOTE_TARGET = 4096  # a hook note's target, as recorded, in characters at the mo
 NOTE_KEYS = 32  # its detail: this many keys,
 NOTE_ITEMS = 16  # items of a list,
 NOTE_TEXT = 512  # and characters of a text
-
-
-def cut_text(text: str, limit: int) -> str:
-    """Pure: `text` cut to `limit` characters, saying how many were left out."""
-    return text if len(text) <= limit else text[:limit] + f"... ({len(text) - limit} more)"
 
 
 def bounded_detail(detail: dict[str, Any]) -> dict[str, Any]:

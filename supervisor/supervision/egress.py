@@ -63,6 +63,7 @@ from ..events import (
 )
 from ..hooks import _mapping as mapping
 from ..policy import CompiledPolicy
+from ..visible import cut_text
 from .loop import EventLoop
 from .resolver import Resolver
 
@@ -1190,9 +1191,7 @@ class EgressProxy:
             return
         # The agent chooses the URL: recorded up to RECORDED_URL characters
         # (h11 takes 16 KB), as it counts in its share of the log.
-        url = conn.url[:RECORDED_URL]
-        if len(conn.url) > RECORDED_URL:
-            url += f"... ({len(conn.url) - RECORDED_URL} more)"
+        url = cut_text(conn.url, RECORDED_URL)
         target = f"CONNECT {url}" if conn.tunnel else f"{conn.method} {url}"
         record: dict[str, object] = {
             "agent": self.judge.agent_id,
