@@ -403,6 +403,48 @@ def test_every_route_to_move_a_tree_into_frozen_is_refused(sandbox: Sandbox, nat
     assert ("file_write", "frozen-files") in sandbox.denials()
 
 
+WATCHED_WRITES = textwrap.dedent(
+    """
+    name: watched
+    extends: [strict]
+    rules:
+      - id: watched-writes
+        actions: [file_write]
+        target: "**/watched/*"
+        decision: warn
+        priority: 1
+    """
+)
+
+
+@both_paths
+def test_a_whiteout_is_a_write_of_the_old_name(sandbox: Sandbox, native: bool) -> None:
+    """renameat2 RENAME_WHITEOUT moves a file and leaves a new entry (a 0/0
+    character device) at its old name.  (A name whose writes are refused
+    cannot move at all: its move would carry the file to where they are
+    not.)  Writes under watched/ are let through with a warning: moving
+    watched/f out with a whiteout writes watched/f, and is judged so.
+
+    Correct outcome: the move goes ahead (a whiteout is nothing the kernel
+    refuses the agent), the whiteout stands at watched/f, and the audit log
+    holds the warning for the file_write of watched/f."""
+    ws = sandbox.workspace
+    (ws / "watched").mkdir()
+    (ws / "watched" / "f").write_text(PLANTED)
+    steps = [["whiteout out of watched", "whiteout", "watched/f", "out"]]
+    result = _run(sandbox, native, sandbox.policy("watched", WATCHED_WRITES), steps)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert _outcome(result) == {"whiteout out of watched": "ok"}
+    assert (ws / "watched" / "f").is_char_device()
+    assert (ws / "out").read_text() == PLANTED
+    warned = [
+        r.get("target")
+        for r in sandbox.audit_records()
+        if r.get("rule") == "watched-writes" and r.get("action_type") == "file_write"
+    ]
+    assert warned == [str(ws / "watched" / "f")], sandbox.audit_records()[-5:]
+
+
 @both_paths
 def test_except_globs_and_the_workspace_itself(sandbox: Sandbox, native: bool) -> None:
     """file_read of `**/private/*` is refused except `**/private/*.pub`.  A

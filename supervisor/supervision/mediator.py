@@ -1862,6 +1862,9 @@ class Mediator:
                     (ActionType.FILE_DELETE, dest.target),
                     (ActionType.FILE_CHMOD, dest.target),
                 ]
+            if flags & RENAME_WHITEOUT:
+                # The old name gets a new entry (a 0/0 character device).
+                checks.append((ActionType.FILE_WRITE, source.target))
         response = self._decide_all(n, syscall, checks)
         if response.proceeds and not linking:
             moves = [(source, source_file, dest)]
