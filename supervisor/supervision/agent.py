@@ -590,6 +590,8 @@ class Agent:
         self.supervisor = supervisor
         self.locations: Locations = supervisor.locations
         self.loop = supervisor.loop
+        # This agent's timers: an error in one ends this agent only (loop.Owner).
+        self._call_later = functools.partial(self.loop.call_later, owner=self)
         self.audit = supervisor.audit
         self.judge: Judge | None = None
         self._env_dropped: list[str] = []  # variable names env.pass kept from the agent
@@ -889,7 +891,7 @@ class Agent:
                 # Until then the parent-death signals hold: a dead supervisor
                 # takes the trampoline, the init and so the whole PID
                 # namespace with it.  A short command never needs the watchdog.
-                self.loop.call_later(_WATCHDOG_AFTER, self._spawn_watchdog)
+                self._call_later(_WATCHDOG_AFTER, self._spawn_watchdog)
             else:
                 self._spawn_watchdog()
         if {"pid", "mount"} <= set(plan.isolation.namespaces) and not launched.degraded:
@@ -909,16 +911,16 @@ class Agent:
             judge.agent_id,
             wait_writable=self._wait_writable,
             forward=launched.forward,
-            call_later=self.loop.call_later,
+            call_later=self._call_later,
         )
         self.mediator.protected_inodes = walk[0]
         if launched.forward is not None:
             judge.allow_mirror = _mirror_to(launched.broker)
-        self.loop.add_reader(self._notifications(), self._on_listener)
-        self.loop.add_reader(launched.pidfd, lambda _events: self.supervisor.reap())
-        self.loop.add_reader(launched.status_fd, self._on_status)
+        self.loop.add_reader(self._notifications(), self._on_listener, owner=self)
+        self.loop.add_reader(launched.pidfd, lambda _events: self.supervisor.reap(), owner=self)
+        self.loop.add_reader(launched.status_fd, self._on_status, owner=self)
         if self.hooks is not None:
-            self.loop.attach(self.hooks)
+            self.loop.attach(self.hooks, owner=self)
         if launched.egress is not None:
             from . import egress
 
@@ -932,7 +934,7 @@ class Agent:
                 self._watch_placement(cpu)
         limits = judge.policy.limits
         if limits.max_runtime_seconds:
-            self.loop.call_later(limits.max_runtime_seconds, self._runtime_exceeded)
+            self._call_later(limits.max_runtime_seconds, self._runtime_exceeded)
         self.layers = active_layers(plan, launched, self.group is not None, self.relay)
         judge.lifecycle(
             "start",
@@ -1108,7 +1110,7 @@ class Agent:
                     "rule": pending.decision.rule_id,
                     "kind": pending.kind,
                 },
-                self.loop.call_later,
+                self._call_later,
             )
         self._arm_approval_timeout(pending)
 
@@ -1132,7 +1134,7 @@ class Agent:
             else:
                 judge.settle(False, uid=-1, reason="approval timed out", outcome="timeout")
 
-        pending.timer = self.loop.call_later(approval.timeout_seconds, expire)
+        pending.timer = self._call_later(approval.timeout_seconds, expire)
 
     # -- the agent's fds and its end -----------------------------------------------
 
@@ -1154,8 +1156,8 @@ class Agent:
             self.loop.remove_reader(fd)
             on_timeout()
 
-        timer = self.loop.call_later(timeout, expired)
-        self.loop.add_reader(fd, ready, select.EPOLLOUT)
+        timer = self._call_later(timeout, expired)
+        self.loop.add_reader(fd, ready, select.EPOLLOUT, owner=self)
 
     def _spawn_watchdog(self) -> None:
         """The process that kills the agent's groups if this supervisor dies."""
@@ -1191,6 +1193,16 @@ class Agent:
     def forget_process(self, pid: int) -> None:
         if self.mediator is not None:
             self.mediator.forget_process(pid)
+
+    def fail_closed(self, error: Exception) -> None:
+        """One of this agent's callbacks raised (loop.Owner): whatever it waits
+        for may never be decided, so the agent is killed, on record, and the
+        supervisor goes on serving the others."""
+        detail = f"{type(error).__name__}: {error}"
+        if self.judge is not None and self.judge.tree is not None and not self.exited:
+            self.judge.kill_for_error(detail)
+        else:
+            self.close()
 
     def main_exited(self, status: int) -> None:
         """The agent's main process is gone: whatever it left behind goes with it."""
@@ -1248,9 +1260,9 @@ class Agent:
             if (wanted, wanted_apart) != (shared, apart):
                 shared, apart = wanted, wanted_apart
                 place()
-            self.loop.call_later(placement.SAMPLE_SECONDS, sample)
+            self._call_later(placement.SAMPLE_SECONDS, sample)
 
-        self.loop.call_later(placement.SAMPLE_SECONDS, sample)
+        self._call_later(placement.SAMPLE_SECONDS, sample)
 
     def _runtime_exceeded(self) -> None:
         assert self.judge is not None

@@ -1072,6 +1072,15 @@ class Judge:
             self.say(f"killed agent '{self.agent_id}': {key} exceeded ({detail})")
         self.signal_tree(signal.SIGKILL, f"{key}: {detail}", rule=key)
 
+    def kill_for_error(self, error: str) -> None:
+        """The supervisor failed serving this agent: it fails closed, killed."""
+        message = f"the supervisor failed serving it ({error})"[:500]
+        if self.kill_report is None:
+            self.kill_report = KillReport(MEDIATION_ERROR_RULE, "supervisor", message, "")
+            self.say(f"killed agent '{self.agent_id}': {message}; nothing it waited for went ahead")
+        why = f"{MEDIATION_ERROR_RULE}: {message}"
+        self.signal_tree(signal.SIGKILL, why, rule=MEDIATION_ERROR_RULE)
+
     def _hold(
         self,
         event: Event,

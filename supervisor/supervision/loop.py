@@ -2,6 +2,12 @@
 
 Notification listeners, pidfds, the control socket, the hook socket and the
 signal wake-up pipe all register here.  Nothing else blocks.
+
+A callback may name its `Owner` (an agent).  When one raises, the loop hands
+the error to that owner, which fails closed (the agent is killed, on record),
+and goes on serving everyone else: under the daemon, a bug that one agent's
+input reaches ends that agent, not the others.  An error in a callback with
+no owner still ends the loop: nothing is known to be safe to go on with.
 """
 
 from __future__ import annotations
@@ -24,6 +30,12 @@ Callback = Callable[[], None]
 ReaderCallback = Callable[[int], None]
 
 
+class Owner(Protocol):
+    """Whose callback it is: told when one of its callbacks raised."""
+
+    def fail_closed(self, error: Exception) -> None: ...
+
+
 class FdComponent(Protocol):
     def fds(self) -> list[int]: ...
 
@@ -35,6 +47,7 @@ class Timer:
     deadline: float
     seq: int
     callback: Callback = field(compare=False)
+    owner: Owner | None = field(default=None, compare=False)
     cancelled: bool = field(default=False, compare=False)
 
     def cancel(self) -> None:
@@ -45,7 +58,7 @@ class EventLoop:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self._epoll = select.epoll()
-        self._readers: dict[int, ReaderCallback] = {}
+        self._readers: dict[int, tuple[ReaderCallback, Owner | None]] = {}
         self._timers: list[Timer] = []
         self._seq = itertools.count()
         self._after_batch: list[Callback] = []
@@ -55,9 +68,15 @@ class EventLoop:
 
     # -- fds ------------------------------------------------------------------
 
-    def add_reader(self, fd: int, callback: ReaderCallback, mask: int = select.EPOLLIN) -> None:
+    def add_reader(
+        self,
+        fd: int,
+        callback: ReaderCallback,
+        mask: int = select.EPOLLIN,
+        owner: Owner | None = None,
+    ) -> None:
         """Call `callback(events)` whenever `fd` is ready for `mask` (input by default)."""
-        self._readers[fd] = callback
+        self._readers[fd] = (callback, owner)
         self._epoll.register(fd, mask)
 
     def remove_reader(self, fd: int) -> None:
@@ -65,7 +84,7 @@ class EventLoop:
             with contextlib.suppress(OSError, ValueError):
                 self._epoll.unregister(fd)
 
-    def attach(self, component: FdComponent) -> None:
+    def attach(self, component: FdComponent, owner: Owner | None = None) -> None:
         """Drive a component whose set of fds changes (a socket server and its peers).
 
         After every `on_ready` the loop re-reads `fds()` and registers the
@@ -84,7 +103,7 @@ class EventLoop:
                 if want_write is not None and want_write(fd):
                     mask |= select.EPOLLOUT
                 if fd not in registered:
-                    self._readers[fd] = functools.partial(ready, fd)
+                    self._readers[fd] = (functools.partial(ready, fd), owner)
                     self._epoll.register(fd, mask)
                 elif registered[fd] != mask:
                     self._epoll.modify(fd, mask)
@@ -98,8 +117,8 @@ class EventLoop:
 
     # -- timers -----------------------------------------------------------------
 
-    def call_later(self, delay: float, callback: Callback) -> Timer:
-        timer = Timer(self.clock() + delay, next(self._seq), callback)
+    def call_later(self, delay: float, callback: Callback, owner: Owner | None = None) -> Timer:
+        timer = Timer(self.clock() + delay, next(self._seq), callback, owner)
         heapq.heappush(self._timers, timer)
         return timer
 
@@ -141,7 +160,12 @@ class EventLoop:
             if timer.deadline > now:
                 return timer.deadline - now
             heapq.heappop(self._timers)
-            timer.callback()
+            try:
+                timer.callback()
+            except Exception as exc:
+                if timer.owner is None:
+                    raise
+                timer.owner.fail_closed(exc)
             now = self.clock()
         return None
 
@@ -155,9 +179,18 @@ class EventLoop:
             except InterruptedError:
                 ready = []
             for fd, events in ready:
-                callback = self._readers.get(fd)
-                if callback is not None:
+                reader = self._readers.get(fd)
+                if reader is None:
+                    continue
+                callback, owner = reader
+                try:
                     callback(events)
+                except Exception as exc:
+                    if owner is None:
+                        raise
+                    # Not again: a fd that stays ready would fail it in a loop.
+                    self.remove_reader(fd)
+                    owner.fail_closed(exc)
             for after in self._after_batch:
                 after()
 
