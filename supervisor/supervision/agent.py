@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 
     from . import egress, placement
     from .hookserver import HookReply, HookRequest, HookServer
+    from .loop import Timer
     from .mediator import Mediator
     from .supervisor import Supervisor
     from .terminal import PtyRelay
@@ -590,8 +591,6 @@ class Agent:
         self.supervisor = supervisor
         self.locations: Locations = supervisor.locations
         self.loop = supervisor.loop
-        # This agent's timers: an error in one ends this agent only (loop.Owner).
-        self._call_later = functools.partial(self.loop.call_later, owner=self)
         self.audit = supervisor.audit
         self.judge: Judge | None = None
         self._env_dropped: list[str] = []  # variable names env.pass kept from the agent
@@ -1193,6 +1192,10 @@ class Agent:
     def forget_process(self, pid: int) -> None:
         if self.mediator is not None:
             self.mediator.forget_process(pid)
+
+    def _call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        """This agent's timer: an error in it ends this agent only (loop.Owner)."""
+        return self.loop.call_later(delay, callback, owner=self)
 
     def fail_closed(self, error: Exception) -> None:
         """One of this agent's callbacks raised (loop.Owner): whatever it waits
