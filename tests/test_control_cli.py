@@ -233,6 +233,60 @@ def test_resume_refusals(locs: Locations, start_supervisor: Callable[[str], Supe
     assert "refused: wrong TOTP code" in str(sup.calls("audit"))
 
 
+def agentsup_with_stdin(stdin: bytes, *args: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "agentsup", *args], input=stdin, capture_output=True, timeout=60
+    )
+    return subprocess.CompletedProcess(
+        result.args, result.returncode, result.stdout.decode(), result.stderr.decode()
+    )
+
+
+def test_resume_code_dash_reads_the_code_from_stdin_out_of_sight_of_ps(
+    locs: Locations, start_supervisor: Callable[[str], Supervisor]
+) -> None:
+    """`--code TOTP` puts the code in the command line, where `ps` shows it while
+    resume runs; `--code -` reads it from one line of standard input (spaces
+    and the newline stripped) and is otherwise the same: one use, then refused."""
+    secret = totp_secret(locs)
+    sup = start_supervisor("a")
+    code = pyotp.TOTP(secret).now()
+    result = agentsup_with_stdin(f"  {code}  \n".encode(), "resume", "a1", "--code", "-")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "resume: a1 done"
+    assert sup.calls("resume") == [["resume", "a1", os.getuid(), ""]]
+    replay = agentsup_with_stdin(f"{code}\n".encode(), "resume", "a1", "--code", "-")
+    assert replay.returncode == 1
+    assert replay.stderr.count("\n") == 1 and "already used" in replay.stderr
+    assert len(sup.calls("resume")) == 1
+
+
+@pytest.mark.parametrize(
+    ("stdin", "problem"),
+    [
+        (b"", "no TOTP code on standard input"),
+        (b"  \n", "no TOTP code on standard input"),
+        (b"12ab56\n", "not a TOTP code of 6 digits"),
+        (b"1234567\n", "not a TOTP code of 6 digits"),
+        (b"\xff\xfe\xfd\xfc\xfb\xfa\n", "not a TOTP code of 6 digits"),
+        (b"1" * 100_000, "not a TOTP code of 6 digits"),
+    ],
+    ids=["nothing", "blank", "letters", "seven-digits", "not-utf8", "endless"],
+)
+def test_resume_code_dash_refuses_an_empty_or_malformed_line_without_an_attempt(
+    locs: Locations, start_supervisor: Callable[[str], Supervisor], stdin: bytes, problem: str
+) -> None:
+    """As a malformed `--code TOTP`: one line, exit 2, and no attempt is used
+    (the supervisor is never asked).  What was read is not echoed."""
+    totp_secret(locs)
+    sup = start_supervisor("a")
+    result = agentsup_with_stdin(stdin, "resume", "a1", "--code", "-")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and problem in result.stderr, result.stderr
+    assert "12ab56" not in result.stderr and "1234567" not in result.stderr
+    assert sup.calls() == []
+
+
 @pytest.mark.parametrize("op", ["deny", "stop", "kill"])
 def test_deny_stop_kill_need_no_code(
     locs: Locations, start_supervisor: Callable[[str], Supervisor], op: str

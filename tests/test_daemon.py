@@ -53,6 +53,39 @@ def test_a_deeply_nested_definition_is_refused_not_a_crash(tmp_path: Path) -> No
     assert message.startswith(f"{path}:1:") and "nest" in message and "\n" not in message
 
 
+def test_a_definition_that_is_not_utf8_is_one_line_naming_the_byte(tmp_path: Path) -> None:
+    """As in a policy file: `FILE:LINE:COLUMN:` and what is wrong, where the codec's
+    own message used to come with no place at all."""
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"program: /bin/true\nworkspace: /tmp\nargs: ['caf\xe9']\n")
+    with pytest.raises(DefinitionError) as raised:
+        parse_definition(path)
+    assert str(raised.value) == f"{path}:3:12: not UTF-8 text (invalid continuation byte)"
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "too large"])
+def test_a_definition_that_is_no_file_to_read_is_one_line_at_once(
+    tmp_path: Path, kind: str
+) -> None:
+    """A FIFO is never opened to block the daemon, and a file over 1 MiB is
+    refused rather than cut short and read as if that were all of it."""
+    path = tmp_path / "odd.yaml"
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.write_text("program: /bin/true\nworkspace: /tmp\n# " + "x" * (1 << 20) + "\n")
+    with pytest.raises(DefinitionError) as raised:
+        parse_definition(path)
+    expected = {
+        "directory": "not a regular file; an agent definition is a YAML file",
+        "fifo": "not a regular file; an agent definition is a YAML file",
+        "too large": "too large: over 1048576 bytes (an agent definition has at most that)",
+    }
+    assert str(raised.value) == f"{path}: {expected[kind]}"
+
+
 @pytest.mark.parametrize("who", ["others may write it", "another user owns it"])
 def test_a_definition_someone_else_could_change_is_refused(tmp_path: Path, who: str) -> None:
     """Red team 25: user `nobody` planted a definition, and the daemon ran its

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from conftest import Sandbox
 
 from agentsup.control.logs import AgentLogWriter, LogReader, parse_line, read_tail
 from agentsup.supervision.daemon import (
+    RESTART_FLOOR_S,
     AgentDefinition,
     DefinitionError,
     parse_definition,
@@ -55,6 +58,65 @@ def test_restarts_back_off_and_stop_at_the_start_limit() -> None:
 def test_no_start_limit_with_burst_zero() -> None:
     definition = AgentDefinition("a", "/bin/false", "/tmp", start_limit_burst=0)
     assert restart_delay(definition, [0.0] * 100, 1.0) == definition.restart_max_delay_seconds
+
+
+def _delays_of_an_agent_that_fails_at_once(
+    definition: AgentDefinition, restarts: int
+) -> list[float]:
+    """The waits `restart_delay` asks for, an agent failing 10 ms after each start."""
+    starts: list[float] = []
+    delays: list[float] = []
+    now = 0.0
+    for _ in range(restarts):
+        starts.append(now)
+        delay = restart_delay(definition, starts, now + 0.01)
+        assert delay is not None
+        delays.append(delay)
+        now += 0.01 + delay
+    return delays
+
+
+def test_a_zero_restart_delay_means_only_the_first_restart_is_at_once() -> None:
+    """`restart_delay_seconds: 0` with no start limit restarted a failing agent
+    about twice a second, forever: the delay doubled, and 0 doubled is 0.  0
+    means the first restart is at once; each further one waits twice the one
+    before and at least RESTART_FLOOR_S (systemd's RestartSec= default), up to
+    `restart_max_delay_seconds`."""
+    definition = AgentDefinition(
+        "a",
+        "/bin/false",
+        "/tmp",
+        restart_delay_seconds=0,
+        restart_max_delay_seconds=1,
+        start_limit_burst=0,
+    )
+    assert RESTART_FLOOR_S == 0.1
+    delays = _delays_of_an_agent_that_fails_at_once(definition, 9)
+    assert delays == pytest.approx([0, 0.1, 0.2, 0.4, 0.8, 1, 1, 1, 1])
+    # A delay under the floor grows from the floor too; one above it as before.
+    small = replace(definition, restart_delay_seconds=0.03)
+    assert _delays_of_an_agent_that_fails_at_once(small, 4) == pytest.approx([0.03, 0.1, 0.2, 0.4])
+    usual = replace(definition, restart_delay_seconds=0.3, restart_max_delay_seconds=300)
+    assert _delays_of_an_agent_that_fails_at_once(usual, 4) == pytest.approx([0.3, 0.6, 1.2, 2.4])
+
+
+@pytest.mark.parametrize("interval", [0, 0.001, 300])
+@pytest.mark.parametrize("ceiling", [0, 0.05, 300])
+def test_no_definition_restarts_an_agent_in_a_tight_loop(interval: float, ceiling: float) -> None:
+    """Whatever the zeros: no start limit, no window, no maximum delay.  After
+    the first restart, a failing agent waits at least RESTART_FLOOR_S."""
+    definition = AgentDefinition(
+        "a",
+        "/bin/false",
+        "/tmp",
+        restart_delay_seconds=0,
+        restart_max_delay_seconds=ceiling,
+        start_limit_burst=0,
+        start_limit_interval_seconds=interval,
+    )
+    delays = _delays_of_an_agent_that_fails_at_once(definition, 50)
+    assert delays[0] == 0
+    assert min(delays[1:]) >= RESTART_FLOOR_S
 
 
 @pytest.mark.parametrize(
@@ -238,6 +300,54 @@ def test_sighup_applies_added_changed_and_removed_definitions(
     assert code == 0, err
     assert "[changing] v2" in err and "[crasher stderr] boom" in err
     assert "agent 'gone' is no longer defined; stopping it" in err
+
+
+@pytest.mark.requires_seccomp_notify
+@pytest.mark.requires_landlock
+def test_a_definition_that_is_not_utf8_is_refused_and_the_others_run(
+    sandbox: Sandbox, agents: Path
+) -> None:
+    """One line naming the file, line and column of the bad byte; that agent is
+    not started, and the daemon supervises the rest."""
+    _define(agents, "steady", "exec sleep 60", sandbox.workspace)
+    latin1 = agents / "latin1.yaml"
+    latin1.write_bytes(b"program: /bin/sleep\nargs: ['60']\n# caf\xe9\n")
+    daemon = DaemonProcess(sandbox, agents)
+    try:
+        daemon.wait_for("READY=1")
+        listing = daemon.ps()
+        assert listing["steady"]["state"] == "running"
+        assert "latin1" not in listing
+    finally:
+        code, err = daemon.stop()
+    assert code == 0, err
+    refusals = [line for line in err.splitlines() if str(latin1) in line]
+    assert refusals == [
+        f"agentsup daemon: {latin1}:3:6: not UTF-8 text (invalid continuation byte)"
+    ]
+
+
+@pytest.mark.requires_seccomp_notify
+@pytest.mark.requires_landlock
+def test_an_agent_that_always_fails_with_no_delay_and_no_limit_backs_off(
+    sandbox: Sandbox, agents: Path
+) -> None:
+    """`restart_delay_seconds: 0` and `start_limit_burst: 0`: restarted at once
+    the first time, then after 0.1 s, 0.2 s, 0.4 s...: within seconds `ps`
+    shows it waiting a second or more, where it used to restart twice a second
+    forever."""
+    limits = "restart_delay_seconds: 0\nstart_limit_burst: 0\n"
+    _define(agents, "crasher", "exit 3", sandbox.workspace, limits)
+    daemon = DaemonProcess(sandbox, agents)
+    try:
+        daemon.wait_for("READY=1")
+        waiting = re.compile(r"exited: restarting in [1-9]\d* s")
+        state = lambda: str(daemon.ps().get("crasher", {}).get("state"))  # noqa: E731
+        eventually(lambda: bool(waiting.fullmatch(state())))
+        assert int(str(daemon.ps()["crasher"]["restarts"])) < 12
+    finally:
+        code, err = daemon.stop()
+    assert code == 0, err
 
 
 @pytest.mark.requires_seccomp_notify

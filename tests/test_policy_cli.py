@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from agentsup.cli.main import main
 from agentsup.policy import resolve_policy
+from agentsup.policy.sources import MAX_POLICY_BYTES
 
 # strict's own rules, which every child of it counts too.
 STRICT_RULES = len(resolve_policy("strict", Path("/nonexistent-policy-dir")).rules)
@@ -113,6 +115,45 @@ def test_check_json(tmp_path: Path, policy_dir: Path) -> None:
         15,
         "ws",
     )
+
+
+def test_every_unreadable_policy_file_is_one_line_with_one_place(tmp_path: Path) -> None:
+    """Whatever is wrong with the file itself, `check` names it once: `FILE:1:1:`
+    and the problem.  A file over 1 MiB used to print the place twice
+    (`big.yaml:1:1: cannot read policy file: big.yaml:1:1: too large ...`),
+    and so did a directory, a FIFO and an `extends` of any of them."""
+    big = tmp_path / "big.yaml"
+    big.write_text("name: big\n# " + "x" * MAX_POLICY_BYTES + "\n")
+    folder = tmp_path / "folder.yaml"
+    folder.mkdir()
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes(b"name: p\ndescription: caf\xe9\n")
+    shared = tmp_path / "shared.yaml"
+    shared.write_text("name: shared\n")
+    shared.chmod(0o666)
+    child = tmp_path / "child.yaml"
+    child.write_text(f"name: child\nextends: [{big}]\n")
+    expected = {
+        big: f"{big}:1:1: too large: {big.stat().st_size} bytes "
+        f"(a policy has at most {MAX_POLICY_BYTES})",
+        folder: f"{folder}:1:1: not a regular file (a directory); a policy is a YAML file",
+        fifo: f"{fifo}:1:1: not a regular file (a FIFO); a policy is a YAML file",
+        tmp_path / "missing.yaml": f"{tmp_path / 'missing.yaml'}:1:1: "
+        "cannot read policy file: No such file or directory",
+        latin1: f"{latin1}:2:17: not UTF-8 text (invalid continuation byte)",
+        shared: f"{shared}:1:1: cannot be trusted: {shared} is writable by anyone",
+        child: f"{child}:2:11: cannot use '{big}' in extends: too large: "
+        f"{big.stat().st_size} bytes (a policy has at most {MAX_POLICY_BYTES})",
+    }
+    result = agentsup("policy", "check", *map(str, expected))
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == list(expected.values())
+    for line in result.stdout.splitlines():
+        assert len(re.findall(r":\d+:\d+: ", line)) == 1, line
+    [report] = json.loads(agentsup("policy", "check", "--json", str(big)).stdout)
+    assert report["error"]["message"].startswith("too large: ")
 
 
 # ---------------------------------------------------------------- list

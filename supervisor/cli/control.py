@@ -389,7 +389,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     resume.add_argument("agent_id", metavar="AGENT_ID")
     resume.add_argument(
-        "--code", required=True, type=code_argument, metavar="TOTP", help="current TOTP code"
+        "--code",
+        required=True,
+        type=code_argument,
+        metavar="TOTP",
+        help="current TOTP code, or - to read it from standard input (out of sight of ps)",
     )
     resume.add_argument("--reason", metavar="TEXT", help="why, for the audit log")
     add_json_flag(resume)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..integrity.totp import CODE_DIGITS, TotpSecretExists, init_secret, normalize_code
 from ..paths import default_locations
@@ -12,12 +13,41 @@ EXIT_OK = 0
 EXIT_REFUSED = 1
 
 
+FROM_STDIN = "-"
+_STDIN_LINE_LIMIT = 256  # a code is 6 digits; more than this is not one
+
+
 def code_argument(text: str) -> str:
-    """argparse type of --code: a malformed code is a usage error and uses no attempt."""
+    """argparse type of --code: a malformed code is a usage error and uses no attempt.
+
+    `--code -` reads the code from one line of standard input, so that it is
+    not in the command line `ps` shows while the command runs.  An empty or
+    malformed line is refused the same way, without echoing what was read.
+    """
+    if text == FROM_STDIN:
+        return _code_from_stdin()
     code = normalize_code(text)
     if code is None:
         raise argparse.ArgumentTypeError(
             f"a TOTP code is {CODE_DIGITS} digits, not {text!r} (no attempt was used)"
+        )
+    return code
+
+
+def _code_from_stdin() -> str:
+    stream = getattr(sys.stdin, "buffer", None)
+    try:
+        line = stream.readline(_STDIN_LINE_LIMIT) if stream is not None else b""
+    except (OSError, ValueError):  # closed, or not readable
+        line = b""
+    text = line.decode("utf-8", "replace").strip()
+    if not text:
+        raise argparse.ArgumentTypeError("no TOTP code on standard input (no attempt was used)")
+    code = normalize_code(text)
+    if code is None:
+        raise argparse.ArgumentTypeError(
+            f"the line on standard input is not a TOTP code of {CODE_DIGITS} digits "
+            "(no attempt was used)"
         )
     return code
 

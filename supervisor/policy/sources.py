@@ -112,7 +112,7 @@ def _read_bounded(fd: int, shown: str) -> bytes:
     return b"".join(chunks)
 
 
-def _decode(data: bytes, shown: str) -> str:
+def decode_utf8(data: bytes, shown: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -148,9 +148,12 @@ def read_policy_file(path: Path, shown: str) -> PolicySource:
     effect (red team 25).
     """
     try:
-        _check_regular(os.stat(path), shown)
+        info = os.stat(path)
     except (OSError, ValueError) as exc:
         raise PolicyError(shown, 1, 1, f"cannot read policy file: {_reason(exc)}") from None
+    # Outside the try: a PolicyError is a ValueError, and wrapping it again
+    # printed `FILE:1:1: cannot read policy file: FILE:1:1: too large ...`.
+    _check_regular(info, shown)
     reason = untrusted(path) if _owners_checked.get() else None
     if reason is not None:
         raise PolicyError(shown, 1, 1, f"cannot be trusted: {reason}")
@@ -165,7 +168,7 @@ def read_policy_file(path: Path, shown: str) -> PolicySource:
         raise PolicyError(shown, 1, 1, f"cannot read policy file: {_reason(exc)}") from None
     finally:
         os.close(fd)
-    return PolicySource(os.path.realpath(path), shown, path.parent, _decode(data, shown))
+    return PolicySource(os.path.realpath(path), shown, path.parent, decode_utf8(data, shown))
 
 
 def builtin_source(name: str) -> PolicySource | None:

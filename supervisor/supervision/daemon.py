@@ -11,8 +11,9 @@ event loop, and restarts them as their definitions say:
     policy: data-analyst                # default: strict
     workspace: /srv/work/analyst        # required
     restart: on-failure                 # never | on-failure (default) | always
-    restart_delay_seconds: 5            # the first restart; doubled for each further
-    restart_max_delay_seconds: 300      #   restart in the window, up to this
+    restart_delay_seconds: 5            # the first restart (0: at once); each further
+    restart_max_delay_seconds: 300      #   one in the window waits double the one before,
+                                        #   and at least 0.1 s, up to this
     start_limit_burst: 5                # at most this many starts (0: no limit) ...
     start_limit_interval_seconds: 300   # ... within this window, then the agent is failed
 
@@ -42,6 +43,7 @@ import math
 import os
 import signal
 import socket
+import stat
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +57,7 @@ from ..integrity.audit import AuditError
 from ..kernel import cgroup as cgroups
 from ..paths import Locations, default_locations, untrusted
 from ..policy.model import PolicyError
+from ..policy.sources import decode_utf8  # policy files' own message
 from ..policy.yaml_file import check_nesting, yaml_error_place
 from ..visible import visible
 from .agent import Agent, RunRequest, SetupError
@@ -65,6 +68,9 @@ from .supervisor import Supervisor
 RESTART_MODES = ("never", "on-failure", "always")
 EXIT_OK = 0
 EXIT_FAILED = 1
+MAX_DEFINITION_BYTES = 1 << 20
+RESTART_FLOOR_S = 0.1  # the least wait of any restart after the first (systemd's RestartSec=)
+BACKOFF_MEMORY_S = 10.0  # starts this recent always count towards the backoff
 _NUMBERS = {
     "restart_delay_seconds": 5.0,
     "restart_max_delay_seconds": 300.0,
@@ -125,6 +131,41 @@ def _number(path: Path, data: dict[str, object], key: str) -> float:
     return float(value)
 
 
+def _read_text(path: Path) -> str:
+    """The text of a definition file; DefinitionError, one line, for anything else.
+
+    Only a regular file is opened (a FIFO would block the daemon's loop, and
+    opening some devices acts), and only so much of it: a definition over
+    MAX_DEFINITION_BYTES is refused, not cut.  Text that is not UTF-8 is
+    named by line and column, as in a policy file (red team: the codec's
+    message, with no place, was all the operator got).
+    """
+    odd = f"{path}: not a regular file; an agent definition is a YAML file"
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise DefinitionError(odd)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced since the stat
+                raise DefinitionError(odd)
+            data = b""
+            while chunk := os.read(fd, MAX_DEFINITION_BYTES + 1 - len(data)):
+                data += chunk
+                if len(data) > MAX_DEFINITION_BYTES:
+                    raise DefinitionError(
+                        f"{path}: too large: over {MAX_DEFINITION_BYTES} bytes "
+                        "(an agent definition has at most that)"
+                    )
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise DefinitionError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        return decode_utf8(data, str(path))
+    except PolicyError as exc:  # `FILE:LINE:COL: not UTF-8 text (invalid start byte)`
+        raise DefinitionError(str(exc)) from None
+
+
 def parse_definition(path: Path) -> AgentDefinition:
     """One agent definition file; DefinitionError says what is wrong and where.
 
@@ -135,11 +176,7 @@ def parse_definition(path: Path) -> AgentDefinition:
     reason = untrusted(path)
     if reason is not None:
         raise DefinitionError(f"{path}: cannot be trusted: {reason}")
-    try:
-        with path.open(encoding="utf-8") as f:
-            text = f.read(1 << 20)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DefinitionError(f"{path}: {exc}") from exc
+    text = _read_text(path)
     try:
         check_nesting(text, str(path))  # PyYAML recurses: 5,000 `[` ended the daemon
         data = yaml.safe_load(text)
@@ -212,17 +249,29 @@ def restart_delay(definition: AgentDefinition, starts: Sequence[float], now: flo
 
     `starts` are the times of the earlier starts.  Like systemd's
     StartLimitBurst/StartLimitIntervalSec, at most `start_limit_burst` starts
-    fall within any `start_limit_interval_seconds`; the delay doubles with
-    each start in that window, from `restart_delay_seconds` up to
-    `restart_max_delay_seconds`.
+    fall within any `start_limit_interval_seconds`.  The first restart waits
+    `restart_delay_seconds`; each further one waits twice as long as the one
+    before, and at least RESTART_FLOOR_S, up to `restart_max_delay_seconds`,
+    counting the starts within that window (or within
+    `restart_max_delay_seconds` or BACKOFF_MEMORY_S, if longer).  So no definition
+    restarts an agent in a tight loop: `restart_delay_seconds: 0` with
+    `start_limit_burst: 0` used to restart a failing agent at once, forever
+    (0 doubled is 0); 0 now means only that the first restart is at once.
     """
     window = definition.start_limit_interval_seconds
     recent = [t for t in starts if now - t < window]
     if definition.start_limit_burst and len(recent) >= definition.start_limit_burst:
         return None
-    base = definition.restart_delay_seconds
-    ceiling = max(definition.restart_max_delay_seconds, base)
-    return min(base * 2.0 ** max(len(recent) - 1, 0), ceiling)
+    delay = definition.restart_delay_seconds
+    ceiling = max(definition.restart_max_delay_seconds, delay, RESTART_FLOOR_S)
+    # Counted over the window, but never one too short for the delay to grow
+    # (an interval of 0 or next to it, a maximum delay under the floor).
+    backoff_window = max(window, ceiling, BACKOFF_MEMORY_S)
+    for _ in range(sum(1 for t in starts if now - t < backoff_window) - 1):
+        if delay >= ceiling:
+            break
+        delay = max(2.0 * delay, RESTART_FLOOR_S)
+    return min(delay, ceiling)
 
 
 def sd_notify(message: str) -> bool:
