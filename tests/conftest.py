@@ -22,7 +22,7 @@ import tempfile
 import textwrap
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +154,15 @@ FAKE_KEY = (
     "c2VjcmV0LWJ5dGVzLXRoYXQtbXVzdC1uZXZlci1sZWFr\n"
     "-----END OPENSSH PRIVATE KEY-----\n"
 )
+
+
+def eventually(check: Callable[[], bool], timeout: float = 20) -> None:
+    """Wait until `check()` holds; AssertionError after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        time.sleep(0.1)
 
 
 def locations_in(root: Path) -> Locations:

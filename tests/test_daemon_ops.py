@@ -9,13 +9,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import Sandbox
+from conftest import Sandbox, eventually
 
 from agentsup.control.logs import AgentLogWriter, LogReader, parse_line, read_tail
 from agentsup.supervision.daemon import (
@@ -230,14 +229,6 @@ class DaemonProcess:
             self.notify.close()
         print(err)  # shown by pytest when the test fails
         return self.proc.returncode, err
-
-
-def eventually(check: Callable[[], bool], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.1)
 
 
 @pytest.fixture

@@ -14,11 +14,9 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Callable
 
 import pytest
-from conftest import Sandbox
+from conftest import Sandbox, eventually
 
 pytestmark = [
     pytest.mark.requires_root,
@@ -44,14 +42,6 @@ DRIVER = textwrap.dedent(
     runpy.run_module("agentsup", run_name="__main__")
     """
 )
-
-
-def _eventually(check: Callable[[], bool], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.1)
 
 
 def test_a_fault_serving_one_agent_kills_that_agent_only(sandbox: Sandbox) -> None:
@@ -91,7 +81,7 @@ def test_a_fault_serving_one_agent_kills_that_agent_only(sandbox: Sandbox) -> No
                     return record
             return None
 
-        _eventually(lambda: faulty_exit() is not None or daemon.poll() is not None)
+        eventually(lambda: faulty_exit() is not None or daemon.poll() is not None)
         assert daemon.poll() is None, daemon.communicate()[1][-2000:]
         exit_record = faulty_exit()
         assert exit_record is not None
@@ -104,7 +94,7 @@ def test_a_fault_serving_one_agent_kills_that_agent_only(sandbox: Sandbox) -> No
         ]
         assert kills and "RuntimeError: injected fault" in str(kills[0]["reason"])
         counted = int(count.read_text())
-        _eventually(lambda: int(count.read_text() or 0) > counted + 3)
+        eventually(lambda: int(count.read_text() or 0) > counted + 3)
         listing = sandbox.agentsup("ps", "--json")
         states = {a["id"]: a["state"] for a in json.loads(listing.stdout)}
         assert states["steady"] == "running", states
