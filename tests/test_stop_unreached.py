@@ -149,3 +149,21 @@ def test_a_stop_that_reached_no_process_is_recorded_and_said(
     assert record["confirmed"] is False and record["missed"], record
     assert "SIGSTOP may not have reached every process of agent 't'" in said.getvalue()
     assert "refused until it is resumed" in said.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("b\udcffd", "b\\xffd"),  # a byte that is not UTF-8, as os.fsdecode gives it
+        ("b\ud800d", "b\\ud800d"),  # a lone surrogate no byte decodes to (the hook's text)
+    ],
+)
+def test_a_refused_target_the_log_cannot_hold_is_recorded_escaped(
+    tmp_path: Path, name: str, shown: str
+) -> None:
+    """A denied target is recorded whatever text it holds: the record shows
+    what UTF-8 cannot hold escaped, and the decision is made on the name."""
+    judge, audit, _said = _judge(tmp_path)
+    outside = Event(ActionType.FILE_READ, f"/elsewhere/{name}", "t", 1, Layer.SECCOMP, "openat")
+    assert judge.judge(outside, 1) is Response.BLOCK
+    assert audit.records[-1]["target"] == f"/elsewhere/{shown}"

@@ -108,7 +108,10 @@ def _shown(target: str) -> str:
     """
     if target.isascii():
         return target
-    return target.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    try:
+        return target.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate no byte escapes to (\ud800): as \ud800
+        return target.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class AuditSink(Protocol):
