@@ -433,6 +433,52 @@ def test_workspace_key_files_are_written_but_never_read(jobs: Jobs) -> None:
     assert bundle.verdict is Verdict.ALLOW
 
 
+OWN_TMP_FIXTURES = (
+    "d=$(mktemp -d) && printf k > $d/server.key && printf c > $d/cert.pem && "
+    "printf A=1 > $d/.env && printf s > $d/id_rsa && "
+    "cat $d/server.key $d/cert.pem $d/.env $d/id_rsa && rm -r $d"
+)
+
+
+def test_a_tests_keys_and_env_in_its_private_tmp_are_its_own() -> None:
+    """A test suite makes a TLS fixture, a key and a .env in pytest's tmp_path
+    (the agent's private /tmp) and reads them back: no one's secret but the
+    agent's own, so strict lets it, as bare (it was killed, `secret-pem`).
+    The workspace and home lie outside /tmp here, as they usually do."""
+    root = locations_root()
+    try:
+        for sub in ("workspace", "home", "policies", "log", "state", "run"):
+            (root / sub).mkdir()
+        env = {
+            "PATH": f"{os.path.dirname(sys.executable)}:/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(root / "home"),
+            "LANG": "C.UTF-8",
+            "AGENTSUP_POLICY_DIR": str(root / "policies"),
+            "AGENTSUP_AUDIT_LOG": str(root / "log" / "audit.jsonl"),
+            "AGENTSUP_STATE_DIR": str(root / "state"),
+            "AGENTSUP_RUNTIME_DIR": str(root / "run"),
+        }
+        command = [sys.executable, "-m", "agentsup", "run", "--policy", "strict"]
+        command += ["--workspace", str(root / "workspace"), "--", "bash", "-c", OWN_TMP_FIXTURES]
+        done = subprocess.run(
+            command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60
+        )
+        assert (done.returncode, done.stdout) == (0, "kcA=1s"), done.stderr
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_private_tmp_holding_the_hosts_home_keeps_its_secrets(jobs: Jobs) -> None:
+    """The same where the home lies under /tmp (bound back into the private
+    /tmp, so not all of it is the agent's own): the secret rules apply there
+    as anywhere, and the first key written kills."""
+    jobs.reset("")
+    done = jobs.supervised(OWN_TMP_FIXTURES, 60, agent_id="own-tmp")
+    assert str(jobs.home).startswith("/tmp/"), jobs.home
+    assert done.returncode == 137, (done.stdout, done.stderr)
+    assert "rule 'secret-key-file' denied file_write" in done.stderr, done.stderr
+
+
 # ---------------------------------------------------------------- mediator
 # Steps ordinary tools take where the mediator must answer as the kernel does,
 # before any rule: mkdir -p of what exists, probes for optional files (curl's

@@ -102,6 +102,35 @@ def test_the_facts_are_placeholders() -> None:
     assert none["private_tmp"] == () and none["private_abstract"] == ()
 
 
+@pytest.mark.parametrize(
+    ("kept", "own"),
+    [
+        ({}, TMP),  # nothing of the host's in /tmp: all it holds is the agent's
+        ({"home": "/tmp/home"}, ()),
+        ({"home": "/home/u", "home_real": "/var/tmp/u"}, ()),  # a symlinked home
+        ({"workspace": "/var/tmp/ws"}, ()),
+        ({"python_prefixes": ("/opt/py", "/tmp/venv")}, ()),
+        ({"workspace": "/tmpx/ws"}, TMP),  # a name that only starts like /tmp
+    ],
+)
+def test_own_tmp_is_the_private_tmp_only_when_nothing_of_the_hosts_is_bound_in(
+    kept: dict[str, object], own: tuple[str, ...]
+) -> None:
+    """`{own_tmp}`: where every file is the agent's own making.  A workspace,
+    home or Python beneath the private /tmp is bound back in from the host."""
+    fields: dict[str, object] = {
+        "workspace": "/srv/project",
+        "home": "/home/u",
+        "agent_id": "agent",
+        "python_prefixes": ("/opt/py",),
+        "private_tmp": TMP,
+        **kept,
+    }
+    values = RunContext(**fields).placeholder_values()  # type: ignore[arg-type]
+    assert values["own_tmp"] == own
+    assert context().placeholder_values()["own_tmp"] == ()  # no private /tmp, no value
+
+
 # -- a placeholder with no value matches nothing ----------------------------------------
 
 

@@ -65,6 +65,15 @@ def invoking_home() -> str:
     return os.environ.get("HOME") or os.path.expanduser("~")
 
 
+# agentsup's own code: a launch binds it back, read-only, into a private /tmp
+# that covers it (an editable checkout under /tmp).
+_AGENTSUP_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _beneath(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
 @dataclass(frozen=True, slots=True)
 class RunContext:
     """What is fixed for one run: the values of the placeholders, and the agent id."""
@@ -112,6 +121,17 @@ class RunContext:
             private_abstract=facts.private_abstract,
         )
 
+    @property
+    def own_tmp(self) -> tuple[str, ...]:
+        """`{own_tmp}`: the private /tmp and /var/tmp when everything in them is
+        the agent's own making, as nothing of the host's is bound back in
+        beneath them (a workspace, a home, a Python or agentsup under /tmp).
+        No value otherwise."""
+        host = (self.workspace, self.home, self.home_real, *self.python_prefixes, _AGENTSUP_ROOT)
+        if any(_beneath(path, root) for root in self.private_tmp for path in host if path):
+            return ()
+        return self.private_tmp
+
     def placeholder_values(self) -> dict[str, tuple[str, ...]]:
         raw = {
             "workspace": (self.workspace,),
@@ -119,6 +139,7 @@ class RunContext:
             "agent_id": (self.agent_id,),
             "python": self.python_prefixes,
             "private_tmp": self.private_tmp,
+            "own_tmp": self.own_tmp,
             # The prefix of an abstract socket's target (`unix:@name`).
             "private_abstract": ("@",) if self.private_abstract else (),
         }

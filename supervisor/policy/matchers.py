@@ -21,9 +21,11 @@ Placeholders `{workspace}`, `{home}`, `{agent_id}` and `{python}` (the install
 prefixes of the Python running agentsup, an extension beyond DESIGN.md) are
 written `{name}`; a placeholder with several values matches any of them.
 Values are inserted as literal text, escaped for the regex they end up in.
-Two more stand for facts of the run (`engine.RunContext`), and may have no
-value at all: `{private_tmp}` (the agent's private /tmp and /var/tmp) and
-`{private_abstract}` (`@`, when its abstract unix sockets are its own).  A
+Three more stand for facts of the run (`engine.RunContext`), and may have no
+value at all: `{private_tmp}` (the agent's private /tmp and /var/tmp),
+`{own_tmp}` (the same when nothing of the host's is bound back in beneath
+them: all they hold is the agent's own making) and `{private_abstract}`
+(`@`, when its abstract unix sockets are its own).  A
 placeholder with no value matches nothing, so a rule built on one never
 matches in a run without that fact.
 
@@ -50,10 +52,11 @@ PLACEHOLDERS: tuple[str, ...] = (
     "agent_id",
     "python",
     "private_tmp",
+    "own_tmp",
     "private_abstract",
 )
 # Placeholders whose values are paths: they are normalised like path targets.
-PATH_PLACEHOLDERS = frozenset({"workspace", "home", "python", "private_tmp"})
+PATH_PLACEHOLDERS = frozenset({"workspace", "home", "python", "private_tmp", "own_tmp"})
 # RE2 text that matches nowhere, for a placeholder with no value: `\b` and
 # `\B` contradict each other at every position.  A group, so that a
 # quantifier after the placeholder applies to all of it.
