@@ -42,7 +42,7 @@ PERMISSIVE = compiled("permissive")
 def test_caches_strict_refuses_in_the_home_move_into_the_private_tmp() -> None:
     moved = moved_caches(STRICT, "/home/u", {}, ("/tmp", "/var/tmp"))
     assert moved["npm_config_cache"] == f"{PRIVATE_CACHES}/npm"
-    assert set(moved) == {"npm_config_cache", "GOCACHE", "YARN_CACHE_FOLDER"}
+    assert set(moved) == {"npm_config_cache", "GOCACHE", "YARN_CACHE_FOLDER", "PIP_CACHE_DIR"}
 
 
 def test_a_cache_the_policy_lets_the_agent_write_stays_where_it_is() -> None:
@@ -98,6 +98,27 @@ def test_npm_pack_works_under_strict_and_leaves_the_home_alone(sandbox: Sandbox)
         shutil.rmtree(home)
     start = next(r for r in sandbox.audit_records() if r.get("event") == "start")
     assert start["caches_moved"]["npm_config_cache"] == f"{PRIVATE_CACHES}/npm"  # type: ignore[index]
+
+
+@pytest.mark.requires_seccomp_notify
+@pytest.mark.requires_landlock
+def test_pips_cache_is_the_agents_own_under_strict(sandbox: Sandbox) -> None:
+    """pip builds an sdist's wheel in its cache: where ~/.cache/pip exists and
+    strict refuses writing it, `pip install` of an sdist failed (EACCES on
+    ~/.cache/pip/wheels/..).  pip is told of a cache of the agent's own, which
+    it can write, and the home's is left alone."""
+    home = Path(f"/srv/agentsup-test-home-{os.getpid()}")
+    (home / ".cache" / "pip").mkdir(parents=True)
+    script = 'python3 -m pip cache dir && mkdir -p "$(python3 -m pip cache dir)/wheels/f9"'
+    try:
+        result = sandbox.run(
+            "sh", "-c", script, env={**sandbox.env, "HOME": str(home)}, timeout=120
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.split() == [f"{PRIVATE_CACHES}/pip"]
+        assert list((home / ".cache" / "pip").iterdir()) == []
+    finally:
+        shutil.rmtree(home)
 
 
 @pytest.mark.requires_seccomp_notify

@@ -149,6 +149,8 @@ TOOL_CACHES = (
     ("npm_config_cache", ".npm", "npm"),
     ("GOCACHE", ".cache/go-build", "go-build"),
     ("YARN_CACHE_FOLDER", ".cache/yarn", "yarn"),
+    # pip builds an sdist's wheel into its cache: EACCES there fails the install.
+    ("PIP_CACHE_DIR", ".cache/pip", "pip"),
 )
 PRIVATE_CACHES = "/tmp/agentsup-caches"
 
