@@ -96,6 +96,20 @@ def test_refusals_with_no_signal_are_named_at_the_end(sandbox: Sandbox) -> None:
     ]
 
 
+def test_an_overlong_refused_target_is_named_cut_and_whole_in_the_log(sandbox: Sandbox) -> None:
+    """A command line longer than any rule is run on (a glob over 30,000
+    names) is refused; the end of the run names it cut to a line a person can
+    read, and the audit log keeps it whole.  An agent making refusals at will
+    cannot grow what the summary keeps without bound either."""
+    result = sandbox.run("bash", "-c", "/bin/echo $(seq 1 30000) > /dev/null")
+    assert result.returncode == 126, result.stderr[-2000:]
+    said = [line for line in result.stderr.splitlines() if "agentsup-target-too-long" in line]
+    assert said and all(len(line) < 2000 for line in said), [len(line) for line in said]
+    assert "more) (agentsup-target-too-long)" in said[0], said[0][-200:]
+    [record] = [r for r in sandbox.audit_records() if r.get("rule") == "agentsup-target-too-long"]
+    assert len(str(record["target"])) > 128 * 1024
+
+
 def test_a_run_that_ends_well_says_nothing_more(sandbox: Sandbox) -> None:
     """A refusal the job got past (npm without ~/.npmrc) is only in the audit log."""
     key = sandbox.workspace / "server.key"

@@ -167,3 +167,17 @@ def test_a_refused_target_the_log_cannot_hold_is_recorded_escaped(
     outside = Event(ActionType.FILE_READ, f"/elsewhere/{name}", "t", 1, Layer.SECCOMP, "openat")
     assert judge.judge(outside, 1) is Response.BLOCK
     assert audit.records[-1]["target"] == f"/elsewhere/{shown}"
+
+
+def test_what_the_refusal_summary_keeps_is_bounded(tmp_path: Path) -> None:
+    """An agent makes refusals at will, each target up to 128 KiB: the summary
+    counts every one, but keeps a bounded number of targets, each cut."""
+    judge, _audit, _said = _judge(tmp_path)
+    for index in range(5000):
+        target = f"/elsewhere/{index}-" + "x" * 4000
+        outside = Event(ActionType.FILE_READ, target, "t", 1, Layer.SECCOMP, "openat")
+        assert judge.judge(outside, 1) is Response.BLOCK
+    assert sum(judge.refused.values()) == 5000
+    assert len(judge.refused) <= 4097
+    assert max(len(what) for what in judge.refused) < 700
+    assert all(len(line) < 800 for line in judge.refusal_summary())

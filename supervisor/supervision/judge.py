@@ -39,7 +39,7 @@ from ..paths import Locations
 from ..policy import CompiledPolicy, RateLimiter
 from ..policy.engine import MoveEscape, PlainTables
 from ..policy.floor import FloorCheck, floor_prefixes, floor_reaches, floor_verdict
-from ..visible import visible
+from ..visible import cut_text, visible
 
 _ALLOW_CACHE_SIZE = 16384
 SELF_PROTECTION_RULE = "agentsup-self-protection"
@@ -453,6 +453,28 @@ class JudgeConfig:
 
 # Warnings of one rule said on the terminal; the rest go to the audit log only.
 _WARNINGS_SAID_PER_RULE = 3
+# The end-of-run summaries count targets cut to this much, and at most this
+# many different ones: an agent makes refusals at will, each target up to
+# MAX_TARGET_LENGTH (the audit log keeps them whole).  A line said to the
+# operator cuts a target at SAID_TARGET_CHARS (a person's approval prompt
+# never: what it leaves out could be what runs).
+_SUMMARY_TARGET_CHARS = 512
+_SUMMARY_ENTRIES = 4096
+_SUMMARY_OTHERS = "(other targets, not counted one by one)"
+SAID_TARGET_CHARS = 1024
+
+
+def _tally(counter: Counter[str], what: str) -> None:
+    if what in counter or len(counter) < _SUMMARY_ENTRIES:
+        counter[what] += 1
+    else:
+        counter[_SUMMARY_OTHERS] += 1
+
+
+def _summed(target: str) -> str:
+    return cut_text(_shown(target), _SUMMARY_TARGET_CHARS)
+
+
 # An agent stopped for a violation, a tampered policy or by a person is
 # SIGSTOPped; its mediated actions are refused as well, so that a stop that
 # did not reach every process (a sweep out of fds) leaves none able to act.
@@ -756,7 +778,7 @@ class Judge:
             and self.config.shadow_guard is None  # counted by _shadow
             and decision.severity is not Severity.LOW
         ):
-            self.refused[f"{event.action} {_shown(event.target)} ({decision.rule_id})"] += 1
+            _tally(self.refused, f"{event.action} {_summed(event.target)} ({decision.rule_id})")
         if should_audit(decision, self.policy.audit_level):
             self._record(event, tid, decision, response)
         elif _plain(decision, response):
@@ -781,7 +803,8 @@ class Judge:
         said = self._warnings_said[decision.rule_id] = self._warnings_said[decision.rule_id] + 1
         if said <= _WARNINGS_SAID_PER_RULE:
             self.say(
-                f"warning: rule '{decision.rule_id}' flagged {event.action} {event.target}"
+                f"warning: rule '{decision.rule_id}' flagged {event.action} "
+                f"{cut_text(event.target, SAID_TARGET_CHARS)}"
                 + (f": {decision.message}" if decision.message else "")
             )
         elif said == _WARNINGS_SAID_PER_RULE + 1:
@@ -801,16 +824,16 @@ class Judge:
             return response
         from ..policy.suggest import AGENTSUP_RULE_PREFIX, guarded  # only for --shadow
 
-        refused = f"{event.action} {_shown(event.target)}"
+        refused = f"{event.action} {_summed(event.target)}"
         if decision.rule_id.startswith(AGENTSUP_RULE_PREFIX):
-            self.refused[f"{refused} ({decision.rule_id})"] += 1
+            _tally(self.refused, f"{refused} ({decision.rule_id})")
             return response
         guard_rule = guarded(guard, event.action, event.target)
         if guard_rule is not None:
-            self.refused[f"{refused} ({guard_rule})"] += 1
+            _tally(self.refused, f"{refused} ({guard_rule})")
             return Response.BLOCK
         self.would_deny[str(event.action)] += 1
-        self.would_deny_targets[f"{event.action} {_shown(event.target)}"] += 1
+        _tally(self.would_deny_targets, f"{event.action} {_summed(event.target)}")
         return Response.ALLOW
 
     def shadow_summary(self, top: int = 5) -> list[str]:
@@ -923,7 +946,7 @@ class Judge:
     ) -> None:
         """The record of a syscall refused by agentsup itself, whatever the policy says."""
         if self.config.shadow_guard is not None or severity != Severity.LOW:
-            self.refused[f"{syscall} {_shown(target)} ({rule})"] += 1
+            _tally(self.refused, f"{syscall} {_summed(target)} ({rule})")
         self.audit.append(
             {
                 "agent": self.agent_id,
@@ -1051,7 +1074,7 @@ class Judge:
             )
             self.say(
                 f"killed agent '{self.agent_id}': rule '{decision.rule_id}' denied "
-                f"{event.action} {event.target}"
+                f"{event.action} {cut_text(event.target, SAID_TARGET_CHARS)}"
                 + (f" ({decision.message})" if decision.message else "")
                 + (
                     "; no rule matched: learn the rules it needs with agentsup run --shadow "
@@ -1110,9 +1133,9 @@ class Judge:
         else:
             self.say(
                 f"stopped agent '{self.agent_id}': rule '{decision.rule_id}' denied "
-                f"{event.action} {event.target}. Continue (the action stays denied): "
-                f"agentsup resume {self.agent_id} --code <TOTP>   end it: agentsup kill "
-                f"{self.agent_id}"
+                f"{event.action} {cut_text(event.target, SAID_TARGET_CHARS)}. Continue (the "
+                f"action stays denied): agentsup resume {self.agent_id} --code <TOTP>   "
+                f"end it: agentsup kill {self.agent_id}"
             )
         self.on_hold(pending)
 
