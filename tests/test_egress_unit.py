@@ -348,6 +348,35 @@ def test_proxy_environment_names_the_proxy_for_every_client() -> None:
     assert "localhost" in env["no_proxy"] and env["no_proxy"] == env["NO_PROXY"]
 
 
+def test_the_owner_lookup_reads_a_bounded_number_of_fds() -> None:
+    """The agent picks how many processes and fds its tree has, and the
+    lookup runs in the loop: past its budget (per lookup, and per second for
+    all), it gives up and the agent's main pid is named."""
+    held = [os.open("/dev/null", os.O_RDONLY) for _ in range(300)]  # listed before the sockets
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    server, peer = listener.accept()
+    now = [0.0]
+    owners = egress.SocketOwners(clock=lambda: now[0])
+    try:
+        me, proxy = os.getpid(), listener.getsockname()
+        owners.LOOKUP_FDS = 100  # fewer than this process holds
+        assert owners.pid(peer, proxy, me, [me]) == 0
+        owners.LOOKUP_FDS, owners.FDS_PER_SECOND = 100_000, 10_000
+        assert owners.pid(peer, proxy, me, [me]) == me
+        owners.FDS_PER_SECOND = 0  # this second's reads are spent
+        assert owners.pid(peer, proxy, me, [me]) == 0
+        owners.FDS_PER_SECOND = 10_000
+        now[0] += 1.0  # a new second
+        assert owners.pid(peer, proxy, me, [me]) == me
+    finally:
+        owners.close()
+        for fd in held:
+            os.close(fd)
+        for sock in (client, server, listener):
+            sock.close()
+
+
 def test_the_process_holding_the_client_socket_is_found() -> None:
     listener = socket.create_server(("127.0.0.1", 0))
     client = socket.create_connection(listener.getsockname())
