@@ -212,3 +212,16 @@ def should_audit(decision: Decision, level: AuditLevel) -> bool:
     if verdict in (Verdict.DENY, Verdict.WARN, Verdict.REQUIRE_APPROVAL):
         return True
     return level is AuditLevel.DECISIONS and verdict is Verdict.LOG
+
+
+def signal_name(number: int) -> str:
+    """`SIGKILL`, and a name for every number Python's enum has none for
+    (`SIGRTMIN+6`, `SIG70`): an agent may end by any signal it likes."""
+    import signal
+
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        if signal.SIGRTMIN <= number <= signal.SIGRTMAX:
+            return f"SIGRTMIN+{number - signal.SIGRTMIN}"
+        return f"SIG{number}"

@@ -116,6 +116,10 @@ def test_no_definition_restarts_an_agent_in_a_tight_loop(interval: float, ceilin
     delays = _delays_of_an_agent_that_fails_at_once(definition, 50)
     assert delays[0] == 0
     assert min(delays[1:]) >= RESTART_FLOOR_S
+    if ceiling < 1.0:
+        # The backoff climbs to a second whatever the maximum says: ten
+        # restarts a second forever is a restart loop too.
+        assert delays[-10:] == pytest.approx([1.0] * 10)
 
 
 @pytest.mark.parametrize(

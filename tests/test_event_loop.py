@@ -114,3 +114,15 @@ def test_a_callback_with_no_owner_that_raises_ends_the_loop(
         loop.call_later(0, _fail)
     with pytest.raises(RuntimeError, match="a bug nobody foresaw"):
         loop.run_until(lambda: False)
+
+
+def test_a_timer_weeks_away_is_waited_for(loop: EventLoop, pipe: tuple[int, int]) -> None:
+    """epoll cannot wait 25 days at once (OverflowError): a policy's
+    max_runtime_seconds of a month must not end the supervisor."""
+    r, w = pipe
+    ran: list[str] = []
+    loop.call_later(30 * 24 * 3600, lambda: ran.append("a month later"))
+    loop.add_reader(r, lambda _events: ran.append("input"))
+    os.write(w, b"x")
+    loop.run_until(lambda: bool(ran))
+    assert ran == ["input"]

@@ -13,7 +13,7 @@ event loop, and restarts them as their definitions say:
     restart: on-failure                 # never | on-failure (default) | always
     restart_delay_seconds: 5            # the first restart (0: at once); each further
     restart_max_delay_seconds: 300      #   one in the window waits double the one before,
-                                        #   and at least 0.1 s, up to this
+                                        #   and at least 0.1 s, up to this (1 s at least)
     start_limit_burst: 5                # at most this many starts (0: no limit) ...
     start_limit_interval_seconds: 300   # ... within this window, then the agent is failed
 
@@ -71,6 +71,10 @@ EXIT_FAILED = 1
 MAX_DEFINITION_BYTES = 1 << 20
 RESTART_FLOOR_S = 0.1  # the least wait of any restart after the first (systemd's RestartSec=)
 BACKOFF_MEMORY_S = 10.0  # starts this recent always count towards the backoff
+# The backoff climbs to at least this, whatever the maximum says: a failing
+# agent with no start limit and a maximum of 0 restarted ten times a second
+# forever, its lifecycle records outgrowing what the audit log keeps.
+RESTART_CEILING_FLOOR_S = 1.0
 _NUMBERS = {
     "restart_delay_seconds": 5.0,
     "restart_max_delay_seconds": 300.0,
@@ -142,12 +146,16 @@ def _read_text(path: Path) -> str:
     """
     odd = f"{path}: not a regular file; an agent definition is a YAML file"
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            raise DefinitionError(odd)
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        # Looked at first without opening (O_PATH), then opened as that very
+        # file: a name swapped for a device meanwhile never opens the device.
+        pinned = os.open(path, os.O_PATH | os.O_CLOEXEC)
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced since the stat
+            if not stat.S_ISREG(os.fstat(pinned).st_mode):
                 raise DefinitionError(odd)
+            fd = os.open(f"/proc/self/fd/{pinned}", os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
+        finally:
+            os.close(pinned)
+        try:
             data = b""
             while chunk := os.read(fd, MAX_DEFINITION_BYTES + 1 - len(data)):
                 data += chunk
@@ -251,7 +259,8 @@ def restart_delay(definition: AgentDefinition, starts: Sequence[float], now: flo
     StartLimitBurst/StartLimitIntervalSec, at most `start_limit_burst` starts
     fall within any `start_limit_interval_seconds`.  The first restart waits
     `restart_delay_seconds`; each further one waits twice as long as the one
-    before, and at least RESTART_FLOOR_S, up to `restart_max_delay_seconds`,
+    before, and at least RESTART_FLOOR_S, up to `restart_max_delay_seconds`
+    (or RESTART_CEILING_FLOOR_S, if that is longer),
     counting the starts within that window (or within
     `restart_max_delay_seconds` or BACKOFF_MEMORY_S, if longer).  So no definition
     restarts an agent in a tight loop: `restart_delay_seconds: 0` with
@@ -263,7 +272,7 @@ def restart_delay(definition: AgentDefinition, starts: Sequence[float], now: flo
     if definition.start_limit_burst and len(recent) >= definition.start_limit_burst:
         return None
     delay = definition.restart_delay_seconds
-    ceiling = max(definition.restart_max_delay_seconds, delay, RESTART_FLOOR_S)
+    ceiling = max(definition.restart_max_delay_seconds, delay, RESTART_CEILING_FLOOR_S)
     # Counted over the window, but never one too short for the delay to grow
     # (an interval of 0 or next to it, a maximum delay under the floor).
     backoff_window = max(window, ceiling, BACKOFF_MEMORY_S)

@@ -19,6 +19,7 @@ import os
 import signal
 from pathlib import Path
 
+from ..events import signal_name
 from ..integrity.audit import AuditError
 from ..paths import default_locations
 from .agent import EXIT_SETUP_FAILED, Agent, RunRequest, SetupError, say
@@ -35,7 +36,7 @@ def status_document(run: Agent, code: int) -> dict[str, object]:
     return {
         "agent": run.agent_id,
         "exit_code": code,
-        "signal": signal.Signals(sig).name if sig else None,
+        "signal": signal_name(sig) if sig else None,
         "killed_by": dataclasses.asdict(report) if report else None,
         "layers": run.layers,
     }
@@ -49,7 +50,7 @@ def write_status(path: str, document: dict[str, object]) -> None:
 
 
 def _interrupted_line(sig: int, run: Agent, code: int, grace: float) -> str:
-    name = signal.Signals(sig).name
+    name = signal_name(sig)
     if run.judge is not None and run.judge.exit_status is not None:
         status = run.judge.exit_status
         if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
@@ -97,7 +98,7 @@ def run_agent(request: RunRequest, *, stop_timeout: float = STOP_TIMEOUT_S) -> i
         if status_path:
             document = status_document(run, code)
             if supervisor.interrupted is not None:
-                document["interrupted_by"] = signal.Signals(supervisor.interrupted).name
+                document["interrupted_by"] = signal_name(supervisor.interrupted)
             write_status(status_path, document)
         return code
     finally:

@@ -30,6 +30,9 @@ Callback = Callable[[], None]
 ReaderCallback = Callable[[int], None]
 
 
+_LONGEST_WAIT_S = 3600.0
+
+
 class Owner(Protocol):
     """Whose callback it is: told when one of its callbacks raised."""
 
@@ -175,7 +178,10 @@ class EventLoop:
             if done():
                 break
             try:
-                ready = self._epoll.poll(-1 if timeout is None else max(timeout, 0.0))
+                # epoll takes at most 2**31 ms: a timer weeks away (a policy's
+                # max_runtime_seconds) is waited for an hour at a time.
+                wait = -1 if timeout is None else min(max(timeout, 0.0), _LONGEST_WAIT_S)
+                ready = self._epoll.poll(wait)
             except InterruptedError:
                 ready = []
             for fd, events in ready:

@@ -405,9 +405,12 @@ class Supervisor:
                 agent.forget_process(pid)
             ended = mains.get(pid)
             if ended is not None and not ended.exited:
-                ended.main_exited(status)
-                if self.on_agent_exit is not None:
-                    self.on_agent_exit(ended)
+                try:
+                    ended.main_exited(status)
+                    if self.on_agent_exit is not None:
+                        self.on_agent_exit(ended)
+                except Exception as exc:  # that agent's end, no other's (loop.Owner)
+                    ended.fail_closed(exc)
 
     def _claim(self, agent_id: str) -> None:
         """Hold the id for as long as this supervisor has the agent (agentids.py)."""
