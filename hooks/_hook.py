@@ -792,12 +792,14 @@ def _make_handlers(
         integrity()
         executable, argv, cwd, env = args[:4]
         if type(env) is dict:
-            # Python children get the hook through the .pth file, which needs
-            # these two variables; an explicit env= must not drop them.
+            # Python children get the hook through the .pth file or this
+            # hook's sitecustomize, which need these variables; an explicit
+            # env= must not drop them.
             text_keys = not any(isinstance(key, bytes) for key in env)
             for key, value in (
                 (protocol.ENV_SOCKET, socket_path),
                 (protocol.ENV_AGENT_ID, agent_id),
+                (protocol.ENV_SITE, SITE_DIR),
             ):
                 env_key: Any = key if text_keys else key.encode()
                 env_value: Any = value if text_keys else os.fsencode(value)

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from ._hook import SITE_DIR
-from ._protocol import ENV_AGENT_ID, ENV_SOCKET
+from ._protocol import ENV_AGENT_ID, ENV_SITE, ENV_SOCKET
 
 __all__ = ["MODULE", "SITE_DIR", "command", "environment"]
 
@@ -35,7 +35,7 @@ def command(
 
 def environment(socket_path: str | os.PathLike[str], agent_id: str) -> dict[str, str]:
     """The variables the hooked agent (and its Python children) must inherit."""
-    return {ENV_SOCKET: os.fspath(socket_path), ENV_AGENT_ID: agent_id}
+    return {ENV_SOCKET: os.fspath(socket_path), ENV_AGENT_ID: agent_id, ENV_SITE: SITE_DIR}
 
 
 if __name__ == "__main__":

@@ -500,6 +500,32 @@ def test_steps_the_mediator_must_answer_as_the_kernel_does(jobs: Jobs, script: s
     jobs.compare(script)
 
 
+def test_a_python_with_another_agentsup_installed_gets_this_ones_hook(sandbox: Sandbox) -> None:
+    """A Python that has agentsup installed too (an editable checkout, another
+    version) loads the audit hook from its own copy through the .pth file:
+    where the policy refuses reading that copy (it lies outside the
+    workspace), the Python could not start (exit 125).  The hook of the
+    supervisor that runs the agent is the one to install: the copy is never read."""
+    venv = sandbox.workspace / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next(venv.glob("lib/python3*/site-packages"))
+    shutil.copy(Path(__file__).parent.parent / "hooks" / "agentsup-hook.pth", site)
+    elsewhere = locations_root()  # outside the workspace: strict refuses reading it
+    try:
+        (elsewhere / "agentsup" / "hooks").mkdir(parents=True)
+        for name in ("agentsup/__init__.py", "agentsup/hooks/__init__.py"):
+            (elsewhere / name).write_text("")
+        (elsewhere / "agentsup" / "hooks" / "_hook.py").write_text("raise SystemExit('stale')\n")
+        # As an editable install's: read before agentsup-hook.pth.
+        (site / "__editable__.agentsup-0.1.0.pth").write_text(f"{elsewhere}\n")
+        code = "import sys; print('_agentsup_hook_installed' in sys.modules)"
+        result = sandbox.run(str(venv / "bin" / "python"), "-c", code)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.split() == ["True"]
+    finally:
+        shutil.rmtree(elsewhere)
+
+
 def test_a_toolchain_in_the_home_is_read_under_strict(sandbox: Sandbox) -> None:
     """A version manager's interpreter (~/.pyenv, ~/.nvm, ...) reads its own
     library as the system's reads /usr/lib: a pyenv Python could not start
