@@ -109,3 +109,14 @@ def test_a_fault_serving_one_agent_kills_that_agent_only(sandbox: Sandbox) -> No
         "(RuntimeError: injected fault)" in err
     ), err[-2000:]
     assert os.path.exists(count)
+
+
+def test_an_agent_ended_by_a_real_time_signal_is_named_and_recorded(sandbox: Sandbox) -> None:
+    """Python's signal enum names no real-time signal: an agent that ended by
+    signal 40 ended `run` with an internal error (exit 125, no exit record),
+    and under the daemon every agent with it (red team 26)."""
+    result = sandbox.run("python3", "-c", "import os; os.kill(os.getpid(), 40)")
+    assert result.returncode == 128 + 40, result.stderr[-2000:]
+    [ended] = [r for r in sandbox.audit_records() if r.get("event") == "exit"]
+    assert ended["signal"] == f"SIGRTMIN+{40 - signal.SIGRTMIN}"
+    assert "internal error" not in result.stderr

@@ -184,3 +184,36 @@ def test_the_demo_works_for_an_ordinary_user(unprivileged_home: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "demo passed" in result.stdout
+
+
+def test_an_ordinary_users_inherited_tmpdir_is_made_in_its_private_tmp(
+    unprivileged_home: Path,
+) -> None:
+    """A TMPDIR under /var/tmp: made in the agent's private /var/tmp (through
+    its user namespace), empty, mode 0700 and the user's own.  (Not /tmp/user/UID
+    here: this test's home, agentsup's state in it, lies in /tmp, and the
+    kernel floor lets nothing new be made at the top of a /tmp that holds it.)"""
+    tmpdir = f"/var/tmp/agentsup-test-{os.getpid()}/{NOBODY}"
+    result = subprocess.run(
+        [
+            *AS_NOBODY,
+            SYSTEM_PYTHON,
+            "-m",
+            "agentsup",
+            "run",
+            "--workspace",
+            str(unprivileged_home / "workspace"),
+            "--",
+            "sh",
+            "-c",
+            'stat -c "%a %u" "$TMPDIR"; ls -A "$TMPDIR" | wc -l; mktemp',
+        ],
+        env={**nobody_env(unprivileged_home), "TMPDIR": tmpdir},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    mode, empty, made = result.stdout.split("\n")[:3]
+    assert (mode, empty) == (f"700 {NOBODY}", "0")
+    assert made.startswith(f"{tmpdir}/tmp.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..control.agentids import BadAgentId, check_agent_id
@@ -51,7 +52,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="policy name (policy directory, then built-in templates) or path; default strict",
     )
     parser.add_argument(
-        "--workspace", default=".", help="the agent's working directory (default: current)"
+        "--workspace",
+        default=".",
+        help="the directory the agent works in (default: current); it starts in the "
+        "current directory when that lies in the workspace, else at the workspace's root",
     )
     parser.add_argument(
         "--id",
@@ -106,6 +110,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=_run)
 
 
+def _caller_directory() -> str | None:
+    try:
+        return os.getcwd()
+    except OSError:  # removed since: the agent starts at the workspace's root
+        return None
+
+
 def _run(args: argparse.Namespace) -> int:
     program_args = list(args.args)
     if program_args[:1] == ["--"]:
@@ -122,5 +133,6 @@ def _run(args: argparse.Namespace) -> int:
         user=args.user,
         terminal=sys.stdin.isatty() and sys.stdout.isatty(),
         shadow=args.shadow,
+        cwd=_caller_directory(),
     )
     return run_agent(request, stop_timeout=args.stop_timeout)

@@ -37,9 +37,6 @@ _mount.argtypes = [
     ctypes.c_ulong,
     ctypes.c_char_p,
 ]
-_sethostname = _libc.sethostname
-_sethostname.restype = ctypes.c_int
-_sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -437,6 +434,37 @@ def mount_private_tmp(keep: Sequence[str], size: str = "50%") -> None:
             os.close(fd)
 
 
+def make_own_directories(paths: Sequence[str], owner: tuple[int, int] | None = None) -> None:
+    """Each of `paths`, in a tmpfs of the agent's own (its private /tmp,
+    /var/tmp or /run), made with the directories on the way that are missing:
+    an inherited TMPDIR, there on the host and not in the fresh tmpfs.
+
+    The last one is the agent's alone, mode 0700 (as pam_tmpdir makes
+    /tmp/user/UID); those on the way 0755; what is there already stays as it
+    is.  Nothing is made through a symlink (the private /run has some,
+    leading out of it).  `owner`: the (uid, gid) they are given (the agent's
+    --user; otherwise they are the caller's already).
+    """
+    for path in paths:
+        missing: list[str] = []
+        here = path
+        while not os.path.lexists(here):
+            missing.append(here)
+            here = os.path.dirname(here)
+        if not missing or os.path.realpath(here) != here:
+            continue
+        for directory in reversed(missing):
+            try:
+                os.mkdir(directory, 0o700)
+                os.chmod(directory, 0o700 if directory == path else 0o755)  # whatever the umask
+                if owner is not None:
+                    os.chown(directory, *owner)
+            except OSError as exc:
+                raise NamespaceError(
+                    f"make {path} in the agent's own tmpfs", exc.errno or 1
+                ) from exc
+
+
 def private_run_dirs() -> list[str]:
     """The runtime directories a private /run covers: /run, and /var/run where it
     is a directory of its own (not the usual symlink to /run)."""
@@ -738,12 +766,6 @@ def loopback_up() -> None:
             fcntl.ioctl(sock.fileno(), _SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags))
     except OSError as exc:
         raise NamespaceError("loopback up", exc.errno or errno.EPERM) from exc
-
-
-def set_hostname(name: str) -> None:
-    raw = name.encode()[:64]
-    if _sethostname(raw, len(raw)) != 0:
-        raise NamespaceError("hostname", ctypes.get_errno())
 
 
 def available() -> dict[str, str]:

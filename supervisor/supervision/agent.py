@@ -26,10 +26,10 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..control.endpoint import close_listener, listen_unix
-from ..events import ActionType, AuditLevel, Decision, Response, response_for
+from ..events import ActionType, AuditLevel, Decision, Response, response_for, signal_name
 from ..hooks import _protocol as hook_protocol
 from ..hooks import bootstrap
 from ..kernel import fastpath
@@ -111,6 +111,9 @@ class RunRequest:
     user: str | None = None  # run the agent as this user (root only)
     terminal: bool = False  # relay a pty: the agent never holds the user's terminal
     shadow: bool = False  # record what the policy would refuse, refuse only the guard
+    # The caller's directory (`run`'s): the agent starts there when it lies in
+    # the workspace.  None (the daemon): at the workspace's root.
+    cwd: str | None = None
 
 
 def say(text: str) -> None:
@@ -177,6 +180,44 @@ def moved_caches(
             continue
         moved[variable] = f"{PRIVATE_CACHES}/{name}"
     return moved
+
+
+def starting_directory(workspace: str, cwd: str | None) -> str:
+    """Where the agent starts: the caller's directory when it lies in the
+    workspace (`cd repo && agentsup run -- git status`, as `docker run -w`
+    and bubblewrap's --chdir), else the workspace's root.  `workspace` is a
+    real path."""
+    if cwd:
+        real = os.path.realpath(cwd)
+        if os.path.commonpath((real, workspace)) == workspace:
+            return real
+    return workspace
+
+
+def tmpdir_fate(
+    policy: CompiledPolicy, tmpdir: str, private: Sequence[str], kept: Sequence[str]
+) -> tuple[Literal["pass", "make", "drop"], str]:
+    """What becomes of an inherited TMPDIR: ("drop", "") where the policy
+    refuses the agent's writes there (mktemp, sort and gcc fail on it: the
+    agent goes without, and uses /tmp); ("make", the real path) where it lies
+    in a tmpfs the agent gets fresh (`private`: /tmp, /var/tmp, /run), beneath
+    nothing of the host's bound back in (`kept`), where it must be made (as
+    pam_tmpdir's /tmp/user/UID); ("pass", "") otherwise.
+
+    Pure but for the real paths of the host's directories.  A relative
+    TMPDIR is the agent's tools' to take as they do.
+    """
+    if not tmpdir.startswith("/"):
+        return "pass", ""
+    spelled = "/" + os.path.normpath(tmpdir).lstrip("/")
+    root = next((r for r in private if spelled != r and kernel_namespaces.under(spelled, [r])), "")
+    fresh = bool(root) and not kernel_namespaces.under(spelled, kept)
+    # Within the fresh tmpfs nothing is a symlink: only its root may be one.
+    real = os.path.realpath(root) + spelled[len(root) :] if fresh else os.path.realpath(spelled)
+    probe = os.path.join(real, "agentsup-probe")
+    if not response_for(policy.evaluate_target(ActionType.FILE_WRITE, probe)).proceeds:
+        return "drop", ""
+    return ("make", real) if fresh else ("pass", "")
 
 
 # Tools that retry a failed fetch for a minute or more (npm: 10 s, then 60 s):
@@ -389,9 +430,9 @@ def plan_isolation(
     request: RunRequest,
     user: UserSpec | None,
     keep: Sequence[str],
-    agent_id: str,
     egress_port: int = 0,
     read_only: Sequence[str] = (),
+    own_dirs: Sequence[str] = (),
 ) -> Isolation:
     """The namespaces the agent gets: all of them, and a network only when it may connect.
 
@@ -406,6 +447,12 @@ def plan_isolation(
     ones, as spelled and where they lead (a symlink's own place must be there
     too); those of `read_only` (a Python, agentsup itself) read-only: a .pth
     file written into a venv under /tmp would run in the next agentsup.
+    `own_dirs` are made in them, the agent's own (an inherited TMPDIR).
+
+    The UTS namespace keeps the host's name: it resolves there as on the host
+    (a name of agentsup's own is in no /etc/hosts: Java's getLocalHost()
+    failed), and no rename of the agent's reaches the host (as bubblewrap's
+    --unshare-uts without --hostname).
     """
 
     def spellings(paths: Sequence[str]) -> tuple[str, ...]:
@@ -424,7 +471,7 @@ def plan_isolation(
         user=user,
         keep=spellings([*keep, *read_only]),
         keep_read_only=spellings(read_only),
-        hostname=f"agentsup-{agent_id}"[:64],
+        own_dirs=tuple(own_dirs),
         egress_port=egress_port,
         # With the mount namespace: a tmpfs over the host's /run (its daemons'
         # sockets), with only `keep` and what tools need bound back in.
@@ -598,6 +645,8 @@ class Agent:
         self._env_dropped: list[str] = []  # variable names env.pass kept from the agent
         self._caches_moved: dict[str, str] = {}  # tool cache variable -> its private place
         self._retries_off: dict[str, str] = {}  # retry settings of tools with no way out
+        self._tmpdir_made: str | None = None  # the inherited TMPDIR, made in its private tmpfs
+        self._tmpdir_dropped: str | None = None  # the inherited TMPDIR the policy refuses
         self.launched: launch.Launched | None = None
         self.mediator: Mediator | None = None
         self.group: AgentCgroup | None = None
@@ -810,18 +859,19 @@ class Agent:
         # a virtualenv's root (pyvenv.cfg, bin/python), which the realpath of
         # its python leaves behind: kept in a private /tmp, it must be there.
         read_only = [sys.executable, package, sys.prefix, sys.base_prefix]
+        own_dirs = self._agents_tmpdir(compiled, env, [*keep, *read_only])
         self._plan = launch.LaunchPlan(
             executable=executable,
             argv=argv,
             env=env,
-            cwd=workspace,
+            cwd=starting_directory(workspace, request.cwd),
             seccomp=filter_program(
                 MEDIATED + ALWAYS_REFUSED, FORCED_ENOSYS, self.locations.state_dir
             ),
             landlock=landlock_plan,
             rlimits=rlimits,
             isolation=plan_isolation(
-                compiled, request, user, keep, agent_id, egress_port, read_only
+                compiled, request, user, keep, egress_port, read_only, own_dirs
             ),
             native=fastpath.enabled(),
             native_decider=native_decider(self.judge),
@@ -830,6 +880,37 @@ class Agent:
             if self.group is not None
             else (),
         )
+
+    def _agents_tmpdir(
+        self, policy: CompiledPolicy, env: dict[str, str], kept: Sequence[str]
+    ) -> list[str]:
+        """The inherited TMPDIR made usable: the directories to make for it in
+        the agent's private tmpfs, or it taken out of `env` (said, and in the
+        start record) where the policy refuses the agent's writes there."""
+        tmpdir = env.get("TMPDIR")
+        if not tmpdir:
+            return []
+        private = [tmp for tmp in kernel_namespaces.PRIVATE_TMP if os.path.isdir(tmp)]
+        private += kernel_namespaces.private_run_dirs()
+        spellings = [
+            spelling
+            for path in kept
+            if path
+            for spelling in (os.path.realpath(path), os.path.abspath(path))
+        ]
+        fate, real = tmpdir_fate(policy, tmpdir, private, spellings)
+        if fate == "drop":
+            del env["TMPDIR"]
+            self._tmpdir_dropped = tmpdir
+            say(
+                f"TMPDIR={tmpdir} not passed to the agent: the policy refuses its writes "
+                "there (its temporary files go to /tmp)"
+            )
+            return []
+        if fate == "make":
+            self._tmpdir_made = tmpdir
+            return [real]
+        return []
 
     # -- running -------------------------------------------------------------------
 
@@ -937,10 +1018,13 @@ class Agent:
         if limits.max_runtime_seconds:
             self._call_later(limits.max_runtime_seconds, self._runtime_exceeded)
         self.layers = active_layers(plan, launched, self.group is not None, self.relay)
+        entered = self.layers["namespaces"]
+        assert isinstance(entered, list)
         judge.lifecycle(
             "start",
             argv=plan.argv,
             workspace=judge.config.workspace,
+            cwd=plan.cwd,  # where it started: the caller's directory when in the workspace
             home=self._context.home if self._context else None,
             landlock=plan.landlock is not None,
             cgroup=self.group is not None,
@@ -948,6 +1032,9 @@ class Agent:
             policy_source=policy_reference(self.request.policy),  # what `policy suggest` extends
             env_not_passed=self._env_dropped,
             caches_moved=self._caches_moved,
+            # Made only in a private /tmp: not where the mount namespace went missing.
+            tmpdir_made=self._tmpdir_made if "mount" in entered else None,
+            tmpdir_not_passed=self._tmpdir_dropped,
             network_retries_off=sorted(self._retries_off),
             own_sockets=own_sockets_record(self._context),
             **({"shadow": True} if self.request.shadow else {}),
@@ -1204,10 +1291,11 @@ class Agent:
         for may never be decided, so the agent is killed, on record, and the
         supervisor goes on serving the others."""
         detail = f"{type(error).__name__}: {error}"
-        if self.judge is not None and self.judge.tree is not None and not self.exited:
-            self.judge.kill_for_error(detail)
-        else:
-            self.close()
+        if self.judge is not None and self.judge.tree is not None:
+            self.judge.kill_for_error(detail)  # said and recorded, whatever is left killed
+            if not self.exited:
+                return  # its end comes as any agent's does
+        self.close()  # its end was what failed: nothing more comes
 
     def main_exited(self, status: int) -> None:
         """The agent's main process is gone: whatever it left behind goes with it."""
@@ -1295,12 +1383,12 @@ class Agent:
             # A rule ended the run, though its main process got out first:
             # the run did not end well, whatever that process said.
             code = 128 + signal.SIGKILL
-        signal_name = signal.Signals(sig).name if sig else None
+        ended_by = signal_name(sig) if sig else None
         at_limit = self.group.times_at_process_limit() if self.group is not None else 0
         judge.lifecycle(
             "exit",
             exit_code=code,
-            signal=signal_name,
+            signal=ended_by,
             killed_by=report.rule if report else None,
             **({"process_limit_refused": at_limit} if at_limit else {}),
         )

@@ -75,7 +75,7 @@ class Isolation:
     keep: tuple[str, ...] = ()  # host paths under /tmp or /run to bind into the private ones
     keep_read_only: tuple[str, ...] = ()  # bound read-only wherever they are (its Python)
     private_run: tuple[str, ...] = ()  # the runtime directories that get a tmpfs (/run)
-    hostname: str = ""
+    own_dirs: tuple[str, ...] = ()  # made in those tmpfs, the agent's own (its TMPDIR)
     egress_port: int = 0  # bind the egress proxy's listener here in the agent's netns
 
 
@@ -230,6 +230,9 @@ def _init(stage: Stage, entered: set[str], wait_fd: int) -> NoReturn:
             # needs of the host's /run is bound back in.  Before the devices:
             # where /dev/shm is a symlink into /run, its tmpfs lands in ours.
             namespaces.mount_private_run(plan.keep, plan.private_run)
+            # After what is kept: a directory on the way may be one's.
+            owner = (plan.user.uid, plan.user.gid) if plan.user is not None else None
+            namespaces.make_own_directories(plan.own_dirs, owner)
             writable = [path for path in plan.keep if path not in plan.keep_read_only]
             namespaces.bind_read_only(plan.keep_read_only, writable)
             namespaces.mount_private_devices()
@@ -265,8 +268,6 @@ def _init(stage: Stage, entered: set[str], wait_fd: int) -> NoReturn:
                 egress.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 egress.bind(("127.0.0.1", plan.egress_port))
                 egress.listen(128)
-        if "uts" in entered and plan.hostname:
-            namespaces.set_hostname(plan.hostname)
         # Landlock first: its rules open paths, which the agent's own user
         # (--user) may not be able to open.  The domain stays on through the drop.
         step = "landlock"
@@ -349,6 +350,29 @@ def _init(stage: Stage, entered: set[str], wait_fd: int) -> NoReturn:
     )
 
 
+_NAME_PART = 2048  # well under PATH_MAX: what `_chdir` names at a time
+
+
+def _chdir(path: str) -> None:
+    """os.chdir, also into a directory deeper than PATH_MAX (the caller's, in
+    the workspace, as a shell reaches it): from the root, part by part."""
+    try:
+        os.chdir(path)
+        return
+    except OSError as exc:
+        if exc.errno != errno.ENAMETOOLONG:
+            raise
+    os.chdir("/")
+    part = ""
+    for name in filter(None, path.split("/")):
+        if part and len(part) + 1 + len(name) > _NAME_PART:
+            os.chdir(part)
+            part = ""
+        part = f"{part}/{name}" if part else name
+    if part:
+        os.chdir(part)
+
+
 def _agent(stage: Stage, wait_fd: int) -> NoReturn:
     step = "agent"
     try:
@@ -364,7 +388,7 @@ def _agent(stage: Stage, wait_fd: int) -> NoReturn:
             for fd in (0, 1, 2) if os.isatty(2) else (0, 1):
                 os.dup2(stage.terminal_fd, fd)
             os.close(stage.terminal_fd)
-        os.chdir(stage.cwd)
+        _chdir(stage.cwd)
         step = "seccomp"
         listener = seccomp.install_program(stage.seccomp)
     except BaseException as exc:
