@@ -59,12 +59,23 @@ def test_when_the_supervisor_keeps_off_the_agents_cpu(
 
 # -- real agents -------------------------------------------------------------------------
 
+# Where placement put the agent: the kernel's own mask (sched_getaffinity
+# answers with the CPUs the agent would have bare, test_cpu_affinity_e2e.py).
+PLACED_CPUS = """
+def placed_cpus():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("Cpus_allowed_list:"):
+                spans = [part.split("-") for part in line.split()[1].split(",")]
+                return sum(int(span[-1]) - int(span[0]) + 1 for span in spans)
+"""
+
 SYSCALL_HEAVY = """
 import os, time
 end = time.monotonic() + 3
 while time.monotonic() < end:
     os.close(os.open(__file__, os.O_RDONLY))
-print(len(os.sched_getaffinity(0)))
+print(placed_cpus())
 """
 
 PARALLEL = """
@@ -74,7 +85,7 @@ workers = [subprocess.Popen([sys.executable, "-c", burn]) for _ in range(2)]
 end = time.monotonic() + 4
 while time.monotonic() < end:
     os.close(os.open(__file__, os.O_RDONLY))
-print(len(os.sched_getaffinity(0)))
+print(placed_cpus())
 for w in workers:
     w.wait()
 """
@@ -92,7 +103,7 @@ for w in workers:
 )
 def test_auto_placement(sandbox: Sandbox, body: str, cpus_at_the_end: int) -> None:
     script = sandbox.workspace / "agent.py"
-    script.write_text(textwrap.dedent(body))
+    script.write_text(PLACED_CPUS + textwrap.dedent(body))
     result = sandbox.run(str(script), timeout=60)
     assert result.returncode == 0, result.stderr
     assert int(result.stdout.split()[-1]) == cpus_at_the_end

@@ -29,6 +29,9 @@
  * thread so that it knows the thread by its own PID namespace's number.
  * umask and exec are watched on their way: creates get each thread's umask,
  * kept while no umask can have changed it (see "the agent's umask").
+ * sched_getaffinity is answered here too: with the CPUs agentsup started
+ * with, while CPU placement keeps the agent on fewer (see "the CPUs the
+ * agent may use").
  *
  * The decisions here are the supervisor's by construction: the cache only
  * ever holds (action, target) pairs its judge allowed without a record, keyed
@@ -2156,6 +2159,53 @@ static int first_after_exec(int listener, int forward_fd, struct seccomp_notif *
     return checked;
 }
 
+/* -- the CPUs the agent may use ------------------------------------------------
+ * CPU placement (placement.py) keeps the agent's tree on one CPU while it
+ * makes many mediated syscalls: an affinity agentsup set, not the agent.
+ * Bare, a process would have the CPUs agentsup itself started with, and it
+ * sizes its parallelism from them (nproc, make -j, os.sched_getaffinity,
+ * the Go, Java and Rust runtimes): so that is what sched_getaffinity answers
+ * about the caller itself while placement keeps it on fewer.  Placement is
+ * known by the broker's own CPUs (it is placed with the tree, and never by
+ * the agent: PID 1 is out of its reach).  A thread whose CPUs are not the
+ * broker's chose its own (taskset, sched_setaffinity) and gets the kernel's
+ * answer, as does every call about another thread and every call the kernel
+ * refuses (EINVAL for a length too small, ESRCH).  The mask is written with
+ * process_vm_writev, which as copy_to_user respects the page's protection:
+ * where it cannot write (a bad or read-only address, a process the broker
+ * may not write to), the kernel answers instead, EFAULT included. */
+
+#define MASK_BYTES 8192 /* cpumask_size() is at most NR_CPUS / 8 = 1024 */
+static unsigned char started_mask[MASK_BYTES]; /* captured at import, in the supervisor */
+static long started_length = -1;                /* this kernel's cpumask_size(), or -1 */
+
+static int serve_getaffinity(int listener, const struct seccomp_notif *n) {
+    static unsigned char own[MASK_BYTES], theirs[MASK_BYTES];
+    pid_t pid = (pid_t)(int32_t)n->data.args[0];
+    unsigned int length = (unsigned int)n->data.args[1];
+    if (started_length <= 0 || (pid != 0 && pid != (pid_t)n->pid))
+        goto kernel;
+    long placed = syscall(SYS_sched_getaffinity, 0, MASK_BYTES, own);
+    if (placed != started_length || memcmp(own, started_mask, (size_t)placed) == 0)
+        goto kernel; /* not placed on fewer CPUs than agentsup started with */
+    /* The agent's own length: the kernel checks it as for the agent (EINVAL),
+     * and writes min(length, cpumask_size()) bytes. */
+    long got = syscall(SYS_sched_getaffinity, (pid_t)n->pid, length, theirs);
+    if (got <= 0 || got > placed || memcmp(theirs, own, (size_t)got) != 0)
+        goto kernel; /* refused, gone, or CPUs of its own choosing */
+    if (!id_valid(listener, n->id))
+        return 1; /* interrupted or gone: nothing is owed, nothing written */
+    struct iovec local = {started_mask, (size_t)got};
+    struct iovec remote = {(void *)(uintptr_t)n->data.args[2], (size_t)got};
+    if (process_vm_writev((pid_t)n->pid, &local, 1, &remote, 1, 0) != (ssize_t)got)
+        goto kernel;
+    respond_value(listener, n->id, got);
+    return 1;
+kernel:
+    respond_continue(listener, n->id);
+    return 1;
+}
+
 static int serve_fast(int listener, int forward_fd, struct seccomp_notif *n) {
     const __u64 *args = n->data.args;
     pid_t tid = (pid_t)n->pid;
@@ -2265,6 +2315,8 @@ static int serve_fast(int listener, int forward_fd, struct seccomp_notif *n) {
 #endif
     case __NR_fchown:
         return serve_fd_op(listener, n, FD_CHOWN);
+    case __NR_sched_getaffinity:
+        return serve_getaffinity(listener, n);
     case __NR_unlinkat:
         if (args[2] & ~(uint64_t)AT_REMOVEDIR)
             return 0; /* EINVAL is the supervisor's to give */
@@ -2550,6 +2602,25 @@ static PyObject *fp_allowed(PyObject *self, PyObject *args) {
     return PyLong_FromLong(cache_bits(path, (size_t)length));
 }
 
+/* started_on() -> tuple[int, ...]: the CPUs this process had when the module
+ * was imported (in the supervisor, before any placement): the agent's, bare. */
+static PyObject *fp_started_on(PyObject *self, PyObject *noargs) {
+    PyObject *cpus = PyList_New(0);
+    for (long i = 0; cpus && i < started_length * 8; i++) {
+        if (!(started_mask[i / 8] & (1u << (i % 8))))
+            continue;
+        PyObject *cpu = PyLong_FromLong(i);
+        if (!cpu || PyList_Append(cpus, cpu) != 0)
+            Py_CLEAR(cpus);
+        Py_XDECREF(cpu);
+    }
+    if (!cpus)
+        return NULL;
+    PyObject *result = PyList_AsTuple(cpus);
+    Py_DECREF(cpus);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"serve", fp_serve, METH_VARARGS,
      "serve(listener, forward, channel, agent_pidfd, timeout_ms, counter) -> int: answer "
@@ -2575,6 +2646,8 @@ static PyMethodDef methods[] = {
     {"expect_exec", fp_expect_exec, METH_VARARGS,
      "expect_exec(exec_id, dev, ino, cmdline: bytes) -> bool: what that exec was allowed to "
      "run, to check its first syscall with"},
+    {"started_on", fp_started_on, METH_NOARGS,
+     "started_on() -> tuple[int, ...]: the CPUs this process had when the module was imported"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -2587,6 +2660,7 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__fastpath(void) {
+    started_length = syscall(SYS_sched_getaffinity, 0, MASK_BYTES, started_mask);
     PyObject *m = PyModule_Create(&module);
     if (!m)
         return NULL;

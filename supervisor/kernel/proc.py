@@ -1,7 +1,8 @@
 """Reading another process: its memory, fds, cwd and umask, through /proc.
 
-Raw syscalls (pidfd_getfd, openat2, renameat2) live here too, so the rest of
-the supervisor stays free of ctypes.
+Raw syscalls (pidfd_getfd, openat2, renameat2, sched_getaffinity,
+process_vm_writev) live here too, so the rest of the supervisor stays free
+of ctypes.
 """
 
 from __future__ import annotations
@@ -246,6 +247,48 @@ def process_state(pid: int) -> str:
         return data[data.rindex(b")") + 2 :].split()[0].decode()
     except (OSError, ValueError, IndexError):
         return ""
+
+
+# sched_getaffinity's number: the answer it gives the agent is the syscall's
+# own (the bytes written), which glibc's wrapper hides.
+_SYS_SCHED_GETAFFINITY = {"x86_64": 204, "aarch64": 123}.get(os.uname().machine, -1)
+# A mask buffer bigger than any kernel's cpumask_size() (NR_CPUS / 8 <= 1024).
+_MASK_BYTES = 8192
+_mask = ctypes.create_string_buffer(_MASK_BYTES)  # reused: one loop, one thread
+
+
+def cpu_mask(tid: int, length: int = _MASK_BYTES) -> bytes:
+    """sched_getaffinity(tid, length) as the kernel answers it: the bytes it
+    writes, min(length, cpumask_size()).  OSError as the kernel fails it
+    (EINVAL for a length too small for this machine's CPUs, ESRCH)."""
+    if _SYS_SCHED_GETAFFINITY < 0:
+        raise OSError(errno.ENOSYS, "sched_getaffinity: unknown on this architecture")
+    got = _libc.syscall(
+        ctypes.c_long(_SYS_SCHED_GETAFFINITY),
+        ctypes.c_long(tid),
+        ctypes.c_ulong(length & 0xFFFFFFFF),  # the kernel takes an unsigned int
+        _mask,
+    )
+    if got < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return _mask.raw[: min(got, _MASK_BYTES)]
+
+
+def write_memory(tid: int, addr: int, data: bytes) -> int:
+    """Write `data` at `addr` of `tid`'s memory; the bytes written.
+
+    process_vm_writev, as the kernel's own copy_to_user, writes only where
+    the page may be written: a read-only or unmapped address fails (EFAULT),
+    or is written in part (the count says how much)."""
+    buffer = ctypes.create_string_buffer(data, len(data))
+    local = _Iovec(ctypes.cast(buffer, ctypes.c_void_p), len(data))
+    remote = _Iovec(addr, len(data))
+    written = _libc.process_vm_writev(tid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+    if written < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(written)
 
 
 def pidfd_getfd(pidfd: int, target_fd: int) -> int:

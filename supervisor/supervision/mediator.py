@@ -54,7 +54,7 @@ from ..kernel import fastpath as _fastpath
 from ..kernel import proc as _proc
 from ..kernel import seccomp as _seccomp
 from ..policy.engine import MoveEscape
-from . import broker
+from . import broker, placement
 from .broker import BrokerClient, Pinned
 from .protected import ProtectedInodes, WalkFailed
 from .syscalls import ALWAYS_REFUSED, MEDIATED
@@ -188,11 +188,19 @@ _PER_PROCESS_CACHE = 4096
 _READS_REMEMBERED = 1024  # names of plainly allowed reads, for `Mediator._expected_read`
 
 
+class _Tree(Protocol):
+    @property
+    def root_pid(self) -> int: ...  # the trampoline: placed with the tree, never by the agent
+
+
 class Judge(Protocol):
     """The judge's side: evaluate an event, record it, apply signals."""
 
     allow_cache: set[tuple[ActionType, str]]
     main_pid: int  # the agent's first process: its session holds the relay pty
+
+    @property
+    def tree(self) -> _Tree | None: ...
 
     def judge(self, event: Event, tid: int) -> Response: ...
 
@@ -2407,6 +2415,45 @@ class Mediator:
     _on_sched_setaffinity = _first_pid
     _on_migrate_pages = _first_pid
     _on_move_pages = _first_pid
+
+    # -- the CPUs the agent may use ------------------------------------------------------
+    # What the broker's native path answers (_fastpath.c, "the CPUs the agent
+    # may use"), for the calls it forwards and for the Python path.
+
+    def _on_sched_getaffinity(self, n: _seccomp.Notification, name: str) -> None:
+        """About the caller itself, while CPU placement keeps the agent's tree on
+        fewer CPUs than agentsup started with: those, as it would have them bare.
+        Anything else (another thread, a thread that chose its own CPUs, a call
+        the kernel refuses, a mask that cannot be written) is the kernel's."""
+        mask = self._started_mask(n)
+        if mask is not None and _seccomp.id_valid(self.listener, n.id):
+            try:
+                written = _proc.write_memory(n.pid, n.args[2], mask)
+            except OSError:
+                written = -1
+            if written == len(mask):
+                _seccomp.respond_value(self.listener, n.id, len(mask))
+                return
+        _seccomp.respond_continue(self.listener, n.id)
+
+    def _started_mask(self, n: _seccomp.Notification) -> bytes | None:
+        """The mask to answer `n` with, or None for the kernel's own answer."""
+        tree = self.judge.tree
+        pid = _signed32(n.args[0])
+        if tree is None or (pid != 0 and pid != _proc.namespace_pid(n.pid)):
+            return None
+        try:
+            placed = _proc.cpu_mask(tree.root_pid)
+            started = placement.cpu_mask(placement.all_cpus(), len(placed))
+            if placed == started:
+                return None  # not placed on fewer CPUs
+            # With the agent's own length: checked (EINVAL) and cut as for the agent.
+            theirs = _proc.cpu_mask(n.pid, n.args[1])
+        except OSError:
+            return None
+        if not theirs or theirs != placed[: len(theirs)]:
+            return None  # CPUs of its own choosing
+        return started[: len(theirs)]
 
     def _on_kcmp(self, n: _seccomp.Notification, name: str) -> None:
         self._reach(n, name, (_signed32(n.args[0]), _signed32(n.args[1])))

@@ -19,13 +19,24 @@ mediated syscalls), watches it twice a second, and moves it: onto every CPU
 as soon as its tasks queue for the CPU (cgroup CPU pressure) or it goes
 quiet, and back while it makes many mediated syscalls without using more
 than about one core.  `shared` always shares; `all` never does.
+
+Placement is agentsup's own business, not the agent's: an agent asking
+which CPUs it may use (sched_getaffinity: nproc, `make -j`, a runtime
+sizing its thread pool) learns the CPUs agentsup itself started with
+(`all_cpus`), as it would bare, while placement keeps it on one (the
+broker's native path answers it, or the mediator; their comments say how).
+And the CPUs an agent gives itself (taskset, sched_setaffinity) stay its
+own: `place` moves only the threads whose CPUs are still those it gave.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterable
 from typing import NamedTuple
+
+from ..kernel import fastpath
 
 SAMPLE_SECONDS = 0.5
 
@@ -85,22 +96,91 @@ def supervisor_apart(
     return sample is None or sample.answered_per_s < limits.apart_below_answers
 
 
+def _started_on() -> frozenset[int]:
+    # The native module took them when it was imported, with agentsup's
+    # first modules: before `--cpus shared` or any placement moved this
+    # process.  Without it, now (the same, but under `--cpus shared`).
+    if fastpath.native is not None:
+        return frozenset(fastpath.native.started_on())
+    return frozenset(os.sched_getaffinity(0))
+
+
+_STARTED_ON = _started_on()
+
+
 def all_cpus() -> set[int]:
-    return set(range(os.cpu_count() or 1))
+    """The CPUs agentsup started with (`taskset` on `agentsup run` included):
+    those its agents would have bare, and get when spread."""
+    return set(_STARTED_ON)
+
+
+def cpu_mask(cpus: Iterable[int], size: int) -> bytes:
+    """`cpus` as the kernel's mask of `size` bytes (sched_getaffinity's buffer)."""
+    mask = bytearray(size)
+    for cpu in cpus:
+        if cpu < size * 8:
+            mask[cpu // 8] |= 1 << (cpu % 8)
+    return bytes(mask)
+
+
+# What `place` gave each thread: tid -> (its start time, its CPUs as the kernel
+# then said, the call that gave them).  A thread whose CPUs differ from them
+# now chose its own (taskset, sched_setaffinity): it is left alone from then
+# on.  So is a thread born since whose CPUs are not those its tree was last
+# given (it inherited its creator's choice).  Not told apart: a thread that
+# chose exactly the CPUs placement gave it (on a 2-CPU machine, the shared
+# one while it shares): it is moved with the rest.
+_given: dict[int, tuple[int, frozenset[int], int]] = {}
+_calls = 0
+
+
+def _start_time(tid: int) -> int | None:
+    """When thread `tid` started (clock ticks since boot): with its number, its identity."""
+    try:
+        with open(f"/proc/{tid}/stat", "rb") as stat:
+            data = stat.read()
+        return int(data[data.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def place(pids: set[int], cpus: set[int], supervisor: set[int] | None = None) -> None:
-    """Set the affinity of every thread of `pids`, and of the supervisor itself
-    (`supervisor`, or the same `cpus`)."""
+    """Set the affinity of every thread of `pids` that did not choose its own
+    CPUs, and of the supervisor itself (`supervisor`, or the same `cpus`)."""
+    global _calls
     os.sched_setaffinity(0, supervisor or cpus)
+    _calls += 1
+    threads: list[tuple[int, int]] = []
     for pid in pids:
         try:
             tids = os.listdir(f"/proc/{pid}/task")
         except OSError:
             continue
-        for tid in tids:
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(int(tid), cpus)
+        for name in tids:
+            start = _start_time(tid := int(name))
+            if start is not None:
+                threads.append((tid, start))
+    # What this tree was given last (the trampoline and the broker always
+    # take it): what a thread born since inherited, unless it was a choice.
+    known = {
+        tid: given for tid, start in threads if (given := _given.get(tid)) and given[0] == start
+    }
+    previous = max(known.values(), key=lambda given: given[2])[1] if known else None
+    for tid, start in threads:
+        try:
+            now = frozenset(os.sched_getaffinity(tid))
+            given = known.get(tid)
+            expected = given[1] if given else previous
+            if expected is not None and now != expected:
+                continue  # its own choice
+            os.sched_setaffinity(tid, cpus)
+            _given[tid] = (start, frozenset(os.sched_getaffinity(tid)), _calls)
+        except OSError:
+            continue
+    ours = {tid for tid, _start in threads}
+    for tid, (start, _cpus, _call) in list(_given.items()):
+        if tid not in ours and _start_time(tid) != start:
+            del _given[tid]  # gone (or its number taken by another)
 
 
 class CgroupCpu:

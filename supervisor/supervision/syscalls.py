@@ -30,6 +30,10 @@ MEDIATED = (
     "prlimit64", "setpriority", "ioprio_set",
     "sched_setscheduler", "sched_setparam", "sched_setattr", "sched_setaffinity",
     "migrate_pages", "move_pages", "kcmp", "process_madvise",
+    # Answered with the CPUs agentsup started with while CPU placement keeps
+    # the agent on fewer (placement.py): nproc and `make -j` see what they
+    # would bare.  Every call: BPF cannot see where placement put the caller.
+    "sched_getaffinity",
 )  # fmt: skip
 
 # Refused for every policy (DESIGN.md 1.2) and recorded as critical.  The
