@@ -460,3 +460,53 @@ def test_without_a_sure_private_tmp_its_sockets_are_refused(user_sandbox: Sandbo
         "private_tmp": [],
         "private_abstract": True,
     }
+
+
+BIND_WHERE_WRITES_ARE_REFUSED = """
+name: sockets-in-the-workspace
+extends: [strict]
+rules:
+  - id: workspace-sockets
+    actions: [network_connect]
+    target: "unix:{workspace}/**"
+    decision: allow
+    priority: 1
+  - id: frozen
+    actions: [file_write]
+    target: "{workspace}/frozen/**"
+    decision: deny
+    on_violation: block
+    priority: 1
+"""
+
+BINDER = """
+import errno, os, socket, sys
+for name in sys.argv[1:]:
+    try:
+        socket.socket(socket.AF_UNIX).bind(name)
+        print(name, "ok")
+    except OSError as exc:
+        print(name, errno.errorcode[exc.errno])
+"""
+
+
+def test_a_bind_is_a_write_of_the_name_it_makes(sandbox: Sandbox) -> None:
+    """A bind to a path makes a new entry there (a socket file), as mknod
+    would: where the policy refuses writing that name, the bind is refused
+    too, however the network rules let unix sockets through (a socket planted
+    at ~/.gnupg/S.gpg-agent under permissive answered the host's gpg).
+
+    Correct outcome: frozen/sock refused (EACCES, rule frozen) and not made;
+    ok/sock made."""
+    ws = sandbox.workspace
+    (ws / "frozen").mkdir()
+    (ws / "ok").mkdir()
+    policy = sandbox.policy("sockets", BIND_WHERE_WRITES_ARE_REFUSED)
+    result = sandbox.run(
+        "python3", "-c", BINDER, f"{ws}/ok/sock", f"{ws}/frozen/sock", policy=policy
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split("\n")[:2] == [f"{ws}/ok/sock ok", f"{ws}/frozen/sock EACCES"]
+    assert (ws / "ok" / "sock").is_socket()
+    assert not (ws / "frozen" / "sock").exists()
+    assert ("file_write", "frozen") in sandbox.denials()

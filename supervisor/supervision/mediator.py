@@ -2537,6 +2537,13 @@ class Mediator:
                 self.release(node)
             self._refuse(n, response, errno.EPERM)
             return None
+        if binds and node is not None and not node.error:
+            # A bind makes a new entry at that name, as mknod would: a write.
+            response = self._decide(n, syscall, ActionType.FILE_WRITE, node.target)
+            if not response.proceeds:
+                self.release(node)
+                self._refuse(n, response, errno.EACCES)
+                return None
         return data, node
 
     def _unix_node(self, tid: int, data: bytes, *, binds: bool = False) -> Resolved | None:
