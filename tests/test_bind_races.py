@@ -2,13 +2,15 @@
 
 The attack (red team 22): one agent thread keeps switching its cwd between a
 fresh /tmp/dN and the workspace with chdir (never mediated) while another
-binds an AF_UNIX socket to `.env` (or `.git/fsmonitor--daemon.ipc`).  The
+binds an AF_UNIX socket to `own.sock` (or `.git/fsmonitor--daemon.ipc`).  The
 supervisor judged the name from the cwd it read (/tmp/dN: the agent's own
 socket, allowed), then the broker opened /proc/PID/cwd again and bound the
 name by its string there: under `strict`, which refuses every unix bind in
 the workspace, a socket `.env` appeared in the workspace, with nothing
-recorded.  The same gap held for an absolute path whose directory is
-swapped for a symlink into the workspace meanwhile (the `swap` case: a guard,
+recorded.  (A `.env` is no name to bind in /tmp either now: a bind is a
+write of its name, and the sandbox's home lies under /tmp.)  The same gap
+held for an absolute path whose directory is swapped for a symlink into the
+workspace meanwhile (the `swap` case: a guard,
 the serialized mediation of the renames kept it from reproducing here).
 
 Now the directory pinned for the decision goes to the broker: a bare name is
@@ -100,7 +102,7 @@ print(json.dumps({"bound": bound, "made": len(made), "names": sorted(names),
 @both_paths
 @pytest.mark.parametrize(
     ("mode", "name"),
-    [("cwd", ".env"), ("cwd", ".git/fsmonitor--daemon.ipc"), ("swap", "s.sock")],
+    [("cwd", "own.sock"), ("cwd", ".git/fsmonitor--daemon.ipc"), ("swap", "s.sock")],
 )
 def test_a_bind_lands_where_it_was_judged(
     sandbox: Sandbox, native: bool, mode: str, name: str
