@@ -233,3 +233,38 @@ def test_run_from_outside_the_workspace_starts_the_agent_at_its_root(sandbox: Sa
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines() == [str(sandbox.workspace)]
     assert start_record(sandbox)["cwd"] == str(sandbox.workspace)
+
+
+# -- a program under /tmp is the host's file ------------------------------------------------
+
+
+@pytest.mark.requires_seccomp_notify
+@pytest.mark.requires_landlock
+def test_a_program_under_tmp_is_bound_back_read_only(sandbox: Sandbox) -> None:
+    """A program run by a path under /tmp is bound back into the agent's
+    private /tmp, where writes are the agent's scratch: the program was
+    bound writable, so a script could rewrite itself, and through a symlink
+    (a venv's bin/python) a host file anywhere (red team 27).  It is bound
+    read-only now; its target outside /tmp stays as it was.  And a secret's
+    name under /tmp is no longer the agent's own there (`{own_tmp}`)."""
+    outside = locations_root()  # not under /tmp: strict refuses writing it
+    try:
+        real = outside / "tool.sh"
+        real.write_text('#!/bin/sh\necho ran\necho trojan >> "$0" && echo "wrote $0"\n')
+        real.chmod(0o755)
+        bindir = sandbox.root / "bin"
+        bindir.mkdir()
+        (bindir / "tool.sh").symlink_to(real)
+        (bindir / "own.sh").write_text(real.read_text())
+        (bindir / "own.sh").chmod(0o755)
+        for program, host_file in (
+            (bindir / "tool.sh", real),
+            (bindir / "own.sh", bindir / "own.sh"),
+        ):
+            before = host_file.read_text()
+            result = sandbox.run(str(program))
+            assert result.stdout.splitlines()[0] == "ran", result.stderr[-2000:]
+            assert "wrote" not in result.stdout, result.stdout
+            assert host_file.read_text() == before
+    finally:
+        shutil.rmtree(outside)

@@ -110,6 +110,7 @@ def test_the_facts_are_placeholders() -> None:
         ({"home": "/home/u", "home_real": "/var/tmp/u"}, ()),  # a symlinked home
         ({"workspace": "/var/tmp/ws"}, ()),
         ({"python_prefixes": ("/opt/py", "/tmp/venv")}, ()),
+        ({"tmp_binds": ("/tmp/bin/tool",)}, ()),  # the program, bound back in
         ({"workspace": "/tmpx/ws"}, TMP),  # a name that only starts like /tmp
     ],
 )

@@ -91,6 +91,9 @@ class RunContext:
     # unix sockets are its own (`{private_abstract}`).
     private_tmp: tuple[str, ...] = ()
     private_abstract: bool = False
+    # Other host files the launch binds back into a private /tmp that covers
+    # them (the program and its executable): `{own_tmp}` has no value then.
+    tmp_binds: tuple[str, ...] = ()
 
     @classmethod
     def for_run(
@@ -125,9 +128,16 @@ class RunContext:
     def own_tmp(self) -> tuple[str, ...]:
         """`{own_tmp}`: the private /tmp and /var/tmp when everything in them is
         the agent's own making, as nothing of the host's is bound back in
-        beneath them (a workspace, a home, a Python or agentsup under /tmp).
-        No value otherwise."""
-        host = (self.workspace, self.home, self.home_real, *self.python_prefixes, _AGENTSUP_ROOT)
+        beneath them (a workspace, a home, a Python, agentsup or the program
+        under /tmp).  No value otherwise."""
+        host = (
+            self.workspace,
+            self.home,
+            self.home_real,
+            *self.python_prefixes,
+            _AGENTSUP_ROOT,
+            *self.tmp_binds,
+        )
         if any(_beneath(path, root) for root in self.private_tmp for path in host if path):
             return ()
         return self.private_tmp

@@ -765,6 +765,16 @@ class Agent:
             env.update(egress.proxy_environment(egress_port, env.get("NODE_OPTIONS", "")))
             egress_proxy = f"{egress.PROXY_HOST}:{egress_port}"
         executable, argv = resolve_program(request.program, request.args, env.get("PATH", ""))
+        programs = [executable]
+        if request.program.endswith(".py"):
+            programs.append(os.path.abspath(request.program))
+        # Bound back into a private /tmp that covers them, they are the host's
+        # files there, not the agent's own making: `{own_tmp}` has no value.
+        binds = tuple(dict.fromkeys(p for path in programs for p in (path, os.path.realpath(path))))
+        held = dataclasses.replace(self._context, tmp_binds=binds)
+        if held.own_tmp != self._context.own_tmp:
+            self._context = held
+            compiled = compile_policy_cached(resolved, self._context, self.locations.state_dir)
         # Every run serves the hook socket: any program (a shell script, make)
         # may start a Python, and hooks/site/sitecustomize.py hooks each one.
         self.locations.runtime_dir.mkdir(parents=True, exist_ok=True)
@@ -850,15 +860,22 @@ class Agent:
         if user is not None:
             env["HOME"], env["USER"], env["LOGNAME"] = user.home, user.name, user.name
         package = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        keep = [workspace, kept_home, hook_socket or "", executable]
-        if request.program.endswith(".py"):
-            keep.append(os.path.abspath(request.program))
+        keep = [workspace, kept_home, hook_socket or ""]
         # agentsup's own Python and code, wherever they are (a project's .venv
         # in the workspace too): a .pth file written there would run in the
         # next agentsup, as root, before any supervision.  sys.prefix is also
         # a virtualenv's root (pyvenv.cfg, bin/python), which the realpath of
         # its python leaves behind: kept in a private /tmp, it must be there.
         read_only = [sys.executable, package, sys.prefix, sys.base_prefix]
+        # The program too, read-only, unless it comes with the workspace or the
+        # home: bound back into a private /tmp, a host file (a symlink's target
+        # anywhere) would be written under a name the policy takes for the
+        # agent's scratch (red team 27 rewrote one outside the workspace).
+        for path in programs:
+            spellings = (path, os.path.realpath(path))
+            within = [root for root in (workspace, kept_home) if root]
+            if not all(kernel_namespaces.under(spelled, within) for spelled in spellings):
+                read_only.append(path)
         own_dirs = self._agents_tmpdir(compiled, env, [*keep, *read_only])
         self._plan = launch.LaunchPlan(
             executable=executable,
