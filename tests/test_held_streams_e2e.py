@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import AGENTS, Sandbox
+from conftest import AGENTS, Sandbox, fastpath_env
 
 pytestmark = [
     pytest.mark.requires_root,
@@ -115,6 +115,46 @@ def test_more_than_the_fd_gives_of_a_file_outside_the_agents_view_is_refused(
             code = subprocess.run(command, stdout=output, env=box.env, timeout=60).returncode
         assert code == 0
         assert log.read_text().splitlines()[1:] == ["refused 13"]
+        assert (None, "agentsup-outside-view") in box.denials()
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
+def test_an_fd_of_a_file_outside_the_agents_view_is_not_changed_by_its_name(
+    tmp_path: Path, native: bool
+) -> None:
+    """Red team 27: a host file under the host's /tmp handed in as stdin was
+    chmod-ed and its times set, judged by a name that means the agent's own
+    private /tmp (where strict lets it, and a key's name is its own).  Each
+    change through such an fd is refused, and the record says why."""
+    box = Sandbox(tmp_path)
+    where = Path(tempfile.mkdtemp(prefix="agentsup-key-", dir="/tmp"))
+    try:
+        key = where / "server.key"
+        key.write_text("-----BEGIN PRIVATE KEY-----\n")
+        key.chmod(0o600)
+        before = key.stat()
+        script = (
+            "import os\n"
+            "for change in (lambda: os.fchmod(0, 0o644), lambda: os.utime(0, (0, 0)),\n"
+            "               lambda: os.chown(0, os.getuid(), os.getgid())):\n"
+            "    try: change(); print('changed')\n"
+            "    except OSError as refused: print('refused', refused.errno)\n"
+        )
+        with key.open() as stdin:
+            done = subprocess.run(
+                box.command("python3", "-c", script),
+                stdin=stdin,
+                capture_output=True,
+                text=True,
+                env={**box.env, **fastpath_env(native)},
+                timeout=60,
+            )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.splitlines() == ["refused 13"] * 3, done.stdout
+        after = key.stat()
+        assert (after.st_mode, after.st_mtime) == (before.st_mode, before.st_mtime)
         assert (None, "agentsup-outside-view") in box.denials()
     finally:
         shutil.rmtree(where, ignore_errors=True)

@@ -1690,6 +1690,13 @@ static int serve_fd_op(int listener, const struct seccomp_notif *n, enum fd_op o
     char real[PATH_BYTES + 1];
     ssize_t length = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && own_name(&st)
                          ? real_path(fd, real) : -1;
+    /* The file at that path in the agent's view (this broker's), or the
+     * supervisor's to refuse: a file handed in from the host's /tmp reads
+     * as a path of the agent's own private /tmp. */
+    struct stat there;
+    if (length > 0 && st.st_nlink > 0 &&
+        (stat(real, &there) != 0 || there.st_dev != st.st_dev || there.st_ino != st.st_ino))
+        length = -1;
     if (length < 0 || !granted(real, (size_t)length, op == FD_TIMES ? ALLOW_WRITE : ALLOW_CHMOD, 0)) {
         close(fd);
         return 0;

@@ -2066,7 +2066,26 @@ class Mediator:
             self.release(node)
             self._fail(n, node.error)
             return
+        if node.fd >= 0 and not node.error and not self._in_view(n.pid, node):
+            # A file handed in (stdin from the host's /tmp) whose path names
+            # something else for the agent: no rule can judge it (red team 27
+            # chmod-ed a host key under /tmp, judged as the agent's own /tmp).
+            self.release(node)
+            self.judge.refuse_outside_view(syscall, n.pid, node.target)
+            self._fail(n, errno.EACCES)
+            return
         self._act(n, syscall, action, node, op, *args)
+
+    def _in_view(self, tid: int, node: Resolved) -> bool:
+        """Whether a regular file's fd is the file at its path in the agent's view."""
+        if (
+            not stat.S_ISREG(node.pinned.mode)
+            or not node.pinned.nlink
+            or not node.target.startswith("/")
+        ):
+            return True  # a pipe, a socket, a removed file: in no one's view by a name
+        there = self._pin(tid, AT_FDCWD, os.fsencode(node.target), broker.OBJECT, keep=False)
+        return not there.error and (there.dev, there.ino) == (node.pinned.dev, node.pinned.ino)
 
     def _act(
         self,
