@@ -40,8 +40,9 @@ HEADER: Final = struct.Struct(">I")
 ENV_SOCKET: Final = "AGENTSUP_HOOK_SOCKET"
 ENV_AGENT_ID: Final = "AGENTSUP_AGENT_ID"
 # The supervisor's hooks/site, first on the agent's PYTHONPATH: where it is on
-# sys.path, its sitecustomize installs the supervisor's own hook, and the .pth
-# of an agentsup the interpreter has (another copy, maybe unreadable) stands back.
+# sys.path (and is a hooks/site: a sitecustomize.py beside a _hook.py), its
+# sitecustomize installs the supervisor's own hook, and the .pth of an agentsup
+# the interpreter has (another copy, maybe unreadable) stands back.
 ENV_SITE: Final = "AGENTSUP_HOOK_SITE"
 # "1" when the supervisor wants notes (file, shell, connect telemetry); it
 # asks only at audit level `all`, so the hot path pays nothing otherwise.

@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -522,6 +523,15 @@ def test_a_python_with_another_agentsup_installed_gets_this_ones_hook(sandbox: S
         result = sandbox.run(str(venv / "bin" / "python"), "-c", code)
         assert result.returncode == 0, result.stderr[-2000:]
         assert result.stdout.split() == ["True"]
+        # The .pth stands back only for the supervisor's hooks/site itself: not
+        # for any directory on sys.path an agent names (with -E no
+        # sitecustomize runs, and the .pth is the hook's one way in).
+        stdlib = sysconfig.get_paths()["stdlib"]
+        result = sandbox.run(
+            "env", f"AGENTSUP_HOOK_SITE={stdlib}", str(venv / "bin" / "python"), "-E", "-c", code
+        )
+        assert result.returncode == 125, (result.stdout, result.stderr[-2000:])
+        assert "cannot install the audit hook" in result.stderr
     finally:
         shutil.rmtree(elsewhere)
 
