@@ -240,13 +240,30 @@ def process_umask(tid: int) -> int:
         return 0o022
 
 
-def process_state(pid: int) -> str:
-    """The one-letter state from /proc/PID/stat (R, S, D, T, Z, ...), '' if gone."""
+def _stat_field(pid: int, index: int) -> bytes | None:
+    """Field `index` of /proc/PID/stat counted from the state (0), after the
+    command name (which may hold spaces and parentheses); None if gone."""
     try:
         data = read_proc(f"/proc/{pid}/stat")
-        return data[data.rindex(b")") + 2 :].split()[0].decode()
+        return data[data.rindex(b")") + 2 :].split()[index]
     except (OSError, ValueError, IndexError):
-        return ""
+        return None
+
+
+def process_state(pid: int) -> str:
+    """The one-letter state from /proc/PID/stat (R, S, D, T, Z, ...), '' if gone."""
+    field = _stat_field(pid, 0)
+    return field.decode() if field is not None else ""
+
+
+def start_time(tid: int) -> int | None:
+    """When thread `tid` started (clock ticks since boot): with its number, its
+    identity (a number is used again).  None if gone."""
+    field = _stat_field(tid, 19)
+    try:
+        return int(field) if field is not None else None
+    except ValueError:
+        return None
 
 
 # sched_getaffinity's number: the answer it gives the agent is the syscall's
@@ -464,8 +481,8 @@ def pidfd_target(tid: int, fd: int) -> int | None:
 
 def process_group(pid: int) -> int:
     """The process group of `pid` (from /proc/PID/stat), 0 if it is gone."""
+    field = _stat_field(pid, 2)
     try:
-        data = read_proc(f"/proc/{pid}/stat")
-        return int(data[data.rindex(b")") + 2 :].split()[2])
-    except (OSError, ValueError, IndexError):
+        return int(field) if field is not None else 0
+    except ValueError:
         return 0

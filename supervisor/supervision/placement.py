@@ -37,6 +37,7 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from ..kernel import fastpath
+from ..kernel.proc import start_time
 
 SAMPLE_SECONDS = 0.5
 
@@ -134,16 +135,6 @@ _given: dict[int, tuple[int, frozenset[int], int]] = {}
 _calls = 0
 
 
-def _start_time(tid: int) -> int | None:
-    """When thread `tid` started (clock ticks since boot): with its number, its identity."""
-    try:
-        with open(f"/proc/{tid}/stat", "rb") as stat:
-            data = stat.read()
-        return int(data[data.rindex(b")") + 2 :].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def place(pids: set[int], cpus: set[int], supervisor: set[int] | None = None) -> None:
     """Set the affinity of every thread of `pids` that did not choose its own
     CPUs, and of the supervisor itself (`supervisor`, or the same `cpus`)."""
@@ -157,7 +148,7 @@ def place(pids: set[int], cpus: set[int], supervisor: set[int] | None = None) ->
         except OSError:
             continue
         for name in tids:
-            start = _start_time(tid := int(name))
+            start = start_time(tid := int(name))
             if start is not None:
                 threads.append((tid, start))
     # What this tree was given last (the trampoline and the broker always
@@ -179,7 +170,7 @@ def place(pids: set[int], cpus: set[int], supervisor: set[int] | None = None) ->
             continue
     ours = {tid for tid, _start in threads}
     for tid, (start, _cpus, _call) in list(_given.items()):
-        if tid not in ours and _start_time(tid) != start:
+        if tid not in ours and start_time(tid) != start:
             del _given[tid]  # gone (or its number taken by another)
 
 
