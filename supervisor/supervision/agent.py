@@ -425,6 +425,19 @@ def may_lack(request: RunRequest) -> frozenset[str]:
     return frozenset(degraded & set(kernel_namespaces.FLAGS))
 
 
+def spellings(paths: Sequence[str]) -> tuple[str, ...]:
+    """Each path as spelled (made absolute) and where it leads: a symlink's
+    own place and its target's are both the host's."""
+    return tuple(
+        dict.fromkeys(
+            spelling
+            for path in paths
+            if path
+            for spelling in (os.path.realpath(path), os.path.abspath(path))
+        )
+    )
+
+
 def plan_isolation(
     policy: CompiledPolicy,
     request: RunRequest,
@@ -454,16 +467,6 @@ def plan_isolation(
     failed), and no rename of the agent's reaches the host (as bubblewrap's
     --unshare-uts without --hostname).
     """
-
-    def spellings(paths: Sequence[str]) -> tuple[str, ...]:
-        return tuple(
-            dict.fromkeys(
-                spelling
-                for path in paths
-                if path
-                for spelling in (os.path.realpath(path), os.path.abspath(path))
-            )
-        )
 
     return Isolation(
         namespaces=wanted_namespaces(policy, request, egress_port),
@@ -770,8 +773,7 @@ class Agent:
             programs.append(os.path.abspath(request.program))
         # Bound back into a private /tmp that covers them, they are the host's
         # files there, not the agent's own making: `{own_tmp}` has no value.
-        binds = tuple(dict.fromkeys(p for path in programs for p in (path, os.path.realpath(path))))
-        held = dataclasses.replace(self._context, tmp_binds=binds)
+        held = dataclasses.replace(self._context, tmp_binds=spellings(programs))
         if held.own_tmp != self._context.own_tmp:
             self._context = held
             compiled = compile_policy_cached(resolved, self._context, self.locations.state_dir)
@@ -871,10 +873,9 @@ class Agent:
         # home: bound back into a private /tmp, a host file (a symlink's target
         # anywhere) would be written under a name the policy takes for the
         # agent's scratch (red team 27 rewrote one outside the workspace).
+        within = [root for root in (workspace, kept_home) if root]
         for path in programs:
-            spellings = (path, os.path.realpath(path))
-            within = [root for root in (workspace, kept_home) if root]
-            if not all(kernel_namespaces.under(spelled, within) for spelled in spellings):
+            if not all(kernel_namespaces.under(spelled, within) for spelled in spellings([path])):
                 read_only.append(path)
         own_dirs = self._agents_tmpdir(compiled, env, [*keep, *read_only])
         self._plan = launch.LaunchPlan(
@@ -909,13 +910,7 @@ class Agent:
             return []
         private = [tmp for tmp in kernel_namespaces.PRIVATE_TMP if os.path.isdir(tmp)]
         private += kernel_namespaces.private_run_dirs()
-        spellings = [
-            spelling
-            for path in kept
-            if path
-            for spelling in (os.path.realpath(path), os.path.abspath(path))
-        ]
-        fate, real = tmpdir_fate(policy, tmpdir, private, spellings)
+        fate, real = tmpdir_fate(policy, tmpdir, private, spellings(kept))
         if fate == "drop":
             del env["TMPDIR"]
             self._tmpdir_dropped = tmpdir
