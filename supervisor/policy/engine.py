@@ -70,7 +70,8 @@ def invoking_home() -> str:
 _AGENTSUP_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _beneath(path: str, root: str) -> bool:
+def beneath(path: str, root: str) -> bool:
+    """Whether `path` is `root` or lies beneath it."""
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
@@ -138,7 +139,7 @@ class RunContext:
             _AGENTSUP_ROOT,
             *self.tmp_binds,
         )
-        if any(_beneath(path, root) for root in self.private_tmp for path in host if path):
+        if any(beneath(path, root) for root in self.private_tmp for path in host if path):
             return ()
         return self.private_tmp
 

@@ -36,7 +36,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..events import DEFAULT_RULE_ID, FILE_ACTIONS, ActionType, Event, Severity, Verdict
-from .engine import CompiledPolicy, RunContext, compile_policy
+from .engine import CompiledPolicy, RunContext, beneath, compile_policy
 from .model import Policy, Rule
 
 GUARD_NAME = "agentsup-shadow-guard"
@@ -157,10 +157,6 @@ def _regex_literal(text: str) -> str:
     return re.sub(r"([\\.^$|?*+()\[\]{}])", r"\\\1", text)
 
 
-def _under(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
-
-
 class _Templater:
     """Paths written with `{workspace}` and `{home}` where they apply."""
 
@@ -171,7 +167,7 @@ class _Templater:
 
     def glob(self, path: str, tail: str = "") -> str:
         for name, root in self.roots:
-            if root != "/" and _under(path, root):
+            if root != "/" and beneath(path, root):
                 return name + _glob_literal(path[len(root) :]) + tail
         return _glob_literal(path) + tail
 
