@@ -260,9 +260,11 @@ class Sandbox:
         extra: Sequence[str] = (),
         timeout: float = 60,
         env: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             self.command(*program, policy=policy, agent_id=agent_id, extra=extra),
+            cwd=cwd,
             env={**self.env, **(env or {})},
             capture_output=True,
             text=True,

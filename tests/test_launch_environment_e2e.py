@@ -169,14 +169,7 @@ def test_run_from_a_directory_in_the_workspace_starts_the_agent_there(sandbox: S
     repo.mkdir()
     (repo / "notes.txt").write_text("in the repo\n")
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
-    result = subprocess.run(
-        sandbox.command("sh", "-c", "pwd; cat notes.txt; git status --short"),
-        cwd=repo,
-        env=sandbox.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = sandbox.run("sh", "-c", "pwd; cat notes.txt; git status --short", cwd=repo)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines() == [str(repo), "in the repo", "?? notes.txt"]
     assert start_record(sandbox)["cwd"] == str(repo)
@@ -222,14 +215,7 @@ def test_run_from_a_directory_deeper_than_path_max_starts_the_agent_there(
 @pytest.mark.requires_seccomp_notify
 @pytest.mark.requires_landlock
 def test_run_from_outside_the_workspace_starts_the_agent_at_its_root(sandbox: Sandbox) -> None:
-    result = subprocess.run(
-        sandbox.command("pwd"),
-        cwd=sandbox.root,
-        env=sandbox.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = sandbox.run("pwd", cwd=sandbox.root)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines() == [str(sandbox.workspace)]
     assert start_record(sandbox)["cwd"] == str(sandbox.workspace)
