@@ -89,6 +89,7 @@ class Layer(str, enum.Enum):
     """Which part of agentsup saw the action (the audit `layer` field)."""
 
     SECCOMP = "seccomp"
+    FANOTIFY = "fanotify"  # a read the kernel asked about (the read lane)
     LANDLOCK = "landlock"
     HOOK = "hook"
     PROXY = "proxy"

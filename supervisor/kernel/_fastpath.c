@@ -47,10 +47,13 @@
 #include <linux/audit.h>
 #include <linux/seccomp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <sys/fanotify.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -236,6 +239,14 @@ static unsigned queue_head, queue_length;
 #define NOTICE_EXEC_CHECKED (1u << 31)
 #define NOTICE_EXEC_DONE (1u << 30)
 #define NOTICE_EXEC_JUDGE (1u << 29)
+/* A read the kernel let through to fanotify (see "reads the kernel asks
+ * about"): the supervisor answers it with FAN_ANSWER, by its event fd. */
+#define NOTICE_FAN_READ (1u << 28)
+
+static int lane_on;
+static void lane_flush(void);
+static void lane_ignore(int fd, int directory);
+static int in_own_view(const char *real, size_t length, int pinned);
 
 static struct watched_exec *watched_slot(pid_t pid) {
     if (!watched_count)
@@ -1153,14 +1164,20 @@ static int deleted(const char *path, size_t length) {
     return length > 10 && strcmp(path + length - 10, " (deleted)") == 0;
 }
 
-static ssize_t real_path(int fd, char *out) {
+/* The path of what `fd` holds, as this process's /proc names it; -1 for none. */
+static ssize_t fd_path(int fd, char *out) {
     char name[16];
     snprintf(name, sizeof name, "%d", fd);
     ssize_t length = own_fd_dir() >= 0 ? readlinkat(own_fds, name, out, PATH_BYTES) : -1;
     if (length <= 0 || length >= PATH_BYTES)
         return -1;
     out[length] = '\0';
-    if (out[0] != '/' || (special_prefix(out) && !harmless_device_name(out)) ||
+    return length;
+}
+
+static ssize_t real_path(int fd, char *out) {
+    ssize_t length = fd_path(fd, out);
+    if (length < 0 || out[0] != '/' || (special_prefix(out) && !harmless_device_name(out)) ||
         deleted(out, (size_t)length))
         return -1;
     return length;
@@ -1352,11 +1369,19 @@ static int serve_create(int listener, const struct seccomp_notif *n, int dirfd, 
     }
     if (id_valid(listener, n->id)) { /* interrupted: nothing may be created */
         mode_t created = (mode_t)(mode & 07777 & ~(unsigned long)umask & ~(unsigned long)(S_ISUID | S_ISGID));
+        /* Where the agent may read it back, made through the broker's own
+         * view of the same directory: the kernel does not ask about it. */
+        int readable = lane_on && (cache_bits(target, (size_t)length) & ALLOW_READ);
+        size_t parent_length = (size_t)(strrchr(target, '/') - target);
+        int view_dir = readable ? in_own_view(target, parent_length ? parent_length : 1, dir) : -1;
         /* O_EXCL: only a new file is what was decided on.  A name that
          * appeared since the lookup (a racing mkfifo, whose open for writing
          * would block this broker for good; a hard link) goes to the
          * supervisor like any existing object. */
-        int fd = openat(dir, name, (int)((flags & ~(unsigned long)O_NOFOLLOW) | O_NOFOLLOW | O_EXCL | O_CLOEXEC), created);
+        int fd = openat(view_dir >= 0 ? view_dir : dir, name,
+                        (int)((flags & ~(unsigned long)O_NOFOLLOW) | O_NOFOLLOW | O_EXCL | O_CLOEXEC), created);
+        if (view_dir >= 0)
+            close(view_dir);
         if (fd < 0 && errno == EEXIST && !(flags & O_EXCL)) {
             close(dir);
             return 0;
@@ -1364,6 +1389,10 @@ static int serve_create(int listener, const struct seccomp_notif *n, int dirfd, 
         if (fd < 0)
             respond_error(listener, n->id, errno);
         else {
+            /* Read back later without asking, when reading it is plainly
+             * allowed too (granted() asked for every action). */
+            if (readable)
+                lane_ignore(fd, 0);
             inject(listener, n->id, fd, (flags & O_CLOEXEC) != 0);
             close(fd);
         }
@@ -1477,9 +1506,20 @@ static int serve_open(int listener, const struct seccomp_notif *n, int dirfd, ui
             return 0;
         }
         /* Reopened through the magic link: the very file that was decided on
-         * (a read as it would have been opened above). */
+         * (a read as it would have been opened above); where the agent may
+         * read it, the same file in the broker's own view. */
+        int view = lane_on && (cache_bits(real, (size_t)length) & ALLOW_READ)
+                       ? in_own_view(real, (size_t)length, fd)
+                       : -1;
+        if (view >= 0)
+            snprintf(name, sizeof name, "%d", view);
         unsigned long own = (flags & ~(unsigned long)(O_NOFOLLOW | O_CLOEXEC)) | O_CLOEXEC;
         int reopened = openat(own_fds, name, (int)(writes ? own : own | O_NONBLOCK | O_NOCTTY));
+        if (view >= 0) {
+            int kept = errno;
+            close(view);
+            errno = kept;
+        }
         int reopen_errno = errno;
         close(fd);
         if (reopened < 0) {
@@ -1829,9 +1869,10 @@ static int serve_rename(int listener, const struct seccomp_notif *n, int olddirf
 #else
         long moved = flags ? (errno = ENOSYS, -1) : renameat(t.dir[0], t.name[0], t.dir[1], t.name[1]);
 #endif
-        if (moved == 0)
+        if (moved == 0) {
+            lane_flush(); /* what the kernel let be read unasked may have a new name */
             respond_value(listener, n->id, 0);
-        else
+        } else
             respond_error(listener, n->id, errno);
     }
     release_two(&t);
@@ -1867,8 +1908,10 @@ static int serve_link(int listener, const struct seccomp_notif *n, int olddirfd,
     if (id_valid(listener, n->id)) { /* interrupted: nothing may be linked */
         char name[16];
         snprintf(name, sizeof name, "%d", object);
-        if (linkat(own_fds, name, t.dir[1], t.name[1], AT_SYMLINK_FOLLOW) == 0)
+        if (linkat(own_fds, name, t.dir[1], t.name[1], AT_SYMLINK_FOLLOW) == 0) {
+            lane_flush();
             respond_value(listener, n->id, 0);
+        }
         else
             respond_error(listener, n->id, errno);
     }
@@ -1878,7 +1921,8 @@ static int serve_link(int listener, const struct seccomp_notif *n, int olddirfd,
 }
 
 /* 1 when the notification was answered here, 0 when it must be forwarded. */
-static int send_forward(int forward_fd, const struct seccomp_notif *n, int pidfd);
+static int send_forward(int forward_fd, const struct seccomp_notif *n, int pidfd, const char *path,
+                        size_t path_length);
 
 
 /* A notice for `n`'s thread (`flag` in its flags), sent now with a pidfd of
@@ -1890,7 +1934,7 @@ static int tell(int listener, int forward_fd, const struct seccomp_notif *n, uns
         return -1;
     struct seccomp_notif notice = *n;
     notice.flags |= flag;
-    int sent = send_forward(forward_fd, &notice, pidfd);
+    int sent = send_forward(forward_fd, &notice, pidfd, NULL, 0);
     close(pidfd);
     return sent == 0 ? 0 : -1;
 }
@@ -2341,17 +2385,20 @@ static int serve_fast(int listener, int forward_fd, struct seccomp_notif *n) {
 struct queued {
     struct seccomp_notif notif;
     int pidfd;
+    char *path; /* a read to judge (NOTICE_FAN_READ): its path, sent after the notification */
+    size_t path_length;
 };
 
 #define QUEUE_SLOTS (1u << 16) /* more than the agent can have threads in syscalls */
 static struct queued *queue;
 
 /* 0 sent, 1 would block, -1 the supervisor is gone. */
-static int send_forward(int forward_fd, const struct seccomp_notif *n, int pidfd) {
+static int send_forward(int forward_fd, const struct seccomp_notif *n, int pidfd, const char *path,
+                        size_t path_length) {
     char control[CMSG_SPACE(sizeof(int))];
     memset(control, 0, sizeof control);
-    struct iovec iov = {(void *)n, sizeof *n};
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control,
+    struct iovec iov[2] = {{(void *)n, sizeof *n}, {(void *)path, path_length}};
+    struct msghdr msg = {.msg_iov = iov, .msg_iovlen = path ? 2 : 1, .msg_control = control,
                          .msg_controllen = sizeof control};
     struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
     cmsg->cmsg_level = SOL_SOCKET;
@@ -2372,7 +2419,13 @@ static int send_forward(int forward_fd, const struct seccomp_notif *n, int pidfd
  * its process with it: its watch is spent, and no later call would be
  * checked.  While the notification was pending its thread was held, so the
  * pid is still its own (or it is gone, and the kill is a no-op). */
+static void lane_refuse(int fd);
+
 static void not_forwarded(int listener, const struct seccomp_notif *n, int err) {
+    if (n->flags & NOTICE_FAN_READ) {
+        lane_refuse((int)n->id); /* no supervisor to judge it: refused */
+        return;
+    }
     if (n->flags & NOTICE_EXEC_JUDGE)
         kill((pid_t)n->pid, SIGKILL);
     respond_error(listener, n->id, err);
@@ -2381,15 +2434,48 @@ static void not_forwarded(int listener, const struct seccomp_notif *n, int err) 
 static void flush_queue(int listener, int forward_fd) {
     while (queue_length) {
         struct queued *q = &queue[queue_head];
-        int sent = send_forward(forward_fd, &q->notif, q->pidfd);
+        int sent = send_forward(forward_fd, &q->notif, q->pidfd, q->path, q->path_length);
         if (sent == 1)
             return;
         if (sent < 0)
             not_forwarded(listener, &q->notif, EPERM); /* no supervisor: fail closed */
         close(q->pidfd);
+        free(q->path);
+        q->path = NULL;
         queue_head = (queue_head + 1) & (QUEUE_SLOTS - 1);
         queue_length--;
     }
+}
+
+/* Send now or queue: `n` with `pidfd` (closed here) and, for a read to judge, its path. */
+static void forward_with(int listener, int forward_fd, const struct seccomp_notif *n, int pidfd,
+                         const char *path, size_t path_length) {
+    if (!queue_length) {
+        int sent = send_forward(forward_fd, n, pidfd, path, path_length);
+        if (sent != 1) {
+            if (sent < 0)
+                not_forwarded(listener, n, EPERM);
+            close(pidfd);
+            return;
+        }
+    }
+    if (!queue)
+        queue = calloc(QUEUE_SLOTS, sizeof *queue);
+    char *kept = NULL;
+    if (path && (kept = malloc(path_length ? path_length : 1)) != NULL)
+        memcpy(kept, path, path_length);
+    if (!queue || queue_length == QUEUE_SLOTS || (path && !kept)) {
+        not_forwarded(listener, n, EAGAIN);
+        close(pidfd);
+        free(kept);
+        return;
+    }
+    struct queued *q = &queue[(queue_head + queue_length) & (QUEUE_SLOTS - 1)];
+    q->notif = *n;
+    q->pidfd = pidfd;
+    q->path = kept;
+    q->path_length = path_length;
+    queue_length++;
 }
 
 /* Hand the notification to the supervisor, with a pidfd of the calling thread. */
@@ -2400,26 +2486,367 @@ static void forward(int listener, int forward_fd, const struct seccomp_notif *n)
         not_forwarded(listener, n, EPERM);
         return;
     }
-    if (!queue_length) {
-        int sent = send_forward(forward_fd, n, pidfd);
-        if (sent != 1) {
-            if (sent < 0)
-                not_forwarded(listener, n, EPERM);
-            close(pidfd);
-            return;
+    forward_with(listener, forward_fd, n, pidfd, NULL, 0);
+}
+
+/* -- reads the kernel asks about (fanotify) ------------------------------------
+ * With the read lane on, the seccomp filter lets a plain read-only open or
+ * openat through, and the kernel asks here instead: the supervisor made a
+ * fanotify group with FAN_OPEN_PERM marks on every mount of the agent's
+ * mount namespace (procfs takes none: the lane is on only where the policy
+ * plainly allows every read there) and handed it to this process.
+ *
+ * A reader thread takes the events.  The kernel opens each event's file in
+ * the reader, so the reader runs under a Landlock layer of its own that
+ * reads no device but the harmless ones: any other device the agent opens
+ * is refused by the kernel itself (EPERM), before its driver runs.  Opens
+ * of this process's main thread (the broker's own, done for the agent after
+ * a decision) and of processes outside the agent's PID namespace are let
+ * through at once; the rest wait for this thread, which decides them in
+ * serve() as it decides an open: a plainly allowed read of a regular file,
+ * a directory or a harmless device, by its real path, is allowed, and its
+ * inode marked so that the kernel does not ask again (an ignore mark, on a
+ * file with one name only).  Everything else goes to the supervisor, which
+ * answers by the event's fd (FAN_ANSWER).  The marks are flushed whenever a
+ * name may have changed under them: a rename or link served, a policy
+ * change, and every LANE_FLUSH_MS (a rename on the host is not seen). */
+
+#define LANE_FLUSH_MS 1000
+#define LANE_BATCH 32768
+
+struct lane_event {
+    struct lane_event *next;
+    int fd;      /* the event's file, opened by the kernel in the reader; -1: none */
+    int error;   /* why the kernel could not open it (the open is already refused) */
+    pid_t tid;   /* the opener, as this PID namespace numbers it */
+};
+
+static int lane_fan = -1;   /* the fanotify group */
+static int lane_view = -1;  /* the broker's own view: a copy of the agent's mount tree */
+static int lane_wake = -1;  /* eventfd: events wait for the main thread */
+static int lane_ruleset = -1;
+static pid_t lane_own_pid;
+static pthread_mutex_t lane_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct lane_event *lane_head, **lane_tail = &lane_head;
+static unsigned lane_marks; /* ignore marks added since the last flush */
+static struct timespec lane_flushed;
+static unsigned char *lane_pending; /* by fd: an event the supervisor has yet to answer */
+static size_t lane_pending_size;
+#define LANE_HELPERS 64
+static pid_t lane_helpers[LANE_HELPERS]; /* the broker's FIFO helpers (Broker._rendezvous) */
+
+static void lane_respond(int fd, unsigned response) {
+    struct fanotify_response r = {.fd = fd, .response = response};
+    while (write(lane_fan, &r, sizeof r) < 0 && errno == EINTR)
+        ;
+}
+
+static void lane_refuse(int fd) {
+    lane_respond(fd, FAN_DENY);
+    if (fd >= 0 && (size_t)fd < lane_pending_size)
+        lane_pending[fd] = 0;
+    close(fd);
+}
+
+static void lane_flush(void) {
+    if (!lane_on || !lane_marks)
+        return;
+    /* FAN_MARK_FLUSH with no mark type: every inode mark (the ignore marks);
+     * the mount marks stay. */
+    if (fanotify_mark(lane_fan, FAN_MARK_FLUSH, 0, AT_FDCWD, NULL) == 0)
+        lane_marks = 0;
+    clock_gettime(CLOCK_MONOTONIC, &lane_flushed);
+}
+
+static void lane_ignore(int fd, int directory) {
+    unsigned long long mask = FAN_OPEN_PERM | (directory ? FAN_ONDIR : 0);
+    if (fanotify_mark(lane_fan, FAN_MARK_ADD | FAN_MARK_INODE | FAN_MARK_IGNORE_SURV, mask, fd,
+                      NULL) == 0)
+        lane_marks++;
+}
+
+static int lane_helper(pid_t pid) {
+    for (int i = 0; i < LANE_HELPERS; i++)
+        if (lane_helpers[i] == pid)
+            return 1;
+    return 0;
+}
+
+static void lane_queue(int fd, int error, pid_t tid) {
+    struct lane_event *e = malloc(sizeof *e);
+    if (!e) {
+        if (fd >= 0) {
+            lane_respond(fd, FAN_DENY);
+            close(fd);
         }
-    }
-    if (!queue)
-        queue = malloc(QUEUE_SLOTS * sizeof *queue);
-    if (!queue || queue_length == QUEUE_SLOTS) {
-        not_forwarded(listener, n, EAGAIN);
-        close(pidfd);
         return;
     }
-    struct queued *q = &queue[(queue_head + queue_length) & (QUEUE_SLOTS - 1)];
-    q->notif = *n;
-    q->pidfd = pidfd;
-    queue_length++;
+    e->next = NULL;
+    e->fd = fd;
+    e->error = error;
+    e->tid = tid;
+    pthread_mutex_lock(&lane_lock);
+    *lane_tail = e;
+    lane_tail = &e->next;
+    pthread_mutex_unlock(&lane_lock);
+    uint64_t one = 1;
+    while (write(lane_wake, &one, sizeof one) < 0 && errno == EINTR)
+        ;
+}
+
+/* No more answers can come: nothing of the agent's may wait for good.  Only
+ * as the init of the agent's PID namespace (the lane is never on without
+ * one): there, kill(-1) is every process of the agent's, and no other. */
+static void lane_end(void) {
+    if (getpid() == 1)
+        kill(-1, SIGKILL);
+}
+
+static void *lane_reader(void *unused) {
+    (void)unused;
+    /* This thread alone: the events' files are opened here, with no device
+     * but the harmless ones readable.  Without that layer no event is read
+     * (a driver would run before any decision): the namespace is ended. */
+    if (syscall(SYS_landlock_restrict_self, lane_ruleset, 0) != 0) {
+        lane_end();
+        return NULL;
+    }
+    close(lane_ruleset);
+    static char buffer[LANE_BATCH] __attribute__((aligned(8)));
+    for (;;) {
+        ssize_t n = read(lane_fan, buffer, sizeof buffer);
+        if (n < 0) {
+            if (errno == EINTR || errno == EAGAIN)
+                continue;
+            lane_end();
+            return NULL;
+        }
+        struct fanotify_event_metadata *m = (struct fanotify_event_metadata *)buffer;
+        for (; FAN_EVENT_OK(m, n); m = FAN_EVENT_NEXT(m, n)) {
+            if (m->vers != FANOTIFY_METADATA_VERSION) {
+                lane_end();
+                return NULL;
+            }
+            if (!(m->mask & FAN_OPEN_PERM)) {
+                if (m->fd >= 0)
+                    close(m->fd);
+                continue;
+            }
+            if (m->fd < 0) {
+                /* Not opened here (FAN_REPORT_FD_ERROR): the kernel refused it
+                 * already; the supervisor records it. */
+                lane_queue(-1, -m->fd, m->pid);
+                continue;
+            }
+            if (m->pid == 0 || m->pid == lane_own_pid) {
+                lane_respond(m->fd, FAN_ALLOW);
+                close(m->fd);
+                continue;
+            }
+            lane_queue(m->fd, 0, m->pid);
+        }
+    }
+}
+
+/* The broker's own view.  A copy of the agent's mount tree, made before the
+ * marks and held by this process alone (namespaces.clone_tree): the same
+ * files, through mounts with no mark, so that the broker's own opens for
+ * the agent (a create, a write) are not asked about, which would cost a
+ * round trip to the reader each.  Only for a file the agent may read
+ * plainly: a file the broker hands over from this view can be read again
+ * through /proc/self/fd unasked.  `in_own_view` finds the object `pinned`
+ * (found in the agent's view, at `real`, its first `length` bytes) in it:
+ * an O_PATH fd of the very same inode, or -1. */
+static int in_own_view(const char *real, size_t length, int pinned) {
+#ifdef HAVE_OPENAT2
+    char relative[PATH_BYTES + 1];
+    if (lane_view < 0 || length == 0 || length > PATH_BYTES || real[0] != '/')
+        return -1;
+    memcpy(relative, real + 1, length - 1);
+    relative[length - 1] = '\0';
+    struct open_how how = {.flags = O_PATH | O_CLOEXEC | O_NOFOLLOW, .mode = 0,
+                           .resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_BENEATH};
+    int fd = (int)syscall(SYS_openat2, lane_view, relative[0] ? relative : ".", &how, sizeof how);
+    struct stat mine, theirs;
+    if (fd >= 0 && (fstat(fd, &mine) != 0 || fstat(pinned, &theirs) != 0 ||
+                    mine.st_dev != theirs.st_dev || mine.st_ino != theirs.st_ino)) {
+        close(fd);
+        fd = -1;
+    }
+    return fd;
+#else
+    return -1;
+#endif
+}
+
+/* Tell the supervisor: a read to judge (the fd stays pending until it answers). */
+static void lane_forward(int listener, int forward_fd, struct lane_event *e, const char *path,
+                         ssize_t length, const struct stat *st) {
+    int pidfd = (int)syscall(SYS_pidfd_open, e->tid, PIDFD_THREAD);
+    if (pidfd < 0) {
+        if (e->fd >= 0)
+            lane_refuse(e->fd); /* its opener is gone */
+        return;
+    }
+    struct seccomp_notif n;
+    memset(&n, 0, sizeof n);
+    n.id = (uint64_t)(int64_t)e->fd;
+    n.pid = (uint32_t)e->tid;
+    n.flags = NOTICE_FAN_READ;
+    n.data.nr = -1;
+    n.data.arch = NATIVE_ARCH;
+    if (st) {
+        n.data.args[0] = (uint64_t)st->st_dev;
+        n.data.args[1] = (uint64_t)st->st_ino;
+        n.data.args[2] = (uint64_t)st->st_mode;
+        n.data.args[3] = (uint64_t)st->st_nlink;
+    }
+    n.data.args[4] = (uint64_t)e->error;
+    if (e->fd >= 0) {
+        if ((size_t)e->fd >= lane_pending_size) {
+            size_t size = ((size_t)e->fd + 1024) & ~(size_t)1023;
+            unsigned char *grown = realloc(lane_pending, size);
+            if (!grown) {
+                close(pidfd);
+                lane_refuse(e->fd);
+                return;
+            }
+            memset(grown + lane_pending_size, 0, size - lane_pending_size);
+            lane_pending = grown;
+            lane_pending_size = size;
+        }
+        lane_pending[e->fd] = 1;
+    }
+    forward_with(listener, forward_fd, &n, pidfd, length > 0 ? path : "", length > 0 ? (size_t)length : 0);
+}
+
+/* One event, in the main thread: allowed here (and marked), or forwarded. */
+static int lane_decide(int listener, int forward_fd, struct lane_event *e) {
+    if (e->fd < 0) {
+        lane_forward(listener, forward_fd, e, NULL, 0, NULL); /* on record only */
+        return 0;
+    }
+    if (lane_helper(e->tid)) {
+        lane_respond(e->fd, FAN_ALLOW); /* the broker's own FIFO open, decided already */
+        close(e->fd);
+        return 0;
+    }
+    struct stat st;
+    char path[PATH_BYTES + 1];
+    /* Its path in the agent's view: the broker's /proc sees the same mounts. */
+    ssize_t length = fstat(e->fd, &st) != 0 ? -1 : fd_path(e->fd, path);
+    if (length < 0) {
+        lane_forward(listener, forward_fd, e, NULL, 0, NULL);
+        return 0;
+    }
+    int regular = S_ISREG(st.st_mode), directory = S_ISDIR(st.st_mode);
+    int plain = !fast_disabled && path[0] == '/' && !deleted(path, (size_t)length) && !on_proc(&st) &&
+                ((regular && own_name(&st) && !special_prefix(path)) ||
+                 (directory && !special_prefix(path)) ||
+                 (harmless_device(&st) && harmless_device_name(path)));
+    if (!plain || !granted(path, (size_t)length, ALLOW_READ, 0)) {
+        lane_forward(listener, forward_fd, e, path, length, &st);
+        return 0;
+    }
+    if ((regular && st.st_nlink == 1) || directory)
+        lane_ignore(e->fd, directory);
+    lane_respond(e->fd, FAN_ALLOW);
+    close(e->fd);
+    return 1;
+}
+
+/* The events the reader queued; how many were allowed here. */
+static int lane_serve(int listener, int forward_fd) {
+    uint64_t count;
+    while (read(lane_wake, &count, sizeof count) < 0 && errno == EINTR)
+        ;
+    pthread_mutex_lock(&lane_lock);
+    struct lane_event *e = lane_head;
+    lane_head = NULL;
+    lane_tail = &lane_head;
+    pthread_mutex_unlock(&lane_lock);
+    int allowed = 0;
+    while (e) {
+        struct lane_event *next = e->next;
+        allowed += lane_decide(listener, forward_fd, e);
+        free(e);
+        e = next;
+    }
+    return allowed;
+}
+
+static void lane_maybe_flush(void) {
+    if (!lane_marks)
+        return;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    long long spent = (now.tv_sec - lane_flushed.tv_sec) * 1000LL +
+                      (now.tv_nsec - lane_flushed.tv_nsec) / 1000000;
+    if (spent >= LANE_FLUSH_MS)
+        lane_flush();
+}
+
+/* lane_start(group_fd, ruleset_fd, own_view_fd): take the kernel's questions from now on. */
+static PyObject *fp_lane_start(PyObject *self, PyObject *args) {
+    int group, ruleset, view;
+    if (!PyArg_ParseTuple(args, "iii", &group, &ruleset, &view))
+        return NULL;
+    if (lane_on)
+        return PyErr_Format(PyExc_RuntimeError, "the read lane is already on");
+    lane_wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (lane_wake < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    lane_fan = group;
+    lane_ruleset = ruleset;
+    lane_view = view;
+    lane_own_pid = getpid();
+    clock_gettime(CLOCK_MONOTONIC, &lane_flushed);
+    pthread_t thread;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int err = pthread_create(&thread, &attr, lane_reader, NULL);
+    pthread_attr_destroy(&attr);
+    if (err) {
+        close(lane_wake);
+        lane_wake = -1;
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    lane_on = 1;
+    Py_RETURN_NONE;
+}
+
+/* lane_answer(fd, allow) -> bool: the supervisor's answer to a read it was sent. */
+static PyObject *fp_lane_answer(PyObject *self, PyObject *args) {
+    int fd, allow;
+    if (!PyArg_ParseTuple(args, "ip", &fd, &allow))
+        return NULL;
+    if (!lane_on || fd < 0 || (size_t)fd >= lane_pending_size || !lane_pending[fd])
+        Py_RETURN_FALSE; /* no such question pending: nothing is closed */
+    lane_pending[fd] = 0;
+    lane_respond(fd, allow ? FAN_ALLOW : FAN_DENY);
+    close(fd);
+    Py_RETURN_TRUE;
+}
+
+static PyObject *fp_lane_flush(PyObject *self, PyObject *noargs) {
+    lane_flush();
+    Py_RETURN_NONE;
+}
+
+/* lane_helper(pid, on): a FIFO helper of the broker's, whose opens are its own. */
+static PyObject *fp_lane_helper(PyObject *self, PyObject *args) {
+    int pid, on;
+    if (!PyArg_ParseTuple(args, "ip", &pid, &on))
+        return NULL;
+    for (int i = 0; i < LANE_HELPERS; i++) {
+        if (on ? lane_helpers[i] == 0 : lane_helpers[i] == pid) {
+            lane_helpers[i] = on ? pid : 0;
+            Py_RETURN_TRUE;
+        }
+    }
+    Py_RETURN_FALSE;
 }
 
 /* Milliseconds left of `timeout_ms` since `start` (at least 0); -1: no limit. */
@@ -2454,20 +2881,33 @@ static PyObject *fp_serve(PyObject *self, PyObject *args) {
     clock_gettime(CLOCK_MONOTONIC, &start);
     /* The GIL stays held: the decider is Python, and the broker has one thread. */
     for (;;) {
-        struct pollfd fds[4] = {{channel, POLLIN, 0},
+        struct pollfd fds[5] = {{channel, POLLIN, 0},
                                 {agent, POLLIN, 0},
                                 {listener, POLLIN, 0},
+                                {lane_wake, POLLIN, 0},
                                 {forward_fd, POLLOUT, 0}};
         int wait = time_left(&start, timeout_ms);
-        int ready = wait == 0 ? 0 : poll(fds, queue_length ? 4 : 3, wait);
+        if (lane_marks) {
+            lane_maybe_flush();
+            if (lane_marks && (wait < 0 || wait > LANE_FLUSH_MS))
+                wait = LANE_FLUSH_MS;
+        }
+        int ready = wait == 0 ? 0 : poll(fds, queue_length ? 5 : 4, wait);
         if (ready < 0 && errno == EINTR)
             continue;
         if (ready == 0) {
+            if (time_left(&start, timeout_ms) != 0)
+                continue; /* a flush's wake-up */
             why = SERVE_IDLE;
             break;
         }
-        if (queue_length && fds[3].revents)
+        if (queue_length && fds[4].revents)
             flush_queue(listener, forward_fd);
+        if (fds[3].revents) {
+            *answered += (uint64_t)lane_serve(listener, forward_fd);
+            if (ready == 1)
+                continue;
+        }
         if (ready < 0 || fds[0].revents) {
             why = SERVE_CHANNEL;
             break;
@@ -2598,6 +3038,7 @@ static PyObject *fp_pin_reads(PyObject *self, PyObject *flag) {
 
 static PyObject *fp_forget(PyObject *self, PyObject *noargs) {
     cache_reset();
+    lane_flush();
     Py_RETURN_NONE;
 }
 
@@ -2653,6 +3094,15 @@ static PyMethodDef methods[] = {
     {"expect_exec", fp_expect_exec, METH_VARARGS,
      "expect_exec(exec_id, dev, ino, cmdline: bytes) -> bool: what that exec was allowed to "
      "run, to check its first syscall with"},
+    {"lane_start", fp_lane_start, METH_VARARGS,
+     "lane_start(group_fd, ruleset_fd, own_view_fd) -> None: answer the fanotify group's open permission "
+     "events from now on (a reader thread under the Landlock ruleset; decisions in serve())"},
+    {"lane_answer", fp_lane_answer, METH_VARARGS,
+     "lane_answer(fd, allow) -> bool: the supervisor's answer to a forwarded read"},
+    {"lane_flush", fp_lane_flush, METH_NOARGS,
+     "lane_flush() -> None: drop every ignore mark (a name may have changed)"},
+    {"lane_helper", fp_lane_helper, METH_VARARGS,
+     "lane_helper(pid, on) -> bool: a FIFO helper of the broker's (its opens are the broker's)"},
     {"started_on", fp_started_on, METH_NOARGS,
      "started_on() -> tuple[int, ...]: the CPUs this process had when the module was imported"},
     {NULL, NULL, 0, NULL},

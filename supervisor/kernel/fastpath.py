@@ -34,6 +34,7 @@ except ImportError:  # no C compiler at install time: the Python path serves
 ENV_SWITCH = "AGENTSUP_FASTPATH"
 _PIDFD_THREAD = os.O_EXCL  # pidfd_open: a pidfd of a thread, not a process (Linux 6.9)
 _NOTIF = struct.Struct("<QIIiIQ6Q")
+_PATH_BYTES = 4096
 _CMSG_SPACE = socket.CMSG_SPACE(struct.calcsize("i"))
 
 # What open() understands (the kernel's VALID_OPEN_FLAGS): open and openat
@@ -56,8 +57,15 @@ WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 NOTICE_EXEC_CHECKED = 1 << 31
 NOTICE_EXEC_DONE = 1 << 30
 NOTICE_EXEC_JUDGE = 1 << 29
+# A read the kernel let through to the read lane's fanotify group, which the
+# broker did not allow itself: `Notification.id` is the fd of its event (the
+# answer goes back by it), `path` its path in the agent's view, `args` the
+# file's (st_dev, st_ino, st_mode, st_nlink) and, for a file the broker's
+# reader could not open (the kernel refused the open already), the errno.
+NOTICE_FAN_READ = 1 << 28
 EXEC_CHECKED = -1
 EXEC_DONE = -2
+FAN_READ = -3
 
 # The actions the native cache keeps, as its bits.
 ALLOW_READ = 1
@@ -160,7 +168,9 @@ class Forwarded:
             os.close(self._reserve)
             self._reserve = -1
         try:
-            data, ancillary, flags, _addr = self.sock.recvmsg(_NOTIF.size, _CMSG_SPACE)
+            data, ancillary, flags, _addr = self.sock.recvmsg(
+                _NOTIF.size + _PATH_BYTES, _CMSG_SPACE
+            )
         except (BlockingIOError, InterruptedError):
             return None
         finally:
@@ -183,9 +193,15 @@ class Forwarded:
                 os.close(fd)
             if self._reserve < 0:
                 self._reserve = self._take_reserve()
-        if len(data) != _NOTIF.size:
+        if len(data) < _NOTIF.size:
             return None  # never sent by the broker; no id to answer
-        nid, _pid, notice, nr, arch, _ip, a0, a1, a2, a3, a4, a5 = _NOTIF.unpack(data)
+        nid, _pid, notice, nr, arch, _ip, a0, a1, a2, a3, a4, a5 = _NOTIF.unpack_from(data)
+        if notice & NOTICE_FAN_READ:
+            args = (a0, a1, a2, a3, a4, a5)
+            path = data[_NOTIF.size :]
+            return Notification(nid, tid, FAN_READ, arch, args, notice, path)
+        if len(data) != _NOTIF.size:
+            return None
         if notice & (NOTICE_EXEC_CHECKED | NOTICE_EXEC_DONE):
             # Word, not a syscall: nothing is answered (the broker answers it).
             word = EXEC_CHECKED if notice & NOTICE_EXEC_CHECKED else EXEC_DONE

@@ -194,6 +194,62 @@ def sockets_only_beneath(directory: int) -> None:
         os.close(ruleset_fd)
 
 
+# The devices the read lane's reader may open: opening them does nothing.
+HARMLESS_DEVICES = {
+    "null": os.makedev(1, 3),
+    "zero": os.makedev(1, 5),
+    "full": os.makedev(1, 7),
+    "random": os.makedev(1, 8),
+    "urandom": os.makedev(1, 9),
+}
+
+
+def reader_ruleset(root: str) -> int:
+    """A ruleset (its fd) for the read lane's reader thread: read any file
+    beneath `root` (the agent's root, as /proc/PID/root) but no device other
+    than the harmless ones.
+
+    The kernel opens each file the agent opens in that thread, before any
+    decision: a device's driver would run there (a watchdog armed, a tape
+    rewound).  Granted: beneath every entry of the root but /dev and /proc,
+    /dev/shm, and the harmless devices themselves (every mount but /dev is
+    nodev, `namespaces.devices_only_in_dev`).  Any other device open is
+    refused by the kernel before its driver runs, and so is a read of what
+    is made at the top of the root later.
+    """
+    ruleset_fd = _create_ruleset(_RulesetAttr(FS_READ_FILE, 0, 0), landlock_abi())
+    try:
+        granted = [
+            f"{root}/{name}" for name in sorted(os.listdir(root)) if name not in ("dev", "proc")
+        ]
+        granted += [f"{root}/dev/shm", *(f"{root}/dev/{name}" for name in HARMLESS_DEVICES)]
+        for path in granted:
+            try:
+                path_fd = os.open(path, os.O_PATH | os.O_CLOEXEC | os.O_NOFOLLOW)
+            except OSError:
+                continue
+            try:
+                st = os.fstat(path_fd)
+                name = path.rsplit("/", 1)[1]
+                if stat.S_ISLNK(st.st_mode):
+                    continue  # where it leads is granted by its own name
+                harmless = (
+                    path.startswith(f"{root}/dev/")
+                    and stat.S_ISCHR(st.st_mode)
+                    and HARMLESS_DEVICES.get(name) == st.st_rdev
+                )
+                if (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)) and not harmless:
+                    continue
+                attr = _PathBeneathAttr(allowed_access=FS_READ_FILE, parent_fd=path_fd)
+                _add_rule(ruleset_fd, _LANDLOCK_RULE_PATH_BENEATH, attr, path)
+            finally:
+                os.close(path_fd)
+    except BaseException:
+        os.close(ruleset_fd)
+        raise
+    return ruleset_fd
+
+
 def _create_ruleset(attr: _RulesetAttr, abi: int) -> int:
     ruleset_fd = int(
         _syscall(

@@ -68,6 +68,10 @@ _SYS_FSOPEN = 430
 _SYS_FSCONFIG = 431
 _SYS_FSMOUNT = 432
 _SYS_MOUNT_SETATTR = 442
+_SYS_OPEN_TREE = 428
+_OPEN_TREE_CLONE = 1
+_OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+_AT_RECURSIVE_TREE = 0x8000
 _FSOPEN_CLOEXEC = 0x1
 _FSCONFIG_CMD_CREATE = 6
 _FSMOUNT_CLOEXEC = 0x1
@@ -754,6 +758,23 @@ def devices_only_in_dev() -> None:
     own: a watchdog is armed, a tape rewinds)."""
     _set_mount_attributes("nodev everywhere", "/", _MountAttr(attr_set=_MOUNT_ATTR_NODEV))
     _set_mount_attributes("devices in /dev", "/dev", _MountAttr(attr_clr=_MOUNT_ATTR_NODEV))
+
+
+def clone_tree() -> int:
+    """A detached copy of this mount namespace's whole tree (its root, as an fd).
+
+    The same files on the same filesystems, through mounts no one else has:
+    the read lane's broker acts there (`_fastpath.c`, "the broker's own
+    view"), where no fanotify mark makes the kernel ask it about its own
+    opens.  Before privileges are dropped (it needs CAP_SYS_ADMIN here)."""
+    fd = int(
+        _libc.syscall(
+            _SYS_OPEN_TREE, -100, b"/", _OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC | _AT_RECURSIVE_TREE
+        )
+    )
+    if fd < 0:
+        raise NamespaceError("a copy of the mount tree for the broker", ctypes.get_errno())
+    return fd
 
 
 def loopback_up() -> None:

@@ -63,6 +63,7 @@ class Notification(NamedTuple):
     arch: int
     args: tuple[int, int, int, int, int, int]
     notice: int = 0  # the broker's flags on a notification it forwarded (fastpath.NOTICE_*)
+    path: bytes = b""  # a read the read lane forwarded (NOTICE_FAN_READ): its path
 
 
 def receive(listener: int) -> Notification | None:
@@ -233,6 +234,22 @@ NOTIFY_WHEN: dict[str, tuple[tuple[Condition, ...], ...]] = {
     "ioprio_set": (*_nonzero(1), (Condition(0, IOPRIO_WHO_USER),)),
 }
 
+# With the read lane (fanotify asks about reads: kernel/fanotify.py), open and
+# openat are notified only for what more than reads: a write, a create, a
+# truncate, an append, an O_PATH or an O_TMPFILE.  The rest reach the kernel,
+# which asks the broker before the file opens.  Every row is one flag, as a
+# masked equality.
+_TMPFILE_BIT = 0o20000000  # O_TMPFILE without O_DIRECTORY
+_MORE_THAN_READ = (
+    os.O_WRONLY, os.O_RDWR, os.O_CREAT, os.O_TRUNC, os.O_APPEND, os.O_PATH, _TMPFILE_BIT
+)  # fmt: skip
+OPEN_FLAGS_ARGUMENT = {"open": 1, "openat": 2}
+
+
+def _more_than_read(index: int) -> tuple[tuple[Condition, ...], ...]:
+    return tuple((Condition(index, bit, bit),) for bit in _MORE_THAN_READ)
+
+
 # Syscalls newer than some libseccomp releases, with their numbers (alike on
 # every architecture since Linux 5.1), used when libseccomp cannot name them:
 # the filter covers them all the same.
@@ -265,7 +282,7 @@ def _arg(pyseccomp: Any, condition: Condition) -> Any:
     return pyseccomp.Arg(condition.argument, pyseccomp.MASKED_EQ, condition.mask, condition.value)
 
 
-def build_filter(notify: Iterable[str], enosys: Iterable[str]) -> Any:
+def build_filter(notify: Iterable[str], enosys: Iterable[str], kernel_reads: bool = False) -> Any:
     """The filter as a `pyseccomp.SyscallFilter`, not loaded (tests export it).
 
     `notify` syscalls go to the supervisor (some only for the arguments in
@@ -273,6 +290,8 @@ def build_filter(notify: Iterable[str], enosys: Iterable[str]) -> Any:
     in memory BPF cannot read, so glibc falls back to clone, whose namespace
     flags it can).  A syscall of a foreign architecture (32-bit int 0x80,
     x32) kills the process: the table below only knows native numbers.
+    With `kernel_reads`, an open or openat for reading only is let through:
+    the read lane's fanotify group asks about it.
     """
     import pyseccomp
 
@@ -282,7 +301,10 @@ def build_filter(notify: Iterable[str], enosys: Iterable[str]) -> Any:
         nr = _number(name)
         if nr < 0:
             continue  # this ABI has no such syscall
-        if name == "clone":
+        if kernel_reads and name in OPEN_FLAGS_ARGUMENT:
+            for row in _more_than_read(OPEN_FLAGS_ARGUMENT[name]):
+                flt.add_rule(pyseccomp.NOTIFY, nr, *(_arg(pyseccomp, c) for c in row))
+        elif name == "clone":
             for flag in CLONE_NAMESPACE_FLAGS:
                 flt.add_rule(
                     pyseccomp.NOTIFY, nr, pyseccomp.Arg(0, pyseccomp.MASKED_EQ, flag, flag)
@@ -343,9 +365,12 @@ class FilterProgram:
 
 
 def filter_program(
-    notify: Iterable[str], enosys: Iterable[str], state_dir: Path | None = None
+    notify: Iterable[str],
+    enosys: Iterable[str],
+    state_dir: Path | None = None,
+    kernel_reads: bool = False,
 ) -> FilterProgram:
-    """The program of `build_filter(notify, enosys)`; kept in `state_dir`'s cache.
+    """The program of `build_filter(notify, enosys, kernel_reads)`; kept in `state_dir`'s cache.
 
     The key is this module's code, the syscall lists and the kernel (release
     and machine): the program is a function of them and of libseccomp, whose
@@ -359,7 +384,7 @@ def filter_program(
         kernel = os.uname()
         key = digest(
             Path(__file__).read_bytes(),
-            json.dumps([notify, enosys]),
+            json.dumps([notify, enosys, kernel_reads]),
             kernel.machine,
             kernel.release,
             kernel.version,
@@ -373,7 +398,7 @@ def filter_program(
             return program
         except BadEntry:
             pass
-    program = _build_program(notify, enosys)
+    program = _build_program(notify, enosys, kernel_reads)
     _known_numbers.update(program.numbers)
     if state_dir is not None and (directory := cache_dir(state_dir, create=True)) is not None:
         document = {
@@ -386,9 +411,9 @@ def filter_program(
     return program
 
 
-def _build_program(notify: list[str], enosys: list[str]) -> FilterProgram:
+def _build_program(notify: list[str], enosys: list[str], kernel_reads: bool) -> FilterProgram:
     numbers = {name: _number(name) for name in dict.fromkeys(notify + enosys)}
-    flt = build_filter(notify, enosys)
+    flt = build_filter(notify, enosys, kernel_reads)
     fd = os.memfd_create("agentsup-seccomp", os.MFD_CLOEXEC)
     try:
         with open(fd, "wb", closefd=False) as out:  # export_bpf writes to out.fileno()

@@ -335,7 +335,9 @@ def compile_policy_cached(
             document = read_entry(directory / name)
             _check_real_roots(document, realpath)
             built = _built_from(document, len(policy.rules))
-            return CompiledPolicy(policy, ctx, built, checked=True)
+            compiled = CompiledPolicy(policy, ctx, built, checked=True)
+            compiled.cache_name = name
+            return compiled
         except BadEntry:
             pass
     asked: dict[str, str] = {}  # every root the matchers resolved, and its real path
@@ -345,6 +347,7 @@ def compile_policy_cached(
         return answer
 
     compiled = CompiledPolicy(policy, ctx, realpath=real)
+    compiled.cache_name = name
     built = [(rule.matcher, rule.excepts) for rule in compiled.rules]
     records = [_rule_record(matcher, excepts) for matcher, excepts in built]
     directory = cache_dir(state_dir, create=True)

@@ -521,6 +521,9 @@ class CompiledPolicy:
         self.limits: Limits = policy.limits
         self.approval: Approval = policy.approval
         self.audit_level: AuditLevel = policy.audit_level
+        # The name of its entry in the state directory's cache (cache.py), when
+        # it has one: what keeps derived answers (readlane's) beside it.
+        self.cache_name: str | None = None
         if built is None:
             values = ctx.placeholder_values()
             real = functools.cache(realpath)  # `{home}` roots a dozen rules

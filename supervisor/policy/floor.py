@@ -22,6 +22,7 @@ Access-right values and ABI levels come from the kernel uapi header
 
 from __future__ import annotations
 
+import bisect
 import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
@@ -201,10 +202,28 @@ def punch(root: str, protected: Iterable[str], listdir: Callable[[str], list[str
     unreachable if it is created later.  A directory that cannot be listed is
     left out entirely: stricter, never looser.
     """
-    inside = [p for p in protected if _is_within(p, root)]
+    return _punch(root, sorted(protected), listdir)
+
+
+def _within_sorted(protected: Sequence[str], root: str) -> list[str]:
+    """The paths of sorted `protected` at or beneath `root`: `root` itself and
+    the one run of names that start with `root/` (a hundred device nodes
+    under /dev are found without a pass over all of them per directory)."""
+    prefix = root.rstrip("/") + "/"
+    start = bisect.bisect_left(protected, prefix)
+    end = bisect.bisect_left(protected, prefix[:-1] + chr(ord("/") + 1))
+    found = list(protected[start:end])
+    at = bisect.bisect_left(protected, root)
+    if at < len(protected) and protected[at] == root and root != prefix:
+        found.insert(0, root)
+    return found
+
+
+def _punch(root: str, protected: Sequence[str], listdir: Callable[[str], list[str]]) -> list[str]:
+    inside = _within_sorted(protected, root)
     if not inside:
         return [root]
-    if root in inside:
+    if inside[0] == root:
         return []
     try:
         entries = listdir(root)
@@ -215,7 +234,7 @@ def punch(root: str, protected: Iterable[str], listdir: Callable[[str], list[str
         return []
     covered: list[str] = []
     for name in sorted(entries):
-        covered += punch(os.path.join(root, name), inside, listdir)
+        covered += _punch(os.path.join(root, name), inside, listdir)
     return covered
 
 

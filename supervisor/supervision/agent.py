@@ -52,7 +52,7 @@ from ..policy.engine import (
 from ..policy.model import Policy, PolicyError
 from ..policy.sources import builtin_source, is_path_reference
 from ..visible import cut_text, visible
-from . import launch
+from . import launch, readlane
 from .broker import BrokerClient
 from .judge import AgentState, Judge, JudgeConfig, Pending, ProcessTree
 from .protected import ProtectedInodes
@@ -325,6 +325,7 @@ def plan_landlock(
     shadow: bool = False,
     private_tmp: bool = False,
     kept: Sequence[str] = (),
+    unread: Sequence[str] = (),
 ) -> floor.FloorPlan:
     """The kernel floor for this policy: the roots any proceeding rule could reach.
 
@@ -332,9 +333,10 @@ def plan_landlock(
     first (it would never be recorded): the floor is only agentsup's holes.
     `private_tmp`: the agent surely gets its private /tmp and /run, where the
     launch binds back only `kept` (the workspace, the home) and what it names.
+    `unread`: more paths no read may reach (the read lane's devices).
     """
     no_write = _outside_private_tmp(locations.protected_paths(), private_tmp, kept)
-    no_read = _outside_private_tmp(locations.secret_paths(), private_tmp, kept)
+    no_read = _outside_private_tmp(locations.secret_paths(), private_tmp, kept) + list(unread)
     if shadow:
         return floor.plan_floor(
             read_roots=None,
@@ -520,6 +522,7 @@ def active_layers(
         "pty": relay is not None,
         "cgroup": cgroup,
         "hot_path": "native" if launched.forward is not None else "python",
+        "read_lane": launched.read_group >= 0,
         "egress": egress_kind,
     }
 
@@ -649,6 +652,7 @@ class Agent:
         self._caches_moved: dict[str, str] = {}  # tool cache variable -> its private place
         self._retries_off: dict[str, str] = {}  # retry settings of tools with no way out
         self._tmpdir_made: str | None = None  # the inherited TMPDIR, made in its private tmpfs
+        self.read_lane = ""  # readlane.status's word on this run
         self._tmpdir_dropped: str | None = None  # the inherited TMPDIR the policy refuses
         self.launched: launch.Launched | None = None
         self.mediator: Mediator | None = None
@@ -807,19 +811,6 @@ class Agent:
         # bound back, it would bring the host's /tmp in, and its holes with it.
         private_roots = (*kernel_namespaces.PRIVATE_TMP, *kernel_namespaces.PRIVATE_RUN)
         kept_home = "" if os.path.realpath(home) in private_roots else home
-        plan = plan_landlock(
-            compiled, self.locations, request.shadow, private_tmp, kept=(workspace, kept_home)
-        )
-        if plan.abi < 1:
-            if "landlock" not in request.allow_degraded:
-                raise SetupError(
-                    "this kernel has no Landlock, the kernel floor under the policy; "
-                    "refusing to run (pass --allow-degraded landlock to run on seccomp alone)"
-                )
-            say("warning: no Landlock on this kernel; running on the seccomp layer alone")
-        else:
-            landlock_plan = plan
-
         self.judge = Judge(
             JudgeConfig(
                 agent_id=agent_id,
@@ -835,6 +826,42 @@ class Agent:
             ),
             self.audit,
         )
+        # The read lane (readlane.py), decided before the floor: with it, the
+        # floor refuses reading the devices the policy does not plainly allow.
+        judge = self.judge
+
+        def plainly_reads(name: str) -> bool:
+            return judge.plainly_allows(ActionType.FILE_READ, name)
+
+        read_lane, self.read_lane, unread_devices = readlane.status(
+            lambda: readlane.policy_answers(
+                plainly_reads,
+                self.locations.state_dir,
+                # The judge decides with its locations too (self-protection).
+                f"{compiled.cache_name} {self.locations}" if compiled.cache_name else None,
+            ),
+            wanted_namespaces(compiled, request, egress_port),
+            may_lack(request),
+            shadow=request.shadow,
+        )
+        plan = plan_landlock(
+            compiled,
+            self.locations,
+            request.shadow,
+            private_tmp,
+            kept=(workspace, kept_home),
+            unread=unread_devices,
+        )
+        if plan.abi < 1:
+            if "landlock" not in request.allow_degraded:
+                raise SetupError(
+                    "this kernel has no Landlock, the kernel floor under the policy; "
+                    "refusing to run (pass --allow-degraded landlock to run on seccomp alone)"
+                )
+            say("warning: no Landlock on this kernel; running on the seccomp layer alone")
+        else:
+            landlock_plan = plan
+
         if landlock_plan is not None:
             self.judge.floor = floor.FloorCheck(landlock_plan)
         if hook_socket is not None:
@@ -878,19 +905,22 @@ class Agent:
             if not all(kernel_namespaces.under(spelled, within) for spelled in spellings([path])):
                 read_only.append(path)
         own_dirs = self._agents_tmpdir(compiled, env, [*keep, *read_only])
+        isolation = plan_isolation(compiled, request, user, keep, egress_port, read_only, own_dirs)
         self._plan = launch.LaunchPlan(
             executable=executable,
             argv=argv,
             env=env,
             cwd=starting_directory(workspace, request.cwd),
             seccomp=filter_program(
-                MEDIATED + ALWAYS_REFUSED, FORCED_ENOSYS, self.locations.state_dir
+                MEDIATED + ALWAYS_REFUSED,
+                FORCED_ENOSYS,
+                self.locations.state_dir,
+                kernel_reads=read_lane,
             ),
             landlock=landlock_plan,
             rlimits=rlimits,
-            isolation=plan_isolation(
-                compiled, request, user, keep, egress_port, read_only, own_dirs
-            ),
+            isolation=isolation,
+            read_lane=read_lane,
             native=fastpath.enabled(),
             native_decider=native_decider(self.judge),
             native_prepare=functools.partial(_prepare_native, self.judge),
@@ -1049,6 +1079,7 @@ class Agent:
             tmpdir_not_passed=self._tmpdir_dropped,
             network_retries_off=sorted(self._retries_off),
             own_sockets=own_sockets_record(self._context),
+            read_lane=self.read_lane,  # why the kernel asks the broker about reads, or why not
             **({"shadow": True} if self.request.shadow else {}),
         )
         if judge.state is AgentState.STARTING:  # not stopped meanwhile (its start unaudited)
@@ -1463,6 +1494,11 @@ class Agent:
             self.group.kill()
             self.group.wait_empty(2.0)
             self.group.remove()
+        if self.launched is not None and self.launched.read_group >= 0:
+            # Last: a group whose last fd closes lets every open waiting on it go.
+            with contextlib.suppress(OSError):
+                os.close(self.launched.read_group)
+            self.launched.read_group = -1
         if self._watchdog is not None:
             self._watchdog.terminate()
             self._watchdog.wait()

@@ -121,6 +121,9 @@ EXPECT_EXEC = 30
 # multiply-linked file under its own path unless it is one of these.
 PROTECT = 31
 _INODE_KEY = struct.Struct("=QQ")
+# The supervisor's answer to a read the read lane forwarded (no reply): by the
+# fd of its fanotify event, allow or refuse (`_fastpath.lane_answer`).
+FAN_ANSWER = 37
 
 # RESOLVE kinds.
 OBJECT = 0  # O_PATH of what the path names
@@ -508,6 +511,7 @@ class Broker:
         # notification it answers, and whether it opens for writing
         # (`_rendezvous`, `check_waiting`).
         self.waiting: dict[int, tuple[int, bool]] = {}
+        self._helpers: dict[int, int] = {}  # a waiting helper's pidfd -> its pid
         self._checked_waiting = 0.0  # when `check_waiting` last looked
         self._ops: dict[int, Callable[[int, list[int], list[object], list[int]], None]] = {
             INJECT: self._inject,
@@ -584,6 +588,8 @@ class Broker:
                 _expect_exec(*message[1:])
             elif op == PROTECT:
                 _protect(message[2])
+            elif op == FAN_ANSWER:
+                _lane_answer(message[1], message[2])
             else:
                 notif_id, args = message[1], list(message[2:])
                 self._do(op, notif_id, args, fds)
@@ -1089,6 +1095,10 @@ class Broker:
         except OSError:
             os.kill(pid, signal.SIGKILL)  # not reaped yet (only this thread reaps): still ours
             raise
+        # Its open is the broker's, decided: the read lane lets it through (the
+        # native path reads the lane's events only once this returns).
+        _lane_helper(pid, True)
+        self._helpers[pidfd] = pid
         self.waiting[pidfd] = (notif_id, flags & os.O_ACCMODE == os.O_WRONLY)
         _pin_reads(self.waiting)
 
@@ -1120,6 +1130,7 @@ class Broker:
             else:
                 continue
             del self.waiting[pidfd]
+            _lane_helper(self._helpers.pop(pidfd, 0), False)
             os.close(pidfd)
         _pin_reads(self.waiting)
 
@@ -1237,6 +1248,7 @@ class Broker:
             _proc.renameat2(pinned[0], old_name, pinned[1], new_name, flags)
         else:
             os.rename(old_name, new_name, src_dir_fd=pinned[0], dst_dir_fd=pinned[1])
+        _lane_flush()  # what the kernel lets be read unasked may have a new name
         self._answer(notif_id)
 
     def _link(self, notif_id: int, pinned: list[int], args: list[object], _fds: list[int]) -> None:
@@ -1249,6 +1261,7 @@ class Broker:
             os.link(
                 old_name, new_name, src_dir_fd=source, dst_dir_fd=new_parent, follow_symlinks=False
             )
+        _lane_flush()
         self._answer(notif_id)
 
     # chmod, chown and truncate go through the pinned fd, never the name again.
@@ -1411,7 +1424,7 @@ _NO_SIDE_EFFECTS = frozenset({ERROR, INJECT, REOPEN})  # REOPEN: `Broker._reopen
 
 # Which arguments of each operation are handles (the default: the first).
 # Requests that only tell the native path what the supervisor knows.
-_MIRRORS = frozenset({ALLOW, FORGET, EXPECT_EXEC, PROTECT})
+_MIRRORS = frozenset({ALLOW, FORGET, EXPECT_EXEC, PROTECT, FAN_ANSWER})
 # Unix98 ptys: majors 136-143, 256 minors each.
 _PTS_MAJORS = (136, 143)
 
@@ -1796,14 +1809,18 @@ def run_broker(
     native_count: mmap.mmap | None = None,
     native_decider: Callable[[bytes, int], int] | None = None,
     terminal: int = -1,
+    read_lane: tuple[int, int, int] = (-1, -1, -1),
 ) -> int:
     """The broker's main loop, which is also the init of the agent's PID namespace.
 
     Serves the supervisor until the agent's main process exits, reaping every
     orphan meanwhile.  With a `forward` socket the broker also receives the
     agent's notifications itself (the native path) and forwards what it does
-    not answer.  Writes the agent's raw wait status to `status_fd` and
-    returns the exit code to leave with.
+    not answer; with `read_lane` (a fanotify group, the Landlock ruleset of
+    its reader thread and the broker's own copy of the mount tree), the
+    reads the kernel asks about too.  Writes the
+    agent's raw wait status to `status_fd` and returns the exit code to
+    leave with.
     """
     # Signals stay blocked for good: nothing may interrupt an ADDFD, and a
     # child's exit is seen on its pidfd instead of through SIGCHLD.
@@ -1816,6 +1833,11 @@ def run_broker(
             st = os.fstat(private)
             broker.private.add((st.st_dev, st.st_ino))
     native = _fastpath.native if forward >= 0 and listener >= 0 else None
+    group, ruleset, own_view = read_lane
+    if group >= 0 and (native is None or not _lane_started(native, group, ruleset, own_view)):
+        # The filter lets the agent's reads through to a group no one answers.
+        with contextlib.suppress(OSError):
+            os.kill(agent_pid, signal.SIGKILL)
     if native is not None:
         native.configure(
             _fastpath.VALID_OPEN_FLAGS, _fastpath.WRITE_FLAGS, _SETFL_FLAGS, broker.procfs_devices
@@ -1826,11 +1848,40 @@ def run_broker(
     else:
         status = _serve(broker, agent, agent_pid)
     broker.end_waiting()
+    if group >= 0:
+        # Every process of the agent's ends before this init does: its opens
+        # waiting on the group must not outlive the broker's answers.
+        _end_namespace()
     with contextlib.suppress(OSError):
         os.write(status_fd, _WAIT_STATUS.pack(status))
     if os.WIFSIGNALED(status):
         return 128 + os.WTERMSIG(status)
     return os.waitstatus_to_exitcode(status) & 0xFF
+
+
+def _lane_started(native: Any, group: int, ruleset: int, own_view: int) -> bool:
+    try:
+        native.lane_start(group, ruleset, own_view)
+    except OSError:
+        return False
+    return True
+
+
+def _end_namespace() -> None:
+    """As the init of the agent's PID namespace: kill every other process in
+    it and reap until none is left (kill(-1) from an init reaches only its
+    own namespace)."""
+    if os.getpid() != 1:
+        return
+    with contextlib.suppress(OSError):
+        os.kill(-1, signal.SIGKILL)
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
 
 
 def _serve(broker: Broker, agent: int, agent_pid: int) -> int:
@@ -1931,6 +1982,21 @@ def _expect_exec(notif_id: object, dev: object, ino: object, cmdline: object) ->
 def _protect(keys: object) -> None:
     if _fastpath.native is not None and isinstance(keys, bytes):
         _fastpath.native.protect(keys)
+
+
+def _lane_answer(fd: object, allow: object) -> None:
+    if _fastpath.native is not None and isinstance(fd, int) and isinstance(allow, bool):
+        _fastpath.native.lane_answer(fd, allow)
+
+
+def _lane_helper(pid: int, on: bool) -> None:
+    if _fastpath.native is not None and pid > 0:
+        _fastpath.native.lane_helper(pid, on)
+
+
+def _lane_flush() -> None:
+    if _fastpath.native is not None:
+        _fastpath.native.lane_flush()
 
 
 def _allow(path: object, bits: object) -> None:

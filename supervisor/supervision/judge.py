@@ -47,6 +47,7 @@ HOOK_CODE_RULE = "agentsup-hook-code"
 ALWAYS_REFUSED_RULE = "agentsup-always-refused"
 OUTSIDE_TREE_RULE = "agentsup-outside-tree"
 OUTSIDE_VIEW_RULE = "agentsup-outside-view"
+NOT_OPENED_RULE = "agentsup-not-opened"
 MEDIATION_ERROR_RULE = "agentsup-mediation-error"
 STOPPED_RULE = "agentsup-stopped"
 UNREADABLE_PROGRAM_RULE = "agentsup-unreadable-program"
@@ -891,6 +892,14 @@ class Judge:
         judge it (a log `run` writes under the host's /tmp).  Refused."""
         message = "the file this fd holds is not at that path for the agent: no rule can judge it"
         self._refusal(syscall, tid, target, OUTSIDE_VIEW_RULE, message, "medium")
+
+    def refuse_not_opened(self, syscall: str, tid: int, target: str) -> None:
+        """A file the read lane's reader may not open (a device but the
+        harmless ones, where the kernel asks about devices; what was made at
+        the top of the root after the start): the kernel refused the agent's
+        open before any driver ran, whatever the rules say."""
+        message = "the broker's reader may not open this file: the kernel refused the open"
+        self._refusal(syscall, tid, target, NOT_OPENED_RULE, message, "low")
 
     def refuse_unreadable_program(self, syscall: str, tid: int, target: str) -> None:
         """An exec of a file the agent may write but no one may read: what the

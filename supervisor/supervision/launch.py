@@ -42,6 +42,9 @@ class LaunchPlan:
     # and what readies it (run in the broker while the supervisor takes the listener).
     native_decider: Callable[[bytes, int], int] | None = None
     native_prepare: Callable[[], None] | None = None
+    # The read lane (readlane.py): the filter lets reads through, and the
+    # agent's mounts are marked for fanotify before it runs.
+    read_lane: bool = False
     # The `cgroup.procs` files of the agent's groups: the trampoline writes itself
     # into each before anything forks.
     cgroup_procs: tuple[str, ...] = ()
@@ -67,6 +70,9 @@ class Launched:
     # The master of the relay pty its init made in the agent's own devpts, or -1
     # (the supervisor's pty stays the relay's).
     pty_master: int = -1
+    # The read lane's fanotify group, or -1.  Held until the agent is gone: a
+    # group whose last fd closes lets every pending open go ahead.
+    read_group: int = -1
 
     def answered_natively(self) -> int:
         return int.from_bytes(self.native_count[:8], "little") if self.native_count else 0
@@ -149,6 +155,7 @@ def start(
                     native_count=native_count,
                     native_decider=plan.native_decider if plan.native else None,
                     native_prepare=plan.native_prepare,
+                    read_lane=plan.read_lane,
                     cgroup_procs=plan.cgroup_procs,
                 )
             )
@@ -209,10 +216,13 @@ def start(
     if egress is None and plan.isolation.egress_port:
         raise fail("cannot sandbox the agent: its init sent no egress listener")
     forward: socket.socket | None = None
+    read_group = ruleset = -1
     try:
         agent_pid = pid_of(agent_pidfd)
         listener = pidfd_getfd(agent_pidfd, int(ready[1:]))
         handed = [listener]
+        if plan.read_lane:
+            read_group, ruleset = _read_lane(agent_pid)
         if plan.native:
             # The broker receives the notifications and forwards what it does not answer.
             forward, broker_end = socket.socketpair(
@@ -220,14 +230,20 @@ def start(
             )
             forward.setblocking(False)
             handed.append(broker_end.fileno())
+        if read_group >= 0:
+            handed += [read_group, ruleset]
         try:
             socket.send_fds(ours, [b"L"], handed)
         finally:
             if forward is not None:
                 broker_end.close()
+            if ruleset >= 0:
+                os.close(ruleset)
     except (OSError, ValueError) as exc:
         if forward is not None:
             forward.close()
+        if read_group >= 0:
+            os.close(read_group)
         raise fail(f"cannot take the seccomp listener: {exc}") from exc
     os.close(agent_pidfd)
     return Launched(
@@ -243,7 +259,38 @@ def start(
         forward,
         native_count if forward is not None else None,
         pty_master,
+        read_group,
     )
+
+
+def _read_lane(agent_pid: int) -> tuple[int, int]:
+    """The agent's fanotify group, its mounts marked, and the Landlock ruleset
+    of the broker's reader thread (see kernel/fanotify.py)."""
+    from ..kernel import fanotify, landlock
+
+    for kind in ("mnt", "pid"):
+        # Never the host's mounts (every host open would wait for the broker),
+        # and the broker must be the init that ends the agent's processes.
+        if (
+            os.stat(f"/proc/{agent_pid}/ns/{kind}").st_ino
+            == os.stat(f"/proc/self/ns/{kind}").st_ino
+        ):
+            raise ValueError(f"the read lane needs the agent's own {kind} namespace")
+    # The ruleset first: it lists the agent's root, which once marked waits
+    # for the broker's reader (not running before it has the group).
+    ruleset = landlock.reader_ruleset(f"/proc/{agent_pid}/root")
+    try:
+        group = fanotify.open_group()
+    except BaseException:
+        os.close(ruleset)
+        raise
+    try:
+        fanotify.mark_agent_mounts(group, agent_pid)
+    except BaseException:
+        os.close(group)
+        os.close(ruleset)
+        raise
+    return group, ruleset
 
 
 def _read_lines(fd: int, timeout: float) -> list[str]:

@@ -204,13 +204,17 @@ class Judge(Protocol):
 
     def judge(self, event: Event, tid: int) -> Response: ...
 
-    def judge_event(self, event: Event, tid: int) -> tuple[Decision, Response]: ...
+    def judge_event(
+        self, event: Event, tid: int, on_settle: Callable[[bool], None] | None = None
+    ) -> tuple[Decision, Response]: ...
 
     def refuse_always(self, syscall: str, tid: int) -> None: ...
 
     def refuse_outside(self, syscall: str, tid: int, target: str) -> None: ...
 
     def refuse_outside_view(self, syscall: str, tid: int, target: str) -> None: ...
+
+    def refuse_not_opened(self, syscall: str, tid: int, target: str) -> None: ...
 
     def mediation_failed(self, syscall: str, tid: int, error: str) -> None: ...
 
@@ -654,6 +658,9 @@ class Mediator:
             # The broker let an exec through, only ever a leader's: the pid is
             # the process's, with no /proc lookup to know it.
             self._image_changed(notif.pid, notif.pid)
+            return
+        if notif.nr == _fastpath.FAN_READ:
+            self._fan_read(notif)
             return
         if self._exec_threads and notif.pid in self._exec_threads:
             # A call of the thread that called exec: that exec failed.
@@ -1297,6 +1304,79 @@ class Mediator:
         else:
             own_flags = flags & ~(os.O_NOFOLLOW | os.O_CLOEXEC)
             self.broker.act(broker.REOPEN, notif.id, node.handle, own_flags, cloexec)
+
+    # -- reads the kernel asked about (the read lane) ----------------------------
+
+    def _fan_read(self, notif: _seccomp.Notification) -> None:
+        """A read the kernel let through to the read lane, which the broker did
+        not allow itself: judged as `_open` judges a read, and answered by the
+        fd of its event.  No answer can leave the agent waiting: any failure
+        here refuses it."""
+        tid, (dev, ino, mode, nlink, error, _) = notif.pid, notif.args
+        allowed = answered = False
+        try:
+            if tid <= 0:
+                return  # its opener is gone (or unnumbered): refused
+            if error:
+                self._fan_refused_by_kernel(tid, error)
+                return
+            target = os.fsdecode(notif.path)
+            if not target.startswith("/"):
+                return  # a file with no name in the agent's view
+            if stat.S_ISREG(mode) and nlink > 1 and self.protected_inodes is not None:
+                # Another name of a protected file is judged as that file.
+                target = self.protected_inodes.get((dev, ino)) or target
+            elif (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) and not target.startswith("/dev/"):
+                return  # never: every mount but /dev is nodev
+            if (ActionType.FILE_READ, target) in self._allow_cache:
+                allowed = True
+                return
+            event = Event(ActionType.FILE_READ, target, self.agent_id, tid, Layer.FANOTIFY, "open")
+
+            def settled(approved: bool) -> None:
+                self._fan_answer(notif.id, approved)
+
+            _decision, response = self.judge.judge_event(event, tid, on_settle=settled)
+            # Held for a person: `settled` answers it, the opener waiting in the kernel.
+            answered = response is Response.HOLD
+            allowed = response.proceeds
+        except Exception as exc:  # one read must never end the loop, or wait for good
+            with contextlib.suppress(Exception):
+                self.judge.mediation_failed("open", tid, f"{type(exc).__name__}: {exc}")
+            allowed = False
+        finally:
+            if not answered:
+                self._fan_answer(notif.id, allowed)
+
+    def _fan_answer(self, fd: int, allow: bool) -> None:
+        if 0 <= fd < 1 << 31:  # an fd; not the record of a file its reader could not open
+            with contextlib.suppress(broker.BrokerGone):
+                self.broker.act(broker.FAN_ANSWER, fd, allow)
+
+    def _fan_refused_by_kernel(self, tid: int, error: int) -> None:
+        """A file the broker's reader may not open (`Judge.refuse_not_opened`):
+        the kernel has refused the agent's open already (EPERM), before any
+        driver ran.  Judged under the name the opener gave, for the record and
+        the rule's signal; what the rule says cannot let it go ahead."""
+        name = self._opening_name(tid)
+        event = Event(ActionType.FILE_READ, name, self.agent_id, tid, Layer.FANOTIFY, "open")
+        if self.judge.judge(event, tid).proceeds:
+            self.judge.refuse_not_opened("open", tid, name)
+
+    def _opening_name(self, tid: int) -> str:
+        """The path thread `tid` is opening (its open or openat, as /proc says), or a
+        placeholder when it cannot be read."""
+        try:
+            fields = _proc.read_proc(f"/proc/{tid}/syscall").split()
+            nr, args = int(fields[0]), [int(field, 16) for field in fields[1:7]]
+            if self._names.get(nr) == "open":
+                return self._lexical(tid, AT_FDCWD, self.memory.read_cstring(tid, args[0]))
+            if self._names.get(nr) == "openat":
+                dirfd = _signed32(args[0])
+                return self._lexical(tid, dirfd, self.memory.read_cstring(tid, args[1]))
+        except (OSError, ValueError, IndexError):
+            pass
+        return "(a file the read lane's reader could not open)"
 
     def _controlling_terminal(
         self, notif: _seccomp.Notification, flags: int, cloexec: bool

@@ -102,6 +102,8 @@ class Stage:
     native_decider: Callable[[bytes, int], int] | None = None
     # Readies that copy for its first misses (it builds what it needs when first asked).
     native_prepare: Callable[[], None] | None = None
+    # The read lane is on (readlane.py): the broker gets a copy of the mount tree.
+    read_lane: bool = False
     # The agent's cgroups (their `cgroup.procs` files): the trampoline moves itself
     # into each before it forks, so every process of the agent starts inside.
     cgroup_procs: Sequence[str] = ()
@@ -222,6 +224,7 @@ def _init(stage: Stage, entered: set[str], wait_fd: int) -> NoReturn:
         # No controlling terminal: the broker opens /dev/tty for the agent, and
         # the user's terminal (ours until now) must not be what that opens.
         os.setsid()
+        own_view = -1
         if "mount" in entered:
             step = "mounts"
             namespaces.make_mounts_private()
@@ -245,6 +248,8 @@ def _init(stage: Stage, entered: set[str], wait_fd: int) -> NoReturn:
             namespaces.kernel_filesystems_read_only()
             namespaces.make_read_only()
             namespaces.devices_only_in_dev()
+            if stage.read_lane:
+                own_view = namespaces.clone_tree()
         pty_master = -1
         if "mount" in entered and stage.terminal_fd >= 0:
             # The relay pty, remade in the agent's own devpts: there `tty` and
@@ -306,7 +311,7 @@ def _init(stage: Stage, entered: set[str], wait_fd: int) -> NoReturn:
     privileges.set_dumpable(False)
     os.close(stage.go_fd)
     channel = socket.socket(fileno=stage.channel_fd)
-    listener = forward = -1
+    listener = forward = read_group = reader_ruleset = -1
     try:
         pidfd = os.pidfd_open(agent)
         # "A", then E (the egress listener) and P (the pty master) for the fds after the pidfd.
@@ -327,10 +332,14 @@ def _init(stage: Stage, entered: set[str], wait_fd: int) -> NoReturn:
             with contextlib.suppress(Exception):
                 stage.native_prepare()
         if select.select([channel], [], [], 60)[0]:
-            message, fds, _flags, _addr = socket.recv_fds(channel, 16, 2)
+            message, fds, _flags, _addr = socket.recv_fds(channel, 16, 4)
             if message == b"L" and fds:
+                # The listener, then with the native path its forward socket,
+                # then with the read lane its fanotify group and reader ruleset.
                 listener = fds[0]
                 forward = fds[1] if len(fds) > 1 else -1
+                if len(fds) == 4:
+                    read_group, reader_ruleset = fds[2], fds[3]
     except OSError:
         pass
     os.close(stage.status_fd)
@@ -346,6 +355,7 @@ def _init(stage: Stage, entered: set[str], wait_fd: int) -> NoReturn:
             stage.native_count,
             stage.native_decider,
             terminal=stage.terminal_fd,  # /dev/tty for the agent: see Broker._controlling_terminal
+            read_lane=(read_group, reader_ruleset, own_view),
         )
     )
 
