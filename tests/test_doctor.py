@@ -38,6 +38,7 @@ LAYERS = [
     "capabilities",
     "pty",
     "native_path",
+    "read_lane",
 ]
 NOBODY = 65534
 _PR_SET_DUMPABLE = 4

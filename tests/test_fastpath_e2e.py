@@ -26,9 +26,18 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import AGENTS, Sandbox, both_paths, read_for, supervisor_stopped
+from conftest import (
+    AGENTS,
+    WITHOUT_LANE,
+    Sandbox,
+    both_paths,
+    fastpath_env,
+    read_for,
+    supervisor_stopped,
+)
 
 from agentsup.kernel import fastpath
+from agentsup.supervision import readlane
 
 pytestmark = [
     pytest.mark.requires_root,
@@ -130,7 +139,7 @@ def _plant(ws: Path) -> None:
     os.mkfifo(ws / "fifo")
 
 
-def _outcomes(sandbox: Sandbox, native: bool) -> tuple[list[dict[str, object]], list[str]]:
+def _outcomes(sandbox: Sandbox, native: bool | str) -> tuple[list[dict[str, object]], list[str]]:
     for entry in sandbox.workspace.iterdir():
         if entry.name != OPENS:
             if entry.is_dir() and not entry.is_symlink():
@@ -146,7 +155,7 @@ def _outcomes(sandbox: Sandbox, native: bool) -> tuple[list[dict[str, object]], 
         str(sandbox.workspace / OPENS),
         str(sandbox.workspace),
         policy=policy,
-        env={fastpath.ENV_SWITCH: "1" if native else "0"},
+        env=fastpath_env(native),
     )
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
@@ -165,8 +174,26 @@ def opener(sandbox: Sandbox) -> Sandbox:
 
 
 @needs_native
+def test_the_read_lane_gives_the_same_results_and_refusals_but_eperm(opener: Sandbox) -> None:
+    """With the read lane, a refused read fails with EPERM (all fanotify can
+    say), where the broker says EACCES; everything else is the same."""
+    lane, lane_refusals = _outcomes(opener, native=True)
+    native, native_refusals = _outcomes(opener, native=WITHOUT_LANE)
+    assert len(lane) == len(native)
+    differ = []
+    for ours, theirs in zip(lane, native, strict=True):
+        if ours != theirs:
+            assert (ours.get("error"), theirs.get("error")) == ("EPERM", "EACCES"), (ours, theirs)
+            assert {**ours, "error": "EACCES"} == theirs
+            differ.append(ours["case"])
+    assert lane_refusals == native_refusals
+    assert "refused" in differ and "read a refused file through a symlinked directory" in differ
+    assert "write refused" not in differ and "unlink refused" not in differ
+
+
+@needs_native
 def test_both_paths_give_the_same_results_and_refusals(opener: Sandbox) -> None:
-    native, native_refusals = _outcomes(opener, native=True)
+    native, native_refusals = _outcomes(opener, native=WITHOUT_LANE)
     python, python_refusals = _outcomes(opener, native=False)
     assert len(native) == len(python) == 2 * (38 + 41 + 28 + 13 + 11 + 11)
     for ours, theirs in zip(native, python, strict=True):
@@ -543,8 +570,16 @@ def test_the_native_cache_takes_only_absolute_paths_and_forgets() -> None:
 
 
 @needs_native
-def test_the_red_team_suites_pass_with_the_native_path_off() -> None:
-    """The isolation and mediation attacks, again, with the Python path answering."""
+@pytest.mark.parametrize(
+    "switch",
+    [{fastpath.ENV_SWITCH: "0"}, {readlane.ENV_SWITCH: "0"}],
+    ids=["native-path-off", "read-lane-off"],
+)
+def test_the_red_team_suites_pass_with_the_native_path_or_the_read_lane_off(
+    switch: dict[str, str],
+) -> None:
+    """The isolation and mediation attacks, again, with the Python path
+    answering, and with the native path but every read trapped by seccomp."""
     here = Path(__file__).resolve().parent
     suites = [
         "test_isolation_e2e.py",
@@ -560,7 +595,7 @@ def test_the_red_team_suites_pass_with_the_native_path_off() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *suites],
         cwd=here,
-        env={**os.environ, fastpath.ENV_SWITCH: "0"},
+        env={**os.environ, **switch},
         capture_output=True,
         text=True,
         timeout=1200,

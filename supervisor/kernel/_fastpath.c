@@ -1508,7 +1508,9 @@ static int serve_open(int listener, const struct seccomp_notif *n, int dirfd, ui
         /* Reopened through the magic link: the very file that was decided on
          * (a read as it would have been opened above); where the agent may
          * read it, the same file in the broker's own view. */
-        int view = lane_on && (cache_bits(real, (size_t)length) & ALLOW_READ)
+        /* A regular file only: a directory of that view would let the agent
+         * open what lies beneath it unasked. */
+        int view = lane_on && S_ISREG(st.st_mode) && (cache_bits(real, (size_t)length) & ALLOW_READ)
                        ? in_own_view(real, (size_t)length, fd)
                        : -1;
         if (view >= 0)
@@ -2530,8 +2532,12 @@ static pthread_mutex_t lane_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct lane_event *lane_head, **lane_tail = &lane_head;
 static unsigned lane_marks; /* ignore marks added since the last flush */
 static struct timespec lane_flushed;
-static unsigned char *lane_pending; /* by fd: an event the supervisor has yet to answer */
+/* By fd: the number of the event the supervisor has yet to answer there (0:
+ * none).  An answer names both, so that no answer can reach a later event
+ * that got the same fd. */
+static uint32_t *lane_pending;
 static size_t lane_pending_size;
+static uint32_t lane_asked;
 #define LANE_HELPERS 64
 static pid_t lane_helpers[LANE_HELPERS]; /* the broker's FIFO helpers (Broker._rendezvous) */
 
@@ -2690,7 +2696,7 @@ static void lane_forward(int listener, int forward_fd, struct lane_event *e, con
     }
     struct seccomp_notif n;
     memset(&n, 0, sizeof n);
-    n.id = (uint64_t)(int64_t)e->fd;
+    n.id = (uint64_t)(int64_t)e->fd; /* (a record only: all ones) */
     n.pid = (uint32_t)e->tid;
     n.flags = NOTICE_FAN_READ;
     n.data.nr = -1;
@@ -2705,17 +2711,20 @@ static void lane_forward(int listener, int forward_fd, struct lane_event *e, con
     if (e->fd >= 0) {
         if ((size_t)e->fd >= lane_pending_size) {
             size_t size = ((size_t)e->fd + 1024) & ~(size_t)1023;
-            unsigned char *grown = realloc(lane_pending, size);
+            uint32_t *grown = realloc(lane_pending, size * sizeof *grown);
             if (!grown) {
                 close(pidfd);
                 lane_refuse(e->fd);
                 return;
             }
-            memset(grown + lane_pending_size, 0, size - lane_pending_size);
+            memset(grown + lane_pending_size, 0, (size - lane_pending_size) * sizeof *grown);
             lane_pending = grown;
             lane_pending_size = size;
         }
-        lane_pending[e->fd] = 1;
+        if (++lane_asked == 0)
+            lane_asked = 1;
+        lane_pending[e->fd] = lane_asked;
+        n.id = ((uint64_t)lane_asked << 32) | (uint32_t)e->fd;
     }
     forward_with(listener, forward_fd, &n, pidfd, length > 0 ? path : "", length > 0 ? (size_t)length : 0);
 }
@@ -2817,12 +2826,17 @@ static PyObject *fp_lane_start(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* lane_answer(fd, allow) -> bool: the supervisor's answer to a read it was sent. */
+/* lane_answer(id, allow) -> bool: the supervisor's answer to a read it was
+ * sent, by the id it came with (the event's number and its fd). */
 static PyObject *fp_lane_answer(PyObject *self, PyObject *args) {
-    int fd, allow;
-    if (!PyArg_ParseTuple(args, "ip", &fd, &allow))
+    unsigned long long id;
+    int allow;
+    if (!PyArg_ParseTuple(args, "Kp", &id, &allow))
         return NULL;
-    if (!lane_on || fd < 0 || (size_t)fd >= lane_pending_size || !lane_pending[fd])
+    int fd = (int)(id & 0x7fffffff);
+    uint32_t asked = (uint32_t)(id >> 32);
+    if (!lane_on || (id & 0x80000000u) || (size_t)fd >= lane_pending_size || !asked ||
+        lane_pending[fd] != asked)
         Py_RETURN_FALSE; /* no such question pending: nothing is closed */
     lane_pending[fd] = 0;
     lane_respond(fd, allow ? FAN_ALLOW : FAN_DENY);
@@ -3098,7 +3112,7 @@ static PyMethodDef methods[] = {
      "lane_start(group_fd, ruleset_fd, own_view_fd) -> None: answer the fanotify group's open permission "
      "events from now on (a reader thread under the Landlock ruleset; decisions in serve())"},
     {"lane_answer", fp_lane_answer, METH_VARARGS,
-     "lane_answer(fd, allow) -> bool: the supervisor's answer to a forwarded read"},
+     "lane_answer(id, allow) -> bool: the supervisor's answer to a forwarded read"},
     {"lane_flush", fp_lane_flush, METH_NOARGS,
      "lane_flush() -> None: drop every ignore mark (a name may have changed)"},
     {"lane_helper", fp_lane_helper, METH_VARARGS,

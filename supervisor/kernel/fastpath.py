@@ -58,8 +58,8 @@ NOTICE_EXEC_CHECKED = 1 << 31
 NOTICE_EXEC_DONE = 1 << 30
 NOTICE_EXEC_JUDGE = 1 << 29
 # A read the kernel let through to the read lane's fanotify group, which the
-# broker did not allow itself: `Notification.id` is the fd of its event (the
-# answer goes back by it), `path` its path in the agent's view, `args` the
+# broker did not allow itself: `Notification.id` names its event (a number
+# and its fd; the answer goes back by it), `path` its path in the agent's view, `args` the
 # file's (st_dev, st_ino, st_mode, st_nlink) and, for a file the broker's
 # reader could not open (the kernel refused the open already), the errno.
 NOTICE_FAN_READ = 1 << 28

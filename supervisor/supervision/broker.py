@@ -122,7 +122,8 @@ EXPECT_EXEC = 30
 PROTECT = 31
 _INODE_KEY = struct.Struct("=QQ")
 # The supervisor's answer to a read the read lane forwarded (no reply): by the
-# fd of its fanotify event, allow or refuse (`_fastpath.lane_answer`).
+# id it came with (its event's number and fd), allow or refuse
+# (`_fastpath.lane_answer`).
 FAN_ANSWER = 37
 
 # RESOLVE kinds.
@@ -1984,9 +1985,9 @@ def _protect(keys: object) -> None:
         _fastpath.native.protect(keys)
 
 
-def _lane_answer(fd: object, allow: object) -> None:
-    if _fastpath.native is not None and isinstance(fd, int) and isinstance(allow, bool):
-        _fastpath.native.lane_answer(fd, allow)
+def _lane_answer(asked: object, allow: object) -> None:
+    if _fastpath.native is not None and isinstance(asked, int) and isinstance(allow, bool):
+        _fastpath.native.lane_answer(asked & (1 << 64) - 1, allow)
 
 
 def _lane_helper(pid: int, on: bool) -> None:

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..kernel import fastpath, namespaces, privileges, seccomp
+from ..kernel import fanotify, fastpath, namespaces, privileges, seccomp
 from ..kernel.cgroup import AgentCgroup, CgroupUnavailable
 from ..kernel.landlock import landlock_abi
 
@@ -69,6 +69,8 @@ COSTS = {
     "that need one (editors, password prompts) fail, injection stays refused",
     "native_path": "the Python supervisor answers every mediated open: the same decisions, "
     "more overhead per open (README, Performance)",
+    "read_lane": "every read is trapped by seccomp and answered by the broker: the same "
+    "decisions, more overhead per open (README, Performance)",
 }
 
 # What each Landlock ABI adds, for saying what an older one lacks.
@@ -407,8 +409,12 @@ def probe(*, refresh: bool = False) -> list[Layer]:
     add("capabilities", ok, detail, True, None)
     ok, detail = _pty()
     add("pty", ok, detail, False, None)
-    ok, detail = fastpath.status()
-    add("native_path", ok, detail, False, None)
+    native, detail = fastpath.status()
+    add("native_path", native, detail, False, None)
+    ok, detail = fanotify.status()
+    if ok and not native:
+        ok, detail = False, "needs the native path"
+    add("read_lane", ok, detail, False, None)
     return sorted(layers, key=lambda layer: list(COSTS).index(layer.name))
 
 

@@ -1348,10 +1348,12 @@ class Mediator:
             if not answered:
                 self._fan_answer(notif.id, allowed)
 
-    def _fan_answer(self, fd: int, allow: bool) -> None:
-        if 0 <= fd < 1 << 31:  # an fd; not the record of a file its reader could not open
+    def _fan_answer(self, asked: int, allow: bool) -> None:
+        """Answer the read forwarded as `asked` (its event's number and fd);
+        none is owed for the record of a file the reader could not open."""
+        if asked >> 32 and not asked & 0x80000000:
             with contextlib.suppress(broker.BrokerGone):
-                self.broker.act(broker.FAN_ANSWER, fd, allow)
+                self.broker.act(broker.FAN_ANSWER, asked, allow)
 
     def _fan_refused_by_kernel(self, tid: int, error: int) -> None:
         """A file the broker's reader may not open (`Judge.refuse_not_opened`):
