@@ -8,7 +8,9 @@ time per open it measured itself (start-up excluded).  It runs bare, under
 `agentsup run` with the broker's native path, and with `AGENTSUP_FASTPATH=0`
 (the Python supervisor answers every open), alternating, in the same run;
 the medians and the added microseconds per open are printed.  The first
-open is decided by the policy; the rest are answered from the allow cache.
+open is decided by the policy; the rest are answered from the allow cache
+(with the opt-in read lane, `AGENTSUP_READ_LANE=1`, by the kernel: the
+first open left an ignore mark on the file).
 
 "native -S" is the native path with the agent's Python started with -S: no
 site, so no agentsup audit hook in it (the hook sees every open too).  The
@@ -66,10 +68,12 @@ def main() -> int:
     ]  # fmt: skip
     supervised = [*run, *agent]
     unhooked = [*run, python, "-S", *agent[1:]]
+    native = {**env, "AGENTSUP_FASTPATH": "1", "AGENTSUP_READ_LANE": "0"}
     kinds = {
         "bare": (agent, env),
-        "native": (supervised, {**env, "AGENTSUP_FASTPATH": "1"}),
-        "native -S": (unhooked, {**env, "AGENTSUP_FASTPATH": "1"}),
+        "native": (supervised, native),
+        "native -S": (unhooked, native),
+        "read lane": (supervised, {**native, "AGENTSUP_READ_LANE": "1"}),
         "python": (supervised, {**env, "AGENTSUP_FASTPATH": "0"}),
     }
     results: dict[str, list[float]] = {kind: [] for kind in kinds}

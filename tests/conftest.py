@@ -31,7 +31,6 @@ import pytest
 
 from agentsup.kernel import fastpath
 from agentsup.paths import Locations
-from agentsup.supervision import readlane
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _SYS_LANDLOCK_CREATE_RULESET = 444
@@ -115,12 +114,9 @@ def locations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
 
 AGENTS = Path(__file__).parent / "agents"
 
-# A test run with the broker's native path (and the read lane, where this
-# host gives it: reads asked of the broker by the kernel), again with the
-# native path but no read lane, and with the Python path alone
-# (AGENTSUP_FASTPATH=0): `native` is the parameter (truthy for both native
-# runs), `fastpath_env` its environment.
-WITHOUT_LANE = "without-lane"
+# A test run with the broker's native path, and again with the Python path
+# alone (AGENTSUP_FASTPATH=0): `native` is the parameter, `fastpath_env` its
+# environment.  (The read lane is opt-in: test_read_lane_e2e.py runs it.)
 both_paths = pytest.mark.parametrize(
     "native",
     [
@@ -129,25 +125,26 @@ both_paths = pytest.mark.parametrize(
             id="native",
             marks=pytest.mark.skipif(not fastpath.enabled(), reason=fastpath.status()[1]),
         ),
-        pytest.param(
-            WITHOUT_LANE,
-            id="native-without-lane",
-            marks=pytest.mark.skipif(not fastpath.enabled(), reason=fastpath.status()[1]),
-        ),
         pytest.param(False, id="python"),
     ],
 )
 
 
-def fastpath_env(native: bool | str) -> dict[str, str]:
-    lane = "0" if native == WITHOUT_LANE else "1"
-    return {fastpath.ENV_SWITCH: "1" if native else "0", readlane.ENV_SWITCH: lane}
+def fastpath_env(native: bool) -> dict[str, str]:
+    return {fastpath.ENV_SWITCH: "1" if native else "0"}
 
 
-def lane_on(native: bool | str) -> bool:
-    """Whether a run with this `native` parameter gets the read lane here
-    (its refused reads fail with EPERM: fanotify gives no other errno)."""
-    return native is True and readlane_available()
+def run_again(tests: Sequence[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Other tests (files or ids) in a pytest of their own, with `env` added:
+    the same attacks under another configuration."""
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
+        cwd=Path(__file__).resolve().parent,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
 
 
 @functools.cache

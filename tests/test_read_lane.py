@@ -48,17 +48,15 @@ def test_the_first_name_not_plainly_readable_keeps_the_lane_off() -> None:
     assert readlane.procfs_refusal(lambda name: "environ" not in name, names) == "/proc/1/environ"
 
 
-def test_the_switch_and_shadow_mode_keep_the_lane_off(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_lane_is_opt_in_and_shadow_mode_keeps_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
     def asked() -> readlane.PolicyAnswers:
         raise AssertionError("the policy is not asked when the lane is off anyway")
 
     everything = frozenset({"mount", "pid", "net"})
-    monkeypatch.setenv(readlane.ENV_SWITCH, "0")
-    assert readlane.status(asked, everything, frozenset())[:2] == (
-        False,
-        "off (AGENTSUP_READ_LANE=0)",
-    )
-    monkeypatch.delenv(readlane.ENV_SWITCH)
+    monkeypatch.delenv(readlane.ENV_SWITCH, raising=False)
+    off = (False, "off (opt in with AGENTSUP_READ_LANE=1)")
+    assert readlane.status(asked, everything, frozenset())[:2] == off
+    monkeypatch.setenv(readlane.ENV_SWITCH, "1")
     on, why, _ = readlane.status(asked, everything, frozenset(), shadow=True)
     assert not on and "shadow" in why
     on, why, _ = readlane.status(asked, everything, frozenset({"mount"}))

@@ -1,4 +1,4 @@
-"""The read lane: plain reads go to the kernel, which asks the broker (fanotify).
+"""The read lane (opt-in): plain reads go to the kernel, which asks the broker (fanotify).
 
 With the lane on, an open or openat for reading only is not trapped by
 seccomp: the kernel asks the agent's broker before the file opens, and a
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pyotp
 import pytest
-from conftest import Sandbox, readlane_available
+from conftest import Sandbox, readlane_available, run_again
 from test_approval_e2e import totp_secret, tree_states, wait_for_pending
 
 from agentsup.supervision import readlane
@@ -29,6 +29,13 @@ pytestmark = [
     pytest.mark.requires_landlock,
     pytest.mark.skipif(not readlane_available(), reason="no read lane on this host"),
 ]
+
+
+@pytest.fixture(autouse=True)
+def _lane_on(sandbox: Sandbox) -> None:
+    """Every run here opts in."""
+    sandbox.env[readlane.ENV_SWITCH] = "1"
+
 
 # Reads each path after its own "read" word, moves with "move OLD NEW",
 # sleeps with "sleep SECONDS"; one JSON line per step.
@@ -201,7 +208,7 @@ def test_without_the_lane_the_same_refusal_is_eacces(sandbox: Sandbox) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert steps[0]["result"] == "EACCES"
-    assert str(start_record(sandbox)["read_lane"]) == f"off ({readlane.ENV_SWITCH}=0)"
+    assert str(start_record(sandbox)["read_lane"]) == f"off (opt in with {readlane.ENV_SWITCH}=1)"
 
 
 PROCFS_RULE = """
@@ -279,3 +286,85 @@ def test_a_held_read_waits_for_a_person_and_the_host_does_not(sandbox: Sandbox) 
             proc.communicate()
     assert proc.returncode == 0, err
     assert json.loads(out.splitlines()[-1])["data"] == "the report\n"
+
+
+REOPEN_DELETED = """
+import json, os, sys
+key = sys.argv[1]
+fd = os.open(key, os.O_WRONLY)  # writing it is allowed; reading it is not
+os.unlink(key)
+try:
+    again = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY)
+    print(json.dumps({"result": "ok", "data": os.read(again, 100).decode()}))
+except OSError as exc:
+    print(json.dumps({"result": __import__("errno").errorcode[exc.errno]}))
+"""
+
+
+def test_a_file_read_again_after_its_last_name_went_is_refused(sandbox: Sandbox) -> None:
+    # Its path then ends in " (deleted)", which no rule refuses by name.
+    key = sandbox.workspace / "server.pem"
+    key.write_text("-----BEGIN PRIVATE KEY-----\n")
+    script = sandbox.workspace / "reopen.py"
+    script.write_text(REOPEN_DELETED)
+    result = sandbox.run("python3", str(script), str(key))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1]) == {"result": "EPERM"}
+    assert any(r.get("rule") == "agentsup-outside-view" for r in sandbox.audit_records())
+
+
+def test_a_stream_handed_in_write_only_is_not_read_back(sandbox: Sandbox) -> None:
+    # stdout on a host file (`run >> build.log`): a mount of the host's, which
+    # the kernel asks nothing about; the floor refuses reading it again.
+    log = sandbox.root / "build.log"
+    log.write_text("an earlier job's secret\n")
+    script = sandbox.workspace / "reader.py"
+    script.write_text(READER)
+    with open(log, "a") as out:
+        result = subprocess.run(
+            sandbox.command("python3", str(script), "read", "/proc/self/fd/1"),
+            env=sandbox.env,
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 0, result.stderr
+    written = log.read_text().splitlines()
+    assert json.loads(written[-1])["result"] == "EACCES"
+    assert "an earlier job's secret" not in written[-1]
+
+
+def test_dev_is_still_listed_and_the_broker_is_out_of_sight(sandbox: Sandbox) -> None:
+    script = sandbox.workspace / "look.py"
+    script.write_text(
+        "import json, os\n"
+        "def tried(action):\n"
+        "    try:\n"
+        "        return action()\n"
+        "    except OSError as exc:\n"
+        "        return exc.errno\n"
+        "print(json.dumps({'dev': 'null' in tried(lambda: os.listdir('/dev')),\n"
+        "                  'pids': sorted(n for n in os.listdir('/proc') if n.isdigit()),\n"
+        "                  'init': tried(lambda: open('/proc/1/cmdline').read())}))\n"
+    )
+    result = sandbox.run("python3", str(script))
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.splitlines()[-1])
+    assert seen["dev"] is True
+    assert "1" not in seen["pids"] and seen["pids"]
+    assert isinstance(seen["init"], int)  # an errno: the broker's command line stays its own
+
+
+def test_the_exec_checks_hold_with_the_lane() -> None:
+    """A new image's first open is where its exec is checked (its first
+    trapped syscall may come much later): the attacks on the exec check,
+    again, with the lane on."""
+    tests = [
+        "test_exec_forge_attack.py",
+        "test_run_enforcement.py::test_an_exec_whose_argv_is_swapped_after_the_check_never_runs",
+        "test_fastpath_e2e.py::test_a_process_that_retitles_itself_after_its_first_syscall_is_not_judged_again",
+        "test_native_exec_attacks.py",
+    ]
+    result = run_again(tests, {readlane.ENV_SWITCH: "1"})
+    assert result.returncode == 0, result.stdout[-4000:]

@@ -108,7 +108,7 @@ def _is_path(metavar: str) -> bool:
 
 def _bash_case(rows: list[tuple[str, str]]) -> str:
     lines = [f'        "{key}") echo "{value}" ;;' for key, value in rows if value]
-    return "\n".join(["    case \"$1\" in", *lines, "    esac"])
+    return "\n".join(['    case "$1" in', *lines, "    esac"])
 
 
 def bash_script(parser: argparse.ArgumentParser) -> str:

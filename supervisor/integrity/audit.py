@@ -431,9 +431,9 @@ class ChainVerifier:
         ):
             body = line[:-_SEALED_TAIL] + b"}"
             mac = line[_MAC_START:-3]
-            if compare_digest(
-                self._mac_key.hexdigest(body).encode(), mac
-            ) and not body.startswith(_RESTART_PREFIX):
+            if compare_digest(self._mac_key.hexdigest(body).encode(), mac) and not body.startswith(
+                _RESTART_PREFIX
+            ):
                 found = _fast_seq_prev(body)
                 if found is not None:
                     seq, prev = found

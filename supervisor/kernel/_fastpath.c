@@ -277,6 +277,10 @@ static void free_slot(struct watched_exec *w) {
 static int watch(pid_t pid, uint64_t exec_id, pid_t exec_tid) {
     if (pid <= 0)
         return -1;
+    /* With the read lane, a new image's first read is where its exec is
+     * checked: no read of it may go unasked until then (no ignore mark is
+     * added while any exec waits for its check). */
+    lane_flush();
     struct watched_exec *w = watched_slot(pid);
     if (w) { /* another exec before any other syscall: this one is decided now */
         forget_expected(w);
@@ -1866,15 +1870,17 @@ static int serve_rename(int listener, const struct seccomp_notif *n, int olddirf
         return 0;
     }
     if (id_valid(listener, n->id)) { /* interrupted: nothing may be moved */
+        /* Before the move: what the kernel lets be read unasked may get a new
+         * name, and no mark is added while this thread moves it. */
+        lane_flush();
 #ifdef SYS_renameat2
         long moved = syscall(SYS_renameat2, t.dir[0], t.name[0], t.dir[1], t.name[1], (unsigned)flags);
 #else
         long moved = flags ? (errno = ENOSYS, -1) : renameat(t.dir[0], t.name[0], t.dir[1], t.name[1]);
 #endif
-        if (moved == 0) {
-            lane_flush(); /* what the kernel let be read unasked may have a new name */
+        if (moved == 0)
             respond_value(listener, n->id, 0);
-        } else
+        else
             respond_error(listener, n->id, errno);
     }
     release_two(&t);
@@ -1910,10 +1916,9 @@ static int serve_link(int listener, const struct seccomp_notif *n, int olddirfd,
     if (id_valid(listener, n->id)) { /* interrupted: nothing may be linked */
         char name[16];
         snprintf(name, sizeof name, "%d", object);
-        if (linkat(own_fds, name, t.dir[1], t.name[1], AT_SYMLINK_FOLLOW) == 0) {
-            lane_flush();
+        lane_flush(); /* before: a new name may judge it otherwise */
+        if (linkat(own_fds, name, t.dir[1], t.name[1], AT_SYMLINK_FOLLOW) == 0)
             respond_value(listener, n->id, 0);
-        }
         else
             respond_error(listener, n->id, errno);
     }
@@ -2192,18 +2197,22 @@ static int serve_exec(int listener, int forward_fd, const struct seccomp_notif *
 /* The first syscall after an exec: 1 when the image running is the one
  * allowed (or the exec failed), else 0, with `n` marked for the supervisor
  * to judge when this path allowed the exec. */
+/* Whether the image `w`'s process runs is the one allowed, or the one that
+ * called exec (the exec failed); 0 when unknown here. */
+static int image_checked(const struct watched_exec *w) {
+    if (!w->expected)
+        return 0;
+    if (runs_as_expected(w))
+        return 1;
+    struct image now;
+    return w->before && read_image(w->pid, &now) == 0 && same_image(&now, w->before);
+}
+
 static int first_after_exec(int listener, int forward_fd, struct seccomp_notif *n,
                             struct watched_exec *w) {
     if (w->exec_tid != w->pid && in_thread_group(w->pid, w->exec_tid))
         return 0; /* a thread's exec not done (or failed): the old image still runs */
-    int here = w->decided_here, checked = 0;
-    if (w->expected) {
-        checked = runs_as_expected(w);
-        if (!checked && w->before) {
-            struct image now;
-            checked = read_image(w->pid, &now) == 0 && same_image(&now, w->before);
-        }
-    }
+    int here = w->decided_here, checked = image_checked(w);
     free_slot(w);
     if (checked && !here) /* the supervisor holds it to the exec it allowed: it is told */
         checked = !queue_length && tell(listener, forward_fd, n, NOTICE_EXEC_CHECKED) == 0;
@@ -2554,6 +2563,8 @@ static void lane_refuse(int fd) {
     close(fd);
 }
 
+/* Marks are added by this (the main) thread alone, so a flush before a
+ * rename or link leaves none on what it moves. */
 static void lane_flush(void) {
     if (!lane_on || !lane_marks)
         return;
@@ -2565,6 +2576,8 @@ static void lane_flush(void) {
 }
 
 static void lane_ignore(int fd, int directory) {
+    if (watched_count)
+        return; /* an exec waits for its check at its first read (see watch) */
     unsigned long long mask = FAN_OPEN_PERM | (directory ? FAN_ONDIR : 0);
     if (fanotify_mark(lane_fan, FAN_MARK_ADD | FAN_MARK_INODE | FAN_MARK_IGNORE_SURV, mask, fd,
                       NULL) == 0)
@@ -2685,9 +2698,11 @@ static int in_own_view(const char *real, size_t length, int pinned) {
 #endif
 }
 
-/* Tell the supervisor: a read to judge (the fd stays pending until it answers). */
+/* Tell the supervisor: a read to judge (the fd stays pending until it answers),
+ * with `notice` (NOTICE_EXEC_JUDGE: its process runs an image not the one
+ * allowed, to be judged as an exec first). */
 static void lane_forward(int listener, int forward_fd, struct lane_event *e, const char *path,
-                         ssize_t length, const struct stat *st) {
+                         ssize_t length, const struct stat *st, unsigned notice) {
     int pidfd = (int)syscall(SYS_pidfd_open, e->tid, PIDFD_THREAD);
     if (pidfd < 0) {
         if (e->fd >= 0)
@@ -2698,7 +2713,7 @@ static void lane_forward(int listener, int forward_fd, struct lane_event *e, con
     memset(&n, 0, sizeof n);
     n.id = (uint64_t)(int64_t)e->fd; /* (a record only: all ones) */
     n.pid = (uint32_t)e->tid;
-    n.flags = NOTICE_FAN_READ;
+    n.flags = NOTICE_FAN_READ | notice;
     n.data.nr = -1;
     n.data.arch = NATIVE_ARCH;
     if (st) {
@@ -2729,10 +2744,38 @@ static void lane_forward(int listener, int forward_fd, struct lane_event *e, con
     forward_with(listener, forward_fd, &n, pidfd, length > 0 ? path : "", length > 0 ? (size_t)length : 0);
 }
 
+/* Whether thread `tid` is inside execve or execveat: the kernel opens the
+ * program and its interpreter there, for the image that calls it (which
+ * /proc still shows), before the new one runs. */
+static int in_exec(pid_t tid) {
+    char name[64], call[512];
+    snprintf(name, sizeof name, "/proc/%d/syscall", (int)tid);
+    ssize_t got = read_small(name, call, sizeof call - 1);
+    if (got <= 0)
+        return 0;
+    call[got] = '\0';
+    long nr = strtol(call, NULL, 10);
+    return nr == __NR_execve || nr == __NR_execveat;
+}
+
+/* A word (no syscall) about thread `tid`: NOTICE_EXEC_CHECKED.  0 when sent. */
+static int lane_tell(int forward_fd, pid_t tid, unsigned flag) {
+    int pidfd = (int)syscall(SYS_pidfd_open, tid, PIDFD_THREAD);
+    if (pidfd < 0)
+        return -1;
+    struct seccomp_notif n;
+    memset(&n, 0, sizeof n);
+    n.pid = (uint32_t)tid;
+    n.flags = flag;
+    int sent = queue_length ? 1 : send_forward(forward_fd, &n, pidfd, NULL, 0);
+    close(pidfd);
+    return sent == 0 ? 0 : -1;
+}
+
 /* One event, in the main thread: allowed here (and marked), or forwarded. */
 static int lane_decide(int listener, int forward_fd, struct lane_event *e) {
     if (e->fd < 0) {
-        lane_forward(listener, forward_fd, e, NULL, 0, NULL); /* on record only */
+        lane_forward(listener, forward_fd, e, NULL, 0, NULL, 0); /* on record only */
         return 0;
     }
     if (lane_helper(e->tid)) {
@@ -2742,10 +2785,28 @@ static int lane_decide(int listener, int forward_fd, struct lane_event *e) {
     }
     struct stat st;
     char path[PATH_BYTES + 1];
+    /* The first open of a new image is where its exec is checked, as its
+     * first trapped syscall is (see first_after_exec): a read runs nothing
+     * before the image is the one allowed. */
+    struct watched_exec *w = watched_count ? watched_slot(e->tid) : NULL;
+    if (w && !(w->exec_tid != w->pid && in_thread_group(w->pid, w->exec_tid)) &&
+        !in_exec(e->tid)) {
+        int here = w->decided_here, checked = image_checked(w);
+        free_slot(w);
+        if (checked && !here)
+            checked = lane_tell(forward_fd, e->tid, NOTICE_EXEC_CHECKED) == 0;
+        if (!checked) {
+            /* The supervisor checks it (its own exec), or judges it as an exec. */
+            ssize_t known = fstat(e->fd, &st) != 0 ? -1 : fd_path(e->fd, path);
+            lane_forward(listener, forward_fd, e, path, known, known < 0 ? NULL : &st,
+                         here ? NOTICE_EXEC_JUDGE : 0);
+            return 0;
+        }
+    }
     /* Its path in the agent's view: the broker's /proc sees the same mounts. */
     ssize_t length = fstat(e->fd, &st) != 0 ? -1 : fd_path(e->fd, path);
     if (length < 0) {
-        lane_forward(listener, forward_fd, e, NULL, 0, NULL);
+        lane_forward(listener, forward_fd, e, NULL, 0, NULL, 0);
         return 0;
     }
     int regular = S_ISREG(st.st_mode), directory = S_ISDIR(st.st_mode);
@@ -2754,7 +2815,7 @@ static int lane_decide(int listener, int forward_fd, struct lane_event *e) {
                  (directory && !special_prefix(path)) ||
                  (harmless_device(&st) && harmless_device_name(path)));
     if (!plain || !granted(path, (size_t)length, ALLOW_READ, 0)) {
-        lane_forward(listener, forward_fd, e, path, length, &st);
+        lane_forward(listener, forward_fd, e, path, length, &st, 0);
         return 0;
     }
     if ((regular && st.st_nlink == 1) || directory)
@@ -2785,14 +2846,21 @@ static int lane_serve(int listener, int forward_fd) {
 }
 
 static void lane_maybe_flush(void) {
-    if (!lane_marks)
+    if (!lane_marks && !watched_count)
         return;
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
     long long spent = (now.tv_sec - lane_flushed.tv_sec) * 1000LL +
                       (now.tv_nsec - lane_flushed.tv_nsec) / 1000000;
-    if (spent >= LANE_FLUSH_MS)
-        lane_flush();
+    if (spent < LANE_FLUSH_MS)
+        return;
+    lane_flush();
+    lane_flushed = now;
+    /* A process that exited before its check (no read, no trapped call)
+     * would keep the marks off for good. */
+    for (unsigned i = 0; i < WATCH_SLOTS && watched_count; i++)
+        if (watched[i].pid && kill(watched[i].pid, 0) < 0 && errno == ESRCH)
+            free_slot(&watched[i]);
 }
 
 /* lane_start(group_fd, ruleset_fd, own_view_fd): take the kernel's questions from now on. */
@@ -2901,9 +2969,9 @@ static PyObject *fp_serve(PyObject *self, PyObject *args) {
                                 {lane_wake, POLLIN, 0},
                                 {forward_fd, POLLOUT, 0}};
         int wait = time_left(&start, timeout_ms);
-        if (lane_marks) {
+        if (lane_on && (lane_marks || watched_count)) {
             lane_maybe_flush();
-            if (lane_marks && (wait < 0 || wait > LANE_FLUSH_MS))
+            if ((lane_marks || watched_count) && (wait < 0 || wait > LANE_FLUSH_MS))
                 wait = LANE_FLUSH_MS;
         }
         int ready = wait == 0 ? 0 : poll(fds, queue_length ? 5 : 4, wait);

@@ -18,6 +18,8 @@ import os
 from collections.abc import Iterator
 from typing import NamedTuple
 
+from .namespaces import unescape_mountinfo
+
 # linux/fanotify.h
 FAN_CLOEXEC = 0x1
 FAN_CLASS_CONTENT = 0x4
@@ -89,22 +91,6 @@ class Mount(NamedTuple):
     fstype: str
 
 
-def _unescaped(field: str) -> str:
-    """mountinfo's octal escapes (\\040 for a space, ...) undone."""
-    if "\\" not in field:
-        return field
-    out, i = [], 0
-    while i < len(field):
-        digits = field[i + 1 : i + 4]
-        if field[i] == "\\" and len(digits) == 3 and digits.isdigit():
-            out.append(chr(int(digits, 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
 def parse_mountinfo(text: str) -> Iterator[Mount]:
     """The mounts of a mountinfo text, in its order."""
     for line in text.splitlines():
@@ -115,7 +101,7 @@ def parse_mountinfo(text: str) -> Iterator[Mount]:
             yield Mount(
                 int(fields[0]),
                 os.makedev(int(major), int(minor)),
-                _unescaped(fields[4]),
+                unescape_mountinfo(fields[4]),
                 fields[separator + 1],
             )
         except (ValueError, IndexError):

@@ -169,15 +169,21 @@ def make_mounts_private() -> None:
     mount("private mount propagation", None, "/", None, MS_REC | MS_PRIVATE)
 
 
-def mount_proc() -> None:
-    """A procfs for the caller's PID namespace: /proc shows only the agent's tree."""
-    mount("/proc for the PID namespace", "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+def mount_proc(hide_others: bool = False) -> None:
+    """A procfs for the caller's PID namespace: /proc shows only the agent's tree.
+
+    `hide_others`: a process the reader may not ptrace is not shown at all
+    (`hidepid=ptraceable`, whatever the reader's group): the agent's init,
+    its broker, which the read lane (procfs read unjudged) keeps out of sight."""
+    flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+    data = "hidepid=ptraceable" if hide_others else None
+    mount("/proc for the PID namespace", "proc", "/proc", "proc", flags, data)
 
 
 _MNT_DETACH = 2
 
 
-def _unescape_mountinfo(field: str) -> str:
+def unescape_mountinfo(field: str) -> str:
     """A mountinfo path: space, tab, newline and backslash are octal escapes there."""
     return re.sub(r"\\([0-7]{3})", lambda found: chr(int(found.group(1), 8)), field)
 
@@ -210,7 +216,7 @@ def parse_mountinfo(mountinfo: str) -> list[Mount]:
                 int(fields[0]),
                 int(fields[1]),
                 os.makedev(int(major), int(minor)),
-                _unescape_mountinfo(fields[4]),
+                unescape_mountinfo(fields[4]),
                 fields[dash + 1],
             )
         )

@@ -273,6 +273,7 @@ def plan_floor(
     no_read: Sequence[str],
     abi: int,
     listdir: Callable[[str], list[str]] = os.listdir,
+    unread: Sequence[str] = (),
 ) -> FloorPlan:
     """Plan the Landlock floor for one agent.
 
@@ -289,6 +290,10 @@ def plan_floor(
     entry created later directly in such a parent directory (for example a
     new file in `/var/log` next to a protected `/var/log/agentsup`) is not
     reachable with the punched rights.  The floor gets stricter, never looser.
+
+    `unread` paths are holes of `no_read` too, but the directories a read
+    root held them in stay listable (device nodes and FIFOs, which the read
+    lane cannot judge: `ls /dev` still works).
     """
     _check_ports(connect_ports)
     _check_ports(bind_ports)
@@ -299,7 +304,8 @@ def plan_floor(
     if abi < 1:
         gaps.append("Landlock is not available on this kernel")
 
-    no_read_paths = sorted({_normalise(p) for p in no_read})
+    unread_paths = sorted({_normalise(p) for p in unread})
+    no_read_paths = sorted({_normalise(p) for p in no_read} | set(unread_paths))
     no_write_paths = sorted({_normalise(p) for p in no_write} | set(no_read_paths))
     read_roots_all = None if read_roots is None or exec_roots is None else read_roots + exec_roots
     # IOCTL_DEV goes with write access: a device ioctl can change state.
@@ -312,6 +318,17 @@ def plan_floor(
     for device, rights in ALWAYS_ALLOWED:
         if rights & handled_fs and not any(_is_within(device, p) for p in no_read_paths):
             rules[device] = rules.get(device, 0) | (rights & handled_fs)
+    listing = FS_READ_DIR & handled_fs
+    for path in unread_paths if listing else ():
+        for root in _roots(read_roots_all):
+            if path == root or not _is_within(path, root):
+                continue
+            directory = os.path.dirname(path)
+            while True:  # up to the root that held it: as listable as it was
+                rules[directory] = rules.get(directory, 0) | listing
+                if directory == root or directory == "/":
+                    break
+                directory = os.path.dirname(directory)
 
     handled_net = 0
     net: dict[int, int] = {}
@@ -406,6 +423,7 @@ def plan_policy_floor(
     listdir: Callable[[str], list[str]] = os.listdir,
     realpath: Callable[[str], str] = os.path.realpath,
     lexists: Callable[[str], bool] = os.path.lexists,
+    unread: Iterable[str] = (),
 ) -> FloorPlan:
     """The floor for `policy`: the roots any rule that lets an action proceed could reach.
 
@@ -454,6 +472,7 @@ def plan_policy_floor(
         no_read=[realpath(path) for path in no_read],
         abi=abi,
         listdir=listdir,
+        unread=list(unread),  # as they are: a device node's own name, not where it leads
     )
 
 

@@ -333,10 +333,11 @@ def plan_landlock(
     first (it would never be recorded): the floor is only agentsup's holes.
     `private_tmp`: the agent surely gets its private /tmp and /run, where the
     launch binds back only `kept` (the workspace, the home) and what it names.
-    `unread`: more paths no read may reach (the read lane's devices).
+    `unread`: files no read may open, their directories still listable (the
+    read lane's devices and write-only streams).
     """
     no_write = _outside_private_tmp(locations.protected_paths(), private_tmp, kept)
-    no_read = _outside_private_tmp(locations.secret_paths(), private_tmp, kept) + list(unread)
+    no_read = _outside_private_tmp(locations.secret_paths(), private_tmp, kept)
     if shadow:
         return floor.plan_floor(
             read_roots=None,
@@ -348,7 +349,9 @@ def plan_landlock(
             no_read=no_read,
             abi=landlock_abi(),
         )
-    return floor.plan_policy_floor(policy, no_write=no_write, no_read=no_read, abi=landlock_abi())
+    return floor.plan_policy_floor(
+        policy, no_write=no_write, no_read=no_read, abi=landlock_abi(), unread=unread
+    )
 
 
 def _outside_private_tmp(
@@ -844,6 +847,11 @@ class Agent:
             may_lack(request),
             shadow=request.shadow,
         )
+        if read_lane:
+            # A file handed in write-only (`run >> build.log`) lies on a mount of
+            # the host's, which the kernel asks nothing about: reopened through
+            # /proc/self/fd it would be read unjudged (red team 28).
+            unread_devices += readlane.write_only_streams(plainly_reads)
         plan = plan_landlock(
             compiled,
             self.locations,

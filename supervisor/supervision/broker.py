@@ -1245,24 +1245,24 @@ class Broker:
         for where, name, identity in zip(pinned, (old_name, new_name), judged, strict=False):
             if identity is not None and _identity_at(where, name) != tuple(identity):  # type: ignore[arg-type]
                 raise OSError(errno.EAGAIN, "the name changed since it was judged")
+        _lane_flush()  # what the kernel lets be read unasked may get a new name
         if flags:
             _proc.renameat2(pinned[0], old_name, pinned[1], new_name, flags)
         else:
             os.rename(old_name, new_name, src_dir_fd=pinned[0], dst_dir_fd=pinned[1])
-        _lane_flush()  # what the kernel lets be read unasked may have a new name
         self._answer(notif_id)
 
     def _link(self, notif_id: int, pinned: list[int], args: list[object], _fds: list[int]) -> None:
         _old, old_name, _new, new_name, follow = args
         assert isinstance(old_name, bytes) and isinstance(new_name, bytes)
         source, new_parent = pinned
+        _lane_flush()
         if follow:  # `source` is the object itself
             os.link(f"/proc/self/fd/{source}", new_name, dst_dir_fd=new_parent)
         else:
             os.link(
                 old_name, new_name, src_dir_fd=source, dst_dir_fd=new_parent, follow_symlinks=False
             )
-        _lane_flush()
         self._answer(notif_id)
 
     # chmod, chown and truncate go through the pinned fd, never the name again.

@@ -1320,9 +1320,19 @@ class Mediator:
             if error:
                 self._fan_refused_by_kernel(tid, error)
                 return
+            if notif.notice & _fastpath.NOTICE_EXEC_JUDGE:
+                self._execs[tid] = _ANY_OTHER_EXEC  # (the broker let its exec through)
+            if tid in self._execs and not self._running_as_decided(notif):
+                return  # the first act of an image not the one allowed: killed
             target = os.fsdecode(notif.path)
             if not target.startswith("/"):
                 return  # a file with no name in the agent's view
+            if not nlink or target.endswith(" (deleted)"):
+                # Reopened after its last name went (through /proc/self/fd, or
+                # unlinked while the open waited): no rule can judge it by a
+                # name it no longer has (red team 28).
+                self.judge.refuse_outside_view("open", tid, target)
+                return
             if stat.S_ISREG(mode) and nlink > 1 and self.protected_inodes is not None:
                 # Another name of a protected file is judged as that file.
                 target = self.protected_inodes.get((dev, ino)) or target
@@ -1651,6 +1661,14 @@ class Mediator:
         exec.  False when the policy refuses it: that process is killed (an
         exec cannot be undone) and the syscall fails.
         """
+        if self._running_as_decided(notif):
+            return True
+        _seccomp.respond_error(self.listener, notif.id, errno.EPERM)
+        return False
+
+    def _running_as_decided(self, notif: _seccomp.Notification) -> bool:
+        """`_exec_as_decided` without the answer: False when the process was
+        killed (also for a read the read lane forwarded, its first act)."""
         allowed = self._execs[notif.pid]
         if allowed.thread and _thread_lives(notif.pid, allowed.thread):
             return True  # the old image still runs: a thread's exec not done (or failed)
@@ -1699,7 +1717,6 @@ class Mediator:
         if response is not Response.KILL:  # KILL took the whole tree already
             with contextlib.suppress(ProcessLookupError):
                 os.kill(notif.pid, signal.SIGKILL)
-        _seccomp.respond_error(self.listener, notif.id, errno.EPERM)
 
     def _on_execve(self, n: _seccomp.Notification, name: str) -> None:
         self._exec(n, name, AT_FDCWD, n.args[0], n.args[1], 0)

@@ -21,12 +21,15 @@ It is on only where nothing is lost:
   EACCES and no record;
 - shadow mode records every read the policy would refuse: it keeps the lane off.
 
-`AGENTSUP_READ_LANE=0` turns it off.
+It is opt-in (`AGENTSUP_READ_LANE=1`): what the kernel asks nothing about
+is judged by the floor alone, silently (a FIFO, a device, what the floor
+refuses: no record and no signal), and a refused read fails with EPERM.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import stat
@@ -120,6 +123,26 @@ def _special_files(dev: str = "/dev") -> list[str]:
     return sorted(found)
 
 
+def write_only_streams(
+    plainly_reads: Callable[[str], bool], fds: Iterable[int] = (0, 1, 2)
+) -> tuple[str, ...]:
+    """The regular files among `fds` (what the agent inherits) open for
+    writing only, whose reads the policy does not plainly allow: the floor
+    must refuse reading them again through /proc/self/fd."""
+    found = []
+    for fd in fds:
+        try:
+            st = os.fstat(fd)
+            writing_only = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY
+            path = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        named = path.startswith("/") and not path.endswith(" (deleted)")
+        if stat.S_ISREG(st.st_mode) and writing_only and named and not plainly_reads(path):
+            found.append(path)
+    return tuple(found)
+
+
 _CODE_FILES = ("readlane.py", "judge.py")
 
 
@@ -178,8 +201,8 @@ def status(
     """Whether this run gets the read lane, why (not), and the device nodes
     the floor must then refuse reading (`answers` is asked only when the
     host and the run allow the lane)."""
-    if os.environ.get(ENV_SWITCH, "1") == "0":
-        return False, f"off ({ENV_SWITCH}=0)", ()
+    if os.environ.get(ENV_SWITCH) != "1":
+        return False, f"off (opt in with {ENV_SWITCH}=1)", ()
     if shadow:
         return False, "off: shadow mode records every read the policy would refuse", ()
     native, why = fastpath.status()

@@ -240,7 +240,7 @@ def _init(stage: Stage, entered: set[str], wait_fd: int) -> NoReturn:
             namespaces.bind_read_only(plan.keep_read_only, writable)
             namespaces.mount_private_devices()
             if "pid" in entered:
-                namespaces.mount_proc()
+                namespaces.mount_proc(hide_others=stage.read_lane)
             # Before the read-only binds: /proc/sys is one (of our own procfs).
             namespaces.hide_other_procfs()
             if "ipc" in entered:
