@@ -149,6 +149,8 @@ def run_again(tests: Sequence[str], env: dict[str, str]) -> subprocess.Completed
 
 @functools.cache
 def readlane_available() -> bool:
+    """Whether this host gives a run the read lane when it opts in: the native
+    path, fanotify permission events (root, Linux 6.13+) and Landlock."""
     from agentsup.kernel import fanotify
     from agentsup.kernel.landlock import landlock_abi
 

@@ -32,6 +32,7 @@ from conftest import (
     both_paths,
     fastpath_env,
     read_for,
+    readlane_available,
     run_again,
     supervisor_stopped,
 )
@@ -176,6 +177,7 @@ def opener(sandbox: Sandbox) -> Sandbox:
 
 
 @needs_native
+@pytest.mark.skipif(not readlane_available(), reason="no read lane on this host")
 def test_the_read_lane_gives_the_same_results_and_refusals_but_eperm(opener: Sandbox) -> None:
     """With the read lane, a refused read fails with EPERM (all fanotify can
     say), where the broker says EACCES; everything else is the same."""
