@@ -2517,18 +2517,22 @@ static void forward(int listener, int forward_fd, const struct seccomp_notif *n)
  *
  * A reader thread takes the events.  The kernel opens each event's file in
  * the reader, so the reader runs under a Landlock layer of its own that
- * reads no device but the harmless ones: any other device the agent opens
- * is refused by the kernel itself (EPERM), before its driver runs.  Opens
- * of this process's main thread (the broker's own, done for the agent after
- * a decision) and of processes outside the agent's PID namespace are let
- * through at once; the rest wait for this thread, which decides them in
- * serve() as it decides an open: a plainly allowed read of a regular file,
- * a directory or a harmless device, by its real path, is allowed, and its
- * inode marked so that the kernel does not ask again (an ignore mark, on a
- * file with one name only).  Everything else goes to the supervisor, which
- * answers by the event's fd (FAN_ANSWER).  The marks are flushed whenever a
- * name may have changed under them: a rename or link served, a policy
- * change, and every LANE_FLUSH_MS (a rename on the host is not seen). */
+ * reads no device but the harmless ones: where a kernel asks about devices
+ * (Linux 6.18 asks about regular files and directories only; the floor
+ * keeps the devices the policy does not allow out of reach), any other
+ * device the agent opens is refused by the kernel itself (EPERM), before
+ * its driver runs.  Opens of this process's main thread (the broker's own,
+ * done for the agent after a decision) and of processes outside the
+ * agent's PID namespace are let through at once; the rest wait for this
+ * thread, which decides them in serve() as it decides an open: a plainly
+ * allowed read of a regular file, a directory or a harmless device, by its
+ * real path, is allowed, and its inode marked so that the kernel does not
+ * ask again (an ignore mark, on a file with one name only).  Everything
+ * else goes to the supervisor, which answers by the event's id
+ * (FAN_ANSWER).  The marks go whenever a name may change under them
+ * (before a rename or link served, on a policy change, and every
+ * LANE_FLUSH_MS: a rename on the host is not seen), and none is added
+ * while an exec waits for its check at its new image's first read. */
 
 #define LANE_FLUSH_MS 1000
 #define LANE_BATCH 32768
