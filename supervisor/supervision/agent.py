@@ -836,7 +836,7 @@ class Agent:
         def plainly_reads(name: str) -> bool:
             return judge.plainly_allows(ActionType.FILE_READ, name)
 
-        read_lane, self.read_lane, unread_devices = readlane.status(
+        read_lane, self.read_lane, unread = readlane.status(
             lambda: readlane.policy_answers(
                 plainly_reads,
                 self.locations.state_dir,
@@ -851,14 +851,14 @@ class Agent:
             # A file handed in write-only (`run >> build.log`) lies on a mount of
             # the host's, which the kernel asks nothing about: reopened through
             # /proc/self/fd it would be read unjudged (red team 28).
-            unread_devices += readlane.write_only_streams(plainly_reads)
+            unread += readlane.write_only_streams(plainly_reads)
         plan = plan_landlock(
             compiled,
             self.locations,
             request.shadow,
             private_tmp,
             kept=(workspace, kept_home),
-            unread=unread_devices,
+            unread=unread,
         )
         if plan.abi < 1:
             if "landlock" not in request.allow_degraded:

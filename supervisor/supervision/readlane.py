@@ -168,13 +168,14 @@ def policy_answers(
         except OSError:
             boot = b""
         # The judge's code decides too (its self-protection), and this module's.
-        code = [(Path(__file__).parent / name).read_bytes() for name in _CODE_FILES]
+        code = [(Path(__file__).parent / file).read_bytes() for file in _CODE_FILES]
         name = "readlane-" + digest(key, boot, json.dumps(devices), *code)[:40]
         directory = cache_dir(state_dir)
     if directory is not None and name is not None:
         with contextlib.suppress(BadEntry):
             document = read_entry(directory / name)
-            refusal, unread = document["procfs_refusal"], document["unread_devices"]
+            kept = document if isinstance(document, dict) else {}
+            refusal, unread = kept.get("procfs_refusal", 0), kept.get("unread_devices")
             if (refusal is None or isinstance(refusal, str)) and isinstance(unread, list):
                 return PolicyAnswers(refusal, tuple(str(path) for path in unread))
     answers = PolicyAnswers(
