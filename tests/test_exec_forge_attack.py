@@ -14,6 +14,7 @@ that ordinary failed execs still go unpunished.
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,61 @@ def test_a_refused_argv_raced_in_under_a_forged_command_line_never_runs(
     assert sum(outcomes.values()) == TRIES
     assert set(outcomes) <= {"0", "113", "-9"}  # ran as allowed, refused, or killed after
     # Each refusal, before the exec or after it, is on record.
+    assert _refusals(sandbox, "no-forbidden-word") >= outcomes.get("113", 0) + outcomes.get("-9", 0)
+
+
+# An echo with no C library start-up to speak of: it makes no syscall
+# before it writes its arguments (glibc's static start-up asks brk first).
+STATIC_ECHO = r"""
+#include <string.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) {
+        if (i > 1) write(1, " ", 1);
+        write(1, argv[i], strlen(argv[i]));
+    }
+    write(1, "\n", 1);
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def static_echo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    built = tmp_path_factory.mktemp("static") / "echo"
+    source = built.with_suffix(".c")
+    source.write_text(STATIC_ECHO)
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler to build a static echo")
+    made = subprocess.run(
+        [compiler, "-static", "-O2", "-o", str(built), str(source)], capture_output=True
+    )
+    if made.returncode != 0:
+        pytest.skip(f"no static C library: {made.stderr.decode(errors='replace')[-200:]}")
+    return built
+
+
+@pytest.mark.slow
+@both_paths
+@pytest.mark.parametrize("image", ["preload", "static"])
+def test_a_refused_argv_raced_into_an_image_that_opens_nothing_never_runs(
+    sandbox: Sandbox, native: bool, image: str, static_echo: Path
+) -> None:
+    """Found by red-teaming (red team 29): the new image's first trapped
+    syscall is where its exec is checked, and an image that opens no file
+    (its libc a memfd's copy, or a static one) reached it only after it had
+    written.  The first call of every C and Go start-up (brk(NULL), and
+    arch_prctl(ARCH_SET_FS)) is trapped now, so the check comes first."""
+    mode = image
+    if image == "static":
+        shutil.copy(static_echo, sandbox.workspace / "echo")
+        mode = f"static:{sandbox.workspace / 'echo'}"
+    printed, outcomes = _run(sandbox, native, mode, str(TRIES))
+    assert not [line for line in printed if "forbidden" in line]
+    assert any(line.startswith("allowed") for line in printed)
+    assert sum(outcomes.values()) == TRIES
+    assert set(outcomes) <= {"0", "113", "-9"}
     assert _refusals(sandbox, "no-forbidden-word") >= outcomes.get("113", 0) + outcomes.get("-9", 0)
 
 

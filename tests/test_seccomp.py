@@ -54,6 +54,21 @@ def test_the_ioctl_rules_do_not_depend_on_what_is_notified() -> None:
     assert "ERRNO(1)" in _pfc([]) and "ERRNO(1)" in _pfc(["connect"])
 
 
+def test_only_the_first_calls_of_a_start_up_are_notified() -> None:
+    """brk(NULL) and arch_prctl(ARCH_SET_FS), where a new image's exec is
+    checked; a malloc's brk(address) and the other arch_prctl codes stay in BPF."""
+    text = _pfc(["brk", "arch_prctl"])
+    brk = text[text.index('"brk"') :]
+    brk = brk[: brk.index("# ")]
+    assert "if ($a0.hi32 & 0xffffffff == 0)" in brk  # all 64 bits of the address
+    assert "if ($a0.lo32 & 0xffffffff == 0)" in brk
+    assert brk.count("action 0x7fc00000") == 1  # NOTIFY
+    prctl = text[text.index('"arch_prctl"') :]
+    prctl = prctl[: prctl.index("# ")]
+    assert f"if ($a0.lo32 & 0xffffffff == {seccomp.ARCH_SET_FS})" in prctl
+    assert prctl.count("action 0x7fc00000") == 1
+
+
 def _raw_ioctl(fd: int, request: int, arg: bytes) -> int:
     """ioctl through syscall(2), so that all 64 bits of `request` reach the kernel."""
     buf = ctypes.create_string_buffer(arg)

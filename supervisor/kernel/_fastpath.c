@@ -285,10 +285,6 @@ static void free_slot(struct watched_exec *w) {
 static int watch(pid_t pid, uint64_t exec_id, pid_t exec_tid) {
     if (pid <= 0)
         return -1;
-    /* With the read lane, a new image's first read is where its exec is
-     * checked: no read of it may go unasked until then (no ignore mark is
-     * added while any exec waits for its check). */
-    lane_flush();
     struct watched_exec *w = watched_slot(pid);
     if (w) { /* another exec before any other syscall: this one is decided now */
         forget_expected(w);
@@ -2387,6 +2383,12 @@ static int serve_fast(int listener, int forward_fd, struct seccomp_notif *n) {
         return serve_fd_op(listener, n, FD_CHOWN);
     case __NR_sched_getaffinity:
         return serve_getaffinity(listener, n);
+    case __NR_brk:
+    case __NR_arch_prctl:
+        /* Trapped only as a new image's first call (brk(NULL), ARCH_SET_FS):
+         * its exec was checked above. */
+        respond_continue(listener, n->id);
+        return 1;
     case __NR_unlinkat:
         if (args[2] & ~(uint64_t)AT_REMOVEDIR)
             return 0; /* EINVAL is the supervisor's to give */
@@ -2531,8 +2533,11 @@ static void forward(int listener, int forward_fd, const struct seccomp_notif *n)
  * else goes to the supervisor, which answers by the event's id
  * (FAN_ANSWER).  The marks go whenever a name may change under them
  * (before a rename or link served, on a policy change, and every
- * LANE_FLUSH_MS: a rename on the host is not seen), and none is added
- * while an exec waits for its check at its new image's first read. */
+ * LANE_FLUSH_MS: a rename on the host is not seen).  A new image's exec
+ * is checked at its first trapped syscall (every common start-up makes one,
+ * brk or arch_prctl, before it opens anything) or its first read asked
+ * about, whichever comes first: a read the marks let by unasked before that
+ * is one the policy plainly allows, which the caller could make itself. */
 
 #define LANE_FLUSH_MS 1000
 #define LANE_BATCH 32768
@@ -2588,8 +2593,6 @@ static void lane_flush(void) {
 }
 
 static void lane_ignore(int fd, int directory) {
-    if (watched_count)
-        return; /* an exec waits for its check at its first read (see watch) */
     unsigned long long mask = FAN_OPEN_PERM | (directory ? FAN_ONDIR : 0);
     if (fanotify_mark(lane_fan, FAN_MARK_ADD | FAN_MARK_INODE | FAN_MARK_IGNORE_SURV, mask, fd,
                       NULL) == 0)
@@ -2797,9 +2800,8 @@ static int lane_decide(int listener, int forward_fd, struct lane_event *e) {
     }
     struct stat st;
     char path[PATH_BYTES + 1];
-    /* The first open of a new image is where its exec is checked, as its
-     * first trapped syscall is (see first_after_exec): a read runs nothing
-     * before the image is the one allowed. */
+    /* A new image's first read asked about is where its exec is checked,
+     * if no trapped syscall came first (see first_after_exec). */
     struct watched_exec *w = watched_count ? watched_slot(e->tid) : NULL;
     if (w && !(w->exec_tid != w->pid && in_thread_group(w->pid, w->exec_tid)) &&
         !in_exec(e->tid)) {
@@ -2858,7 +2860,7 @@ static int lane_serve(int listener, int forward_fd) {
 }
 
 static void lane_maybe_flush(void) {
-    if (!lane_marks && !watched_count)
+    if (!lane_marks)
         return;
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
@@ -2868,11 +2870,6 @@ static void lane_maybe_flush(void) {
         return;
     lane_flush();
     lane_flushed = now;
-    /* A process that exited before its check (no read, no trapped call)
-     * would keep the marks off for good. */
-    for (unsigned i = 0; i < WATCH_SLOTS && watched_count; i++)
-        if (watched[i].pid && kill(watched[i].pid, 0) < 0 && errno == ESRCH)
-            free_slot(&watched[i]);
 }
 
 /* lane_start(group_fd, ruleset_fd, own_view_fd): take the kernel's questions from now on. */
@@ -2981,9 +2978,9 @@ static PyObject *fp_serve(PyObject *self, PyObject *args) {
                                 {lane_wake, POLLIN, 0},
                                 {forward_fd, POLLOUT, 0}};
         int wait = time_left(&start, timeout_ms);
-        if (lane_on && (lane_marks || watched_count)) {
+        if (lane_on && lane_marks) {
             lane_maybe_flush();
-            if ((lane_marks || watched_count) && (wait < 0 || wait > LANE_FLUSH_MS))
+            if (lane_marks && (wait < 0 || wait > LANE_FLUSH_MS))
                 wait = LANE_FLUSH_MS;
         }
         int ready = wait == 0 ? 0 : poll(fds, queue_length ? 5 : 4, wait);

@@ -177,12 +177,15 @@ SOCK_RAW = 3
 SOCK_PACKET = 10
 _SOCK_TYPE_MASK = 0xF  # the rest of `type` is SOCK_NONBLOCK | SOCK_CLOEXEC
 
+ARCH_SET_FS = 0x1002
+
 PRIO_PGRP = 1
 PRIO_USER = 2
 IOPRIO_WHO_PGRP = 2
 IOPRIO_WHO_USER = 3
 
 _INT = 0xFFFFFFFF  # the kernel reads these arguments as 32-bit ints: compare only those bits
+_ADDRESS = (1 << 64) - 1
 
 
 class Condition(NamedTuple):
@@ -232,6 +235,11 @@ NOTIFY_WHEN: dict[str, tuple[tuple[Condition, ...], ...]] = {
     # (which, who): a `who` of 0 is the caller, except for a whole user.
     "setpriority": (*_nonzero(1), (Condition(0, PRIO_USER),)),
     "ioprio_set": (*_nonzero(1), (Condition(0, IOPRIO_WHO_USER),)),
+    # The first syscall of a new image's start-up, for its exec check: glibc's
+    # loader and static start-up ask brk(NULL) first; Go's and musl's set their
+    # thread pointer first.  Both come once or twice per process.
+    "brk": ((Condition(0, 0, _ADDRESS),),),
+    "arch_prctl": ((Condition(0, ARCH_SET_FS),),),
 }
 
 # With the read lane (fanotify asks about reads: kernel/fanotify.py), open and

@@ -2534,6 +2534,16 @@ class Mediator:
     _on_migrate_pages = _first_pid
     _on_move_pages = _first_pid
 
+    # -- the start of an image -----------------------------------------------------------
+    # brk(NULL) and arch_prctl(ARCH_SET_FS) are trapped only as the first call a
+    # new image makes: its exec was checked above, before the handler, and
+    # there is nothing else to decide.
+
+    def _on_brk(self, n: _seccomp.Notification, name: str) -> None:
+        _seccomp.respond_continue(self.listener, n.id)
+
+    _on_arch_prctl = _on_brk
+
     # -- the CPUs the agent may use ------------------------------------------------------
     # What the broker's native path answers (_fastpath.c, "the CPUs the agent
     # may use"), for the calls it forwards and for the Python path.

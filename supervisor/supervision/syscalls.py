@@ -34,6 +34,9 @@ MEDIATED = (
     # the agent on fewer (placement.py): nproc and `make -j` see what they
     # would bare.  Every call: BPF cannot see where placement put the caller.
     "sched_getaffinity",
+    # The start of a new image (only brk(NULL) and arch_prctl(ARCH_SET_FS), in
+    # BPF): where its exec is checked, before it can run anything.
+    "brk", "arch_prctl",
 )  # fmt: skip
 
 # Refused for every policy (DESIGN.md 1.2) and recorded as critical.  The

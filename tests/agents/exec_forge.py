@@ -4,12 +4,17 @@
     python exec_forge.py path TRIES [norandom]     /bin/echo -> /bin/touch (same argv)
     python exec_forge.py failing TRIES [norandom]  execs that fail: ENOENT, then EACCES
     python exec_forge.py forged TRIES              the same, the command line forged first
+    python exec_forge.py preload TRIES             as argv, the new image's libc a memfd's copy
+    python exec_forge.py static:PATH TRIES         as argv, PATH (a static echo) for /bin/echo
 
 Each try forks a child.  In `argv` mode the child first writes the refused
 command line over its own argv memory (what /proc/PID/cmdline shows), so a
 new image running the refused command looks like the old one whose exec
 failed.  (`norandom` switches address space randomization off first.)
-Then a second thread keeps flipping the argument (or the path)
+In `preload` mode the new image loads its libc from a memfd (LD_PRELOAD of
+/proc/self/fd/N, LC_ALL=C): it opens no file on a mount of the agent's
+before it writes.  A `static:` image makes no syscall at all before it
+writes.  Then a second thread keeps flipping the argument (or the path)
 between the allowed and the refused one while the first execs.  Prints one
 JSON line: how many children exited with which status.
 """
@@ -68,11 +73,25 @@ def _failing(forge: bool) -> None:
     os._exit(0)
 
 
+def _libc_in_memfd() -> bytes:
+    """LD_PRELOAD=/proc/self/fd/N, N a memfd holding a copy of this libc (inherited)."""
+    with open("/proc/self/maps") as maps:
+        libc_path = next(line.split()[-1] for line in maps if "/libc.so" in line)
+    fd = os.memfd_create("libc", 0)
+    with open(libc_path, "rb") as f:
+        os.write(fd, f.read())
+    return f"LD_PRELOAD=/proc/self/fd/{fd}".encode()
+
+
 def _child(mode: str) -> None:
     if mode in ("failing", "forged"):
         _failing(mode == "forged")
-    if mode == "argv":
-        path, one, two = b"/bin/echo", b"allowed\0\0\0", b"forbidden\0"
+    environment = [b"LC_ALL=C"]
+    if mode == "preload":
+        environment.append(_libc_in_memfd())
+    if mode in ("argv", "preload") or mode.startswith("static:"):
+        path = mode.partition(":")[2].encode() or b"/bin/echo"
+        one, two = b"allowed\0\0\0", b"forbidden\0"
         words = _forge_own_cmdline([path, b"forbidden"])
         flipped, _ = _address(one)
         keep = [_address(word) for word in words]
@@ -87,7 +106,8 @@ def _child(mode: str) -> None:
         keep = [_address(b"x"), _address(marker.encode())]
         pointers = [a for _, a in keep]
     argv = (ctypes.c_void_p * (len(pointers) + 1))(*pointers, None)
-    envp = (ctypes.c_void_p * 1)(None)
+    kept = [_address(variable) for variable in environment]
+    envp = (ctypes.c_void_p * (len(kept) + 1))(*(a for _, a in kept), None)
     running = [True]
     threading.Thread(target=_flip, args=(flipped, one, two, running), daemon=True).start()
     libc.execve(ctypes.addressof(path_buf), argv, envp)
