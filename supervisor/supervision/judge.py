@@ -26,6 +26,7 @@ from ..events import (
     AuditLevel,
     Decision,
     Event,
+    Layer,
     Response,
     Severity,
     Verdict,
@@ -886,12 +887,14 @@ class Judge:
         message = f"{syscall} may only reach the agent's own processes"
         self._refusal(syscall, tid, target, OUTSIDE_TREE_RULE, message)
 
-    def refuse_outside_view(self, syscall: str, tid: int, target: str) -> None:
+    def refuse_outside_view(
+        self, syscall: str, tid: int, target: str, layer: Layer = Layer.SECCOMP
+    ) -> None:
         """A file the agent holds, asked for more than its fd gives, whose path
         names something else (or nothing) in the agent's view: no rule can
         judge it (a log `run` writes under the host's /tmp).  Refused."""
         message = "the file this fd holds is not at that path for the agent: no rule can judge it"
-        self._refusal(syscall, tid, target, OUTSIDE_VIEW_RULE, message, "medium")
+        self._refusal(syscall, tid, target, OUTSIDE_VIEW_RULE, message, "medium", layer)
 
     def refuse_not_opened(self, syscall: str, tid: int, target: str) -> None:
         """A file the read lane's reader may not open (a device but the
@@ -899,7 +902,7 @@ class Judge:
         the top of the root after the start): the kernel refused the agent's
         open before any driver ran, whatever the rules say."""
         message = "the broker's reader may not open this file: the kernel refused the open"
-        self._refusal(syscall, tid, target, NOT_OPENED_RULE, message, "low")
+        self._refusal(syscall, tid, target, NOT_OPENED_RULE, message, "low", Layer.FANOTIFY)
 
     def refuse_unreadable_program(self, syscall: str, tid: int, target: str) -> None:
         """An exec of a file the agent may write but no one may read: what the
@@ -931,7 +934,9 @@ class Judge:
     def mediation_failed(self, syscall: str, tid: int, error: str) -> None:
         """Serving a syscall raised: it failed closed (EIO); the record says why."""
         message = f"could not serve {syscall}, failed it with EIO: {error}"[:500]
-        self._refusal(syscall, tid, syscall, MEDIATION_ERROR_RULE, message, "high", "supervisor")
+        self._refusal(
+            syscall, tid, syscall, MEDIATION_ERROR_RULE, message, "high", Layer.SUPERVISOR
+        )
 
     def broker_gone(self, syscall: str, tid: int, error: str) -> None:
         """The broker stopped answering: every mediated syscall fails from now on.
@@ -940,7 +945,9 @@ class Judge:
         up on it), so `run` exits 137: this line and record say why.
         """
         message = f"{error}: every mediated syscall fails with EIO from now on"
-        self._refusal(syscall, tid, syscall, MEDIATION_ERROR_RULE, message, "high", "supervisor")
+        self._refusal(
+            syscall, tid, syscall, MEDIATION_ERROR_RULE, message, "high", Layer.SUPERVISOR
+        )
         self.say(f"agent '{self.agent_id}': {message}")
 
     def _refusal(
@@ -951,7 +958,7 @@ class Judge:
         rule: str,
         message: str,
         severity: str = "critical",
-        layer: str = "seccomp",
+        layer: Layer = Layer.SECCOMP,
     ) -> None:
         """The record of a syscall refused by agentsup itself, whatever the policy says."""
         if self.config.shadow_guard is not None or severity != Severity.LOW:
@@ -966,7 +973,7 @@ class Judge:
                 "decision": "deny",
                 "rule": rule,
                 "severity": severity,
-                "layer": layer,
+                "layer": str(layer),
                 "response": "block",
                 "syscall": syscall,
                 "message": message,

@@ -212,7 +212,9 @@ class Judge(Protocol):
 
     def refuse_outside(self, syscall: str, tid: int, target: str) -> None: ...
 
-    def refuse_outside_view(self, syscall: str, tid: int, target: str) -> None: ...
+    def refuse_outside_view(
+        self, syscall: str, tid: int, target: str, layer: Layer = ...
+    ) -> None: ...
 
     def refuse_not_opened(self, syscall: str, tid: int, target: str) -> None: ...
 
@@ -1331,7 +1333,7 @@ class Mediator:
                 # Reopened after its last name went (through /proc/self/fd, or
                 # unlinked while the open waited): no rule can judge it by a
                 # name it no longer has (red team 28).
-                self.judge.refuse_outside_view("open", tid, target)
+                self.judge.refuse_outside_view("open", tid, target, Layer.FANOTIFY)
                 return
             if stat.S_ISREG(mode) and nlink > 1 and self.protected_inodes is not None:
                 # Another name of a protected file is judged as that file.
