@@ -2285,9 +2285,13 @@ static int serve_fast(int listener, int forward_fd, struct seccomp_notif *n) {
     /* Forwarded (after the watching below): the supervisor checks the image first. */
     int forward_now = 0;
     struct watched_exec *w = watched_count ? exec_thread_slot(tid) : NULL;
-    if (w) {
+    if (w && in_thread_group(w->pid, tid)) {
         free_slot(w); /* that thread's exec failed: the supervisor drops its check too */
         forward_now = 1;
+    } else if (w) {
+        /* Not a thread of that process: its exec went through, and this is
+         * another thread with its old id (red team 30).  The check stays. */
+        w->exec_tid = w->pid;
     }
     w = watched_slot(tid);
     if (w && !forward_now && !first_after_exec(listener, forward_fd, n, w))

@@ -49,6 +49,7 @@ ALWAYS_REFUSED_RULE = "agentsup-always-refused"
 OUTSIDE_TREE_RULE = "agentsup-outside-tree"
 OUTSIDE_VIEW_RULE = "agentsup-outside-view"
 NOT_OPENED_RULE = "agentsup-not-opened"
+EXEC_UNCHECKED_RULE = "agentsup-exec-unchecked"
 MEDIATION_ERROR_RULE = "agentsup-mediation-error"
 STOPPED_RULE = "agentsup-stopped"
 UNREADABLE_PROGRAM_RULE = "agentsup-unreadable-program"
@@ -903,6 +904,13 @@ class Judge:
         open before any driver ran, whatever the rules say."""
         message = "the broker's reader may not open this file: the kernel refused the open"
         self._refusal(syscall, tid, target, NOT_OPENED_RULE, message, "low", Layer.FANOTIFY)
+
+    def refuse_exec_unchecked(self, syscall: str, tid: int, target: str) -> None:
+        """An exec while as many others wait for their new image's first call
+        (where each is held to what was allowed) as can be kept: this one could
+        not be held to anything, so it fails (EAGAIN)."""
+        message = "too many execs wait for their check: this one could not be checked"
+        self._refusal(syscall, tid, target, EXEC_UNCHECKED_RULE, message, "high")
 
     def refuse_unreadable_program(self, syscall: str, tid: int, target: str) -> None:
         """An exec of a file the agent may write but no one may read: what the

@@ -218,6 +218,8 @@ class Judge(Protocol):
 
     def refuse_not_opened(self, syscall: str, tid: int, target: str) -> None: ...
 
+    def refuse_exec_unchecked(self, syscall: str, tid: int, target: str) -> None: ...
+
     def mediation_failed(self, syscall: str, tid: int, error: str) -> None: ...
 
     def refuses_writes(self, target: str) -> bool: ...
@@ -665,10 +667,15 @@ class Mediator:
             self._fan_read(notif)
             return
         if self._exec_threads and notif.pid in self._exec_threads:
-            # A call of the thread that called exec: that exec failed.
+            # A call of the thread that called exec: that exec failed.  Unless
+            # that thread is gone and its id another's (its exec went
+            # through): its number alone says nothing (red team 30).
             pending = self._execs.get(tgid := self._exec_threads.pop(notif.pid))
             if pending is not None and pending.thread == notif.pid:
-                self._drop_exec(tgid)
+                if _thread_lives(tgid, notif.pid):
+                    self._drop_exec(tgid)
+                else:
+                    pending.thread = 0
         if notif.notice & _fastpath.NOTICE_EXEC_JUDGE:
             # After an exec the broker let through, an image not the one allowed.
             self._execs[notif.pid] = _ANY_OTHER_EXEC
@@ -1520,6 +1527,11 @@ class Mediator:
             return
         if not self._interpreters_judged(n, syscall, node):
             return
+        if len(self._execs) >= _PER_PROCESS_CACHE and not self._room_for_an_exec():
+            # Never a check dropped to make room: that image would run unchecked.
+            self.judge.refuse_exec_unchecked(syscall, tid, command[1])
+            self._fail(n, errno.EAGAIN)
+            return
         tgid = self._exec_done(tid)
         # An exec cannot be done on the agent's behalf, so a racing thread
         # could swap argv after this check.  Remember what was allowed and
@@ -1531,8 +1543,6 @@ class Mediator:
         self._execs[tgid] = _AllowedExec(argv, file, before, script, thread)
         if thread:
             self._exec_threads[thread] = tgid
-        if len(self._execs) > _PER_PROCESS_CACHE:
-            self._drop_exec(next(iter(self._execs)))  # exec'd, and no trapped call since
         if self.forwarded is not None and file != (0, 0) and argv and len(checks) == 2:
             # The native path checks the first syscall against the same (a
             # script's command line is the interpreter's: that stays here).
@@ -1617,6 +1627,16 @@ class Mediator:
         self.memory.forget(tgid)
         self.memory.forget(tid)
         self._drop_exec(tgid)
+
+    def _room_for_an_exec(self) -> bool:
+        """Whether another exec can be held to its check once the checks of
+        processes gone are forgotten (images that exited before any trapped
+        call).  A process id reused since keeps its check: nothing tells it
+        from the process checked, and a check too many kills, never lets by."""
+        for tgid in list(self._execs):
+            if not os.path.exists(f"/proc/{tgid}"):
+                self._drop_exec(tgid)
+        return len(self._execs) < _PER_PROCESS_CACHE
 
     def _drop_exec(self, tgid: int) -> None:
         """Forget the exec `tgid` was allowed (it was checked, failed or replaced)."""
