@@ -123,3 +123,60 @@ def test_sorted_holes_are_the_holes_of_a_pass_over_every_path() -> None:
     assert covered == ["/dev/disk/by-id/a", "/dev/null", "/dev/pts"]
     assert floor.punch("/dev", ["/dev"], listdir) == []
     assert floor.punch("/usr", ["/dev/vda"], listdir) == ["/usr"]
+
+
+def test_a_read_of_a_multiply_linked_file_tells_the_broker_the_protected_inodes() -> None:
+    """The broker judges a file with other names itself once it knows which
+    inodes are protected (until then every read of one, libc where perf keeps
+    a hard link in ~/.debug, came to the supervisor at each exec).  The read
+    lane tells it, once, as an open through seccomp does."""
+    import socket
+    import stat
+
+    from agentsup.events import Response
+    from agentsup.kernel import fastpath
+    from agentsup.supervision import mediator as mediation
+    from agentsup.supervision.broker import BrokerClient
+
+    told: list[list[tuple[int, int]]] = []
+    answers: list[tuple[int, bool]] = []
+
+    class Protected:
+        def get(self, _key: tuple[int, int]) -> str | None:
+            return None  # no protected name: judged under its own
+
+        def inodes(self) -> list[tuple[int, int]]:
+            return [(1, 2)]
+
+    class Broker:
+        def protect(self, inodes: list[tuple[int, int]]) -> None:
+            told.append(list(inodes))
+
+        def act(self, _op: int, asked: int, allow: bool) -> None:
+            answers.append((asked, allow))
+
+    class Judge:
+        allow_cache: set[object] = set()
+
+        def judge_event(self, *_args: object, **_kw: object) -> tuple[None, Response]:
+            return None, Response.ALLOW
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with ours, theirs:
+        mediator = mediation.Mediator(-1, Judge(), lambda tid: tid, BrokerClient(ours))  # type: ignore[arg-type]
+        mediator.broker = Broker()  # type: ignore[assignment]
+        mediator.forwarded = object()  # type: ignore[assignment]
+        mediator.protected_inodes = Protected()  # type: ignore[assignment]
+        for number in (1, 2):
+            read = seccomp.Notification(
+                (number << 32) | 5,
+                os.getpid(),
+                fastpath.FAN_READ,
+                0,
+                (3, 4, stat.S_IFREG | 0o755, 2, 0, 0),  # dev, ino, mode, two names, no error
+                fastpath.NOTICE_FAN_READ,
+                b"/usr/lib/x86_64-linux-gnu/libc.so.6",
+            )
+            mediator._fan_read(read)
+    assert told == [[(1, 2)]]
+    assert answers == [((1 << 32) | 5, True), ((2 << 32) | 5, True)]

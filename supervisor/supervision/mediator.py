@@ -1089,16 +1089,21 @@ class Mediator:
         Fails closed: with no answer from the walk (`WalkFailed`) the node is
         unpinned and the syscall fails with EIO, on record.
         """
-        if self.protected_inodes is None:
-            return None
         try:
-            protected = self.protected_inodes.get((node.pinned.dev, node.pinned.ino))
+            return self._protected_inode(node.pinned.dev, node.pinned.ino)
         except WalkFailed:
             self.release(node)
             raise
+
+    def _protected_inode(self, dev: int, ino: int) -> str | None:
+        """The protected file (dev, ino) is, if any (WalkFailed without an answer)."""
+        if self.protected_inodes is None:
+            return None
+        protected = self.protected_inodes.get((dev, ino))
         if not self._protected_told and self.forwarded is not None:
             # The walk answered: the native path can judge the other
-            # multiply-linked files (shared libraries, git's commands) itself.
+            # multiply-linked files (shared libraries, git's commands) itself,
+            # and the read lane leave them unasked.
             self._protected_told = True
             self.broker.protect(self.protected_inodes.inodes())
         return protected
@@ -1344,7 +1349,7 @@ class Mediator:
                 return
             if stat.S_ISREG(mode) and nlink > 1 and self.protected_inodes is not None:
                 # Another name of a protected file is judged as that file.
-                target = self.protected_inodes.get((dev, ino)) or target
+                target = self._protected_inode(dev, ino) or target
             elif (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) and not target.startswith("/dev/"):
                 return  # never: every mount but /dev is nodev
             if (ActionType.FILE_READ, target) in self._allow_cache:
