@@ -13,6 +13,7 @@ its old id read as "that thread's exec failed".  Both let `echo forbidden`
 run to its end.  Now a check is forgotten only when its process is gone (an
 exec with no room left fails with EAGAIN, on record), and a thread's exec
 is taken as failed only while that thread is still in its process.
+`test_read_lane_e2e` runs these again with the read lane on.
 """
 
 from __future__ import annotations
@@ -65,6 +66,15 @@ def _pid_max() -> int:
 def test_a_held_image_is_killed_at_its_check(sandbox: Sandbox, native: bool) -> None:
     outcomes = _hold(sandbox, native, "none", 0)
     assert outcomes.get("held:-9", 0) >= 1, outcomes  # the hold works here: the others test
+
+
+@both_paths
+def test_an_exec_that_hides_it_is_in_exec_is_still_checked(sandbox: Sandbox, native: bool) -> None:
+    """Found by red-teaming (red team 31), under the read lane: the kernel's
+    own reads inside execve spent the check on the old image when /proc
+    could not say the process was in execve.  No read checks an exec now."""
+    outcomes = _hold(sandbox, native, "hidden", 0)
+    assert outcomes.get("ended:-9", 0) >= 1, outcomes
 
 
 @pytest.mark.slow

@@ -368,6 +368,7 @@ def test_the_exec_checks_hold_with_the_lane() -> None:
         "test_run_enforcement.py::test_an_exec_whose_argv_is_swapped_after_the_check_never_runs",
         "test_fastpath_e2e.py::test_a_process_that_retitles_itself_after_its_first_syscall_is_not_judged_again",
         "test_native_exec_attacks.py",
+        "test_exec_hold_attacks.py",
     ]
     result = run_again(tests, {readlane.ENV_SWITCH: "1"})
     assert result.returncode == 0, result.stdout[-4000:]

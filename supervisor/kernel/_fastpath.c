@@ -2537,11 +2537,13 @@ static void forward(int listener, int forward_fd, const struct seccomp_notif *n)
  * else goes to the supervisor, which answers by the event's id
  * (FAN_ANSWER).  The marks go whenever a name may change under them
  * (before a rename or link served, on a policy change, and every
- * LANE_FLUSH_MS: a rename on the host is not seen).  A new image's exec
- * is checked at its first trapped syscall (every common start-up makes one,
- * brk or arch_prctl, before it opens anything) or its first read asked
- * about, whichever comes first: a read the marks let by unasked before that
- * is one the policy plainly allows, which the caller could make itself. */
+ * LANE_FLUSH_MS: a rename on the host is not seen).  A read never checks
+ * a new image's exec: that is its first trapped syscall's (every common
+ * start-up makes one, brk or arch_prctl, before it opens anything).  Reads
+ * the kernel raises inside execve, for the program and its interpreter,
+ * belong to the image calling it, and a process can hide that it is in
+ * execve (non-dumpable, its /proc/PID/syscall is not the broker's to read:
+ * red team 31).  A read let by before that check is judged as a read. */
 
 #define LANE_FLUSH_MS 1000
 #define LANE_BATCH 32768
@@ -2717,11 +2719,9 @@ static int in_own_view(const char *real, size_t length, int pinned) {
 #endif
 }
 
-/* Tell the supervisor: a read to judge (the fd stays pending until it answers),
- * with `notice` (NOTICE_EXEC_JUDGE: its process runs an image not the one
- * allowed, to be judged as an exec first). */
+/* Tell the supervisor: a read to judge (the fd stays pending until it answers). */
 static void lane_forward(int listener, int forward_fd, struct lane_event *e, const char *path,
-                         ssize_t length, const struct stat *st, unsigned notice) {
+                         ssize_t length, const struct stat *st) {
     int pidfd = (int)syscall(SYS_pidfd_open, e->tid, PIDFD_THREAD);
     if (pidfd < 0) {
         if (e->fd >= 0)
@@ -2732,7 +2732,7 @@ static void lane_forward(int listener, int forward_fd, struct lane_event *e, con
     memset(&n, 0, sizeof n);
     n.id = (uint64_t)(int64_t)e->fd; /* (a record only: all ones) */
     n.pid = (uint32_t)e->tid;
-    n.flags = NOTICE_FAN_READ | notice;
+    n.flags = NOTICE_FAN_READ;
     n.data.nr = -1;
     n.data.arch = NATIVE_ARCH;
     if (st) {
@@ -2763,38 +2763,10 @@ static void lane_forward(int listener, int forward_fd, struct lane_event *e, con
     forward_with(listener, forward_fd, &n, pidfd, length > 0 ? path : "", length > 0 ? (size_t)length : 0);
 }
 
-/* Whether thread `tid` is inside execve or execveat: the kernel opens the
- * program and its interpreter there, for the image that calls it (which
- * /proc still shows), before the new one runs. */
-static int in_exec(pid_t tid) {
-    char name[64], call[512];
-    snprintf(name, sizeof name, "/proc/%d/syscall", (int)tid);
-    ssize_t got = read_small(name, call, sizeof call - 1);
-    if (got <= 0)
-        return 0;
-    call[got] = '\0';
-    long nr = strtol(call, NULL, 10);
-    return nr == __NR_execve || nr == __NR_execveat;
-}
-
-/* A word (no syscall) about thread `tid`: NOTICE_EXEC_CHECKED.  0 when sent. */
-static int lane_tell(int forward_fd, pid_t tid, unsigned flag) {
-    int pidfd = (int)syscall(SYS_pidfd_open, tid, PIDFD_THREAD);
-    if (pidfd < 0)
-        return -1;
-    struct seccomp_notif n;
-    memset(&n, 0, sizeof n);
-    n.pid = (uint32_t)tid;
-    n.flags = flag;
-    int sent = queue_length ? 1 : send_forward(forward_fd, &n, pidfd, NULL, 0);
-    close(pidfd);
-    return sent == 0 ? 0 : -1;
-}
-
 /* One event, in the main thread: allowed here (and marked), or forwarded. */
 static int lane_decide(int listener, int forward_fd, struct lane_event *e) {
     if (e->fd < 0) {
-        lane_forward(listener, forward_fd, e, NULL, 0, NULL, 0); /* on record only */
+        lane_forward(listener, forward_fd, e, NULL, 0, NULL); /* on record only */
         return 0;
     }
     if (lane_helper(e->tid)) {
@@ -2804,27 +2776,10 @@ static int lane_decide(int listener, int forward_fd, struct lane_event *e) {
     }
     struct stat st;
     char path[PATH_BYTES + 1];
-    /* A new image's first read asked about is where its exec is checked,
-     * if no trapped syscall came first (see first_after_exec). */
-    struct watched_exec *w = watched_count ? watched_slot(e->tid) : NULL;
-    if (w && !(w->exec_tid != w->pid && in_thread_group(w->pid, w->exec_tid)) &&
-        !in_exec(e->tid)) {
-        int here = w->decided_here, checked = image_checked(w);
-        free_slot(w);
-        if (checked && !here)
-            checked = lane_tell(forward_fd, e->tid, NOTICE_EXEC_CHECKED) == 0;
-        if (!checked) {
-            /* The supervisor checks it (its own exec), or judges it as an exec. */
-            ssize_t known = fstat(e->fd, &st) != 0 ? -1 : fd_path(e->fd, path);
-            lane_forward(listener, forward_fd, e, path, known, known < 0 ? NULL : &st,
-                         here ? NOTICE_EXEC_JUDGE : 0);
-            return 0;
-        }
-    }
     /* Its path in the agent's view: the broker's /proc sees the same mounts. */
     ssize_t length = fstat(e->fd, &st) != 0 ? -1 : fd_path(e->fd, path);
     if (length < 0) {
-        lane_forward(listener, forward_fd, e, NULL, 0, NULL, 0);
+        lane_forward(listener, forward_fd, e, NULL, 0, NULL);
         return 0;
     }
     int regular = S_ISREG(st.st_mode), directory = S_ISDIR(st.st_mode);
@@ -2833,7 +2788,7 @@ static int lane_decide(int listener, int forward_fd, struct lane_event *e) {
                  (directory && !special_prefix(path)) ||
                  (harmless_device(&st) && harmless_device_name(path)));
     if (!plain || !granted(path, (size_t)length, ALLOW_READ, 0)) {
-        lane_forward(listener, forward_fd, e, path, length, &st, 0);
+        lane_forward(listener, forward_fd, e, path, length, &st);
         return 0;
     }
     if ((regular && st.st_nlink == 1) || directory)

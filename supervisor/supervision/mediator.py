@@ -1334,10 +1334,9 @@ class Mediator:
             if error:
                 self._fan_refused_by_kernel(tid, error)
                 return
-            if notif.notice & _fastpath.NOTICE_EXEC_JUDGE:
-                self._execs[tid] = _ANY_OTHER_EXEC  # (the broker let its exec through)
-            if tid in self._execs and not self._running_as_decided(notif):
-                return  # the first act of an image not the one allowed: killed
+            # No exec is checked here: the kernel raises reads inside execve
+            # for the image calling it, and a process may hide that it is in
+            # execve (red team 31).  Its first trapped syscall is the check.
             target = os.fsdecode(notif.path)
             if not target.startswith("/"):
                 return  # a file with no name in the agent's view
@@ -1688,14 +1687,6 @@ class Mediator:
         exec.  False when the policy refuses it: that process is killed (an
         exec cannot be undone) and the syscall fails.
         """
-        if self._running_as_decided(notif):
-            return True
-        _seccomp.respond_error(self.listener, notif.id, errno.EPERM)
-        return False
-
-    def _running_as_decided(self, notif: _seccomp.Notification) -> bool:
-        """`_exec_as_decided` without the answer: False when the process was
-        killed (also for a read the read lane forwarded, its first act)."""
         allowed = self._execs[notif.pid]
         if allowed.thread and _thread_lives(notif.pid, allowed.thread):
             return True  # the old image still runs: a thread's exec not done (or failed)
@@ -1720,6 +1711,7 @@ class Mediator:
                 self._kill_swapped(notif, None)
                 with contextlib.suppress(Exception):
                     self.judge.mediation_failed("execve", notif.pid, "no file to name after exec")
+                _seccomp.respond_error(self.listener, notif.id, errno.EPERM)
                 return False
             checks.append((ActionType.PROCESS_SPAWN, path))
         if not allowed.matches(running):
@@ -1728,6 +1720,7 @@ class Mediator:
         if response.proceeds:
             return True  # raced (or failed), into something allowed anyway
         self._kill_swapped(notif, response)
+        _seccomp.respond_error(self.listener, notif.id, errno.EPERM)
         return False
 
     def _running_file(self, pid: int) -> str | None:

@@ -18,7 +18,14 @@ check still to come.  Meanwhile:
             of them with the exec'ing thread's old id once the host's ids wrap
             (red team 30: that call read as "that thread's exec failed")
 
-then SIGCONT.  Prints one JSON line: how each try ended ("held:-9" is a held
+then SIGCONT.  And with no stop:
+
+    hidden  the child makes itself non-dumpable first (its /proc/PID/syscall is
+            then no one's to read but root's): under the read lane, the reads
+            the kernel raises inside execve were taken for the new image's
+            first, and its check spent on the old image (red team 31)
+
+Prints one JSON line: how each try ended ("held:-9" is a held
 image killed at its check; "forbidden" lines on stdout are images that ran).
 """
 
@@ -38,7 +45,8 @@ import time
 libc = ctypes.CDLL(None, use_errno=True)
 libc.execve.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
 libc.syscall.restype = ctypes.c_long
-SYS_BRK, SYS_TGKILL = 12, 234
+SYS_TGKILL = 234
+PR_SET_DUMPABLE = 4
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXIT_ONLY = os.path.join(HERE, "exit-only")
 
@@ -59,8 +67,10 @@ def write_exit_only(path: str) -> None:
     os.chmod(path, 0o755)
 
 
-def child(report: int, argument: int, by_thread: bool, padded: bool) -> None:
+def child(report: int, argument: int, by_thread: bool, padded: bool, hidden: bool) -> None:
     resource.setrlimit(resource.RLIMIT_STACK, (64 << 20, resource.RLIM_INFINITY))
+    if hidden:
+        libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     program = ctypes.create_string_buffer(b"/bin/echo")
     padding = ctypes.create_string_buffer(b"x" * 5000)
     words = [ctypes.addressof(program), argument] + ([ctypes.addressof(padding)] if padded else [])
@@ -116,13 +126,14 @@ def main(mode: str, tries: str, count: str) -> None:
         pid = os.fork()
         if pid == 0:
             os.close(read_end)
-            child(write_end, argument, mode == "reuse", mode == "stale")
+            child(write_end, argument, mode == "reuse", mode == "stale", mode == "hidden")
         os.close(write_end)
         (tid,) = struct.unpack("<i", os.read(read_end, 4))
         os.close(read_end)
         time.sleep(0.03)  # the exec is decided by now, and the kernel still copies
         shared[:10] = b"forbidden\0"
-        libc.syscall(SYS_TGKILL, pid, tid, signal.SIGSTOP)
+        if mode != "hidden":
+            libc.syscall(SYS_TGKILL, pid, tid, signal.SIGSTOP)
         _, status = os.waitpid(pid, os.WUNTRACED)
         if not os.WIFSTOPPED(status):
             key = f"ended:{os.waitstatus_to_exitcode(status)}"
