@@ -364,3 +364,76 @@ def test_an_agent_starts_with_a_procfs_mounted_in_its_workspace(
     with _procfs_in(sandbox.workspace / "chroot"):
         result = sandbox.run("/bin/echo", "ran", env={"AGENTSUP_FASTPATH": native})
     assert (result.returncode, result.stdout) == (0, "ran\n"), result.stderr
+
+
+# Reads the link once, waits for a line on stdin (the operator's edit), reads again.
+READ_LINK_TWICE = """
+import os, sys
+link = sys.argv[1]
+for _ in range(2):
+    try:
+        print(open(link).read().strip(), flush=True)
+    except PermissionError:
+        print("refused", flush=True)
+    sys.stdin.readline()
+"""
+
+NEEDS_NATIVE = pytest.mark.skipif(not fastpath.enabled(), reason=fastpath.status()[1])
+
+SECRETS_NOW = """
+name: reloaded
+extends: [strict]
+rules:
+  - id: now-secret
+    actions: [file_read]
+    target: "{workspace}/sec/**"
+    decision: deny
+    priority: 1
+    on_violation: block
+"""
+
+
+@pytest.mark.parametrize(
+    ("native", "lane"),
+    [
+        pytest.param("1", "0", id="native", marks=NEEDS_NATIVE),
+        pytest.param("0", "0", id="python"),
+        pytest.param("1", "1", id="lane", marks=NEEDS_NATIVE),
+    ],
+)
+def test_a_reload_finds_the_other_names_of_the_files_it_now_refuses(
+    sandbox: Sandbox, native: str, lane: str
+) -> None:
+    """Found by red-teaming (red team 31): the walk for protected inodes ran
+    once, at launch, so a hard link made while its file was allowed still
+    read it after a reload refused the file.  A reload walks anew."""
+    from agentsup.supervision import readlane
+
+    ws = sandbox.workspace
+    (ws / "sec").mkdir()
+    (ws / "sec" / "data").write_text("not yet a secret\n")
+    (ws / "pub").mkdir()
+    os.link(ws / "sec" / "data", ws / "pub" / "mine")
+    script = ws / "read_twice.py"
+    script.write_text(READ_LINK_TWICE)
+    policy = sandbox.policy("reloaded", "name: reloaded\nextends: [strict]\n")
+    env = {**sandbox.env, fastpath.ENV_SWITCH: native, readlane.ENV_SWITCH: lane}
+    command = sandbox.command("python3", str(script), str(ws / "pub" / "mine"), policy=policy)
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    with subprocess.Popen(command, env=env, text=True, **pipes) as proc:  # type: ignore[call-overload]
+        try:
+            assert proc.stdout.readline().strip() == "not yet a secret"
+            Path(policy).write_text(SECRETS_NOW)
+            time.sleep(3)  # the policy directory is watched: an unsealed edit reloads
+            (ws / "sec" / "data").write_text("a secret now\n")  # the same inode
+            proc.stdin.write("again\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == "refused"
+            proc.stdin.write("done\n")
+            proc.stdin.flush()
+            proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    refusals = [r for r in sandbox.audit_records() if r.get("rule") == "now-secret"]
+    assert refusals and refusals[0]["target"] == str(ws / "sec" / "data"), refusals

@@ -3068,6 +3068,16 @@ static PyObject *fp_protect(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* unprotect(): the protected inodes are unknown again (a policy reload walks
+ * anew): every file with other names goes to the supervisor until told. */
+static PyObject *fp_unprotect(PyObject *self, PyObject *noargs) {
+    free(protected_keys);
+    protected_keys = NULL;
+    protected_count = 0;
+    protected_known = 0;
+    Py_RETURN_NONE;
+}
+
 static PyObject *fp_set_decider(PyObject *self, PyObject *callable) {
     if (callable != Py_None && !PyCallable_Check(callable))
         return PyErr_Format(PyExc_TypeError, "the decider must be callable or None");
@@ -3149,6 +3159,8 @@ static PyMethodDef methods[] = {
      "events from now on (a reader thread under the Landlock ruleset; decisions in serve())"},
     {"lane_answer", fp_lane_answer, METH_VARARGS,
      "lane_answer(id, allow) -> bool: the supervisor's answer to a forwarded read"},
+    {"unprotect", fp_unprotect, METH_NOARGS,
+     "unprotect() -> None: the protected inodes are unknown until protect() again"},
     {"lane_flush", fp_lane_flush, METH_NOARGS,
      "lane_flush() -> None: drop every ignore mark (a name may have changed)"},
     {"lane_helper", fp_lane_helper, METH_VARARGS,

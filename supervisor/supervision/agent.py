@@ -1155,6 +1155,10 @@ class Agent:
             say(f"warning: policy reload failed, keeping the old rules: {exc}")
             return
         judge.set_policy(compiled)
+        if self.mediator is not None:
+            # Other names of the files the new rules refuse: found anew (red
+            # team 31 read one through a link made while the rule was not there).
+            self.mediator.walk_anew(ProtectedInodes(judge.policy))
         if self.hooks is not None:
             self.hooks.invalidate()  # answers the hooks cached came from the old rules
         self.audit.append(

@@ -1965,6 +1965,8 @@ def _forget(policy_changed: bool) -> None:
         _fastpath.native.forget()
         if policy_changed:
             _fastpath.native.set_decider(None)
+            # Other rules protect other files: the supervisor walks for them anew.
+            _fastpath.native.unprotect()
 
 
 def _pin_reads(waiting: dict[int, tuple[int, bool]]) -> None:

@@ -1095,6 +1095,14 @@ class Mediator:
             self.release(node)
             raise
 
+    def walk_anew(self, walk: ProtectedInodes) -> None:
+        """The policy changed: the protected inodes are those of `walk`, a walk
+        for the new rules (the broker forgot the old ones with its decisions)."""
+        old, self.protected_inodes = self.protected_inodes, walk
+        self._protected_told = False
+        if old is not None:
+            old.close()
+
     def _protected_inode(self, dev: int, ino: int) -> str | None:
         """The protected file (dev, ino) is, if any (WalkFailed without an answer)."""
         if self.protected_inodes is None:
