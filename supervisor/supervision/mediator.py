@@ -1539,7 +1539,8 @@ class Mediator:
             return
         if not self._interpreters_judged(n, syscall, node):
             return
-        if len(self._execs) >= _PER_PROCESS_CACHE and not self._room_for_an_exec():
+        full = len(self._execs) >= _PER_PROCESS_CACHE and tgid not in self._execs
+        if full and not self._room_for_an_exec():
             # Never a check dropped to make room: that image would run unchecked.
             self.judge.refuse_exec_unchecked(syscall, tid, command[1])
             self._fail(n, errno.EAGAIN)
