@@ -7,6 +7,7 @@ FILE:LINE:COL; a target longer than MAX_TARGET_LENGTH is a deny, decided at once
 
 from __future__ import annotations
 
+import random
 import textwrap
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from agentsup.policy import (
     load_policy_text,
     resolve_policy,
 )
+from agentsup.policy.linear import LinearRegex, encode_target, match_range
 
 A = ActionType
 CTX = RunContext(workspace="/w", home="/home/u", agent_id="agent", python_prefixes=("/opt/py",))
@@ -369,3 +371,29 @@ def test_an_allowing_pattern_keeps_re2s_stricter_dollar() -> None:
         action = A.DATABASE_DELETE if target.startswith("DELETE") else A.SHELL_EXECUTE
         event = Event(action, target)
         assert policy.explain(event).decision is policy.evaluate(event)
+
+
+def test_every_path_an_anchored_rule_matches_lies_in_its_match_range() -> None:
+    """The protected-inode walk skips a directory whose names all fall outside
+    every rule's range (`match_range`): that must never skip a match."""
+    policy = resolve_policy("strict", Path("/nonexistent"))
+    compiled = compile_policy(policy, CTX)
+    anchored = [rule.matcher for rule in compiled.rules if rule.matcher.roots is not None]
+    assert len(anchored) > 10
+    words = ["", "/", ".", "home", "u", ".ssh", "id_rsa", ".config", "gh", "hosts.yml", "w"]
+    words += [".git-credentials", "etc", "shadow", "key.pem", "\udce9", "é", "Z", "\x7f", ".aws"]
+    chooser = random.Random(15)
+    targets = ["/home/u/.config/gh/hosts.yml", "/home/u/.git-credentials", "/w/a/key.pem"]
+    for _ in range(4000):
+        targets.append("/" + "/".join(chooser.choices(words, k=chooser.randint(1, 6))))
+    checked = 0
+    for matcher in anchored:
+        bounds = match_range(matcher.regex)
+        assert bounds is not None, matcher.regex
+        low, high = bounds
+        pattern = LinearRegex(matcher.regex)
+        for target in targets:
+            if pattern.search(encode_target(target)):
+                checked += 1
+                assert low <= encode_target(target) <= high, (matcher.regex, target)
+    assert checked > 20

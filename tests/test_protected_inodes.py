@@ -97,6 +97,72 @@ def test_a_large_root_does_not_use_up_the_budget_of_the_others(tmp_path: Path) -
     assert found.get(_inode(home / ".ssh" / "id_rsa")) == str(home / ".ssh" / "id_rsa")
 
 
+def test_a_root_below_another_walks_on_a_budget_of_its_own(tmp_path: Path) -> None:
+    """Red team 31: 20,000 files at the workspace's top spent the whole budget
+    in the workspace's first turn, and the home directory was never listed:
+    a hard link to `~/.netrc` read it.  Each root has its own budget now."""
+    home = tmp_path / "home"
+    workspace = home / "workspace"
+    workspace.mkdir(parents=True)
+    for i in range(300):
+        (workspace / f"f{i}").write_text("")
+    (home / ".netrc").mkdir()  # (a directory: found by listing the home, not as a root file)
+    (home / ".netrc" / "token").write_text("machine x")
+    text = HOME_SECRETS.replace(
+        "rules:\n",
+        'rules:\n  - id: keys\n    actions: [file_read]\n    target: "{home}/workspace/**/*.pem"\n'
+        "    decision: deny\n",
+        1,
+    ).replace('target: "{home}/.netrc"', "pattern: '^{home}/\\.netrc/'")
+    policy = compile_policy(load_policy_text(text), RunContext(str(tmp_path), str(home), "t"))
+    found = protected.protected_inodes(policy, budget=100)
+    assert found.get(_inode(home / ".netrc" / "token")) == str(home / ".netrc" / "token")
+
+
+def test_directories_spend_the_budget_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Red team 31: 1.4 million directories, which the budget did not count,
+    held the walk (and the supervisor's loop, waiting for it) for 30 s."""
+    root = tmp_path / "root"
+    for i in range(400):
+        (root / f"d{i}").mkdir(parents=True)
+    listed: list[object] = []
+    scandir = os.scandir
+
+    def counting(path: bytes) -> object:
+        listed.append(path)
+        return scandir(path)
+
+    monkeypatch.setattr(protected.os, "scandir", counting)
+    assert protected._walk_files([str(root)], budget=50) == []
+    assert len(listed) <= 51, len(listed)
+
+
+def test_the_walk_enters_no_directory_where_no_rule_could_match(tmp_path: Path) -> None:
+    """A rule anchored at the home directory (`^{home}/\\.config/gh/`) can match
+    nothing in `~/workspace`: a repository there costs the walk one entry."""
+    home = tmp_path / "home"
+    repository = home / "workspace" / "src"
+    repository.mkdir(parents=True)
+    for i in range(500):
+        (repository / f"f{i}.c").write_text("")
+    token = home / ".config" / "gh" / "hosts.yml"
+    token.parent.mkdir(parents=True)
+    token.write_text("oauth_token: x")
+    text = HOME_SECRETS.replace(
+        "rules:\n",
+        "rules:\n  - id: gh\n    actions: [file_read]\n    pattern: '^{home}/\\.config/gh/'\n"
+        "    decision: deny\n",
+        1,
+    )
+    policy = compile_policy(load_policy_text(text), RunContext(str(tmp_path), str(home), "t"))
+    found = protected.protected_inodes(policy, budget=100)
+    assert found.get(_inode(token)) == str(token)
+    scopes = protected._Scopes(protected._walked_matchers(policy))
+    assert not scopes.enters(os.fsencode(home / "workspace"))
+    assert scopes.enters(os.fsencode(home / ".config"))
+    assert scopes.enters(os.fsencode(home / ".ssh" / "deep"))  # `{home}/.ssh/**`
+
+
 @contextlib.contextmanager
 def _procfs_in(directory: Path) -> Iterator[Path]:
     """A procfs mounted at `directory/proc`, as in a build chroot."""
@@ -255,6 +321,28 @@ def test_a_planted_hard_link_read_before_the_walk_is_done_is_killed(
     assert result.returncode == 137, result.stderr[-2000:]
     assert "rule 'secret-ssh' denied file_read" in result.stderr, result.stderr[-2000:]
     assert not [r for r in agent_reports(result.stdout) if r.get("result") == "ok"]
+
+
+@pytest.mark.requires_seccomp_notify
+@pytest.mark.requires_landlock
+@both_paths
+def test_a_crowded_workspace_does_not_hide_the_keys_in_the_home_directory(
+    sandbox: Sandbox, native: str
+) -> None:
+    """Red team 31: with more files at the workspace's top than the walk's
+    whole budget, the home directory was never listed, and a hard link there
+    to `~/.git-credentials` read it.  Each root walks on a budget of its own."""
+    credentials = sandbox.home / ".git-credentials"
+    credentials.write_text("https://user:c2VjcmV0@example.com\n")
+    crowd = sandbox.workspace
+    for i in range(protected.BUDGET + 1):
+        (crowd / f"f{i}").touch()
+    link = crowd / "f0.txt"
+    os.link(credentials, link)
+    result = sandbox.run("python3", TRY, "read", str(link), env={fastpath.ENV_SWITCH: native})
+    assert result.returncode == 137, result.stdout + result.stderr[-2000:]
+    assert "rule 'token-files' denied file_read" in result.stderr, result.stderr[-2000:]
+    assert "c2VjcmV0" not in result.stdout + result.stderr
 
 
 @pytest.mark.requires_seccomp_notify

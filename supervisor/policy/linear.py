@@ -118,6 +118,24 @@ def _compiled(text: str) -> Any:
         raise PatternError(f"RE2 cannot compile the regex: {exc}", 0) from None
 
 
+def match_range(text: str) -> tuple[bytes, bytes] | None:
+    """(low, high): every target regex `text` matches from the target's start
+    lies between them in byte order (RE2's PossibleMatchRange), so for a
+    regex anchored at the start (`^`, `\\A`) every target it matches at all;
+    None where RE2 cannot bound it."""
+    try:
+        found = _compiled(text).possiblematchrange(_RANGE_LENGTH)
+    except (PatternError, re2.error, ValueError):
+        return None
+    if not isinstance(found, tuple) or len(found) != 2 or not all(found):
+        return None
+    low, high = found
+    return (low, high) if isinstance(low, bytes) and isinstance(high, bytes) else None
+
+
+_RANGE_LENGTH = 256  # longer bounds only make the range tighter
+
+
 def engine_identity() -> str:
     """Which RE2 this is (its compiled module's path, size and time): part of the
     policy cache's key, so a regex it stored compiles here as it did there."""
