@@ -396,6 +396,51 @@ def agent_reports(stdout: str) -> list[dict[str, object]]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
+# Reads a file, waits for a line on stdin, reads it again.
+READ_TWICE = """
+import sys
+for _ in range(2):
+    try:
+        print(open(sys.argv[1]).read().strip(), flush=True)
+    except PermissionError:
+        print("refused", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def reads_around_a_reload(
+    sandbox: Sandbox,
+    path: Path,
+    reloaded: str,
+    env: dict[str, str] | None = None,
+    meanwhile: Callable[[], object] = lambda: None,
+) -> tuple[str, str]:
+    """What an agent under a policy `reloaded` (extending strict) read at `path`,
+    before and after the operator's edit made it `reloaded`, a policy text;
+    `meanwhile` runs after the reload, before the second read."""
+    script = sandbox.workspace / "read_twice.py"
+    script.write_text(READ_TWICE)
+    policy = sandbox.policy("reloaded", "name: reloaded\nextends: [strict]\n")
+    command = sandbox.command("python3", str(script), str(path), policy=policy)
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    with subprocess.Popen(command, env={**sandbox.env, **(env or {})}, text=True, **pipes) as proc:  # type: ignore[call-overload]
+        try:
+            before = proc.stdout.readline().strip()
+            Path(policy).write_text(reloaded)
+            time.sleep(3)  # the policy directory is watched: an unsealed edit reloads
+            meanwhile()
+            proc.stdin.write("again\n")
+            proc.stdin.flush()
+            after = proc.stdout.readline().strip()
+            proc.stdin.write("done\n")
+            proc.stdin.flush()
+            proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    return before, after
+
+
 def run_ops_agent(
     sandbox: Sandbox,
     agent: str,

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import TRY, Sandbox, agent_reports, supervisor_stopped
+from conftest import TRY, Sandbox, agent_reports, reads_around_a_reload, supervisor_stopped
 
 from agentsup.kernel import fastpath
 from agentsup.policy.engine import CompiledPolicy, RunContext, compile_policy
@@ -454,18 +454,6 @@ def test_an_agent_starts_with_a_procfs_mounted_in_its_workspace(
     assert (result.returncode, result.stdout) == (0, "ran\n"), result.stderr
 
 
-# Reads the link once, waits for a line on stdin (the operator's edit), reads again.
-READ_LINK_TWICE = """
-import os, sys
-link = sys.argv[1]
-for _ in range(2):
-    try:
-        print(open(link).read().strip(), flush=True)
-    except PermissionError:
-        print("refused", flush=True)
-    sys.stdin.readline()
-"""
-
 NEEDS_NATIVE = pytest.mark.skipif(not fastpath.enabled(), reason=fastpath.status()[1])
 
 SECRETS_NOW = """
@@ -502,26 +490,14 @@ def test_a_reload_finds_the_other_names_of_the_files_it_now_refuses(
     (ws / "sec" / "data").write_text("not yet a secret\n")
     (ws / "pub").mkdir()
     os.link(ws / "sec" / "data", ws / "pub" / "mine")
-    script = ws / "read_twice.py"
-    script.write_text(READ_LINK_TWICE)
-    policy = sandbox.policy("reloaded", "name: reloaded\nextends: [strict]\n")
-    env = {**sandbox.env, fastpath.ENV_SWITCH: native, readlane.ENV_SWITCH: lane}
-    command = sandbox.command("python3", str(script), str(ws / "pub" / "mine"), policy=policy)
-    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
-    with subprocess.Popen(command, env=env, text=True, **pipes) as proc:  # type: ignore[call-overload]
-        try:
-            assert proc.stdout.readline().strip() == "not yet a secret"
-            Path(policy).write_text(SECRETS_NOW)
-            time.sleep(3)  # the policy directory is watched: an unsealed edit reloads
-            (ws / "sec" / "data").write_text("a secret now\n")  # the same inode
-            proc.stdin.write("again\n")
-            proc.stdin.flush()
-            assert proc.stdout.readline().strip() == "refused"
-            proc.stdin.write("done\n")
-            proc.stdin.flush()
-            proc.communicate(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    env = {fastpath.ENV_SWITCH: native, readlane.ENV_SWITCH: lane}
+
+    def the_file_holds_a_secret_now() -> None:
+        (ws / "sec" / "data").write_text("a secret now\n")  # the same inode
+
+    reads = reads_around_a_reload(
+        sandbox, ws / "pub" / "mine", SECRETS_NOW, env, the_file_holds_a_secret_now
+    )
+    assert reads == ("not yet a secret", "refused")
     refusals = [r for r in sandbox.audit_records() if r.get("rule") == "now-secret"]
     assert refusals and refusals[0]["target"] == str(ws / "sec" / "data"), refusals
