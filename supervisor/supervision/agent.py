@@ -17,7 +17,6 @@ import dataclasses
 import errno
 import functools
 import importlib
-import json
 import operator
 import os
 import select
@@ -105,7 +104,7 @@ class RunRequest:
     policy: str = "strict"
     workspace: str = "."
     agent_id: str | None = None
-    json_status: str | None = None
+    json_status: str | None = None  # written by the foreground run (foreground.py)
     allow_degraded: Sequence[str] = ()
     cpus: str = "auto"  # auto | all | shared (placement.py)
     user: str | None = None  # run the agent as this user (root only)
@@ -1463,15 +1462,6 @@ class Agent:
             # alone, and a kill has said its line.
             for line in judge.refusal_summary():
                 say(line)
-        if self.request.json_status:
-            status_doc = {
-                "agent": judge.agent_id,
-                "exit_code": code,
-                "signal": signal_name,
-                "killed_by": dataclasses.asdict(report) if report else None,
-                "layers": self.layers,
-            }
-            Path(self.request.json_status).write_text(json.dumps(status_doc) + "\n")
         return code
 
     def _release_terminal(self) -> None:

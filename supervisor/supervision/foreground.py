@@ -63,9 +63,8 @@ def _interrupted_line(sig: int, run: Agent, code: int, grace: float) -> str:
 
 
 def run_agent(request: RunRequest, *, stop_timeout: float = STOP_TIMEOUT_S) -> int:
-    status_path = request.json_status
     # The status is written here, after the end, so a bad path never costs the exit code.
-    request = dataclasses.replace(request, json_status=None)
+    status_path = request.json_status
     try:
         supervisor = Supervisor(default_locations(), stop_timeout=stop_timeout, one_run=True)
     except OSError as exc:
