@@ -6,9 +6,9 @@ the policy's read-deny rules name.  Those are found by walking the literal
 roots of the rules (`{home}/.ssh`, `/etc/shadow`, the home directory for the
 rules anchored there), at most `BUDGET` entries for each root, nearest
 first, and only into directories where a rule could match (`_Scopes`); a
-rule with no literal root (`**/*.pem`) cannot be walked.  A rule's roots include their real paths
-(`matchers.Respelling`): a symlinked `~/.aws` is walked where it leads,
-since the walk lists symlinks and never follows them.
+rule with no literal root (`**/*.pem`) cannot be walked.  A rule's roots
+include their real paths (`matchers.Respelling`): a symlinked `~/.aws` is
+walked where it leads, since the walk lists symlinks and never follows them.
 
 With a real home directory the walk reads thousands of files (100-200 ms in
 Python).  So it starts in a child process when the agent is launched and runs
