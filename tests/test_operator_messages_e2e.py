@@ -96,6 +96,20 @@ def test_refusals_with_no_signal_are_named_at_the_end(sandbox: Sandbox) -> None:
     ]
 
 
+def test_a_run_that_failed_on_a_quiet_refusal_alone_names_it(sandbox: Sandbox) -> None:
+    """Found by a new user: `ls /` failed with "Permission denied" and
+    agentsup said nothing, as listing / is a low-severity refusal, left out
+    of the summary.  Where nothing else was refused, the low ones are named."""
+    result = sandbox.run("ls", "/")
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("agentsup: ")]
+    assert lines == [
+        "agentsup: 1 low-severity action(s) of agent 't' were refused (no signal):",
+        "agentsup:       1  file_read / (root-listing)",
+        "agentsup: all of them: agentsup audit show --agent t",
+    ]
+
+
 def test_an_overlong_refused_target_is_named_cut_and_whole_in_the_log(sandbox: Sandbox) -> None:
     """A command line longer than any rule is run on (a glob over 30,000
     names) is refused; the end of the run names it cut to a line a person can

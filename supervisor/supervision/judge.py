@@ -545,6 +545,9 @@ class Judge:
         # (severity medium and up; with --shadow, those that stood: the guard's
         # and agentsup's own), said at the end of the run.
         self.refused: Counter[str] = Counter()
+        # Low-severity refusals (listing /, a __pycache__ write): tools carry on
+        # from most, so they are named only where nothing else was refused.
+        self.refused_low: Counter[str] = Counter()
         self._warnings_said: Counter[str] = Counter()  # per rule id
         # Called by the supervisor to arm approval timeouts and report state.
         self.on_hold: Callable[[Pending], None] = lambda pending: None
@@ -776,12 +779,12 @@ class Judge:
             if response is Response.ALLOW:
                 self._record(event, tid, decision, response, would_deny=True)
                 return decision, response
-        if (
-            response is Response.BLOCK
-            and self.config.shadow_guard is None  # counted by _shadow
-            and decision.severity is not Severity.LOW
-        ):
-            _tally(self.refused, f"{event.action} {_summed(event.target)} ({decision.rule_id})")
+        if response is Response.BLOCK and self.config.shadow_guard is None:  # (_shadow counts)
+            low = decision.severity is Severity.LOW
+            _tally(
+                self.refused_low if low else self.refused,
+                f"{event.action} {_summed(event.target)} ({decision.rule_id})",
+            )
         if should_audit(decision, self.policy.audit_level):
             self._record(event, tid, decision, response)
         elif _plain(decision, response):
@@ -870,11 +873,14 @@ class Judge:
         A refusal with no signal shows only as the tool's own error (EACCES,
         "Permission denied"): these lines name the rules behind them.
         """
-        refused = sum(self.refused.values())
+        counted, low = self.refused, ""
+        if not counted:  # the only refusals were low ones: one of them may be why
+            counted, low = self.refused_low, " low-severity"
+        refused = sum(counted.values())
         if not refused:
             return []
-        lines = [f"{refused} action(s) of agent '{self.agent_id}' were refused (no signal):"]
-        lines += [f"  {count:5d}  {what}" for what, count in self.refused.most_common(top)]
+        lines = [f"{refused}{low} action(s) of agent '{self.agent_id}' were refused (no signal):"]
+        lines += [f"  {count:5d}  {what}" for what, count in counted.most_common(top)]
         lines.append(f"all of them: agentsup audit show --agent {self.agent_id}")
         return lines
 
@@ -969,8 +975,8 @@ class Judge:
         layer: Layer = Layer.SECCOMP,
     ) -> None:
         """The record of a syscall refused by agentsup itself, whatever the policy says."""
-        if self.config.shadow_guard is not None or severity != Severity.LOW:
-            _tally(self.refused, f"{syscall} {_summed(target)} ({rule})")
+        low = self.config.shadow_guard is None and severity == Severity.LOW
+        _tally(self.refused_low if low else self.refused, f"{syscall} {_summed(target)} ({rule})")
         self.audit.append(
             {
                 "agent": self.agent_id,
