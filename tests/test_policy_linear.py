@@ -373,17 +373,34 @@ def test_an_allowing_pattern_keeps_re2s_stricter_dollar() -> None:
         assert policy.explain(event).decision is policy.evaluate(event)
 
 
+# An operator's own rules: a regex matches every name that starts with a match
+# (red team 32: `^{home}/vault/` spans only itself, and protects what is below).
+OPERATOR_RULES = """
+    name: operator
+    extends: [strict]
+    rules:
+      - {id: vault, actions: [file_read], pattern: '^{home}/vault/', decision: deny}
+      - id: stores
+        actions: [file_read]
+        pattern: '^{home}/(?:vault|\\.password-store)(?:/|\\Z)'
+        decision: deny
+      - {id: secrets, actions: [file_read], pattern: '^{home}/secrets', decision: deny}
+      - {id: keys, actions: [file_read], target: '{home}/keys/**', decision: deny}
+"""
+
+
 def test_every_path_an_anchored_rule_matches_lies_in_its_match_range() -> None:
     """The protected-inode walk skips a directory whose names all fall outside
     every rule's range (`match_range`): that must never skip a match."""
-    policy = resolve_policy("strict", Path("/nonexistent"))
-    compiled = compile_policy(policy, CTX)
-    anchored = [rule.matcher for rule in compiled.rules if rule.matcher.roots is not None]
-    assert len(anchored) > 10
+    policy = compiled(OPERATOR_RULES)
+    anchored = [rule.matcher for rule in policy.rules if rule.matcher.roots is not None]
+    assert len(anchored) > 14
     words = ["", "/", ".", "home", "u", ".ssh", "id_rsa", ".config", "gh", "hosts.yml", "w"]
     words += [".git-credentials", "etc", "shadow", "key.pem", "\udce9", "é", "Z", "\x7f", ".aws"]
+    words += ["vault", "prod", ".password-store", "secrets", "secrets.d", "keys"]
     chooser = random.Random(15)
     targets = ["/home/u/.config/gh/hosts.yml", "/home/u/.git-credentials", "/w/a/key.pem"]
+    targets += ["/home/u/vault/prod/db", "/home/u/secrets.d/x", "/home/u/.password-store/a/b"]
     for _ in range(4000):
         targets.append("/" + "/".join(chooser.choices(words, k=chooser.randint(1, 6))))
     checked = 0

@@ -163,6 +163,38 @@ def test_the_walk_enters_no_directory_where_no_rule_could_match(tmp_path: Path) 
     assert scopes.enters(os.fsencode(home / ".ssh" / "deep"))  # `{home}/.ssh/**`
 
 
+def test_a_regex_protects_the_names_below_what_it_spans(tmp_path: Path, home: Path) -> None:
+    """Red team 32: `^{home}/vault/` spans only that text, and RE2's range for
+    it ended there, so the walk never entered `vault/prod`; a hard link to
+    `vault/prod/db-password` read it.  A regex matches every name that starts
+    with a match, and the range is that of the regex followed by anything."""
+    secret = home / "vault" / "prod" / "db-password"
+    secret.parent.mkdir(parents=True)
+    secret.write_text("hunter2")
+    vault = "  - {id: vault, actions: [file_read], pattern: '^{home}/vault/', decision: deny}\n"
+    text = HOME_SECRETS.replace("rules:\n", "rules:\n" + vault, 1)
+    policy = compile_policy(load_policy_text(text), RunContext(str(tmp_path), str(home), "t"))
+    assert protected.protected_inodes(policy).get(_inode(secret)) == str(secret)
+
+
+def test_a_name_the_policy_allows_never_stands_for_a_protected_file(tmp_path: Path) -> None:
+    """Red team 32: strict's key rule matches `*.pem` but excepts
+    `fullchain.pem`; a hard link of a protected file by that name, found
+    first, became the file's protected name, and the file was read through
+    both names.  Only a name the policy refuses stands for the file."""
+    workspace, home = tmp_path / "ws", tmp_path / "home"
+    (workspace / "sec" / "prod").mkdir(parents=True)
+    home.mkdir()
+    secret = workspace / "sec" / "prod" / "data"
+    secret.write_text("a secret")
+    os.link(secret, workspace / "fullchain.pem")
+    text = "name: t\nextends: [strict]\nrules:\n"
+    text += "  - {id: sec, actions: [file_read], target: '{workspace}/sec/**', decision: deny}\n"
+    loaded = load_policy_text(text)
+    policy = compile_policy(loaded, RunContext(str(workspace), str(home), "t"))
+    assert protected.protected_inodes(policy).get(_inode(secret)) == str(secret)
+
+
 @contextlib.contextmanager
 def _procfs_in(directory: Path) -> Iterator[Path]:
     """A procfs mounted at `directory/proc`, as in a build chroot."""
@@ -343,6 +375,42 @@ def test_a_crowded_workspace_does_not_hide_the_keys_in_the_home_directory(
     assert result.returncode == 137, result.stdout + result.stderr[-2000:]
     assert "rule 'token-files' denied file_read" in result.stderr, result.stderr[-2000:]
     assert "c2VjcmV0" not in result.stdout + result.stderr
+
+
+SECRETS_DIRECTORY = """
+name: sec
+extends: [strict]
+rules:
+  - id: sec
+    actions: [file_read]
+    target: "{workspace}/sec/**"
+    decision: deny
+    priority: 1
+    on_violation: sigkill
+"""
+
+
+@pytest.mark.requires_seccomp_notify
+@pytest.mark.requires_landlock
+@both_paths
+def test_an_allowed_other_name_does_not_unlock_a_protected_file(
+    sandbox: Sandbox, native: str
+) -> None:
+    """Red team 32: with a hard link named `fullchain.pem` beside it (strict's
+    key rule matches `*.pem` and excepts that name), the file was judged
+    under the allowed name and read, by either name."""
+    secret = sandbox.workspace / "sec" / "prod" / "data"
+    secret.parent.mkdir(parents=True)
+    secret.write_text("c2VjcmV0\n")
+    os.link(secret, sandbox.workspace / "fullchain.pem")
+    policy = sandbox.policy("sec", SECRETS_DIRECTORY)
+    for name in (secret, sandbox.workspace / "fullchain.pem"):
+        result = sandbox.run(
+            "python3", TRY, "read", str(name), policy=policy, env={fastpath.ENV_SWITCH: native}
+        )
+        assert result.returncode == 137, result.stdout + result.stderr[-2000:]
+        assert "rule 'sec' denied file_read" in result.stderr, result.stderr[-2000:]
+        assert "c2VjcmV0" not in result.stdout + result.stderr
 
 
 @pytest.mark.requires_seccomp_notify

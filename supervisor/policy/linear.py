@@ -119,12 +119,18 @@ def _compiled(text: str) -> Any:
 
 
 def match_range(text: str) -> tuple[bytes, bytes] | None:
-    """(low, high): every target regex `text` matches from the target's start
-    lies between them in byte order (RE2's PossibleMatchRange), so for a
-    regex anchored at the start (`^`, `\\A`) every target it matches at all;
-    None where RE2 cannot bound it."""
+    """(low, high): every target in which regex `text` finds a match at the
+    target's start lies between them in byte order, so for a regex anchored
+    at the start (`^`, `\\A`) every target it matches at all; None where RE2
+    cannot bound it.
+
+    RE2's PossibleMatchRange bounds the text a match spans, not the target
+    it is found in: `^/home/u/vault/` spans only that, and matches every name
+    below it (red team 32).  So the range asked for is that of the regex
+    followed by anything.
+    """
     try:
-        found = _compiled(text).possiblematchrange(_RANGE_LENGTH)
+        found = _compiled(f"(?:{text})(?s:.*)").possiblematchrange(_RANGE_LENGTH)
     except (PatternError, re2.error, ValueError):
         return None
     if not isinstance(found, tuple) or len(found) != 2 or not all(found):

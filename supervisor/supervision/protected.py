@@ -59,6 +59,13 @@ def protected_inodes(policy: CompiledPolicy, budget: int = BUDGET) -> dict[tuple
         return found
     scopes = _Scopes(matchers)
     for path in _matching(_walk_files(list(dict.fromkeys(roots)), budget, scopes), matchers):
+        # A name a refusing rule's regex matches may still be allowed (an
+        # `except`, a rule before it): only a name the policy refuses stands
+        # for the file.  Red team 32: a link named `fullchain.pem`, which
+        # strict's key rule excepts, became the file's protected name, and
+        # the file was read through both.
+        if response_for(policy.evaluate_target(ActionType.FILE_READ, path)).proceeds:
+            continue
         try:
             st = os.stat(path, follow_symlinks=False)
         except OSError:
