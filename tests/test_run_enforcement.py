@@ -144,6 +144,23 @@ def test_rm_rf_root_is_killed_and_ls_runs(sandbox: Sandbox) -> None:
     assert "denied shell_execute rm -rf /" in result.stderr
 
 
+def test_naming_sudo_is_not_running_it(sandbox: Sandbox) -> None:
+    """Found by a new user: `grep -rn sudo .` killed the agent, as strict's
+    privilege rule matched the word anywhere on a command line.  It matches
+    the program run, and every exec is judged: a `sudo` run from a shell
+    line is killed at its own exec."""
+    (sandbox.workspace / "install.sh").write_text("sudo apt-get install -y make\n")
+    fake = sandbox.workspace / "sudo"
+    fake.write_text("#!/bin/sh\necho ran as root\n")
+    fake.chmod(0o755)
+    named = sandbox.run("sh", "-c", "grep -c sudo install.sh; git --version > /dev/null")
+    assert (named.returncode, named.stdout) == (0, "1\n"), named.stderr
+    run = sandbox.run("sh", "-c", f"echo first; {fake} -n true")
+    assert run.returncode == 137, run.stderr
+    assert "rule 'privilege-command' denied shell_execute" in run.stderr
+    assert "ran as root" not in run.stdout
+
+
 def test_a_newline_in_an_argument_does_not_hide_a_command_from_a_deny_pattern(
     sandbox: Sandbox,
 ) -> None:
