@@ -122,6 +122,54 @@ def test_json_status_is_written(sandbox: Sandbox) -> None:
     assert isinstance(document["layers"], dict)
 
 
+@pytest.mark.requires_seccomp_notify
+@pytest.mark.requires_landlock
+def test_json_status_in_the_workspace_is_never_written_through_the_agents_symlink(
+    sandbox: Sandbox,
+) -> None:
+    """Red team 33: the status is written as root after the agent ended; an
+    agent that made the status file's name a symlink to the audit log (or
+    any host file) had agentsup overwrite it.  The name is not followed."""
+    victim = sandbox.root / "victim.txt"
+    victim.write_text("the host's\n")
+    victim.chmod(0o600)
+    status = sandbox.workspace / "status.json"
+    result = sandbox.run(
+        "ln", "-sf", str(victim), str(status), extra=["--json-status", str(status)]
+    )
+    assert result.returncode == 0, result.stderr
+    assert victim.read_text() == "the host's\n"
+    assert status.is_symlink()
+    line = _one_line(result.stderr)
+    assert "cannot write --json-status" in line and "a symlink is at that name" in line
+
+
+@pytest.mark.requires_seccomp_notify
+@pytest.mark.requires_landlock
+def test_json_status_replaces_a_file_the_agent_left_at_its_name(sandbox: Sandbox) -> None:
+    status = sandbox.workspace / "status.json"
+    result = sandbox.run(
+        "sh", "-c", f"echo garbage > {status}; exit 5", extra=["--json-status", str(status)]
+    )
+    assert result.returncode == 5, result.stderr
+    assert json.loads(status.read_text())["exit_code"] == 5
+
+
+@pytest.mark.requires_seccomp_notify
+@pytest.mark.requires_landlock
+def test_policy_suggest_never_writes_through_a_symlink_at_its_output(sandbox: Sandbox) -> None:
+    """The same for `policy suggest -o` into the workspace."""
+    victim = sandbox.root / "victim.txt"
+    victim.write_text("the host's\n")
+    output = sandbox.workspace / "suggested.yaml"
+    ran = sandbox.run("sh", "-c", f"ls / ; ln -s {victim} {output}", agent_id="job")
+    assert output.is_symlink(), ran.stderr
+    result = sandbox.agentsup("policy", "suggest", "--agent", "job", "-o", str(output))
+    assert result.returncode != 0
+    assert victim.read_text() == "the host's\n"
+    assert "a symlink is at that name" in result.stderr, result.stderr
+
+
 # -- a second run with a live id -------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..events import DEFAULT_RULE_ID, ActionType, Decision, Event, Verdict, response_for
 from ..integrity.audit import RecordReader, chain_files
+from ..integrity.statefiles import write_output
 from ..kernel.landlock import landlock_abi
 from ..kernel.namespaces import own_sockets_here
 from ..paths import Locations, default_locations
@@ -202,7 +203,10 @@ def _suggest(args: argparse.Namespace) -> int:
     except PolicyError as error:
         return _suggest_failed(args, str(error))
     if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
+        try:
+            _write_file(args.output, text)
+        except OSError as exc:
+            return _suggest_failed(args, f"cannot write {args.output}: {exc.strerror or exc}")
     if args.json:
         _print_json({"ok": True, "policy": text, "output": args.output})
     elif not args.output:
@@ -215,6 +219,16 @@ def _terminal_yaml(text: str) -> str:
     keeps a bidi override or NEL as they are, so such a line is shown `visible`
     (then it is for reading, not for pasting: --output writes the file as is)."""
     return "\n".join(visible(line) if hides(line) else line for line in text.split("\n"))
+
+
+def _write_file(path: str, text: str) -> None:
+    """`suggest -o`: often into the workspace, where the agent may have left a
+    symlink at the name (`write_output`).  Raises OSError."""
+    directory = os.open(os.path.dirname(path) or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        write_output(directory, os.path.basename(path), text)
+    finally:
+        os.close(directory)
 
 
 def _suggest_failed(args: argparse.Namespace, message: str) -> int:

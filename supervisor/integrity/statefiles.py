@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 from pathlib import Path
 
 
@@ -29,3 +31,30 @@ def write_atomically(path: Path, data: str, mode: int) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def write_output(directory: int, name: str, data: str) -> None:
+    """Write `data` to the file `name` in `directory` (an fd): an operator's
+    output, in a place an agent may have written to.  A symlink at `name`
+    is not followed (ELOOP), and only a new file or a regular one with no
+    other name is written: agentsup writes as root, and must not write
+    through a name the agent chose where it could not write itself (red
+    team 33: a status file turned into a symlink to the audit log).
+    Raises OSError; what was there is left as it was."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(name, flags, 0o644, dir_fd=directory)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "a symlink is at that name (not followed)") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            raise OSError(errno.EINVAL, "not a regular file with one name")
+        os.ftruncate(fd, 0)
+        view = memoryview(data.encode())
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)

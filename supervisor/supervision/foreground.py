@@ -6,8 +6,10 @@ forwarded to the agent's tree, which is SIGKILLed if it is still there
 after the stop timeout (a second signal kills at once); the run then exits
 128+N (130 for SIGINT, 143 for SIGTERM) with one line saying so.
 
-`--json-status FILE` is written after the agent ended: if it cannot be, a
-warning says why and the exit code is still the agent's.
+`--json-status FILE` is written after the agent ended, in FILE's directory
+as it was before the agent started, and never through a symlink at its name
+(`statefiles.write_output`): if it cannot be, a warning says why and the
+exit code is still the agent's.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ import gc
 import json
 import os
 import signal
-from pathlib import Path
 
 from ..events import signal_name
 from ..integrity.audit import AuditError
+from ..integrity.statefiles import write_output
 from ..paths import default_locations
 from .agent import EXIT_SETUP_FAILED, Agent, RunRequest, SetupError, say
 from .stopping import STOP_TIMEOUT_S
@@ -42,11 +44,32 @@ def status_document(run: Agent, code: int) -> dict[str, object]:
     }
 
 
-def write_status(path: str, document: dict[str, object]) -> None:
-    try:
-        Path(path).write_text(json.dumps(document) + "\n")
-    except OSError as exc:
-        say(f"warning: cannot write --json-status {path}: {exc.strerror or exc}")
+class StatusFile:
+    """--json-status: its directory held from before the agent starts, and the
+    file made there at the end, never through a symlink (`write_output`)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._error: OSError | None = None
+        self._directory = -1
+        try:
+            parent = os.path.dirname(path) or "."
+            self._directory = os.open(parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            self._error = exc
+
+    def write(self, document: dict[str, object]) -> None:
+        try:
+            if self._error is not None:
+                raise self._error
+            write_output(self._directory, os.path.basename(self.path), json.dumps(document) + "\n")
+        except OSError as exc:
+            say(f"warning: cannot write --json-status {self.path}: {exc.strerror or exc}")
+
+    def close(self) -> None:
+        if self._directory >= 0:
+            os.close(self._directory)
+            self._directory = -1
 
 
 def _interrupted_line(sig: int, run: Agent, code: int, grace: float) -> str:
@@ -63,8 +86,17 @@ def _interrupted_line(sig: int, run: Agent, code: int, grace: float) -> str:
 
 
 def run_agent(request: RunRequest, *, stop_timeout: float = STOP_TIMEOUT_S) -> int:
-    # The status is written here, after the end, so a bad path never costs the exit code.
-    status_path = request.json_status
+    # The status is written here, after the end, so a bad path never costs the
+    # exit code; its directory is held from now on, before the agent runs.
+    status = StatusFile(request.json_status) if request.json_status else None
+    try:
+        return _run_agent(request, stop_timeout, status)
+    finally:
+        if status is not None:
+            status.close()
+
+
+def _run_agent(request: RunRequest, stop_timeout: float, status: StatusFile | None) -> int:
     try:
         supervisor = Supervisor(default_locations(), stop_timeout=stop_timeout, one_run=True)
     except OSError as exc:
@@ -94,11 +126,11 @@ def run_agent(request: RunRequest, *, stop_timeout: float = STOP_TIMEOUT_S) -> i
         if supervisor.interrupted is not None:
             say(_interrupted_line(supervisor.interrupted, run, code, stop_timeout))
             code = 128 + supervisor.interrupted
-        if status_path:
+        if status is not None:
             document = status_document(run, code)
             if supervisor.interrupted is not None:
                 document["interrupted_by"] = signal_name(supervisor.interrupted)
-            write_status(status_path, document)
+            status.write(document)
         return code
     finally:
         supervisor.close()
