@@ -30,6 +30,7 @@ pytestmark = [
 ATTACK = "attack.py"
 XATTR = "user.agentsup-test"
 FS_IOC_GETFLAGS = 0x80086601
+FS_IOC_GETVERSION = 0x80087601
 FS_NODUMP_FL = 0x40
 
 READER = """
@@ -64,11 +65,11 @@ def victim() -> Iterator[Path]:
         shutil.rmtree(directory)
 
 
-def _flags(path: Path) -> int:
+def _flags(path: Path, request: int = FS_IOC_GETFLAGS) -> int:
     fd = os.open(path, os.O_RDONLY)
     try:
         buf = bytearray(8)
-        fcntl.ioctl(fd, FS_IOC_GETFLAGS, buf)
+        fcntl.ioctl(fd, request, buf)
         return int(struct.unpack_from("<i", buf)[0])
     finally:
         os.close(fd)
@@ -77,7 +78,8 @@ def _flags(path: Path) -> int:
 def _metadata(path: Path) -> tuple[object, ...]:
     st = os.stat(path)
     xattrs = {name: os.getxattr(path, name) for name in os.listxattr(path)}
-    return st.st_atime_ns, st.st_mtime_ns, xattrs, _flags(path)
+    generation = _flags(path, FS_IOC_GETVERSION)
+    return st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns, xattrs, _flags(path), generation
 
 
 def test_metadata_of_a_file_outside_the_write_roots_stays_as_it_was(
@@ -87,7 +89,8 @@ def test_metadata_of_a_file_outside_the_write_roots_stays_as_it_was(
     path = str(victim)
     by_path = ["setxattr", "lsetxattr", "removexattr", "setxattrat", "removexattrat"]
     by_path += ["utime", "utimes", "futimesat", "utime_old", "touch"]
-    by_fd = ["fsetxattr", "futimens", "chattr"]
+    # Red team 33: the inode's generation number (FS_IOC_SETVERSION) too.
+    by_fd = ["fsetxattr", "futimens", "chattr", "setversion", "setversion_ext4"]
     chained: list[str] = []
     for op in by_path + by_fd:
         chained += [*(["then"] if chained else []), op, path]
@@ -129,9 +132,7 @@ def test_metadata_in_the_workspace_is_set_with_the_agents_rights(attacker: Sandb
     assert os.stat(target).st_mtime == 1  # utimes, the last one
     assert _flags(target) & FS_NODUMP_FL
     # A removal, touch (NULL times: now) and `cp -p` (utimensat and xattrs) work too.
-    result = attacker.run(
-        "/bin/sh", "-c", f"touch {path} && cp -p {path} copy.txt && echo copied"
-    )
+    result = attacker.run("/bin/sh", "-c", f"touch {path} && cp -p {path} copy.txt && echo copied")
     assert result.stdout.strip() == "copied", result.stderr
     assert os.stat(target).st_mtime > 1_000_000
     assert os.stat(attacker.workspace / "copy.txt").st_mtime_ns == os.stat(target).st_mtime_ns

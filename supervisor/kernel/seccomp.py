@@ -164,11 +164,25 @@ REFUSED_IOCTLS = (TIOCSTI, TIOCLINUX)
 
 
 # File attribute ioctls, decided like chmod: FS_IOC_SETFLAGS (`chattr`, and
-# its 32-bit twin) and FS_IOC_FSSETXATTR (the XFS-style flags and project id).
+# its 32-bit twin), FS_IOC_FSSETXATTR (the XFS-style flags and project id)
+# and the inode's generation number (FS_IOC_SETVERSION and ext4's own
+# request: an owner may set it on a file it may only read, red team 33).
 FS_IOC_SETFLAGS = 0x40086602
 FS_IOC32_SETFLAGS = 0x40046602
 FS_IOC_FSSETXATTR = 0x401C5820
-NOTIFIED_IOCTLS = (FS_IOC_SETFLAGS, FS_IOC32_SETFLAGS, FS_IOC_FSSETXATTR)
+FS_IOC_SETVERSION = 0x40087602
+FS_IOC32_SETVERSION = 0x40047602
+EXT4_IOC_SETVERSION = 0x40086604
+EXT4_IOC32_SETVERSION = 0x40046604
+NOTIFIED_IOCTLS = (
+    FS_IOC_SETFLAGS,
+    FS_IOC32_SETFLAGS,
+    FS_IOC_FSSETXATTR,
+    FS_IOC_SETVERSION,
+    FS_IOC32_SETVERSION,
+    EXT4_IOC_SETVERSION,
+    EXT4_IOC32_SETVERSION,
+)
 
 # Address families and socket types that reach past IP and unix sockets.
 AF_NETLINK = 16

@@ -180,6 +180,11 @@ _IOCTL_ARGUMENT = {
     _seccomp.FS_IOC_SETFLAGS: 4,  # an int, whatever the request's size field says
     _seccomp.FS_IOC32_SETFLAGS: 4,
     _seccomp.FS_IOC_FSSETXATTR: 28,  # struct fsxattr
+    # The generation: the kernel reads an int, whatever the request says.
+    _seccomp.FS_IOC_SETVERSION: 4,
+    _seccomp.FS_IOC32_SETVERSION: 4,
+    _seccomp.EXT4_IOC_SETVERSION: 4,
+    _seccomp.EXT4_IOC32_SETVERSION: 4,
 }
 
 # Bounds on what is kept per agent process (see Mediator.__init__).
@@ -2494,7 +2499,7 @@ class Mediator:
         self._set_times(n, name, times, lambda: self._at_object(n, dirfd, path_ptr, flags))
 
     def _on_ioctl(self, n: _seccomp.Notification, name: str) -> None:
-        """The inode-flag ioctls (chattr): decided as file_chmod on the fd's file."""
+        """The inode-flag and generation ioctls (chattr): decided as file_chmod on the fd's file."""
         request = n.args[1] & 0xFFFFFFFF
         size = _IOCTL_ARGUMENT.get(request)
         if size is None:  # not one the filter sends here

@@ -181,6 +181,8 @@ SYS_REMOVEXATTRAT = 466
 FS_IOC_GETFLAGS = 0x80086601
 FS_IOC_SETFLAGS = 0x40086602
 FS_NODUMP_FL = 0x40
+FS_IOC_SETVERSION = 0x40087602  # the inode's generation number (ext4)
+EXT4_IOC_SETVERSION = 0x40086604
 AT_FDCWD = -100
 
 
@@ -270,6 +272,23 @@ def op_chattr(path: str) -> None:
         fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("<q", value))
 
     on_fd("chattr", path, set_nodump)
+
+
+def op_setversion(path: str) -> None:
+    """FS_IOC_SETVERSION on an fd opened for reading: a new generation number."""
+    on_fd(
+        "setversion",
+        path,
+        lambda fd: fcntl.ioctl(fd, FS_IOC_SETVERSION, struct.pack("<q", 0x41414141)),
+    )
+
+
+def op_setversion_ext4(path: str) -> None:
+    on_fd(
+        "setversion_ext4",
+        path,
+        lambda fd: fcntl.ioctl(fd, EXT4_IOC_SETVERSION, struct.pack("<q", 0x42424242)),
+    )
 
 
 # -- other processes ------------------------------------------------------------------
