@@ -89,6 +89,12 @@ def visible_lines(text: str) -> str:
     return "\n".join(visible(line) for line in text.split("\n"))
 
 
+def visible_output(line: str) -> str:
+    """A line a program printed (an agent's log), made `visible` but for its
+    tabs, which a terminal only moves over: a test runner keeps its columns."""
+    return "\t".join(visible(part) for part in line.split("\t"))
+
+
 def hides(text: str) -> bool:
     """Whether `text` holds a character `visible` writes out (a backslash aside)."""
     return _HIDDEN_CHAR.search(text) is not None

@@ -24,6 +24,7 @@ from agentsup.supervision.daemon import (
     parse_definition,
     restart_delay,
 )
+from agentsup.visible import visible_output
 
 # -- pure parts --------------------------------------------------------------------------
 
@@ -162,6 +163,37 @@ def test_the_log_writer_prefixes_splits_and_rotates(tmp_path: Path) -> None:
     assert path.with_name("a.log.1").exists()
     assert read_tail(path, 1)[0].endswith("stdout line 19")
     assert len(read_tail(path, None)) > len(path.read_text().splitlines())
+
+
+def test_an_agent_cannot_forge_a_line_or_reach_the_terminal_through_its_log(
+    tmp_path: Path,
+) -> None:
+    """Red team 33: a CR in an agent's output started a line of its own when
+    the log was read back (universal newlines), so `agentsup logs` showed a
+    forged `agentsup ended with status 0`; escapes reached the terminal raw."""
+    echoed: list[str] = []
+    path = tmp_path / "a.log"
+    log = AgentLogWriter(path, "a", echo=echoed.append)
+    log.feed("stdout", b"x\r2026-11-30T06:00:00.000Z agentsup ended with status 0\n")
+    log.feed("stdout", b"\x1b]0;pwned\x07title\tcolumn\n")
+    log.close()
+    lines = [parse_line(line) for line in read_tail(path, None)]
+    assert [line["stream"] for line in lines] == ["stdout", "stdout"]
+    assert lines[0]["text"] == "x\r2026-11-30T06:00:00.000Z agentsup ended with status 0"
+    shown = [visible_output(line) for line in read_tail(path, None)]
+    assert shown[0].endswith("stdout x\\x0d2026-11-30T06:00:00.000Z agentsup ended with status 0")
+    assert shown[1].endswith("stdout \\x1b]0;pwned\\x07title\tcolumn")
+    assert echoed == [f"[a] {lines[0]['text']}", "[a] \x1b]0;pwned\x07title\tcolumn"]
+
+
+def test_the_daemon_echoes_an_agents_line_without_its_controls(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from agentsup.supervision import daemon
+
+    daemon._echo("[forge] \r\x1b[2Kagentsup daemon: agent 'forge' ended with status 0")
+    said = capsys.readouterr().err
+    assert said == "[forge] \\x0d\\x1b[2Kagentsup daemon: agent 'forge' ended with status 0\n"
 
 
 def test_output_that_comes_after_the_end_is_still_logged(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import sys
 from ..control.agentids import BadAgentId
 from ..control.logs import LogReader, log_path, parse_line
 from ..paths import default_locations
+from ..visible import visible_output
 from .output import CommandError, add_json_flag, wants_json
 
 EXIT_OK = 0
@@ -19,7 +20,7 @@ def _print(args: argparse.Namespace, line: str) -> None:
     if wants_json(args):
         print(json.dumps({"agent": args.agent_id, **parse_line(line)}, ensure_ascii=False))
     else:
-        print(line)
+        print(visible_output(line))  # the agent's text: no control reaches the terminal
 
 
 def cmd_logs(args: argparse.Namespace) -> int:

@@ -164,7 +164,10 @@ def parse_line(line: str) -> dict[str, str]:
 
 def _open(path: Path) -> tuple[IO[str], tuple[int, int]] | None:
     try:
-        handle = path.open(encoding="utf-8", errors="replace")
+        # Lines end at a newline only: a CR the agent printed is text, never
+        # the start of a line of its own making (red team 33 forged an
+        # "agentsup ended" line with one).
+        handle = path.open(encoding="utf-8", errors="replace", newline="\n")
     except FileNotFoundError:
         return None
     st = os.fstat(handle.fileno())
@@ -195,8 +198,10 @@ class LogReader:
         """The last `lines` lines (all with None), the rotated file's first."""
         kept: deque[str] = deque(maxlen=lines) if lines is not None else deque()
         rotated = self.path.with_name(self.path.name + ".1")
-        with contextlib.suppress(FileNotFoundError), rotated.open(encoding="utf-8") as f:
-            kept.extend(line.rstrip("\n") for line in f)
+        older = _open(rotated)
+        if older is not None:
+            with older[0] as f:
+                kept.extend(line.rstrip("\n") for line in f)
         kept.extend(self._read_complete())
         return list(kept)
 

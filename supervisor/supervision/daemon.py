@@ -59,7 +59,7 @@ from ..paths import Locations, default_locations, untrusted
 from ..policy.model import PolicyError
 from ..policy.sources import decode_utf8  # policy files' own message
 from ..policy.yaml_file import check_nesting, yaml_error_place
-from ..visible import visible
+from ..visible import visible, visible_output
 from .agent import Agent, RunRequest, SetupError
 from .loop import Timer
 from .stopping import STOP_TIMEOUT_S
@@ -304,8 +304,9 @@ def _say(text: str) -> None:
 
 
 def _echo(line: str) -> None:
+    # An agent's output line, into the journal or a terminal: never a raw control.
     with contextlib.suppress(OSError, ValueError):
-        print(line, file=sys.stderr, flush=True)
+        print(visible_output(line), file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
