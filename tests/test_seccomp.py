@@ -50,6 +50,41 @@ def test_the_built_filter_refuses_both_ioctls_with_eperm() -> None:
     assert ioctl.count(f"action ERRNO({errno.EPERM});") == 2
 
 
+def test_the_built_filter_refuses_a_file_lease_with_eperm() -> None:
+    text = _pfc(["openat"])
+    fcntl_rules = text[text.index('"fcntl"') :]
+    fcntl_rules = fcntl_rules[: fcntl_rules.index("# ")]
+    assert f"if ($a1.lo32 & 0xffffffff == {seccomp.F_SETLEASE})" in fcntl_rules
+    assert fcntl_rules.count(f"action ERRNO({errno.EPERM});") == 1
+
+
+@pytest.mark.requires_root
+@pytest.mark.requires_seccomp_notify
+def test_a_lease_on_a_file_the_agent_may_only_read_is_refused(tmp_path: Path) -> None:
+    """Red team 33: a read lease on a file the agent could only read held a
+    host writer of that file for the kernel's lease-break time."""
+    target = tmp_path / "config.txt"
+    target.write_text("the host's\n")
+
+    def attempt() -> dict[str, int]:
+        found = {}
+        for name in ("before", "after"):
+            fd = os.open(target, os.O_RDONLY)
+            try:
+                fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+                fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+                found[name] = 0
+            except OSError as exc:
+                found[name] = exc.errno or -1
+            finally:
+                os.close(fd)
+            if name == "before":
+                os.close(seccomp.load_filter(["umask"], []))
+        return found
+
+    assert in_child(attempt) == {"before": 0, "after": errno.EPERM}
+
+
 def test_the_ioctl_rules_do_not_depend_on_what_is_notified() -> None:
     assert "ERRNO(1)" in _pfc([]) and "ERRNO(1)" in _pfc(["connect"])
 

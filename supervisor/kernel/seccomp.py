@@ -162,6 +162,13 @@ TIOCSTI = 0x5412
 TIOCLINUX = 0x541C
 REFUSED_IOCTLS = (TIOCSTI, TIOCLINUX)
 
+# A file lease, refused in BPF too: an owner may take one on a file it may
+# only read, and the kernel then holds every host process that opens the
+# file for writing until the lease is given up, up to lease-break-time (45
+# s), with no record (red team 33).  File servers use leases, not developer
+# tools.
+F_SETLEASE = 1024
+
 
 # File attribute ioctls, decided like chmod: FS_IOC_SETFLAGS (`chattr`, and
 # its 32-bit twin), FS_IOC_FSSETXATTR (the XFS-style flags and project id)
@@ -340,14 +347,19 @@ def build_filter(notify: Iterable[str], enosys: Iterable[str], kernel_reads: boo
         nr = _number(name)
         if nr >= 0:
             flt.add_rule(pyseccomp.ERRNO(errno.ENOSYS), nr)
+    # The kernel takes a request or command as an unsigned int: mask to 32
+    # bits, so garbage in the upper half of the register cannot slip past.
     for request in REFUSED_IOCTLS:
-        # The kernel takes the request as an unsigned int: mask to 32 bits, so
-        # garbage in the upper half of the register cannot slip past.
         flt.add_rule(
             pyseccomp.ERRNO(errno.EPERM),
             "ioctl",
             pyseccomp.Arg(1, pyseccomp.MASKED_EQ, 0xFFFFFFFF, request),
         )
+    flt.add_rule(
+        pyseccomp.ERRNO(errno.EPERM),
+        "fcntl",
+        pyseccomp.Arg(1, pyseccomp.MASKED_EQ, 0xFFFFFFFF, F_SETLEASE),
+    )
     return flt
 
 
