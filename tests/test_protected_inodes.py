@@ -133,8 +133,13 @@ def test_directories_spend_the_budget_too(tmp_path: Path, monkeypatch: pytest.Mo
         return scandir(path)
 
     monkeypatch.setattr(protected.os, "scandir", counting)
-    assert protected._walk_files([str(root)], budget=50) == []
+    cut: list[str] = []
+    assert protected._walk_files([str(root)], budget=50, cut=cut) == []
     assert len(listed) <= 51, len(listed)
+    assert cut == [str(root)]  # said (an audit record), as the walk did not reach its end
+    whole: list[str] = []
+    protected._walk_files([str(root)], budget=1000, cut=whole)
+    assert whole == []
 
 
 def test_the_walk_enters_no_directory_where_no_rule_could_match(tmp_path: Path) -> None:
@@ -375,6 +380,9 @@ def test_a_crowded_workspace_does_not_hide_the_keys_in_the_home_directory(
     assert result.returncode == 137, result.stdout + result.stderr[-2000:]
     assert "rule 'token-files' denied file_read" in result.stderr, result.stderr[-2000:]
     assert "c2VjcmV0" not in result.stdout + result.stderr
+    # The workspace's own walk ran out of budget: the log says so.
+    [cut] = [r for r in sandbox.audit_records() if r.get("event") == "protected_walk_cut"]
+    assert cut["roots"] == [str(sandbox.workspace)], cut
 
 
 SECRETS_DIRECTORY = """

@@ -51,7 +51,7 @@ from ..policy.engine import (
 from ..policy.model import Policy, PolicyError
 from ..policy.sources import builtin_source, is_path_reference
 from ..visible import cut_text, visible
-from . import launch, readlane
+from . import launch, protected, readlane
 from .broker import BrokerClient
 from .judge import AgentState, Judge, JudgeConfig, Pending, ProcessTree
 from .protected import ProtectedInodes
@@ -983,7 +983,7 @@ class Agent:
         def while_the_trampoline_works() -> None:
             # Hard links to protected files: the walk that finds them (a child
             # process) starts now, and runs beside the agent's start.
-            walk.append(ProtectedInodes(judge.policy))
+            walk.append(ProtectedInodes(judge.policy, on_cut=self._walk_cut))
             meanwhile()
             if self.group is not None:
                 # What killed supervisors left: none pile up on a host.
@@ -1157,7 +1157,7 @@ class Agent:
         if self.mediator is not None:
             # Other names of the files the new rules refuse: found anew (red
             # team 31 read one through a link made while the rule was not there).
-            self.mediator.walk_anew(ProtectedInodes(judge.policy))
+            self.mediator.walk_anew(ProtectedInodes(judge.policy, on_cut=self._walk_cut))
         if self.hooks is not None:
             self.hooks.invalidate()  # answers the hooks cached came from the old rules
         self.audit.append(
@@ -1350,6 +1350,12 @@ class Agent:
             if not self.exited:
                 return  # its end comes as any agent's does
         self.close()  # its end was what failed: nothing more comes
+
+    def _walk_cut(self, roots: list[str]) -> None:
+        """The protected-inode walk ran out of budget in `roots`: a hard link to
+        a file deeper in them is judged under its own name only.  On record."""
+        if self.judge is not None:
+            self.judge.lifecycle("protected_walk_cut", roots=roots, budget=protected.BUDGET)
 
     def main_exited(self, status: int) -> None:
         """The agent's main process is gone: whatever it left behind goes with it."""

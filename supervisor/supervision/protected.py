@@ -28,7 +28,7 @@ import select
 import signal
 import time
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from ..events import ActionType, response_for
 from ..kernel import namespaces, privileges
@@ -45,12 +45,15 @@ class WalkFailed(RuntimeError):
     """The walk did not finish: no multiply-linked file can be judged."""
 
 
-def protected_inodes(policy: CompiledPolicy, budget: int = BUDGET) -> dict[tuple[int, int], str]:
+def protected_inodes(
+    policy: CompiledPolicy, budget: int = BUDGET, cut: list[str] | None = None
+) -> dict[tuple[int, int], str]:
     """(st_dev, st_ino) -> path of the files under the policy's read-deny rules.
 
     Every path the walk lists is matched against all the rules at once (one
     RE2 set pass); a match counts for a rule only under that rule's own
     roots, so what a rule protects is what walking its roots alone finds.
+    The roots whose budget ran out before their end are added to `cut`.
     """
     matchers = _walked_matchers(policy)
     roots = [root for matcher in matchers for root in matcher.roots or () if root != "/"]
@@ -58,7 +61,8 @@ def protected_inodes(policy: CompiledPolicy, budget: int = BUDGET) -> dict[tuple
     if not roots:
         return found
     scopes = _Scopes(matchers)
-    for path in _matching(_walk_files(list(dict.fromkeys(roots)), budget, scopes), matchers):
+    listed = _walk_files(list(dict.fromkeys(roots)), budget, scopes, cut)
+    for path in _matching(listed, matchers):
         # A name a refusing rule's regex matches may still be allowed (an
         # `except`, a rule before it): only a name the policy refuses stands
         # for the file.  Red team 32: a link named `fullchain.pem`, which
@@ -152,7 +156,12 @@ def _under_a_root(matcher: Matcher, path: str) -> bool:
     return any(path == r or path.startswith(r + "/") for r in matcher.roots or () if r != "/")
 
 
-def _walk_files(roots: Sequence[str], budget: int, scopes: _Scopes | None = None) -> list[bytes]:
+def _walk_files(
+    roots: Sequence[str],
+    budget: int,
+    scopes: _Scopes | None = None,
+    cut: list[str] | None = None,
+) -> list[bytes]:
     """The files (everything but directories) below `roots`, nearest first.
 
     Each root lists at most `budget` entries, directories counted as files
@@ -164,7 +173,8 @@ def _walk_files(roots: Sequence[str], budget: int, scopes: _Scopes | None = None
     breadth first: the files the rules name lie near their roots
     (`~/.git-credentials`, `~/.config/gh/hosts.yml`), a large tree deep in
     it.  A directory is entered only where `scopes` says a rule could match
-    below it.  A directory reached from two roots is read once.
+    below it.  A directory reached from two roots is read once.  A root
+    whose budget ran out with more to list is added to `cut`.
 
     Symlinks are listed, not followed: one to a directory is a name too, and
     its lstat never matches a regular file's inode.  Classifying by d_type
@@ -200,6 +210,7 @@ def _walk_files(roots: Sequence[str], budget: int, scopes: _Scopes | None = None
             with scan, contextlib.suppress(OSError):  # a listing refused halfway: what it gave
                 for entry in scan:
                     if walk.left <= 0:
+                        walk.cut = True
                         break
                     walk.left -= 1
                     try:
@@ -216,19 +227,24 @@ def _walk_files(roots: Sequence[str], budget: int, scopes: _Scopes | None = None
                     elif entry.path not in own and (scopes is None or scopes.enters(entry.path)):
                         subdirs.append(entry.path)
             walk.pending.extend(subdirs)
-        walks = [walk for walk in walks if walk.pending and walk.left > 0]
+        for walk in walks:
+            walk.cut = walk.cut or bool(walk.pending and walk.left <= 0)
+            if walk.cut and cut is not None:
+                cut.append(os.fsdecode(walk.root))
+        walks = [walk for walk in walks if walk.pending and not walk.cut]
     return paths
 
 
 class _RootWalk:
     """One root's turn in `_walk_files`: what is left to list, and how much more it may."""
 
-    __slots__ = ("left", "pending", "root")
+    __slots__ = ("cut", "left", "pending", "root")
 
     def __init__(self, root: bytes, budget: int) -> None:
         self.root = root
         self.pending = collections.deque([root])
         self.left = budget
+        self.cut = False  # its budget ran out with more to list
 
 
 class ProtectedInodes:
@@ -237,9 +253,16 @@ class ProtectedInodes:
     `get` answers from the child's result, waiting for it the first time.
     """
 
-    def __init__(self, policy: CompiledPolicy, budget: int = BUDGET) -> None:
+    def __init__(
+        self,
+        policy: CompiledPolicy,
+        budget: int = BUDGET,
+        on_cut: Callable[[list[str]], object] = lambda _roots: None,
+    ) -> None:
         self._policy = policy
         self._budget = budget
+        # Told once, with the answer, of the roots whose budget ran out.
+        self._on_cut = on_cut
         self._found: dict[tuple[int, int], str] | None = None
         self._failed = ""
         # The pipe the answer comes on and a pidfd of the child: [pipe, pidfd],
@@ -276,19 +299,22 @@ class ProtectedInodes:
         """The protected path of inode `key`; raises WalkFailed when that cannot be known."""
         found = self._found
         if found is None:
-            found = self._found = self._collect()
+            cut: list[str] = []
+            found = self._found = self._collect(cut)
+            if cut:
+                self._on_cut(cut)
         return found.get(key, default)
 
     def inodes(self) -> Iterable[tuple[int, int]]:
         """Every protected inode (after a `get` that answered)."""
         return self._found or ()
 
-    def _collect(self) -> dict[tuple[int, int], str]:
+    def _collect(self, cut: list[str]) -> dict[tuple[int, int], str]:
         if self._failed:
             raise WalkFailed(self._failed)
         pipe = self._child[0]
         if pipe < 0:  # no child: walk here
-            return self._walk_here()
+            return self._walk_here(cut)
         # (The pipe and pidfd stay open until `close`: closed now, they would
         # leave a hole below the supervisor's other fds for the rest of the run.)
         answer = _read_until_eof(pipe, time.monotonic() + WALK_TIMEOUT)
@@ -297,15 +323,16 @@ class ProtectedInodes:
             self._failed = f"the protected-inode walk took longer than {WALK_TIMEOUT:g} s"
             raise WalkFailed(self._failed)
         with contextlib.suppress(ValueError, EOFError, TypeError):
-            done, found = marshal.loads(answer)
-            if done == _DONE and isinstance(found, dict):
+            done, found, roots = marshal.loads(answer)
+            if done == _DONE and isinstance(found, dict) and isinstance(roots, list):
+                cut += [str(root) for root in roots]
                 return found
         # The child died on the way (killed, out of memory): walk here.
-        return self._walk_here()
+        return self._walk_here(cut)
 
-    def _walk_here(self) -> dict[tuple[int, int], str]:
+    def _walk_here(self, cut: list[str]) -> dict[tuple[int, int], str]:
         try:
-            return protected_inodes(self._policy, self._budget)
+            return protected_inodes(self._policy, self._budget, cut)
         except OSError as exc:
             self._failed = f"the protected-inode walk failed: {exc}"
             raise WalkFailed(self._failed) from exc
@@ -353,7 +380,9 @@ def _walk_in_child(policy: CompiledPolicy, budget: int, out: int, parent: int) -
     cpus = os.sched_getaffinity(0)
     if len(cpus) > 1:
         os.sched_setaffinity(0, cpus - {max(cpus)})
-    data = memoryview(marshal.dumps((_DONE, protected_inodes(policy, budget))))
+    cut: list[str] = []
+    found = protected_inodes(policy, budget, cut)
+    data = memoryview(marshal.dumps((_DONE, found, cut)))
     while data:
         data = data[os.write(out, data) :]
 
