@@ -17,7 +17,8 @@ def test_the_demo_agent_works_is_blocked_and_is_killed() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "agent: read back: quarterly numbers look fine" in out
-    assert "agent: blocked, carrying on" in out
+    assert "agent: blocked, carrying on (Permission denied)" in out
+    assert "workspace-key-read" in out  # the refusal is on record
     assert "(this line should never be printed)" not in out
     assert "exit status: 137 (killed by policy)" in out
     assert "rule 'secret-ssh' denied file_read" in result.stderr

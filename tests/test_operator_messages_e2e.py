@@ -110,6 +110,19 @@ def test_a_run_that_failed_on_a_quiet_refusal_alone_names_it(sandbox: Sandbox) -
     ]
 
 
+def test_a_refused_ptrace_says_what_helps(sandbox: Sandbox) -> None:
+    """Found by a new user: an AddressSanitizer binary failed ("LeakSanitizer
+    does not work under ptrace") and the summary said `ptrace ptrace`."""
+    traceme = "import ctypes, sys; sys.exit(1 if ctypes.CDLL(None).ptrace(0, 0, 0, 0) else 0)"
+    result = sandbox.run("python3", "-S", "-c", traceme)
+    assert result.returncode == 1, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("agentsup: ")]
+    assert (
+        "agentsup:       1  ptrace (agentsup-always-refused: a debugger, strace, or a "
+        "sanitizer's leak check: ASAN_OPTIONS=detect_leaks=0)" in lines
+    ), lines
+
+
 def test_an_overlong_refused_target_is_named_cut_and_whole_in_the_log(sandbox: Sandbox) -> None:
     """A command line longer than any rule is run on (a glob over 30,000
     names) is refused; the end of the run names it cut to a line a person can

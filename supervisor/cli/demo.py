@@ -43,6 +43,7 @@ def _demo(args: argparse.Namespace) -> int:
     (home / ".ssh" / "id_rsa").write_text(FAKE_KEY)
     workspace = root / "workspace"
     workspace.mkdir()
+    (workspace / "server.key").write_text("-----BEGIN PRIVATE KEY-----\nfake\n")
     (root / "policies").mkdir()
     env = dict(
         os.environ,

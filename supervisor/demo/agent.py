@@ -1,11 +1,11 @@
 """A small example agent for `agentsup demo` (runs under the strict policy).
 
 It does some honest work in its workspace, tries one thing the policy blocks
-(and carries on), then goes for an SSH key, which gets it killed.
+(a key file in the workspace: refused with no signal, and it carries on),
+then goes for an SSH key, which gets it killed.
 """
 
 import os
-import socket
 import subprocess
 from pathlib import Path
 
@@ -16,15 +16,12 @@ print("agent: read back:", Path("notes.txt").read_text().strip(), flush=True)
 print("agent: listing the workspace with `ls -la`", flush=True)
 subprocess.run(["ls", "-la"], check=True)
 
-print("agent: asking the Docker daemon for more power (unix:/run/docker.sock)", flush=True)
-sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+print("agent: reading the TLS key committed in the workspace (server.key)", flush=True)
 try:
-    sock.connect("/run/docker.sock")
-    print("agent: connected?!", flush=True)
+    Path("server.key").read_text()
+    print("agent: read it?!", flush=True)
 except OSError as exc:
     print(f"agent: blocked, carrying on ({exc.strerror})", flush=True)
-finally:
-    sock.close()
 
 key = Path(os.environ["HOME"]) / ".ssh" / "id_rsa"
 print(f"agent: now reading {key} ...", flush=True)

@@ -467,6 +467,12 @@ _SUMMARY_OTHERS = "(other targets, not counted one by one)"
 SAID_TARGET_CHARS = 1024
 
 
+# What a person who meets these refusals most likely ran, and what helps.
+_ALWAYS_REFUSED_HINTS = {
+    "ptrace": "a debugger, strace, or a sanitizer's leak check: ASAN_OPTIONS=detect_leaks=0",
+}
+
+
 def _tally(counter: Counter[str], what: str) -> None:
     if what in counter or len(counter) < _SUMMARY_ENTRIES:
         counter[what] += 1
@@ -885,9 +891,10 @@ class Judge:
         return lines
 
     def refuse_always(self, syscall: str, tid: int) -> None:
-        self._refusal(
-            syscall, tid, syscall, ALWAYS_REFUSED_RULE, f"{syscall} is refused for every agent"
-        )
+        message = f"{syscall} is refused for every agent"
+        if syscall in _ALWAYS_REFUSED_HINTS:
+            message += f" ({_ALWAYS_REFUSED_HINTS[syscall]})"
+        self._refusal(syscall, tid, syscall, ALWAYS_REFUSED_RULE, message)
 
     def refuse_outside(self, syscall: str, tid: int, target: str) -> None:
         """A call that named a process outside the agent's tree: refused, critical."""
@@ -976,7 +983,12 @@ class Judge:
     ) -> None:
         """The record of a syscall refused by agentsup itself, whatever the policy says."""
         low = self.config.shadow_guard is None and severity == Severity.LOW
-        _tally(self.refused_low if low else self.refused, f"{syscall} {_summed(target)} ({rule})")
+        what = syscall if target == syscall else f"{syscall} {_summed(target)}"
+        if target == syscall and syscall in _ALWAYS_REFUSED_HINTS:
+            what += f" ({rule}: {_ALWAYS_REFUSED_HINTS[syscall]})"
+        else:
+            what += f" ({rule})"
+        _tally(self.refused_low if low else self.refused, what)
         self.audit.append(
             {
                 "agent": self.agent_id,
