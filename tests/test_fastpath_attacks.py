@@ -17,6 +17,8 @@ once the supervisor has given up on it:
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import textwrap
 import time
@@ -92,21 +94,17 @@ def test_a_fifo_made_under_a_name_being_created_never_blocks_the_broker(
 
 STALL = textwrap.dedent(
     """
-    import errno, fcntl, os, signal, sys, threading, time
-    ws, hold = sys.argv[1], float(sys.argv[2])
-    F_SETLEASE = 1024
-    signal.signal(signal.SIGIO, lambda *_: None)  # a lease break is announced with SIGIO
-    leased, readable = f"{ws}/leased", f"{ws}/readable.txt"
+    import errno, os, sys, threading, time
+    ws = sys.argv[1]
+    readable = f"{ws}/readable.txt"
     def read():
         try:
             return open(readable).read().strip()
         except OSError as exc:
             return errno.errorcode[exc.errno]
     print("before:", read(), flush=True)
-    lease = os.open(leased, os.O_RDONLY)
-    fcntl.fcntl(lease, F_SETLEASE, fcntl.F_RDLCK)
     done = False
-    go_busy, go_write = threading.Event(), threading.Event()
+    go_busy = threading.Event()
     def busy():  # keeps the supervisor asking the broker (symlink is forwarded)
         go_busy.wait()
         while not done:
@@ -114,27 +112,17 @@ STALL = textwrap.dedent(
                 os.symlink("target", f"{ws}/busy")
             except OSError:
                 pass
-    def write():  # the broker opens this for writing and waits for the lease to be broken
-        go_write.wait()
-        os.close(os.open(leased, os.O_WRONLY))
     # Every thread is started first: a new thread's first malloc reads /sys, forwarded.
     workers = [threading.Thread(target=busy) for _ in range(8)]
-    writer = threading.Thread(target=write)
-    for thread in [*workers, writer]:
+    for thread in workers:
         thread.start()
     print("ready", flush=True)
     sys.stdin.readline()  # the supervisor is stopped now: what it is sent waits
     go_busy.set()
-    time.sleep(0.2)
-    go_write.set()
     time.sleep(0.3)
-    print("stalled", flush=True)
-    sys.stdin.readline()  # the supervisor runs again: it asks the broker, which waits
-    time.sleep(1)
+    print("busy", flush=True)
+    sys.stdin.readline()  # the broker was stopped past the supervisor's reply timeout
     done = True
-    time.sleep(hold)  # past the supervisor's reply timeout
-    fcntl.fcntl(lease, F_SETLEASE, fcntl.F_UNLCK)
-    writer.join()
     for worker in workers:
         worker.join()
     print("after the stall:", read(), flush=True)
@@ -143,6 +131,20 @@ STALL = textwrap.dedent(
     print("after the reload:", read(), flush=True)
     """
 )
+
+
+def _broker_of(supervisor: int) -> int:
+    """The agent's broker (`agentsup-init`), below the supervisor's trampoline."""
+    pending = [supervisor]
+    while pending:
+        pid = pending.pop()
+        with open(f"/proc/{pid}/comm") as comm:
+            if comm.read().strip() == "agentsup-init":
+                return pid
+        with open(f"/proc/{pid}/task/{pid}/children") as children:
+            pending += [int(child) for child in children.read().split()]
+    raise AssertionError("no broker below the supervisor")
+
 
 RELOADED = """
 name: stalled
@@ -161,23 +163,23 @@ rules:
 def test_a_broker_that_stalled_past_the_reply_timeout_decides_nothing_more(
     sandbox: Sandbox, native: bool
 ) -> None:
-    """The agent holds a lease on its own file and has the broker open it for
-    writing: the broker waits, the supervisor's request times out and it
-    gives up on the broker.  The lease released, the broker comes back; a
-    policy reload must still reach every decision (the Python path fails
-    everything with EIO from then on; the native path ends the agent).
+    """The broker stops answering (here SIGSTOPped from the host: the agent
+    once did it with a lease on its own file, which the filter now refuses),
+    the supervisor's request times out and it gives up on the broker.  The
+    broker back, a policy reload must still reach every decision (the Python
+    path fails everything with EIO from then on; the native path ends the
+    agent).
 
-    The supervisor is stopped while the broker gets stuck, so that it has
-    requests for the broker queued (forwarded symlinks) whatever the timing."""
+    The supervisor is stopped while the broker is, so that it has requests
+    for the broker queued (forwarded symlinks) whatever the timing."""
     ws = sandbox.workspace
-    (ws / "leased").write_text("leased\n")
     (ws / "readable.txt").write_text("readable\n")
     script = ws / "stall.py"
     script.write_text(STALL)
     policy = sandbox.policy("stalled", "name: stalled\nextends: [strict]\n")
     lines = []
     with subprocess.Popen(
-        sandbox.command("python3", str(script), str(ws), str(REPLY_TIMEOUT + 2), policy=policy),
+        sandbox.command("python3", str(script), str(ws), policy=policy),
         env={**sandbox.env, **fastpath_env(native)},
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -188,10 +190,16 @@ def test_a_broker_that_stalled_past_the_reply_timeout_decides_nothing_more(
         try:
             assert proc.stdout.readline() == "before: readable\n"
             assert proc.stdout.readline() == "ready\n"
+            broker = _broker_of(proc.pid)
             with supervisor_stopped(proc):
                 proc.stdin.write("go\n")
                 proc.stdin.flush()
-                assert proc.stdout.readline() == "stalled\n"
+                assert proc.stdout.readline() == "busy\n"
+                os.kill(broker, signal.SIGSTOP)
+            try:
+                time.sleep(REPLY_TIMEOUT + 2)  # the supervisor asks; no answer comes
+            finally:
+                os.kill(broker, signal.SIGCONT)
             proc.stdin.write("go\n")
             proc.stdin.flush()
             for line in proc.stdout:
