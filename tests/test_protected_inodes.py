@@ -176,10 +176,11 @@ def test_a_regex_protects_the_names_below_what_it_spans(tmp_path: Path, home: Pa
     secret = home / "vault" / "prod" / "db-password"
     secret.parent.mkdir(parents=True)
     secret.write_text("hunter2")
-    vault = "  - {id: vault, actions: [file_read], pattern: '^{home}/vault/', decision: deny}\n"
-    text = HOME_SECRETS.replace("rules:\n", "rules:\n" + vault, 1)
-    policy = compile_policy(load_policy_text(text), RunContext(str(tmp_path), str(home), "t"))
-    assert protected.protected_inodes(policy).get(_inode(secret)) == str(secret)
+    for pattern in ("^{home}/vault/", "^{home}/vault\\b"):  # (red team 34: `\b`)
+        vault = f"  - {{id: vault, actions: [file_read], pattern: '{pattern}', decision: deny}}\n"
+        text = HOME_SECRETS.replace("rules:\n", "rules:\n" + vault, 1)
+        policy = compile_policy(load_policy_text(text), RunContext(str(tmp_path), str(home), "t"))
+        assert protected.protected_inodes(policy).get(_inode(secret)) == str(secret), pattern
 
 
 def test_a_name_the_policy_allows_never_stands_for_a_protected_file(tmp_path: Path) -> None:

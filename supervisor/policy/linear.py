@@ -25,6 +25,7 @@ Pure: no I/O (but `engine_identity`'s stat).  Errors are `PatternError(message, 
 from __future__ import annotations
 
 import os
+import re
 import unicodedata
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -127,8 +128,12 @@ def match_range(text: str) -> tuple[bytes, bytes] | None:
     RE2's PossibleMatchRange bounds the text a match spans, not the target
     it is found in: `^/home/u/vault/` spans only that, and matches every name
     below it (red team 32).  So the range asked for is that of the regex
-    followed by anything.
+    followed by anything.  It is wrong for a word boundary (`vault\\b` gave
+    `vault0` to `vaultz`, red team 34) and is not asked where the regex has
+    one or a multi-line flag.
     """
+    if _EMPTY_WIDTH.search(text):
+        return None
     try:
         found = _compiled(f"(?:{text})(?s:.*)").possiblematchrange(_RANGE_LENGTH)
     except (PatternError, re2.error, ValueError):
@@ -140,6 +145,8 @@ def match_range(text: str) -> tuple[bytes, bytes] | None:
 
 
 _RANGE_LENGTH = 256  # longer bounds only make the range tighter
+# `\b` or `\B` (not an escaped backslash and a `b`), or a group's flags with `m`.
+_EMPTY_WIDTH = re.compile(r"(?<!\\)(?:\\\\)*\\[bB]|\(\?[a-zA-Z]*m")
 
 
 def engine_identity() -> str:
