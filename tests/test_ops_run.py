@@ -146,6 +146,26 @@ def test_json_status_in_the_workspace_is_never_written_through_the_agents_symlin
 
 @pytest.mark.requires_seccomp_notify
 @pytest.mark.requires_landlock
+def test_output_files_are_never_written_through_a_symlinked_directory(sandbox: Sandbox) -> None:
+    """Red team 34: a first run made `out` in the workspace a symlink to a
+    directory the agent may not write; the next run's status and a policy
+    suggestion went there.  No symlink is followed on the way either."""
+    victims = sandbox.root / "victims"
+    victims.mkdir()
+    out = sandbox.workspace / "out"
+    first = sandbox.run("ln", "-s", str(victims), str(out), agent_id="job")
+    assert first.returncode == 0 and out.is_symlink(), first.stderr
+    status = sandbox.run("true", extra=["--json-status", str(out / "status.json")])
+    assert status.returncode == 0
+    assert "is reached through a symlink (not followed)" in _one_line(status.stderr)
+    suggested = sandbox.agentsup("policy", "suggest", "--agent", "job", "-o", str(out / "p.yaml"))
+    assert suggested.returncode != 0
+    assert "is reached through a symlink (not followed)" in suggested.stderr
+    assert list(victims.iterdir()) == []
+
+
+@pytest.mark.requires_seccomp_notify
+@pytest.mark.requires_landlock
 def test_json_status_replaces_a_file_the_agent_left_at_its_name(sandbox: Sandbox) -> None:
     status = sandbox.workspace / "status.json"
     result = sandbox.run(

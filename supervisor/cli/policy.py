@@ -20,7 +20,7 @@ from typing import Any
 
 from ..events import DEFAULT_RULE_ID, ActionType, Decision, Event, Verdict, response_for
 from ..integrity.audit import RecordReader, chain_files
-from ..integrity.statefiles import write_output
+from ..integrity.statefiles import open_output_directory, write_output
 from ..kernel.landlock import landlock_abi
 from ..kernel.namespaces import own_sockets_here
 from ..paths import Locations, default_locations
@@ -223,8 +223,8 @@ def _terminal_yaml(text: str) -> str:
 
 def _write_file(path: str, text: str) -> None:
     """`suggest -o`: often into the workspace, where the agent may have left a
-    symlink at the name (`write_output`).  Raises OSError."""
-    directory = os.open(os.path.dirname(path) or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    symlink at the name or on the way to it (`statefiles`).  Raises OSError."""
+    directory = open_output_directory(path)
     try:
         write_output(directory, os.path.basename(path), text)
     finally:

@@ -8,6 +8,8 @@ import os
 import stat
 from pathlib import Path
 
+from ..kernel import proc
+
 
 def write_atomically(path: Path, data: str, mode: int) -> None:
     """Replace `path` with `data` so that a crash leaves the old or the new file, fsynced.
@@ -31,6 +33,25 @@ def write_atomically(path: Path, data: str, mode: int) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def open_output_directory(path: str) -> int:
+    """The directory of the output file `path`, opened (O_PATH) with no symlink
+    anywhere on the way: an agent that may write a directory on it could have
+    made it a symlink to one it may not write (red team 34).  Raises OSError."""
+    parent = os.path.dirname(os.path.abspath(path))
+    flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+    through_link = OSError(errno.ELOOP, f"{parent} is reached through a symlink (not followed)")
+    try:
+        return proc.openat2(-100, os.fsencode(parent), flags, 0, proc.RESOLVE_NO_SYMLINKS)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise through_link from None
+        if exc.errno != errno.ENOSYS:
+            raise
+    if os.path.realpath(parent) != parent:  # no openat2 (Linux before 5.6)
+        raise through_link
+    return os.open(parent, flags | os.O_NOFOLLOW)
 
 
 def write_output(directory: int, name: str, data: str) -> None:

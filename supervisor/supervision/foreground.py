@@ -22,7 +22,7 @@ import signal
 
 from ..events import signal_name
 from ..integrity.audit import AuditError
-from ..integrity.statefiles import write_output
+from ..integrity.statefiles import open_output_directory, write_output
 from ..paths import default_locations
 from .agent import EXIT_SETUP_FAILED, Agent, RunRequest, SetupError, say
 from .stopping import STOP_TIMEOUT_S
@@ -45,16 +45,16 @@ def status_document(run: Agent, code: int) -> dict[str, object]:
 
 
 class StatusFile:
-    """--json-status: its directory held from before the agent starts, and the
-    file made there at the end, never through a symlink (`write_output`)."""
+    """--json-status: its directory held from before the agent starts (reached
+    through no symlink), and the file made there at the end, never through a
+    symlink either (`statefiles`)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._error: OSError | None = None
         self._directory = -1
         try:
-            parent = os.path.dirname(path) or "."
-            self._directory = os.open(parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            self._directory = open_output_directory(path)
         except OSError as exc:
             self._error = exc
 
