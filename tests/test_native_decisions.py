@@ -93,6 +93,7 @@ COMMANDS = [
     "git status --short", "curl https://example.invalid", "make all", "rm -rf /",
     "rm -rf --no-preserve-root /", "sudo ls", "dd if=/dev/zero of=/dev/sda", ":(){ :|:& };:",
     "ls -la", "python3 -m pytest", "mkfs.ext4 /dev/sdb1", "echo sudo", "/usr/bin/su -",
+    "busybox su -c id root", "grep -rn sudo .",
 ]  # fmt: skip
 
 

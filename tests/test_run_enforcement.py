@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -159,6 +160,28 @@ def test_naming_sudo_is_not_running_it(sandbox: Sandbox) -> None:
     assert run.returncode == 137, run.stderr
     assert "rule 'privilege-command' denied shell_execute" in run.stderr
     assert "ran as root" not in run.stdout
+
+
+@pytest.mark.parametrize(
+    ("command", "rule"),
+    [
+        (["busybox", "su", "-c", "true", "root"], "privilege-command"),
+        (["bash", "-c", "exec -a fmt mkfs.ext4 -q -F img 1M"], "mkfs-program"),
+    ],
+    ids=["busybox-su", "mkfs-renamed"],
+)
+def test_a_privileged_program_is_known_by_its_applet_or_its_file(
+    sandbox: Sandbox, command: list[str], rule: str
+) -> None:
+    """Red team 34: `busybox su` ran su's applet, and `exec -a fmt mkfs.ext4`
+    made a file system, with no kill: the command rules read argv[0] only."""
+    program = "busybox" if command[0] == "busybox" else "mkfs.ext4"
+    if shutil.which(program) is None:
+        pytest.skip(f"no {program} on this host")
+    result = sandbox.run(*command)
+    assert result.returncode == 137, result.stderr
+    assert f"rule '{rule}' denied" in result.stderr
+    assert not (sandbox.workspace / "img").exists()
 
 
 def test_a_newline_in_an_argument_does_not_hide_a_command_from_a_deny_pattern(

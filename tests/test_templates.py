@@ -157,6 +157,7 @@ def test_strict_secret_rules_come_before_the_allow_rules() -> None:
         (A.SHELL_EXECUTE, "grep -c su notes.txt"),
         (A.SHELL_EXECUTE, "sed -i s/sudo //g install.sh"),
         (A.SHELL_EXECUTE, "man mkfs"),
+        (A.SHELL_EXECUTE, "busybox ls -la"),
         (A.PROCESS_SPAWN, "/usr/bin/git"),
         (A.ENV_READ, "HOME"),
         (A.DATABASE_READ, "SELECT 1"),
@@ -190,6 +191,13 @@ def test_strict_allows_ordinary_work(action: ActionType, target: str) -> None:
         (A.SHELL_EXECUTE, "/usr/bin/sudo -i"),
         (A.SHELL_EXECUTE, "./su root"),
         (A.SHELL_EXECUTE, "/sbin/mkfs -t ext4 /dev/sdb"),
+        # A multi-call binary called by its own name runs the applet named next
+        # (red team 34), and mkfs is known by its file whatever its argv[0] says.
+        (A.SHELL_EXECUTE, "busybox su -c id root"),
+        (A.SHELL_EXECUTE, "/usr/bin/busybox.static sudo ls"),
+        (A.SHELL_EXECUTE, "busybox mke2fs img"),
+        (A.PROCESS_SPAWN, "/usr/sbin/mkfs.ext4"),
+        (A.PROCESS_SPAWN, "/sbin/mke2fs"),
         (A.PROCESS_SPAWN, "/usr/bin/sudo"),
         (A.PROCESS_SPAWN, "/bin/su"),
         (A.FILE_WRITE, "/etc/passwd"),
