@@ -487,6 +487,14 @@ static int own_name(const struct stat *st) {
     return !bsearch(&key, protected_keys, protected_count, sizeof key, compare_keys);
 }
 
+/* Whether a regular file may be changed here: only one with no other name.
+ * Another name may lie where the agent may not write (a `git clone --local`
+ * of the operator's repository hard-links its objects): a change through
+ * this one would change that one too.  The supervisor refuses it, on record. */
+static int sole_name(const struct stat *st) {
+    return !on_proc(st) && st->st_nlink <= 1;
+}
+
 /* Set when an exec could not be watched: no open is served here any more. */
 static int fast_disabled;
 
@@ -1494,7 +1502,8 @@ static int serve_open(int listener, const struct seccomp_notif *n, int dirfd, ui
     const char *real = exact ? path : real_buffer;
     ssize_t length = fstat(fd, &st) != 0 ? -1 : exact ? (ssize_t)strlen(path) : real_path(fd, real_buffer);
     int plain = length > 0 && !on_proc(&st) &&
-                ((S_ISREG(st.st_mode) && own_name(&st)) || (S_ISDIR(st.st_mode) && !writes) ||
+                ((S_ISREG(st.st_mode) && (writes ? sole_name(&st) : own_name(&st))) ||
+                 (S_ISDIR(st.st_mode) && !writes) ||
                  (harmless_device(&st) && harmless_device_name(real)));
     int need = (reads || !writes ? ALLOW_READ : 0) | (writes ? ALLOW_WRITE : 0);
     if (!plain || !granted(real, (size_t)length, need, writes)) {
@@ -1618,7 +1627,7 @@ static int pin_object(const struct seccomp_notif *n, int dirfd, uint64_t path_pt
     if (fd < 0)
         return errno == ENOENT ? -2 : -1;
     if (fstat(fd, st) != 0 || on_proc(st) ||
-        !((S_ISREG(st->st_mode) && own_name(st)) || S_ISDIR(st->st_mode))) {
+        !((S_ISREG(st->st_mode) && sole_name(st)) || S_ISDIR(st->st_mode))) {
         close(fd);
         return -1;
     }
@@ -1738,7 +1747,7 @@ static int serve_fd_op(int listener, const struct seccomp_notif *n, enum fd_op o
         return 0;
     struct stat st;
     char real[PATH_BYTES + 1];
-    ssize_t length = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && own_name(&st)
+    ssize_t length = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && sole_name(&st)
                          ? real_path(fd, real) : -1;
     /* The file at that path in the agent's view (this broker's), or the
      * supervisor's to refuse: a file handed in from the host's /tmp reads

@@ -1193,11 +1193,16 @@ class Broker:
             except FileNotFoundError:
                 continue  # and gone again
             try:
-                st_mode = os.fstat(found).st_mode
-                if stat.S_ISLNK(st_mode):
+                st = os.fstat(found)
+                if stat.S_ISLNK(st.st_mode):
                     raise OSError(errno.ELOOP, "a symlink, opened with O_NOFOLLOW")
+                if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode) and flags & _CHANGES_FILE:
+                    # Another name linked here meanwhile (red team 35 raced a
+                    # link of a file with a name outside the workspace): such
+                    # a file is never changed (mediator `_other_names`).
+                    raise OSError(errno.EACCES, "a file with other names, not changed")
                 # (O_CREAT kept: a directory there is EISDIR, as for the kernel.)
-                self._open_pinned(notif_id, found, st_mode, flags, bool(cloexec))
+                self._open_pinned(notif_id, found, st.st_mode, flags, bool(cloexec))
             finally:
                 os.close(found)
             return
@@ -1446,6 +1451,10 @@ _HANDLE_ARGS: dict[int, tuple[int, ...]] = {
 }
 
 _AT_EMPTY_PATH = 0x1000
+
+
+# Open flags that change a file: with O_TRUNC even O_RDONLY truncates it.
+_CHANGES_FILE = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
 
 
 def _bind_beneath(sock: socket.socket, path: bytes, directory: int) -> None:

@@ -50,6 +50,7 @@ OUTSIDE_TREE_RULE = "agentsup-outside-tree"
 OUTSIDE_VIEW_RULE = "agentsup-outside-view"
 NOT_OPENED_RULE = "agentsup-not-opened"
 EXEC_UNCHECKED_RULE = "agentsup-exec-unchecked"
+HARD_LINKED_RULE = "agentsup-hard-linked"
 MEDIATION_ERROR_RULE = "agentsup-mediation-error"
 STOPPED_RULE = "agentsup-stopped"
 UNREADABLE_PROGRAM_RULE = "agentsup-unreadable-program"
@@ -466,6 +467,8 @@ _SUMMARY_ENTRIES = 4096
 _SUMMARY_OTHERS = "(other targets, not counted one by one)"
 SAID_TARGET_CHARS = 1024
 
+
+_TIMES_SYSCALLS = frozenset({"utimensat", "utimes", "futimesat", "utime"})
 
 # What a person who meets these refusals most likely ran, and what helps.
 _ALWAYS_REFUSED_HINTS = {
@@ -917,6 +920,16 @@ class Judge:
         open before any driver ran, whatever the rules say."""
         message = "the broker's reader may not open this file: the kernel refused the open"
         self._refusal(syscall, tid, target, NOT_OPENED_RULE, message, "low", Layer.FANOTIFY)
+
+    def refuse_hard_linked(self, syscall: str, tid: int, target: str) -> None:
+        """A change to a file with other names, which may lie where the agent
+        may not write (a `git clone --local` hard-links the operator's objects
+        into the workspace, red team 34): it would change them too.  Refused."""
+        message = "this file has other names (hard links), which a change would change too"
+        # git freshens an object it would write again by its times, and goes
+        # on without: a refused time is low, and named only where it is alone.
+        severity = "low" if syscall in _TIMES_SYSCALLS else "medium"
+        self._refusal(syscall, tid, target, HARD_LINKED_RULE, message, severity)
 
     def refuse_exec_unchecked(self, syscall: str, tid: int, target: str) -> None:
         """An exec while as many others wait for their new image's first call

@@ -187,6 +187,19 @@ _IOCTL_ARGUMENT = {
     _seccomp.EXT4_IOC32_SETVERSION: 4,
 }
 
+# What changes a file's content or metadata, shared by all its names: the
+# actions, and the open flags (O_CREAT alone opens what is there as it is).
+_CHANGES = frozenset({ActionType.FILE_WRITE, ActionType.FILE_CHMOD})
+_CHANGES_FILE = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
+
+
+def _other_names(node: Resolved) -> bool:
+    """Whether `node` is a file (a symlink too: its times are shared) with
+    other names (hard links), which may lie where the agent may not write:
+    nothing of it is changed (`Judge.refuse_hard_linked`)."""
+    return not stat.S_ISDIR(node.pinned.mode) and node.pinned.nlink > 1
+
+
 # Bounds on what is kept per agent process (see Mediator.__init__).
 _PIDFD_CACHE = 64
 _PER_PROCESS_CACHE = 4096
@@ -224,6 +237,8 @@ class Judge(Protocol):
     def refuse_not_opened(self, syscall: str, tid: int, target: str) -> None: ...
 
     def refuse_exec_unchecked(self, syscall: str, tid: int, target: str) -> None: ...
+
+    def refuse_hard_linked(self, syscall: str, tid: int, target: str) -> None: ...
 
     def mediation_failed(self, syscall: str, tid: int, error: str) -> None: ...
 
@@ -1305,6 +1320,10 @@ class Mediator:
         elif node.error:
             self.release(node)
             self._fail(notif, node.error)
+        elif flags & _CHANGES_FILE and not creating and not own_object and _other_names(node):
+            self.release(node)
+            self.judge.refuse_hard_linked(syscall, tid, node.target)
+            self._fail(notif, errno.EACCES)
         elif creating:
             umask = self._umask(tid)
             self.broker.act(
@@ -2240,6 +2259,10 @@ class Mediator:
         elif node.error:
             self.release(node)
             self._fail(n, node.error)
+        elif action in _CHANGES and _other_names(node):
+            self.release(node)
+            self.judge.refuse_hard_linked(syscall, n.pid, node.target)
+            self._fail(n, errno.EACCES)
         elif node.fd >= 0:
             try:
                 self.broker.act(_FD_OPS.get(op, op), n.id, *args, fds=(node.fd,))
