@@ -91,40 +91,65 @@ def moves(ws: str, round_: int) -> list[tuple[str, dict[str, object]]]:
         ("rename", touched_then(src, lambda: os.rename(src, moved))),
         ("rename over a file", touched_then(src, lambda: os.rename(src, moved))),
         ("rename relative", lambda: os.rename(f"moved-{round_}", f"moved-{round_}.rel")),
-        ("rename through a symlinked directory",
-         lambda: os.rename(f"{moved}.rel", f"{ws}/link-to-sub/m-{round_}")),
+        (
+            "rename through a symlinked directory",
+            lambda: os.rename(f"{moved}.rel", f"{ws}/link-to-sub/m-{round_}"),
+        ),
         ("rename a missing file", lambda: os.rename(f"{ws}/no-such", f"{ws}/x-{round_}")),
         ("rename refused to move", lambda: os.rename(f"{ws}/stay.txt", f"{ws}/stayed")),
         ("rename onto a refused name", lambda: os.rename(sub_moved, f"{ws}/refused-m-{round_}")),
         ("rename into a missing directory", lambda: os.rename(sub_moved, f"{ws}/nowhere/x")),
         ("rename outside every rule", lambda: os.rename(sub_moved, f"/srv/m-{round_}")),
-        ("rename no-replace onto a file",
-         lambda: renameat2(sub_moved, f"{ws}/plain.txt", _RENAME_NOREPLACE)),
+        (
+            "rename no-replace onto a file",
+            lambda: renameat2(sub_moved, f"{ws}/plain.txt", _RENAME_NOREPLACE),
+        ),
         ("rename no-replace", lambda: renameat2(sub_moved, f"{sub_moved}.nr", _RENAME_NOREPLACE)),
-        ("rename exchange", lambda: renameat2(f"{sub_moved}.nr", f"{ws}/scratch.txt",
-                                              _RENAME_EXCHANGE)),
-        ("rename at dirfds", lambda: os.rename(f"m-{round_}.nr", f"m-{round_}.at",
-                                               src_dir_fd=sub, dst_dir_fd=sub)),
-        ("rename a directory", touched_then(f"{ws}/full/x-{round_}", lambda: os.rename(
-            f"{ws}/full", f"{ws}/full-{round_}"))),
+        (
+            "rename exchange",
+            lambda: renameat2(f"{sub_moved}.nr", f"{ws}/scratch.txt", _RENAME_EXCHANGE),
+        ),
+        (
+            "rename at dirfds",
+            lambda: os.rename(f"m-{round_}.nr", f"m-{round_}.at", src_dir_fd=sub, dst_dir_fd=sub),
+        ),
+        (
+            "rename a directory",
+            touched_then(
+                f"{ws}/full/x-{round_}", lambda: os.rename(f"{ws}/full", f"{ws}/full-{round_}")
+            ),
+        ),
         ("rename a directory back", lambda: os.rename(f"{ws}/full-{round_}", f"{ws}/full")),
         ("link", touched_then(src, lambda: os.link(src, f"{ws}/ln-{round_}"))),
         ("link again", lambda: os.link(src, f"{ws}/ln-{round_}")),
         ("link a file with two names", lambda: os.link(src, f"{ws}/ln-{round_}.two")),
         ("link refused to read", lambda: os.link(f"{ws}/refused.txt", f"{ws}/from-r-{round_}")),
-        ("link onto a refused name",
-         touched_then(f"{src}.b", lambda: os.link(f"{src}.b", f"{ws}/refused-ln-{round_}"))),
+        (
+            "link onto a refused name",
+            touched_then(f"{src}.b", lambda: os.link(f"{src}.b", f"{ws}/refused-ln-{round_}")),
+        ),
         ("link a directory", lambda: os.link(f"{ws}/sub", f"{ws}/sub-ln-{round_}")),
         ("link a missing file", lambda: os.link(f"{ws}/no-such", f"{ws}/ln-x-{round_}")),
         ("link into a missing directory", lambda: os.link(f"{src}.b", f"{ws}/nowhere/x")),
-        ("link a symlink", lambda: os.link(f"{ws}/dangling", f"{ws}/ln-dangling-{round_}",
-                                           follow_symlinks=False)),
-        ("link following a symlink", lambda: os.link(f"{ws}/link-to-plain", f"{ws}/ln-f-{round_}",
-                                                     follow_symlinks=True)),
-        ("link relative", touched_then(f"{src}.c", lambda: os.link(f"to-move-{round_}.c",
-                                                                   f"ln-{round_}.rel"))),
-        ("link at dirfds", touched_then(f"{ws}/sub/at-{round_}", lambda: os.link(
-            f"at-{round_}", f"at-{round_}.ln", src_dir_fd=sub, dst_dir_fd=sub))),
+        (
+            "link a symlink",
+            lambda: os.link(f"{ws}/dangling", f"{ws}/ln-dangling-{round_}", follow_symlinks=False),
+        ),
+        (
+            "link following a symlink",
+            lambda: os.link(f"{ws}/link-to-linkable", f"{ws}/ln-f-{round_}", follow_symlinks=True),
+        ),
+        (
+            "link relative",
+            touched_then(f"{src}.c", lambda: os.link(f"to-move-{round_}.c", f"ln-{round_}.rel")),
+        ),
+        (
+            "link at dirfds",
+            touched_then(
+                f"{ws}/sub/at-{round_}",
+                lambda: os.link(f"at-{round_}", f"at-{round_}.ln", src_dir_fd=sub, dst_dir_fd=sub),
+            ),
+        ),
         ("link outside every rule", lambda: os.link(f"{src}.b", f"/srv/ln-{round_}")),
     ]
     try:
@@ -140,6 +165,7 @@ def files(ws: str, round_: int) -> list[tuple[str, dict[str, object]]]:
     create, wo = os.O_WRONLY | os.O_CREAT | os.O_TRUNC, os.O_WRONLY
     rw = os.O_RDWR | os.O_CREAT
     missing, linked = f"{ws}/nowhere/x", f"{ws}/link-to-sub/new-{round_}"
+
     def make(path: str, flags: int, mode: int) -> object:
         return lambda: os.open(path, flags, mode)
 
@@ -159,10 +185,16 @@ def files(ws: str, round_: int) -> list[tuple[str, dict[str, object]]]:
         ("create read-write in a missing directory", make(missing, rw, 0o644), "create"),
         ("create relative in a missing directory", make("nowhere/x", create, 0o644), "create"),
         ("create refused in a missing directory", make(f"{ws}/gone/x", create, 0o644), "create"),
-        ("create in a missing directory, dotdot", make(f"{ws}/sub/../nowhere/x", create, 0o644),
-         "create"),
-        ("create in a missing directory, double slash", make(f"{ws}//nowhere/x", create, 0o644),
-         "create"),
+        (
+            "create in a missing directory, dotdot",
+            make(f"{ws}/sub/../nowhere/x", create, 0o644),
+            "create",
+        ),
+        (
+            "create in a missing directory, double slash",
+            make(f"{ws}//nowhere/x", create, 0o644),
+            "create",
+        ),
         ("create below a file", make(f"{ws}/plain.txt/x", create, 0o644), "create"),
         ("create through a symlinked directory", make(linked, create, 0o640), "create"),
         ("create through a dangling link", make(f"{ws}/dangling", create, 0o644), "create"),
@@ -177,10 +209,16 @@ def files(ws: str, round_: int) -> list[tuple[str, dict[str, object]]]:
         ("mkdir with set-id bits", make_dir(f"{made}.ids", 0o7777), "mkdir"),
         ("mkdir with a mode", make_dir(f"{made}.m", 0o750), "mkdir"),
         ("mkdir relative", make_dir(f"made-{round_}.rel"), "mkdir"),
-        ("mkdir at a dirfd", make_dir(f"made-{round_}.at", dir_fd=os.open(f"{ws}/sub", 0)),
-         "mkdir"),
-        ("mkdir through a symlinked directory", make_dir(f"{ws}/link-to-sub/made-{round_}"),
-         "mkdir"),
+        (
+            "mkdir at a dirfd",
+            make_dir(f"made-{round_}.at", dir_fd=os.open(f"{ws}/sub", 0)),
+            "mkdir",
+        ),
+        (
+            "mkdir through a symlinked directory",
+            make_dir(f"{ws}/link-to-sub/made-{round_}"),
+            "mkdir",
+        ),
         ("mkdir existing", make_dir(f"{ws}/sub"), "mkdir"),
         ("mkdir over a file", make_dir(f"{ws}/plain.txt"), "mkdir"),
         ("mkdir over a dangling link", make_dir(f"{ws}/dangling"), "mkdir"),
@@ -368,8 +406,8 @@ def main() -> int:
             print(json.dumps({"case": name, "pass": round_, **attempt(path, flags)}), flush=True)
         result = attempt("../plain.txt", ro, dir_fd=sub)
         print(json.dumps({"case": "dirfd relative", "pass": round_, **result}), flush=True)
-        for name, outcome_ in files(ws, round_) + moves(ws, round_) + touches(ws, round_) + held(
-            ws, round_
+        for name, outcome_ in (
+            files(ws, round_) + moves(ws, round_) + touches(ws, round_) + held(ws, round_)
         ):
             print(json.dumps({"case": name, "pass": round_, **outcome_}), flush=True)
     return 0
