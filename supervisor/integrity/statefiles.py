@@ -10,6 +10,8 @@ from pathlib import Path
 
 from ..kernel import proc
 
+_AT_FDCWD = -100
+
 
 def write_atomically(path: Path, data: str, mode: int) -> None:
     """Replace `path` with `data` so that a crash leaves the old or the new file, fsynced.
@@ -43,7 +45,7 @@ def open_output_directory(path: str) -> int:
     flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
     through_link = OSError(errno.ELOOP, f"{parent} is reached through a symlink (not followed)")
     try:
-        return proc.openat2(-100, os.fsencode(parent), flags, 0, proc.RESOLVE_NO_SYMLINKS)
+        return proc.openat2(_AT_FDCWD, os.fsencode(parent), flags, 0, proc.RESOLVE_NO_SYMLINKS)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise through_link from None

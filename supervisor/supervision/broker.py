@@ -1196,7 +1196,7 @@ class Broker:
                 st = os.fstat(found)
                 if stat.S_ISLNK(st.st_mode):
                     raise OSError(errno.ELOOP, "a symlink, opened with O_NOFOLLOW")
-                if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode) and flags & _CHANGES_FILE:
+                if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode) and flags & CHANGES_FILE:
                     # Another name linked here meanwhile (red team 35 raced a
                     # link of a file with a name outside the workspace): such
                     # a file is never changed (mediator `_other_names`).
@@ -1453,8 +1453,9 @@ _HANDLE_ARGS: dict[int, tuple[int, ...]] = {
 _AT_EMPTY_PATH = 0x1000
 
 
-# Open flags that change a file: with O_TRUNC even O_RDONLY truncates it.
-_CHANGES_FILE = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
+# Open flags that change a file (O_CREAT alone opens what is there as it is;
+# with O_TRUNC even O_RDONLY truncates it).
+CHANGES_FILE = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
 
 
 def _bind_beneath(sock: socket.socket, path: bytes, directory: int) -> None:

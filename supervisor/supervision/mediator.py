@@ -187,10 +187,9 @@ _IOCTL_ARGUMENT = {
     _seccomp.EXT4_IOC32_SETVERSION: 4,
 }
 
-# What changes a file's content or metadata, shared by all its names: the
-# actions, and the open flags (O_CREAT alone opens what is there as it is).
+# What changes a file's content or metadata, shared by all its names (and
+# the open flags that do: `broker.CHANGES_FILE`).
 _CHANGES = frozenset({ActionType.FILE_WRITE, ActionType.FILE_CHMOD})
-_CHANGES_FILE = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
 
 
 def _other_names(node: Resolved) -> bool:
@@ -1320,7 +1319,7 @@ class Mediator:
         elif node.error:
             self.release(node)
             self._fail(notif, node.error)
-        elif flags & _CHANGES_FILE and not creating and not own_object and _other_names(node):
+        elif flags & broker.CHANGES_FILE and not creating and not own_object and _other_names(node):
             self.release(node)
             self.judge.refuse_hard_linked(syscall, tid, node.target)
             self._fail(notif, errno.EACCES)
