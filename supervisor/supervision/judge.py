@@ -894,10 +894,9 @@ class Judge:
         return lines
 
     def refuse_always(self, syscall: str, tid: int) -> None:
-        message = f"{syscall} is refused for every agent"
-        if syscall in _ALWAYS_REFUSED_HINTS:
-            message += f" ({_ALWAYS_REFUSED_HINTS[syscall]})"
-        self._refusal(syscall, tid, syscall, ALWAYS_REFUSED_RULE, message)
+        hint = _ALWAYS_REFUSED_HINTS.get(syscall, "")
+        message = f"{syscall} is refused for every agent" + (f" ({hint})" if hint else "")
+        self._refusal(syscall, tid, syscall, ALWAYS_REFUSED_RULE, message, hint=hint)
 
     def refuse_outside(self, syscall: str, tid: int, target: str) -> None:
         """A call that named a process outside the agent's tree: refused, critical."""
@@ -993,14 +992,14 @@ class Judge:
         message: str,
         severity: str = "critical",
         layer: Layer = Layer.SECCOMP,
+        *,
+        hint: str = "",
     ) -> None:
-        """The record of a syscall refused by agentsup itself, whatever the policy says."""
+        """The record of a syscall refused by agentsup itself, whatever the policy
+        says; `hint` (what helps) goes into the end-of-run summary too."""
         low = self.config.shadow_guard is None and severity == Severity.LOW
         what = syscall if target == syscall else f"{syscall} {_summed(target)}"
-        if target == syscall and syscall in _ALWAYS_REFUSED_HINTS:
-            what += f" ({rule}: {_ALWAYS_REFUSED_HINTS[syscall]})"
-        else:
-            what += f" ({rule})"
+        what += f" ({rule}: {hint})" if hint else f" ({rule})"
         _tally(self.refused_low if low else self.refused, what)
         self.audit.append(
             {
