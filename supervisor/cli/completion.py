@@ -21,6 +21,8 @@ _PATH_WORDS = ("PATH", "FILE", "DIR")
 
 @dataclass
 class Option:
+    """One option of a command, as the completion scripts offer it."""
+
     flags: list[str]
     help: str
     takes_value: bool
@@ -31,6 +33,8 @@ class Option:
 
 @dataclass
 class Positional:
+    """One positional argument of a command, as the completion scripts offer it."""
+
     metavar: str
     help: str
     choices: list[str]

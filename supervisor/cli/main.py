@@ -18,11 +18,35 @@ import gc
 import importlib
 import os
 import sys
+import types
 from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
 from .. import __version__
-from .output import CommandError, json_flag_given, report_error, wants_json
+
+
+class _InspectOnFirstUse(types.ModuleType):
+    """Stands in for `inspect` until something reads a name from it.
+
+    `dataclasses` imports inspect (and with it ast, dis and tokenize: about
+    8 ms, a tenth of `agentsup run`'s start-up) for one use: a signature for
+    a class with no docstring, and every dataclass of ours has one.  The first
+    name read imports the real module, which takes the stand-in's place.  In
+    the supervisor's command line only: the agent's hook never runs this.
+    (importlib's LazyLoader does not do: `import inspect` reads `__spec__`.)
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        if sys.modules.get("inspect") is self:
+            del sys.modules["inspect"]
+        real = importlib.import_module("inspect")
+        self.__dict__.update(real.__dict__)
+        return getattr(real, name)
+
+
+sys.modules.setdefault("inspect", _InspectOnFirstUse("inspect"))
+
+from .output import CommandError, json_flag_given, report_error, wants_json  # noqa: E402
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1

@@ -21,6 +21,8 @@ import psutil
 
 @dataclass
 class TreeUsage:
+    """What an agent's process tree uses, summed over its processes."""
+
     processes: int = 0
     cpu_seconds: float = 0.0
     cpu_percent: float = 0.0

@@ -249,6 +249,8 @@ def peer_credentials(sock: socket.socket) -> Peer:
 
 @dataclass(repr=False, eq=False, slots=True)
 class _Connection:
+    """One client of the control socket: its request coming in, its answer going out."""
+
     sock: socket.socket
     peer: Peer
     opened_at: float

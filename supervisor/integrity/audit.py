@@ -568,6 +568,8 @@ def classify(record: Mapping[str, object]) -> str | None:
 
 @dataclass(repr=False, eq=False)
 class AgentReport:
+    """One agent's decisions in the audit log, counted by outcome, rule and action type."""
+
     totals: Counter[str] = field(default_factory=Counter)
     by_rule: dict[str, Counter[str]] = field(default_factory=dict)
     by_action_type: dict[str, Counter[str]] = field(default_factory=dict)

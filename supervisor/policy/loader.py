@@ -195,6 +195,8 @@ class _Resolver:
 
 @dataclass(frozen=True)
 class _MergedEnv:
+    """A policy's env.pass and env.deny, merged along its `extends` chain."""
+
     # Entries with where they were written; None for a built-in default.
     pass_: tuple[tuple[str, SourceLocation | None], ...]
     deny: tuple[tuple[str, SourceLocation | None], ...]

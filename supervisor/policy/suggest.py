@@ -89,6 +89,8 @@ class Refusal:
 
 @dataclass(slots=True)
 class _Draft:
+    """A rule `policy suggest` is building: what it lets through, and where it goes."""
+
     actions: set[ActionType] = field(default_factory=set)
     priority: int = 0
     covers: int = 0  # how many recorded actions it lets through

@@ -92,6 +92,8 @@ class DefinitionError(ValueError):
 
 @dataclass(frozen=True)
 class AgentDefinition:
+    """One agent the daemon runs, as its definition file gives it."""
+
     agent_id: str
     program: str
     workspace: str
@@ -356,6 +358,8 @@ class Slot:
 
 @dataclass
 class Daemon:
+    """The daemon's agents: the supervisor, the definitions' directory, a slot per agent."""
+
     supervisor: Supervisor
     directory: Path
     slots: dict[str, Slot] = field(default_factory=dict)

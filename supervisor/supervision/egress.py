@@ -469,6 +469,8 @@ class AuditLike(Protocol):
 
 @dataclass(eq=False)
 class _End:
+    """One side of a proxied connection: its socket, what waits to be sent, its EOFs."""
+
     sock: socket.socket
     outbox: bytearray = field(default_factory=bytearray)
     eof: bool = False  # the peer sent EOF: nothing more to read
@@ -483,6 +485,8 @@ class _End:
 
 @dataclass(eq=False)
 class _Conn:
+    """One agent connection through the proxy, from its request head to the relay."""
+
     client: _End
     started: float
     pid: int = 0  # the agent's process that connected (its main pid when unknown)

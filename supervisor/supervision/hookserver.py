@@ -143,6 +143,8 @@ def encode_reply(reply: HookReply, request_id: int, cache: int | None = None) ->
 
 @dataclass(repr=False, eq=False, slots=True)
 class _Connection:
+    """One connection of an agent's audit hook: requests in, replies out."""
+
     sock: socket.socket
     pid: int
     inbox: bytearray = field(default_factory=bytearray)

@@ -154,6 +154,8 @@ class Pending:
 
 @dataclass(slots=True)
 class KillReport:
+    """What killed the agent (a rule, a limit, an operator), for the run's last lines."""
+
     rule: str
     action: str
     target: str
@@ -442,6 +444,8 @@ def _close_fds(fds: tuple[int, ...]) -> None:
 
 @dataclass
 class JudgeConfig:
+    """What a Judge is made from: the agent, its compiled policy, where things are."""
+
     agent_id: str
     policy: CompiledPolicy
     policy_name: str

@@ -85,6 +85,8 @@ _LANDLOCK_ADDS = {
 
 @dataclass(frozen=True)
 class Layer:
+    """One enforcement layer, as `doctor` and the start record report it."""
+
     name: str
     available: bool
     needed: bool

@@ -47,6 +47,8 @@ class FdComponent(Protocol):
 
 @dataclass(order=True)
 class Timer:
+    """A callback the loop calls at its deadline (ties go in the order they were set)."""
+
     deadline: float
     seq: int
     callback: Callback = field(compare=False)
