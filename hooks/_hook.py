@@ -40,8 +40,6 @@ _CACHE_SIZE = 4096  # cached answers per process; cleared when full
 # or the private one hooks/site/sitecustomize.py loads by path.  One hook per process.
 INSTALLED_MARKER = "_agentsup_hook_installed"
 OPEN_CHECK_INTERVAL = 0.001  # seconds
-# Put first on PYTHONPATH so that any Python the agent starts gets the hook.
-SITE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "site")
 
 
 class _JsonContext:
@@ -799,14 +797,14 @@ def _make_handlers(
             for key, value in (
                 (protocol.ENV_SOCKET, socket_path),
                 (protocol.ENV_AGENT_ID, agent_id),
-                (protocol.ENV_SITE, SITE_DIR),
+                (protocol.ENV_SITE, protocol.SITE_DIR),
             ):
                 env_key: Any = key if text_keys else key.encode()
                 env_value: Any = value if text_keys else os.fsencode(value)
                 env[env_key] = env_value
             # And the directory whose sitecustomize hooks any other Python.
             path_key: Any = "PYTHONPATH" if text_keys else b"PYTHONPATH"
-            site_dir: Any = SITE_DIR if text_keys else os.fsencode(SITE_DIR)
+            site_dir: Any = protocol.SITE_DIR if text_keys else os.fsencode(protocol.SITE_DIR)
             sep: Any = os.pathsep if text_keys else os.pathsep.encode()
             entries = env.get(path_key) or site_dir[:0]
             if entries.split(sep)[0] != site_dir:

@@ -30,6 +30,7 @@ an older policy survives).
 from __future__ import annotations
 
 import math
+import os
 import struct
 from typing import Any, Final
 
@@ -44,6 +45,8 @@ ENV_AGENT_ID: Final = "AGENTSUP_AGENT_ID"
 # sitecustomize installs the supervisor's own hook, and the .pth of an agentsup
 # the interpreter has (another copy, maybe unreadable) stands back.
 ENV_SITE: Final = "AGENTSUP_HOOK_SITE"
+# The directory put first on PYTHONPATH so that any Python the agent starts gets the hook.
+SITE_DIR: Final = os.path.join(os.path.dirname(os.path.abspath(__file__)), "site")
 # "1" when the supervisor wants notes (file, shell, connect telemetry); it
 # asks only at audit level `all`, so the hot path pays nothing otherwise.
 ENV_NOTES: Final = "AGENTSUP_HOOK_NOTES"

@@ -17,8 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ._hook import SITE_DIR
-from ._protocol import ENV_AGENT_ID, ENV_SITE, ENV_SOCKET
+from ._protocol import ENV_AGENT_ID, ENV_SITE, ENV_SOCKET, SITE_DIR
 
 __all__ = ["MODULE", "SITE_DIR", "command", "environment"]
 

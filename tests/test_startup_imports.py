@@ -54,6 +54,7 @@ NOT_BEFORE_THE_FORK = (
     "agentsup.cli.daemon",
     "agentsup.control.channel",
     "agentsup.control.notify",
+    "agentsup.hooks._hook",  # the agent's side of the hook
     "agentsup.integrity.policywatch",
     "agentsup.integrity.totp",
     "agentsup.policy.loader",
