@@ -25,7 +25,13 @@ from agentsup.policy import (
     load_policy_text,
     resolve_policy,
 )
-from agentsup.policy.linear import LinearRegex, encode_target, match_range
+from agentsup.policy.linear import (
+    LinearRegex,
+    alternatives,
+    encode_target,
+    match_range,
+    match_ranges,
+)
 
 A = ActionType
 CTX = RunContext(workspace="/w", home="/home/u", agent_id="agent", python_prefixes=("/opt/py",))
@@ -420,3 +426,84 @@ def test_every_path_an_anchored_rule_matches_lies_in_its_match_range() -> None:
                 assert low <= encode_target(target) <= high, (matcher.regex, target)
     assert checked > 20
     assert "word" in unbounded
+
+
+# Regexes to take apart, tricky ones too: classes holding `|` and `(`, a POSIX
+# class, escapes, flag groups, repeated groups, `?`-groups and lazy ones.
+SPLIT_REGEXES = (
+    r"^/h/\.(?:azure|pulumi)(?:/|\z)",
+    r"(?s:^/h/(?:a|b)c|d)",
+    r"^/h/a(?:b|c)??d",
+    r"^/h/(x|y)+z",
+    r"^/h/[|(]a|b",
+    r"^/h/[]|]a(?:1|2)",
+    r"^/h/[^]|(]a(?:1|2)",
+    r"^/h/[[:alpha:]|]x(?:1|2)",
+    r"^/h/\x{41}(?:a|b)",
+    r"^/h/\(a|b\)",
+    r"^/h/\\(?:a|b)",
+    r"^/h/a{2}(?:b|c)*",
+    r"^/h/(?:a|(?:b|c)d)e",
+    r"^/h/(?i)a|b",
+    r"^/h/(?i:a|b)x",
+    r"^/h/(?:a|b){0,1}c",
+    r"^/h/(?:a|)(?:|b)c",
+    r"^/h/\pL(?:1|\p{Greek})",
+)
+
+
+def test_a_regexs_alternatives_match_together_what_it_matches() -> None:
+    """`alternatives` multiplies a regex's alternations out: what matches the
+    regex matches one of them, and nothing else does (the walk for protected
+    files prunes by their ranges)."""
+    policy = compiled(OPERATOR_RULES)
+    regexes = [*SPLIT_REGEXES, *(rule.matcher.regex for rule in policy.rules)]
+    letters = ["", "/", "h", "a", "b", "c", "d", "x", "y", "z", "1", "2", "e", "A", "(", ")", "|"]
+    letters += ["]", "\\", ".azure", ".pulumi", "\n", "\u03b1", "home", "u", ".ssh", "vault"]
+    chooser = random.Random(17)
+    targets = [
+        "/h/" + "".join(chooser.choices(letters, k=chooser.randint(0, 5))) for _ in range(3000)
+    ]
+    targets += ["/home/u/" + "/".join(chooser.choices(letters, k=3)) for _ in range(1000)]
+    split = 0
+    for regex in regexes:
+        parts = alternatives(regex)
+        split += len(parts) > 1
+        whole = LinearRegex(regex)
+        each = [LinearRegex(part) for part in parts]
+        for target in targets:
+            data = encode_target(target)
+            expected = whole.search(data)
+            assert any(part.search(data) for part in each) is expected, (regex, parts, target)
+    assert split > 12
+    # What stays whole: flags across a `|`, repeated groups, named groups, \Q.
+    for regex in (r"^/h/(?i)a|b", r"^/h/(x|y)+z", r"(?P<n>a|b)", r"^/h/\Q(a|b)\E"):
+        assert alternatives(regex) == [regex]
+    assert alternatives(r"(?s:^/h/(?:a|b)c|d)") == ["(?s:^/h/ac)", "(?s:^/h/bc)", "(?s:d)"]
+    assert len(alternatives("^/h/(?:a|b)(?:c|d)(?:e|f)", limit=4)) == 1  # past the limit
+
+
+def test_every_path_an_anchored_rule_matches_lies_in_one_of_its_match_ranges() -> None:
+    """As above, for the ranges of a rule's alternatives (`match_ranges`)."""
+    policy = compiled(OPERATOR_RULES)
+    anchored = [rule for rule in policy.rules if rule.matcher.roots is not None]
+    words = ["", "/", ".", "home", "u", ".ssh", "id_rsa", ".config", "gh", "hosts.yml", "w"]
+    words += [".git-credentials", ".azure", ".pulumi", ".pyenv", ".m2", "settings.xml", "Z"]
+    words += ["vault", "prod", ".password-store", "secrets", "keys", "\udce9", "é", ".cargo"]
+    words += ["credentials", "credentials.toml", ".npmrc", "etc", "shadow", "key.pem"]
+    chooser = random.Random(16)
+    targets = ["/home/u/.azure/x", "/home/u/.m2/settings.xml", "/home/u/.cargo/credentials"]
+    for _ in range(6000):
+        targets.append("/" + "/".join(chooser.choices(words, k=chooser.randint(1, 6))))
+    checked = 0
+    for rule in anchored:
+        ranges = match_ranges(rule.matcher.regex)
+        if ranges is None:
+            continue
+        pattern = LinearRegex(rule.matcher.regex)
+        for target in targets:
+            data = encode_target(target)
+            if pattern.search(data):
+                checked += 1
+                assert any(low <= data <= high for low, high in ranges), (rule.rule.id, target)
+    assert checked > 40

@@ -164,8 +164,33 @@ def test_the_walk_enters_no_directory_where_no_rule_could_match(tmp_path: Path) 
     assert found.get(_inode(token)) == str(token)
     scopes = protected._Scopes(protected._walked_matchers(policy))
     assert not scopes.enters(os.fsencode(home / "workspace"))
-    assert scopes.enters(os.fsencode(home / ".config"))
+    assert scopes.enters(os.fsencode(home / ".config" / "gh" / "hosts.d"))  # its own root
     assert scopes.enters(os.fsencode(home / ".ssh" / "deep"))  # `{home}/.ssh/**`
+
+
+def test_a_toolchain_in_the_home_directory_costs_its_walk_one_entry(
+    tmp_path: Path, home: Path
+) -> None:
+    """Each alternative of a rule has a range of its own: `\\.(?:bash|zsh)_history`
+    is two names, not everything from `.bash_history` to `.zsh_history`, where
+    `~/.pyenv` lies (120,000 files on the development machine: they spent the
+    home's budget, and a link beyond it was missed)."""
+    toolchain = home / ".pyenv" / "versions"
+    toolchain.mkdir(parents=True)
+    for i in range(300):
+        (toolchain / f"f{i}.py").write_text("")
+    history = home / ".zsh_history"
+    history.write_text("export TOKEN=x")
+    policy = compile_policy(
+        load_policy_text(HOME_SECRETS), RunContext(str(tmp_path), str(home), "t")
+    )
+    cut: list[str] = []
+    found = protected.protected_inodes(policy, budget=100, cut=cut)
+    assert found.get(_inode(history)) == str(history)
+    assert cut == []
+    assert not protected._Scopes(protected._walked_matchers(policy)).enters(
+        os.fsencode(home / ".pyenv")
+    )
 
 
 def test_a_regex_protects_the_names_below_what_it_spans(tmp_path: Path, home: Path) -> None:

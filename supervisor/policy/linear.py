@@ -144,6 +144,162 @@ def match_range(text: str) -> tuple[bytes, bytes] | None:
     return (low, high) if isinstance(low, bytes) and isinstance(high, bytes) else None
 
 
+def match_ranges(text: str, limit: int = 512) -> list[tuple[bytes, bytes]] | None:
+    """`match_range` of each of `alternatives(text)`: tighter than one range for
+    all.  `^{home}/\\.(?:azure|pulumi)/` is `{home}/.azure/` and
+    `{home}/.pulumi/`, where one range is everything from `{home}/.azure` to
+    `{home}/.pulumi`, `~/.pyenv` included.  None where one cannot be bounded.
+    """
+    ranges = []
+    for alternative in alternatives(text, limit):
+        bounds = match_range(alternative)
+        if bounds is None:
+            return None
+        ranges.append(bounds)
+    return ranges
+
+
+def alternatives(text: str, limit: int = 512) -> list[str]:
+    """RE2 regexes, at most `limit`, that together match what `text` matches:
+    its alternations (`a|b`, and the groups without a quantifier or with `?`)
+    multiplied out; `[text]` where that is not done.
+
+    Groups and flag groups (`(?s:a|b)` is `(?s:a)|(?s:b)`) are taken apart;
+    a regex with flags that reach across a group's `|` (`(?i)`), a named
+    group or `\\Q...\\E` stays whole.
+    """
+    if "\\Q" in text or re.search(r"(?<!\\)(?:\\\\)*\(\?(?![a-zA-Z-]*:)", text):
+        return [text]
+    try:
+        expanded = _sequence(text, 0, len(text), limit)
+    except _NotExpanded:
+        return [text]
+    return expanded if expanded else [text]
+
+
+class _NotExpanded(Exception):
+    """The regex text is not multiplied out: past the limit, or not understood."""
+
+
+def _sequence(text: str, start: int, end: int, limit: int) -> list[str]:
+    """The alternatives of `text[start:end]`, split at its own top-level `|`."""
+    branches: list[list[str]] = []
+    pieces: list[list[str]] = [[""]]
+    index = start
+    while index < end:
+        char = text[index]
+        if char == "|":
+            branches.append(_product(pieces, limit))
+            pieces = [[""]]
+            index += 1
+        elif char == "(":
+            close = _group_end(text, index, end)
+            after, quantified = _quantifier(text, close + 1, end)
+            flags = _FLAG_GROUP.match(text, index, close)
+            inner = flags.end() if flags else index + 1
+            if quantified not in ("", "?", "??"):
+                pieces.append([text[index:after]])  # repeated: kept whole
+            else:
+                inside = _sequence(text, inner, close, limit)
+                if flags and flags.group(1):  # the flags go with each alternative
+                    inside = [f"{flags.group()}{alternative})" for alternative in inside]
+                pieces.append(inside + ([""] if quantified else []))
+            index = after
+        else:
+            after = _atom_end(text, index, end)
+            pieces.append([text[index:after]])
+            index = after
+    branches.append(_product(pieces, limit))
+    merged = [alternative for branch in branches for alternative in branch]
+    if len(merged) > limit:
+        raise _NotExpanded
+    return merged
+
+
+def _product(pieces: list[list[str]], limit: int) -> list[str]:
+    result = [""]
+    for choices in pieces:
+        result = [head + choice for head in result for choice in choices]
+        if len(result) > limit:
+            raise _NotExpanded
+    return result
+
+
+def _atom_end(text: str, index: int, end: int) -> int:
+    """Where the atom at `index` ends (an escape, a class, one character) with
+    its quantifier: a quantified atom is kept with it."""
+    char = text[index]
+    if char == "\\":
+        after = index + 2
+        if text[index + 1 : index + 2] in ("x", "p", "P") and text[after : after + 1] == "{":
+            after = text.find("}", after)
+            if after < 0:
+                raise _NotExpanded
+            after += 1
+    elif char == "[":
+        after = _class_end(text, index, end) + 1
+    elif char == ")":
+        raise _NotExpanded
+    else:
+        after = index + 1
+    if after > end:
+        raise _NotExpanded
+    return _quantifier(text, after, end)[0]
+
+
+def _quantifier(text: str, index: int, end: int) -> tuple[int, str]:
+    """(where it ends, the quantifier) of what follows an atom or group at `index`."""
+    match = _QUANTIFIER.match(text, index, end)
+    return (match.end(), match.group()) if match else (index, "")
+
+
+_FLAG_GROUP = re.compile(r"\(\?([a-zA-Z-]*):")
+_QUANTIFIER = re.compile(r"(?:[*+?]|\{\d*(?:,\d*)?\})\??")
+
+
+def _class_end(text: str, index: int, end: int) -> int:
+    """The index of the `]` closing the class that opens at `index`."""
+    index += 1
+    if text[index : index + 1] == "^":
+        index += 1
+    if text[index : index + 1] == "]":
+        index += 1  # a `]` first is a literal
+    while index < end:
+        char = text[index]
+        if char == "\\":
+            index += 2
+        elif text.startswith("[:", index):
+            close = text.find(":]", index + 2)
+            if close < 0:
+                raise _NotExpanded
+            index = close + 2
+        elif char == "]":
+            return index
+        else:
+            index += 1
+    raise _NotExpanded
+
+
+def _group_end(text: str, index: int, end: int) -> int:
+    """The index of the `)` closing the group that opens at `index`."""
+    depth = 0
+    while index < end:
+        char = text[index]
+        if char == "\\":
+            index += 2
+            continue
+        if char == "[":
+            index = _class_end(text, index, end)
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth == 0:
+                return index
+        index += 1
+    raise _NotExpanded
+
+
 _RANGE_LENGTH = 256  # longer bounds only make the range tighter
 # `\b` or `\B` (not an escaped backslash and a `b`), or a group's flags with `m`.
 _EMPTY_WIDTH = re.compile(r"(?<!\\)(?:\\\\)*\\[bB]|\(\?[a-zA-Z]*m")

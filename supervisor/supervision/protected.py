@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Sequence
 from ..events import ActionType, response_for
 from ..kernel import namespaces, privileges
 from ..policy import CompiledPolicy
-from ..policy.linear import PatternError, PatternSet, encode_target, match_range
+from ..policy.linear import PatternError, PatternSet, encode_target, match_ranges
 from ..policy.matchers import Matcher
 
 BUDGET = 20000  # entries each root lists at the most, directories too
@@ -94,21 +94,23 @@ class _Scopes:
     """Which directories the walk must enter: those below which some rule could match.
 
     A rule with roots is anchored at the start (`regex_root`), so all it can
-    match lies in RE2's range for it (`match_range`): `{home}/.git-credentials`
-    and `{home}/.config/gh/...` lie between `{home}/.a...` and `{home}/.z...`,
-    and `{home}/workspace` lies outside, so a repository there costs the
-    home directory's walk one entry, not its budget.  A rule RE2 cannot bound
-    enters everything under its roots.
+    match lies in RE2's ranges for its alternatives (`match_ranges`):
+    `{home}/.git-credentials` in one, `{home}/.config/gh/...` in another, and
+    `{home}/workspace` or `~/.pyenv` (120,000 files here) in none, so a
+    repository or a toolchain there costs the home directory's walk one
+    entry, not its budget.  A rule RE2 cannot bound enters everything under
+    its roots.
     """
 
     def __init__(self, matchers: Sequence[Matcher]) -> None:
         self._ranges: list[tuple[bytes, bytes, bytes | None]] = []
         for matcher in matchers:
-            bounds = match_range(matcher.regex)
-            low, high = bounds if bounds is not None else (b"", None)
+            bounds = match_ranges(matcher.regex)
+            ranges: list[tuple[bytes, bytes | None]] = [(b"", None)] if bounds is None else []
+            ranges += bounds or ()
             for root in matcher.roots or ():
                 if root != "/":
-                    self._ranges.append((os.fsencode(root), low, high))
+                    self._ranges += [(os.fsencode(root), low, high) for low, high in ranges]
 
     def enters(self, directory: bytes) -> bool:
         """Whether some rule whose root holds `directory` could match below it."""
