@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -157,3 +158,32 @@ def default_locations() -> Locations:
         state_dir=Path(env.get("AGENTSUP_STATE_DIR") or state_dir),
         runtime_dir=Path(env.get("AGENTSUP_RUNTIME_DIR") or runtime_dir),
     )
+
+
+def own_python(*args: str) -> list[str]:
+    """The command line of a helper agentsup starts in its own Python (the watchdog,
+    the egress proxy's resolver), isolated: `-I` keeps the current directory,
+    PYTHONPATH and the user's site-packages off its import path.  Started from
+    the workspace, as root, `-m` would import a package the agent planted there
+    before its own (red team 37); start it from `/` too.
+    """
+    return [sys.executable, "-I", *args]
+
+
+def own_user_site() -> str | None:
+    """The user's site-packages where agentsup's own Python reads it (not in a
+    virtual environment, nor under -s or -I), there yet or not: a `.pth` file
+    written there runs in the next agentsup, as root, before any check."""
+    import site
+
+    return site.getusersitepackages() if site.ENABLE_USER_SITE else None
+
+
+def own_import_path() -> list[str]:
+    """Where agentsup's own Python finds code: its import path (its prefixes,
+    PYTHONPATH, editable installs) and its user site-packages, there or not."""
+    found = [entry for entry in sys.path if os.path.isabs(entry)]
+    user_site = own_user_site()
+    if user_site is not None:
+        found.append(user_site)
+    return list(dict.fromkeys(found))

@@ -10,7 +10,7 @@ import urllib.parse
 
 import pyotp
 import pytest
-from conftest import TRY, Sandbox, agent_reports
+from conftest import TRY, Sandbox, agent_reports, both_paths, fastpath_env
 
 from agentsup.kernel.proc import process_state
 
@@ -178,3 +178,71 @@ def test_the_agent_cannot_reach_the_control_socket(sandbox: Sandbox) -> None:
     assert result.stdout.strip() == "refused 1"
     record = next(r for r in sandbox.audit_records() if r.get("rule") == "agentsup-self-protection")
     assert record["severity"] == "critical"
+
+
+VIOLATION = """
+name: violation
+extends: [strict]
+rules:
+  - id: no-prod-data
+    actions: [file_read]
+    target: "{home}/prod/**"
+    decision: deny
+    on_violation: sigstop
+    priority: 5
+"""
+
+
+@both_paths
+@pytest.mark.parametrize("verb", ["resume", "deny"])
+def test_a_violation_stop_continues_once_with_the_action_refused(
+    sandbox: Sandbox, native: bool, verb: str
+) -> None:
+    """New user 17: after `resume` (or `deny`) of a sigstop violation the agent
+    was stopped again on the same action, over and over.  The stop had come
+    before the refusal, so the kernel reissued the refused syscall after
+    SIGCONT.  The syscall is refused first, then the tree stops: once."""
+    secret = totp_secret(sandbox)
+    data = sandbox.home / "prod" / "db.csv"
+    data.parent.mkdir()
+    data.write_text("rows")
+    policy = sandbox.policy("violation", VIOLATION)
+    proc = subprocess.Popen(
+        sandbox.command(
+            "python3",
+            TRY,
+            "read",
+            str(data),
+            "then",
+            "write",
+            f"{sandbox.workspace}/after",
+            policy=policy,
+            agent_id="reader",
+        ),
+        env={**sandbox.env, **fastpath_env(native)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        pending = wait_for_pending(sandbox)
+        assert [p["rule"] for p in pending] == ["no-prod-data"]
+        deadline = time.monotonic() + 5
+        while tree_states(sandbox) != ["T"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert tree_states(sandbox) == ["T"]
+        if verb == "resume":
+            answered = sandbox.agentsup("resume", "reader", "--code", pyotp.TOTP(secret).now())
+        else:
+            answered = sandbox.agentsup("deny", "reader")
+        assert answered.returncode == 0, answered.stderr
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert [r["result"] for r in agent_reports(out)] == ["EACCES", "ok"]
+    assert err.count("stopped agent 'reader'") == 1, err
+    stops = [r for r in sandbox.audit_records() if r.get("signal") == "SIGSTOP"]
+    assert len(stops) == 1, stops

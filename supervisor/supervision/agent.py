@@ -38,7 +38,7 @@ from ..kernel.landlock import landlock_abi
 from ..kernel.namespaces import own_sockets_here
 from ..kernel.privileges import UserSpec, lookup_user
 from ..kernel.seccomp import filter_program
-from ..paths import Locations
+from ..paths import Locations, own_import_path
 from ..policy import floor
 from ..policy.cache import compile_policy_cached, resolve_policy_cached
 from ..policy.engine import (
@@ -898,11 +898,13 @@ class Agent:
         package = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         keep = [workspace, kept_home, hook_socket or ""]
         # agentsup's own Python and code, wherever they are (a project's .venv
-        # in the workspace too): a .pth file written there would run in the
-        # next agentsup, as root, before any supervision.  sys.prefix is also
+        # in the workspace too), and every directory it imports from (the
+        # user's site-packages: red team 37): a .pth file written there would
+        # run in the next agentsup, as root, before any supervision.  sys.prefix is also
         # a virtualenv's root (pyvenv.cfg, bin/python), which the realpath of
         # its python leaves behind: kept in a private /tmp, it must be there.
         read_only = [sys.executable, package, sys.prefix, sys.base_prefix]
+        read_only += [path for path in own_import_path() if os.path.isdir(path)]
         # The program too, read-only, unless it comes with the workspace or the
         # home: bound back into a private /tmp, a host file (a symlink's target
         # anywhere) would be written under a name the policy takes for the
@@ -1057,6 +1059,7 @@ class Agent:
 
             self.egress = egress.EgressProxy(self.loop, launched.egress, judge, self.audit)
         judge.on_hold = self._on_hold
+        judge.after_answer = lambda callback: self._call_later(0, callback)
         if self.request.cpus == "auto" and self.group is not None:
             from . import placement
 

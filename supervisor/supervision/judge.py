@@ -36,7 +36,7 @@ from ..events import (
 )
 from ..kernel import cgroup as cgroups
 from ..kernel.proc import process_group, thread_group_id
-from ..paths import Locations
+from ..paths import Locations, own_user_site
 from ..policy import CompiledPolicy, RateLimiter
 from ..policy.engine import MoveEscape, PlainTables
 from ..policy.floor import FloorCheck, floor_prefixes, floor_reaches, floor_verdict
@@ -548,6 +548,13 @@ class Judge:
         self.protected_write = tuple(
             os.path.realpath(p) for p in config.locations.protected_paths()
         )
+        # The user site-packages of agentsup's own Python, there yet or not (it
+        # is read-only to the agent where it is): refused, not killed, since
+        # `pip install --user` goes there in good faith.
+        user_site = own_user_site()
+        self._user_site = os.path.realpath(user_site) if user_site else None
+        if self._user_site is not None:
+            self.protected_write += (self._user_site,)
         self.protected_read = tuple(os.path.realpath(p) for p in config.locations.secret_paths())
         self._supervisor_procs: tuple[str, ...] = (f"/proc/{os.getpid()}",)
         self._guards = self._guard_prefixes()
@@ -564,6 +571,10 @@ class Judge:
         self._warnings_said: Counter[str] = Counter()  # per rule id
         # Called by the supervisor to arm approval timeouts and report state.
         self.on_hold: Callable[[Pending], None] = lambda pending: None
+        # Runs a callable once the event being judged has been answered (the
+        # supervisor's loop, soon); None: at once.  A violation's SIGSTOP waits
+        # for it (`_hold`).
+        self.after_answer: Callable[[Callable[[], None]], object] | None = None
 
     def __repr__(self) -> str:
         return f"<Judge {self.agent_id!r} pid={self.main_pid} {self.state}>"
@@ -706,11 +717,18 @@ class Judge:
             prefix for prefix in prefixes
             if probe.startswith(prefix) or (moving and prefix.startswith(probe))
         )[:-1]  # fmt: skip
+        message = "agentsup's own policy, audit, state and runtime files are off limits"
+        if root == self._user_site:
+            mode = ViolationMode.BLOCK
+            message = (
+                "agentsup's Python reads this user site-packages when it starts, as root: "
+                "what is written there would run in the next agentsup"
+            )
         return Decision(
             verdict=Verdict.DENY,
             rule_id=SELF_PROTECTION_RULE,
             severity=Severity.CRITICAL,
-            message="agentsup's own policy, audit, state and runtime files are off limits",
+            message=message,
             on_violation=mode,
             reason=f"target is inside {root}",
         )
@@ -1179,9 +1197,23 @@ class Judge:
         self.state = (
             AgentState.AWAITING_APPROVAL if kind == "approval" else AgentState.STOPPED_VIOLATION
         )
-        self.signal_tree(
-            signal.SIGSTOP, f"{kind}: rule {decision.rule_id}", rule=decision.rule_id, event=event
-        )
+
+        def stop() -> None:
+            if self.pending.get(request_id) is pending:  # not settled or ended meanwhile
+                self.signal_tree(
+                    signal.SIGSTOP, f"{kind}: rule {decision.rule_id}", rule=decision.rule_id,
+                    event=event,
+                )  # fmt: skip
+
+        # A held approval's syscall is left unanswered: the stop interrupts it and
+        # the kernel reissues it after SIGCONT, when the grant answers it.  A
+        # violation's is refused now, and a stop that came first would make the
+        # kernel reissue it, to be judged and stopped again after every resume
+        # (new user 17): the tree stops once it has been answered.
+        if kind == "violation" and self.after_answer is not None:
+            self.after_answer(stop)
+        else:
+            stop()
         if kind == "approval":
             self.say(
                 f"agent '{self.agent_id}' is stopped, waiting for approval of {event.action} "

@@ -26,6 +26,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from ..paths import own_python
 from .loop import EventLoop
 
 HOSTS_ENV = "AGENTSUP_EGRESS_HOSTS"
@@ -89,7 +90,8 @@ class Resolver:
     def _start(self) -> subprocess.Popen[bytes]:
         if self._proc is None:
             self._proc = subprocess.Popen(
-                [sys.executable, "-c", "from agentsup.supervision.resolver import main; main()"],
+                own_python("-c", "from agentsup.supervision.resolver import main; main()"),
+                cwd="/",
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,

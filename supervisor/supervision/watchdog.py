@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from ..kernel.cgroup import kill_groups, remove_groups
+from ..paths import own_python
 
 if TYPE_CHECKING:
     import subprocess
@@ -47,11 +48,12 @@ def spawn_watchdog(supervisor_pid: int, cgroup: AgentCgroup) -> subprocess.Popen
     """
     import subprocess
 
-    command = [sys.executable, "-m", "agentsup.supervision.watchdog", "--pid", str(supervisor_pid)]
+    command = own_python("-m", "agentsup.supervision.watchdog", "--pid", str(supervisor_pid))
     for path in cgroup.paths:
         command += ["--group", path]
     return subprocess.Popen(
         command,
+        cwd="/",
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         close_fds=True,
