@@ -233,6 +233,26 @@ def test_network_direct_warns_of_connect_rules_that_name_hosts(tmp_path: Path) -
     assert proxied.warnings == ()
 
 
+def test_an_address_rule_that_makes_the_network_the_hosts_says_so(tmp_path: Path) -> None:
+    """New user 17: `127.0.0.1:8765` allowed for the agent's own server gave it
+    the host's network (no `network:` key: an address rule means direct), and
+    nothing said so; it read a host server's secret on that port."""
+    rule = (
+        "  - {id: local, actions: [network_connect], target: '127.0.0.1:8765', decision: allow}\n"
+    )
+    (warning,) = load_policy_text(f"name: m\nrules:\n{rule}", policy_dir=tmp_path).warnings
+    assert warning.startswith("<string>:3:5: warning: rule 'local' allows connects to an address")
+    assert "shares the host's network" in warning and "network: proxy" in warning
+    for key in ("direct", "proxy"):  # said in so many words: nothing to warn of
+        text = f"name: m\nnetwork: {key}\nrules:\n{rule}"
+        assert load_policy_text(text, policy_dir=tmp_path).warnings == ()
+    own = "  - {id: own, actions: [network_connect], pattern: '^(?:127\\.0\\.0\\.1):\\d+$', "
+    own += "decision: allow}\n"
+    assert load_policy_text(f"name: m\nrules:\n{own}", policy_dir=tmp_path).warnings == ()
+    refused = rule.replace("allow", "deny")
+    assert load_policy_text(f"name: m\nrules:\n{refused}", policy_dir=tmp_path).warnings == ()
+
+
 def _compiled(tmp_path: Path, rules: str, default: str = "deny") -> CompiledPolicy:
     text = f"name: m\ndefault: {default}\non_violation: block\nrules:\n{rules}"
     policy = load_policy_text(text, policy_dir=tmp_path)

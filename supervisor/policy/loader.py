@@ -55,6 +55,7 @@ from .model import (
     PolicyError,
     Rule,
     SourceLocation,
+    connects_to_an_ip_literal,
 )
 from .sources import (
     PolicySource,
@@ -244,7 +245,22 @@ def _network_warnings(network: str | None, rules: list[Rule]) -> tuple[str, ...]
 
     Direct connects are judged per syscall by `IP:PORT`; names are seen only
     by the egress proxy.  A rule whose target starts with a letter names a host.
+    Without the key, a rule allowing an IP literal makes the network `direct`:
+    said, since it gives the agent the host's network (new user 17 allowed
+    `127.0.0.1:8765` for the agent's own server and reached the host's).
     """
+    if network is None:
+        for rule in rules:
+            if rule.decision is not Verdict.DENY and connects_to_an_ip_literal(rule):
+                text = (rule.target or rule.pattern or "")[:60]
+                return (
+                    f"{rule.source}: warning: rule '{rule.id}' allows connects to an address "
+                    f"({text}), so with no `network:` key the agent shares the host's network "
+                    "(network: direct) and reaches what listens there, the host's loopback "
+                    "included; for the agent's own servers only, set network: proxy (its "
+                    "loopback is then its own); network: direct says this is meant",
+                )
+        return ()
     if network != "direct":
         return ()
     found: list[str] = []

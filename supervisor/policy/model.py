@@ -116,6 +116,16 @@ class Rule(NamedTuple):
     source: SourceLocation = SourceLocation("<memory>", 1, 1)
 
 
+def connects_to_an_ip_literal(rule: Rule) -> bool:
+    """Whether `rule` names connects by address (`127.0.0.1:8080`, `[::1]:80`),
+    not by host name: without a `network:` key such a rule means the host's
+    network (`direct`).  A bind to an ephemeral port (`:0`) is not a way out."""
+    text = (rule.target or rule.pattern or "").lstrip("^")
+    if ActionType.NETWORK_CONNECT not in rule.actions or text.endswith(":0"):
+        return False
+    return text[:1].isdigit() or text.startswith(("[", "\\["))
+
+
 class EnvPolicy(NamedTuple):
     """Which variables the agent receives: listed in `pass_` and not in `deny`.
 

@@ -63,6 +63,7 @@ from ..events import (
 )
 from ..hooks import _mapping as mapping
 from ..policy import CompiledPolicy
+from ..policy.model import connects_to_an_ip_literal
 from ..visible import cut_text
 from .loop import EventLoop
 from .resolver import Resolver
@@ -157,14 +158,11 @@ def network_mode(policy: CompiledPolicy) -> str:
     if policy.policy.network is not None:
         return policy.policy.network
     for rule in policy.rules:
-        if not rule.applies or ActionType.NETWORK_CONNECT not in rule.rule.actions:
-            continue
-        if not response_for(rule.decision).proceeds:
-            continue
-        text = (rule.rule.target or rule.rule.pattern or "").lstrip("^")
-        if text.endswith(":0"):
-            continue  # a bind to an ephemeral port (socketpair emulation), not a way out
-        if text[:1].isdigit() or text.startswith(("[", "\\[")):
+        if (
+            rule.applies
+            and connects_to_an_ip_literal(rule.rule)
+            and response_for(rule.decision).proceeds
+        ):
             return "direct"
     return "proxy"
 
