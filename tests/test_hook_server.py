@@ -251,13 +251,16 @@ def test_reply_from_decision() -> None:
     decision = Decision(
         Verdict.DENY, "no-post", Severity.HIGH, "no posts", ViolationMode.SIGWARN, ""
     )
-    assert HookReply.from_decision(decision) == HookReply(
+    assert HookReply.from_decision(decision, Response.WARN) == HookReply(
         True, "no-post", "no posts", Response.WARN
     )
     killed = Decision(Verdict.DENY, "no-post", Severity.HIGH, "", ViolationMode.SIGKILL, "glob")
-    assert HookReply.from_decision(killed) == HookReply(False, "no-post", "glob", Response.KILL)
+    reply = HookReply.from_decision(killed, Response.KILL)
+    assert reply == HookReply(False, "no-post", "glob", Response.KILL)
+    # --shadow: the judge let a refused action go, and so does the reply.
+    assert HookReply.from_decision(killed, Response.ALLOW).allowed
     held = Decision(Verdict.REQUIRE_APPROVAL, "ask", Severity.LOW, "", ViolationMode.BLOCK, "")
-    assert HookReply.from_decision(held, approved=True).allowed
+    assert HookReply.from_decision(held, Response.ALLOW).allowed
 
 
 @pytest.mark.parametrize(

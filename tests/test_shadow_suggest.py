@@ -260,3 +260,31 @@ def test_suggest_for_an_agent_with_no_run_answers_in_json(sandbox: Sandbox) -> N
         "error": "policy suggest: no run of agent 'nosuch' in the audit log",
         "exit_code": 1,
     }
+
+
+HOOKED_REQUEST = """
+import urllib.error, urllib.request
+try:
+    urllib.request.urlopen("http://127.0.0.1:9/calc.py", timeout=5)
+except PermissionError as exc:
+    print("refused by agentsup:", exc)
+except (urllib.error.URLError, OSError) as exc:
+    print("went ahead:", exc)
+"""
+
+
+@pytest.mark.requires_seccomp_notify
+@pytest.mark.requires_landlock
+def test_shadow_lets_what_the_hook_refuses_go_too(sandbox: Sandbox) -> None:
+    """New user 17: under --shadow the audit log said a Python agent's request
+    was let go (`would_deny`), and the hook refused it all the same: the
+    learning run stopped early.  The hook's reply is what the judge did."""
+    result = sandbox.run("python3", "-c", HOOKED_REQUEST, agent_id="learner", extra=["--shadow"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "went ahead:" in result.stdout, result.stdout + result.stderr[-2000:]
+    hooked = [
+        r
+        for r in sandbox.audit_records()
+        if r.get("layer") == "hook" and r.get("action_type") == "network_request"
+    ]
+    assert hooked and all(r["would_deny"] and r["response"] == "allow" for r in hooked), hooked

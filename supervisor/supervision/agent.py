@@ -1214,13 +1214,14 @@ class Agent:
         held: list[Decision] = []
 
         def answer(approved: bool) -> None:
-            hooks.reply_later(token, HookReply.from_decision(held[0], approved=approved))
+            given = Response.ALLOW if approved else Response.BLOCK
+            hooks.reply_later(token, HookReply.from_decision(held[0], given))
 
         decision, response = judge.judge_event(event, request.pid, on_settle=answer)
         if response is Response.HOLD:
             held.append(decision)
             return None
-        return HookReply.from_decision(decision)
+        return HookReply.from_decision(decision, response)
 
     def _on_tamper(self, pid: int, reason: str) -> None:
         assert self.judge is not None

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..control.endpoint import listen_unix
-from ..events import ActionType, Decision, Event, Layer, Response, response_for
+from ..events import ActionType, Decision, Event, Layer, Response
 from ..hooks import _protocol as protocol
 from ..kernel.proc import within_fd_share
 
@@ -86,15 +86,13 @@ class HookReply(NamedTuple):
     response: Response
 
     @classmethod
-    def from_decision(cls, decision: Decision, approved: bool | None = None) -> HookReply:
-        """The reply for an engine decision, or for a person's answer to a held one."""
-        if approved is None:
-            response = response_for(decision)
-            allowed = response.proceeds
-        else:
-            allowed = approved
-            response = Response.ALLOW if approved else Response.BLOCK
-        return cls(allowed, decision.rule_id, decision.message or decision.reason, response)
+    def from_decision(cls, decision: Decision, response: Response) -> HookReply:
+        """The reply for a decision and what the judge did about it: its own
+        response (`--shadow` lets a refused action go), or a person's answer
+        to a held one (ALLOW or BLOCK)."""
+        return cls(
+            response.proceeds, decision.rule_id, decision.message or decision.reason, response
+        )
 
     def to_message(self, request_id: int) -> dict[str, Any]:
         return {
