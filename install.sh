@@ -24,6 +24,13 @@ case "${1:-}" in
     *) echo "usage: $0 [--test]" >&2; exit 2 ;;
 esac
 
+# A PREFIX of the caller's is a private installation: nothing outside it and
+# BINDIR is written (no unit, completion or /etc/agentsup), root or not.
+system=no
+if [ "$(id -u)" -eq 0 ] && [ -z "${PREFIX:-}" ]; then
+    system=yes
+fi
+
 if [ "$(id -u)" -eq 0 ]; then
     PREFIX=${PREFIX:-/opt/agentsup}
     BINDIR=${BINDIR:-/usr/local/bin}
@@ -67,7 +74,11 @@ mkdir -p "$BINDIR"
 ln -sf "$PREFIX/bin/agentsup" "$BINDIR/agentsup"
 say "linked $BINDIR/agentsup -> $PREFIX/bin/agentsup"
 
-if [ "$(id -u)" -eq 0 ]; then
+if [ "$system" = no ] && [ "$(id -u)" -eq 0 ]; then
+    say "PREFIX was given: no systemd unit, completion or /etc/agentsup installed" \
+        "(leave PREFIX unset for those)"
+fi
+if [ "$system" = yes ]; then
     install -d -m 0755 /etc/agentsup /etc/agentsup/agents
     unit=/etc/systemd/system/agentsup.service
     if [ -d /etc/systemd/system ]; then

@@ -116,3 +116,56 @@ def test_the_unit_keeps_what_the_daemon_needs() -> None:
         assert capability in settings["CapabilityBoundingSet"]
     denied = settings["SystemCallFilter"]
     assert denied.startswith("~") and not {"@mount", "@debug", "@privileged"} & set(denied.split())
+
+
+# A Python for install.sh that makes a stub environment: its python and
+# agentsup log how they are called, and do nothing else.
+STUB_PYTHON = """#!/bin/sh
+echo "python $*" >> "$STUB_LOG"
+if [ "$1" = -m ] && [ "$2" = venv ]; then
+    mkdir -p "$3/bin"
+    for tool in python agentsup; do
+        printf '#!/bin/sh\\necho "%s $*" >> "%s"\\ncat >/dev/null 2>&1 </dev/null\\n' \\
+            "$tool" "$STUB_LOG" > "$3/bin/$tool"
+        chmod +x "$3/bin/$tool"
+    done
+fi
+"""
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="no unshare(1)")
+def test_a_prefix_given_as_root_is_a_private_installation(tmp_path: Path) -> None:
+    """New user 17: `PREFIX=... BINDIR=... ./install.sh` as root still wrote
+    /etc/agentsup, the completions and the systemd unit, repointing the
+    host's service at the new environment.  Run in a mount namespace of its
+    own, over empty system directories, so a regression writes nothing real."""
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("install.sh's system installation is root's")
+    stub = tmp_path / "python3"
+    stub.write_text(STUB_PYTHON)
+    stub.chmod(0o755)
+    log = tmp_path / "calls.log"
+    covered = ["/etc", "/usr/share/bash-completion", "/usr/local/share"]
+    mounts = "; ".join(f"mount -t tmpfs none {path}" for path in covered if os.path.isdir(path))
+    script = f"{mounts}; cd {ROOT} && ./install.sh && find /etc /usr/local/share -mindepth 1"
+    done = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+        env={
+            "PATH": os.environ["PATH"],
+            "PYTHON": str(stub),
+            "PREFIX": str(tmp_path / "venv"),
+            "BINDIR": str(tmp_path / "bin"),
+            "STUB_LOG": str(log),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "no systemd unit, completion or /etc/agentsup installed" in done.stdout
+    listed = done.stdout.split("install.sh: done:")[-1].split()
+    assert listed == [], listed  # nothing written in /etc or /usr/local/share
+    assert (tmp_path / "bin" / "agentsup").is_symlink()
+    assert "agentsup completion" not in log.read_text()
