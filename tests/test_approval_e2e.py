@@ -190,6 +190,7 @@ rules:
     decision: deny
     on_violation: sigstop
     priority: 5
+    message: production data, ask the on-call
 """
 
 
@@ -244,5 +245,19 @@ def test_a_violation_stop_continues_once_with_the_action_refused(
     assert proc.returncode == 0, err
     assert [r["result"] for r in agent_reports(out)] == ["EACCES", "ok"]
     assert err.count("stopped agent 'reader'") == 1, err
+    assert "(production data, ask the on-call)" in err, err
     stops = [r for r in sandbox.audit_records() if r.get("signal") == "SIGSTOP"]
     assert len(stops) == 1, stops
+
+
+def test_a_policy_that_waits_for_a_person_says_when_no_one_can_resume(sandbox: Sandbox) -> None:
+    """New user 17: without a TOTP secret a stopped agent cannot be resumed,
+    and that was first said at the resume; now at the start."""
+    policy = sandbox.policy("violation", VIOLATION)
+    started = sandbox.run("true", policy=policy)
+    assert started.returncode == 0, started.stderr
+    assert "rule 'no-prod-data' can stop the agent" in started.stderr
+    assert "agentsup totp init" in started.stderr
+    totp_secret(sandbox)
+    again = sandbox.run("true", policy=policy)
+    assert "can stop the agent" not in again.stderr, again.stderr

@@ -181,6 +181,16 @@ def moved_caches(
     return moved
 
 
+def _waits_for_a_person(policy: CompiledPolicy) -> str:
+    """The id of the first rule (or the default) that stops the agent for a
+    person (`sigstop`, `require_approval`), or ""."""
+    waiting = (Response.STOP, Response.HOLD)
+    for rule in policy.rules:
+        if rule.applies and response_for(rule.decision) in waiting:
+            return rule.rule.id
+    return "default" if response_for(policy.default_decision) in waiting else ""
+
+
 def starting_directory(workspace: str, cwd: str | None) -> str:
     """Where the agent starts: the caller's directory when it lies in the
     workspace (`cd repo && agentsup run -- git status`, as `docker run -w`
@@ -739,6 +749,14 @@ class Agent:
         compiled = compile_policy_cached(resolved, self._context, self.locations.state_dir)
         for warning in policy.warnings:
             say(warning)  # already "file:line:col: warning: ..."
+        waiting = _waits_for_a_person(compiled)
+        if waiting and not self.locations.totp_secret.exists():
+            # Said now, not when someone first tries to resume (new user 17).
+            say(
+                f"warning: rule '{waiting}' can stop the agent until a person resumes it, "
+                "and there is no TOTP secret yet: `agentsup resume` cannot work until "
+                "`agentsup totp init` (`agentsup deny` and `kill` can)"
+            )
 
         if not _has_seccomp_notify():
             raise SetupError(

@@ -1214,18 +1214,19 @@ class Judge:
             self.after_answer(stop)
         else:
             stop()
+        why = f" ({decision.message})" if decision.message else ""  # the rule's own words
         if kind == "approval":
             self.say(
                 f"agent '{self.agent_id}' is stopped, waiting for approval of {event.action} "
-                f"{event.target} (rule '{decision.rule_id}'). Approve: agentsup resume "
+                f"{event.target} (rule '{decision.rule_id}'){why}. Approve: agentsup resume "
                 f"{self.agent_id} --code <TOTP>   refuse: agentsup deny {self.agent_id}"
             )
         else:
             self.say(
                 f"stopped agent '{self.agent_id}': rule '{decision.rule_id}' denied "
-                f"{event.action} {cut_text(event.target, SAID_TARGET_CHARS)}. Continue (the "
-                f"action stays denied): agentsup resume {self.agent_id} --code <TOTP>   "
-                f"end it: agentsup kill {self.agent_id}"
+                f"{event.action} {cut_text(event.target, SAID_TARGET_CHARS)}{why}. Continue "
+                f"(the action stays denied): agentsup resume {self.agent_id} --code <TOTP> "
+                f"(or agentsup deny {self.agent_id})   end it: agentsup kill {self.agent_id}"
             )
         self.on_hold(pending)
 
