@@ -114,6 +114,25 @@ def test_show_prints_a_table_for_people(logged: Path, capsys: pytest.CaptureFixt
     ]  # fmt: skip
     assert len(lines) == 1 + len(RECORDS)
     assert "rm -rf /" in lines[3] and "no-rm" in lines[3] and "critical" in lines[3]
+    # What a record that is not a decision is, in the decision column (new user 17).
+    assert lines[4].split()[-3:] == ["SIGKILL", "no-rm", "-"]
+    assert lines[6].split()[-3:] == ["approved", "ask-net", "-"]
+
+
+def test_show_cuts_the_target_to_a_terminal_and_never_in_a_pipe(
+    locations: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New user 17: targets were cut at 40 characters even when piped."""
+    long = "/srv/project/" + "deep/" * 20 + "settings.ini"
+    with AuditLog.open(default_locations()) as log:
+        log.append({**RECORDS[1], "target": long})
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert run("audit", "show") == 0
+    assert long in capsys.readouterr().out  # stdout is not a terminal here
+    monkeypatch.setenv("COLUMNS", "200")
+    assert run("audit", "show") == 0
+    row = capsys.readouterr().out.splitlines()[1]
+    assert long not in row and long[:60] in row and len(row) <= 200
 
 
 def show_json(capsys: pytest.CaptureFixture[str], *options: str) -> list[dict[str, object]]:

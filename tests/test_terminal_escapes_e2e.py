@@ -98,6 +98,7 @@ def test_a_command_line_cannot_hide_itself_from_the_person_who_approves_it(
     assert not RAW_CONTROL.search(err), err
     assert (sandbox.workspace / "precious").exists()
 
+    sandbox.env["COLUMNS"] = "160"  # the target's column is 40 wide
     show = sandbox.agentsup("audit", "show", "--agent", "spoof")
     assert not RAW_CONTROL.search(show.stdout), show.stdout
     # Cut to its column after escaping: between escapes, never inside one.

@@ -21,7 +21,7 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ from ..integrity.audit import (
 )
 from ..paths import default_locations
 from ..visible import visible, visible_cut, visible_lines
-from .output import report_error, wants_json
+from .output import report_error, terminal_columns, wants_json
 
 EXIT_OK = 0
 EXIT_FAIL = 1
@@ -162,13 +162,50 @@ def select(
         yield record
 
 
-def _cell(value: object, width: int) -> str:
-    """`value` made `visible`, cut to `width` after that (never inside an escape), padded."""
-    return visible_cut("-" if value is None else str(value), width).ljust(width)
+def _cell(value: object, width: int | None) -> str:
+    """`value` made `visible`, cut to `width` after that (never inside an escape),
+    padded; whole where `width` is None."""
+    text = "-" if value is None else str(value)
+    if width is None:
+        return visible(text).ljust(_LEAST_TARGET)
+    return visible_cut(text, width).ljust(width)
 
 
-def format_row(values: Iterable[object]) -> str:
-    cells = (_cell(value, width) for value, (_, width) in zip(values, SHOW_COLUMNS, strict=True))
+_LEAST_TARGET = 40
+
+
+def show_widths(columns: int | None) -> list[int | None]:
+    """Each column's width for a terminal `columns` wide: the target takes what
+    the others leave (40 at least); to a pipe (None) it is never cut."""
+    fixed = sum(width for name, width in SHOW_COLUMNS if name != "target") + len(SHOW_COLUMNS)
+    target = None if columns is None else max(_LEAST_TARGET, columns - fixed)
+    return [target if name == "target" else width for name, width in SHOW_COLUMNS]
+
+
+def shown_values(record: Mapping[str, object]) -> list[object]:
+    """A record's cells: a record that is not a decision says what it is in the
+    decision column (the signal, the approval's outcome, the lifecycle event
+    and exit status) rather than `-`."""
+    shown = dict(record)
+    kind = record.get("kind")
+    if kind == "signal":
+        shown["decision"] = record.get("signal")
+    elif kind == "approval":
+        # A held action's answer (`deny (denied)`), or an operator's command (`resume (ok)`).
+        said = record.get("decision") or record.get("op")
+        shown["decision"] = f"{said} ({record.get('outcome')})" if said else record.get("outcome")
+    elif kind != "decision" and record.get("event") is not None:
+        what = str(record.get("event"))
+        if record.get("exit_code") is not None:
+            what += f" {record.get('exit_code')}"
+        shown["decision"] = what
+        shown["rule"] = record.get("rule") or record.get("killed_by")
+    return [shown.get(name) for name, _ in SHOW_COLUMNS]
+
+
+def format_row(values: Iterable[object], widths: Sequence[int | None] | None = None) -> str:
+    widths = widths or [width for _, width in SHOW_COLUMNS]
+    cells = (_cell(value, width) for value, width in zip(values, widths, strict=True))
     return " ".join(cells).rstrip()
 
 
@@ -344,9 +381,10 @@ def cmd_show(args: argparse.Namespace) -> int:
             for record in chosen:
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
         else:
-            out.write(format_row(name for name, _ in SHOW_COLUMNS) + "\n")
+            widths = show_widths(terminal_columns())
+            out.write(format_row((name for name, _ in SHOW_COLUMNS), widths) + "\n")
             for record in chosen:
-                out.write(format_row(record.get(name) for name, _ in SHOW_COLUMNS) + "\n")
+                out.write(format_row(shown_values(record), widths) + "\n")
     except OSError as exc:
         if isinstance(exc, BrokenPipeError):
             raise

@@ -46,7 +46,13 @@ class _InspectOnFirstUse(types.ModuleType):
 
 sys.modules.setdefault("inspect", _InspectOnFirstUse("inspect"))
 
-from .output import CommandError, json_flag_given, report_error, wants_json  # noqa: E402
+from .output import (  # noqa: E402
+    CommandError,
+    json_flag_given,
+    report_error,
+    terminal_columns,
+    wants_json,
+)
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -66,21 +72,6 @@ COMMAND_MODULES = (
 )
 
 
-def _columns() -> int:
-    """The terminal's width as shutil.get_terminal_size() gives it: $COLUMNS, the
-    width of stdout's terminal, else 80."""
-    try:
-        columns = int(os.environ.get("COLUMNS", "0"))
-    except ValueError:
-        columns = 0
-    if columns <= 0:
-        try:
-            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
-        except (AttributeError, ValueError, OSError):
-            columns = 0
-    return columns if columns > 0 else 80
-
-
 class _Formatter(argparse.HelpFormatter):
     """argparse's own, given the width: unasked, it imports shutil (with bz2 and lzma,
     ~2 ms of every `agentsup run`) for it, at the first add_argument."""
@@ -92,7 +83,9 @@ class _Formatter(argparse.HelpFormatter):
         max_help_position: int = 24,
         width: int | None = None,
     ) -> None:
-        super().__init__(prog, indent_increment, max_help_position, width or _columns() - 2)
+        super().__init__(
+            prog, indent_increment, max_help_position, width or (terminal_columns() or 80) - 2
+        )
 
 
 class UsageParser(argparse.ArgumentParser):
