@@ -114,3 +114,52 @@ def test_moving_a_directory_above_agentsups_files_is_fatal(sandbox: Sandbox) -> 
     assert result.returncode == 137, result.stderr
     assert "rule 'agentsup-self-protection'" in result.stderr
     assert sandbox.policy_dir.is_dir() and not moved.exists()
+
+
+LOCK_EVERYTHING = """
+import fcntl, os, sys, time
+held = []
+for name in os.listdir(sys.argv[1]):
+    try:
+        fd = os.open(os.path.join(sys.argv[1], name), os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.append(name)
+    except OSError:
+        pass
+print("holding", sorted(held), flush=True)
+time.sleep(6)
+"""
+
+
+def test_an_agent_that_may_read_the_audit_logs_directory_cannot_freeze_supervisors(
+    sandbox: Sandbox,
+) -> None:
+    """Red team 36: under `permissive` an agent flock-ed the lock beside the
+    audit log, and every supervisor writing that log froze at its next record
+    (its `ps` and `kill` unanswered).  The lock lies beside the head, in the
+    state directory, which no agent may read."""
+    sandbox.run("true")  # the log, its head and its lock exist
+    locker = subprocess.Popen(
+        sandbox.command(
+            "python3",
+            "-c",
+            LOCK_EVERYTHING,
+            str(sandbox.audit_log.parent),
+            policy="permissive",
+            agent_id="locker",
+        ),
+        env=sandbox.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert locker.stdout is not None
+        assert locker.stdout.readline().startswith("holding")
+        # Another supervisor on the same log, with records to write.
+        other = sandbox.run("python3", TRY, "read", str(sandbox.key), agent_id="other", timeout=5)
+        assert other.returncode == 137, other.stderr
+    finally:
+        locker.kill()
+        locker.communicate()
+    assert sandbox.agentsup("audit", "verify").returncode == 0

@@ -26,7 +26,7 @@ the log lacks: losing unflushed records is not reported as tampering, losing
 any flushed record is.
 
 Concurrency.  Several processes may append to one log.  Each append (or
-`append_many` batch) holds an exclusive `flock` on `<log>.lock` beside the log,
+`append_many` batch) holds an exclusive `flock` on `audit.lock` beside the head,
 re-reads the chain's tail if the log's inode or size is not what this writer
 last left, and writes whole lines with one `os.write`, so lines never
 interleave and the chain never forks.
@@ -859,8 +859,13 @@ class AuditLog:
         # flock does not exclude threads sharing the fd.  (threading.Lock is this;
         # `threading` itself is not imported before a run's agent starts.)
         self._mutex = _thread.allocate_lock()
+        # Beside the head, in the state directory, which no agent may read (red
+        # team 36: under `permissive` an agent flock-ed a lock beside the log and
+        # every supervisor writing that log froze at its next record).
         self._lock_fd = os.open(
-            path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+            head_path.with_suffix(".lock"),
+            os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
         )
         self._head_fd = os.open(
             head_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
