@@ -48,9 +48,24 @@ class Locations(NamedTuple):
     def policy_manifest(self) -> Path:
         return self.state_dir / "policy.manifest"
 
+    @property
+    def agents_dir(self) -> Path:
+        """Where the daemon reads its agent definitions: $AGENTSUP_AGENTS_DIR, else
+        `agents` beside the policy directory (/etc/agentsup/agents as root)."""
+        chosen = os.environ.get("AGENTSUP_AGENTS_DIR")
+        return Path(chosen) if chosen else self.policy_dir.parent / "agents"
+
     def protected_paths(self) -> tuple[Path, ...]:
-        """Paths the agent may never write, whatever the policy says."""
-        return (self.policy_dir, self.audit_log.parent, self.state_dir, self.runtime_dir)
+        """Paths the agent may never write, whatever the policy says.  The agents
+        directory too: a definition planted there runs as root at the next
+        SIGHUP, under a policy of its own choosing (red team 36)."""
+        return (
+            self.policy_dir,
+            self.audit_log.parent,
+            self.state_dir,
+            self.runtime_dir,
+            self.agents_dir,
+        )
 
     def secret_paths(self) -> tuple[Path, ...]:
         """Paths the agent may never even read."""

@@ -180,7 +180,18 @@ def test_a_cache_dir_open_to_others_is_not_used(dirs: tuple[Path, Path]) -> None
 
 def test_no_state_dir_no_cache(dirs: tuple[Path, Path]) -> None:
     resolved = resolve_policy_cached("child", dirs[0], None)
-    assert resolved == Resolved(resolve_policy("child", dirs[0]))
+    files = tuple(str((dirs[0] / name).resolve()) for name in ("child.yaml", "parent.yaml"))
+    assert resolved == Resolved(resolve_policy("child", dirs[0]), files=files)
+
+
+def test_a_cached_policy_names_the_files_it_was_read_from(dirs: tuple[Path, Path]) -> None:
+    """What a run guards against the agent's writes (Agent.prepare)."""
+    policies, state = dirs
+    missed = resolve_policy_cached("child", policies, state)
+    hit = resolve_policy_cached("child", policies, state)
+    assert hit.cached and not missed.cached
+    expected = {str((policies / name).resolve()) for name in ("child.yaml", "parent.yaml")}
+    assert set(hit.files) == set(missed.files) == expected
 
 
 def test_the_compiled_entry_gives_the_same_matchers(dirs: tuple[Path, Path]) -> None:

@@ -160,3 +160,59 @@ def test_unseal_edit_seal_reloads_the_running_agent(sandbox: Sandbox) -> None:
     finally:
         proc.kill()
         proc.communicate()
+
+
+HELD = """\
+name: held
+extends: [strict]
+rules:
+  - id: ask-first
+    actions: [file_write]
+    target: "{workspace}/asked.txt"
+    decision: require_approval
+    priority: 1
+"""
+
+
+def test_an_answer_to_a_held_action_does_not_lift_a_tamper_stop(sandbox: Sandbox) -> None:
+    """Red team 36 F6: the policy directory was tampered with while an agent
+    waited for approval; `deny` (no code), `resume` or the approval timeout
+    set it running again with the directory still tampered.  The answer
+    settles the held action, and the tree stays stopped until a re-seal."""
+    totp = Totp(sandbox)
+    held = sandbox.policy_dir / "held.yaml"
+    held.write_text(HELD)
+    seal(sandbox, totp)
+    asked = sandbox.workspace / "asked.txt"
+    proc = subprocess.Popen(
+        sandbox.command("sh", "-c", f"echo x > {asked}; echo after", policy="held", agent_id="h"),
+        env=sandbox.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while not json.loads(sandbox.agentsup("pending", "--json").stdout or "[]"):
+            assert time.monotonic() < deadline, "nothing became pending"
+            time.sleep(0.1)
+        subprocess.run(["chattr", "-i", str(held)], check=False)
+        held.chmod(0o644)
+        with held.open("a") as f:
+            f.write("  - {id: sneaky, actions: ['*'], target: '**', decision: allow}\n")
+        deadline = time.monotonic() + 5
+        tampered = "stopped: policy tampered"
+        while json.loads(sandbox.agentsup("ps", "--json").stdout)[0]["state"] != tampered:
+            assert time.monotonic() < deadline, sandbox.agentsup("ps").stdout
+            time.sleep(0.05)
+        denied = sandbox.agentsup("deny", "h")
+        assert denied.returncode == 0, denied.stderr
+        assert "stays stopped until the policy directory is re-sealed" in denied.stdout
+        time.sleep(0.5)
+        (agent,) = json.loads(sandbox.agentsup("ps", "--json").stdout)
+        assert agent["state"] == tampered
+        assert process_state(int(agent["pid"])) == "T"
+        assert not asked.exists()
+    finally:
+        proc.kill()
+        proc.communicate()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from conftest import TRY, Sandbox
+from conftest import TRY, Sandbox, agent_reports
 
 pytestmark = [pytest.mark.requires_seccomp_notify, pytest.mark.requires_landlock]
 
@@ -163,3 +163,36 @@ def test_an_agent_that_may_read_the_audit_logs_directory_cannot_freeze_superviso
         locker.kill()
         locker.communicate()
     assert sandbox.agentsup("audit", "verify").returncode == 0
+
+
+def test_the_policy_file_a_run_was_read_from_is_not_the_agents_to_change(
+    sandbox: Sandbox,
+) -> None:
+    """Red team 36 F1: `--policy ./pol.yaml` in the workspace, rewritten by the
+    agent to `extends: [permissive]`, was what the next reload (any edit in the
+    policy directory) or the daemon's restart read.  Refused, on record."""
+    policy = sandbox.workspace / "pol.yaml"
+    text = "name: pol\nextends: [strict]\n"
+    policy.write_text(text)
+    result = sandbox.run(
+        "python3", TRY, "write", str(policy), "then", "write", str(sandbox.workspace / "after"),
+        policy=str(policy),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert [r["result"] for r in agent_reports(result.stdout)] == ["EACCES", "ok"]
+    assert policy.read_text() == text
+    refused = [r for r in sandbox.audit_records() if r.get("rule") == "agentsup-self-protection"]
+    assert refused and "policy file this run was read from" in str(refused[0]["message"])
+
+
+def test_a_definition_planted_for_the_daemon_is_fatal(sandbox: Sandbox) -> None:
+    """Red team 36 F2: an agent that may write beside the policy directory
+    planted `agents/b.yaml`, and the daemon's next SIGHUP ran it as root under
+    the policy it named.  The agents directory is agentsup's own."""
+    agents = sandbox.policy_dir.parent / "agents"
+    agents.mkdir(exist_ok=True)
+    planted = agents / "b.yaml"
+    result = sandbox.run("python3", TRY, "write", str(planted), policy="permissive")
+    assert result.returncode == 137, result.stderr
+    assert not planted.exists()
+    assert "agentsup-self-protection" in result.stderr

@@ -17,6 +17,8 @@ import shlex
 import signal
 from collections.abc import Callable
 
+from ..visible import visible
+
 NOTIFY_ENV = "AGENTSUP_NOTIFY"
 NOTIFY_TIMEOUT = 10.0
 
@@ -32,8 +34,11 @@ def send(
     details: dict[str, str],
     call_later: Callable[[float, Callable[[], None]], object],
 ) -> bool:
+    # The agent's text made `visible`: a NUL in a target (red team 36) cannot
+    # be an argument or a variable, and a person reads the rest.
+    message = visible(message)
     env = dict(os.environ)
-    env.update({f"AGENTSUP_NOTIFY_{key.upper()}": value for key, value in details.items()})
+    env.update({f"AGENTSUP_NOTIFY_{key.upper()}": visible(value) for key, value in details.items()})
     try:
         # Imported here: most runs never notify, and `agentsup run` starts
         # without it.  Out of fds, the import fails as the Popen would.
@@ -47,7 +52,7 @@ def send(
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-    except (OSError, ImportError):
+    except (OSError, ImportError, ValueError):
         return False
     pid = proc.pid
     # The supervisor reaps it; Popen must not try to (and must not warn).

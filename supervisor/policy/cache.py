@@ -34,7 +34,7 @@ import os
 import sys
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -228,11 +228,18 @@ def _record_decoder(kind: Any) -> Decoder:
 
 
 class Resolved(NamedTuple):
-    """The effective policy; `identity` names exactly it (None: not cacheable)."""
+    """The effective policy; `identity` names exactly it (None: not cacheable);
+    `files`, the real path of every file it was read from (built-ins aside)."""
 
     policy: Policy
     cached: bool = False
     identity: str | None = None
+    files: tuple[str, ...] = ()
+
+
+def _files(keys: Iterable[object]) -> tuple[str, ...]:
+    """The policy files among lookup answers' keys (`<builtin>/NAME` are not files)."""
+    return tuple(dict.fromkeys(k for k in keys if isinstance(k, str) and k.startswith("/")))
 
 
 def resolve_policy_cached(name_or_path: str, policy_dir: Path, state_dir: Path | None) -> Resolved:
@@ -241,14 +248,14 @@ def resolve_policy_cached(name_or_path: str, policy_dir: Path, state_dir: Path |
     Raises what `resolve_policy` raises (PolicyError); a failed load is never cached.
     """
     if state_dir is None:
-        return Resolved(_resolve(name_or_path, policy_dir)[0])
+        return _uncached(name_or_path, policy_dir)
     try:
         fingerprint = _code_fingerprint()
         root = find_policy(name_or_path, policy_dir, None, None)
     except (OSError, ValueError):  # PolicyError too: the loader says it properly below
         root = None
     if root is None:
-        return Resolved(_resolve(name_or_path, policy_dir)[0])
+        return _uncached(name_or_path, policy_dir)
     first = _record(name_or_path, None, None, root)
     name = "policy-" + digest(fingerprint, str(policy_dir), json.dumps(first))[:40]
     directory = cache_dir(state_dir)
@@ -256,23 +263,35 @@ def resolve_policy_cached(name_or_path: str, policy_dir: Path, state_dir: Path |
         try:
             document = read_entry(directory / name)
             policy = _from_entry(document, first, policy_dir)
-            return Resolved(policy, True, _identity(fingerprint, policy_dir, document["lookups"]))
+            records = document["lookups"]
+            return Resolved(
+                policy,
+                True,
+                _identity(fingerprint, policy_dir, records),
+                _files(record[3] for record in records),
+            )
         except BadEntry:
             pass
     policy, lookups = _resolve(name_or_path, policy_dir)
     records = [_lookup_record(lookup) for lookup in lookups]
+    files = _files(lookup.source.key for lookup in lookups)
     if records[0] != first:
-        return Resolved(policy)  # the file changed while we read it: no entry
+        return Resolved(policy, files=files)  # the file changed while we read it: no entry
     try:
         document = {"format": _FORMAT, "lookups": records, "policy": encode(policy)}
         if decode(Policy, document["policy"]) != policy:
-            return Resolved(policy)  # the codec lost something: never cache that
+            return Resolved(policy, files=files)  # the codec lost something: never cache that
     except BadEntry:
-        return Resolved(policy)
+        return Resolved(policy, files=files)
     directory = cache_dir(state_dir, create=True)
     if directory is not None:
         write_entry(directory, name, document)
-    return Resolved(policy, False, _identity(fingerprint, policy_dir, records))
+    return Resolved(policy, False, _identity(fingerprint, policy_dir, records), files)
+
+
+def _uncached(name_or_path: str, policy_dir: Path) -> Resolved:
+    policy, lookups = _resolve(name_or_path, policy_dir)
+    return Resolved(policy, files=_files(lookup.source.key for lookup in lookups))
 
 
 def _identity(fingerprint: str, policy_dir: Path, records: list[Any]) -> str:

@@ -660,6 +660,7 @@ class Agent:
         self.loop = supervisor.loop
         self.audit = supervisor.audit
         self.judge: Judge | None = None
+        self._policy_files: tuple[str, ...] = ()  # read from outside the policy directory
         self._env_dropped: list[str] = []  # variable names env.pass kept from the agent
         self._caches_moved: dict[str, str] = {}  # tool cache variable -> its private place
         self._retries_off: dict[str, str] = {}  # retry settings of tools with no way out
@@ -717,6 +718,12 @@ class Agent:
                 request.policy, self.locations.policy_dir, self.locations.state_dir
             )
             policy = resolved.policy
+            # Read again by a reload (red team 36 F1: the agent rewrote its
+            # `--policy ./pol.yaml` before one): never the agent's to change.
+            inside = self.locations.policy_dir.resolve()
+            self._policy_files = tuple(
+                path for path in resolved.files if not kernel_namespaces.under(path, [str(inside)])
+            )
         except PolicyError as exc:
             raise SetupError(str(exc)) from exc
         except OSError as exc:
@@ -843,6 +850,7 @@ class Agent:
                 shadow_guard=shadow_guard(policy, self._context, self.locations)
                 if request.shadow
                 else None,
+                policy_files=self._policy_files,
             ),
             self.audit,
         )
@@ -923,6 +931,7 @@ class Agent:
         # its python leaves behind: kept in a private /tmp, it must be there.
         read_only = [sys.executable, package, sys.prefix, sys.base_prefix]
         read_only += [path for path in own_import_path() if os.path.isdir(path)]
+        read_only += [path for path in self._policy_files if os.path.isfile(path)]
         # The program too, read-only, unless it comes with the workspace or the
         # home: bound back into a private /tmp, a host file (a symlink's target
         # anywhere) would be written under a name the policy takes for the
@@ -1259,6 +1268,7 @@ class Agent:
         from ..control import notify
 
         assert self.judge is not None
+        self._arm_approval_timeout(pending)  # first: nothing in the notice may keep it off
         command = notify.notify_command()
         if command is not None:
             verb = "waits for approval of" if pending.kind == "approval" else "was stopped for"
@@ -1276,7 +1286,6 @@ class Agent:
                 },
                 self._call_later,
             )
-        self._arm_approval_timeout(pending)
 
     def _arm_approval_timeout(self, pending: Pending) -> None:
         assert self.judge is not None

@@ -119,10 +119,7 @@ class AgentDefinition:
 
 
 def agents_dir(locations: Locations, override: str | None = None) -> Path:
-    chosen = override or os.environ.get("AGENTSUP_AGENTS_DIR")
-    if chosen:
-        return Path(chosen)
-    return locations.policy_dir.parent / "agents"
+    return Path(override) if override else locations.agents_dir
 
 
 def _number(path: Path, data: dict[str, object], key: str) -> float:
@@ -624,6 +621,8 @@ def run_daemon(agents_directory: str | None = None, *, stop_timeout: float = STO
     if agents_directory and not directory.is_dir():
         _say(f"cannot start: --agents-dir {directory} is not a directory")
         return EXIT_FAILED
+    # Its agents' judges guard it (Locations.protected_paths).
+    os.environ["AGENTSUP_AGENTS_DIR"] = str(directory)
     reason = untrusted(directory)
     if reason is not None:  # anyone who may write it could run a program as us
         _say(f"cannot start: the agents directory {directory} cannot be trusted: {reason}")

@@ -19,7 +19,7 @@ import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import NamedTuple, Protocol, TextIO
+from typing import TYPE_CHECKING, NamedTuple, Protocol, TextIO
 
 from ..events import (
     ActionType,
@@ -41,6 +41,9 @@ from ..policy import CompiledPolicy, RateLimiter
 from ..policy.engine import MoveEscape, PlainTables
 from ..policy.floor import FloorCheck, floor_prefixes, floor_reaches, floor_verdict
 from ..visible import cut_text, visible
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 _ALLOW_CACHE_SIZE = 16384
 SELF_PROTECTION_RULE = "agentsup-self-protection"
@@ -455,6 +458,9 @@ class JudgeConfig:
     egress_proxy: str | None = None  # `127.0.0.1:PORT`: the egress proxy in the agent's netns
     # `run --shadow`: the guard (policy.suggest) whose refusals still apply; None: enforce.
     shadow_guard: CompiledPolicy | None = None
+    # The files the policy was read from, outside the policy directory (a
+    # `--policy ./pol.yaml`): the agent may not change what a reload reads.
+    policy_files: tuple[str, ...] = ()
     clock: Callable[[], float] = time.monotonic
     stderr: TextIO = field(default_factory=lambda: sys.stderr)
 
@@ -497,6 +503,8 @@ def _summed(target: str) -> str:
 _REFUSING_STATES = frozenset(
     {AgentState.STOPPED_VIOLATION, AgentState.STOPPED_TAMPER, AgentState.STOPPED_OPERATOR}
 )
+# Stops that only their cause lifts (a re-seal, a writable log), not a person's answer.
+_LIFTED_ELSEWHERE = frozenset({AgentState.STOPPED_TAMPER, AgentState.STOPPED_AUDIT})
 
 
 def _plain(decision: Decision, response: Response) -> bool:
@@ -545,9 +553,8 @@ class Judge:
         self._request_ids = itertools.count(1)
         self._tgids: dict[int, int] = {}
         # Targets are real paths, so compare against real paths.
-        self.protected_write = tuple(
-            os.path.realpath(p) for p in config.locations.protected_paths()
-        )
+        guarded: list[str | Path] = [*config.locations.protected_paths(), *config.policy_files]
+        self.protected_write = tuple(os.path.realpath(path) for path in guarded)
         # The user site-packages of agentsup's own Python, there yet or not (it
         # is read-only to the agent where it is): refused, not killed, since
         # `pip install --user` goes there in good faith.
@@ -718,6 +725,9 @@ class Judge:
             if probe.startswith(prefix) or (moving and prefix.startswith(probe))
         )[:-1]  # fmt: skip
         message = "agentsup's own policy, audit, state and runtime files are off limits"
+        if root in self.config.policy_files:
+            mode = ViolationMode.BLOCK  # a repository's own policy file, edited in good faith
+            message = "the policy file this run was read from is off limits"
         if root == self._user_site:
             mode = ViolationMode.BLOCK
             message = (
@@ -1261,6 +1271,11 @@ class Judge:
                 }
             )
         self.pending.clear()
+        if self._state in _LIFTED_ELSEWHERE:
+            # A tampered policy directory or an unwritable audit log stopped the
+            # tree meanwhile: a person's answer (or a timeout) settles what was
+            # held, and the tree stays stopped until that is mended (red team 36).
+            return outcome
         self.state = AgentState.RUNNING
         self.signal_tree(signal.SIGCONT, f"{outcome} by uid {uid}", uid=uid)
         return outcome

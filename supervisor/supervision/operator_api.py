@@ -54,11 +54,16 @@ class OperatorAPI:
     def resume(self, agent_id: str, *, uid: int, reason: str) -> str:
         judge = self._session(agent_id)
         if judge.pending:
-            kinds = {p.kind for p in judge.pending.values()}
+            held = [p for p in judge.pending.values() if p.kind == "approval"]
             judge.settle(True, uid=uid, reason=reason, outcome="approved")
-            if kinds == {"violation"}:
-                return f"agent '{agent_id}' continues; the denied action stays denied"
-            return f"approved: agent '{agent_id}' continues and the held action proceeds once"
+            goes_on = _goes_on(judge, agent_id)
+            if not held:
+                return f"{goes_on}; the denied action stays denied"
+            if len(held) == 1:
+                return f"approved: {goes_on}, and the held action proceeds once"
+            # Every held action is answered at once (red team 36: say which).
+            actions = "; ".join(f"{p.event.action} {p.event.target}" for p in held)
+            return f"approved {len(held)} held actions, each once ({actions}): {goes_on}"
         if judge.state is AgentState.STOPPED_TAMPER:
             raise ControlError(
                 f"agent '{agent_id}' stays stopped until the policy directory is re-sealed "
@@ -82,7 +87,7 @@ class OperatorAPI:
         judge.settle(False, uid=uid, reason=reason, outcome="denied")
         return (
             "denied: the held action fails with a permission error (EACCES or EPERM, "
-            f"PermissionError in Python) and agent '{agent_id}' continues"
+            f"PermissionError in Python), and {_goes_on(judge, agent_id)}"
         )
 
     def stop(self, agent_id: str, *, uid: int, reason: str) -> str:
@@ -104,3 +109,16 @@ class OperatorAPI:
 
     def audit(self, record: Mapping[str, object]) -> None:
         self._audit.append(record)
+
+
+def _goes_on(judge: Judge, agent_id: str) -> str:
+    """Whether an answered agent continues, or what keeps it stopped (its policy
+    directory, its audit log: Judge.settle)."""
+    if judge.state is AgentState.STOPPED_TAMPER:
+        return (
+            f"agent '{agent_id}' stays stopped until the policy directory is re-sealed "
+            "(agentsup policy verify; agentsup policy seal --code <TOTP>)"
+        )
+    if judge.state is AgentState.STOPPED_AUDIT:
+        return f"agent '{agent_id}' stays stopped until the audit log can be written again"
+    return f"agent '{agent_id}' continues"
