@@ -195,14 +195,14 @@ rules:
 
 
 @both_paths
-@pytest.mark.parametrize("verb", ["resume", "deny"])
 def test_a_violation_stop_continues_once_with_the_action_refused(
-    sandbox: Sandbox, native: bool, verb: str
+    sandbox: Sandbox, native: bool
 ) -> None:
-    """New user 17: after `resume` (or `deny`) of a sigstop violation the agent
-    was stopped again on the same action, over and over.  The stop had come
-    before the refusal, so the kernel reissued the refused syscall after
-    SIGCONT.  The syscall is refused first, then the tree stops: once."""
+    """New user 17: after `resume` of a sigstop violation the agent was stopped
+    again on the same action, over and over.  The stop had come before the
+    refusal, so the kernel reissued the refused syscall after SIGCONT.  The
+    syscall is refused first, then the tree stops: once.  `deny`, which needs
+    no code, does not continue it (red team 36): only a resume with a code."""
     secret = totp_secret(sandbox)
     data = sandbox.home / "prod" / "db.csv"
     data.parent.mkdir()
@@ -232,10 +232,10 @@ def test_a_violation_stop_continues_once_with_the_action_refused(
         while tree_states(sandbox) != ["T"] and time.monotonic() < deadline:
             time.sleep(0.02)
         assert tree_states(sandbox) == ["T"]
-        if verb == "resume":
-            answered = sandbox.agentsup("resume", "reader", "--code", pyotp.TOTP(secret).now())
-        else:
-            answered = sandbox.agentsup("deny", "reader")
+        refused = sandbox.agentsup("deny", "reader")
+        assert refused.returncode != 0 and "stopped for a violation" in refused.stderr
+        assert tree_states(sandbox) == ["T"]
+        answered = sandbox.agentsup("resume", "reader", "--code", pyotp.TOTP(secret).now())
         assert answered.returncode == 0, answered.stderr
         out, err = proc.communicate(timeout=30)
     finally:

@@ -762,7 +762,7 @@ class Agent:
             say(
                 f"warning: rule '{waiting}' can stop the agent until a person resumes it, "
                 "and there is no TOTP secret yet: `agentsup resume` cannot work until "
-                "`agentsup totp init` (`agentsup deny` and `kill` can)"
+                "`agentsup totp init`"
             )
 
         if not _has_seccomp_notify():

@@ -1235,8 +1235,8 @@ class Judge:
             self.say(
                 f"stopped agent '{self.agent_id}': rule '{decision.rule_id}' denied "
                 f"{event.action} {cut_text(event.target, SAID_TARGET_CHARS)}{why}. Continue "
-                f"(the action stays denied): agentsup resume {self.agent_id} --code <TOTP> "
-                f"(or agentsup deny {self.agent_id})   end it: agentsup kill {self.agent_id}"
+                f"(the action stays denied): agentsup resume {self.agent_id} --code <TOTP>   "
+                f"end it: agentsup kill {self.agent_id}"
             )
         self.on_hold(pending)
 

@@ -84,6 +84,14 @@ class OperatorAPI:
         judge = self._session(agent_id)
         if not judge.pending:
             raise ControlError(f"agent '{agent_id}' has nothing pending (see agentsup pending)")
+        if any(pending.kind == "violation" for pending in judge.pending.values()):
+            # Its action is refused already; what is left to decide is whether it
+            # goes on, and that takes a code (red team 36: deny continued it).
+            raise ControlError(
+                f"agent '{agent_id}' was stopped for a violation, not held for approval: "
+                f"continue it with agentsup resume {agent_id} --code <TOTP> (the action "
+                f"stays denied), or end it with agentsup kill {agent_id}"
+            )
         judge.settle(False, uid=uid, reason=reason, outcome="denied")
         return (
             "denied: the held action fails with a permission error (EACCES or EPERM, "
