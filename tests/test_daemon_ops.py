@@ -442,3 +442,21 @@ def test_the_daemon_refuses_a_missing_agents_dir(sandbox: Sandbox) -> None:
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "not a directory" in result.stderr
     assert not os.path.exists(sandbox.runtime_dir / "sup-0.sock")
+
+
+@pytest.mark.requires_seccomp_notify
+@pytest.mark.requires_landlock
+def test_an_agents_log_says_why_it_was_killed(sandbox: Sandbox, agents: Path) -> None:
+    """New user 17: `agentsup logs ID` ended with `status 137`; the rule that
+    killed it was only on the daemon's stderr."""
+    limits = "restart: never\n"
+    _define(agents, "peeker", f"cat {sandbox.key}", sandbox.workspace, limits)
+    daemon = DaemonProcess(sandbox, agents)
+    try:
+        daemon.wait_for("READY=1")
+        eventually(lambda: "ended with status 137" in sandbox.agentsup("logs", "peeker").stdout)
+    finally:
+        daemon.stop()
+    log = sandbox.agentsup("logs", "peeker").stdout
+    assert "killed agent 'peeker': rule 'secret-ssh' denied file_read" in log, log
+    assert log.index("killed agent") < log.index("ended with status 137")

@@ -494,6 +494,9 @@ class Daemon:
             self._after_end(slot, error.exit_code, killed=False)
             return
         slot.run = run
+        if run.judge is not None:
+            # Why it was stopped or killed, in its log too (new user 17).
+            run.judge.also_said = slot.log.note
         pid = run.launched.pid if run.launched else 0
         slot.log.note(f"started (pid {pid})")
         _say(f"started agent '{definition.agent_id}' (pid {pid})")

@@ -582,6 +582,7 @@ class Judge:
         # supervisor's loop, soon); None: at once.  A violation's SIGSTOP waits
         # for it (`_hold`).
         self.after_answer: Callable[[Callable[[], None]], object] | None = None
+        self.also_said: Callable[[str], None] | None = None
 
     def __repr__(self) -> str:
         return f"<Judge {self.agent_id!r} pid={self.main_pid} {self.state}>"
@@ -1089,8 +1090,11 @@ class Judge:
 
     def say(self, text: str) -> None:
         """One line to the operator; what the agent controls in it (targets,
-        commands, reasons) cannot reach the terminal as a control character."""
+        commands, reasons) cannot reach the terminal as a control character.
+        Also to `also_said` (the daemon: the agent's own log)."""
         print(f"agentsup: {visible(text)}", file=self.config.stderr, flush=True)
+        if self.also_said is not None:
+            self.also_said(visible(text))
 
     # -- enforcement -------------------------------------------------------------------
 
