@@ -124,8 +124,24 @@ def test_the_daemon_refuses_an_agents_directory_others_may_write(sandbox: Sandbo
 def test_a_definition_names_unknown_keys(tmp_path: Path) -> None:
     path = tmp_path / "a.yaml"
     path.write_text("program: /bin/true\nworkspace: /tmp\nrestrat: always\n")
-    with pytest.raises(DefinitionError, match=r"a.yaml: unknown key 'restrat'"):
+    with pytest.raises(DefinitionError, match=r"a.yaml:3:1: unknown key 'restrat'"):
         parse_definition(path)
+
+
+def test_a_definition_error_names_the_line_and_column_as_a_policys_does(tmp_path: Path) -> None:
+    """New user 17: a definition's errors named the file only."""
+    path = tmp_path / "a.yaml"
+    cases = {
+        "program: /bin/true\nworkspace: /tmp\nrestart: sometimes\n": "3:10: unknown restart",
+        "program: /bin/true\nworkspace: /tmp\nargs: [1]\n": "3:7: 'args' must be",
+        "program: /bin/true\nworkspace: /tmp\nrestart_delay_seconds: -1\n": "3:24: 'restart_",
+        "workspace: /tmp\n": "1:1: 'program' is required",
+    }
+    for text, said in cases.items():
+        path.write_text(text)
+        with pytest.raises(DefinitionError) as raised:
+            parse_definition(path)
+        assert str(raised.value).startswith(f"{path}:{said}"), str(raised.value)
 
 
 def test_the_id_defaults_to_the_file_name(tmp_path: Path) -> None:

@@ -122,7 +122,7 @@ def agents_dir(locations: Locations, override: str | None = None) -> Path:
     return Path(override) if override else locations.agents_dir
 
 
-def _number(path: Path, data: dict[str, object], key: str) -> float:
+def _number(where: str, data: dict[str, object], key: str) -> float:
     value = data.get(key, _NUMBERS[key])
     if (
         not isinstance(value, int | float)
@@ -130,8 +130,21 @@ def _number(path: Path, data: dict[str, object], key: str) -> float:
         or not math.isfinite(value)
         or value < 0
     ):
-        raise DefinitionError(f"{path}: '{key}' must be a number >= 0")
+        raise DefinitionError(f"{where}: '{key}' must be a number >= 0")
     return float(value)
+
+
+def _places(text: str) -> tuple[dict[str, tuple[int, int]], dict[str, tuple[int, int]]]:
+    """(line, column) of each top-level key of a definition, and of its value."""
+    keys: dict[str, tuple[int, int]] = {}
+    values: dict[str, tuple[int, int]] = {}
+    node = yaml.compose(text, Loader=yaml.SafeLoader)  # it loaded: it composes
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                keys[key.value] = (key.start_mark.line + 1, key.start_mark.column + 1)
+                values[key.value] = (value.start_mark.line + 1, value.start_mark.column + 1)
+    return keys, values
 
 
 def _read_text(path: Path) -> str:
@@ -193,39 +206,50 @@ def parse_definition(path: Path) -> AgentDefinition:
         line, column, problem = yaml_error_place(exc, text)
         raise DefinitionError(f"{path}:{line}:{column}: invalid YAML: {problem}") from exc
     if not isinstance(data, dict):
-        raise DefinitionError(f"{path}: expected a mapping of agent settings")
+        raise DefinitionError(f"{path}:1:1: expected a mapping of agent settings")
+    keys, values = _places(text)
+
+    def at(key: str, *, key_itself: bool = False) -> str:
+        """`FILE:LINE:COL` of a key's value (or of the key), as policy errors say it."""
+        line, column = (keys if key_itself else values).get(key, (1, 1))
+        return f"{path}:{line}:{column}"
+
     unknown = sorted(str(key) for key in set(data) - _KEYS)
     if unknown:
         raise DefinitionError(
-            f"{path}: unknown key {unknown[0]!r} (expected one of {', '.join(sorted(_KEYS))})"
+            f"{at(unknown[0], key_itself=True)}: unknown key {unknown[0]!r} "
+            f"(expected one of {', '.join(sorted(_KEYS))})"
         )
     for key in ("program", "workspace"):
         if not isinstance(data.get(key), str) or not data[key]:
-            raise DefinitionError(f"{path}: '{key}' is required and must be a string")
+            raise DefinitionError(f"{at(key)}: '{key}' is required and must be a string")
     args = data.get("args", [])
     if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
-        raise DefinitionError(f"{path}: 'args' must be a list of strings")
+        raise DefinitionError(f"{at('args')}: 'args' must be a list of strings")
     restart = data.get("restart", "on-failure")
     if restart not in RESTART_MODES:
         raise DefinitionError(
-            f"{path}: unknown restart {restart!r} (expected one of {', '.join(RESTART_MODES)})"
+            f"{at('restart')}: unknown restart {restart!r} "
+            f"(expected one of {', '.join(RESTART_MODES)})"
         )
     burst = data.get("start_limit_burst", 5)
     if not isinstance(burst, int) or isinstance(burst, bool) or burst < 0:
-        raise DefinitionError(f"{path}: 'start_limit_burst' must be a whole number >= 0")
+        raise DefinitionError(
+            f"{at('start_limit_burst')}: 'start_limit_burst' must be a whole number >= 0"
+        )
     agent_id = data.get("id", path.stem)
     if not isinstance(agent_id, str):
-        raise DefinitionError(f"{path}: 'id' must be a string")
+        raise DefinitionError(f"{at('id')}: 'id' must be a string")
     try:
         check_agent_id(agent_id)
     except BadAgentId as exc:
-        raise DefinitionError(f"{path}: {exc}") from None
+        raise DefinitionError(f"{at('id')}: {exc}") from None
     policy = data.get("policy", "strict")
     if not isinstance(policy, str) or not policy:
-        raise DefinitionError(f"{path}: 'policy' must be a string")
+        raise DefinitionError(f"{at('policy')}: 'policy' must be a string")
     user = data.get("user")
     if user is not None and (not isinstance(user, str) or not user):
-        raise DefinitionError(f"{path}: 'user' must be a user name")
+        raise DefinitionError(f"{at('user')}: 'user' must be a user name")
     return AgentDefinition(
         agent_id=agent_id,
         program=data["program"],
@@ -233,10 +257,14 @@ def parse_definition(path: Path) -> AgentDefinition:
         args=tuple(args),
         policy=policy,
         restart=restart,
-        restart_delay_seconds=_number(path, data, "restart_delay_seconds"),
-        restart_max_delay_seconds=_number(path, data, "restart_max_delay_seconds"),
+        restart_delay_seconds=_number(at("restart_delay_seconds"), data, "restart_delay_seconds"),
+        restart_max_delay_seconds=_number(
+            at("restart_max_delay_seconds"), data, "restart_max_delay_seconds"
+        ),
         start_limit_burst=burst,
-        start_limit_interval_seconds=_number(path, data, "start_limit_interval_seconds"),
+        start_limit_interval_seconds=_number(
+            at("start_limit_interval_seconds"), data, "start_limit_interval_seconds"
+        ),
         source=str(path),
         user=user,
     )
