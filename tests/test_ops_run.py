@@ -110,7 +110,11 @@ def test_json_status_that_cannot_be_written_keeps_the_exit_code(sandbox: Sandbox
 @pytest.mark.requires_landlock
 def test_json_status_is_written(sandbox: Sandbox) -> None:
     status = sandbox.root / "status.json"
-    result = sandbox.run("/bin/sh", "-c", "exit 4", extra=["--json-status", str(status)])
+    (sandbox.workspace / "server.key").write_text("key")  # strict refuses it, no signal
+    script = "cat server.key 2>/dev/null; exit 4"
+    result = sandbox.run(
+        "/bin/sh", "-c", script, cwd=sandbox.workspace, extra=["--json-status", str(status)]
+    )
     assert result.returncode == 4, result.stderr
     document = json.loads(status.read_text())
     assert {k: v for k, v in document.items() if k != "layers"} == {
@@ -118,8 +122,19 @@ def test_json_status_is_written(sandbox: Sandbox) -> None:
         "exit_code": 4,
         "signal": None,
         "killed_by": None,
+        "refused": 1,  # the key: what the agent met short of a kill (new user 17)
+        "held_for_a_person": 0,
     }
     assert isinstance(document["layers"], dict)
+
+
+def test_json_status_says_why_a_run_never_started(sandbox: Sandbox) -> None:
+    """New user 17: a run that exited 125 (a bad policy) wrote no status."""
+    status = sandbox.root / "status.json"
+    result = sandbox.run("true", policy="nosuch", extra=["--json-status", str(status)])
+    assert result.returncode == 125
+    document = json.loads(status.read_text())
+    assert document["exit_code"] == 125 and "no such policy" in document["error"]
 
 
 @pytest.mark.requires_seccomp_notify

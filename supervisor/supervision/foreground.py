@@ -35,11 +35,16 @@ def status_document(run: Agent, code: int) -> dict[str, object]:
     status = run.judge.exit_status
     sig = os.WTERMSIG(status) if status is not None and os.WIFSIGNALED(status) else None
     report = run.judge.kill_report
+    judge = run.judge
     return {
         "agent": run.agent_id,
         "exit_code": code,
         "signal": signal_name(sig) if sig else None,
         "killed_by": dataclasses.asdict(report) if report else None,
+        # What the agent met short of a kill (new user 17: a stopped and
+        # resumed run looked like a clean one).
+        "refused": sum(judge.refused.values()) + sum(judge.refused_low.values()),
+        "held_for_a_person": judge.holds,
         "layers": run.layers,
     }
 
@@ -115,6 +120,10 @@ def _run_agent(request: RunRequest, stop_timeout: float, status: StatusFile | No
             run = supervisor.launch(request)
         except SetupError as exc:
             say(str(exc))
+            if status is not None:  # a CI wrapper reads why it never ran
+                status.write(
+                    {"agent": request.agent_id, "exit_code": exc.exit_code, "error": str(exc)}
+                )
             return exc.exit_code
         finally:
             # `agentsup run` starts with the collector off (cli/main.py).  What

@@ -575,6 +575,7 @@ class Judge:
         # Low-severity refusals (listing /, a __pycache__ write): tools carry on
         # from most, so they are named only where nothing else was refused.
         self.refused_low: Counter[str] = Counter()
+        self.holds = 0  # actions held for a person: approvals and violation stops
         self._warnings_said: Counter[str] = Counter()  # per rule id
         # Called by the supervisor to arm approval timeouts and report state.
         self.on_hold: Callable[[Pending], None] = lambda pending: None
@@ -1206,6 +1207,7 @@ class Judge:
         on_settle: Callable[[bool], None] | None = None,
     ) -> None:
         request_id = f"{self.agent_id}-{next(self._request_ids)}"
+        self.holds += 1
         pending = Pending(request_id, kind, tid, event, decision, self.clock(), on_settle=on_settle)
         self.pending[request_id] = pending
         self.state = (
