@@ -338,3 +338,19 @@ def test_supervisor_socket_gone_after_exit(
         time.sleep(0.05)
     assert not sup.path.exists()
     assert agentsup("ps").stdout.strip() == "no supervised agents"
+
+
+def test_top_counts_a_stopped_agent_as_stopped(capsys: pytest.CaptureFixture[str]) -> None:
+    """New user 17: `top` said `1 agent(s) running` of an agent stopped for a person."""
+    import argparse
+
+    from agentsup.cli.control import Survey, _show_top
+
+    records: list[dict[str, object]] = [
+        {"id": "a", "state": "running"},
+        {"id": "b", "state": "stopped: awaiting approval"},
+        {"id": "c", "state": "exited"},
+    ]
+    _show_top(argparse.Namespace(json=False, interval=2.0), Survey(records), interactive=False)
+    header = capsys.readouterr().out.splitlines()[0]
+    assert "1 agent(s) running, 1 stopped, 1 exited" in header, header

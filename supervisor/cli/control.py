@@ -250,10 +250,13 @@ def _show_top(args: argparse.Namespace, found: Survey, interactive: bool) -> Non
         document = {"time": time.time(), "agents": found.rows_for_json()}
         print(json.dumps(document, default=str, ensure_ascii=False), flush=True)
         return
-    running = sum(1 for a in found.records if a.get("state") != "exited")
+    states = [str(a.get("state")) for a in found.records]
+    running = states.count("running") + states.count("starting")
+    stopped = sum(1 for state in states if state.startswith("stopped"))
     header = (
         f"agentsup top - {time.strftime('%H:%M:%S')}  {running} agent(s) running, "
-        f"{len(found.records) - running} exited; every {args.interval:g} s (Ctrl-C quits)"
+        f"{stopped} stopped, {states.count('exited')} exited; every {args.interval:g} s "
+        "(Ctrl-C quits)"
     )
     table = format_table(PS_COLUMNS, ps_rows(found.rows_for_json()))
     if interactive:
