@@ -41,7 +41,7 @@ from ..integrity.audit import (
 )
 from ..paths import default_locations
 from ..visible import visible, visible_cut, visible_lines
-from .output import report_error, terminal_columns, wants_json
+from .output import plural, report_error, terminal_columns, wants_json
 
 EXIT_OK = 0
 EXIT_FAIL = 1
@@ -232,11 +232,6 @@ def _since_arg(text: str) -> datetime:
         return parse_since(text, datetime.now(timezone.utc))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def plural(count: int, word: str) -> str:
-    """`1 record`, `2 records`."""
-    return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
 def _error(args: argparse.Namespace, message: str, code: int = EXIT_FAIL) -> int:

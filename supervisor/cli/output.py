@@ -33,6 +33,11 @@ class CommandError(Exception):
         self.exit_code = exit_code
 
 
+def plural(count: int, word: str) -> str:
+    """`1 record`, `2 records`."""
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
 def terminal_columns() -> int | None:
     """The terminal's width as shutil.get_terminal_size() gives it ($COLUMNS,
     else the width of stdout's terminal); None for neither (output to a pipe)."""

@@ -43,7 +43,7 @@ from ..policy.engine import invoking_home
 from ..policy.suggest import last_run
 from ..policy.suggest import suggest as suggest_policy
 from ..visible import hides, visible, visible_lines
-from .output import error_document, report_error
+from .output import error_document, plural, report_error
 
 EXIT_OK = 0
 EXIT_DENY = 1
@@ -259,7 +259,7 @@ def _check(args: argparse.Namespace) -> int:
             }
         )
         if not args.json:
-            print(f"{path}: ok ({len(policy.rules)} rules)")
+            print(f"{path}: ok ({plural(len(policy.rules), 'rule')})")
             for warning in policy.warnings:  # after its file's line: legal, but likely a mistake
                 print(visible_lines(warning))
     if args.json:

@@ -17,7 +17,7 @@ from ..integrity.seal import SealError, check_sealed, seal, unseal
 from ..integrity.totp import TotpRefused
 from ..paths import default_locations
 from ..policy import PolicyError
-from .output import add_json_flag, emit, json_text, report_error, wants_json
+from .output import add_json_flag, emit, json_text, plural, report_error, wants_json
 from .totp import code_argument
 
 EXIT_OK = 0
@@ -66,10 +66,6 @@ def _refused(args: argparse.Namespace, what: str, reason: object) -> int:
     return report_error(wants_json(args), f"policy {what} refused: {reason}", EXIT_FAIL)
 
 
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
-
-
 def cmd_seal(args: argparse.Namespace) -> int:
     locations = default_locations()
     try:
@@ -94,7 +90,7 @@ def cmd_seal(args: argparse.Namespace) -> int:
             "immutable": bool(manifest.immutable),
             "generation": manifest.generation,
         },
-        f"sealed {manifest.directory}: {_plural(len(manifest.files), 'file')}, {flag}",
+        f"sealed {manifest.directory}: {plural(len(manifest.files), 'file')}, {flag}",
     )
     return EXIT_OK
 
