@@ -38,6 +38,15 @@ def _banner(text: str) -> None:
 
 def _demo(args: argparse.Namespace) -> int:
     root = Path(tempfile.mkdtemp(prefix="agentsup-demo-"))
+    try:
+        return _show(root, args.keep)
+    finally:
+        if not args.keep:  # also when its reader went away (`agentsup demo | head`)
+            subprocess.call(["rm", "-rf", str(root)])
+
+
+def _show(root: Path, keep: bool) -> int:
+    """The demo in `root`: the run, its audit records, their verification."""
     home = root / "home"
     (home / ".ssh").mkdir(parents=True)
     (home / ".ssh" / "id_rsa").write_text(FAKE_KEY)
@@ -76,10 +85,8 @@ def _demo(args: argparse.Namespace) -> int:
     _banner("agentsup audit verify")
     verified = subprocess.call([*agentsup, "audit", "verify"], env=env)
     key_untouched = (home / ".ssh" / "id_rsa").read_text() == FAKE_KEY
-    if args.keep:
-        print(f"\nkept {root}")
-    else:
-        subprocess.call(["rm", "-rf", str(root)])
     ok = code == 137 and verified == 0 and key_untouched
+    if keep:
+        print(f"\nkept {root}")
     print("\ndemo " + ("passed: the agent was stopped at the kernel boundary" if ok else "FAILED"))
     return 0 if ok else 1
