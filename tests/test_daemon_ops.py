@@ -460,3 +460,21 @@ def test_an_agents_log_says_why_it_was_killed(sandbox: Sandbox, agents: Path) ->
     log = sandbox.agentsup("logs", "peeker").stdout
     assert "killed agent 'peeker': rule 'secret-ssh' denied file_read" in log, log
     assert log.index("killed agent") < log.index("ended with status 137")
+
+
+@pytest.mark.requires_seccomp_notify
+@pytest.mark.requires_landlock
+def test_an_agent_that_cannot_start_says_why_in_ps(sandbox: Sandbox, agents: Path) -> None:
+    """New user 17: a definition naming a broken policy hit the start limit, and
+    `ps` said only `start limit hit`; the policy's error was on stderr."""
+    sandbox.policy("broken", "name: broken\nrules:\n  - {id: r, actions: [nope]}\n")
+    limits = "policy: broken\nstart_limit_burst: 2\nrestart_delay_seconds: 0.1\n"
+    _define(agents, "doomed", "true", sandbox.workspace, limits)
+    daemon = DaemonProcess(sandbox, agents)
+    try:
+        daemon.wait_for("READY=1")
+        state = lambda: str(daemon.ps().get("doomed", {}).get("state"))  # noqa: E731
+        eventually(lambda: "start limit hit" in state())
+        assert "each failed to start: " in state() and "broken.yaml:3:5" in state(), state()
+    finally:
+        daemon.stop()

@@ -366,6 +366,7 @@ class Slot:
     starts: list[float] = field(default_factory=list)
     timer: Timer | None = None  # a restart waiting for its delay
     failed: str = ""  # why the daemon gave up on it (until SIGHUP)
+    cannot_start: str = ""  # why its last start failed before it ran ("": it ran)
     retire: bool = False  # removed from the directory: forget it once it has stopped
     replacement: AgentDefinition | None = None  # changed: start this once it has stopped
     # Read what the agent's output pipes hold now (before its end is logged).
@@ -518,10 +519,12 @@ class Daemon:
         if error is not None:
             _say(f"cannot start agent '{definition.agent_id}' ({definition.source}): {error}")
             slot.log.note(f"cannot start: {error}")
+            slot.cannot_start = str(error)
             slot.run = None
             self._after_end(slot, error.exit_code, killed=False)
             return
         slot.run = run
+        slot.cannot_start = ""
         if run.judge is not None:
             # Why it was stopped or killed, in its log too (new user 17).
             run.judge.also_said = slot.log.note
@@ -604,6 +607,8 @@ class Daemon:
                     f"start limit hit: {definition.start_limit_burst} starts within "
                     f"{definition.start_limit_interval_seconds:g} s"
                 )
+                if slot.cannot_start:  # what `ps` shows: the cause, not only the count
+                    slot.failed += f"; each failed to start: {slot.cannot_start}"
                 _say(
                     f"agent '{agent_id}' failed: {slot.failed}; not restarting it until "
                     "its definition changes or the daemon gets SIGHUP"
