@@ -9,7 +9,8 @@
 # root, it goes to /opt/agentsup, `agentsup` is linked into /usr/local/bin,
 # the systemd unit is installed (not enabled) with ExecStart pointing at the
 # environment, and bash/zsh completion is installed. As a normal user, it
-# goes to ~/.local/share/agentsup/venv and ~/.local/bin, without the unit.
+# goes to ~/.local/lib/agentsup and ~/.local/bin, without the unit (not in
+# ~/.local/share/agentsup: that is agentsup's state, which no agent may read).
 #
 # Environment: PYTHON (default python3, 3.10 or newer), PREFIX (the virtual
 # environment), BINDIR (where the `agentsup` link goes).
@@ -35,7 +36,7 @@ if [ "$(id -u)" -eq 0 ]; then
     PREFIX=${PREFIX:-/opt/agentsup}
     BINDIR=${BINDIR:-/usr/local/bin}
 else
-    PREFIX=${PREFIX:-$HOME/.local/share/agentsup/venv}
+    PREFIX=${PREFIX:-$HOME/.local/lib/agentsup}
     BINDIR=${BINDIR:-$HOME/.local/bin}
 fi
 

@@ -372,3 +372,27 @@ def test_a_relative_program_is_found_from_the_callers_directory(sandbox: Sandbox
         )
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == f"{expected} {sandbox.workspace}"
+
+
+@pytest.mark.requires_seccomp_notify
+@pytest.mark.requires_landlock
+def test_agentsup_installed_in_its_own_state_directory_says_so(sandbox: Sandbox) -> None:
+    """New user 18: install.sh put a user's environment in ~/.local/share/agentsup,
+    the state directory no agent may read, and every Python agent was killed
+    at its start reading agentsup's own pyvenv.cfg.  Said at once, exit 125."""
+    inside = sandbox.state_dir / "venv"
+    probe = (
+        "import sys; from agentsup.cli.main import main\n"
+        f"sys.prefix = {str(inside)!r}\n"
+        "raise SystemExit(main(sys.argv[1:]))\n"
+    )
+    argv = sandbox.command("true")[3:]  # from "run" on
+    done = subprocess.run(
+        [sys.executable, "-c", probe, *argv],
+        env=sandbox.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 125, done.stderr
+    assert "lies in its state directory" in done.stderr, done.stderr

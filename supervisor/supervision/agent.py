@@ -922,6 +922,16 @@ class Agent:
         if user is not None:
             env["HOME"], env["USER"], env["LOGNAME"] = user.home, user.name, user.name
         package = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        hidden = [os.path.realpath(path) for path in self.locations.secret_paths()]
+        for own in (sys.prefix, package):
+            if kernel_namespaces.under(os.path.realpath(own), hidden):
+                # Every Python agent reads it (its hook, pyvenv.cfg): new user
+                # 18's agents were killed at their start.
+                raise SetupError(
+                    f"agentsup's own Python ({own}) lies in its state directory, which no "
+                    "agent may read: install agentsup elsewhere (./install.sh: "
+                    "/opt/agentsup as root, ~/.local/lib/agentsup as a user)"
+                )
         keep = [workspace, kept_home, hook_socket or ""]
         # agentsup's own Python and code, wherever they are (a project's .venv
         # in the workspace too), and every directory it imports from (the
