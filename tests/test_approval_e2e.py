@@ -261,3 +261,71 @@ def test_a_policy_that_waits_for_a_person_says_when_no_one_can_resume(sandbox: S
     totp_secret(sandbox)
     again = sandbox.run("true", policy=policy)
     assert "can stop the agent" not in again.stderr, again.stderr
+
+
+BUSY_BESIDE_A_VIOLATION = """
+import os, sys, threading, time
+errors = []
+def busy():
+    end = time.monotonic() + 1.5
+    n = 0
+    while time.monotonic() < end:
+        try:
+            with open(f"busy-{n % 10}.txt", "w") as f:
+                f.write("x")
+        except OSError as exc:
+            errors.append(exc.errno)
+        n += 1
+worker = threading.Thread(target=busy)
+worker.start()
+time.sleep(0.3)
+try:
+    open(sys.argv[1]).read()
+except OSError:
+    pass
+worker.join()
+print("errors", sorted(set(errors)), flush=True)
+"""
+
+
+def test_what_other_threads_do_as_the_agent_stops_waits_for_the_resume(
+    sandbox: Sandbox,
+) -> None:
+    """New user 18: a syscall that came while the agent was being stopped was
+    refused on record, and, if the stop interrupted it, the kernel reissued it
+    after the resume and it went ahead.  Now it is left unanswered: the stop
+    interrupts it and it is judged after the resume, as if the agent had been
+    stopped a moment before it."""
+    secret = totp_secret(sandbox)
+    data = sandbox.home / "prod" / "db.csv"
+    data.parent.mkdir()
+    data.write_text("rows")
+    proc = subprocess.Popen(
+        sandbox.command(
+            "python3",
+            "-c",
+            BUSY_BESIDE_A_VIOLATION,
+            str(data),
+            policy=sandbox.policy("violation", VIOLATION),
+            agent_id="busy",
+        ),
+        env=sandbox.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=sandbox.workspace,
+    )
+    try:
+        wait_for_pending(sandbox)
+        time.sleep(0.5)
+        answered = sandbox.agentsup("resume", "busy", "--code", pyotp.TOTP(secret).now())
+        assert answered.returncode == 0, answered.stderr
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "errors []" in out, out + err
+    stopped = [r for r in sandbox.audit_records() if r.get("rule") == "agentsup-stopped"]
+    assert stopped == [], stopped

@@ -12,6 +12,7 @@ a person has every mediated action refused until it is resumed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import signal
 import subprocess
@@ -130,7 +131,15 @@ def test_a_stopped_agent_has_every_action_refused(tmp_path: Path, state: AgentSt
     # The broker drops its cache and its own copy of the judge (which knows
     # nothing of the stop): every miss comes to this judge.
     assert mirrored[-1] == (None, "policy")
+    # A syscall is left unanswered (new user 18): the stop interrupts it and the
+    # kernel reissues it after SIGCONT, judged then; nothing is on record yet.
+    recorded = len(audit.records)
     decision, response = judge.judge_event(_read(tmp_path), 1)
+    assert response is Response.HOLD and decision.rule_id == STOPPED_RULE
+    assert len(audit.records) == recorded
+    # What the hook asks is answered: refused, on record.
+    hooked = dataclasses.replace(_read(tmp_path), layer=Layer.HOOK)
+    decision, response = judge.judge_event(hooked, 1)
     assert response is Response.BLOCK and decision.rule_id == STOPPED_RULE
     assert audit.records[-1]["rule"] == STOPPED_RULE
     judge.state = AgentState.RUNNING  # resumed
@@ -149,6 +158,9 @@ def test_a_stop_that_reached_no_process_is_recorded_and_said(
     assert record["confirmed"] is False and record["missed"], record
     assert "SIGSTOP may not have reached every process of agent 't'" in said.getvalue()
     assert "refused until it is resumed" in said.getvalue()
+    # Nothing would interrupt an unreached process's syscall: it is refused.
+    decision, response = judge.judge_event(_read(tmp_path), 1)
+    assert response is Response.BLOCK and decision.rule_id == STOPPED_RULE
 
 
 @pytest.mark.parametrize(

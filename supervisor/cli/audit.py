@@ -193,6 +193,8 @@ def shown_values(record: Mapping[str, object]) -> list[object]:
     elif kind == "approval":
         # A held action's answer (`deny (denied)`), or an operator's command (`resume (ok)`).
         said = record.get("decision") or record.get("op")
+        if record.get("held") == "violation":
+            said = "continue"  # its action stays denied; a person let the agent go on
         shown["decision"] = f"{said} ({record.get('outcome')})" if said else record.get("outcome")
     elif kind != "decision" and record.get("event") is not None:
         what = str(record.get("event"))

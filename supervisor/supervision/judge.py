@@ -583,6 +583,8 @@ class Judge:
         # supervisor's loop, soon); None: at once.  A violation's SIGSTOP waits
         # for it (`_hold`).
         self.after_answer: Callable[[Callable[[], None]], object] | None = None
+        self._stop_due: Callable[[], None] | None = None  # a violation's stop, not yet sent
+        self._stop_reached = True  # the last SIGSTOP sweep reached every process
         self.also_said: Callable[[str], None] | None = None
 
     def __repr__(self) -> str:
@@ -807,6 +809,13 @@ class Judge:
                 on_violation=ViolationMode.BLOCK,
                 reason=str(self._state),
             )
+            if event.layer is Layer.SECCOMP and self._stop_reached:
+                # Left unanswered: the stop interrupts the syscall and the kernel
+                # reissues it after SIGCONT, to be judged then.  A refusal here
+                # was on record while the reissued syscall went ahead after the
+                # resume (new user 18).  Refused where the stop missed processes
+                # (red team 14): nothing would interrupt theirs.
+                return decision, Response.HOLD
             self._record(event, tid, decision, Response.BLOCK)
             return decision, Response.BLOCK
         # Grants are rare: no key is built while there are none.
@@ -1118,6 +1127,8 @@ class Judge:
         else:
             pids = self.tree.signal_all(sig)
             missed = self.tree.missed
+            if sig == signal.SIGSTOP:
+                self._stop_reached = not missed
         record: dict[str, object] = {
             "agent": self.agent_id,
             "pid": self.main_pid,
@@ -1215,7 +1226,10 @@ class Judge:
         )
 
         def stop() -> None:
-            if self.pending.get(request_id) is pending:  # not settled or ended meanwhile
+            if self._stop_due is not stop:
+                return  # sent already: a settle came first
+            self._stop_due = None
+            if self._state is not AgentState.EXITED:
                 self.signal_tree(
                     signal.SIGSTOP, f"{kind}: rule {decision.rule_id}", rule=decision.rule_id,
                     event=event,
@@ -1226,6 +1240,7 @@ class Judge:
         # violation's is refused now, and a stop that came first would make the
         # kernel reissue it, to be judged and stopped again after every resume
         # (new user 17): the tree stops once it has been answered.
+        self._stop_due = stop  # a settle that comes first stops the tree first
         if kind == "violation" and self.after_answer is not None:
             self.after_answer(stop)
         else:
@@ -1250,6 +1265,10 @@ class Judge:
         """A person (or the approval timeout) decided every pending action: SIGCONT."""
         if not self.pending:
             raise LookupError(f"agent '{self.agent_id}' has nothing pending")
+        if self._stop_due is not None:
+            # The stop of the violation comes first: what was left unanswered
+            # meanwhile is interrupted by it, and reissued after the SIGCONT.
+            self._stop_due()
         for pending in self.pending.values():
             if pending.timer is not None:
                 pending.timer.cancel()  # type: ignore[attr-defined]
