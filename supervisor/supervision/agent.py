@@ -431,6 +431,10 @@ def wanted_namespaces(
     return frozenset(wanted)
 
 
+# Variables a shell keeps for itself, which no tool reads from its environment.
+_SHELLS_OWN = frozenset({"_", "OLDPWD", "PWD", "SHLVL", "MAIL", "COLUMNS", "LINES", "PS1"})
+
+
 def may_lack(request: RunRequest) -> frozenset[str]:
     """The namespaces `--allow-degraded` lets go missing."""
     degraded = set(request.allow_degraded)
@@ -776,8 +780,10 @@ class Agent:
         self._env_dropped = sorted(
             name for name in set(os.environ) - set(env) if not name.startswith("AGENTSUP_")
         )
-        if self._env_dropped and sys.stderr.isatty():
-            say(f"not passed to the agent (the policy's env.pass): {' '.join(self._env_dropped)}")
+        # The shell's own bookkeeping is noise here (new user 18); the start record has all.
+        said = [name for name in self._env_dropped if name not in _SHELLS_OWN]
+        if said and sys.stderr.isatty():
+            say(f"not passed to the agent (the policy's env.pass): {' '.join(said)}")
         self._caches_moved = moved_caches(compiled, home, env, self._context.private_tmp)
         env.update(self._caches_moved)
         egress_port = _egress_port(compiled)
@@ -908,7 +914,11 @@ class Agent:
             if "cgroup" not in request.allow_degraded and os.geteuid() == 0:
                 why = f"cannot create a cgroup for the agent: {no_cgroup}"
                 raise SetupError(why) from no_cgroup
-            say(f"warning: no cgroup ({no_cgroup}); tracking the process tree as its subreaper")
+            if "pid" not in wanted_namespaces(compiled, request, egress_port):
+                # With a PID namespace the tree lives and dies with it: no cgroup
+                # is the usual case for a user, said by `doctor`, not by every
+                # run (new user 18); limits it cannot enforce are still said.
+                say(f"warning: no cgroup ({no_cgroup}); tracking the process tree as its subreaper")
         limits = compiled.limits
         rlimits = {"RLIMIT_CORE": 0}  # a core dump would write agent memory to disk
         if self.group is not None:
