@@ -174,3 +174,13 @@ def test_python_m_agentsup_never_imports_a_module_left_in_the_current_directory(
         )
         assert result.returncode == 0, result.stderr
         assert not marker.exists(), python_path
+
+
+def test_an_option_is_never_a_prefix_of_another() -> None:
+    """New user 18: `run --json` was taken for `--json-status` (argparse's
+    abbreviations), and wanted the next word as its file."""
+    for path, parser in _walk(build_parser()):
+        assert parser.allow_abbrev is False, path
+    result = agentsup("run", "--json", "--policy", "nope", "--", "true")
+    assert result.returncode == 125
+    assert "unrecognized arguments: --json" in result.stderr

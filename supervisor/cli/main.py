@@ -96,6 +96,9 @@ class UsageParser(argparse.ArgumentParser):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", _Formatter)
+        # An option is what it is spelled: `run --json` is not `--json-status`
+        # (new user 18), and a new option never changes what an old prefix meant.
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
