@@ -79,7 +79,8 @@ def cmd_seal(args: argparse.Namespace) -> int:
     flag = (
         "immutable flag set (chattr +i)"
         if manifest.immutable
-        else "the filesystem does not support chattr +i: modes and manifest only"
+        else "chattr +i could not be set (it needs root, CAP_LINUX_IMMUTABLE, and a file "
+        "system that has it): modes and manifest only"
     )
     emit(
         args,
