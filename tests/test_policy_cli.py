@@ -62,6 +62,19 @@ def test_check_reports_ok_with_the_rule_count(policy_dir: Path) -> None:
     assert result.stdout == f"{good}: ok ({STRICT_RULES + 1} rules)\n"
 
 
+def test_check_takes_a_name_as_run_does(policy_dir: Path) -> None:
+    """New user 18: `policy check mine` could not read a file named `mine`."""
+    (policy_dir / "mine.yaml").write_text("name: mine\nextends: [strict]\nrules:\n" + _rule("x"))
+    result = agentsup("policy", "check", "mine", "strict")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"mine: ok ({STRICT_RULES + 1} rules)",
+        f"strict: ok ({STRICT_RULES} rules)",
+    ]
+    missing = agentsup("policy", "check", "nosuch")
+    assert missing.returncode == 1 and "no such policy" in missing.stdout
+
+
 def test_check_prints_warnings_and_still_passes(policy_dir: Path) -> None:
     shadowed = policy_dir / "shadowed.yaml"
     shadowed.write_text("name: shadowed\nextends: [strict]\nenv: {pass: [GITHUB_TOKEN]}\n")

@@ -35,6 +35,7 @@ from ..policy import (
     compile_policy,
     find_policy,
     floor,
+    is_path_reference,
     load_policy_file,
     load_source,
     resolve_policy,
@@ -79,9 +80,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     check = commands.add_parser(
         "check",
         help="validate policy files",
-        description="Load each policy file (with its extends) and report the first error.",
+        description=(
+            "Load each policy file or named policy (with its extends) and report the first error."
+        ),
     )
-    check.add_argument("paths", nargs="+", metavar="PATH")
+    check.add_argument(
+        "paths", nargs="+", metavar="PATH|NAME", help="a policy file, or a name as --policy takes"
+    )
     check.add_argument("--json", action="store_true", help="machine-readable output")
     check.set_defaults(func=_check)
 
@@ -243,7 +248,10 @@ def _check(args: argparse.Namespace) -> int:
     results: list[dict[str, Any]] = []
     for path in args.paths:
         try:
-            policy = load_policy_file(path, policy_dir)
+            if is_path_reference(path) or os.path.exists(path):
+                policy = load_policy_file(path, policy_dir)
+            else:  # a name, as `run --policy` takes it (new user 18)
+                policy = resolve_policy(path, policy_dir)
         except PolicyError as error:
             results.append({"path": path, "ok": False, "error": _error_json(error)})
             if not args.json:
