@@ -224,6 +224,24 @@ def test_suggest_generalises_and_never_allows_a_secret_or_a_destructive_command(
     assert compiled.evaluate(Event(ActionType.FILE_READ, "/data/in/9.csv")).verdict is Verdict.ALLOW
 
 
+@pytest.mark.parametrize(
+    ("connects", "network"),
+    [(["127.0.0.1:8765", "[::1]:8080"], "proxy"), (["127.0.0.1:8765", "10.0.0.5:5432"], "direct")],
+)
+def test_learned_connects_to_addresses_say_which_network(connects: list[str], network: str) -> None:
+    """New user 18: a learned `127.0.0.1:9` rule, with no `network:` key, meant
+    the host's network, and every check of it warned so.  Loopback only: the
+    agent's own servers (its own namespace, as in the run); else direct."""
+    text = _suggested(
+        [_record("network_connect", target) for target in connects],
+        TIGHT.replace("name: tight", "name: parent"),
+    )
+    assert f"\nnetwork: {network}\n" in text, text
+    policy = load_policy_text(text.replace("extends:\n- parent\n", ""), "learned.yaml")
+    assert policy.network == network and policy.warnings == ()
+    assert "learned-network-127-0-0-1-8765" in {rule.id for rule in policy.rules}
+
+
 def test_suggest_with_nothing_refused_adds_no_rules() -> None:
     text = _suggested([], TIGHT.replace("name: tight", "name: parent"))
     assert "rules: []" in text

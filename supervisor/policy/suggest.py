@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 from ..events import DEFAULT_RULE_ID, FILE_ACTIONS, ActionType, Event, Severity, Verdict
 from .engine import CompiledPolicy, RunContext, beneath, compile_policy
-from .model import Policy, Rule
+from .model import Policy, Rule, connects_to_an_ip_literal
 
 GUARD_NAME = "agentsup-shadow-guard"
 AGENTSUP_RULE_PREFIX = "agentsup-"
@@ -293,6 +293,7 @@ def suggest(
         f"({len(found)} refused action(s) learned by agentsup policy suggest)",
         "version": "1.0",
         "extends": [extends],
+        **_network_key(globs, parent),
         "rules": rules,
     }
     header = (
@@ -307,6 +308,32 @@ def suggest(
     import yaml  # here, not at the top: the run path imports this module, not PyYAML
 
     return header + yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=1000)
+
+
+def _network_key(globs: Mapping[tuple[str, str], _Draft], parent: Policy) -> dict[str, str]:
+    """`network:` for learned connects to addresses, said rather than left to the
+    rules (an address rule alone means the host's network, and `check` warns
+    of it; new user 18): `proxy` where they are all loopback (the agent's own
+    servers, in its own namespace during the run), `direct` where one is not."""
+    if parent.network is not None:
+        return {}
+    addresses = [
+        text.lstrip("\\")
+        for (kind, text), draft in globs.items()
+        if connects_to_an_ip_literal(
+            Rule(
+                "learned",
+                frozenset(draft.actions),
+                Verdict.ALLOW,
+                target=text if kind == "target" else None,
+                pattern=text if kind == "pattern" else None,
+            )
+        )
+    ]
+    if not addresses:
+        return {}
+    loopback = all(text.startswith(("127.", "[::1]")) for text in addresses)
+    return {"network": "proxy" if loopback else "direct"}
 
 
 def _rule_yaml(rule: Rule) -> dict[str, object]:
@@ -333,7 +360,9 @@ def _rule_id(text: str, actions: set[ActionType], used: set[str]) -> str:
     """`learned-<what>-<where>`, unique among `used` (which it joins)."""
     kinds = sorted({str(action).split("_")[0] for action in actions})
     words = re.findall(r"[A-Za-z0-9]+", text.replace("{workspace}", "ws").replace("{home}", "home"))
-    tail = "-".join(words[-3:]).lower()[:40] or "any"
+    # A path's last names; an address whole (`127-0-0-1-9`, not `0-1-9`).
+    named = words if ActionType.NETWORK_CONNECT in actions else words[-3:]
+    tail = "-".join(named).lower()[:40] or "any"
     base = f"learned-{'-'.join(kinds)}-{tail}"
     candidate, number = base, 2
     while candidate in used:
