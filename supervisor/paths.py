@@ -202,3 +202,29 @@ def own_import_path() -> list[str]:
     if user_site is not None:
         found.append(user_site)
     return list(dict.fromkeys(found))
+
+
+def symlinks_on_the_way(path: str, limit: int = 40) -> list[str]:
+    """Where each symlink a lookup of `path` goes through lies (its own place, not
+    its target): what would change where `path` leads if it were re-pointed."""
+    found: list[str] = []
+    pending = [name for name in os.path.abspath(path).split("/") if name]
+    current = "/"
+    while pending and len(found) < limit:
+        name = pending.pop(0)
+        if name == ".":
+            continue
+        if name == "..":
+            current = os.path.dirname(current)
+            continue
+        here = os.path.join(current, name)
+        try:
+            text = os.readlink(here)
+        except OSError:  # not a symlink (or not there): the lookup goes on from it
+            current = here
+            continue
+        found.append(here)
+        if text.startswith("/"):
+            current = "/"
+        pending = [*(part for part in text.split("/") if part), *pending]
+    return found

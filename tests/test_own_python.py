@@ -120,4 +120,42 @@ def test_a_pth_file_the_agent_writes_never_runs_in_the_next_agentsup(sandbox: Sa
         refused = [
             r for r in sandbox.audit_records() if r.get("rule") == "agentsup-self-protection"
         ]
-        assert refused and "user site-packages" in str(refused[0].get("message")), refused
+        assert refused and "imports from here" in str(refused[0].get("message")), refused
+
+
+DETOUR = """\
+mkdir -p fake/lib/python3.11/site-packages
+printf 'import os; open(%s, "w").write("ran")\\n' "'$2'" > fake/lib/python3.11/site-packages/z.pth
+mv "$HOME/.local" "$HOME/.local.old" 2>/dev/null
+rm -rf "$HOME/.local" 2>/dev/null
+ln -s "$PWD/fake" "$HOME/.local" 2>/dev/null
+exit 0
+"""
+
+
+@pytest.mark.requires_seccomp_notify
+@pytest.mark.requires_landlock
+def test_no_detour_above_the_user_site_packages_reaches_the_next_agentsup(
+    sandbox: Sandbox,
+) -> None:
+    """Red team 38 F2: with no ~/.local, the agent made `~/.local` a symlink to
+    a directory of its own holding `lib/python3.11/site-packages/z.pth`, and
+    the next agentsup ran it.  The user site-packages is made (and bound
+    read-only) before the agent runs, so nothing above it can be swapped."""
+    escaped = sandbox.root / "escaped"
+    result = sandbox.run(
+        "/bin/sh", "-c", DETOUR, "detour", str(escaped), policy="permissive", cwd=sandbox.workspace
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sandbox.agentsup("--version").returncode == 0
+    assert not escaped.exists()
+    assert not (sandbox.home / ".local").is_symlink()
+
+
+def test_a_missing_directory_on_agentsups_import_path_stops_the_run(sandbox: Sandbox) -> None:
+    """Red team 38 F2: a PYTHONPATH entry that did not exist was made by the
+    agent, with a sitecustomize.py the next agentsup ran as root."""
+    missing = sandbox.home / "pylib"
+    result = sandbox.run("true", env={"PYTHONPATH": str(missing)})
+    assert result.returncode == 125
+    assert f"agentsup's import path names {missing}, which does not exist" in result.stderr

@@ -7,6 +7,7 @@ the audit chain still verifies.
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
@@ -196,3 +197,19 @@ def test_a_definition_planted_for_the_daemon_is_fatal(sandbox: Sandbox) -> None:
     assert result.returncode == 137, result.stderr
     assert not planted.exists()
     assert "agentsup-self-protection" in result.stderr
+
+
+def test_a_symlink_on_the_policy_path_is_not_the_agents_to_repoint(sandbox: Sandbox) -> None:
+    """Red team 38 F1: `--policy ./pol.yaml -> conf/real.yaml`: the real file was
+    refused, but `ln -sfn evil.yaml pol.yaml` went through, and the next
+    reload (or the daemon's restart) read the agent's policy."""
+    (sandbox.workspace / "conf").mkdir()
+    (sandbox.workspace / "conf" / "real.yaml").write_text("name: real\nextends: [strict]\n")
+    link = sandbox.workspace / "pol.yaml"
+    link.symlink_to("conf/real.yaml")
+    script = "echo 'name: evil\ndefault: allow' > evil.yaml; ln -sfn evil.yaml pol.yaml; exit 0"
+    result = sandbox.run("/bin/sh", "-c", script, policy=str(link), cwd=sandbox.workspace)
+    assert result.returncode == 0, result.stderr
+    assert os.readlink(link) == "conf/real.yaml"
+    refused = [r for r in sandbox.audit_records() if r.get("rule") == "agentsup-self-protection"]
+    assert refused, sandbox.audit_records()

@@ -38,7 +38,7 @@ from ..kernel.landlock import landlock_abi
 from ..kernel.namespaces import own_sockets_here
 from ..kernel.privileges import UserSpec, lookup_user
 from ..kernel.seccomp import filter_program
-from ..paths import Locations, own_import_path
+from ..paths import Locations, own_import_path, own_user_site, symlinks_on_the_way
 from ..policy import floor
 from ..policy.cache import compile_policy_cached, resolve_policy_cached
 from ..policy.engine import (
@@ -665,6 +665,7 @@ class Agent:
         self.audit = supervisor.audit
         self.judge: Judge | None = None
         self._policy_files: tuple[str, ...] = ()  # read from outside the policy directory
+        self._import_dirs: tuple[str, ...] = ()  # agentsup's own import path, read-only
         self._env_dropped: list[str] = []  # variable names env.pass kept from the agent
         self._caches_moved: dict[str, str] = {}  # tool cache variable -> its private place
         self._retries_off: dict[str, str] = {}  # retry settings of tools with no way out
@@ -725,8 +726,14 @@ class Agent:
             # Read again by a reload (red team 36 F1: the agent rewrote its
             # `--policy ./pol.yaml` before one): never the agent's to change.
             inside = self.locations.policy_dir.resolve()
+            files = list(resolved.files)
+            if is_path_reference(request.policy):
+                # The path as given and every symlink on it (red team 38: the agent
+                # re-pointed `./pol.yaml -> conf/real.yaml`, and the reload read its own).
+                spelled = os.path.abspath(request.policy)
+                files += [spelled, *symlinks_on_the_way(spelled)]
             self._policy_files = tuple(
-                path for path in resolved.files if not kernel_namespaces.under(path, [str(inside)])
+                dict.fromkeys(p for p in files if not kernel_namespaces.under(p, [str(inside)]))
             )
         except PolicyError as exc:
             raise SetupError(str(exc)) from exc
@@ -857,6 +864,7 @@ class Agent:
                 if request.shadow
                 else None,
                 policy_files=self._policy_files,
+                import_dirs=self._own_import_dirs(workspace, kept_home),
             ),
             self.audit,
         )
@@ -949,8 +957,7 @@ class Agent:
         # run in the next agentsup, as root, before any supervision.  sys.prefix is also
         # a virtualenv's root (pyvenv.cfg, bin/python), which the realpath of
         # its python leaves behind: kept in a private /tmp, it must be there.
-        read_only = [sys.executable, package, sys.prefix, sys.base_prefix]
-        read_only += [path for path in own_import_path() if os.path.isdir(path)]
+        read_only = [sys.executable, package, sys.prefix, sys.base_prefix, *self._import_dirs]
         read_only += [path for path in self._policy_files if os.path.isfile(path)]
         # The program too, read-only, unless it comes with the workspace or the
         # home: bound back into a private /tmp, a host file (a symlink's target
@@ -984,6 +991,43 @@ class Agent:
             if self.group is not None
             else (),
         )
+
+    def _own_import_dirs(self, workspace: str, home: str) -> tuple[str, ...]:
+        """The directories agentsup's own Python imports from, each there (the user
+        site-packages made if missing): bound read-only and refused to the agent.
+
+        Not one that holds the workspace or the home (`PYTHONPATH=.`): that
+        would be the agent's whole workspace.  A missing one could be made by
+        the agent, through a symlink at a missing directory above it too (red
+        team 38): its user site-packages is made now, and any other missing
+        one (a stale PYTHONPATH entry) stops the run.
+        """
+        user_site = own_user_site()
+        if user_site is not None and not os.path.lexists(user_site):
+            try:
+                os.makedirs(user_site, 0o755)
+            except OSError as exc:
+                raise SetupError(
+                    f"cannot make agentsup's user site-packages {user_site}: {exc.strerror}"
+                ) from exc
+        found = []
+        # Python's own (`lib/python311.zip`) lie in its prefixes, bound read-only.
+        prefixes = [os.path.realpath(p) for p in (sys.prefix, sys.base_prefix)]
+        for path in own_import_path():
+            if kernel_namespaces.under(os.path.realpath(path), prefixes):
+                continue
+            if not os.path.lexists(path):
+                raise SetupError(
+                    f"agentsup's import path names {path}, which does not exist: an agent "
+                    "could make it and plant code the next agentsup runs as root; remove it "
+                    "from PYTHONPATH"
+                )
+            real = os.path.realpath(path)
+            roots = [os.path.realpath(root) for root in (workspace, home) if root]
+            if os.path.isdir(real) and not any(kernel_namespaces.under(r, [real]) for r in roots):
+                found.append(real)
+        self._import_dirs = tuple(found)
+        return self._import_dirs
 
     def _agents_tmpdir(
         self, policy: CompiledPolicy, env: dict[str, str], kept: Sequence[str]

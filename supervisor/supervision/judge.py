@@ -461,6 +461,9 @@ class JudgeConfig:
     # The files the policy was read from, outside the policy directory (a
     # `--policy ./pol.yaml`): the agent may not change what a reload reads.
     policy_files: tuple[str, ...] = ()
+    # agentsup's own import path (Agent._own_import_dirs): a .pth or module the
+    # agent wrote there would run in the next agentsup, as root.
+    import_dirs: tuple[str, ...] = ()
     clock: Callable[[], float] = time.monotonic
     stderr: TextIO = field(default_factory=lambda: sys.stderr)
 
@@ -505,6 +508,12 @@ _REFUSING_STATES = frozenset(
 )
 # Stops that only their cause lifts (a re-seal, a writable log), not a person's answer.
 _LIFTED_ELSEWHERE = frozenset({AgentState.STOPPED_TAMPER, AgentState.STOPPED_AUDIT})
+
+
+def _where(path: str) -> str:
+    """The real path of the directory `path` lies in, and its own name: a symlink
+    is where it lies, not where it leads."""
+    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
 
 
 def _plain(decision: Decision, response: Response) -> bool:
@@ -553,15 +562,18 @@ class Judge:
         self._request_ids = itertools.count(1)
         self._tgids: dict[int, int] = {}
         # Targets are real paths, so compare against real paths.
-        guarded: list[str | Path] = [*config.locations.protected_paths(), *config.policy_files]
+        guarded: list[str | Path] = list(config.locations.protected_paths())
         self.protected_write = tuple(os.path.realpath(path) for path in guarded)
-        # The user site-packages of agentsup's own Python, there yet or not (it
-        # is read-only to the agent where it is): refused, not killed, since
-        # `pip install --user` goes there in good faith.
+        # A policy file's names as they lie, a symlink among them not followed.
+        self._policy_places = tuple(_where(path) for path in config.policy_files)
+        self.protected_write += self._policy_places
+        # agentsup's own import path and user site-packages (read-only to the
+        # agent too): refused, not killed.
         user_site = own_user_site()
-        self._user_site = os.path.realpath(user_site) if user_site else None
-        if self._user_site is not None:
-            self.protected_write += (self._user_site,)
+        self._own_code = {os.path.realpath(path) for path in config.import_dirs}
+        if user_site is not None:
+            self._own_code.add(os.path.realpath(user_site))
+        self.protected_write += tuple(sorted(self._own_code))
         self.protected_read = tuple(os.path.realpath(p) for p in config.locations.secret_paths())
         self._supervisor_procs: tuple[str, ...] = (f"/proc/{os.getpid()}",)
         self._guards = self._guard_prefixes()
@@ -729,14 +741,14 @@ class Judge:
             if probe.startswith(prefix) or (moving and prefix.startswith(probe))
         )[:-1]  # fmt: skip
         message = "agentsup's own policy, audit, state and runtime files are off limits"
-        if root in self.config.policy_files:
+        if root in self._policy_places:
             mode = ViolationMode.BLOCK  # a repository's own policy file, edited in good faith
             message = "the policy file this run was read from is off limits"
-        if root == self._user_site:
-            mode = ViolationMode.BLOCK
+        if root in self._own_code:
+            mode = ViolationMode.BLOCK  # `pip install --user` goes there in good faith
             message = (
-                "agentsup's Python reads this user site-packages when it starts, as root: "
-                "what is written there would run in the next agentsup"
+                "agentsup's Python imports from here when it starts, as root: what is "
+                "written here would run in the next agentsup"
             )
         return Decision(
             verdict=Verdict.DENY,
