@@ -507,3 +507,16 @@ def test_every_path_an_anchored_rule_matches_lies_in_one_of_its_match_ranges() -
                 checked += 1
                 assert any(low <= data <= high for low, high in ranges), (rule.rule.id, target)
     assert checked > 40
+
+
+def test_a_class_with_a_bracket_first_hides_no_alternation() -> None:
+    """Red team 38 F6: `[^])]` was read as `[^]` and `)]`, so the `|` after it
+    was missed and the rule got a root it does not have, while the walk's
+    ranges (which read the class right) split there: a branch the walk never
+    looked under."""
+    from agentsup.policy.matchers import has_top_level_alternation
+
+    assert has_top_level_alternation(r"^/h/\.v[^])]x|/vault\.txt\Z")
+    assert has_top_level_alternation(r"^/h/[]]x|/y")
+    assert not has_top_level_alternation(r"^/h/[^]|]x")
+    assert not has_top_level_alternation(r"^/h/[]|(]x(?:a|b)")

@@ -216,3 +216,51 @@ def test_an_answer_to_a_held_action_does_not_lift_a_tamper_stop(sandbox: Sandbox
     finally:
         proc.kill()
         proc.communicate()
+
+
+def test_a_reseal_gives_back_the_stop_a_tamper_stop_came_over(sandbox: Sandbox) -> None:
+    """Red team 38 F5: an agent waiting for approval, then stopped for a
+    tampered policy directory, ran again at the re-seal with its action still
+    pending: it goes back to waiting for the person."""
+    totp = Totp(sandbox)
+    held = sandbox.policy_dir / "held.yaml"
+    held.write_text(HELD)
+    seal(sandbox, totp)
+    asked = sandbox.workspace / "asked.txt"
+    proc = subprocess.Popen(
+        sandbox.command("sh", "-c", f"echo x > {asked}; echo after", policy="held", agent_id="h"),
+        env=sandbox.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while not json.loads(sandbox.agentsup("pending", "--json").stdout or "[]"):
+            assert time.monotonic() < deadline, "nothing became pending"
+            time.sleep(0.1)
+        subprocess.run(["chattr", "-i", str(held)], check=False)
+        held.chmod(0o644)
+        held.write_text(HELD + "# an edit\n")
+        deadline = time.monotonic() + 5
+        while json.loads(sandbox.agentsup("ps", "--json").stdout)[0]["state"] != (
+            "stopped: policy tampered"
+        ):
+            assert time.monotonic() < deadline, sandbox.agentsup("ps").stdout
+            time.sleep(0.05)
+        held.write_text(HELD)
+        seal(sandbox, totp)
+        deadline = time.monotonic() + 5
+        while json.loads(sandbox.agentsup("ps", "--json").stdout)[0]["state"] != (
+            "stopped: awaiting approval"
+        ):
+            assert time.monotonic() < deadline, sandbox.agentsup("ps").stdout
+            time.sleep(0.05)
+        time.sleep(0.3)
+        (agent,) = json.loads(sandbox.agentsup("ps", "--json").stdout)
+        assert process_state(int(agent["pid"])) == "T"
+        assert json.loads(sandbox.agentsup("pending", "--json").stdout)
+        assert not asked.exists()
+    finally:
+        proc.kill()
+        proc.communicate()

@@ -46,6 +46,7 @@ def send(
 
         proc = subprocess.Popen(
             [*command, message],
+            cwd="/",  # not the supervisor's: often the agent's workspace (red team 38)
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

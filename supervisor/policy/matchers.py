@@ -452,8 +452,10 @@ def _has_top_level_alternation(text: str) -> bool:
             in_class = char != "]"
         elif char == "[":
             in_class = True
-            if text[index + 1 : index + 2] == "]":
+            if text[index + 1 : index + 2] == "^":
                 index += 1
+            if text[index + 1 : index + 2] == "]":
+                index += 1  # `[]...]`, `[^]...]`: a `]` first is a literal (red team 38)
         elif char == "(":
             depth += 1
         elif char == ")":

@@ -597,6 +597,9 @@ class Judge:
         self.after_answer: Callable[[Callable[[], None]], object] | None = None
         self._stop_due: Callable[[], None] | None = None  # a violation's stop, not yet sent
         self._stop_reached = True  # the last SIGSTOP sweep reached every process
+        # The stop a tamper stop came over (awaiting approval, a violation, an
+        # operator's): where it goes back to at the re-seal.
+        self.covered_stop: AgentState | None = None
         self.also_said: Callable[[str], None] | None = None
 
     def __repr__(self) -> str:
@@ -1312,6 +1315,7 @@ class Judge:
             # A tampered policy directory or an unwritable audit log stopped the
             # tree meanwhile: a person's answer (or a timeout) settles what was
             # held, and the tree stays stopped until that is mended (red team 36).
+            self.covered_stop = None  # answered: nothing else waits for the re-seal
             return outcome
         self.state = AgentState.RUNNING
         self.signal_tree(signal.SIGCONT, f"{outcome} by uid {uid}", uid=uid)

@@ -36,7 +36,7 @@ from ..paths import Locations, UntrustedLocation, untrusted_locations
 from .agent import Agent, RunRequest, SetupError, say
 from .judge import AgentState, Judge
 from .loop import EventLoop
-from .stopping import STOP_TIMEOUT_S, stop_gracefully
+from .stopping import STOP_TIMEOUT_S, STOPPED_STATES, stop_gracefully
 
 if TYPE_CHECKING:
     from ..control.channel import ControlServer
@@ -528,6 +528,10 @@ class Supervisor:
                 "a person re-seals it with: agentsup policy seal --code <TOTP>"
             )
         for judge in judges:
+            if judge.state is not AgentState.STOPPED_TAMPER:
+                # A stop for a person (a violation, an approval, an operator's) stays
+                # when the re-seal lifts this one (red team 38).
+                judge.covered_stop = judge.state if judge.state in STOPPED_STATES else None
             judge.state = AgentState.STOPPED_TAMPER
             judge.signal_tree(signal.SIGSTOP, "policy directory tampered: " + "; ".join(reasons))
 
@@ -535,6 +539,10 @@ class Supervisor:
         say("policy directory re-sealed: agents stopped for its tampering continue")
         for judge in self._running_judges():
             if judge.state is AgentState.STOPPED_TAMPER:
+                covered, judge.covered_stop = judge.covered_stop, None
+                if covered is not None:
+                    judge.state = covered  # still stopped, for the person it waits for
+                    continue
                 judge.state = AgentState.RUNNING
                 judge.signal_tree(signal.SIGCONT, "policy directory re-sealed")
 
