@@ -9,6 +9,7 @@ import textwrap
 import time
 import urllib.parse
 
+import psutil
 import pyotp
 import pytest
 from conftest import Sandbox
@@ -219,48 +220,60 @@ def test_an_answer_to_a_held_action_does_not_lift_a_tamper_stop(sandbox: Sandbox
 
 
 def test_a_reseal_gives_back_the_stop_a_tamper_stop_came_over(sandbox: Sandbox) -> None:
-    """Red team 38 F5: an agent waiting for approval, then stopped for a
-    tampered policy directory, ran again at the re-seal with its action still
-    pending: it goes back to waiting for the person."""
+    """Red team 38 F5: an agent stopped for a `sigstop` violation, then for a
+    tampered policy directory, ran on at the re-seal with no one resuming
+    it: it goes back to its violation stop, waiting for a person."""
     totp = Totp(sandbox)
-    held = sandbox.policy_dir / "held.yaml"
-    held.write_text(HELD)
+    stopper = sandbox.policy_dir / "stopper.yaml"
+    stopper.write_text(STOPPER)
     seal(sandbox, totp)
-    asked = sandbox.workspace / "asked.txt"
+    script = f"cat {sandbox.key} 2>/dev/null; while :; do sleep 0.1; done"
     proc = subprocess.Popen(
-        sandbox.command("sh", "-c", f"echo x > {asked}; echo after", policy="held", agent_id="h"),
+        sandbox.command("sh", "-c", script, policy="stopper", agent_id="h"),
         env=sandbox.env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    try:
+
+    def state() -> str:
+        listed = json.loads(sandbox.agentsup("ps", "--json").stdout or "[]")
+        return str(listed[0]["state"]) if listed else ""
+
+    def becomes(wanted: str) -> None:
         deadline = time.monotonic() + 15
-        while not json.loads(sandbox.agentsup("pending", "--json").stdout or "[]"):
-            assert time.monotonic() < deadline, "nothing became pending"
-            time.sleep(0.1)
-        subprocess.run(["chattr", "-i", str(held)], check=False)
-        held.chmod(0o644)
-        held.write_text(HELD + "# an edit\n")
-        deadline = time.monotonic() + 5
-        while json.loads(sandbox.agentsup("ps", "--json").stdout)[0]["state"] != (
-            "stopped: policy tampered"
-        ):
+        while state() != wanted:
             assert time.monotonic() < deadline, sandbox.agentsup("ps").stdout
             time.sleep(0.05)
-        held.write_text(HELD)
+
+    try:
+        becomes("stopped: violation")
+        subprocess.run(["chattr", "-i", str(stopper)], check=False)
+        stopper.chmod(0o644)
+        stopper.write_text(STOPPER + "# an edit\n")
+        becomes("stopped: policy tampered")
+        stopper.write_text(STOPPER)
         seal(sandbox, totp)
-        deadline = time.monotonic() + 5
-        while json.loads(sandbox.agentsup("ps", "--json").stdout)[0]["state"] != (
-            "stopped: awaiting approval"
-        ):
-            assert time.monotonic() < deadline, sandbox.agentsup("ps").stdout
-            time.sleep(0.05)
-        time.sleep(0.3)
+        time.sleep(0.5)
+        assert state() == "stopped: violation"
         (agent,) = json.loads(sandbox.agentsup("ps", "--json").stdout)
-        assert process_state(int(agent["pid"])) == "T"
-        assert json.loads(sandbox.agentsup("pending", "--json").stdout)
-        assert not asked.exists()
+        # Stopped, or waiting on a stopped vfork child (dash's `D` in kernel_clone).
+        main = psutil.Process(int(agent["pid"]))
+        states = {process.status() for process in [main, *main.children(recursive=True)]}
+        assert states <= {psutil.STATUS_STOPPED, psutil.STATUS_DISK_SLEEP}, states
     finally:
         proc.kill()
         proc.communicate()
+
+
+STOPPER = """\
+name: stopper
+extends: [strict]
+rules:
+  - id: ssh-config-stops
+    actions: [file_read]
+    target: "{home}/.ssh/id_rsa"
+    decision: deny
+    on_violation: sigstop
+    priority: 1
+"""
