@@ -672,3 +672,31 @@ def test_run_needs_a_program(sandbox: Sandbox) -> None:
     )
     assert result.returncode == 125
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+CONT_LOOPS = """
+exec 3>ticks.txt
+( i=0; while :; do i=$((i+1)); [ $((i % 20000)) = 0 ] && echo "tick $i" >&3; done ) &
+for i in 1 2 3 4; do ( while :; do ( kill -CONT -1 ) ; done ) & done
+wait
+"""
+
+
+@pytest.mark.requires_seccomp_notify
+@pytest.mark.requires_landlock
+def test_the_agent_cannot_undo_a_stop_with_its_own_sigcont(sandbox: Sandbox) -> None:
+    """Red team 38 F3: processes forked to send `kill -CONT -1` while the stop
+    went out one process at a time resumed those already stopped (a third of
+    the tries).  The stop goes out again until no process of the tree runs."""
+    proc = sandbox.start("sh", "-c", CONT_LOOPS, policy="permissive")
+    try:
+        time.sleep(1.0)
+        assert sandbox.agentsup("stop", "t").returncode == 0
+        time.sleep(0.5)
+        ticks = sandbox.workspace / "ticks.txt"
+        before = ticks.read_text().count("tick")
+        time.sleep(1.5)
+        assert ticks.read_text().count("tick") == before
+    finally:
+        proc.kill()
+        proc.communicate()

@@ -35,7 +35,7 @@ from ..events import (
     should_audit,
 )
 from ..kernel import cgroup as cgroups
-from ..kernel.proc import process_group, thread_group_id
+from ..kernel.proc import process_group, process_state, thread_group_id
 from ..paths import Locations, own_user_site
 from ..policy import CompiledPolicy, RateLimiter
 from ..policy.engine import MoveEscape, PlainTables
@@ -232,6 +232,20 @@ class ProcessTree:
         """
         self.missed = []
         spared = {self._broker} if sig == signal.SIGSTOP and self._broker > 0 else set()
+        signalled = self._signal_once(sig, spared)
+        if sig == signal.SIGSTOP:
+            # One pass reaches processes one by one, and one not yet stopped can
+            # SIGCONT the rest (red team 38: `kill -CONT -1` in a fork loop):
+            # again, until none runs.  A stopped process sends nothing.
+            for _ in range(_STOP_PASSES):
+                running = {pid for pid in self.pids() - spared if _runs(pid)}
+                if not running:
+                    break
+                time.sleep(_STOP_PAUSE)  # a signal lands when its process is scheduled
+                signalled |= self._signal_once(sig, spared)
+        return signalled
+
+    def _signal_once(self, sig: int, spared: set[int]) -> set[int]:
         if self.group is not None and not spared:
             return self.group.signal_all(sig)
         return self._sweep(sig, spared)
@@ -508,6 +522,16 @@ _REFUSING_STATES = frozenset(
 )
 # Stops that only their cause lifts (a re-seal, a writable log), not a person's answer.
 _LIFTED_ELSEWHERE = frozenset({AgentState.STOPPED_TAMPER, AgentState.STOPPED_AUDIT})
+
+
+_STOP_PASSES = 20
+_STOP_PAUSE = 0.002  # seconds between passes
+
+
+def _runs(pid: int) -> bool:
+    """Whether `pid` may still run: neither stopped, nor in an uninterruptible wait
+    (a vfork parent waits so on its stopped child), nor gone."""
+    return process_state(pid) in ("R", "S", "I")
 
 
 def _where(path: str) -> str:
