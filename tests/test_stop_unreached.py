@@ -193,3 +193,24 @@ def test_what_the_refusal_summary_keeps_is_bounded(tmp_path: Path) -> None:
     assert len(judge.refused) <= 4097
     assert max(len(what) for what in judge.refused) < 700
     assert all(len(line) < 800 for line in judge.refusal_summary())
+
+
+def test_a_resumed_violation_refuses_its_reissued_syscall_once_and_not_later(
+    tmp_path: Path,
+) -> None:
+    """New user 17: the stop interrupts the violating syscall and the kernel
+    reissues it after SIGCONT: without an answer waiting for it, it was judged
+    and stopped again at every resume.  It meets a refusal, once, and only
+    soon after the resume (one answered before the stop leaves none behind)."""
+    judge, _audit, _said = _judge(tmp_path)
+    now = [100.0]
+    judge.clock = lambda: now[0]
+    outside = Event(ActionType.FILE_READ, "/elsewhere/x", "t", 1, Layer.SECCOMP, "openat")
+    judge._hold(outside, 1, judge.decide(outside), kind="violation")
+    judge.settle(True, uid=0, reason="", outcome="approved")
+    assert judge._grant(1, outside) is Response.BLOCK  # refused, with no new stop
+    assert judge._grant(1, outside) is None  # taken once
+    judge._hold(outside, 1, judge.decide(outside), kind="violation")
+    judge.settle(True, uid=0, reason="", outcome="approved")
+    now[0] += 60  # never reissued: the grant has gone stale
+    assert judge._grant(1, outside) is None

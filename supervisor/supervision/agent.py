@@ -1150,7 +1150,6 @@ class Agent:
 
             self.egress = egress.EgressProxy(self.loop, launched.egress, judge, self.audit)
         judge.on_hold = self._on_hold
-        judge.after_answer = lambda callback: self._call_later(0, callback)
         if self.request.cpus == "auto" and self.group is not None:
             from . import placement
 

@@ -524,6 +524,9 @@ _REFUSING_STATES = frozenset(
 _LIFTED_ELSEWHERE = frozenset({AgentState.STOPPED_TAMPER, AgentState.STOPPED_AUDIT})
 
 
+# How long after its answer a held syscall's grant waits for the reissue (it comes
+# at once after SIGCONT, unless the stop never interrupted the syscall).
+_GRANT_SECONDS = 5.0
 _STOP_PASSES = 20
 _STOP_PAUSE = 0.002  # seconds between passes
 
@@ -576,6 +579,7 @@ class Judge:
         self.pending: dict[str, Pending] = {}
         # One-shot human decisions for a held action, keyed (tid, action, target).
         self.grants: dict[tuple[int, ActionType, str], Response] = {}
+        self._grant_deadlines: dict[tuple[int, ActionType, str], float] = {}
         # (action, target) pairs the policy plainly allows without a record:
         # the decision is a pure function of them, so it is asked once.
         self.allow_cache: set[tuple[ActionType, str]] = set()
@@ -615,11 +619,6 @@ class Judge:
         self._warnings_said: Counter[str] = Counter()  # per rule id
         # Called by the supervisor to arm approval timeouts and report state.
         self.on_hold: Callable[[Pending], None] = lambda pending: None
-        # Runs a callable once the event being judged has been answered (the
-        # supervisor's loop, soon); None: at once.  A violation's SIGSTOP waits
-        # for it (`_hold`).
-        self.after_answer: Callable[[Callable[[], None]], object] | None = None
-        self._stop_due: Callable[[], None] | None = None  # a violation's stop, not yet sent
         self._stop_reached = True  # the last SIGSTOP sweep reached every process
         # The stop a tamper stop came over (awaiting approval, a violation, an
         # operator's): where it goes back to at the re-seal.
@@ -858,7 +857,7 @@ class Judge:
             self._record(event, tid, decision, Response.BLOCK)
             return decision, Response.BLOCK
         # Grants are rare: no key is built while there are none.
-        grant = self.grants.pop((tid, event.action, event.target), None) if self.grants else None
+        grant = self._grant(tid, event) if self.grants else None
         decision = self.decide(event)
         if grant is not None:
             # The reissued syscall of an action a person already decided.
@@ -893,6 +892,16 @@ class Judge:
         elif response is Response.WARN:
             self._warn(event, decision)
         return decision, response
+
+    def _grant(self, tid: int, event: Event) -> Response | None:
+        """A person's answer for this thread's reissued syscall, taken once; none
+        once its deadline passed."""
+        key = (tid, event.action, event.target)
+        grant = self.grants.pop(key, None)
+        deadline = self._grant_deadlines.pop(key, None)
+        if grant is None or (deadline is not None and self.clock() > deadline):
+            return None
+        return grant
 
     def _warn(self, event: Event, decision: Decision) -> None:
         """Say a warning, the first few of each rule: a test suite's sqlite
@@ -1264,26 +1273,13 @@ class Judge:
             AgentState.AWAITING_APPROVAL if kind == "approval" else AgentState.STOPPED_VIOLATION
         )
 
-        def stop() -> None:
-            if self._stop_due is not stop:
-                return  # sent already: a settle came first
-            self._stop_due = None
-            if self._state is not AgentState.EXITED:
-                self.signal_tree(
-                    signal.SIGSTOP, f"{kind}: rule {decision.rule_id}", rule=decision.rule_id,
-                    event=event,
-                )  # fmt: skip
-
-        # A held approval's syscall is left unanswered: the stop interrupts it and
-        # the kernel reissues it after SIGCONT, when the grant answers it.  A
-        # violation's is refused now, and a stop that came first would make the
-        # kernel reissue it, to be judged and stopped again after every resume
-        # (new user 17): the tree stops once it has been answered.
-        self._stop_due = stop  # a settle that comes first stops the tree first
-        if kind == "violation" and self.after_answer is not None:
-            self.after_answer(stop)
-        else:
-            stop()
+        # The tree stops at once, the action with it: the kernel drops the held
+        # syscall and reissues it after SIGCONT, where a grant answers it (a
+        # person's for an approval; a refusal for a violation, which was stopped
+        # again at every resume without one: new user 17).
+        self.signal_tree(
+            signal.SIGSTOP, f"{kind}: rule {decision.rule_id}", rule=decision.rule_id, event=event
+        )
         why = f" ({decision.message})" if decision.message else ""  # the rule's own words
         if kind == "approval":
             self.say(
@@ -1304,18 +1300,22 @@ class Judge:
         """A person (or the approval timeout) decided every pending action: SIGCONT."""
         if not self.pending:
             raise LookupError(f"agent '{self.agent_id}' has nothing pending")
-        if self._stop_due is not None:
-            # The stop of the violation comes first: what was left unanswered
-            # meanwhile is interrupted by it, and reissued after the SIGCONT.
-            self._stop_due()
         for pending in self.pending.values():
             if pending.timer is not None:
                 pending.timer.cancel()  # type: ignore[attr-defined]
             if pending.on_settle is not None:
                 pending.on_settle(approve)
-            elif pending.kind == "approval":
-                granted = Response.ALLOW if approve else Response.BLOCK
-                self.grants[(pending.tid, pending.event.action, pending.event.target)] = granted
+            else:
+                # The reissued syscall meets this answer, once.  A violation's
+                # action stays refused whatever the answer (resume continues the
+                # agent); its answer goes stale if the syscall was answered before
+                # the stop interrupted it, hence the deadline.
+                granted = (
+                    Response.ALLOW if approve and pending.kind == "approval" else Response.BLOCK
+                )
+                key = (pending.tid, pending.event.action, pending.event.target)
+                self.grants[key] = granted
+                self._grant_deadlines[key] = self.clock() + _GRANT_SECONDS
             self.audit.append(
                 {
                     "agent": self.agent_id,
