@@ -111,11 +111,7 @@ def test_a_pth_file_the_agent_writes_never_runs_in_the_next_agentsup(sandbox: Sa
     assert result.returncode == 0, result.stderr[-2000:]
     assert sandbox.agentsup("--version").returncode == 0  # the next agentsup
     assert not escaped.exists()
-    reads_user_site = subprocess.run(
-        [sys.executable, "-c", "import site, sys; sys.exit(not site.ENABLE_USER_SITE)"],
-        env=sandbox.env,
-    )
-    if reads_user_site.returncode == 0:
+    if _reads_user_site(sandbox):
         assert not Path(user_site, "planted.pth").exists()
         refused = [
             r for r in sandbox.audit_records() if r.get("rule") == "agentsup-self-protection"
@@ -149,7 +145,8 @@ def test_no_detour_above_the_user_site_packages_reaches_the_next_agentsup(
     assert result.returncode == 0, result.stderr[-2000:]
     assert sandbox.agentsup("--version").returncode == 0
     assert not escaped.exists()
-    assert not (sandbox.home / ".local").is_symlink()
+    if _reads_user_site(sandbox):  # else (a virtual environment) nothing reads it
+        assert not (sandbox.home / ".local").is_symlink()
 
 
 def test_a_missing_directory_on_agentsups_import_path_stops_the_run(sandbox: Sandbox) -> None:
@@ -159,3 +156,12 @@ def test_a_missing_directory_on_agentsups_import_path_stops_the_run(sandbox: San
     result = sandbox.run("true", env={"PYTHONPATH": str(missing)})
     assert result.returncode == 125
     assert f"agentsup's import path names {missing}, which does not exist" in result.stderr
+
+
+def _reads_user_site(sandbox: Sandbox) -> bool:
+    """Whether agentsup's Python reads the user's site-packages (not a venv's)."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import site, sys; sys.exit(not site.ENABLE_USER_SITE)"],
+        env=sandbox.env,
+    )
+    return done.returncode == 0
